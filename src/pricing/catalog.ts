@@ -1,0 +1,217 @@
+/**
+ * LLM price catalog: an adapter over @pydantic/genai-prices (pinned 0.1.8), giving EXACT
+ * decimal USD prices per million tokens for a model.
+ *
+ * Offline by design: the package bundles its price data in its JS module and only replaces
+ * it when `updatePrices()` is called with a fetcher. creditpool never calls `updatePrices`,
+ * `waitForUpdate` or anything that fetches, so prices come from the bundled data of the
+ * pinned version and change only when the dependency is upgraded (a reviewed commit).
+ *
+ * Model resolution is the package's own (`calcPrice`): the model id is lower-cased and
+ * trimmed; the provider is the one given, else the first provider whose model pattern
+ * matches (e.g. "gpt-" -> openai, "claude" -> anthropic); within it the first model whose
+ * match rule accepts the id (so "gpt-4o-2024-08-06" resolves to gpt-4o). A "provider:model"
+ * id ("openai:gpt-4o") selects the provider when the prefix is a known provider id.
+ *
+ * Catalog semantics carried over (genai-prices "prices/units.yml"):
+ * - Prices may depend on the date (a provider's price change, `start_date`) and on the time
+ *   of day (off-peak discounts, `time_of_date`): the price in force at `at` is used.
+ * - Tiered prices depend on the prompt size: a tier applies when the prompt's total input
+ *   tokens (uncached + cache read + cache write) are strictly greater than its `start`.
+ * - A model without a cache-read or cache-write price charges those tokens at its input
+ *   price, and reasoning tokens at its output price unless the catalog has a separate
+ *   reasoning price (only a few models do) — the effective prices below already apply this.
+ * - Only the per-token prices above and a per-request fee (`requests_kcount`) are used;
+ *   audio, image, web-search, storage and 1-hour cache-write prices are ignored.
+ *
+ * Numbers are read from their shortest round-trip text (0.15 -> "0.15") into exact
+ * decimals; no arithmetic is ever done on the catalog's floats.
+ */
+import { calcPrice, findProvider, type ModelPrice as GenaiModelPrice } from '@pydantic/genai-prices';
+import type { ExactDecimal } from '../ledger/credits.js';
+import { exactDecimalFromNumber } from './rational.js';
+
+/**
+ * Provider ids of the bundled catalog of @pydantic/genai-prices 0.1.8 (the package exports
+ * no synchronous list; a unit test checks this list against the bundled data).
+ */
+export const CATALOG_PROVIDER_IDS: readonly string[] = [
+  'anthropic', 'arcee', 'avian', 'aws', 'azure', 'baseten', 'cerebras', 'cloudflare', 'cohere',
+  'cursor', 'deepseek', 'doubleword', 'fireworks', 'github-copilot', 'google', 'groq',
+  'huggingface_cerebras', 'huggingface_fireworks-ai', 'huggingface_groq', 'huggingface_hyperbolic',
+  'huggingface_nebius', 'huggingface_novita', 'huggingface_nscale', 'huggingface_ovhcloud',
+  'huggingface_publicai', 'huggingface_sambanova', 'huggingface_together', 'minimax', 'mistral',
+  'modal', 'moonshotai', 'novita', 'openai', 'openrouter', 'ovhcloud', 'perplexity',
+  'quicksilverpro', 'together', 'typesafe', 'voyageai', 'x-ai', 'zai', 'zhipuai',
+];
+
+/**
+ * A model's catalog prices in force for one request, in exact decimal USD.
+ * Every `...UsdPerMillion` is USD per 1,000,000 tokens; null means the catalog has no price
+ * for that token kind (tokens of that kind cannot be priced from the catalog).
+ */
+export interface CatalogModelPrice {
+  /** Catalog provider id actually used ("openai", "anthropic", "moonshotai", ...). */
+  providerId: string;
+  /** Catalog model id the request's model resolved to ("claude-sonnet-4" -> "claude-sonnet-4-0"). */
+  modelId: string;
+  /** Uncached input tokens. */
+  inputUsdPerMillion: ExactDecimal | null;
+  /** Output tokens (excluding reasoning). */
+  outputUsdPerMillion: ExactDecimal | null;
+  /** Reasoning tokens: the catalog's reasoning price, else the output price. */
+  reasoningUsdPerMillion: ExactDecimal | null;
+  /** Cache-read input tokens: the catalog's cache-read price, else the input price. */
+  cacheReadUsdPerMillion: ExactDecimal | null;
+  /** Cache-write input tokens: the catalog's (5-minute) cache-write price, else the input price. */
+  cacheWriteUsdPerMillion: ExactDecimal | null;
+  /** Fixed fee per request in USD (catalog `requests_kcount` / 1000), null when none. */
+  requestUsd: ExactDecimal | null;
+  /** True when at least one price depends on the prompt size. */
+  tiered: boolean;
+  /** `start` of the price tier applied (prompt tokens > start), null for the base prices. */
+  tierStartTokens: number | null;
+}
+
+/** What selects the price in force, beyond the model. */
+export interface CatalogPriceContext {
+  /**
+   * Total prompt tokens of the request (uncached input + cache read + cache write); selects
+   * the tier of tiered prices. Default 0 (base prices).
+   */
+  promptTokens?: number;
+  /** When the request ran; selects date- and time-of-day-dependent prices. Default: now. */
+  at?: Date;
+}
+
+/** A model id known to the catalog (see listCatalogModels). */
+export interface CatalogModelId {
+  providerId: string;
+  modelId: string;
+}
+
+type CatalogPriceValue = GenaiModelPrice[string];
+
+/** Picks the price of one key for the prompt size, like genai-prices' tiered pricing. */
+function pickPrice(
+  value: CatalogPriceValue,
+  promptTokens: number,
+): { price: number; tiered: boolean; tierStart: number | null } | null {
+  if (value === undefined) return null;
+  if (typeof value === 'number') return { price: value, tiered: false, tierStart: null };
+  let price = value.base;
+  let tierStart: number | null = null;
+  for (const tier of [...value.tiers].sort((a, b) => a.start - b.start)) {
+    if (promptTokens > tier.start) {
+      price = tier.price;
+      tierStart = tier.start;
+    }
+  }
+  return { price, tiered: true, tierStart };
+}
+
+/** Splits "openai:gpt-4o" into provider and model when the prefix is a catalog provider id. */
+function splitProviderPrefix(model: string): { provider: string; model: string } | null {
+  const i = model.indexOf(':');
+  if (i <= 0) return null;
+  const prefix = model.slice(0, i).trim().toLowerCase();
+  return CATALOG_PROVIDER_IDS.includes(prefix) ? { provider: prefix, model: model.slice(i + 1) } : null;
+}
+
+/**
+ * Looks up the catalog prices of `model` in force for one request.
+ *
+ * Reasoning tokens are priced at the catalog's reasoning price when it has one, otherwise
+ * as output tokens; cache tokens without their own price at the input price (catalog
+ * semantics, see the module docstring).
+ *
+ * @param model the model id as the platform reports it ("gpt-4o-mini", "claude-sonnet-4-5",
+ *   "openai:gpt-4o"); matched case-insensitively by the catalog's rules.
+ * @param provider optional catalog provider id ("openai"); when given only that provider is searched.
+ * @param context prompt size (tier) and time (date/time-of-day prices); see CatalogPriceContext.
+ * @returns the prices, or null when the catalog does not know the model (or the provider).
+ *   Never throws for an unknown model; throws only for a bad context (assertion).
+ */
+export function lookupModelPrice(
+  model: string,
+  provider?: string | null,
+  context: CatalogPriceContext = {},
+): CatalogModelPrice | null {
+  const promptTokens = context.promptTokens ?? 0;
+  if (!Number.isSafeInteger(promptTokens) || promptTokens < 0) {
+    throw new Error('assertion failed: promptTokens must be a non-negative safe integer');
+  }
+  const at = context.at ?? new Date();
+  if (Number.isNaN(at.getTime())) throw new Error('assertion failed: invalid price timestamp');
+  let modelId = model;
+  let providerId = provider ?? undefined;
+  if (providerId === undefined) {
+    const split = splitProviderPrefix(model);
+    if (split) {
+      modelId = split.model;
+      providerId = split.provider;
+    }
+  }
+  if (modelId.trim() === '') return null;
+  // Usage {} makes calcPrice compute nothing; we use only its model resolution and the
+  // price entry in force at `at` (model_price), never its float totals.
+  const found = calcPrice({}, modelId, providerId === undefined ? { timestamp: at } : { providerId, timestamp: at });
+  if (!found) return null;
+  const prices = found.model_price;
+  let tiered = false;
+  let tierStartTokens: number | null = null;
+  const exact = (key: string, extraScale = 0): ExactDecimal | null => {
+    const picked = pickPrice(prices[key], promptTokens);
+    if (!picked) return null;
+    if (picked.tiered) {
+      tiered = true;
+      if (picked.tierStart !== null && (tierStartTokens === null || picked.tierStart > tierStartTokens)) {
+        tierStartTokens = picked.tierStart;
+      }
+    }
+    const d = exactDecimalFromNumber(picked.price, `catalog ${found.provider.id}/${found.model.id} ${key}`);
+    // Dividing by 10^extraScale is exact: a per-thousand price becomes a per-one price.
+    return { units: d.units, scale: d.scale + extraScale };
+  };
+  const input = exact('input_mtok');
+  const output = exact('output_mtok');
+  return {
+    providerId: found.provider.id,
+    modelId: found.model.id,
+    inputUsdPerMillion: input,
+    outputUsdPerMillion: output,
+    reasoningUsdPerMillion: exact('output_reasoning_mtok') ?? output,
+    cacheReadUsdPerMillion: exact('cache_read_mtok') ?? input,
+    cacheWriteUsdPerMillion: exact('cache_write_mtok') ?? input,
+    requestUsd: exact('requests_kcount', 3),
+    tiered,
+    tierStartTokens,
+  };
+}
+
+let cachedModelIds: readonly CatalogModelId[] | null = null;
+
+/**
+ * Every catalog model whose own id resolves back to itself through lookupModelPrice
+ * (some catalog entries are only reachable through other spellings and are left out),
+ * sorted by provider then model id. Computed once, then cached.
+ * @param providerId optional: only this provider's models.
+ */
+export function listCatalogModels(providerId?: string): readonly CatalogModelId[] {
+  if (!cachedModelIds) {
+    const list: CatalogModelId[] = [];
+    for (const pid of CATALOG_PROVIDER_IDS) {
+      const p = findProvider({ providerId: pid });
+      if (!p || p.id !== pid) continue;
+      for (const m of p.models) {
+        const hit = calcPrice({}, m.id, { providerId: pid });
+        if (hit && hit.provider.id === pid && hit.model.id === m.id) list.push({ providerId: pid, modelId: m.id });
+      }
+    }
+    list.sort((a, b) =>
+      a.providerId !== b.providerId ? (a.providerId < b.providerId ? -1 : 1) : a.modelId < b.modelId ? -1 : a.modelId > b.modelId ? 1 : 0,
+    );
+    cachedModelIds = Object.freeze(list);
+  }
+  return providerId === undefined ? cachedModelIds : cachedModelIds.filter((m) => m.providerId === providerId);
+}
