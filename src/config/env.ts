@@ -1,0 +1,72 @@
+/**
+ * The only reader of process.env. Parses and validates the whole environment at once with zod
+ * and returns a typed, frozen config; on any error it lists every problem (not just the first).
+ */
+import { z } from 'zod';
+
+const booleanish = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const EnvSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  /** HTTP port of the API (contract README: default 4000). */
+  PORT: z.coerce.number().int().min(0).max(65535).default(4000),
+  /** Interface to listen on. */
+  HOST: z.string().min(1).default('0.0.0.0'),
+  DATABASE_URL: z.string().url().default('postgresql://postgres@127.0.0.1:5432/creditpool'),
+  REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
+  /** Bootstrap service key with every scope. Unset: no bootstrap key. */
+  ADMIN_API_KEY: z.string().min(16, 'ADMIN_API_KEY must be at least 16 characters').optional(),
+  /** HS256 secret for end-user JWTs. */
+  JWT_SECRET: z.string().min(32, 'JWT_SECRET must be at least 32 characters').optional(),
+  /** Alternative to JWT_SECRET: a JWKS URL for end-user JWTs (RS256/ES256...). */
+  JWKS_URL: z.string().url().optional(),
+  JWT_ISSUER: z.string().optional(),
+  JWT_AUDIENCE: z.string().optional(),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Run the BullMQ workers inside the API process too. */
+  RUN_WORKERS: booleanish.default(true),
+  /** Apply pending migrations at boot. */
+  MIGRATE_ON_BOOT: booleanish.default(true),
+  /** Size of the pg pool used by the ledger's money-moving transactions. */
+  PG_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(20),
+  /** GraphQL limits (graphql-armor). */
+  GRAPHQL_MAX_DEPTH: z.coerce.number().int().min(1).default(12),
+  GRAPHQL_MAX_ALIASES: z.coerce.number().int().min(1).default(30),
+  GRAPHQL_MAX_TOKENS: z.coerce.number().int().min(100).default(5000),
+  GRAPHQL_MAX_COST: z.coerce.number().int().min(100).default(20000),
+  /** Most items accepted by recordUsageBatch. */
+  MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(10000).default(1000),
+});
+
+/** Validated process configuration. */
+export type Env = z.infer<typeof EnvSchema>;
+
+/**
+ * Parses an environment (default: process.env).
+ * @throws Error listing every invalid variable.
+ */
+export function parseEnv(source: NodeJS.ProcessEnv = process.env): Env {
+  const cleaned: Record<string, string> = {};
+  for (const [k, v] of Object.entries(source)) if (v !== undefined && v !== '') cleaned[k] = v;
+  const result = EnvSchema.safeParse(cleaned);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new Error(`invalid environment:\n${lines.join('\n')}`);
+  }
+  return Object.freeze(result.data);
+}
+
+/**
+ * Parses process.env or exits the process with status 1 after printing every problem.
+ * Use only in process entry points (src/main.ts, workers/main.ts, scripts).
+ */
+export function loadEnvOrExit(): Env {
+  try {
+    return parseEnv();
+  } catch (err) {
+    console.error((err as Error).message);
+    process.exit(1);
+  }
+}

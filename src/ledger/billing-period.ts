@@ -1,0 +1,52 @@
+/**
+ * Billing periods. Without a plan the period is the calendar month counted from the account's
+ * creation (contract: Balance.periodStart): a period starts on the creation day-of-month at the
+ * creation time of day (UTC); when a month is shorter, the period starts on its last day.
+ */
+
+/** A half-open interval [start, end). */
+export interface Period {
+  start: Date;
+  end: Date;
+}
+
+/** The anchor shifted by `months` calendar months (UTC), clamped to the target month's end. */
+export function addMonthsClamped(anchor: Date, months: number): Date {
+  const y = anchor.getUTCFullYear();
+  const m = anchor.getUTCMonth() + months;
+  const targetYear = y + Math.floor(m / 12);
+  const targetMonth = ((m % 12) + 12) % 12;
+  const lastDay = new Date(Date.UTC(targetYear, targetMonth + 1, 0)).getUTCDate();
+  const day = Math.min(anchor.getUTCDate(), lastDay);
+  return new Date(
+    Date.UTC(targetYear, targetMonth, day, anchor.getUTCHours(), anchor.getUTCMinutes(), anchor.getUTCSeconds(), anchor.getUTCMilliseconds()),
+  );
+}
+
+/**
+ * The monthly period anchored at `anchor` that contains `now` (start <= now < end).
+ * Before the anchor, the first period is returned.
+ */
+export function monthlyPeriodAt(anchor: Date, now: Date): Period {
+  if (now.getTime() < anchor.getTime()) return { start: anchor, end: addMonthsClamped(anchor, 1) };
+  let months = (now.getUTCFullYear() - anchor.getUTCFullYear()) * 12 + (now.getUTCMonth() - anchor.getUTCMonth());
+  if (months < 0) months = 0;
+  let start = addMonthsClamped(anchor, months);
+  if (start.getTime() > now.getTime()) {
+    months -= 1;
+    start = addMonthsClamped(anchor, months);
+  }
+  return { start, end: addMonthsClamped(anchor, months + 1) };
+}
+
+/**
+ * percentRemaining (contract Balance): 100 * available / periodCredits clamped to [0, 100];
+ * 0 when periodCredits is 0. Computed on exact integers; the result (a display value, not
+ * money) is rounded to 2 decimals.
+ */
+export function percentRemaining(availableMicroCredits: bigint, periodMicroCredits: bigint): number {
+  if (periodMicroCredits <= 0n || availableMicroCredits <= 0n) return 0;
+  if (availableMicroCredits >= periodMicroCredits) return 100;
+  const basisPoints = (availableMicroCredits * 10_000n) / periodMicroCredits; // floor: never overstate
+  return Number(basisPoints) / 100;
+}

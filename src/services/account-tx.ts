@@ -1,0 +1,187 @@
+/**
+ * AccountTx: one account's money-moving work inside one database transaction.
+ *
+ * Protocol (every writer follows it, which is what makes the ledger safe under concurrency):
+ * 1. `AccountTx.lock` takes the account's balance row FOR UPDATE: all writes of one account
+ *    are serialized, so reads of its batches and reservations inside the transaction are
+ *    stable and an idempotency lookup followed by an insert cannot race.
+ * 2. Operations change batches/reservations with plain SQL and record ledger entries in
+ *    memory (`addEntry`), tracking the running total and debt.
+ * 3. `finish` writes the ledger entries (with balanceAfter) and the new balance (total, debt,
+ *    version + 1) in one statement each. A deferred constraint trigger re-checks at COMMIT that
+ *    total = sum(remaining of ACTIVE batches) - debt.
+ */
+import type { Tx } from '../db/pg.js';
+import { toBigInt } from '../db/pg.js';
+import { LedgerError, assert } from '../ledger/errors.js';
+import type { DrawableBatch, CreditType } from '../ledger/drawdown.js';
+
+/** Ledger entry types (contract enum LedgerEntryType). */
+export type LedgerEntryType = 'GRANT' | 'CONSUME' | 'EXPIRE' | 'RESERVE' | 'RELEASE' | 'REFUND' | 'VOID' | 'ADJUST' | 'DEBT_REPAY';
+
+/** Entry types that change the account total; RESERVE/RELEASE change only `reserved`. */
+const HOLD_TYPES: ReadonlySet<LedgerEntryType> = new Set(['RESERVE', 'RELEASE']);
+
+interface PendingEntry {
+  type: LedgerEntryType;
+  amountMicroCredits: bigint;
+  balanceAfterMicroCredits: bigint;
+  batchId: string | null;
+  usageEventId: string | null;
+  reservationId: string | null;
+  note: string | null;
+}
+
+/** A spendable batch as loaded for drawdown. */
+export interface LoadedBatch extends DrawableBatch {
+  source: string;
+}
+
+/** The locked account and its running totals. */
+export class AccountTx {
+  readonly tx: Tx;
+  readonly accountId: string;
+  /** "Now" for every rule of this account: its test clock, or the wall clock. */
+  readonly now: Date;
+  readonly createdAt: Date;
+  readonly kind: 'ORGANIZATION' | 'USER';
+  /** Running total: remaining of ACTIVE batches minus debt (micro-credits). */
+  total: bigint;
+  /** Running debt (>= 0). */
+  debt: bigint;
+  readonly versionBefore: bigint;
+  private readonly entries: PendingEntry[] = [];
+  private changed = false;
+
+  private constructor(tx: Tx, row: Record<string, unknown>, wallNow: Date) {
+    this.tx = tx;
+    this.accountId = row.id as string;
+    this.createdAt = row.created_at as Date;
+    this.kind = row.kind as 'ORGANIZATION' | 'USER';
+    const clockAt = row.test_clock_at as Date | null;
+    this.now = row.test_mode && clockAt ? clockAt : wallNow;
+    this.total = toBigInt(row.total_micro_credits);
+    this.debt = toBigInt(row.debt_micro_credits);
+    this.versionBefore = toBigInt(row.version);
+  }
+
+  /**
+   * Locks the account's balance row and returns its state.
+   * @throws LedgerError NOT_FOUND when the account does not exist.
+   */
+  static async lock(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
+    const { rows } = await tx.query(
+      `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at,
+              b.total_micro_credits, b.debt_micro_credits, b.version
+         FROM balances b JOIN accounts a ON a.id = b.account_id
+        WHERE b.account_id = $1
+        FOR UPDATE OF b`,
+      [accountId],
+    );
+    const row = rows[0];
+    if (!row) throw new LedgerError('NOT_FOUND', 'account not found');
+    return new AccountTx(tx, row, wallNow);
+  }
+
+  /** ACTIVE batches that can pay now (not past expiresAt, remaining > 0). */
+  async spendableBatches(): Promise<LoadedBatch[]> {
+    const { rows } = await this.tx.query(
+      `SELECT id, type, source, remaining_micro_credits, expires_at, added_at
+         FROM credit_batches
+        WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)`,
+      [this.accountId, this.now],
+    );
+    return rows.map((r) => ({
+      id: r.id as string,
+      type: r.type as CreditType,
+      source: r.source as string,
+      remainingMicroCredits: toBigInt(r.remaining_micro_credits),
+      expiresAt: r.expires_at as Date | null,
+      addedAt: r.added_at as Date,
+    }));
+  }
+
+  /**
+   * Credit held by ACTIVE, unexpired reservations (amount - consumed, floored at 0),
+   * optionally leaving one reservation out.
+   */
+  async reservedMicroCredits(exceptReservationId: string | null = null): Promise<bigint> {
+    const { rows } = await this.tx.query(
+      `SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held
+         FROM reservations
+        WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2
+          AND ($3::uuid IS NULL OR id <> $3::uuid)`,
+      [this.accountId, this.now, exceptReservationId],
+    );
+    return toBigInt(rows[0]?.held ?? 0);
+  }
+
+  /**
+   * Records a ledger entry. For total-changing types the running total moves by `amount`;
+   * hold entries (RESERVE/RELEASE) leave it unchanged.
+   */
+  addEntry(entry: {
+    type: LedgerEntryType;
+    amountMicroCredits: bigint;
+    batchId?: string | null;
+    usageEventId?: string | null;
+    reservationId?: string | null;
+    note?: string | null;
+  }): void {
+    if (!HOLD_TYPES.has(entry.type)) this.total += entry.amountMicroCredits;
+    this.changed = true;
+    this.entries.push({
+      type: entry.type,
+      amountMicroCredits: entry.amountMicroCredits,
+      balanceAfterMicroCredits: this.total,
+      batchId: entry.batchId ?? null,
+      usageEventId: entry.usageEventId ?? null,
+      reservationId: entry.reservationId ?? null,
+      note: entry.note ?? null,
+    });
+  }
+
+  /** Marks the balance as changed without a ledger entry (e.g. a hold's expiry time moved). */
+  touch(): void {
+    this.changed = true;
+  }
+
+  /**
+   * Writes pending ledger entries and the new balance (version + 1) when anything changed.
+   * @returns the balance version after this transaction.
+   */
+  async finish(): Promise<bigint> {
+    if (!this.changed) return this.versionBefore;
+    assert(this.debt >= 0n, 'debt must never be negative');
+    if (this.entries.length > 0) {
+      const e = this.entries;
+      await this.tx.query(
+        `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits,
+                                     batch_id, usage_event_id, reservation_id, note, created_at)
+         SELECT gen_random_uuid(), $1, t.type::"LedgerEntryType", t.amount, t.after, t.batch, t.event, t.res, t.note, $2
+           FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[])
+                WITH ORDINALITY AS t(type, amount, after, batch, event, res, note, ord)
+          ORDER BY t.ord`,
+        [
+          this.accountId,
+          this.now,
+          e.map((x) => x.type),
+          e.map((x) => x.amountMicroCredits.toString()),
+          e.map((x) => x.balanceAfterMicroCredits.toString()),
+          e.map((x) => x.batchId),
+          e.map((x) => x.usageEventId),
+          e.map((x) => x.reservationId),
+          e.map((x) => x.note),
+        ],
+      );
+      this.entries.length = 0;
+    }
+    const { rows } = await this.tx.query(
+      `UPDATE balances SET total_micro_credits = $2, debt_micro_credits = $3, version = version + 1, updated_at = $4
+        WHERE account_id = $1 RETURNING version`,
+      [this.accountId, this.total.toString(), this.debt.toString(), this.now],
+    );
+    this.changed = false;
+    return toBigInt(rows[0]?.version);
+  }
+}

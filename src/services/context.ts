@@ -1,0 +1,16 @@
+/**
+ * The explicit context every service takes (no globals): the ledger's pg pool, a clock, and the
+ * in-force price book and settings.
+ */
+import type pg from 'pg';
+import type { PricingState } from './pricing-state.js';
+
+/** Wall-clock source; tests may pass a fixed or controllable one. */
+export type Clock = () => Date;
+
+/** What a service needs to run. */
+export interface ServiceContext {
+  pool: pg.Pool;
+  clock: Clock;
+  pricing: PricingState;
+}

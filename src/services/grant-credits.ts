@@ -1,0 +1,106 @@
+/**
+ * grantCredits: adds a credit batch to an account (one grant = one batch). Idempotent on
+ * (account, idempotencyKey). The new credit first repays any debt (DEBT_REPAY entry), the rest
+ * stays in the batch.
+ */
+import { withTransaction } from '../db/pg.js';
+import { LedgerError, badInput } from '../ledger/errors.js';
+import type { CreditType } from '../ledger/drawdown.js';
+import { AccountTx } from './account-tx.js';
+import type { ServiceContext } from './context.js';
+import { requestHash } from './request-hash.js';
+import { minBig } from '../ledger/credits.js';
+
+/** Where credit came from (contract enum GrantSource). */
+export type GrantSource = 'WELCOME_BONUS' | 'PROMO_CODE' | 'REFERRAL' | 'PURCHASE' | 'SUBSCRIPTION' | 'AUTO_TOP_UP' | 'ADJUSTMENT';
+
+/** A validated grant request. */
+export interface GrantCommand {
+  accountId: string;
+  amountMicroCredits: bigint;
+  type: CreditType;
+  source: GrantSource;
+  /** Null: never expires. Must be after the account's "now". */
+  expiresAt: Date | null;
+  reference: string | null;
+  idempotencyKey: string;
+}
+
+/** The grant's id and whether this call replayed an earlier one. */
+export interface GrantResult {
+  grantId: string;
+  replayed: boolean;
+}
+
+/**
+ * Applies a grant inside an already locked account transaction (used by grantCredits and
+ * createAccount's welcome bonus).
+ * @throws LedgerError IDEMPOTENCY_CONFLICT (same key, different input), BAD_USER_INPUT
+ *   (amount <= 0, expiresAt not in the future).
+ */
+export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accountId'>): Promise<GrantResult> {
+  const hash = requestHash({ ...cmd, op: 'grant' });
+  const existing = await atx.tx.query(
+    'SELECT id, request_hash FROM credit_grants WHERE account_id = $1 AND idempotency_key = $2',
+    [atx.accountId, cmd.idempotencyKey],
+  );
+  const prior = existing.rows[0];
+  if (prior) {
+    if (prior.request_hash !== hash) {
+      throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different grant');
+    }
+    return { grantId: prior.id as string, replayed: true };
+  }
+  if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
+  if (cmd.expiresAt && cmd.expiresAt.getTime() <= atx.now.getTime()) throw badInput('expiresAt', 'must be in the future');
+
+  const repay = minBig(cmd.amountMicroCredits, atx.debt);
+  const remaining = cmd.amountMicroCredits - repay;
+  const { rows } = await atx.tx.query(
+    `WITH g AS (
+       INSERT INTO credit_grants (id, account_id, source, type, amount_micro_credits, reference, idempotency_key, request_hash, created_at)
+       VALUES (gen_random_uuid(), $1, $2::"GrantSource", $3::"CreditType", $4, $5, $6, $7, $8)
+       RETURNING id
+     )
+     INSERT INTO credit_batches (id, account_id, grant_id, type, source, allocated_micro_credits, remaining_micro_credits,
+                                 added_at, expires_at, status, updated_at)
+     SELECT gen_random_uuid(), $1, g.id, $3::"CreditType", $2::"GrantSource", $4, $9, $8, $10,
+            CASE WHEN $9::bigint > 0 THEN 'ACTIVE'::"BatchStatus" ELSE 'EXHAUSTED'::"BatchStatus" END, $8
+       FROM g
+     RETURNING grant_id, id`,
+    [
+      atx.accountId,
+      cmd.source,
+      cmd.type,
+      cmd.amountMicroCredits.toString(),
+      cmd.reference,
+      cmd.idempotencyKey,
+      hash,
+      atx.now,
+      remaining.toString(),
+      cmd.expiresAt,
+    ],
+  );
+  const row = rows[0];
+  const batchId = row.id as string;
+  atx.addEntry({ type: 'GRANT', amountMicroCredits: remaining, batchId, note: cmd.source });
+  if (repay > 0n) {
+    atx.debt -= repay;
+    atx.addEntry({ type: 'DEBT_REPAY', amountMicroCredits: repay, batchId, note: 'grant repaid debt' });
+  }
+  return { grantId: row.grant_id as string, replayed: false };
+}
+
+/**
+ * Grants credit to an account in one transaction.
+ * @throws LedgerError NOT_FOUND (account), IDEMPOTENCY_CONFLICT, BAD_USER_INPUT.
+ */
+export async function grantCredits(ctx: ServiceContext, cmd: GrantCommand): Promise<GrantResult> {
+  return withTransaction(ctx.pool, async (tx) => {
+    const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+    const { accountId: _ignored, ...rest } = cmd;
+    const result = await applyGrant(atx, rest);
+    await atx.finish();
+    return result;
+  });
+}

@@ -1,0 +1,263 @@
+/**
+ * recordUsage / recordUsageBatch: meter, price and charge work (architecture: "How one charge
+ * flows"). Pricing is pure and in memory (the price book in force); the charge is one
+ * transaction that locks the account's balance row, checks the idempotency key, draws the cost
+ * from batches in drawdown order (src/ledger/drawdown.ts), and writes the event, its drawdowns,
+ * one CONSUME ledger entry and the new balance.
+ *
+ * Without a reservation the event is refused with INSUFFICIENT_CREDITS when available credit
+ * (total - reserved) does not cover a non-zero cost, and nothing is recorded. With a
+ * reservation the cost comes from the hold first, then from available credit, and beyond that
+ * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
+ */
+import { withTransaction } from '../db/pg.js';
+import { LedgerError, badInput } from '../ledger/errors.js';
+import { planDrawdown } from '../ledger/drawdown.js';
+import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
+import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
+import { AccountTx } from './account-tx.js';
+import type { ServiceContext } from './context.js';
+import { requestHash } from './request-hash.js';
+import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
+import type { ActivePriceBook, SettingsRecord } from './pricing-state.js';
+import { toBigInt } from '../db/pg.js';
+
+/** The recorded (or replayed) event's id. */
+export interface ChargeResult {
+  eventId: string;
+  replayed: boolean;
+}
+
+/** A priced line as stored on the event (amounts as canonical Credits text). */
+export interface StoredCostLine {
+  item: string;
+  quantity: string;
+  unitPrice: string;
+  amount: string;
+  exactAmount: string;
+}
+
+/**
+ * Prices a usage command with the book and settings in force.
+ * @throws LedgerError BAD_USER_INPUT when no price book is published, no rule matches, or the
+ *   model is unknown without a fallback.
+ */
+export function priceCommand(cmd: UsageCommand, book: ActivePriceBook | null, settings: SettingsRecord): PricedUsage {
+  if (!book) throw new LedgerError('BAD_USER_INPUT', 'no price book has been published yet');
+  return priceUsage(
+    book.book,
+    {
+      category: cmd.category,
+      model: cmd.model,
+      tier: cmd.tier,
+      sku: cmd.sku,
+      quantities: cmd.quantities,
+      providerCostUsd: cmd.providerCostUsd,
+      byok: cmd.byok,
+      occurredAt: cmd.occurredAt,
+    },
+    { creditUsdValue: settings.creditUsdValue },
+  );
+}
+
+function commandHash(cmd: UsageCommand): string {
+  return requestHash({ ...cmd, op: 'usage' });
+}
+
+/**
+ * Charges one usage command inside a locked account transaction. `price` is called only when
+ * the idempotency key is new (a retry returns the first event even if prices changed since).
+ * @throws LedgerError IDEMPOTENCY_CONFLICT, NOT_FOUND (reservation), RESERVATION_NOT_ACTIVE,
+ *   INSUFFICIENT_CREDITS, BAD_USER_INPUT (from pricing).
+ */
+export async function applyCharge(
+  atx: AccountTx,
+  cmd: UsageCommand,
+  price: () => { priced: PricedUsage; version: number },
+): Promise<ChargeResult> {
+  const hash = commandHash(cmd);
+  const prior = await atx.tx.query('SELECT id, request_hash FROM usage_events WHERE account_id = $1 AND idempotency_key = $2', [
+    atx.accountId,
+    cmd.idempotencyKey,
+  ]);
+  if (prior.rows[0]) {
+    if (prior.rows[0].request_hash !== hash) {
+      throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event');
+    }
+    return { eventId: prior.rows[0].id as string, replayed: true };
+  }
+
+  let holdLeft = 0n;
+  if (cmd.reservationId) {
+    const { rows } = await atx.tx.query(
+      `SELECT amount_micro_credits, consumed_micro_credits, status, expires_at FROM reservations WHERE id = $1 AND account_id = $2`,
+      [cmd.reservationId, atx.accountId],
+    );
+    const r = rows[0];
+    if (!r) throw new LedgerError('NOT_FOUND', 'reservation not found');
+    if (r.status !== 'ACTIVE' || (r.expires_at as Date).getTime() <= atx.now.getTime()) {
+      throw new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${r.status === 'ACTIVE' ? 'EXPIRED' : r.status}`);
+    }
+    holdLeft = maxBig(toBigInt(r.amount_micro_credits) - toBigInt(r.consumed_micro_credits), 0n);
+  }
+
+  const { priced, version } = price();
+  const cost = priced.costMicroCredits;
+  const batches = await atx.spendableBatches();
+  const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
+  const reservedOthers = await atx.reservedMicroCredits(cmd.reservationId);
+
+  let toDraw: bigint;
+  let debtAdded = 0n;
+  if (!cmd.reservationId) {
+    const available = spendable - atx.debt - reservedOthers;
+    if (cost > 0n && cost > available) {
+      throw new LedgerError(
+        'INSUFFICIENT_CREDITS',
+        `insufficient credits: cost ${formatCredits(cost)}, available ${formatCredits(available)}`,
+        { costCredits: formatCredits(cost), availableCredits: formatCredits(available) },
+      );
+    }
+    toDraw = cost;
+  } else {
+    const fromHold = minBig(cost, holdLeft);
+    const availableOutsideHold = spendable - atx.debt - reservedOthers - holdLeft;
+    const fromAvailable = minBig(cost - fromHold, maxBig(availableOutsideHold, 0n));
+    toDraw = fromHold + fromAvailable;
+    debtAdded = cost - toDraw;
+  }
+  const plan = planDrawdown(batches, toDraw, atx.now);
+  debtAdded += plan.shortfallMicroCredits; // a hold whose batches expired or were voided meanwhile
+
+  const lines: StoredCostLine[] = priced.lines.map((l) => ({
+    item: l.item,
+    quantity: l.quantity,
+    unitPrice: l.unitPrice,
+    amount: formatCredits(l.amountMicroCredits),
+    exactAmount: l.exactAmount,
+  }));
+  const q = cmd.quantities;
+  const { rows } = await atx.tx.query(
+    `WITH ev AS (
+       INSERT INTO usage_events (id, account_id, idempotency_key, request_hash, occurred_at, recorded_at, category, model, tier, sku,
+                                 agent_id, user_id, task_id, conversation_id, message_id, input_tokens, output_tokens,
+                                 reasoning_tokens, cache_read_tokens, cache_write_tokens, seconds, units, provider_cost_usd,
+                                 byok, cost_micro_credits, debt_micro_credits, lines, reservation_id, price_book_version, metadata)
+       VALUES (gen_random_uuid(), $1, $2, $3, COALESCE($4, $5), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+               $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+       RETURNING id
+     ), dd AS (
+       INSERT INTO drawdowns (id, usage_event_id, batch_id, position, amount_micro_credits)
+       SELECT gen_random_uuid(), ev.id, d.batch_id, d.ord - 1, d.amount
+         FROM ev, unnest($30::uuid[], $31::bigint[]) WITH ORDINALITY AS d(batch_id, amount, ord)
+     ), ub AS (
+       UPDATE credit_batches b
+          SET remaining_micro_credits = b.remaining_micro_credits - d.amount,
+              status = CASE WHEN b.remaining_micro_credits - d.amount = 0 THEN 'EXHAUSTED'::"BatchStatus" ELSE b.status END,
+              updated_at = $5
+         FROM unnest($30::uuid[], $31::bigint[]) AS d(batch_id, amount)
+        WHERE b.id = d.batch_id
+     ), ur AS (
+       UPDATE reservations SET consumed_micro_credits = consumed_micro_credits + $25 WHERE id = $28
+     )
+     SELECT id FROM ev`,
+    [
+      atx.accountId,
+      cmd.idempotencyKey,
+      hash,
+      cmd.occurredAt,
+      atx.now,
+      cmd.category,
+      cmd.model,
+      cmd.tier,
+      cmd.sku,
+      cmd.agentId,
+      cmd.userId,
+      cmd.taskId,
+      cmd.conversationId,
+      cmd.messageId,
+      q.inputTokens,
+      q.outputTokens,
+      q.reasoningTokens,
+      q.cacheReadTokens,
+      q.cacheWriteTokens,
+      q.seconds,
+      q.units,
+      cmd.providerCostUsd,
+      cmd.byok,
+      cost.toString(),
+      debtAdded.toString(),
+      JSON.stringify(lines),
+      cmd.reservationId,
+      version,
+      cmd.metadata === null || cmd.metadata === undefined ? null : JSON.stringify(cmd.metadata),
+      plan.parts.map((p) => p.batchId),
+      plan.parts.map((p) => p.amountMicroCredits.toString()),
+    ],
+  );
+  const eventId = rows[0].id as string;
+  atx.debt += debtAdded;
+  atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: eventId, reservationId: cmd.reservationId, note: cmd.category });
+  return { eventId, replayed: false };
+}
+
+/**
+ * Loads the pricing inputs and returns a pricing thunk for `cmd`.
+ */
+export async function pricerFor(ctx: ServiceContext, cmd: UsageCommand): Promise<() => { priced: PricedUsage; version: number }> {
+  const [book, settings] = await Promise.all([ctx.pricing.priceBook(), ctx.pricing.settings()]);
+  return () => ({ priced: priceCommand(cmd, book, settings), version: book?.version ?? 0 });
+}
+
+/**
+ * Records one usage event (validated input) in one transaction.
+ * @throws LedgerError as applyCharge, plus NOT_FOUND for an unknown account.
+ */
+export async function recordUsage(ctx: ServiceContext, input: UsageInput): Promise<ChargeResult> {
+  const cmd = validateUsageInput(input);
+  const price = await pricerFor(ctx, cmd);
+  return withTransaction(ctx.pool, async (tx) => {
+    const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+    const result = await applyCharge(atx, cmd, price);
+    await atx.finish();
+    return result;
+  });
+}
+
+/** Outcome of one item of a batch: the event, or the error that refused it. */
+export type BatchItemResult = { ok: true; result: ChargeResult } | { ok: false; error: unknown };
+
+/**
+ * Records many usage events; each succeeds or fails on its own (its own transaction).
+ * Items of one account run in input order; different accounts run concurrently (at most
+ * `concurrency` at once). Results are returned in input order.
+ * @throws LedgerError BAD_USER_INPUT when there are more than `maxItems` inputs.
+ */
+export async function recordUsageBatch(
+  ctx: ServiceContext,
+  inputs: readonly UsageInput[],
+  opts: { maxItems: number; concurrency?: number },
+): Promise<BatchItemResult[]> {
+  if (inputs.length > opts.maxItems) throw badInput('inputs', `at most ${opts.maxItems} items per batch`);
+  const results: BatchItemResult[] = new Array(inputs.length);
+  const groups = new Map<string, number[]>();
+  inputs.forEach((input, i) => {
+    const list = groups.get(input.accountId) ?? [];
+    list.push(i);
+    groups.set(input.accountId, list);
+  });
+  const queue = [...groups.values()];
+  const workers = Array.from({ length: Math.min(opts.concurrency ?? 4, queue.length) }, async () => {
+    for (let group = queue.shift(); group; group = queue.shift()) {
+      for (const i of group) {
+        try {
+          results[i] = { ok: true, result: await recordUsage(ctx, inputs[i]!) };
+        } catch (error) {
+          results[i] = { ok: false, error };
+        }
+      }
+    }
+  });
+  await Promise.all(workers);
+  return results;
+}

@@ -1,0 +1,60 @@
+/**
+ * refundUsage: gives a usage event's credit back to the batches it came from (contract:
+ * expired ones excepted; voided ones too, since an operator removed them) and marks the event
+ * refunded. The part of the cost that became debt is forgiven (up to the current debt).
+ * Refunding a refunded event returns it unchanged.
+ */
+import { withTransaction, toBigInt } from '../db/pg.js';
+import { LedgerError, badInput } from '../ledger/errors.js';
+import { minBig } from '../ledger/credits.js';
+import { AccountTx } from './account-tx.js';
+import type { ServiceContext } from './context.js';
+
+/**
+ * Refunds an event.
+ * @returns the event id.
+ * @throws LedgerError NOT_FOUND, BAD_USER_INPUT (reason empty or > 500 characters).
+ */
+export async function refundUsage(ctx: ServiceContext, usageEventId: string, reason: string): Promise<string> {
+  if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
+  return withTransaction(ctx.pool, async (tx) => {
+    const found = await tx.query('SELECT account_id FROM usage_events WHERE id = $1', [usageEventId]);
+    const accountId = found.rows[0]?.account_id as string | undefined;
+    if (!accountId) throw new LedgerError('NOT_FOUND', 'usage event not found');
+    const atx = await AccountTx.lock(tx, accountId, ctx.clock());
+    const ev = await tx.query('SELECT refunded_at, debt_micro_credits FROM usage_events WHERE id = $1', [usageEventId]);
+    if (ev.rows[0].refunded_at) return usageEventId;
+    const { rows } = await tx.query(
+      `SELECT d.batch_id, d.amount_micro_credits, b.status, b.expires_at
+         FROM drawdowns d JOIN credit_batches b ON b.id = d.batch_id
+        WHERE d.usage_event_id = $1 ORDER BY d.position`,
+      [usageEventId],
+    );
+    const ids: string[] = [];
+    const amounts: string[] = [];
+    for (const r of rows) {
+      const expired = r.status === 'EXPIRED' || r.status === 'VOIDED' || (r.expires_at && (r.expires_at as Date).getTime() <= atx.now.getTime());
+      if (expired) continue;
+      const amount = toBigInt(r.amount_micro_credits);
+      ids.push(r.batch_id as string);
+      amounts.push(amount.toString());
+      atx.addEntry({ type: 'REFUND', amountMicroCredits: amount, batchId: r.batch_id as string, usageEventId, note: reason });
+    }
+    if (ids.length > 0) {
+      await tx.query(
+        `UPDATE credit_batches b SET remaining_micro_credits = b.remaining_micro_credits + d.amount, status = 'ACTIVE', updated_at = $3
+           FROM unnest($1::uuid[], $2::bigint[]) AS d(batch_id, amount) WHERE b.id = d.batch_id`,
+        [ids, amounts, atx.now],
+      );
+    }
+    const forgiven = minBig(toBigInt(ev.rows[0].debt_micro_credits), atx.debt);
+    if (forgiven > 0n) {
+      atx.debt -= forgiven;
+      atx.addEntry({ type: 'REFUND', amountMicroCredits: forgiven, usageEventId, note: `${reason} (debt forgiven)` });
+    }
+    await tx.query('UPDATE usage_events SET refunded_at = $2, refund_reason = $3 WHERE id = $1', [usageEventId, atx.now, reason]);
+    atx.touch();
+    await atx.finish();
+    return usageEventId;
+  });
+}

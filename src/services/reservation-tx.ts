@@ -1,0 +1,65 @@
+/**
+ * Shared steps of the reservation use cases (settle, release, extend): find the hold and lock
+ * its account, and close it (release the unused rest).
+ */
+import type { Tx } from '../db/pg.js';
+import { toBigInt } from '../db/pg.js';
+import { LedgerError } from '../ledger/errors.js';
+import { maxBig } from '../ledger/credits.js';
+import { AccountTx } from './account-tx.js';
+
+/** A reservation row with its account locked. */
+export interface LockedReservation {
+  atx: AccountTx;
+  id: string;
+  amountMicroCredits: bigint;
+  consumedMicroCredits: bigint;
+  status: 'ACTIVE' | 'SETTLED' | 'RELEASED' | 'EXPIRED';
+  expiresAt: Date;
+  /** ACTIVE and not yet past expiresAt. */
+  holding: boolean;
+}
+
+/**
+ * Locks the account of reservation `reservationId` and reads the reservation.
+ * @throws LedgerError NOT_FOUND.
+ */
+export async function lockReservation(tx: Tx, reservationId: string, wallNow: Date): Promise<LockedReservation> {
+  const found = await tx.query('SELECT account_id FROM reservations WHERE id = $1', [reservationId]);
+  const accountId = found.rows[0]?.account_id as string | undefined;
+  if (!accountId) throw new LedgerError('NOT_FOUND', 'reservation not found');
+  const atx = await AccountTx.lock(tx, accountId, wallNow);
+  const { rows } = await tx.query(
+    'SELECT amount_micro_credits, consumed_micro_credits, status, expires_at FROM reservations WHERE id = $1',
+    [reservationId],
+  );
+  const r = rows[0];
+  const expiresAt = r.expires_at as Date;
+  const status = r.status as LockedReservation['status'];
+  return {
+    atx,
+    id: reservationId,
+    amountMicroCredits: toBigInt(r.amount_micro_credits),
+    consumedMicroCredits: toBigInt(r.consumed_micro_credits),
+    status,
+    expiresAt,
+    holding: status === 'ACTIVE' && expiresAt.getTime() > atx.now.getTime(),
+  };
+}
+
+/**
+ * Closes an ACTIVE hold with `status`, releasing its unused rest (RELEASE entry, negative
+ * change of reserved). Re-reads `consumed` so usage charged in this transaction counts.
+ */
+export async function closeReservation(res: LockedReservation, status: 'SETTLED' | 'RELEASED' | 'EXPIRED', note: string): Promise<void> {
+  const { atx } = res;
+  const { rows } = await atx.tx.query(
+    `UPDATE reservations SET status = $2::"ReservationStatus", closed_at = $3 WHERE id = $1
+     RETURNING amount_micro_credits, consumed_micro_credits`,
+    [res.id, status, atx.now],
+  );
+  const r = rows[0];
+  const released = maxBig(toBigInt(r.amount_micro_credits) - toBigInt(r.consumed_micro_credits), 0n);
+  if (released > 0n) atx.addEntry({ type: 'RELEASE', amountMicroCredits: -released, reservationId: res.id, note });
+  else atx.touch();
+}

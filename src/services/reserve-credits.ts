@@ -1,0 +1,70 @@
+/**
+ * reserveCredits: holds available credit for work in progress (authorize now, capture with
+ * recordUsage/settleReservation later). Refused with INSUFFICIENT_CREDITS when available credit
+ * does not cover the hold. Idempotent on (account, idempotencyKey). An unsettled hold stops
+ * holding at expiresAt (reads treat it as released; the expiry sweep records it).
+ */
+import { withTransaction } from '../db/pg.js';
+import { LedgerError, badInput } from '../ledger/errors.js';
+import { formatCredits } from '../ledger/credits.js';
+import { AccountTx } from './account-tx.js';
+import type { ServiceContext } from './context.js';
+import { requestHash } from './request-hash.js';
+import { validateIdempotencyKey } from './usage-command.js';
+
+/** Longest hold or extension: 7 days. */
+export const MAX_RESERVATION_TTL_SECONDS = 7 * 86_400;
+
+/** A validated hold request. */
+export interface ReserveCommand {
+  accountId: string;
+  amountMicroCredits: bigint;
+  ttlSeconds: number;
+  idempotencyKey: string;
+}
+
+/** Validates a TTL: an integer number of seconds in 1..MAX_RESERVATION_TTL_SECONDS. */
+export function validateTtlSeconds(ttlSeconds: number): number {
+  if (!Number.isSafeInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > MAX_RESERVATION_TTL_SECONDS) {
+    throw badInput('ttlSeconds', `must be an integer from 1 to ${MAX_RESERVATION_TTL_SECONDS}`);
+  }
+  return ttlSeconds;
+}
+
+/**
+ * Places a hold.
+ * @returns the reservation id and whether this call replayed an earlier one.
+ * @throws LedgerError BAD_USER_INPUT, NOT_FOUND, IDEMPOTENCY_CONFLICT, INSUFFICIENT_CREDITS.
+ */
+export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): Promise<{ reservationId: string; replayed: boolean }> {
+  validateIdempotencyKey(cmd.idempotencyKey);
+  validateTtlSeconds(cmd.ttlSeconds);
+  if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
+  const hash = requestHash({ ...cmd, op: 'reserve' });
+  return withTransaction(ctx.pool, async (tx) => {
+    const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+    const prior = await tx.query('SELECT id, request_hash FROM reservations WHERE account_id = $1 AND idempotency_key = $2', [
+      cmd.accountId,
+      cmd.idempotencyKey,
+    ]);
+    if (prior.rows[0]) {
+      if (prior.rows[0].request_hash !== hash) throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different reservation');
+      return { reservationId: prior.rows[0].id as string, replayed: true };
+    }
+    const batches = await atx.spendableBatches();
+    const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
+    const available = spendable - atx.debt - (await atx.reservedMicroCredits());
+    if (cmd.amountMicroCredits > available) {
+      throw new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: hold ${formatCredits(cmd.amountMicroCredits)}, available ${formatCredits(available)}`);
+    }
+    const { rows } = await tx.query(
+      `INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash)
+       VALUES (gen_random_uuid(), $1, $2, 'ACTIVE', $3, $4, $5, $6) RETURNING id`,
+      [cmd.accountId, cmd.amountMicroCredits.toString(), new Date(atx.now.getTime() + cmd.ttlSeconds * 1000), atx.now, cmd.idempotencyKey, hash],
+    );
+    const reservationId = rows[0].id as string;
+    atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId });
+    await atx.finish();
+    return { reservationId, replayed: false };
+  });
+}

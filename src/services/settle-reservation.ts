@@ -1,0 +1,51 @@
+/**
+ * settleReservation: records the completed work against a hold and releases the unused rest,
+ * in one transaction. Replaying a settle whose usage was all recorded returns the reservation.
+ */
+import { withTransaction } from '../db/pg.js';
+import { LedgerError, badInput } from '../ledger/errors.js';
+import type { ServiceContext } from './context.js';
+import { applyCharge, pricerFor } from './record-usage.js';
+import { lockReservation, closeReservation } from './reservation-tx.js';
+import { validateUsageInput, type UsageInput } from './usage-command.js';
+
+/** Most usage items in one settle. */
+export const MAX_SETTLE_ITEMS = 100;
+
+/**
+ * Settles a reservation with its final usage.
+ * @param usage the completed work; each item's reservationId must be absent or this one.
+ * @returns the reservation id.
+ * @throws LedgerError NOT_FOUND, RESERVATION_NOT_ACTIVE (already released, expired, or settled
+ *   with other usage), BAD_USER_INPUT, IDEMPOTENCY_CONFLICT.
+ */
+export async function settleReservation(ctx: ServiceContext, reservationId: string, usage: readonly UsageInput[]): Promise<string> {
+  if (usage.length > MAX_SETTLE_ITEMS) throw badInput('usage', `at most ${MAX_SETTLE_ITEMS} items`);
+  const cmds = usage.map((u, i) => {
+    if (u.reservationId && u.reservationId !== reservationId) throw badInput(`usage[${i}].reservationId`, 'must be this reservation');
+    return validateUsageInput({ ...u, reservationId });
+  });
+  const pricers = await Promise.all(cmds.map((c) => pricerFor(ctx, c)));
+  return withTransaction(ctx.pool, async (tx) => {
+    const res = await lockReservation(tx, reservationId, ctx.clock());
+    for (const c of cmds) if (c.accountId !== res.atx.accountId) throw badInput('usage.accountId', "must be the reservation's account");
+    if (res.status === 'SETTLED') {
+      // A retry: every item must already be recorded with the same input.
+      for (const c of cmds) {
+        const { rows } = await tx.query('SELECT 1 FROM usage_events WHERE account_id = $1 AND idempotency_key = $2 AND reservation_id = $3', [
+          res.atx.accountId,
+          c.idempotencyKey,
+          reservationId,
+        ]);
+        if (!rows[0]) throw new LedgerError('RESERVATION_NOT_ACTIVE', 'reservation is already SETTLED');
+      }
+      for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!); // verifies same input (or conflict)
+      return reservationId;
+    }
+    if (!res.holding) throw new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${res.status === 'ACTIVE' ? 'EXPIRED' : res.status}`);
+    for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!);
+    await closeReservation(res, 'SETTLED', 'settled: unused rest released');
+    await res.atx.finish();
+    return reservationId;
+  });
+}

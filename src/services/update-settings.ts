@@ -1,0 +1,68 @@
+/**
+ * updateSettings: changes platform-wide settings (only the fields given). Validated first;
+ * one UPDATE; the pricing cache is dropped so new values apply at once in this process.
+ */
+import { badInput } from '../ledger/errors.js';
+import { parseCredits, parseExactDecimal, formatExactDecimal } from '../ledger/credits.js';
+import type { ServiceContext } from './context.js';
+
+/** Fields of SettingsInput (contract); Credits/Decimal as strings or numbers. */
+export interface SettingsPatch {
+  creditUsdValue?: unknown;
+  welcomeBonusCredits?: unknown;
+  welcomeBonusExpiresAfterDays?: number | null;
+  referralRewardCredits?: unknown;
+  referralMaxRewardsPerAccount?: number | null;
+  alertThresholds?: number[] | null;
+}
+
+/**
+ * Applies a settings patch. Absent fields keep their value; welcomeBonusExpiresAfterDays may be
+ * set to null (never expires).
+ * @throws LedgerError BAD_USER_INPUT: creditUsdValue not in (0, 1000000], negative credits,
+ *   days not in 1..3650, referral limit not in 0..1000000, thresholds not distinct ints in 0..100.
+ */
+export async function updateSettings(ctx: ServiceContext, patch: SettingsPatch): Promise<void> {
+  const sets: string[] = [];
+  const values: unknown[] = [];
+  const set = (column: string, value: unknown) => {
+    values.push(value);
+    sets.push(`${column} = $${values.length}`);
+  };
+  if (patch.creditUsdValue !== undefined && patch.creditUsdValue !== null) {
+    const d = parseExactDecimal(patch.creditUsdValue, 'creditUsdValue', 10);
+    if (d.units <= 0n || d.units > 1_000_000n * 10n ** BigInt(d.scale)) throw badInput('creditUsdValue', 'must be > 0 and <= 1000000');
+    set('credit_usd_value', formatExactDecimal(d));
+  }
+  if (patch.welcomeBonusCredits !== undefined && patch.welcomeBonusCredits !== null) {
+    const micro = parseCredits(patch.welcomeBonusCredits, 'welcomeBonusCredits');
+    if (micro < 0n) throw badInput('welcomeBonusCredits', 'must not be negative');
+    set('welcome_bonus_micro_credits', micro.toString());
+  }
+  if (patch.welcomeBonusExpiresAfterDays !== undefined) {
+    const days = patch.welcomeBonusExpiresAfterDays;
+    if (days !== null && (!Number.isInteger(days) || days < 1 || days > 3650)) throw badInput('welcomeBonusExpiresAfterDays', 'must be 1 to 3650, or null');
+    set('welcome_bonus_expires_after_days', days);
+  }
+  if (patch.referralRewardCredits !== undefined && patch.referralRewardCredits !== null) {
+    const micro = parseCredits(patch.referralRewardCredits, 'referralRewardCredits');
+    if (micro < 0n) throw badInput('referralRewardCredits', 'must not be negative');
+    set('referral_reward_micro_credits', micro.toString());
+  }
+  if (patch.referralMaxRewardsPerAccount !== undefined && patch.referralMaxRewardsPerAccount !== null) {
+    const n = patch.referralMaxRewardsPerAccount;
+    if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw badInput('referralMaxRewardsPerAccount', 'must be 0 to 1000000');
+    set('referral_max_rewards_per_account', n);
+  }
+  if (patch.alertThresholds !== undefined && patch.alertThresholds !== null) {
+    const t = patch.alertThresholds;
+    if (t.length > 10 || t.some((x) => !Number.isInteger(x) || x < 0 || x > 100) || new Set(t).size !== t.length) {
+      throw badInput('alertThresholds', 'must be at most 10 distinct integers from 0 to 100');
+    }
+    set('alert_thresholds', [...t].sort((a, b) => b - a));
+  }
+  if (sets.length === 0) return;
+  values.push(ctx.clock());
+  await ctx.pool.query(`UPDATE settings SET ${sets.join(', ')}, updated_at = $${values.length} WHERE id = 1`, values);
+  ctx.pricing.invalidate();
+}

@@ -1,0 +1,146 @@
+/**
+ * The validated form of RecordUsageInput (contract) and its validation. Validation is pure and
+ * runs before any transaction, so bad input changes nothing.
+ */
+import { badInput } from '../ledger/errors.js';
+import { parseExactDecimal, formatExactDecimal } from '../ledger/credits.js';
+
+/** Measured quantities of one usage event. Decimals are canonical strings. */
+export interface UsageQuantities {
+  inputTokens: number | null;
+  outputTokens: number | null;
+  reasoningTokens: number | null;
+  cacheReadTokens: number | null;
+  cacheWriteTokens: number | null;
+  /** Seconds of runtime/voice, non-negative decimal, <= 9 fractional digits. */
+  seconds: string | null;
+  /** Units (images, calls, tasks), non-negative decimal, <= 9 fractional digits. */
+  units: string | null;
+}
+
+/** A validated usage record request. */
+export interface UsageCommand {
+  accountId: string;
+  idempotencyKey: string;
+  category: string;
+  model: string | null;
+  tier: string | null;
+  sku: string | null;
+  quantities: UsageQuantities;
+  /** Provider-reported cost in USD, canonical decimal (<= 12 fractional digits). */
+  providerCostUsd: string | null;
+  byok: boolean;
+  agentId: string | null;
+  userId: string | null;
+  taskId: string | null;
+  conversationId: string | null;
+  messageId: string | null;
+  reservationId: string | null;
+  occurredAt: Date | null;
+  metadata: unknown;
+}
+
+/** Loose input as it arrives from GraphQL (after scalar parsing) or other callers. */
+export interface UsageInput {
+  accountId: string;
+  idempotencyKey: string;
+  category: string;
+  model?: string | null;
+  tier?: string | null;
+  sku?: string | null;
+  quantities?: {
+    inputTokens?: number | null;
+    outputTokens?: number | null;
+    reasoningTokens?: number | null;
+    cacheReadTokens?: number | null;
+    cacheWriteTokens?: number | null;
+    seconds?: unknown;
+    units?: unknown;
+  } | null;
+  providerCostUsd?: unknown;
+  byok?: boolean | null;
+  agentId?: string | null;
+  userId?: string | null;
+  taskId?: string | null;
+  conversationId?: string | null;
+  messageId?: string | null;
+  reservationId?: string | null;
+  occurredAt?: Date | null;
+  metadata?: unknown;
+}
+
+const MAX_ID_LENGTH = 200;
+const MAX_METADATA_BYTES = 8192;
+const MAX_TOKENS = 1_000_000_000;
+
+/** Validates an idempotency key: 1..200 printable characters. */
+export function validateIdempotencyKey(key: string, field = 'idempotencyKey'): string {
+  if (typeof key !== 'string' || key.length === 0 || key.length > MAX_ID_LENGTH || /[\u0000-\u001f]/.test(key)) {
+    throw badInput(field, 'must be 1 to 200 printable characters');
+  }
+  return key;
+}
+
+function optionalLabel(value: string | null | undefined, field: string): string | null {
+  if (value === null || value === undefined) return null;
+  if (value.length === 0 || value.length > MAX_ID_LENGTH) throw badInput(field, 'must be 1 to 200 characters');
+  return value;
+}
+
+function tokens(value: number | null | undefined, field: string): number | null {
+  if (value === null || value === undefined) return null;
+  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_TOKENS) throw badInput(field, 'must be a non-negative integer');
+  return value;
+}
+
+function nonNegativeDecimal(value: unknown, field: string, maxScale: number): string | null {
+  if (value === null || value === undefined) return null;
+  const d = parseExactDecimal(value, field, maxScale);
+  if (d.units < 0n) throw badInput(field, 'must not be negative');
+  if (d.units >= 10n ** BigInt(18 + d.scale)) throw badInput(field, 'is out of range');
+  return formatExactDecimal(d);
+}
+
+/**
+ * Validates a usage input into a UsageCommand.
+ * @throws LedgerError BAD_USER_INPUT naming the first invalid field.
+ */
+export function validateUsageInput(input: UsageInput): UsageCommand {
+  const q = input.quantities ?? {};
+  if (typeof input.category !== 'string' || input.category.length === 0 || input.category.length > MAX_ID_LENGTH) {
+    throw badInput('category', 'must be 1 to 200 characters');
+  }
+  let metadata: unknown = input.metadata ?? null;
+  if (metadata !== null) {
+    const size = Buffer.byteLength(JSON.stringify(metadata) ?? '');
+    if (size > MAX_METADATA_BYTES) throw badInput('metadata', `must be at most ${MAX_METADATA_BYTES} bytes of JSON`);
+  }
+  if (input.occurredAt && Number.isNaN(input.occurredAt.getTime())) throw badInput('occurredAt', 'is not a valid date');
+  return {
+    accountId: input.accountId,
+    idempotencyKey: validateIdempotencyKey(input.idempotencyKey),
+    category: input.category,
+    model: optionalLabel(input.model, 'model'),
+    tier: optionalLabel(input.tier, 'tier'),
+    sku: optionalLabel(input.sku, 'sku'),
+    quantities: {
+      inputTokens: tokens(q.inputTokens, 'quantities.inputTokens'),
+      outputTokens: tokens(q.outputTokens, 'quantities.outputTokens'),
+      reasoningTokens: tokens(q.reasoningTokens, 'quantities.reasoningTokens'),
+      cacheReadTokens: tokens(q.cacheReadTokens, 'quantities.cacheReadTokens'),
+      cacheWriteTokens: tokens(q.cacheWriteTokens, 'quantities.cacheWriteTokens'),
+      seconds: nonNegativeDecimal(q.seconds, 'quantities.seconds', 9),
+      units: nonNegativeDecimal(q.units, 'quantities.units', 9),
+    },
+    providerCostUsd: nonNegativeDecimal(input.providerCostUsd, 'providerCostUsd', 12),
+    byok: input.byok ?? false,
+    agentId: optionalLabel(input.agentId, 'agentId'),
+    userId: optionalLabel(input.userId, 'userId'),
+    taskId: optionalLabel(input.taskId, 'taskId'),
+    conversationId: optionalLabel(input.conversationId, 'conversationId'),
+    messageId: optionalLabel(input.messageId, 'messageId'),
+    reservationId: input.reservationId ?? null,
+    occurredAt: input.occurredAt ?? null,
+    metadata,
+  };
+}
