@@ -482,6 +482,9 @@ function percentRate(percent: string): Rational {
 
 const PER_MILLION = fromInteger(1_000_000);
 
+/** Largest event cost: what a Credits value and a signed 64-bit column can both hold. */
+const MAX_COST_MICRO_CREDITS = MAX_ABS_MICRO_CREDITS < 2n ** 63n - 1n ? MAX_ABS_MICRO_CREDITS : 2n ** 63n - 1n;
+
 /** Catalog token lines; null when a reported non-zero token kind has no catalog price. */
 function catalogLines(price: CatalogModelPrice, q: Quantities, perUsd: Rational): ExactLine[] | null {
   const lines: ExactLine[] = [];
@@ -635,7 +638,7 @@ export function priceUsage(
 
   const exactTotal = sum(lines.map(lineAmount));
   const costMicroCredits = ceilToMicroCredits(exactTotal);
-  if (costMicroCredits > MAX_ABS_MICRO_CREDITS) throw badInput('quantities', 'the cost of this event is out of range');
+  if (costMicroCredits > MAX_COST_MICRO_CREDITS) throw badInput('quantities', 'the cost of this event is out of range');
   return {
     costMicroCredits,
     exactCost: toDecimalString(exactTotal),
