@@ -1,0 +1,218 @@
+/**
+ * `npm run bench`: throughput and latency of the charge hot path over GraphQL.
+ *
+ * Starts its own server (same as the demo: free loopback port, logs in .data/logs/bench-*.log)
+ * against DATABASE_URL / REDIS_URL, publishes the demo price book, creates accounts with ample
+ * PAID credit, then for each account setting (1 hot account, 1000 accounts):
+ *   - recordUsage with N concurrent clients for S seconds: events/s, p50/p99/max latency;
+ *   - recordUsageBatch (100 events per call): events/s, p50/p99/max latency per batch.
+ * Token counts come from the real Azure 2023 trace (conv -> chat model, code -> code model).
+ * Bounded: every scenario stops after --seconds or --max-ops operations, whichever is first.
+ *
+ * Usage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000|N]
+ *          [--batch-concurrency 4] [--batch-size 100] [--max-ops 1000000]
+ */
+import { parseArgs } from 'node:util';
+import { performance } from 'node:perf_hooks';
+import { ensureCodegen, startServer, type StartedServer } from '../demo/server-process.js';
+
+interface Scenario {
+  name: string;
+  accounts: number;
+  concurrency: number;
+  ops: number;
+  events: number;
+  errors: Map<string, number>;
+  seconds: number;
+  latenciesMs: number[];
+  perBatch: boolean;
+}
+
+/** Nearest-rank percentile of an ascending-sorted array (ms); 0 for an empty one. */
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  const rank = Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length)));
+  return sorted[rank - 1] as number;
+}
+
+function usage(message: string): never {
+  console.error(`${message}\nusage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000] [--batch-concurrency 4] [--batch-size 100] [--max-ops N]`);
+  process.exit(2);
+}
+
+function intOption(value: string | undefined, name: string, min: number, max: number): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) usage(`--${name} must be an integer in ${min}..${max}`);
+  return n;
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      concurrency: { type: 'string', default: '32' },
+      seconds: { type: 'string', default: '10' },
+      accounts: { type: 'string' },
+      'batch-concurrency': { type: 'string', default: '4' },
+      'batch-size': { type: 'string', default: '100' },
+      'max-ops': { type: 'string', default: '1000000' },
+    },
+  });
+  const concurrency = intOption(values.concurrency, 'concurrency', 1, 512);
+  const seconds = intOption(values.seconds, 'seconds', 1, 600);
+  const accountSettings = values.accounts === undefined ? [1, 1000] : [intOption(values.accounts, 'accounts', 1, 10_000)];
+  const batchConcurrency = intOption(values['batch-concurrency'], 'batch-concurrency', 1, 128);
+  const batchSize = intOption(values['batch-size'], 'batch-size', 1, 1000);
+  const maxOps = intOption(values['max-ops'], 'max-ops', 1, 10_000_000);
+
+  await ensureCodegen();
+  const gql = await import('../src/generated/graphql.js');
+  const { createClient, errorCode } = await import('../src/client/graphql-client.js');
+  const { planReplay } = await import('../demo/replay.js');
+  const { demoPriceBook } = await import('../demo/price-book.js');
+
+  console.log('Starting the creditpool server and workers (logs in .data/logs/bench-*.log) ...');
+  let server: StartedServer | undefined;
+  const onSignal = () => void (server?.stop(5_000) ?? Promise.resolve()).finally(() => process.exit(130));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    server = await startServer({ name: 'bench' });
+    console.log(`Server ready at ${server.graphqlUrl} (loopback; the load generator shares this machine).`);
+    const client = createClient({ url: server.graphqlUrl, token: server.adminKey });
+    const runId = `bench-${Date.now().toString(36)}-${process.pid}`;
+    await client.request(gql.PublishPriceBookDocument, { input: demoPriceBook(`creditpool bench ${runId}`) });
+
+    const trace = planReplay('azure');
+    console.log(`Token counts: ${trace.length.toLocaleString('en-US')} real requests of the Azure LLM inference trace 2023 (CC BY 4.0), cycled.`);
+
+    // Accounts with ample credit, created with bounded parallelism.
+    const maxAccounts = Math.max(...accountSettings);
+    const accountIds: string[] = [];
+    const tCreate = performance.now();
+    let nextAccount = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(16, maxAccounts) }, async () => {
+        while (nextAccount < maxAccounts) {
+          const i = nextAccount++;
+          const a = await client.request(gql.CreateAccountDocument, { input: { externalId: `${runId}-acct-${i}`, name: `bench account ${i}`, kind: 'ORGANIZATION', welcomeBonus: false } });
+          await client.request(gql.GrantCreditsDocument, {
+            input: { accountId: a.createAccount.id, amount: '100000000', type: 'PAID', source: 'PURCHASE', idempotencyKey: `${runId}-grant-${i}` },
+          });
+          accountIds[i] = a.createAccount.id;
+        }
+      }),
+    );
+    console.log(`Created ${maxAccounts.toLocaleString('en-US')} account(s) with 100,000,000 PAID credits each in ${((performance.now() - tCreate) / 1000).toFixed(1)} s.`);
+
+    let seq = 0;
+    const inputFor = (accounts: number, tag: string) => {
+      const n = seq++;
+      const p = trace[n % trace.length]!;
+      return {
+        accountId: accountIds[n % accounts]!,
+        idempotencyKey: `${runId}:${tag}:${n}`,
+        category: 'llm',
+        model: p.model,
+        agentId: p.agentId,
+        userId: p.userId,
+        taskId: p.taskId,
+        quantities: { inputTokens: p.inputTokens, outputTokens: p.outputTokens },
+      };
+    };
+
+    // Warm-up (JIT, connection pools, prepared statements): not measured.
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      for (let k = 0; k < 25; k++) await client.requestRaw(gql.RecordUsageLeanDocument, { input: inputFor(1, 'warmup') });
+    }));
+
+    const run = async (name: string, accounts: number, conc: number, perBatch: boolean): Promise<Scenario> => {
+      const s: Scenario = { name, accounts, concurrency: conc, ops: 0, events: 0, errors: new Map(), seconds: 0, latenciesMs: [], perBatch };
+      const note = (code: string) => s.errors.set(code, (s.errors.get(code) ?? 0) + 1);
+      const t0 = performance.now();
+      const deadline = t0 + seconds * 1000;
+      let started = 0;
+      await Promise.all(
+        Array.from({ length: conc }, async () => {
+          while (performance.now() < deadline && started < maxOps) {
+            started++;
+            const tag = `${name}-${accounts}`;
+            const t = performance.now();
+            try {
+              if (perBatch) {
+                const inputs = Array.from({ length: batchSize }, () => inputFor(accounts, tag));
+                const r = await client.request(gql.RecordUsageBatchLeanDocument, { inputs });
+                for (const item of r.recordUsageBatch) {
+                  if (item.event) s.events++;
+                  else note(item.errorCode ?? 'NO_CODE');
+                }
+              } else {
+                await client.request(gql.RecordUsageLeanDocument, { input: inputFor(accounts, tag) });
+                s.events++;
+              }
+              s.latenciesMs.push(performance.now() - t);
+              s.ops++;
+            } catch (e) {
+              note(errorCode(e) ?? 'CLIENT');
+            }
+          }
+        }),
+      );
+      s.seconds = (performance.now() - t0) / 1000;
+      s.latenciesMs.sort((a, b) => a - b);
+      const errs = [...s.errors].map(([c, n]) => `${c} x${n}`).join(', ') || 'none';
+      console.log(
+        `  ${name.padEnd(16)} accounts=${String(accounts).padEnd(5)} conc=${String(conc).padEnd(3)} ${Math.round(s.events / s.seconds).toLocaleString('en-US').padStart(7)} events/s  ` +
+          `p50 ${percentile(s.latenciesMs, 50).toFixed(1)} ms  p99 ${percentile(s.latenciesMs, 99).toFixed(1)} ms  errors: ${errs}`,
+      );
+      return s;
+    };
+
+    console.log(`Measuring (${seconds} s per scenario, at most ${maxOps.toLocaleString('en-US')} operations each) ...`);
+    const results: Scenario[] = [];
+    for (const accounts of accountSettings) {
+      results.push(await run('recordUsage', accounts, concurrency, false));
+      results.push(await run(`recordUsageBatch`, accounts, batchConcurrency, true));
+    }
+
+    // The hot account must still reconcile after all that.
+    const rec = await client.request(gql.AccountSummaryDocument, { id: accountIds[0]!, ledgerFirst: 1 });
+    const r = rec.account?.reconciliation;
+
+    console.log('');
+    console.log(`recordUsage / recordUsageBatch over GraphQL, loopback, ${seconds} s per scenario (latency = one HTTP round trip; per batch of ${batchSize} for recordUsageBatch)`);
+    const header = ['operation', 'accounts', 'clients', 'ops', 'events', 'events/s', 'p50 ms', 'p99 ms', 'max ms', 'errors'];
+    const rows = results.map((s) => [
+      s.perBatch ? `recordUsageBatch(${batchSize})` : 'recordUsage',
+      s.accounts.toLocaleString('en-US'),
+      String(s.concurrency),
+      s.ops.toLocaleString('en-US'),
+      s.events.toLocaleString('en-US'),
+      Math.round(s.events / s.seconds).toLocaleString('en-US'),
+      percentile(s.latenciesMs, 50).toFixed(1),
+      percentile(s.latenciesMs, 99).toFixed(1),
+      (s.latenciesMs.at(-1) ?? 0).toFixed(1),
+      String([...s.errors.values()].reduce((a, b) => a + b, 0)),
+    ]);
+    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+    const line = (cells: string[]) => '| ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
+    console.log(line(header));
+    console.log('|' + widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|');
+    for (const row of rows) console.log(line(row));
+    console.log(`hot account ledger invariant holds: ${r?.consistent ? 'yes' : 'no'} (total ${r?.total}, ledger sum ${r?.ledgerSum})`);
+    const errors = results.reduce((a, s) => a + [...s.errors.values()].reduce((x, y) => x + y, 0), 0);
+    return r?.consistent && errors === 0 ? 0 : 1;
+  } catch (e) {
+    console.error(`bench failed: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    await server?.stop();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(e);
+    process.exit(1);
+  },
+);
