@@ -47,7 +47,10 @@ export interface PlannedRequest extends TraceRequest {
   model: string;
   agentId: string;
   userId: string;
+  /** One of a few tasks; the extra tool-call / web-search events always use it. */
   taskId: string;
+  /** The LLM call's own task: `stream-<index>` for a reservation run (its cost is read back with taskCost), else taskId. */
+  llmTaskId: string;
   mode: SendMode;
   /** Also emit a FLAT tool_call event next to the LLM call. */
   toolCall: boolean;
@@ -110,7 +113,8 @@ export function planReplay(trace: TraceChoice, limit?: number): PlannedRequest[]
       model: r.trace === 'conv' ? CHAT_MODEL : r.trace === 'code' ? CODE_MODEL : KIMI_MODEL,
       agentId: pick(agents, h),
       userId: pick(USERS, h >>> 8),
-      taskId: mode === 'reservation' ? `stream-${index}` : `task-${((h >>> 16) % TASKS) + 1}`,
+      taskId: `task-${((h >>> 16) % TASKS) + 1}`,
+      llmTaskId: mode === 'reservation' ? `stream-${index}` : `task-${((h >>> 16) % TASKS) + 1}`,
       mode,
       toolCall: index % 7 === 3,
       webSearch: index % 13 === 6,
@@ -309,7 +313,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     model: p.model,
     agentId: p.agentId,
     userId: p.userId,
-    taskId: p.taskId,
+    taskId: p.llmTaskId,
     conversationId: `${p.trace}-conv-${Math.floor(p.row / 8)}`,
     messageId: `${p.trace}-${p.row}`,
     quantities: { inputTokens: p.inputTokens, outputTokens: p.outputTokens, ...(p.cacheReadTokens > 0 ? { cacheReadTokens: p.cacheReadTokens } : {}) },
@@ -452,9 +456,9 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
       return;
     }
     // settleReservation returns the Reservation, not the event: read the run's total back.
-    const tc = await client.request(TaskCostDocument, { accountId, taskId: p.taskId });
+    const tc = await client.request(TaskCostDocument, { accountId, taskId: p.llmTaskId });
     const total = parseCredits(tc.taskCost.credits);
-    if (tc.taskCost.events !== 3) failures.push(`streaming run ${p.taskId}: taskCost reports ${tc.taskCost.events} events, expected 3`);
+    if (tc.taskCost.events !== 3) failures.push(`streaming run ${p.llmTaskId}: taskCost reports ${tc.taskCost.events} events, expected 3`);
     if (consumed === total) reservationsConsumedMatch += 1;
     const settleMicro = total - partialMicro;
     const settleId = `settle:${reservationId}`;
