@@ -60,6 +60,10 @@ export interface StartServerOptions {
   readyAttempts?: number;
   /** Pause between polls in ms (default 500; 240 x 500 ms = 2 minutes, first boot migrates). */
   readyIntervalMs?: number;
+  /** Server entry file relative to the repository root (default src/main.ts). */
+  serverEntry?: string;
+  /** Workers entry file relative to the repository root (default workers/main.ts). */
+  workersEntry?: string;
   /** Extra environment for both children. */
   env?: Record<string, string>;
   /**
@@ -154,8 +158,8 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
   };
   const logDir = join(ROOT, '.data', 'logs');
   const logs = { server: join(logDir, `${name}-server.log`), workers: workers ? join(logDir, `${name}-workers.log`) : undefined };
-  const server = spawnLogged('src/main.ts', logs.server, env, detached);
-  const worker = workers && logs.workers ? spawnLogged('workers/main.ts', logs.workers, env, detached) : undefined;
+  const server = spawnLogged(options.serverEntry ?? 'src/main.ts', logs.server, env, detached);
+  const worker = workers && logs.workers ? spawnLogged(options.workersEntry ?? 'workers/main.ts', logs.workers, env, detached) : undefined;
   let tracked = true;
   const children = [server, worker].filter((c): c is ChildProcess => c !== undefined);
   const stop = async (graceMs = 15_000) => {
