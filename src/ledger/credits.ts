@@ -11,9 +11,8 @@ export const MICRO_PER_CREDIT = 1_000_000n;
 /** Decimal places of a Credits value. */
 export const CREDIT_DECIMALS = 6;
 
-/** Largest accepted magnitude: 10^15 credits (fits comfortably in a signed 64-bit column). */
-export const MAX_ABS_MICRO_CREDITS = 10n ** 21n;
-const MAX_ABS_MICRO_BIGINT64 = 2n ** 63n - 1n;
+/** Largest accepted magnitude: 2^63 - 1 micro-credits (a signed 64-bit column), about 9.2e12 credits. */
+export const MAX_ABS_MICRO_CREDITS = 2n ** 63n - 1n;
 
 const DECIMAL_RE = /^(-)?(\d+)(?:\.(\d+))?$/;
 
@@ -64,7 +63,7 @@ export function parseExactDecimal(input: unknown, field: string, maxScale = 18):
 export function parseCredits(input: unknown, field = 'credits'): bigint {
   const d = parseExactDecimal(input, field, CREDIT_DECIMALS);
   const micro = d.units * 10n ** BigInt(CREDIT_DECIMALS - d.scale);
-  if (micro > MAX_ABS_MICRO_CREDITS || -micro > MAX_ABS_MICRO_CREDITS || micro > MAX_ABS_MICRO_BIGINT64) {
+  if (micro > MAX_ABS_MICRO_CREDITS || -micro > MAX_ABS_MICRO_CREDITS) {
     throw badInput(field, 'amount is out of range');
   }
   return micro;

@@ -1,0 +1,39 @@
+/**
+ * Who may read which account (contract README, credentials): a service key with the `read`
+ * (or `admin`) scope reads every account; an end user reads only the USER account whose
+ * externalId is its `sub` and the ORGANIZATION account whose externalId is its `org`. Any other
+ * account answers exactly like a missing one (NOT_FOUND / null), so ids of other tenants leak
+ * nothing.
+ */
+import { LedgerError } from '../ledger/errors.js';
+import { hasScope } from '../auth/principal.js';
+import type { GraphQLContext } from './context.js';
+
+/** True when the caller may read the account with database id `accountId`. */
+export async function canReadAccount(ctx: GraphQLContext, accountId: string): Promise<boolean> {
+  const p = ctx.principal;
+  if (!p) return false;
+  if (p.kind === 'service') return hasScope(p, 'read') || hasScope(p, 'usage:write') || hasScope(p, 'credits:write');
+  const memo = ctx.readableAccounts.get(accountId);
+  if (memo !== undefined) return memo;
+  const account = await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { kind: true, externalId: true } });
+  const ok =
+    !!account &&
+    ((account.kind === 'USER' && account.externalId === p.userId) || (account.kind === 'ORGANIZATION' && p.orgId !== null && account.externalId === p.orgId));
+  ctx.readableAccounts.set(accountId, ok);
+  return ok;
+}
+
+/**
+ * Throws NOT_FOUND unless the caller may read the account.
+ * @throws LedgerError UNAUTHENTICATED without credentials, NOT_FOUND otherwise.
+ */
+export async function assertCanReadAccount(ctx: GraphQLContext, accountId: string, what = 'account'): Promise<void> {
+  if (!ctx.principal) throw new LedgerError('UNAUTHENTICATED', 'Send Authorization: Bearer <API key or user token>.');
+  if (!(await canReadAccount(ctx, accountId))) throw new LedgerError('NOT_FOUND', `${what} not found`);
+}
+
+/** The account's "now": its test clock when in test mode, else the wall clock. */
+export function accountNow(account: { testMode: boolean; testClockAt: Date | null }, wallNow: Date): Date {
+  return account.testMode && account.testClockAt ? account.testClockAt : wallNow;
+}

@@ -1,0 +1,75 @@
+/**
+ * The Pothos schema builder: plugins and their options only (types live in ./types).
+ * Plugins: scope-auth (who may call what), prisma (types from Prisma models with selections
+ * planned from the query), relay (global ids, nodes, connections).
+ */
+import SchemaBuilder from '@pothos/core';
+import ScopeAuthPlugin from '@pothos/plugin-scope-auth';
+import PrismaPlugin from '@pothos/plugin-prisma';
+import RelayPlugin from '@pothos/plugin-relay';
+import type PrismaTypes from '../generated/pothos-types.js';
+import { getDatamodel } from '../generated/pothos-types.js';
+import type { GraphQLContext } from './context.js';
+import { hasScope } from '../auth/principal.js';
+import { codedError } from './errors.js';
+
+/** Named auth scopes usable in `authScopes` options. */
+export interface AuthScopes {
+  /** Any valid credential. */
+  authenticated: boolean;
+  admin: boolean;
+  usageWrite: boolean;
+  creditsWrite: boolean;
+  /** Service key with the read scope. */
+  read: boolean;
+  /** An end user (JWT). */
+  user: boolean;
+}
+
+/** The builder every type module registers into. */
+export const builder = new SchemaBuilder<{
+  Context: GraphQLContext;
+  PrismaTypes: PrismaTypes;
+  AuthScopes: AuthScopes;
+  DefaultFieldNullability: false;
+  DefaultEdgesNullability: false;
+  DefaultNodeNullability: false;
+  Scalars: {
+    Credits: { Input: bigint; Output: bigint };
+    Decimal: { Input: string; Output: string };
+    DateTime: { Input: Date; Output: Date };
+    BigInt: { Input: bigint; Output: bigint };
+    JSON: { Input: unknown; Output: unknown };
+    ID: { Input: string; Output: string | number | bigint };
+  };
+}>({
+  plugins: [ScopeAuthPlugin, PrismaPlugin, RelayPlugin],
+  defaultFieldNullability: false,
+  scopeAuth: {
+    authScopes: (ctx) => ({
+      authenticated: ctx.principal !== null,
+      admin: hasScope(ctx.principal, 'admin'),
+      usageWrite: hasScope(ctx.principal, 'usage:write'),
+      creditsWrite: hasScope(ctx.principal, 'credits:write'),
+      read: hasScope(ctx.principal, 'read'),
+      user: ctx.principal?.kind === 'user',
+    }),
+    unauthorizedError: (_parent, ctx) =>
+      ctx.principal
+        ? codedError('FORBIDDEN', 'This credential may not do that.')
+        : codedError('UNAUTHENTICATED', 'Send Authorization: Bearer <API key or user token>.'),
+  },
+  prisma: {
+    client: (ctx) => ctx.prisma,
+    dmmf: getDatamodel(),
+    exposeDescriptions: false,
+    filterConnectionTotalCount: true,
+    onUnusedQuery: null,
+  },
+  relay: {
+    nodeQueryOptions: false,
+    nodesQueryOptions: false,
+    clientMutationId: 'omit',
+    cursorType: 'String',
+  },
+});

@@ -1,0 +1,22 @@
+/**
+ * The per-request GraphQL context.
+ */
+import type { Principal } from '../auth/principal.js';
+import type { PrismaClient } from '../db/prisma.js';
+import type { ServiceContext } from '../services/context.js';
+import type { Env } from '../config/env.js';
+import type { Logger } from 'pino';
+
+/** What every resolver receives. */
+export interface GraphQLContext {
+  /** Who is calling: a service key, an end user, or nobody. */
+  principal: Principal | null;
+  /** Correlates logs of one request (x-request-id header, or generated). */
+  requestId: string;
+  services: ServiceContext;
+  prisma: PrismaClient;
+  env: Env;
+  log: Logger;
+  /** Memo of account ids this principal may read (filled by access checks). */
+  readableAccounts: Map<string, boolean>;
+}

@@ -1,0 +1,215 @@
+/**
+ * Mutation fields. Each resolver checks scopes, translates input, calls ONE service (one
+ * transaction), then loads the result for the response. Resolvers never write themselves.
+ */
+import { builder } from './builder.js';
+import { decodeId } from './ids.js';
+import {
+  CreateAccountInputRef,
+  GrantCreditsInputRef,
+  PriceBookInputRef,
+  RecordUsageInputRef,
+  ReserveCreditsInputRef,
+  SettingsInputRef,
+  SettleReservationInputRef,
+  toPriceBookInput,
+  toUsageInput,
+} from './inputs.js';
+import { AccountRef } from './types/account.js';
+import { CreditGrantRef, ReservationRef, UsageEventRef } from './types/ledger.js';
+import { PriceBookRef, SettingsRef } from './types/pricing.js';
+import { createAccount } from '../services/create-account.js';
+import { grantCredits } from '../services/grant-credits.js';
+import { voidGrant } from '../services/void-grant.js';
+import { recordUsage, recordUsageBatch } from '../services/record-usage.js';
+import { reserveCredits } from '../services/reserve-credits.js';
+import { settleReservation } from '../services/settle-reservation.js';
+import { releaseReservation } from '../services/release-reservation.js';
+import { extendReservation } from '../services/extend-reservation.js';
+import { refundUsage } from '../services/refund-usage.js';
+import { publishPriceBook } from '../services/publish-price-book.js';
+import { updateSettings } from '../services/update-settings.js';
+import { LedgerError } from '../ledger/errors.js';
+import { formatCredits } from '../ledger/credits.js';
+import { validateIdempotencyKey } from '../services/usage-command.js';
+import type { UsageEvent } from '../generated/prisma/client.js';
+
+/** One item of recordUsageBatch: the event, or why it was refused. */
+interface BatchResultShape {
+  event: UsageEvent | null;
+  errorCode: string | null;
+  errorMessage: string | null;
+}
+
+const RecordUsageResultRef = builder.objectRef<BatchResultShape>('RecordUsageResult').implement({
+  fields: (t) => ({
+    event: t.field({ type: UsageEventRef, nullable: true, resolve: (r) => r.event }),
+    errorCode: t.exposeString('errorCode', { nullable: true, description: 'Set instead of event when this item failed: its error code, e.g. INSUFFICIENT_CREDITS.' }),
+    errorMessage: t.exposeString('errorMessage', { nullable: true }),
+  }),
+});
+
+const optCredits = (v: bigint | null | undefined) => (v === null || v === undefined ? undefined : formatCredits(v));
+
+builder.mutationType({
+  fields: (t) => ({
+    createAccount: t.prismaField({
+      type: AccountRef,
+      authScopes: { creditsWrite: true },
+      args: { input: t.arg({ type: CreateAccountInputRef, required: true }) },
+      resolve: async (query, _root, { input }, ctx) => {
+        const { accountId } = await createAccount(ctx.services, {
+          externalId: input.externalId,
+          name: input.name,
+          kind: input.kind,
+          welcomeBonus: input.welcomeBonus ?? true,
+          testMode: input.testMode ?? false,
+          testClockStart: input.testClockStart ?? null,
+        });
+        return ctx.prisma.account.findUniqueOrThrow({ ...query, where: { id: accountId } });
+      },
+    }),
+    grantCredits: t.prismaField({
+      type: CreditGrantRef,
+      authScopes: { creditsWrite: true },
+      args: { input: t.arg({ type: GrantCreditsInputRef, required: true }) },
+      resolve: async (query, _root, { input }, ctx) => {
+        if (input.reference != null && input.reference.length > 500) throw new LedgerError('BAD_USER_INPUT', 'reference: at most 500 characters');
+        const { grantId } = await grantCredits(ctx.services, {
+          accountId: decodeId(String(input.accountId), 'Account', 'account'),
+          amountMicroCredits: input.amount,
+          type: input.type,
+          source: input.source,
+          expiresAt: input.expiresAt ?? null,
+          reference: input.reference ?? null,
+          idempotencyKey: validateIdempotencyKey(input.idempotencyKey),
+        });
+        return ctx.prisma.creditGrant.findUniqueOrThrow({ ...query, where: { id: grantId } });
+      },
+    }),
+    voidGrant: t.prismaField({
+      type: CreditGrantRef,
+      authScopes: { creditsWrite: true },
+      args: { grantId: t.arg.id({ required: true }), reason: t.arg.string({ required: true }) },
+      resolve: async (query, _root, args, ctx) => {
+        const id = await voidGrant(ctx.services, decodeId(String(args.grantId), 'CreditGrant', 'grant'), args.reason);
+        return ctx.prisma.creditGrant.findUniqueOrThrow({ ...query, where: { id } });
+      },
+    }),
+    recordUsage: t.prismaField({
+      type: UsageEventRef,
+      authScopes: { usageWrite: true },
+      args: { input: t.arg({ type: RecordUsageInputRef, required: true }) },
+      resolve: async (query, _root, { input }, ctx) => {
+        const { eventId } = await recordUsage(ctx.services, toUsageInput(input));
+        return ctx.prisma.usageEvent.findUniqueOrThrow({ ...query, where: { id: eventId } });
+      },
+    }),
+    recordUsageBatch: t.field({
+      type: [RecordUsageResultRef],
+      description: 'Bulk ingestion: each item succeeds or fails on its own.',
+      authScopes: { usageWrite: true },
+      args: { inputs: t.arg({ type: [RecordUsageInputRef], required: true }) },
+      resolve: async (_root, args, ctx) => {
+        const decoded = args.inputs.map((i) => {
+          try {
+            return { ok: true as const, input: toUsageInput(i) };
+          } catch (error) {
+            return { ok: false as const, error };
+          }
+        });
+        const valid = decoded.flatMap((d) => (d.ok ? [d.input] : []));
+        const results = await recordUsageBatch(ctx.services, valid, { maxItems: ctx.env.MAX_BATCH_ITEMS, concurrency: 4 });
+        const ids = results.flatMap((r) => (r.ok ? [r.result.eventId] : []));
+        const events = new Map((await ctx.prisma.usageEvent.findMany({ where: { id: { in: ids } } })).map((e) => [e.id, e]));
+        let k = 0;
+        return decoded.map((d): BatchResultShape => {
+          const r = d.ok ? results[k++]! : { ok: false as const, error: d.error };
+          if (r.ok) return { event: events.get(r.result.eventId) ?? null, errorCode: null, errorMessage: null };
+          if (r.error instanceof LedgerError) return { event: null, errorCode: r.error.code, errorMessage: r.error.message };
+          ctx.log.error({ err: r.error, requestId: ctx.requestId }, 'recordUsageBatch item failed unexpectedly');
+          return { event: null, errorCode: 'INTERNAL_SERVER_ERROR', errorMessage: `Unexpected error (request ${ctx.requestId}).` };
+        });
+      },
+    }),
+    reserveCredits: t.prismaField({
+      type: ReservationRef,
+      authScopes: { usageWrite: true },
+      args: { input: t.arg({ type: ReserveCreditsInputRef, required: true }) },
+      resolve: async (query, _root, { input }, ctx) => {
+        const { reservationId } = await reserveCredits(ctx.services, {
+          accountId: decodeId(String(input.accountId), 'Account', 'account'),
+          amountMicroCredits: input.amount,
+          ttlSeconds: input.ttlSeconds ?? 900,
+          idempotencyKey: input.idempotencyKey,
+        });
+        return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id: reservationId } });
+      },
+    }),
+    settleReservation: t.prismaField({
+      type: ReservationRef,
+      authScopes: { usageWrite: true },
+      args: { input: t.arg({ type: SettleReservationInputRef, required: true }) },
+      resolve: async (query, _root, { input }, ctx) => {
+        const id = await settleReservation(ctx.services, decodeId(String(input.reservationId), 'Reservation', 'reservation'), input.usage.map(toUsageInput));
+        return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id } });
+      },
+    }),
+    releaseReservation: t.prismaField({
+      type: ReservationRef,
+      authScopes: { usageWrite: true },
+      args: { reservationId: t.arg.id({ required: true }) },
+      resolve: async (query, _root, args, ctx) => {
+        const id = await releaseReservation(ctx.services, decodeId(String(args.reservationId), 'Reservation', 'reservation'));
+        return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id } });
+      },
+    }),
+    extendReservation: t.prismaField({
+      type: ReservationRef,
+      description: "Heartbeat of a long job: pushes an ACTIVE hold's expiry to now + ttlSeconds.",
+      authScopes: { usageWrite: true },
+      args: { reservationId: t.arg.id({ required: true }), ttlSeconds: t.arg.int({ required: true }) },
+      resolve: async (query, _root, args, ctx) => {
+        const id = await extendReservation(ctx.services, decodeId(String(args.reservationId), 'Reservation', 'reservation'), args.ttlSeconds);
+        return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id } });
+      },
+    }),
+    refundUsage: t.prismaField({
+      type: UsageEventRef,
+      description: "Gives the event's credit back to the batches it came from (expired ones excepted).",
+      authScopes: { creditsWrite: true },
+      args: { usageEventId: t.arg.id({ required: true }), reason: t.arg.string({ required: true }) },
+      resolve: async (query, _root, args, ctx) => {
+        const id = await refundUsage(ctx.services, decodeId(String(args.usageEventId), 'UsageEvent', 'usage event'), args.reason);
+        return ctx.prisma.usageEvent.findUniqueOrThrow({ ...query, where: { id } });
+      },
+    }),
+    publishPriceBook: t.field({
+      type: PriceBookRef,
+      authScopes: { admin: true },
+      args: { input: t.arg({ type: PriceBookInputRef, required: true }) },
+      resolve: async (_root, { input }, ctx) => {
+        const version = await publishPriceBook(ctx.services, toPriceBookInput(input));
+        const book = await ctx.services.pricing.priceBook();
+        if (!book || book.version !== version) throw new Error('published price book not readable back');
+        return book;
+      },
+    }),
+    updateSettings: t.field({
+      type: SettingsRef,
+      authScopes: { admin: true },
+      args: { input: t.arg({ type: SettingsInputRef, required: true }) },
+      resolve: async (_root, { input }, ctx) => {
+        await updateSettings(ctx.services, {
+          creditUsdValue: input.creditUsdValue ?? undefined,
+          welcomeBonusCredits: optCredits(input.welcomeBonusCredits),
+          welcomeBonusExpiresAfterDays: input.welcomeBonusExpiresAfterDays,
+          referralRewardCredits: optCredits(input.referralRewardCredits),
+          referralMaxRewardsPerAccount: input.referralMaxRewardsPerAccount,
+          alertThresholds: input.alertThresholds,
+        });
+        return ctx.services.pricing.settings();
+      },
+    }),
+  }),
+});

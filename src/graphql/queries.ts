@@ -1,0 +1,195 @@
+/**
+ * Query fields. Every entry point that takes an account (or an object of an account) checks
+ * that the caller may read it; ids of other tenants answer like missing ones.
+ */
+import { builder } from './builder.js';
+import { LedgerError } from '../ledger/errors.js';
+import { assertCanReadAccount, canReadAccount } from './access.js';
+import { decodeId, tryDecodeId } from './ids.js';
+import { AccountRef, UsageSummaryRowRef } from './types/account.js';
+import { CreditBatchRef, CreditGrantRef, LedgerEntryRef, ReservationRef, UsageEventRef } from './types/ledger.js';
+import { ModelPriceRef, PriceBookRef, QuoteRef, SettingsRef, type QuoteView } from './types/pricing.js';
+import { RecordUsageInputRef, toUsageInput } from './inputs.js';
+import { readBalance } from '../services/read-balance.js';
+import { usageSummary, type UsageSummaryRow } from '../services/usage-summary.js';
+import { priceCommand } from '../services/record-usage.js';
+import { validateUsageInput } from '../services/usage-command.js';
+import { modelPrices } from '../pricing/price-book.js';
+import { formatCredits } from '../ledger/credits.js';
+import type { GraphQLContext } from './context.js';
+
+const ViewerRef = builder.objectRef<{ userId: string; orgId: string | null }>('Viewer').implement({
+  fields: (t) => ({
+    userId: t.exposeString('userId', { description: "The end user's external id (the token's subject)." }),
+    accounts: t.prismaField({
+      type: [AccountRef],
+      description: 'Accounts this user may read: its own USER account and its organization\'s.',
+      resolve: (query, v, _args, ctx) =>
+        ctx.prisma.account.findMany({
+          ...query,
+          where: {
+            OR: [{ kind: 'USER', externalId: v.userId }, ...(v.orgId ? [{ kind: 'ORGANIZATION' as const, externalId: v.orgId }] : [])],
+          },
+          orderBy: { kind: 'asc' },
+        }),
+    }),
+  }),
+});
+
+const TaskCostRef = builder
+  .objectRef<{ taskId: string; creditsMicroCredits: bigint; events: number; byCategory: UsageSummaryRow[] }>('TaskCost')
+  .implement({
+    fields: (t) => ({
+      taskId: t.exposeString('taskId'),
+      credits: t.field({ type: 'Credits', resolve: (c) => c.creditsMicroCredits }),
+      events: t.exposeInt('events'),
+      byCategory: t.field({ type: [UsageSummaryRowRef], resolve: (c) => c.byCategory }),
+    }),
+  });
+
+/** Loads any node by global id, or null when missing or not readable by the caller. */
+async function loadNode(ctx: GraphQLContext, globalId: string): Promise<unknown> {
+  const d = tryDecodeId(globalId);
+  if (!d) return null;
+  const p = ctx.prisma;
+  const readable = async <T extends { accountId: string } | null>(row: T): Promise<T | null> =>
+    row && (await canReadAccount(ctx, row.accountId)) ? row : null;
+  switch (d.typename) {
+    case 'Account': {
+      const a = await p.account.findUnique({ where: { id: d.id } });
+      return a && (await canReadAccount(ctx, a.id)) ? AccountRef.addBrand(a) : null;
+    }
+    case 'CreditBatch': {
+      const r = await readable(await p.creditBatch.findUnique({ where: { id: d.id } }));
+      return r && CreditBatchRef.addBrand(r);
+    }
+    case 'CreditGrant': {
+      const r = await readable(await p.creditGrant.findUnique({ where: { id: d.id } }));
+      return r && CreditGrantRef.addBrand(r);
+    }
+    case 'UsageEvent': {
+      const r = await readable(await p.usageEvent.findUnique({ where: { id: d.id } }));
+      return r && UsageEventRef.addBrand(r);
+    }
+    case 'LedgerEntry': {
+      const r = await readable(await p.ledgerEntry.findUnique({ where: { id: d.id } }));
+      return r && LedgerEntryRef.addBrand(r);
+    }
+    case 'Reservation': {
+      const r = await readable(await p.reservation.findUnique({ where: { id: d.id } }));
+      return r && ReservationRef.addBrand(r);
+    }
+    default:
+      return null;
+  }
+}
+
+builder.queryType({
+  fields: (t) => ({
+    node: t.field({
+      type: builder.nodeInterfaceRef(),
+      nullable: true,
+      authScopes: { authenticated: true },
+      args: { id: t.arg.id({ required: true }) },
+      resolve: (_root, args, ctx) => loadNode(ctx, String(args.id)) as never,
+    }),
+    account: t.prismaField({
+      type: AccountRef,
+      nullable: true,
+      authScopes: { authenticated: true },
+      args: { id: t.arg.id({ required: true }) },
+      resolve: async (query, _root, args, ctx) => {
+        const d = tryDecodeId(String(args.id));
+        if (!d || d.typename !== 'Account' || !(await canReadAccount(ctx, d.id))) return null;
+        return ctx.prisma.account.findUnique({ ...query, where: { id: d.id } });
+      },
+    }),
+    accountByExternalId: t.prismaField({
+      type: AccountRef,
+      nullable: true,
+      authScopes: { authenticated: true },
+      args: { externalId: t.arg.string({ required: true }) },
+      resolve: async (query, _root, args, ctx) => {
+        const a = await ctx.prisma.account.findUnique({ ...query, where: { externalId: args.externalId } });
+        return a && (await canReadAccount(ctx, a.id)) ? a : null;
+      },
+    }),
+    viewer: t.field({
+      type: ViewerRef,
+      nullable: true,
+      description: 'The end user behind a user token; null for service keys.',
+      authScopes: { authenticated: true },
+      resolve: (_root, _args, ctx) => (ctx.principal?.kind === 'user' ? { userId: ctx.principal.userId, orgId: ctx.principal.orgId } : null),
+    }),
+    usageEvent: t.prismaField({
+      type: UsageEventRef,
+      nullable: true,
+      authScopes: { authenticated: true },
+      args: { id: t.arg.id({ required: true }) },
+      resolve: async (query, _root, args, ctx) => {
+        const d = tryDecodeId(String(args.id));
+        if (!d || d.typename !== 'UsageEvent') return null;
+        const e = await ctx.prisma.usageEvent.findUnique({ ...query, where: { id: d.id } });
+        return e && (await canReadAccount(ctx, e.accountId)) ? e : null;
+      },
+    }),
+    taskCost: t.field({
+      type: TaskCostRef,
+      description: 'Total credit cost of one task or agent run.',
+      authScopes: { authenticated: true },
+      args: { accountId: t.arg.id({ required: true }), taskId: t.arg.string({ required: true }) },
+      resolve: async (_root, args, ctx) => {
+        const accountId = decodeId(String(args.accountId), 'Account', 'account');
+        await assertCanReadAccount(ctx, accountId);
+        const range = { from: new Date(0), to: new Date(8.64e15) };
+        const [totals] = await usageSummary(ctx.services.pool, accountId, range, [], { taskId: args.taskId });
+        const byCategory = await usageSummary(ctx.services.pool, accountId, range, ['CATEGORY'], { taskId: args.taskId });
+        return { taskId: args.taskId, creditsMicroCredits: totals?.creditsMicroCredits ?? 0n, events: totals?.events ?? 0, byCategory };
+      },
+    }),
+    quote: t.field({
+      type: QuoteRef,
+      description: 'What the event would cost now, without recording it.',
+      authScopes: { authenticated: true },
+      args: { input: t.arg({ type: RecordUsageInputRef, required: true }) },
+      resolve: async (_root, args, ctx): Promise<QuoteView> => {
+        const input = toUsageInput(args.input);
+        await assertCanReadAccount(ctx, input.accountId);
+        const cmd = validateUsageInput(input);
+        const [book, settings] = await Promise.all([ctx.services.pricing.priceBook(), ctx.services.pricing.settings()]);
+        const priced = priceCommand(cmd, book, settings);
+        const balance = await readBalance(ctx.services.pool, cmd.accountId, ctx.services.clock());
+        return {
+          costMicroCredits: priced.costMicroCredits,
+          lines: priced.lines.map((l) => ({ item: l.item, quantity: l.quantity, unitPrice: l.unitPrice, amount: formatCredits(l.amountMicroCredits), exactAmount: l.exactAmount })),
+          affordable: priced.costMicroCredits === 0n || priced.costMicroCredits <= balance.availableMicroCredits,
+        };
+      },
+    }),
+    priceBook: t.field({
+      type: PriceBookRef,
+      description: 'The price book in force.',
+      authScopes: { authenticated: true },
+      resolve: async (_root, _args, ctx) => {
+        const book = await ctx.services.pricing.priceBook();
+        if (!book) throw new LedgerError('NOT_FOUND', 'no price book has been published yet');
+        return book;
+      },
+    }),
+    modelPrices: t.field({
+      type: [ModelPriceRef],
+      description: 'Per-model credit prices for a model picker.',
+      authScopes: { authenticated: true },
+      resolve: async (_root, _args, ctx) => {
+        const [book, settings] = await Promise.all([ctx.services.pricing.priceBook(), ctx.services.pricing.settings()]);
+        return book ? modelPrices(book.book, { creditUsdValue: settings.creditUsdValue }, ctx.services.clock()) : [];
+      },
+    }),
+    settings: t.field({
+      type: SettingsRef,
+      authScopes: { authenticated: true },
+      resolve: (_root, _args, ctx) => ctx.services.pricing.settings(),
+    }),
+  }),
+});
+

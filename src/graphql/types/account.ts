@@ -1,0 +1,182 @@
+/**
+ * The Account node and its reports (balance, batches, grants, usage, summaries, ledger,
+ * reservations). Every field here serves data of this one account only; entry points check
+ * that the caller may read it (src/graphql/access.ts).
+ */
+import { builder } from '../builder.js';
+import type { Prisma } from '../../generated/prisma/client.js';
+import { readBalance, reconcileAccount } from '../../services/read-balance.js';
+import { usageHistory, usageSummary, type UsageSummaryRow, type UsageMonth } from '../../services/usage-summary.js';
+import { compareDrawdownOrder } from '../../ledger/drawdown.js';
+import { monthlyPeriodAt } from '../../ledger/billing-period.js';
+import { badInput } from '../../ledger/errors.js';
+import { accountNow } from '../access.js';
+import {
+  BalanceRef,
+  CreditBatchRef,
+  ReconciliationRef,
+  ReservationRef,
+  effectiveBatchStatus,
+  effectiveReservationStatus,
+} from './ledger.js';
+import { AccountKindEnum, BatchStatusEnum, ReservationStatusEnum, UsageDimensionEnum } from './enums.js';
+
+export const UsageSummaryRowRef = builder.objectRef<UsageSummaryRow>('UsageSummaryRow').implement({
+  fields: (t) => ({
+    category: t.exposeString('category', { nullable: true }),
+    tier: t.exposeString('tier', { nullable: true }),
+    model: t.exposeString('model', { nullable: true }),
+    agentId: t.exposeString('agentId', { nullable: true }),
+    userId: t.exposeString('userId', { nullable: true }),
+    taskId: t.exposeString('taskId', { nullable: true }),
+    credits: t.field({ type: 'Credits', resolve: (r) => r.creditsMicroCredits }),
+    events: t.exposeInt('events'),
+  }),
+});
+
+export const UsageMonthRef = builder.objectRef<UsageMonth>('UsageMonth').implement({
+  fields: (t) => ({
+    month: t.exposeString('month', { description: 'YYYY-MM in UTC.' }),
+    total: t.field({ type: 'Credits', resolve: (m) => m.totalMicroCredits }),
+    byCategory: t.field({ type: [UsageSummaryRowRef], resolve: (m) => m.byCategory }),
+  }),
+});
+
+export const UsageFilterInput = builder.inputType('UsageFilter', {
+  fields: (t) => ({
+    category: t.string(),
+    model: t.string(),
+    tier: t.string(),
+    agentId: t.string(),
+    userId: t.string(),
+    taskId: t.string(),
+    from: t.field({ type: 'DateTime' }),
+    to: t.field({ type: 'DateTime' }),
+  }),
+});
+
+const MAX_PAGE = 500;
+
+/** Batch statuses at `now` as a Prisma filter (ACTIVE past expiresAt counts as EXPIRED). */
+function batchStatusWhere(statuses: readonly string[], now: Date): Prisma.CreditBatchWhereInput {
+  const or: Prisma.CreditBatchWhereInput[] = [];
+  for (const s of new Set(statuses)) {
+    if (s === 'ACTIVE') or.push({ status: 'ACTIVE', OR: [{ expiresAt: null }, { expiresAt: { gt: now } }] });
+    else if (s === 'EXPIRED') or.push({ status: 'EXPIRED' }, { status: 'ACTIVE', expiresAt: { lte: now } });
+    else or.push({ status: s as 'EXHAUSTED' | 'VOIDED' });
+  }
+  return { OR: or };
+}
+
+export const AccountRef = builder.prismaNode('Account', {
+  id: { field: 'id' },
+  fields: (t) => ({
+    externalId: t.exposeString('externalId', { description: "The platform's own id for this organization or user." }),
+    name: t.exposeString('name'),
+    kind: t.field({ type: AccountKindEnum, resolve: (a) => a.kind }),
+    testMode: t.exposeBoolean('testMode', { description: 'True for accounts driven by a test clock (advanceTestClock).' }),
+    createdAt: t.field({ type: 'DateTime', resolve: (a) => a.createdAt }),
+    balance: t.field({ type: BalanceRef, resolve: (a, _args, ctx) => readBalance(ctx.services.pool, a.id, ctx.services.clock()) }),
+    batches: t.prismaField({
+      type: [CreditBatchRef],
+      description: 'Credit batches; by default only ACTIVE ones, soonest to be drawn first.',
+      args: { status: t.arg({ type: [BatchStatusEnum], required: false }) },
+      resolve: async (query, a, args, ctx) => {
+        const now = accountNow(a, ctx.services.clock());
+        const batches = await ctx.prisma.creditBatch.findMany({
+          ...query,
+          where: { accountId: a.id, ...batchStatusWhere(args.status ?? ['ACTIVE'], now) },
+          take: 1000,
+        });
+        const drawable = (b: (typeof batches)[number]) => effectiveBatchStatus(b, now) === 'ACTIVE';
+        return batches.sort((x, y) => {
+          const ax = drawable(x);
+          const ay = drawable(y);
+          if (ax !== ay) return ax ? -1 : 1;
+          if (ax) return compareDrawdownOrder({ ...x, remainingMicroCredits: x.remainingMicroCredits }, { ...y, remainingMicroCredits: y.remainingMicroCredits });
+          return y.addedAt.getTime() - x.addedAt.getTime();
+        });
+      },
+    }),
+    grants: t.relatedConnection(
+      'grants',
+      { cursor: 'id', maxSize: MAX_PAGE, description: 'Every grant ever made, newest first (the Credit Grants table).', query: () => ({ orderBy: { seq: 'desc' } }) },
+      { name: 'CreditGrantConnection' },
+      { name: 'CreditGrantEdge' },
+    ),
+    usage: t.relatedConnection(
+      'usageEvents',
+      {
+        cursor: 'id',
+        maxSize: MAX_PAGE,
+        description: 'Usage events, newest first.',
+        args: { filter: t.arg({ type: UsageFilterInput, required: false }) },
+        query: (args) => {
+          const f = args.filter;
+          const where: Prisma.UsageEventWhereInput = {};
+          if (f) {
+            if (f.category != null) where.category = f.category;
+            if (f.model != null) where.model = f.model;
+            if (f.tier != null) where.tier = f.tier;
+            if (f.agentId != null) where.agentId = f.agentId;
+            if (f.userId != null) where.userId = f.userId;
+            if (f.taskId != null) where.taskId = f.taskId;
+            if (f.from || f.to) where.occurredAt = { ...(f.from ? { gte: f.from } : {}), ...(f.to ? { lt: f.to } : {}) };
+          }
+          return { where, orderBy: { seq: 'desc' } };
+        },
+      },
+      { name: 'UsageEventConnection' },
+      { name: 'UsageEventEdge' },
+    ),
+    usageSummary: t.field({
+      type: [UsageSummaryRowRef],
+      description:
+        'Credits spent between from and to (default: the current billing period), grouped by the given dimensions (the dropdown breakdown: category, then tier, then model). Refunded events are left out.',
+      args: {
+        from: t.arg({ type: 'DateTime', required: false }),
+        to: t.arg({ type: 'DateTime', required: false }),
+        groupBy: t.arg({ type: [UsageDimensionEnum], required: true }),
+      },
+      resolve: (a, args, ctx) => {
+        const period = monthlyPeriodAt(a.createdAt, accountNow(a, ctx.services.clock()));
+        const from = args.from ?? period.start;
+        const to = args.to ?? period.end;
+        if (to.getTime() < from.getTime()) throw badInput('to', 'must not be before from');
+        return usageSummary(ctx.services.pool, a.id, { from, to }, args.groupBy);
+      },
+    }),
+    usageHistory: t.field({
+      type: [UsageMonthRef],
+      description: 'Month-by-month consumption, newest first, with the category breakdown.',
+      args: { months: t.arg.int({ required: false, defaultValue: 12 }) },
+      resolve: (a, args, ctx) => {
+        const months = args.months ?? 12;
+        if (months < 1 || months > 120) throw badInput('months', 'must be 1 to 120');
+        return usageHistory(ctx.services.pool, a.id, accountNow(a, ctx.services.clock()), months);
+      },
+    }),
+    ledger: t.relatedConnection(
+      'ledgerEntries',
+      { cursor: 'id', maxSize: MAX_PAGE, description: 'The complete ledger of this account, newest first.', query: () => ({ orderBy: { seq: 'desc' } }) },
+      { name: 'LedgerEntryConnection' },
+      { name: 'LedgerEntryEdge' },
+    ),
+    reservations: t.prismaField({
+      type: [ReservationRef],
+      args: { status: t.arg({ type: [ReservationStatusEnum], required: false }) },
+      resolve: async (query, a, args, ctx) => {
+        const now = accountNow(a, ctx.services.clock());
+        const rows = await ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id }, orderBy: { createdAt: 'desc' }, take: 1000 });
+        const wanted = args.status ? new Set<string>(args.status) : null;
+        return wanted ? rows.filter((r) => wanted.has(effectiveReservationStatus(r, now))) : rows;
+      },
+    }),
+    referralCode: t.exposeString('referralCode', { description: 'Code that a new account passes to redeemReferral.' }),
+    reconciliation: t.field({
+      type: ReconciliationRef,
+      description: 'Checks the ledger invariant of this account now (batches - debt = total = sum of ledger entries).',
+      resolve: (a, _args, ctx) => reconcileAccount(ctx.services.pool, a.id),
+    }),
+  }),
+});

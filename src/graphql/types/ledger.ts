@@ -1,0 +1,230 @@
+/**
+ * Ledger object types: Balance, CreditBatch, CreditGrant, Drawdown, UsageEvent, LedgerEntry,
+ * Reservation and the reconciliation report. Amounts are bigint micro-credits served as
+ * Credits; statuses are effective at the account's "now" (a batch or hold past its expiresAt
+ * shows EXPIRED even before the expiry job has run).
+ */
+import { builder } from '../builder.js';
+import type { BalanceView, Reconciliation } from '../../services/read-balance.js';
+import { toGlobalId } from '../ids.js';
+import { accountNow } from '../access.js';
+import { BatchStatusEnum, CreditTypeEnum, GrantSourceEnum, LedgerEntryTypeEnum, ReservationStatusEnum } from './enums.js';
+import type { StoredCostLine } from '../../services/record-usage.js';
+import { parseCredits } from '../../ledger/credits.js';
+
+/** Canonical text of a Prisma Decimal (never exponent notation), or null. */
+export function decimalText(v: { toFixed(): string } | null | undefined): string | null {
+  return v === null || v === undefined ? null : v.toFixed();
+}
+
+const clockSelect = { account: { select: { testMode: true, testClockAt: true } } } as const;
+
+export const ExpiryNoticeRef = builder.objectRef<{ amountMicroCredits: bigint; at: Date }>('ExpiryNotice').implement({
+  fields: (t) => ({
+    amount: t.field({ type: 'Credits', resolve: (e) => e.amountMicroCredits }),
+    at: t.field({ type: 'DateTime', resolve: (e) => e.at }),
+  }),
+});
+
+export const BalanceRef = builder.objectRef<BalanceView>('Balance').implement({
+  description: 'What a live credit bar shows.',
+  fields: (t) => ({
+    accountId: t.id({ resolve: (b) => toGlobalId('Account', b.accountId) }),
+    available: t.field({ type: 'Credits', description: 'Spendable now: total minus reserved. Negative while the account is in debt.', resolve: (b) => b.availableMicroCredits }),
+    total: t.field({ type: 'Credits', description: 'Sum of remaining credit in ACTIVE batches, minus any debt.', resolve: (b) => b.totalMicroCredits }),
+    reserved: t.field({ type: 'Credits', description: 'Held by ACTIVE reservations.', resolve: (b) => b.reservedMicroCredits }),
+    free: t.field({ type: 'Credits', resolve: (b) => b.freeMicroCredits }),
+    paid: t.field({ type: 'Credits', resolve: (b) => b.paidMicroCredits }),
+    debt: t.field({ type: 'Credits', description: 'Overage not yet repaid (repaid first by the next grant).', resolve: (b) => b.debtMicroCredits }),
+    periodStart: t.field({ type: 'DateTime', resolve: (b) => b.periodStart }),
+    periodEnd: t.field({ type: 'DateTime', resolve: (b) => b.periodEnd }),
+    periodCredits: t.field({
+      type: 'Credits',
+      description: 'The denominator of percentRemaining: the total at periodStart plus every grant made during the period.',
+      resolve: (b) => b.periodMicroCredits,
+    }),
+    percentRemaining: t.float({ description: '100 * available / periodCredits, clamped to [0, 100]; 0 when periodCredits is 0.', resolve: (b) => b.percentRemaining }),
+    planName: t.string({ nullable: true, resolve: (b) => b.planName }),
+    depleted: t.boolean({ description: 'available <= 0: new paid work is refused with INSUFFICIENT_CREDITS.', resolve: (b) => b.depleted }),
+    nextExpiry: t.field({ type: ExpiryNoticeRef, nullable: true, description: 'The next batch expiry with credit left, if any.', resolve: (b) => b.nextExpiry }),
+    version: t.field({
+      type: 'BigInt',
+      description: "Increases by at least 1 on every change of this account's balance; live clients drop any update whose version is not newer than the one they hold.",
+      resolve: (b) => b.version,
+    }),
+    updatedAt: t.field({ type: 'DateTime', resolve: (b) => b.updatedAt }),
+  }),
+});
+
+export const CreditBatchRef = builder.prismaNode('CreditBatch', {
+  id: { field: 'id' },
+  fields: (t) => ({
+    type: t.field({ type: CreditTypeEnum, resolve: (b) => b.type }),
+    source: t.field({ type: GrantSourceEnum, resolve: (b) => b.source }),
+    allocated: t.field({ type: 'Credits', description: 'Credit Allocated: what the batch started with.', resolve: (b) => b.allocatedMicroCredits }),
+    remaining: t.field({ type: 'Credits', description: 'Remaining Balance.', resolve: (b) => b.remainingMicroCredits }),
+    addedAt: t.field({ type: 'DateTime', description: 'Added Date.', resolve: (b) => b.addedAt }),
+    expiresAt: t.field({ type: 'DateTime', nullable: true, description: 'Expiry Date; null never expires.', resolve: (b) => b.expiresAt }),
+    status: t.field({
+      type: BatchStatusEnum,
+      select: clockSelect,
+      resolve: (b) => effectiveBatchStatus(b, accountNow(b.account, new Date())),
+    }),
+    grant: t.relation('grant'),
+  }),
+});
+
+/** A batch's status at `now`: ACTIVE past its expiresAt counts as EXPIRED. */
+export function effectiveBatchStatus(b: { status: 'ACTIVE' | 'EXHAUSTED' | 'EXPIRED' | 'VOIDED'; expiresAt: Date | null }, now: Date) {
+  return b.status === 'ACTIVE' && b.expiresAt && b.expiresAt.getTime() <= now.getTime() ? 'EXPIRED' : b.status;
+}
+
+export const CreditGrantRef = builder.prismaNode('CreditGrant', {
+  id: { field: 'id' },
+  fields: (t) => ({
+    source: t.field({ type: GrantSourceEnum, resolve: (g) => g.source }),
+    type: t.field({ type: CreditTypeEnum, resolve: (g) => g.type }),
+    amount: t.field({ type: 'Credits', resolve: (g) => g.amountMicroCredits }),
+    createdAt: t.field({ type: 'DateTime', resolve: (g) => g.createdAt }),
+    reference: t.exposeString('reference', { nullable: true, description: "The caller's reference: promo code, referral, payment id, pack id, note." }),
+    voidedAt: t.field({ type: 'DateTime', nullable: true, resolve: (g) => g.voidedAt }),
+    voidReason: t.exposeString('voidReason', { nullable: true }),
+    batch: t.field({
+      type: CreditBatchRef,
+      select: (args, ctx, nestedSelection) => ({ batch: nestedSelection(true) }),
+      resolve: (g) => {
+        if (!g.batch) throw new Error(`grant ${g.id} has no batch`);
+        return g.batch;
+      },
+    }),
+  }),
+});
+
+export const UsageQuantitiesRef = builder
+  .objectRef<{
+    inputTokens: number | null;
+    outputTokens: number | null;
+    reasoningTokens: number | null;
+    cacheReadTokens: number | null;
+    cacheWriteTokens: number | null;
+    seconds: string | null;
+    units: string | null;
+  }>('UsageQuantities')
+  .implement({
+    fields: (t) => ({
+      inputTokens: t.exposeInt('inputTokens', { nullable: true }),
+      outputTokens: t.exposeInt('outputTokens', { nullable: true }),
+      reasoningTokens: t.exposeInt('reasoningTokens', { nullable: true }),
+      cacheReadTokens: t.exposeInt('cacheReadTokens', { nullable: true }),
+      cacheWriteTokens: t.exposeInt('cacheWriteTokens', { nullable: true }),
+      seconds: t.field({ type: 'Decimal', nullable: true, resolve: (q) => q.seconds }),
+      units: t.field({ type: 'Decimal', nullable: true, resolve: (q) => q.units }),
+    }),
+  });
+
+export const CostLineRef = builder.objectRef<StoredCostLine>('CostLine').implement({
+  description: 'One priced line of a usage event (the per-message inspect view).',
+  fields: (t) => ({
+    item: t.exposeString('item', {
+      description: 'input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, request, units, seconds, provider_cost, byok_fee, markup',
+    }),
+    quantity: t.field({ type: 'Decimal', resolve: (l) => l.quantity }),
+    unitPrice: t.field({ type: 'Decimal', description: 'Credits per one unit of quantity.', resolve: (l) => l.unitPrice }),
+    amount: t.field({ type: 'Credits', description: 'The line rounded half-up to the micro-credit (display).', resolve: (l) => parseCredits(l.amount) }),
+    exactAmount: t.field({ type: 'Decimal', description: 'The exact line amount in credits; the event cost is the exact sum of the lines rounded up to the micro-credit.', resolve: (l) => l.exactAmount }),
+  }),
+});
+
+export const DrawdownRef = builder.prismaObject('Drawdown', {
+  fields: (t) => ({
+    batch: t.relation('batch'),
+    amount: t.field({ type: 'Credits', resolve: (d) => d.amountMicroCredits }),
+  }),
+});
+
+export const ReservationRef = builder.prismaNode('Reservation', {
+  id: { field: 'id' },
+  fields: (t) => ({
+    accountId: t.id({ resolve: (r) => toGlobalId('Account', r.accountId) }),
+    amount: t.field({ type: 'Credits', resolve: (r) => r.amountMicroCredits }),
+    consumed: t.field({ type: 'Credits', description: 'Charged against this hold so far (settled usage).', resolve: (r) => r.consumedMicroCredits }),
+    status: t.field({
+      type: ReservationStatusEnum,
+      select: clockSelect,
+      resolve: (r) => effectiveReservationStatus(r, accountNow(r.account, new Date())),
+    }),
+    expiresAt: t.field({ type: 'DateTime', resolve: (r) => r.expiresAt }),
+    createdAt: t.field({ type: 'DateTime', resolve: (r) => r.createdAt }),
+  }),
+});
+
+/** A hold's status at `now`: ACTIVE past its expiresAt counts as EXPIRED (no longer holds). */
+export function effectiveReservationStatus(r: { status: 'ACTIVE' | 'SETTLED' | 'RELEASED' | 'EXPIRED'; expiresAt: Date }, now: Date) {
+  return r.status === 'ACTIVE' && r.expiresAt.getTime() <= now.getTime() ? 'EXPIRED' : r.status;
+}
+
+export const UsageEventRef = builder.prismaNode('UsageEvent', {
+  id: { field: 'id' },
+  fields: (t) => ({
+    idempotencyKey: t.exposeString('idempotencyKey'),
+    account: t.relation('account'),
+    occurredAt: t.field({ type: 'DateTime', resolve: (e) => e.occurredAt }),
+    recordedAt: t.field({ type: 'DateTime', resolve: (e) => e.recordedAt }),
+    category: t.exposeString('category'),
+    model: t.exposeString('model', { nullable: true }),
+    tier: t.exposeString('tier', { nullable: true }),
+    sku: t.exposeString('sku', { nullable: true }),
+    agentId: t.exposeString('agentId', { nullable: true }),
+    userId: t.exposeString('userId', { nullable: true, description: 'The end user on whose behalf the work ran, inside an organization pool.' }),
+    taskId: t.exposeString('taskId', { nullable: true }),
+    conversationId: t.exposeString('conversationId', { nullable: true }),
+    messageId: t.exposeString('messageId', { nullable: true }),
+    quantities: t.field({
+      type: UsageQuantitiesRef,
+      resolve: (e) => ({
+        inputTokens: e.inputTokens,
+        outputTokens: e.outputTokens,
+        reasoningTokens: e.reasoningTokens,
+        cacheReadTokens: e.cacheReadTokens,
+        cacheWriteTokens: e.cacheWriteTokens,
+        seconds: decimalText(e.seconds),
+        units: decimalText(e.units),
+      }),
+    }),
+    providerCostUsd: t.field({ type: 'Decimal', nullable: true, resolve: (e) => decimalText(e.providerCostUsd) }),
+    byok: t.exposeBoolean('byok'),
+    cost: t.field({ type: 'Credits', resolve: (e) => e.costMicroCredits }),
+    debt: t.field({ type: 'Credits', description: 'Part of the cost no credit covered (overage under a reservation), left as debt.', resolve: (e) => e.debtMicroCredits }),
+    lines: t.field({ type: [CostLineRef], resolve: (e) => e.lines as unknown as StoredCostLine[] }),
+    drawdowns: t.relation('drawdowns', { description: 'Which batches paid for this event, in drawdown order.', query: { orderBy: { position: 'asc' } } }),
+    reservation: t.relation('reservation', { nullable: true }),
+    priceBookVersion: t.exposeInt('priceBookVersion'),
+    refunded: t.boolean({ resolve: (e) => e.refundedAt !== null }),
+    metadata: t.field({ type: 'JSON', nullable: true, resolve: (e) => e.metadata }),
+  }),
+});
+
+export const LedgerEntryRef = builder.prismaNode('LedgerEntry', {
+  id: { field: 'id' },
+  fields: (t) => ({
+    type: t.field({ type: LedgerEntryTypeEnum, resolve: (e) => e.type }),
+    amount: t.field({ type: 'Credits', description: 'Signed change of the account total (holds: change of reserved).', resolve: (e) => e.amountMicroCredits }),
+    balanceAfter: t.field({ type: 'Credits', description: 'Account total after this entry.', resolve: (e) => e.balanceAfterMicroCredits }),
+    batch: t.relation('batch', { nullable: true }),
+    usageEvent: t.relation('usageEvent', { nullable: true }),
+    reservation: t.relation('reservation', { nullable: true }),
+    createdAt: t.field({ type: 'DateTime', resolve: (e) => e.createdAt }),
+    note: t.exposeString('note', { nullable: true }),
+  }),
+});
+
+export const ReconciliationRef = builder.objectRef<Reconciliation>('LedgerReconciliation').implement({
+  description: 'The ledger invariant of one account: batchRemaining - debt = total = ledgerSum.',
+  fields: (t) => ({
+    consistent: t.exposeBoolean('consistent'),
+    total: t.field({ type: 'Credits', resolve: (r) => r.totalMicroCredits }),
+    batchRemaining: t.field({ type: 'Credits', resolve: (r) => r.batchRemainingMicroCredits }),
+    debt: t.field({ type: 'Credits', resolve: (r) => r.debtMicroCredits }),
+    ledgerSum: t.field({ type: 'Credits', resolve: (r) => r.ledgerSumMicroCredits }),
+  }),
+});

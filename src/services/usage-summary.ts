@@ -1,0 +1,103 @@
+/**
+ * Usage reports: credits spent grouped by category / tier / model / agent / user / task, per
+ * month, and per task. Refunded events are left out (their credit came back). Reads only.
+ */
+import type pg from 'pg';
+import { toBigInt } from '../db/pg.js';
+
+/** Grouping dimensions (contract enum UsageDimension) and their columns. */
+export const DIMENSION_COLUMNS = {
+  CATEGORY: 'category',
+  TIER: 'tier',
+  MODEL: 'model',
+  AGENT: 'agent_id',
+  USER: 'user_id',
+  TASK: 'task_id',
+} as const;
+
+/** One of the grouping dimensions. */
+export type UsageDimension = keyof typeof DIMENSION_COLUMNS;
+
+/** One row of a summary: the group's labels (null where not grouped or absent) and totals. */
+export interface UsageSummaryRow {
+  category: string | null;
+  tier: string | null;
+  model: string | null;
+  agentId: string | null;
+  userId: string | null;
+  taskId: string | null;
+  creditsMicroCredits: bigint;
+  events: number;
+}
+
+function toRow(r: Record<string, unknown>): UsageSummaryRow {
+  return {
+    category: (r.category as string | null) ?? null,
+    tier: (r.tier as string | null) ?? null,
+    model: (r.model as string | null) ?? null,
+    agentId: (r.agent_id as string | null) ?? null,
+    userId: (r.user_id as string | null) ?? null,
+    taskId: (r.task_id as string | null) ?? null,
+    creditsMicroCredits: toBigInt(r.credits),
+    events: Number(r.events),
+  };
+}
+
+/**
+ * Credits spent by `accountId` with occurredAt in [from, to), grouped by `groupBy` (in that
+ * order), biggest spend first. Extra filters narrow the events.
+ */
+export async function usageSummary(
+  db: pg.Pool,
+  accountId: string,
+  range: { from: Date; to: Date },
+  groupBy: readonly UsageDimension[],
+  filter: { taskId?: string } = {},
+): Promise<UsageSummaryRow[]> {
+  const dims = [...new Set(groupBy)];
+  const cols = dims.map((d) => DIMENSION_COLUMNS[d]);
+  const select = cols.length ? `${cols.join(', ')}, ` : '';
+  const group = cols.length ? `GROUP BY ${cols.join(', ')}` : '';
+  const { rows } = await db.query(
+    `SELECT ${select} SUM(cost_micro_credits) AS credits, COUNT(*) AS events
+       FROM usage_events
+      WHERE account_id = $1 AND refunded_at IS NULL AND occurred_at >= $2 AND occurred_at < $3
+        AND ($4::text IS NULL OR task_id = $4)
+      ${group}
+      ORDER BY credits DESC${cols.length ? ', ' + cols.join(', ') : ''}
+      LIMIT 1000`,
+    [accountId, range.from, range.to, filter.taskId ?? null],
+  );
+  return rows.filter((r) => r.credits !== null).map(toRow);
+}
+
+/** One month of consumption (UTC calendar month), with its category breakdown. */
+export interface UsageMonth {
+  month: string;
+  totalMicroCredits: bigint;
+  byCategory: UsageSummaryRow[];
+}
+
+/**
+ * Month-by-month consumption for the `months` months up to and including the month of `now`,
+ * newest first (months without usage included with 0).
+ */
+export async function usageHistory(db: pg.Pool, accountId: string, now: Date, months: number): Promise<UsageMonth[]> {
+  const startOfMonth = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - (months - 1), 1));
+  const { rows } = await db.query(
+    `SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month, category,
+            SUM(cost_micro_credits) AS credits, COUNT(*) AS events
+       FROM usage_events
+      WHERE account_id = $1 AND refunded_at IS NULL AND occurred_at >= $2
+      GROUP BY 1, 2 ORDER BY 1 DESC, credits DESC`,
+    [accountId, startOfMonth],
+  );
+  const result: UsageMonth[] = [];
+  for (let i = 0; i < months; i++) {
+    const d = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - i, 1));
+    const month = `${d.getUTCFullYear()}-${String(d.getUTCMonth() + 1).padStart(2, '0')}`;
+    const byCategory = rows.filter((r) => r.month === month).map(toRow);
+    result.push({ month, totalMicroCredits: byCategory.reduce((s, r) => s + r.creditsMicroCredits, 0n), byCategory });
+  }
+  return result;
+}
