@@ -1,0 +1,269 @@
+/**
+ * Service API keys: creation, lookup (with a small in-process cache) and revocation.
+ *
+ * Token format: `cp_<prefix>_<secret>` where `<prefix>` is 8 base62 characters (shown in
+ * listings and logs so operators can tell keys apart) and `<secret>` is 43 base62 characters
+ * (~256 bits from crypto.randomBytes). The token is shown once, at creation; the database
+ * (`api_keys`, prisma/schema.prisma) stores only its SHA-256 hex digest in the unique `hash`
+ * column, so a database leak does not leak usable credentials. Lookup is by that digest: the
+ * comparison happens on the hash (an index lookup), never on the secret itself, so response
+ * time does not reveal how much of a guessed token was right.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import type pg from 'pg';
+
+import { LedgerError, badInput } from '../ledger/errors.js';
+import { SCOPES, isScope, type Scope } from './principal.js';
+
+/** Every creditpool API key starts with this; the authenticator routes on it. */
+export const API_KEY_TOKEN_PREFIX = 'cp_';
+
+/** Length of the public `<prefix>` part of a token (base62 characters). */
+export const API_KEY_PREFIX_LENGTH = 8;
+
+/** Length of the secret part of newly created tokens (base62 characters, ~5.95 bits each). */
+export const API_KEY_SECRET_LENGTH = 43;
+
+/** How long a successful lookup is reused without asking the database, in milliseconds. */
+export const API_KEY_CACHE_TTL_MS = 10_000;
+
+/** Most cached keys per pool; the oldest entry is evicted first. */
+export const API_KEY_CACHE_MAX_ENTRIES = 1_000;
+
+/** Longest accepted key name, in characters. */
+export const API_KEY_NAME_MAX_LENGTH = 200;
+
+/**
+ * Shape every accepted token must have: our prefix, 8 base62 characters, `_`, then 32..256
+ * base62/base64url characters. Tokens we create always have a 43-character base62 secret; the
+ * wider secret alphabet is accepted so the format can evolve without breaking lookups.
+ */
+const TOKEN_RE = /^cp_([A-Za-z0-9]{8})_[A-Za-z0-9_-]{32,256}$/;
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+const BASE62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+/** An active API key as stored (never includes the token or its hash). */
+export interface ApiKeyRecord {
+  /** `api_keys.id` (uuid). */
+  id: string;
+  /** Operator-chosen name, e.g. "billing-service". */
+  name: string;
+  /** The 8-character public prefix of the token. */
+  prefix: string;
+  /** Granted scopes, deduplicated, in {@link SCOPES} order. */
+  scopes: readonly Scope[];
+  /** When the key was created. */
+  createdAt: Date;
+}
+
+/** What {@link createApiKey} returns. `token` is the only time the secret is ever available. */
+export interface CreatedApiKey {
+  /** `api_keys.id` (uuid). */
+  id: string;
+  /** The full bearer token `cp_<prefix>_<secret>`; store it, it cannot be recovered. */
+  token: string;
+  /** The 8-character public prefix (also embedded in `token`). */
+  prefix: string;
+}
+
+/**
+ * SHA-256 hex digest (64 lowercase hex chars) of a token's UTF-8 bytes: the only form in which
+ * a token is stored (`api_keys.hash`). A fast hash is sufficient because tokens carry ~256 bits
+ * of randomness (no dictionary to brute-force, unlike passwords).
+ */
+export function hashApiKey(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+/** True when `token` has the shape of a creditpool API key (see the module comment). */
+export function isApiKeyFormat(token: string): boolean {
+  return TOKEN_RE.test(token);
+}
+
+/** `length` uniformly random base62 characters (rejection sampling: no modulo bias). */
+function randomBase62(length: number): string {
+  let out = '';
+  while (out.length < length) {
+    for (const byte of randomBytes(length * 2)) {
+      // 248 = 62 * 4: bytes >= 248 would favour the first 8 characters, so they are dropped.
+      if (byte < 248) out += BASE62[byte % 62];
+      if (out.length === length) break;
+    }
+  }
+  return out;
+}
+
+/**
+ * Validates and normalizes requested scopes: non-empty, each one of {@link SCOPES}, returned
+ * deduplicated in SCOPES order.
+ * @throws LedgerError BAD_USER_INPUT (field `scopes`) on an empty list or an unknown scope.
+ */
+export function parseScopes(scopes: readonly string[]): Scope[] {
+  if (!Array.isArray(scopes) || scopes.length === 0) {
+    throw badInput('scopes', `at least one scope is required (one of: ${SCOPES.join(', ')})`);
+  }
+  for (const s of scopes) {
+    if (!isScope(s)) {
+      throw badInput('scopes', `unknown scope ${JSON.stringify(String(s)).slice(0, 60)} (expected: ${SCOPES.join(', ')})`);
+    }
+  }
+  return SCOPES.filter((s) => scopes.includes(s));
+}
+
+/**
+ * Creates an API key and returns its token (once).
+ * - `name`: 1..200 characters after trimming, no control characters.
+ * - `scopes`: non-empty subset of {@link SCOPES} (duplicates ignored).
+ * The row gets `id = gen_random_uuid()` (the table has no default) and stores only
+ * {@link hashApiKey}(token).
+ * @throws LedgerError BAD_USER_INPUT for a bad name or scopes; database errors as thrown by pg.
+ */
+export async function createApiKey(
+  pool: pg.Pool,
+  input: { name: string; scopes: readonly string[] },
+): Promise<CreatedApiKey> {
+  const name = typeof input.name === 'string' ? input.name.trim() : '';
+  if (name.length === 0 || name.length > API_KEY_NAME_MAX_LENGTH) {
+    throw badInput('name', `must be 1..${API_KEY_NAME_MAX_LENGTH} characters`);
+  }
+  if (/[\u0000-\u001f\u007f]/.test(name)) throw badInput('name', 'must not contain control characters');
+  const scopes = parseScopes(input.scopes);
+
+  const prefix = randomBase62(API_KEY_PREFIX_LENGTH);
+  const token = `${API_KEY_TOKEN_PREFIX}${prefix}_${randomBase62(API_KEY_SECRET_LENGTH)}`;
+  const { rows } = await pool.query<{ id: string }>(
+    `INSERT INTO api_keys (id, name, prefix, hash, scopes)
+     VALUES (gen_random_uuid(), $1, $2, $3, $4::text[])
+     RETURNING id`,
+    [name, prefix, hashApiKey(token), scopes],
+  );
+  const id = rows[0]?.id;
+  if (id === undefined) throw new Error('api_keys insert returned no row');
+  return { id, token, prefix };
+}
+
+interface CacheEntry {
+  key: ApiKeyRecord;
+  /** Epoch milliseconds after which the entry must not be used. */
+  expiresAt: number;
+}
+
+interface KeyCache {
+  entries: Map<string, CacheEntry>;
+  /** Bumped by every revocation; a lookup that started before a bump must not be cached. */
+  generation: number;
+}
+
+/** One cache per pool, so two databases (e.g. tests) never share entries. */
+const caches = new WeakMap<pg.Pool, KeyCache>();
+
+function cacheFor(pool: pg.Pool): KeyCache {
+  let cache = caches.get(pool);
+  if (!cache) {
+    cache = { entries: new Map(), generation: 0 };
+    caches.set(pool, cache);
+  }
+  return cache;
+}
+
+/**
+ * Forgets cached lookups: all of them for `pool`'s cache, or, with `keyId`, only that key's.
+ * {@link revokeApiKey} calls it; tests may too.
+ */
+export function clearApiKeyCache(pool: pg.Pool, keyId?: string): void {
+  const cache = cacheFor(pool);
+  cache.generation++;
+  if (keyId === undefined) {
+    cache.entries.clear();
+    return;
+  }
+  for (const [hash, entry] of cache.entries) if (entry.key.id === keyId) cache.entries.delete(hash);
+}
+
+/**
+ * Finds the active (not revoked) key whose token is `token`, or null.
+ * - Tokens that do not have the API key shape return null without a query.
+ * - Lookup is by {@link hashApiKey}(token) on the unique `hash` index.
+ * - Hits are cached per pool for {@link API_KEY_CACHE_TTL_MS} (at most
+ *   {@link API_KEY_CACHE_MAX_ENTRIES} entries, oldest evicted first) so the request hot path
+ *   does not query the database each time. Misses are not cached (a flood of bad tokens must
+ *   not evict good entries). {@link revokeApiKey} clears the entry in this process at once;
+ *   other processes notice a revocation within the TTL.
+ * - `options.now`: the current time in epoch milliseconds (default Date.now(); tests).
+ * @throws database errors as thrown by pg.
+ */
+export async function findApiKey(
+  pool: pg.Pool,
+  token: string,
+  options: { now?: number } = {},
+): Promise<ApiKeyRecord | null> {
+  if (typeof token !== 'string' || !TOKEN_RE.test(token)) return null;
+  const now = options.now ?? Date.now();
+  const hash = hashApiKey(token);
+  const cache = cacheFor(pool);
+
+  const hit = cache.entries.get(hash);
+  if (hit) {
+    if (hit.expiresAt > now) return hit.key;
+    cache.entries.delete(hash);
+  }
+
+  const generation = cache.generation;
+  const { rows } = await pool.query<{
+    id: string;
+    name: string;
+    prefix: string;
+    scopes: string[] | null;
+    created_at: Date;
+  }>(
+    `SELECT id, name, prefix, scopes, created_at
+       FROM api_keys
+      WHERE hash = $1 AND revoked_at IS NULL`,
+    [hash],
+  );
+  const row = rows[0];
+  if (!row) return null;
+  const key: ApiKeyRecord = {
+    id: row.id,
+    name: row.name,
+    prefix: row.prefix,
+    // The CHECK constraint already limits scopes to SCOPES; filtering keeps the type honest.
+    scopes: SCOPES.filter((s) => (row.scopes ?? []).includes(s)),
+    createdAt: row.created_at,
+  };
+
+  if (cache.generation === generation) {
+    while (cache.entries.size >= API_KEY_CACHE_MAX_ENTRIES) {
+      const oldest = cache.entries.keys().next();
+      if (oldest.done) break;
+      cache.entries.delete(oldest.value);
+    }
+    cache.entries.set(hash, { key, expiresAt: now + API_KEY_CACHE_TTL_MS });
+  }
+  return key;
+}
+
+/**
+ * Revokes key `id` (sets `revoked_at = now()`) and drops it from this process's lookup cache,
+ * so it stops authenticating here immediately (elsewhere within {@link API_KEY_CACHE_TTL_MS}).
+ * Idempotent: returns true when this call revoked it, false when it was already revoked.
+ * @throws LedgerError BAD_USER_INPUT (field `id`) when `id` is not a uuid;
+ *   LedgerError NOT_FOUND when no key has that id.
+ */
+export async function revokeApiKey(pool: pg.Pool, id: string): Promise<boolean> {
+  if (typeof id !== 'string' || !UUID_RE.test(id)) throw badInput('id', 'must be a uuid');
+  try {
+    const revoked = await pool.query(
+      'UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL',
+      [id],
+    );
+    if (revoked.rowCount === 1) return true;
+    const existing = await pool.query('SELECT 1 FROM api_keys WHERE id = $1', [id]);
+    if (existing.rowCount === 0) throw new LedgerError('NOT_FOUND', 'API key not found', { id });
+    return false;
+  } finally {
+    clearApiKeyCache(pool, id);
+  }
+}
