@@ -1,0 +1,190 @@
+/**
+ * End-user JWTs (contract README, "Credentials"): HS256 tokens signed with JWT_SECRET, or
+ * asymmetric tokens verified against a JWKS URL (JWKS_URL). `sub` is the user's external id;
+ * the optional `org` claim is their organization's external id.
+ *
+ * Every verification failure (malformed token, alg `none` or any algorithm not allowed for the
+ * configured key, bad signature, expired, not yet valid, wrong issuer/audience, missing or bad
+ * `sub`/`org`) becomes one generic LedgerError UNAUTHENTICATED; the message never echoes the
+ * token or says which check failed. A JWKS endpoint that cannot be reached is the server's
+ * problem, not the caller's, and is reported as UNAVAILABLE.
+ */
+import { SignJWT, createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, jwtVerify } from 'jose';
+import type { JWTPayload } from 'jose';
+
+import { LedgerError } from '../ledger/errors.js';
+import type { UserPrincipal } from './principal.js';
+
+/** Shortest accepted HS256 secret, in characters (same rule as JWT_SECRET in src/config/env.ts). */
+export const JWT_SECRET_MIN_LENGTH = 32;
+
+/** Longest accepted `sub` / `org` claim, in characters. */
+export const JWT_ID_CLAIM_MAX_LENGTH = 200;
+
+/** Longest token we try to parse, in characters; longer ones are rejected unparsed. */
+const MAX_TOKEN_LENGTH = 8192;
+
+/** Default allowed clock skew for `exp` / `nbf`, in seconds. */
+export const DEFAULT_CLOCK_TOLERANCE_SECONDS = 5;
+
+/** The only algorithm accepted with a shared secret. */
+const HMAC_ALGORITHMS = ['HS256'];
+
+/** Algorithms accepted with JWKS keys (never HMAC, never `none`). */
+const JWKS_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'];
+
+/** The generic message of every rejected token. */
+const INVALID_TOKEN_MESSAGE = 'invalid or expired token';
+
+/**
+ * How end-user tokens are verified. At least one of `secret` / `jwksUrl` is required.
+ * - `secret`: HS256 shared secret, at least {@link JWT_SECRET_MIN_LENGTH} characters (JWT_SECRET).
+ * - `jwksUrl`: http(s) URL of a JSON Web Key Set (JWKS_URL), fetched and cached by jose's
+ *   createRemoteJWKSet; tokens must be signed with an asymmetric algorithm.
+ *   With both configured, an `HS256` header selects the secret and anything else the JWKS.
+ * - `issuer` / `audience`: when set, the `iss` / `aud` claims must match (JWT_ISSUER, JWT_AUDIENCE).
+ * - `clockToleranceSeconds`: allowed skew for `exp` / `nbf` (default
+ *   {@link DEFAULT_CLOCK_TOLERANCE_SECONDS}).
+ */
+export interface UserTokenVerifierOptions {
+  secret?: string | undefined;
+  jwksUrl?: string | undefined;
+  issuer?: string | undefined;
+  audience?: string | undefined;
+  clockToleranceSeconds?: number | undefined;
+}
+
+/**
+ * Verifies one end-user token and returns its principal.
+ * @throws LedgerError UNAUTHENTICATED when the token is not acceptable;
+ *   LedgerError UNAVAILABLE when the JWKS cannot be fetched.
+ */
+export type UserTokenVerifier = (token: string) => Promise<UserPrincipal>;
+
+function unauthenticated(): LedgerError {
+  return new LedgerError('UNAUTHENTICATED', INVALID_TOKEN_MESSAGE);
+}
+
+function checkSecret(secret: string): Uint8Array {
+  if (typeof secret !== 'string' || secret.length < JWT_SECRET_MIN_LENGTH) {
+    throw new Error(`JWT secret must be at least ${JWT_SECRET_MIN_LENGTH} characters`);
+  }
+  return new TextEncoder().encode(secret);
+}
+
+/** A string claim of 1..JWT_ID_CLAIM_MAX_LENGTH characters, or undefined when it is not one. */
+function idClaim(value: unknown): string | undefined {
+  return typeof value === 'string' && value.length >= 1 && value.length <= JWT_ID_CLAIM_MAX_LENGTH
+    ? value
+    : undefined;
+}
+
+/** Maps a verified payload to the user principal, enforcing the `sub` / `org` rules. */
+function toPrincipal(payload: JWTPayload): UserPrincipal {
+  const userId = idClaim(payload.sub);
+  if (userId === undefined) throw unauthenticated();
+  const rawOrg: unknown = payload['org'];
+  let orgId: string | null = null;
+  if (rawOrg !== undefined && rawOrg !== null) {
+    const org = idClaim(rawOrg);
+    if (org === undefined) throw unauthenticated();
+    orgId = org;
+  }
+  const expiresAt = typeof payload.exp === 'number' ? new Date(payload.exp * 1000) : null;
+  return { kind: 'user', userId, orgId, expiresAt };
+}
+
+/** True for JWKS failures that are about reaching/reading the key set, not about the token. */
+function isJwksUnavailable(err: unknown): boolean {
+  if (!(err instanceof joseErrors.JOSEError)) return true; // network error from fetch
+  return (
+    err instanceof joseErrors.JWKSTimeout ||
+    err instanceof joseErrors.JWKSInvalid ||
+    err.code === 'ERR_JOSE_GENERIC' // non-200 response or non-JSON body
+  );
+}
+
+/**
+ * Builds a token verifier (create it once: the JWKS is fetched lazily and cached inside).
+ * Rules: `alg` must be HS256 for the secret or an asymmetric algorithm for the JWKS (so `none`
+ * and algorithm-confusion tokens fail); signature, `exp` and `nbf` are checked by jose (with the
+ * clock tolerance); `iss` / `aud` when configured; `sub` must be a string of 1..200 characters;
+ * `org`, when present and not null, must be a string of 1..200 characters. The returned
+ * principal's `expiresAt` is `exp` (or null when the token has none).
+ * @throws Error (configuration bug, at creation) when neither `secret` nor `jwksUrl` is given,
+ *   the secret is too short, or the JWKS URL is not an http(s) URL.
+ */
+export function createUserTokenVerifier(options: UserTokenVerifierOptions): UserTokenVerifier {
+  const secret = options.secret ? checkSecret(options.secret) : undefined;
+  let jwks: ReturnType<typeof createRemoteJWKSet> | undefined;
+  if (options.jwksUrl) {
+    const url = new URL(options.jwksUrl);
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Error('JWKS URL must be http(s)');
+    jwks = createRemoteJWKSet(url);
+  }
+  if (!secret && !jwks) throw new Error('end-user JWT verification needs a secret or a JWKS URL');
+  const clockTolerance = options.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
+  const claimChecks = {
+    clockTolerance,
+    requiredClaims: ['sub'],
+    ...(options.issuer ? { issuer: options.issuer } : {}),
+    ...(options.audience ? { audience: options.audience } : {}),
+  };
+
+  return async (token: string): Promise<UserPrincipal> => {
+    if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_LENGTH) {
+      throw unauthenticated();
+    }
+    let useSecret: boolean;
+    try {
+      useSecret = secret !== undefined && (jwks === undefined || decodeProtectedHeader(token).alg === 'HS256');
+    } catch {
+      throw unauthenticated();
+    }
+    let payload: JWTPayload;
+    try {
+      if (useSecret && secret) {
+        ({ payload } = await jwtVerify(token, secret, { ...claimChecks, algorithms: HMAC_ALGORITHMS }));
+      } else if (jwks) {
+        ({ payload } = await jwtVerify(token, jwks, { ...claimChecks, algorithms: JWKS_ALGORITHMS }));
+      } else {
+        throw unauthenticated();
+      }
+    } catch (err) {
+      if (err instanceof LedgerError) throw err;
+      if (!useSecret && isJwksUnavailable(err)) {
+        throw new LedgerError('UNAVAILABLE', 'end-user token keys are temporarily unavailable');
+      }
+      throw unauthenticated();
+    }
+    return toPrincipal(payload);
+  };
+}
+
+/**
+ * Signs an HS256 end-user token (for tests, the demo and the docs; production tokens usually
+ * come from the platform's own identity provider).
+ * - `sub`: the user's external id; `org`: optional organization external id.
+ * - `expiresInSeconds`: lifetime from now in seconds (`exp = iat + expiresInSeconds`); a
+ *   negative value yields an already-expired token (tests).
+ * - `issuer` / `audience`: optional `iss` / `aud` claims.
+ * Returns the compact JWS string.
+ * @throws Error when the secret is shorter than {@link JWT_SECRET_MIN_LENGTH} characters or
+ *   `expiresInSeconds` is not a finite number.
+ */
+export async function signUserToken(
+  secret: string,
+  claims: { sub: string; org?: string; expiresInSeconds: number; issuer?: string; audience?: string },
+): Promise<string> {
+  const key = checkSecret(secret);
+  if (!Number.isFinite(claims.expiresInSeconds)) throw new Error('expiresInSeconds must be a finite number');
+  const now = Math.floor(Date.now() / 1000);
+  const jwt = new SignJWT(claims.org === undefined ? {} : { org: claims.org })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(claims.sub)
+    .setIssuedAt(now)
+    .setExpirationTime(now + Math.trunc(claims.expiresInSeconds));
+  if (claims.issuer !== undefined) jwt.setIssuer(claims.issuer);
+  if (claims.audience !== undefined) jwt.setAudience(claims.audience);
+  return jwt.sign(key);
+}

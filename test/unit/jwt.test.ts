@@ -1,0 +1,231 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import { SignJWT, decodeJwt, exportJWK, generateKeyPair, type CryptoKey } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { createUserTokenVerifier, signUserToken } from '../../src/auth/jwt.js';
+import { LedgerError } from '../../src/ledger/errors.js';
+
+const SECRET = 'unit-test-secret-0123456789abcdef-0123456789';
+const OTHER_SECRET = 'another-secret-0123456789abcdef-0123456789ab';
+const key = new TextEncoder().encode(SECRET);
+const nowSeconds = () => Math.floor(Date.now() / 1000);
+
+function b64url(value: unknown): string {
+  return Buffer.from(JSON.stringify(value)).toString('base64url');
+}
+
+/** Asserts the generic UNAUTHENTICATED rejection (exact message: it never echoes the token). */
+async function expectRejected(promise: Promise<unknown>, token: string): Promise<void> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(LedgerError);
+  expect(err).toMatchObject({ code: 'UNAUTHENTICATED', message: 'invalid or expired token' });
+  if (token.length > 0) expect(JSON.stringify((err as LedgerError).details ?? {})).not.toContain(token);
+}
+
+describe('HS256 end-user tokens', () => {
+  const verify = createUserTokenVerifier({ secret: SECRET });
+
+  it('accepts a valid token with an org claim and returns the user principal', async () => {
+    const token = await signUserToken(SECRET, { sub: 'user-42', org: 'org-7', expiresInSeconds: 600 });
+    const principal = await verify(token);
+    const exp = decodeJwt(token).exp;
+    expect(exp).toBeTypeOf('number');
+    expect(principal).toEqual({ kind: 'user', userId: 'user-42', orgId: 'org-7', expiresAt: new Date(exp! * 1000) });
+    expect(exp! - nowSeconds()).toBeGreaterThan(590);
+    expect(exp! - nowSeconds()).toBeLessThanOrEqual(600);
+  });
+
+  it('accepts a valid token without org (orgId null)', async () => {
+    const token = await signUserToken(SECRET, { sub: 'solo-user', expiresInSeconds: 60 });
+    const principal = await verify(token);
+    expect(principal).toMatchObject({ kind: 'user', userId: 'solo-user', orgId: null });
+    expect(principal.expiresAt).toBeInstanceOf(Date);
+  });
+
+  it('returns expiresAt null for a token without exp', async () => {
+    const token = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('no-exp').sign(key);
+    expect(await verify(token)).toEqual({ kind: 'user', userId: 'no-exp', orgId: null, expiresAt: null });
+  });
+
+  it('rejects an expired token', async () => {
+    const token = await signUserToken(SECRET, { sub: 'user-42', expiresInSeconds: -3600 });
+    await expectRejected(verify(token), token);
+  });
+
+  it('rejects a token that is not yet valid (nbf in the future)', async () => {
+    const token = await new SignJWT({})
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('user-42')
+      .setNotBefore(nowSeconds() + 3600)
+      .setExpirationTime(nowSeconds() + 7200)
+      .sign(key);
+    await expectRejected(verify(token), token);
+  });
+
+  it('rejects a token signed with another secret', async () => {
+    const token = await signUserToken(OTHER_SECRET, { sub: 'user-42', expiresInSeconds: 600 });
+    await expectRejected(verify(token), token);
+  });
+
+  it('rejects a tampered payload (signature no longer matches)', async () => {
+    const token = await signUserToken(SECRET, { sub: 'user-42', expiresInSeconds: 600 });
+    const [header, , signature] = token.split('.');
+    const forged = `${header}.${b64url({ sub: 'admin-user', exp: nowSeconds() + 600 })}.${signature}`;
+    await expectRejected(verify(forged), forged);
+  });
+
+  it('rejects a hand-crafted alg "none" token, with or without a signature part', async () => {
+    const payload = b64url({ sub: 'user-42', exp: nowSeconds() + 600 });
+    for (const alg of ['none', 'None', 'NONE']) {
+      const unsigned = `${b64url({ alg, typ: 'JWT' })}.${payload}.`;
+      await expectRejected(verify(unsigned), unsigned);
+    }
+    // The real HS256 signature of the same payload does not help a header that says "none".
+    const genuine = await signUserToken(SECRET, { sub: 'user-42', expiresInSeconds: 600 });
+    const withSig = `${b64url({ alg: 'none', typ: 'JWT' })}.${genuine.split('.')[1]}.${genuine.split('.')[2]}`;
+    await expectRejected(verify(withSig), withSig);
+  });
+
+  it('rejects HS512 even with the right secret (only HS256 is allowed)', async () => {
+    const token = await new SignJWT({})
+      .setProtectedHeader({ alg: 'HS512' })
+      .setSubject('user-42')
+      .setExpirationTime(nowSeconds() + 600)
+      .sign(key);
+    await expectRejected(verify(token), token);
+  });
+
+  it('rejects a missing, empty, non-string or over-long sub', async () => {
+    const sign = (payload: Record<string, unknown>) =>
+      new SignJWT(payload).setProtectedHeader({ alg: 'HS256' }).setExpirationTime(nowSeconds() + 600).sign(key);
+    for (const payload of [{}, { sub: '' }, { sub: 42 }, { sub: 'u'.repeat(201) }]) {
+      const token = await sign(payload);
+      await expectRejected(verify(token), token);
+    }
+    // The upper bound itself is accepted.
+    expect((await verify(await sign({ sub: 'u'.repeat(200) }))).userId).toHaveLength(200);
+  });
+
+  it('rejects a non-string or empty org claim', async () => {
+    for (const org of [17, '', ['org-1'], { id: 'org-1' }]) {
+      const token = await new SignJWT({ org })
+        .setProtectedHeader({ alg: 'HS256' })
+        .setSubject('user-42')
+        .setExpirationTime(nowSeconds() + 600)
+        .sign(key);
+      await expectRejected(verify(token), token);
+    }
+  });
+
+  it('rejects garbage that is not a JWT', async () => {
+    for (const token of ['', 'abc', 'a.b.c', 'eyJhbGciOiJIUzI1NiJ9..', 'x'.repeat(9000)]) {
+      await expectRejected(verify(token), token);
+    }
+  });
+});
+
+describe('issuer and audience', () => {
+  const verify = createUserTokenVerifier({ secret: SECRET, issuer: 'https://id.example', audience: 'creditpool' });
+
+  it('accepts matching iss and aud', async () => {
+    const token = await signUserToken(SECRET, {
+      sub: 'user-1',
+      expiresInSeconds: 600,
+      issuer: 'https://id.example',
+      audience: 'creditpool',
+    });
+    expect((await verify(token)).userId).toBe('user-1');
+  });
+
+  it('rejects a wrong or missing issuer', async () => {
+    const wrong = await signUserToken(SECRET, { sub: 'u', expiresInSeconds: 600, issuer: 'https://evil.example', audience: 'creditpool' });
+    const missing = await signUserToken(SECRET, { sub: 'u', expiresInSeconds: 600, audience: 'creditpool' });
+    await expectRejected(verify(wrong), wrong);
+    await expectRejected(verify(missing), missing);
+  });
+
+  it('rejects a wrong or missing audience', async () => {
+    const wrong = await signUserToken(SECRET, { sub: 'u', expiresInSeconds: 600, issuer: 'https://id.example', audience: 'other-app' });
+    const missing = await signUserToken(SECRET, { sub: 'u', expiresInSeconds: 600, issuer: 'https://id.example' });
+    await expectRejected(verify(wrong), wrong);
+    await expectRejected(verify(missing), missing);
+  });
+});
+
+describe('verifier configuration', () => {
+  it('refuses to build without a secret or JWKS URL, or with a short secret', () => {
+    expect(() => createUserTokenVerifier({})).toThrow(/secret or a JWKS URL/);
+    expect(() => createUserTokenVerifier({ secret: 'too-short' })).toThrow(/at least 32/);
+  });
+
+  it('signUserToken refuses a short secret', async () => {
+    await expect(signUserToken('short', { sub: 'u', expiresInSeconds: 60 })).rejects.toThrow(/at least 32/);
+  });
+});
+
+describe('JWKS end-user tokens', () => {
+  let server: Server;
+  let jwksUrl: string;
+  let privateKey: CryptoKey;
+
+  beforeAll(async () => {
+    const pair = await generateKeyPair('ES256');
+    privateKey = pair.privateKey;
+    const jwk = { ...(await exportJWK(pair.publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+    server = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    jwksUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/.well-known/jwks.json`;
+  });
+
+  afterAll(async () => {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  it('accepts an ES256 token signed by a key of the set', async () => {
+    const verify = createUserTokenVerifier({ jwksUrl });
+    const token = await new SignJWT({ org: 'org-9' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setSubject('jwks-user')
+      .setExpirationTime(nowSeconds() + 600)
+      .sign(privateKey);
+    expect(await verify(token)).toMatchObject({ kind: 'user', userId: 'jwks-user', orgId: 'org-9' });
+  });
+
+  it('rejects an HS256 token when only the JWKS is configured', async () => {
+    const verify = createUserTokenVerifier({ jwksUrl });
+    const token = await signUserToken(SECRET, { sub: 'user-42', expiresInSeconds: 600 });
+    await expectRejected(verify(token), token);
+  });
+
+  it('with both configured, routes HS256 to the secret and ES256 to the JWKS', async () => {
+    const verify = createUserTokenVerifier({ jwksUrl, secret: SECRET });
+    const hs = await signUserToken(SECRET, { sub: 'hs-user', expiresInSeconds: 600 });
+    const es = await new SignJWT({})
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setSubject('es-user')
+      .setExpirationTime(nowSeconds() + 600)
+      .sign(privateKey);
+    expect((await verify(hs)).userId).toBe('hs-user');
+    expect((await verify(es)).userId).toBe('es-user');
+    const wrongSecret = await signUserToken(OTHER_SECRET, { sub: 'hs-user', expiresInSeconds: 600 });
+    await expectRejected(verify(wrongSecret), wrongSecret);
+  });
+
+  it('reports an unreachable JWKS as UNAVAILABLE, not as a bad token', async () => {
+    const verify = createUserTokenVerifier({ jwksUrl: 'http://127.0.0.1:1/jwks.json' });
+    const token = await new SignJWT({})
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setSubject('jwks-user')
+      .setExpirationTime(nowSeconds() + 600)
+      .sign(privateKey);
+    await expect(verify(token)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+  });
+});
