@@ -122,6 +122,21 @@ export function planReplay(trace: TraceChoice, limit?: number): PlannedRequest[]
   });
 }
 
+/**
+ * The API quantities of an LLM call. The traces count cache reads inside the input (as the
+ * providers report prompt tokens); the API's inputTokens is the UNCACHED input only, with
+ * cache reads in cacheReadTokens (src/pricing/price-book.ts), so the cached part moves over.
+ * @param p the request
+ * @param outputTokens output tokens to bill in this part (all of them for a whole call)
+ */
+export function llmQuantities(p: TraceRequest, outputTokens: number): RecordUsageInput['quantities'] {
+  return {
+    inputTokens: p.inputTokens - p.cacheReadTokens,
+    outputTokens,
+    ...(p.cacheReadTokens > 0 ? { cacheReadTokens: p.cacheReadTokens } : {}),
+  };
+}
+
 /** Options of {@link runReplay}. */
 export interface ReplayOptions {
   trace: TraceChoice;
@@ -234,7 +249,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   for (const model of models) {
     const input = await quoteOne(model, { inputTokens: 1_000_000 });
     const output = await quoteOne(model, { outputTokens: 1_000_000 });
-    const cacheRead = await quoteOne(model, { inputTokens: 1_000_000, cacheReadTokens: 1_000_000 });
+    const cacheRead = await quoteOne(model, { cacheReadTokens: 1_000_000 });
     quotes.set(model, { input, output, cacheRead });
     log(`  ${model}: ${showCredits(input)} credits per 1M input tokens, ${showCredits(output)} per 1M output, ${showCredits(cacheRead)} per 1M cache-read (from the API's quote, markup included)`);
   }
@@ -316,7 +331,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     taskId: p.llmTaskId,
     conversationId: `${p.trace}-conv-${Math.floor(p.row / 8)}`,
     messageId: `${p.trace}-${p.row}`,
-    quantities: { inputTokens: p.inputTokens, outputTokens: p.outputTokens, ...(p.cacheReadTokens > 0 ? { cacheReadTokens: p.cacheReadTokens } : {}) },
+    quantities: llmQuantities(p, p.outputTokens),
     metadata: { trace: p.trace, row: p.row, traceTimestamp: p.occurredAt.toISOString() },
   });
   const extraInputs = (p: PlannedRequest): RecordUsageInput[] => {
@@ -433,7 +448,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     const out3 = p.outputTokens - out1 - out2;
     const part = (k: number, q: RecordUsageInput['quantities']): RecordUsageInput => ({ ...input, idempotencyKey: `${input.idempotencyKey}:part${k}`, reservationId, quantities: q });
     const parts = [
-      part(1, { inputTokens: p.inputTokens, outputTokens: out1, ...(p.cacheReadTokens > 0 ? { cacheReadTokens: p.cacheReadTokens } : {}) }),
+      part(1, llmQuantities(p, out1)),
       part(2, { outputTokens: out2 }),
     ];
     let partialMicro = 0n;
