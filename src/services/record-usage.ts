@@ -143,7 +143,7 @@ export async function applyCharge(
                                  agent_id, user_id, task_id, conversation_id, message_id, input_tokens, output_tokens,
                                  reasoning_tokens, cache_read_tokens, cache_write_tokens, seconds, units, provider_cost_usd,
                                  byok, cost_micro_credits, debt_micro_credits, lines, reservation_id, price_book_version, metadata)
-       VALUES (gen_random_uuid(), $1, $2, $3, COALESCE($4, $5), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+       VALUES (gen_random_uuid(), $1, $2, $3, COALESCE($4::timestamptz, $5::timestamptz), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
                $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
        RETURNING id
      ), dd AS (
@@ -158,7 +158,7 @@ export async function applyCharge(
          FROM unnest($30::uuid[], $31::bigint[]) AS d(batch_id, amount)
         WHERE b.id = d.batch_id
      ), ur AS (
-       UPDATE reservations SET consumed_micro_credits = consumed_micro_credits + $25 WHERE id = $28
+       UPDATE reservations SET consumed_micro_credits = consumed_micro_credits + $24::bigint WHERE id = $27::uuid
      )
      SELECT id FROM ev`,
     [

@@ -1,0 +1,60 @@
+/**
+ * The API process: `npm run serve` (tsx src/main.ts). Reads the environment (src/config/env.ts),
+ * applies pending migrations, starts the HTTP server and, unless RUN_WORKERS=false, the BullMQ
+ * workers in-process. Logs one "creditpool ready" line with the URL. SIGTERM/SIGINT stop it
+ * gracefully (server first, then workers, then connections).
+ */
+import { pino } from 'pino';
+import { Redis } from 'ioredis';
+import { loadEnvOrExit } from './config/env.js';
+import { createPgPool } from './db/pg.js';
+import { createPrismaClient } from './db/prisma.js';
+import { applyMigrations } from './db/migrate.js';
+import { createPricingState } from './services/pricing-state.js';
+import { createAuthenticator } from './auth/authenticator.js';
+import { buildServer } from './server.js';
+import { startWorkers, type RunningWorkers } from '../workers/start.js';
+
+const env = loadEnvOrExit();
+const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-api' } });
+
+if (env.MIGRATE_ON_BOOT) {
+  const { applied } = await applyMigrations(env.DATABASE_URL, { log: (m) => log.debug(m) });
+  log.info({ applied }, applied.length ? 'applied migrations' : 'database schema is current');
+}
+
+const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE);
+const prisma = createPrismaClient(env.DATABASE_URL);
+const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3, lazyConnect: false });
+redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
+const services = { pool, clock: () => new Date(), pricing: createPricingState(pool) };
+const authenticator = createAuthenticator({
+  pool,
+  adminApiKey: env.ADMIN_API_KEY,
+  jwtSecret: env.JWT_SECRET,
+  jwksUrl: env.JWKS_URL,
+  issuer: env.JWT_ISSUER,
+  audience: env.JWT_AUDIENCE,
+});
+const server = buildServer({ env, log, pool, prisma, redis, services, authenticator });
+const port = await server.listen(env.PORT);
+const workers: RunningWorkers | null = env.RUN_WORKERS ? await startWorkers({ redisUrl: env.REDIS_URL, pool, log }) : null;
+log.info({ url: `http://127.0.0.1:${port}/graphql`, workers: env.RUN_WORKERS }, 'creditpool ready');
+
+let stopping = false;
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    void (async () => {
+      await server.close();
+      await workers?.close();
+      await Promise.allSettled([pool.end(), prisma.$disconnect(), redis.quit()]);
+      process.exit(0);
+    })().catch((err) => {
+      log.error({ err }, 'error during shutdown');
+      process.exit(1);
+    });
+  });
+}

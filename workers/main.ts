@@ -1,0 +1,30 @@
+/**
+ * The workers process: `tsx workers/main.ts`. Same environment as the API (DATABASE_URL,
+ * REDIS_URL, LOG_LEVEL). Graceful SIGTERM/SIGINT: finishes jobs in progress, then exits.
+ */
+import { pino } from 'pino';
+import { loadEnvOrExit } from '../src/config/env.js';
+import { createPgPool } from '../src/db/pg.js';
+import { startWorkers } from './start.js';
+
+const env = loadEnvOrExit();
+const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
+const pool = createPgPool(env.DATABASE_URL, 5);
+const workers = await startWorkers({ redisUrl: env.REDIS_URL, pool, log });
+log.info('creditpool workers ready');
+
+let stopping = false;
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping workers');
+    void workers
+      .close()
+      .then(() => pool.end())
+      .then(() => process.exit(0), (err) => {
+        log.error({ err }, 'error while stopping');
+        process.exit(1);
+      });
+  });
+}

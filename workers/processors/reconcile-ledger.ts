@@ -1,0 +1,22 @@
+/**
+ * Processor of the `reconcile-ledger` job: parse payload -> call reconcileLedger -> report.
+ * Inconsistencies are logged at error level (they are bugs) and returned as the job result.
+ */
+import { z } from 'zod';
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { reconcileLedger, type ReconcileReport } from '../../src/services/reconcile-ledger.js';
+
+/** Payload: how far back to look, in seconds (default 15 minutes). */
+export const ReconcileLedgerPayload = z.object({ lookbackSeconds: z.number().int().min(1).max(86_400 * 31).default(900) });
+
+/** Runs one reconcile pass. @throws ZodError for a malformed payload (not retried). */
+export async function processReconcileLedger(pool: pg.Pool, log: Logger, data: unknown, now: Date): Promise<ReconcileReport> {
+  const { lookbackSeconds } = ReconcileLedgerPayload.parse(data ?? {});
+  const report = await reconcileLedger(pool, new Date(now.getTime() - lookbackSeconds * 1000));
+  for (const bad of report.inconsistent) {
+    log.error({ accountId: bad.accountId, total: String(bad.totalMicroCredits), batches: String(bad.batchRemainingMicroCredits), ledger: String(bad.ledgerSumMicroCredits) }, 'ledger invariant violated');
+  }
+  log.info({ checked: report.checked, inconsistent: report.inconsistent.length }, 'reconcile-ledger pass done');
+  return report;
+}
