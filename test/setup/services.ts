@@ -1,0 +1,30 @@
+/**
+ * A real ServiceContext on the test database, with a controllable clock.
+ */
+import type pg from 'pg';
+import { createPgPool } from '../../src/db/pg.js';
+import { createPricingState } from '../../src/services/pricing-state.js';
+import type { ServiceContext } from '../../src/services/context.js';
+import { TEST_DATABASE_URL } from './env.js';
+
+/** A service context plus the handle to move its clock. */
+export interface TestServices extends ServiceContext {
+  /** Sets the wall clock the services see (null: real time). */
+  setNow(at: Date | null): void;
+  close(): Promise<void>;
+}
+
+/** Creates services on the test database (pool of `max` connections). */
+export function createTestServices(max = 20): TestServices {
+  const pool: pg.Pool = createPgPool(TEST_DATABASE_URL, max);
+  let fixed: Date | null = null;
+  return {
+    pool,
+    clock: () => fixed ?? new Date(),
+    pricing: createPricingState(pool, 0),
+    setNow(at) {
+      fixed = at;
+    },
+    close: () => pool.end(),
+  };
+}

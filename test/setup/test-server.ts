@@ -1,0 +1,65 @@
+/**
+ * A real creditpool server (the same buildServer as production) on a free loopback port,
+ * against the test database and the real Redis. For API tests over HTTP.
+ */
+import { pino } from 'pino';
+import { Redis } from 'ioredis';
+import { parseEnv } from '../../src/config/env.js';
+import { createPrismaClient } from '../../src/db/prisma.js';
+import { createAuthenticator } from '../../src/auth/authenticator.js';
+import { buildServer } from '../../src/server.js';
+import { createTestServices, type TestServices } from './services.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from './env.js';
+
+/** A running test server. */
+export interface TestServer {
+  url: string;
+  adminKey: string;
+  jwtSecret: string;
+  services: TestServices;
+  /** POSTs a GraphQL operation with `token` (default: the admin key; null: no header). */
+  gql<T = any>(query: string, variables?: Record<string, unknown>, token?: string | null): Promise<{ status: number; body: { data?: T; errors?: Array<{ message: string; extensions?: { code?: string } }> } }>;
+  close(): Promise<void>;
+}
+
+/** Starts a server; call close() in afterAll. */
+export async function startTestServer(overrides: Record<string, string> = {}): Promise<TestServer> {
+  const adminKey = 'test-admin-key-0123456789abcdef';
+  const jwtSecret = 'test-jwt-secret-0123456789abcdef0123456789';
+  const env = parseEnv({
+    NODE_ENV: 'test',
+    DATABASE_URL: TEST_DATABASE_URL,
+    REDIS_URL: TEST_REDIS_URL,
+    ADMIN_API_KEY: adminKey,
+    JWT_SECRET: jwtSecret,
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'silent',
+    ...overrides,
+  });
+  const log = pino({ level: env.LOG_LEVEL });
+  const services = createTestServices();
+  const prisma = createPrismaClient(env.DATABASE_URL, 5);
+  const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3 });
+  const authenticator = createAuthenticator({ pool: services.pool, adminApiKey: adminKey, jwtSecret });
+  const server = buildServer({ env, log, pool: services.pool, prisma, redis, services, authenticator });
+  const port = await server.listen(0, '127.0.0.1');
+  const url = `http://127.0.0.1:${port}/graphql`;
+  return {
+    url,
+    adminKey,
+    jwtSecret,
+    services,
+    async gql(query, variables = {}, token = adminKey) {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...(token === null ? {} : { authorization: `Bearer ${token}` }) },
+        body: JSON.stringify({ query, variables }),
+      });
+      return { status: res.status, body: (await res.json()) as any };
+    },
+    async close() {
+      await server.close();
+      await Promise.allSettled([services.close(), prisma.$disconnect(), redis.quit()]);
+    },
+  };
+}
