@@ -142,7 +142,7 @@ export interface ReplayOptions {
   trace: TraceChoice;
   /** First N requests only. */
   limit?: number;
-  /** Operations in flight at once (default 8). */
+  /** Operations in flight at once (default 4; one account's charges serialize on the server, so more mostly reorders). */
   concurrency?: number;
   /** Inputs per recordUsageBatch call (default 100). */
   batchSize?: number;
@@ -216,7 +216,7 @@ interface ModelQuote {
  */
 export async function runReplay(client: GraphQLClient, options: ReplayOptions): Promise<ReplayReport> {
   const log = options.log ?? ((line: string) => console.log(line));
-  const concurrency = options.concurrency ?? 8;
+  const concurrency = options.concurrency ?? 4;
   const batchSize = options.batchSize ?? 100;
   const plan = planReplay(options.trace, options.limit);
   const first = plan[0];
@@ -282,6 +282,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   const byAgent: Tally = new Map();
   const batchFirstDraw = new Map<string, number>();
   const batchLastDraw = new Map<string, number>();
+  const batchEmptiedBy = new Map<string, number>();
   const refusedByKind = { llm: 0, tool_call: 0, web_search: 0, reservation: 0 };
   let firstRefusal: number | undefined;
   let requestsDone = 0;
@@ -310,6 +311,9 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     addTally(byCategory, input.category, micro);
     addTally(byModel, input.model ?? '(none)', micro);
     addTally(byAgent, input.agentId ?? '(none)', micro);
+    // An event split over several batches emptied every batch but its last one: that is the
+    // exact request at which those batches were exhausted (independent of response order).
+    (ev.drawdowns ?? []).slice(0, -1).forEach((d) => batchEmptiedBy.set(d.batch.id, index));
     for (const d of ev.drawdowns ?? []) {
       if (!batchFirstDraw.has(d.batch.id) || (batchFirstDraw.get(d.batch.id) as number) > index) batchFirstDraw.set(d.batch.id, index);
       if ((batchLastDraw.get(d.batch.id) ?? -1) < index) batchLastDraw.set(d.batch.id, index);
@@ -536,6 +540,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   const report = printSummary(acct, {
     log,
     plan,
+    concurrency,
     seconds,
     spentMicro,
     eventsCharged: seenEvents.size,
@@ -544,6 +549,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     byAgent,
     batchFirstDraw,
     batchLastDraw,
+    batchEmptiedBy,
     refusedByKind,
     firstRefusal,
     retriesSent,
@@ -561,6 +567,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
 interface SummaryInput {
   log: (line: string) => void;
   plan: PlannedRequest[];
+  concurrency: number;
   seconds: number;
   spentMicro: bigint;
   eventsCharged: number;
@@ -569,6 +576,7 @@ interface SummaryInput {
   byAgent: Tally;
   batchFirstDraw: Map<string, number>;
   batchLastDraw: Map<string, number>;
+  batchEmptiedBy: Map<string, number>;
   refusedByKind: Record<'llm' | 'tool_call' | 'web_search' | 'reservation', number>;
   firstRefusal: number | undefined;
   retriesSent: number;
@@ -603,8 +611,14 @@ function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; ref
   log(`Throughput: ${n0(plan.length)} trace requests -> ${n0(apiEvents)} usage events in ${s.seconds.toFixed(1)} s = ${n0(Math.round(apiEvents / s.seconds))} events/s (${n0(Math.round(plan.length / s.seconds))} requests/s), not real time.`);
   log(`Credits spent: ${showCredits(apiSpent)}   available now: ${showCredits(parseCredits(acct.balance.available))}   total: ${showCredits(parseCredits(acct.balance.total))}   depleted: ${acct.balance.depleted ? 'yes' : 'no'}`);
   log('');
-  log('Credit batches, in drawdown order (FREE before PAID):');
-  const rows = acct.batches.map((b, i) => {
+  log('Credit batches, in drawdown order (FREE before PAID, then soonest expiry):');
+  const drawOrder = [...acct.batches].sort(
+    (a, b) =>
+      (a.type === b.type ? 0 : a.type === 'FREE' ? -1 : 1) ||
+      (a.expiresAt ?? '9999').localeCompare(b.expiresAt ?? '9999') ||
+      a.addedAt.localeCompare(b.addedAt),
+  );
+  const rows = drawOrder.map((b, i) => {
     const drawn = parseCredits(b.allocated) - parseCredits(b.remaining);
     return [
       String(i + 1),
@@ -615,7 +629,7 @@ function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; ref
       showCredits(drawn),
       b.status,
       at(s.batchFirstDraw.get(b.id)),
-      b.status === 'EXHAUSTED' ? at(s.batchLastDraw.get(b.id)) : '-',
+      b.status === 'EXHAUSTED' ? at(s.batchEmptiedBy.get(b.id) ?? s.batchLastDraw.get(b.id)) : '-',
     ];
   });
   table(log, ['#', 'type', 'source', 'allocated', 'remaining', 'drawn', 'status', 'first drawn at', 'exhausted at'], rows, [true, false, false, true, true, true, false, true, true]);
@@ -624,8 +638,12 @@ function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; ref
   if (free && paid) {
     const freeFirst = s.batchFirstDraw.get(free.id) ?? Infinity;
     const paidFirst = s.batchFirstDraw.get(paid.id) ?? Infinity;
-    const freeLast = s.batchLastDraw.get(free.id) ?? -1;
-    log(`  FREE drawn before PAID: ${freeFirst <= paidFirst ? 'yes' : 'NO'} (PAID first drawn at request ${at(Number.isFinite(paidFirst) ? paidFirst : undefined)}, FREE last drawn at ${at(freeLast >= 0 ? freeLast : undefined)})`);
+    const freeEmptied = s.batchEmptiedBy.get(free.id);
+    log(
+      `  FREE drawn before PAID: ${freeFirst <= paidFirst ? 'yes' : 'NO'} (FREE first drawn at ${at(Number.isFinite(freeFirst) ? freeFirst : undefined)}` +
+        `${freeEmptied !== undefined ? `, emptied by request ${at(freeEmptied)} whose cost was split FREE -> PAID` : ''}).`,
+    );
+    log(`  ("at request #n": position in the trace; up to ${s.concurrency} operations run concurrently, so neighbouring requests may be charged in a slightly different order.)`);
     if (freeFirst > paidFirst) failures.push('PAID credit was drawn before FREE credit');
   }
 

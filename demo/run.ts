@@ -21,7 +21,7 @@ async function main(): Promise<number> {
     options: {
       limit: { type: 'string' },
       trace: { type: 'string', default: 'azure' },
-      concurrency: { type: 'string', default: '8' },
+      concurrency: { type: 'string', default: '4' },
       keep: { type: 'boolean', default: false },
     },
   });
