@@ -1,0 +1,191 @@
+/**
+ * Property test (fast-check) of the ledger on the real PostgreSQL: random sequences of grants,
+ * charges, reservations, captures, settlements, releases, refunds, voids, idempotent retries
+ * and clock moves (batches and holds expiring lazily). After EVERY command: the invariant holds
+ * (batches - debt = total = ledger sum; available = total - reserved), and each command's
+ * effect on the balance is the one the rules promise.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { recordUsage } from '../../src/services/record-usage.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { reserveCredits } from '../../src/services/reserve-credits.js';
+import { settleReservation } from '../../src/services/settle-reservation.js';
+import { releaseReservation } from '../../src/services/release-reservation.js';
+import { refundUsage } from '../../src/services/refund-usage.js';
+import { voidGrant } from '../../src/services/void-grant.js';
+import { readBalance } from '../../src/services/read-balance.js';
+import { LedgerError } from '../../src/ledger/errors.js';
+import { credits } from '../../src/ledger/credits.js';
+
+let services: TestServices;
+beforeAll(() => {
+  services = createTestServices(5);
+});
+afterAll(async () => {
+  await services.close();
+});
+
+type Command =
+  | { op: 'grant'; amount: number; type: 'FREE' | 'PAID'; expiresInMinutes: number | null }
+  | { op: 'charge'; units: string }
+  | { op: 'reserve'; amount: number }
+  | { op: 'capture'; hold: number; units: string }
+  | { op: 'settle'; hold: number; units: string }
+  | { op: 'release'; hold: number }
+  | { op: 'refund'; event: number }
+  | { op: 'void'; grant: number }
+  | { op: 'retry'; event: number }
+  | { op: 'advance'; minutes: number };
+
+const unitsArb = fc.integer({ min: 0, max: 4000 }).map((n) => (n / 100).toString()); // 0 .. 40 credits, 2 decimals
+const commandArb: fc.Arbitrary<Command> = fc.oneof(
+  fc.record({ op: fc.constant('grant' as const), amount: fc.integer({ min: 1, max: 50 }), type: fc.constantFrom('FREE' as const, 'PAID' as const), expiresInMinutes: fc.option(fc.integer({ min: 1, max: 120 }), { nil: null }) }),
+  fc.record({ op: fc.constant('charge' as const), units: unitsArb }),
+  fc.record({ op: fc.constant('reserve' as const), amount: fc.integer({ min: 1, max: 30 }) }),
+  fc.record({ op: fc.constant('capture' as const), hold: fc.nat(5), units: unitsArb }),
+  fc.record({ op: fc.constant('settle' as const), hold: fc.nat(5), units: unitsArb }),
+  fc.record({ op: fc.constant('release' as const), hold: fc.nat(5) }),
+  fc.record({ op: fc.constant('refund' as const), event: fc.nat(10) }),
+  fc.record({ op: fc.constant('void' as const), grant: fc.nat(5) }),
+  fc.record({ op: fc.constant('retry' as const), event: fc.nat(10) }),
+  fc.record({ op: fc.constant('advance' as const), minutes: fc.integer({ min: 1, max: 90 }) }),
+);
+
+const EXPECTED_REFUSALS = new Set(['INSUFFICIENT_CREDITS', 'RESERVATION_NOT_ACTIVE']);
+
+describe('ledger invariant under random command sequences', () => {
+  it('holds after every command, and every command moves the balance as promised', async () => {
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(commandArb, { minLength: 5, maxLength: 30 }), async (commands) => {
+        run++;
+        let now = new Date(Date.UTC(2026, 0, 1, 12, 0, 0));
+        services.setNow(now);
+        const accountId = await createFundedAccount(services, { free: 10 });
+        const holds: string[] = [];
+        const events: { key: string; units: string; reservationId: string | null }[] = [];
+        const eventIds: string[] = [];
+        const grants: string[] = [];
+        let seq = 0;
+        for (const cmd of commands) {
+          const before = await readBalance(services.pool, accountId, now);
+          const key = `p${run}-${seq++}`;
+          try {
+            switch (cmd.op) {
+              case 'grant': {
+                const r = await grantCredits(services, {
+                  accountId,
+                  amountMicroCredits: credits(cmd.amount),
+                  type: cmd.type,
+                  source: cmd.type === 'FREE' ? 'PROMO_CODE' : 'PURCHASE',
+                  expiresAt: cmd.expiresInMinutes ? new Date(now.getTime() + cmd.expiresInMinutes * 60_000) : null,
+                  reference: null,
+                  idempotencyKey: key,
+                });
+                grants.push(r.grantId);
+                const after = await readBalance(services.pool, accountId, now);
+                expect(after.totalMicroCredits - before.totalMicroCredits).toBe(credits(cmd.amount));
+                expect(after.debtMicroCredits).toBe(before.debtMicroCredits > credits(cmd.amount) ? before.debtMicroCredits - credits(cmd.amount) : 0n);
+                break;
+              }
+              case 'charge': {
+                const r = await recordUsage(services, { accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units } });
+                events.push({ key, units: cmd.units, reservationId: null });
+                eventIds.push(r.eventId);
+                const cost = BigInt(Math.round(Number(cmd.units) * 100)) * 10_000n;
+                expect(cost <= before.availableMicroCredits || cost === 0n).toBe(true);
+                const after = await readBalance(services.pool, accountId, now);
+                expect(before.availableMicroCredits - after.availableMicroCredits).toBe(cost);
+                expect(after.debtMicroCredits).toBe(before.debtMicroCredits);
+                break;
+              }
+              case 'reserve': {
+                const r = await reserveCredits(services, { accountId, amountMicroCredits: credits(cmd.amount), ttlSeconds: 1800, idempotencyKey: key });
+                holds.push(r.reservationId);
+                const after = await readBalance(services.pool, accountId, now);
+                expect(after.reservedMicroCredits - before.reservedMicroCredits).toBe(credits(cmd.amount));
+                expect(after.totalMicroCredits).toBe(before.totalMicroCredits);
+                break;
+              }
+              case 'capture': {
+                const hold = holds[cmd.hold % Math.max(holds.length, 1)];
+                if (!hold) continue;
+                const r = await recordUsage(services, { accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units }, reservationId: hold });
+                events.push({ key, units: cmd.units, reservationId: hold });
+                eventIds.push(r.eventId);
+                const after = await readBalance(services.pool, accountId, now);
+                const cost = BigInt(Math.round(Number(cmd.units) * 100)) * 10_000n;
+                expect(before.totalMicroCredits - after.totalMicroCredits).toBe(cost);
+                break;
+              }
+              case 'settle': {
+                const hold = holds[cmd.hold % Math.max(holds.length, 1)];
+                if (!hold) continue;
+                await settleReservation(services, hold, [{ accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units } }]);
+                const after = await readBalance(services.pool, accountId, now);
+                expect(after.reservedMicroCredits <= before.reservedMicroCredits).toBe(true);
+                break;
+              }
+              case 'release': {
+                const hold = holds[cmd.hold % Math.max(holds.length, 1)];
+                if (!hold) continue;
+                await releaseReservation(services, hold);
+                const after = await readBalance(services.pool, accountId, now);
+                expect(after.totalMicroCredits).toBe(before.totalMicroCredits);
+                expect(after.reservedMicroCredits <= before.reservedMicroCredits).toBe(true);
+                break;
+              }
+              case 'refund': {
+                const id = eventIds[cmd.event % Math.max(eventIds.length, 1)];
+                if (!id) continue;
+                await refundUsage(services, id, 'property test');
+                const after = await readBalance(services.pool, accountId, now);
+                expect(after.totalMicroCredits >= before.totalMicroCredits).toBe(true);
+                break;
+              }
+              case 'void': {
+                const id = grants[cmd.grant % Math.max(grants.length, 1)];
+                if (!id) continue;
+                await voidGrant(services, id, 'property test');
+                const after = await readBalance(services.pool, accountId, now);
+                expect(after.totalMicroCredits <= before.totalMicroCredits).toBe(true);
+                break;
+              }
+              case 'retry': {
+                const e = events[cmd.event % Math.max(events.length, 1)];
+                if (!e) continue;
+                const r = await recordUsage(services, { accountId, idempotencyKey: e.key, category: 'units', quantities: { units: e.units }, reservationId: e.reservationId });
+                expect(r.replayed).toBe(true);
+                const after = await readBalance(services.pool, accountId, now);
+                expect(after.version).toBe(before.version);
+                expect(after.totalMicroCredits).toBe(before.totalMicroCredits);
+                break;
+              }
+              case 'advance': {
+                now = new Date(now.getTime() + cmd.minutes * 60_000);
+                services.setNow(now);
+                break;
+              }
+            }
+          } catch (err) {
+            if (!(err instanceof LedgerError && EXPECTED_REFUSALS.has(err.code))) throw err;
+            // A refusal changes nothing.
+            const after = await readBalance(services.pool, accountId, now);
+            expect(after.version).toBe(before.version);
+            expect(after.totalMicroCredits).toBe(before.totalMicroCredits);
+          }
+          const b = await expectLedgerInvariant(services.pool, accountId, now);
+          expect(b.debtMicroCredits >= 0n).toBe(true);
+          // Without debt, available can only be negative through holds on since-expired/voided batches.
+          if (b.debtMicroCredits === 0n) expect(b.totalMicroCredits >= 0n).toBe(true);
+        }
+      }),
+      { numRuns: 30 },
+    );
+    services.setNow(null);
+  });
+});

@@ -1,0 +1,161 @@
+/**
+ * The ledger's rules, one by one, through the services on the real PostgreSQL (issue #2 §3).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { recordUsage } from '../../src/services/record-usage.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { reserveCredits } from '../../src/services/reserve-credits.js';
+import { settleReservation } from '../../src/services/settle-reservation.js';
+import { releaseReservation } from '../../src/services/release-reservation.js';
+import { extendReservation } from '../../src/services/extend-reservation.js';
+import { refundUsage } from '../../src/services/refund-usage.js';
+import { voidGrant } from '../../src/services/void-grant.js';
+import { readBalance } from '../../src/services/read-balance.js';
+import { credits } from '../../src/ledger/credits.js';
+
+let s: TestServices;
+beforeAll(() => {
+  s = createTestServices(5);
+});
+afterAll(async () => {
+  s.setNow(null);
+  await s.close();
+});
+
+const T0 = new Date(Date.UTC(2026, 5, 1, 0, 0, 0));
+const at = (ms: number) => new Date(T0.getTime() + ms);
+
+async function drawdownsOf(eventId: string) {
+  const { rows } = await s.pool.query(
+    `SELECT b.type, b.source, d.amount_micro_credits::text AS amount FROM drawdowns d JOIN credit_batches b ON b.id = d.batch_id
+      WHERE d.usage_event_id = $1 ORDER BY d.position`,
+    [eventId],
+  );
+  return rows;
+}
+
+async function grant(accountId: string, key: string, amount: number, type: 'FREE' | 'PAID', expiresAt: Date | null = null) {
+  return grantCredits(s, { accountId, amountMicroCredits: credits(amount), type, source: type === 'FREE' ? 'PROMO_CODE' : 'PURCHASE', expiresAt, reference: null, idempotencyKey: key });
+}
+
+describe('drawdown order', () => {
+  it('draws FREE before PAID, soonest expiry first, never-expiring last', async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, {});
+    await grant(accountId, 'paid-never', 5, 'PAID');
+    await grant(accountId, 'paid-soon', 5, 'PAID', at(3_600_000));
+    await grant(accountId, 'free-late', 2, 'FREE', at(7_200_000));
+    await grant(accountId, 'free-soon', 2, 'FREE', at(3_600_000));
+    const r = await recordUsage(s, { accountId, idempotencyKey: 'u1', category: 'units', quantities: { units: '12' } });
+    const parts = await drawdownsOf(r.eventId);
+    expect(parts.map((p) => `${p.type}:${p.amount}`)).toEqual(['FREE:2000000', 'FREE:2000000', 'PAID:5000000', 'PAID:3000000']);
+    const { rows } = await s.pool.query(
+      `SELECT b.expires_at FROM drawdowns d JOIN credit_batches b ON b.id = d.batch_id WHERE d.usage_event_id = $1 ORDER BY d.position`,
+      [r.eventId],
+    );
+    expect(rows.map((x) => x.expires_at?.toISOString() ?? null)).toEqual([at(3_600_000).toISOString(), at(7_200_000).toISOString(), at(3_600_000).toISOString(), null]);
+    await expectLedgerInvariant(s.pool, accountId, T0);
+  });
+
+  it('a batch pays 1 ms before its expiresAt and never at or after it, even before any expiry job', async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, {});
+    await grant(accountId, 'free', 3, 'FREE', at(60_000));
+    s.setNow(at(59_999));
+    await recordUsage(s, { accountId, idempotencyKey: 'before', category: 'unit' });
+    s.setNow(at(60_000));
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'at', category: 'unit' })).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
+    const b = await readBalance(s.pool, accountId, at(60_000));
+    expect(b.availableMicroCredits).toBe(0n);
+    expect(b.freeMicroCredits).toBe(0n);
+    const { rows } = await s.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
+    expect(rows[0].n).toBe(1);
+    await expectLedgerInvariant(s.pool, accountId, at(60_000));
+  });
+});
+
+describe('reservations and debt', () => {
+  it('takes cost from the hold first, then available credit, then leaves debt that the next grant repays first', async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, { paid: 10 });
+    const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(4), ttlSeconds: 600, idempotencyKey: 'h' });
+    expect((await readBalance(s.pool, accountId, T0)).availableMicroCredits).toBe(credits(6));
+    // Partial captures while streaming: 3 + 3 (1 beyond the hold comes from available credit).
+    await recordUsage(s, { accountId, idempotencyKey: 'p1', category: 'units', quantities: { units: '3' }, reservationId });
+    await recordUsage(s, { accountId, idempotencyKey: 'p2', category: 'units', quantities: { units: '3' }, reservationId });
+    let b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.reservedMicroCredits, b.availableMicroCredits]).toEqual([credits(4), 0n, credits(4)]);
+    // Settle with 7 more: 4 from available credit, 3 become debt.
+    await settleReservation(s, reservationId, [{ accountId, idempotencyKey: 'final', category: 'units', quantities: { units: '7' } }]);
+    b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.debtMicroCredits, b.availableMicroCredits, b.depleted]).toEqual([-credits(3), credits(3), -credits(3), true]);
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'refused', category: 'unit' })).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
+    const g = await grant(accountId, 'top-up', 5, 'PAID');
+    b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.debtMicroCredits, b.paidMicroCredits]).toEqual([credits(2), 0n, credits(2)]);
+    const { rows } = await s.pool.query(
+      `SELECT type, amount_micro_credits::text AS amount FROM ledger_entries WHERE account_id = $1 AND batch_id = (SELECT id FROM credit_batches WHERE grant_id = $2) ORDER BY seq`,
+      [accountId, g.grantId],
+    );
+    expect(rows).toEqual([
+      { type: 'GRANT', amount: credits(2).toString() },
+      { type: 'DEBT_REPAY', amount: credits(3).toString() },
+    ]);
+    await expectLedgerInvariant(s.pool, accountId, T0);
+  });
+
+  it('an expired hold no longer holds; it can be neither captured nor extended; release closes it as EXPIRED', async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, { paid: 10 });
+    const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(8), ttlSeconds: 60, idempotencyKey: 'h' });
+    await extendReservation(s, reservationId, 120);
+    s.setNow(at(119_999));
+    expect((await readBalance(s.pool, accountId, at(119_999))).reservedMicroCredits).toBe(credits(8));
+    s.setNow(at(120_000));
+    const b = await readBalance(s.pool, accountId, at(120_000));
+    expect([b.reservedMicroCredits, b.availableMicroCredits]).toEqual([0n, credits(10)]);
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'late', category: 'unit', reservationId })).rejects.toMatchObject({ code: 'RESERVATION_NOT_ACTIVE' });
+    await expect(extendReservation(s, reservationId, 60)).rejects.toMatchObject({ code: 'RESERVATION_NOT_ACTIVE' });
+    await releaseReservation(s, reservationId);
+    const { rows } = await s.pool.query('SELECT status FROM reservations WHERE id = $1', [reservationId]);
+    expect(rows[0].status).toBe('EXPIRED');
+    await expectLedgerInvariant(s.pool, accountId, at(120_000));
+  });
+});
+
+describe('refunds and voids', () => {
+  it('refundUsage returns credit to the batches it came from, except expired ones, once', async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, {});
+    await grant(accountId, 'free', 2, 'FREE', at(60_000));
+    await grant(accountId, 'paid', 5, 'PAID');
+    const ev = await recordUsage(s, { accountId, idempotencyKey: 'u', category: 'units', quantities: { units: '4' } });
+    s.setNow(at(60_000)); // the FREE batch (2 drawn) has expired meanwhile
+    await refundUsage(s, ev.eventId, 'bad answer');
+    let b = await readBalance(s.pool, accountId, at(60_000));
+    expect([b.freeMicroCredits, b.paidMicroCredits]).toEqual([0n, credits(5)]);
+    await refundUsage(s, ev.eventId, 'bad answer');
+    b = await readBalance(s.pool, accountId, at(60_000));
+    expect(b.paidMicroCredits).toBe(credits(5));
+    const { rows } = await s.pool.query('SELECT refunded_at IS NOT NULL AS refunded FROM usage_events WHERE id = $1', [ev.eventId]);
+    expect(rows[0].refunded).toBe(true);
+    await expectLedgerInvariant(s.pool, accountId, at(60_000));
+  });
+
+  it("voidGrant removes the grant's unused remainder, once", async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, {});
+    const g = await grant(accountId, 'paid', 10, 'PAID');
+    await recordUsage(s, { accountId, idempotencyKey: 'u', category: 'units', quantities: { units: '4' } });
+    await voidGrant(s, g.grantId, 'chargeback');
+    await voidGrant(s, g.grantId, 'chargeback');
+    const b = await readBalance(s.pool, accountId, T0);
+    expect(b.totalMicroCredits).toBe(0n);
+    const { rows } = await s.pool.query(`SELECT type, amount_micro_credits::text AS amount FROM ledger_entries WHERE account_id = $1 AND type = 'VOID'`, [accountId]);
+    expect(rows).toEqual([{ type: 'VOID', amount: (-credits(6)).toString() }]);
+    await expectLedgerInvariant(s.pool, accountId, T0);
+  });
+});
