@@ -137,6 +137,13 @@ describe('refunds and voids', () => {
     await refundUsage(s, ev.eventId, 'bad answer');
     let b = await readBalance(s.pool, accountId, at(60_000));
     expect([b.freeMicroCredits, b.paidMicroCredits]).toEqual([0n, credits(5)]);
+    const refunds = await s.pool.query(
+      `SELECT COALESCE(SUM(amount_micro_credits), 0)::text AS sum FROM ledger_entries WHERE account_id = $1 AND type = 'REFUND'`,
+      [accountId],
+    );
+    expect(refunds.rows[0].sum).toBe(credits(2).toString());
+    const free = await s.pool.query(`SELECT remaining_micro_credits::text AS r FROM credit_batches WHERE account_id = $1 AND type = 'FREE'`, [accountId]);
+    expect(free.rows[0].r).toBe('0');
     await refundUsage(s, ev.eventId, 'bad answer');
     b = await readBalance(s.pool, accountId, at(60_000));
     expect(b.paidMicroCredits).toBe(credits(5));
