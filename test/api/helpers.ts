@@ -7,8 +7,11 @@ import { expect } from 'vitest';
 import { decodeGlobalID, encodeGlobalID } from '@pothos/plugin-relay';
 import type { TestServer } from '../setup/test-server.js';
 
-/** A GraphQL response as TestServer.gql returns it. */
-export type GqlResponse<T = any> = Awaited<ReturnType<TestServer['gql']>> & { body: { data?: T } };
+/** A GraphQL response as TestServer.gql returns it (data untyped: tests read it as JSON). */
+export interface GqlResponse {
+  status: number;
+  body: { data?: any; errors?: Array<{ message: string; path?: unknown; extensions?: { code?: string; [k: string]: unknown } }> };
+}
 
 /** Database uuid inside a Relay global id. */
 export function dbId(globalId: string): string {
@@ -26,7 +29,7 @@ export function uniq(prefix = 'k'): string {
 }
 
 /** Asserts the response has no errors and returns its data. */
-export function ok<T = any>(res: GqlResponse<T>): T {
+export function ok<T = any>(res: GqlResponse): T {
   expect(res.body.errors, JSON.stringify(res.body.errors)).toBeUndefined();
   expect(res.body.data).toBeTruthy();
   return res.body.data as T;

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { TEST_PRICE_BOOK } from '../setup/test-price-book.js';
+import type { PriceRuleInput } from '../../src/pricing/price-book.js';
 import { apiAccount, dbId, expectConsistent, expectError, expectUnchanged, grant, ok, readAccount, snapshot, uniq } from './helpers.js';
 
 const DAY_MS = 86_400_000;
@@ -487,7 +488,7 @@ describe('publishPriceBook', () => {
       const published = ok(await srv.gql(PUBLISH, { input: book })).publishPriceBook;
       expect(published.version).toBe(before + 1);
       expect(published).toMatchObject({ name: 'api test book v2', byokFeePercent: '5' });
-      const normalize = (r: Record<string, unknown>) => ({
+      const normalize = (r: PriceRuleInput) => ({
         category: r.category,
         model: r.model ?? null,
         tier: r.tier ?? null,
