@@ -1,0 +1,276 @@
+/**
+ * Bad input at the API edge: malformed Credits, wrong JSON types, bad idempotency keys, unknown
+ * or foreign ids, unpriceable usage, out-of-range TTLs. Each must answer with an
+ * `extensions.code` (BAD_USER_INPUT or NOT_FOUND) and change nothing: the involved accounts'
+ * snapshots (balance version, ledger, batches, events, holds) and the platform-wide row counts
+ * are compared before and after.
+ */
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { apiAccount, expectError, expectUnchanged, gid, globalCounts, ok, uniq, type GqlResponse } from './helpers.js';
+
+const GRANT = `mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id amount } }`;
+const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
+const RESERVE = `mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`;
+const EXTEND = `mutation($id: ID!, $ttl: Int!) { extendReservation(reservationId: $id, ttlSeconds: $ttl) { id } }`;
+const RELEASE = `mutation($id: ID!) { releaseReservation(reservationId: $id) { id } }`;
+const SETTLE = `mutation($input: SettleReservationInput!) { settleReservation(input: $input) { id } }`;
+const VOID = `mutation($id: ID!) { voidGrant(grantId: $id, reason: "test") { id } }`;
+const REFUND = `mutation($id: ID!) { refundUsage(usageEventId: $id, reason: "test") { id } }`;
+const CREATE = `mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`;
+const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode event { id } } }`;
+const QUOTE = `query($input: RecordUsageInput!) { quote(input: $input) { cost } }`;
+
+let srv: TestServer;
+/** The account every bad request targets (funded, with a hold, a grant and an event). */
+let acct: string;
+/** A bystander account with its own hold, used for foreign ids. */
+let other: string;
+let grantId: string;
+let batchId: string;
+let eventId: string;
+let holdId: string;
+let otherHoldId: string;
+let ledgerEntryId: string;
+
+beforeAll(async () => {
+  srv = await startTestServer();
+  acct = await apiAccount(srv, { free: '5' });
+  other = await apiAccount(srv, { paid: '5' });
+  const g = ok(
+    await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id batch { id } } }`, {
+      input: { accountId: acct, amount: '50', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') },
+    }),
+  ).grantCredits;
+  grantId = g.id;
+  batchId = g.batch.id;
+  eventId = ok(await srv.gql(RECORD, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } })).recordUsage.id;
+  holdId = ok(await srv.gql(RESERVE, { input: { accountId: acct, amount: '2', idempotencyKey: uniq('h') } })).reserveCredits.id;
+  otherHoldId = ok(await srv.gql(RESERVE, { input: { accountId: other, amount: '1', idempotencyKey: uniq('h') } })).reserveCredits.id;
+  ledgerEntryId = ok(await srv.gql(`query($id: ID!) { account(id: $id) { ledger(first: 1) { edges { node { id } } } } }`, { id: acct })).account.ledger
+    .edges[0].node.id;
+});
+
+afterAll(async () => {
+  await srv?.close();
+});
+
+/** POSTs a raw JSON body (for JSON numbers JavaScript cannot hold, like 1e400). */
+async function rawGql(body: string): Promise<GqlResponse> {
+  const res = await fetch(srv.url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${srv.adminKey}` },
+    body,
+  });
+  return { status: res.status, body: (await res.json()) as GqlResponse['body'] };
+}
+
+/** Sends the request and asserts the error code and that nothing changed anywhere. */
+async function expectRejected(send: () => Promise<GqlResponse>, code: string) {
+  const counts = await globalCounts(srv);
+  const res = await expectUnchanged(srv, [acct, other], send);
+  expectError(res, code);
+  expect(await globalCounts(srv)).toEqual(counts);
+  return res;
+}
+
+const grantInput = (extra: Record<string, unknown> = {}) => ({
+  accountId: acct,
+  amount: '5',
+  type: 'PAID',
+  source: 'PURCHASE',
+  idempotencyKey: uniq('g'),
+  ...extra,
+});
+const usageInput = (extra: Record<string, unknown> = {}) => ({ accountId: acct, idempotencyKey: uniq('u'), category: 'unit', ...extra });
+const reserveInput = (extra: Record<string, unknown> = {}) => ({ accountId: acct, amount: '1', idempotencyKey: uniq('h'), ...extra });
+
+describe('Credits inputs', () => {
+  const badAmounts: Array<[string, unknown]> = [
+    ['negative "-5"', '-5'],
+    ['zero', '0'],
+    ['"NaN"', 'NaN'],
+    ['"Infinity"', 'Infinity'],
+    ['"-Infinity"', '-Infinity'],
+    ['"1e400"', '1e400'],
+    ['"1e3" (exponent)', '1e3'],
+    ['"1.0000001" (7 decimals)', '1.0000001'],
+    ['the JSON number 1.0000001', 1.0000001],
+    ['the JSON number 1e-7', 1e-7],
+    ['"abc"', 'abc'],
+    ['an empty string', ''],
+    ['"1,5"', '1,5'],
+    ['true', true],
+    ['{}', {}],
+    ['[]', []],
+    ['["5"]', ['5']],
+    ['null', null],
+    ['a value beyond 64-bit micro-credits', '9223372036854.775808'],
+  ];
+  for (const [name, amount] of badAmounts) {
+    it(`grantCredits amount ${name} is BAD_USER_INPUT and changes nothing`, async () => {
+      await expectRejected(() => srv.gql(GRANT, { input: grantInput({ amount }) }), 'BAD_USER_INPUT');
+    });
+  }
+
+  it('1e400 as a JSON number is BAD_USER_INPUT and changes nothing', async () => {
+    const body = `{"query":${JSON.stringify(GRANT)},"variables":{"input":{"accountId":"${acct}","amount":1e400,"type":"PAID","source":"PURCHASE","idempotencyKey":"${uniq('g')}"}}}`;
+    await expectRejected(() => rawGql(body), 'BAD_USER_INPUT');
+  });
+
+  it('1e400 as a literal in the query document is BAD_USER_INPUT and changes nothing', async () => {
+    const q = `mutation { grantCredits(input: { accountId: "${acct}", amount: 1e400, type: PAID, source: PURCHASE, idempotencyKey: "${uniq('g')}" }) { id } }`;
+    await expectRejected(() => srv.gql(q), 'BAD_USER_INPUT');
+  });
+
+  it('reserveCredits amount "0" and "-1" are BAD_USER_INPUT and change nothing', async () => {
+    for (const amount of ['0', '-1']) await expectRejected(() => srv.gql(RESERVE, { input: reserveInput({ amount }) }), 'BAD_USER_INPUT');
+  });
+
+  it('a valid number literal and a canonical string are accepted (control)', async () => {
+    const a = ok(await srv.gql(GRANT, { input: { ...grantInput({ amount: 0.5 }), accountId: other } })).grantCredits;
+    const b = ok(await srv.gql(GRANT, { input: { ...grantInput({ amount: '1.000000' }), accountId: other } })).grantCredits;
+    expect([a.amount, b.amount]).toEqual(['0.5', '1']);
+  });
+});
+
+describe('wrong GraphQL types', () => {
+  // graphql-js rejects these while coercing variables; the contract still requires a code
+  // from its list (BAD_USER_INPUT), never a masked INTERNAL_SERVER_ERROR.
+  const cases: Array<[string, () => Promise<GqlResponse>]> = [
+    ['a string for an Int (ttlSeconds "5")', () => srv.gql(RESERVE, { input: reserveInput({ ttlSeconds: '5' }) })],
+    ['a fraction for an Int (ttlSeconds 1.5)', () => srv.gql(EXTEND, { id: holdId, ttl: 1.5 })],
+    ['an Int beyond 32 bits (ttlSeconds 1e10)', () => srv.gql(EXTEND, { id: holdId, ttl: 1e10 })],
+    ['a string for an Int token count', () => srv.gql(RECORD, { input: usageInput({ quantities: { inputTokens: '100' } }) })],
+    ['a number for a String (idempotencyKey 5)', () => srv.gql(GRANT, { input: grantInput({ idempotencyKey: 5 }) })],
+    ['an unknown enum value (type GOLD)', () => srv.gql(GRANT, { input: grantInput({ type: 'GOLD' }) })],
+    ['a missing required input field', () => srv.gql(GRANT, { input: { accountId: acct, amount: '5', type: 'PAID', source: 'PURCHASE' } })],
+    ['an unknown input field', () => srv.gql(GRANT, { input: grantInput({ bonus: true }) })],
+  ];
+  for (const [name, send] of cases) {
+    it(`${name} is BAD_USER_INPUT and changes nothing`, async () => {
+      await expectRejected(send, 'BAD_USER_INPUT');
+    });
+  }
+
+  it('a literal of the wrong type in the query document is BAD_USER_INPUT and changes nothing', async () => {
+    await expectRejected(() => srv.gql(`mutation { extendReservation(reservationId: "${holdId}", ttlSeconds: "5") { id } }`), 'BAD_USER_INPUT');
+  });
+});
+
+describe('idempotency keys', () => {
+  const keys: Array<[string, string]> = [
+    ['empty', ''],
+    ['300 characters', 'k'.repeat(300)],
+    ['with a control character', 'a\nb'],
+  ];
+  for (const [name, key] of keys) {
+    it(`an ${name} idempotencyKey is BAD_USER_INPUT on grant, usage and hold, and changes nothing`, async () => {
+      await expectRejected(() => srv.gql(GRANT, { input: grantInput({ idempotencyKey: key }) }), 'BAD_USER_INPUT');
+      await expectRejected(() => srv.gql(RECORD, { input: usageInput({ idempotencyKey: key }) }), 'BAD_USER_INPUT');
+      await expectRejected(() => srv.gql(RESERVE, { input: reserveInput({ idempotencyKey: key }) }), 'BAD_USER_INPUT');
+    });
+  }
+
+  it('a 200-character key is accepted (control)', async () => {
+    const res = await srv.gql(GRANT, { input: { ...grantInput({ idempotencyKey: 'k'.repeat(200) }), accountId: other } });
+    expect(ok(res).grantCredits.amount).toBe('5');
+  });
+});
+
+describe('unknown and foreign ids', () => {
+  const randomAccount = () => gid('Account', randomUUID());
+  const cases: Array<[string, () => Promise<GqlResponse>]> = [
+    ['grantCredits: well-formed id of a random uuid', () => srv.gql(GRANT, { input: grantInput({ accountId: randomAccount() }) })],
+    ['grantCredits: garbage id "abc"', () => srv.gql(GRANT, { input: grantInput({ accountId: 'abc' }) })],
+    ['grantCredits: empty id', () => srv.gql(GRANT, { input: grantInput({ accountId: '' }) })],
+    ['grantCredits: a batch id as accountId', () => srv.gql(GRANT, { input: grantInput({ accountId: batchId }) })],
+    ['grantCredits: an Account id whose uuid is not a uuid', () => srv.gql(GRANT, { input: grantInput({ accountId: gid('Account', 'not-a-uuid') }) })],
+    ['recordUsage: random account', () => srv.gql(RECORD, { input: usageInput({ accountId: randomAccount() }) })],
+    ['recordUsage: a grant id as accountId', () => srv.gql(RECORD, { input: usageInput({ accountId: grantId }) })],
+    ['recordUsage: random reservation', () => srv.gql(RECORD, { input: usageInput({ reservationId: gid('Reservation', randomUUID()) }) })],
+    ["recordUsage: another account's reservation", () => srv.gql(RECORD, { input: usageInput({ reservationId: otherHoldId }) })],
+    ['recordUsage: an account id as reservationId', () => srv.gql(RECORD, { input: usageInput({ reservationId: acct }) })],
+    ['reserveCredits: random account', () => srv.gql(RESERVE, { input: reserveInput({ accountId: randomAccount() }) })],
+    ['voidGrant: random grant', () => srv.gql(VOID, { id: gid('CreditGrant', randomUUID()) })],
+    ['voidGrant: garbage id', () => srv.gql(VOID, { id: 'abc' })],
+    ['voidGrant: a batch id', () => srv.gql(VOID, { id: batchId })],
+    ['refundUsage: random event', () => srv.gql(REFUND, { id: gid('UsageEvent', randomUUID()) })],
+    ['refundUsage: a ledger entry id', () => srv.gql(REFUND, { id: ledgerEntryId })],
+    ['releaseReservation: random', () => srv.gql(RELEASE, { id: gid('Reservation', randomUUID()) })],
+    ['releaseReservation: an event id', () => srv.gql(RELEASE, { id: eventId })],
+    ['extendReservation: garbage', () => srv.gql(EXTEND, { id: 'abc', ttl: 60 })],
+    ['settleReservation: random', () => srv.gql(SETTLE, { input: { reservationId: gid('Reservation', randomUUID()), usage: [] } })],
+  ];
+  for (const [name, send] of cases) {
+    it(`${name} is NOT_FOUND and changes nothing`, async () => {
+      await expectRejected(send, 'NOT_FOUND');
+    });
+  }
+
+  it("settling a hold with usage of another account is BAD_USER_INPUT and changes nothing", async () => {
+    await expectRejected(() => srv.gql(SETTLE, { input: { reservationId: holdId, usage: [usageInput({ accountId: other })] } }), 'BAD_USER_INPUT');
+  });
+});
+
+describe('usage that cannot be priced or is malformed', () => {
+  it('a category with no price rule is BAD_USER_INPUT (recordUsage and quote) and changes nothing', async () => {
+    await expectRejected(() => srv.gql(RECORD, { input: usageInput({ category: 'no-rule-here' }) }), 'BAD_USER_INPUT');
+    await expectRejected(() => srv.gql(QUOTE, { input: usageInput({ category: 'no-rule-here' }) }), 'BAD_USER_INPUT');
+  });
+
+  it('an unknown llm model is priced by the category-wide fallback (control for the case above)', async () => {
+    const q = ok(await srv.gql(QUOTE, { input: usageInput({ category: 'llm', model: 'no-such-model-xyz', quantities: { inputTokens: 10 } }) }));
+    expect(q.quote.cost).toBe('2');
+  });
+
+  const bad: Array<[string, Record<string, unknown>]> = [
+    ['an empty category', { category: '' }],
+    ['a negative token count', { quantities: { inputTokens: -1 } }],
+    ['negative units', { category: 'units', quantities: { units: '-1' } }],
+    ['non-numeric seconds', { category: 'voice', quantities: { seconds: 'ten' } }],
+    ['a negative providerCostUsd', { category: 'passthrough', providerCostUsd: '-0.01' }],
+    ['an occurredAt without offset', { occurredAt: '2026-01-01T10:00:00' }],
+    ['an occurredAt that is not a date', { occurredAt: 'yesterday' }],
+    ['an agentId of 201 characters', { agentId: 'a'.repeat(201) }],
+    ['metadata above 8 KB', { metadata: { blob: 'x'.repeat(9000) } }],
+  ];
+  for (const [name, extra] of bad) {
+    it(`recordUsage with ${name} is BAD_USER_INPUT and changes nothing`, async () => {
+      await expectRejected(() => srv.gql(RECORD, { input: usageInput(extra) }), 'BAD_USER_INPUT');
+    });
+  }
+
+  it('recordUsageBatch above MAX_BATCH_ITEMS is BAD_USER_INPUT and records none of the items', async () => {
+    const inputs = Array.from({ length: 1001 }, () => usageInput({ category: 'free' }));
+    await expectRejected(() => srv.gql(BATCH, { inputs }), 'BAD_USER_INPUT');
+  });
+});
+
+describe('other inputs', () => {
+  it('grantCredits with expiresAt in the past or a 501-character reference is BAD_USER_INPUT and changes nothing', async () => {
+    await expectRejected(() => srv.gql(GRANT, { input: grantInput({ expiresAt: new Date(Date.now() - 60_000).toISOString() }) }), 'BAD_USER_INPUT');
+    await expectRejected(() => srv.gql(GRANT, { input: grantInput({ reference: 'r'.repeat(501) }) }), 'BAD_USER_INPUT');
+  });
+
+  for (const ttl of [0, -1, 1_000_000_000]) {
+    it(`ttlSeconds ${ttl} is BAD_USER_INPUT on reserveCredits and extendReservation, and changes nothing`, async () => {
+      await expectRejected(() => srv.gql(RESERVE, { input: reserveInput({ ttlSeconds: ttl }) }), 'BAD_USER_INPUT');
+      await expectRejected(() => srv.gql(EXTEND, { id: holdId, ttl }), 'BAD_USER_INPUT');
+    });
+  }
+
+  it('createAccount with an empty externalId, a 201-character name or a testClockStart without testMode is BAD_USER_INPUT', async () => {
+    const base = { externalId: uniq('bad'), name: 'Bad', kind: 'ORGANIZATION' };
+    for (const input of [
+      { ...base, externalId: '' },
+      { ...base, name: 'n'.repeat(201) },
+      { ...base, testClockStart: '2026-01-01T00:00:00.000Z' },
+    ]) {
+      await expectRejected(() => srv.gql(CREATE, { input }), 'BAD_USER_INPUT');
+    }
+    const probe = ok(await srv.gql(`query($e: String!) { accountByExternalId(externalId: $e) { id } }`, { e: base.externalId }));
+    expect(probe.accountByExternalId).toBeNull();
+  });
+});
