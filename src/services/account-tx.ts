@@ -83,37 +83,35 @@ export class AccountTx {
     return new AccountTx(tx, row, wallNow);
   }
 
-  /** ACTIVE batches that can pay now (not past expiresAt, remaining > 0). */
-  async spendableBatches(): Promise<LoadedBatch[]> {
-    const { rows } = await this.tx.query(
-      `SELECT id, type, source, remaining_micro_credits, expires_at, added_at
-         FROM credit_batches
-        WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)`,
-      [this.accountId, this.now],
-    );
-    return rows.map((r) => ({
-      id: r.id as string,
-      type: r.type as CreditType,
-      source: r.source as string,
-      remainingMicroCredits: toBigInt(r.remaining_micro_credits),
-      expiresAt: r.expires_at as Date | null,
-      addedAt: r.added_at as Date,
-    }));
-  }
-
   /**
-   * Credit held by ACTIVE, unexpired reservations (amount - consumed, floored at 0),
+   * In one query: the ACTIVE batches that can pay now (not past expiresAt, remaining > 0) and
+   * the credit held by ACTIVE, unexpired reservations (amount - consumed, floored at 0),
    * optionally leaving one reservation out.
    */
-  async reservedMicroCredits(exceptReservationId: string | null = null): Promise<bigint> {
+  async spendable(exceptReservationId: string | null = null): Promise<{ batches: LoadedBatch[]; reservedMicroCredits: bigint }> {
     const { rows } = await this.tx.query(
-      `SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held
-         FROM reservations
-        WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2
-          AND ($3::uuid IS NULL OR id <> $3::uuid)`,
+      `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held
+         FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held
+                 FROM reservations
+                WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2
+                  AND ($3::uuid IS NULL OR id <> $3::uuid)) r
+         LEFT JOIN LATERAL (
+               SELECT id, type, source, remaining_micro_credits, expires_at, added_at
+                 FROM credit_batches
+                WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)) b ON TRUE`,
       [this.accountId, this.now, exceptReservationId],
     );
-    return toBigInt(rows[0]?.held ?? 0);
+    const batches: LoadedBatch[] = rows
+      .filter((r) => r.id !== null)
+      .map((r) => ({
+        id: r.id as string,
+        type: r.type as CreditType,
+        source: r.source as string,
+        remainingMicroCredits: toBigInt(r.remaining_micro_credits),
+        expiresAt: r.expires_at as Date | null,
+        addedAt: r.added_at as Date,
+      }));
+    return { batches, reservedMicroCredits: toBigInt(rows[0]?.held ?? 0) };
   }
 
   /**
@@ -153,34 +151,34 @@ export class AccountTx {
   async finish(): Promise<bigint> {
     if (!this.changed) return this.versionBefore;
     assert(this.debt >= 0n, 'debt must never be negative');
-    if (this.entries.length > 0) {
-      const e = this.entries;
-      await this.tx.query(
-        `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits,
+    const e = this.entries;
+    // One round trip: the entries (in order) and the balance row together.
+    const { rows } = await this.tx.query(
+      `WITH entries AS (
+         INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits,
                                      batch_id, usage_event_id, reservation_id, note, created_at)
          SELECT gen_random_uuid(), $1, t.type::"LedgerEntryType", t.amount, t.after, t.batch, t.event, t.res, t.note, $2
            FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[])
                 WITH ORDINALITY AS t(type, amount, after, batch, event, res, note, ord)
-          ORDER BY t.ord`,
-        [
-          this.accountId,
-          this.now,
-          e.map((x) => x.type),
-          e.map((x) => x.amountMicroCredits.toString()),
-          e.map((x) => x.balanceAfterMicroCredits.toString()),
-          e.map((x) => x.batchId),
-          e.map((x) => x.usageEventId),
-          e.map((x) => x.reservationId),
-          e.map((x) => x.note),
-        ],
-      );
-      this.entries.length = 0;
-    }
-    const { rows } = await this.tx.query(
-      `UPDATE balances SET total_micro_credits = $2, debt_micro_credits = $3, version = version + 1, updated_at = $4
+          ORDER BY t.ord
+       )
+       UPDATE balances SET total_micro_credits = $10, debt_micro_credits = $11, version = version + 1, updated_at = $2
         WHERE account_id = $1 RETURNING version`,
-      [this.accountId, this.total.toString(), this.debt.toString(), this.now],
+      [
+        this.accountId,
+        this.now,
+        e.map((x) => x.type),
+        e.map((x) => x.amountMicroCredits.toString()),
+        e.map((x) => x.balanceAfterMicroCredits.toString()),
+        e.map((x) => x.batchId),
+        e.map((x) => x.usageEventId),
+        e.map((x) => x.reservationId),
+        e.map((x) => x.note),
+        this.total.toString(),
+        this.debt.toString(),
+      ],
     );
+    this.entries.length = 0;
     this.changed = false;
     return toBigInt(rows[0]?.version);
   }

@@ -103,9 +103,8 @@ export async function applyCharge(
 
   const { priced, version } = price();
   const cost = priced.costMicroCredits;
-  const batches = await atx.spendableBatches();
+  const { batches, reservedMicroCredits: reservedOthers } = await atx.spendable(cmd.reservationId);
   const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
-  const reservedOthers = await atx.reservedMicroCredits(cmd.reservationId);
 
   let toDraw: bigint;
   let debtAdded = 0n;

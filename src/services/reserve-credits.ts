@@ -51,9 +51,9 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
       if (prior.rows[0].request_hash !== hash) throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different reservation');
       return { reservationId: prior.rows[0].id as string, replayed: true };
     }
-    const batches = await atx.spendableBatches();
+    const { batches, reservedMicroCredits } = await atx.spendable();
     const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
-    const available = spendable - atx.debt - (await atx.reservedMicroCredits());
+    const available = spendable - atx.debt - reservedMicroCredits;
     if (cmd.amountMicroCredits > available) {
       throw new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: hold ${formatCredits(cmd.amountMicroCredits)}, available ${formatCredits(available)}`);
     }
