@@ -1,0 +1,270 @@
+/**
+ * Credentials and tenancy over HTTP: anonymous and invalid credentials, API key scopes, end-user
+ * JWTs that read only their own USER account and their organization, foreign ids that answer
+ * exactly like missing ones, and end users that can never write. Every refused write is proven
+ * to change nothing.
+ */
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { TEST_PRICE_BOOK } from '../setup/test-price-book.js';
+import { createApiKey, revokeApiKey } from '../../src/auth/api-keys.js';
+import { signUserToken } from '../../src/auth/jwt.js';
+import { apiAccount, expectError, expectUnchanged, gid, globalCounts, ok, readAccount, uniq, type GqlResponse } from './helpers.js';
+
+const NAME = `api-auth-test-${process.pid}-${Date.now()}`;
+
+const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
+const GRANT = `mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id amount } }`;
+const RESERVE = `mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`;
+const REFUND = `mutation($id: ID!) { refundUsage(usageEventId: $id, reason: "r") { id } }`;
+const PUBLISH = `mutation($input: PriceBookInput!) { publishPriceBook(input: $input) { version } }`;
+const UPDATE_SETTINGS = `mutation($input: SettingsInput!) { updateSettings(input: $input) { welcomeBonusCredits } }`;
+const SETTINGS = `{ settings { creditUsdValue welcomeBonusCredits welcomeBonusExpiresAfterDays referralRewardCredits referralMaxRewardsPerAccount alertThresholds } }`;
+const ACCOUNT = `query($id: ID!) { account(id: $id) { id externalId kind balance { total } } }`;
+const BY_EXTERNAL = `query($e: String!) { accountByExternalId(externalId: $e) { id externalId kind } }`;
+const NODE = `query($id: ID!) { node(id: $id) { id ... on Account { externalId } } }`;
+const TASK_COST = `query($id: ID!) { taskCost(accountId: $id, taskId: "t1") { taskId credits events } }`;
+const QUOTE = `query($input: RecordUsageInput!) { quote(input: $input) { cost } }`;
+const USAGE_EVENT = `query($id: ID!) { usageEvent(id: $id) { id cost } }`;
+
+let srv: TestServer;
+const userExt = uniq('user');
+const orgExt = uniq('org');
+const otherUserExt = uniq('other-user');
+const otherOrgExt = uniq('other-org');
+let userAcct: string;
+let orgAcct: string;
+let otherUser: string;
+let otherOrg: string;
+/** Objects of the caller's organization. */
+const own = { event: '', grant: '', batch: '', hold: '', entry: '' };
+/** The same kinds of objects in another tenant. */
+const foreign = { event: '', grant: '', batch: '', hold: '', entry: '' };
+let userToken: string;
+const keys = { read: '', usageWrite: '', creditsWrite: '' };
+
+async function seedTenant(acct: string, into: typeof own) {
+  const g = ok(
+    await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id batch { id } } }`, {
+      input: { accountId: acct, amount: '10', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') },
+    }),
+  ).grantCredits;
+  into.grant = g.id;
+  into.batch = g.batch.id;
+  into.event = ok(await srv.gql(RECORD, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit', taskId: 't1' } })).recordUsage.id;
+  into.hold = ok(await srv.gql(RESERVE, { input: { accountId: acct, amount: '1', idempotencyKey: uniq('h') } })).reserveCredits.id;
+  into.entry = ok(await srv.gql(`query($id: ID!) { account(id: $id) { ledger(first: 1) { edges { node { id } } } } }`, { id: acct })).account.ledger.edges[0]
+    .node.id;
+}
+
+beforeAll(async () => {
+  srv = await startTestServer();
+  userAcct = await apiAccount(srv, { kind: 'USER', externalId: userExt, paid: '3' });
+  orgAcct = await apiAccount(srv, { kind: 'ORGANIZATION', externalId: orgExt });
+  otherUser = await apiAccount(srv, { kind: 'USER', externalId: otherUserExt, paid: '3' });
+  otherOrg = await apiAccount(srv, { kind: 'ORGANIZATION', externalId: otherOrgExt });
+  await seedTenant(orgAcct, own);
+  await seedTenant(otherOrg, foreign);
+  userToken = await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 600 });
+  const pool = srv.services.pool;
+  keys.read = (await createApiKey(pool, { name: `${NAME}-read`, scopes: ['read'] })).token;
+  keys.usageWrite = (await createApiKey(pool, { name: `${NAME}-usage`, scopes: ['usage:write'] })).token;
+  keys.creditsWrite = (await createApiKey(pool, { name: `${NAME}-credits`, scopes: ['credits:write'] })).token;
+});
+
+afterAll(async () => {
+  if (!srv) return;
+  await srv.services.pool.query('DELETE FROM api_keys WHERE name LIKE $1', [`${NAME}%`]);
+  await srv.close();
+});
+
+async function rawPost(headers: Record<string, string>, query: string): Promise<GqlResponse> {
+  const res = await fetch(srv.url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ query }) });
+  return { status: res.status, body: (await res.json()) as GqlResponse['body'] };
+}
+
+/** Asserts a refused write: the code, and no change to the given accounts or anywhere else. */
+async function expectRefused(accounts: string[], send: () => Promise<GqlResponse>, code: string) {
+  const counts = await globalCounts(srv);
+  const res = await expectUnchanged(srv, accounts, send);
+  expectError(res, code);
+  expect(res.body.data ?? null).toBeNull();
+  expect(await globalCounts(srv)).toEqual(counts);
+  return res;
+}
+
+describe('missing or invalid credentials', () => {
+  it('a query without a token is UNAUTHENTICATED', async () => {
+    expectError(await srv.gql(SETTINGS, {}, null), 'UNAUTHENTICATED');
+    const res = await srv.gql(ACCOUNT, { id: orgAcct }, null);
+    expectError(res, 'UNAUTHENTICATED');
+    expect(res.body.data?.account ?? null).toBeNull();
+  });
+
+  it('a mutation without a token is UNAUTHENTICATED and changes nothing', async () => {
+    await expectRefused([orgAcct], () => srv.gql(RECORD, { input: { accountId: orgAcct, idempotencyKey: uniq('u'), category: 'unit' } }, null), 'UNAUTHENTICATED');
+  });
+
+  it('a garbage token, an unknown cp_ key, a JWT signed with another secret and a non-Bearer scheme are UNAUTHENTICATED', async () => {
+    const forged = await signUserToken('another-secret-0123456789abcdef0123456789', { sub: userExt, org: orgExt, expiresInSeconds: 600 });
+    for (const token of ['garbage', `cp_ABCDEFGH_${'x'.repeat(43)}`, forged]) {
+      const res = await srv.gql(ACCOUNT, { id: userAcct }, token);
+      expectError(res, 'UNAUTHENTICATED');
+      expect(res.status).toBe(401);
+      expect(res.body.data?.account ?? null).toBeNull();
+    }
+    expectError(await rawPost({ authorization: `Basic ${Buffer.from('a:b').toString('base64')}` }, '{ settings { creditUsdValue } }'), 'UNAUTHENTICATED');
+  });
+
+  it('an expired end-user token is UNAUTHENTICATED', async () => {
+    const expired = await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: -60 });
+    const res = await srv.gql(ACCOUNT, { id: userAcct }, expired);
+    expectError(res, 'UNAUTHENTICATED');
+    expect(res.status).toBe(401);
+    expect(res.body.data?.account ?? null).toBeNull();
+  });
+
+  it('a revoked API key is UNAUTHENTICATED', async () => {
+    const key = await createApiKey(srv.services.pool, { name: `${NAME}-revoked`, scopes: ['admin'] });
+    expect(await revokeApiKey(srv.services.pool, key.id)).toBe(true);
+    expectError(await srv.gql(SETTINGS, {}, key.token), 'UNAUTHENTICATED');
+  });
+});
+
+describe('API key scopes', () => {
+  it('a read key reads any account but recordUsage, reserveCredits and grantCredits are FORBIDDEN and record nothing', async () => {
+    const a = ok(await srv.gql(ACCOUNT, { id: otherOrg }, keys.read)).account;
+    expect(a).toMatchObject({ id: otherOrg, externalId: otherOrgExt });
+    await expectRefused([orgAcct], () => srv.gql(RECORD, { input: { accountId: orgAcct, idempotencyKey: uniq('u'), category: 'unit' } }, keys.read), 'FORBIDDEN');
+    await expectRefused([orgAcct], () => srv.gql(RESERVE, { input: { accountId: orgAcct, amount: '1', idempotencyKey: uniq('h') } }, keys.read), 'FORBIDDEN');
+    await expectRefused(
+      [orgAcct],
+      () => srv.gql(GRANT, { input: { accountId: orgAcct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') } }, keys.read),
+      'FORBIDDEN',
+    );
+  });
+
+  it('a usage:write key records usage but may not publish a price book, change settings, grant or refund', async () => {
+    const acct = await apiAccount(srv, { paid: '5' });
+    const ev = ok(await srv.gql(RECORD, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } }, keys.usageWrite)).recordUsage;
+    expect(ev.cost).toBe('1');
+    expect((await readAccount(srv, acct)).balance.total).toBe('4');
+    ok(await srv.gql(RESERVE, { input: { accountId: acct, amount: '1', idempotencyKey: uniq('h') } }, keys.usageWrite));
+
+    const settings = ok(await srv.gql(SETTINGS)).settings;
+    await expectRefused([acct], () => srv.gql(PUBLISH, { input: { ...TEST_PRICE_BOOK, name: 'not allowed' } }, keys.usageWrite), 'FORBIDDEN');
+    await expectRefused([acct], () => srv.gql(UPDATE_SETTINGS, { input: { welcomeBonusCredits: '1' } }, keys.usageWrite), 'FORBIDDEN');
+    expect(ok(await srv.gql(SETTINGS)).settings).toEqual(settings);
+    await expectRefused(
+      [acct],
+      () => srv.gql(GRANT, { input: { accountId: acct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') } }, keys.usageWrite),
+      'FORBIDDEN',
+    );
+    await expectRefused([acct], () => srv.gql(REFUND, { id: ev.id }, keys.usageWrite), 'FORBIDDEN');
+  });
+
+  it('a credits:write key grants credit but may not record usage or publish a price book', async () => {
+    const acct = await apiAccount(srv);
+    const g = ok(await srv.gql(GRANT, { input: { accountId: acct, amount: '2', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') } }, keys.creditsWrite));
+    expect(g.grantCredits.amount).toBe('2');
+    await expectRefused([acct], () => srv.gql(RECORD, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } }, keys.creditsWrite), 'FORBIDDEN');
+    await expectRefused([acct], () => srv.gql(PUBLISH, { input: TEST_PRICE_BOOK }, keys.creditsWrite), 'FORBIDDEN');
+  });
+});
+
+describe('end users (JWT)', () => {
+  it('read their own USER account and their organization by id, external id, viewer and node', async () => {
+    for (const [id, ext, kind] of [
+      [userAcct, userExt, 'USER'],
+      [orgAcct, orgExt, 'ORGANIZATION'],
+    ] as const) {
+      expect(ok(await srv.gql(ACCOUNT, { id }, userToken)).account).toMatchObject({ id, externalId: ext, kind });
+      expect(ok(await srv.gql(BY_EXTERNAL, { e: ext }, userToken)).accountByExternalId).toEqual({ id, externalId: ext, kind });
+      expect(ok(await srv.gql(NODE, { id }, userToken)).node).toEqual({ id, externalId: ext });
+    }
+    const viewer = ok(await srv.gql(`{ viewer { userId accounts { id kind externalId } } }`, {}, userToken)).viewer;
+    expect(viewer.userId).toBe(userExt);
+    expect([...viewer.accounts].sort((a: any, b: any) => a.kind.localeCompare(b.kind))).toEqual([
+      { id: orgAcct, kind: 'ORGANIZATION', externalId: orgExt },
+      { id: userAcct, kind: 'USER', externalId: userExt },
+    ]);
+    expect(ok(await srv.gql(TASK_COST, { id: orgAcct }, userToken)).taskCost).toEqual({ taskId: 't1', credits: '1', events: 1 });
+    expect(ok(await srv.gql(USAGE_EVENT, { id: own.event }, userToken)).usageEvent).toEqual({ id: own.event, cost: '1' });
+  });
+
+  it("another tenant's account answers exactly like a random missing id", async () => {
+    const missing = gid('Account', randomUUID());
+    // Control: the foreign account exists and has usage under task t1.
+    expect(ok(await srv.gql(TASK_COST, { id: otherOrg })).taskCost).toMatchObject({ credits: '1', events: 1 });
+
+    for (const query of [ACCOUNT, NODE]) {
+      const foreignRes = await srv.gql(query, { id: otherOrg }, userToken);
+      const missingRes = await srv.gql(query, { id: missing }, userToken);
+      expect(foreignRes.body.errors).toBeUndefined();
+      expect(Object.values(foreignRes.body.data)).toEqual([null]);
+      expect(foreignRes.body).toEqual(missingRes.body);
+    }
+    for (const id of [otherUser, otherOrg]) {
+      expect(ok(await srv.gql(ACCOUNT, { id }, userToken)).account).toBeNull();
+    }
+    const byExt = await srv.gql(BY_EXTERNAL, { e: otherOrgExt }, userToken);
+    expect(byExt.body).toEqual((await srv.gql(BY_EXTERNAL, { e: uniq('nobody') }, userToken)).body);
+    expect(byExt.body.data.accountByExternalId).toBeNull();
+
+    const taskForeign = await srv.gql(TASK_COST, { id: otherOrg }, userToken);
+    const taskMissing = await srv.gql(TASK_COST, { id: missing }, userToken);
+    expectError(taskForeign, 'NOT_FOUND');
+    expect(taskForeign.body).toEqual(taskMissing.body);
+
+    const quote = (id: string) => srv.gql(QUOTE, { input: { accountId: id, idempotencyKey: 'q', category: 'unit' } }, userToken);
+    const quoteForeign = await quote(otherOrg);
+    expectError(quoteForeign, 'NOT_FOUND');
+    expect(quoteForeign.body).toEqual((await quote(missing)).body);
+  });
+
+  it('the org claim opens only an ORGANIZATION and sub only a USER account', async () => {
+    // sub names another tenant's organization, org names another tenant's user: neither is readable.
+    const crossed = await signUserToken(srv.jwtSecret, { sub: otherOrgExt, org: otherUserExt, expiresInSeconds: 600 });
+    expect(ok(await srv.gql(ACCOUNT, { id: otherOrg }, crossed)).account).toBeNull();
+    expect(ok(await srv.gql(ACCOUNT, { id: otherUser }, crossed)).account).toBeNull();
+    expect(ok(await srv.gql(`{ viewer { userId accounts { id } } }`, {}, crossed)).viewer).toEqual({ userId: otherOrgExt, accounts: [] });
+    // Without an org claim the user reads only its USER account.
+    const noOrg = await signUserToken(srv.jwtSecret, { sub: userExt, expiresInSeconds: 600 });
+    expect(ok(await srv.gql(ACCOUNT, { id: orgAcct }, noOrg)).account).toBeNull();
+    expect(ok(await srv.gql(ACCOUNT, { id: userAcct }, noOrg)).account).toMatchObject({ id: userAcct });
+  });
+
+  it("another tenant's usage event, grant, batch, hold and ledger entry are null via usageEvent(id) and node(id)", async () => {
+    expect(ok(await srv.gql(USAGE_EVENT, { id: foreign.event }, userToken)).usageEvent).toBeNull();
+    expect(ok(await srv.gql(USAGE_EVENT, { id: foreign.event })).usageEvent).toEqual({ id: foreign.event, cost: '1' }); // exists (admin)
+    for (const kind of ['event', 'grant', 'batch', 'hold', 'entry'] as const) {
+      expect(ok(await srv.gql(NODE, { id: foreign[kind] }, userToken)).node, `foreign ${kind}`).toBeNull();
+      expect(ok(await srv.gql(NODE, { id: own[kind] }, userToken)).node, `own ${kind}`).toEqual({ id: own[kind] });
+    }
+  });
+
+  it('cannot run any mutation (FORBIDDEN) and change nothing', async () => {
+    const usage = () => ({ accountId: orgAcct, idempotencyKey: uniq('u'), category: 'unit' });
+    const settings = ok(await srv.gql(SETTINGS)).settings;
+    const mutations: Array<[string, string, Record<string, unknown>]> = [
+      ['createAccount', `mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, { input: { externalId: uniq('x'), name: 'x', kind: 'USER' } }],
+      ['grantCredits', GRANT, { input: { accountId: userAcct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') } }],
+      ['voidGrant', `mutation($id: ID!) { voidGrant(grantId: $id, reason: "r") { id } }`, { id: own.grant }],
+      ['recordUsage', RECORD, { input: usage() }],
+      ['recordUsageBatch', `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode } }`, { inputs: [usage()] }],
+      ['reserveCredits', RESERVE, { input: { accountId: orgAcct, amount: '1', idempotencyKey: uniq('h') } }],
+      ['settleReservation', `mutation($input: SettleReservationInput!) { settleReservation(input: $input) { id } }`, { input: { reservationId: own.hold, usage: [] } }],
+      ['releaseReservation', `mutation($id: ID!) { releaseReservation(reservationId: $id) { id } }`, { id: own.hold }],
+      ['extendReservation', `mutation($id: ID!) { extendReservation(reservationId: $id, ttlSeconds: 60) { id } }`, { id: own.hold }],
+      ['refundUsage', REFUND, { id: own.event }],
+      ['publishPriceBook', PUBLISH, { input: TEST_PRICE_BOOK }],
+      ['updateSettings', UPDATE_SETTINGS, { input: { welcomeBonusCredits: '1' } }],
+    ];
+    for (const [name, doc, vars] of mutations) {
+      const res = await expectRefused([userAcct, orgAcct], () => srv.gql(doc, vars, userToken), 'FORBIDDEN');
+      expect(res.body.errors![0]!.path, name).toEqual([name]);
+    }
+    expect(ok(await srv.gql(SETTINGS)).settings).toEqual(settings);
+  });
+});
