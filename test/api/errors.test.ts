@@ -1,0 +1,103 @@
+/**
+ * The HTTP surface around GraphQL: GraphiQL, health and readiness probes, request ids, and the
+ * graphql-armor limits (depth, aliases) that reject abusive documents before execution.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { apiAccount, ok } from './helpers.js';
+
+let srv: TestServer;
+let base: string;
+let acct: string;
+
+beforeAll(async () => {
+  srv = await startTestServer();
+  base = srv.url.replace(/\/graphql$/, '');
+  acct = await apiAccount(srv, { paid: '1' });
+});
+
+afterAll(async () => {
+  await srv?.close();
+});
+
+/**
+ * A query whose selection is `levels` times `usage { edges { node { account { ... } } } }`
+ * nested under `account(id:)`: 4 levels of depth per repetition.
+ */
+function nestedUsageQuery(levels: number): string {
+  let inner = 'id';
+  for (let i = 0; i < levels; i++) inner = `usage(first: 1) { edges { node { account { ${inner} } } } }`;
+  return `query($id: ID!) { account(id: $id) { ${inner} } }`;
+}
+
+describe('HTTP endpoints', () => {
+  it('GET /graphql with accept: text/html serves GraphiQL', async () => {
+    const res = await fetch(srv.url, { headers: { accept: 'text/html' } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/html/);
+    const html = await res.text();
+    expect(html).toMatch(/<html/i);
+    expect(html).toMatch(/graphiql/i);
+  });
+
+  it('/healthz answers 200', async () => {
+    const res = await fetch(`${base}/healthz`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ ok: true });
+  });
+
+  it('/readyz answers 200 with PostgreSQL and Redis reachable', async () => {
+    const res = await fetch(`${base}/readyz`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ ok: true, postgres: true, redis: true });
+  });
+
+  it('echoes a valid x-request-id and generates one otherwise', async () => {
+    const post = (headers: Record<string, string>) =>
+      fetch(srv.url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${srv.adminKey}`, ...headers },
+        body: JSON.stringify({ query: '{ priceBook { version } }' }),
+      });
+    const given = await post({ 'x-request-id': 'req-123.abc' });
+    expect(given.headers.get('x-request-id')).toBe('req-123.abc');
+    const generated = await post({});
+    expect(generated.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    const invalid = await post({ 'x-request-id': 'bad id with spaces' });
+    expect(invalid.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+  });
+});
+
+describe('graphql-armor limits', () => {
+  it('a query nested within the depth limit runs (control)', async () => {
+    const data = ok(await srv.gql(nestedUsageQuery(2), { id: acct }));
+    expect(data.account.usage.edges).toEqual([]);
+  });
+
+  it('a query nested beyond the depth limit is rejected before execution', async () => {
+    // 3 repetitions: depth 14 against the default limit of 12.
+    const res = await srv.gql(nestedUsageQuery(3), { id: acct });
+    expect(res.body.data ?? null).toBeNull();
+    expect(res.body.errors).toHaveLength(1);
+    const err = res.body.errors![0]!;
+    expect(err.message).toMatch(/depth limit of 12 exceeded/i);
+    expect(err.extensions?.code).toBe('BAD_USER_INPUT');
+  });
+
+  it('a query whose estimated cost is beyond the cost limit is rejected', async () => {
+    const res = await srv.gql(nestedUsageQuery(6), { id: acct });
+    expect(res.body.data ?? null).toBeNull();
+    expect(res.body.errors).toHaveLength(1);
+    expect(res.body.errors![0]!.message).toMatch(/cost limit/i);
+    expect(res.body.errors![0]!.extensions?.code).toBe('BAD_USER_INPUT');
+  });
+
+  it('a query with too many aliases is rejected', async () => {
+    const aliases = Array.from({ length: 40 }, (_, i) => `a${i}: priceBook { version }`).join(' ');
+    const res = await srv.gql(`{ ${aliases} }`);
+    expect(res.body.data ?? null).toBeNull();
+    expect(res.body.errors!.length).toBeGreaterThan(0);
+    expect(res.body.errors![0]!.message).toMatch(/alias/i);
+    expect(res.body.errors![0]!.extensions?.code).toBe('BAD_USER_INPUT');
+  });
+});
