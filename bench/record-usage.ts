@@ -67,7 +67,7 @@ async function main(): Promise<number> {
   await ensureCodegen();
   const gql = await import('../src/generated/graphql.js');
   const { createClient, errorCode } = await import('../src/client/graphql-client.js');
-  const { planReplay } = await import('../demo/replay.js');
+  const { planReplay } = await import('../demo/plan.js');
   const { demoPriceBook } = await import('../demo/price-book.js');
 
   console.log('Starting the creditpool server and workers (logs in .data/logs/bench-*.log) ...');
