@@ -283,6 +283,43 @@ describe('recordUsage', () => {
   });
 });
 
+describe('concurrent writes', () => {
+  it('concurrent charges on one account never overspend: exactly the affordable ones succeed', async () => {
+    const acct = await apiAccount(srv, { paid: '10' });
+    const results = await Promise.all(Array.from({ length: 16 }, () => srv.gql(RECORD, { input: usage(acct) })));
+    const codes = results.map((r) => r.body.errors?.[0]?.extensions?.code ?? 'OK');
+    expect(codes.filter((c) => c === 'OK')).toHaveLength(10);
+    expect(codes.filter((c) => c !== 'OK')).toEqual(Array(6).fill('INSUFFICIENT_CREDITS'));
+    expect((await readAccount(srv, acct)).balance).toMatchObject({ total: '0', available: '0' });
+    expect((await snapshot(srv, acct)).counts.events).toBe(10);
+    await bothInvariants(acct);
+  });
+
+  it('concurrent retries with one idempotency key record one event, one grant and one account', async () => {
+    const acct = await apiAccount(srv, { paid: '10' });
+    const input = usage(acct);
+    const events = await Promise.all(Array.from({ length: 8 }, () => srv.gql(RECORD, { input })));
+    expect(new Set(events.map((r) => ok(r).recordUsage.id)).size).toBe(1);
+    const grantInput = { accountId: acct, amount: '3', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') };
+    const grants = await Promise.all(Array.from({ length: 8 }, () => srv.gql(GRANT, { input: grantInput })));
+    expect(new Set(grants.map((r) => ok(r).grantCredits.id)).size).toBe(1);
+    expect((await readAccount(srv, acct)).balance.total).toBe('12');
+    const snap = await snapshot(srv, acct);
+    expect([snap.counts.events, snap.counts.grants]).toEqual([1, 2]);
+    await bothInvariants(acct);
+
+    const accountInput = { externalId: uniq('race'), name: 'Race', kind: 'ORGANIZATION' };
+    const created = await Promise.all(Array.from({ length: 6 }, () => srv.gql(CREATE, { input: accountInput })));
+    const ids = new Set(created.map((r) => ok(r).createAccount.id));
+    expect(ids.size).toBe(1);
+    const [id] = [...ids] as string[];
+    const a = await readAccount(srv, id!);
+    expect(a.balance.free).toBe('100');
+    expect((await snapshot(srv, id!)).counts.grants).toBe(1);
+    await bothInvariants(id!);
+  });
+});
+
 describe('recordUsageBatch', () => {
   it('each item succeeds or fails on its own, results in input order', async () => {
     const a = await apiAccount(srv, { paid: '2' });
@@ -465,6 +502,18 @@ describe('refundUsage', () => {
 
     const again = await expectUnchanged(srv, [acct], async () => ok(await srv.gql(REFUND, { id: ev.id, reason: 'again' })).refundUsage);
     expect(again.refunded).toBe(true);
+    await bothInvariants(acct);
+  });
+
+  it('refunding an overage event also forgives the debt it left', async () => {
+    const acct = await apiAccount(srv, { paid: '5' });
+    const hold = await reserve(acct, '3');
+    const ev = await record(acct, { reservationId: hold.id, category: 'units', quantities: { units: '8' } });
+    expect(ev.debt).toBe('3');
+    expect((await readAccount(srv, acct)).balance).toMatchObject({ total: '-3', debt: '3' });
+    const refunded = ok(await srv.gql(REFUND, { id: ev.id, reason: 'runaway agent' })).refundUsage;
+    expect(refunded.refunded).toBe(true);
+    expect((await readAccount(srv, acct)).balance).toMatchObject({ total: '5', debt: '0', paid: '5' });
     await bothInvariants(acct);
   });
 
