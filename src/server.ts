@@ -55,6 +55,21 @@ function disableIntrospection(): Plugin {
   };
 }
 
+/** Validation failures are malformed input: the contract's code for them is BAD_USER_INPUT. */
+function validationErrorsAreBadInput(): Plugin {
+  return {
+    onValidate() {
+      return ({ valid, result }) => {
+        if (valid) return;
+        for (const error of result) {
+          const ext = ((error as { extensions: Record<string, unknown> }).extensions ??= {});
+          ext.code = 'BAD_USER_INPUT';
+        }
+      };
+    },
+  };
+}
+
 /** Builds the HTTP server with the GraphQL endpoint at /graphql. */
 export function buildServer(deps: ServerDeps): CreditpoolServer {
   const { env, log } = deps;
@@ -103,6 +118,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         blockFieldSuggestion: { enabled: production },
       }),
       ...(production ? [disableIntrospection()] : []),
+      validationErrorsAreBadInput(),
     ],
   });
 

@@ -18,32 +18,37 @@ function rootCause(error: unknown): unknown {
   return e;
 }
 
+/** Codes graphql-yoga/graphql-js give to a request that is malformed: the client's fault. */
+const CLIENT_FAULT_CODES = new Set(['GRAPHQL_VALIDATION_FAILED', 'GRAPHQL_PARSE_FAILED', 'BAD_REQUEST', 'BAD_USER_INPUT']);
+
 /**
  * Maps any error thrown while executing to what the client may see.
- * @param onUnexpected called with the original error for errors that get masked.
+ * - a LedgerError anywhere in the chain: its code and message;
+ * - a GraphQL error with a code: kept, except parse/validation codes, which become
+ *   BAD_USER_INPUT (the contract's code for malformed input);
+ * - a GraphQL error from graphql-js itself (argument/variable coercion, unknown fields): the
+ *   client's fault, BAD_USER_INPUT with graphql-js's message;
+ * - anything else is a bug: masked as INTERNAL_SERVER_ERROR with the request id, and
+ *   `onUnexpected` is called with it for logging.
  */
 export function maskError(error: unknown, requestId: string | undefined, onUnexpected: (err: unknown) => void): GraphQLError {
   const cause = rootCause(error);
   const gql = error instanceof GraphQLError ? error : null;
+  const at = { nodes: gql?.nodes, path: gql?.path };
   if (cause instanceof LedgerError) {
-    return new GraphQLError(cause.message, {
-      nodes: gql?.nodes,
-      path: gql?.path,
-      extensions: { code: cause.code, ...(cause.details ? { details: cause.details } : {}) },
-    });
+    return new GraphQLError(cause.message, { ...at, extensions: { code: cause.code, ...(cause.details ? { details: cause.details } : {}) } });
   }
-  if (cause instanceof GraphQLError && typeof cause.extensions?.code === 'string') {
-    if (cause === gql) return cause;
-    return new GraphQLError(cause.message, { nodes: gql?.nodes, path: gql?.path, extensions: cause.extensions });
+  const coded = [gql, cause].find((e): e is GraphQLError => e instanceof GraphQLError && typeof e.extensions?.code === 'string');
+  if (coded) {
+    const code = coded.extensions.code as string;
+    const { http: _http, ...rest } = coded.extensions as Record<string, unknown>;
+    if (CLIENT_FAULT_CODES.has(code)) return new GraphQLError((gql ?? coded).message, { ...at, extensions: { ...rest, code: 'BAD_USER_INPUT' } });
+    if (coded === gql) return gql;
+    return new GraphQLError(coded.message, { ...at, extensions: coded.extensions });
   }
-  if (gql && !gql.originalError) {
-    // Parse/validation errors from graphql-js itself: the client's fault.
-    return new GraphQLError(gql.message, { nodes: gql.nodes, path: gql.path, extensions: { code: 'BAD_USER_INPUT', ...gql.extensions } });
+  if (cause instanceof GraphQLError) {
+    return new GraphQLError((gql ?? cause).message, { ...at, extensions: { code: 'BAD_USER_INPUT' } });
   }
   onUnexpected(cause);
-  return new GraphQLError('Unexpected error.', {
-    nodes: gql?.nodes,
-    path: gql?.path,
-    extensions: { code: 'INTERNAL_SERVER_ERROR', requestId },
-  });
+  return new GraphQLError('Unexpected error.', { ...at, extensions: { code: 'INTERNAL_SERVER_ERROR', requestId } });
 }
