@@ -46,15 +46,25 @@ export interface ReplayOptions {
 
 /** What {@link runReplay} found; `ok` is false when any check failed. */
 export interface ReplayReport {
+  /** Every check passed. */
   ok: boolean;
+  /** Relay id of the demo account. */
   accountId: string;
+  /** Trace requests replayed. */
   requests: number;
+  /** Distinct usage events the client saw charged. */
   eventsCharged: number;
+  /** Sum of their costs, micro-credits. */
   spentMicro: bigint;
+  /** Wall-clock duration of the replay, seconds. */
   seconds: number;
+  /** Usage events and reservations refused with INSUFFICIENT_CREDITS. */
   refusals: number;
+  /** Retries that returned the first event unchanged. */
   retriesSameEvent: number;
+  /** The API's reconciliation: batch remaining - debt == total == ledger sum. */
   invariantHolds: boolean;
+  /** What failed, one line each. */
   failures: string[];
 }
 
@@ -143,19 +153,24 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   };
   const toolMicro = parseCredits(TOOL_CALL_CREDITS);
   const wholeTrace = plan.reduce((s, p) => s + estimate(p) + (p.toolCall ? toolMicro : 0n), 0n);
-  let target = (wholeTrace * 875n) / 1000n;
+  const target = (wholeTrace * 875n) / 1000n;
   let paidMicro = target - freeMicro;
+  let runsOut = true;
   if (paidMicro < target / 10n) {
     paidMicro = target / 10n;
-    target = freeMicro + paidMicro;
-    log(`note: the welcome bonus (${showCredits(freeMicro)}) covers most of the target; the PAID batch is set to 10 % of it.`);
+    runsOut = freeMicro + paidMicro < wholeTrace;
+    log(`note: the welcome bonus (${showCredits(freeMicro)}) covers most of this selection's cost; the PAID batch is set to 10 % of the target.`);
   }
   paidMicro = ((paidMicro + 999_999n) / 1_000_000n) * 1_000_000n; // whole credits, like a real pack
   const grant = await client.request(GrantCreditsDocument, {
     input: { accountId, amount: formatCredits(paidMicro), type: 'PAID', source: 'PURCHASE', reference: `${runId}-pack`, idempotencyKey: `${runId}-purchase` },
   });
   log(`Account ${account.externalId} (ORGANIZATION): welcome bonus ${showCredits(freeMicro)} FREE + purchase ${showCredits(parseCredits(grant.grantCredits.amount))} PAID.`);
-  log(`The whole trace would cost about ${showCredits(wholeTrace)} credits, so the credit should run out about 87.5 % through it.`);
+  log(
+    runsOut
+      ? `The whole selection would cost about ${showCredits(wholeTrace)} credits (exact API prices), so the credit should run out about ${pct(Number((freeMicro + paidMicro) / 1000n), Number(wholeTrace / 1000n))} % through it.`
+      : `The whole selection would cost about ${showCredits(wholeTrace)} credits: the credit will NOT run out, so no refusals; use a larger --limit (default: the whole trace).`,
+  );
 
   // ---- client-side counters ----
   const seenEvents = new Map<string, bigint>();
@@ -166,6 +181,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   const batchFirstDraw = new Map<string, number>();
   const batchLastDraw = new Map<string, number>();
   const batchEmptiedBy = new Map<string, number>();
+  const splitDrawdowns: string[][] = [];
   const refusedByKind = { llm: 0, tool_call: 0, web_search: 0, reservation: 0 };
   let firstRefusal: number | undefined;
   let requestsDone = 0;
@@ -197,6 +213,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     // An event split over several batches emptied every batch but its last one: that is the
     // exact request at which those batches were exhausted (independent of response order).
     (ev.drawdowns ?? []).slice(0, -1).forEach((d) => batchEmptiedBy.set(d.batch.id, index));
+    if ((ev.drawdowns ?? []).length > 1) splitDrawdowns.push((ev.drawdowns ?? []).map((d) => d.batch.id));
     for (const d of ev.drawdowns ?? []) {
       if (!batchFirstDraw.has(d.batch.id) || (batchFirstDraw.get(d.batch.id) as number) > index) batchFirstDraw.set(d.batch.id, index);
       if ((batchLastDraw.get(d.batch.id) ?? -1) < index) batchLastDraw.set(d.batch.id, index);
@@ -433,6 +450,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     batchFirstDraw,
     batchLastDraw,
     batchEmptiedBy,
+    splitDrawdowns,
     refusedByKind,
     firstRefusal,
     retriesSent,
@@ -460,6 +478,8 @@ interface SummaryInput {
   batchFirstDraw: Map<string, number>;
   batchLastDraw: Map<string, number>;
   batchEmptiedBy: Map<string, number>;
+  /** Batch ids, in drawdown order, of every event paid by more than one batch. */
+  splitDrawdowns: string[][];
   refusedByKind: Record<'llm' | 'tool_call' | 'web_search' | 'reservation', number>;
   firstRefusal: number | undefined;
   retriesSent: number;
@@ -517,18 +537,15 @@ function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; ref
   });
   table(log, ['#', 'type', 'source', 'allocated', 'remaining', 'drawn', 'status', 'first drawn at', 'exhausted at'], rows, [true, false, false, true, true, true, false, true, true]);
   const free = acct.batches.find((b) => b.type === 'FREE');
-  const paid = acct.batches.find((b) => b.type === 'PAID');
-  if (free && paid) {
-    const freeFirst = s.batchFirstDraw.get(free.id) ?? Infinity;
-    const paidFirst = s.batchFirstDraw.get(paid.id) ?? Infinity;
-    const freeEmptied = s.batchEmptiedBy.get(free.id);
-    log(
-      `  FREE drawn before PAID: ${freeFirst <= paidFirst ? 'yes' : 'NO'} (FREE first drawn at ${at(Number.isFinite(freeFirst) ? freeFirst : undefined)}` +
-        `${freeEmptied !== undefined ? `, emptied by request ${at(freeEmptied)} whose cost was split FREE -> PAID` : ''}).`,
-    );
-    log(`  ("at request #n": position in the trace; up to ${s.concurrency} operations run concurrently, so neighbouring requests may be charged in a slightly different order.)`);
-    if (freeFirst > paidFirst) failures.push('PAID credit was drawn before FREE credit');
-  }
+  const typeOf = new Map(acct.batches.map((b) => [b.id, b.type]));
+  const wrongOrder = s.splitDrawdowns.filter((ids) => ids.some((id, k) => k > 0 && typeOf.get(ids[k - 1] as string) === 'PAID' && typeOf.get(id) === 'FREE'));
+  const freeEmptied = free ? s.batchEmptiedBy.get(free.id) : undefined;
+  log(
+    `  FREE drawn before PAID: ${wrongOrder.length === 0 ? 'yes' : 'NO'} (${n0(s.splitDrawdowns.length)} event(s) paid by two batches, ${n0(wrongOrder.length)} took PAID before FREE` +
+      `${freeEmptied !== undefined ? `; the FREE batch was emptied by request ${at(freeEmptied)}, whose cost was split FREE -> PAID` : ''}).`,
+  );
+  log(`  ("request #n" is the position in the trace; up to ${s.concurrency} operations run concurrently and a reservation run charges in 3 steps, so the server may charge neighbouring requests in a different order.)`);
+  if (wrongOrder.length > 0) failures.push(`${wrongOrder.length} event(s) drew PAID credit before FREE credit`);
 
   const dimension = (title: string, apiRows: Array<{ key: string; credits: string; events: number }>, client: Tally) => {
     log('');

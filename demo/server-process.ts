@@ -13,8 +13,9 @@ import { fileURLToPath } from 'node:url';
 /** Repository root (the folder holding package.json). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
-/** Default connection strings, the same as src/config/env.ts. */
+/** DATABASE_URL when unset (the same default as src/config/env.ts). */
 export const DEFAULT_DATABASE_URL = 'postgresql://postgres@127.0.0.1:5432/creditpool';
+/** REDIS_URL when unset (the same default as src/config/env.ts). */
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 
 /**
