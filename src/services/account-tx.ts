@@ -32,6 +32,9 @@ interface PendingEntry {
   note: string | null;
 }
 
+/** Tables whose rows belong to one account. */
+export type OwnedTable = 'credit_grants' | 'usage_events' | 'reservations';
+
 /** A spendable batch as loaded for drawdown. */
 export interface LoadedBatch extends DrawableBatch {
   source: string;
@@ -81,6 +84,17 @@ export class AccountTx {
     const row = rows[0];
     if (!row) throw new LedgerError('NOT_FOUND', 'account not found');
     return new AccountTx(tx, row, wallNow);
+  }
+
+  /**
+   * Locks the account that owns row `id` of `table` (a grant, usage event or reservation).
+   * @throws LedgerError NOT_FOUND (`what` not found) when there is no such row.
+   */
+  static async lockOwner(tx: Tx, table: OwnedTable, id: string, what: string, wallNow: Date): Promise<AccountTx> {
+    const found = await tx.query(`SELECT account_id FROM ${table} WHERE id = $1`, [id]);
+    const accountId = found.rows[0]?.account_id as string | undefined;
+    if (!accountId) throw new LedgerError('NOT_FOUND', `${what} not found`);
+    return AccountTx.lock(tx, accountId, wallNow);
   }
 
   /**

@@ -5,7 +5,7 @@
  * Refunding a refunded event returns it unchanged.
  */
 import { withTransaction, toBigInt } from '../db/pg.js';
-import { LedgerError, badInput } from '../ledger/errors.js';
+import { badInput } from '../ledger/errors.js';
 import { minBig } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
@@ -18,10 +18,7 @@ import type { ServiceContext } from './context.js';
 export async function refundUsage(ctx: ServiceContext, usageEventId: string, reason: string): Promise<string> {
   if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
   return withTransaction(ctx.pool, async (tx) => {
-    const found = await tx.query('SELECT account_id FROM usage_events WHERE id = $1', [usageEventId]);
-    const accountId = found.rows[0]?.account_id as string | undefined;
-    if (!accountId) throw new LedgerError('NOT_FOUND', 'usage event not found');
-    const atx = await AccountTx.lock(tx, accountId, ctx.clock());
+    const atx = await AccountTx.lockOwner(tx, 'usage_events', usageEventId, 'usage event', ctx.clock());
     const ev = await tx.query('SELECT refunded_at, debt_micro_credits FROM usage_events WHERE id = $1', [usageEventId]);
     if (ev.rows[0].refunded_at) return usageEventId;
     const { rows } = await tx.query(

@@ -4,7 +4,6 @@
  */
 import type { Tx } from '../db/pg.js';
 import { toBigInt } from '../db/pg.js';
-import { LedgerError } from '../ledger/errors.js';
 import { maxBig } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
 
@@ -25,10 +24,7 @@ export interface LockedReservation {
  * @throws LedgerError NOT_FOUND.
  */
 export async function lockReservation(tx: Tx, reservationId: string, wallNow: Date): Promise<LockedReservation> {
-  const found = await tx.query('SELECT account_id FROM reservations WHERE id = $1', [reservationId]);
-  const accountId = found.rows[0]?.account_id as string | undefined;
-  if (!accountId) throw new LedgerError('NOT_FOUND', 'reservation not found');
-  const atx = await AccountTx.lock(tx, accountId, wallNow);
+  const atx = await AccountTx.lockOwner(tx, 'reservations', reservationId, 'reservation', wallNow);
   const { rows } = await tx.query(
     'SELECT amount_micro_credits, consumed_micro_credits, status, expires_at FROM reservations WHERE id = $1',
     [reservationId],

@@ -3,7 +3,7 @@
  * and the batch becomes VOIDED. Idempotent: voiding a voided grant returns it unchanged.
  */
 import { withTransaction, toBigInt } from '../db/pg.js';
-import { LedgerError, badInput } from '../ledger/errors.js';
+import { badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 
@@ -17,10 +17,7 @@ import type { ServiceContext } from './context.js';
 export async function voidGrant(ctx: ServiceContext, grantId: string, reason: string): Promise<string> {
   if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
   return withTransaction(ctx.pool, async (tx) => {
-    const found = await tx.query('SELECT account_id FROM credit_grants WHERE id = $1', [grantId]);
-    const accountId = found.rows[0]?.account_id as string | undefined;
-    if (!accountId) throw new LedgerError('NOT_FOUND', 'grant not found');
-    const atx = await AccountTx.lock(tx, accountId, ctx.clock());
+    const atx = await AccountTx.lockOwner(tx, 'credit_grants', grantId, 'grant', ctx.clock());
     const { rows } = await tx.query(
       `SELECT g.voided_at, b.id AS batch_id, b.status, b.remaining_micro_credits
          FROM credit_grants g JOIN credit_batches b ON b.grant_id = g.id WHERE g.id = $1`,

@@ -11,6 +11,7 @@ import { accountNow } from '../access.js';
 import { BatchStatusEnum, CreditTypeEnum, GrantSourceEnum, LedgerEntryTypeEnum, ReservationStatusEnum } from './enums.js';
 import type { StoredCostLine } from '../../services/record-usage.js';
 import { parseCredits } from '../../ledger/credits.js';
+import type { UsageQuantities } from '../../services/usage-command.js';
 
 /** Canonical text of a Prisma Decimal (never exponent notation), or null. */
 export function decimalText(v: { toFixed(): string } | null | undefined): string | null {
@@ -101,15 +102,7 @@ export const CreditGrantRef = builder.prismaNode('CreditGrant', {
 });
 
 export const UsageQuantitiesRef = builder
-  .objectRef<{
-    inputTokens: number | null;
-    outputTokens: number | null;
-    reasoningTokens: number | null;
-    cacheReadTokens: number | null;
-    cacheWriteTokens: number | null;
-    seconds: string | null;
-    units: string | null;
-  }>('UsageQuantities')
+  .objectRef<UsageQuantities>('UsageQuantities')
   .implement({
     fields: (t) => ({
       inputTokens: t.exposeInt('inputTokens', { nullable: true }),
