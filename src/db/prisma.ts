@@ -10,4 +10,5 @@ export function createPrismaClient(databaseUrl: string, max = 10): PrismaClient 
   return new PrismaClient({ adapter: new PrismaPg({ connectionString: databaseUrl, max }) });
 }
 
+/** The generated Prisma client class (re-exported for typing). */
 export type { PrismaClient };

@@ -9,6 +9,7 @@ import type { UsageInput } from '../services/usage-command.js';
 import { formatCredits } from '../ledger/credits.js';
 import type { PriceBookInput } from '../pricing/price-book.js';
 
+/** GraphQL input `CreateAccountInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const CreateAccountInputRef = builder.inputType('CreateAccountInput', {
   fields: (t) => ({
     externalId: t.string({ required: true }),
@@ -20,6 +21,7 @@ export const CreateAccountInputRef = builder.inputType('CreateAccountInput', {
   }),
 });
 
+/** GraphQL input `GrantCreditsInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const GrantCreditsInputRef = builder.inputType('GrantCreditsInput', {
   fields: (t) => ({
     accountId: t.id({ required: true }),
@@ -32,6 +34,7 @@ export const GrantCreditsInputRef = builder.inputType('GrantCreditsInput', {
   }),
 });
 
+/** GraphQL input `UsageQuantitiesInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const UsageQuantitiesInputRef = builder.inputType('UsageQuantitiesInput', {
   fields: (t) => ({
     inputTokens: t.int(),
@@ -44,6 +47,7 @@ export const UsageQuantitiesInputRef = builder.inputType('UsageQuantitiesInput',
   }),
 });
 
+/** GraphQL input `RecordUsageInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const RecordUsageInputRef = builder.inputType('RecordUsageInput', {
   fields: (t) => ({
     accountId: t.id({ required: true }),
@@ -88,6 +92,7 @@ export function toUsageInput(i: RecordUsageInputShape): UsageInput {
   };
 }
 
+/** GraphQL input `ReserveCreditsInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const ReserveCreditsInputRef = builder.inputType('ReserveCreditsInput', {
   fields: (t) => ({
     accountId: t.id({ required: true }),
@@ -97,6 +102,7 @@ export const ReserveCreditsInputRef = builder.inputType('ReserveCreditsInput', {
   }),
 });
 
+/** GraphQL input `SettleReservationInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const SettleReservationInputRef = builder.inputType('SettleReservationInput', {
   fields: (t) => ({
     reservationId: t.id({ required: true }),
@@ -104,6 +110,7 @@ export const SettleReservationInputRef = builder.inputType('SettleReservationInp
   }),
 });
 
+/** GraphQL input `PriceRuleInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const PriceRuleInputRef = builder.inputType('PriceRuleInput', {
   fields: (t) => ({
     category: t.string({ required: true }),
@@ -118,6 +125,7 @@ export const PriceRuleInputRef = builder.inputType('PriceRuleInput', {
   }),
 });
 
+/** GraphQL input `PriceBookInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const PriceBookInputRef = builder.inputType('PriceBookInput', {
   fields: (t) => ({
     name: t.string({ required: true }),
@@ -141,6 +149,7 @@ export function toPriceBookInput(i: typeof PriceBookInputRef.$inferInput): Price
   };
 }
 
+/** GraphQL input `SettingsInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const SettingsInputRef = builder.inputType('SettingsInput', {
   fields: (t) => ({
     creditUsdValue: t.field({ type: 'Decimal' }),

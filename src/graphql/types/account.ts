@@ -21,6 +21,7 @@ import {
 } from './ledger.js';
 import { AccountKindEnum, BatchStatusEnum, ReservationStatusEnum, UsageDimensionEnum } from './enums.js';
 
+/** GraphQL type `UsageSummaryRow` (contract), resolved from UsageSummaryRow (amounts in micro-credits). */
 export const UsageSummaryRowRef = builder.objectRef<UsageSummaryRow>('UsageSummaryRow').implement({
   fields: (t) => ({
     category: t.exposeString('category', { nullable: true }),
@@ -34,6 +35,7 @@ export const UsageSummaryRowRef = builder.objectRef<UsageSummaryRow>('UsageSumma
   }),
 });
 
+/** GraphQL type `UsageMonth` (contract), resolved from UsageMonth (amounts in micro-credits). */
 export const UsageMonthRef = builder.objectRef<UsageMonth>('UsageMonth').implement({
   fields: (t) => ({
     month: t.exposeString('month', { description: 'YYYY-MM in UTC.' }),
@@ -42,6 +44,7 @@ export const UsageMonthRef = builder.objectRef<UsageMonth>('UsageMonth').impleme
   }),
 });
 
+/** GraphQL input `UsageFilter` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const UsageFilterInput = builder.inputType('UsageFilter', {
   fields: (t) => ({
     category: t.string(),
@@ -68,6 +71,7 @@ function batchStatusWhere(statuses: readonly string[], now: Date): Prisma.Credit
   return { OR: or };
 }
 
+/** GraphQL node `Account` (contract), backed by the Prisma model Account; id is a Relay global id. */
 export const AccountRef = builder.prismaNode('Account', {
   id: { field: 'id' },
   fields: (t) => ({

@@ -1,6 +1,7 @@
 /** Enums of the contract, mirrored from the database enums. */
 import { builder } from '../builder.js';
 
+/** GraphQL enum `AccountKind` (contract), same values as the database enum. */
 export const AccountKindEnum = builder.enumType('AccountKind', {
   values: {
     ORGANIZATION: { description: 'A shared pool that all members and agents of an organization draw from.' },
@@ -8,6 +9,7 @@ export const AccountKindEnum = builder.enumType('AccountKind', {
   } as const,
 });
 
+/** GraphQL enum `CreditType` (contract), same values as the database enum. */
 export const CreditTypeEnum = builder.enumType('CreditType', {
   values: {
     FREE: { description: 'Complimentary credit (welcome bonus, promo, referral). Drawn first; usually expires.' },
@@ -15,10 +17,12 @@ export const CreditTypeEnum = builder.enumType('CreditType', {
   } as const,
 });
 
+/** GraphQL enum `GrantSource` (contract), same values as the database enum. */
 export const GrantSourceEnum = builder.enumType('GrantSource', {
   values: ['WELCOME_BONUS', 'PROMO_CODE', 'REFERRAL', 'PURCHASE', 'SUBSCRIPTION', 'AUTO_TOP_UP', 'ADJUSTMENT'] as const,
 });
 
+/** GraphQL enum `BatchStatus` (contract), same values as the database enum. */
 export const BatchStatusEnum = builder.enumType('BatchStatus', {
   values: {
     ACTIVE: {},
@@ -28,6 +32,7 @@ export const BatchStatusEnum = builder.enumType('BatchStatus', {
   } as const,
 });
 
+/** GraphQL enum `LedgerEntryType` (contract), same values as the database enum. */
 export const LedgerEntryTypeEnum = builder.enumType('LedgerEntryType', {
   values: {
     GRANT: {},
@@ -42,10 +47,12 @@ export const LedgerEntryTypeEnum = builder.enumType('LedgerEntryType', {
   } as const,
 });
 
+/** GraphQL enum `ReservationStatus` (contract), same values as the database enum. */
 export const ReservationStatusEnum = builder.enumType('ReservationStatus', {
   values: ['ACTIVE', 'SETTLED', 'RELEASED', 'EXPIRED'] as const,
 });
 
+/** GraphQL enum `PriceKind` (contract), same values as the database enum. */
 export const PriceKindEnum = builder.enumType('PriceKind', {
   values: {
     FREE: { description: 'Costs nothing (web search on some platforms, local models).' },
@@ -64,6 +71,7 @@ export const PriceKindEnum = builder.enumType('PriceKind', {
   } as const,
 });
 
+/** GraphQL enum `UsageDimension` (contract), same values as the database enum. */
 export const UsageDimensionEnum = builder.enumType('UsageDimension', {
   values: ['CATEGORY', 'TIER', 'MODEL', 'AGENT', 'USER', 'TASK'] as const,
 });

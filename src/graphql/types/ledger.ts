@@ -20,6 +20,7 @@ export function decimalText(v: { toFixed(): string } | null | undefined): string
 
 const clockSelect = { account: { select: { testMode: true, testClockAt: true } } } as const;
 
+/** GraphQL type `ExpiryNotice` (contract), resolved from { amountMicroCredits: bigint; at: Date } (amounts in micro-credits). */
 export const ExpiryNoticeRef = builder.objectRef<{ amountMicroCredits: bigint; at: Date }>('ExpiryNotice').implement({
   fields: (t) => ({
     amount: t.field({ type: 'Credits', resolve: (e) => e.amountMicroCredits }),
@@ -27,6 +28,7 @@ export const ExpiryNoticeRef = builder.objectRef<{ amountMicroCredits: bigint; a
   }),
 });
 
+/** GraphQL type `Balance` (contract), resolved from BalanceView (amounts in micro-credits). */
 export const BalanceRef = builder.objectRef<BalanceView>('Balance').implement({
   description: 'What a live credit bar shows.',
   fields: (t) => ({
@@ -57,6 +59,7 @@ export const BalanceRef = builder.objectRef<BalanceView>('Balance').implement({
   }),
 });
 
+/** GraphQL node `CreditBatch` (contract), backed by the Prisma model CreditBatch; id is a Relay global id. */
 export const CreditBatchRef = builder.prismaNode('CreditBatch', {
   id: { field: 'id' },
   fields: (t) => ({
@@ -80,6 +83,7 @@ export function effectiveBatchStatus(b: { status: 'ACTIVE' | 'EXHAUSTED' | 'EXPI
   return b.status === 'ACTIVE' && b.expiresAt && b.expiresAt.getTime() <= now.getTime() ? 'EXPIRED' : b.status;
 }
 
+/** GraphQL node `CreditGrant` (contract), backed by the Prisma model CreditGrant; id is a Relay global id. */
 export const CreditGrantRef = builder.prismaNode('CreditGrant', {
   id: { field: 'id' },
   fields: (t) => ({
@@ -101,6 +105,7 @@ export const CreditGrantRef = builder.prismaNode('CreditGrant', {
   }),
 });
 
+/** GraphQL type `UsageQuantities` (contract), resolved from UsageQuantities (amounts in micro-credits). */
 export const UsageQuantitiesRef = builder
   .objectRef<UsageQuantities>('UsageQuantities')
   .implement({
@@ -115,6 +120,7 @@ export const UsageQuantitiesRef = builder
     }),
   });
 
+/** GraphQL type `CostLine` (contract), resolved from StoredCostLine (amounts in micro-credits). */
 export const CostLineRef = builder.objectRef<StoredCostLine>('CostLine').implement({
   description: 'One priced line of a usage event (the per-message inspect view).',
   fields: (t) => ({
@@ -128,6 +134,7 @@ export const CostLineRef = builder.objectRef<StoredCostLine>('CostLine').impleme
   }),
 });
 
+/** GraphQL type `Drawdown` (contract), backed by the Prisma model Drawdown. */
 export const DrawdownRef = builder.prismaObject('Drawdown', {
   fields: (t) => ({
     batch: t.relation('batch'),
@@ -135,6 +142,7 @@ export const DrawdownRef = builder.prismaObject('Drawdown', {
   }),
 });
 
+/** GraphQL node `Reservation` (contract), backed by the Prisma model Reservation; id is a Relay global id. */
 export const ReservationRef = builder.prismaNode('Reservation', {
   id: { field: 'id' },
   fields: (t) => ({
@@ -156,6 +164,7 @@ export function effectiveReservationStatus(r: { status: 'ACTIVE' | 'SETTLED' | '
   return r.status === 'ACTIVE' && r.expiresAt.getTime() <= now.getTime() ? 'EXPIRED' : r.status;
 }
 
+/** GraphQL node `UsageEvent` (contract), backed by the Prisma model UsageEvent; id is a Relay global id. */
 export const UsageEventRef = builder.prismaNode('UsageEvent', {
   id: { field: 'id' },
   fields: (t) => ({
@@ -197,6 +206,7 @@ export const UsageEventRef = builder.prismaNode('UsageEvent', {
   }),
 });
 
+/** GraphQL node `LedgerEntry` (contract), backed by the Prisma model LedgerEntry; id is a Relay global id. */
 export const LedgerEntryRef = builder.prismaNode('LedgerEntry', {
   id: { field: 'id' },
   fields: (t) => ({
@@ -211,6 +221,7 @@ export const LedgerEntryRef = builder.prismaNode('LedgerEntry', {
   }),
 });
 
+/** GraphQL type `LedgerReconciliation` (contract), resolved from Reconciliation (amounts in micro-credits). */
 export const ReconciliationRef = builder.objectRef<Reconciliation>('LedgerReconciliation').implement({
   description: 'The ledger invariant of one account: batchRemaining - debt = total = ledgerSum.',
   fields: (t) => ({

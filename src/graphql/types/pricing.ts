@@ -10,6 +10,7 @@ import type { StoredCostLine } from '../../services/record-usage.js';
 const creditsOrNull = (v: unknown) => (v === null || v === undefined ? null : parseCredits(v));
 const textOrNull = (v: unknown) => (v === null || v === undefined ? null : String(v));
 
+/** GraphQL type `PriceRule` (contract), resolved from PriceRuleInput (amounts in micro-credits). */
 export const PriceRuleRef = builder.objectRef<PriceRuleInput>('PriceRule').implement({
   fields: (t) => ({
     category: t.exposeString('category'),
@@ -24,6 +25,7 @@ export const PriceRuleRef = builder.objectRef<PriceRuleInput>('PriceRule').imple
   }),
 });
 
+/** GraphQL type `PriceBook` (contract), resolved from ActivePriceBook (amounts in micro-credits). */
 export const PriceBookRef = builder.objectRef<ActivePriceBook>('PriceBook').implement({
   fields: (t) => ({
     version: t.int({ resolve: (b) => b.version }),
@@ -38,6 +40,7 @@ export const PriceBookRef = builder.objectRef<ActivePriceBook>('PriceBook').impl
   }),
 });
 
+/** GraphQL type `ModelPrice` (contract), resolved from ModelPriceEntry (amounts in micro-credits). */
 export const ModelPriceRef = builder.objectRef<ModelPriceEntry>('ModelPrice').implement({
   fields: (t) => ({
     model: t.exposeString('model'),
@@ -60,6 +63,7 @@ export interface QuoteView {
   affordable: boolean;
 }
 
+/** GraphQL type `Quote` (contract), resolved from QuoteView (amounts in micro-credits). */
 export const QuoteRef = builder.objectRef<QuoteView>('Quote').implement({
   fields: (t) => ({
     cost: t.field({ type: 'Credits', resolve: (q) => q.costMicroCredits }),
@@ -68,6 +72,7 @@ export const QuoteRef = builder.objectRef<QuoteView>('Quote').implement({
   }),
 });
 
+/** GraphQL type `Settings` (contract), resolved from SettingsRecord (amounts in micro-credits). */
 export const SettingsRef = builder.objectRef<SettingsRecord>('Settings').implement({
   fields: (t) => ({
     creditUsdValue: t.field({ type: 'Decimal', resolve: (s) => s.creditUsdValue }),
