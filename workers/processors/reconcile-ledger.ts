@@ -5,18 +5,34 @@
 import { z } from 'zod';
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { reconcileLedger, type ReconcileReport } from '../../src/services/reconcile-ledger.js';
+import { reconcileLedger } from '../../src/services/reconcile-ledger.js';
+import { formatCredits } from '../../src/ledger/credits.js';
 
 /** Payload: how far back to look, in seconds (default 15 minutes). */
 export const ReconcileLedgerPayload = z.object({ lookbackSeconds: z.number().int().min(1).max(86_400 * 31).default(900) });
 
+/** The job's result as stored by BullMQ (JSON: amounts as Credits strings). */
+export interface ReconcileJobResult {
+  checked: number;
+  inconsistent: Array<{ accountId: string; total: string; batchRemaining: string; debt: string; ledgerSum: string }>;
+}
+
 /** Runs one reconcile pass. @throws ZodError for a malformed payload (not retried). */
-export async function processReconcileLedger(pool: pg.Pool, log: Logger, data: unknown, now: Date): Promise<ReconcileReport> {
+export async function processReconcileLedger(pool: pg.Pool, log: Logger, data: unknown, now: Date): Promise<ReconcileJobResult> {
   const { lookbackSeconds } = ReconcileLedgerPayload.parse(data ?? {});
   const report = await reconcileLedger(pool, new Date(now.getTime() - lookbackSeconds * 1000));
   for (const bad of report.inconsistent) {
     log.error({ accountId: bad.accountId, total: String(bad.totalMicroCredits), batches: String(bad.batchRemainingMicroCredits), ledger: String(bad.ledgerSumMicroCredits) }, 'ledger invariant violated');
   }
   log.info({ checked: report.checked, inconsistent: report.inconsistent.length }, 'reconcile-ledger pass done');
-  return report;
+  return {
+    checked: report.checked,
+    inconsistent: report.inconsistent.map((r) => ({
+      accountId: r.accountId,
+      total: formatCredits(r.totalMicroCredits),
+      batchRemaining: formatCredits(r.batchRemainingMicroCredits),
+      debt: formatCredits(r.debtMicroCredits),
+      ledgerSum: formatCredits(r.ledgerSumMicroCredits),
+    })),
+  };
 }
