@@ -4,7 +4,9 @@
  *
  * Usage:
  *   tsx scripts/create-api-key.ts --name billing-service --scopes usage:write,read
+ *   tsx scripts/create-api-key.ts --name storefront --scopes usage:write --public
  *   tsx scripts/create-api-key.ts --revoke <id>
+ *   --public: the key acts for public visitors; refusals never show billing details.
  *   (or: npm run apikey:create -- --name ... --scopes ...)
  *
  * Creation prints the token exactly once (only its SHA-256 is stored, it cannot be shown
@@ -21,17 +23,18 @@ import { LedgerError } from '../src/ledger/errors.js';
 const DEFAULT_DATABASE_URL = 'postgresql://postgres@127.0.0.1:5432/creditpool';
 
 const USAGE = `usage:
-  tsx scripts/create-api-key.ts --name <name> --scopes <scope,scope,...>
+  tsx scripts/create-api-key.ts --name <name> --scopes <scope,scope,...> [--public]
   tsx scripts/create-api-key.ts --revoke <id>
 scopes: ${SCOPES.join(', ')}`;
 
-let values: { name?: string; scopes?: string; revoke?: string; help?: boolean };
+let values: { name?: string; scopes?: string; revoke?: string; public?: boolean; help?: boolean };
 try {
   ({ values } = parseArgs({
     options: {
       name: { type: 'string' },
       scopes: { type: 'string' },
       revoke: { type: 'string' },
+      public: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -59,7 +62,7 @@ try {
     console.log(newly ? `revoked API key ${values.revoke}` : `API key ${values.revoke} was already revoked`);
   } else {
     const scopes = (values.scopes ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
-    const key = await createApiKey(pool, { name: values.name ?? '', scopes });
+    const key = await createApiKey(pool, { name: values.name ?? '', scopes, audience: values.public ? 'PUBLIC' : 'INTERNAL' });
     console.log(`id:     ${key.id}`);
     console.log(`prefix: ${key.prefix}`);
     console.log(`token:  ${key.token}`);

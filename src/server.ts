@@ -45,7 +45,7 @@ export interface CreditpoolServer {
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
 
 /** The id of the HTTP request being served (x-request-id when valid, else a new uuid). */
-const requestScope = new AsyncLocalStorage<{ requestId: string }>();
+const requestScope = new AsyncLocalStorage<{ requestId: string; publicAudience: boolean }>();
 
 function disableIntrospection(): Plugin {
   return {
@@ -92,8 +92,13 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         }
         throw err;
       }
+      const flagged = request.headers.get('x-creditpool-audience')?.toLowerCase() === 'public';
+      const publicAudience = flagged || (principal?.kind === 'service' && principal.publicAudience === true);
+      const scope = requestScope.getStore();
+      if (scope) scope.publicAudience = publicAudience;
       return {
         principal,
+        publicAudience,
         requestId,
         services: deps.services,
         prisma: deps.prisma,
@@ -104,8 +109,12 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     },
     maskedErrors: {
       maskError: (error, _message, _isDev) => {
-        const requestId = requestScope.getStore()?.requestId ?? randomUUID();
-        return maskError(error, requestId, (err) => log.error({ err, requestId }, 'unexpected error while executing GraphQL'));
+        const scope = requestScope.getStore();
+        const requestId = scope?.requestId ?? randomUUID();
+        return maskError(error, requestId, (err) => log.error({ err, requestId }, 'unexpected error while executing GraphQL'), {
+          publicAudience: scope?.publicAudience ?? false,
+          onNeutralized: (err) => log.info({ requestId, code: err.code, reason: err.message, details: err.details }, 'billing refusal shown to a public visitor as UNAVAILABLE'),
+        });
       },
     },
     plugins: [
@@ -146,7 +155,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     const given = req.headers['x-request-id'];
     const requestId = typeof given === 'string' && REQUEST_ID_RE.test(given) ? given : randomUUID();
     res.setHeader('x-request-id', requestId);
-    requestScope.run({ requestId }, () => void yoga(req, res, { req, res }));
+    requestScope.run({ requestId, publicAudience: false }, () => void yoga(req, res, { req, res }));
   });
   http.keepAliveTimeout = 65_000;
 

@@ -44,6 +44,9 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 const BASE62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 
+/** Who sees a key's responses: the platform itself (INTERNAL) or public visitors (PUBLIC). */
+export type Audience = 'INTERNAL' | 'PUBLIC';
+
 /** An active API key as stored (never includes the token or its hash). */
 export interface ApiKeyRecord {
   /** `api_keys.id` (uuid). */
@@ -54,6 +57,8 @@ export interface ApiKeyRecord {
   prefix: string;
   /** Granted scopes, deduplicated, in {@link SCOPES} order. */
   scopes: readonly Scope[];
+  /** PUBLIC: the key acts for public visitors; billing details are never shown to it. */
+  audience: Audience;
   /** When the key was created. */
   createdAt: Date;
 }
@@ -122,7 +127,7 @@ export function parseScopes(scopes: readonly string[]): Scope[] {
  */
 export async function createApiKey(
   pool: pg.Pool,
-  input: { name: string; scopes: readonly string[] },
+  input: { name: string; scopes: readonly string[]; audience?: Audience },
 ): Promise<CreatedApiKey> {
   const name = typeof input.name === 'string' ? input.name.trim() : '';
   if (name.length === 0 || name.length > API_KEY_NAME_MAX_LENGTH) {
@@ -130,14 +135,16 @@ export async function createApiKey(
   }
   if (/[\u0000-\u001f\u007f]/.test(name)) throw badInput('name', 'must not contain control characters');
   const scopes = parseScopes(input.scopes);
+  const audience = input.audience ?? 'INTERNAL';
+  if (audience !== 'INTERNAL' && audience !== 'PUBLIC') throw badInput('audience', 'must be INTERNAL or PUBLIC');
 
   const prefix = randomBase62(API_KEY_PREFIX_LENGTH);
   const token = `${API_KEY_TOKEN_PREFIX}${prefix}_${randomBase62(API_KEY_SECRET_LENGTH)}`;
   const { rows } = await pool.query<{ id: string }>(
-    `INSERT INTO api_keys (id, name, prefix, hash, scopes)
-     VALUES (gen_random_uuid(), $1, $2, $3, $4::text[])
+    `INSERT INTO api_keys (id, name, prefix, hash, scopes, audience)
+     VALUES (gen_random_uuid(), $1, $2, $3, $4::text[], $5)
      RETURNING id`,
-    [name, prefix, hashApiKey(token), scopes],
+    [name, prefix, hashApiKey(token), scopes, audience],
   );
   const id = rows[0]?.id;
   if (id === undefined) throw new Error('api_keys insert returned no row');
@@ -216,9 +223,10 @@ export async function findApiKey(
     name: string;
     prefix: string;
     scopes: string[] | null;
+    audience: string;
     created_at: Date;
   }>(
-    `SELECT id, name, prefix, scopes, created_at
+    `SELECT id, name, prefix, scopes, audience, created_at
        FROM api_keys
       WHERE hash = $1 AND revoked_at IS NULL`,
     [hash],
@@ -231,6 +239,7 @@ export async function findApiKey(
     prefix: row.prefix,
     // The CHECK constraint already limits scopes to SCOPES; filtering keeps the type honest.
     scopes: SCOPES.filter((s) => (row.scopes ?? []).includes(s)),
+    audience: row.audience === 'PUBLIC' ? 'PUBLIC' : 'INTERNAL',
     createdAt: row.created_at,
   };
 

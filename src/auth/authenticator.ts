@@ -100,7 +100,7 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
       if (token.startsWith(API_KEY_TOKEN_PREFIX)) {
         const key = await findApiKey(pool, token);
         if (!key) throw unauthenticated();
-        return { kind: 'service', keyId: key.id, name: key.name, scopes: new Set(key.scopes) };
+        return { kind: 'service', keyId: key.id, name: key.name, scopes: new Set(key.scopes), publicAudience: key.audience === 'PUBLIC' };
       }
 
       if (!verifyJwt) throw unauthenticated();

@@ -34,12 +34,16 @@ export function isScope(value: unknown): value is Scope {
  *   environment key.
  * - `scopes`: what the key may do; check it with {@link hasScope}, which applies "admin
  *   implies everything".
+ * - `publicAudience`: true for keys that act for public visitors: expected refusals that would
+ *   reveal billing details (INSUFFICIENT_CREDITS, BUDGET_EXCEEDED) are answered with a neutral
+ *   UNAVAILABLE (issue #5).
  */
 export interface ServicePrincipal {
   kind: 'service';
   keyId: string;
   name: string;
   scopes: ReadonlySet<Scope>;
+  publicAudience?: boolean;
 }
 
 /**

@@ -17,6 +17,8 @@ export interface GraphQLContext {
   prisma: PrismaClient;
   env: Env;
   log: Logger;
+  /** True for requests on behalf of public visitors (a PUBLIC API key, or `x-creditpool-audience: public`). */
+  publicAudience: boolean;
   /** Memo of account ids this principal may read (filled by access checks). */
   readableAccounts: Map<string, boolean>;
 }

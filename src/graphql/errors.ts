@@ -18,6 +18,16 @@ function rootCause(error: unknown): unknown {
   return e;
 }
 
+/**
+ * Refusals that would tell a public visitor about the platform's billing (issue #5): for
+ * requests on behalf of public visitors they are answered with a neutral UNAVAILABLE and
+ * NEUTRAL_MESSAGE, and the real reason is only logged.
+ */
+export const BILLING_REFUSALS: ReadonlySet<string> = new Set(['INSUFFICIENT_CREDITS', 'BUDGET_EXCEEDED']);
+
+/** What public visitors read instead of a billing refusal (no amounts, no reason). */
+export const NEUTRAL_MESSAGE = 'This service is temporarily unavailable. Please try again later.';
+
 /** Codes graphql-yoga/graphql-js give to a request that is malformed: the client's fault. */
 const CLIENT_FAULT_CODES = new Set(['GRAPHQL_VALIDATION_FAILED', 'GRAPHQL_PARSE_FAILED', 'BAD_REQUEST', 'BAD_USER_INPUT']);
 
@@ -29,14 +39,25 @@ const CLIENT_FAULT_CODES = new Set(['GRAPHQL_VALIDATION_FAILED', 'GRAPHQL_PARSE_
  * - a GraphQL error from graphql-js itself (argument/variable coercion, unknown fields): the
  *   client's fault, BAD_USER_INPUT with graphql-js's message;
  * - anything else is a bug: masked as INTERNAL_SERVER_ERROR with the request id, and
- *   `onUnexpected` is called with it for logging.
+ *   `onUnexpected` is called with it for logging;
+ * - with `audience.publicAudience`, billing refusals (BILLING_REFUSALS) become a neutral
+ *   UNAVAILABLE; `onNeutralized` receives the real error for logging.
  */
-export function maskError(error: unknown, requestId: string | undefined, onUnexpected: (err: unknown) => void): GraphQLError {
+export function maskError(
+  error: unknown,
+  requestId: string | undefined,
+  onUnexpected: (err: unknown) => void,
+  audience: { publicAudience: boolean; onNeutralized?: (err: LedgerError) => void } = { publicAudience: false },
+): GraphQLError {
   const cause = rootCause(error);
   const gql = error instanceof GraphQLError ? error : null;
   const at = { nodes: gql?.nodes, path: gql?.path };
   if (cause instanceof LedgerError) {
-    return new GraphQLError(cause.message, { ...at, extensions: { code: cause.code, ...(cause.details ? { details: cause.details } : {}) } });
+    if (audience.publicAudience && BILLING_REFUSALS.has(cause.code)) {
+      audience.onNeutralized?.(cause);
+      return new GraphQLError(NEUTRAL_MESSAGE, { ...at, extensions: { code: 'UNAVAILABLE', requestId } });
+    }
+    return new GraphQLError(cause.message, { ...at, extensions: { ...(cause.details ?? {}), code: cause.code } });
   }
   const coded = [gql, cause].find((e): e is GraphQLError => e instanceof GraphQLError && typeof e.extensions?.code === 'string');
   if (coded) {

@@ -99,6 +99,8 @@ export const ReserveCreditsInputRef = builder.inputType('ReserveCreditsInput', {
     amount: t.field({ type: 'Credits', required: true }),
     ttlSeconds: t.int({ defaultValue: 900, description: 'Seconds until an unsettled hold expires and its credit is released. Default 900.' }),
     idempotencyKey: t.string({ required: true }),
+    agentId: t.string({ description: "The agent the hold is for: it counts against the agent's budget while it holds." }),
+    userId: t.string({ description: "The end user the hold is for: it counts against the user's budget while it holds." }),
   }),
 });
 

@@ -30,6 +30,7 @@ import { refundUsage } from '../services/refund-usage.js';
 import { publishPriceBook } from '../services/publish-price-book.js';
 import { updateSettings } from '../services/update-settings.js';
 import { LedgerError } from '../ledger/errors.js';
+import { BILLING_REFUSALS, NEUTRAL_MESSAGE } from './errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { validateIdempotencyKey } from '../services/usage-command.js';
 import type { UsageEvent } from '../generated/prisma/client.js';
@@ -126,7 +127,13 @@ builder.mutationType({
         return decoded.map((d): BatchResultShape => {
           const r = d.ok ? results[k++]! : { ok: false as const, error: d.error };
           if (r.ok) return { event: events.get(r.result.eventId) ?? null, errorCode: null, errorMessage: null };
-          if (r.error instanceof LedgerError) return { event: null, errorCode: r.error.code, errorMessage: r.error.message };
+          if (r.error instanceof LedgerError) {
+            if (ctx.publicAudience && BILLING_REFUSALS.has(r.error.code)) {
+              ctx.log.info({ code: r.error.code, reason: r.error.message, details: r.error.details }, 'billing refusal shown to a public visitor as UNAVAILABLE');
+              return { event: null, errorCode: 'UNAVAILABLE', errorMessage: NEUTRAL_MESSAGE };
+            }
+            return { event: null, errorCode: r.error.code, errorMessage: r.error.message };
+          }
           ctx.log.error({ err: r.error, requestId: ctx.requestId }, 'recordUsageBatch item failed unexpectedly');
           return { event: null, errorCode: 'INTERNAL_SERVER_ERROR', errorMessage: `Unexpected error (request ${ctx.requestId}).` };
         });
@@ -142,6 +149,8 @@ builder.mutationType({
           amountMicroCredits: input.amount,
           ttlSeconds: input.ttlSeconds ?? 900,
           idempotencyKey: input.idempotencyKey,
+          agentId: input.agentId ?? null,
+          userId: input.userId ?? null,
         });
         return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id: reservationId } });
       },

@@ -11,6 +11,7 @@ import './types/pricing.js';
 import './inputs.js';
 import './queries.js';
 import './mutations.js';
+import './growth.js';
 
 /** The executable schema. */
 export const schema = builder.toSchema({ sortSchema: false });

@@ -21,6 +21,7 @@ import { requestHash } from './request-hash.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
 import type { ActivePriceBook, SettingsRecord } from './pricing-state.js';
 import { toBigInt } from '../db/pg.js';
+import { assertWithinBudgets } from './spending-budgets.js';
 
 /** The recorded (or replayed) event's id. */
 export interface ChargeResult {
@@ -68,7 +69,8 @@ function commandHash(cmd: UsageCommand): string {
  * Charges one usage command inside a locked account transaction. `price` is called only when
  * the idempotency key is new (a retry returns the first event even if prices changed since).
  * @throws LedgerError IDEMPOTENCY_CONFLICT, NOT_FOUND (reservation), RESERVATION_NOT_ACTIVE,
- *   INSUFFICIENT_CREDITS, BAD_USER_INPUT (from pricing).
+ *   BUDGET_EXCEEDED (agent/user budget, charges without a reservation), INSUFFICIENT_CREDITS,
+ *   BAD_USER_INPUT (from pricing).
  */
 export async function applyCharge(
   atx: AccountTx,
@@ -103,6 +105,7 @@ export async function applyCharge(
 
   const { priced, version } = price();
   const cost = priced.costMicroCredits;
+  if (!cmd.reservationId) await assertWithinBudgets(atx, cmd, cost);
   const { batches, reservedMicroCredits: reservedOthers } = await atx.spendable(cmd.reservationId);
   const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
 
@@ -114,7 +117,7 @@ export async function applyCharge(
       throw new LedgerError(
         'INSUFFICIENT_CREDITS',
         `insufficient credits: cost ${formatCredits(cost)}, available ${formatCredits(available)}`,
-        { costCredits: formatCredits(cost), availableCredits: formatCredits(available) },
+        { neededCredits: formatCredits(cost), availableCredits: formatCredits(available) },
       );
     }
     toDraw = cost;

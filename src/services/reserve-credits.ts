@@ -11,6 +11,7 @@ import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateIdempotencyKey } from './usage-command.js';
+import { assertWithinBudgets } from './spending-budgets.js';
 
 /** Longest hold or extension: 7 days. */
 export const MAX_RESERVATION_TTL_SECONDS = 7 * 86_400;
@@ -21,6 +22,9 @@ export interface ReserveCommand {
   amountMicroCredits: bigint;
   ttlSeconds: number;
   idempotencyKey: string;
+  /** The agent / end user the hold is for; it counts against their budgets while it holds. */
+  agentId?: string | null;
+  userId?: string | null;
 }
 
 /** Validates a TTL: an integer number of seconds in 1..MAX_RESERVATION_TTL_SECONDS. */
@@ -34,7 +38,7 @@ export function validateTtlSeconds(ttlSeconds: number): number {
 /**
  * Places a hold.
  * @returns the reservation id and whether this call replayed an earlier one.
- * @throws LedgerError BAD_USER_INPUT, NOT_FOUND, IDEMPOTENCY_CONFLICT, INSUFFICIENT_CREDITS.
+ * @throws LedgerError BAD_USER_INPUT, NOT_FOUND, IDEMPOTENCY_CONFLICT, BUDGET_EXCEEDED, INSUFFICIENT_CREDITS.
  */
 export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): Promise<{ reservationId: string; replayed: boolean }> {
   validateIdempotencyKey(cmd.idempotencyKey);
@@ -51,16 +55,20 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
       if (prior.rows[0].request_hash !== hash) throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different reservation');
       return { reservationId: prior.rows[0].id as string, replayed: true };
     }
+    await assertWithinBudgets(atx, { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null }, cmd.amountMicroCredits);
     const { batches, reservedMicroCredits } = await atx.spendable();
     const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
     const available = spendable - atx.debt - reservedMicroCredits;
     if (cmd.amountMicroCredits > available) {
-      throw new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: hold ${formatCredits(cmd.amountMicroCredits)}, available ${formatCredits(available)}`);
+      throw new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: hold ${formatCredits(cmd.amountMicroCredits)}, available ${formatCredits(available)}`, {
+        neededCredits: formatCredits(cmd.amountMicroCredits),
+        availableCredits: formatCredits(available),
+      });
     }
     const { rows } = await tx.query(
-      `INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash)
-       VALUES (gen_random_uuid(), $1, $2, 'ACTIVE', $3, $4, $5, $6) RETURNING id`,
-      [cmd.accountId, cmd.amountMicroCredits.toString(), new Date(atx.now.getTime() + cmd.ttlSeconds * 1000), atx.now, cmd.idempotencyKey, hash],
+      `INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash, agent_id, user_id)
+       VALUES (gen_random_uuid(), $1, $2, 'ACTIVE', $3, $4, $5, $6, $7, $8) RETURNING id`,
+      [cmd.accountId, cmd.amountMicroCredits.toString(), new Date(atx.now.getTime() + cmd.ttlSeconds * 1000), atx.now, cmd.idempotencyKey, hash, cmd.agentId ?? null, cmd.userId ?? null],
     );
     const reservationId = rows[0].id as string;
     atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId });

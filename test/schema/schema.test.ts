@@ -40,16 +40,6 @@ const PENDING: Record<string, string> = {
   'Mutation.purchaseCreditPack': '#4',
   'Mutation.setAutoTopUp': '#4',
   'Mutation.advanceTestClock': '#4',
-  // issue 5: growth credits and spending controls
-  AgentBudget: '#5',
-  PromoCode: '#5',
-  CreatePromoCodeInput: '#5',
-  'Account.budgets': '#5',
-  'Account.referralsRewarded': '#5',
-  'Mutation.createPromoCode': '#5',
-  'Mutation.redeemPromoCode': '#5',
-  'Mutation.redeemReferral': '#5',
-  'Mutation.setAgentBudget': '#5',
 };
 
 describe('schema', () => {

@@ -94,6 +94,7 @@ export const CreditGrantRef = builder.prismaNode('CreditGrant', {
     reference: t.exposeString('reference', { nullable: true, description: "The caller's reference: promo code, referral, payment id, pack id, note." }),
     voidedAt: t.field({ type: 'DateTime', nullable: true, resolve: (g) => g.voidedAt }),
     voidReason: t.exposeString('voidReason', { nullable: true }),
+    note: t.exposeString('note', { nullable: true, description: 'Why the grant looks the way it does (e.g. a referral whose referrer was not rewarded).' }),
     batch: t.field({
       type: CreditBatchRef,
       select: (args, ctx, nestedSelection) => ({ batch: nestedSelection(true) }),

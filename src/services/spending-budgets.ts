@@ -1,0 +1,141 @@
+/**
+ * Spending budgets inside a pool (issue #5): a per-billing-period limit for one agent (or one
+ * end user) of an account. What counts against a budget in the current billing period: the
+ * cost of the subject's non-refunded usage events recorded in the period, plus the credit held
+ * by the subject's ACTIVE, unexpired reservations. A charge (without reservation) or a hold
+ * that would take the subject beyond its limit is refused with BUDGET_EXCEEDED and records
+ * nothing; usage captured against a hold is not re-checked (the hold was the authorization;
+ * overage beyond it is accepted, as for the balance). Budgets re-arm each billing period.
+ * The check runs under the account's balance row lock, so concurrent charges cannot overrun it.
+ */
+import type pg from 'pg';
+import { toBigInt, withTransaction } from '../db/pg.js';
+import { LedgerError, badInput } from '../ledger/errors.js';
+import { formatCredits } from '../ledger/credits.js';
+import { monthlyPeriodAt } from '../ledger/billing-period.js';
+import { AccountTx } from './account-tx.js';
+import type { ServiceContext } from './context.js';
+
+/** Whose spending a budget limits. */
+export type BudgetSubjectKind = 'AGENT' | 'USER';
+
+/** A budget with what its subject spent (and holds) in the current billing period. */
+export interface BudgetView {
+  subjectKind: BudgetSubjectKind;
+  subjectId: string;
+  limitMicroCredits: bigint;
+  /** Usage cost in the period plus credit held by the subject's active reservations. */
+  spentMicroCredits: bigint;
+}
+
+const SPENT_SQL = `
+  SELECT b.subject_kind, b.subject_id, b.limit_micro_credits,
+         CASE WHEN b.subject_kind = 'AGENT'
+              THEN (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+                     WHERE e.account_id = b.account_id AND e.agent_id = b.subject_id AND e.refunded_at IS NULL
+                       AND e.recorded_at >= $2 AND e.recorded_at < $3)
+              ELSE (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+                     WHERE e.account_id = b.account_id AND e.user_id = b.subject_id AND e.refunded_at IS NULL
+                       AND e.recorded_at >= $2 AND e.recorded_at < $3) END
+         + (SELECT COALESCE(SUM(GREATEST(r.amount_micro_credits - r.consumed_micro_credits, 0)), 0) FROM reservations r
+             WHERE r.account_id = b.account_id AND r.status = 'ACTIVE' AND r.expires_at > $4
+               AND ($5::uuid IS NULL OR r.id <> $5::uuid)
+               AND CASE WHEN b.subject_kind = 'AGENT' THEN r.agent_id = b.subject_id ELSE r.user_id = b.subject_id END) AS spent
+    FROM spending_budgets b
+   WHERE b.account_id = $1`;
+
+function toView(r: Record<string, unknown>): BudgetView {
+  return {
+    subjectKind: r.subject_kind as BudgetSubjectKind,
+    subjectId: r.subject_id as string,
+    limitMicroCredits: toBigInt(r.limit_micro_credits),
+    spentMicroCredits: toBigInt(r.spent),
+  };
+}
+
+/**
+ * Refuses `amountMicroCredits` more for the agent and/or user when it would exceed a budget.
+ * Call inside the account's locked transaction. No query when neither subject is given.
+ * @throws LedgerError BUDGET_EXCEEDED with the subject, limit, spent and needed amounts.
+ */
+export async function assertWithinBudgets(
+  atx: AccountTx,
+  subjects: { agentId: string | null; userId: string | null },
+  amountMicroCredits: bigint,
+  exceptReservationId: string | null = null,
+): Promise<void> {
+  if ((!subjects.agentId && !subjects.userId) || amountMicroCredits <= 0n) return;
+  const period = monthlyPeriodAt(atx.createdAt, atx.now);
+  const { rows } = await atx.tx.query(
+    `${SPENT_SQL} AND ((b.subject_kind = 'AGENT' AND b.subject_id = $6) OR (b.subject_kind = 'USER' AND b.subject_id = $7))`,
+    [atx.accountId, period.start, period.end, atx.now, exceptReservationId, subjects.agentId, subjects.userId],
+  );
+  for (const b of rows.map(toView)) {
+    if (b.spentMicroCredits + amountMicroCredits > b.limitMicroCredits) {
+      const left = b.limitMicroCredits - b.spentMicroCredits;
+      throw new LedgerError(
+        'BUDGET_EXCEEDED',
+        `${b.subjectKind === 'AGENT' ? 'agent' : 'user'} ${b.subjectId} budget exceeded: needs ${formatCredits(amountMicroCredits)}, ${formatCredits(left > 0n ? left : 0n)} of ${formatCredits(b.limitMicroCredits)} left this period`,
+        {
+          subjectKind: b.subjectKind,
+          subjectId: b.subjectId,
+          limitCredits: formatCredits(b.limitMicroCredits),
+          spentCredits: formatCredits(b.spentMicroCredits),
+          neededCredits: formatCredits(amountMicroCredits),
+        },
+      );
+    }
+  }
+}
+
+/**
+ * Budgets of an account with their spending in the billing period containing `now`
+ * (the account's test clock, if any).
+ */
+export async function listBudgets(db: pg.Pool, accountId: string, wallNow: Date, kind?: BudgetSubjectKind): Promise<BudgetView[]> {
+  const head = await db.query(
+    `SELECT created_at, CASE WHEN test_mode AND test_clock_at IS NOT NULL THEN test_clock_at ELSE $2::timestamptz END AS now FROM accounts WHERE id = $1`,
+    [accountId, wallNow],
+  );
+  const a = head.rows[0];
+  if (!a) throw new LedgerError('NOT_FOUND', 'account not found');
+  const period = monthlyPeriodAt(a.created_at as Date, a.now as Date);
+  const { rows } = await db.query(`${SPENT_SQL} AND ($6::text IS NULL OR b.subject_kind = $6) ORDER BY b.subject_kind, b.subject_id`, [
+    accountId,
+    period.start,
+    period.end,
+    a.now,
+    null,
+    kind ?? null,
+  ]);
+  return rows.map(toView);
+}
+
+/**
+ * Sets (or, with a null limit, removes) the budget of one agent or user of an account.
+ * @returns the budget with its current spending, or null when removed.
+ * @throws LedgerError NOT_FOUND (account), BAD_USER_INPUT (empty subject id, negative limit).
+ */
+export async function setSpendingBudget(
+  ctx: ServiceContext,
+  cmd: { accountId: string; subjectKind: BudgetSubjectKind; subjectId: string; limitMicroCredits: bigint | null },
+): Promise<BudgetView | null> {
+  if (!cmd.subjectId || cmd.subjectId.length > 200) throw badInput(cmd.subjectKind === 'AGENT' ? 'agentId' : 'userId', 'must be 1 to 200 characters');
+  if (cmd.limitMicroCredits !== null && cmd.limitMicroCredits < 0n) throw badInput('limit', 'must not be negative');
+  await withTransaction(ctx.pool, async (tx) => {
+    const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+    if (cmd.limitMicroCredits === null) {
+      await tx.query('DELETE FROM spending_budgets WHERE account_id = $1 AND subject_kind = $2 AND subject_id = $3', [cmd.accountId, cmd.subjectKind, cmd.subjectId]);
+      return;
+    }
+    await tx.query(
+      `INSERT INTO spending_budgets (id, account_id, subject_kind, subject_id, limit_micro_credits, updated_at)
+       VALUES (gen_random_uuid(), $1, $2, $3, $4, $5)
+       ON CONFLICT (account_id, subject_kind, subject_id) DO UPDATE SET limit_micro_credits = EXCLUDED.limit_micro_credits, updated_at = EXCLUDED.updated_at`,
+      [cmd.accountId, cmd.subjectKind, cmd.subjectId, cmd.limitMicroCredits.toString(), atx.now],
+    );
+  });
+  if (cmd.limitMicroCredits === null) return null;
+  const all = await listBudgets(ctx.pool, cmd.accountId, ctx.clock(), cmd.subjectKind);
+  return all.find((b) => b.subjectId === cmd.subjectId) ?? null;
+}
