@@ -100,12 +100,17 @@ export class AccountTx {
   /**
    * In one query: the ACTIVE batches that can pay now (not past expiresAt, remaining > 0) and
    * the credit held by ACTIVE, unexpired reservations (amount - consumed, floored at 0),
-   * optionally leaving one reservation out.
+   * optionally leaving one reservation out, and whether the given agent/user has a budget.
    */
-  async spendable(exceptReservationId: string | null = null): Promise<{ batches: LoadedBatch[]; reservedMicroCredits: bigint }> {
+  async spendable(
+    exceptReservationId: string | null = null,
+    subjects: { agentId: string | null; userId: string | null } = { agentId: null, userId: null },
+  ): Promise<{ batches: LoadedBatch[]; reservedMicroCredits: bigint; hasBudget: boolean }> {
     const { rows } = await this.tx.query(
-      `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held
-         FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held
+      `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget
+         FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
+                      EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1
+                                 AND ((sb.subject_kind = 'AGENT' AND sb.subject_id = $4) OR (sb.subject_kind = 'USER' AND sb.subject_id = $5))) AS has_budget
                  FROM reservations
                 WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2
                   AND ($3::uuid IS NULL OR id <> $3::uuid)) r
@@ -113,7 +118,7 @@ export class AccountTx {
                SELECT id, type, source, remaining_micro_credits, expires_at, added_at
                  FROM credit_batches
                 WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)) b ON TRUE`,
-      [this.accountId, this.now, exceptReservationId],
+      [this.accountId, this.now, exceptReservationId, subjects.agentId, subjects.userId],
     );
     const batches: LoadedBatch[] = rows
       .filter((r) => r.id !== null)
@@ -125,7 +130,7 @@ export class AccountTx {
         expiresAt: r.expires_at as Date | null,
         addedAt: r.added_at as Date,
       }));
-    return { batches, reservedMicroCredits: toBigInt(rows[0]?.held ?? 0) };
+    return { batches, reservedMicroCredits: toBigInt(rows[0]?.held ?? 0), hasBudget: rows[0]?.has_budget === true };
   }
 
   /**

@@ -105,8 +105,8 @@ export async function applyCharge(
 
   const { priced, version } = price();
   const cost = priced.costMicroCredits;
-  if (!cmd.reservationId) await assertWithinBudgets(atx, cmd, cost);
-  const { batches, reservedMicroCredits: reservedOthers } = await atx.spendable(cmd.reservationId);
+  const { batches, reservedMicroCredits: reservedOthers, hasBudget } = await atx.spendable(cmd.reservationId, cmd);
+  if (hasBudget && !cmd.reservationId) await assertWithinBudgets(atx, cmd, cost);
   const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
 
   let toDraw: bigint;

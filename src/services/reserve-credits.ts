@@ -55,8 +55,9 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
       if (prior.rows[0].request_hash !== hash) throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different reservation');
       return { reservationId: prior.rows[0].id as string, replayed: true };
     }
-    await assertWithinBudgets(atx, { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null }, cmd.amountMicroCredits);
-    const { batches, reservedMicroCredits } = await atx.spendable();
+    const subjects = { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
+    const { batches, reservedMicroCredits, hasBudget } = await atx.spendable(null, subjects);
+    if (hasBudget) await assertWithinBudgets(atx, subjects, cmd.amountMicroCredits);
     const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
     const available = spendable - atx.debt - reservedMicroCredits;
     if (cmd.amountMicroCredits > available) {
