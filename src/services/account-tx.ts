@@ -32,6 +32,20 @@ interface PendingEntry {
   note: string | null;
 }
 
+/** What AccountTx.state reads in one query. */
+export interface AccountState {
+  /** Spendable batches (unordered; drawdown orders them). */
+  batches: LoadedBatch[];
+  /** Held by other ACTIVE, unexpired reservations. */
+  reservedMicroCredits: bigint;
+  /** The agent or user has a spending budget in this account. */
+  hasBudget: boolean;
+  /** The usage event already recorded under the idempotency key, if any. */
+  priorUsage: { id: string; requestHash: string } | null;
+  /** The reservation asked for, when it belongs to this account. */
+  reservation: { amountMicroCredits: bigint; consumedMicroCredits: bigint; status: string; expiresAt: Date } | null;
+}
+
 /** Tables whose rows belong to one account. */
 export type OwnedTable = 'credit_grants' | 'usage_events' | 'reservations';
 
@@ -98,28 +112,38 @@ export class AccountTx {
   }
 
   /**
-   * In one query: the ACTIVE batches that can pay now (not past expiresAt, remaining > 0) and
-   * the credit held by ACTIVE, unexpired reservations (amount - consumed, floored at 0),
-   * optionally leaving one reservation out, and whether the given agent/user has a budget.
+   * Everything a charge or hold decides on, in ONE query (the lock is already held, so it is
+   * stable): the ACTIVE batches that can pay now (not past expiresAt, remaining > 0); the credit
+   * held by ACTIVE, unexpired reservations (amount - consumed, floored at 0) other than
+   * `reservationId`; whether the agent/user has a budget; the usage event already recorded
+   * under `usageIdempotencyKey`, if any; and the row of `reservationId`, if given.
    */
-  async spendable(
-    exceptReservationId: string | null = null,
-    subjects: { agentId: string | null; userId: string | null } = { agentId: null, userId: null },
-  ): Promise<{ batches: LoadedBatch[]; reservedMicroCredits: bigint; hasBudget: boolean }> {
+  async state(opts: {
+    reservationId?: string | null;
+    agentId?: string | null;
+    userId?: string | null;
+    usageIdempotencyKey?: string | null;
+  }): Promise<AccountState> {
     const { rows } = await this.tx.query(
-      `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget
+      `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
+              pe.id AS prior_id, pe.request_hash AS prior_hash,
+              res.amount_micro_credits AS res_amount, res.consumed_micro_credits AS res_consumed,
+              res.status AS res_status, res.expires_at AS res_expires_at
          FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
                       EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1
                                  AND ((sb.subject_kind = 'AGENT' AND sb.subject_id = $4) OR (sb.subject_kind = 'USER' AND sb.subject_id = $5))) AS has_budget
                  FROM reservations
                 WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2
                   AND ($3::uuid IS NULL OR id <> $3::uuid)) r
+         LEFT JOIN usage_events pe ON pe.account_id = $1 AND pe.idempotency_key = $6
+         LEFT JOIN reservations res ON res.id = $3::uuid AND res.account_id = $1
          LEFT JOIN LATERAL (
                SELECT id, type, source, remaining_micro_credits, expires_at, added_at
                  FROM credit_batches
                 WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)) b ON TRUE`,
-      [this.accountId, this.now, exceptReservationId, subjects.agentId, subjects.userId],
+      [this.accountId, this.now, opts.reservationId ?? null, opts.agentId ?? null, opts.userId ?? null, opts.usageIdempotencyKey ?? null],
     );
+    const first = rows[0];
     const batches: LoadedBatch[] = rows
       .filter((r) => r.id !== null)
       .map((r) => ({
@@ -130,7 +154,21 @@ export class AccountTx {
         expiresAt: r.expires_at as Date | null,
         addedAt: r.added_at as Date,
       }));
-    return { batches, reservedMicroCredits: toBigInt(rows[0]?.held ?? 0), hasBudget: rows[0]?.has_budget === true };
+    return {
+      batches,
+      reservedMicroCredits: toBigInt(first?.held ?? 0),
+      hasBudget: first?.has_budget === true,
+      priorUsage: first?.prior_id ? { id: first.prior_id as string, requestHash: first.prior_hash as string } : null,
+      reservation:
+        first?.res_status != null
+          ? {
+              amountMicroCredits: toBigInt(first.res_amount),
+              consumedMicroCredits: toBigInt(first.res_consumed),
+              status: first.res_status as string,
+              expiresAt: first.res_expires_at as Date,
+            }
+          : null,
+    };
   }
 
   /**

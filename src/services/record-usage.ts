@@ -20,7 +20,6 @@ import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
 import type { ActivePriceBook, SettingsRecord } from './pricing-state.js';
-import { toBigInt } from '../db/pg.js';
 import { assertWithinBudgets } from './spending-budgets.js';
 
 /** The recorded (or replayed) event's id. */
@@ -78,35 +77,28 @@ export async function applyCharge(
   price: () => { priced: PricedUsage; version: number },
 ): Promise<ChargeResult> {
   const hash = commandHash(cmd);
-  const prior = await atx.tx.query('SELECT id, request_hash FROM usage_events WHERE account_id = $1 AND idempotency_key = $2', [
-    atx.accountId,
-    cmd.idempotencyKey,
-  ]);
-  if (prior.rows[0]) {
-    if (prior.rows[0].request_hash !== hash) {
+  const state = await atx.state({ reservationId: cmd.reservationId, agentId: cmd.agentId, userId: cmd.userId, usageIdempotencyKey: cmd.idempotencyKey });
+  if (state.priorUsage) {
+    if (state.priorUsage.requestHash !== hash) {
       throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event');
     }
-    return { eventId: prior.rows[0].id as string, replayed: true };
+    return { eventId: state.priorUsage.id, replayed: true };
   }
 
   let holdLeft = 0n;
   if (cmd.reservationId) {
-    const { rows } = await atx.tx.query(
-      `SELECT amount_micro_credits, consumed_micro_credits, status, expires_at FROM reservations WHERE id = $1 AND account_id = $2`,
-      [cmd.reservationId, atx.accountId],
-    );
-    const r = rows[0];
+    const r = state.reservation;
     if (!r) throw new LedgerError('NOT_FOUND', 'reservation not found');
-    if (r.status !== 'ACTIVE' || (r.expires_at as Date).getTime() <= atx.now.getTime()) {
+    if (r.status !== 'ACTIVE' || r.expiresAt.getTime() <= atx.now.getTime()) {
       throw new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${r.status === 'ACTIVE' ? 'EXPIRED' : r.status}`);
     }
-    holdLeft = maxBig(toBigInt(r.amount_micro_credits) - toBigInt(r.consumed_micro_credits), 0n);
+    holdLeft = maxBig(r.amountMicroCredits - r.consumedMicroCredits, 0n);
   }
 
   const { priced, version } = price();
   const cost = priced.costMicroCredits;
-  const { batches, reservedMicroCredits: reservedOthers, hasBudget } = await atx.spendable(cmd.reservationId, cmd);
-  if (hasBudget && !cmd.reservationId) await assertWithinBudgets(atx, cmd, cost);
+  const { batches, reservedMicroCredits: reservedOthers } = state;
+  if (state.hasBudget && !cmd.reservationId) await assertWithinBudgets(atx, cmd, cost);
   const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
 
   let toDraw: bigint;

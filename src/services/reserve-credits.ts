@@ -56,7 +56,7 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
       return { reservationId: prior.rows[0].id as string, replayed: true };
     }
     const subjects = { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
-    const { batches, reservedMicroCredits, hasBudget } = await atx.spendable(null, subjects);
+    const { batches, reservedMicroCredits, hasBudget } = await atx.state(subjects);
     if (hasBudget) await assertWithinBudgets(atx, subjects, cmd.amountMicroCredits);
     const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
     const available = spendable - atx.debt - reservedMicroCredits;
