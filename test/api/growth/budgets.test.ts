@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../../setup/test-server.js';
-import { dbId, expectConsistent, expectError, expectUnchanged, grant, ok, readAccount, uniq } from '../helpers.js';
+import { dbId, gid, expectConsistent, expectError, expectUnchanged, grant, ok, readAccount, uniq } from '../helpers.js';
 import { createAccount, growthCounts } from './growth-helpers.js';
 
 const SET_AGENT = `mutation($accountId: ID!, $agentId: String!, $limit: Credits) { setAgentBudget(accountId: $accountId, agentId: $agentId, limit: $limit) { agentId limit spent } }`;
@@ -200,6 +200,40 @@ describe('agent budgets', () => {
     ok(await srv.gql(`mutation($id: ID!) { refundUsage(usageEventId: $id, reason: "test") { id refunded } }`, { id: e.id }));
     expect(await agentSpent(acct, 'r')).toBe('0');
     ok(await srv.gql(RECORD, { input: use(acct, '4', { agentId: 'r' }) }));
+  });
+});
+
+describe('budget edge cases', () => {
+  it('replaying a charge recorded before the budget was spent returns the first event, not BUDGET_EXCEEDED', async () => {
+    const acct = await funded('10');
+    await setAgent(acct, 'x', '2');
+    const input = use(acct, '2', { agentId: 'x' });
+    const first = ok(await srv.gql(RECORD, { input })).recordUsage;
+    const again = await expectUnchanged(srv, [acct], async () => ok(await srv.gql(RECORD, { input })).recordUsage);
+    expect(again.id).toBe(first.id);
+    expect(await agentSpent(acct, 'x')).toBe('2');
+  });
+
+  it('recordUsageBatch (internal caller) refuses the items beyond the budget with errorCode BUDGET_EXCEEDED', async () => {
+    const acct = await funded('10');
+    await setAgent(acct, 'b', '3');
+    const inputs = Array.from({ length: 5 }, () => ({ accountId: acct, idempotencyKey: uniq('b'), category: 'unit', agentId: 'b' }));
+    const items = ok(await srv.gql(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { id cost } } }`, { inputs }))
+      .recordUsageBatch;
+    // Items of one account run in input order: the first 3 fit, the last 2 do not.
+    expect(items.map((i: any) => i.errorCode)).toEqual([null, null, null, 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED']);
+    expect(items.slice(3).every((i: any) => i.event === null && /budget/i.test(i.errorMessage))).toBe(true);
+    expect(await growthCounts(srv, acct)).toMatchObject({ events: 3 });
+    expect(await agentSpent(acct, 'b')).toBe('3');
+  });
+
+  it('a negative limit is BAD_USER_INPUT; an unknown account is NOT_FOUND', async () => {
+    const acct = await funded('1');
+    const res = await expectUnchanged(srv, [acct], () => srv.gql(SET_AGENT, { accountId: acct, agentId: 'x', limit: '-1' }));
+    expectError(res, 'BAD_USER_INPUT');
+    expect((await budgets(acct)).budgets).toEqual([]);
+    const missing = gid('Account', '00000000-0000-4000-8000-000000000000');
+    expectError(await srv.gql(SET_AGENT, { accountId: missing, agentId: 'x', limit: '1' }), 'NOT_FOUND');
   });
 });
 
