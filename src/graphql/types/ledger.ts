@@ -97,7 +97,7 @@ export const CreditGrantRef = builder.prismaNode('CreditGrant', {
     note: t.exposeString('note', { nullable: true, description: 'Why the grant looks the way it does (e.g. a referral whose referrer was not rewarded).' }),
     batch: t.field({
       type: CreditBatchRef,
-      select: (args, ctx, nestedSelection) => ({ batch: nestedSelection(true) }),
+      select: (_args, _ctx, nestedSelection) => ({ batch: nestedSelection(true) }),
       resolve: (g) => {
         if (!g.batch) throw new Error(`grant ${g.id} has no batch`);
         return g.batch;
