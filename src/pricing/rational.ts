@@ -178,14 +178,20 @@ export function terminatingScale(a: Rational): number | null {
 /** Decimal places shown for a value whose expansion does not terminate. */
 export const NON_TERMINATING_DECIMALS = 12;
 
+/** Most decimal places ever shown: the Decimal scalar accepts at most 18 on input. */
+export const MAX_SHOWN_DECIMALS = 18;
+
 /**
  * Canonical decimal text of a value (no exponent, no trailing zeros): exact when the
- * expansion terminates; otherwise rounded half-up to `nonTerminatingDecimals` places
- * (default 12; e.g. 1/3 -> "0.333333333333").
+ * expansion terminates within MAX_SHOWN_DECIMALS (18) places; a longer terminating expansion
+ * (e.g. a credit value of 0.016384 = 2^14/10^6 makes binary fractions) is rounded half-up to 18
+ * places; a non-terminating one to `nonTerminatingDecimals` places (default 12; 1/3 ->
+ * "0.333333333333"). So every string it returns is valid Decimal input again.
  */
 export function toDecimalString(a: Rational, nonTerminatingDecimals = NON_TERMINATING_DECIMALS): string {
   const scale = terminatingScale(a);
-  if (scale !== null) return formatScaled((a.num * 10n ** BigInt(scale)) / a.den, scale);
+  if (scale !== null && scale <= MAX_SHOWN_DECIMALS) return formatScaled((a.num * 10n ** BigInt(scale)) / a.den, scale);
+  if (scale !== null) return formatScaled(roundHalfUpScaled(a, MAX_SHOWN_DECIMALS), MAX_SHOWN_DECIMALS);
   return formatScaled(roundHalfUpScaled(a, nonTerminatingDecimals), nonTerminatingDecimals);
 }
 

@@ -67,6 +67,8 @@ function commandHash(cmd: UsageCommand): string {
 /**
  * Charges one usage command inside a locked account transaction. `price` is called only when
  * the idempotency key is new (a retry returns the first event even if prices changed since).
+ * Every refusal is thrown BEFORE the first write, so a caller may catch a LedgerError and keep
+ * using the same transaction (recordUsageBatch relies on this).
  * @throws LedgerError IDEMPOTENCY_CONFLICT, NOT_FOUND (reservation), RESERVATION_NOT_ACTIVE,
  *   BUDGET_EXCEEDED (agent/user budget, charges without a reservation), INSUFFICIENT_CREDITS,
  *   BAD_USER_INPUT (from pricing).
@@ -222,9 +224,16 @@ export async function recordUsage(ctx: ServiceContext, input: UsageInput): Promi
 export type BatchItemResult = { ok: true; result: ChargeResult } | { ok: false; error: unknown };
 
 /**
- * Records many usage events; each succeeds or fails on its own (its own transaction).
- * Items of one account run in input order; different accounts run concurrently (at most
- * `concurrency` at once). Results are returned in input order.
+ * Records many usage events; each succeeds or fails on its own.
+ *
+ * Items are grouped by account. Each group is ONE transaction (lock once, charge each item in
+ * input order, write the ledger entries and the balance once, commit once), which is what makes
+ * bulk ingestion cheaper than one transaction per event. This is safe because applyCharge
+ * refuses (throws a LedgerError) only before it writes anything, so a refused item leaves no
+ * trace in the group's transaction. If the group's transaction itself fails (an unexpected
+ * database error), its items are retried one transaction each, so only the faulty item fails.
+ * Different accounts run concurrently (at most `concurrency` groups at once). Results are in
+ * input order.
  * @throws LedgerError BAD_USER_INPUT when there are more than `maxItems` inputs.
  */
 export async function recordUsageBatch(
@@ -234,20 +243,56 @@ export async function recordUsageBatch(
 ): Promise<BatchItemResult[]> {
   if (inputs.length > opts.maxItems) throw badInput('inputs', `at most ${opts.maxItems} items per batch`);
   const results: BatchItemResult[] = new Array(inputs.length);
-  const groups = new Map<string, number[]>();
-  inputs.forEach((input, i) => {
-    const list = groups.get(input.accountId) ?? [];
-    list.push(i);
-    groups.set(input.accountId, list);
+  const [book, settings] = await Promise.all([ctx.pricing.priceBook(), ctx.pricing.settings()]);
+  const groups = new Map<string, { index: number; cmd: UsageCommand }[]>();
+  inputs.forEach((input, index) => {
+    try {
+      const cmd = validateUsageInput(input);
+      const list = groups.get(cmd.accountId) ?? [];
+      list.push({ index, cmd });
+      groups.set(cmd.accountId, list);
+    } catch (error) {
+      results[index] = { ok: false, error };
+    }
   });
-  const queue = [...groups.values()];
-  const workers = Array.from({ length: Math.min(opts.concurrency ?? 4, queue.length) }, async () => {
-    for (let group = queue.shift(); group; group = queue.shift()) {
-      for (const i of group) {
+  const pricer = (cmd: UsageCommand) => () => ({ priced: priceCommand(cmd, book, settings), version: book?.version ?? 0 });
+
+  const chargeGroup = async (accountId: string, items: { index: number; cmd: UsageCommand }[]) => {
+    const local = new Map<number, BatchItemResult>();
+    await withTransaction(ctx.pool, async (tx) => {
+      local.clear(); // a retried transaction starts over
+      const atx = await AccountTx.lock(tx, accountId, ctx.clock());
+      for (const { index, cmd } of items) {
         try {
-          results[i] = { ok: true, result: await recordUsage(ctx, inputs[i]!) };
+          local.set(index, { ok: true, result: await applyCharge(atx, cmd, pricer(cmd)) });
         } catch (error) {
-          results[i] = { ok: false, error };
+          if (!(error instanceof LedgerError)) throw error;
+          local.set(index, { ok: false, error });
+        }
+      }
+      await atx.finish();
+    });
+    for (const [index, r] of local) results[index] = r;
+  };
+
+  const queue = [...groups.entries()];
+  const workers = Array.from({ length: Math.min(opts.concurrency ?? 4, queue.length) }, async () => {
+    for (let next = queue.shift(); next; next = queue.shift()) {
+      const [accountId, items] = next;
+      try {
+        await chargeGroup(accountId, items);
+      } catch (error) {
+        if (error instanceof LedgerError) {
+          for (const { index } of items) results[index] = { ok: false, error }; // e.g. NOT_FOUND account
+          continue;
+        }
+        // Unexpected: isolate the faulty item(s) with one transaction per item.
+        for (const { index } of items) {
+          try {
+            results[index] = { ok: true, result: await recordUsage(ctx, inputs[index]!) };
+          } catch (itemError) {
+            results[index] = { ok: false, error: itemError };
+          }
         }
       }
     }

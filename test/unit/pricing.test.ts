@@ -52,7 +52,8 @@ describe('rational', () => {
     expect(toDecimalString(rational(1n, 3n))).toBe('0.333333333333');
     expect(toDecimalString(rational(2n, 3n))).toBe('0.666666666667');
     expect(toDecimalString(rational(1n, 8n))).toBe('0.125');
-    expect(toDecimalString(rational(1n, 2n ** 20n))).toBe('0.00000095367431640625');
+    expect(toDecimalString(rational(1n, 2n ** 20n))).toBe('0.000000953674316406'); // 2^-20 has 20 places: shown to 18 (Decimal input limit)
+    expect(toDecimalString(rational(1n, 2n ** 10n))).toBe('0.0009765625');
     expect(roundHalfUpScaled(rational(5n, 10n), 0)).toBe(1n);
     expect(roundHalfUpScaled(rational(49n, 100n), 0)).toBe(0n);
     expect(roundHalfUpScaled(rational(-5n, 10n), 0)).toBe(-1n);
@@ -493,6 +494,15 @@ describe('rounding and exactness', () => {
     const llm = priceUsage(b, { category: 'llm', model: 'gpt-4o', quantities: { outputTokens: 3000 } }, { creditUsdValue: '0.03' });
     expect(llm.exactCost).toBe('1');
     expect(llm.costMicroCredits).toBe(1_000_000n);
+  });
+
+  it('shows a long terminating expansion rounded to 18 places, so it parses as Decimal input again', () => {
+    // 0.016384 USD per credit = 2^14 / 10^6: cache writes of gpt-4o-mini then cost a binary fraction with 19 places.
+    const b = book([{ category: 'llm', kind: 'PER_TOKEN', markupPercent: '12.5' }]);
+    const r = priceUsage(b, { category: 'llm', model: 'gpt-4o-mini', quantities: { cacheWriteTokens: 69831 } }, { creditUsdValue: '0.016384' });
+    expect(r.exactCost).toBe('0.719237136840820313');
+    expect(r.costMicroCredits).toBe(719238n);
+    expect(parseRational(r.exactCost, 'x')).toBeDefined();
   });
 
   it('PER_TOKEN cost equals an independent exact computation, rounded up (property)', () => {
