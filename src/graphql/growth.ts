@@ -6,10 +6,10 @@ import { builder } from './builder.js';
 import { decodeId, toGlobalId } from './ids.js';
 import { AccountRef } from './types/account.js';
 import { CreditGrantRef } from './types/ledger.js';
-import { assertCanReadAccount } from './access.js';
+import type { GraphQLContext } from './context.js';
 import { createPromoCode, findPromoCode, redeemPromoCode, type PromoCodeView } from '../services/promo-codes.js';
 import { redeemReferral } from '../services/redeem-referral.js';
-import { listBudgets, setSpendingBudget, type BudgetView } from '../services/spending-budgets.js';
+import { listBudgets, setSpendingBudget, type BudgetSubjectKind, type BudgetView } from '../services/spending-budgets.js';
 
 /** GraphQL type `PromoCode` (contract), from a stored promo code (amounts in micro-credits). */
 export const PromoCodeRef = builder.objectRef<PromoCodeView>('PromoCode').implement({
@@ -59,6 +59,12 @@ export const CreatePromoCodeInputRef = builder.inputType('CreatePromoCodeInput',
     validUntil: t.field({ type: 'DateTime' }),
   }),
 });
+
+/** Shared resolver of setAgentBudget / setUserBudget (service keys only, via authScopes). */
+function setBudget(ctx: GraphQLContext, kind: BudgetSubjectKind, accountGlobalId: string, subjectId: string, limit: bigint | null | undefined) {
+  const accountId = decodeId(accountGlobalId, 'Account', 'account');
+  return setSpendingBudget(ctx.services, { accountId, subjectKind: kind, subjectId, limitMicroCredits: limit ?? null });
+}
 
 builder.objectFields(AccountRef, (t) => ({
   budgets: t.field({
@@ -133,11 +139,7 @@ builder.mutationFields((t) => ({
     description: "Sets an agent's per-billing-period credit limit inside the pool; a null limit removes it (returns null).",
     authScopes: { creditsWrite: true },
     args: { accountId: t.arg.id({ required: true }), agentId: t.arg.string({ required: true }), limit: t.arg({ type: 'Credits', required: false }) },
-    resolve: async (_root, args, ctx) => {
-      const accountId = decodeId(String(args.accountId), 'Account', 'account');
-      await assertCanReadAccount(ctx, accountId);
-      return setSpendingBudget(ctx.services, { accountId, subjectKind: 'AGENT', subjectId: args.agentId, limitMicroCredits: args.limit ?? null });
-    },
+    resolve: (_root, args, ctx) => setBudget(ctx, 'AGENT', String(args.accountId), args.agentId, args.limit),
   }),
   setUserBudget: t.field({
     type: UserBudgetRef,
@@ -145,10 +147,6 @@ builder.mutationFields((t) => ({
     description: "Sets an end user's per-billing-period credit limit inside an organization pool (usage with that userId); null removes it.",
     authScopes: { creditsWrite: true },
     args: { accountId: t.arg.id({ required: true }), userId: t.arg.string({ required: true }), limit: t.arg({ type: 'Credits', required: false }) },
-    resolve: async (_root, args, ctx) => {
-      const accountId = decodeId(String(args.accountId), 'Account', 'account');
-      await assertCanReadAccount(ctx, accountId);
-      return setSpendingBudget(ctx.services, { accountId, subjectKind: 'USER', subjectId: args.userId, limitMicroCredits: args.limit ?? null });
-    },
+    resolve: (_root, args, ctx) => setBudget(ctx, 'USER', String(args.accountId), args.userId, args.limit),
   }),
 }));

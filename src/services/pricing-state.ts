@@ -72,32 +72,38 @@ export async function readActivePriceBook(db: pg.Pool | pg.PoolClient): Promise<
   return { version: r.version as number, publishedAt: r.published_at as Date, book: validatePriceBook(stored), stored };
 }
 
+/** A value loaded at most once per `ttlMs`; a failed load is forgotten so the next call retries. */
+function ttlCache<T>(load: () => Promise<T>, ttlMs: number): { get(): Promise<T>; clear(): void } {
+  let entry: { at: number; value: Promise<T> } | null = null;
+  return {
+    get() {
+      const now = Date.now();
+      if (!entry || now - entry.at > ttlMs) {
+        const value = load();
+        const mine = { at: now, value };
+        value.catch(() => {
+          if (entry === mine) entry = null;
+        });
+        entry = mine;
+      }
+      return entry.value;
+    },
+    clear() {
+      entry = null;
+    },
+  };
+}
+
 /** Creates a cache over `pool` with the given time-to-live. */
 export function createPricingState(pool: pg.Pool, ttlMs = 1000): PricingState {
-  let book: { at: number; value: Promise<ActivePriceBook | null> } | null = null;
-  let settings: { at: number; value: Promise<SettingsRecord> } | null = null;
+  const book = ttlCache(() => readActivePriceBook(pool), ttlMs);
+  const settings = ttlCache(() => readSettings(pool), ttlMs);
   return {
-    priceBook() {
-      const now = Date.now();
-      if (!book || now - book.at > ttlMs) {
-        const value = readActivePriceBook(pool);
-        value.catch(() => (book = null));
-        book = { at: now, value };
-      }
-      return book.value;
-    },
-    settings() {
-      const now = Date.now();
-      if (!settings || now - settings.at > ttlMs) {
-        const value = readSettings(pool);
-        value.catch(() => (settings = null));
-        settings = { at: now, value };
-      }
-      return settings.value;
-    },
+    priceBook: () => book.get(),
+    settings: () => settings.get(),
     invalidate() {
-      book = null;
-      settings = null;
+      book.clear();
+      settings.clear();
     },
   };
 }

@@ -20,26 +20,20 @@ export async function createFundedAccount(
     testMode: false,
     testClockStart: null,
   });
-  if (opts.free) {
+  const grants = [
+    { whole: opts.free, type: 'FREE' as const, source: 'PROMO_CODE' as const, expiresAt: opts.freeExpiresAt ?? null },
+    { whole: opts.paid, type: 'PAID' as const, source: 'PURCHASE' as const, expiresAt: null },
+  ];
+  for (const g of grants) {
+    if (!g.whole) continue;
     await grantCredits(services, {
       accountId,
-      amountMicroCredits: credits(opts.free),
-      type: 'FREE',
-      source: 'PROMO_CODE',
-      expiresAt: opts.freeExpiresAt ?? null,
+      amountMicroCredits: credits(g.whole),
+      type: g.type,
+      source: g.source,
+      expiresAt: g.expiresAt,
       reference: null,
-      idempotencyKey: 'factory-free',
-    });
-  }
-  if (opts.paid) {
-    await grantCredits(services, {
-      accountId,
-      amountMicroCredits: credits(opts.paid),
-      type: 'PAID',
-      source: 'PURCHASE',
-      expiresAt: null,
-      reference: null,
-      idempotencyKey: 'factory-paid',
+      idempotencyKey: `factory-${g.type.toLowerCase()}`,
     });
   }
   return accountId;
