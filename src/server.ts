@@ -3,15 +3,27 @@
  * GraphiQL is served at GET /graphql (off in production). Limits (depth, aliases, tokens, cost)
  * come from graphql-armor; introspection and field suggestions are off in production; every
  * unexpected error is masked to the client and logged with the request id.
+ *
+ * Live updates (issue #3): subscriptions over WebSocket (graphql-ws, protocol
+ * `graphql-transport-ws`, on the /graphql path) and over SSE (yoga's built-in GraphQL over SSE,
+ * distinct connections mode). WebSocket operations run through `yoga.getEnveloped`, so auth,
+ * limits and masking apply exactly as over HTTP. The server also runs this instance's LiveHub
+ * (one Redis subscriber connection) and, unless OUTBOX_RELAY=false, the outbox relay.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createYoga, type Plugin } from 'graphql-yoga';
 import { GraphQLError, NoSchemaIntrospectionCustomRule } from 'graphql';
 import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
 import type pg from 'pg';
-import type { Redis } from 'ioredis';
+import { Redis } from 'ioredis';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { useServer } from 'graphql-ws/use/ws';
+import type { ExecutionArgs } from 'graphql';
+import type { Principal } from './auth/principal.js';
+import { LiveHub } from './live/hub.js';
+import { startOutboxRelay, type OutboxRelay } from './outbox/relay.js';
 import type { Logger } from 'pino';
 import { schema } from './graphql/schema.js';
 import type { GraphQLContext } from './graphql/context.js';
@@ -38,8 +50,38 @@ export interface CreditpoolServer {
   http: Server;
   /** Starts listening; resolves with the bound port. */
   listen(port: number, host?: string): Promise<number>;
-  /** Stops accepting connections and closes open ones. */
+  /** This instance's live fan-out. */
+  live: LiveHub;
+  /** This instance's outbox relay (null when OUTBOX_RELAY=false). */
+  relay: OutboxRelay | null;
+  /** Open WebSocket connections. */
+  webSocketCount(): number;
+  /**
+   * Stops accepting connections, closes WebSockets with 1001 "server shutting down", ends SSE
+   * streams and HTTP connections, stops the relay and the hub.
+   */
   close(): Promise<void>;
+}
+
+/** WebSocket close codes used when a connection is refused or ended (graphql-ws conventions). */
+export const WS_CLOSE = {
+  /** No credential in connectionParams.authorization. */
+  unauthorized: 4401,
+  /** The credential is invalid, or it expired while connected. */
+  forbidden: 4403,
+  /** The credential already holds LIVE_MAX_CONNECTIONS_PER_TOKEN connections on this instance. */
+  tooManyConnections: 4429,
+  /** Graceful shutdown. */
+  goingAway: 1001,
+} as const;
+
+/** What this server keeps on each WebSocket connection. */
+interface WsState {
+  principal?: Principal | null;
+  tokenKey?: string;
+  connectionId: string;
+  operations: Set<string>;
+  expiryTimer?: NodeJS.Timeout;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
@@ -75,24 +117,35 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
   const { env, log } = deps;
   const production = env.NODE_ENV === 'production';
 
+  const live = new LiveHub(env.REDIS_URL, env.LIVE_CHANNEL_PREFIX, log);
+  const publisher = env.OUTBOX_RELAY
+    ? new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-outbox-relay' })
+    : null;
+  publisher?.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: redis error'));
+  const relay = publisher
+    ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS })
+    : null;
+
   const yoga = createYoga<{ req: IncomingMessage; res: ServerResponse }, GraphQLContext>({
     schema,
     graphqlEndpoint: '/graphql',
     graphiql: !production,
     landingPage: false,
     logging: false,
-    context: async ({ request }): Promise<GraphQLContext> => {
-      const requestId = requestScope.getStore()?.requestId ?? randomUUID();
-      let principal;
+    context: async (initial): Promise<GraphQLContext> => {
+      const ws = (initial as { ws?: { principal: Principal | null; requestId: string } }).ws;
+      const request = (initial as { request: Request }).request;
+      const requestId = ws?.requestId ?? requestScope.getStore()?.requestId ?? randomUUID();
+      let principal: Principal | null;
       try {
-        principal = await deps.authenticator.authenticate(request.headers.get('authorization'));
+        principal = ws ? ws.principal : await deps.authenticator.authenticate(request.headers.get('authorization'));
       } catch (err) {
         if (err instanceof LedgerError) {
           throw new GraphQLError(err.message, { extensions: { code: err.code, http: { status: err.code === 'UNAUTHENTICATED' ? 401 : 503 } } });
         }
         throw err;
       }
-      const flagged = request.headers.get('x-creditpool-audience')?.toLowerCase() === 'public';
+      const flagged = !ws && request.headers.get('x-creditpool-audience')?.toLowerCase() === 'public';
       const publicAudience = flagged || (principal?.kind === 'service' && principal.publicAudience === true);
       const scope = requestScope.getStore();
       if (scope) scope.publicAudience = publicAudience;
@@ -104,6 +157,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         prisma: deps.prisma,
         env,
         log: log.child({ requestId }),
+        live,
         readableAccounts: new Map(),
       };
     },
@@ -128,6 +182,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       }),
       ...(production ? [disableIntrospection()] : []),
       validationErrorsAreBadInput(),
+      refuseAnonymousStreams(),
     ],
   });
 
@@ -159,8 +214,115 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
   });
   http.keepAliveTimeout = 65_000;
 
+  // --- WebSocket (graphql-ws) on the same path ---------------------------------------------
+  const wss = new WebSocketServer({ noServer: true, maxPayload: env.LIVE_MAX_MESSAGE_BYTES });
+  http.on('upgrade', (req, socket, head) => {
+    if ((req.url ?? '/').split('?')[0] !== '/graphql') {
+      socket.destroy();
+      return;
+    }
+    wss.handleUpgrade(req, socket, head, (client) => wss.emit('connection', client, req));
+  });
+  const connectionsPerToken = new Map<string, number>();
+  const stateOf = (extra: { socket: WebSocket }): WsState => {
+    const holder = extra as unknown as { state?: WsState };
+    return (holder.state ??= { connectionId: randomUUID(), operations: new Set() });
+  };
+  useServer(
+    {
+      connectionInitWaitTimeout: 10_000,
+      onConnect: async (ctx) => {
+        const state = stateOf(ctx.extra);
+        const socket = ctx.extra.socket;
+        const authorization = ctx.connectionParams?.authorization;
+        if (typeof authorization !== 'string' || authorization.trim() === '') {
+          socket.close(WS_CLOSE.unauthorized, 'Unauthorized: send connectionParams.authorization');
+          return false;
+        }
+        let principal: Principal | null;
+        try {
+          principal = await deps.authenticator.authenticate(authorization);
+        } catch (err) {
+          log.info({ connectionId: state.connectionId, reason: (err as Error).message }, 'websocket refused: invalid credential');
+          socket.close(WS_CLOSE.forbidden, 'Forbidden: invalid or expired credential');
+          return false;
+        }
+        if (!principal) {
+          socket.close(WS_CLOSE.unauthorized, 'Unauthorized: send connectionParams.authorization');
+          return false;
+        }
+        const tokenKey = createHash('sha256').update(authorization).digest('base64url');
+        const open = connectionsPerToken.get(tokenKey) ?? 0;
+        if (open >= env.LIVE_MAX_CONNECTIONS_PER_TOKEN) {
+          socket.close(WS_CLOSE.tooManyConnections, 'Too many connections for this credential');
+          return false;
+        }
+        connectionsPerToken.set(tokenKey, open + 1);
+        state.tokenKey = tokenKey;
+        state.principal = principal;
+        if (principal.kind === 'user' && principal.expiresAt) {
+          state.expiryTimer = setTimeout(
+            () => socket.close(WS_CLOSE.forbidden, 'Forbidden: token expired'),
+            Math.max(0, principal.expiresAt.getTime() - Date.now()),
+          );
+        }
+        return true;
+      },
+      onClose: (ctx) => {
+        const state = stateOf(ctx.extra);
+        if (state.expiryTimer) clearTimeout(state.expiryTimer);
+        if (state.tokenKey) {
+          const left = (connectionsPerToken.get(state.tokenKey) ?? 1) - 1;
+          if (left > 0) connectionsPerToken.set(state.tokenKey, left);
+          else connectionsPerToken.delete(state.tokenKey);
+          state.tokenKey = undefined;
+        }
+      },
+      onSubscribe: async (ctx, id, payload) => {
+        const state = stateOf(ctx.extra);
+        if (state.operations.size >= env.LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION) {
+          return [new GraphQLError(`At most ${env.LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION} operations per connection.`, { extensions: { code: 'RATE_LIMITED' } })];
+        }
+        const requestId = `${state.connectionId}:${id}`;
+        const { schema: enveloped, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
+          ws: { principal: state.principal ?? null, requestId },
+        } as never);
+        let document;
+        try {
+          document = parse(payload.query);
+        } catch (err) {
+          const e = err as GraphQLError;
+          return [new GraphQLError(e.message, { extensions: { code: 'BAD_USER_INPUT' } })];
+        }
+        const errors = validate(enveloped, document);
+        if (errors.length > 0) return errors;
+        state.operations.add(id);
+        const args: ExecutionArgs = {
+          schema: enveloped,
+          document,
+          operationName: payload.operationName ?? null,
+          variableValues: payload.variables ?? null,
+          contextValue: await contextFactory(),
+          rootValue: { execute, subscribe },
+        };
+        return args;
+      },
+      onComplete: (ctx, id) => {
+        stateOf(ctx.extra).operations.delete(id);
+      },
+      execute: (args) => (args.rootValue as { execute: (a: ExecutionArgs) => never }).execute(args),
+      subscribe: (args) => (args.rootValue as { subscribe: (a: ExecutionArgs) => never }).subscribe(args),
+    },
+    wss,
+    12_000,
+  );
+
+  let closing: Promise<void> | null = null;
   return {
     http,
+    live,
+    relay,
+    webSocketCount: () => wss.clients.size,
     listen: (port, host = env.HOST) =>
       new Promise((resolve, reject) => {
         http.once('error', reject);
@@ -170,9 +332,33 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         });
       }),
     close: () =>
-      new Promise((resolve) => {
-        http.close(() => resolve());
-        http.closeAllConnections();
-      }),
+      (closing ??= (async () => {
+        const httpClosed = new Promise<void>((resolve) => http.close(() => resolve()));
+        for (const client of wss.clients) client.close(WS_CLOSE.goingAway, 'server shutting down');
+        await new Promise<void>((resolve) => wss.close(() => resolve()));
+        http.closeAllConnections(); // ends SSE streams and idle keep-alive connections
+        await httpClosed;
+        await relay?.close();
+        await Promise.allSettled([live.close(), publisher?.quit()]);
+      })()),
+  };
+}
+
+/**
+ * A subscription over SSE (Accept: text/event-stream) without a valid credential is refused
+ * with HTTP 401 before any stream is opened (the WebSocket path refuses with close code 4401).
+ */
+function refuseAnonymousStreams(): Plugin {
+  return {
+    onRequest({ request, endResponse, fetchAPI }) {
+      if (!(request.headers.get('accept') ?? '').includes('text/event-stream')) return;
+      if ((request.headers.get('authorization') ?? '').trim() !== '') return;
+      endResponse(
+        new fetchAPI.Response(JSON.stringify({ errors: [{ message: 'Send Authorization: Bearer <API key or user token>.', extensions: { code: 'UNAUTHENTICATED' } }] }), {
+          status: 401,
+          headers: { 'content-type': 'application/json' },
+        }),
+      );
+    },
   };
 }

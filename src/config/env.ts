@@ -38,6 +38,20 @@ const EnvSchema = z.object({
   GRAPHQL_MAX_COST: z.coerce.number().int().min(100).default(20000),
   /** Most items accepted by recordUsageBatch. */
   MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(10000).default(1000),
+  /** Prefix of the Redis pub/sub channels of live updates (one channel per account). */
+  LIVE_CHANNEL_PREFIX: z.string().min(1).default('creditpool:live:'),
+  /** Run the outbox relay in this process (publishes committed outbox rows to Redis). */
+  OUTBOX_RELAY: booleanish.default(true),
+  /** Safety-net poll of the outbox relay, in milliseconds (commits in this process publish at once). */
+  OUTBOX_POLL_INTERVAL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
+  /** Live subscriptions one WebSocket connection may hold at once. */
+  LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION: z.coerce.number().int().min(1).default(20),
+  /** WebSocket connections one credential may hold open on one instance. */
+  LIVE_MAX_CONNECTIONS_PER_TOKEN: z.coerce.number().int().min(1).default(100),
+  /** Largest WebSocket message accepted from a client, in bytes. */
+  LIVE_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1024).default(65_536),
+  /** Undelivered updates queued per subscription before they are replaced by one fresh snapshot. */
+  LIVE_MAX_QUEUED_UPDATES: z.coerce.number().int().min(1).default(1_000),
 });
 
 /** Validated process configuration. */

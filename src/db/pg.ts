@@ -5,6 +5,7 @@
  * (see docs/architecture notes: ~4x throughput).
  */
 import pg from 'pg';
+import { outboxCommitted, takeOutboxWritten } from '../outbox/signal.js';
 
 /** A client inside an open transaction. */
 export type Tx = pg.PoolClient;
@@ -23,6 +24,8 @@ const RETRYABLE = new Set(['40001', '40P01']); // serialization_failure, deadloc
  * Runs `fn` inside one READ COMMITTED transaction: COMMIT when it resolves, ROLLBACK when it
  * throws (the error is rethrown unchanged). Retries the whole function up to 3 times on a
  * serialization failure or deadlock, which PostgreSQL reports before anything was committed.
+ * After a COMMIT of a transaction that wrote outbox rows it signals the outbox relay
+ * (src/outbox/signal.ts).
  * @throws whatever `fn` throws, or the database error.
  */
 export async function withTransaction<T>(pool: pg.Pool, fn: (tx: Tx) => Promise<T>): Promise<T> {
@@ -33,8 +36,10 @@ export async function withTransaction<T>(pool: pg.Pool, fn: (tx: Tx) => Promise<
       await client.query('BEGIN');
       const result = await fn(client);
       await client.query('COMMIT');
+      if (takeOutboxWritten(client)) outboxCommitted();
       return result;
     } catch (err) {
+      takeOutboxWritten(client);
       try {
         await client.query('ROLLBACK');
       } catch {

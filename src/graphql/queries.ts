@@ -3,6 +3,7 @@
  * that the caller may read it; ids of other tenants answer like missing ones.
  */
 import { builder } from './builder.js';
+import { CreditAlertRef } from './types/alerts.js';
 import { LedgerError } from '../ledger/errors.js';
 import { assertCanReadAccount, canReadAccount } from './access.js';
 import { decodeId, tryDecodeId } from './ids.js';
@@ -78,6 +79,10 @@ async function loadNode(ctx: GraphQLContext, globalId: string): Promise<unknown>
     case 'Reservation': {
       const r = await readable(await p.reservation.findUnique({ where: { id: d.id } }));
       return r && ReservationRef.addBrand(r);
+    }
+    case 'CreditAlert': {
+      const r = await readable(await p.creditAlert.findUnique({ where: { id: d.id } }));
+      return r && CreditAlertRef.addBrand(r);
     }
     default:
       return null;

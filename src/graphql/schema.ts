@@ -12,6 +12,8 @@ import './inputs.js';
 import './queries.js';
 import './mutations.js';
 import './growth.js';
+import './types/alerts.js';
+import './subscriptions.js';
 
 /** The executable schema. */
 export const schema = builder.toSchema({ sortSchema: false });

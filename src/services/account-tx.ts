@@ -7,14 +7,19 @@
  *    stable and an idempotency lookup followed by an insert cannot race.
  * 2. Operations change batches/reservations with plain SQL and record ledger entries in
  *    memory (`addEntry`), tracking the running total and debt.
- * 3. `finish` writes the ledger entries (with balanceAfter) and the new balance (total, debt,
- *    version + 1) in one statement each. A deferred constraint trigger re-checks at COMMIT that
- *    total = sum(remaining of ACTIVE batches) - debt.
+ * 3. `finish` writes the ledger entries (with balanceAfter), the new balance (total, debt,
+ *    version + 1) and the outbox rows (the balance snapshot at the new version, plus any queued
+ *    with `publish`) in ONE statement. A deferred constraint trigger re-checks at COMMIT that
+ *    total = sum(remaining of ACTIVE batches) - debt. The relay (src/outbox/relay.ts) publishes
+ *    the outbox rows after commit.
  */
 import type { Tx } from '../db/pg.js';
 import { toBigInt } from '../db/pg.js';
 import { LedgerError, assert } from '../ledger/errors.js';
 import type { DrawableBatch, CreditType } from '../ledger/drawdown.js';
+import { monthlyPeriodAt } from '../ledger/billing-period.js';
+import { markOutboxWritten } from '../outbox/signal.js';
+import { snapshotJsonSql } from './balance-figures.js';
 
 /** Ledger entry types (contract enum LedgerEntryType). */
 export type LedgerEntryType = 'GRANT' | 'CONSUME' | 'EXPIRE' | 'RESERVE' | 'RELEASE' | 'REFUND' | 'VOID' | 'ADJUST' | 'DEBT_REPAY';
@@ -46,6 +51,9 @@ export interface AccountState {
   reservation: { amountMicroCredits: bigint; consumedMicroCredits: bigint; status: string; expiresAt: Date } | null;
 }
 
+/** Outbox topics besides the balance snapshot that finish() always writes (src/outbox/topics.ts). */
+export type OutboxTopic = 'usage' | 'alert';
+
 /** Tables whose rows belong to one account. */
 export type OwnedTable = 'credit_grants' | 'usage_events' | 'reservations';
 
@@ -68,6 +76,7 @@ export class AccountTx {
   debt: bigint;
   readonly versionBefore: bigint;
   private readonly entries: PendingEntry[] = [];
+  private readonly outbox: { topic: OutboxTopic; payload: unknown }[] = [];
   private changed = false;
 
   private constructor(tx: Tx, row: Record<string, unknown>, wallNow: Date) {
@@ -196,20 +205,45 @@ export class AccountTx {
     });
   }
 
+  /**
+   * Queues an outbox row (JSON payload, amounts as strings) to be written by `finish` in the
+   * same statement as the balance, i.e. committed together with the change it reports.
+   */
+  publish(topic: OutboxTopic, payload: unknown): void {
+    this.outbox.push({ topic, payload });
+  }
+
   /** Marks the balance as changed without a ledger entry (e.g. a hold's expiry time moved). */
   touch(): void {
     this.changed = true;
   }
 
   /**
-   * Writes pending ledger entries and the new balance (version + 1) when anything changed.
+   * Writes pending ledger entries, the new balance (version + 1) and the outbox rows (a `balance`
+   * snapshot at the new version computed by `balance_figures`, then the rows queued with
+   * `publish`) in one statement, when anything changed.
    * @returns the balance version after this transaction.
    */
   async finish(): Promise<bigint> {
-    if (!this.changed) return this.versionBefore;
+    if (!this.changed) {
+      if (this.outbox.length > 0) await this.writeOutboxOnly();
+      return this.versionBefore;
+    }
     assert(this.debt >= 0n, 'debt must never be negative');
     const e = this.entries;
-    // One round trip: the entries (in order) and the balance row together.
+    const period = monthlyPeriodAt(this.createdAt, this.now);
+    // One round trip: the entries (in order), the balance row and the outbox rows together. The
+    // figures see this transaction's earlier statements (batches, holds, grants); this
+    // statement's own ledger entries are after periodStart, so they do not change them.
+    const snapshot = snapshotJsonSql({
+      account: '$1',
+      version: 'upd.version',
+      updatedAt: 'upd.updated_at',
+      asOf: '$2::timestamptz',
+      periodStart: '$12::timestamptz',
+      periodEnd: '$13::timestamptz',
+      debt: '$11::bigint',
+    });
     const { rows } = await this.tx.query(
       `WITH entries AS (
          INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits,
@@ -218,9 +252,16 @@ export class AccountTx {
            FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[])
                 WITH ORDINALITY AS t(type, amount, after, batch, event, res, note, ord)
           ORDER BY t.ord
+       ), upd AS (
+         UPDATE balances SET total_micro_credits = $10, debt_micro_credits = $11, version = version + 1, updated_at = $2
+          WHERE account_id = $1 RETURNING version, updated_at
+       ), ob AS (
+         INSERT INTO outbox_events (account_id, topic, payload)
+         SELECT $1, 'balance', ${snapshot} FROM upd, balance_figures($1, $2, $12) f
+         UNION ALL
+         SELECT $1, o.topic, o.payload FROM unnest($14::text[], $15::jsonb[]) AS o(topic, payload)
        )
-       UPDATE balances SET total_micro_credits = $10, debt_micro_credits = $11, version = version + 1, updated_at = $2
-        WHERE account_id = $1 RETURNING version`,
+       SELECT version FROM upd`,
       [
         this.accountId,
         this.now,
@@ -233,10 +274,25 @@ export class AccountTx {
         e.map((x) => x.note),
         this.total.toString(),
         this.debt.toString(),
+        period.start,
+        period.end,
+        this.outbox.map((o) => o.topic),
+        this.outbox.map((o) => JSON.stringify(o.payload)),
       ],
     );
     this.entries.length = 0;
+    this.outbox.length = 0;
     this.changed = false;
+    markOutboxWritten(this.tx);
     return toBigInt(rows[0]?.version);
+  }
+
+  private async writeOutboxOnly(): Promise<void> {
+    await this.tx.query(
+      `INSERT INTO outbox_events (account_id, topic, payload) SELECT $1, o.topic, o.payload FROM unnest($2::text[], $3::jsonb[]) AS o(topic, payload)`,
+      [this.accountId, this.outbox.map((o) => o.topic), this.outbox.map((o) => JSON.stringify(o.payload))],
+    );
+    this.outbox.length = 0;
+    markOutboxWritten(this.tx);
   }
 }

@@ -6,8 +6,8 @@
 import type pg from 'pg';
 import { toBigInt } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
-import { maxBig } from '../ledger/credits.js';
-import { monthlyPeriodAt, percentRemaining } from '../ledger/billing-period.js';
+import { monthlyPeriodAt } from '../ledger/billing-period.js';
+import { balanceFromSnapshot, snapshotFromRow, type BalanceSnapshot } from './balance-figures.js';
 
 /** The contract's Balance, amounts in micro-credits. */
 export interface BalanceView {
@@ -32,10 +32,18 @@ export interface BalanceView {
 }
 
 /**
- * Computes the balance of one account in a single query.
+ * Computes the balance of one account (two queries: the head, then `balance_figures`).
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
 export async function readBalance(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<BalanceView> {
+  return balanceFromSnapshot(await readBalanceSnapshot(db, accountId, wallNow));
+}
+
+/**
+ * The account's current BalanceSnapshot (the JSON shape the balanceChanged subscription sends).
+ * @throws LedgerError NOT_FOUND when the account does not exist.
+ */
+export async function readBalanceSnapshot(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<BalanceSnapshot> {
   const head = await db.query(
     `SELECT a.created_at, CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END AS now,
             b.debt_micro_credits, b.version, b.updated_at
@@ -46,51 +54,11 @@ export async function readBalance(db: pg.Pool | pg.PoolClient, accountId: string
   if (!h) throw new LedgerError('NOT_FOUND', 'account not found');
   const now = h.now as Date;
   const period = monthlyPeriodAt(h.created_at as Date, now);
-  const { rows } = await db.query(
-    `WITH spendable AS (
-       SELECT type, remaining_micro_credits AS remaining, expires_at FROM credit_batches
-        WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)
-     ), next_exp AS (
-       SELECT MIN(expires_at) AS at FROM spendable WHERE expires_at IS NOT NULL
-     )
-     SELECT
-       (SELECT COALESCE(SUM(remaining), 0) FROM spendable WHERE type = 'FREE') AS free,
-       (SELECT COALESCE(SUM(remaining), 0) FROM spendable WHERE type = 'PAID') AS paid,
-       (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) FROM reservations
-         WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2) AS reserved,
-       (SELECT at FROM next_exp) AS next_at,
-       (SELECT COALESCE(SUM(remaining), 0) FROM spendable, next_exp WHERE spendable.expires_at = next_exp.at) AS next_amount,
-       (SELECT balance_after_micro_credits FROM ledger_entries WHERE account_id = $1 AND created_at < $3 ORDER BY seq DESC LIMIT 1) AS total_at_start,
-       (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM credit_grants WHERE account_id = $1 AND created_at >= $3 AND created_at <= $2) AS granted`,
-    [accountId, now, period.start],
+  const { rows } = await db.query(`SELECT * FROM balance_figures($1, $2, $3)`, [accountId, now, period.start]);
+  return snapshotFromRow(
+    { accountId, version: toBigInt(h.version), updatedAt: h.updated_at as Date, asOf: now, periodStart: period.start, periodEnd: period.end, debt: toBigInt(h.debt_micro_credits) },
+    rows[0],
   );
-  const r = rows[0];
-  const free = toBigInt(r.free);
-  const paid = toBigInt(r.paid);
-  const debt = toBigInt(h.debt_micro_credits);
-  const reserved = toBigInt(r.reserved);
-  const total = free + paid - debt;
-  const available = total - reserved;
-  const periodCredits = maxBig(toBigInt(r.total_at_start ?? 0), 0n) + toBigInt(r.granted);
-  return {
-    accountId,
-    availableMicroCredits: available,
-    totalMicroCredits: total,
-    reservedMicroCredits: reserved,
-    freeMicroCredits: free,
-    paidMicroCredits: paid,
-    debtMicroCredits: debt,
-    periodStart: period.start,
-    periodEnd: period.end,
-    periodMicroCredits: periodCredits,
-    percentRemaining: percentRemaining(available, periodCredits),
-    planName: null,
-    depleted: available <= 0n,
-    nextExpiry: r.next_at ? { amountMicroCredits: toBigInt(r.next_amount), at: r.next_at as Date } : null,
-    version: toBigInt(h.version),
-    updatedAt: h.updated_at as Date,
-    asOf: now,
-  };
 }
 
 /** Ledger reconciliation of one account (the invariant the demo and tests check). */

@@ -194,6 +194,7 @@ export async function applyCharge(
   const eventId = rows[0].id as string;
   atx.debt += debtAdded;
   atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: eventId, reservationId: cmd.reservationId, note: cmd.category });
+  atx.publish('usage', { accountId: atx.accountId, usageEventId: eventId });
   return { eventId, replayed: false };
 }
 

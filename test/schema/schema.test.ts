@@ -15,12 +15,8 @@ const read = (p: string) => readFileSync(new URL(`../../${p}`, import.meta.url),
  */
 const PENDING: Record<string, string> = {
   // issue 3: live credit bars
-  Subscription: '#3',
   // issue 4: workers (plans, packs, auto top-up, alerts, test clocks)
   RolloverPolicy: '#4',
-  CreditAlert: '#4',
-  CreditAlertConnection: '#4',
-  CreditAlertEdge: '#4',
   Plan: '#4',
   PlanSubscription: '#4',
   CreditPack: '#4',
@@ -28,7 +24,6 @@ const PENDING: Record<string, string> = {
   CreatePlanInput: '#4',
   CreateCreditPackInput: '#4',
   SetAutoTopUpInput: '#4',
-  'Account.alerts': '#4',
   'Account.subscription': '#4',
   'Account.autoTopUp': '#4',
   'Query.plans': '#4',

@@ -1,0 +1,200 @@
+/**
+ * The contract's Subscription type: balanceChanged, usageRecorded and creditAlerts.
+ *
+ * Every subscription first SUBSCRIBEs this instance to the account's Redis channel (LiveHub,
+ * awaiting the acknowledgement), then reads the starting point from PostgreSQL, then delivers
+ * the channel's messages in order. Messages that arrive while the starting point is read are
+ * buffered and delivered after it; balance updates whose version is not newer than the last one
+ * sent are dropped, so a client never sees a version go backwards (a charge that lands while
+ * subscribing is either in the snapshot or delivered after it, never lost).
+ *
+ * When the hub reconnects to Redis (messages may have been missed), balanceChanged re-reads the
+ * balance and sends it when newer; usageRecorded and creditAlerts deliver what was recorded
+ * since the last item sent. A subscription whose queue of undelivered updates exceeds
+ * LIVE_MAX_QUEUED_UPDATES (a slow client) drops the queue and catches up the same way.
+ * An end user's subscription ends when the token's `exp` passes.
+ *
+ * Access is the same as for queries (./access.ts): another tenant's account answers NOT_FOUND,
+ * exactly like a missing one, and nothing of it is ever sent.
+ */
+import { Repeater } from 'graphql-yoga';
+import type { UsageEvent, CreditAlert } from '../generated/prisma/client.js';
+import { builder } from './builder.js';
+import { BalanceRef, UsageEventRef } from './types/ledger.js';
+import { CreditAlertRef } from './types/alerts.js';
+import { assertCanReadAccount } from './access.js';
+import { decodeId } from './ids.js';
+import { LedgerError } from '../ledger/errors.js';
+import type { GraphQLContext } from './context.js';
+import type { LiveMessage } from '../outbox/topics.js';
+import { readBalanceSnapshot, type BalanceView } from '../services/read-balance.js';
+import { balanceFromSnapshot } from '../services/balance-figures.js';
+
+/** How one live stream turns the starting point, messages and resyncs into values. */
+interface StreamHandlers<T> {
+  /** Runs once after the channel is subscribed; returns values to send first. */
+  start(): Promise<T[]>;
+  /** One message of the account's channel; returns values to send (often none). */
+  onMessage(message: LiveMessage): Promise<T[]>;
+  /** After a Redis reconnect or a dropped queue: returns what the client missed. */
+  catchUp(): Promise<T[]>;
+}
+
+/**
+ * Checks access and resolves the account's database id.
+ * @throws LedgerError UNAUTHENTICATED without credentials, NOT_FOUND for a malformed, missing
+ *   or unreadable account, UNAVAILABLE when this instance serves no live updates.
+ */
+async function liveAccount(ctx: GraphQLContext, globalId: string): Promise<string> {
+  const accountId = decodeId(globalId, 'Account', 'account');
+  await assertCanReadAccount(ctx, accountId);
+  const exists = await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { id: true } });
+  if (!exists) throw new LedgerError('NOT_FOUND', 'account not found');
+  if (!ctx.live) throw new LedgerError('UNAVAILABLE', 'live updates are not served by this instance');
+  return accountId;
+}
+
+/** A stream of one account's live values (see the module comment). */
+function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers<T>): AsyncIterable<T> {
+  const hub = ctx.live!;
+  const maxQueued = ctx.env.LIVE_MAX_QUEUED_UPDATES;
+  return new Repeater<T>(async (push, stop) => {
+    let started = false;
+    let stopped = false;
+    let queued = 0;
+    let dropped = false;
+    const buffered: LiveMessage[] = [];
+    let chain: Promise<void> = Promise.resolve();
+    const run = (work: () => Promise<T[]>): void => {
+      queued++;
+      chain = chain.then(async () => {
+        queued--;
+        if (stopped) return;
+        try {
+          for (const value of await work()) await push(value);
+        } catch (err) {
+          stopped = true;
+          stop(err);
+        }
+      });
+    };
+    const enqueue = (message: LiveMessage): void => {
+      if (dropped) return;
+      if (queued >= maxQueued) {
+        dropped = true; // a slow client: forget the queue, catch up once
+        run(async () => {
+          dropped = false;
+          return h.catchUp();
+        });
+        return;
+      }
+      run(() => h.onMessage(message));
+    };
+    let unsubscribe: (() => void) | null = null;
+    const expiresAt = ctx.principal?.kind === 'user' ? ctx.principal.expiresAt : null;
+    const expiry = expiresAt ? setTimeout(() => stop(), Math.max(0, expiresAt.getTime() - Date.now())) : null;
+    try {
+      unsubscribe = await hub.subscribe(accountId, {
+        onMessage: (m) => (started ? enqueue(m) : void buffered.push(m)),
+        resync: () => run(() => h.catchUp()),
+      });
+      run(async () => {
+        const first = await h.start();
+        started = true;
+        for (const m of buffered.splice(0)) enqueue(m);
+        return first;
+      });
+    } catch (err) {
+      stop(err);
+    }
+    await stop;
+    stopped = true;
+    if (expiry) clearTimeout(expiry);
+    unsubscribe?.();
+  });
+}
+
+/** balanceChanged: the snapshot, then every newer version. */
+function balanceStream(ctx: GraphQLContext, accountId: string): AsyncIterable<BalanceView> {
+  let last = -1n;
+  const newer = (view: BalanceView): BalanceView[] => {
+    if (view.version <= last) return [];
+    last = view.version;
+    return [view];
+  };
+  const current = async () => newer(balanceFromSnapshot(await readBalanceSnapshot(ctx.services.pool, accountId, ctx.services.clock())));
+  return liveStream(ctx, accountId, {
+    start: current,
+    catchUp: current,
+    onMessage: async (m) => (m.topic === 'balance' && BigInt(m.payload.version) > last ? newer(balanceFromSnapshot(m.payload)) : []),
+  });
+}
+
+/** usageRecorded: each usage event recorded after the subscription started, in seq order. */
+function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent> {
+  let lastSeq = 0n;
+  const since = async (): Promise<UsageEvent[]> => {
+    const rows = await ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: lastSeq } }, orderBy: { seq: 'asc' }, take: 500 });
+    if (rows.length > 0) lastSeq = rows[rows.length - 1]!.seq;
+    return rows;
+  };
+  return liveStream(ctx, accountId, {
+    start: async () => {
+      const top = await ctx.prisma.usageEvent.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } });
+      lastSeq = top?.seq ?? 0n;
+      return [];
+    },
+    catchUp: since,
+    onMessage: async (m) => (m.topic === 'usage' ? since() : []),
+  });
+}
+
+/** creditAlerts: each alert recorded after the subscription started, oldest first. */
+function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert> {
+  let after: { createdAt: Date; id: string } | null = null;
+  const since = async (): Promise<CreditAlert[]> => {
+    const rows = await ctx.prisma.creditAlert.findMany({
+      where: after ? { accountId, OR: [{ createdAt: { gt: after.createdAt } }, { createdAt: after.createdAt, id: { gt: after.id } }] } : { accountId },
+      orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
+      take: 100,
+    });
+    if (rows.length > 0) after = { createdAt: rows[rows.length - 1]!.createdAt, id: rows[rows.length - 1]!.id };
+    return rows;
+  };
+  return liveStream(ctx, accountId, {
+    start: async () => {
+      const top = await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: [{ createdAt: 'desc' }, { id: 'desc' }] });
+      after = top ? { createdAt: top.createdAt, id: top.id } : { createdAt: new Date(0), id: '00000000-0000-0000-0000-000000000000' };
+      return [];
+    },
+    catchUp: since,
+    onMessage: async (m) => (m.topic === 'alert' ? since() : []),
+  });
+}
+
+builder.subscriptionType({
+  fields: (t) => ({
+    balanceChanged: t.field({
+      type: BalanceRef,
+      description: 'The current balance at once, then every change.',
+      authScopes: { authenticated: true },
+      args: { accountId: t.arg.id({ required: true }) },
+      subscribe: async (_root, args, ctx) => balanceStream(ctx, await liveAccount(ctx, String(args.accountId))),
+      resolve: (view: BalanceView) => view,
+    }),
+    creditAlerts: t.field({
+      type: CreditAlertRef,
+      authScopes: { authenticated: true },
+      args: { accountId: t.arg.id({ required: true }) },
+      subscribe: async (_root, args, ctx) => alertStream(ctx, await liveAccount(ctx, String(args.accountId))),
+      resolve: (alert: CreditAlert) => alert,
+    }),
+    usageRecorded: t.field({
+      type: UsageEventRef,
+      authScopes: { authenticated: true },
+      args: { accountId: t.arg.id({ required: true }) },
+      subscribe: async (_root, args, ctx) => usageStream(ctx, await liveAccount(ctx, String(args.accountId))),
+      resolve: (event: UsageEvent) => event,
+    }),
+  }),
+});

@@ -1,0 +1,28 @@
+/**
+ * GraphQL node `CreditAlert` (contract) and `Account.alerts`, backed by the Prisma model
+ * CreditAlert; ids are Relay global ids.
+ */
+import { builder } from '../builder.js';
+import { toGlobalId } from '../ids.js';
+
+/** GraphQL node `CreditAlert`: a threshold of percentRemaining reached (once per threshold per period). */
+export const CreditAlertRef = builder.prismaNode('CreditAlert', {
+  id: { field: 'id' },
+  fields: (t) => ({
+    accountId: t.id({ resolve: (a) => toGlobalId('Account', a.accountId) }),
+    threshold: t.exposeInt('threshold', { description: 'The threshold crossed: 25, 15 or 0 by default.' }),
+    percentRemaining: t.exposeFloat('percentRemaining'),
+    available: t.field({ type: 'Credits', resolve: (a) => a.availableMicroCredits }),
+    periodStart: t.field({ type: 'DateTime', resolve: (a) => a.periodStart }),
+    createdAt: t.field({ type: 'DateTime', resolve: (a) => a.createdAt }),
+  }),
+});
+
+builder.prismaObjectField('Account', 'alerts', (t) =>
+  t.relatedConnection(
+    'alerts',
+    { cursor: 'id', maxSize: 100, description: 'Credit alerts raised for this account, newest first.', query: () => ({ orderBy: [{ createdAt: 'desc' }, { id: 'desc' }] }) },
+    { name: 'CreditAlertConnection' },
+    { name: 'CreditAlertEdge' },
+  ),
+);

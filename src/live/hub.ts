@@ -1,0 +1,153 @@
+/**
+ * LiveHub: this instance's ONE Redis subscriber connection, shared by all its live clients.
+ *
+ * Channels are reference-counted: the first local listener of an account SUBSCRIBEs to its
+ * channel (the returned promise resolves once Redis acknowledged it, so a snapshot read after it
+ * cannot miss a later change), the last one UNSUBSCRIBEs. Messages are parsed once and handed to
+ * every listener of the channel.
+ *
+ * When the subscriber connection drops and comes back, messages published meanwhile are lost to
+ * this instance, so after re-subscribing every channel the hub calls each listener's `resync()`:
+ * the subscription re-reads the balance from the database and sends it when it is newer than
+ * what the client holds (src/graphql/subscriptions.ts).
+ */
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { accountChannel, accountIdOfChannel, type LiveMessage } from '../outbox/topics.js';
+
+/** One local consumer of an account's messages. */
+export interface LiveListener {
+  /** A message of the account (parsed JSON). Must not throw. */
+  onMessage(message: LiveMessage): void;
+  /** The subscriber connection was re-established; messages may have been missed. */
+  resync(): void;
+}
+
+/** Counters for /readyz-style introspection and benchmarks. */
+export interface LiveHubStats {
+  channels: number;
+  listeners: number;
+  messagesReceived: number;
+  resyncs: number;
+}
+
+/** See the module comment. */
+export class LiveHub {
+  private readonly sub: Redis;
+  private readonly channels = new Map<string, Set<LiveListener>>();
+  private readonly pending = new Map<string, Promise<unknown>>();
+  private disconnectedSinceReady = false;
+  private closed = false;
+  private messagesReceived = 0;
+  private resyncs = 0;
+
+  constructor(
+    redisUrl: string,
+    private readonly prefix: string,
+    private readonly log: Logger,
+  ) {
+    this.sub = new Redis(redisUrl, {
+      lazyConnect: false,
+      enableOfflineQueue: true,
+      autoResubscribe: false, // re-subscribed explicitly on 'ready', then resync
+      maxRetriesPerRequest: null,
+      retryStrategy: (times) => Math.min(50 * times, 1_000),
+      connectionName: 'creditpool-live-subscriber',
+    });
+    this.sub.on('error', (err) => this.log.warn({ err: err.message }, 'live hub: redis subscriber error'));
+    this.sub.on('close', () => {
+      if (!this.closed) this.disconnectedSinceReady = true;
+    });
+    this.sub.on('ready', () => {
+      if (!this.disconnectedSinceReady) return;
+      this.disconnectedSinceReady = false;
+      void this.resubscribeAll();
+    });
+    this.sub.on('message', (channel: string, raw: string) => this.dispatch(channel, raw));
+  }
+
+  /** Waits until the subscriber connection is ready (for startup and tests). */
+  async ready(): Promise<void> {
+    if (this.sub.status === 'ready') return;
+    await new Promise<void>((resolve) => this.sub.once('ready', () => resolve()));
+  }
+
+  /**
+   * Adds `listener` to the account's channel; resolves once the channel is subscribed.
+   * @returns the function that removes the listener (unsubscribing the last one).
+   * @throws the Redis error when SUBSCRIBE fails (the listener is not added).
+   */
+  async subscribe(accountId: string, listener: LiveListener): Promise<() => void> {
+    const channel = accountChannel(this.prefix, accountId);
+    let set = this.channels.get(channel);
+    if (!set) {
+      set = new Set();
+      this.channels.set(channel, set);
+      this.pending.set(channel, this.sub.subscribe(channel));
+    }
+    set.add(listener);
+    try {
+      await this.pending.get(channel);
+    } catch (err) {
+      this.remove(channel, listener);
+      throw err;
+    }
+    return () => this.remove(channel, listener);
+  }
+
+  /** Current counters. */
+  stats(): LiveHubStats {
+    let listeners = 0;
+    for (const set of this.channels.values()) listeners += set.size;
+    return { channels: this.channels.size, listeners, messagesReceived: this.messagesReceived, resyncs: this.resyncs };
+  }
+
+  /** Closes the subscriber connection. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.channels.clear();
+    await this.sub.quit().catch(() => this.sub.disconnect());
+  }
+
+  private remove(channel: string, listener: LiveListener): void {
+    const set = this.channels.get(channel);
+    if (!set || !set.delete(listener)) return;
+    if (set.size === 0) {
+      this.channels.delete(channel);
+      this.pending.delete(channel);
+      if (!this.closed && this.sub.status === 'ready') this.sub.unsubscribe(channel).catch(() => undefined);
+    }
+  }
+
+  private dispatch(channel: string, raw: string): void {
+    const set = this.channels.get(channel);
+    if (!set || accountIdOfChannel(this.prefix, channel) === null) return;
+    let message: LiveMessage;
+    try {
+      message = JSON.parse(raw) as LiveMessage;
+    } catch {
+      this.log.warn({ channel }, 'live hub: dropped a message that is not JSON');
+      return;
+    }
+    this.messagesReceived++;
+    for (const listener of set) listener.onMessage(message);
+  }
+
+  private async resubscribeAll(): Promise<void> {
+    const channels = [...this.channels.keys()];
+    try {
+      if (channels.length > 0) {
+        const done = this.sub.subscribe(...channels);
+        for (const c of channels) this.pending.set(c, done);
+        await done;
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'live hub: re-subscribe failed; waiting for the next reconnect');
+      this.disconnectedSinceReady = true;
+      return;
+    }
+    this.resyncs++;
+    this.log.info({ channels: channels.length }, 'live hub: re-subscribed after a reconnect; resyncing balances');
+    for (const c of channels) for (const listener of this.channels.get(c) ?? []) listener.resync();
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * The outbox relay: turns committed outbox rows into Redis publications, at least once, in
+ * commit order per account.
+ *
+ * One drain is one transaction: take a transaction-scoped advisory lock (so at most one relay in
+ * the whole deployment publishes at a time, which keeps each account's messages in version
+ * order), DELETE up to `batchSize` of the oldest rows RETURNING them, PUBLISH them (one
+ * pipeline), then COMMIT. If Redis refuses or the process dies before COMMIT, the rows come back
+ * and are published again later; consumers drop versions they already hold. Per account, ids are
+ * assigned while the account's balance row is locked, so id order is commit order.
+ *
+ * A drain runs when this process commits outbox rows (src/outbox/signal.ts), every
+ * `pollIntervalMs` (rows written by other processes, or left behind by a crash), and again at
+ * once while a drain finds a full batch. After a failure it backs off (doubling, up to 5 s).
+ */
+import type pg from 'pg';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { onOutboxCommitted } from './signal.js';
+import { accountChannel } from './topics.js';
+
+/** Advisory lock key of the relay (any constant; "cpoutbox" in ASCII). */
+export const OUTBOX_RELAY_LOCK_KEY = 0x63706f7574626f78n;
+
+/** Options of {@link startOutboxRelay}. */
+export interface OutboxRelayOptions {
+  pool: pg.Pool;
+  /** A Redis connection used only to publish (not in subscriber mode). */
+  redis: Redis;
+  log: Logger;
+  /** Prefix of live channels (env LIVE_CHANNEL_PREFIX). */
+  channelPrefix: string;
+  /** Safety-net poll interval in milliseconds. */
+  pollIntervalMs: number;
+  /** Rows per drain transaction. */
+  batchSize?: number;
+}
+
+/** A running relay. */
+export interface OutboxRelay {
+  /** Asks for a drain as soon as possible (coalesced with one already running). */
+  kick(): void;
+  /** Drains until the outbox is empty; resolves with the number of rows published. */
+  drainAll(): Promise<number>;
+  /** Stops polling and waits for a running drain. */
+  close(): Promise<void>;
+}
+
+/**
+ * Publishes one batch of outbox rows in one transaction.
+ * @returns the number of rows published.
+ * @throws the database or Redis error (the transaction is rolled back, the rows stay).
+ */
+export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix: string, batchSize: number): Promise<number> {
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT pg_advisory_xact_lock($1)', [OUTBOX_RELAY_LOCK_KEY.toString()]);
+    const { rows } = await client.query(
+      `DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events ORDER BY id LIMIT $1)
+       RETURNING id, account_id, topic, payload`,
+      [batchSize],
+    );
+    if (rows.length > 0) {
+      rows.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
+      const pipeline = redis.pipeline();
+      for (const r of rows) pipeline.publish(accountChannel(channelPrefix, r.account_id as string), JSON.stringify({ topic: r.topic, payload: r.payload }));
+      const results = await pipeline.exec();
+      const failed = results?.find(([err]) => err);
+      if (!results || failed) throw failed?.[0] ?? new Error('redis pipeline returned nothing');
+    }
+    await client.query('COMMIT');
+    return rows.length;
+  } catch (err) {
+    try {
+      await client.query('ROLLBACK');
+    } catch {
+      broken = true;
+    }
+    throw err;
+  } finally {
+    client.release(broken);
+  }
+}
+
+/** Starts the relay of this process (see the module comment). */
+export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
+  const batchSize = opts.batchSize ?? 500;
+  let running: Promise<void> | null = null;
+  let again = false;
+  let closed = false;
+  let backoffMs = 0;
+  let retryTimer: NodeJS.Timeout | null = null;
+  let published = 0;
+
+  const loop = async (): Promise<void> => {
+    do {
+      again = false;
+      try {
+        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize);
+        published += n;
+        backoffMs = 0;
+        if (n === batchSize) again = true;
+      } catch (err) {
+        backoffMs = Math.min(backoffMs === 0 ? 50 : backoffMs * 2, 5_000);
+        opts.log.warn({ err: (err as Error).message, retryInMs: backoffMs }, 'outbox relay: publish failed, will retry');
+        if (!closed && !retryTimer) {
+          retryTimer = setTimeout(() => {
+            retryTimer = null;
+            kick();
+          }, backoffMs);
+          retryTimer.unref();
+        }
+        return;
+      }
+    } while (again && !closed);
+  };
+
+  const kick = (): void => {
+    if (closed) return;
+    if (running) {
+      again = true;
+      return;
+    }
+    if (retryTimer) return; // backing off after a failure
+    running = loop().finally(() => {
+      running = null;
+      if (again && !closed) kick();
+    });
+  };
+
+  const unsubscribe = onOutboxCommitted(kick);
+  const poll = setInterval(kick, opts.pollIntervalMs);
+  poll.unref();
+  kick();
+
+  return {
+    kick,
+    async drainAll() {
+      const before = published;
+      for (;;) {
+        if (running) await running;
+        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize);
+        published += n;
+        if (n === 0) return published - before;
+      }
+    },
+    async close() {
+      closed = true;
+      unsubscribe();
+      clearInterval(poll);
+      if (retryTimer) clearTimeout(retryTimer);
+      if (running) await running.catch(() => undefined);
+    },
+  };
+}

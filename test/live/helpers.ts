@@ -1,0 +1,146 @@
+/**
+ * Live-update test clients: graphql-ws over a real WebSocket and graphql-sse over real HTTP,
+ * each collecting the events of one subscription. `waitFor` resolves when the collected events
+ * satisfy a condition, checked on every event (no sleeping); its timeout only turns a hang into
+ * a failure with the events seen so far.
+ */
+import WebSocket from 'ws';
+import { createClient as createWsClient, type Client as WsClient } from 'graphql-ws';
+import { createClient as createSseClient } from 'graphql-sse';
+
+/** One subscription's collected results. */
+export interface LiveSub<T = any> {
+  /** `data` payloads in arrival order. */
+  events: T[];
+  /** GraphQL errors delivered (each `errors` array flattened). */
+  errors: Array<{ message: string; extensions?: { code?: string } }>;
+  /** Set when the transport closed, with the WebSocket close code/reason (SSE: code 0). */
+  closedWith: { code: number; reason: string } | null;
+  /** True once the server completed the subscription. */
+  completed: boolean;
+  /** Resolves when `pred(this)` holds; rejects after `timeoutMs` with what was seen. */
+  waitFor(pred: (sub: LiveSub<T>) => boolean, what: string, timeoutMs?: number): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+function collector<T>(): { sub: LiveSub<T>; changed(): void } {
+  const waiters = new Set<() => void>();
+  const sub: LiveSub<T> = {
+    events: [],
+    errors: [],
+    closedWith: null,
+    completed: false,
+    waitFor(pred, what, timeoutMs = 15_000) {
+      if (pred(sub)) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        const check = () => {
+          if (!pred(sub)) return;
+          waiters.delete(check);
+          clearTimeout(timer);
+          resolve();
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(
+            new Error(
+              `timed out waiting for ${what}: ${sub.events.length} events (last ${JSON.stringify(sub.events.at(-1))}), errors ${JSON.stringify(sub.errors)}, closed ${JSON.stringify(sub.closedWith)}, completed ${sub.completed}`,
+            ),
+          );
+        }, timeoutMs);
+        waiters.add(check);
+      });
+    },
+    dispose: async () => undefined,
+  };
+  return { sub, changed: () => [...waiters].forEach((w) => w()) };
+}
+
+/** The ws:// URL of a server's http://.../graphql URL. */
+export function wsUrl(httpUrl: string): string {
+  return httpUrl.replace(/^http/, 'ws');
+}
+
+/**
+ * Subscribes over graphql-ws (one connection per call). `authorization` goes into
+ * connectionParams (omitted when null).
+ */
+export function wsSubscribe<T = any>(httpUrl: string, authorization: string | null, query: string, variables: Record<string, unknown> = {}): LiveSub<T> & { client: WsClient } {
+  const { sub, changed } = collector<T>();
+  const client = createWsClient({
+    url: wsUrl(httpUrl),
+    webSocketImpl: WebSocket,
+    connectionParams: authorization === null ? {} : { authorization },
+    retryAttempts: 0,
+    lazy: false,
+    onNonLazyError: () => undefined,
+    on: {
+      closed: (event) => {
+        const e = event as { code: number; reason: string };
+        sub.closedWith = { code: e.code, reason: String(e.reason) };
+        changed();
+      },
+    },
+  });
+  const dispose = client.subscribe<T>(
+    { query, variables },
+    {
+      next: (result) => {
+        if (result.data) sub.events.push(result.data as T);
+        if (result.errors) sub.errors.push(...(result.errors as unknown as LiveSub["errors"]));
+        changed();
+      },
+      error: (err) => {
+        if (Array.isArray(err)) sub.errors.push(...(err as LiveSub['errors']));
+        else if (err && typeof err === 'object' && 'code' in err) sub.closedWith ??= { code: (err as { code: number }).code, reason: String((err as { reason?: string }).reason) };
+        else sub.errors.push({ message: String((err as Error)?.message ?? err) });
+        changed();
+      },
+      complete: () => {
+        sub.completed = true;
+        changed();
+      },
+    },
+  );
+  sub.dispose = async () => {
+    dispose();
+    await client.dispose();
+  };
+  return Object.assign(sub, { client });
+}
+
+/** Subscribes over SSE (graphql-sse client, distinct connections mode). */
+export function sseSubscribe<T = any>(httpUrl: string, authorization: string | null, query: string, variables: Record<string, unknown> = {}): LiveSub<T> {
+  const { sub, changed } = collector<T>();
+  const client = createSseClient({ url: httpUrl, headers: authorization === null ? {} : { authorization }, retryAttempts: 0 });
+  const dispose = client.subscribe<T>(
+    { query, variables },
+    {
+      next: (result) => {
+        if (result.data) sub.events.push(result.data as T);
+        if (result.errors) sub.errors.push(...(result.errors as unknown as LiveSub["errors"]));
+        changed();
+      },
+      error: (err) => {
+        sub.errors.push({ message: String((err as Error)?.message ?? err) });
+        sub.closedWith = { code: 0, reason: String((err as Error)?.message ?? err) };
+        changed();
+      },
+      complete: () => {
+        sub.completed = true;
+        changed();
+      },
+    },
+  );
+  sub.dispose = async () => {
+    dispose();
+    client.dispose();
+  };
+  return sub;
+}
+
+/** The balanceChanged subscription document. */
+export const BALANCE_SUB = `subscription ($id: ID!) { balanceChanged(accountId: $id) { accountId available total reserved free paid version updatedAt percentRemaining periodCredits } }`;
+/** The usageRecorded subscription document. */
+export const USAGE_SUB = `subscription ($id: ID!) { usageRecorded(accountId: $id) { id idempotencyKey cost category } }`;
+/** The creditAlerts subscription document. */
+export const ALERTS_SUB = `subscription ($id: ID!) { creditAlerts(accountId: $id) { id accountId threshold percentRemaining available } }`;
