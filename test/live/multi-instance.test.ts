@@ -1,0 +1,127 @@
+/**
+ * Fan-out across instances: two real server PROCESSES (src/main.ts) on two ports sharing the
+ * test PostgreSQL and a private Redis that the test kills and restarts.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { startServer, type StartedServer } from '../../demo/server-process.js';
+import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
+import { TEST_DATABASE_URL } from '../setup/env.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { recordUsage } from '../../src/services/record-usage.js';
+import { BALANCE_SUB, USAGE_SUB, wsSubscribe, type LiveSub } from './helpers.js';
+import { dbId } from '../api/helpers.js';
+
+const ADMIN_KEY = `cp_admin_${randomBytes(16).toString('hex')}`;
+let redis: PrivateRedis;
+let a: StartedServer;
+let b: StartedServer;
+let services: TestServices;
+const subs: LiveSub[] = [];
+const track = <T extends LiveSub>(s: T): T => (subs.push(s), s);
+
+async function gql(server: StartedServer, query: string, variables: Record<string, unknown> = {}) {
+  const res = await fetch(server.graphqlUrl, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = (await res.json()) as { data?: any; errors?: unknown[] };
+  if (body.errors) throw new Error(JSON.stringify(body.errors));
+  return body.data;
+}
+
+let seq = 0;
+const key = (p: string) => `${p}-${process.pid}-${Date.now()}-${seq++}`;
+
+async function account(server: StartedServer, paid: string): Promise<string> {
+  const id = (await gql(server, `mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, { input: { externalId: key('mi'), name: 'multi-instance', kind: 'ORGANIZATION', welcomeBonus: false } })).createAccount.id;
+  await gql(server, `mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`, { input: { accountId: id, amount: paid, type: 'PAID', source: 'PURCHASE', idempotencyKey: key('g') } });
+  return id;
+}
+
+const charge = (server: StartedServer, accountId: string) =>
+  gql(server, `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`, { input: { accountId, category: 'unit', idempotencyKey: key('u') } });
+
+const httpBalance = async (server: StartedServer, accountId: string) =>
+  (await gql(server, `query($id: ID!) { account(id: $id) { balance { accountId available total reserved free paid version updatedAt percentRemaining periodCredits } } }`, { id: accountId })).account.balance;
+
+beforeAll(async () => {
+  redis = await startPrivateRedis();
+  services = createTestServices(4);
+  const env = { DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: redis.url, ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'warn', MIGRATE_ON_BOOT: 'false', OUTBOX_POLL_INTERVAL_MS: '200' };
+  [a, b] = await Promise.all([startServer({ name: 'test-live-a', workers: false, env }), startServer({ name: 'test-live-b', workers: false, env })]);
+});
+
+afterAll(async () => {
+  await Promise.allSettled(subs.map((s) => s.dispose()));
+  await Promise.allSettled([a?.stop(), b?.stop()]);
+  await services?.close();
+  await redis?.stop();
+});
+
+describe('two server instances sharing PostgreSQL and Redis', () => {
+  it('a subscriber on B receives, in order and without gaps, the balances of 500 charges committed through A', async () => {
+    const id = await account(a, '1000');
+    const sub = track(wsSubscribe(b.graphqlUrl, `Bearer ${ADMIN_KEY}`, BALANCE_SUB, { id }));
+    const usage = track(wsSubscribe(b.graphqlUrl, `Bearer ${ADMIN_KEY}`, USAGE_SUB, { id }));
+    await sub.waitFor((s) => s.events.length === 1, 'the snapshot');
+    const start = BigInt(sub.events[0].balanceChanged.version);
+    // 500 charges, 8 in flight at a time, all through instance A.
+    let next = 0;
+    await Promise.all(Array.from({ length: 8 }, async () => { while (next++ < 500) await charge(a, id); }));
+    const final = await httpBalance(b, id);
+    expect(final.available).toBe('500');
+    expect(BigInt(final.version)).toBe(start + 500n);
+    await sub.waitFor((s) => s.events.at(-1)?.balanceChanged.version === final.version, `version ${final.version}`, 30_000);
+    const versions = sub.events.map((e) => BigInt(e.balanceChanged.version));
+    expect(versions).toEqual(Array.from({ length: 501 }, (_, i) => start + BigInt(i)));
+    const available = sub.events.map((e) => Number(e.balanceChanged.available));
+    expect(available).toEqual(Array.from({ length: 501 }, (_, i) => 1000 - i));
+    expect(sub.events.at(-1).balanceChanged).toEqual(final);
+    await usage.waitFor((s) => s.events.length === 500, '500 usage events', 30_000);
+    expect(new Set(usage.events.map((e) => e.usageRecorded.id)).size).toBe(500);
+  });
+
+  it('a change committed by a process that never publishes (as after a crash between commit and publish) still reaches subscribers', async () => {
+    const id = await account(a, '10');
+    const sub = track(wsSubscribe(b.graphqlUrl, `Bearer ${ADMIN_KEY}`, BALANCE_SUB, { id }));
+    await sub.waitFor((s) => s.events.length === 1, 'the snapshot');
+    // This test process runs no relay: its commit leaves the outbox row for the servers' relays.
+    await recordUsage(services, { accountId: dbId(id), category: 'unit', idempotencyKey: key('direct') } as never);
+    await sub.waitFor((s) => s.events.at(-1)?.balanceChanged.available === '9', 'the change published by a server relay');
+    const { rows } = await services.pool.query(`SELECT count(*)::int AS n FROM outbox_events WHERE account_id = $1`, [dbId(id)]);
+    expect(rows[0].n).toBe(0);
+  });
+
+  it('Redis killed and restarted mid-stream: every subscriber holds the database balance within 2 seconds of Redis returning', async () => {
+    const ids = await Promise.all(Array.from({ length: 4 }, () => account(a, '1000')));
+    const watchers = ids.flatMap((id) => [a, b].map((server) => ({ id, sub: track(wsSubscribe(server.graphqlUrl, `Bearer ${ADMIN_KEY}`, BALANCE_SUB, { id })) })));
+    await Promise.all(watchers.map((w) => w.sub.waitFor((s) => s.events.length === 1, 'the snapshot')));
+    for (const id of ids) await charge(a, id);
+    await Promise.all(watchers.map((w) => w.sub.waitFor((s) => s.events.length === 2, 'the first live update')));
+
+    await redis.kill();
+    // Charges keep committing while Redis is gone (the outbox keeps their publications).
+    for (let round = 0; round < 5; round++) for (const id of ids) await charge(round % 2 ? a : b, id);
+    await redis.start();
+    const back = Date.now();
+
+    const dbVersion = async (id: string) => (await services.pool.query(`SELECT version::text AS v FROM balances WHERE account_id = $1`, [dbId(id)])).rows[0].v as string;
+    const expected = new Map(await Promise.all(ids.map(async (id) => [id, await dbVersion(id)] as const)));
+    await Promise.all(
+      watchers.map((w) => w.sub.waitFor((s) => s.events.at(-1)?.balanceChanged.version === expected.get(w.id), `version ${expected.get(w.id)} after the restart`, 2_000)),
+    );
+    const within = Date.now() - back;
+    expect(within).toBeLessThanOrEqual(2_000);
+    for (const w of watchers) {
+      expect(w.sub.events.at(-1).balanceChanged).toEqual(await httpBalance(a, w.id));
+      const versions = w.sub.events.map((e) => BigInt(e.balanceChanged.version));
+      for (let i = 1; i < versions.length; i++) expect(versions[i]!).toBeGreaterThan(versions[i - 1]!);
+    }
+    // And the stream is live again afterwards.
+    await charge(b, ids[0]!);
+    const after = await dbVersion(ids[0]!);
+    await Promise.all(watchers.filter((w) => w.id === ids[0]).map((w) => w.sub.waitFor((s) => s.events.at(-1)?.balanceChanged.version === after, 'a live update after recovery')));
+  });
+});
