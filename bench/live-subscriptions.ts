@@ -1,0 +1,670 @@
+/**
+ * Live subscriptions under load (issue #3): commit-to-delivery latency, lost events and server
+ * memory per idle WebSocket connection, with two API instances sharing PostgreSQL and Redis.
+ *
+ * What it does:
+ *   1. Creates a fresh database `creditpool_bench_live` on the DATABASE_URL server, migrates it and
+ *      publishes the default price book (`tsx prisma/seed.ts`), then starts TWO servers (A and B,
+ *      logs in .data/logs/bench-live-*.log) with the same admin key and a private live-channel
+ *      prefix, publishes the demo/bench price book and creates --accounts accounts with ample PAID
+ *      credit.
+ *   2. Phase 1: --subscribers graphql-ws clients, ONE WebSocket connection each (a browser tab),
+ *      half on A and half on B, every account watched on both instances, each holding
+ *      `balanceChanged(accountId)`. Server RSS (VmRSS) is read before and after they connected
+ *      (connected + first snapshot received): (after - before) / N * 1000 = memory per 1,000 idle
+ *      connections. Then recordUsage charges arrive at --rate per second for --seconds, round
+ *      robin over the accounts, alternately over HTTP (keep-alive fetch) to A and B.
+ *   3. Phase 2: more subscribers are connected (the phase-1 ones stay) until --held are held, and
+ *      the same charge load runs again.
+ *   For each phase: p50/p99/max latency, events expected/received/lost, achieved charge rate and
+ *   CPU time of each process during the charge window (from /proc), printed as a table and
+ *   written to bench/results/live-subscriptions.json. Exits 1 when any event was lost (or a
+ *   subscriber could not connect, was dropped, or a charge failed), 2 on bad arguments.
+ *
+ * Latency = receipt time in this process (Date.now() when graphql-ws hands the event over) minus
+ * `Balance.updatedAt` of the event. `updatedAt` is the wall-clock time the charge's transaction
+ * took when it locked the account, BEFORE its statements and COMMIT, so the figure over-states
+ * commit-to-receipt by the transaction's own duration. Same machine, same clock.
+ *
+ * Lost events: every subscriber of an account must receive every balance version after its
+ * snapshot; per subscriber and phase, lost = (final version - version held at phase start)
+ * - versions received. The final version is read from the API after the charges, and the bench
+ * waits (at most 30 s) for deliveries to settle before counting.
+ *
+ * Usage: bash scripts/with-services.sh npx tsx bench/live-subscriptions.ts
+ *          [--accounts 500] [--subscribers 2000] [--held 10000] [--rate 200] [--seconds 20]
+ *          [--connect-concurrency 100]
+ * The bench process itself holds every client connection, so --held needs that many file
+ * descriptors here (`ulimit -n`).
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
+import { parse } from 'graphql';
+import { createClient as createWsClient, type Client as WsClient } from 'graphql-ws';
+import pg from 'pg';
+import WebSocket from 'ws';
+import { DEFAULT_DATABASE_URL, ROOT, ensureCodegen, startServer, type StartedServer } from '../demo/server-process.js';
+import type { GraphQLClient } from '../src/client/graphql-client.js';
+
+const DATABASE_NAME = 'creditpool_bench_live';
+const SUBSCRIPTION = 'subscription ($id: ID!) { balanceChanged(accountId: $id) { version available updatedAt } }';
+const CLK_TCK = 100;
+const SETTLE_TIMEOUT_MS = 30_000;
+
+/** The bench's options (see the module comment). */
+interface Options {
+  accounts: number;
+  subscribers: number;
+  held: number;
+  rate: number;
+  seconds: number;
+  connectConcurrency: number;
+}
+
+type Instance = 'A' | 'B';
+
+/** One subscriber: one WebSocket connection holding one balanceChanged subscription. */
+interface Subscriber {
+  index: number;
+  account: number;
+  instance: Instance;
+  client: WsClient;
+  /** Version of the first event (the snapshot); null until it arrived. */
+  snapshotVersion: number | null;
+  /** Newest version received. */
+  lastVersion: number;
+  /** Versions received after the snapshot during the current phase. */
+  receivedInPhase: number;
+  /** lastVersion when the current phase started. */
+  phaseStartVersion: number;
+  /** Events whose version was not exactly lastVersion + 1 (gaps or repeats). */
+  irregular: number;
+  /** Why the connection or subscription ended unexpectedly, if it did. */
+  failure: string | null;
+}
+
+/** CPU seconds per tracked process group, as read from /proc. */
+type CpuTicks = Record<string, number>;
+
+/** Figures of one measured phase. */
+interface PhaseResult {
+  phase: string;
+  subscribers: number;
+  perInstance: Record<Instance, number>;
+  connectSeconds: number;
+  connectFailures: number;
+  memory: Record<Instance, { rssBeforeMiB: number; rssAfterMiB: number; addedConnections: number; mibPer1000: number }>;
+  benchRssPer1000MiB: number;
+  charges: { planned: number; ok: number; failed: number; errors: Record<string, number>; sendSeconds: number; achievedPerSecond: number; httpP50Ms: number; httpP99Ms: number; maxSendLagMs: number };
+  events: { expected: number; received: number; lost: number; irregular: number; droppedConnections: number; settleSeconds: number };
+  latencyMs: { samples: number; p50: number; p99: number; max: number; perInstance: Record<Instance, { p50: number; p99: number; max: number }> };
+  cpuPercent: Record<string, number>;
+  benchEventLoopDelayMs: { p99: number; max: number };
+}
+
+function usage(message: string): never {
+  console.error(
+    `${message}\nusage: tsx bench/live-subscriptions.ts [--accounts 500] [--subscribers 2000] [--held 10000] [--rate 200] [--seconds 20] [--connect-concurrency 100]`,
+  );
+  process.exit(2);
+}
+
+function intOption(value: string | undefined, name: string, min: number, max: number): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) usage(`--${name} must be an integer in ${min}..${max}`);
+  return n;
+}
+
+function readOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      accounts: { type: 'string', default: '500' },
+      subscribers: { type: 'string', default: '2000' },
+      held: { type: 'string', default: '10000' },
+      rate: { type: 'string', default: '200' },
+      seconds: { type: 'string', default: '20' },
+      'connect-concurrency': { type: 'string', default: '100' },
+    },
+  });
+  const o: Options = {
+    accounts: intOption(values.accounts, 'accounts', 1, 100_000),
+    subscribers: intOption(values.subscribers, 'subscribers', 2, 100_000),
+    held: intOption(values.held, 'held', 0, 100_000),
+    rate: intOption(values.rate, 'rate', 1, 10_000),
+    seconds: intOption(values.seconds, 'seconds', 1, 600),
+    connectConcurrency: intOption(values['connect-concurrency'], 'connect-concurrency', 1, 2_000),
+  };
+  if (o.held !== 0 && o.held <= o.subscribers) usage('--held must be 0 (no phase 2) or more than --subscribers');
+  return o;
+}
+
+/** Nearest-rank percentile of an ascending-sorted array; 0 for an empty one. */
+function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return 0;
+  const rank = Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length)));
+  return sorted[rank - 1] as number;
+}
+
+function sortedCopy(values: number[]): Float64Array {
+  return Float64Array.from(values).sort();
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** VmRSS of a process in MiB (0 when it is gone). */
+function rssMiB(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** utime + stime of a process in clock ticks (0 when it is gone). */
+function cpuTicksOf(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return 0;
+  }
+}
+
+/** CPU ticks of the servers, this process, every postgres and redis-server process, and the whole machine. */
+function sampleCpu(servers: Record<Instance, StartedServer>): CpuTicks {
+  const ticks: CpuTicks = { 'server A': cpuTicksOf(servers.A.pids.server), 'server B': cpuTicksOf(servers.B.pids.server), 'bench (clients)': cpuTicksOf(process.pid), postgres: 0, redis: 0 };
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let comm = '';
+    try {
+      comm = readFileSync(`/proc/${entry}/comm`, 'utf8').trim();
+    } catch {
+      continue;
+    }
+    if (comm === 'postgres') ticks.postgres = (ticks.postgres ?? 0) + cpuTicksOf(Number(entry));
+    else if (comm === 'redis-server') ticks.redis = (ticks.redis ?? 0) + cpuTicksOf(Number(entry));
+  }
+  const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const idle = (cpu[3] ?? 0) + (cpu[4] ?? 0);
+  ticks['machine busy'] = cpu.reduce((a, b) => a + b, 0) - idle;
+  return ticks;
+}
+
+/** Percent of ONE core per process group between two samples (machine busy: of all cores). */
+function cpuPercent(before: CpuTicks, after: CpuTicks, seconds: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const key of Object.keys(after)) out[key] = Math.round((((after[key] ?? 0) - (before[key] ?? 0)) / CLK_TCK / seconds) * 100);
+  const tracked = ['server A', 'server B', 'bench (clients)', 'postgres', 'redis'].reduce((a, k) => a + (out[k] ?? 0), 0);
+  out['other'] = Math.max(0, (out['machine busy'] ?? 0) - tracked);
+  return out;
+}
+
+/** Drops and re-creates the bench database on DATABASE_URL's server, then migrates and seeds it. */
+async function prepareDatabase(baseUrl: string): Promise<string> {
+  const url = new URL(baseUrl);
+  url.pathname = '/postgres';
+  const admin = new pg.Client({ connectionString: url.toString() });
+  await admin.connect();
+  try {
+    await admin.query(`DROP DATABASE IF EXISTS ${DATABASE_NAME} WITH (FORCE)`);
+    await admin.query(`CREATE DATABASE ${DATABASE_NAME}`);
+  } finally {
+    await admin.end();
+  }
+  url.pathname = `/${DATABASE_NAME}`;
+  const databaseUrl = url.toString();
+  execFileSync(process.execPath, ['--import', 'tsx', 'prisma/seed.ts'], { cwd: ROOT, env: { ...process.env, DATABASE_URL: databaseUrl }, stdio: 'inherit' });
+  return databaseUrl;
+}
+
+/** Runs `work(i)` for i in [0, count) with at most `limit` in flight. */
+async function boundedEach(count: number, limit: number, work: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, count) }, async () => {
+      while (next < count) await work(next++);
+    }),
+  );
+}
+
+interface BalanceEvent {
+  balanceChanged: { version: string; available: string; updatedAt: string };
+}
+
+const BalanceVersionDocument = parse('query BenchBalanceVersion($id: ID!) { account(id: $id) { balance { version } } }') as TypedDocumentNode<
+  { account: { balance: { version: string } } | null },
+  { id: string }
+>;
+
+async function main(): Promise<number> {
+  const o = readOptions();
+  const ulimit = Number(execFileSync('bash', ['-c', 'ulimit -n']).toString().trim());
+  const needFds = Math.max(o.subscribers, o.held) + 200;
+  if (ulimit < needFds) console.warn(`warning: ulimit -n is ${ulimit}; ${needFds} descriptors are needed for ${Math.max(o.subscribers, o.held)} client connections`);
+
+  await ensureCodegen();
+  const gql = await import('../src/generated/graphql.js');
+  const { createClient } = await import('../src/client/graphql-client.js');
+  const { planReplay } = await import('../demo/plan.js');
+  const { demoPriceBook } = await import('../demo/price-book.js');
+
+  console.log(`Preparing database ${DATABASE_NAME} (fresh) ...`);
+  const databaseUrl = await prepareDatabase(process.env.DATABASE_URL || DEFAULT_DATABASE_URL);
+  const runId = `live-${Date.now().toString(36)}-${process.pid}`;
+  process.env.ADMIN_API_KEY = `cp_admin_${randomBytes(24).toString('hex')}`;
+  process.env.JWT_SECRET = randomBytes(32).toString('hex');
+  const serverEnv = {
+    DATABASE_URL: databaseUrl,
+    LOG_LEVEL: 'warn',
+    LIVE_MAX_CONNECTIONS_PER_TOKEN: '100000',
+    PG_POOL_SIZE: '20',
+    MIGRATE_ON_BOOT: 'false',
+    LIVE_CHANNEL_PREFIX: `creditpool:bench-live:${runId}:`,
+  };
+
+  const subscribers: Subscriber[] = [];
+  const servers: Partial<Record<Instance, StartedServer>> = {};
+  const stopAll = async () => {
+    await Promise.allSettled(subscribers.map((s) => Promise.resolve(s.client.dispose())));
+    await Promise.allSettled([servers.A?.stop(), servers.B?.stop()]);
+  };
+  const onSignal = () => void stopAll().finally(() => process.exit(130));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  try {
+    console.log('Starting servers A and B (logs in .data/logs/bench-live-{a,b}-server.log) ...');
+    [servers.A, servers.B] = await Promise.all([
+      startServer({ name: 'bench-live-a', workers: false, env: serverEnv }),
+      startServer({ name: 'bench-live-b', workers: false, env: serverEnv }),
+    ]);
+    const srv = servers as Record<Instance, StartedServer>;
+    const http: Record<Instance, GraphQLClient> = {
+      A: createClient({ url: srv.A.graphqlUrl, token: srv.A.adminKey }),
+      B: createClient({ url: srv.B.graphqlUrl, token: srv.B.adminKey }),
+    };
+    console.log(`A: ${srv.A.graphqlUrl} (pid ${srv.A.pids.server})   B: ${srv.B.graphqlUrl} (pid ${srv.B.pids.server})`);
+    await http.A.request(gql.PublishPriceBookDocument, { input: demoPriceBook(`creditpool live bench ${runId}`) });
+    await sleep(1_500); // B's price-book cache lives 1 s
+
+    const accountIds: string[] = [];
+    const tCreate = performance.now();
+    await boundedEach(o.accounts, 16, async (i) => {
+      const a = await http.A.request(gql.CreateAccountDocument, { input: { externalId: `${runId}-acct-${i}`, name: `live bench ${i}`, kind: 'ORGANIZATION', welcomeBonus: false } });
+      await http.A.request(gql.GrantCreditsDocument, {
+        input: { accountId: a.createAccount.id, amount: '100000000', type: 'PAID', source: 'PURCHASE', idempotencyKey: `${runId}-grant-${i}` },
+      });
+      accountIds[i] = a.createAccount.id;
+    });
+    console.log(`Created ${o.accounts} accounts with 100,000,000 PAID credits each in ${((performance.now() - tCreate) / 1000).toFixed(1)} s.`);
+
+    // --- subscribers ---------------------------------------------------------------------------
+    let phase = 'setup';
+    const samples = new Map<string, Record<Instance, number[]>>();
+    const samplesOf = (p: string): Record<Instance, number[]> => {
+      let s = samples.get(p);
+      if (!s) samples.set(p, (s = { A: [], B: [] }));
+      return s;
+    };
+    let disposing = false;
+
+    const connect = (index: number): Promise<void> => {
+      const account = index % o.accounts;
+      const instance: Instance = Math.floor(index / o.accounts) % 2 === 0 ? 'A' : 'B';
+      const s: Subscriber = {
+        index,
+        account,
+        instance,
+        snapshotVersion: null,
+        lastVersion: 0,
+        receivedInPhase: 0,
+        phaseStartVersion: 0,
+        irregular: 0,
+        failure: null,
+        client: createWsClient({
+          url: srv[instance].graphqlUrl.replace(/^http/, 'ws'),
+          webSocketImpl: WebSocket,
+          connectionParams: { authorization: `Bearer ${srv[instance].adminKey}` },
+          retryAttempts: 0,
+          lazy: true,
+          on: {
+            closed: (event) => {
+              if (!disposing && s.failure === null) s.failure = `closed ${(event as { code?: number }).code ?? '?'}`;
+            },
+          },
+        }),
+      };
+      subscribers.push(s);
+      return new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          s.failure ??= 'no snapshot within 60 s';
+          resolve();
+        }, 60_000);
+        s.client.subscribe<BalanceEvent>(
+          { query: SUBSCRIPTION, variables: { id: accountIds[account]! } },
+          {
+            next: (result) => {
+              const received = Date.now();
+              const b = result.data?.balanceChanged;
+              if (!b) {
+                s.failure ??= `error: ${result.errors?.[0]?.message ?? 'no data'}`;
+                clearTimeout(timer);
+                resolve();
+                return;
+              }
+              const v = Number(b.version);
+              if (s.snapshotVersion === null) {
+                s.snapshotVersion = s.lastVersion = s.phaseStartVersion = v;
+                clearTimeout(timer);
+                resolve();
+                return;
+              }
+              if (v !== s.lastVersion + 1) s.irregular++;
+              if (v > s.lastVersion) {
+                s.lastVersion = v;
+                s.receivedInPhase++;
+              }
+              samplesOf(phase)[instance].push(received - Date.parse(b.updatedAt));
+            },
+            error: (err) => {
+              if (!disposing) s.failure ??= `error: ${err instanceof Error ? err.message : JSON.stringify(err).slice(0, 200)}`;
+              clearTimeout(timer);
+              resolve();
+            },
+            complete: () => {
+              if (!disposing) s.failure ??= 'completed by the server';
+              clearTimeout(timer);
+              resolve();
+            },
+          },
+        );
+      });
+    };
+
+    // --- charges -------------------------------------------------------------------------------
+    const trace = planReplay('azure');
+    let seq = 0;
+    const runCharges = async (tag: string, seconds: number) => {
+      const total = o.rate * seconds;
+      const interval = 1000 / o.rate;
+      const errors: Record<string, number> = {};
+      const httpMs: number[] = [];
+      let ok = 0;
+      let maxLag = 0;
+      let lastSend = 0;
+      const inflight = new Set<Promise<void>>();
+      const fire = (k: number) => {
+        const n = seq++;
+        const p = trace[n % trace.length]!;
+        const instance: Instance = (k + Math.floor(k / o.accounts)) % 2 === 0 ? 'A' : 'B';
+        const t = performance.now();
+        const job = http[instance]
+          .requestRaw(gql.RecordUsageLeanDocument, {
+            input: {
+              accountId: accountIds[k % o.accounts]!,
+              idempotencyKey: `${runId}:${tag}:${n}`,
+              category: 'llm',
+              model: p.model,
+              agentId: p.agentId,
+              userId: p.userId,
+              taskId: p.taskId,
+              quantities: { inputTokens: p.inputTokens, outputTokens: p.outputTokens },
+            },
+          })
+          .then(
+            (r) => {
+              const code = r.errors[0]?.extensions?.code;
+              if (r.errors.length === 0 && r.data) {
+                ok++;
+                httpMs.push(performance.now() - t);
+              } else errors[String(code ?? 'UNKNOWN')] = (errors[String(code ?? 'UNKNOWN')] ?? 0) + 1;
+            },
+            (e: unknown) => {
+              errors[(e as { code?: string }).code ?? 'CLIENT'] = (errors[(e as { code?: string }).code ?? 'CLIENT'] ?? 0) + 1;
+            },
+          )
+          .finally(() => inflight.delete(job));
+        inflight.add(job);
+      };
+      const t0 = performance.now();
+      await new Promise<void>((resolve) => {
+        let k = 0;
+        const tick = () => {
+          const now = performance.now();
+          while (k < total && t0 + k * interval <= now) {
+            maxLag = Math.max(maxLag, now - (t0 + k * interval));
+            fire(k++);
+            lastSend = now;
+          }
+          if (k < total) setTimeout(tick, Math.max(0, t0 + k * interval - performance.now()));
+          else resolve();
+        };
+        tick();
+      });
+      await Promise.all([...inflight]);
+      const sendSeconds = (lastSend - t0) / 1000 + interval / 1000;
+      const sorted = sortedCopy(httpMs);
+      return {
+        planned: total,
+        ok,
+        failed: total - ok,
+        errors,
+        sendSeconds: Number(sendSeconds.toFixed(2)),
+        achievedPerSecond: Math.round(total / sendSeconds),
+        httpP50Ms: Number(percentile(sorted, 50).toFixed(1)),
+        httpP99Ms: Number(percentile(sorted, 99).toFixed(1)),
+        maxSendLagMs: Number(maxLag.toFixed(1)),
+      };
+    };
+
+    const finalVersions = async (): Promise<number[]> => {
+      const versions: number[] = [];
+      await boundedEach(o.accounts, 16, async (i) => {
+        const r = await http.A.request(BalanceVersionDocument, { id: accountIds[i]! });
+        versions[i] = Number(r.account?.balance.version ?? NaN);
+      });
+      return versions;
+    };
+    const live = () => subscribers.filter((s) => s.failure === null && s.snapshotVersion !== null);
+    /** Waits until every live subscriber holds its account's final version (or the timeout). */
+    const settle = async (finals: number[]): Promise<number> => {
+      const t = performance.now();
+      while (performance.now() - t < SETTLE_TIMEOUT_MS) {
+        if (live().every((s) => s.lastVersion >= finals[s.account]!)) break;
+        await sleep(50);
+      }
+      return (performance.now() - t) / 1000;
+    };
+    const startPhase = (name: string) => {
+      for (const s of subscribers) {
+        s.phaseStartVersion = s.lastVersion;
+        s.receivedInPhase = 0;
+        s.irregular = 0;
+      }
+      phase = name;
+    };
+
+    const results: PhaseResult[] = [];
+    const runPhase = async (name: string, target: number): Promise<PhaseResult> => {
+      const already = subscribers.length;
+      const rssBefore = { A: rssMiB(srv.A.pids.server), B: rssMiB(srv.B.pids.server) };
+      const benchBefore = rssMiB(process.pid);
+      const added = { A: 0, B: 0 };
+      for (let i = already; i < target; i++) added[Math.floor(i / o.accounts) % 2 === 0 ? 'A' : 'B']++;
+      console.log(`\n[${name}] connecting ${target - already} subscribers (${target} in total, ${o.connectConcurrency} connects in flight) ...`);
+      const tc = performance.now();
+      phase = `${name}:connect`;
+      await boundedEach(target - already, o.connectConcurrency, (i) => connect(already + i));
+      const connectSeconds = (performance.now() - tc) / 1000;
+      const connectFailures = subscribers.filter((s) => s.index >= already && s.snapshotVersion === null).length;
+      const why = new Map<string, number>();
+      for (const s of subscribers) if (s.failure) why.set(s.failure, (why.get(s.failure) ?? 0) + 1);
+      console.log(`  connected in ${connectSeconds.toFixed(1)} s; failures: ${connectFailures}${why.size ? ` (${[...why].map(([w, n]) => `${w} x${n}`).join(', ')})` : ''}`);
+      await sleep(3_000); // let the servers' heaps settle before reading RSS
+      const rssAfter = { A: rssMiB(srv.A.pids.server), B: rssMiB(srv.B.pids.server) };
+      const benchAfter = rssMiB(process.pid);
+      const memory = {} as PhaseResult['memory'];
+      for (const i of ['A', 'B'] as const) {
+        memory[i] = {
+          rssBeforeMiB: Number(rssBefore[i].toFixed(1)),
+          rssAfterMiB: Number(rssAfter[i].toFixed(1)),
+          addedConnections: added[i],
+          mibPer1000: Number((((rssAfter[i] - rssBefore[i]) / Math.max(1, added[i])) * 1000).toFixed(1)),
+        };
+        console.log(`  server ${i}: RSS ${memory[i].rssBeforeMiB} -> ${memory[i].rssAfterMiB} MiB for ${added[i]} connections = ${memory[i].mibPer1000} MiB per 1,000`);
+      }
+
+      console.log(`  warm-up: ${o.rate} charges/s for 2 s (not measured) ...`);
+      phase = `${name}:warmup`;
+      await runCharges(`${name}-warmup`, 2);
+      await settle(await finalVersions());
+
+      startPhase(name);
+      const dropped0 = subscribers.filter((s) => s.failure !== null).length;
+      const loop = monitorEventLoopDelay({ resolution: 5 });
+      loop.enable();
+      const cpu0 = sampleCpu(srv);
+      const t0 = performance.now();
+      console.log(`  measuring: ${o.rate} charges/s for ${o.seconds} s, alternately to A and B ...`);
+      const charges = await runCharges(name, o.seconds);
+      const finals = await finalVersions();
+      const settleSeconds = await settle(finals);
+      const cpu1 = sampleCpu(srv);
+      const cpuWindow = (performance.now() - t0) / 1000;
+      loop.disable();
+      phase = `${name}:done`;
+
+      let expected = 0;
+      let received = 0;
+      let irregular = 0;
+      for (const s of subscribers) {
+        if (s.snapshotVersion === null) continue;
+        expected += finals[s.account]! - s.phaseStartVersion;
+        received += s.receivedInPhase;
+        irregular += s.irregular;
+      }
+      const all = samplesOf(name);
+      const lat = (xs: number[]) => {
+        const sorted = sortedCopy(xs);
+        return { p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: sorted.length ? sorted[sorted.length - 1]! : 0 };
+      };
+      const both = lat([...all.A, ...all.B]);
+      const result: PhaseResult = {
+        phase: name,
+        subscribers: live().length,
+        perInstance: { A: subscribers.filter((s) => s.instance === 'A').length, B: subscribers.filter((s) => s.instance === 'B').length },
+        connectSeconds: Number(connectSeconds.toFixed(1)),
+        connectFailures,
+        memory,
+        benchRssPer1000MiB: Number((((benchAfter - benchBefore) / Math.max(1, target - already)) * 1000).toFixed(1)),
+        charges,
+        events: {
+          expected,
+          received,
+          lost: expected - received,
+          irregular,
+          droppedConnections: subscribers.filter((s) => s.failure !== null).length - dropped0,
+          settleSeconds: Number(settleSeconds.toFixed(2)),
+        },
+        latencyMs: { samples: all.A.length + all.B.length, ...both, perInstance: { A: lat(all.A), B: lat(all.B) } },
+        cpuPercent: cpuPercent(cpu0, cpu1, cpuWindow),
+        benchEventLoopDelayMs: { p99: Number((loop.percentile(99) / 1e6).toFixed(1)), max: Number((loop.max / 1e6).toFixed(1)) },
+      };
+      console.log(
+        `  ${charges.ok}/${charges.planned} charges at ${charges.achievedPerSecond}/s; events ${received}/${expected} (lost ${expected - received}); ` +
+          `latency p50 ${both.p50} ms, p99 ${both.p99} ms, max ${both.max} ms; CPU % ${JSON.stringify(result.cpuPercent)}`,
+      );
+      return result;
+    };
+
+    results.push(await runPhase('phase 1', o.subscribers));
+    if (o.held > 0) results.push(await runPhase('phase 2', o.held));
+
+    // --- report --------------------------------------------------------------------------------
+    console.log('');
+    console.log(
+      `Live balanceChanged under load: ${o.accounts} accounts, 2 server instances, ${o.rate} recordUsage/s for ${o.seconds} s, one WebSocket per subscriber, all on this ${readCpuCount()}-core machine.`,
+    );
+    console.log('Latency = receipt in the client - Balance.updatedAt (taken when the charge transaction locks the account, before COMMIT: over-states commit-to-receipt).');
+    const header = ['', ...results.map((r) => `${r.phase}: ${r.subscribers.toLocaleString('en-US')} subscribers`)];
+    const rows: string[][] = [
+      ['subscribers A / B', ...results.map((r) => `${r.perInstance.A.toLocaleString('en-US')} / ${r.perInstance.B.toLocaleString('en-US')}`)],
+      ['connect time (failures)', ...results.map((r) => `${r.connectSeconds} s (${r.connectFailures})`)],
+      ['charges ok / planned', ...results.map((r) => `${r.charges.ok} / ${r.charges.planned}`)],
+      ['achieved charge rate', ...results.map((r) => `${r.charges.achievedPerSecond}/s (max send lag ${r.charges.maxSendLagMs} ms)`)],
+      ['charge HTTP p50 / p99', ...results.map((r) => `${r.charges.httpP50Ms} / ${r.charges.httpP99Ms} ms`)],
+      ['events expected / received', ...results.map((r) => `${r.events.expected.toLocaleString('en-US')} / ${r.events.received.toLocaleString('en-US')}`)],
+      ['events LOST', ...results.map((r) => String(r.events.lost))],
+      ['out-of-order or repeated', ...results.map((r) => String(r.events.irregular))],
+      ['connections dropped', ...results.map((r) => String(r.events.droppedConnections))],
+      ['latency p50', ...results.map((r) => `${r.latencyMs.p50} ms`)],
+      ['latency p99', ...results.map((r) => `${r.latencyMs.p99} ms`)],
+      ['latency max', ...results.map((r) => `${r.latencyMs.max} ms`)],
+      ['p99 via A / via B', ...results.map((r) => `${r.latencyMs.perInstance.A.p99} / ${r.latencyMs.perInstance.B.p99} ms`)],
+      ['server RSS A (before -> after)', ...results.map((r) => `${r.memory.A.rssBeforeMiB} -> ${r.memory.A.rssAfterMiB} MiB`)],
+      ['server RSS B (before -> after)', ...results.map((r) => `${r.memory.B.rssBeforeMiB} -> ${r.memory.B.rssAfterMiB} MiB`)],
+      ['server MiB per 1,000 idle conns', ...results.map((r) => `A ${r.memory.A.mibPer1000} / B ${r.memory.B.mibPer1000} (+${r.memory.A.addedConnections + r.memory.B.addedConnections})`)],
+      ['bench client MiB per 1,000', ...results.map((r) => String(r.benchRssPer1000MiB))],
+      ['bench event-loop delay p99 / max', ...results.map((r) => `${r.benchEventLoopDelayMs.p99} / ${r.benchEventLoopDelayMs.max} ms`)],
+      ...['server A', 'server B', 'bench (clients)', 'postgres', 'redis', 'other', 'machine busy'].map((k) => [
+        k === 'machine busy' ? 'CPU machine busy (of 200 %)' : `CPU ${k} (% of a core)`,
+        ...results.map((r) => `${r.cpuPercent[k] ?? 0} %`),
+      ]),
+    ];
+    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+    const line = (cells: string[]) => '| ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
+    console.log(line(header));
+    console.log('|' + widths.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|');
+    for (const row of rows) console.log(line(row));
+
+    const outDir = join(ROOT, 'bench/results');
+    mkdirSync(outDir, { recursive: true });
+    const outFile = join(outDir, 'live-subscriptions.json');
+    writeFileSync(
+      outFile,
+      JSON.stringify(
+        {
+          measuredAt: new Date().toISOString(),
+          options: o,
+          machine: { cpus: readCpuCount(), ulimitN: ulimit },
+          latencyDefinition: 'client receipt time (Date.now()) minus Balance.updatedAt, the wall-clock time the charge transaction took when it locked the account (before COMMIT)',
+          phases: results,
+        },
+        null,
+        2,
+      ) + '\n',
+    );
+    console.log(`Results written to ${outFile}`);
+
+    const lost = results.reduce((a, r) => a + r.events.lost, 0);
+    const broken = results.reduce((a, r) => a + r.connectFailures + r.events.droppedConnections + r.charges.failed, 0);
+    if (lost > 0) console.error(`FAIL: ${lost} event(s) lost`);
+    if (broken > 0) console.error(`FAIL: ${broken} connect failure(s), dropped connection(s) or failed charge(s)`);
+    disposing = true;
+    return lost > 0 || broken > 0 ? 1 : 0;
+  } catch (e) {
+    console.error(`bench failed: ${(e as Error).stack ?? (e as Error).message}`);
+    return 1;
+  } finally {
+    await stopAll();
+  }
+}
+
+function readCpuCount(): number {
+  return readFileSync('/proc/cpuinfo', 'utf8').split('\n').filter((l) => l.startsWith('processor')).length;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(e);
+    process.exit(1);
+  },
+);

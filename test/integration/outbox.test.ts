@@ -1,0 +1,128 @@
+/**
+ * The transactional outbox (real PostgreSQL and Redis): every committed change of a balance
+ * leaves exactly one `balance` row whose snapshot equals what readBalance reports at that
+ * version; refusals and replays leave none; the relay publishes in order and keeps the rows when
+ * Redis refuses.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { startPrivateRedis } from '../setup/private-redis.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
+import { recordUsage } from '../../src/services/record-usage.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { reserveCredits } from '../../src/services/reserve-credits.js';
+import { settleReservation } from '../../src/services/settle-reservation.js';
+import { refundUsage } from '../../src/services/refund-usage.js';
+import { voidGrant } from '../../src/services/void-grant.js';
+import { readBalanceSnapshot } from '../../src/services/read-balance.js';
+import { credits } from '../../src/ledger/credits.js';
+import { balanceFromSnapshot, type BalanceSnapshot } from '../../src/services/balance-figures.js';
+import { drainOutboxOnce } from '../../src/outbox/relay.js';
+import { accountChannel } from '../../src/outbox/topics.js';
+
+let s: TestServices;
+
+beforeAll(() => {
+  s = createTestServices(5);
+});
+
+afterAll(async () => {
+  await s.close();
+});
+
+async function rows(accountId: string) {
+  const { rows } = await s.pool.query(`SELECT id::text, topic, payload FROM outbox_events WHERE account_id = $1 ORDER BY outbox_events.id`, [accountId]);
+  return rows as Array<{ id: string; topic: string; payload: any }>;
+}
+
+describe('outbox rows', () => {
+  it('one balance snapshot per committed change, equal to readBalance at that version', async () => {
+    const accountId = await createFundedAccount(s, { free: 5, paid: 20 });
+    const check = async () => {
+      const list = (await rows(accountId)).filter((r) => r.topic === 'balance');
+      // The same Balance (asOf is the instant each was computed for, so it is left out).
+      const view = (snap: BalanceSnapshot) => ({ ...balanceFromSnapshot(snap), asOf: null });
+      expect(view(list.at(-1)!.payload)).toEqual(view(await readBalanceSnapshot(s.pool, accountId, new Date())));
+      return list.length;
+    };
+    const start = await check();
+    const steps: Array<() => Promise<unknown>> = [
+      () => recordUsage(s, { accountId, idempotencyKey: 'o1', category: 'units', quantities: { units: '7' } }),
+      () => reserveCredits(s, { accountId, amountMicroCredits: credits(4), ttlSeconds: 600, idempotencyKey: 'h1' }),
+      async () => {
+        const { rows: r } = await s.pool.query(`SELECT id FROM reservations WHERE account_id = $1`, [accountId]);
+        return settleReservation(s, r[0].id, [{ accountId, idempotencyKey: 'o2', category: 'unit', reservationId: r[0].id } as never]);
+      },
+      async () => {
+        const { rows: r } = await s.pool.query(`SELECT id FROM usage_events WHERE account_id = $1 AND idempotency_key = 'o1'`, [accountId]);
+        return refundUsage(s, r[0].id, 'test');
+      },
+      () => grantCredits(s, { accountId, amountMicroCredits: credits(3), type: 'PAID', source: 'ADJUSTMENT', expiresAt: null, reference: null, idempotencyKey: 'g3' }),
+      async () => {
+        const { rows: r } = await s.pool.query(`SELECT id FROM credit_grants WHERE account_id = $1 AND idempotency_key = 'g3'`, [accountId]);
+        return voidGrant(s, r[0].id, 'test');
+      },
+    ];
+    let expected = start;
+    for (const step of steps) {
+      await step();
+      expected++;
+      expect(await check()).toBe(expected);
+    }
+    const balances = (await rows(accountId)).filter((r) => r.topic === 'balance').map((r) => BigInt(r.payload.version));
+    for (let i = 1; i < balances.length; i++) expect(balances[i]! - balances[i - 1]!).toBe(1n);
+    const usage = (await rows(accountId)).filter((r) => r.topic === 'usage');
+    expect(usage).toHaveLength(2);
+  });
+
+  it('a refused charge and a replayed one write no outbox row', async () => {
+    const accountId = await createFundedAccount(s, { paid: 1 });
+    await recordUsage(s, { accountId, idempotencyKey: 'r1', category: 'unit' });
+    const before = await rows(accountId);
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'r2', category: 'unit' })).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
+    await recordUsage(s, { accountId, idempotencyKey: 'r1', category: 'unit' });
+    expect(await rows(accountId)).toEqual(before);
+  });
+});
+
+describe('relay', () => {
+  it('publishes rows in id order on the account channel and deletes them; keeps them when Redis refuses', async () => {
+    const accountId = await createFundedAccount(s, { paid: 10 });
+    for (let i = 0; i < 3; i++) await recordUsage(s, { accountId, idempotencyKey: `p${i}`, category: 'unit' });
+    const prefix = `test-relay-${process.pid}:`;
+    const sub = new Redis(TEST_REDIS_URL);
+    const got: any[] = [];
+    const three = new Promise<void>((resolve) =>
+      sub.on('message', (_c: string, m: string) => {
+        const msg = JSON.parse(m);
+        if (msg.topic === 'balance') got.push(msg.payload.version);
+        if (got.length === 3 + 1) resolve(); // funding grant + three charges
+      }),
+    );
+    await sub.subscribe(accountChannel(prefix, accountId));
+
+    // A Redis that is gone: the drain fails and every row stays.
+    const gone = await startPrivateRedis();
+    const dead = new Redis(gone.url, { enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    await new Promise<void>((resolve) => dead.once('ready', () => resolve()));
+    await gone.kill();
+    await new Promise<void>((resolve) => (dead.status === 'end' ? resolve() : dead.once('end', () => resolve())));
+    const before = (await rows(accountId)).length;
+    await expect(drainOutboxOnce(s.pool, dead, prefix, 10_000)).rejects.toThrow();
+    expect((await rows(accountId)).length).toBe(before);
+
+    const pub = new Redis(TEST_REDIS_URL);
+    let published = 0;
+    for (let n = await drainOutboxOnce(s.pool, pub, prefix, 100); n > 0; n = await drainOutboxOnce(s.pool, pub, prefix, 100)) published += n;
+    expect(published).toBeGreaterThanOrEqual(before);
+    await three;
+    const versions = got.map((v) => BigInt(v));
+    for (let i = 1; i < versions.length; i++) expect(versions[i]! - versions[i - 1]!).toBe(1n);
+    expect(await rows(accountId)).toEqual([]);
+    sub.disconnect();
+    pub.disconnect();
+    dead.disconnect();
+  });
+});
