@@ -55,6 +55,8 @@ const DATABASE_NAME = 'creditpool_bench_live';
 const SUBSCRIPTION = 'subscription ($id: ID!) { balanceChanged(accountId: $id) { version available updatedAt } }';
 const CLK_TCK = 100;
 const SETTLE_TIMEOUT_MS = 30_000;
+const WARMUP_SUBSCRIBERS = 100;
+const WARMUP_SECONDS = 5;
 
 /** The bench's options (see the module comment). */
 interface Options {
@@ -177,7 +179,18 @@ function cpuTicksOf(pid: number): number {
   }
 }
 
-/** CPU ticks of the servers, this process, every postgres and redis-server process, and the whole machine. */
+function readCmdline(pid: string): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * CPU ticks of the servers, this process, PostgreSQL (postmaster, background processes and the
+ * bench database's backends), redis-server, and the whole machine.
+ */
 function sampleCpu(servers: Record<Instance, StartedServer>): CpuTicks {
   const ticks: CpuTicks = { 'server A': cpuTicksOf(servers.A.pids.server), 'server B': cpuTicksOf(servers.B.pids.server), 'bench (clients)': cpuTicksOf(process.pid), postgres: 0, redis: 0 };
   for (const entry of readdirSync('/proc')) {
@@ -188,7 +201,11 @@ function sampleCpu(servers: Record<Instance, StartedServer>): CpuTicks {
     } catch {
       continue;
     }
-    if (comm === 'postgres') ticks.postgres = (ticks.postgres ?? 0) + cpuTicksOf(Number(entry));
+    if (comm === 'postgres') {
+      // Backends of other databases (e.g. a test run) are not ours: they end up in "other".
+      const backendOf = /^postgres: [^:]+: \S+ (\S+) /.exec(readCmdline(entry))?.[1];
+      if (backendOf === undefined || backendOf === DATABASE_NAME) ticks.postgres = (ticks.postgres ?? 0) + cpuTicksOf(Number(entry));
+    }
     else if (comm === 'redis-server') ticks.redis = (ticks.redis ?? 0) + cpuTicksOf(Number(entry));
   }
   const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
@@ -315,9 +332,9 @@ async function main(): Promise<number> {
     };
     let disposing = false;
 
-    const connect = (index: number): Promise<void> => {
+    /** Subscriber `index` watches account index % accounts on `instance`; it is added to `into`. */
+    const connect = (index: number, instance: Instance, into: Subscriber[]): Promise<void> => {
       const account = index % o.accounts;
-      const instance: Instance = Math.floor(index / o.accounts) % 2 === 0 ? 'A' : 'B';
       const s: Subscriber = {
         index,
         account,
@@ -341,7 +358,7 @@ async function main(): Promise<number> {
           },
         }),
       };
-      subscribers.push(s);
+      into.push(s);
       return new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           s.failure ??= 'no snapshot within 60 s';
@@ -491,17 +508,32 @@ async function main(): Promise<number> {
       phase = name;
     };
 
+    /** Subscriber i is on A for the first `accounts` indexes, on B for the next, and so on: every account is watched on both. */
+    const instanceOf = (index: number): Instance => (Math.floor(index / o.accounts) % 2 === 0 ? 'A' : 'B');
+
+    // Warm-up (JIT, pools, channels, price cache on both instances), so the RSS baselines are
+    // taken on warm servers: temporary subscribers on both instances, charges, then close them.
+    console.log(`Warm-up: ${WARMUP_SUBSCRIBERS} temporary subscribers per instance, ${o.rate} charges/s for ${WARMUP_SECONDS} s (not measured) ...`);
+    const temporary: Subscriber[] = [];
+    phase = 'warm-up';
+    await boundedEach(2 * WARMUP_SUBSCRIBERS, o.connectConcurrency, (i) => connect(i, i % 2 === 0 ? 'A' : 'B', temporary));
+    await runCharges('warm-up', WARMUP_SECONDS);
+    await sleep(1_000);
+    for (const s of temporary) s.failure ??= 'warm-up subscriber closed';
+    await Promise.allSettled(temporary.map((s) => Promise.resolve(s.client.dispose())));
+    await sleep(2_000);
+
     const results: PhaseResult[] = [];
     const runPhase = async (name: string, target: number): Promise<PhaseResult> => {
       const already = subscribers.length;
       const rssBefore = { A: rssMiB(srv.A.pids.server), B: rssMiB(srv.B.pids.server) };
       const benchBefore = rssMiB(process.pid);
       const added = { A: 0, B: 0 };
-      for (let i = already; i < target; i++) added[Math.floor(i / o.accounts) % 2 === 0 ? 'A' : 'B']++;
+      for (let i = already; i < target; i++) added[instanceOf(i)]++;
       console.log(`\n[${name}] connecting ${target - already} subscribers (${target} in total, ${o.connectConcurrency} connects in flight) ...`);
       const tc = performance.now();
       phase = `${name}:connect`;
-      await boundedEach(target - already, o.connectConcurrency, (i) => connect(already + i));
+      await boundedEach(target - already, o.connectConcurrency, (i) => connect(already + i, instanceOf(already + i), subscribers));
       const connectSeconds = (performance.now() - tc) / 1000;
       const connectFailures = subscribers.filter((s) => s.index >= already && s.snapshotVersion === null).length;
       const why = new Map<string, number>();
@@ -520,11 +552,6 @@ async function main(): Promise<number> {
         };
         console.log(`  server ${i}: RSS ${memory[i].rssBeforeMiB} -> ${memory[i].rssAfterMiB} MiB for ${added[i]} connections = ${memory[i].mibPer1000} MiB per 1,000`);
       }
-
-      console.log(`  warm-up: ${o.rate} charges/s for 2 s (not measured) ...`);
-      phase = `${name}:warmup`;
-      await runCharges(`${name}-warmup`, 2);
-      await settle(await finalVersions());
 
       startPhase(name);
       const dropped0 = subscribers.filter((s) => s.failure !== null).length;
@@ -614,7 +641,7 @@ async function main(): Promise<number> {
       ['bench client MiB per 1,000', ...results.map((r) => String(r.benchRssPer1000MiB))],
       ['bench event-loop delay p99 / max', ...results.map((r) => `${r.benchEventLoopDelayMs.p99} / ${r.benchEventLoopDelayMs.max} ms`)],
       ...['server A', 'server B', 'bench (clients)', 'postgres', 'redis', 'other', 'machine busy'].map((k) => [
-        k === 'machine busy' ? 'CPU machine busy (of 200 %)' : `CPU ${k} (% of a core)`,
+        k === 'machine busy' ? `CPU machine busy (of ${readCpuCount() * 100} %)` : k === 'other' ? 'CPU other processes (% of a core)' : `CPU ${k} (% of a core)`,
         ...results.map((r) => `${r.cpuPercent[k] ?? 0} %`),
       ]),
     ];

@@ -42,6 +42,13 @@ export interface ReplayOptions {
   progressMs?: number;
   /** Where lines go (default console.log). */
   log?: (line: string) => void;
+  /** Called with the demo account's id right after it was created (the live credit bar subscribes here). */
+  onAccountCreated?: (accountId: string) => Promise<void>;
+  /**
+   * Called after the replay with the account's final balance version as read over HTTP; returns
+   * lines for the summary and whether its checks passed (the live credit bar's report).
+   */
+  onFinalBalance?: (balance: { version: string; available: string }) => Promise<{ lines: string[]; failures: string[] }>;
 }
 
 /** What {@link runReplay} found; `ok` is false when any check failed. */
@@ -131,6 +138,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   });
   const account = created.createAccount;
   const accountId = account.id;
+  await options.onAccountCreated?.(accountId);
   const freeMicro = account.batches.filter((b) => b.type === 'FREE').reduce((s, b) => s + parseCredits(b.remaining), 0n);
 
   const models = [...new Set(plan.map((p) => p.model))];
@@ -437,8 +445,11 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   const summary = await client.request(AccountSummaryDocument, { id: accountId, from: startedIso, to: new Date(Date.now() + 60_000).toISOString(), ledgerFirst: 8 });
   const acct = summary.account;
   if (!acct) throw new Error(`account ${accountId} not found in the final query`);
+  const live = (await options.onFinalBalance?.({ version: String(acct.balance.version), available: acct.balance.available })) ?? { lines: [], failures: [] };
+  failures.push(...live.failures);
   const report = printSummary(acct, {
     log,
+    liveLines: live.lines,
     plan,
     concurrency,
     seconds,
@@ -467,6 +478,8 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
 
 interface SummaryInput {
   log: (line: string) => void;
+  /** The live credit bar's lines (demo/live-bar.ts), printed in the summary. */
+  liveLines: string[];
   plan: PlannedRequest[];
   concurrency: number;
   seconds: number;
@@ -598,6 +611,10 @@ function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; ref
     [false, true, true, false],
   );
 
+  if (s.liveLines.length > 0) {
+    log('');
+    for (const line of s.liveLines) log(line);
+  }
   if (s.unexpected.size > 0) {
     log('');
     log('Unexpected errors (server side?):');

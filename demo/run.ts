@@ -10,6 +10,7 @@
  */
 import { parseArgs } from 'node:util';
 import { ensureCodegen, startServer, type StartedServer } from './server-process.js';
+import type { LiveBar } from './live-bar.js';
 
 function usage(message: string): never {
   console.error(`${message}\nusage: tsx demo/run.ts [--limit N] [--trace azure|mooncake] [--concurrency N] [--keep]`);
@@ -34,6 +35,7 @@ async function main(): Promise<number> {
 
   await ensureCodegen();
   const { runReplay } = await import('./replay.js');
+  const { openLiveBar } = await import('./live-bar.js');
   const { createClient } = await import('../src/client/graphql-client.js');
 
   console.log('Starting the creditpool server and workers (logs in .data/logs/demo-*.log) ...');
@@ -49,7 +51,40 @@ async function main(): Promise<number> {
     server = await startServer({ name: 'demo', detached: values.keep });
     console.log(`Server ready at ${server.graphqlUrl} after ${((Date.now() - t0) / 1000).toFixed(1)} s.`);
     const client = createClient({ url: server.graphqlUrl, token: server.adminKey });
-    const report = await runReplay(client, { trace, limit, concurrency });
+    let bar: LiveBar | null = null;
+    const report = await runReplay(client, {
+      trace,
+      limit,
+      concurrency,
+      // A live credit bar (WebSocket subscription) watches the account during the whole replay.
+      onAccountCreated: async (accountId) => {
+        bar = await openLiveBar(server!.graphqlUrl, server!.adminKey, accountId);
+      },
+      onFinalBalance: async (balance) => {
+        if (!bar) return { lines: [], failures: ['the live credit bar never subscribed'] };
+        const failures: string[] = [];
+        try {
+          await bar.waitForVersion(balance.version);
+        } catch (e) {
+          failures.push((e as Error).message);
+        }
+        const r = bar.report();
+        await bar.close();
+        if (r.gaps > 0 || r.backwards > 0) failures.push(`live credit bar: ${r.gaps} version gaps, ${r.backwards} out of order`);
+        if (r.lastVersion !== balance.version || r.lastAvailable !== balance.available) {
+          failures.push(`live credit bar ended at version ${r.lastVersion} (${r.lastAvailable}), the API says ${balance.version} (${balance.available})`);
+        }
+        const lat = r.latencyMs ? `; latency from the charge's commit timestamp to receipt p50 ${r.latencyMs.p50} ms, p99 ${r.latencyMs.p99} ms, max ${r.latencyMs.max} ms` : '';
+        return {
+          lines: [
+            `Live credit bar (balanceChanged over WebSocket, subscribed before the first charge): ${r.updates.toLocaleString('en-US')} updates, ` +
+              `${r.gaps} gaps, ${r.backwards} out of order; last = version ${r.lastVersion}, available ${r.lastAvailable} ` +
+              `(${r.lastVersion === balance.version && r.lastAvailable === balance.available ? 'equals' : 'DIFFERS FROM'} the API)${lat}.`,
+          ],
+          failures,
+        };
+      },
+    });
     if (values.keep) {
       server.detach();
       console.log('');
