@@ -43,6 +43,8 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import { parse } from 'graphql';
 import { createClient as createWsClient, type Client as WsClient } from 'graphql-ws';
@@ -100,13 +102,34 @@ interface PhaseResult {
   perInstance: Record<Instance, number>;
   connectSeconds: number;
   connectFailures: number;
-  memory: Record<Instance, { rssBeforeMiB: number; rssAfterMiB: number; addedConnections: number; mibPer1000: number }>;
-  benchRssPer1000MiB: number;
+  memory: Record<Instance, MemoryDelta>;
+  /** The same for this process (the clients), for scale. */
+  benchMemory: MemoryDelta;
   charges: { planned: number; ok: number; failed: number; errors: Record<string, number>; sendSeconds: number; achievedPerSecond: number; httpP50Ms: number; httpP99Ms: number; maxSendLagMs: number };
   events: { expected: number; received: number; lost: number; irregular: number; droppedConnections: number; settleSeconds: number };
   latencyMs: { samples: number; p50: number; p99: number; max: number; perInstance: Record<Instance, { p50: number; p99: number; max: number }> };
   cpuPercent: Record<string, number>;
   benchEventLoopDelayMs: { p99: number; max: number };
+  /** Per second of the measured window: events received and their worst latency, charges sent and their worst HTTP time. */
+  timeline: { second: number; events: number; maxLatencyMs: number; charges: number; maxChargeHttpMs: number }[];
+}
+
+/** A process's memory after a forced full GC (when available). */
+interface MemoryReading {
+  rssMiB: number;
+  /** V8 heap used, MiB (null when the process could not be asked). */
+  heapUsedMiB: number | null;
+  /** A full GC ran just before the reading. */
+  gc: boolean;
+}
+
+/** Memory before and after connecting `addedConnections`, and the growth per 1,000 of them. */
+interface MemoryDelta {
+  before: MemoryReading;
+  after: MemoryReading;
+  addedConnections: number;
+  rssMiBPer1000: number;
+  heapMiBPer1000: number | null;
 }
 
 function usage(message: string): never {
@@ -167,6 +190,102 @@ function rssMiB(pid: number): number {
     return 0;
   }
 }
+
+/**
+ * Calls DevTools-protocol methods, one after the other, on an inspector WebSocket.
+ * @returns each method's `result`
+ * @throws Error when the inspector answers with an error or does not answer within 30 s
+ */
+async function inspectorCalls(url: string, calls: { method: string; params?: Record<string, unknown> }[]): Promise<unknown[]> {
+  const socket = new WebSocket(url);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('open', () => resolve());
+      socket.once('error', reject);
+    });
+    const results: unknown[] = [];
+    for (const [i, call] of calls.entries()) {
+      const id = i + 1;
+      const answer = new Promise<unknown>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`inspector: no answer to ${call.method}`)), 30_000);
+        const onMessage = (data: WebSocket.RawData) => {
+          const msg = JSON.parse(data.toString()) as { id?: number; result?: unknown; error?: { message: string } };
+          if (msg.id !== id) return;
+          clearTimeout(timer);
+          socket.off('message', onMessage);
+          if (msg.error) reject(new Error(`inspector: ${call.method}: ${msg.error.message}`));
+          else resolve(msg.result);
+        };
+        socket.on('message', onMessage);
+      });
+      socket.send(JSON.stringify({ id, method: call.method, params: call.params ?? {} }));
+      results.push(await answer);
+    }
+    return results;
+  } finally {
+    socket.close();
+  }
+}
+
+/** The inspector WebSocket URL a server printed to its log (it runs with --inspect=127.0.0.1:0), or null. */
+function inspectorUrl(server: StartedServer): string | null {
+  try {
+    return /Debugger listening on (ws:\/\/\S+)/.exec(readFileSync(server.logs.server, 'utf8'))?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** A server's RSS and V8 heap right after two forced full GCs through its inspector (RSS alone if that fails). */
+async function serverMemory(server: StartedServer): Promise<MemoryReading> {
+  const url = inspectorUrl(server);
+  if (url) {
+    try {
+      const results = await inspectorCalls(url, [
+        { method: 'HeapProfiler.collectGarbage' },
+        { method: 'HeapProfiler.collectGarbage' },
+        { method: 'Runtime.evaluate', params: { expression: 'process.memoryUsage().heapUsed', returnByValue: true } },
+      ]);
+      const heapUsed = (results[2] as { result?: { value?: number } }).result?.value;
+      await sleep(300);
+      return { rssMiB: round1(rssMiB(server.pids.server)), heapUsedMiB: typeof heapUsed === 'number' ? round1(heapUsed / 1048576) : null, gc: true };
+    } catch (e) {
+      console.warn(`  (could not force a GC in pid ${server.pids.server}: ${(e as Error).message})`);
+    }
+  }
+  return { rssMiB: round1(rssMiB(server.pids.server)), heapUsedMiB: null, gc: false };
+}
+
+let benchGc: (() => void) | null | undefined;
+/** This process's RSS and V8 heap after two full GCs (gc exposed at runtime through v8 flags). */
+async function benchMemory(): Promise<MemoryReading> {
+  if (benchGc === undefined) {
+    try {
+      setFlagsFromString('--expose-gc');
+      benchGc = runInNewContext('gc') as () => void;
+    } catch {
+      benchGc = null;
+    }
+  }
+  benchGc?.();
+  benchGc?.();
+  await sleep(300);
+  return { rssMiB: round1(rssMiB(process.pid)), heapUsedMiB: round1(process.memoryUsage().heapUsed / 1048576), gc: benchGc !== null };
+}
+
+/** Growth from `before` to `after` per 1,000 of `added` connections. */
+function memoryDelta(before: MemoryReading, after: MemoryReading, added: number): MemoryDelta {
+  const per = (a: number, b: number) => round1(((b - a) / Math.max(1, added)) * 1000);
+  return {
+    before,
+    after,
+    addedConnections: added,
+    rssMiBPer1000: per(before.rssMiB, after.rssMiB),
+    heapMiBPer1000: before.heapUsedMiB !== null && after.heapUsedMiB !== null ? per(before.heapUsedMiB, after.heapUsedMiB) : null,
+  };
+}
+
+const round1 = (x: number) => Number(x.toFixed(1));
 
 /** utime + stime of a process in clock ticks (0 when it is gone). */
 function cpuTicksOf(pid: number): number {
@@ -284,6 +403,8 @@ async function main(): Promise<number> {
     PG_POOL_SIZE: '20',
     MIGRATE_ON_BOOT: 'false',
     LIVE_CHANNEL_PREFIX: `creditpool:bench-live:${runId}:`,
+    // An inspector on a free port, so the bench can force a full GC before reading memory.
+    NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --inspect=127.0.0.1:0`.trim(),
   };
 
   const subscribers: Subscriber[] = [];
@@ -331,6 +452,15 @@ async function main(): Promise<number> {
       return s;
     };
     let disposing = false;
+    // Per-second buckets of the measured window (phaseT0 = 0 outside it).
+    let phaseT0 = 0;
+    let timeline: PhaseResult['timeline'] = [];
+    const bucket = (atMs: number): PhaseResult['timeline'][number] | null => {
+      if (phaseT0 === 0 || atMs < phaseT0) return null;
+      const second = Math.floor((atMs - phaseT0) / 1000);
+      for (let i = timeline.length; i <= second; i++) timeline.push({ second: i, events: 0, maxLatencyMs: 0, charges: 0, maxChargeHttpMs: 0 });
+      return timeline[second]!;
+    };
 
     /** Subscriber `index` watches account index % accounts on `instance`; it is added to `into`. */
     const connect = (index: number, instance: Instance, into: Subscriber[]): Promise<void> => {
@@ -388,7 +518,13 @@ async function main(): Promise<number> {
                 s.lastVersion = v;
                 s.receivedInPhase++;
               }
-              samplesOf(phase)[instance].push(received - Date.parse(b.updatedAt));
+              const latency = received - Date.parse(b.updatedAt);
+              samplesOf(phase)[instance].push(latency);
+              const at = bucket(received);
+              if (at) {
+                at.events++;
+                at.maxLatencyMs = Math.max(at.maxLatencyMs, latency);
+              }
             },
             error: (err) => {
               if (!disposing) s.failure ??= `error: ${err instanceof Error ? err.message : JSON.stringify(err).slice(0, 200)}`;
@@ -422,6 +558,7 @@ async function main(): Promise<number> {
         const p = trace[n % trace.length]!;
         const instance: Instance = (k + Math.floor(k / o.accounts)) % 2 === 0 ? 'A' : 'B';
         const t = performance.now();
+        const sentAt = Date.now();
         const job = http[instance]
           .requestRaw(gql.RecordUsageLeanDocument, {
             input: {
@@ -440,7 +577,13 @@ async function main(): Promise<number> {
               const code = r.errors[0]?.extensions?.code;
               if (r.errors.length === 0 && r.data) {
                 ok++;
-                httpMs.push(performance.now() - t);
+                const ms = performance.now() - t;
+                httpMs.push(ms);
+                const at = bucket(sentAt);
+                if (at) {
+                  at.charges++;
+                  at.maxChargeHttpMs = Math.max(at.maxChargeHttpMs, Math.round(ms));
+                }
               } else errors[String(code ?? 'UNKNOWN')] = (errors[String(code ?? 'UNKNOWN')] ?? 0) + 1;
             },
             (e: unknown) => {
@@ -506,6 +649,8 @@ async function main(): Promise<number> {
         s.irregular = 0;
       }
       phase = name;
+      timeline = [];
+      phaseT0 = Date.now();
     };
 
     /** Subscriber i is on A for the first `accounts` indexes, on B for the next, and so on: every account is watched on both. */
@@ -526,8 +671,7 @@ async function main(): Promise<number> {
     const results: PhaseResult[] = [];
     const runPhase = async (name: string, target: number): Promise<PhaseResult> => {
       const already = subscribers.length;
-      const rssBefore = { A: rssMiB(srv.A.pids.server), B: rssMiB(srv.B.pids.server) };
-      const benchBefore = rssMiB(process.pid);
+      const before = { A: await serverMemory(srv.A), B: await serverMemory(srv.B), bench: await benchMemory() };
       const added = { A: 0, B: 0 };
       for (let i = already; i < target; i++) added[instanceOf(i)]++;
       console.log(`\n[${name}] connecting ${target - already} subscribers (${target} in total, ${o.connectConcurrency} connects in flight) ...`);
@@ -539,18 +683,18 @@ async function main(): Promise<number> {
       const why = new Map<string, number>();
       for (const s of subscribers) if (s.failure) why.set(s.failure, (why.get(s.failure) ?? 0) + 1);
       console.log(`  connected in ${connectSeconds.toFixed(1)} s; failures: ${connectFailures}${why.size ? ` (${[...why].map(([w, n]) => `${w} x${n}`).join(', ')})` : ''}`);
-      await sleep(3_000); // let the servers' heaps settle before reading RSS
-      const rssAfter = { A: rssMiB(srv.A.pids.server), B: rssMiB(srv.B.pids.server) };
-      const benchAfter = rssMiB(process.pid);
-      const memory = {} as PhaseResult['memory'];
+      await sleep(2_000);
+      const memory = {
+        A: memoryDelta(before.A, await serverMemory(srv.A), added.A),
+        B: memoryDelta(before.B, await serverMemory(srv.B), added.B),
+      };
+      const benchDelta = memoryDelta(before.bench, await benchMemory(), target - already);
       for (const i of ['A', 'B'] as const) {
-        memory[i] = {
-          rssBeforeMiB: Number(rssBefore[i].toFixed(1)),
-          rssAfterMiB: Number(rssAfter[i].toFixed(1)),
-          addedConnections: added[i],
-          mibPer1000: Number((((rssAfter[i] - rssBefore[i]) / Math.max(1, added[i])) * 1000).toFixed(1)),
-        };
-        console.log(`  server ${i}: RSS ${memory[i].rssBeforeMiB} -> ${memory[i].rssAfterMiB} MiB for ${added[i]} connections = ${memory[i].mibPer1000} MiB per 1,000`);
+        const m = memory[i];
+        console.log(
+          `  server ${i}: RSS ${m.before.rssMiB} -> ${m.after.rssMiB} MiB, heap ${m.before.heapUsedMiB} -> ${m.after.heapUsedMiB} MiB for ${m.addedConnections} connections` +
+            ` = ${m.rssMiBPer1000} MiB RSS (${m.heapMiBPer1000} MiB heap) per 1,000${m.after.gc ? ' (after forced GC)' : ''}`,
+        );
       }
 
       startPhase(name);
@@ -567,6 +711,7 @@ async function main(): Promise<number> {
       const cpuWindow = (performance.now() - t0) / 1000;
       loop.disable();
       phase = `${name}:done`;
+      phaseT0 = 0;
 
       let expected = 0;
       let received = 0;
@@ -590,7 +735,7 @@ async function main(): Promise<number> {
         connectSeconds: Number(connectSeconds.toFixed(1)),
         connectFailures,
         memory,
-        benchRssPer1000MiB: Number((((benchAfter - benchBefore) / Math.max(1, target - already)) * 1000).toFixed(1)),
+        benchMemory: benchDelta,
         charges,
         events: {
           expected,
@@ -603,7 +748,10 @@ async function main(): Promise<number> {
         latencyMs: { samples: all.A.length + all.B.length, ...both, perInstance: { A: lat(all.A), B: lat(all.B) } },
         cpuPercent: cpuPercent(cpu0, cpu1, cpuWindow),
         benchEventLoopDelayMs: { p99: Number((loop.percentile(99) / 1e6).toFixed(1)), max: Number((loop.max / 1e6).toFixed(1)) },
+        timeline,
       };
+      const worst = [...timeline].sort((a, b) => b.maxLatencyMs - a.maxLatencyMs).slice(0, 3);
+      console.log(`  worst seconds: ${worst.map((w) => `t=${w.second}s latency max ${w.maxLatencyMs} ms / charge HTTP max ${w.maxChargeHttpMs} ms`).join('; ')}`);
       console.log(
         `  ${charges.ok}/${charges.planned} charges at ${charges.achievedPerSecond}/s; events ${received}/${expected} (lost ${expected - received}); ` +
           `latency p50 ${both.p50} ms, p99 ${both.p99} ms, max ${both.max} ms; CPU % ${JSON.stringify(result.cpuPercent)}`,
@@ -635,10 +783,12 @@ async function main(): Promise<number> {
       ['latency p99', ...results.map((r) => `${r.latencyMs.p99} ms`)],
       ['latency max', ...results.map((r) => `${r.latencyMs.max} ms`)],
       ['p99 via A / via B', ...results.map((r) => `${r.latencyMs.perInstance.A.p99} / ${r.latencyMs.perInstance.B.p99} ms`)],
-      ['server RSS A (before -> after)', ...results.map((r) => `${r.memory.A.rssBeforeMiB} -> ${r.memory.A.rssAfterMiB} MiB`)],
-      ['server RSS B (before -> after)', ...results.map((r) => `${r.memory.B.rssBeforeMiB} -> ${r.memory.B.rssAfterMiB} MiB`)],
-      ['server MiB per 1,000 idle conns', ...results.map((r) => `A ${r.memory.A.mibPer1000} / B ${r.memory.B.mibPer1000} (+${r.memory.A.addedConnections + r.memory.B.addedConnections})`)],
-      ['bench client MiB per 1,000', ...results.map((r) => String(r.benchRssPer1000MiB))],
+      ['connections added A / B', ...results.map((r) => `+${r.memory.A.addedConnections} / +${r.memory.B.addedConnections}`)],
+      ['server A RSS before -> after', ...results.map((r) => `${r.memory.A.before.rssMiB} -> ${r.memory.A.after.rssMiB} MiB`)],
+      ['server B RSS before -> after', ...results.map((r) => `${r.memory.B.before.rssMiB} -> ${r.memory.B.after.rssMiB} MiB`)],
+      ['server RSS per 1,000 idle conns', ...results.map((r) => `A ${r.memory.A.rssMiBPer1000} / B ${r.memory.B.rssMiBPer1000} MiB`)],
+      ['server heap per 1,000 idle conns', ...results.map((r) => `A ${r.memory.A.heapMiBPer1000} / B ${r.memory.B.heapMiBPer1000} MiB`)],
+      ['bench client RSS / heap per 1,000', ...results.map((r) => `${r.benchMemory.rssMiBPer1000} / ${r.benchMemory.heapMiBPer1000} MiB`)],
       ['bench event-loop delay p99 / max', ...results.map((r) => `${r.benchEventLoopDelayMs.p99} / ${r.benchEventLoopDelayMs.max} ms`)],
       ...['server A', 'server B', 'bench (clients)', 'postgres', 'redis', 'other', 'machine busy'].map((k) => [
         k === 'machine busy' ? `CPU machine busy (of ${readCpuCount() * 100} %)` : k === 'other' ? 'CPU other processes (% of a core)' : `CPU ${k} (% of a core)`,

@@ -287,14 +287,17 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         const { schema: enveloped, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ws: { principal: state.principal ?? null, requestId },
         } as never);
+        // Parse and validate as over HTTP: graphql-armor's limits throw from either step.
+        const badInput = (err: unknown) => [new GraphQLError((err as Error).message, { extensions: { code: 'BAD_USER_INPUT' } })];
         let document;
+        let errors: readonly GraphQLError[];
         try {
           document = parse(payload.query);
+          errors = validate(enveloped, document);
         } catch (err) {
-          const e = err as GraphQLError;
-          return [new GraphQLError(e.message, { extensions: { code: 'BAD_USER_INPUT' } })];
+          if (err instanceof GraphQLError) return badInput(err);
+          throw err;
         }
-        const errors = validate(enveloped, document);
         if (errors.length > 0) return errors;
         state.operations.add(id);
         const args: ExecutionArgs = {

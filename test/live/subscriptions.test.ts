@@ -287,6 +287,22 @@ describe('limits and shutdown', () => {
     expect(again.events).toHaveLength(1);
   });
 
+  it('applies the same GraphQL limits and masking over WebSocket as over HTTP', async () => {
+    const account = await apiAccount(srv, { paid: '1' });
+    const aliases = Array.from({ length: 40 }, (_, i) => `a${i}: viewer { userId }`).join(" ");
+    const tooMany = track(wsSubscribe(srv.url, bearer(), `query { ${aliases} }`));
+    await tooMany.waitFor((s) => s.errors.length > 0, 'the armor refusal');
+    expect(tooMany.errors[0]!.message).toMatch(/alias/i);
+    const invalid = track(wsSubscribe(srv.url, bearer(), `subscription { balanceChanged(accountId: 1, nope: 2) { version } }`));
+    await invalid.waitFor((s) => s.errors.length > 0, 'the validation error');
+    expect(invalid.errors.every((e) => e.extensions?.code === 'BAD_USER_INPUT')).toBe(true);
+    const malformed = track(wsSubscribe(srv.url, bearer(), BALANCE_SUB, { id: 'not-an-id' }));
+    await malformed.waitFor((s) => s.errors.length > 0, 'the refusal');
+    expect(malformed.errors[0]!.extensions?.code).toBe('NOT_FOUND');
+    expect(tooMany.events.length + invalid.events.length + malformed.events.length).toBe(0);
+    expect(account).toBeTruthy();
+  });
+
   it('closes a client that sends a message larger than LIVE_MAX_MESSAGE_BYTES (1009)', async () => {
     const socket = new WebSocket(wsUrl(srv.url), 'graphql-transport-ws');
     await new Promise((resolve, reject) => socket.once('open', resolve).once('error', reject));
