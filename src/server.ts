@@ -54,8 +54,6 @@ export interface CreditpoolServer {
   live: LiveHub;
   /** This instance's outbox relay (null when OUTBOX_RELAY=false). */
   relay: OutboxRelay | null;
-  /** Open WebSocket connections. */
-  webSocketCount(): number;
   /**
    * Stops accepting connections, closes WebSockets with 1001 "server shutting down", ends SSE
    * streams and HTTP connections, stops the relay and the hub.
@@ -186,12 +184,16 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     ],
   });
 
-  const ready = async (): Promise<{ ok: boolean; postgres: boolean; redis: boolean }> => {
+  const ready = async () => {
     const [postgres, redis] = await Promise.all([
       deps.pool.query('SELECT 1').then(() => true, () => false),
       deps.redis.ping().then((r) => r === 'PONG', () => false),
     ]);
-    return { ok: postgres && redis, postgres, redis };
+    // Live fan-out counters of this instance (no tenant data): open WebSockets, subscribed
+    // account channels, local subscriptions, messages received, resyncs after Redis drops,
+    // outbox rows this instance's relay published.
+    const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0 };
+    return { ok: postgres && redis, postgres, redis, live: liveStats };
   };
 
   const http = createServer((req, res) => {
@@ -325,7 +327,6 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     http,
     live,
     relay,
-    webSocketCount: () => wss.clients.size,
     listen: (port, host = env.HOST) =>
       new Promise((resolve, reject) => {
         http.once('error', reject);

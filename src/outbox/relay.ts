@@ -11,7 +11,7 @@
  *
  * A drain runs when this process commits outbox rows (src/outbox/signal.ts), every
  * `pollIntervalMs` (rows written by other processes, or left behind by a crash), and again at
- * once while a drain finds a full batch. After a failure it backs off (doubling, up to 5 s).
+ * once while a drain finds a full batch. After a failure it backs off (doubling, up to 1 s).
  */
 import type pg from 'pg';
 import type { Redis } from 'ioredis';
@@ -40,8 +40,8 @@ export interface OutboxRelayOptions {
 export interface OutboxRelay {
   /** Asks for a drain as soon as possible (coalesced with one already running). */
   kick(): void;
-  /** Drains until the outbox is empty; resolves with the number of rows published. */
-  drainAll(): Promise<number>;
+  /** Rows this relay has published since it started. */
+  published(): number;
   /** Stops polling and waits for a running drain. */
   close(): Promise<void>;
 }
@@ -103,7 +103,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
         backoffMs = 0;
         if (n === batchSize) again = true;
       } catch (err) {
-        backoffMs = Math.min(backoffMs === 0 ? 50 : backoffMs * 2, 5_000);
+        backoffMs = Math.min(backoffMs === 0 ? 50 : backoffMs * 2, 1_000);
         opts.log.warn({ err: (err as Error).message, retryInMs: backoffMs }, 'outbox relay: publish failed, will retry');
         if (!closed && !retryTimer) {
           retryTimer = setTimeout(() => {
@@ -137,15 +137,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
 
   return {
     kick,
-    async drainAll() {
-      const before = published;
-      for (;;) {
-        if (running) await running;
-        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize);
-        published += n;
-        if (n === 0) return published - before;
-      }
-    },
+    published: () => published,
     async close() {
       closed = true;
       unsubscribe();
