@@ -8,18 +8,25 @@
  *      logs in .data/logs/bench-live-*.log) with the same admin key and a private live-channel
  *      prefix, publishes the demo/bench price book and creates --accounts accounts with ample PAID
  *      credit.
- *   2. Phase 1: --subscribers graphql-ws clients, ONE WebSocket connection each (a browser tab),
+ *   2. Warm-up (not measured): 100 temporary subscribers per instance and 5 s of charges, so both
+ *      servers are warm before any memory baseline is taken.
+ *   3. Phase 1: --subscribers graphql-ws clients, ONE WebSocket connection each (a browser tab),
  *      half on A and half on B, every account watched on both instances, each holding
- *      `balanceChanged(accountId)`. Server RSS (VmRSS) is read before and after they connected
- *      (connected + first snapshot received): (after - before) / N * 1000 = memory per 1,000 idle
- *      connections. Then recordUsage charges arrive at --rate per second for --seconds, round
- *      robin over the accounts, alternately over HTTP (keep-alive fetch) to A and B.
- *   3. Phase 2: more subscribers are connected (the phase-1 ones stay) until --held are held, and
+ *      `balanceChanged(accountId)`. Server RSS (VmRSS from /proc) and V8 heap are read before and
+ *      after they connected (connected + first snapshot received), each time right after two
+ *      forced full GCs (the servers run with --inspect=127.0.0.1:0 and the bench asks their
+ *      inspector): (after - before) / N * 1000 = memory per 1,000 idle connections. Then
+ *      recordUsage charges arrive at --rate per second for --seconds, paced by a timer schedule,
+ *      round robin over the accounts, alternately over HTTP (keep-alive fetch) to A and B.
+ *   4. Phase 2: more subscribers are connected (the phase-1 ones stay) until --held are held, and
  *      the same charge load runs again.
- *   For each phase: p50/p99/max latency, events expected/received/lost, achieved charge rate and
- *   CPU time of each process during the charge window (from /proc), printed as a table and
- *   written to bench/results/live-subscriptions.json. Exits 1 when any event was lost (or a
- *   subscriber could not connect, was dropped, or a charge failed), 2 on bad arguments.
+ *   For each phase: p50/p99/max latency, events expected/received/lost, achieved charge rate, CPU
+ *   time of each process during the charge window (from /proc; PostgreSQL counts only the bench
+ *   database's backends and the shared processes), each server's event-loop delay and GC time
+ *   (observed through its inspector) and a per-second timeline, printed as a table (timeline in
+ *   the JSON only) and written to bench/results/live-subscriptions.json. Exits 1 when any event
+ *   was lost (or a subscriber could not connect, was dropped, or a charge failed), 2 on bad
+ *   arguments. The database is left in place for inspection and re-created by the next run.
  *
  * Latency = receipt time in this process (Date.now() when graphql-ws hands the event over) minus
  * `Balance.updatedAt` of the event. `updatedAt` is the wall-clock time the charge's transaction
@@ -110,8 +117,20 @@ interface PhaseResult {
   latencyMs: { samples: number; p50: number; p99: number; max: number; perInstance: Record<Instance, { p50: number; p99: number; max: number }> };
   cpuPercent: Record<string, number>;
   benchEventLoopDelayMs: { p99: number; max: number };
+  /** Each server's event-loop delay (beyond the 5 ms sampling interval) and GC time during the measured window (null when its inspector was not reachable). */
+  serverLoop: Record<Instance, ServerLoopStats | null>;
   /** Per second of the measured window: events received and their worst latency, charges sent and their worst HTTP time. */
   timeline: { second: number; events: number; maxLatencyMs: number; charges: number; maxChargeHttpMs: number }[];
+}
+
+/** A server's event loop during a window, observed through its inspector. */
+interface ServerLoopStats {
+  loopP50Ms: number;
+  loopP99Ms: number;
+  loopMaxMs: number;
+  gcCount: number;
+  gcMs: number;
+  gcMaxMs: number;
 }
 
 /** A process's memory after a forced full GC (when available). */
@@ -287,6 +306,48 @@ function memoryDelta(before: MemoryReading, after: MemoryReading, added: number)
 
 const round1 = (x: number) => Number(x.toFixed(1));
 
+/** Event-loop lag in ms from a monitorEventLoopDelay value (ns) sampled every 5 ms: the interval is subtracted. */
+const loopLagMs = (ns: number) => Math.max(0, round1((ns - 5e6) / 1e6));
+
+const LOOP_PROBE_START = `(() => {
+  const ph = process.getBuiltinModule('node:perf_hooks');
+  const probe = { gc: [], loop: ph.monitorEventLoopDelay({ resolution: 5 }) };
+  probe.observer = new ph.PerformanceObserver((list) => { for (const e of list.getEntries()) probe.gc.push(e.duration); });
+  probe.observer.observe({ entryTypes: ['gc'] });
+  probe.loop.enable();
+  globalThis.__creditpoolBenchProbe = probe;
+  return true;
+})()`;
+const LOOP_PROBE_STOP = `(() => {
+  const p = globalThis.__creditpoolBenchProbe;
+  delete globalThis.__creditpoolBenchProbe;
+  p.observer.disconnect();
+  p.loop.disable();
+  const ms = (ns) => Math.max(0, Math.round((ns - 5e6) / 1e5) / 10); // minus the 5 ms sampling interval
+  return { loopP50Ms: ms(p.loop.percentile(50)), loopP99Ms: ms(p.loop.percentile(99)), loopMaxMs: ms(p.loop.max),
+    gcCount: p.gc.length, gcMs: Math.round(p.gc.reduce((a, b) => a + b, 0)), gcMaxMs: Math.round(Math.max(0, ...p.gc)) };
+})()`;
+
+/**
+ * Starts (`start`) or ends and reads (`stop`) an event-loop-delay histogram and a GC observer
+ * inside a server, through its inspector.
+ * @returns the window's figures for `stop`, null for `start` or when the inspector is unreachable
+ */
+async function serverLoopProbe(server: StartedServer, action: 'start' | 'stop'): Promise<ServerLoopStats | null> {
+  const url = inspectorUrl(server);
+  if (!url) return null;
+  try {
+    const [result] = await inspectorCalls(url, [
+      { method: 'Runtime.evaluate', params: { expression: action === 'start' ? LOOP_PROBE_START : LOOP_PROBE_STOP, returnByValue: true } },
+    ]);
+    const value = (result as { result?: { value?: unknown } }).result?.value;
+    return action === 'stop' && value && typeof value === 'object' ? (value as ServerLoopStats) : null;
+  } catch (e) {
+    console.warn(`  (event-loop probe in pid ${server.pids.server} failed: ${(e as Error).message})`);
+    return null;
+  }
+}
+
 /** utime + stime of a process in clock ticks (0 when it is gone). */
 function cpuTicksOf(pid: number): number {
   try {
@@ -409,7 +470,9 @@ async function main(): Promise<number> {
 
   const subscribers: Subscriber[] = [];
   const servers: Partial<Record<Instance, StartedServer>> = {};
+  let disposing = false;
   const stopAll = async () => {
+    disposing = true;
     await Promise.allSettled(subscribers.map((s) => Promise.resolve(s.client.dispose())));
     await Promise.allSettled([servers.A?.stop(), servers.B?.stop()]);
   };
@@ -451,7 +514,6 @@ async function main(): Promise<number> {
       if (!s) samples.set(p, (s = { A: [], B: [] }));
       return s;
     };
-    let disposing = false;
     // Per-second buckets of the measured window (phaseT0 = 0 outside it).
     let phaseT0 = 0;
     let timeline: PhaseResult['timeline'] = [];
@@ -699,6 +761,7 @@ async function main(): Promise<number> {
 
       startPhase(name);
       const dropped0 = subscribers.filter((s) => s.failure !== null).length;
+      await Promise.all([serverLoopProbe(srv.A, 'start'), serverLoopProbe(srv.B, 'start')]);
       const loop = monitorEventLoopDelay({ resolution: 5 });
       loop.enable();
       const cpu0 = sampleCpu(srv);
@@ -710,6 +773,7 @@ async function main(): Promise<number> {
       const cpu1 = sampleCpu(srv);
       const cpuWindow = (performance.now() - t0) / 1000;
       loop.disable();
+      const [loopA, loopB] = await Promise.all([serverLoopProbe(srv.A, 'stop'), serverLoopProbe(srv.B, 'stop')]);
       phase = `${name}:done`;
       phaseT0 = 0;
 
@@ -747,7 +811,8 @@ async function main(): Promise<number> {
         },
         latencyMs: { samples: all.A.length + all.B.length, ...both, perInstance: { A: lat(all.A), B: lat(all.B) } },
         cpuPercent: cpuPercent(cpu0, cpu1, cpuWindow),
-        benchEventLoopDelayMs: { p99: Number((loop.percentile(99) / 1e6).toFixed(1)), max: Number((loop.max / 1e6).toFixed(1)) },
+        benchEventLoopDelayMs: { p99: loopLagMs(loop.percentile(99)), max: loopLagMs(loop.max) },
+        serverLoop: { A: loopA, B: loopB },
         timeline,
       };
       const worst = [...timeline].sort((a, b) => b.maxLatencyMs - a.maxLatencyMs).slice(0, 3);
@@ -789,6 +854,10 @@ async function main(): Promise<number> {
       ['server RSS per 1,000 idle conns', ...results.map((r) => `A ${r.memory.A.rssMiBPer1000} / B ${r.memory.B.rssMiBPer1000} MiB`)],
       ['server heap per 1,000 idle conns', ...results.map((r) => `A ${r.memory.A.heapMiBPer1000} / B ${r.memory.B.heapMiBPer1000} MiB`)],
       ['bench client RSS / heap per 1,000', ...results.map((r) => `${r.benchMemory.rssMiBPer1000} / ${r.benchMemory.heapMiBPer1000} MiB`)],
+      ...(['A', 'B'] as const).flatMap((i) => [
+        [`server ${i} event-loop delay p50/p99/max`, ...results.map((r) => (r.serverLoop[i] ? `${r.serverLoop[i].loopP50Ms} / ${r.serverLoop[i].loopP99Ms} / ${r.serverLoop[i].loopMaxMs} ms` : 'n/a'))],
+        [`server ${i} GC time (count, longest)`, ...results.map((r) => (r.serverLoop[i] ? `${r.serverLoop[i].gcMs} ms (${r.serverLoop[i].gcCount}, ${r.serverLoop[i].gcMaxMs} ms)` : 'n/a'))],
+      ]),
       ['bench event-loop delay p99 / max', ...results.map((r) => `${r.benchEventLoopDelayMs.p99} / ${r.benchEventLoopDelayMs.max} ms`)],
       ...['server A', 'server B', 'bench (clients)', 'postgres', 'redis', 'other', 'machine busy'].map((k) => [
         k === 'machine busy' ? `CPU machine busy (of ${readCpuCount() * 100} %)` : k === 'other' ? 'CPU other processes (% of a core)' : `CPU ${k} (% of a core)`,
@@ -824,7 +893,6 @@ async function main(): Promise<number> {
     const broken = results.reduce((a, r) => a + r.connectFailures + r.events.droppedConnections + r.charges.failed, 0);
     if (lost > 0) console.error(`FAIL: ${lost} event(s) lost`);
     if (broken > 0) console.error(`FAIL: ${broken} connect failure(s), dropped connection(s) or failed charge(s)`);
-    disposing = true;
     return lost > 0 || broken > 0 ? 1 : 0;
   } catch (e) {
     console.error(`bench failed: ${(e as Error).stack ?? (e as Error).message}`);
