@@ -49,7 +49,7 @@ describe('HTTP endpoints', () => {
   it('/readyz answers 200 with PostgreSQL and Redis reachable', async () => {
     const res = await fetch(`${base}/readyz`);
     expect(res.status).toBe(200);
-    expect(await res.json()).toEqual({ ok: true, postgres: true, redis: true });
+    expect(await res.json()).toMatchObject({ ok: true, postgres: true, redis: true, live: { webSockets: 0, channels: 0, listeners: 0 } });
   });
 
   it('echoes a valid x-request-id and generates one otherwise', async () => {
