@@ -587,6 +587,13 @@ function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; ref
   const r = acct.reconciliation;
   const invariantHolds = r.consistent && parseCredits(r.batchRemaining) - parseCredits(r.debt) === parseCredits(r.total) && parseCredits(r.total) === parseCredits(r.ledgerSum);
   log('');
+  const alerts = [...acct.alerts.edges].reverse().map((e) => e.node);
+  log(
+    `Credit alerts (raised once per threshold per billing period; the 0 % alert is the depletion notice): ${
+      alerts.length === 0 ? 'none' : alerts.map((a) => `${a.threshold} % (available ${showCredits(parseCredits(a.available))} at ${a.createdAt})`).join(', ')
+    }`,
+  );
+  if (s.refusedByKind && Object.values(s.refusedByKind).some((n) => n > 0) && !alerts.some((a) => a.threshold === 0)) failures.push('credit ran out but no 0 % alert was raised');
   log(`Reconciliation: batch remaining ${showCredits(parseCredits(r.batchRemaining))} - debt ${showCredits(parseCredits(r.debt))} = total ${showCredits(parseCredits(r.total))}; ledger sum ${showCredits(parseCredits(r.ledgerSum))}`);
   log(`ledger invariant holds: ${invariantHolds ? 'yes' : 'no'}`);
   if (!invariantHolds) failures.push('ledger invariant does not hold');

@@ -11,6 +11,7 @@ import { createPgPool } from './db/pg.js';
 import { createPrismaClient } from './db/prisma.js';
 import { applyMigrations } from './db/migrate.js';
 import { createPricingState } from './services/pricing-state.js';
+import { createPaymentProvider } from './payments/index.js';
 import { createAuthenticator } from './auth/authenticator.js';
 import { buildServer } from './server.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
@@ -27,7 +28,7 @@ const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE);
 const prisma = createPrismaClient(env.DATABASE_URL);
 const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3, lazyConnect: false });
 redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
-const services = { pool, clock: () => new Date(), pricing: createPricingState(pool) };
+const services = { pool, clock: () => new Date(), pricing: createPricingState(pool), payments: createPaymentProvider(env) };
 const authenticator = createAuthenticator({
   pool,
   adminApiKey: env.ADMIN_API_KEY,
@@ -38,7 +39,7 @@ const authenticator = createAuthenticator({
 });
 const server = buildServer({ env, log, pool, prisma, redis, services, authenticator });
 const port = await server.listen(env.PORT);
-const workers: RunningWorkers | null = env.RUN_WORKERS ? await startWorkers({ redisUrl: env.REDIS_URL, pool, log }) : null;
+const workers: RunningWorkers | null = env.RUN_WORKERS ? await startWorkers({ env, pool, log, services, relay: false }) : null;
 log.info({ url: `http://127.0.0.1:${port}/graphql`, workers: env.RUN_WORKERS }, 'creditpool ready');
 
 let stopping = false;

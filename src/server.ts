@@ -24,6 +24,7 @@ import type { ExecutionArgs } from 'graphql';
 import type { Principal } from './auth/principal.js';
 import { LiveHub } from './live/hub.js';
 import { startOutboxRelay, type OutboxRelay } from './outbox/relay.js';
+import { createQueueJobSink } from './queues/job-sink.js';
 import type { Logger } from 'pino';
 import { schema } from './graphql/schema.js';
 import type { GraphQLContext } from './graphql/context.js';
@@ -120,8 +121,11 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     ? new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-outbox-relay' })
     : null;
   publisher?.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: redis error'));
+  const queueConnection = env.OUTBOX_RELAY ? new Redis(env.REDIS_URL, { maxRetriesPerRequest: null, connectionName: 'creditpool-outbox-jobs' }) : null;
+  queueConnection?.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: queue redis error'));
+  const jobSink = queueConnection ? createQueueJobSink(queueConnection, env.QUEUE_PREFIX) : undefined;
   const relay = publisher
-    ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS })
+    ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: jobSink })
     : null;
 
   const yoga = createYoga<{ req: IncomingMessage; res: ServerResponse }, GraphQLContext>({
@@ -343,7 +347,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         http.closeAllConnections(); // ends SSE streams and idle keep-alive connections
         await httpClosed;
         await relay?.close();
-        await Promise.allSettled([live.close(), publisher?.quit()]);
+        await jobSink?.close();
+        await Promise.allSettled([live.close(), publisher?.quit(), queueConnection?.quit()]);
       })()),
   };
 }

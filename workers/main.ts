@@ -10,7 +10,7 @@ import { startWorkers } from './start.js';
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
 const pool = createPgPool(env.DATABASE_URL, 5);
-const workers = await startWorkers({ redisUrl: env.REDIS_URL, pool, log });
+const workers = await startWorkers({ env, pool, log });
 log.info('creditpool workers ready');
 
 let stopping = false;

@@ -1,48 +1,116 @@
 /**
- * Starts the BullMQ workers of this process (one Worker per queue) and re-creates their job
- * schedulers (idempotent: upsertJobScheduler keeps one schedule per id).
+ * Starts the BullMQ workers of this process and re-creates their job schedulers at every boot
+ * (idempotent: upsertJobScheduler keeps one schedule per id):
+ * - queue `maintenance`: `reconcile-ledger` every minute, `sweep-due` every SWEEP_EVERY_MS (the
+ *   safety net: runs whatever is due that no job took care of, e.g. after Redis was flushed);
+ * - queue `ledger-jobs`: the jobs the outbox relay enqueues (expire-due, roll-period,
+ *   auto-top-up, deliver-webhook; workers/registry.ts);
+ * - an outbox relay (unless `relay: false`), so jobs are enqueued even when no API runs.
  */
-import { Queue, Worker, UnrecoverableError } from 'bullmq';
+import { Queue, Worker, UnrecoverableError, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
-import { MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB } from '../src/queues/names.js';
+import type { Env } from '../src/config/env.js';
+import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, type LedgerJobName } from '../src/queues/names.js';
+import { createPricingState } from '../src/services/pricing-state.js';
+import type { ServiceContext } from '../src/services/context.js';
+import { createQueueJobSink } from '../src/queues/job-sink.js';
+import { createPaymentProvider } from '../src/payments/index.js';
+import { startOutboxRelay } from '../src/outbox/relay.js';
 import { processReconcileLedger } from './processors/reconcile-ledger.js';
+import { processSweepDue, SWEEP_DUE_JOB } from './processors/sweep-due.js';
+import { LEDGER_PROCESSORS } from './registry.js';
+import type { JobView, WorkerDeps } from './deps.js';
 
 /** Running workers; `close()` waits for jobs in progress, then disconnects. */
 export interface RunningWorkers {
+  /** Enqueues directly on the ledger-jobs queue (tests, sweeps). */
+  ledgerQueue: Queue;
   close(): Promise<void>;
 }
 
-/**
- * Starts the workers.
- * @param opts.prefix BullMQ key prefix (tests use a unique one).
- */
-export async function startWorkers(opts: { redisUrl: string; pool: pg.Pool; log: Logger; prefix?: string }): Promise<RunningWorkers> {
-  const connection = new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
-  const prefix = opts.prefix ?? 'creditpool';
-  const queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
-  await queue.upsertJobScheduler(RECONCILE_LEDGER_JOB, { every: RECONCILE_EVERY_MS }, { name: RECONCILE_LEDGER_JOB, data: { lookbackSeconds: 900 } });
-  const worker = new Worker(
+/** Options of {@link startWorkers}. */
+export interface StartWorkersOptions {
+  env: Env;
+  pool: pg.Pool;
+  log: Logger;
+  /** BullMQ key prefix (default env.QUEUE_PREFIX; tests use a unique one). */
+  prefix?: string;
+  /** Services to use (default: built from the pool with the wall clock). */
+  services?: ServiceContext;
+  /** Run an outbox relay in this process (default true). */
+  relay?: boolean;
+  /** Jobs of the ledger-jobs queue processed at once (default 4). */
+  concurrency?: number;
+}
+
+function view(job: Job): JobView {
+  return { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 };
+}
+
+async function guarded<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof ZodError) throw new UnrecoverableError(`bad payload: ${err.message}`);
+    throw err;
+  }
+}
+
+/** Starts the workers (see the module comment). */
+export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWorkers> {
+  const { env, pool, log } = opts;
+  const connection = new Redis(env.REDIS_URL, { maxRetriesPerRequest: null, connectionName: 'creditpool-workers' });
+  connection.on('error', (err) => log.warn({ err: err.message }, 'workers: redis error'));
+  const prefix = opts.prefix ?? env.QUEUE_PREFIX;
+  const services: ServiceContext = opts.services ?? { pool, clock: () => new Date(), pricing: createPricingState(pool), payments: createPaymentProvider(env) };
+  const deps: WorkerDeps = { services, log, env };
+  const sink = createQueueJobSink(connection, prefix);
+
+  const maintenance = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
+  await maintenance.upsertJobScheduler(RECONCILE_LEDGER_JOB, { every: RECONCILE_EVERY_MS }, { name: RECONCILE_LEDGER_JOB, data: { lookbackSeconds: 900 } });
+  await maintenance.upsertJobScheduler(SWEEP_DUE_JOB, { every: env.SWEEP_EVERY_MS }, { name: SWEEP_DUE_JOB, data: {} });
+
+  const maintenanceWorker = new Worker(
     MAINTENANCE_QUEUE,
-    async (job) => {
-      try {
-        if (job.name === RECONCILE_LEDGER_JOB) return await processReconcileLedger(opts.pool, opts.log, job.data, new Date());
+    (job) =>
+      guarded(async () => {
+        if (job.name === RECONCILE_LEDGER_JOB) return processReconcileLedger(pool, log, job.data, new Date());
+        if (job.name === SWEEP_DUE_JOB) return processSweepDue(deps, sink);
         throw new UnrecoverableError(`unknown job ${job.name}`);
-      } catch (err) {
-        if (err instanceof ZodError) throw new UnrecoverableError(`bad payload: ${err.message}`);
-        throw err;
-      }
-    },
+      }),
     { connection, prefix, concurrency: 1 },
   );
-  worker.on('failed', (job, err) => opts.log.error({ err, job: job?.name, id: job?.id }, 'job failed'));
-  opts.log.info({ queues: [MAINTENANCE_QUEUE] }, 'workers started');
+  const ledgerWorker = new Worker(
+    LEDGER_JOBS_QUEUE,
+    (job) =>
+      guarded(async () => {
+        if (!(LEDGER_JOB_NAMES as readonly string[]).includes(job.name)) throw new UnrecoverableError(`unknown job ${job.name}`);
+        return LEDGER_PROCESSORS[job.name as LedgerJobName](deps, view(job));
+      }),
+    { connection, prefix, concurrency: opts.concurrency ?? 4 },
+  );
+  for (const w of [maintenanceWorker, ledgerWorker]) {
+    w.on('failed', (job, err) => log.warn({ err: err.message, job: job?.name, id: job?.id, attempt: job?.attemptsMade }, 'job attempt failed'));
+  }
+
+  let relay: ReturnType<typeof startOutboxRelay> | null = null;
+  let publisher: Redis | null = null;
+  if (opts.relay !== false) {
+    publisher = new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-workers-relay' });
+    publisher.on('error', (err) => log.warn({ err: err.message }, 'workers relay: redis error'));
+    relay = startOutboxRelay({ pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: sink });
+  }
+  log.info({ queues: [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE], prefix }, 'workers started');
   return {
+    ledgerQueue: sink.queue,
     async close() {
-      await worker.close();
-      await queue.close();
+      await relay?.close();
+      await Promise.all([maintenanceWorker.close(), ledgerWorker.close()]);
+      await Promise.all([maintenance.close(), sink.close()]);
+      publisher?.disconnect();
       connection.disconnect();
     },
   };

@@ -38,6 +38,10 @@ const EnvSchema = z.object({
   GRAPHQL_MAX_COST: z.coerce.number().int().min(100).default(20000),
   /** Most items accepted by recordUsageBatch. */
   MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(10000).default(1000),
+  /** BullMQ key prefix of the queues (tests use their own). */
+  QUEUE_PREFIX: z.string().min(1).default('creditpool'),
+  /** Every how many milliseconds the sweeps (expiries, period rolls, stuck top-ups) run. */
+  SWEEP_EVERY_MS: z.coerce.number().int().min(100).default(30_000),
   /** Prefix of the Redis pub/sub channels of live updates (one channel per account). */
   LIVE_CHANNEL_PREFIX: z.string().min(1).default('creditpool:live:'),
   /** Run the outbox relay in this process (publishes committed outbox rows to Redis). */
@@ -52,6 +56,18 @@ const EnvSchema = z.object({
   LIVE_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1024).default(65_536),
   /** Undelivered updates queued per subscription before they are replaced by one fresh snapshot. */
   LIVE_MAX_QUEUED_UPDATES: z.coerce.number().int().min(1).default(1_000),
+  /** Where signed webhooks (credit alerts, auto top-up paused) are POSTed. Unset: none are sent or logged. */
+  WEBHOOK_URL: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'WEBHOOK_URL must be an http(s) URL').optional(),
+  /** HMAC-SHA256 key of the webhook signatures (header creditpool-signature); needed to deliver when WEBHOOK_URL is set. */
+  WEBHOOK_SECRET: z.string().min(32, 'WEBHOOK_SECRET must be at least 32 characters').optional(),
+  /** Timeout of one webhook POST (connect + response + body), in milliseconds. */
+  WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5_000),
+  /** Who charges payment methods (packs, auto top-ups): the built-in simulator, or Stripe (needs STRIPE_SECRET_KEY). */
+  PAYMENT_PROVIDER: z.enum(['simulator', 'stripe']).default('simulator'),
+  /** Stripe secret API key (sk_live_… / sk_test_…), used when PAYMENT_PROVIDER=stripe. */
+  STRIPE_SECRET_KEY: z.string().min(1).optional(),
+  /** Signing secret (whsec_…) of the Stripe webhook endpoint, to verify Stripe's webhook signatures. */
+  STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
 });
 
 /** Validated process configuration. */

@@ -9,7 +9,7 @@ import { LedgerError } from '../ledger/errors.js';
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The GraphQL type names whose ids are database uuids. */
-export type NodeTypeName = 'Account' | 'CreditBatch' | 'CreditGrant' | 'UsageEvent' | 'LedgerEntry' | 'Reservation' | 'CreditAlert';
+export type NodeTypeName = 'Account' | 'CreditBatch' | 'CreditGrant' | 'UsageEvent' | 'LedgerEntry' | 'Reservation' | 'CreditAlert' | 'Plan' | 'CreditPack';
 
 /** Encodes a database id as a global id of `typename`. */
 export function toGlobalId(typename: NodeTypeName, id: string): string {

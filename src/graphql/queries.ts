@@ -4,6 +4,8 @@
  */
 import { builder } from './builder.js';
 import { CreditAlertRef } from './types/alerts.js';
+import { PlanRef } from './plans.js';
+import { CreditPackRef } from './billing.js';
 import { LedgerError } from '../ledger/errors.js';
 import { assertCanReadAccount, canReadAccount } from './access.js';
 import { decodeId, tryDecodeId } from './ids.js';
@@ -79,6 +81,14 @@ async function loadNode(ctx: GraphQLContext, globalId: string): Promise<unknown>
     case 'Reservation': {
       const r = await readable(await p.reservation.findUnique({ where: { id: d.id } }));
       return r && ReservationRef.addBrand(r);
+    }
+    case 'CreditPack': {
+      const r = await p.creditPack.findUnique({ where: { id: d.id } });
+      return r && CreditPackRef.addBrand(r);
+    }
+    case 'Plan': {
+      const r = await p.plan.findUnique({ where: { id: d.id } });
+      return r && PlanRef.addBrand(r);
     }
     case 'CreditAlert': {
       const r = await readable(await p.creditAlert.findUnique({ where: { id: d.id } }));

@@ -14,6 +14,8 @@ import './mutations.js';
 import './growth.js';
 import './types/alerts.js';
 import './subscriptions.js';
+import './plans.js';
+import './billing.js';
 
 /** The executable schema. */
 export const schema = builder.toSchema({ sortSchema: false });

@@ -149,22 +149,18 @@ function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Usag
   });
 }
 
-/** creditAlerts: each alert recorded after the subscription started, oldest first. */
+/** creditAlerts: each alert recorded after the subscription started, in the order recorded. */
 function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert> {
-  let after: { createdAt: Date; id: string } | null = null;
+  let lastSeq = 0n;
   const since = async (): Promise<CreditAlert[]> => {
-    const rows = await ctx.prisma.creditAlert.findMany({
-      where: after ? { accountId, OR: [{ createdAt: { gt: after.createdAt } }, { createdAt: after.createdAt, id: { gt: after.id } }] } : { accountId },
-      orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
-      take: 100,
-    });
-    if (rows.length > 0) after = { createdAt: rows[rows.length - 1]!.createdAt, id: rows[rows.length - 1]!.id };
+    const rows = await ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: lastSeq } }, orderBy: { seq: 'asc' }, take: 100 });
+    if (rows.length > 0) lastSeq = rows[rows.length - 1]!.seq;
     return rows;
   };
   return liveStream(ctx, accountId, {
     start: async () => {
-      const top = await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: [{ createdAt: 'desc' }, { id: 'desc' }] });
-      after = top ? { createdAt: top.createdAt, id: top.id } : { createdAt: new Date(0), id: '00000000-0000-0000-0000-000000000000' };
+      const top = await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } });
+      lastSeq = top?.seq ?? 0n;
       return [];
     },
     catchUp: since,

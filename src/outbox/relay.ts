@@ -1,6 +1,6 @@
 /**
- * The outbox relay: turns committed outbox rows into Redis publications, at least once, in
- * commit order per account.
+ * The outbox relay: turns committed outbox rows into Redis publications and BullMQ jobs, at
+ * least once, in commit order per account.
  *
  * One drain is one transaction: take a transaction-scoped advisory lock (so at most one relay in
  * the whole deployment publishes at a time, which keeps each account's messages in version
@@ -18,6 +18,13 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { onOutboxCommitted } from './signal.js';
 import { accountChannel } from './topics.js';
+import type { OutboxJob } from '../queues/names.js';
+
+/** Where the relay puts `job` rows: the ledger-jobs queue (BullMQ addBulk in production). */
+export interface JobSink {
+  /** Adds the jobs; a jobId already present is not added again. @throws on Redis errors. */
+  add(jobs: OutboxJob[]): Promise<void>;
+}
 
 /** Advisory lock key of the relay (any constant; "cpoutbox" in ASCII). */
 export const OUTBOX_RELAY_LOCK_KEY = 0x63706f7574626f78n;
@@ -34,6 +41,8 @@ export interface OutboxRelayOptions {
   pollIntervalMs: number;
   /** Rows per drain transaction. */
   batchSize?: number;
+  /** Where `job` rows go; without a sink they stay in the outbox for a relay that has one. */
+  jobs?: JobSink;
 }
 
 /** A running relay. */
@@ -51,21 +60,27 @@ export interface OutboxRelay {
  * @returns the number of rows published.
  * @throws the database or Redis error (the transaction is rolled back, the rows stay).
  */
-export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix: string, batchSize: number): Promise<number> {
+export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix: string, batchSize: number, jobs?: JobSink): Promise<number> {
   const client = await pool.connect();
   let broken = false;
   try {
     await client.query('BEGIN');
     await client.query('SELECT pg_advisory_xact_lock($1)', [OUTBOX_RELAY_LOCK_KEY.toString()]);
     const { rows } = await client.query(
-      `DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events ORDER BY id LIMIT $1)
+      `DELETE FROM outbox_events WHERE id IN (
+         SELECT id FROM outbox_events WHERE $2 OR topic <> 'job' ORDER BY id LIMIT $1)
        RETURNING id, account_id, topic, payload`,
-      [batchSize],
+      [batchSize, jobs !== undefined],
     );
     if (rows.length > 0) {
       rows.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
+      const jobRows = rows.filter((r) => r.topic === 'job');
+      if (jobs && jobRows.length > 0) await jobs.add(jobRows.map((r) => r.payload as OutboxJob));
       const pipeline = redis.pipeline();
-      for (const r of rows) pipeline.publish(accountChannel(channelPrefix, r.account_id as string), JSON.stringify({ topic: r.topic, payload: r.payload }));
+      for (const r of rows) {
+        if (r.topic === 'job') continue;
+        pipeline.publish(accountChannel(channelPrefix, r.account_id as string), JSON.stringify({ topic: r.topic, payload: r.payload }));
+      }
       const results = await pipeline.exec();
       const failed = results?.find(([err]) => err);
       if (!results || failed) throw failed?.[0] ?? new Error('redis pipeline returned nothing');
@@ -98,7 +113,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
     do {
       again = false;
       try {
-        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize);
+        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs);
         published += n;
         backoffMs = 0;
         if (n === batchSize) again = true;

@@ -1,13 +1,48 @@
 /**
  * Queue and job names shared by producers and workers. The same name runs through every room:
- * service -> processor workers/processors/<job>.ts -> job <job>.
+ * service -> outbox row (topic `job`) -> relay -> queue -> processor workers/processors/<job>.ts.
  */
 
-/** The maintenance queue: periodic checks of the ledger. */
+/** The maintenance queue: periodic sweeps and checks (job schedulers, re-created at every boot). */
 export const MAINTENANCE_QUEUE = 'maintenance';
+
+/** The ledger-jobs queue: one job per thing due (an expiry, a period roll, a top-up, a webhook). */
+export const LEDGER_JOBS_QUEUE = 'ledger-jobs';
 
 /** Job: reconcile the ledger of recently changed accounts (see services/reconcile-ledger.ts). */
 export const RECONCILE_LEDGER_JOB = 'reconcile-ledger';
 
 /** Every how many milliseconds the reconcile job is scheduled. */
 export const RECONCILE_EVERY_MS = 60_000;
+
+/**
+ * A job as written to the outbox (topic `job`) and turned into a BullMQ job by the relay.
+ * - `name`: one of {@link LEDGER_JOB_NAMES}.
+ * - `jobId`: deterministic (e.g. `expire-due-<batch id>`; BullMQ forbids ":"), so enqueueing
+ *   twice adds it once.
+ * - `runAt`: ISO instant before which it must not run (a delayed job), or absent for now.
+ */
+export interface OutboxJob {
+  name: LedgerJobName;
+  jobId: string;
+  data: Record<string, unknown>;
+  runAt?: string;
+}
+
+/** The jobs of the ledger-jobs queue. */
+export const LEDGER_JOB_NAMES = ['expire-due', 'roll-period', 'auto-top-up', 'deliver-webhook'] as const;
+
+/** One ledger job name. */
+export type LedgerJobName = (typeof LEDGER_JOB_NAMES)[number];
+
+/**
+ * BullMQ options per job: attempts and exponential backoff (ms). A failed attempt is retried
+ * with the same jobId; processors are idempotent, so a retry or a duplicate is a no-op.
+ */
+export const LEDGER_JOB_OPTIONS: Record<LedgerJobName, { attempts: number; backoffMs: number }> = {
+  'expire-due': { attempts: 5, backoffMs: 1_000 },
+  'roll-period': { attempts: 5, backoffMs: 1_000 },
+  // Three failed charges in a row pause auto top-up (services/auto-top-up.ts).
+  'auto-top-up': { attempts: 3, backoffMs: 2_000 },
+  'deliver-webhook': { attempts: 8, backoffMs: 1_000 },
+};

@@ -17,9 +17,8 @@ import type { Tx } from '../db/pg.js';
 import { toBigInt } from '../db/pg.js';
 import { LedgerError, assert } from '../ledger/errors.js';
 import type { DrawableBatch, CreditType } from '../ledger/drawdown.js';
-import { monthlyPeriodAt } from '../ledger/billing-period.js';
+import { monthlyPeriodAt, type Period } from '../ledger/billing-period.js';
 import { markOutboxWritten } from '../outbox/signal.js';
-import { snapshotJsonSql } from './balance-figures.js';
 
 /** Ledger entry types (contract enum LedgerEntryType). */
 export type LedgerEntryType = 'GRANT' | 'CONSUME' | 'EXPIRE' | 'RESERVE' | 'RELEASE' | 'REFUND' | 'VOID' | 'ADJUST' | 'DEBT_REPAY';
@@ -29,6 +28,8 @@ const HOLD_TYPES: ReadonlySet<LedgerEntryType> = new Set(['RESERVE', 'RELEASE'])
 
 interface PendingEntry {
   type: LedgerEntryType;
+  /** When the entry took effect, if not the account's "now" (an expiry at its expiresAt). */
+  at: Date | null;
   amountMicroCredits: bigint;
   balanceAfterMicroCredits: bigint;
   batchId: string | null;
@@ -52,7 +53,7 @@ export interface AccountState {
 }
 
 /** Outbox topics besides the balance snapshot that finish() always writes (src/outbox/topics.ts). */
-export type OutboxTopic = 'usage' | 'alert';
+export type OutboxTopic = 'usage' | 'alert' | 'job';
 
 /** Tables whose rows belong to one account. */
 export type OwnedTable = 'credit_grants' | 'usage_events' | 'reservations';
@@ -69,6 +70,8 @@ export class AccountTx {
   /** "Now" for every rule of this account: its test clock, or the wall clock. */
   readonly now: Date;
   readonly createdAt: Date;
+  /** Start of the first billing period (creation, or the start of the plan; subscribeToPlan moves it). */
+  billingAnchorAt: Date;
   readonly kind: 'ORGANIZATION' | 'USER';
   /** Running total: remaining of ACTIVE batches minus debt (micro-credits). */
   total: bigint;
@@ -83,6 +86,7 @@ export class AccountTx {
     this.tx = tx;
     this.accountId = row.id as string;
     this.createdAt = row.created_at as Date;
+    this.billingAnchorAt = row.billing_anchor_at as Date;
     this.kind = row.kind as 'ORGANIZATION' | 'USER';
     const clockAt = row.test_clock_at as Date | null;
     this.now = row.test_mode && clockAt ? clockAt : wallNow;
@@ -97,7 +101,7 @@ export class AccountTx {
    */
   static async lock(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
     const { rows } = await tx.query(
-      `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at,
+      `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at,
               b.total_micro_credits, b.debt_micro_credits, b.version
          FROM balances b JOIN accounts a ON a.id = b.account_id
         WHERE b.account_id = $1
@@ -191,11 +195,14 @@ export class AccountTx {
     usageEventId?: string | null;
     reservationId?: string | null;
     note?: string | null;
+    /** Dates the entry at this instant instead of the account's now (expiries: their expiresAt). */
+    at?: Date | null;
   }): void {
     if (!HOLD_TYPES.has(entry.type)) this.total += entry.amountMicroCredits;
     this.changed = true;
     this.entries.push({
       type: entry.type,
+      at: entry.at ?? null,
       amountMicroCredits: entry.amountMicroCredits,
       balanceAfterMicroCredits: this.total,
       batchId: entry.batchId ?? null,
@@ -203,6 +210,11 @@ export class AccountTx {
       reservationId: entry.reservationId ?? null,
       note: entry.note ?? null,
     });
+  }
+
+  /** The billing period containing this account's "now". */
+  period(): Period {
+    return monthlyPeriodAt(this.billingAnchorAt, this.now);
   }
 
   /**
@@ -231,37 +243,27 @@ export class AccountTx {
     }
     assert(this.debt >= 0n, 'debt must never be negative');
     const e = this.entries;
-    const period = monthlyPeriodAt(this.createdAt, this.now);
-    // One round trip: the entries (in order), the balance row and the outbox rows together. The
-    // figures see this transaction's earlier statements (batches, holds, grants); this
-    // statement's own ledger entries are after periodStart, so they do not change them.
-    const snapshot = snapshotJsonSql({
-      account: '$1',
-      version: 'upd.version',
-      updatedAt: 'upd.updated_at',
-      asOf: '$2::timestamptz',
-      periodStart: '$12::timestamptz',
-      periodEnd: '$13::timestamptz',
-      debt: '$11::bigint',
-    });
+    // One round trip: the entries (in order), the balance row, what follows a balance change
+    // (balance_changed: the outbox snapshot, alerts, auto top-up) and the queued outbox rows.
+    // balance_changed sees this transaction's earlier statements (batches, holds, grants); this
+    // statement's own ledger entries are dated now, after the period start, so they do not
+    // change its figures, and the new version and debt are passed to it.
     const { rows } = await this.tx.query(
       `WITH entries AS (
          INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits,
                                      batch_id, usage_event_id, reservation_id, note, created_at)
-         SELECT gen_random_uuid(), $1, t.type::"LedgerEntryType", t.amount, t.after, t.batch, t.event, t.res, t.note, $2
-           FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[])
-                WITH ORDINALITY AS t(type, amount, after, batch, event, res, note, ord)
+         SELECT gen_random_uuid(), $1, t.type::"LedgerEntryType", t.amount, t.after, t.batch, t.event, t.res, t.note, COALESCE(t.at, $2)
+           FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $14::timestamptz[])
+                WITH ORDINALITY AS t(type, amount, after, batch, event, res, note, at, ord)
           ORDER BY t.ord
        ), upd AS (
          UPDATE balances SET total_micro_credits = $10, debt_micro_credits = $11, version = version + 1, updated_at = $2
           WHERE account_id = $1 RETURNING version, updated_at
        ), ob AS (
          INSERT INTO outbox_events (account_id, topic, payload)
-         SELECT $1, 'balance', ${snapshot} FROM upd, balance_figures($1, $2, $12) f
-         UNION ALL
-         SELECT $1, o.topic, o.payload FROM unnest($14::text[], $15::jsonb[]) AS o(topic, payload)
+         SELECT $1, o.topic, o.payload FROM unnest($12::text[], $13::jsonb[]) AS o(topic, payload)
        )
-       SELECT version FROM upd`,
+       SELECT upd.version, balance_changed($1, $2, upd.version, upd.updated_at, $11::bigint) FROM upd`,
       [
         this.accountId,
         this.now,
@@ -274,10 +276,9 @@ export class AccountTx {
         e.map((x) => x.note),
         this.total.toString(),
         this.debt.toString(),
-        period.start,
-        period.end,
         this.outbox.map((o) => o.topic),
         this.outbox.map((o) => JSON.stringify(o.payload)),
+        e.map((x) => x.at),
       ],
     );
     this.entries.length = 0;

@@ -34,24 +34,13 @@ export interface BalanceSnapshot {
   totalAtStart: string | null;
   /** Credit granted in [periodStart, asOf]. */
   granted: string;
-}
-
-/**
- * The SQL expression (jsonb) of a BalanceSnapshot for the statement's parameters; `f` must be a
- * row of `balance_figures(...)`. Used inside AccountTx.finish's single statement.
- */
-export function snapshotJsonSql(p: { account: string; version: string; updatedAt: string; asOf: string; periodStart: string; periodEnd: string; debt: string }): string {
-  return `jsonb_build_object(
-    'accountId', ${p.account}::text, 'version', (${p.version})::text, 'updatedAt', ${p.updatedAt}, 'asOf', ${p.asOf},
-    'periodStart', ${p.periodStart}, 'periodEnd', ${p.periodEnd},
-    'free', f.free::text, 'paid', f.paid::text, 'reserved', f.reserved::text, 'debt', (${p.debt})::text,
-    'nextAt', f.next_at, 'nextAmount', f.next_amount::text,
-    'totalAtStart', f.total_at_start::text, 'granted', f.granted::text)`;
+  /** The active plan's name, or null. */
+  planName?: string | null;
 }
 
 /** Builds a BalanceSnapshot from a `balance_figures` row (pg values) and the balance head. */
 export function snapshotFromRow(
-  head: { accountId: string; version: bigint | string; updatedAt: Date; asOf: Date; periodStart: Date; periodEnd: Date; debt: bigint | string },
+  head: { accountId: string; version: bigint | string; updatedAt: Date; asOf: Date; periodStart: Date; periodEnd: Date; debt: bigint | string; planName: string | null },
   f: Record<string, unknown>,
 ): BalanceSnapshot {
   const s = (v: unknown): string => String(v);
@@ -70,6 +59,7 @@ export function snapshotFromRow(
     nextAmount: s(f.next_amount),
     totalAtStart: f.total_at_start === null || f.total_at_start === undefined ? null : s(f.total_at_start),
     granted: s(f.granted),
+    planName: head.planName,
   };
 }
 
@@ -99,7 +89,7 @@ export function balanceFromSnapshot(s: BalanceSnapshot): BalanceView {
     periodEnd: new Date(s.periodEnd),
     periodMicroCredits: periodCredits,
     percentRemaining: percentRemaining(available, periodCredits),
-    planName: null,
+    planName: s.planName ?? null,
     depleted: available <= 0n,
     nextExpiry: s.nextAt ? { amountMicroCredits: BigInt(s.nextAmount), at: new Date(s.nextAt) } : null,
     version: BigInt(s.version),

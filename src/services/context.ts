@@ -4,6 +4,7 @@
  */
 import type pg from 'pg';
 import type { PricingState } from './pricing-state.js';
+import type { PaymentProvider } from '../payments/provider.js';
 
 /** Wall-clock source; tests may pass a fixed or controllable one. */
 export type Clock = () => Date;
@@ -13,4 +14,6 @@ export interface ServiceContext {
   pool: pg.Pool;
   clock: Clock;
   pricing: PricingState;
+  /** Charges payment methods (pack purchases, auto top-ups); absent where nothing is charged. */
+  payments?: PaymentProvider;
 }

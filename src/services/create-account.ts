@@ -47,8 +47,8 @@ export async function createAccount(ctx: ServiceContext, cmd: CreateAccountComma
   return withTransaction(ctx.pool, async (tx) => {
     const createdAt = cmd.testClockStart ?? ctx.clock();
     const inserted = await tx.query(
-      `INSERT INTO accounts (id, external_id, name, kind, test_mode, test_clock_at, created_at, referral_code)
-       VALUES (gen_random_uuid(), $1, $2, $3::"AccountKind", $4, $5, $6, $7)
+      `INSERT INTO accounts (id, external_id, name, kind, test_mode, test_clock_at, created_at, billing_anchor_at, referral_code)
+       VALUES (gen_random_uuid(), $1, $2, $3::"AccountKind", $4, $5, $6, $6, $7)
        ON CONFLICT (external_id) DO NOTHING
        RETURNING id`,
       [cmd.externalId, cmd.name, cmd.kind, cmd.testMode, cmd.testMode ? createdAt : null, createdAt, newReferralCode()],

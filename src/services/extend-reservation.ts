@@ -6,6 +6,7 @@ import { withTransaction } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
 import { lockReservation } from './reservation-tx.js';
+import { scheduleExpiry } from './expire-due.js';
 import { validateTtlSeconds } from './reserve-credits.js';
 
 /**
@@ -18,7 +19,10 @@ export async function extendReservation(ctx: ServiceContext, reservationId: stri
   return withTransaction(ctx.pool, async (tx) => {
     const res = await lockReservation(tx, reservationId, ctx.clock());
     if (!res.holding) throw new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${res.status === 'ACTIVE' ? 'EXPIRED' : res.status}`);
-    await tx.query('UPDATE reservations SET expires_at = $2 WHERE id = $1', [reservationId, new Date(res.atx.now.getTime() + ttlSeconds * 1000)]);
+    const expiresAt = new Date(res.atx.now.getTime() + ttlSeconds * 1000);
+    await tx.query('UPDATE reservations SET expires_at = $2 WHERE id = $1', [reservationId, expiresAt]);
+    scheduleExpiry(res.atx, 'hold', reservationId, expiresAt);
+    await res.atx.finish(); // no balance change: writes only the job's outbox row
     return reservationId;
   });
 }

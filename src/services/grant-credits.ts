@@ -10,6 +10,7 @@ import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { minBig } from '../ledger/credits.js';
+import { scheduleExpiry } from './expire-due.js';
 
 /** Where credit came from (contract enum GrantSource). */
 export type GrantSource = 'WELCOME_BONUS' | 'PROMO_CODE' | 'REFERRAL' | 'PURCHASE' | 'SUBSCRIPTION' | 'AUTO_TOP_UP' | 'ADJUSTMENT';
@@ -84,6 +85,7 @@ export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accoun
   const row = rows[0];
   const batchId = row.id as string;
   atx.addEntry({ type: 'GRANT', amountMicroCredits: remaining, batchId, note: cmd.source });
+  if (cmd.expiresAt && remaining > 0n) scheduleExpiry(atx, 'batch', batchId, cmd.expiresAt);
   if (repay > 0n) {
     atx.debt -= repay;
     atx.addEntry({ type: 'DEBT_REPAY', amountMicroCredits: repay, batchId, note: 'grant repaid debt' });

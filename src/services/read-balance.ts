@@ -45,18 +45,21 @@ export async function readBalance(db: pg.Pool | pg.PoolClient, accountId: string
  */
 export async function readBalanceSnapshot(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<BalanceSnapshot> {
   const head = await db.query(
-    `SELECT a.created_at, CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END AS now,
-            b.debt_micro_credits, b.version, b.updated_at
-       FROM accounts a JOIN balances b ON b.account_id = a.id WHERE a.id = $1`,
+    `SELECT a.billing_anchor_at, CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END AS now,
+            b.debt_micro_credits, b.version, b.updated_at, p.name AS plan_name
+       FROM accounts a JOIN balances b ON b.account_id = a.id
+       LEFT JOIN plan_subscriptions s ON s.account_id = a.id AND s.active
+       LEFT JOIN plans p ON p.id = s.plan_id
+      WHERE a.id = $1`,
     [accountId, wallNow],
   );
   const h = head.rows[0];
   if (!h) throw new LedgerError('NOT_FOUND', 'account not found');
   const now = h.now as Date;
-  const period = monthlyPeriodAt(h.created_at as Date, now);
+  const period = monthlyPeriodAt(h.billing_anchor_at as Date, now);
   const { rows } = await db.query(`SELECT * FROM balance_figures($1, $2, $3)`, [accountId, now, period.start]);
   return snapshotFromRow(
-    { accountId, version: toBigInt(h.version), updatedAt: h.updated_at as Date, asOf: now, periodStart: period.start, periodEnd: period.end, debt: toBigInt(h.debt_micro_credits) },
+    { accountId, version: toBigInt(h.version), updatedAt: h.updated_at as Date, asOf: now, periodStart: period.start, periodEnd: period.end, debt: toBigInt(h.debt_micro_credits), planName: (h.plan_name as string | null) ?? null },
     rows[0],
   );
 }

@@ -5,6 +5,7 @@
  * holding at expiresAt (reads treat it as released; the expiry sweep records it).
  */
 import { withTransaction } from '../db/pg.js';
+import { scheduleExpiry } from './expire-due.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
@@ -73,6 +74,7 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
     );
     const reservationId = rows[0].id as string;
     atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId });
+    scheduleExpiry(atx, 'hold', reservationId, new Date(atx.now.getTime() + cmd.ttlSeconds * 1000));
     await atx.finish();
     return { reservationId, replayed: false };
   });

@@ -65,7 +65,7 @@ export async function assertWithinBudgets(
   exceptReservationId: string | null = null,
 ): Promise<void> {
   if ((!subjects.agentId && !subjects.userId) || amountMicroCredits <= 0n) return;
-  const period = monthlyPeriodAt(atx.createdAt, atx.now);
+  const period = atx.period();
   const { rows } = await atx.tx.query(
     `${SPENT_SQL} AND ((b.subject_kind = 'AGENT' AND b.subject_id = $6) OR (b.subject_kind = 'USER' AND b.subject_id = $7))`,
     [atx.accountId, period.start, period.end, atx.now, exceptReservationId, subjects.agentId, subjects.userId],
@@ -94,12 +94,12 @@ export async function assertWithinBudgets(
  */
 export async function listBudgets(db: pg.Pool, accountId: string, wallNow: Date, kind?: BudgetSubjectKind): Promise<BudgetView[]> {
   const head = await db.query(
-    `SELECT created_at, CASE WHEN test_mode AND test_clock_at IS NOT NULL THEN test_clock_at ELSE $2::timestamptz END AS now FROM accounts WHERE id = $1`,
+    `SELECT billing_anchor_at, CASE WHEN test_mode AND test_clock_at IS NOT NULL THEN test_clock_at ELSE $2::timestamptz END AS now FROM accounts WHERE id = $1`,
     [accountId, wallNow],
   );
   const a = head.rows[0];
   if (!a) throw new LedgerError('NOT_FOUND', 'account not found');
-  const period = monthlyPeriodAt(a.created_at as Date, a.now as Date);
+  const period = monthlyPeriodAt(a.billing_anchor_at as Date, a.now as Date);
   const { rows } = await db.query(`${SPENT_SQL} AND ($6::text IS NULL OR b.subject_kind = $6) ORDER BY b.subject_kind, b.subject_id`, [
     accountId,
     period.start,

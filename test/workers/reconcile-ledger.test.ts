@@ -8,6 +8,7 @@ import { Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
+import { parseEnv } from '../../src/config/env.js';
 import { MAINTENANCE_QUEUE, RECONCILE_LEDGER_JOB } from '../../src/queues/names.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
@@ -23,7 +24,7 @@ let events: QueueEvents;
 
 beforeAll(async () => {
   services = createTestServices(4);
-  workers = await startWorkers({ redisUrl: TEST_REDIS_URL, pool: services.pool, log: pino({ level: 'silent' }), prefix });
+  workers = await startWorkers({ env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: 'postgresql://unused/unused' }), pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false });
   connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
   queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
   events = new QueueEvents(MAINTENANCE_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });

@@ -143,7 +143,7 @@ export const AccountRef = builder.prismaNode('Account', {
         groupBy: t.arg({ type: [UsageDimensionEnum], required: true }),
       },
       resolve: (a, args, ctx) => {
-        const period = monthlyPeriodAt(a.createdAt, accountNow(a, ctx.services.clock()));
+        const period = monthlyPeriodAt(a.billingAnchorAt, accountNow(a, ctx.services.clock()));
         const from = args.from ?? period.start;
         const to = args.to ?? period.end;
         if (to.getTime() < from.getTime()) throw badInput('to', 'must not be before from');

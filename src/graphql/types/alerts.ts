@@ -21,7 +21,7 @@ export const CreditAlertRef = builder.prismaNode('CreditAlert', {
 builder.prismaObjectField('Account', 'alerts', (t) =>
   t.relatedConnection(
     'alerts',
-    { cursor: 'id', maxSize: 100, description: 'Credit alerts raised for this account, newest first.', query: () => ({ orderBy: [{ createdAt: 'desc' }, { id: 'desc' }] }) },
+    { cursor: 'id', maxSize: 100, description: 'Credit alerts raised for this account, newest first.', query: () => ({ orderBy: { seq: 'desc' } }) },
     { name: 'CreditAlertConnection' },
     { name: 'CreditAlertEdge' },
   ),

@@ -1,0 +1,81 @@
+/**
+ * The payment provider interface (issue #4): the one external part of creditpool. Pack purchases
+ * and auto top-ups charge the account's saved payment method through it, off-session (the
+ * customer is not present). Two implementations: the simulator (default; src/payments/simulator.ts)
+ * and Stripe (src/payments/stripe.ts).
+ *
+ * Rules every implementation keeps (after Stripe's API, https://docs.stripe.com/api/idempotent_requests):
+ * - `idempotencyKey` names ONE charge: a second call with the same key never charges again, it
+ *   answers the first call's outcome (creditpool passes the `payments` row id, so a retried or
+ *   resumed purchase/top-up can never pay twice);
+ * - an answer that never came (timeout, connection lost, provider 5xx) is NOT a decline: the
+ *   charge may or may not have happened, so it throws {@link PaymentTimeoutError} and the caller
+ *   retries later with the same key.
+ */
+import { parseExactDecimal } from '../ledger/credits.js';
+import { badInput } from '../ledger/errors.js';
+
+/** One off-session charge. */
+export interface ChargeRequest {
+  /** Names the charge at the provider (creditpool: the payment id). Same key = same charge. */
+  idempotencyKey: string;
+  /** Amount in USD as a canonical decimal string with at most 2 fractional digits ("19.99"). */
+  amountUsd: string;
+  /** The saved payment method, as the provider knows it (Stripe: `pm_…` or `cus_…/pm_…`). */
+  paymentMethodRef: string;
+  /** The creditpool account paying (database id). */
+  accountId: string;
+  /** Shown on the customer's statement / the provider's dashboard. */
+  description: string;
+  /** Free-form strings stored with the charge at the provider (payment id, pack id, purpose). */
+  metadata: Record<string, string>;
+}
+
+/**
+ * What a charge ended as. `succeeded`: money was taken. `declined`: it was refused (`code` is the
+ * provider's reason, e.g. `card_declined`, `insufficient_funds`). `requires_action`: the bank asks
+ * the customer to authenticate (3-D Secure, Stripe's `authentication_required`), which an
+ * off-session charge cannot do; nothing was taken.
+ */
+export type ChargeOutcome =
+  | { status: 'succeeded'; providerRef: string }
+  | { status: 'declined'; code: string; message: string }
+  | { status: 'requires_action'; providerRef: string; message: string };
+
+/**
+ * The provider's answer is unknown (timeout, network error, provider-side error): the charge may
+ * have happened. Retry with the SAME idempotency key; never treat it as a decline.
+ */
+export class PaymentTimeoutError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'PaymentTimeoutError';
+  }
+}
+
+/** Charges payment methods (see the module comment for the rules). */
+export interface PaymentProvider {
+  /** The provider's name, stored on payment methods ("simulator", "stripe"). */
+  readonly name: string;
+  /**
+   * Charges `amountUsd` to the payment method, once per idempotency key.
+   * @throws PaymentTimeoutError when the outcome is unknown (retry with the same key).
+   * @throws Error on misuse (malformed amount, the same key with other parameters, bad credentials).
+   */
+  charge(request: ChargeRequest): Promise<ChargeOutcome>;
+}
+
+/** Most cents one charge may be (Stripe's card limit: $999,999.99). */
+export const MAX_CHARGE_CENTS = 99_999_999n;
+
+/**
+ * Exact USD cents of a decimal string ("19.99" -> 1999n, "5" -> 500n); no floating point.
+ * @throws LedgerError BAD_USER_INPUT when not a decimal with at most 2 fractional digits,
+ *   negative, or above {@link MAX_CHARGE_CENTS}.
+ */
+export function usdToCents(amountUsd: string): bigint {
+  const d = parseExactDecimal(amountUsd, 'amountUsd', 2);
+  const cents = d.units * 10n ** BigInt(2 - d.scale);
+  if (cents < 0n || cents > MAX_CHARGE_CENTS) throw badInput('amountUsd', 'must be 0 to 999999.99');
+  return cents;
+}

@@ -1,0 +1,90 @@
+/**
+ * The payment simulator: the default PaymentProvider (PAYMENT_PROVIDER=simulator) for local runs,
+ * demos and tests. It moves no money, but keeps the rules of a real provider (src/payments/provider.ts):
+ * one charge per idempotency key (a repeated key answers the first outcome and never charges
+ * again; the same key with another amount or payment method is an error, like Stripe's
+ * `idempotency_error`), and a lost answer is a PaymentTimeoutError, whether or not the charge
+ * happened.
+ *
+ * What a charge does is chosen per payment-method reference:
+ * - a script queued with {@link PaymentSimulator.script} (first entry first), else
+ * - the reference's prefix: `pm_decline_…` declines (card_declined), `pm_requires_action_…` needs
+ *   the customer (authentication_required), `pm_timeout_…` never answers; anything else succeeds.
+ */
+import { PaymentTimeoutError, usdToCents, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
+
+/**
+ * What one simulated charge does. `timeout`: no charge and no answer. `timeout_after_charge`: the
+ * charge happens but the answer is lost (a retry with the same key then answers `succeeded`).
+ */
+export type SimulatedResult = 'succeed' | 'decline' | 'requires_action' | 'timeout' | 'timeout_after_charge';
+
+const PREFIX_RESULTS: ReadonlyArray<readonly [string, SimulatedResult]> = [
+  ['pm_decline_', 'decline'],
+  ['pm_requires_action_', 'requires_action'],
+  ['pm_timeout_', 'timeout'],
+];
+
+interface StoredCharge {
+  cents: bigint;
+  paymentMethodRef: string;
+  outcome: ChargeOutcome;
+}
+
+/** A PaymentProvider that simulates charges in memory (module comment). */
+export class PaymentSimulator implements PaymentProvider {
+  readonly name = 'simulator';
+  private readonly byKey = new Map<string, StoredCharge>();
+  private readonly scripts = new Map<string, SimulatedResult[]>();
+  private readonly charged = new Map<string, number>();
+  private seq = 0;
+
+  /** Queues what the next charges of `paymentMethodRef` do (new keys only; a replay answers the first outcome). */
+  script(paymentMethodRef: string, results: SimulatedResult[]): void {
+    this.scripts.set(paymentMethodRef, [...(this.scripts.get(paymentMethodRef) ?? []), ...results]);
+  }
+
+  /** Charges that really happened (money taken), for one payment method or in all. */
+  chargeCount(paymentMethodRef?: string): number {
+    if (paymentMethodRef !== undefined) return this.charged.get(paymentMethodRef) ?? 0;
+    let n = 0;
+    for (const c of this.charged.values()) n += c;
+    return n;
+  }
+
+  /**
+   * Simulates one charge (module comment).
+   * @throws PaymentTimeoutError for `timeout` / `timeout_after_charge`.
+   * @throws Error when the key was used with another amount or payment method.
+   */
+  async charge(request: ChargeRequest): Promise<ChargeOutcome> {
+    const cents = usdToCents(request.amountUsd);
+    const prior = this.byKey.get(request.idempotencyKey);
+    if (prior) {
+      if (prior.cents !== cents || prior.paymentMethodRef !== request.paymentMethodRef) {
+        throw new Error(`idempotency key ${request.idempotencyKey} was used with other parameters`);
+      }
+      return prior.outcome;
+    }
+    const ref = request.paymentMethodRef;
+    const result = this.scripts.get(ref)?.shift() ?? PREFIX_RESULTS.find(([prefix]) => ref.startsWith(prefix))?.[1] ?? 'succeed';
+    if (result === 'timeout') throw new PaymentTimeoutError('simulated timeout: no answer, nothing charged');
+    const outcome = this.outcomeOf(result);
+    this.byKey.set(request.idempotencyKey, { cents, paymentMethodRef: ref, outcome });
+    if (outcome.status === 'succeeded') this.charged.set(ref, (this.charged.get(ref) ?? 0) + 1);
+    if (result === 'timeout_after_charge') throw new PaymentTimeoutError('simulated timeout: charged, answer lost');
+    return outcome;
+  }
+
+  private outcomeOf(result: Exclude<SimulatedResult, 'timeout'>): ChargeOutcome {
+    const providerRef = `sim_pi_${++this.seq}`;
+    switch (result) {
+      case 'decline':
+        return { status: 'declined', code: 'card_declined', message: 'Your card was declined.' };
+      case 'requires_action':
+        return { status: 'requires_action', providerRef, message: 'This payment requires the customer to authenticate.' };
+      default:
+        return { status: 'succeeded', providerRef };
+    }
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * The Stripe adapter (PAYMENT_PROVIDER=stripe), on the official `stripe` SDK. A charge is one
+ * off-session PaymentIntent, created and confirmed in one request
+ * (https://docs.stripe.com/payments/save-and-reuse#charge-saved-payment-method:
+ * `confirm: true, off_session: true, payment_method, customer`), sent with the payment id as
+ * Stripe's `Idempotency-Key` (https://docs.stripe.com/api/idempotent_requests: a retry with the
+ * same key returns the first result, for 24 hours). Outcomes:
+ * - PaymentIntent `succeeded` -> succeeded (providerRef = the PaymentIntent id);
+ * - card error `authentication_required` (the bank wants 3-D Secure, which needs the customer:
+ *   https://docs.stripe.com/payments/3d-secure) or a PaymentIntent in `requires_action` -> requires_action;
+ * - any other card error (`card_declined`, `insufficient_funds`, ...) or a PaymentIntent left
+ *   without a usable payment method -> declined (code = Stripe's decline_code, else its code);
+ * - no answer (connection error, timeout), 409 (same key still in flight), 429 and 5xx, or a
+ *   PaymentIntent still `processing` -> PaymentTimeoutError: the outcome is unknown, retry with the
+ *   same key (https://docs.stripe.com/error-low-level#idempotency).
+ * Webhooks are verified with Stripe's signature scheme (https://docs.stripe.com/webhooks#verify-events).
+ */
+import Stripe from 'stripe';
+import { PaymentTimeoutError, usdToCents, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
+
+/** How to reach Stripe. `host`/`port`/`protocol` point the SDK elsewhere (tests: a local fake of Stripe's API). */
+export interface StripeProviderOptions {
+  /** Secret API key (`sk_live_…` / `sk_test_…`). */
+  secretKey: string;
+  /** Signing secret of the webhook endpoint (`whsec_…`), the default of verifyWebhook. */
+  webhookSecret?: string | undefined;
+  host?: string;
+  port?: number;
+  protocol?: 'http' | 'https';
+  /** Request timeout in milliseconds (default 30 s); past it the charge is a PaymentTimeoutError. */
+  timeoutMs?: number;
+  /** Retries the SDK itself makes, with the same idempotency key (default 2). */
+  maxNetworkRetries?: number;
+}
+
+/** Splits a stored reference: `pm_…` or `cus_…/pm_…` (a method attached to a customer). */
+function parseReference(ref: string): { customer?: string; paymentMethod: string } {
+  const slash = ref.indexOf('/');
+  return slash < 0 ? { paymentMethod: ref } : { customer: ref.slice(0, slash), paymentMethod: ref.slice(slash + 1) };
+}
+
+/** True when Stripe's answer leaves the outcome unknown or says "try again later". */
+function outcomeUnknown(err: InstanceType<typeof Stripe.errors.StripeError>): boolean {
+  const status = err.statusCode ?? 0;
+  return err instanceof Stripe.errors.StripeConnectionError || status === 409 || status === 429 || status >= 500;
+}
+
+/** Charges saved payment methods through Stripe PaymentIntents (module comment). */
+export class StripeProvider implements PaymentProvider {
+  readonly name = 'stripe';
+  private readonly stripe: Stripe;
+  private readonly webhookSecret: string | undefined;
+
+  constructor(opts: StripeProviderOptions) {
+    this.stripe = new Stripe(opts.secretKey, {
+      host: opts.host,
+      port: opts.port,
+      protocol: opts.protocol,
+      timeout: opts.timeoutMs ?? 30_000,
+      maxNetworkRetries: opts.maxNetworkRetries ?? 2,
+      telemetry: false,
+    });
+    this.webhookSecret = opts.webhookSecret;
+  }
+
+  /**
+   * Creates and confirms one off-session PaymentIntent in USD cents (exact from the decimal string).
+   * @throws PaymentTimeoutError when the outcome is unknown (module comment).
+   * @throws Stripe's error for anything else (bad key, invalid request, idempotency key reused
+   *   with other parameters): a configuration problem or a bug, not a decline.
+   */
+  async charge(request: ChargeRequest): Promise<ChargeOutcome> {
+    const { customer, paymentMethod } = parseReference(request.paymentMethodRef);
+    let intent: Stripe.PaymentIntent;
+    try {
+      intent = await this.stripe.paymentIntents.create(
+        {
+          amount: Number(usdToCents(request.amountUsd)),
+          currency: 'usd',
+          payment_method: paymentMethod,
+          ...(customer ? { customer } : {}),
+          confirm: true,
+          off_session: true,
+          description: request.description,
+          metadata: { ...request.metadata, accountId: request.accountId },
+        },
+        { idempotencyKey: request.idempotencyKey },
+      );
+    } catch (err) {
+      if (!(err instanceof Stripe.errors.StripeError)) throw err;
+      if (outcomeUnknown(err)) throw new PaymentTimeoutError(`stripe: no definite answer (${err.message})`, { cause: err });
+      if (!(err instanceof Stripe.errors.StripeCardError)) throw err;
+      if (err.code === 'authentication_required') {
+        return { status: 'requires_action', providerRef: err.payment_intent?.id ?? '', message: err.message };
+      }
+      return { status: 'declined', code: err.decline_code ?? err.code ?? 'card_declined', message: err.message };
+    }
+    switch (intent.status) {
+      case 'succeeded':
+        return { status: 'succeeded', providerRef: intent.id };
+      case 'requires_action':
+        return { status: 'requires_action', providerRef: intent.id, message: 'The payment requires the customer to authenticate.' };
+      case 'processing':
+        throw new PaymentTimeoutError(`stripe: PaymentIntent ${intent.id} is still processing`);
+      default: {
+        const e = intent.last_payment_error;
+        return { status: 'declined', code: e?.decline_code ?? e?.code ?? intent.status, message: e?.message ?? `PaymentIntent ${intent.status}` };
+      }
+    }
+  }
+
+  /**
+   * Verifies a webhook's `Stripe-Signature` header against the raw request body (as received,
+   * not re-serialized) and returns the event.
+   * @throws Error when no secret is given or configured.
+   * @throws Stripe.errors.StripeSignatureVerificationError when the signature does not match or is too old (5 minutes).
+   */
+  verifyWebhook(rawBody: string | Buffer, signatureHeader: string, secret: string | undefined = this.webhookSecret): Stripe.Event {
+    if (!secret) throw new Error('stripe: no webhook signing secret (STRIPE_WEBHOOK_SECRET)');
+    return this.stripe.webhooks.constructEvent(rawBody, signatureHeader, secret);
+  }
+}

@@ -1,0 +1,260 @@
+/**
+ * Auto top-up (issue #4): when an account's available credit falls below its threshold, its
+ * pack is bought with the saved payment method, at most `maxPerPeriod` times per billing period.
+ *
+ * Who does what:
+ * - the crossing is detected by the SQL function `balance_changed`, run by AccountTx.finish in
+ *   the same statement as every balance change: it inserts one PENDING `auto_top_ups` row (a
+ *   partial unique index keeps at most one PENDING per account: single flight) and an outbox
+ *   `job` row, which the relay turns into the BullMQ job `auto-top-up-<id>`;
+ * - {@link runAutoTopUp} (the job's processor, or {@link runPendingTopUps} inline for test
+ *   clocks) charges and grants it like a purchase (services/purchase-pack.ts): a `payments` row
+ *   per charge attempt (purpose AUTO_TOP_UP, key `auto-top-up:<top-up id>:<attempt>`, its id the
+ *   provider's idempotency key), the charge outside any transaction, then one transaction for
+ *   the outcome. A run that dies or times out after charging leaves that payment PENDING; the
+ *   next run charges it again with the same key, so the provider answers the first outcome and
+ *   nothing is charged twice. A decline is final for its key, so a retry makes a new attempt.
+ * - three failed charges in a row pause it (enabled = false, pausedAt) and raise the webhook
+ *   `auto_top_up.paused`; setAutoTopUp re-enables it.
+ */
+import type pg from 'pg';
+import { withTransaction } from '../db/pg.js';
+import { LedgerError, assert, badInput } from '../ledger/errors.js';
+import { PaymentTimeoutError, type ChargeOutcome } from '../payments/provider.js';
+import { AccountTx } from './account-tx.js';
+import { findCreditPack, type CreditPackView } from './credit-packs.js';
+import { readBalance } from './read-balance.js';
+import {
+  chargePayment,
+  findPaymentMethodRef,
+  requireProvider,
+  settlePayment,
+  toPaymentRow,
+  type PaymentRow,
+} from './purchase-pack.js';
+import type { ServiceContext } from './context.js';
+
+/** Failed charges in a row that pause auto top-up. */
+export const PAUSE_AFTER_FAILURES = 3;
+
+/** What setAutoTopUp takes (database ids, micro-credits). */
+export interface SetAutoTopUpCommand {
+  accountId: string;
+  enabled: boolean;
+  thresholdMicroCredits: bigint;
+  packId: string;
+  /** 1 to 100 top-ups per billing period. */
+  maxPerPeriod: number;
+}
+
+/**
+ * Saves the account's auto top-up settings in one transaction under the account lock. Saving
+ * re-enables a paused one (pausedAt cleared, consecutive failures reset to 0). When enabled and
+ * available credit is already below the threshold, one top-up starts at once: the balance is
+ * marked changed (version + 1, no ledger entry), so `balance_changed` applies the one rule that
+ * starts top-ups (threshold, cap, single flight) in this same transaction.
+ * @throws LedgerError NOT_FOUND (account, pack), BAD_USER_INPUT (threshold < 0, maxPerPeriod
+ *   outside 1..100, enabling without a payment method).
+ */
+export async function setAutoTopUp(ctx: ServiceContext, cmd: SetAutoTopUpCommand): Promise<void> {
+  if (cmd.thresholdMicroCredits < 0n) throw badInput('thresholdCredits', 'must not be negative');
+  if (!Number.isInteger(cmd.maxPerPeriod) || cmd.maxPerPeriod < 1 || cmd.maxPerPeriod > 100) throw badInput('maxPerPeriod', 'must be 1 to 100');
+  await withTransaction(ctx.pool, async (tx) => {
+    const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+    if (!(await findCreditPack(tx, cmd.packId))) throw new LedgerError('NOT_FOUND', 'credit pack not found');
+    if (cmd.enabled && !(await findPaymentMethodRef(tx, cmd.accountId))) {
+      throw new LedgerError('BAD_USER_INPUT', 'enabled: the account has no payment method (attachPaymentMethod first)', { field: 'enabled', reason: 'NO_PAYMENT_METHOD' });
+    }
+    await tx.query(
+      `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, paused_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, 0, NULL, $6)
+       ON CONFLICT (account_id) DO UPDATE SET enabled = EXCLUDED.enabled, threshold_micro_credits = EXCLUDED.threshold_micro_credits,
+         pack_id = EXCLUDED.pack_id, max_per_period = EXCLUDED.max_per_period, consecutive_failures = 0, paused_at = NULL, updated_at = EXCLUDED.updated_at`,
+      [cmd.accountId, cmd.enabled, cmd.thresholdMicroCredits.toString(), cmd.packId, cmd.maxPerPeriod, atx.now],
+    );
+    if (cmd.enabled && (await readBalance(tx, cmd.accountId, ctx.clock())).availableMicroCredits < cmd.thresholdMicroCredits) {
+      atx.touch();
+      await atx.finish();
+    }
+  });
+}
+
+/** Top-ups that SUCCEEDED in the account's current billing period (at its clock). */
+export async function topUpsUsedThisPeriod(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<number> {
+  const { rows } = await db.query(
+    `SELECT count(t.id)::int AS n
+       FROM accounts a
+       CROSS JOIN LATERAL billing_period(a.billing_anchor_at, CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END) p
+       LEFT JOIN auto_top_ups t ON t.account_id = a.id AND t.period_start = p.period_start AND t.status = 'SUCCEEDED'
+      WHERE a.id = $1`,
+    [accountId, wallNow],
+  );
+  return (rows[0]?.n as number | undefined) ?? 0;
+}
+
+/** Status of a top-up after a run (`PENDING`: not finished, to be retried). */
+export type TopUpStatus = 'PENDING' | 'SUCCEEDED' | 'FAILED' | 'SKIPPED';
+
+/** What one run of a top-up ended with. */
+export interface TopUpRunResult {
+  topUpId: string;
+  status: TopUpStatus;
+  /** Why it is not SUCCEEDED (skip reason, the charge's error, a timeout). */
+  reason: string | null;
+}
+
+/** Which attempt of the job this run is (BullMQ: attemptsMade before this one, attempts allowed). */
+export interface AttemptInfo {
+  attemptsMade: number;
+  attempts: number;
+}
+
+/** Step 1 under the account lock: the payment to charge now, or the run's final result. */
+type Prepared = { payment: PaymentRow; methodRef: string } | { done: TopUpRunResult };
+
+async function finishTopUp(atx: AccountTx, topUpId: string, status: Exclude<TopUpStatus, 'PENDING'>, reason: string | null): Promise<TopUpRunResult> {
+  await atx.tx.query(`UPDATE auto_top_ups SET status = $2, error = $3, finished_at = $4 WHERE id = $1`, [topUpId, status, reason, atx.now]);
+  return { topUpId, status, reason };
+}
+
+/** Locks the account and the top-up (in that order, like every writer). Null: no such top-up. */
+async function lockTopUp(tx: pg.PoolClient, topUpId: string, wallNow: Date) {
+  const owner = await tx.query('SELECT account_id FROM auto_top_ups WHERE id = $1', [topUpId]);
+  const accountId = owner.rows[0]?.account_id as string | undefined;
+  if (!accountId) return null;
+  const atx = await AccountTx.lock(tx, accountId, wallNow);
+  const { rows } = await tx.query(
+    `SELECT t.status, t.period_start, t.attempts, t.payment_id, s.enabled, s.threshold_micro_credits, s.pack_id, s.max_per_period
+       FROM auto_top_ups t LEFT JOIN auto_top_up_settings s ON s.account_id = t.account_id
+      WHERE t.id = $1 FOR UPDATE OF t`,
+    [topUpId],
+  );
+  return { atx, row: rows[0] as Record<string, unknown> };
+}
+
+async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> {
+  return withTransaction(ctx.pool, async (tx) => {
+    const locked = await lockTopUp(tx, topUpId, ctx.clock());
+    if (!locked) return { done: { topUpId, status: 'SKIPPED', reason: 'no such top-up' } };
+    const { atx, row } = locked;
+    if (row.status !== 'PENDING') return { done: { topUpId, status: row.status as TopUpStatus, reason: null } };
+    const methodRef = await findPaymentMethodRef(tx, atx.accountId);
+    if (row.payment_id) {
+      const { rows } = await tx.query('SELECT * FROM payments WHERE id = $1', [row.payment_id]);
+      const payment = toPaymentRow(rows[0]);
+      // A charge whose outcome was never recorded: charge again with its key (never twice).
+      if (payment.status === 'PENDING') {
+        if (!methodRef) throw new Error(`auto top-up ${topUpId}: payment ${payment.id} is pending but the account has no payment method`);
+        return { payment, methodRef };
+      }
+    }
+    if (!row.enabled) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'auto top-up is disabled or paused') };
+    const used = await tx.query(`SELECT count(*)::int AS n FROM auto_top_ups WHERE account_id = $1 AND period_start = $2 AND status = 'SUCCEEDED'`, [
+      atx.accountId,
+      row.period_start,
+    ]);
+    if ((used.rows[0].n as number) >= (row.max_per_period as number)) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'maxPerPeriod reached') };
+    const balance = await readBalance(tx, atx.accountId, ctx.clock());
+    if (balance.availableMicroCredits >= BigInt(row.threshold_micro_credits as string)) {
+      return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'available credit is no longer below the threshold') };
+    }
+    if (!methodRef) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'no payment method') };
+    const pack = await findCreditPack(tx, row.pack_id as string);
+    assert(pack, 'the settings refer to an existing pack');
+    const attempt = (row.attempts as number) + 1;
+    const inserted = await tx.query(
+      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, status, created_at, updated_at)
+       VALUES (gen_random_uuid(), $1, 'AUTO_TOP_UP', $2, $3, $4, 'PENDING', $5, $5) RETURNING *`,
+      [atx.accountId, `auto-top-up:${topUpId}:${attempt}`, pack.id, pack.priceUsd, atx.now],
+    );
+    const payment = toPaymentRow(inserted.rows[0]);
+    await tx.query('UPDATE auto_top_ups SET payment_id = $2, attempts = $3 WHERE id = $1', [topUpId, payment.id, attempt]);
+    return { payment, methodRef };
+  });
+}
+
+/** Step 3: records the outcome of charging `payment` for the top-up, in one transaction. */
+async function recordOutcome(
+  ctx: ServiceContext,
+  topUpId: string,
+  payment: PaymentRow,
+  pack: CreditPackView,
+  outcome: ChargeOutcome,
+  lastAttempt: boolean,
+): Promise<TopUpRunResult> {
+  return withTransaction(ctx.pool, async (tx) => {
+    const locked = await lockTopUp(tx, topUpId, ctx.clock());
+    if (!locked || locked.row.status !== 'PENDING') return { topUpId, status: (locked?.row.status as TopUpStatus) ?? 'SKIPPED', reason: null };
+    const { atx } = locked;
+    const { payment: after, settledNow } = await settlePayment(atx, payment.id, pack, outcome);
+    // Settled by a concurrent run of the same payment, which also recorded its consequences.
+    if (!settledNow) return { topUpId, status: 'PENDING', reason: after.error };
+    if (after.status === 'SUCCEEDED') {
+      // finish() runs balance_changed while this top-up is still PENDING: the grant cannot start another.
+      await atx.finish();
+      await tx.query(`UPDATE auto_top_up_settings SET consecutive_failures = 0, last_attempt_at = $2, last_error = NULL WHERE account_id = $1`, [atx.accountId, atx.now]);
+      return finishTopUp(atx, topUpId, 'SUCCEEDED', null);
+    }
+    const { rows } = await tx.query(
+      `UPDATE auto_top_up_settings SET consecutive_failures = consecutive_failures + 1, last_attempt_at = $2, last_error = $3,
+              enabled = enabled AND consecutive_failures + 1 < $4,
+              paused_at = CASE WHEN consecutive_failures + 1 = $4 THEN $2 ELSE paused_at END
+        WHERE account_id = $1 RETURNING consecutive_failures`,
+      [atx.accountId, atx.now, after.error, PAUSE_AFTER_FAILURES],
+    );
+    let result: TopUpRunResult = { topUpId, status: 'PENDING', reason: after.error };
+    if (rows[0]?.consecutive_failures === PAUSE_AFTER_FAILURES) {
+      atx.publish('job', {
+        name: 'deliver-webhook',
+        jobId: `webhook-auto_top_up_paused-${topUpId}`,
+        data: { eventType: 'auto_top_up.paused', eventId: topUpId, accountId: atx.accountId },
+      });
+      result = await finishTopUp(atx, topUpId, 'FAILED', after.error);
+    } else if (lastAttempt) {
+      result = await finishTopUp(atx, topUpId, 'FAILED', after.error);
+    }
+    await atx.finish();
+    return result;
+  });
+}
+
+/**
+ * Runs one top-up (module comment): skips it (SKIPPED) when auto top-up is disabled or paused,
+ * the period's cap is reached, available credit is back above the threshold or there is no
+ * payment method; else charges the pack and grants it (SUCCEEDED). A failed charge counts
+ * toward the pause; the top-up stays PENDING for a retry unless it paused auto top-up or
+ * `attempt` was the last one (then FAILED). A timeout leaves it PENDING, reason set.
+ * Safe to run concurrently with itself: the top-up row lock and the payment's idempotency key
+ * make one charge and one grant.
+ * @throws LedgerError UNAVAILABLE when no payment provider is configured; database errors.
+ */
+export async function runAutoTopUp(ctx: ServiceContext, topUpId: string, attempt: AttemptInfo): Promise<TopUpRunResult> {
+  const provider = requireProvider(ctx);
+  const prepared = await prepare(ctx, topUpId);
+  if ('done' in prepared) return prepared.done;
+  const { payment, methodRef } = prepared;
+  const pack = await findCreditPack(ctx.pool, payment.packId);
+  assert(pack, 'a payment refers to an existing pack');
+  let outcome: ChargeOutcome;
+  try {
+    outcome = await chargePayment(provider, payment, pack, methodRef);
+  } catch (err) {
+    if (err instanceof PaymentTimeoutError) return { topUpId, status: 'PENDING', reason: `payment provider timed out: ${err.message}` };
+    throw err;
+  }
+  return recordOutcome(ctx, topUpId, payment, pack, outcome, attempt.attemptsMade + 1 >= attempt.attempts);
+}
+
+/**
+ * Runs every PENDING top-up of one account inline, one attempt each (a failed charge is final
+ * for that top-up; a timeout leaves it PENDING for the worker). Used by advanceTestClock; safe
+ * next to the worker (see runAutoTopUp). Without a payment provider it does nothing.
+ * @returns one result per PENDING top-up found.
+ */
+export async function runPendingTopUps(ctx: ServiceContext, accountId: string): Promise<TopUpRunResult[]> {
+  if (!ctx.payments) return [];
+  const { rows } = await ctx.pool.query(`SELECT id FROM auto_top_ups WHERE account_id = $1 AND status = 'PENDING' ORDER BY created_at`, [accountId]);
+  const results: TopUpRunResult[] = [];
+  for (const r of rows) results.push(await runAutoTopUp(ctx, r.id as string, { attemptsMade: 0, attempts: 1 }));
+  return results;
+}

@@ -1,0 +1,104 @@
+/**
+ * Expiry of what is due on an account, at the account's "now" (its test clock or the wall
+ * clock): batches past expiresAt lose their remaining credit (EXPIRE ledger entry dated at the
+ * batch's expiresAt, status EXPIRED), holds past expiresAt release their unused rest (RELEASE
+ * entry, status EXPIRED). One transaction per account; the balance version moves once and the
+ * change is published like any other. Running it again finds nothing due: an expiry can happen
+ * only once (the rows are ACTIVE only until this transaction marks them).
+ *
+ * A delayed `expire-due` job is scheduled (through the outbox) for every batch and hold with an
+ * expiry, and the `sweep-due` maintenance job finds anything those jobs missed.
+ */
+import type pg from 'pg';
+import { withTransaction, toBigInt } from '../db/pg.js';
+import { AccountTx } from './account-tx.js';
+import type { ServiceContext } from './context.js';
+import { closeReservation } from './reservation-tx.js';
+
+/** What one expiry pass removed. */
+export interface ExpiryResult {
+  batches: number;
+  expiredMicroCredits: bigint;
+  holds: number;
+}
+
+/**
+ * Queues (in `atx`'s outbox) a delayed `expire-due` job for the account at `at`; `what` and `id`
+ * make its jobId unique (a moved expiry gets a new job; the old one then finds nothing due).
+ */
+export function scheduleExpiry(atx: AccountTx, what: 'batch' | 'hold', id: string, at: Date): void {
+  atx.publish('job', { name: 'expire-due', jobId: `expire-due-${what}-${id}-${at.getTime()}`, data: { accountId: atx.accountId }, runAt: at.toISOString() });
+}
+
+/**
+ * Expires, inside the locked account transaction, every ACTIVE batch and hold whose expiresAt is
+ * at or before `atx.now` (a batch pays only while now < expiresAt). Entries are recorded on
+ * `atx`; the caller calls `atx.finish()`.
+ */
+export async function applyExpiries(atx: AccountTx): Promise<ExpiryResult> {
+  const { rows: batches } = await atx.tx.query(
+    `WITH due AS (
+       SELECT id, remaining_micro_credits AS remaining, expires_at FROM credit_batches
+        WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at <= $2
+        FOR UPDATE
+     )
+     UPDATE credit_batches b SET status = 'EXPIRED', remaining_micro_credits = 0, updated_at = $2
+       FROM due WHERE b.id = due.id
+     RETURNING b.id, due.remaining, due.expires_at`,
+    [atx.accountId, atx.now],
+  );
+  batches.sort((x, y) => (x.expires_at as Date).getTime() - (y.expires_at as Date).getTime() || String(x.id).localeCompare(String(y.id)));
+  let expired = 0n;
+  for (const b of batches) {
+    const remaining = toBigInt(b.remaining);
+    expired += remaining;
+    if (remaining > 0n) atx.addEntry({ type: 'EXPIRE', amountMicroCredits: -remaining, batchId: b.id as string, note: 'expired', at: b.expires_at as Date });
+    else atx.touch();
+  }
+  const { rows: holds } = await atx.tx.query(
+    `SELECT id FROM reservations WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at <= $2 ORDER BY expires_at, id FOR UPDATE`,
+    [atx.accountId, atx.now],
+  );
+  for (const h of holds) {
+    await closeReservation({ atx, id: h.id as string, amountMicroCredits: 0n, consumedMicroCredits: 0n, status: 'ACTIVE', expiresAt: atx.now, holding: false }, 'EXPIRED', 'hold expired');
+  }
+  return { batches: batches.length, expiredMicroCredits: expired, holds: holds.length };
+}
+
+/**
+ * Expires what is due on one account in one transaction.
+ * @returns counts (JSON-safe: the amount as a decimal string of micro-credits).
+ * @throws LedgerError NOT_FOUND for an unknown account.
+ */
+export async function expireDue(ctx: ServiceContext, accountId: string): Promise<{ batches: number; holds: number; expiredMicroCredits: string }> {
+  return withTransaction(ctx.pool, async (tx) => {
+    const atx = await AccountTx.lock(tx, accountId, ctx.clock());
+    const r = await applyExpiries(atx);
+    await atx.finish();
+    return { batches: r.batches, holds: r.holds, expiredMicroCredits: r.expiredMicroCredits.toString() };
+  });
+}
+
+/**
+ * Accounts with an ACTIVE batch or hold past its expiresAt by the account's own clock (test
+ * clock for test-mode accounts, else `now`), at most `limit`.
+ */
+export async function findAccountsWithDueExpiries(pool: pg.Pool, now: Date, limit: number): Promise<string[]> {
+  const { rows } = await pool.query(
+    `SELECT account_id FROM (
+       SELECT b.account_id FROM credit_batches b JOIN accounts a ON a.id = b.account_id
+        WHERE b.status = 'ACTIVE' AND b.expires_at <= $1 AND NOT a.test_mode
+       UNION
+       SELECT r.account_id FROM reservations r JOIN accounts a ON a.id = r.account_id
+        WHERE r.status = 'ACTIVE' AND r.expires_at <= $1 AND NOT a.test_mode
+       UNION
+       SELECT b.account_id FROM credit_batches b JOIN accounts a ON a.id = b.account_id
+        WHERE b.status = 'ACTIVE' AND a.test_mode AND b.expires_at <= a.test_clock_at
+       UNION
+       SELECT r.account_id FROM reservations r JOIN accounts a ON a.id = r.account_id
+        WHERE r.status = 'ACTIVE' AND a.test_mode AND r.expires_at <= a.test_clock_at
+     ) due LIMIT $2`,
+    [now, limit],
+  );
+  return rows.map((r) => r.account_id as string);
+}

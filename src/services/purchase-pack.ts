@@ -1,0 +1,250 @@
+/**
+ * Buying credit packs (issue #4): the account's saved payment method is charged the pack's price
+ * and the pack is granted as ONE PAID batch (credits + bonus, source PURCHASE). Also the pieces
+ * auto top-up shares (services/auto-top-up.ts): the payment method, charging a `payments` row,
+ * settling it.
+ *
+ * A purchase runs in three steps so that no database transaction waits on the provider:
+ * 1. a `payments` row PENDING, unique per (account, idempotency key): the purchase's identity;
+ * 2. provider.charge with the payment id as the provider's idempotency key (outside any transaction);
+ * 3. one transaction under the account lock: on success the grant (idempotency key
+ *    `payment:<payment id>`) and the payment SUCCEEDED with its grant; on a decline the payment
+ *    FAILED with the reason.
+ * A crash or timeout between 2 and 3 leaves the payment PENDING; calling again with the same key
+ * resumes at step 2, and the provider answers the first charge's outcome instead of charging again.
+ */
+import type pg from 'pg';
+import { withTransaction } from '../db/pg.js';
+import { LedgerError, assert, badInput } from '../ledger/errors.js';
+import { PaymentTimeoutError, type ChargeOutcome, type PaymentProvider } from '../payments/provider.js';
+import { AccountTx } from './account-tx.js';
+import { applyGrant } from './grant-credits.js';
+import { canonicalUsd, findCreditPack, type CreditPackView } from './credit-packs.js';
+import type { ServiceContext } from './context.js';
+
+const DAY_MS = 86_400_000;
+const REFERENCE_RE = /^[A-Za-z0-9_\-./:]{1,255}$/;
+
+/** Why a `payments` row exists. */
+export type PaymentPurpose = 'PURCHASE' | 'AUTO_TOP_UP';
+
+/** A `payments` row (amount in USD, canonical decimal string). */
+export interface PaymentRow {
+  id: string;
+  accountId: string;
+  purpose: PaymentPurpose;
+  idempotencyKey: string;
+  packId: string;
+  amountUsd: string;
+  status: 'PENDING' | 'SUCCEEDED' | 'FAILED';
+  providerRef: string | null;
+  /** `<reason>: <message>` of a FAILED payment. */
+  error: string | null;
+  grantId: string | null;
+}
+
+/** A saved payment method as stored. */
+export interface PaymentMethodView {
+  accountId: string;
+  provider: string;
+  reference: string;
+  createdAt: Date;
+}
+
+/** Reads a `payments` row into a PaymentRow. */
+export function toPaymentRow(r: Record<string, unknown>): PaymentRow {
+  return {
+    id: r.id as string,
+    accountId: r.account_id as string,
+    purpose: r.purpose as PaymentPurpose,
+    idempotencyKey: r.idempotency_key as string,
+    packId: r.pack_id as string,
+    amountUsd: canonicalUsd(String(r.amount_usd)),
+    status: r.status as PaymentRow['status'],
+    providerRef: (r.provider_ref as string | null) ?? null,
+    error: (r.error as string | null) ?? null,
+    grantId: (r.grant_id as string | null) ?? null,
+  };
+}
+
+/** The configured provider. @throws LedgerError UNAVAILABLE when this process has none. */
+export function requireProvider(ctx: ServiceContext): PaymentProvider {
+  if (!ctx.payments) throw new LedgerError('UNAVAILABLE', 'payments are not configured on this server');
+  return ctx.payments;
+}
+
+/**
+ * Saves (or replaces) the account's payment method: the provider's reference to it (Stripe: a
+ * PaymentMethod `pm_…`, or `cus_…/pm_…` for one attached to a customer; the simulator takes any).
+ * @throws LedgerError NOT_FOUND (account), BAD_USER_INPUT (reference: 1 to 255 of A-Z a-z 0-9 _ - . / :),
+ *   UNAVAILABLE (no provider configured).
+ */
+export async function attachPaymentMethod(ctx: ServiceContext, accountId: string, reference: string): Promise<PaymentMethodView> {
+  const provider = requireProvider(ctx);
+  const ref = reference.trim();
+  if (!REFERENCE_RE.test(ref)) throw badInput('reference', 'must be 1 to 255 characters of A-Z, a-z, 0-9, "_", "-", ".", "/" or ":"');
+  const { rows } = await ctx.pool.query(
+    `INSERT INTO payment_methods (account_id, provider, reference, created_at)
+     SELECT id, $2, $3, $4 FROM accounts WHERE id = $1
+     ON CONFLICT (account_id) DO UPDATE SET provider = EXCLUDED.provider, reference = EXCLUDED.reference, created_at = EXCLUDED.created_at
+     RETURNING account_id, provider, reference, created_at`,
+    [accountId, provider.name, ref, ctx.clock()],
+  );
+  const r = rows[0];
+  if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
+  return { accountId: r.account_id as string, provider: r.provider as string, reference: r.reference as string, createdAt: r.created_at as Date };
+}
+
+/** The account's saved payment method reference, or null. */
+export async function findPaymentMethodRef(db: pg.Pool | pg.PoolClient, accountId: string): Promise<string | null> {
+  const { rows } = await db.query('SELECT reference FROM payment_methods WHERE account_id = $1', [accountId]);
+  return (rows[0]?.reference as string | undefined) ?? null;
+}
+
+/**
+ * Charges a PENDING payment (step 2), the payment id being the provider's idempotency key.
+ * @throws PaymentTimeoutError when the outcome is unknown (the payment stays PENDING).
+ */
+export function chargePayment(provider: PaymentProvider, payment: PaymentRow, pack: CreditPackView, paymentMethodRef: string): Promise<ChargeOutcome> {
+  return provider.charge({
+    idempotencyKey: payment.id,
+    amountUsd: payment.amountUsd,
+    paymentMethodRef,
+    accountId: payment.accountId,
+    description: `${pack.name} (${payment.purpose === 'PURCHASE' ? 'credit pack' : 'automatic top-up'})`,
+    metadata: { paymentId: payment.id, packId: pack.id, purpose: payment.purpose },
+  });
+}
+
+/**
+ * Records a charge's outcome (step 3) inside the locked account transaction; the caller calls
+ * atx.finish(). Success: grants the pack as one PAID batch of credits + bonus (source = the
+ * payment's purpose, reference = the payment id, expiring `expiresAfterDays` after the account's
+ * now when set, grant idempotency key `payment:<payment id>`) and marks the payment SUCCEEDED
+ * with its grant. Decline / requires_action: marks it FAILED with `<reason>: <message>`.
+ * @returns the payment after this call, and whether this call settled it (false: it was already
+ *   settled, e.g. by a concurrent run of the same payment, and nothing was done).
+ */
+export async function settlePayment(
+  atx: AccountTx,
+  paymentId: string,
+  pack: CreditPackView,
+  outcome: ChargeOutcome,
+): Promise<{ payment: PaymentRow; settledNow: boolean }> {
+  const { rows } = await atx.tx.query('SELECT * FROM payments WHERE id = $1 AND account_id = $2 FOR UPDATE', [paymentId, atx.accountId]);
+  const current = toPaymentRow(rows[0]);
+  if (current.status !== 'PENDING') return { payment: current, settledNow: false };
+  if (outcome.status === 'succeeded') {
+    const grant = await applyGrant(atx, {
+      amountMicroCredits: pack.microCredits + pack.bonusMicroCredits,
+      type: 'PAID',
+      source: current.purpose,
+      expiresAt: pack.expiresAfterDays ? new Date(atx.now.getTime() + pack.expiresAfterDays * DAY_MS) : null,
+      reference: current.id,
+      idempotencyKey: `payment:${current.id}`,
+    });
+    const done = await atx.tx.query(
+      `UPDATE payments SET status = 'SUCCEEDED', grant_id = $2, provider_ref = $3, error = NULL, updated_at = $4 WHERE id = $1 RETURNING *`,
+      [current.id, grant.grantId, outcome.providerRef, atx.now],
+    );
+    return { payment: toPaymentRow(done.rows[0]), settledNow: true };
+  }
+  const reason = outcome.status === 'declined' ? outcome.code : 'requires_action';
+  const failed = await atx.tx.query(
+    `UPDATE payments SET status = 'FAILED', provider_ref = $2, error = $3, updated_at = $4 WHERE id = $1 RETURNING *`,
+    [current.id, outcome.status === 'requires_action' ? outcome.providerRef : null, `${reason}: ${outcome.message}`, atx.now],
+  );
+  return { payment: toPaymentRow(failed.rows[0]), settledNow: true };
+}
+
+/** The PAYMENT_FAILED error of a FAILED payment; `extensions.reason` is the provider's code or `requires_action`. */
+export function paymentFailedError(payment: PaymentRow): LedgerError {
+  const text = payment.error ?? 'unknown: the payment failed';
+  const cut = text.indexOf(': ');
+  const reason = cut < 0 ? text : text.slice(0, cut);
+  const message =
+    reason === 'requires_action'
+      ? "The payment needs the customer: their bank asks them to authenticate it (e.g. 3-D Secure), which a charge made without them cannot do. Nothing was charged; pay with the customer present or use another payment method."
+      : `The payment was declined (${reason}): ${cut < 0 ? text : text.slice(cut + 2)} Nothing was charged.`;
+  return new LedgerError('PAYMENT_FAILED', message, { reason });
+}
+
+/** What purchaseCreditPack takes (database ids). */
+export interface PurchaseCommand {
+  accountId: string;
+  packId: string;
+  /** The caller's key for this purchase (1 to 255 characters). */
+  idempotencyKey: string;
+}
+
+function noPaymentMethod(): LedgerError {
+  return new LedgerError('BAD_USER_INPUT', 'accountId: the account has no payment method (attachPaymentMethod first); nothing was charged', {
+    field: 'accountId',
+    reason: 'NO_PAYMENT_METHOD',
+  });
+}
+
+/** Step 1: the purchase's PENDING payment, or the one this key already made. */
+async function openPurchase(ctx: ServiceContext, cmd: PurchaseCommand): Promise<PaymentRow> {
+  const key = `purchase:${cmd.idempotencyKey}`;
+  const find = async () => {
+    const { rows } = await ctx.pool.query('SELECT * FROM payments WHERE account_id = $1 AND idempotency_key = $2', [cmd.accountId, key]);
+    return rows[0] ? toPaymentRow(rows[0]) : null;
+  };
+  let payment = await find();
+  if (!payment) {
+    const account = await ctx.pool.query('SELECT 1 FROM accounts WHERE id = $1', [cmd.accountId]);
+    if (!account.rows[0]) throw new LedgerError('NOT_FOUND', 'account not found');
+    const pack = await findCreditPack(ctx.pool, cmd.packId);
+    if (!pack) throw new LedgerError('NOT_FOUND', 'credit pack not found');
+    if (!(await findPaymentMethodRef(ctx.pool, cmd.accountId))) throw noPaymentMethod();
+    const { rows } = await ctx.pool.query(
+      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, status, created_at, updated_at)
+       VALUES (gen_random_uuid(), $1, 'PURCHASE', $2, $3, $4, 'PENDING', $5, $5)
+       ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING *`,
+      [cmd.accountId, key, pack.id, pack.priceUsd, ctx.clock()],
+    );
+    payment = rows[0] ? toPaymentRow(rows[0]) : await find();
+  }
+  assert(payment, 'the payment of this key exists (inserted or found)');
+  if (payment.packId !== cmd.packId) throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used to buy another pack');
+  return payment;
+}
+
+/**
+ * Buys a pack for an account (module comment). Idempotent on (account, idempotencyKey): a
+ * replay returns the same grant without charging; a replay of a declined purchase answers the
+ * same PAYMENT_FAILED (use a new key to try again); a replay of one left PENDING (timeout, crash)
+ * resumes it and the provider answers the first outcome.
+ * @returns the grant (one PAID batch of credits + bonus) and the payment id.
+ * @throws LedgerError NOT_FOUND (account, pack), BAD_USER_INPUT (idempotencyKey; no payment
+ *   method: nothing is recorded), IDEMPOTENCY_CONFLICT (same key, other pack), PAYMENT_FAILED
+ *   (declined or needs the customer; `reason` in the details; nothing granted), UNAVAILABLE (the
+ *   provider did not answer: the payment stays PENDING, retry with the same key; or no provider).
+ */
+export async function purchaseCreditPack(ctx: ServiceContext, cmd: PurchaseCommand): Promise<{ grantId: string; paymentId: string }> {
+  const provider = requireProvider(ctx);
+  if (cmd.idempotencyKey.length < 1 || cmd.idempotencyKey.length > 255) throw badInput('idempotencyKey', 'must be 1 to 255 characters');
+  const payment = await openPurchase(ctx, cmd);
+  if (payment.status === 'SUCCEEDED' && payment.grantId) return { grantId: payment.grantId, paymentId: payment.id };
+  if (payment.status === 'FAILED') throw paymentFailedError(payment);
+  const pack = await findCreditPack(ctx.pool, payment.packId);
+  assert(pack, 'a payment refers to an existing pack');
+  const methodRef = await findPaymentMethodRef(ctx.pool, payment.accountId);
+  if (!methodRef) throw noPaymentMethod();
+  let outcome: ChargeOutcome;
+  try {
+    outcome = await chargePayment(provider, payment, pack, methodRef);
+  } catch (err) {
+    if (!(err instanceof PaymentTimeoutError)) throw err;
+    throw new LedgerError('UNAVAILABLE', 'The payment provider did not answer in time; nothing was granted yet. Retry with the same idempotencyKey: it never charges twice.');
+  }
+  const settled = await withTransaction(ctx.pool, async (tx) => {
+    const atx = await AccountTx.lock(tx, payment.accountId, ctx.clock());
+    const { payment: after } = await settlePayment(atx, payment.id, pack, outcome);
+    await atx.finish();
+    return after;
+  });
+  if (settled.status === 'SUCCEEDED' && settled.grantId) return { grantId: settled.grantId, paymentId: settled.id };
+  throw paymentFailedError(settled);
+}

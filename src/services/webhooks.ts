@@ -1,0 +1,500 @@
+/**
+ * Signed webhooks (issue #4): credit alerts (`credit_alert.raised`; the 0 % alert is the
+ * depletion notice) and auto top-up pauses (`auto_top_up.paused`) POSTed to the one configured
+ * WEBHOOK_URL, signed with HMAC-SHA256, retried with exponential backoff by BullMQ, one row per
+ * attempt in `webhook_deliveries` (the delivery log).
+ *
+ * Flow: the transaction that raises the event writes an outbox `job` row
+ * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on ledger-jobs
+ * (8 attempts, exponential backoff from 1 s: src/queues/names.ts); the processor
+ * (workers/processors/deliver-webhook.ts) calls {@link deliverWebhook}; the sweep re-adds jobs
+ * lost with Redis ({@link findUndeliveredWebhookJobs}).
+ *
+ * Wire format (every delivery of one event carries the same body; only the signature timestamp
+ * changes between attempts):
+ *   POST <WEBHOOK_URL>
+ *   content-type: application/json
+ *   creditpool-event-id: <eventType>:<eventId>       (receivers de-duplicate on it)
+ *   creditpool-event-type: credit_alert.raised | auto_top_up.paused
+ *   creditpool-delivery-attempt: <n>                  (1-based attempt of the job)
+ *   creditpool-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
+ *   body: {"id": "<eventType>:<eventId>", "type": ..., "createdAt": ISO-8601, "data": {...}}
+ * The signature scheme is Stripe's (https://docs.stripe.com/webhooks#verify-manually); HMAC is
+ * RFC 2104 with SHA-256.
+ *
+ * Failures: 2xx is DELIVERED. A 4xx other than 408, 425 and 429 is PERMANENT (RFC 9110 §15.5: the
+ * receiver understood and refused this request; sending the same bytes again cannot change
+ * that; 408 Request Timeout, 425 Too Early (RFC 8470) and 429 Too Many Requests (RFC 6585) ask
+ * for a retry). Everything else (3xx: redirects are never followed; 5xx; timeouts; network
+ * errors) is retried. Each attempt is logged either way.
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import type { Env } from '../config/env.js';
+import type { OutboxJob } from '../queues/names.js';
+import { formatCredits } from '../ledger/credits.js';
+import { toGlobalId } from '../graphql/ids.js';
+
+/** The webhook event types. */
+export const WEBHOOK_EVENT_TYPES = ['credit_alert.raised', 'auto_top_up.paused'] as const;
+
+/** One webhook event type. */
+export type WebhookEventType = (typeof WEBHOOK_EVENT_TYPES)[number];
+
+/** The data of a `deliver-webhook` job (as written by the SQL function balance_changed and the auto top-up service). */
+export interface WebhookJobData {
+  eventType: WebhookEventType;
+  /** The event's own uuid: the credit alert's id, or the auto top-up's id. */
+  eventId: string;
+  /** The account the event belongs to (the body is read from the database, which wins). */
+  accountId: string;
+}
+
+/** HTTP statuses in 4xx that still ask for a retry (see the module comment). */
+export const RETRYABLE_4XX = [408, 425, 429] as const;
+
+/** Attempts of one job (LEDGER_JOB_OPTIONS['deliver-webhook'].attempts); the sweep stops re-adding an event after this many logged attempts. */
+export const WEBHOOK_MAX_LOGGED_ATTEMPTS = 8;
+
+/** Events younger than this are left to their own job by the sweep (the relay has not had its chance yet). */
+export const WEBHOOK_SWEEP_MIN_AGE_MS = 60_000;
+
+/** Events older than this are no longer re-added by the sweep (bounds the sweep when WEBHOOK_URL is unset). */
+export const WEBHOOK_SWEEP_MAX_AGE_MS = 24 * 60 * 60_000;
+
+/** Most jobs one sweep returns. */
+export const WEBHOOK_SWEEP_LIMIT = 1_000;
+
+/** Default replay window of {@link verifyWebhookSignature}: 5 minutes, Stripe's default tolerance. */
+export const DEFAULT_SIGNATURE_TOLERANCE_SECONDS = 300;
+
+const JOB_ID_KIND: Record<WebhookEventType, string> = {
+  'credit_alert.raised': 'credit_alert',
+  'auto_top_up.paused': 'auto_top_up_paused',
+};
+
+/** The deterministic BullMQ jobId of an event's delivery job (`webhook-credit_alert-<id>`, `webhook-auto_top_up_paused-<id>`; BullMQ forbids ":"). */
+export function webhookJobId(eventType: WebhookEventType, eventId: string): string {
+  return `webhook-${JOB_ID_KIND[eventType]}-${eventId}`;
+}
+
+/** The outbox/queue job that delivers one event (the same payload balance_changed writes). */
+export function webhookJob(data: WebhookJobData): OutboxJob {
+  return { name: 'deliver-webhook', jobId: webhookJobId(data.eventType, data.eventId), data: { eventType: data.eventType, eventId: data.eventId, accountId: data.accountId } };
+}
+
+/** Whether an HTTP status is a permanent failure (4xx other than 408, 425, 429; see the module comment). */
+export function isPermanentStatus(status: number): boolean {
+  return status >= 400 && status <= 499 && !(RETRYABLE_4XX as readonly number[]).includes(status);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signatures
+// ---------------------------------------------------------------------------------------------
+
+function hmacHex(secret: string, timestampSeconds: number, body: string): string {
+  return createHmac('sha256', secret).update(`${timestampSeconds}.${body}`, 'utf8').digest('hex');
+}
+
+/**
+ * The `creditpool-signature` header value for `body` sent at `timestampSeconds`:
+ * `t=<unix seconds>,v1=<lowercase hex HMAC-SHA256(secret, "<t>.<body>")>`. The scheme is
+ * Stripe's (https://docs.stripe.com/webhooks#verify-manually); HMAC per RFC 2104. The timestamp
+ * is inside the signed bytes, so a captured request cannot be replayed with a fresh timestamp.
+ * @param secret the shared secret (WEBHOOK_SECRET), used as UTF-8 key bytes.
+ * @param body the exact raw request body (sign and send the same string).
+ * @param timestampSeconds whole seconds since the Unix epoch.
+ * @throws RangeError when timestampSeconds is not a non-negative integer.
+ */
+export function signWebhook(secret: string, body: string, timestampSeconds: number): string {
+  if (!Number.isSafeInteger(timestampSeconds) || timestampSeconds < 0) throw new RangeError('timestampSeconds must be a non-negative integer');
+  return `t=${timestampSeconds},v1=${hmacHex(secret, timestampSeconds, body)}`;
+}
+
+/** Outcome of {@link verifyWebhookSignature}. */
+export type WebhookSignatureCheck =
+  | { valid: true; timestampSeconds: number }
+  | {
+      valid: false;
+      /** `malformed`: no `t=` or no `v1=`; `timestamp_out_of_tolerance`: replay window exceeded; `signature_mismatch`: no v1 matches. */
+      reason: 'malformed' | 'timestamp_out_of_tolerance' | 'signature_mismatch';
+    };
+
+/**
+ * Verifies a `creditpool-signature` header for the raw `body`, as a receiver should (Stripe's
+ * manual verification steps, https://docs.stripe.com/webhooks#verify-manually): parse `t` and
+ * every `v1` (several are allowed, e.g. while a secret is rotated), reject a timestamp more than
+ * `toleranceSeconds` away from `nowSeconds` (replay protection, in both directions), recompute
+ * HMAC-SHA256 (RFC 2104) over `"<t>.<body>"` and compare in constant time (crypto.timingSafeEqual).
+ * @param body the raw body bytes as received, decoded as UTF-8 (not re-serialized JSON).
+ * @param opts.toleranceSeconds default 300; opts.nowSeconds default the wall clock.
+ * @returns `{ valid: true, timestampSeconds }` or `{ valid: false, reason }`; never throws.
+ */
+export function verifyWebhookSignature(
+  secret: string,
+  body: string,
+  header: string | null | undefined,
+  opts: { toleranceSeconds?: number; nowSeconds?: number } = {},
+): WebhookSignatureCheck {
+  const tolerance = opts.toleranceSeconds ?? DEFAULT_SIGNATURE_TOLERANCE_SECONDS;
+  const now = opts.nowSeconds ?? Math.floor(Date.now() / 1000);
+  if (typeof header !== 'string' || header.length > 4096) return { valid: false, reason: 'malformed' };
+  let timestamp: number | null = null;
+  const candidates: string[] = [];
+  for (const part of header.split(',')) {
+    const eq = part.indexOf('=');
+    if (eq < 0) continue;
+    const key = part.slice(0, eq).trim();
+    const value = part.slice(eq + 1).trim();
+    if (key === 't') {
+      if (!/^\d{1,15}$/.test(value) || timestamp !== null) return { valid: false, reason: 'malformed' };
+      timestamp = Number(value);
+    } else if (key === 'v1') candidates.push(value);
+  }
+  if (timestamp === null || candidates.length === 0) return { valid: false, reason: 'malformed' };
+  if (Math.abs(now - timestamp) > tolerance) return { valid: false, reason: 'timestamp_out_of_tolerance' };
+  const expected = Buffer.from(hmacHex(secret, timestamp, body), 'hex');
+  let match = false;
+  for (const c of candidates) {
+    if (!/^[0-9a-f]{64}$/i.test(c)) continue;
+    const given = Buffer.from(c, 'hex');
+    if (given.length === expected.length && timingSafeEqual(given, expected)) match = true;
+  }
+  return match ? { valid: true, timestampSeconds: timestamp } : { valid: false, reason: 'signature_mismatch' };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event bodies
+// ---------------------------------------------------------------------------------------------
+
+/** `data` of `credit_alert.raised`. Amounts are decimal credit strings; instants ISO-8601 UTC. */
+export interface CreditAlertEventData {
+  alertId: string;
+  /** Relay global id of the CreditAlert (the GraphQL API's id). */
+  alertGlobalId: string;
+  accountId: string;
+  /** Relay global id of the Account. */
+  accountGlobalId: string;
+  accountExternalId: string;
+  /** The Settings.alertThresholds value crossed, in percent (0..100). */
+  threshold: number;
+  /** percentRemaining when the alert was raised (0..100, two decimals). */
+  percentRemaining: number;
+  /** Available credit then (may be negative with debt), e.g. "12.5". */
+  available: string;
+  /** Start of the billing period the alert belongs to (one alert per threshold per period). */
+  periodStart: string;
+  createdAt: string;
+  /** threshold === 0: the depletion notice. */
+  depleted: boolean;
+}
+
+/** `data` of `auto_top_up.paused` (auto top-up turned itself off after repeated failed charges). */
+export interface AutoTopUpPausedEventData {
+  topUpId: string;
+  accountId: string;
+  accountGlobalId: string;
+  accountExternalId: string;
+  /** auto_top_up_settings.last_error (else the top-up's own error), or null. */
+  error: string | null;
+  /** Failed charges in a row when it paused (auto_top_up_settings.consecutive_failures), or null when the settings are gone. */
+  consecutiveFailures: number | null;
+  /** When auto top-up paused (auto_top_up_settings.paused_at), or null when it was resumed since. */
+  pausedAt: string | null;
+}
+
+/** The JSON body of one webhook. `id` = `<type>:<eventId>` is stable across attempts (de-duplicate on it). */
+export interface WebhookEvent {
+  id: string;
+  type: WebhookEventType;
+  /** When the event happened (the alert's createdAt; the pause's time), ISO-8601. */
+  createdAt: string;
+  data: CreditAlertEventData | AutoTopUpPausedEventData;
+}
+
+const iso = (d: Date | null | undefined): string | null => (d ? new Date(d).toISOString() : null);
+
+/**
+ * Builds the event body of (eventType, eventId) from the database.
+ * @returns the event and its account id, or null when the alert / top-up no longer exists.
+ * @throws the database error.
+ */
+export async function buildWebhookEvent(db: pg.Pool | pg.PoolClient, eventType: WebhookEventType, eventId: string): Promise<{ event: WebhookEvent; accountId: string } | null> {
+  if (eventType === 'credit_alert.raised') {
+    const { rows } = await db.query(
+      `SELECT c.id, c.account_id, c.threshold, c.percent_remaining, c.available_micro_credits::text AS available,
+              c.period_start, c.created_at, a.external_id
+         FROM credit_alerts c JOIN accounts a ON a.id = c.account_id
+        WHERE c.id = $1`,
+      [eventId],
+    );
+    const r = rows[0];
+    if (!r) return null;
+    const data: CreditAlertEventData = {
+      alertId: r.id,
+      alertGlobalId: toGlobalId('CreditAlert', r.id),
+      accountId: r.account_id,
+      accountGlobalId: toGlobalId('Account', r.account_id),
+      accountExternalId: r.external_id,
+      threshold: r.threshold,
+      percentRemaining: Number(r.percent_remaining),
+      available: formatCredits(BigInt(r.available)),
+      periodStart: iso(r.period_start)!,
+      createdAt: iso(r.created_at)!,
+      depleted: r.threshold === 0,
+    };
+    return { accountId: r.account_id, event: { id: `${eventType}:${r.id}`, type: eventType, createdAt: data.createdAt, data } };
+  }
+  const { rows } = await db.query(
+    `SELECT t.id, t.account_id, t.error AS top_up_error, t.created_at, t.finished_at, a.external_id,
+            s.last_error, s.consecutive_failures, s.paused_at
+       FROM auto_top_ups t JOIN accounts a ON a.id = t.account_id
+       LEFT JOIN auto_top_up_settings s ON s.account_id = t.account_id
+      WHERE t.id = $1`,
+    [eventId],
+  );
+  const r = rows[0];
+  if (!r) return null;
+  const data: AutoTopUpPausedEventData = {
+    topUpId: r.id,
+    accountId: r.account_id,
+    accountGlobalId: toGlobalId('Account', r.account_id),
+    accountExternalId: r.external_id,
+    error: r.last_error ?? r.top_up_error ?? null,
+    consecutiveFailures: r.consecutive_failures ?? null,
+    pausedAt: iso(r.paused_at),
+  };
+  const createdAt = iso(r.paused_at ?? r.finished_at ?? r.created_at)!;
+  return { accountId: r.account_id, event: { id: `${eventType}:${r.id}`, type: eventType, createdAt, data } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery
+// ---------------------------------------------------------------------------------------------
+
+/** What {@link deliverWebhook} needs: the pool, the webhook settings, optionally a logger and a wall clock (ms) for the signature timestamp. */
+export interface WebhookContext {
+  pool: pg.Pool;
+  env: Pick<Env, 'WEBHOOK_URL' | 'WEBHOOK_SECRET' | 'WEBHOOK_TIMEOUT_MS'>;
+  log?: Logger;
+  /** Wall clock in ms for `t=` (default Date.now; never an account's test clock: receivers compare it with theirs). */
+  nowMs?: () => number;
+}
+
+/** Outcome of {@link deliverWebhook} when it does not throw. */
+export type WebhookDeliveryResult =
+  /** WEBHOOK_URL unset: nothing sent, nothing logged. */
+  | { status: 'SKIPPED'; skipped: true }
+  /** A DELIVERED row already existed for the event: nothing sent, nothing logged. */
+  | { status: 'ALREADY_DELIVERED'; skipped: false }
+  /** The receiver answered 2xx; one DELIVERED row was logged. */
+  | { status: 'DELIVERED'; skipped: false; responseCode: number; attempt: number };
+
+/**
+ * A failed attempt (already logged as a FAILED row unless nothing was sent). `permanent`:
+ * retrying cannot help (a 4xx other than 408/425/429, the event no longer exists, or
+ * WEBHOOK_SECRET is missing); the processor turns it into BullMQ's UnrecoverableError.
+ */
+export class WebhookDeliveryError extends Error {
+  constructor(
+    message: string,
+    readonly permanent: boolean,
+    readonly responseCode: number | null = null,
+  ) {
+    super(message);
+    this.name = 'WebhookDeliveryError';
+  }
+}
+
+/** Advisory lock namespace of deliveries ("whk1"); the key is (namespace, hashtext(event)). */
+const DELIVERY_LOCK_CLASS = 0x77686b31;
+
+/** The URL as logged: without user:password. */
+function loggedUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = '';
+    u.password = '';
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
+/** Reads at most `max` bytes of a response body as text, then cancels the rest. Never throws. */
+async function bodySnippet(res: Response, max = 512): Promise<string> {
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    while (size < max) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      size += value.byteLength;
+    }
+  } catch {
+    // a timeout or reset while reading: keep what arrived
+  } finally {
+    reader.cancel().catch(() => undefined);
+  }
+  return Buffer.concat(chunks).subarray(0, max).toString('utf8');
+}
+
+function describeFetchError(err: unknown, timeoutMs: number): string {
+  const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string } };
+  if (e?.name === 'TimeoutError' || e?.name === 'AbortError') return `timeout after ${timeoutMs} ms`;
+  const cause = e?.cause?.code ?? e?.cause?.message;
+  return cause ? `${e?.message ?? 'fetch failed'}: ${cause}` : (e?.message ?? String(err));
+}
+
+/**
+ * Delivers one event to WEBHOOK_URL, once per call at most, and logs the attempt.
+ *
+ * - WEBHOOK_URL unset: returns `{ status: 'SKIPPED', skipped: true }`; nothing is sent or logged
+ *   (the sweep may offer the job again later; it is skipped again).
+ * - In one transaction holding a transaction-scoped advisory lock on (eventType, eventId), so two
+ *   runs of the same job (a retry racing a stalled run, a re-added job) never both POST: if a
+ *   DELIVERED row exists, returns ALREADY_DELIVERED without sending; else builds the body from the
+ *   database, POSTs it signed ({@link signWebhook}, timestamp = now), with a timeout of
+ *   WEBHOOK_TIMEOUT_MS (AbortSignal.timeout) and without following redirects, and inserts one
+ *   webhook_deliveries row: DELIVERED on 2xx, else FAILED with the response code and the start of
+ *   the response body, or the network/timeout error. The connection is held for the POST (at
+ *   most WEBHOOK_TIMEOUT_MS), once per job running at once.
+ * - Delivery stays at-least-once towards the receiver (a crash between its 2xx and our COMMIT
+ *   sends again); receivers de-duplicate on `creditpool-event-id`.
+ * @param attempt 1-based attempt number logged in the row (the job's attemptsMade + 1).
+ * @throws WebhookDeliveryError after logging a FAILED attempt (`permanent` as in the module
+ *   comment), or without logging when the event no longer exists or WEBHOOK_SECRET is unset
+ *   (both permanent); the database error otherwise (nothing logged, retried).
+ */
+export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobData, attempt: number): Promise<WebhookDeliveryResult> {
+  const { env, log } = ctx;
+  const url = env.WEBHOOK_URL;
+  if (!url) return { status: 'SKIPPED', skipped: true };
+  const secret = env.WEBHOOK_SECRET;
+  if (!secret) throw new WebhookDeliveryError('WEBHOOK_SECRET is required to deliver webhooks when WEBHOOK_URL is set', true);
+  const client = await ctx.pool.connect();
+  let broken = false;
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [DELIVERY_LOCK_CLASS, `${payload.eventType}:${payload.eventId}`]);
+    const done = await client.query(`SELECT 1 FROM webhook_deliveries WHERE event_id = $1 AND event_type = $2 AND status = 'DELIVERED' LIMIT 1`, [payload.eventId, payload.eventType]);
+    if (done.rows.length > 0) {
+      await client.query('COMMIT');
+      return { status: 'ALREADY_DELIVERED', skipped: false };
+    }
+    const built = await buildWebhookEvent(client, payload.eventType, payload.eventId);
+    if (!built) {
+      await client.query('COMMIT');
+      throw new WebhookDeliveryError(`${payload.eventType} ${payload.eventId} not found`, true);
+    }
+    const body = JSON.stringify(built.event);
+    const t = Math.floor((ctx.nowMs ?? Date.now)() / 1000);
+    let responseCode: number | null = null;
+    let error: string | null = null;
+    try {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'user-agent': 'creditpool-webhooks',
+          'creditpool-event-id': built.event.id,
+          'creditpool-event-type': built.event.type,
+          'creditpool-delivery-attempt': String(attempt),
+          'creditpool-signature': signWebhook(secret, body, t),
+        },
+        body,
+        redirect: 'manual',
+        signal: AbortSignal.timeout(env.WEBHOOK_TIMEOUT_MS),
+      });
+      responseCode = res.status;
+      if (res.status >= 200 && res.status <= 299) {
+        res.body?.cancel().catch(() => undefined);
+      } else {
+        const snippet = (await bodySnippet(res)).trim();
+        error = `HTTP ${res.status}${snippet ? `: ${snippet}` : ''}`;
+      }
+    } catch (err) {
+      error = describeFetchError(err, env.WEBHOOK_TIMEOUT_MS);
+    }
+    const delivered = error === null;
+    await client.query(
+      `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code, error)
+       VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7, $8)`,
+      [payload.eventType, payload.eventId, built.accountId, loggedUrl(url), attempt, delivered ? 'DELIVERED' : 'FAILED', responseCode, error?.slice(0, 1000) ?? null],
+    );
+    await client.query('COMMIT');
+    if (delivered) {
+      log?.info({ event: built.event.id, attempt, status: responseCode }, 'webhook delivered');
+      return { status: 'DELIVERED', skipped: false, responseCode: responseCode!, attempt };
+    }
+    const permanent = responseCode !== null && isPermanentStatus(responseCode);
+    log?.warn({ event: built.event.id, attempt, status: responseCode, error, permanent }, 'webhook delivery failed');
+    throw new WebhookDeliveryError(`webhook ${built.event.id} attempt ${attempt} failed: ${error}`, permanent, responseCode);
+  } catch (err) {
+    if (!(err instanceof WebhookDeliveryError)) {
+      try {
+        await client.query('ROLLBACK');
+      } catch {
+        broken = true;
+      }
+    }
+    throw err;
+  } finally {
+    client.release(broken);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sweep
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The deliver-webhook jobs that should exist but may have been lost (e.g. Redis flushed): the
+ * sweep re-adds them (same jobId, so an existing job, even a finished one BullMQ still keeps, is
+ * not duplicated). Returns, oldest first, at most {@link WEBHOOK_SWEEP_LIMIT} jobs for
+ * - credit alerts created between 24 h and 1 minute before `now`,
+ * - auto top-up pauses (auto_top_up_settings.paused_at) in that window; the event id is the
+ *   account's latest FAILED top-up created at or before the pause (the one whose failure paused
+ *   it),
+ * with no DELIVERED row, no permanent failure logged (a 4xx other than 408/425/429), and fewer
+ * than {@link WEBHOOK_MAX_LOGGED_ATTEMPTS} attempts logged. It does not know the configuration:
+ * with WEBHOOK_URL unset it still returns them (each such job completes as SKIPPED without
+ * logging, so they keep being offered until they leave the 24 h window).
+ * @param now the sweep's clock (alerts are stamped with the account's clock).
+ * @returns OutboxJob payloads identical to the ones the outbox wrote (see {@link webhookJob}).
+ * @throws the database error.
+ */
+export async function findUndeliveredWebhookJobs(pool: pg.Pool, now: Date): Promise<OutboxJob[]> {
+  const params = [now, `${WEBHOOK_SWEEP_MIN_AGE_MS} milliseconds`, `${WEBHOOK_SWEEP_MAX_AGE_MS} milliseconds`, RETRYABLE_4XX, WEBHOOK_MAX_LOGGED_ATTEMPTS, WEBHOOK_SWEEP_LIMIT];
+  const settled = (eventType: string, eventIdSql: string) => `
+    NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                 WHERE d.event_id = ${eventIdSql} AND d.event_type = '${eventType}'
+                   AND (d.status = 'DELIVERED' OR (d.response_code BETWEEN 400 AND 499 AND NOT d.response_code = ANY($4::int[]))))
+    AND (SELECT count(*) FROM webhook_deliveries d WHERE d.event_id = ${eventIdSql} AND d.event_type = '${eventType}') < $5`;
+  const alerts = await pool.query(
+    `SELECT c.id, c.account_id FROM credit_alerts c
+      WHERE c.created_at < $1::timestamptz - $2::interval AND c.created_at >= $1::timestamptz - $3::interval
+        AND ${settled('credit_alert.raised', 'c.id::text')}
+      ORDER BY c.created_at, c.id LIMIT $6`,
+    params,
+  );
+  const paused = await pool.query(
+    `SELECT t.id, t.account_id FROM auto_top_up_settings s
+       JOIN LATERAL (SELECT x.id, x.account_id FROM auto_top_ups x
+                      WHERE x.account_id = s.account_id AND x.status = 'FAILED' AND x.created_at <= s.paused_at
+                      ORDER BY x.created_at DESC, x.id DESC LIMIT 1) t ON true
+      WHERE s.paused_at IS NOT NULL
+        AND s.paused_at < $1::timestamptz - $2::interval AND s.paused_at >= $1::timestamptz - $3::interval
+        AND ${settled('auto_top_up.paused', 't.id::text')}
+      ORDER BY s.paused_at, t.id LIMIT $6`,
+    params,
+  );
+  return [
+    ...alerts.rows.map((r) => webhookJob({ eventType: 'credit_alert.raised', eventId: r.id, accountId: r.account_id })),
+    ...paused.rows.map((r) => webhookJob({ eventType: 'auto_top_up.paused', eventId: r.id, accountId: r.account_id })),
+  ].slice(0, WEBHOOK_SWEEP_LIMIT);
+}

@@ -1,0 +1,120 @@
+/**
+ * The auto-top-up processor called directly (no worker consumes this file's queue), to place
+ * crashes and races exactly: a worker that dies after the provider charged but before the grant
+ * (the simulator's `timeout_after_charge`), then runs again -> one charge, one grant; the
+ * processor twice at once plus the inline runPendingTopUps on the same top-up -> one charge, one
+ * grant; skips (disabled, back above the threshold) charge nothing; a decline is retried (the
+ * top-up stays PENDING) until the last attempt fails it without pausing.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { pino } from 'pino';
+import { ZodError } from 'zod';
+import { parseEnv } from '../../src/config/env.js';
+import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
+import { runPendingTopUps } from '../../src/services/auto-top-up.js';
+import type { WorkerDeps } from '../../workers/deps.js';
+import type { PaymentSimulator } from '../../src/payments/simulator.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import type { TestServer } from '../setup/test-server.js';
+import { apiAccount, dbId, expectUnchanged, grant, ok, readAccount, uniq } from '../api/helpers.js';
+import { attachMethod, billingCounts, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
+
+const SET = `mutation($input: SetAutoTopUpInput!) { setAutoTopUp(input: $input) { enabled } }`;
+const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
+
+let billing: BillingServer;
+let srv: TestServer;
+let simulator: PaymentSimulator;
+let deps: WorkerDeps;
+
+beforeAll(async () => {
+  billing = await startBillingServer();
+  ({ srv, simulator } = billing);
+  deps = { services: srv.services, log: pino({ level: 'silent' }), env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, QUEUE_PREFIX: billing.prefix }) };
+});
+
+afterAll(async () => {
+  await billing?.close();
+});
+
+/** An account (100 paid, threshold 50, pack of 20) that just crossed the threshold: its PENDING top-up id. */
+async function crossed(reference = `pm_ok_${randomUUID()}`): Promise<{ accountId: string; reference: string; packId: string; topUpId: string }> {
+  const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+  const accountId = await apiAccount(srv, { paid: '100' });
+  await attachMethod(srv, accountId, reference);
+  ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+  ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+  const rows = await topUps(srv, accountId);
+  expect(rows.map((t) => t.status)).toEqual(['PENDING']);
+  return { accountId, reference, packId: pack.id, topUpId: rows[0]!.id };
+}
+
+function run(accountId: string, topUpId: string, attemptsMade = 0) {
+  return processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+}
+
+describe('processAutoTopUp', () => {
+  it('a worker that died after the charge, before the grant: the next run grants once and charges nothing more', async () => {
+    const reference = `pm_ok_${randomUUID()}`;
+    simulator.script(reference, ['timeout_after_charge']);
+    const { accountId, topUpId } = await crossed(reference);
+    await expect(run(accountId, topUpId)).rejects.toThrow(/will retry/);
+    expect(simulator.chargeCount(reference)).toBe(1);
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, succeeded: 0, pack_grants: 0 });
+    expect((await topUps(srv, accountId))[0]).toMatchObject({ status: 'PENDING', attempts: 1 });
+
+    expect(await run(accountId, topUpId, 1)).toMatchObject({ status: 'SUCCEEDED' });
+    expect(simulator.chargeCount(reference)).toBe(1);
+    expect(await billingCounts(srv, accountId)).toEqual({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1, top_ups: 1 });
+    expect((await readAccount(srv, accountId)).balance.available).toBe('60');
+
+    // A duplicate job after success changes nothing.
+    const again = await expectUnchanged(srv, [accountId], () => run(accountId, topUpId, 2));
+    expect(again).toMatchObject({ status: 'SUCCEEDED' });
+    expect(simulator.chargeCount(reference)).toBe(1);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('two processors and the inline runner on the same top-up at once: one charge, one grant', async () => {
+    const { accountId, reference, topUpId } = await crossed();
+    const [a, b, inline] = await Promise.all([run(accountId, topUpId), run(accountId, topUpId), runPendingTopUps(srv.services, dbId(accountId))]);
+    for (const r of [a, b]) expect(r).toMatchObject({ status: 'SUCCEEDED' });
+    expect(inline.every((r) => r.status === 'SUCCEEDED')).toBe(true);
+    expect(simulator.chargeCount(reference)).toBe(1);
+    expect(await billingCounts(srv, accountId)).toEqual({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1, top_ups: 1 });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('skips without charging when auto top-up was turned off, or credit is back above the threshold', async () => {
+    const off = await crossed();
+    ok(await srv.gql(SET, { input: { accountId: off.accountId, enabled: false, thresholdCredits: '50', packId: off.packId } }));
+    expect(await run(off.accountId, off.topUpId)).toMatchObject({ status: 'SKIPPED', reason: 'auto top-up is disabled or paused' });
+
+    const refilled = await crossed();
+    await grant(srv, refilled.accountId, '100', 'PAID');
+    expect(await run(refilled.accountId, refilled.topUpId)).toMatchObject({ status: 'SKIPPED', reason: 'available credit is no longer below the threshold' });
+
+    for (const c of [off, refilled]) {
+      expect(simulator.chargeCount(c.reference)).toBe(0);
+      expect(await billingCounts(srv, c.accountId)).toMatchObject({ payments: 0, pack_grants: 0 });
+    }
+  });
+
+  it('a decline leaves the top-up PENDING for the retry; a decline on the last attempt fails it without pausing', async () => {
+    const { accountId, reference, topUpId } = await crossed(`pm_decline_${randomUUID()}`);
+    await expect(run(accountId, topUpId, 0)).rejects.toThrow(/card_declined/);
+    expect((await topUps(srv, accountId))[0]).toMatchObject({ status: 'PENDING', attempts: 1 });
+    expect(await run(accountId, topUpId, 2)).toMatchObject({ status: 'FAILED', reason: 'card_declined: Your card was declined.' });
+    expect((await topUps(srv, accountId))[0]).toMatchObject({ status: 'FAILED', attempts: 2 });
+    const { rows } = await srv.services.pool.query('SELECT enabled, consecutive_failures, paused_at FROM auto_top_up_settings WHERE account_id = $1', [dbId(accountId)]);
+    expect(rows[0]).toEqual({ enabled: true, consecutive_failures: 2, paused_at: null });
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 2, failed: 2, pack_grants: 0 });
+    expect(simulator.chargeCount(reference)).toBe(0);
+  });
+
+  it('a malformed payload is a ZodError (not retried)', async () => {
+    await expect(processAutoTopUp(deps, { name: 'auto-top-up', data: { topUpId: 'nope' }, attemptsMade: 0, attempts: 3 })).rejects.toBeInstanceOf(ZodError);
+  });
+});

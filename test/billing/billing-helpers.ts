@@ -1,0 +1,101 @@
+/**
+ * Helpers of the billing tests (issue #4: packs, payment methods, purchases, auto top-up): a test
+ * server on a unique queue prefix whose payment provider is the simulator, packs and payment
+ * methods made over the API, counters read straight from PostgreSQL, and a condition wait (a
+ * deadline is only the failure guard; nothing sleeps to synchronize).
+ */
+import { randomUUID } from 'node:crypto';
+import { expect } from 'vitest';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { PaymentSimulator } from '../../src/payments/simulator.js';
+import { dbId, ok, uniq } from '../api/helpers.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
+import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE } from '../../src/queues/names.js';
+
+/** A test server whose relay enqueues jobs under its own `prefix`, and its simulator. */
+export interface BillingServer {
+  srv: TestServer;
+  prefix: string;
+  simulator: PaymentSimulator;
+  /** Closes the server, then removes its queues from Redis. */
+  close(): Promise<void>;
+}
+
+/** Starts a test server (PAYMENT_PROVIDER=simulator) on a unique BullMQ prefix. */
+export async function startBillingServer(): Promise<BillingServer> {
+  const prefix = `cp-billing-${randomUUID()}`;
+  const srv = await startTestServer({ QUEUE_PREFIX: prefix, PAYMENT_PROVIDER: 'simulator' });
+  const simulator = srv.services.payments;
+  if (!(simulator instanceof PaymentSimulator)) throw new Error('the test server should charge through the simulator');
+  return {
+    srv,
+    prefix,
+    simulator,
+    async close() {
+      await srv.close();
+      const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+      for (const name of [LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE]) {
+        const queue = new Queue(name, { connection, prefix });
+        await queue.obliterate({ force: true });
+        await queue.close();
+      }
+      connection.disconnect();
+    },
+  };
+}
+
+export const PACK_FIELDS = 'id name credits bonusCredits priceUsd expiresAfterDays';
+const CREATE_PACK = `mutation($input: CreateCreditPackInput!) { createCreditPack(input: $input) { ${PACK_FIELDS} } }`;
+const ATTACH = `mutation($accountId: ID!, $reference: String!) { attachPaymentMethod(accountId: $accountId, reference: $reference) { provider reference attachedAt } }`;
+
+/** Creates a pack over the API (admin key) with a unique name; returns it as the API shows it. */
+export async function createPack(
+  srv: TestServer,
+  input: { credits: string; bonusCredits?: string; priceUsd: string; expiresAfterDays?: number; name?: string },
+): Promise<{ id: string; name: string; credits: string; bonusCredits: string; priceUsd: string; expiresAfterDays: number | null }> {
+  return ok(await srv.gql(CREATE_PACK, { input: { name: uniq('pack'), ...input } })).createCreditPack;
+}
+
+/** Attaches a payment method; `reference` defaults to a unique one that always succeeds. */
+export async function attachMethod(srv: TestServer, accountId: string, reference = `pm_ok_${randomUUID()}`): Promise<string> {
+  ok(await srv.gql(ATTACH, { accountId, reference }));
+  return reference;
+}
+
+/** Rows of the billing tables that belong to an account (for "nothing changed" checks). */
+export async function billingCounts(srv: TestServer, accountGlobalId: string) {
+  const { rows } = await srv.services.pool.query(
+    `SELECT (SELECT count(*) FROM payments WHERE account_id = $1)::int AS payments,
+            (SELECT count(*) FROM payments WHERE account_id = $1 AND status = 'SUCCEEDED')::int AS succeeded,
+            (SELECT count(*) FROM payments WHERE account_id = $1 AND status = 'FAILED')::int AS failed,
+            (SELECT count(*) FROM credit_grants WHERE account_id = $1 AND source IN ('PURCHASE', 'AUTO_TOP_UP') AND idempotency_key LIKE 'payment:%')::int AS pack_grants,
+            (SELECT count(*) FROM auto_top_ups WHERE account_id = $1)::int AS top_ups`,
+    [dbId(accountGlobalId)],
+  );
+  return rows[0] as { payments: number; succeeded: number; failed: number; pack_grants: number; top_ups: number };
+}
+
+/** The account's auto top-up rows, oldest first. */
+export async function topUps(srv: TestServer, accountGlobalId: string) {
+  const { rows } = await srv.services.pool.query(
+    `SELECT id, status, attempts, payment_id, error FROM auto_top_ups WHERE account_id = $1 ORDER BY created_at, id`,
+    [dbId(accountGlobalId)],
+  );
+  return rows as Array<{ id: string; status: string; attempts: number; payment_id: string | null; error: string | null }>;
+}
+
+/**
+ * Polls `probe` until it returns a value that is not null/undefined/false and returns it; fails
+ * after `timeoutMs` (the guard against a hang, not a synchronization delay).
+ */
+export async function waitFor<T>(what: string, probe: () => Promise<T | null | undefined | false>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== null && value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) expect.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}

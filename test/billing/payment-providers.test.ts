@@ -1,0 +1,223 @@
+/**
+ * The payment providers on their own (issue #4).
+ * - Stripe adapter: the official SDK pointed (host/port/protocol options) at a local HTTP server
+ *   that records each request and answers like Stripe's API: the request is one off-session,
+ *   confirmed PaymentIntent in exact USD cents with the payment id as Idempotency-Key; card
+ *   errors map to declined / requires_action; no answer, 5xx and `processing` to
+ *   PaymentTimeoutError; the SDK's own retry re-sends the same key. Webhook signatures are checked
+ *   with the SDK's test header helper.
+ * - Simulator: one charge per key, outcomes by prefix and script, key reuse with other parameters refused.
+ * - usdToCents and the factory.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import Stripe from 'stripe';
+import { StripeProvider } from '../../src/payments/stripe.js';
+import { PaymentSimulator } from '../../src/payments/simulator.js';
+import { PaymentTimeoutError, usdToCents, type ChargeRequest } from '../../src/payments/provider.js';
+import { createPaymentProvider } from '../../src/payments/index.js';
+
+/** What the fake Stripe answers next: a status and JSON body, extra headers, or no answer at all. */
+type Planned = { status: number; body: unknown; headers?: Record<string, string> } | 'hang';
+
+interface Recorded {
+  method: string;
+  path: string;
+  headers: IncomingMessage['headers'];
+  form: URLSearchParams;
+}
+
+let server: Server;
+let port: number;
+const planned: Planned[] = [];
+const recorded: Recorded[] = [];
+
+beforeAll(async () => {
+  server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (chunk: string) => (body += chunk));
+    req.on('end', () => {
+      recorded.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers, form: new URLSearchParams(body) });
+      const next = planned.shift() ?? { status: 500, body: { error: { type: 'api_error', message: 'nothing planned' } } };
+      if (next === 'hang') return;
+      res.writeHead(next.status, { 'content-type': 'application/json', 'request-id': `req_${recorded.length}`, ...next.headers });
+      res.end(JSON.stringify(next.body));
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  port = (server.address() as AddressInfo).port;
+});
+
+afterAll(async () => {
+  server.closeAllConnections();
+  server.close();
+});
+
+function stripeAt(opts: { timeoutMs?: number; maxNetworkRetries?: number } = {}) {
+  return new StripeProvider({ secretKey: 'sk_test_creditpool', webhookSecret: 'whsec_creditpool', host: '127.0.0.1', port, protocol: 'http', maxNetworkRetries: 0, ...opts });
+}
+
+function chargeRequest(overrides: Partial<ChargeRequest> = {}): ChargeRequest {
+  return {
+    idempotencyKey: '6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e',
+    amountUsd: '9.99',
+    paymentMethodRef: 'pm_card_visa',
+    accountId: 'a5a0c3de-0000-4000-8000-000000000001',
+    description: 'Starter pack (credit pack)',
+    metadata: { paymentId: '6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e', packId: 'p1', purpose: 'PURCHASE' },
+    ...overrides,
+  };
+}
+
+/** Runs `fn` with these answers planned; returns its result and the requests it made. */
+async function withAnswers<T>(answers: Planned[], fn: () => Promise<T>): Promise<{ result: T; requests: Recorded[] }> {
+  planned.length = 0;
+  recorded.length = 0;
+  planned.push(...answers);
+  const result = await fn();
+  return { result, requests: [...recorded] };
+}
+
+const intent = (status: string, id = 'pi_123') => ({ status: 200, body: { id, object: 'payment_intent', status, amount: 999, currency: 'usd' } });
+const cardError = (code: string, extra: Record<string, unknown> = {}) => ({
+  status: 402,
+  body: { error: { type: 'card_error', code, message: `card error ${code}`, payment_intent: { id: 'pi_err', object: 'payment_intent', status: 'requires_payment_method' }, ...extra } },
+});
+
+describe('StripeProvider.charge', () => {
+  it('sends one confirmed off-session PaymentIntent in exact cents, with the payment id as Idempotency-Key', async () => {
+    const { result, requests } = await withAnswers([intent('succeeded')], () =>
+      stripeAt().charge(chargeRequest({ paymentMethodRef: 'cus_42/pm_card_visa' })),
+    );
+    expect(result).toEqual({ status: 'succeeded', providerRef: 'pi_123' });
+    expect(requests).toHaveLength(1);
+    const [r] = requests;
+    expect(r).toMatchObject({ method: 'POST', path: '/v1/payment_intents' });
+    expect(r!.headers['idempotency-key']).toBe('6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e');
+    expect(r!.headers.authorization).toBe('Bearer sk_test_creditpool');
+    expect(Object.fromEntries(r!.form)).toEqual({
+      amount: '999',
+      currency: 'usd',
+      payment_method: 'pm_card_visa',
+      customer: 'cus_42',
+      confirm: 'true',
+      off_session: 'true',
+      description: 'Starter pack (credit pack)',
+      'metadata[paymentId]': '6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e',
+      'metadata[packId]': 'p1',
+      'metadata[purpose]': 'PURCHASE',
+      'metadata[accountId]': 'a5a0c3de-0000-4000-8000-000000000001',
+    });
+  });
+
+  it('a reference without a customer sends no customer; amounts are exact cents', async () => {
+    for (const [usd, cents] of [['5', '500'], ['0.1', '10'], ['1234.56', '123456']] as const) {
+      const { requests } = await withAnswers([intent('succeeded')], () => stripeAt().charge(chargeRequest({ amountUsd: usd })));
+      expect(requests[0]!.form.get('amount')).toBe(cents);
+      expect(requests[0]!.form.has('customer')).toBe(false);
+    }
+  });
+
+  it('maps card_declined to declined (the decline_code as reason) and authentication_required to requires_action', async () => {
+    const declined = await withAnswers([cardError('card_declined', { decline_code: 'insufficient_funds' })], () => stripeAt().charge(chargeRequest()));
+    expect(declined.result).toEqual({ status: 'declined', code: 'insufficient_funds', message: 'card error card_declined' });
+    const auth = await withAnswers([cardError('authentication_required')], () => stripeAt().charge(chargeRequest()));
+    expect(auth.result).toEqual({ status: 'requires_action', providerRef: 'pi_err', message: 'card error authentication_required' });
+    const action = await withAnswers([intent('requires_action', 'pi_3ds')], () => stripeAt().charge(chargeRequest()));
+    expect(action.result).toMatchObject({ status: 'requires_action', providerRef: 'pi_3ds' });
+  });
+
+  it('no answer in time, a 5xx and a PaymentIntent still processing are PaymentTimeoutError (outcome unknown)', async () => {
+    await expect(withAnswers(['hang'], () => stripeAt({ timeoutMs: 300 }).charge(chargeRequest()))).rejects.toBeInstanceOf(PaymentTimeoutError);
+    await expect(withAnswers([{ status: 500, body: { error: { type: 'api_error', message: 'boom' } } }], () => stripeAt().charge(chargeRequest()))).rejects.toBeInstanceOf(
+      PaymentTimeoutError,
+    );
+    await expect(withAnswers([intent('processing')], () => stripeAt().charge(chargeRequest()))).rejects.toBeInstanceOf(PaymentTimeoutError);
+  });
+
+  it("the SDK's own retry after a retryable error re-sends the same Idempotency-Key", async () => {
+    const { result, requests } = await withAnswers(
+      [{ status: 500, body: { error: { type: 'api_error', message: 'try again' } }, headers: { 'stripe-should-retry': 'true' } }, intent('succeeded', 'pi_retry')],
+      () => stripeAt({ maxNetworkRetries: 1 }).charge(chargeRequest()),
+    );
+    expect(result).toEqual({ status: 'succeeded', providerRef: 'pi_retry' });
+    expect(requests.map((r) => r.headers['idempotency-key'])).toEqual(['6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e', '6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e']);
+  });
+
+  it('an invalid request is not a decline: Stripe\'s error is thrown as is', async () => {
+    const answer = { status: 400, body: { error: { type: 'invalid_request_error', code: 'resource_missing', param: 'payment_method', message: 'No such PaymentMethod' } } };
+    await expect(withAnswers([answer], () => stripeAt().charge(chargeRequest()))).rejects.toBeInstanceOf(Stripe.errors.StripeInvalidRequestError);
+  });
+});
+
+describe('StripeProvider.verifyWebhook', () => {
+  const payload = JSON.stringify({ id: 'evt_1', object: 'event', type: 'payment_intent.succeeded', data: { object: { id: 'pi_1', object: 'payment_intent' } } });
+
+  it('accepts a correctly signed body and returns the event', () => {
+    const header = Stripe.webhooks.generateTestHeaderString({ payload, secret: 'whsec_creditpool' });
+    const event = stripeAt().verifyWebhook(payload, header);
+    expect(event).toMatchObject({ id: 'evt_1', type: 'payment_intent.succeeded' });
+    expect(stripeAt().verifyWebhook(Buffer.from(payload), header, 'whsec_creditpool').id).toBe('evt_1');
+  });
+
+  it('refuses a tampered body, another secret and an old signature', () => {
+    const header = Stripe.webhooks.generateTestHeaderString({ payload, secret: 'whsec_creditpool' });
+    const p = stripeAt();
+    expect(() => p.verifyWebhook(payload.replace('pi_1', 'pi_2'), header)).toThrow(Stripe.errors.StripeSignatureVerificationError);
+    expect(() => p.verifyWebhook(payload, header, 'whsec_other')).toThrow(Stripe.errors.StripeSignatureVerificationError);
+    const old = Stripe.webhooks.generateTestHeaderString({ payload, secret: 'whsec_creditpool', timestamp: Math.floor(Date.now() / 1000) - 3600 });
+    expect(() => p.verifyWebhook(payload, old)).toThrow(Stripe.errors.StripeSignatureVerificationError);
+    expect(() => new StripeProvider({ secretKey: 'sk_test_x' }).verifyWebhook(payload, header)).toThrow(/STRIPE_WEBHOOK_SECRET/);
+  });
+});
+
+describe('PaymentSimulator', () => {
+  it('charges once per key: a replay answers the first outcome without charging again', async () => {
+    const sim = new PaymentSimulator();
+    const first = await sim.charge(chargeRequest({ idempotencyKey: 'k1', paymentMethodRef: 'pm_a' }));
+    expect(first).toMatchObject({ status: 'succeeded' });
+    expect(await sim.charge(chargeRequest({ idempotencyKey: 'k1', paymentMethodRef: 'pm_a' }))).toEqual(first);
+    expect(sim.chargeCount('pm_a')).toBe(1);
+    await expect(sim.charge(chargeRequest({ idempotencyKey: 'k1', paymentMethodRef: 'pm_a', amountUsd: '1' }))).rejects.toThrow(/other parameters/);
+  });
+
+  it('chooses outcomes by reference prefix', async () => {
+    const sim = new PaymentSimulator();
+    expect(await sim.charge(chargeRequest({ idempotencyKey: 'd', paymentMethodRef: 'pm_decline_x' }))).toMatchObject({ status: 'declined', code: 'card_declined' });
+    expect(await sim.charge(chargeRequest({ idempotencyKey: 'r', paymentMethodRef: 'pm_requires_action_x' }))).toMatchObject({ status: 'requires_action' });
+    await expect(sim.charge(chargeRequest({ idempotencyKey: 't', paymentMethodRef: 'pm_timeout_x' }))).rejects.toBeInstanceOf(PaymentTimeoutError);
+    expect(sim.chargeCount()).toBe(0);
+  });
+
+  it('follows a script: a timeout charges nothing, a timeout after the charge replays as succeeded', async () => {
+    const sim = new PaymentSimulator();
+    sim.script('pm_s', ['timeout', 'timeout_after_charge', 'decline']);
+    await expect(sim.charge(chargeRequest({ idempotencyKey: 'a', paymentMethodRef: 'pm_s' }))).rejects.toBeInstanceOf(PaymentTimeoutError);
+    expect(sim.chargeCount('pm_s')).toBe(0);
+    await expect(sim.charge(chargeRequest({ idempotencyKey: 'a', paymentMethodRef: 'pm_s' }))).rejects.toBeInstanceOf(PaymentTimeoutError);
+    expect(sim.chargeCount('pm_s')).toBe(1);
+    expect(await sim.charge(chargeRequest({ idempotencyKey: 'a', paymentMethodRef: 'pm_s' }))).toMatchObject({ status: 'succeeded' });
+    expect(await sim.charge(chargeRequest({ idempotencyKey: 'b', paymentMethodRef: 'pm_s' }))).toMatchObject({ status: 'declined' });
+    expect(await sim.charge(chargeRequest({ idempotencyKey: 'c', paymentMethodRef: 'pm_s' }))).toMatchObject({ status: 'succeeded' });
+    expect(sim.chargeCount('pm_s')).toBe(2);
+  });
+});
+
+describe('usdToCents and createPaymentProvider', () => {
+  it('converts exactly and refuses sub-cent, negative and oversized amounts', () => {
+    expect(usdToCents('19.99')).toBe(1999n);
+    expect(usdToCents('0.07')).toBe(7n);
+    expect(usdToCents('999999.99')).toBe(99_999_999n);
+    for (const bad of ['0.001', '-1', '1000000', '1e3', 'abc']) expect(() => usdToCents(bad)).toThrow();
+  });
+
+  it('builds the simulator by default and Stripe only with a secret key', () => {
+    expect(createPaymentProvider({ PAYMENT_PROVIDER: 'simulator', STRIPE_SECRET_KEY: undefined, STRIPE_WEBHOOK_SECRET: undefined }).name).toBe('simulator');
+    expect(createPaymentProvider({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_x', STRIPE_WEBHOOK_SECRET: undefined }).name).toBe('stripe');
+    expect(() => createPaymentProvider({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: undefined, STRIPE_WEBHOOK_SECRET: undefined })).toThrow(/STRIPE_SECRET_KEY/);
+  });
+});

@@ -1,0 +1,225 @@
+/**
+ * Time-driven rules through the API, on test clocks (issue #4): expiry at the boundary, hold
+ * expiry, three billing periods of RESET and ROLLOVER with exact balances, alerts at 25/15/0 %
+ * (one by one, several at once, under 100 concurrent charges; not again in the same period;
+ * re-armed by a new period). Real PostgreSQL and Redis (in-process server).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { ok, uniq, expectError } from '../api/helpers.js';
+import { ALERTS_SUB, wsSubscribe } from '../live/helpers.js';
+
+let srv: TestServer;
+
+beforeAll(async () => {
+  srv = await startTestServer();
+});
+
+afterAll(async () => {
+  await srv.close();
+});
+
+const BALANCE = `available total reserved free paid periodStart periodEnd periodCredits percentRemaining planName version`;
+
+async function testAccount(start: string): Promise<string> {
+  return ok(
+    await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+      input: { externalId: uniq('clock'), name: 'test clock', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: start },
+    }),
+  ).createAccount.id as string;
+}
+
+async function grant(accountId: string, amount: string, type: 'FREE' | 'PAID', expiresAt: string | null = null) {
+  return ok(
+    await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`, {
+      input: { accountId, amount, type, source: type === 'FREE' ? 'PROMO_CODE' : 'PURCHASE', idempotencyKey: uniq('g'), expiresAt },
+    }),
+  ).grantCredits.id as string;
+}
+
+async function spend(accountId: string, units: string) {
+  return srv.gql(`mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`, {
+    input: { accountId, category: 'units', quantities: { units }, idempotencyKey: uniq('u') },
+  });
+}
+
+async function advance(accountId: string, to: string) {
+  return ok(
+    await srv.gql(`mutation($id: ID!, $to: DateTime!) { advanceTestClock(accountId: $id, to: $to) { id balance { ${BALANCE} } reconciliation { consistent } } }`, { id: accountId, to }),
+  ).advanceTestClock as { balance: Record<string, any>; reconciliation: { consistent: boolean } };
+}
+
+async function read(accountId: string) {
+  return ok(
+    await srv.gql(
+      `query($id: ID!) { account(id: $id) { balance { ${BALANCE} } reconciliation { consistent }
+         subscription { active currentPeriodStart currentPeriodEnd plan { name } }
+         alerts(first: 50) { edges { node { threshold percentRemaining available periodStart } } }
+         ledger(first: 100) { edges { node { type amount createdAt } } } } }`,
+      { id: accountId },
+    ),
+  ).account;
+}
+
+const entries = (acct: any, type: string) => acct.ledger.edges.map((e: any) => e.node).filter((n: any) => n.type === type);
+
+describe('batch and hold expiry', () => {
+  it('a batch pays one millisecond before expiresAt; at expiresAt its rest is removed once', async () => {
+    const id = await testAccount('2026-01-10T12:00:00.000Z');
+    await grant(id, '10', 'FREE', '2026-01-10T13:00:00.000Z');
+    await grant(id, '5', 'PAID');
+    await advance(id, '2026-01-10T12:59:59.999Z');
+    ok(await spend(id, '1'));
+    expect((await read(id)).balance).toMatchObject({ free: '9', paid: '5', available: '14' });
+
+    const at = await advance(id, '2026-01-10T13:00:00.000Z');
+    expect(at.balance).toMatchObject({ free: '0', paid: '5', available: '5', total: '5' });
+    expect(at.reconciliation.consistent).toBe(true);
+    await advance(id, '2026-01-10T18:00:00.000Z');
+    const acct = await read(id);
+    expect(entries(acct, 'EXPIRE')).toEqual([{ type: 'EXPIRE', amount: '-9', createdAt: '2026-01-10T13:00:00.000Z' }]);
+    expect(acct.reconciliation.consistent).toBe(true);
+    expectError(await spend(id, '6'), 'INSUFFICIENT_CREDITS');
+  });
+
+  it('a hold past its expiresAt is released (status EXPIRED, one RELEASE entry)', async () => {
+    const id = await testAccount('2026-02-01T00:00:00.000Z');
+    await grant(id, '10', 'PAID');
+    const hold = ok(
+      await srv.gql(`mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`, {
+        input: { accountId: id, amount: '4', idempotencyKey: uniq('h'), ttlSeconds: 60 },
+      }),
+    ).reserveCredits.id;
+    expect((await advance(id, '2026-02-01T00:00:59.999Z')).balance).toMatchObject({ reserved: '4', available: '6' });
+    expect((await advance(id, '2026-02-01T00:01:00.000Z')).balance).toMatchObject({ reserved: '0', available: '10' });
+    const r = ok(await srv.gql(`query($id: ID!) { node(id: $id) { ... on Reservation { status } } }`, { id: hold }));
+    expect(r.node.status).toBe('EXPIRED');
+    await advance(id, '2026-02-02T00:00:00.000Z');
+    expect(entries(await read(id), 'RELEASE')).toHaveLength(1);
+  });
+
+  it('the clock only moves forward, and only test-mode accounts have one', async () => {
+    const id = await testAccount('2026-02-01T00:00:00.000Z');
+    await advance(id, '2026-02-02T00:00:00.000Z');
+    expectError(await srv.gql(`mutation($id: ID!) { advanceTestClock(accountId: $id, to: "2026-02-01T00:00:00.000Z") { id } }`, { id }), 'BAD_USER_INPUT');
+    const live = ok(
+      await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+        input: { externalId: uniq('live'), name: 'live', kind: 'ORGANIZATION', welcomeBonus: false },
+      }),
+    ).createAccount.id;
+    expectError(await srv.gql(`mutation($id: ID!) { advanceTestClock(accountId: $id, to: "2030-01-01T00:00:00.000Z") { id } }`, { id: live }), 'BAD_USER_INPUT');
+  });
+});
+
+async function plan(rollover: 'RESET' | 'ROLLOVER', monthly: string, cap: string | null = null): Promise<string> {
+  return ok(
+    await srv.gql(`mutation($input: CreatePlanInput!) { createPlan(input: $input) { id name monthlyCredits rollover rolloverCapCredits priceUsd } }`, {
+      input: { name: uniq(`plan-${rollover}`), monthlyCredits: monthly, rollover, rolloverCapCredits: cap, priceUsd: '19.99' },
+    }),
+  ).createPlan.id as string;
+}
+
+async function subscribe(accountId: string, planId: string) {
+  return ok(
+    await srv.gql(`mutation($a: ID!, $p: ID!) { subscribeToPlan(accountId: $a, planId: $p) { active currentPeriodStart currentPeriodEnd plan { name } } }`, { a: accountId, p: planId }),
+  ).subscribeToPlan;
+}
+
+describe('plans and billing cycles', () => {
+  it('RESET over three periods: unused subscription credit expires at each period end, packs are untouched', async () => {
+    const id = await testAccount('2026-01-31T00:00:00.000Z');
+    await grant(id, '50', 'PAID'); // a purchased pack: never expires
+    const sub = await subscribe(id, await plan('RESET', '100'));
+    expect(sub).toMatchObject({ active: true, currentPeriodStart: '2026-01-31T00:00:00.000Z', currentPeriodEnd: '2026-02-28T00:00:00.000Z' });
+    expect((await read(id)).balance).toMatchObject({ available: '150', periodCredits: '150', percentRemaining: 100 });
+    ok(await spend(id, '30')); // the subscription batch expires first, so it pays first
+    expect((await read(id)).balance).toMatchObject({ available: '120', percentRemaining: 80 });
+
+    const p2 = await advance(id, '2026-02-28T00:00:00.000Z');
+    expect(p2.balance).toMatchObject({ available: '150', periodStart: '2026-02-28T00:00:00.000Z', periodEnd: '2026-03-31T00:00:00.000Z', periodCredits: '150', percentRemaining: 100 });
+    ok(await spend(id, '10'));
+    const p3 = await advance(id, '2026-03-31T00:00:00.000Z');
+    expect(p3.balance).toMatchObject({ available: '150', paid: '150', periodStart: '2026-03-31T00:00:00.000Z', periodEnd: '2026-04-30T00:00:00.000Z', periodCredits: '150' });
+    const acct = await read(id);
+    expect(entries(acct, 'EXPIRE').map((e: any) => [e.amount, e.createdAt])).toEqual([
+      ['-90', '2026-03-31T00:00:00.000Z'],
+      ['-70', '2026-02-28T00:00:00.000Z'],
+    ]);
+    expect(entries(acct, 'GRANT')).toHaveLength(4); // the pack and three periods
+    expect(acct.subscription).toMatchObject({ active: true, currentPeriodStart: '2026-03-31T00:00:00.000Z' });
+    expect(acct.reconciliation.consistent).toBe(true);
+    // Advancing again inside the period grants nothing more.
+    await advance(id, '2026-04-10T00:00:00.000Z');
+    expect(entries(await read(id), 'GRANT')).toHaveLength(4);
+  });
+
+  it('ROLLOVER over three periods: unused subscription credit carries over up to the cap', async () => {
+    const id = await testAccount('2026-03-15T08:00:00.000Z');
+    await subscribe(id, await plan('ROLLOVER', '100', '50'));
+    ok(await spend(id, '20'));
+    const p2 = await advance(id, '2026-04-15T08:00:00.000Z');
+    expect(p2.balance).toMatchObject({ available: '150', periodCredits: '150', percentRemaining: 100 }); // 80 capped to 50, + 100
+    const p3 = await advance(id, '2026-05-15T08:00:00.000Z');
+    expect(p3.balance).toMatchObject({ available: '150', periodCredits: '150' }); // 150 capped to 50, + 100
+    const acct = await read(id);
+    expect(entries(acct, 'EXPIRE').map((e: any) => e.amount)).toEqual(['-50', '-50', '-30']);
+    expect(acct.reconciliation.consistent).toBe(true);
+    const cancelled = ok(await srv.gql(`mutation($a: ID!) { cancelSubscription(accountId: $a) { active } }`, { a: id })).cancelSubscription;
+    expect(cancelled.active).toBe(false);
+    const after = await advance(id, '2026-06-15T08:00:00.000Z');
+    expect(after.balance.available).toBe('150'); // no roll after cancelling: nothing granted, nothing trimmed
+    expect(after.balance.planName).toBeNull();
+  });
+
+  it('planName follows the plan; a malformed plan is BAD_USER_INPUT', async () => {
+    const id = await testAccount('2026-01-01T00:00:00.000Z');
+    const p = await plan('RESET', '10');
+    await subscribe(id, p);
+    const name = ok(await srv.gql(`query { plans { id name } }`)).plans.find((x: any) => x.id === p).name;
+    expect((await read(id)).balance.planName).toBe(name);
+    expectError(
+      await srv.gql(`mutation { createPlan(input: { name: "bad", monthlyCredits: "10", rollover: RESET, rolloverCapCredits: "5", priceUsd: "1" }) { id } }`),
+      'BAD_USER_INPUT',
+    );
+    expectError(await srv.gql(`mutation { createPlan(input: { name: "bad2", monthlyCredits: "0", rollover: RESET, priceUsd: "1" }) { id } }`), 'BAD_USER_INPUT');
+  });
+});
+
+describe('alerts at 25 %, 15 % and 0 %', () => {
+  it('one by one, several at once, 100 concurrent charges: each threshold once per period; a new period re-arms', async () => {
+    const id = await testAccount('2026-05-01T00:00:00.000Z');
+    await grant(id, '200', 'PAID');
+    const live = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, ALERTS_SUB, { id });
+    try {
+      // The alerts subscription is live once it answered nothing for a change that raises nothing.
+      ok(await spend(id, '140')); // 30 %
+      expect((await read(id)).alerts.edges).toEqual([]);
+      ok(await spend(id, '20')); // 20 %: crosses 25
+      // 100 concurrent 1-credit charges on 40 left: 40 succeed, crossing 15 (at 30 left) and 0.
+      const results = await Promise.all(Array.from({ length: 100 }, () => spend(id, '1')));
+      expect(results.filter((r) => !r.body.errors).length).toBe(40);
+      let acct = await read(id);
+      expect(acct.alerts.edges.map((e: any) => e.node.threshold).sort()).toEqual([0, 15, 25]);
+      expect(acct.alerts.edges.find((e: any) => e.node.threshold === 25).node).toMatchObject({ percentRemaining: 20, available: '40' });
+      await live.waitFor((s) => s.events.length === 3, 'three live alerts');
+
+      await grant(id, '100', 'PAID'); // a top-up in the same period ...
+      ok(await spend(id, '95')); // ... and a new drop raise nothing again
+      acct = await read(id);
+      expect(acct.alerts.edges).toHaveLength(3);
+
+      // A new period re-arms: 5 left is the new period's 100 %; one charge of 4.5 crosses 25 and 15 at once.
+      await advance(id, '2026-06-01T00:00:00.000Z');
+      expect((await read(id)).balance).toMatchObject({ available: '5', periodCredits: '5', percentRemaining: 100 });
+      ok(await spend(id, '4.5'));
+      acct = await read(id);
+      const p2 = acct.alerts.edges.map((e: any) => e.node).filter((n: any) => n.periodStart === '2026-06-01T00:00:00.000Z');
+      expect(p2.map((n: any) => n.threshold).sort()).toEqual([15, 25]);
+      expect(p2[0].percentRemaining).toBe(10);
+      await live.waitFor((s) => s.events.length === 5, 'five live alerts');
+      expect(live.events.map((e) => e.creditAlerts.threshold)).toEqual([25, 15, 0, 25, 15]);
+    } finally {
+      await live.dispose();
+    }
+  });
+});

@@ -1,0 +1,115 @@
+/**
+ * Time-driven work on the wall clock, through the real workers (BullMQ on real Redis, a unique
+ * queue prefix): a batch's delayed expire-due job enqueued by the outbox relay removes it at its
+ * expiresAt; when the job is lost (queue emptied), the sweep finds and does the work.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { Queue, QueueEvents } from 'bullmq';
+import { pino } from 'pino';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { startWorkers, type RunningWorkers } from '../../workers/start.js';
+import { processSweepDue } from '../../workers/processors/sweep-due.js';
+import { createQueueJobSink } from '../../src/queues/job-sink.js';
+import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
+import { parseEnv } from '../../src/config/env.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { credits } from '../../src/ledger/credits.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { ok, uniq, dbId } from '../api/helpers.js';
+import { BALANCE_SUB, wsSubscribe } from '../live/helpers.js';
+
+const prefix = `cp-test-${randomUUID()}`;
+let srv: TestServer;
+let workers: RunningWorkers;
+let services: TestServices;
+
+beforeAll(async () => {
+  srv = await startTestServer({ QUEUE_PREFIX: prefix });
+  services = createTestServices(4);
+  const env = parseEnv({ DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: TEST_REDIS_URL, QUEUE_PREFIX: prefix, LOG_LEVEL: 'silent', SWEEP_EVERY_MS: '60000' });
+  workers = await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), services, relay: false });
+});
+
+afterAll(async () => {
+  await workers.close();
+  await workers.ledgerQueue.obliterate({ force: true }).catch(() => undefined);
+  await srv.close();
+  await services.close();
+});
+
+describe('expiry by the workers', () => {
+  it("a batch's delayed job expires it at expiresAt, and the live credit bar shows it", async () => {
+    const id = ok(
+      await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+        input: { externalId: uniq('wall'), name: 'wall clock', kind: 'ORGANIZATION', welcomeBonus: false },
+      }),
+    ).createAccount.id;
+    const expiresAt = new Date(Date.now() + 1_500).toISOString();
+    ok(await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`, { input: { accountId: id, amount: '5', type: 'FREE', source: 'PROMO_CODE', idempotencyKey: uniq('g'), expiresAt } }));
+    const bar = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, BALANCE_SUB, { id });
+    try {
+      await bar.waitFor((s) => s.events.length > 0 && s.events.at(-1).balanceChanged.total === '0', 'the expiry on the live bar', 20_000);
+      const { rows } = await services.pool.query(`SELECT amount_micro_credits::text AS amount, created_at FROM ledger_entries WHERE account_id = $1 AND type = 'EXPIRE'`, [dbId(id)]);
+      expect(rows).toEqual([{ amount: '-5000000', created_at: new Date(expiresAt) }]);
+      await expectLedgerInvariant(services.pool, dbId(id));
+    } finally {
+      await bar.dispose();
+    }
+  });
+
+  it('when the jobs are lost (queue emptied, as after a Redis flush), the sweep does what is due, once', async () => {
+    const accountId = await createFundedAccount(services, { paid: 1 });
+    const now = new Date();
+    await grantCredits(services, { accountId, amountMicroCredits: credits(7), type: 'FREE', source: 'PROMO_CODE', expiresAt: new Date(now.getTime() + 3_600_000), reference: null, idempotencyKey: 'soon' });
+    await srv.services.pool.query('SELECT 1'); // the server's relay enqueues the job; empty the queue whatever it holds
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
+    await queue.obliterate({ force: true });
+    const sink = createQueueJobSink(connection, prefix);
+    const later = createTestServices(2);
+    later.setNow(new Date(now.getTime() + 2 * 3_600_000));
+    try {
+      const deps = { services: later, log: pino({ level: 'silent' }), env: parseEnv({}) };
+      const first = await processSweepDue(deps, sink);
+      expect(first.expiredAccounts).toBeGreaterThanOrEqual(1);
+      await processSweepDue(deps, sink);
+      const { rows } = await services.pool.query(`SELECT amount_micro_credits::text AS amount FROM ledger_entries WHERE account_id = $1 AND type = 'EXPIRE'`, [accountId]);
+      expect(rows).toEqual([{ amount: '-7000000' }]);
+      await expectLedgerInvariant(services.pool, accountId);
+    } finally {
+      await later.close();
+      await sink.close();
+      await queue.close();
+      connection.disconnect();
+    }
+  });
+
+  it('the sweep re-adds a job whose id is kept as failed (a plain add would be ignored), so the work resumes', async () => {
+    const accountId = await createFundedAccount(services, { paid: 1 });
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
+    const sink = createQueueJobSink(connection, prefix);
+    try {
+      await events.waitUntilReady();
+      const jobId = `expire-due-test-${randomUUID()}`;
+      const failed = new Promise<void>((resolve) => events.on('failed', ({ jobId: id }) => id === jobId && resolve()));
+      await sink.add([{ name: 'expire-due', jobId, data: { accountId: 'not-a-uuid' } }]); // a payload the processor refuses for good
+      await failed;
+      await sink.add([{ name: 'expire-due', jobId, data: { accountId } }]);
+      expect(await (await sink.queue.getJob(jobId))!.getState()).toBe('failed');
+      const completed = new Promise<void>((resolve) => events.on('completed', ({ jobId: id }) => id === jobId && resolve()));
+      await sink.readd([{ name: 'expire-due', jobId, data: { accountId } }]);
+      await completed;
+      expect((await sink.queue.getJob(jobId))!.data).toEqual({ accountId });
+    } finally {
+      await events.close();
+      await sink.close();
+      connection.disconnect();
+    }
+  });
+});

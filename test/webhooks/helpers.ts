@@ -1,0 +1,142 @@
+/**
+ * Webhook test helpers: a real HTTP receiver on 127.0.0.1 (a free port) that records every
+ * request (raw body, headers, arrival time) and answers from a per-account script, and a
+ * collector of BullMQ queue events. Waiting is event-driven: `waitFor` re-checks its condition
+ * on every request / queue event; its timeout only turns a hang into a failure.
+ */
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import type { QueueEvents } from 'bullmq';
+
+/** One request the receiver got. */
+export interface ReceivedWebhook {
+  headers: IncomingHttpHeaders;
+  rawBody: string;
+  /** performance.now() at arrival (ms). */
+  atMs: number;
+  /** Wall clock at arrival, whole seconds (for signature verification). */
+  atSeconds: number;
+  /** data.accountId of the body, if any. */
+  accountId: string | null;
+  /** The creditpool-event-id header. */
+  eventId: string;
+}
+
+/** How the receiver answers one request: a status, a redirect, or never (the client times out). */
+export type ReceiverStep = number | 'hang' | { status: number; location: string };
+
+/** A running receiver. */
+export interface Receiver {
+  url: string;
+  requests: ReceivedWebhook[];
+  /** Requests whose body's data.accountId is `accountId`. */
+  forAccount(accountId: string): ReceivedWebhook[];
+  /** The next requests of `accountId` are answered with `steps`, in order; after them, 200. */
+  script(accountId: string, steps: ReceiverStep[]): void;
+  /** Called at each request before it is answered; may delay the answer (returns a promise). */
+  beforeAnswer: ((req: ReceivedWebhook) => Promise<void>) | null;
+  /** Resolves when `pred()` holds, re-checked at every request. */
+  waitFor(pred: () => boolean, what: string, timeoutMs?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Resolves when `pred()` holds, re-checked whenever `emitter` emits `event`; rejects after `timeoutMs`. */
+export function waitOn(emitter: EventEmitter, event: string, pred: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+  if (pred()) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (!pred()) return;
+      emitter.off(event, check);
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      emitter.off(event, check);
+      reject(new Error(`timed out waiting for ${what}`));
+    }, timeoutMs);
+    emitter.on(event, check);
+  });
+}
+
+/** Starts a receiver on a free loopback port. */
+export async function startReceiver(): Promise<Receiver> {
+  const emitter = new EventEmitter();
+  emitter.setMaxListeners(100);
+  const scripts = new Map<string, ReceiverStep[]>();
+  const requests: ReceivedWebhook[] = [];
+  const receiver: Receiver = {
+    url: '',
+    requests,
+    forAccount: (accountId) => requests.filter((r) => r.accountId === accountId),
+    script: (accountId, steps) => void scripts.set(accountId, [...steps]),
+    beforeAnswer: null,
+    waitFor: (pred, what, timeoutMs) => waitOn(emitter, 'request', pred, what, timeoutMs),
+    close: async () => undefined,
+  };
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', async () => {
+      const rawBody = Buffer.concat(chunks).toString('utf8');
+      let accountId: string | null = null;
+      try {
+        accountId = (JSON.parse(rawBody) as { data?: { accountId?: string } }).data?.accountId ?? null;
+      } catch {
+        accountId = null;
+      }
+      const got: ReceivedWebhook = {
+        headers: req.headers,
+        rawBody,
+        atMs: performance.now(),
+        atSeconds: Math.floor(Date.now() / 1000),
+        accountId,
+        eventId: String(req.headers['creditpool-event-id'] ?? ''),
+      };
+      requests.push(got);
+      const step = (accountId ? scripts.get(accountId)?.shift() : undefined) ?? 200;
+      emitter.emit('request');
+      if (receiver.beforeAnswer) await receiver.beforeAnswer(got);
+      if (step === 'hang') return; // never answered; close() destroys the socket
+      if (typeof step === 'object') {
+        res.writeHead(step.status, { location: step.location }).end();
+        return;
+      }
+      res.writeHead(step, { 'content-type': 'text/plain' }).end(step >= 200 && step < 300 ? 'ok' : `refused with ${step}`);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  receiver.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks/creditpool`;
+  receiver.close = () =>
+    new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  return receiver;
+}
+
+/** Final outcome of one BullMQ job, as QueueEvents reports it. */
+export type JobOutcome = { state: 'completed'; returnvalue: unknown } | { state: 'failed'; failedReason: string };
+
+/** Collects final job outcomes of a queue by jobId (attach before the jobs can finish). */
+export function collectOutcomes(events: QueueEvents): { outcomes: Map<string, JobOutcome>; wait(jobId: string, timeoutMs?: number): Promise<JobOutcome> } {
+  const outcomes = new Map<string, JobOutcome>();
+  const emitter = new EventEmitter();
+  emitter.setMaxListeners(100);
+  events.on('completed', ({ jobId, returnvalue }) => {
+    outcomes.set(jobId, { state: 'completed', returnvalue });
+    emitter.emit('outcome');
+  });
+  events.on('failed', ({ jobId, failedReason }) => {
+    outcomes.set(jobId, { state: 'failed', failedReason });
+    emitter.emit('outcome');
+  });
+  return {
+    outcomes,
+    async wait(jobId, timeoutMs = 30_000) {
+      await waitOn(emitter, 'outcome', () => outcomes.has(jobId), `job ${jobId} to finish`, timeoutMs);
+      return outcomes.get(jobId)!;
+    },
+  };
+}

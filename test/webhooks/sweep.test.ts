@@ -1,0 +1,251 @@
+/**
+ * deliverWebhook called directly (no relay runs in this file, so the outbox `job` rows written
+ * by real charges stay put; deleting them is exactly "the job was lost", e.g. Redis flushed
+ * before it ran), and findUndeliveredWebhookJobs, the sweep's way to find and re-add lost jobs.
+ * Real PostgreSQL, real Redis/BullMQ for the recovery, a real HTTP receiver on 127.0.0.1.
+ */
+import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:net';
+import { EventEmitter } from 'node:events';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { QueueEvents } from 'bullmq';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { startWorkers } from '../../workers/start.js';
+import { parseEnv, type Env } from '../../src/config/env.js';
+import { LEDGER_JOBS_QUEUE, type OutboxJob } from '../../src/queues/names.js';
+import { createQueueJobSink } from '../../src/queues/job-sink.js';
+import { recordUsage } from '../../src/services/record-usage.js';
+import {
+  deliverWebhook,
+  findUndeliveredWebhookJobs,
+  verifyWebhookSignature,
+  WebhookDeliveryError,
+  type WebhookContext,
+  type WebhookJobData,
+} from '../../src/services/webhooks.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { collectOutcomes, startReceiver, waitOn, type Receiver } from './helpers.js';
+
+const SECRET = 'whsec_sweep_0123456789abcdef0123456789abcdef';
+let receiver: Receiver;
+let services: TestServices;
+let env: Env;
+let ctx: WebhookContext;
+
+beforeAll(async () => {
+  receiver = await startReceiver();
+  services = createTestServices(8);
+  env = parseEnv({ NODE_ENV: 'test', REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: SECRET, SWEEP_EVERY_MS: '3600000' });
+  ctx = { pool: services.pool, env };
+});
+
+afterAll(async () => {
+  await receiver?.close();
+  await services?.close();
+});
+
+/**
+ * A funded account charged down to `leftPercent` % through recordUsage. Its `deliver-webhook`
+ * outbox rows are taken out of the outbox (the jobs are "lost") and returned with the alerts.
+ */
+async function lostAlerts(leftPercent: number): Promise<{ accountId: string; alerts: Array<{ id: string; threshold: number; createdAt: Date }>; lostJobs: OutboxJob[] }> {
+  const accountId = await createFundedAccount(services, { paid: 100 });
+  await recordUsage(services, { accountId, idempotencyKey: `use-${randomUUID()}`, category: 'units', quantities: { units: String(100 - leftPercent) } });
+  const { rows } = await services.pool.query(
+    `DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job' AND payload->>'name' = 'deliver-webhook' RETURNING payload`,
+    [accountId],
+  );
+  const alerts = await services.pool.query('SELECT id, threshold, created_at FROM credit_alerts WHERE account_id = $1 ORDER BY threshold DESC', [accountId]);
+  return {
+    accountId,
+    alerts: alerts.rows.map((r) => ({ id: r.id, threshold: r.threshold, createdAt: r.created_at })),
+    lostJobs: rows.map((r) => r.payload as OutboxJob),
+  };
+}
+
+const payloadOf = (accountId: string, alertId: string): WebhookJobData => ({ eventType: 'credit_alert.raised', eventId: alertId, accountId });
+const later = (d: Date, ms: number) => new Date(d.getTime() + ms);
+
+async function logOf(eventId: string) {
+  const { rows } = await services.pool.query('SELECT attempt, status, response_code, error FROM webhook_deliveries WHERE event_id = $1 ORDER BY created_at, attempt', [eventId]);
+  return rows;
+}
+
+function freeClosedPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+describe('findUndeliveredWebhookJobs', () => {
+  it('returns a lost job, byte for byte the payload the outbox had, once it is a minute old; re-adding it delivers it once', async () => {
+    const { accountId, alerts, lostJobs } = await lostAlerts(20);
+    expect(alerts.map((a) => a.threshold)).toEqual([25]);
+    const alert = alerts[0]!;
+    expect(lostJobs).toEqual([
+      { name: 'deliver-webhook', jobId: `webhook-credit_alert-${alert.id}`, data: { eventType: 'credit_alert.raised', eventId: alert.id, accountId } },
+    ]);
+    // Younger than a minute: still its own job's business.
+    expect((await findUndeliveredWebhookJobs(services.pool, later(alert.createdAt, 30_000))).map((j) => j.jobId)).not.toContain(lostJobs[0]!.jobId);
+    const found = (await findUndeliveredWebhookJobs(services.pool, later(alert.createdAt, 61_000))).filter((j) => j.data.accountId === accountId);
+    expect(found).toEqual(lostJobs);
+    // Past the 24 h window: given up.
+    expect((await findUndeliveredWebhookJobs(services.pool, later(alert.createdAt, 25 * 3_600_000))).map((j) => j.jobId)).not.toContain(lostJobs[0]!.jobId);
+
+    // Recovery the way the sweep does it: the jobs go back on ledger-jobs through the same sink.
+    const prefix = `cp-test-webhooks-sweep-${randomUUID()}`;
+    const events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
+    await events.waitUntilReady();
+    const outcomes = collectOutcomes(events);
+    const workers = await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false });
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const sink = createQueueJobSink(connection, prefix);
+    try {
+      await sink.add(found);
+      expect(await outcomes.wait(lostJobs[0]!.jobId)).toMatchObject({ state: 'completed', returnvalue: { status: 'DELIVERED', attempt: 1 } });
+      // The next sweep finds nothing to do for it, and adding it again is a no-op (same jobId).
+      expect((await findUndeliveredWebhookJobs(services.pool, later(alert.createdAt, 61_000))).map((j) => j.jobId)).not.toContain(lostJobs[0]!.jobId);
+      await sink.add(lostJobs);
+      expect(await sink.queue.getJobCounts('completed', 'waiting', 'delayed', 'active')).toMatchObject({ completed: 1, waiting: 0, delayed: 0 });
+      const got = receiver.forAccount(accountId);
+      expect(got).toHaveLength(1);
+      expect(verifyWebhookSignature(SECRET, got[0]!.rawBody, String(got[0]!.headers['creditpool-signature']), { nowSeconds: got[0]!.atSeconds }).valid).toBe(true);
+      expect((await logOf(alert.id)).map((r) => r.status)).toEqual(['DELIVERED']);
+    } finally {
+      await workers.close();
+      await sink.queue.obliterate({ force: true }).catch(() => undefined);
+      await sink.close();
+      connection.disconnect();
+      await events.close();
+    }
+  });
+
+  it('skips events delivered, failed permanently or tried 8 times; keeps those with fewer retryable failures', async () => {
+    const a = await lostAlerts(10); // 25 and 15
+    const b = await lostAlerts(10);
+    const at = later(b.alerts[0]!.createdAt, 61_000);
+    const insert = (eventId: string, accountId: string, attempt: number, status: string, code: number | null) =>
+      services.pool.query(
+        `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code) VALUES (gen_random_uuid(), 'credit_alert.raised', $1, $2, 'http://x', $3, $4, $5)`,
+        [eventId, accountId, attempt, status, code],
+      );
+    const [a25, a15] = a.alerts;
+    const [b25, b15] = b.alerts;
+    for (let i = 1; i <= 8; i++) await insert(a25!.id, a.accountId, i, 'FAILED', 503); // exhausted
+    await insert(a15!.id, a.accountId, 1, 'FAILED', 404); // permanent
+    for (let i = 1; i <= 7; i++) await insert(b25!.id, b.accountId, i, 'FAILED', i % 2 ? 429 : null); // 7 retryable failures: still due
+    await insert(b15!.id, b.accountId, 1, 'FAILED', 500);
+    await insert(b15!.id, b.accountId, 2, 'DELIVERED', 200); // delivered
+    const ids = (await findUndeliveredWebhookJobs(services.pool, at)).map((j) => j.data.eventId);
+    expect(ids).toContain(b25!.id);
+    for (const gone of [a25!.id, a15!.id, b15!.id]) expect(ids).not.toContain(gone);
+  });
+
+  it('returns the job of a paused auto top-up (the failed top-up that paused it)', async () => {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const pack = await services.pool.query(`INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES (gen_random_uuid(), $1, 1000000, 1) RETURNING id`, [`pack-${randomUUID()}`]);
+    const pausedAt = new Date(Date.now() - 120_000);
+    const older = await services.pool.query(
+      `INSERT INTO auto_top_ups (id, account_id, period_start, status, attempts, error, created_at) VALUES (gen_random_uuid(), $1, now(), 'FAILED', 3, 'card declined', $2) RETURNING id`,
+      [accountId, new Date(pausedAt.getTime() - 60_000)],
+    );
+    const top = await services.pool.query(
+      `INSERT INTO auto_top_ups (id, account_id, period_start, status, attempts, error, created_at, finished_at) VALUES (gen_random_uuid(), $1, now(), 'FAILED', 3, 'card expired', $2, $3) RETURNING id`,
+      [accountId, new Date(pausedAt.getTime() - 10_000), pausedAt],
+    );
+    await services.pool.query(
+      `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, last_error, paused_at)
+       VALUES ($1, false, 1000000, $2, 3, 3, 'card expired (last attempt)', $3)`,
+      [accountId, pack.rows[0].id, pausedAt],
+    );
+    const topUpId = top.rows[0].id as string;
+    const found = (await findUndeliveredWebhookJobs(services.pool, new Date())).filter((j) => j.data.accountId === accountId);
+    expect(found).toEqual([{ name: 'deliver-webhook', jobId: `webhook-auto_top_up_paused-${topUpId}`, data: { eventType: 'auto_top_up.paused', eventId: topUpId, accountId } }]);
+    expect(found[0]!.data.eventId).not.toBe(older.rows[0].id);
+
+    const result = await deliverWebhook(ctx, { eventType: 'auto_top_up.paused', eventId: topUpId, accountId }, 1);
+    expect(result).toMatchObject({ status: 'DELIVERED' });
+    const body = JSON.parse(receiver.forAccount(accountId)[0]!.rawBody);
+    expect(body).toMatchObject({
+      id: `auto_top_up.paused:${topUpId}`,
+      type: 'auto_top_up.paused',
+      createdAt: pausedAt.toISOString(),
+      data: { topUpId, accountId, error: 'card expired (last attempt)', consecutiveFailures: 3, pausedAt: pausedAt.toISOString() },
+    });
+    expect((await findUndeliveredWebhookJobs(services.pool, new Date())).filter((j) => j.data.accountId === accountId)).toEqual([]);
+  });
+});
+
+describe('deliverWebhook', () => {
+  it('concurrent runs of one job POST once (advisory lock on the event)', async () => {
+    const { accountId, alerts } = await lostAlerts(20);
+    const alert = alerts[0]!;
+    // Hold the first POST until the second run is waiting for the event's lock.
+    const lockWaited = new EventEmitter();
+    receiver.beforeAnswer = async (req) => {
+      if (req.accountId !== accountId) return;
+      const waiting = async () => {
+        const { rows } = await services.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid`, [0x77686b31]);
+        return rows[0].n > 0;
+      };
+      let seen = false;
+      const poll = setInterval(() => void waiting().then((w) => { if (w) { seen = true; lockWaited.emit('check'); } }), 20);
+      try {
+        await waitOn(lockWaited, 'check', () => seen, 'the second delivery to wait for the lock', 10_000);
+      } finally {
+        clearInterval(poll);
+      }
+    };
+    try {
+      const results = await Promise.all([deliverWebhook(ctx, payloadOf(accountId, alert.id), 1), deliverWebhook(ctx, payloadOf(accountId, alert.id), 1)]);
+      expect(results.map((r) => r.status).sort()).toEqual(['ALREADY_DELIVERED', 'DELIVERED']);
+    } finally {
+      receiver.beforeAnswer = null;
+    }
+    expect(receiver.forAccount(accountId)).toHaveLength(1);
+    expect((await logOf(alert.id)).map((r) => r.status)).toEqual(['DELIVERED']);
+  });
+
+  it('logs a timeout, a refused connection and an unfollowed redirect as retryable FAILED attempts', async () => {
+    const { accountId, alerts } = await lostAlerts(20);
+    const p = payloadOf(accountId, alerts[0]!.id);
+    receiver.script(accountId, ['hang', { status: 302, location: 'http://127.0.0.1:1/elsewhere' }]);
+    const short = { ...ctx, env: { ...env, WEBHOOK_TIMEOUT_MS: 300 } };
+    const e1 = await deliverWebhook(short, p, 1).catch((e: unknown) => e);
+    expect(e1).toBeInstanceOf(WebhookDeliveryError);
+    expect(e1).toMatchObject({ permanent: false, responseCode: null });
+    const e2 = await deliverWebhook(ctx, p, 2).catch((e: unknown) => e);
+    expect(e2).toMatchObject({ permanent: false, responseCode: 302 });
+    const closed = `http://127.0.0.1:${await freeClosedPort()}/hook`;
+    const e3 = await deliverWebhook({ ...ctx, env: { ...env, WEBHOOK_URL: closed } }, p, 3).catch((e: unknown) => e);
+    expect(e3).toMatchObject({ permanent: false, responseCode: null });
+    const log = await logOf(p.eventId);
+    expect(log.map((r) => [r.attempt, r.status, r.response_code])).toEqual([
+      [1, 'FAILED', null],
+      [2, 'FAILED', 302],
+      [3, 'FAILED', null],
+    ]);
+    expect(log[0].error).toBe('timeout after 300 ms');
+    expect(log[2].error).toMatch(/ECONNREFUSED/);
+    expect(receiver.forAccount(accountId)).toHaveLength(2); // the redirect was not followed
+    expect(await deliverWebhook(ctx, p, 4)).toMatchObject({ status: 'DELIVERED', attempt: 4 });
+  });
+
+  it('without WEBHOOK_URL sends and logs nothing; without WEBHOOK_SECRET or for a missing event it fails permanently', async () => {
+    const { accountId, alerts } = await lostAlerts(20);
+    const p = payloadOf(accountId, alerts[0]!.id);
+    expect(await deliverWebhook({ ...ctx, env: { ...env, WEBHOOK_URL: undefined } }, p, 1)).toEqual({ status: 'SKIPPED', skipped: true });
+    await expect(deliverWebhook({ ...ctx, env: { ...env, WEBHOOK_SECRET: undefined } }, p, 1)).rejects.toMatchObject({ permanent: true });
+    await expect(deliverWebhook(ctx, { ...p, eventId: randomUUID() }, 1)).rejects.toMatchObject({ permanent: true, message: expect.stringMatching(/not found/) });
+    expect(await logOf(p.eventId)).toEqual([]);
+    expect(receiver.forAccount(accountId)).toHaveLength(0);
+  });
+});
