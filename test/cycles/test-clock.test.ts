@@ -186,21 +186,36 @@ describe('plans and billing cycles', () => {
 });
 
 describe('alerts at 25 %, 15 % and 0 %', () => {
+  it('thresholds crossed one by one raise one alert each, when reached', async () => {
+    const id = await testAccount('2026-07-01T00:00:00.000Z');
+    await grant(id, '100', 'PAID');
+    const thresholds = async () => (await read(id)).alerts.edges.map((e: any) => e.node.threshold).sort((a: number, b: number) => b - a);
+    ok(await spend(id, '74')); // 26 %
+    expect(await thresholds()).toEqual([]);
+    ok(await spend(id, '1')); // exactly 25 %: "to or below"
+    expect(await thresholds()).toEqual([25]);
+    ok(await spend(id, '10')); // 15 %
+    expect(await thresholds()).toEqual([25, 15]);
+    ok(await spend(id, '14.999999')); // 0.000001 left: 0.00 %, rounded down
+    expect(await thresholds()).toEqual([25, 15, 0]);
+    ok(await spend(id, '0.000001'));
+    expect(await thresholds()).toEqual([25, 15, 0]);
+  });
+
   it('one by one, several at once, 100 concurrent charges: each threshold once per period; a new period re-arms', async () => {
     const id = await testAccount('2026-05-01T00:00:00.000Z');
     await grant(id, '200', 'PAID');
     const live = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, ALERTS_SUB, { id });
     try {
       // The alerts subscription is live once it answered nothing for a change that raises nothing.
-      ok(await spend(id, '140')); // 30 %
+      ok(await spend(id, '140')); // 30 %: nothing yet
       expect((await read(id)).alerts.edges).toEqual([]);
-      ok(await spend(id, '20')); // 20 %: crosses 25
-      // 100 concurrent 1-credit charges on 40 left: 40 succeed, crossing 15 (at 30 left) and 0.
+      // 100 concurrent 1-credit charges on 60 left: 60 succeed, crossing 25 (at 50 left), 15 (at 30) and 0.
       const results = await Promise.all(Array.from({ length: 100 }, () => spend(id, '1')));
-      expect(results.filter((r) => !r.body.errors).length).toBe(40);
+      expect(results.filter((r) => !r.body.errors).length).toBe(60);
       let acct = await read(id);
       expect(acct.alerts.edges.map((e: any) => e.node.threshold).sort()).toEqual([0, 15, 25]);
-      expect(acct.alerts.edges.find((e: any) => e.node.threshold === 25).node).toMatchObject({ percentRemaining: 20, available: '40' });
+      expect(acct.alerts.edges.find((e: any) => e.node.threshold === 25).node).toMatchObject({ percentRemaining: 25, available: '50' });
       await live.waitFor((s) => s.events.length === 3, 'three live alerts');
 
       await grant(id, '100', 'PAID'); // a top-up in the same period ...
