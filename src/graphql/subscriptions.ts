@@ -130,41 +130,46 @@ function balanceStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Ba
   });
 }
 
-/** usageRecorded: each usage event recorded after the subscription started, in seq order. */
-function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent> {
+/**
+ * A stream of the rows an account records with an increasing `seq` (usage events, alerts): the
+ * rows recorded after the subscription started, in seq order. A message of `topic` (or a
+ * catch-up) reads every row after the last one sent, so nothing is skipped or sent twice.
+ */
+function seqStream<T extends { seq: bigint }>(
+  ctx: GraphQLContext,
+  accountId: string,
+  topic: LiveMessage['topic'],
+  rows: { after(seq: bigint): Promise<T[]>; lastSeq(): Promise<bigint | null> },
+): AsyncIterable<T> {
   let lastSeq = 0n;
-  const since = async (): Promise<UsageEvent[]> => {
-    const rows = await ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: lastSeq } }, orderBy: { seq: 'asc' }, take: 500 });
-    if (rows.length > 0) lastSeq = rows[rows.length - 1]!.seq;
-    return rows;
+  const since = async (): Promise<T[]> => {
+    const found = await rows.after(lastSeq);
+    if (found.length > 0) lastSeq = found[found.length - 1]!.seq;
+    return found;
   };
   return liveStream(ctx, accountId, {
     start: async () => {
-      const top = await ctx.prisma.usageEvent.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } });
-      lastSeq = top?.seq ?? 0n;
+      lastSeq = (await rows.lastSeq()) ?? 0n;
       return [];
     },
     catchUp: since,
-    onMessage: async (m) => (m.topic === 'usage' ? since() : []),
+    onMessage: async (m) => (m.topic === topic ? since() : []),
   });
 }
 
-/** creditAlerts: each alert recorded after the subscription started, in the order recorded. */
+/** usageRecorded: each usage event recorded after the subscription started. */
+function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent> {
+  return seqStream(ctx, accountId, 'usage', {
+    after: (seq) => ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 500 }),
+    lastSeq: async () => (await ctx.prisma.usageEvent.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
+  });
+}
+
+/** creditAlerts: each alert recorded after the subscription started. */
 function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert> {
-  let lastSeq = 0n;
-  const since = async (): Promise<CreditAlert[]> => {
-    const rows = await ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: lastSeq } }, orderBy: { seq: 'asc' }, take: 100 });
-    if (rows.length > 0) lastSeq = rows[rows.length - 1]!.seq;
-    return rows;
-  };
-  return liveStream(ctx, accountId, {
-    start: async () => {
-      const top = await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } });
-      lastSeq = top?.seq ?? 0n;
-      return [];
-    },
-    catchUp: since,
-    onMessage: async (m) => (m.topic === 'alert' ? since() : []),
+  return seqStream(ctx, accountId, 'alert', {
+    after: (seq) => ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 100 }),
+    lastSeq: async () => (await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
   });
 }
 

@@ -24,6 +24,7 @@ import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { applyGrant } from './grant-credits.js';
 import { applyExpiries } from './expire-due.js';
+import { canonicalUsd } from './credit-packs.js';
 
 /** A plan as stored (amounts in micro-credits, price as a decimal string in USD). */
 export interface PlanRecord {
@@ -61,7 +62,7 @@ function planFromRow(r: Record<string, unknown>): PlanRecord {
     monthlyMicroCredits: toBigInt(r.monthly_micro_credits),
     rollover: r.rollover as PlanRecord['rollover'],
     rolloverCapMicroCredits: r.rollover_cap_micro_credits === null ? null : toBigInt(r.rollover_cap_micro_credits),
-    priceUsd: String(r.price_usd),
+    priceUsd: canonicalUsd(String(r.price_usd)),
   };
 }
 

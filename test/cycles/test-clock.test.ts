@@ -112,11 +112,13 @@ describe('batch and hold expiry', () => {
 });
 
 async function plan(rollover: 'RESET' | 'ROLLOVER', monthly: string, cap: string | null = null): Promise<string> {
-  return ok(
+  const created = ok(
     await srv.gql(`mutation($input: CreatePlanInput!) { createPlan(input: $input) { id name monthlyCredits rollover rolloverCapCredits priceUsd } }`, {
       input: { name: uniq(`plan-${rollover}`), monthlyCredits: monthly, rollover, rolloverCapCredits: cap, priceUsd: '19.99' },
     }),
-  ).createPlan.id as string;
+  ).createPlan;
+  expect(created).toMatchObject({ monthlyCredits: monthly, rollover, rolloverCapCredits: cap, priceUsd: '19.99' });
+  return created.id as string;
 }
 
 async function subscribe(accountId: string, planId: string) {
