@@ -14,6 +14,8 @@ import { createPricingState } from './services/pricing-state.js';
 import { createPaymentProvider } from './payments/index.js';
 import { createAuthenticator } from './auth/authenticator.js';
 import { buildServer } from './server.js';
+import { GroupCommitter } from './services/group-commit.js';
+import { applyCharge } from './services/record-usage.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
 
 const env = loadEnvOrExit();
@@ -28,7 +30,14 @@ const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE);
 const prisma = createPrismaClient(env.DATABASE_URL);
 const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3, lazyConnect: false });
 redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
-const services = { pool, clock: () => new Date(), pricing: createPricingState(pool), payments: createPaymentProvider(env) };
+const clock = () => new Date();
+const services = {
+  pool,
+  clock,
+  pricing: createPricingState(pool),
+  payments: createPaymentProvider(env),
+  groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, applyCharge) : undefined,
+};
 const authenticator = createAuthenticator({
   pool,
   adminApiKey: env.ADMIN_API_KEY,

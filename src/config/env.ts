@@ -38,6 +38,12 @@ const EnvSchema = z.object({
   GRAPHQL_MAX_COST: z.coerce.number().int().min(100).default(20000),
   /** Most items accepted by recordUsageBatch. */
   MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(10000).default(1000),
+  /**
+   * How charges commit: `group` runs the charges of one account that arrive while one is in
+   * flight as one transaction (src/services/group-commit.ts); `naive` is one transaction per
+   * charge (kept to measure against).
+   */
+  CHARGE_PATH: z.enum(['group', 'naive']).default('group'),
   /** BullMQ key prefix of the queues (tests use their own). */
   QUEUE_PREFIX: z.string().min(1).default('creditpool'),
   /** Every how many milliseconds the sweeps (expiries, period rolls, stuck top-ups) run. */

@@ -5,6 +5,7 @@
 import type pg from 'pg';
 import type { PricingState } from './pricing-state.js';
 import type { PaymentProvider } from '../payments/provider.js';
+import type { GroupCommitter } from './group-commit.js';
 
 /** Wall-clock source; tests may pass a fixed or controllable one. */
 export type Clock = () => Date;
@@ -14,6 +15,11 @@ export interface ServiceContext {
   pool: pg.Pool;
   clock: Clock;
   pricing: PricingState;
+  /**
+   * Group commit of concurrent charges per account (CHARGE_PATH=group); absent: one transaction
+   * per charge (CHARGE_PATH=naive).
+   */
+  groupCommit?: GroupCommitter;
   /** Charges payment methods (pack purchases, auto top-ups); absent where nothing is charged. */
   payments?: PaymentProvider;
 }

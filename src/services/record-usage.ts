@@ -207,12 +207,15 @@ export async function pricerFor(ctx: ServiceContext, cmd: UsageCommand): Promise
 }
 
 /**
- * Records one usage event (validated input) in one transaction.
+ * Records one usage event (validated input): in one transaction of its own, or, with
+ * `ctx.groupCommit`, in one transaction with the other charges of its account that are waiting
+ * (src/services/group-commit.ts).
  * @throws LedgerError as applyCharge, plus NOT_FOUND for an unknown account.
  */
 export async function recordUsage(ctx: ServiceContext, input: UsageInput): Promise<ChargeResult> {
   const cmd = validateUsageInput(input);
   const price = await pricerFor(ctx, cmd);
+  if (ctx.groupCommit) return ctx.groupCommit.charge(cmd, price);
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
     const result = await applyCharge(atx, cmd, price);
