@@ -476,6 +476,17 @@ async function readCounts(client: pg.Client, now: Date): Promise<DbCounts> {
   };
 }
 
+/** Cluster-wide WAL and checkpoint counters (pg_stat_wal, pg_stat_bgwriter; other databases count too). */
+async function readWal(client: pg.Client): Promise<{ bytes: number; fpi: number; records: number; checkpoints: number }> {
+  const { rows } = await client.query(
+    `SELECT w.wal_bytes::bigint AS bytes, w.wal_fpi AS fpi, w.wal_records AS records,
+            (b.checkpoints_timed + b.checkpoints_req) AS checkpoints
+       FROM pg_stat_wal w, pg_stat_bgwriter b`,
+  );
+  const r = rows[0];
+  return { bytes: Number(r.bytes), fpi: Number(r.fpi), records: Number(r.records), checkpoints: Number(r.checkpoints) };
+}
+
 /** What the drain did and how fast. */
 interface DrainResult {
   mode: BenchOptions['mode'];
@@ -500,6 +511,8 @@ interface DrainResult {
   firstError: string | null;
   extrapolatedFullDrainSeconds: number | null;
   cpu: Record<string, number>;
+  /** WAL written during the drain (cluster-wide, so other databases' writes are included). */
+  wal: { mib: number; kibPerAccount: number; fullPageImages: number; records: number; checkpoints: number };
   statements: ReturnType<StatementProfile['rows']>;
   progress: { t: number; batches: number }[];
 }
@@ -540,6 +553,7 @@ async function drain(benchUrl: string, counter: pg.Client, o: BenchOptions): Pro
     log(`  ${fmt(batches)} batches / ${fmt(accounts)} accounts in ${round(s)} s: ${fmt(batches / s)} batches/s, ${fmt(accounts / s)} accounts/s`);
   };
 
+  const wal0 = await readWal(counter);
   const cpu0 = sampleCpu();
   profile.enabled = true;
   try {
@@ -603,6 +617,7 @@ async function drain(benchUrl: string, counter: pg.Client, o: BenchOptions): Pro
   }
   const seconds = secondsSince(t0);
   const cpu = cpuUse(cpu0, sampleCpu(), seconds);
+  const wal1 = await readWal(counter);
   await pool.end();
 
   const after = await readCounts(counter, now);
@@ -637,6 +652,13 @@ async function drain(benchUrl: string, counter: pg.Client, o: BenchOptions): Pro
     firstError,
     extrapolatedFullDrainSeconds: after.dueBatches > 0 && rate > 0 ? round(before.dueBatches / rate, 0) : null,
     cpu,
+    wal: {
+      mib: round((wal1.bytes - wal0.bytes) / 2 ** 20),
+      kibPerAccount: accounts > 0 ? round((wal1.bytes - wal0.bytes) / 1024 / accounts) : 0,
+      fullPageImages: wal1.fpi - wal0.fpi,
+      records: wal1.records - wal0.records,
+      checkpoints: wal1.checkpoints - wal0.checkpoints,
+    },
     statements: profile.rows(seconds, lanes),
     progress,
   };
@@ -902,6 +924,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       ['credit alerts raised', fmt(d.creditAlertsRaised)],
       ['drain CPU (% of one core)', `bench ${d.cpu.benchProcessPctOfCore}, postgres ${d.cpu.postgresPctOfCore}, other ${d.cpu.otherPctOfCore}; machine busy ${d.cpu.machineBusyPctOfAllCores}% / iowait ${d.cpu.machineIowaitPctOfAllCores}% of all cores`],
     );
+    rows.push(['drain WAL (cluster-wide)', `${fmt(d.wal.mib)} MiB (${d.wal.kibPerAccount} KiB/account), ${fmt(d.wal.fullPageImages)} full-page images, ${d.wal.checkpoints} checkpoints`]);
     if (d.extrapolatedFullDrainSeconds !== null) {
       rows.push(['EXTRAPOLATED full drain (at measured rate)', `${fmt(d.extrapolatedFullDrainSeconds)} s`]);
     }
