@@ -1,6 +1,8 @@
 /**
  * Usage reports: credits spent grouped by category / tier / model / agent / user / task, per
- * month, and per task. Refunded events are left out (their credit came back). Reads only.
+ * month, and per task. Refunded events are left out (their credit came back). Reads only; the
+ * hourly and monthly rollups they read are kept exact by triggers on usage_events (migration
+ * 20261122015816_usage_rollups), so the cost of a report does not grow with the event count.
  */
 import type pg from 'pg';
 import { toBigInt } from '../db/pg.js';
@@ -43,9 +45,19 @@ function toRow(r: Record<string, unknown>): UsageSummaryRow {
   };
 }
 
+/** The dimensions the hourly rollup keeps (usage_rollups_hourly). */
+const ROLLUP_DIMENSIONS: ReadonlySet<UsageDimension> = new Set(['CATEGORY', 'TIER', 'MODEL']);
+
+const HOUR_MS = 3_600_000;
+
 /**
  * Credits spent by `accountId` with occurredAt in [from, to), grouped by `groupBy` (in that
  * order), biggest spend first. Extra filters narrow the events.
+ *
+ * When every dimension is one the hourly rollup keeps (category, tier, model) and there is no
+ * task filter, the whole hours of the range are read from usage_rollups_hourly and only the
+ * partial hours at its two ends from usage_events (so the cost does not grow with the number of
+ * events); otherwise the events are scanned. Both give the same rows (a test checks it).
  */
 export async function usageSummary(
   db: pg.Pool,
@@ -58,15 +70,35 @@ export async function usageSummary(
   const cols = dims.map((d) => DIMENSION_COLUMNS[d]);
   const select = cols.length ? `${cols.join(', ')}, ` : '';
   const group = cols.length ? `GROUP BY ${cols.join(', ')}` : '';
+  const order = `ORDER BY credits DESC${cols.length ? ', ' + cols.join(', ') : ''} LIMIT 1000`;
+  const hourFrom = new Date(Math.ceil(range.from.getTime() / HOUR_MS) * HOUR_MS);
+  const hourTo = new Date(Math.floor(range.to.getTime() / HOUR_MS) * HOUR_MS);
+  const useRollup = !filter.taskId && dims.every((d) => ROLLUP_DIMENSIONS.has(d)) && hourFrom.getTime() < hourTo.getTime();
+  if (!useRollup) {
+    const { rows } = await db.query(
+      `SELECT ${select} SUM(cost_micro_credits) AS credits, COUNT(*) AS events
+         FROM usage_events
+        WHERE account_id = $1 AND refunded_at IS NULL AND occurred_at >= $2 AND occurred_at < $3
+          AND ($4::text IS NULL OR task_id = $4)
+        ${group} ${order}`,
+      [accountId, range.from, range.to, filter.taskId ?? null],
+    );
+    return rows.filter((r) => r.credits !== null).map(toRow);
+  }
+  const rollupCols = cols.map((c) => (c === 'category' ? c : `NULLIF(${c}, '') AS ${c}`));
   const { rows } = await db.query(
-    `SELECT ${select} SUM(cost_micro_credits) AS credits, COUNT(*) AS events
-       FROM usage_events
-      WHERE account_id = $1 AND refunded_at IS NULL AND occurred_at >= $2 AND occurred_at < $3
-        AND ($4::text IS NULL OR task_id = $4)
-      ${group}
-      ORDER BY credits DESC${cols.length ? ', ' + cols.join(', ') : ''}
-      LIMIT 1000`,
-    [accountId, range.from, range.to, filter.taskId ?? null],
+    `SELECT ${select} SUM(credits) AS credits, SUM(events) AS events FROM (
+       SELECT ${rollupCols.length ? rollupCols.join(', ') + ', ' : ''}credits_micro_credits AS credits, events
+         FROM usage_rollups_hourly
+        WHERE account_id = $1 AND hour >= $4 AND hour < $5
+       UNION ALL
+       SELECT ${select}cost_micro_credits, 1
+         FROM usage_events
+        WHERE account_id = $1 AND refunded_at IS NULL
+          AND ((occurred_at >= $2 AND occurred_at < $4) OR (occurred_at >= $5 AND occurred_at < $3))
+     ) parts
+     ${group} HAVING SUM(events) > 0 ${order}`,
+    [accountId, range.from, range.to, hourFrom, hourTo],
   );
   return rows.filter((r) => r.credits !== null).map(toRow);
 }
@@ -84,12 +116,13 @@ export interface UsageMonth {
  */
 export async function usageHistory(db: pg.Pool, accountId: string, now: Date, months: number): Promise<UsageMonth[]> {
   const startOfMonth = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - (months - 1), 1));
+  // The monthly rollup (usage_rollups_monthly, kept by triggers) holds exactly these sums.
   const { rows } = await db.query(
-    `SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month, category,
-            SUM(cost_micro_credits) AS credits, COUNT(*) AS events
-       FROM usage_events
-      WHERE account_id = $1 AND refunded_at IS NULL AND occurred_at >= $2
-      GROUP BY 1, 2 ORDER BY 1 DESC, credits DESC`,
+    `SELECT to_char(month AT TIME ZONE 'UTC', 'YYYY-MM') AS month, category,
+            SUM(credits_micro_credits) AS credits, SUM(events) AS events
+       FROM usage_rollups_monthly
+      WHERE account_id = $1 AND month >= $2
+      GROUP BY 1, 2 HAVING SUM(events) > 0 ORDER BY 1 DESC, credits DESC, category`,
     [accountId, startOfMonth],
   );
   const result: UsageMonth[] = [];
