@@ -213,9 +213,12 @@ LANGUAGE sql STABLE AS $$
       WHERE account_id = p_account AND status = 'ACTIVE' AND expires_at > p_now)::bigint,
     (SELECT at FROM next_exp),
     (SELECT COALESCE(SUM(remaining), 0) FROM spendable, next_exp WHERE spendable.expires_at = next_exp.at)::bigint,
-    (SELECT SUM(amount_micro_credits) FROM ledger_entries
-      WHERE account_id = p_account AND type NOT IN ('RESERVE', 'RELEASE')
-        AND (created_at < p_period_start OR (created_at = p_period_start AND type = 'EXPIRE')))::bigint,
+    -- Two index ranges on (account_id, created_at): before the start, and expiries at it.
+    (SELECT CASE WHEN x.before IS NULL AND x.at_start IS NULL THEN NULL ELSE COALESCE(x.before, 0) + COALESCE(x.at_start, 0) END
+       FROM (SELECT (SELECT SUM(amount_micro_credits) FROM ledger_entries
+                      WHERE account_id = p_account AND created_at < p_period_start AND type NOT IN ('RESERVE', 'RELEASE')) AS before,
+                    (SELECT SUM(amount_micro_credits) FROM ledger_entries
+                      WHERE account_id = p_account AND created_at = p_period_start AND type = 'EXPIRE') AS at_start) x)::bigint,
     (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM credit_grants
       WHERE account_id = p_account AND created_at >= p_period_start AND created_at <= p_now)::bigint
 $$;
