@@ -4,8 +4,10 @@
  * billing period (unique key credit_alerts(account_id, period_start, threshold)) and published
  * through the outbox to the creditAlerts subscription in the same transaction.
  *
- * Deciding WHEN a threshold is crossed belongs to the workers issue (#4); this module is the
- * write path they call, so the live fan-out can be built and tested now.
+ * Thresholds crossed by balance changes are recorded by the SQL function `balance_changed`
+ * (migration 20261122010154_billing_cycles_top_ups), in the changing transaction itself. This
+ * module records one alert given explicitly (same table, same unique key, same outbox row), for
+ * callers that decide the threshold themselves; the live-update tests use it.
  */
 import type { AccountTx } from './account-tx.js';
 

@@ -23,7 +23,7 @@ export interface LiveSub<T = any> {
   dispose(): Promise<void>;
 }
 
-function collector<T>(): { sub: LiveSub<T>; changed(): void } {
+function collector<T>() {
   const waiters = new Set<() => void>();
   const sub: LiveSub<T> = {
     events: [],
@@ -52,7 +52,21 @@ function collector<T>(): { sub: LiveSub<T>; changed(): void } {
     },
     dispose: async () => undefined,
   };
-  return { sub, changed: () => [...waiters].forEach((w) => w()) };
+  const changed = () => [...waiters].forEach((w) => w());
+  return {
+    sub,
+    changed,
+    // The `next` and `complete` handlers both transports share.
+    next: (result: { data?: unknown; errors?: readonly unknown[] | null }) => {
+      if (result.data) sub.events.push(result.data as T);
+      if (result.errors) sub.errors.push(...(result.errors as unknown as LiveSub['errors']));
+      changed();
+    },
+    complete: () => {
+      sub.completed = true;
+      changed();
+    },
+  };
 }
 
 /** The ws:// URL of a server's http://.../graphql URL. */
@@ -65,7 +79,7 @@ export function wsUrl(httpUrl: string): string {
  * connectionParams (omitted when null).
  */
 export function wsSubscribe<T = any>(httpUrl: string, authorization: string | null, query: string, variables: Record<string, unknown> = {}): LiveSub<T> & { client: WsClient } {
-  const { sub, changed } = collector<T>();
+  const { sub, changed, next, complete } = collector<T>();
   const client = createWsClient({
     url: wsUrl(httpUrl),
     webSocketImpl: WebSocket,
@@ -84,21 +98,14 @@ export function wsSubscribe<T = any>(httpUrl: string, authorization: string | nu
   const dispose = client.subscribe<T>(
     { query, variables },
     {
-      next: (result) => {
-        if (result.data) sub.events.push(result.data as T);
-        if (result.errors) sub.errors.push(...(result.errors as unknown as LiveSub["errors"]));
-        changed();
-      },
+      next,
       error: (err) => {
         if (Array.isArray(err)) sub.errors.push(...(err as LiveSub['errors']));
         else if (err && typeof err === 'object' && 'code' in err) sub.closedWith ??= { code: (err as { code: number }).code, reason: String((err as { reason?: string }).reason) };
         else sub.errors.push({ message: String((err as Error)?.message ?? err) });
         changed();
       },
-      complete: () => {
-        sub.completed = true;
-        changed();
-      },
+      complete,
     },
   );
   sub.dispose = async () => {
@@ -110,25 +117,18 @@ export function wsSubscribe<T = any>(httpUrl: string, authorization: string | nu
 
 /** Subscribes over SSE (graphql-sse client, distinct connections mode). */
 export function sseSubscribe<T = any>(httpUrl: string, authorization: string | null, query: string, variables: Record<string, unknown> = {}): LiveSub<T> {
-  const { sub, changed } = collector<T>();
+  const { sub, changed, next, complete } = collector<T>();
   const client = createSseClient({ url: httpUrl, headers: authorization === null ? {} : { authorization }, retryAttempts: 0 });
   const dispose = client.subscribe<T>(
     { query, variables },
     {
-      next: (result) => {
-        if (result.data) sub.events.push(result.data as T);
-        if (result.errors) sub.errors.push(...(result.errors as unknown as LiveSub["errors"]));
-        changed();
-      },
+      next,
       error: (err) => {
         sub.errors.push({ message: String((err as Error)?.message ?? err) });
         sub.closedWith = { code: 0, reason: String((err as Error)?.message ?? err) };
         changed();
       },
-      complete: () => {
-        sub.completed = true;
-        changed();
-      },
+      complete,
     },
   );
   sub.dispose = async () => {
