@@ -100,14 +100,15 @@ export class AccountTx {
    * @throws LedgerError NOT_FOUND when the account does not exist.
    */
   static async lock(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
-    const { rows } = await tx.query(
-      `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at,
+    const { rows } = await tx.query({
+      name: 'cp-account-lock',
+      text: `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at,
               b.total_micro_credits, b.debt_micro_credits, b.version
          FROM balances b JOIN accounts a ON a.id = b.account_id
         WHERE b.account_id = $1
         FOR UPDATE OF b`,
-      [accountId],
-    );
+      values: [accountId],
+    });
     const row = rows[0];
     if (!row) throw new LedgerError('NOT_FOUND', 'account not found');
     return new AccountTx(tx, row, wallNow);
@@ -137,8 +138,9 @@ export class AccountTx {
     userId?: string | null;
     usageIdempotencyKey?: string | null;
   }): Promise<AccountState> {
-    const { rows } = await this.tx.query(
-      `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
+    const { rows } = await this.tx.query({
+      name: 'cp-account-state',
+      text: `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
               pe.id AS prior_id, pe.request_hash AS prior_hash,
               res.amount_micro_credits AS res_amount, res.consumed_micro_credits AS res_consumed,
               res.status AS res_status, res.expires_at AS res_expires_at
@@ -154,8 +156,8 @@ export class AccountTx {
                SELECT id, type, source, remaining_micro_credits, expires_at, added_at
                  FROM credit_batches
                 WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)) b ON TRUE`,
-      [this.accountId, this.now, opts.reservationId ?? null, opts.agentId ?? null, opts.userId ?? null, opts.usageIdempotencyKey ?? null],
-    );
+      values: [this.accountId, this.now, opts.reservationId ?? null, opts.agentId ?? null, opts.userId ?? null, opts.usageIdempotencyKey ?? null],
+    });
     const first = rows[0];
     const batches: LoadedBatch[] = rows
       .filter((r) => r.id !== null)
@@ -248,8 +250,9 @@ export class AccountTx {
     // balance_changed sees this transaction's earlier statements (batches, holds, grants); this
     // statement's own ledger entries are dated now, after the period start, so they do not
     // change its figures, and the new version and debt are passed to it.
-    const { rows } = await this.tx.query(
-      `WITH entries AS (
+    const { rows } = await this.tx.query({
+      name: 'cp-account-finish',
+      text: `WITH entries AS (
          INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits,
                                      batch_id, usage_event_id, reservation_id, note, created_at)
          SELECT gen_random_uuid(), $1, t.type::"LedgerEntryType", t.amount, t.after, t.batch, t.event, t.res, t.note, COALESCE(t.at, $2)
@@ -264,7 +267,7 @@ export class AccountTx {
          SELECT $1, o.topic, o.payload FROM unnest($12::text[], $13::jsonb[]) AS o(topic, payload)
        )
        SELECT upd.version, balance_changed($1, $2, upd.version, upd.updated_at, $11::bigint) FROM upd`,
-      [
+      values: [
         this.accountId,
         this.now,
         e.map((x) => x.type),
@@ -280,7 +283,7 @@ export class AccountTx {
         this.outbox.map((o) => JSON.stringify(o.payload)),
         e.map((x) => x.at),
       ],
-    );
+    });
     this.entries.length = 0;
     this.outbox.length = 0;
     this.changed = false;

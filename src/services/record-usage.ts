@@ -133,8 +133,9 @@ export async function applyCharge(
     exactAmount: l.exactAmount,
   }));
   const q = cmd.quantities;
-  const { rows } = await atx.tx.query(
-    `WITH ev AS (
+  const { rows } = await atx.tx.query({
+    name: 'cp-charge-insert',
+    text: `WITH ev AS (
        INSERT INTO usage_events (id, account_id, idempotency_key, request_hash, occurred_at, recorded_at, category, model, tier, sku,
                                  agent_id, user_id, task_id, conversation_id, message_id, input_tokens, output_tokens,
                                  reasoning_tokens, cache_read_tokens, cache_write_tokens, seconds, units, provider_cost_usd,
@@ -157,7 +158,7 @@ export async function applyCharge(
        UPDATE reservations SET consumed_micro_credits = consumed_micro_credits + $24::bigint WHERE id = $27::uuid
      )
      SELECT id FROM ev`,
-    [
+    values: [
       atx.accountId,
       cmd.idempotencyKey,
       hash,
@@ -190,7 +191,7 @@ export async function applyCharge(
       plan.parts.map((p) => p.batchId),
       plan.parts.map((p) => p.amountMicroCredits.toString()),
     ],
-  );
+  });
   const eventId = rows[0].id as string;
   atx.debt += debtAdded;
   atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: eventId, reservationId: cmd.reservationId, note: cmd.category });

@@ -1,0 +1,156 @@
+/**
+ * Where one charge's time goes, statement by statement (issue #6, "profile before optimizing").
+ *
+ * Runs `recordUsage` (the service, in process: no HTTP, no GraphQL) sequentially with ONE pg
+ * connection on a fresh database `creditpool_bench_profile`, over `--accounts` funded accounts,
+ * for `--events` events priced per token from the real Azure 2023 trace. Every statement sent is
+ * timed on the client (send to answer: PostgreSQL's execution plus one loopback round trip) and
+ * grouped by its first words; the PostgreSQL backend's own CPU (utime + stime of its process in
+ * /proc) is read before and after, so "PG CPU per event" is exact for that one connection. The
+ * outbox rows the charges write are drained with the production relay's drain function at the
+ * end (timed separately).
+ *
+ * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--path naive|group]
+ */
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+import pg from 'pg';
+import { applyMigrations } from '../src/db/migrate.js';
+import { createPgPool } from '../src/db/pg.js';
+import { createPricingState } from '../src/services/pricing-state.js';
+import { publishPriceBook } from '../src/services/publish-price-book.js';
+import { createAccount } from '../src/services/create-account.js';
+import { grantCredits } from '../src/services/grant-credits.js';
+import { recordUsage } from '../src/services/record-usage.js';
+import { credits } from '../src/ledger/credits.js';
+import { planReplay, llmQuantities } from '../demo/plan.js';
+import { demoPriceBook } from '../demo/price-book.js';
+import type { ServiceContext } from '../src/services/context.js';
+
+const { values } = parseArgs({
+  options: {
+    events: { type: 'string', default: '3000' },
+    accounts: { type: 'string', default: '1000' },
+  },
+});
+const EVENTS = Number(values.events);
+const ACCOUNTS = Number(values.accounts);
+const base = process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/creditpool';
+const url = new URL(base);
+url.pathname = '/creditpool_bench_profile';
+const DB = url.toString();
+
+function cpuTicks(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return Number(f[11]) + Number(f[12]); // utime + stime (fields 14, 15), clock ticks
+}
+
+function label(sql: string): string {
+  const s = sql.replace(/\s+/g, ' ').trim();
+  const m = /^(WITH \w+ AS \(\s*\w+( INTO)? \w+|SELECT [^ ]+|\w+( INTO| FROM)? \w+)/i.exec(s);
+  return (m?.[0] ?? s.slice(0, 40)).slice(0, 60);
+}
+
+async function main() {
+  const admin = new URL(DB);
+  admin.pathname = '/postgres';
+  const c = new pg.Client({ connectionString: admin.toString() });
+  await c.connect();
+  await c.query('DROP DATABASE IF EXISTS creditpool_bench_profile WITH (FORCE)');
+  await c.end();
+  await applyMigrations(DB);
+  {
+    const a = new pg.Client({ connectionString: DB });
+    await a.connect();
+    await a.query(`ALTER DATABASE creditpool_bench_profile SET track_functions = 'all'`);
+    await a.end();
+  }
+  const pool = createPgPool(DB, 1);
+  const ctx: ServiceContext = { pool, clock: () => new Date(), pricing: createPricingState(pool) };
+  await publishPriceBook(ctx, demoPriceBook('profile'));
+  const accounts: string[] = [];
+  for (let i = 0; i < ACCOUNTS; i++) {
+    const { accountId } = await createAccount(ctx, { externalId: `prof-${i}`, name: 'p', kind: 'ORGANIZATION', welcomeBonus: true, testMode: false, testClockStart: null });
+    await grantCredits(ctx, { accountId, amountMicroCredits: credits(1_000_000), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'paid' });
+    accounts.push(accountId);
+  }
+  await pool.query('DELETE FROM outbox_events');
+  await pool.query('VACUUM ANALYZE');
+  const trace = planReplay('azure').slice(0, EVENTS);
+
+  // Time every statement on the one pooled client.
+  const client = await pool.connect();
+  const pid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+  const stats = new Map<string, { n: number; ms: number }>();
+  const orig = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
+  (client as unknown as { query: unknown }).query = async (...args: unknown[]) => {
+    const sql = typeof args[0] === 'string' ? args[0] : ((args[0] as { text: string }).text ?? '');
+    const t0 = process.hrtime.bigint();
+    try {
+      return await orig(...args);
+    } finally {
+      const k = label(sql);
+      const s = stats.get(k) ?? { n: 0, ms: 0 };
+      s.n++;
+      s.ms += Number(process.hrtime.bigint() - t0) / 1e6;
+      stats.set(k, s);
+    }
+  };
+  client.release();
+
+  // Warm up, then ANALYZE: a fresh database's tables were analyzed empty, and plans cached on
+  // empty statistics (foreign-key checks included) scan whole tables. Production tables are
+  // analyzed with rows in them; so is this one before measuring.
+  const warmup = Math.min(500, Math.floor(trace.length / 10));
+  for (let i = 0; i < warmup; i++) {
+    const r = trace[i]!;
+    await recordUsage(ctx, { accountId: accounts[i % accounts.length]!, idempotencyKey: `w-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never });
+  }
+  await pool.query('ANALYZE');
+  stats.clear();
+  await pool.query('SELECT pg_stat_reset()');
+  const ticks0 = cpuTicks(pid);
+  const t0 = performance.now();
+  for (let i = 0; i < trace.length; i++) {
+    const r = trace[i]!;
+    await recordUsage(ctx, {
+      accountId: accounts[i % accounts.length]!,
+      idempotencyKey: `p-${i}`,
+      category: 'llm',
+      model: r.model,
+      quantities: llmQuantities(r, r.outputTokens) as never,
+    });
+  }
+  const wallMs = performance.now() - t0;
+  const pgCpuMs = ((cpuTicks(pid) - ticks0) * 1000) / 100;
+  console.log(`${trace.length} events over ${ACCOUNTS} accounts, 1 connection, sequential`);
+  console.log(`wall ${(wallMs / trace.length).toFixed(3)} ms/event; PostgreSQL backend CPU ${(pgCpuMs / trace.length).toFixed(3)} ms/event`);
+  const rows = [...stats.entries()].sort((a, b) => b[1].ms - a[1].ms);
+  console.log('statement (first words)                                        per event   ms each   ms/event');
+  for (const [k, s] of rows) {
+    console.log(`${k.padEnd(62)} ${(s.n / trace.length).toFixed(2).padStart(8)} ${(s.ms / s.n).toFixed(3).padStart(9)} ${(s.ms / trace.length).toFixed(3).padStart(10)}`);
+  }
+  const ob = await pool.query('SELECT count(*)::int AS n FROM outbox_events');
+  console.log(`outbox rows left for the relay: ${ob.rows[0].n} (${(ob.rows[0].n / trace.length).toFixed(2)} per event)`);
+  await pool.end();
+  // Function times (track_functions = all): plpgsql functions and trigger functions, flushed at backend exit.
+  const r = new pg.Client({ connectionString: DB });
+  await r.connect();
+  for (let i = 0; i < 50; i++) {
+    const f = await r.query(`SELECT funcname, calls, total_time, self_time FROM pg_stat_user_functions ORDER BY total_time DESC`);
+    if (f.rows.length > 0) {
+      console.log('function (track_functions)                  calls/event   total ms/event   self ms/event');
+      for (const x of f.rows) {
+        console.log(`${String(x.funcname).padEnd(44)} ${(x.calls / trace.length).toFixed(2).padStart(11)} ${(x.total_time / trace.length).toFixed(3).padStart(16)} ${(x.self_time / trace.length).toFixed(3).padStart(15)}`);
+      }
+      break;
+    }
+    await new Promise((res) => setTimeout(res, 100)); // stats arrive asynchronously after the backend exits
+  }
+  await r.end();
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
