@@ -15,7 +15,7 @@ import { createPaymentProvider } from './payments/index.js';
 import { createAuthenticator } from './auth/authenticator.js';
 import { buildServer } from './server.js';
 import { GroupCommitter } from './services/group-commit.js';
-import { applyCharge } from './services/record-usage.js';
+import { applyCharge, applyCharges } from './services/record-usage.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
 
 const env = loadEnvOrExit();
@@ -36,7 +36,7 @@ const services = {
   clock,
   pricing: createPricingState(pool),
   payments: createPaymentProvider(env),
-  groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, applyCharge) : undefined,
+  groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, applyCharges, applyCharge) : undefined,
 };
 const authenticator = createAuthenticator({
   pool,

@@ -34,6 +34,7 @@ import { BILLING_REFUSALS, NEUTRAL_MESSAGE } from './errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { validateIdempotencyKey } from '../services/usage-command.js';
 import type { UsageEvent } from '../generated/prisma/client.js';
+import { usageEventFromRow } from '../db/usage-event-row.js';
 
 /** One item of recordUsageBatch: the event, or why it was refused. */
 interface BatchResultShape {
@@ -102,7 +103,10 @@ builder.mutationType({
       authScopes: { usageWrite: true },
       args: { input: t.arg({ type: RecordUsageInputRef, required: true }) },
       resolve: async (query, _root, { input }, ctx) => {
-        const { eventId } = await recordUsage(ctx.services, toUsageInput(input));
+        const { eventId, row } = await recordUsage(ctx.services, toUsageInput(input));
+        // A new event is answered from the row its INSERT returned (relations the selection asks
+        // for are loaded by the Prisma plugin); a replay reads the stored event.
+        if (row) return usageEventFromRow(row);
         return ctx.prisma.usageEvent.findUniqueOrThrow({ ...query, where: { id: eventId } });
       },
     }),
@@ -121,8 +125,10 @@ builder.mutationType({
         });
         const valid = decoded.flatMap((d) => (d.ok ? [d.input] : []));
         const results = await recordUsageBatch(ctx.services, valid, { maxItems: ctx.env.MAX_BATCH_ITEMS, concurrency: 4 });
-        const ids = results.flatMap((r) => (r.ok ? [r.result.eventId] : []));
-        const events = new Map((await ctx.prisma.usageEvent.findMany({ where: { id: { in: ids } } })).map((e) => [e.id, e]));
+        const events = new Map<string, UsageEvent>();
+        for (const r of results) if (r.ok && r.result.row) events.set(r.result.eventId, usageEventFromRow(r.result.row));
+        const replayedIds = results.flatMap((r) => (r.ok && !r.result.row ? [r.result.eventId] : []));
+        if (replayedIds.length > 0) for (const e of await ctx.prisma.usageEvent.findMany({ where: { id: { in: replayedIds } } })) events.set(e.id, e);
         let k = 0;
         return decoded.map((d): BatchResultShape => {
           const r = d.ok ? results[k++]! : { ok: false as const, error: d.error };

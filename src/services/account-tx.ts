@@ -187,6 +187,52 @@ export class AccountTx {
   }
 
   /**
+   * What a group of plain charges (no reservation) decides on, in ONE query (the lock is held):
+   * the spendable batches, the credit held by ACTIVE unexpired reservations, whether the account
+   * has any spending budget, and the usage events already recorded under `idempotencyKeys`.
+   */
+  async chargeState(idempotencyKeys: readonly string[]): Promise<{
+    batches: LoadedBatch[];
+    reservedMicroCredits: bigint;
+    hasAnyBudget: boolean;
+    priorUsage: Map<string, { id: string; requestHash: string }>;
+  }> {
+    const { rows } = await this.tx.query({
+      name: 'cp-account-charge-state',
+      text: `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget, r.priors
+         FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
+                      EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1) AS has_budget,
+                      (SELECT json_agg(json_build_object('key', pe.idempotency_key, 'id', pe.id, 'hash', pe.request_hash))
+                         FROM usage_events pe WHERE pe.account_id = $1 AND pe.idempotency_key = ANY($3::text[])) AS priors
+                 FROM reservations
+                WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2) r
+         LEFT JOIN LATERAL (
+               SELECT id, type, source, remaining_micro_credits, expires_at, added_at
+                 FROM credit_batches
+                WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)) b ON TRUE`,
+      values: [this.accountId, this.now, idempotencyKeys],
+    });
+    const first = rows[0];
+    const priorUsage = new Map<string, { id: string; requestHash: string }>();
+    for (const p of (first?.priors ?? []) as { key: string; id: string; hash: string }[]) priorUsage.set(p.key, { id: p.id, requestHash: p.hash });
+    return {
+      batches: rows
+        .filter((r) => r.id !== null)
+        .map((r) => ({
+          id: r.id as string,
+          type: r.type as CreditType,
+          source: r.source as string,
+          remainingMicroCredits: toBigInt(r.remaining_micro_credits),
+          expiresAt: r.expires_at as Date | null,
+          addedAt: r.added_at as Date,
+        })),
+      reservedMicroCredits: toBigInt(first?.held ?? 0),
+      hasAnyBudget: first?.has_budget === true,
+      priorUsage,
+    };
+  }
+
+  /**
    * Records a ledger entry. For total-changing types the running total moves by `amount`;
    * hold entries (RESERVE/RELEASE) leave it unchanged.
    */

@@ -2,11 +2,12 @@
  * Group commit of charges on one account (issue #6: "batching concurrent charges for one account
  * into one transaction"). Every charge of an account serializes on its balance row anyway; when
  * charges arrive while one is in flight, this process queues them and runs the queue as ONE
- * transaction: one BEGIN, one lock, one COMMIT (one WAL flush) for the whole group, and per
- * charge only its own statements (its state, its writes, its balance version with its outbox
- * snapshot). So each charge still gets its own balance version and live update, refusals stay
- * per charge (applyCharge refuses before it writes), and idempotency keys still dedupe inside a
- * group (a later item sees the earlier item's insert in the same transaction).
+ * transaction: one BEGIN, one lock, one read of the account's state, one multi-row write of the
+ * events and one balance update with its outbox snapshot, one COMMIT (one WAL flush) for the
+ * whole group (record-usage.ts `applyCharges`). Refusals stay per charge, idempotency keys still
+ * dedupe inside a group (a repeated key replays the first item's event), and every charge still
+ * gets its own `usageRecorded` update; the balance version moves once per group, which the
+ * contract allows ("increases by at least 1 on every change").
  *
  * Nothing waits for a group to fill: the first charge of an idle account runs at once; charges
  * that arrive meanwhile form the next group. If a group's transaction fails unexpectedly (not a
@@ -19,10 +20,13 @@ import type { PricedUsage } from '../pricing/price-book.js';
 import { AccountTx } from './account-tx.js';
 import type { Clock } from './context.js';
 import type { UsageCommand } from './usage-command.js';
-import type { ChargeResult } from './record-usage.js';
+import type { BatchItemResult, ChargeItem, ChargeResult } from './record-usage.js';
 
 /** The charge function of record-usage.ts (injected to avoid an import cycle). */
 export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }) => Promise<ChargeResult>;
+
+/** The group charge function of record-usage.ts (`applyCharges`; injected likewise). */
+export type ApplyCharges = (atx: AccountTx, items: readonly ChargeItem[]) => Promise<BatchItemResult[]>;
 
 interface Pending {
   cmd: UsageCommand;
@@ -36,22 +40,26 @@ export interface GroupCommitStats {
   groups: number;
   charges: number;
   largestGroup: number;
+  /** Charges retried one transaction each after their group's transaction failed unexpectedly. */
+  retriedAlone: number;
 }
 
 /** See the module comment. */
 export class GroupCommitter {
   private readonly queues = new Map<string, Pending[]>();
-  private readonly counters: GroupCommitStats = { groups: 0, charges: 0, largestGroup: 0 };
+  private readonly counters: GroupCommitStats = { groups: 0, charges: 0, largestGroup: 0, retriedAlone: 0 };
 
   /**
    * @param pool the ledger's pg pool
    * @param clock wall clock (the account's own clock applies inside AccountTx)
-   * @param apply applyCharge
+   * @param applyGroup applyCharges: a group's charges in one transaction
+   * @param apply applyCharge: one charge alone (the retry after an unexpected failure)
    * @param maxGroup most charges per transaction (bounds lock hold time and memory)
    */
   constructor(
     private readonly pool: pg.Pool,
     private readonly clock: Clock,
+    private readonly applyGroup: ApplyCharges,
     private readonly apply: ApplyCharge,
     private readonly maxGroup = 200,
   ) {}
@@ -91,21 +99,12 @@ export class GroupCommitter {
   }
 
   private async runGroup(accountId: string, group: Pending[]): Promise<void> {
-    let outcomes: Array<{ ok: true; result: ChargeResult } | { ok: false; error: unknown }>;
+    let outcomes: BatchItemResult[];
     try {
       outcomes = await withTransaction(this.pool, async (tx) => {
-        const results: typeof outcomes = [];
         const atx = await AccountTx.lock(tx, accountId, this.clock());
-        for (const item of group) {
-          try {
-            results.push({ ok: true, result: await this.apply(atx, item.cmd, item.price) });
-          } catch (error) {
-            if (!(error instanceof LedgerError)) throw error;
-            results.push({ ok: false, error });
-            continue;
-          }
-          await atx.finish(); // this charge's own balance version and outbox snapshot
-        }
+        const results = await this.applyGroup(atx, group);
+        await atx.finish(); // one balance version and outbox snapshot for the group
         return results;
       });
     } catch (error) {
@@ -114,6 +113,7 @@ export class GroupCommitter {
         return;
       }
       // Unexpected (or a whole-group refusal such as an unknown account): each charge alone.
+      this.counters.retriedAlone += group.length;
       for (const item of group) {
         try {
           item.resolve(

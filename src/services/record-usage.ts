@@ -10,9 +10,10 @@
  * reservation the cost comes from the hold first, then from available credit, and beyond that
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
  */
+import { randomUUID } from 'node:crypto';
 import { withTransaction } from '../db/pg.js';
-import { LedgerError, badInput } from '../ledger/errors.js';
-import { planDrawdown } from '../ledger/drawdown.js';
+import { LedgerError, assert, badInput } from '../ledger/errors.js';
+import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
 import { AccountTx } from './account-tx.js';
@@ -26,6 +27,8 @@ import { assertWithinBudgets } from './spending-budgets.js';
 export interface ChargeResult {
   eventId: string;
   replayed: boolean;
+  /** The usage_events row as written (pg's snake_case columns), when this call recorded it. */
+  row?: Record<string, unknown>;
 }
 
 /** A priced line as stored on the event (amounts as canonical Credits text). */
@@ -125,14 +128,37 @@ export async function applyCharge(
   const plan = planDrawdown(batches, toDraw, atx.now);
   debtAdded += plan.shortfallMicroCredits; // a hold whose batches expired or were voided meanwhile
 
-  const lines: StoredCostLine[] = priced.lines.map((l) => ({
-    item: l.item,
-    quantity: l.quantity,
-    unitPrice: l.unitPrice,
-    amount: formatCredits(l.amountMicroCredits),
-    exactAmount: l.exactAmount,
-  }));
-  const q = cmd.quantities;
+  const eventId = randomUUID();
+  const [row] = await insertUsageEvents(atx, [{ id: eventId, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
+  atx.debt += debtAdded;
+  atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: eventId, reservationId: cmd.reservationId, note: cmd.category });
+  atx.publish('usage', { accountId: atx.accountId, usageEventId: eventId });
+  return { eventId, replayed: false, row };
+}
+
+/** A charge decided in memory, ready to be written. */
+interface PreparedEvent {
+  /** The event's id, generated here so one statement can write the event and what refers to it. */
+  id: string;
+  cmd: UsageCommand;
+  hash: string;
+  /** Micro-credits. */
+  cost: bigint;
+  /** Micro-credits of the cost that became debt. */
+  debtAdded: bigint;
+  priced: PricedUsage;
+  version: number;
+  parts: DrawdownPart[];
+}
+
+/**
+ * Writes usage events with their drawdowns, the batches they drew from and the reservations they
+ * captured against, in ONE statement (multi-row, in input order so `seq` follows it).
+ * @returns the inserted usage_events rows (snake_case columns, as pg returns them), in input order.
+ */
+async function insertUsageEvents(atx: AccountTx, events: readonly PreparedEvent[]): Promise<Record<string, unknown>[]> {
+  const col = <T>(f: (e: PreparedEvent) => T): T[] => events.map(f);
+  const dd = events.flatMap((e) => e.parts.map((p, i) => ({ event: e.id, batch: p.batchId, position: i, amount: p.amountMicroCredits.toString() })));
   const { rows } = await atx.tx.query({
     name: 'cp-charge-insert',
     text: `WITH ev AS (
@@ -140,63 +166,188 @@ export async function applyCharge(
                                  agent_id, user_id, task_id, conversation_id, message_id, input_tokens, output_tokens,
                                  reasoning_tokens, cache_read_tokens, cache_write_tokens, seconds, units, provider_cost_usd,
                                  byok, cost_micro_credits, debt_micro_credits, lines, reservation_id, price_book_version, metadata)
-       VALUES (gen_random_uuid(), $1, $2, $3, COALESCE($4::timestamptz, $5::timestamptz), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-               $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
-       RETURNING id
+       SELECT t.id, $1, t.key, t.hash, COALESCE(t.occurred_at, $2::timestamptz), $2, t.category, t.model, t.tier, t.sku,
+              t.agent_id, t.user_id, t.task_id, t.conversation_id, t.message_id, t.input_tokens, t.output_tokens,
+              t.reasoning_tokens, t.cache_read_tokens, t.cache_write_tokens, t.seconds, t.units, t.provider_cost_usd,
+              t.byok, t.cost, t.debt, t.lines, t.reservation_id, t.price_book_version, t.metadata
+         FROM unnest($3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
+                     $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::int[], $17::int[], $18::int[], $19::int[],
+                     $20::int[], $21::numeric[], $22::numeric[], $23::numeric[], $24::boolean[], $25::bigint[], $26::bigint[],
+                     $27::jsonb[], $28::uuid[], $29::int[], $30::jsonb[])
+              WITH ORDINALITY AS t(id, key, hash, occurred_at, category, model, tier, sku, agent_id, user_id, task_id,
+                                   conversation_id, message_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens,
+                                   cache_write_tokens, seconds, units, provider_cost_usd, byok, cost, debt, lines, reservation_id,
+                                   price_book_version, metadata, ord)
+        ORDER BY t.ord
+       RETURNING *
      ), dd AS (
        INSERT INTO drawdowns (id, usage_event_id, batch_id, position, amount_micro_credits)
-       SELECT gen_random_uuid(), ev.id, d.batch_id, d.ord - 1, d.amount
-         FROM ev, unnest($30::uuid[], $31::bigint[]) WITH ORDINALITY AS d(batch_id, amount, ord)
+       SELECT gen_random_uuid(), d.event, d.batch, d.position, d.amount
+         FROM unnest($31::uuid[], $32::uuid[], $33::int[], $34::bigint[]) AS d(event, batch, position, amount)
      ), ub AS (
        UPDATE credit_batches b
           SET remaining_micro_credits = b.remaining_micro_credits - d.amount,
               status = CASE WHEN b.remaining_micro_credits - d.amount = 0 THEN 'EXHAUSTED'::"BatchStatus" ELSE b.status END,
-              updated_at = $5
-         FROM unnest($30::uuid[], $31::bigint[]) AS d(batch_id, amount)
-        WHERE b.id = d.batch_id
+              updated_at = $2
+         FROM (SELECT batch, SUM(amount)::bigint AS amount FROM unnest($32::uuid[], $34::bigint[]) AS x(batch, amount) GROUP BY batch) d
+        WHERE b.id = d.batch
      ), ur AS (
-       UPDATE reservations SET consumed_micro_credits = consumed_micro_credits + $24::bigint WHERE id = $27::uuid
+       UPDATE reservations r SET consumed_micro_credits = r.consumed_micro_credits + x.cost
+         FROM (SELECT res, SUM(cost)::bigint AS cost FROM unnest($28::uuid[], $25::bigint[]) AS y(res, cost) WHERE res IS NOT NULL GROUP BY res) x
+        WHERE r.id = x.res
      )
-     SELECT id FROM ev`,
+     SELECT * FROM ev`,
     values: [
       atx.accountId,
-      cmd.idempotencyKey,
-      hash,
-      cmd.occurredAt,
       atx.now,
-      cmd.category,
-      cmd.model,
-      cmd.tier,
-      cmd.sku,
-      cmd.agentId,
-      cmd.userId,
-      cmd.taskId,
-      cmd.conversationId,
-      cmd.messageId,
-      q.inputTokens,
-      q.outputTokens,
-      q.reasoningTokens,
-      q.cacheReadTokens,
-      q.cacheWriteTokens,
-      q.seconds,
-      q.units,
-      cmd.providerCostUsd,
-      cmd.byok,
-      cost.toString(),
-      debtAdded.toString(),
-      JSON.stringify(lines),
-      cmd.reservationId,
-      version,
-      cmd.metadata === null || cmd.metadata === undefined ? null : JSON.stringify(cmd.metadata),
-      plan.parts.map((p) => p.batchId),
-      plan.parts.map((p) => p.amountMicroCredits.toString()),
+      col((e) => e.id),
+      col((e) => e.cmd.idempotencyKey),
+      col((e) => e.hash),
+      col((e) => e.cmd.occurredAt),
+      col((e) => e.cmd.category),
+      col((e) => e.cmd.model),
+      col((e) => e.cmd.tier),
+      col((e) => e.cmd.sku),
+      col((e) => e.cmd.agentId),
+      col((e) => e.cmd.userId),
+      col((e) => e.cmd.taskId),
+      col((e) => e.cmd.conversationId),
+      col((e) => e.cmd.messageId),
+      col((e) => e.cmd.quantities.inputTokens),
+      col((e) => e.cmd.quantities.outputTokens),
+      col((e) => e.cmd.quantities.reasoningTokens),
+      col((e) => e.cmd.quantities.cacheReadTokens),
+      col((e) => e.cmd.quantities.cacheWriteTokens),
+      col((e) => e.cmd.quantities.seconds),
+      col((e) => e.cmd.quantities.units),
+      col((e) => e.cmd.providerCostUsd),
+      col((e) => e.cmd.byok),
+      col((e) => e.cost.toString()),
+      col((e) => e.debtAdded.toString()),
+      col((e) => JSON.stringify(storedLines(e.priced))),
+      col((e) => e.cmd.reservationId),
+      col((e) => e.version),
+      col((e) => (e.cmd.metadata === null || e.cmd.metadata === undefined ? null : JSON.stringify(e.cmd.metadata))),
+      dd.map((d) => d.event),
+      dd.map((d) => d.batch),
+      dd.map((d) => d.position),
+      dd.map((d) => d.amount),
     ],
   });
-  const eventId = rows[0].id as string;
-  atx.debt += debtAdded;
-  atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: eventId, reservationId: cmd.reservationId, note: cmd.category });
-  atx.publish('usage', { accountId: atx.accountId, usageEventId: eventId });
-  return { eventId, replayed: false };
+  const byId = new Map(rows.map((r) => [r.id as string, r as Record<string, unknown>]));
+  return events.map((e) => byId.get(e.id)!);
+}
+
+function storedLines(priced: PricedUsage): StoredCostLine[] {
+  return priced.lines.map((l) => ({
+    item: l.item,
+    quantity: l.quantity,
+    unitPrice: l.unitPrice,
+    amount: formatCredits(l.amountMicroCredits),
+    exactAmount: l.exactAmount,
+  }));
+}
+
+/** One charge of a group: the command and its pricing thunk. */
+export interface ChargeItem {
+  cmd: UsageCommand;
+  price: () => { priced: PricedUsage; version: number };
+}
+
+/**
+ * Charges several usage commands of ONE account inside its locked transaction, each succeeding
+ * or failing on its own, in input order; the caller writes the balance once (`atx.finish()`), so
+ * the group moves the balance version once (the contract asks for "at least 1 on every change").
+ *
+ * Plain charges (no reservation, the account has no spending budget) are decided in memory from
+ * one read of the account's batches, holds and prior idempotency keys, and written with one
+ * multi-row statement: the cost per event no longer includes a read and a write round trip each.
+ * The rules are those of applyCharge (same order of checks, same drawdown, same refusals); an
+ * idempotency key repeated inside the group replays the first item's event. Groups with a
+ * reservation or under a budget run applyCharge item by item (budgets are checked against
+ * recorded usage).
+ * @returns one outcome per item; refusals are LedgerErrors (IDEMPOTENCY_CONFLICT,
+ *   INSUFFICIENT_CREDITS, BAD_USER_INPUT from pricing, and applyCharge's for the slow path).
+ * @throws unexpected (non-LedgerError) errors, leaving the transaction to be rolled back.
+ */
+export async function applyCharges(atx: AccountTx, items: readonly ChargeItem[]): Promise<BatchItemResult[]> {
+  const sequential = async (): Promise<BatchItemResult[]> => {
+    const out: BatchItemResult[] = [];
+    for (const item of items) {
+      try {
+        out.push({ ok: true, result: await applyCharge(atx, item.cmd, item.price) });
+      } catch (error) {
+        if (!(error instanceof LedgerError)) throw error;
+        out.push({ ok: false, error });
+      }
+    }
+    return out;
+  };
+  if (items.some((i) => i.cmd.reservationId !== null)) return sequential();
+  const state = await atx.chargeState([...new Set(items.map((i) => i.cmd.idempotencyKey))]);
+  if (state.hasAnyBudget) return sequential();
+
+  const batches = state.batches.map((b) => ({ ...b }));
+  let spendable = batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n);
+  const recorded = new Map(state.priorUsage);
+  const out: BatchItemResult[] = [];
+  const events: PreparedEvent[] = [];
+  const fresh = new Map<string, number>(); // event id -> index in `out`
+  for (const { cmd, price } of items) {
+    const hash = commandHash(cmd);
+    const prior = recorded.get(cmd.idempotencyKey);
+    if (prior) {
+      out.push(
+        prior.requestHash === hash
+          ? { ok: true, result: { eventId: prior.id, replayed: true } }
+          : { ok: false, error: new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event') },
+      );
+      continue;
+    }
+    let priced: PricedUsage;
+    let version: number;
+    try {
+      ({ priced, version } = price());
+    } catch (error) {
+      if (!(error instanceof LedgerError)) throw error;
+      out.push({ ok: false, error });
+      continue;
+    }
+    const cost = priced.costMicroCredits;
+    const available = spendable - atx.debt - state.reservedMicroCredits;
+    if (cost > 0n && cost > available) {
+      out.push({
+        ok: false,
+        error: new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: cost ${formatCredits(cost)}, available ${formatCredits(available)}`, {
+          neededCredits: formatCredits(cost),
+          availableCredits: formatCredits(available),
+        }),
+      });
+      continue;
+    }
+    const plan = planDrawdown(batches, cost, atx.now);
+    assert(plan.shortfallMicroCredits === 0n, 'a charge within available credit is fully drawn');
+    for (const part of plan.parts) {
+      const b = batches.find((x) => x.id === part.batchId)!;
+      b.remainingMicroCredits -= part.amountMicroCredits;
+    }
+    spendable -= cost;
+    const id = randomUUID();
+    recorded.set(cmd.idempotencyKey, { id, requestHash: hash });
+    events.push({ id, cmd, hash, cost, debtAdded: 0n, priced, version, parts: plan.parts });
+    atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: id, reservationId: null, note: cmd.category });
+    atx.publish('usage', { accountId: atx.accountId, usageEventId: id });
+    fresh.set(id, out.length);
+    out.push({ ok: true, result: { eventId: id, replayed: false } });
+  }
+  if (events.length > 0) {
+    const rows = await insertUsageEvents(atx, events);
+    events.forEach((e, i) => {
+      const r = out[fresh.get(e.id)!]!;
+      if (r.ok) r.result.row = rows[i];
+    });
+  }
+  return out;
 }
 
 /**
@@ -263,21 +414,13 @@ export async function recordUsageBatch(
   const pricer = (cmd: UsageCommand) => () => ({ priced: priceCommand(cmd, book, settings), version: book?.version ?? 0 });
 
   const chargeGroup = async (accountId: string, items: { index: number; cmd: UsageCommand }[]) => {
-    const local = new Map<number, BatchItemResult>();
-    await withTransaction(ctx.pool, async (tx) => {
-      local.clear(); // a retried transaction starts over
+    const outcomes = await withTransaction(ctx.pool, async (tx) => {
       const atx = await AccountTx.lock(tx, accountId, ctx.clock());
-      for (const { index, cmd } of items) {
-        try {
-          local.set(index, { ok: true, result: await applyCharge(atx, cmd, pricer(cmd)) });
-        } catch (error) {
-          if (!(error instanceof LedgerError)) throw error;
-          local.set(index, { ok: false, error });
-        }
-      }
+      const out = await applyCharges(atx, items.map(({ cmd }) => ({ cmd, price: pricer(cmd) })));
       await atx.finish();
+      return out;
     });
-    for (const [index, r] of local) results[index] = r;
+    items.forEach(({ index }, i) => (results[index] = outcomes[i]!));
   };
 
   const queue = [...groups.entries()];

@@ -1,15 +1,20 @@
 /**
  * Group commit (CHARGE_PATH=group) on the real PostgreSQL: the same guarantees as one
- * transaction per charge (no overspend, one event per idempotency key, one balance version and
- * one outbox snapshot per charge, the ledger invariant), with charges really grouped, and an
- * unexpected failure of one charge isolated from the rest of its group.
+ * transaction per charge (no overspend, drawdown order, one event per idempotency key, the ledger
+ * invariant), one balance version and outbox snapshot per group with one usage update per charge,
+ * charges really grouped, and an unexpected failure of one charge isolated from the rest of its
+ * group.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { applyCharge, recordUsage } from '../../src/services/record-usage.js';
-import { GroupCommitter, type ApplyCharge } from '../../src/services/group-commit.js';
+import fc from 'fast-check';
+import { applyCharge, applyCharges, pricerFor, recordUsage } from '../../src/services/record-usage.js';
+import { validateUsageInput } from '../../src/services/usage-command.js';
+import { AccountTx } from '../../src/services/account-tx.js';
+import { withTransaction } from '../../src/db/pg.js';
+import { GroupCommitter, type ApplyCharge, type ApplyCharges } from '../../src/services/group-commit.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 
 let services: TestServices;
@@ -17,7 +22,7 @@ let committer: GroupCommitter;
 
 beforeAll(() => {
   services = createTestServices(20);
-  committer = new GroupCommitter(services.pool, services.clock, applyCharge);
+  committer = new GroupCommitter(services.pool, services.clock, applyCharges, applyCharge);
   services.groupCommit = committer;
 });
 
@@ -29,7 +34,7 @@ const codeOf = (r: PromiseSettledResult<unknown>) =>
   r.status === 'fulfilled' ? 'OK' : r.reason instanceof LedgerError ? r.reason.code : `UNEXPECTED: ${String(r.reason)}`;
 
 describe('group commit', () => {
-  it('200 concurrent 1-credit charges on 50 credits: exactly 50 succeed, in groups, one version per charge', async () => {
+  it('200 concurrent 1-credit charges on 50 credits: exactly 50 succeed, in groups, FREE first, one version per group', async () => {
     const accountId = await createFundedAccount(services, { free: 20, paid: 30 });
     const { rows: before } = await services.pool.query('SELECT version FROM balances WHERE account_id = $1', [accountId]);
     const groupsBefore = committer.stats();
@@ -39,17 +44,50 @@ describe('group commit', () => {
     expect(codes.filter((c) => c === 'INSUFFICIENT_CREDITS')).toHaveLength(150);
     const after = committer.stats();
     expect(after.charges - groupsBefore.charges).toBe(200);
-    expect(after.groups - groupsBefore.groups).toBeLessThan(200); // they were grouped
+    const groups = after.groups - groupsBefore.groups;
+    expect(groups).toBeLessThan(200); // they were grouped
+    expect(after.retriedAlone - groupsBefore.retriedAlone).toBe(0); // and no group fell back to one transaction per charge
+    // The version moves once per group that changed the balance, and each such group wrote one
+    // snapshot at its version: contiguous, never more than the groups.
     const { rows } = await services.pool.query('SELECT version FROM balances WHERE account_id = $1', [accountId]);
-    expect(BigInt(rows[0].version) - BigInt(before[0].version)).toBe(50n);
+    const moved = BigInt(rows[0].version) - BigInt(before[0].version);
+    expect(moved).toBeGreaterThan(0n);
+    expect(moved).toBeLessThanOrEqual(BigInt(groups));
     const { rows: snaps } = await services.pool.query(
-      `SELECT (payload->>'version')::bigint AS v FROM outbox_events WHERE account_id = $1 AND topic = 'balance' ORDER BY id`,
-      [accountId],
+      `SELECT (payload->>'version')::bigint AS v FROM outbox_events
+        WHERE account_id = $1 AND topic = 'balance' AND (payload->>'version')::bigint > $2 ORDER BY id`,
+      [accountId, before[0].version],
     );
     const versions = snaps.map((r) => BigInt(r.v));
+    expect(BigInt(versions.length)).toBe(moved);
     for (let i = 1; i < versions.length; i++) expect(versions[i]! - versions[i - 1]!).toBe(1n);
+    const { rows: usage } = await services.pool.query(`SELECT count(*)::int AS n FROM outbox_events WHERE account_id = $1 AND topic = 'usage'`, [accountId]);
+    expect(usage[0].n).toBe(50); // one live usage update per recorded charge
+    // Drawdown order holds across a group: the first 20 events (in seq order) drew FREE credit.
+    const { rows: drawn } = await services.pool.query(
+      `SELECT b.type FROM usage_events e JOIN drawdowns d ON d.usage_event_id = e.id JOIN credit_batches b ON b.id = d.batch_id
+        WHERE e.account_id = $1 ORDER BY e.seq, d.position`,
+      [accountId],
+    );
+    expect(drawn.map((r) => r.type)).toEqual([...Array(20).fill('FREE'), ...Array(30).fill('PAID')]);
     const balance = await expectLedgerInvariant(services.pool, accountId);
     expect(balance.availableMicroCredits).toBe(0n);
+  });
+
+  it('one key with two different requests inside a group: the first recorded, the other refused as a conflict', async () => {
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    const results = await Promise.allSettled(
+      Array.from({ length: 20 }, (_, i) => recordUsage(services, { accountId, idempotencyKey: 'dup', category: i % 2 === 0 ? 'unit' : 'free' })),
+    );
+    const codes = results.map(codeOf);
+    expect(codes.filter((c) => c === 'OK')).toHaveLength(10);
+    expect(codes.filter((c) => c === 'IDEMPOTENCY_CONFLICT')).toHaveLength(10);
+    const { rows } = await services.pool.query('SELECT category FROM usage_events WHERE account_id = $1', [accountId]);
+    expect(rows).toHaveLength(1);
+    // Whichever request won, every OK answer is for that same event and request.
+    const winner = rows[0].category as string;
+    results.forEach((r, i) => expect(r.status === 'fulfilled').toBe((i % 2 === 0 ? 'unit' : 'free') === winner));
+    await expectLedgerInvariant(services.pool, accountId);
   });
 
   it('one idempotency key sent 50 times at once records one event', async () => {
@@ -69,7 +107,11 @@ describe('group commit', () => {
       return applyCharge(atx, cmd, price);
     };
     const local = createTestServices(5);
-    local.groupCommit = new GroupCommitter(local.pool, local.clock, faulty);
+    const faultyGroup: ApplyCharges = (atx, items) => {
+      if (items.some((i) => i.cmd.idempotencyKey === 'bad')) throw new Error('simulated database failure');
+      return applyCharges(atx, items);
+    };
+    local.groupCommit = new GroupCommitter(local.pool, local.clock, faultyGroup, faulty);
     try {
       const keys = Array.from({ length: 30 }, (_, i) => (i === 15 ? 'bad' : `k-${i}`));
       const results = await Promise.allSettled(keys.map((k) => recordUsage(local, { accountId, idempotencyKey: k, category: 'unit' })));
@@ -81,5 +123,67 @@ describe('group commit', () => {
     } finally {
       await local.close();
     }
+  });
+});
+
+describe('a group decided in memory equals one transaction per charge (property)', () => {
+  const itemArb = fc.record({
+    key: fc.integer({ min: 0, max: 7 }).map((k) => `k-${k}`),
+    category: fc.constantFrom('unit', 'units', 'free', 'nope'),
+    units: fc.integer({ min: 0, max: 600 }).map((n) => (n / 100).toString()), // 0 .. 6 credits
+  });
+
+  it('same outcomes, drawdowns and balances for random charge lists (repeated keys, refusals, unknown categories)', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(itemArb, { minLength: 1, maxLength: 25 }), async (items) => {
+        const freeExpiresAt = new Date(Date.now() + 3_600_000);
+        const seqAccount = await createFundedAccount(services, { free: 4, paid: 9, freeExpiresAt });
+        const grpAccount = await createFundedAccount(services, { free: 4, paid: 9, freeExpiresAt });
+        const input = (accountId: string, it: (typeof items)[number]) => ({
+          accountId,
+          idempotencyKey: it.key,
+          category: it.category,
+          quantities: it.category === 'units' ? { units: it.units } : null,
+        });
+        const sequential: string[] = [];
+        for (const it of items) {
+          try {
+            await recordUsage({ ...services, groupCommit: undefined }, input(seqAccount, it));
+            sequential.push('OK');
+          } catch (error) {
+            sequential.push(error instanceof LedgerError ? error.code : `UNEXPECTED ${String(error)}`);
+          }
+        }
+        // applyCharges itself, in one transaction: an unexpected error fails the test instead of
+        // falling back to one transaction per charge as recordUsageBatch would.
+        const charges = await Promise.all(
+          items.map(async (it) => {
+            const cmd = validateUsageInput(input(grpAccount, it));
+            return { cmd, price: await pricerFor(services, cmd) };
+          }),
+        );
+        const grouped = await withTransaction(services.pool, async (tx) => {
+          const atx = await AccountTx.lock(tx, grpAccount, services.clock());
+          const out = await applyCharges(atx, charges);
+          await atx.finish();
+          return out;
+        });
+        expect(grouped.map((r) => (r.ok ? 'OK' : r.error instanceof LedgerError ? r.error.code : `UNEXPECTED ${String(r.error)}`))).toEqual(sequential);
+        const drawn = async (accountId: string) =>
+          (
+            await services.pool.query(
+              `SELECT e.idempotency_key, e.cost_micro_credits::text AS cost, b.type, d.amount_micro_credits::text AS amount
+                 FROM usage_events e LEFT JOIN drawdowns d ON d.usage_event_id = e.id LEFT JOIN credit_batches b ON b.id = d.batch_id
+                WHERE e.account_id = $1 ORDER BY e.seq, d.position`,
+              [accountId],
+            )
+          ).rows;
+        expect(await drawn(grpAccount)).toEqual(await drawn(seqAccount));
+        const a = await expectLedgerInvariant(services.pool, seqAccount);
+        const b = await expectLedgerInvariant(services.pool, grpAccount);
+        expect(b.totalMicroCredits).toBe(a.totalMicroCredits);
+      }),
+      { numRuns: 25 },
+    );
   });
 });

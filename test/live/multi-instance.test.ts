@@ -62,7 +62,7 @@ afterAll(async () => {
 });
 
 describe('two server instances sharing PostgreSQL and Redis', () => {
-  it('a subscriber on B receives, in order and without gaps, the balances of 500 charges committed through A', async () => {
+  it('a subscriber on B receives, in order and without gaps, every balance version of 500 charges committed through A', async () => {
     const id = await account(a, '1000');
     const sub = track(wsSubscribe(b.graphqlUrl, `Bearer ${ADMIN_KEY}`, BALANCE_SUB, { id }));
     const usage = track(wsSubscribe(b.graphqlUrl, `Bearer ${ADMIN_KEY}`, USAGE_SUB, { id }));
@@ -73,12 +73,16 @@ describe('two server instances sharing PostgreSQL and Redis', () => {
     await Promise.all(Array.from({ length: 8 }, async () => { while (next++ < 500) await charge(a, id); }));
     const final = await httpBalance(b, id);
     expect(final.available).toBe('500');
-    expect(BigInt(final.version)).toBe(start + 500n);
+    // Every committed change moves the version by one; concurrent charges may commit as one
+    // group (CHARGE_PATH=group), so there are between 1 and 500 changes.
+    const changes = BigInt(final.version) - start;
+    expect(changes).toBeGreaterThanOrEqual(1n);
+    expect(changes).toBeLessThanOrEqual(500n);
     await sub.waitFor((s) => s.events.at(-1)?.balanceChanged.version === final.version, `version ${final.version}`, 30_000);
     const versions = sub.events.map((e) => BigInt(e.balanceChanged.version));
-    expect(versions).toEqual(Array.from({ length: 501 }, (_, i) => start + BigInt(i)));
+    expect(versions).toEqual(Array.from({ length: Number(changes) + 1 }, (_, i) => start + BigInt(i)));
     const available = sub.events.map((e) => Number(e.balanceChanged.available));
-    expect(available).toEqual(Array.from({ length: 501 }, (_, i) => 1000 - i));
+    for (let i = 1; i < available.length; i++) expect(available[i]!).toBeLessThan(available[i - 1]!);
     expect(sub.events.at(-1).balanceChanged).toEqual(final);
     await usage.waitFor((s) => s.events.length === 500, '500 usage events', 30_000);
     expect(new Set(usage.events.map((e) => e.usageRecorded.id)).size).toBe(500);
