@@ -52,6 +52,18 @@ export interface AccountState {
   reservation: { amountMicroCredits: bigint; consumedMicroCredits: bigint; status: string; expiresAt: Date } | null;
 }
 
+/** What a group of plain charges of one account decides on (AccountTx.chargeStates). */
+export interface ChargeState {
+  /** Spendable batches (unordered; drawdown orders them). */
+  batches: LoadedBatch[];
+  /** Held by ACTIVE, unexpired reservations. */
+  reservedMicroCredits: bigint;
+  /** The account has at least one spending budget. */
+  hasAnyBudget: boolean;
+  /** Usage events already recorded, by idempotency key (of the keys asked for). */
+  priorUsage: Map<string, { id: string; requestHash: string }>;
+}
+
 /** Outbox topics besides the balance snapshot that finish() always writes (src/outbox/topics.ts). */
 export type OutboxTopic = 'usage' | 'alert' | 'job';
 
@@ -100,18 +112,28 @@ export class AccountTx {
    * @throws LedgerError NOT_FOUND when the account does not exist.
    */
   static async lock(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
+    const atx = (await AccountTx.lockMany(tx, [accountId], wallNow)).get(accountId);
+    if (!atx) throw new LedgerError('NOT_FOUND', 'account not found');
+    return atx;
+  }
+
+  /**
+   * Locks the balance rows of several accounts in ONE statement, in account id order (every
+   * writer that holds several locks takes them in that order, so two such transactions cannot
+   * deadlock), and returns the state of each. Ids that name no account are absent from the map.
+   */
+  static async lockMany(tx: Tx, accountIds: readonly string[], wallNow: Date): Promise<Map<string, AccountTx>> {
     const { rows } = await tx.query({
       name: 'cp-account-lock',
       text: `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at,
               b.total_micro_credits, b.debt_micro_credits, b.version
          FROM balances b JOIN accounts a ON a.id = b.account_id
-        WHERE b.account_id = $1
+        WHERE b.account_id = ANY($1::uuid[])
+        ORDER BY b.account_id
         FOR UPDATE OF b`,
-      values: [accountId],
+      values: [[...new Set(accountIds)]],
     });
-    const row = rows[0];
-    if (!row) throw new LedgerError('NOT_FOUND', 'account not found');
-    return new AccountTx(tx, row, wallNow);
+    return new Map(rows.map((row) => [row.id as string, new AccountTx(tx, row, wallNow)]));
   }
 
   /**
@@ -187,49 +209,54 @@ export class AccountTx {
   }
 
   /**
-   * What a group of plain charges (no reservation) decides on, in ONE query (the lock is held):
-   * the spendable batches, the credit held by ACTIVE unexpired reservations, whether the account
-   * has any spending budget, and the usage events already recorded under `idempotencyKeys`.
+   * What groups of plain charges (no reservation) decide on, for several locked accounts of one
+   * transaction in ONE query: per account, the spendable batches, the credit held by ACTIVE
+   * unexpired reservations, whether the account has any spending budget, and the usage events
+   * already recorded under the given idempotency keys.
+   * @param wanted each locked account with the idempotency keys of its charges.
+   * @returns the state of each account, by account id.
    */
-  async chargeState(idempotencyKeys: readonly string[]): Promise<{
-    batches: LoadedBatch[];
-    reservedMicroCredits: bigint;
-    hasAnyBudget: boolean;
-    priorUsage: Map<string, { id: string; requestHash: string }>;
-  }> {
-    const { rows } = await this.tx.query({
-      name: 'cp-account-charge-state',
-      text: `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget, r.priors
-         FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
-                      EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1) AS has_budget,
+  static async chargeStates(tx: Tx, wanted: readonly { atx: AccountTx; idempotencyKeys: readonly string[] }[]): Promise<Map<string, ChargeState>> {
+    const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.atx.accountId, k] as const));
+    const { rows } = await tx.query({
+      name: 'cp-account-charge-states',
+      text: `SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget, r.priors
+         FROM unnest($1::uuid[], $2::timestamptz[]) AS a(account, now)
+         CROSS JOIN LATERAL (
+               SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
+                      EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget,
                       (SELECT json_agg(json_build_object('key', pe.idempotency_key, 'id', pe.id, 'hash', pe.request_hash))
-                         FROM usage_events pe WHERE pe.account_id = $1 AND pe.idempotency_key = ANY($3::text[])) AS priors
+                         FROM unnest($3::uuid[], $4::text[]) AS k(account, key)
+                         JOIN usage_events pe ON pe.account_id = k.account AND pe.idempotency_key = k.key
+                        WHERE k.account = a.account) AS priors
                  FROM reservations
-                WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2) r
+                WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r
          LEFT JOIN LATERAL (
                SELECT id, type, source, remaining_micro_credits, expires_at, added_at
                  FROM credit_batches
-                WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)) b ON TRUE`,
-      values: [this.accountId, this.now, idempotencyKeys],
+                WHERE account_id = a.account AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > a.now)) b ON TRUE`,
+      values: [wanted.map((w) => w.atx.accountId), wanted.map((w) => w.atx.now), keyPairs.map((p) => p[0]), keyPairs.map((p) => p[1])],
     });
-    const first = rows[0];
-    const priorUsage = new Map<string, { id: string; requestHash: string }>();
-    for (const p of (first?.priors ?? []) as { key: string; id: string; hash: string }[]) priorUsage.set(p.key, { id: p.id, requestHash: p.hash });
-    return {
-      batches: rows
-        .filter((r) => r.id !== null)
-        .map((r) => ({
+    const states = new Map<string, ChargeState>();
+    for (const r of rows) {
+      let st = states.get(r.account as string);
+      if (!st) {
+        st = { batches: [], reservedMicroCredits: toBigInt(r.held ?? 0), hasAnyBudget: r.has_budget === true, priorUsage: new Map() };
+        for (const p of (r.priors ?? []) as { key: string; id: string; hash: string }[]) st.priorUsage.set(p.key, { id: p.id, requestHash: p.hash });
+        states.set(r.account as string, st);
+      }
+      if (r.id !== null) {
+        st.batches.push({
           id: r.id as string,
           type: r.type as CreditType,
           source: r.source as string,
           remainingMicroCredits: toBigInt(r.remaining_micro_credits),
           expiresAt: r.expires_at as Date | null,
           addedAt: r.added_at as Date,
-        })),
-      reservedMicroCredits: toBigInt(first?.held ?? 0),
-      hasAnyBudget: first?.has_budget === true,
-      priorUsage,
-    };
+        });
+      }
+    }
+    return states;
   }
 
   /**
@@ -285,64 +312,74 @@ export class AccountTx {
    * @returns the balance version after this transaction.
    */
   async finish(): Promise<bigint> {
-    if (!this.changed) {
-      if (this.outbox.length > 0) await this.writeOutboxOnly();
-      return this.versionBefore;
-    }
-    assert(this.debt >= 0n, 'debt must never be negative');
-    const e = this.entries;
-    // One round trip: the entries (in order), the balance row, what follows a balance change
-    // (balance_changed: the outbox snapshot, alerts, auto top-up) and the queued outbox rows.
-    // balance_changed sees this transaction's earlier statements (batches, holds, grants); this
-    // statement's own ledger entries are dated now, after the period start, so they do not
-    // change its figures, and the new version and debt are passed to it.
-    const { rows } = await this.tx.query({
+    return (await AccountTx.finishMany(this.tx, [this])).get(this.accountId)!;
+  }
+
+  /**
+   * `finish` for several accounts locked by the same transaction, in ONE statement: every
+   * account's ledger entries (in order), the balance rows of the accounts that changed, their
+   * queued outbox rows, and `balance_changed` per changed account (its outbox snapshot, alerts,
+   * auto top-up). `balance_changed` sees this transaction's earlier statements (batches, holds,
+   * grants); this statement's own ledger entries are dated at or after the period start, so they
+   * do not change its figures, and the new version and debt are passed to it.
+   * @returns each account's balance version after this transaction, by account id.
+   */
+  static async finishMany(tx: Tx, atxs: readonly AccountTx[]): Promise<Map<string, bigint>> {
+    const versions = new Map(atxs.map((a) => [a.accountId, a.versionBefore]));
+    const changed = atxs.filter((a) => a.changed);
+    const withOutbox = atxs.filter((a) => a.outbox.length > 0);
+    if (changed.length === 0 && withOutbox.length === 0) return versions;
+    for (const a of changed) assert(a.debt >= 0n, 'debt must never be negative');
+    const e = changed.flatMap((a) => a.entries.map((x) => ({ a, x })));
+    const o = withOutbox.flatMap((a) => a.outbox.map((x) => ({ a, x })));
+    const { rows } = await tx.query({
       name: 'cp-account-finish',
       text: `WITH entries AS (
          INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits,
                                      batch_id, usage_event_id, reservation_id, note, created_at)
-         SELECT gen_random_uuid(), $1, t.type::"LedgerEntryType", t.amount, t.after, t.batch, t.event, t.res, t.note, COALESCE(t.at, $2)
-           FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $14::timestamptz[])
-                WITH ORDINALITY AS t(type, amount, after, batch, event, res, note, at, ord)
+         SELECT gen_random_uuid(), t.account, t.type::"LedgerEntryType", t.amount, t.after, t.batch, t.event, t.res, t.note, COALESCE(t.at, t.now)
+           FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::timestamptz[], $10::timestamptz[])
+                WITH ORDINALITY AS t(account, type, amount, after, batch, event, res, note, at, now, ord)
           ORDER BY t.ord
        ), upd AS (
-         UPDATE balances SET total_micro_credits = $10, debt_micro_credits = $11, version = version + 1, updated_at = $2
-          WHERE account_id = $1 RETURNING version, updated_at
+         UPDATE balances b SET total_micro_credits = u.total, debt_micro_credits = u.debt, version = b.version + 1, updated_at = u.now
+           FROM unnest($11::uuid[], $12::bigint[], $13::bigint[], $14::timestamptz[]) AS u(account, total, debt, now)
+          WHERE b.account_id = u.account
+          RETURNING b.account_id, b.version, b.updated_at, u.now, u.debt
        ), ob AS (
          INSERT INTO outbox_events (account_id, topic, payload)
-         SELECT $1, o.topic, o.payload FROM unnest($12::text[], $13::jsonb[]) AS o(topic, payload)
+         SELECT q.account, q.topic, q.payload FROM unnest($15::uuid[], $16::text[], $17::jsonb[]) WITH ORDINALITY AS q(account, topic, payload, ord)
+          ORDER BY q.ord
        )
-       SELECT upd.version, balance_changed($1, $2, upd.version, upd.updated_at, $11::bigint) FROM upd`,
+       SELECT upd.account_id, upd.version, balance_changed(upd.account_id, upd.now, upd.version, upd.updated_at, upd.debt) FROM upd`,
       values: [
-        this.accountId,
-        this.now,
-        e.map((x) => x.type),
-        e.map((x) => x.amountMicroCredits.toString()),
-        e.map((x) => x.balanceAfterMicroCredits.toString()),
-        e.map((x) => x.batchId),
-        e.map((x) => x.usageEventId),
-        e.map((x) => x.reservationId),
-        e.map((x) => x.note),
-        this.total.toString(),
-        this.debt.toString(),
-        this.outbox.map((o) => o.topic),
-        this.outbox.map((o) => JSON.stringify(o.payload)),
-        e.map((x) => x.at),
+        e.map(({ a }) => a.accountId),
+        e.map(({ x }) => x.type),
+        e.map(({ x }) => x.amountMicroCredits.toString()),
+        e.map(({ x }) => x.balanceAfterMicroCredits.toString()),
+        e.map(({ x }) => x.batchId),
+        e.map(({ x }) => x.usageEventId),
+        e.map(({ x }) => x.reservationId),
+        e.map(({ x }) => x.note),
+        e.map(({ x }) => x.at),
+        e.map(({ a }) => a.now),
+        changed.map((a) => a.accountId),
+        changed.map((a) => a.total.toString()),
+        changed.map((a) => a.debt.toString()),
+        changed.map((a) => a.now),
+        o.map(({ a }) => a.accountId),
+        o.map(({ x }) => x.topic),
+        o.map(({ x }) => JSON.stringify(x.payload)),
       ],
     });
-    this.entries.length = 0;
-    this.outbox.length = 0;
-    this.changed = false;
-    markOutboxWritten(this.tx);
-    return toBigInt(rows[0]?.version);
+    for (const r of rows) versions.set(r.account_id as string, toBigInt(r.version));
+    for (const a of atxs) {
+      a.entries.length = 0;
+      a.outbox.length = 0;
+      a.changed = false;
+    }
+    markOutboxWritten(tx);
+    return versions;
   }
 
-  private async writeOutboxOnly(): Promise<void> {
-    await this.tx.query(
-      `INSERT INTO outbox_events (account_id, topic, payload) SELECT $1, o.topic, o.payload FROM unnest($2::text[], $3::jsonb[]) AS o(topic, payload)`,
-      [this.accountId, this.outbox.map((o) => o.topic), this.outbox.map((o) => JSON.stringify(o.payload))],
-    );
-    this.outbox.length = 0;
-    markOutboxWritten(this.tx);
-  }
 }

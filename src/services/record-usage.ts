@@ -11,12 +11,12 @@
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
  */
 import { randomUUID } from 'node:crypto';
-import { withTransaction } from '../db/pg.js';
+import { withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
-import { AccountTx } from './account-tx.js';
+import { AccountTx, type ChargeState } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
@@ -129,7 +129,7 @@ export async function applyCharge(
   debtAdded += plan.shortfallMicroCredits; // a hold whose batches expired or were voided meanwhile
 
   const eventId = randomUUID();
-  const [row] = await insertUsageEvents(atx, [{ id: eventId, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
+  const [row] = await insertUsageEvents(atx.tx, [{ atx, id: eventId, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
   atx.debt += debtAdded;
   atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: eventId, reservationId: cmd.reservationId, note: cmd.category });
   atx.publish('usage', { accountId: atx.accountId, usageEventId: eventId });
@@ -138,6 +138,8 @@ export async function applyCharge(
 
 /** A charge decided in memory, ready to be written. */
 interface PreparedEvent {
+  /** The locked account it is charged to. */
+  atx: AccountTx;
   /** The event's id, generated here so one statement can write the event and what refers to it. */
   id: string;
   cmd: UsageCommand;
@@ -156,28 +158,28 @@ interface PreparedEvent {
  * captured against, in ONE statement (multi-row, in input order so `seq` follows it).
  * @returns the inserted usage_events rows (snake_case columns, as pg returns them), in input order.
  */
-async function insertUsageEvents(atx: AccountTx, events: readonly PreparedEvent[]): Promise<Record<string, unknown>[]> {
+async function insertUsageEvents(tx: Tx, events: readonly PreparedEvent[]): Promise<Record<string, unknown>[]> {
   const col = <T>(f: (e: PreparedEvent) => T): T[] => events.map(f);
-  const dd = events.flatMap((e) => e.parts.map((p, i) => ({ event: e.id, batch: p.batchId, position: i, amount: p.amountMicroCredits.toString() })));
-  const { rows } = await atx.tx.query({
+  const dd = events.flatMap((e) => e.parts.map((p, i) => ({ event: e.id, batch: p.batchId, position: i, amount: p.amountMicroCredits.toString(), now: e.atx.now })));
+  const { rows } = await tx.query({
     name: 'cp-charge-insert',
     text: `WITH ev AS (
        INSERT INTO usage_events (id, account_id, idempotency_key, request_hash, occurred_at, recorded_at, category, model, tier, sku,
                                  agent_id, user_id, task_id, conversation_id, message_id, input_tokens, output_tokens,
                                  reasoning_tokens, cache_read_tokens, cache_write_tokens, seconds, units, provider_cost_usd,
                                  byok, cost_micro_credits, debt_micro_credits, lines, reservation_id, price_book_version, metadata)
-       SELECT t.id, $1, t.key, t.hash, COALESCE(t.occurred_at, $2::timestamptz), $2, t.category, t.model, t.tier, t.sku,
+       SELECT t.id, t.account, t.key, t.hash, COALESCE(t.occurred_at, t.now), t.now, t.category, t.model, t.tier, t.sku,
               t.agent_id, t.user_id, t.task_id, t.conversation_id, t.message_id, t.input_tokens, t.output_tokens,
               t.reasoning_tokens, t.cache_read_tokens, t.cache_write_tokens, t.seconds, t.units, t.provider_cost_usd,
               t.byok, t.cost, t.debt, t.lines, t.reservation_id, t.price_book_version, t.metadata
          FROM unnest($3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
                      $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::int[], $17::int[], $18::int[], $19::int[],
                      $20::int[], $21::numeric[], $22::numeric[], $23::numeric[], $24::boolean[], $25::bigint[], $26::bigint[],
-                     $27::jsonb[], $28::uuid[], $29::int[], $30::jsonb[])
+                     $27::jsonb[], $28::uuid[], $29::int[], $30::jsonb[], $1::uuid[], $2::timestamptz[])
               WITH ORDINALITY AS t(id, key, hash, occurred_at, category, model, tier, sku, agent_id, user_id, task_id,
                                    conversation_id, message_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens,
                                    cache_write_tokens, seconds, units, provider_cost_usd, byok, cost, debt, lines, reservation_id,
-                                   price_book_version, metadata, ord)
+                                   price_book_version, metadata, account, now, ord)
         ORDER BY t.ord
        RETURNING *
      ), dd AS (
@@ -188,8 +190,8 @@ async function insertUsageEvents(atx: AccountTx, events: readonly PreparedEvent[
        UPDATE credit_batches b
           SET remaining_micro_credits = b.remaining_micro_credits - d.amount,
               status = CASE WHEN b.remaining_micro_credits - d.amount = 0 THEN 'EXHAUSTED'::"BatchStatus" ELSE b.status END,
-              updated_at = $2
-         FROM (SELECT batch, SUM(amount)::bigint AS amount FROM unnest($32::uuid[], $34::bigint[]) AS x(batch, amount) GROUP BY batch) d
+              updated_at = d.now
+         FROM (SELECT batch, SUM(amount)::bigint AS amount, MAX(now) AS now FROM unnest($32::uuid[], $34::bigint[], $35::timestamptz[]) AS x(batch, amount, now) GROUP BY batch) d
         WHERE b.id = d.batch
      ), ur AS (
        UPDATE reservations r SET consumed_micro_credits = r.consumed_micro_credits + x.cost
@@ -198,8 +200,8 @@ async function insertUsageEvents(atx: AccountTx, events: readonly PreparedEvent[
      )
      SELECT * FROM ev`,
     values: [
-      atx.accountId,
-      atx.now,
+      col((e) => e.atx.accountId),
+      col((e) => e.atx.now),
       col((e) => e.id),
       col((e) => e.cmd.idempotencyKey),
       col((e) => e.hash),
@@ -232,6 +234,7 @@ async function insertUsageEvents(atx: AccountTx, events: readonly PreparedEvent[
       dd.map((d) => d.batch),
       dd.map((d) => d.position),
       dd.map((d) => d.amount),
+      dd.map((d) => d.now),
     ],
   });
   const byId = new Map(rows.map((r) => [r.id as string, r as Record<string, unknown>]));
@@ -255,23 +258,32 @@ export interface ChargeItem {
 }
 
 /**
- * Charges several usage commands of ONE account inside its locked transaction, each succeeding
- * or failing on its own, in input order; the caller writes the balance once (`atx.finish()`), so
- * the group moves the balance version once (the contract asks for "at least 1 on every change").
- *
- * Plain charges (no reservation, the account has no spending budget) are decided in memory from
- * one read of the account's batches, holds and prior idempotency keys, and written with one
- * multi-row statement: the cost per event no longer includes a read and a write round trip each.
- * The rules are those of applyCharge (same order of checks, same drawdown, same refusals); an
- * idempotency key repeated inside the group replays the first item's event. Groups with a
- * reservation or under a budget run applyCharge item by item (budgets are checked against
- * recorded usage).
- * @returns one outcome per item; refusals are LedgerErrors (IDEMPOTENCY_CONFLICT,
- *   INSUFFICIENT_CREDITS, BAD_USER_INPUT from pricing, and applyCharge's for the slow path).
- * @throws unexpected (non-LedgerError) errors, leaving the transaction to be rolled back.
+ * Charges several usage commands of ONE account inside its locked transaction: chargeAccounts
+ * for one account.
  */
 export async function applyCharges(atx: AccountTx, items: readonly ChargeItem[]): Promise<BatchItemResult[]> {
-  const sequential = async (): Promise<BatchItemResult[]> => {
+  return (await chargeAccounts(atx.tx, [{ atx, items }]))[0]!;
+}
+
+/**
+ * Charges groups of usage commands, each group on one account locked by the same transaction
+ * (`tx`); each charge succeeds or fails on its own, in input order within its group. The caller
+ * writes the balances once (`AccountTx.finishMany` / `finish`), so each account's balance
+ * version moves once (the contract asks for "at least 1 on every change").
+ *
+ * Plain charges (no reservation, the account has no spending budget) are decided in memory from
+ * ONE read of all the accounts' batches, holds and prior idempotency keys, and written with ONE
+ * multi-row statement for all accounts: a charge no longer costs a read and a write round trip
+ * of its own. The rules are those of applyCharge (same order of checks, same drawdown, same
+ * refusals); an idempotency key repeated inside a group replays the first item's event. Groups
+ * with a reservation or under a budget run applyCharge item by item (budgets are checked
+ * against recorded usage).
+ * @returns per group, one outcome per item; refusals are LedgerErrors (IDEMPOTENCY_CONFLICT,
+ *   INSUFFICIENT_CREDITS, BAD_USER_INPUT from pricing, and applyCharge's on the slow path).
+ * @throws unexpected (non-LedgerError) errors, leaving the transaction to be rolled back.
+ */
+export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[]): Promise<BatchItemResult[][]> {
+  const sequential = async (atx: AccountTx, items: readonly ChargeItem[]): Promise<BatchItemResult[]> => {
     const out: BatchItemResult[] = [];
     for (const item of items) {
       try {
@@ -283,71 +295,82 @@ export async function applyCharges(atx: AccountTx, items: readonly ChargeItem[])
     }
     return out;
   };
-  if (items.some((i) => i.cmd.reservationId !== null)) return sequential();
-  const state = await atx.chargeState([...new Set(items.map((i) => i.cmd.idempotencyKey))]);
-  if (state.hasAnyBudget) return sequential();
-
-  const batches = state.batches.map((b) => ({ ...b }));
-  let spendable = batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n);
-  const recorded = new Map(state.priorUsage);
-  const out: BatchItemResult[] = [];
+  const results: BatchItemResult[][] = new Array(groups.length);
+  const plain = groups.flatMap((g, i) => (g.items.some((it) => it.cmd.reservationId !== null) ? [] : [i]));
+  const states =
+    plain.length > 0
+      ? await AccountTx.chargeStates(tx, plain.map((i) => ({ atx: groups[i]!.atx, idempotencyKeys: [...new Set(groups[i]!.items.map((it) => it.cmd.idempotencyKey))] })))
+      : new Map<string, ChargeState>();
   const events: PreparedEvent[] = [];
-  const fresh = new Map<string, number>(); // event id -> index in `out`
-  for (const { cmd, price } of items) {
-    const hash = commandHash(cmd);
-    const prior = recorded.get(cmd.idempotencyKey);
-    if (prior) {
-      out.push(
-        prior.requestHash === hash
-          ? { ok: true, result: { eventId: prior.id, replayed: true } }
-          : { ok: false, error: new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event') },
-      );
+  const fresh: { out: BatchItemResult[]; index: number }[] = []; // parallel to `events`
+  for (let g = 0; g < groups.length; g++) {
+    const { atx, items } = groups[g]!;
+    const state = states.get(atx.accountId);
+    if (!state || state.hasAnyBudget) {
+      results[g] = await sequential(atx, items);
       continue;
     }
-    let priced: PricedUsage;
-    let version: number;
-    try {
-      ({ priced, version } = price());
-    } catch (error) {
-      if (!(error instanceof LedgerError)) throw error;
-      out.push({ ok: false, error });
-      continue;
+    const out: BatchItemResult[] = [];
+    results[g] = out;
+    const batches = state.batches.map((b) => ({ ...b }));
+    let spendable = batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n);
+    const recorded = new Map(state.priorUsage);
+    for (const { cmd, price } of items) {
+      const hash = commandHash(cmd);
+      const prior = recorded.get(cmd.idempotencyKey);
+      if (prior) {
+        out.push(
+          prior.requestHash === hash
+            ? { ok: true, result: { eventId: prior.id, replayed: true } }
+            : { ok: false, error: new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event') },
+        );
+        continue;
+      }
+      let priced: PricedUsage;
+      let version: number;
+      try {
+        ({ priced, version } = price());
+      } catch (error) {
+        if (!(error instanceof LedgerError)) throw error;
+        out.push({ ok: false, error });
+        continue;
+      }
+      const cost = priced.costMicroCredits;
+      const available = spendable - atx.debt - state.reservedMicroCredits;
+      if (cost > 0n && cost > available) {
+        out.push({
+          ok: false,
+          error: new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: cost ${formatCredits(cost)}, available ${formatCredits(available)}`, {
+            neededCredits: formatCredits(cost),
+            availableCredits: formatCredits(available),
+          }),
+        });
+        continue;
+      }
+      const plan = planDrawdown(batches, cost, atx.now);
+      assert(plan.shortfallMicroCredits === 0n, 'a charge within available credit is fully drawn');
+      for (const part of plan.parts) {
+        const b = batches.find((x) => x.id === part.batchId)!;
+        b.remainingMicroCredits -= part.amountMicroCredits;
+      }
+      spendable -= cost;
+      const id = randomUUID();
+      recorded.set(cmd.idempotencyKey, { id, requestHash: hash });
+      events.push({ atx, id, cmd, hash, cost, debtAdded: 0n, priced, version, parts: plan.parts });
+      atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: id, reservationId: null, note: cmd.category });
+      atx.publish('usage', { accountId: atx.accountId, usageEventId: id });
+      fresh.push({ out, index: out.length });
+      out.push({ ok: true, result: { eventId: id, replayed: false } });
     }
-    const cost = priced.costMicroCredits;
-    const available = spendable - atx.debt - state.reservedMicroCredits;
-    if (cost > 0n && cost > available) {
-      out.push({
-        ok: false,
-        error: new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: cost ${formatCredits(cost)}, available ${formatCredits(available)}`, {
-          neededCredits: formatCredits(cost),
-          availableCredits: formatCredits(available),
-        }),
-      });
-      continue;
-    }
-    const plan = planDrawdown(batches, cost, atx.now);
-    assert(plan.shortfallMicroCredits === 0n, 'a charge within available credit is fully drawn');
-    for (const part of plan.parts) {
-      const b = batches.find((x) => x.id === part.batchId)!;
-      b.remainingMicroCredits -= part.amountMicroCredits;
-    }
-    spendable -= cost;
-    const id = randomUUID();
-    recorded.set(cmd.idempotencyKey, { id, requestHash: hash });
-    events.push({ id, cmd, hash, cost, debtAdded: 0n, priced, version, parts: plan.parts });
-    atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: id, reservationId: null, note: cmd.category });
-    atx.publish('usage', { accountId: atx.accountId, usageEventId: id });
-    fresh.set(id, out.length);
-    out.push({ ok: true, result: { eventId: id, replayed: false } });
   }
   if (events.length > 0) {
-    const rows = await insertUsageEvents(atx, events);
-    events.forEach((e, i) => {
-      const r = out[fresh.get(e.id)!]!;
+    const rows = await insertUsageEvents(tx, events);
+    fresh.forEach(({ out, index }, i) => {
+      const r = out[index]!;
       if (r.ok) r.result.row = rows[i];
     });
   }
-  return out;
+  return results;
 }
 
 /**
@@ -379,17 +402,22 @@ export async function recordUsage(ctx: ServiceContext, input: UsageInput): Promi
 /** Outcome of one item of a batch: the event, or the error that refused it. */
 export type BatchItemResult = { ok: true; result: ChargeResult } | { ok: false; error: unknown };
 
+/** Most accounts one recordUsageBatch transaction locks (bounds lock hold time and statement size). */
+export const BATCH_ACCOUNTS_PER_TRANSACTION = 100;
+
 /**
  * Records many usage events; each succeeds or fails on its own.
  *
- * Items are grouped by account. Each group is ONE transaction (lock once, charge each item in
- * input order, write the ledger entries and the balance once, commit once), which is what makes
- * bulk ingestion cheaper than one transaction per event. This is safe because applyCharge
- * refuses (throws a LedgerError) only before it writes anything, so a refused item leaves no
- * trace in the group's transaction. If the group's transaction itself fails (an unexpected
- * database error), its items are retried one transaction each, so only the faulty item fails.
- * Different accounts run concurrently (at most `concurrency` groups at once). Results are in
- * input order.
+ * Items are grouped by account and the accounts, in id order, into chunks of at most
+ * BATCH_ACCOUNTS_PER_TRANSACTION. Each chunk is ONE transaction: lock its accounts in one
+ * statement (id order, so concurrent batches cannot deadlock), decide every item in memory from
+ * one read of their state (chargeAccounts), write all events in one statement and all ledger
+ * entries, balances and outbox rows in another (AccountTx.finishMany), commit once. That is what
+ * makes bulk ingestion cheaper than one transaction per event. A refused item leaves no trace
+ * (refusals are decided before anything is written). If a chunk's transaction fails
+ * unexpectedly, its accounts are retried one transaction each, and an account that still fails
+ * has its items retried one transaction each, so only the faulty item fails. At most
+ * `concurrency` chunks run at once. Results are in input order.
  * @throws LedgerError BAD_USER_INPUT when there are more than `maxItems` inputs.
  */
 export async function recordUsageBatch(
@@ -413,37 +441,49 @@ export async function recordUsageBatch(
   });
   const pricer = (cmd: UsageCommand) => () => ({ priced: priceCommand(cmd, book, settings), version: book?.version ?? 0 });
 
-  const chargeGroup = async (accountId: string, items: { index: number; cmd: UsageCommand }[]) => {
+  const chargeChunk = async (accountIds: readonly string[]) => {
     const outcomes = await withTransaction(ctx.pool, async (tx) => {
-      const atx = await AccountTx.lock(tx, accountId, ctx.clock());
-      const out = await applyCharges(atx, items.map(({ cmd }) => ({ cmd, price: pricer(cmd) })));
-      await atx.finish();
-      return out;
+      const locked = await AccountTx.lockMany(tx, accountIds, ctx.clock());
+      const found = accountIds.flatMap((id) => {
+        const atx = locked.get(id);
+        return atx ? [{ atx, items: groups.get(id)!.map(({ cmd }) => ({ cmd, price: pricer(cmd) })) }] : [];
+      });
+      const charged = await chargeAccounts(tx, found);
+      await AccountTx.finishMany(tx, [...locked.values()]);
+      return new Map(found.map((g, i) => [g.atx.accountId, charged[i]!]));
     });
-    items.forEach(({ index }, i) => (results[index] = outcomes[i]!));
+    for (const id of accountIds) {
+      const out = outcomes.get(id);
+      groups.get(id)!.forEach(({ index }, i) => {
+        results[index] = out ? out[i]! : { ok: false, error: new LedgerError('NOT_FOUND', 'account not found') };
+      });
+    }
   };
 
-  const queue = [...groups.entries()];
-  const workers = Array.from({ length: Math.min(opts.concurrency ?? 4, queue.length) }, async () => {
-    for (let next = queue.shift(); next; next = queue.shift()) {
-      const [accountId, items] = next;
-      try {
-        await chargeGroup(accountId, items);
-      } catch (error) {
-        if (error instanceof LedgerError) {
-          for (const { index } of items) results[index] = { ok: false, error }; // e.g. NOT_FOUND account
-          continue;
-        }
-        // Unexpected: isolate the faulty item(s) with one transaction per item.
-        for (const { index } of items) {
-          try {
-            results[index] = { ok: true, result: await recordUsage(ctx, inputs[index]!) };
-          } catch (itemError) {
-            results[index] = { ok: false, error: itemError };
-          }
+  const runChunk = async (accountIds: readonly string[]): Promise<void> => {
+    try {
+      await chargeChunk(accountIds);
+    } catch (error) {
+      if (accountIds.length > 1) {
+        for (const id of accountIds) await runChunk([id]); // find the faulty account
+        return;
+      }
+      // Unexpected on one account: isolate the faulty item(s) with one transaction per item.
+      for (const { index } of groups.get(accountIds[0]!)!) {
+        try {
+          results[index] = { ok: true, result: await recordUsage(ctx, inputs[index]!) };
+        } catch (itemError) {
+          results[index] = { ok: false, error: itemError ?? error };
         }
       }
     }
+  };
+
+  const sorted = [...groups.keys()].sort();
+  const chunks: string[][] = [];
+  for (let i = 0; i < sorted.length; i += BATCH_ACCOUNTS_PER_TRANSACTION) chunks.push(sorted.slice(i, i + BATCH_ACCOUNTS_PER_TRANSACTION));
+  const workers = Array.from({ length: Math.min(opts.concurrency ?? 4, chunks.length) }, async () => {
+    for (let next = chunks.shift(); next; next = chunks.shift()) await runChunk(next);
   });
   await Promise.all(workers);
   return results;

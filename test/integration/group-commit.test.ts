@@ -10,7 +10,7 @@ import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import fc from 'fast-check';
-import { applyCharge, applyCharges, pricerFor, recordUsage } from '../../src/services/record-usage.js';
+import { applyCharge, applyCharges, chargeAccounts, pricerFor, recordUsage } from '../../src/services/record-usage.js';
 import { validateUsageInput } from '../../src/services/usage-command.js';
 import { AccountTx } from '../../src/services/account-tx.js';
 import { withTransaction } from '../../src/db/pg.js';
@@ -126,49 +126,60 @@ describe('group commit', () => {
   });
 });
 
-describe('a group decided in memory equals one transaction per charge (property)', () => {
+describe('groups decided in memory equal one transaction per charge (property)', () => {
   const itemArb = fc.record({
+    account: fc.integer({ min: 0, max: 2 }),
     key: fc.integer({ min: 0, max: 7 }).map((k) => `k-${k}`),
     category: fc.constantFrom('unit', 'units', 'free', 'nope'),
     units: fc.integer({ min: 0, max: 600 }).map((n) => (n / 100).toString()), // 0 .. 6 credits
   });
 
-  it('same outcomes, drawdowns and balances for random charge lists (repeated keys, refusals, unknown categories)', async () => {
+  it('same outcomes, drawdowns and balances on 3 accounts in one transaction for random charge lists (repeated keys, refusals, unknown categories)', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(itemArb, { minLength: 1, maxLength: 25 }), async (items) => {
+      fc.asyncProperty(fc.array(itemArb, { minLength: 1, maxLength: 30 }), async (items) => {
         const freeExpiresAt = new Date(Date.now() + 3_600_000);
-        const seqAccount = await createFundedAccount(services, { free: 4, paid: 9, freeExpiresAt });
-        const grpAccount = await createFundedAccount(services, { free: 4, paid: 9, freeExpiresAt });
+        const fund = () => createFundedAccount(services, { free: 4, paid: 9, freeExpiresAt });
+        const seqAccounts = [await fund(), await fund(), await fund()];
+        const grpAccounts = [await fund(), await fund(), await fund()];
         const input = (accountId: string, it: (typeof items)[number]) => ({
           accountId,
           idempotencyKey: it.key,
           category: it.category,
           quantities: it.category === 'units' ? { units: it.units } : null,
         });
+        const code = (r: { ok: boolean; error?: unknown }) => (r.ok ? 'OK' : r.error instanceof LedgerError ? r.error.code : `UNEXPECTED ${String(r.error)}`);
         const sequential: string[] = [];
         for (const it of items) {
           try {
-            await recordUsage({ ...services, groupCommit: undefined }, input(seqAccount, it));
+            await recordUsage({ ...services, groupCommit: undefined }, input(seqAccounts[it.account]!, it));
             sequential.push('OK');
           } catch (error) {
-            sequential.push(error instanceof LedgerError ? error.code : `UNEXPECTED ${String(error)}`);
+            sequential.push(code({ ok: false, error }));
           }
         }
-        // applyCharges itself, in one transaction: an unexpected error fails the test instead of
-        // falling back to one transaction per charge as recordUsageBatch would.
-        const charges = await Promise.all(
-          items.map(async (it) => {
-            const cmd = validateUsageInput(input(grpAccount, it));
-            return { cmd, price: await pricerFor(services, cmd) };
-          }),
-        );
+        // chargeAccounts itself, all three accounts in one transaction: an unexpected error fails
+        // the test instead of falling back to smaller transactions as recordUsageBatch would.
         const grouped = await withTransaction(services.pool, async (tx) => {
-          const atx = await AccountTx.lock(tx, grpAccount, services.clock());
-          const out = await applyCharges(atx, charges);
-          await atx.finish();
+          const locked = await AccountTx.lockMany(tx, grpAccounts, services.clock());
+          const groups = await Promise.all(
+            grpAccounts.map(async (id, a) => ({
+              atx: locked.get(id)!,
+              items: await Promise.all(
+                items
+                  .filter((it) => it.account === a)
+                  .map(async (it) => {
+                    const cmd = validateUsageInput(input(id, it));
+                    return { cmd, price: await pricerFor(services, cmd) };
+                  }),
+              ),
+            })),
+          );
+          const out = await chargeAccounts(tx, groups);
+          await AccountTx.finishMany(tx, [...locked.values()]);
           return out;
         });
-        expect(grouped.map((r) => (r.ok ? 'OK' : r.error instanceof LedgerError ? r.error.code : `UNEXPECTED ${String(r.error)}`))).toEqual(sequential);
+        const next = [0, 0, 0];
+        expect(items.map((it) => code(grouped[it.account]![next[it.account]!++]!))).toEqual(sequential);
         const drawn = async (accountId: string) =>
           (
             await services.pool.query(
@@ -178,12 +189,14 @@ describe('a group decided in memory equals one transaction per charge (property)
               [accountId],
             )
           ).rows;
-        expect(await drawn(grpAccount)).toEqual(await drawn(seqAccount));
-        const a = await expectLedgerInvariant(services.pool, seqAccount);
-        const b = await expectLedgerInvariant(services.pool, grpAccount);
-        expect(b.totalMicroCredits).toBe(a.totalMicroCredits);
+        for (let a = 0; a < 3; a++) {
+          expect(await drawn(grpAccounts[a]!)).toEqual(await drawn(seqAccounts[a]!));
+          const x = await expectLedgerInvariant(services.pool, seqAccounts[a]!);
+          const y = await expectLedgerInvariant(services.pool, grpAccounts[a]!);
+          expect(y.totalMicroCredits).toBe(x.totalMicroCredits);
+        }
       }),
-      { numRuns: 25 },
+      { numRuns: 20 },
     );
   });
 });
