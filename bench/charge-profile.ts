@@ -10,7 +10,14 @@
  * outbox rows the charges write are drained with the production relay's drain function at the
  * end (timed separately).
  *
- * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--path naive|group]
+ * With `--plans` it instead audits the plans PostgreSQL caches for the charge paths: the one
+ * connection runs with `plan_cache_mode = force_generic_plan` (what a named statement gets after
+ * its first executions) and auto_explain reporting every plan, nested ones (triggers, functions)
+ * included, as notices; it runs single charges, a multi-account recordUsageBatch and a
+ * reserve -> capture -> settle job, and prints every sequential scan it saw. On tables of
+ * production size, a sequential scan in these plans is a cost that grows with the data.
+ *
+ * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--plans]
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
@@ -21,7 +28,9 @@ import { createPricingState } from '../src/services/pricing-state.js';
 import { publishPriceBook } from '../src/services/publish-price-book.js';
 import { createAccount } from '../src/services/create-account.js';
 import { grantCredits } from '../src/services/grant-credits.js';
-import { recordUsage } from '../src/services/record-usage.js';
+import { recordUsage, recordUsageBatch } from '../src/services/record-usage.js';
+import { reserveCredits } from '../src/services/reserve-credits.js';
+import { settleReservation } from '../src/services/settle-reservation.js';
 import { credits } from '../src/ledger/credits.js';
 import { planReplay, llmQuantities } from '../demo/plan.js';
 import { demoPriceBook } from '../demo/price-book.js';
@@ -31,6 +40,7 @@ const { values } = parseArgs({
   options: {
     events: { type: 'string', default: '3000' },
     accounts: { type: 'string', default: '1000' },
+    plans: { type: 'boolean', default: false },
   },
 });
 const EVENTS = Number(values.events);
@@ -79,6 +89,11 @@ async function main() {
   const trace = planReplay('azure').slice(0, EVENTS);
 
   // Time every statement on the one pooled client.
+  if (values.plans) {
+    await auditPlans(pool, ctx, accounts, trace);
+    await pool.end();
+    return;
+  }
   const client = await pool.connect();
   const pid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
   const stats = new Map<string, { n: number; ms: number }>();
@@ -148,6 +163,48 @@ async function main() {
     await new Promise((res) => setTimeout(res, 100)); // stats arrive asynchronously after the backend exits
   }
   await r.end();
+}
+
+/** See the module comment (`--plans`). */
+async function auditPlans(pool: pg.Pool, ctx: ServiceContext, accounts: string[], trace: ReturnType<typeof planReplay>) {
+  // Some history first, so the statistics are those of a ledger in use.
+  for (let i = 0; i < trace.length; i++) {
+    const r = trace[i]!;
+    await recordUsage(ctx, { accountId: accounts[i % accounts.length]!, idempotencyKey: `hist-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never });
+  }
+  await pool.query('ANALYZE');
+  const client = await pool.connect();
+  const notices: string[] = [];
+  client.on('notice', (n) => notices.push(String(n.message)));
+  await client.query(`LOAD 'auto_explain'`);
+  await client.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_level = 'notice'; SET auto_explain.log_nested_statements = on;
+                      SET plan_cache_mode = force_generic_plan`);
+  client.release();
+  const usage = (i: number, accountId: string, extra: Record<string, unknown> = {}) => {
+    const r = trace[i % trace.length]!;
+    return { accountId, idempotencyKey: `plan-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never, ...extra };
+  };
+  const runs: [string, () => Promise<unknown>][] = [
+    ['recordUsage x8', async () => { for (let i = 0; i < 8; i++) await recordUsage(ctx, usage(i, accounts[i]!)); }],
+    ['recordUsageBatch, 50 accounts x2', async () => { for (let k = 0; k < 2; k++) await recordUsageBatch(ctx, accounts.slice(0, 50).map((a, i) => usage(100 + k * 50 + i, a)), { maxItems: 1000 }); }],
+    ['reserve, capture x3, settle x2', async () => {
+      for (let k = 0; k < 2; k++) {
+        const { reservationId } = await reserveCredits(ctx, { accountId: accounts[k]!, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: `plan-res-${k}`, agentId: null, userId: null });
+        for (let i = 0; i < 3; i++) await recordUsage(ctx, usage(300 + k * 10 + i, accounts[k]!, { reservationId }));
+        await settleReservation(ctx, reservationId, []);
+      }
+    }],
+  ];
+  for (const [name, run] of runs) {
+    notices.length = 0;
+    await run();
+    const scans = notices.flatMap((n) => n.split('\n').filter((l) => /Seq Scan/.test(l)).map((l) => l.trim().replace(/\s+\(cost.*$/, '')));
+    const counts = new Map<string, number>();
+    for (const x of scans) counts.set(x, (counts.get(x) ?? 0) + 1);
+    console.log(`${name}: ${notices.length} plans, ${scans.length} sequential scans${scans.length ? ':' : ''}`);
+    for (const [x, n] of counts) console.log(`  ${n} x ${x}`);
+    if (process.env.PLAN_GREP) for (const n of notices) if (n.includes(process.env.PLAN_GREP)) { console.log(n); break; }
+  }
 }
 
 main().catch((e) => {

@@ -52,6 +52,11 @@ export interface AccountState {
   reservation: { amountMicroCredits: bigint; consumedMicroCredits: bigint; status: string; expiresAt: Date } | null;
 }
 
+/** The locked balance row and its account (AccountTx.lock / lockMany add the filter and FOR UPDATE). */
+const LOCK_SELECT = `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at,
+              b.total_micro_credits, b.debt_micro_credits, b.version
+         FROM balances b JOIN accounts a ON a.id = b.account_id`;
+
 /** What a group of plain charges of one account decides on (AccountTx.chargeStates). */
 export interface ChargeState {
   /** Spendable batches (unordered; drawdown orders them). */
@@ -112,9 +117,9 @@ export class AccountTx {
    * @throws LedgerError NOT_FOUND when the account does not exist.
    */
   static async lock(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
-    const atx = (await AccountTx.lockMany(tx, [accountId], wallNow)).get(accountId);
-    if (!atx) throw new LedgerError('NOT_FOUND', 'account not found');
-    return atx;
+    const { rows } = await tx.query({ name: 'cp-account-lock', text: `${LOCK_SELECT} WHERE b.account_id = $1 FOR UPDATE OF b`, values: [accountId] });
+    if (!rows[0]) throw new LedgerError('NOT_FOUND', 'account not found');
+    return new AccountTx(tx, rows[0], wallNow);
   }
 
   /**
@@ -123,14 +128,10 @@ export class AccountTx {
    * deadlock), and returns the state of each. Ids that name no account are absent from the map.
    */
   static async lockMany(tx: Tx, accountIds: readonly string[], wallNow: Date): Promise<Map<string, AccountTx>> {
+    // Joined from unnest: a cached generic plan of `account_id = ANY($1)` scans whole tables.
     const { rows } = await tx.query({
-      name: 'cp-account-lock',
-      text: `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at,
-              b.total_micro_credits, b.debt_micro_credits, b.version
-         FROM balances b JOIN accounts a ON a.id = b.account_id
-        WHERE b.account_id = ANY($1::uuid[])
-        ORDER BY b.account_id
-        FOR UPDATE OF b`,
+      name: 'cp-account-lock-many',
+      text: `${LOCK_SELECT} JOIN unnest($1::uuid[]) AS x(id) ON x.id = b.account_id ORDER BY b.account_id FOR UPDATE OF b`,
       values: [[...new Set(accountIds)]],
     });
     return new Map(rows.map((row) => [row.id as string, new AccountTx(tx, row, wallNow)]));
@@ -225,10 +226,11 @@ export class AccountTx {
          CROSS JOIN LATERAL (
                SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
                       EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget,
+                      -- = ANY(array): probes of the (account_id, idempotency_key) unique index, never a scan of the account's events
                       (SELECT json_agg(json_build_object('key', pe.idempotency_key, 'id', pe.id, 'hash', pe.request_hash))
-                         FROM unnest($3::uuid[], $4::text[]) AS k(account, key)
-                         JOIN usage_events pe ON pe.account_id = k.account AND pe.idempotency_key = k.key
-                        WHERE k.account = a.account) AS priors
+                         FROM usage_events pe
+                        WHERE pe.account_id = a.account
+                          AND pe.idempotency_key = ANY (ARRAY(SELECT k.key FROM unnest($3::uuid[], $4::text[]) AS k(account, key) WHERE k.account = a.account))) AS priors
                  FROM reservations
                 WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r
          LEFT JOIN LATERAL (
