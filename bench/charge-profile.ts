@@ -17,7 +17,7 @@
  * reserve -> capture -> settle job, and prints every sequential scan it saw. On tables of
  * production size, a sequential scan in these plans is a cost that grows with the data.
  *
- * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--plans]
+ * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N] [--plans]
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
@@ -41,10 +41,13 @@ const { values } = parseArgs({
     events: { type: 'string', default: '3000' },
     accounts: { type: 'string', default: '1000' },
     plans: { type: 'boolean', default: false },
+    batch: { type: 'string', default: '0' },
   },
 });
 const EVENTS = Number(values.events);
 const ACCOUNTS = Number(values.accounts);
+/** > 0: recordUsageBatch of this many events on one account instead of single charges spread over the accounts. */
+const BATCH = Number(values.batch);
 const base = process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/creditpool';
 const url = new URL(base);
 url.pathname = '/creditpool_bench_profile';
@@ -126,19 +129,25 @@ async function main() {
   await pool.query('SELECT pg_stat_reset()');
   const ticks0 = cpuTicks(pid);
   const t0 = performance.now();
-  for (let i = 0; i < trace.length; i++) {
+  const input = (i: number) => {
     const r = trace[i]!;
-    await recordUsage(ctx, {
-      accountId: accounts[i % accounts.length]!,
-      idempotencyKey: `p-${i}`,
-      category: 'llm',
-      model: r.model,
-      quantities: llmQuantities(r, r.outputTokens) as never,
-    });
+    return { accountId: BATCH > 0 ? accounts[0]! : accounts[i % accounts.length]!, idempotencyKey: `p-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never };
+  };
+  if (BATCH > 0) {
+    for (let i = 0; i < trace.length; i += BATCH) {
+      const items = Array.from({ length: Math.min(BATCH, trace.length - i) }, (_, k) => input(i + k));
+      await recordUsageBatch(ctx, items, { maxItems: BATCH });
+    }
+  } else {
+    for (let i = 0; i < trace.length; i++) await recordUsage(ctx, input(i));
   }
   const wallMs = performance.now() - t0;
   const pgCpuMs = ((cpuTicks(pid) - ticks0) * 1000) / 100;
-  console.log(`${trace.length} events over ${ACCOUNTS} accounts, 1 connection, sequential`);
+  console.log(
+    BATCH > 0
+      ? `${trace.length} events as recordUsageBatch(${BATCH}) on ONE account, 1 connection, sequential`
+      : `${trace.length} events over ${ACCOUNTS} accounts, 1 connection, sequential`,
+  );
   console.log(`wall ${(wallMs / trace.length).toFixed(3)} ms/event; PostgreSQL backend CPU ${(pgCpuMs / trace.length).toFixed(3)} ms/event`);
   const rows = [...stats.entries()].sort((a, b) => b[1].ms - a[1].ms);
   console.log('statement (first words)                                        per event   ms each   ms/event');

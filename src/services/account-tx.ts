@@ -221,18 +221,24 @@ export class AccountTx {
     const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.atx.accountId, k] as const));
     const { rows } = await tx.query({
       name: 'cp-account-charge-states',
-      text: `SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget, r.priors
+      // Prior keys: one probe of the (account_id, idempotency_key) unique index per key (a
+      // LATERAL pair lookup), whatever plan is cached; filtering the account's events by key
+      // would cost as much as the account's history.
+      text: `WITH priors AS (
+         SELECT k.account, json_agg(json_build_object('key', pe.idempotency_key, 'id', pe.id, 'hash', pe.request_hash)) AS list
+           FROM unnest($3::uuid[], $4::text[]) AS k(account, key)
+           CROSS JOIN LATERAL (SELECT id, idempotency_key, request_hash FROM usage_events
+                                WHERE account_id = k.account AND idempotency_key = k.key) pe
+          GROUP BY k.account
+       )
+       SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget, p.list AS priors
          FROM unnest($1::uuid[], $2::timestamptz[]) AS a(account, now)
          CROSS JOIN LATERAL (
                SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
-                      EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget,
-                      -- = ANY(array): probes of the (account_id, idempotency_key) unique index, never a scan of the account's events
-                      (SELECT json_agg(json_build_object('key', pe.idempotency_key, 'id', pe.id, 'hash', pe.request_hash))
-                         FROM usage_events pe
-                        WHERE pe.account_id = a.account
-                          AND pe.idempotency_key = ANY (ARRAY(SELECT k.key FROM unnest($3::uuid[], $4::text[]) AS k(account, key) WHERE k.account = a.account))) AS priors
+                      EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget
                  FROM reservations
                 WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r
+         LEFT JOIN priors p ON p.account = a.account
          LEFT JOIN LATERAL (
                SELECT id, type, source, remaining_micro_credits, expires_at, added_at
                  FROM credit_batches

@@ -154,11 +154,13 @@ interface PreparedEvent {
 }
 
 /**
- * Writes usage events with their drawdowns, the batches they drew from and the reservations they
- * captured against, in ONE statement (multi-row, in input order so `seq` follows it).
+ * Writes usage events with their drawdowns and the batches they drew from (and, for a single
+ * event, the reservation it captured against) in ONE statement (multi-row, in input order so
+ * `seq` follows it).
  * @returns the inserted usage_events rows (snake_case columns, as pg returns them), in input order.
  */
 async function insertUsageEvents(tx: Tx, events: readonly PreparedEvent[]): Promise<Record<string, unknown>[]> {
+  assert(events.length === 1 || events.every((e) => e.cmd.reservationId === null), 'captures against a hold are written one event at a time');
   const col = <T>(f: (e: PreparedEvent) => T): T[] => events.map(f);
   const dd = events.flatMap((e) => e.parts.map((p, i) => ({ event: e.id, batch: p.batchId, position: i, amount: p.amountMicroCredits.toString(), now: e.atx.now })));
   const { rows } = await tx.query({
@@ -194,9 +196,10 @@ async function insertUsageEvents(tx: Tx, events: readonly PreparedEvent[]): Prom
          FROM (SELECT batch, SUM(amount)::bigint AS amount, MAX(now) AS now FROM unnest($32::uuid[], $34::bigint[], $35::timestamptz[]) AS x(batch, amount, now) GROUP BY batch) d
         WHERE b.id = d.batch
      ), ur AS (
-       UPDATE reservations r SET consumed_micro_credits = r.consumed_micro_credits + x.cost
-         FROM (SELECT res, SUM(cost)::bigint AS cost FROM unnest($28::uuid[], $25::bigint[]) AS y(res, cost) WHERE res IS NOT NULL GROUP BY res) x
-        WHERE r.id = x.res
+       -- Only one-event writes capture against a hold (chargeAccounts charges holds one by one):
+       -- a scalar id, so the cached plan is a primary-key probe however the table grows.
+       UPDATE reservations r SET consumed_micro_credits = r.consumed_micro_credits + ($25::bigint[])[1]
+        WHERE r.id = ($28::uuid[])[1] AND cardinality($28::uuid[]) = 1
      )
      SELECT * FROM ev`,
     values: [
