@@ -14,8 +14,11 @@
  * connection runs with `plan_cache_mode = force_generic_plan` (what a named statement gets after
  * its first executions) and auto_explain reporting every plan, nested ones (triggers, functions)
  * included, as notices; it runs single charges, a multi-account recordUsageBatch and a
- * reserve -> capture -> settle job, and prints every sequential scan it saw. On tables of
- * production size, a sequential scan in these plans is a cost that grows with the data.
+ * reserve -> capture -> settle job (after a history of --events charges, half of them on one hot
+ * account), and prints every sequential scan it saw and every node whose filter removed 100 rows
+ * or more. On tables of production size either is a cost that grows with the data (a filter on
+ * the idempotency key over a hot account's events was one: see the migration
+ * idempotency_lookup_statistics).
  *
  * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N] [--plans]
  */
@@ -176,10 +179,12 @@ async function main() {
 
 /** See the module comment (`--plans`). */
 async function auditPlans(pool: pg.Pool, ctx: ServiceContext, accounts: string[], trace: ReturnType<typeof planReplay>) {
-  // Some history first, so the statistics are those of a ledger in use.
+  // Some history first, so the statistics are those of a ledger in use: half of it on one hot
+  // account (accounts[0], which the scenarios below charge too), half spread.
   for (let i = 0; i < trace.length; i++) {
     const r = trace[i]!;
-    await recordUsage(ctx, { accountId: accounts[i % accounts.length]!, idempotencyKey: `hist-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never });
+    const accountId = i % 2 === 0 ? accounts[0]! : accounts[i % accounts.length]!;
+    await recordUsage(ctx, { accountId, idempotencyKey: `hist-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never });
   }
   await pool.query('ANALYZE');
   const client = await pool.connect();
@@ -187,7 +192,7 @@ async function auditPlans(pool: pg.Pool, ctx: ServiceContext, accounts: string[]
   client.on('notice', (n) => notices.push(String(n.message)));
   await client.query(`LOAD 'auto_explain'`);
   await client.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_level = 'notice'; SET auto_explain.log_nested_statements = on;
-                      SET plan_cache_mode = force_generic_plan`);
+                      SET auto_explain.log_analyze = on; SET auto_explain.log_timing = off; SET plan_cache_mode = force_generic_plan`);
   client.release();
   const usage = (i: number, accountId: string, extra: Record<string, unknown> = {}) => {
     const r = trace[i % trace.length]!;
@@ -212,6 +217,20 @@ async function auditPlans(pool: pg.Pool, ctx: ServiceContext, accounts: string[]
     for (const x of scans) counts.set(x, (counts.get(x) ?? 0) + 1);
     console.log(`${name}: ${notices.length} plans, ${scans.length} sequential scans${scans.length ? ':' : ''}`);
     for (const [x, n] of counts) console.log(`  ${n} x ${x}`);
+    // Nodes that read far more rows than they return: a filter doing an index's job.
+    const wasteful = new Map<string, number>();
+    for (const n of notices) {
+      const lines = n.split('\n');
+      lines.forEach((l, i) => {
+        const m = /Rows Removed by Filter: (\d+)/.exec(l);
+        if (!m || Number(m[1]) < 100) return;
+        let j = i - 1;
+        while (j >= 0 && !/(Scan|Join)/.test(lines[j]!)) j--;
+        const node = (lines[j] ?? '?').trim().replace(/\s+\(cost.*$/, '');
+        wasteful.set(node, Math.max(wasteful.get(node) ?? 0, Number(m[1])));
+      });
+    }
+    for (const [node, removed] of wasteful) console.log(`  filter removed up to ${removed} rows: ${node}`);
     if (process.env.PLAN_GREP) for (const n of notices) if (n.includes(process.env.PLAN_GREP)) { console.log(n); break; }
   }
 }
