@@ -39,9 +39,10 @@ const EnvSchema = z.object({
   /** Most items accepted by recordUsageBatch. */
   MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(10000).default(1000),
   /**
-   * How charges commit: `group` runs the charges of one account that arrive while one is in
-   * flight as one transaction (src/services/group-commit.ts); `naive` is one transaction per
-   * charge (kept to measure against).
+   * How charges commit: `group` decides the charges of one account that arrive while one is in
+   * flight together and commits them as one transaction with one balance version
+   * (src/services/group-commit.ts); `naive` is one transaction per charge (kept to measure
+   * against).
    */
   CHARGE_PATH: z.enum(['group', 'naive']).default('group'),
   /** BullMQ key prefix of the queues (tests use their own). */
