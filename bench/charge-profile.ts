@@ -20,7 +20,7 @@
  * the idempotency key over a hot account's events was one: see the migration
  * idempotency_lookup_statistics).
  *
- * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N] [--plans]
+ * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N | --hot] [--plans]
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
@@ -45,6 +45,7 @@ const { values } = parseArgs({
     accounts: { type: 'string', default: '1000' },
     plans: { type: 'boolean', default: false },
     batch: { type: 'string', default: '0' },
+    hot: { type: 'boolean', default: false },
   },
 });
 const EVENTS = Number(values.events);
@@ -134,7 +135,7 @@ async function main() {
   const t0 = performance.now();
   const input = (i: number) => {
     const r = trace[i]!;
-    return { accountId: BATCH > 0 ? accounts[0]! : accounts[i % accounts.length]!, idempotencyKey: `p-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never };
+    return { accountId: BATCH > 0 || values.hot ? accounts[0]! : accounts[i % accounts.length]!, idempotencyKey: `p-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never };
   };
   if (BATCH > 0) {
     for (let i = 0; i < trace.length; i += BATCH) {
@@ -149,7 +150,7 @@ async function main() {
   console.log(
     BATCH > 0
       ? `${trace.length} events as recordUsageBatch(${BATCH}) on ONE account, 1 connection, sequential`
-      : `${trace.length} events over ${ACCOUNTS} accounts, 1 connection, sequential`,
+      : `${trace.length} events over ${values.hot ? 'ONE account' : `${ACCOUNTS} accounts`}, 1 connection, sequential`,
   );
   console.log(`wall ${(wallMs / trace.length).toFixed(3)} ms/event; PostgreSQL backend CPU ${(pgCpuMs / trace.length).toFixed(3)} ms/event`);
   const rows = [...stats.entries()].sort((a, b) => b[1].ms - a[1].ms);
