@@ -63,6 +63,21 @@ export function priceCommand(cmd: UsageCommand, book: ActivePriceBook | null, se
   );
 }
 
+/** The refusal of a charge that available credit does not cover (amounts in micro-credits). */
+function insufficientCredits(costMicroCredits: bigint, availableMicroCredits: bigint): LedgerError {
+  const needed = formatCredits(costMicroCredits);
+  const available = formatCredits(availableMicroCredits);
+  return new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: cost ${needed}, available ${available}`, {
+    neededCredits: needed,
+    availableCredits: available,
+  });
+}
+
+/** The refusal of an idempotency key already used for a different usage event. */
+function idempotencyConflict(): LedgerError {
+  return new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event');
+}
+
 function commandHash(cmd: UsageCommand): string {
   return requestHash({ ...cmd, op: 'usage' });
 }
@@ -85,7 +100,7 @@ export async function applyCharge(
   const state = await atx.state({ reservationId: cmd.reservationId, agentId: cmd.agentId, userId: cmd.userId, usageIdempotencyKey: cmd.idempotencyKey });
   if (state.priorUsage) {
     if (state.priorUsage.requestHash !== hash) {
-      throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event');
+      throw idempotencyConflict();
     }
     return { eventId: state.priorUsage.id, replayed: true };
   }
@@ -111,11 +126,7 @@ export async function applyCharge(
   if (!cmd.reservationId) {
     const available = spendable - atx.debt - reservedOthers;
     if (cost > 0n && cost > available) {
-      throw new LedgerError(
-        'INSUFFICIENT_CREDITS',
-        `insufficient credits: cost ${formatCredits(cost)}, available ${formatCredits(available)}`,
-        { neededCredits: formatCredits(cost), availableCredits: formatCredits(available) },
-      );
+      throw insufficientCredits(cost, available);
     }
     toDraw = cost;
   } else {
@@ -325,7 +336,7 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
         out.push(
           prior.requestHash === hash
             ? { ok: true, result: { eventId: prior.id, replayed: true } }
-            : { ok: false, error: new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event') },
+            : { ok: false, error: idempotencyConflict() },
         );
         continue;
       }
@@ -341,13 +352,7 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       const cost = priced.costMicroCredits;
       const available = spendable - atx.debt - state.reservedMicroCredits;
       if (cost > 0n && cost > available) {
-        out.push({
-          ok: false,
-          error: new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: cost ${formatCredits(cost)}, available ${formatCredits(available)}`, {
-            neededCredits: formatCredits(cost),
-            availableCredits: formatCredits(available),
-          }),
-        });
+        out.push({ ok: false, error: insufficientCredits(cost, available) });
         continue;
       }
       const plan = planDrawdown(batches, cost, atx.now);
