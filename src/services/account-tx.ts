@@ -57,6 +57,25 @@ const LOCK_SELECT = `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.create
               b.total_micro_credits, b.debt_micro_credits, b.version
          FROM balances b JOIN accounts a ON a.id = b.account_id`;
 
+/** SQL of an account's spendable batches at `now` (ACTIVE, not past expiresAt), as loadedBatchFromRow reads them. */
+function spendableBatches(accountExpr: string, nowExpr: string): string {
+  return `SELECT id, type, source, remaining_micro_credits, expires_at, added_at
+                 FROM credit_batches
+                WHERE account_id = ${accountExpr} AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > ${nowExpr})`;
+}
+
+/** A row of spendableBatches as a LoadedBatch (amounts in micro-credits). */
+function loadedBatchFromRow(r: Record<string, unknown>): LoadedBatch {
+  return {
+    id: r.id as string,
+    type: r.type as CreditType,
+    source: r.source as string,
+    remainingMicroCredits: toBigInt(r.remaining_micro_credits),
+    expiresAt: r.expires_at as Date | null,
+    addedAt: r.added_at as Date,
+  };
+}
+
 /** What a group of plain charges of one account decides on (AccountTx.chargeStates). */
 export interface ChargeState {
   /** Spendable batches (unordered; drawdown orders them). */
@@ -175,23 +194,13 @@ export class AccountTx {
                   AND ($3::uuid IS NULL OR id <> $3::uuid)) r
          LEFT JOIN usage_events pe ON pe.account_id = $1 AND pe.idempotency_key = $6
          LEFT JOIN reservations res ON res.id = $3::uuid AND res.account_id = $1
-         LEFT JOIN LATERAL (
-               SELECT id, type, source, remaining_micro_credits, expires_at, added_at
-                 FROM credit_batches
-                WHERE account_id = $1 AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $2)) b ON TRUE`,
+         LEFT JOIN LATERAL (${spendableBatches('$1', '$2')}) b ON TRUE`,
       values: [this.accountId, this.now, opts.reservationId ?? null, opts.agentId ?? null, opts.userId ?? null, opts.usageIdempotencyKey ?? null],
     });
     const first = rows[0];
     const batches: LoadedBatch[] = rows
       .filter((r) => r.id !== null)
-      .map((r) => ({
-        id: r.id as string,
-        type: r.type as CreditType,
-        source: r.source as string,
-        remainingMicroCredits: toBigInt(r.remaining_micro_credits),
-        expiresAt: r.expires_at as Date | null,
-        addedAt: r.added_at as Date,
-      }));
+      .map(loadedBatchFromRow);
     return {
       batches,
       reservedMicroCredits: toBigInt(first?.held ?? 0),
@@ -239,10 +248,7 @@ export class AccountTx {
                  FROM reservations
                 WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r
          LEFT JOIN priors p ON p.account = a.account
-         LEFT JOIN LATERAL (
-               SELECT id, type, source, remaining_micro_credits, expires_at, added_at
-                 FROM credit_batches
-                WHERE account_id = a.account AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > a.now)) b ON TRUE`,
+         LEFT JOIN LATERAL (${spendableBatches('a.account', 'a.now')}) b ON TRUE`,
       values: [wanted.map((w) => w.atx.accountId), wanted.map((w) => w.atx.now), keyPairs.map((p) => p[0]), keyPairs.map((p) => p[1])],
     });
     const states = new Map<string, ChargeState>();
@@ -254,14 +260,7 @@ export class AccountTx {
         states.set(r.account as string, st);
       }
       if (r.id !== null) {
-        st.batches.push({
-          id: r.id as string,
-          type: r.type as CreditType,
-          source: r.source as string,
-          remainingMicroCredits: toBigInt(r.remaining_micro_credits),
-          expiresAt: r.expires_at as Date | null,
-          addedAt: r.added_at as Date,
-        });
+        st.batches.push(loadedBatchFromRow(r));
       }
     }
     return states;
