@@ -15,7 +15,7 @@ import { createPaymentProvider } from './payments/index.js';
 import { createAuthenticator } from './auth/authenticator.js';
 import { buildServer } from './server.js';
 import { GroupCommitter } from './services/group-commit.js';
-import { applyCharge, applyCharges } from './services/record-usage.js';
+import { applyCharge, chargeAccounts } from './services/record-usage.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
 
 const env = loadEnvOrExit();
@@ -36,7 +36,7 @@ const services = {
   clock,
   pricing: createPricingState(pool),
   payments: createPaymentProvider(env),
-  groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, applyCharges, applyCharge) : undefined,
+  groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, chargeAccounts, applyCharge, { maxTransactions: Math.min(env.GROUP_COMMIT_MAX_TRANSACTIONS, env.PG_POOL_SIZE) }) : undefined,
 };
 const authenticator = createAuthenticator({
   pool,

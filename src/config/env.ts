@@ -39,12 +39,17 @@ const EnvSchema = z.object({
   /** Most items accepted by recordUsageBatch. */
   MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(10000).default(1000),
   /**
-   * How charges commit: `group` decides the charges of one account that arrive while one is in
-   * flight together and commits them as one transaction with one balance version
-   * (src/services/group-commit.ts); `naive` is one transaction per charge (kept to measure
-   * against).
+   * How charges commit: `group` decides the charges that arrive while the charge transactions
+   * are busy together (across accounts, one balance version per account) and commits them as one
+   * transaction (src/services/group-commit.ts); `naive` is one transaction per charge (kept to
+   * measure against).
    */
   CHARGE_PATH: z.enum(['group', 'naive']).default('group'),
+  /**
+   * With CHARGE_PATH=group: charge transactions in flight at once; charges that arrive while all
+   * are busy wait and run together, across accounts, in the next free one (group-commit.ts).
+   */
+  GROUP_COMMIT_MAX_TRANSACTIONS: z.coerce.number().int().min(1).max(200).default(4),
   /** BullMQ key prefix of the queues (tests use their own). */
   QUEUE_PREFIX: z.string().min(1).default('creditpool'),
   /** Every how many milliseconds the sweeps (expiries, period rolls, stuck top-ups) run. */

@@ -1,20 +1,27 @@
 /**
- * Group commit of charges on one account (issue #6: "batching concurrent charges for one account
- * into one transaction"). Every charge of an account serializes on its balance row anyway; when
- * charges arrive while one is in flight, this process queues them and runs the queue as ONE
- * transaction: one BEGIN, one lock, one read of the account's state, one multi-row write of the
- * events and one balance update with its outbox snapshot, one COMMIT (one WAL flush) for the
- * whole group (record-usage.ts `applyCharges`). Refusals stay per charge, idempotency keys still
- * dedupe inside a group (a repeated key replays the first item's event), and every charge still
- * gets its own `usageRecorded` update; the balance version moves once per group, which the
- * contract allows ("increases by at least 1 on every change").
+ * Group commit of concurrent charges (issue #6: "batching concurrent charges for one account into
+ * one transaction", extended across accounts). Every charge of an account serializes on its
+ * balance row, and every transaction pays a BEGIN, a lock, a state read, its writes and a COMMIT
+ * (a WAL flush) in round trips of its own. This process therefore runs at most
+ * `maxTransactions` charge transactions at once; charges that arrive meanwhile wait, and the next
+ * free slot takes the waiting charges of up to `maxAccountsPerTransaction` accounts (at most
+ * `maxChargesPerAccount` each) as ONE transaction: the accounts locked in id order in one
+ * statement, one read of their batches, holds and prior keys, the charges decided in memory,
+ * one multi-row write of all events and one write of all ledger entries, balances and outbox
+ * snapshots, one COMMIT (record-usage.ts `chargeAccounts`, the path recordUsageBatch uses).
  *
- * Nothing waits for a group to fill: the first charge of an idle account runs at once; charges
- * that arrive meanwhile form the next group. If a group's transaction fails unexpectedly (not a
- * refusal), each of its charges is retried alone, so one bad item fails alone.
+ * An account is in at most one transaction at a time, so the charges of a hot account form
+ * groups instead of queueing on its row lock. Refusals stay per charge, idempotency keys still
+ * dedupe inside a group (a repeated key replays the first item's event), every charge still gets
+ * its own `usageRecorded` update, and each account's balance version moves once per transaction,
+ * which the contract allows ("increases by at least 1 on every change").
+ *
+ * Nothing waits for a group to fill: while a slot is free a charge runs at once, alone. If a
+ * transaction fails unexpectedly (not a refusal), each of its accounts is retried alone, and an
+ * account that fails again has each charge retried alone, so one bad item fails alone.
  */
 import type pg from 'pg';
-import { withTransaction } from '../db/pg.js';
+import { withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { PricedUsage } from '../pricing/price-book.js';
 import { AccountTx } from './account-tx.js';
@@ -22,11 +29,11 @@ import type { Clock } from './context.js';
 import type { UsageCommand } from './usage-command.js';
 import type { BatchItemResult, ChargeItem, ChargeResult } from './record-usage.js';
 
-/** The charge function of record-usage.ts (injected to avoid an import cycle). */
+/** The charge function of record-usage.ts (`applyCharge`; injected to avoid an import cycle). */
 export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }) => Promise<ChargeResult>;
 
-/** The group charge function of record-usage.ts (`applyCharges`; injected likewise). */
-export type ApplyCharges = (atx: AccountTx, items: readonly ChargeItem[]) => Promise<BatchItemResult[]>;
+/** The multi-account charge function of record-usage.ts (`chargeAccounts`; injected likewise). */
+export type ChargeAccounts = (tx: Tx, groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[]) => Promise<BatchItemResult[][]>;
 
 interface Pending {
   cmd: UsageCommand;
@@ -35,50 +42,71 @@ interface Pending {
   reject(error: unknown): void;
 }
 
-/** Counters (for benchmarks): groups run and charges in them. */
+/** Counters (for benchmarks and tests). */
 export interface GroupCommitStats {
-  groups: number;
+  /** Charge transactions run (a retry alone after a failure is not counted here). */
+  transactions: number;
+  /** Charges taken into those transactions. */
   charges: number;
+  /** Most charges of one account in one transaction. */
   largestGroup: number;
-  /** Charges retried one transaction each after their group's transaction failed unexpectedly. */
+  /** Most accounts in one transaction. */
+  largestTransactionAccounts: number;
+  /** Charges retried one transaction each after their transaction failed unexpectedly. */
   retriedAlone: number;
+}
+
+/** Limits of a GroupCommitter. */
+export interface GroupCommitOptions {
+  /** Charge transactions in flight at once (each holds one pool connection); default 4. */
+  maxTransactions?: number;
+  /** Most accounts locked by one transaction (bounds lock hold time and statement size); default 100. */
+  maxAccountsPerTransaction?: number;
+  /** Most charges of one account per transaction (bounds memory); default 200. */
+  maxChargesPerAccount?: number;
 }
 
 /** See the module comment. */
 export class GroupCommitter {
-  private readonly queues = new Map<string, Pending[]>();
-  private readonly counters: GroupCommitStats = { groups: 0, charges: 0, largestGroup: 0, retriedAlone: 0 };
+  /** Accounts with waiting charges, in the order their first waiting charge arrived. */
+  private readonly waiting = new Map<string, Pending[]>();
+  private readonly inFlight = new Set<string>();
+  private running = 0;
+  private readonly counters: GroupCommitStats = { transactions: 0, charges: 0, largestGroup: 0, largestTransactionAccounts: 0, retriedAlone: 0 };
+  private readonly maxTransactions: number;
+  private readonly maxAccounts: number;
+  private readonly maxCharges: number;
 
   /**
    * @param pool the ledger's pg pool
    * @param clock wall clock (the account's own clock applies inside AccountTx)
-   * @param applyGroup applyCharges: a group's charges in one transaction
-   * @param apply applyCharge: one charge alone (the retry after an unexpected failure)
-   * @param maxGroup most charges per transaction (bounds lock hold time and memory)
+   * @param chargeGroups chargeAccounts: the charges of several locked accounts in one transaction
+   * @param apply applyCharge: one charge alone (the last retry after an unexpected failure)
+   * @param opts limits (GroupCommitOptions)
    */
   constructor(
     private readonly pool: pg.Pool,
     private readonly clock: Clock,
-    private readonly applyGroup: ApplyCharges,
+    private readonly chargeGroups: ChargeAccounts,
     private readonly apply: ApplyCharge,
-    private readonly maxGroup = 200,
-  ) {}
+    opts: GroupCommitOptions = {},
+  ) {
+    this.maxTransactions = opts.maxTransactions ?? 4;
+    this.maxAccounts = opts.maxAccountsPerTransaction ?? 100;
+    this.maxCharges = opts.maxChargesPerAccount ?? 200;
+  }
 
   /**
-   * Charges `cmd`, in a group with the other charges of its account that are waiting.
-   * @throws what applyCharge throws for this charge (LedgerError refusals), or the database
-   *   error of its own retry.
+   * Charges `cmd`, in one transaction with other waiting charges (its account's and others').
+   * @throws what applyCharge throws for this charge (LedgerError refusals, NOT_FOUND for an
+   *   unknown account), or the database error of its own retry.
    */
   charge(cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }): Promise<ChargeResult> {
     return new Promise((resolve, reject) => {
-      const queue = this.queues.get(cmd.accountId);
-      if (queue) {
-        queue.push({ cmd, price, resolve, reject });
-        return;
-      }
-      const fresh: Pending[] = [{ cmd, price, resolve, reject }];
-      this.queues.set(cmd.accountId, fresh);
-      void this.drain(cmd.accountId, fresh);
+      const queue = this.waiting.get(cmd.accountId);
+      if (queue) queue.push({ cmd, price, resolve, reject });
+      else this.waiting.set(cmd.accountId, [{ cmd, price, resolve, reject }]);
+      this.pump();
     });
   }
 
@@ -87,49 +115,90 @@ export class GroupCommitter {
     return { ...this.counters };
   }
 
-  private async drain(accountId: string, queue: Pending[]): Promise<void> {
-    while (queue.length > 0) {
-      const group = queue.splice(0, this.maxGroup);
-      this.counters.groups++;
-      this.counters.charges += group.length;
-      this.counters.largestGroup = Math.max(this.counters.largestGroup, group.length);
-      await this.runGroup(accountId, group);
+  /** Starts transactions while a slot is free and some waiting account is not in flight. */
+  private pump(): void {
+    while (this.running < this.maxTransactions) {
+      const take: [string, Pending[]][] = [];
+      for (const [accountId, queue] of this.waiting) {
+        if (this.inFlight.has(accountId)) continue;
+        take.push([accountId, queue.splice(0, this.maxCharges)]);
+        if (queue.length === 0) this.waiting.delete(accountId);
+        if (take.length >= this.maxAccounts) break;
+      }
+      if (take.length === 0) return;
+      this.running++;
+      for (const [accountId, group] of take) {
+        this.inFlight.add(accountId);
+        this.counters.charges += group.length;
+        this.counters.largestGroup = Math.max(this.counters.largestGroup, group.length);
+      }
+      this.counters.transactions++;
+      this.counters.largestTransactionAccounts = Math.max(this.counters.largestTransactionAccounts, take.length);
+      void this.run(take).finally(() => {
+        this.running--;
+        for (const [accountId] of take) this.inFlight.delete(accountId);
+        this.pump();
+      });
     }
-    this.queues.delete(accountId);
   }
 
-  private async runGroup(accountId: string, group: Pending[]): Promise<void> {
-    let outcomes: BatchItemResult[];
+  /** Runs `take` as one transaction; settles every charge in it (never rejects). */
+  private async run(take: readonly [string, Pending[]][]): Promise<void> {
+    let outcomes: Map<string, BatchItemResult[]>;
     try {
       outcomes = await withTransaction(this.pool, async (tx) => {
-        const atx = await AccountTx.lock(tx, accountId, this.clock());
-        const results = await this.applyGroup(atx, group);
-        await atx.finish(); // one balance version and outbox snapshot for the group
-        return results;
+        const now = this.clock();
+        // One account: the single-row lock (its plan is the lone charge's); several: one
+        // statement in id order, so two transactions holding several locks cannot deadlock.
+        const locked =
+          take.length === 1
+            ? new Map([[take[0]![0], await AccountTx.lock(tx, take[0]![0], now)]])
+            : await AccountTx.lockMany(tx, take.map(([accountId]) => accountId), now);
+        const found = take.flatMap(([accountId, items]) => {
+          const atx = locked.get(accountId);
+          return atx ? [{ atx, items }] : [];
+        });
+        const charged = await this.chargeGroups(tx, found);
+        await AccountTx.finishMany(tx, [...locked.values()]); // one version and snapshot per account
+        return new Map(found.map((g, i) => [g.atx.accountId, charged[i]!]));
       });
     } catch (error) {
-      if (error instanceof LedgerError && group.length === 1) {
-        group[0]!.reject(error); // e.g. NOT_FOUND account
+      if (take.length > 1) {
+        for (const one of take) await this.run([one]); // find the faulty account
         return;
       }
-      // Unexpected (or a whole-group refusal such as an unknown account): each charge alone.
-      this.counters.retriedAlone += group.length;
-      for (const item of group) {
-        try {
-          item.resolve(
-            await withTransaction(this.pool, async (tx) => {
-              const atx = await AccountTx.lock(tx, accountId, this.clock());
-              const result = await this.apply(atx, item.cmd, item.price);
-              await atx.finish();
-              return result;
-            }),
-          );
-        } catch (itemError) {
-          item.reject(itemError);
-        }
+      const group = take[0]![1];
+      if (error instanceof LedgerError) {
+        for (const item of group) item.reject(error); // e.g. NOT_FOUND account
+        return;
       }
+      this.counters.retriedAlone += group.length;
+      for (const item of group) await this.runAlone(take[0]![0], item);
       return;
     }
-    outcomes.forEach((o, i) => (o.ok ? group[i]!.resolve(o.result) : group[i]!.reject(o.error)));
+    for (const [accountId, group] of take) {
+      const out = outcomes.get(accountId);
+      if (!out) {
+        for (const item of group) item.reject(new LedgerError('NOT_FOUND', 'account not found'));
+        continue;
+      }
+      out.forEach((o, i) => (o.ok ? group[i]!.resolve(o.result) : group[i]!.reject(o.error)));
+    }
+  }
+
+  /** One charge in a transaction of its own (applyCharge); settles it. */
+  private async runAlone(accountId: string, item: Pending): Promise<void> {
+    try {
+      item.resolve(
+        await withTransaction(this.pool, async (tx) => {
+          const atx = await AccountTx.lock(tx, accountId, this.clock());
+          const result = await this.apply(atx, item.cmd, item.price);
+          await atx.finish();
+          return result;
+        }),
+      );
+    } catch (error) {
+      item.reject(error);
+    }
   }
 }

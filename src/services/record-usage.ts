@@ -272,14 +272,6 @@ export interface ChargeItem {
 }
 
 /**
- * Charges several usage commands of ONE account inside its locked transaction: chargeAccounts
- * for one account.
- */
-export async function applyCharges(atx: AccountTx, items: readonly ChargeItem[]): Promise<BatchItemResult[]> {
-  return (await chargeAccounts(atx.tx, [{ atx, items }]))[0]!;
-}
-
-/**
  * Charges groups of usage commands, each group on one account locked by the same transaction
  * (`tx`); each charge succeeds or fails on its own, in input order within its group. The caller
  * writes the balances once (`AccountTx.finishMany` / `finish`), so each account's balance

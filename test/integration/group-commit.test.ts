@@ -10,11 +10,11 @@ import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import fc from 'fast-check';
-import { applyCharge, applyCharges, chargeAccounts, pricerFor, recordUsage } from '../../src/services/record-usage.js';
+import { applyCharge, chargeAccounts, pricerFor, recordUsage } from '../../src/services/record-usage.js';
 import { validateUsageInput } from '../../src/services/usage-command.js';
 import { AccountTx } from '../../src/services/account-tx.js';
 import { withTransaction } from '../../src/db/pg.js';
-import { GroupCommitter, type ApplyCharge, type ApplyCharges } from '../../src/services/group-commit.js';
+import { GroupCommitter, type ApplyCharge, type ChargeAccounts } from '../../src/services/group-commit.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 
 let services: TestServices;
@@ -22,7 +22,7 @@ let committer: GroupCommitter;
 
 beforeAll(() => {
   services = createTestServices(20);
-  committer = new GroupCommitter(services.pool, services.clock, applyCharges, applyCharge);
+  committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge);
   services.groupCommit = committer;
 });
 
@@ -44,7 +44,7 @@ describe('group commit', () => {
     expect(codes.filter((c) => c === 'INSUFFICIENT_CREDITS')).toHaveLength(150);
     const after = committer.stats();
     expect(after.charges - groupsBefore.charges).toBe(200);
-    const groups = after.groups - groupsBefore.groups;
+    const groups = after.transactions - groupsBefore.transactions;
     expect(groups).toBeLessThan(200); // they were grouped
     expect(after.retriedAlone - groupsBefore.retriedAlone).toBe(0); // and no group fell back to one transaction per charge
     // The version moves once per group that changed the balance, and each such group wrote one
@@ -107,9 +107,9 @@ describe('group commit', () => {
       return applyCharge(atx, cmd, price);
     };
     const local = createTestServices(5);
-    const faultyGroup: ApplyCharges = (atx, items) => {
-      if (items.some((i) => i.cmd.idempotencyKey === 'bad')) throw new Error('simulated database failure');
-      return applyCharges(atx, items);
+    const faultyGroup: ChargeAccounts = (tx, groups) => {
+      if (groups.some((g) => g.items.some((i) => i.cmd.idempotencyKey === 'bad'))) throw new Error('simulated database failure');
+      return chargeAccounts(tx, groups);
     };
     local.groupCommit = new GroupCommitter(local.pool, local.clock, faultyGroup, faulty);
     try {
@@ -122,6 +122,80 @@ describe('group commit', () => {
       expect(balance.availableMicroCredits).toBe(71_000_000n);
     } finally {
       await local.close();
+    }
+  });
+});
+
+describe('group commit across accounts', () => {
+  it('charges of 30 accounts waiting for one slot commit together: exact refusals, FREE first, contiguous versions per account', async () => {
+    const local = { ...services, groupCommit: new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 }) };
+    const accounts = await Promise.all(Array.from({ length: 30 }, () => createFundedAccount(services, { free: 2, paid: 3 })));
+    const before = new Map<string, bigint>();
+    for (const id of accounts) before.set(id, BigInt((await services.pool.query('SELECT version FROM balances WHERE account_id = $1', [id])).rows[0].version));
+    // 8 one-credit charges per account on 5 credits, interleaved across accounts.
+    const calls = Array.from({ length: 8 }, (_, k) => accounts.map((accountId) => ({ accountId, idempotencyKey: `x-${k}`, category: 'unit' }))).flat();
+    const results = await Promise.allSettled(calls.map((input) => recordUsage(local, input)));
+    const stats = local.groupCommit.stats();
+    expect(stats.charges).toBe(240);
+    expect(stats.transactions).toBeLessThan(240);
+    expect(stats.largestTransactionAccounts).toBeGreaterThan(1); // really grouped across accounts
+    expect(stats.retriedAlone).toBe(0);
+    for (const accountId of accounts) {
+      const mine = results.filter((_, i) => calls[i]!.accountId === accountId).map(codeOf);
+      expect(mine.filter((c) => c === 'OK')).toHaveLength(5);
+      expect(mine.filter((c) => c === 'INSUFFICIENT_CREDITS')).toHaveLength(3);
+      const { rows: drawn } = await services.pool.query(
+        `SELECT b.type FROM usage_events e JOIN drawdowns d ON d.usage_event_id = e.id JOIN credit_batches b ON b.id = d.batch_id
+          WHERE e.account_id = $1 ORDER BY e.seq, d.position`,
+        [accountId],
+      );
+      expect(drawn.map((r) => r.type)).toEqual(['FREE', 'FREE', 'PAID', 'PAID', 'PAID']);
+      const { rows: snaps } = await services.pool.query(
+        `SELECT (payload->>'version')::bigint AS v FROM outbox_events
+          WHERE account_id = $1 AND topic = 'balance' AND (payload->>'version')::bigint > $2 ORDER BY id`,
+        [accountId, before.get(accountId)],
+      );
+      const versions = snaps.map((r) => BigInt(r.v));
+      expect(versions.length).toBeGreaterThan(0);
+      versions.forEach((v, i) => expect(v).toBe(before.get(accountId)! + BigInt(i) + 1n));
+      const balance = await expectLedgerInvariant(services.pool, accountId);
+      expect(balance.availableMicroCredits).toBe(0n);
+    }
+  });
+
+  it('an unknown account in a shared transaction answers NOT_FOUND and the other accounts are charged', async () => {
+    const local = { ...services, groupCommit: new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 }) };
+    const accounts = await Promise.all(Array.from({ length: 5 }, () => createFundedAccount(services, { paid: 10 })));
+    const unknown = '00000000-0000-4000-8000-000000000000';
+    const ids = [...accounts, unknown, ...accounts, unknown];
+    const results = await Promise.allSettled(ids.map((accountId, i) => recordUsage(local, { accountId, idempotencyKey: `u-${i}`, category: 'unit' })));
+    expect(results.map(codeOf)).toEqual(ids.map((id) => (id === unknown ? 'NOT_FOUND' : 'OK')));
+    expect(local.groupCommit.stats().largestTransactionAccounts).toBeGreaterThan(1);
+    for (const accountId of accounts) expect((await expectLedgerInvariant(services.pool, accountId)).availableMicroCredits).toBe(8_000_000n);
+  });
+
+  it('an unexpected failure in a shared transaction fails only its charge; the other accounts are charged once', async () => {
+    const accounts = await Promise.all(Array.from({ length: 6 }, () => createFundedAccount(services, { paid: 100 })));
+    const faultyGroup: ChargeAccounts = (tx, groups) => {
+      if (groups.some((g) => g.items.some((i) => i.cmd.idempotencyKey === 'bad'))) throw new Error('simulated database failure');
+      return chargeAccounts(tx, groups);
+    };
+    const faulty: ApplyCharge = (atx, cmd, price) => {
+      if (cmd.idempotencyKey === 'bad') throw new Error('simulated database failure');
+      return applyCharge(atx, cmd, price);
+    };
+    const committer = new GroupCommitter(services.pool, services.clock, faultyGroup, faulty, { maxTransactions: 1 });
+    const local = { ...services, groupCommit: committer };
+    const calls = Array.from({ length: 5 }, (_, k) => accounts.map((accountId, a) => ({ accountId, idempotencyKey: a === 3 && k === 2 ? 'bad' : `f-${k}`, category: 'unit' }))).flat();
+    const results = await Promise.allSettled(calls.map((input) => recordUsage(local, input)));
+    const codes = results.map(codeOf);
+    calls.forEach((c, i) => expect(codes[i]).toBe(c.idempotencyKey === 'bad' ? 'UNEXPECTED: Error: simulated database failure' : 'OK'));
+    expect(committer.stats().largestTransactionAccounts).toBeGreaterThan(1);
+    for (const [a, accountId] of accounts.entries()) {
+      const balance = await expectLedgerInvariant(services.pool, accountId);
+      expect(balance.availableMicroCredits).toBe(a === 3 ? 96_000_000n : 95_000_000n);
+      const { rows } = await services.pool.query('SELECT count(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
+      expect(rows[0].n).toBe(a === 3 ? 4 : 5);
     }
   });
 });

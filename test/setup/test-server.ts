@@ -9,7 +9,7 @@ import { createPrismaClient } from '../../src/db/prisma.js';
 import { createAuthenticator } from '../../src/auth/authenticator.js';
 import { buildServer } from '../../src/server.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
-import { applyCharge, applyCharges } from '../../src/services/record-usage.js';
+import { applyCharge, chargeAccounts } from '../../src/services/record-usage.js';
 import { createPaymentProvider } from '../../src/payments/index.js';
 import { createTestServices, type TestServices } from './services.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from './env.js';
@@ -42,7 +42,7 @@ export async function startTestServer(overrides: Record<string, string> = {}): P
   const log = pino({ level: env.LOG_LEVEL });
   const services = createTestServices();
   services.payments = createPaymentProvider(env);
-  if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, applyCharges, applyCharge);
+  if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS });
   const prisma = createPrismaClient(env.DATABASE_URL, 5);
   const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3 });
   const authenticator = createAuthenticator({ pool: services.pool, adminApiKey: adminKey, jwtSecret });
