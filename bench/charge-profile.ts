@@ -20,7 +20,13 @@
  * the idempotency key over a hot account's events was one: see the migration
  * idempotency_lookup_statistics).
  *
- * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N | --hot] [--plans]
+ * With `--jobs` every 5 "events" are one job of the perf bench's scenario 4 instead: reserve 1
+ * credit, 3 charges against the hold, settle with no further usage (5 operations).
+ *
+ * Every mode ends with the rows each table gave to sequential and index scans per event
+ * (pg_stat_user_tables): a number that grows with the data is a plan to look at with --plans.
+ *
+ * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N | --hot | --jobs] [--plans]
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
@@ -38,6 +44,7 @@ import { credits } from '../src/ledger/credits.js';
 import { planReplay, llmQuantities } from '../demo/plan.js';
 import { demoPriceBook } from '../demo/price-book.js';
 import type { ServiceContext } from '../src/services/context.js';
+import { seedClosedHolds } from './perf/closed-holds.js';
 
 const { values } = parseArgs({
   options: {
@@ -46,6 +53,7 @@ const { values } = parseArgs({
     plans: { type: 'boolean', default: false },
     batch: { type: 'string', default: '0' },
     hot: { type: 'boolean', default: false },
+    jobs: { type: 'boolean', default: false },
   },
 });
 const EVENTS = Number(values.events);
@@ -92,6 +100,7 @@ async function main() {
     accounts.push(accountId);
   }
   await pool.query('DELETE FROM outbox_events');
+  await seedClosedHolds(pool, 2); // a ledger in use has closed holds (bench/perf/closed-holds.ts)
   await pool.query('VACUUM ANALYZE');
   const trace = planReplay('azure').slice(0, EVENTS);
 
@@ -142,6 +151,13 @@ async function main() {
       const items = Array.from({ length: Math.min(BATCH, trace.length - i) }, (_, k) => input(i + k));
       await recordUsageBatch(ctx, items, { maxItems: BATCH });
     }
+  } else if (values.jobs) {
+    for (let i = 0; i + 5 <= trace.length; i += 5) {
+      const accountId = accounts[(i / 5) % accounts.length]!;
+      const { reservationId } = await reserveCredits(ctx, { accountId, amountMicroCredits: credits(1), ttlSeconds: 300, idempotencyKey: `j-${i}` });
+      for (let k = 1; k <= 3; k++) await recordUsage(ctx, { ...input(i + k), accountId, reservationId });
+      await settleReservation(ctx, reservationId, []);
+    }
   } else {
     for (let i = 0; i < trace.length; i++) await recordUsage(ctx, input(i));
   }
@@ -150,7 +166,9 @@ async function main() {
   console.log(
     BATCH > 0
       ? `${trace.length} events as recordUsageBatch(${BATCH}) on ONE account, 1 connection, sequential`
-      : `${trace.length} events over ${values.hot ? 'ONE account' : `${ACCOUNTS} accounts`}, 1 connection, sequential`,
+      : values.jobs
+        ? `${trace.length / 5} jobs (reserve, 3 captures, settle) = ${trace.length} operations over ${ACCOUNTS} accounts, 1 connection, sequential; "event" = operation`
+        : `${trace.length} events over ${values.hot ? 'ONE account' : `${ACCOUNTS} accounts`}, 1 connection, sequential`,
   );
   console.log(`wall ${(wallMs / trace.length).toFixed(3)} ms/event; PostgreSQL backend CPU ${(pgCpuMs / trace.length).toFixed(3)} ms/event`);
   const rows = [...stats.entries()].sort((a, b) => b[1].ms - a[1].ms);
@@ -174,6 +192,20 @@ async function main() {
       break;
     }
     await new Promise((res) => setTimeout(res, 100)); // stats arrive asynchronously after the backend exits
+  }
+  for (let i = 0; i < 50; i++) {
+    const t = await r.query(
+      `SELECT relname, seq_scan, seq_tup_read, COALESCE(idx_tup_fetch, 0) AS idx_tup_fetch FROM pg_stat_user_tables
+        WHERE seq_tup_read + COALESCE(idx_tup_fetch, 0) > 0 ORDER BY seq_tup_read + COALESCE(idx_tup_fetch, 0) DESC`,
+    );
+    if (t.rows.length > 0) {
+      console.log('table (pg_stat_user_tables)                 seq scans/event   rows read by seq scans/event   rows fetched by index/event');
+      for (const x of t.rows) {
+        console.log(`${String(x.relname).padEnd(44)} ${(x.seq_scan / trace.length).toFixed(2).padStart(15)} ${(x.seq_tup_read / trace.length).toFixed(2).padStart(30)} ${(x.idx_tup_fetch / trace.length).toFixed(2).padStart(29)}`);
+      }
+      break;
+    }
+    await new Promise((res) => setTimeout(res, 100));
   }
   await r.end();
 }
