@@ -99,6 +99,16 @@ export interface LoadedBatch extends DrawableBatch {
   source: string;
 }
 
+/** What AccountTx.checkpoint() saves: running totals and how many entries/outbox rows were pending. */
+export interface AccountTxMark {
+  readonly total: bigint;
+  readonly debt: bigint;
+  readonly billingAnchorAt: Date;
+  readonly entries: number;
+  readonly outbox: number;
+  readonly changed: boolean;
+}
+
 /** The locked account and its running totals. */
 export class AccountTx {
   readonly tx: Tx;
@@ -305,6 +315,32 @@ export class AccountTx {
    */
   publish(topic: OutboxTopic, payload: unknown): void {
     this.outbox.push({ topic, payload });
+  }
+
+  /**
+   * The in-memory state a SAVEPOINT must restore with the rows (GroupCommitter runs operations
+   * of several callers in one transaction, each under a savepoint): running totals, billing
+   * anchor, pending ledger entries and outbox rows.
+   */
+  checkpoint(): AccountTxMark {
+    return {
+      total: this.total,
+      debt: this.debt,
+      billingAnchorAt: this.billingAnchorAt,
+      entries: this.entries.length,
+      outbox: this.outbox.length,
+      changed: this.changed,
+    };
+  }
+
+  /** Restores the state of `checkpoint()` (after ROLLBACK TO SAVEPOINT). */
+  rollbackTo(mark: AccountTxMark): void {
+    this.total = mark.total;
+    this.debt = mark.debt;
+    this.billingAnchorAt = mark.billingAnchorAt;
+    this.entries.length = mark.entries;
+    this.outbox.length = mark.outbox;
+    this.changed = mark.changed;
   }
 
   /** Marks the balance as changed without a ledger entry (e.g. a hold's expiry time moved). */

@@ -16,9 +16,15 @@
  * its own `usageRecorded` update, and each account's balance version moves once per transaction,
  * which the contract allows ("increases by at least 1 on every change").
  *
+ * Other operations on one account (reserveCredits, settleReservation: `withAccount`) join the
+ * same transactions. They run in arrival order with the account's charges, each under a
+ * SAVEPOINT: a refusal (a LedgerError) rolls back that operation's rows and its pending ledger
+ * entries and outbox rows (AccountTx.checkpoint/rollbackTo) and nothing else.
+ *
  * Nothing waits for a group to fill: while a slot is free a charge runs at once, alone. If a
  * transaction fails unexpectedly (not a refusal), each of its accounts is retried alone, and an
- * account that fails again has each charge retried alone, so one bad item fails alone.
+ * account that fails again has each charge or operation retried alone, so one bad item fails
+ * alone.
  */
 import type pg from 'pg';
 import { withTransaction, type Tx } from '../db/pg.js';
@@ -35,18 +41,36 @@ export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { pri
 /** The multi-account charge function of record-usage.ts (`chargeAccounts`; injected likewise). */
 export type ChargeAccounts = (tx: Tx, groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[]) => Promise<BatchItemResult[][]>;
 
-interface Pending {
+/** A waiting charge (decided with the account's other charges by chargeAccounts). */
+interface PendingCharge {
+  kind: 'charge';
   cmd: UsageCommand;
   price: () => { priced: PricedUsage; version: number };
   resolve(result: ChargeResult): void;
   reject(error: unknown): void;
 }
 
+/** A waiting operation on the locked account (withAccount). */
+interface PendingOp {
+  kind: 'op';
+  fn: (atx: AccountTx) => Promise<unknown>;
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+}
+
+type Pending = PendingCharge | PendingOp;
+
+/** How one waiting item ended inside a transaction that committed. */
+type Settled = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+/** Savepoint name of one operation inside a shared transaction. */
+const OP_SAVEPOINT = 'cp_account_op';
+
 /** Counters (for benchmarks and tests). */
 export interface GroupCommitStats {
   /** Charge transactions run (a retry alone after a failure is not counted here). */
   transactions: number;
-  /** Charges taken into those transactions. */
+  /** Charges and operations (withAccount) taken into those transactions. */
   charges: number;
   /** Most charges of one account in one transaction. */
   largestGroup: number;
@@ -54,6 +78,8 @@ export interface GroupCommitStats {
   largestTransactionAccounts: number;
   /** Charges retried one transaction each after their transaction failed unexpectedly. */
   retriedAlone: number;
+  /** Charges and operations waiting for a transaction now. */
+  waiting: number;
 }
 
 /** Limits of a GroupCommitter. */
@@ -72,7 +98,7 @@ export class GroupCommitter {
   private readonly waiting = new Map<string, Pending[]>();
   private readonly inFlight = new Set<string>();
   private running = 0;
-  private readonly counters: GroupCommitStats = { transactions: 0, charges: 0, largestGroup: 0, largestTransactionAccounts: 0, retriedAlone: 0 };
+  private readonly counters: Omit<GroupCommitStats, 'waiting'> = { transactions: 0, charges: 0, largestGroup: 0, largestTransactionAccounts: 0, retriedAlone: 0 };
   private readonly maxTransactions: number;
   private readonly maxAccounts: number;
   private readonly maxCharges: number;
@@ -102,17 +128,34 @@ export class GroupCommitter {
    *   unknown account), or the database error of its own retry.
    */
   charge(cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }): Promise<ChargeResult> {
-    return new Promise((resolve, reject) => {
-      const queue = this.waiting.get(cmd.accountId);
-      if (queue) queue.push({ cmd, price, resolve, reject });
-      else this.waiting.set(cmd.accountId, [{ cmd, price, resolve, reject }]);
-      this.pump();
-    });
+    return new Promise((resolve, reject) => this.enqueue(cmd.accountId, { kind: 'charge', cmd, price, resolve, reject }));
+  }
+
+  /**
+   * Runs `fn` on the locked account `accountId`, in one transaction with other waiting charges
+   * and operations. `fn` must not call `finish` (the transaction writes every account's balance
+   * once) and must not lock other accounts. A LedgerError thrown by `fn` rolls back what `fn`
+   * wrote (savepoint) and is the result; so is NOT_FOUND for an unknown account.
+   * @returns what `fn` returned, once its transaction committed.
+   */
+  withAccount<T>(accountId: string, fn: (atx: AccountTx) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) =>
+      this.enqueue(accountId, { kind: 'op', fn, resolve: resolve as (value: unknown) => void, reject }),
+    );
+  }
+
+  private enqueue(accountId: string, item: Pending): void {
+    const queue = this.waiting.get(accountId);
+    if (queue) queue.push(item);
+    else this.waiting.set(accountId, [item]);
+    this.pump();
   }
 
   /** Current counters. */
   stats(): GroupCommitStats {
-    return { ...this.counters };
+    let waiting = 0;
+    for (const queue of this.waiting.values()) waiting += queue.length;
+    return { ...this.counters, waiting };
   }
 
   /** Starts transactions while a slot is free and some waiting account is not in flight. */
@@ -142,9 +185,9 @@ export class GroupCommitter {
     }
   }
 
-  /** Runs `take` as one transaction; settles every charge in it (never rejects). */
+  /** Runs `take` as one transaction; settles every item in it (never rejects). */
   private async run(take: readonly [string, Pending[]][]): Promise<void> {
-    let outcomes: Map<string, BatchItemResult[]>;
+    let outcomes: Map<string, Settled[]>;
     try {
       outcomes = await withTransaction(this.pool, async (tx) => {
         const now = this.clock();
@@ -158,9 +201,53 @@ export class GroupCommitter {
           const atx = locked.get(accountId);
           return atx ? [{ atx, items }] : [];
         });
-        const charged = await this.chargeGroups(tx, found);
+        const settled = new Map<string, Settled[]>();
+        const toSettled = (r: BatchItemResult): Settled => (r.ok ? { ok: true, value: r.result } : { ok: false, error: r.error });
+        // Accounts with charges only: decided together, in one read and one write for all.
+        const chargesOnly = found.filter((g) => g.items.every((i) => i.kind === 'charge'));
+        if (chargesOnly.length > 0) {
+          const charged = await this.chargeGroups(tx, chargesOnly.map((g) => ({ atx: g.atx, items: g.items as PendingCharge[] })));
+          chargesOnly.forEach((g, i) => settled.set(g.atx.accountId, charged[i]!.map(toSettled)));
+        }
+        // Accounts with operations: in arrival order, runs of charges together, each operation
+        // under a savepoint (none when it is the transaction's only item: its refusal rolls
+        // back the whole transaction, which is then just that operation).
+        const alone = found.length === 1 && found[0]!.items.length === 1;
+        for (const { atx, items } of found) {
+          if (settled.has(atx.accountId)) continue;
+          const out: Settled[] = [];
+          for (let i = 0; i < items.length; ) {
+            const item = items[i]!;
+            if (item.kind === 'charge') {
+              let j = i;
+              while (j < items.length && items[j]!.kind === 'charge') j++;
+              const charged = await this.chargeGroups(tx, [{ atx, items: items.slice(i, j) as PendingCharge[] }]);
+              out.push(...charged[0]!.map(toSettled));
+              i = j;
+              continue;
+            }
+            i++;
+            if (alone) {
+              out.push({ ok: true, value: await item.fn(atx) });
+              continue;
+            }
+            const mark = atx.checkpoint();
+            await tx.query(`SAVEPOINT ${OP_SAVEPOINT}`);
+            try {
+              const value = await item.fn(atx);
+              await tx.query(`RELEASE SAVEPOINT ${OP_SAVEPOINT}`);
+              out.push({ ok: true, value });
+            } catch (error) {
+              if (!(error instanceof LedgerError)) throw error;
+              await tx.query(`ROLLBACK TO SAVEPOINT ${OP_SAVEPOINT}`);
+              atx.rollbackTo(mark);
+              out.push({ ok: false, error });
+            }
+          }
+          settled.set(atx.accountId, out);
+        }
         await AccountTx.finishMany(tx, [...locked.values()]); // one version and snapshot per account
-        return new Map(found.map((g, i) => [g.atx.accountId, charged[i]!]));
+        return settled;
       });
     } catch (error) {
       if (take.length > 1) {
@@ -169,7 +256,7 @@ export class GroupCommitter {
       }
       const group = take[0]![1];
       if (error instanceof LedgerError) {
-        for (const item of group) item.reject(error); // e.g. NOT_FOUND account
+        for (const item of group) item.reject(error); // e.g. NOT_FOUND account, or a lone operation's refusal
         return;
       }
       this.counters.retriedAlone += group.length;
@@ -182,21 +269,20 @@ export class GroupCommitter {
         for (const item of group) item.reject(new LedgerError('NOT_FOUND', 'account not found'));
         continue;
       }
-      out.forEach((o, i) => (o.ok ? group[i]!.resolve(o.result) : group[i]!.reject(o.error)));
+      out.forEach((o, i) => (o.ok ? group[i]!.resolve(o.value as ChargeResult) : group[i]!.reject(o.error)));
     }
   }
 
-  /** One charge in a transaction of its own (applyCharge); settles it. */
+  /** One charge (applyCharge) or operation in a transaction of its own; settles it. */
   private async runAlone(accountId: string, item: Pending): Promise<void> {
     try {
-      item.resolve(
-        await withTransaction(this.pool, async (tx) => {
-          const atx = await AccountTx.lock(tx, accountId, this.clock());
-          const result = await this.apply(atx, item.cmd, item.price);
-          await atx.finish();
-          return result;
-        }),
-      );
+      const value = await withTransaction(this.pool, async (tx) => {
+        const atx = await AccountTx.lock(tx, accountId, this.clock());
+        const result = item.kind === 'charge' ? await this.apply(atx, item.cmd, item.price) : await item.fn(atx);
+        await atx.finish();
+        return result;
+      });
+      (item.resolve as (v: unknown) => void)(value);
     } catch (error) {
       item.reject(error);
     }

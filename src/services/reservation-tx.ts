@@ -2,7 +2,9 @@
  * Shared steps of the reservation use cases (settle, release, extend): find the hold and lock
  * its account, and close it (release the unused rest).
  */
+import type pg from 'pg';
 import type { Tx } from '../db/pg.js';
+import { LedgerError } from '../ledger/errors.js';
 import { toBigInt } from '../db/pg.js';
 import { maxBig } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
@@ -20,16 +22,34 @@ export interface LockedReservation {
 }
 
 /**
- * Locks the account of reservation `reservationId` and reads the reservation.
- * @throws LedgerError NOT_FOUND.
+ * Finds reservation `reservationId`, locks its account and reads it.
+ * @throws LedgerError NOT_FOUND ("reservation not found").
  */
 export async function lockReservation(tx: Tx, reservationId: string, wallNow: Date): Promise<LockedReservation> {
   const atx = await AccountTx.lockOwner(tx, 'reservations', reservationId, 'reservation', wallNow);
-  const { rows } = await tx.query(
-    'SELECT amount_micro_credits, consumed_micro_credits, status, expires_at FROM reservations WHERE id = $1',
-    [reservationId],
+  return readReservation(atx, reservationId);
+}
+
+/**
+ * The account that owns reservation `reservationId` (it never changes, so it may be read before
+ * the account is locked), or undefined when there is no such reservation.
+ */
+export async function reservationOwner(db: pg.Pool | Tx, reservationId: string): Promise<string | undefined> {
+  const { rows } = await db.query('SELECT account_id FROM reservations WHERE id = $1', [reservationId]);
+  return rows[0]?.account_id as string | undefined;
+}
+
+/**
+ * Reads reservation `reservationId` of the locked account `atx` (the lock keeps it stable).
+ * @throws LedgerError NOT_FOUND ("reservation not found") when the account has no such reservation.
+ */
+export async function readReservation(atx: AccountTx, reservationId: string): Promise<LockedReservation> {
+  const { rows } = await atx.tx.query(
+    'SELECT amount_micro_credits, consumed_micro_credits, status, expires_at FROM reservations WHERE id = $1 AND account_id = $2',
+    [reservationId, atx.accountId],
   );
   const r = rows[0];
+  if (!r) throw new LedgerError('NOT_FOUND', 'reservation not found');
   const expiresAt = r.expires_at as Date;
   const status = r.status as LockedReservation['status'];
   return {

@@ -4,11 +4,10 @@
  * does not cover the hold. Idempotent on (account, idempotencyKey). An unsettled hold stops
  * holding at expiresAt (reads treat it as released; the expiry sweep records it).
  */
-import { withTransaction } from '../db/pg.js';
 import { scheduleExpiry } from './expire-due.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits } from '../ledger/credits.js';
-import { AccountTx } from './account-tx.js';
+import { onAccount } from './account-op.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateIdempotencyKey } from './usage-command.js';
@@ -46,8 +45,8 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
   validateTtlSeconds(cmd.ttlSeconds);
   if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
   const hash = requestHash({ ...cmd, op: 'reserve' });
-  return withTransaction(ctx.pool, async (tx) => {
-    const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+  return onAccount(ctx, cmd.accountId, async (atx) => {
+    const tx = atx.tx;
     const prior = await tx.query('SELECT id, request_hash FROM reservations WHERE account_id = $1 AND idempotency_key = $2', [
       cmd.accountId,
       cmd.idempotencyKey,
@@ -75,7 +74,6 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
     const reservationId = rows[0].id as string;
     atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId });
     scheduleExpiry(atx, 'hold', reservationId, new Date(atx.now.getTime() + cmd.ttlSeconds * 1000));
-    await atx.finish();
     return { reservationId, replayed: false };
   });
 }

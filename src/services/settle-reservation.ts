@@ -1,12 +1,12 @@
 /**
  * settleReservation: records the completed work against a hold and releases the unused rest,
- * in one transaction. Replaying a settle whose usage was all recorded returns the reservation.
+ * in one transaction (account-op.ts: shared with other waiting charges under CHARGE_PATH=group). Replaying a settle whose usage was all recorded returns the reservation.
  */
-import { withTransaction } from '../db/pg.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
 import { applyCharge, pricerFor } from './record-usage.js';
-import { lockReservation, closeReservation } from './reservation-tx.js';
+import { closeReservation, readReservation, reservationOwner } from './reservation-tx.js';
+import { onAccount } from './account-op.js';
 import { validateUsageInput, type UsageInput } from './usage-command.js';
 
 /** Most usage items in one settle. */
@@ -26,8 +26,11 @@ export async function settleReservation(ctx: ServiceContext, reservationId: stri
     return validateUsageInput({ ...u, reservationId });
   });
   const pricers = await Promise.all(cmds.map((c) => pricerFor(ctx, c)));
-  return withTransaction(ctx.pool, async (tx) => {
-    const res = await lockReservation(tx, reservationId, ctx.clock());
+  const accountId = await reservationOwner(ctx.pool, reservationId);
+  if (!accountId) throw new LedgerError('NOT_FOUND', 'reservation not found');
+  return onAccount(ctx, accountId, async (atx) => {
+    const tx = atx.tx;
+    const res = await readReservation(atx, reservationId);
     for (const c of cmds) if (c.accountId !== res.atx.accountId) throw badInput('usage.accountId', "must be the reservation's account");
     if (res.status === 'SETTLED') {
       // A retry: every item must already be recorded with the same input.
@@ -45,7 +48,6 @@ export async function settleReservation(ctx: ServiceContext, reservationId: stri
     if (!res.holding) throw new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${res.status === 'ACTIVE' ? 'EXPIRED' : res.status}`);
     for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!);
     await closeReservation(res, 'SETTLED', 'settled: unused rest released');
-    await res.atx.finish();
     return reservationId;
   });
 }

@@ -16,6 +16,9 @@ import { AccountTx } from '../../src/services/account-tx.js';
 import { withTransaction } from '../../src/db/pg.js';
 import { GroupCommitter, type ApplyCharge, type ChargeAccounts } from '../../src/services/group-commit.js';
 import { LedgerError } from '../../src/ledger/errors.js';
+import { credits } from '../../src/ledger/credits.js';
+import { reserveCredits } from '../../src/services/reserve-credits.js';
+import { settleReservation } from '../../src/services/settle-reservation.js';
 
 let services: TestServices;
 let committer: GroupCommitter;
@@ -197,6 +200,70 @@ describe('group commit across accounts', () => {
       const { rows } = await services.pool.query('SELECT count(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
       expect(rows[0].n).toBe(a === 3 ? 4 : 5);
     }
+  });
+});
+
+describe('operations in shared transactions (reserve, settle)', () => {
+  it('jobs on 10 accounts (reserve, 3 captures, settle) sharing transactions: every step succeeds once, holds settle, balances exact', async () => {
+    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
+    const local = { ...services, groupCommit: committer };
+    const accounts = await Promise.all(Array.from({ length: 10 }, () => createFundedAccount(services, { paid: 10 })));
+    await Promise.all(
+      accounts.map(async (accountId) => {
+        const { reservationId } = await reserveCredits(local, { accountId, amountMicroCredits: credits(3), ttlSeconds: 300, idempotencyKey: 'job' });
+        for (let k = 0; k < 3; k++) await recordUsage(local, { accountId, idempotencyKey: `cap-${k}`, category: 'unit', reservationId });
+        await settleReservation(local, reservationId, []);
+      }),
+    );
+    expect(committer.stats().largestTransactionAccounts).toBeGreaterThan(1);
+    for (const accountId of accounts) {
+      const balance = await expectLedgerInvariant(services.pool, accountId);
+      expect(balance.availableMicroCredits).toBe(7_000_000n);
+      expect(balance.reservedMicroCredits).toBe(0n);
+      const { rows } = await services.pool.query('SELECT status, consumed_micro_credits::text AS consumed FROM reservations WHERE account_id = $1', [accountId]);
+      expect(rows).toEqual([{ status: 'SETTLED', consumed: '3000000' }]);
+    }
+  });
+
+  it('a settle refused inside a shared transaction leaves no trace, and the charges around it commit', async () => {
+    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
+    const local = { ...services, groupCommit: committer };
+    const a = await createFundedAccount(services, { paid: 10 });
+    const b = await createFundedAccount(services, { paid: 10 });
+    const { reservationId } = await reserveCredits(local, { accountId: a, amountMicroCredits: credits(2), ttlSeconds: 300, idempotencyKey: 'hold' });
+    const { rows: before } = await services.pool.query('SELECT count(*)::int AS n FROM outbox_events WHERE account_id = $1', [a]);
+    // Keep the only transaction slot busy until the three calls below wait together.
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const blocker = committer.withAccount(b, () => gate);
+    const settle = settleReservation(local, reservationId, [
+      { accountId: a, idempotencyKey: 's-1', category: 'unit' }, // 1 credit of the 2 held: written, then rolled back
+      { accountId: a, idempotencyKey: 's-2', category: 'nope' }, // no price rule: refused after s-1 was written
+    ]);
+    const chargeA = recordUsage(local, { accountId: a, idempotencyKey: 'after', category: 'unit' });
+    const chargeB = recordUsage(local, { accountId: b, idempotencyKey: 'b-1', category: 'unit' });
+    while (committer.stats().waiting < 3) await new Promise((resolve) => setImmediate(resolve));
+    const shared = committer.stats().transactions + 1;
+    open();
+    await blocker;
+    await expect(settle).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
+    expect((await chargeA).replayed).toBe(false);
+    expect((await chargeB).replayed).toBe(false);
+    const stats = committer.stats();
+    expect(stats.transactions).toBe(shared); // all three in ONE transaction
+    expect(stats.largestTransactionAccounts).toBe(2);
+    expect(stats.retriedAlone).toBe(0);
+    const { rows: events } = await services.pool.query('SELECT idempotency_key FROM usage_events WHERE account_id = $1 ORDER BY seq', [a]);
+    expect(events.map((r) => r.idempotency_key)).toEqual(['after']);
+    const { rows: hold } = await services.pool.query('SELECT status, consumed_micro_credits::text AS consumed FROM reservations WHERE id = $1', [reservationId]);
+    expect(hold).toEqual([{ status: 'ACTIVE', consumed: '0' }]);
+    // The outbox has the charge's usage row and one balance snapshot: nothing of the settle.
+    const { rows: outbox } = await services.pool.query('SELECT topic FROM outbox_events WHERE account_id = $1 ORDER BY id OFFSET $2', [a, before[0].n]);
+    expect(outbox.map((r) => r.topic).sort()).toEqual(['balance', 'usage']);
+    const balanceA = await expectLedgerInvariant(services.pool, a);
+    expect(balanceA.totalMicroCredits).toBe(9_000_000n);
+    expect(balanceA.reservedMicroCredits).toBe(2_000_000n);
+    expect((await expectLedgerInvariant(services.pool, b)).totalMicroCredits).toBe(9_000_000n);
   });
 });
 
