@@ -13,11 +13,17 @@ import type { ServiceContext } from './context.js';
 /**
  * Runs `fn` with the account `accountId` locked, then writes its balance (`finish`) and commits.
  * `fn` must not call `finish` itself nor lock other accounts.
+ * @param opts.refusesBeforeWriting see GroupCommitter.withAccount (skips the savepoint).
  * @returns what `fn` returned, after commit.
  * @throws LedgerError NOT_FOUND when the account does not exist; whatever `fn` throws.
  */
-export function onAccount<T>(ctx: ServiceContext, accountId: string, fn: (atx: AccountTx) => Promise<T>): Promise<T> {
-  if (ctx.groupCommit) return ctx.groupCommit.withAccount(accountId, fn);
+export function onAccount<T>(
+  ctx: ServiceContext,
+  accountId: string,
+  fn: (atx: AccountTx) => Promise<T>,
+  opts: { refusesBeforeWriting?: boolean } = {},
+): Promise<T> {
+  if (ctx.groupCommit) return ctx.groupCommit.withAccount(accountId, fn, opts);
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
     const result = await fn(atx);

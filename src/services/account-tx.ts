@@ -49,7 +49,7 @@ export interface AccountState {
   /** The usage event already recorded under the idempotency key, if any. */
   priorUsage: { id: string; requestHash: string } | null;
   /** The reservation asked for, when it belongs to this account. */
-  reservation: { amountMicroCredits: bigint; consumedMicroCredits: bigint; status: string; expiresAt: Date } | null;
+  reservation: HoldState | null;
 }
 
 /** The locked balance row and its account (AccountTx.lock / lockMany add the filter and FOR UPDATE). */
@@ -86,6 +86,16 @@ export interface ChargeState {
   hasAnyBudget: boolean;
   /** Usage events already recorded, by idempotency key (of the keys asked for). */
   priorUsage: Map<string, { id: string; requestHash: string }>;
+  /** The reservations asked for that belong to this account, by id. */
+  reservations: Map<string, HoldState>;
+}
+
+/** A reservation as a capture decides on it. */
+export interface HoldState {
+  amountMicroCredits: bigint;
+  consumedMicroCredits: bigint;
+  status: string;
+  expiresAt: Date;
 }
 
 /** Outbox topics besides the balance snapshot that finish() always writes (src/outbox/topics.ts). */
@@ -229,15 +239,19 @@ export class AccountTx {
   }
 
   /**
-   * What groups of plain charges (no reservation) decide on, for several locked accounts of one
-   * transaction in ONE query: per account, the spendable batches, the credit held by ACTIVE
-   * unexpired reservations, whether the account has any spending budget, and the usage events
-   * already recorded under the given idempotency keys.
-   * @param wanted each locked account with the idempotency keys of its charges.
+   * What groups of charges decide on, for several locked accounts of one transaction in ONE
+   * query: per account, the spendable batches, the credit held by ACTIVE unexpired reservations,
+   * whether the account has any spending budget, the usage events already recorded under the
+   * given idempotency keys, and the given reservations that belong to it.
+   * @param wanted each locked account with the idempotency keys and reservation ids of its charges.
    * @returns the state of each account, by account id.
    */
-  static async chargeStates(tx: Tx, wanted: readonly { atx: AccountTx; idempotencyKeys: readonly string[] }[]): Promise<Map<string, ChargeState>> {
+  static async chargeStates(
+    tx: Tx,
+    wanted: readonly { atx: AccountTx; idempotencyKeys: readonly string[]; reservationIds?: readonly string[] }[],
+  ): Promise<Map<string, ChargeState>> {
     const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.atx.accountId, k] as const));
+    const holdPairs = wanted.flatMap((w) => (w.reservationIds ?? []).map((id) => [w.atx.accountId, id] as const));
     const { rows } = await tx.query({
       name: 'cp-account-charge-states',
       // Prior keys: one probe of the (account_id, idempotency_key) unique index per key (a
@@ -249,8 +263,15 @@ export class AccountTx {
            CROSS JOIN LATERAL (SELECT id, idempotency_key, request_hash FROM usage_events
                                 WHERE account_id = k.account AND idempotency_key = k.key) pe
           GROUP BY k.account
+       ), holds AS (
+         SELECT h.account, json_agg(json_build_object('id', res.id, 'amount', res.amount_micro_credits::text,
+                  'consumed', res.consumed_micro_credits::text, 'status', res.status, 'expiresAt', res.expires_at)) AS list
+           FROM unnest($5::uuid[], $6::uuid[]) AS h(account, id)
+           CROSS JOIN LATERAL (SELECT * FROM reservations WHERE id = h.id AND account_id = h.account) res
+          GROUP BY h.account
        )
-       SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget, p.list AS priors
+       SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
+              p.list AS priors, hl.list AS holds
          FROM unnest($1::uuid[], $2::timestamptz[]) AS a(account, now)
          CROSS JOIN LATERAL (
                SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
@@ -258,15 +279,31 @@ export class AccountTx {
                  FROM reservations
                 WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r
          LEFT JOIN priors p ON p.account = a.account
+         LEFT JOIN holds hl ON hl.account = a.account
          LEFT JOIN LATERAL (${spendableBatches('a.account', 'a.now')}) b ON TRUE`,
-      values: [wanted.map((w) => w.atx.accountId), wanted.map((w) => w.atx.now), keyPairs.map((p) => p[0]), keyPairs.map((p) => p[1])],
+      values: [
+        wanted.map((w) => w.atx.accountId),
+        wanted.map((w) => w.atx.now),
+        keyPairs.map((p) => p[0]),
+        keyPairs.map((p) => p[1]),
+        holdPairs.map((p) => p[0]),
+        holdPairs.map((p) => p[1]),
+      ],
     });
     const states = new Map<string, ChargeState>();
     for (const r of rows) {
       let st = states.get(r.account as string);
       if (!st) {
-        st = { batches: [], reservedMicroCredits: toBigInt(r.held ?? 0), hasAnyBudget: r.has_budget === true, priorUsage: new Map() };
+        st = { batches: [], reservedMicroCredits: toBigInt(r.held ?? 0), hasAnyBudget: r.has_budget === true, priorUsage: new Map(), reservations: new Map() };
         for (const p of (r.priors ?? []) as { key: string; id: string; hash: string }[]) st.priorUsage.set(p.key, { id: p.id, requestHash: p.hash });
+        for (const h of (r.holds ?? []) as { id: string; amount: string; consumed: string; status: string; expiresAt: string }[]) {
+          st.reservations.set(h.id, {
+            amountMicroCredits: BigInt(h.amount),
+            consumedMicroCredits: BigInt(h.consumed),
+            status: h.status,
+            expiresAt: new Date(h.expiresAt),
+          });
+        }
         states.set(r.account as string, st);
       }
       if (r.id !== null) {

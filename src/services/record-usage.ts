@@ -171,7 +171,6 @@ interface PreparedEvent {
  * @returns the inserted usage_events rows (snake_case columns, as pg returns them), in input order.
  */
 async function insertUsageEvents(tx: Tx, events: readonly PreparedEvent[]): Promise<Record<string, unknown>[]> {
-  assert(events.length === 1 || events.every((e) => e.cmd.reservationId === null), 'captures against a hold are written one event at a time');
   const col = <T>(f: (e: PreparedEvent) => T): T[] => events.map(f);
   const dd = events.flatMap((e) => e.parts.map((p, i) => ({ event: e.id, batch: p.batchId, position: i, amount: p.amountMicroCredits.toString(), now: e.atx.now })));
   const { rows } = await tx.query({
@@ -207,10 +206,11 @@ async function insertUsageEvents(tx: Tx, events: readonly PreparedEvent[]): Prom
          FROM (SELECT batch, SUM(amount)::bigint AS amount, MAX(now) AS now FROM unnest($32::uuid[], $34::bigint[], $35::timestamptz[]) AS x(batch, amount, now) GROUP BY batch) d
         WHERE b.id = d.batch
      ), ur AS (
-       -- Only one-event writes capture against a hold (chargeAccounts charges holds one by one):
-       -- a scalar id, so the cached plan is a primary-key probe however the table grows.
-       UPDATE reservations r SET consumed_micro_credits = r.consumed_micro_credits + ($25::bigint[])[1]
-        WHERE r.id = ($28::uuid[])[1] AND cardinality($28::uuid[]) = 1
+       -- Captures: each hold's consumed grows by the cost of its events (a primary-key probe per hold).
+       UPDATE reservations r SET consumed_micro_credits = r.consumed_micro_credits + x.amount
+         FROM (SELECT id, SUM(cost)::bigint AS amount FROM unnest($28::uuid[], $25::bigint[]) AS x(id, cost)
+                WHERE id IS NOT NULL GROUP BY id) x
+        WHERE r.id = x.id
      )
      SELECT * FROM ev`,
     values: [
@@ -277,15 +277,17 @@ export interface ChargeItem {
  * writes the balances once (`AccountTx.finishMany` / `finish`), so each account's balance
  * version moves once (the contract asks for "at least 1 on every change").
  *
- * Plain charges (no reservation, the account has no spending budget) are decided in memory from
- * ONE read of all the accounts' batches, holds and prior idempotency keys, and written with ONE
- * multi-row statement for all accounts: a charge no longer costs a read and a write round trip
- * of its own. The rules are those of applyCharge (same order of checks, same drawdown, same
- * refusals); an idempotency key repeated inside a group replays the first item's event. Groups
- * with a reservation or under a budget run applyCharge item by item (budgets are checked
- * against recorded usage).
+ * Charges of accounts without a spending budget, captures against a hold included, are decided
+ * in memory from ONE read of all the accounts' batches, holds, prior idempotency keys and the
+ * reservations captured against, and written with ONE multi-row statement for all accounts: a
+ * charge no longer costs a read and a write round trip of its own. The rules are those of
+ * applyCharge (same order of checks, same drawdown, same refusals, a capture beyond its hold and
+ * the available credit becomes debt); an idempotency key repeated inside a group replays the
+ * first item's event. Accounts with a spending budget run applyCharge item by item (budgets are
+ * checked against recorded usage).
  * @returns per group, one outcome per item; refusals are LedgerErrors (IDEMPOTENCY_CONFLICT,
- *   INSUFFICIENT_CREDITS, BAD_USER_INPUT from pricing, and applyCharge's on the slow path).
+ *   INSUFFICIENT_CREDITS, NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture, BAD_USER_INPUT from
+ *   pricing, and applyCharge's on the slow path).
  * @throws unexpected (non-LedgerError) errors, leaving the transaction to be rolled back.
  */
 export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[]): Promise<BatchItemResult[][]> {
@@ -302,10 +304,16 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
     return out;
   };
   const results: BatchItemResult[][] = new Array(groups.length);
-  const plain = groups.flatMap((g, i) => (g.items.some((it) => it.cmd.reservationId !== null) ? [] : [i]));
   const states =
-    plain.length > 0
-      ? await AccountTx.chargeStates(tx, plain.map((i) => ({ atx: groups[i]!.atx, idempotencyKeys: [...new Set(groups[i]!.items.map((it) => it.cmd.idempotencyKey))] })))
+    groups.length > 0
+      ? await AccountTx.chargeStates(
+          tx,
+          groups.map((g) => ({
+            atx: g.atx,
+            idempotencyKeys: [...new Set(g.items.map((it) => it.cmd.idempotencyKey))],
+            reservationIds: [...new Set(g.items.flatMap((it) => (it.cmd.reservationId ? [it.cmd.reservationId] : [])))],
+          })),
+        )
       : new Map<string, ChargeState>();
   const events: PreparedEvent[] = [];
   const fresh: { out: BatchItemResult[]; index: number }[] = []; // parallel to `events`
@@ -320,6 +328,8 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
     results[g] = out;
     const batches = state.batches.map((b) => ({ ...b }));
     let spendable = batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n);
+    let reserved = state.reservedMicroCredits; // held by ACTIVE unexpired holds, all of them
+    const holds = new Map([...state.reservations].map(([id, h]) => [id, { ...h }]));
     const recorded = new Map(state.priorUsage);
     for (const { cmd, price } of items) {
       const hash = commandHash(cmd);
@@ -332,6 +342,17 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
         );
         continue;
       }
+      const hold = cmd.reservationId ? holds.get(cmd.reservationId) : undefined;
+      if (cmd.reservationId) {
+        if (!hold) {
+          out.push({ ok: false, error: new LedgerError('NOT_FOUND', 'reservation not found') });
+          continue;
+        }
+        if (hold.status !== 'ACTIVE' || hold.expiresAt.getTime() <= atx.now.getTime()) {
+          out.push({ ok: false, error: new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${hold.status === 'ACTIVE' ? 'EXPIRED' : hold.status}`) });
+          continue;
+        }
+      }
       let priced: PricedUsage;
       let version: number;
       try {
@@ -342,22 +363,42 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
         continue;
       }
       const cost = priced.costMicroCredits;
-      const available = spendable - atx.debt - state.reservedMicroCredits;
-      if (cost > 0n && cost > available) {
-        out.push({ ok: false, error: insufficientCredits(cost, available) });
-        continue;
+      let toDraw: bigint;
+      let debtAdded = 0n;
+      let fromHold = 0n;
+      if (!hold) {
+        const available = spendable - atx.debt - reserved;
+        if (cost > 0n && cost > available) {
+          out.push({ ok: false, error: insufficientCredits(cost, available) });
+          continue;
+        }
+        toDraw = cost;
+      } else {
+        // applyCharge's rule: the hold first, then credit nobody holds, the rest becomes debt.
+        const holdLeft = maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n);
+        fromHold = minBig(cost, holdLeft);
+        const availableOutsideHold = spendable - atx.debt - (reserved - holdLeft) - holdLeft;
+        const fromAvailable = minBig(cost - fromHold, maxBig(availableOutsideHold, 0n));
+        toDraw = fromHold + fromAvailable;
+        debtAdded = cost - toDraw;
       }
-      const plan = planDrawdown(batches, cost, atx.now);
-      assert(plan.shortfallMicroCredits === 0n, 'a charge within available credit is fully drawn');
+      const plan = planDrawdown(batches, toDraw, atx.now);
+      assert(hold || plan.shortfallMicroCredits === 0n, 'a charge within available credit is fully drawn');
+      debtAdded += plan.shortfallMicroCredits; // a hold whose batches expired or were voided meanwhile
       for (const part of plan.parts) {
         const b = batches.find((x) => x.id === part.batchId)!;
         b.remainingMicroCredits -= part.amountMicroCredits;
+        spendable -= part.amountMicroCredits;
       }
-      spendable -= cost;
+      if (hold) {
+        hold.consumedMicroCredits += cost;
+        reserved -= fromHold;
+      }
+      atx.debt += debtAdded;
       const id = randomUUID();
       recorded.set(cmd.idempotencyKey, { id, requestHash: hash });
-      events.push({ atx, id, cmd, hash, cost, debtAdded: 0n, priced, version, parts: plan.parts });
-      atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: id, reservationId: null, note: cmd.category });
+      events.push({ atx, id, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts });
+      atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: id, reservationId: cmd.reservationId, note: cmd.category });
       atx.publish('usage', { accountId: atx.accountId, usageEventId: id });
       fresh.push({ out, index: out.length });
       out.push({ ok: true, result: { eventId: id, replayed: false } });

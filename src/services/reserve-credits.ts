@@ -75,5 +75,5 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
     atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId });
     scheduleExpiry(atx, 'hold', reservationId, new Date(atx.now.getTime() + cmd.ttlSeconds * 1000));
     return { reservationId, replayed: false };
-  });
+  }, { refusesBeforeWriting: true }); // every refusal above precedes the INSERT
 }

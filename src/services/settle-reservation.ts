@@ -49,5 +49,5 @@ export async function settleReservation(ctx: ServiceContext, reservationId: stri
     for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!);
     await closeReservation(res, 'SETTLED', 'settled: unused rest released');
     return reservationId;
-  });
+  }, { refusesBeforeWriting: cmds.length <= 1 }); // with one item, applyCharge's refusals precede its writes and nothing else refuses after
 }

@@ -267,32 +267,80 @@ describe('operations in shared transactions (reserve, settle)', () => {
   });
 });
 
+describe('a refused hold in a shared transaction', () => {
+  it('writes nothing (no savepoint: its refusals come before its insert), and the charge beside it commits', async () => {
+    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
+    const local = { ...services, groupCommit: committer };
+    const a = await createFundedAccount(services, { paid: 10 });
+    const b = await createFundedAccount(services, { paid: 10 });
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const blocker = committer.withAccount(b, () => gate);
+    const tooBig = reserveCredits(local, { accountId: a, amountMicroCredits: credits(11), ttlSeconds: 300, idempotencyKey: 'big' });
+    const fits = reserveCredits(local, { accountId: a, amountMicroCredits: credits(4), ttlSeconds: 300, idempotencyKey: 'fits' });
+    const chargeB = recordUsage(local, { accountId: b, idempotencyKey: 'b-1', category: 'unit' });
+    while (committer.stats().waiting < 3) await new Promise((resolve) => setImmediate(resolve));
+    const shared = committer.stats().transactions + 1;
+    open();
+    await blocker;
+    await expect(tooBig).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
+    expect((await fits).replayed).toBe(false);
+    expect((await chargeB).replayed).toBe(false);
+    expect(committer.stats().transactions).toBe(shared);
+    const { rows } = await services.pool.query('SELECT idempotency_key FROM reservations WHERE account_id = $1', [a]);
+    expect(rows.map((r) => r.idempotency_key)).toEqual(['fits']);
+    const balanceA = await expectLedgerInvariant(services.pool, a);
+    expect(balanceA.reservedMicroCredits).toBe(4_000_000n);
+    expect(balanceA.totalMicroCredits).toBe(10_000_000n);
+  });
+});
+
 describe('groups decided in memory equal one transaction per charge (property)', () => {
   const itemArb = fc.record({
     account: fc.integer({ min: 0, max: 2 }),
     key: fc.integer({ min: 0, max: 7 }).map((k) => `k-${k}`),
     category: fc.constantFrom('unit', 'units', 'free', 'nope'),
     units: fc.integer({ min: 0, max: 600 }).map((n) => (n / 100).toString()), // 0 .. 6 credits
+    // A plain charge, a capture against the account's open hold, against its settled hold, or
+    // against another account's hold.
+    hold: fc.constantFrom('none', 'none', 'open', 'open', 'settled', 'other'),
   });
 
-  it('same outcomes, drawdowns and balances on 3 accounts in one transaction for random charge lists (repeated keys, refusals, unknown categories)', async () => {
+  it('same outcomes, drawdowns, holds, debt and balances on 3 accounts in one transaction for random charge lists (repeated keys, refusals, unknown categories, captures against open, settled and foreign holds)', async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(itemArb, { minLength: 1, maxLength: 30 }), async (items) => {
         const freeExpiresAt = new Date(Date.now() + 3_600_000);
-        const fund = () => createFundedAccount(services, { free: 4, paid: 9, freeExpiresAt });
+        const fund = () => createFundedAccount(services, { free: 2, paid: 4, freeExpiresAt });
         const seqAccounts = [await fund(), await fund(), await fund()];
         const grpAccounts = [await fund(), await fund(), await fund()];
-        const input = (accountId: string, it: (typeof items)[number]) => ({
+        // Every account (6 credits): an open 3-credit hold and a settled one; small, so captures run past their hold into debt (one transaction each, no group commit).
+        const holdsOf = new Map<string, { open: string; settled: string }>();
+        for (const accountId of [...seqAccounts, ...grpAccounts]) {
+          const plain = { ...services, groupCommit: undefined };
+          const open = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(3), ttlSeconds: 600, idempotencyKey: 'open' })).reservationId;
+          const settled = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'settled' })).reservationId;
+          await settleReservation(plain, settled, []);
+          holdsOf.set(accountId, { open, settled });
+        }
+        const input = (accountId: string, it: (typeof items)[number], others: string[]) => ({
           accountId,
           idempotencyKey: it.key,
           category: it.category,
           quantities: it.category === 'units' ? { units: it.units } : null,
+          reservationId:
+            it.hold === 'open'
+              ? holdsOf.get(accountId)!.open
+              : it.hold === 'settled'
+                ? holdsOf.get(accountId)!.settled
+                : it.hold === 'other'
+                  ? holdsOf.get(others[(it.account + 1) % 3]!)!.open
+                  : null,
         });
         const code = (r: { ok: boolean; error?: unknown }) => (r.ok ? 'OK' : r.error instanceof LedgerError ? r.error.code : `UNEXPECTED ${String(r.error)}`);
         const sequential: string[] = [];
         for (const it of items) {
           try {
-            await recordUsage({ ...services, groupCommit: undefined }, input(seqAccounts[it.account]!, it));
+            await recordUsage({ ...services, groupCommit: undefined }, input(seqAccounts[it.account]!, it, seqAccounts));
             sequential.push('OK');
           } catch (error) {
             sequential.push(code({ ok: false, error }));
@@ -309,7 +357,7 @@ describe('groups decided in memory equal one transaction per charge (property)',
                 items
                   .filter((it) => it.account === a)
                   .map(async (it) => {
-                    const cmd = validateUsageInput(input(id, it));
+                    const cmd = validateUsageInput(input(id, it, grpAccounts));
                     return { cmd, price: await pricerFor(services, cmd) };
                   }),
               ),
@@ -335,9 +383,34 @@ describe('groups decided in memory equal one transaction per charge (property)',
           const x = await expectLedgerInvariant(services.pool, seqAccounts[a]!);
           const y = await expectLedgerInvariant(services.pool, grpAccounts[a]!);
           expect(y.totalMicroCredits).toBe(x.totalMicroCredits);
+          expect(y.reservedMicroCredits).toBe(x.reservedMicroCredits);
+          const holdAndDebt = async (accountId: string) =>
+            (
+              await services.pool.query(
+                `SELECT r.idempotency_key, r.status, r.consumed_micro_credits::text AS consumed, b.debt_micro_credits::text AS debt
+                   FROM reservations r JOIN balances b ON b.account_id = r.account_id WHERE r.account_id = $1 ORDER BY r.idempotency_key`,
+                [accountId],
+              )
+            ).rows;
+          expect(await holdAndDebt(grpAccounts[a]!)).toEqual(await holdAndDebt(seqAccounts[a]!));
         }
       }),
-      { numRuns: 20 },
+      {
+        numRuns: 50,
+        examples: [
+          // Two captures past the 3-credit hold, then plain charges at the edge of what is left:
+          // the hold's consumed and the credit still held must move with each capture.
+          [
+            [
+              { account: 0, key: 'k-0', category: 'units', units: '2', hold: 'open' },
+              { account: 0, key: 'k-1', category: 'units', units: '2', hold: 'open' },
+              { account: 0, key: 'k-2', category: 'units', units: '3', hold: 'none' },
+              { account: 0, key: 'k-3', category: 'unit', units: '0', hold: 'none' },
+              { account: 0, key: 'k-4', category: 'units', units: '4', hold: 'open' },
+            ],
+          ],
+        ],
+      },
     );
   });
 });
