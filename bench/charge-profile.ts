@@ -26,7 +26,9 @@
  * Every mode ends with the rows each table gave to sequential and index scans per event
  * (pg_stat_user_tables): a number that grows with the data is a plan to look at with --plans.
  *
- * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N | --hot | --jobs] [--plans]
+ * `--batch N --spread` spreads each batch over the accounts instead of one account.
+ *
+ * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N [--spread] | --hot | --jobs] [--plans]
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
@@ -54,6 +56,7 @@ const { values } = parseArgs({
     batch: { type: 'string', default: '0' },
     hot: { type: 'boolean', default: false },
     jobs: { type: 'boolean', default: false },
+    spread: { type: 'boolean', default: false },
   },
 });
 const EVENTS = Number(values.events);
@@ -144,7 +147,7 @@ async function main() {
   const t0 = performance.now();
   const input = (i: number) => {
     const r = trace[i]!;
-    return { accountId: BATCH > 0 || values.hot ? accounts[0]! : accounts[i % accounts.length]!, idempotencyKey: `p-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never };
+    return { accountId: (BATCH > 0 && !values.spread) || values.hot ? accounts[0]! : accounts[(i * 7919) % accounts.length]!, idempotencyKey: `p-${i}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never };
   };
   if (BATCH > 0) {
     for (let i = 0; i < trace.length; i += BATCH) {
@@ -165,7 +168,7 @@ async function main() {
   const pgCpuMs = ((cpuTicks(pid) - ticks0) * 1000) / 100;
   console.log(
     BATCH > 0
-      ? `${trace.length} events as recordUsageBatch(${BATCH}) on ONE account, 1 connection, sequential`
+      ? `${trace.length} events as recordUsageBatch(${BATCH}) on ${values.spread ? `${ACCOUNTS} accounts` : 'ONE account'}, 1 connection, sequential`
       : values.jobs
         ? `${trace.length / 5} jobs (reserve, 3 captures, settle) = ${trace.length} operations over ${ACCOUNTS} accounts, 1 connection, sequential; "event" = operation`
         : `${trace.length} events over ${values.hot ? 'ONE account' : `${ACCOUNTS} accounts`}, 1 connection, sequential`,

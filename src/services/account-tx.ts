@@ -76,7 +76,7 @@ function loadedBatchFromRow(r: Record<string, unknown>): LoadedBatch {
   };
 }
 
-/** What a group of plain charges of one account decides on (AccountTx.chargeStates). */
+/** What a group of charges of one account decides on, captures included (AccountTx.chargeStates). */
 export interface ChargeState {
   /** Spendable batches (unordered; drawdown orders them). */
   batches: LoadedBatch[];
