@@ -39,7 +39,8 @@ import { createPricingState } from '../src/services/pricing-state.js';
 import { publishPriceBook } from '../src/services/publish-price-book.js';
 import { createAccount } from '../src/services/create-account.js';
 import { grantCredits } from '../src/services/grant-credits.js';
-import { recordUsage, recordUsageBatch } from '../src/services/record-usage.js';
+import { applyCharge, chargeAccounts, recordUsage, recordUsageBatch } from '../src/services/record-usage.js';
+import { GroupCommitter } from '../src/services/group-commit.js';
 import { reserveCredits } from '../src/services/reserve-credits.js';
 import { settleReservation } from '../src/services/settle-reservation.js';
 import { credits } from '../src/ledger/credits.js';
@@ -242,6 +243,14 @@ async function auditPlans(pool: pg.Pool, ctx: ServiceContext, accounts: string[]
         const { reservationId } = await reserveCredits(ctx, { accountId: accounts[k]!, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: `plan-res-${k}`, agentId: null, userId: null });
         for (let i = 0; i < 3; i++) await recordUsage(ctx, usage(300 + k * 10 + i, accounts[k]!, { reservationId }));
         await settleReservation(ctx, reservationId, []);
+      }
+    }],
+    ['the same through group commit (captures decided with the group)', async () => {
+      const grouped: ServiceContext = { ...ctx, groupCommit: new GroupCommitter(pool, ctx.clock, chargeAccounts, applyCharge) };
+      for (let k = 2; k < 4; k++) {
+        const { reservationId } = await reserveCredits(grouped, { accountId: accounts[k]!, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: `plan-res-${k}`, agentId: null, userId: null });
+        await Promise.all([0, 1, 2].map((i) => recordUsage(grouped, usage(300 + k * 10 + i, accounts[k]!, { reservationId }))));
+        await settleReservation(grouped, reservationId, []);
       }
     }],
   ];
