@@ -65,6 +65,11 @@ type Pending = PendingCharge | PendingOp;
 /** How one waiting item ended inside a transaction that committed. */
 type Settled = { ok: true; value: unknown } | { ok: false; error: unknown };
 
+/** A charge's outcome as a Settled. */
+function toSettled(r: BatchItemResult): Settled {
+  return r.ok ? { ok: true, value: r.result } : { ok: false, error: r.error };
+}
+
 /** Savepoint name of one operation inside a shared transaction. */
 const OP_SAVEPOINT = 'cp_account_op';
 
@@ -207,58 +212,16 @@ export class GroupCommitter {
           return atx ? [{ atx, items }] : [];
         });
         const settled = new Map<string, Settled[]>();
-        const toSettled = (r: BatchItemResult): Settled => (r.ok ? { ok: true, value: r.result } : { ok: false, error: r.error });
-        // Accounts with charges only: decided together, in one read and one write for all.
+            // Accounts with charges only: decided together, in one read and one write for all.
         const chargesOnly = found.filter((g) => g.items.every((i) => i.kind === 'charge'));
         if (chargesOnly.length > 0) {
           const charged = await this.chargeGroups(tx, chargesOnly.map((g) => ({ atx: g.atx, items: g.items as PendingCharge[] })));
           chargesOnly.forEach((g, i) => settled.set(g.atx.accountId, charged[i]!.map(toSettled)));
         }
-        // Accounts with operations: in arrival order, runs of charges together, each operation
-        // under a savepoint (none when it is the transaction's only item: its refusal rolls
-        // back the whole transaction, which is then just that operation).
+        // Accounts with operations: their items in arrival order (inOrder).
         const alone = found.length === 1 && found[0]!.items.length === 1;
         for (const { atx, items } of found) {
-          if (settled.has(atx.accountId)) continue;
-          const out: Settled[] = [];
-          for (let i = 0; i < items.length; ) {
-            const item = items[i]!;
-            if (item.kind === 'charge') {
-              let j = i;
-              while (j < items.length && items[j]!.kind === 'charge') j++;
-              const charged = await this.chargeGroups(tx, [{ atx, items: items.slice(i, j) as PendingCharge[] }]);
-              out.push(...charged[0]!.map(toSettled));
-              i = j;
-              continue;
-            }
-            i++;
-            if (alone) {
-              out.push({ ok: true, value: await item.fn(atx) });
-              continue;
-            }
-            if (item.refusesBeforeWriting) {
-              try {
-                out.push({ ok: true, value: await item.fn(atx) });
-              } catch (error) {
-                if (!(error instanceof LedgerError)) throw error;
-                out.push({ ok: false, error });
-              }
-              continue;
-            }
-            const mark = atx.checkpoint();
-            await tx.query(`SAVEPOINT ${OP_SAVEPOINT}`);
-            try {
-              const value = await item.fn(atx);
-              await tx.query(`RELEASE SAVEPOINT ${OP_SAVEPOINT}`);
-              out.push({ ok: true, value });
-            } catch (error) {
-              if (!(error instanceof LedgerError)) throw error;
-              await tx.query(`ROLLBACK TO SAVEPOINT ${OP_SAVEPOINT}`);
-              atx.rollbackTo(mark);
-              out.push({ ok: false, error });
-            }
-          }
-          settled.set(atx.accountId, out);
+          if (!settled.has(atx.accountId)) settled.set(atx.accountId, await this.inOrder(tx, atx, items, alone));
         }
         await AccountTx.finishMany(tx, [...locked.values()]); // one version and snapshot per account
         return settled;
@@ -285,6 +248,49 @@ export class GroupCommitter {
       }
       out.forEach((o, i) => (o.ok ? group[i]!.resolve(o.value as ChargeResult) : group[i]!.reject(o.error)));
     }
+  }
+
+  /**
+   * The items of one locked account that has operations, in arrival order: each run of charges
+   * together (chargeGroups), each operation under a savepoint, except when it refuses only before
+   * writing or is the transaction's only item (then its refusal rolls back the whole transaction,
+   * which is just that operation).
+   * @throws unexpected errors, and an `alone` operation's LedgerError (the caller rolls back).
+   */
+  private async inOrder(tx: Tx, atx: AccountTx, items: readonly Pending[], alone: boolean): Promise<Settled[]> {
+    const out: Settled[] = [];
+    for (let i = 0; i < items.length; ) {
+      const item = items[i]!;
+      if (item.kind === 'charge') {
+        let j = i;
+        while (j < items.length && items[j]!.kind === 'charge') j++;
+        const charged = await this.chargeGroups(tx, [{ atx, items: items.slice(i, j) as PendingCharge[] }]);
+        out.push(...charged[0]!.map(toSettled));
+        i = j;
+        continue;
+      }
+      i++;
+      if (alone) {
+        out.push({ ok: true, value: await item.fn(atx) });
+        continue;
+      }
+      const savepoint = !item.refusesBeforeWriting;
+      const mark = atx.checkpoint();
+      if (savepoint) await tx.query(`SAVEPOINT ${OP_SAVEPOINT}`);
+      try {
+        const value = await item.fn(atx);
+        if (savepoint) await tx.query(`RELEASE SAVEPOINT ${OP_SAVEPOINT}`);
+        out.push({ ok: true, value });
+      } catch (error) {
+        if (!(error instanceof LedgerError)) throw error;
+        if (savepoint) {
+          await tx.query(`ROLLBACK TO SAVEPOINT ${OP_SAVEPOINT}`);
+          atx.rollbackTo(mark);
+        }
+        out.push({ ok: false, error });
+      }
+    }
+    return out;
   }
 
   /** One charge (applyCharge) or operation in a transaction of its own; settles it. */
