@@ -194,8 +194,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       deps.redis.ping().then((r) => r === 'PONG', () => false),
     ]);
     // Live fan-out counters of this instance (no tenant data): open WebSockets, subscribed
-    // account channels, local subscriptions, messages received, resyncs after Redis drops,
-    // outbox rows this instance's relay published.
+    // account channels, local subscriptions, messages received, resyncs after Redis drops, live
+    // streams started since boot, outbox rows this instance's relay published.
     const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0 };
     return { ok: postgres && redis, postgres, redis, live: liveStats };
   };

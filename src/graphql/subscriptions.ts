@@ -101,6 +101,7 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
       run(async () => {
         const first = await h.start();
         started = true;
+        hub.noteStreamStarted();
         for (const m of buffered.splice(0)) enqueue(m);
         return first;
       });

@@ -29,11 +29,14 @@ export interface LiveHubStats {
   listeners: number;
   messagesReceived: number;
   resyncs: number;
+  /** Live streams that finished their start (snapshot or starting point read) since boot; only grows. */
+  streamsStarted: number;
 }
 
 /** See the module comment. */
 export class LiveHub {
   private readonly sub: Redis;
+  private streamsStarted = 0;
   private readonly channels = new Map<string, Set<LiveListener>>();
   private readonly pending = new Map<string, Promise<unknown>>();
   private disconnectedSinceReady = false;
@@ -99,7 +102,15 @@ export class LiveHub {
   stats(): LiveHubStats {
     let listeners = 0;
     for (const set of this.channels.values()) listeners += set.size;
-    return { channels: this.channels.size, listeners, messagesReceived: this.messagesReceived, resyncs: this.resyncs };
+    return { channels: this.channels.size, listeners, messagesReceived: this.messagesReceived, resyncs: this.resyncs, streamsStarted: this.streamsStarted };
+  }
+
+  /**
+   * Counts a live stream whose start is done: from now on it delivers every change (what a
+   * client can wait for, through /readyz, before it expects a change it causes to reach it).
+   */
+  noteStreamStarted(): void {
+    this.streamsStarted++;
   }
 
   /** Closes the subscriber connection. */

@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { ok, uniq, expectError } from '../api/helpers.js';
-import { ALERTS_SUB, wsSubscribe } from '../live/helpers.js';
+import { ALERTS_SUB, streamsStarted, waitForStreamsStarted, wsSubscribe } from '../live/helpers.js';
 
 let srv: TestServer;
 
@@ -207,9 +207,10 @@ describe('alerts at 25 %, 15 % and 0 %', () => {
   it('one by one, several at once, 100 concurrent charges: each threshold once per period; a new period re-arms', async () => {
     const id = await testAccount('2026-05-01T00:00:00.000Z');
     await grant(id, '200', 'PAID');
+    const before = await streamsStarted(srv.url);
     const live = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, ALERTS_SUB, { id });
     try {
-      // The alerts subscription is live once it answered nothing for a change that raises nothing.
+      await waitForStreamsStarted(srv.url, before + 1); // creditAlerts has no snapshot to wait for
       ok(await spend(id, '140')); // 30 %: nothing yet
       expect((await read(id)).alerts.edges).toEqual([]);
       // 100 concurrent 1-credit charges on 60 left: 60 succeed, crossing 25 (at 50 left), 15 (at 30) and 0.

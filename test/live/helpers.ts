@@ -144,3 +144,23 @@ export const BALANCE_SUB = `subscription ($id: ID!) { balanceChanged(accountId: 
 export const USAGE_SUB = `subscription ($id: ID!) { usageRecorded(accountId: $id) { id idempotencyKey cost category } }`;
 /** The creditAlerts subscription document. */
 export const ALERTS_SUB = `subscription ($id: ID!) { creditAlerts(accountId: $id) { id accountId threshold percentRemaining available } }`;
+
+/** Live streams the server at `graphqlUrl` has started since boot (/readyz `live.streamsStarted`; only grows). */
+export async function streamsStarted(graphqlUrl: string): Promise<number> {
+  const res = await fetch(new URL('/readyz', graphqlUrl));
+  const body = (await res.json()) as { live: { streamsStarted: number } };
+  return body.live.streamsStarted;
+}
+
+/**
+ * Waits until the server has started at least `count` live streams since boot: a stream that
+ * has started delivers every change committed after it (usageRecorded and creditAlerts have no
+ * snapshot to wait for instead). Each check is one /readyz request.
+ * @throws Error after 15 s without reaching `count`.
+ */
+export async function waitForStreamsStarted(graphqlUrl: string, count: number): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (let n = await streamsStarted(graphqlUrl); n < count; n = await streamsStarted(graphqlUrl)) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${count} started live streams: ${n}`);
+  }
+}

@@ -10,7 +10,7 @@ import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js'
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { recordUsage } from '../../src/services/record-usage.js';
-import { BALANCE_SUB, USAGE_SUB, wsSubscribe, type LiveSub } from './helpers.js';
+import { BALANCE_SUB, USAGE_SUB, streamsStarted, waitForStreamsStarted, wsSubscribe, type LiveSub } from './helpers.js';
 import { dbId } from '../api/helpers.js';
 
 const ADMIN_KEY = `cp_admin_${randomBytes(16).toString('hex')}`;
@@ -64,9 +64,11 @@ afterAll(async () => {
 describe('two server instances sharing PostgreSQL and Redis', () => {
   it('a subscriber on B receives, in order and without gaps, every balance version of 500 charges committed through A', async () => {
     const id = await account(a, '1000');
+    const before = await streamsStarted(b.graphqlUrl);
     const sub = track(wsSubscribe(b.graphqlUrl, `Bearer ${ADMIN_KEY}`, BALANCE_SUB, { id }));
     const usage = track(wsSubscribe(b.graphqlUrl, `Bearer ${ADMIN_KEY}`, USAGE_SUB, { id }));
     await sub.waitFor((s) => s.events.length === 1, 'the snapshot');
+    await waitForStreamsStarted(b.graphqlUrl, before + 2); // usageRecorded has no snapshot to wait for
     const start = BigInt(sub.events[0].balanceChanged.version);
     // 500 charges, 8 in flight at a time, all through instance A.
     let next = 0;

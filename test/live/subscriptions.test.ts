@@ -12,7 +12,7 @@ import { createApiKey } from '../../src/auth/api-keys.js';
 import { withTransaction } from '../../src/db/pg.js';
 import { AccountTx } from '../../src/services/account-tx.js';
 import { recordCreditAlert } from '../../src/services/credit-alerts.js';
-import { ALERTS_SUB, BALANCE_SUB, USAGE_SUB, sseSubscribe, wsSubscribe, wsUrl, type LiveSub } from './helpers.js';
+import { ALERTS_SUB, BALANCE_SUB, USAGE_SUB, sseSubscribe, streamsStarted, waitForStreamsStarted, wsSubscribe, wsUrl, type LiveSub } from './helpers.js';
 
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
 
@@ -110,11 +110,13 @@ describe('balanceChanged', () => {
 describe('usageRecorded and creditAlerts', () => {
   it('delivers each new usage event (the per-message cost view), in order', async () => {
     const account = await apiAccount(srv, { paid: '50' });
+    const before = await streamsStarted(srv.url);
     const sub = track(wsSubscribe(srv.url, bearer(), USAGE_SUB, { id: account }));
     const balance = track(wsSubscribe(srv.url, bearer(), BALANCE_SUB, { id: account }));
     await balance.waitFor((s) => s.events.length === 1, 'the balance snapshot');
-    // usageRecorded has no snapshot; the balance subscription on the same account proves the channel is live.
-    await sub.waitFor(() => true, 'nothing');
+    // usageRecorded has no snapshot: wait until the server has started both streams (read the
+    // starting point), so every charge below is recorded after the subscription started.
+    await waitForStreamsStarted(srv.url, before + 2);
     const keys = [uniq('u'), uniq('u'), uniq('u')];
     const ids: string[] = [];
     for (const k of keys) ids.push((await charge(account, 'unit', k)).id);
@@ -131,9 +133,11 @@ describe('usageRecorded and creditAlerts', () => {
 
   it('delivers credit alerts recorded for the account, once per threshold per period', async () => {
     const account = await apiAccount(srv, { paid: '10' });
+    const before = await streamsStarted(srv.url);
     const sub = track(wsSubscribe(srv.url, bearer(), ALERTS_SUB, { id: account }));
     const balance = track(wsSubscribe(srv.url, bearer(), BALANCE_SUB, { id: account }));
     await balance.waitFor((s) => s.events.length === 1, 'the balance snapshot');
+    await waitForStreamsStarted(srv.url, before + 2); // creditAlerts has no snapshot either
     const raise = (threshold: number) =>
       withTransaction(srv.services.pool, async (tx) => {
         const atx = await AccountTx.lock(tx, dbId(account), new Date());
