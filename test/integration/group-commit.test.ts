@@ -36,6 +36,24 @@ afterAll(async () => {
 const codeOf = (r: PromiseSettledResult<unknown>) =>
   r.status === 'fulfilled' ? 'OK' : r.reason instanceof LedgerError ? r.reason.code : `UNEXPECTED: ${String(r.reason)}`;
 
+/**
+ * Keeps the committer's only transaction slot busy (an operation on `accountId` that waits), so
+ * calls made meanwhile wait together. The returned release(count) waits until `count` items are
+ * waiting, frees the slot, and returns the number the transaction that takes them will have.
+ */
+function occupySlot(committer: GroupCommitter, accountId: string): (count: number) => Promise<number> {
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const blocker = committer.withAccount(accountId, () => gate);
+  return async (count) => {
+    while (committer.stats().waiting < count) await new Promise((resolve) => setImmediate(resolve));
+    const shared = committer.stats().transactions + 1;
+    open();
+    await blocker;
+    return shared;
+  };
+}
+
 describe('group commit', () => {
   it('200 concurrent 1-credit charges on 50 credits: exactly 50 succeed, in groups, FREE first, one version per group', async () => {
     const accountId = await createFundedAccount(services, { free: 20, paid: 30 });
@@ -232,20 +250,14 @@ describe('operations in shared transactions (reserve, settle)', () => {
     const b = await createFundedAccount(services, { paid: 10 });
     const { reservationId } = await reserveCredits(local, { accountId: a, amountMicroCredits: credits(2), ttlSeconds: 300, idempotencyKey: 'hold' });
     const { rows: before } = await services.pool.query('SELECT count(*)::int AS n FROM outbox_events WHERE account_id = $1', [a]);
-    // Keep the only transaction slot busy until the three calls below wait together.
-    let open!: () => void;
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    const blocker = committer.withAccount(b, () => gate);
+    const release = occupySlot(committer, b); // the three calls below wait together
     const settle = settleReservation(local, reservationId, [
       { accountId: a, idempotencyKey: 's-1', category: 'unit' }, // 1 credit of the 2 held: written, then rolled back
       { accountId: a, idempotencyKey: 's-2', category: 'nope' }, // no price rule: refused after s-1 was written
     ]);
     const chargeA = recordUsage(local, { accountId: a, idempotencyKey: 'after', category: 'unit' });
     const chargeB = recordUsage(local, { accountId: b, idempotencyKey: 'b-1', category: 'unit' });
-    while (committer.stats().waiting < 3) await new Promise((resolve) => setImmediate(resolve));
-    const shared = committer.stats().transactions + 1;
-    open();
-    await blocker;
+    const shared = await release(3);
     await expect(settle).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
     expect((await chargeA).replayed).toBe(false);
     expect((await chargeB).replayed).toBe(false);
@@ -273,16 +285,11 @@ describe('a refused hold in a shared transaction', () => {
     const local = { ...services, groupCommit: committer };
     const a = await createFundedAccount(services, { paid: 10 });
     const b = await createFundedAccount(services, { paid: 10 });
-    let open!: () => void;
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    const blocker = committer.withAccount(b, () => gate);
+    const release = occupySlot(committer, b); // the three calls below wait together
     const tooBig = reserveCredits(local, { accountId: a, amountMicroCredits: credits(11), ttlSeconds: 300, idempotencyKey: 'big' });
     const fits = reserveCredits(local, { accountId: a, amountMicroCredits: credits(4), ttlSeconds: 300, idempotencyKey: 'fits' });
     const chargeB = recordUsage(local, { accountId: b, idempotencyKey: 'b-1', category: 'unit' });
-    while (committer.stats().waiting < 3) await new Promise((resolve) => setImmediate(resolve));
-    const shared = committer.stats().transactions + 1;
-    open();
-    await blocker;
+    const shared = await release(3);
     await expect(tooBig).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
     expect((await fits).replayed).toBe(false);
     expect((await chargeB).replayed).toBe(false);
