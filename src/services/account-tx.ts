@@ -181,10 +181,20 @@ export class AccountTx {
    * @throws LedgerError NOT_FOUND (`what` not found) when there is no such row.
    */
   static async lockOwner(tx: Tx, table: OwnedTable, id: string, what: string, wallNow: Date): Promise<AccountTx> {
-    const found = await tx.query(`SELECT account_id FROM ${table} WHERE id = $1`, [id]);
+    return AccountTx.lock(tx, await AccountTx.ownerOf(tx, table, id, what), wallNow);
+  }
+
+  /**
+   * The account that owns row `id` of `table`. A row's account never changes, so this may be
+   * read before the account is locked (settleReservation does, to join a group-commit
+   * transaction of that account).
+   * @throws LedgerError NOT_FOUND (`what` not found) when there is no such row.
+   */
+  static async ownerOf(db: Pick<Tx, 'query'>, table: OwnedTable, id: string, what: string): Promise<string> {
+    const found = await db.query(`SELECT account_id FROM ${table} WHERE id = $1`, [id]);
     const accountId = found.rows[0]?.account_id as string | undefined;
     if (!accountId) throw new LedgerError('NOT_FOUND', `${what} not found`);
-    return AccountTx.lock(tx, accountId, wallNow);
+    return accountId;
   }
 
   /**
@@ -248,10 +258,10 @@ export class AccountTx {
    */
   static async chargeStates(
     tx: Tx,
-    wanted: readonly { atx: AccountTx; idempotencyKeys: readonly string[]; reservationIds?: readonly string[] }[],
+    wanted: readonly { atx: AccountTx; idempotencyKeys: readonly string[]; reservationIds: readonly string[] }[],
   ): Promise<Map<string, ChargeState>> {
     const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.atx.accountId, k] as const));
-    const holdPairs = wanted.flatMap((w) => (w.reservationIds ?? []).map((id) => [w.atx.accountId, id] as const));
+    const holdPairs = wanted.flatMap((w) => w.reservationIds.map((id) => [w.atx.accountId, id] as const));
     const { rows } = await tx.query({
       name: 'cp-account-charge-states',
       // Prior keys: one probe of the (account_id, idempotency_key) unique index per key (a

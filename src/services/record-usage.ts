@@ -375,9 +375,10 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
         toDraw = cost;
       } else {
         // applyCharge's rule: the hold first, then credit nobody holds, the rest becomes debt.
+        // (applyCharge subtracts the other holds and this hold's rest; `reserved` is their sum.)
         const holdLeft = maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n);
         fromHold = minBig(cost, holdLeft);
-        const availableOutsideHold = spendable - atx.debt - (reserved - holdLeft) - holdLeft;
+        const availableOutsideHold = spendable - atx.debt - reserved;
         const fromAvailable = minBig(cost - fromHold, maxBig(availableOutsideHold, 0n));
         toDraw = fromHold + fromAvailable;
         debtAdded = cost - toDraw;

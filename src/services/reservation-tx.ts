@@ -2,7 +2,6 @@
  * Shared steps of the reservation use cases (settle, release, extend): find the hold and lock
  * its account, and close it (release the unused rest).
  */
-import type pg from 'pg';
 import type { Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import { toBigInt } from '../db/pg.js';
@@ -28,15 +27,6 @@ export interface LockedReservation {
 export async function lockReservation(tx: Tx, reservationId: string, wallNow: Date): Promise<LockedReservation> {
   const atx = await AccountTx.lockOwner(tx, 'reservations', reservationId, 'reservation', wallNow);
   return readReservation(atx, reservationId);
-}
-
-/**
- * The account that owns reservation `reservationId` (it never changes, so it may be read before
- * the account is locked), or undefined when there is no such reservation.
- */
-export async function reservationOwner(db: pg.Pool | Tx, reservationId: string): Promise<string | undefined> {
-  const { rows } = await db.query('SELECT account_id FROM reservations WHERE id = $1', [reservationId]);
-  return rows[0]?.account_id as string | undefined;
 }
 
 /**

@@ -1,11 +1,13 @@
 /**
  * settleReservation: records the completed work against a hold and releases the unused rest,
- * in one transaction (account-op.ts: shared with other waiting charges under CHARGE_PATH=group). Replaying a settle whose usage was all recorded returns the reservation.
+ * in one transaction (account-op.ts: shared with other waiting charges under CHARGE_PATH=group).
+ * Replaying a settle whose usage was all recorded returns the reservation.
  */
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
 import { applyCharge, pricerFor } from './record-usage.js';
-import { closeReservation, readReservation, reservationOwner } from './reservation-tx.js';
+import { closeReservation, readReservation } from './reservation-tx.js';
+import { AccountTx } from './account-tx.js';
 import { onAccount } from './account-op.js';
 import { validateUsageInput, type UsageInput } from './usage-command.js';
 
@@ -26,8 +28,7 @@ export async function settleReservation(ctx: ServiceContext, reservationId: stri
     return validateUsageInput({ ...u, reservationId });
   });
   const pricers = await Promise.all(cmds.map((c) => pricerFor(ctx, c)));
-  const accountId = await reservationOwner(ctx.pool, reservationId);
-  if (!accountId) throw new LedgerError('NOT_FOUND', 'reservation not found');
+  const accountId = await AccountTx.ownerOf(ctx.pool, 'reservations', reservationId, 'reservation');
   return onAccount(ctx, accountId, async (atx) => {
     const tx = atx.tx;
     const res = await readReservation(atx, reservationId);
