@@ -308,9 +308,9 @@ describe('groups decided in memory equal one transaction per charge (property)',
     key: fc.integer({ min: 0, max: 7 }).map((k) => `k-${k}`),
     category: fc.constantFrom('unit', 'units', 'free', 'nope'),
     units: fc.integer({ min: 0, max: 600 }).map((n) => (n / 100).toString()), // 0 .. 6 credits
-    // A plain charge, a capture against the account's open hold, against its settled hold, or
-    // against another account's hold.
-    hold: fc.constantFrom('none', 'none', 'open', 'open', 'settled', 'other'),
+    // A plain charge, a capture against one of the account's two open holds, against its settled
+    // hold, or against another account's hold.
+    hold: fc.constantFrom('none', 'none', 'open', 'open', 'open2', 'settled', 'other'),
   });
 
   it('same outcomes, drawdowns, holds, debt and balances on 3 accounts in one transaction for random charge lists (repeated keys, refusals, unknown categories, captures against open, settled and foreign holds)', async () => {
@@ -320,14 +320,17 @@ describe('groups decided in memory equal one transaction per charge (property)',
         const fund = () => createFundedAccount(services, { free: 2, paid: 4, freeExpiresAt });
         const seqAccounts = [await fund(), await fund(), await fund()];
         const grpAccounts = [await fund(), await fund(), await fund()];
-        // Every account (6 credits): an open 3-credit hold and a settled one; small, so captures run past their hold into debt (one transaction each, no group commit).
-        const holdsOf = new Map<string, { open: string; settled: string }>();
+        // Every account (6 credits): open holds of 3 and 1 credits and a settled one (one
+        // transaction each, no group commit); small, so captures run past their hold into debt
+        // and must not draw what the other open hold keeps.
+        const holdsOf = new Map<string, { open: string; open2: string; settled: string }>();
         for (const accountId of [...seqAccounts, ...grpAccounts]) {
           const plain = { ...services, groupCommit: undefined };
           const open = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(3), ttlSeconds: 600, idempotencyKey: 'open' })).reservationId;
+          const open2 = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'open2' })).reservationId;
           const settled = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'settled' })).reservationId;
           await settleReservation(plain, settled, []);
-          holdsOf.set(accountId, { open, settled });
+          holdsOf.set(accountId, { open, open2, settled });
         }
         const input = (accountId: string, it: (typeof items)[number], others: string[]) => ({
           accountId,
@@ -335,8 +338,8 @@ describe('groups decided in memory equal one transaction per charge (property)',
           category: it.category,
           quantities: it.category === 'units' ? { units: it.units } : null,
           reservationId:
-            it.hold === 'open'
-              ? holdsOf.get(accountId)!.open
+            it.hold === 'open' || it.hold === 'open2'
+              ? holdsOf.get(accountId)![it.hold]
               : it.hold === 'settled'
                 ? holdsOf.get(accountId)!.settled
                 : it.hold === 'other'
