@@ -88,6 +88,8 @@ export interface ChargeState {
   priorUsage: Map<string, { id: string; requestHash: string }>;
   /** The reservations asked for that belong to this account, by id. */
   reservations: Map<string, HoldState>;
+  /** Reservations already made, by idempotency key (of the hold keys asked for). */
+  priorHolds: Map<string, { id: string; requestHash: string }>;
 }
 
 /** A reservation as a capture decides on it. */
@@ -252,16 +254,19 @@ export class AccountTx {
    * What groups of charges decide on, for several locked accounts of one transaction in ONE
    * query: per account, the spendable batches, the credit held by ACTIVE unexpired reservations,
    * whether the account has any spending budget, the usage events already recorded under the
-   * given idempotency keys, and the given reservations that belong to it.
-   * @param wanted each locked account with the idempotency keys and reservation ids of its charges.
+   * given idempotency keys, the given reservations that belong to it, and the reservations
+   * already made under the given hold idempotency keys.
+   * @param wanted each locked account with the idempotency keys and reservation ids of its
+   *   charges (and of its settles), and the idempotency keys of its holds.
    * @returns the state of each account, by account id.
    */
   static async chargeStates(
     tx: Tx,
-    wanted: readonly { atx: AccountTx; idempotencyKeys: readonly string[]; reservationIds: readonly string[] }[],
+    wanted: readonly { atx: AccountTx; idempotencyKeys: readonly string[]; reservationIds: readonly string[]; holdKeys: readonly string[] }[],
   ): Promise<Map<string, ChargeState>> {
     const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.atx.accountId, k] as const));
     const holdPairs = wanted.flatMap((w) => w.reservationIds.map((id) => [w.atx.accountId, id] as const));
+    const holdKeyPairs = wanted.flatMap((w) => w.holdKeys.map((k) => [w.atx.accountId, k] as const));
     const { rows } = await tx.query({
       name: 'cp-account-charge-states',
       // Prior keys: one probe of the (account_id, idempotency_key) unique index per key (a
@@ -279,9 +284,15 @@ export class AccountTx {
            FROM unnest($5::uuid[], $6::uuid[]) AS h(account, id)
            CROSS JOIN LATERAL (SELECT * FROM reservations WHERE id = h.id AND account_id = h.account) res
           GROUP BY h.account
+       ), hkeys AS (
+         SELECT k.account, json_agg(json_build_object('key', ph.idempotency_key, 'id', ph.id, 'hash', ph.request_hash)) AS list
+           FROM unnest($7::uuid[], $8::text[]) AS k(account, key)
+           CROSS JOIN LATERAL (SELECT id, idempotency_key, request_hash FROM reservations
+                                WHERE account_id = k.account AND idempotency_key = k.key) ph
+          GROUP BY k.account
        )
        SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
-              p.list AS priors, hl.list AS holds
+              p.list AS priors, hl.list AS holds, hk.list AS hold_keys
          FROM unnest($1::uuid[], $2::timestamptz[]) AS a(account, now)
          CROSS JOIN LATERAL (
                SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
@@ -290,6 +301,7 @@ export class AccountTx {
                 WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r
          LEFT JOIN priors p ON p.account = a.account
          LEFT JOIN holds hl ON hl.account = a.account
+         LEFT JOIN hkeys hk ON hk.account = a.account
          LEFT JOIN LATERAL (${spendableBatches('a.account', 'a.now')}) b ON TRUE`,
       values: [
         wanted.map((w) => w.atx.accountId),
@@ -298,14 +310,17 @@ export class AccountTx {
         keyPairs.map((p) => p[1]),
         holdPairs.map((p) => p[0]),
         holdPairs.map((p) => p[1]),
+        holdKeyPairs.map((p) => p[0]),
+        holdKeyPairs.map((p) => p[1]),
       ],
     });
     const states = new Map<string, ChargeState>();
     for (const r of rows) {
       let st = states.get(r.account as string);
       if (!st) {
-        st = { batches: [], reservedMicroCredits: toBigInt(r.held ?? 0), hasAnyBudget: r.has_budget === true, priorUsage: new Map(), reservations: new Map() };
+        st = { batches: [], reservedMicroCredits: toBigInt(r.held ?? 0), hasAnyBudget: r.has_budget === true, priorUsage: new Map(), reservations: new Map(), priorHolds: new Map() };
         for (const p of (r.priors ?? []) as { key: string; id: string; hash: string }[]) st.priorUsage.set(p.key, { id: p.id, requestHash: p.hash });
+        for (const p of (r.hold_keys ?? []) as { key: string; id: string; hash: string }[]) st.priorHolds.set(p.key, { id: p.id, requestHash: p.hash });
         for (const h of (r.holds ?? []) as { id: string; amount: string; consumed: string; status: string; expiresAt: string }[]) {
           st.reservations.set(h.id, {
             amountMicroCredits: BigInt(h.amount),

@@ -3,9 +3,8 @@
  * now + ttlSeconds. The balance does not change, so its version does not either.
  */
 import { withTransaction } from '../db/pg.js';
-import { LedgerError } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
-import { lockReservation } from './reservation-tx.js';
+import { lockReservation, reservationNotActive } from './reservation-tx.js';
 import { scheduleExpiry } from './expire-due.js';
 import { validateTtlSeconds } from './reserve-credits.js';
 
@@ -18,7 +17,7 @@ export async function extendReservation(ctx: ServiceContext, reservationId: stri
   validateTtlSeconds(ttlSeconds);
   return withTransaction(ctx.pool, async (tx) => {
     const res = await lockReservation(tx, reservationId, ctx.clock());
-    if (!res.holding) throw new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${res.status === 'ACTIVE' ? 'EXPIRED' : res.status}`);
+    if (!res.holding) throw reservationNotActive(res.status);
     const expiresAt = new Date(res.atx.now.getTime() + ttlSeconds * 1000);
     await tx.query('UPDATE reservations SET expires_at = $2 WHERE id = $1', [reservationId, expiresAt]);
     scheduleExpiry(res.atx, 'hold', reservationId, expiresAt);

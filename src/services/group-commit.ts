@@ -16,10 +16,12 @@
  * its own `usageRecorded` update, and each account's balance version moves once per transaction,
  * which the contract allows ("increases by at least 1 on every change").
  *
- * Other operations on one account (reserveCredits, settleReservation: `withAccount`) join the
- * same transactions. They run in arrival order with the account's charges, each under a
- * SAVEPOINT: a refusal (a LedgerError) rolls back that operation's rows and its pending ledger
- * entries and outbox rows (AccountTx.checkpoint/rollbackTo) and nothing else.
+ * Holds and settles without usage (`holdOp`: reserveCredits, settleReservation) are decided in
+ * memory with the charges, in arrival order, by the same chargeAccounts call. Other operations on
+ * one account (`withAccount`: a settle with usage) join the same transactions too. They run in
+ * arrival order with the account's charges, each under a SAVEPOINT: a refusal (a LedgerError)
+ * rolls back that operation's rows and its pending ledger entries and outbox rows
+ * (AccountTx.checkpoint/rollbackTo) and nothing else.
  *
  * Nothing waits for a group to fill: while a slot is free a charge runs at once, alone. If a
  * transaction fails unexpectedly (not a refusal), each of its accounts is retried alone, and an
@@ -33,20 +35,19 @@ import type { PricedUsage } from '../pricing/price-book.js';
 import { AccountTx } from './account-tx.js';
 import type { Clock } from './context.js';
 import type { UsageCommand } from './usage-command.js';
-import type { BatchItemResult, ChargeItem, ChargeResult } from './record-usage.js';
+import type { ChargeResult, GroupItem, HoldOpItem, ItemOutcome } from './record-usage.js';
 
 /** The charge function of record-usage.ts (`applyCharge`; injected to avoid an import cycle). */
 export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }) => Promise<ChargeResult>;
 
 /** The multi-account charge function of record-usage.ts (`chargeAccounts`; injected likewise). */
-export type ChargeAccounts = (tx: Tx, groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[]) => Promise<BatchItemResult[][]>;
+export type ChargeAccounts = (tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[]) => Promise<ItemOutcome[][]>;
 
-/** A waiting charge (decided with the account's other charges by chargeAccounts). */
+/** A waiting charge or hold operation (decided with the account's other items by chargeAccounts). */
 interface PendingCharge {
   kind: 'charge';
-  cmd: UsageCommand;
-  price: () => { priced: PricedUsage; version: number };
-  resolve(result: ChargeResult): void;
+  item: GroupItem;
+  resolve(result: unknown): void;
   reject(error: unknown): void;
 }
 
@@ -66,7 +67,7 @@ type Pending = PendingCharge | PendingOp;
 type Settled = { ok: true; value: unknown } | { ok: false; error: unknown };
 
 /** A charge's outcome as a Settled. */
-function toSettled(r: BatchItemResult): Settled {
+function toSettled(r: ItemOutcome): Settled {
   return r.ok ? { ok: true, value: r.result } : { ok: false, error: r.error };
 }
 
@@ -135,7 +136,23 @@ export class GroupCommitter {
    *   unknown account), or the database error of its own retry.
    */
   charge(cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }): Promise<ChargeResult> {
-    return new Promise((resolve, reject) => this.enqueue(cmd.accountId, { kind: 'charge', cmd, price, resolve, reject }));
+    return new Promise<ChargeResult>((resolve, reject) =>
+      this.enqueue(cmd.accountId, { kind: 'charge', item: { cmd, price }, resolve: resolve as (value: unknown) => void, reject }),
+    );
+  }
+
+  /**
+   * Performs the hold operation `item` (a hold, or a settle without usage) on account
+   * `accountId`, decided in memory with the account's waiting charges (chargeAccounts), in one
+   * transaction with other waiting items.
+   * @returns what the operation returns, once its transaction committed.
+   * @throws its refusals (LedgerError), NOT_FOUND for an unknown account, or the database error
+   *   of its own retry.
+   */
+  holdOp<T>(accountId: string, item: HoldOpItem<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) =>
+      this.enqueue(accountId, { kind: 'charge', item: item as HoldOpItem, resolve: resolve as (value: unknown) => void, reject }),
+    );
   }
 
   /**
@@ -212,10 +229,10 @@ export class GroupCommitter {
           return atx ? [{ atx, items }] : [];
         });
         const settled = new Map<string, Settled[]>();
-            // Accounts with charges only: decided together, in one read and one write for all.
+            // Accounts with charges (and hold operations) only: decided together, in one read and one write for all.
         const chargesOnly = found.filter((g) => g.items.every((i) => i.kind === 'charge'));
         if (chargesOnly.length > 0) {
-          const charged = await this.chargeGroups(tx, chargesOnly.map((g) => ({ atx: g.atx, items: g.items as PendingCharge[] })));
+          const charged = await this.chargeGroups(tx, chargesOnly.map((g) => ({ atx: g.atx, items: (g.items as PendingCharge[]).map((p) => p.item) })));
           chargesOnly.forEach((g, i) => settled.set(g.atx.accountId, charged[i]!.map(toSettled)));
         }
         // Accounts with operations: their items in arrival order (inOrder).
@@ -246,7 +263,7 @@ export class GroupCommitter {
         for (const item of group) item.reject(new LedgerError('NOT_FOUND', 'account not found'));
         continue;
       }
-      out.forEach((o, i) => (o.ok ? group[i]!.resolve(o.value as ChargeResult) : group[i]!.reject(o.error)));
+      out.forEach((o, i) => (o.ok ? group[i]!.resolve(o.value) : group[i]!.reject(o.error)));
     }
   }
 
@@ -264,7 +281,7 @@ export class GroupCommitter {
       if (item.kind === 'charge') {
         let j = i;
         while (j < items.length && items[j]!.kind === 'charge') j++;
-        const charged = await this.chargeGroups(tx, [{ atx, items: items.slice(i, j) as PendingCharge[] }]);
+        const charged = await this.chargeGroups(tx, [{ atx, items: (items.slice(i, j) as PendingCharge[]).map((p) => p.item) }]);
         out.push(...charged[0]!.map(toSettled));
         i = j;
         continue;
@@ -293,16 +310,17 @@ export class GroupCommitter {
     return out;
   }
 
-  /** One charge (applyCharge) or operation in a transaction of its own; settles it. */
+  /** One charge (applyCharge), hold operation (`alone`) or operation in a transaction of its own; settles it. */
   private async runAlone(accountId: string, item: Pending): Promise<void> {
     try {
       const value = await withTransaction(this.pool, async (tx) => {
         const atx = await AccountTx.lock(tx, accountId, this.clock());
-        const result = item.kind === 'charge' ? await this.apply(atx, item.cmd, item.price) : await item.fn(atx);
+        const result =
+          item.kind === 'op' ? await item.fn(atx) : 'op' in item.item ? await item.item.alone(atx) : await this.apply(atx, item.item.cmd, item.item.price);
         await atx.finish();
         return result;
       });
-      (item.resolve as (v: unknown) => void)(value);
+      item.resolve(value);
     } catch (error) {
       item.reject(error);
     }

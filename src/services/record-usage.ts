@@ -16,7 +16,10 @@ import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
-import { AccountTx, type ChargeState } from './account-tx.js';
+import { AccountTx, type ChargeState, type HoldState } from './account-tx.js';
+import { SETTLE_NOTE, reservationNotActive } from './reservation-tx.js';
+import { holdIdempotencyConflict, insufficientCreditsForHold, type ReserveCommand } from './reserve-credits.js';
+import { scheduleExpiry } from './expire-due.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
@@ -110,7 +113,7 @@ export async function applyCharge(
     const r = state.reservation;
     if (!r) throw new LedgerError('NOT_FOUND', 'reservation not found');
     if (r.status !== 'ACTIVE' || r.expiresAt.getTime() <= atx.now.getTime()) {
-      throw new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${r.status === 'ACTIVE' ? 'EXPIRED' : r.status}`);
+      throw reservationNotActive(r.status);
     }
     holdLeft = maxBig(r.amountMicroCredits - r.consumedMicroCredits, 0n);
   }
@@ -272,6 +275,39 @@ export interface ChargeItem {
 }
 
 /**
+ * An operation on a hold that chargeAccounts decides in memory with the account's charges: a
+ * hold (reserveCredits; `hash` is its request hash) or a settle without usage items
+ * (settleReservation).
+ */
+export type HoldOp = { kind: 'reserve'; cmd: ReserveCommand; hash: string } | { kind: 'settle'; reservationId: string };
+
+/**
+ * A hold operation as an item of a charge group. `alone` performs it on the locked account with
+ * statements of its own (accounts with a spending budget, and retries one item per transaction);
+ * it must throw its LedgerErrors only before its first write, since it runs without a savepoint.
+ * `T` is what both ways return.
+ */
+export interface HoldOpItem<T = unknown> {
+  op: HoldOp;
+  alone: (atx: AccountTx) => Promise<T>;
+}
+
+/** An item of a charge group: a charge or a hold operation. */
+export type GroupItem = ChargeItem | HoldOpItem;
+
+/** Outcome of one item of a group: its result, or the error that refused it. */
+export type ItemOutcome = { ok: true; result: unknown } | { ok: false; error: unknown };
+
+/** A hold made in memory, to be inserted (writeHoldOps). */
+interface NewHold {
+  id: string;
+  atx: AccountTx;
+  cmd: ReserveCommand;
+  hash: string;
+  expiresAt: Date;
+}
+
+/**
  * Charges groups of usage commands, each group on one account locked by the same transaction
  * (`tx`); each charge succeeds or fails on its own, in input order within its group. The caller
  * writes the balances once (`AccountTx.finishMany` / `finish`), so each account's balance
@@ -283,19 +319,24 @@ export interface ChargeItem {
  * charge no longer costs a read and a write round trip of its own. The rules are those of
  * applyCharge (same order of checks, same drawdown, same refusals, a capture beyond its hold and
  * the available credit becomes debt); an idempotency key repeated inside a group replays the
- * first item's event. Accounts with a spending budget run applyCharge item by item (budgets are
- * checked against recorded usage).
- * @returns per group, one outcome per item; refusals are LedgerErrors (IDEMPOTENCY_CONFLICT,
- *   INSUFFICIENT_CREDITS, NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture, BAD_USER_INPUT from
- *   pricing, and applyCharge's on the slow path).
+ * first item's event. Hold operations (HoldOpItem) among the items are decided the same way,
+ * under the rules of their `alone` functions (reserve-credits.ts, settle-reservation.ts), and
+ * written with one more statement for all accounts. Accounts with a spending budget run each
+ * item with its own statements (applyCharge, `alone`; budgets are checked against recorded usage).
+ * @returns per group, one outcome per item (ChargeResult for a charge, what `alone` returns for
+ *   an operation); refusals are LedgerErrors (IDEMPOTENCY_CONFLICT, INSUFFICIENT_CREDITS,
+ *   NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture or settle, BAD_USER_INPUT from pricing,
+ *   and applyCharge's on the slow path).
  * @throws unexpected (non-LedgerError) errors, leaving the transaction to be rolled back.
  */
-export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[]): Promise<BatchItemResult[][]> {
-  const sequential = async (atx: AccountTx, items: readonly ChargeItem[]): Promise<BatchItemResult[]> => {
-    const out: BatchItemResult[] = [];
+export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[]): Promise<BatchItemResult[][]>;
+export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[]): Promise<ItemOutcome[][]>;
+export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[]): Promise<ItemOutcome[][]> {
+  const sequential = async (atx: AccountTx, items: readonly GroupItem[]): Promise<ItemOutcome[]> => {
+    const out: ItemOutcome[] = [];
     for (const item of items) {
       try {
-        out.push({ ok: true, result: await applyCharge(atx, item.cmd, item.price) });
+        out.push({ ok: true, result: 'op' in item ? await item.alone(atx) : await applyCharge(atx, item.cmd, item.price) });
       } catch (error) {
         if (!(error instanceof LedgerError)) throw error;
         out.push({ ok: false, error });
@@ -303,20 +344,32 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
     }
     return out;
   };
-  const results: BatchItemResult[][] = new Array(groups.length);
+  const results: ItemOutcome[][] = new Array(groups.length);
   const states =
     groups.length > 0
       ? await AccountTx.chargeStates(
           tx,
-          groups.map((g) => ({
-            atx: g.atx,
-            idempotencyKeys: [...new Set(g.items.map((it) => it.cmd.idempotencyKey))],
-            reservationIds: [...new Set(g.items.flatMap((it) => (it.cmd.reservationId ? [it.cmd.reservationId] : [])))],
-          })),
+          groups.map((g) => {
+            const charges = g.items.flatMap((it) => ('op' in it ? [] : [it.cmd]));
+            const ops = g.items.flatMap((it) => ('op' in it ? [it.op] : []));
+            return {
+              atx: g.atx,
+              idempotencyKeys: [...new Set(charges.map((c) => c.idempotencyKey))],
+              reservationIds: [
+                ...new Set([
+                  ...charges.flatMap((c) => (c.reservationId ? [c.reservationId] : [])),
+                  ...ops.flatMap((o) => (o.kind === 'settle' ? [o.reservationId] : [])),
+                ]),
+              ],
+              holdKeys: [...new Set(ops.flatMap((o) => (o.kind === 'reserve' ? [o.cmd.idempotencyKey] : [])))],
+            };
+          }),
         )
       : new Map<string, ChargeState>();
   const events: PreparedEvent[] = [];
-  const fresh: { out: BatchItemResult[]; index: number }[] = []; // parallel to `events`
+  const fresh: { out: ItemOutcome[]; index: number }[] = []; // parallel to `events`
+  const newHolds: NewHold[] = [];
+  const settled: { id: string; atx: AccountTx }[] = [];
   for (let g = 0; g < groups.length; g++) {
     const { atx, items } = groups[g]!;
     const state = states.get(atx.accountId);
@@ -324,14 +377,64 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       results[g] = await sequential(atx, items);
       continue;
     }
-    const out: BatchItemResult[] = [];
+    const out: ItemOutcome[] = [];
     results[g] = out;
     const batches = state.batches.map((b) => ({ ...b }));
     let spendable = batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n);
     let reserved = state.reservedMicroCredits; // held by ACTIVE unexpired holds, all of them
     const holds = new Map([...state.reservations].map(([id, h]) => [id, { ...h }]));
     const recorded = new Map(state.priorUsage);
-    for (const { cmd, price } of items) {
+    const held = new Map(state.priorHolds);
+    const holding = (h: HoldState) => h.status === 'ACTIVE' && h.expiresAt.getTime() > atx.now.getTime();
+    for (const item of items) {
+      if ('op' in item) {
+        const op = item.op;
+        if (op.kind === 'reserve') {
+          // holdOnLockedAccount's rules: the key first, then the credit available.
+          const { cmd, hash } = op;
+          const prior = held.get(cmd.idempotencyKey);
+          if (prior) {
+            out.push(prior.requestHash === hash ? { ok: true, result: { reservationId: prior.id, replayed: true } } : { ok: false, error: holdIdempotencyConflict() });
+            continue;
+          }
+          const available = spendable - atx.debt - reserved;
+          if (cmd.amountMicroCredits > available) {
+            out.push({ ok: false, error: insufficientCreditsForHold(cmd.amountMicroCredits, available) });
+            continue;
+          }
+          const id = randomUUID();
+          const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
+          newHolds.push({ id, atx, cmd, hash, expiresAt });
+          holds.set(id, { amountMicroCredits: cmd.amountMicroCredits, consumedMicroCredits: 0n, status: 'ACTIVE', expiresAt });
+          held.set(cmd.idempotencyKey, { id, requestHash: hash });
+          reserved += cmd.amountMicroCredits;
+          atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId: id });
+          scheduleExpiry(atx, 'hold', id, expiresAt);
+          out.push({ ok: true, result: { reservationId: id, replayed: false } });
+        } else {
+          // settleReservation's rules without usage: a settled hold replays, a closed or expired one is refused.
+          const hold = holds.get(op.reservationId);
+          if (!hold) {
+            out.push({ ok: false, error: new LedgerError('NOT_FOUND', 'reservation not found') });
+            continue;
+          }
+          if (hold.status !== 'SETTLED') {
+            if (!holding(hold)) {
+              out.push({ ok: false, error: reservationNotActive(hold.status) });
+              continue;
+            }
+            const released = maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n);
+            reserved -= released;
+            hold.status = 'SETTLED';
+            settled.push({ id: op.reservationId, atx });
+            if (released > 0n) atx.addEntry({ type: 'RELEASE', amountMicroCredits: -released, reservationId: op.reservationId, note: SETTLE_NOTE });
+            else atx.touch();
+          }
+          out.push({ ok: true, result: op.reservationId });
+        }
+        continue;
+      }
+      const { cmd, price } = item;
       const hash = commandHash(cmd);
       const prior = recorded.get(cmd.idempotencyKey);
       if (prior) {
@@ -348,8 +451,8 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
           out.push({ ok: false, error: new LedgerError('NOT_FOUND', 'reservation not found') });
           continue;
         }
-        if (hold.status !== 'ACTIVE' || hold.expiresAt.getTime() <= atx.now.getTime()) {
-          out.push({ ok: false, error: new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${hold.status === 'ACTIVE' ? 'EXPIRED' : hold.status}`) });
+        if (!holding(hold)) {
+          out.push({ ok: false, error: reservationNotActive(hold.status) });
           continue;
         }
       }
@@ -409,10 +512,46 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
     const rows = await insertUsageEvents(tx, events);
     fresh.forEach(({ out, index }, i) => {
       const r = out[index]!;
-      if (r.ok) r.result.row = rows[i];
+      if (r.ok) (r.result as ChargeResult).row = rows[i];
     });
   }
+  if (newHolds.length > 0 || settled.length > 0) await writeHoldOps(tx, newHolds, settled);
   return results;
+}
+
+/**
+ * Writes the hold operations chargeAccounts decided, in ONE statement: the new holds (one
+ * multi-row insert) and the settled ones (status SETTLED, closed now; their consumed was already
+ * written with the captures' events).
+ */
+async function writeHoldOps(tx: Tx, created: readonly NewHold[], settled: readonly { id: string; atx: AccountTx }[]): Promise<void> {
+  await tx.query({
+    name: 'cp-hold-ops',
+    text: `WITH ins AS (
+       INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash, agent_id, user_id)
+       SELECT n.id, n.account, n.amount, 'ACTIVE', n.expires_at, n.now, n.key, n.hash, n.agent_id, n.user_id
+         FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[])
+              AS n(id, account, amount, expires_at, now, key, hash, agent_id, user_id)
+     ), upd AS (
+       UPDATE reservations r SET status = 'SETTLED', closed_at = x.now
+         FROM unnest($10::uuid[], $11::timestamptz[]) AS x(id, now)
+        WHERE r.id = x.id
+     )
+     SELECT 1`,
+    values: [
+      created.map((h) => h.id),
+      created.map((h) => h.atx.accountId),
+      created.map((h) => h.cmd.amountMicroCredits.toString()),
+      created.map((h) => h.expiresAt),
+      created.map((h) => h.atx.now),
+      created.map((h) => h.cmd.idempotencyKey),
+      created.map((h) => h.hash),
+      created.map((h) => h.cmd.agentId ?? null),
+      created.map((h) => h.cmd.userId ?? null),
+      settled.map((s) => s.id),
+      settled.map((s) => s.atx.now),
+    ],
+  });
 }
 
 /**

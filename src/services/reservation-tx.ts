@@ -20,6 +20,18 @@ export interface LockedReservation {
   holding: boolean;
 }
 
+/** The note of the RELEASE entry of a settle's unused rest. */
+export const SETTLE_NOTE = 'settled: unused rest released';
+
+/**
+ * The refusal of work against a hold that no longer holds: RESERVATION_NOT_ACTIVE, naming its
+ * status (EXPIRED for an ACTIVE hold past its expiresAt). One wording for captures, settles and
+ * extensions.
+ */
+export function reservationNotActive(status: string): LedgerError {
+  return new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${status === 'ACTIVE' ? 'EXPIRED' : status}`);
+}
+
 /**
  * Finds reservation `reservationId`, locks its account and reads it.
  * @throws LedgerError NOT_FOUND ("reservation not found").

@@ -9,6 +9,8 @@ import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { onAccount } from './account-op.js';
 import type { ServiceContext } from './context.js';
+import type { AccountTx } from './account-tx.js';
+import type { HoldOpItem } from './record-usage.js';
 import { requestHash } from './request-hash.js';
 import { validateIdempotencyKey } from './usage-command.js';
 import { assertWithinBudgets } from './spending-budgets.js';
@@ -35,6 +37,29 @@ export function validateTtlSeconds(ttlSeconds: number): number {
   return ttlSeconds;
 }
 
+/** The refusal of a hold larger than the available credit (amounts in micro-credits). */
+export function insufficientCreditsForHold(amountMicroCredits: bigint, availableMicroCredits: bigint): LedgerError {
+  return new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: hold ${formatCredits(amountMicroCredits)}, available ${formatCredits(availableMicroCredits)}`, {
+    neededCredits: formatCredits(amountMicroCredits),
+    availableCredits: formatCredits(availableMicroCredits),
+  });
+}
+
+/** The refusal of an idempotency key already used for a different hold. */
+export function holdIdempotencyConflict(): LedgerError {
+  return new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different reservation');
+}
+
+/**
+ * A validated hold as an item of a charge group (record-usage.ts `chargeAccounts`): decided there
+ * in memory with the account's charges, or, on the account-by-account path, by its `alone`
+ * function with statements of its own (every refusal of which precedes its INSERT).
+ */
+export function holdItem(cmd: ReserveCommand): HoldOpItem<{ reservationId: string; replayed: boolean }> {
+  const hash = requestHash({ ...cmd, op: 'reserve' });
+  return { op: { kind: 'reserve', cmd, hash }, alone: (atx) => holdOnLockedAccount(atx, cmd, hash) };
+}
+
 /**
  * Places a hold.
  * @returns the reservation id and whether this call replayed an earlier one.
@@ -44,36 +69,40 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
   validateIdempotencyKey(cmd.idempotencyKey);
   validateTtlSeconds(cmd.ttlSeconds);
   if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
-  const hash = requestHash({ ...cmd, op: 'reserve' });
-  return onAccount(ctx, cmd.accountId, async (atx) => {
-    const tx = atx.tx;
-    const prior = await tx.query('SELECT id, request_hash FROM reservations WHERE account_id = $1 AND idempotency_key = $2', [
-      cmd.accountId,
-      cmd.idempotencyKey,
-    ]);
-    if (prior.rows[0]) {
-      if (prior.rows[0].request_hash !== hash) throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different reservation');
-      return { reservationId: prior.rows[0].id as string, replayed: true };
-    }
-    const subjects = { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
-    const { batches, reservedMicroCredits, hasBudget } = await atx.state(subjects);
-    if (hasBudget) await assertWithinBudgets(atx, subjects, cmd.amountMicroCredits);
-    const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
-    const available = spendable - atx.debt - reservedMicroCredits;
-    if (cmd.amountMicroCredits > available) {
-      throw new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: hold ${formatCredits(cmd.amountMicroCredits)}, available ${formatCredits(available)}`, {
-        neededCredits: formatCredits(cmd.amountMicroCredits),
-        availableCredits: formatCredits(available),
-      });
-    }
-    const { rows } = await tx.query(
-      `INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash, agent_id, user_id)
-       VALUES (gen_random_uuid(), $1, $2, 'ACTIVE', $3, $4, $5, $6, $7, $8) RETURNING id`,
-      [cmd.accountId, cmd.amountMicroCredits.toString(), new Date(atx.now.getTime() + cmd.ttlSeconds * 1000), atx.now, cmd.idempotencyKey, hash, cmd.agentId ?? null, cmd.userId ?? null],
-    );
-    const reservationId = rows[0].id as string;
-    atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId });
-    scheduleExpiry(atx, 'hold', reservationId, new Date(atx.now.getTime() + cmd.ttlSeconds * 1000));
-    return { reservationId, replayed: false };
-  }, { refusesBeforeWriting: true }); // every refusal above precedes the INSERT
+  const item = holdItem(cmd);
+  if (ctx.groupCommit) return ctx.groupCommit.holdOp(cmd.accountId, item);
+  return onAccount(ctx, cmd.accountId, item.alone);
+}
+
+/**
+ * The hold of `cmd` on its locked account, with statements of its own: the idempotency lookup,
+ * the account state, budgets, then the INSERT (every refusal precedes it).
+ * @throws LedgerError IDEMPOTENCY_CONFLICT, BUDGET_EXCEEDED, INSUFFICIENT_CREDITS.
+ */
+async function holdOnLockedAccount(atx: AccountTx, cmd: ReserveCommand, hash: string): Promise<{ reservationId: string; replayed: boolean }> {
+  const tx = atx.tx;
+  const prior = await tx.query('SELECT id, request_hash FROM reservations WHERE account_id = $1 AND idempotency_key = $2', [
+    cmd.accountId,
+    cmd.idempotencyKey,
+  ]);
+  if (prior.rows[0]) {
+    if (prior.rows[0].request_hash !== hash) throw holdIdempotencyConflict();
+    return { reservationId: prior.rows[0].id as string, replayed: true };
+  }
+  const subjects = { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
+  const { batches, reservedMicroCredits, hasBudget } = await atx.state(subjects);
+  if (hasBudget) await assertWithinBudgets(atx, subjects, cmd.amountMicroCredits);
+  const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
+  const available = spendable - atx.debt - reservedMicroCredits;
+  if (cmd.amountMicroCredits > available) throw insufficientCreditsForHold(cmd.amountMicroCredits, available);
+  const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
+  const { rows } = await tx.query(
+    `INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash, agent_id, user_id)
+     VALUES (gen_random_uuid(), $1, $2, 'ACTIVE', $3, $4, $5, $6, $7, $8) RETURNING id`,
+    [cmd.accountId, cmd.amountMicroCredits.toString(), expiresAt, atx.now, cmd.idempotencyKey, hash, cmd.agentId ?? null, cmd.userId ?? null],
+  );
+  const reservationId = rows[0].id as string;
+  atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId });
+  scheduleExpiry(atx, 'hold', reservationId, expiresAt);
+  return { reservationId, replayed: false };
 }

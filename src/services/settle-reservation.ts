@@ -5,11 +5,12 @@
  */
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
-import { applyCharge, pricerFor } from './record-usage.js';
-import { closeReservation, readReservation } from './reservation-tx.js';
+import { applyCharge, pricerFor, type HoldOpItem } from './record-usage.js';
+import type { PricedUsage } from '../pricing/price-book.js';
+import { SETTLE_NOTE, closeReservation, readReservation, reservationNotActive } from './reservation-tx.js';
 import { AccountTx } from './account-tx.js';
 import { onAccount } from './account-op.js';
-import { validateUsageInput, type UsageInput } from './usage-command.js';
+import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
 
 /** Most usage items in one settle. */
 export const MAX_SETTLE_ITEMS = 100;
@@ -29,26 +30,51 @@ export async function settleReservation(ctx: ServiceContext, reservationId: stri
   });
   const pricers = await Promise.all(cmds.map((c) => pricerFor(ctx, c)));
   const accountId = await AccountTx.ownerOf(ctx.pool, 'reservations', reservationId, 'reservation');
-  return onAccount(ctx, accountId, async (atx) => {
-    const tx = atx.tx;
-    const res = await readReservation(atx, reservationId);
-    for (const c of cmds) if (c.accountId !== res.atx.accountId) throw badInput('usage.accountId', "must be the reservation's account");
-    if (res.status === 'SETTLED') {
-      // A retry: every item must already be recorded with the same input.
-      for (const c of cmds) {
-        const { rows } = await tx.query('SELECT 1 FROM usage_events WHERE account_id = $1 AND idempotency_key = $2 AND reservation_id = $3', [
-          res.atx.accountId,
-          c.idempotencyKey,
-          reservationId,
-        ]);
-        if (!rows[0]) throw new LedgerError('RESERVATION_NOT_ACTIVE', 'reservation is already SETTLED');
-      }
-      for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!); // verifies same input (or conflict)
-      return reservationId;
+  // Without usage, a settle is decided in memory with the account's charges (chargeAccounts).
+  if (ctx.groupCommit && cmds.length === 0) return ctx.groupCommit.holdOp(accountId, settleItem(reservationId));
+  // With one item, applyCharge's refusals precede its writes and nothing else refuses after.
+  return onAccount(ctx, accountId, (atx) => settleOnLockedAccount(atx, reservationId, cmds, pricers), { refusesBeforeWriting: cmds.length <= 1 });
+}
+
+/**
+ * A settle without usage as an item of a charge group (record-usage.ts `chargeAccounts`):
+ * decided there in memory, or by `alone` with statements of its own, whose refusals all precede
+ * its one write.
+ */
+export function settleItem(reservationId: string): HoldOpItem<string> {
+  return { op: { kind: 'settle', reservationId }, alone: (atx) => settleOnLockedAccount(atx, reservationId, [], []) };
+}
+
+/**
+ * The settle of `reservationId` on its locked account with the validated usage `cmds` (and
+ * their pricing thunks), with statements of its own: read the hold, record the usage against it,
+ * close it (release the unused rest).
+ * @throws as settleReservation.
+ */
+async function settleOnLockedAccount(
+  atx: AccountTx,
+  reservationId: string,
+  cmds: readonly UsageCommand[],
+  pricers: readonly (() => { priced: PricedUsage; version: number })[],
+): Promise<string> {
+  const tx = atx.tx;
+  const res = await readReservation(atx, reservationId);
+  for (const c of cmds) if (c.accountId !== res.atx.accountId) throw badInput('usage.accountId', "must be the reservation's account");
+  if (res.status === 'SETTLED') {
+    // A retry: every item must already be recorded with the same input.
+    for (const c of cmds) {
+      const { rows } = await tx.query('SELECT 1 FROM usage_events WHERE account_id = $1 AND idempotency_key = $2 AND reservation_id = $3', [
+        res.atx.accountId,
+        c.idempotencyKey,
+        reservationId,
+      ]);
+      if (!rows[0]) throw new LedgerError('RESERVATION_NOT_ACTIVE', 'reservation is already SETTLED');
     }
-    if (!res.holding) throw new LedgerError('RESERVATION_NOT_ACTIVE', `reservation is ${res.status === 'ACTIVE' ? 'EXPIRED' : res.status}`);
-    for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!);
-    await closeReservation(res, 'SETTLED', 'settled: unused rest released');
+    for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!); // verifies same input (or conflict)
     return reservationId;
-  }, { refusesBeforeWriting: cmds.length <= 1 }); // with one item, applyCharge's refusals precede its writes and nothing else refuses after
+  }
+  if (!res.holding) throw reservationNotActive(res.status);
+  for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!);
+  await closeReservation(res, 'SETTLED', SETTLE_NOTE);
+  return reservationId;
 }

@@ -10,15 +10,16 @@ import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import fc from 'fast-check';
-import { applyCharge, chargeAccounts, pricerFor, recordUsage } from '../../src/services/record-usage.js';
+import { applyCharge, chargeAccounts, pricerFor, recordUsage, type GroupItem } from '../../src/services/record-usage.js';
 import { validateUsageInput } from '../../src/services/usage-command.js';
 import { AccountTx } from '../../src/services/account-tx.js';
 import { withTransaction } from '../../src/db/pg.js';
 import { GroupCommitter, type ApplyCharge, type ChargeAccounts } from '../../src/services/group-commit.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
-import { reserveCredits } from '../../src/services/reserve-credits.js';
-import { settleReservation } from '../../src/services/settle-reservation.js';
+import { setSpendingBudget } from '../../src/services/spending-budgets.js';
+import { holdItem, reserveCredits } from '../../src/services/reserve-credits.js';
+import { settleItem, settleReservation } from '../../src/services/settle-reservation.js';
 
 let services: TestServices;
 let committer: GroupCommitter;
@@ -129,7 +130,7 @@ describe('group commit', () => {
     };
     const local = createTestServices(5);
     const faultyGroup: ChargeAccounts = (tx, groups) => {
-      if (groups.some((g) => g.items.some((i) => i.cmd.idempotencyKey === 'bad'))) throw new Error('simulated database failure');
+      if (groups.some((g) => g.items.some((i) => 'cmd' in i && i.cmd.idempotencyKey === 'bad'))) throw new Error('simulated database failure');
       return chargeAccounts(tx, groups);
     };
     local.groupCommit = new GroupCommitter(local.pool, local.clock, faultyGroup, faulty);
@@ -198,7 +199,7 @@ describe('group commit across accounts', () => {
   it('an unexpected failure in a shared transaction fails only its charge; the other accounts are charged once', async () => {
     const accounts = await Promise.all(Array.from({ length: 6 }, () => createFundedAccount(services, { paid: 100 })));
     const faultyGroup: ChargeAccounts = (tx, groups) => {
-      if (groups.some((g) => g.items.some((i) => i.cmd.idempotencyKey === 'bad'))) throw new Error('simulated database failure');
+      if (groups.some((g) => g.items.some((i) => 'cmd' in i && i.cmd.idempotencyKey === 'bad'))) throw new Error('simulated database failure');
       return chargeAccounts(tx, groups);
     };
     const faulty: ApplyCharge = (atx, cmd, price) => {
@@ -280,7 +281,7 @@ describe('operations in shared transactions (reserve, settle)', () => {
 });
 
 describe('a refused hold in a shared transaction', () => {
-  it('writes nothing (no savepoint: its refusals come before its insert), and the charge beside it commits', async () => {
+  it('writes nothing (decided in memory before anything is written), and the hold and the charge beside it commit', async () => {
     const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
     const local = { ...services, groupCommit: committer };
     const a = await createFundedAccount(services, { paid: 10 });
@@ -302,8 +303,39 @@ describe('a refused hold in a shared transaction', () => {
   });
 });
 
+describe('holds and settles on an account with a spending budget', () => {
+  it('run one by one with their own statements inside the shared transaction: the budget still refuses, the rest commits', async () => {
+    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
+    const local = { ...services, groupCommit: committer };
+    const a = await createFundedAccount(services, { paid: 100 });
+    const b = await createFundedAccount(services, { paid: 10 });
+    await setSpendingBudget(services, { accountId: a, subjectKind: 'USER', subjectId: 'member-1', limitMicroCredits: credits(10) });
+    const first = await reserveCredits(local, { accountId: a, amountMicroCredits: credits(2), ttlSeconds: 600, idempotencyKey: 'first', userId: 'member-1' });
+    const release = occupySlot(committer, b); // the four calls below wait together
+    const settle = settleReservation(local, first.reservationId, []);
+    const fits = reserveCredits(local, { accountId: a, amountMicroCredits: credits(8), ttlSeconds: 600, idempotencyKey: 'fits', userId: 'member-1' });
+    const over = reserveCredits(local, { accountId: a, amountMicroCredits: credits(3), ttlSeconds: 600, idempotencyKey: 'over', userId: 'member-1' });
+    const holdB = reserveCredits(local, { accountId: b, amountMicroCredits: credits(4), ttlSeconds: 600, idempotencyKey: 'b' });
+    const shared = await release(4);
+    expect(await settle).toBe(first.reservationId);
+    expect((await fits).replayed).toBe(false);
+    await expect(over).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    expect((await holdB).replayed).toBe(false);
+    expect(committer.stats().transactions).toBe(shared);
+    const { rows } = await services.pool.query('SELECT idempotency_key, status FROM reservations WHERE account_id = $1 ORDER BY idempotency_key', [a]);
+    expect(rows).toEqual([
+      { idempotency_key: 'first', status: 'SETTLED' },
+      { idempotency_key: 'fits', status: 'ACTIVE' },
+    ]);
+    expect((await expectLedgerInvariant(services.pool, a)).reservedMicroCredits).toBe(credits(8));
+    expect((await expectLedgerInvariant(services.pool, b)).reservedMicroCredits).toBe(credits(4));
+  });
+});
+
 describe('groups decided in memory equal one transaction per charge (property)', () => {
   const itemArb = fc.record({
+    // A usage charge, a hold (reserveCredits) or a settle without usage.
+    kind: fc.constantFrom('charge', 'charge', 'charge', 'reserve', 'settle'),
     account: fc.integer({ min: 0, max: 2 }),
     key: fc.integer({ min: 0, max: 7 }).map((k) => `k-${k}`),
     category: fc.constantFrom('unit', 'units', 'free', 'nope'),
@@ -311,9 +343,12 @@ describe('groups decided in memory equal one transaction per charge (property)',
     // A plain charge, a capture against one of the account's two open holds, against its settled
     // hold, or against another account's hold.
     hold: fc.constantFrom('none', 'none', 'open', 'open', 'open2', 'settled', 'other'),
+    // A hold of 0.01 .. 4 credits under one of three keys (the same key with another amount conflicts).
+    holdKey: fc.integer({ min: 0, max: 2 }).map((k) => `h-${k}`),
+    holdCents: fc.integer({ min: 1, max: 400 }),
   });
 
-  it('same outcomes, drawdowns, holds, debt and balances on 3 accounts in one transaction for random charge lists (repeated keys, refusals, unknown categories, captures against open, settled and foreign holds)', async () => {
+  it('same outcomes, drawdowns, holds, debt, ledger entries and balances on 3 accounts in one transaction for random lists of charges, holds and settles (repeated keys, refusals, unknown categories, captures against open, settled and foreign holds)', async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(itemArb, { minLength: 1, maxLength: 30 }), async (items) => {
         const freeExpiresAt = new Date(Date.now() + 3_600_000);
@@ -332,6 +367,15 @@ describe('groups decided in memory equal one transaction per charge (property)',
           await settleReservation(plain, settled, []);
           holdsOf.set(accountId, { open, open2, settled });
         }
+        const entries = async (accountId: string) =>
+          (
+            await services.pool.query(
+              'SELECT id, type, amount_micro_credits::text AS amount, note FROM ledger_entries WHERE account_id = $1 ORDER BY type, amount_micro_credits, note',
+              [accountId],
+            )
+          ).rows as { id: string; type: string; amount: string; note: string | null }[];
+        const setupEntries = new Set((await Promise.all([...seqAccounts, ...grpAccounts].map(entries))).flat().map((e) => e.id));
+        const listEntries = async (accountId: string) => (await entries(accountId)).filter((e) => !setupEntries.has(e.id)).map(({ id: _id, ...e }) => e);
         const input = (accountId: string, it: (typeof items)[number], others: string[]) => ({
           accountId,
           idempotencyKey: it.key,
@@ -346,12 +390,36 @@ describe('groups decided in memory equal one transaction per charge (property)',
                   ? holdsOf.get(others[(it.account + 1) % 3]!)!.open
                   : null,
         });
-        const code = (r: { ok: boolean; error?: unknown }) => (r.ok ? 'OK' : r.error instanceof LedgerError ? r.error.code : `UNEXPECTED ${String(r.error)}`);
+        const holdCmd = (accountId: string, it: (typeof items)[number]) => ({
+          accountId,
+          amountMicroCredits: BigInt(it.holdCents) * 10_000n,
+          ttlSeconds: 600,
+          idempotencyKey: it.holdKey,
+        });
+        // A settle names one of the account's holds, or a hold that does not exist.
+        const missingHold = '00000000-0000-4000-8000-000000000000';
+        const settleTarget = (accountId: string, it: (typeof items)[number]) =>
+          it.hold === 'open' || it.hold === 'open2' || it.hold === 'settled' ? holdsOf.get(accountId)![it.hold] : missingHold;
+        const code = (r: { ok: boolean; result?: unknown; error?: unknown }) =>
+          r.ok
+            ? (r.result as { replayed?: boolean } | undefined)?.replayed
+              ? 'REPLAYED'
+              : 'OK'
+            : r.error instanceof LedgerError
+              ? r.error.code
+              : `UNEXPECTED ${String(r.error)}`;
         const sequential: string[] = [];
+        const plain = { ...services, groupCommit: undefined };
         for (const it of items) {
+          const accountId = seqAccounts[it.account]!;
           try {
-            await recordUsage({ ...services, groupCommit: undefined }, input(seqAccounts[it.account]!, it, seqAccounts));
-            sequential.push('OK');
+            const result =
+              it.kind === 'reserve'
+                ? await reserveCredits(plain, holdCmd(accountId, it))
+                : it.kind === 'settle'
+                  ? await settleReservation(plain, settleTarget(accountId, it), [])
+                  : await recordUsage(plain, input(accountId, it, seqAccounts));
+            sequential.push(code({ ok: true, result }));
           } catch (error) {
             sequential.push(code({ ok: false, error }));
           }
@@ -366,7 +434,9 @@ describe('groups decided in memory equal one transaction per charge (property)',
               items: await Promise.all(
                 items
                   .filter((it) => it.account === a)
-                  .map(async (it) => {
+                  .map(async (it): Promise<GroupItem> => {
+                    if (it.kind === 'reserve') return holdItem(holdCmd(id, it));
+                    if (it.kind === 'settle') return settleItem(settleTarget(id, it));
                     const cmd = validateUsageInput(input(id, it, grpAccounts));
                     return { cmd, price: await pricerFor(services, cmd) };
                   }),
@@ -397,12 +467,16 @@ describe('groups decided in memory equal one transaction per charge (property)',
           const holdAndDebt = async (accountId: string) =>
             (
               await services.pool.query(
-                `SELECT r.idempotency_key, r.status, r.consumed_micro_credits::text AS consumed, b.debt_micro_credits::text AS debt
+                `SELECT r.idempotency_key, r.status, r.amount_micro_credits::text AS amount, r.consumed_micro_credits::text AS consumed,
+                        b.debt_micro_credits::text AS debt
                    FROM reservations r JOIN balances b ON b.account_id = r.account_id WHERE r.account_id = $1 ORDER BY r.idempotency_key`,
                 [accountId],
               )
             ).rows;
           expect(await holdAndDebt(grpAccounts[a]!)).toEqual(await holdAndDebt(seqAccounts[a]!));
+          // The list's ledger entries as a multiset: the sequential account's come from one
+          // transaction each, the grouped account's from one.
+          expect(await listEntries(grpAccounts[a]!)).toEqual(await listEntries(seqAccounts[a]!));
         }
       }),
       {
@@ -412,11 +486,28 @@ describe('groups decided in memory equal one transaction per charge (property)',
           // the hold's consumed and the credit still held must move with each capture.
           [
             [
-              { account: 0, key: 'k-0', category: 'units', units: '2', hold: 'open' },
-              { account: 0, key: 'k-1', category: 'units', units: '2', hold: 'open' },
-              { account: 0, key: 'k-2', category: 'units', units: '3', hold: 'none' },
-              { account: 0, key: 'k-3', category: 'unit', units: '0', hold: 'none' },
-              { account: 0, key: 'k-4', category: 'units', units: '4', hold: 'open' },
+              { kind: 'charge', account: 0, key: 'k-0', category: 'units', units: '2', hold: 'open', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'charge', account: 0, key: 'k-1', category: 'units', units: '2', hold: 'open', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'charge', account: 0, key: 'k-2', category: 'units', units: '3', hold: 'none', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'charge', account: 0, key: 'k-3', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'charge', account: 0, key: 'k-4', category: 'units', units: '4', hold: 'open', holdKey: 'h-0', holdCents: 1 },
+            ],
+          ],
+          // A hold, a capture, a settle that releases the rest, a capture refused after it, a hold
+          // replayed and one in conflict, then charges and holds against what the settle freed.
+          [
+            [
+              { kind: 'reserve', account: 1, key: 'k-0', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 100 },
+              { kind: 'charge', account: 1, key: 'k-0', category: 'units', units: '1', hold: 'open', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'settle', account: 1, key: 'k-0', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'charge', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'settle', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'reserve', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 100 },
+              { kind: 'reserve', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 200 },
+              { kind: 'charge', account: 1, key: 'k-2', category: 'units', units: '3', hold: 'none', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'reserve', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'none', holdKey: 'h-1', holdCents: 150 },
+              { kind: 'settle', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'settled', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'settle', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 1 },
             ],
           ],
         ],
