@@ -34,6 +34,7 @@ import { BILLING_REFUSALS, NEUTRAL_MESSAGE } from './errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { validateIdempotencyKey } from '../services/usage-command.js';
 import type { UsageEvent } from '../generated/prisma/client.js';
+import { reservationFromRow } from '../db/reservation-row.js';
 import { usageEventFromRow } from '../db/usage-event-row.js';
 
 /** One item of recordUsageBatch: the event, or why it was refused. */
@@ -150,7 +151,7 @@ builder.mutationType({
       authScopes: { usageWrite: true },
       args: { input: t.arg({ type: ReserveCreditsInputRef, required: true }) },
       resolve: async (query, _root, { input }, ctx) => {
-        const { reservationId } = await reserveCredits(ctx.services, {
+        const { reservationId, row } = await reserveCredits(ctx.services, {
           accountId: decodeId(String(input.accountId), 'Account', 'account'),
           amountMicroCredits: input.amount,
           ttlSeconds: input.ttlSeconds ?? 900,
@@ -158,6 +159,8 @@ builder.mutationType({
           agentId: input.agentId ?? null,
           userId: input.userId ?? null,
         });
+        // A hold written by this call is answered from its row (as recordUsage is); a replay reads it.
+        if (row) return reservationFromRow(row);
         return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id: reservationId } });
       },
     }),
@@ -166,8 +169,9 @@ builder.mutationType({
       authScopes: { usageWrite: true },
       args: { input: t.arg({ type: SettleReservationInputRef, required: true }) },
       resolve: async (query, _root, { input }, ctx) => {
-        const id = await settleReservation(ctx.services, decodeId(String(input.reservationId), 'Reservation', 'reservation'), input.usage.map(toUsageInput));
-        return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id } });
+        const { reservationId, row } = await settleReservation(ctx.services, decodeId(String(input.reservationId), 'Reservation', 'reservation'), input.usage.map(toUsageInput));
+        if (row) return reservationFromRow(row);
+        return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id: reservationId } });
       },
     }),
     releaseReservation: t.prismaField({

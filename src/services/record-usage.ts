@@ -292,6 +292,17 @@ export interface HoldOpItem<T = unknown> {
   alone: (atx: AccountTx) => Promise<T>;
 }
 
+/**
+ * What a hold operation returns: the reservation, whether the call replayed an earlier one (holds
+ * only), and the reservations row as written (pg's snake_case columns) when this call wrote it
+ * (decided in memory; `alone` leaves it out).
+ */
+export interface ReservationResult {
+  reservationId: string;
+  replayed?: boolean;
+  row?: Record<string, unknown>;
+}
+
 /** An item of a charge group: a charge or a hold operation. */
 export type GroupItem = ChargeItem | HoldOpItem;
 
@@ -370,6 +381,7 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
   const fresh: { out: ItemOutcome[]; index: number }[] = []; // parallel to `events`
   const newHolds: NewHold[] = [];
   const settled: { id: string; atx: AccountTx }[] = [];
+  const holdResults = new Map<string, ReservationResult>(); // by reservation id: the results that get its written row
   for (let g = 0; g < groups.length; g++) {
     const { atx, items } = groups[g]!;
     const state = states.get(atx.accountId);
@@ -410,7 +422,9 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
           reserved += cmd.amountMicroCredits;
           atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId: id });
           scheduleExpiry(atx, 'hold', id, expiresAt);
-          out.push({ ok: true, result: { reservationId: id, replayed: false } });
+          const result: ReservationResult = { reservationId: id, replayed: false };
+          holdResults.set(id, result);
+          out.push({ ok: true, result });
         } else {
           // settleReservation's rules without usage: a settled hold replays, a closed or expired one is refused.
           const hold = holds.get(op.reservationId);
@@ -418,6 +432,7 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
             out.push({ ok: false, error: new LedgerError('NOT_FOUND', 'reservation not found') });
             continue;
           }
+          const result: ReservationResult = { reservationId: op.reservationId };
           if (hold.status !== 'SETTLED') {
             if (!holding(hold)) {
               out.push({ ok: false, error: reservationNotActive(hold.status) });
@@ -429,8 +444,9 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
             settled.push({ id: op.reservationId, atx });
             if (released > 0n) atx.addEntry({ type: 'RELEASE', amountMicroCredits: -released, reservationId: op.reservationId, note: SETTLE_NOTE });
             else atx.touch();
+            holdResults.set(op.reservationId, result);
           }
-          out.push({ ok: true, result: op.reservationId });
+          out.push({ ok: true, result });
         }
         continue;
       }
@@ -515,7 +531,9 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       if (r.ok) (r.result as ChargeResult).row = rows[i];
     });
   }
-  if (newHolds.length > 0 || settled.length > 0) await writeHoldOps(tx, newHolds, settled);
+  if (newHolds.length > 0 || settled.length > 0) {
+    for (const row of await writeHoldOps(tx, newHolds, settled)) holdResults.get(row.id as string)!.row = row;
+  }
   return results;
 }
 
@@ -523,21 +541,26 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
  * Writes the hold operations chargeAccounts decided, in ONE statement: the new holds (one
  * multi-row insert) and the settled ones (status SETTLED, closed now; their consumed was already
  * written with the captures' events).
+ * @returns the written reservations rows (pg's snake_case columns) with their account's test
+ *   clock (account_test_mode, account_test_clock_at: the API's status reads it), in no particular order.
  */
-async function writeHoldOps(tx: Tx, created: readonly NewHold[], settled: readonly { id: string; atx: AccountTx }[]): Promise<void> {
-  await tx.query({
+async function writeHoldOps(tx: Tx, created: readonly NewHold[], settled: readonly { id: string; atx: AccountTx }[]): Promise<Record<string, unknown>[]> {
+  const { rows } = await tx.query({
     name: 'cp-hold-ops',
     text: `WITH ins AS (
        INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash, agent_id, user_id)
        SELECT n.id, n.account, n.amount, 'ACTIVE', n.expires_at, n.now, n.key, n.hash, n.agent_id, n.user_id
          FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[])
               AS n(id, account, amount, expires_at, now, key, hash, agent_id, user_id)
+       RETURNING *
      ), upd AS (
        UPDATE reservations r SET status = 'SETTLED', closed_at = x.now
          FROM unnest($10::uuid[], $11::timestamptz[]) AS x(id, now)
         WHERE r.id = x.id
+       RETURNING r.*
      )
-     SELECT 1`,
+     SELECT w.*, a.test_mode AS account_test_mode, a.test_clock_at AS account_test_clock_at
+       FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd) w JOIN accounts a ON a.id = w.account_id`,
     values: [
       created.map((h) => h.id),
       created.map((h) => h.atx.accountId),
@@ -552,6 +575,7 @@ async function writeHoldOps(tx: Tx, created: readonly NewHold[], settled: readon
       settled.map((s) => s.atx.now),
     ],
   });
+  return rows;
 }
 
 /**

@@ -10,7 +10,7 @@ import { formatCredits } from '../ledger/credits.js';
 import { onAccount } from './account-op.js';
 import type { ServiceContext } from './context.js';
 import type { AccountTx } from './account-tx.js';
-import type { HoldOpItem } from './record-usage.js';
+import type { HoldOpItem, ReservationResult } from './record-usage.js';
 import { requestHash } from './request-hash.js';
 import { validateIdempotencyKey } from './usage-command.js';
 import { assertWithinBudgets } from './spending-budgets.js';
@@ -55,17 +55,18 @@ export function holdIdempotencyConflict(): LedgerError {
  * in memory with the account's charges, or, on the account-by-account path, by its `alone`
  * function with statements of its own (every refusal of which precedes its INSERT).
  */
-export function holdItem(cmd: ReserveCommand): HoldOpItem<{ reservationId: string; replayed: boolean }> {
+export function holdItem(cmd: ReserveCommand): HoldOpItem<ReservationResult & { replayed: boolean }> {
   const hash = requestHash({ ...cmd, op: 'reserve' });
   return { op: { kind: 'reserve', cmd, hash }, alone: (atx) => holdOnLockedAccount(atx, cmd, hash) };
 }
 
 /**
  * Places a hold.
- * @returns the reservation id and whether this call replayed an earlier one.
+ * @returns the reservation id, whether this call replayed an earlier one, and the row as written
+ *   when the hold was decided in memory (ReservationResult).
  * @throws LedgerError BAD_USER_INPUT, NOT_FOUND, IDEMPOTENCY_CONFLICT, BUDGET_EXCEEDED, INSUFFICIENT_CREDITS.
  */
-export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): Promise<{ reservationId: string; replayed: boolean }> {
+export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): Promise<ReservationResult & { replayed: boolean }> {
   validateIdempotencyKey(cmd.idempotencyKey);
   validateTtlSeconds(cmd.ttlSeconds);
   if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');

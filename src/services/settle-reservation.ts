@@ -5,7 +5,7 @@
  */
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
-import { applyCharge, pricerFor, type HoldOpItem } from './record-usage.js';
+import { applyCharge, pricerFor, type HoldOpItem, type ReservationResult } from './record-usage.js';
 import type { PricedUsage } from '../pricing/price-book.js';
 import { SETTLE_NOTE, closeReservation, readReservation, reservationNotActive } from './reservation-tx.js';
 import { AccountTx } from './account-tx.js';
@@ -18,11 +18,12 @@ export const MAX_SETTLE_ITEMS = 100;
 /**
  * Settles a reservation with its final usage.
  * @param usage the completed work; each item's reservationId must be absent or this one.
- * @returns the reservation id.
+ * @returns the reservation id, and its row as written when the settle was decided in memory
+ *   (ReservationResult).
  * @throws LedgerError NOT_FOUND, RESERVATION_NOT_ACTIVE (already released, expired, or settled
  *   with other usage), BAD_USER_INPUT, IDEMPOTENCY_CONFLICT.
  */
-export async function settleReservation(ctx: ServiceContext, reservationId: string, usage: readonly UsageInput[]): Promise<string> {
+export async function settleReservation(ctx: ServiceContext, reservationId: string, usage: readonly UsageInput[]): Promise<ReservationResult> {
   if (usage.length > MAX_SETTLE_ITEMS) throw badInput('usage', `at most ${MAX_SETTLE_ITEMS} items`);
   const cmds = usage.map((u, i) => {
     if (u.reservationId && u.reservationId !== reservationId) throw badInput(`usage[${i}].reservationId`, 'must be this reservation');
@@ -41,7 +42,7 @@ export async function settleReservation(ctx: ServiceContext, reservationId: stri
  * decided there in memory, or by `alone` with statements of its own, whose refusals all precede
  * its one write.
  */
-export function settleItem(reservationId: string): HoldOpItem<string> {
+export function settleItem(reservationId: string): HoldOpItem<ReservationResult> {
   return { op: { kind: 'settle', reservationId }, alone: (atx) => settleOnLockedAccount(atx, reservationId, [], []) };
 }
 
@@ -56,7 +57,7 @@ async function settleOnLockedAccount(
   reservationId: string,
   cmds: readonly UsageCommand[],
   pricers: readonly (() => { priced: PricedUsage; version: number })[],
-): Promise<string> {
+): Promise<ReservationResult> {
   const tx = atx.tx;
   const res = await readReservation(atx, reservationId);
   for (const c of cmds) if (c.accountId !== res.atx.accountId) throw badInput('usage.accountId', "must be the reservation's account");
@@ -71,10 +72,10 @@ async function settleOnLockedAccount(
       if (!rows[0]) throw new LedgerError('RESERVATION_NOT_ACTIVE', 'reservation is already SETTLED');
     }
     for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!); // verifies same input (or conflict)
-    return reservationId;
+    return { reservationId };
   }
   if (!res.holding) throw reservationNotActive(res.status);
   for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!);
   await closeReservation(res, 'SETTLED', SETTLE_NOTE);
-  return reservationId;
+  return { reservationId };
 }

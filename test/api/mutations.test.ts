@@ -371,6 +371,22 @@ describe('reservations', () => {
     await bothInvariants(acct);
   });
 
+  it('a new hold and a settle without usage are answered from the rows they wrote: equal to the stored reservation and to their replays', async () => {
+    const acct = await apiAccount(srv, { paid: '10' });
+    const read = async (id: string) => ok(await srv.gql(`query($id: ID!) { node(id: $id) { ... on Reservation { ${RESERVATION} } } }`, { id })).node;
+    const input = { accountId: acct, amount: '3', ttlSeconds: 600, idempotencyKey: uniq('hold') };
+    const hold = ok(await srv.gql(RESERVE, { input })).reserveCredits;
+    expect(hold).toMatchObject({ accountId: acct, amount: '3', consumed: '0', status: 'ACTIVE' });
+    expect(await read(hold.id)).toEqual(hold);
+    expect(ok(await srv.gql(RESERVE, { input })).reserveCredits).toEqual(hold); // replay: read back
+    await record(acct, { reservationId: hold.id });
+    const settled = ok(await srv.gql(SETTLE, { input: { reservationId: hold.id, usage: [] } })).settleReservation;
+    expect(settled).toEqual({ ...hold, consumed: '1', status: 'SETTLED' });
+    expect(await read(hold.id)).toEqual(settled);
+    expect(ok(await srv.gql(SETTLE, { input: { reservationId: hold.id, usage: [] } })).settleReservation).toEqual(settled);
+    await bothInvariants(acct);
+  });
+
   it('a hold above available credit is INSUFFICIENT_CREDITS and changes nothing', async () => {
     const acct = await apiAccount(srv, { paid: '10' });
     await reserve(acct, '4');

@@ -317,7 +317,7 @@ describe('holds and settles on an account with a spending budget', () => {
     const over = reserveCredits(local, { accountId: a, amountMicroCredits: credits(3), ttlSeconds: 600, idempotencyKey: 'over', userId: 'member-1' });
     const holdB = reserveCredits(local, { accountId: b, amountMicroCredits: credits(4), ttlSeconds: 600, idempotencyKey: 'b' });
     const shared = await release(4);
-    expect(await settle).toBe(first.reservationId);
+    expect((await settle).reservationId).toBe(first.reservationId);
     expect((await fits).replayed).toBe(false);
     await expect(over).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
     expect((await holdB).replayed).toBe(false);
