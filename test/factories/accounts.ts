@@ -7,18 +7,26 @@ import { grantCredits } from '../../src/services/grant-credits.js';
 import { credits } from '../../src/ledger/credits.js';
 import type { ServiceContext } from '../../src/services/context.js';
 
-/** Creates an ORGANIZATION account without welcome bonus, then grants the given whole credits. */
+/** Creates an ORGANIZATION account without welcome bonus (on a test clock if given), then grants the given whole credits. */
 export async function createFundedAccount(
   services: ServiceContext,
-  opts: { free?: number; paid?: number; freeExpiresAt?: Date | null; kind?: 'ORGANIZATION' | 'USER'; externalId?: string } = {},
+  opts: {
+    free?: number;
+    paid?: number;
+    freeExpiresAt?: Date | null;
+    kind?: 'ORGANIZATION' | 'USER';
+    externalId?: string;
+    /** A test-mode account whose clock starts here (every rule of the account reads it). */
+    testClockStart?: Date;
+  } = {},
 ): Promise<string> {
   const { accountId } = await createAccount(services, {
     externalId: opts.externalId ?? `test-${randomUUID()}`,
     name: 'Test account',
     kind: opts.kind ?? 'ORGANIZATION',
     welcomeBonus: false,
-    testMode: false,
-    testClockStart: null,
+    testMode: opts.testClockStart !== undefined,
+    testClockStart: opts.testClockStart ?? null,
   });
   const grants = [
     { whole: opts.free, type: 'FREE' as const, source: 'PROMO_CODE' as const, expiresAt: opts.freeExpiresAt ?? null },

@@ -48,11 +48,18 @@ afterAll(async () => {
 });
 
 /**
+ * Where this file's alerts are stamped: its accounts run on test clocks that start here, so the
+ * sweep's window (at most WEBHOOK_SWEEP_LIMIT alerts, oldest first) holds this file's alerts
+ * only, however many alerts the test files before it raised on the wall clock.
+ */
+const FILE_CLOCK_START = new Date(Date.UTC(2099, 0, 1));
+
+/**
  * A funded account charged down to `leftPercent` % through recordUsage. Its `deliver-webhook`
  * outbox rows are taken out of the outbox (the jobs are "lost") and returned with the alerts.
  */
 async function lostAlerts(leftPercent: number): Promise<{ accountId: string; alerts: Array<{ id: string; threshold: number; createdAt: Date }>; lostJobs: OutboxJob[] }> {
-  const accountId = await createFundedAccount(services, { paid: 100 });
+  const accountId = await createFundedAccount(services, { paid: 100, testClockStart: FILE_CLOCK_START });
   await recordUsage(services, { accountId, idempotencyKey: `use-${randomUUID()}`, category: 'units', quantities: { units: String(100 - leftPercent) } });
   const { rows } = await services.pool.query(
     `DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job' AND payload->>'name' = 'deliver-webhook' RETURNING payload`,
