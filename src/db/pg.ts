@@ -29,34 +29,12 @@ const RETRYABLE = new Set(['40001', '40P01']); // serialization_failure, deadloc
  * @throws whatever `fn` throws, or the database error.
  */
 export async function withTransaction<T>(pool: pg.Pool, fn: (tx: Tx) => Promise<T>): Promise<T> {
-  return runTransaction(pool, async (client) => {
-    await client.query('BEGIN');
-    return fn(client);
-  });
-}
-
-/**
- * `withTransaction` whose first statement travels with its BEGIN, in ONE round trip: `firstSql`
- * is sent as `BEGIN; <firstSql>` over the simple query protocol, and `fn` gets its rows. On this
- * kind of machine a round trip (a write and a read on both sides) costs more than planning a
- * small statement, so the charge path starts its transactions this way (bench/README.md).
- * @param firstSql one statement WITHOUT parameters: every value in it must be a literal the
- *   caller made safe (e.g. validated UUIDs only).
- * @throws whatever `fn` throws, or the database error.
- */
-export async function withTransactionFrom<T>(pool: pg.Pool, firstSql: string, fn: (tx: Tx, firstRows: Record<string, unknown>[]) => Promise<T>): Promise<T> {
-  return runTransaction(pool, async (client) => {
-    const results = (await client.query(`BEGIN; ${firstSql}`)) as unknown as pg.QueryResult[];
-    return fn(client, results[1]!.rows);
-  });
-}
-
-async function runTransaction<T>(pool: pg.Pool, body: (client: Tx) => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     const client = await pool.connect();
     let broken = false;
     try {
-      const result = await body(client);
+      await client.query('BEGIN');
+      const result = await fn(client);
       await client.query('COMMIT');
       if (takeOutboxWritten(client)) outboxCommitted();
       return result;

@@ -52,9 +52,6 @@ export interface AccountState {
   reservation: HoldState | null;
 }
 
-/** A UUID in its text form (what lockSql lets into a literal). */
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
 /** The locked balance row and its account (AccountTx.lock / lockMany add the filter and FOR UPDATE). */
 const LOCK_SELECT = `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at,
               b.total_micro_credits, b.debt_micro_credits, b.version
@@ -178,21 +175,6 @@ export class AccountTx {
       text: `${LOCK_SELECT} JOIN unnest($1::uuid[]) AS x(id) ON x.id = b.account_id ORDER BY b.account_id FOR UPDATE OF b`,
       values: [[...new Set(accountIds)]],
     });
-    return new Map(rows.map((row) => [row.id as string, new AccountTx(tx, row, wallNow)]));
-  }
-
-  /**
-   * The statement that locks the balance rows of `accountIds` in account id order, as lockMany
-   * does, with the ids as literals (for withTransactionFrom, which sends it with its BEGIN).
-   * Ids that are not UUIDs name no account and are left out. Read its rows with `fromLockRows`.
-   */
-  static lockSql(accountIds: readonly string[]): string {
-    const ids = [...new Set(accountIds.map((id) => id.toLowerCase()))].filter((id) => UUID_RE.test(id)); // only [0-9a-f-]: safe as a literal
-    return `${LOCK_SELECT} WHERE b.account_id = ANY('{${ids.join(',')}}'::uuid[]) ORDER BY b.account_id FOR UPDATE OF b`;
-  }
-
-  /** The locked accounts of `lockSql`'s rows, by account id (as lockMany returns them). */
-  static fromLockRows(tx: Tx, rows: readonly Record<string, unknown>[], wallNow: Date): Map<string, AccountTx> {
     return new Map(rows.map((row) => [row.id as string, new AccountTx(tx, row, wallNow)]));
   }
 

@@ -29,7 +29,7 @@
  * alone.
  */
 import type pg from 'pg';
-import { withTransaction, withTransactionFrom, type Tx } from '../db/pg.js';
+import { withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { PricedUsage } from '../pricing/price-book.js';
 import { AccountTx } from './account-tx.js';
@@ -216,10 +216,14 @@ export class GroupCommitter {
   private async run(take: readonly [string, Pending[]][]): Promise<void> {
     let outcomes: Map<string, Settled[]>;
     try {
-      // The accounts locked in id order (two transactions holding several locks cannot
-      // deadlock), in the same round trip as BEGIN.
-      outcomes = await withTransactionFrom(this.pool, AccountTx.lockSql(take.map(([accountId]) => accountId)), async (tx, lockRows) => {
-        const locked = AccountTx.fromLockRows(tx, lockRows, this.clock());
+      outcomes = await withTransaction(this.pool, async (tx) => {
+        const now = this.clock();
+        // One account: the single-row lock (its plan is the lone charge's); several: one
+        // statement in id order, so two transactions holding several locks cannot deadlock.
+        const locked =
+          take.length === 1
+            ? new Map([[take[0]![0], await AccountTx.lock(tx, take[0]![0], now)]])
+            : await AccountTx.lockMany(tx, take.map(([accountId]) => accountId), now);
         const found = take.flatMap(([accountId, items]) => {
           const atx = locked.get(accountId);
           return atx ? [{ atx, items }] : [];

@@ -11,7 +11,7 @@
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
  */
 import { randomUUID } from 'node:crypto';
-import { withTransaction, withTransactionFrom, type Tx } from '../db/pg.js';
+import { withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
@@ -647,8 +647,8 @@ export async function recordUsageBatch(
   const pricer = (cmd: UsageCommand) => () => ({ priced: priceCommand(cmd, book, settings), version: book?.version ?? 0 });
 
   const chargeChunk = async (accountIds: readonly string[]) => {
-    const outcomes = await withTransactionFrom(ctx.pool, AccountTx.lockSql(accountIds), async (tx, lockRows) => {
-      const locked = AccountTx.fromLockRows(tx, lockRows, ctx.clock());
+    const outcomes = await withTransaction(ctx.pool, async (tx) => {
+      const locked = await AccountTx.lockMany(tx, accountIds, ctx.clock());
       const found = accountIds.flatMap((id) => {
         const atx = locked.get(id);
         return atx ? [{ atx, items: groups.get(id)!.map(({ cmd }) => ({ cmd, price: pricer(cmd) })) }] : [];
