@@ -195,9 +195,10 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     ]);
     // Live fan-out counters of this instance (no tenant data): open WebSockets, subscribed
     // account channels, local subscriptions, messages received, resyncs after Redis drops, live
-    // streams started since boot, outbox rows this instance's relay published.
-    const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0 };
-    return { ok: postgres && redis, postgres, redis, live: liveStats };
+    // streams started since boot, outbox rows this instance's relay published and its drain
+    // transactions; and the group committer's counters (benchmarks read them).
+    const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0, outboxDrains: relay?.drains() ?? 0 };
+    return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null };
   };
 
   const http = createServer((req, res) => {

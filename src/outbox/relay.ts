@@ -51,6 +51,8 @@ export interface OutboxRelay {
   kick(): void;
   /** Rows this relay has published since it started. */
   published(): number;
+  /** Drain transactions this relay has run since it started (failed ones included). */
+  drains(): number;
   /** Stops polling and waits for a running drain. */
   close(): Promise<void>;
 }
@@ -111,11 +113,13 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   let backoffMs = 0;
   let retryTimer: NodeJS.Timeout | null = null;
   let published = 0;
+  let drains = 0;
 
   const loop = async (): Promise<void> => {
     do {
       again = false;
       try {
+        drains++;
         const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs);
         published += n;
         backoffMs = 0;
@@ -156,6 +160,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   return {
     kick,
     published: () => published,
+    drains: () => drains,
     async close() {
       closed = true;
       unsubscribe();
