@@ -68,6 +68,7 @@ import {
 } from './perf/limits.js';
 import { generateHistory, historyAnchor, type HistoryGeneration } from './perf/history.js';
 import { readCounters, workPerUnit, type DbWork } from './perf/dbwork.js';
+import { readServerCounters, serverWorkPerUnit, type ServerWork } from './perf/server-counters.js';
 import { tryDecodeId } from '../src/graphql/ids.js';
 import { applyMigrations } from '../src/db/migrate.js';
 
@@ -111,6 +112,8 @@ export interface ScenarioRow {
   cpu: CpuUsage;
   /** PostgreSQL work per unit (bench/perf/dbwork.ts); null when nothing was done. */
   db?: DbWork | null;
+  /** Group-commit transactions and relay drains per unit (bench/perf/server-counters.ts). */
+  serverWork?: ServerWork | null;
   note?: string;
 }
 
@@ -330,7 +333,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     const errs = Object.entries(r.errors).map(([c, n]) => `${c} x${n}`).join(', ') || 'none';
     log(
       `  ${r.id.padEnd(10)} ${r.scenario.padEnd(34)} ${r.server.padEnd(6)} c=${String(r.concurrency).padEnd(3)} ${fmt(r.rate).padStart(8)} ${r.unit}  ` +
-        `p50 ${r.latencyMs.p50} ms  p99 ${r.latencyMs.p99} ms  RSS ${r.rssMiB ?? '-'} MiB  cpu srv ${r.cpu.server}% pg ${r.cpu.postgres}% load ${r.cpu.bench + r.cpu.tool}% other ${r.cpu.other}% busy ${r.cpu.machineBusy}% iowait ${r.cpu.iowait}%  errors: ${errs}`,
+        `p50 ${r.latencyMs.p50} ms  p99 ${r.latencyMs.p99} ms  RSS ${r.rssMiB ?? '-'} MiB  cpu srv ${r.cpu.server}% pg ${r.cpu.postgres}% load ${r.cpu.bench + r.cpu.tool}% other ${r.cpu.other}% busy ${r.cpu.machineBusy}% iowait ${r.cpu.iowait}%  errors: ${errs}` +
+        (r.serverWork ? `  tx/unit ${r.serverWork.transactionsPerUnit ?? '-'} items/tx ${r.serverWork.itemsPerTransaction ?? '-'} relay drains/unit ${r.serverWork.relayDrainsPerUnit}` : ''),
     );
   };
   const uncertain = (codes: string[]) => {
@@ -450,6 +454,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     const c = createPerfClient(s.graphqlUrl, adminKey, meta.concurrency);
     try {
       const before = await readCounters(db, PERF_DATABASE);
+      const countersBefore = await readServerCounters(s.graphqlUrl);
       const { result, cpu } = await withCpu(s.pids.server, () => closedLoop(meta.concurrency, o.seconds, makeOp(c)));
       const rss = rssMiB(s.pids.server);
       await sleep(1_500); // backends publish their counters when idle, at most once a second
@@ -465,6 +470,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
         rssMiB: rss,
         cpu,
         db: workPerUnit(before, await readCounters(db, PERF_DATABASE), result.units),
+        serverWork: serverWorkPerUnit(countersBefore, await readServerCounters(s.graphqlUrl), result.units),
       };
       note(row);
       return row;
