@@ -1,0 +1,64 @@
+/**
+ * Summarises a V8 CPU profile (`.cpuprofile`, written by `node --cpu-prof`; servers started by
+ * the benches write one per process into CPU_PROFILE_DIR): self time by package (or source file,
+ * or native function) and by function, as percent of all samples (idle included), and, with
+ * `--callers NAME`, the call chains above a function (e.g. `writev`: who writes to sockets).
+ *
+ * Usage: npx tsx bench/perf/cpu-profile-summary.ts FILE.cpuprofile [--top 25] [--callers writev]
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+
+/** One node of a V8 CPU profile (the fields this script reads). */
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+
+/** Where a frame's code lives: an npm package, a project file, a Node module, or the native name. */
+function owner(frame: ProfileNode['callFrame']): string {
+  const url = frame.url;
+  const pkg = url.match(/node_modules\/((?:@[^/]+\/)?[^/]+)/);
+  if (pkg) return pkg[1]!;
+  for (const dir of ['/src/', '/workers/', '/demo/', '/bench/']) if (url.includes(dir)) return dir.slice(1) + url.split(dir)[1];
+  if (url.startsWith('node:')) return url;
+  return frame.functionName || url || '(unknown)';
+}
+
+const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '25' }, callers: { type: 'string' } } });
+if (positionals.length !== 1) {
+  console.error('usage: npx tsx bench/perf/cpu-profile-summary.ts FILE.cpuprofile [--top 25] [--callers writev]');
+  process.exit(2);
+}
+const profile = JSON.parse(readFileSync(positionals[0]!, 'utf8')) as { nodes: ProfileNode[]; samples: number[] };
+const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
+const parent = new Map<number, number>();
+for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+const total = profile.samples.length;
+const add = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
+const byOwner = new Map<string, number>();
+const byFunction = new Map<string, number>();
+const chains = new Map<string, number>();
+for (const id of profile.samples) {
+  const frame = nodes.get(id)!.callFrame;
+  add(byOwner, owner(frame));
+  add(byFunction, `${frame.functionName || '(anonymous)'}  ${owner(frame)}:${frame.lineNumber + 1}`);
+  if (values.callers && frame.functionName === values.callers) {
+    const chain: string[] = [];
+    for (let p = parent.get(id); p !== undefined && chain.length < 8; p = parent.get(p)) {
+      const f = nodes.get(p)!.callFrame;
+      chain.push(`${f.functionName || '(anonymous)'} (${owner(f)})`);
+    }
+    add(chains, chain.join(' < '));
+  }
+}
+const top = Number(values.top);
+const print = (title: string, m: Map<string, number>) => {
+  console.log(`-- ${title} --`);
+  for (const [k, c] of [...m].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`${((100 * c) / total).toFixed(1).padStart(5)} %  ${k}`);
+};
+console.log(`${total} samples`);
+print('self time by package / file', byOwner);
+print('self time by function', byFunction);
+if (values.callers) print(`call chains above ${values.callers}`, chains);
