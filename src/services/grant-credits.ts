@@ -4,12 +4,13 @@
  * stays in the batch.
  */
 import { withTransaction } from '../db/pg.js';
-import { LedgerError, badInput } from '../ledger/errors.js';
+import { badInput } from '../ledger/errors.js';
 import type { CreditType } from '../ledger/drawdown.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { minBig } from '../ledger/credits.js';
+import { idempotencyConflict } from '../ledger/refusals.js';
 import { scheduleExpiry } from './expire-due.js';
 
 /** Where credit came from (contract enum GrantSource). */
@@ -48,7 +49,7 @@ export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accoun
   const prior = existing.rows[0];
   if (prior) {
     if (prior.request_hash !== hash) {
-      throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different grant');
+      throw idempotencyConflict('grant');
     }
     return { grantId: prior.id as string, replayed: true };
   }

@@ -18,7 +18,8 @@ import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
 import { AccountTx, type ChargeState, type HoldState } from './account-tx.js';
 import { SETTLE_NOTE, reservationNotActive } from './reservation-tx.js';
-import { holdIdempotencyConflict, insufficientCreditsForHold, type ReserveCommand } from './reserve-credits.js';
+import type { ReserveCommand } from './reserve-credits.js';
+import { idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
 import { scheduleExpiry } from './expire-due.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
@@ -66,21 +67,6 @@ export function priceCommand(cmd: UsageCommand, book: ActivePriceBook | null, se
   );
 }
 
-/** The refusal of a charge that available credit does not cover (amounts in micro-credits). */
-function insufficientCredits(costMicroCredits: bigint, availableMicroCredits: bigint): LedgerError {
-  const needed = formatCredits(costMicroCredits);
-  const available = formatCredits(availableMicroCredits);
-  return new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: cost ${needed}, available ${available}`, {
-    neededCredits: needed,
-    availableCredits: available,
-  });
-}
-
-/** The refusal of an idempotency key already used for a different usage event. */
-function idempotencyConflict(): LedgerError {
-  return new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different usage event');
-}
-
 function commandHash(cmd: UsageCommand): string {
   return requestHash({ ...cmd, op: 'usage' });
 }
@@ -103,7 +89,7 @@ export async function applyCharge(
   const state = await atx.state({ reservationId: cmd.reservationId, agentId: cmd.agentId, userId: cmd.userId, usageIdempotencyKey: cmd.idempotencyKey });
   if (state.priorUsage) {
     if (state.priorUsage.requestHash !== hash) {
-      throw idempotencyConflict();
+      throw idempotencyConflict('usage event');
     }
     return { eventId: state.priorUsage.id, replayed: true };
   }
@@ -129,7 +115,7 @@ export async function applyCharge(
   if (!cmd.reservationId) {
     const available = spendable - atx.debt - reservedOthers;
     if (cost > 0n && cost > available) {
-      throw insufficientCredits(cost, available);
+      throw insufficientCredits('cost', cost, available);
     }
     toDraw = cost;
   } else {
@@ -406,12 +392,12 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
           const { cmd, hash } = op;
           const prior = held.get(cmd.idempotencyKey);
           if (prior) {
-            out.push(prior.requestHash === hash ? { ok: true, result: { reservationId: prior.id, replayed: true } } : { ok: false, error: holdIdempotencyConflict() });
+            out.push(prior.requestHash === hash ? { ok: true, result: { reservationId: prior.id, replayed: true } } : { ok: false, error: idempotencyConflict('reservation') });
             continue;
           }
           const available = spendable - atx.debt - reserved;
           if (cmd.amountMicroCredits > available) {
-            out.push({ ok: false, error: insufficientCreditsForHold(cmd.amountMicroCredits, available) });
+            out.push({ ok: false, error: insufficientCredits('hold', cmd.amountMicroCredits, available) });
             continue;
           }
           const id = randomUUID();
@@ -457,7 +443,7 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
         out.push(
           prior.requestHash === hash
             ? { ok: true, result: { eventId: prior.id, replayed: true } }
-            : { ok: false, error: idempotencyConflict() },
+            : { ok: false, error: idempotencyConflict('usage event') },
         );
         continue;
       }
@@ -488,7 +474,7 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       if (!hold) {
         const available = spendable - atx.debt - reserved;
         if (cost > 0n && cost > available) {
-          out.push({ ok: false, error: insufficientCredits(cost, available) });
+          out.push({ ok: false, error: insufficientCredits('cost', cost, available) });
           continue;
         }
         toDraw = cost;

@@ -5,8 +5,8 @@
  * holding at expiresAt (reads treat it as released; the expiry sweep records it).
  */
 import { scheduleExpiry } from './expire-due.js';
-import { LedgerError, badInput } from '../ledger/errors.js';
-import { formatCredits } from '../ledger/credits.js';
+import { badInput } from '../ledger/errors.js';
+import { idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
 import { onAccount } from './account-op.js';
 import type { ServiceContext } from './context.js';
 import type { AccountTx } from './account-tx.js';
@@ -35,19 +35,6 @@ export function validateTtlSeconds(ttlSeconds: number): number {
     throw badInput('ttlSeconds', `must be an integer from 1 to ${MAX_RESERVATION_TTL_SECONDS}`);
   }
   return ttlSeconds;
-}
-
-/** The refusal of a hold larger than the available credit (amounts in micro-credits). */
-export function insufficientCreditsForHold(amountMicroCredits: bigint, availableMicroCredits: bigint): LedgerError {
-  return new LedgerError('INSUFFICIENT_CREDITS', `insufficient credits: hold ${formatCredits(amountMicroCredits)}, available ${formatCredits(availableMicroCredits)}`, {
-    neededCredits: formatCredits(amountMicroCredits),
-    availableCredits: formatCredits(availableMicroCredits),
-  });
-}
-
-/** The refusal of an idempotency key already used for a different hold. */
-export function holdIdempotencyConflict(): LedgerError {
-  return new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used for a different reservation');
 }
 
 /**
@@ -87,7 +74,7 @@ async function holdOnLockedAccount(atx: AccountTx, cmd: ReserveCommand, hash: st
     cmd.idempotencyKey,
   ]);
   if (prior.rows[0]) {
-    if (prior.rows[0].request_hash !== hash) throw holdIdempotencyConflict();
+    if (prior.rows[0].request_hash !== hash) throw idempotencyConflict('reservation');
     return { reservationId: prior.rows[0].id as string, replayed: true };
   }
   const subjects = { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
@@ -95,7 +82,7 @@ async function holdOnLockedAccount(atx: AccountTx, cmd: ReserveCommand, hash: st
   if (hasBudget) await assertWithinBudgets(atx, subjects, cmd.amountMicroCredits);
   const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
   const available = spendable - atx.debt - reservedMicroCredits;
-  if (cmd.amountMicroCredits > available) throw insufficientCreditsForHold(cmd.amountMicroCredits, available);
+  if (cmd.amountMicroCredits > available) throw insufficientCredits('hold', cmd.amountMicroCredits, available);
   const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
   const { rows } = await tx.query(
     `INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash, agent_id, user_id)
