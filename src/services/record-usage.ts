@@ -17,7 +17,7 @@ import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
 import { AccountTx, type ChargeState, type HoldState } from './account-tx.js';
-import { SETTLE_NOTE, reservationNotActive } from './reservation-tx.js';
+import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
 import { idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
 import { scheduleExpiry } from './expire-due.js';
@@ -98,9 +98,7 @@ export async function applyCharge(
   if (cmd.reservationId) {
     const r = state.reservation;
     if (!r) throw new LedgerError('NOT_FOUND', 'reservation not found');
-    if (r.status !== 'ACTIVE' || r.expiresAt.getTime() <= atx.now.getTime()) {
-      throw reservationNotActive(r.status);
-    }
+    if (!isHolding(r, atx.now)) throw reservationNotActive(r.status);
     holdLeft = maxBig(r.amountMicroCredits - r.consumedMicroCredits, 0n);
   }
 
@@ -304,6 +302,70 @@ interface NewHold {
   expiresAt: Date;
 }
 
+/** One locked account's running figures while chargeAccounts decides its items in memory. */
+interface AccountDecisions {
+  atx: AccountTx;
+  /** Remaining credit of its spendable batches (micro-credits). */
+  spendableMicroCredits: bigint;
+  /** Held by its ACTIVE unexpired holds (micro-credits). */
+  reservedMicroCredits: bigint;
+  /** The holds the items name or create, by id. */
+  holds: Map<string, HoldState>;
+  /** Holds made under the items' hold idempotency keys, by key. */
+  priorHolds: Map<string, { id: string; requestHash: string }>;
+}
+
+/** What the hold operations of one chargeAccounts call leave to write (writeHoldOps), and the results that get the written rows. */
+interface HoldWrites {
+  created: NewHold[];
+  settled: { id: string; atx: AccountTx }[];
+  /** By reservation id. */
+  results: Map<string, ReservationResult>;
+}
+
+/**
+ * Decides one hold operation in memory, under the rules of its statement-by-statement path:
+ * a hold (holdOnLockedAccount: the idempotency key first, then the available credit) or a settle
+ * without usage (settleReservation: a settled hold replays, a closed or expired one is refused,
+ * else it is settled and its unused rest released). Updates `acct`, records the ledger entry and
+ * outbox rows on its AccountTx, and queues the write in `writes`.
+ * @returns the outcome (ReservationResult, or the LedgerError refusal).
+ */
+function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): ItemOutcome {
+  const { atx } = acct;
+  if (op.kind === 'reserve') {
+    const { cmd, hash } = op;
+    const prior = acct.priorHolds.get(cmd.idempotencyKey);
+    if (prior) return prior.requestHash === hash ? { ok: true, result: { reservationId: prior.id, replayed: true } } : { ok: false, error: idempotencyConflict('reservation') };
+    const available = acct.spendableMicroCredits - atx.debt - acct.reservedMicroCredits;
+    if (cmd.amountMicroCredits > available) return { ok: false, error: insufficientCredits('hold', cmd.amountMicroCredits, available) };
+    const id = randomUUID();
+    const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
+    writes.created.push({ id, atx, cmd, hash, expiresAt });
+    acct.holds.set(id, { amountMicroCredits: cmd.amountMicroCredits, consumedMicroCredits: 0n, status: 'ACTIVE', expiresAt });
+    acct.priorHolds.set(cmd.idempotencyKey, { id, requestHash: hash });
+    acct.reservedMicroCredits += cmd.amountMicroCredits;
+    atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId: id });
+    scheduleExpiry(atx, 'hold', id, expiresAt);
+    const result: ReservationResult = { reservationId: id, replayed: false };
+    writes.results.set(id, result);
+    return { ok: true, result };
+  }
+  const hold = acct.holds.get(op.reservationId);
+  if (!hold) return { ok: false, error: new LedgerError('NOT_FOUND', 'reservation not found') };
+  const result: ReservationResult = { reservationId: op.reservationId };
+  if (hold.status === 'SETTLED') return { ok: true, result };
+  if (!isHolding(hold, atx.now)) return { ok: false, error: reservationNotActive(hold.status) };
+  const released = maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n);
+  acct.reservedMicroCredits -= released;
+  hold.status = 'SETTLED';
+  writes.settled.push({ id: op.reservationId, atx });
+  if (released > 0n) atx.addEntry({ type: 'RELEASE', amountMicroCredits: -released, reservationId: op.reservationId, note: SETTLE_NOTE });
+  else atx.touch();
+  writes.results.set(op.reservationId, result);
+  return { ok: true, result };
+}
+
 /**
  * Charges groups of usage commands, each group on one account locked by the same transaction
  * (`tx`); each charge succeeds or fails on its own, in input order within its group. The caller
@@ -365,9 +427,7 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       : new Map<string, ChargeState>();
   const events: PreparedEvent[] = [];
   const fresh: { out: ItemOutcome[]; index: number }[] = []; // parallel to `events`
-  const newHolds: NewHold[] = [];
-  const settled: { id: string; atx: AccountTx }[] = [];
-  const holdResults = new Map<string, ReservationResult>(); // by reservation id: the results that get its written row
+  const holdWrites: HoldWrites = { created: [], settled: [], results: new Map() };
   for (let g = 0; g < groups.length; g++) {
     const { atx, items } = groups[g]!;
     const state = states.get(atx.accountId);
@@ -377,63 +437,18 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
     }
     const out: ItemOutcome[] = [];
     results[g] = out;
+    const acct: AccountDecisions = {
+      atx,
+      spendableMicroCredits: state.batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n),
+      reservedMicroCredits: state.reservedMicroCredits, // held by ACTIVE unexpired holds, all of them
+      holds: new Map([...state.reservations].map(([id, h]) => [id, { ...h }])),
+      priorHolds: new Map(state.priorHolds),
+    };
     const batches = state.batches.map((b) => ({ ...b }));
-    let spendable = batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n);
-    let reserved = state.reservedMicroCredits; // held by ACTIVE unexpired holds, all of them
-    const holds = new Map([...state.reservations].map(([id, h]) => [id, { ...h }]));
     const recorded = new Map(state.priorUsage);
-    const held = new Map(state.priorHolds);
-    const holding = (h: HoldState) => h.status === 'ACTIVE' && h.expiresAt.getTime() > atx.now.getTime();
     for (const item of items) {
       if ('op' in item) {
-        const op = item.op;
-        if (op.kind === 'reserve') {
-          // holdOnLockedAccount's rules: the key first, then the credit available.
-          const { cmd, hash } = op;
-          const prior = held.get(cmd.idempotencyKey);
-          if (prior) {
-            out.push(prior.requestHash === hash ? { ok: true, result: { reservationId: prior.id, replayed: true } } : { ok: false, error: idempotencyConflict('reservation') });
-            continue;
-          }
-          const available = spendable - atx.debt - reserved;
-          if (cmd.amountMicroCredits > available) {
-            out.push({ ok: false, error: insufficientCredits('hold', cmd.amountMicroCredits, available) });
-            continue;
-          }
-          const id = randomUUID();
-          const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
-          newHolds.push({ id, atx, cmd, hash, expiresAt });
-          holds.set(id, { amountMicroCredits: cmd.amountMicroCredits, consumedMicroCredits: 0n, status: 'ACTIVE', expiresAt });
-          held.set(cmd.idempotencyKey, { id, requestHash: hash });
-          reserved += cmd.amountMicroCredits;
-          atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId: id });
-          scheduleExpiry(atx, 'hold', id, expiresAt);
-          const result: ReservationResult = { reservationId: id, replayed: false };
-          holdResults.set(id, result);
-          out.push({ ok: true, result });
-        } else {
-          // settleReservation's rules without usage: a settled hold replays, a closed or expired one is refused.
-          const hold = holds.get(op.reservationId);
-          if (!hold) {
-            out.push({ ok: false, error: new LedgerError('NOT_FOUND', 'reservation not found') });
-            continue;
-          }
-          const result: ReservationResult = { reservationId: op.reservationId };
-          if (hold.status !== 'SETTLED') {
-            if (!holding(hold)) {
-              out.push({ ok: false, error: reservationNotActive(hold.status) });
-              continue;
-            }
-            const released = maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n);
-            reserved -= released;
-            hold.status = 'SETTLED';
-            settled.push({ id: op.reservationId, atx });
-            if (released > 0n) atx.addEntry({ type: 'RELEASE', amountMicroCredits: -released, reservationId: op.reservationId, note: SETTLE_NOTE });
-            else atx.touch();
-            holdResults.set(op.reservationId, result);
-          }
-          out.push({ ok: true, result });
-        }
+        out.push(decideHoldOp(acct, item.op, holdWrites));
         continue;
       }
       const { cmd, price } = item;
@@ -447,13 +462,13 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
         );
         continue;
       }
-      const hold = cmd.reservationId ? holds.get(cmd.reservationId) : undefined;
+      const hold = cmd.reservationId ? acct.holds.get(cmd.reservationId) : undefined;
       if (cmd.reservationId) {
         if (!hold) {
           out.push({ ok: false, error: new LedgerError('NOT_FOUND', 'reservation not found') });
           continue;
         }
-        if (!holding(hold)) {
+        if (!isHolding(hold, atx.now)) {
           out.push({ ok: false, error: reservationNotActive(hold.status) });
           continue;
         }
@@ -472,7 +487,7 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       let debtAdded = 0n;
       let fromHold = 0n;
       if (!hold) {
-        const available = spendable - atx.debt - reserved;
+        const available = acct.spendableMicroCredits - atx.debt - acct.reservedMicroCredits;
         if (cost > 0n && cost > available) {
           out.push({ ok: false, error: insufficientCredits('cost', cost, available) });
           continue;
@@ -480,10 +495,10 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
         toDraw = cost;
       } else {
         // applyCharge's rule: the hold first, then credit nobody holds, the rest becomes debt.
-        // (applyCharge subtracts the other holds and this hold's rest; `reserved` is their sum.)
+        // (applyCharge subtracts the other holds and this hold's rest; `reservedMicroCredits` is their sum.)
         const holdLeft = maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n);
         fromHold = minBig(cost, holdLeft);
-        const availableOutsideHold = spendable - atx.debt - reserved;
+        const availableOutsideHold = acct.spendableMicroCredits - atx.debt - acct.reservedMicroCredits;
         const fromAvailable = minBig(cost - fromHold, maxBig(availableOutsideHold, 0n));
         toDraw = fromHold + fromAvailable;
         debtAdded = cost - toDraw;
@@ -494,11 +509,11 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       for (const part of plan.parts) {
         const b = batches.find((x) => x.id === part.batchId)!;
         b.remainingMicroCredits -= part.amountMicroCredits;
-        spendable -= part.amountMicroCredits;
+        acct.spendableMicroCredits -= part.amountMicroCredits;
       }
       if (hold) {
         hold.consumedMicroCredits += cost;
-        reserved -= fromHold;
+        acct.reservedMicroCredits -= fromHold;
       }
       atx.debt += debtAdded;
       const id = randomUUID();
@@ -517,8 +532,8 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       if (r.ok) (r.result as ChargeResult).row = rows[i];
     });
   }
-  if (newHolds.length > 0 || settled.length > 0) {
-    for (const row of await writeHoldOps(tx, newHolds, settled)) holdResults.get(row.id as string)!.row = row;
+  if (holdWrites.created.length > 0 || holdWrites.settled.length > 0) {
+    for (const row of await writeHoldOps(tx, holdWrites.created, holdWrites.settled)) holdWrites.results.get(row.id as string)!.row = row;
   }
   return results;
 }

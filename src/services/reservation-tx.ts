@@ -20,6 +20,11 @@ export interface LockedReservation {
   holding: boolean;
 }
 
+/** ACTIVE and not past its expiresAt at `now`: a hold that still holds (an ACTIVE hold past it counts as EXPIRED). */
+export function isHolding(hold: { status: string; expiresAt: Date }, now: Date): boolean {
+  return hold.status === 'ACTIVE' && hold.expiresAt.getTime() > now.getTime();
+}
+
 /** The note of the RELEASE entry of a settle's unused rest. */
 export const SETTLE_NOTE = 'settled: unused rest released';
 
@@ -61,7 +66,7 @@ export async function readReservation(atx: AccountTx, reservationId: string): Pr
     consumedMicroCredits: toBigInt(r.consumed_micro_credits),
     status,
     expiresAt,
-    holding: status === 'ACTIVE' && expiresAt.getTime() > atx.now.getTime(),
+    holding: isHolding({ status, expiresAt }, atx.now),
   };
 }
 
