@@ -38,6 +38,15 @@ const codeOf = (r: PromiseSettledResult<unknown>) =>
   r.status === 'fulfilled' ? 'OK' : r.reason instanceof LedgerError ? r.reason.code : `UNEXPECTED: ${String(r.reason)}`;
 
 /**
+ * A committer of its own with ONE transaction slot (so calls made while it is busy wait together)
+ * and the services that charge through it.
+ */
+function oneSlot(): { committer: GroupCommitter; local: TestServices & { groupCommit: GroupCommitter } } {
+  const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
+  return { committer, local: { ...services, groupCommit: committer } };
+}
+
+/**
  * Keeps the committer's only transaction slot busy (an operation on `accountId` that waits), so
  * calls made meanwhile wait together. The returned release(count) waits until `count` items are
  * waiting, frees the slot, and returns the number the transaction that takes them will have.
@@ -150,7 +159,7 @@ describe('group commit', () => {
 
 describe('group commit across accounts', () => {
   it('charges of 30 accounts waiting for one slot commit together: exact refusals, FREE first, contiguous versions per account', async () => {
-    const local = { ...services, groupCommit: new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 }) };
+    const { local } = oneSlot();
     const accounts = await Promise.all(Array.from({ length: 30 }, () => createFundedAccount(services, { free: 2, paid: 3 })));
     const before = new Map<string, bigint>();
     for (const id of accounts) before.set(id, BigInt((await services.pool.query('SELECT version FROM balances WHERE account_id = $1', [id])).rows[0].version));
@@ -186,7 +195,7 @@ describe('group commit across accounts', () => {
   });
 
   it('an unknown account in a shared transaction answers NOT_FOUND and the other accounts are charged', async () => {
-    const local = { ...services, groupCommit: new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 }) };
+    const { local } = oneSlot();
     const accounts = await Promise.all(Array.from({ length: 5 }, () => createFundedAccount(services, { paid: 10 })));
     const unknown = '00000000-0000-4000-8000-000000000000';
     const ids = [...accounts, unknown, ...accounts, unknown];
@@ -224,8 +233,7 @@ describe('group commit across accounts', () => {
 
 describe('operations in shared transactions (reserve, settle)', () => {
   it('jobs on 10 accounts (reserve, 3 captures, settle) sharing transactions: every step succeeds once, holds settle, balances exact', async () => {
-    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
-    const local = { ...services, groupCommit: committer };
+    const { committer, local } = oneSlot();
     const accounts = await Promise.all(Array.from({ length: 10 }, () => createFundedAccount(services, { paid: 10 })));
     await Promise.all(
       accounts.map(async (accountId) => {
@@ -245,8 +253,7 @@ describe('operations in shared transactions (reserve, settle)', () => {
   });
 
   it('a settle refused inside a shared transaction leaves no trace, and the charges around it commit', async () => {
-    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
-    const local = { ...services, groupCommit: committer };
+    const { committer, local } = oneSlot();
     const a = await createFundedAccount(services, { paid: 10 });
     const b = await createFundedAccount(services, { paid: 10 });
     const { reservationId } = await reserveCredits(local, { accountId: a, amountMicroCredits: credits(2), ttlSeconds: 300, idempotencyKey: 'hold' });
@@ -282,8 +289,7 @@ describe('operations in shared transactions (reserve, settle)', () => {
 
 describe('a refused hold in a shared transaction', () => {
   it('writes nothing (decided in memory before anything is written), and the hold and the charge beside it commit', async () => {
-    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
-    const local = { ...services, groupCommit: committer };
+    const { committer, local } = oneSlot();
     const a = await createFundedAccount(services, { paid: 10 });
     const b = await createFundedAccount(services, { paid: 10 });
     const release = occupySlot(committer, b); // the three calls below wait together
@@ -305,8 +311,7 @@ describe('a refused hold in a shared transaction', () => {
 
 describe('holds and settles on an account with a spending budget', () => {
   it('run one by one with their own statements inside the shared transaction: the budget still refuses, the rest commits', async () => {
-    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
-    const local = { ...services, groupCommit: committer };
+    const { committer, local } = oneSlot();
     const a = await createFundedAccount(services, { paid: 100 });
     const b = await createFundedAccount(services, { paid: 10 });
     await setSpendingBudget(services, { accountId: a, subjectKind: 'USER', subjectId: 'member-1', limitMicroCredits: credits(10) });
