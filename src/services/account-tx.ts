@@ -76,6 +76,25 @@ function loadedBatchFromRow(r: Record<string, unknown>): LoadedBatch {
   };
 }
 
+/**
+ * SQL of the rows of `table` already written under (account, idempotency key) pairs, given as
+ * two parallel array parameters, as one JSON list per account ({key, id, hash}). One probe of the
+ * table's (account_id, idempotency_key) unique index per pair (a LATERAL pair lookup), whatever
+ * plan is cached; filtering the account's rows by key would cost as much as its history.
+ */
+function priorKeysByAccount(table: 'usage_events' | 'reservations', accountsParam: string, keysParam: string): string {
+  return `SELECT k.account, json_agg(json_build_object('key', p.idempotency_key, 'id', p.id, 'hash', p.request_hash)) AS list
+           FROM unnest(${accountsParam}::uuid[], ${keysParam}::text[]) AS k(account, key)
+           CROSS JOIN LATERAL (SELECT id, idempotency_key, request_hash FROM ${table}
+                                WHERE account_id = k.account AND idempotency_key = k.key) p
+          GROUP BY k.account`;
+}
+
+/** A priorKeysByAccount list (or null) as a map from idempotency key to the row's id and request hash. */
+function priorKeysFromList(list: unknown): Map<string, { id: string; requestHash: string }> {
+  return new Map(((list ?? []) as { key: string; id: string; hash: string }[]).map((p) => [p.key, { id: p.id, requestHash: p.hash }]));
+}
+
 /** What a group of charges of one account decides on, captures included (AccountTx.chargeStates). */
 export interface ChargeState {
   /** Spendable batches (unordered; drawdown orders them). */
@@ -269,28 +288,13 @@ export class AccountTx {
     const holdKeyPairs = wanted.flatMap((w) => w.holdKeys.map((k) => [w.atx.accountId, k] as const));
     const { rows } = await tx.query({
       name: 'cp-account-charge-states',
-      // Prior keys: one probe of the (account_id, idempotency_key) unique index per key (a
-      // LATERAL pair lookup), whatever plan is cached; filtering the account's events by key
-      // would cost as much as the account's history.
-      text: `WITH priors AS (
-         SELECT k.account, json_agg(json_build_object('key', pe.idempotency_key, 'id', pe.id, 'hash', pe.request_hash)) AS list
-           FROM unnest($3::uuid[], $4::text[]) AS k(account, key)
-           CROSS JOIN LATERAL (SELECT id, idempotency_key, request_hash FROM usage_events
-                                WHERE account_id = k.account AND idempotency_key = k.key) pe
-          GROUP BY k.account
-       ), holds AS (
+      text: `WITH priors AS (${priorKeysByAccount('usage_events', '$3', '$4')}), holds AS (
          SELECT h.account, json_agg(json_build_object('id', res.id, 'amount', res.amount_micro_credits::text,
                   'consumed', res.consumed_micro_credits::text, 'status', res.status, 'expiresAt', res.expires_at)) AS list
            FROM unnest($5::uuid[], $6::uuid[]) AS h(account, id)
            CROSS JOIN LATERAL (SELECT * FROM reservations WHERE id = h.id AND account_id = h.account) res
           GROUP BY h.account
-       ), hkeys AS (
-         SELECT k.account, json_agg(json_build_object('key', ph.idempotency_key, 'id', ph.id, 'hash', ph.request_hash)) AS list
-           FROM unnest($7::uuid[], $8::text[]) AS k(account, key)
-           CROSS JOIN LATERAL (SELECT id, idempotency_key, request_hash FROM reservations
-                                WHERE account_id = k.account AND idempotency_key = k.key) ph
-          GROUP BY k.account
-       )
+       ), hkeys AS (${priorKeysByAccount('reservations', '$7', '$8')})
        SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
               p.list AS priors, hl.list AS holds, hk.list AS hold_keys
          FROM unnest($1::uuid[], $2::timestamptz[]) AS a(account, now)
@@ -318,9 +322,14 @@ export class AccountTx {
     for (const r of rows) {
       let st = states.get(r.account as string);
       if (!st) {
-        st = { batches: [], reservedMicroCredits: toBigInt(r.held ?? 0), hasAnyBudget: r.has_budget === true, priorUsage: new Map(), reservations: new Map(), priorHolds: new Map() };
-        for (const p of (r.priors ?? []) as { key: string; id: string; hash: string }[]) st.priorUsage.set(p.key, { id: p.id, requestHash: p.hash });
-        for (const p of (r.hold_keys ?? []) as { key: string; id: string; hash: string }[]) st.priorHolds.set(p.key, { id: p.id, requestHash: p.hash });
+        st = {
+          batches: [],
+          reservedMicroCredits: toBigInt(r.held ?? 0),
+          hasAnyBudget: r.has_budget === true,
+          priorUsage: priorKeysFromList(r.priors),
+          reservations: new Map(),
+          priorHolds: priorKeysFromList(r.hold_keys),
+        };
         for (const h of (r.holds ?? []) as { id: string; amount: string; consumed: string; status: string; expiresAt: string }[]) {
           st.reservations.set(h.id, {
             amountMicroCredits: BigInt(h.amount),
