@@ -15,6 +15,7 @@ import { createPaymentProvider } from './payments/index.js';
 import { createAuthenticator } from './auth/authenticator.js';
 import { buildServer } from './server.js';
 import { GroupCommitter } from './services/group-commit.js';
+import { ReservationOwners } from './services/reservation-owners.js';
 import { applyCharge, chargeAccounts } from './services/record-usage.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
 
@@ -37,6 +38,7 @@ const services = {
   pricing: createPricingState(pool),
   payments: createPaymentProvider(env),
   groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, chargeAccounts, applyCharge, { maxTransactions: Math.min(env.GROUP_COMMIT_MAX_TRANSACTIONS, env.PG_POOL_SIZE) }) : undefined,
+  reservationOwners: new ReservationOwners(),
 };
 const authenticator = createAuthenticator({
   pool,

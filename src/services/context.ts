@@ -6,6 +6,7 @@ import type pg from 'pg';
 import type { PricingState } from './pricing-state.js';
 import type { PaymentProvider } from '../payments/provider.js';
 import type { GroupCommitter } from './group-commit.js';
+import type { ReservationOwners } from './reservation-owners.js';
 
 /** Wall-clock source; tests may pass a fixed or controllable one. */
 export type Clock = () => Date;
@@ -22,4 +23,9 @@ export interface ServiceContext {
   groupCommit?: GroupCommitter;
   /** Charges payment methods (pack purchases, auto top-ups); absent where nothing is charged. */
   payments?: PaymentProvider;
+  /**
+   * The owners of the holds this process made (reserveCredits remembers, settleReservation reads
+   * and forgets); absent: settleReservation always looks the owner up in the database.
+   */
+  reservationOwners?: ReservationOwners;
 }

@@ -14,7 +14,7 @@ import { lockReservation, closeReservation } from './reservation-tx.js';
  * @throws LedgerError NOT_FOUND, RESERVATION_NOT_ACTIVE (already SETTLED).
  */
 export async function releaseReservation(ctx: ServiceContext, reservationId: string): Promise<string> {
-  return withTransaction(ctx.pool, async (tx) => {
+  const id = await withTransaction(ctx.pool, async (tx) => {
     const res = await lockReservation(tx, reservationId, ctx.clock());
     if (res.status === 'RELEASED' || res.status === 'EXPIRED') return reservationId;
     if (res.status === 'SETTLED') throw new LedgerError('RESERVATION_NOT_ACTIVE', 'reservation is already SETTLED');
@@ -22,4 +22,6 @@ export async function releaseReservation(ctx: ServiceContext, reservationId: str
     await res.atx.finish();
     return reservationId;
   });
+  ctx.reservationOwners?.forget(reservationId);
+  return id;
 }

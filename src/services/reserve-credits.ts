@@ -58,8 +58,9 @@ export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): 
   validateTtlSeconds(cmd.ttlSeconds);
   if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
   const item = holdItem(cmd);
-  if (ctx.groupCommit) return ctx.groupCommit.holdOp(cmd.accountId, item);
-  return onAccount(ctx, cmd.accountId, item.alone);
+  const result = await (ctx.groupCommit ? ctx.groupCommit.holdOp(cmd.accountId, item) : onAccount(ctx, cmd.accountId, item.alone));
+  ctx.reservationOwners?.remember(result.reservationId, cmd.accountId);
+  return result;
 }
 
 /**

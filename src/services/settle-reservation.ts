@@ -30,11 +30,16 @@ export async function settleReservation(ctx: ServiceContext, reservationId: stri
     return validateUsageInput({ ...u, reservationId });
   });
   const pricers = await Promise.all(cmds.map((c) => pricerFor(ctx, c)));
-  const accountId = await AccountTx.ownerOf(ctx.pool, 'reservations', reservationId, 'reservation');
-  // Without usage, a settle is decided in memory with the account's charges (chargeAccounts).
-  if (ctx.groupCommit && cmds.length === 0) return ctx.groupCommit.holdOp(accountId, settleItem(reservationId));
-  // With one item, applyCharge's refusals precede its writes and nothing else refuses after.
-  return onAccount(ctx, accountId, (atx) => settleOnLockedAccount(atx, reservationId, cmds, pricers), { refusesBeforeWriting: cmds.length <= 1 });
+  // The hold's account: remembered when this process made the hold (a reservation's account never
+  // changes; an unknown id is refused NOT_FOUND by the settle itself), else read.
+  const accountId = ctx.reservationOwners?.ownerOf(reservationId) ?? (await AccountTx.ownerOf(ctx.pool, 'reservations', reservationId, 'reservation'));
+  const result = await (ctx.groupCommit && cmds.length === 0
+    ? // Without usage, a settle is decided in memory with the account's charges (chargeAccounts).
+      ctx.groupCommit.holdOp(accountId, settleItem(reservationId))
+    : // With one item, applyCharge's refusals precede its writes and nothing else refuses after.
+      onAccount(ctx, accountId, (atx) => settleOnLockedAccount(atx, reservationId, cmds, pricers), { refusesBeforeWriting: cmds.length <= 1 }));
+  ctx.reservationOwners?.forget(reservationId);
+  return result;
 }
 
 /**

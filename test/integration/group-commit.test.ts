@@ -5,7 +5,8 @@
  * charges really grouped, and an unexpected failure of one charge isolated from the rest of its
  * group.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { randomUUID } from 'node:crypto';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -20,6 +21,8 @@ import { credits } from '../../src/ledger/credits.js';
 import { setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { holdItem, reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleItem, settleReservation } from '../../src/services/settle-reservation.js';
+import { releaseReservation } from '../../src/services/release-reservation.js';
+import { ReservationOwners } from '../../src/services/reservation-owners.js';
 
 let services: TestServices;
 let committer: GroupCommitter;
@@ -284,6 +287,42 @@ describe('operations in shared transactions (reserve, settle)', () => {
     expect(balanceA.totalMicroCredits).toBe(9_000_000n);
     expect(balanceA.reservedMicroCredits).toBe(2_000_000n);
     expect((await expectLedgerInvariant(services.pool, b)).totalMicroCredits).toBe(9_000_000n);
+  });
+});
+
+describe('the owner of a hold this process made', () => {
+  it('is remembered by reserveCredits, so its settle reads no owner from the database; holds made elsewhere are looked up; settled and released holds are forgotten', async () => {
+    const owners = new ReservationOwners();
+    const local = { ...services, reservationOwners: owners };
+    const a = await createFundedAccount(services, { paid: 10 });
+    const mine = await reserveCredits(local, { accountId: a, amountMicroCredits: credits(2), ttlSeconds: 300, idempotencyKey: 'mine' });
+    const elsewhere = await reserveCredits(services, { accountId: a, amountMicroCredits: credits(1), ttlSeconds: 300, idempotencyKey: 'elsewhere' });
+    expect(owners.ownerOf(mine.reservationId)).toBe(a);
+    expect(owners.ownerOf(elsewhere.reservationId)).toBeUndefined();
+    const lookups = vi.spyOn(services.pool, 'query');
+    const ownerLookups = () => lookups.mock.calls.filter(([text]) => typeof text === 'string' && text.startsWith('SELECT account_id FROM reservations')).length;
+    try {
+      await recordUsage(local, { accountId: a, idempotencyKey: 'cap', category: 'unit', reservationId: mine.reservationId });
+      await settleReservation(local, mine.reservationId, []);
+      expect(ownerLookups()).toBe(0);
+      expect(owners.size).toBe(0);
+      await settleReservation(local, elsewhere.reservationId, []);
+      expect(ownerLookups()).toBe(1);
+      await expect(settleReservation(local, randomUUID(), [])).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    } finally {
+      lookups.mockRestore();
+    }
+    const released = await reserveCredits(local, { accountId: a, amountMicroCredits: credits(1), ttlSeconds: 300, idempotencyKey: 'released' });
+    expect(owners.size).toBe(1);
+    await releaseReservation(local, released.reservationId);
+    expect(owners.size).toBe(0);
+    const { rows } = await services.pool.query('SELECT idempotency_key, status, consumed_micro_credits::text AS consumed FROM reservations WHERE account_id = $1 ORDER BY idempotency_key', [a]);
+    expect(rows).toEqual([
+      { idempotency_key: 'elsewhere', status: 'SETTLED', consumed: '0' },
+      { idempotency_key: 'mine', status: 'SETTLED', consumed: '1000000' },
+      { idempotency_key: 'released', status: 'RELEASED', consumed: '0' },
+    ]);
+    expect((await expectLedgerInvariant(services.pool, a)).totalMicroCredits).toBe(9_000_000n);
   });
 });
 
