@@ -13,6 +13,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createHash, randomUUID } from 'node:crypto';
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { performance } from 'node:perf_hooks';
 import { createYoga, type Plugin } from 'graphql-yoga';
 import { GraphQLError, NoSchemaIntrospectionCustomRule } from 'graphql';
 import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
@@ -196,9 +197,12 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     // Live fan-out counters of this instance (no tenant data): open WebSockets, subscribed
     // account channels, local subscriptions, messages received, resyncs after Redis drops, live
     // streams started since boot, outbox rows this instance's relay published and its drain
-    // transactions; and the group committer's counters (benchmarks read them).
+    // transactions; the group committer's counters; the event loop's busy time (benchmarks read them).
     const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0, outboxDrains: relay?.drains() ?? 0 };
-    return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null };
+    // The event loop's busy and idle time since boot (ms; utilization = active / (active + idle)).
+    const { active, idle } = performance.eventLoopUtilization();
+    const eventLoop = { activeMs: Math.round(active), idleMs: Math.round(idle) };
+    return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null, eventLoop };
   };
 
   const http = createServer((req, res) => {

@@ -2,7 +2,9 @@
  * The creditpool server's own counters, read from its /readyz (src/server.ts): the group
  * committer's (transactions, items) and the outbox relay's drain transactions. Differences
  * before/after a scenario say how many items each charge transaction carried and how many relay
- * transactions (4 round trips each) ran per unit.
+ * transactions (4 round trips each) ran per unit, how long a charge transaction took on average,
+ * and how busy the server's one event loop was (the JavaScript thread that also runs every
+ * round trip's reply: at high utilization a reply waits behind HTTP and GraphQL work).
  */
 
 /** The counters this bench reads from /readyz. */
@@ -11,6 +13,11 @@ export interface ServerCounters {
   items: number;
   largestGroup: number;
   relayDrains: number;
+  /** Sum of charge transactions' wall time (ms). */
+  transactionMs: number;
+  /** Event loop busy / idle time since boot (ms; null when the server does not report them). */
+  eventLoopActiveMs: number | null;
+  eventLoopIdleMs: number | null;
 }
 
 /** Per-unit work of the server over a scenario (`perUnit`). */
@@ -23,6 +30,10 @@ export interface ServerWork {
   largestGroup: number | null;
   /** Outbox relay drain transactions per unit. */
   relayDrainsPerUnit: number;
+  /** Mean wall time of one group-commit transaction, ms (null when none ran). */
+  meanTransactionMs?: number | null;
+  /** Share of the scenario's time the server's event loop was busy, 0..1 (null when unknown). */
+  eventLoopUtilization?: number | null;
 }
 
 /**
@@ -32,12 +43,19 @@ export interface ServerWork {
 export async function readServerCounters(graphqlUrl: string): Promise<ServerCounters | null> {
   try {
     const res = await fetch(new URL('/readyz', graphqlUrl));
-    const body = (await res.json()) as { live?: { outboxDrains?: number }; groupCommit?: { transactions: number; charges: number; largestGroup: number } | null };
+    const body = (await res.json()) as {
+      live?: { outboxDrains?: number };
+      groupCommit?: { transactions: number; charges: number; largestGroup: number; transactionMs?: number } | null;
+      eventLoop?: { activeMs: number; idleMs: number };
+    };
     return {
       transactions: body.groupCommit?.transactions ?? 0,
       items: body.groupCommit?.charges ?? 0,
       largestGroup: body.groupCommit?.largestGroup ?? 0,
       relayDrains: body.live?.outboxDrains ?? 0,
+      transactionMs: body.groupCommit?.transactionMs ?? 0,
+      eventLoopActiveMs: body.eventLoop?.activeMs ?? null,
+      eventLoopIdleMs: body.eventLoop?.idleMs ?? null,
     };
   } catch {
     return null;
@@ -49,10 +67,14 @@ export function serverWorkPerUnit(before: ServerCounters | null, after: ServerCo
   if (!before || !after || units <= 0) return null;
   const r = (x: number) => Math.round(x * 1000) / 1000;
   const transactions = after.transactions - before.transactions;
+  const busyMs = before.eventLoopActiveMs !== null && after.eventLoopActiveMs !== null ? after.eventLoopActiveMs - before.eventLoopActiveMs : null;
+  const idleMs = before.eventLoopIdleMs !== null && after.eventLoopIdleMs !== null ? after.eventLoopIdleMs - before.eventLoopIdleMs : null;
   return {
     transactionsPerUnit: transactions > 0 ? r(transactions / units) : null,
     itemsPerTransaction: transactions > 0 ? r((after.items - before.items) / transactions) : null,
     largestGroup: after.largestGroup > 0 ? after.largestGroup : null,
     relayDrainsPerUnit: r((after.relayDrains - before.relayDrains) / units),
+    meanTransactionMs: transactions > 0 ? r((after.transactionMs - before.transactionMs) / transactions) : null,
+    eventLoopUtilization: busyMs !== null && idleMs !== null && busyMs + idleMs > 0 ? r(busyMs / (busyMs + idleMs)) : null,
   };
 }

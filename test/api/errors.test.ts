@@ -49,7 +49,11 @@ describe('HTTP endpoints', () => {
   it('/readyz answers 200 with PostgreSQL and Redis reachable', async () => {
     const res = await fetch(`${base}/readyz`);
     expect(res.status).toBe(200);
-    expect(await res.json()).toMatchObject({ ok: true, postgres: true, redis: true, live: { webSockets: 0, channels: 0, listeners: 0 } });
+    const body = await res.json();
+    expect(body).toMatchObject({ ok: true, postgres: true, redis: true, live: { webSockets: 0, channels: 0, listeners: 0 } });
+    // The event loop has run this file's requests: busy time since boot, and idle time between them.
+    expect(body.eventLoop.activeMs).toBeGreaterThan(0);
+    expect(body.eventLoop.idleMs).toBeGreaterThan(0);
   });
 
   it('echoes a valid x-request-id and generates one otherwise', async () => {

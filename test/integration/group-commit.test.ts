@@ -168,9 +168,14 @@ describe('group commit across accounts', () => {
     for (const id of accounts) before.set(id, BigInt((await services.pool.query('SELECT version FROM balances WHERE account_id = $1', [id])).rows[0].version));
     // 8 one-credit charges per account on 5 credits, interleaved across accounts.
     const calls = Array.from({ length: 8 }, (_, k) => accounts.map((accountId) => ({ accountId, idempotencyKey: `x-${k}`, category: 'unit' }))).flat();
+    const startedMs = performance.now();
     const results = await Promise.allSettled(calls.map((input) => recordUsage(local, input)));
+    const elapsedMs = performance.now() - startedMs;
     const stats = local.groupCommit.stats();
     expect(stats.charges).toBe(240);
+    // One slot: the transactions ran one after another within the calls' wall time.
+    expect(stats.transactionMs).toBeGreaterThan(0);
+    expect(stats.transactionMs).toBeLessThanOrEqual(elapsedMs);
     expect(stats.transactions).toBeLessThan(240);
     expect(stats.largestTransactionAccounts).toBeGreaterThan(1); // really grouped across accounts
     expect(stats.retriedAlone).toBe(0);
