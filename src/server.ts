@@ -126,7 +126,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
   queueConnection?.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: queue redis error'));
   const jobSink = queueConnection ? createQueueJobSink(queueConnection, env.QUEUE_PREFIX) : undefined;
   const relay = publisher
-    ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, minDrainIntervalMs: env.OUTBOX_MIN_DRAIN_INTERVAL_MS, jobs: jobSink })
+    ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: jobSink })
     : null;
 
   const yoga = createYoga<{ req: IncomingMessage; res: ServerResponse }, GraphQLContext>({

@@ -101,7 +101,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   if (opts.relay !== false) {
     publisher = new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-workers-relay' });
     publisher.on('error', (err) => log.warn({ err: err.message }, 'workers relay: redis error'));
-    relay = startOutboxRelay({ pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, minDrainIntervalMs: env.OUTBOX_MIN_DRAIN_INTERVAL_MS, jobs: sink });
+    relay = startOutboxRelay({ pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: sink });
   }
   log.info({ queues: [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE], prefix }, 'workers started');
   return {

@@ -60,11 +60,6 @@ const EnvSchema = z.object({
   OUTBOX_RELAY: booleanish.default(true),
   /** Safety-net poll of the outbox relay, in milliseconds (commits in this process publish at once). */
   OUTBOX_POLL_INTERVAL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
-  /**
-   * Least time between two drains of the outbox relay, in milliseconds (0: back to back). Under
-   * load, commits that come sooner share the next drain; at most this much is added to live latency.
-   */
-  OUTBOX_MIN_DRAIN_INTERVAL_MS: z.coerce.number().int().min(0).max(1_000).default(20),
   /** Live subscriptions one WebSocket connection may hold at once. */
   LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION: z.coerce.number().int().min(1).default(20),
   /** WebSocket connections one credential may hold open on one instance. */

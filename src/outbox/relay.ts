@@ -12,14 +12,6 @@
  * A drain runs when this process commits outbox rows (src/outbox/signal.ts), every
  * `pollIntervalMs` (rows written by other processes, or left behind by a crash), and again at
  * once while a drain finds a full batch. After a failure it backs off (doubling, up to 1 s).
- *
- * Drains start at least `minDrainIntervalMs` apart (a full batch excepted): a commit signalled
- * sooner waits for the rest of the interval and shares the next drain with the commits of that
- * wait. Under load each drain then carries several commits' rows instead of one transaction
- * (BEGIN, lock, DELETE, COMMIT: four round trips and a WAL flush) per charge transaction, which
- * the perf bench measured as half of all transactions on one hot account (issue #6); an idle
- * relay still drains a lone commit at once, and a busy one adds at most the interval to live
- * latency.
  */
 import type pg from 'pg';
 import type { Redis } from 'ioredis';
@@ -51,8 +43,6 @@ export interface OutboxRelayOptions {
   batchSize?: number;
   /** Where `job` rows go; without a sink they stay in the outbox for a relay that has one. */
   jobs?: JobSink;
-  /** Least time between the starts of two drains, in milliseconds (default 0: back to back). */
-  minDrainIntervalMs?: number;
 }
 
 /** A running relay. */
@@ -122,25 +112,18 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   let closed = false;
   let backoffMs = 0;
   let retryTimer: NodeJS.Timeout | null = null;
-  let spacingTimer: NodeJS.Timeout | null = null;
   let published = 0;
   let drains = 0;
-  const minIntervalMs = opts.minDrainIntervalMs ?? 0;
-  let lastStartMs = -Infinity;
 
   const loop = async (): Promise<void> => {
-    let full: boolean;
     do {
-      // Commits signalled from here on are in this drain or ask for the next one (kick, spaced).
       again = false;
-      full = false;
       try {
         drains++;
-        lastStartMs = performance.now();
         const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs);
         published += n;
         backoffMs = 0;
-        full = n === batchSize; // a backlog: drain on at once
+        if (n === batchSize) again = true;
       } catch (err) {
         backoffMs = Math.min(backoffMs === 0 ? 50 : backoffMs * 2, 1_000);
         opts.log.warn({ err: (err as Error).message, retryInMs: backoffMs }, 'outbox relay: publish failed, will retry');
@@ -153,7 +136,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
         }
         return;
       }
-    } while (full && !closed);
+    } while (again && !closed);
   };
 
   const kick = (): void => {
@@ -162,16 +145,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       again = true;
       return;
     }
-    if (retryTimer || spacingTimer) return; // backing off after a failure, or a drain is already due
-    const waitMs = lastStartMs + minIntervalMs - performance.now();
-    if (waitMs > 0) {
-      spacingTimer = setTimeout(() => {
-        spacingTimer = null;
-        kick();
-      }, waitMs);
-      spacingTimer.unref();
-      return;
-    }
+    if (retryTimer) return; // backing off after a failure
     running = loop().finally(() => {
       running = null;
       if (again && !closed) kick();
@@ -192,7 +166,6 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       unsubscribe();
       clearInterval(poll);
       if (retryTimer) clearTimeout(retryTimer);
-      if (spacingTimer) clearTimeout(spacingTimer);
       if (running) await running.catch(() => undefined);
     },
   };
