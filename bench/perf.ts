@@ -336,6 +336,9 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
         `p50 ${r.latencyMs.p50} ms  p99 ${r.latencyMs.p99} ms  RSS ${r.rssMiB ?? '-'} MiB  cpu srv ${r.cpu.server}% pg ${r.cpu.postgres}% load ${r.cpu.bench + r.cpu.tool}% other ${r.cpu.other}% busy ${r.cpu.machineBusy}% iowait ${r.cpu.iowait}%  errors: ${errs}` +
         (r.serverWork ? `  tx/unit ${r.serverWork.transactionsPerUnit ?? '-'} items/tx ${r.serverWork.itemsPerTransaction ?? '-'} relay drains/unit ${r.serverWork.relayDrainsPerUnit} tx ms ${r.serverWork.meanTransactionMs ?? '-'} event loop busy ${r.serverWork.eventLoopUtilization ?? '-'}` : ''),
     );
+    if (r.serverWork?.statements?.length) {
+      log(`             statements (per unit x mean wall ms): ${r.serverWork.statements.map((t) => `${t.statement} ${t.perUnit}x${t.meanMs}`).join(', ')}`);
+    }
   };
   const uncertain = (codes: string[]) => {
     for (const c of codes) if (c === 'TIMEOUT' || c === 'NETWORK_ERROR') uncertainEvents++;
@@ -391,6 +394,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     RUN_WORKERS: 'false',
     MIGRATE_ON_BOOT: 'false',
     CHARGE_PATH: chargePath,
+    PG_QUERY_TIMINGS: 'true',
     LIVE_CHANNEL_PREFIX: `creditpool:bench-perf:${runId}:`,
     QUEUE_PREFIX: `creditpool-bench-perf-${runId}`,
   });

@@ -8,6 +8,7 @@ import { pino } from 'pino';
 import { Redis } from 'ioredis';
 import { loadEnvOrExit } from './config/env.js';
 import { createPgPool } from './db/pg.js';
+import { QueryTimings } from './db/query-timings.js';
 import { createPrismaClient } from './db/prisma.js';
 import { applyMigrations } from './db/migrate.js';
 import { createPricingState } from './services/pricing-state.js';
@@ -28,6 +29,8 @@ if (env.MIGRATE_ON_BOOT) {
 }
 
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE);
+const queryTimings = env.PG_QUERY_TIMINGS ? new QueryTimings() : undefined;
+queryTimings?.instrument(pool);
 const prisma = createPrismaClient(env.DATABASE_URL);
 const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3, lazyConnect: false });
 redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
@@ -48,7 +51,7 @@ const authenticator = createAuthenticator({
   issuer: env.JWT_ISSUER,
   audience: env.JWT_AUDIENCE,
 });
-const server = buildServer({ env, log, pool, prisma, redis, services, authenticator });
+const server = buildServer({ env, log, pool, prisma, redis, services, authenticator, queryTimings });
 const port = await server.listen(env.PORT);
 const workers: RunningWorkers | null = env.RUN_WORKERS ? await startWorkers({ env, pool, log, services, relay: false }) : null;
 log.info({ url: `http://127.0.0.1:${port}/graphql`, workers: env.RUN_WORKERS }, 'creditpool ready');

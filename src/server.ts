@@ -34,6 +34,7 @@ import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
 import type { PrismaClient } from './db/prisma.js';
 import type { Authenticator } from './auth/authenticator.js';
+import type { QueryTimings } from './db/query-timings.js';
 import { LedgerError } from './ledger/errors.js';
 
 /** What the server needs, created by the process entry (src/main.ts) or a test. */
@@ -45,6 +46,8 @@ export interface ServerDeps {
   redis: Redis;
   services: ServiceContext;
   authenticator: Authenticator;
+  /** Client-side statement timings of `pool`, reported on /readyz (PG_QUERY_TIMINGS). */
+  queryTimings?: QueryTimings;
 }
 
 /** A built, not yet listening, server. */
@@ -197,12 +200,14 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     // Live fan-out counters of this instance (no tenant data): open WebSockets, subscribed
     // account channels, local subscriptions, messages received, resyncs after Redis drops, live
     // streams started since boot, outbox rows this instance's relay published and its drain
-    // transactions; the group committer's counters; the event loop's busy time (benchmarks read them).
+    // transactions; the group committer's counters; the event loop's busy time; with
+    // PG_QUERY_TIMINGS, the ledger pool's statements' summed wall times (benchmarks read them).
     const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0, outboxDrains: relay?.drains() ?? 0 };
     // The event loop's busy and idle time since boot (ms; utilization = active / (active + idle)).
     const { active, idle } = performance.eventLoopUtilization();
     const eventLoop = { activeMs: Math.round(active), idleMs: Math.round(idle) };
-    return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null, eventLoop };
+    const queryTimings = deps.queryTimings?.snapshot() ?? null;
+    return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null, eventLoop, queryTimings };
   };
 
   const http = createServer((req, res) => {

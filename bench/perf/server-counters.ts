@@ -7,6 +7,8 @@
  * round trip's reply: at high utilization a reply waits behind HTTP and GraphQL work).
  */
 
+import type { StatementTiming } from '../../src/db/query-timings.js';
+
 /** The counters this bench reads from /readyz. */
 export interface ServerCounters {
   transactions: number;
@@ -18,6 +20,17 @@ export interface ServerCounters {
   /** Event loop busy / idle time since boot (ms; null when the server does not report them). */
   eventLoopActiveMs: number | null;
   eventLoopIdleMs: number | null;
+  /** The ledger pool's statements' counts and summed wall times (PG_QUERY_TIMINGS; null when off). */
+  statements: Record<string, StatementTiming> | null;
+}
+
+/** One statement's share of a scenario (client-side wall time, src/db/query-timings.ts). */
+export interface StatementWork {
+  statement: string;
+  /** Executions per unit. */
+  perUnit: number;
+  /** Mean wall time of one execution, ms: PostgreSQL's work plus every wait around it. */
+  meanMs: number;
 }
 
 /** Per-unit work of the server over a scenario (`perUnit`). */
@@ -34,6 +47,8 @@ export interface ServerWork {
   meanTransactionMs?: number | null;
   /** Share of the scenario's time the server's event loop was busy, 0..1 (null when unknown). */
   eventLoopUtilization?: number | null;
+  /** The statements with the most summed wall time, most first (at most 8; absent when not timed). */
+  statements?: StatementWork[];
 }
 
 /**
@@ -47,6 +62,7 @@ export async function readServerCounters(graphqlUrl: string): Promise<ServerCoun
       live?: { outboxDrains?: number };
       groupCommit?: { transactions: number; charges: number; largestGroup: number; transactionMs?: number } | null;
       eventLoop?: { activeMs: number; idleMs: number };
+      queryTimings?: Record<string, StatementTiming> | null;
     };
     return {
       transactions: body.groupCommit?.transactions ?? 0,
@@ -56,6 +72,7 @@ export async function readServerCounters(graphqlUrl: string): Promise<ServerCoun
       transactionMs: body.groupCommit?.transactionMs ?? 0,
       eventLoopActiveMs: body.eventLoop?.activeMs ?? null,
       eventLoopIdleMs: body.eventLoop?.idleMs ?? null,
+      statements: body.queryTimings ?? null,
     };
   } catch {
     return null;
@@ -76,5 +93,17 @@ export function serverWorkPerUnit(before: ServerCounters | null, after: ServerCo
     relayDrainsPerUnit: r((after.relayDrains - before.relayDrains) / units),
     meanTransactionMs: transactions > 0 ? r((after.transactionMs - before.transactionMs) / transactions) : null,
     eventLoopUtilization: busyMs !== null && idleMs !== null && busyMs + idleMs > 0 ? r(busyMs / (busyMs + idleMs)) : null,
+    ...(before.statements && after.statements ? { statements: statementWork(before.statements, after.statements, units) } : {}),
   };
+}
+
+/** The statements' growth from `before` to `after`: the 8 with the most wall time, per unit. */
+function statementWork(before: Record<string, StatementTiming>, after: Record<string, StatementTiming>, units: number): StatementWork[] {
+  const r = (x: number) => Math.round(x * 1000) / 1000;
+  return Object.entries(after)
+    .map(([statement, t]) => ({ statement, count: t.count - (before[statement]?.count ?? 0), ms: t.totalMs - (before[statement]?.totalMs ?? 0) }))
+    .filter((d) => d.count > 0)
+    .sort((a, b) => b.ms - a.ms)
+    .slice(0, 8)
+    .map((d) => ({ statement: d.statement, perUnit: r(d.count / units), meanMs: r(d.ms / d.count) }));
 }

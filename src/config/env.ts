@@ -31,6 +31,8 @@ const EnvSchema = z.object({
   MIGRATE_ON_BOOT: booleanish.default(true),
   /** Size of the pg pool used by the ledger's money-moving transactions. */
   PG_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(20),
+  /** Time every statement of that pool client-side and report the sums on /readyz (src/db/query-timings.ts; for profiling). */
+  PG_QUERY_TIMINGS: booleanish.default(false),
   /** GraphQL limits (graphql-armor). */
   GRAPHQL_MAX_DEPTH: z.coerce.number().int().min(1).default(12),
   GRAPHQL_MAX_ALIASES: z.coerce.number().int().min(1).default(30),

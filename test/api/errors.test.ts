@@ -54,6 +54,7 @@ describe('HTTP endpoints', () => {
     // The event loop has run this file's requests: busy time since boot, and idle time between them.
     expect(body.eventLoop.activeMs).toBeGreaterThan(0);
     expect(body.eventLoop.idleMs).toBeGreaterThan(0);
+    expect(body.queryTimings).toBeNull(); // PG_QUERY_TIMINGS is off by default
   });
 
   it('echoes a valid x-request-id and generates one otherwise', async () => {
