@@ -436,6 +436,15 @@ export class AccountTx {
    * auto top-up). `balance_changed` sees this transaction's earlier statements (batches, holds,
    * grants); this statement's own ledger entries are dated at or after the period start, so they
    * do not change its figures, and the new version and debt are passed to it.
+   *
+   * The balance row also keeps the account total at the start of the current billing period
+   * (`opening_period_start`, `opening_total_micro_credits`; migration period_opening_total),
+   * so that `balance_figures` does not sum the account's ledger history on every change: the
+   * stored opening when it is for this period, else the total before this statement minus the
+   * entries dated after the period start (a new period: only its first entries); plus this
+   * statement's entries dated before the start (expiries, dated at their expiresAt) or EXPIREs
+   * dated at it. Every ledger entry is written here, so the stored opening stays the SUM
+   * balance_figures defines; reconcileAccount checks it.
    * @returns each account's balance version after this transaction, by account id.
    */
   static async finishMany(tx: Tx, atxs: readonly AccountTx[]): Promise<Map<string, bigint>> {
@@ -445,6 +454,17 @@ export class AccountTx {
     if (changed.length === 0 && withOutbox.length === 0) return versions;
     for (const a of changed) assert(a.debt >= 0n, 'debt must never be negative');
     const e = changed.flatMap((a) => a.entries.map((x) => ({ a, x })));
+    const periodStarts = changed.map((a) => a.period().start);
+    const beforeStart = changed.map((a, i) => {
+      const start = periodStarts[i]!.getTime();
+      let sum = 0n;
+      for (const x of a.entries) {
+        if (HOLD_TYPES.has(x.type)) continue;
+        const dated = (x.at ?? a.now).getTime();
+        if (dated < start || (dated === start && x.type === 'EXPIRE')) sum += x.amountMicroCredits;
+      }
+      return sum;
+    });
     const o = withOutbox.flatMap((a) => a.outbox.map((x) => ({ a, x })));
     const { rows } = await tx.query({
       name: 'cp-account-finish',
@@ -456,8 +476,12 @@ export class AccountTx {
                 WITH ORDINALITY AS t(account, type, amount, after, batch, event, res, note, at, now, ord)
           ORDER BY t.ord
        ), upd AS (
-         UPDATE balances b SET total_micro_credits = u.total, debt_micro_credits = u.debt, version = b.version + 1, updated_at = u.now
-           FROM unnest($11::uuid[], $12::bigint[], $13::bigint[], $14::timestamptz[]) AS u(account, total, debt, now)
+         UPDATE balances b SET total_micro_credits = u.total, debt_micro_credits = u.debt, version = b.version + 1, updated_at = u.now,
+                opening_period_start = u.period_start,
+                opening_total_micro_credits = u.before_start + CASE WHEN b.opening_period_start = u.period_start THEN b.opening_total_micro_credits
+                  ELSE ledger_opening_from_total(u.account, u.period_start, b.total_micro_credits) END
+           FROM unnest($11::uuid[], $12::bigint[], $13::bigint[], $14::timestamptz[], $18::timestamptz[], $19::bigint[])
+                AS u(account, total, debt, now, period_start, before_start)
           WHERE b.account_id = u.account
           RETURNING b.account_id, b.version, b.updated_at, u.now, u.debt
        ), ob AS (
@@ -484,6 +508,8 @@ export class AccountTx {
         o.map(({ a }) => a.accountId),
         o.map(({ x }) => x.topic),
         o.map(({ x }) => JSON.stringify(x.payload)),
+        periodStarts,
+        beforeStart.map((v) => v.toString()),
       ],
     });
     for (const r of rows) versions.set(r.account_id as string, toBigInt(r.version));

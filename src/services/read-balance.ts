@@ -71,18 +71,32 @@ export interface Reconciliation {
   batchRemainingMicroCredits: bigint;
   debtMicroCredits: bigint;
   ledgerSumMicroCredits: bigint;
+  /**
+   * The stored total at the start of the period the balance row keeps it for
+   * (`opening_period_start`; null before the account's first change) and the same total summed
+   * from the ledger (null likewise): they must be equal (AccountTx.finishMany keeps it).
+   */
+  openingMicroCredits: bigint | null;
+  openingLedgerSumMicroCredits: bigint | null;
 }
 
 /**
  * Checks the ledger invariant: sum(remaining of ACTIVE batches) - debt = stored total =
- * sum of the total-changing ledger entries (all but RESERVE/RELEASE).
+ * sum of the total-changing ledger entries (all but RESERVE/RELEASE); and that the balance row's
+ * stored period opening equals the sum of those entries dated before its period start plus the
+ * EXPIRE entries dated at it (the definition balance_figures uses).
  * @throws LedgerError NOT_FOUND.
  */
 export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: string): Promise<Reconciliation> {
   const { rows } = await db.query(
     `SELECT b.total_micro_credits AS total, b.debt_micro_credits AS debt,
             (SELECT COALESCE(SUM(remaining_micro_credits), 0) FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE') AS batches,
-            (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM ledger_entries WHERE account_id = $1 AND type NOT IN ('RESERVE', 'RELEASE')) AS ledger
+            (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM ledger_entries WHERE account_id = $1 AND type NOT IN ('RESERVE', 'RELEASE')) AS ledger,
+            b.opening_total_micro_credits AS opening,
+            CASE WHEN b.opening_period_start IS NOT NULL THEN
+              (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM ledger_entries
+                WHERE account_id = $1 AND type NOT IN ('RESERVE', 'RELEASE')
+                  AND (created_at < b.opening_period_start OR (created_at = b.opening_period_start AND type = 'EXPIRE'))) END AS opening_sum
        FROM balances b WHERE b.account_id = $1`,
     [accountId],
   );
@@ -92,8 +106,12 @@ export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: s
   const debt = toBigInt(r.debt);
   const batches = toBigInt(r.batches);
   const ledger = toBigInt(r.ledger);
+  const opening = r.opening === null ? null : toBigInt(r.opening);
+  const openingSum = r.opening_sum === null ? null : toBigInt(r.opening_sum);
   return {
-    consistent: batches - debt === total && ledger === total,
+    consistent: batches - debt === total && ledger === total && opening === openingSum,
+    openingMicroCredits: opening,
+    openingLedgerSumMicroCredits: openingSum,
     totalMicroCredits: total,
     batchRemainingMicroCredits: batches,
     debtMicroCredits: debt,
