@@ -84,7 +84,7 @@ export interface Reconciliation {
  * Checks the ledger invariant: sum(remaining of ACTIVE batches) - debt = stored total =
  * sum of the total-changing ledger entries (all but RESERVE/RELEASE); and that the balance row's
  * stored period opening equals the sum of those entries dated before its period start plus the
- * EXPIRE entries dated at it (the definition balance_figures uses).
+ * EXPIRE entries dated at it (`ledger_total_at`, the definition balance_figures falls back to).
  * @throws LedgerError NOT_FOUND.
  */
 export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: string): Promise<Reconciliation> {
@@ -93,10 +93,7 @@ export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: s
             (SELECT COALESCE(SUM(remaining_micro_credits), 0) FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE') AS batches,
             (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM ledger_entries WHERE account_id = $1 AND type NOT IN ('RESERVE', 'RELEASE')) AS ledger,
             b.opening_total_micro_credits AS opening,
-            CASE WHEN b.opening_period_start IS NOT NULL THEN
-              (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM ledger_entries
-                WHERE account_id = $1 AND type NOT IN ('RESERVE', 'RELEASE')
-                  AND (created_at < b.opening_period_start OR (created_at = b.opening_period_start AND type = 'EXPIRE'))) END AS opening_sum
+            CASE WHEN b.opening_period_start IS NOT NULL THEN COALESCE(ledger_total_at($1, b.opening_period_start), 0) END AS opening_sum
        FROM balances b WHERE b.account_id = $1`,
     [accountId],
   );
