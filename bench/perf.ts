@@ -69,6 +69,7 @@ import {
 import { generateHistory, historyAnchor, type HistoryGeneration } from './perf/history.js';
 import { readCounters, workPerUnit, type DbWork } from './perf/dbwork.js';
 import { readServerCounters, serverWorkPerUnit, type ServerWork } from './perf/server-counters.js';
+import { enablePgStatements, readPgStatements, resetPgStatements, type PgStatementWork } from './perf/pg-statements.js';
 import { tryDecodeId } from '../src/graphql/ids.js';
 import { applyMigrations } from '../src/db/migrate.js';
 
@@ -114,6 +115,8 @@ export interface ScenarioRow {
   db?: DbWork | null;
   /** Group-commit transactions and relay drains per unit (bench/perf/server-counters.ts). */
   serverWork?: ServerWork | null;
+  /** PostgreSQL's own time per statement (bench/perf/pg-statements.ts); absent without pg_stat_statements. */
+  pgStatements?: PgStatementWork[];
   note?: string;
 }
 
@@ -321,6 +324,12 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
   const db = new pg.Client({ connectionString: benchUrl });
   await db.connect();
   const machine = await machineFacts(db);
+  const pgStatements = await enablePgStatements(db);
+  log(
+    pgStatements
+      ? 'pg_stat_statements: on (this server preloads it; its own overhead is in every number of this run)'
+      : 'pg_stat_statements: not preloaded by this server (bench/pg-stat-statements.sh runs the bench on a private PostgreSQL that has it)',
+  );
   const trace = loadTrace();
   log(`trace: ${fmt(trace.length)} LLM requests of the Azure LLM inference trace 2023 (conv -> gpt-4o-mini, code -> codestral-latest), cycled`);
 
@@ -338,6 +347,9 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     );
     if (r.serverWork?.statements?.length) {
       log(`             statements (per unit x mean wall ms): ${r.serverWork.statements.map((t) => `${t.statement} ${t.perUnit}x${t.meanMs}`).join(', ')}`);
+    }
+    for (const t of (r.pgStatements ?? []).slice(0, 8)) {
+      log(`             pg_stat_statements ${t.toplevel ? 'top   ' : 'nested'} ${String(t.callsPerUnit).padStart(7)} calls/unit ${t.execMsPerUnit.toFixed(4).padStart(8)} ms/unit  ${t.statement.slice(0, 80)}`);
     }
   };
   const uncertain = (codes: string[]) => {
@@ -459,6 +471,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     try {
       const before = await readCounters(db, PERF_DATABASE);
       const countersBefore = await readServerCounters(s.graphqlUrl);
+      if (pgStatements) await resetPgStatements(db);
       const { result, cpu } = await withCpu(s.pids.server, () => closedLoop(meta.concurrency, o.seconds, makeOp(c)));
       const rss = rssMiB(s.pids.server);
       await sleep(1_500); // backends publish their counters when idle, at most once a second
@@ -475,6 +488,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
         cpu,
         db: workPerUnit(before, await readCounters(db, PERF_DATABASE), result.units),
         serverWork: serverWorkPerUnit(countersBefore, await readServerCounters(s.graphqlUrl), result.units),
+        ...(pgStatements ? { pgStatements: await readPgStatements(db, PERF_DATABASE, result.units) } : {}),
       };
       note(row);
       return row;
@@ -1040,6 +1054,21 @@ function printTable(rows: readonly ScenarioRow[], o: PerfOptions): void {
   console.log(line2(h2));
   console.log('|' + w2.map((w, i) => (i === 0 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|');
   for (const b of b2) console.log(line2(b));
+  const profiled = rows.filter((r) => r.pgStatements?.length);
+  if (profiled.length > 0) {
+    console.log('');
+    console.log(
+      "PostgreSQL's own time per unit by statement (pg_stat_statements, track = all: nested statements of functions, triggers and foreign-key checks are listed too and are included in their top-level statement's time; exec excludes the round trip and every wait outside PostgreSQL's executor):",
+    );
+    for (const r of profiled) {
+      console.log(`  ${r.id}:`);
+      for (const t of r.pgStatements!) {
+        console.log(
+          `    ${t.toplevel ? 'top   ' : 'nested'} ${String(t.callsPerUnit).padStart(8)} calls ${t.execMsPerUnit.toFixed(4).padStart(8)} ms exec ${t.planMsPerUnit.toFixed(4).padStart(7)} ms plan  ${t.statement}`,
+        );
+      }
+    }
+  }
   const errs = rows.filter((r) => r.errorCount > 0);
   for (const r of errs) console.log(`  errors in ${r.id}: ${Object.entries(r.errors).map(([c, n]) => `${c} x${n}`).join(', ')}`);
 }
