@@ -10,9 +10,39 @@ import { outboxCommitted, takeOutboxWritten } from '../outbox/signal.js';
 /** A client inside an open transaction. */
 export type Tx = pg.PoolClient;
 
-/** Creates the ledger's pg pool. `max` is the number of connections. */
+/**
+ * The session setting every ledger connection starts with (PostgreSQL's `options` startup
+ * parameter): cached generic plans for its prepared statements.
+ *
+ * Why: PostgreSQL's plan cache re-plans a prepared statement on every execution while its
+ * generic plan is estimated dearer than the custom plans (PostgreSQL docs, PREPARE, "plan_cache_mode").
+ * The charge path's statements pass their rows as arrays joined through `unnest`, which a
+ * generic plan estimates at 10 rows and a custom plan at the array's length, so PostgreSQL kept
+ * planning them afresh: pg_stat_statements (bench/pg-stat-statements.sh) showed ~0.8 ms of
+ * planning per execution of the charge-state read alone, ten times its execution, and planning
+ * was about a third of PostgreSQL's time per charge. The statements were written for generic
+ * plans (primary-key and unique-index probes per array element; `bench/charge-profile.ts
+ * --plans` audits every charge path's generic plans for sequential scans and wasteful filters).
+ */
+export const LEDGER_SESSION_OPTIONS = '-c plan_cache_mode=force_generic_plan';
+
+/**
+ * `databaseUrl` with {@link LEDGER_SESSION_OPTIONS} appended to its `options` parameter (a URL's
+ * own options are kept, before ours).
+ */
+export function withLedgerSessionOptions(databaseUrl: string): string {
+  const url = new URL(databaseUrl);
+  const own = url.searchParams.get('options');
+  url.searchParams.set('options', own ? `${own} ${LEDGER_SESSION_OPTIONS}` : LEDGER_SESSION_OPTIONS);
+  return url.toString();
+}
+
+/**
+ * Creates the ledger's pg pool: `max` connections to `databaseUrl`, each started with
+ * {@link LEDGER_SESSION_OPTIONS}.
+ */
 export function createPgPool(databaseUrl: string, max = 20): pg.Pool {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max, idleTimeoutMillis: 30_000 });
+  const pool = new pg.Pool({ connectionString: withLedgerSessionOptions(databaseUrl), max, idleTimeoutMillis: 30_000 });
   // An idle client's error (server restart) must not crash the process; the next query reconnects.
   pool.on('error', () => undefined);
   return pool;

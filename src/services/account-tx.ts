@@ -79,14 +79,17 @@ function loadedBatchFromRow(r: Record<string, unknown>): LoadedBatch {
 /**
  * SQL of the rows of `table` already written under (account, idempotency key) pairs, given as
  * two parallel array parameters, as one JSON list per account ({key, id, hash}). One probe of the
- * table's (account_id, idempotency_key) unique index per pair (a LATERAL pair lookup), whatever
- * plan is cached; filtering the account's rows by key would cost as much as its history.
+ * table's (account_id, idempotency_key) unique index per pair, whatever plan is cached: the
+ * LATERAL subquery's `LIMIT 1` (the key is unique, so it changes no result) keeps PostgreSQL from
+ * flattening it into a join, which a generic plan cached while the table was small ran as a hash
+ * join over a sequential scan of the whole table (seen with pg_stat_statements and auto_explain in
+ * the perf bench); filtering the account's rows by key would cost as much as its history.
  */
 function priorKeysByAccount(table: 'usage_events' | 'reservations', accountsParam: string, keysParam: string): string {
   return `SELECT k.account, json_agg(json_build_object('key', p.idempotency_key, 'id', p.id, 'hash', p.request_hash)) AS list
            FROM unnest(${accountsParam}::uuid[], ${keysParam}::text[]) AS k(account, key)
            CROSS JOIN LATERAL (SELECT id, idempotency_key, request_hash FROM ${table}
-                                WHERE account_id = k.account AND idempotency_key = k.key) p
+                                WHERE account_id = k.account AND idempotency_key = k.key LIMIT 1) p
           GROUP BY k.account`;
 }
 
@@ -292,7 +295,7 @@ export class AccountTx {
          SELECT h.account, json_agg(json_build_object('id', res.id, 'amount', res.amount_micro_credits::text,
                   'consumed', res.consumed_micro_credits::text, 'status', res.status, 'expiresAt', res.expires_at)) AS list
            FROM unnest($5::uuid[], $6::uuid[]) AS h(account, id)
-           CROSS JOIN LATERAL (SELECT * FROM reservations WHERE id = h.id AND account_id = h.account) res
+           CROSS JOIN LATERAL (SELECT * FROM reservations WHERE id = h.id AND account_id = h.account LIMIT 1) res -- a primary-key probe (see priorKeysByAccount)
           GROUP BY h.account
        ), hkeys AS (${priorKeysByAccount('reservations', '$7', '$8')})
        SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
