@@ -13,11 +13,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# For its helpers (_cp_pg_bindir, _cp_pg_run, _cp_free_port); the command runs through
+# scripts/with-services.sh below, which finds Redis and our DATABASE_URL.
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
-if [[ ! -d src/generated/prisma ]]; then
-  bash scripts/prisma-generate.sh
-fi
 
 data="${CREDITPOOL_DATA_DIR:-$root/.data}"
 dir="$data/pg-statements"
@@ -49,4 +48,4 @@ _cp_pg_run "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres creditpool 2>/
 export DATABASE_URL="postgresql://postgres@127.0.0.1:$port/creditpool"
 echo "pg-stat-statements: private PostgreSQL with pg_stat_statements at ${DATABASE_URL}" >&2
 if [[ $# -eq 0 ]]; then set -- npx tsx bench/perf.ts; fi
-"$@"
+bash scripts/with-services.sh "$@"

@@ -19,8 +19,8 @@ export type Tx = pg.PoolClient;
  * The charge path's statements pass their rows as arrays joined through `unnest`, which a
  * generic plan estimates at 10 rows and a custom plan at the array's length, so PostgreSQL kept
  * planning them afresh: pg_stat_statements (bench/pg-stat-statements.sh) showed ~0.8 ms of
- * planning per execution of the charge-state read alone, ten times its execution, and planning
- * was about a third of PostgreSQL's time per charge. The statements were written for generic
+ * planning per execution of the charge-state read alone, seven times its execution, and planning
+ * was about 40 % of PostgreSQL's time per spread charge. The statements were written for generic
  * plans (primary-key and unique-index probes per array element; `bench/charge-profile.ts
  * --plans` audits every charge path's generic plans for sequential scans and wasteful filters).
  */
