@@ -69,7 +69,7 @@ import {
 import { generateHistory, historyAnchor, type HistoryGeneration } from './perf/history.js';
 import { readCounters, workPerUnit, type DbWork } from './perf/dbwork.js';
 import { readServerCounters, serverWorkPerUnit, type ServerWork } from './perf/server-counters.js';
-import { enablePgStatements, readPgStatements, resetPgStatements, type PgStatementWork } from './perf/pg-statements.js';
+import { enablePgStatements, formatPgStatement, readPgStatements, resetPgStatements, type PgStatementWork } from './perf/pg-statements.js';
 import { tryDecodeId } from '../src/graphql/ids.js';
 import { applyMigrations } from '../src/db/migrate.js';
 
@@ -349,7 +349,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       log(`             statements (per unit x mean wall ms): ${r.serverWork.statements.map((t) => `${t.statement} ${t.perUnit}x${t.meanMs}`).join(', ')}`);
     }
     for (const t of (r.pgStatements ?? []).slice(0, 8)) {
-      log(`             pg_stat_statements ${t.toplevel ? 'top   ' : 'nested'} ${String(t.callsPerUnit).padStart(7)} calls/unit ${t.execMsPerUnit.toFixed(4).padStart(8)} ms/unit  ${t.statement.slice(0, 80)}`);
+      log(`             pg_stat_statements ${formatPgStatement(t, 80)}`);
     }
   };
   const uncertain = (codes: string[]) => {
@@ -1063,9 +1063,7 @@ function printTable(rows: readonly ScenarioRow[], o: PerfOptions): void {
     for (const r of profiled) {
       console.log(`  ${r.id}:`);
       for (const t of r.pgStatements!) {
-        console.log(
-          `    ${t.toplevel ? 'top   ' : 'nested'} ${String(t.callsPerUnit).padStart(8)} calls ${t.execMsPerUnit.toFixed(4).padStart(8)} ms exec ${t.planMsPerUnit.toFixed(4).padStart(7)} ms plan  ${t.statement}`,
-        );
+        console.log(`    ${formatPgStatement(t)}`);
       }
     }
   }

@@ -8,8 +8,7 @@
  *
  * The extension needs `shared_preload_libraries = 'pg_stat_statements'`, i.e. a server started
  * with it: `bench/pg-stat-statements.sh` starts a private PostgreSQL so configured and runs a
- * bench against it. Without it these functions report "unavailable" and the bench runs as
- * before. The statistics are cluster-wide; rows are filtered to the bench database.
+ * bench against it. Without it enablePgStatements returns false and the bench runs as before. The statistics are cluster-wide; rows are filtered to the bench database.
  *
  * Times are PostgreSQL's execution (and planning) time, not the client's wall time: the waits
  * around a statement (the round trip, the client's event loop, CPU scheduling) are not in them,
@@ -78,4 +77,12 @@ export async function readPgStatements(client: pg.Client, database: string, unit
     meanExecMs: round(Number(r.exec_ms) / Math.max(Number(r.calls), 1), 4),
     rowsPerUnit: round(Number(r.rows) / units, 2),
   }));
+}
+
+/**
+ * One statement as a line of the bench's output: level, calls, execution and planning ms per
+ * unit, then the statement cut to `width` characters.
+ */
+export function formatPgStatement(t: PgStatementWork, width = 100): string {
+  return `${t.toplevel ? 'top   ' : 'nested'} ${String(t.callsPerUnit).padStart(8)} calls ${t.execMsPerUnit.toFixed(4).padStart(8)} ms exec ${t.planMsPerUnit.toFixed(4).padStart(7)} ms plan  ${t.statement.slice(0, width)}`;
 }
