@@ -201,13 +201,15 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     // account channels, local subscriptions, messages received, resyncs after Redis drops, live
     // streams started since boot, outbox rows this instance's relay published and its drain
     // transactions; the group committer's counters; the event loop's busy time; with
-    // PG_QUERY_TIMINGS, the ledger pool's statements' summed wall times (benchmarks read them).
+    // PG_QUERY_TIMINGS, the ledger pool's statements' summed wall times and its round trips
+    // (benchmarks read them).
     const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0, outboxDrains: relay?.drains() ?? 0 };
     // The event loop's busy and idle time since boot (ms; utilization = active / (active + idle)).
     const { active, idle } = performance.eventLoopUtilization();
     const eventLoop = { activeMs: Math.round(active), idleMs: Math.round(idle) };
     const queryTimings = deps.queryTimings?.snapshot() ?? null;
-    return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null, eventLoop, queryTimings };
+    const pgRoundTrips = deps.queryTimings?.roundTrips() ?? null;
+    return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null, eventLoop, queryTimings, pgRoundTrips };
   };
 
   const http = createServer((req, res) => {

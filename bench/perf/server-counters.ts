@@ -22,6 +22,8 @@ export interface ServerCounters {
   eventLoopIdleMs: number | null;
   /** The ledger pool's statements' counts and summed wall times (PG_QUERY_TIMINGS; null when off). */
   statements: Record<string, StatementTiming> | null;
+  /** The ledger pool's round trips to PostgreSQL since boot (PG_QUERY_TIMINGS; null when off). */
+  pgRoundTrips: number | null;
 }
 
 /** One statement's share of a scenario (client-side wall time, src/db/query-timings.ts). */
@@ -47,6 +49,8 @@ export interface ServerWork {
   meanTransactionMs?: number | null;
   /** Share of the scenario's time the server's event loop was busy, 0..1 (null when unknown). */
   eventLoopUtilization?: number | null;
+  /** The ledger pool's round trips to PostgreSQL per unit, relay included (absent when not timed). */
+  pgRoundTripsPerUnit?: number;
   /** The statements with the most summed wall time, most first (at most 8; absent when not timed). */
   statements?: StatementWork[];
 }
@@ -63,6 +67,7 @@ export async function readServerCounters(graphqlUrl: string): Promise<ServerCoun
       groupCommit?: { transactions: number; charges: number; largestGroup: number; transactionMs?: number } | null;
       eventLoop?: { activeMs: number; idleMs: number };
       queryTimings?: Record<string, StatementTiming> | null;
+      pgRoundTrips?: number | null;
     };
     return {
       transactions: body.groupCommit?.transactions ?? 0,
@@ -73,6 +78,7 @@ export async function readServerCounters(graphqlUrl: string): Promise<ServerCoun
       eventLoopActiveMs: body.eventLoop?.activeMs ?? null,
       eventLoopIdleMs: body.eventLoop?.idleMs ?? null,
       statements: body.queryTimings ?? null,
+      pgRoundTrips: body.pgRoundTrips ?? null,
     };
   } catch {
     return null;
@@ -93,6 +99,7 @@ export function serverWorkPerUnit(before: ServerCounters | null, after: ServerCo
     relayDrainsPerUnit: r((after.relayDrains - before.relayDrains) / units),
     meanTransactionMs: transactions > 0 ? r((after.transactionMs - before.transactionMs) / transactions) : null,
     eventLoopUtilization: busyMs !== null && idleMs !== null && busyMs + idleMs > 0 ? r(busyMs / (busyMs + idleMs)) : null,
+    ...(before.pgRoundTrips !== null && after.pgRoundTrips !== null ? { pgRoundTripsPerUnit: r((after.pgRoundTrips - before.pgRoundTrips) / units) } : {}),
     ...(before.statements && after.statements ? { statements: statementWork(before.statements, after.statements, units) } : {}),
   };
 }

@@ -39,10 +39,20 @@ export function withLedgerSessionOptions(databaseUrl: string): string {
 
 /**
  * Creates the ledger's pg pool: `max` connections to `databaseUrl`, each started with
- * {@link LEDGER_SESSION_OPTIONS}.
+ * {@link LEDGER_SESSION_OPTIONS}, in node-postgres's pipeline mode: a query is written to the
+ * socket as soon as it is asked for, not when the previous one has been answered
+ * (https://node-postgres.com/features/pipelining; PostgreSQL docs, "Pipeline Mode", libpq 34.5).
+ * Code that awaits each query before the next behaves exactly as without it; code that asks for
+ * several queries before awaiting them gets them executed in order in ONE round trip
+ * ({@link withTransaction}: BEGIN goes with the transaction's first statement, and a
+ * {@link PipelinedCommit}'s writes go with its COMMIT). Each query keeps its own Sync, so a
+ * failed statement does not stop the later ones of the pipeline from being executed: inside a
+ * transaction they fail with 25P02 ("current transaction is aborted") and a COMMIT rolls back.
+ * Portal-keeping queries (pg-cursor, the `rows` option) are refused in this mode; the ledger
+ * pool has none.
  */
 export function createPgPool(databaseUrl: string, max = 20): pg.Pool {
-  const pool = new pg.Pool({ connectionString: withLedgerSessionOptions(databaseUrl), max, idleTimeoutMillis: 30_000 });
+  const pool = new pg.Pool({ connectionString: withLedgerSessionOptions(databaseUrl), max, idleTimeoutMillis: 30_000, pipeline: true });
   // An idle client's error (server restart) must not crash the process; the next query reconnects.
   pool.on('error', () => undefined);
   return pool;
@@ -51,21 +61,63 @@ export function createPgPool(databaseUrl: string, max = 20): pg.Pool {
 const RETRYABLE = new Set(['40001', '40P01']); // serialization_failure, deadlock_detected
 
 /**
+ * What a transaction function returns when it has asked for its last writes without awaiting
+ * them: {@link withTransaction} sends COMMIT right behind them (pipeline mode: writes and COMMIT
+ * in one round trip), waits for all of them, and only then calls `result()`.
+ *
+ * `writes` must hold every statement the function issued and did not await (the promise chained
+ * with whatever reads its rows, so `result()` sees them); each should already carry a `.catch`
+ * (the transaction function may throw after issuing them, and their rejection must not go
+ * unhandled). Statements issued after a failed one fail with 25P02 and the COMMIT becomes a
+ * ROLLBACK, so nothing of a transaction with a failed write is committed.
+ */
+export class PipelinedCommit<T> {
+  /**
+   * @param writes the un-awaited statements, in the order they were issued
+   * @param result the transaction's result, called once every write and the COMMIT succeeded
+   */
+  constructor(
+    readonly writes: readonly Promise<unknown>[],
+    readonly result: () => T,
+  ) {}
+}
+
+/**
  * Runs `fn` inside one READ COMMITTED transaction: COMMIT when it resolves, ROLLBACK when it
  * throws (the error is rethrown unchanged). Retries the whole function up to 3 times on a
  * serialization failure or deadlock, which PostgreSQL reports before anything was committed.
  * After a COMMIT of a transaction that wrote outbox rows it signals the outbox relay
  * (src/outbox/signal.ts).
- * @throws whatever `fn` throws, or the database error.
+ *
+ * Round trips (the ledger pool runs in pipeline mode, see {@link createPgPool}): BEGIN is not
+ * awaited on its own but goes out with `fn`'s first statement; when `fn` returns a
+ * {@link PipelinedCommit}, COMMIT goes out with its un-awaited writes. A BEGIN on an idle pooled
+ * connection can only fail with the connection itself, which fails the statements behind it too;
+ * its result is still checked before COMMIT. A COMMIT that PostgreSQL answers with ROLLBACK (the
+ * transaction had failed: a statement's error that `fn` swallowed) is an error, not a success.
+ * @throws whatever `fn` throws, the first failed statement's error, or the database error.
  */
-export async function withTransaction<T>(pool: pg.Pool, fn: (tx: Tx) => Promise<T>): Promise<T> {
+export async function withTransaction<T>(pool: pg.Pool, fn: (tx: Tx) => Promise<T | PipelinedCommit<T>>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     const client = await pool.connect();
     let broken = false;
     try {
-      await client.query('BEGIN');
-      const result = await fn(client);
-      await client.query('COMMIT');
+      const begun = client.query('BEGIN');
+      begun.catch(() => undefined); // reported by the await below, if fn throws first
+      const out = await fn(client);
+      let result: T;
+      if (out instanceof PipelinedCommit) {
+        const commit = client.query('COMMIT');
+        const settled = await Promise.allSettled([begun, ...out.writes, commit]);
+        const failed = settled.find((s) => s.status === 'rejected'); // the first in execution order
+        if (failed) throw (failed as PromiseRejectedResult).reason;
+        assertCommitted((settled[settled.length - 1] as PromiseFulfilledResult<pg.QueryResult>).value);
+        result = out.result();
+      } else {
+        await begun;
+        assertCommitted(await client.query('COMMIT'));
+        result = out;
+      }
       if (takeOutboxWritten(client)) outboxCommitted();
       return result;
     } catch (err) {
@@ -82,6 +134,15 @@ export async function withTransaction<T>(pool: pg.Pool, fn: (tx: Tx) => Promise<
       client.release(broken);
     }
   }
+}
+
+/**
+ * @throws Error when PostgreSQL answered a COMMIT with ROLLBACK: the transaction had already
+ *   failed (PostgreSQL ends a failed transaction block on COMMIT by rolling it back and
+ *   answers with the ROLLBACK command tag: EndTransactionBlock in src/backend/access/transam/xact.c).
+ */
+function assertCommitted(answer: pg.QueryResult): void {
+  if (answer.command !== 'COMMIT') throw new Error(`COMMIT was answered with ${answer.command}: the transaction had failed and was rolled back`);
 }
 
 /** Converts a pg int8/numeric text value (or null) to bigint (or null). */

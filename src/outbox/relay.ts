@@ -66,9 +66,11 @@ export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix
   const client = await pool.connect();
   let broken = false;
   try {
-    await client.query('BEGIN');
-    await client.query('SELECT pg_advisory_xact_lock($1)', [OUTBOX_RELAY_LOCK_KEY.toString()]);
-    const { rows } = await client.query(
+    // BEGIN, the lock and the DELETE go out in one round trip (the ledger pool pipelines,
+    // db/pg.ts createPgPool); PostgreSQL runs the DELETE once the lock is granted.
+    const begun = client.query('BEGIN');
+    const locked = client.query('SELECT pg_advisory_xact_lock($1)', [OUTBOX_RELAY_LOCK_KEY.toString()]);
+    const deleted = client.query(
       // `= ANY(ARRAY(...))`: primary-key probes for the batch; `IN (subquery)` was planned as a
       // hash join over the whole table, so each drain cost as much as the backlog (11 ms vs 1.1 ms
       // per 500 rows at a 50,000-row backlog), and a relay that fell behind fell further behind.
@@ -77,6 +79,10 @@ export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix
        RETURNING id, account_id, topic, payload`,
       [batchSize, jobs !== undefined],
     );
+    const answers = await Promise.allSettled([begun, locked, deleted]);
+    const failed = answers.find((a) => a.status === 'rejected'); // the first in execution order
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+    const { rows } = (answers[2] as PromiseFulfilledResult<pg.QueryResult>).value;
     if (rows.length > 0) {
       rows.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
       const jobRows = rows.filter((r) => r.topic === 'job');
@@ -90,7 +96,8 @@ export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix
       const failed = results?.find(([err]) => err);
       if (!results || failed) throw failed?.[0] ?? new Error('redis pipeline returned nothing');
     }
-    await client.query('COMMIT');
+    const commit = await client.query('COMMIT');
+    if (commit.command !== 'COMMIT') throw new Error(`COMMIT was answered with ${commit.command}`);
     return rows.length;
   } catch (err) {
     try {

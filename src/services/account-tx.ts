@@ -448,9 +448,13 @@ export class AccountTx {
    * statement's entries dated before the start (expiries, dated at their expiresAt) or EXPIREs
    * dated at it. Every ledger entry is written here, so the stored opening stays the SUM
    * balance_figures defines; reconcileAccount checks it.
+   *
+   * With `pending`, the statement is issued and not awaited: its promise (with a `.catch`
+   * attached) is pushed onto `pending`, to go out with the caller's COMMIT in one round trip
+   * (db/pg.ts PipelinedCommit), and the returned versions are only complete once it resolved.
    * @returns each account's balance version after this transaction, by account id.
    */
-  static async finishMany(tx: Tx, atxs: readonly AccountTx[]): Promise<Map<string, bigint>> {
+  static async finishMany(tx: Tx, atxs: readonly AccountTx[], pending?: Promise<unknown>[]): Promise<Map<string, bigint>> {
     const versions = new Map(atxs.map((a) => [a.accountId, a.versionBefore]));
     const changed = atxs.filter((a) => a.changed);
     const withOutbox = atxs.filter((a) => a.outbox.length > 0);
@@ -469,7 +473,7 @@ export class AccountTx {
       return sum;
     });
     const o = withOutbox.flatMap((a) => a.outbox.map((x) => ({ a, x })));
-    const { rows } = await tx.query({
+    const written = tx.query({
       name: 'cp-account-finish',
       text: `WITH entries AS (
          INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits,
@@ -515,13 +519,19 @@ export class AccountTx {
         beforeStart.map((v) => v.toString()),
       ],
     });
-    for (const r of rows) versions.set(r.account_id as string, toBigInt(r.version));
     for (const a of atxs) {
       a.entries.length = 0;
       a.outbox.length = 0;
       a.changed = false;
     }
-    markOutboxWritten(tx);
+    markOutboxWritten(tx); // withTransaction clears it if the transaction fails
+    const done = written.then(({ rows }) => {
+      for (const r of rows) versions.set(r.account_id as string, toBigInt(r.version));
+    });
+    if (pending) {
+      done.catch(() => undefined); // the caller awaits it; this only keeps a rejection from going unhandled meanwhile
+      pending.push(done);
+    } else await done;
     return versions;
   }
 

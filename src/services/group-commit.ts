@@ -9,6 +9,8 @@
  * statement, one read of their batches, holds and prior keys, the charges decided in memory,
  * one multi-row write of all events and one write of all ledger entries, balances and outbox
  * snapshots, one COMMIT (record-usage.ts `chargeAccounts`, the path recordUsageBatch uses).
+ * BEGIN goes out with the lock and the writes with the COMMIT (the ledger pool pipelines; db/pg.ts
+ * PipelinedCommit), so such a transaction is 3 round trips: lock, state read, writes + COMMIT.
  *
  * An account is in at most one transaction at a time, so the charges of a hot account form
  * groups instead of queueing on its row lock. Refusals stay per charge, idempotency keys still
@@ -29,7 +31,7 @@
  * alone.
  */
 import type pg from 'pg';
-import { withTransaction, type Tx } from '../db/pg.js';
+import { PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { PricedUsage } from '../pricing/price-book.js';
 import { AccountTx } from './account-tx.js';
@@ -41,7 +43,7 @@ import type { ChargeResult, GroupItem, HoldOpItem, ItemOutcome } from './record-
 export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }) => Promise<ChargeResult>;
 
 /** The multi-account charge function of record-usage.ts (`chargeAccounts`; injected likewise). */
-export type ChargeAccounts = (tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[]) => Promise<ItemOutcome[][]>;
+export type ChargeAccounts = (tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[], pending?: Promise<unknown>[]) => Promise<ItemOutcome[][]>;
 
 /** A waiting charge or hold operation (decided with the account's other items by chargeAccounts). */
 interface PendingCharge {
@@ -236,19 +238,29 @@ export class GroupCommitter {
           return atx ? [{ atx, items }] : [];
         });
         const settled = new Map<string, Settled[]>();
-            // Accounts with charges (and hold operations) only: decided together, in one read and one write for all.
+        // The writes are not awaited: they go out with COMMIT, in one round trip (PipelinedCommit).
+        const pending: Promise<unknown>[] = [];
+        // Accounts with charges (and hold operations) only: decided together, in one read and one write for all.
         const chargesOnly = found.filter((g) => g.items.every((i) => i.kind === 'charge'));
         if (chargesOnly.length > 0) {
-          const charged = await this.chargeGroups(tx, chargesOnly.map((g) => ({ atx: g.atx, items: (g.items as PendingCharge[]).map((p) => p.item) })));
+          const charged = await this.chargeGroups(
+            tx,
+            chargesOnly.map((g) => ({ atx: g.atx, items: (g.items as PendingCharge[]).map((p) => p.item) })),
+            pending,
+          );
           chargesOnly.forEach((g, i) => settled.set(g.atx.accountId, charged[i]!.map(toSettled)));
         }
-        // Accounts with operations: their items in arrival order (inOrder).
+        // Accounts with operations: their items in arrival order (inOrder), after the charges'
+        // writes have answered (so a failed write is reported as itself, not as the 25P02 of the
+        // operation's statement behind it).
         const alone = found.length === 1 && found[0]!.items.length === 1;
         for (const { atx, items } of found) {
-          if (!settled.has(atx.accountId)) settled.set(atx.accountId, await this.inOrder(tx, atx, items, alone));
+          if (settled.has(atx.accountId)) continue;
+          for (let w = pending.shift(); w; w = pending.shift()) await w;
+          settled.set(atx.accountId, await this.inOrder(tx, atx, items, alone));
         }
-        await AccountTx.finishMany(tx, [...locked.values()]); // one version and snapshot per account
-        return settled;
+        await AccountTx.finishMany(tx, [...locked.values()], pending); // one version and snapshot per account
+        return new PipelinedCommit(pending, () => settled);
       });
     } catch (error) {
       if (take.length > 1) {

@@ -11,7 +11,7 @@
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
  */
 import { randomUUID } from 'node:crypto';
-import { withTransaction, type Tx } from '../db/pg.js';
+import { PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
@@ -386,11 +386,21 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
  *   an operation); refusals are LedgerErrors (IDEMPOTENCY_CONFLICT, INSUFFICIENT_CREDITS,
  *   NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture or settle, BAD_USER_INPUT from pricing,
  *   and applyCharge's on the slow path).
+ *
+ * The event insert and the hold writes are issued together (one round trip, the ledger pool
+ * pipelines). With `pending`, they are not awaited: their promises (with a `.catch` attached) are
+ * pushed onto it, to go out with the caller's next statements and its COMMIT
+ * (db/pg.ts PipelinedCommit), and the results' written rows (`row`) are only there once they
+ * resolved.
  * @throws unexpected (non-LedgerError) errors, leaving the transaction to be rolled back.
  */
-export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[]): Promise<BatchItemResult[][]>;
-export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[]): Promise<ItemOutcome[][]>;
-export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[]): Promise<ItemOutcome[][]> {
+export async function chargeAccounts(
+  tx: Tx,
+  groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[],
+  pending?: Promise<unknown>[],
+): Promise<BatchItemResult[][]>;
+export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[], pending?: Promise<unknown>[]): Promise<ItemOutcome[][]>;
+export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[], pending?: Promise<unknown>[]): Promise<ItemOutcome[][]> {
   const sequential = async (atx: AccountTx, items: readonly GroupItem[]): Promise<ItemOutcome[]> => {
     const out: ItemOutcome[] = [];
     for (const item of items) {
@@ -525,17 +535,41 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
       out.push({ ok: true, result: { eventId: id, replayed: false } });
     }
   }
+  const writes: Promise<unknown>[] = [];
   if (events.length > 0) {
-    const rows = await insertUsageEvents(tx, events);
-    fresh.forEach(({ out, index }, i) => {
-      const r = out[index]!;
-      if (r.ok) (r.result as ChargeResult).row = rows[i];
-    });
+    writes.push(
+      insertUsageEvents(tx, events).then((rows) =>
+        fresh.forEach(({ out, index }, i) => {
+          const r = out[index]!;
+          if (r.ok) (r.result as ChargeResult).row = rows[i];
+        }),
+      ),
+    );
   }
   if (holdWrites.created.length > 0 || holdWrites.settled.length > 0) {
-    for (const row of await writeHoldOps(tx, holdWrites.created, holdWrites.settled)) holdWrites.results.get(row.id as string)!.row = row;
+    writes.push(
+      writeHoldOps(tx, holdWrites.created, holdWrites.settled).then((rows) => {
+        for (const row of rows) holdWrites.results.get(row.id as string)!.row = row;
+      }),
+    );
   }
+  if (pending) {
+    for (const w of writes) {
+      w.catch(() => undefined); // the caller awaits it; this only keeps a rejection from going unhandled meanwhile
+      pending.push(w);
+    }
+  } else await awaitInOrder(writes);
   return results;
+}
+
+/**
+ * Awaits pipelined statements and throws the first failure in the order they were issued (the
+ * cause; those behind it fail with 25P02 "current transaction is aborted").
+ */
+async function awaitInOrder(writes: readonly Promise<unknown>[]): Promise<void> {
+  const settled = await Promise.allSettled(writes);
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
 }
 
 /**
@@ -654,9 +688,11 @@ export async function recordUsageBatch(
         const atx = locked.get(id);
         return atx ? [{ atx, items: groups.get(id)!.map(({ cmd }) => ({ cmd, price: pricer(cmd) })) }] : [];
       });
-      const charged = await chargeAccounts(tx, found);
-      await AccountTx.finishMany(tx, [...locked.values()]);
-      return new Map(found.map((g, i) => [g.atx.accountId, charged[i]!]));
+      // The events, holds, ledger entries and balances go out with COMMIT, in one round trip.
+      const pending: Promise<unknown>[] = [];
+      const charged = await chargeAccounts(tx, found, pending);
+      await AccountTx.finishMany(tx, [...locked.values()], pending);
+      return new PipelinedCommit(pending, () => new Map(found.map((g, i) => [g.atx.accountId, charged[i]!])));
     });
     for (const id of accountIds) {
       const out = outcomes.get(id);
