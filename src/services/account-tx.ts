@@ -98,8 +98,40 @@ function priorKeysFromList(list: unknown): Map<string, { id: string; requestHash
   return new Map(((list ?? []) as { key: string; id: string; hash: string }[]).map((p) => [p.key, { id: p.id, requestHash: p.hash }]));
 }
 
+/** The rows of AccountTx.chargeStates's statement (one per spendable batch, at least one per account) as states by account id. */
+function chargeStatesFromRows(rows: readonly Record<string, unknown>[]): Map<string, ChargeState> {
+  const states = new Map<string, ChargeState>();
+  for (const r of rows) {
+    let st = states.get(r.account as string);
+    if (!st) {
+      st = {
+        now: r.state_now as Date,
+        batches: [],
+        reservedMicroCredits: toBigInt(r.held ?? 0),
+        hasAnyBudget: r.has_budget === true,
+        priorUsage: priorKeysFromList(r.priors),
+        reservations: new Map(),
+        priorHolds: priorKeysFromList(r.hold_keys),
+      };
+      for (const h of (r.holds ?? []) as { id: string; amount: string; consumed: string; status: string; expiresAt: string }[]) {
+        st.reservations.set(h.id, {
+          amountMicroCredits: BigInt(h.amount),
+          consumedMicroCredits: BigInt(h.consumed),
+          status: h.status,
+          expiresAt: new Date(h.expiresAt),
+        });
+      }
+      states.set(r.account as string, st);
+    }
+    if (r.id !== null) st.batches.push(loadedBatchFromRow(r));
+  }
+  return states;
+}
+
 /** What a group of charges of one account decides on, captures included (AccountTx.chargeStates). */
 export interface ChargeState {
+  /** The account's "now" the state was read at (its test clock for a test-mode account): the instant expiries were judged at. */
+  now: Date;
   /** Spendable batches (unordered; drawdown orders them). */
   batches: LoadedBatch[];
   /** Held by ACTIVE, unexpired reservations. */
@@ -278,18 +310,32 @@ export class AccountTx {
    * whether the account has any spending budget, the usage events already recorded under the
    * given idempotency keys, the given reservations that belong to it, and the reservations
    * already made under the given hold idempotency keys.
-   * @param wanted each locked account with the idempotency keys and reservation ids of its
-   *   charges (and of its settles), and the idempotency keys of its holds.
-   * @returns the state of each account, by account id.
+   *
+   * It may be issued before the lock statement's answer has come (the ledger pool pipelines:
+   * PostgreSQL runs it after the lock was granted, with a snapshot taken then, so it reads what
+   * it would read one round trip later). Then the accounts' "now" is not known yet: with
+   * `accountClock`, `now` is the wall clock and the statement applies each account's test clock
+   * itself, as AccountTx does; the state's `now` says which instant was used.
+   * @param wanted each account with the idempotency keys and reservation ids of its charges (and
+   *   of its settles), the idempotency keys of its holds, and its now (or the wall clock, with
+   *   `accountClock`).
+   * @returns the state of each existing account, by account id.
    */
-  static async chargeStates(
+  static chargeStates(
     tx: Tx,
-    wanted: readonly { atx: AccountTx; idempotencyKeys: readonly string[]; reservationIds: readonly string[]; holdKeys: readonly string[] }[],
+    wanted: readonly {
+      accountId: string;
+      now: Date;
+      accountClock: boolean;
+      idempotencyKeys: readonly string[];
+      reservationIds: readonly string[];
+      holdKeys: readonly string[];
+    }[],
   ): Promise<Map<string, ChargeState>> {
-    const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.atx.accountId, k] as const));
-    const holdPairs = wanted.flatMap((w) => w.reservationIds.map((id) => [w.atx.accountId, id] as const));
-    const holdKeyPairs = wanted.flatMap((w) => w.holdKeys.map((k) => [w.atx.accountId, k] as const));
-    const { rows } = await tx.query({
+    const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.accountId, k] as const));
+    const holdPairs = wanted.flatMap((w) => w.reservationIds.map((id) => [w.accountId, id] as const));
+    const holdKeyPairs = wanted.flatMap((w) => w.holdKeys.map((k) => [w.accountId, k] as const));
+    return tx.query({
       name: 'cp-account-charge-states',
       text: `WITH priors AS (${priorKeysByAccount('usage_events', '$3', '$4')}), holds AS (
          SELECT h.account, json_agg(json_build_object('id', res.id, 'amount', res.amount_micro_credits::text,
@@ -298,9 +344,12 @@ export class AccountTx {
            CROSS JOIN LATERAL (SELECT * FROM reservations WHERE id = h.id AND account_id = h.account LIMIT 1) res -- a primary-key probe (see priorKeysByAccount)
           GROUP BY h.account
        ), hkeys AS (${priorKeysByAccount('reservations', '$7', '$8')})
-       SELECT a.account, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
+       SELECT a.account, a.now AS state_now, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
               p.list AS priors, hl.list AS holds, hk.list AS hold_keys
-         FROM unnest($1::uuid[], $2::timestamptz[]) AS a(account, now)
+         FROM unnest($1::uuid[], $2::timestamptz[], $9::boolean[]) AS w(account, now, account_clock)
+         JOIN accounts acc ON acc.id = w.account
+         CROSS JOIN LATERAL (SELECT w.account,
+                CASE WHEN w.account_clock AND acc.test_mode AND acc.test_clock_at IS NOT NULL THEN acc.test_clock_at ELSE w.now END AS now) a
          CROSS JOIN LATERAL (
                SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
                       EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget
@@ -311,43 +360,17 @@ export class AccountTx {
          LEFT JOIN hkeys hk ON hk.account = a.account
          LEFT JOIN LATERAL (${spendableBatches('a.account', 'a.now')}) b ON TRUE`,
       values: [
-        wanted.map((w) => w.atx.accountId),
-        wanted.map((w) => w.atx.now),
+        wanted.map((w) => w.accountId),
+        wanted.map((w) => w.now),
         keyPairs.map((p) => p[0]),
         keyPairs.map((p) => p[1]),
         holdPairs.map((p) => p[0]),
         holdPairs.map((p) => p[1]),
         holdKeyPairs.map((p) => p[0]),
         holdKeyPairs.map((p) => p[1]),
+        wanted.map((w) => w.accountClock),
       ],
-    });
-    const states = new Map<string, ChargeState>();
-    for (const r of rows) {
-      let st = states.get(r.account as string);
-      if (!st) {
-        st = {
-          batches: [],
-          reservedMicroCredits: toBigInt(r.held ?? 0),
-          hasAnyBudget: r.has_budget === true,
-          priorUsage: priorKeysFromList(r.priors),
-          reservations: new Map(),
-          priorHolds: priorKeysFromList(r.hold_keys),
-        };
-        for (const h of (r.holds ?? []) as { id: string; amount: string; consumed: string; status: string; expiresAt: string }[]) {
-          st.reservations.set(h.id, {
-            amountMicroCredits: BigInt(h.amount),
-            consumedMicroCredits: BigInt(h.consumed),
-            status: h.status,
-            expiresAt: new Date(h.expiresAt),
-          });
-        }
-        states.set(r.account as string, st);
-      }
-      if (r.id !== null) {
-        st.batches.push(loadedBatchFromRow(r));
-      }
-    }
-    return states;
+    }).then(({ rows }) => chargeStatesFromRows(rows));
   }
 
   /**

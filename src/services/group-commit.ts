@@ -9,8 +9,8 @@
  * statement, one read of their batches, holds and prior keys, the charges decided in memory,
  * one multi-row write of all events and one write of all ledger entries, balances and outbox
  * snapshots, one COMMIT (record-usage.ts `chargeAccounts`, the path recordUsageBatch uses).
- * BEGIN goes out with the lock and the writes with the COMMIT (the ledger pool pipelines; db/pg.ts
- * PipelinedCommit), so such a transaction is 3 round trips: lock, state read, writes + COMMIT.
+ * BEGIN, the lock and the state read go out together, and the writes with the COMMIT (the ledger
+ * pool pipelines; db/pg.ts PipelinedCommit), so such a transaction is 2 round trips.
  *
  * An account is in at most one transaction at a time, so the charges of a hot account form
  * groups instead of queueing on its row lock. Refusals stay per charge, idempotency keys still
@@ -34,16 +34,21 @@ import type pg from 'pg';
 import { PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { PricedUsage } from '../pricing/price-book.js';
-import { AccountTx } from './account-tx.js';
+import { AccountTx, type ChargeState } from './account-tx.js';
 import type { Clock } from './context.js';
 import type { UsageCommand } from './usage-command.js';
-import type { ChargeResult, GroupItem, HoldOpItem, ItemOutcome } from './record-usage.js';
+import { readChargeStates, type ChargeResult, type GroupItem, type HoldOpItem, type ItemOutcome } from './record-usage.js';
 
 /** The charge function of record-usage.ts (`applyCharge`; injected to avoid an import cycle). */
 export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }) => Promise<ChargeResult>;
 
 /** The multi-account charge function of record-usage.ts (`chargeAccounts`; injected likewise). */
-export type ChargeAccounts = (tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[], pending?: Promise<unknown>[]) => Promise<ItemOutcome[][]>;
+export type ChargeAccounts = (
+  tx: Tx,
+  groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
+  pending?: Promise<unknown>[],
+  statesRead?: Promise<Map<string, ChargeState>>,
+) => Promise<ItemOutcome[][]>;
 
 /** A waiting charge or hold operation (decided with the account's other items by chargeAccounts). */
 interface PendingCharge {
@@ -229,10 +234,18 @@ export class GroupCommitter {
         const now = this.clock();
         // One account: the single-row lock (its plan is the lone charge's); several: one
         // statement in id order, so two transactions holding several locks cannot deadlock.
-        const locked =
+        const locking =
           take.length === 1
-            ? new Map([[take[0]![0], await AccountTx.lock(tx, take[0]![0], now)]])
-            : await AccountTx.lockMany(tx, take.map(([accountId]) => accountId), now);
+            ? AccountTx.lock(tx, take[0]![0], now).then((atx) => new Map([[atx.accountId, atx]]))
+            : AccountTx.lockMany(tx, take.map(([accountId]) => accountId), now);
+        // The charges-only accounts' state read goes out behind the lock, in the same round trip
+        // as BEGIN and the lock (readChargeStates).
+        const chargesOnlyTake = take.filter(([, items]) => items.every((i) => i.kind === 'charge'));
+        const statesRead =
+          chargesOnlyTake.length > 0
+            ? readChargeStates(tx, chargesOnlyTake.map(([accountId, items]) => ({ accountId, items: (items as PendingCharge[]).map((p) => p.item) })), now)
+            : undefined;
+        const locked = await locking;
         const found = take.flatMap(([accountId, items]) => {
           const atx = locked.get(accountId);
           return atx ? [{ atx, items }] : [];
@@ -247,6 +260,7 @@ export class GroupCommitter {
             tx,
             chargesOnly.map((g) => ({ atx: g.atx, items: (g.items as PendingCharge[]).map((p) => p.item) })),
             pending,
+            statesRead,
           );
           chargesOnly.forEach((g, i) => settled.set(g.atx.accountId, charged[i]!.map(toSettled)));
         }

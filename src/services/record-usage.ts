@@ -387,6 +387,10 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
  *   NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture or settle, BAD_USER_INPUT from pricing,
  *   and applyCharge's on the slow path).
  *
+ * `statesRead` is the state read issued right behind the accounts' lock statement, before its
+ * answer (readChargeStates: same round trip); without it, or for an account it read at another
+ * instant than the locked account's now, the state is read here.
+ *
  * The event insert and the hold writes are issued together (one round trip, the ledger pool
  * pipelines). With `pending`, they are not awaited: their promises (with a `.catch` attached) are
  * pushed onto it, to go out with the caller's next statements and its COMMIT
@@ -398,9 +402,20 @@ export async function chargeAccounts(
   tx: Tx,
   groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[],
   pending?: Promise<unknown>[],
+  statesRead?: Promise<Map<string, ChargeState>>,
 ): Promise<BatchItemResult[][]>;
-export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[], pending?: Promise<unknown>[]): Promise<ItemOutcome[][]>;
-export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[], pending?: Promise<unknown>[]): Promise<ItemOutcome[][]> {
+export async function chargeAccounts(
+  tx: Tx,
+  groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
+  pending?: Promise<unknown>[],
+  statesRead?: Promise<Map<string, ChargeState>>,
+): Promise<ItemOutcome[][]>;
+export async function chargeAccounts(
+  tx: Tx,
+  groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
+  pending?: Promise<unknown>[],
+  statesRead?: Promise<Map<string, ChargeState>>,
+): Promise<ItemOutcome[][]> {
   const sequential = async (atx: AccountTx, items: readonly GroupItem[]): Promise<ItemOutcome[]> => {
     const out: ItemOutcome[] = [];
     for (const item of items) {
@@ -414,27 +429,22 @@ export async function chargeAccounts(tx: Tx, groups: readonly { atx: AccountTx; 
     return out;
   };
   const results: ItemOutcome[][] = new Array(groups.length);
-  const states =
-    groups.length > 0
-      ? await AccountTx.chargeStates(
-          tx,
-          groups.map((g) => {
-            const charges = g.items.flatMap((it) => ('op' in it ? [] : [it.cmd]));
-            const ops = g.items.flatMap((it) => ('op' in it ? [it.op] : []));
-            return {
-              atx: g.atx,
-              idempotencyKeys: [...new Set(charges.map((c) => c.idempotencyKey))],
-              reservationIds: [
-                ...new Set([
-                  ...charges.flatMap((c) => (c.reservationId ? [c.reservationId] : [])),
-                  ...ops.flatMap((o) => (o.kind === 'settle' ? [o.reservationId] : [])),
-                ]),
-              ],
-              holdKeys: [...new Set(ops.flatMap((o) => (o.kind === 'reserve' ? [o.cmd.idempotencyKey] : [])))],
-            };
-          }),
-        )
-      : new Map<string, ChargeState>();
+  // The state read issued with the lock (readChargeStates) is used where it was read at the
+  // account's now as locked; any other account (none issued, or a test clock moved between the
+  // two statements) is read now.
+  const states = statesRead ? await statesRead : new Map<string, ChargeState>();
+  const unread = groups.filter((g) => states.get(g.atx.accountId)?.now.getTime() !== g.atx.now.getTime());
+  if (unread.length > 0) {
+    const read = await AccountTx.chargeStates(
+      tx,
+      unread.map((g) => stateRequest(g.atx.accountId, g.items, g.atx.now, false)),
+    );
+    for (const g of unread) {
+      const st = read.get(g.atx.accountId);
+      if (st) states.set(g.atx.accountId, st);
+      else states.delete(g.atx.accountId);
+    }
+  }
   const events: PreparedEvent[] = [];
   const fresh: { out: ItemOutcome[]; index: number }[] = []; // parallel to `events`
   const holdWrites: HoldWrites = { created: [], settled: [], results: new Map() };
@@ -572,6 +582,45 @@ async function awaitInOrder(writes: readonly Promise<unknown>[]): Promise<void> 
   if (failed) throw (failed as PromiseRejectedResult).reason;
 }
 
+/** AccountTx.chargeStates's request for one account's items: their idempotency keys, the holds they capture or settle, the keys of their holds. */
+function stateRequest(accountId: string, items: readonly GroupItem[], now: Date, accountClock: boolean) {
+  const charges = items.flatMap((it) => ('op' in it ? [] : [it.cmd]));
+  const ops = items.flatMap((it) => ('op' in it ? [it.op] : []));
+  return {
+    accountId,
+    now,
+    accountClock,
+    idempotencyKeys: [...new Set(charges.map((c) => c.idempotencyKey))],
+    reservationIds: [
+      ...new Set([
+        ...charges.flatMap((c) => (c.reservationId ? [c.reservationId] : [])),
+        ...ops.flatMap((o) => (o.kind === 'settle' ? [o.reservationId] : [])),
+      ]),
+    ],
+    holdKeys: [...new Set(ops.flatMap((o) => (o.kind === 'reserve' ? [o.cmd.idempotencyKey] : [])))],
+  };
+}
+
+/**
+ * Issues chargeAccounts's state read for accounts whose lock statement was just issued and not
+ * yet answered, so both go out in one round trip (the ledger pool pipelines; PostgreSQL runs the
+ * read once the locks are granted, with a snapshot taken then). The accounts' "now" is not known
+ * yet, so the statement applies each account's test clock to `wallNow` itself; chargeAccounts
+ * re-reads an account whose clock moved in between.
+ * @param groups per account, the items that chargeAccounts will decide
+ * @param wallNow the wall clock the accounts are locked with
+ * @returns the pending read (a `.catch` attached: a failed lock fails it with 25P02, and the
+ *   caller reports the lock's error); pass it to chargeAccounts as `statesRead`.
+ */
+export function readChargeStates(tx: Tx, groups: readonly { accountId: string; items: readonly GroupItem[] }[], wallNow: Date): Promise<Map<string, ChargeState>> {
+  const read = AccountTx.chargeStates(
+    tx,
+    groups.map((g) => stateRequest(g.accountId, g.items, wallNow, true)),
+  );
+  read.catch(() => undefined);
+  return read;
+}
+
 /**
  * Writes the hold operations chargeAccounts decided, in ONE statement: the new holds (one
  * multi-row insert) and the settled ones (status SETTLED, closed now; their consumed was already
@@ -682,15 +731,20 @@ export async function recordUsageBatch(
   const pricer = (cmd: UsageCommand) => () => ({ priced: priceCommand(cmd, book, settings), version: book?.version ?? 0 });
 
   const chargeChunk = async (accountIds: readonly string[]) => {
+    const items = new Map(accountIds.map((id) => [id, groups.get(id)!.map(({ cmd }) => ({ cmd, price: pricer(cmd) }))]));
     const outcomes = await withTransaction(ctx.pool, async (tx) => {
-      const locked = await AccountTx.lockMany(tx, accountIds, ctx.clock());
+      const now = ctx.clock();
+      // BEGIN, the locks and the state read go out in one round trip; the events, holds, ledger
+      // entries and balances with COMMIT in another.
+      const locking = AccountTx.lockMany(tx, accountIds, now);
+      const statesRead = readChargeStates(tx, accountIds.map((id) => ({ accountId: id, items: items.get(id)! })), now);
+      const locked = await locking;
       const found = accountIds.flatMap((id) => {
         const atx = locked.get(id);
-        return atx ? [{ atx, items: groups.get(id)!.map(({ cmd }) => ({ cmd, price: pricer(cmd) })) }] : [];
+        return atx ? [{ atx, items: items.get(id)! }] : [];
       });
-      // The events, holds, ledger entries and balances go out with COMMIT, in one round trip.
       const pending: Promise<unknown>[] = [];
-      const charged = await chargeAccounts(tx, found, pending);
+      const charged = await chargeAccounts(tx, found, pending, statesRead);
       await AccountTx.finishMany(tx, [...locked.values()], pending);
       return new PipelinedCommit(pending, () => new Map(found.map((g, i) => [g.atx.accountId, charged[i]!])));
     });

@@ -1,8 +1,8 @@
 /**
  * The ledger pool's pipelined transactions (src/db/pg.ts: pipeline mode, withTransaction,
  * PipelinedCommit) on the real PostgreSQL: BEGIN travels with the first statement and a
- * PipelinedCommit's writes with COMMIT, so a charge transaction takes 3 round trips instead of
- * 6, and none of it weakens the transaction: a failed write commits nothing and is reported as
+ * PipelinedCommit's writes with COMMIT, and a group's state read goes with its lock, so a charge
+ * transaction takes 2 round trips instead of 6, and none of it weakens the transaction: a failed write commits nothing and is reported as
  * itself, and a transaction that failed is never reported as committed.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +11,8 @@ import { createPgPool, PipelinedCommit, withTransaction } from '../../src/db/pg.
 import { QueryTimings } from '../../src/db/query-timings.js';
 import { createPricingState } from '../../src/services/pricing-state.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
-import { applyCharge, chargeAccounts, pricerFor, recordUsageBatch } from '../../src/services/record-usage.js';
+import { applyCharge, chargeAccounts, pricerFor, readChargeStates, recordUsageBatch } from '../../src/services/record-usage.js';
+import { AccountTx } from '../../src/services/account-tx.js';
 import { validateUsageInput } from '../../src/services/usage-command.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -85,7 +86,7 @@ describe('pipelined transactions', () => {
     expect(await probeIds()).toEqual([]);
   });
 
-  it('a group-commit charge transaction takes 3 round trips (BEGIN + lock, state read, writes + COMMIT), single or multi-account', async () => {
+  it('a group-commit charge transaction takes 2 round trips (BEGIN + lock + state read, writes + COMMIT), single or multi-account', async () => {
     const committer = new GroupCommitter(pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
     const a = await createFundedAccount(services, { paid: 100 });
     const b = await createFundedAccount(services, { paid: 100 });
@@ -96,8 +97,8 @@ describe('pipelined transactions', () => {
     };
     await (await charge(a, 'warm'))(); // parses the named statements and loads the price book
     const one = await charge(a, 'one');
-    expect(await roundTripsOf(one)).toBe(3);
-    // recordUsageBatch over two accounts: one transaction, the same 3 round trips.
+    expect(await roundTripsOf(one)).toBe(2);
+    // recordUsageBatch over two accounts: one transaction, the same 2 round trips.
     await recordUsageBatch(services, [{ accountId: a, idempotencyKey: 'warm-batch', category: 'unit' }], { maxItems: 10 });
     const trips = await roundTripsOf(async () => {
       const results = await recordUsageBatch(services, [
@@ -107,10 +108,39 @@ describe('pipelined transactions', () => {
       ], { maxItems: 10 });
       expect(results.map((r) => r.ok)).toEqual([true, true, true]);
     });
-    expect(trips).toBe(3); // the price book and settings come from the pricing cache
+    expect(trips).toBe(2); // the price book and settings come from the pricing cache
     const { rows } = await pool.query('SELECT account_id, count(*)::int AS n FROM usage_events WHERE account_id = ANY($1) GROUP BY 1', [[a, b]]);
     expect(Object.fromEntries(rows.map((r) => [r.account_id, r.n]))).toEqual({ [a]: 4, [b]: 2 });
     await expectLedgerInvariant(pool, a);
     await expectLedgerInvariant(pool, b);
+  });
+
+  it('a state read issued with the lock at another instant than the locked account\'s now is read again', async () => {
+    // As when a test clock moves between the lock statement and the state read behind it: the
+    // read issued with the lock judged expiries at `later`, the account is locked at `now`.
+    const now = new Date();
+    const later = new Date(now.getTime() + 2 * 3600_000);
+    const accountId = await createFundedAccount(services, { free: 10, freeExpiresAt: new Date(now.getTime() + 3600_000), paid: 10 });
+    const cmd = validateUsageInput({ accountId, idempotencyKey: `moved-${randomUUID()}`, category: 'unit' });
+    const items = [{ cmd, price: await pricerFor(services, cmd) }];
+    const out = await withTransaction(pool, async (tx) => {
+      const locking = AccountTx.lockMany(tx, [accountId], now);
+      const statesRead = readChargeStates(tx, [{ accountId, items }], later);
+      const locked = await locking;
+      expect((await statesRead).get(accountId)!.now).toEqual(later); // the FREE batch had expired at that instant
+      const pending: Promise<unknown>[] = [];
+      const charged = await chargeAccounts(tx, [{ atx: locked.get(accountId)!, items }], pending, statesRead);
+      await AccountTx.finishMany(tx, [...locked.values()], pending);
+      return new PipelinedCommit(pending, () => charged[0]![0]!);
+    });
+    expect(out.ok).toBe(true);
+    // Decided on the state at `now`: the FREE batch, not yet expired then, paid (FREE is drawn first).
+    const { rows } = await pool.query(
+      `SELECT b.type FROM drawdowns d JOIN credit_batches b ON b.id = d.batch_id JOIN usage_events e ON e.id = d.usage_event_id
+        WHERE e.account_id = $1`,
+      [accountId],
+    );
+    expect(rows.map((r) => r.type)).toEqual(['FREE']);
+    await expectLedgerInvariant(pool, accountId);
   });
 });
