@@ -107,11 +107,8 @@ export async function withTransaction<T>(pool: pg.Pool, fn: (tx: Tx) => Promise<
       const out = await fn(client);
       let result: T;
       if (out instanceof PipelinedCommit) {
-        const commit = client.query('COMMIT');
-        const settled = await Promise.allSettled([begun, ...out.writes, commit]);
-        const failed = settled.find((s) => s.status === 'rejected'); // the first in execution order
-        if (failed) throw (failed as PromiseRejectedResult).reason;
-        assertCommitted((settled[settled.length - 1] as PromiseFulfilledResult<pg.QueryResult>).value);
+        const answers = await awaitInOrder<unknown[]>([begun, ...out.writes, client.query('COMMIT')]);
+        assertCommitted(answers[answers.length - 1] as pg.QueryResult);
         result = out.result();
       } else {
         await begun;
@@ -134,6 +131,19 @@ export async function withTransaction<T>(pool: pg.Pool, fn: (tx: Tx) => Promise<
       client.release(broken);
     }
   }
+}
+
+/**
+ * Waits for every one of `statements` (pipelined on one connection, in the order they were
+ * issued) and returns their results in that order.
+ * @throws the first failure in that order: the cause, since the statements behind a failed one
+ *   in a transaction fail with 25P02 ("current transaction is aborted").
+ */
+export async function awaitInOrder<T extends readonly unknown[]>(statements: readonly [...{ [K in keyof T]: Promise<T[K]> }]): Promise<T> {
+  const settled = await Promise.allSettled(statements);
+  const failed = settled.find((s) => s.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
 /**

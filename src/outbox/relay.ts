@@ -16,6 +16,7 @@
 import type pg from 'pg';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { awaitInOrder } from '../db/pg.js';
 import { onOutboxCommitted } from './signal.js';
 import { accountChannel } from './topics.js';
 import type { OutboxJob } from '../queues/names.js';
@@ -79,10 +80,7 @@ export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix
        RETURNING id, account_id, topic, payload`,
       [batchSize, jobs !== undefined],
     );
-    const answers = await Promise.allSettled([begun, locked, deleted]);
-    const failed = answers.find((a) => a.status === 'rejected'); // the first in execution order
-    if (failed) throw (failed as PromiseRejectedResult).reason;
-    const { rows } = (answers[2] as PromiseFulfilledResult<pg.QueryResult>).value;
+    const [, , { rows }] = await awaitInOrder([begun, locked, deleted]);
     if (rows.length > 0) {
       rows.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
       const jobRows = rows.filter((r) => r.topic === 'job');

@@ -11,7 +11,7 @@
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
  */
 import { randomUUID } from 'node:crypto';
-import { PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
+import { awaitInOrder, PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
@@ -570,16 +570,6 @@ export async function chargeAccounts(
     }
   } else await awaitInOrder(writes);
   return results;
-}
-
-/**
- * Awaits pipelined statements and throws the first failure in the order they were issued (the
- * cause; those behind it fail with 25P02 "current transaction is aborted").
- */
-async function awaitInOrder(writes: readonly Promise<unknown>[]): Promise<void> {
-  const settled = await Promise.allSettled(writes);
-  const failed = settled.find((r) => r.status === 'rejected');
-  if (failed) throw (failed as PromiseRejectedResult).reason;
 }
 
 /** AccountTx.chargeStates's request for one account's items: their idempotency keys, the holds they capture or settle, the keys of their holds. */
