@@ -39,10 +39,10 @@ import type { Clock } from './context.js';
 import type { UsageCommand } from './usage-command.js';
 import { readChargeStates, type ChargeResult, type GroupItem, type HoldOpItem, type ItemOutcome } from './record-usage.js';
 
-/** The charge function of record-usage.ts (`applyCharge`; injected to avoid an import cycle). */
+/** The charge function of record-usage.ts (`applyCharge`; injected, so tests can put in one that fails). */
 export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }) => Promise<ChargeResult>;
 
-/** The multi-account charge function of record-usage.ts (`chargeAccounts`; injected likewise). */
+/** The multi-account charge function of record-usage.ts (`chargeAccounts`; injected likewise; `pending` and `statesRead` as there). */
 export type ChargeAccounts = (
   tx: Tx,
   groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
