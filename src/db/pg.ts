@@ -147,11 +147,22 @@ export async function awaitInOrder<T extends readonly unknown[]>(statements: rea
 }
 
 /**
+ * Adds `statement`, issued and not awaited, to the `pending` writes of a {@link PipelinedCommit},
+ * with a `.catch` attached so that its rejection is not unhandled while the transaction function
+ * still runs (withTransaction awaits it, and reports it, with the COMMIT).
+ */
+export function deferStatement(pending: Promise<unknown>[], statement: Promise<unknown>): void {
+  statement.catch(() => undefined);
+  pending.push(statement);
+}
+
+/**
+ * Checks PostgreSQL's answer to a COMMIT.
  * @throws Error when PostgreSQL answered a COMMIT with ROLLBACK: the transaction had already
  *   failed (PostgreSQL ends a failed transaction block on COMMIT by rolling it back and
  *   answers with the ROLLBACK command tag: EndTransactionBlock in src/backend/access/transam/xact.c).
  */
-function assertCommitted(answer: pg.QueryResult): void {
+export function assertCommitted(answer: pg.QueryResult): void {
   if (answer.command !== 'COMMIT') throw new Error(`COMMIT was answered with ${answer.command}: the transaction had failed and was rolled back`);
 }
 

@@ -16,7 +16,7 @@
 import type pg from 'pg';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { awaitInOrder } from '../db/pg.js';
+import { assertCommitted, awaitInOrder } from '../db/pg.js';
 import { onOutboxCommitted } from './signal.js';
 import { accountChannel } from './topics.js';
 import type { OutboxJob } from '../queues/names.js';
@@ -94,8 +94,7 @@ export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix
       const failed = results?.find(([err]) => err);
       if (!results || failed) throw failed?.[0] ?? new Error('redis pipeline returned nothing');
     }
-    const commit = await client.query('COMMIT');
-    if (commit.command !== 'COMMIT') throw new Error(`COMMIT was answered with ${commit.command}`);
+    assertCommitted(await client.query('COMMIT'));
     return rows.length;
   } catch (err) {
     try {

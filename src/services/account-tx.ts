@@ -14,7 +14,7 @@
  *    the outbox rows after commit.
  */
 import type { Tx } from '../db/pg.js';
-import { toBigInt } from '../db/pg.js';
+import { deferStatement, toBigInt } from '../db/pg.js';
 import { LedgerError, assert } from '../ledger/errors.js';
 import type { DrawableBatch, CreditType } from '../ledger/drawdown.js';
 import { monthlyPeriodAt, type Period } from '../ledger/billing-period.js';
@@ -551,10 +551,8 @@ export class AccountTx {
     const done = written.then(({ rows }) => {
       for (const r of rows) versions.set(r.account_id as string, toBigInt(r.version));
     });
-    if (pending) {
-      done.catch(() => undefined); // the caller awaits it; this only keeps a rejection from going unhandled meanwhile
-      pending.push(done);
-    } else await done;
+    if (pending) deferStatement(pending, done);
+    else await done;
     return versions;
   }
 

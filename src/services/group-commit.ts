@@ -238,13 +238,13 @@ export class GroupCommitter {
           take.length === 1
             ? AccountTx.lock(tx, take[0]![0], now).then((atx) => new Map([[atx.accountId, atx]]))
             : AccountTx.lockMany(tx, take.map(([accountId]) => accountId), now);
-        // The charges-only accounts' state read goes out behind the lock, in the same round trip
-        // as BEGIN and the lock (readChargeStates).
-        const chargesOnlyTake = take.filter(([, items]) => items.every((i) => i.kind === 'charge'));
-        const statesRead =
-          chargesOnlyTake.length > 0
-            ? readChargeStates(tx, chargesOnlyTake.map(([accountId, items]) => ({ accountId, items: (items as PendingCharge[]).map((p) => p.item) })), now)
-            : undefined;
+        // Accounts with charges (and hold operations) only are decided together, in one read and
+        // one write for all; their state read goes out behind the lock, in the same round trip as
+        // BEGIN and the lock (readChargeStates).
+        const chargeItems = new Map(
+          take.flatMap(([accountId, items]) => (items.every((i) => i.kind === 'charge') ? [[accountId, (items as PendingCharge[]).map((p) => p.item)] as const] : [])),
+        );
+        const statesRead = chargeItems.size > 0 ? readChargeStates(tx, [...chargeItems].map(([accountId, items]) => ({ accountId, items })), now) : undefined;
         const locked = await locking;
         const found = take.flatMap(([accountId, items]) => {
           const atx = locked.get(accountId);
@@ -253,12 +253,11 @@ export class GroupCommitter {
         const settled = new Map<string, Settled[]>();
         // The writes are not awaited: they go out with COMMIT, in one round trip (PipelinedCommit).
         const pending: Promise<unknown>[] = [];
-        // Accounts with charges (and hold operations) only: decided together, in one read and one write for all.
-        const chargesOnly = found.filter((g) => g.items.every((i) => i.kind === 'charge'));
+        const chargesOnly = found.filter((g) => chargeItems.has(g.atx.accountId));
         if (chargesOnly.length > 0) {
           const charged = await this.chargeGroups(
             tx,
-            chargesOnly.map((g) => ({ atx: g.atx, items: (g.items as PendingCharge[]).map((p) => p.item) })),
+            chargesOnly.map((g) => ({ atx: g.atx, items: chargeItems.get(g.atx.accountId)! })),
             pending,
             statesRead,
           );

@@ -11,7 +11,7 @@
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
  */
 import { randomUUID } from 'node:crypto';
-import { awaitInOrder, PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
+import { awaitInOrder, deferStatement, PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
@@ -563,12 +563,8 @@ export async function chargeAccounts(
       }),
     );
   }
-  if (pending) {
-    for (const w of writes) {
-      w.catch(() => undefined); // the caller awaits it; this only keeps a rejection from going unhandled meanwhile
-      pending.push(w);
-    }
-  } else await awaitInOrder(writes);
+  if (pending) for (const w of writes) deferStatement(pending, w);
+  else await awaitInOrder(writes);
   return results;
 }
 
