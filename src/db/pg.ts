@@ -4,6 +4,7 @@
  * server-side round trip per statement costs far less than an interactive Prisma transaction
  * (see docs/architecture notes: ~4x throughput).
  */
+import type { Writable } from 'node:stream';
 import pg from 'pg';
 import { outboxCommitted, takeOutboxWritten } from '../outbox/signal.js';
 
@@ -49,13 +50,52 @@ export function withLedgerSessionOptions(databaseUrl: string): string {
  * failed statement does not stop the later ones of the pipeline from being executed: inside a
  * transaction they fail with 25P02 ("current transaction is aborted") and a COMMIT rolls back.
  * Portal-keeping queries (pg-cursor, the `rows` option) are refused in this mode; the ledger
- * pool has none.
+ * pool has none. Each connection writes what it is asked for within one tick in one socket write
+ * ({@link coalesceWrites}).
  */
 export function createPgPool(databaseUrl: string, max = 20): pg.Pool {
   const pool = new pg.Pool({ connectionString: withLedgerSessionOptions(databaseUrl), max, idleTimeoutMillis: 30_000, pipeline: true });
+  pool.on('connect', coalesceWrites);
   // An idle client's error (server restart) must not crash the process; the next query reconnects.
   pool.on('error', () => undefined);
   return pool;
+}
+
+/** The part of a pooled client this module reaches into: node-postgres's connection and its socket. */
+interface ClientWithSocket {
+  connection?: { stream?: Writable & { write: (...args: never[]) => boolean } };
+}
+
+/**
+ * Makes `client`'s socket write everything node-postgres asks for within one tick of the event
+ * loop (the current macrotask and the promise continuations it triggers) as ONE write: the first
+ * write of a tick corks the socket and a `process.nextTick` uncorks it (Node.js docs,
+ * `writable.cork()`: "uncork in process.nextTick" to batch the writes of one tick).
+ *
+ * Why: in pipeline mode a transaction asks for several statements before it awaits any, but
+ * node-postgres corks only each statement's own Parse/Bind/Execute/Sync, so each statement was
+ * its own `writev` system call and its own TCP segment for PostgreSQL to read: a server CPU
+ * profile of spread charges (bench/README.md) spent ~11 % of all samples in those `writev`
+ * calls. Nothing waits longer: an answer can only arrive in a later tick, after the uncork.
+ * A client without a socket (none in practice) is left as it is.
+ */
+export function coalesceWrites(client: pg.PoolClient): void {
+  const stream = (client as unknown as ClientWithSocket).connection?.stream;
+  if (!stream || typeof stream.cork !== 'function') return;
+  const write = stream.write;
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    stream.uncork();
+  };
+  stream.write = function coalescedWrite(this: unknown, ...args: never[]): boolean {
+    if (!corked) {
+      corked = true;
+      stream.cork();
+      process.nextTick(uncork);
+    }
+    return write.apply(stream, args);
+  };
 }
 
 const RETRYABLE = new Set(['40001', '40P01']); // serialization_failure, deadlock_detected

@@ -26,6 +26,20 @@ const timings = new QueryTimings();
 timings.instrument(pool);
 const services: ServiceContext = { pool, clock: () => new Date(), pricing: createPricingState(pool, 60_000) };
 
+// Writes the socket hands to the operating system (one `write`/`writev` each): Node's
+// net.Socket calls `_write` for one buffered chunk and `_writev` for several.
+let socketWrites = 0;
+pool.on('connect', (client) => {
+  const stream = (client as unknown as { connection: { stream: Record<'_write' | '_writev', (...a: unknown[]) => unknown> } }).connection.stream;
+  for (const method of ['_write', '_writev'] as const) {
+    const original = stream[method].bind(stream);
+    stream[method] = (...a: unknown[]) => {
+      socketWrites++;
+      return original(...a);
+    };
+  }
+});
+
 beforeAll(async () => {
   await pool.query('CREATE TEMP TABLE pipeline_probe (id int PRIMARY KEY)');
 });
@@ -41,12 +55,19 @@ async function roundTripsOf(fn: () => Promise<unknown>): Promise<number> {
   return timings.roundTrips() - before;
 }
 
+/** Round trips and socket writes `fn` made on the pool. */
+async function tripsAndWritesOf(fn: () => Promise<unknown>): Promise<{ trips: number; writes: number }> {
+  const before = { trips: timings.roundTrips(), writes: socketWrites };
+  await fn();
+  return { trips: timings.roundTrips() - before.trips, writes: socketWrites - before.writes };
+}
+
 const probeIds = async () => (await pool.query('SELECT id FROM pipeline_probe ORDER BY id')).rows.map((r) => r.id as number);
 
 describe('pipelined transactions', () => {
-  it('BEGIN goes with the first statement and the writes with COMMIT: 2 round trips, committed, result read after the writes', async () => {
+  it('BEGIN goes with the first statement and the writes with COMMIT: 2 round trips of one socket write each, committed, result read after the writes', async () => {
     let seen: number[] = [];
-    const trips = await roundTripsOf(async () => {
+    const { trips, writes } = await tripsAndWritesOf(async () => {
       const out = await withTransaction(pool, async (tx) => {
         await tx.query('INSERT INTO pipeline_probe VALUES (1)');
         const writes = [
@@ -58,6 +79,9 @@ describe('pipelined transactions', () => {
       expect(out).toBe(1); // result() ran after the RETURNING was read
     });
     expect(trips).toBe(2);
+    // BEGIN + the first INSERT in one write, the two INSERTs + COMMIT in another (coalesceWrites;
+    // node-postgres alone writes each statement on its own: 5 writes).
+    expect(writes).toBe(2);
     expect(await probeIds()).toEqual([1, 2, 3]);
     await pool.query('TRUNCATE pipeline_probe');
   });
@@ -86,7 +110,7 @@ describe('pipelined transactions', () => {
     expect(await probeIds()).toEqual([]);
   });
 
-  it('a group-commit charge transaction takes 2 round trips (BEGIN + lock + state read, writes + COMMIT), single or multi-account', async () => {
+  it('a group-commit charge transaction takes 2 round trips of one socket write each (BEGIN + lock + state read, writes + COMMIT), single or multi-account', async () => {
     const committer = new GroupCommitter(pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1 });
     const a = await createFundedAccount(services, { paid: 100 });
     const b = await createFundedAccount(services, { paid: 100 });
@@ -97,10 +121,10 @@ describe('pipelined transactions', () => {
     };
     await (await charge(a, 'warm'))(); // parses the named statements and loads the price book
     const one = await charge(a, 'one');
-    expect(await roundTripsOf(one)).toBe(2);
+    expect(await tripsAndWritesOf(one)).toEqual({ trips: 2, writes: 2 });
     // recordUsageBatch over two accounts: one transaction, the same 2 round trips.
     await recordUsageBatch(services, [{ accountId: a, idempotencyKey: 'warm-batch', category: 'unit' }], { maxItems: 10 });
-    const trips = await roundTripsOf(async () => {
+    const { trips, writes } = await tripsAndWritesOf(async () => {
       const results = await recordUsageBatch(services, [
         { accountId: a, idempotencyKey: `batch-${randomUUID()}`, category: 'unit' },
         { accountId: b, idempotencyKey: `batch-${randomUUID()}`, category: 'unit' },
@@ -108,7 +132,7 @@ describe('pipelined transactions', () => {
       ], { maxItems: 10 });
       expect(results.map((r) => r.ok)).toEqual([true, true, true]);
     });
-    expect(trips).toBe(2); // the price book and settings come from the pricing cache
+    expect({ trips, writes }).toEqual({ trips: 2, writes: 2 }); // the price book and settings come from the pricing cache
     const { rows } = await pool.query('SELECT account_id, count(*)::int AS n FROM usage_events WHERE account_id = ANY($1) GROUP BY 1', [[a, b]]);
     expect(Object.fromEntries(rows.map((r) => [r.account_id, r.n]))).toEqual({ [a]: 4, [b]: 2 });
     await expectLedgerInvariant(pool, a);
