@@ -77,6 +77,8 @@ interface ClientWithSocket {
  * its own `writev` system call and its own TCP segment for PostgreSQL to read: a server CPU
  * profile of spread charges (bench/README.md) spent ~11 % of all samples in those `writev`
  * calls. Nothing waits longer: an answer can only arrive in a later tick, after the uncork.
+ * Measured (bench/README.md, "Last results"): a group or batch transaction is 2 writes instead of
+ * 5-7, but neither throughput nor the server's time in `writev` moved beyond this machine's noise.
  * A client without a socket (none in practice) is left as it is.
  */
 export function coalesceWrites(client: pg.PoolClient): void {
@@ -88,7 +90,7 @@ export function coalesceWrites(client: pg.PoolClient): void {
     corked = false;
     stream.uncork();
   };
-  stream.write = function coalescedWrite(this: unknown, ...args: never[]): boolean {
+  stream.write = (...args: never[]): boolean => {
     if (!corked) {
       corked = true;
       stream.cork();
