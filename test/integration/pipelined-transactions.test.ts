@@ -2,7 +2,7 @@
  * The ledger pool's pipelined transactions (src/db/pg.ts: pipeline mode, withTransaction,
  * PipelinedCommit) on the real PostgreSQL: BEGIN travels with the first statement and a
  * PipelinedCommit's writes with COMMIT, and a group's state read goes with its lock, so a charge
- * transaction takes 2 round trips instead of 6, and none of it weakens the transaction: a failed write commits nothing and is reported as
+ * transaction takes 2 round trips instead of 6, each one socket write (coalesceWrites), and none of it weakens the transaction: a failed write commits nothing and is reported as
  * itself, and a transaction that failed is never reported as committed.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -47,13 +47,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await pool.end();
 });
-
-/** Round trips `fn` made on the pool. */
-async function roundTripsOf(fn: () => Promise<unknown>): Promise<number> {
-  const before = timings.roundTrips();
-  await fn();
-  return timings.roundTrips() - before;
-}
 
 /** Round trips and socket writes `fn` made on the pool. */
 async function tripsAndWritesOf(fn: () => Promise<unknown>): Promise<{ trips: number; writes: number }> {
