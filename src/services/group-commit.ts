@@ -31,7 +31,7 @@
  * alone.
  */
 import type pg from 'pg';
-import { PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
+import { PipelinedCommit, awaitInOrder, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { PricedUsage } from '../pricing/price-book.js';
 import { AccountTx, type ChargeState } from './account-tx.js';
@@ -269,7 +269,7 @@ export class GroupCommitter {
         const alone = found.length === 1 && found[0]!.items.length === 1;
         for (const { atx, items } of found) {
           if (settled.has(atx.accountId)) continue;
-          for (let w = pending.shift(); w; w = pending.shift()) await w;
+          await awaitInOrder(pending.splice(0));
           settled.set(atx.accountId, await this.inOrder(tx, atx, items, alone));
         }
         await AccountTx.finishMany(tx, [...locked.values()], pending); // one version and snapshot per account
