@@ -1,10 +1,13 @@
 /**
  * Summarises a V8 CPU profile (`.cpuprofile`, written by `node --cpu-prof`; servers started by
  * the benches write one per process into CPU_PROFILE_DIR): self time by package (or source file,
- * or native function) and by function, as percent of all samples (idle included), and, with
- * `--callers NAME`, the call chains above a function (e.g. `writev`: who writes to sockets).
+ * or native function) and by function, as percent of all samples (idle included); with
+ * `--inclusive`, also total time (a frame and everything it called; each sample counts once per
+ * package or function on its stack), which says what a whole step costs (GraphQL execution, the
+ * charge path, node-postgres' parsing); and, with `--callers NAME`, the call chains above a
+ * function (e.g. `writev`: who writes to sockets).
  *
- * Usage: npx tsx bench/perf/cpu-profile-summary.ts FILE.cpuprofile [--top 25] [--callers writev]
+ * Usage: npx tsx bench/perf/cpu-profile-summary.ts FILE.cpuprofile [--top 25] [--inclusive] [--callers writev]
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -26,9 +29,9 @@ function owner(frame: ProfileNode['callFrame']): string {
   return frame.functionName || url || '(unknown)';
 }
 
-const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '25' }, callers: { type: 'string' } } });
+const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '25' }, inclusive: { type: 'boolean', default: false }, callers: { type: 'string' } } });
 if (positionals.length !== 1) {
-  console.error('usage: npx tsx bench/perf/cpu-profile-summary.ts FILE.cpuprofile [--top 25] [--callers writev]');
+  console.error('usage: npx tsx bench/perf/cpu-profile-summary.ts FILE.cpuprofile [--top 25] [--inclusive] [--callers writev]');
   process.exit(2);
 }
 const profile = JSON.parse(readFileSync(positionals[0]!, 'utf8')) as { nodes: ProfileNode[]; samples: number[] };
@@ -40,8 +43,22 @@ const add = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1)
 const byOwner = new Map<string, number>();
 const byFunction = new Map<string, number>();
 const chains = new Map<string, number>();
+const totalByOwner = new Map<string, number>();
+const totalByFunction = new Map<string, number>();
 for (const id of profile.samples) {
   const frame = nodes.get(id)!.callFrame;
+  if (values.inclusive) {
+    const owners = new Set<string>();
+    const functions = new Set<string>();
+    for (let p: number | undefined = id; p !== undefined; p = parent.get(p)) {
+      const f = nodes.get(p)!.callFrame;
+      if (f.functionName === '(root)') continue;
+      owners.add(owner(f));
+      functions.add(`${f.functionName || '(anonymous)'}  ${owner(f)}:${f.lineNumber + 1}`);
+    }
+    for (const o of owners) add(totalByOwner, o);
+    for (const f of functions) add(totalByFunction, f);
+  }
   add(byOwner, owner(frame));
   add(byFunction, `${frame.functionName || '(anonymous)'}  ${owner(frame)}:${frame.lineNumber + 1}`);
   if (values.callers && frame.functionName === values.callers) {
@@ -61,4 +78,8 @@ const print = (title: string, m: Map<string, number>) => {
 console.log(`${total} samples`);
 print('self time by package / file', byOwner);
 print('self time by function', byFunction);
+if (values.inclusive) {
+  print('total time by package / file', totalByOwner);
+  print('total time by function', totalByFunction);
+}
 if (values.callers) print(`call chains above ${values.callers}`, chains);
