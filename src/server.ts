@@ -13,7 +13,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createHash, randomUUID } from 'node:crypto';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { createYoga, type Plugin } from 'graphql-yoga';
 import { GraphQLError, NoSchemaIntrospectionCustomRule } from 'graphql';
 import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
@@ -65,6 +65,9 @@ export interface CreditpoolServer {
    */
   close(): Promise<void>;
 }
+
+/** Sampling interval of the event-loop delay histogram reported on /readyz (ms; Node's default). */
+export const EVENT_LOOP_SAMPLE_MS = 10;
 
 /** WebSocket close codes used when a connection is refused or ended (graphql-ws conventions). */
 export const WS_CLOSE = {
@@ -121,6 +124,11 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
   const production = env.NODE_ENV === 'production';
 
   const live = new LiveHub(env.REDIS_URL, env.LIVE_CHANNEL_PREFIX, log);
+  // How late the event loop runs a timer: a reply from PostgreSQL or Redis waits as long
+  // behind the HTTP and GraphQL work before this process sees it (Node's perf_hooks histogram;
+  // it samples every EVENT_LOOP_SAMPLE_MS, a libuv timer, and records each interval).
+  const eventLoopDelay = monitorEventLoopDelay({ resolution: EVENT_LOOP_SAMPLE_MS });
+  eventLoopDelay.enable();
   const publisher = env.OUTBOX_RELAY
     ? new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-outbox-relay' })
     : null;
@@ -204,9 +212,13 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     // PG_QUERY_TIMINGS, the ledger pool's statements' summed wall times and its round trips
     // (benchmarks read them).
     const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0, outboxDrains: relay?.drains() ?? 0 };
-    // The event loop's busy and idle time since boot (ms; utilization = active / (active + idle)).
+    // The event loop's busy and idle time since boot (ms; utilization = active / (active + idle)),
+    // and its lateness: samples taken since boot and their summed lateness (ms beyond the
+    // sampling interval), so a reader can difference two reads into the mean of a time window.
     const { active, idle } = performance.eventLoopUtilization();
-    const eventLoop = { activeMs: Math.round(active), idleMs: Math.round(idle) };
+    const samples = eventLoopDelay.count;
+    const latenessMs = samples > 0 ? Math.max(0, (eventLoopDelay.mean / 1e6 - EVENT_LOOP_SAMPLE_MS) * samples) : 0;
+    const eventLoop = { activeMs: Math.round(active), idleMs: Math.round(idle), delaySamples: samples, delayLatenessMs: Math.round(latenessMs * 1000) / 1000, delayMaxMs: Math.round(eventLoopDelay.max / 1e4) / 100 };
     const queryTimings = deps.queryTimings?.snapshot() ?? null;
     const pgRoundTrips = deps.queryTimings?.roundTrips() ?? null;
     return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null, eventLoop, queryTimings, pgRoundTrips };
@@ -361,6 +373,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         await relay?.close();
         await jobSink?.close();
         await Promise.allSettled([live.close(), publisher?.quit(), queueConnection?.quit()]);
+        eventLoopDelay.disable();
       })()),
   };
 }

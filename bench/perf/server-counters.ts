@@ -4,7 +4,8 @@
  * before/after a scenario say how many items each charge transaction carried and how many relay
  * transactions (4 round trips each) ran per unit, how long a charge transaction took on average,
  * and how busy the server's one event loop was (the JavaScript thread that also runs every
- * round trip's reply: at high utilization a reply waits behind HTTP and GraphQL work).
+ * round trip's reply: at high utilization a reply waits behind HTTP and GraphQL work) and how
+ * late it ran, on average, what was due (that wait, measured).
  */
 
 import type { StatementTiming } from '../../src/db/query-timings.js';
@@ -20,6 +21,9 @@ export interface ServerCounters {
   /** Event loop busy / idle time since boot (ms; null when the server does not report them). */
   eventLoopActiveMs: number | null;
   eventLoopIdleMs: number | null;
+  /** Event-loop delay samples since boot and their summed lateness (ms; null when not reported). */
+  eventLoopDelaySamples: number | null;
+  eventLoopLatenessMs: number | null;
   /** The ledger pool's statements' counts and summed wall times (PG_QUERY_TIMINGS; null when off). */
   statements: Record<string, StatementTiming> | null;
   /** The ledger pool's round trips to PostgreSQL since boot (PG_QUERY_TIMINGS; null when off). */
@@ -49,6 +53,11 @@ export interface ServerWork {
   meanTransactionMs?: number | null;
   /** Share of the scenario's time the server's event loop was busy, 0..1 (null when unknown). */
   eventLoopUtilization?: number | null;
+  /**
+   * Mean lateness of the event loop over the scenario, ms: how long a timer (and so a reply from
+   * PostgreSQL) waited behind other work before it ran (null when unknown).
+   */
+  eventLoopLatenessMs?: number | null;
   /** The ledger pool's round trips to PostgreSQL per unit, relay included (absent when not timed). */
   pgRoundTripsPerUnit?: number;
   /** The statements with the most summed wall time, most first (at most 8; absent when not timed). */
@@ -65,7 +74,7 @@ export async function readServerCounters(graphqlUrl: string): Promise<ServerCoun
     const body = (await res.json()) as {
       live?: { outboxDrains?: number };
       groupCommit?: { transactions: number; charges: number; largestGroup: number; transactionMs?: number } | null;
-      eventLoop?: { activeMs: number; idleMs: number };
+      eventLoop?: { activeMs: number; idleMs: number; delaySamples?: number; delayLatenessMs?: number };
       queryTimings?: Record<string, StatementTiming> | null;
       pgRoundTrips?: number | null;
     };
@@ -77,6 +86,8 @@ export async function readServerCounters(graphqlUrl: string): Promise<ServerCoun
       transactionMs: body.groupCommit?.transactionMs ?? 0,
       eventLoopActiveMs: body.eventLoop?.activeMs ?? null,
       eventLoopIdleMs: body.eventLoop?.idleMs ?? null,
+      eventLoopDelaySamples: body.eventLoop?.delaySamples ?? null,
+      eventLoopLatenessMs: body.eventLoop?.delayLatenessMs ?? null,
       statements: body.queryTimings ?? null,
       pgRoundTrips: body.pgRoundTrips ?? null,
     };
@@ -99,9 +110,19 @@ export function serverWorkPerUnit(before: ServerCounters | null, after: ServerCo
     relayDrainsPerUnit: r((after.relayDrains - before.relayDrains) / units),
     meanTransactionMs: transactions > 0 ? r((after.transactionMs - before.transactionMs) / transactions) : null,
     eventLoopUtilization: busyMs !== null && idleMs !== null && busyMs + idleMs > 0 ? r(busyMs / (busyMs + idleMs)) : null,
+    eventLoopLatenessMs: meanLateness(before, after),
     ...(before.pgRoundTrips !== null && after.pgRoundTrips !== null ? { pgRoundTripsPerUnit: r((after.pgRoundTrips - before.pgRoundTrips) / units) } : {}),
     ...(before.statements && after.statements ? { statements: statementWork(before.statements, after.statements, units) } : {}),
   };
+}
+
+/** Mean event-loop lateness (ms) between two reads, or null when unknown or nothing was sampled. */
+function meanLateness(before: ServerCounters, after: ServerCounters): number | null {
+  if (before.eventLoopDelaySamples === null || after.eventLoopDelaySamples === null) return null;
+  if (before.eventLoopLatenessMs === null || after.eventLoopLatenessMs === null) return null;
+  const samples = after.eventLoopDelaySamples - before.eventLoopDelaySamples;
+  if (samples <= 0) return null;
+  return Math.round(((after.eventLoopLatenessMs - before.eventLoopLatenessMs) / samples) * 1000) / 1000;
 }
 
 /** The statements' growth from `before` to `after`: the 8 with the most wall time, per unit. */

@@ -54,6 +54,9 @@ describe('HTTP endpoints', () => {
     // The event loop has run this file's requests: busy time since boot, and idle time between them.
     expect(body.eventLoop.activeMs).toBeGreaterThan(0);
     expect(body.eventLoop.idleMs).toBeGreaterThan(0);
+    // Its lateness: samples since boot (every 10 ms) and their summed lateness, both counters.
+    expect(body.eventLoop.delaySamples).toBeGreaterThanOrEqual(0);
+    expect(body.eventLoop.delayLatenessMs).toBeGreaterThanOrEqual(0);
     expect(body.queryTimings).toBeNull(); // PG_QUERY_TIMINGS is off by default
   });
 
