@@ -29,6 +29,11 @@ function owner(frame: ProfileNode['callFrame']): string {
   return frame.functionName || url || '(unknown)';
 }
 
+/** A frame's key in the by-function tables: its name and where it is defined. */
+function functionKey(frame: ProfileNode['callFrame']): string {
+  return `${frame.functionName || '(anonymous)'}  ${owner(frame)}:${frame.lineNumber + 1}`;
+}
+
 const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '25' }, inclusive: { type: 'boolean', default: false }, callers: { type: 'string' } } });
 if (positionals.length !== 1) {
   console.error('usage: npx tsx bench/perf/cpu-profile-summary.ts FILE.cpuprofile [--top 25] [--inclusive] [--callers writev]');
@@ -54,13 +59,13 @@ for (const id of profile.samples) {
       const f = nodes.get(p)!.callFrame;
       if (f.functionName === '(root)') continue;
       owners.add(owner(f));
-      functions.add(`${f.functionName || '(anonymous)'}  ${owner(f)}:${f.lineNumber + 1}`);
+      functions.add(functionKey(f));
     }
     for (const o of owners) add(totalByOwner, o);
     for (const f of functions) add(totalByFunction, f);
   }
   add(byOwner, owner(frame));
-  add(byFunction, `${frame.functionName || '(anonymous)'}  ${owner(frame)}:${frame.lineNumber + 1}`);
+  add(byFunction, functionKey(frame));
   if (values.callers && frame.functionName === values.callers) {
     const chain: string[] = [];
     for (let p = parent.get(id); p !== undefined && chain.length < 8; p = parent.get(p)) {

@@ -12,6 +12,7 @@
 --   2. without the rollup trigger;
 --   3. also without the 6 secondary indexes (primary key and the idempotency key stay);
 --   4. also without the foreign-key checks (all triggers disabled).
+\set drop_secondary_indexes 'DROP INDEX usage_events_seq_key, usage_events_account_id_seq_idx, usage_events_account_id_task_id_idx, usage_events_account_id_occurred_at_idx, usage_events_account_id_agent_id_recorded_at_idx, usage_events_account_id_user_id_recorded_at_idx;'
 \timing on
 CREATE TEMP TABLE src AS SELECT * FROM usage_events LIMIT 2000;
 CREATE FUNCTION pg_temp.insert_copies() RETURNS void LANGUAGE plpgsql AS $$
@@ -36,16 +37,12 @@ BEGIN; ALTER TABLE usage_events DISABLE TRIGGER usage_events_rollups_add; SELECT
 \echo step 3: also without the 6 secondary indexes
 BEGIN;
 ALTER TABLE usage_events DISABLE TRIGGER usage_events_rollups_add;
-DROP INDEX usage_events_seq_key, usage_events_account_id_seq_idx, usage_events_account_id_task_id_idx,
-           usage_events_account_id_occurred_at_idx, usage_events_account_id_agent_id_recorded_at_idx,
-           usage_events_account_id_user_id_recorded_at_idx;
+:drop_secondary_indexes
 SELECT pg_temp.insert_copies();
 ROLLBACK;
 \echo step 4: also without the foreign-key checks
 BEGIN;
 ALTER TABLE usage_events DISABLE TRIGGER ALL;
-DROP INDEX usage_events_seq_key, usage_events_account_id_seq_idx, usage_events_account_id_task_id_idx,
-           usage_events_account_id_occurred_at_idx, usage_events_account_id_agent_id_recorded_at_idx,
-           usage_events_account_id_user_id_recorded_at_idx;
+:drop_secondary_indexes
 SELECT pg_temp.insert_copies();
 ROLLBACK;
