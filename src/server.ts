@@ -67,7 +67,7 @@ export interface CreditpoolServer {
 }
 
 /** Sampling interval of the event-loop delay histogram reported on /readyz (ms; Node's default). */
-export const EVENT_LOOP_SAMPLE_MS = 10;
+const EVENT_LOOP_SAMPLE_MS = 10;
 
 /** WebSocket close codes used when a connection is refused or ended (graphql-ws conventions). */
 export const WS_CLOSE = {
