@@ -3,14 +3,19 @@
  *
  * Starts its own server (same as the demo: free loopback port, logs in .data/logs/bench-*.log)
  * against DATABASE_URL / REDIS_URL, publishes the demo price book, creates accounts with ample
- * PAID credit, then for each account setting (1 hot account, 1000 accounts):
- *   - recordUsage with N concurrent clients for S seconds: events/s, p50/p99/max latency;
- *   - recordUsageBatch (100 events per call): events/s, p50/p99/max latency per batch.
+ * PAID credit, then for each account setting (1 hot account, 1000 accounts) the chosen scenarios
+ * (--scenarios, default single,batch):
+ *   - single: recordUsage with N concurrent clients for S seconds: events/s, p50/p99/max latency;
+ *   - batch: recordUsageBatch (100 events per call): events/s, p50/p99/max latency per batch;
+ *   - job: N concurrent jobs, each reserveCredits -> recordUsage x3 against the hold (partial
+ *     captures) -> settleReservation, as perf.ts scenario 4: events/s counts the 5 requests of a
+ *     job, latency is per job. Alone (`--scenarios job`) it is what a CPU profile of the job path
+ *     runs (CPU_PROFILE_DIR, see bench/README.md).
  * Token counts come from the real Azure 2023 trace (conv -> chat model, code -> code model).
  * Bounded: every scenario stops after --seconds or --max-ops operations, whichever is first.
  *
  * Usage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000|N]
- *          [--batch-concurrency 4] [--batch-size 100] [--max-ops 1000000]
+ *          [--batch-concurrency 4] [--batch-size 100] [--max-ops 1000000] [--scenarios single,batch,job]
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -25,8 +30,12 @@ interface Scenario {
   errors: Map<string, number>;
   seconds: number;
   latenciesMs: number[];
-  perBatch: boolean;
+  kind: ScenarioKind;
 }
+
+/** What one scenario sends: single charges, batches of charges, or jobs (hold, 3 captures, settle). */
+type ScenarioKind = 'single' | 'batch' | 'job';
+const SCENARIO_KINDS: readonly ScenarioKind[] = ['single', 'batch', 'job'];
 
 /** Nearest-rank percentile of an ascending-sorted array (ms); 0 for an empty one. */
 function percentile(sorted: number[], p: number): number {
@@ -36,7 +45,7 @@ function percentile(sorted: number[], p: number): number {
 }
 
 function usage(message: string): never {
-  console.error(`${message}\nusage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000] [--batch-concurrency 4] [--batch-size 100] [--max-ops N]`);
+  console.error(`${message}\nusage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000] [--batch-concurrency 4] [--batch-size 100] [--max-ops N] [--scenarios single,batch,job]`);
   process.exit(2);
 }
 
@@ -55,6 +64,7 @@ async function main(): Promise<number> {
       'batch-concurrency': { type: 'string', default: '4' },
       'batch-size': { type: 'string', default: '100' },
       'max-ops': { type: 'string', default: '1000000' },
+      scenarios: { type: 'string', default: 'single,batch' },
     },
   });
   const concurrency = intOption(values.concurrency, 'concurrency', 1, 512);
@@ -63,6 +73,8 @@ async function main(): Promise<number> {
   const batchConcurrency = intOption(values['batch-concurrency'], 'batch-concurrency', 1, 128);
   const batchSize = intOption(values['batch-size'], 'batch-size', 1, 1000);
   const maxOps = intOption(values['max-ops'], 'max-ops', 1, 10_000_000);
+  const kinds = values.scenarios!.split(',').map((k) => k.trim());
+  for (const k of kinds) if (!SCENARIO_KINDS.includes(k as ScenarioKind)) usage(`--scenarios takes a comma-separated list of ${SCENARIO_KINDS.join(', ')}`);
 
   await ensureCodegen();
   const gql = await import('../src/generated/graphql.js');
@@ -125,8 +137,8 @@ async function main(): Promise<number> {
       for (let k = 0; k < 25; k++) await client.requestRaw(gql.RecordUsageLeanDocument, { input: inputFor(1, 'warmup') });
     }));
 
-    const run = async (name: string, accounts: number, conc: number, perBatch: boolean): Promise<Scenario> => {
-      const s: Scenario = { name, accounts, concurrency: conc, ops: 0, events: 0, errors: new Map(), seconds: 0, latenciesMs: [], perBatch };
+    const run = async (name: string, accounts: number, conc: number, kind: ScenarioKind): Promise<Scenario> => {
+      const s: Scenario = { name, accounts, concurrency: conc, ops: 0, events: 0, errors: new Map(), seconds: 0, latenciesMs: [], kind };
       const note = (code: string) => s.errors.set(code, (s.errors.get(code) ?? 0) + 1);
       const t0 = performance.now();
       const deadline = t0 + seconds * 1000;
@@ -138,7 +150,24 @@ async function main(): Promise<number> {
             const tag = `${name}-${accounts}`;
             const t = performance.now();
             try {
-              if (perBatch) {
+              if (kind === 'job') {
+                const base = inputFor(accounts, tag);
+                const hold = await client.request(gql.ReserveCreditsDocument, {
+                  input: { accountId: base.accountId, amount: '1', ttlSeconds: 300, idempotencyKey: `${base.idempotencyKey}:hold` },
+                });
+                const reservationId = hold.reserveCredits.id;
+                const out1 = Math.floor(base.quantities.outputTokens / 3);
+                const out2 = Math.floor(base.quantities.outputTokens / 3);
+                const parts = [
+                  { ...base, idempotencyKey: `${base.idempotencyKey}:part1`, reservationId, quantities: { ...base.quantities, outputTokens: out1 } },
+                  { ...base, idempotencyKey: `${base.idempotencyKey}:part2`, reservationId, quantities: { outputTokens: out2 } },
+                  { ...base, idempotencyKey: `${base.idempotencyKey}:part3`, reservationId, quantities: { outputTokens: base.quantities.outputTokens - out1 - out2 } },
+                ];
+                for (const input of parts) await client.request(gql.RecordUsageLeanDocument, { input });
+                const settled = await client.request(gql.SettleReservationDocument, { input: { reservationId, usage: [] } });
+                if (settled.settleReservation.status !== 'SETTLED') note(`SETTLE_${settled.settleReservation.status}`);
+                else s.events += 5;
+              } else if (kind === 'batch') {
                 const inputs = Array.from({ length: batchSize }, () => inputFor(accounts, tag));
                 const r = await client.request(gql.RecordUsageBatchLeanDocument, { inputs });
                 for (const item of r.recordUsageBatch) {
@@ -170,8 +199,9 @@ async function main(): Promise<number> {
     console.log(`Measuring (${seconds} s per scenario, at most ${maxOps.toLocaleString('en-US')} operations each) ...`);
     const results: Scenario[] = [];
     for (const accounts of accountSettings) {
-      results.push(await run('recordUsage', accounts, concurrency, false));
-      results.push(await run(`recordUsageBatch`, accounts, batchConcurrency, true));
+      if (kinds.includes('single')) results.push(await run('recordUsage', accounts, concurrency, 'single'));
+      if (kinds.includes('batch')) results.push(await run(`recordUsageBatch`, accounts, batchConcurrency, 'batch'));
+      if (kinds.includes('job')) results.push(await run('job', accounts, concurrency, 'job'));
     }
 
     // The hot account must still reconcile after all that.
@@ -179,10 +209,10 @@ async function main(): Promise<number> {
     const r = rec.account?.reconciliation;
 
     console.log('');
-    console.log(`recordUsage / recordUsageBatch over GraphQL, loopback, ${seconds} s per scenario (latency = one HTTP round trip; per batch of ${batchSize} for recordUsageBatch)`);
+    console.log(`recordUsage / recordUsageBatch over GraphQL, loopback, ${seconds} s per scenario (latency = one HTTP round trip; per batch of ${batchSize} for recordUsageBatch; per job of 5 requests for job)`);
     const header = ['operation', 'accounts', 'clients', 'ops', 'events', 'events/s', 'p50 ms', 'p99 ms', 'max ms', 'errors'];
     const rows = results.map((s) => [
-      s.perBatch ? `recordUsageBatch(${batchSize})` : 'recordUsage',
+      s.kind === 'batch' ? `recordUsageBatch(${batchSize})` : s.kind === 'job' ? 'job (5 requests)' : 'recordUsage',
       s.accounts.toLocaleString('en-US'),
       String(s.concurrency),
       s.ops.toLocaleString('en-US'),
