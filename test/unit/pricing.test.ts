@@ -12,7 +12,7 @@ import {
   roundHalfUpScaled,
   toDecimalString,
 } from '../../src/pricing/rational.js';
-import { CATALOG_PROVIDER_IDS, listCatalogModels, lookupModelPrice } from '../../src/pricing/catalog.js';
+import { CATALOG_PROVIDER_IDS, catalogLookupCacheSize, listCatalogModels, lookupModelPrice, lookupModelPriceUncached } from '../../src/pricing/catalog.js';
 import {
   MAX_PRICE_RULES,
   findPriceRule,
@@ -191,6 +191,61 @@ describe('catalog (genai-prices, bundled data, offline)', () => {
       ),
       { numRuns: 200 },
     );
+  });
+});
+
+describe('lookupModelPrice remembers only what cannot change', () => {
+  /** Catalog models whose prices depend on the date or the time of day (genai-prices: a list of conditional price sets). */
+  const timeDependent = CATALOG_PROVIDER_IDS.flatMap((pid) =>
+    (findProvider({ providerId: pid })?.models ?? []).filter((m) => Array.isArray(m.prices)).map((m) => ({ providerId: pid, modelId: m.id })),
+  );
+
+  it('the catalog has date- and time-of-day-dependent models to check against', () => {
+    expect(timeDependent.length).toBeGreaterThan(5);
+    expect(timeDependent).toContainEqual({ providerId: 'deepseek', modelId: 'deepseek-chat' });
+  });
+
+  it('equals asking genai-prices every time: any catalog model or unknown id, any spelling, instant and prompt size, in any order (property)', () => {
+    const models = [...listCatalogModels(), ...timeDependent];
+    const spelling = fc.oneof(
+      fc.constantFrom(...models).map((m) => ({ model: m.modelId, provider: m.providerId as string | null })),
+      fc.constantFrom(...models).map((m) => ({ model: m.modelId.toUpperCase(), provider: null })),
+      fc.constantFrom(...models).map((m) => ({ model: `${m.providerId}:${m.modelId}`, provider: null })),
+      fc.constantFrom('not-a-real-model-xyz', '', '  ', 'gpt-4o', 'claude-sonnet-4').map((model) => ({ model, provider: null })),
+    );
+    // 2024-2028 at any millisecond: both sides of every start_date and of every time-of-day window.
+    const instant = fc.integer({ min: Date.UTC(2024, 0, 1), max: Date.UTC(2028, 0, 1) }).map((ms) => new Date(ms));
+    const prompt = fc.oneof(fc.constantFrom(0, 128_000, 128_001, 200_000, 200_001), fc.integer({ min: 0, max: 2_000_000 }));
+    fc.assert(
+      fc.property(fc.array(fc.record({ spelling, at: instant, promptTokens: prompt }), { minLength: 1, maxLength: 20 }), (calls) => {
+        for (const { spelling: sp, at, promptTokens } of calls) {
+          const expected = lookupModelPriceUncached(sp.model, sp.provider, { at, promptTokens });
+          expect(lookupModelPrice(sp.model, sp.provider, { at, promptTokens })).toEqual(expected);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('a price that changes on a date or by the time of day is looked up at each instant, whichever was asked first', () => {
+    const before = new Date('2026-03-12T12:00:00Z');
+    const after = new Date('2026-03-14T12:00:00Z');
+    const later = lookupModelPrice('claude-opus-4-6', 'anthropic', { at: after });
+    const earlier = lookupModelPrice('claude-opus-4-6', 'anthropic', { at: before });
+    expect(earlier).toEqual(lookupModelPriceUncached('claude-opus-4-6', 'anthropic', { at: before }));
+    expect(later).toEqual(lookupModelPriceUncached('claude-opus-4-6', 'anthropic', { at: after }));
+    const offPeak = lookupModelPrice('deepseek-chat', 'deepseek', { at: new Date('2026-03-14T17:00:00Z') });
+    const peak = lookupModelPrice('deepseek-chat', 'deepseek', { at: new Date('2026-03-14T12:00:00Z') });
+    expect(d(offPeak!.inputUsdPerMillion)).not.toBe(d(peak!.inputUsdPerMillion)); // the discount window really differs
+    expect(peak).toEqual(lookupModelPriceUncached('deepseek-chat', 'deepseek', { at: new Date('2026-03-14T12:00:00Z') }));
+  });
+
+  it('remembers a bounded number of spellings, and shares frozen answers', () => {
+    for (let i = 0; i < 3000; i++) expect(lookupModelPrice(`no-such-model-${i}`)).toBeNull();
+    expect(catalogLookupCacheSize()).toBeLessThanOrEqual(1024);
+    const p = lookupModelPrice('gpt-4o-mini');
+    expect(Object.isFrozen(p)).toBe(true);
+    expect(lookupModelPrice('gpt-4o-mini')).toBe(p);
   });
 });
 
