@@ -145,7 +145,7 @@ const resolvedModels = new Map<string, Resolved>();
  * time-of-day prices are looked up afresh each time; tiered prices are picked for each prompt
  * size from the remembered price set. At most RESOLVED_CACHE_SIZE spellings are remembered (the
  * oldest is forgotten first), so arbitrary model ids cannot grow memory without bound. The
- * returned object is frozen: callers share it.
+ * returned object and its decimals are frozen: callers share them.
  *
  * Measured: genai-prices' model resolution was 1.5-2.3 % of the server's CPU samples on single
  * charges and 5.6 % of its busy time during batches of 1,000 (bench/README.md).
@@ -158,13 +158,9 @@ export function lookupModelPrice(
   provider?: string | null,
   context: CatalogPriceContext = {},
 ): CatalogModelPrice | null {
-  const promptTokens = context.promptTokens ?? 0;
-  if (!Number.isSafeInteger(promptTokens) || promptTokens < 0) {
-    throw new Error('assertion failed: promptTokens must be a non-negative safe integer');
-  }
-  const at = context.at ?? new Date();
-  if (Number.isNaN(at.getTime())) throw new Error('assertion failed: invalid price timestamp');
-  const key = `${provider ?? ''}\u0000${model}`;
+  const { promptTokens, at } = checkedContext(context);
+  // A given provider (even "") and none are different lookups: none lets a "provider:" prefix choose.
+  const key = provider === null || provider === undefined ? `\u0000${model}` : `${provider}\u0001${model}`;
   let resolved = resolvedModels.get(key);
   if (resolved === undefined) {
     const { modelId, providerId } = catalogSpelling(model, provider);
@@ -180,9 +176,29 @@ export function lookupModelPrice(
   if (!resolved.known) return null;
   if (!resolved.timeIndependent) return lookupModelPriceUncached(model, provider, { promptTokens, at });
   if (resolved.untiered) return resolved.untiered;
-  const price = Object.freeze(pricesFrom(resolved.modelPrice, resolved.providerId, resolved.modelId, promptTokens));
+  const price = deepFreeze(pricesFrom(resolved.modelPrice, resolved.providerId, resolved.modelId, promptTokens));
   if (!price.tiered) resolved.untiered = price;
   return price;
+}
+
+/** `price` and its decimals frozen (lookupModelPrice's answers are shared by every caller). */
+function deepFreeze(price: CatalogModelPrice): CatalogModelPrice {
+  for (const v of Object.values(price)) if (v !== null && typeof v === 'object') Object.freeze(v);
+  return Object.freeze(price);
+}
+
+/**
+ * The context's prompt size (default 0) and instant (default now).
+ * @throws Error (assertion) when promptTokens is not a non-negative safe integer or the instant is invalid.
+ */
+function checkedContext(context: CatalogPriceContext): { promptTokens: number; at: Date } {
+  const promptTokens = context.promptTokens ?? 0;
+  if (!Number.isSafeInteger(promptTokens) || promptTokens < 0) {
+    throw new Error('assertion failed: promptTokens must be a non-negative safe integer');
+  }
+  const at = context.at ?? new Date();
+  if (Number.isNaN(at.getTime())) throw new Error('assertion failed: invalid price timestamp');
+  return { promptTokens, at };
 }
 
 /** How many (provider, model) spellings lookupModelPrice remembers now (at most RESOLVED_CACHE_SIZE, 1,024). */
@@ -224,12 +240,7 @@ export function lookupModelPriceUncached(
   provider?: string | null,
   context: CatalogPriceContext = {},
 ): CatalogModelPrice | null {
-  const promptTokens = context.promptTokens ?? 0;
-  if (!Number.isSafeInteger(promptTokens) || promptTokens < 0) {
-    throw new Error('assertion failed: promptTokens must be a non-negative safe integer');
-  }
-  const at = context.at ?? new Date();
-  if (Number.isNaN(at.getTime())) throw new Error('assertion failed: invalid price timestamp');
+  const { promptTokens, at } = checkedContext(context);
   const { modelId, providerId } = catalogSpelling(model, provider);
   if (modelId.trim() === '') return null;
   // Usage {} makes calcPrice compute nothing; we use only its model resolution and the

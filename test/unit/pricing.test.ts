@@ -212,6 +212,9 @@ describe('lookupModelPrice remembers only what cannot change', () => {
       fc.constantFrom(...models).map((m) => ({ model: m.modelId.toUpperCase(), provider: null })),
       fc.constantFrom(...models).map((m) => ({ model: `${m.providerId}:${m.modelId}`, provider: null })),
       fc.constantFrom('not-a-real-model-xyz', '', '  ', 'gpt-4o', 'claude-sonnet-4').map((model) => ({ model, provider: null })),
+      // A given provider, even "", is not the same lookup as none ("openai:" then selects nothing).
+      fc.constantFrom(...models).map((m) => ({ model: `${m.providerId}:${m.modelId}`, provider: '' })),
+      fc.constantFrom(...models).map((m) => ({ model: m.modelId, provider: '' })),
     );
     // 2024-2028 at any millisecond: both sides of every start_date and of every time-of-day window.
     const instant = fc.integer({ min: Date.UTC(2024, 0, 1), max: Date.UTC(2028, 0, 1) }).map((ms) => new Date(ms));
@@ -240,11 +243,19 @@ describe('lookupModelPrice remembers only what cannot change', () => {
     expect(peak).toEqual(lookupModelPriceUncached('deepseek-chat', 'deepseek', { at: new Date('2026-03-14T12:00:00Z') }));
   });
 
+  it('keeps "no provider" and a given provider apart, even an empty one', () => {
+    for (const [model, provider] of [['openai:gpt-4o-mini', ''], ['openai:gpt-4o-mini', null], ['anthropic:claude-sonnet-4', null], ['anthropic:claude-sonnet-4', '']] as const) {
+      expect(lookupModelPrice(model, provider)).toEqual(lookupModelPriceUncached(model, provider));
+    }
+    expect(lookupModelPrice('openai:gpt-4o-mini')?.modelId).toBe('gpt-4o-mini');
+  });
+
   it('remembers a bounded number of spellings, and shares frozen answers', () => {
     for (let i = 0; i < 3000; i++) expect(lookupModelPrice(`no-such-model-${i}`)).toBeNull();
     expect(catalogLookupCacheSize()).toBeLessThanOrEqual(1024);
     const p = lookupModelPrice('gpt-4o-mini');
     expect(Object.isFrozen(p)).toBe(true);
+    expect(Object.isFrozen(p!.inputUsdPerMillion)).toBe(true);
     expect(lookupModelPrice('gpt-4o-mini')).toBe(p);
   });
 });
