@@ -371,6 +371,38 @@ describe('reservations', () => {
     await bothInvariants(acct);
   });
 
+  it('a new event is answered from what its INSERT wrote: every field equal to the stored event read back and to its replay, single and batch', async () => {
+    const FULL = `id idempotencyKey account { id } occurredAt recordedAt category model tier sku agentId userId taskId conversationId messageId
+      quantities { inputTokens outputTokens reasoningTokens cacheReadTokens cacheWriteTokens seconds units }
+      providerCostUsd byok cost debt lines { item quantity unitPrice amount exactAmount } drawdowns { amount batch { id } }
+      reservation { id } priceBookVersion refunded metadata`;
+    const acct = await apiAccount(srv, { paid: '1000' });
+    const hold = await reserve(acct, '5');
+    const read = async (id: string) => ok(await srv.gql(`query($id: ID!) { node(id: $id) { ... on UsageEvent { ${FULL} } } }`, { id })).node;
+    const inputs = [
+      // Every optional field, metadata keys in an order jsonb does not keep, a decimal PostgreSQL pads.
+      usage(acct, {
+        category: 'llm', model: 'gpt-4o-mini', tier: 'standard', agentId: 'agent-1', userId: 'user-1', taskId: 'task-1',
+        conversationId: 'conv-1', messageId: 'msg-1', occurredAt: '2026-12-01T10:11:12.345Z', providerCostUsd: '0.0012',
+        quantities: { inputTokens: 1200, outputTokens: 345, reasoningTokens: 6, cacheReadTokens: 7, cacheWriteTokens: 8 },
+        metadata: { zeta: 1, alpha: { nested: [1, 'two', null], b: true }, mid: 'x', a: 1.5 },
+      }),
+      usage(acct, { category: 'voice', quantities: { seconds: '90.5' }, byok: false, reservationId: hold.id }),
+      usage(acct, { category: 'units', sku: 'img', quantities: { units: '2.250' } }),
+      usage(acct, { category: 'passthrough', providerCostUsd: '0.123456789012', byok: true }),
+    ];
+    for (const input of inputs) {
+      const fresh = ok(await srv.gql(`mutation($input: RecordUsageInput!) { recordUsage(input: $input) { ${FULL} } }`, { input })).recordUsage;
+      expect(fresh).toEqual(await read(fresh.id));
+      expect(ok(await srv.gql(`mutation($input: RecordUsageInput!) { recordUsage(input: $input) { ${FULL} } }`, { input })).recordUsage).toEqual(fresh);
+    }
+    const again = inputs.map((input) => ({ ...input, idempotencyKey: uniq('use') }));
+    const batch = ok(await srv.gql(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode event { ${FULL} } } }`, { inputs: again })).recordUsageBatch;
+    expect(batch.map((r: any) => r.errorCode)).toEqual([null, null, null, null]);
+    for (const r of batch) expect(r.event).toEqual(await read(r.event.id));
+    await bothInvariants(acct);
+  });
+
   it('a new hold and a settle without usage are answered from the rows they wrote: equal to the stored reservation and to their replays', async () => {
     const acct = await apiAccount(srv, { paid: '10' });
     const read = async (id: string) => ok(await srv.gql(`query($id: ID!) { node(id: $id) { ... on Reservation { ${RESERVATION} } } }`, { id })).node;
