@@ -163,8 +163,7 @@ export function lookupModelPrice(
   const key = provider === null || provider === undefined ? `\u0000${model}` : `${provider}\u0001${model}`;
   let resolved = resolvedModels.get(key);
   if (resolved === undefined) {
-    const { modelId, providerId } = catalogSpelling(model, provider);
-    const found = modelId.trim() === '' ? null : calcPrice({}, modelId, providerId === undefined ? { timestamp: at } : { providerId, timestamp: at });
+    const found = findInCatalog(model, provider, at);
     resolved = !found
       ? { known: false }
       : Array.isArray(found.model.prices)
@@ -206,8 +205,13 @@ export function catalogLookupCacheSize(): number {
   return resolvedModels.size;
 }
 
-/** The model id and provider id calcPrice is asked for: a "provider:model" prefix selects the provider when none is given. */
-function catalogSpelling(model: string, provider?: string | null): { modelId: string; providerId: string | undefined } {
+/**
+ * genai-prices' resolution of `model` (a "provider:model" prefix selects the provider when none is
+ * given) with the price set in force at `at`, or null when the catalog does not know it (or the
+ * id is blank). Usage {} makes calcPrice compute nothing; only its model resolution and the
+ * price set (model_price) are used, never its float totals.
+ */
+function findInCatalog(model: string, provider: string | null | undefined, at: Date): ReturnType<typeof calcPrice> {
   let modelId = model;
   let providerId = provider ?? undefined;
   if (providerId === undefined) {
@@ -217,7 +221,8 @@ function catalogSpelling(model: string, provider?: string | null): { modelId: st
       providerId = split.provider;
     }
   }
-  return { modelId, providerId };
+  if (modelId.trim() === '') return null;
+  return calcPrice({}, modelId, providerId === undefined ? { timestamp: at } : { providerId, timestamp: at });
 }
 
 /**
@@ -241,11 +246,7 @@ export function lookupModelPriceUncached(
   context: CatalogPriceContext = {},
 ): CatalogModelPrice | null {
   const { promptTokens, at } = checkedContext(context);
-  const { modelId, providerId } = catalogSpelling(model, provider);
-  if (modelId.trim() === '') return null;
-  // Usage {} makes calcPrice compute nothing; we use only its model resolution and the
-  // price entry in force at `at` (model_price), never its float totals.
-  const found = calcPrice({}, modelId, providerId === undefined ? { timestamp: at } : { providerId, timestamp: at });
+  const found = findInCatalog(model, provider, at);
   if (!found) return null;
   return pricesFrom(found.model_price, found.provider.id, found.model.id, promptTokens);
 }
