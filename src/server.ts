@@ -36,6 +36,7 @@ import type { PrismaClient } from './db/prisma.js';
 import type { Authenticator } from './auth/authenticator.js';
 import type { QueryTimings } from './db/query-timings.js';
 import { LedgerError } from './ledger/errors.js';
+import { bodyRefusal } from './http/body-limit.js';
 
 /** What the server needs, created by the process entry (src/main.ts) or a test. */
 export interface ServerDeps {
@@ -146,6 +147,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     graphiql: !production,
     landingPage: false,
     logging: false,
+    // The body limit is enforced from Content-Length before yoga runs (bodyRefusal).
+    maxRequestBodySize: false,
     context: async (initial): Promise<GraphQLContext> => {
       const ws = (initial as { ws?: { principal: Principal | null; requestId: string } }).ws;
       const request = (initial as { request: Request }).request;
@@ -240,6 +243,13 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     const given = req.headers['x-request-id'];
     const requestId = typeof given === 'string' && REQUEST_ID_RE.test(given) ? given : randomUUID();
     res.setHeader('x-request-id', requestId);
+    const refusal = bodyRefusal(req, env.MAX_REQUEST_BODY_BYTES);
+    if (refusal) {
+      // Nothing of the body is read; the connection closes so its bytes are not parsed as a request.
+      res.writeHead(refusal.status, { 'content-type': 'application/json', connection: 'close' });
+      res.end(JSON.stringify({ errors: [{ message: refusal.message, extensions: { code: refusal.code, requestId } }] }));
+      return;
+    }
     requestScope.run({ requestId, publicAudience: false }, () => void yoga(req, res, { req, res }));
   });
   http.keepAliveTimeout = 65_000;

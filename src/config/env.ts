@@ -38,6 +38,12 @@ const EnvSchema = z.object({
   GRAPHQL_MAX_ALIASES: z.coerce.number().int().min(1).default(30),
   GRAPHQL_MAX_TOKENS: z.coerce.number().int().min(100).default(5000),
   GRAPHQL_MAX_COST: z.coerce.number().int().min(100).default(20000),
+  /**
+   * Largest HTTP request body accepted, in bytes (checked against Content-Length before the body
+   * is read; a body without Content-Length is refused with 411). 25,000,000 is graphql-yoga's
+   * own default, which this check replaces (src/server.ts `bodyRefusal`).
+   */
+  MAX_REQUEST_BODY_BYTES: z.coerce.number().int().min(1_024).max(1_000_000_000).default(25_000_000),
   /** Most items accepted by recordUsageBatch. */
   MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(10000).default(1000),
   /**

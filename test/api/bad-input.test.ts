@@ -3,9 +3,11 @@
  * or foreign ids, unpriceable usage, out-of-range TTLs. Each must answer with an
  * `extensions.code` (BAD_USER_INPUT or NOT_FOUND) and change nothing: the involved accounts'
  * snapshots (balance version, ledger, batches, events, holds) and the platform-wide row counts
- * are compared before and after.
+ * are compared before and after. Request bodies over MAX_REQUEST_BODY_BYTES (413) or without
+ * Content-Length (411) are refused before anything is read or recorded.
  */
 import { randomUUID } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { apiAccount, expectError, expectUnchanged, gid, globalCounts, ok, uniq, type GqlResponse } from './helpers.js';
@@ -272,5 +274,77 @@ describe('other inputs', () => {
     }
     const probe = ok(await srv.gql(`query($e: String!) { accountByExternalId(externalId: $e) { id } }`, { e: base.externalId }));
     expect(probe.accountByExternalId).toBeNull();
+  });
+});
+
+describe('request-body limit (MAX_REQUEST_BODY_BYTES)', () => {
+  let small: TestServer;
+  let smallAcct: string;
+  beforeAll(async () => {
+    small = await startTestServer({ MAX_REQUEST_BODY_BYTES: '4096' });
+    smallAcct = await apiAccount(small, { paid: '100' });
+  });
+  afterAll(async () => {
+    await small?.close();
+  });
+
+  /** POSTs `body` with node:http: with Content-Length, or chunked (no Content-Length). */
+  function post(body: string, chunked: boolean): Promise<GqlResponse> {
+    return new Promise((resolve, reject) => {
+      const r = httpRequest(
+        small.url,
+        {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            authorization: `Bearer ${small.adminKey}`,
+            ...(chunked ? { 'transfer-encoding': 'chunked' } : { 'content-length': String(Buffer.byteLength(body)) }),
+          },
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as GqlResponse['body'] }));
+        },
+      );
+      r.on('error', reject);
+      if (chunked) for (let i = 0; i < body.length; i += 100) r.write(body.slice(i, i + 100));
+      else r.write(body);
+      r.end();
+    });
+  }
+
+  const batchBody = (n: number) =>
+    JSON.stringify({ query: BATCH, variables: { inputs: Array.from({ length: n }, () => ({ accountId: smallAcct, idempotencyKey: uniq('u'), category: 'unit' })) } });
+
+  it('a body over the limit is 413 REQUEST_ENTITY_TOO_LARGE and records nothing', async () => {
+    const body = batchBody(60);
+    expect(Buffer.byteLength(body)).toBeGreaterThan(4096);
+    const counts = await globalCounts(small);
+    const res = await expectUnchanged(small, [smallAcct], () => post(body, false));
+    expect(res.status).toBe(413);
+    expectError(res, 'REQUEST_ENTITY_TOO_LARGE');
+    expect(await globalCounts(small)).toEqual(counts);
+  });
+
+  it('a body without Content-Length is 411 LENGTH_REQUIRED and records nothing, even when small', async () => {
+    const body = batchBody(2);
+    expect(Buffer.byteLength(body)).toBeLessThan(4096);
+    const counts = await globalCounts(small);
+    const res = await expectUnchanged(small, [smallAcct], () => post(body, true));
+    expect(res.status).toBe(411);
+    expectError(res, 'LENGTH_REQUIRED');
+    expect(await globalCounts(small)).toEqual(counts);
+  });
+
+  it('a body within the limit is served (control)', async () => {
+    const body = batchBody(10);
+    expect(Buffer.byteLength(body)).toBeLessThanOrEqual(4096);
+    const res = await post(body, false);
+    expect(res.status).toBe(200);
+    const items = ok(res).recordUsageBatch as Array<{ errorCode: string | null; event: { id: string } | null }>;
+    expect(items).toHaveLength(10);
+    for (const item of items) expect(item.errorCode).toBeNull();
   });
 });
