@@ -247,7 +247,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     if (refusal) {
       // Nothing of the body is read; the connection closes so its bytes are not parsed as a request.
       res.writeHead(refusal.status, { 'content-type': 'application/json', connection: 'close' });
-      res.end(JSON.stringify({ errors: [{ message: refusal.message, extensions: { code: refusal.code, requestId } }] }));
+      res.end(JSON.stringify({ errors: [{ message: refusal.message, extensions: { code: 'BAD_USER_INPUT', reason: refusal.reason, requestId } }] }));
       return;
     }
     requestScope.run({ requestId, publicAudience: false }, () => void yoga(req, res, { req, res }));

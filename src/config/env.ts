@@ -41,7 +41,7 @@ const EnvSchema = z.object({
   /**
    * Largest HTTP request body accepted, in bytes (checked against Content-Length before the body
    * is read; a body without Content-Length is refused with 411). 25,000,000 is graphql-yoga's
-   * own default, which this check replaces (src/server.ts `bodyRefusal`).
+   * own default, which this check replaces (src/http/body-limit.ts).
    */
   MAX_REQUEST_BODY_BYTES: z.coerce.number().int().min(1_024).max(1_000_000_000).default(25_000_000),
   /** Most items accepted by recordUsageBatch. */

@@ -4,10 +4,14 @@
  */
 import type { IncomingMessage } from 'node:http';
 
-/** An HTTP refusal decided from the request's headers alone (see {@link bodyRefusal}). */
+/**
+ * An HTTP refusal decided from the request's headers alone (see {@link bodyRefusal}). The
+ * client sees `extensions.code` BAD_USER_INPUT (the contract's code for malformed input; its list
+ * of codes is closed) and `extensions.reason`, which says which rule refused it.
+ */
 export interface BodyRefusal {
   status: 400 | 411 | 413;
-  code: 'BAD_REQUEST' | 'LENGTH_REQUIRED' | 'REQUEST_ENTITY_TOO_LARGE';
+  reason: 'INVALID_CONTENT_LENGTH' | 'LENGTH_REQUIRED' | 'REQUEST_ENTITY_TOO_LARGE';
   message: string;
 }
 
@@ -33,11 +37,11 @@ export function bodyRefusal(req: Pick<IncomingMessage, 'headers'>, limitBytes: n
   const length = req.headers['content-length'];
   if (length === undefined) {
     if (req.headers['transfer-encoding'] === undefined) return null; // no body
-    return { status: 411, code: 'LENGTH_REQUIRED', message: 'A request body must declare its size in Content-Length.' };
+    return { status: 411, reason: 'LENGTH_REQUIRED', message: 'A request body must declare its size in Content-Length.' };
   }
-  if (!CONTENT_LENGTH_RE.test(length)) return { status: 400, code: 'BAD_REQUEST', message: 'Content-Length is invalid.' };
+  if (!CONTENT_LENGTH_RE.test(length)) return { status: 400, reason: 'INVALID_CONTENT_LENGTH', message: 'Content-Length is invalid.' };
   if (Number(length) > limitBytes) {
-    return { status: 413, code: 'REQUEST_ENTITY_TOO_LARGE', message: `Request body too large: at most ${limitBytes} bytes.` };
+    return { status: 413, reason: 'REQUEST_ENTITY_TOO_LARGE', message: `Request body too large: at most ${limitBytes} bytes.` };
   }
   return null;
 }

@@ -318,23 +318,23 @@ describe('request-body limit (MAX_REQUEST_BODY_BYTES)', () => {
   const batchBody = (n: number) =>
     JSON.stringify({ query: BATCH, variables: { inputs: Array.from({ length: n }, () => ({ accountId: smallAcct, idempotencyKey: uniq('u'), category: 'unit' })) } });
 
-  it('a body over the limit is 413 REQUEST_ENTITY_TOO_LARGE and records nothing', async () => {
+  it('a body over the limit is 413, BAD_USER_INPUT (reason REQUEST_ENTITY_TOO_LARGE), and records nothing', async () => {
     const body = batchBody(60);
     expect(Buffer.byteLength(body)).toBeGreaterThan(4096);
     const counts = await globalCounts(small);
     const res = await expectUnchanged(small, [smallAcct], () => post(body, false));
     expect(res.status).toBe(413);
-    expectError(res, 'REQUEST_ENTITY_TOO_LARGE');
+    expect(expectError(res, 'BAD_USER_INPUT').extensions).toMatchObject({ reason: 'REQUEST_ENTITY_TOO_LARGE' });
     expect(await globalCounts(small)).toEqual(counts);
   });
 
-  it('a body without Content-Length is 411 LENGTH_REQUIRED and records nothing, even when small', async () => {
+  it('a body without Content-Length is 411, BAD_USER_INPUT (reason LENGTH_REQUIRED), and records nothing, even when small', async () => {
     const body = batchBody(2);
     expect(Buffer.byteLength(body)).toBeLessThan(4096);
     const counts = await globalCounts(small);
     const res = await expectUnchanged(small, [smallAcct], () => post(body, true));
     expect(res.status).toBe(411);
-    expectError(res, 'LENGTH_REQUIRED');
+    expect(expectError(res, 'BAD_USER_INPUT').extensions).toMatchObject({ reason: 'LENGTH_REQUIRED' });
     expect(await globalCounts(small)).toEqual(counts);
   });
 
