@@ -399,6 +399,11 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
   // ---- servers --------------------------------------------------------------------------------
   const adminKey = `cp_admin_${randomBytes(24).toString('hex')}`;
   const serverEnv = (chargePath: string): Record<string, string> => ({
+    // The server as deployed (README: NODE_ENV): graphql-js skips its development-only checks
+    // (its `instanceOf` looks for duplicate graphql copies whenever a type test fails), and
+    // GraphiQL, introspection and field suggestions are off. Runs before 2026-12-04 23:45 UTC
+    // measured `development`; `SERVER_NODE_ENV=development` repeats them.
+    NODE_ENV: process.env.SERVER_NODE_ENV ?? 'production',
     DATABASE_URL: benchUrl,
     ADMIN_API_KEY: adminKey,
     LOG_LEVEL: 'warn',
@@ -843,6 +848,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
         options: o,
         totalSeconds,
         machine: { ...machine, loadAvgAtEnd: loadavg().map((x) => round(x, 2)), gitHeadAtEnd: codeAtEnd.head, codeKeyAtEnd: codeAtEnd.codeKey },
+        serverNodeEnv: process.env.SERVER_NODE_ENV ?? 'production',
         chargePath: { declaredInEnv: chargePathDeclared, servers: { group: 'CHARGE_PATH=group', naive: 'CHARGE_PATH=naive', history: 'CHARGE_PATH=group' } },
         pgbenchScript: pgbenchRuns.length ? PGBENCH_SCRIPT : null,
         pgbenchCommands: pgbenchRuns.map((r) => r.run.command),
