@@ -68,13 +68,17 @@ async function rawGql(body: string): Promise<GqlResponse> {
   return { status: res.status, body: (await res.json()) as GqlResponse['body'] };
 }
 
-/** Sends the request and asserts the error code and that nothing changed anywhere. */
-async function expectRejected(send: () => Promise<GqlResponse>, code: string) {
-  const counts = await globalCounts(srv);
-  const res = await expectUnchanged(srv, [acct, other], send);
-  expectError(res, code);
-  expect(await globalCounts(srv)).toEqual(counts);
-  return res;
+/**
+ * Sends the request and asserts the error code and that nothing changed anywhere: the given
+ * accounts' snapshots (default: this file's two accounts) and the platform-wide counts of
+ * `server` (default: this file's server). Returns the response and its one error.
+ */
+async function expectRejected(send: () => Promise<GqlResponse>, code: string, on: { server: TestServer; accounts: string[] } = { server: srv, accounts: [acct, other] }) {
+  const counts = await globalCounts(on.server);
+  const res = await expectUnchanged(on.server, on.accounts, send);
+  const error = expectError(res, code);
+  expect(await globalCounts(on.server)).toEqual(counts);
+  return Object.assign(res, { error });
 }
 
 const grantInput = (extra: Record<string, unknown> = {}) => ({
@@ -321,21 +325,17 @@ describe('request-body limit (MAX_REQUEST_BODY_BYTES)', () => {
   it('a body over the limit is 413, BAD_USER_INPUT (reason REQUEST_ENTITY_TOO_LARGE), and records nothing', async () => {
     const body = batchBody(60);
     expect(Buffer.byteLength(body)).toBeGreaterThan(4096);
-    const counts = await globalCounts(small);
-    const res = await expectUnchanged(small, [smallAcct], () => post(body, false));
+    const res = await expectRejected(() => post(body, false), 'BAD_USER_INPUT', { server: small, accounts: [smallAcct] });
     expect(res.status).toBe(413);
-    expect(expectError(res, 'BAD_USER_INPUT').extensions).toMatchObject({ reason: 'REQUEST_ENTITY_TOO_LARGE' });
-    expect(await globalCounts(small)).toEqual(counts);
+    expect(res.error.extensions).toMatchObject({ reason: 'REQUEST_ENTITY_TOO_LARGE' });
   });
 
   it('a body without Content-Length is 411, BAD_USER_INPUT (reason LENGTH_REQUIRED), and records nothing, even when small', async () => {
     const body = batchBody(2);
     expect(Buffer.byteLength(body)).toBeLessThan(4096);
-    const counts = await globalCounts(small);
-    const res = await expectUnchanged(small, [smallAcct], () => post(body, true));
+    const res = await expectRejected(() => post(body, true), 'BAD_USER_INPUT', { server: small, accounts: [smallAcct] });
     expect(res.status).toBe(411);
-    expect(expectError(res, 'BAD_USER_INPUT').extensions).toMatchObject({ reason: 'LENGTH_REQUIRED' });
-    expect(await globalCounts(small)).toEqual(counts);
+    expect(res.error.extensions).toMatchObject({ reason: 'LENGTH_REQUIRED' });
   });
 
   it('a body within the limit is served (control)', async () => {
