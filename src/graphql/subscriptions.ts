@@ -133,13 +133,14 @@ function balanceStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Ba
 
 /**
  * A stream of the rows an account records with an increasing `seq` (usage events, alerts): the
- * rows recorded after the subscription started, in seq order. A message of `topic` (or a
- * catch-up) reads every row after the last one sent, so nothing is skipped or sent twice.
+ * rows recorded after the subscription started, in seq order. A message of one of `topics` (or a
+ * catch-up) reads every row after the last one sent, so nothing is skipped or sent twice; the
+ * message only says "look again", so one per transaction wakes the stream for all its rows.
  */
 function seqStream<T extends { seq: bigint }>(
   ctx: GraphQLContext,
   accountId: string,
-  topic: LiveMessage['topic'],
+  topics: readonly LiveMessage['topic'][],
   rows: { after(seq: bigint): Promise<T[]>; lastSeq(): Promise<bigint | null> },
 ): AsyncIterable<T> {
   let lastSeq = 0n;
@@ -154,13 +155,19 @@ function seqStream<T extends { seq: bigint }>(
       return [];
     },
     catchUp: since,
-    onMessage: async (m) => (m.topic === topic ? since() : []),
+    onMessage: async (m) => (topics.includes(m.topic) ? since() : []),
   });
 }
 
-/** usageRecorded: each usage event recorded after the subscription started. */
+/**
+ * usageRecorded: each usage event recorded after the subscription started. Woken by `balance`
+ * messages: every usage event adds a ledger entry, so the transaction that records it writes the
+ * account's `balance` outbox row (AccountTx.finishMany), published after its commit; a balance
+ * change without usage (a grant, a hold) costs one read that finds nothing. `usage` messages
+ * come only from rows an earlier version left in the outbox (outbox/topics.ts).
+ */
 function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent> {
-  return seqStream(ctx, accountId, 'usage', {
+  return seqStream(ctx, accountId, ['balance', 'usage'], {
     after: (seq) => ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 500 }),
     lastSeq: async () => (await ctx.prisma.usageEvent.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
   });
@@ -168,7 +175,7 @@ function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Usag
 
 /** creditAlerts: each alert recorded after the subscription started. */
 function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert> {
-  return seqStream(ctx, accountId, 'alert', {
+  return seqStream(ctx, accountId, ['alert'], {
     after: (seq) => ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 100 }),
     lastSeq: async () => (await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
   });

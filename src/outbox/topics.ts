@@ -5,7 +5,11 @@
  */
 import type { BalanceSnapshot } from '../services/balance-figures.js';
 
-/** Payload of topic `usage`: a usage event was recorded. */
+/**
+ * Payload of topic `usage`: a usage event was recorded. Written only by versions before the usage
+ * stream took its wake-up from `balance` messages (every usage event changes the balance); kept
+ * so that rows such a version left in the outbox still wake usageRecorded during an upgrade.
+ */
 export interface UsagePayload {
   accountId: string;
   usageEventId: string;

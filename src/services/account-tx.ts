@@ -154,8 +154,12 @@ export interface HoldState {
   expiresAt: Date;
 }
 
-/** Outbox topics besides the balance snapshot that finish() always writes (src/outbox/topics.ts). */
-export type OutboxTopic = 'usage' | 'alert' | 'job';
+/**
+ * Outbox topics besides the balance snapshot that finish() always writes (src/outbox/topics.ts).
+ * Usage events have no row of their own: every one adds a ledger entry, so its transaction
+ * writes a `balance` row, and that wakes usageRecorded.
+ */
+export type OutboxTopic = 'alert' | 'job';
 
 /** Tables whose rows belong to one account. */
 export type OwnedTable = 'credit_grants' | 'usage_events' | 'reservations';

@@ -129,8 +129,9 @@ export async function applyCharge(
   const eventId = randomUUID();
   const [row] = await insertUsageEvents(atx.tx, [{ atx, id: eventId, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
   atx.debt += debtAdded;
+  // No `usage` outbox row: the CONSUME entry changes the balance, so finish() writes this
+  // transaction's `balance` row, which is what wakes usageRecorded (graphql/subscriptions.ts).
   atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: eventId, reservationId: cmd.reservationId, note: cmd.category });
-  atx.publish('usage', { accountId: atx.accountId, usageEventId: eventId });
   return { eventId, replayed: false, row };
 }
 
@@ -587,8 +588,7 @@ export async function chargeAccounts(
       const id = randomUUID();
       recorded.set(cmd.idempotencyKey, { id, requestHash: hash });
       events.push({ atx, id, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts });
-      atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: id, reservationId: cmd.reservationId, note: cmd.category });
-      atx.publish('usage', { accountId: atx.accountId, usageEventId: id });
+      atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: id, reservationId: cmd.reservationId, note: cmd.category }); // wakes usageRecorded via the balance row
       fresh.push({ out, index: out.length });
       out.push({ ok: true, result: { eventId: id, replayed: false } });
     }

@@ -129,6 +129,17 @@ describe('usageRecorded and creditAlerts', () => {
     await charge(account, 'unit', uniq('u'));
     await sub.waitFor((s) => s.events.length === 4, 'the next new event');
     expect(sub.events[3].usageRecorded.idempotencyKey).not.toBe(keys[0]);
+    // A batch commits its events in one transaction, which publishes one balance message: that
+    // one wake-up delivers all of them, in order.
+    const batchKeys = [uniq('b'), uniq('b'), uniq('b')];
+    const recorded = ok(
+      await srv.gql(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { event { id } errorCode } }`, {
+        inputs: batchKeys.map((idempotencyKey) => ({ accountId: account, category: 'unit', idempotencyKey })),
+      }),
+    ).recordUsageBatch;
+    await sub.waitFor((s) => s.events.length === 7, "the batch's three events");
+    expect(sub.events.slice(4).map((e) => e.usageRecorded.idempotencyKey)).toEqual(batchKeys);
+    expect(sub.events.slice(4).map((e) => e.usageRecorded.id)).toEqual(recorded.map((r: any) => r.event.id));
   });
 
   it('delivers credit alerts recorded for the account, once per threshold per period', async () => {
