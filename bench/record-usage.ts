@@ -88,7 +88,9 @@ async function main(): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    server = await startServer({ name: 'bench' });
+    // As deployed and as bench/perf.ts runs it: NODE_ENV=production (SERVER_NODE_ENV=development
+    // repeats the runs before 2026-12-05, which inherited the caller's unset NODE_ENV).
+    server = await startServer({ name: 'bench', env: { NODE_ENV: process.env.SERVER_NODE_ENV ?? 'production' } });
     console.log(`Server ready at ${server.graphqlUrl} (loopback; the load generator shares this machine).`);
     const client = createClient({ url: server.graphqlUrl, token: server.adminKey });
     const runId = `bench-${Date.now().toString(36)}-${process.pid}`;
