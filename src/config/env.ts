@@ -58,6 +58,12 @@ const EnvSchema = z.object({
    * are busy wait and run together, across accounts, in the next free one (group-commit.ts).
    */
   GROUP_COMMIT_MAX_TRANSACTIONS: z.coerce.number().int().min(1).max(200).default(4),
+  /**
+   * With CHARGE_PATH=group: a hot account's next transaction starts from the state its previous
+   * one left (guarded by the balance version; one round trip instead of two). Off: every
+   * transaction reads its state.
+   */
+  GROUP_COMMIT_CARRY_STATE: booleanish.default(true),
   /** BullMQ key prefix of the queues (tests use their own). */
   QUEUE_PREFIX: z.string().min(1).default('creditpool'),
   /** Every how many milliseconds the sweeps (expiries, period rolls, stuck top-ups) run. */

@@ -14,7 +14,7 @@
  *    the outbox rows after commit.
  */
 import type { Tx } from '../db/pg.js';
-import { deferStatement, toBigInt } from '../db/pg.js';
+import { awaitInOrder, deferStatement, toBigInt } from '../db/pg.js';
 import { LedgerError, assert } from '../ledger/errors.js';
 import type { DrawableBatch, CreditType } from '../ledger/drawdown.js';
 import { monthlyPeriodAt, type Period } from '../ledger/billing-period.js';
@@ -194,6 +194,7 @@ export class AccountTx {
   /** Running debt (>= 0). */
   debt: bigint;
   readonly versionBefore: bigint;
+  private readonly testMode: boolean;
   private readonly entries: PendingEntry[] = [];
   private readonly outbox: { topic: OutboxTopic; payload: unknown }[] = [];
   private changed = false;
@@ -205,10 +206,61 @@ export class AccountTx {
     this.billingAnchorAt = row.billing_anchor_at as Date;
     this.kind = row.kind as 'ORGANIZATION' | 'USER';
     const clockAt = row.test_clock_at as Date | null;
+    this.testMode = row.test_mode === true;
     this.now = row.test_mode && clockAt ? clockAt : wallNow;
     this.total = toBigInt(row.total_micro_credits);
     this.debt = toBigInt(row.debt_micro_credits);
     this.versionBefore = toBigInt(row.version);
+  }
+
+  /**
+   * Starts a transaction from the state an earlier transaction of this process left (GroupCommitter's
+   * carried state, see {@link AccountTx.carriedRow}) instead of reading it: returns at once, and
+   * issues the lock, and a guard behind it, without waiting for them. The guard fails (SQLSTATE
+   * 22P02, so the transaction rolls back and its COMMIT becomes a ROLLBACK) unless the account is
+   * as it was left: the same balance version (every change of batches, holds, debt or total moves it), the
+   * same billing anchor, not in test mode, and no spending budget (budgets do not move the
+   * version). The caller must check the returned promise (push it onto the transaction's pending
+   * statements) and, when it fails, run the work again from a fresh read.
+   * @param carried a row as {@link AccountTx.carriedRow} returned it
+   * @returns the account and the pending lock and guard (a `.catch` attached)
+   */
+  static lockCarried(tx: Tx, carried: Record<string, unknown>, wallNow: Date): { atx: AccountTx; locked: Promise<unknown> } {
+    const lock = tx.query({ name: 'cp-account-lock', text: `${LOCK_SELECT} WHERE b.account_id = $1 FOR UPDATE OF b`, values: [carried.id] });
+    // A statement of its own, so that its snapshot is taken once the lock is granted: inside the
+    // lock statement, the budget subquery would see the database as of before the lock wait
+    // (only the locked row itself is re-read then), and miss a budget committed meanwhile.
+    const guard = tx.query({
+      name: 'cp-account-carried-guard',
+      text: `SELECT CASE WHEN b.version = $2::bigint AND a.billing_anchor_at = $3::timestamptz AND NOT a.test_mode
+                          AND NOT EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1)
+                         THEN 1 ELSE ('account changed since its state was carried over (version ' || b.version || ')')::int END AS carried
+               FROM balances b JOIN accounts a ON a.id = b.account_id WHERE b.account_id = $1`,
+      values: [carried.id, String(carried.version), carried.billing_anchor_at],
+    });
+    const locked = awaitInOrder([lock, guard]);
+    locked.catch(() => undefined);
+    return { atx: new AccountTx(tx, carried, wallNow), locked };
+  }
+
+  /**
+   * The row {@link AccountTx.lock} would read once this transaction committed at `version`
+   * (its running total and debt), for {@link AccountTx.lockCarried}; null for a test-mode
+   * account (its clock is not the wall clock).
+   */
+  carriedRow(version: bigint): Record<string, unknown> | null {
+    if (this.testMode) return null;
+    return {
+      id: this.accountId,
+      kind: this.kind,
+      test_mode: false,
+      test_clock_at: null,
+      created_at: this.createdAt,
+      billing_anchor_at: this.billingAnchorAt,
+      total_micro_credits: this.total.toString(),
+      debt_micro_credits: this.debt.toString(),
+      version: version.toString(),
+    };
   }
 
   /**

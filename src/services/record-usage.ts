@@ -16,7 +16,7 @@ import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
-import { AccountTx, type ChargeState, type HoldState } from './account-tx.js';
+import { AccountTx, type ChargeState, type HoldState, type LoadedBatch } from './account-tx.js';
 import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
 import { idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
@@ -440,6 +440,10 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
  * answer (readChargeStates: same round trip); without it, or for an account it read at another
  * instant than the locked account's now, the state is read here.
  *
+ * `carry`, when given, receives for each account decided in memory (no spending budget) whose
+ * holds hold nothing, its spendable batches after these decisions (the state its next
+ * transaction may start from if this one commits: GroupCommitter's carried state).
+ *
  * The event insert and the hold writes are issued together (one round trip, the ledger pool
  * pipelines). With `pending`, they are not awaited: their promises (with a `.catch` attached) are
  * pushed onto it, to go out with the caller's next statements and its COMMIT
@@ -452,18 +456,21 @@ export async function chargeAccounts(
   groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[],
   pending?: Promise<unknown>[],
   statesRead?: Promise<Map<string, ChargeState>>,
+  carry?: Map<string, LoadedBatch[]>,
 ): Promise<BatchItemResult[][]>;
 export async function chargeAccounts(
   tx: Tx,
   groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
   pending?: Promise<unknown>[],
   statesRead?: Promise<Map<string, ChargeState>>,
+  carry?: Map<string, LoadedBatch[]>,
 ): Promise<ItemOutcome[][]>;
 export async function chargeAccounts(
   tx: Tx,
   groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
   pending?: Promise<unknown>[],
   statesRead?: Promise<Map<string, ChargeState>>,
+  carry?: Map<string, LoadedBatch[]>,
 ): Promise<ItemOutcome[][]> {
   const sequential = async (atx: AccountTx, items: readonly GroupItem[]): Promise<ItemOutcome[]> => {
     const out: ItemOutcome[] = [];
@@ -592,6 +599,9 @@ export async function chargeAccounts(
       fresh.push({ out, index: out.length });
       out.push({ ok: true, result: { eventId: id, replayed: false } });
     }
+    // What the account's next transaction may start from (GroupCommitter's carried state): its
+    // spendable batches after these decisions, when no hold of it counts.
+    if (carry && acct.reservedMicroCredits === 0n) carry.set(atx.accountId, batches);
   }
   const writes: Promise<unknown>[] = [];
   if (events.length > 0) {

@@ -18,6 +18,7 @@ import { withTransaction } from '../../src/db/pg.js';
 import { GroupCommitter, type ApplyCharge, type ChargeAccounts } from '../../src/services/group-commit.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
 import { setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { holdItem, reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleItem, settleReservation } from '../../src/services/settle-reservation.js';
@@ -566,3 +567,121 @@ describe('groups decided in memory equal one transaction per charge (property)',
     );
   });
 });
+
+describe('carried state (a hot account decides from what its previous transaction left)', () => {
+  /**
+   * A committer with one slot and at most 2 charges of an account per transaction, whose charge
+   * function is `charge`; the slot is held by an operation on another account until `count`
+   * items wait, so 6 charges of one account run as 3 transactions in a row.
+   */
+  async function sixInThree(accountId: string, keys: string[], charge: ChargeAccounts = chargeAccounts, agentId?: string) {
+    const committer = new GroupCommitter(services.pool, services.clock, charge, applyCharge, { maxTransactions: 1, maxChargesPerAccount: 2 });
+    const local = { ...services, groupCommit: committer };
+    const other = await createFundedAccount(services, { paid: 1 });
+    const release = occupySlot(committer, other);
+    // Priced first, then queued in this order (recordUsage would queue each when its pricing
+    // finished), so the transactions take them two by two in the order given.
+    const priced = [];
+    for (const idempotencyKey of keys) {
+      const cmd = validateUsageInput({ accountId, idempotencyKey, category: 'unit', agentId });
+      priced.push({ cmd, price: await pricerFor(local, cmd) });
+    }
+    const calls = priced.map(({ cmd, price }) => committer.charge(cmd, price));
+    await release(keys.length);
+    const results = await Promise.allSettled(calls);
+    return { committer, results };
+  }
+
+  it('skips the state read of the next transaction while charges wait, with the outcomes of a fresh read', async () => {
+    const accountId = await createFundedAccount(services, { free: 2, paid: 3 });
+    const { rows: before } = await services.pool.query('SELECT version FROM balances WHERE account_id = $1', [accountId]);
+    const { committer, results } = await sixInThree(accountId, ['c1', 'c2', 'c3', 'c4', 'c5', 'c6']);
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK', 'OK', 'INSUFFICIENT_CREDITS']);
+    // Transaction 1 read its state and left it to 2 (4 charges waiting), 2 left it to 3.
+    expect(committer.stats()).toMatchObject({ carriedState: 2, carriedStateMisses: 0, retriedAlone: 0 });
+    const { rows: drawn } = await services.pool.query(
+      `SELECT b.type FROM usage_events e JOIN drawdowns d ON d.usage_event_id = e.id JOIN credit_batches b ON b.id = d.batch_id
+        WHERE e.account_id = $1 ORDER BY e.seq, d.position`,
+      [accountId],
+    );
+    expect(drawn.map((r) => r.type)).toEqual(['FREE', 'FREE', 'PAID', 'PAID', 'PAID']);
+    const { rows: after } = await services.pool.query('SELECT version FROM balances WHERE account_id = $1', [accountId]);
+    expect(BigInt(after[0].version) - BigInt(before[0].version)).toBe(3n); // one version per transaction
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(0n);
+  });
+
+  it('runs the transaction again from a fresh read when the account changed after the state was left', async () => {
+    const accountId = await createFundedAccount(services, { paid: 2 });
+    const elsewhere = { ...services, groupCommit: undefined }; // as another process would
+    let granted: Promise<unknown> | undefined;
+    const grantDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
+      const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
+      if (!granted) {
+        // A grant that waits for this transaction's lock, so it commits between this
+        // transaction and the next (whose lock request comes only after this COMMIT).
+        const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
+        granted = grantCredits(elsewhere, { accountId, amountMicroCredits: credits(10), type: 'PAID', source: 'ADJUSTMENT', expiresAt: null, reference: null, idempotencyKey: `g-${randomUUID()}` });
+        await waitForBlockedBy(rows[0].pid);
+      }
+      return out;
+    };
+    const { committer, results } = await sixInThree(accountId, ['d1', 'd2', 'd3', 'd4', 'd5', 'd6'], grantDuringFirst);
+    await granted;
+    // From the state the first transaction left (0 credits), d3 and d4 would be refused.
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK', 'OK', 'OK']);
+    expect(committer.stats()).toMatchObject({ carriedState: 1, carriedStateMisses: 1, retriedAlone: 0 });
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(6));
+  });
+
+  it('a spending budget set after the state was left (budgets do not move the version) is enforced', async () => {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const elsewhere = { ...services, groupCommit: undefined };
+    let budgeted: Promise<unknown> | undefined;
+    const budgetDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
+      const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
+      if (!budgeted) {
+        const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
+        budgeted = setSpendingBudget(elsewhere, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(2) });
+        await waitForBlockedBy(rows[0].pid);
+      }
+      return out;
+    };
+    const { committer, results } = await sixInThree(accountId, ['h1', 'h2', 'h3', 'h4', 'h5', 'h6'], budgetDuringFirst, 'agent-1');
+    await budgeted;
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED']);
+    expect(committer.stats()).toMatchObject({ carriedStateMisses: 1 });
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(8));
+  });
+
+  it('a key recorded by an earlier transaction is replayed, not charged again', async () => {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const { committer, results } = await sixInThree(accountId, ['e1', 'e2', 'e1', 'e3', 'e4', 'e5']);
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK', 'OK', 'OK']);
+    const value = (i: number) => (results[i] as PromiseFulfilledResult<{ eventId: string; replayed: boolean }>).value;
+    expect(value(2)).toMatchObject({ eventId: value(0).eventId, replayed: true });
+    expect(committer.stats()).toMatchObject({ carriedState: 1, carriedStateMisses: 1 });
+    const { rows } = await services.pool.query('SELECT count(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
+    expect(rows[0].n).toBe(5);
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(5));
+  });
+
+  it('is not used with carryState: false', async () => {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const committer = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: 1, maxChargesPerAccount: 2, carryState: false });
+    const local = { ...services, groupCommit: committer };
+    const release = occupySlot(committer, await createFundedAccount(services, { paid: 1 }));
+    const calls = ['f1', 'f2', 'f3', 'f4'].map((idempotencyKey) => recordUsage(local, { accountId, idempotencyKey, category: 'unit' }));
+    await release(4);
+    expect((await Promise.allSettled(calls)).map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK']);
+    expect(committer.stats()).toMatchObject({ carriedState: 0, carriedStateMisses: 0 });
+  });
+});
+
+/** Resolves once some backend waits for a lock held by backend `pid` (polls pg_blocking_pids). */
+async function waitForBlockedBy(pid: number): Promise<void> {
+  for (;;) {
+    const { rows } = await services.pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid))`, [pid]);
+    if (rows[0].n > 0) return;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}

@@ -42,7 +42,7 @@ export async function startTestServer(overrides: Record<string, string> = {}): P
   const log = pino({ level: env.LOG_LEVEL });
   const services = createTestServices();
   services.payments = createPaymentProvider(env);
-  if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS });
+  if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
   const prisma = createPrismaClient(env.DATABASE_URL, 5);
   const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3 });
   const authenticator = createAuthenticator({ pool: services.pool, adminApiKey: adminKey, jwtSecret });
