@@ -102,9 +102,9 @@ export interface GroupCommitStats {
    * end of COMMIT, retries included): divided by `transactions`, the mean cycle of one.
    */
   transactionMs: number;
-  /** Transactions that started from the state their account's previous transaction left (no state read). */
+  /** Transactions that committed from the state their account's previous transaction left (no state read). */
   carriedState: number;
-  /** Of those, the ones whose account had changed meanwhile (the guard failed; run again from a fresh read). */
+  /** Transactions that started from such a state and were rolled back (the account had changed, or a key was recorded before) and run again from a fresh read; not in `carriedState`. */
   carriedStateMisses: number;
   /** Charges and operations waiting for a transaction now. */
   waiting: number;
