@@ -343,7 +343,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     log(
       `  ${r.id.padEnd(10)} ${r.scenario.padEnd(34)} ${r.server.padEnd(6)} c=${String(r.concurrency).padEnd(3)} ${fmt(r.rate).padStart(8)} ${r.unit}  ` +
         `p50 ${r.latencyMs.p50} ms  p99 ${r.latencyMs.p99} ms  RSS ${r.rssMiB ?? '-'} MiB  cpu srv ${r.cpu.server}% pg ${r.cpu.postgres}% load ${r.cpu.bench + r.cpu.tool}% other ${r.cpu.other}% busy ${r.cpu.machineBusy}% iowait ${r.cpu.iowait}%  errors: ${errs}` +
-        (r.serverWork ? `  tx/unit ${r.serverWork.transactionsPerUnit ?? '-'} items/tx ${r.serverWork.itemsPerTransaction ?? '-'} relay drains/unit ${r.serverWork.relayDrainsPerUnit} tx ms ${r.serverWork.meanTransactionMs ?? '-'} pg round trips/unit ${r.serverWork.pgRoundTripsPerUnit ?? '-'} event loop busy ${r.serverWork.eventLoopUtilization ?? '-'} late ${r.serverWork.eventLoopLatenessMs ?? '-'} ms` : ''),
+        (r.serverWork ? `  tx/unit ${r.serverWork.transactionsPerUnit ?? '-'} items/tx ${r.serverWork.itemsPerTransaction ?? '-'} relay drains/unit ${r.serverWork.relayDrainsPerUnit} tx ms ${r.serverWork.meanTransactionMs ?? '-'} carried ${r.serverWork.carriedShare ?? '-'} (misses ${r.serverWork.carriedMissesPerTransaction ?? '-'}) pg round trips/unit ${r.serverWork.pgRoundTripsPerUnit ?? '-'} event loop busy ${r.serverWork.eventLoopUtilization ?? '-'} late ${r.serverWork.eventLoopLatenessMs ?? '-'} ms` : ''),
     );
     if (r.serverWork?.statements?.length) {
       log(`             statements (per unit x mean wall ms): ${r.serverWork.statements.map((t) => `${t.statement} ${t.perUnit}x${t.meanMs}`).join(', ')}`);

@@ -18,6 +18,9 @@ export interface ServerCounters {
   relayDrains: number;
   /** Sum of charge transactions' wall time (ms). */
   transactionMs: number;
+  /** Charge transactions committed from carried state, and those rolled back to a fresh read (0 when not reported). */
+  carriedState: number;
+  carriedStateMisses: number;
   /** Event loop busy / idle time since boot (ms; null when the server does not report them). */
   eventLoopActiveMs: number | null;
   eventLoopIdleMs: number | null;
@@ -51,6 +54,13 @@ export interface ServerWork {
   relayDrainsPerUnit: number;
   /** Mean wall time of one group-commit transaction, ms (null when none ran). */
   meanTransactionMs?: number | null;
+  /**
+   * Share of the group-commit transactions that committed from the state the account's previous
+   * transaction left (one round trip, no state read), and misses (rolled back, run again from a
+   * fresh read) per such transaction; null when none ran.
+   */
+  carriedShare?: number | null;
+  carriedMissesPerTransaction?: number | null;
   /** Share of the scenario's time the server's event loop was busy, 0..1 (null when unknown). */
   eventLoopUtilization?: number | null;
   /**
@@ -73,7 +83,7 @@ export async function readServerCounters(graphqlUrl: string): Promise<ServerCoun
     const res = await fetch(new URL('/readyz', graphqlUrl));
     const body = (await res.json()) as {
       live?: { outboxDrains?: number };
-      groupCommit?: { transactions: number; charges: number; largestGroup: number; transactionMs?: number } | null;
+      groupCommit?: { transactions: number; charges: number; largestGroup: number; transactionMs?: number; carriedState?: number; carriedStateMisses?: number } | null;
       eventLoop?: { activeMs: number; idleMs: number; delaySamples?: number; delayLatenessMs?: number };
       queryTimings?: Record<string, StatementTiming> | null;
       pgRoundTrips?: number | null;
@@ -84,6 +94,8 @@ export async function readServerCounters(graphqlUrl: string): Promise<ServerCoun
       largestGroup: body.groupCommit?.largestGroup ?? 0,
       relayDrains: body.live?.outboxDrains ?? 0,
       transactionMs: body.groupCommit?.transactionMs ?? 0,
+      carriedState: body.groupCommit?.carriedState ?? 0,
+      carriedStateMisses: body.groupCommit?.carriedStateMisses ?? 0,
       eventLoopActiveMs: body.eventLoop?.activeMs ?? null,
       eventLoopIdleMs: body.eventLoop?.idleMs ?? null,
       eventLoopDelaySamples: body.eventLoop?.delaySamples ?? null,
@@ -109,6 +121,8 @@ export function serverWorkPerUnit(before: ServerCounters | null, after: ServerCo
     largestGroup: after.largestGroup > 0 ? after.largestGroup : null,
     relayDrainsPerUnit: r((after.relayDrains - before.relayDrains) / units),
     meanTransactionMs: transactions > 0 ? r((after.transactionMs - before.transactionMs) / transactions) : null,
+    carriedShare: transactions > 0 ? r((after.carriedState - before.carriedState) / transactions) : null,
+    carriedMissesPerTransaction: transactions > 0 ? r((after.carriedStateMisses - before.carriedStateMisses) / transactions) : null,
     eventLoopUtilization: busyMs !== null && idleMs !== null && busyMs + idleMs > 0 ? r(busyMs / (busyMs + idleMs)) : null,
     eventLoopLatenessMs: meanLateness(before, after),
     ...(before.pgRoundTrips !== null && after.pgRoundTrips !== null ? { pgRoundTripsPerUnit: r((after.pgRoundTrips - before.pgRoundTrips) / units) } : {}),
