@@ -226,7 +226,7 @@ export class AccountTx {
    * @returns the account and the pending lock and guard (a `.catch` attached)
    */
   static lockCarried(tx: Tx, carried: Record<string, unknown>, wallNow: Date): { atx: AccountTx; locked: Promise<unknown> } {
-    const lock = tx.query({ name: 'cp-account-lock', text: `${LOCK_SELECT} WHERE b.account_id = $1 FOR UPDATE OF b`, values: [carried.id] });
+    const lock = AccountTx.lockRow(tx, carried.id as string);
     // A statement of its own, so that its snapshot is taken once the lock is granted: inside the
     // lock statement, the budget subquery would see the database as of before the lock wait
     // (only the locked row itself is re-read then), and miss a budget committed meanwhile.
@@ -263,12 +263,17 @@ export class AccountTx {
     };
   }
 
+  /** The single-account lock statement (one named statement for `lock` and `lockCarried`): the row LOCK_SELECT reads, or none. */
+  private static lockRow(tx: Tx, accountId: string) {
+    return tx.query({ name: 'cp-account-lock', text: `${LOCK_SELECT} WHERE b.account_id = $1 FOR UPDATE OF b`, values: [accountId] });
+  }
+
   /**
    * Locks the account's balance row and returns its state.
    * @throws LedgerError NOT_FOUND when the account does not exist.
    */
   static async lock(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
-    const { rows } = await tx.query({ name: 'cp-account-lock', text: `${LOCK_SELECT} WHERE b.account_id = $1 FOR UPDATE OF b`, values: [accountId] });
+    const { rows } = await AccountTx.lockRow(tx, accountId);
     if (!rows[0]) throw new LedgerError('NOT_FOUND', 'account not found');
     return new AccountTx(tx, rows[0], wallNow);
   }
