@@ -23,12 +23,21 @@
  * With `--jobs` every 5 "events" are one job of the perf bench's scenario 4 instead: reserve 1
  * credit, 3 charges against the hold, settle with no further usage (5 operations).
  *
+ * Run under `bash bench/pg-stat-statements.sh`, it also prints PostgreSQL's own execution time
+ * per statement for the measured charges (pg_stat_statements, reset where the warm-up ends).
+ *
  * Every mode ends with the rows each table gave to sequential and index scans per event
  * (pg_stat_user_tables): a number that grows with the data is a plan to look at with --plans.
  *
  * `--batch N --spread` spreads each batch over the accounts instead of one account.
  *
- * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N [--spread] | --hot | --jobs] [--plans]
+ * With `--triggers` the measured connection also runs auto_explain (log_analyze, log_triggers,
+ * timing on) on its top-level statements and prints, per statement, PostgreSQL's execution time
+ * and the part of it spent in each trigger: the foreign-key checks (one per inserted row that
+ * references another table), the rollup trigger, the balance invariant. The instrumentation
+ * itself costs time, so compare shares within one run, not with a run without it.
+ *
+ * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N [--spread] | --hot | --jobs] [--plans | --triggers]
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
@@ -58,6 +67,7 @@ const { values } = parseArgs({
     hot: { type: 'boolean', default: false },
     jobs: { type: 'boolean', default: false },
     spread: { type: 'boolean', default: false },
+    triggers: { type: 'boolean', default: false },
   },
 });
 const EVENTS = Number(values.events);
@@ -107,6 +117,10 @@ async function main() {
   await seedClosedHolds(pool, 2); // a ledger in use has closed holds (bench/perf/closed-holds.ts)
   await pool.query('VACUUM ANALYZE');
   const trace = planReplay('azure').slice(0, EVENTS);
+  // Under bench/pg-stat-statements.sh (a PostgreSQL that preloads pg_stat_statements): its
+  // counts, reset where the warm-up ends, are printed at the end.
+  const statements = (await pool.query(`SELECT current_setting('shared_preload_libraries') LIKE '%pg_stat_statements%' AS on`)).rows[0].on as boolean;
+  if (statements) await pool.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
 
   // Time every statement on the one pooled client.
   if (values.plans) {
@@ -116,6 +130,7 @@ async function main() {
   }
   const client = await pool.connect();
   const pid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+  const explained = values.triggers ? await explainTriggers(client) : undefined;
   const stats = new Map<string, { n: number; ms: number }>();
   const orig = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
   (client as unknown as { query: unknown }).query = async (...args: unknown[]) => {
@@ -143,7 +158,9 @@ async function main() {
   }
   await pool.query('ANALYZE');
   stats.clear();
+  explained?.reset();
   await pool.query('SELECT pg_stat_reset()');
+  if (statements) await pool.query('SELECT pg_stat_statements_reset()');
   const ticks0 = cpuTicks(pid);
   const t0 = performance.now();
   const input = (i: number) => {
@@ -180,6 +197,21 @@ async function main() {
   for (const [k, s] of rows) {
     console.log(`${k.padEnd(62)} ${(s.n / trace.length).toFixed(2).padStart(8)} ${(s.ms / s.n).toFixed(3).padStart(9)} ${(s.ms / trace.length).toFixed(3).padStart(10)}`);
   }
+  if (explained) explained.print(trace.length);
+  if (statements) {
+    // Executor time per statement as PostgreSQL counts it (track = all: nested statements, e.g.
+    // foreign-key queries and those of PL/pgSQL functions, also count inside their caller).
+    const q = await pool.query(
+      `SELECT query, calls, total_exec_time FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query NOT LIKE '%pg_stat_statements%'
+        ORDER BY total_exec_time DESC LIMIT 15`,
+    );
+    console.log('PostgreSQL execution (pg_stat_statements; nested ones count in their caller too)  calls/event   ms each   ms/event');
+    for (const x of q.rows) {
+      const ms = Number(x.total_exec_time);
+      console.log(`${String(x.query).replace(/\s+/g, ' ').trim().slice(0, 62).padEnd(62)} ${(Number(x.calls) / trace.length).toFixed(2).padStart(11)} ${(ms / Math.max(1, Number(x.calls))).toFixed(4).padStart(9)} ${(ms / trace.length).toFixed(4).padStart(10)}`);
+    }
+  }
   const ob = await pool.query('SELECT count(*)::int AS n FROM outbox_events');
   console.log(`outbox rows left for the relay: ${ob.rows[0].n} (${(ob.rows[0].n / trace.length).toFixed(2)} per event)`);
   await pool.end();
@@ -212,6 +244,52 @@ async function main() {
     await new Promise((res) => setTimeout(res, 100));
   }
   await r.end();
+}
+
+/**
+ * `--triggers`: turns on auto_explain for `client`'s top-level statements (ANALYZE, triggers,
+ * timing; plans reported as notices) and sums, per statement (first words), the execution time
+ * auto_explain reports and each trigger's time and calls, as the notices arrive.
+ * @returns `reset()`, which forgets the sums so far, and `print(events)`, which prints them per event (ms and calls).
+ */
+async function explainTriggers(client: pg.PoolClient) {
+  const statements = new Map<string, { n: number; ms: number; triggers: Map<string, { calls: number; ms: number }> }>();
+  client.on('notice', (n) => {
+    const text = String(n.message);
+    const d = /duration: ([\d.]+) ms/.exec(text);
+    const q = /Query Text: ([\s\S]*?)\n\S/.exec(text);
+    if (!d || !q) return;
+    const k = label(q[1]!);
+    const s = statements.get(k) ?? { n: 0, ms: 0, triggers: new Map() };
+    s.n++;
+    s.ms += Number(d[1]);
+    for (const m of text.matchAll(/Trigger (?:for constraint )?(\S+)(?: on \S+)?: time=([\d.]+) calls=(\d+)/g)) {
+      const t = s.triggers.get(m[1]!) ?? { calls: 0, ms: 0 };
+      t.calls += Number(m[3]);
+      t.ms += Number(m[2]);
+      s.triggers.set(m[1]!, t);
+    }
+    statements.set(k, s);
+  });
+  await client.query(`LOAD 'auto_explain'`);
+  await client.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_level = 'notice'; SET auto_explain.log_nested_statements = off;
+                      SET auto_explain.log_analyze = on; SET auto_explain.log_triggers = on; SET auto_explain.log_timing = on`);
+  return {
+    /** Forgets what was summed so far (the warm-up). */
+    reset() {
+      statements.clear();
+    },
+    print(events: number) {
+      console.log('PostgreSQL execution per statement and its triggers (auto_explain, instrumented)   ms/event   calls/event   share');
+      for (const [k, s] of [...statements.entries()].sort((a, b) => b[1].ms - a[1].ms)) {
+        if (s.ms / events < 0.001) continue;
+        console.log(`${k.padEnd(82)} ${(s.ms / events).toFixed(4).padStart(8)} ${(s.n / events).toFixed(2).padStart(13)}`);
+        for (const [t, x] of [...s.triggers.entries()].sort((a, b) => b[1].ms - a[1].ms)) {
+          console.log(`  trigger ${t.padEnd(72)} ${(x.ms / events).toFixed(4).padStart(8)} ${(x.calls / events).toFixed(2).padStart(13)} ${((100 * x.ms) / s.ms).toFixed(0).padStart(6)} %`);
+        }
+      }
+    },
+  };
 }
 
 /** See the module comment (`--plans`). */
