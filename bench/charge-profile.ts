@@ -34,8 +34,9 @@
  * With `--triggers` the measured connection also runs auto_explain (log_analyze, log_triggers,
  * timing on) on its top-level statements and prints, per statement, PostgreSQL's execution time
  * and the part of it spent in each trigger: the foreign-key checks (one per inserted row that
- * references another table), the rollup trigger, the balance invariant. The instrumentation
- * itself costs time, so compare shares within one run, not with a run without it.
+ * references another table), the rollup trigger. The deferred balance-invariant check runs at
+ * COMMIT, outside any statement, so its queries are listed as statements of their own. The
+ * instrumentation itself costs time, so compare shares within one run, not with a run without it.
  *
  * Usage: bash scripts/with-services.sh npx tsx bench/charge-profile.ts [--events 3000] [--accounts 1000] [--batch N [--spread] | --hot | --jobs] [--plans | --triggers]
  */
