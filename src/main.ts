@@ -29,6 +29,7 @@ if (env.MIGRATE_ON_BOOT) {
 }
 
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE);
+pool.on('error', (err) => log.warn({ err: err.message, code: (err as { code?: string }).code }, 'postgres connection lost; the pool reconnects on the next query'));
 const queryTimings = env.PG_QUERY_TIMINGS ? new QueryTimings() : undefined;
 queryTimings?.instrument(pool);
 const prisma = createPrismaClient(env.DATABASE_URL);

@@ -55,10 +55,77 @@ export function withLedgerSessionOptions(databaseUrl: string): string {
  */
 export function createPgPool(databaseUrl: string, max = 20): pg.Pool {
   const pool = new pg.Pool({ connectionString: withLedgerSessionOptions(databaseUrl), max, idleTimeoutMillis: 30_000, pipeline: true });
-  pool.on('connect', coalesceWrites);
+  pool.on('connect', (client) => {
+    coalesceWrites(client);
+    keepClientErrorsOnPool(pool, client);
+  });
   // An idle client's error (server restart) must not crash the process; the next query reconnects.
+  // The process may add a listener of its own to log them (src/main.ts, workers/main.ts).
   pool.on('error', () => undefined);
   return pool;
+}
+
+/**
+ * Gives `client` an 'error' listener for its whole life that re-emits the error on `pool`.
+ *
+ * Why: node-postgres emits 'error' on a client whose connection fails while no statement of it
+ * is running (PostgreSQL's FATAL 57P01 "terminating connection due to administrator command"
+ * after `pg_terminate_backend`, a restart or a failover, or a reset socket), and pg-pool listens
+ * for that only while the client is idle in the pool: it removes its listener when the client
+ * is checked out (pg-pool `_acquireClient`). An 'error' event without a listener throws
+ * (Node.js docs, events: "Error events"), so a connection that died under a checked-out client
+ * between two statements (a transaction deciding in memory, the outbox relay, a webhook
+ * delivery) killed the whole process (test/cycles/server-faults.test.ts). The statements of
+ * that client fail on their own with the same error (node-postgres `_errorAllQueries`), and
+ * pg-pool discards a client that is no longer queryable when it is released, so this listener
+ * only has to keep the process alive and let the pool's 'error' listeners log it.
+ */
+export function keepClientErrorsOnPool(pool: pg.Pool, client: pg.PoolClient): void {
+  client.on('error', (err) => {
+    pool.emit('error', err, client);
+  });
+}
+
+/** SQLSTATEs that mean the connection or the server is gone or refusing, not the statement (PostgreSQL docs, Appendix A). */
+const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '53400']); // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections, configuration_limit_exceeded
+
+/** Socket errors (Node.js docs, "Common system errors") of a database connection. */
+const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+
+/** Messages node-postgres and pg-pool throw when a connection is lost or cannot be had. */
+const CONNECTION_MESSAGES = [
+  'Connection terminated',
+  'Client has encountered a connection error and is not queryable',
+  'timeout exceeded when trying to connect',
+  'Client was closed and is not queryable',
+];
+
+/** Prisma's codes for an unreachable, closed or exhausted database (Prisma docs, "Error message reference"). */
+const PRISMA_CONNECTION_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2024']);
+
+/**
+ * Whether `err` (or an error it wraps in `cause`, up to 5 deep) says the database could not be
+ * reached or dropped the connection, rather than that a statement was wrong: SQLSTATE class 08
+ * (connection exception) or one of CONNECTION_SQLSTATES, a socket error, node-postgres' and
+ * pg-pool's lost-connection messages, or Prisma's connection error codes.
+ *
+ * Such a failure is the database's, not the caller's and not a bug: the API answers it as
+ * UNAVAILABLE (src/graphql/errors.ts), and the caller retries with the same idempotency key,
+ * which replays a charge that did commit (the COMMIT's answer may be what was lost) and charges
+ * one that did not exactly once.
+ */
+export function isConnectionFailure(err: unknown): boolean {
+  let e: unknown = err;
+  for (let depth = 0; depth < 5 && e && typeof e === 'object'; depth++) {
+    const { code, message, cause } = e as { code?: unknown; message?: unknown; cause?: unknown };
+    if (typeof code === 'string') {
+      if (code.startsWith('08') && code.length === 5) return true;
+      if (CONNECTION_SQLSTATES.has(code) || CONNECTION_ERRNOS.has(code) || PRISMA_CONNECTION_CODES.has(code)) return true;
+    }
+    if (typeof message === 'string' && CONNECTION_MESSAGES.some((m) => message.startsWith(m))) return true;
+    e = cause;
+  }
+  return false;
 }
 
 /** The part of a pooled client this module reaches into: node-postgres's connection and its socket. */

@@ -14,9 +14,9 @@ export interface TestServices extends ServiceContext {
   close(): Promise<void>;
 }
 
-/** Creates services on the test database (pool of `max` connections). */
-export function createTestServices(max = 20): TestServices {
-  const pool: pg.Pool = createPgPool(TEST_DATABASE_URL, max);
+/** Creates services on the test database, or on `databaseUrl` (pool of `max` connections). */
+export function createTestServices(max = 20, databaseUrl = TEST_DATABASE_URL): TestServices {
+  const pool: pg.Pool = createPgPool(databaseUrl, max);
   let fixed: Date | null = null;
   return {
     pool,

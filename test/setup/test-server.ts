@@ -40,7 +40,7 @@ export async function startTestServer(overrides: Record<string, string> = {}): P
     ...overrides,
   });
   const log = pino({ level: env.LOG_LEVEL });
-  const services = createTestServices();
+  const services = createTestServices(20, env.DATABASE_URL);
   services.payments = createPaymentProvider(env);
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
   const prisma = createPrismaClient(env.DATABASE_URL, 5);
