@@ -28,7 +28,7 @@ if (env.MIGRATE_ON_BOOT) {
   log.info({ applied }, applied.length ? 'applied migrations' : 'database schema is current');
 }
 
-const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE);
+const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, { statementTimeoutMs: env.PG_STATEMENT_TIMEOUT_MS, idleInTransactionTimeoutMs: env.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS });
 pool.on('error', (err) => log.warn({ err: err.message, code: (err as { code?: string }).code }, 'postgres connection lost; the pool reconnects on the next query'));
 const queryTimings = env.PG_QUERY_TIMINGS ? new QueryTimings() : undefined;
 queryTimings?.instrument(pool);

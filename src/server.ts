@@ -185,7 +185,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         return maskError(error, requestId, (err) => log.error({ err, requestId }, 'unexpected error while executing GraphQL'), {
           publicAudience: scope?.publicAudience ?? false,
           onNeutralized: (err) => log.info({ requestId, code: err.code, reason: err.message, details: err.details }, 'billing refusal shown to a public visitor as UNAVAILABLE'),
-          onUnavailable: (err) => log.warn({ err, requestId }, 'database unreachable or connection lost: answered UNAVAILABLE'),
+          onUnavailable: (err) => log.warn({ err, requestId }, 'database unreachable, connection lost or timed out: answered UNAVAILABLE'),
         });
       },
     },

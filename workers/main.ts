@@ -9,7 +9,7 @@ import { startWorkers } from './start.js';
 
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
-const pool = createPgPool(env.DATABASE_URL, 5);
+const pool = createPgPool(env.DATABASE_URL, 5, { statementTimeoutMs: env.PG_STATEMENT_TIMEOUT_MS, idleInTransactionTimeoutMs: env.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS });
 pool.on('error', (err) => log.warn({ err: err.message, code: (err as { code?: string }).code }, 'postgres connection lost; the pool reconnects on the next query'));
 const workers = await startWorkers({ env, pool, log });
 log.info('creditpool workers ready');

@@ -31,6 +31,18 @@ const EnvSchema = z.object({
   MIGRATE_ON_BOOT: booleanish.default(true),
   /** Size of the pg pool used by the ledger's money-moving transactions. */
   PG_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(20),
+  /**
+   * Longest a statement of that pool may run, lock waits included, before PostgreSQL cancels it
+   * (its `statement_timeout`; 0 = no limit). A charge waiting on an account row that a stuck
+   * transaction holds answers UNAVAILABLE after this long instead of hanging (db/pg.ts).
+   */
+  PG_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(0).default(30_000),
+  /**
+   * Longest a transaction of that pool may sit idle (no statement running) before PostgreSQL ends
+   * its session and rolls it back (`idle_in_transaction_session_timeout`; 0 = no limit): a
+   * process that hangs or dies mid-transaction cannot hold an account's row lock for longer.
+   */
+  PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(0).default(60_000),
   /** Time every statement of that pool client-side and report the sums on /readyz (src/db/query-timings.ts; for profiling). */
   PG_QUERY_TIMINGS: booleanish.default(false),
   /** GraphQL limits (graphql-armor). */

@@ -28,19 +28,37 @@ export type Tx = pg.PoolClient;
 export const LEDGER_SESSION_OPTIONS = '-c plan_cache_mode=force_generic_plan';
 
 /**
- * `databaseUrl` with {@link LEDGER_SESSION_OPTIONS} appended to its `options` parameter (a URL's
- * own options are kept, before ours).
+ * Time limits PostgreSQL enforces on every session of a ledger pool (PostgreSQL docs, "Client
+ * Connection Defaults"); 0 or absent = no limit. In milliseconds.
  */
-export function withLedgerSessionOptions(databaseUrl: string): string {
+export interface LedgerSessionLimits {
+  /** `statement_timeout`: a statement (lock waits included) running longer is cancelled (57014). */
+  statementTimeoutMs?: number;
+  /** `idle_in_transaction_session_timeout`: a transaction idle longer ends its session (25P03), which rolls it back and frees its locks. */
+  idleInTransactionTimeoutMs?: number;
+}
+
+/**
+ * `databaseUrl` with the session's `limits` and {@link LEDGER_SESSION_OPTIONS} in its `options`
+ * parameter: the limits first, then the URL's own options (so a limit the URL sets wins: the last
+ * `-c` of a setting is the one PostgreSQL applies), then ours.
+ */
+export function withLedgerSessionOptions(databaseUrl: string, limits: LedgerSessionLimits = {}): string {
   const url = new URL(databaseUrl);
+  const parts: string[] = [];
+  if (limits.statementTimeoutMs) parts.push(`-c statement_timeout=${limits.statementTimeoutMs}`);
+  if (limits.idleInTransactionTimeoutMs) parts.push(`-c idle_in_transaction_session_timeout=${limits.idleInTransactionTimeoutMs}`);
   const own = url.searchParams.get('options');
-  url.searchParams.set('options', own ? `${own} ${LEDGER_SESSION_OPTIONS}` : LEDGER_SESSION_OPTIONS);
+  if (own) parts.push(own);
+  parts.push(LEDGER_SESSION_OPTIONS);
+  url.searchParams.set('options', parts.join(' '));
   return url.toString();
 }
 
 /**
  * Creates the ledger's pg pool: `max` connections to `databaseUrl`, each started with
- * {@link LEDGER_SESSION_OPTIONS}, in node-postgres's pipeline mode: a query is written to the
+ * {@link LEDGER_SESSION_OPTIONS} and the time `limits` (the processes pass PG_STATEMENT_TIMEOUT_MS
+ * and PG_IDLE_IN_TRANSACTION_TIMEOUT_MS; benchmarks and tests may leave them out), in node-postgres's pipeline mode: a query is written to the
  * socket as soon as it is asked for, not when the previous one has been answered
  * (https://node-postgres.com/features/pipelining; PostgreSQL docs, "Pipeline Mode", libpq 34.5).
  * Code that awaits each query before the next behaves exactly as without it; code that asks for
@@ -53,8 +71,8 @@ export function withLedgerSessionOptions(databaseUrl: string): string {
  * pool has none. Each connection writes what it is asked for within one tick in one socket write
  * ({@link coalesceWrites}).
  */
-export function createPgPool(databaseUrl: string, max = 20): pg.Pool {
-  const pool = new pg.Pool({ connectionString: withLedgerSessionOptions(databaseUrl), max, idleTimeoutMillis: 30_000, pipeline: true });
+export function createPgPool(databaseUrl: string, max = 20, limits: LedgerSessionLimits = {}): pg.Pool {
+  const pool = new pg.Pool({ connectionString: withLedgerSessionOptions(databaseUrl, limits), max, idleTimeoutMillis: 30_000, pipeline: true });
   pool.on('connect', (client) => {
     coalesceWrites(client);
     keepClientErrorsOnPool(pool, client);
@@ -86,8 +104,14 @@ export function keepClientErrorsOnPool(pool: pg.Pool, client: pg.PoolClient): vo
   });
 }
 
-/** SQLSTATEs that mean the connection or the server is gone or refusing, not the statement (PostgreSQL docs, Appendix A). */
-const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '53400']); // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections, configuration_limit_exceeded
+/**
+ * SQLSTATEs that mean the connection or the server is gone, refusing or out of time, not that the
+ * statement was wrong (PostgreSQL docs, Appendix A): admin_shutdown, crash_shutdown,
+ * cannot_connect_now, too_many_connections, configuration_limit_exceeded, query_canceled (a
+ * statement_timeout; the ledger never cancels its own statements), lock_not_available (a
+ * lock_timeout) and idle_in_transaction_session_timeout.
+ */
+const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '53400', '57014', '55P03', '25P03']);
 
 /** Socket errors (Node.js docs, "Common system errors") of a database connection. */
 const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
@@ -105,7 +129,8 @@ const PRISMA_CONNECTION_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2
 
 /**
  * Whether `err` (or an error it wraps in `cause`, up to 5 deep) says the database could not be
- * reached or dropped the connection, rather than that a statement was wrong: SQLSTATE class 08
+ * reached, dropped the connection or ran out of time (a session limit of
+ * {@link LedgerSessionLimits}), rather than that a statement was wrong: SQLSTATE class 08
  * (connection exception) or one of CONNECTION_SQLSTATES, a socket error, node-postgres' and
  * pg-pool's lost-connection messages, or Prisma's connection error codes.
  *
@@ -114,7 +139,7 @@ const PRISMA_CONNECTION_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2
  * which replays a charge that did commit (the COMMIT's answer may be what was lost) and charges
  * one that did not exactly once.
  */
-export function isConnectionFailure(err: unknown): boolean {
+export function isDatabaseUnavailable(err: unknown): boolean {
   let e: unknown = err;
   for (let depth = 0; depth < 5 && e && typeof e === 'object'; depth++) {
     const { code, message, cause } = e as { code?: unknown; message?: unknown; cause?: unknown };

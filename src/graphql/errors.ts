@@ -5,7 +5,7 @@
  */
 import { GraphQLError } from 'graphql';
 import { LedgerError } from '../ledger/errors.js';
-import { isConnectionFailure } from '../db/pg.js';
+import { isDatabaseUnavailable } from '../db/pg.js';
 
 /** Builds a client-facing GraphQL error with a stable code. */
 export function codedError(code: string, message: string, extra: Record<string, unknown> = {}): GraphQLError {
@@ -30,12 +30,12 @@ export const BILLING_REFUSALS: ReadonlySet<string> = new Set(['INSUFFICIENT_CRED
 export const NEUTRAL_MESSAGE = 'This service is temporarily unavailable. Please try again later.';
 
 /**
- * What a client reads when the database could not be reached or dropped the connection in the
- * middle of its request (UNAVAILABLE). The outcome of a money-moving request may be unknown (the
+ * What a client reads when the database could not be reached, dropped the connection or ran out
+ * of time in the middle of its request (UNAVAILABLE). The outcome of a money-moving request may be unknown (the
  * COMMIT may have succeeded and only its answer been lost), so it says how to find out safely.
  */
 export const DATABASE_UNAVAILABLE_MESSAGE =
-  'The ledger database is temporarily unreachable. Retry with the same idempotency key: a request that was recorded is replayed, never applied twice.';
+  'The ledger database is temporarily unavailable. Retry with the same idempotency key: a request that was recorded is replayed, never applied twice.';
 
 /** Codes graphql-yoga/graphql-js give to a request that is malformed: the client's fault. */
 const CLIENT_FAULT_CODES = new Set(['GRAPHQL_VALIDATION_FAILED', 'GRAPHQL_PARSE_FAILED', 'BAD_REQUEST', 'BAD_USER_INPUT']);
@@ -47,7 +47,8 @@ const CLIENT_FAULT_CODES = new Set(['GRAPHQL_VALIDATION_FAILED', 'GRAPHQL_PARSE_
  *   BAD_USER_INPUT (the contract's code for malformed input);
  * - a GraphQL error from graphql-js itself (argument/variable coercion, unknown fields): the
  *   client's fault, BAD_USER_INPUT with graphql-js's message;
- * - a lost or refused database connection (db/pg.ts `isConnectionFailure`): UNAVAILABLE with
+ * - a database that cannot be reached, dropped the connection or ran out of time (statement,
+ *   lock or idle-in-transaction timeout; db/pg.ts `isDatabaseUnavailable`): UNAVAILABLE with
  *   DATABASE_UNAVAILABLE_MESSAGE and the request id, and `audience.onUnavailable` is called with
  *   it for logging (not a bug, so not `onUnexpected`);
  * - anything else is a bug: masked as INTERNAL_SERVER_ERROR with the request id, and
@@ -82,7 +83,7 @@ export function maskError(
   if (cause instanceof GraphQLError) {
     return new GraphQLError((gql ?? cause).message, { ...at, extensions: { code: 'BAD_USER_INPUT' } });
   }
-  if (isConnectionFailure(cause)) {
+  if (isDatabaseUnavailable(cause)) {
     audience.onUnavailable?.(cause);
     return new GraphQLError(DATABASE_UNAVAILABLE_MESSAGE, { ...at, extensions: { code: 'UNAVAILABLE', requestId } });
   }

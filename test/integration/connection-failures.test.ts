@@ -1,17 +1,25 @@
 /**
- * Lost and refused database connections, as node-postgres really reports them (real PostgreSQL,
- * a real closed port): `isConnectionFailure` tells them from a wrong statement, maskError answers
- * them UNAVAILABLE instead of masking them as a bug, and a pool made by createPgPool survives a
- * connection that dies under a checked-out client between two statements.
+ * Lost and refused database connections and the ledger sessions' time limits, as node-postgres
+ * really reports them (real PostgreSQL, a real closed port): `isDatabaseUnavailable` tells them
+ * from a wrong statement, maskError answers them UNAVAILABLE instead of masking them as a bug, a
+ * pool made by createPgPool survives a connection that dies under a checked-out client between
+ * two statements, a charge stuck behind another transaction's lock gives up after
+ * PG_STATEMENT_TIMEOUT_MS, and a transaction left idle is ended after
+ * PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, freeing the account it locked.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GraphQLError } from 'graphql';
 import pg from 'pg';
 import { randomUUID } from 'node:crypto';
-import { createPgPool, isConnectionFailure } from '../../src/db/pg.js';
+import { createPgPool, isDatabaseUnavailable } from '../../src/db/pg.js';
 import { DATABASE_UNAVAILABLE_MESSAGE, maskError } from '../../src/graphql/errors.js';
 import { freePort } from '../../demo/server-process.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
+import { startTestServer } from '../setup/test-server.js';
+import { createTestServices } from '../setup/services.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { gid } from '../api/helpers.js';
 
 let admin: pg.Client;
 
@@ -43,7 +51,7 @@ async function rejection(p: Promise<unknown>): Promise<unknown> {
   );
 }
 
-describe('isConnectionFailure and maskError on real errors', () => {
+describe('isDatabaseUnavailable and maskError on real errors', () => {
   it('a backend terminated under a running statement (57P01) and a refused connection (ECONNREFUSED) are connection failures, answered UNAVAILABLE', async () => {
     const { url, name } = tagged();
     const client = new pg.Client({ connectionString: url });
@@ -69,7 +77,7 @@ describe('isConnectionFailure and maskError on real errors', () => {
     const after = await rejection(client.query('SELECT 1'));
 
     for (const err of [terminated, refused, after]) {
-      expect(isConnectionFailure(err), String(err)).toBe(true);
+      expect(isDatabaseUnavailable(err), String(err)).toBe(true);
       const bugs: unknown[] = [];
       const unavailable: unknown[] = [];
       const out = maskError(new GraphQLError('x', { originalError: err as Error }), 'req-7', (e) => bugs.push(e), { publicAudience: false, onUnavailable: (e) => unavailable.push(e) });
@@ -86,7 +94,7 @@ describe('isConnectionFailure and maskError on real errors', () => {
       new Error('plain bug'),
     ];
     for (const err of errors) {
-      expect(isConnectionFailure(err), String(err)).toBe(false);
+      expect(isDatabaseUnavailable(err), String(err)).toBe(false);
       const bugs: unknown[] = [];
       const out = maskError(new GraphQLError('x', { originalError: err as Error }), 'req-8', (e) => bugs.push(e), { publicAudience: false, onUnavailable: () => expect.fail('not a connection failure') });
       expect(out.extensions.code).toBe('INTERNAL_SERVER_ERROR');
@@ -110,8 +118,68 @@ describe('createPgPool', () => {
       expect(await terminate(name)).toBe(1);
       await lost;
       expect(reported.map((e) => (e as { code?: string }).code)).toEqual(['57P01']);
-      expect(isConnectionFailure(await rejection(client.query('SELECT 1')))).toBe(true);
+      expect(isDatabaseUnavailable(await rejection(client.query('SELECT 1')))).toBe(true);
       client.release();
+      expect((await pool.query('SELECT 41 + 1 AS n')).rows[0].n).toBe(42);
+    } finally {
+      await pool.end();
+    }
+  });
+});
+
+describe('time limits of the ledger sessions', () => {
+  it('a charge waiting on an account that a stuck transaction holds answers UNAVAILABLE after PG_STATEMENT_TIMEOUT_MS; its retry with the same key charges once when the lock is gone', async () => {
+    const srv = await startTestServer({ PG_STATEMENT_TIMEOUT_MS: '300', CHARGE_PATH: 'group' });
+    const services = createTestServices(2);
+    const holder = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await holder.connect();
+    try {
+      const accountId = await createFundedAccount(services, { paid: 10 });
+      const input = { accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `stuck-${randomUUID()}` };
+      const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      const refused = await srv.gql(RECORD, { input });
+      expect(refused.body.errors?.map((e) => e.extensions?.code), JSON.stringify(refused.body)).toEqual(['UNAVAILABLE']);
+      expect(refused.body.errors![0]!.message).toBe(DATABASE_UNAVAILABLE_MESSAGE);
+      await holder.query('ROLLBACK');
+      const charged = await srv.gql(RECORD, { input });
+      expect(charged.body.errors).toBeUndefined();
+      expect(charged.body.data.recordUsage.cost).toBe('1');
+      const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
+      expect(rows[0].n).toBe(1);
+      expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(9_000_000n);
+    } finally {
+      await holder.end();
+      await services.close();
+      await srv.close();
+    }
+  });
+
+  it('a transaction left idle longer than PG_IDLE_IN_TRANSACTION_TIMEOUT_MS is ended by PostgreSQL: the account it locked is free again and the pool carries on', async () => {
+    const services = createTestServices(2);
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    await services.close();
+    const pool = createPgPool(TEST_DATABASE_URL, 1, { idleInTransactionTimeoutMs: 200 });
+    const reported: Error[] = [];
+    const ended = new Promise<void>((resolve) =>
+      pool.on('error', (err) => {
+        reported.push(err);
+        resolve();
+      }),
+    );
+    try {
+      const client = await pool.connect();
+      await client.query('BEGIN');
+      await client.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      // The "stuck" process does nothing more; PostgreSQL ends the session once it idled 200 ms.
+      await ended;
+      expect(reported.map((e) => (e as { code?: string }).code)).toEqual(['25P03']);
+      client.release();
+      await admin.query('BEGIN');
+      const { rows } = await admin.query('SELECT 1 AS locked FROM balances WHERE account_id = $1 FOR UPDATE NOWAIT', [accountId]);
+      await admin.query('ROLLBACK');
+      expect(rows).toEqual([{ locked: 1 }]);
       expect((await pool.query('SELECT 41 + 1 AS n')).rows[0].n).toBe(42);
     } finally {
       await pool.end();

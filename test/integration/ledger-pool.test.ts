@@ -67,4 +67,26 @@ describe('ledger pool', () => {
       await pool.end();
     }
   });
+
+  it('starts every session with the time limits it is given; a limit set in the URL wins', async () => {
+    const limits = { statementTimeoutMs: 30_000, idleInTransactionTimeoutMs: 60_000 };
+    const settings = `SELECT current_setting('statement_timeout') AS statement, current_setting('idle_in_transaction_session_timeout') AS idle, current_setting('plan_cache_mode') AS mode`;
+    const pool = createPgPool(TEST_DATABASE_URL, 1, limits);
+    try {
+      expect((await pool.query(settings)).rows[0]).toEqual({ statement: '30s', idle: '1min', mode: 'force_generic_plan' });
+    } finally {
+      await pool.end();
+    }
+    const url = new URL(TEST_DATABASE_URL);
+    url.searchParams.set('options', '-c statement_timeout=12345');
+    expect(new URL(withLedgerSessionOptions(url.toString(), limits)).searchParams.get('options')).toBe(
+      '-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000 -c statement_timeout=12345 -c plan_cache_mode=force_generic_plan',
+    );
+    const own = createPgPool(url.toString(), 1, limits);
+    try {
+      expect((await own.query(settings)).rows[0]).toEqual({ statement: '12345ms', idle: '1min', mode: 'force_generic_plan' });
+    } finally {
+      await own.end();
+    }
+  });
 });

@@ -2,7 +2,7 @@
  * A real ServiceContext on the test database, with a controllable clock.
  */
 import type pg from 'pg';
-import { createPgPool } from '../../src/db/pg.js';
+import { createPgPool, type LedgerSessionLimits } from '../../src/db/pg.js';
 import { createPricingState } from '../../src/services/pricing-state.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import { TEST_DATABASE_URL } from './env.js';
@@ -14,9 +14,9 @@ export interface TestServices extends ServiceContext {
   close(): Promise<void>;
 }
 
-/** Creates services on the test database, or on `databaseUrl` (pool of `max` connections). */
-export function createTestServices(max = 20, databaseUrl = TEST_DATABASE_URL): TestServices {
-  const pool: pg.Pool = createPgPool(databaseUrl, max);
+/** Creates services on the test database, or on `databaseUrl` (pool of `max` connections, with the session `limits`). */
+export function createTestServices(max = 20, databaseUrl = TEST_DATABASE_URL, limits: LedgerSessionLimits = {}): TestServices {
+  const pool: pg.Pool = createPgPool(databaseUrl, max, limits);
   let fixed: Date | null = null;
   return {
     pool,

@@ -40,7 +40,7 @@ export async function startTestServer(overrides: Record<string, string> = {}): P
     ...overrides,
   });
   const log = pino({ level: env.LOG_LEVEL });
-  const services = createTestServices(20, env.DATABASE_URL);
+  const services = createTestServices(20, env.DATABASE_URL, { statementTimeoutMs: env.PG_STATEMENT_TIMEOUT_MS, idleInTransactionTimeoutMs: env.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS });
   services.payments = createPaymentProvider(env);
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
   const prisma = createPrismaClient(env.DATABASE_URL, 5);
