@@ -57,9 +57,10 @@ export function withLedgerSessionOptions(databaseUrl: string, limits: LedgerSess
 
 /**
  * Creates the ledger's pg pool: `max` connections to `databaseUrl`, each started with
- * {@link LEDGER_SESSION_OPTIONS} and the time `limits` (the processes pass PG_STATEMENT_TIMEOUT_MS
- * and PG_IDLE_IN_TRANSACTION_TIMEOUT_MS; benchmarks and tests may leave them out), in node-postgres's pipeline mode: a query is written to the
- * socket as soon as it is asked for, not when the previous one has been answered
+ * {@link LEDGER_SESSION_OPTIONS} and the time `limits` (the processes pass
+ * PG_STATEMENT_TIMEOUT_MS and PG_IDLE_IN_TRANSACTION_TIMEOUT_MS; benchmarks and tests may leave
+ * them out), in node-postgres's pipeline mode: a query is written to the socket as soon as it is
+ * asked for, not when the previous one has been answered
  * (https://node-postgres.com/features/pipelining; PostgreSQL docs, "Pipeline Mode", libpq 34.5).
  * Code that awaits each query before the next behaves exactly as without it; code that asks for
  * several queries before awaiting them gets them executed in order in ONE round trip

@@ -31,8 +31,9 @@ export const NEUTRAL_MESSAGE = 'This service is temporarily unavailable. Please 
 
 /**
  * What a client reads when the database could not be reached, dropped the connection or ran out
- * of time in the middle of its request (UNAVAILABLE). The outcome of a money-moving request may be unknown (the
- * COMMIT may have succeeded and only its answer been lost), so it says how to find out safely.
+ * of time in the middle of its request (UNAVAILABLE). The outcome of a money-moving request may
+ * be unknown (the COMMIT may have succeeded and only its answer been lost), so it says how to
+ * find out safely.
  */
 export const DATABASE_UNAVAILABLE_MESSAGE =
   'The ledger database is temporarily unavailable. Retry with the same idempotency key: a request that was recorded is replayed, never applied twice.';
