@@ -1,7 +1,8 @@
 /**
  * The error model at the API edge (architecture: "Error model"): LedgerErrors become GraphQL
- * errors with `extensions.code`; GraphQL errors that already carry a code pass through; anything
- * else is a bug, masked to the client as INTERNAL_SERVER_ERROR and logged with the request id.
+ * errors with `extensions.code`; GraphQL errors that already carry a code pass through; a
+ * database that is unreachable, lost or out of time is UNAVAILABLE; anything else is a bug,
+ * masked to the client as INTERNAL_SERVER_ERROR and logged with the request id.
  */
 import { GraphQLError } from 'graphql';
 import { LedgerError } from '../ledger/errors.js';
