@@ -62,7 +62,8 @@ export interface CreditpoolServer {
   relay: OutboxRelay | null;
   /**
    * Stops accepting connections, closes WebSockets with 1001 "server shutting down", ends SSE
-   * streams and HTTP connections, stops the relay and the hub.
+   * streams, answers the requests it has taken (for up to SHUTDOWN_GRACE_MS; their responses
+   * say `Connection: close`), then closes every HTTP connection, stops the relay and the hub.
    */
   close(): Promise<void>;
 }
@@ -228,7 +229,27 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null, eventLoop, queryTimings, pgRoundTrips };
   };
 
+  // Responses being written, for a graceful close: a charge the server took is answered before
+  // its connection is closed (test/cycles/server-faults.test.ts, SIGTERM). SSE subscription
+  // streams never finish on their own, so they are kept apart and ended at once.
+  const answering = new Set<ServerResponse>();
+  const streams = new Set<ServerResponse>();
+  let stopping = false;
+  let answered: (() => void) | null = null;
+  const track = (req: IncomingMessage, res: ServerResponse) => {
+    const set = (req.headers.accept ?? '').includes('text/event-stream') ? streams : answering;
+    set.add(res);
+    if (stopping) res.setHeader('connection', 'close');
+    res.once('close', () => {
+      set.delete(res);
+      if (!stopping) return;
+      http.closeIdleConnections();
+      if (answering.size === 0) answered?.();
+    });
+  };
+
   const http = createServer((req, res) => {
+    track(req, res);
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
@@ -376,10 +397,22 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       }),
     close: () =>
       (closing ??= (async () => {
-        const httpClosed = new Promise<void>((resolve) => http.close(() => resolve()));
+        stopping = true;
+        for (const res of answering) if (!res.headersSent) res.setHeader('connection', 'close');
+        const httpClosed = new Promise<void>((resolve) => http.close(() => resolve())); // stops listening, closes idle connections
         for (const client of wss.clients) client.close(WS_CLOSE.goingAway, 'server shutting down');
         await new Promise<void>((resolve) => wss.close(() => resolve()));
-        http.closeAllConnections(); // ends SSE streams and idle keep-alive connections
+        for (const res of streams) res.destroy(); // SSE clients reconnect (to another instance)
+        if (answering.size > 0) {
+          let timer: NodeJS.Timeout | undefined;
+          await new Promise<void>((resolve) => {
+            answered = resolve;
+            timer = setTimeout(resolve, env.SHUTDOWN_GRACE_MS);
+          });
+          clearTimeout(timer);
+          if (answering.size > 0) log.warn({ unanswered: answering.size, graceMs: env.SHUTDOWN_GRACE_MS }, 'shutdown grace period over: closing connections with requests still unanswered');
+        }
+        http.closeAllConnections(); // keep-alive connections left, and whatever outlived the grace period
         await httpClosed;
         await relay?.close();
         await jobSink?.close();

@@ -92,6 +92,11 @@ const EnvSchema = z.object({
   LIVE_MAX_CONNECTIONS_PER_TOKEN: z.coerce.number().int().min(1).default(100),
   /** Largest WebSocket message accepted from a client, in bytes. */
   LIVE_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1024).default(65_536),
+  /**
+   * On SIGTERM/SIGINT, how long the server waits for the requests it is answering to finish
+   * before it closes their connections anyway (src/server.ts `close`).
+   */
+  SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(10_000),
   /** Undelivered updates queued per subscription before they are replaced by one fresh snapshot. */
   LIVE_MAX_QUEUED_UPDATES: z.coerce.number().int().min(1).default(1_000),
   /** Where signed webhooks (credit alerts, auto top-up paused) are POSTed. Unset: none are sent or logged. */

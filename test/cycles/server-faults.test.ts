@@ -192,6 +192,36 @@ describe('faults in the middle of a burst of charges on one hot account', () => 
     await expectExactlyOnce(second, accountId, credits(1_000_000), inputs, before);
   });
 
+  it('a server stopped with SIGTERM (a deploy) answers every request it took before it exits: none is recorded without an answer', async () => {
+    const accountId = await createFundedAccount(services, { paid: 1_000_000 });
+    const account = gid('Account', accountId);
+    const run = `term-${randomUUID()}`;
+    const inputs = Array.from({ length: 1_500 }, (_, i) => chargeInput(run, account, i));
+
+    const first = await boot('test-fault-sigterm');
+    let stopping: Promise<void> | null = null;
+    const before = await burst(
+      first,
+      inputs,
+      16,
+      (outcomes) => {
+        if (!stopping && count(outcomes, 'event') >= 300) stopping = first.stop(30_000);
+      },
+      () => stopping !== null,
+    );
+    expect(stopping).not.toBeNull();
+    await stopping;
+    servers.delete(first);
+    // Requests that got no answer must not have been recorded: a graceful stop finishes what it took.
+    const unanswered = [...before.entries()].filter(([, o]) => o.kind === 'no answer').map(([i]) => inputs[i]!.idempotencyKey);
+    const { rows } = await services.pool.query(`SELECT idempotency_key FROM usage_events WHERE account_id = $1 AND idempotency_key = ANY($2::text[])`, [accountId, unanswered]);
+    expect(rows.map((r) => r.idempotency_key)).toEqual([]);
+    expect([...before.values()].filter((o) => o.kind === 'error')).toEqual([]);
+
+    const second = await boot('test-fault-sigterm-2');
+    await expectExactlyOnce(second, accountId, credits(1_000_000), inputs, before);
+  });
+
   it('PostgreSQL terminates every connection of a running server: the charges in flight fail with UNAVAILABLE only, the server recovers by itself, and retries charge exactly once', async () => {
     const accountId = await createFundedAccount(services, { paid: 1_000_000 });
     const account = gid('Account', accountId);

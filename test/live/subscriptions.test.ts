@@ -326,16 +326,21 @@ describe('limits and shutdown', () => {
     expect(await closed).toBe(1009);
   });
 
-  it('graceful shutdown closes WebSockets with 1001 and a reason', async () => {
-    const other = await startTestServer();
+  it('graceful shutdown closes WebSockets with 1001 and a reason, and ends SSE streams without waiting for its grace period', async () => {
+    const other = await startTestServer({ SHUTDOWN_GRACE_MS: '60000' });
     try {
       const account = await apiAccount(other, { paid: '1' });
       const sub = wsSubscribe(other.url, `Bearer ${other.adminKey}`, BALANCE_SUB, { id: account });
+      const sse = sseSubscribe(other.url, `Bearer ${other.adminKey}`, BALANCE_SUB, { id: account });
       await sub.waitFor((s) => s.events.length === 1, 'snapshot');
+      await sse.waitFor((s) => s.events.length === 1, 'SSE snapshot');
+      // close() resolves although the SSE stream never finishes by itself (the test would time out at 60 s).
       await other.close();
       await sub.waitFor((s) => s.closedWith !== null, 'the close');
       expect(sub.closedWith).toEqual({ code: 1001, reason: 'server shutting down' });
+      await sse.waitFor((s) => s.closedWith !== null, 'the SSE stream ended');
       await sub.dispose();
+      await sse.dispose();
     } finally {
       await other.close();
     }
