@@ -3,7 +3,8 @@
  * reached by weakening a guarantee"): real server processes (src/main.ts, CHARGE_PATH=group with
  * carried state and pipelined COMMITs), the test PostgreSQL, real HTTP. A burst of charges from
  * the Azure LLM inference trace (CC BY 4.0, data/traces) hits one hot account while
- *   - the server is killed with SIGKILL (nothing answered after the kill is trusted), or
+ *   - the server is killed with SIGKILL (nothing answered after the kill is trusted),
+ *   - the server is stopped with SIGTERM, as a deploy does (it must answer what it took), or
  *   - PostgreSQL terminates every connection of the running server (pg_terminate_backend);
  * then every request is sent again with its idempotency key. Whatever was acknowledged before the
  * fault is replayed unchanged, every key ends with exactly one event, the account's credit fell by
