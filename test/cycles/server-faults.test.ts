@@ -6,7 +6,9 @@
  *   - the server is killed with SIGKILL (nothing answered after the kill is trusted),
  *   - the server is stopped with SIGTERM, as a deploy does (it must answer what it took), or
  *   - PostgreSQL terminates every connection of the running server (pg_terminate_backend);
- * then every request is sent again with its idempotency key. Whatever was acknowledged before the
+ * then every request is sent again with its idempotency key. And two instances (each with its own
+ * group committer and carried state) get every key at the same moment, as a client retrying on
+ * the other instance behind a load balancer does. Whatever was acknowledged before the
  * fault is replayed unchanged, every key ends with exactly one event, the account's credit fell by
  * exactly the sum of their costs, and the ledger invariant holds.
  */
@@ -259,6 +261,37 @@ describe('faults in the middle of a burst of charges on one hot account', () => 
       const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM outbox_events WHERE account_id = $1`, [accountId]);
       expect(rows[0].n).toBe(0);
     }, { timeout: 15_000, interval: 100 });
+  });
+});
+
+describe('two instances behind a load balancer', () => {
+  it('every key sent to both at once (a client retrying on the other instance) gets the same event from both, recorded once; the credit fell by exactly the recorded costs', async () => {
+    const accountId = await createFundedAccount(services, { paid: 1_000_000 });
+    const account = gid('Account', accountId);
+    const run = `twin-${randomUUID()}`;
+    const inputs = Array.from({ length: 600 }, (_, i) => chargeInput(run, account, i));
+    const [a, b] = await Promise.all([boot('test-twin-a'), boot('test-twin-b')]);
+    // 8 clients, each sending its key to both instances at the same moment.
+    const answers = new Map<number, [Outcome, Outcome]>();
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next < inputs.length) {
+          const i = next++;
+          answers.set(i, await Promise.all([send(a, inputs[i]!), send(b, inputs[i]!)]));
+        }
+      }),
+    );
+    const mismatched = [...answers.entries()].filter(([, [x, y]]) => x.kind !== 'event' || JSON.stringify(x) !== JSON.stringify(y));
+    expect(mismatched.slice(0, 3)).toEqual([]);
+    const { rows } = await services.pool.query(
+      `SELECT COUNT(*)::int AS events, COUNT(DISTINCT idempotency_key)::int AS keys, COALESCE(SUM(cost_micro_credits), 0)::text AS cost FROM usage_events WHERE account_id = $1`,
+      [accountId],
+    );
+    expect(rows[0]).toMatchObject({ events: inputs.length, keys: inputs.length });
+    const cost = [...answers.values()].reduce((sum, [x]) => sum + (x.kind === 'event' ? parseCredits(x.cost) : 0n), 0n);
+    expect(BigInt(rows[0].cost)).toBe(cost);
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(1_000_000) - cost);
   });
 });
 
