@@ -79,6 +79,14 @@ function chargeInput(run: string, accountId: string, i: number) {
   };
 }
 
+/** A hot account with 1,000,000 PAID credits and `n` charge inputs for it, keys prefixed with `tag`. */
+async function hotAccount(tag: string, n: number) {
+  const accountId = await createFundedAccount(services, { paid: 1_000_000 });
+  const account = gid('Account', accountId);
+  const run = `${tag}-${randomUUID()}`;
+  return { accountId, inputs: Array.from({ length: n }, (_, i) => chargeInput(run, account, i)) };
+}
+
 /** What one request got: the event, a GraphQL error code, or no answer (connection failed). */
 type Outcome = { kind: 'event'; id: string; cost: string; recordedAt: string } | { kind: 'error'; code: string } | { kind: 'no answer'; reason: string };
 
@@ -162,10 +170,7 @@ async function expectExactlyOnce(server: StartedServer, accountId: string, start
 
 describe('faults in the middle of a burst of charges on one hot account', () => {
   it('a server killed with SIGKILL: a restarted server replays everything acknowledged, charges the rest once, and the credit fell by exactly the recorded costs', async () => {
-    const accountId = await createFundedAccount(services, { paid: 1_000_000 });
-    const account = gid('Account', accountId);
-    const run = `kill-${randomUUID()}`;
-    const inputs = Array.from({ length: 1_500 }, (_, i) => chargeInput(run, account, i));
+    const { accountId, inputs } = await hotAccount('kill', 1_500);
 
     const first = await boot('test-fault-kill-1');
     let killed = false;
@@ -196,10 +201,7 @@ describe('faults in the middle of a burst of charges on one hot account', () => 
   });
 
   it('a server stopped with SIGTERM (a deploy) answers every request it took before it exits: none is recorded without an answer', async () => {
-    const accountId = await createFundedAccount(services, { paid: 1_000_000 });
-    const account = gid('Account', accountId);
-    const run = `term-${randomUUID()}`;
-    const inputs = Array.from({ length: 1_500 }, (_, i) => chargeInput(run, account, i));
+    const { accountId, inputs } = await hotAccount('term', 1_500);
 
     const first = await boot('test-fault-sigterm');
     let stopping: Promise<void> | null = null;
@@ -226,10 +228,7 @@ describe('faults in the middle of a burst of charges on one hot account', () => 
   });
 
   it('PostgreSQL terminates every connection of a running server: the charges in flight fail with UNAVAILABLE only, the server recovers by itself, and retries charge exactly once', async () => {
-    const accountId = await createFundedAccount(services, { paid: 1_000_000 });
-    const account = gid('Account', accountId);
-    const run = `terminate-${randomUUID()}`;
-    const inputs = Array.from({ length: 1_500 }, (_, i) => chargeInput(run, account, i));
+    const { accountId, inputs } = await hotAccount('terminate', 1_500);
     const applicationName = `cp-fault-${randomUUID().slice(0, 8)}`;
     const url = new URL(TEST_DATABASE_URL);
     url.searchParams.set('application_name', applicationName);
@@ -266,10 +265,7 @@ describe('faults in the middle of a burst of charges on one hot account', () => 
 
 describe('two instances behind a load balancer', () => {
   it('every key sent to both at once (a client retrying on the other instance) gets the same event from both, recorded once; the credit fell by exactly the recorded costs', async () => {
-    const accountId = await createFundedAccount(services, { paid: 1_000_000 });
-    const account = gid('Account', accountId);
-    const run = `twin-${randomUUID()}`;
-    const inputs = Array.from({ length: 600 }, (_, i) => chargeInput(run, account, i));
+    const { accountId, inputs } = await hotAccount('twin', 600);
     const [a, b] = await Promise.all([boot('test-twin-a'), boot('test-twin-b')]);
     // 8 clients, each sending its key to both instances at the same moment.
     const answers = new Map<number, [Outcome, Outcome]>();
