@@ -114,6 +114,16 @@ export function keepClientErrorsOnPool(pool: pg.Pool, client: pg.PoolClient): vo
  */
 const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '53400', '57014', '55P03', '25P03']);
 
+/**
+ * Whether `err` is PostgreSQL giving up on a statement that waited or ran too long
+ * (statement_timeout: 57014 query_canceled; lock_timeout: 55P03 lock_not_available): the
+ * database is up, so running the same work again at once would most likely wait as long again.
+ */
+export function isStatementTimeout(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === '57014' || code === '55P03';
+}
+
 /** Socket errors (Node.js docs, "Common system errors") of a database connection. */
 const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
 

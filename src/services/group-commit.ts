@@ -31,10 +31,12 @@
  * Nothing waits for a group to fill: while a slot is free a charge runs at once, alone. If a
  * transaction fails unexpectedly (not a refusal), each of its accounts is retried alone, and an
  * account that fails again has each charge or operation retried alone, so one bad item fails
- * alone.
+ * alone. A failure of the database itself (db/pg.ts `isDatabaseUnavailable`) is no item's fault:
+ * a lost connection retries the whole transaction once, a statement timeout not at all, and then
+ * every item of it gets the error.
  */
 import type pg from 'pg';
-import { PipelinedCommit, awaitInOrder, withTransaction, type Tx } from '../db/pg.js';
+import { PipelinedCommit, awaitInOrder, isDatabaseUnavailable, isStatementTimeout, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { PricedUsage } from '../pricing/price-book.js';
 import { AccountTx, type ChargeState, type LoadedBatch } from './account-tx.js';
@@ -258,7 +260,7 @@ export class GroupCommitter {
    * rolls the transaction back and runs the same items again from a fresh read
    * (`carriedState` = false), so the outcome is what the two-round-trip path decides.
    */
-  private async run(take: readonly [string, Pending[]][], carriedState = true): Promise<void> {
+  private async run(take: readonly [string, Pending[]][], carriedState = true, retryUnavailable = true): Promise<void> {
     let outcomes: Map<string, Settled[]>;
     const lone =
       this.carryState &&
@@ -338,6 +340,17 @@ export class GroupCommitter {
         return new PipelinedCommit(pending, () => settled);
       });
     } catch (error) {
+      if (isDatabaseUnavailable(error)) {
+        // Not any item's fault: the database is gone, dropped the connection or timed out.
+        // Splitting the transaction by account and by item would only repeat the failure, or
+        // the wait, once per account and item (a group of 200 charges stuck behind a lock
+        // would wait 201 statement timeouts). A lost connection gets one more try of the whole
+        // transaction on another; then, and after a timeout at once, every item gets the error
+        // (answered UNAVAILABLE: retry with the same key).
+        if (retryUnavailable && !isStatementTimeout(error)) return this.run(take, false, false);
+        for (const [, group] of take) for (const item of group) item.reject(error);
+        return;
+      }
       if (from) {
         this.counters.carriedStateMisses++;
         return this.run(take, false); // the account changed meanwhile, or a key was recorded before: decide from a fresh read

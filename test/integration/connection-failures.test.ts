@@ -128,27 +128,36 @@ describe('createPgPool', () => {
 });
 
 describe('time limits of the ledger sessions', () => {
-  it('a charge waiting on an account that a stuck transaction holds answers UNAVAILABLE after PG_STATEMENT_TIMEOUT_MS; its retry with the same key charges once when the lock is gone', async () => {
+  it('charges waiting on an account that a stuck transaction holds answer UNAVAILABLE after PG_STATEMENT_TIMEOUT_MS, without being retried one by one; a retry with the same key charges once when the lock is gone', async () => {
     const srv = await startTestServer({ PG_STATEMENT_TIMEOUT_MS: '300', CHARGE_PATH: 'group' });
     const services = createTestServices(2);
     const holder = new pg.Client({ connectionString: TEST_DATABASE_URL });
     await holder.connect();
     try {
       const accountId = await createFundedAccount(services, { paid: 10 });
-      const input = { accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `stuck-${randomUUID()}` };
+      const run = `stuck-${randomUUID()}`;
+      const inputs = Array.from({ length: 5 }, (_, i) => ({ accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `${run}:${i}` }));
       const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
       await holder.query('BEGIN');
       await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
-      const refused = await srv.gql(RECORD, { input });
-      expect(refused.body.errors?.map((e) => e.extensions?.code), JSON.stringify(refused.body)).toEqual(['UNAVAILABLE']);
-      expect(refused.body.errors![0]!.message).toBe(DATABASE_UNAVAILABLE_MESSAGE);
+      const stats = () => srv.services.groupCommit!.stats();
+      const before = stats();
+      const refused = await Promise.all(inputs.map((input) => srv.gql(RECORD, { input })));
+      for (const res of refused) {
+        expect(res.body.errors?.map((e) => e.extensions?.code), JSON.stringify(res.body)).toEqual(['UNAVAILABLE']);
+        expect(res.body.errors![0]!.message).toBe(DATABASE_UNAVAILABLE_MESSAGE);
+      }
+      // A timeout is no charge's fault: nothing was split into transactions of one charge each.
+      expect(stats().retriedAlone).toBe(before.retriedAlone);
       await holder.query('ROLLBACK');
-      const charged = await srv.gql(RECORD, { input });
-      expect(charged.body.errors).toBeUndefined();
-      expect(charged.body.data.recordUsage.cost).toBe('1');
+      const charged = await Promise.all(inputs.map((input) => srv.gql(RECORD, { input })));
+      for (const res of charged) {
+        expect(res.body.errors).toBeUndefined();
+        expect(res.body.data.recordUsage.cost).toBe('1');
+      }
       const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
-      expect(rows[0].n).toBe(1);
-      expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(9_000_000n);
+      expect(rows[0].n).toBe(5);
+      expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(5_000_000n);
     } finally {
       await holder.end();
       await services.close();
