@@ -7,7 +7,7 @@
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
 import { loadEnvOrExit } from './config/env.js';
-import { createPgPool } from './db/pg.js';
+import { createPgPool, ledgerSessionLimits } from './db/pg.js';
 import { QueryTimings } from './db/query-timings.js';
 import { createPrismaClient } from './db/prisma.js';
 import { applyMigrations } from './db/migrate.js';
@@ -28,7 +28,7 @@ if (env.MIGRATE_ON_BOOT) {
   log.info({ applied }, applied.length ? 'applied migrations' : 'database schema is current');
 }
 
-const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, { statementTimeoutMs: env.PG_STATEMENT_TIMEOUT_MS, idleInTransactionTimeoutMs: env.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS });
+const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimits(env));
 pool.on('error', (err) => log.warn({ err: err.message, code: (err as { code?: string }).code }, 'postgres connection lost; the pool reconnects on the next query'));
 const queryTimings = env.PG_QUERY_TIMINGS ? new QueryTimings() : undefined;
 queryTimings?.instrument(pool);

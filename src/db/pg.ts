@@ -7,6 +7,7 @@
 import type { Writable } from 'node:stream';
 import pg from 'pg';
 import { outboxCommitted, takeOutboxWritten } from '../outbox/signal.js';
+import type { Env } from '../config/env.js';
 
 /** A client inside an open transaction. */
 export type Tx = pg.PoolClient;
@@ -36,6 +37,11 @@ export interface LedgerSessionLimits {
   statementTimeoutMs?: number;
   /** `idle_in_transaction_session_timeout`: a transaction idle longer ends its session (25P03), which rolls it back and frees its locks. */
   idleInTransactionTimeoutMs?: number;
+}
+
+/** The session limits the environment sets (PG_STATEMENT_TIMEOUT_MS, PG_IDLE_IN_TRANSACTION_TIMEOUT_MS), for {@link createPgPool}. */
+export function ledgerSessionLimits(env: Pick<Env, 'PG_STATEMENT_TIMEOUT_MS' | 'PG_IDLE_IN_TRANSACTION_TIMEOUT_MS'>): LedgerSessionLimits {
+  return { statementTimeoutMs: env.PG_STATEMENT_TIMEOUT_MS, idleInTransactionTimeoutMs: env.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
 }
 
 /**

@@ -15,7 +15,8 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { freePort, startServer, ROOT, type StartedServer } from '../../demo/server-process.js';
+import { startServer, ROOT, type StartedServer } from '../../demo/server-process.js';
+import { taggedDatabaseUrl, terminateBackends, unreachableDatabaseUrl } from '../setup/connections.js';
 import { startTestServer } from '../setup/test-server.js';
 import { DATABASE_UNAVAILABLE_MESSAGE } from '../../src/graphql/errors.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
@@ -229,20 +230,16 @@ describe('faults in the middle of a burst of charges on one hot account', () => 
 
   it('PostgreSQL terminates every connection of a running server: the charges in flight fail with UNAVAILABLE only, the server recovers by itself, and retries charge exactly once', async () => {
     const { accountId, inputs } = await hotAccount('terminate', 1_500);
-    const applicationName = `cp-fault-${randomUUID().slice(0, 8)}`;
-    const url = new URL(TEST_DATABASE_URL);
-    url.searchParams.set('application_name', applicationName);
-    const server = await boot('test-fault-terminate', url.toString());
+    const { url, name: applicationName } = taggedDatabaseUrl('cp-fault');
+    const server = await boot('test-fault-terminate', url);
 
     let terminated: number | null = null;
     let terminating: Promise<void> | null = null;
     const before = await burst(server, inputs, 16, async (outcomes) => {
       if (terminating === null && count(outcomes, 'event') >= 300) {
-        terminating = services.pool
-          .query(`SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1`, [applicationName])
-          .then(({ rows }) => {
-            terminated = rows[0].n as number;
-          });
+        terminating = terminateBackends(services.pool, applicationName).then((n) => {
+          terminated = n;
+        });
       }
     });
     await terminating;
@@ -293,11 +290,7 @@ describe('two instances behind a load balancer', () => {
 
 describe('a database that cannot be reached', () => {
   it('answers charges and reads with UNAVAILABLE, a message that says to retry with the same key, and a request id; never INTERNAL_SERVER_ERROR', async () => {
-    // A loopback port nothing listens on: every connection attempt is refused (ECONNREFUSED).
-    const url = new URL(TEST_DATABASE_URL);
-    url.hostname = '127.0.0.1';
-    url.port = String(await freePort());
-    const srv = await startTestServer({ DATABASE_URL: url.toString(), CHARGE_PATH: 'group' });
+    const srv = await startTestServer({ DATABASE_URL: await unreachableDatabaseUrl(), CHARGE_PATH: 'group' });
     try {
       const account = gid('Account', randomUUID());
       const charge = await srv.gql(RECORD, { input: chargeInput(`down-${randomUUID()}`, account, 0) });

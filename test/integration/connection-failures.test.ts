@@ -13,7 +13,7 @@ import pg from 'pg';
 import { randomUUID } from 'node:crypto';
 import { createPgPool, isDatabaseUnavailable } from '../../src/db/pg.js';
 import { DATABASE_UNAVAILABLE_MESSAGE, maskError } from '../../src/graphql/errors.js';
-import { freePort } from '../../demo/server-process.js';
+import { taggedDatabaseUrl, terminateBackends, unreachableDatabaseUrl } from '../setup/connections.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { startTestServer } from '../setup/test-server.js';
 import { createTestServices } from '../setup/services.js';
@@ -32,16 +32,8 @@ afterAll(async () => {
   await admin?.end();
 });
 
-/** TEST_DATABASE_URL with its own application_name, to find its backends in pg_stat_activity. */
-function tagged(): { url: string; name: string } {
-  const name = `cp-conn-${randomUUID().slice(0, 8)}`;
-  const url = new URL(TEST_DATABASE_URL);
-  url.searchParams.set('application_name', name);
-  return { url: url.toString(), name };
-}
-
-const terminate = async (applicationName: string): Promise<number> =>
-  (await admin.query(`SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1`, [applicationName])).rows[0].n;
+const tagged = () => taggedDatabaseUrl('cp-conn');
+const terminate = (applicationName: string) => terminateBackends(admin, applicationName);
 
 /** The rejection of `p`, or a failure of the test if it resolves. */
 async function rejection(p: Promise<unknown>): Promise<unknown> {
@@ -67,10 +59,7 @@ describe('isDatabaseUnavailable and maskError on real errors', () => {
     const terminated = await rejection(running);
     expect((terminated as { code?: string }).code).toBe('57P01');
 
-    const closed = new URL(TEST_DATABASE_URL);
-    closed.hostname = '127.0.0.1';
-    closed.port = String(await freePort());
-    const refused = await rejection(new pg.Client({ connectionString: closed.toString() }).connect());
+    const refused = await rejection(new pg.Client({ connectionString: await unreachableDatabaseUrl() }).connect());
     expect((refused as { code?: string }).code).toBe('ECONNREFUSED');
 
     // The statement after the loss, on the same client.

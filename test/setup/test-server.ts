@@ -5,6 +5,7 @@
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
 import { parseEnv } from '../../src/config/env.js';
+import { ledgerSessionLimits } from '../../src/db/pg.js';
 import { createPrismaClient } from '../../src/db/prisma.js';
 import { createAuthenticator } from '../../src/auth/authenticator.js';
 import { buildServer } from '../../src/server.js';
@@ -40,7 +41,7 @@ export async function startTestServer(overrides: Record<string, string> = {}): P
     ...overrides,
   });
   const log = pino({ level: env.LOG_LEVEL });
-  const services = createTestServices(20, env.DATABASE_URL, { statementTimeoutMs: env.PG_STATEMENT_TIMEOUT_MS, idleInTransactionTimeoutMs: env.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS });
+  const services = createTestServices(20, env.DATABASE_URL, ledgerSessionLimits(env));
   services.payments = createPaymentProvider(env);
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
   const prisma = createPrismaClient(env.DATABASE_URL, 5);
