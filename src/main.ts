@@ -32,7 +32,7 @@ const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimit
 pool.on('error', (err) => log.warn({ err: err.message, code: (err as { code?: string }).code }, 'postgres connection lost; the pool reconnects on the next query'));
 const queryTimings = env.PG_QUERY_TIMINGS ? new QueryTimings() : undefined;
 queryTimings?.instrument(pool);
-const prisma = createPrismaClient(env.DATABASE_URL);
+const prisma = createPrismaClient(env.DATABASE_URL, 10, ledgerSessionLimits(env));
 const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3, lazyConnect: false });
 redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
 const clock = () => new Date();

@@ -43,6 +43,21 @@ const EnvSchema = z.object({
    * process that hangs or dies mid-transaction cannot hold an account's row lock for longer.
    */
   PG_IDLE_IN_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(0).default(60_000),
+  /**
+   * Longest that pool waits for PostgreSQL's answer to a statement it sent before it gives the
+   * connection up (node-postgres `query_timeout`; 0 = never). PostgreSQL's own limits cannot help
+   * when the server or the network between went silent (a host lost without a TCP reset, a
+   * partition): the client would otherwise wait for the kernel's TCP timeouts, ~15 minutes.
+   * Default: PG_STATEMENT_TIMEOUT_MS + 15 s (none when that is 0); it must be longer than
+   * PG_STATEMENT_TIMEOUT_MS, so that a statement PostgreSQL is still allowed to run is not given up.
+   */
+  PG_QUERY_TIMEOUT_MS: z.coerce.number().int().min(0).optional(),
+  /**
+   * Longest the ledger pool and Prisma's pool wait for a connection (a new one to be established, or
+   * a busy pool to free one) before the request answers UNAVAILABLE (node-postgres/pg-pool
+   * `connectionTimeoutMillis`; 0 = no limit).
+   */
+  PG_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(0).default(10_000),
   /** Time every statement of that pool client-side and report the sums on /readyz (src/db/query-timings.ts; for profiling). */
   PG_QUERY_TIMINGS: booleanish.default(false),
   /** GraphQL limits (graphql-armor). */
@@ -111,6 +126,10 @@ const EnvSchema = z.object({
   STRIPE_SECRET_KEY: z.string().min(1).optional(),
   /** Signing secret (whsec_…) of the Stripe webhook endpoint, to verify Stripe's webhook signatures. */
   STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
+}).superRefine((env, ctx) => {
+  if (env.PG_QUERY_TIMEOUT_MS && env.PG_STATEMENT_TIMEOUT_MS && env.PG_QUERY_TIMEOUT_MS <= env.PG_STATEMENT_TIMEOUT_MS) {
+    ctx.addIssue({ code: 'custom', path: ['PG_QUERY_TIMEOUT_MS'], message: `must be longer than PG_STATEMENT_TIMEOUT_MS (${env.PG_STATEMENT_TIMEOUT_MS}), or 0 for no limit` });
+  }
 });
 
 /** Validated process configuration. */

@@ -37,11 +37,37 @@ export interface LedgerSessionLimits {
   statementTimeoutMs?: number;
   /** `idle_in_transaction_session_timeout`: a transaction idle longer ends its session (25P03), which rolls it back and frees its locks. */
   idleInTransactionTimeoutMs?: number;
+  /**
+   * Client side (node-postgres `query_timeout`): a statement sent and not answered for this long
+   * gives its connection up. In pipeline mode node-postgres then destroys the socket, so the
+   * statement and every one pipelined behind it fail with a lost connection (see
+   * {@link isDatabaseUnavailable}), PostgreSQL rolls the transaction back when it notices the
+   * closed socket, and pg-pool discards the client. For a server or network that went silent,
+   * which PostgreSQL's own limits cannot end. Should be longer than `statementTimeoutMs`.
+   */
+  queryTimeoutMs?: number;
+  /** Client side (pg-pool `connectionTimeoutMillis`): longest `pool.connect()` waits for a new connection or a free one. */
+  connectTimeoutMs?: number;
 }
 
-/** The session limits the environment sets (PG_STATEMENT_TIMEOUT_MS, PG_IDLE_IN_TRANSACTION_TIMEOUT_MS), for {@link createPgPool}. */
-export function ledgerSessionLimits(env: Pick<Env, 'PG_STATEMENT_TIMEOUT_MS' | 'PG_IDLE_IN_TRANSACTION_TIMEOUT_MS'>): LedgerSessionLimits {
-  return { statementTimeoutMs: env.PG_STATEMENT_TIMEOUT_MS, idleInTransactionTimeoutMs: env.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS };
+/** What the client adds to the statement limit before it gives a silent connection up, when PG_QUERY_TIMEOUT_MS is not set (milliseconds). */
+export const QUERY_TIMEOUT_MARGIN_MS = 15_000;
+
+/**
+ * The limits the environment sets (PG_STATEMENT_TIMEOUT_MS, PG_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+ * PG_QUERY_TIMEOUT_MS: default statement limit + {@link QUERY_TIMEOUT_MARGIN_MS}, or none when
+ * there is no statement limit; PG_CONNECT_TIMEOUT_MS), for {@link createPgPool}.
+ */
+export function ledgerSessionLimits(
+  env: Pick<Env, 'PG_STATEMENT_TIMEOUT_MS' | 'PG_IDLE_IN_TRANSACTION_TIMEOUT_MS' | 'PG_QUERY_TIMEOUT_MS' | 'PG_CONNECT_TIMEOUT_MS'>,
+): LedgerSessionLimits {
+  const queryTimeoutMs = env.PG_QUERY_TIMEOUT_MS ?? (env.PG_STATEMENT_TIMEOUT_MS ? env.PG_STATEMENT_TIMEOUT_MS + QUERY_TIMEOUT_MARGIN_MS : 0);
+  return {
+    statementTimeoutMs: env.PG_STATEMENT_TIMEOUT_MS,
+    idleInTransactionTimeoutMs: env.PG_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    queryTimeoutMs,
+    connectTimeoutMs: env.PG_CONNECT_TIMEOUT_MS,
+  };
 }
 
 /**
@@ -64,8 +90,9 @@ export function withLedgerSessionOptions(databaseUrl: string, limits: LedgerSess
 /**
  * Creates the ledger's pg pool: `max` connections to `databaseUrl`, each started with
  * {@link LEDGER_SESSION_OPTIONS} and the time `limits` (the processes pass
- * PG_STATEMENT_TIMEOUT_MS and PG_IDLE_IN_TRANSACTION_TIMEOUT_MS; benchmarks and tests may leave
- * them out), in node-postgres's pipeline mode: a query is written to the socket as soon as it is
+ * {@link ledgerSessionLimits} of their environment; benchmarks and tests may leave them out:
+ * PostgreSQL's session limits and the client's query and connect timeouts), in node-postgres's
+ * pipeline mode: a query is written to the socket as soon as it is
  * asked for, not when the previous one has been answered
  * (https://node-postgres.com/features/pipelining; PostgreSQL docs, "Pipeline Mode", libpq 34.5).
  * Code that awaits each query before the next behaves exactly as without it; code that asks for
@@ -79,7 +106,14 @@ export function withLedgerSessionOptions(databaseUrl: string, limits: LedgerSess
  * ({@link coalesceWrites}).
  */
 export function createPgPool(databaseUrl: string, max = 20, limits: LedgerSessionLimits = {}): pg.Pool {
-  const pool = new pg.Pool({ connectionString: withLedgerSessionOptions(databaseUrl, limits), max, idleTimeoutMillis: 30_000, pipeline: true });
+  const pool = new pg.Pool({
+    connectionString: withLedgerSessionOptions(databaseUrl, limits),
+    max,
+    idleTimeoutMillis: 30_000,
+    pipeline: true,
+    ...(limits.queryTimeoutMs ? { query_timeout: limits.queryTimeoutMs } : {}),
+    ...(limits.connectTimeoutMs ? { connectionTimeoutMillis: limits.connectTimeoutMs } : {}),
+  });
   pool.on('connect', (client) => {
     coalesceWrites(client);
     keepClientErrorsOnPool(pool, client);
@@ -139,6 +173,7 @@ const CONNECTION_MESSAGES = [
   'Client has encountered a connection error and is not queryable',
   'timeout exceeded when trying to connect',
   'Client was closed and is not queryable',
+  'Query read timeout', // query_timeout (LedgerSessionLimits.queryTimeoutMs): no answer, connection given up
 ];
 
 /** Prisma's codes for an unreachable, closed or exhausted database (Prisma docs, "Error message reference"). */

@@ -4,10 +4,28 @@
  */
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaClient } from '../generated/prisma/client.js';
+import type { LedgerSessionLimits } from './pg.js';
 
-/** Creates a Prisma client on `databaseUrl` with at most `max` connections. */
-export function createPrismaClient(databaseUrl: string, max = 10): PrismaClient {
-  return new PrismaClient({ adapter: new PrismaPg({ connectionString: databaseUrl, max }) });
+/**
+ * Creates a Prisma client on `databaseUrl` with at most `max` connections and the client-side
+ * `limits` of db/pg.ts (the processes pass `ledgerSessionLimits(env)`; 0 or absent = none):
+ * - `connectTimeoutMs` (PG_CONNECT_TIMEOUT_MS, pg-pool `connectionTimeoutMillis`): a query waits
+ *   at most this long for a connection (a new one, or a free one of a busy pool);
+ * - `queryTimeoutMs` (PG_QUERY_TIMEOUT_MS, node-postgres `query_timeout`): a query unanswered
+ *   this long fails. This pool is not pipelined, so node-postgres keeps the connection and drops
+ *   the late answer when it comes (answers are matched in order).
+ * Either failure is a connection error that the API answers as UNAVAILABLE (db/pg.ts
+ * `isDatabaseUnavailable`).
+ */
+export function createPrismaClient(databaseUrl: string, max = 10, limits: Pick<LedgerSessionLimits, 'connectTimeoutMs' | 'queryTimeoutMs'> = {}): PrismaClient {
+  return new PrismaClient({
+    adapter: new PrismaPg({
+      connectionString: databaseUrl,
+      max,
+      ...(limits.connectTimeoutMs ? { connectionTimeoutMillis: limits.connectTimeoutMs } : {}),
+      ...(limits.queryTimeoutMs ? { query_timeout: limits.queryTimeoutMs } : {}),
+    }),
+  });
 }
 
 /** The generated Prisma client class (re-exported for typing). */

@@ -4,8 +4,10 @@
  * from a wrong statement, maskError answers them UNAVAILABLE instead of masking them as a bug, a
  * pool made by createPgPool survives a connection that dies under a checked-out client between
  * two statements, a charge stuck behind another transaction's lock gives up after
- * PG_STATEMENT_TIMEOUT_MS, and a transaction left idle is ended after
- * PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, freeing the account it locked.
+ * PG_STATEMENT_TIMEOUT_MS, a transaction left idle is ended after
+ * PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, freeing the account it locked, and a database that goes
+ * silent (a relay that drops every byte, like a lost host or a partition) fails statements after
+ * PG_QUERY_TIMEOUT_MS and new connections after PG_CONNECT_TIMEOUT_MS instead of hanging.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GraphQLError } from 'graphql';
@@ -13,7 +15,8 @@ import pg from 'pg';
 import { randomUUID } from 'node:crypto';
 import { createPgPool, isDatabaseUnavailable } from '../../src/db/pg.js';
 import { DATABASE_UNAVAILABLE_MESSAGE, maskError } from '../../src/graphql/errors.js';
-import { taggedDatabaseUrl, terminateBackends, unreachableDatabaseUrl } from '../setup/connections.js';
+import { startSilenceableRelay, taggedDatabaseUrl, terminateBackends, unreachableDatabaseUrl } from '../setup/connections.js';
+import { createPrismaClient } from '../../src/db/prisma.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { startTestServer } from '../setup/test-server.js';
 import { createTestServices } from '../setup/services.js';
@@ -181,6 +184,93 @@ describe('time limits of the ledger sessions', () => {
       expect((await pool.query('SELECT 41 + 1 AS n')).rows[0].n).toBe(42);
     } finally {
       await pool.end();
+    }
+  });
+});
+
+describe('a database that goes silent (no answer, no TCP reset)', () => {
+  it('ledger pool: statements sent and unanswered fail after queryTimeoutMs as a lost connection, those pipelined behind them too; a new connection fails after connectTimeoutMs; once the network is back the pool serves queries on a new connection', async () => {
+    const relay = await startSilenceableRelay();
+    const pool = createPgPool(relay.url, 2, { queryTimeoutMs: 400, connectTimeoutMs: 400 });
+    const reported: Error[] = [];
+    pool.on('error', (err) => reported.push(err));
+    try {
+      expect((await pool.query('SELECT 1 AS n')).rows[0].n).toBe(1);
+      relay.silence();
+      const client = await pool.connect(); // the idle pooled connection: no round trip
+      const pipelined = [client.query('BEGIN'), client.query('SELECT 2'), client.query('COMMIT')];
+      const errors = await Promise.all(pipelined.map((p) => rejection(p)));
+      expect((errors[0] as Error).message).toBe('Query read timeout');
+      for (const err of errors) expect(isDatabaseUnavailable(err), String(err)).toBe(true);
+      client.release(errors[0] as Error); // as withTransaction does when its ROLLBACK fails too
+      expect(pool.totalCount).toBe(0);
+      const refused = await rejection(pool.query('SELECT 3'));
+      expect((refused as Error).message).toBe('Connection terminated due to connection timeout');
+      expect(isDatabaseUnavailable(refused), String(refused)).toBe(true);
+      relay.restore();
+      expect((await pool.query('SELECT 41 + 1 AS n')).rows[0].n).toBe(42);
+      expect(pool.totalCount).toBe(1);
+    } finally {
+      await pool.end();
+      await relay.close();
+    }
+  });
+
+  it('Prisma: a read unanswered fails after queryTimeoutMs and a new connection after connectTimeoutMs, both as the database being unavailable; reads work again once the network is back', async () => {
+    const relay = await startSilenceableRelay();
+    const prisma = createPrismaClient(relay.url, 1, { queryTimeoutMs: 400, connectTimeoutMs: 400 });
+    try {
+      expect(await prisma.$queryRaw<{ n: number }[]>`SELECT 1::int AS n`).toEqual([{ n: 1 }]);
+      relay.silence();
+      const unanswered = await rejection(prisma.$queryRaw`SELECT 2::int AS n`);
+      expect(isDatabaseUnavailable(unanswered), String(unanswered)).toBe(true);
+      const refused = await rejection(prisma.$queryRaw`SELECT 3::int AS n`);
+      expect(isDatabaseUnavailable(refused), String(refused)).toBe(true);
+      relay.restore();
+      expect(await prisma.$queryRaw<{ n: number }[]>`SELECT 42::int AS n`).toEqual([{ n: 42 }]);
+    } finally {
+      await prisma.$disconnect();
+      await relay.close();
+    }
+  });
+
+  it('the API: while the database is silent a charge and a read answer UNAVAILABLE instead of hanging; once it is back a retry with the same key charges exactly once', async () => {
+    const services = createTestServices(2);
+    const relay = await startSilenceableRelay();
+    const srv = await startTestServer({
+      DATABASE_URL: relay.url,
+      CHARGE_PATH: 'group',
+      PG_STATEMENT_TIMEOUT_MS: '200',
+      PG_QUERY_TIMEOUT_MS: '600',
+      PG_CONNECT_TIMEOUT_MS: '600',
+    });
+    try {
+      const accountId = await createFundedAccount(services, { paid: 10 });
+      const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
+      const READ = `query($id: ID!) { account(id: $id) { id name } }`;
+      const run = `silent-${randomUUID()}`;
+      const input = (k: string) => ({ accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `${run}:${k}` });
+      // Connections exist in both pools before the network goes.
+      expect((await srv.gql(RECORD, { input: input('before') })).body.data.recordUsage.cost).toBe('1');
+      expect((await srv.gql(READ, { id: gid('Account', accountId) })).body.data.account.id).toBe(gid('Account', accountId));
+      relay.silence();
+      for (const res of [await srv.gql(RECORD, { input: input('during') }), await srv.gql(READ, { id: gid('Account', accountId) })]) {
+        expect(res.body.errors?.map((e) => e.extensions?.code), JSON.stringify(res.body)).toEqual(['UNAVAILABLE']);
+        expect(res.body.errors![0]!.message).toBe(DATABASE_UNAVAILABLE_MESSAGE);
+      }
+      relay.restore();
+      const retried = await srv.gql(RECORD, { input: input('during') });
+      expect(retried.body.errors).toBeUndefined();
+      expect(retried.body.data.recordUsage.cost).toBe('1');
+      const again = await srv.gql(RECORD, { input: input('during') });
+      expect(again.body.data.recordUsage.id).toBe(retried.body.data.recordUsage.id);
+      const { rows } = await services.pool.query('SELECT idempotency_key FROM usage_events WHERE account_id = $1 ORDER BY idempotency_key', [accountId]);
+      expect(rows.map((r) => r.idempotency_key)).toEqual([`${run}:before`, `${run}:during`]);
+      expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(8_000_000n);
+    } finally {
+      await srv.close();
+      await relay.close();
+      await services.close();
     }
   });
 });

@@ -44,7 +44,7 @@ export async function startTestServer(overrides: Record<string, string> = {}): P
   const services = createTestServices(20, env.DATABASE_URL, ledgerSessionLimits(env));
   services.payments = createPaymentProvider(env);
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
-  const prisma = createPrismaClient(env.DATABASE_URL, 5);
+  const prisma = createPrismaClient(env.DATABASE_URL, 5, ledgerSessionLimits(env));
   const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3 });
   const authenticator = createAuthenticator({ pool: services.pool, adminApiKey: adminKey, jwtSecret });
   const server = buildServer({ env, log, pool: services.pool, prisma, redis, services, authenticator });
