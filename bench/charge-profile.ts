@@ -80,9 +80,14 @@ const url = new URL(base);
 url.pathname = '/creditpool_bench_profile';
 const DB = url.toString();
 
-function cpuTicks(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+function cpuTicks(pid: number, path = `/proc/${pid}/stat`): number {
+  const f = readFileSync(path, 'utf8').split(') ')[1]!.split(' ');
   return Number(f[11]) + Number(f[12]); // utime + stime (fields 14, 15), clock ticks
+}
+
+/** CPU of this process's main (JavaScript) thread so far (/proc/self/task/<pid>/stat utime + stime), in clock ticks (1/100 s). */
+function threadTicks(): number {
+  return cpuTicks(process.pid, `/proc/self/task/${process.pid}/stat`);
 }
 
 function label(sql: string): string {
@@ -163,6 +168,8 @@ async function main() {
   await pool.query('SELECT pg_stat_reset()');
   if (statements) await pool.query('SELECT pg_stat_statements_reset()');
   const ticks0 = cpuTicks(pid);
+  const nodeCpu0 = process.cpuUsage();
+  const mainThreadTicks0 = threadTicks();
   const t0 = performance.now();
   const input = (i: number) => {
     const r = trace[i]!;
@@ -185,6 +192,9 @@ async function main() {
   }
   const wallMs = performance.now() - t0;
   const pgCpuMs = ((cpuTicks(pid) - ticks0) * 1000) / 100;
+  const nodeCpu = process.cpuUsage(nodeCpu0);
+  const nodeCpuMs = (nodeCpu.user + nodeCpu.system) / 1000;
+  const mainThreadMs = ((threadTicks() - mainThreadTicks0) * 1000) / 100;
   console.log(
     BATCH > 0
       ? `${trace.length} events as recordUsageBatch(${BATCH}) on ${values.spread ? `${ACCOUNTS} accounts` : 'ONE account'}, 1 connection, sequential`
@@ -192,7 +202,7 @@ async function main() {
         ? `${trace.length / 5} jobs (reserve, 3 captures, settle) = ${trace.length} operations over ${ACCOUNTS} accounts, 1 connection, sequential; "event" = operation`
         : `${trace.length} events over ${values.hot ? 'ONE account' : `${ACCOUNTS} accounts`}, 1 connection, sequential`,
   );
-  console.log(`wall ${(wallMs / trace.length).toFixed(3)} ms/event; PostgreSQL backend CPU ${(pgCpuMs / trace.length).toFixed(3)} ms/event`);
+  console.log(`wall ${(wallMs / trace.length).toFixed(3)} ms/event; PostgreSQL backend CPU ${(pgCpuMs / trace.length).toFixed(3)} ms/event; this process's CPU (the charge services, no HTTP or GraphQL) ${(nodeCpuMs / trace.length).toFixed(3)} ms/event (user ${(nodeCpu.user / 1000 / trace.length).toFixed(3)}, system ${(nodeCpu.system / 1000 / trace.length).toFixed(3)}; its JavaScript thread ${(mainThreadMs / trace.length).toFixed(3)})`);
   const rows = [...stats.entries()].sort((a, b) => b[1].ms - a[1].ms);
   console.log('statement (first words)                                        per event   ms each   ms/event');
   for (const [k, s] of rows) {
