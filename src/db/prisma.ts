@@ -12,8 +12,8 @@ import type { LedgerSessionLimits } from './pg.js';
  * - `connectTimeoutMs` (PG_CONNECT_TIMEOUT_MS, pg-pool `connectionTimeoutMillis`): a query waits
  *   at most this long for a connection (a new one, or a free one of a busy pool);
  * - `queryTimeoutMs` (PG_QUERY_TIMEOUT_MS, node-postgres `query_timeout`): a query unanswered
- *   this long fails. This pool is not pipelined, so node-postgres keeps the connection and drops
- *   the late answer when it comes (answers are matched in order).
+ *   this long fails. The adapter runs its queries with `pool.query`, which releases the
+ *   connection with the error, so pg-pool closes it and the next query gets a new one.
  * Either failure is a connection error that the API answers as UNAVAILABLE (db/pg.ts
  * `isDatabaseUnavailable`).
  */
