@@ -80,14 +80,15 @@ const url = new URL(base);
 url.pathname = '/creditpool_bench_profile';
 const DB = url.toString();
 
-function cpuTicks(pid: number, path = `/proc/${pid}/stat`): number {
-  const f = readFileSync(path, 'utf8').split(') ')[1]!.split(' ');
+/** utime + stime of the process or thread whose `/proc/…/stat` file is `statPath`, in clock ticks (1/100 s). */
+function cpuTicks(statPath: string): number {
+  const f = readFileSync(statPath, 'utf8').split(') ')[1]!.split(' ');
   return Number(f[11]) + Number(f[12]); // utime + stime (fields 14, 15), clock ticks
 }
 
 /** CPU of this process's main (JavaScript) thread so far (/proc/self/task/<pid>/stat utime + stime), in clock ticks (1/100 s). */
 function threadTicks(): number {
-  return cpuTicks(process.pid, `/proc/self/task/${process.pid}/stat`);
+  return cpuTicks(`/proc/self/task/${process.pid}/stat`);
 }
 
 function label(sql: string): string {
@@ -167,7 +168,7 @@ async function main() {
   explained?.reset();
   await pool.query('SELECT pg_stat_reset()');
   if (statements) await pool.query('SELECT pg_stat_statements_reset()');
-  const ticks0 = cpuTicks(pid);
+  const ticks0 = cpuTicks(`/proc/${pid}/stat`);
   const nodeCpu0 = process.cpuUsage();
   const mainThreadTicks0 = threadTicks();
   const t0 = performance.now();
@@ -191,7 +192,7 @@ async function main() {
     for (let i = 0; i < trace.length; i++) await recordUsage(ctx, input(i));
   }
   const wallMs = performance.now() - t0;
-  const pgCpuMs = ((cpuTicks(pid) - ticks0) * 1000) / 100;
+  const pgCpuMs = ((cpuTicks(`/proc/${pid}/stat`) - ticks0) * 1000) / 100;
   const nodeCpu = process.cpuUsage(nodeCpu0);
   const nodeCpuMs = (nodeCpu.user + nodeCpu.system) / 1000;
   const mainThreadMs = ((threadTicks() - mainThreadTicks0) * 1000) / 100;
