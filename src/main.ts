@@ -7,7 +7,7 @@
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
 import { loadEnvOrExit } from './config/env.js';
-import { createPgPool, ledgerSessionLimits } from './db/pg.js';
+import { createPgPool, ledgerSessionLimits, logLostConnections } from './db/pg.js';
 import { QueryTimings } from './db/query-timings.js';
 import { createPrismaClient } from './db/prisma.js';
 import { applyMigrations } from './db/migrate.js';
@@ -29,7 +29,7 @@ if (env.MIGRATE_ON_BOOT) {
 }
 
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimits(env));
-pool.on('error', (err) => log.warn({ err: err.message, code: (err as { code?: string }).code }, 'postgres connection lost; the pool reconnects on the next query'));
+logLostConnections(pool, log);
 const queryTimings = env.PG_QUERY_TIMINGS ? new QueryTimings() : undefined;
 queryTimings?.instrument(pool);
 const prisma = createPrismaClient(env.DATABASE_URL, 10, ledgerSessionLimits(env));

@@ -4,13 +4,13 @@
  */
 import { pino } from 'pino';
 import { loadEnvOrExit } from '../src/config/env.js';
-import { createPgPool, ledgerSessionLimits } from '../src/db/pg.js';
+import { createPgPool, ledgerSessionLimits, logLostConnections } from '../src/db/pg.js';
 import { startWorkers } from './start.js';
 
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
 const pool = createPgPool(env.DATABASE_URL, 5, ledgerSessionLimits(env));
-pool.on('error', (err) => log.warn({ err: err.message, code: (err as { code?: string }).code }, 'postgres connection lost; the pool reconnects on the next query'));
+logLostConnections(pool, log);
 const workers = await startWorkers({ env, pool, log });
 log.info('creditpool workers ready');
 

@@ -119,9 +119,19 @@ export function createPgPool(databaseUrl: string, max = 20, limits: LedgerSessio
     keepClientErrorsOnPool(pool, client);
   });
   // An idle client's error (server restart) must not crash the process; the next query reconnects.
-  // The process may add a listener of its own to log them (src/main.ts, workers/main.ts).
+  // The processes log them ({@link logLostConnections}).
   pool.on('error', () => undefined);
   return pool;
+}
+
+/**
+ * Logs, as a warning through `log` (pino's `warn(object, message)`), every connection error
+ * `pool` reports ({@link keepClientErrorsOnPool}; an idle client's failure): such a loss is the
+ * database's, not a bug, and the pool reconnects on the next query. For the process entry points
+ * (src/main.ts, workers/main.ts).
+ */
+export function logLostConnections(pool: pg.Pool, log: { warn(obj: object, msg: string): void }): void {
+  pool.on('error', (err) => log.warn({ err: err.message, code: (err as { code?: string }).code }, 'postgres connection lost; the pool reconnects on the next query'));
 }
 
 /**
@@ -148,11 +158,14 @@ export function keepClientErrorsOnPool(pool: pg.Pool, client: pg.PoolClient): vo
 /**
  * SQLSTATEs that mean the connection or the server is gone, refusing or out of time, not that the
  * statement was wrong (PostgreSQL docs, Appendix A): admin_shutdown, crash_shutdown,
- * cannot_connect_now, too_many_connections, configuration_limit_exceeded, query_canceled (a
- * statement_timeout; the ledger never cancels its own statements), lock_not_available (a
- * lock_timeout) and idle_in_transaction_session_timeout.
+ * cannot_connect_now, too_many_connections, configuration_limit_exceeded and
+ * idle_in_transaction_session_timeout; with STATEMENT_TIMEOUT_SQLSTATES below (query_canceled by a
+ * statement_timeout, since the ledger never cancels its own statements; lock_not_available).
  */
-const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '53400', '57014', '55P03', '25P03']);
+const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '53400', '25P03']);
+
+/** The SQLSTATEs of PostgreSQL giving up on a statement that ran or waited too long: 57014 (statement_timeout), 55P03 (lock_timeout). */
+const STATEMENT_TIMEOUT_SQLSTATES = new Set(['57014', '55P03']);
 
 /**
  * Whether `err` is PostgreSQL giving up on a statement that waited or ran too long
@@ -161,7 +174,7 @@ const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '53300', '53400
  */
 export function isStatementTimeout(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
-  return code === '57014' || code === '55P03';
+  return typeof code === 'string' && STATEMENT_TIMEOUT_SQLSTATES.has(code);
 }
 
 /** Socket errors (Node.js docs, "Common system errors") of a database connection. */
@@ -183,7 +196,7 @@ const PRISMA_CONNECTION_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2
  * Whether `err` (or an error it wraps in `cause`, up to 5 deep) says the database could not be
  * reached, dropped the connection or ran out of time (a session limit of
  * {@link LedgerSessionLimits}), rather than that a statement was wrong: SQLSTATE class 08
- * (connection exception) or one of CONNECTION_SQLSTATES, a socket error, node-postgres' and
+ * (connection exception), one of CONNECTION_SQLSTATES or STATEMENT_TIMEOUT_SQLSTATES, a socket error, node-postgres' and
  * pg-pool's lost-connection messages, or Prisma's connection error codes.
  *
  * Such a failure is the database's, not the caller's and not a bug: the API answers it as
@@ -197,7 +210,7 @@ export function isDatabaseUnavailable(err: unknown): boolean {
     const { code, message, cause } = e as { code?: unknown; message?: unknown; cause?: unknown };
     if (typeof code === 'string') {
       if (code.startsWith('08') && code.length === 5) return true;
-      if (CONNECTION_SQLSTATES.has(code) || CONNECTION_ERRNOS.has(code) || PRISMA_CONNECTION_CODES.has(code)) return true;
+      if (CONNECTION_SQLSTATES.has(code) || STATEMENT_TIMEOUT_SQLSTATES.has(code) || CONNECTION_ERRNOS.has(code) || PRISMA_CONNECTION_CODES.has(code)) return true;
     }
     if (typeof message === 'string' && CONNECTION_MESSAGES.some((m) => message.startsWith(m))) return true;
     e = cause;

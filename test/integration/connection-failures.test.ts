@@ -36,6 +36,7 @@ afterAll(async () => {
 });
 
 const tagged = () => taggedDatabaseUrl('cp-conn');
+const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
 const terminate = (applicationName: string) => terminateBackends(admin, applicationName);
 
 /** The rejection of `p`, or a failure of the test if it resolves. */
@@ -129,7 +130,6 @@ describe('time limits of the ledger sessions', () => {
       const accountId = await createFundedAccount(services, { paid: 10 });
       const run = `stuck-${randomUUID()}`;
       const inputs = Array.from({ length: 5 }, (_, i) => ({ accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `${run}:${i}` }));
-      const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
       await holder.query('BEGIN');
       await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
       const stats = () => srv.services.groupCommit!.stats();
@@ -246,7 +246,6 @@ describe('a database that goes silent (no answer, no TCP reset)', () => {
     });
     try {
       const accountId = await createFundedAccount(services, { paid: 10 });
-      const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
       const READ = `query($id: ID!) { account(id: $id) { id name } }`;
       const run = `silent-${randomUUID()}`;
       const input = (k: string) => ({ accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `${run}:${k}` });
