@@ -53,14 +53,16 @@ describe('isDatabaseUnavailable and maskError on real errors', () => {
     const client = new pg.Client({ connectionString: url });
     await client.connect();
     client.on('error', () => undefined);
-    const running = client.query('SELECT pg_sleep(30)');
+    // The handler is attached now: the FATAL may reach the client before terminate() returns, and
+    // a rejection with no handler at that moment is an unhandled rejection (it failed a CI run).
+    const running = rejection(client.query('SELECT pg_sleep(30)'));
     // Wait until the statement runs, so the FATAL reaches it (polled; the test's timeout bounds it).
     for (;;) {
       const { rows } = await admin.query(`SELECT state FROM pg_stat_activity WHERE application_name = $1`, [name]);
       if (rows[0]?.state === 'active') break;
     }
     expect(await terminate(name)).toBe(1);
-    const terminated = await rejection(running);
+    const terminated = await running;
     expect((terminated as { code?: string }).code).toBe('57P01');
 
     const refused = await rejection(new pg.Client({ connectionString: await unreachableDatabaseUrl() }).connect());
