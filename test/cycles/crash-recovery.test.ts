@@ -106,7 +106,7 @@ describe('worker crash safety', () => {
     const prefix = `cp-crash-${randomUUID()}`;
     const accounts = await Promise.all(Array.from({ length: 150 }, () => createFundedAccount(services, { paid: 1 })));
     let worker = await startWorkerProcess(prefix);
-    await dueBatches(accounts, 1_500);
+    await dueBatches(accounts, 4_000); // 150 grants race this deadline (a past expiresAt is refused)
     await until(async () => (await expiredCount(accounts)).expired > 0, 'the first expiries');
     await kill9(worker);
     const atKill = await expiredCount(accounts);

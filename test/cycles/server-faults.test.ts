@@ -235,14 +235,22 @@ describe('faults in the middle of a burst of charges on one hot account', () => 
 
     let terminated: number | null = null;
     let terminating: Promise<void> | null = null;
+    let terminateError: unknown = null;
     const before = await burst(server, inputs, 16, async (outcomes) => {
       if (terminating === null && count(outcomes, 'event') >= 300) {
-        terminating = terminateBackends(services.pool, applicationName).then((n) => {
-          terminated = n;
-        });
+        // Both outcomes handled now (the burst goes on for seconds before the await below).
+        terminating = terminateBackends(services.pool, applicationName).then(
+          (n) => {
+            terminated = n;
+          },
+          (err: unknown) => {
+            terminateError = err;
+          },
+        );
       }
     });
     await terminating;
+    expect(terminateError).toBeNull();
     // The server's ledger pool and Prisma were connected, so something was terminated.
     expect(terminated).toBeGreaterThan(0);
     // Every request was answered: with its event or, if its connection died under it, UNAVAILABLE.

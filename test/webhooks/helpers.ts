@@ -97,7 +97,16 @@ export async function startReceiver(): Promise<Receiver> {
       requests.push(got);
       const step = (accountId ? scripts.get(accountId)?.shift() : undefined) ?? 200;
       emitter.emit('request');
-      if (receiver.beforeAnswer) await receiver.beforeAnswer(got);
+      if (receiver.beforeAnswer) {
+        try {
+          await receiver.beforeAnswer(got);
+        } catch (err) {
+          // A failing hook answers 500 with its message, which the test then sees, instead of an
+          // unhandled rejection inside this listener.
+          res.writeHead(500, { 'content-type': 'text/plain' }).end(`receiver hook failed: ${String(err)}`);
+          return;
+        }
+      }
       if (step === 'hang') return; // never answered; close() destroys the socket
       if (typeof step === 'object') {
         res.writeHead(step.status, { location: step.location }).end();
