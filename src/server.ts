@@ -12,10 +12,9 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createHash, randomUUID } from 'node:crypto';
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { createYoga, type Plugin } from 'graphql-yoga';
-import { GraphQLError, NoSchemaIntrospectionCustomRule } from 'graphql';
+import { createYoga, handleStreamOrSingleExecutionResult, type Plugin } from 'graphql-yoga';
+import { GraphQLError, NoSchemaIntrospectionCustomRule, type ExecutionResult } from 'graphql';
 import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
 import type pg from 'pg';
 import { Redis } from 'ioredis';
@@ -94,8 +93,6 @@ interface WsState {
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
 
-/** The id of the HTTP request being served (x-request-id when valid, else a new uuid). */
-const requestScope = new AsyncLocalStorage<{ requestId: string; publicAudience: boolean }>();
 
 function disableIntrospection(): Plugin {
   return {
@@ -142,7 +139,18 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: jobSink })
     : null;
 
-  const yoga = createYoga<{ req: IncomingMessage; res: ServerResponse }, GraphQLContext>({
+  /**
+   * Masks one error for the client (graphql/errors.ts maskError) with the request id and audience
+   * of the request it belongs to, logging bugs, neutralized refusals and database failures.
+   */
+  const maskFor = (error: unknown, requestId: string, publicAudience: boolean): GraphQLError =>
+    maskError(error, requestId, (err) => log.error({ err, requestId }, 'unexpected error while executing GraphQL'), {
+      publicAudience,
+      onNeutralized: (err) => log.info({ requestId, code: err.code, reason: err.message, details: err.details }, 'billing refusal shown to a public visitor as UNAVAILABLE'),
+      onUnavailable: (err) => log.warn({ err, requestId }, 'database unreachable, connection lost or timed out: answered UNAVAILABLE'),
+    });
+
+  const yoga = createYoga<{ req: IncomingMessage; res: ServerResponse; requestId: string }, GraphQLContext>({
     schema,
     graphqlEndpoint: '/graphql',
     graphiql: !production,
@@ -153,7 +161,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     context: async (initial): Promise<GraphQLContext> => {
       const ws = (initial as { ws?: { principal: Principal | null; requestId: string } }).ws;
       const request = (initial as { request: Request }).request;
-      const requestId = ws?.requestId ?? requestScope.getStore()?.requestId ?? randomUUID();
+      const requestId = ws?.requestId ?? (initial as { requestId?: string }).requestId ?? randomUUID();
       let principal: Principal | null;
       try {
         principal = ws ? ws.principal : await deps.authenticator.authenticate(request.headers.get('authorization'));
@@ -161,12 +169,10 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         if (err instanceof LedgerError) {
           throw new GraphQLError(err.message, { extensions: { code: err.code, http: { status: err.code === 'UNAUTHENTICATED' ? 401 : 503 } } });
         }
-        throw err;
+        throw maskFor(err, requestId, false); // e.g. the API key lookup found no database: UNAVAILABLE with this request's id
       }
       const flagged = !ws && request.headers.get('x-creditpool-audience')?.toLowerCase() === 'public';
       const publicAudience = flagged || (principal?.kind === 'service' && principal.publicAudience === true);
-      const scope = requestScope.getStore();
-      if (scope) scope.publicAudience = publicAudience;
       return {
         principal,
         publicAudience,
@@ -179,18 +185,15 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         readableAccounts: new Map(),
       };
     },
+    // Errors of an execution or subscription are masked by maskExecutionErrors (below) with their
+    // own context. What reaches yoga's masking after that is either already masked (maskError
+    // keeps a coded GraphQLError as it is) or raised before any context exists (a malformed
+    // request, a parse error): those carry no request-specific data but a fresh id.
     maskedErrors: {
-      maskError: (error, _message, _isDev) => {
-        const scope = requestScope.getStore();
-        const requestId = scope?.requestId ?? randomUUID();
-        return maskError(error, requestId, (err) => log.error({ err, requestId }, 'unexpected error while executing GraphQL'), {
-          publicAudience: scope?.publicAudience ?? false,
-          onNeutralized: (err) => log.info({ requestId, code: err.code, reason: err.message, details: err.details }, 'billing refusal shown to a public visitor as UNAVAILABLE'),
-          onUnavailable: (err) => log.warn({ err, requestId }, 'database unreachable, connection lost or timed out: answered UNAVAILABLE'),
-        });
-      },
+      maskError: (error, _message, _isDev) => maskFor(error, randomUUID(), false),
     },
     plugins: [
+      maskExecutionErrors((error, context) => maskFor(error, context.requestId, context.publicAudience)),
       EnvelopArmorPlugin({
         maxDepth: { n: env.GRAPHQL_MAX_DEPTH },
         maxAliases: { n: env.GRAPHQL_MAX_ALIASES },
@@ -272,7 +275,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       res.end(JSON.stringify({ errors: [{ message: refusal.message, extensions: { code: 'BAD_USER_INPUT', reason: refusal.reason, requestId } }] }));
       return;
     }
-    requestScope.run({ requestId, publicAudience: false }, () => void yoga(req, res, { req, res }));
+    void yoga(req, res, { req, res, requestId });
   });
   http.keepAliveTimeout = 65_000;
 
@@ -419,6 +422,36 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         await Promise.allSettled([live.close(), publisher?.quit(), queueConnection?.quit()]);
         eventLoopDelay.disable();
       })()),
+  };
+}
+
+/**
+ * Masks every error of an execution or a subscription (HTTP, SSE and WebSocket alike) with
+ * `mask`, which gets the operation's own context: its request id and audience.
+ *
+ * Why a plugin and not yoga's `maskedErrors` alone: yoga's `maskError(error, message, isDev)` is
+ * not given the request, so it used to read it from an AsyncLocalStorage entered per HTTP request.
+ * On Node 20 an active AsyncLocalStorage runs a promise hook on every promise the process creates;
+ * measured with `bench/experiments/server-cpu-per-request.ts` (sequential requests, server CPU from
+ * /proc) that cost ~20 % of the server's CPU per recordUsage. WebSocket operations never ran
+ * inside it, so their errors got a random request id and no public-audience masking; with the
+ * context they get both. Registered before yoga's own masking (envelop runs `onExecuteDone`
+ * hooks in plugin order), which then finds every such error masked and keeps it.
+ */
+function maskExecutionErrors(mask: (error: GraphQLError, context: GraphQLContext) => GraphQLError): Plugin<GraphQLContext> {
+  const masking =
+    (context: GraphQLContext) =>
+    ({ result, setResult }: { result: ExecutionResult; setResult: (result: ExecutionResult) => void }) => {
+      if (result.errors?.length) setResult({ ...result, errors: result.errors.map((e) => mask(e, context)) });
+    };
+  return {
+    onExecute: ({ args }) => ({
+      onExecuteDone: (payload) => handleStreamOrSingleExecutionResult(payload, masking(args.contextValue as GraphQLContext)),
+    }),
+    onSubscribe: ({ args }) => ({
+      onSubscribeResult: (payload) => handleStreamOrSingleExecutionResult(payload, masking(args.contextValue as GraphQLContext)),
+      onSubscribeError: ({ error, setError }) => setError(mask(error as GraphQLError, args.contextValue as GraphQLContext)),
+    }),
   };
 }
 

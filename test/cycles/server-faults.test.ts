@@ -301,12 +301,21 @@ describe('a database that cannot be reached', () => {
     const srv = await startTestServer({ DATABASE_URL: await unreachableDatabaseUrl(), CHARGE_PATH: 'group' });
     try {
       const account = gid('Account', randomUUID());
-      const charge = await srv.gql(RECORD, { input: chargeInput(`down-${randomUUID()}`, account, 0) });
-      const read = await srv.gql(`query($id: ID!) { account(id: $id) { id balance { total } } }`, { id: account });
+      // Each request names its id (x-request-id): the error carries that id, for the logs.
+      const post = async (requestId: string, query: string, variables: Record<string, unknown>) => {
+        const res = await fetch(srv.url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${srv.adminKey}`, 'x-request-id': requestId },
+          body: JSON.stringify({ query, variables }),
+        });
+        return { requestId, body: (await res.json()) as { errors?: Array<{ message: string; extensions?: Record<string, unknown> }> } };
+      };
+      const charge = await post('down-charge-1', RECORD, { input: chargeInput(`down-${randomUUID()}`, account, 0) });
+      const read = await post('down-read-1', `query($id: ID!) { account(id: $id) { id balance { total } } }`, { id: account });
       for (const res of [charge, read]) {
         expect(res.body.errors?.map((e) => e.extensions?.code), JSON.stringify(res.body)).toEqual(['UNAVAILABLE']);
         expect(res.body.errors![0]!.message).toBe(DATABASE_UNAVAILABLE_MESSAGE);
-        expect(res.body.errors![0]!.extensions).toHaveProperty('requestId');
+        expect(res.body.errors![0]!.extensions!.requestId).toBe(res.requestId);
       }
     } finally {
       await srv.close();

@@ -10,6 +10,7 @@ import { startTestServer, type TestServer } from '../../setup/test-server.js';
 import { createApiKey } from '../../../src/auth/api-keys.js';
 import { expectError, expectUnchanged, grant, ok, uniq, type GqlResponse } from '../helpers.js';
 import { createAccount, expectNeutral, gqlWithHeaders, growthCounts } from './growth-helpers.js';
+import { wsSubscribe } from '../../live/helpers.js';
 
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
 const RESERVE = `mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id amount } }`;
@@ -154,5 +155,29 @@ describe('audience does not leak between concurrent requests', () => {
       if (kind === 'internal') expect(expectError(res, 'INSUFFICIENT_CREDITS').extensions).toMatchObject({ neededCredits: '2', availableCredits: '1' });
       else expectUnavailable(res);
     }
+  });
+});
+
+describe('over WebSocket (graphql-ws) as over HTTP', () => {
+  it('a PUBLIC-audience key running recordUsage gets the neutral UNAVAILABLE with its operation id, an internal key the exact refusal; nothing is recorded', async () => {
+    const acct = await funded('1');
+    const results = await unchanged([acct], async () => {
+      const pub = wsSubscribe(srv.url, `Bearer ${publicKey}`, RECORD, { input: use(acct, '2') });
+      const internal = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, RECORD, { input: use(acct, '2') });
+      try {
+        await Promise.all([pub, internal].map((s) => s.waitFor((x) => x.completed, 'the mutation to complete')));
+        return { pub: [...pub.errors], internal: [...internal.errors] };
+      } finally {
+        await Promise.all([pub.dispose(), internal.dispose()]);
+      }
+    });
+    expect(results.pub).toHaveLength(1);
+    const neutral = results.pub[0]!;
+    expect(neutral.extensions?.code).toBe('UNAVAILABLE');
+    expectNeutral(neutral.message);
+    // The request id of a WebSocket operation: its connection's id and the operation's id.
+    expect(Object.keys(neutral.extensions ?? {}).sort()).toEqual(['code', 'requestId']);
+    expect(String((neutral.extensions as { requestId?: string }).requestId)).toMatch(/^[0-9a-f-]{36}:.+$/);
+    expect(results.internal.map((e) => e.extensions)).toMatchObject([{ code: 'INSUFFICIENT_CREDITS', neededCredits: '2', availableCredits: '1' }]);
   });
 });
