@@ -93,7 +93,6 @@ interface WsState {
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
 
-
 function disableIntrospection(): Plugin {
   return {
     onValidate({ addValidationRule }) {
@@ -188,7 +187,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     // Errors of an execution or subscription are masked by maskExecutionErrors (below) with their
     // own context. What reaches yoga's masking after that is either already masked (maskError
     // keeps a coded GraphQLError as it is) or raised before any context exists (a malformed
-    // request, a parse error): those carry no request-specific data but a fresh id.
+    // request, a parse or validation error: BAD_USER_INPUT, no request id); a bug raised there
+    // would be logged and answered with a fresh id, not the x-request-id.
     maskedErrors: {
       maskError: (error, _message, _isDev) => maskFor(error, randomUUID(), false),
     },
