@@ -24,6 +24,7 @@ import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { gid } from '../api/helpers.js';
+import { gqlWithHeaders } from '../api/growth/growth-helpers.js';
 import { loadAzureTrace } from '../../src/trace/load.js';
 import { credits, parseCredits } from '../../src/ledger/credits.js';
 
@@ -302,20 +303,16 @@ describe('a database that cannot be reached', () => {
     try {
       const account = gid('Account', randomUUID());
       // Each request names its id (x-request-id): the error carries that id, for the logs.
-      const post = async (requestId: string, query: string, variables: Record<string, unknown>) => {
-        const res = await fetch(srv.url, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', authorization: `Bearer ${srv.adminKey}`, 'x-request-id': requestId },
-          body: JSON.stringify({ query, variables }),
-        });
-        return { requestId, body: (await res.json()) as { errors?: Array<{ message: string; extensions?: Record<string, unknown> }> } };
-      };
+      const post = async (requestId: string, query: string, variables: Record<string, unknown>) => ({
+        requestId,
+        res: await gqlWithHeaders(srv, query, variables, srv.adminKey, { 'x-request-id': requestId }),
+      });
       const charge = await post('down-charge-1', RECORD, { input: chargeInput(`down-${randomUUID()}`, account, 0) });
       const read = await post('down-read-1', `query($id: ID!) { account(id: $id) { id balance { total } } }`, { id: account });
-      for (const res of [charge, read]) {
+      for (const { requestId, res } of [charge, read]) {
         expect(res.body.errors?.map((e) => e.extensions?.code), JSON.stringify(res.body)).toEqual(['UNAVAILABLE']);
         expect(res.body.errors![0]!.message).toBe(DATABASE_UNAVAILABLE_MESSAGE);
-        expect(res.body.errors![0]!.extensions!.requestId).toBe(res.requestId);
+        expect((res.body.errors![0]!.extensions as { requestId?: string }).requestId).toBe(requestId);
       }
     } finally {
       await srv.close();
