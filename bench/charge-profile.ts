@@ -58,6 +58,7 @@ import { planReplay, llmQuantities } from '../demo/plan.js';
 import { demoPriceBook } from '../demo/price-book.js';
 import type { ServiceContext } from '../src/services/context.js';
 import { seedClosedHolds } from './perf/closed-holds.js';
+import { CLK_TCK } from './perf/procstat.js';
 
 const { values } = parseArgs({
   options: {
@@ -192,10 +193,10 @@ async function main() {
     for (let i = 0; i < trace.length; i++) await recordUsage(ctx, input(i));
   }
   const wallMs = performance.now() - t0;
-  const pgCpuMs = ((cpuTicks(`/proc/${pid}/stat`) - ticks0) * 1000) / 100;
+  const pgCpuMs = ((cpuTicks(`/proc/${pid}/stat`) - ticks0) * 1000) / CLK_TCK;
   const nodeCpu = process.cpuUsage(nodeCpu0);
   const nodeCpuMs = (nodeCpu.user + nodeCpu.system) / 1000;
-  const mainThreadMs = ((threadTicks() - mainThreadTicks0) * 1000) / 100;
+  const mainThreadMs = ((threadTicks() - mainThreadTicks0) * 1000) / CLK_TCK;
   console.log(
     BATCH > 0
       ? `${trace.length} events as recordUsageBatch(${BATCH}) on ${values.spread ? `${ACCOUNTS} accounts` : 'ONE account'}, 1 connection, sequential`

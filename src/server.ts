@@ -438,7 +438,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
  * context they get both. Registered before yoga's own masking (envelop runs `onExecuteDone`
  * hooks in plugin order), which then finds every such error masked and keeps it.
  */
-function maskExecutionErrors(mask: (error: GraphQLError, context: GraphQLContext) => GraphQLError): Plugin<GraphQLContext> {
+function maskExecutionErrors(mask: (error: unknown, context: GraphQLContext) => GraphQLError): Plugin<GraphQLContext> {
   const masking =
     (context: GraphQLContext) =>
     ({ result, setResult }: { result: ExecutionResult; setResult: (result: ExecutionResult) => void }) => {
@@ -450,7 +450,7 @@ function maskExecutionErrors(mask: (error: GraphQLError, context: GraphQLContext
     }),
     onSubscribe: ({ args }) => ({
       onSubscribeResult: (payload) => handleStreamOrSingleExecutionResult(payload, masking(args.contextValue as GraphQLContext)),
-      onSubscribeError: ({ error, setError }) => setError(mask(error as GraphQLError, args.contextValue as GraphQLContext)),
+      onSubscribeError: ({ error, setError }) => setError(mask(error, args.contextValue as GraphQLContext)),
     }),
   };
 }

@@ -20,7 +20,7 @@ import { planReplay, llmQuantities } from '../../demo/plan.js';
 import { demoPriceBook } from '../../demo/price-book.js';
 import { applyMigrations } from '../../src/db/migrate.js';
 import { createPerfClient } from '../perf/http.js';
-import { cpuTicksOf } from '../perf/procstat.js';
+import { CLK_TCK, cpuTicksOf } from '../perf/procstat.js';
 
 const { values } = parseArgs({ options: { requests: { type: 'string', default: '2000' }, rounds: { type: 'string', default: '3' }, accounts: { type: 'string', default: '200' }, variants: { type: 'string', default: 'base=' } } });
 const requests = Number(values.requests);
@@ -47,7 +47,6 @@ const url = new URL(base);
 url.pathname = `/${dbName}`;
 await applyMigrations(url.toString());
 const adminKey = `cp_admin_${randomBytes(16).toString('hex')}`;
-const TICK_MS = 10; // USER_HZ = 100 on Linux
 
 const servers: { label: string; s: StartedServer }[] = [];
 for (const v of variants) {
@@ -88,7 +87,7 @@ try {
             if (r.errorCode) throw new Error(`${r.errorCode} ${r.errors[0]?.message}`);
           }
         }
-        const cpuMs = ((cpuTicksOf(s.pids.server)! - t0) * TICK_MS) / n;
+        const cpuMs = ((cpuTicksOf(s.pids.server)! - t0) * 1000) / CLK_TCK / n;
         const wallMs = (performance.now() - w0) / n;
         if (round > 0) {
           ((results[label] ??= {})[kind] ??= []).push(cpuMs);

@@ -10,7 +10,8 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 
-const CLK_TCK = 100;
+/** Clock ticks per second of /proc/<pid>/stat's utime and stime (USER_HZ, 100 on Linux). */
+export const CLK_TCK = 100;
 
 /** Databases whose backends count as "postgres"; backends of other databases count as "other". */
 let ownDatabases: ReadonlySet<string> = new Set();
