@@ -895,7 +895,7 @@ export interface HistoryRead {
 
 /**
  * Untimed calls of each history query before the timed ones. The history server is freshly
- * started: measured on 2026-12-04 (bench/README.md), its first 50 usageSummary calls had a p95 of
+ * started: measured on 2026-12-04 (bench/HISTORY.md, 096b3f0), its first 50 usageSummary calls had a p95 of
  * ~23 ms while V8 compiled the hot code (server CPU 130 %), the next 350 a p95 of 7-11 ms (55 %).
  * Every other scenario is measured after a warm-up too.
  */

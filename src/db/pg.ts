@@ -232,9 +232,9 @@ interface ClientWithSocket {
  * Why: in pipeline mode a transaction asks for several statements before it awaits any, but
  * node-postgres corks only each statement's own Parse/Bind/Execute/Sync, so each statement was
  * its own `writev` system call and its own TCP segment for PostgreSQL to read: a server CPU
- * profile of spread charges (bench/README.md) spent ~11 % of all samples in those `writev`
+ * profile of spread charges (bench/HISTORY.md) spent ~11 % of all samples in those `writev`
  * calls. Nothing waits longer: an answer can only arrive in a later tick, after the uncork.
- * Measured (bench/README.md, "Earlier results (medians of f394077)"): a group or batch transaction is 2 writes instead of
+ * Measured (bench/HISTORY.md, "Earlier results (medians of f394077)"): a group or batch transaction is 2 writes instead of
  * 5-7, but neither throughput nor the server's time in `writev` moved beyond this machine's noise.
  * A client without a socket (none in practice) is left as it is.
  */

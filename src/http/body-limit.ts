@@ -26,7 +26,7 @@ const CONTENT_LENGTH_RE = /^\d+$/;
  *
  * Why not graphql-yoga's own `maxRequestBodySize`: it pipes every request body through a
  * TransformStream to count bytes (a stream pipeline, an AbortController and a DOMException per
- * request), which showed in the server's CPU profile of every request (bench/README, "The
+ * request), which showed in the server's CPU profile of every request (bench/HISTORY.md, "The
  * request-body limit").
  *
  * @param req the incoming request (only its headers are read).

@@ -148,7 +148,7 @@ const resolvedModels = new Map<string, Resolved>();
  * returned object and its decimals are frozen: callers share them.
  *
  * Measured: genai-prices' model resolution was 1.5-2.3 % of the server's CPU samples on single
- * charges and 5.6 % of its busy time during batches of 1,000 (bench/README.md).
+ * charges and 5.6 % of its busy time during batches of 1,000 (bench/HISTORY.md, "Earlier results (medians of eb8fb93)").
  * @param model, provider, context as {@link lookupModelPriceUncached}
  * @returns the same prices as lookupModelPriceUncached (a property test checks it over the catalog).
  * @throws only for a bad context (assertion), as lookupModelPriceUncached.

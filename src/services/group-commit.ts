@@ -12,7 +12,7 @@
  * BEGIN, the lock and the state read go out together, and the writes with the COMMIT (the ledger
  * pool pipelines; db/pg.ts PipelinedCommit), so such a transaction is 2 round trips. A hot
  * account's next transaction (charges of it were waiting as the last one committed) skips the
- * state read and is 1 round trip: see `run`, "carried state" (bench/README.md: the hot
+ * state read and is 1 round trip: see `run`, "carried state" (bench/HISTORY.md: the hot
  * account's round trip took ~0.9 ms for 0.07 ms of PostgreSQL's work).
  *
  * An account is in at most one transaction at a time, so the charges of a hot account form
