@@ -80,3 +80,38 @@ export async function closedLoop(concurrency: number, seconds: number, op: (i: n
   const errorCount = Object.values(errors).reduce((a, b) => a + b, 0);
   return { concurrency, seconds: round(wall, 2), ops, units, unitsPerSecond: round(units / wall, 1), latencyMs: latencyStats(latencies), errors, errorCount };
 }
+
+/**
+ * One LoadResult for several closed-loop slices of the same load (bench/perf.ts's same-minute
+ * (2a) rows: slices of one path alternating with another's): ops, units and seconds summed, the
+ * rate over the summed seconds, errors added up. Percentiles cannot be merged without the
+ * samples: p50/p95/p99 and mean are the means of the slices' figures weighted by their ops, max
+ * the largest.
+ * @param slices at least one result, all at the same concurrency.
+ * @throws Error on an empty list.
+ */
+export function mergeLoadResults(slices: readonly LoadResult[]): LoadResult {
+  if (slices.length === 0) throw new Error('mergeLoadResults: no slices');
+  const ops = slices.reduce((a, s) => a + s.ops, 0);
+  const units = slices.reduce((a, s) => a + s.units, 0);
+  const seconds = slices.reduce((a, s) => a + s.seconds, 0);
+  const weighted = (f: (s: LoadResult) => number) => (ops > 0 ? round(slices.reduce((a, s) => a + f(s) * s.ops, 0) / ops, 2) : 0);
+  const errors: Record<string, number> = {};
+  for (const s of slices) for (const [code, n] of Object.entries(s.errors)) errors[code] = (errors[code] ?? 0) + n;
+  return {
+    concurrency: slices[0]!.concurrency,
+    seconds: round(seconds, 2),
+    ops,
+    units,
+    unitsPerSecond: seconds > 0 ? round(units / seconds, 1) : 0,
+    latencyMs: {
+      p50: weighted((s) => s.latencyMs.p50),
+      p95: weighted((s) => s.latencyMs.p95),
+      p99: weighted((s) => s.latencyMs.p99),
+      max: Math.max(...slices.map((s) => s.latencyMs.max)),
+      mean: weighted((s) => s.latencyMs.mean),
+    },
+    errors,
+    errorCount: slices.reduce((a, s) => a + s.errorCount, 0),
+  };
+}

@@ -194,3 +194,28 @@ export async function withCpu<T>(serverPid: number | null, work: (sampler: CpuSa
     throw e;
   }
 }
+
+/**
+ * The CPU use of several sampled periods as one: each percentage is the mean of the periods'
+ * weighted by their seconds (so it is the share of a core over their summed time), seconds
+ * summed. For bench/perf.ts's same-minute (2a) rows, whose slices alternate with another
+ * server's.
+ * @throws Error on an empty list.
+ */
+export function mergeCpuUsage(periods: readonly CpuUsage[]): CpuUsage {
+  if (periods.length === 0) throw new Error('mergeCpuUsage: no periods');
+  const seconds = periods.reduce((a, p) => a + p.seconds, 0);
+  const mean = (f: (p: CpuUsage) => number) => (seconds > 0 ? Math.round(periods.reduce((a, p) => a + f(p) * p.seconds, 0) / seconds) : 0);
+  return {
+    seconds: Math.round(seconds * 10) / 10,
+    server: mean((p) => p.server),
+    bench: mean((p) => p.bench),
+    tool: mean((p) => p.tool),
+    postgres: mean((p) => p.postgres),
+    redis: mean((p) => p.redis),
+    machineBusy: mean((p) => p.machineBusy),
+    other: mean((p) => p.other),
+    iowait: mean((p) => p.iowait),
+    cores: periods[0]!.cores,
+  };
+}
