@@ -23,7 +23,8 @@
  * sampled states of the database's backends from pg_stat_activity every 100 ms: a wait event, or
  * CPU), each pair's ratio, the totals' ratio and the median of the pairs' ratios, then checks the
  * ledger invariant of both hot accounts and that every acknowledged event is stored. Exit status
- * 1 when a check fails or any request failed, 2 on bad arguments. Prints only.
+ * 1 when a check fails or any request failed, 2 on bad arguments. Prints only; its database
+ * (`creditpool_bench_ratio` on DATABASE_URL's server) is dropped at the start and at the end.
  *
  *   bash scripts/with-services.sh npx tsx bench/experiments/hot-ratio-interleaved.ts [--concurrency 8] [--slice-seconds 5] [--rounds 6] [--accounts 10000] [--server-env KEY:VALUE;…]
  */
@@ -105,7 +106,7 @@ try {
       },
     });
   }
-  const setup = createPerfClient(servers.group.graphqlUrl, adminKey, 1);
+  const setup = createPerfClient(servers.group.graphqlUrl, adminKey, 16);
   const pb = await setup.gql(`mutation($input: PriceBookInput!) { publishPriceBook(input: $input) { version } }`, { input: demoPriceBook(`ratio ${runId}`) });
   if (pb.errorCode) throw new Error(`publishPriceBook: ${pb.errors[0]?.message}`);
   const hot = {} as Record<Path, string>;
@@ -244,5 +245,9 @@ try {
 } finally {
   await db.end();
   for (const path of PATHS) await servers[path]?.stop();
+  const drop = new pg.Client({ connectionString: maintenance.toString() });
+  await drop.connect();
+  await drop.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+  await drop.end();
 }
 process.exit(exitCode);
