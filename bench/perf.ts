@@ -57,6 +57,7 @@ import { createPerfClient, type PerfClient } from './perf/http.js';
 import { closedLoop, latencyStats, mergeLoadResults, round, type LoadResult, type OpOutcome } from './perf/load.js';
 import { mergeCpuUsage, rssMiB, setOwnDatabases, withCpu, type CpuUsage } from './perf/procstat.js';
 import { seedClosedHolds } from './perf/closed-holds.js';
+import { dropDatabase, recreateDatabase } from './perf/scratch-db.js';
 import {
   PGBENCH_ACCOUNTS,
   PGBENCH_DATABASE,
@@ -66,7 +67,6 @@ import {
   preparePgbenchDatabase,
   runAutocannon,
   runPgbench,
-  withDatabase,
   type LimitRun,
 } from './perf/limits.js';
 import { generateHistory, historyAnchor, type HistoryGeneration } from './perf/history.js';
@@ -254,15 +254,7 @@ async function boundedEach(count: number, limit: number, work: (i: number) => Pr
 
 /** Drops and re-creates the bench database, then migrates and seeds it (`tsx prisma/seed.ts`). */
 async function prepareDatabase(serverUrl: string): Promise<string> {
-  const admin = new pg.Client({ connectionString: withDatabase(serverUrl, 'postgres') });
-  await admin.connect();
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS ${PERF_DATABASE} WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE ${PERF_DATABASE}`);
-  } finally {
-    await admin.end();
-  }
-  const benchUrl = withDatabase(serverUrl, PERF_DATABASE);
+  const benchUrl = await recreateDatabase(serverUrl, PERF_DATABASE);
   execFileSync(process.execPath, ['--import', 'tsx', 'prisma/seed.ts'], { cwd: ROOT, env: { ...process.env, DATABASE_URL: benchUrl }, stdio: 'inherit' });
   return benchUrl;
 }
@@ -890,14 +882,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
   await db.end();
   if (!o.keepDb) {
     // ~9 GB after a full run: dropped on this shared machine unless --keep-db.
-    const admin = new pg.Client({ connectionString: withDatabase(serverUrl, 'postgres') });
-    await admin.connect();
-    try {
-      await admin.query(`DROP DATABASE IF EXISTS ${PERF_DATABASE} WITH (FORCE)`);
-      log(`dropped ${PERF_DATABASE} (--keep-db keeps it for inspection)`);
-    } finally {
-      await admin.end();
-    }
+    await dropDatabase(serverUrl, PERF_DATABASE);
+    log(`dropped ${PERF_DATABASE} (--keep-db keeps it for inspection)`);
   }
 
   // ---- table, targets, JSON ------------------------------------------------------------------

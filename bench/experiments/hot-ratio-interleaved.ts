@@ -37,6 +37,7 @@ import { demoPriceBook } from '../../demo/price-book.js';
 import { applyMigrations } from '../../src/db/migrate.js';
 import { decodeId } from '../../src/graphql/ids.js';
 import { seedClosedHolds } from '../perf/closed-holds.js';
+import { dropDatabase, recreateDatabase } from '../perf/scratch-db.js';
 import { createPerfClient } from '../perf/http.js';
 import { closedLoop, round } from '../perf/load.js';
 import { CLK_TCK, cpuTicksOf } from '../perf/procstat.js';
@@ -65,16 +66,8 @@ if (!(concurrency >= 1 && sliceSeconds > 0 && rounds >= 1 && nAccounts >= 0)) {
 
 const base = process.env.DATABASE_URL || DEFAULT_DATABASE_URL;
 const dbName = 'creditpool_bench_ratio';
-const maintenance = new URL(base);
-maintenance.pathname = '/postgres';
-const admin = new pg.Client({ connectionString: maintenance.toString() });
-await admin.connect();
-await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-await admin.query(`CREATE DATABASE ${dbName}`);
-await admin.end();
-const url = new URL(base);
-url.pathname = `/${dbName}`;
-await applyMigrations(url.toString());
+const url = await recreateDatabase(base, dbName);
+await applyMigrations(url);
 const adminKey = `cp_admin_${randomBytes(16).toString('hex')}`;
 const runId = randomBytes(4).toString('hex');
 
@@ -82,7 +75,7 @@ type Path = 'group' | 'naive';
 const PATHS: readonly Path[] = ['group', 'naive'];
 const servers = {} as Record<Path, StartedServer>;
 const trace = planReplay('azure');
-const db = new pg.Client({ connectionString: url.toString() });
+const db = new pg.Client({ connectionString: url });
 await db.connect();
 let exitCode = 0;
 try {
@@ -93,7 +86,7 @@ try {
       workers: false,
       env: {
         NODE_ENV: 'production',
-        DATABASE_URL: url.toString(),
+        DATABASE_URL: url,
         ADMIN_API_KEY: adminKey,
         LOG_LEVEL: 'warn',
         PG_POOL_SIZE: '32',
@@ -245,9 +238,6 @@ try {
 } finally {
   await db.end();
   for (const path of PATHS) await servers[path]?.stop();
-  const drop = new pg.Client({ connectionString: maintenance.toString() });
-  await drop.connect();
-  await drop.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-  await drop.end();
+  await dropDatabase(base, dbName);
 }
 process.exit(exitCode);

@@ -1,6 +1,6 @@
 /**
  * Server CPU per request, sequential (one client, no contention): starts server processes in
- * production mode against a fresh database and sends `--requests` recordUsage calls (one hot
+ * production mode against a fresh database (`creditpool_bench_srvcpu`, dropped at the end) and sends `--requests` recordUsage calls (one hot
  * account, or spread over `--accounts`) and `{ __typename }` calls one at a time, reading the
  * server process's CPU (/proc/<pid>/stat) around each block. `--variants A=ENV=1,B=` starts one
  * server per variant (environment `KEY:VALUE;KEY2:VALUE2`), alternating blocks `--rounds` times
@@ -14,13 +14,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
-import pg from 'pg';
 import { DEFAULT_DATABASE_URL, startServer, type StartedServer } from '../../demo/server-process.js';
 import { planReplay, llmQuantities } from '../../demo/plan.js';
 import { demoPriceBook } from '../../demo/price-book.js';
 import { applyMigrations } from '../../src/db/migrate.js';
 import { createPerfClient } from '../perf/http.js';
 import { CLK_TCK, cpuTicksOf } from '../perf/procstat.js';
+import { dropDatabase, recreateDatabase } from '../perf/scratch-db.js';
 
 const { values } = parseArgs({ options: { requests: { type: 'string', default: '2000' }, rounds: { type: 'string', default: '3' }, accounts: { type: 'string', default: '200' }, variants: { type: 'string', default: 'base=' } } });
 const requests = Number(values.requests);
@@ -36,21 +36,13 @@ const variants = values.variants!.split(',').map((v) => {
 
 const base = process.env.DATABASE_URL || DEFAULT_DATABASE_URL;
 const dbName = 'creditpool_bench_srvcpu';
-const maintenance = new URL(base);
-maintenance.pathname = '/postgres';
-const admin = new pg.Client({ connectionString: maintenance.toString() });
-await admin.connect();
-await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-await admin.query(`CREATE DATABASE ${dbName}`);
-await admin.end();
-const url = new URL(base);
-url.pathname = `/${dbName}`;
-await applyMigrations(url.toString());
+const url = await recreateDatabase(base, dbName);
+await applyMigrations(url);
 const adminKey = `cp_admin_${randomBytes(16).toString('hex')}`;
 
 const servers: { label: string; s: StartedServer }[] = [];
 for (const v of variants) {
-  const s = await startServer({ name: `srvcpu-${v.label}`, workers: false, env: { NODE_ENV: 'production', DATABASE_URL: url.toString(), ADMIN_API_KEY: adminKey, LOG_LEVEL: 'warn', RUN_WORKERS: 'false', MIGRATE_ON_BOOT: 'false', CHARGE_PATH: 'group', ...v.env } });
+  const s = await startServer({ name: `srvcpu-${v.label}`, workers: false, env: { NODE_ENV: 'production', DATABASE_URL: url, ADMIN_API_KEY: adminKey, LOG_LEVEL: 'warn', RUN_WORKERS: 'false', MIGRATE_ON_BOOT: 'false', CHARGE_PATH: 'group', ...v.env } });
   servers.push({ label: v.label, s });
 }
 const trace = planReplay('azure');
@@ -100,4 +92,5 @@ try {
   for (const [label, kinds] of Object.entries(results)) for (const [kind, xs] of Object.entries(kinds)) console.log(`${label.padEnd(8)} ${kind.padEnd(12)} server CPU ms/request: ${xs.map((x) => x.toFixed(3)).join(' / ')}`);
 } finally {
   for (const { s } of servers) await s.stop();
+  await dropDatabase(base, dbName);
 }

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { latencyStats, round, type LoadResult } from './load.js';
 import { withCpu, type CpuUsage } from './procstat.js';
+import { dropDatabase, recreateDatabase, withDatabase } from './scratch-db.js';
 
 /** Scratch database of the pgbench runs (dropped and re-created by each run). */
 export const PGBENCH_DATABASE = 'creditpool_bench_perf_pgbench';
@@ -33,12 +34,6 @@ export interface LimitRun extends LoadResult {
   command: string;
 }
 
-/** Returns `url` with its database replaced by `database`. */
-export function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
 
 /** Path of the pgbench binary: PATH first, then the PostgreSQL 15 / newest installed bin dir. */
 export function findPgbench(): string | null {
@@ -52,15 +47,7 @@ export function findPgbench(): string | null {
 
 /** Drops and re-creates the pgbench scratch database with its two tables. */
 export async function preparePgbenchDatabase(serverUrl: string): Promise<void> {
-  const admin = new pg.Client({ connectionString: withDatabase(serverUrl, 'postgres') });
-  await admin.connect();
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS ${PGBENCH_DATABASE} WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE ${PGBENCH_DATABASE}`);
-  } finally {
-    await admin.end();
-  }
-  const c = new pg.Client({ connectionString: withDatabase(serverUrl, PGBENCH_DATABASE) });
+  const c = new pg.Client({ connectionString: await recreateDatabase(serverUrl, PGBENCH_DATABASE) });
   await c.connect();
   try {
     await c.query('CREATE TABLE acct (id int PRIMARY KEY, balance bigint NOT NULL, version bigint NOT NULL DEFAULT 0)');
@@ -74,13 +61,7 @@ export async function preparePgbenchDatabase(serverUrl: string): Promise<void> {
 
 /** Drops the pgbench scratch database. */
 export async function dropPgbenchDatabase(serverUrl: string): Promise<void> {
-  const admin = new pg.Client({ connectionString: withDatabase(serverUrl, 'postgres') });
-  await admin.connect();
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS ${PGBENCH_DATABASE} WITH (FORCE)`);
-  } finally {
-    await admin.end();
-  }
+  await dropDatabase(serverUrl, PGBENCH_DATABASE);
 }
 
 function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, onSpawn: (pid: number | null) => void): Promise<{ code: number | null; stdout: string; stderr: string }> {
