@@ -468,57 +468,57 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
   };
 
   /** Runs one closed-loop scenario on the running server and records its row. */
+  /** A closed-loop load of `c` clients on server `s` for `seconds`, over a client of its own. */
+  const loadOn = async (s: StartedServer, c: number, seconds: number, makeOp: (cl: PerfClient) => (i: number) => Promise<OpOutcome>) => {
+    const cl = createPerfClient(s.graphqlUrl, adminKey, c);
+    try {
+      return await closedLoop(c, seconds, makeOp(cl));
+    } finally {
+      cl.close();
+    }
+  };
+
   const measure = async (
     meta: Omit<ScenarioRow, 'rate' | 'latencyMs' | 'ops' | 'units' | 'errors' | 'errorCount' | 'seconds' | 'rssMiB' | 'cpu'>,
     makeOp: (c: PerfClient) => (i: number) => Promise<OpOutcome>,
   ): Promise<ScenarioRow> => {
     const s = server!;
-    const c = createPerfClient(s.graphqlUrl, adminKey, meta.concurrency);
-    try {
-      const before = await readCounters(db, PERF_DATABASE);
-      const countersBefore = await readServerCounters(s.graphqlUrl);
-      if (pgStatements) await resetPgStatements(db);
-      const { result, cpu } = await withCpu(s.pids.server, () => closedLoop(meta.concurrency, o.seconds, makeOp(c)));
-      const rss = rssMiB(s.pids.server);
-      await sleep(1_500); // backends publish their counters when idle, at most once a second
-      const row: ScenarioRow = {
-        ...meta,
-        rate: result.unitsPerSecond,
-        latencyMs: result.latencyMs,
-        ops: result.ops,
-        units: result.units,
-        errors: result.errors,
-        errorCount: result.errorCount,
-        seconds: result.seconds,
-        rssMiB: rss,
-        cpu,
-        db: workPerUnit(before, await readCounters(db, PERF_DATABASE), result.units),
-        serverWork: serverWorkPerUnit(countersBefore, await readServerCounters(s.graphqlUrl), result.units),
-        ...(pgStatements ? { pgStatements: await readPgStatements(db, PERF_DATABASE, result.units) } : {}),
-      };
-      note(row);
-      return row;
-    } finally {
-      c.close();
-    }
+    const before = await readCounters(db, PERF_DATABASE);
+    const countersBefore = await readServerCounters(s.graphqlUrl);
+    if (pgStatements) await resetPgStatements(db);
+    const { result, cpu } = await withCpu(s.pids.server, () => loadOn(s, meta.concurrency, o.seconds, makeOp));
+    const rss = rssMiB(s.pids.server);
+    await sleep(1_500); // backends publish their counters when idle, at most once a second
+    const row: ScenarioRow = {
+      ...meta,
+      rate: result.unitsPerSecond,
+      latencyMs: result.latencyMs,
+      ops: result.ops,
+      units: result.units,
+      errors: result.errors,
+      errorCount: result.errorCount,
+      seconds: result.seconds,
+      rssMiB: rss,
+      cpu,
+      db: workPerUnit(before, await readCounters(db, PERF_DATABASE), result.units),
+      serverWork: serverWorkPerUnit(countersBefore, await readServerCounters(s.graphqlUrl), result.units),
+      ...(pgStatements ? { pgStatements: await readPgStatements(db, PERF_DATABASE, result.units) } : {}),
+    };
+    note(row);
+    return row;
   };
 
   const warmUp = async (seconds: number) => {
-    const c = createPerfClient(server!.graphqlUrl, adminKey, 8);
-    try {
-      const r = await closedLoop(8, seconds, recordUsageOp(c, (i) => spread[i % spread.length]!, 'warmup'));
-      log(`  warm-up (not measured): ${fmt(r.units)} recordUsage in ${r.seconds} s, errors ${r.errorCount}`);
-      // The bench database starts empty: tables analyzed while empty make PostgreSQL plan (and
-      // cache, foreign-key checks included) whole-table scans until autovacuum's ANALYZE comes by.
-      // A production database has statistics; so does this one before anything is measured,
-      // closed holds included (bench/perf/closed-holds.ts).
-      const t0 = performance.now();
-      const holds = await seedClosedHolds(db, 2);
-      await db.query('ANALYZE');
-      log(`  ${fmt(holds)} closed holds seeded, ANALYZE after warm-up: ${round((performance.now() - t0) / 1000, 1)} s`);
-    } finally {
-      c.close();
-    }
+    const r = await loadOn(server!, 8, seconds, (c) => recordUsageOp(c, (i) => spread[i % spread.length]!, 'warmup'));
+    log(`  warm-up (not measured): ${fmt(r.units)} recordUsage in ${r.seconds} s, errors ${r.errorCount}`);
+    // The bench database starts empty: tables analyzed while empty make PostgreSQL plan (and
+    // cache, foreign-key checks included) whole-table scans until autovacuum's ANALYZE comes by.
+    // A production database has statistics; so does this one before anything is measured,
+    // closed holds included (bench/perf/closed-holds.ts).
+    const t0 = performance.now();
+    const holds = await seedClosedHolds(db, 2);
+    await db.query('ANALYZE');
+    log(`  ${fmt(holds)} closed holds seeded, ANALYZE after warm-up: ${round((performance.now() - t0) / 1000, 1)} s`);
   };
 
   /**
@@ -534,38 +534,21 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
   const sameMinutes = async (naive: StartedServer) => {
     const group = await start('group-same', 'group');
     try {
-      const wc = createPerfClient(group.graphqlUrl, adminKey, 8);
-      try {
-        // The new server's warm-up, as warmUp's charges (the database is analyzed already).
-        await closedLoop(8, o.quick ? 1 : 3, recordUsageOp(wc, (i) => spread[i % spread.length]!, 'warmup'));
-      } finally {
-        wc.close();
-      }
+      // The new server's warm-up, as warmUp's charges (the database is analyzed already).
+      await loadOn(group, 8, o.quick ? 1 : 3, (cl) => recordUsageOp(cl, (i) => spread[i % spread.length]!, 'warmup'));
       const servers = { group, naive };
       const sliceSeconds = Math.max(1, Math.round(o.seconds / 2));
       const pairs = o.quick ? 2 : SAME_MINUTES_PAIRS;
       // One unmeasured slice per path on its hot account first: the new server's charge path is
       // still being compiled by V8 after the short warm-up (a quick run measured it at 1,059
       // events/s and 97 % of a core against 1,257 and 85 % for the first group server).
-      for (const path of ['group', 'naive'] as const) {
-        const cl = createPerfClient(servers[path].graphqlUrl, adminKey, 8);
-        try {
-          await closedLoop(8, sliceSeconds, recordUsageOp(cl, () => hot[path], `2a-same-warmup-${path}`));
-        } finally {
-          cl.close();
-        }
-      }
+      for (const path of ['group', 'naive'] as const) await loadOn(servers[path], 8, sliceSeconds, (cl) => recordUsageOp(cl, () => hot[path], `2a-same-warmup-${path}`));
       for (const c of LEVELS) {
         const slices: Record<'group' | 'naive', { result: LoadResult; cpu: CpuUsage }[]> = { group: [], naive: [] };
         for (let i = 0; i < pairs; i++) {
           for (const path of i % 2 === 0 ? (['group', 'naive'] as const) : (['naive', 'group'] as const)) {
             const s = servers[path];
-            const cl = createPerfClient(s.graphqlUrl, adminKey, c);
-            try {
-              slices[path].push(await withCpu(s.pids.server, () => closedLoop(c, sliceSeconds, recordUsageOp(cl, () => hot[path], `2a-same-${path}-${c}`))));
-            } finally {
-              cl.close();
-            }
+            slices[path].push(await withCpu(s.pids.server, () => loadOn(s, c, sliceSeconds, (cl) => recordUsageOp(cl, () => hot[path], `2a-same-${path}-${c}`))));
           }
         }
         for (const path of ['group', 'naive'] as const) {
