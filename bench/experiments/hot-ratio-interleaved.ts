@@ -8,10 +8,12 @@
  * pairs of `--slice-seconds` each after an unmeasured warm-up slice of each. Only one server is
  * loaded at a time; the idle one only polls its outbox.
  *
- * bench/perf.ts measures the two paths ~5 minutes apart within a run, and this machine's speed
- * drifts over minutes (README "Last results": (2a) @8 at 5.82x, 4.35x and 3.60x in three runs of
- * the same code). Here every pair of slices shares its minute, so the ratio of each pair and the
- * ratio of the totals show how much of that spread is the machine.
+ * bench/perf.ts's plain 2a rows measure the two paths ~5 minutes apart, and this machine's speed
+ * drifts over minutes ((2a) @8 at 5.82x, 4.35x and 3.60x in three runs of c84a95b,
+ * bench/HISTORY.md). This experiment came first; perf.ts's `2a-same-*` rows now do the same
+ * inside its run. What it adds: a database of its own (no batch or job history), each pair's
+ * ratio, what the database's backends wait on, and `--server-env` to compare settings on both
+ * paths (e.g. OUTBOX_RELAY:false, bench/README).
  *
  * Before measuring it prepares the database as bench/perf.ts does: `--accounts` accounts with the
  * welcome bonus, 3 s of charges spread over them through each server, 2 closed holds per account,
