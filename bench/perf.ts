@@ -7,6 +7,11 @@
  *       of 10,000; 8 and 32 clients (-j 2 -n -M prepared).
  *   1b  the creditpool server answering `{ __typename }` (POST /graphql, keep-alive), autocannon
  *       at 8 and 32 connections: HTTP + GraphQL + auth without database work.
+ *   1c  (not in the issue) the requests of (2b), and 1d those of (3) on the accounts, answered by
+ *       the ledger-stub server (bench/perf/ledger-stub/: the product's server whose charge
+ *       services validate and answer without pricing or database work): what the GraphQL
+ *       request around a charge costs. Printed as references after the targets
+ *       (computeReferences); --skip-stub-rows leaves them out.
  *   2   recordUsage over HTTP (keep-alive, a fresh idempotency key per event, token counts of the
  *       real Azure 2023 trace priced per token): (a) one hot account, (b) --accounts accounts;
  *       8, 32 and 64 concurrent clients. (a) and (b) run on a server started with
@@ -34,11 +39,13 @@
  * appear during the run are applied before the next server starts; the pgbench scratch database
  * `creditpool_bench_perf_pgbench` is dropped at the end. Servers are started one at a time
  * (demo/server-process.ts, logs in .data/logs/bench-perf-*-server.log), without workers, except
- * that a second group server runs beside the naive one for the same-minute (2a) rows.
+ * that the ledger-stub server (rows 1c, 1d) runs beside the idle group server, and a second group
+ * server beside the naive one for the same-minute (2a) rows.
  *
  * Usage: bash scripts/with-services.sh npx tsx bench/perf.ts [--quick] [--seconds 10]
  *          [--accounts 10000] [--history-events 10000000] [--skip-history] [--history-calls 200]
- *          [--history-max-seconds 75] [--batch-concurrency 4] [--pool-size 32] [--skip-pgbench] [--skip-same-minutes] [--keep-db]
+ *          [--history-max-seconds 75] [--batch-concurrency 4] [--pool-size 32] [--skip-pgbench] [--skip-same-minutes]
+ *          [--skip-stub-rows] [--keep-db]
  * --quick: 3 s per scenario, 100,000 history events, at most 20 s per history query kind.
  * The bench database is dropped at the end (~9 GB after a full run) unless --keep-db.
  */
@@ -81,6 +88,8 @@ export const PERF_DATABASE = 'creditpool_bench_perf';
 
 const LEVELS = [8, 32, 64] as const;
 const LIMIT_LEVELS = [8, 32] as const;
+/** Entry of the ledger-stub server (rows 1c, 1d), relative to the repository root. */
+const LEDGER_STUB_ENTRY = 'bench/perf/ledger-stub/main.ts';
 /** ABBA pairs of slices per concurrency of the same-minute (2a) rows (2 with --quick). */
 const SAME_MINUTES_PAIRS = 4;
 
@@ -99,6 +108,8 @@ export interface PerfOptions {
   keepDb: boolean;
   /** Skip the (2a) rows measured on the same minutes (2a-same-*). */
   skipSameMinutes: boolean;
+  /** Skip the rows of the ledger-stub server (1c-*, 1d-*). */
+  skipStubRows: boolean;
 }
 
 /** One measured row of the result table. */
@@ -138,7 +149,7 @@ export interface TargetCheck {
   detail: string;
 }
 
-const USAGE = `usage: tsx bench/perf.ts [--quick] [--seconds 10] [--accounts 10000] [--history-events 10000000] [--skip-history] [--history-calls 200] [--history-max-seconds 75] [--batch-concurrency 4] [--pool-size 32] [--skip-pgbench] [--skip-same-minutes] [--keep-db]`;
+const USAGE = `usage: tsx bench/perf.ts [--quick] [--seconds 10] [--accounts 10000] [--history-events 10000000] [--skip-history] [--history-calls 200] [--history-max-seconds 75] [--batch-concurrency 4] [--pool-size 32] [--skip-pgbench] [--skip-same-minutes] [--skip-stub-rows] [--keep-db]`;
 
 function fail(message: string): never {
   console.error(`${message}\n${USAGE}`);
@@ -168,6 +179,7 @@ export function parseOptions(argv: string[]): PerfOptions {
       'pool-size': { type: 'string', default: '32' },
       'skip-pgbench': { type: 'boolean', default: false },
       'skip-same-minutes': { type: 'boolean', default: false },
+      'skip-stub-rows': { type: 'boolean', default: false },
       'keep-db': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
@@ -189,6 +201,7 @@ export function parseOptions(argv: string[]): PerfOptions {
     poolSize: intOption(values['pool-size'], 'pool-size', 1, 200),
     skipPgbench: values['skip-pgbench'] === true,
     skipSameMinutes: values['skip-same-minutes'] === true,
+    skipStubRows: values['skip-stub-rows'] === true,
     keepDb: values['keep-db'] === true,
   };
 }
@@ -429,10 +442,10 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       log(`NOTE: applied migrations that appeared during the run: ${applied.join(', ')} (the code changed mid-run; rows before and after are not comparable)`);
     }
   };
-  const start = async (label: string, chargePath: string): Promise<StartedServer> => {
+  const start = async (label: string, chargePath: string, entry?: { serverEntry: string; env: Record<string, string> }): Promise<StartedServer> => {
     await migrate();
-    const s = await startServer({ name: `bench-perf-${label}`, workers: false, env: serverEnv(chargePath) });
-    log(`server "${label}" (CHARGE_PATH=${chargePath}) at ${s.graphqlUrl}, pid ${s.pids.server}, RSS ${rssMiB(s.pids.server)} MiB (log ${s.logs.server})`);
+    const s = await startServer({ name: `bench-perf-${label}`, workers: false, env: { ...serverEnv(chargePath), ...entry?.env }, ...(entry ? { serverEntry: entry.serverEntry } : {}) });
+    log(`server "${label}" (CHARGE_PATH=${chargePath}${entry ? `, entry ${entry.serverEntry}` : ''}) at ${s.graphqlUrl}, pid ${s.pids.server}, RSS ${rssMiB(s.pids.server)} MiB (log ${s.logs.server})`);
     return s;
   };
 
@@ -457,14 +470,42 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     };
   };
 
-  const recordUsageOp = (c: PerfClient, account: (i: number) => string, tag: string) => async (i: number): Promise<OpOutcome> => {
+  /** One recordUsage per call; `stored` = false for the ledger-stub server (rows 1c), whose answers are not events. */
+  const recordUsageOp = (c: PerfClient, account: (i: number) => string, tag: string, stored = true) => async (i: number): Promise<OpOutcome> => {
     const r = await c.gql(Q.recordUsage, { input: usageInput(account(i), tag) });
     if (r.errorCode) {
-      uncertain([r.errorCode]);
+      if (stored) uncertain([r.errorCode]);
       return { units: 0, errors: [r.errorCode] };
     }
-    acknowledgedEvents++;
+    if (stored) acknowledgedEvents++;
     return { units: 1, errors: [] };
+  };
+
+  /**
+   * One recordUsageBatch of `size` events per call, on the hot group account or spread over the
+   * accounts; `stored` = false for the ledger-stub server (rows 1d).
+   */
+  const recordUsageBatchOp = (cl: PerfClient, size: number, target: 'spread' | 'hot', tag: string, stored = true) => {
+    let k = 0;
+    return async (): Promise<OpOutcome> => {
+      const inputs = Array.from({ length: size }, () => usageInput(target === 'hot' ? hot.group : spread[k++ % spread.length]!, tag));
+      const r = await cl.gql<{ recordUsageBatch: { event: { id: string } | null; errorCode: string | null }[] }>(Q.recordUsageBatch, { inputs }, 120_000);
+      if (!r.data?.recordUsageBatch) {
+        if (stored) {
+          uncertain([r.errorCode ?? 'BAD_RESPONSE']);
+          if (r.errorCode === 'TIMEOUT' || r.errorCode === 'NETWORK_ERROR') uncertainEvents += size - 1;
+        }
+        return { units: 0, errors: [r.errorCode ?? 'BAD_RESPONSE'] };
+      }
+      let ok = 0;
+      const errors: string[] = [];
+      for (const item of r.data.recordUsageBatch) {
+        if (item.event) ok++;
+        else errors.push(item.errorCode ?? 'NO_CODE');
+      }
+      if (stored) acknowledgedEvents += ok;
+      return { units: ok, errors };
+    };
   };
 
   /** Runs one closed-loop scenario on the running server and records its row. */
@@ -481,8 +522,9 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
   const measure = async (
     meta: Omit<ScenarioRow, 'rate' | 'latencyMs' | 'ops' | 'units' | 'errors' | 'errorCount' | 'seconds' | 'rssMiB' | 'cpu'>,
     makeOp: (c: PerfClient) => (i: number) => Promise<OpOutcome>,
+    on?: StartedServer,
   ): Promise<ScenarioRow> => {
-    const s = server!;
+    const s = on ?? server!;
     const before = await readCounters(db, PERF_DATABASE);
     const countersBefore = await readServerCounters(s.graphqlUrl);
     if (pgStatements) await resetPgStatements(db);
@@ -650,6 +692,47 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       });
     }
 
+    // 1c/1d: the same server with the ledger stubbed (bench/perf/ledger-stub/): the requests of
+    // (2b) and (3), validated and answered without ledger work. Not a limit the issue names: what
+    // "the GraphQL request around" a charge costs, for the references printed after the targets.
+    if (!o.skipStubRows) {
+      const stub = await start('ledger-stub', 'group', { serverEntry: LEDGER_STUB_ENTRY, env: { OUTBOX_RELAY: 'false' } });
+      try {
+        await loadOn(stub, 8, o.quick ? 1 : 3, (cl) => recordUsageOp(cl, (i) => spread[i % spread.length]!, 'stub-warmup', false));
+        for (const c of LIMIT_LEVELS) {
+          await measure(
+            { id: `1c-${c}`, scenario: `recordUsage, ledger stubbed, ${fmt(o.accounts)} accounts`, server: 'stub', accounts: fmt(o.accounts), concurrency: c, unit: 'req/s', note: 'the 2b requests; validated and answered without pricing or database work' },
+            (cl) => recordUsageOp(cl, (i) => spread[(i * 7919) % spread.length]!, `1c-${c}`, false),
+            stub,
+          );
+        }
+        for (const size of [100, 1000]) {
+          await measure(
+            {
+              id: `1d-${size}`,
+              scenario: `recordUsageBatch(${fmt(size)}), ledger stubbed`,
+              server: 'stub',
+              accounts: fmt(o.accounts),
+              concurrency: o.batchConcurrency,
+              unit: 'events/s',
+              note: `the 3-${size}-spread requests (${o.batchConcurrency} in flight); validated and answered without pricing or database work`,
+            },
+            (cl) => recordUsageBatchOp(cl, size, 'spread', `1d-${size}`, false),
+            stub,
+          );
+        }
+      } finally {
+        await stub.stop();
+      }
+      const { rows: written } = await db.query(`SELECT count(*)::int AS n FROM usage_events WHERE idempotency_key LIKE $1 OR idempotency_key LIKE $2`, [`${runId}:1c-%`, `${runId}:1d-%`]);
+      const answered = rows.filter((r) => r.server === 'stub').reduce((a, r) => a + r.units, 0);
+      checks.push({
+        check: 'the ledger-stub server wrote nothing',
+        ok: written[0]?.n === 0 && answered > 0,
+        detail: `${fmt(answered)} events answered by it, ${written[0]?.n} stored`,
+      });
+    }
+
     // 2a/2b on the group server.
     const recordUsageScenarios = async (path: 'group' | 'naive') => {
       for (const c of LEVELS) {
@@ -670,7 +753,6 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     // 3: recordUsageBatch.
     for (const size of [100, 1000]) {
       for (const target of ['spread', 'hot'] as const) {
-        let k = 0;
         await measure(
           {
             id: `3-${size}-${target}`,
@@ -681,23 +763,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
             unit: 'events/s',
             note: `${o.batchConcurrency} requests of ${size} events in flight; latency per request`,
           },
-          (cl) => async () => {
-            const inputs = Array.from({ length: size }, () => usageInput(target === 'hot' ? hot.group : spread[k++ % spread.length]!, `3-${size}-${target}`));
-            const r = await cl.gql<{ recordUsageBatch: { event: { id: string } | null; errorCode: string | null }[] }>(Q.recordUsageBatch, { inputs }, 120_000);
-            if (!r.data?.recordUsageBatch) {
-              uncertain([r.errorCode ?? 'BAD_RESPONSE']);
-              if (r.errorCode === 'TIMEOUT' || r.errorCode === 'NETWORK_ERROR') uncertainEvents += size - 1;
-              return { units: 0, errors: [r.errorCode ?? 'BAD_RESPONSE'] };
-            }
-            let ok = 0;
-            const errors: string[] = [];
-            for (const item of r.data.recordUsageBatch) {
-              if (item.event) ok++;
-              else errors.push(item.errorCode ?? 'NO_CODE');
-            }
-            acknowledgedEvents += ok;
-            return { units: ok, errors };
-          },
+          (cl) => recordUsageBatchOp(cl, size, target, `3-${size}-${target}`),
         );
       }
     }
@@ -875,6 +941,12 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
   console.log('');
   console.log('Targets of issue #6 (ratio = measured / goal; >= 1.00 meets it):');
   for (const t of targets) console.log(`  ${t.met ? 'MET ' : 'MISS'}  ${t.ratio.toFixed(2).padStart(6)}  ${t.target}: ${t.detail}`);
+  const references = computeReferences(rows);
+  if (references.length) {
+    console.log('');
+    console.log('References, not targets (rows 1c/1d: the same requests answered with the ledger stubbed; ratio = measured / reference):');
+    for (const t of references) console.log(`  ${t.ratio.toFixed(2).padStart(6)}  ${t.target}: ${t.detail}`);
+  }
   console.log('');
   console.log('Checks:');
   for (const c of checks) console.log(`  ${c.ok ? 'OK    ' : 'FAILED'}  ${c.check}: ${c.detail}`);
@@ -909,6 +981,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
         scenarios: rows,
         history: history ? { generation: history.generation, usageSummary: history.summary, usageHistory: history.history } : null,
         targets,
+        references,
         checks,
         ok,
       },
@@ -1072,6 +1145,48 @@ export function computeTargets(rows: readonly ScenarioRow[], chargePathDeclared:
     const r = by(id);
     if (!r) continue;
     add(`(5) ${r.scenario} p95 <= 20 ms`, r.latencyMs.p95, 20, `p95 ${r.latencyMs.p95} ms (p50 ${r.latencyMs.p50} ms) over ${r.ops - r.errorCount} ok calls, goal <= 20 ms`, true, [r]);
+  }
+  return out;
+}
+
+/**
+ * References, not targets of the issue: each figure of (2b) and (3) against what the same server
+ * answers for the same requests with the ledger stubbed (rows 1c, 1d). (2b)'s rule is "the
+ * ledger work may cost no more than the GraphQL request around it": 2b-group-C >= 50 % of 1c-C
+ * says that of the request itself. For (3), 1d-N against 1.5 x pgbench random says whether the
+ * server could reach (3)'s goal even if the ledger work cost nothing.
+ * @returns one line per pair of rows present; none without the 1c/1d rows.
+ */
+export function computeReferences(rows: readonly ScenarioRow[]): TargetCheck[] {
+  const by = (id: string) => rows.find((r) => r.id === id);
+  const out: TargetCheck[] = [];
+  const add = (target: string, measured: number, goal: number, detail: string, involved: (ScenarioRow | undefined)[]) => {
+    const ratio = goal > 0 ? measured / goal : 0;
+    const errors = involved.reduce((a, r) => a + (r?.errorCount ?? 0), 0);
+    out.push({ target, measured, goal: round(goal, 1), ratio: round(ratio, 2), met: ratio >= 1 && errors === 0, detail: errors ? `${detail} [${errors} errors]` : detail });
+  };
+  for (const c of LIMIT_LEVELS) {
+    const b2 = by(`2b-group-${c}`);
+    const stub = by(`1c-${c}`);
+    if (!b2 || !stub) continue;
+    add(`(2b) against its own request @${c}: 2b >= 50% of 1c (ledger stubbed)`, b2.rate, stub.rate / 2, `${fmt(b2.rate)} events/s vs ${fmt(stub.rate / 2)} (= 50% of ${fmt(stub.rate)} recordUsage/s with the ledger stubbed)`, [b2, stub]);
+  }
+  const pgRand = rows.filter((r) => r.id.startsWith('1a-rand-'));
+  const best = pgRand.length ? pgRand.reduce((a, b) => (b.rate > a.rate ? b : a)) : undefined;
+  for (const size of [100, 1000]) {
+    const stub = by(`1d-${size}`);
+    const real = by(`3-${size}-spread`);
+    if (!stub) continue;
+    if (best) {
+      add(
+        `(3)'s goal against recordUsageBatch(${fmt(size)}) with the ledger stubbed`,
+        stub.rate,
+        best.rate * 1.5,
+        `${fmt(stub.rate)} events/s with no ledger work vs (3)'s goal ${fmt(best.rate * 1.5)} (= 1.5 x pgbench random ${fmt(best.rate)} tx/s @${best.concurrency})`,
+        [stub, best],
+      );
+    }
+    if (real) add(`3-${size}-spread against the same requests with the ledger stubbed (share left by the ledger)`, real.rate, stub.rate, `${fmt(real.rate)} vs ${fmt(stub.rate)} events/s`, [real, stub]);
   }
   return out;
 }

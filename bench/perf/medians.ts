@@ -2,12 +2,12 @@
  * Medians over several runs of bench/perf.ts (issue #6 asks for medians of 3 runs on this noisy
  * machine): reads the given bench/results/perf-*.json files and prints, per scenario, the median
  * rate, p50, p95 and p99 and the server's RSS, each with the min..max of the runs, then the
- * issue's targets recomputed from the median rows.
+ * issue's targets recomputed from the median rows, and the references (computeReferences).
  *
  * Usage: npx tsx bench/perf/medians.ts bench/results/perf-A.json bench/results/perf-B.json ...
  */
 import { readFileSync } from 'node:fs';
-import { computeTargets, type ScenarioRow } from '../perf.js';
+import { computeReferences, computeTargets, type ScenarioRow } from '../perf.js';
 
 /** The median of a non-empty list (mean of the middle two for an even count). */
 export function median(xs: readonly number[]): number {
@@ -86,6 +86,12 @@ function main(files: string[]): number {
   console.log('Targets on the medians (ratio = measured / goal; >= 1.00 meets it):');
   for (const t of computeTargets(rows.map((r) => r.row), runs.every((r) => r.chargePath?.declaredInEnv !== false))) {
     console.log(`  ${t.met ? 'MET ' : 'MISS'}  ${t.ratio.toFixed(2).padStart(6)}  ${t.target}: ${t.detail}`);
+  }
+  const references = computeReferences(rows.map((r) => r.row));
+  if (references.length) {
+    console.log('');
+    console.log('References on the medians, not targets (ratio = measured / reference):');
+    for (const t of references) console.log(`  ${t.ratio.toFixed(2).padStart(6)}  ${t.target}: ${t.detail}`);
   }
   return 0;
 }
