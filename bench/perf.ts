@@ -974,7 +974,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
         totalSeconds,
         machine: { ...machine, loadAvgAtEnd: loadavg().map((x) => round(x, 2)), gitHeadAtEnd: codeAtEnd.head, codeKeyAtEnd: codeAtEnd.codeKey },
         serverNodeEnv: process.env.SERVER_NODE_ENV ?? 'production',
-        chargePath: { declaredInEnv: chargePathDeclared, servers: { group: 'CHARGE_PATH=group', naive: 'CHARGE_PATH=naive', history: 'CHARGE_PATH=group' } },
+        chargePath: { declaredInEnv: chargePathDeclared, servers: { group: 'CHARGE_PATH=group', naive: 'CHARGE_PATH=naive', history: 'CHARGE_PATH=group', stub: `CHARGE_PATH=group, entry ${LEDGER_STUB_ENTRY}, OUTBOX_RELAY=false` } },
         pgbenchScript: pgbenchRuns.length ? PGBENCH_SCRIPT : null,
         pgbenchCommands: pgbenchRuns.map((r) => r.run.command),
         cpuNote: 'cpu: percent of ONE core during the scenario (200 = both cores); load = this bench process + autocannon/pgbench; other = rest of the machine',
