@@ -251,44 +251,88 @@ async function insertUsageEvents(tx: Tx, events: readonly PreparedEvent[]): Prom
   const byId = new Map(rows.map((r) => [r.id as string, r as Record<string, unknown>]));
   return events.map((e, i) => {
     const r = byId.get(e.id)!;
-    const { cmd, atx } = e;
-    const q = cmd.quantities;
-    return {
+    return usageEventRow(e.cmd, {
       id: e.id,
       seq: r.seq,
-      account_id: atx.accountId,
-      idempotency_key: cmd.idempotencyKey,
-      request_hash: e.hash,
-      occurred_at: cmd.occurredAt ?? atx.now,
-      recorded_at: atx.now,
-      category: cmd.category,
-      model: cmd.model,
-      tier: cmd.tier,
-      sku: cmd.sku,
-      agent_id: cmd.agentId,
-      user_id: cmd.userId,
-      task_id: cmd.taskId,
-      conversation_id: cmd.conversationId,
-      message_id: cmd.messageId,
-      input_tokens: q.inputTokens,
-      output_tokens: q.outputTokens,
-      reasoning_tokens: q.reasoningTokens,
-      cache_read_tokens: q.cacheReadTokens,
-      cache_write_tokens: q.cacheWriteTokens,
+      accountId: e.atx.accountId,
+      requestHash: e.hash,
+      now: e.atx.now,
       seconds: r.seconds,
       units: r.units,
-      provider_cost_usd: r.provider_cost_usd,
-      byok: cmd.byok,
-      cost_micro_credits: e.cost.toString(),
-      debt_micro_credits: e.debtAdded.toString(),
+      providerCostUsd: r.provider_cost_usd,
+      costMicroCredits: e.cost.toString(),
+      debtMicroCredits: e.debtAdded.toString(),
       lines: lines[i],
-      reservation_id: cmd.reservationId,
-      price_book_version: e.version,
-      refunded_at: null,
-      refund_reason: null,
+      priceBookVersion: e.version,
       metadata: r.metadata,
-    };
+    });
   });
+}
+
+/** What a usage_events row holds beyond its command's own fields: decided by the charge or returned by the INSERT. */
+export interface UsageRowDecided {
+  id: string;
+  /** int8 as text, as pg returns it. */
+  seq: unknown;
+  /** The account whose row the transaction locked and charged. */
+  accountId: string;
+  requestHash: string;
+  /** The transaction's clock: recorded_at, and occurred_at when the command has none. */
+  now: Date;
+  /** numeric columns as text, metadata as parsed JSON: as the database normalised them. */
+  seconds: unknown;
+  units: unknown;
+  providerCostUsd: unknown;
+  costMicroCredits: string;
+  debtMicroCredits: string;
+  lines: unknown;
+  priceBookVersion: number;
+  metadata: unknown;
+}
+
+/**
+ * The usage_events row of an event recorded from `cmd`, in pg's shape (snake_case columns, int8
+ * and numeric as text), as a `SELECT *` would return it right after the INSERT: the command's
+ * own fields plus `decided`. The API answers a new charge from it (db/usage-event-row.ts
+ * `usageEventFromRow`) instead of reading the event again.
+ */
+export function usageEventRow(cmd: UsageCommand, decided: UsageRowDecided): Record<string, unknown> {
+  const q = cmd.quantities;
+  return {
+    id: decided.id,
+    seq: decided.seq,
+    account_id: decided.accountId,
+    idempotency_key: cmd.idempotencyKey,
+    request_hash: decided.requestHash,
+    occurred_at: cmd.occurredAt ?? decided.now,
+    recorded_at: decided.now,
+    category: cmd.category,
+    model: cmd.model,
+    tier: cmd.tier,
+    sku: cmd.sku,
+    agent_id: cmd.agentId,
+    user_id: cmd.userId,
+    task_id: cmd.taskId,
+    conversation_id: cmd.conversationId,
+    message_id: cmd.messageId,
+    input_tokens: q.inputTokens,
+    output_tokens: q.outputTokens,
+    reasoning_tokens: q.reasoningTokens,
+    cache_read_tokens: q.cacheReadTokens,
+    cache_write_tokens: q.cacheWriteTokens,
+    seconds: decided.seconds,
+    units: decided.units,
+    provider_cost_usd: decided.providerCostUsd,
+    byok: cmd.byok,
+    cost_micro_credits: decided.costMicroCredits,
+    debt_micro_credits: decided.debtMicroCredits,
+    lines: decided.lines,
+    reservation_id: cmd.reservationId,
+    price_book_version: decided.priceBookVersion,
+    refunded_at: null,
+    refund_reason: null,
+    metadata: decided.metadata,
+  };
 }
 
 function storedLines(priced: PricedUsage): StoredCostLine[] {

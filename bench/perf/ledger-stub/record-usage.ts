@@ -3,57 +3,36 @@
  * same signatures as src/services/record-usage.ts's `recordUsage` and `recordUsageBatch`, with
  * the same input validation (`validateUsageInput`, and the batch's item limit), and then no
  * ledger work: no pricing, no transaction, nothing written. Each accepted event is answered
- * with a usage_events-shaped row built from its command (a fresh id, cost 0), which the
- * resolvers turn into the API's UsageEvent as they do a real one.
+ * with a usage_events row built from its command by the real builder (`usageEventRow`; a fresh
+ * id, cost 0), which the resolvers turn into the API's UsageEvent as they do a real one.
  */
 import { randomUUID } from 'node:crypto';
 import { badInput } from '../../../src/ledger/errors.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from '../../../src/services/usage-command.js';
-import type { BatchItemResult, ChargeResult } from '../../../src/services/record-usage.js';
+import { usageEventRow, type BatchItemResult, type ChargeResult } from '../../../src/services/record-usage.js';
 import type { ServiceContext } from '../../../src/services/context.js';
 
 /** Rows handed out so far (their `seq`). */
 let seq = 0n;
 
-/** A usage_events row (pg's snake_case, int8 and numeric as text) for `cmd`, as the charge insert would return it, cost 0. */
+/** A usage_events row for `cmd`, as the charge insert's would be (the same builder), cost 0. */
 function stubRow(cmd: UsageCommand): Record<string, unknown> {
-  const now = new Date();
   const q = cmd.quantities;
-  return {
+  return usageEventRow(cmd, {
     id: randomUUID(),
     seq: String(++seq),
-    account_id: cmd.accountId,
-    idempotency_key: cmd.idempotencyKey,
-    request_hash: '',
-    occurred_at: cmd.occurredAt ?? now,
-    recorded_at: now,
-    category: cmd.category,
-    model: cmd.model,
-    tier: cmd.tier,
-    sku: cmd.sku,
-    agent_id: cmd.agentId,
-    user_id: cmd.userId,
-    task_id: cmd.taskId,
-    conversation_id: cmd.conversationId,
-    message_id: cmd.messageId,
-    input_tokens: q.inputTokens,
-    output_tokens: q.outputTokens,
-    reasoning_tokens: q.reasoningTokens,
-    cache_read_tokens: q.cacheReadTokens,
-    cache_write_tokens: q.cacheWriteTokens,
+    accountId: cmd.accountId,
+    requestHash: '',
+    now: new Date(),
     seconds: q.seconds,
     units: q.units,
-    provider_cost_usd: cmd.providerCostUsd,
-    byok: cmd.byok,
-    cost_micro_credits: '0',
-    debt_micro_credits: '0',
+    providerCostUsd: cmd.providerCostUsd,
+    costMicroCredits: '0',
+    debtMicroCredits: '0',
     lines: [],
-    reservation_id: cmd.reservationId,
-    price_book_version: 0,
-    refunded_at: null,
-    refund_reason: null,
+    priceBookVersion: 0,
     metadata: cmd.metadata ?? null,
-  };
+  });
 }
 
 /** The stub's answer to one input: validated as the real services validate it, then a row without ledger work. */
