@@ -430,7 +430,9 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     QUEUE_PREFIX: `creditpool-bench-perf-${runId}`,
   });
   let server: StartedServer | undefined;
-  const onSignal = () => void (server?.stop(5_000) ?? Promise.resolve()).finally(() => process.exit(130));
+  /** Servers running beside `server` (the ledger-stub server, the second group server), stopped on a signal too. */
+  const besides = new Set<StartedServer>();
+  const onSignal = () => void Promise.allSettled([server, ...besides].map((s) => s?.stop(5_000))).finally(() => process.exit(130));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   const migrationsMidRun: string[] = [];
@@ -575,6 +577,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
    */
   const sameMinutes = async (naive: StartedServer) => {
     const group = await start('group-same', 'group');
+    besides.add(group);
     try {
       // The new server's warm-up, as warmUp's charges (the database is analyzed already).
       await loadOn(group, 8, o.quick ? 1 : 3, (cl) => recordUsageOp(cl, (i) => spread[i % spread.length]!, 'warmup'));
@@ -617,6 +620,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
       }
     } finally {
       await group.stop();
+      besides.delete(group);
     }
   };
 
@@ -697,6 +701,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     // "the GraphQL request around" a charge costs, for the references printed after the targets.
     if (!o.skipStubRows) {
       const stub = await start('ledger-stub', 'group', { serverEntry: LEDGER_STUB_ENTRY, env: { OUTBOX_RELAY: 'false' } });
+      besides.add(stub);
       try {
         await loadOn(stub, 8, o.quick ? 1 : 3, (cl) => recordUsageOp(cl, (i) => spread[i % spread.length]!, 'stub-warmup', false));
         for (const c of LIMIT_LEVELS) {
@@ -723,6 +728,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
         }
       } finally {
         await stub.stop();
+        besides.delete(stub);
       }
       const { rows: written } = await db.query(`SELECT count(*)::int AS n FROM usage_events WHERE idempotency_key LIKE $1 OR idempotency_key LIKE $2`, [`${runId}:1c-%`, `${runId}:1d-%`]);
       const answered = rows.filter((r) => r.server === 'stub').reduce((a, r) => a + r.units, 0);
