@@ -50,6 +50,16 @@ export interface LedgerSessionLimits {
   connectTimeoutMs?: number;
 }
 
+/**
+ * Idle time after which the kernel starts probing a pool connection (SO_KEEPALIVE, node-postgres
+ * `keepAlive` / `keepAliveInitialDelayMillis`; milliseconds), for both pools. An idle connection
+ * whose peer vanished (a host lost without a reset) or that a NAT or firewall dropped is then
+ * found dead by the kernel (Linux: 9 probes 75 s apart, net.ipv4.tcp_keepalive_*) and the pool
+ * replaces it, instead of handing it to the next request. PG_QUERY_TIMEOUT_MS covers a
+ * connection that goes silent while a statement waits; this covers the idle ones between.
+ */
+export const TCP_KEEPALIVE_INITIAL_DELAY_MS = 10_000;
+
 /** What the client adds to the statement limit before it gives a silent connection up, when PG_QUERY_TIMEOUT_MS is not set (milliseconds). */
 export const QUERY_TIMEOUT_MARGIN_MS = 15_000;
 
@@ -103,7 +113,7 @@ export function withLedgerSessionOptions(databaseUrl: string, limits: LedgerSess
  * transaction they fail with 25P02 ("current transaction is aborted") and a COMMIT rolls back.
  * Portal-keeping queries (pg-cursor, the `rows` option) are refused in this mode; the ledger
  * pool has none. Each connection writes what it is asked for within one tick in one socket write
- * ({@link coalesceWrites}).
+ * ({@link coalesceWrites}) and uses TCP keepalive ({@link TCP_KEEPALIVE_INITIAL_DELAY_MS}).
  */
 export function createPgPool(databaseUrl: string, max = 20, limits: LedgerSessionLimits = {}): pg.Pool {
   const pool = new pg.Pool({
@@ -111,6 +121,8 @@ export function createPgPool(databaseUrl: string, max = 20, limits: LedgerSessio
     max,
     idleTimeoutMillis: 30_000,
     pipeline: true,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: TCP_KEEPALIVE_INITIAL_DELAY_MS,
     ...(limits.queryTimeoutMs ? { query_timeout: limits.queryTimeoutMs } : {}),
     ...(limits.connectTimeoutMs ? { connectionTimeoutMillis: limits.connectTimeoutMs } : {}),
   });

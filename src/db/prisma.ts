@@ -4,7 +4,7 @@
  */
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaClient } from '../generated/prisma/client.js';
-import type { LedgerSessionLimits } from './pg.js';
+import { TCP_KEEPALIVE_INITIAL_DELAY_MS, type LedgerSessionLimits } from './pg.js';
 
 /**
  * Creates a Prisma client on `databaseUrl` with at most `max` connections and the client-side
@@ -15,13 +15,16 @@ import type { LedgerSessionLimits } from './pg.js';
  *   this long fails. The adapter runs its queries with `pool.query`, which releases the
  *   connection with the error, so pg-pool closes it and the next query gets a new one.
  * Either failure is a connection error that the API answers as UNAVAILABLE (db/pg.ts
- * `isDatabaseUnavailable`).
+ * `isDatabaseUnavailable`). Its connections use TCP keepalive as the ledger pool's do
+ * ({@link TCP_KEEPALIVE_INITIAL_DELAY_MS}).
  */
 export function createPrismaClient(databaseUrl: string, max = 10, limits: Pick<LedgerSessionLimits, 'connectTimeoutMs' | 'queryTimeoutMs'> = {}): PrismaClient {
   return new PrismaClient({
     adapter: new PrismaPg({
       connectionString: databaseUrl,
       max,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: TCP_KEEPALIVE_INITIAL_DELAY_MS,
       ...(limits.connectTimeoutMs ? { connectionTimeoutMillis: limits.connectTimeoutMs } : {}),
       ...(limits.queryTimeoutMs ? { query_timeout: limits.queryTimeoutMs } : {}),
     }),

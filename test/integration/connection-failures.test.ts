@@ -7,12 +7,15 @@
  * PG_STATEMENT_TIMEOUT_MS, a transaction left idle is ended after
  * PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, freeing the account it locked, and a database that goes
  * silent (a relay that drops every byte, like a lost host or a partition) fails statements after
- * PG_QUERY_TIMEOUT_MS and new connections after PG_CONNECT_TIMEOUT_MS instead of hanging.
+ * PG_QUERY_TIMEOUT_MS and new connections after PG_CONNECT_TIMEOUT_MS instead of hanging. Both
+ * pools' connections have TCP keepalive on (the kernel's own timer on the socket, read from
+ * /proc/net/tcp).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GraphQLError } from 'graphql';
 import pg from 'pg';
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createPgPool, isDatabaseUnavailable } from '../../src/db/pg.js';
 import { DATABASE_UNAVAILABLE_MESSAGE, maskError } from '../../src/graphql/errors.js';
 import { startSilenceableRelay, taggedDatabaseUrl, terminateBackends, unreachableDatabaseUrl } from '../setup/connections.js';
@@ -276,6 +279,59 @@ describe('a database that goes silent (no answer, no TCP reset)', () => {
       await srv.close();
       await relay.close();
       await services.close();
+    }
+  });
+});
+
+/**
+ * The kernel's timer on this process's TCP connection from local port `port` (Linux
+ * /proc/net/tcp and tcp6, column `tr`: 0 none, 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero
+ * window probe), or null when no such connection is listed.
+ */
+function tcpTimerOfLocalPort(port: number): number | null {
+  const hex = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // f[1] local address:port, f[3] state (01 = ESTABLISHED), f[5] timer:when
+      if (f.length > 5 && f[1]!.endsWith(`:${hex}`) && f[3] === '01') return Number.parseInt(f[5]!.split(':')[0]!, 16);
+    }
+  }
+  return null;
+}
+
+describe('TCP keepalive on the pools (an idle connection whose peer vanished is found dead)', () => {
+  // inet_client_port(): this session's client port as PostgreSQL sees it, i.e. the local port of
+  // the connection in this process (TEST_DATABASE_URL is TCP on this machine).
+  const clientPort = (rows: { port: number | null }[]) => {
+    const port = rows[0]?.port;
+    expect(port, 'TEST_DATABASE_URL must be a TCP connection for this test').toBeTypeOf('number');
+    return port as number;
+  };
+
+  it('the ledger pool (createPgPool) and Prisma set SO_KEEPALIVE; a plain client does not', async () => {
+    const pool = createPgPool(TEST_DATABASE_URL, 1);
+    const prisma = createPrismaClient(TEST_DATABASE_URL, 1);
+    const plain = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await plain.connect();
+    try {
+      const ledgerPort = clientPort((await pool.query<{ port: number | null }>('SELECT inet_client_port() AS port')).rows);
+      const prismaPort = clientPort(await prisma.$queryRaw<{ port: number | null }[]>`SELECT inet_client_port() AS port`);
+      const plainPort = clientPort((await plain.query<{ port: number | null }>('SELECT inet_client_port() AS port')).rows);
+      expect(tcpTimerOfLocalPort(ledgerPort)).toBe(2);
+      expect(tcpTimerOfLocalPort(prismaPort)).toBe(2);
+      // The control: the same check sees no keepalive timer on a connection without it.
+      expect(tcpTimerOfLocalPort(plainPort)).toBe(0);
+    } finally {
+      await plain.end();
+      await prisma.$disconnect();
+      await pool.end();
     }
   });
 });
