@@ -9,6 +9,7 @@ import { Redis } from 'ioredis';
 import { loadEnvOrExit } from './config/env.js';
 import { createPgPool, ledgerSessionLimits, logLostConnections } from './db/pg.js';
 import { QueryTimings } from './db/query-timings.js';
+import { readStatisticsSettings, statisticsWarnings } from './db/statistics.js';
 import { createPrismaClient } from './db/prisma.js';
 import { applyMigrations } from './db/migrate.js';
 import { createPricingState } from './services/pricing-state.js';
@@ -30,6 +31,11 @@ if (env.MIGRATE_ON_BOOT) {
 
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimits(env));
 logLostConnections(pool, log);
+try {
+  for (const warning of statisticsWarnings(await readStatisticsSettings(pool))) log.warn(warning);
+} catch (err) {
+  log.warn({ err: (err as Error).message }, 'could not read PostgreSQL autovacuum settings');
+}
 const queryTimings = env.PG_QUERY_TIMINGS ? new QueryTimings() : undefined;
 queryTimings?.instrument(pool);
 const prisma = createPrismaClient(env.DATABASE_URL, 10, ledgerSessionLimits(env));
