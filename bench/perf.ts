@@ -1091,6 +1091,31 @@ async function readRepeatedly(
 // Targets and output
 
 /**
+ * One measured figure against its goal: ratio = measured / goal (goal / measured for a
+ * `ceiling`), met when >= 1 and the `involved` rows had no errors (their count is appended to
+ * the detail after `errorLabel`).
+ */
+function ratioCheck(
+  target: string,
+  measured: number,
+  goal: number,
+  detail: string,
+  involved: readonly (ScenarioRow | undefined)[],
+  opts: { ceiling?: boolean; errorLabel?: string } = {},
+): TargetCheck {
+  const ratio = opts.ceiling ? (measured > 0 ? goal / measured : 0) : goal > 0 ? measured / goal : 0;
+  const errors = involved.reduce((a, r) => a + (r?.errorCount ?? 0), 0);
+  const label = opts.errorLabel ?? 'NOT MET: ';
+  return { target, measured, goal: round(goal, 1), ratio: round(ratio, 2), met: ratio >= 1 && errors === 0, detail: errors ? `${detail} [${label}${errors} errors]` : detail };
+}
+
+/** The fastest pgbench random-rows row (1a-rand-*), the base of (3)'s goal; undefined without pgbench. */
+function bestPgbenchRandom(rows: readonly ScenarioRow[]): ScenarioRow | undefined {
+  const pgRand = rows.filter((r) => r.id.startsWith('1a-rand-'));
+  return pgRand.length ? pgRand.reduce((a, b) => (b.rate > a.rate ? b : a)) : undefined;
+}
+
+/**
  * The issue's targets, each as measured / goal:
  *   (2b) >= 50 % of min(1a random, 1b) at the same concurrency;
  *   (2a group) >= 5 x (2a naive) at the same concurrency, and the same on the same minutes
@@ -1103,9 +1128,7 @@ export function computeTargets(rows: readonly ScenarioRow[], chargePathDeclared:
   const by = (id: string) => rows.find((r) => r.id === id);
   const out: TargetCheck[] = [];
   const add = (target: string, measured: number, goal: number, detail: string, ceiling = false, involved: (ScenarioRow | undefined)[] = []) => {
-    const ratio = ceiling ? (measured > 0 ? goal / measured : 0) : goal > 0 ? measured / goal : 0;
-    const errors = involved.reduce((a, r) => a + (r?.errorCount ?? 0), 0);
-    out.push({ target, measured, goal: round(goal, 1), ratio: round(ratio, 2), met: ratio >= 1 && errors === 0, detail: errors ? `${detail} [NOT MET: ${errors} errors]` : detail });
+    out.push(ratioCheck(target, measured, goal, detail, involved, { ceiling }));
   };
   for (const c of LIMIT_LEVELS) {
     const b2 = by(`2b-group-${c}`);
@@ -1134,9 +1157,8 @@ export function computeTargets(rows: readonly ScenarioRow[], chargePathDeclared:
       );
     }
   }
-  const pgRand = rows.filter((r) => r.id.startsWith('1a-rand-'));
-  if (pgRand.length) {
-    const best = pgRand.reduce((a, b) => (b.rate > a.rate ? b : a));
+  const best = bestPgbenchRandom(rows);
+  if (best) {
     for (const r of rows.filter((x) => x.id.startsWith('3-'))) {
       add(`(3) ${r.scenario} >= 1.5 x pgbench random`, r.rate, best.rate * 1.5, `${fmt(r.rate)} events/s vs goal ${fmt(best.rate * 1.5)} (= 1.5 x best pgbench random ${fmt(best.rate)} tx/s @${best.concurrency})`, false, [r, best]);
     }
@@ -1167,9 +1189,7 @@ export function computeReferences(rows: readonly ScenarioRow[]): TargetCheck[] {
   const by = (id: string) => rows.find((r) => r.id === id);
   const out: TargetCheck[] = [];
   const add = (target: string, measured: number, goal: number, detail: string, involved: (ScenarioRow | undefined)[]) => {
-    const ratio = goal > 0 ? measured / goal : 0;
-    const errors = involved.reduce((a, r) => a + (r?.errorCount ?? 0), 0);
-    out.push({ target, measured, goal: round(goal, 1), ratio: round(ratio, 2), met: ratio >= 1 && errors === 0, detail: errors ? `${detail} [${errors} errors]` : detail });
+    out.push(ratioCheck(target, measured, goal, detail, involved, { errorLabel: '' }));
   };
   for (const c of LIMIT_LEVELS) {
     const b2 = by(`2b-group-${c}`);
@@ -1177,8 +1197,7 @@ export function computeReferences(rows: readonly ScenarioRow[]): TargetCheck[] {
     if (!b2 || !stub) continue;
     add(`(2b) against its own request @${c}: 2b >= 50% of 1c (ledger stubbed)`, b2.rate, stub.rate / 2, `${fmt(b2.rate)} events/s vs ${fmt(stub.rate / 2)} (= 50% of ${fmt(stub.rate)} recordUsage/s with the ledger stubbed)`, [b2, stub]);
   }
-  const pgRand = rows.filter((r) => r.id.startsWith('1a-rand-'));
-  const best = pgRand.length ? pgRand.reduce((a, b) => (b.rate > a.rate ? b : a)) : undefined;
+  const best = bestPgbenchRandom(rows);
   for (const size of [100, 1000]) {
     const stub = by(`1d-${size}`);
     const real = by(`3-${size}-spread`);
