@@ -3,30 +3,18 @@
  * from the real server (the same values `SHOW` gives), and the warning names exactly the settings
  * that are off.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
+import { describe, expect, it } from 'vitest';
 import { readStatisticsSettings, statisticsWarnings } from '../../src/db/statistics.js';
 import { createPgPool } from '../../src/db/pg.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
-
-let client: pg.Client;
-
-beforeAll(async () => {
-  client = new pg.Client({ connectionString: TEST_DATABASE_URL });
-  await client.connect();
-});
-
-afterAll(async () => {
-  await client?.end();
-});
 
 describe('readStatisticsSettings', () => {
   it('reads autovacuum and track_counts as the server reports them, through the ledger pool', async () => {
     const pool = createPgPool(TEST_DATABASE_URL, 1);
     try {
       const settings = await readStatisticsSettings(pool);
-      const autovacuum = (await client.query<{ autovacuum: string }>('SHOW autovacuum')).rows[0]!.autovacuum;
-      const trackCounts = (await client.query<{ track_counts: string }>('SHOW track_counts')).rows[0]!.track_counts;
+      const autovacuum = (await pool.query<{ autovacuum: string }>('SHOW autovacuum')).rows[0]!.autovacuum;
+      const trackCounts = (await pool.query<{ track_counts: string }>('SHOW track_counts')).rows[0]!.track_counts;
       expect(settings).toEqual({ autovacuum, trackCounts });
       expect(['on', 'off']).toContain(settings.autovacuum);
     } finally {
