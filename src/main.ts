@@ -32,7 +32,7 @@ if (env.MIGRATE_ON_BOOT) {
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimits(env));
 logLostConnections(pool, log);
 try {
-  for (const warning of statisticsWarnings(await readStatisticsSettings(pool))) log.warn(warning);
+  for (const warning of statisticsWarnings(await readStatisticsSettings(pool), env.STATISTICS_UPKEEP_EVERY_MS)) log.warn(warning);
 } catch (err) {
   log.warn({ err: (err as Error).message }, 'could not read PostgreSQL autovacuum settings');
 }

@@ -2,7 +2,9 @@
  * Starts the BullMQ workers of this process and re-creates their job schedulers at every boot
  * (idempotent: upsertJobScheduler keeps one schedule per id):
  * - queue `maintenance`: `reconcile-ledger` every minute, `sweep-due` every SWEEP_EVERY_MS (the
- *   safety net: runs whatever is due that no job took care of, e.g. after Redis was flushed);
+ *   safety net: runs whatever is due that no job took care of, e.g. after Redis was flushed),
+ *   `analyze-stale-tables` every STATISTICS_UPKEEP_EVERY_MS (autovacuum's ANALYZE where
+ *   autovacuum is off; its schedule is removed when that is 0);
  * - queue `ledger-jobs`: the jobs the outbox relay enqueues (expire-due, roll-period,
  *   auto-top-up, deliver-webhook; workers/registry.ts);
  * - an outbox relay (unless `relay: false`), so jobs are enqueued even when no API runs.
@@ -13,12 +15,13 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import type { Env } from '../src/config/env.js';
-import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, type LedgerJobName } from '../src/queues/names.js';
+import { ANALYZE_STALE_TABLES_JOB, LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, type LedgerJobName } from '../src/queues/names.js';
 import { createPricingState } from '../src/services/pricing-state.js';
 import type { ServiceContext } from '../src/services/context.js';
 import { createQueueJobSink } from '../src/queues/job-sink.js';
 import { createPaymentProvider } from '../src/payments/index.js';
 import { startOutboxRelay } from '../src/outbox/relay.js';
+import { processAnalyzeStaleTables } from './processors/analyze-stale-tables.js';
 import { processReconcileLedger } from './processors/reconcile-ledger.js';
 import { processSweepDue, SWEEP_DUE_JOB } from './processors/sweep-due.js';
 import { LEDGER_PROCESSORS } from './registry.js';
@@ -72,6 +75,11 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   const maintenance = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
   await maintenance.upsertJobScheduler(RECONCILE_LEDGER_JOB, { every: RECONCILE_EVERY_MS }, { name: RECONCILE_LEDGER_JOB, data: { lookbackSeconds: 900 } });
   await maintenance.upsertJobScheduler(SWEEP_DUE_JOB, { every: env.SWEEP_EVERY_MS }, { name: SWEEP_DUE_JOB, data: {} });
+  if (env.STATISTICS_UPKEEP_EVERY_MS > 0) {
+    await maintenance.upsertJobScheduler(ANALYZE_STALE_TABLES_JOB, { every: env.STATISTICS_UPKEEP_EVERY_MS }, { name: ANALYZE_STALE_TABLES_JOB, data: {} });
+  } else {
+    await maintenance.removeJobScheduler(ANALYZE_STALE_TABLES_JOB);
+  }
 
   const maintenanceWorker = new Worker(
     MAINTENANCE_QUEUE,
@@ -79,6 +87,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
       guarded(async () => {
         if (job.name === RECONCILE_LEDGER_JOB) return processReconcileLedger(pool, log, job.data, new Date());
         if (job.name === SWEEP_DUE_JOB) return processSweepDue(deps, sink);
+        if (job.name === ANALYZE_STALE_TABLES_JOB) return processAnalyzeStaleTables(pool, log);
         throw new UnrecoverableError(`unknown job ${job.name}`);
       }),
     { connection, prefix, concurrency: 1 },

@@ -95,6 +95,12 @@ const EnvSchema = z.object({
   QUEUE_PREFIX: z.string().min(1).default('creditpool'),
   /** Every how many milliseconds the sweeps (expiries, period rolls, stuck top-ups) run. */
   SWEEP_EVERY_MS: z.coerce.number().int().min(100).default(30_000),
+  /**
+   * Every how many milliseconds the workers check, where PostgreSQL's autovacuum is off, which
+   * tables changed by more than autovacuum's analyze threshold and ANALYZE them
+   * (db/statistics.ts analyzeStaleTables; with autovacuum on the job does nothing). 0: never.
+   */
+  STATISTICS_UPKEEP_EVERY_MS: z.coerce.number().int().min(0).default(15_000),
   /** Prefix of the Redis pub/sub channels of live updates (one channel per account). */
   LIVE_CHANNEL_PREFIX: z.string().min(1).default('creditpool:live:'),
   /** Run the outbox relay in this process (publishes committed outbox rows to Redis). */

@@ -15,6 +15,9 @@ export const RECONCILE_LEDGER_JOB = 'reconcile-ledger';
 /** Every how many milliseconds the reconcile job is scheduled. */
 export const RECONCILE_EVERY_MS = 60_000;
 
+/** Job: ANALYZE the tables that changed enough, where autovacuum is off (see db/statistics.ts analyzeStaleTables). */
+export const ANALYZE_STALE_TABLES_JOB = 'analyze-stale-tables';
+
 /**
  * A job as written to the outbox (topic `job`) and turned into a BullMQ job by the relay.
  * - `name`: one of {@link LEDGER_JOB_NAMES}.
