@@ -47,8 +47,8 @@ export function statisticsWarnings(settings: StatisticsSettings, upkeepEveryMs: 
   const off = [settings.autovacuum !== 'on' ? 'autovacuum' : null, settings.trackCounts !== 'on' ? 'track_counts' : null].filter((s): s is string => s !== null);
   if (off.length === 0) return [];
   return [
-    `PostgreSQL ${off.join(' and ')} ${off.length > 1 ? 'are' : 'is'} off: nothing re-analyzes the ledger's tables as they grow, so plans the ledger's ` +
-      `connections cached while a table was small (sequential scans) stay, and charges slow down as tables grow. ` +
+    `PostgreSQL ${off.join(' and ')} ${off.length > 1 ? 'are' : 'is'} off: PostgreSQL does not re-analyze the ledger's tables as they grow, so plans the ledger's ` +
+      `connections cached while a table was small (sequential scans) stay until something runs ANALYZE, and charges slow down as tables grow. ` +
       (settings.trackCounts !== 'on'
         ? `Without track_counts nothing can tell which tables changed: turn both on, or run ANALYZE regularly (at least after the first thousands of events).`
         : upkeepEveryMs > 0
@@ -83,12 +83,12 @@ export interface StatisticsUpkeep {
  * read) gets an ANALYZE, one statement per table. ANALYZE also invalidates the plans that
  * connections cached for the table, so they are made again from the new statistics.
  * Does nothing when `settings` says autovacuum is on, or track_counts is off (no change counts).
- * @param db a pool (or client) on the database
+ * @param db a pool on the database
  * @param settings as {@link readStatisticsSettings} returns them
  * @returns the outcome and the tables analyzed
  * @throws the driver's error when a query fails
  */
-export async function analyzeStaleTables(db: pg.Pool | pg.PoolClient, settings: StatisticsSettings): Promise<StatisticsUpkeep> {
+export async function analyzeStaleTables(db: pg.Pool, settings: StatisticsSettings): Promise<StatisticsUpkeep> {
   if (settings.trackCounts !== 'on') return { outcome: 'no-track-counts', tables: [] };
   if (settings.autovacuum === 'on') return { outcome: 'autovacuum-on', tables: [] };
   const { rows } = await db.query<{ table: string; changed: string; threshold: string }>(

@@ -1,6 +1,7 @@
 /**
  * The maintenance worker on real Redis (BullMQ, a unique queue prefix per run) and the real
- * database: a reconcile-ledger job finds an account whose ledger no longer sums to its balance.
+ * database: a reconcile-ledger job finds an account whose ledger no longer sums to its balance;
+ * the analyze-stale-tables job is scheduled (or not) as STATISTICS_UPKEEP_EVERY_MS says and runs.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,7 +10,8 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
 import { parseEnv } from '../../src/config/env.js';
-import { MAINTENANCE_QUEUE, RECONCILE_LEDGER_JOB } from '../../src/queues/names.js';
+import { ANALYZE_STALE_TABLES_JOB, MAINTENANCE_QUEUE, RECONCILE_LEDGER_JOB } from '../../src/queues/names.js';
+import { readStatisticsSettings, type StatisticsUpkeep } from '../../src/db/statistics.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { TEST_REDIS_URL } from '../setup/env.js';
@@ -44,6 +46,28 @@ async function runReconcile(): Promise<ReconcileJobResult> {
   const job = await queue.add(RECONCILE_LEDGER_JOB, { lookbackSeconds: 3600 });
   return (await job.waitUntilFinished(events, 30_000)) as ReconcileJobResult;
 }
+
+describe('analyze-stale-tables job', () => {
+  it('is scheduled at boot, runs on the worker by the server\'s settings, and is unscheduled with STATISTICS_UPKEEP_EVERY_MS=0', async () => {
+    expect((await queue.getJobSchedulers()).find((s) => s.key === ANALYZE_STALE_TABLES_JOB)).toMatchObject({ every: 15_000 });
+    const job = await queue.add(ANALYZE_STALE_TABLES_JOB, {});
+    const upkeep = (await job.waitUntilFinished(events, 30_000)) as StatisticsUpkeep;
+    const settings = await readStatisticsSettings(services.pool);
+    expect(upkeep.outcome).toBe(settings.trackCounts !== 'on' ? 'no-track-counts' : settings.autovacuum === 'on' ? 'autovacuum-on' : 'analyzed');
+    const off = await startWorkers({
+      env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: 'postgresql://unused/unused', STATISTICS_UPKEEP_EVERY_MS: '0' }),
+      pool: services.pool,
+      log: pino({ level: 'silent' }),
+      prefix,
+      services,
+      relay: false,
+    });
+    await off.close();
+    const keys = (await queue.getJobSchedulers()).map((s) => s.key);
+    expect(keys).toContain(RECONCILE_LEDGER_JOB);
+    expect(keys).not.toContain(ANALYZE_STALE_TABLES_JOB);
+  });
+});
 
 describe('reconcile-ledger worker', () => {
   it('re-creates its job scheduler at boot', async () => {
