@@ -22,9 +22,9 @@
  * a ledger in use does not suffer. `--server-env KEY:VALUE;…` adds to both servers' environment.
  *
  * It prints each slice (events/s, p50/p99 ms, server CPU % of one core, on the group path the
- * group committer's counters over the slice from /readyz: transactions, charges per transaction,
- * mean ms per transaction, carried state and its misses, transactions sent behind a committing
- * one; and the three most sampled states of the database's backends from pg_stat_activity every
+ * group committer's counters over the slice from /readyz (bench/perf/server-counters.ts):
+ * transactions, charges per transaction, mean ms per transaction, the share committed from
+ * carried state and its misses per transaction; and the three most sampled states of the database's backends from pg_stat_activity every
  * 100 ms: a wait event, or CPU), each pair's ratio, the totals' ratio and the median of the pairs' ratios, then checks the
  * ledger invariant of both hot accounts and that every acknowledged event is stored. Exit status
  * 1 when a check fails or any request failed, 2 on bad arguments. Prints only; its database
@@ -43,6 +43,7 @@ import { decodeId } from '../../src/graphql/ids.js';
 import { reconcileAccount } from '../../src/services/read-balance.js';
 import { seedClosedHolds } from '../perf/closed-holds.js';
 import { dropDatabase, recreateDatabase } from '../perf/scratch-db.js';
+import { readServerCounters, serverWorkPerUnit } from '../perf/server-counters.js';
 import { createPerfClient } from '../perf/http.js';
 import { closedLoop, round } from '../perf/load.js';
 import { CLK_TCK, cpuTicksOf } from '../perf/procstat.js';
@@ -71,20 +72,6 @@ if (!(concurrency >= 1 && sliceSeconds > 0 && rounds >= 1 && nAccounts >= 0)) {
 
 const base = process.env.DATABASE_URL || DEFAULT_DATABASE_URL;
 const dbName = 'creditpool_bench_ratio';
-/** The group committer's counters from the server's /readyz (null on the naive path). */
-async function groupCommitStats(graphqlUrl: string): Promise<Record<string, number> | null> {
-  const res = await fetch(graphqlUrl.replace(/\/graphql$/, '/readyz'));
-  const body = (await res.json()) as { groupCommit: Record<string, number> | null };
-  return body.groupCommit;
-}
-
-/** One slice's group-commit counters: transactions, charges per transaction, carried state, its misses, transactions sent behind a committing one (GroupCommitStats; `speculative` only exists with bench/experiments/speculative-hot-transactions.patch applied). */
-function groupCommitLine(a: Record<string, number>, b: Record<string, number>): string {
-  const d = (k: string) => (b[k] ?? 0) - (a[k] ?? 0);
-  const tx = d('transactions');
-  return `group commit: ${tx} tx, ${tx ? round(d('charges') / tx) : 0} charges/tx, ${tx ? round(d('transactionMs') / tx) : 0} ms/tx, carried ${d('carriedState')}, misses ${d('carriedStateMisses')}${b.speculative === undefined ? '' : `, speculative ${d('speculative')}`}`;
-}
-
 const url = await recreateDatabase(base, dbName);
 await applyMigrations(url);
 const adminKey = `cp_admin_${randomBytes(16).toString('hex')}`;
@@ -175,7 +162,7 @@ try {
   const slice = async (path: Path) => {
     const client = createPerfClient(servers[path].graphqlUrl, adminKey, concurrency);
     const pid = servers[path].pids.server;
-    const gc0 = await groupCommitStats(servers[path].graphqlUrl);
+    const counters0 = await readServerCounters(servers[path].graphqlUrl);
     const t0 = cpuTicksOf(pid)!;
     const w0 = performance.now();
     // What the database's backends wait on, sampled every 100 ms (pg_stat_activity).
@@ -206,8 +193,11 @@ try {
     sampling = false;
     await sampler;
     const topWaits = [...waits].sort((x, y) => y[1] - x[1]).slice(0, 3).map(([k, n]) => `${k} x${n}`).join('; ');
-    const gc1 = await groupCommitStats(servers[path].graphqlUrl);
-    const gcLine = gc0 && gc1 ? groupCommitLine(gc0, gc1) : '';
+    const work = serverWorkPerUnit(counters0, await readServerCounters(servers[path].graphqlUrl), r.units);
+    const gcLine =
+      work?.transactionsPerUnit != null
+        ? `group commit: ${round(work.transactionsPerUnit * r.units)} tx, ${work.itemsPerTransaction} charges/tx, ${work.meanTransactionMs} ms/tx, carried ${work.carriedShare} of tx, misses ${work.carriedMissesPerTransaction} per tx`
+        : '';
     client.close();
     failed += r.errorCount;
     return { ...r, cpuPercent, topWaits: gcLine ? `${gcLine}; ${topWaits}` : topWaits };
