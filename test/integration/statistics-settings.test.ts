@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { analyzeStaleTables, readStatisticsSettings, statisticsWarnings, type StatisticsSettings } from '../../src/db/statistics.js';
+import { DEFAULT_ANALYZE_LIMITS, analyzeStaleTables, readStatisticsSettings, statisticsWarnings, type StatisticsSettings } from '../../src/db/statistics.js';
 import { createPgPool } from '../../src/db/pg.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 
@@ -94,8 +94,8 @@ describe('analyzeStaleTables', () => {
     expect(await cachedPlan()).toMatch(/Seq Scan/);
     await insertRows(1, 20_000);
     expect(await changedRows()).toBe(20_000);
-    expect(await analyzeStaleTables(pool, { autovacuum: 'on', trackCounts: 'on' })).toEqual({ outcome: 'autovacuum-on', tables: [] });
-    expect(await analyzeStaleTables(pool, { autovacuum: 'off', trackCounts: 'off' })).toEqual({ outcome: 'no-track-counts', tables: [] });
+    expect(await analyzeStaleTables(pool, { autovacuum: 'on', trackCounts: 'on' })).toEqual({ outcome: 'autovacuum-on', tables: [], busy: [] });
+    expect(await analyzeStaleTables(pool, { autovacuum: 'off', trackCounts: 'off' })).toEqual({ outcome: 'no-track-counts', tables: [], busy: [] });
     expect(await changedRows()).toBe(20_000);
     // The plan cached while the table was empty is still the one used, 20,000 rows later.
     expect(await cachedPlan()).toMatch(/Seq Scan/);
@@ -117,5 +117,61 @@ describe('analyzeStaleTables', () => {
     const upkeep = await analyzeStaleTables(pool, OFF);
     expect(upkeep.tables.map((t) => t.table)).not.toContain(`${schema}.${table}`);
     expect(await changedRows()).toBe(100);
+  });
+
+  it("uses the table's own analyze threshold and scale factor where its storage parameters set them", async () => {
+    // The same 100 changed rows, under the server's threshold (above), over the table's own.
+    await session.query(`ALTER TABLE ${table} SET (autovacuum_analyze_threshold = 10, autovacuum_analyze_scale_factor = 0)`);
+    try {
+      const upkeep = await analyzeStaleTables(pool, OFF);
+      expect(upkeep.tables).toContainEqual({ table: `${schema}.${table}`, changedRows: 100, thresholdRows: 10 });
+      expect(await changedRows()).toBe(0);
+    } finally {
+      await session.query(`ALTER TABLE ${table} RESET (autovacuum_analyze_threshold, autovacuum_analyze_scale_factor)`);
+    }
+  });
+
+  describe('while another session holds a lock that conflicts with ANALYZE', () => {
+    let holder: pg.Client;
+    let shortTimeoutPool: pg.Pool;
+
+    beforeAll(async () => {
+      await insertRows(30_001, 10_000); // over the threshold again: 50 + 0.1 x 20,100 rows
+      // The ledger pool's statement_timeout, made shorter than the job's lock timeout: the job's
+      // own timeouts must apply to its statements, not the pool's.
+      shortTimeoutPool = new pg.Pool({ connectionString: TEST_DATABASE_URL, max: 1, options: `${options} -c statement_timeout=200` });
+      holder = new pg.Client({ connectionString: TEST_DATABASE_URL, options });
+      await holder.connect();
+      await holder.query('BEGIN');
+      await holder.query(`LOCK TABLE ${table} IN SHARE UPDATE EXCLUSIVE MODE`); // what a concurrent ANALYZE or VACUUM holds
+    });
+
+    afterAll(async () => {
+      await holder?.query('ROLLBACK');
+      await holder?.end();
+      await shortTimeoutPool?.end();
+    });
+
+    it('leaves the table for the next run after the lock timeout, under its own timeouts rather than the pool\'s', async () => {
+      const upkeep = await analyzeStaleTables(shortTimeoutPool, OFF, { statementTimeoutMs: 600_000, lockTimeoutMs: 1_000 });
+      expect(upkeep.outcome).toBe('analyzed');
+      expect(upkeep.busy).toEqual([{ table: `${schema}.${table}`, changedRows: 10_000, thresholdRows: expect.any(Number) }]);
+      expect(upkeep.tables.map((t) => t.table)).not.toContain(`${schema}.${table}`);
+      expect(await changedRows()).toBe(10_000);
+      // The connection went back to the pool with the pool's own statement_timeout.
+      expect((await shortTimeoutPool.query<{ statement_timeout: string }>('SHOW statement_timeout')).rows[0]!.statement_timeout).toBe('200ms');
+    });
+
+    it('fails the run when the statement timeout ends an ANALYZE first', async () => {
+      await expect(analyzeStaleTables(pool, OFF, { statementTimeoutMs: 300, lockTimeoutMs: 600_000 })).rejects.toMatchObject({ code: '57014' });
+      expect(await changedRows()).toBe(10_000);
+    });
+  });
+
+  it('analyzes the table once the lock is gone', async () => {
+    const upkeep = await analyzeStaleTables(pool, OFF, DEFAULT_ANALYZE_LIMITS);
+    expect(upkeep.busy).toEqual([]);
+    expect(upkeep.tables.map((t) => t.table)).toContain(`${schema}.${table}`);
+    expect(await changedRows()).toBe(0);
   });
 });
