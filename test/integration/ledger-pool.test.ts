@@ -7,6 +7,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
 import { createPgPool, withLedgerSessionOptions } from '../../src/db/pg.js';
 import { recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
@@ -57,7 +59,7 @@ describe('ledger pool', () => {
     const url = new URL(TEST_DATABASE_URL);
     url.searchParams.set('options', '-c statement_timeout=12345');
     expect(new URL(withLedgerSessionOptions(url.toString())).searchParams.get('options')).toBe(
-      '-c statement_timeout=12345 -c plan_cache_mode=force_generic_plan',
+      '-c random_page_cost=1.1 -c statement_timeout=12345 -c plan_cache_mode=force_generic_plan',
     );
     const pool = createPgPool(url.toString(), 1);
     try {
@@ -80,7 +82,7 @@ describe('ledger pool', () => {
     const url = new URL(TEST_DATABASE_URL);
     url.searchParams.set('options', '-c statement_timeout=12345');
     expect(new URL(withLedgerSessionOptions(url.toString(), limits)).searchParams.get('options')).toBe(
-      '-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000 -c statement_timeout=12345 -c plan_cache_mode=force_generic_plan',
+      '-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000 -c random_page_cost=1.1 -c statement_timeout=12345 -c plan_cache_mode=force_generic_plan',
     );
     const own = createPgPool(url.toString(), 1, limits);
     try {
@@ -88,5 +90,66 @@ describe('ledger pool', () => {
     } finally {
       await own.end();
     }
+  });
+
+  describe('planner cost (LEDGER_PLANNER_OPTIONS)', () => {
+    // A table shaped like `balances` of a deployment with 1,000 accounts, in a schema of its own,
+    // analyzed with its rows: the ledger's writes join an array through unnest to such tables.
+    const schema = `planner_cost_${randomBytes(4).toString('hex')}`;
+    const options = `-c search_path=${schema}`;
+
+    /** The generic plan a ledger pool on `url` caches for an `UPDATE … FROM unnest($1)` of the probe table. */
+    async function cachedPlan(url: string): Promise<string> {
+      const pool = createPgPool(url, 1);
+      try {
+        const client = await pool.connect();
+        try {
+          await client.query('PREPARE probe_update(uuid[]) AS UPDATE probe p SET v = p.v + 1 FROM unnest($1::uuid[]) AS u(k) WHERE p.k = u.k');
+          const { rows } = await client.query(`EXPLAIN (COSTS OFF) EXECUTE probe_update('{00000000-0000-0000-0000-000000000001}')`);
+          return rows.map((r) => r['QUERY PLAN']).join('\n');
+        } finally {
+          client.release(true);
+        }
+      } finally {
+        await pool.end();
+      }
+    }
+
+    function urlWith(extraOptions: string): string {
+      const url = new URL(TEST_DATABASE_URL);
+      url.searchParams.set('options', `${options}${extraOptions}`);
+      return url.toString();
+    }
+
+    beforeAll(async () => {
+      const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+      await admin.connect();
+      try {
+        await admin.query(`CREATE SCHEMA ${schema}`);
+        await admin.query(`CREATE TABLE ${schema}.probe (k uuid PRIMARY KEY, v bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now()) WITH (autovacuum_enabled = false)`);
+        await admin.query(`INSERT INTO ${schema}.probe (k, v) SELECT gen_random_uuid(), g FROM generate_series(1, 1000) g`);
+        await admin.query(`ANALYZE ${schema}.probe`);
+      } finally {
+        await admin.end();
+      }
+    });
+
+    afterAll(async () => {
+      const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+      await admin.connect();
+      await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+      await admin.end();
+    });
+
+    it('plans the write of a few rows of a 1,000-row table as primary-key probes, not a scan of the table', async () => {
+      const plan = await cachedPlan(urlWith(''));
+      expect(plan).toMatch(/Index Scan using probe_pkey on probe p/);
+      expect(plan).not.toMatch(/Seq Scan on probe/);
+    });
+
+    it("lets the URL's own options set another cost (with PostgreSQL's default, 4, the same plan scans the table)", async () => {
+      const plan = await cachedPlan(urlWith(' -c random_page_cost=4'));
+      expect(plan).toMatch(/Seq Scan on probe p/);
+    });
   });
 });
