@@ -7,6 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -574,9 +575,9 @@ describe('carried state (a hot account decides from what its previous transactio
    * function is `charge`; the slot is held by an operation on another account until all the
    * charges wait, so they run two by two in transactions in a row (6 charges: 3 transactions).
    */
-  async function inPairs(accountId: string, keys: string[], opts: { charge?: ChargeAccounts; agentId?: string; carryState?: boolean } = {}) {
-    const { charge = chargeAccounts, agentId, carryState } = opts;
-    const committer = new GroupCommitter(services.pool, services.clock, charge, applyCharge, { maxTransactions: 1, maxChargesPerAccount: 2, carryState });
+  async function inPairs(accountId: string, keys: string[], opts: { charge?: ChargeAccounts; agentId?: string; carryState?: boolean; pool?: pg.Pool } = {}) {
+    const { charge = chargeAccounts, agentId, carryState, pool = services.pool } = opts;
+    const committer = new GroupCommitter(pool, services.clock, charge, applyCharge, { maxTransactions: 1, maxChargesPerAccount: 2, carryState });
     const local = { ...services, groupCommit: committer };
     const other = await createFundedAccount(services, { paid: 1 });
     const release = occupySlot(committer, other);
@@ -614,19 +615,23 @@ describe('carried state (a hot account decides from what its previous transactio
   it('runs the transaction again from a fresh read when the account changed after the state was left', async () => {
     const accountId = await createFundedAccount(services, { paid: 2 });
     const elsewhere = { ...services, groupCommit: undefined }; // as another process would
+    const { pool, holdConnectsUntil } = gatedPool(services.pool);
     let granted: Promise<unknown> | undefined;
     const grantDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
       const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
       if (!granted) {
-        // A grant that waits for this transaction's lock, so it commits between this
-        // transaction and the next (whose lock request comes only after this COMMIT).
+        // A grant that waits for this transaction's lock, and the committer's next transaction
+        // held back until the grant committed: once this COMMIT frees the row, a waiter and a
+        // newcomer race for it (the waiter follows the row to its new version first), so without
+        // the gate the next transaction could lock it before the grant.
         const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
         granted = grantCredits(elsewhere, { accountId, amountMicroCredits: credits(10), type: 'PAID', source: 'ADJUSTMENT', expiresAt: null, reference: null, idempotencyKey: `g-${randomUUID()}` });
         await waitForBlockedBy(rows[0].pid);
+        holdConnectsUntil(granted);
       }
       return out;
     };
-    const { committer, results } = await inPairs(accountId, ['d1', 'd2', 'd3', 'd4', 'd5', 'd6'], { charge: grantDuringFirst });
+    const { committer, results } = await inPairs(accountId, ['d1', 'd2', 'd3', 'd4', 'd5', 'd6'], { charge: grantDuringFirst, pool });
     await granted;
     // From the state the first transaction left (0 credits), d3 and d4 would be refused.
     expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK', 'OK', 'OK']);
@@ -637,17 +642,20 @@ describe('carried state (a hot account decides from what its previous transactio
   it('a spending budget set after the state was left (budgets do not move the version) is enforced', async () => {
     const accountId = await createFundedAccount(services, { paid: 10 });
     const elsewhere = { ...services, groupCommit: undefined };
+    const { pool, holdConnectsUntil } = gatedPool(services.pool);
     let budgeted: Promise<unknown> | undefined;
     const budgetDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
       const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
       if (!budgeted) {
+        // As above: the budget waits for this transaction's lock and commits before the next starts.
         const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
         budgeted = setSpendingBudget(elsewhere, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(2) });
         await waitForBlockedBy(rows[0].pid);
+        holdConnectsUntil(budgeted);
       }
       return out;
     };
-    const { committer, results } = await inPairs(accountId, ['h1', 'h2', 'h3', 'h4', 'h5', 'h6'], { charge: budgetDuringFirst, agentId: 'agent-1' });
+    const { committer, results } = await inPairs(accountId, ['h1', 'h2', 'h3', 'h4', 'h5', 'h6'], { charge: budgetDuringFirst, agentId: 'agent-1', pool });
     await budgeted;
     expect(results.map(codeOf)).toEqual(['OK', 'OK', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED']);
     expect(committer.stats()).toMatchObject({ carriedStateMisses: 1 });
@@ -675,6 +683,28 @@ describe('carried state (a hot account decides from what its previous transactio
 });
 
 /** Resolves once some backend waits for a lock held by backend `pid` (polls pg_blocking_pids). */
+/**
+ * The real pool behind a gate: `pool` is `real` except that, once `holdConnectsUntil(p)` was
+ * called, each `connect()` first waits for `p` to settle. Lets a test put another session's
+ * commit between two transactions of a GroupCommitter (which takes a connection per transaction).
+ */
+function gatedPool(real: pg.Pool): { pool: pg.Pool; holdConnectsUntil: (p: Promise<unknown>) => void } {
+  let gate: Promise<unknown> = Promise.resolve();
+  const pool = new Proxy(real, {
+    get(target, prop) {
+      if (prop === 'connect') {
+        return async () => {
+          await gate.catch(() => undefined);
+          return target.connect();
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  return { pool, holdConnectsUntil: (p) => void (gate = p) };
+}
+
 async function waitForBlockedBy(pid: number): Promise<void> {
   for (;;) {
     const { rows } = await services.pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid))`, [pid]);
