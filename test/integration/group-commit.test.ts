@@ -682,7 +682,6 @@ describe('carried state (a hot account decides from what its previous transactio
   });
 });
 
-/** Resolves once some backend waits for a lock held by backend `pid` (polls pg_blocking_pids). */
 /**
  * The real pool behind a gate: `pool` is `real` except that, once `holdConnectsUntil(p)` was
  * called, each `connect()` first waits for `p` to settle. Lets a test put another session's
@@ -705,6 +704,7 @@ function gatedPool(real: pg.Pool): { pool: pg.Pool; holdConnectsUntil: (p: Promi
   return { pool, holdConnectsUntil: (p) => void (gate = p) };
 }
 
+/** Resolves once some backend waits for a lock held by backend `pid` (polls pg_blocking_pids). */
 async function waitForBlockedBy(pid: number): Promise<void> {
   for (;;) {
     const { rows } = await services.pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid))`, [pid]);
