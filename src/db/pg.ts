@@ -36,10 +36,10 @@ export const LEDGER_SESSION_OPTIONS = '-c plan_cache_mode=force_generic_plan';
  *
  * Why: the charge path's statements join arrays through `unnest`, which a generic plan estimates
  * at 10 rows (see {@link LEDGER_SESSION_OPTIONS}). With the default cost, 10 index probes look
- * dearer than a sequential scan and hash join of a table of up to a few thousand rows, so a
- * deployment with up to ~2,000 accounts had every charge transaction read the whole `accounts`,
- * `balances` and `credit_batches` tables (twice for the latter two), while it needs 1-4 rows of
- * each. Measured with `bench/charge-profile.ts --batch 4 --events 8000 --accounts 1000` (one
+ * dearer than a sequential scan and hash join of a table of up to a few thousand rows, so in a
+ * deployment of 1,000 accounts every charge transaction read the whole `accounts`, `balances` and
+ * `credit_batches` tables (twice for the latter two), at 2,000 still `balances`, while it needs
+ * 1-4 rows of each (at 3,000 no more). Measured with `bench/charge-profile.ts --batch 4 --events 8000 --accounts 1000` (one
  * account, 4 events per transaction, after ANALYZE): PostgreSQL CPU 0.790 → 0.435 ms per event,
  * wall 1.076 → 0.710 ms; those scans gone (bench/README.md, "Small deployments").
  */
