@@ -134,6 +134,9 @@ export async function subscribeToPlan(ctx: ServiceContext, accountId: string, pl
     }
     const now = atx.now;
     await tx.query('UPDATE accounts SET billing_anchor_at = $2 WHERE id = $1', [accountId, now]);
+    // Kept budget spending is per billing period of the old anchor: start it again from the SUM
+    // over the new periods at the next budget check (migration budget_spend).
+    await tx.query('DELETE FROM budget_spend WHERE account_id = $1', [accountId]);
     atx.billingAnchorAt = now;
     const period = monthlyPeriodAt(now, now);
     await tx.query(

@@ -25,7 +25,7 @@ import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
 import type { ActivePriceBook, SettingsRecord } from './pricing-state.js';
-import { assertWithinBudgets } from './spending-budgets.js';
+import { addBudgetSpend, assertWithinBudgets } from './spending-budgets.js';
 
 /** The recorded (or replayed) event's id. */
 export interface ChargeResult {
@@ -128,6 +128,8 @@ export async function applyCharge(
 
   const eventId = randomUUID();
   const [row] = await insertUsageEvents(atx.tx, [{ atx, id: eventId, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
+  // Captures included: a budget counts the subject's whole usage (spending-budgets.ts).
+  if (state.hasBudget) await addBudgetSpend(atx, { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null }, cost);
   atx.debt += debtAdded;
   // No `usage` outbox row: the CONSUME entry changes the balance, so finish() writes this
   // transaction's `balance` row, which is what wakes usageRecorded (graphql/subscriptions.ts).

@@ -1,13 +1,16 @@
 /**
  * refundUsage: gives a usage event's credit back to the batches it came from (contract:
  * expired ones excepted; voided ones too, since an operator removed them) and marks the event
- * refunded. The part of the cost that became debt is forgiven (up to the current debt).
+ * refunded. The part of the cost that became debt is forgiven (up to the current debt), and its
+ * cost is taken off its agent's / user's kept budget spending (spending-budgets.ts).
  * Refunding a refunded event returns it unchanged.
  */
 import { withTransaction, toBigInt } from '../db/pg.js';
 import { badInput } from '../ledger/errors.js';
 import { minBig } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
+import { removeBudgetSpend } from './spending-budgets.js';
+import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import type { ServiceContext } from './context.js';
 
 /**
@@ -19,7 +22,7 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
   if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lockOwner(tx, 'usage_events', usageEventId, 'usage event', ctx.clock());
-    const ev = await tx.query('SELECT refunded_at, debt_micro_credits FROM usage_events WHERE id = $1', [usageEventId]);
+    const ev = await tx.query('SELECT refunded_at, debt_micro_credits, agent_id, user_id, cost_micro_credits, recorded_at FROM usage_events WHERE id = $1', [usageEventId]);
     if (ev.rows[0].refunded_at) return usageEventId;
     const { rows } = await tx.query(
       `SELECT d.batch_id, d.amount_micro_credits, b.status, b.expires_at
@@ -50,6 +53,12 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
       atx.addEntry({ type: 'REFUND', amountMicroCredits: forgiven, usageEventId, note: `${reason} (debt forgiven)` });
     }
     await tx.query('UPDATE usage_events SET refunded_at = $2, refund_reason = $3 WHERE id = $1', [usageEventId, atx.now, reason]);
+    const e = ev.rows[0];
+    await removeBudgetSpend(
+      atx,
+      { agentId: e.agent_id as string | null, userId: e.user_id as string | null, costMicroCredits: toBigInt(e.cost_micro_credits) },
+      monthlyPeriodAt(atx.billingAnchorAt, e.recorded_at as Date).start,
+    );
     atx.touch();
     await atx.finish();
     return usageEventId;

@@ -44,6 +44,75 @@ const SPENT_SQL = `
     FROM spending_budgets b
    WHERE b.account_id = $1`;
 
+/**
+ * The budgets of the subjects $6 (agent) / $7 (user) of account $1 with their spending in the
+ * period [$2, $3) at $4 (except hold $5), from the kept usage cost of the period (`budget_spend`,
+ * migration budget_spend): one primary-key probe per budget. A subject without a row for the
+ * period gets one here, from the SUM that defines it (SPENT_SQL's), in the same statement; the
+ * caller holds the account's lock, so no usage of the account is written meanwhile.
+ */
+const BUDGET_CHECK_SQL = `
+  WITH subj AS (
+    SELECT b.account_id, b.subject_kind, b.subject_id, b.limit_micro_credits FROM spending_budgets b
+     WHERE b.account_id = $1 AND ((b.subject_kind = 'AGENT' AND b.subject_id = $6) OR (b.subject_kind = 'USER' AND b.subject_id = $7))
+  ), kept AS (
+    SELECT s.subject_kind, s.subject_id, k.spent_micro_credits FROM subj s
+      JOIN budget_spend k ON k.account_id = s.account_id AND k.subject_kind = s.subject_kind AND k.subject_id = s.subject_id AND k.period_start = $2
+  ), started AS (
+    INSERT INTO budget_spend (account_id, subject_kind, subject_id, period_start, spent_micro_credits)
+    SELECT s.account_id, s.subject_kind, s.subject_id, $2,
+           (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+             WHERE e.account_id = s.account_id AND e.refunded_at IS NULL AND e.recorded_at >= $2 AND e.recorded_at < $3
+               AND CASE WHEN s.subject_kind = 'AGENT' THEN e.agent_id = s.subject_id ELSE e.user_id = s.subject_id END)
+      FROM subj s
+     WHERE NOT EXISTS (SELECT 1 FROM kept k WHERE k.subject_kind = s.subject_kind AND k.subject_id = s.subject_id)
+    RETURNING subject_kind, subject_id, spent_micro_credits
+  )
+  SELECT s.subject_kind, s.subject_id, s.limit_micro_credits,
+         COALESCE(k.spent_micro_credits, st.spent_micro_credits)
+         + (SELECT COALESCE(SUM(GREATEST(r.amount_micro_credits - r.consumed_micro_credits, 0)), 0) FROM reservations r
+             WHERE r.account_id = s.account_id AND r.status = 'ACTIVE' AND r.expires_at > $4
+               AND ($5::uuid IS NULL OR r.id <> $5::uuid)
+               AND CASE WHEN s.subject_kind = 'AGENT' THEN r.agent_id = s.subject_id ELSE r.user_id = s.subject_id END) AS spent
+    FROM subj s
+    LEFT JOIN kept k ON k.subject_kind = s.subject_kind AND k.subject_id = s.subject_id
+    LEFT JOIN started st ON st.subject_kind = s.subject_kind AND st.subject_id = s.subject_id`;
+
+/**
+ * Adds `costMicroCredits` of a usage event just written for `subjects` to their kept usage cost
+ * of the account's current period (`budget_spend`), where a row for it exists (without one, the
+ * next budget check starts the row from the SUM, this event included). Called by every writer of
+ * a usage event of a subject with a budget (record-usage.ts applyCharge; accounts with a budget
+ * never take the in-memory path), inside the account's locked transaction.
+ */
+export async function addBudgetSpend(atx: AccountTx, subjects: { agentId: string | null; userId: string | null }, costMicroCredits: bigint): Promise<void> {
+  if ((!subjects.agentId && !subjects.userId) || costMicroCredits === 0n) return;
+  await atx.tx.query({
+    name: 'cp-budget-spend-add',
+    text: `UPDATE budget_spend SET spent_micro_credits = spent_micro_credits + $5
+            WHERE account_id = $1 AND period_start = $2 AND ((subject_kind = 'AGENT' AND subject_id = $3) OR (subject_kind = 'USER' AND subject_id = $4))`,
+    values: [atx.accountId, atx.period().start, subjects.agentId, subjects.userId, costMicroCredits.toString()],
+  });
+}
+
+/**
+ * Takes a refunded usage event's cost off its subjects' kept usage cost of the period it was
+ * recorded in (`budget_spend`), where a row exists. Inside the account's locked transaction.
+ * @param periodStart the start of the billing period containing the event's recorded_at
+ */
+export async function removeBudgetSpend(
+  atx: AccountTx,
+  event: { agentId: string | null; userId: string | null; costMicroCredits: bigint },
+  periodStart: Date,
+): Promise<void> {
+  if ((!event.agentId && !event.userId) || event.costMicroCredits === 0n) return;
+  await atx.tx.query(
+    `UPDATE budget_spend SET spent_micro_credits = spent_micro_credits - $5
+      WHERE account_id = $1 AND period_start = $2 AND ((subject_kind = 'AGENT' AND subject_id = $3) OR (subject_kind = 'USER' AND subject_id = $4))`,
+    [atx.accountId, periodStart, event.agentId, event.userId, event.costMicroCredits.toString()],
+  );
+}
+
 function toView(r: Record<string, unknown>): BudgetView {
   return {
     subjectKind: r.subject_kind as BudgetSubjectKind,
@@ -66,10 +135,7 @@ export async function assertWithinBudgets(
 ): Promise<void> {
   if ((!subjects.agentId && !subjects.userId) || amountMicroCredits <= 0n) return;
   const period = atx.period();
-  const { rows } = await atx.tx.query(
-    `${SPENT_SQL} AND ((b.subject_kind = 'AGENT' AND b.subject_id = $6) OR (b.subject_kind = 'USER' AND b.subject_id = $7))`,
-    [atx.accountId, period.start, period.end, atx.now, exceptReservationId, subjects.agentId, subjects.userId],
-  );
+  const { rows } = await atx.tx.query({ name: 'cp-budget-check', text: BUDGET_CHECK_SQL, values: [atx.accountId, period.start, period.end, atx.now, exceptReservationId, subjects.agentId, subjects.userId] });
   for (const b of rows.map(toView)) {
     if (b.spentMicroCredits + amountMicroCredits > b.limitMicroCredits) {
       const left = b.limitMicroCredits - b.spentMicroCredits;
@@ -124,6 +190,9 @@ export async function setSpendingBudget(
   if (cmd.limitMicroCredits !== null && cmd.limitMicroCredits < 0n) throw badInput('limit', 'must not be negative');
   await withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+    // The subject's kept usage cost is only kept while it has a budget: start it again from the
+    // SUM at the next check (migration budget_spend).
+    await tx.query('DELETE FROM budget_spend WHERE account_id = $1 AND subject_kind = $2 AND subject_id = $3', [cmd.accountId, cmd.subjectKind, cmd.subjectId]);
     if (cmd.limitMicroCredits === null) {
       await tx.query('DELETE FROM spending_budgets WHERE account_id = $1 AND subject_kind = $2 AND subject_id = $3', [cmd.accountId, cmd.subjectKind, cmd.subjectId]);
       return;

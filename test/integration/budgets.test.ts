@@ -10,6 +10,8 @@ import { recordUsage } from '../../src/services/record-usage.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { releaseReservation } from '../../src/services/release-reservation.js';
 import { listBudgets, setSpendingBudget } from '../../src/services/spending-budgets.js';
+import { refundUsage } from '../../src/services/refund-usage.js';
+import { createPlan, subscribeToPlan } from '../../src/services/plans.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
 
@@ -88,5 +90,92 @@ describe('spending budgets', () => {
     expect(await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'a', limitMicroCredits: null })).toBeNull();
     await recordUsage(s, { accountId, idempotencyKey: 'x2', category: 'unit', agentId: 'a' });
     expect(await listBudgets(s.pool, accountId, new Date())).toEqual([]);
+  });
+});
+
+/**
+ * The kept spending rows of an account (budget_spend), each next to the SUM that defines it: the
+ * cost of the subject's non-refunded usage events recorded in the period starting at the row's
+ * period_start (the account's billing period, one calendar month on from its start).
+ */
+async function keptSpending(accountId: string): Promise<{ subject: string; kept: bigint; sum: bigint }[]> {
+  const { rows } = await s.pool.query(
+    `SELECT k.subject_kind || ':' || k.subject_id AS subject, k.spent_micro_credits AS kept,
+            (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+              WHERE e.account_id = k.account_id AND e.refunded_at IS NULL
+                AND e.recorded_at >= k.period_start AND e.recorded_at < k.period_start + interval '1 month'
+                AND CASE WHEN k.subject_kind = 'AGENT' THEN e.agent_id = k.subject_id ELSE e.user_id = k.subject_id END) AS sum
+       FROM budget_spend k WHERE k.account_id = $1 ORDER BY 1`,
+    [accountId],
+  );
+  return rows.map((r) => ({ subject: r.subject as string, kept: BigInt(r.kept), sum: BigInt(r.sum) }));
+}
+
+describe('kept budget spending (budget_spend: one row read per check instead of a SUM over the period)', () => {
+  it("keeps each budgeted subject's period spending equal to its SUM through charges, captures and refunds", async () => {
+    s.setNow(null);
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'agent-k', limitMicroCredits: credits(50) });
+    await setSpendingBudget(s, { accountId, subjectKind: 'USER', subjectId: 'user-k', limitMicroCredits: credits(50) });
+    expect(await keptSpending(accountId)).toEqual([]); // started by the first check of the period
+    await recordUsage(s, { accountId, idempotencyKey: 'k1', category: 'units', quantities: { units: '3' }, agentId: 'agent-k' });
+    await recordUsage(s, { accountId, idempotencyKey: 'k2', category: 'units', quantities: { units: '2' }, agentId: 'agent-k', userId: 'user-k' });
+    const ev = await recordUsage(s, { accountId, idempotencyKey: 'k3', category: 'units', quantities: { units: '4' }, userId: 'user-k' });
+    const hold = await reserveCredits(s, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'kh', agentId: 'agent-k' });
+    await recordUsage(s, { accountId, idempotencyKey: 'k4', category: 'units', quantities: { units: '1' }, agentId: 'agent-k', reservationId: hold.reservationId });
+    await refundUsage(s, ev.eventId, 'test refund');
+    const kept = await keptSpending(accountId);
+    expect(kept).toEqual([
+      { subject: 'AGENT:agent-k', kept: credits(6), sum: credits(6) },
+      { subject: 'USER:user-k', kept: credits(2), sum: credits(2) },
+    ]);
+    await expectLedgerInvariant(s.pool, accountId);
+  });
+
+  it('a refund gives the budget back', async () => {
+    s.setNow(null);
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'a', limitMicroCredits: credits(3) });
+    const events = [];
+    for (let i = 0; i < 3; i++) events.push(await recordUsage(s, { accountId, idempotencyKey: `r${i}`, category: 'unit', agentId: 'a' }));
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'r3', category: 'unit', agentId: 'a' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    await refundUsage(s, events[0]!.eventId, 'test refund');
+    await recordUsage(s, { accountId, idempotencyKey: 'r4', category: 'unit', agentId: 'a' });
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'r5', category: 'unit', agentId: 'a' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:a', kept: credits(3), sum: credits(3) }]);
+  });
+
+  it('a budget set after usage without one counts that usage; changing it starts again from the SUM', async () => {
+    s.setNow(null);
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    // Usage of agent b while nobody has a budget (the in-memory charge path, no kept spending).
+    for (let i = 0; i < 4; i++) await recordUsage(s, { accountId, idempotencyKey: `n${i}`, category: 'unit', agentId: 'b' });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'b', limitMicroCredits: credits(5) });
+    await recordUsage(s, { accountId, idempotencyKey: 'n4', category: 'unit', agentId: 'b' });
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'n5', category: 'unit', agentId: 'b' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    // Removed: its usage goes on without kept spending; set again, it counts all of it.
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'b', limitMicroCredits: null });
+    expect(await keptSpending(accountId)).toEqual([]);
+    await recordUsage(s, { accountId, idempotencyKey: 'n6', category: 'unit', agentId: 'b' });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'b', limitMicroCredits: credits(7) });
+    await recordUsage(s, { accountId, idempotencyKey: 'n7', category: 'unit', agentId: 'b' });
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'n8', category: 'unit', agentId: 'b' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:b', kept: credits(7), sum: credits(7) }]);
+  });
+
+  it("a new billing anchor (a plan subscription) drops the account's kept spending; the check starts it from the new period's SUM", async () => {
+    s.setNow(null);
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'c', limitMicroCredits: credits(3) });
+    await recordUsage(s, { accountId, idempotencyKey: 'c1', category: 'units', quantities: { units: '2' }, agentId: 'c' });
+    expect(await keptSpending(accountId)).toHaveLength(1);
+    const plan = await createPlan(s, { name: `kept-${accountId}`, monthlyMicroCredits: credits(1), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '0' });
+    await subscribeToPlan(s, accountId, plan.id);
+    expect(await keptSpending(accountId)).toEqual([]);
+    // The new period starts now: the 2 credits before it no longer count.
+    await recordUsage(s, { accountId, idempotencyKey: 'c2', category: 'units', quantities: { units: '3' }, agentId: 'c' });
+    await expect(recordUsage(s, { accountId, idempotencyKey: 'c3', category: 'unit', agentId: 'c' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:c', kept: credits(3), sum: credits(3) }]);
+    await expectLedgerInvariant(s.pool, accountId);
   });
 });
