@@ -78,13 +78,20 @@ export interface Reconciliation {
    */
   openingMicroCredits: bigint | null;
   openingLedgerSumMicroCredits: bigint | null;
+  /**
+   * Kept budget spending rows (`budget_spend`, migration budget_spend) of the account that differ
+   * from the SUM that defines them (the subject's non-refunded usage cost recorded in the row's
+   * billing period): must be 0.
+   */
+  budgetSpendMismatches: number;
 }
 
 /**
  * Checks the ledger invariant: sum(remaining of ACTIVE batches) - debt = stored total =
  * sum of the total-changing ledger entries (all but RESERVE/RELEASE); and that the balance row's
  * stored period opening equals the sum of those entries dated before its period start plus the
- * EXPIRE entries dated at it (`ledger_total_at`, the definition balance_figures falls back to).
+ * EXPIRE entries dated at it (`ledger_total_at`, the definition balance_figures falls back to);
+ * and that every kept budget spending row equals the SUM of its subject's usage in its period.
  * @throws LedgerError NOT_FOUND.
  */
 export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: string): Promise<Reconciliation> {
@@ -93,7 +100,14 @@ export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: s
             (SELECT COALESCE(SUM(remaining_micro_credits), 0) FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE') AS batches,
             (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM ledger_entries WHERE account_id = $1 AND type NOT IN ('RESERVE', 'RELEASE')) AS ledger,
             b.opening_total_micro_credits AS opening,
-            CASE WHEN b.opening_period_start IS NOT NULL THEN COALESCE(ledger_total_at($1, b.opening_period_start), 0) END AS opening_sum
+            CASE WHEN b.opening_period_start IS NOT NULL THEN COALESCE(ledger_total_at($1, b.opening_period_start), 0) END AS opening_sum,
+            (SELECT count(*) FROM budget_spend k JOIN accounts a ON a.id = k.account_id
+                    CROSS JOIN LATERAL billing_period(a.billing_anchor_at, k.period_start) p
+              WHERE k.account_id = $1
+                AND k.spent_micro_credits <> (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+                      WHERE e.account_id = k.account_id AND e.refunded_at IS NULL
+                        AND e.recorded_at >= p.period_start AND e.recorded_at < p.period_end
+                        AND CASE WHEN k.subject_kind = 'AGENT' THEN e.agent_id = k.subject_id ELSE e.user_id = k.subject_id END)) AS budget_spend_mismatches
        FROM balances b WHERE b.account_id = $1`,
     [accountId],
   );
@@ -105,8 +119,10 @@ export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: s
   const ledger = toBigInt(r.ledger);
   const opening = r.opening === null ? null : toBigInt(r.opening);
   const openingSum = r.opening_sum === null ? null : toBigInt(r.opening_sum);
+  const budgetSpendMismatches = Number(r.budget_spend_mismatches);
   return {
-    consistent: batches - debt === total && ledger === total && opening === openingSum,
+    consistent: batches - debt === total && ledger === total && opening === openingSum && budgetSpendMismatches === 0,
+    budgetSpendMismatches,
     openingMicroCredits: opening,
     openingLedgerSumMicroCredits: openingSum,
     totalMicroCredits: total,

@@ -11,6 +11,7 @@ import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { releaseReservation } from '../../src/services/release-reservation.js';
 import { listBudgets, setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { refundUsage } from '../../src/services/refund-usage.js';
+import { reconcileAccount } from '../../src/services/read-balance.js';
 import { createPlan, subscribeToPlan } from '../../src/services/plans.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
@@ -130,6 +131,10 @@ describe('kept budget spending (budget_spend: one row read per check instead of 
       { subject: 'USER:user-k', kept: credits(2), sum: credits(2) },
     ]);
     await expectLedgerInvariant(s.pool, accountId);
+    // The reconciliation (reconcile worker, expectLedgerInvariant) sees a row that drifted.
+    await s.pool.query(`UPDATE budget_spend SET spent_micro_credits = spent_micro_credits + 1 WHERE account_id = $1 AND subject_kind = 'USER'`, [accountId]);
+    expect(await reconcileAccount(s.pool, accountId)).toMatchObject({ consistent: false, budgetSpendMismatches: 1 });
+    await s.pool.query(`UPDATE budget_spend SET spent_micro_credits = spent_micro_credits - 1 WHERE account_id = $1 AND subject_kind = 'USER'`, [accountId]);
   });
 
   it('a refund gives the budget back', async () => {
