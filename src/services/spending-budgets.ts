@@ -61,9 +61,14 @@ const BUDGET_CHECK_SQL = `
   ), started AS (
     INSERT INTO budget_spend (account_id, subject_kind, subject_id, period_start, spent_micro_credits)
     SELECT s.account_id, s.subject_kind, s.subject_id, $2,
-           (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
-             WHERE e.account_id = s.account_id AND e.refunded_at IS NULL AND e.recorded_at >= $2 AND e.recorded_at < $3
-               AND CASE WHEN s.subject_kind = 'AGENT' THEN e.agent_id = s.subject_id ELSE e.user_id = s.subject_id END)
+           -- One subquery per kind, so each is a range of its (account_id, agent_id | user_id, recorded_at) index.
+           CASE WHEN s.subject_kind = 'AGENT'
+                THEN (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+                       WHERE e.account_id = s.account_id AND e.agent_id = s.subject_id AND e.refunded_at IS NULL
+                         AND e.recorded_at >= $2 AND e.recorded_at < $3)
+                ELSE (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+                       WHERE e.account_id = s.account_id AND e.user_id = s.subject_id AND e.refunded_at IS NULL
+                         AND e.recorded_at >= $2 AND e.recorded_at < $3) END
       FROM subj s
      WHERE NOT EXISTS (SELECT 1 FROM kept k WHERE k.subject_kind = s.subject_kind AND k.subject_id = s.subject_id)
     RETURNING subject_kind, subject_id, spent_micro_credits
