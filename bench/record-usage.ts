@@ -14,8 +14,13 @@
  * Token counts come from the real Azure 2023 trace (conv -> chat model, code -> code model).
  * Bounded: every scenario stops after --seconds or --max-ops operations, whichever is first.
  *
+ * With --agent-budgets every agent of the trace gets a budget on every account (far above what it
+ * spends), so every charge is checked against its agent's spending of the period and the accounts
+ * charge with statements of their own instead of being decided in memory with their group.
+ *
  * Usage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000|N]
  *          [--batch-concurrency 4] [--batch-size 100] [--max-ops 1000000] [--scenarios single,batch,job]
+ *          [--agent-budgets]
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -45,7 +50,7 @@ function percentile(sorted: number[], p: number): number {
 }
 
 function usage(message: string): never {
-  console.error(`${message}\nusage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000] [--batch-concurrency 4] [--batch-size 100] [--max-ops N] [--scenarios single,batch,job]`);
+  console.error(`${message}\nusage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000] [--batch-concurrency 4] [--batch-size 100] [--max-ops N] [--scenarios single,batch,job] [--agent-budgets]`);
   process.exit(2);
 }
 
@@ -65,6 +70,7 @@ async function main(): Promise<number> {
       'batch-size': { type: 'string', default: '100' },
       'max-ops': { type: 'string', default: '1000000' },
       scenarios: { type: 'string', default: 'single,batch' },
+      'agent-budgets': { type: 'boolean', default: false },
     },
   });
   const concurrency = intOption(values.concurrency, 'concurrency', 1, 512);
@@ -117,6 +123,15 @@ async function main(): Promise<number> {
       }),
     );
     console.log(`Created ${maxAccounts.toLocaleString('en-US')} account(s) with 100,000,000 PAID credits each in ${((performance.now() - tCreate) / 1000).toFixed(1)} s.`);
+    if (values['agent-budgets']) {
+      // Every agent of the trace gets a budget (far above what it spends) on every account, so
+      // every charge is checked against its agent's spending of the period.
+      const { parse } = await import('graphql');
+      const setBudget = parse('mutation($a: ID!, $g: String!, $l: Credits) { setAgentBudget(accountId: $a, agentId: $g, limit: $l) { agentId } }') as never;
+      const agents = [...new Set(trace.map((p) => p.agentId))];
+      for (const accountId of accountIds) for (const agentId of agents) await client.request(setBudget, { a: accountId, g: agentId, l: '1000000000' } as never);
+      console.log(`Set a budget of 1,000,000,000 credits for each of ${agents.length} agents on every account (--agent-budgets).`);
+    }
 
     let seq = 0;
     const inputFor = (accounts: number, tag: string) => {
