@@ -8,6 +8,7 @@ import { toBigInt } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import { balanceFromSnapshot, snapshotFromRow, type BalanceSnapshot } from './balance-figures.js';
+import { subjectUsageSql } from './spending-budgets.js';
 
 /** The contract's Balance, amounts in micro-credits. */
 export interface BalanceView {
@@ -104,13 +105,7 @@ export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: s
             (SELECT count(*) FROM budget_spend k JOIN accounts a ON a.id = k.account_id
                     CROSS JOIN LATERAL billing_period(a.billing_anchor_at, k.period_start) p
               WHERE k.account_id = $1
-                AND k.spent_micro_credits <> CASE WHEN k.subject_kind = 'AGENT'
-                      THEN (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
-                             WHERE e.account_id = k.account_id AND e.agent_id = k.subject_id AND e.refunded_at IS NULL
-                               AND e.recorded_at >= p.period_start AND e.recorded_at < p.period_end)
-                      ELSE (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
-                             WHERE e.account_id = k.account_id AND e.user_id = k.subject_id AND e.refunded_at IS NULL
-                               AND e.recorded_at >= p.period_start AND e.recorded_at < p.period_end) END) AS budget_spend_mismatches
+                AND k.spent_micro_credits <> ${subjectUsageSql('k', 'p.period_start', 'p.period_end')}) AS budget_spend_mismatches
        FROM balances b WHERE b.account_id = $1`,
     [accountId],
   );

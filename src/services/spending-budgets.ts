@@ -28,19 +28,34 @@ export interface BudgetView {
   spentMicroCredits: bigint;
 }
 
+/**
+ * SQL: the usage cost of budget row `b`'s subject (its agent or user, by `b.subject_kind` and
+ * `b.subject_id`, of account `b.account_id`) recorded in [`fromSql`, `toSql`), refunds excluded:
+ * the definition of a budget's spending (and of a `budget_spend` row). One subquery per kind, so
+ * each is a range of its (account_id, agent_id | user_id, recorded_at) index.
+ */
+export function subjectUsageSql(b: string, fromSql: string, toSql: string): string {
+  return `CASE WHEN ${b}.subject_kind = 'AGENT'
+              THEN (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+                     WHERE e.account_id = ${b}.account_id AND e.agent_id = ${b}.subject_id AND e.refunded_at IS NULL
+                       AND e.recorded_at >= ${fromSql} AND e.recorded_at < ${toSql})
+              ELSE (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
+                     WHERE e.account_id = ${b}.account_id AND e.user_id = ${b}.subject_id AND e.refunded_at IS NULL
+                       AND e.recorded_at >= ${fromSql} AND e.recorded_at < ${toSql}) END`;
+}
+
+/** SQL: what the ACTIVE holds of budget row `b`'s subject hold at $4, except hold $5. */
+function subjectHeldSql(b: string): string {
+  return `(SELECT COALESCE(SUM(GREATEST(r.amount_micro_credits - r.consumed_micro_credits, 0)), 0) FROM reservations r
+             WHERE r.account_id = ${b}.account_id AND r.status = 'ACTIVE' AND r.expires_at > $4
+               AND ($5::uuid IS NULL OR r.id <> $5::uuid)
+               AND CASE WHEN ${b}.subject_kind = 'AGENT' THEN r.agent_id = ${b}.subject_id ELSE r.user_id = ${b}.subject_id END)`;
+}
+
+/** The budgets of account $1 with their spending in the period [$2, $3) at $4 (except hold $5), summed from the usage. */
 const SPENT_SQL = `
   SELECT b.subject_kind, b.subject_id, b.limit_micro_credits,
-         CASE WHEN b.subject_kind = 'AGENT'
-              THEN (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
-                     WHERE e.account_id = b.account_id AND e.agent_id = b.subject_id AND e.refunded_at IS NULL
-                       AND e.recorded_at >= $2 AND e.recorded_at < $3)
-              ELSE (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
-                     WHERE e.account_id = b.account_id AND e.user_id = b.subject_id AND e.refunded_at IS NULL
-                       AND e.recorded_at >= $2 AND e.recorded_at < $3) END
-         + (SELECT COALESCE(SUM(GREATEST(r.amount_micro_credits - r.consumed_micro_credits, 0)), 0) FROM reservations r
-             WHERE r.account_id = b.account_id AND r.status = 'ACTIVE' AND r.expires_at > $4
-               AND ($5::uuid IS NULL OR r.id <> $5::uuid)
-               AND CASE WHEN b.subject_kind = 'AGENT' THEN r.agent_id = b.subject_id ELSE r.user_id = b.subject_id END) AS spent
+         ${subjectUsageSql('b', '$2', '$3')} + ${subjectHeldSql('b')} AS spent
     FROM spending_budgets b
    WHERE b.account_id = $1`;
 
@@ -60,25 +75,13 @@ const BUDGET_CHECK_SQL = `
       JOIN budget_spend k ON k.account_id = s.account_id AND k.subject_kind = s.subject_kind AND k.subject_id = s.subject_id AND k.period_start = $2
   ), started AS (
     INSERT INTO budget_spend (account_id, subject_kind, subject_id, period_start, spent_micro_credits)
-    SELECT s.account_id, s.subject_kind, s.subject_id, $2,
-           -- One subquery per kind, so each is a range of its (account_id, agent_id | user_id, recorded_at) index.
-           CASE WHEN s.subject_kind = 'AGENT'
-                THEN (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
-                       WHERE e.account_id = s.account_id AND e.agent_id = s.subject_id AND e.refunded_at IS NULL
-                         AND e.recorded_at >= $2 AND e.recorded_at < $3)
-                ELSE (SELECT COALESCE(SUM(e.cost_micro_credits), 0) FROM usage_events e
-                       WHERE e.account_id = s.account_id AND e.user_id = s.subject_id AND e.refunded_at IS NULL
-                         AND e.recorded_at >= $2 AND e.recorded_at < $3) END
+    SELECT s.account_id, s.subject_kind, s.subject_id, $2, ${subjectUsageSql('s', '$2', '$3')}
       FROM subj s
      WHERE NOT EXISTS (SELECT 1 FROM kept k WHERE k.subject_kind = s.subject_kind AND k.subject_id = s.subject_id)
     RETURNING subject_kind, subject_id, spent_micro_credits
   )
   SELECT s.subject_kind, s.subject_id, s.limit_micro_credits,
-         COALESCE(k.spent_micro_credits, st.spent_micro_credits)
-         + (SELECT COALESCE(SUM(GREATEST(r.amount_micro_credits - r.consumed_micro_credits, 0)), 0) FROM reservations r
-             WHERE r.account_id = s.account_id AND r.status = 'ACTIVE' AND r.expires_at > $4
-               AND ($5::uuid IS NULL OR r.id <> $5::uuid)
-               AND CASE WHEN s.subject_kind = 'AGENT' THEN r.agent_id = s.subject_id ELSE r.user_id = s.subject_id END) AS spent
+         COALESCE(k.spent_micro_credits, st.spent_micro_credits) + ${subjectHeldSql('s')} AS spent
     FROM subj s
     LEFT JOIN kept k ON k.subject_kind = s.subject_kind AND k.subject_id = s.subject_id
     LEFT JOIN started st ON st.subject_kind = s.subject_kind AND st.subject_id = s.subject_id`;
