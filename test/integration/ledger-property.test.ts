@@ -1,9 +1,11 @@
 /**
  * Property test (fast-check) of the ledger on the real PostgreSQL: random sequences of grants,
  * charges, reservations, captures, settlements, releases, refunds, voids, idempotent retries
- * and clock moves (batches and holds expiring lazily). After EVERY command: the invariant holds
- * (batches - debt = total = ledger sum; available = total - reserved), and each command's
- * effect on the balance is the one the rules promise.
+ * and clock moves (batches and holds expiring lazily, billing periods rolling), of two agents, one
+ * of them with a spending budget that commands set, change and remove. After EVERY command: the
+ * invariant holds (batches - debt = total = ledger sum; available = total - reserved; every kept
+ * budget spending row equals its SUM), and each command's effect on the balance is the one the
+ * rules promise.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -17,6 +19,7 @@ import { settleReservation } from '../../src/services/settle-reservation.js';
 import { releaseReservation } from '../../src/services/release-reservation.js';
 import { refundUsage } from '../../src/services/refund-usage.js';
 import { voidGrant } from '../../src/services/void-grant.js';
+import { setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
@@ -31,31 +34,38 @@ afterAll(async () => {
 
 type Command =
   | { op: 'grant'; amount: number; type: 'FREE' | 'PAID'; expiresInMinutes: number | null }
-  | { op: 'charge'; units: string }
-  | { op: 'reserve'; amount: number }
-  | { op: 'capture'; hold: number; units: string }
-  | { op: 'settle'; hold: number; units: string }
+  | { op: 'charge'; units: string; agent: Agent }
+  | { op: 'reserve'; amount: number; agent: Agent }
+  | { op: 'capture'; hold: number; units: string; agent: Agent }
+  | { op: 'settle'; hold: number; units: string; agent: Agent }
+  | { op: 'budget'; agent: Agent; limit: number | null }
   | { op: 'release'; hold: number }
   | { op: 'refund'; event: number }
   | { op: 'void'; grant: number }
   | { op: 'retry'; event: number }
   | { op: 'advance'; minutes: number };
 
+/** The agents of the pool's usage: `a1` starts with a budget, `budget` commands set or remove either's. */
+type Agent = 'a1' | 'a2';
+const agentArb = fc.constantFrom<Agent>('a1', 'a2');
+
 const unitsArb = fc.integer({ min: 0, max: 4000 }).map((n) => (n / 100).toString()); // 0 .. 40 credits, 2 decimals
 const commandArb: fc.Arbitrary<Command> = fc.oneof(
   fc.record({ op: fc.constant('grant' as const), amount: fc.integer({ min: 1, max: 50 }), type: fc.constantFrom('FREE' as const, 'PAID' as const), expiresInMinutes: fc.option(fc.integer({ min: 1, max: 120 }), { nil: null }) }),
-  fc.record({ op: fc.constant('charge' as const), units: unitsArb }),
-  fc.record({ op: fc.constant('reserve' as const), amount: fc.integer({ min: 1, max: 30 }) }),
-  fc.record({ op: fc.constant('capture' as const), hold: fc.nat(5), units: unitsArb }),
-  fc.record({ op: fc.constant('settle' as const), hold: fc.nat(5), units: unitsArb }),
+  fc.record({ op: fc.constant('charge' as const), units: unitsArb, agent: agentArb }),
+  fc.record({ op: fc.constant('reserve' as const), amount: fc.integer({ min: 1, max: 30 }), agent: agentArb }),
+  fc.record({ op: fc.constant('capture' as const), hold: fc.nat(5), units: unitsArb, agent: agentArb }),
+  fc.record({ op: fc.constant('settle' as const), hold: fc.nat(5), units: unitsArb, agent: agentArb }),
+  fc.record({ op: fc.constant('budget' as const), agent: agentArb, limit: fc.option(fc.integer({ min: 0, max: 60 }), { nil: null }) }),
   fc.record({ op: fc.constant('release' as const), hold: fc.nat(5) }),
   fc.record({ op: fc.constant('refund' as const), event: fc.nat(10) }),
   fc.record({ op: fc.constant('void' as const), grant: fc.nat(5) }),
   fc.record({ op: fc.constant('retry' as const), event: fc.nat(10) }),
   fc.record({ op: fc.constant('advance' as const), minutes: fc.integer({ min: 1, max: 90 }) }),
+  fc.record({ op: fc.constant('advance' as const), minutes: fc.integer({ min: 1, max: 20 }).map((days) => days * 1440) }), // into the next billing period, at times
 );
 
-const EXPECTED_REFUSALS = new Set(['INSUFFICIENT_CREDITS', 'RESERVATION_NOT_ACTIVE']);
+const EXPECTED_REFUSALS = new Set(['INSUFFICIENT_CREDITS', 'RESERVATION_NOT_ACTIVE', 'BUDGET_EXCEEDED']);
 
 describe('ledger invariant under random command sequences', () => {
   it('holds after every command, and every command moves the balance as promised', async () => {
@@ -66,8 +76,9 @@ describe('ledger invariant under random command sequences', () => {
         let now = new Date(Date.UTC(2026, 0, 1, 12, 0, 0));
         services.setNow(now);
         const accountId = await createFundedAccount(services, { free: 10 });
+        await setSpendingBudget(services, { accountId, subjectKind: 'AGENT', subjectId: 'a1', limitMicroCredits: credits(25) });
         const holds: string[] = [];
-        const events: { key: string; units: string; reservationId: string | null }[] = [];
+        const events: { key: string; units: string; reservationId: string | null; agent: Agent }[] = [];
         const eventIds: string[] = [];
         const grants: string[] = [];
         let seq = 0;
@@ -93,8 +104,8 @@ describe('ledger invariant under random command sequences', () => {
                 break;
               }
               case 'charge': {
-                const r = await recordUsage(services, { accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units } });
-                events.push({ key, units: cmd.units, reservationId: null });
+                const r = await recordUsage(services, { accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units }, agentId: cmd.agent });
+                events.push({ key, units: cmd.units, reservationId: null, agent: cmd.agent });
                 eventIds.push(r.eventId);
                 const cost = BigInt(Math.round(Number(cmd.units) * 100)) * 10_000n;
                 expect(cost <= before.availableMicroCredits || cost === 0n).toBe(true);
@@ -104,7 +115,7 @@ describe('ledger invariant under random command sequences', () => {
                 break;
               }
               case 'reserve': {
-                const r = await reserveCredits(services, { accountId, amountMicroCredits: credits(cmd.amount), ttlSeconds: 1800, idempotencyKey: key });
+                const r = await reserveCredits(services, { accountId, amountMicroCredits: credits(cmd.amount), ttlSeconds: 1800, idempotencyKey: key, agentId: cmd.agent });
                 holds.push(r.reservationId);
                 const after = await readBalance(services.pool, accountId, now);
                 expect(after.reservedMicroCredits - before.reservedMicroCredits).toBe(credits(cmd.amount));
@@ -114,8 +125,8 @@ describe('ledger invariant under random command sequences', () => {
               case 'capture': {
                 const hold = holds[cmd.hold % Math.max(holds.length, 1)];
                 if (!hold) continue;
-                const r = await recordUsage(services, { accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units }, reservationId: hold });
-                events.push({ key, units: cmd.units, reservationId: hold });
+                const r = await recordUsage(services, { accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units }, reservationId: hold, agentId: cmd.agent });
+                events.push({ key, units: cmd.units, reservationId: hold, agent: cmd.agent });
                 eventIds.push(r.eventId);
                 const after = await readBalance(services.pool, accountId, now);
                 const cost = BigInt(Math.round(Number(cmd.units) * 100)) * 10_000n;
@@ -125,7 +136,7 @@ describe('ledger invariant under random command sequences', () => {
               case 'settle': {
                 const hold = holds[cmd.hold % Math.max(holds.length, 1)];
                 if (!hold) continue;
-                await settleReservation(services, hold, [{ accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units } }]);
+                await settleReservation(services, hold, [{ accountId, idempotencyKey: key, category: 'units', quantities: { units: cmd.units }, agentId: cmd.agent }]);
                 const after = await readBalance(services.pool, accountId, now);
                 expect(after.reservedMicroCredits <= before.reservedMicroCredits).toBe(true);
                 break;
@@ -158,10 +169,16 @@ describe('ledger invariant under random command sequences', () => {
               case 'retry': {
                 const e = events[cmd.event % Math.max(events.length, 1)];
                 if (!e) continue;
-                const r = await recordUsage(services, { accountId, idempotencyKey: e.key, category: 'units', quantities: { units: e.units }, reservationId: e.reservationId });
+                const r = await recordUsage(services, { accountId, idempotencyKey: e.key, category: 'units', quantities: { units: e.units }, reservationId: e.reservationId, agentId: e.agent });
                 expect(r.replayed).toBe(true);
                 const after = await readBalance(services.pool, accountId, now);
                 expect(after.version).toBe(before.version);
+                expect(after.totalMicroCredits).toBe(before.totalMicroCredits);
+                break;
+              }
+              case 'budget': {
+                await setSpendingBudget(services, { accountId, subjectKind: 'AGENT', subjectId: cmd.agent, limitMicroCredits: cmd.limit === null ? null : credits(cmd.limit) });
+                const after = await readBalance(services.pool, accountId, now);
                 expect(after.totalMicroCredits).toBe(before.totalMicroCredits);
                 break;
               }
