@@ -8,7 +8,8 @@
  * with SQL (VACUUM ANALYZE after), the kept spending is dropped (events written by SQL bypass it,
  * as a budget set or a period begun after them would), and `recordUsage` with agentId agent-1 is
  * called in process, sequentially: the first call (which starts the kept spending from the SUM of
- * the period) apart, then p50 / max of `--charges` more.
+ * the period) apart, then p50 / max of `--charges` more; then p50 of 10 `listBudgets` (the
+ * `Account.budgets` read).
  *
  * Usage: bash scripts/with-services.sh npx tsx bench/budget-spend.ts [--events 0,100000,1000000] [--charges 30]
  */
@@ -20,7 +21,7 @@ import { createPricingState } from '../src/services/pricing-state.js';
 import { publishPriceBook } from '../src/services/publish-price-book.js';
 import { createAccount } from '../src/services/create-account.js';
 import { grantCredits } from '../src/services/grant-credits.js';
-import { setSpendingBudget } from '../src/services/spending-budgets.js';
+import { listBudgets, setSpendingBudget } from '../src/services/spending-budgets.js';
 import { recordUsage } from '../src/services/record-usage.js';
 import { credits } from '../src/ledger/credits.js';
 import { demoPriceBook } from '../demo/price-book.js';
@@ -82,8 +83,15 @@ try {
     const ms: number[] = [];
     for (let i = 0; i < charges; i++) ms.push(await charge(`c-${n}-${i}`));
     ms.sort((a, b) => a - b);
+    const listMs: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      const t0 = performance.now();
+      await listBudgets(pool, accountId, new Date());
+      listMs.push(performance.now() - t0);
+    }
+    listMs.sort((a, b) => a - b);
     console.log(
-      `${n.toLocaleString('en-US')} events of agent-1 in the period: first charge ${first.toFixed(2)} ms, then p50 ${ms[Math.floor(ms.length / 2)]!.toFixed(2)} ms, max ${ms[ms.length - 1]!.toFixed(2)} ms (${charges} charges)`,
+      `${n.toLocaleString('en-US')} events of agent-1 in the period: first charge ${first.toFixed(2)} ms, then p50 ${ms[Math.floor(ms.length / 2)]!.toFixed(2)} ms, max ${ms[ms.length - 1]!.toFixed(2)} ms (${charges} charges); listBudgets p50 ${listMs[5]!.toFixed(2)} ms`,
     );
   }
 } finally {

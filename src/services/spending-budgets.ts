@@ -52,10 +52,17 @@ function subjectHeldSql(b: string): string {
                AND CASE WHEN ${b}.subject_kind = 'AGENT' THEN r.agent_id = ${b}.subject_id ELSE r.user_id = ${b}.subject_id END)`;
 }
 
-/** The budgets of account $1 with their spending in the period [$2, $3) at $4 (except hold $5), summed from the usage. */
+/**
+ * The budgets of account $1 with their spending in the period [$2, $3) at $4 (except hold $5):
+ * the subject's kept usage cost of the period where a row exists (equal to the SUM in the same
+ * snapshot: rows and usage are written by the same transactions), else the SUM itself. Reads
+ * only: a missing row is left for the next budget check to start.
+ */
 const SPENT_SQL = `
   SELECT b.subject_kind, b.subject_id, b.limit_micro_credits,
-         ${subjectUsageSql('b', '$2', '$3')} + ${subjectHeldSql('b')} AS spent
+         COALESCE((SELECT k.spent_micro_credits FROM budget_spend k
+                    WHERE k.account_id = b.account_id AND k.subject_kind = b.subject_kind AND k.subject_id = b.subject_id AND k.period_start = $2),
+                  ${subjectUsageSql('b', '$2', '$3')}) + ${subjectHeldSql('b')} AS spent
     FROM spending_budgets b
    WHERE b.account_id = $1`;
 
@@ -63,7 +70,7 @@ const SPENT_SQL = `
  * The budgets of the subjects $6 (agent) / $7 (user) of account $1 with their spending in the
  * period [$2, $3) at $4 (except hold $5), from the kept usage cost of the period (`budget_spend`,
  * migration budget_spend): one primary-key probe per budget. A subject without a row for the
- * period gets one here, from the SUM that defines it (SPENT_SQL's), in the same statement; the
+ * period gets one here, from the SUM that defines it (subjectUsageSql), in the same statement; the
  * caller holds the account's lock, so no usage of the account is written meanwhile.
  */
 const BUDGET_CHECK_SQL = `

@@ -134,6 +134,8 @@ describe('kept budget spending (budget_spend: one row read per check instead of 
     // The reconciliation (reconcile worker, expectLedgerInvariant) sees a row that drifted.
     await s.pool.query(`UPDATE budget_spend SET spent_micro_credits = spent_micro_credits + 1 WHERE account_id = $1 AND subject_kind = 'USER'`, [accountId]);
     expect(await reconcileAccount(s.pool, accountId)).toMatchObject({ consistent: false, budgetSpendMismatches: 1 });
+    // listBudgets (Account.budgets) reads the kept row too, instead of summing the period.
+    expect((await listBudgets(s.pool, accountId, new Date(), 'USER'))[0]?.spentMicroCredits).toBe(credits(2) + 1n);
     await s.pool.query(`UPDATE budget_spend SET spent_micro_credits = spent_micro_credits - 1 WHERE account_id = $1 AND subject_kind = 'USER'`, [accountId]);
   });
 
