@@ -25,7 +25,7 @@ import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
 import type { ActivePriceBook, SettingsRecord } from './pricing-state.js';
-import { addBudgetSpend, assertWithinBudgets } from './spending-budgets.js';
+import { assertWithinBudgets, moveBudgetSpend } from './spending-budgets.js';
 
 /** The recorded (or replayed) event's id. */
 export interface ChargeResult {
@@ -129,7 +129,7 @@ export async function applyCharge(
   const eventId = randomUUID();
   const [row] = await insertUsageEvents(atx.tx, [{ atx, id: eventId, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
   // Captures included: a budget counts the subject's whole usage (spending-budgets.ts).
-  if (state.hasBudget) await addBudgetSpend(atx, { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null }, cost);
+  if (state.hasBudget) await moveBudgetSpend(atx, { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null }, atx.period().start, cost);
   atx.debt += debtAdded;
   // No `usage` outbox row: the CONSUME entry changes the balance, so finish() writes this
   // transaction's `balance` row, which is what wakes usageRecorded (graphql/subscriptions.ts).

@@ -9,7 +9,7 @@ import { withTransaction, toBigInt } from '../db/pg.js';
 import { badInput } from '../ledger/errors.js';
 import { minBig } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
-import { removeBudgetSpend } from './spending-budgets.js';
+import { moveBudgetSpend } from './spending-budgets.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import type { ServiceContext } from './context.js';
 
@@ -54,10 +54,11 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     }
     await tx.query('UPDATE usage_events SET refunded_at = $2, refund_reason = $3 WHERE id = $1', [usageEventId, atx.now, reason]);
     const e = ev.rows[0];
-    await removeBudgetSpend(
+    await moveBudgetSpend(
       atx,
-      { agentId: e.agent_id as string | null, userId: e.user_id as string | null, costMicroCredits: toBigInt(e.cost_micro_credits) },
+      { agentId: e.agent_id as string | null, userId: e.user_id as string | null },
       monthlyPeriodAt(atx.billingAnchorAt, e.recorded_at as Date).start,
+      -toBigInt(e.cost_micro_credits),
     );
     atx.touch();
     await atx.finish();

@@ -94,38 +94,26 @@ const BUDGET_CHECK_SQL = `
     LEFT JOIN started st ON st.subject_kind = s.subject_kind AND st.subject_id = s.subject_id`;
 
 /**
- * Adds `costMicroCredits` of a usage event just written for `subjects` to their kept usage cost
- * of the account's current period (`budget_spend`), where a row for it exists (without one, the
- * next budget check starts the row from the SUM, this event included). Called by every writer of
- * a usage event of a subject with a budget (record-usage.ts applyCharge; accounts with a budget
- * never take the in-memory path), inside the account's locked transaction.
+ * Moves the kept usage cost (`budget_spend`) of `subjects` in the billing period starting at
+ * `periodStart` by `deltaMicroCredits`, where a row for it exists (without one, the next budget
+ * check starts the row from the SUM, which then includes the change). Inside the account's locked
+ * transaction. Its two callers are every writer of usage that changes a budgeted subject's sum:
+ * applyCharge adds each event's cost (accounts with a budget never take the in-memory path), and
+ * refundUsage takes a refunded event's cost off the period it was recorded in.
  */
-export async function addBudgetSpend(atx: AccountTx, subjects: { agentId: string | null; userId: string | null }, costMicroCredits: bigint): Promise<void> {
-  if ((!subjects.agentId && !subjects.userId) || costMicroCredits === 0n) return;
+export async function moveBudgetSpend(
+  atx: AccountTx,
+  subjects: { agentId: string | null; userId: string | null },
+  periodStart: Date,
+  deltaMicroCredits: bigint,
+): Promise<void> {
+  if ((!subjects.agentId && !subjects.userId) || deltaMicroCredits === 0n) return;
   await atx.tx.query({
-    name: 'cp-budget-spend-add',
+    name: 'cp-budget-spend-move',
     text: `UPDATE budget_spend SET spent_micro_credits = spent_micro_credits + $5
             WHERE account_id = $1 AND period_start = $2 AND ((subject_kind = 'AGENT' AND subject_id = $3) OR (subject_kind = 'USER' AND subject_id = $4))`,
-    values: [atx.accountId, atx.period().start, subjects.agentId, subjects.userId, costMicroCredits.toString()],
+    values: [atx.accountId, periodStart, subjects.agentId, subjects.userId, deltaMicroCredits.toString()],
   });
-}
-
-/**
- * Takes a refunded usage event's cost off its subjects' kept usage cost of the period it was
- * recorded in (`budget_spend`), where a row exists. Inside the account's locked transaction.
- * @param periodStart the start of the billing period containing the event's recorded_at
- */
-export async function removeBudgetSpend(
-  atx: AccountTx,
-  event: { agentId: string | null; userId: string | null; costMicroCredits: bigint },
-  periodStart: Date,
-): Promise<void> {
-  if ((!event.agentId && !event.userId) || event.costMicroCredits === 0n) return;
-  await atx.tx.query(
-    `UPDATE budget_spend SET spent_micro_credits = spent_micro_credits - $5
-      WHERE account_id = $1 AND period_start = $2 AND ((subject_kind = 'AGENT' AND subject_id = $3) OR (subject_kind = 'USER' AND subject_id = $4))`,
-    [atx.accountId, periodStart, event.agentId, event.userId, event.costMicroCredits.toString()],
-  );
 }
 
 function toView(r: Record<string, unknown>): BudgetView {
