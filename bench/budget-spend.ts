@@ -14,7 +14,6 @@
  * Usage: bash scripts/with-services.sh npx tsx bench/budget-spend.ts [--events 0,100000,1000000] [--charges 30]
  */
 import { parseArgs } from 'node:util';
-import pg from 'pg';
 import { applyMigrations } from '../src/db/migrate.js';
 import { createPgPool } from '../src/db/pg.js';
 import { createPricingState } from '../src/services/pricing-state.js';
@@ -25,6 +24,7 @@ import { listBudgets, setSpendingBudget } from '../src/services/spending-budgets
 import { recordUsage } from '../src/services/record-usage.js';
 import { credits } from '../src/ledger/credits.js';
 import { demoPriceBook } from '../demo/price-book.js';
+import { dropDatabase, recreateDatabase } from './perf/scratch-db.js';
 import type { ServiceContext } from '../src/services/context.js';
 
 const { values } = parseArgs({ options: { events: { type: 'string', default: '0,100000,1000000' }, charges: { type: 'string', default: '30' } } });
@@ -34,25 +34,12 @@ if (sizes.some((n) => !Number.isSafeInteger(n) || n < 0) || !Number.isSafeIntege
   console.error('usage: tsx bench/budget-spend.ts [--events 0,100000,1000000] [--charges 30]');
   process.exit(2);
 }
-const server = new URL(process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/creditpool');
-const admin = new URL(server);
-admin.pathname = '/postgres';
-const url = new URL(server);
-url.pathname = '/creditpool_bench_budget';
+const serverUrl = process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/creditpool';
+const DATABASE = 'creditpool_bench_budget';
 
-async function onAdmin(sql: string): Promise<void> {
-  const c = new pg.Client({ connectionString: admin.toString() });
-  await c.connect();
-  try {
-    await c.query(sql);
-  } finally {
-    await c.end();
-  }
-}
-
-await onAdmin('DROP DATABASE IF EXISTS creditpool_bench_budget WITH (FORCE)');
-await applyMigrations(url.toString());
-const pool = createPgPool(url.toString(), 2);
+const url = await recreateDatabase(serverUrl, DATABASE);
+await applyMigrations(url);
+const pool = createPgPool(url, 2);
 try {
   const ctx: ServiceContext = { pool, clock: () => new Date(), pricing: createPricingState(pool) };
   await publishPriceBook(ctx, demoPriceBook('budget'));
@@ -96,5 +83,5 @@ try {
   }
 } finally {
   await pool.end();
-  await onAdmin('DROP DATABASE IF EXISTS creditpool_bench_budget WITH (FORCE)');
+  await dropDatabase(serverUrl, DATABASE);
 }
