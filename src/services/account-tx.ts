@@ -112,13 +112,26 @@ function chargeStatesFromRows(rows: readonly Record<string, unknown>[]): Map<str
         priorUsage: priorKeysFromList(r.priors),
         reservations: new Map(),
         priorHolds: priorKeysFromList(r.hold_keys),
+        budgets: new Map(),
       };
-      for (const h of (r.holds ?? []) as { id: string; amount: string; consumed: string; status: string; expiresAt: string }[]) {
+      for (const h of (r.holds ?? []) as { id: string; amount: string; consumed: string; status: string; expiresAt: string; agentId: string | null; userId: string | null }[]) {
         st.reservations.set(h.id, {
           amountMicroCredits: BigInt(h.amount),
           consumedMicroCredits: BigInt(h.consumed),
           status: h.status,
           expiresAt: new Date(h.expiresAt),
+          agentId: h.agentId,
+          userId: h.userId,
+        });
+      }
+      for (const b of (r.budgets ?? []) as { kind: 'AGENT' | 'USER'; subject: string; limit: string; periodStart: string | null; kept: string | null; held: string }[]) {
+        st.budgets.set(budgetSubjectKey(b.kind, b.subject), {
+          subjectKind: b.kind,
+          subjectId: b.subject,
+          limitMicroCredits: BigInt(b.limit),
+          keptPeriodStart: b.periodStart === null ? null : new Date(b.periodStart),
+          keptMicroCredits: BigInt(b.kept ?? 0),
+          heldMicroCredits: BigInt(b.held),
         });
       }
       states.set(r.account as string, st);
@@ -144,6 +157,33 @@ export interface ChargeState {
   reservations: Map<string, HoldState>;
   /** Reservations already made, by idempotency key (of the hold keys asked for). */
   priorHolds: Map<string, { id: string; requestHash: string }>;
+  /**
+   * The spending budgets of the subjects asked for (only when the account has any budget), by
+   * {@link budgetSubjectKey}: what an in-memory budget check decides on (spending-budgets.ts).
+   */
+  budgets: Map<string, SubjectBudgetState>;
+}
+
+/**
+ * One budgeted subject's figures as chargeStates read them (amounts in micro-credits): its limit,
+ * its latest kept spending row (`budget_spend`: the period it belongs to, which the caller
+ * compares with the account's current period, and its usage cost), and the credit held by its
+ * ACTIVE holds unexpired at the state's now.
+ */
+export interface SubjectBudgetState {
+  subjectKind: 'AGENT' | 'USER';
+  subjectId: string;
+  limitMicroCredits: bigint;
+  /** Start of the billing period of the subject's latest kept row; null when it has none. */
+  keptPeriodStart: Date | null;
+  /** That row's usage cost (0 when there is no row). */
+  keptMicroCredits: bigint;
+  heldMicroCredits: bigint;
+}
+
+/** The key of a budget subject in ChargeState.budgets: kind and id. */
+export function budgetSubjectKey(kind: 'AGENT' | 'USER', subjectId: string): string {
+  return `${kind}:${subjectId}`;
 }
 
 /** A reservation as a capture decides on it. */
@@ -152,6 +192,9 @@ export interface HoldState {
   consumedMicroCredits: bigint;
   status: string;
   expiresAt: Date;
+  /** Whose hold it is: its credit counts against these subjects' budgets while it holds (absent: not read). */
+  agentId?: string | null;
+  userId?: string | null;
 }
 
 /**
@@ -369,8 +412,9 @@ export class AccountTx {
    * What groups of charges decide on, for several locked accounts of one transaction in ONE
    * query: per account, the spendable batches, the credit held by ACTIVE unexpired reservations,
    * whether the account has any spending budget, the usage events already recorded under the
-   * given idempotency keys, the given reservations that belong to it, and the reservations
-   * already made under the given hold idempotency keys.
+   * given idempotency keys, the given reservations that belong to it (with their agent and user),
+   * the reservations already made under the given hold idempotency keys, and, where the account
+   * has a budget, the budgets of the given subjects with their latest kept spending and held credit.
    *
    * It may be issued before the lock statement's answer has come (the ledger pool pipelines:
    * PostgreSQL runs it after the lock was granted, with a snapshot taken then, so it reads what
@@ -391,6 +435,8 @@ export class AccountTx {
       idempotencyKeys: readonly string[];
       reservationIds: readonly string[];
       holdKeys: readonly string[];
+      /** The agents and users its charges and holds name (their budgets are read where the account has any). */
+      budgetSubjects: readonly { subjectKind: 'AGENT' | 'USER'; subjectId: string }[];
     }[],
   ): Promise<Map<string, ChargeState>> {
     const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.accountId, k] as const));
@@ -400,14 +446,15 @@ export class AccountTx {
       name: 'cp-account-charge-states',
       text: `WITH priors AS (${priorKeysByAccount('usage_events', '$3', '$4')}), holds AS (
          SELECT h.account, json_agg(json_build_object('id', res.id, 'amount', res.amount_micro_credits::text,
-                  'consumed', res.consumed_micro_credits::text, 'status', res.status, 'expiresAt', res.expires_at)) AS list
+                  'consumed', res.consumed_micro_credits::text, 'status', res.status, 'expiresAt', res.expires_at,
+                  'agentId', res.agent_id, 'userId', res.user_id)) AS list
            FROM unnest($5::uuid[], $6::uuid[]) AS h(account, id)
            CROSS JOIN LATERAL (SELECT * FROM reservations WHERE id = h.id AND account_id = h.account LIMIT 1) res -- a primary-key probe (see priorKeysByAccount)
           GROUP BY h.account
        ), hkeys AS (${priorKeysByAccount('reservations', '$7', '$8')})
        SELECT a.account, a.now AS state_now, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
-              p.list AS priors, hl.list AS holds, hk.list AS hold_keys
-         FROM unnest($1::uuid[], $2::timestamptz[], $9::boolean[]) AS w(account, now, account_clock)
+              p.list AS priors, hl.list AS holds, hk.list AS hold_keys, bg.list AS budgets
+         FROM unnest($1::uuid[], $2::timestamptz[], $9::boolean[], $10::jsonb[]) AS w(account, now, account_clock, subjects)
          JOIN accounts acc ON acc.id = w.account
          CROSS JOIN LATERAL (SELECT w.account,
                 CASE WHEN w.account_clock AND acc.test_mode AND acc.test_clock_at IS NOT NULL THEN acc.test_clock_at ELSE w.now END AS now) a
@@ -416,6 +463,20 @@ export class AccountTx {
                       EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget
                  FROM reservations
                 WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r
+         -- The budgets of the subjects asked for (only where the account has one): limit, latest
+         -- kept spending row (a primary-key range, newest first), and what the subject's holds hold.
+         CROSS JOIN LATERAL (
+               SELECT json_agg(json_build_object('kind', sb.subject_kind, 'subject', sb.subject_id, 'limit', sb.limit_micro_credits::text,
+                        'periodStart', k.period_start, 'kept', k.spent_micro_credits::text,
+                        'held', (SELECT COALESCE(SUM(GREATEST(x.amount_micro_credits - x.consumed_micro_credits, 0)), 0)::text FROM reservations x
+                                  WHERE x.account_id = a.account AND x.status = 'ACTIVE' AND x.expires_at > a.now
+                                    AND CASE WHEN sb.subject_kind = 'AGENT' THEN x.agent_id = sb.subject_id ELSE x.user_id = sb.subject_id END))) AS list
+                 FROM jsonb_to_recordset(w.subjects) AS s(kind text, subject text)
+                 JOIN spending_budgets sb ON sb.account_id = a.account AND sb.subject_kind = s.kind AND sb.subject_id = s.subject
+                 LEFT JOIN LATERAL (SELECT period_start, spent_micro_credits FROM budget_spend
+                                     WHERE account_id = a.account AND subject_kind = s.kind AND subject_id = s.subject
+                                     ORDER BY period_start DESC LIMIT 1) k ON TRUE
+                WHERE r.has_budget) bg
          LEFT JOIN priors p ON p.account = a.account
          LEFT JOIN holds hl ON hl.account = a.account
          LEFT JOIN hkeys hk ON hk.account = a.account
@@ -430,6 +491,7 @@ export class AccountTx {
         holdKeyPairs.map((p) => p[0]),
         holdKeyPairs.map((p) => p[1]),
         wanted.map((w) => w.accountClock),
+        wanted.map((w) => JSON.stringify(w.budgetSubjects.map((b) => ({ kind: b.subjectKind, subject: b.subjectId })))),
       ],
     }).then(({ rows }) => chargeStatesFromRows(rows));
   }

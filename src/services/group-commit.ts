@@ -287,7 +287,7 @@ export class GroupCommitter {
           guard = locked;
           locking = Promise.resolve(new Map([[atx.accountId, atx]]));
           const batches = from.batches.filter((b) => b.remainingMicroCredits > 0n && (b.expiresAt === null || b.expiresAt > atx.now));
-          const state: ChargeState = { now: atx.now, batches, reservedMicroCredits: 0n, hasAnyBudget: false, priorUsage: new Map(), reservations: new Map(), priorHolds: new Map() };
+          const state: ChargeState = { now: atx.now, batches, reservedMicroCredits: 0n, hasAnyBudget: false, priorUsage: new Map(), reservations: new Map(), priorHolds: new Map(), budgets: new Map() };
           statesRead = Promise.resolve(new Map([[atx.accountId, state]]));
         } else {
           // One account: the single-row lock (its plan is the lone charge's); several: one

@@ -16,7 +16,7 @@ import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
-import { AccountTx, type ChargeState, type HoldState, type LoadedBatch } from './account-tx.js';
+import { AccountTx, budgetSubjectKey, type ChargeState, type HoldState, type LoadedBatch } from './account-tx.js';
 import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
 import { idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
@@ -25,7 +25,7 @@ import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
 import type { ActivePriceBook, SettingsRecord } from './pricing-state.js';
-import { assertWithinBudgets, moveBudgetSpend } from './spending-budgets.js';
+import { assertWithinBudgets, budgetExceeded, moveBudgetSpend, moveBudgetSpendMany, type BudgetSubjectKind } from './spending-budgets.js';
 
 /** The recorded (or replayed) event's id. */
 export interface ChargeResult {
@@ -362,7 +362,8 @@ export type HoldOp = { kind: 'reserve'; cmd: ReserveCommand; hash: string } | { 
 
 /**
  * A hold operation as an item of a charge group. `alone` performs it on the locked account with
- * statements of its own (accounts with a spending budget, and retries one item per transaction);
+ * statements of its own (accounts whose budget spending row of the period is not there yet, and
+ * retries one item per transaction);
  * it must throw its LedgerErrors only before its first write, since it runs without a savepoint.
  * `T` is what both ways return.
  */
@@ -397,6 +398,84 @@ interface NewHold {
   expiresAt: Date;
 }
 
+/**
+ * A budgeted subject's running figures while chargeAccounts decides its account's items in memory
+ * (micro-credits): what spending-budgets.ts's check would read at each item, kept in step with
+ * the decisions.
+ */
+interface BudgetTrack {
+  subjectKind: BudgetSubjectKind;
+  subjectId: string;
+  limitMicroCredits: bigint;
+  /** The subject's usage cost in the current period (its kept row); null when the row is not there (checks then take the statement path). */
+  spentMicroCredits: bigint | null;
+  /** Held by the subject's ACTIVE unexpired holds. */
+  heldMicroCredits: bigint;
+  /** What the group's events add to the kept row (written by moveBudgetSpendMany). */
+  movedMicroCredits: bigint;
+}
+
+/** The budget keys (budgetSubjectKey) of an item's or hold's agent and user. */
+function subjectKeys(x: { agentId?: string | null; userId?: string | null }): string[] {
+  const keys: string[] = [];
+  if (x.agentId) keys.push(budgetSubjectKey('AGENT', x.agentId));
+  if (x.userId) keys.push(budgetSubjectKey('USER', x.userId));
+  return keys;
+}
+
+/**
+ * assertWithinBudgets in memory: the BUDGET_EXCEEDED refusal of `amountMicroCredits` more for the
+ * subjects `x` names, or null when every budget of theirs has room (or the amount is not positive).
+ */
+function budgetRefusal(budgets: ReadonlyMap<string, BudgetTrack>, x: { agentId?: string | null; userId?: string | null }, amountMicroCredits: bigint): LedgerError | null {
+  if (amountMicroCredits <= 0n) return null;
+  for (const key of subjectKeys(x)) {
+    const t = budgets.get(key);
+    if (!t) continue;
+    assert(t.spentMicroCredits !== null, 'a budget checked in memory has its kept spending of the period');
+    const spentMicroCredits = t.spentMicroCredits + t.heldMicroCredits;
+    if (spentMicroCredits + amountMicroCredits > t.limitMicroCredits) return budgetExceeded({ ...t, spentMicroCredits }, amountMicroCredits);
+  }
+  return null;
+}
+
+/** Moves the held credit of the budgeted subjects of `hold` by `deltaMicroCredits`. */
+function moveHeld(budgets: ReadonlyMap<string, BudgetTrack>, hold: { agentId?: string | null; userId?: string | null }, deltaMicroCredits: bigint): void {
+  for (const key of subjectKeys(hold)) {
+    const t = budgets.get(key);
+    if (t) t.heldMicroCredits += deltaMicroCredits;
+  }
+}
+
+/**
+ * The budgets of a locked account's state as running figures for its items, or null when a
+ * budget one of them must be checked against has no kept spending row for the account's current
+ * period (the first check of a period starts it from the SUM: spending-budgets.ts; those items
+ * take the statement path).
+ */
+function budgetTracks(state: ChargeState, atx: AccountTx, items: readonly GroupItem[]): Map<string, BudgetTrack> | null {
+  const tracks = new Map<string, BudgetTrack>();
+  if (state.budgets.size === 0) return tracks;
+  const periodStartMs = atx.period().start.getTime();
+  for (const [key, b] of state.budgets) {
+    const current = b.keptPeriodStart !== null && b.keptPeriodStart.getTime() === periodStartMs;
+    tracks.set(key, {
+      subjectKind: b.subjectKind,
+      subjectId: b.subjectId,
+      limitMicroCredits: b.limitMicroCredits,
+      spentMicroCredits: current ? b.keptMicroCredits : null,
+      heldMicroCredits: b.heldMicroCredits,
+      movedMicroCredits: 0n,
+    });
+  }
+  for (const item of items) {
+    // What is checked: a charge without a hold, and a new hold (a capture is not re-checked).
+    const checked = 'op' in item ? (item.op.kind === 'reserve' ? item.op.cmd : null) : item.cmd.reservationId ? null : item.cmd;
+    if (checked && subjectKeys(checked).some((k) => tracks.get(k)?.spentMicroCredits === null)) return null;
+  }
+  return tracks;
+}
+
 /** One locked account's running figures while chargeAccounts decides its items in memory. */
 interface AccountDecisions {
   atx: AccountTx;
@@ -408,6 +487,8 @@ interface AccountDecisions {
   holds: Map<string, HoldState>;
   /** Holds made under the items' hold idempotency keys, by key. */
   priorHolds: Map<string, { id: string; requestHash: string }>;
+  /** The budgets of the subjects its items name, by budgetSubjectKey (empty without budgets). */
+  budgets: Map<string, BudgetTrack>;
 }
 
 /** What the hold operations of one chargeAccounts call leave to write (writeHoldOps), and the results that get the written rows. */
@@ -432,14 +513,18 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
     const { cmd, hash } = op;
     const prior = acct.priorHolds.get(cmd.idempotencyKey);
     if (prior) return prior.requestHash === hash ? { ok: true, result: { reservationId: prior.id, replayed: true } } : { ok: false, error: idempotencyConflict('reservation') };
+    const overBudget = budgetRefusal(acct.budgets, cmd, cmd.amountMicroCredits);
+    if (overBudget) return { ok: false, error: overBudget };
     const available = acct.spendableMicroCredits - atx.debt - acct.reservedMicroCredits;
     if (cmd.amountMicroCredits > available) return { ok: false, error: insufficientCredits('hold', cmd.amountMicroCredits, available) };
     const id = randomUUID();
     const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
     writes.created.push({ id, atx, cmd, hash, expiresAt });
-    acct.holds.set(id, { amountMicroCredits: cmd.amountMicroCredits, consumedMicroCredits: 0n, status: 'ACTIVE', expiresAt });
+    const hold: HoldState = { amountMicroCredits: cmd.amountMicroCredits, consumedMicroCredits: 0n, status: 'ACTIVE', expiresAt, agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
+    acct.holds.set(id, hold);
     acct.priorHolds.set(cmd.idempotencyKey, { id, requestHash: hash });
     acct.reservedMicroCredits += cmd.amountMicroCredits;
+    moveHeld(acct.budgets, hold, cmd.amountMicroCredits);
     atx.addEntry({ type: 'RESERVE', amountMicroCredits: cmd.amountMicroCredits, reservationId: id });
     scheduleExpiry(atx, 'hold', id, expiresAt);
     const result: ReservationResult = { reservationId: id, replayed: false };
@@ -453,6 +538,7 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
   if (!isHolding(hold, atx.now)) return { ok: false, error: reservationNotActive(hold.status) };
   const released = maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n);
   acct.reservedMicroCredits -= released;
+  moveHeld(acct.budgets, hold, -released);
   hold.status = 'SETTLED';
   writes.settled.push({ id: op.reservationId, atx });
   if (released > 0n) atx.addEntry({ type: 'RELEASE', amountMicroCredits: -released, reservationId: op.reservationId, note: SETTLE_NOTE });
@@ -467,16 +553,20 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
  * writes the balances once (`AccountTx.finishMany` / `finish`), so each account's balance
  * version moves once (the contract asks for "at least 1 on every change").
  *
- * Charges of accounts without a spending budget, captures against a hold included, are decided
- * in memory from ONE read of all the accounts' batches, holds, prior idempotency keys and the
- * reservations captured against, and written with ONE multi-row statement for all accounts: a
+ * Charges, captures against a hold included, are decided in memory from ONE read of all the
+ * accounts' batches, holds, prior idempotency keys, the reservations captured against and the
+ * budgets of the agents and users named, and written with ONE multi-row statement for all accounts: a
  * charge no longer costs a read and a write round trip of its own. The rules are those of
  * applyCharge (same order of checks, same drawdown, same refusals, a capture beyond its hold and
  * the available credit becomes debt); an idempotency key repeated inside a group replays the
  * first item's event. Hold operations (HoldOpItem) among the items are decided the same way,
  * under the rules of their `alone` functions (reserve-credits.ts, settle-reservation.ts), and
- * written with one more statement for all accounts. Accounts with a spending budget run each
- * item with its own statements (applyCharge, `alone`; budgets are checked against recorded usage).
+ * written with one more statement for all accounts. Budgets are checked as assertWithinBudgets
+ * does (a charge without a hold and a new hold; the subject's kept spending of the period plus what
+ * its holds hold), and the group's kept spending written with one more statement
+ * (moveBudgetSpendMany). An account with a budget to check whose kept spending row of the current
+ * period is not there yet (its first check of the period creates it from a SUM) runs each item
+ * with its own statements (applyCharge, `alone`).
  * @returns per group, one outcome per item (ChargeResult for a charge, what `alone` returns for
  *   an operation); refusals are LedgerErrors (IDEMPOTENCY_CONFLICT, INSUFFICIENT_CREDITS,
  *   NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture or settle, BAD_USER_INPUT from pricing,
@@ -486,8 +576,8 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
  * answer (readChargeStates: same round trip); without it, or for an account it read at another
  * instant than the locked account's now, the state is read here.
  *
- * `carry`, when given, receives for each account decided in memory (no spending budget) whose
- * holds hold nothing, its spendable batches after these decisions (the state its next
+ * `carry`, when given, receives for each account decided in memory without a spending budget
+ * whose holds hold nothing, its spendable batches after these decisions (the state its next
  * transaction may start from if this one commits: GroupCommitter's carried state).
  *
  * The event insert and the hold writes are issued together (one round trip, the ledger pool
@@ -550,10 +640,12 @@ export async function chargeAccounts(
   const events: PreparedEvent[] = [];
   const fresh: { out: ItemOutcome[]; index: number }[] = []; // parallel to `events`
   const holdWrites: HoldWrites = { created: [], settled: [], results: new Map() };
+  const budgetMoves: Parameters<typeof moveBudgetSpendMany>[1][number][] = [];
   for (let g = 0; g < groups.length; g++) {
     const { atx, items } = groups[g]!;
     const state = states.get(atx.accountId);
-    if (!state || state.hasAnyBudget) {
+    const budgets = state && budgetTracks(state, atx, items);
+    if (!state || !budgets) {
       results[g] = await sequential(atx, items);
       continue;
     }
@@ -565,6 +657,7 @@ export async function chargeAccounts(
       reservedMicroCredits: state.reservedMicroCredits, // held by ACTIVE unexpired holds, all of them
       holds: new Map([...state.reservations].map(([id, h]) => [id, { ...h }])),
       priorHolds: new Map(state.priorHolds),
+      budgets,
     };
     const batches = state.batches.map((b) => ({ ...b }));
     const recorded = new Map(state.priorUsage);
@@ -609,6 +702,11 @@ export async function chargeAccounts(
       let debtAdded = 0n;
       let fromHold = 0n;
       if (!hold) {
+        const overBudget = budgetRefusal(acct.budgets, cmd, cost);
+        if (overBudget) {
+          out.push({ ok: false, error: overBudget });
+          continue;
+        }
         const available = acct.spendableMicroCredits - atx.debt - acct.reservedMicroCredits;
         if (cost > 0n && cost > available) {
           out.push({ ok: false, error: insufficientCredits('cost', cost, available) });
@@ -636,6 +734,15 @@ export async function chargeAccounts(
       if (hold) {
         hold.consumedMicroCredits += cost;
         acct.reservedMicroCredits -= fromHold;
+        moveHeld(acct.budgets, hold, -fromHold);
+      }
+      // Captures included: a budget counts the subject's whole usage (applyCharge, moveBudgetSpend).
+      for (const key of subjectKeys(cmd)) {
+        const t = acct.budgets.get(key);
+        if (t && t.spentMicroCredits !== null) {
+          t.spentMicroCredits += cost;
+          t.movedMicroCredits += cost;
+        }
       }
       atx.debt += debtAdded;
       const id = randomUUID();
@@ -645,9 +752,13 @@ export async function chargeAccounts(
       fresh.push({ out, index: out.length });
       out.push({ ok: true, result: { eventId: id, replayed: false } });
     }
+    for (const t of acct.budgets.values()) {
+      if (t.movedMicroCredits !== 0n) budgetMoves.push({ accountId: atx.accountId, subjectKind: t.subjectKind, subjectId: t.subjectId, periodStart: atx.period().start, deltaMicroCredits: t.movedMicroCredits });
+    }
     // What the account's next transaction may start from (GroupCommitter's carried state): its
-    // spendable batches after these decisions, when no hold of it counts.
-    if (carry && acct.reservedMicroCredits === 0n) carry.set(atx.accountId, batches);
+    // spendable batches after these decisions, when no hold of it counts and it has no budget
+    // (a carried state has none; AccountTx.lockCarried's guard checks that).
+    if (carry && acct.reservedMicroCredits === 0n && !state.hasAnyBudget) carry.set(atx.accountId, batches);
   }
   const writes: Promise<unknown>[] = [];
   if (events.length > 0) {
@@ -667,6 +778,7 @@ export async function chargeAccounts(
       }),
     );
   }
+  if (budgetMoves.length > 0) writes.push(moveBudgetSpendMany(tx, budgetMoves));
   if (pending) for (const w of writes) deferStatement(pending, w);
   else await awaitInOrder(writes);
   return results;
@@ -688,6 +800,10 @@ function stateRequest(accountId: string, items: readonly GroupItem[], now: Date,
       ]),
     ],
     holdKeys: [...new Set(ops.flatMap((o) => (o.kind === 'reserve' ? [o.cmd.idempotencyKey] : [])))],
+    budgetSubjects: [...new Set([...charges, ...ops.flatMap((o) => (o.kind === 'reserve' ? [o.cmd] : []))].flatMap(subjectKeys))].map((key) => {
+      const at = key.indexOf(':');
+      return { subjectKind: key.slice(0, at) as BudgetSubjectKind, subjectId: key.slice(at + 1) };
+    }),
   };
 }
 

@@ -9,7 +9,7 @@
  * The check runs under the account's balance row lock, so concurrent charges cannot overrun it.
  */
 import type pg from 'pg';
-import { toBigInt, withTransaction } from '../db/pg.js';
+import { toBigInt, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
@@ -97,9 +97,10 @@ const BUDGET_CHECK_SQL = `
  * Moves the kept usage cost (`budget_spend`) of `subjects` in the billing period starting at
  * `periodStart` by `deltaMicroCredits`, where a row for it exists (without one, the next budget
  * check starts the row from the SUM, which then includes the change). Inside the account's locked
- * transaction. Its two callers are every writer of usage that changes a budgeted subject's sum:
- * applyCharge adds each event's cost (accounts with a budget never take the in-memory path), and
- * refundUsage takes a refunded event's cost off the period it was recorded in.
+ * transaction. With moveBudgetSpendMany (the charges record-usage.ts chargeAccounts decides in
+ * memory) its callers are every writer of usage that changes a budgeted subject's sum:
+ * applyCharge adds each event's cost, and refundUsage takes a refunded event's cost off the
+ * period it was recorded in.
  */
 export async function moveBudgetSpend(
   atx: AccountTx,
@@ -140,21 +141,55 @@ export async function assertWithinBudgets(
   const period = atx.period();
   const { rows } = await atx.tx.query({ name: 'cp-budget-check', text: BUDGET_CHECK_SQL, values: [atx.accountId, period.start, period.end, atx.now, exceptReservationId, subjects.agentId, subjects.userId] });
   for (const b of rows.map(toView)) {
-    if (b.spentMicroCredits + amountMicroCredits > b.limitMicroCredits) {
-      const left = b.limitMicroCredits - b.spentMicroCredits;
-      throw new LedgerError(
-        'BUDGET_EXCEEDED',
-        `${b.subjectKind === 'AGENT' ? 'agent' : 'user'} ${b.subjectId} budget exceeded: needs ${formatCredits(amountMicroCredits)}, ${formatCredits(left > 0n ? left : 0n)} of ${formatCredits(b.limitMicroCredits)} left this period`,
-        {
-          subjectKind: b.subjectKind,
-          subjectId: b.subjectId,
-          limitCredits: formatCredits(b.limitMicroCredits),
-          spentCredits: formatCredits(b.spentMicroCredits),
-          neededCredits: formatCredits(amountMicroCredits),
-        },
-      );
-    }
+    if (b.spentMicroCredits + amountMicroCredits > b.limitMicroCredits) throw budgetExceeded(b, amountMicroCredits);
   }
+}
+
+/**
+ * The BUDGET_EXCEEDED refusal of `amountMicroCredits` more for budget `b` (whose spending, usage
+ * plus held, is `b.spentMicroCredits`), with the subject, limit, spent and needed amounts as
+ * Credits text in its details. Used by assertWithinBudgets and by the in-memory decisions of
+ * record-usage.ts chargeAccounts, so both refuse alike.
+ */
+export function budgetExceeded(b: BudgetView, amountMicroCredits: bigint): LedgerError {
+  const left = b.limitMicroCredits - b.spentMicroCredits;
+  return new LedgerError(
+    'BUDGET_EXCEEDED',
+    `${b.subjectKind === 'AGENT' ? 'agent' : 'user'} ${b.subjectId} budget exceeded: needs ${formatCredits(amountMicroCredits)}, ${formatCredits(left > 0n ? left : 0n)} of ${formatCredits(b.limitMicroCredits)} left this period`,
+    {
+      subjectKind: b.subjectKind,
+      subjectId: b.subjectId,
+      limitCredits: formatCredits(b.limitMicroCredits),
+      spentCredits: formatCredits(b.spentMicroCredits),
+      neededCredits: formatCredits(amountMicroCredits),
+    },
+  );
+}
+
+/**
+ * Moves the kept usage cost of many subjects in ONE statement: the in-memory decisions of
+ * record-usage.ts chargeAccounts, each `move` the sum of one subject's events' cost in the group
+ * (as moveBudgetSpend would, event by event). Only subjects whose row for the period exists are
+ * given (the decisions read it), so every move updates exactly one row.
+ */
+export async function moveBudgetSpendMany(
+  tx: Tx,
+  moves: readonly { accountId: string; subjectKind: BudgetSubjectKind; subjectId: string; periodStart: Date; deltaMicroCredits: bigint }[],
+): Promise<void> {
+  if (moves.length === 0) return;
+  await tx.query({
+    name: 'cp-budget-spend-move-many',
+    text: `UPDATE budget_spend k SET spent_micro_credits = k.spent_micro_credits + m.delta
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[]) AS m(account, kind, subject, period_start, delta)
+            WHERE k.account_id = m.account AND k.subject_kind = m.kind AND k.subject_id = m.subject AND k.period_start = m.period_start`,
+    values: [
+      moves.map((m) => m.accountId),
+      moves.map((m) => m.subjectKind),
+      moves.map((m) => m.subjectId),
+      moves.map((m) => m.periodStart),
+      moves.map((m) => m.deltaMicroCredits.toString()),
+    ],
+  });
 }
 
 /**

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { recordUsage } from '../../src/services/record-usage.js';
+import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
+import { GroupCommitter } from '../../src/services/group-commit.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { releaseReservation } from '../../src/services/release-reservation.js';
 import { listBudgets, setSpendingBudget } from '../../src/services/spending-budgets.js';
@@ -184,5 +185,58 @@ describe('kept budget spending (budget_spend: one row read per check instead of 
     await expect(recordUsage(s, { accountId, idempotencyKey: 'c3', category: 'unit', agentId: 'c' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
     expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:c', kept: credits(3), sum: credits(3) }]);
     await expectLedgerInvariant(s.pool, accountId);
+  });
+});
+
+describe('budgets in group commit (decided in memory with the account\'s other charges and holds)', () => {
+  /** The services with a group committer of 2 transaction slots, so concurrent calls wait and form groups. */
+  const grouped = () => {
+    const groupCommit = new GroupCommitter(s.pool, s.clock, chargeAccounts, applyCharge, { maxTransactions: 2 });
+    return { ctx: { ...s, groupCommit }, groupCommit };
+  };
+
+  it('100 concurrent 1-credit charges and 20 holds of 1 credit of one agent against a budget of 30: exactly 30 succeed, in far fewer transactions', async () => {
+    s.setNow(null);
+    const { ctx, groupCommit } = grouped();
+    const accountId = await createFundedAccount(s, { paid: 1000 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'agent-g', limitMicroCredits: credits(30) });
+    const results = await Promise.allSettled([
+      ...Array.from({ length: 100 }, (_, i) => recordUsage(ctx, { accountId, idempotencyKey: `g-${i}`, category: 'unit', agentId: 'agent-g' })),
+      ...Array.from({ length: 20 }, (_, i) =>
+        reserveCredits(ctx, { accountId, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: `gh-${i}`, agentId: 'agent-g' }),
+      ),
+    ]);
+    const c = codes(results);
+    expect(c.filter((x) => x === 'OK')).toHaveLength(30);
+    expect(c.filter((x) => x === 'BUDGET_EXCEEDED')).toHaveLength(90);
+    expect(groupCommit.stats().transactions).toBeLessThan(60);
+    const held = c.slice(100).filter((x) => x === 'OK').length;
+    const [budget] = await listBudgets(s.pool, accountId, new Date(), 'AGENT');
+    expect(budget?.spentMicroCredits).toBe(credits(30));
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:agent-g', kept: credits(30 - held), sum: credits(30 - held) }]);
+    const b = await expectLedgerInvariant(s.pool, accountId);
+    expect(b.totalMicroCredits).toBe(credits(1000 - (30 - held)));
+    expect(b.reservedMicroCredits).toBe(credits(held));
+  });
+
+  it('re-arms at the next billing period: the first check of the period starts its kept row, the groups after it decide from that row', async () => {
+    const created = new Date(Date.UTC(2026, 0, 31, 10, 0, 0));
+    s.setNow(created);
+    const { ctx } = grouped();
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'a', limitMicroCredits: credits(5) });
+    const burst = (prefix: string) =>
+      Promise.allSettled(Array.from({ length: 12 }, (_, i) => recordUsage(ctx, { accountId, idempotencyKey: `${prefix}-${i}`, category: 'unit', agentId: 'a' })));
+    expect(codes(await burst('jan')).filter((x) => x === 'OK')).toHaveLength(5);
+    s.setNow(new Date(Date.UTC(2026, 1, 28, 9, 59, 59, 999))); // the period's last millisecond: still spent
+    expect(codes(await burst('jan-end')).filter((x) => x === 'OK')).toHaveLength(0);
+    const nextPeriod = new Date(Date.UTC(2026, 1, 28, 10, 0, 0));
+    s.setNow(nextPeriod);
+    expect(codes(await burst('feb')).filter((x) => x === 'OK')).toHaveLength(5);
+    expect(await keptSpending(accountId)).toEqual([
+      { subject: 'AGENT:a', kept: credits(5), sum: credits(5) },
+      { subject: 'AGENT:a', kept: credits(5), sum: credits(5) },
+    ]);
+    await expectLedgerInvariant(s.pool, accountId, nextPeriod);
   });
 });

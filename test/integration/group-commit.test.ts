@@ -39,6 +39,22 @@ afterAll(async () => {
   await services.close();
 });
 
+/** `client` with the name of every named statement it sends pushed onto `names` (the rest of the client as it is). */
+function namesOf(client: pg.PoolClient, names: string[]): pg.PoolClient {
+  return new Proxy(client, {
+    get(target, prop) {
+      if (prop === 'query') {
+        return (q: unknown, ...rest: unknown[]) => {
+          if (q && typeof q === 'object' && 'name' in q && typeof q.name === 'string') names.push(q.name);
+          return (target.query as (...args: unknown[]) => unknown)(q, ...rest);
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}
+
 const codeOf = (r: PromiseSettledResult<unknown>) =>
   r.status === 'fulfilled' ? 'OK' : r.reason instanceof LedgerError ? r.reason.code : `UNEXPECTED: ${String(r.reason)}`;
 
@@ -358,7 +374,7 @@ describe('a refused hold in a shared transaction', () => {
 });
 
 describe('holds and settles on an account with a spending budget', () => {
-  it('run one by one with their own statements inside the shared transaction: the budget still refuses, the rest commits', async () => {
+  it('are decided with the other items of the shared transaction (the first hold started the kept spending row): the budget still refuses, the rest commits', async () => {
     const { committer, local } = oneSlot();
     const a = await createFundedAccount(services, { paid: 100 });
     const b = await createFundedAccount(services, { paid: 10 });
@@ -399,9 +415,12 @@ describe('groups decided in memory equal one transaction per charge (property)',
     // A hold of 0.01 .. 4 credits under one of three keys (the same key with another amount conflicts).
     holdKey: fc.integer({ min: 0, max: 2 }).map((k) => `h-${k}`),
     holdCents: fc.integer({ min: 1, max: 400 }),
+    // Whose work it is: agent a1 and user u1 have budgets (4 and 2 credits a period), a2 none.
+    agent: fc.constantFrom(null, 'a1', 'a1', 'a2'),
+    user: fc.constantFrom(null, null, 'u1'),
   });
 
-  it('same outcomes, drawdowns, holds, debt, ledger entries and balances on 3 accounts in one transaction for random lists of charges, holds and settles (repeated keys, refusals, unknown categories, captures against open, settled and foreign holds)', async () => {
+  it('same outcomes, drawdowns, holds, debt, ledger entries, balances and budget spending on 3 accounts in one transaction for random lists of charges, holds and settles (repeated keys, refusals, unknown categories, captures against open, settled and foreign holds, agent and user budgets)', async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(itemArb, { minLength: 1, maxLength: 30 }), async (items) => {
         const freeExpiresAt = new Date(Date.now() + 3_600_000);
@@ -411,11 +430,16 @@ describe('groups decided in memory equal one transaction per charge (property)',
         // Every account (6 credits): open holds of 3 and 1 credits and a settled one (one
         // transaction each, no group commit); small, so captures run past their hold into debt
         // and must not draw what the other open hold keeps.
+        // The open holds are a1's and u1's, so they count against those budgets (and the holds
+        // made this way start both budgets' kept spending rows of the period: the grouped
+        // transaction decides them in memory).
         const holdsOf = new Map<string, { open: string; open2: string; settled: string }>();
         for (const accountId of [...seqAccounts, ...grpAccounts]) {
           const plain = { ...services, groupCommit: undefined };
-          const open = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(3), ttlSeconds: 600, idempotencyKey: 'open' })).reservationId;
-          const open2 = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'open2' })).reservationId;
+          await setSpendingBudget(plain, { accountId, subjectKind: 'AGENT', subjectId: 'a1', limitMicroCredits: credits(4) });
+          await setSpendingBudget(plain, { accountId, subjectKind: 'USER', subjectId: 'u1', limitMicroCredits: credits(2) });
+          const open = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(3), ttlSeconds: 600, idempotencyKey: 'open', agentId: 'a1' })).reservationId;
+          const open2 = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'open2', userId: 'u1' })).reservationId;
           const settled = (await reserveCredits(plain, { accountId, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'settled' })).reservationId;
           await settleReservation(plain, settled, []);
           holdsOf.set(accountId, { open, open2, settled });
@@ -434,6 +458,8 @@ describe('groups decided in memory equal one transaction per charge (property)',
           idempotencyKey: it.key,
           category: it.category,
           quantities: it.category === 'units' ? { units: it.units } : null,
+          agentId: it.agent,
+          userId: it.user,
           reservationId:
             it.hold === 'open' || it.hold === 'open2'
               ? holdsOf.get(accountId)![it.hold]
@@ -448,6 +474,8 @@ describe('groups decided in memory equal one transaction per charge (property)',
           amountMicroCredits: BigInt(it.holdCents) * 10_000n,
           ttlSeconds: 600,
           idempotencyKey: it.holdKey,
+          agentId: it.agent,
+          userId: it.user,
         });
         // A settle names one of the account's holds, or a hold that does not exist.
         const missingHold = '00000000-0000-4000-8000-000000000000';
@@ -479,7 +507,9 @@ describe('groups decided in memory equal one transaction per charge (property)',
         }
         // chargeAccounts itself, all three accounts in one transaction: an unexpected error fails
         // the test instead of falling back to smaller transactions as recordUsageBatch would.
-        const grouped = await withTransaction(services.pool, async (tx) => {
+        const statements: string[] = [];
+        const grouped = await withTransaction(services.pool, async (client) => {
+          const tx = namesOf(client, statements);
           const locked = await AccountTx.lockMany(tx, grpAccounts, services.clock());
           const groups = await Promise.all(
             grpAccounts.map(async (id, a) => ({
@@ -502,6 +532,8 @@ describe('groups decided in memory equal one transaction per charge (property)',
         });
         const next = [0, 0, 0];
         expect(items.map((it) => code(grouped[it.account]![next[it.account]!++]!))).toEqual(sequential);
+        // Decided in memory, budgets included: no charge's or hold's own state read or budget check.
+        expect(statements.filter((n) => n === 'cp-account-state' || n === 'cp-budget-check')).toEqual([]);
         const drawn = async (accountId: string) =>
           (
             await services.pool.query(
@@ -527,6 +559,14 @@ describe('groups decided in memory equal one transaction per charge (property)',
               )
             ).rows;
           expect(await holdAndDebt(grpAccounts[a]!)).toEqual(await holdAndDebt(seqAccounts[a]!));
+          const budgetSpend = async (accountId: string) =>
+            (
+              await services.pool.query(
+                'SELECT subject_kind, subject_id, spent_micro_credits::text AS spent FROM budget_spend WHERE account_id = $1 ORDER BY subject_kind, subject_id',
+                [accountId],
+              )
+            ).rows;
+          expect(await budgetSpend(grpAccounts[a]!)).toEqual(await budgetSpend(seqAccounts[a]!));
           // The list's ledger entries as a multiset: the sequential account's come from one
           // transaction each, the grouped account's from one.
           expect(await listEntries(grpAccounts[a]!)).toEqual(await listEntries(seqAccounts[a]!));
@@ -539,28 +579,49 @@ describe('groups decided in memory equal one transaction per charge (property)',
           // the hold's consumed and the credit still held must move with each capture.
           [
             [
-              { kind: 'charge', account: 0, key: 'k-0', category: 'units', units: '2', hold: 'open', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'charge', account: 0, key: 'k-1', category: 'units', units: '2', hold: 'open', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'charge', account: 0, key: 'k-2', category: 'units', units: '3', hold: 'none', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'charge', account: 0, key: 'k-3', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'charge', account: 0, key: 'k-4', category: 'units', units: '4', hold: 'open', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'charge', account: 0, key: 'k-0', category: 'units', units: '2', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'charge', account: 0, key: 'k-1', category: 'units', units: '2', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'charge', account: 0, key: 'k-2', category: 'units', units: '3', hold: 'none', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'charge', account: 0, key: 'k-3', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'charge', account: 0, key: 'k-4', category: 'units', units: '4', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
             ],
           ],
           // A hold, a capture, a settle that releases the rest, a capture refused after it, a hold
           // replayed and one in conflict, then charges and holds against what the settle freed.
           [
             [
-              { kind: 'reserve', account: 1, key: 'k-0', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 100 },
-              { kind: 'charge', account: 1, key: 'k-0', category: 'units', units: '1', hold: 'open', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'settle', account: 1, key: 'k-0', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'charge', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'settle', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'reserve', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 100 },
-              { kind: 'reserve', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 200 },
-              { kind: 'charge', account: 1, key: 'k-2', category: 'units', units: '3', hold: 'none', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'reserve', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'none', holdKey: 'h-1', holdCents: 150 },
-              { kind: 'settle', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'settled', holdKey: 'h-0', holdCents: 1 },
-              { kind: 'settle', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 1 },
+              { kind: 'reserve', account: 1, key: 'k-0', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 100, agent: null, user: null },
+              { kind: 'charge', account: 1, key: 'k-0', category: 'units', units: '1', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'settle', account: 1, key: 'k-0', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'charge', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'settle', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'reserve', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 100, agent: null, user: null },
+              { kind: 'reserve', account: 1, key: 'k-1', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 200, agent: null, user: null },
+              { kind: 'charge', account: 1, key: 'k-2', category: 'units', units: '3', hold: 'none', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'reserve', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'none', holdKey: 'h-1', holdCents: 150, agent: null, user: null },
+              { kind: 'settle', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'settled', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'settle', account: 1, key: 'k-2', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+            ],
+          ],
+          // Budgets (a1: 4 credits, holding 3 in 'open'; u1: 2, holding 1 in 'open2'; 2 credits
+          // available): a1 fits 1 credit, then not 0.01; a2's capture of 1 from 'open' frees 1 of
+          // a1's, so a1 fits 1 more; the settle of 'open' frees a1's last 2, so a1 fits 2. u1 is
+          // refused a hold of 1.01 by its budget (before the credit check); a1 and u1's capture of
+          // 0.5 from 'open2' counts as both their usage; the settle of 'open2' frees u1's rest,
+          // a hold of 0.5 fits, and then holds u1's budget: 1.01 more is refused.
+          [
+            [
+              { kind: 'charge', account: 2, key: 'k-0', category: 'units', units: '1', hold: 'none', holdKey: 'h-0', holdCents: 1, agent: 'a1', user: null },
+              { kind: 'charge', account: 2, key: 'k-1', category: 'units', units: '0.01', hold: 'none', holdKey: 'h-0', holdCents: 1, agent: 'a1', user: null },
+              { kind: 'charge', account: 2, key: 'k-2', category: 'units', units: '1', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: 'a2', user: null },
+              { kind: 'charge', account: 2, key: 'k-3', category: 'units', units: '1', hold: 'none', holdKey: 'h-0', holdCents: 1, agent: 'a1', user: null },
+              { kind: 'settle', account: 2, key: 'k-4', category: 'unit', units: '0', hold: 'open', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'charge', account: 2, key: 'k-4', category: 'units', units: '2', hold: 'none', holdKey: 'h-0', holdCents: 1, agent: 'a1', user: null },
+              { kind: 'reserve', account: 2, key: 'k-5', category: 'unit', units: '0', hold: 'none', holdKey: 'h-0', holdCents: 101, agent: null, user: 'u1' },
+              { kind: 'charge', account: 2, key: 'k-5', category: 'units', units: '0.5', hold: 'open2', holdKey: 'h-0', holdCents: 1, agent: 'a1', user: 'u1' },
+              { kind: 'settle', account: 2, key: 'k-6', category: 'unit', units: '0', hold: 'open2', holdKey: 'h-0', holdCents: 1, agent: null, user: null },
+              { kind: 'reserve', account: 2, key: 'k-6', category: 'unit', units: '0', hold: 'none', holdKey: 'h-1', holdCents: 50, agent: null, user: 'u1' },
+              { kind: 'reserve', account: 2, key: 'k-6', category: 'unit', units: '0', hold: 'none', holdKey: 'h-2', holdCents: 101, agent: null, user: 'u1' },
             ],
           ],
         ],
