@@ -453,30 +453,21 @@ export class AccountTx {
           GROUP BY h.account
        ), hkeys AS (${priorKeysByAccount('reservations', '$7', '$8')})
        SELECT a.account, a.now AS state_now, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
-              p.list AS priors, hl.list AS holds, hk.list AS hold_keys, bg.list AS budgets
+              p.list AS priors, hl.list AS holds, hk.list AS hold_keys, r.budgets
          FROM unnest($1::uuid[], $2::timestamptz[], $9::boolean[], $10::jsonb[]) AS w(account, now, account_clock, subjects)
          JOIN accounts acc ON acc.id = w.account
          CROSS JOIN LATERAL (SELECT w.account,
                 CASE WHEN w.account_clock AND acc.test_mode AND acc.test_clock_at IS NOT NULL THEN acc.test_clock_at ELSE w.now END AS now) a
          CROSS JOIN LATERAL (
-               SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
-                      EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget
-                 FROM reservations
-                WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r
-         -- The budgets of the subjects asked for (only where the account has one): limit, latest
-         -- kept spending row (a primary-key range, newest first), and what the subject's holds hold.
-         CROSS JOIN LATERAL (
-               SELECT json_agg(json_build_object('kind', sb.subject_kind, 'subject', sb.subject_id, 'limit', sb.limit_micro_credits::text,
-                        'periodStart', k.period_start, 'kept', k.spent_micro_credits::text,
-                        'held', (SELECT COALESCE(SUM(GREATEST(x.amount_micro_credits - x.consumed_micro_credits, 0)), 0)::text FROM reservations x
-                                  WHERE x.account_id = a.account AND x.status = 'ACTIVE' AND x.expires_at > a.now
-                                    AND CASE WHEN sb.subject_kind = 'AGENT' THEN x.agent_id = sb.subject_id ELSE x.user_id = sb.subject_id END))) AS list
-                 FROM jsonb_to_recordset(w.subjects) AS s(kind text, subject text)
-                 JOIN spending_budgets sb ON sb.account_id = a.account AND sb.subject_kind = s.kind AND sb.subject_id = s.subject
-                 LEFT JOIN LATERAL (SELECT period_start, spent_micro_credits FROM budget_spend
-                                     WHERE account_id = a.account AND subject_kind = s.kind AND subject_id = s.subject
-                                     ORDER BY period_start DESC LIMIT 1) k ON TRUE
-                WHERE r.has_budget) bg
+               -- Where the account has a budget: the budgets of the subjects asked for, with their
+               -- latest kept spending row and what their holds hold (migration budget_states; a
+               -- function called under CASE, so an account without one costs nothing more).
+               SELECT r0.held, r0.has_budget,
+                      CASE WHEN r0.has_budget THEN budget_states(a.account, a.now, w.subjects) END AS budgets
+                 FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
+                              EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget
+                         FROM reservations
+                        WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r0) r
          LEFT JOIN priors p ON p.account = a.account
          LEFT JOIN holds hl ON hl.account = a.account
          LEFT JOIN hkeys hk ON hk.account = a.account
