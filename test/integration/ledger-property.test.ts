@@ -5,14 +5,15 @@
  * of them with a spending budget that commands set, change and remove. After EVERY command: the
  * invariant holds (batches - debt = total = ledger sum; available = total - reserved; every kept
  * budget spending row equals its SUM), and each command's effect on the balance is the one the
- * rules promise.
+ * rules promise. Run with one transaction per call and through group commit.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { recordUsage } from '../../src/services/record-usage.js';
+import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
+import { GroupCommitter } from '../../src/services/group-commit.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleReservation } from '../../src/services/settle-reservation.js';
@@ -67,7 +68,16 @@ const commandArb: fc.Arbitrary<Command> = fc.oneof(
 
 const EXPECTED_REFUSALS = new Set(['INSUFFICIENT_CREDITS', 'RESERVATION_NOT_ACTIVE', 'BUDGET_EXCEEDED']);
 
-describe('ledger invariant under random command sequences', () => {
+describe.each([
+  ['one transaction per call', false],
+  // Charges, holds and settles decided in memory by chargeAccounts (budgets included), the rest as
+  // operations of the committer's transactions.
+  ['group commit', true],
+])('ledger invariant under random command sequences (%s)', (_path, grouped) => {
+  beforeAll(() => {
+    services.groupCommit = grouped ? new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge) : undefined;
+  });
+
   it('holds after every command, and every command moves the balance as promised', async () => {
     let run = 0;
     await fc.assert(
