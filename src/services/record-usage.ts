@@ -415,12 +415,17 @@ interface BudgetTrack {
   movedMicroCredits: bigint;
 }
 
+/** The agent and user an item or hold names, as budget subjects. */
+function subjectsOf(x: { agentId?: string | null; userId?: string | null }): { subjectKind: BudgetSubjectKind; subjectId: string }[] {
+  const subjects: { subjectKind: BudgetSubjectKind; subjectId: string }[] = [];
+  if (x.agentId) subjects.push({ subjectKind: 'AGENT', subjectId: x.agentId });
+  if (x.userId) subjects.push({ subjectKind: 'USER', subjectId: x.userId });
+  return subjects;
+}
+
 /** The budget keys (budgetSubjectKey) of an item's or hold's agent and user. */
 function subjectKeys(x: { agentId?: string | null; userId?: string | null }): string[] {
-  const keys: string[] = [];
-  if (x.agentId) keys.push(budgetSubjectKey('AGENT', x.agentId));
-  if (x.userId) keys.push(budgetSubjectKey('USER', x.userId));
-  return keys;
+  return subjectsOf(x).map((b) => budgetSubjectKey(b.subjectKind, b.subjectId));
 }
 
 /**
@@ -800,10 +805,11 @@ function stateRequest(accountId: string, items: readonly GroupItem[], now: Date,
       ]),
     ],
     holdKeys: [...new Set(ops.flatMap((o) => (o.kind === 'reserve' ? [o.cmd.idempotencyKey] : [])))],
-    budgetSubjects: [...new Set([...charges, ...ops.flatMap((o) => (o.kind === 'reserve' ? [o.cmd] : []))].flatMap(subjectKeys))].map((key) => {
-      const at = key.indexOf(':');
-      return { subjectKind: key.slice(0, at) as BudgetSubjectKind, subjectId: key.slice(at + 1) };
-    }),
+    budgetSubjects: [
+      ...new Map(
+        [...charges, ...ops.flatMap((o) => (o.kind === 'reserve' ? [o.cmd] : []))].flatMap(subjectsOf).map((b) => [budgetSubjectKey(b.subjectKind, b.subjectId), b]),
+      ).values(),
+    ],
   };
 }
 

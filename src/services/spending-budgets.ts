@@ -95,12 +95,11 @@ const BUDGET_CHECK_SQL = `
 
 /**
  * Moves the kept usage cost (`budget_spend`) of `subjects` in the billing period starting at
- * `periodStart` by `deltaMicroCredits`, where a row for it exists (without one, the next budget
- * check starts the row from the SUM, which then includes the change). Inside the account's locked
- * transaction. With moveBudgetSpendMany (the charges record-usage.ts chargeAccounts decides in
- * memory) its callers are every writer of usage that changes a budgeted subject's sum:
- * applyCharge adds each event's cost, and refundUsage takes a refunded event's cost off the
- * period it was recorded in.
+ * `periodStart` by `deltaMicroCredits` (moveBudgetSpendMany with the agent's and the user's move).
+ * Inside the account's locked transaction. With moveBudgetSpendMany (the charges record-usage.ts
+ * chargeAccounts decides in memory) its callers are every writer of usage that changes a budgeted
+ * subject's sum: applyCharge adds each event's cost, and refundUsage takes a refunded event's cost
+ * off the period it was recorded in.
  */
 export async function moveBudgetSpend(
   atx: AccountTx,
@@ -108,13 +107,12 @@ export async function moveBudgetSpend(
   periodStart: Date,
   deltaMicroCredits: bigint,
 ): Promise<void> {
-  if ((!subjects.agentId && !subjects.userId) || deltaMicroCredits === 0n) return;
-  await atx.tx.query({
-    name: 'cp-budget-spend-move',
-    text: `UPDATE budget_spend SET spent_micro_credits = spent_micro_credits + $5
-            WHERE account_id = $1 AND period_start = $2 AND ((subject_kind = 'AGENT' AND subject_id = $3) OR (subject_kind = 'USER' AND subject_id = $4))`,
-    values: [atx.accountId, periodStart, subjects.agentId, subjects.userId, deltaMicroCredits.toString()],
-  });
+  if (deltaMicroCredits === 0n) return;
+  const moves = [
+    ...(subjects.agentId ? [{ subjectKind: 'AGENT' as const, subjectId: subjects.agentId }] : []),
+    ...(subjects.userId ? [{ subjectKind: 'USER' as const, subjectId: subjects.userId }] : []),
+  ].map((b) => ({ accountId: atx.accountId, ...b, periodStart, deltaMicroCredits }));
+  await moveBudgetSpendMany(atx.tx, moves);
 }
 
 function toView(r: Record<string, unknown>): BudgetView {
@@ -167,10 +165,11 @@ export function budgetExceeded(b: BudgetView, amountMicroCredits: bigint): Ledge
 }
 
 /**
- * Moves the kept usage cost of many subjects in ONE statement: the in-memory decisions of
- * record-usage.ts chargeAccounts, each `move` the sum of one subject's events' cost in the group
- * (as moveBudgetSpend would, event by event). Only subjects whose row for the period exists are
- * given (the decisions read it), so every move updates exactly one row.
+ * Moves the kept usage cost (`budget_spend`) of many subjects, each in the billing period starting
+ * at its `periodStart` by its `deltaMicroCredits`, in ONE statement (record-usage.ts chargeAccounts
+ * gives the sum of each subject's events in the group). A move whose row does not exist changes
+ * nothing: the next budget check starts the row from the SUM, which then includes the change.
+ * Inside the accounts' locked transaction.
  */
 export async function moveBudgetSpendMany(
   tx: Tx,
