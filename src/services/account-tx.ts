@@ -53,7 +53,7 @@ export interface AccountState {
 }
 
 /** The locked balance row and its account (AccountTx.lock / lockMany add the filter and FOR UPDATE). */
-const LOCK_SELECT = `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at,
+const LOCK_SELECT = `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at, a.budget_version,
               b.total_micro_credits, b.debt_micro_credits, b.version
          FROM balances b JOIN accounts a ON a.id = b.account_id`;
 
@@ -113,6 +113,7 @@ function chargeStatesFromRows(rows: readonly Record<string, unknown>[]): Map<str
         reservations: new Map(),
         priorHolds: priorKeysFromList(r.hold_keys),
         budgets: new Map(),
+        budgetSubjectsRead: new Set(),
       };
       for (const h of (r.holds ?? []) as { id: string; amount: string; consumed: string; status: string; expiresAt: string; agentId: string | null; userId: string | null }[]) {
         st.reservations.set(h.id, {
@@ -162,6 +163,8 @@ export interface ChargeState {
    * {@link budgetSubjectKey}: what an in-memory budget check decides on (spending-budgets.ts).
    */
   budgets: Map<string, SubjectBudgetState>;
+  /** The subjects whose budgets were asked for (budgetSubjectKey), with a budget or not: what `budgets` says something about. */
+  budgetSubjectsRead: ReadonlySet<string>;
 }
 
 /**
@@ -237,6 +240,8 @@ export class AccountTx {
   /** Running debt (>= 0). */
   debt: bigint;
   readonly versionBefore: bigint;
+  /** The account's budget version as locked (accounts.budget_version: moves when a budget is set, changed or removed). */
+  readonly budgetVersion: bigint;
   private readonly testMode: boolean;
   private readonly entries: PendingEntry[] = [];
   private readonly outbox: { topic: OutboxTopic; payload: unknown }[] = [];
@@ -254,6 +259,7 @@ export class AccountTx {
     this.total = toBigInt(row.total_micro_credits);
     this.debt = toBigInt(row.debt_micro_credits);
     this.versionBefore = toBigInt(row.version);
+    this.budgetVersion = toBigInt(row.budget_version);
   }
 
   /**
@@ -262,24 +268,26 @@ export class AccountTx {
    * issues the lock, and a guard behind it, without waiting for them. The guard fails (SQLSTATE
    * 22P02, so the transaction rolls back and its COMMIT becomes a ROLLBACK) unless the account is
    * as it was left: the same balance version (every change of batches, holds, debt or total moves it), the
-   * same billing anchor, not in test mode, and no spending budget (budgets do not move the
-   * version). The caller must check the returned promise (push it onto the transaction's pending
-   * statements) and, when it fails, run the work again from a fresh read.
+   * same billing anchor, not in test mode, and the same budget version (budgets do not move the
+   * balance version; setting, changing or removing one moves accounts.budget_version, and their
+   * kept spending moves only with the balance version or the anchor). The caller must check the
+   * returned promise (push it onto the transaction's pending statements) and, when it fails, run
+   * the work again from a fresh read.
    * @param carried a row as {@link AccountTx.carriedRow} returned it
    * @returns the account and the pending lock and guard (a `.catch` attached)
    */
   static lockCarried(tx: Tx, carried: Record<string, unknown>, wallNow: Date): { atx: AccountTx; locked: Promise<unknown> } {
     const lock = AccountTx.lockRow(tx, carried.id as string);
     // A statement of its own, so that its snapshot is taken once the lock is granted: inside the
-    // lock statement, the budget subquery would see the database as of before the lock wait
-    // (only the locked row itself is re-read then), and miss a budget committed meanwhile.
+    // lock statement, the accounts row would be seen as of before the lock wait (only the locked
+    // balance row itself is re-read then), and a budget committed meanwhile missed.
     const guard = tx.query({
       name: 'cp-account-carried-guard',
       text: `SELECT CASE WHEN b.version = $2::bigint AND a.billing_anchor_at = $3::timestamptz AND NOT a.test_mode
-                          AND NOT EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1)
+                          AND a.budget_version = $4::bigint
                          THEN 1 ELSE ('account changed since its state was carried over (version ' || b.version || ')')::int END AS carried
                FROM balances b JOIN accounts a ON a.id = b.account_id WHERE b.account_id = $1`,
-      values: [carried.id, String(carried.version), carried.billing_anchor_at],
+      values: [carried.id, String(carried.version), carried.billing_anchor_at, String(carried.budget_version)],
     });
     const locked = awaitInOrder([lock, guard]);
     locked.catch(() => undefined);
@@ -300,6 +308,7 @@ export class AccountTx {
       test_clock_at: null,
       created_at: this.createdAt,
       billing_anchor_at: this.billingAnchorAt,
+      budget_version: this.budgetVersion.toString(),
       total_micro_credits: this.total.toString(),
       debt_micro_credits: this.debt.toString(),
       version: version.toString(),
@@ -484,7 +493,14 @@ export class AccountTx {
         wanted.map((w) => w.accountClock),
         wanted.map((w) => JSON.stringify(w.budgetSubjects.map((b) => ({ kind: b.subjectKind, subject: b.subjectId })))),
       ],
-    }).then(({ rows }) => chargeStatesFromRows(rows));
+    }).then(({ rows }) => {
+      const states = chargeStatesFromRows(rows);
+      for (const w of wanted) {
+        const st = states.get(w.accountId);
+        if (st) st.budgetSubjectsRead = new Set(w.budgetSubjects.map((b) => budgetSubjectKey(b.subjectKind, b.subjectId)));
+      }
+      return states;
+    });
   }
 
   /**

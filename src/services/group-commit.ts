@@ -39,10 +39,10 @@ import type pg from 'pg';
 import { PipelinedCommit, awaitInOrder, isDatabaseUnavailable, isStatementTimeout, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { PricedUsage } from '../pricing/price-book.js';
-import { AccountTx, type ChargeState, type LoadedBatch } from './account-tx.js';
+import { AccountTx, type ChargeState } from './account-tx.js';
 import type { Clock } from './context.js';
 import type { UsageCommand } from './usage-command.js';
-import { readChargeStates, type ChargeResult, type GroupItem, type HoldOpItem, type ItemOutcome } from './record-usage.js';
+import { readChargeStates, subjectKeys, type CarriedDecisions, type ChargeResult, type GroupItem, type HoldOpItem, type ItemOutcome } from './record-usage.js';
 
 /** The charge function of record-usage.ts (`applyCharge`; injected, so tests can put in one that fails). */
 export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }) => Promise<ChargeResult>;
@@ -53,7 +53,7 @@ export type ChargeAccounts = (
   groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
   pending?: Promise<unknown>[],
   statesRead?: Promise<Map<string, ChargeState>>,
-  carry?: Map<string, LoadedBatch[]>,
+  carry?: Map<string, CarriedDecisions>,
 ) => Promise<ItemOutcome[][]>;
 
 /** A waiting charge or hold operation (decided with the account's other items by chargeAccounts). */
@@ -140,10 +140,10 @@ export class GroupCommitter {
   private readonly carryState: boolean;
   /**
    * Carried state: per account, what its last transaction left (the balance row as it committed
-   * it, its spendable batches after its charges), kept only when charges of the account were
-   * already waiting as it committed, and taken (removed) by the account's next transaction.
+   * it, its spendable batches and budgets after its charges), kept only when charges of the account
+   * were already waiting as it committed, and taken (removed) by the account's next transaction.
    */
-  private readonly carried = new Map<string, { row: Record<string, unknown>; batches: LoadedBatch[] }>();
+  private readonly carried = new Map<string, { row: Record<string, unknown>; decisions: CarriedDecisions }>();
 
   /**
    * @param pool the ledger's pg pool
@@ -253,8 +253,9 @@ export class GroupCommitter {
    * Runs `take` as one transaction; settles every item in it (never rejects).
    *
    * Carried state: a transaction of ONE account whose items are all charges without a
-   * reservation, for which the account's previous transaction left its state (`carried`), skips
-   * the state read: it decides from that state and sends the guarded lock (AccountTx.lockCarried),
+   * reservation, for which the account's previous transaction left its state (`carried`; on an
+   * account with a budget, only when the items name no agent or user that state was not read
+   * for), skips the state read: it decides from that state and sends the guarded lock (AccountTx.lockCarried),
    * the writes and COMMIT in one round trip. Idempotency keys are then not looked up: a key
    * recorded earlier makes the event insert fail on its unique key. Either failure (or any other)
    * rolls the transaction back and runs the same items again from a fresh read
@@ -266,7 +267,12 @@ export class GroupCommitter {
       this.carryState &&
       take.length === 1 &&
       take[0]![1].every((i) => i.kind === 'charge' && !('op' in i.item) && !i.item.cmd.reservationId);
-    const from = lone && carriedState ? this.carried.get(take[0]![0]) : undefined;
+    const left = lone && carriedState ? this.carried.get(take[0]![0]) : undefined;
+    const { budgetSubjectsRead, hasAnyBudget } = left?.decisions ?? {};
+    const from =
+      left && (!hasAnyBudget || take[0]![1].every((i) => i.kind === 'charge' && !('op' in i.item) && subjectKeys(i.item.cmd).every((k) => budgetSubjectsRead!.has(k))))
+        ? left
+        : undefined;
     for (const [accountId] of take) this.carried.delete(accountId);
     let carry: (() => void) | undefined;
     try {
@@ -286,8 +292,19 @@ export class GroupCommitter {
           const { atx, locked } = AccountTx.lockCarried(tx, from.row, now);
           guard = locked;
           locking = Promise.resolve(new Map([[atx.accountId, atx]]));
-          const batches = from.batches.filter((b) => b.remainingMicroCredits > 0n && (b.expiresAt === null || b.expiresAt > atx.now));
-          const state: ChargeState = { now: atx.now, batches, reservedMicroCredits: 0n, hasAnyBudget: false, priorUsage: new Map(), reservations: new Map(), priorHolds: new Map(), budgets: new Map() };
+          const d = from.decisions;
+          const batches = d.batches.filter((b) => b.remainingMicroCredits > 0n && (b.expiresAt === null || b.expiresAt > atx.now));
+          const state: ChargeState = {
+            now: atx.now,
+            batches,
+            reservedMicroCredits: 0n,
+            hasAnyBudget: d.hasAnyBudget,
+            priorUsage: new Map(),
+            reservations: new Map(),
+            priorHolds: new Map(),
+            budgets: d.budgets,
+            budgetSubjectsRead: d.budgetSubjectsRead,
+          };
           statesRead = Promise.resolve(new Map([[atx.accountId, state]]));
         } else {
           // One account: the single-row lock (its plan is the lone charge's); several: one
@@ -308,20 +325,20 @@ export class GroupCommitter {
         const pending: Promise<unknown>[] = [];
         const chargesOnly = found.filter((g) => chargeItems.has(g.atx.accountId));
         if (chargesOnly.length > 0) {
-          const left = lone ? new Map<string, LoadedBatch[]>() : undefined;
+          const leaves = lone ? new Map<string, CarriedDecisions>() : undefined;
           const charged = await this.chargeGroups(
             tx,
             chargesOnly.map((g) => ({ atx: g.atx, items: chargeItems.get(g.atx.accountId)! })),
             pending,
             statesRead,
-            left,
+            leaves,
           );
           const atx = chargesOnly[0]!.atx;
-          const batches = left?.get(atx.accountId);
-          if (batches) {
+          const decisions = leaves?.get(atx.accountId);
+          if (decisions) {
             carry = () => {
               const row = atx.carriedRow(versions.get(atx.accountId)!);
-              if (row && this.waiting.has(atx.accountId)) this.carried.set(atx.accountId, { row, batches });
+              if (row && this.waiting.has(atx.accountId)) this.carried.set(atx.accountId, { row, decisions });
             };
           }
           chargesOnly.forEach((g, i) => settled.set(g.atx.accountId, charged[i]!.map(toSettled)));

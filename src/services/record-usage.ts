@@ -16,7 +16,7 @@ import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
-import { AccountTx, budgetSubjectKey, type ChargeState, type HoldState, type LoadedBatch } from './account-tx.js';
+import { AccountTx, budgetSubjectKey, type ChargeState, type HoldState, type LoadedBatch, type SubjectBudgetState } from './account-tx.js';
 import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
 import { idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
@@ -135,6 +135,20 @@ export async function applyCharge(
   // transaction's `balance` row, which is what wakes usageRecorded (graphql/subscriptions.ts).
   atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: eventId, reservationId: cmd.reservationId, note: cmd.category });
   return { eventId, replayed: false, row };
+}
+
+/**
+ * What one transaction's decisions leave for the account's next transaction, as chargeAccounts's
+ * state read would find it once this one committed (GroupCommitter's carried state): the spendable
+ * batches (micro-credits), whether the account has a spending budget, and the budgets (kept
+ * spending of the period, nothing held) of the subjects the state was read for.
+ */
+export interface CarriedDecisions {
+  batches: LoadedBatch[];
+  hasAnyBudget: boolean;
+  budgets: Map<string, SubjectBudgetState>;
+  /** The subjects (budgetSubjectKey) `budgets` says something about: a next transaction naming another must read its state. */
+  budgetSubjectsRead: ReadonlySet<string>;
 }
 
 /** A charge decided in memory, ready to be written. */
@@ -424,7 +438,7 @@ function subjectsOf(x: { agentId?: string | null; userId?: string | null }): { s
 }
 
 /** The budget keys (budgetSubjectKey) of an item's or hold's agent and user. */
-function subjectKeys(x: { agentId?: string | null; userId?: string | null }): string[] {
+export function subjectKeys(x: { agentId?: string | null; userId?: string | null }): string[] {
   return subjectsOf(x).map((b) => budgetSubjectKey(b.subjectKind, b.subjectId));
 }
 
@@ -581,9 +595,9 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
  * answer (readChargeStates: same round trip); without it, or for an account it read at another
  * instant than the locked account's now, the state is read here.
  *
- * `carry`, when given, receives for each account decided in memory without a spending budget
- * whose holds hold nothing, its spendable batches after these decisions (the state its next
- * transaction may start from if this one commits: GroupCommitter's carried state).
+ * `carry`, when given, receives for each account decided in memory whose holds hold nothing, its
+ * spendable batches and budgets after these decisions (the state its next transaction may start
+ * from if this one commits: GroupCommitter's carried state).
  *
  * The event insert and the hold writes are issued together (one round trip, the ledger pool
  * pipelines). With `pending`, they are not awaited: their promises (with a `.catch` attached) are
@@ -597,21 +611,21 @@ export async function chargeAccounts(
   groups: readonly { atx: AccountTx; items: readonly ChargeItem[] }[],
   pending?: Promise<unknown>[],
   statesRead?: Promise<Map<string, ChargeState>>,
-  carry?: Map<string, LoadedBatch[]>,
+  carry?: Map<string, CarriedDecisions>,
 ): Promise<BatchItemResult[][]>;
 export async function chargeAccounts(
   tx: Tx,
   groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
   pending?: Promise<unknown>[],
   statesRead?: Promise<Map<string, ChargeState>>,
-  carry?: Map<string, LoadedBatch[]>,
+  carry?: Map<string, CarriedDecisions>,
 ): Promise<ItemOutcome[][]>;
 export async function chargeAccounts(
   tx: Tx,
   groups: readonly { atx: AccountTx; items: readonly GroupItem[] }[],
   pending?: Promise<unknown>[],
   statesRead?: Promise<Map<string, ChargeState>>,
-  carry?: Map<string, LoadedBatch[]>,
+  carry?: Map<string, CarriedDecisions>,
 ): Promise<ItemOutcome[][]> {
   const sequential = async (atx: AccountTx, items: readonly GroupItem[]): Promise<ItemOutcome[]> => {
     const out: ItemOutcome[] = [];
@@ -761,9 +775,21 @@ export async function chargeAccounts(
       if (t.movedMicroCredits !== 0n) budgetMoves.push({ accountId: atx.accountId, subjectKind: t.subjectKind, subjectId: t.subjectId, periodStart: atx.period().start, deltaMicroCredits: t.movedMicroCredits });
     }
     // What the account's next transaction may start from (GroupCommitter's carried state): its
-    // spendable batches after these decisions, when no hold of it counts and it has no budget
-    // (a carried state has none; AccountTx.lockCarried's guard checks that).
-    if (carry && acct.reservedMicroCredits === 0n && !state.hasAnyBudget) carry.set(atx.accountId, batches);
+    // spendable batches and budgets after these decisions, when no hold of it counts (so no
+    // subject holds anything either). AccountTx.lockCarried's guard checks nothing moved them.
+    if (carry && acct.reservedMicroCredits === 0n) {
+      const budgets = new Map<string, SubjectBudgetState>();
+      for (const [key, t] of acct.budgets) {
+        const read = state.budgets.get(key)!;
+        budgets.set(key, {
+          ...read,
+          keptPeriodStart: t.spentMicroCredits === null ? read.keptPeriodStart : atx.period().start,
+          keptMicroCredits: t.spentMicroCredits ?? read.keptMicroCredits,
+          heldMicroCredits: t.heldMicroCredits,
+        });
+      }
+      carry.set(atx.accountId, { batches, hasAnyBudget: state.hasAnyBudget, budgets, budgetSubjectsRead: state.budgetSubjectsRead });
+    }
   }
   const writes: Promise<unknown>[] = [];
   if (events.length > 0) {

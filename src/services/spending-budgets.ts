@@ -230,6 +230,9 @@ export async function setSpendingBudget(
     // The subject's kept usage cost is only kept while it has a budget: start it again from the
     // SUM at the next check (migration budget_spend).
     await tx.query('DELETE FROM budget_spend WHERE account_id = $1 AND subject_kind = $2 AND subject_id = $3', [cmd.accountId, cmd.subjectKind, cmd.subjectId]);
+    // A group-commit transaction carried over from before this one must not decide on the old
+    // budgets (AccountTx.lockCarried's guard).
+    await tx.query('UPDATE accounts SET budget_version = budget_version + 1 WHERE id = $1', [cmd.accountId]);
     if (cmd.limitMicroCredits === null) {
       await tx.query('DELETE FROM spending_budgets WHERE account_id = $1 AND subject_kind = $2 AND subject_id = $3', [cmd.accountId, cmd.subjectKind, cmd.subjectId]);
       return;

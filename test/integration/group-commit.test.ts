@@ -636,8 +636,12 @@ describe('carried state (a hot account decides from what its previous transactio
    * function is `charge`; the slot is held by an operation on another account until all the
    * charges wait, so they run two by two in transactions in a row (6 charges: 3 transactions).
    */
-  async function inPairs(accountId: string, keys: string[], opts: { charge?: ChargeAccounts; agentId?: string; carryState?: boolean; pool?: pg.Pool } = {}) {
-    const { charge = chargeAccounts, agentId, carryState, pool = services.pool } = opts;
+  async function inPairs(
+    accountId: string,
+    keys: string[],
+    opts: { charge?: ChargeAccounts; agentId?: string; agentOf?: (key: string) => string; carryState?: boolean; pool?: pg.Pool } = {},
+  ) {
+    const { charge = chargeAccounts, agentId, agentOf = () => agentId, carryState, pool = services.pool } = opts;
     const committer = new GroupCommitter(pool, services.clock, charge, applyCharge, { maxTransactions: 1, maxChargesPerAccount: 2, carryState });
     const local = { ...services, groupCommit: committer };
     const other = await createFundedAccount(services, { paid: 1 });
@@ -646,7 +650,7 @@ describe('carried state (a hot account decides from what its previous transactio
     // finished), so the transactions take them two by two in the order given.
     const priced = [];
     for (const idempotencyKey of keys) {
-      const cmd = validateUsageInput({ accountId, idempotencyKey, category: 'unit', agentId });
+      const cmd = validateUsageInput({ accountId, idempotencyKey, category: 'unit', agentId: agentOf(idempotencyKey) });
       priced.push({ cmd, price: await pricerFor(local, cmd) });
     }
     const calls = priced.map(({ cmd, price }) => committer.charge(cmd, price));
@@ -700,9 +704,20 @@ describe('carried state (a hot account decides from what its previous transactio
     expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(6));
   });
 
-  it('a spending budget set after the state was left (budgets do not move the version) is enforced', async () => {
+  it.each([
+    ['set', null],
+    ['changed', credits(100)],
+  ])('a spending budget %s after the state was left (budgets do not move the balance version) is enforced', async (_what, initialLimit) => {
     const accountId = await createFundedAccount(services, { paid: 10 });
     const elsewhere = { ...services, groupCommit: undefined };
+    let spentBefore = 0n;
+    if (initialLimit !== null) {
+      // A budget with its kept spending row of the period (started by a check), so the account's
+      // transactions are decided in memory and carried over, budgets included.
+      await setSpendingBudget(elsewhere, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: initialLimit });
+      await recordUsage(elsewhere, { accountId, idempotencyKey: 'before', category: 'unit', agentId: 'agent-1' });
+      spentBefore = credits(1);
+    }
     const { pool, holdConnectsUntil } = gatedPool(services.pool);
     let budgeted: Promise<unknown> | undefined;
     const budgetDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
@@ -720,7 +735,33 @@ describe('carried state (a hot account decides from what its previous transactio
     await budgeted;
     expect(results.map(codeOf)).toEqual(['OK', 'OK', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED']);
     expect(committer.stats()).toMatchObject({ carriedStateMisses: 1 });
-    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(8));
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(8) - spentBefore);
+  });
+
+  it('an account with a budget starts from the state left too, its kept spending included: the budget holds exactly', async () => {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const plain = { ...services, groupCommit: undefined };
+    await setSpendingBudget(plain, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(4) });
+    await recordUsage(plain, { accountId, idempotencyKey: 'before', category: 'unit', agentId: 'agent-1' }); // starts the kept row: spent 1
+    const { committer, results } = await inPairs(accountId, ['b1', 'b2', 'b3', 'b4', 'b5', 'b6'], { agentId: 'agent-1' });
+    // b1, b2 from a fresh read (spent 3), b3 from what that left (4), then the budget is spent.
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED']);
+    expect(committer.stats()).toMatchObject({ carriedState: 2, carriedStateMisses: 0, retriedAlone: 0 });
+    const { rows } = await services.pool.query('SELECT spent_micro_credits::text AS spent FROM budget_spend WHERE account_id = $1', [accountId]);
+    expect(rows).toEqual([{ spent: String(credits(4)) }]);
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(6));
+  });
+
+  it('a transaction naming an agent whose budget the state left was not read for reads its state', async () => {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const plain = { ...services, groupCommit: undefined };
+    await setSpendingBudget(plain, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(100) });
+    await setSpendingBudget(plain, { accountId, subjectKind: 'AGENT', subjectId: 'agent-2', limitMicroCredits: 0n });
+    await recordUsage(plain, { accountId, idempotencyKey: 'before', category: 'unit', agentId: 'agent-1' });
+    const { committer, results } = await inPairs(accountId, ['n1', 'n2', 'n3', 'n4', 'x5', 'x6'], { agentOf: (key) => (key.startsWith('x') ? 'agent-2' : 'agent-1') });
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED']);
+    expect(committer.stats()).toMatchObject({ carriedState: 1, carriedStateMisses: 0 });
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(5));
   });
 
   it('a key recorded by an earlier transaction is replayed, not charged again', async () => {
