@@ -56,6 +56,14 @@ export type ChargeAccounts = (
   carry?: Map<string, CarriedDecisions>,
 ) => Promise<ItemOutcome[][]>;
 
+/**
+ * Whether a carried state can decide `items`: the account has no budget, or its budgets were read
+ * for every agent and user the charges name (one not read for could have a budget).
+ */
+function carriedCovers(d: CarriedDecisions, items: readonly Pending[]): boolean {
+  return !d.hasAnyBudget || items.every((i) => i.kind !== 'charge' || 'op' in i.item || subjectKeys(i.item.cmd).every((k) => d.budgetSubjectsRead.has(k)));
+}
+
 /** A waiting charge or hold operation (decided with the account's other items by chargeAccounts). */
 interface PendingCharge {
   kind: 'charge';
@@ -268,11 +276,7 @@ export class GroupCommitter {
       take.length === 1 &&
       take[0]![1].every((i) => i.kind === 'charge' && !('op' in i.item) && !i.item.cmd.reservationId);
     const left = lone && carriedState ? this.carried.get(take[0]![0]) : undefined;
-    const { budgetSubjectsRead, hasAnyBudget } = left?.decisions ?? {};
-    const from =
-      left && (!hasAnyBudget || take[0]![1].every((i) => i.kind === 'charge' && !('op' in i.item) && subjectKeys(i.item.cmd).every((k) => budgetSubjectsRead!.has(k))))
-        ? left
-        : undefined;
+    const from = left && carriedCovers(left.decisions, take[0]![1]) ? left : undefined;
     for (const [accountId] of take) this.carried.delete(accountId);
     let carry: (() => void) | undefined;
     try {
