@@ -19,6 +19,7 @@ import { LedgerError, assert } from '../ledger/errors.js';
 import type { DrawableBatch, CreditType } from '../ledger/drawdown.js';
 import { monthlyPeriodAt, type Period } from '../ledger/billing-period.js';
 import { markOutboxWritten } from '../outbox/signal.js';
+import type { BudgetSubjectKind } from './spending-budgets.js';
 
 /** Ledger entry types (contract enum LedgerEntryType). */
 export type LedgerEntryType = 'GRANT' | 'CONSUME' | 'EXPIRE' | 'RESERVE' | 'RELEASE' | 'REFUND' | 'VOID' | 'ADJUST' | 'DEBT_REPAY';
@@ -125,7 +126,7 @@ function chargeStatesFromRows(rows: readonly Record<string, unknown>[]): Map<str
           userId: h.userId,
         });
       }
-      for (const b of (r.budgets ?? []) as { kind: 'AGENT' | 'USER'; subject: string; limit: string; periodStart: string | null; kept: string | null; held: string }[]) {
+      for (const b of (r.budgets ?? []) as { kind: BudgetSubjectKind; subject: string; limit: string; periodStart: string | null; kept: string | null; held: string }[]) {
         st.budgets.set(budgetSubjectKey(b.kind, b.subject), {
           subjectKind: b.kind,
           subjectId: b.subject,
@@ -174,7 +175,7 @@ export interface ChargeState {
  * ACTIVE holds unexpired at the state's now.
  */
 export interface SubjectBudgetState {
-  subjectKind: 'AGENT' | 'USER';
+  subjectKind: BudgetSubjectKind;
   subjectId: string;
   limitMicroCredits: bigint;
   /** Start of the billing period of the subject's latest kept row; null when it has none. */
@@ -185,7 +186,7 @@ export interface SubjectBudgetState {
 }
 
 /** The key of a budget subject in ChargeState.budgets: kind and id. */
-export function budgetSubjectKey(kind: 'AGENT' | 'USER', subjectId: string): string {
+export function budgetSubjectKey(kind: BudgetSubjectKind, subjectId: string): string {
   return `${kind}:${subjectId}`;
 }
 
@@ -445,7 +446,7 @@ export class AccountTx {
       reservationIds: readonly string[];
       holdKeys: readonly string[];
       /** The agents and users its charges and holds name (their budgets are read where the account has any). */
-      budgetSubjects: readonly { subjectKind: 'AGENT' | 'USER'; subjectId: string }[];
+      budgetSubjects: readonly { subjectKind: BudgetSubjectKind; subjectId: string }[];
     }[],
   ): Promise<Map<string, ChargeState>> {
     const keyPairs = wanted.flatMap((w) => w.idempotencyKeys.map((k) => [w.accountId, k] as const));

@@ -25,7 +25,7 @@ import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from './usage-command.js';
 import type { ActivePriceBook, SettingsRecord } from './pricing-state.js';
-import { assertWithinBudgets, budgetExceeded, moveBudgetSpend, moveBudgetSpendMany, type BudgetSubjectKind } from './spending-budgets.js';
+import { assertWithinBudgets, budgetExceeded, moveBudgetSpend, moveBudgetSpendMany, type BudgetSpendMove, type BudgetSubjectKind } from './spending-budgets.js';
 
 /** The recorded (or replayed) event's id. */
 export interface ChargeResult {
@@ -659,7 +659,7 @@ export async function chargeAccounts(
   const events: PreparedEvent[] = [];
   const fresh: { out: ItemOutcome[]; index: number }[] = []; // parallel to `events`
   const holdWrites: HoldWrites = { created: [], settled: [], results: new Map() };
-  const budgetMoves: Parameters<typeof moveBudgetSpendMany>[1][number][] = [];
+  const budgetMoves: BudgetSpendMove[] = [];
   for (let g = 0; g < groups.length; g++) {
     const { atx, items } = groups[g]!;
     const state = states.get(atx.accountId);

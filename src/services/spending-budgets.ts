@@ -164,6 +164,15 @@ export function budgetExceeded(b: BudgetView, amountMicroCredits: bigint): Ledge
   );
 }
 
+/** One subject's kept usage cost to move: in the billing period starting at `periodStart`, by `deltaMicroCredits`. */
+export interface BudgetSpendMove {
+  accountId: string;
+  subjectKind: BudgetSubjectKind;
+  subjectId: string;
+  periodStart: Date;
+  deltaMicroCredits: bigint;
+}
+
 /**
  * Moves the kept usage cost (`budget_spend`) of many subjects, each in the billing period starting
  * at its `periodStart` by its `deltaMicroCredits`, in ONE statement (record-usage.ts chargeAccounts
@@ -171,10 +180,7 @@ export function budgetExceeded(b: BudgetView, amountMicroCredits: bigint): Ledge
  * nothing: the next budget check starts the row from the SUM, which then includes the change.
  * Inside the accounts' locked transaction.
  */
-export async function moveBudgetSpendMany(
-  tx: Tx,
-  moves: readonly { accountId: string; subjectKind: BudgetSubjectKind; subjectId: string; periodStart: Date; deltaMicroCredits: bigint }[],
-): Promise<void> {
+export async function moveBudgetSpendMany(tx: Tx, moves: readonly BudgetSpendMove[]): Promise<void> {
   if (moves.length === 0) return;
   await tx.query({
     name: 'cp-budget-spend-move-many',
