@@ -26,6 +26,11 @@ afterAll(async () => {
   await s.close();
 });
 
+/** A 1-credit charge (category `unit`) of agent `agentId` on `accountId`, one transaction per call. */
+const unit = (accountId: string, idempotencyKey: string, agentId: string) => recordUsage(s, { accountId, idempotencyKey, category: 'unit', agentId });
+/** Expects `charge` to be refused with BUDGET_EXCEEDED. */
+const overBudget = (charge: Promise<unknown>) => expect(charge).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+
 const codes = (results: PromiseSettledResult<unknown>[]) =>
   results.map((r) => (r.status === 'fulfilled' ? 'OK' : r.reason instanceof LedgerError ? r.reason.code : String(r.reason)));
 
@@ -35,7 +40,7 @@ describe('spending budgets', () => {
     const accountId = await createFundedAccount(s, { paid: 1000 });
     await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'agent-x', limitMicroCredits: credits(30) });
     const results = await Promise.allSettled(
-      Array.from({ length: 100 }, (_, i) => recordUsage(s, { accountId, idempotencyKey: `b-${i}`, category: 'unit', agentId: 'agent-x' })),
+      Array.from({ length: 100 }, (_, i) => unit(accountId, `b-${i}`, 'agent-x')),
     );
     const c = codes(results);
     expect(c.filter((x) => x === 'OK')).toHaveLength(30);
@@ -43,7 +48,7 @@ describe('spending budgets', () => {
     const [budget] = await listBudgets(s.pool, accountId, new Date(), 'AGENT');
     expect(budget?.spentMicroCredits).toBe(credits(30));
     // Another agent of the same pool is not limited by agent-x's budget.
-    await recordUsage(s, { accountId, idempotencyKey: 'other', category: 'unit', agentId: 'agent-y' });
+    await unit(accountId, 'other', 'agent-y');
     const b = await expectLedgerInvariant(s.pool, accountId);
     expect(b.totalMicroCredits).toBe(credits(1000 - 31));
   });
@@ -75,12 +80,12 @@ describe('spending budgets', () => {
     await recordUsage(s, { accountId, idempotencyKey: 'p1', category: 'units', quantities: { units: '5' }, agentId: 'a' });
     // The period that started Jan 31 10:00 ends Feb 28 10:00 (the month is shorter): one ms before, still spent.
     s.setNow(new Date(Date.UTC(2026, 1, 28, 9, 59, 59, 999)));
-    await expect(recordUsage(s, { accountId, idempotencyKey: 'p2', category: 'unit', agentId: 'a' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    await overBudget(unit(accountId, 'p2', 'a'));
     const nextPeriod = new Date(Date.UTC(2026, 1, 28, 10, 0, 0));
     s.setNow(nextPeriod);
     expect((await listBudgets(s.pool, accountId, nextPeriod, 'AGENT'))[0]?.spentMicroCredits).toBe(0n);
     await recordUsage(s, { accountId, idempotencyKey: 'p3', category: 'units', quantities: { units: '5' }, agentId: 'a' });
-    await expect(recordUsage(s, { accountId, idempotencyKey: 'p4', category: 'unit', agentId: 'a' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    await overBudget(unit(accountId, 'p4', 'a'));
     await expectLedgerInvariant(s.pool, accountId, nextPeriod);
   });
 
@@ -88,9 +93,9 @@ describe('spending budgets', () => {
     s.setNow(null);
     const accountId = await createFundedAccount(s, { paid: 10 });
     await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'a', limitMicroCredits: 0n });
-    await expect(recordUsage(s, { accountId, idempotencyKey: 'x1', category: 'unit', agentId: 'a' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    await overBudget(unit(accountId, 'x1', 'a'));
     expect(await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'a', limitMicroCredits: null })).toBeNull();
-    await recordUsage(s, { accountId, idempotencyKey: 'x2', category: 'unit', agentId: 'a' });
+    await unit(accountId, 'x2', 'a');
     expect(await listBudgets(s.pool, accountId, new Date())).toEqual([]);
   });
 });
@@ -145,11 +150,11 @@ describe('kept budget spending (budget_spend: one row read per check instead of 
     const accountId = await createFundedAccount(s, { paid: 100 });
     await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'a', limitMicroCredits: credits(3) });
     const events = [];
-    for (let i = 0; i < 3; i++) events.push(await recordUsage(s, { accountId, idempotencyKey: `r${i}`, category: 'unit', agentId: 'a' }));
-    await expect(recordUsage(s, { accountId, idempotencyKey: 'r3', category: 'unit', agentId: 'a' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    for (let i = 0; i < 3; i++) events.push(await unit(accountId, `r${i}`, 'a'));
+    await overBudget(unit(accountId, 'r3', 'a'));
     await refundUsage(s, events[0]!.eventId, 'test refund');
-    await recordUsage(s, { accountId, idempotencyKey: 'r4', category: 'unit', agentId: 'a' });
-    await expect(recordUsage(s, { accountId, idempotencyKey: 'r5', category: 'unit', agentId: 'a' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    await unit(accountId, 'r4', 'a');
+    await overBudget(unit(accountId, 'r5', 'a'));
     expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:a', kept: credits(3), sum: credits(3) }]);
   });
 
@@ -157,17 +162,17 @@ describe('kept budget spending (budget_spend: one row read per check instead of 
     s.setNow(null);
     const accountId = await createFundedAccount(s, { paid: 100 });
     // Usage of agent b while nobody has a budget (the in-memory charge path, no kept spending).
-    for (let i = 0; i < 4; i++) await recordUsage(s, { accountId, idempotencyKey: `n${i}`, category: 'unit', agentId: 'b' });
+    for (let i = 0; i < 4; i++) await unit(accountId, `n${i}`, 'b');
     await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'b', limitMicroCredits: credits(5) });
-    await recordUsage(s, { accountId, idempotencyKey: 'n4', category: 'unit', agentId: 'b' });
-    await expect(recordUsage(s, { accountId, idempotencyKey: 'n5', category: 'unit', agentId: 'b' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    await unit(accountId, 'n4', 'b');
+    await overBudget(unit(accountId, 'n5', 'b'));
     // Removed: its usage goes on without kept spending; set again, it counts all of it.
     await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'b', limitMicroCredits: null });
     expect(await keptSpending(accountId)).toEqual([]);
-    await recordUsage(s, { accountId, idempotencyKey: 'n6', category: 'unit', agentId: 'b' });
+    await unit(accountId, 'n6', 'b');
     await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'b', limitMicroCredits: credits(7) });
-    await recordUsage(s, { accountId, idempotencyKey: 'n7', category: 'unit', agentId: 'b' });
-    await expect(recordUsage(s, { accountId, idempotencyKey: 'n8', category: 'unit', agentId: 'b' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    await unit(accountId, 'n7', 'b');
+    await overBudget(unit(accountId, 'n8', 'b'));
     expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:b', kept: credits(7), sum: credits(7) }]);
   });
 
@@ -182,7 +187,7 @@ describe('kept budget spending (budget_spend: one row read per check instead of 
     expect(await keptSpending(accountId)).toEqual([]);
     // The new period starts now: the 2 credits before it no longer count.
     await recordUsage(s, { accountId, idempotencyKey: 'c2', category: 'units', quantities: { units: '3' }, agentId: 'c' });
-    await expect(recordUsage(s, { accountId, idempotencyKey: 'c3', category: 'unit', agentId: 'c' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
+    await overBudget(unit(accountId, 'c3', 'c'));
     expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:c', kept: credits(3), sum: credits(3) }]);
     await expectLedgerInvariant(s.pool, accountId);
   });
