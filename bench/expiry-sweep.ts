@@ -295,7 +295,7 @@ class StatementProfile {
     if (t.startsWith('SELECT a.id, a.kind, a.test_mode')) return 'AccountTx.lock (balance row FOR UPDATE)';
     if (t.startsWith('WITH due AS')) return 'applyExpiries: UPDATE credit_batches';
     if (t.startsWith('SELECT id FROM reservations')) return 'applyExpiries: SELECT due holds';
-    if (t.startsWith('WITH entries AS')) return 'finish: ledger INSERT + balance UPDATE + balance_changed()';
+    if (t.startsWith('WITH entries AS')) return 'finish: ledger INSERT + balance UPDATE + balances_changed()';
     if (t.startsWith('SELECT account_id FROM ( SELECT b.account_id')) return 'findAccountsWithDueExpiries';
     if (t.startsWith('SELECT s.account_id FROM plan_subscriptions')) return 'findAccountsWithDuePeriods (sweep)';
     return t.slice(0, 60);

@@ -3,7 +3,7 @@
  *
  * A ledger in use has a reservations table full of RELEASED holds; a fresh bench database has
  * none, so the plans PostgreSQL caches for the hold lookups (generic plans of named statements
- * and of `balance_changed`) are built on an empty table and stay sequential scans while the
+ * and of `balances_changed`) are built on an empty table and stay sequential scans while the
  * table grows during the measurement (4.7 scans reading ~1,300 rows per operation in a 600-job
  * profile). Seeding closed holds before the ANALYZE gives the planner the statistics of a ledger
  * in use, exactly as the warm-up does for usage events.

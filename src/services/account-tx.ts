@@ -589,10 +589,11 @@ export class AccountTx {
   /**
    * `finish` for several accounts locked by the same transaction, in ONE statement: every
    * account's ledger entries (in order), the balance rows of the accounts that changed, their
-   * queued outbox rows, and `balance_changed` per changed account (its outbox snapshot, alerts,
-   * auto top-up). `balance_changed` sees this transaction's earlier statements (batches, holds,
-   * grants); this statement's own ledger entries are dated at or after the period start, so they
-   * do not change its figures, and the new version and debt are passed to it.
+   * queued outbox rows, and one call of `balances_changed` for all the changed accounts (their
+   * outbox snapshots, alerts, auto top-ups; migration balances_changed), after every balance row
+   * is updated. It sees this transaction's earlier statements (batches, holds, grants); this
+   * statement's own ledger entries are dated at or after the period start, so they do not change
+   * its figures, and the new versions and debts are passed to it.
    *
    * The balance row also keeps the account total at the start of the current billing period
    * (`opening_period_start`, `opening_total_micro_credits`; migration period_opening_total),
@@ -650,7 +651,9 @@ export class AccountTx {
          SELECT q.account, q.topic, q.payload FROM unnest($15::uuid[], $16::text[], $17::jsonb[]) WITH ORDINALITY AS q(account, topic, payload, ord)
           ORDER BY q.ord
        )
-       SELECT upd.account_id, upd.version, balance_changed(upd.account_id, upd.now, upd.version, upd.updated_at, upd.debt) FROM upd`,
+       SELECT array_agg(upd.account_id)::text[] AS accounts, array_agg(upd.version)::text[] AS versions,
+              balances_changed(array_agg(upd.account_id), array_agg(upd.now), array_agg(upd.version), array_agg(upd.updated_at), array_agg(upd.debt))
+         FROM upd`,
       values: [
         e.map(({ a }) => a.accountId),
         e.map(({ x }) => x.type),
@@ -680,7 +683,8 @@ export class AccountTx {
     }
     markOutboxWritten(tx); // withTransaction clears it if the transaction fails
     const done = written.then(({ rows }) => {
-      for (const r of rows) versions.set(r.account_id as string, toBigInt(r.version));
+      const { accounts, versions: after } = rows[0] as { accounts: string[] | null; versions: string[] | null };
+      accounts?.forEach((id, i) => versions.set(id, toBigInt(after![i]!)));
     });
     if (pending) deferStatement(pending, done);
     else await done;

@@ -3,7 +3,7 @@
  * pack is bought with the saved payment method, at most `maxPerPeriod` times per billing period.
  *
  * Who does what:
- * - the crossing is detected by the SQL function `balance_changed`, run by AccountTx.finish in
+ * - the crossing is detected by the SQL function `balances_changed`, run by AccountTx.finish in
  *   the same statement as every balance change: it inserts one PENDING `auto_top_ups` row (a
  *   partial unique index keeps at most one PENDING per account: single flight) and an outbox
  *   `job` row, which the relay turns into the BullMQ job `auto-top-up-<id>`;
@@ -51,7 +51,7 @@ export interface SetAutoTopUpCommand {
  * Saves the account's auto top-up settings in one transaction under the account lock. Saving
  * re-enables a paused one (pausedAt cleared, consecutive failures reset to 0). When enabled and
  * available credit is already below the threshold, one top-up starts at once: the balance is
- * marked changed (version + 1, no ledger entry), so `balance_changed` applies the one rule that
+ * marked changed (version + 1, no ledger entry), so `balances_changed` applies the one rule that
  * starts top-ups (threshold, cap, single flight) in this same transaction.
  * @throws LedgerError NOT_FOUND (account, pack), BAD_USER_INPUT (threshold < 0, maxPerPeriod
  *   outside 1..100, enabling without a payment method).
@@ -190,7 +190,7 @@ async function recordOutcome(
     // Settled by a concurrent run of the same payment, which also recorded its consequences.
     if (!settledNow) return { topUpId, status: 'PENDING', reason: after.error };
     if (after.status === 'SUCCEEDED') {
-      // finish() runs balance_changed while this top-up is still PENDING: the grant cannot start another.
+      // finish() runs balances_changed while this top-up is still PENDING: the grant cannot start another.
       await atx.finish();
       await tx.query(`UPDATE auto_top_up_settings SET consecutive_failures = 0, last_attempt_at = $2, last_error = NULL WHERE account_id = $1`, [atx.accountId, atx.now]);
       return finishTopUp(atx, topUpId, 'SUCCEEDED', null);

@@ -4,7 +4,7 @@
  * billing period (unique key credit_alerts(account_id, period_start, threshold)) and published
  * through the outbox to the creditAlerts subscription in the same transaction.
  *
- * Thresholds crossed by balance changes are recorded by the SQL function `balance_changed`
+ * Thresholds crossed by balance changes are recorded by the SQL function `balances_changed`
  * (migration 20261122010154_billing_cycles_top_ups), in the changing transaction itself. This
  * module records one alert given explicitly (same table, same unique key, same outbox row), for
  * callers that decide the threshold themselves; the live-update tests use it.

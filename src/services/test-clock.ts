@@ -5,7 +5,7 @@
  * one code path. Advancing moves the clock from due instant to due instant up to `to` and, at
  * each, runs in this order what is due: batch and hold expiries, the plan's period roll (RESET /
  * ROLLOVER, the new period's grant), then pending auto top-ups. Alerts are raised by the balance
- * changes themselves (balance_changed). Returns when everything due up to `to` is done.
+ * changes themselves (balances_changed). Returns when everything due up to `to` is done.
  */
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';

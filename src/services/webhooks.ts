@@ -42,7 +42,7 @@ export const WEBHOOK_EVENT_TYPES = ['credit_alert.raised', 'auto_top_up.paused']
 /** One webhook event type. */
 export type WebhookEventType = (typeof WEBHOOK_EVENT_TYPES)[number];
 
-/** The data of a `deliver-webhook` job (as written by the SQL function balance_changed and the auto top-up service). */
+/** The data of a `deliver-webhook` job (as written by the SQL function balances_changed and the auto top-up service). */
 export interface WebhookJobData {
   eventType: WebhookEventType;
   /** The event's own uuid: the credit alert's id, or the auto top-up's id. */
@@ -79,7 +79,7 @@ export function webhookJobId(eventType: WebhookEventType, eventId: string): stri
   return `webhook-${JOB_ID_KIND[eventType]}-${eventId}`;
 }
 
-/** The outbox/queue job that delivers one event (the same payload balance_changed writes). */
+/** The outbox/queue job that delivers one event (the same payload balances_changed writes). */
 export function webhookJob(data: WebhookJobData): OutboxJob {
   return { name: 'deliver-webhook', jobId: webhookJobId(data.eventType, data.eventId), data: { eventType: data.eventType, eventId: data.eventId, accountId: data.accountId } };
 }

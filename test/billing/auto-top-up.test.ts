@@ -1,7 +1,7 @@
 /**
  * Auto top-up end to end (issue #4): a real server and real BullMQ workers on real Redis (a
  * unique queue prefix) and PostgreSQL, the payment simulator as provider. Charges over the API
- * cross the threshold; balance_changed starts one PENDING top-up per crossing (single flight),
+ * cross the threshold; balances_changed starts one PENDING top-up per crossing (single flight),
  * the outbox relay enqueues its job and the worker charges and grants the pack (source
  * AUTO_TOP_UP). Covered: settings and refusals, 100 concurrent charges -> one top-up, one charge,
  * one grant; the per-period cap; three declines -> paused, FAILED and the `auto_top_up.paused`

@@ -10,13 +10,14 @@ import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { startPrivateRedis } from '../setup/private-redis.js';
 import { TEST_REDIS_URL } from '../setup/env.js';
-import { recordUsage } from '../../src/services/record-usage.js';
+import { recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleReservation } from '../../src/services/settle-reservation.js';
 import { refundUsage } from '../../src/services/refund-usage.js';
 import { voidGrant } from '../../src/services/void-grant.js';
 import { readBalanceSnapshot } from '../../src/services/read-balance.js';
+import { randomUUID } from 'node:crypto';
 import { credits } from '../../src/ledger/credits.js';
 import { balanceFromSnapshot, type BalanceSnapshot } from '../../src/services/balance-figures.js';
 import { drainOutboxOnce } from '../../src/outbox/relay.js';
@@ -85,6 +86,69 @@ describe('outbox rows', () => {
     await expect(recordUsage(s, { accountId, idempotencyKey: 'r2', category: 'unit' })).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
     await recordUsage(s, { accountId, idempotencyKey: 'r1', category: 'unit' });
     expect(await rows(accountId)).toEqual(before);
+  });
+  it('one statement changing several accounts writes, per account and in order, its snapshot, the alerts it crossed and its top-up', async () => {
+    // Settings' thresholds are 25, 15 and 0 %; each account's period credit is what it was granted.
+    const [a, b, c] = [await createFundedAccount(s, { paid: 100 }), await createFundedAccount(s, { paid: 100 }), await createFundedAccount(s, { paid: 100 })];
+    const { rows: pack } = await s.pool.query(
+      `INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES (gen_random_uuid(), $1, $2, 5) RETURNING id`,
+      [`outbox-${randomUUID()}`, credits(50).toString()],
+    );
+    await s.pool.query(
+      `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period) VALUES ($1, true, $2, $3, 2)`,
+      [b, credits(50).toString(), pack[0].id],
+    );
+    const before = new Map(await Promise.all([a, b, c].map(async (id) => [id, (await rows(id)).length] as const)));
+    const use = (accountId: string, units: number) => ({ accountId, idempotencyKey: `multi-${randomUUID()}`, category: 'units', quantities: { units: String(units) } });
+    // One chunk, so ONE transaction and one finish statement for the three accounts:
+    // a falls to 10 % (crosses 25 and 15), b to 40 credits (below its top-up threshold, no alert),
+    // c to 95 % (nothing).
+    const results = await recordUsageBatch(s, [use(a, 90), use(b, 60), use(c, 5)], { maxItems: 10 });
+    expect(results.map((r) => r.ok)).toEqual([true, true, true]);
+    const added = async (id: string) => (await rows(id)).slice(before.get(id));
+
+    const alerts = (await s.pool.query(`SELECT id::text, threshold FROM credit_alerts WHERE account_id = $1 ORDER BY seq`, [a])).rows;
+    expect(alerts.map((x) => x.threshold)).toEqual([25, 15]);
+    expect((await added(a)).map((r) => [r.topic, r.payload.alertId ?? r.payload.jobId ?? 'snapshot'])).toEqual([
+      ['balance', 'snapshot'],
+      ['alert', alerts[0].id],
+      ['job', `webhook-credit_alert-${alerts[0].id}`],
+      ['alert', alerts[1].id],
+      ['job', `webhook-credit_alert-${alerts[1].id}`],
+    ]);
+    const topUp = (await s.pool.query(`SELECT id::text, status FROM auto_top_ups WHERE account_id = $1`, [b])).rows;
+    expect(topUp).toEqual([{ id: expect.any(String), status: 'PENDING' }]);
+    expect((await added(b)).map((r) => [r.topic, r.payload.jobId ?? 'snapshot'])).toEqual([
+      ['balance', 'snapshot'],
+      ['job', `auto-top-up-${topUp[0].id}`],
+    ]);
+    expect((await s.pool.query(`SELECT count(*)::int AS n FROM credit_alerts WHERE account_id = ANY($1)`, [[b, c]])).rows[0].n).toBe(0);
+    expect((await added(c)).map((r) => r.topic)).toEqual(['balance']);
+    for (const id of [a, b, c]) {
+      const view = (snap: BalanceSnapshot) => ({ ...balanceFromSnapshot(snap), asOf: null });
+      expect(view((await added(id))[0]!.payload)).toEqual(view(await readBalanceSnapshot(s.pool, id, new Date())));
+    }
+  });
+
+  it('balance_changed, the one-account form an earlier server version calls, writes what balances_changed writes', async () => {
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await recordUsage(s, { accountId, idempotencyKey: `one-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
+    const all = await rows(accountId);
+    const written = all.filter((r) => r.topic === 'balance').at(-1)!;
+    expect(all.slice(-3).map((r) => r.topic)).toEqual(['balance', 'alert', 'job']); // 20 % left: the 25 % alert
+    const client = await s.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(`DELETE FROM credit_alerts WHERE account_id = $1`, [accountId]);
+      const { rows: v } = await client.query(`SELECT version::text, updated_at, debt_micro_credits::text AS debt FROM balances WHERE account_id = $1`, [accountId]);
+      await client.query(`SELECT balance_changed($1, $2, $3, $4, $5)`, [accountId, written.payload.asOf, v[0].version, v[0].updated_at, v[0].debt]);
+      const { rows: again } = await client.query(`SELECT topic, payload FROM outbox_events WHERE account_id = $1 AND id > $2 ORDER BY id`, [accountId, all.at(-1)!.id]);
+      expect(again.map((r) => r.topic)).toEqual(['balance', 'alert', 'job']);
+      expect(again[0].payload).toEqual(written.payload);
+    } finally {
+      await client.query('ROLLBACK');
+      client.release();
+    }
   });
 });
 

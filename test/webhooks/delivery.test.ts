@@ -1,5 +1,5 @@
 /**
- * Signed webhooks end to end on the real path: recordUsage (real PostgreSQL) -> balance_changed
+ * Signed webhooks end to end on the real path: recordUsage (real PostgreSQL) -> balances_changed
  * raises credit alerts and writes `deliver-webhook` outbox rows -> the outbox relay enqueues them
  * on BullMQ (real Redis, a unique prefix) -> the ledger-jobs worker POSTs to a real HTTP receiver
  * on 127.0.0.1 -> webhook_deliveries logs every attempt. Retries use the production options
