@@ -5,6 +5,7 @@
  * Redis refuses.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
@@ -17,7 +18,6 @@ import { settleReservation } from '../../src/services/settle-reservation.js';
 import { refundUsage } from '../../src/services/refund-usage.js';
 import { voidGrant } from '../../src/services/void-grant.js';
 import { readBalanceSnapshot } from '../../src/services/read-balance.js';
-import { randomUUID } from 'node:crypto';
 import { credits } from '../../src/ledger/credits.js';
 import { balanceFromSnapshot, type BalanceSnapshot } from '../../src/services/balance-figures.js';
 import { drainOutboxOnce } from '../../src/outbox/relay.js';
@@ -38,13 +38,14 @@ async function rows(accountId: string) {
   return rows as Array<{ id: string; topic: string; payload: any }>;
 }
 
+/** A snapshot as the Balance it says (asOf is the instant each was computed for, so it is left out). */
+const view = (snap: BalanceSnapshot) => ({ ...balanceFromSnapshot(snap), asOf: null });
+
 describe('outbox rows', () => {
   it('one balance snapshot per committed change, equal to readBalance at that version', async () => {
     const accountId = await createFundedAccount(s, { free: 5, paid: 20 });
     const check = async () => {
       const list = (await rows(accountId)).filter((r) => r.topic === 'balance');
-      // The same Balance (asOf is the instant each was computed for, so it is left out).
-      const view = (snap: BalanceSnapshot) => ({ ...balanceFromSnapshot(snap), asOf: null });
       expect(view(list.at(-1)!.payload)).toEqual(view(await readBalanceSnapshot(s.pool, accountId, new Date())));
       return list.length;
     };
@@ -87,6 +88,7 @@ describe('outbox rows', () => {
     await recordUsage(s, { accountId, idempotencyKey: 'r1', category: 'unit' });
     expect(await rows(accountId)).toEqual(before);
   });
+
   it('one statement changing several accounts writes, per account and in order, its snapshot, the alerts it crossed and its top-up', async () => {
     // Settings' thresholds are 25, 15 and 0 %; each account's period credit is what it was granted.
     const [a, b, c] = [await createFundedAccount(s, { paid: 100 }), await createFundedAccount(s, { paid: 100 }), await createFundedAccount(s, { paid: 100 })];
@@ -125,7 +127,6 @@ describe('outbox rows', () => {
     expect((await s.pool.query(`SELECT count(*)::int AS n FROM credit_alerts WHERE account_id = ANY($1)`, [[b, c]])).rows[0].n).toBe(0);
     expect((await added(c)).map((r) => r.topic)).toEqual(['balance']);
     for (const id of [a, b, c]) {
-      const view = (snap: BalanceSnapshot) => ({ ...balanceFromSnapshot(snap), asOf: null });
       expect(view((await added(id))[0]!.payload)).toEqual(view(await readBalanceSnapshot(s.pool, id, new Date())));
     }
   });
