@@ -21,10 +21,11 @@
 -- each. A group-commit transaction or a recordUsageBatch spread over 100 accounts paid ~0.1 ms of
 -- PostgreSQL per account for it (bench/charge-profile.ts --batch 100 --spread: 0.097 of 0.276 ms
 -- of backend CPU per event). Here one statement computes every account's figures and writes every
--- snapshot (35-40 us per account for 100 accounts against 90-105 per call, measured in a PL/pgSQL
--- loop on the charge-profile database); alerts and top-ups, which few changes cross, run a second
--- statement only for the accounts that may cross one. For one account it costs ~107 us against
--- ~90 (one bigger statement instead of seven small ones).
+-- snapshot; alerts and top-ups, which few changes cross, run a second statement only for the
+-- accounts that may cross one. Measured with charge-profile (track_functions, alternating with the
+-- per-account function): ~0.045 ms per account of a 100-account batch against 0.14-0.16, and the
+-- same 0.18-0.22 ms per call with one account per transaction (bench/README.md, "One
+-- balances_changed per transaction").
 CREATE OR REPLACE FUNCTION "balances_changed"(p_accounts uuid[], p_now timestamptz[], p_versions bigint[], p_updated_at timestamptz[], p_debts bigint[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
