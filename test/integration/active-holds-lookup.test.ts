@@ -57,8 +57,9 @@ describe('ACTIVE holds of one account', () => {
       );
       // Statistics from a quiet moment, before the other accounts' holds are active: ANALYZE, and
       // what a VACUUM then leaves on the partial indexes of ACTIVE holds (reltuples 0; VACUUM itself
-      // cannot run in a transaction, and this catalog row goes back with the ROLLBACK). That is
-      // where a generic plan cached then chose the expiry sweep's index.
+      // cannot run in a transaction, and this catalog row goes back with the ROLLBACK; writing it
+      // takes a superuser, as the test database's user is). Before the migration, a generic plan
+      // made from these statistics read the expiry sweep's index.
       await client.query('ANALYZE reservations');
       await client.query(`UPDATE pg_class SET reltuples = 0
                            WHERE oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'reservations'::regclass AND indpred IS NOT NULL)`);
