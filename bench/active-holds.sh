@@ -29,36 +29,30 @@ use_indexes() {
   if [ "$1" = old ]; then q "$OLD_INDEX"; q "DROP INDEX IF EXISTS reservations_active_by_account";
   else q "$NEW_INDEX"; q "DROP INDEX IF EXISTS reservations_active_expiry"; fi
 }
-cleanup() {
-  q "SET session_replication_role = replica; DELETE FROM reservations WHERE idempotency_key LIKE 'bench-active-%'" || true
-  use_indexes new || true
-}
-trap cleanup EXIT
+delete_holds() { q "SET session_replication_role = replica; DELETE FROM reservations WHERE idempotency_key LIKE 'bench-active-%'"; }
+trap 'delete_holds || true; use_indexes new || true' EXIT
 
+# The measured statement: one account's balance change (its snapshot sums the account's holds).
+CALL="SELECT balances_changed(ARRAY['$ACCOUNT'::uuid], ARRAY[now()], ARRAY[1::bigint], ARRAY[now()], ARRAY[0::bigint]);"
 SCRIPT="$(mktemp)"
-cat > "$SCRIPT" <<SQL
-BEGIN;
-SELECT balances_changed(ARRAY['$ACCOUNT'::uuid], ARRAY[now()], ARRAY[1::bigint], ARRAY[now()], ARRAY[0::bigint]);
-ROLLBACK;
-SQL
+printf 'BEGIN;\n%s\nROLLBACK;\n' "$CALL" > "$SCRIPT"
 
 reads() {
   PGOPTIONS="-c plan_cache_mode=force_generic_plan" psql "$DB_URL" -qAtX -v ON_ERROR_STOP=1 <<SQL | tail -1
 BEGIN;
-SELECT balances_changed(ARRAY['$ACCOUNT'::uuid], ARRAY[now()], ARRAY[1::bigint], ARRAY[now()], ARRAY[0::bigint]);
+$CALL
 SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index WHERE indrelid = 'reservations'::regclass;
 ROLLBACK;
 SQL
 }
 
 # Per variant: the indexes as they were or are (made before the VACUUM, as in a deployment that
-# has them), the statistics of a quiet moment (no ACTIVE
-# hold), then the holds of everybody else. The fixture rows skip the ledger's triggers
+# has them), the statistics of a quiet moment (no ACTIVE hold), then the holds of everybody else. The fixture rows skip the ledger's triggers
 # (session_replication_role): only the planner and the executor look at them, and they are
 # deleted at the end.
 for r in $(seq 1 "$ROUNDS"); do
   for variant in old new; do
-    cleanup
+    delete_holds
     use_indexes "$variant"
     q "VACUUM ANALYZE reservations"
     q "SET session_replication_role = replica;
