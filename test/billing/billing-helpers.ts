@@ -46,6 +46,7 @@ export async function startBillingServer(): Promise<BillingServer> {
   };
 }
 
+/** The CreditPack fields the billing tests select (GraphQL selection set). */
 export const PACK_FIELDS = 'id name credits bonusCredits priceUsd expiresAfterDays';
 const CREATE_PACK = `mutation($input: CreateCreditPackInput!) { createCreditPack(input: $input) { ${PACK_FIELDS} } }`;
 const ATTACH = `mutation($accountId: ID!, $reference: String!) { attachPaymentMethod(accountId: $accountId, reference: $reference) { provider reference attachedAt } }`;

@@ -10,6 +10,11 @@ import { publishPriceBook } from '../../src/services/publish-price-book.js';
 import { TEST_DATABASE_URL } from './env.js';
 import { TEST_PRICE_BOOK } from './test-price-book.js';
 
+/**
+ * Runs once before all test files: drops the database of TEST_DATABASE_URL, applies every
+ * migration to a new one, sets the settings the tests count on (a 100-credit welcome bonus that
+ * expires after 30 days, 1 credit = $0.01) and publishes TEST_PRICE_BOOK.
+ */
 export default async function setup(): Promise<void> {
   const url = new URL(TEST_DATABASE_URL);
   const dbName = url.pathname.slice(1);

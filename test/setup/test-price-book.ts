@@ -4,6 +4,7 @@
  */
 import type { PriceBookInput } from '../../src/pricing/price-book.js';
 
+/** The test price book's input: flat, per-unit, free, per-token (the model's token price plus a markup, with a fallback in credits) and pass-through rules; amounts in credits as decimal strings. */
 export const TEST_PRICE_BOOK: PriceBookInput = {
   name: 'test book',
   byokFeePercent: '5',

@@ -8,6 +8,7 @@ import { expect } from 'vitest';
 import type { TestServer } from '../../setup/test-server.js';
 import { dbId, ok, uniq, type GqlResponse } from '../helpers.js';
 
+/** One day in milliseconds. */
 export const DAY_MS = 86_400_000;
 
 /** POSTs a GraphQL operation with a bearer token and any extra headers. */
