@@ -25,6 +25,7 @@
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { ensureCodegen, startServer, type StartedServer } from '../demo/server-process.js';
+import { readThreadSched, schedWindow, type ThreadSchedWindow } from './perf/sched-stat.js';
 
 interface Scenario {
   name: string;
@@ -36,6 +37,8 @@ interface Scenario {
   seconds: number;
   latenciesMs: number[];
   kind: ScenarioKind;
+  /** How the server's main thread shared the CPUs during the scenario (null without /proc). */
+  serverThread?: ThreadSchedWindow | null;
 }
 
 /** What one scenario sends: single charges, batches of charges, or jobs (hold, 3 captures, settle). */
@@ -159,6 +162,7 @@ async function main(): Promise<number> {
       const note = (code: string) => s.errors.set(code, (s.errors.get(code) ?? 0) + 1);
       const t0 = performance.now();
       const deadline = t0 + seconds * 1000;
+      const schedBefore = readThreadSched(server!.pids.server);
       let started = 0;
       await Promise.all(
         Array.from({ length: conc }, async () => {
@@ -204,12 +208,20 @@ async function main(): Promise<number> {
         }),
       );
       s.seconds = (performance.now() - t0) / 1000;
+      s.serverThread = schedWindow(schedBefore, readThreadSched(server!.pids.server));
       s.latenciesMs.sort((a, b) => a - b);
       const errs = [...s.errors].map(([c, n]) => `${c} x${n}`).join(', ') || 'none';
       console.log(
         `  ${name.padEnd(16)} accounts=${String(accounts).padEnd(5)} conc=${String(conc).padEnd(3)} ${Math.round(s.events / s.seconds).toLocaleString('en-US').padStart(7)} events/s  ` +
           `p50 ${percentile(s.latenciesMs, 50).toFixed(1)} ms  p99 ${percentile(s.latenciesMs, 99).toFixed(1)} ms  errors: ${errs}`,
       );
+      const w = s.serverThread;
+      if (w) {
+        console.log(
+          `  ${''.padEnd(16)} server's JavaScript thread: on a CPU ${w.runningPercent} %, waiting for a CPU ${w.waitingPercent} %, blocked ${w.blockedPercent} %; ` +
+            `preempted ${w.involuntaryPerSecond.toLocaleString('en-US')}/s, blocked ${w.voluntaryPerSecond.toLocaleString('en-US')}/s`,
+        );
+      }
       return s;
     };
 
