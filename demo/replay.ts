@@ -6,7 +6,9 @@
  *
  * One ORGANIZATION account (welcome bonus = FREE credit) plus one purchased PAID batch, sized
  * from exact API quotes so the credit runs out about 87.5 % through the trace; the rest of
- * the trace shows the refusals (INSUFFICIENT_CREDITS).
+ * the trace shows the refusals (INSUFFICIENT_CREDITS). One agent of the pool has a budget
+ * (setAgentBudget) of a quarter of what its requests would cost: its usage beyond is refused
+ * with BUDGET_EXCEEDED while the other agents go on.
  */
 import { formatCredits, parseCredits } from '../src/ledger/credits.js';
 import { GraphQLRequestError, errorCode, type GraphQLClient } from '../src/client/graphql-client.js';
@@ -20,6 +22,7 @@ import {
   RecordUsageBatchDocument,
   RecordUsageDocument,
   ReserveCreditsDocument,
+  SetAgentBudgetDocument,
   SettleReservationDocument,
   TaskCostDocument,
   type AccountSummaryQuery,
@@ -67,6 +70,8 @@ export interface ReplayReport {
   seconds: number;
   /** Usage events and reservations refused with INSUFFICIENT_CREDITS. */
   refusals: number;
+  /** Usage events and reservations of the budgeted agent refused with BUDGET_EXCEEDED. */
+  overBudget: number;
   /** Retries that returned the first event unchanged. */
   retriesSameEvent: number;
   /** The API's reconciliation: batch remaining - debt == total == ledger sum. */
@@ -160,7 +165,16 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     return (uncached * q.input + BigInt(p.cacheReadTokens) * q.cacheRead + BigInt(p.outputTokens) * q.output) / 1_000_000n;
   };
   const toolMicro = parseCredits(TOOL_CALL_CREDITS);
-  const wholeTrace = plan.reduce((s, p) => s + estimate(p) + (p.toolCall ? toolMicro : 0n), 0n);
+  const requestCost = (p: PlannedRequest) => estimate(p) + (p.toolCall ? toolMicro : 0n);
+  // One agent's budget: a quarter of what its requests would cost (whole credits), for the
+  // agent with the second-largest share, so its refusals show while most work goes on.
+  const plannedByAgent = new Map<string, bigint>();
+  for (const p of plan) plannedByAgent.set(p.agentId, (plannedByAgent.get(p.agentId) ?? 0n) + requestCost(p));
+  const ranked = [...plannedByAgent].sort((a, b) => (b[1] > a[1] ? 1 : b[1] < a[1] ? -1 : a[0].localeCompare(b[0])));
+  const [budgetAgent, budgetAgentPlanned] = ranked[1] ?? ranked[0]!;
+  const budgetLimit = ((budgetAgentPlanned / 4n + 999_999n) / 1_000_000n) * 1_000_000n;
+  // What the trace would cost with that agent stopped at its budget.
+  const wholeTrace = plan.reduce((s, p) => s + requestCost(p), 0n) - (budgetAgentPlanned > budgetLimit ? budgetAgentPlanned - budgetLimit : 0n);
   const target = (wholeTrace * 875n) / 1000n;
   let paidMicro = target - freeMicro;
   let runsOut = true;
@@ -174,9 +188,14 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     input: { accountId, amount: formatCredits(paidMicro), type: 'PAID', source: 'PURCHASE', reference: `${runId}-pack`, idempotencyKey: `${runId}-purchase` },
   });
   log(`Account ${account.externalId} (ORGANIZATION): welcome bonus ${showCredits(freeMicro)} FREE + purchase ${showCredits(parseCredits(grant.grantCredits.amount))} PAID.`);
+  const budget = await client.request(SetAgentBudgetDocument, { accountId, agentId: budgetAgent, limit: formatCredits(budgetLimit) });
+  log(
+    `Agent budget: ${budget.setAgentBudget?.agentId} may spend ${showCredits(parseCredits(budget.setAgentBudget?.limit ?? '0'))} credits per billing period, a quarter of what its requests in this selection would cost ` +
+      `(${showCredits(budgetAgentPlanned)}); beyond that its usage is refused with BUDGET_EXCEEDED while the other agents go on.`,
+  );
   log(
     runsOut
-      ? `The whole selection would cost about ${showCredits(wholeTrace)} credits (exact API prices), so the credit should run out about ${pct(Number((freeMicro + paidMicro) / 1000n), Number(wholeTrace / 1000n))} % through it.`
+      ? `The whole selection would cost about ${showCredits(wholeTrace)} credits (exact API prices, that agent stopped at its budget), so the credit should run out about ${pct(Number((freeMicro + paidMicro) / 1000n), Number(wholeTrace / 1000n))} % through it.`
       : `The whole selection would cost about ${showCredits(wholeTrace)} credits: the credit will NOT run out, so no refusals; use a larger --limit (default: the whole trace).`,
   );
 
@@ -192,6 +211,8 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   const splitDrawdowns: string[][] = [];
   const refusedByKind = { llm: 0, tool_call: 0, web_search: 0, reservation: 0 };
   let firstRefusal: number | undefined;
+  const overBudgetByKind = { llm: 0, tool_call: 0, web_search: 0, reservation: 0 };
+  let firstOverBudget: number | undefined;
   let requestsDone = 0;
   let retriesSent = 0;
   let retriesSameEvent = 0;
@@ -231,6 +252,10 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
   const refused = (kind: keyof typeof refusedByKind, index: number) => {
     refusedByKind[kind] += 1;
     if (kind !== 'web_search' && (firstRefusal === undefined || index < firstRefusal)) firstRefusal = index;
+  };
+  const overBudget = (kind: keyof typeof overBudgetByKind, index: number) => {
+    overBudgetByKind[kind] += 1;
+    if (firstOverBudget === undefined || index < firstOverBudget) firstOverBudget = index;
   };
 
   const baseInput = (p: PlannedRequest): RecordUsageInput => ({
@@ -281,6 +306,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
         const item = items[k] as BatchItem;
         if (row.event) charged(row.event, item.input, item.index);
         else if (row.errorCode === 'INSUFFICIENT_CREDITS') refused(item.input.category as 'llm' | 'tool_call' | 'web_search', item.index);
+        else if (row.errorCode === 'BUDGET_EXCEEDED') overBudget(item.input.category as 'llm' | 'tool_call' | 'web_search', item.index);
         else noteUnexpected(row.errorCode ?? 'NO_CODE', 'recordUsageBatch item', { input: item.input, errorCode: row.errorCode, errorMessage: row.errorMessage });
         if (item.isRequest) requestsDone += 1;
       });
@@ -291,12 +317,13 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     if (pending.length >= batchSize) flush();
   };
 
-  const single = async (input: RecordUsageInput, index: number): Promise<UsageEventChargeFragment | 'refused' | 'failed'> => {
+  const single = async (input: RecordUsageInput, index: number): Promise<UsageEventChargeFragment | 'refused' | 'over-budget' | 'failed'> => {
     try {
       const r = await client.request(RecordUsageDocument, { input });
       return r.recordUsage;
     } catch (e) {
       if (errorCode(e) === 'INSUFFICIENT_CREDITS') return 'refused';
+      if (errorCode(e) === 'BUDGET_EXCEEDED') return 'over-budget';
       noteUnexpected(errorCode(e) ?? 'CLIENT', 'recordUsage', { input, error: (e as Error).message, errors: e instanceof GraphQLRequestError ? e.errors : undefined });
       return 'failed';
     }
@@ -314,6 +341,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
         const r = await single(input, p.index);
         if (typeof r === 'object') charged(r, input, p.index);
         else if (r === 'refused') refused('llm', p.index);
+        else if (r === 'over-budget') overBudget('llm', p.index);
         requestsDone += 1;
       });
     } else if (p.mode === 'retry') {
@@ -327,9 +355,10 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
           if (typeof b === 'object' && b.id === a.id && b.cost === a.cost) retriesSameEvent += 1;
           else failures.push(`retry of ${input.idempotencyKey} returned ${typeof b === 'object' ? `event ${b.id} cost ${b.cost}` : b} instead of event ${a.id} cost ${a.cost}`);
           if (typeof b === 'object' && b.id !== a.id) charged(b, input, p.index);
-        } else if (a === 'refused') {
-          refused('llm', p.index);
-          if (b === 'refused') retriesRefusedTwice += 1;
+        } else if (a === 'refused' || a === 'over-budget') {
+          if (a === 'refused') refused('llm', p.index);
+          else overBudget('llm', p.index);
+          if (b === a) retriesRefusedTwice += 1;
           else if (typeof b === 'object') charged(b, input, p.index);
         }
         requestsDone += 1;
@@ -348,10 +377,15 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     const hold = ((estimate(p) * 3n) / 2n / 1_000_000n + 1n) * 1_000_000n; // 1.5 x the estimate, whole credits up
     let reservationId: string;
     try {
-      const r = await client.request(ReserveCreditsDocument, { input: { accountId, amount: formatCredits(hold), ttlSeconds: 300, idempotencyKey: `${input.idempotencyKey}:hold` } });
+      // The hold is the agent's: it counts against the agent's budget while it holds, and the
+      // captures and the settle then spend from it.
+      const r = await client.request(ReserveCreditsDocument, {
+        input: { accountId, agentId: p.agentId, amount: formatCredits(hold), ttlSeconds: 300, idempotencyKey: `${input.idempotencyKey}:hold` },
+      });
       reservationId = r.reserveCredits.id;
     } catch (e) {
       if (errorCode(e) === 'INSUFFICIENT_CREDITS') refused('reservation', p.index);
+      else if (errorCode(e) === 'BUDGET_EXCEEDED') overBudget('reservation', p.index);
       else noteUnexpected(errorCode(e) ?? 'CLIENT', 'reserveCredits', { amount: formatCredits(hold), error: (e as Error).message });
       return;
     }
@@ -370,6 +404,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
         charged(r, pi, p.index);
         partialMicro += parseCredits(r.cost);
       } else if (r === 'refused') refused('llm', p.index);
+      else if (r === 'over-budget') overBudget('llm', p.index);
     }
     const lastPart = { ...part(3, { outputTokens: out3 }) };
     delete lastPart.reservationId;
@@ -411,7 +446,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
       log(
         `[${s.toFixed(1).padStart(6)} s] requests ${n0(requestsDone).padStart(6)}/${n0(plan.length)} (${pct(requestsDone, plan.length).padStart(5)} %)  ` +
           `events ${n0(seenEvents.size).padStart(6)}  ${n0(Math.round(seenEvents.size / s)).padStart(5)} events/s  ` +
-          `available ${showCredits(parseCredits(b.account?.balance.available ?? '0'))} credits  refused ${n0(Object.values(refusedByKind).reduce((a, c) => a + c, 0))}`,
+          `available ${showCredits(parseCredits(b.account?.balance.available ?? '0'))} credits  refused ${n0(Object.values(refusedByKind).reduce((a, c) => a + c, 0))}  over budget ${n0(Object.values(overBudgetByKind).reduce((a, c) => a + c, 0))}`,
       );
     } catch (e) {
       log(`[progress] balance query failed: ${(e as Error).message}`);
@@ -464,6 +499,10 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     splitDrawdowns,
     refusedByKind,
     firstRefusal,
+    budgetAgent,
+    budgetAgentPlanned,
+    overBudgetByKind,
+    firstOverBudget,
     retriesSent,
     retriesSameEvent,
     retriesRefusedTwice,
@@ -495,6 +534,12 @@ interface SummaryInput {
   splitDrawdowns: string[][];
   refusedByKind: Record<'llm' | 'tool_call' | 'web_search' | 'reservation', number>;
   firstRefusal: number | undefined;
+  /** The agent with a budget, and what its requests would cost without one (micro-credits). */
+  budgetAgent: string;
+  budgetAgentPlanned: bigint;
+  /** Its usage and holds refused with BUDGET_EXCEEDED, and the first such request. */
+  overBudgetByKind: Record<'llm' | 'tool_call' | 'web_search' | 'reservation', number>;
+  firstOverBudget: number | undefined;
   retriesSent: number;
   retriesSameEvent: number;
   retriesRefusedTwice: number;
@@ -515,11 +560,12 @@ function table(log: (line: string) => void, header: string[], rows: string[][], 
   for (const r of rows) log(fmt(r));
 }
 
-function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; refusals: number; invariantHolds: boolean; failures: string[] } {
+function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; refusals: number; overBudget: number; invariantHolds: boolean; failures: string[] } {
   const { log, plan, failures } = s;
   const apiSpent = acct.byCategory.reduce((sum, r) => sum + parseCredits(r.credits), 0n);
   const apiEvents = acct.byCategory.reduce((sum, r) => sum + r.events, 0);
   const refusals = Object.values(s.refusedByKind).reduce((a, c) => a + c, 0);
+  const overBudget = Object.values(s.overBudgetByKind).reduce((a, c) => a + c, 0);
   const at = (i: number | undefined) => (i === undefined ? '-' : `#${n0(i + 1)} (${pct(i + 1, plan.length)} %)`);
 
   log('');
@@ -580,6 +626,21 @@ function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; ref
 
   log('');
   log(`Refusals (INSUFFICIENT_CREDITS): ${n0(refusals)}  (LLM calls ${n0(s.refusedByKind.llm)}, tool calls ${n0(s.refusedByKind.tool_call)}, web searches ${n0(s.refusedByKind.web_search)}, reservations ${n0(s.refusedByKind.reservation)}); first refusal at request ${at(s.firstRefusal)}`);
+  const budget = acct.budgets.find((b) => b.agentId === s.budgetAgent);
+  const agentSpent = s.byAgent.get(s.budgetAgent)?.micro ?? 0n;
+  if (!budget) failures.push(`the budget of ${s.budgetAgent} is missing from account.budgets`);
+  else {
+    const limit = parseCredits(budget.limit);
+    const spent = parseCredits(budget.spent);
+    log(
+      `Agent budget of ${s.budgetAgent}: spent ${showCredits(spent)} of ${showCredits(limit)} credits (its requests would have cost ${showCredits(s.budgetAgentPlanned)}); ` +
+        `refused with BUDGET_EXCEEDED: ${n0(overBudget)} (LLM calls ${n0(s.overBudgetByKind.llm)}, tool calls ${n0(s.overBudgetByKind.tool_call)}, web searches ${n0(s.overBudgetByKind.web_search)}, reservations ${n0(s.overBudgetByKind.reservation)}), the first at request ${at(s.firstOverBudget)}`,
+    );
+    log(`Client check: the agent's events received ${showCredits(agentSpent)} == its budget's spent ${showCredits(spent)}: ${agentSpent === spent ? 'yes' : 'NO'}; spent <= limit: ${spent <= limit ? 'yes' : 'NO'}`);
+    if (agentSpent !== spent) failures.push(`budget of ${s.budgetAgent}: spent ${budget.spent}, the client counted ${formatCredits(agentSpent)}`);
+    if (spent > limit) failures.push(`budget of ${s.budgetAgent}: spent ${budget.spent} beyond its limit ${budget.limit}`);
+    if (s.budgetAgentPlanned > limit && overBudget === 0) failures.push(`budget of ${s.budgetAgent}: its requests would cost more than its limit, yet none was refused with BUDGET_EXCEEDED`);
+  }
   log(`Idempotent retries: ${n0(s.retriesSent)} requests sent twice with the same key, ${n0(s.retriesSameEvent)} returned the same event id and cost (no double charge)${s.retriesRefusedTwice ? `; ${n0(s.retriesRefusedTwice)} more refused both times` : ''}.`);
   log(`Same key with different input: ${s.conflictShown}.`);
   log(`Reservations (streaming): ${n0(s.reservationsSettled)} reserved -> 2 partial captures -> settled with the last part; reservation.consumed equals the run's cost in ${n0(s.reservationsConsumedMatch)} of them.`);
@@ -634,5 +695,5 @@ function printSummary(acct: SummaryAccount, s: SummaryInput): { ok: boolean; ref
     for (const f of failures.slice(0, 20)) log(`  - ${f}`);
   }
   log('Trace data: Azure LLM inference trace 2023 (Microsoft, CC BY 4.0) / Mooncake FAST\'25 trace (Apache-2.0); see data/traces/README.md.');
-  return { ok: failures.length === 0, refusals, invariantHolds, failures };
+  return { ok: failures.length === 0, refusals, overBudget, invariantHolds, failures };
 }
