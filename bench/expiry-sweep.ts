@@ -38,7 +38,7 @@
  *      of ACTIVE batches) - debt = sum(non-hold ledger entries); after a full drain every total is
  *      0 and every balance version moved exactly once. Exits 1 on any failure (or drain error),
  *      2 on bad arguments.
- *   Prints a table and writes bench/results/expiry-sweep.json. The database is left in place
+ *   Prints a table and writes bench/results/expiry-sweep.json (or --out). The database is left in place
  *   for inspection (re-created by the next run unless --skip-generate).
  *
  * Machine: a shared 2-core VM; PostgreSQL (fsync and synchronous_commit on, shared_buffers
@@ -48,6 +48,9 @@
  * Usage: bash scripts/with-services.sh npx tsx bench/expiry-sweep.ts
  *          [--accounts 100000] [--batches 1000000] [--concurrency 8] [--mode parallel|sweep]
  *          [--max-drain-seconds 900] [--relay-jobs 100000] [--skip-generate] [--skip-relay]
+ *          [--stale-stats] [--out FILE]
+ * --stale-stats drains with the statistics a VACUUM leaves when no expiring batch is ACTIVE
+ * (makeStatisticsStale). --out writes the results elsewhere than bench/results/expiry-sweep.json.
  * --skip-generate drains whatever is due in the existing bench database (e.g. after a partial
  * run); --accounts/--batches are then only used for labels and the extrapolation.
  */
@@ -76,6 +79,7 @@ import { processSweepDue } from '../workers/processors/sweep-due.js';
 export const BENCH_DATABASE = 'creditpool_bench_expiry';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
+/** Where the results go unless --out names another file (the README's "Last results" are this file). */
 const RESULTS_FILE = join(ROOT, 'bench', 'results', 'expiry-sweep.json');
 const DEFAULT_DATABASE_URL = 'postgresql://postgres@127.0.0.1:5432/creditpool';
 const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
@@ -96,11 +100,13 @@ export interface BenchOptions {
   skipGenerate: boolean;
   skipRelay: boolean;
   staleStats: boolean;
+  /** The results file (default RESULTS_FILE). */
+  out: string;
 }
 
 function usage(message: string): never {
   console.error(
-    `${message}\nusage: tsx bench/expiry-sweep.ts [--accounts 100000] [--batches 1000000] [--concurrency 8] [--mode parallel|sweep] [--max-drain-seconds 900] [--relay-jobs 100000] [--skip-generate] [--skip-relay] [--stale-stats]`,
+    `${message}\nusage: tsx bench/expiry-sweep.ts [--accounts 100000] [--batches 1000000] [--concurrency 8] [--mode parallel|sweep] [--max-drain-seconds 900] [--relay-jobs 100000] [--skip-generate] [--skip-relay] [--stale-stats] [--out FILE]`,
   );
   process.exit(2);
 }
@@ -125,6 +131,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       'skip-generate': { type: 'boolean', default: false },
       'skip-relay': { type: 'boolean', default: false },
       'stale-stats': { type: 'boolean', default: false },
+      out: { type: 'string' },
     },
   });
   if (values.mode !== 'parallel' && values.mode !== 'sweep') usage('--mode must be parallel or sweep');
@@ -138,6 +145,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     skipGenerate: values['skip-generate'] === true,
     skipRelay: values['skip-relay'] === true,
     staleStats: values['stale-stats'] === true,
+    out: values.out ?? RESULTS_FILE,
   };
 }
 
@@ -968,12 +976,12 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
     printTable('Verification', checks.map((c) => [c.check, `${c.ok ? 'OK' : 'FAILED'} (${c.detail})`]));
     if (d.errors > 0) console.log(`\nDrain errors: ${d.errors}, first: ${d.firstError}`);
 
-    mkdirSync(dirname(RESULTS_FILE), { recursive: true });
+    mkdirSync(dirname(o.out), { recursive: true });
     writeFileSync(
-      RESULTS_FILE,
+      o.out,
       `${JSON.stringify({ measuredAt: new Date().toISOString(), options: o, machine: { ...machine, loadAvgAtEnd: loadavg().map((x) => round(x, 2)) }, generation, drain: d, relay: relayRuns, verification: { ok, checks } }, null, 2)}\n`,
     );
-    log(`wrote ${RESULTS_FILE}; ${ok ? 'all checks passed' : 'CHECKS FAILED'}`);
+    log(`wrote ${o.out}; ${ok ? 'all checks passed' : 'CHECKS FAILED'}`);
     return ok ? 0 : 1;
   } finally {
     await client.end();
