@@ -2,7 +2,8 @@
  * Summarises the context switches of one thread recorded by Linux `perf` (tracepoint
  * `sched:sched_switch` with call chains): how often it blocked (prev_state S/D) and how often it
  * was preempted while runnable (prev_state R), which programs took its CPU, and where it was
- * preempted (inside a socket write, at a system call's exit, or at an interrupt's return, e.g.
+ * preempted (inside a write, which for the server is one to a socket: PostgreSQL, Redis or an
+ * HTTP client; at a system call's exit; or at an interrupt's return, e.g.
  * the reschedule IPI of a task woken on the other CPU). Reads the text of `perf script`.
  *
  *   perf record -e sched:sched_switch -g -t <server pid> -o /tmp/sched.data -- sleep 8
@@ -42,7 +43,7 @@ export function summariseSwitches(text: string): SwitchSummary {
     bump(out.preemptedBy, m[2]!);
     const frames = lines.slice(1, 10).map((l) => l.trim().split(/\s+/)[1] ?? '');
     const place = frames.some((f) => /writev|sendmsg|sendto|write\b/.test(f))
-      ? 'in a socket write'
+      ? 'in a write (write, writev, sendmsg)'
       : frames.some((f) => f.startsWith('irqentry_exit'))
         ? "at an interrupt's return (IPI, timer)"
         : frames.some((f) => /syscall_exit|do_syscall/.test(f))
