@@ -80,6 +80,10 @@ export interface ReplayReport {
   failures: string[];
 }
 
+/** The refusals the demo provokes on purpose: credit ran out, or the budgeted agent is past its budget. */
+type RefusalCode = 'INSUFFICIENT_CREDITS' | 'BUDGET_EXCEEDED';
+const isRefusal = (code: string | null | undefined): code is RefusalCode => code === 'INSUFFICIENT_CREDITS' || code === 'BUDGET_EXCEEDED';
+
 /** Per-dimension tally kept by the client. */
 type Tally = Map<string, { events: number; micro: bigint }>;
 
@@ -257,6 +261,9 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     overBudgetByKind[kind] += 1;
     if (firstOverBudget === undefined || index < firstOverBudget) firstOverBudget = index;
   };
+  /** Tallies a refusal the demo expects: out of credit, or the budgeted agent past its budget. */
+  const refusal = (code: RefusalCode, kind: keyof typeof refusedByKind, index: number) =>
+    code === 'INSUFFICIENT_CREDITS' ? refused(kind, index) : overBudget(kind, index);
 
   const baseInput = (p: PlannedRequest): RecordUsageInput => ({
     accountId,
@@ -305,8 +312,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
       rows.forEach((row, k) => {
         const item = items[k] as BatchItem;
         if (row.event) charged(row.event, item.input, item.index);
-        else if (row.errorCode === 'INSUFFICIENT_CREDITS') refused(item.input.category as 'llm' | 'tool_call' | 'web_search', item.index);
-        else if (row.errorCode === 'BUDGET_EXCEEDED') overBudget(item.input.category as 'llm' | 'tool_call' | 'web_search', item.index);
+        else if (isRefusal(row.errorCode)) refusal(row.errorCode, item.input.category as 'llm' | 'tool_call' | 'web_search', item.index);
         else noteUnexpected(row.errorCode ?? 'NO_CODE', 'recordUsageBatch item', { input: item.input, errorCode: row.errorCode, errorMessage: row.errorMessage });
         if (item.isRequest) requestsDone += 1;
       });
@@ -317,13 +323,13 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
     if (pending.length >= batchSize) flush();
   };
 
-  const single = async (input: RecordUsageInput, index: number): Promise<UsageEventChargeFragment | 'refused' | 'over-budget' | 'failed'> => {
+  const single = async (input: RecordUsageInput, index: number): Promise<UsageEventChargeFragment | RefusalCode | 'failed'> => {
     try {
       const r = await client.request(RecordUsageDocument, { input });
       return r.recordUsage;
     } catch (e) {
-      if (errorCode(e) === 'INSUFFICIENT_CREDITS') return 'refused';
-      if (errorCode(e) === 'BUDGET_EXCEEDED') return 'over-budget';
+      const code = errorCode(e);
+      if (isRefusal(code)) return code;
       noteUnexpected(errorCode(e) ?? 'CLIENT', 'recordUsage', { input, error: (e as Error).message, errors: e instanceof GraphQLRequestError ? e.errors : undefined });
       return 'failed';
     }
@@ -340,8 +346,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
       jobs.push(async () => {
         const r = await single(input, p.index);
         if (typeof r === 'object') charged(r, input, p.index);
-        else if (r === 'refused') refused('llm', p.index);
-        else if (r === 'over-budget') overBudget('llm', p.index);
+        else if (r !== 'failed') refusal(r, 'llm', p.index);
         requestsDone += 1;
       });
     } else if (p.mode === 'retry') {
@@ -355,9 +360,8 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
           if (typeof b === 'object' && b.id === a.id && b.cost === a.cost) retriesSameEvent += 1;
           else failures.push(`retry of ${input.idempotencyKey} returned ${typeof b === 'object' ? `event ${b.id} cost ${b.cost}` : b} instead of event ${a.id} cost ${a.cost}`);
           if (typeof b === 'object' && b.id !== a.id) charged(b, input, p.index);
-        } else if (a === 'refused' || a === 'over-budget') {
-          if (a === 'refused') refused('llm', p.index);
-          else overBudget('llm', p.index);
+        } else if (a !== 'failed') {
+          refusal(a, 'llm', p.index);
           if (b === a) retriesRefusedTwice += 1;
           else if (typeof b === 'object') charged(b, input, p.index);
         }
@@ -384,8 +388,8 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
       });
       reservationId = r.reserveCredits.id;
     } catch (e) {
-      if (errorCode(e) === 'INSUFFICIENT_CREDITS') refused('reservation', p.index);
-      else if (errorCode(e) === 'BUDGET_EXCEEDED') overBudget('reservation', p.index);
+      const code = errorCode(e);
+      if (isRefusal(code)) refusal(code, 'reservation', p.index);
       else noteUnexpected(errorCode(e) ?? 'CLIENT', 'reserveCredits', { amount: formatCredits(hold), error: (e as Error).message });
       return;
     }
@@ -403,8 +407,7 @@ export async function runReplay(client: GraphQLClient, options: ReplayOptions): 
       if (typeof r === 'object') {
         charged(r, pi, p.index);
         partialMicro += parseCredits(r.cost);
-      } else if (r === 'refused') refused('llm', p.index);
-      else if (r === 'over-budget') overBudget('llm', p.index);
+      } else if (r !== 'failed') refusal(r, 'llm', p.index);
     }
     const lastPart = { ...part(3, { outputTokens: out3 }) };
     delete lastPart.reservationId;

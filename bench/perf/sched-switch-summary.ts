@@ -16,19 +16,15 @@
 import { readFileSync } from 'node:fs';
 
 /** Counts of one recording: switches by the thread's state, and its preemptions by successor and by place. */
-export interface SwitchSummary {
+interface SwitchSummary {
   blocked: number;
   preempted: number;
   preemptedBy: Map<string, number>;
   preemptedIn: Map<string, number>;
 }
 
-/**
- * Parses `perf script` output of sched:sched_switch events (see the file comment).
- * @param text the whole output
- * @returns the counts (events of other tracepoints are skipped)
- */
-export function summariseSwitches(text: string): SwitchSummary {
+/** Parses `perf script` output of sched:sched_switch events (see the file comment); events of other tracepoints are skipped. */
+function summariseSwitches(text: string): SwitchSummary {
   const out: SwitchSummary = { blocked: 0, preempted: 0, preemptedBy: new Map(), preemptedIn: new Map() };
   const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
   for (const event of text.split(/\n\s*\n/)) {
@@ -54,14 +50,11 @@ export function summariseSwitches(text: string): SwitchSummary {
   return out;
 }
 
-const isMain = process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\//, ''));
-if (isMain) {
-  const s = summariseSwitches(readFileSync(0, 'utf8'));
-  const total = s.blocked + s.preempted;
-  const pct = (n: number, of: number) => `${((100 * n) / Math.max(1, of)).toFixed(0)} %`;
-  console.log(`context switches: ${total}; blocked ${s.blocked} (${pct(s.blocked, total)}), preempted ${s.preempted} (${pct(s.preempted, total)})`);
-  console.log('preempted by:');
-  for (const [k, n] of [...s.preemptedBy].sort((a, b) => b[1] - a[1]).slice(0, 8)) console.log(`  ${k.padEnd(20)} ${String(n).padStart(6)}  ${pct(n, s.preempted)}`);
-  console.log('preempted where:');
-  for (const [k, n] of [...s.preemptedIn].sort((a, b) => b[1] - a[1])) console.log(`  ${k.padEnd(40)} ${String(n).padStart(6)}  ${pct(n, s.preempted)}`);
-}
+const s = summariseSwitches(readFileSync(0, 'utf8'));
+const total = s.blocked + s.preempted;
+const pct = (n: number, of: number) => `${((100 * n) / Math.max(1, of)).toFixed(0)} %`;
+console.log(`context switches: ${total}; blocked ${s.blocked} (${pct(s.blocked, total)}), preempted ${s.preempted} (${pct(s.preempted, total)})`);
+console.log('preempted by:');
+for (const [k, n] of [...s.preemptedBy].sort((a, b) => b[1] - a[1]).slice(0, 8)) console.log(`  ${k.padEnd(20)} ${String(n).padStart(6)}  ${pct(n, s.preempted)}`);
+console.log('preempted where:');
+for (const [k, n] of [...s.preemptedIn].sort((a, b) => b[1] - a[1])) console.log(`  ${k.padEnd(40)} ${String(n).padStart(6)}  ${pct(n, s.preempted)}`);
