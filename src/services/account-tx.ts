@@ -111,6 +111,7 @@ function chargeStatesFromRows(rows: readonly Record<string, unknown>[]): Map<str
         reservedMicroCredits: toBigInt(r.held ?? 0),
         hasAnyBudget: r.has_budget === true,
         priorUsage: priorKeysFromList(r.priors),
+        priorUsageRead: true,
         reservations: new Map(),
         priorHolds: priorKeysFromList(r.hold_keys),
         budgets: new Map(),
@@ -155,6 +156,13 @@ export interface ChargeState {
   hasAnyBudget: boolean;
   /** Usage events already recorded, by idempotency key (of the keys asked for). */
   priorUsage: Map<string, { id: string; requestHash: string }>;
+  /**
+   * False when `priorUsage` was not read but left empty (GroupCommitter's carried state): a key
+   * recorded before then shows up only as the unique key's violation of the insert, so a charge
+   * that would be refused (which inserts nothing) must look its key up before it is answered
+   * (chargeAccounts, AccountTx.priorUsageKeys).
+   */
+  priorUsageRead: boolean;
   /** The reservations asked for that belong to this account, by id. */
   reservations: Map<string, HoldState>;
   /** Reservations already made, by idempotency key (of the hold keys asked for). */
@@ -319,6 +327,18 @@ export class AccountTx {
   /** The single-account lock statement (one named statement for `lock` and `lockCarried`): the row LOCK_SELECT reads, or none. */
   private static lockRow(tx: Tx, accountId: string) {
     return tx.query({ name: 'cp-account-lock', text: `${LOCK_SELECT} WHERE b.account_id = $1 FOR UPDATE OF b`, values: [accountId] });
+  }
+
+  /**
+   * The usage events of `accountId` already recorded under any of `keys` (idempotency keys), by
+   * key, with their ids and request hashes: one probe of the (account_id, idempotency_key) unique
+   * index per key (priorKeysByAccount). For a group decided from carried state, whose refusals
+   * must replay a recorded key as applyCharge does (README: the same key and input return the
+   * first result).
+   */
+  static async priorUsageKeys(tx: Tx, accountId: string, keys: readonly string[]): Promise<Map<string, { id: string; requestHash: string }>> {
+    const { rows } = await tx.query(priorKeysByAccount('usage_events', '$1', '$2'), [keys.map(() => accountId), keys]);
+    return priorKeysFromList(rows[0]?.list);
   }
 
   /**

@@ -304,6 +304,7 @@ export class GroupCommitter {
             reservedMicroCredits: 0n,
             hasAnyBudget: d.hasAnyBudget,
             priorUsage: new Map(),
+            priorUsageRead: false,
             reservations: new Map(),
             priorHolds: new Map(),
             budgets: d.budgets,

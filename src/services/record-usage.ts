@@ -771,6 +771,7 @@ export async function chargeAccounts(
       fresh.push({ out, index: out.length });
       out.push({ ok: true, result: { eventId: id, replayed: false } });
     }
+    if (!state.priorUsageRead) await answerRecordedRefusals(tx, atx.accountId, items, out);
     for (const t of acct.budgets.values()) {
       if (t.movedMicroCredits !== 0n) budgetMoves.push({ accountId: atx.accountId, subjectKind: t.subjectKind, subjectId: t.subjectId, periodStart: atx.period().start, deltaMicroCredits: t.movedMicroCredits });
     }
@@ -813,6 +814,29 @@ export async function chargeAccounts(
   if (pending) for (const w of writes) deferStatement(pending, w);
   else await awaitInOrder(writes);
   return results;
+}
+
+/**
+ * For a group decided from carried state (ChargeState.priorUsageRead false: its keys were not
+ * looked up): every charge it refused, which inserts nothing, so the usage events' unique key
+ * cannot catch a key recorded by an earlier transaction, is looked up now and answered as
+ * applyCharge answers a recorded key before deciding anything: the recorded event replayed
+ * (same request hash) or IDEMPOTENCY_CONFLICT. A client retrying a charge that was recorded is
+ * then never told INSUFFICIENT_CREDITS or BUDGET_EXCEEDED because the credit has run out since.
+ * One statement, only when the group refused something. Replaces entries of `out` (parallel to
+ * `items`) in place; a refusal stays a refusal when no event has its key.
+ */
+async function answerRecordedRefusals(tx: Tx, accountId: string, items: readonly GroupItem[], out: ItemOutcome[]): Promise<void> {
+  const refused = items.flatMap((item, i) => {
+    const o = out[i]!;
+    return !('op' in item) && !o.ok && !(o.error instanceof LedgerError && o.error.code === 'IDEMPOTENCY_CONFLICT') ? [{ i, cmd: item.cmd }] : [];
+  });
+  if (refused.length === 0) return;
+  const prior = await AccountTx.priorUsageKeys(tx, accountId, [...new Set(refused.map((r) => r.cmd.idempotencyKey))]);
+  for (const { i, cmd } of refused) {
+    const p = prior.get(cmd.idempotencyKey);
+    if (p) out[i] = p.requestHash === commandHash(cmd) ? { ok: true, result: { eventId: p.id, replayed: true } } : { ok: false, error: idempotencyConflict('usage event') };
+  }
 }
 
 /** AccountTx.chargeStates's request for one account's items: their idempotency keys, the holds they capture or settle, the keys of their holds. */

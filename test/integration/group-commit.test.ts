@@ -639,9 +639,17 @@ describe('carried state (a hot account decides from what its previous transactio
   async function inPairs(
     accountId: string,
     keys: string[],
-    opts: { charge?: ChargeAccounts; agentId?: string; agentOf?: (key: string) => string; carryState?: boolean; pool?: pg.Pool } = {},
+    opts: {
+      charge?: ChargeAccounts;
+      agentId?: string;
+      agentOf?: (key: string) => string;
+      /** Input fields of the i-th charge that differ from the others' (e.g. another category under a key sent before). */
+      inputAt?: (i: number) => Record<string, unknown>;
+      carryState?: boolean;
+      pool?: pg.Pool;
+    } = {},
   ) {
-    const { charge = chargeAccounts, agentId, agentOf = () => agentId, carryState, pool = services.pool } = opts;
+    const { charge = chargeAccounts, agentId, agentOf = () => agentId, inputAt = () => ({}), carryState, pool = services.pool } = opts;
     const committer = new GroupCommitter(pool, services.clock, charge, applyCharge, { maxTransactions: 1, maxChargesPerAccount: 2, carryState });
     const local = { ...services, groupCommit: committer };
     const other = await createFundedAccount(services, { paid: 1 });
@@ -649,8 +657,8 @@ describe('carried state (a hot account decides from what its previous transactio
     // Priced first, then queued in this order (recordUsage would queue each when its pricing
     // finished), so the transactions take them two by two in the order given.
     const priced = [];
-    for (const idempotencyKey of keys) {
-      const cmd = validateUsageInput({ accountId, idempotencyKey, category: 'unit', agentId: agentOf(idempotencyKey) });
+    for (const [i, idempotencyKey] of keys.entries()) {
+      const cmd = validateUsageInput({ accountId, idempotencyKey, category: 'unit', agentId: agentOf(idempotencyKey), ...inputAt(i) });
       priced.push({ cmd, price: await pricerFor(local, cmd) });
     }
     const calls = priced.map(({ cmd, price }) => committer.charge(cmd, price));
@@ -774,6 +782,41 @@ describe('carried state (a hot account decides from what its previous transactio
     const { rows } = await services.pool.query('SELECT count(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
     expect(rows[0].n).toBe(5);
     expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(5));
+  });
+
+  it('a recorded key sent again once the credit ran out is replayed, not refused as INSUFFICIENT_CREDITS (its transaction refuses nothing it did not look up)', async () => {
+    const accountId = await createFundedAccount(services, { paid: 2 });
+    // k1, k2 spend the 2 credits; the second transaction decides k1, k2 again from what the first
+    // left (0 credits), without having read their keys.
+    const { committer, results } = await inPairs(accountId, ['k1', 'k2', 'k1', 'k2']);
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK']);
+    const value = (i: number) => (results[i] as PromiseFulfilledResult<{ eventId: string; replayed: boolean }>).value;
+    expect(value(2)).toMatchObject({ eventId: value(0).eventId, replayed: true });
+    expect(value(3)).toMatchObject({ eventId: value(1).eventId, replayed: true });
+    expect(committer.stats()).toMatchObject({ carriedState: 1, carriedStateMisses: 0 });
+    const { rows } = await services.pool.query('SELECT count(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
+    expect(rows[0].n).toBe(2);
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(0n);
+  });
+
+  it('a recorded key sent again with another request once the credit ran out is IDEMPOTENCY_CONFLICT; an unrecorded key is still refused', async () => {
+    const accountId = await createFundedAccount(services, { paid: 2 });
+    const { committer, results } = await inPairs(accountId, ['m1', 'm2', 'm1', 'm3'], { inputAt: (i) => (i === 2 ? { userId: 'someone-else' } : {}) });
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'IDEMPOTENCY_CONFLICT', 'INSUFFICIENT_CREDITS']);
+    expect(committer.stats()).toMatchObject({ carriedState: 1, carriedStateMisses: 0 });
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(0n);
+  });
+
+  it("a recorded key sent again once its agent's budget is spent is replayed, not refused as BUDGET_EXCEEDED", async () => {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const plain = { ...services, groupCommit: undefined };
+    await setSpendingBudget(plain, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(3) });
+    await recordUsage(plain, { accountId, idempotencyKey: 'before', category: 'unit', agentId: 'agent-1' }); // starts the kept row: spent 1
+    const { committer, results } = await inPairs(accountId, ['r1', 'r2', 'r1', 'r3'], { agentId: 'agent-1' });
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'BUDGET_EXCEEDED']);
+    expect((results[2] as PromiseFulfilledResult<{ replayed: boolean }>).value.replayed).toBe(true);
+    expect(committer.stats()).toMatchObject({ carriedState: 1, carriedStateMisses: 0 });
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(7));
   });
 
   it('is not used with carryState: false', async () => {
