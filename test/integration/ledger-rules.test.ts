@@ -152,6 +152,41 @@ describe('refunds and voids', () => {
     await expectLedgerInvariant(s.pool, accountId, at(60_000));
   });
 
+  it('refunding an event whose debt later grants repaid gives its whole cost back (forgiven debt, repaid debt as an ADJUSTMENT grant), once', async () => {
+    s.setNow(T0);
+    for (const [repayCredits, forgivenCredits] of [
+      [10, 0], // the grant repaid all 3 of the event's debt
+      [1, 2], // it repaid 1; 2 are still owed and forgiven
+    ] as const) {
+      const accountId = await createFundedAccount(s, { paid: 5 });
+      const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'h' });
+      // 8 against a hold of 5 on 5 credits: 5 drawn, 3 become debt.
+      const ev = await recordUsage(s, { accountId, idempotencyKey: 'over', category: 'units', quantities: { units: '8' }, reservationId });
+      expect((await readBalance(s.pool, accountId, T0)).debtMicroCredits).toBe(credits(3));
+      await grant(accountId, 'top-up', repayCredits, 'PAID');
+      await refundUsage(s, ev.eventId, 'bad answer');
+      // Everything the account was given (5 + the grant), nothing charged any more.
+      const b = await readBalance(s.pool, accountId, T0);
+      expect([b.totalMicroCredits, b.debtMicroCredits]).toEqual([credits(5 + repayCredits), 0n]);
+      const { rows } = await s.pool.query(
+        `SELECT l.type, l.amount_micro_credits::text AS amount, g.source, g.reference
+           FROM ledger_entries l LEFT JOIN credit_batches b ON b.id = l.batch_id LEFT JOIN credit_grants g ON g.id = b.grant_id
+          WHERE l.account_id = $1 AND l.seq > (SELECT max(seq) FROM ledger_entries WHERE account_id = $1 AND type IN ('GRANT', 'DEBT_REPAY') AND note IS DISTINCT FROM 'ADJUSTMENT')
+          ORDER BY l.seq`,
+        [accountId],
+      );
+      const repaid = 3 - forgivenCredits;
+      expect(rows).toEqual([
+        { type: 'REFUND', amount: credits(5).toString(), source: 'PURCHASE', reference: null },
+        ...(forgivenCredits > 0 ? [{ type: 'REFUND', amount: credits(forgivenCredits).toString(), source: null, reference: null }] : []),
+        { type: 'GRANT', amount: credits(repaid).toString(), source: 'ADJUSTMENT', reference: `refund of usage event ${ev.eventId}` },
+      ]);
+      await refundUsage(s, ev.eventId, 'bad answer'); // once
+      expect((await readBalance(s.pool, accountId, T0)).totalMicroCredits).toBe(credits(5 + repayCredits));
+      await expectLedgerInvariant(s.pool, accountId, T0);
+    }
+  });
+
   it("voidGrant removes the grant's unused remainder, once", async () => {
     s.setNow(T0);
     const accountId = await createFundedAccount(s, {});
