@@ -819,6 +819,59 @@ describe('carried state (a hot account decides from what its previous transactio
     expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(7));
   });
 
+  it('decides like one transaction per charge for random lists of charges (repeated keys, refusals for credit and budget): carried state changes no outcome (property)', async () => {
+    const chargeArb = fc.record({
+      key: fc.integer({ min: 0, max: 4 }).map((k) => `p-${k}`),
+      units: fc.integer({ min: 0, max: 3 }).map(String), // 0 .. 3 credits
+      agent: fc.constantFrom('a1', 'a1', 'a2'), // a1 has a budget of 3 credits a period
+    });
+    let runsFromCarriedState = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(chargeArb, { minLength: 2, maxLength: 10 }), fc.integer({ min: 0, max: 6 }), async (charges, paid) => {
+        const plain = { ...services, groupCommit: undefined };
+        const prepare = async () => {
+          const accountId = await createFundedAccount(services, { paid });
+          await setSpendingBudget(plain, { accountId, subjectKind: 'AGENT', subjectId: 'a1', limitMicroCredits: credits(3) });
+          await recordUsage(plain, { accountId, idempotencyKey: 'start', category: 'free', agentId: 'a1' }); // starts a1's kept row
+          return accountId;
+        };
+        const input = (i: number) => ({ category: 'units', quantities: { units: charges[i]!.units }, agentId: charges[i]!.agent });
+        // One transaction per charge, in order (the naive path's rules).
+        const seqAccount = await prepare();
+        const seq: string[] = [];
+        const seqIds: (string | null)[] = [];
+        for (let i = 0; i < charges.length; i++) {
+          try {
+            const r = await recordUsage(plain, { accountId: seqAccount, idempotencyKey: charges[i]!.key, ...input(i) });
+            seq.push(r.replayed ? 'REPLAYED' : 'OK');
+            seqIds.push(r.eventId);
+          } catch (error) {
+            seq.push(codeOf({ status: 'rejected', reason: error } as PromiseSettledResult<unknown>));
+            seqIds.push(null);
+          }
+        }
+        // Two charges per transaction, each transaction after the first from carried state.
+        const grpAccount = await prepare();
+        const { committer, results } = await inPairs(grpAccount, charges.map((c) => c.key), { inputAt: input });
+        const grp = results.map((r) => (r.status === 'fulfilled' && (r.value as { replayed: boolean }).replayed ? 'REPLAYED' : codeOf(r)));
+        expect(grp).toEqual(seq);
+        // Replays name the event their key recorded, as in the sequential run (by position).
+        const grpIds = results.map((r) => (r.status === 'fulfilled' ? (r.value as { eventId: string }).eventId : null));
+        const firstIndex = (ids: (string | null)[]) => ids.map((id) => (id === null ? -1 : ids.indexOf(id)));
+        expect(firstIndex(grpIds)).toEqual(firstIndex(seqIds));
+        if (committer.stats().carriedState > 0) runsFromCarriedState++;
+        const seqTotal = (await expectLedgerInvariant(services.pool, seqAccount)).totalMicroCredits;
+        expect((await expectLedgerInvariant(services.pool, grpAccount)).totalMicroCredits).toBe(seqTotal);
+        // (A kept row of 0 and no row say the same: which path starts the row first differs.)
+        const spent = async (accountId: string) =>
+          (await services.pool.query('SELECT COALESCE(sum(spent_micro_credits), 0)::text AS s FROM budget_spend WHERE account_id = $1', [accountId])).rows[0].s;
+        expect(await spent(grpAccount)).toEqual(await spent(seqAccount));
+      }),
+      { numRuns: 40 },
+    );
+    expect(runsFromCarriedState).toBeGreaterThan(10); // the property is about carried state: most runs used it
+  });
+
   it('is not used with carryState: false', async () => {
     const accountId = await createFundedAccount(services, { paid: 10 });
     const { committer, results } = await inPairs(accountId, ['f1', 'f2', 'f3', 'f4'], { carryState: false });
