@@ -96,7 +96,9 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     try {
       unsubscribe = await hub.subscribe(accountId, {
         onMessage: (m) => (started ? enqueue(m) : void buffered.push(m)),
-        resync: () => run(() => h.catchUp()),
+        // Before start() ran there is nothing to catch up on: start reads the current state
+        // itself (a catch-up queued ahead of it would send a seq stream's rows from seq 0).
+        resync: () => (started ? run(() => h.catchUp()) : undefined),
       });
       run(async () => {
         const first = await h.start();
@@ -141,13 +143,19 @@ function seqStream<T extends { seq: bigint }>(
   ctx: GraphQLContext,
   accountId: string,
   topics: readonly LiveMessage['topic'][],
-  rows: { after(seq: bigint): Promise<T[]>; lastSeq(): Promise<bigint | null> },
+  rows: { after(seq: bigint): Promise<T[]>; pageSize: number; lastSeq(): Promise<bigint | null> },
 ): AsyncIterable<T> {
   let lastSeq = 0n;
+  // Every row after the last one sent, page by page: one transaction (a recordUsageBatch of up
+  // to MAX_BATCH_ITEMS events) wakes the stream once for all its rows.
   const since = async (): Promise<T[]> => {
-    const found = await rows.after(lastSeq);
-    if (found.length > 0) lastSeq = found[found.length - 1]!.seq;
-    return found;
+    const all: T[] = [];
+    for (;;) {
+      const found = await rows.after(lastSeq);
+      if (found.length > 0) lastSeq = found[found.length - 1]!.seq;
+      all.push(...found);
+      if (found.length < rows.pageSize) return all;
+    }
   };
   return liveStream(ctx, accountId, {
     start: async () => {
@@ -169,6 +177,7 @@ function seqStream<T extends { seq: bigint }>(
 function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent> {
   return seqStream(ctx, accountId, ['balance', 'usage'], {
     after: (seq) => ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 500 }),
+    pageSize: 500,
     lastSeq: async () => (await ctx.prisma.usageEvent.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
   });
 }
@@ -177,6 +186,7 @@ function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Usag
 function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert> {
   return seqStream(ctx, accountId, ['alert'], {
     after: (seq) => ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 100 }),
+    pageSize: 100,
     lastSeq: async () => (await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
   });
 }

@@ -142,6 +142,24 @@ describe('usageRecorded and creditAlerts', () => {
     expect(sub.events.slice(4).map((e) => e.usageRecorded.id)).toEqual(recorded.map((r: any) => r.event.id));
   });
 
+  it('delivers every event of a batch larger than one read (600 events, one transaction, one wake-up), in order', async () => {
+    const account = await apiAccount(srv, { paid: '1000' });
+    const before = await streamsStarted(srv.url);
+    const sub = track(wsSubscribe(srv.url, bearer(), USAGE_SUB, { id: account }));
+    await waitForStreamsStarted(srv.url, before + 1);
+    const keys = Array.from({ length: 600 }, () => uniq('big'));
+    const recorded = ok(
+      await srv.gql(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { event { id } errorCode } }`, {
+        inputs: keys.map((idempotencyKey) => ({ accountId: account, category: 'unit', idempotencyKey })),
+      }),
+    ).recordUsageBatch;
+    expect(recorded.every((r: any) => r.errorCode === null)).toBe(true);
+    // No later change wakes the stream: the batch's one wake-up must deliver all 600 (a stream
+    // reading one page of 500 per wake-up stops at 500 and this wait times out).
+    await sub.waitFor((s) => s.events.length === 600, "all 600 of the batch's events");
+    expect(sub.events.map((e) => e.usageRecorded.idempotencyKey)).toEqual(keys);
+  });
+
   it('delivers credit alerts recorded for the account, once per threshold per period', async () => {
     const account = await apiAccount(srv, { paid: '10' });
     const before = await streamsStarted(srv.url);
