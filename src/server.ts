@@ -2,7 +2,8 @@
  * buildServer(): graphql-yoga over Node's http server, with /healthz and /readyz.
  * GraphiQL is served at GET /graphql (off in production). Limits (depth, aliases, tokens, cost)
  * come from graphql-armor; introspection and field suggestions are off in production; every
- * unexpected error is masked to the client and logged with the request id.
+ * unexpected error is masked to the client and logged with the request id; strings PostgreSQL
+ * cannot store as sent (NUL, lone surrogates) are refused before execution (graphql/input-values.ts).
  *
  * Live updates (issue #3): subscriptions over WebSocket (graphql-ws, protocol
  * `graphql-transport-ws`, on the /graphql path) and over SSE (yoga's built-in GraphQL over SSE,
@@ -29,6 +30,7 @@ import type { Logger } from 'pino';
 import { schema } from './graphql/schema.js';
 import type { GraphQLContext } from './graphql/context.js';
 import { maskError } from './graphql/errors.js';
+import { refuseUnstorableStrings } from './graphql/input-values.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
 import type { PrismaClient } from './db/prisma.js';
@@ -205,6 +207,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       ...(production ? [disableIntrospection()] : []),
       validationErrorsAreBadInput(),
       refuseAnonymousStreams(),
+      refuseUnstorableStrings(),
     ],
   });
 

@@ -39,8 +39,13 @@ export const NEUTRAL_MESSAGE = 'This service is temporarily unavailable. Please 
 export const DATABASE_UNAVAILABLE_MESSAGE =
   'The ledger database is temporarily unavailable. Retry with the same idempotency key: a request that was recorded is replayed, never applied twice.';
 
-/** Codes graphql-yoga/graphql-js give to a request that is malformed: the client's fault. */
-const CLIENT_FAULT_CODES = new Set(['GRAPHQL_VALIDATION_FAILED', 'GRAPHQL_PARSE_FAILED', 'BAD_REQUEST', 'BAD_USER_INPUT']);
+/**
+ * Codes graphql-yoga/graphql-js give to a request that is malformed: the client's fault.
+ * OPERATION_RESOLUTION_FAILURE is @graphql-tools/executor's for an operationName the document
+ * does not define, or several operations and no operationName (and yoga's for a mutation sent
+ * with GET); it is not in the contract's closed list, so it is answered as BAD_USER_INPUT too.
+ */
+const CLIENT_FAULT_CODES = new Set(['GRAPHQL_VALIDATION_FAILED', 'GRAPHQL_PARSE_FAILED', 'BAD_REQUEST', 'BAD_USER_INPUT', 'OPERATION_RESOLUTION_FAILURE']);
 
 /**
  * Maps any error thrown while executing to what the client may see.

@@ -156,6 +156,11 @@ builder.queryType({
       resolve: async (_root, args, ctx) => {
         const accountId = decodeId(String(args.accountId), 'Account', 'account');
         await assertCanReadAccount(ctx, accountId);
+        // A service key may read every account, so assertCanReadAccount does not look the account
+        // up; a missing one answers NOT_FOUND, as `quote` does and as a foreign one does (ids.ts).
+        if (!(await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { id: true } }))) {
+          throw new LedgerError('NOT_FOUND', 'account not found');
+        }
         const range = { from: new Date(0), to: new Date(8.64e15) };
         const [totals] = await usageSummary(ctx.services.pool, accountId, range, [], { taskId: args.taskId });
         const byCategory = await usageSummary(ctx.services.pool, accountId, range, ['CATEGORY'], { taskId: args.taskId });

@@ -1,13 +1,16 @@
 /**
  * Custom scalars of the contract: Credits (bigint micro-credits inside, canonical decimal
- * string outside), Decimal (canonical decimal string), DateTime (ISO-8601 with offset, UTC out),
- * BigInt (decimal string), JSON. Every parse failure is BAD_USER_INPUT.
+ * string outside), Decimal (canonical decimal string), DateTime (ISO-8601 with offset, UTC out,
+ * 0001-01-01 .. 9999-12-31 UTC: input-values.ts), BigInt (decimal string), JSON (at most 32
+ * levels deep, finite numbers). Every parse failure is BAD_USER_INPUT.
  */
 import { Kind, type ValueNode } from 'graphql';
 import { builder } from './builder.js';
 import { formatCredits, parseCredits, parseExactDecimal, formatExactDecimal } from '../ledger/credits.js';
 import { codedError } from './errors.js';
 import { LedgerError } from '../ledger/errors.js';
+import { parseDateTimeInput } from './input-values.js';
+import { validateJsonValue } from '../services/usage-command.js';
 
 function literalText(ast: ValueNode, name: string): string {
   if (ast.kind === Kind.STRING || ast.kind === Kind.INT || ast.kind === Kind.FLOAT) return ast.value;
@@ -36,20 +39,11 @@ builder.scalarType('Credits', {
   parseLiteral: (ast) => parseCreditsInput(literalText(ast, 'Credits')),
 });
 
-const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/;
-
-function parseDateTime(v: unknown): Date {
-  if (typeof v !== 'string' || !ISO_RE.test(v)) throw codedError('BAD_USER_INPUT', 'DateTime must be ISO-8601 with an offset, e.g. 2026-11-21T10:00:00.000Z');
-  const d = new Date(v);
-  if (Number.isNaN(d.getTime())) throw codedError('BAD_USER_INPUT', 'DateTime is not a valid date');
-  return d;
-}
-
 builder.scalarType('DateTime', {
   description: 'ISO-8601 date-time with offset, serialized in UTC (2026-11-21T10:00:00.000Z).',
   serialize: (v) => (v instanceof Date ? v : new Date(v as unknown as string)).toISOString(),
-  parseValue: (v) => parseDateTime(v),
-  parseLiteral: (ast) => parseDateTime(ast.kind === Kind.STRING ? ast.value : null),
+  parseValue: (v) => parseDateTimeInput(v),
+  parseLiteral: (ast) => parseDateTimeInput(ast.kind === Kind.STRING ? ast.value : null),
 });
 
 function parseDecimalInput(v: unknown): string {
@@ -96,9 +90,18 @@ function literalToJson(ast: ValueNode, variables?: Record<string, unknown> | nul
   }
 }
 
+/**
+ * A JSON input: at most MAX_JSON_DEPTH levels deep, every number finite (usage-command.ts
+ * `validateJsonValue`). Strings with NUL or lone surrogates are refused for every argument by
+ * input-values.ts `refuseUnstorableStrings`.
+ */
+function parseJsonInput(v: unknown): unknown {
+  return asGraphQL(() => validateJsonValue(v, 'JSON'));
+}
+
 builder.scalarType('JSON', {
   description: 'Arbitrary JSON value (metadata).',
   serialize: (v) => v,
-  parseValue: (v) => v,
-  parseLiteral: (ast, variables) => literalToJson(ast, variables),
+  parseValue: (v) => parseJsonInput(v),
+  parseLiteral: (ast, variables) => parseJsonInput(literalToJson(ast, variables)),
 });

@@ -12,7 +12,7 @@ import type { ServiceContext } from './context.js';
 import type { AccountTx } from './account-tx.js';
 import type { HoldOpItem, ReservationResult } from './record-usage.js';
 import { requestHash } from './request-hash.js';
-import { validateIdempotencyKey } from './usage-command.js';
+import { optionalLabel, validateIdempotencyKey } from './usage-command.js';
 import { assertWithinBudgets } from './spending-budgets.js';
 
 /** Longest hold or extension: 7 days. */
@@ -51,12 +51,16 @@ export function holdItem(cmd: ReserveCommand): HoldOpItem<ReservationResult & { 
  * Places a hold.
  * @returns the reservation id, whether this call replayed an earlier one, and the row as written
  *   when the hold was decided in memory (ReservationResult).
- * @throws LedgerError BAD_USER_INPUT, NOT_FOUND, IDEMPOTENCY_CONFLICT, BUDGET_EXCEEDED, INSUFFICIENT_CREDITS.
+ * @throws LedgerError BAD_USER_INPUT (idempotency key, TTL, amount <= 0, an agentId / userId that
+ *   is empty or longer than 200 characters), NOT_FOUND, IDEMPOTENCY_CONFLICT, BUDGET_EXCEEDED,
+ *   INSUFFICIENT_CREDITS.
  */
-export async function reserveCredits(ctx: ServiceContext, cmd: ReserveCommand): Promise<ReservationResult & { replayed: boolean }> {
-  validateIdempotencyKey(cmd.idempotencyKey);
-  validateTtlSeconds(cmd.ttlSeconds);
-  if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
+export async function reserveCredits(ctx: ServiceContext, input: ReserveCommand): Promise<ReservationResult & { replayed: boolean }> {
+  validateIdempotencyKey(input.idempotencyKey);
+  validateTtlSeconds(input.ttlSeconds);
+  if (input.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
+  // The same rule as recordUsage's agentId / userId (usage-command.ts): 1..200 characters.
+  const cmd: ReserveCommand = { ...input, agentId: optionalLabel(input.agentId, 'agentId'), userId: optionalLabel(input.userId, 'userId') };
   const item = holdItem(cmd);
   const result = await (ctx.groupCommit ? ctx.groupCommit.holdOp(cmd.accountId, item) : onAccount(ctx, cmd.accountId, item.alone));
   ctx.reservationOwners?.remember(result.reservationId, cmd.accountId);

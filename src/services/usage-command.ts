@@ -71,6 +71,12 @@ export interface UsageInput {
 
 const MAX_ID_LENGTH = 200;
 const MAX_METADATA_BYTES = 8192;
+/**
+ * Deepest nesting of arrays and objects a JSON input (metadata) may have. Metadata is labels,
+ * not documents; the bound keeps recursive walks over it (request-hash.ts `canonical`,
+ * JSON.stringify) far from the stack limit: 3,000 nested arrays fit in 8 KB.
+ */
+export const MAX_JSON_DEPTH = 32;
 const MAX_TOKENS = 1_000_000_000;
 
 /** Validates an idempotency key: 1..200 printable characters. */
@@ -81,9 +87,33 @@ export function validateIdempotencyKey(key: string, field = 'idempotencyKey'): s
   return key;
 }
 
-function optionalLabel(value: string | null | undefined, field: string): string | null {
+/**
+ * Validates an optional label (model, tier, sku, agentId, userId, taskId, ...): null when absent,
+ * else 1..200 characters.
+ * @throws LedgerError BAD_USER_INPUT naming `field` when empty or longer than 200 characters.
+ */
+export function optionalLabel(value: string | null | undefined, field: string): string | null {
   if (value === null || value === undefined) return null;
   if (value.length === 0 || value.length > MAX_ID_LENGTH) throw badInput(field, 'must be 1 to 200 characters');
+  return value;
+}
+
+/**
+ * Validates a JSON input value (metadata): at most MAX_JSON_DEPTH levels of arrays and objects,
+ * and every number finite (a JSON number like 1e400 parses to Infinity, which JSON.stringify
+ * and PostgreSQL's jsonb would silently turn into null). Returns `value` unchanged.
+ * @throws LedgerError BAD_USER_INPUT naming `field` otherwise.
+ */
+export function validateJsonValue(value: unknown, field: string): unknown {
+  const walk = (v: unknown, depth: number): void => {
+    if (typeof v === 'number') {
+      if (!Number.isFinite(v)) throw badInput(field, 'numbers must be finite (JSON numbers beyond ±1.8e308 are not)');
+    } else if (v !== null && typeof v === 'object') {
+      if (depth >= MAX_JSON_DEPTH) throw badInput(field, `must nest arrays and objects at most ${MAX_JSON_DEPTH} levels deep`);
+      for (const item of Array.isArray(v) ? v : Object.values(v)) walk(item, depth + 1);
+    }
+  };
+  walk(value, 0);
   return value;
 }
 
@@ -112,6 +142,7 @@ export function validateUsageInput(input: UsageInput): UsageCommand {
   }
   let metadata: unknown = input.metadata ?? null;
   if (metadata !== null) {
+    validateJsonValue(metadata, 'metadata');
     const size = Buffer.byteLength(JSON.stringify(metadata) ?? '');
     if (size > MAX_METADATA_BYTES) throw badInput('metadata', `must be at most ${MAX_METADATA_BYTES} bytes of JSON`);
   }
