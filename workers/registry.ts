@@ -7,6 +7,7 @@ import { processExpireDue } from './processors/expire-due.js';
 import { processRollPeriod } from './processors/roll-period.js';
 import { processAutoTopUp } from './processors/auto-top-up.js';
 import { processDeliverWebhook } from './processors/deliver-webhook.js';
+import { processResumePayment } from './processors/resume-payment.js';
 
 /** Processor per ledger job name. */
 export const LEDGER_PROCESSORS: Record<LedgerJobName, Processor> = {
@@ -14,4 +15,5 @@ export const LEDGER_PROCESSORS: Record<LedgerJobName, Processor> = {
   'roll-period': processRollPeriod,
   'auto-top-up': processAutoTopUp,
   'deliver-webhook': processDeliverWebhook,
+  'resume-payment': processResumePayment,
 };

@@ -6,7 +6,7 @@
  *   `analyze-stale-tables` every STATISTICS_UPKEEP_EVERY_MS (autovacuum's ANALYZE where
  *   autovacuum is off; its schedule is removed when that is 0);
  * - queue `ledger-jobs`: the jobs the outbox relay enqueues (expire-due, roll-period,
- *   auto-top-up, deliver-webhook; workers/registry.ts);
+ *   auto-top-up, deliver-webhook, resume-payment; workers/registry.ts);
  * - an outbox relay (unless `relay: false`), so jobs are enqueued even when no API runs.
  */
 import { Queue, Worker, UnrecoverableError, type Job } from 'bullmq';

@@ -126,6 +126,14 @@ const EnvSchema = z.object({
   WEBHOOK_SECRET: z.string().min(32, 'WEBHOOK_SECRET must be at least 32 characters').optional(),
   /** Timeout of one webhook POST (connect + response + body), in milliseconds. */
   WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5_000),
+  /**
+   * How long, in seconds, a pack purchase may stay PENDING (its provider answer lost, its client
+   * never retrying) before the `sweep-due` job hands it to the `resume-payment` job, which sends
+   * the same provider request again with the same idempotency key (services/resume-payment.ts).
+   * Keep it above the provider's request timeout with retries (Stripe: 30 s, 2 retries), so a
+   * purchase still in flight is left to its caller.
+   */
+  PAYMENT_RESUME_AFTER_SECONDS: z.coerce.number().int().min(1).max(82_800).default(300),
   /** Who charges payment methods (packs, auto top-ups): the built-in simulator, or Stripe (needs STRIPE_SECRET_KEY). */
   PAYMENT_PROVIDER: z.enum(['simulator', 'stripe']).default('simulator'),
   /** Stripe secret API key (sk_live_… / sk_test_…), used when PAYMENT_PROVIDER=stripe. */

@@ -10,7 +10,10 @@
  *   resumed purchase/top-up can never pay twice);
  * - an answer that never came (timeout, connection lost, provider 5xx) is NOT a decline: the
  *   charge may or may not have happened, so it throws {@link PaymentTimeoutError} and the caller
- *   retries later with the same key.
+ *   retries later with the same key;
+ * - a key is re-sent only within {@link IDEMPOTENCY_KEY_SAFE_WINDOW_MS} of the first attempt
+ *   (providers forget keys: Stripe after 24 hours); later the outcome is looked up
+ *   ({@link PaymentProvider.lookupCharge}), never charged again.
  */
 import { parseExactDecimal } from '../ledger/credits.js';
 import { badInput } from '../ledger/errors.js';
@@ -63,7 +66,27 @@ export interface PaymentProvider {
    * @throws Error on misuse (malformed amount, the same key with other parameters, bad credentials).
    */
   charge(request: ChargeRequest): Promise<ChargeOutcome>;
+  /**
+   * Finds what became of the charge made for creditpool payment `paymentId` (every charge carries
+   * it as `metadata.paymentId`), WITHOUT sending a charge: how a payment is resumed once the
+   * provider may have forgotten its idempotency key ({@link IDEMPOTENCY_KEY_SAFE_WINDOW_MS}).
+   * @returns the charge's outcome, or null when the provider has no charge for that payment
+   *   (nothing was taken).
+   * @throws PaymentTimeoutError when the answer is unknown (no answer, or the charge is still processing).
+   */
+  lookupCharge(paymentId: string): Promise<ChargeOutcome | null>;
 }
+
+/**
+ * How long after a payment's first charge attempt its idempotency key may still be re-sent:
+ * 23 hours. Stripe prunes keys "after they're at least 24 hours old" and "generate[s] a new
+ * request if a key is reused after the original is pruned"
+ * (https://docs.stripe.com/api/idempotent_requests, https://docs.stripe.com/idempotency), so
+ * re-sending an older key could charge a second time. Past this window a PENDING payment is
+ * settled by {@link PaymentProvider.lookupCharge} only; the hour of margin covers clock skew
+ * between creditpool and the provider and a request in flight at the edge.
+ */
+export const IDEMPOTENCY_KEY_SAFE_WINDOW_MS = 23 * 3_600_000;
 
 /** Most cents one charge may be (Stripe's card limit: $999,999.99). */
 export const MAX_CHARGE_CENTS = 99_999_999n;

@@ -4,7 +4,9 @@
  * one charge per idempotency key (a repeated key answers the first outcome and never charges
  * again; the same key with another amount or payment method is an error, like Stripe's
  * `idempotency_error`), and a lost answer is a PaymentTimeoutError, whether or not the charge
- * happened.
+ * happened. Like Stripe, it can forget idempotency keys ({@link PaymentSimulator.pruneIdempotencyKeys}:
+ * a forgotten key charges again), while the charges themselves stay findable by the payment id
+ * in their metadata ({@link PaymentSimulator.lookupCharge}).
  *
  * What a charge does is chosen per payment-method reference:
  * - a script queued with {@link PaymentSimulator.script} (first entry first), else
@@ -37,6 +39,8 @@ export class PaymentSimulator implements PaymentProvider {
   private readonly byKey = new Map<string, StoredCharge>();
   private readonly scripts = new Map<string, SimulatedResult[]>();
   private readonly charged = new Map<string, number>();
+  /** Outcome per `metadata.paymentId`: what lookupCharge finds (never pruned, like Stripe's PaymentIntents). */
+  private readonly byPayment = new Map<string, ChargeOutcome>();
   private seq = 0;
 
   /** Queues what the next charges of `paymentMethodRef` do (new keys only; a replay answers the first outcome). */
@@ -50,6 +54,23 @@ export class PaymentSimulator implements PaymentProvider {
     let n = 0;
     for (const c of this.charged.values()) n += c;
     return n;
+  }
+
+  /**
+   * Forgets every idempotency key seen so far, as Stripe does with keys older than 24 hours: a
+   * charge sent again with a forgotten key is a NEW charge (money taken again). Charges made stay
+   * findable with {@link lookupCharge}.
+   */
+  pruneIdempotencyKeys(): void {
+    this.byKey.clear();
+  }
+
+  /**
+   * The outcome of the charge made for `paymentId` (its `metadata.paymentId`), or null when none
+   * was made (never sent, or a `timeout` that charged nothing). Sends no charge.
+   */
+  async lookupCharge(paymentId: string): Promise<ChargeOutcome | null> {
+    return this.byPayment.get(paymentId) ?? null;
   }
 
   /**
@@ -71,6 +92,8 @@ export class PaymentSimulator implements PaymentProvider {
     if (result === 'timeout') throw new PaymentTimeoutError('simulated timeout: no answer, nothing charged');
     const outcome = this.outcomeOf(result);
     this.byKey.set(request.idempotencyKey, { cents, paymentMethodRef: ref, outcome });
+    const paymentId = request.metadata.paymentId;
+    if (paymentId !== undefined && this.byPayment.get(paymentId)?.status !== 'succeeded') this.byPayment.set(paymentId, outcome);
     if (outcome.status === 'succeeded') this.charged.set(ref, (this.charged.get(ref) ?? 0) + 1);
     if (result === 'timeout_after_charge') throw new PaymentTimeoutError('simulated timeout: charged, answer lost');
     return outcome;

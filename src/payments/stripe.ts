@@ -13,6 +13,10 @@
  * - no answer (connection error, timeout), 409 (same key still in flight), 429 and 5xx, or a
  *   PaymentIntent still `processing` -> PaymentTimeoutError: the outcome is unknown, retry with the
  *   same key (https://docs.stripe.com/error-low-level#idempotency).
+ * A payment whose key Stripe may have pruned (24 hours) is looked up instead of charged again:
+ * lookupCharge searches PaymentIntents by `metadata['paymentId']`
+ * (https://docs.stripe.com/search#search-query-language; search is eventually consistent, about
+ * a minute, which is far inside the 23 hour window after which it is used).
  * Webhooks are verified with Stripe's signature scheme (https://docs.stripe.com/webhooks#verify-events).
  */
 import Stripe from 'stripe';
@@ -43,6 +47,22 @@ function parseReference(ref: string): { customer?: string; paymentMethod: string
 function outcomeUnknown(err: InstanceType<typeof Stripe.errors.StripeError>): boolean {
   const status = err.statusCode ?? 0;
   return err instanceof Stripe.errors.StripeConnectionError || status === 409 || status === 429 || status >= 500;
+}
+
+/** What a PaymentIntent's status means for the charge (module comment). @throws PaymentTimeoutError while it is `processing`. */
+function outcomeOfIntent(intent: Stripe.PaymentIntent): ChargeOutcome {
+  switch (intent.status) {
+    case 'succeeded':
+      return { status: 'succeeded', providerRef: intent.id };
+    case 'requires_action':
+      return { status: 'requires_action', providerRef: intent.id, message: 'The payment requires the customer to authenticate.' };
+    case 'processing':
+      throw new PaymentTimeoutError(`stripe: PaymentIntent ${intent.id} is still processing`);
+    default: {
+      const e = intent.last_payment_error;
+      return { status: 'declined', code: e?.decline_code ?? e?.code ?? intent.status, message: e?.message ?? `PaymentIntent ${intent.status}` };
+    }
+  }
 }
 
 /** Charges saved payment methods through Stripe PaymentIntents (module comment). */
@@ -95,18 +115,28 @@ export class StripeProvider implements PaymentProvider {
       }
       return { status: 'declined', code: err.decline_code ?? err.code ?? 'card_declined', message: err.message };
     }
-    switch (intent.status) {
-      case 'succeeded':
-        return { status: 'succeeded', providerRef: intent.id };
-      case 'requires_action':
-        return { status: 'requires_action', providerRef: intent.id, message: 'The payment requires the customer to authenticate.' };
-      case 'processing':
-        throw new PaymentTimeoutError(`stripe: PaymentIntent ${intent.id} is still processing`);
-      default: {
-        const e = intent.last_payment_error;
-        return { status: 'declined', code: e?.decline_code ?? e?.code ?? intent.status, message: e?.message ?? `PaymentIntent ${intent.status}` };
-      }
+    return outcomeOfIntent(intent);
+  }
+
+  /**
+   * Finds the PaymentIntent created for creditpool payment `paymentId` (search by
+   * `metadata['paymentId']`; a succeeded one wins if there are several) and maps it like charge().
+   * Sends no charge.
+   * @returns its outcome, or null when Stripe has no PaymentIntent for the payment.
+   * @throws PaymentTimeoutError when Stripe does not answer definitely, or the PaymentIntent is still processing.
+   * @throws Stripe's error for anything else (bad key, search not available on the account).
+   */
+  async lookupCharge(paymentId: string): Promise<ChargeOutcome | null> {
+    let found: Stripe.ApiSearchResult<Stripe.PaymentIntent>;
+    try {
+      found = await this.stripe.paymentIntents.search({ query: `metadata['paymentId']:'${paymentId.replace(/[\\']/g, '\\$&')}'`, limit: 10 });
+    } catch (err) {
+      if (err instanceof Stripe.errors.StripeError && outcomeUnknown(err)) throw new PaymentTimeoutError(`stripe: no definite answer (${err.message})`, { cause: err });
+      throw err;
     }
+    const intents = found.data;
+    if (intents.length === 0) return null;
+    return outcomeOfIntent(intents.find((i) => i.status === 'succeeded') ?? intents[0]!);
   }
 
   /**

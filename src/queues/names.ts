@@ -6,7 +6,7 @@
 /** The maintenance queue: periodic sweeps and checks (job schedulers, re-created at every boot). */
 export const MAINTENANCE_QUEUE = 'maintenance';
 
-/** The ledger-jobs queue: one job per thing due (an expiry, a period roll, a top-up, a webhook). */
+/** The ledger-jobs queue: one job per thing due (an expiry, a period roll, a top-up, a webhook, a pending payment). */
 export const LEDGER_JOBS_QUEUE = 'ledger-jobs';
 
 /** Job: reconcile the ledger of recently changed accounts (see services/reconcile-ledger.ts). */
@@ -33,7 +33,7 @@ export interface OutboxJob {
 }
 
 /** The jobs of the ledger-jobs queue. */
-export const LEDGER_JOB_NAMES = ['expire-due', 'roll-period', 'auto-top-up', 'deliver-webhook'] as const;
+export const LEDGER_JOB_NAMES = ['expire-due', 'roll-period', 'auto-top-up', 'deliver-webhook', 'resume-payment'] as const;
 
 /** One ledger job name. */
 export type LedgerJobName = (typeof LEDGER_JOB_NAMES)[number];
@@ -48,4 +48,6 @@ export const LEDGER_JOB_OPTIONS: Record<LedgerJobName, { attempts: number; backo
   // Three failed charges in a row pause auto top-up (services/auto-top-up.ts).
   'auto-top-up': { attempts: 3, backoffMs: 2_000 },
   'deliver-webhook': { attempts: 8, backoffMs: 1_000 },
+  // A purchase payment left PENDING (services/resume-payment.ts); the sweep re-adds it after the last attempt.
+  'resume-payment': { attempts: 5, backoffMs: 5_000 },
 };

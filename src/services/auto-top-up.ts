@@ -13,7 +13,10 @@
  *   provider's idempotency key), the charge outside any transaction, then one transaction for
  *   the outcome. A run that dies or times out after charging leaves that payment PENDING; the
  *   next run charges it again with the same key, so the provider answers the first outcome and
- *   nothing is charged twice. A decline is final for its key, so a retry makes a new attempt.
+ *   nothing is charged twice (with the request the payment recorded: its payment method, not the
+ *   account's current one; see chargePayment). A decline is final for its key, so a retry makes
+ *   a new attempt. A pack the balance cannot take (above MAX_ABS_MICRO_CREDITS) is SKIPPED
+ *   before anything is charged.
  * - three failed charges in a row pause it (enabled = false, pausedAt) and raise the webhook
  *   `auto_top_up.paused`; setAutoTopUp re-enables it.
  */
@@ -24,6 +27,7 @@ import { PaymentTimeoutError, type ChargeOutcome } from '../payments/provider.js
 import { AccountTx } from './account-tx.js';
 import { findCreditPack, type CreditPackView } from './credit-packs.js';
 import { readBalance } from './read-balance.js';
+import { balanceRoomError } from './grant-credits.js';
 import {
   chargePayment,
   findPaymentMethodRef,
@@ -110,7 +114,7 @@ export interface AttemptInfo {
 }
 
 /** Step 1 under the account lock: the payment to charge now, or the run's final result. */
-type Prepared = { payment: PaymentRow; methodRef: string } | { done: TopUpRunResult };
+type Prepared = { payment: PaymentRow } | { done: TopUpRunResult };
 
 async function finishTopUp(atx: AccountTx, topUpId: string, status: Exclude<TopUpStatus, 'PENDING'>, reason: string | null): Promise<TopUpRunResult> {
   await atx.tx.query(`UPDATE auto_top_ups SET status = $2, error = $3, finished_at = $4 WHERE id = $1`, [topUpId, status, reason, atx.now]);
@@ -142,11 +146,8 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
     if (row.payment_id) {
       const { rows } = await tx.query('SELECT * FROM payments WHERE id = $1', [row.payment_id]);
       const payment = toPaymentRow(rows[0]);
-      // A charge whose outcome was never recorded: charge again with its key (never twice).
-      if (payment.status === 'PENDING') {
-        if (!methodRef) throw new Error(`auto top-up ${topUpId}: payment ${payment.id} is pending but the account has no payment method`);
-        return { payment, methodRef };
-      }
+      // A charge whose outcome was never recorded: send its recorded request again with its key (never twice).
+      if (payment.status === 'PENDING') return { payment };
     }
     if (!row.enabled) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'auto top-up is disabled or paused') };
     const used = await tx.query(`SELECT count(*)::int AS n FROM auto_top_ups WHERE account_id = $1 AND period_start = $2 AND status = 'SUCCEEDED'`, [
@@ -161,15 +162,18 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
     if (!methodRef) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'no payment method') };
     const pack = await findCreditPack(tx, row.pack_id as string);
     assert(pack, 'the settings refer to an existing pack');
+    if (balanceRoomError(atx.total, pack.microCredits + pack.bonusMicroCredits, 'packId')) {
+      return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'the pack would take the balance above the largest amount') };
+    }
     const attempt = (row.attempts as number) + 1;
     const inserted = await tx.query(
-      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, status, created_at, updated_at)
-       VALUES (gen_random_uuid(), $1, 'AUTO_TOP_UP', $2, $3, $4, 'PENDING', $5, $5) RETURNING *`,
-      [atx.accountId, `auto-top-up:${topUpId}:${attempt}`, pack.id, pack.priceUsd, atx.now],
+      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, payment_method_ref, status, created_at, updated_at)
+       VALUES (gen_random_uuid(), $1, 'AUTO_TOP_UP', $2, $3, $4, $5, 'PENDING', $6, $6) RETURNING *`,
+      [atx.accountId, `auto-top-up:${topUpId}:${attempt}`, pack.id, pack.priceUsd, methodRef, ctx.clock()],
     );
     const payment = toPaymentRow(inserted.rows[0]);
     await tx.query('UPDATE auto_top_ups SET payment_id = $2, attempts = $3 WHERE id = $1', [topUpId, payment.id, attempt]);
-    return { payment, methodRef };
+    return { payment };
   });
 }
 
@@ -232,12 +236,12 @@ export async function runAutoTopUp(ctx: ServiceContext, topUpId: string, attempt
   const provider = requireProvider(ctx);
   const prepared = await prepare(ctx, topUpId);
   if ('done' in prepared) return prepared.done;
-  const { payment, methodRef } = prepared;
+  const { payment } = prepared;
   const pack = await findCreditPack(ctx.pool, payment.packId);
   assert(pack, 'a payment refers to an existing pack');
   let outcome: ChargeOutcome;
   try {
-    outcome = await chargePayment(provider, payment, pack, methodRef);
+    outcome = await chargePayment(provider, payment, pack, ctx.clock());
   } catch (err) {
     if (err instanceof PaymentTimeoutError) return { topUpId, status: 'PENDING', reason: `payment provider timed out: ${err.message}` };
     throw err;

@@ -6,7 +6,7 @@
  */
 import type pg from 'pg';
 import { toBigInt } from '../db/pg.js';
-import { formatExactDecimal, parseExactDecimal } from '../ledger/credits.js';
+import { MAX_ABS_MICRO_CREDITS, formatCredits, formatExactDecimal, parseExactDecimal } from '../ledger/credits.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { MAX_CHARGE_CENTS } from '../payments/provider.js';
 import type { ServiceContext } from './context.js';
@@ -47,12 +47,20 @@ function toView(r: Record<string, unknown>): CreditPackView {
   };
 }
 
-/** Checks and normalizes a pack's terms. @throws LedgerError BAD_USER_INPUT naming the field. */
+/**
+ * Checks and normalizes a pack's terms (credits > 0, bonus >= 0, credits + bonus at most
+ * MAX_ABS_MICRO_CREDITS, price in cents up to MAX_CHARGE_CENTS, 1 to 3650 days).
+ * @throws LedgerError BAD_USER_INPUT naming the field.
+ */
 function validate(cmd: CreateCreditPackCommand): CreateCreditPackCommand {
   const name = cmd.name.trim();
   if (name.length < 1 || name.length > 100) throw badInput('name', 'must be 1 to 100 characters');
   if (cmd.microCredits <= 0n) throw badInput('credits', 'must be greater than 0');
   if (cmd.bonusMicroCredits < 0n) throw badInput('bonusCredits', 'must not be negative');
+  // A pack is granted as one batch of credits + bonus: the sum must fit the signed 64-bit amount columns.
+  if (cmd.microCredits + cmd.bonusMicroCredits > MAX_ABS_MICRO_CREDITS) {
+    throw badInput('bonusCredits', `credits + bonusCredits must be at most ${formatCredits(MAX_ABS_MICRO_CREDITS)}`);
+  }
   const price = parseExactDecimal(cmd.priceUsd, 'priceUsd', 2);
   const cents = price.units * 10n ** BigInt(2 - price.scale);
   if (cents <= 0n || cents > MAX_CHARGE_CENTS) throw badInput('priceUsd', 'must be more than 0 and at most 999999.99');

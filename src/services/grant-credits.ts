@@ -4,12 +4,12 @@
  * stays in the batch.
  */
 import { withTransaction } from '../db/pg.js';
-import { badInput } from '../ledger/errors.js';
+import { LedgerError, badInput } from '../ledger/errors.js';
 import type { CreditType } from '../ledger/drawdown.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
-import { minBig } from '../ledger/credits.js';
+import { MAX_ABS_MICRO_CREDITS, formatCredits, minBig } from '../ledger/credits.js';
 import { idempotencyConflict } from '../ledger/refusals.js';
 import { scheduleExpiry } from './expire-due.js';
 
@@ -35,10 +35,29 @@ export interface GrantResult {
 }
 
 /**
+ * The BAD_USER_INPUT refusal of adding `amountMicroCredits` to a figure now at
+ * `currentMicroCredits` when the sum would pass MAX_ABS_MICRO_CREDITS (the signed 64-bit columns
+ * every amount, balance and total is kept in; src/ledger/credits.ts), else null.
+ * @param field the input field named in the error (`amount`, `code`, `packId`, ...).
+ * @returns a LedgerError with `extensions.reason` BALANCE_LIMIT, or null when the sum fits.
+ */
+export function balanceRoomError(currentMicroCredits: bigint, amountMicroCredits: bigint, field: string): LedgerError | null {
+  if (currentMicroCredits + amountMicroCredits <= MAX_ABS_MICRO_CREDITS) return null;
+  return new LedgerError(
+    'BAD_USER_INPUT',
+    `${field}: granting it would take the account's credit above the largest amount kept (${formatCredits(MAX_ABS_MICRO_CREDITS)} credits); nothing was granted`,
+    { field, reason: 'BALANCE_LIMIT' },
+  );
+}
+
+/**
  * Applies a grant inside an already locked account transaction (used by grantCredits and
- * createAccount's welcome bonus).
+ * createAccount's welcome bonus, promo codes, referrals, plan allowances, purchases and top-ups).
+ * Refuses a grant that would take the account's total, or the credit granted in its current
+ * billing period (a balance figure), above MAX_ABS_MICRO_CREDITS: checked here, under the
+ * account lock, so the refusal is exact and nothing is written.
  * @throws LedgerError IDEMPOTENCY_CONFLICT (same key, different input), BAD_USER_INPUT
- *   (amount <= 0, expiresAt not in the future).
+ *   (amount <= 0, expiresAt not in the future, over the limit: reason BALANCE_LIMIT).
  */
 export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accountId'>): Promise<GrantResult> {
   const hash = requestHash({ ...cmd, op: 'grant' });
@@ -55,6 +74,14 @@ export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accoun
   }
   if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
   if (cmd.expiresAt && cmd.expiresAt.getTime() <= atx.now.getTime()) throw badInput('expiresAt', 'must be in the future');
+  const overTotal = balanceRoomError(atx.total, cmd.amountMicroCredits, 'amount');
+  if (overTotal) throw overTotal;
+  const granted = await atx.tx.query(
+    'SELECT COALESCE(SUM(amount_micro_credits), 0)::text AS sum FROM credit_grants WHERE account_id = $1 AND created_at >= $2 AND created_at <= $3',
+    [atx.accountId, atx.period().start, atx.now],
+  );
+  const overGranted = balanceRoomError(BigInt(granted.rows[0].sum as string), cmd.amountMicroCredits, 'amount');
+  if (overGranted) throw overGranted;
 
   const repay = minBig(cmd.amountMicroCredits, atx.debt);
   const remaining = cmd.amountMicroCredits - repay;

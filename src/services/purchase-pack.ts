@@ -12,13 +12,21 @@
  *    FAILED with the reason.
  * A crash or timeout between 2 and 3 leaves the payment PENDING; calling again with the same key
  * resumes at step 2, and the provider answers the first charge's outcome instead of charging again.
+ * The provider request is rebuilt only from what the row recorded at step 1 (payment method,
+ * amount; USD; the pack, which never changes): a payment method attached since does not change
+ * it, or the provider would refuse the reused key. A purchase the client never retries is resumed
+ * by the `resume-payment` job (services/resume-payment.ts). Past IDEMPOTENCY_KEY_SAFE_WINDOW_MS
+ * after step 1 the charge is never re-sent, only looked up (provider.lookupCharge).
+ * Step 1 refuses (BAD_USER_INPUT, nothing charged) a pack that would take the balance above
+ * MAX_ABS_MICRO_CREDITS; the grant at step 3 checks again under the account lock.
  */
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
+import { toBigInt } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
-import { PaymentTimeoutError, type ChargeOutcome, type PaymentProvider } from '../payments/provider.js';
+import { IDEMPOTENCY_KEY_SAFE_WINDOW_MS, PaymentTimeoutError, type ChargeOutcome, type PaymentProvider } from '../payments/provider.js';
 import { AccountTx } from './account-tx.js';
-import { applyGrant } from './grant-credits.js';
+import { applyGrant, balanceRoomError } from './grant-credits.js';
 import { canonicalUsd, findCreditPack, type CreditPackView } from './credit-packs.js';
 import type { ServiceContext } from './context.js';
 
@@ -41,6 +49,14 @@ export interface PaymentRow {
   /** `<reason>: <message>` of a FAILED payment. */
   error: string | null;
   grantId: string | null;
+  /**
+   * The payment method the provider request is sent with, recorded when the row was made (null
+   * only on settled rows from before it was recorded, and on PENDING ones whose account had no
+   * method then: those are only ever looked up, see chargePayment).
+   */
+  paymentMethodRef: string | null;
+  /** When the row was made, just before its first charge attempt (wall clock). */
+  createdAt: Date;
 }
 
 /** A saved payment method as stored. */
@@ -64,6 +80,8 @@ export function toPaymentRow(r: Record<string, unknown>): PaymentRow {
     providerRef: (r.provider_ref as string | null) ?? null,
     error: (r.error as string | null) ?? null,
     grantId: (r.grant_id as string | null) ?? null,
+    paymentMethodRef: (r.payment_method_ref as string | null) ?? null,
+    createdAt: r.created_at as Date,
   };
 }
 
@@ -101,19 +119,52 @@ export async function findPaymentMethodRef(db: pg.Pool | pg.PoolClient, accountI
   return (rows[0]?.reference as string | undefined) ?? null;
 }
 
+/** The `code` of the outcome of a payment the provider has no charge for (looked up, never sent): nothing was taken. */
+export const NO_CHARGE_FOUND = 'no_charge_found';
+
 /**
- * Charges a PENDING payment (step 2), the payment id being the provider's idempotency key.
+ * Charges a PENDING payment (step 2), the payment id being the provider's idempotency key, with
+ * exactly the request its row recorded (payment method, amount in USD, the pack's name and id),
+ * so a retry or resume is the same request. A payment made more than
+ * IDEMPOTENCY_KEY_SAFE_WINDOW_MS before `wallNow` (the provider may have forgotten its key) or
+ * without a recorded payment method is never sent again: its charge is looked up
+ * (provider.lookupCharge), and when the provider has none the outcome is a decline with code
+ * {@link NO_CHARGE_FOUND} (nothing was taken).
  * @throws PaymentTimeoutError when the outcome is unknown (the payment stays PENDING).
  */
-export function chargePayment(provider: PaymentProvider, payment: PaymentRow, pack: CreditPackView, paymentMethodRef: string): Promise<ChargeOutcome> {
+export async function chargePayment(provider: PaymentProvider, payment: PaymentRow, pack: CreditPackView, wallNow: Date): Promise<ChargeOutcome> {
+  const ref = payment.paymentMethodRef;
+  if (ref === null || wallNow.getTime() - payment.createdAt.getTime() > IDEMPOTENCY_KEY_SAFE_WINDOW_MS) {
+    const found = await provider.lookupCharge(payment.id);
+    return (
+      found ?? {
+        status: 'declined',
+        code: NO_CHARGE_FOUND,
+        message: 'The payment provider has no charge for this payment, and it is too old to be sent again safely.',
+      }
+    );
+  }
   return provider.charge({
     idempotencyKey: payment.id,
     amountUsd: payment.amountUsd,
-    paymentMethodRef,
+    paymentMethodRef: ref,
     accountId: payment.accountId,
     description: `${pack.name} (${payment.purpose === 'PURCHASE' ? 'credit pack' : 'automatic top-up'})`,
     metadata: { paymentId: payment.id, packId: pack.id, purpose: payment.purpose },
   });
+}
+
+/**
+ * Refuses a pack the account's balance cannot take: total + credits + bonus above
+ * MAX_ABS_MICRO_CREDITS (read without the lock, before anything is charged; the grant checks
+ * again under it).
+ * @throws LedgerError BAD_USER_INPUT (field packId, reason BALANCE_LIMIT).
+ */
+export async function assertBalanceRoom(db: pg.Pool | pg.PoolClient, accountId: string, pack: CreditPackView): Promise<void> {
+  const { rows } = await db.query('SELECT total_micro_credits FROM balances WHERE account_id = $1', [accountId]);
+  if (!rows[0]) return;
+  const err = balanceRoomError(toBigInt(rows[0].total_micro_credits), pack.microCredits + pack.bonusMicroCredits, 'packId');
+  if (err) throw err;
 }
 
 /**
@@ -197,12 +248,14 @@ async function openPurchase(ctx: ServiceContext, cmd: PurchaseCommand): Promise<
     if (!account.rows[0]) throw new LedgerError('NOT_FOUND', 'account not found');
     const pack = await findCreditPack(ctx.pool, cmd.packId);
     if (!pack) throw new LedgerError('NOT_FOUND', 'credit pack not found');
-    if (!(await findPaymentMethodRef(ctx.pool, cmd.accountId))) throw noPaymentMethod();
+    const methodRef = await findPaymentMethodRef(ctx.pool, cmd.accountId);
+    if (!methodRef) throw noPaymentMethod();
+    await assertBalanceRoom(ctx.pool, cmd.accountId, pack);
     const { rows } = await ctx.pool.query(
-      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, status, created_at, updated_at)
-       VALUES (gen_random_uuid(), $1, 'PURCHASE', $2, $3, $4, 'PENDING', $5, $5)
+      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, payment_method_ref, status, created_at, updated_at)
+       VALUES (gen_random_uuid(), $1, 'PURCHASE', $2, $3, $4, $5, 'PENDING', $6, $6)
        ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING *`,
-      [cmd.accountId, key, pack.id, pack.priceUsd, ctx.clock()],
+      [cmd.accountId, key, pack.id, pack.priceUsd, methodRef, ctx.clock()],
     );
     payment = rows[0] ? toPaymentRow(rows[0]) : await find();
   }
@@ -228,23 +281,35 @@ export async function purchaseCreditPack(ctx: ServiceContext, cmd: PurchaseComma
   const payment = await openPurchase(ctx, cmd);
   if (payment.status === 'SUCCEEDED' && payment.grantId) return { grantId: payment.grantId, paymentId: payment.id };
   if (payment.status === 'FAILED') throw paymentFailedError(payment);
-  const pack = await findCreditPack(ctx.pool, payment.packId);
-  assert(pack, 'a payment refers to an existing pack');
-  const methodRef = await findPaymentMethodRef(ctx.pool, payment.accountId);
-  if (!methodRef) throw noPaymentMethod();
-  let outcome: ChargeOutcome;
+  let settled: PaymentRow;
   try {
-    outcome = await chargePayment(provider, payment, pack, methodRef);
+    settled = await completePurchase(ctx, provider, payment);
   } catch (err) {
     if (!(err instanceof PaymentTimeoutError)) throw err;
     throw new LedgerError('UNAVAILABLE', 'The payment provider did not answer in time; nothing was granted yet. Retry with the same idempotencyKey: it never charges twice.');
   }
-  const settled = await withTransaction(ctx.pool, async (tx) => {
+  if (settled.status === 'SUCCEEDED' && settled.grantId) return { grantId: settled.grantId, paymentId: settled.id };
+  throw paymentFailedError(settled);
+}
+
+/**
+ * Steps 2 and 3 of a PENDING purchase payment: charges it with its recorded request (or looks it
+ * up, see chargePayment) and settles the outcome in one transaction under the account lock.
+ * Used by purchaseCreditPack and the resume-payment job; safe to run concurrently with itself
+ * (same idempotency key; the payment row is settled once).
+ * @returns the payment after this call (SUCCEEDED with its grant, or FAILED).
+ * @throws PaymentTimeoutError when the provider's answer is unknown (the payment stays PENDING);
+ *   LedgerError BAD_USER_INPUT when the grant would take the balance above MAX_ABS_MICRO_CREDITS
+ *   (the payment stays PENDING and is granted by a later resume once the balance has room).
+ */
+export async function completePurchase(ctx: ServiceContext, provider: PaymentProvider, payment: PaymentRow): Promise<PaymentRow> {
+  const pack = await findCreditPack(ctx.pool, payment.packId);
+  assert(pack, 'a payment refers to an existing pack');
+  const outcome = await chargePayment(provider, payment, pack, ctx.clock());
+  return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, payment.accountId, ctx.clock());
     const { payment: after } = await settlePayment(atx, payment.id, pack, outcome);
     await atx.finish();
     return after;
   });
-  if (settled.status === 'SUCCEEDED' && settled.grantId) return { grantId: settled.grantId, paymentId: settled.id };
-  throw paymentFailedError(settled);
 }

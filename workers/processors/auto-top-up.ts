@@ -9,7 +9,8 @@ import type { Env } from '../../src/config/env.js';
 import type { PaymentProvider } from '../../src/payments/provider.js';
 import { createPaymentProvider } from '../../src/payments/index.js';
 import { runAutoTopUp, type TopUpRunResult } from '../../src/services/auto-top-up.js';
-import type { Processor } from '../deps.js';
+import type { ServiceContext } from '../../src/services/context.js';
+import type { Processor, WorkerDeps } from '../deps.js';
 
 /** Payload: the top-up (and its account, for logs). */
 export const AutoTopUpPayload = z.object({ topUpId: z.string().uuid(), accountId: z.string().uuid() });
@@ -23,14 +24,18 @@ function providerFor(env: Env): PaymentProvider {
   return provider;
 }
 
+/** The processors' services, with a payment provider made from the environment when they carry none. */
+export function servicesWithProvider(deps: WorkerDeps): ServiceContext {
+  return deps.services.payments ? deps.services : { ...deps.services, payments: providerFor(deps.env) };
+}
+
 /**
  * Runs one top-up.
  * @throws ZodError for a malformed payload (not retried); Error while the top-up stays PENDING (retried).
  */
 export const processAutoTopUp: Processor = async (deps, job): Promise<TopUpRunResult> => {
   const { topUpId } = AutoTopUpPayload.parse(job.data);
-  const services = deps.services.payments ? deps.services : { ...deps.services, payments: providerFor(deps.env) };
-  const result = await runAutoTopUp(services, topUpId, { attemptsMade: job.attemptsMade, attempts: job.attempts });
+  const result = await runAutoTopUp(servicesWithProvider(deps), topUpId, { attemptsMade: job.attemptsMade, attempts: job.attempts });
   if (result.status === 'PENDING') throw new Error(`auto top-up ${topUpId} not done (${result.reason ?? 'unknown'}); will retry`);
   deps.log.info({ topUpId, status: result.status, reason: result.reason }, 'auto top-up finished');
   return result;

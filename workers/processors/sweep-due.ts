@@ -6,7 +6,10 @@
  * - plans whose billing period has moved on -> rollBillingPeriods per account;
  * - PENDING auto top-ups older than a minute and (when WEBHOOK_URL is set) undelivered webhooks
  *   -> their jobs again (same jobId: a job still waiting is not duplicated; one kept as failed or
- *   completed is replaced, so a top-up whose last attempt timed out is resumed).
+ *   completed is replaced, so a top-up whose last attempt timed out is resumed);
+ * - PURCHASE payments PENDING longer than PAYMENT_RESUME_AFTER_SECONDS -> `resume-payment` jobs
+ *   (jobId `resume-payment-<payment id>`, same re-add rule), so a purchase whose client never
+ *   retried is still settled: granted once if it was charged, FAILED if declined.
  */
 import type { WorkerDeps } from '../deps.js';
 import type { JobSink } from '../../src/outbox/relay.js';
@@ -14,6 +17,7 @@ import type { OutboxJob } from '../../src/queues/names.js';
 import { findAccountsWithDueExpiries, expireDue } from '../../src/services/expire-due.js';
 import { findAccountsWithDuePeriods, rollBillingPeriods } from '../../src/services/plans.js';
 import { findUndeliveredWebhookJobs } from '../../src/services/webhooks.js';
+import { findPaymentsToResume } from '../../src/services/resume-payment.js';
 
 /** The maintenance job's name. */
 export const SWEEP_DUE_JOB = 'sweep-due';
@@ -42,6 +46,7 @@ export async function processSweepDue(deps: WorkerDeps, sink: JobSink & { readd?
   );
   const jobs = [
     ...rows.map((r) => ({ name: 'auto-top-up' as const, jobId: `auto-top-up-${r.id}`, data: { topUpId: r.id as string, accountId: r.account_id as string } })),
+    ...(await findPaymentsToResume(services.pool, now, deps.env.PAYMENT_RESUME_AFTER_SECONDS)),
     ...(deps.env.WEBHOOK_URL ? await findUndeliveredWebhookJobs(services.pool, now) : []),
   ];
   if (jobs.length > 0) await (sink.readd ?? sink.add)(jobs);
