@@ -154,6 +154,36 @@ describe('StripeProvider.charge', () => {
   });
 });
 
+describe('StripeProvider.lookupCharge', () => {
+  const search = (...data: unknown[]) => ({ status: 200, body: { object: 'search_result', url: '/v1/payment_intents/search', has_more: false, data } });
+  const pi = (status: string, id: string, extra: Record<string, unknown> = {}) => ({ id, object: 'payment_intent', status, amount: 999, currency: 'usd', ...extra });
+
+  it("searches PaymentIntents by metadata['paymentId'] with a GET (nothing is charged) and maps what it finds", async () => {
+    const { result, requests } = await withAnswers([search(pi('succeeded', 'pi_found'))], () => stripeAt().lookupCharge('6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e'));
+    expect(result).toEqual({ status: 'succeeded', providerRef: 'pi_found' });
+    expect(requests).toHaveLength(1);
+    expect(requests[0]!.method).toBe('GET');
+    const url = new URL(requests[0]!.path, 'http://stripe.test');
+    expect(url.pathname).toBe('/v1/payment_intents/search');
+    expect(url.searchParams.get('query')).toBe("metadata['paymentId']:'6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e'");
+  });
+
+  it('a succeeded PaymentIntent wins over a failed one; a failed one alone is declined; none is null', async () => {
+    const both = await withAnswers([search(pi('requires_payment_method', 'pi_a'), pi('succeeded', 'pi_b'))], () => stripeAt().lookupCharge('p1'));
+    expect(both.result).toEqual({ status: 'succeeded', providerRef: 'pi_b' });
+    const failed = await withAnswers([search(pi('requires_payment_method', 'pi_a', { last_payment_error: { code: 'card_declined', decline_code: 'insufficient_funds', message: 'no funds' } }))], () =>
+      stripeAt().lookupCharge('p1'),
+    );
+    expect(failed.result).toEqual({ status: 'declined', code: 'insufficient_funds', message: 'no funds' });
+    expect((await withAnswers([search()], () => stripeAt().lookupCharge('p1'))).result).toBeNull();
+  });
+
+  it('no definite answer, or a PaymentIntent still processing, is PaymentTimeoutError', async () => {
+    await expect(withAnswers([{ status: 500, body: { error: { type: 'api_error', message: 'boom' } } }], () => stripeAt().lookupCharge('p1'))).rejects.toBeInstanceOf(PaymentTimeoutError);
+    await expect(withAnswers([search(pi('processing', 'pi_p'))], () => stripeAt().lookupCharge('p1'))).rejects.toBeInstanceOf(PaymentTimeoutError);
+  });
+});
+
 describe('StripeProvider.verifyWebhook', () => {
   const payload = JSON.stringify({ id: 'evt_1', object: 'event', type: 'payment_intent.succeeded', data: { object: { id: 'pi_1', object: 'payment_intent' } } });
 
@@ -204,6 +234,18 @@ describe('PaymentSimulator', () => {
     expect(await sim.charge(chargeRequest({ idempotencyKey: 'b', paymentMethodRef: 'pm_s' }))).toMatchObject({ status: 'declined' });
     expect(await sim.charge(chargeRequest({ idempotencyKey: 'c', paymentMethodRef: 'pm_s' }))).toMatchObject({ status: 'succeeded' });
     expect(sim.chargeCount('pm_s')).toBe(2);
+  });
+
+  it('forgets keys when pruned (a resend then charges again, like Stripe after 24 hours), while lookupCharge still finds the charge', async () => {
+    const sim = new PaymentSimulator();
+    const req = chargeRequest({ idempotencyKey: 'pay-1', paymentMethodRef: 'pm_p', metadata: { paymentId: 'pay-1' } });
+    const first = await sim.charge(req);
+    expect(await sim.lookupCharge('pay-1')).toEqual(first);
+    expect(await sim.lookupCharge('pay-unknown')).toBeNull();
+    sim.pruneIdempotencyKeys();
+    expect(await sim.lookupCharge('pay-1')).toEqual(first);
+    await sim.charge(req);
+    expect(sim.chargeCount('pm_p')).toBe(2);
   });
 });
 

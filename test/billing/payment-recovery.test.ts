@@ -1,0 +1,224 @@
+/**
+ * Payments whose provider answer was lost (the simulator's `timeout` / `timeout_after_charge`),
+ * resumed later, against the real PostgreSQL and Redis with the simulator as the provider:
+ * - a retry sends exactly the request the payment recorded: a card attached since the lost answer
+ *   does not change it (the provider would refuse the reused key), for purchases and auto top-ups;
+ * - a purchase whose client never retries is found by the `sweep-due` job (a `resume-payment`
+ *   job on the real queue) and settled by its processor: granted once if it was charged, FAILED if
+ *   declined; one younger than PAYMENT_RESUME_AFTER_SECONDS is left to its client;
+ * - a payment older than IDEMPOTENCY_KEY_SAFE_WINDOW_MS is never sent again (the simulator then
+ *   forgets keys like Stripe, so a resend would charge twice): its charge is looked up instead.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { pino } from 'pino';
+import { Redis } from 'ioredis';
+import { parseEnv } from '../../src/config/env.js';
+import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
+import { processResumePayment } from '../../workers/processors/resume-payment.js';
+import { processSweepDue } from '../../workers/processors/sweep-due.js';
+import { createQueueJobSink } from '../../src/queues/job-sink.js';
+import { resumePayment } from '../../src/services/resume-payment.js';
+import type { WorkerDeps } from '../../workers/deps.js';
+import type { PaymentSimulator } from '../../src/payments/simulator.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import type { TestServer } from '../setup/test-server.js';
+import { apiAccount, dbId, expectError, ok, readAccount, uniq } from '../api/helpers.js';
+import { attachMethod, billingCounts, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
+
+const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id amount } }`;
+const SET = `mutation($input: SetAutoTopUpInput!) { setAutoTopUp(input: $input) { enabled } }`;
+const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
+
+let billing: BillingServer;
+let srv: TestServer;
+let simulator: PaymentSimulator;
+let deps: WorkerDeps;
+
+beforeAll(async () => {
+  billing = await startBillingServer();
+  ({ srv, simulator } = billing);
+  deps = {
+    services: srv.services,
+    log: pino({ level: 'silent' }),
+    env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, QUEUE_PREFIX: billing.prefix, PAYMENT_RESUME_AFTER_SECONDS: '120' }),
+  };
+});
+
+afterAll(async () => {
+  await billing?.close();
+});
+
+function purchase(accountId: string, packId: string, key: string) {
+  return srv.gql(PURCHASE, { accountId, packId, key });
+}
+
+/** The account's payments, oldest first. */
+async function payments(accountId: string) {
+  const { rows } = await srv.services.pool.query(
+    'SELECT id, status, payment_method_ref, grant_id, error FROM payments WHERE account_id = $1 ORDER BY created_at, id',
+    [dbId(accountId)],
+  );
+  return rows as Array<{ id: string; status: string; payment_method_ref: string | null; grant_id: string | null; error: string | null }>;
+}
+
+/** Moves the account's payments' first attempt `ms` into the past (a payment made that long ago). */
+async function age(accountId: string, ms: number) {
+  await srv.services.pool.query(`UPDATE payments SET created_at = created_at - make_interval(secs => $2) WHERE account_id = $1`, [dbId(accountId), ms / 1000]);
+}
+
+/** A buyer whose first charge on card one is scripted; returns the account and both cards. */
+async function buyer(script: Parameters<PaymentSimulator['script']>[1]) {
+  const accountId = await apiAccount(srv);
+  const cardOne = `pm_card_one_${randomUUID()}`;
+  const cardTwo = `pm_card_two_${randomUUID()}`;
+  simulator.script(cardOne, script);
+  await attachMethod(srv, accountId, cardOne);
+  return { accountId, cardOne, cardTwo };
+}
+
+describe('a retry sends the request the payment recorded', () => {
+  it('purchase: the answer is lost, another card is attached, the retry settles on card one (charged once) and grants once', async () => {
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const { accountId, cardOne, cardTwo } = await buyer(['timeout_after_charge']);
+    const key = uniq('buy');
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
+    await attachMethod(srv, accountId, cardTwo);
+    const first = ok(await purchase(accountId, pack.id, key)).purchaseCreditPack;
+    expect(first.amount).toBe('40');
+    for (let i = 0; i < 2; i++) expect(ok(await purchase(accountId, pack.id, key)).purchaseCreditPack.id).toBe(first.id);
+    expect(simulator.chargeCount(cardOne)).toBe(1);
+    expect(simulator.chargeCount(cardTwo)).toBe(0);
+    expect(await payments(accountId)).toEqual([{ id: expect.any(String), status: 'SUCCEEDED', payment_method_ref: cardOne, grant_id: dbId(first.id), error: null }]);
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('auto top-up: the worker dies after the charge, another card is attached, the next run settles on card one', async () => {
+    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+    const accountId = await apiAccount(srv, { paid: '100' });
+    const cardOne = `pm_card_one_${randomUUID()}`;
+    simulator.script(cardOne, ['timeout_after_charge']);
+    await attachMethod(srv, accountId, cardOne);
+    ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+    ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+    const topUpId = (await topUps(srv, accountId))[0]!.id;
+    const run = (attemptsMade: number) =>
+      processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+    await expect(run(0)).rejects.toThrow(/will retry/);
+    const cardTwo = await attachMethod(srv, accountId, `pm_card_two_${randomUUID()}`);
+    expect(await run(1)).toMatchObject({ status: 'SUCCEEDED' });
+    expect(simulator.chargeCount(cardOne)).toBe(1);
+    expect(simulator.chargeCount(cardTwo)).toBe(0);
+    expect(await billingCounts(srv, accountId)).toEqual({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1, top_ups: 1 });
+    expect((await payments(accountId))[0]!.payment_method_ref).toBe(cardOne);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+});
+
+describe('resume-payment: a purchase whose client never retries', () => {
+  it('the sweep adds its job once it is older than PAYMENT_RESUME_AFTER_SECONDS; the processor grants it once, charging nothing more', async () => {
+    const pack = await createPack(srv, { credits: '25', bonusCredits: '5', priceUsd: '2.5' });
+    const { accountId, cardOne } = await buyer(['timeout_after_charge']);
+    expectError(await purchase(accountId, pack.id, uniq('buy')), 'UNAVAILABLE');
+    const [pending] = await payments(accountId);
+    const jobId = `resume-payment-${pending!.id}`;
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const sink = createQueueJobSink(connection, billing.prefix);
+    try {
+      await processSweepDue(deps, sink);
+      expect(await sink.queue.getJob(jobId)).toBeUndefined(); // younger than the grace period: left to its client
+      await age(accountId, 121_000);
+      await processSweepDue(deps, sink);
+      const job = await sink.queue.getJob(jobId);
+      expect(job?.name).toBe('resume-payment');
+      expect(job?.data).toEqual({ paymentId: pending!.id, accountId: dbId(accountId) });
+
+      const view = { id: jobId, name: 'resume-payment', data: job!.data, attemptsMade: 0, attempts: 5 };
+      expect(await processResumePayment(deps, view)).toMatchObject({ status: 'SUCCEEDED' });
+      expect(await processResumePayment(deps, view)).toMatchObject({ status: 'SUCCEEDED' });
+      expect(simulator.chargeCount(cardOne)).toBe(1);
+      expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, succeeded: 1, pack_grants: 1 });
+      expect((await readAccount(srv, accountId)).balance.paid).toBe('30');
+
+      // Settled: the next sweep offers it no more, and the client's late retry returns the same grant.
+      await (await sink.queue.getJob(jobId))!.remove();
+      await processSweepDue(deps, sink);
+      expect(await sink.queue.getJob(jobId)).toBeUndefined();
+      await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+    } finally {
+      await sink.close();
+      connection.disconnect();
+    }
+  });
+
+  it('a timeout that charged nothing, then a decline: the resume marks the payment FAILED and grants nothing', async () => {
+    const pack = await createPack(srv, { credits: '10', priceUsd: '1' });
+    const { accountId, cardOne } = await buyer(['timeout', 'decline']);
+    const key = uniq('buy');
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
+    const [pending] = await payments(accountId);
+    expect(await resumePayment(srv.services, pending!.id)).toEqual({ paymentId: pending!.id, status: 'FAILED', reason: 'card_declined: Your card was declined.' });
+    expect(simulator.chargeCount(cardOne)).toBe(0);
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, failed: 1, pack_grants: 0 });
+    expect(expectError(await purchase(accountId, pack.id, key), 'PAYMENT_FAILED').extensions?.reason).toBe('card_declined');
+  });
+
+  it('a provider that still does not answer leaves it PENDING and the job attempt fails (to be retried)', async () => {
+    const pack = await createPack(srv, { credits: '10', priceUsd: '1' });
+    const { accountId } = await buyer(['timeout', 'timeout']);
+    expectError(await purchase(accountId, pack.id, uniq('buy')), 'UNAVAILABLE');
+    const [pending] = await payments(accountId);
+    const view = { name: 'resume-payment', data: { paymentId: pending!.id, accountId: dbId(accountId) }, attemptsMade: 0, attempts: 5 };
+    await expect(processResumePayment(deps, view)).rejects.toThrow(/will retry/);
+    expect((await payments(accountId))[0]!.status).toBe('PENDING');
+  });
+});
+
+describe('past the provider idempotency window a payment is looked up, never sent again', () => {
+  it('purchase charged 25 hours ago, key forgotten by the provider: the retry grants it without a second charge', async () => {
+    const pack = await createPack(srv, { credits: '50', priceUsd: '5' });
+    const { accountId, cardOne } = await buyer(['timeout_after_charge']);
+    const key = uniq('buy');
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
+    await age(accountId, 25 * 3_600_000);
+    simulator.pruneIdempotencyKeys();
+    const g = ok(await purchase(accountId, pack.id, key)).purchaseCreditPack;
+    expect(g.amount).toBe('50');
+    expect(simulator.chargeCount(cardOne)).toBe(1);
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, succeeded: 1, pack_grants: 1 });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('purchase whose first attempt charged nothing, 25 hours ago: FAILED (no_charge_found), nothing is sent or charged', async () => {
+    const pack = await createPack(srv, { credits: '50', priceUsd: '5' });
+    const { accountId, cardOne } = await buyer(['timeout']);
+    expectError(await purchase(accountId, pack.id, uniq('buy')), 'UNAVAILABLE');
+    await age(accountId, 25 * 3_600_000);
+    simulator.pruneIdempotencyKeys();
+    const [pending] = await payments(accountId);
+    expect(await resumePayment(srv.services, pending!.id)).toMatchObject({ status: 'FAILED', reason: expect.stringMatching(/^no_charge_found: /) });
+    expect(simulator.chargeCount(cardOne)).toBe(0);
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, failed: 1, pack_grants: 0 });
+  });
+
+  it('auto top-up charged 25 hours ago, key forgotten: the next run grants it without a second charge', async () => {
+    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+    const accountId = await apiAccount(srv, { paid: '100' });
+    const card = `pm_card_${randomUUID()}`;
+    simulator.script(card, ['timeout_after_charge']);
+    await attachMethod(srv, accountId, card);
+    ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+    ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+    const topUpId = (await topUps(srv, accountId))[0]!.id;
+    const run = (attemptsMade: number) =>
+      processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+    await expect(run(0)).rejects.toThrow(/will retry/);
+    await age(accountId, 25 * 3_600_000);
+    simulator.pruneIdempotencyKeys();
+    expect(await run(1)).toMatchObject({ status: 'SUCCEEDED' });
+    expect(simulator.chargeCount(card)).toBe(1);
+    expect(await billingCounts(srv, accountId)).toEqual({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1, top_ups: 1 });
+  });
+});
