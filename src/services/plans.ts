@@ -111,7 +111,7 @@ async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, 
     source: 'SUBSCRIPTION',
     expiresAt: plan.rollover === 'RESET' ? periodEnd : null,
     reference: `plan:${plan.id}`,
-    idempotencyKey: `plan-period:${periodStart.toISOString()}`,
+    idempotencyKey: `plan-period:${plan.id}:${periodStart.toISOString()}`,
   });
 }
 
