@@ -28,6 +28,7 @@ import { AccountTx } from './account-tx.js';
 import { findCreditPack, type CreditPackView } from './credit-packs.js';
 import { readBalance } from './read-balance.js';
 import { balanceRoomError } from './grant-credits.js';
+import { rollBillingPeriods } from './plans.js';
 import {
   chargePayment,
   findPaymentMethodRef,
@@ -234,6 +235,13 @@ async function recordOutcome(
  */
 export async function runAutoTopUp(ctx: ServiceContext, topUpId: string, attempt: AttemptInfo): Promise<TopUpRunResult> {
   const provider = requireProvider(ctx);
+  // A plan's period that has begun but not rolled yet is rolled first: at a RESET plan's period
+  // end the old allowance expires (its expiry job, or any charge, sees the balance drop below
+  // the threshold and starts this top-up) while the new period's grant is due in the same
+  // instant. Charging the card for credit the plan is about to grant would be wrong; after the
+  // roll, prepare() re-checks the balance and skips the top-up when the grant covers it.
+  const { rows: owner } = await ctx.pool.query('SELECT account_id FROM auto_top_ups WHERE id = $1', [topUpId]);
+  if (owner[0]) await rollBillingPeriods(ctx, owner[0].account_id as string);
   const prepared = await prepare(ctx, topUpId);
   if ('done' in prepared) return prepared.done;
   const { payment } = prepared;

@@ -13,6 +13,7 @@ import { ZodError } from 'zod';
 import { parseEnv } from '../../src/config/env.js';
 import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import { runPendingTopUps } from '../../src/services/auto-top-up.js';
+import { expireDue } from '../../src/services/expire-due.js';
 import type { WorkerDeps } from '../../workers/deps.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
@@ -56,6 +57,37 @@ function run(accountId: string, topUpId: string, attemptsMade = 0) {
 }
 
 describe('processAutoTopUp', () => {
+  it("at a RESET plan's period end, a top-up started by the old allowance's expiry is skipped once the plan's new grant is rolled in: the card is not charged", async () => {
+    const start = '2026-03-01T00:00:00.000Z';
+    const accountId = ok(
+      await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+        input: { externalId: uniq('reset-topup'), name: 'reset plan', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: start },
+      }),
+    ).createAccount.id as string;
+    const plan = ok(
+      await srv.gql(`mutation($input: CreatePlanInput!) { createPlan(input: $input) { id } }`, {
+        input: { name: uniq('reset-plan'), monthlyCredits: '100', rollover: 'RESET', priceUsd: '10' },
+      }),
+    ).createPlan.id as string;
+    ok(await srv.gql(`mutation($a: ID!, $p: ID!) { subscribeToPlan(accountId: $a, planId: $p) { active } }`, { a: accountId, p: plan }));
+    const pack = await createPack(srv, { credits: '50', priceUsd: '5' });
+    await attachMethod(srv, accountId);
+    ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '10', packId: pack.id } }));
+    // The account's clock passes the period end without advanceTestClock (which rolls at once),
+    // and the expiry runs first, as the batch's expire-due job or the sweep would.
+    await srv.services.pool.query(`UPDATE accounts SET test_clock_at = '2026-04-01T00:00:01.000Z' WHERE id = $1`, [dbId(accountId)]);
+    await expireDue(srv.services, dbId(accountId));
+    const started = await topUps(srv, accountId);
+    expect(started.map((t) => t.status)).toEqual(['PENDING']); // the drop to 0 started one
+    const before = await billingCounts(srv, accountId);
+    const result = await run(accountId, started[0]!.id);
+    expect(result).toMatchObject({ status: 'SKIPPED', reason: 'available credit is no longer below the threshold' });
+    expect(await billingCounts(srv, accountId)).toEqual(before); // no payment, no charge
+    const account = await readAccount(srv, accountId);
+    expect(account.balance.available).toBe('100');
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId), new Date('2026-04-01T00:00:01.000Z'));
+  });
+
   it('a worker that died after the charge, before the grant: the next run grants once and charges nothing more', async () => {
     const reference = `pm_ok_${randomUUID()}`;
     simulator.script(reference, ['timeout_after_charge']);
