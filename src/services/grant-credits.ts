@@ -56,10 +56,14 @@ export function balanceRoomError(currentMicroCredits: bigint, amountMicroCredits
  * Refuses a grant that would take the account's total, or the credit granted in its current
  * billing period (a balance figure), above MAX_ABS_MICRO_CREDITS: checked here, under the
  * account lock, so the refusal is exact and nothing is written.
+ * `effectiveAt` (default: the account's now; never after it) dates the grant, its batch and its
+ * ledger entries when it belongs to an earlier instant: a plan's allowance of a billing period
+ * that passed while no roll ran (plans.ts rollBillingPeriods), so the period figures count it in
+ * that period, as if the roll had run on time.
  * @throws LedgerError IDEMPOTENCY_CONFLICT (same key, different input), BAD_USER_INPUT
  *   (amount <= 0, expiresAt not in the future, over the limit: reason BALANCE_LIMIT).
  */
-export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accountId'>): Promise<GrantResult> {
+export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accountId'>, effectiveAt?: Date): Promise<GrantResult> {
   const hash = requestHash({ ...cmd, op: 'grant' });
   const existing = await atx.tx.query(
     'SELECT id, request_hash FROM credit_grants WHERE account_id = $1 AND idempotency_key = $2',
@@ -83,17 +87,18 @@ export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accoun
   const overGranted = balanceRoomError(BigInt(granted.rows[0].sum as string), cmd.amountMicroCredits, 'amount');
   if (overGranted) throw overGranted;
 
+  const at = effectiveAt && effectiveAt.getTime() < atx.now.getTime() ? effectiveAt : atx.now;
   const repay = minBig(cmd.amountMicroCredits, atx.debt);
   const remaining = cmd.amountMicroCredits - repay;
   const { rows } = await atx.tx.query(
     `WITH g AS (
        INSERT INTO credit_grants (id, account_id, source, type, amount_micro_credits, reference, idempotency_key, request_hash, created_at)
-       VALUES (gen_random_uuid(), $1, $2::"GrantSource", $3::"CreditType", $4, $5, $6, $7, $8)
+       VALUES (gen_random_uuid(), $1, $2::"GrantSource", $3::"CreditType", $4, $5, $6, $7, $11)
        RETURNING id
      )
      INSERT INTO credit_batches (id, account_id, grant_id, type, source, allocated_micro_credits, remaining_micro_credits,
                                  added_at, expires_at, status, updated_at)
-     SELECT gen_random_uuid(), $1, g.id, $3::"CreditType", $2::"GrantSource", $4, $9, $8, $10,
+     SELECT gen_random_uuid(), $1, g.id, $3::"CreditType", $2::"GrantSource", $4, $9, $11, $10,
             CASE WHEN $9::bigint > 0 THEN 'ACTIVE'::"BatchStatus" ELSE 'EXHAUSTED'::"BatchStatus" END, $8
        FROM g
      RETURNING grant_id, id`,
@@ -108,15 +113,16 @@ export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accoun
       atx.now,
       remaining.toString(),
       cmd.expiresAt,
+      at,
     ],
   );
   const row = rows[0];
   const batchId = row.id as string;
-  atx.addEntry({ type: 'GRANT', amountMicroCredits: remaining, batchId, note: cmd.source });
+  atx.addEntry({ type: 'GRANT', amountMicroCredits: remaining, batchId, note: cmd.source, at });
   if (cmd.expiresAt && remaining > 0n) scheduleExpiry(atx, 'batch', batchId, cmd.expiresAt);
   if (repay > 0n) {
     atx.debt -= repay;
-    atx.addEntry({ type: 'DEBT_REPAY', amountMicroCredits: repay, batchId, note: 'grant repaid debt' });
+    atx.addEntry({ type: 'DEBT_REPAY', amountMicroCredits: repay, batchId, note: 'grant repaid debt', at });
   }
   return { grantId: row.grant_id as string, replayed: false };
 }

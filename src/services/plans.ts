@@ -104,7 +104,9 @@ function scheduleRoll(atx: AccountTx, periodEnd: Date): void {
   atx.publish('job', { name: 'roll-period', jobId: `roll-period-${atx.accountId}-${periodEnd.getTime()}`, data: { accountId: atx.accountId }, runAt: periodEnd.toISOString() });
 }
 
+/** Grants the plan's allowance of the period; a period that already ended is dated at its start (applyGrant's effectiveAt). */
 async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, periodEnd: Date): Promise<void> {
+  const ended = periodEnd.getTime() <= atx.now.getTime();
   await applyGrant(atx, {
     amountMicroCredits: plan.monthlyMicroCredits,
     type: 'PAID',
@@ -112,7 +114,7 @@ async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, 
     expiresAt: plan.rollover === 'RESET' ? periodEnd : null,
     reference: `plan:${plan.id}`,
     idempotencyKey: `plan-period:${plan.id}:${periodStart.toISOString()}`,
-  });
+  }, ended ? periodStart : undefined);
 }
 
 /**
@@ -189,8 +191,9 @@ export async function readSubscription(pool: pg.Pool, accountId: string, wallNow
 /**
  * Rolls the account's active plan into every period that has started since the last one
  * granted (see the module comment), in one transaction. Periods that already ended while
- * nothing rolled (a long outage) get their ROLLOVER trim but no grant of their own: that credit
- * would have expired already; only the current period is granted.
+ * nothing rolled (a long outage) are rolled one by one: under ROLLOVER each gets its trim and its
+ * grant, as if the roll had run on time; under RESET only the current period is granted (the
+ * credit of the others would have expired already).
  * @returns the number of periods rolled (0: nothing due).
  * @throws LedgerError NOT_FOUND for an unknown account.
  */
@@ -211,7 +214,10 @@ export async function rollBillingPeriods(ctx: ServiceContext, accountId: string)
       const next = monthlyPeriodAt(atx.billingAnchorAt, granted).end; // the next period's start
       if (plan.rollover === 'ROLLOVER' && plan.rolloverCapMicroCredits !== null) await trimRollover(atx, plan.rolloverCapMicroCredits, next);
       const period = monthlyPeriodAt(atx.billingAnchorAt, next);
-      if (period.start.getTime() === current.start.getTime()) await grantPeriod(atx, plan, period.start, period.end);
+      // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
+      // credit carries over, so every period is granted (after its boundary's trim), as stepping
+      // the periods one by one (advanceTestClock) does.
+      if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime()) await grantPeriod(atx, plan, period.start, period.end);
       granted = next;
       rolled++;
     }

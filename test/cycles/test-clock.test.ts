@@ -6,7 +6,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
-import { ok, uniq, expectError } from '../api/helpers.js';
+import { dbId, ok, uniq, expectError } from '../api/helpers.js';
+import { rollBillingPeriods } from '../../src/services/plans.js';
 import { ALERTS_SUB, streamsStarted, waitForStreamsStarted, wsSubscribe } from '../live/helpers.js';
 
 let srv: TestServer;
@@ -171,6 +172,25 @@ describe('plans and billing cycles', () => {
     const after = await advance(id, '2026-06-15T08:00:00.000Z');
     expect(after.balance.available).toBe('150'); // no roll after cancelling: nothing granted, nothing trimmed
     expect(after.balance.planName).toBeNull();
+  });
+
+  it('ROLLOVER periods missed while nothing rolled (a worker outage) are each granted and trimmed, as when the periods are stepped', async () => {
+    for (const cap of [null, '50']) {
+      const stepped = await testAccount('2026-01-10T00:00:00.000Z');
+      const late = await testAccount('2026-01-10T00:00:00.000Z');
+      const p = await plan('ROLLOVER', '100', cap);
+      await subscribe(stepped, p);
+      await subscribe(late, p);
+      for (const to of ['2026-02-10T00:00:00.000Z', '2026-03-10T00:00:00.000Z', '2026-04-10T00:00:00.000Z']) await advance(stepped, to);
+      // The late account's clock jumps three periods without advanceTestClock (which rolls at
+      // once); the sweep's roll then finds three periods due.
+      await srv.services.pool.query(`UPDATE accounts SET test_clock_at = '2026-04-10T00:00:00.000Z' WHERE id = $1`, [dbId(late)]);
+      expect(await rollBillingPeriods(srv.services, dbId(late))).toEqual({ periodsRolled: 3 });
+      const [a, b] = [await read(stepped), await read(late)];
+      expect(b.balance.available).toBe(cap === null ? '400' : '150');
+      expect(b.balance).toMatchObject({ available: a.balance.available, total: a.balance.total, periodStart: a.balance.periodStart, periodCredits: a.balance.periodCredits });
+      expect(b.reconciliation.consistent).toBe(true);
+    }
   });
 
   it('planName follows the plan; a malformed plan is BAD_USER_INPUT', async () => {
