@@ -29,6 +29,7 @@ import type { Logger } from 'pino';
 import { schema } from './graphql/schema.js';
 import type { GraphQLContext } from './graphql/context.js';
 import { maskError } from './graphql/errors.js';
+import { accountDataGuard } from './graphql/account-data-guard.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
 import type { PrismaClient } from './db/prisma.js';
@@ -205,6 +206,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       ...(production ? [disableIntrospection()] : []),
       validationErrorsAreBadInput(),
       refuseAnonymousStreams(),
+      accountDataGuard(),
     ],
   });
 

@@ -14,8 +14,18 @@
  * constraint `api_keys_scopes_known` (prisma/migrations/*_init/migration.sql).
  * - `admin`: everything (implies every other scope).
  * - `usage:write`: record/reserve/settle usage (metering services).
- * - `credits:write`: grant, void and refund credits (billing services).
- * - `read`: read any account, balance and history.
+ * - `credits:write`: create accounts, grant, void and refund credits, packs, budgets, plans,
+ *   test clocks (billing services).
+ * - `read`: read any account, balance and history. Only `read` (or `admin`) reads an account:
+ *   a key with only write scopes gets what its own mutations return (the usage event with its
+ *   cost, lines and drawdown amounts, the reservation, the grant, the payment method, auto
+ *   top-up and budget settings it saved, and of an Account only its identity: id, externalId,
+ *   name, kind, testMode, createdAt) and nothing of an account's balance, batches, ledger, usage,
+ *   alerts, payment method or settings. A query by id / externalId / node answers null like a
+ *   missing account, taskCost / quote / usageRecorded NOT_FOUND, and an operation selecting
+ *   account data (balanceChanged, creditAlerts, `recordUsage { account { balance { total } } }`)
+ *   is refused with FORBIDDEN before it runs, changing nothing (src/graphql/access.ts,
+ *   src/graphql/account-data-guard.ts).
  */
 export const SCOPES = ['admin', 'usage:write', 'credits:write', 'read'] as const;
 
