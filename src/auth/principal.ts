@@ -60,14 +60,14 @@ export interface ServicePrincipal {
  * An end user authenticated by a JWT.
  * - `userId`: the `sub` claim, i.e. the externalId of the user's USER account.
  * - `orgId`: the `org` claim (externalId of their ORGANIZATION account), or null if absent.
- * - `expiresAt`: the `exp` claim as a Date (second precision), or null when the token has no
- *   `exp`. Long-lived connections (subscriptions) should close at this instant.
+ * - `expiresAt`: the `exp` claim as a Date (second precision); every accepted token has one
+ *   (src/auth/jwt.ts). Long-lived connections (subscriptions) close at this instant.
  */
 export interface UserPrincipal {
   kind: 'user';
   userId: string;
   orgId: string | null;
-  expiresAt: Date | null;
+  expiresAt: Date;
 }
 
 /** An authenticated caller; `null` is used for anonymous requests (no Authorization header). */

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { TEST_PRICE_BOOK } from '../setup/test-price-book.js';
 import { createApiKey, revokeApiKey } from '../../src/auth/api-keys.js';
+import { SignJWT } from 'jose';
 import { signUserToken } from '../../src/auth/jwt.js';
 import { sseSubscribe, wsSubscribe } from '../live/helpers.js';
 import { apiAccount, expectError, expectUnchanged, gid, globalCounts, ok, readAccount, uniq, type GqlResponse } from './helpers.js';
@@ -124,6 +125,20 @@ describe('missing or invalid credentials', () => {
     expectError(res, 'UNAUTHENTICATED');
     expect(res.status).toBe(401);
     expect(res.body.data?.account ?? null).toBeNull();
+  });
+
+  it('an end-user token without exp, or living longer than JWT_MAX_TTL_SECONDS, is UNAUTHENTICATED', async () => {
+    const key = new TextEncoder().encode(srv.jwtSecret);
+    const now = Math.floor(Date.now() / 1000);
+    const noExp = await new SignJWT({ org: orgExt }).setProtectedHeader({ alg: 'HS256' }).setSubject(userExt).setIssuedAt(0).sign(key);
+    const yearLong = await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 365 * 86_400 });
+    const backdated = await new SignJWT({ org: orgExt }).setProtectedHeader({ alg: 'HS256' }).setSubject(userExt).setIssuedAt(now - 7 * 86_400).setExpirationTime(now + 600).sign(key);
+    for (const token of [noExp, yearLong, backdated]) {
+      const res = await srv.gql(ACCOUNT, { id: userAcct }, token);
+      expectError(res, 'UNAUTHENTICATED');
+      expect(res.status).toBe(401);
+    }
+    expect(ok(await srv.gql(ACCOUNT, { id: userAcct }, await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 86_400 }))).account).toMatchObject({ id: userAcct });
   });
 
   it('a revoked API key is UNAUTHENTICATED', async () => {
