@@ -57,6 +57,7 @@ const authenticator = createAuthenticator({
   jwksUrl: env.JWKS_URL,
   issuer: env.JWT_ISSUER,
   audience: env.JWT_AUDIENCE,
+  jwtMaxTtlSeconds: env.JWT_MAX_TTL_SECONDS,
 });
 const server = buildServer({ env, log, pool, prisma, redis, services, authenticator, queryTimings });
 const port = await server.listen(env.PORT);

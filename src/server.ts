@@ -31,6 +31,7 @@ import { schema } from './graphql/schema.js';
 import type { GraphQLContext } from './graphql/context.js';
 import { maskError } from './graphql/errors.js';
 import { refuseUnstorableStrings } from './graphql/input-values.js';
+import { accountDataGuard } from './graphql/account-data-guard.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
 import type { PrismaClient } from './db/prisma.js';
@@ -76,7 +77,7 @@ const EVENT_LOOP_SAMPLE_MS = 10;
 export const WS_CLOSE = {
   /** No credential in connectionParams.authorization. */
   unauthorized: 4401,
-  /** The credential is invalid, or it expired while connected. */
+  /** The credential is invalid, or it expired or was revoked while connected. */
   forbidden: 4403,
   /** The credential already holds LIVE_MAX_CONNECTIONS_PER_TOKEN connections on this instance. */
   tooManyConnections: 4429,
@@ -87,6 +88,8 @@ export const WS_CLOSE = {
 /** What this server keeps on each WebSocket connection. */
 interface WsState {
   principal?: Principal | null;
+  /** connectionParams.authorization, re-authenticated for every new operation. */
+  authorization?: string;
   tokenKey?: string;
   connectionId: string;
   operations: Set<string>;
@@ -160,12 +163,13 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     // The body limit is enforced from Content-Length before yoga runs (bodyRefusal).
     maxRequestBodySize: false,
     context: async (initial): Promise<GraphQLContext> => {
-      const ws = (initial as { ws?: { principal: Principal | null; requestId: string } }).ws;
+      const ws = (initial as { ws?: { principal: Principal | null; requestId: string; authorization: string } }).ws;
       const request = (initial as { request: Request }).request;
       const requestId = ws?.requestId ?? (initial as { requestId?: string }).requestId ?? randomUUID();
+      const credential = ws ? ws.authorization : request.headers.get('authorization');
       let principal: Principal | null;
       try {
-        principal = ws ? ws.principal : await deps.authenticator.authenticate(request.headers.get('authorization'));
+        principal = ws ? ws.principal : await deps.authenticator.authenticate(credential);
       } catch (err) {
         if (err instanceof LedgerError) {
           throw new GraphQLError(err.message, { extensions: { code: err.code, http: { status: err.code === 'UNAUTHENTICATED' ? 401 : 503 } } });
@@ -184,6 +188,14 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         log: log.child({ requestId }),
         live,
         readableAccounts: new Map(),
+        stillAuthenticated: async () => {
+          try {
+            return (await deps.authenticator.authenticate(credential)) !== null;
+          } catch (err) {
+            if (err instanceof LedgerError && err.code === 'UNAUTHENTICATED') return false;
+            throw err;
+          }
+        },
       };
     },
     // Errors of an execution or subscription are masked by maskExecutionErrors (below) with their
@@ -207,6 +219,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       ...(production ? [disableIntrospection()] : []),
       validationErrorsAreBadInput(),
       refuseAnonymousStreams(),
+      accountDataGuard(),
       refuseUnstorableStrings(),
     ],
   });
@@ -328,6 +341,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         connectionsPerToken.set(tokenKey, open + 1);
         state.tokenKey = tokenKey;
         state.principal = principal;
+        state.authorization = authorization;
         if (principal.kind === 'user' && principal.expiresAt) {
           state.expiryTimer = setTimeout(
             () => socket.close(WS_CLOSE.forbidden, 'Forbidden: token expired'),
@@ -348,12 +362,30 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       },
       onSubscribe: async (ctx, id, payload) => {
         const state = stateOf(ctx.extra);
+        const requestId = `${state.connectionId}:${id}`;
+        // The credential is checked again for every operation (the API key lookup is cached, so
+        // this costs no query on the hot path): a key revoked since the connection opened is
+        // refused here (UNAUTHENTICATED) and the connection is closed with 4403, as at expiry.
+        const authorization = state.authorization ?? '';
+        let principal: Principal | null;
+        try {
+          principal = await deps.authenticator.authenticate(authorization);
+        } catch (err) {
+          if (err instanceof LedgerError && err.code === 'UNAUTHENTICATED') {
+            log.info({ connectionId: state.connectionId }, 'websocket closed: credential no longer valid');
+            setImmediate(() => ctx.extra.socket.close(WS_CLOSE.forbidden, 'Forbidden: credential revoked or expired'));
+            return [new GraphQLError('This credential is no longer valid (revoked or expired).', { extensions: { code: 'UNAUTHENTICATED', requestId } })];
+          }
+          return [maskFor(err, requestId, false)];
+        }
+        if (!principal) return [new GraphQLError('Send Authorization: Bearer <API key or user token>.', { extensions: { code: 'UNAUTHENTICATED', requestId } })];
+        state.principal = principal;
+        // From here to operations.add there is no await, so concurrent operations count right.
         if (state.operations.size >= env.LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION) {
           return [new GraphQLError(`At most ${env.LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION} operations per connection.`, { extensions: { code: 'RATE_LIMITED' } })];
         }
-        const requestId = `${state.connectionId}:${id}`;
         const { schema: enveloped, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
-          ws: { principal: state.principal ?? null, requestId },
+          ws: { principal, requestId, authorization },
         } as never);
         // Parse and validate as over HTTP: graphql-armor's limits throw from either step.
         const badInput = (err: unknown) => [new GraphQLError((err as Error).message, { extensions: { code: 'BAD_USER_INPUT' } })];

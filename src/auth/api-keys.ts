@@ -257,6 +257,9 @@ export async function findApiKey(
 /**
  * Revokes key `id` (sets `revoked_at = now()`) and drops it from this process's lookup cache,
  * so it stops authenticating here immediately (elsewhere within {@link API_KEY_CACHE_TTL_MS}).
+ * That covers connections opened before: a WebSocket re-authenticates every new operation, and
+ * open subscription streams re-check their key before each update and every
+ * CREDENTIAL_RECHECK_INTERVAL_MS (src/graphql/subscriptions.ts), ending with UNAUTHENTICATED.
  * Idempotent: returns true when this call revoked it, false when it was already revoked.
  * @throws LedgerError BAD_USER_INPUT (field `id`) when `id` is not a uuid;
  *   LedgerError NOT_FOUND when no key has that id.

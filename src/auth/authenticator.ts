@@ -22,8 +22,8 @@ const BEARER_RE = /^Bearer[ \t]+([\x21-\x7e]+)[ \t]*$/i;
  * Configuration of {@link createAuthenticator}; mirrors the environment (src/config/env.ts).
  * - `pool`: pg pool of the database holding `api_keys`.
  * - `adminApiKey`: ADMIN_API_KEY, the bootstrap key with every scope (unset/empty: none).
- * - `jwtSecret` / `jwksUrl` / `issuer` / `audience`: end-user JWT settings (see
- *   {@link createUserTokenVerifier}); with neither secret nor JWKS, every JWT is rejected.
+ * - `jwtSecret` / `jwksUrl` / `issuer` / `audience` / `jwtMaxTtlSeconds`: end-user JWT settings
+ *   (see {@link createUserTokenVerifier}); with neither secret nor JWKS, every JWT is rejected.
  */
 export interface AuthenticatorOptions {
   pool: pg.Pool;
@@ -32,6 +32,7 @@ export interface AuthenticatorOptions {
   jwksUrl?: string | undefined;
   issuer?: string | undefined;
   audience?: string | undefined;
+  jwtMaxTtlSeconds?: number | undefined;
 }
 
 /** See {@link createAuthenticator}. */
@@ -76,6 +77,7 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
           jwksUrl: options.jwksUrl,
           issuer: options.issuer,
           audience: options.audience,
+          maxTtlSeconds: options.jwtMaxTtlSeconds,
         })
       : undefined;
   const bootstrapPrincipal: ServicePrincipal = Object.freeze({

@@ -27,6 +27,35 @@ const MAX_TOKEN_LENGTH = 8192;
 /** Default allowed clock skew for `exp` / `nbf`, in seconds. */
 export const DEFAULT_CLOCK_TOLERANCE_SECONDS = 5;
 
+/**
+ * Default longest accepted token lifetime (JWT_MAX_TTL_SECONDS), in seconds: 24 hours. A token
+ * is a bearer credential that cannot be revoked, so it must end: `exp` is required and may lie at
+ * most this far after `iat` (when present) and after now.
+ */
+export const DEFAULT_JWT_MAX_TTL_SECONDS = 86_400;
+
+/** Hosts a plain-http JWKS URL may name (the key set never crosses a network unencrypted). */
+const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]', '::1']);
+
+/**
+ * Why `url` is not an acceptable JWKS URL, or null when it is: it must parse as a URL and use
+ * https, except on a loopback host (localhost, 127.0.0.1, ::1) where http is allowed (tests,
+ * a sidecar). A key set fetched over plain http from elsewhere could be replaced in transit, and
+ * whoever replaces it can sign any user's token. Used by src/config/env.ts (JWKS_URL) and
+ * {@link createUserTokenVerifier}.
+ */
+export function jwksUrlProblem(url: string): string | null {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return 'must be a URL';
+  }
+  if (parsed.protocol === 'https:') return null;
+  if (parsed.protocol === 'http:' && LOOPBACK_HOSTS.has(parsed.hostname)) return null;
+  return 'must be an https URL (plain http only on a loopback host: localhost, 127.0.0.1, ::1)';
+}
+
 /** The only algorithm accepted with a shared secret. */
 const HMAC_ALGORITHMS = ['HS256'];
 
@@ -45,6 +74,8 @@ const INVALID_TOKEN_MESSAGE = 'invalid or expired token';
  * - `issuer` / `audience`: when set, the `iss` / `aud` claims must match (JWT_ISSUER, JWT_AUDIENCE).
  * - `clockToleranceSeconds`: allowed skew for `exp` / `nbf` (default
  *   {@link DEFAULT_CLOCK_TOLERANCE_SECONDS}).
+ * - `maxTtlSeconds`: longest accepted lifetime, `exp - iat` and `exp - now` (JWT_MAX_TTL_SECONDS,
+ *   default {@link DEFAULT_JWT_MAX_TTL_SECONDS}).
  */
 export interface UserTokenVerifierOptions {
   secret?: string | undefined;
@@ -52,6 +83,7 @@ export interface UserTokenVerifierOptions {
   issuer?: string | undefined;
   audience?: string | undefined;
   clockToleranceSeconds?: number | undefined;
+  maxTtlSeconds?: number | undefined;
 }
 
 /**
@@ -79,8 +111,18 @@ function idClaim(value: unknown): string | undefined {
     : undefined;
 }
 
-/** Maps a verified payload to the user principal, enforcing the `sub` / `org` rules. */
-function toPrincipal(payload: JWTPayload): UserPrincipal {
+/**
+ * Maps a verified payload to the user principal, enforcing the `sub` / `org` rules and the
+ * lifetime cap: `exp` must be at most `maxTtlSeconds` (+ the clock tolerance) after now and, when
+ * the token has `iat`, after `iat`.
+ */
+function toPrincipal(payload: JWTPayload, maxTtlSeconds: number, clockToleranceSeconds: number): UserPrincipal {
+  const exp = payload.exp;
+  if (typeof exp !== 'number') throw unauthenticated();
+  const nowSeconds = Math.floor(Date.now() / 1000);
+  const longest = maxTtlSeconds + clockToleranceSeconds;
+  if (exp - nowSeconds > longest) throw unauthenticated();
+  if (typeof payload.iat === 'number' && exp - payload.iat > longest) throw unauthenticated();
   const userId = idClaim(payload.sub);
   if (userId === undefined) throw unauthenticated();
   const rawOrg: unknown = payload['org'];
@@ -90,8 +132,7 @@ function toPrincipal(payload: JWTPayload): UserPrincipal {
     if (org === undefined) throw unauthenticated();
     orgId = org;
   }
-  const expiresAt = typeof payload.exp === 'number' ? new Date(payload.exp * 1000) : null;
-  return { kind: 'user', userId, orgId, expiresAt };
+  return { kind: 'user', userId, orgId, expiresAt: new Date(exp * 1000) };
 }
 
 /** True for JWKS failures that are about reaching/reading the key set, not about the token. */
@@ -108,25 +149,29 @@ function isJwksUnavailable(err: unknown): boolean {
  * Builds a token verifier (create it once: the JWKS is fetched lazily and cached inside).
  * Rules: `alg` must be HS256 for the secret or an asymmetric algorithm for the JWKS (so `none`
  * and algorithm-confusion tokens fail); signature, `exp` and `nbf` are checked by jose (with the
- * clock tolerance); `iss` / `aud` when configured; `sub` must be a string of 1..200 characters;
- * `org`, when present and not null, must be a string of 1..200 characters. The returned
- * principal's `expiresAt` is `exp` (or null when the token has none).
+ * clock tolerance); `exp` is required (a token without one would never end) and may lie at most
+ * `maxTtlSeconds` after `iat` and after now; `iss` / `aud` when configured; `sub` must be a
+ * string of 1..200 characters; `org`, when present and not null, must be a string of 1..200
+ * characters. The returned principal's `expiresAt` is `exp`.
  * @throws Error (configuration bug, at creation) when neither `secret` nor `jwksUrl` is given,
- *   the secret is too short, or the JWKS URL is not an http(s) URL.
+ *   the secret is too short, the JWKS URL is not https (http only on a loopback host, see
+ *   {@link jwksUrlProblem}), or `maxTtlSeconds` is not a positive integer.
  */
 export function createUserTokenVerifier(options: UserTokenVerifierOptions): UserTokenVerifier {
   const secret = options.secret ? checkSecret(options.secret) : undefined;
   let jwks: ReturnType<typeof createRemoteJWKSet> | undefined;
   if (options.jwksUrl) {
-    const url = new URL(options.jwksUrl);
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Error('JWKS URL must be http(s)');
-    jwks = createRemoteJWKSet(url);
+    const problem = jwksUrlProblem(options.jwksUrl);
+    if (problem) throw new Error(`JWKS URL ${problem}`);
+    jwks = createRemoteJWKSet(new URL(options.jwksUrl));
   }
+  const maxTtlSeconds = options.maxTtlSeconds ?? DEFAULT_JWT_MAX_TTL_SECONDS;
+  if (!Number.isSafeInteger(maxTtlSeconds) || maxTtlSeconds <= 0) throw new Error('maxTtlSeconds must be a positive integer');
   if (!secret && !jwks) throw new Error('end-user JWT verification needs a secret or a JWKS URL');
   const clockTolerance = options.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
   const claimChecks = {
     clockTolerance,
-    requiredClaims: ['sub'],
+    requiredClaims: ['sub', 'exp'],
     ...(options.issuer ? { issuer: options.issuer } : {}),
     ...(options.audience ? { audience: options.audience } : {}),
   };
@@ -157,7 +202,7 @@ export function createUserTokenVerifier(options: UserTokenVerifierOptions): User
       }
       throw unauthenticated();
     }
-    return toPrincipal(payload);
+    return toPrincipal(payload, maxTtlSeconds, clockTolerance);
   };
 }
 

@@ -14,8 +14,18 @@
  * constraint `api_keys_scopes_known` (prisma/migrations/*_init/migration.sql).
  * - `admin`: everything (implies every other scope).
  * - `usage:write`: record/reserve/settle usage (metering services).
- * - `credits:write`: grant, void and refund credits (billing services).
- * - `read`: read any account, balance and history.
+ * - `credits:write`: create accounts, grant, void and refund credits, packs, budgets, plans,
+ *   test clocks (billing services).
+ * - `read`: read any account, balance and history. Only `read` (or `admin`) reads an account:
+ *   a key with only write scopes gets what its own mutations return (the usage event with its
+ *   cost, lines and drawdown amounts, the reservation, the grant, the payment method, auto
+ *   top-up and budget settings it saved, and of an Account only its identity: id, externalId,
+ *   name, kind, testMode, createdAt) and nothing of an account's balance, batches, ledger, usage,
+ *   alerts, payment method or settings. A query by id / externalId / node answers null like a
+ *   missing account, taskCost / quote / usageRecorded NOT_FOUND, and an operation selecting
+ *   account data (balanceChanged, creditAlerts, `recordUsage { account { balance { total } } }`)
+ *   is refused with FORBIDDEN before it runs, changing nothing (src/graphql/access.ts,
+ *   src/graphql/account-data-guard.ts).
  */
 export const SCOPES = ['admin', 'usage:write', 'credits:write', 'read'] as const;
 
@@ -50,14 +60,14 @@ export interface ServicePrincipal {
  * An end user authenticated by a JWT.
  * - `userId`: the `sub` claim, i.e. the externalId of the user's USER account.
  * - `orgId`: the `org` claim (externalId of their ORGANIZATION account), or null if absent.
- * - `expiresAt`: the `exp` claim as a Date (second precision), or null when the token has no
- *   `exp`. Long-lived connections (subscriptions) should close at this instant.
+ * - `expiresAt`: the `exp` claim as a Date (second precision); every accepted token has one
+ *   (src/auth/jwt.ts). Long-lived connections (subscriptions) close at this instant.
  */
 export interface UserPrincipal {
   kind: 'user';
   userId: string;
   orgId: string | null;
-  expiresAt: Date | null;
+  expiresAt: Date;
 }
 
 /** An authenticated caller; `null` is used for anonymous requests (no Authorization header). */

@@ -3,6 +3,7 @@
  * and returns a typed, frozen config; on any error it lists every problem (not just the first).
  */
 import { z } from 'zod';
+import { DEFAULT_JWT_MAX_TTL_SECONDS, jwksUrlProblem } from '../auth/jwt.js';
 
 const booleanish = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -20,10 +21,27 @@ const EnvSchema = z.object({
   ADMIN_API_KEY: z.string().min(16, 'ADMIN_API_KEY must be at least 16 characters').optional(),
   /** HS256 secret for end-user JWTs. */
   JWT_SECRET: z.string().min(32, 'JWT_SECRET must be at least 32 characters').optional(),
-  /** Alternative to JWT_SECRET: a JWKS URL for end-user JWTs (RS256/ES256...). */
-  JWKS_URL: z.string().url().optional(),
+  /**
+   * Alternative to JWT_SECRET: a JWKS URL for end-user JWTs (RS256/ES256...). Must be https
+   * (plain http only on a loopback host): a key set fetched in clear text could be replaced.
+   */
+  JWKS_URL: z
+    .string()
+    .superRefine((url, ctx) => {
+      const problem = jwksUrlProblem(url);
+      if (problem) ctx.addIssue({ code: 'custom', message: `JWKS_URL ${problem}` });
+    })
+    .optional(),
   JWT_ISSUER: z.string().optional(),
   JWT_AUDIENCE: z.string().optional(),
+  /**
+   * Longest accepted end-user token lifetime in seconds: `exp` (required) may lie at most this far
+   * after the token's `iat` and after now (src/auth/jwt.ts). Default 24 hours; 60 s .. 24 days:
+   * a live connection is closed at its token's `exp` by a Node timer, and Node runs a timer of
+   * more than 2^31-1 ms (24.8 days) after 1 ms instead (TimeoutOverflowWarning), which would
+   * close every stream of a longer-lived token at once.
+   */
+  JWT_MAX_TTL_SECONDS: z.coerce.number().int().min(60).max(2_073_600).default(DEFAULT_JWT_MAX_TTL_SECONDS),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Run the BullMQ workers inside the API process too. */
   RUN_WORKERS: booleanish.default(true),

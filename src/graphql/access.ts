@@ -1,19 +1,35 @@
 /**
- * Who may read which account (contract README, credentials): a service key with the `read`
- * (or `admin`) scope reads every account; an end user reads only the USER account whose
- * externalId is its `sub` and the ORGANIZATION account whose externalId is its `org`. Any other
- * account answers exactly like a missing one (NOT_FOUND / null), so ids of other tenants leak
- * nothing.
+ * Who may read which account (contract README, credentials; scopes in src/auth/principal.ts):
+ * - a service key with the `read` scope (or `admin`, which implies it) reads every account;
+ * - an end user reads only the USER account whose externalId is its `sub` and the ORGANIZATION
+ *   account whose externalId is its `org`;
+ * - a service key without `read` (only `usage:write` / `credits:write`) reads no account: it gets
+ *   the objects its own mutations return (see {@link canReadAccountData} and
+ *   ./account-data-guard.ts), never an account's balance, batches, ledger, usage or settings.
+ * An account the caller may not read answers exactly like a missing one (NOT_FOUND / null), so
+ * ids of other tenants leak nothing.
  */
 import { LedgerError } from '../ledger/errors.js';
-import { hasScope } from '../auth/principal.js';
+import { hasScope, type Principal } from '../auth/principal.js';
 import type { GraphQLContext } from './context.js';
+
+/**
+ * True when `principal` may see account-wide data (balance, batches, ledger, usage, alerts,
+ * payment method, auto top-up, budgets, subscription) of an account it has reached: an end user
+ * (every entry point that reaches an account checks it is theirs, {@link canReadAccount}) or a
+ * service key with the `read` scope. A key with only write scopes may not (issue: write-only keys
+ * read every account); anonymous callers may not. A pure scope check: no database read.
+ */
+export function canReadAccountData(principal: Principal | null): boolean {
+  if (!principal) return false;
+  return principal.kind === 'user' || hasScope(principal, 'read');
+}
 
 /** True when the caller may read the account with database id `accountId`. */
 export async function canReadAccount(ctx: GraphQLContext, accountId: string): Promise<boolean> {
   const p = ctx.principal;
   if (!p) return false;
-  if (p.kind === 'service') return hasScope(p, 'read') || hasScope(p, 'usage:write') || hasScope(p, 'credits:write');
+  if (p.kind === 'service') return hasScope(p, 'read');
   const memo = ctx.readableAccounts.get(accountId);
   if (memo !== undefined) return memo;
   const account = await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { kind: true, externalId: true } });

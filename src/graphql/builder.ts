@@ -12,6 +12,7 @@ import { getDatamodel } from '../generated/pothos-types.js';
 import type { GraphQLContext } from './context.js';
 import { hasScope } from '../auth/principal.js';
 import { codedError } from './errors.js';
+import { canReadAccountData } from './access.js';
 
 /** Named auth scopes usable in `authScopes` options. */
 export interface AuthScopes {
@@ -22,6 +23,11 @@ export interface AuthScopes {
   creditsWrite: boolean;
   /** Service key with the read scope. */
   read: boolean;
+  /**
+   * May see account-wide data of an account it reached (canReadAccountData in ./access.ts): an
+   * end user or a key with `read`. Types holding such data require it; see ./account-data-guard.ts.
+   */
+  accountData: boolean;
   /** An end user (JWT). */
   user: boolean;
 }
@@ -52,6 +58,7 @@ export const builder = new SchemaBuilder<{
       usageWrite: hasScope(ctx.principal, 'usage:write'),
       creditsWrite: hasScope(ctx.principal, 'credits:write'),
       read: hasScope(ctx.principal, 'read'),
+      accountData: canReadAccountData(ctx.principal),
       user: ctx.principal?.kind === 'user',
     }),
     unauthorizedError: (_parent, ctx) =>

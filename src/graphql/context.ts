@@ -24,4 +24,13 @@ export interface GraphQLContext {
   live: LiveHub | null;
   /** Memo of account ids this principal may read (filled by access checks). */
   readableAccounts: Map<string, boolean>;
+  /**
+   * Re-checks the credential this operation was authenticated with, through the same
+   * authenticator as a new request (API keys: the cached lookup of src/auth/api-keys.ts, so a
+   * revocation shows at once in the revoking process and elsewhere within API_KEY_CACHE_TTL_MS).
+   * Resolves false when it no longer authenticates (revoked key, expired token), true while it
+   * does. Long-lived operations (subscriptions) call it to end streams of a revoked key.
+   * @throws whatever the lookup throws when it cannot tell (e.g. the database is unreachable).
+   */
+  stillAuthenticated(): Promise<boolean>;
 }

@@ -12,7 +12,11 @@
  * balance and sends it when newer; usageRecorded and creditAlerts deliver what was recorded
  * since the last item sent. A subscription whose queue of undelivered updates exceeds
  * LIVE_MAX_QUEUED_UPDATES (a slow client) drops the queue and catches up the same way.
- * An end user's subscription ends when the token's `exp` passes.
+ * An end user's subscription ends when the token's `exp` passes. A service key's subscription
+ * re-checks the key (GraphQLContext.stillAuthenticated: the cached lookup every request uses)
+ * before each value it sends and every CREDENTIAL_RECHECK_INTERVAL_MS; once the key is revoked
+ * the stream sends one UNAUTHENTICATED error and ends (at once in the revoking process, within
+ * API_KEY_CACHE_TTL_MS + CREDENTIAL_RECHECK_INTERVAL_MS elsewhere).
  *
  * Access is the same as for queries (./access.ts): another tenant's account answers NOT_FOUND,
  * exactly like a missing one, and nothing of it is ever sent.
@@ -29,6 +33,23 @@ import type { GraphQLContext } from './context.js';
 import type { LiveMessage } from '../outbox/topics.js';
 import { readBalanceSnapshot, type BalanceView } from '../services/read-balance.js';
 import { balanceFromSnapshot } from '../services/balance-figures.js';
+
+/** How often a service key's open stream re-checks that its key is still valid, in milliseconds. */
+export const CREDENTIAL_RECHECK_INTERVAL_MS = 1_000;
+
+/** The last item of a stream whose credential stopped authenticating (see {@link liveValue}). */
+const CREDENTIAL_ENDED: unique symbol = Symbol('credential-ended');
+
+/**
+ * A stream item as the subscription field resolves it: the value itself, or, for the item
+ * {@link liveStream} sends when the credential was revoked, the UNAUTHENTICATED error (masked
+ * like any resolver error, so every transport gets the code).
+ * @throws LedgerError UNAUTHENTICATED for that last item.
+ */
+function liveValue<T>(item: T | typeof CREDENTIAL_ENDED): T {
+  if (item === CREDENTIAL_ENDED) throw new LedgerError('UNAUTHENTICATED', 'This credential is no longer valid (revoked).');
+  return item;
+}
 
 /** How one live stream turns the starting point, messages and resyncs into values. */
 interface StreamHandlers<T> {
@@ -55,23 +76,41 @@ async function liveAccount(ctx: GraphQLContext, globalId: string): Promise<strin
 }
 
 /** A stream of one account's live values (see the module comment). */
-function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers<T>): AsyncIterable<T> {
+function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers<T>): AsyncIterable<T | typeof CREDENTIAL_ENDED> {
   const hub = ctx.live!;
   const maxQueued = ctx.env.LIVE_MAX_QUEUED_UPDATES;
-  return new Repeater<T>(async (push, stop) => {
+  // Service keys can be revoked while a stream is open; end users' tokens end at `exp` (below).
+  const recheck = ctx.principal?.kind === 'service';
+  return new Repeater<T | typeof CREDENTIAL_ENDED>(async (push, stop) => {
     let started = false;
     let stopped = false;
     let queued = 0;
     let dropped = false;
     const buffered: LiveMessage[] = [];
     let chain: Promise<void> = Promise.resolve();
+    /** False once the key no longer authenticates; a lookup that fails (database down) keeps the stream. */
+    const credentialValid = async (): Promise<boolean> => {
+      try {
+        return await ctx.stillAuthenticated();
+      } catch (err) {
+        ctx.log.warn({ err }, 'live stream: could not re-check its credential; keeping the stream');
+        return true;
+      }
+    };
     const run = (work: () => Promise<T[]>): void => {
       queued++;
       chain = chain.then(async () => {
         queued--;
         if (stopped) return;
         try {
-          for (const value of await work()) await push(value);
+          const values = await work();
+          if (recheck && !(await credentialValid())) {
+            stopped = true;
+            await push(CREDENTIAL_ENDED);
+            stop();
+            return;
+          }
+          for (const value of values) await push(value);
         } catch (err) {
           stopped = true;
           stop(err);
@@ -93,6 +132,7 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     let unsubscribe: (() => void) | null = null;
     const expiresAt = ctx.principal?.kind === 'user' ? ctx.principal.expiresAt : null;
     const expiry = expiresAt ? setTimeout(() => stop(), Math.max(0, expiresAt.getTime() - Date.now())) : null;
+    const rechecks = recheck ? setInterval(() => run(async () => []), CREDENTIAL_RECHECK_INTERVAL_MS) : null;
     try {
       unsubscribe = await hub.subscribe(accountId, {
         onMessage: (m) => (started ? enqueue(m) : void buffered.push(m)),
@@ -113,12 +153,13 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     await stop;
     stopped = true;
     if (expiry) clearTimeout(expiry);
+    if (rechecks) clearInterval(rechecks);
     unsubscribe?.();
   });
 }
 
 /** balanceChanged: the snapshot, then every newer version. */
-function balanceStream(ctx: GraphQLContext, accountId: string): AsyncIterable<BalanceView> {
+function balanceStream(ctx: GraphQLContext, accountId: string): AsyncIterable<BalanceView | typeof CREDENTIAL_ENDED> {
   let last = -1n;
   const newer = (view: BalanceView): BalanceView[] => {
     if (view.version <= last) return [];
@@ -144,7 +185,7 @@ function seqStream<T extends { seq: bigint }>(
   accountId: string,
   topics: readonly LiveMessage['topic'][],
   rows: { after(seq: bigint): Promise<T[]>; pageSize: number; lastSeq(): Promise<bigint | null> },
-): AsyncIterable<T> {
+): AsyncIterable<T | typeof CREDENTIAL_ENDED> {
   let lastSeq = 0n;
   // Every row after the last one sent, page by page: one transaction (a recordUsageBatch of up
   // to MAX_BATCH_ITEMS events) wakes the stream once for all its rows.
@@ -174,7 +215,7 @@ function seqStream<T extends { seq: bigint }>(
  * change without usage (a grant, a hold) costs one read that finds nothing. `usage` messages
  * come only from rows an earlier version left in the outbox (outbox/topics.ts).
  */
-function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent> {
+function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent | typeof CREDENTIAL_ENDED> {
   return seqStream(ctx, accountId, ['balance', 'usage'], {
     after: (seq) => ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 500 }),
     pageSize: 500,
@@ -183,7 +224,7 @@ function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Usag
 }
 
 /** creditAlerts: each alert recorded after the subscription started. */
-function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert> {
+function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert | typeof CREDENTIAL_ENDED> {
   return seqStream(ctx, accountId, ['alert'], {
     after: (seq) => ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 100 }),
     pageSize: 100,
@@ -199,21 +240,21 @@ builder.subscriptionType({
       authScopes: { authenticated: true },
       args: { accountId: t.arg.id({ required: true }) },
       subscribe: async (_root, args, ctx) => balanceStream(ctx, await liveAccount(ctx, String(args.accountId))),
-      resolve: (view: BalanceView) => view,
+      resolve: (view: BalanceView | typeof CREDENTIAL_ENDED) => liveValue(view),
     }),
     creditAlerts: t.field({
       type: CreditAlertRef,
       authScopes: { authenticated: true },
       args: { accountId: t.arg.id({ required: true }) },
       subscribe: async (_root, args, ctx) => alertStream(ctx, await liveAccount(ctx, String(args.accountId))),
-      resolve: (alert: CreditAlert) => alert,
+      resolve: (alert: CreditAlert | typeof CREDENTIAL_ENDED) => liveValue(alert),
     }),
     usageRecorded: t.field({
       type: UsageEventRef,
       authScopes: { authenticated: true },
       args: { accountId: t.arg.id({ required: true }) },
       subscribe: async (_root, args, ctx) => usageStream(ctx, await liveAccount(ctx, String(args.accountId))),
-      resolve: (event: UsageEvent) => event,
+      resolve: (event: UsageEvent | typeof CREDENTIAL_ENDED) => liveValue(event),
     }),
   }),
 });

@@ -9,7 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { TEST_PRICE_BOOK } from '../setup/test-price-book.js';
 import { createApiKey, revokeApiKey } from '../../src/auth/api-keys.js';
+import { SignJWT } from 'jose';
 import { signUserToken } from '../../src/auth/jwt.js';
+import { sseSubscribe, wsSubscribe } from '../live/helpers.js';
 import { apiAccount, expectError, expectUnchanged, gid, globalCounts, ok, readAccount, uniq, type GqlResponse } from './helpers.js';
 
 const NAME = `api-auth-test-${process.pid}-${Date.now()}`;
@@ -42,7 +44,7 @@ const own = { event: '', grant: '', batch: '', hold: '', entry: '' };
 /** The same kinds of objects in another tenant. */
 const foreign = { event: '', grant: '', batch: '', hold: '', entry: '' };
 let userToken: string;
-const keys = { read: '', usageWrite: '', creditsWrite: '' };
+const keys = { read: '', usageWrite: '', creditsWrite: '', publicUsageWrite: '', usageWriteRead: '' };
 
 async function seedTenant(acct: string, into: typeof own) {
   const g = ok(
@@ -123,6 +125,20 @@ describe('missing or invalid credentials', () => {
     expectError(res, 'UNAUTHENTICATED');
     expect(res.status).toBe(401);
     expect(res.body.data?.account ?? null).toBeNull();
+  });
+
+  it('an end-user token without exp, or living longer than JWT_MAX_TTL_SECONDS, is UNAUTHENTICATED', async () => {
+    const key = new TextEncoder().encode(srv.jwtSecret);
+    const now = Math.floor(Date.now() / 1000);
+    const noExp = await new SignJWT({ org: orgExt }).setProtectedHeader({ alg: 'HS256' }).setSubject(userExt).setIssuedAt(0).sign(key);
+    const yearLong = await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 365 * 86_400 });
+    const backdated = await new SignJWT({ org: orgExt }).setProtectedHeader({ alg: 'HS256' }).setSubject(userExt).setIssuedAt(now - 7 * 86_400).setExpirationTime(now + 600).sign(key);
+    for (const token of [noExp, yearLong, backdated]) {
+      const res = await srv.gql(ACCOUNT, { id: userAcct }, token);
+      expectError(res, 'UNAUTHENTICATED');
+      expect(res.status).toBe(401);
+    }
+    expect(ok(await srv.gql(ACCOUNT, { id: userAcct }, await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 86_400 }))).account).toMatchObject({ id: userAcct });
   });
 
   it('a revoked API key is UNAUTHENTICATED', async () => {
@@ -266,5 +282,154 @@ describe('end users (JWT)', () => {
       expect(res.body.errors![0]!.path, name).toEqual([name]);
     }
     expect(ok(await srv.gql(SETTINGS)).settings).toEqual(settings);
+  });
+});
+
+describe('write-only API keys read no account (only what their own mutations return)', () => {
+  /** The audit's probe: everything an account shows, by external id. */
+  const PROBE = `query($e: String!) { accountByExternalId(externalId: $e) { name balance { available total paid } paymentMethod { reference } ledger(first: 3) { edges { node { id amount } } } } }`;
+  const BALANCE_SUB = `subscription ($id: ID!) { balanceChanged(accountId: $id) { available total version } }`;
+  const USAGE_SUB = `subscription ($id: ID!) { usageRecorded(accountId: $id) { id cost } }`;
+  const writeOnly = () => [
+    { name: 'usage:write', token: keys.usageWrite },
+    { name: 'credits:write', token: keys.creditsWrite },
+    { name: 'PUBLIC usage:write', token: keys.publicUsageWrite },
+  ];
+
+  beforeAll(async () => {
+    const pool = srv.services.pool;
+    keys.publicUsageWrite = (await createApiKey(pool, { name: `${NAME}-public`, scopes: ['usage:write'], audience: 'PUBLIC' })).token;
+    keys.usageWriteRead = (await createApiKey(pool, { name: `${NAME}-usage-read`, scopes: ['usage:write', 'read'] })).token;
+  });
+
+  it('another account by id, external id and node answers like a missing one; its objects are null; taskCost and quote are NOT_FOUND', async () => {
+    const missing = gid('Account', randomUUID());
+    for (const { name, token } of writeOnly()) {
+      expect(ok(await srv.gql(ACCOUNT.replace(' balance { total }', ''), { id: otherOrg }, token)).account, name).toBeNull();
+      expect(ok(await srv.gql(BY_EXTERNAL, { e: otherOrgExt }, token)).accountByExternalId, name).toBeNull();
+      expect(ok(await srv.gql(NODE, { id: otherOrg }, token)).node, name).toBeNull();
+      expect(ok(await srv.gql(USAGE_EVENT, { id: foreign.event }, token)).usageEvent, name).toBeNull();
+      for (const kind of ['event', 'grant', 'batch', 'hold', 'entry'] as const) {
+        expect(ok(await srv.gql(`query($id: ID!) { node(id: $id) { id } }`, { id: foreign[kind] }, token)).node, `${name} ${kind}`).toBeNull();
+      }
+      const task = await srv.gql(TASK_COST, { id: otherOrg }, token);
+      expectError(task, 'NOT_FOUND');
+      expect(task.body).toEqual((await srv.gql(TASK_COST, { id: missing }, token)).body);
+      expectError(await srv.gql(QUOTE, { input: { accountId: otherOrg, idempotencyKey: 'q', category: 'unit' } }, token), 'NOT_FOUND');
+    }
+    // Control: a key with read (and usage:write) reads it all.
+    expect(ok(await srv.gql(BY_EXTERNAL, { e: otherOrgExt }, keys.usageWriteRead)).accountByExternalId).toMatchObject({ id: otherOrg });
+    expect(ok(await srv.gql(TASK_COST, { id: otherOrg }, keys.usageWriteRead)).taskCost).toMatchObject({ credits: '1', events: 1 });
+  });
+
+  it("the audit's probe (name, balance, payment method, ledger by external id) is FORBIDDEN with no data; a read key gets it", async () => {
+    for (const { name, token } of writeOnly()) {
+      const res = await srv.gql(PROBE, { e: otherOrgExt }, token);
+      expectError(res, 'FORBIDDEN');
+      expect(res.body.data ?? null, name).toBeNull();
+      // The same answer for an external id that exists and one that does not.
+      expect(res.body.errors!.map((e) => e.extensions?.code)).toEqual((await srv.gql(PROBE, { e: uniq('nobody') }, token)).body.errors!.map((e) => e.extensions?.code));
+    }
+    const read = ok(await srv.gql(PROBE, { e: otherOrgExt }, keys.usageWriteRead)).accountByExternalId;
+    expect(read.balance.total).toBe('9');
+    expect(read.ledger.edges.length).toBeGreaterThan(0);
+  });
+
+  it('cannot subscribe to another account over WebSocket or SSE; a usage:write,read key can', async () => {
+    for (const { name, token } of writeOnly()) {
+      const ws = wsSubscribe(srv.url, `Bearer ${token}`, BALANCE_SUB, { id: otherOrg });
+      const sse = sseSubscribe(srv.url, `Bearer ${token}`, BALANCE_SUB, { id: otherOrg });
+      const usage = wsSubscribe(srv.url, `Bearer ${token}`, USAGE_SUB, { id: otherOrg });
+      try {
+        await ws.waitFor((s) => s.errors.length > 0, `${name}: the WebSocket refusal`);
+        await sse.waitFor((s) => s.errors.length > 0 || s.completed, `${name}: the SSE refusal`);
+        await usage.waitFor((s) => s.errors.length > 0, `${name}: the usageRecorded refusal`);
+        expect(ws.errors.map((e) => e.extensions?.code), name).toEqual(['FORBIDDEN']);
+        expect(usage.errors.map((e) => e.extensions?.code), name).toEqual(['NOT_FOUND']);
+        expect(JSON.stringify(sse.errors), name).toContain('FORBIDDEN');
+        expect([...ws.events, ...sse.events, ...usage.events], name).toEqual([]);
+      } finally {
+        await Promise.all([ws.dispose(), sse.dispose(), usage.dispose()]);
+      }
+    }
+    const allowed = wsSubscribe(srv.url, `Bearer ${keys.usageWriteRead}`, BALANCE_SUB, { id: otherOrg });
+    try {
+      await allowed.waitFor((s) => s.events.length === 1, 'the snapshot');
+      expect(allowed.events[0].balanceChanged.total).toBe('9');
+    } finally {
+      await allowed.dispose();
+    }
+  });
+
+  it("a usage:write key gets the usage event and hold it made, but not the account's balance, batches or ledger through them; refused selections record nothing", async () => {
+    const acct = await apiAccount(srv, { paid: '5' });
+    const own = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost debt lines { item amount } drawdowns { amount } account { id externalId kind } } }`;
+    for (const token of [keys.usageWrite, keys.publicUsageWrite]) {
+      const ev = ok(await srv.gql(own, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } }, token)).recordUsage;
+      expect(ev).toMatchObject({ cost: '1', debt: '0', drawdowns: [{ amount: '1' }], account: { id: acct, kind: 'ORGANIZATION' } });
+      const hold = ok(await srv.gql(`mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id amount consumed status accountId } }`, {
+        input: { accountId: acct, amount: '1', idempotencyKey: uniq('h') },
+      }, token)).reserveCredits;
+      expect(hold).toMatchObject({ amount: '1', consumed: '0', status: 'ACTIVE', accountId: acct });
+    }
+    const reaching = [
+      `account { balance { total } }`,
+      `account { ledger(first: 5) { edges { node { amount } } } }`,
+      `account { batches { remaining } }`,
+      `account { paymentMethod { reference } autoTopUp { enabled } }`,
+      `account { referralCode }`,
+      `drawdowns { batch { remaining } }`,
+      `...on UsageEvent { account { usage(first: 5) { edges { node { cost } } } } }`,
+    ];
+    for (const token of [keys.usageWrite, keys.publicUsageWrite]) {
+      for (const selection of reaching) {
+        const doc = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id ${selection} } }`;
+        await expectRefused([acct], () => srv.gql(doc, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } }, token), 'FORBIDDEN');
+        const batch = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { event { id ${selection} } } }`;
+        await expectRefused([acct], () => srv.gql(batch, { inputs: [{ accountId: acct, idempotencyKey: uniq('u'), category: 'unit' }] }, token), 'FORBIDDEN');
+      }
+    }
+    // The same selections with read: allowed.
+    const doc = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id account { balance { total } } drawdowns { batch { remaining } } } }`;
+    const full = ok(await srv.gql(doc, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } }, keys.usageWriteRead)).recordUsage;
+    expect(full.account.balance.total).toBe('2'); // 5 - 3 events of 1 (holds do not change the total)
+    expect(full.drawdowns).toEqual([{ batch: { remaining: '2' } }]);
+  });
+
+  it("a credits:write key gets the account, grant and payment method it made, but not the account's data; refused selections change nothing", async () => {
+    const externalId = uniq('made-by-credits');
+    const created = ok(
+      await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id externalId name kind testMode createdAt } }`, {
+        input: { externalId, name: 'made', kind: 'USER', welcomeBonus: false, testMode: true, testClockStart: '2026-01-01T00:00:00Z' },
+      }, keys.creditsWrite),
+    ).createAccount;
+    expect(created).toMatchObject({ externalId, name: 'made', kind: 'USER', testMode: true });
+    const g = ok(await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id amount type source reference voidedAt } }`, {
+      input: { accountId: created.id, amount: '2', type: 'PAID', source: 'PURCHASE', reference: 'r1', idempotencyKey: uniq('g') },
+    }, keys.creditsWrite)).grantCredits;
+    expect(g).toMatchObject({ amount: '2', type: 'PAID', source: 'PURCHASE', reference: 'r1', voidedAt: null });
+    const method = ok(await srv.gql(`mutation($id: ID!) { attachPaymentMethod(accountId: $id, reference: "pm_card_visa_4242") { provider reference } }`, { id: created.id }, keys.creditsWrite));
+    expect(method.attachPaymentMethod).toEqual({ provider: 'simulator', reference: 'pm_…4242' });
+    const budget = ok(await srv.gql(`mutation($id: ID!) { setAgentBudget(accountId: $id, agentId: "a1", limit: "3") { agentId limit spent } }`, { id: created.id }, keys.creditsWrite));
+    expect(budget.setAgentBudget).toEqual({ agentId: 'a1', limit: '3', spent: '0' });
+    const clock = ok(await srv.gql(`mutation($id: ID!) { advanceTestClock(accountId: $id, to: "2026-01-02T00:00:00Z") { id testMode } }`, { id: created.id }, keys.creditsWrite));
+    expect(clock.advanceTestClock).toEqual({ id: created.id, testMode: true });
+
+    const counts = await globalCounts(srv);
+    const refusedCreate = await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id balance { total } } }`, {
+      input: { externalId: uniq('never'), name: 'x', kind: 'USER' },
+    }, keys.creditsWrite);
+    expectError(refusedCreate, 'FORBIDDEN');
+    expect(await globalCounts(srv)).toEqual(counts);
+    await expectRefused([created.id], () => srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id batch { remaining } } }`, {
+      input: { accountId: created.id, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') },
+    }, keys.creditsWrite), 'FORBIDDEN');
+    await expectRefused([created.id], () => srv.gql(`mutation($id: ID!) { advanceTestClock(accountId: $id, to: "2026-01-03T00:00:00Z") { id balance { total } } }`, { id: created.id }, keys.creditsWrite), 'FORBIDDEN');
+    // Replaying createAccount of an existing account shows no more than its identity either.
+    expectError(await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id grants(first: 5) { edges { node { amount } } } } }`, {
+      input: { externalId: otherOrgExt, name: 'API test account', kind: 'ORGANIZATION', welcomeBonus: false },
+    }, keys.creditsWrite), 'FORBIDDEN');
+    // An admin (read implied) sees the account's data.
+    expect(ok(await srv.gql(ACCOUNT, { id: created.id })).account.balance.total).toBe('2');
   });
 });

@@ -117,7 +117,12 @@ describe('purchaseCreditPack', () => {
   it('charges once and grants credits + bonus as ONE PAID batch (source PURCHASE) expiring after the pack days', async () => {
     const pack = await createPack(srv, { credits: '1000', bonusCredits: '100', priceUsd: '9.99', expiresAfterDays: 30 });
     const { accountId, reference } = await buyer();
-    const g = ok(await purchase(accountId, pack.id, uniq('buy'), creditsWriteKey)).purchaseCreditPack;
+    // A credits:write key gets the grant it bought; its batch (whose remaining credit follows the
+    // account's spending) is account data, read here with a read key.
+    const bought = ok(await srv.gql(PURCHASE.replace(/ batch \{[^}]*\}/, ''), { accountId, packId: pack.id, key: uniq('buy') }, creditsWriteKey)).purchaseCreditPack;
+    expectError(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') }, creditsWriteKey), 'FORBIDDEN');
+    const g = ok(await srv.gql(`query($id: ID!) { node(id: $id) { ... on CreditGrant { ${GRANT_FIELDS} } } }`, { id: bought.id }, readKey)).node;
+    expect(g).toMatchObject(bought);
     expect(g).toMatchObject({ amount: '1100', type: 'PAID', source: 'PURCHASE', batch: { allocated: '1100', remaining: '1100', type: 'PAID', source: 'PURCHASE' } });
     expect(Date.parse(g.batch.expiresAt) - Date.parse(g.createdAt)).toBe(30 * DAY_MS);
     expect(simulator.chargeCount(reference)).toBe(1);

@@ -4,7 +4,8 @@ import type { AddressInfo } from 'node:net';
 import { SignJWT, decodeJwt, exportJWK, generateKeyPair, type CryptoKey } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { createUserTokenVerifier, signUserToken } from '../../src/auth/jwt.js';
+import { DEFAULT_JWT_MAX_TTL_SECONDS, createUserTokenVerifier, jwksUrlProblem, signUserToken } from '../../src/auth/jwt.js';
+import { parseEnv } from '../../src/config/env.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 
 const SECRET = 'unit-test-secret-0123456789abcdef-0123456789';
@@ -47,9 +48,34 @@ describe('HS256 end-user tokens', () => {
     expect(principal.expiresAt).toBeInstanceOf(Date);
   });
 
-  it('returns expiresAt null for a token without exp', async () => {
-    const token = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('no-exp').sign(key);
-    expect(await verify(token)).toEqual({ kind: 'user', userId: 'no-exp', orgId: null, expiresAt: null });
+  it('rejects a token without exp (it would never end), with or without iat', async () => {
+    const bare = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('no-exp').sign(key);
+    const epoch = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('no-exp').setIssuedAt(0).sign(key);
+    await expectRejected(verify(bare), bare);
+    await expectRejected(verify(epoch), epoch);
+  });
+
+  it('rejects a lifetime longer than maxTtlSeconds (default 24 h) after iat or after now, and accepts one at the limit', async () => {
+    const sign = (claims: { iat?: number; exp: number }) => {
+      const jwt = new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('u').setExpirationTime(claims.exp);
+      if (claims.iat !== undefined) jwt.setIssuedAt(claims.iat);
+      return jwt.sign(key);
+    };
+    const now = nowSeconds();
+    expect(DEFAULT_JWT_MAX_TTL_SECONDS).toBe(86_400);
+    expect((await verify(await sign({ iat: now, exp: now + 86_400 }))).userId).toBe('u');
+    expect((await verify(await sign({ exp: now + 86_400 }))).userId).toBe('u');
+    // A year-long token, whether or not it says when it was issued.
+    for (const token of [await sign({ iat: now, exp: now + 365 * 86_400 }), await sign({ exp: now + 365 * 86_400 })]) await expectRejected(verify(token), token);
+    // Issued 30 days ago for 31 days: one day left, but its lifetime is over the cap.
+    const old = await sign({ iat: now - 30 * 86_400, exp: now + 86_400 });
+    await expectRejected(verify(old), old);
+    // A shorter configured cap.
+    const hourly = createUserTokenVerifier({ secret: SECRET, maxTtlSeconds: 3600 });
+    const twoHours = await signUserToken(SECRET, { sub: 'u', expiresInSeconds: 7200 });
+    await expectRejected(hourly(twoHours), twoHours);
+    expect((await hourly(await signUserToken(SECRET, { sub: 'u', expiresInSeconds: 3600 }))).userId).toBe('u');
+    expect(() => createUserTokenVerifier({ secret: SECRET, maxTtlSeconds: 0 })).toThrow(/maxTtlSeconds/);
   });
 
   it('rejects an expired token', async () => {
@@ -161,6 +187,30 @@ describe('verifier configuration', () => {
   it('refuses to build without a secret or JWKS URL, or with a short secret', () => {
     expect(() => createUserTokenVerifier({})).toThrow(/secret or a JWKS URL/);
     expect(() => createUserTokenVerifier({ secret: 'too-short' })).toThrow(/at least 32/);
+  });
+
+  it('refuses a plain-http JWKS URL unless its host is loopback', () => {
+    for (const url of ['http://id.example/jwks.json', 'http://10.0.0.5/jwks.json', 'ftp://id.example/jwks.json', 'not a url']) {
+      expect(jwksUrlProblem(url), url).not.toBeNull();
+      expect(() => createUserTokenVerifier({ jwksUrl: url }), url).toThrow(/JWKS URL/);
+    }
+    for (const url of ['https://id.example/.well-known/jwks.json', 'http://127.0.0.1:8080/jwks.json', 'http://localhost/jwks.json', 'http://[::1]:9/jwks.json']) {
+      expect(jwksUrlProblem(url), url).toBeNull();
+      expect(() => createUserTokenVerifier({ jwksUrl: url }), url).not.toThrow();
+    }
+  });
+
+  it('the environment refuses a non-https JWKS_URL at boot with a clear message, and validates JWT_MAX_TTL_SECONDS', () => {
+    expect(() => parseEnv({ JWKS_URL: 'http://id.example/jwks.json' })).toThrow(/JWKS_URL: JWKS_URL must be an https URL/);
+    expect(parseEnv({ JWKS_URL: 'http://127.0.0.1:9000/jwks.json' }).JWKS_URL).toBe('http://127.0.0.1:9000/jwks.json');
+    expect(parseEnv({ JWKS_URL: 'https://id.example/jwks.json' }).JWKS_URL).toBe('https://id.example/jwks.json');
+    expect(parseEnv({}).JWT_MAX_TTL_SECONDS).toBe(86_400);
+    expect(parseEnv({ JWT_MAX_TTL_SECONDS: '3600' }).JWT_MAX_TTL_SECONDS).toBe(3600);
+    for (const bad of ['0', '-5', '1.5', 'day', '99999999']) expect(() => parseEnv({ JWT_MAX_TTL_SECONDS: bad }), bad).toThrow(/JWT_MAX_TTL_SECONDS/);
+    // A stream is closed at its token's exp by a Node timer, which cannot wait longer than
+    // 2^31-1 ms: the longest lifetime accepted stays below it (30 days would close at once).
+    expect(parseEnv({ JWT_MAX_TTL_SECONDS: '2073600' }).JWT_MAX_TTL_SECONDS * 1000).toBeLessThan(2 ** 31 - 1);
+    expect(() => parseEnv({ JWT_MAX_TTL_SECONDS: '2592000' })).toThrow(/JWT_MAX_TTL_SECONDS/);
   });
 
   it('signUserToken refuses a short secret', async () => {

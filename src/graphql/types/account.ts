@@ -1,7 +1,9 @@
 /**
  * The Account node and its reports (balance, batches, grants, usage, summaries, ledger,
  * reservations). Every field here serves data of this one account only; entry points check
- * that the caller may read it (src/graphql/access.ts).
+ * that the caller may read it (src/graphql/access.ts), and every field but the identity ones
+ * (id, externalId, name, kind, testMode, createdAt) needs the accountData scope, so a write-only
+ * key holding an Account (createAccount, UsageEvent.account) sees nothing more.
  */
 import { builder } from '../builder.js';
 import type { Prisma } from '../../generated/prisma/client.js';
@@ -73,13 +75,18 @@ function batchStatusWhere(statuses: readonly string[], now: Date): Prisma.Credit
 
 /** GraphQL node `Account` (contract), backed by the Prisma model Account; id is a Relay global id. */
 export const AccountRef = builder.prismaNode('Account', {
-  id: { field: 'id' },
+  // Account-wide data (every field not marked skipTypeScopes, including those other modules add)
+  // needs the accountData scope: an end user (entry points check the account is theirs) or a key
+  // with `read`. A write-only key sees only the identity fields below, e.g. of the account that
+  // createAccount made or a UsageEvent's account (src/graphql/access.ts, ./account-data-guard.ts).
+  authScopes: { accountData: true },
+  id: { field: 'id', skipTypeScopes: true },
   fields: (t) => ({
-    externalId: t.exposeString('externalId', { description: "The platform's own id for this organization or user." }),
-    name: t.exposeString('name'),
-    kind: t.field({ type: AccountKindEnum, resolve: (a) => a.kind }),
-    testMode: t.exposeBoolean('testMode', { description: 'True for accounts driven by a test clock (advanceTestClock).' }),
-    createdAt: t.field({ type: 'DateTime', resolve: (a) => a.createdAt }),
+    externalId: t.exposeString('externalId', { skipTypeScopes: true, description: "The platform's own id for this organization or user." }),
+    name: t.exposeString('name', { skipTypeScopes: true }),
+    kind: t.field({ type: AccountKindEnum, skipTypeScopes: true, resolve: (a) => a.kind }),
+    testMode: t.exposeBoolean('testMode', { skipTypeScopes: true, description: 'True for accounts driven by a test clock (advanceTestClock).' }),
+    createdAt: t.field({ type: 'DateTime', skipTypeScopes: true, resolve: (a) => a.createdAt }),
     balance: t.field({ type: BalanceRef, resolve: (a, _args, ctx) => readBalance(ctx.services.pool, a.id, ctx.services.clock()) }),
     batches: t.prismaField({
       type: [CreditBatchRef],

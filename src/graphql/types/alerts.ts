@@ -4,9 +4,11 @@
  */
 import { builder } from '../builder.js';
 import { toGlobalId } from '../ids.js';
+import { ACCOUNT_DATA } from './ledger.js';
 
 /** GraphQL node `CreditAlert`: a threshold of percentRemaining reached (once per threshold per period). */
 export const CreditAlertRef = builder.prismaNode('CreditAlert', {
+  authScopes: ACCOUNT_DATA,
   id: { field: 'id' },
   fields: (t) => ({
     accountId: t.id({ resolve: (a) => toGlobalId('Account', a.accountId) }),

@@ -18,6 +18,13 @@ export function decimalText(v: { toFixed(): string } | null | undefined): string
   return v === null || v === undefined ? null : v.toFixed();
 }
 
+/**
+ * Type-level auth scopes of the types that hold account-wide data (balance, batches, ledger):
+ * an end user or a `read` key only (canReadAccountData in ../access.ts). A write-only key
+ * holding a grant, usage event or drawdown cannot follow them into these types.
+ */
+export const ACCOUNT_DATA = { accountData: true } as const;
+
 const clockSelect = { account: { select: { testMode: true, testClockAt: true } } } as const;
 
 /** GraphQL type `ExpiryNotice` (contract), resolved from { amountMicroCredits: bigint; at: Date } (amounts in micro-credits). */
@@ -31,6 +38,7 @@ export const ExpiryNoticeRef = builder.objectRef<{ amountMicroCredits: bigint; a
 /** GraphQL type `Balance` (contract), resolved from BalanceView (amounts in micro-credits). */
 export const BalanceRef = builder.objectRef<BalanceView>('Balance').implement({
   description: 'What a live credit bar shows.',
+  authScopes: ACCOUNT_DATA,
   fields: (t) => ({
     accountId: t.id({ resolve: (b) => toGlobalId('Account', b.accountId) }),
     available: t.field({ type: 'Credits', description: 'Spendable now: total minus reserved. Negative while the account is in debt.', resolve: (b) => b.availableMicroCredits }),
@@ -61,6 +69,9 @@ export const BalanceRef = builder.objectRef<BalanceView>('Balance').implement({
 
 /** GraphQL node `CreditBatch` (contract), backed by the Prisma model CreditBatch; id is a Relay global id. */
 export const CreditBatchRef = builder.prismaNode('CreditBatch', {
+  // A batch's remaining credit and status follow the account's spending: account data, also
+  // when reached from a grant or a drawdown a write-only key holds.
+  authScopes: ACCOUNT_DATA,
   id: { field: 'id' },
   fields: (t) => ({
     type: t.field({ type: CreditTypeEnum, resolve: (b) => b.type }),
@@ -209,6 +220,7 @@ export const UsageEventRef = builder.prismaNode('UsageEvent', {
 
 /** GraphQL node `LedgerEntry` (contract), backed by the Prisma model LedgerEntry; id is a Relay global id. */
 export const LedgerEntryRef = builder.prismaNode('LedgerEntry', {
+  authScopes: ACCOUNT_DATA,
   id: { field: 'id' },
   fields: (t) => ({
     type: t.field({ type: LedgerEntryTypeEnum, resolve: (e) => e.type }),
@@ -225,6 +237,7 @@ export const LedgerEntryRef = builder.prismaNode('LedgerEntry', {
 /** GraphQL type `LedgerReconciliation` (contract), resolved from Reconciliation (amounts in micro-credits). */
 export const ReconciliationRef = builder.objectRef<Reconciliation>('LedgerReconciliation').implement({
   description: 'The ledger invariant of one account: batchRemaining - debt = total = ledgerSum.',
+  authScopes: ACCOUNT_DATA,
   fields: (t) => ({
     consistent: t.exposeBoolean('consistent'),
     total: t.field({ type: 'Credits', resolve: (r) => r.totalMicroCredits }),
