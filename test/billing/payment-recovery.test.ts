@@ -54,6 +54,24 @@ function purchase(accountId: string, packId: string, key: string) {
   return srv.gql(PURCHASE, { accountId, packId, key });
 }
 
+/**
+ * An account (100 paid, threshold 50, pack of 20) paying with `card`, whose first charge the
+ * simulator makes and then answers with a timeout (`timeout_after_charge`), that just crossed the
+ * threshold: its PENDING top-up, and `run(attemptsMade)` calling the auto-top-up processor on it.
+ */
+async function topUpAfterLostAnswer(card: string) {
+  const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+  const accountId = await apiAccount(srv, { paid: '100' });
+  simulator.script(card, ['timeout_after_charge']);
+  await attachMethod(srv, accountId, card);
+  ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+  ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+  const topUpId = (await topUps(srv, accountId))[0]!.id;
+  const run = (attemptsMade: number) =>
+    processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+  return { accountId, topUpId, run };
+}
+
 /** The account's payments, oldest first. */
 async function payments(accountId: string) {
   const { rows } = await srv.services.pool.query(
@@ -96,16 +114,8 @@ describe('a retry sends the request the payment recorded', () => {
   });
 
   it('auto top-up: the worker dies after the charge, another card is attached, the next run settles on card one', async () => {
-    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-    const accountId = await apiAccount(srv, { paid: '100' });
     const cardOne = `pm_card_one_${randomUUID()}`;
-    simulator.script(cardOne, ['timeout_after_charge']);
-    await attachMethod(srv, accountId, cardOne);
-    ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-    ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-    const topUpId = (await topUps(srv, accountId))[0]!.id;
-    const run = (attemptsMade: number) =>
-      processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+    const { accountId, run } = await topUpAfterLostAnswer(cardOne);
     await expect(run(0)).rejects.toThrow(/will retry/);
     const cardTwo = await attachMethod(srv, accountId, `pm_card_two_${randomUUID()}`);
     expect(await run(1)).toMatchObject({ status: 'SUCCEEDED' });
@@ -204,16 +214,8 @@ describe('past the provider idempotency window a payment is looked up, never sen
   });
 
   it('auto top-up charged 25 hours ago, key forgotten: the next run grants it without a second charge', async () => {
-    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-    const accountId = await apiAccount(srv, { paid: '100' });
     const card = `pm_card_${randomUUID()}`;
-    simulator.script(card, ['timeout_after_charge']);
-    await attachMethod(srv, accountId, card);
-    ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-    ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-    const topUpId = (await topUps(srv, accountId))[0]!.id;
-    const run = (attemptsMade: number) =>
-      processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+    const { accountId, run } = await topUpAfterLostAnswer(card);
     await expect(run(0)).rejects.toThrow(/will retry/);
     await age(accountId, 25 * 3_600_000);
     simulator.pruneIdempotencyKeys();
