@@ -9,17 +9,24 @@
  *
  * Which fields need account data is read from the schema itself: a field whose type-level
  * `authScopes` (Pothos) include `accountData` and that does not `skipTypeScopes`, or whose own
- * `authScopes` include it. The walk covers every operation and fragment of the document
- * (conservatively, including ones skipped by @include/@skip). Its answer depends on the document
- * only, so it is memoized per parsed document (yoga's parser cache hands the same DocumentNode to
- * repeated queries): on the hot path (`recordUsage { id cost }` from a usage:write key) the check
+ * `authScopes` include it; on an interface or union, on any type it may resolve to. The walk
+ * covers the operation that runs and the fragments it spreads (conservatively, including
+ * selections skipped by @include/@skip). Its answer depends on the document and the operation
+ * name only, so it is memoized per parsed document and operation (yoga's parser cache hands the
+ * same DocumentNode to repeated queries): on the hot path (`recordUsage { id cost }` from a usage:write key) the check
  * is one WeakMap lookup and never reads the database.
  */
 import {
+  Kind,
   TypeInfo,
+  getOperationAST,
+  isAbstractType,
+  isObjectType,
   visit,
   visitWithTypeInfo,
+  type ASTNode,
   type DocumentNode,
+  type FragmentDefinitionNode,
   type GraphQLField,
   type GraphQLNamedType,
   type GraphQLSchema,
@@ -52,24 +59,56 @@ export function fieldNeedsAccountData(parentType: GraphQLNamedType, field: Graph
 }
 
 /**
- * The first field (`Type.field`) of `document` that needs account data, or null when none does.
- * Fields the schema does not know are left to validation (which runs before this).
+ * `Type.field` when selecting `fieldName` on `parent` needs account data on `parent` or, for an
+ * interface or union (`... on Node { id }`), on any object type it may resolve to; else null.
+ * Meta fields (`__typename`) never do.
  */
-export function firstAccountDataField(schema: GraphQLSchema, document: DocumentNode): string | null {
-  const typeInfo = new TypeInfo(schema);
+function accountDataAt(schema: GraphQLSchema, parent: GraphQLNamedType, fieldName: string): string | null {
+  if (fieldName.startsWith('__')) return null;
+  const candidates = isAbstractType(parent) ? schema.getPossibleTypes(parent) : isObjectType(parent) ? [parent] : [];
+  for (const type of candidates) {
+    const field = type.getFields()[fieldName];
+    if (field && fieldNeedsAccountData(type, field)) return `${type.name}.${fieldName}`;
+  }
+  return null;
+}
+
+/**
+ * The first field (`Type.field`) that needs account data in the operation of `document` that
+ * would run (`operationName`, or the document's only operation) and the fragments it spreads,
+ * directly or through other fragments; null when none does (or when no operation matches: yoga
+ * refuses that itself). Fields the schema does not know are left to validation (which runs
+ * before this). Other operations of the document are not looked at: they do not run.
+ */
+export function firstAccountDataField(schema: GraphQLSchema, document: DocumentNode, operationName?: string | null): string | null {
+  const operation = getOperationAST(document, operationName ?? undefined);
+  if (!operation) return null;
+  const fragments = new Map<string, FragmentDefinitionNode>();
+  for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments.set(d.name.value, d);
+  const pending: ASTNode[] = [operation];
+  const seen = new Set<string>();
   let found: string | null = null;
-  visit(
-    document,
-    visitWithTypeInfo(typeInfo, {
-      Field() {
-        if (found) return false;
-        const parent = typeInfo.getParentType();
-        const field = typeInfo.getFieldDef();
-        if (parent && field && fieldNeedsAccountData(parent, field)) found = `${parent.name}.${field.name}`;
-        return undefined;
-      },
-    }),
-  );
+  while (pending.length > 0 && found === null) {
+    const typeInfo = new TypeInfo(schema);
+    visit(
+      pending.pop()!,
+      visitWithTypeInfo(typeInfo, {
+        Field(node) {
+          if (found) return false;
+          const parent = typeInfo.getParentType();
+          if (parent) found = accountDataAt(schema, parent, node.name.value);
+          return undefined;
+        },
+        FragmentSpread(node) {
+          const fragment = fragments.get(node.name.value);
+          if (fragment && !seen.has(node.name.value)) {
+            seen.add(node.name.value);
+            pending.push(fragment);
+          }
+        },
+      }),
+    );
+  }
   return found;
 }
 
@@ -80,24 +119,27 @@ export function firstAccountDataField(schema: GraphQLSchema, document: DocumentN
  * FORBIDDEN. Runs over HTTP, SSE and WebSocket alike (the WebSocket path uses yoga's envelop).
  */
 export function accountDataGuard(): Plugin<GraphQLContext> {
-  const memo = new WeakMap<DocumentNode, string | null>();
-  const refusal = (schema: GraphQLSchema, document: DocumentNode, context: GraphQLContext): GraphQLError | null => {
+  // Per parsed document, per operation name ('' for none).
+  const memo = new WeakMap<DocumentNode, Map<string, string | null>>();
+  const refusal = (schema: GraphQLSchema, document: DocumentNode, operationName: string | null | undefined, context: GraphQLContext): GraphQLError | null => {
     if (!context.principal || canReadAccountData(context.principal)) return null;
-    let field = memo.get(document);
+    let byOperation = memo.get(document);
+    if (!byOperation) memo.set(document, (byOperation = new Map()));
+    let field = byOperation.get(operationName ?? '');
     if (field === undefined) {
-      field = firstAccountDataField(schema, document);
-      memo.set(document, field);
+      field = firstAccountDataField(schema, document, operationName);
+      byOperation.set(operationName ?? '', field);
     }
     if (field === null) return null;
     return codedError('FORBIDDEN', `This credential may not read account data (${field}): that needs an API key with the read scope.`);
   };
   return {
     onExecute({ args, setResultAndStopExecution }) {
-      const error = refusal(args.schema, args.document, args.contextValue as GraphQLContext);
+      const error = refusal(args.schema, args.document, args.operationName, args.contextValue as GraphQLContext);
       if (error) setResultAndStopExecution({ data: null, errors: [error] });
     },
     onSubscribe({ args, setResultAndStopExecution }) {
-      const error = refusal(args.schema, args.document, args.contextValue as GraphQLContext);
+      const error = refusal(args.schema, args.document, args.operationName, args.contextValue as GraphQLContext);
       if (error) setResultAndStopExecution({ data: null, errors: [error] });
     },
   };

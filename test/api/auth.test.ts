@@ -12,6 +12,8 @@ import { createApiKey, revokeApiKey } from '../../src/auth/api-keys.js';
 import { SignJWT } from 'jose';
 import { signUserToken } from '../../src/auth/jwt.js';
 import { sseSubscribe, wsSubscribe } from '../live/helpers.js';
+import { print } from 'graphql';
+import { RecordUsageBatchDocument, RecordUsageDocument } from '../../src/generated/graphql.js';
 import { apiAccount, expectError, expectUnchanged, gid, globalCounts, ok, readAccount, uniq, type GqlResponse } from './helpers.js';
 
 const NAME = `api-auth-test-${process.pid}-${Date.now()}`;
@@ -394,6 +396,40 @@ describe('write-only API keys read no account (only what their own mutations ret
     const full = ok(await srv.gql(doc, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } }, keys.usageWriteRead)).recordUsage;
     expect(full.account.balance.total).toBe('2'); // 5 - 3 events of 1 (holds do not change the total)
     expect(full.drawdowns).toEqual([{ batch: { remaining: '2' } }]);
+  });
+
+  it("write-only keys run the project's own RecordUsage / RecordUsageBatch operations (a drawdown's batch id); fragments on Node or on CreditBatch cannot reach batch data, and only the operation that runs is judged", async () => {
+    const acct = await apiAccount(srv, { paid: '5' });
+    for (const token of [keys.usageWrite, keys.publicUsageWrite]) {
+      const one = ok(await srv.gql(print(RecordUsageDocument), { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } }, token)).recordUsage;
+      expect(one.drawdowns).toEqual([{ amount: '1', batch: { id: expect.any(String) } }]);
+      const batch = ok(await srv.gql(print(RecordUsageBatchDocument), { inputs: [{ accountId: acct, idempotencyKey: uniq('u'), category: 'unit' }] }, token)).recordUsageBatch;
+      expect(batch[0].event.drawdowns).toEqual([{ amount: '1', batch: { id: expect.any(String) } }]);
+    }
+    // Batch data through inline fragments and named fragments, on the interface and on the type:
+    // refused before the mutation runs, so nothing is recorded.
+    const charge = (selection: string) => `mutation Charge($input: RecordUsageInput!) { recordUsage(input: $input) { id ${selection} } }`;
+    const reaching = [
+      charge(`drawdowns { batch { ... on Node { id ... on CreditBatch { remaining } } } }`),
+      `${charge(`drawdowns { batch { ...BatchData } }`)} fragment BatchData on Node { ... on CreditBatch { remaining } }`,
+      charge(`drawdowns { batch { __typename ... on CreditBatch { status } } }`),
+    ];
+    for (const doc of reaching) {
+      await expectRefused([acct], () => srv.gql(doc, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } }, keys.usageWrite), 'FORBIDDEN');
+    }
+    // A document with two operations: the one that runs is judged, not the other.
+    const twoOps = `mutation Charge($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }
+      query Peek($id: ID!) { account(id: $id) { balance { total } } }`;
+    const post = async (operationName: string, variables: Record<string, unknown>) => {
+      const res = await fetch(srv.url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${keys.usageWrite}` },
+        body: JSON.stringify({ query: twoOps, operationName, variables }),
+      });
+      return { status: res.status, body: (await res.json()) as GqlResponse['body'] };
+    };
+    expect(ok(await post('Charge', { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } })).recordUsage.cost).toBe('1');
+    expectError(await post('Peek', { id: acct }), 'FORBIDDEN');
   });
 
   it("a credits:write key gets the account, grant and payment method it made, but not the account's data; refused selections change nothing", async () => {

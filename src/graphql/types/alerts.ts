@@ -9,7 +9,7 @@ import { ACCOUNT_DATA } from './ledger.js';
 /** GraphQL node `CreditAlert`: a threshold of percentRemaining reached (once per threshold per period). */
 export const CreditAlertRef = builder.prismaNode('CreditAlert', {
   authScopes: ACCOUNT_DATA,
-  id: { field: 'id' },
+  id: { field: 'id', skipTypeScopes: true }, // an id tells nothing (CreditBatch)
   fields: (t) => ({
     accountId: t.id({ resolve: (a) => toGlobalId('Account', a.accountId) }),
     threshold: t.exposeInt('threshold', { description: 'The threshold crossed: 25, 15 or 0 by default.' }),

@@ -72,7 +72,9 @@ export const CreditBatchRef = builder.prismaNode('CreditBatch', {
   // A batch's remaining credit and status follow the account's spending: account data, also
   // when reached from a grant or a drawdown a write-only key holds.
   authScopes: ACCOUNT_DATA,
-  id: { field: 'id' },
+  // An id tells nothing about the account: a write-only key's own results (a drawdown's batch,
+  // schema/operations' UsageEventCharge) may carry it.
+  id: { field: 'id', skipTypeScopes: true },
   fields: (t) => ({
     type: t.field({ type: CreditTypeEnum, resolve: (b) => b.type }),
     source: t.field({ type: GrantSourceEnum, resolve: (b) => b.source }),
@@ -221,7 +223,7 @@ export const UsageEventRef = builder.prismaNode('UsageEvent', {
 /** GraphQL node `LedgerEntry` (contract), backed by the Prisma model LedgerEntry; id is a Relay global id. */
 export const LedgerEntryRef = builder.prismaNode('LedgerEntry', {
   authScopes: ACCOUNT_DATA,
-  id: { field: 'id' },
+  id: { field: 'id', skipTypeScopes: true }, // an id tells nothing (CreditBatch)
   fields: (t) => ({
     type: t.field({ type: LedgerEntryTypeEnum, resolve: (e) => e.type }),
     amount: t.field({ type: 'Credits', description: 'Signed change of the account total (holds: change of reserved).', resolve: (e) => e.amountMicroCredits }),
