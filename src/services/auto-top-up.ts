@@ -240,8 +240,11 @@ export async function runAutoTopUp(ctx: ServiceContext, topUpId: string, attempt
   // the threshold and starts this top-up) while the new period's grant is due in the same
   // instant. Charging the card for credit the plan is about to grant would be wrong; after the
   // roll, prepare() re-checks the balance and skips the top-up when the grant covers it.
+  // A roll that fails must not keep a top-up whose charge may already have happened from
+  // settling: the top-up goes on without it (the roll's own `roll-period` job and the sweep retry
+  // it and log its error).
   const { rows: owner } = await ctx.pool.query('SELECT account_id FROM auto_top_ups WHERE id = $1', [topUpId]);
-  if (owner[0]) await rollBillingPeriods(ctx, owner[0].account_id as string);
+  if (owner[0]) await rollBillingPeriods(ctx, owner[0].account_id as string).catch(() => undefined);
   const prepared = await prepare(ctx, topUpId);
   if ('done' in prepared) return prepared.done;
   const { payment } = prepared;
