@@ -1,52 +1,142 @@
 /**
- * refundUsage: gives a usage event's credit back to the batches it came from (contract:
- * expired ones excepted; voided ones too, since an operator removed them) and marks the event
- * refunded. The part of the cost that became debt is forgiven (up to the current debt); what later
- * grants already repaid of it comes back as a grant of its own (returnRepaidDebt). Its cost is
- * taken off its agent's / user's kept budget spending (spending-budgets.ts).
- * Refunding a refunded event returns it unchanged.
+ * refundUsage: gives a usage event's whole cost back and marks the event refunded. The credit it
+ * drew goes back to the batches it came from (contract: expired ones excepted; voided ones too,
+ * since an operator removed them). The part of its cost that became debt (captures beyond a hold)
+ * is split by the account's debt history (replayDebt, debt repaid first in, first out): what is
+ * still owed is forgiven, and what later grants already repaid goes back into the batches of those
+ * grants, by the same rules as drawn credit. Its cost is taken off its agent's / user's kept
+ * budget spending (spending-budgets.ts). Refunding a refunded event returns it unchanged.
  */
-import { withTransaction, toBigInt } from '../db/pg.js';
-import { badInput } from '../ledger/errors.js';
+import type pg from 'pg';
+import { withTransaction, toBigInt, type Tx } from '../db/pg.js';
+import { assert, badInput } from '../ledger/errors.js';
 import { minBig } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
 import { moveBudgetSpend } from './spending-budgets.js';
-import { applyGrant } from './grant-credits.js';
-import type { CreditType } from '../ledger/drawdown.js';
+import { scheduleExpiry } from './expire-due.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import type { ServiceContext } from './context.js';
 
 /**
- * The part of a refunded event's debt that later grants already repaid (DEBT_REPAY) comes back
- * as credit, so a refund always gives the event's whole cost back (the parts drawn from expired or
- * voided batches excepted, as for the rest of the event). It is a grant of its own (source
- * ADJUSTMENT, reference `refund of usage event <id>`, idempotency key
- * `refund-repaid-debt:<event id>`), of the type and expiry of the batch of the account's latest
- * DEBT_REPAY entry: the credit that paid the debt, as far as the ledger can tell (repayments are
- * per account, not per event). If that batch has expired or was voided, nothing comes back, as
- * for a drawdown from such a batch. `amountMicroCredits` > 0.
- * @throws LedgerError only what applyGrant throws (not expected here: the key is the event's own).
+ * One ledger fact that changed an account's debt, in ledger order (readDebtHistory). Amounts in
+ * micro-credits, > 0.
+ * - `DEBT`: a usage event's CONSUME entry left `amountMicroCredits` of its cost as debt
+ *   (`usage_events.debt_micro_credits`).
+ * - `REPAY`: a grant's DEBT_REPAY entry paid `amountMicroCredits` of debt from its batch `batchId`.
+ * - `FORGIVE`: a refund forgave `amountMicroCredits` of the event's debt (a REFUND entry of the
+ *   event without a batch).
  */
-async function returnRepaidDebt(atx: AccountTx, usageEventId: string, amountMicroCredits: bigint): Promise<void> {
-  const { rows } = await atx.tx.query(
-    `SELECT b.type, b.expires_at, b.status FROM ledger_entries l JOIN credit_batches b ON b.id = l.batch_id
-      WHERE l.account_id = $1 AND l.type = 'DEBT_REPAY' ORDER BY l.seq DESC LIMIT 1`,
-    [atx.accountId],
-  );
-  const repaidBy = rows[0] as { type: CreditType; expires_at: Date | null; status: string } | undefined;
-  if (repaidBy && (repaidBy.status === 'VOIDED' || repaidBy.status === 'EXPIRED' || (repaidBy.expires_at && repaidBy.expires_at.getTime() <= atx.now.getTime()))) return;
-  await applyGrant(atx, {
-    amountMicroCredits,
-    type: repaidBy?.type ?? 'PAID',
-    source: 'ADJUSTMENT',
-    expiresAt: repaidBy?.expires_at ?? null,
-    reference: `refund of usage event ${usageEventId}`,
-    idempotencyKey: `refund-repaid-debt:${usageEventId}`,
-  });
+export interface DebtFact {
+  seq: bigint;
+  kind: 'DEBT' | 'REPAY' | 'FORGIVE';
+  amountMicroCredits: bigint;
+  usageEventId: string | null;
+  batchId: string | null;
+}
+
+/** What became of one event's debt (micro-credits): still owed, and repaid, by repaying batch id (in order of repayment). */
+export interface EventDebtShare {
+  unpaidMicroCredits: bigint;
+  repaidByBatch: Map<string, bigint>;
 }
 
 /**
- * Refunds an event.
+ * Replays an account's debt history (DebtFacts in ledger `seq` order) as a queue: debt is repaid
+ * in the order it arose (first in, first out), which is what the account's single `debt` figure
+ * means (applyGrant repays it without naming events). A REPAY takes from the oldest debt still
+ * owed; a FORGIVE removes its event's debt still owed, and anything it forgave beyond that (a
+ * refund before this rule forgave up to the account's debt, not the event's own) from the oldest
+ * debt owed. Repayments or forgiveness beyond the debt owed are ignored (none should exist).
+ * @returns each event with debt, what of it is owed and which batches repaid how much; the sum of
+ *   `unpaidMicroCredits` over all events is the account's debt when the history is complete.
+ */
+export function replayDebt(facts: readonly DebtFact[]): Map<string, EventDebtShare> {
+  const shares = new Map<string, EventDebtShare>();
+  const queue: { eventId: string; share: EventDebtShare }[] = [];
+  let head = 0;
+  /** Takes up to `amount` from the oldest debt owed, calling `take` for each part; returns what is left. */
+  const fromOldest = (amount: bigint, take: (eventId: string, share: EventDebtShare, part: bigint) => void): bigint => {
+    let left = amount;
+    while (left > 0n && head < queue.length) {
+      const owed = queue[head]!;
+      const part = minBig(left, owed.share.unpaidMicroCredits);
+      if (part > 0n) {
+        owed.share.unpaidMicroCredits -= part;
+        left -= part;
+        take(owed.eventId, owed.share, part);
+      }
+      if (owed.share.unpaidMicroCredits === 0n) head++;
+    }
+    return left;
+  };
+  for (const f of facts) {
+    if (f.kind === 'DEBT') {
+      assert(f.usageEventId, 'a debt fact names its event');
+      const share: EventDebtShare = { unpaidMicroCredits: f.amountMicroCredits, repaidByBatch: new Map() };
+      shares.set(f.usageEventId, share);
+      queue.push({ eventId: f.usageEventId, share });
+    } else if (f.kind === 'REPAY') {
+      assert(f.batchId, 'a repayment names its batch');
+      const batchId = f.batchId;
+      fromOldest(f.amountMicroCredits, (_e, share, part) => share.repaidByBatch.set(batchId, (share.repaidByBatch.get(batchId) ?? 0n) + part));
+    } else {
+      const own = f.usageEventId ? shares.get(f.usageEventId) : undefined;
+      const part = own ? minBig(f.amountMicroCredits, own.unpaidMicroCredits) : 0n;
+      if (own) own.unpaidMicroCredits -= part;
+      fromOldest(f.amountMicroCredits - part, () => {});
+    }
+  }
+  return shares;
+}
+
+/**
+ * Reads the facts replayDebt needs of one account, in ledger order: the CONSUME entries of its
+ * usage events with debt (`debt_micro_credits` > 0), its DEBT_REPAY entries and its debt-forgiving
+ * REFUND entries (no batch). Nothing else moves debt: voids and expiries change batches only, and
+ * every write of debt goes through AccountTx (record-usage, applyGrant, refundUsage). Call it under
+ * the account lock (`db`: its transaction) for a history that cannot move meanwhile. Cost: only debt-related rows of this one account are read, so it grows with
+ * the account's overage history, not with its usage: the events by a partial index on
+ * (account_id) of events with debt, each one's CONSUME entry by the (account_id, created_at, seq)
+ * index (the entry is dated at the event's recorded_at), the entries by a partial index on
+ * (account_id, seq) of DEBT_REPAY and batch-less REFUND entries (migration refund_debt_history).
+ */
+export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Promise<DebtFact[]> {
+  const { rows } = await db.query({
+    name: 'cp-refund-debt-history',
+    text: `SELECT x.seq, x.kind, x.amount, x.event, x.batch FROM (
+         SELECT c.seq, 'DEBT' AS kind, e.debt_micro_credits AS amount, e.id AS event, NULL::uuid AS batch
+           FROM usage_events e
+           CROSS JOIN LATERAL (SELECT l.seq FROM ledger_entries l
+                                WHERE l.account_id = e.account_id AND l.created_at = e.recorded_at AND l.usage_event_id = e.id AND l.type = 'CONSUME'
+                                LIMIT 1) c
+          WHERE e.account_id = $1 AND e.debt_micro_credits > 0
+         UNION ALL
+         SELECT l.seq, CASE WHEN l.type = 'DEBT_REPAY' THEN 'REPAY' ELSE 'FORGIVE' END, l.amount_micro_credits, l.usage_event_id, l.batch_id
+           FROM ledger_entries l
+          WHERE l.account_id = $1 AND (l.type = 'DEBT_REPAY' OR (l.type = 'REFUND' AND l.batch_id IS NULL))
+       ) x ORDER BY x.seq`,
+    values: [accountId],
+  });
+  return rows.map((r) => ({
+    seq: toBigInt(r.seq),
+    kind: r.kind as DebtFact['kind'],
+    amountMicroCredits: toBigInt(r.amount),
+    usageEventId: r.event as string | null,
+    batchId: r.batch as string | null,
+  }));
+}
+
+/**
+ * Refunds an event in one transaction, under the account lock (so `refunded_at` makes it happen
+ * once). Writes, in this order: a REFUND entry per batch its drawn credit goes back to; a REFUND
+ * entry without a batch for its debt still owed, forgiven (note `<reason> (debt forgiven)`); a
+ * REFUND entry per batch that repaid part of its debt, the repaid part going back into that batch
+ * (note `<reason> (repaid debt)`). Credit goes back into the batch it came from, keeping its type
+ * and expiry (an exhausted batch becomes ACTIVE again; voidGrant can then remove it), never into
+ * an expired or voided batch: that part is not given back (an operator removed that credit, or it
+ * would have expired). A batch gets back at most what it gave, so its remaining stays within its
+ * allocation (CHECK credit_batches_remaining_in_range).
+ * @param reason free text, 1..500 characters, kept on the event and the entries.
  * @returns the event id.
  * @throws LedgerError NOT_FOUND, BAD_USER_INPUT (reason empty or > 500 characters).
  */
@@ -56,36 +146,55 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     const atx = await AccountTx.lockOwner(tx, 'usage_events', usageEventId, 'usage event', ctx.clock());
     const ev = await tx.query('SELECT refunded_at, debt_micro_credits, agent_id, user_id, cost_micro_credits, recorded_at FROM usage_events WHERE id = $1', [usageEventId]);
     if (ev.rows[0].refunded_at) return usageEventId;
-    const { rows } = await tx.query(
-      `SELECT d.batch_id, d.amount_micro_credits, b.status, b.expires_at
-         FROM drawdowns d JOIN credit_batches b ON b.id = d.batch_id
-        WHERE d.usage_event_id = $1 ORDER BY d.position`,
+    const drawn = await tx.query(
+      `SELECT d.batch_id, d.amount_micro_credits FROM drawdowns d WHERE d.usage_event_id = $1 ORDER BY d.position`,
       [usageEventId],
     );
-    const ids: string[] = [];
-    const amounts: string[] = [];
-    for (const r of rows) {
-      const expired = r.status === 'EXPIRED' || r.status === 'VOIDED' || (r.expires_at && (r.expires_at as Date).getTime() <= atx.now.getTime());
-      if (expired) continue;
-      const amount = toBigInt(r.amount_micro_credits);
-      ids.push(r.batch_id as string);
-      amounts.push(amount.toString());
-      atx.addEntry({ type: 'REFUND', amountMicroCredits: amount, batchId: r.batch_id as string, usageEventId, note: reason });
-    }
-    if (ids.length > 0) {
-      await tx.query(
-        `UPDATE credit_batches b SET remaining_micro_credits = b.remaining_micro_credits + d.amount, status = 'ACTIVE', updated_at = $3
-           FROM unnest($1::uuid[], $2::bigint[]) AS d(batch_id, amount) WHERE b.id = d.batch_id`,
-        [ids, amounts, atx.now],
-      );
-    }
     const eventDebt = toBigInt(ev.rows[0].debt_micro_credits);
-    const forgiven = minBig(eventDebt, atx.debt);
+    let share: EventDebtShare = { unpaidMicroCredits: 0n, repaidByBatch: new Map() };
+    if (eventDebt > 0n) {
+      const found = replayDebt(await readDebtHistory(tx, atx.accountId)).get(usageEventId);
+      assert(found, 'an event with debt is in its account debt history');
+      share = found;
+    }
+    // Every batch credit goes back to: the drawn parts, then the repaid parts (no batch is both:
+    // a grant repays debt when it is made, after the event drew).
+    const parts = [
+      ...drawn.rows.map((r) => ({ batchId: r.batch_id as string, amount: toBigInt(r.amount_micro_credits), note: reason })),
+      ...[...share.repaidByBatch].map(([batchId, amount]) => ({ batchId, amount, note: `${reason} (repaid debt)` })),
+    ];
+    const batches = new Map<string, { status: string; expires_at: Date | null }>();
+    if (parts.length > 0) {
+      const { rows } = await tx.query('SELECT id, status, expires_at FROM credit_batches WHERE id = ANY($1::uuid[])', [parts.map((p) => p.batchId)]);
+      for (const r of rows) batches.set(r.id as string, { status: r.status as string, expires_at: r.expires_at as Date | null });
+    }
+    const back = new Map<string, bigint>();
+    const addBack = (p: (typeof parts)[number]) => {
+      const b = batches.get(p.batchId)!;
+      if (b.status === 'EXPIRED' || b.status === 'VOIDED' || (b.expires_at && b.expires_at.getTime() <= atx.now.getTime())) return;
+      back.set(p.batchId, (back.get(p.batchId) ?? 0n) + p.amount);
+      atx.addEntry({ type: 'REFUND', amountMicroCredits: p.amount, batchId: p.batchId, usageEventId, note: p.note });
+    };
+    parts.slice(0, drawn.rows.length).forEach(addBack);
+    const forgiven = minBig(share.unpaidMicroCredits, atx.debt);
     if (forgiven > 0n) {
       atx.debt -= forgiven;
       atx.addEntry({ type: 'REFUND', amountMicroCredits: forgiven, usageEventId, note: `${reason} (debt forgiven)` });
     }
-    if (eventDebt > forgiven) await returnRepaidDebt(atx, usageEventId, eventDebt - forgiven);
+    parts.slice(drawn.rows.length).forEach(addBack);
+    if (back.size > 0) {
+      await tx.query(
+        `UPDATE credit_batches b SET remaining_micro_credits = b.remaining_micro_credits + d.amount, status = 'ACTIVE', updated_at = $3
+           FROM unnest($1::uuid[], $2::bigint[]) AS d(batch_id, amount) WHERE b.id = d.batch_id`,
+        [[...back.keys()], [...back.values()].map(String), atx.now],
+      );
+      // A batch a grant's repayment used up had no expiry job (applyGrant schedules one only for
+      // credit left); the same job id as the grant's when it had one.
+      for (const id of back.keys()) {
+        const expiresAt = batches.get(id)!.expires_at;
+        if (expiresAt && share.repaidByBatch.has(id)) scheduleExpiry(atx, 'batch', id, expiresAt);
+      }
+    }
     await tx.query('UPDATE usage_events SET refunded_at = $2, refund_reason = $3 WHERE id = $1', [usageEventId, atx.now, reason]);
     const e = ev.rows[0];
     await moveBudgetSpend(

@@ -18,7 +18,7 @@ import { grantCredits } from '../../src/services/grant-credits.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleReservation } from '../../src/services/settle-reservation.js';
 import { releaseReservation } from '../../src/services/release-reservation.js';
-import { refundUsage } from '../../src/services/refund-usage.js';
+import { readDebtHistory, refundUsage, replayDebt } from '../../src/services/refund-usage.js';
 import { voidGrant } from '../../src/services/void-grant.js';
 import { setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { readBalance } from '../../src/services/read-balance.js';
@@ -207,6 +207,9 @@ describe.each([
           }
           const b = await expectLedgerInvariant(services.pool, accountId, now);
           expect(b.debtMicroCredits >= 0n).toBe(true);
+          // The debt history refunds split an event's debt by explains the debt: what it says is still owed is the debt.
+          const owed = [...replayDebt(await readDebtHistory(services.pool, accountId)).values()].reduce((sum, e) => sum + e.unpaidMicroCredits, 0n);
+          expect(owed).toBe(b.debtMicroCredits);
           // Without debt, available can only be negative through holds on since-expired/voided batches.
           if (b.debtMicroCredits === 0n) expect(b.totalMicroCredits >= 0n).toBe(true);
         }

@@ -13,6 +13,7 @@ import { releaseReservation } from '../../src/services/release-reservation.js';
 import { extendReservation } from '../../src/services/extend-reservation.js';
 import { refundUsage } from '../../src/services/refund-usage.js';
 import { voidGrant } from '../../src/services/void-grant.js';
+import { expireDue } from '../../src/services/expire-due.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { credits } from '../../src/ledger/credits.js';
 
@@ -39,6 +40,43 @@ async function drawdownsOf(eventId: string) {
 
 async function grant(accountId: string, key: string, amount: number, type: 'FREE' | 'PAID', expiresAt: Date | null = null) {
   return grantCredits(s, { accountId, amountMicroCredits: credits(amount), type, source: type === 'FREE' ? 'PROMO_CODE' : 'PURCHASE', expiresAt, reference: null, idempotencyKey: key });
+}
+
+/** Reserves `holdCredits` and captures `costCredits` units against it: what the hold and available credit do not cover becomes debt. */
+async function overage(accountId: string, key: string, holdCredits: number, costCredits: number) {
+  const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(holdCredits), ttlSeconds: 600, idempotencyKey: `hold-${key}` });
+  return { ...(await capture(accountId, reservationId, key, costCredits)), reservationId };
+}
+
+/** Captures `costCredits` units against a hold (once it is used up, all of it becomes debt). */
+async function capture(accountId: string, reservationId: string, key: string, costCredits: number) {
+  return recordUsage(s, { accountId, idempotencyKey: key, category: 'units', quantities: { units: String(costCredits) }, reservationId });
+}
+
+/** The batch of the grant given under `key` (its grant id, remaining credit as a string, status). */
+async function batchOf(accountId: string, key: string) {
+  const { rows } = await s.pool.query(
+    `SELECT b.grant_id, b.remaining_micro_credits::text AS remaining, b.status FROM credit_batches b JOIN credit_grants g ON g.id = b.grant_id
+      WHERE g.account_id = $1 AND g.idempotency_key = $2`,
+    [accountId, key],
+  );
+  return rows[0] as { grant_id: string; remaining: string; status: string };
+}
+
+/** An event's REFUND entries in order: amount and the grant of the batch it went to (null: debt forgiven). */
+async function refundEntries(eventId: string) {
+  const { rows } = await s.pool.query(
+    `SELECT l.amount_micro_credits::text AS amount, b.grant_id AS grant FROM ledger_entries l LEFT JOIN credit_batches b ON b.id = l.batch_id
+      WHERE l.usage_event_id = $1 AND l.type = 'REFUND' ORDER BY l.seq`,
+    [eventId],
+  );
+  return rows;
+}
+
+/** How many ADJUSTMENT grants the account has. */
+async function adjustmentGrants(accountId: string): Promise<number> {
+  const { rows } = await s.pool.query(`SELECT COUNT(*)::int AS n FROM credit_grants WHERE account_id = $1 AND source = 'ADJUSTMENT'`, [accountId]);
+  return rows[0].n as number;
 }
 
 describe('drawdown order', () => {
@@ -152,39 +190,124 @@ describe('refunds and voids', () => {
     await expectLedgerInvariant(s.pool, accountId, at(60_000));
   });
 
-  it('refunding an event whose debt later grants repaid gives its whole cost back (forgiven debt, repaid debt as an ADJUSTMENT grant), once', async () => {
+  it("refunding an event whose debt a later grant repaid gives its whole cost back (the unpaid part forgiven, the repaid part into the repaying grant's batch), once", async () => {
     s.setNow(T0);
     for (const [repayCredits, forgivenCredits] of [
       [10, 0], // the grant repaid all 3 of the event's debt
       [1, 2], // it repaid 1; 2 are still owed and forgiven
     ] as const) {
       const accountId = await createFundedAccount(s, { paid: 5 });
-      const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'h' });
       // 8 against a hold of 5 on 5 credits: 5 drawn, 3 become debt.
-      const ev = await recordUsage(s, { accountId, idempotencyKey: 'over', category: 'units', quantities: { units: '8' }, reservationId });
+      const ev = await overage(accountId, 'over', 5, 8);
       expect((await readBalance(s.pool, accountId, T0)).debtMicroCredits).toBe(credits(3));
-      await grant(accountId, 'top-up', repayCredits, 'PAID');
+      const topUp = await grant(accountId, 'top-up', repayCredits, 'PAID');
       await refundUsage(s, ev.eventId, 'bad answer');
       // Everything the account was given (5 + the grant), nothing charged any more.
       const b = await readBalance(s.pool, accountId, T0);
       expect([b.totalMicroCredits, b.debtMicroCredits]).toEqual([credits(5 + repayCredits), 0n]);
-      const { rows } = await s.pool.query(
-        `SELECT l.type, l.amount_micro_credits::text AS amount, g.source, g.reference
-           FROM ledger_entries l LEFT JOIN credit_batches b ON b.id = l.batch_id LEFT JOIN credit_grants g ON g.id = b.grant_id
-          WHERE l.account_id = $1 AND l.seq > (SELECT max(seq) FROM ledger_entries WHERE account_id = $1 AND type IN ('GRANT', 'DEBT_REPAY') AND note IS DISTINCT FROM 'ADJUSTMENT')
-          ORDER BY l.seq`,
-        [accountId],
-      );
       const repaid = 3 - forgivenCredits;
-      expect(rows).toEqual([
-        { type: 'REFUND', amount: credits(5).toString(), source: 'PURCHASE', reference: null },
-        ...(forgivenCredits > 0 ? [{ type: 'REFUND', amount: credits(forgivenCredits).toString(), source: null, reference: null }] : []),
-        { type: 'GRANT', amount: credits(repaid).toString(), source: 'ADJUSTMENT', reference: `refund of usage event ${ev.eventId}` },
+      expect(await refundEntries(ev.eventId)).toEqual([
+        { amount: credits(5).toString(), grant: (await batchOf(accountId, 'factory-paid')).grant_id },
+        ...(forgivenCredits > 0 ? [{ amount: credits(forgivenCredits).toString(), grant: null }] : []),
+        { amount: credits(repaid).toString(), grant: topUp.grantId },
       ]);
+      expect(await batchOf(accountId, 'top-up')).toMatchObject({ remaining: credits(repayCredits).toString(), status: 'ACTIVE' });
       await refundUsage(s, ev.eventId, 'bad answer'); // once
       expect((await readBalance(s.pool, accountId, T0)).totalMicroCredits).toBe(credits(5 + repayCredits));
+      expect(await adjustmentGrants(accountId)).toBe(0);
       await expectLedgerInvariant(s.pool, accountId, T0);
     }
+  });
+
+  it("an event's repaid debt goes back to the grants that repaid it, first debt repaid first, not to the latest repayment: a voided later repayment does not lose it", async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, { paid: 5 });
+    const e1 = await overage(accountId, 'e1', 5, 8); // 5 drawn, 3 debt
+    await grant(accountId, 'purchase', 3, 'PAID'); // repays e1's 3
+    await grant(accountId, 'more', 2, 'PAID');
+    const e2 = await overage(accountId, 'e2', 2, 5); // 2 drawn, 3 debt
+    const promo = await grant(accountId, 'promo', 3, 'FREE'); // repays e2's 3
+    await voidGrant(s, promo.grantId, 'abuse');
+    expect(await readBalance(s.pool, accountId, T0)).toMatchObject({ totalMicroCredits: 0n, debtMicroCredits: 0n });
+    await refundUsage(s, e1.eventId, 'bad answer');
+    // e1's whole cost: 5 into the factory's batch, 3 into the purchase that repaid its debt (PAID).
+    let b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.paidMicroCredits, b.freeMicroCredits, b.debtMicroCredits]).toEqual([credits(8), credits(8), 0n, 0n]);
+    expect(await batchOf(accountId, 'purchase')).toMatchObject({ remaining: credits(3).toString(), status: 'ACTIVE' });
+    await refundUsage(s, e1.eventId, 'bad answer'); // once
+    // e2: its drawn 2 come back; the 3 the voided promo repaid do not (as credit drawn from a voided batch).
+    await refundUsage(s, e2.eventId, 'bad answer');
+    b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.debtMicroCredits]).toEqual([credits(10), 0n]);
+    expect((await refundEntries(e2.eventId)).map((r) => r.amount)).toEqual([credits(2).toString()]);
+    expect(await batchOf(accountId, 'promo')).toMatchObject({ remaining: '0', status: 'VOIDED' });
+    expect(await adjustmentGrants(accountId)).toBe(0);
+    await expectLedgerInvariant(s.pool, accountId, T0);
+  });
+
+  it('debt a FREE grant repaid comes back as that grant\'s FREE credit with its expiry, even when a PAID grant repaid later debt', async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, { paid: 5 });
+    const e1 = await overage(accountId, 'e1', 5, 8); // 5 drawn, 3 debt
+    await grant(accountId, 'promo', 3, 'FREE', at(3_600_000)); // repays e1's 3
+    await grant(accountId, 'more', 2, 'PAID');
+    await overage(accountId, 'e2', 2, 5); // 3 debt
+    await grant(accountId, 'purchase', 3, 'PAID'); // repays e2's 3 (the latest repayment)
+    await refundUsage(s, e1.eventId, 'bad answer');
+    const b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.freeMicroCredits, b.paidMicroCredits]).toEqual([credits(8), credits(3), credits(5)]);
+    expect(await batchOf(accountId, 'promo')).toMatchObject({ remaining: credits(3).toString(), status: 'ACTIVE' });
+    expect(await batchOf(accountId, 'purchase')).toMatchObject({ remaining: '0' });
+    // It expires with the promo.
+    s.setNow(at(3_600_000));
+    await expireDue(s, accountId);
+    expect(await readBalance(s.pool, accountId, at(3_600_000))).toMatchObject({ totalMicroCredits: credits(5), freeMicroCredits: 0n });
+    await expectLedgerInvariant(s.pool, accountId, at(3_600_000));
+  });
+
+  it('a refund forgives only its own unpaid debt: with two debts and one grant repaying the first and part of the second, each refund gives its own share back', async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, { paid: 5 });
+    const e1 = await overage(accountId, 'e1', 5, 8); // 5 drawn, 3 debt
+    const e2 = await capture(accountId, e1.reservationId, 'e2', 3); // the hold is used up: 3 more debt, 6
+    const g = await grant(accountId, 'purchase', 4, 'PAID'); // repays e1's 3, then 1 of e2's
+    expect((await readBalance(s.pool, accountId, T0)).debtMicroCredits).toBe(credits(2));
+    await refundUsage(s, e1.eventId, 'bad answer');
+    // e1 was repaid in full: its 3 go back into the purchase; e2's 2 are still owed.
+    let b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.debtMicroCredits]).toEqual([credits(6), credits(2)]);
+    expect(await refundEntries(e1.eventId)).toEqual([
+      { amount: credits(5).toString(), grant: (await batchOf(accountId, 'factory-paid')).grant_id },
+      { amount: credits(3).toString(), grant: g.grantId },
+    ]);
+    await refundUsage(s, e2.eventId, 'bad answer');
+    // e2: the 2 still owed forgiven, the 1 the purchase repaid back into it.
+    b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.debtMicroCredits]).toEqual([credits(9), 0n]);
+    expect(await refundEntries(e2.eventId)).toEqual([
+      { amount: credits(2).toString(), grant: null },
+      { amount: credits(1).toString(), grant: g.grantId },
+    ]);
+    expect(await batchOf(accountId, 'purchase')).toMatchObject({ remaining: credits(4).toString(), status: 'ACTIVE' });
+    await expectLedgerInvariant(s.pool, accountId, T0);
+  });
+
+  it('two debts one grant repaid: each refund returns its own share into the grant, once', async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, { paid: 5 });
+    const e1 = await overage(accountId, 'e1', 5, 8); // 5 drawn, 3 debt
+    const e2 = await capture(accountId, e1.reservationId, 'e2', 2); // 2 debt
+    await grant(accountId, 'promo', 10, 'FREE', at(3_600_000)); // repays both (5), 5 left
+    await refundUsage(s, e2.eventId, 'bad answer');
+    await refundUsage(s, e2.eventId, 'bad answer');
+    expect(await batchOf(accountId, 'promo')).toMatchObject({ remaining: credits(7).toString() });
+    await refundUsage(s, e1.eventId, 'bad answer');
+    await refundUsage(s, e1.eventId, 'bad answer');
+    expect(await batchOf(accountId, 'promo')).toMatchObject({ remaining: credits(10).toString() });
+    const b = await readBalance(s.pool, accountId, T0);
+    expect([b.totalMicroCredits, b.freeMicroCredits, b.paidMicroCredits, b.debtMicroCredits]).toEqual([credits(15), credits(10), credits(5), 0n]);
+    expect(await adjustmentGrants(accountId)).toBe(0);
+    await expectLedgerInvariant(s.pool, accountId, T0);
   });
 
   it("voidGrant removes the grant's unused remainder, once", async () => {
