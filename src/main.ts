@@ -49,6 +49,7 @@ const services = {
   payments: createPaymentProvider(env),
   groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, chargeAccounts, applyCharge, { maxTransactions: Math.min(env.GROUP_COMMIT_MAX_TRANSACTIONS, env.PG_POOL_SIZE), carryState: env.GROUP_COMMIT_CARRY_STATE }) : undefined,
   reservationOwners: new ReservationOwners(),
+  log,
 };
 const authenticator = createAuthenticator({
   pool,

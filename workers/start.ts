@@ -68,7 +68,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   const connection = new Redis(env.REDIS_URL, { maxRetriesPerRequest: null, connectionName: 'creditpool-workers' });
   connection.on('error', (err) => log.warn({ err: err.message }, 'workers: redis error'));
   const prefix = opts.prefix ?? env.QUEUE_PREFIX;
-  const services: ServiceContext = opts.services ?? { pool, clock: () => new Date(), pricing: createPricingState(pool), payments: createPaymentProvider(env) };
+  const services: ServiceContext = opts.services ?? { pool, clock: () => new Date(), pricing: createPricingState(pool), payments: createPaymentProvider(env), log };
   const deps: WorkerDeps = { services, log, env };
   const sink = createQueueJobSink(connection, prefix);
 

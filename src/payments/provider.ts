@@ -13,7 +13,8 @@
  *   retries later with the same key;
  * - a key is re-sent only within {@link IDEMPOTENCY_KEY_SAFE_WINDOW_MS} of the first attempt
  *   (providers forget keys: Stripe after 24 hours); later the outcome is looked up
- *   ({@link PaymentProvider.lookupCharge}), never charged again.
+ *   ({@link PaymentProvider.lookupCharge}), never charged again, and "no charge found" is only
+ *   believed {@link LOOKUP_SETTLE_DELAY_MS} after the request was last sent.
  */
 import { parseExactDecimal } from '../ledger/credits.js';
 import { badInput } from '../ledger/errors.js';
@@ -70,8 +71,9 @@ export interface PaymentProvider {
    * Finds what became of the charge made for creditpool payment `paymentId` (every charge carries
    * it as `metadata.paymentId`), WITHOUT sending a charge: how a payment is resumed once the
    * provider may have forgotten its idempotency key ({@link IDEMPOTENCY_KEY_SAFE_WINDOW_MS}).
-   * @returns the charge's outcome, or null when the provider has no charge for that payment
-   *   (nothing was taken).
+   * @returns the charge's outcome, or null when the provider has no charge for that payment (yet:
+   *   a request still in flight, or a finished one its search does not show yet, is not found;
+   *   see {@link LOOKUP_SETTLE_DELAY_MS}).
    * @throws PaymentTimeoutError when the answer is unknown (no answer, or the charge is still processing).
    */
   lookupCharge(paymentId: string): Promise<ChargeOutcome | null>;
@@ -87,6 +89,23 @@ export interface PaymentProvider {
  * between creditpool and the provider and a request in flight at the edge.
  */
 export const IDEMPOTENCY_KEY_SAFE_WINDOW_MS = 23 * 3_600_000;
+
+/**
+ * How long after a payment's request was last SENT (`payments.last_sent_at`) a lookup that finds
+ * no charge ({@link PaymentProvider.lookupCharge} answering null) still means "unknown", not "never
+ * charged": 15 minutes. Until then the payment stays PENDING as after a timeout, and is looked up
+ * again later; only afterwards is it settled as declined (`no_charge_found`). A request sent just
+ * before {@link IDEMPOTENCY_KEY_SAFE_WINDOW_MS} closed can still be in flight when the first lookup
+ * runs, and a finished charge is not found at once either:
+ * - the Stripe adapter waits up to 30 s per request and retries twice with the same key
+ *   (src/payments/stripe.ts, `timeoutMs`/`maxNetworkRetries`), so about 1.5 minutes in all;
+ * - Stripe's search is eventually consistent: under normal conditions data is searchable in
+ *   under a minute, later during an outage (https://docs.stripe.com/search#data-freshness).
+ * The rest of the margin covers a process that stalls between recording the send and sending it,
+ * and clock skew between creditpool processes. A success that still arrives after the payment
+ * was settled `no_charge_found` is granted, not dropped (services/purchase-pack.ts settlePayment).
+ */
+export const LOOKUP_SETTLE_DELAY_MS = 15 * 60_000;
 
 /** Most cents one charge may be (Stripe's card limit: $999,999.99). */
 export const MAX_CHARGE_CENTS = 99_999_999n;

@@ -15,8 +15,10 @@
  *   same key (https://docs.stripe.com/error-low-level#idempotency).
  * A payment whose key Stripe may have pruned (24 hours) is looked up instead of charged again:
  * lookupCharge searches PaymentIntents by `metadata['paymentId']`
- * (https://docs.stripe.com/search#search-query-language; search is eventually consistent, about
- * a minute, which is far inside the 23 hour window after which it is used).
+ * (https://docs.stripe.com/search#search-query-language). Search is eventually consistent (under
+ * a minute normally: https://docs.stripe.com/search#data-freshness), and a request sent just
+ * before the window closed may still be in flight, so an empty answer is only believed
+ * LOOKUP_SETTLE_DELAY_MS after the payment's last send (services/purchase-pack.ts settlePayment).
  * Webhooks are verified with Stripe's signature scheme (https://docs.stripe.com/webhooks#verify-events).
  */
 import Stripe from 'stripe';

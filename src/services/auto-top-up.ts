@@ -32,6 +32,7 @@ import { rollBillingPeriods } from './plans.js';
 import {
   chargePayment,
   findPaymentMethodRef,
+  logLateSuccess,
   requireProvider,
   settlePayment,
   toPaymentRow,
@@ -178,7 +179,16 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
   });
 }
 
-/** Step 3: records the outcome of charging `payment` for the top-up, in one transaction. */
+/**
+ * Step 3: records the outcome of charging `payment` for the top-up, in one transaction.
+ * A success is recorded even when the top-up is no longer PENDING or the payment was settled
+ * `no_charge_found` meanwhile (settlePayment's late success: the money was taken, so it is
+ * granted). Such a late success ends the top-up SUCCEEDED when `payment` is still its current
+ * attempt (so no further attempt charges the card again); when a newer attempt exists already,
+ * the card may be charged twice, which is logged as an error (both charges are granted).
+ * @throws PaymentTimeoutError when a lookup found no charge within LOOKUP_SETTLE_DELAY_MS of the
+ *   last send (nothing written; the top-up stays PENDING).
+ */
 async function recordOutcome(
   ctx: ServiceContext,
   topUpId: string,
@@ -187,18 +197,27 @@ async function recordOutcome(
   outcome: ChargeOutcome,
   lastAttempt: boolean,
 ): Promise<TopUpRunResult> {
-  return withTransaction(ctx.pool, async (tx) => {
-    const locked = await lockTopUp(tx, topUpId, ctx.clock());
-    if (!locked || locked.row.status !== 'PENDING') return { topUpId, status: (locked?.row.status as TopUpStatus) ?? 'SKIPPED', reason: null };
-    const { atx } = locked;
-    const { payment: after, settledNow } = await settlePayment(atx, payment.id, pack, outcome);
+  const result = await withTransaction(ctx.pool, async (tx) => {
+    const wallNow = ctx.clock();
+    const locked = await lockTopUp(tx, topUpId, wallNow);
+    if (!locked) return { topUpId, status: 'SKIPPED' as const, reason: null };
+    const { atx, row } = locked;
+    const topUpStatus = row.status as TopUpStatus;
+    if (topUpStatus !== 'PENDING' && outcome.status !== 'succeeded') return { topUpId, status: topUpStatus, reason: null };
+    const { payment: after, settledNow, lateSuccess } = await settlePayment(atx, payment.id, pack, outcome, wallNow);
     // Settled by a concurrent run of the same payment, which also recorded its consequences.
-    if (!settledNow) return { topUpId, status: 'PENDING', reason: after.error };
+    if (!settledNow) return { topUpId, status: topUpStatus, reason: topUpStatus === 'PENDING' ? after.error : null };
+    if (after.status === 'SUCCEEDED' && row.payment_id !== payment.id) {
+      // A late success of an earlier attempt: granted (the money was taken), but the top-up went on with another one.
+      await atx.finish();
+      return { topUpId, status: topUpStatus, reason: null, lateSuccess, chargedTwice: true, payment: after };
+    }
     if (after.status === 'SUCCEEDED') {
-      // finish() runs balances_changed while this top-up is still PENDING: the grant cannot start another.
+      // finish() runs balances_changed while this top-up is still PENDING (unless a late success
+      // revives a FAILED one): the grant cannot start another.
       await atx.finish();
       await tx.query(`UPDATE auto_top_up_settings SET consecutive_failures = 0, last_attempt_at = $2, last_error = NULL WHERE account_id = $1`, [atx.accountId, atx.now]);
-      return finishTopUp(atx, topUpId, 'SUCCEEDED', null);
+      return { ...(await finishTopUp(atx, topUpId, 'SUCCEEDED', null)), lateSuccess, chargedTwice: false, payment: after };
     }
     const { rows } = await tx.query(
       `UPDATE auto_top_up_settings SET consecutive_failures = consecutive_failures + 1, last_attempt_at = $2, last_error = $3,
@@ -221,6 +240,16 @@ async function recordOutcome(
     await atx.finish();
     return result;
   });
+  if ('payment' in result && result.lateSuccess) {
+    logLateSuccess(ctx, result.payment, { topUpId });
+    if (result.chargedTwice) {
+      ctx.log?.error(
+        { topUpId, paymentId: result.payment.id, accountId: result.payment.accountId },
+        'auto top-up: an earlier attempt was charged after it had been settled as no_charge_found and a newer attempt was made; the card may be charged twice (both are granted)',
+      );
+    }
+  }
+  return { topUpId: result.topUpId, status: result.status, reason: result.reason };
 }
 
 /**
@@ -250,14 +279,14 @@ export async function runAutoTopUp(ctx: ServiceContext, topUpId: string, attempt
   const { payment } = prepared;
   const pack = await findCreditPack(ctx.pool, payment.packId);
   assert(pack, 'a payment refers to an existing pack');
-  let outcome: ChargeOutcome;
   try {
-    outcome = await chargePayment(provider, payment, pack, ctx.clock());
+    const outcome = await chargePayment(ctx.pool, provider, payment, pack, ctx.clock());
+    return await recordOutcome(ctx, topUpId, payment, pack, outcome, attempt.attemptsMade + 1 >= attempt.attempts);
   } catch (err) {
+    // No answer, or "no charge found" too soon after the last send: the outcome is unknown, retried later.
     if (err instanceof PaymentTimeoutError) return { topUpId, status: 'PENDING', reason: `payment provider timed out: ${err.message}` };
     throw err;
   }
-  return recordOutcome(ctx, topUpId, payment, pack, outcome, attempt.attemptsMade + 1 >= attempt.attempts);
 }
 
 /**

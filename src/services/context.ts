@@ -3,6 +3,7 @@
  * in-force price book and settings.
  */
 import type pg from 'pg';
+import type { Logger } from 'pino';
 import type { PricingState } from './pricing-state.js';
 import type { PaymentProvider } from '../payments/provider.js';
 import type { GroupCommitter } from './group-commit.js';
@@ -28,4 +29,9 @@ export interface ServiceContext {
    * and forgets); absent: settleReservation always looks the owner up in the database.
    */
   reservationOwners?: ReservationOwners;
+  /**
+   * Where services log what needs an operator's eye but is not an error of the request (e.g. a
+   * charge's success that arrived after its payment was settled as not charged); absent: not logged.
+   */
+  log?: Pick<Logger, 'warn' | 'error'>;
 }

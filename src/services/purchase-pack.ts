@@ -16,7 +16,10 @@
  * amount; USD; the pack, which never changes): a payment method attached since does not change
  * it, or the provider would refuse the reused key. A purchase the client never retries is resumed
  * by the `resume-payment` job (services/resume-payment.ts). Past IDEMPOTENCY_KEY_SAFE_WINDOW_MS
- * after step 1 the charge is never re-sent, only looked up (provider.lookupCharge).
+ * after step 1 the charge is never re-sent, only looked up (provider.lookupCharge); a lookup
+ * that finds nothing is a decline (`no_charge_found`) only LOOKUP_SETTLE_DELAY_MS after the
+ * request was last sent (`payments.last_sent_at`, written before every send), since a request
+ * sent just before the window closed may still be in flight or not searchable yet.
  * Step 1 refuses (BAD_USER_INPUT, nothing charged) a pack that would take the balance above
  * MAX_ABS_MICRO_CREDITS; the grant at step 3 checks again under the account lock.
  */
@@ -24,7 +27,13 @@ import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
 import { toBigInt } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
-import { IDEMPOTENCY_KEY_SAFE_WINDOW_MS, PaymentTimeoutError, type ChargeOutcome, type PaymentProvider } from '../payments/provider.js';
+import {
+  IDEMPOTENCY_KEY_SAFE_WINDOW_MS,
+  LOOKUP_SETTLE_DELAY_MS,
+  PaymentTimeoutError,
+  type ChargeOutcome,
+  type PaymentProvider,
+} from '../payments/provider.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, balanceRoomError } from './grant-credits.js';
 import { canonicalUsd, findCreditPack, type CreditPackView } from './credit-packs.js';
@@ -55,8 +64,13 @@ export interface PaymentRow {
    * method then: those are only ever looked up, see chargePayment).
    */
   paymentMethodRef: string | null;
-  /** When the row was made, just before its first charge attempt (wall clock). */
+  /**
+   * When the row was made, just before its first charge attempt (wall clock): where the
+   * provider's idempotency key starts aging (IDEMPOTENCY_KEY_SAFE_WINDOW_MS).
+   */
   createdAt: Date;
+  /** When its provider request was last sent (wall clock; written just before each send). */
+  lastSentAt: Date;
 }
 
 /** A saved payment method as stored. */
@@ -82,6 +96,7 @@ export function toPaymentRow(r: Record<string, unknown>): PaymentRow {
     grantId: (r.grant_id as string | null) ?? null,
     paymentMethodRef: (r.payment_method_ref as string | null) ?? null,
     createdAt: r.created_at as Date,
+    lastSentAt: r.last_sent_at as Date,
   };
 }
 
@@ -125,16 +140,37 @@ export const NO_CHARGE_FOUND = 'no_charge_found';
 /**
  * Charges a PENDING payment (step 2), the payment id being the provider's idempotency key, with
  * exactly the request its row recorded (payment method, amount in USD, the pack's name and id),
- * so a retry or resume is the same request. A payment made more than
- * IDEMPOTENCY_KEY_SAFE_WINDOW_MS before `wallNow` (the provider may have forgotten its key) or
- * without a recorded payment method is never sent again: its charge is looked up
- * (provider.lookupCharge), and when the provider has none the outcome is a decline with code
- * {@link NO_CHARGE_FOUND} (nothing was taken).
+ * so a retry or resume is the same request. Before the request goes out, one statement checks
+ * that the payment is still PENDING and younger than IDEMPOTENCY_KEY_SAFE_WINDOW_MS at `wallNow`
+ * (measured from `created_at`, its first attempt: the provider ages the key from its first use)
+ * and records the send in `last_sent_at`. A payment that fails that check (too old: the provider
+ * may have forgotten its key; settled meanwhile) or has no recorded payment method is never sent
+ * again: its charge is looked up (provider.lookupCharge), and when the provider has none the
+ * outcome is a decline with code {@link NO_CHARGE_FOUND}, which {@link settlePayment} records
+ * only once LOOKUP_SETTLE_DELAY_MS have passed since the last send.
+ * @param db where the send is recorded (not inside the settling transaction: the mark must be
+ *   committed before the request goes out, so a concurrent lookup sees it)
  * @throws PaymentTimeoutError when the outcome is unknown (the payment stays PENDING).
  */
-export async function chargePayment(provider: PaymentProvider, payment: PaymentRow, pack: CreditPackView, wallNow: Date): Promise<ChargeOutcome> {
+export async function chargePayment(
+  db: pg.Pool,
+  provider: PaymentProvider,
+  payment: PaymentRow,
+  pack: CreditPackView,
+  wallNow: Date,
+): Promise<ChargeOutcome> {
   const ref = payment.paymentMethodRef;
-  if (ref === null || wallNow.getTime() - payment.createdAt.getTime() > IDEMPOTENCY_KEY_SAFE_WINDOW_MS) {
+  const marked =
+    ref !== null &&
+    (
+      await db.query(
+        `UPDATE payments SET last_sent_at = $2
+          WHERE id = $1 AND status = 'PENDING' AND created_at > $2::timestamptz - make_interval(secs => $3)
+          RETURNING id`,
+        [payment.id, wallNow, IDEMPOTENCY_KEY_SAFE_WINDOW_MS / 1000],
+      )
+    ).rows.length === 1;
+  if (ref === null || !marked) {
     const found = await provider.lookupCharge(payment.id);
     return (
       found ?? {
@@ -167,24 +203,49 @@ export async function assertBalanceRoom(db: pg.Pool | pg.PoolClient, accountId: 
   if (err) throw err;
 }
 
+/** True when a FAILED payment was settled because a lookup found no charge (not a provider's decline). */
+export function failedAsNoChargeFound(payment: PaymentRow): boolean {
+  return payment.status === 'FAILED' && (payment.error ?? '').startsWith(`${NO_CHARGE_FOUND}: `);
+}
+
 /**
  * Records a charge's outcome (step 3) inside the locked account transaction; the caller calls
  * atx.finish(). Success: grants the pack as one PAID batch of credits + bonus (source = the
  * payment's purpose, reference = the payment id, expiring `expiresAfterDays` after the account's
  * now when set, grant idempotency key `payment:<payment id>`) and marks the payment SUCCEEDED
  * with its grant. Decline / requires_action: marks it FAILED with `<reason>: <message>`.
- * @returns the payment after this call, and whether this call settled it (false: it was already
- *   settled, e.g. by a concurrent run of the same payment, and nothing was done).
+ * A lookup's "no charge found" ({@link NO_CHARGE_FOUND}) is recorded only when the payment's
+ * request was last sent more than LOOKUP_SETTLE_DELAY_MS before `wallNow` (checked on the locked
+ * row, so a send recorded after the lookup began is seen). A success for a payment already FAILED
+ * as `no_charge_found` (a request that was still in flight when the lookup settled it) is not
+ * dropped: the money was taken, so it is granted (once: the grant key) and the payment becomes
+ * SUCCEEDED; `lateSuccess` tells the caller to log it.
+ * @param wallNow the wall clock (the settle delay is measured on it, like `last_sent_at`)
+ * @returns the payment after this call, whether this call settled it (false: it was already
+ *   settled, e.g. by a concurrent run of the same payment, and nothing was done), and whether
+ *   it turned a `no_charge_found` payment into SUCCEEDED.
+ * @throws PaymentTimeoutError for "no charge found" within the settle delay (the caller keeps the
+ *   payment PENDING and tries later, as after a timeout); nothing was written.
  */
 export async function settlePayment(
   atx: AccountTx,
   paymentId: string,
   pack: CreditPackView,
   outcome: ChargeOutcome,
-): Promise<{ payment: PaymentRow; settledNow: boolean }> {
+  wallNow: Date,
+): Promise<{ payment: PaymentRow; settledNow: boolean; lateSuccess: boolean }> {
   const { rows } = await atx.tx.query('SELECT * FROM payments WHERE id = $1 AND account_id = $2 FOR UPDATE', [paymentId, atx.accountId]);
   const current = toPaymentRow(rows[0]);
-  if (current.status !== 'PENDING') return { payment: current, settledNow: false };
+  const lateSuccess = outcome.status === 'succeeded' && failedAsNoChargeFound(current);
+  if (current.status !== 'PENDING' && !lateSuccess) return { payment: current, settledNow: false, lateSuccess: false };
+  if (outcome.status === 'declined' && outcome.code === NO_CHARGE_FOUND) {
+    const sinceSentMs = wallNow.getTime() - current.lastSentAt.getTime();
+    if (sinceSentMs <= LOOKUP_SETTLE_DELAY_MS) {
+      throw new PaymentTimeoutError(
+        `no charge found yet for payment ${current.id}, but its request was sent ${Math.round(sinceSentMs / 1000)} s ago and may still be in flight or not searchable yet`,
+      );
+    }
+  }
   if (outcome.status === 'succeeded') {
     const grant = await applyGrant(atx, {
       amountMicroCredits: pack.microCredits + pack.bonusMicroCredits,
@@ -198,14 +259,14 @@ export async function settlePayment(
       `UPDATE payments SET status = 'SUCCEEDED', grant_id = $2, provider_ref = $3, error = NULL, updated_at = $4 WHERE id = $1 RETURNING *`,
       [current.id, grant.grantId, outcome.providerRef, atx.now],
     );
-    return { payment: toPaymentRow(done.rows[0]), settledNow: true };
+    return { payment: toPaymentRow(done.rows[0]), settledNow: true, lateSuccess };
   }
   const reason = outcome.status === 'declined' ? outcome.code : 'requires_action';
   const failed = await atx.tx.query(
     `UPDATE payments SET status = 'FAILED', provider_ref = $2, error = $3, updated_at = $4 WHERE id = $1 RETURNING *`,
     [current.id, outcome.status === 'requires_action' ? outcome.providerRef : null, `${reason}: ${outcome.message}`, atx.now],
   );
-  return { payment: toPaymentRow(failed.rows[0]), settledNow: true };
+  return { payment: toPaymentRow(failed.rows[0]), settledNow: true, lateSuccess: false };
 }
 
 /** The PAYMENT_FAILED error of a FAILED payment; `extensions.reason` is the provider's code or `requires_action`. */
@@ -293,23 +354,39 @@ export async function purchaseCreditPack(ctx: ServiceContext, cmd: PurchaseComma
 }
 
 /**
+ * Logs (warning) a success that arrived after its payment had been settled `no_charge_found`
+ * and was granted then (settlePayment's `lateSuccess`): the customer may have been told the
+ * payment failed. For the operators; nothing else to do.
+ */
+export function logLateSuccess(ctx: ServiceContext, payment: PaymentRow, extra: Record<string, unknown> = {}): void {
+  ctx.log?.warn(
+    { paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose, grantId: payment.grantId, providerRef: payment.providerRef, ...extra },
+    'payment: a charge succeeded after its payment was settled as no_charge_found; granted it now',
+  );
+}
+
+/**
  * Steps 2 and 3 of a PENDING purchase payment: charges it with its recorded request (or looks it
  * up, see chargePayment) and settles the outcome in one transaction under the account lock.
  * Used by purchaseCreditPack and the resume-payment job; safe to run concurrently with itself
  * (same idempotency key; the payment row is settled once).
  * @returns the payment after this call (SUCCEEDED with its grant, or FAILED).
- * @throws PaymentTimeoutError when the provider's answer is unknown (the payment stays PENDING);
+ * @throws PaymentTimeoutError when the provider's answer is unknown, or a lookup found no charge
+ *   within LOOKUP_SETTLE_DELAY_MS of the last send (the payment stays PENDING);
  *   LedgerError BAD_USER_INPUT when the grant would take the balance above MAX_ABS_MICRO_CREDITS
  *   (the payment stays PENDING and is granted by a later resume once the balance has room).
  */
 export async function completePurchase(ctx: ServiceContext, provider: PaymentProvider, payment: PaymentRow): Promise<PaymentRow> {
   const pack = await findCreditPack(ctx.pool, payment.packId);
   assert(pack, 'a payment refers to an existing pack');
-  const outcome = await chargePayment(provider, payment, pack, ctx.clock());
-  return withTransaction(ctx.pool, async (tx) => {
-    const atx = await AccountTx.lock(tx, payment.accountId, ctx.clock());
-    const { payment: after } = await settlePayment(atx, payment.id, pack, outcome);
+  const outcome = await chargePayment(ctx.pool, provider, payment, pack, ctx.clock());
+  const { payment: after, lateSuccess } = await withTransaction(ctx.pool, async (tx) => {
+    const wallNow = ctx.clock();
+    const atx = await AccountTx.lock(tx, payment.accountId, wallNow);
+    const settled = await settlePayment(atx, payment.id, pack, outcome, wallNow);
     await atx.finish();
-    return after;
+    return settled;
   });
+  if (lateSuccess) logLateSuccess(ctx, after);
+  return after;
 }

@@ -10,7 +10,8 @@
  * key (services/purchase-pack.ts completePurchase): a charge that happened is answered, not
  * repeated, and becomes its grant exactly once (grant key `payment:<payment id>`); a decline marks
  * the payment FAILED. Past IDEMPOTENCY_KEY_SAFE_WINDOW_MS the charge is only looked up, never
- * sent again. AUTO_TOP_UP payments are not resumed here: their `auto-top-up` job does it (the
+ * sent again; finding none leaves it PENDING (retried like a timeout) until LOOKUP_SETTLE_DELAY_MS
+ * after its last send, then marks it FAILED `no_charge_found`. AUTO_TOP_UP payments are not resumed here: their `auto-top-up` job does it (the
  * sweep re-adds it), because their outcome also updates the top-up.
  */
 import type pg from 'pg';
@@ -51,7 +52,8 @@ export async function findPaymentsToResume(db: pg.Pool, wallNow: Date, graceSeco
  * Resumes one PENDING purchase payment (module comment). A payment that is not PENDING (settled
  * by a retry of the client, or by a concurrent resume) or not a purchase is left alone.
  * @returns its status after this call; PENDING with a reason when the provider did not answer
- *   definitely or the grant would pass the balance limit (the caller retries later).
+ *   definitely, found no charge too soon after the last send, or the grant would pass the
+ *   balance limit (the caller retries later).
  * @throws LedgerError UNAVAILABLE when no provider is configured; errors of the provider that are
  *   not a timeout (e.g. a request it refuses) and database errors.
  */

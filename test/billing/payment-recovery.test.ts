@@ -7,7 +7,11 @@
  *   job on the real queue) and settled by its processor: granted once if it was charged, FAILED if
  *   declined; one younger than PAYMENT_RESUME_AFTER_SECONDS is left to its client;
  * - a payment older than IDEMPOTENCY_KEY_SAFE_WINDOW_MS is never sent again (the simulator then
- *   forgets keys like Stripe, so a resend would charge twice): its charge is looked up instead.
+ *   forgets keys like Stripe, so a resend would charge twice): its charge is looked up instead;
+ * - a lookup that finds nothing is a decline only LOOKUP_SETTLE_DELAY_MS after the last send: a
+ *   request sent just before the window closed (held in flight here by a gate on the simulator's
+ *   charge or lookup, no sleeps) is not declined under it, and a success that still arrives
+ *   after a `no_charge_found` settlement is granted once.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -19,6 +23,8 @@ import { processResumePayment } from '../../workers/processors/resume-payment.js
 import { processSweepDue } from '../../workers/processors/sweep-due.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { resumePayment } from '../../src/services/resume-payment.js';
+import { IDEMPOTENCY_KEY_SAFE_WINDOW_MS, LOOKUP_SETTLE_DELAY_MS } from '../../src/payments/provider.js';
+import type { ServiceContext } from '../../src/services/context.js';
 import type { WorkerDeps } from '../../workers/deps.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
@@ -56,19 +62,23 @@ function purchase(accountId: string, packId: string, key: string) {
 
 /**
  * An account (100 paid, threshold 50, pack of 20) paying with `card`, whose first charge the
- * simulator makes and then answers with a timeout (`timeout_after_charge`), that just crossed the
- * threshold: its PENDING top-up, and `run(attemptsMade)` calling the auto-top-up processor on it.
+ * simulator makes and then answers with a timeout (`timeout_after_charge`; or as `script` says),
+ * that just crossed the threshold: its PENDING top-up, and `run(attemptsMade, services?)` calling
+ * the auto-top-up processor on it.
  */
-async function topUpAfterLostAnswer(card: string) {
+async function topUpAfterLostAnswer(card: string, script: Parameters<PaymentSimulator['script']>[1] = ['timeout_after_charge']) {
   const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
   const accountId = await apiAccount(srv, { paid: '100' });
-  simulator.script(card, ['timeout_after_charge']);
+  simulator.script(card, script);
   await attachMethod(srv, accountId, card);
   ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
   ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
   const topUpId = (await topUps(srv, accountId))[0]!.id;
-  const run = (attemptsMade: number) =>
-    processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+  const run = (attemptsMade: number, services: ServiceContext = deps.services) =>
+    processAutoTopUp(
+      { ...deps, services },
+      { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 },
+    );
   return { accountId, topUpId, run };
 }
 
@@ -81,9 +91,62 @@ async function payments(accountId: string) {
   return rows as Array<{ id: string; status: string; payment_method_ref: string | null; grant_id: string | null; error: string | null }>;
 }
 
-/** Moves the account's payments' first attempt `ms` into the past (a payment made that long ago). */
+/** Moves the account's payments' first attempt and last send `ms` into the past (a payment made and last sent that long ago). */
 async function age(accountId: string, ms: number) {
-  await srv.services.pool.query(`UPDATE payments SET created_at = created_at - make_interval(secs => $2) WHERE account_id = $1`, [dbId(accountId), ms / 1000]);
+  await srv.services.pool.query(
+    `UPDATE payments SET created_at = created_at - make_interval(secs => $2), last_sent_at = last_sent_at - make_interval(secs => $2) WHERE account_id = $1`,
+    [dbId(accountId), ms / 1000],
+  );
+}
+
+/** Moves only the account's payments' last send `ms` into the past. */
+async function ageLastSend(accountId: string, ms: number) {
+  await srv.services.pool.query(`UPDATE payments SET last_sent_at = last_sent_at - make_interval(secs => $2) WHERE account_id = $1`, [dbId(accountId), ms / 1000]);
+}
+
+/** The services with a wall clock `ms` ahead of the real one (another process, a little later). */
+function later(ms: number): ServiceContext {
+  return { ...srv.services, clock: () => new Date(Date.now() + ms) };
+}
+
+/** A promise and its resolver. */
+function deferred() {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/**
+ * Holds the simulator's next `charge` (or `lookupCharge`) in flight: `started` resolves when it
+ * is called, it goes on to the real simulator once `release()` is called. `restore()` puts the
+ * method back if it was never called.
+ */
+function holdNext(method: 'charge' | 'lookupCharge') {
+  const started = deferred();
+  const released = deferred();
+  const target = simulator as unknown as Record<typeof method, (arg: unknown) => Promise<unknown>>;
+  const original = target[method];
+  const held = async (arg: unknown) => {
+    target[method] = original;
+    started.resolve();
+    await released.promise;
+    return original.call(simulator, arg);
+  };
+  target[method] = held;
+  return {
+    started: started.promise,
+    release: released.resolve,
+    restore: () => {
+      if (target[method] === held) target[method] = original;
+      released.resolve();
+    },
+  };
+}
+
+/** Auto top-up's settings row of the account (failures counted toward the pause). */
+async function topUpSettings(accountId: string) {
+  const { rows } = await srv.services.pool.query('SELECT enabled, consecutive_failures FROM auto_top_up_settings WHERE account_id = $1', [dbId(accountId)]);
+  return rows[0] as { enabled: boolean; consecutive_failures: number };
 }
 
 /** A buyer whose first charge on card one is scripted; returns the account and both cards. */
@@ -222,5 +285,140 @@ describe('past the provider idempotency window a payment is looked up, never sen
     expect(await run(1)).toMatchObject({ status: 'SUCCEEDED' });
     expect(simulator.chargeCount(card)).toBe(1);
     expect(await billingCounts(srv, accountId)).toEqual({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1, top_ups: 1 });
+  });
+});
+
+describe('a lookup that finds nothing is a decline only LOOKUP_SETTLE_DELAY_MS after the last send', () => {
+  const JUST_INSIDE_WINDOW_MS = IDEMPOTENCY_KEY_SAFE_WINDOW_MS - 10_000;
+
+  it('probe: a retry sent at 22h59m50s is in flight when a resume 20 s later looks the charge up: PENDING, then the charge is granted once', async () => {
+    const pack = await createPack(srv, { credits: '30', priceUsd: '3' });
+    const { accountId, cardOne } = await buyer(['timeout', 'succeed']);
+    const key = uniq('buy');
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
+    await age(accountId, JUST_INSIDE_WINDOW_MS);
+    const [pending] = await payments(accountId);
+    const charge = holdNext('charge');
+    try {
+      const retry = purchase(accountId, pack.id, key); // the client's retry: still inside the window, so it is sent
+      await charge.started;
+      const resumed = await resumePayment(later(20_000), pending!.id); // past the window: looked up, finds nothing yet
+      expect(resumed).toMatchObject({ status: 'PENDING', reason: expect.stringMatching(/no charge found yet/) });
+      expect((await payments(accountId))[0]!.status).toBe('PENDING');
+      charge.release();
+      const answer = await retry;
+      expect(ok(answer).purchaseCreditPack.amount).toBe('30');
+    } finally {
+      charge.restore();
+    }
+    expect(simulator.chargeCount(cardOne)).toBe(1);
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1 });
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('30');
+    expect(await resumePayment(later(LOOKUP_SETTLE_DELAY_MS * 2), pending!.id)).toMatchObject({ status: 'SUCCEEDED' });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a send recorded while the lookup was already running is seen when the lookup settles (under the row lock)', async () => {
+    const pack = await createPack(srv, { credits: '30', priceUsd: '3' });
+    const { accountId, cardOne } = await buyer(['timeout', 'succeed']);
+    const key = uniq('buy');
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
+    await age(accountId, JUST_INSIDE_WINDOW_MS);
+    const [pending] = await payments(accountId);
+    const lookup = holdNext('lookupCharge');
+    const charge = holdNext('charge');
+    try {
+      const resume = resumePayment(later(20_000), pending!.id); // read the row (last send 22h59m50s ago), now looking up
+      await lookup.started;
+      const retry = purchase(accountId, pack.id, key); // records its send, then waits in flight
+      await charge.started;
+      lookup.release();
+      expect(await resume).toMatchObject({ status: 'PENDING' });
+      charge.release();
+      expect(ok(await retry).purchaseCreditPack.amount).toBe('30');
+    } finally {
+      lookup.restore();
+      charge.restore();
+    }
+    expect(simulator.chargeCount(cardOne)).toBe(1);
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1 });
+  });
+
+  it('nothing found a minute after the last send: PENDING (the job retries); LOOKUP_SETTLE_DELAY_MS after it: FAILED no_charge_found', async () => {
+    const pack = await createPack(srv, { credits: '10', priceUsd: '1' });
+    const { accountId, cardOne } = await buyer(['timeout']);
+    const key = uniq('buy');
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
+    await age(accountId, IDEMPOTENCY_KEY_SAFE_WINDOW_MS + 1_800_000);
+    await srv.services.pool.query(`UPDATE payments SET last_sent_at = $2 WHERE account_id = $1`, [dbId(accountId), new Date(Date.now() - 60_000)]);
+    const [pending] = await payments(accountId);
+    const view = { name: 'resume-payment', data: { paymentId: pending!.id, accountId: dbId(accountId) }, attemptsMade: 0, attempts: 5 };
+    await expect(processResumePayment(deps, view)).rejects.toThrow(/no charge found yet.*will retry/);
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE'); // the client is told to retry, not that it failed
+    expect((await payments(accountId))[0]!.status).toBe('PENDING');
+
+    await ageLastSend(accountId, LOOKUP_SETTLE_DELAY_MS);
+    expect(await processResumePayment(deps, view)).toMatchObject({ status: 'FAILED', reason: expect.stringMatching(/^no_charge_found: /) });
+    expect(expectError(await purchase(accountId, pack.id, key), 'PAYMENT_FAILED').extensions?.reason).toBe('no_charge_found');
+    expect(simulator.chargeCount(cardOne)).toBe(0);
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, failed: 1, pack_grants: 0 });
+  });
+
+  it('purchase: a send that stalls past the delay is settled no_charge_found, and its late success is granted once (SUCCEEDED)', async () => {
+    const pack = await createPack(srv, { credits: '30', priceUsd: '3' });
+    const { accountId, cardOne } = await buyer(['timeout', 'succeed']);
+    const key = uniq('buy');
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
+    await age(accountId, JUST_INSIDE_WINDOW_MS);
+    const [pending] = await payments(accountId);
+    const charge = holdNext('charge');
+    let first: { id: string; amount: string };
+    try {
+      const retry = purchase(accountId, pack.id, key);
+      await charge.started;
+      const resumed = await resumePayment(later(LOOKUP_SETTLE_DELAY_MS + 60_000), pending!.id);
+      expect(resumed).toMatchObject({ status: 'FAILED', reason: expect.stringMatching(/^no_charge_found: /) });
+      charge.release();
+      first = ok(await retry).purchaseCreditPack;
+    } finally {
+      charge.restore();
+    }
+    expect(first.amount).toBe('30');
+    expect(ok(await purchase(accountId, pack.id, key)).purchaseCreditPack.id).toBe(first.id);
+    expect(await resumePayment(srv.services, pending!.id)).toMatchObject({ status: 'SUCCEEDED' });
+    expect(simulator.chargeCount(cardOne)).toBe(1);
+    expect(await payments(accountId)).toEqual([{ id: pending!.id, status: 'SUCCEEDED', payment_method_ref: cardOne, grant_id: dbId(first.id), error: null }]);
+    expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1 });
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('30');
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('auto top-up: nothing found 20 s after the last send counts no failure; a late success after no_charge_found ends the top-up SUCCEEDED with no second payment', async () => {
+    const card = `pm_card_${randomUUID()}`;
+    const { accountId, topUpId, run } = await topUpAfterLostAnswer(card, ['timeout', 'succeed']);
+    await expect(run(0)).rejects.toThrow(/will retry/);
+    await age(accountId, JUST_INSIDE_WINDOW_MS);
+    const charge = holdNext('charge');
+    try {
+      const inFlight = run(1); // inside the window: sent again with its key, held in flight
+      inFlight.catch(() => undefined); // awaited below; a rejection is the assertion's, not an unhandled one
+      await charge.started;
+      await expect(run(1, later(20_000))).rejects.toThrow(/no charge found yet.*will retry/);
+      expect((await payments(accountId))[0]!.status).toBe('PENDING');
+      expect(await topUpSettings(accountId)).toEqual({ enabled: true, consecutive_failures: 0 });
+      // The send stalls past the delay: the lookup settles it no_charge_found (a failure; the top-up stays PENDING).
+      await expect(run(1, later(LOOKUP_SETTLE_DELAY_MS + 60_000))).rejects.toThrow(/no_charge_found: .*will retry/);
+      expect((await payments(accountId))[0]!.status).toBe('FAILED');
+      charge.release();
+      expect(await inFlight).toMatchObject({ status: 'SUCCEEDED' });
+    } finally {
+      charge.restore();
+    }
+    expect(await run(2)).toMatchObject({ status: 'SUCCEEDED' });
+    expect(simulator.chargeCount(card)).toBe(1);
+    expect(await billingCounts(srv, accountId)).toEqual({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1, top_ups: 1 });
+    expect(await topUps(srv, accountId)).toMatchObject([{ id: topUpId, status: 'SUCCEEDED', attempts: 1 }]);
+    expect(await topUpSettings(accountId)).toEqual({ enabled: true, consecutive_failures: 0 });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 });

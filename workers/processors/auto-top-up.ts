@@ -24,9 +24,9 @@ function providerFor(env: Env): PaymentProvider {
   return provider;
 }
 
-/** The processors' services, with a payment provider made from the environment when they carry none. */
+/** The processors' services, with a payment provider made from the environment when they carry none, and the workers' logger when they carry none. */
 export function servicesWithProvider(deps: WorkerDeps): ServiceContext {
-  return deps.services.payments ? deps.services : { ...deps.services, payments: providerFor(deps.env) };
+  return { ...deps.services, payments: deps.services.payments ?? providerFor(deps.env), log: deps.services.log ?? deps.log };
 }
 
 /**
