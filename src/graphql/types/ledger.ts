@@ -104,7 +104,13 @@ export const CreditGrantRef = builder.prismaNode('CreditGrant', {
     type: t.field({ type: CreditTypeEnum, resolve: (g) => g.type }),
     amount: t.field({ type: 'Credits', resolve: (g) => g.amountMicroCredits }),
     createdAt: t.field({ type: 'DateTime', resolve: (g) => g.createdAt }),
-    reference: t.exposeString('reference', { nullable: true, description: "The caller's reference: promo code, referral, payment id, pack id, note." }),
+    reference: t.string({
+      nullable: true,
+      description: "The caller's reference: promo code, referral, payment id, pack id, note.",
+      // A referral grant's reference is the other party's account id: another tenant's, so an
+      // end user (who may read only its own accounts) is not shown it.
+      resolve: (g, _args, ctx) => (g.source === 'REFERRAL' && ctx.principal?.kind === 'user' ? null : g.reference),
+    }),
     voidedAt: t.field({ type: 'DateTime', nullable: true, resolve: (g) => g.voidedAt }),
     voidReason: t.exposeString('voidReason', { nullable: true }),
     note: t.exposeString('note', { nullable: true, description: 'Why the grant looks the way it does (e.g. a referral whose referrer was not rewarded).' }),

@@ -9,6 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../../setup/test-server.js';
 import { expectConsistent, expectError, expectUnchanged, ok, readAccount } from '../helpers.js';
+import { signUserToken } from '../../../src/auth/jwt.js';
 import { createAccount, growthCounts, referralSettings, setReferralSettings, type GrowthAccount } from './growth-helpers.js';
 
 const REWARD = '7.25';
@@ -96,6 +97,13 @@ describe('redeemReferral', () => {
     expect(e.referralsRewarded).toBe(0);
     await expectConsistent(srv, referrer.id);
     await expectConsistent(srv, referee.id);
+
+    // A member of the referee organization (end-user token) sees its reward, but not the
+    // referrer's account id: another tenant's.
+    const { externalId } = ok(await srv.gql(`query($id: ID!) { account(id: $id) { externalId } }`, { id: referee.id })).account;
+    const member = await signUserToken(srv.jwtSecret, { sub: 'member-1', org: externalId, expiresInSeconds: 600 });
+    const seen = (ok(await srv.gql(ACCOUNT, { id: referee.id }, member)).account as Awaited<ReturnType<typeof account>>).grants.edges.map((x) => x.node);
+    expect(seen.filter((x) => x.source === 'REFERRAL')).toEqual([{ id: g.id, amount: REWARD, type: 'FREE', source: 'REFERRAL', reference: null, note: null }]);
   });
 
   it('past the cap: of 5 new accounts the first 3 reward the referrer, the last 2 only themselves with a note saying so', async () => {
