@@ -20,6 +20,7 @@ import { validateUsageInput } from '../services/usage-command.js';
 import { modelPrices } from '../pricing/price-book.js';
 import { formatCredits } from '../ledger/credits.js';
 import type { GraphQLContext } from './context.js';
+import { MAX_DATE_TIME, MIN_DATE_TIME } from './input-values.js';
 
 const ViewerRef = builder.objectRef<{ userId: string; orgId: string | null }>('Viewer').implement({
   fields: (t) => ({
@@ -161,7 +162,7 @@ builder.queryType({
         if (!(await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { id: true } }))) {
           throw new LedgerError('NOT_FOUND', 'account not found');
         }
-        const range = { from: new Date(0), to: new Date(8.64e15) };
+        const range = { from: MIN_DATE_TIME, to: MAX_DATE_TIME }; // every instant the API accepts (events dated before 1970 included)
         const [totals] = await usageSummary(ctx.services.pool, accountId, range, [], { taskId: args.taskId });
         const byCategory = await usageSummary(ctx.services.pool, accountId, range, ['CATEGORY'], { taskId: args.taskId });
         return { taskId: args.taskId, creditsMicroCredits: totals?.creditsMicroCredits ?? 0n, events: totals?.events ?? 0, byCategory };

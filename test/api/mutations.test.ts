@@ -252,6 +252,16 @@ describe('recordUsage', () => {
     await bothInvariants(acct);
   });
 
+  it('taskCost counts every event of the task, also one dated before 1970 (any DateTime the API accepts)', async () => {
+    const acct = await apiAccount(srv, { paid: '10' });
+    const taskId = uniq('task');
+    for (const occurredAt of ['2026-01-02T00:00:00Z', '1969-12-31T23:00:00Z']) {
+      ok(await srv.gql(RECORD, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit', taskId, occurredAt } }));
+    }
+    const cost = ok(await srv.gql(`query($id: ID!, $t: String!) { taskCost(accountId: $id, taskId: $t) { credits events } }`, { id: acct, t: taskId })).taskCost;
+    expect(cost).toEqual({ credits: '2', events: 2 });
+  });
+
   it('a retry with the same key and input returns the first event and charges once', async () => {
     const acct = await apiAccount(srv, { paid: '5' });
     const input = usage(acct, { sku: 'half', agentId: 'agent-1', metadata: { step: 1 } });
@@ -369,6 +379,27 @@ describe('reservations', () => {
     const again = await expectUnchanged(srv, [acct], async () => ok(await srv.gql(RESERVE, { input })).reserveCredits);
     expect(again.id).toBe(hold.id);
     await bothInvariants(acct);
+  });
+
+  it('Account.reservations(status) lists an old ACTIVE hold behind 1,000 newer closed ones (filtered before the cap), and an expired ACTIVE row as EXPIRED', async () => {
+    const acct = await apiAccount(srv, { paid: '10' });
+    const hold = ok(await srv.gql(RESERVE, { input: { accountId: acct, amount: '1', idempotencyKey: uniq('old-hold') } })).reserveCredits;
+    // 1,000 newer holds, already released (written directly: their history does not matter here),
+    // and one ACTIVE row past its expiresAt (the sweep has not closed it yet).
+    await srv.services.pool.query(
+      `INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, closed_at, idempotency_key, request_hash)
+       SELECT gen_random_uuid(), $1, 1, CASE WHEN g = 0 THEN 'ACTIVE' ELSE 'RELEASED' END::"ReservationStatus",
+              now() - interval '1 minute', now() + g * interval '1 millisecond', CASE WHEN g = 0 THEN NULL ELSE now() END, 'closed-' || g, 'h'
+         FROM generate_series(0, 1000) g`,
+      [dbId(acct)],
+    );
+    const list = async (status: string) =>
+      ok(await srv.gql(`query($id: ID!, $s: [ReservationStatus!]) { account(id: $id) { reservations(status: $s) { id status } } }`, { id: acct, s: [status] })).account.reservations;
+    expect(await list('ACTIVE')).toEqual([{ id: hold.id, status: 'ACTIVE' }]);
+    const expired = await list('EXPIRED');
+    expect(expired).toHaveLength(1);
+    expect(expired[0].status).toBe('EXPIRED');
+    expect(await list('RELEASED')).toHaveLength(1000);
   });
 
   it('a new event is answered from what its INSERT wrote: every field equal to the stored event read back and to its replay, single and batch', async () => {

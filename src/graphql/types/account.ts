@@ -19,7 +19,6 @@ import {
   ReconciliationRef,
   ReservationRef,
   effectiveBatchStatus,
-  effectiveReservationStatus,
 } from './ledger.js';
 import { AccountKindEnum, BatchStatusEnum, ReservationStatusEnum, UsageDimensionEnum } from './enums.js';
 
@@ -73,6 +72,13 @@ function batchStatusWhere(statuses: readonly string[], now: Date): Prisma.Credit
   return { OR: or };
 }
 
+/** Prisma filter of the reservations whose status as shown (effectiveReservationStatus at `now`) is `status`: an ACTIVE hold past its expiresAt shows EXPIRED. */
+function reservationStatusWhere(status: string, now: Date): Prisma.ReservationWhereInput {
+  if (status === 'ACTIVE') return { status: 'ACTIVE', expiresAt: { gt: now } };
+  if (status === 'EXPIRED') return { OR: [{ status: 'EXPIRED' }, { status: 'ACTIVE', expiresAt: { lte: now } }] };
+  return { status: status as 'SETTLED' | 'RELEASED' };
+}
+
 /** GraphQL node `Account` (contract), backed by the Prisma model Account; id is a Relay global id. */
 export const AccountRef = builder.prismaNode('Account', {
   // Account-wide data (every field not marked skipTypeScopes, including those other modules add)
@@ -97,6 +103,9 @@ export const AccountRef = builder.prismaNode('Account', {
         const batches = await ctx.prisma.creditBatch.findMany({
           ...query,
           where: { accountId: a.id, ...batchStatusWhere(args.status ?? ['ACTIVE'], now) },
+          // Drawdown order (ledger/drawdown.ts: FREE first, soonest expiry, oldest) before the cap,
+          // so the batches drawn first are never the ones cut.
+          orderBy: [{ type: 'asc' }, { expiresAt: { sort: 'asc', nulls: 'last' } }, { addedAt: 'asc' }, { id: 'asc' }],
           take: 1000,
         });
         const drawable = (b: (typeof batches)[number]) => effectiveBatchStatus(b, now) === 'ACTIVE';
@@ -178,9 +187,10 @@ export const AccountRef = builder.prismaNode('Account', {
       args: { status: t.arg({ type: [ReservationStatusEnum], required: false }) },
       resolve: async (query, a, args, ctx) => {
         const now = accountNow(a, ctx.services.clock());
-        const rows = await ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id }, orderBy: { createdAt: 'desc' }, take: 1000 });
-        const wanted = args.status ? new Set<string>(args.status) : null;
-        return wanted ? rows.filter((r) => wanted.has(effectiveReservationStatus(r, now))) : rows;
+        // The statuses as the API shows them (effectiveReservationStatus), filtered in SQL before the
+        // cap, so an old ACTIVE hold is never cut by newer closed ones.
+        const where = args.status ? { OR: [...new Set(args.status)].map((s) => reservationStatusWhere(s, now)) } : {};
+        return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: { createdAt: 'desc' }, take: 1000 });
       },
     }),
     referralCode: t.exposeString('referralCode', { description: 'Code that a new account passes to redeemReferral.' }),
