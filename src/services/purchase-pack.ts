@@ -164,7 +164,9 @@ export async function chargePayment(
     ref !== null &&
     (
       await db.query(
-        `UPDATE payments SET last_sent_at = $2
+        // GREATEST: a caller that read its clock before waiting for a connection must not move
+        // another caller's later send time back (it would shorten the lookup's settle delay).
+        `UPDATE payments SET last_sent_at = GREATEST(last_sent_at, $2)
           WHERE id = $1 AND status = 'PENDING' AND created_at > $2::timestamptz - make_interval(secs => $3)
           RETURNING id`,
         [payment.id, wallNow, IDEMPOTENCY_KEY_SAFE_WINDOW_MS / 1000],
