@@ -52,7 +52,7 @@ function pothosOptions(node: { extensions?: unknown }): Record<string, unknown> 
  * True when reading `field` of `parentType` needs the accountData scope: the field's own
  * authScopes require it, or the type's do and the field does not skip type scopes.
  */
-export function fieldNeedsAccountData(parentType: GraphQLNamedType, field: GraphQLField<unknown, unknown>): boolean {
+function fieldNeedsAccountData(parentType: GraphQLNamedType, field: GraphQLField<unknown, unknown>): boolean {
   const fieldOptions = pothosOptions(field);
   if (requiresAccountData(fieldOptions['authScopes'])) return true;
   return requiresAccountData(pothosOptions(parentType)['authScopes']) && fieldOptions['skipTypeScopes'] !== true;
@@ -80,7 +80,7 @@ function accountDataAt(schema: GraphQLSchema, parent: GraphQLNamedType, fieldNam
  * refuses that itself). Fields the schema does not know are left to validation (which runs
  * before this). Other operations of the document are not looked at: they do not run.
  */
-export function firstAccountDataField(schema: GraphQLSchema, document: DocumentNode, operationName?: string | null): string | null {
+function firstAccountDataField(schema: GraphQLSchema, document: DocumentNode, operationName?: string | null): string | null {
   const operation = getOperationAST(document, operationName ?? undefined);
   if (!operation) return null;
   const fragments = new Map<string, FragmentDefinitionNode>();

@@ -184,7 +184,7 @@ function seqStream<T extends { seq: bigint }>(
   ctx: GraphQLContext,
   accountId: string,
   topics: readonly LiveMessage['topic'][],
-  rows: { after(seq: bigint): Promise<T[]>; pageSize: number; lastSeq(): Promise<bigint | null> },
+  rows: { after(seq: bigint, take: number): Promise<T[]>; pageSize: number; lastSeq(): Promise<bigint | null> },
 ): AsyncIterable<T | typeof CREDENTIAL_ENDED> {
   let lastSeq = 0n;
   // Every row after the last one sent, page by page: one transaction (a recordUsageBatch of up
@@ -192,7 +192,7 @@ function seqStream<T extends { seq: bigint }>(
   const since = async (): Promise<T[]> => {
     const all: T[] = [];
     for (;;) {
-      const found = await rows.after(lastSeq);
+      const found = await rows.after(lastSeq, rows.pageSize);
       if (found.length > 0) lastSeq = found[found.length - 1]!.seq;
       all.push(...found);
       if (found.length < rows.pageSize) return all;
@@ -217,7 +217,7 @@ function seqStream<T extends { seq: bigint }>(
  */
 function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent | typeof CREDENTIAL_ENDED> {
   return seqStream(ctx, accountId, ['balance', 'usage'], {
-    after: (seq) => ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 500 }),
+    after: (seq, take) => ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take }),
     pageSize: 500,
     lastSeq: async () => (await ctx.prisma.usageEvent.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
   });
@@ -226,7 +226,7 @@ function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Usag
 /** creditAlerts: each alert recorded after the subscription started. */
 function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert | typeof CREDENTIAL_ENDED> {
   return seqStream(ctx, accountId, ['alert'], {
-    after: (seq) => ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take: 100 }),
+    after: (seq, take) => ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take }),
     pageSize: 100,
     lastSeq: async () => (await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
   });

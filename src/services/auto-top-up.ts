@@ -270,10 +270,13 @@ export async function runAutoTopUp(ctx: ServiceContext, topUpId: string, attempt
   // instant. Charging the card for credit the plan is about to grant would be wrong; after the
   // roll, prepare() re-checks the balance and skips the top-up when the grant covers it.
   // A roll that fails must not keep a top-up whose charge may already have happened from
-  // settling: the top-up goes on without it (the roll's own `roll-period` job and the sweep retry
-  // it and log its error).
+  // settling: the top-up goes on without it (the roll's own `roll-period` job and the sweep retry it).
   const { rows: owner } = await ctx.pool.query('SELECT account_id FROM auto_top_ups WHERE id = $1', [topUpId]);
-  if (owner[0]) await rollBillingPeriods(ctx, owner[0].account_id as string).catch(() => undefined);
+  if (owner[0]) {
+    await rollBillingPeriods(ctx, owner[0].account_id as string).catch((err: unknown) =>
+      ctx.log?.warn({ err, topUpId }, 'auto top-up: rolling the due billing period first failed; the top-up goes on without it'),
+    );
+  }
   const prepared = await prepare(ctx, topUpId);
   if ('done' in prepared) return prepared.done;
   const { payment } = prepared;

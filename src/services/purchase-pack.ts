@@ -135,7 +135,7 @@ export async function findPaymentMethodRef(db: pg.Pool | pg.PoolClient, accountI
 }
 
 /** The `code` of the outcome of a payment the provider has no charge for (looked up, never sent): nothing was taken. */
-export const NO_CHARGE_FOUND = 'no_charge_found';
+const NO_CHARGE_FOUND = 'no_charge_found';
 
 /**
  * Charges a PENDING payment (step 2), the payment id being the provider's idempotency key, with
@@ -198,7 +198,7 @@ export async function chargePayment(
  * again under it).
  * @throws LedgerError BAD_USER_INPUT (field packId, reason BALANCE_LIMIT).
  */
-export async function assertBalanceRoom(db: pg.Pool | pg.PoolClient, accountId: string, pack: CreditPackView): Promise<void> {
+async function assertBalanceRoom(db: pg.Pool | pg.PoolClient, accountId: string, pack: CreditPackView): Promise<void> {
   const { rows } = await db.query('SELECT total_micro_credits FROM balances WHERE account_id = $1', [accountId]);
   if (!rows[0]) return;
   const err = balanceRoomError(toBigInt(rows[0].total_micro_credits), pack.microCredits + pack.bonusMicroCredits, 'packId');
@@ -206,7 +206,7 @@ export async function assertBalanceRoom(db: pg.Pool | pg.PoolClient, accountId: 
 }
 
 /** True when a FAILED payment was settled because a lookup found no charge (not a provider's decline). */
-export function failedAsNoChargeFound(payment: PaymentRow): boolean {
+function failedAsNoChargeFound(payment: PaymentRow): boolean {
   return payment.status === 'FAILED' && (payment.error ?? '').startsWith(`${NO_CHARGE_FOUND}: `);
 }
 

@@ -689,11 +689,7 @@ export async function chargeAccounts(
       const hash = commandHash(cmd);
       const prior = recorded.get(cmd.idempotencyKey);
       if (prior) {
-        out.push(
-          prior.requestHash === hash
-            ? { ok: true, result: { eventId: prior.id, replayed: true } }
-            : { ok: false, error: idempotencyConflict('usage event') },
-        );
+        out.push(replayOrConflict(prior, hash));
         continue;
       }
       const hold = cmd.reservationId ? acct.holds.get(cmd.reservationId) : undefined;
@@ -816,6 +812,11 @@ export async function chargeAccounts(
   return results;
 }
 
+/** A charge whose key is recorded: the recorded event replayed when `hash` is its request hash, else IDEMPOTENCY_CONFLICT (applyCharge's rule). */
+function replayOrConflict(prior: { id: string; requestHash: string }, hash: string): ItemOutcome {
+  return prior.requestHash === hash ? { ok: true, result: { eventId: prior.id, replayed: true } } : { ok: false, error: idempotencyConflict('usage event') };
+}
+
 /**
  * For a group decided from carried state (ChargeState.priorUsageRead false: its keys were not
  * looked up): every charge it refused, which inserts nothing, so the usage events' unique key
@@ -835,7 +836,7 @@ async function answerRecordedRefusals(tx: Tx, accountId: string, items: readonly
   const prior = await AccountTx.priorUsageKeys(tx, accountId, [...new Set(refused.map((r) => r.cmd.idempotencyKey))]);
   for (const { i, cmd } of refused) {
     const p = prior.get(cmd.idempotencyKey);
-    if (p) out[i] = p.requestHash === commandHash(cmd) ? { ok: true, result: { eventId: p.id, replayed: true } } : { ok: false, error: idempotencyConflict('usage event') };
+    if (p) out[i] = replayOrConflict(p, commandHash(cmd));
   }
 }
 
