@@ -193,6 +193,47 @@ describe('plans and billing cycles', () => {
     }
   });
 
+  /** The SUBSCRIPTION grants' amounts (oldest first; one instant: smaller first) and the plan in force. */
+  async function planGrants(accountId: string) {
+    const a = ok(
+      await srv.gql(`query($id: ID!) { account(id: $id) { subscription { plan { id } } grants(first: 50) { edges { node { amount source createdAt } } } } }`, { id: accountId }),
+    ).account;
+    const grants = a.grants.edges
+      .map((e: any) => e.node)
+      .filter((g: any) => g.source === 'SUBSCRIPTION')
+      .sort((x: any, y: any) => x.createdAt.localeCompare(y.createdAt) || Number(x.amount) - Number(y.amount))
+      .map((g: any) => g.amount);
+    return { grants, planId: a.subscription?.plan.id as string | undefined };
+  }
+
+  it('switching plans at the instant of the first subscription grants the new plan (its own grant key, no IDEMPOTENCY_CONFLICT); switching back at that instant grants nothing again', async () => {
+    const id = await testAccount('2026-04-01T00:00:00.000Z');
+    const small = await plan('ROLLOVER', '100');
+    const big = await plan('ROLLOVER', '250');
+    await subscribe(id, small);
+    expect(await subscribe(id, big)).toMatchObject({ active: true, currentPeriodStart: '2026-04-01T00:00:00.000Z' });
+    expect(await planGrants(id)).toEqual({ grants: ['100', '250'], planId: big });
+    // Back to the small plan in the same instant: its grant of this period exists (same key, same request).
+    await subscribe(id, small);
+    expect(await planGrants(id)).toEqual({ grants: ['100', '250'], planId: small });
+    const acct = await read(id);
+    expect(acct.balance.available).toBe('350');
+    expect(acct.reconciliation.consistent).toBe(true);
+  });
+
+  it('switching plans later in a period starts a new period at that instant with the new plan in full (the contract: "the period starts now"); the next period grants it again', async () => {
+    const id = await testAccount('2026-06-01T00:00:00.000Z');
+    const small = await plan('RESET', '100');
+    const big = await plan('RESET', '250');
+    await subscribe(id, small);
+    await advance(id, '2026-06-10T00:00:00.000Z');
+    expect(await subscribe(id, big)).toMatchObject({ currentPeriodStart: '2026-06-10T00:00:00.000Z', currentPeriodEnd: '2026-07-10T00:00:00.000Z' });
+    const after = await advance(id, '2026-07-10T00:00:00.000Z');
+    expect((await planGrants(id)).grants).toEqual(['100', '250', '250']);
+    expect(after.balance.periodStart).toBe('2026-07-10T00:00:00.000Z');
+    expect(after.reconciliation.consistent).toBe(true);
+  });
+
   it('planName follows the plan; a malformed plan is BAD_USER_INPUT', async () => {
     const id = await testAccount('2026-01-01T00:00:00.000Z');
     const p = await plan('RESET', '10');
