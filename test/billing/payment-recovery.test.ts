@@ -291,13 +291,19 @@ describe('past the provider idempotency window a payment is looked up, never sen
 describe('a lookup that finds nothing is a decline only LOOKUP_SETTLE_DELAY_MS after the last send', () => {
   const JUST_INSIDE_WINDOW_MS = IDEMPOTENCY_KEY_SAFE_WINDOW_MS - 10_000;
 
-  it('probe: a retry sent at 22h59m50s is in flight when a resume 20 s later looks the charge up: PENDING, then the charge is granted once', async () => {
+  /** A purchase (pack of 30) whose first answer was lost (`timeout`; the next send succeeds), aged to 10 s inside the 23 h window: its PENDING payment. */
+  async function lostPurchaseAlmostOutOfWindow() {
     const pack = await createPack(srv, { credits: '30', priceUsd: '3' });
     const { accountId, cardOne } = await buyer(['timeout', 'succeed']);
     const key = uniq('buy');
     expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
     await age(accountId, JUST_INSIDE_WINDOW_MS);
     const [pending] = await payments(accountId);
+    return { pack, accountId, cardOne, key, pending };
+  }
+
+  it('probe: a retry sent at 22h59m50s is in flight when a resume 20 s later looks the charge up: PENDING, then the charge is granted once', async () => {
+    const { pack, accountId, cardOne, key, pending } = await lostPurchaseAlmostOutOfWindow();
     const charge = holdNext('charge');
     try {
       const retry = purchase(accountId, pack.id, key); // the client's retry: still inside the window, so it is sent
@@ -319,12 +325,7 @@ describe('a lookup that finds nothing is a decline only LOOKUP_SETTLE_DELAY_MS a
   });
 
   it('a send recorded while the lookup was already running is seen when the lookup settles (under the row lock)', async () => {
-    const pack = await createPack(srv, { credits: '30', priceUsd: '3' });
-    const { accountId, cardOne } = await buyer(['timeout', 'succeed']);
-    const key = uniq('buy');
-    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
-    await age(accountId, JUST_INSIDE_WINDOW_MS);
-    const [pending] = await payments(accountId);
+    const { pack, accountId, cardOne, key, pending } = await lostPurchaseAlmostOutOfWindow();
     const lookup = holdNext('lookupCharge');
     const charge = holdNext('charge');
     try {
@@ -365,12 +366,7 @@ describe('a lookup that finds nothing is a decline only LOOKUP_SETTLE_DELAY_MS a
   });
 
   it('purchase: a send that stalls past the delay is settled no_charge_found, and its late success is granted once (SUCCEEDED)', async () => {
-    const pack = await createPack(srv, { credits: '30', priceUsd: '3' });
-    const { accountId, cardOne } = await buyer(['timeout', 'succeed']);
-    const key = uniq('buy');
-    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
-    await age(accountId, JUST_INSIDE_WINDOW_MS);
-    const [pending] = await payments(accountId);
+    const { pack, accountId, cardOne, key, pending } = await lostPurchaseAlmostOutOfWindow();
     const charge = holdNext('charge');
     let first: { id: string; amount: string };
     try {
