@@ -8,22 +8,19 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { pino } from 'pino';
 import { ZodError } from 'zod';
-import { parseEnv } from '../../src/config/env.js';
 import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import { runPendingTopUps } from '../../src/services/auto-top-up.js';
 import { expireDue } from '../../src/services/expire-due.js';
 import type { WorkerDeps } from '../../workers/deps.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectUnchanged, grant, ok, readAccount, uniq } from '../api/helpers.js';
-import { attachMethod, billingCounts, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
+import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
 
-const SET = `mutation($input: SetAutoTopUpInput!) { setAutoTopUp(input: $input) { enabled } }`;
-const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
+const SET = SET_AUTO_TOP_UP;
+const RECORD = RECORD_USAGE;
 
 let billing: BillingServer;
 let srv: TestServer;
@@ -33,7 +30,7 @@ let deps: WorkerDeps;
 beforeAll(async () => {
   billing = await startBillingServer();
   ({ srv, simulator } = billing);
-  deps = { services: srv.services, log: pino({ level: 'silent' }), env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, QUEUE_PREFIX: billing.prefix }) };
+  deps = billingWorkerDeps(billing);
 });
 
 afterAll(async () => {

@@ -11,7 +11,10 @@ import { Redis } from 'ioredis';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { PaymentSimulator } from '../../src/payments/simulator.js';
 import { dbId, ok, uniq } from '../api/helpers.js';
-import { TEST_REDIS_URL } from '../setup/env.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { pino } from 'pino';
+import { parseEnv } from '../../src/config/env.js';
+import type { WorkerDeps } from '../../workers/deps.js';
 import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE } from '../../src/queues/names.js';
 
 /** A test server whose relay enqueues jobs under its own `prefix`, and its simulator. */
@@ -99,4 +102,22 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | null | u
     if (Date.now() > deadline) expect.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
+}
+
+/** setAutoTopUp, answering `enabled`. */
+export const SET_AUTO_TOP_UP = `mutation($input: SetAutoTopUpInput!) { setAutoTopUp(input: $input) { enabled } }`;
+/** recordUsage, answering the event's `id`. */
+export const RECORD_USAGE = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
+
+/**
+ * What a worker processor needs, over the billing server's own services (so its simulator), with a
+ * silent log and the test environment (its queue prefix) plus `env` overrides (e.g.
+ * PAYMENT_RESUME_AFTER_SECONDS): for calling processors directly in a test.
+ */
+export function billingWorkerDeps(billing: BillingServer, env: Record<string, string> = {}): WorkerDeps {
+  return {
+    services: billing.srv.services,
+    log: pino({ level: 'silent' }),
+    env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, QUEUE_PREFIX: billing.prefix, ...env }),
+  };
 }

@@ -15,9 +15,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { pino } from 'pino';
 import { Redis } from 'ioredis';
-import { parseEnv } from '../../src/config/env.js';
 import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import { processResumePayment } from '../../workers/processors/resume-payment.js';
 import { processSweepDue } from '../../workers/processors/sweep-due.js';
@@ -27,15 +25,15 @@ import { IDEMPOTENCY_KEY_SAFE_WINDOW_MS, LOOKUP_SETTLE_DELAY_MS } from '../../sr
 import type { ServiceContext } from '../../src/services/context.js';
 import type { WorkerDeps } from '../../workers/deps.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, ok, readAccount, uniq } from '../api/helpers.js';
-import { attachMethod, billingCounts, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
+import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
 
 const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id amount } }`;
-const SET = `mutation($input: SetAutoTopUpInput!) { setAutoTopUp(input: $input) { enabled } }`;
-const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
+const SET = SET_AUTO_TOP_UP;
+const RECORD = RECORD_USAGE;
 
 let billing: BillingServer;
 let srv: TestServer;
@@ -45,11 +43,7 @@ let deps: WorkerDeps;
 beforeAll(async () => {
   billing = await startBillingServer();
   ({ srv, simulator } = billing);
-  deps = {
-    services: srv.services,
-    log: pino({ level: 'silent' }),
-    env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, QUEUE_PREFIX: billing.prefix, PAYMENT_RESUME_AFTER_SECONDS: '120' }),
-  };
+  deps = billingWorkerDeps(billing, { PAYMENT_RESUME_AFTER_SECONDS: '120' });
 });
 
 afterAll(async () => {
