@@ -19,8 +19,6 @@ import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectUnchanged, grant, ok, readAccount, uniq } from '../api/helpers.js';
 import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
 
-const SET = SET_AUTO_TOP_UP;
-const RECORD = RECORD_USAGE;
 
 let billing: BillingServer;
 let srv: TestServer;
@@ -42,8 +40,8 @@ async function crossed(reference = `pm_ok_${randomUUID()}`): Promise<{ accountId
   const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
   const accountId = await apiAccount(srv, { paid: '100' });
   await attachMethod(srv, accountId, reference);
-  ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-  ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
   const rows = await topUps(srv, accountId);
   expect(rows.map((t) => t.status)).toEqual(['PENDING']);
   return { accountId, reference, packId: pack.id, topUpId: rows[0]!.id };
@@ -69,7 +67,7 @@ describe('processAutoTopUp', () => {
     ok(await srv.gql(`mutation($a: ID!, $p: ID!) { subscribeToPlan(accountId: $a, planId: $p) { active } }`, { a: accountId, p: plan }));
     const pack = await createPack(srv, { credits: '50', priceUsd: '5' });
     await attachMethod(srv, accountId);
-    ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '10', packId: pack.id } }));
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '10', packId: pack.id } }));
     // The account's clock passes the period end without advanceTestClock (which rolls at once),
     // and the expiry runs first, as the batch's expire-due job or the sweep would.
     await srv.services.pool.query(`UPDATE accounts SET test_clock_at = '2026-04-01T00:00:01.000Z' WHERE id = $1`, [dbId(accountId)]);
@@ -118,7 +116,7 @@ describe('processAutoTopUp', () => {
 
   it('skips without charging when auto top-up was turned off, or credit is back above the threshold', async () => {
     const off = await crossed();
-    ok(await srv.gql(SET, { input: { accountId: off.accountId, enabled: false, thresholdCredits: '50', packId: off.packId } }));
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId: off.accountId, enabled: false, thresholdCredits: '50', packId: off.packId } }));
     expect(await run(off.accountId, off.topUpId)).toMatchObject({ status: 'SKIPPED', reason: 'auto top-up is disabled or paused' });
 
     const refilled = await crossed();

@@ -32,8 +32,6 @@ import { apiAccount, dbId, expectError, ok, readAccount, uniq } from '../api/hel
 import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
 
 const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id amount } }`;
-const SET = SET_AUTO_TOP_UP;
-const RECORD = RECORD_USAGE;
 
 let billing: BillingServer;
 let srv: TestServer;
@@ -65,8 +63,8 @@ async function topUpAfterLostAnswer(card: string, script: Parameters<PaymentSimu
   const accountId = await apiAccount(srv, { paid: '100' });
   simulator.script(card, script);
   await attachMethod(srv, accountId, card);
-  ok(await srv.gql(SET, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-  ok(await srv.gql(RECORD, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
   const topUpId = (await topUps(srv, accountId))[0]!.id;
   const run = (attemptsMade: number, services: ServiceContext = deps.services) =>
     processAutoTopUp(
