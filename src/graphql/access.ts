@@ -41,6 +41,18 @@ export async function canReadAccount(ctx: GraphQLContext, accountId: string): Pr
 }
 
 /**
+ * Throws NOT_FOUND unless the caller may read the account and it exists. For an end user the
+ * access check already found the row; a service key's check is a scope check only, so the
+ * account is looked up then: a missing account answers as a foreign one does (ids.ts).
+ * @throws LedgerError UNAUTHENTICATED without credentials, NOT_FOUND otherwise.
+ */
+export async function assertAccountReadable(ctx: GraphQLContext, accountId: string, what = 'account'): Promise<void> {
+  await assertCanReadAccount(ctx, accountId, what);
+  if (ctx.principal?.kind === 'user') return;
+  if (!(await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { id: true } }))) throw new LedgerError('NOT_FOUND', `${what} not found`);
+}
+
+/**
  * Throws NOT_FOUND unless the caller may read the account.
  * @throws LedgerError UNAUTHENTICATED without credentials, NOT_FOUND otherwise.
  */

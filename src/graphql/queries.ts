@@ -7,7 +7,7 @@ import { CreditAlertRef } from './types/alerts.js';
 import { PlanRef } from './plans.js';
 import { CreditPackRef } from './billing.js';
 import { LedgerError } from '../ledger/errors.js';
-import { assertCanReadAccount, canReadAccount } from './access.js';
+import { assertAccountReadable, assertCanReadAccount, canReadAccount } from './access.js';
 import { decodeId, tryDecodeId } from './ids.js';
 import { AccountRef, UsageSummaryRowRef } from './types/account.js';
 import { CreditBatchRef, CreditGrantRef, LedgerEntryRef, ReservationRef, UsageEventRef } from './types/ledger.js';
@@ -156,12 +156,7 @@ builder.queryType({
       args: { accountId: t.arg.id({ required: true }), taskId: t.arg.string({ required: true }) },
       resolve: async (_root, args, ctx) => {
         const accountId = decodeId(String(args.accountId), 'Account', 'account');
-        await assertCanReadAccount(ctx, accountId);
-        // A service key may read every account, so assertCanReadAccount does not look the account
-        // up; a missing one answers NOT_FOUND, as `quote` does and as a foreign one does (ids.ts).
-        if (!(await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { id: true } }))) {
-          throw new LedgerError('NOT_FOUND', 'account not found');
-        }
+        await assertAccountReadable(ctx, accountId); // a missing account is NOT_FOUND, as for `quote`
         const range = { from: MIN_DATE_TIME, to: MAX_DATE_TIME }; // every instant the API accepts (events dated before 1970 included)
         const [totals] = await usageSummary(ctx.services.pool, accountId, range, [], { taskId: args.taskId });
         const byCategory = await usageSummary(ctx.services.pool, accountId, range, ['CATEGORY'], { taskId: args.taskId });

@@ -26,7 +26,7 @@ import type { UsageEvent, CreditAlert } from '../generated/prisma/client.js';
 import { builder } from './builder.js';
 import { BalanceRef, UsageEventRef } from './types/ledger.js';
 import { CreditAlertRef } from './types/alerts.js';
-import { assertCanReadAccount } from './access.js';
+import { assertAccountReadable } from './access.js';
 import { decodeId } from './ids.js';
 import { LedgerError } from '../ledger/errors.js';
 import type { GraphQLContext } from './context.js';
@@ -68,9 +68,7 @@ interface StreamHandlers<T> {
  */
 async function liveAccount(ctx: GraphQLContext, globalId: string): Promise<string> {
   const accountId = decodeId(globalId, 'Account', 'account');
-  await assertCanReadAccount(ctx, accountId);
-  const exists = await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { id: true } });
-  if (!exists) throw new LedgerError('NOT_FOUND', 'account not found');
+  await assertAccountReadable(ctx, accountId);
   if (!ctx.live) throw new LedgerError('UNAVAILABLE', 'live updates are not served by this instance');
   return accountId;
 }

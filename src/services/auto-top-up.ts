@@ -31,6 +31,7 @@ import { balanceRoomError } from './grant-credits.js';
 import { rollBillingPeriods } from './plans.js';
 import {
   chargePayment,
+  findPayment,
   findPaymentMethodRef,
   logLateSuccess,
   requireProvider,
@@ -146,8 +147,7 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
     if (row.status !== 'PENDING') return { done: { topUpId, status: row.status as TopUpStatus, reason: null } };
     const methodRef = await findPaymentMethodRef(tx, atx.accountId);
     if (row.payment_id) {
-      const { rows } = await tx.query('SELECT * FROM payments WHERE id = $1', [row.payment_id]);
-      const payment = toPaymentRow(rows[0]);
+      const payment = (await findPayment(tx, row.payment_id as string))!; // the top-up's payment exists (foreign key)
       // A charge whose outcome was never recorded: send its recorded request again with its key (never twice).
       if (payment.status === 'PENDING') return { payment };
     }

@@ -100,6 +100,12 @@ export function toPaymentRow(r: Record<string, unknown>): PaymentRow {
   };
 }
 
+/** The payment with id `paymentId` (uuid) as a PaymentRow, or null when there is none. */
+export async function findPayment(db: Pick<pg.Pool, 'query'>, paymentId: string): Promise<PaymentRow | null> {
+  const { rows } = await db.query('SELECT * FROM payments WHERE id = $1', [paymentId]);
+  return rows[0] ? toPaymentRow(rows[0]) : null;
+}
+
 /** The configured provider. @throws LedgerError UNAVAILABLE when this process has none. */
 export function requireProvider(ctx: ServiceContext): PaymentProvider {
   if (!ctx.payments) throw new LedgerError('UNAVAILABLE', 'payments are not configured on this server');

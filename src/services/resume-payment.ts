@@ -17,7 +17,7 @@
 import type pg from 'pg';
 import { LedgerError } from '../ledger/errors.js';
 import { PaymentTimeoutError } from '../payments/provider.js';
-import { completePurchase, requireProvider, toPaymentRow, type PaymentRow } from './purchase-pack.js';
+import { completePurchase, findPayment, requireProvider, type PaymentRow } from './purchase-pack.js';
 import type { ServiceContext } from './context.js';
 
 /** What one resume did: the payment's status after it, and why it is still PENDING if it is. */
@@ -59,9 +59,8 @@ export async function findPaymentsToResume(db: pg.Pool, wallNow: Date, graceSeco
  */
 export async function resumePayment(ctx: ServiceContext, paymentId: string): Promise<ResumePaymentResult> {
   const provider = requireProvider(ctx);
-  const { rows } = await ctx.pool.query('SELECT * FROM payments WHERE id = $1', [paymentId]);
-  if (!rows[0]) return { paymentId, status: 'NOT_FOUND', reason: null };
-  const payment = toPaymentRow(rows[0]);
+  const payment = await findPayment(ctx.pool, paymentId);
+  if (!payment) return { paymentId, status: 'NOT_FOUND', reason: null };
   if (payment.status !== 'PENDING' || payment.purpose !== 'PURCHASE') return { paymentId, status: payment.status, reason: null };
   try {
     const after = await completePurchase(ctx, provider, payment);
