@@ -8,7 +8,7 @@
 import { z } from 'zod';
 import { resumePayment, type ResumePaymentResult } from '../../src/services/resume-payment.js';
 import type { Processor } from '../deps.js';
-import { servicesWithProvider } from './auto-top-up.js';
+import { servicesWithProvider } from '../deps.js';
 
 /** Payload: the payment (and its account, for logs). */
 export const ResumePaymentPayload = z.object({ paymentId: z.string().uuid(), accountId: z.string().uuid() });
