@@ -2,15 +2,17 @@
 # Makes PostgreSQL and Redis reachable and exports DATABASE_URL, REDIS_URL and
 # TEST_DATABASE_URL. Meant to be sourced:   source scripts/services.sh
 #
-# For each service, the first reachable of these is used:
-#   1. $DATABASE_URL / $REDIS_URL when set;
-#   2. the defaults postgresql://postgres@127.0.0.1:5432/creditpool and redis://127.0.0.1:6379
-#      (overridable with CREDITPOOL_PG_DEFAULT / CREDITPOOL_REDIS_DEFAULT, e.g. for tests);
-#   3. a PRIVATE instance under <project>/.data/ (or $CREDITPOOL_DATA_DIR) on a free port,
+# For each service:
+#   1. $DATABASE_URL / $REDIS_URL when set and reachable;
+#   2. when not set, the defaults postgresql://postgres@127.0.0.1:5432/creditpool and
+#      redis://127.0.0.1:6379 if reachable (overridable with CREDITPOOL_PG_DEFAULT /
+#      CREDITPOOL_REDIS_DEFAULT, e.g. for tests);
+#   3. else (a given URL that is not reachable included) a PRIVATE instance under <project>/.data/ (or $CREDITPOOL_DATA_DIR) on a free port,
 #      started from Debian's postgresql / redis-server packages (installed with apt-get when
 #      missing). Its URL is recorded in .data/services.env so later runs reuse it (restarting it
 #      when stopped). scripts/stop-services.sh stops private instances.
-# TEST_DATABASE_URL defaults to the same server with database creditpool_test.
+# TEST_DATABASE_URL defaults to the same server with database creditpool_test; a given one whose
+# server is not reachable is moved to the chosen server (same database name).
 # Works under `set -euo pipefail`; on failure it returns non-zero (never exits the caller).
 
 _cp_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -110,17 +112,36 @@ _cp_pg_bindir() {
 # to run as root).
 _cp_pg_run() {
   if [[ "$(id -u)" == 0 ]]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@") # from /: the caller's directory may be closed to postgres
   else
     "$@"
   fi
 }
 
+# Where the private PostgreSQL's data directory is: <data>/pg, or, when we are root and the
+# `postgres` user cannot reach <data> (a clone under /root, mode 0700, on a fresh machine),
+# /var/lib/creditpool/<hash of the project path>/pg with <data>/pg a symlink to it (so
+# scripts/stop-services.sh and later runs find it). Prints the real directory.
+_cp_pg_datadir() {
+  local home
+  if [[ -L "$_cp_data/pg" ]]; then readlink -f "$_cp_data/pg"; return 0; fi
+  if [[ "$(id -u)" == 0 ]] && ! runuser -u postgres -- test -x "$_cp_data" 2>/dev/null; then
+    home="/var/lib/creditpool/$(printf '%s' "$_cp_root" | sha256sum | cut -c1-16)"
+    _cp_log "the postgres user cannot reach $_cp_data; keeping the private PostgreSQL's data in $home/pg"
+    install -d -o postgres -g postgres -m 700 "$home" || return 1
+    rm -rf "$_cp_data/pg" && ln -s "$home/pg" "$_cp_data/pg" || return 1
+    echo "$home/pg"; return 0
+  fi
+  echo "$_cp_data/pg"
+}
+
 # Starts (initialising on first use) the private PostgreSQL on port $1.
 _cp_start_private_pg() {
-  local port="$1" bindir dir="$_cp_data/pg" db
+  local port="$1" bindir dir pglog db
   bindir="$(_cp_pg_bindir)" || return 1
   mkdir -p "$_cp_data" || return 1
+  dir="$(_cp_pg_datadir)" || return 1
+  pglog="$(dirname "$dir")/pg.log"
   if [[ ! -f "$dir/PG_VERSION" ]]; then
     _cp_log "initialising private PostgreSQL in $dir"
     rm -rf "$dir" && mkdir -p "$dir" && chmod 700 "$dir" || return 1
@@ -135,10 +156,10 @@ _cp_start_private_pg() {
     } >>"$dir/postgresql.conf" || return 1
   fi
   if [[ "$(id -u)" == 0 ]]; then
-    touch "$_cp_data/pg.log" && chown postgres: "$_cp_data/pg.log" || return 1
+    touch "$pglog" && chown postgres: "$pglog" || return 1
   fi
-  _cp_detached _cp_pg_run "$bindir/pg_ctl" -D "$dir" -l "$_cp_data/pg.log" -o "-p $port" -w -t 60 start >/dev/null \
-    || { _cp_log "PostgreSQL did not start, see $_cp_data/pg.log"; return 1; }
+  _cp_detached _cp_pg_run "$bindir/pg_ctl" -D "$dir" -l "$pglog" -o "-p $port" -w -t 60 start >/dev/null \
+    || { _cp_log "PostgreSQL did not start, see $pglog"; return 1; }
   for db in creditpool creditpool_test; do
     _cp_pg_run "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db" 2>/dev/null || true
   done
@@ -226,17 +247,18 @@ _cp_main() {
   local pg_url="" redis_url="" pg_kind="" redis_kind="" url port
   _cp_priv_pg="" _cp_priv_redis="" _cp_lock_fd=""
 
-  # PostgreSQL: given URL, then default.
-  for url in "${DATABASE_URL:-}" "$pg_default"; do
-    [[ -n "$url" ]] || continue
-    if _cp_pg_ok "$url"; then pg_url="$url"; pg_kind="$([[ "$url" == "${DATABASE_URL:-}" ]] && echo DATABASE_URL || echo default)"; break; fi
-    if [[ "$url" == "${DATABASE_URL:-}" ]]; then _cp_log "DATABASE_URL not reachable (${url%%\?*}), looking further"; fi
-  done
-  for url in "${REDIS_URL:-}" "$redis_default"; do
-    [[ -n "$url" ]] || continue
-    if _cp_redis_ok "$url"; then redis_url="$url"; redis_kind="$([[ "$url" == "${REDIS_URL:-}" ]] && echo REDIS_URL || echo default)"; break; fi
-    if [[ "$url" == "${REDIS_URL:-}" ]]; then _cp_log "REDIS_URL not reachable ($url), looking further"; fi
-  done
+  # PostgreSQL: the given URL, else the default. A given URL that is not reachable is replaced by
+  # a private instance, never by the default: that may be another project's (shared) server.
+  if [[ -n "${DATABASE_URL:-}" ]]; then
+    if _cp_pg_ok "$DATABASE_URL"; then pg_url="$DATABASE_URL"; pg_kind="DATABASE_URL"
+    else _cp_log "DATABASE_URL not reachable (${DATABASE_URL%%\?*}): using a private PostgreSQL"; fi
+  elif _cp_pg_ok "$pg_default"; then pg_url="$pg_default"; pg_kind="default"
+  fi
+  if [[ -n "${REDIS_URL:-}" ]]; then
+    if _cp_redis_ok "$REDIS_URL"; then redis_url="$REDIS_URL"; redis_kind="REDIS_URL"
+    else _cp_log "REDIS_URL not reachable ($REDIS_URL): using a private Redis"; fi
+  elif _cp_redis_ok "$redis_default"; then redis_url="$redis_default"; redis_kind="default"
+  fi
 
   # Private instances recorded by an earlier run and still up: no lock needed.
   if [[ -z "$pg_url" || -z "$redis_url" ]]; then
@@ -264,11 +286,20 @@ _cp_main() {
   fi
 
   export DATABASE_URL="$pg_url" REDIS_URL="$redis_url"
-  if [[ -z "${TEST_DATABASE_URL:-}" ]]; then
+  # The test database on the chosen server: creditpool_test, or the database a given
+  # TEST_DATABASE_URL names when its own server is not reachable (it pointed at the server
+  # DATABASE_URL named, which was replaced).
+  local test_db="creditpool_test" given="${TEST_DATABASE_URL:-}"
+  if [[ -n "$given" ]] && ! _cp_pg_ok "$given"; then
+    test_db="${given%%\?*}"; test_db="${test_db##*/}"
+    _cp_log "TEST_DATABASE_URL not reachable (${given%%\?*}): using database $test_db on ${pg_url%%\?*}"
+    given=""
+  fi
+  if [[ -z "$given" ]]; then
     local base="${pg_url%%\?*}" query
     query="${pg_url#"$base"}"
     if [[ "${base#*://}" == */* ]]; then base="${base%/*}"; fi
-    export TEST_DATABASE_URL="$base/creditpool_test$query"
+    export TEST_DATABASE_URL="$base/$test_db$query"
   fi
   echo "services: PostgreSQL ${DATABASE_URL%%\?*} ($pg_kind), Redis $REDIS_URL ($redis_kind)" >&2
 }

@@ -8,15 +8,17 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 data="${CREDITPOOL_DATA_DIR:-$root/.data}"
 stopped=0
 
-if [[ -f "$data/pg/postmaster.pid" ]]; then
+# <data>/pg may be a symlink to where the postgres user can reach it (scripts/services.sh).
+pgdir="$(readlink -f "$data/pg" 2>/dev/null || echo "$data/pg")"
+if [[ -f "$pgdir/postmaster.pid" ]]; then
   bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
   if [[ -n "$bindir" ]]; then
     if [[ "$(id -u)" == 0 ]]; then
-      runuser -u postgres -- "$bindir/pg_ctl" -D "$data/pg" -m fast -w stop >/dev/null || true
+      (cd / && runuser -u postgres -- "$bindir/pg_ctl" -D "$pgdir" -m fast -w stop >/dev/null) || true
     else
-      "$bindir/pg_ctl" -D "$data/pg" -m fast -w stop >/dev/null || true
+      "$bindir/pg_ctl" -D "$pgdir" -m fast -w stop >/dev/null || true
     fi
-    echo "stop-services: stopped private PostgreSQL ($data/pg)"
+    echo "stop-services: stopped private PostgreSQL ($pgdir)"
     stopped=1
   fi
 fi
