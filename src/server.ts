@@ -39,6 +39,7 @@ import type { Authenticator } from './auth/authenticator.js';
 import type { QueryTimings } from './db/query-timings.js';
 import { LedgerError } from './ledger/errors.js';
 import { bodyRefusal } from './http/body-limit.js';
+import { atInstant, type InstantTimer } from './live/at-instant.js';
 
 /** What the server needs, created by the process entry (src/main.ts) or a test. */
 export interface ServerDeps {
@@ -93,7 +94,7 @@ interface WsState {
   tokenKey?: string;
   connectionId: string;
   operations: Set<string>;
-  expiryTimer?: NodeJS.Timeout;
+  expiryTimer?: InstantTimer;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
@@ -343,16 +344,13 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         state.principal = principal;
         state.authorization = authorization;
         if (principal.kind === 'user' && principal.expiresAt) {
-          state.expiryTimer = setTimeout(
-            () => socket.close(WS_CLOSE.forbidden, 'Forbidden: token expired'),
-            Math.max(0, principal.expiresAt.getTime() - Date.now()),
-          );
+          state.expiryTimer = atInstant(principal.expiresAt, () => socket.close(WS_CLOSE.forbidden, 'Forbidden: token expired'));
         }
         return true;
       },
       onClose: (ctx) => {
         const state = stateOf(ctx.extra);
-        if (state.expiryTimer) clearTimeout(state.expiryTimer);
+        state.expiryTimer?.cancel();
         if (state.tokenKey) {
           const left = (connectionsPerToken.get(state.tokenKey) ?? 1) - 1;
           if (left > 0) connectionsPerToken.set(state.tokenKey, left);

@@ -36,12 +36,11 @@ const EnvSchema = z.object({
   JWT_AUDIENCE: z.string().optional(),
   /**
    * Longest accepted end-user token lifetime in seconds: `exp` (required) may lie at most this far
-   * after the token's `iat` and after now (src/auth/jwt.ts). Default 24 hours; 60 s .. 24 days:
-   * a live connection is closed at its token's `exp` by a Node timer, and Node runs a timer of
-   * more than 2^31-1 ms (24.8 days) after 1 ms instead (TimeoutOverflowWarning), which would
-   * close every stream of a longer-lived token at once.
+   * after the token's `iat` and after now (src/auth/jwt.ts). Default 24 hours; 60 s .. 30 days.
+   * (Live connections close at `exp` with src/live/at-instant.ts, which waits beyond Node's
+   * longest timer.)
    */
-  JWT_MAX_TTL_SECONDS: z.coerce.number().int().min(60).max(2_073_600).default(DEFAULT_JWT_MAX_TTL_SECONDS),
+  JWT_MAX_TTL_SECONDS: z.coerce.number().int().min(60).max(2_592_000).default(DEFAULT_JWT_MAX_TTL_SECONDS),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Run the BullMQ workers inside the API process too. */
   RUN_WORKERS: booleanish.default(true),

@@ -33,6 +33,7 @@ import type { GraphQLContext } from './context.js';
 import type { LiveMessage } from '../outbox/topics.js';
 import { readBalanceSnapshot, type BalanceView } from '../services/read-balance.js';
 import { balanceFromSnapshot } from '../services/balance-figures.js';
+import { atInstant } from '../live/at-instant.js';
 
 /** How often a service key's open stream re-checks that its key is still valid, in milliseconds. */
 export const CREDENTIAL_RECHECK_INTERVAL_MS = 1_000;
@@ -129,7 +130,7 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     };
     let unsubscribe: (() => void) | null = null;
     const expiresAt = ctx.principal?.kind === 'user' ? ctx.principal.expiresAt : null;
-    const expiry = expiresAt ? setTimeout(() => stop(), Math.max(0, expiresAt.getTime() - Date.now())) : null;
+    const expiry = expiresAt ? atInstant(expiresAt, () => stop()) : null;
     const rechecks = recheck ? setInterval(() => run(async () => []), CREDENTIAL_RECHECK_INTERVAL_MS) : null;
     try {
       unsubscribe = await hub.subscribe(accountId, {
@@ -150,7 +151,7 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     }
     await stop;
     stopped = true;
-    if (expiry) clearTimeout(expiry);
+    expiry?.cancel();
     if (rechecks) clearInterval(rechecks);
     unsubscribe?.();
   });
