@@ -25,7 +25,7 @@ import { withTransaction } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { PaymentTimeoutError, type ChargeOutcome } from '../payments/provider.js';
 import { AccountTx } from './account-tx.js';
-import { findCreditPack, type CreditPackView } from './credit-packs.js';
+import { findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
 import { readBalance } from './read-balance.js';
 import { balanceRoomError } from './grant-credits.js';
 import { rollBillingPeriods } from './plans.js';
@@ -164,7 +164,7 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
     if (!methodRef) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'no payment method') };
     const pack = await findCreditPack(tx, row.pack_id as string);
     assert(pack, 'the settings refer to an existing pack');
-    if (balanceRoomError(atx.total, pack.microCredits + pack.bonusMicroCredits, 'packId')) {
+    if (balanceRoomError(atx.total, packGrantMicroCredits(pack), 'packId')) {
       return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'the pack would take the balance above the largest amount') };
     }
     const attempt = (row.attempts as number) + 1;

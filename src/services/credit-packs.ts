@@ -21,6 +21,11 @@ export interface CreditPackView {
   expiresAfterDays: number | null;
 }
 
+/** What one purchase of `pack` grants, in micro-credits: its credits plus its bonus (one batch). */
+export function packGrantMicroCredits(pack: Pick<CreditPackView, 'microCredits' | 'bonusMicroCredits'>): bigint {
+  return pack.microCredits + pack.bonusMicroCredits;
+}
+
 /** What createCreditPack takes. */
 export interface CreateCreditPackCommand {
   name: string;
@@ -58,7 +63,7 @@ function validate(cmd: CreateCreditPackCommand): CreateCreditPackCommand {
   if (cmd.microCredits <= 0n) throw badInput('credits', 'must be greater than 0');
   if (cmd.bonusMicroCredits < 0n) throw badInput('bonusCredits', 'must not be negative');
   // A pack is granted as one batch of credits + bonus: the sum must fit the signed 64-bit amount columns.
-  if (cmd.microCredits + cmd.bonusMicroCredits > MAX_ABS_MICRO_CREDITS) {
+  if (packGrantMicroCredits(cmd) > MAX_ABS_MICRO_CREDITS) {
     throw badInput('bonusCredits', `credits + bonusCredits must be at most ${formatCredits(MAX_ABS_MICRO_CREDITS)}`);
   }
   const price = parseExactDecimal(cmd.priceUsd, 'priceUsd', 2);

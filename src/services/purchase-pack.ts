@@ -36,7 +36,7 @@ import {
 } from '../payments/provider.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, balanceRoomError } from './grant-credits.js';
-import { canonicalUsd, findCreditPack, type CreditPackView } from './credit-packs.js';
+import { canonicalUsd, findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
 import type { ServiceContext } from './context.js';
 
 const DAY_MS = 86_400_000;
@@ -207,7 +207,7 @@ export async function chargePayment(
 async function assertBalanceRoom(db: pg.Pool | pg.PoolClient, accountId: string, pack: CreditPackView): Promise<void> {
   const { rows } = await db.query('SELECT total_micro_credits FROM balances WHERE account_id = $1', [accountId]);
   if (!rows[0]) return;
-  const err = balanceRoomError(toBigInt(rows[0].total_micro_credits), pack.microCredits + pack.bonusMicroCredits, 'packId');
+  const err = balanceRoomError(toBigInt(rows[0].total_micro_credits), packGrantMicroCredits(pack), 'packId');
   if (err) throw err;
 }
 
@@ -256,7 +256,7 @@ export async function settlePayment(
   }
   if (outcome.status === 'succeeded') {
     const grant = await applyGrant(atx, {
-      amountMicroCredits: pack.microCredits + pack.bonusMicroCredits,
+      amountMicroCredits: packGrantMicroCredits(pack),
       type: 'PAID',
       source: current.purpose,
       expiresAt: pack.expiresAfterDays ? new Date(atx.now.getTime() + pack.expiresAfterDays * DAY_MS) : null,
