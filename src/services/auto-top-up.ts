@@ -259,10 +259,12 @@ async function recordOutcome(
  * toward the pause; the top-up stays PENDING for a retry unless it paused auto top-up or
  * `attempt` was the last one (then FAILED). A timeout leaves it PENDING, reason set.
  * Safe to run concurrently with itself: the top-up row lock and the payment's idempotency key
- * make one charge and one grant.
+ * make one charge and one grant. `topUp`: the top-up's id and its account's (uuids; the job
+ * payload carries both).
  * @throws LedgerError UNAVAILABLE when no payment provider is configured; database errors.
  */
-export async function runAutoTopUp(ctx: ServiceContext, topUpId: string, attempt: AttemptInfo): Promise<TopUpRunResult> {
+export async function runAutoTopUp(ctx: ServiceContext, topUp: { topUpId: string; accountId: string }, attempt: AttemptInfo): Promise<TopUpRunResult> {
+  const { topUpId, accountId } = topUp;
   const provider = requireProvider(ctx);
   // A plan's period that has begun but not rolled yet is rolled first: at a RESET plan's period
   // end the old allowance expires (its expiry job, or any charge, sees the balance drop below
@@ -271,12 +273,10 @@ export async function runAutoTopUp(ctx: ServiceContext, topUpId: string, attempt
   // roll, prepare() re-checks the balance and skips the top-up when the grant covers it.
   // A roll that fails must not keep a top-up whose charge may already have happened from
   // settling: the top-up goes on without it (the roll's own `roll-period` job and the sweep retry it).
-  const { rows: owner } = await ctx.pool.query('SELECT account_id FROM auto_top_ups WHERE id = $1', [topUpId]);
-  if (owner[0]) {
-    await rollBillingPeriods(ctx, owner[0].account_id as string).catch((err: unknown) =>
-      ctx.log?.warn({ err, topUpId }, 'auto top-up: rolling the due billing period first failed; the top-up goes on without it'),
-    );
-  }
+  // (`accountId` only names the account to roll: the top-up itself is found by its id.)
+  await rollBillingPeriods(ctx, accountId).catch((err: unknown) =>
+    ctx.log?.warn({ err, topUpId }, 'auto top-up: rolling the due billing period first failed; the top-up goes on without it'),
+  );
   const prepared = await prepare(ctx, topUpId);
   if ('done' in prepared) return prepared.done;
   const { payment } = prepared;
@@ -302,6 +302,6 @@ export async function runPendingTopUps(ctx: ServiceContext, accountId: string): 
   if (!ctx.payments) return [];
   const { rows } = await ctx.pool.query(`SELECT id FROM auto_top_ups WHERE account_id = $1 AND status = 'PENDING' ORDER BY created_at`, [accountId]);
   const results: TopUpRunResult[] = [];
-  for (const r of rows) results.push(await runAutoTopUp(ctx, r.id as string, { attemptsMade: 0, attempts: 1 }));
+  for (const r of rows) results.push(await runAutoTopUp(ctx, { topUpId: r.id as string, accountId }, { attemptsMade: 0, attempts: 1 }));
   return results;
 }

@@ -16,8 +16,8 @@ export const AutoTopUpPayload = z.object({ topUpId: z.string().uuid(), accountId
  * @throws ZodError for a malformed payload (not retried); Error while the top-up stays PENDING (retried).
  */
 export const processAutoTopUp: Processor = async (deps, job): Promise<TopUpRunResult> => {
-  const { topUpId } = AutoTopUpPayload.parse(job.data);
-  const result = await runAutoTopUp(servicesWithProvider(deps), topUpId, { attemptsMade: job.attemptsMade, attempts: job.attempts });
+  const { topUpId, accountId } = AutoTopUpPayload.parse(job.data);
+  const result = await runAutoTopUp(servicesWithProvider(deps), { topUpId, accountId }, { attemptsMade: job.attemptsMade, attempts: job.attempts });
   if (result.status === 'PENDING') throw new Error(`auto top-up ${topUpId} not done (${result.reason ?? 'unknown'}); will retry`);
   deps.log.info({ topUpId, status: result.status, reason: result.reason }, 'auto top-up finished');
   return result;
