@@ -15,6 +15,9 @@ import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { createPlan, rollBillingPeriods, subscribeToPlan } from '../../src/services/plans.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { voidGrant } from '../../src/services/void-grant.js';
+import { expireDue } from '../../src/services/expire-due.js';
 import { credits } from '../../src/ledger/credits.js';
 
 let services: TestServices;
@@ -83,5 +86,46 @@ describe('credit alerts at a period boundary before the worker came by', () => {
     expect(b.availableMicroCredits).toBe(credits(9));
     expect(b.periodMicroCredits).toBe(credits(10)); // what the period started with once the FREE 90 expired on Feb 5
     expect(b.percentRemaining).toBe(90);
+  });
+});
+
+describe('voidGrant of credit that had already expired', () => {
+  it('records the expiry (dated at expiresAt), voids nothing more, and leaves the period figures and alerts as the expiry would', async () => {
+    // Periods start on the 10th. PAID 10, and a FREE 90 grant expiring on Feb 5 (first period).
+    const accountId = await createFundedAccount(services, { paid: 10, testClockStart: new Date('2026-01-10T00:00:00Z') });
+    const free = await grantCredits(services, {
+      accountId,
+      amountMicroCredits: credits(90),
+      type: 'FREE',
+      source: 'PROMO_CODE',
+      expiresAt: new Date('2026-02-05T00:00:00Z'),
+      reference: 'SPRING',
+      idempotencyKey: 'void-expired',
+    });
+    // Feb 15, second period, before the expiry job ran: the operator voids the (expired) grant.
+    await setClock(accountId, '2026-02-15T00:00:00Z');
+    await voidGrant(services, free.grantId, 'promo abuse');
+
+    // The period started with the 10 PAID credits (the FREE 90 had expired): nothing was spent.
+    await spend(accountId, '1');
+    const b = await expectLedgerInvariant(services.pool, accountId, new Date('2026-02-15T00:00:00Z'));
+    expect(b.periodMicroCredits).toBe(credits(10));
+    expect(b.percentRemaining).toBe(90);
+    expect(await alerts(accountId)).toEqual([]);
+    const { rows: entries } = await services.pool.query(
+      `SELECT e.type, e.amount_micro_credits::text AS amount, e.created_at FROM ledger_entries e
+         JOIN credit_batches b ON b.id = e.batch_id WHERE b.grant_id = $1 AND e.type IN ('EXPIRE', 'VOID') AND e.amount_micro_credits <> 0 ORDER BY e.seq`,
+      [free.grantId],
+    );
+    // The 90 expired on Feb 5, in the first period: that is what the ledger says, not a void on Feb 15.
+    expect(entries).toEqual([{ type: 'EXPIRE', amount: String(-credits(90)), created_at: new Date('2026-02-05T00:00:00Z') }]);
+    const { rows: grant } = await services.pool.query(
+      `SELECT g.voided_at IS NOT NULL AS voided, g.void_reason, b.status FROM credit_grants g JOIN credit_batches b ON b.grant_id = g.id WHERE g.id = $1`,
+      [free.grantId],
+    );
+    expect(grant[0]).toEqual({ voided: true, void_reason: 'promo abuse', status: 'EXPIRED' });
+
+    // The expiry job finds nothing left to expire.
+    expect((await expireDue(services, accountId)).batches).toBe(0);
   });
 });
