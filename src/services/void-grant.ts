@@ -1,11 +1,15 @@
 /**
  * voidGrant: an operator revokes a grant; its batch's unused remainder is removed (VOID entry)
  * and the batch becomes VOIDED. Idempotent: voiding a voided grant returns it unchanged.
+ * Credit that had already expired is not voided: what is due on the account expires first
+ * (applyExpiries: EXPIRE entries dated at each batch's expiresAt, as the expiry job would record
+ * them), so a grant past its expiresAt is voided with nothing left (its batch stays EXPIRED).
  */
 import { withTransaction, toBigInt } from '../db/pg.js';
 import { badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
+import { applyExpiries } from './expire-due.js';
 
 /**
  * Voids a grant.
@@ -18,13 +22,18 @@ export async function voidGrant(ctx: ServiceContext, grantId: string, reason: st
   if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lockOwner(tx, 'credit_grants', grantId, 'grant', ctx.clock());
+    const grant = await tx.query('SELECT voided_at FROM credit_grants WHERE id = $1', [grantId]);
+    if (grant.rows[0].voided_at) return grantId;
+    // A batch past its expiresAt no longer pays: its rest expired then (dated at expiresAt, so the
+    // billing period it expired in keeps it), whether or not the expiry job has come by. Voiding
+    // it here instead (dated now) would put an expiry of an earlier period into this one, and
+    // that period's opening total (periodCredits, credit alerts) would keep the expired credit.
+    await applyExpiries(atx);
     const { rows } = await tx.query(
-      `SELECT g.voided_at, b.id AS batch_id, b.status, b.remaining_micro_credits
-         FROM credit_grants g JOIN credit_batches b ON b.grant_id = g.id WHERE g.id = $1`,
+      `SELECT b.id AS batch_id, b.status, b.remaining_micro_credits FROM credit_batches b WHERE b.grant_id = $1`,
       [grantId],
     );
     const row = rows[0];
-    if (row.voided_at) return grantId;
     const remaining = row.status === 'ACTIVE' ? toBigInt(row.remaining_micro_credits) : 0n;
     await tx.query('UPDATE credit_grants SET voided_at = $2, void_reason = $3 WHERE id = $1', [grantId, atx.now, reason]);
     {
