@@ -4,7 +4,8 @@
  * groupings, and usageHistory, with refunded events left out; also with events from every
  * writer (recordUsage, one recordUsageBatch INSERT spanning month and year boundaries, holds
  * captured and settled, debt), of every cost kind (free, BYOK platform fee, pass-through) and
- * before 1970, for every grouping, and taskCost's scan. Real PostgreSQL; fast-check.
+ * before 1970, for every grouping, and taskCost's scan; and instants stored exactly in a server
+ * process that does not run in UTC. Real PostgreSQL; fast-check.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -229,4 +230,44 @@ describe('usage rollups: every writer, cost kind and boundary', () => {
     const zero = await s.pool.query(`SELECT count(*)::int AS n FROM usage_rollups_hourly WHERE account_id = $1 AND events = 0 AND credits_micro_credits <> 0`, [acct]);
     expect(zero.rows[0].n).toBe(0);
   });
+});
+
+/**
+ * Instants reach PostgreSQL exactly whatever the server process's time zone (TZ). node-postgres
+ * writes a Date in the process's local time with its offset in whole minutes, so in a zone whose
+ * offset then had seconds (local mean time before ~1900 almost everywhere; Africa/Monrovia until
+ * 1972) the instant moved by those seconds: an event could land in another hour or month than
+ * the one the client sent, and every range bound moved with it.
+ */
+describe('usage instants in a server process that does not run in UTC', () => {
+  const zones: Array<[string, Date]> = [
+    ['Asia/Kolkata', new Date(Date.UTC(1900, 0, 31, 23, 59, 55))], // +05:21:10 then: 10 s later, into February
+    ['Africa/Monrovia', new Date(Date.UTC(1970, 0, 31, 23, 59, 50))], // -00:44:30 then: 30 s off
+    ['America/New_York', new Date(Date.UTC(1850, 5, 30, 23, 59, 59))], // -04:56:02 then
+    ['Europe/Dublin', new Date(Date.UTC(1900, 11, 31, 23, 59, 59, 999))], // -00:25:21 then
+  ];
+  for (const [zone, at] of zones) {
+    it(`${zone}: an event keeps the occurredAt it was sent with, and its month and hour`, async () => {
+      const account = await createFundedAccount(s, { paid: 10 });
+      const before = process.env.TZ;
+      process.env.TZ = zone;
+      try {
+        expect(at.getTimezoneOffset()).not.toBe(0); // the process really runs in that zone now
+        const { eventId } = await recordUsage(s, { accountId: account, idempotencyKey: `tz-${zone}`, category: 'unit', occurredAt: at });
+        const { rows } = await s.pool.query(`SELECT occurred_at, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS') AS utc FROM usage_events WHERE id = $1`, [eventId]);
+        expect(rows[0].utc).toBe(at.toISOString().slice(0, 23));
+        expect((rows[0].occurred_at as Date).getTime()).toBe(at.getTime());
+        const month = new Date(Date.UTC(at.getUTCFullYear(), at.getUTCMonth(), 1));
+        const nextMonth = new Date(Date.UTC(at.getUTCFullYear(), at.getUTCMonth() + 1, 1));
+        const [history] = await usageHistory(s.pool, account, at, 1);
+        expect(history!.totalMicroCredits).toBe(1_000_000n);
+        // Whole hours from the rollup, the rest scanned: the event is in its month, and not after it.
+        expect((await usageSummary(s.pool, account, { from: month, to: nextMonth }, ['CATEGORY']))[0]?.events).toBe(1);
+        expect(await usageSummary(s.pool, account, { from: nextMonth, to: new Date(nextMonth.getTime() + 86_400_000) }, [])).toEqual([]);
+      } finally {
+        if (before === undefined) delete process.env.TZ;
+        else process.env.TZ = before;
+      }
+    });
+  }
 });
