@@ -12,6 +12,16 @@ import type { Env } from '../config/env.js';
 /** A client inside an open transaction. */
 export type Tx = pg.PoolClient;
 
+// Every Date this process passes to PostgreSQL through node-postgres (any pool, this module's or
+// another's: the setting is the library's) is written in UTC ("…+00:00"). By default
+// node-postgres writes it in the process's local time with the offset in whole minutes, so where
+// the zone's offset then had seconds (local mean time before ~1900 almost everywhere,
+// Africa/Monrovia until 1972: -00:44:30) the instant moved by those seconds, e.g. a usage event's
+// occurredAt of 1900-01-31T23:59:55Z was stored as 1900-02-01T00:00:05Z under TZ=Asia/Kolkata.
+// The columns are all timestamptz, so UTC is exact (test/integration/usage-rollups.test.ts).
+// Prisma's adapter formats its dates in UTC itself.
+pg.defaults.parseInputDatesAsUTC = true;
+
 /**
  * The session setting every ledger connection starts with (PostgreSQL's `options` startup
  * parameter): cached generic plans for its prepared statements.

@@ -4,7 +4,7 @@
  * an id of another tenant.
  */
 import { decodeGlobalID, encodeGlobalID } from '@pothos/plugin-relay';
-import { LedgerError } from '../ledger/errors.js';
+import { LedgerError, badInput } from '../ledger/errors.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -35,4 +35,34 @@ export function decodeId(globalId: string, expected: NodeTypeName, what: string 
   const decoded = tryDecodeId(globalId);
   if (!decoded || decoded.typename !== expected) throw new LedgerError('NOT_FOUND', `${what} not found`);
   return decoded.id;
+}
+
+/**
+ * The connection arguments a row cursor travels in (Relay: `after` pages forward, `before` back).
+ */
+export interface CursorArgs {
+  after?: string | null;
+  before?: string | null;
+}
+
+/**
+ * Checks the cursors of a connection whose cursor is its rows' uuid `id` (Account.usage, ledger,
+ * grants, alerts). Such a cursor is what @pothos/plugin-prisma hands out: base64 of
+ * `GPC:S:<uuid>`. The plugin itself rejects text that is not base64 of `GPC:<chunk>`, but passes
+ * any other chunk (`GPC:S:abc`, `GPC:N:5`, `GPC:Z:`) to Prisma as the row id, which the uuid
+ * column refuses: without this check a client's malformed cursor was an INTERNAL_SERVER_ERROR
+ * (contract: malformed input is BAD_USER_INPUT). Call it from the connection's `query`, which
+ * runs after the plugin's own parse and before any SQL. A well-formed cursor of no row is not an
+ * error: its page is empty.
+ * @throws LedgerError BAD_USER_INPUT naming `after` / `before` when it is not such a cursor.
+ */
+export function assertRowCursors(args: CursorArgs): void {
+  for (const field of ['after', 'before'] as const) {
+    const cursor = args[field];
+    if (cursor === null || cursor === undefined) continue;
+    const decoded = Buffer.from(cursor, 'base64').toString('utf8');
+    if (!decoded.startsWith('GPC:S:') || !UUID_RE.test(decoded.slice('GPC:S:'.length))) {
+      throw badInput(field, 'is not a cursor of this list (use a cursor or pageInfo cursor it returned)');
+    }
+  }
 }

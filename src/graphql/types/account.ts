@@ -13,6 +13,7 @@ import { compareDrawdownOrder } from '../../ledger/drawdown.js';
 import { monthlyPeriodAt } from '../../ledger/billing-period.js';
 import { badInput } from '../../ledger/errors.js';
 import { accountNow } from '../access.js';
+import { assertRowCursors, type CursorArgs } from '../ids.js';
 import {
   BalanceRef,
   CreditBatchRef,
@@ -120,7 +121,15 @@ export const AccountRef = builder.prismaNode('Account', {
     }),
     grants: t.relatedConnection(
       'grants',
-      { cursor: 'id', maxSize: MAX_PAGE, description: 'Every grant ever made, newest first (the Credit Grants table).', query: () => ({ orderBy: { seq: 'desc' } }) },
+      {
+        cursor: 'id',
+        maxSize: MAX_PAGE,
+        description: 'Every grant ever made, newest first (the Credit Grants table).',
+        query: (args) => {
+          assertRowCursors(args);
+          return { orderBy: { seq: 'desc' } };
+        },
+      },
       { name: 'CreditGrantConnection' },
       { name: 'CreditGrantEdge' },
     ),
@@ -132,6 +141,8 @@ export const AccountRef = builder.prismaNode('Account', {
         description: 'Usage events, newest first.',
         args: { filter: t.arg({ type: UsageFilterInput, required: false }) },
         query: (args) => {
+          // The connection arguments are there at run time; Pothos types `args` as the field's own.
+          assertRowCursors(args as CursorArgs);
           const f = args.filter;
           const where: Prisma.UsageEventWhereInput = {};
           if (f) {
@@ -178,7 +189,15 @@ export const AccountRef = builder.prismaNode('Account', {
     }),
     ledger: t.relatedConnection(
       'ledgerEntries',
-      { cursor: 'id', maxSize: MAX_PAGE, description: 'The complete ledger of this account, newest first.', query: () => ({ orderBy: { seq: 'desc' } }) },
+      {
+        cursor: 'id',
+        maxSize: MAX_PAGE,
+        description: 'The complete ledger of this account, newest first.',
+        query: (args) => {
+          assertRowCursors(args);
+          return { orderBy: { seq: 'desc' } };
+        },
+      },
       { name: 'LedgerEntryConnection' },
       { name: 'LedgerEntryEdge' },
     ),

@@ -3,7 +3,7 @@
  * CreditAlert; ids are Relay global ids.
  */
 import { builder } from '../builder.js';
-import { toGlobalId } from '../ids.js';
+import { assertRowCursors, toGlobalId } from '../ids.js';
 import { ACCOUNT_DATA } from './ledger.js';
 
 /** GraphQL node `CreditAlert`: a threshold of percentRemaining reached (once per threshold per period). */
@@ -23,7 +23,15 @@ export const CreditAlertRef = builder.prismaNode('CreditAlert', {
 builder.prismaObjectField('Account', 'alerts', (t) =>
   t.relatedConnection(
     'alerts',
-    { cursor: 'id', maxSize: 100, description: 'Credit alerts raised for this account, newest first.', query: () => ({ orderBy: { seq: 'desc' } }) },
+    {
+      cursor: 'id',
+      maxSize: 100,
+      description: 'Credit alerts raised for this account, newest first.',
+      query: (args) => {
+          assertRowCursors(args);
+          return { orderBy: { seq: 'desc' } };
+        },
+    },
     { name: 'CreditAlertConnection' },
     { name: 'CreditAlertEdge' },
   ),
