@@ -207,9 +207,10 @@ export const AccountRef = builder.prismaNode('Account', {
       resolve: async (query, a, args, ctx) => {
         const now = accountNow(a, ctx.services.clock());
         // The statuses as the API shows them (effectiveReservationStatus), filtered in SQL before the
-        // cap, so an old ACTIVE hold is never cut by newer closed ones.
+        // cap, so an old ACTIVE hold is never cut by newer closed ones. Holds of one group-commit
+        // transaction share createdAt: the id breaks the tie, so the order (and the cap) is stable.
         const where = args.status ? { OR: [...new Set(args.status)].map((s) => reservationStatusWhere(s, now)) } : {};
-        return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: { createdAt: 'desc' }, take: 1000 });
+        return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: [{ createdAt: 'desc' }, { id: 'desc' }], take: 1000 });
       },
     }),
     referralCode: t.exposeString('referralCode', { description: 'Code that a new account passes to redeemReferral.' }),
