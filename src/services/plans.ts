@@ -121,7 +121,8 @@ async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, 
  * Subscribes the account to the plan: the billing anchor moves to the account's now, the first
  * period's credit is granted, the roll at the period end is scheduled. Subscribing again to the
  * plan already active changes nothing; another plan replaces it (a new period starts now;
- * credit granted under the old plan keeps its own expiry).
+ * credit granted under the old plan keeps its own expiry). A roll of the current plan that was
+ * due and had not run yet runs first (rollDuePeriods).
  * @throws LedgerError NOT_FOUND (account or plan).
  */
 export async function subscribeToPlan(ctx: ServiceContext, accountId: string, planId: string): Promise<SubscriptionView> {
@@ -129,9 +130,12 @@ export async function subscribeToPlan(ctx: ServiceContext, accountId: string, pl
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
     const plan = await findPlan(tx, planId);
     if (!plan) throw new LedgerError('NOT_FOUND', 'plan not found');
+    // A period of the current plan that began and has not rolled yet is rolled under that plan first.
+    await rollDuePeriods(atx);
     const current = await tx.query('SELECT plan_id, active FROM plan_subscriptions WHERE account_id = $1', [accountId]);
     if (current.rows[0]?.active && current.rows[0].plan_id === planId) {
       const period = atx.period();
+      await atx.finish(); // the roll, if one was due
       return { plan, currentPeriodStart: period.start, currentPeriodEnd: period.end, active: true };
     }
     const now = atx.now;
@@ -155,12 +159,16 @@ export async function subscribeToPlan(ctx: ServiceContext, accountId: string, pl
 }
 
 /**
- * Cancels the account's plan: no further periods are granted; credit already granted stays.
+ * Cancels the account's plan: no further periods are granted; credit already granted stays. A
+ * roll that was due and had not run yet runs first (rollDuePeriods): a period that began while
+ * the plan was active is trimmed and granted as if its roll had run on time.
  * @throws LedgerError NOT_FOUND (no subscription).
  */
 export async function cancelSubscription(ctx: ServiceContext, accountId: string): Promise<SubscriptionView> {
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
+    // A period that began while the plan was active is rolled (trimmed, granted) before it stops.
+    await rollDuePeriods(atx);
     const { rows } = await tx.query(
       `UPDATE plan_subscriptions SET active = FALSE, canceled_at = COALESCE(canceled_at, $2) WHERE account_id = $1 RETURNING plan_id`,
       [accountId, atx.now],
@@ -200,32 +208,46 @@ export async function readSubscription(pool: pg.Pool, accountId: string, wallNow
 export async function rollBillingPeriods(ctx: ServiceContext, accountId: string): Promise<{ periodsRolled: number }> {
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
-    const { rows } = await tx.query(`SELECT plan_id, granted_period_start FROM plan_subscriptions WHERE account_id = $1 AND active FOR UPDATE`, [accountId]);
-    const sub = rows[0];
-    if (!sub) return { periodsRolled: 0 };
-    const plan = (await findPlan(tx, sub.plan_id as string))!;
-    const current = atx.period();
-    let granted = sub.granted_period_start as Date;
-    if (granted.getTime() >= current.start.getTime()) return { periodsRolled: 0 };
-    let rolled = 0;
-    // RESET credit of the period that ended expires first (dated at its expiresAt).
-    await applyExpiries(atx);
-    while (granted.getTime() < current.start.getTime()) {
-      const next = monthlyPeriodAt(atx.billingAnchorAt, granted).end; // the next period's start
-      if (plan.rollover === 'ROLLOVER' && plan.rolloverCapMicroCredits !== null) await trimRollover(atx, plan.rolloverCapMicroCredits, next);
-      const period = monthlyPeriodAt(atx.billingAnchorAt, next);
-      // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
-      // credit carries over, so every period is granted (after its boundary's trim), as stepping
-      // the periods one by one (advanceTestClock) does.
-      if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime()) await grantPeriod(atx, plan, period.start, period.end);
-      granted = next;
-      rolled++;
-    }
-    await tx.query('UPDATE plan_subscriptions SET granted_period_start = $2 WHERE account_id = $1', [accountId, granted]);
-    scheduleRoll(atx, current.end);
+    const periodsRolled = await rollDuePeriods(atx);
     await atx.finish();
-    return { periodsRolled: rolled };
+    return { periodsRolled };
   });
+}
+
+/**
+ * rollBillingPeriods inside the locked account transaction `atx` (the caller calls
+ * `atx.finish()`): rolls the active plan into every period started by the account's now and not
+ * yet granted, and schedules the next roll. subscribeToPlan and cancelSubscription run it first,
+ * so a roll that was due but had not run yet (a late job, a worker outage) happens under the plan
+ * it was due for, as when it ran on time, before the subscription changes.
+ * @returns the number of periods rolled (0: no active plan, or nothing due).
+ */
+async function rollDuePeriods(atx: AccountTx): Promise<number> {
+  const { tx, accountId } = atx;
+  const { rows } = await tx.query(`SELECT plan_id, granted_period_start FROM plan_subscriptions WHERE account_id = $1 AND active FOR UPDATE`, [accountId]);
+  const sub = rows[0];
+  if (!sub) return 0;
+  const plan = (await findPlan(tx, sub.plan_id as string))!;
+  const current = atx.period();
+  let granted = sub.granted_period_start as Date;
+  if (granted.getTime() >= current.start.getTime()) return 0;
+  let rolled = 0;
+  // RESET credit of the period that ended expires first (dated at its expiresAt).
+  await applyExpiries(atx);
+  while (granted.getTime() < current.start.getTime()) {
+    const next = monthlyPeriodAt(atx.billingAnchorAt, granted).end; // the next period's start
+    if (plan.rollover === 'ROLLOVER' && plan.rolloverCapMicroCredits !== null) await trimRollover(atx, plan.rolloverCapMicroCredits, next);
+    const period = monthlyPeriodAt(atx.billingAnchorAt, next);
+    // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
+    // credit carries over, so every period is granted (after its boundary's trim), as stepping
+    // the periods one by one (advanceTestClock) does.
+    if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime()) await grantPeriod(atx, plan, period.start, period.end);
+    granted = next;
+    rolled++;
+  }
+  await tx.query('UPDATE plan_subscriptions SET granted_period_start = $2 WHERE account_id = $1', [accountId, granted]);
+  scheduleRoll(atx, current.end);
+  return rolled;
 }
 
 /** ROLLOVER: expires subscription credit above `cap` at `at` (oldest batches first). */

@@ -193,6 +193,33 @@ describe('plans and billing cycles', () => {
     }
   });
 
+  it('cancelling or switching plans after a period began but before its roll ran (a late job) first rolls that period under the old plan, as when the roll ran on time', async () => {
+    for (const change of ['cancel', 'switch'] as const) {
+      const capped = await plan('ROLLOVER', '100', '50');
+      const other = await plan('RESET', '10');
+      const stepped = await testAccount('2026-05-05T00:00:00.000Z');
+      const late = await testAccount('2026-05-05T00:00:00.000Z');
+      for (const id of [stepped, late]) {
+        await subscribe(id, capped);
+        ok(await spend(id, '20')); // 80 left: above the cap of 50
+      }
+      await advance(stepped, '2026-06-05T01:00:00.000Z'); // rolled at 06-05: 80 trimmed to 50, + 100
+      // The late account's clock passes the period start without advanceTestClock (which rolls at
+      // once), as the wall clock does while the roll-period job waits for a worker.
+      await srv.services.pool.query(`UPDATE accounts SET test_clock_at = '2026-06-05T01:00:00.000Z' WHERE id = $1`, [dbId(late)]);
+      for (const id of [stepped, late]) {
+        if (change === 'cancel') ok(await srv.gql(`mutation($a: ID!) { cancelSubscription(accountId: $a) { active } }`, { a: id }));
+        else await subscribe(id, other);
+      }
+      expect(await rollBillingPeriods(srv.services, dbId(late))).toEqual({ periodsRolled: 0 }); // nothing left for the job
+      const [a, b] = [await read(stepped), await read(late)];
+      expect(a.balance.available).toBe(change === 'cancel' ? '150' : '160');
+      expect(b.balance).toMatchObject({ available: a.balance.available, total: a.balance.total, periodStart: a.balance.periodStart, periodCredits: a.balance.periodCredits });
+      expect(entries(b, 'EXPIRE').map((e: any) => [e.amount, e.createdAt])).toEqual([['-30', '2026-06-05T00:00:00.000Z']]);
+      expect(b.reconciliation.consistent).toBe(true);
+    }
+  });
+
   /** The SUBSCRIPTION grants' amounts (oldest first; one instant: smaller first) and the plan in force. */
   async function planGrants(accountId: string) {
     const a = ok(
