@@ -10,7 +10,8 @@
  * - RESET: subscription credit was granted with expiresAt = the period's end, so the expiry
  *   (run first, in the same transaction) removes what is unused;
  * - ROLLOVER: subscription credit never expires by itself; what exceeds `rolloverCapCredits`
- *   expires at the period start (EXPIRE entries dated at it, oldest batches first);
+ *   at the period start expires then (EXPIRE entries dated at it, oldest batches first; a late
+ *   roll counts the credit as it stood at the period start, see trimRollover);
  * then the new period's `monthlyCredits` is granted. Purchased packs and other credit are never
  * touched by a roll. A cancelled subscription stops rolling; its credit stays.
  */
@@ -250,27 +251,51 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
   return rolled;
 }
 
-/** ROLLOVER: expires subscription credit above `cap` at `at` (oldest batches first). */
+/**
+ * ROLLOVER: expires, at the period start `at`, the subscription credit above `cap` (micro-credits)
+ * as it stood at `at` (oldest batches first; EXPIRE entries dated at `at`). A roll that runs late
+ * finds the credit already drawn by usage recorded since `at`, which under an on-time roll would
+ * have been drawn from what the trim left: each batch's credit at `at` is its remaining plus what
+ * usage recorded since then (not refunded) drew from it, the trim takes from each batch what it
+ * would have taken then, and what of that has been spent since cannot be taken back (the rest is
+ * cut). On time (nothing recorded since `at`) it is the plain trim of the remaining credit.
+ */
 async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void> {
+  // Usage since `at`: the account's CONSUME entries dated from `at` on (an index range on
+  // (account_id, created_at); on time, none) and their drawdowns, by batch, read once.
   const { rows } = await atx.tx.query(
-    `SELECT id, remaining_micro_credits FROM credit_batches
-      WHERE account_id = $1 AND status = 'ACTIVE' AND source = 'SUBSCRIPTION' AND (expires_at IS NULL OR expires_at > $2)
-      ORDER BY added_at, id FOR UPDATE`,
+    `WITH since AS (
+       SELECT d.batch_id, SUM(d.amount_micro_credits) AS drawn FROM ledger_entries l
+         JOIN usage_events e ON e.id = l.usage_event_id AND e.refunded_at IS NULL
+         JOIN drawdowns d ON d.usage_event_id = l.usage_event_id
+        WHERE l.account_id = $1 AND l.type = 'CONSUME' AND l.created_at >= $2
+        GROUP BY d.batch_id
+     )
+     SELECT b.id, b.remaining_micro_credits, COALESCE(s.drawn, 0) AS drawn_since
+       FROM credit_batches b LEFT JOIN since s ON s.batch_id = b.id
+      WHERE b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND (b.expires_at IS NULL OR b.expires_at > $2)
+        AND (b.status = 'ACTIVE' OR (b.status = 'EXHAUSTED' AND s.drawn IS NOT NULL))
+      ORDER BY b.added_at, b.id FOR UPDATE OF b`,
     [atx.accountId, at],
   );
-  let total = rows.reduce((s, r) => s + toBigInt(r.remaining_micro_credits), 0n);
-  for (const r of rows) {
-    if (total <= cap) break;
+  const batches = rows.map((r) => {
     const remaining = toBigInt(r.remaining_micro_credits);
-    const cut = minBig(remaining, total - cap);
+    return { id: r.id as string, remaining, atStart: remaining + toBigInt(r.drawn_since) };
+  });
+  let total = batches.reduce((sum, b) => sum + b.atStart, 0n);
+  for (const b of batches) {
+    if (total <= cap) break;
+    const trimmed = minBig(b.atStart, total - cap); // what an on-time trim took from this batch
+    total -= trimmed;
+    const cut = minBig(b.remaining, trimmed);
+    if (cut === 0n) continue;
     await atx.tx.query(
       `UPDATE credit_batches SET remaining_micro_credits = remaining_micro_credits - $2,
               status = CASE WHEN remaining_micro_credits - $2 = 0 THEN 'EXPIRED'::"BatchStatus" ELSE status END, updated_at = $3
         WHERE id = $1`,
-      [r.id, cut.toString(), atx.now],
+      [b.id, cut.toString(), atx.now],
     );
-    atx.addEntry({ type: 'EXPIRE', amountMicroCredits: -cut, batchId: r.id as string, note: 'above the rollover cap', at });
-    total -= cut;
+    atx.addEntry({ type: 'EXPIRE', amountMicroCredits: -cut, batchId: b.id, note: 'above the rollover cap', at });
   }
 }
 
