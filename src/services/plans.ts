@@ -10,7 +10,8 @@
  * - RESET: subscription credit was granted with expiresAt = the period's end, so the expiry
  *   (run first, in the same transaction) removes what is unused;
  * - ROLLOVER: subscription credit never expires by itself; what exceeds `rolloverCapCredits`
- *   expires at the period start (EXPIRE entries dated at it, oldest batches first);
+ *   at the period start expires then (EXPIRE entries dated at it, oldest batches first; a late
+ *   roll counts the credit as it stood at the period start, see trimRollover);
  * then the new period's `monthlyCredits` is granted. Purchased packs and other credit are never
  * touched by a roll. A cancelled subscription stops rolling; its credit stays.
  */
@@ -121,7 +122,8 @@ async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, 
  * Subscribes the account to the plan: the billing anchor moves to the account's now, the first
  * period's credit is granted, the roll at the period end is scheduled. Subscribing again to the
  * plan already active changes nothing; another plan replaces it (a new period starts now;
- * credit granted under the old plan keeps its own expiry).
+ * credit granted under the old plan keeps its own expiry). A roll of the current plan that was
+ * due and had not run yet runs first (rollDuePeriods).
  * @throws LedgerError NOT_FOUND (account or plan).
  */
 export async function subscribeToPlan(ctx: ServiceContext, accountId: string, planId: string): Promise<SubscriptionView> {
@@ -129,9 +131,12 @@ export async function subscribeToPlan(ctx: ServiceContext, accountId: string, pl
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
     const plan = await findPlan(tx, planId);
     if (!plan) throw new LedgerError('NOT_FOUND', 'plan not found');
+    // A period of the current plan that began and has not rolled yet is rolled under that plan first.
+    await rollDuePeriods(atx);
     const current = await tx.query('SELECT plan_id, active FROM plan_subscriptions WHERE account_id = $1', [accountId]);
     if (current.rows[0]?.active && current.rows[0].plan_id === planId) {
       const period = atx.period();
+      await atx.finish(); // the roll, if one was due
       return { plan, currentPeriodStart: period.start, currentPeriodEnd: period.end, active: true };
     }
     const now = atx.now;
@@ -155,12 +160,16 @@ export async function subscribeToPlan(ctx: ServiceContext, accountId: string, pl
 }
 
 /**
- * Cancels the account's plan: no further periods are granted; credit already granted stays.
+ * Cancels the account's plan: no further periods are granted; credit already granted stays. A
+ * roll that was due and had not run yet runs first (rollDuePeriods): a period that began while
+ * the plan was active is trimmed and granted as if its roll had run on time.
  * @throws LedgerError NOT_FOUND (no subscription).
  */
 export async function cancelSubscription(ctx: ServiceContext, accountId: string): Promise<SubscriptionView> {
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
+    // A period that began while the plan was active is rolled (trimmed, granted) before it stops.
+    await rollDuePeriods(atx);
     const { rows } = await tx.query(
       `UPDATE plan_subscriptions SET active = FALSE, canceled_at = COALESCE(canceled_at, $2) WHERE account_id = $1 RETURNING plan_id`,
       [accountId, atx.now],
@@ -200,55 +209,93 @@ export async function readSubscription(pool: pg.Pool, accountId: string, wallNow
 export async function rollBillingPeriods(ctx: ServiceContext, accountId: string): Promise<{ periodsRolled: number }> {
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
-    const { rows } = await tx.query(`SELECT plan_id, granted_period_start FROM plan_subscriptions WHERE account_id = $1 AND active FOR UPDATE`, [accountId]);
-    const sub = rows[0];
-    if (!sub) return { periodsRolled: 0 };
-    const plan = (await findPlan(tx, sub.plan_id as string))!;
-    const current = atx.period();
-    let granted = sub.granted_period_start as Date;
-    if (granted.getTime() >= current.start.getTime()) return { periodsRolled: 0 };
-    let rolled = 0;
-    // RESET credit of the period that ended expires first (dated at its expiresAt).
-    await applyExpiries(atx);
-    while (granted.getTime() < current.start.getTime()) {
-      const next = monthlyPeriodAt(atx.billingAnchorAt, granted).end; // the next period's start
-      if (plan.rollover === 'ROLLOVER' && plan.rolloverCapMicroCredits !== null) await trimRollover(atx, plan.rolloverCapMicroCredits, next);
-      const period = monthlyPeriodAt(atx.billingAnchorAt, next);
-      // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
-      // credit carries over, so every period is granted (after its boundary's trim), as stepping
-      // the periods one by one (advanceTestClock) does.
-      if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime()) await grantPeriod(atx, plan, period.start, period.end);
-      granted = next;
-      rolled++;
-    }
-    await tx.query('UPDATE plan_subscriptions SET granted_period_start = $2 WHERE account_id = $1', [accountId, granted]);
-    scheduleRoll(atx, current.end);
+    const periodsRolled = await rollDuePeriods(atx);
     await atx.finish();
-    return { periodsRolled: rolled };
+    return { periodsRolled };
   });
 }
 
-/** ROLLOVER: expires subscription credit above `cap` at `at` (oldest batches first). */
+/**
+ * rollBillingPeriods inside the locked account transaction `atx` (the caller calls
+ * `atx.finish()`): rolls the active plan into every period started by the account's now and not
+ * yet granted, and schedules the next roll. subscribeToPlan and cancelSubscription run it first,
+ * so a roll that was due but had not run yet (a late job, a worker outage) happens under the plan
+ * it was due for, as when it ran on time, before the subscription changes.
+ * @returns the number of periods rolled (0: no active plan, or nothing due).
+ */
+async function rollDuePeriods(atx: AccountTx): Promise<number> {
+  const { tx, accountId } = atx;
+  const { rows } = await tx.query(`SELECT plan_id, granted_period_start FROM plan_subscriptions WHERE account_id = $1 AND active FOR UPDATE`, [accountId]);
+  const sub = rows[0];
+  if (!sub) return 0;
+  const plan = (await findPlan(tx, sub.plan_id as string))!;
+  const current = atx.period();
+  let granted = sub.granted_period_start as Date;
+  if (granted.getTime() >= current.start.getTime()) return 0;
+  let rolled = 0;
+  // RESET credit of the period that ended expires first (dated at its expiresAt).
+  await applyExpiries(atx);
+  while (granted.getTime() < current.start.getTime()) {
+    const next = monthlyPeriodAt(atx.billingAnchorAt, granted).end; // the next period's start
+    if (plan.rollover === 'ROLLOVER' && plan.rolloverCapMicroCredits !== null) await trimRollover(atx, plan.rolloverCapMicroCredits, next);
+    const period = monthlyPeriodAt(atx.billingAnchorAt, next);
+    // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
+    // credit carries over, so every period is granted (after its boundary's trim), as stepping
+    // the periods one by one (advanceTestClock) does.
+    if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime()) await grantPeriod(atx, plan, period.start, period.end);
+    granted = next;
+    rolled++;
+  }
+  await tx.query('UPDATE plan_subscriptions SET granted_period_start = $2 WHERE account_id = $1', [accountId, granted]);
+  scheduleRoll(atx, current.end);
+  return rolled;
+}
+
+/**
+ * ROLLOVER: expires, at the period start `at`, the subscription credit above `cap` (micro-credits)
+ * as it stood at `at` (oldest batches first; EXPIRE entries dated at `at`). A roll that runs late
+ * finds the credit already drawn by usage recorded since `at`, which under an on-time roll would
+ * have been drawn from what the trim left: each batch's credit at `at` is its remaining plus what
+ * usage recorded since then (not refunded) drew from it, the trim takes from each batch what it
+ * would have taken then, and what of that has been spent since cannot be taken back (the rest is
+ * cut). On time (nothing recorded since `at`) it is the plain trim of the remaining credit.
+ */
 async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void> {
+  // Usage since `at`: the account's CONSUME entries dated from `at` on (an index range on
+  // (account_id, created_at); on time, none) and their drawdowns, by batch, read once.
   const { rows } = await atx.tx.query(
-    `SELECT id, remaining_micro_credits FROM credit_batches
-      WHERE account_id = $1 AND status = 'ACTIVE' AND source = 'SUBSCRIPTION' AND (expires_at IS NULL OR expires_at > $2)
-      ORDER BY added_at, id FOR UPDATE`,
+    `WITH since AS (
+       SELECT d.batch_id, SUM(d.amount_micro_credits) AS drawn FROM ledger_entries l
+         JOIN usage_events e ON e.id = l.usage_event_id AND e.refunded_at IS NULL
+         JOIN drawdowns d ON d.usage_event_id = l.usage_event_id
+        WHERE l.account_id = $1 AND l.type = 'CONSUME' AND l.created_at >= $2
+        GROUP BY d.batch_id
+     )
+     SELECT b.id, b.remaining_micro_credits, COALESCE(s.drawn, 0) AS drawn_since
+       FROM credit_batches b LEFT JOIN since s ON s.batch_id = b.id
+      WHERE b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND (b.expires_at IS NULL OR b.expires_at > $2)
+        AND (b.status = 'ACTIVE' OR (b.status = 'EXHAUSTED' AND s.drawn IS NOT NULL))
+      ORDER BY b.added_at, b.id FOR UPDATE OF b`,
     [atx.accountId, at],
   );
-  let total = rows.reduce((s, r) => s + toBigInt(r.remaining_micro_credits), 0n);
-  for (const r of rows) {
-    if (total <= cap) break;
+  const batches = rows.map((r) => {
     const remaining = toBigInt(r.remaining_micro_credits);
-    const cut = minBig(remaining, total - cap);
+    return { id: r.id as string, remaining, atStart: remaining + toBigInt(r.drawn_since) };
+  });
+  let total = batches.reduce((sum, b) => sum + b.atStart, 0n);
+  for (const b of batches) {
+    if (total <= cap) break;
+    const trimmed = minBig(b.atStart, total - cap); // what an on-time trim took from this batch
+    total -= trimmed;
+    const cut = minBig(b.remaining, trimmed);
+    if (cut === 0n) continue;
     await atx.tx.query(
       `UPDATE credit_batches SET remaining_micro_credits = remaining_micro_credits - $2,
               status = CASE WHEN remaining_micro_credits - $2 = 0 THEN 'EXPIRED'::"BatchStatus" ELSE status END, updated_at = $3
         WHERE id = $1`,
-      [r.id, cut.toString(), atx.now],
+      [b.id, cut.toString(), atx.now],
     );
-    atx.addEntry({ type: 'EXPIRE', amountMicroCredits: -cut, batchId: r.id as string, note: 'above the rollover cap', at });
-    total -= cut;
+    atx.addEntry({ type: 'EXPIRE', amountMicroCredits: -cut, batchId: b.id, note: 'above the rollover cap', at });
   }
 }
 

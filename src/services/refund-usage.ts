@@ -5,7 +5,9 @@
  * is split by the account's debt history (replayDebt, debt repaid first in, first out): what is
  * still owed is forgiven, and what later grants already repaid goes back into the batches of those
  * grants, by the same rules as drawn credit. Its cost is taken off its agent's / user's kept
- * budget spending (spending-budgets.ts). Refunding a refunded event returns it unchanged.
+ * budget spending of the billing period it was charged in (spending-budgets.ts), unless that
+ * period belongs to a billing anchor a plan subscription has since replaced. Refunding a refunded
+ * event returns it unchanged.
  */
 import type pg from 'pg';
 import { withTransaction, toBigInt, type Tx } from '../db/pg.js';
@@ -135,7 +137,8 @@ export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Prom
  * and expiry (an exhausted batch becomes ACTIVE again; voidGrant can then remove it), never into
  * an expired or voided batch: that part is not given back (an operator removed that credit, or it
  * would have expired). A batch gets back at most what it gave, so its remaining stays within its
- * allocation (CHECK credit_batches_remaining_in_range).
+ * allocation (CHECK credit_batches_remaining_in_range). Its cost comes off the kept budget spending
+ * of the period it was charged in, when that period is of the current billing anchor.
  * @param reason free text, 1..500 characters, kept on the event and the entries.
  * @returns the event id.
  * @throws LedgerError NOT_FOUND, BAD_USER_INPUT (reason empty or > 500 characters).
@@ -197,12 +200,19 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     }
     await tx.query('UPDATE usage_events SET refunded_at = $2, refund_reason = $3 WHERE id = $1', [usageEventId, atx.now, reason]);
     const e = ev.rows[0];
-    await moveBudgetSpend(
-      atx,
-      { agentId: e.agent_id as string | null, userId: e.user_id as string | null },
-      monthlyPeriodAt(atx.billingAnchorAt, e.recorded_at as Date).start,
-      -toBigInt(e.cost_micro_credits),
-    );
+    const recordedAt = e.recorded_at as Date;
+    // The kept spending of the period the event was charged in. An event recorded before the
+    // billing anchor (a plan subscribed since) was charged in a period of the old anchor, whose
+    // kept rows subscribeToPlan deleted: nothing to take off. monthlyPeriodAt would name the new
+    // anchor's first period for it, and take the old event's cost off that period's spending.
+    if (recordedAt.getTime() >= atx.billingAnchorAt.getTime()) {
+      await moveBudgetSpend(
+        atx,
+        { agentId: e.agent_id as string | null, userId: e.user_id as string | null },
+        monthlyPeriodAt(atx.billingAnchorAt, recordedAt).start,
+        -toBigInt(e.cost_micro_credits),
+      );
+    }
     atx.touch();
     await atx.finish();
     return usageEventId;

@@ -193,6 +193,56 @@ describe('plans and billing cycles', () => {
     }
   });
 
+  it('a ROLLOVER roll that runs late trims the credit to the cap as it stood at the period start: usage in between does not save credit above the cap', async () => {
+    const capped = await plan('ROLLOVER', '100', '50');
+    const stepped = await testAccount('2026-07-07T00:00:00.000Z');
+    const late = await testAccount('2026-07-07T00:00:00.000Z');
+    for (const id of [stepped, late]) {
+      await grant(id, '5', 'FREE'); // FREE pays first, before the subscription credit
+      await subscribe(id, capped);
+      ok(await spend(id, '25')); // 80 of the subscription credit left: 30 above the cap
+    }
+    await advance(stepped, '2026-08-07T01:00:00.000Z'); // rolled at 08-07: 80 trimmed to 50, + 100
+    await srv.services.pool.query(`UPDATE accounts SET test_clock_at = '2026-08-07T01:00:00.000Z' WHERE id = $1`, [dbId(late)]);
+    for (const id of [stepped, late]) {
+      ok(await spend(id, '30')); // the late account pays it from the old subscription batch (80 -> 50)
+      ok(await spend(id, '5'));
+    }
+    expect(await rollBillingPeriods(srv.services, dbId(late))).toEqual({ periodsRolled: 1 });
+    const [a, b] = [await read(stepped), await read(late)];
+    expect(a.balance.available).toBe('115');
+    expect(b.balance).toMatchObject({ available: a.balance.available, total: a.balance.total, periodStart: a.balance.periodStart, periodCredits: a.balance.periodCredits });
+    expect(entries(b, 'EXPIRE').map((e: any) => [e.amount, e.createdAt])).toEqual([['-30', '2026-08-07T00:00:00.000Z']]);
+    expect(b.reconciliation.consistent).toBe(true);
+  });
+
+  it('cancelling or switching plans after a period began but before its roll ran (a late job) first rolls that period under the old plan, as when the roll ran on time', async () => {
+    for (const change of ['cancel', 'switch'] as const) {
+      const capped = await plan('ROLLOVER', '100', '50');
+      const other = await plan('RESET', '10');
+      const stepped = await testAccount('2026-05-05T00:00:00.000Z');
+      const late = await testAccount('2026-05-05T00:00:00.000Z');
+      for (const id of [stepped, late]) {
+        await subscribe(id, capped);
+        ok(await spend(id, '20')); // 80 left: above the cap of 50
+      }
+      await advance(stepped, '2026-06-05T01:00:00.000Z'); // rolled at 06-05: 80 trimmed to 50, + 100
+      // The late account's clock passes the period start without advanceTestClock (which rolls at
+      // once), as the wall clock does while the roll-period job waits for a worker.
+      await srv.services.pool.query(`UPDATE accounts SET test_clock_at = '2026-06-05T01:00:00.000Z' WHERE id = $1`, [dbId(late)]);
+      for (const id of [stepped, late]) {
+        if (change === 'cancel') ok(await srv.gql(`mutation($a: ID!) { cancelSubscription(accountId: $a) { active } }`, { a: id }));
+        else await subscribe(id, other);
+      }
+      expect(await rollBillingPeriods(srv.services, dbId(late))).toEqual({ periodsRolled: 0 }); // nothing left for the job
+      const [a, b] = [await read(stepped), await read(late)];
+      expect(a.balance.available).toBe(change === 'cancel' ? '150' : '160');
+      expect(b.balance).toMatchObject({ available: a.balance.available, total: a.balance.total, periodStart: a.balance.periodStart, periodCredits: a.balance.periodCredits });
+      expect(entries(b, 'EXPIRE').map((e: any) => [e.amount, e.createdAt])).toEqual([['-30', '2026-06-05T00:00:00.000Z']]);
+      expect(b.reconciliation.consistent).toBe(true);
+    }
+  });
+
   /** The SUBSCRIPTION grants' amounts (oldest first; one instant: smaller first) and the plan in force. */
   async function planGrants(accountId: string) {
     const a = ok(

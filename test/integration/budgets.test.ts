@@ -191,6 +191,47 @@ describe('kept budget spending (budget_spend: one row read per check instead of 
     expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:c', kept: credits(3), sum: credits(3) }]);
     await expectLedgerInvariant(s.pool, accountId);
   });
+
+  it('refunding an event recorded before a plan switch gives nothing back to the budget of the period the switch started', async () => {
+    const before = new Date(Date.UTC(2026, 2, 10, 9, 0, 0));
+    const switched = new Date(Date.UTC(2026, 2, 20, 9, 0, 0));
+    s.setNow(before);
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'd', limitMicroCredits: credits(5) });
+    const old = await recordUsage(s, { accountId, idempotencyKey: 'd1', category: 'units', quantities: { units: '4' }, agentId: 'd' });
+    const plan = await createPlan(s, { name: `switch-refund-${accountId}`, monthlyMicroCredits: credits(1), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '0' });
+    s.setNow(switched);
+    await subscribeToPlan(s, accountId, plan.id);
+    s.setNow(new Date(switched.getTime() + 60_000));
+    await recordUsage(s, { accountId, idempotencyKey: 'd2', category: 'units', quantities: { units: '5' }, agentId: 'd' });
+    await overBudget(unit(accountId, 'd3', 'd'));
+    // The refunded event was charged in the period before the switch: the new period's spending
+    // stays 5 (its own event), and the agent is still at its limit.
+    s.setNow(new Date(switched.getTime() + 120_000));
+    await refundUsage(s, old.eventId, 'refund of an event before the switch');
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:d', kept: credits(5), sum: credits(5) }]);
+    await overBudget(unit(accountId, 'd4', 'd'));
+    await expectLedgerInvariant(s.pool, accountId);
+    s.setNow(null);
+  });
+
+  it('refunding an event recorded before a plan switch, when the new period has spent less than its cost, is not an error', async () => {
+    const before = new Date(Date.UTC(2026, 3, 10, 9, 0, 0));
+    const switched = new Date(Date.UTC(2026, 3, 20, 9, 0, 0));
+    s.setNow(before);
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'e', limitMicroCredits: credits(10) });
+    const old = await recordUsage(s, { accountId, idempotencyKey: 'e1', category: 'units', quantities: { units: '4' }, agentId: 'e' });
+    const plan = await createPlan(s, { name: `switch-refund-small-${accountId}`, monthlyMicroCredits: credits(1), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '0' });
+    s.setNow(switched);
+    await subscribeToPlan(s, accountId, plan.id);
+    s.setNow(new Date(switched.getTime() + 60_000));
+    await recordUsage(s, { accountId, idempotencyKey: 'e2', category: 'units', quantities: { units: '1' }, agentId: 'e' });
+    await refundUsage(s, old.eventId, 'refund of an event before the switch');
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:e', kept: credits(1), sum: credits(1) }]);
+    await expectLedgerInvariant(s.pool, accountId);
+    s.setNow(null);
+  });
 });
 
 describe('budgets in group commit (decided in memory with the account\'s other charges and holds)', () => {
