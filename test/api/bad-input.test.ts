@@ -279,6 +279,21 @@ describe('other inputs', () => {
     const probe = ok(await srv.gql(`query($e: String!) { accountByExternalId(externalId: $e) { id } }`, { e: base.externalId }));
     expect(probe.accountByExternalId).toBeNull();
   });
+
+  it('usageSummary with an inverted range names the argument the caller sent and the default it met', async () => {
+    const SUMMARY = `query($id: ID!, $from: DateTime, $to: DateTime) { account(id: $id) { usageSummary(from: $from, to: $to, groupBy: [CATEGORY]) { credits } } }`;
+    // Only `to`, before the current period: from defaults to the period's start.
+    const onlyTo = expectError(await srv.gql(SUMMARY, { id: acct, to: '2001-01-01T00:00:00.000Z' }), 'BAD_USER_INPUT');
+    expect(onlyTo.message).toMatch(/^to: is before the current billing period's start \(.+\), from's default: give from as well$/);
+    // Only `from`, after the current period: to defaults to the period's end.
+    const onlyFrom = expectError(await srv.gql(SUMMARY, { id: acct, from: '9000-01-01T00:00:00.000Z' }), 'BAD_USER_INPUT');
+    expect(onlyFrom.message).toMatch(/^from: is after the current billing period's end \(.+\), to's default: give to as well$/);
+    const both = expectError(await srv.gql(SUMMARY, { id: acct, from: '2001-02-01T00:00:00.000Z', to: '2001-01-01T00:00:00.000Z' }), 'BAD_USER_INPUT');
+    expect(both.message).toBe('to: must not be before from');
+    // Control: the same `to` with a `from` before it is answered.
+    const answered = ok(await srv.gql(SUMMARY, { id: acct, from: '2000-01-01T00:00:00.000Z', to: '2001-01-01T00:00:00.000Z' }));
+    expect(answered.account.usageSummary).toEqual([]);
+  });
 });
 
 describe('request-body limit (MAX_REQUEST_BODY_BYTES)', () => {

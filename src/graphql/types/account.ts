@@ -173,7 +173,13 @@ export const AccountRef = builder.prismaNode('Account', {
         const period = monthlyPeriodAt(a.billingAnchorAt, accountNow(a, ctx.services.clock()));
         const from = args.from ?? period.start;
         const to = args.to ?? period.end;
-        if (to.getTime() < from.getTime()) throw badInput('to', 'must not be before from');
+        if (to.getTime() < from.getTime()) {
+          // A half-given range takes its other end from the current billing period; say so rather
+          // than name an argument the caller never sent.
+          if (!args.from) throw badInput('to', `is before the current billing period's start (${from.toISOString()}), from's default: give from as well`);
+          if (!args.to) throw badInput('from', `is after the current billing period's end (${to.toISOString()}), to's default: give to as well`);
+          throw badInput('to', 'must not be before from');
+        }
         return usageSummary(ctx.services.pool, a.id, { from, to }, args.groupBy);
       },
     }),
