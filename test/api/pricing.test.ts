@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
+import { TEST_PRICE_BOOK } from '../setup/test-price-book.js';
 import { dbId, grant, ok, uniq } from './helpers.js';
 
 const EVENT = `id cost occurredAt priceBookVersion lines { item quantity unitPrice amount }`;
@@ -73,5 +74,33 @@ describe.each(['group', 'naive'])('LLM catalog prices are those in force at the 
     expect(settled).toMatchObject({ consumed: COST_BEFORE_CHANGE, status: 'SETTLED' });
 
     await expectLedgerInvariant(srv.services.pool, dbId(acct));
+  });
+});
+
+describe('publishPriceBook', () => {
+  let srv: TestServer;
+  beforeAll(async () => {
+    srv = await startTestServer();
+  });
+  afterAll(async () => {
+    await srv?.close();
+  });
+
+  const PUBLISH = `mutation($input: PriceBookInput!) { publishPriceBook(input: $input) { version name publishedAt } }`;
+
+  it('concurrent publishes each answer the version they stored (never an error for a book that was published)', async () => {
+    // Same rules as the test book, so other tests price as before whichever version wins.
+    const names = Array.from({ length: 8 }, (_, i) => `concurrent ${i} ${uniq('book')}`);
+    try {
+      const answers = await Promise.all(names.map((name) => srv.gql(PUBLISH, { input: { ...TEST_PRICE_BOOK, name } })));
+      const published = answers.map((res) => ok(res).publishPriceBook as { version: number; name: string; publishedAt: string });
+      expect(published.map((p) => p.name)).toEqual(names);
+      const { rows } = await srv.services.pool.query('SELECT version, name, published_at FROM price_books WHERE name = ANY($1) ORDER BY version', [names]);
+      expect(rows).toHaveLength(names.length);
+      const stored = new Map(rows.map((r) => [r.name as string, { version: r.version as number, publishedAt: (r.published_at as Date).toISOString() }]));
+      for (const p of published) expect({ version: p.version, publishedAt: p.publishedAt }).toEqual(stored.get(p.name));
+    } finally {
+      ok(await srv.gql(PUBLISH, { input: TEST_PRICE_BOOK }));
+    }
   });
 });
