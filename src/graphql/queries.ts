@@ -172,9 +172,13 @@ builder.queryType({
         const input = toUsageInput(args.input);
         await assertCanReadAccount(ctx, input.accountId);
         const cmd = validateUsageInput(input);
-        const [book, settings] = await Promise.all([ctx.services.pricing.priceBook(), ctx.services.pricing.settings()]);
-        const priced = priceCommand(cmd, book, settings);
-        const balance = await readBalance(ctx.services.pool, cmd.accountId, ctx.services.clock());
+        const [book, settings, balance] = await Promise.all([
+          ctx.services.pricing.priceBook(),
+          ctx.services.pricing.settings(),
+          readBalance(ctx.services.pool, cmd.accountId, ctx.services.clock()),
+        ]);
+        // Priced at the account's now (its test clock for a test-mode account), as recordUsage prices it.
+        const priced = priceCommand(cmd, book, settings, balance.asOf);
         return {
           costMicroCredits: priced.costMicroCredits,
           lines: priced.lines.map((l) => ({ item: l.item, quantity: l.quantity, unitPrice: l.unitPrice, amount: formatCredits(l.amountMicroCredits), exactAmount: l.exactAmount })),

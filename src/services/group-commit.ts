@@ -38,14 +38,13 @@
 import type pg from 'pg';
 import { PipelinedCommit, awaitInOrder, isDatabaseUnavailable, isStatementTimeout, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
-import type { PricedUsage } from '../pricing/price-book.js';
 import { AccountTx, type ChargeState } from './account-tx.js';
 import type { Clock } from './context.js';
 import type { UsageCommand } from './usage-command.js';
-import { readChargeStates, subjectKeys, type CarriedDecisions, type ChargeResult, type GroupItem, type HoldOpItem, type ItemOutcome } from './record-usage.js';
+import { readChargeStates, subjectKeys, type CarriedDecisions, type ChargeResult, type GroupItem, type HoldOpItem, type ItemOutcome, type Pricer } from './record-usage.js';
 
 /** The charge function of record-usage.ts (`applyCharge`; injected, so tests can put in one that fails). */
-export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }) => Promise<ChargeResult>;
+export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: Pricer) => Promise<ChargeResult>;
 
 /** The multi-account charge function of record-usage.ts (`chargeAccounts`; injected likewise; `pending`, `statesRead` and `carry` as there). */
 export type ChargeAccounts = (
@@ -178,7 +177,7 @@ export class GroupCommitter {
    * @throws what applyCharge throws for this charge (LedgerError refusals, NOT_FOUND for an
    *   unknown account), or the database error of its own retry.
    */
-  charge(cmd: UsageCommand, price: () => { priced: PricedUsage; version: number }): Promise<ChargeResult> {
+  charge(cmd: UsageCommand, price: Pricer): Promise<ChargeResult> {
     return new Promise<ChargeResult>((resolve, reject) =>
       this.enqueue(cmd.accountId, { kind: 'charge', item: { cmd, price }, resolve: resolve as (value: unknown) => void, reject }),
     );

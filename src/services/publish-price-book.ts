@@ -4,19 +4,30 @@
  */
 import { formatPriceRule, validatePriceBook, type PriceBookInput } from '../pricing/price-book.js';
 import type { ServiceContext } from './context.js';
+import type { ActivePriceBook } from './pricing-state.js';
 
 /**
  * Publishes a new price book version. The stored form is the validated book with canonical
  * decimals, so it re-validates identically when loaded.
- * @returns the new version number.
+ * @returns the version this call stored, as readActivePriceBook would read it back (version,
+ *   publication time, validated book, stored form). It is built from this call's own INSERT,
+ *   not by reading "the newest version": a concurrent publish may already have stored a newer
+ *   one, and the caller must still be told what it published.
  * @throws LedgerError BAD_USER_INPUT for an invalid book (see validatePriceBook).
  */
-export async function publishPriceBook(ctx: ServiceContext, input: PriceBookInput): Promise<number> {
+export async function publishPriceBook(ctx: ServiceContext, input: PriceBookInput): Promise<ActivePriceBook> {
   const draft = validatePriceBook(input);
+  const rules = draft.rules.map(formatPriceRule);
   const { rows } = await ctx.pool.query(
-    'INSERT INTO price_books (name, byok_fee_percent, rules, published_at) VALUES ($1, $2, $3, $4) RETURNING version',
-    [draft.name, draft.byokFeePercent, JSON.stringify(draft.rules.map(formatPriceRule)), ctx.clock()],
+    'INSERT INTO price_books (name, byok_fee_percent, rules, published_at) VALUES ($1, $2, $3, $4) RETURNING version, published_at',
+    [draft.name, draft.byokFeePercent, JSON.stringify(rules), ctx.clock()],
   );
   ctx.pricing.invalidate();
-  return rows[0].version as number;
+  const row = rows[0]!;
+  return {
+    version: row.version as number,
+    publishedAt: row.published_at as Date,
+    book: draft,
+    stored: { name: draft.name, byokFeePercent: draft.byokFeePercent, rules },
+  };
 }

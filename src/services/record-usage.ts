@@ -46,10 +46,15 @@ export interface StoredCostLine {
 
 /**
  * Prices a usage command with the book and settings in force.
+ * @param accountNow the charged account's "now" (AccountTx.now: its test clock for a test-mode
+ *   account, else the wall clock): the instant whose catalog prices (date- and time-of-day-
+ *   dependent LLM prices) apply when the command has no occurredAt, i.e. the instant the event is
+ *   recorded as having occurred (README "Test clocks": every rule reads "now" from the account's
+ *   clock; docs/pricing.md: prices apply by the event's time).
  * @throws LedgerError BAD_USER_INPUT when no price book is published, no rule matches, or the
  *   model is unknown without a fallback.
  */
-export function priceCommand(cmd: UsageCommand, book: ActivePriceBook | null, settings: SettingsRecord): PricedUsage {
+export function priceCommand(cmd: UsageCommand, book: ActivePriceBook | null, settings: SettingsRecord, accountNow: Date): PricedUsage {
   if (!book) throw new LedgerError('BAD_USER_INPUT', 'no price book has been published yet');
   return priceUsage(
     book.book,
@@ -61,11 +66,19 @@ export function priceCommand(cmd: UsageCommand, book: ActivePriceBook | null, se
       quantities: cmd.quantities,
       providerCostUsd: cmd.providerCostUsd,
       byok: cmd.byok,
-      occurredAt: cmd.occurredAt,
+      occurredAt: cmd.occurredAt ?? accountNow,
     },
     { creditUsdValue: settings.creditUsdValue },
   );
 }
+
+/**
+ * A usage command's pricing, called once its account is locked and only when its idempotency key
+ * is new, with the account's "now" (AccountTx.now; see priceCommand): the priced event and the
+ * version of the price book it was priced with.
+ * @throws LedgerError BAD_USER_INPUT as priceCommand.
+ */
+export type Pricer = (accountNow: Date) => { priced: PricedUsage; version: number };
 
 function commandHash(cmd: UsageCommand): string {
   return requestHash({ ...cmd, op: 'usage' });
@@ -80,11 +93,7 @@ function commandHash(cmd: UsageCommand): string {
  *   BUDGET_EXCEEDED (agent/user budget, charges without a reservation), INSUFFICIENT_CREDITS,
  *   BAD_USER_INPUT (from pricing).
  */
-export async function applyCharge(
-  atx: AccountTx,
-  cmd: UsageCommand,
-  price: () => { priced: PricedUsage; version: number },
-): Promise<ChargeResult> {
+export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pricer): Promise<ChargeResult> {
   const hash = commandHash(cmd);
   const state = await atx.state({ reservationId: cmd.reservationId, agentId: cmd.agentId, userId: cmd.userId, usageIdempotencyKey: cmd.idempotencyKey });
   if (state.priorUsage) {
@@ -102,7 +111,7 @@ export async function applyCharge(
     holdLeft = maxBig(r.amountMicroCredits - r.consumedMicroCredits, 0n);
   }
 
-  const { priced, version } = price();
+  const { priced, version } = price(atx.now);
   const cost = priced.costMicroCredits;
   const { batches, reservedMicroCredits: reservedOthers } = state;
   if (state.hasBudget && !cmd.reservationId) await assertWithinBudgets(atx, cmd, cost);
@@ -364,7 +373,7 @@ function storedLines(priced: PricedUsage): StoredCostLine[] {
 /** One charge of a group: the command and its pricing thunk. */
 export interface ChargeItem {
   cmd: UsageCommand;
-  price: () => { priced: PricedUsage; version: number };
+  price: Pricer;
 }
 
 /**
@@ -706,7 +715,7 @@ export async function chargeAccounts(
       let priced: PricedUsage;
       let version: number;
       try {
-        ({ priced, version } = price());
+        ({ priced, version } = price(atx.now));
       } catch (error) {
         if (!(error instanceof LedgerError)) throw error;
         out.push({ ok: false, error });
@@ -928,9 +937,9 @@ async function writeHoldOps(tx: Tx, created: readonly NewHold[], settled: readon
 /**
  * Loads the pricing inputs and returns a pricing thunk for `cmd`.
  */
-export async function pricerFor(ctx: ServiceContext, cmd: UsageCommand): Promise<() => { priced: PricedUsage; version: number }> {
+export async function pricerFor(ctx: ServiceContext, cmd: UsageCommand): Promise<Pricer> {
   const [book, settings] = await Promise.all([ctx.pricing.priceBook(), ctx.pricing.settings()]);
-  return () => ({ priced: priceCommand(cmd, book, settings), version: book?.version ?? 0 });
+  return (accountNow) => ({ priced: priceCommand(cmd, book, settings, accountNow), version: book?.version ?? 0 });
 }
 
 /**
@@ -991,7 +1000,7 @@ export async function recordUsageBatch(
       results[index] = { ok: false, error };
     }
   });
-  const pricer = (cmd: UsageCommand) => () => ({ priced: priceCommand(cmd, book, settings), version: book?.version ?? 0 });
+  const pricer = (cmd: UsageCommand): Pricer => (accountNow) => ({ priced: priceCommand(cmd, book, settings, accountNow), version: book?.version ?? 0 });
 
   const chargeChunk = async (accountIds: readonly string[]) => {
     const items = new Map(accountIds.map((id) => [id, groups.get(id)!.map(({ cmd }) => ({ cmd, price: pricer(cmd) }))]));

@@ -5,8 +5,7 @@
  */
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
-import { applyCharge, pricerFor, type HoldOpItem, type ReservationResult } from './record-usage.js';
-import type { PricedUsage } from '../pricing/price-book.js';
+import { applyCharge, pricerFor, type HoldOpItem, type Pricer, type ReservationResult } from './record-usage.js';
 import { SETTLE_NOTE, closeReservation, readReservation, reservationNotActive } from './reservation-tx.js';
 import { AccountTx } from './account-tx.js';
 import { onAccount } from './account-op.js';
@@ -61,7 +60,7 @@ async function settleOnLockedAccount(
   atx: AccountTx,
   reservationId: string,
   cmds: readonly UsageCommand[],
-  pricers: readonly (() => { priced: PricedUsage; version: number })[],
+  pricers: readonly Pricer[],
 ): Promise<ReservationResult> {
   const tx = atx.tx;
   const res = await readReservation(atx, reservationId);

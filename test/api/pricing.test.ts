@@ -1,0 +1,106 @@
+/**
+ * Pricing through the API against the real server and PostgreSQL: which instant LLM catalog
+ * prices are taken at (the account's "now": its test clock for a test-mode account), that
+ * `quote` says what the charge then costs, and publishing price books.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { TEST_PRICE_BOOK } from '../setup/test-price-book.js';
+import { dbId, grant, ok, uniq } from './helpers.js';
+
+const EVENT = `id cost occurredAt priceBookVersion lines { item quantity unitPrice amount }`;
+const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { ${EVENT} } }`;
+const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { ${EVENT} } } }`;
+const QUOTE = `query($input: RecordUsageInput!) { quote(input: $input) { cost lines { item quantity unitPrice amount } affordable } }`;
+const RESERVE = `mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`;
+const SETTLE = `mutation($input: SettleReservationInput!) { settleReservation(input: $input) { id consumed status } }`;
+
+/** A test-mode account whose clock starts at `start`, funded with `paid` PAID credits. */
+async function testClockAccount(srv: TestServer, start: string, paid: string): Promise<string> {
+  const id = ok(
+    await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+      input: { externalId: uniq('clock'), name: 'pricing test clock', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: start },
+    }),
+  ).createAccount.id as string;
+  await grant(srv, id, paid, 'PAID');
+  return id;
+}
+
+describe.each(['group', 'naive'])('LLM catalog prices are those in force at the account\'s now (CHARGE_PATH=%s)', (chargePath) => {
+  let srv: TestServer;
+  beforeAll(async () => {
+    srv = await startTestServer({ CHARGE_PATH: chargePath });
+  });
+  afterAll(async () => {
+    await srv?.close();
+  });
+
+  // claude-opus-4-6 (genai-prices 0.1.8): before 2026-03-13 a prompt over 200,000 tokens cost
+  // $10 / $37.50 per million input / output tokens; from that date $5 / $25 at any size.
+  const BEFORE_CHANGE = '2026-02-01T12:00:00.000Z';
+  const llm = (accountId: string, extra: Record<string, unknown> = {}) => ({
+    accountId,
+    idempotencyKey: uniq('llm'),
+    category: 'llm',
+    model: 'claude-opus-4-6',
+    quantities: { inputTokens: 300_000, outputTokens: 1_000 },
+    ...extra,
+  });
+  // The test book's category-wide llm rule: catalog price + 20 %, 1 credit = $0.01.
+  // (300,000 x $10 + 1,000 x $37.50) / 1e6 = $3.0375 = 303.75 credits; + 20 % = 364.5.
+  const COST_BEFORE_CHANGE = '364.5';
+
+  it('a test-mode account is charged the price of its test clock\'s instant (single, batch, settle, quote), as if occurredAt were given', async () => {
+    const acct = await testClockAccount(srv, BEFORE_CHANGE, '10000');
+    const explicit = ok(await srv.gql(RECORD, { input: llm(acct, { occurredAt: BEFORE_CHANGE }) })).recordUsage;
+    expect(explicit.cost).toBe(COST_BEFORE_CHANGE);
+
+    const quote = ok(await srv.gql(QUOTE, { input: llm(acct) })).quote;
+    expect(quote.cost).toBe(COST_BEFORE_CHANGE);
+
+    const single = ok(await srv.gql(RECORD, { input: llm(acct) })).recordUsage;
+    expect(single.occurredAt).toBe(BEFORE_CHANGE);
+    expect(single.cost).toBe(COST_BEFORE_CHANGE);
+    expect(single.lines).toEqual(explicit.lines);
+    expect(quote.lines).toEqual(explicit.lines);
+
+    const [item] = ok(await srv.gql(BATCH, { inputs: [llm(acct)] })).recordUsageBatch;
+    expect(item.errorCode).toBeNull();
+    expect(item.event).toMatchObject({ cost: COST_BEFORE_CHANGE, occurredAt: BEFORE_CHANGE });
+
+    const hold = ok(await srv.gql(RESERVE, { input: { accountId: acct, amount: '500', idempotencyKey: uniq('hold') } })).reserveCredits;
+    const settled = ok(await srv.gql(SETTLE, { input: { reservationId: hold.id, usage: [llm(acct)] } })).settleReservation;
+    expect(settled).toMatchObject({ consumed: COST_BEFORE_CHANGE, status: 'SETTLED' });
+
+    await expectLedgerInvariant(srv.services.pool, dbId(acct));
+  });
+});
+
+describe('publishPriceBook', () => {
+  let srv: TestServer;
+  beforeAll(async () => {
+    srv = await startTestServer();
+  });
+  afterAll(async () => {
+    await srv?.close();
+  });
+
+  const PUBLISH = `mutation($input: PriceBookInput!) { publishPriceBook(input: $input) { version name publishedAt } }`;
+
+  it('concurrent publishes each answer the version they stored (never an error for a book that was published)', async () => {
+    // Same rules as the test book, so other tests price as before whichever version wins.
+    const names = Array.from({ length: 8 }, (_, i) => `concurrent ${i} ${uniq('book')}`);
+    try {
+      const answers = await Promise.all(names.map((name) => srv.gql(PUBLISH, { input: { ...TEST_PRICE_BOOK, name } })));
+      const published = answers.map((res) => ok(res).publishPriceBook as { version: number; name: string; publishedAt: string });
+      expect(published.map((p) => p.name)).toEqual(names);
+      const { rows } = await srv.services.pool.query('SELECT version, name, published_at FROM price_books WHERE name = ANY($1) ORDER BY version', [names]);
+      expect(rows).toHaveLength(names.length);
+      const stored = new Map(rows.map((r) => [r.name as string, { version: r.version as number, publishedAt: (r.published_at as Date).toISOString() }]));
+      for (const p of published) expect({ version: p.version, publishedAt: p.publishedAt }).toEqual(stored.get(p.name));
+    } finally {
+      ok(await srv.gql(PUBLISH, { input: TEST_PRICE_BOOK }));
+    }
+  });
+});
