@@ -3,8 +3,8 @@
  * really reports them (real PostgreSQL, a real closed port): `isDatabaseUnavailable` tells them
  * from a wrong statement, maskError answers them UNAVAILABLE instead of masking them as a bug, a
  * pool made by createPgPool survives a connection that dies under a checked-out client between
- * two statements, a charge stuck behind another transaction's lock gives up after
- * PG_STATEMENT_TIMEOUT_MS, a transaction left idle is ended after
+ * two statements, a charge (or a recordUsageBatch, each item answering UNAVAILABLE) stuck behind
+ * another transaction's lock gives up after PG_STATEMENT_TIMEOUT_MS, a transaction left idle is ended after
  * PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, freeing the account it locked, and a database that goes
  * silent (a relay that drops every byte, like a lost host or a partition) fails statements after
  * PG_QUERY_TIMEOUT_MS and new connections after PG_CONNECT_TIMEOUT_MS instead of hanging. Both
@@ -40,6 +40,7 @@ afterAll(async () => {
 
 const tagged = () => taggedDatabaseUrl('cp-conn');
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
+const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { id } } }`;
 const terminate = (applicationName: string) => terminateBackends(admin, applicationName);
 
 /** The rejection of `p`, or a failure of the test if it resolves. */
@@ -159,6 +160,33 @@ describe('time limits of the ledger sessions', () => {
       const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
       expect(rows[0].n).toBe(5);
       expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(5_000_000n);
+    } finally {
+      await holder.end();
+      await services.close();
+      await srv.close();
+    }
+  });
+
+  it('recordUsageBatch items stuck behind a lock answer UNAVAILABLE with the database message, like recordUsage (not INTERNAL_SERVER_ERROR, a bug); a replay with the same keys charges each once', async () => {
+    const srv = await startTestServer({ PG_STATEMENT_TIMEOUT_MS: '300', CHARGE_PATH: 'group' });
+    const services = createTestServices(2);
+    const holder = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await holder.connect();
+    try {
+      const accountId = await createFundedAccount(services, { paid: 10 });
+      const run = `stuck-batch-${randomUUID()}`;
+      const inputs = Array.from({ length: 3 }, (_, i) => ({ accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `${run}:${i}` }));
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      const stuck = await srv.gql(BATCH, { inputs });
+      expect(stuck.body.errors, JSON.stringify(stuck.body)).toBeUndefined();
+      expect(stuck.body.data.recordUsageBatch).toEqual(inputs.map(() => ({ errorCode: 'UNAVAILABLE', errorMessage: DATABASE_UNAVAILABLE_MESSAGE, event: null })));
+      await holder.query('ROLLBACK');
+      const charged = await srv.gql(BATCH, { inputs });
+      expect(charged.body.data.recordUsageBatch.map((r: { errorCode: string | null }) => r.errorCode)).toEqual([null, null, null]);
+      const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
+      expect(rows[0].n).toBe(3);
+      expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(7_000_000n);
     } finally {
       await holder.end();
       await services.close();
@@ -335,3 +363,4 @@ describe('TCP keepalive on the pools (an idle connection whose peer vanished is 
     }
   });
 });
+
