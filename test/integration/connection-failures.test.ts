@@ -22,7 +22,10 @@ import { startSilenceableRelay, taggedDatabaseUrl, terminateBackends, unreachabl
 import { createPrismaClient } from '../../src/db/prisma.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { startTestServer } from '../setup/test-server.js';
-import { createTestServices } from '../setup/services.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createPricingState } from '../../src/services/pricing-state.js';
+import { recordUsageBatch } from '../../src/services/record-usage.js';
+import type { UsageInput } from '../../src/services/usage-command.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { gid } from '../api/helpers.js';
@@ -191,6 +194,67 @@ describe('time limits of the ledger sessions', () => {
       await holder.end();
       await services.close();
       await srv.close();
+    }
+  });
+
+  it('recordUsageBatch: a chunk stuck behind a lock gives up after ONE statement timeout, every item of it answering the database error (not retried account by account and item by item, each waiting again); a replay with the same keys charges each once', async () => {
+    const { services, transactions } = countingTransactions(createTestServices(4, TEST_DATABASE_URL, { statementTimeoutMs: 300 }));
+    const holder = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await holder.connect();
+    try {
+      const stuck = await createFundedAccount(services, { paid: 100 });
+      const other = await createFundedAccount(services, { paid: 100 });
+      const inputs: UsageInput[] = [
+        ...Array.from({ length: 10 }, (_, i) => ({ accountId: stuck, category: 'unit', idempotencyKey: `s${i}` })),
+        { accountId: other, category: 'unit', idempotencyKey: 'o1' },
+        { accountId: other, category: 'unit', idempotencyKey: 'o2' },
+      ];
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [stuck]);
+      const before = transactions();
+      const results = await recordUsageBatch(services, inputs, { maxItems: 100 });
+      // One transaction for the one chunk: a timeout is no item's fault, and a transaction per
+      // account and per item would each have waited for the lock again (here 13 transactions, 12
+      // timeouts; a batch of 1,000 items on the account would wait 1,002 statement timeouts).
+      expect(transactions() - before).toBe(1);
+      for (const r of results) expect(!r.ok && isDatabaseUnavailable(r.error), String(!r.ok && r.error)).toBe(true);
+      await holder.query('ROLLBACK');
+      const replay = await recordUsageBatch(services, inputs, { maxItems: 100 });
+      expect(replay.map((r) => r.ok && !r.result.replayed)).toEqual(inputs.map(() => true));
+      expect((await expectLedgerInvariant(services.pool, stuck)).totalMicroCredits).toBe(90_000_000n);
+      expect((await expectLedgerInvariant(services.pool, other)).totalMicroCredits).toBe(98_000_000n);
+    } finally {
+      await holder.end();
+      await services.close();
+    }
+  });
+
+  it('recordUsageBatch: a chunk whose connection is lost is run again once as a whole, and each item is charged exactly once', async () => {
+    const { url } = tagged();
+    const { services, transactions } = countingTransactions(createTestServices(4, url));
+    const holder = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await holder.connect();
+    try {
+      const a = await createFundedAccount(services, { paid: 100 });
+      const b = await createFundedAccount(services, { paid: 100 });
+      const inputs: UsageInput[] = [a, b, a, b].map((accountId, i) => ({ accountId, category: 'unit', idempotencyKey: `l${i}` }));
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [a]);
+      const holderPid = (await holder.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+      const before = transactions();
+      const batch = recordUsageBatch(services, inputs, { maxItems: 100 });
+      // The chunk's connection dies while it waits for the lock (as in a failover); its retry waits again.
+      const first = await blockedBy(holderPid);
+      await admin.query('SELECT pg_terminate_backend($1)', [first]);
+      await blockedBy(holderPid, first);
+      await holder.query('ROLLBACK');
+      const results = await batch;
+      expect(results.map((r) => r.ok && !r.result.replayed)).toEqual([true, true, true, true]);
+      expect(transactions() - before).toBe(2);
+      for (const id of [a, b]) expect((await expectLedgerInvariant(services.pool, id)).totalMicroCredits).toBe(98_000_000n);
+    } finally {
+      await holder.end();
+      await services.close();
     }
   });
 
@@ -364,3 +428,34 @@ describe('TCP keepalive on the pools (an idle connection whose peer vanished is 
   });
 });
 
+/**
+ * `services` charging through a pool whose `connect()` calls are counted: withTransaction takes
+ * one connection per transaction (pool.query does not go through it), so `transactions()` is the
+ * number of transactions begun. The price book and settings are cached first, so that a batch
+ * reads them from memory.
+ */
+function countingTransactions(real: TestServices): { services: TestServices; transactions: () => number } {
+  let n = 0;
+  const pool = new Proxy(real.pool, {
+    get(target, prop) {
+      if (prop === 'connect') {
+        return () => {
+          n++;
+          return target.connect();
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  return { services: { ...real, pool, pricing: createPricingState(real.pool, 600_000) }, transactions: () => n };
+}
+
+/** The pid of a backend waiting for a lock that backend `holderPid` holds, other than `not` (polls pg_blocking_pids). */
+async function blockedBy(holderPid: number, not: number | null = null): Promise<number> {
+  for (;;) {
+    const { rows } = await admin.query(`SELECT pid FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid)) AND pid IS DISTINCT FROM $2::int`, [holderPid, not]);
+    if (rows[0]) return rows[0].pid as number;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
