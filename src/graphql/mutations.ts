@@ -30,7 +30,8 @@ import { refundUsage } from '../services/refund-usage.js';
 import { publishPriceBook } from '../services/publish-price-book.js';
 import { updateSettings } from '../services/update-settings.js';
 import { LedgerError } from '../ledger/errors.js';
-import { BILLING_REFUSALS, NEUTRAL_MESSAGE } from './errors.js';
+import { BILLING_REFUSALS, DATABASE_UNAVAILABLE_MESSAGE, NEUTRAL_MESSAGE } from './errors.js';
+import { isDatabaseUnavailable } from '../db/pg.js';
 import { formatCredits } from '../ledger/credits.js';
 import { validateIdempotencyKey } from '../services/usage-command.js';
 import type { UsageEvent } from '../generated/prisma/client.js';
@@ -131,6 +132,7 @@ builder.mutationType({
         const replayedIds = results.flatMap((r) => (r.ok && !r.result.row ? [r.result.eventId] : []));
         if (replayedIds.length > 0) for (const e of await ctx.prisma.usageEvent.findMany({ where: { id: { in: replayedIds } } })) events.set(e.id, e);
         let k = 0;
+        let unavailableLogged = false; // one warning per request, not one per item
         return decoded.map((d): BatchResultShape => {
           const r = d.ok ? results[k++]! : { ok: false as const, error: d.error };
           if (r.ok) return { event: events.get(r.result.eventId) ?? null, errorCode: null, errorMessage: null };
@@ -140,6 +142,13 @@ builder.mutationType({
               return { event: null, errorCode: 'UNAVAILABLE', errorMessage: NEUTRAL_MESSAGE };
             }
             return { event: null, errorCode: r.error.code, errorMessage: r.error.message };
+          }
+          // The database unreachable, lost or out of time is no bug: UNAVAILABLE, as maskError
+          // answers recordUsage (the client retries with the same keys; what committed replays).
+          if (isDatabaseUnavailable(r.error)) {
+            if (!unavailableLogged) ctx.log.warn({ err: r.error, requestId: ctx.requestId }, 'recordUsageBatch items: database unreachable, connection lost or timed out: answered UNAVAILABLE');
+            unavailableLogged = true;
+            return { event: null, errorCode: 'UNAVAILABLE', errorMessage: DATABASE_UNAVAILABLE_MESSAGE };
           }
           ctx.log.error({ err: r.error, requestId: ctx.requestId }, 'recordUsageBatch item failed unexpectedly');
           return { event: null, errorCode: 'INTERNAL_SERVER_ERROR', errorMessage: `Unexpected error (request ${ctx.requestId}).` };

@@ -11,7 +11,7 @@
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
  */
 import { randomUUID } from 'node:crypto';
-import { awaitInOrder, deferStatement, PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
+import { awaitInOrder, deferStatement, isDatabaseUnavailable, isStatementTimeout, PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
@@ -977,8 +977,12 @@ export const BATCH_ACCOUNTS_PER_TRANSACTION = 100;
  * makes bulk ingestion cheaper than one transaction per event. A refused item leaves no trace
  * (refusals are decided before anything is written). If a chunk's transaction fails
  * unexpectedly, its accounts are retried one transaction each, and an account that still fails
- * has its items retried one transaction each, so only the faulty item fails. At most
- * `concurrency` chunks run at once. Results are in input order.
+ * has its items retried one transaction each, so only the faulty item fails. A failure of the
+ * database itself (db/pg.ts `isDatabaseUnavailable`) is no item's fault, as in group commit: a
+ * lost connection runs the whole chunk once more, a statement timeout not at all, and then every
+ * item of the chunk gets the error (the caller retries with the same keys; what committed, the
+ * COMMIT's answer being what was lost, replays). At most `concurrency` chunks run at once.
+ * Results are in input order.
  * @throws LedgerError BAD_USER_INPUT when there are more than `maxItems` inputs.
  */
 export async function recordUsageBatch(
@@ -1028,20 +1032,40 @@ export async function recordUsageBatch(
     }
   };
 
-  const runChunk = async (accountIds: readonly string[]): Promise<void> => {
+  /** Every item of `accountIds` fails with `error`. */
+  const failAll = (accountIds: readonly string[], error: unknown) => {
+    for (const id of accountIds) for (const { index } of groups.get(id)!) results[index] = { ok: false, error };
+  };
+  const runChunk = async (accountIds: readonly string[], retryUnavailable = true): Promise<void> => {
     try {
       await chargeChunk(accountIds);
     } catch (error) {
+      if (isDatabaseUnavailable(error)) {
+        // Not any item's fault (as in group-commit.ts): a transaction per account and per item
+        // would repeat the failure, or the wait, once each (1,000 items stuck behind a lock
+        // waited 1,002 statement timeouts). A lost connection gets one more try of the whole
+        // chunk; then, and after a timeout at once, every item of it gets the error (UNAVAILABLE:
+        // retry with the same keys, which replays what committed).
+        if (retryUnavailable && !isStatementTimeout(error)) return runChunk(accountIds, false);
+        failAll(accountIds, error);
+        return;
+      }
       if (accountIds.length > 1) {
         for (const id of accountIds) await runChunk([id]); // find the faulty account
         return;
       }
       // Unexpected on one account: isolate the faulty item(s) with one transaction per item.
-      for (const { index } of groups.get(accountIds[0]!)!) {
+      const items = groups.get(accountIds[0]!)!;
+      for (let i = 0; i < items.length; i++) {
+        const { index } = items[i]!;
         try {
           results[index] = { ok: true, result: await recordUsage(ctx, inputs[index]!) };
         } catch (itemError) {
           results[index] = { ok: false, error: itemError ?? error };
+          if (isDatabaseUnavailable(itemError)) {
+            for (const rest of items.slice(i + 1)) results[rest.index] = { ok: false, error: itemError };
+            return;
+          }
         }
       }
     }

@@ -3,8 +3,8 @@
  * really reports them (real PostgreSQL, a real closed port): `isDatabaseUnavailable` tells them
  * from a wrong statement, maskError answers them UNAVAILABLE instead of masking them as a bug, a
  * pool made by createPgPool survives a connection that dies under a checked-out client between
- * two statements, a charge stuck behind another transaction's lock gives up after
- * PG_STATEMENT_TIMEOUT_MS, a transaction left idle is ended after
+ * two statements, a charge (or a recordUsageBatch, each item answering UNAVAILABLE) stuck behind
+ * another transaction's lock gives up after PG_STATEMENT_TIMEOUT_MS, a transaction left idle is ended after
  * PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, freeing the account it locked, and a database that goes
  * silent (a relay that drops every byte, like a lost host or a partition) fails statements after
  * PG_QUERY_TIMEOUT_MS and new connections after PG_CONNECT_TIMEOUT_MS instead of hanging. Both
@@ -22,7 +22,10 @@ import { startSilenceableRelay, taggedDatabaseUrl, terminateBackends, unreachabl
 import { createPrismaClient } from '../../src/db/prisma.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { startTestServer } from '../setup/test-server.js';
-import { createTestServices } from '../setup/services.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createPricingState } from '../../src/services/pricing-state.js';
+import { recordUsageBatch } from '../../src/services/record-usage.js';
+import type { UsageInput } from '../../src/services/usage-command.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { gid } from '../api/helpers.js';
@@ -40,6 +43,7 @@ afterAll(async () => {
 
 const tagged = () => taggedDatabaseUrl('cp-conn');
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
+const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { id } } }`;
 const terminate = (applicationName: string) => terminateBackends(admin, applicationName);
 
 /** The rejection of `p`, or a failure of the test if it resolves. */
@@ -163,6 +167,94 @@ describe('time limits of the ledger sessions', () => {
       await holder.end();
       await services.close();
       await srv.close();
+    }
+  });
+
+  it('recordUsageBatch items stuck behind a lock answer UNAVAILABLE with the database message, like recordUsage (not INTERNAL_SERVER_ERROR, a bug); a replay with the same keys charges each once', async () => {
+    const srv = await startTestServer({ PG_STATEMENT_TIMEOUT_MS: '300', CHARGE_PATH: 'group' });
+    const services = createTestServices(2);
+    const holder = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await holder.connect();
+    try {
+      const accountId = await createFundedAccount(services, { paid: 10 });
+      const run = `stuck-batch-${randomUUID()}`;
+      const inputs = Array.from({ length: 3 }, (_, i) => ({ accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `${run}:${i}` }));
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      const stuck = await srv.gql(BATCH, { inputs });
+      expect(stuck.body.errors, JSON.stringify(stuck.body)).toBeUndefined();
+      expect(stuck.body.data.recordUsageBatch).toEqual(inputs.map(() => ({ errorCode: 'UNAVAILABLE', errorMessage: DATABASE_UNAVAILABLE_MESSAGE, event: null })));
+      await holder.query('ROLLBACK');
+      const charged = await srv.gql(BATCH, { inputs });
+      expect(charged.body.data.recordUsageBatch.map((r: { errorCode: string | null }) => r.errorCode)).toEqual([null, null, null]);
+      const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
+      expect(rows[0].n).toBe(3);
+      expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(7_000_000n);
+    } finally {
+      await holder.end();
+      await services.close();
+      await srv.close();
+    }
+  });
+
+  it('recordUsageBatch: a chunk stuck behind a lock gives up after ONE statement timeout, every item of it answering the database error (not retried account by account and item by item, each waiting again); a replay with the same keys charges each once', async () => {
+    const { services, transactions } = countingTransactions(createTestServices(4, TEST_DATABASE_URL, { statementTimeoutMs: 300 }));
+    const holder = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await holder.connect();
+    try {
+      const stuck = await createFundedAccount(services, { paid: 100 });
+      const other = await createFundedAccount(services, { paid: 100 });
+      const inputs: UsageInput[] = [
+        ...Array.from({ length: 10 }, (_, i) => ({ accountId: stuck, category: 'unit', idempotencyKey: `s${i}` })),
+        { accountId: other, category: 'unit', idempotencyKey: 'o1' },
+        { accountId: other, category: 'unit', idempotencyKey: 'o2' },
+      ];
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [stuck]);
+      const before = transactions();
+      const results = await recordUsageBatch(services, inputs, { maxItems: 100 });
+      // One transaction for the one chunk: a timeout is no item's fault, and a transaction per
+      // account and per item would each have waited for the lock again (here 13 transactions, 12
+      // timeouts; a batch of 1,000 items on the account would wait 1,002 statement timeouts).
+      expect(transactions() - before).toBe(1);
+      for (const r of results) expect(!r.ok && isDatabaseUnavailable(r.error), String(!r.ok && r.error)).toBe(true);
+      await holder.query('ROLLBACK');
+      const replay = await recordUsageBatch(services, inputs, { maxItems: 100 });
+      expect(replay.map((r) => r.ok && !r.result.replayed)).toEqual(inputs.map(() => true));
+      expect((await expectLedgerInvariant(services.pool, stuck)).totalMicroCredits).toBe(90_000_000n);
+      expect((await expectLedgerInvariant(services.pool, other)).totalMicroCredits).toBe(98_000_000n);
+    } finally {
+      await holder.end();
+      await services.close();
+    }
+  });
+
+  it('recordUsageBatch: a chunk whose connection is lost is run again once as a whole, and each item is charged exactly once', async () => {
+    const { url } = tagged();
+    const { services, transactions } = countingTransactions(createTestServices(4, url));
+    const holder = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await holder.connect();
+    try {
+      const a = await createFundedAccount(services, { paid: 100 });
+      const b = await createFundedAccount(services, { paid: 100 });
+      const inputs: UsageInput[] = [a, b, a, b].map((accountId, i) => ({ accountId, category: 'unit', idempotencyKey: `l${i}` }));
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [a]);
+      const holderPid = (await holder.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+      const before = transactions();
+      const batch = recordUsageBatch(services, inputs, { maxItems: 100 });
+      // The chunk's connection dies while it waits for the lock (as in a failover); its retry waits again.
+      const first = await blockedBy(holderPid);
+      await admin.query('SELECT pg_terminate_backend($1)', [first]);
+      await blockedBy(holderPid, first);
+      await holder.query('ROLLBACK');
+      const results = await batch;
+      expect(results.map((r) => r.ok && !r.result.replayed)).toEqual([true, true, true, true]);
+      expect(transactions() - before).toBe(2);
+      for (const id of [a, b]) expect((await expectLedgerInvariant(services.pool, id)).totalMicroCredits).toBe(98_000_000n);
+    } finally {
+      await holder.end();
+      await services.close();
     }
   });
 
@@ -335,3 +427,35 @@ describe('TCP keepalive on the pools (an idle connection whose peer vanished is 
     }
   });
 });
+
+/**
+ * `services` charging through a pool whose `connect()` calls are counted: withTransaction takes
+ * one connection per transaction (pool.query does not go through it), so `transactions()` is the
+ * number of transactions begun. The price book and settings are cached first, so that a batch
+ * reads them from memory.
+ */
+function countingTransactions(real: TestServices): { services: TestServices; transactions: () => number } {
+  let n = 0;
+  const pool = new Proxy(real.pool, {
+    get(target, prop) {
+      if (prop === 'connect') {
+        return () => {
+          n++;
+          return target.connect();
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  return { services: { ...real, pool, pricing: createPricingState(real.pool, 600_000) }, transactions: () => n };
+}
+
+/** The pid of a backend waiting for a lock that backend `holderPid` holds, other than `not` (polls pg_blocking_pids). */
+async function blockedBy(holderPid: number, not: number | null = null): Promise<number> {
+  for (;;) {
+    const { rows } = await admin.query(`SELECT pid FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid)) AND pid IS DISTINCT FROM $2::int`, [holderPid, not]);
+    if (rows[0]) return rows[0].pid as number;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
