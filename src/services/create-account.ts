@@ -13,6 +13,7 @@ import { AccountTx } from './account-tx.js';
 import { applyGrant } from './grant-credits.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
+import { WELCOME_BONUS_GRANT_KEY } from '../ledger/grant-keys.js';
 
 /** A validated createAccount request. */
 export interface CreateAccountCommand {
@@ -100,7 +101,7 @@ export async function createAccount(ctx: ServiceContext, cmd: CreateAccountComma
           source: 'WELCOME_BONUS',
           expiresAt: days ? new Date(atx.now.getTime() + days * DAY_MS) : null,
           reference: 'welcome bonus',
-          idempotencyKey: 'welcome-bonus',
+          idempotencyKey: WELCOME_BONUS_GRANT_KEY,
         });
       }
     }

@@ -11,6 +11,7 @@ import { LedgerError, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, type GrantResult } from './grant-credits.js';
 import type { ServiceContext } from './context.js';
+import { promoGrantKey } from '../ledger/grant-keys.js';
 
 const CODE_RE = /^[A-Z0-9_-]{3,64}$/;
 const DAY_MS = 86_400_000;
@@ -107,7 +108,7 @@ export async function redeemPromoCode(ctx: ServiceContext, accountId: string, ra
       source: 'PROMO_CODE',
       expiresAt: promo.expiresAfterDays ? new Date(atx.now.getTime() + promo.expiresAfterDays * DAY_MS) : null,
       reference: code,
-      idempotencyKey: `promo:${code}`,
+      idempotencyKey: promoGrantKey(code),
     });
     await tx.query('UPDATE promo_codes SET redemptions = redemptions + 1 WHERE code = $1', [code]);
     await tx.query('INSERT INTO promo_redemptions (id, code, account_id, grant_id, created_at) VALUES (gen_random_uuid(), $1, $2, $3, $4)', [

@@ -12,6 +12,7 @@ import { LedgerError, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, type GrantResult } from './grant-credits.js';
 import type { ServiceContext } from './context.js';
+import { REFEREE_GRANT_KEY, referrerGrantKey } from '../ledger/grant-keys.js';
 
 /** Result: the new account's grant and whether the referrer was rewarded too. */
 export interface ReferralResult extends GrantResult {
@@ -61,7 +62,7 @@ export async function redeemReferral(
       source: 'REFERRAL',
       expiresAt: null,
       reference: toReference(referrerId),
-      idempotencyKey: 'referral:referee',
+      idempotencyKey: REFEREE_GRANT_KEY,
     });
     const note = referrerRewarded ? null : `referrer not rewarded: it already received the maximum of ${cap} referral rewards`;
     if (note) await tx.query('UPDATE credit_grants SET note = $2 WHERE id = $1', [grant.grantId, note]);
@@ -72,7 +73,7 @@ export async function redeemReferral(
         source: 'REFERRAL',
         expiresAt: null,
         reference: toReference(accountId),
-        idempotencyKey: `referral:referrer:${accountId}`,
+        idempotencyKey: referrerGrantKey(accountId),
       });
     }
     await tx.query(

@@ -173,6 +173,25 @@ describe('createAccount', () => {
 });
 
 describe('grantCredits', () => {
+  it("idempotency keys of the engine's own grants are reserved: BAD_USER_INPUT naming idempotencyKey, nothing granted; look-alikes are the client's", async () => {
+    const acct = await apiAccount(srv);
+    const reserved = ['welcome-bonus', 'welcome-bonus:x', 'promo:SPRING', 'referral:referee', 'referral:referrer:abc', 'plan-period:p:2030-01-01T00:00:00.000Z', 'payment:abc'];
+    for (const idempotencyKey of reserved) {
+      const res = await expectUnchanged(srv, [acct], () =>
+        srv.gql(GRANT, { input: { accountId: acct, amount: '1', type: 'FREE', source: 'ADJUSTMENT', idempotencyKey } }),
+      );
+      const err = expectError(res, 'BAD_USER_INPUT');
+      expect(err.extensions?.field).toBe('idempotencyKey');
+      expect(err.message).toMatch(/reserved/);
+    }
+    // Other cases and spellings do not collide with the engine's keys (the unique key is exact).
+    for (const idempotencyKey of ['Promo:SPRING', 'promo-SPRING', 'welcome-bonus-2', 'my-payment:abc']) {
+      ok(await srv.gql(GRANT, { input: { accountId: acct, amount: '1', type: 'FREE', source: 'ADJUSTMENT', idempotencyKey } }));
+    }
+    expect((await readAccount(srv, acct)).balance.total).toBe('4');
+    await bothInvariants(acct);
+  });
+
   it('adds one batch with the granted credit and a GRANT ledger entry', async () => {
     const acct = await apiAccount(srv);
     const expiresAt = new Date(Date.now() + 10 * DAY_MS).toISOString();

@@ -16,6 +16,7 @@ const CREATE_PROMO = `mutation($input: CreatePromoCodeInput!) { createPromoCode(
 const PROMO = `query($code: String!) { promoCode(code: $code) { code credits expiresAfterDays maxRedemptions redemptions validUntil } }`;
 const REDEEM = `mutation($accountId: ID!, $code: String!) { redeemPromoCode(accountId: $accountId, code: $code) {
   id amount type source reference note createdAt batch { id allocated remaining status type source expiresAt } } }`;
+const GRANT = `mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`;
 const GRANTS = `query($id: ID!) { account(id: $id) { grants(first: 20) { edges { node { id amount type source reference batch { expiresAt } } } } } }`;
 
 let srv: TestServer;
@@ -147,6 +148,29 @@ describe('redeemPromoCode', () => {
     await expectRefusedRedeem(third, code, 'BAD_USER_INPUT');
     expect((await promo(code)).redemptions).toBe(2);
     expect(await grantsOf(third)).toEqual([]);
+  });
+
+  it("a client grant cannot take the key of the code's grant: grantCredits under promo:<code> is BAD_USER_INPUT, the redemption then grants", async () => {
+    const code = newCode();
+    await createPromo({ code, credits: '6', maxRedemptions: 1 });
+    const acct = (await createAccount(srv)).id;
+    // The very payload the redemption would write (FREE, PROMO_CODE, reference = the code, never
+    // expiring): accepted, it would make the redemption a replay that grants nothing and still
+    // uses up the code's only redemption; with another amount the redemption would be
+    // IDEMPOTENCY_CONFLICT.
+    for (const amount of ['6', '1']) {
+      const res = await expectUnchanged(srv, [acct], () =>
+        srv.gql(GRANT, { input: { accountId: acct, amount, type: 'FREE', source: 'PROMO_CODE', reference: code, idempotencyKey: `promo:${code}` } }),
+      );
+      const err = expectError(res, 'BAD_USER_INPUT');
+      expect(err.message).toMatch(/idempotencyKey.*reserved/);
+      expect(err.extensions?.field).toBe('idempotencyKey');
+    }
+    const g = ok(await srv.gql(REDEEM, { accountId: acct, code })).redeemPromoCode;
+    expect(g).toMatchObject({ amount: '6', source: 'PROMO_CODE', reference: code });
+    expect((await readAccount(srv, acct)).balance.total).toBe('6');
+    expect((await promo(code)).redemptions).toBe(1);
+    await expectConsistent(srv, acct);
   });
 
   it('an unknown code is NOT_FOUND and changes nothing', async () => {

@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../../setup/test-server.js';
-import { expectConsistent, expectError, expectUnchanged, ok, readAccount } from '../helpers.js';
+import { dbId, expectConsistent, expectError, expectUnchanged, ok, readAccount } from '../helpers.js';
 import { signUserToken } from '../../../src/auth/jwt.js';
 import { createAccount, growthCounts, referralSettings, setReferralSettings, type GrowthAccount } from './growth-helpers.js';
 
@@ -17,6 +17,7 @@ const CAP = 3;
 
 const REDEEM = `mutation($accountId: ID!, $code: String!) { redeemReferral(accountId: $accountId, code: $code) {
   id amount type source reference note batch { allocated remaining type source status expiresAt } } }`;
+const GRANT = `mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`;
 const ACCOUNT = `query($id: ID!) { account(id: $id) { id referralCode referralsRewarded balance { total free paid }
   grants(first: 20) { edges { node { id amount type source reference note } } } } }`;
 
@@ -183,6 +184,26 @@ describe('redeemReferral', () => {
     // The refusal did not use up the newer account's own referral: it can still redeem the older one's code.
     const g = ok(await srv.gql(REDEEM, { accountId: newer.id, code: older.referralCode })).redeemReferral;
     expect(g).toMatchObject({ amount: REWARD, source: 'REFERRAL', reference: older.id });
+  });
+
+  it("client grants cannot take the referral grants' keys: grantCredits under referral:* is BAD_USER_INPUT, the referral then rewards both", async () => {
+    const [referrer, referee] = await olderAndNewer();
+    // The payloads the referral would write: accepted, they would make its grants replays that
+    // grant nothing (or IDEMPOTENCY_CONFLICT with another amount).
+    const attempts = [
+      { accountId: referee.id, reference: referrer.id, idempotencyKey: 'referral:referee' },
+      { accountId: referrer.id, reference: referee.id, idempotencyKey: `referral:referrer:${dbId(referee.id)}` },
+    ];
+    for (const a of attempts) {
+      const res = await expectUnchanged(srv, [referee.id, referrer.id], () =>
+        srv.gql(GRANT, { input: { ...a, amount: REWARD, type: 'FREE', source: 'REFERRAL' } }),
+      );
+      expect(expectError(res, 'BAD_USER_INPUT').message).toMatch(/idempotencyKey.*reserved/);
+    }
+    ok(await srv.gql(REDEEM, { accountId: referee.id, code: referrer.referralCode }));
+    expect((await account(referee.id)).balance.total).toBe(REWARD);
+    expect((await account(referrer.id)).balance.total).toBe(REWARD);
+    expect((await account(referrer.id)).referralsRewarded).toBe(1);
   });
 
   it('an unknown code is NOT_FOUND and grants nothing', async () => {
