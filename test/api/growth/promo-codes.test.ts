@@ -44,6 +44,11 @@ async function promo(code: string) {
   return ok(await srv.gql(PROMO, { code })).promoCode;
 }
 
+/** promoCode(code)'s live and test-mode redemption counts. */
+async function promoCounts(code: string): Promise<{ redemptions: number; testRedemptions: number }> {
+  return ok(await srv.gql(`query($code: String!) { promoCode(code: $code) { redemptions testRedemptions } }`, { code })).promoCode;
+}
+
 async function grantsOf(accountId: string): Promise<any[]> {
   return ok(await srv.gql(GRANTS, { id: accountId })).account.grants.edges.map((e: any) => e.node);
 }
@@ -136,8 +141,27 @@ describe('redeemPromoCode', () => {
 
     const err = await expectRefusedRedeem(late, code, 'BAD_USER_INPUT');
     expect(err.message).toMatch(/expire/i);
-    expect((await promo(code)).redemptions).toBe(1);
+    // Test-mode redemptions are counted apart from the live ones (see below).
+    expect(await promoCounts(code)).toEqual({ redemptions: 0, testRedemptions: 1 });
     expect(await grantsOf(late)).toEqual([]);
+  });
+
+  it('test-mode redemptions are counted apart: they never use a live slot of maxRedemptions, and have maxRedemptions of their own', async () => {
+    const code = newCode();
+    await createPromo({ code, credits: '5', maxRedemptions: 1 });
+    const rehearsal = (await createAccount(srv, { clockStart: '2030-01-01T00:00:00.000Z' })).id;
+    ok(await srv.gql(REDEEM, { accountId: rehearsal, code }));
+    // The code's one live redemption is still there for a live account.
+    const live = (await createAccount(srv)).id;
+    const g = ok(await srv.gql(REDEEM, { accountId: live, code })).redeemPromoCode;
+    expect(g).toMatchObject({ amount: '5', source: 'PROMO_CODE', reference: code });
+    expect(await promoCounts(code)).toEqual({ redemptions: 1, testRedemptions: 1 });
+    // Each side is exhausted on its own count.
+    const err = await expectRefusedRedeem((await createAccount(srv, { clockStart: '2030-01-01T00:00:00.000Z' })).id, code, 'BAD_USER_INPUT');
+    expect(err.extensions?.reason).toBe('EXHAUSTED');
+    expect(err.message).toMatch(/test-mode/);
+    expect((await expectRefusedRedeem((await createAccount(srv)).id, code, 'BAD_USER_INPUT')).extensions?.reason).toBe('EXHAUSTED');
+    expect(await promoCounts(code)).toEqual({ redemptions: 1, testRedemptions: 1 });
   });
 
   it('once maxRedemptions is reached further accounts are refused with BAD_USER_INPUT', async () => {

@@ -63,10 +63,11 @@ async function expectRefused(referee: string, others: string[], code: string, er
   const countsBefore = await Promise.all(all.map((a) => growthCounts(srv, a)));
   const rewardedBefore = await Promise.all(all.map(async (a) => (await account(a)).referralsRewarded));
   const res = await expectUnchanged(srv, all, () => srv.gql(REDEEM, { accountId: referee, code }));
-  expectError(res, errorCode);
+  const error = expectError(res, errorCode);
   expect(res.body.data ?? null).toBeNull();
   expect(await Promise.all(all.map((a) => growthCounts(srv, a)))).toEqual(countsBefore);
   expect(await Promise.all(all.map(async (a) => (await account(a)).referralsRewarded))).toEqual(rewardedBefore);
+  return error;
 }
 
 describe('referral codes', () => {
@@ -204,6 +205,29 @@ describe('redeemReferral', () => {
     expect((await account(referee.id)).balance.total).toBe(REWARD);
     expect((await account(referrer.id)).balance.total).toBe(REWARD);
     expect((await account(referrer.id)).referralsRewarded).toBe(1);
+  });
+
+  it('referrals stay within one mode: test-mode and live accounts never reward each other (BAD_USER_INPUT, MODE_MISMATCH); two test-mode accounts can', async () => {
+    // A test-mode account (its own clock, made by the platform itself) redeeming a live code
+    // would earn the live referrer real credit and use up one of its real rewards.
+    const liveReferrer = await createAccount(srv);
+    const testReferee = await createAccount(srv, { clockStart: '2035-01-01T00:00:00.000Z' });
+    const toLive = await expectRefused(testReferee.id, [liveReferrer.id], liveReferrer.referralCode, 'BAD_USER_INPUT');
+    expect(toLive.extensions?.reason).toBe('MODE_MISMATCH');
+    expect(toLive.message).toMatch(/test-mode/);
+    // A live account redeeming a test-mode account's code would get real credit for a fake referral.
+    const testReferrer = await createAccount(srv, { clockStart: '2020-01-01T00:00:00.000Z' });
+    const liveReferee = await createAccount(srv);
+    expect((await expectRefused(liveReferee.id, [testReferrer.id], testReferrer.referralCode, 'BAD_USER_INPUT')).extensions?.reason).toBe('MODE_MISMATCH');
+
+    // Between test-mode accounts the referral works as between live ones.
+    ok(await srv.gql(REDEEM, { accountId: testReferee.id, code: testReferrer.referralCode }));
+    expect((await account(testReferee.id)).balance.total).toBe(REWARD);
+    expect((await account(testReferrer.id)).balance.total).toBe(REWARD);
+    expect((await account(testReferrer.id)).referralsRewarded).toBe(1);
+    // The live accounts, refused above, can still refer each other.
+    ok(await srv.gql(REDEEM, { accountId: liveReferee.id, code: liveReferrer.referralCode }));
+    expect((await account(liveReferrer.id)).referralsRewarded).toBe(1);
   });
 
   it('an unknown code is NOT_FOUND and grants nothing', async () => {
