@@ -18,7 +18,10 @@ export const PromoCodeRef = builder.objectRef<PromoCodeView>('PromoCode').implem
     credits: t.field({ type: 'Credits', resolve: (p) => p.creditsMicroCredits }),
     expiresAfterDays: t.int({ nullable: true, resolve: (p) => p.expiresAfterDays }),
     maxRedemptions: t.int({ nullable: true, resolve: (p) => p.maxRedemptions }),
-    redemptions: t.exposeInt('redemptions'),
+    redemptions: t.exposeInt('redemptions', { description: 'Redemptions by live accounts (at most maxRedemptions).' }),
+    testRedemptions: t.exposeInt('testRedemptions', {
+      description: 'Redemptions by test-mode accounts, counted apart from redemptions: at most maxRedemptions of their own, never a live slot.',
+    }),
     validUntil: t.field({ type: 'DateTime', nullable: true, resolve: (p) => p.validUntil }),
   }),
 });

@@ -30,7 +30,11 @@ export const GrantCreditsInputRef = builder.inputType('GrantCreditsInput', {
     source: t.field({ type: GrantSourceEnum, required: true }),
     expiresAt: t.field({ type: 'DateTime' }),
     reference: t.string(),
-    idempotencyKey: t.string({ required: true, description: 'Same key again returns the first grant and grants nothing.' }),
+    idempotencyKey: t.string({
+      required: true,
+      description:
+        "Same key again returns the first grant and grants nothing. Keys of the engine's own grants are reserved (BAD_USER_INPUT, reason RESERVED_KEY): welcome-bonus, and keys starting with welcome-bonus:, promo:, referral:, plan-period: or payment:.",
+    }),
   }),
 });
 

@@ -251,7 +251,8 @@ export class AccountTx {
   readonly versionBefore: bigint;
   /** The account's budget version as locked (accounts.budget_version: moves when a budget is set, changed or removed). */
   readonly budgetVersion: bigint;
-  private readonly testMode: boolean;
+  /** A test-mode account (its own clock; README "Test clocks"): growth credit keeps it apart from live accounts. */
+  readonly testMode: boolean;
   private readonly entries: PendingEntry[] = [];
   private readonly outbox: { topic: OutboxTopic; payload: unknown }[] = [];
   private changed = false;

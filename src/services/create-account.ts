@@ -2,7 +2,9 @@
  * createAccount: opens a credit pool (ORGANIZATION or USER) with its balance row and, unless
  * asked not to, the welcome bonus as FREE credit expiring after
  * Settings.welcomeBonusExpiresAfterDays. Idempotent on externalId: the same input again returns
- * the existing account and grants nothing; different input is IDEMPOTENCY_CONFLICT.
+ * the existing account and grants nothing; different input (any field: name, kind, welcomeBonus,
+ * testMode, testClockStart) is IDEMPOTENCY_CONFLICT, judged by the request fingerprint kept on
+ * the account (accounts.request_hash).
  */
 import { randomBytes } from 'node:crypto';
 import { withTransaction, toBigInt } from '../db/pg.js';
@@ -10,6 +12,8 @@ import { LedgerError, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant } from './grant-credits.js';
 import type { ServiceContext } from './context.js';
+import { requestHash } from './request-hash.js';
+import { WELCOME_BONUS_GRANT_KEY } from '../ledger/grant-keys.js';
 
 /** A validated createAccount request. */
 export interface CreateAccountCommand {
@@ -35,29 +39,50 @@ export function newReferralCode(): string {
 const DAY_MS = 86_400_000;
 
 /**
+ * Whether the account row `a` (id, name, kind, test_mode, created_at, request_hash) was opened by
+ * the request `cmd` whose fingerprint is `hash`. Accounts opened before fingerprints were kept
+ * (request_hash NULL) are compared on what the row holds: name, kind, testMode, and a given
+ * testClockStart against the creation time it set (welcomeBonus is not recorded on them).
+ */
+function sameRequest(a: Record<string, unknown>, cmd: CreateAccountCommand, hash: string): boolean {
+  if (a.request_hash !== null && a.request_hash !== undefined) return a.request_hash === hash;
+  if (a.name !== cmd.name || a.kind !== cmd.kind || a.test_mode !== cmd.testMode) return false;
+  return !cmd.testClockStart || (a.created_at as Date).getTime() === cmd.testClockStart.getTime();
+}
+
+/**
  * Creates the account (or returns the existing one for a retry).
  * @returns the account id and whether it already existed.
  * @throws LedgerError BAD_USER_INPUT (empty/oversized ids, testClockStart without testMode),
- *   IDEMPOTENCY_CONFLICT (externalId exists with other attributes).
+ *   IDEMPOTENCY_CONFLICT (externalId exists, opened with other input).
  */
 export async function createAccount(ctx: ServiceContext, cmd: CreateAccountCommand): Promise<{ accountId: string; replayed: boolean }> {
   if (!cmd.externalId.trim() || cmd.externalId.length > 200) throw badInput('externalId', 'must be 1 to 200 characters');
   if (!cmd.name.trim() || cmd.name.length > 200) throw badInput('name', 'must be 1 to 200 characters');
   if (cmd.testClockStart && !cmd.testMode) throw badInput('testClockStart', 'is only allowed with testMode: true');
+  const hash = requestHash({
+    op: 'createAccount',
+    externalId: cmd.externalId,
+    name: cmd.name,
+    kind: cmd.kind,
+    welcomeBonus: cmd.welcomeBonus,
+    testMode: cmd.testMode,
+    testClockStart: cmd.testClockStart,
+  });
   return withTransaction(ctx.pool, async (tx) => {
     const createdAt = cmd.testClockStart ?? ctx.clock();
     const inserted = await tx.query(
-      `INSERT INTO accounts (id, external_id, name, kind, test_mode, test_clock_at, created_at, billing_anchor_at, referral_code)
-       VALUES (gen_random_uuid(), $1, $2, $3::"AccountKind", $4, $5, $6, $6, $7)
+      `INSERT INTO accounts (id, external_id, name, kind, test_mode, test_clock_at, created_at, billing_anchor_at, referral_code, request_hash)
+       VALUES (gen_random_uuid(), $1, $2, $3::"AccountKind", $4, $5, $6, $6, $7, $8)
        ON CONFLICT (external_id) DO NOTHING
        RETURNING id`,
-      [cmd.externalId, cmd.name, cmd.kind, cmd.testMode, cmd.testMode ? createdAt : null, createdAt, newReferralCode()],
+      [cmd.externalId, cmd.name, cmd.kind, cmd.testMode, cmd.testMode ? createdAt : null, createdAt, newReferralCode(), hash],
     );
     if (inserted.rows.length === 0) {
-      const { rows } = await tx.query('SELECT id, name, kind, test_mode FROM accounts WHERE external_id = $1', [cmd.externalId]);
+      const { rows } = await tx.query('SELECT id, name, kind, test_mode, created_at, request_hash FROM accounts WHERE external_id = $1', [cmd.externalId]);
       const a = rows[0];
-      if (!a || a.name !== cmd.name || a.kind !== cmd.kind || a.test_mode !== cmd.testMode) {
-        throw new LedgerError('IDEMPOTENCY_CONFLICT', 'an account with this externalId already exists with different attributes');
+      if (!a || !sameRequest(a, cmd, hash)) {
+        throw new LedgerError('IDEMPOTENCY_CONFLICT', 'an account with this externalId was already created with different input (name, kind, welcomeBonus, testMode or testClockStart)');
       }
       return { accountId: a.id as string, replayed: true };
     }
@@ -76,7 +101,7 @@ export async function createAccount(ctx: ServiceContext, cmd: CreateAccountComma
           source: 'WELCOME_BONUS',
           expiresAt: days ? new Date(atx.now.getTime() + days * DAY_MS) : null,
           reference: 'welcome bonus',
-          idempotencyKey: 'welcome-bonus',
+          idempotencyKey: WELCOME_BONUS_GRANT_KEY,
         });
       }
     }

@@ -12,6 +12,7 @@ import { requestHash } from './request-hash.js';
 import { MAX_ABS_MICRO_CREDITS, formatCredits, minBig } from '../ledger/credits.js';
 import { idempotencyConflict } from '../ledger/refusals.js';
 import { scheduleExpiry } from './expire-due.js';
+import { reservedGrantKeyError } from '../ledger/grant-keys.js';
 
 /** Where credit came from (contract enum GrantSource). */
 export type GrantSource = 'WELCOME_BONUS' | 'PROMO_CODE' | 'REFERRAL' | 'PURCHASE' | 'SUBSCRIPTION' | 'AUTO_TOP_UP' | 'ADJUSTMENT';
@@ -128,10 +129,17 @@ export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accoun
 }
 
 /**
- * Grants credit to an account in one transaction.
- * @throws LedgerError NOT_FOUND (account), IDEMPOTENCY_CONFLICT, BAD_USER_INPUT.
+ * Grants credit to an account in one transaction: the client's grant (the grantCredits
+ * mutation). Its idempotency key may not have a form the engine keeps for its own grants
+ * (src/ledger/grant-keys.ts): they share the (account, key) unique key, and a client grant under
+ * one would make the engine's grant (a promo redemption, a referral reward, ...) conflict or
+ * replay without granting.
+ * @throws LedgerError NOT_FOUND (account), IDEMPOTENCY_CONFLICT, BAD_USER_INPUT (a reserved key:
+ *   reason RESERVED_KEY; amount, expiresAt, BALANCE_LIMIT as applyGrant).
  */
 export async function grantCredits(ctx: ServiceContext, cmd: GrantCommand): Promise<GrantResult> {
+  const reserved = reservedGrantKeyError(cmd.idempotencyKey);
+  if (reserved) throw reserved;
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
     const { accountId: _ignored, ...rest } = cmd;

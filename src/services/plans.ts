@@ -26,6 +26,7 @@ import type { ServiceContext } from './context.js';
 import { applyGrant } from './grant-credits.js';
 import { applyExpiries } from './expire-due.js';
 import { canonicalUsd } from './credit-packs.js';
+import { planPeriodGrantKey } from '../ledger/grant-keys.js';
 
 /** A plan as stored (amounts in micro-credits, price as a decimal string in USD). */
 export interface PlanRecord {
@@ -114,7 +115,7 @@ async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, 
     source: 'SUBSCRIPTION',
     expiresAt: plan.rollover === 'RESET' ? periodEnd : null,
     reference: `plan:${plan.id}`,
-    idempotencyKey: `plan-period:${plan.id}:${periodStart.toISOString()}`,
+    idempotencyKey: planPeriodGrantKey(plan.id, periodStart),
   }, ended ? periodStart : undefined);
 }
 

@@ -5,12 +5,15 @@
  * redeeming account's "now") or once `maxRedemptions` is reached. Redemptions of one code are
  * serialized by a row lock on the code, and a CHECK constraint keeps `redemptions <=
  * maxRedemptions` even if code were wrong, so racing accounts cannot over-redeem.
+ * Test-mode accounts redeem under the same rules against their own count (`testRedemptions`,
+ * at most maxRedemptions of its own): a rehearsal never uses up a slot meant for a live customer.
  */
 import { withTransaction, toBigInt } from '../db/pg.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, type GrantResult } from './grant-credits.js';
 import type { ServiceContext } from './context.js';
+import { promoGrantKey } from '../ledger/grant-keys.js';
 
 const CODE_RE = /^[A-Z0-9_-]{3,64}$/;
 const DAY_MS = 86_400_000;
@@ -21,7 +24,10 @@ export interface PromoCodeView {
   creditsMicroCredits: bigint;
   expiresAfterDays: number | null;
   maxRedemptions: number | null;
+  /** Redemptions by live accounts (at most maxRedemptions). */
   redemptions: number;
+  /** Redemptions by test-mode accounts, counted apart (at most maxRedemptions of their own). */
+  testRedemptions: number;
   validUntil: Date | null;
 }
 
@@ -39,6 +45,7 @@ function toView(r: Record<string, unknown>): PromoCodeView {
     expiresAfterDays: (r.expires_after_days as number | null) ?? null,
     maxRedemptions: (r.max_redemptions as number | null) ?? null,
     redemptions: r.redemptions as number,
+    testRedemptions: r.test_redemptions as number,
     validUntil: (r.valid_until as Date | null) ?? null,
   };
 }
@@ -81,10 +88,12 @@ export async function findPromoCode(ctx: ServiceContext, code: string): Promise<
 }
 
 /**
- * Redeems a promo code for an account, in one transaction.
+ * Redeems a promo code for an account, in one transaction. A live account takes one of the
+ * code's `redemptions`, a test-mode account one of its `testRedemptions` (each bounded by
+ * maxRedemptions on its own).
  * @returns the FREE grant.
  * @throws LedgerError NOT_FOUND (account or code), BAD_USER_INPUT (already redeemed by this
- *   account, past validUntil, no redemptions left).
+ *   account, past validUntil, no redemptions left for the account's mode).
  */
 export async function redeemPromoCode(ctx: ServiceContext, accountId: string, rawCode: string): Promise<GrantResult> {
   const code = normalizePromoCode(rawCode);
@@ -98,8 +107,12 @@ export async function redeemPromoCode(ctx: ServiceContext, accountId: string, ra
     if (promo.validUntil && atx.now.getTime() >= promo.validUntil.getTime()) {
       throw new LedgerError('BAD_USER_INPUT', `promo code ${code} expired at ${promo.validUntil.toISOString()}`, { reason: 'EXPIRED' });
     }
-    if (promo.maxRedemptions !== null && promo.redemptions >= promo.maxRedemptions) {
-      throw new LedgerError('BAD_USER_INPUT', `promo code ${code} has no redemptions left`, { reason: 'EXHAUSTED' });
+    const used = atx.testMode ? promo.testRedemptions : promo.redemptions;
+    if (promo.maxRedemptions !== null && used >= promo.maxRedemptions) {
+      const message = atx.testMode
+        ? `promo code ${code} has no test-mode redemptions left (test-mode accounts have maxRedemptions of their own, apart from live ones)`
+        : `promo code ${code} has no redemptions left`;
+      throw new LedgerError('BAD_USER_INPUT', message, { reason: 'EXHAUSTED' });
     }
     const grant = await applyGrant(atx, {
       amountMicroCredits: promo.creditsMicroCredits,
@@ -107,9 +120,14 @@ export async function redeemPromoCode(ctx: ServiceContext, accountId: string, ra
       source: 'PROMO_CODE',
       expiresAt: promo.expiresAfterDays ? new Date(atx.now.getTime() + promo.expiresAfterDays * DAY_MS) : null,
       reference: code,
-      idempotencyKey: `promo:${code}`,
+      idempotencyKey: promoGrantKey(code),
     });
-    await tx.query('UPDATE promo_codes SET redemptions = redemptions + 1 WHERE code = $1', [code]);
+    await tx.query(
+      atx.testMode
+        ? 'UPDATE promo_codes SET test_redemptions = test_redemptions + 1 WHERE code = $1'
+        : 'UPDATE promo_codes SET redemptions = redemptions + 1 WHERE code = $1',
+      [code],
+    );
     await tx.query('INSERT INTO promo_redemptions (id, code, account_id, grant_id, created_at) VALUES (gen_random_uuid(), $1, $2, $3, $4)', [
       code,
       accountId,

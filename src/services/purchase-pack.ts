@@ -38,6 +38,7 @@ import { AccountTx } from './account-tx.js';
 import { applyGrant, balanceRoomError } from './grant-credits.js';
 import { canonicalUsd, findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
 import type { ServiceContext } from './context.js';
+import { paymentGrantKey } from '../ledger/grant-keys.js';
 
 const DAY_MS = 86_400_000;
 const REFERENCE_RE = /^[A-Za-z0-9_\-./:]{1,255}$/;
@@ -261,7 +262,7 @@ export async function settlePayment(
       source: current.purpose,
       expiresAt: pack.expiresAfterDays ? new Date(atx.now.getTime() + pack.expiresAfterDays * DAY_MS) : null,
       reference: current.id,
-      idempotencyKey: `payment:${current.id}`,
+      idempotencyKey: paymentGrantKey(current.id),
     });
     const done = await atx.tx.query(
       `UPDATE payments SET status = 'SUCCEEDED', grant_id = $2, provider_ref = $3, error = NULL, updated_at = $4 WHERE id = $1 RETURNING *`,

@@ -4,7 +4,10 @@
  * (source REFERRAL, each grant's reference = the other account's id), except that a referrer
  * already rewarded referralMaxRewardsPerAccount times gets nothing more (the new account is
  * still rewarded, and its grant's note says so). An account redeems at most one referral
- * (unique key), never its own code, and only a code of an account created before it.
+ * (unique key), never its own code, and only a code of an account created before it, of the
+ * same mode: a test-mode account (its own clock, made by the platform to rehearse) and a live
+ * one never reward each other, so rehearsals earn no live account real credit or use up its
+ * rewards, and no live account gets real credit for a test-mode referral.
  * Both accounts are locked in id order (no deadlock between crossing redemptions).
  */
 import { withTransaction, toBigInt } from '../db/pg.js';
@@ -12,6 +15,7 @@ import { LedgerError, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, type GrantResult } from './grant-credits.js';
 import type { ServiceContext } from './context.js';
+import { REFEREE_GRANT_KEY, referrerGrantKey } from '../ledger/grant-keys.js';
 
 /** Result: the new account's grant and whether the referrer was rewarded too. */
 export interface ReferralResult extends GrantResult {
@@ -22,8 +26,9 @@ export interface ReferralResult extends GrantResult {
  * Redeems a referral code for `accountId` (the new account).
  * @param toReference turns an account id into the reference text stored on the grants
  *   (the API passes the global id).
- * @throws LedgerError NOT_FOUND (account, code), BAD_USER_INPUT (own code, already redeemed a
- *   referral, referrer not older than the new account, reward set to 0).
+ * @throws LedgerError NOT_FOUND (account, code), BAD_USER_INPUT (own code, test-mode and live
+ *   accounts: reason MODE_MISMATCH, already redeemed a referral, referrer not older than the new
+ *   account, reward set to 0).
  */
 export async function redeemReferral(
   ctx: ServiceContext,
@@ -44,6 +49,15 @@ export async function redeemReferral(
     for (const id of [first!, second!]) locked.set(id, await AccountTx.lock(tx, id, wallNow));
     const referee = locked.get(accountId)!;
     const referrer = locked.get(referrerId)!;
+    if (referee.testMode !== referrer.testMode) {
+      throw new LedgerError(
+        'BAD_USER_INPUT',
+        referee.testMode
+          ? "a test-mode account can only redeem another test-mode account's referral code"
+          : "a live account cannot redeem a test-mode account's referral code",
+        { reason: 'MODE_MISMATCH' },
+      );
+    }
     const prior = await tx.query('SELECT referrer_account_id FROM referrals WHERE referee_account_id = $1', [accountId]);
     if (prior.rows[0]) throw new LedgerError('BAD_USER_INPUT', 'this account has already redeemed a referral', { reason: 'ALREADY_REFERRED' });
     if (referrer.createdAt.getTime() >= referee.createdAt.getTime()) {
@@ -61,7 +75,7 @@ export async function redeemReferral(
       source: 'REFERRAL',
       expiresAt: null,
       reference: toReference(referrerId),
-      idempotencyKey: 'referral:referee',
+      idempotencyKey: REFEREE_GRANT_KEY,
     });
     const note = referrerRewarded ? null : `referrer not rewarded: it already received the maximum of ${cap} referral rewards`;
     if (note) await tx.query('UPDATE credit_grants SET note = $2 WHERE id = $1', [grant.grantId, note]);
@@ -72,7 +86,7 @@ export async function redeemReferral(
         source: 'REFERRAL',
         expiresAt: null,
         reference: toReference(accountId),
-        idempotencyKey: `referral:referrer:${accountId}`,
+        idempotencyKey: referrerGrantKey(accountId),
       });
     }
     await tx.query(

@@ -133,9 +133,65 @@ describe('createAccount', () => {
     const still = ok(await srv.gql(`query($e: String!) { accountByExternalId(externalId: $e) { id name kind } }`, { e: input.externalId }));
     expect(still.accountByExternalId).toEqual({ id: first.id, name: 'Original', kind: 'ORGANIZATION' });
   });
+
+  it('the same externalId with another welcomeBonus, testMode or testClockStart is IDEMPOTENCY_CONFLICT and changes nothing', async () => {
+    // README "Idempotency": the same key with different input is IDEMPOTENCY_CONFLICT; every
+    // field of CreateAccountInput is part of the input (welcomeBonus defaults to true).
+    const live = { externalId: uniq('conflict-live'), name: 'Live', kind: 'ORGANIZATION' };
+    const first = ok(await srv.gql(CREATE, { input: live })).createAccount;
+    expect(ok(await srv.gql(CREATE, { input: { ...live, welcomeBonus: true } })).createAccount.id).toBe(first.id);
+    for (const changed of [{ welcomeBonus: false }, { testMode: true }]) {
+      const res = await expectUnchanged(srv, [first.id], () => srv.gql(CREATE, { input: { ...live, ...changed } }));
+      expectError(res, 'IDEMPOTENCY_CONFLICT');
+    }
+
+    const clocked = { externalId: uniq('conflict-clock'), name: 'Clocked', kind: 'USER', welcomeBonus: false, testMode: true, testClockStart: '2030-01-01T00:00:00.000Z' };
+    const test = ok(await srv.gql(CREATE, { input: clocked })).createAccount;
+    expect(test.createdAt).toBe('2030-01-01T00:00:00.000Z');
+    const replay = await expectUnchanged(srv, [test.id], async () => ok(await srv.gql(CREATE, { input: clocked })).createAccount);
+    expect(replay.id).toBe(test.id);
+    const { testClockStart: _omitted, ...withoutStart } = clocked;
+    for (const changed of [{ ...clocked, testClockStart: '2030-06-01T00:00:00.000Z' }, withoutStart, { ...clocked, welcomeBonus: true }]) {
+      const res = await expectUnchanged(srv, [test.id], () => srv.gql(CREATE, { input: changed }));
+      expectError(res, 'IDEMPOTENCY_CONFLICT');
+      expect(res.body.data ?? null).toBeNull();
+    }
+    await bothInvariants(first.id);
+    await bothInvariants(test.id);
+  });
+
+  it('an account opened before input fingerprints were kept replays on what its row holds', async () => {
+    const input = { externalId: uniq('legacy'), name: 'Legacy', kind: 'USER', welcomeBonus: false, testMode: true, testClockStart: '2031-01-01T00:00:00.000Z' };
+    const first = ok(await srv.gql(CREATE, { input })).createAccount;
+    await srv.services.pool.query('UPDATE accounts SET request_hash = NULL WHERE id = $1', [dbId(first.id)]);
+    expect(ok(await srv.gql(CREATE, { input })).createAccount.id).toBe(first.id);
+    for (const changed of [{ name: 'Other' }, { testMode: false, testClockStart: null }, { testClockStart: '2031-02-01T00:00:00.000Z' }]) {
+      const res = await expectUnchanged(srv, [first.id], () => srv.gql(CREATE, { input: { ...input, ...changed } }));
+      expectError(res, 'IDEMPOTENCY_CONFLICT');
+    }
+  });
 });
 
 describe('grantCredits', () => {
+  it("idempotency keys of the engine's own grants are reserved: BAD_USER_INPUT naming idempotencyKey, nothing granted; look-alikes are the client's", async () => {
+    const acct = await apiAccount(srv);
+    const reserved = ['welcome-bonus', 'welcome-bonus:x', 'promo:SPRING', 'referral:referee', 'referral:referrer:abc', 'plan-period:p:2030-01-01T00:00:00.000Z', 'payment:abc'];
+    for (const idempotencyKey of reserved) {
+      const res = await expectUnchanged(srv, [acct], () =>
+        srv.gql(GRANT, { input: { accountId: acct, amount: '1', type: 'FREE', source: 'ADJUSTMENT', idempotencyKey } }),
+      );
+      const err = expectError(res, 'BAD_USER_INPUT');
+      expect(err.extensions?.field).toBe('idempotencyKey');
+      expect(err.message).toMatch(/reserved/);
+    }
+    // Other cases and spellings do not collide with the engine's keys (the unique key is exact).
+    for (const idempotencyKey of ['Promo:SPRING', 'promo-SPRING', 'welcome-bonus-2', 'my-payment:abc']) {
+      ok(await srv.gql(GRANT, { input: { accountId: acct, amount: '1', type: 'FREE', source: 'ADJUSTMENT', idempotencyKey } }));
+    }
+    expect((await readAccount(srv, acct)).balance.total).toBe('4');
+    await bothInvariants(acct);
+  });
+
   it('adds one batch with the granted credit and a GRANT ledger entry', async () => {
     const acct = await apiAccount(srv);
     const expiresAt = new Date(Date.now() + 10 * DAY_MS).toISOString();

@@ -129,3 +129,41 @@ describe('voidGrant of credit that had already expired', () => {
     expect((await expireDue(services, accountId)).batches).toBe(0);
   });
 });
+
+describe('thresholds are judged on exact amounts, not on the rounded percentRemaining', () => {
+  it('the 0 % alert (the depletion notice) waits until nothing is available, however little is left', async () => {
+    const accountId = await createFundedAccount(services, { paid: 1_000_000 });
+    await spend(accountId, '999901'); // 99 of 1,000,000 left: percentRemaining shows 0 (0.0099 % floored)
+    const b = await readBalance(services.pool, accountId, new Date());
+    expect(b.availableMicroCredits).toBe(credits(99));
+    expect(b.percentRemaining).toBe(0); // the display keeps its rounding down
+    expect(b.depleted).toBe(false);
+    expect((await alerts(accountId)).map((a) => a.threshold)).toEqual([25, 15]);
+
+    await spend(accountId, '98.999999'); // one micro-credit left
+    expect((await alerts(accountId)).map((a) => a.threshold)).toEqual([25, 15]);
+    await spend(accountId, '0.000001'); // nothing left: depleted, and now the 0 % alert
+    const { rows } = await services.pool.query('SELECT threshold, percent_remaining, available_micro_credits::text AS available FROM credit_alerts WHERE account_id = $1 ORDER BY seq', [accountId]);
+    expect(rows.map((r) => [r.threshold, Number(r.percent_remaining), r.available])).toEqual([
+      [25, 0, '99000000'],
+      [15, 0, '99000000'],
+      [0, 0, '0'],
+    ]);
+    expect((await readBalance(services.pool, accountId, new Date())).depleted).toBe(true);
+    await expectLedgerInvariant(services.pool, accountId);
+  });
+
+  it('25 % and 15 % are reached when available <= threshold % of periodCredits exactly, not a basis point early', async () => {
+    const accountId = await createFundedAccount(services, { paid: 1_000_000 });
+    await spend(accountId, '749999.5'); // 250,000.5 left: 25.00005 %, shown as 25
+    expect((await readBalance(services.pool, accountId, new Date())).percentRemaining).toBe(25);
+    expect(await alerts(accountId)).toEqual([]);
+    await spend(accountId, '0.5'); // exactly 25 %
+    expect((await alerts(accountId)).map((a) => a.threshold)).toEqual([25]);
+    await spend(accountId, '99999.999999'); // 150,000.000001 left: just above 15 %, shown as 15
+    expect((await readBalance(services.pool, accountId, new Date())).percentRemaining).toBe(15);
+    expect((await alerts(accountId)).map((a) => a.threshold)).toEqual([25]);
+    await spend(accountId, '0.000001'); // exactly 15 %
+    expect((await alerts(accountId)).map((a) => a.threshold)).toEqual([25, 15]);
+  });
+});

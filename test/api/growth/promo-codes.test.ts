@@ -16,6 +16,7 @@ const CREATE_PROMO = `mutation($input: CreatePromoCodeInput!) { createPromoCode(
 const PROMO = `query($code: String!) { promoCode(code: $code) { code credits expiresAfterDays maxRedemptions redemptions validUntil } }`;
 const REDEEM = `mutation($accountId: ID!, $code: String!) { redeemPromoCode(accountId: $accountId, code: $code) {
   id amount type source reference note createdAt batch { id allocated remaining status type source expiresAt } } }`;
+const GRANT = `mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`;
 const GRANTS = `query($id: ID!) { account(id: $id) { grants(first: 20) { edges { node { id amount type source reference batch { expiresAt } } } } } }`;
 
 let srv: TestServer;
@@ -41,6 +42,11 @@ async function createPromo(input: Record<string, unknown>) {
 
 async function promo(code: string) {
   return ok(await srv.gql(PROMO, { code })).promoCode;
+}
+
+/** promoCode(code)'s live and test-mode redemption counts. */
+async function promoCounts(code: string): Promise<{ redemptions: number; testRedemptions: number }> {
+  return ok(await srv.gql(`query($code: String!) { promoCode(code: $code) { redemptions testRedemptions } }`, { code })).promoCode;
 }
 
 async function grantsOf(accountId: string): Promise<any[]> {
@@ -135,8 +141,27 @@ describe('redeemPromoCode', () => {
 
     const err = await expectRefusedRedeem(late, code, 'BAD_USER_INPUT');
     expect(err.message).toMatch(/expire/i);
-    expect((await promo(code)).redemptions).toBe(1);
+    // Test-mode redemptions are counted apart from the live ones (see below).
+    expect(await promoCounts(code)).toEqual({ redemptions: 0, testRedemptions: 1 });
     expect(await grantsOf(late)).toEqual([]);
+  });
+
+  it('test-mode redemptions are counted apart: they never use a live slot of maxRedemptions, and have maxRedemptions of their own', async () => {
+    const code = newCode();
+    await createPromo({ code, credits: '5', maxRedemptions: 1 });
+    const rehearsal = (await createAccount(srv, { clockStart: '2030-01-01T00:00:00.000Z' })).id;
+    ok(await srv.gql(REDEEM, { accountId: rehearsal, code }));
+    // The code's one live redemption is still there for a live account.
+    const live = (await createAccount(srv)).id;
+    const g = ok(await srv.gql(REDEEM, { accountId: live, code })).redeemPromoCode;
+    expect(g).toMatchObject({ amount: '5', source: 'PROMO_CODE', reference: code });
+    expect(await promoCounts(code)).toEqual({ redemptions: 1, testRedemptions: 1 });
+    // Each side is exhausted on its own count.
+    const err = await expectRefusedRedeem((await createAccount(srv, { clockStart: '2030-01-01T00:00:00.000Z' })).id, code, 'BAD_USER_INPUT');
+    expect(err.extensions?.reason).toBe('EXHAUSTED');
+    expect(err.message).toMatch(/test-mode/);
+    expect((await expectRefusedRedeem((await createAccount(srv)).id, code, 'BAD_USER_INPUT')).extensions?.reason).toBe('EXHAUSTED');
+    expect(await promoCounts(code)).toEqual({ redemptions: 1, testRedemptions: 1 });
   });
 
   it('once maxRedemptions is reached further accounts are refused with BAD_USER_INPUT', async () => {
@@ -147,6 +172,29 @@ describe('redeemPromoCode', () => {
     await expectRefusedRedeem(third, code, 'BAD_USER_INPUT');
     expect((await promo(code)).redemptions).toBe(2);
     expect(await grantsOf(third)).toEqual([]);
+  });
+
+  it("a client grant cannot take the key of the code's grant: grantCredits under promo:<code> is BAD_USER_INPUT, the redemption then grants", async () => {
+    const code = newCode();
+    await createPromo({ code, credits: '6', maxRedemptions: 1 });
+    const acct = (await createAccount(srv)).id;
+    // The very payload the redemption would write (FREE, PROMO_CODE, reference = the code, never
+    // expiring): accepted, it would make the redemption a replay that grants nothing and still
+    // uses up the code's only redemption; with another amount the redemption would be
+    // IDEMPOTENCY_CONFLICT.
+    for (const amount of ['6', '1']) {
+      const res = await expectUnchanged(srv, [acct], () =>
+        srv.gql(GRANT, { input: { accountId: acct, amount, type: 'FREE', source: 'PROMO_CODE', reference: code, idempotencyKey: `promo:${code}` } }),
+      );
+      const err = expectError(res, 'BAD_USER_INPUT');
+      expect(err.message).toMatch(/idempotencyKey.*reserved/);
+      expect(err.extensions?.field).toBe('idempotencyKey');
+    }
+    const g = ok(await srv.gql(REDEEM, { accountId: acct, code })).redeemPromoCode;
+    expect(g).toMatchObject({ amount: '6', source: 'PROMO_CODE', reference: code });
+    expect((await readAccount(srv, acct)).balance.total).toBe('6');
+    expect((await promo(code)).redemptions).toBe(1);
+    await expectConsistent(srv, acct);
   });
 
   it('an unknown code is NOT_FOUND and changes nothing', async () => {

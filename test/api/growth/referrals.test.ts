@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../../setup/test-server.js';
-import { expectConsistent, expectError, expectUnchanged, ok, readAccount } from '../helpers.js';
+import { dbId, expectConsistent, expectError, expectUnchanged, ok, readAccount } from '../helpers.js';
 import { signUserToken } from '../../../src/auth/jwt.js';
 import { createAccount, growthCounts, referralSettings, setReferralSettings, type GrowthAccount } from './growth-helpers.js';
 
@@ -17,6 +17,7 @@ const CAP = 3;
 
 const REDEEM = `mutation($accountId: ID!, $code: String!) { redeemReferral(accountId: $accountId, code: $code) {
   id amount type source reference note batch { allocated remaining type source status expiresAt } } }`;
+const GRANT = `mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`;
 const ACCOUNT = `query($id: ID!) { account(id: $id) { id referralCode referralsRewarded balance { total free paid }
   grants(first: 20) { edges { node { id amount type source reference note } } } } }`;
 
@@ -62,10 +63,11 @@ async function expectRefused(referee: string, others: string[], code: string, er
   const countsBefore = await Promise.all(all.map((a) => growthCounts(srv, a)));
   const rewardedBefore = await Promise.all(all.map(async (a) => (await account(a)).referralsRewarded));
   const res = await expectUnchanged(srv, all, () => srv.gql(REDEEM, { accountId: referee, code }));
-  expectError(res, errorCode);
+  const error = expectError(res, errorCode);
   expect(res.body.data ?? null).toBeNull();
   expect(await Promise.all(all.map((a) => growthCounts(srv, a)))).toEqual(countsBefore);
   expect(await Promise.all(all.map(async (a) => (await account(a)).referralsRewarded))).toEqual(rewardedBefore);
+  return error;
 }
 
 describe('referral codes', () => {
@@ -183,6 +185,49 @@ describe('redeemReferral', () => {
     // The refusal did not use up the newer account's own referral: it can still redeem the older one's code.
     const g = ok(await srv.gql(REDEEM, { accountId: newer.id, code: older.referralCode })).redeemReferral;
     expect(g).toMatchObject({ amount: REWARD, source: 'REFERRAL', reference: older.id });
+  });
+
+  it("client grants cannot take the referral grants' keys: grantCredits under referral:* is BAD_USER_INPUT, the referral then rewards both", async () => {
+    const [referrer, referee] = await olderAndNewer();
+    // The payloads the referral would write: accepted, they would make its grants replays that
+    // grant nothing (or IDEMPOTENCY_CONFLICT with another amount).
+    const attempts = [
+      { accountId: referee.id, reference: referrer.id, idempotencyKey: 'referral:referee' },
+      { accountId: referrer.id, reference: referee.id, idempotencyKey: `referral:referrer:${dbId(referee.id)}` },
+    ];
+    for (const a of attempts) {
+      const res = await expectUnchanged(srv, [referee.id, referrer.id], () =>
+        srv.gql(GRANT, { input: { ...a, amount: REWARD, type: 'FREE', source: 'REFERRAL' } }),
+      );
+      expect(expectError(res, 'BAD_USER_INPUT').message).toMatch(/idempotencyKey.*reserved/);
+    }
+    ok(await srv.gql(REDEEM, { accountId: referee.id, code: referrer.referralCode }));
+    expect((await account(referee.id)).balance.total).toBe(REWARD);
+    expect((await account(referrer.id)).balance.total).toBe(REWARD);
+    expect((await account(referrer.id)).referralsRewarded).toBe(1);
+  });
+
+  it('referrals stay within one mode: test-mode and live accounts never reward each other (BAD_USER_INPUT, MODE_MISMATCH); two test-mode accounts can', async () => {
+    // A test-mode account (its own clock, made by the platform itself) redeeming a live code
+    // would earn the live referrer real credit and use up one of its real rewards.
+    const liveReferrer = await createAccount(srv);
+    const testReferee = await createAccount(srv, { clockStart: '2035-01-01T00:00:00.000Z' });
+    const toLive = await expectRefused(testReferee.id, [liveReferrer.id], liveReferrer.referralCode, 'BAD_USER_INPUT');
+    expect(toLive.extensions?.reason).toBe('MODE_MISMATCH');
+    expect(toLive.message).toMatch(/test-mode/);
+    // A live account redeeming a test-mode account's code would get real credit for a fake referral.
+    const testReferrer = await createAccount(srv, { clockStart: '2020-01-01T00:00:00.000Z' });
+    const liveReferee = await createAccount(srv);
+    expect((await expectRefused(liveReferee.id, [testReferrer.id], testReferrer.referralCode, 'BAD_USER_INPUT')).extensions?.reason).toBe('MODE_MISMATCH');
+
+    // Between test-mode accounts the referral works as between live ones.
+    ok(await srv.gql(REDEEM, { accountId: testReferee.id, code: testReferrer.referralCode }));
+    expect((await account(testReferee.id)).balance.total).toBe(REWARD);
+    expect((await account(testReferrer.id)).balance.total).toBe(REWARD);
+    expect((await account(testReferrer.id)).referralsRewarded).toBe(1);
+    // The live accounts, refused above, can still refer each other.
+    ok(await srv.gql(REDEEM, { accountId: liveReferee.id, code: liveReferrer.referralCode }));
+    expect((await account(liveReferrer.id)).referralsRewarded).toBe(1);
   });
 
   it('an unknown code is NOT_FOUND and grants nothing', async () => {

@@ -1,0 +1,11 @@
+-- The createAccount input an account was opened with, as a request fingerprint.
+--
+-- Why: createAccount is idempotent on externalId, and a retry with other input must be
+-- IDEMPOTENCY_CONFLICT (README "Idempotency"), but the replay compared only name, kind and
+-- testMode: a retry differing in welcomeBonus or testClockStart returned the existing account as
+-- if it were the same request (test/api/mutations.test.ts). welcomeBonus is stored nowhere and a
+-- test-mode account's created_at cannot tell an omitted testClockStart from one given, so the
+-- fingerprint of the whole input is kept, as the other idempotent rows do. Accounts opened
+-- before this have none (NULL) and are compared on what their row holds.
+-- AlterTable
+ALTER TABLE "accounts" ADD COLUMN     "request_hash" TEXT;

@@ -1,0 +1,63 @@
+/**
+ * Idempotency keys of the grants the engine makes itself, and the rule that keeps client keys
+ * out of their forms.
+ *
+ * Every grant, a client's (`grantCredits`) or the engine's own (welcome bonus, promo codes,
+ * referrals, plan credit, pack purchases and auto top-ups), is unique per (account, idempotency
+ * key) in `credit_grants`: one key space. A client grant under an engine key would take that key
+ * first, and the engine's later grant would then be IDEMPOTENCY_CONFLICT (another payload) or a
+ * replay that grants nothing (the same payload) while its redemption or purchase was still
+ * recorded. So the engine's keys are built here, in forms a client may not send: `welcome-bonus`
+ * (and `welcome-bonus:…`) and keys starting with `promo:`, `referral:`, `plan-period:` or
+ * `payment:` (exact spelling; the unique key compares exactly). Keys already stored keep working:
+ * the engine's rows keep their keys, and nothing is renamed (README "Idempotency").
+ */
+import { LedgerError } from './errors.js';
+
+/** Key of the welcome bonus createAccount grants (one per account). */
+export const WELCOME_BONUS_GRANT_KEY = 'welcome-bonus';
+
+/** Key of the new account's referral reward (one referral per account). */
+export const REFEREE_GRANT_KEY = 'referral:referee';
+
+/** Key of a promo code's grant to the redeeming account (`code` normalized, upper case). */
+export function promoGrantKey(code: string): string {
+  return `promo:${code}`;
+}
+
+/** Key of the referrer's reward for referring the account `refereeAccountId` (database id). */
+export function referrerGrantKey(refereeAccountId: string): string {
+  return `referral:referrer:${refereeAccountId}`;
+}
+
+/** Key of a plan's credit for the billing period starting at `periodStart`. */
+export function planPeriodGrantKey(planId: string, periodStart: Date): string {
+  return `plan-period:${planId}:${periodStart.toISOString()}`;
+}
+
+/** Key of the grant of a paid payment (a pack purchase or an auto top-up; `paymentId` = payments.id). */
+export function paymentGrantKey(paymentId: string): string {
+  return `payment:${paymentId}`;
+}
+
+/** Prefixes of the engine's grant keys (see the module comment). */
+const RESERVED_PREFIXES = ['welcome-bonus:', 'promo:', 'referral:', 'plan-period:', 'payment:'] as const;
+
+/** True when `key` has a form the engine keeps for its own grants (exact spelling). */
+export function isReservedGrantKey(key: string): boolean {
+  return key === WELCOME_BONUS_GRANT_KEY || RESERVED_PREFIXES.some((p) => key.startsWith(p));
+}
+
+/**
+ * The refusal of a client grant key in a reserved form, or null when the key is the client's to use.
+ * @param field the input field named in the error (`idempotencyKey`).
+ * @returns a BAD_USER_INPUT LedgerError (extensions.field = `field`, reason RESERVED_KEY), or null.
+ */
+export function reservedGrantKeyError(key: string, field = 'idempotencyKey'): LedgerError | null {
+  if (!isReservedGrantKey(key)) return null;
+  return new LedgerError(
+    'BAD_USER_INPUT',
+    `${field}: "${key}" is reserved for the engine's own grants (welcome-bonus, and keys starting with welcome-bonus:, promo:, referral:, plan-period: or payment:); choose another key`,
+    { field, reason: 'RESERVED_KEY' },
+  );
+}
