@@ -827,7 +827,7 @@ describe('carried state (a hot account decides from what its previous transactio
     });
     let runsFromCarriedState = 0;
     await fc.assert(
-      fc.asyncProperty(fc.array(chargeArb, { minLength: 2, maxLength: 10 }), fc.integer({ min: 0, max: 6 }), async (charges, paid) => {
+      fc.asyncProperty(fc.array(chargeArb, { minLength: 3, maxLength: 10 }), fc.integer({ min: 0, max: 6 }), async (charges, paid) => {
         const plain = { ...services, groupCommit: undefined };
         const prepare = async () => {
           const accountId = await createFundedAccount(services, { paid });
@@ -869,7 +869,13 @@ describe('carried state (a hot account decides from what its previous transactio
       }),
       { numRuns: 40 },
     );
-    expect(runsFromCarriedState).toBeGreaterThan(10); // the property is about carried state: most runs used it
+    // The property is about carried state, so it must have been exercised. Not every run carries:
+    // a list of 2 is one transaction, and a transaction naming an agent the last one did not read a
+    // budget for decides from a fresh read (carriedCovers). With lists of 3 or more, 15-16 of 40
+    // runs carried in three runs here, so the earlier bound (> 10 of 40, with lists of 2 or more)
+    // could fail by chance, a few runs in a hundred by a binomial estimate (it failed once on a
+    // loaded machine). At least 5 of 40 still fails when carrying stops, and not by chance.
+    expect(runsFromCarriedState).toBeGreaterThanOrEqual(5);
   });
 
   it('is not used with carryState: false', async () => {
