@@ -10,6 +10,7 @@ import { Redis } from 'ioredis';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { startPrivateRedis } from '../setup/private-redis.js';
+import { startSilenceableRelay } from '../setup/connections.js';
 import { TEST_REDIS_URL } from '../setup/env.js';
 import { recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
@@ -190,5 +191,34 @@ describe('relay', () => {
     sub.disconnect();
     pub.disconnect();
     dead.disconnect();
+  });
+
+  it('a Redis that goes silent (no answer, no reset) fails the drain after redisTimeoutMs instead of holding its transaction and the relay lock; the rows stay for the next drain', async () => {
+    const accountId = await createFundedAccount(s, { paid: 3 });
+    await recordUsage(s, { accountId, idempotencyKey: 'silent-1', category: 'unit' });
+    const prefix = `test-relay-silent-${process.pid}:`;
+    const silent = await startSilenceableRelay(TEST_REDIS_URL);
+    const quiet = new Redis(silent.url, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+    quiet.on('error', () => undefined);
+    const healthy = new Redis(TEST_REDIS_URL);
+    try {
+      await new Promise<void>((resolve) => (quiet.status === 'ready' ? resolve() : quiet.once('ready', () => resolve())));
+      silent.silence();
+      const before = await rows(accountId);
+      expect(before.length).toBeGreaterThan(0);
+      // Before the fix this waited for Redis forever, holding the transaction (and the lock every
+      // relay of the deployment takes), so shutdown waited too.
+      await expect(drainOutboxOnce(s.pool, quiet, prefix, 10_000, undefined, 300)).rejects.toThrow('outbox relay: Redis did not answer within 300 ms');
+      expect(await rows(accountId)).toEqual(before);
+      // The lock is free again: another relay publishes the rows.
+      let published = 0;
+      for (let n = await drainOutboxOnce(s.pool, healthy, prefix, 100); n > 0; n = await drainOutboxOnce(s.pool, healthy, prefix, 100)) published += n;
+      expect(published).toBeGreaterThanOrEqual(before.length);
+      expect(await rows(accountId)).toEqual([]);
+    } finally {
+      quiet.disconnect();
+      healthy.disconnect();
+      await silent.close();
+    }
   });
 });
