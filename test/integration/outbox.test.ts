@@ -81,6 +81,36 @@ describe('outbox rows', () => {
     expect((await rows(accountId)).map((r) => r.topic)).not.toContain('usage');
   });
 
+  it('a balance read is ONE snapshot: a grant that commits while it reads (repaying debt) is in all of its figures or in none, never labelled with the version before it', async () => {
+    const accountId = await createFundedAccount(s, { paid: 5 });
+    const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'd-hold' });
+    await recordUsage(s, { accountId, idempotencyKey: 'd-over', category: 'units', quantities: { units: '8' }, reservationId }); // 3 credits of debt
+    const grant = () => grantCredits(s, { accountId, amountMicroCredits: credits(100), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'd-grant' });
+    // The pool, except that the grant commits right after the read's first statement answers:
+    // what a busy account does to a read (a subscription's start or resync, Account.balance).
+    let first = true;
+    const racing = new Proxy(s.pool, {
+      get(target, prop, receiver) {
+        if (prop !== 'query') return Reflect.get(target, prop, receiver);
+        return async (...args: unknown[]) => {
+          const result = await (target.query as (...a: unknown[]) => Promise<unknown>)(...args);
+          if (first) {
+            first = false;
+            await grant();
+          }
+          return result;
+        };
+      },
+    }) as typeof s.pool;
+    const read = await readBalanceSnapshot(racing, accountId, new Date());
+    expect(first).toBe(false);
+    const recorded = (await rows(accountId)).filter((r) => r.topic === 'balance' && r.payload.version === read.version);
+    expect(recorded).toHaveLength(1);
+    // Before the fix: version before the grant (total -3), batches after it (97): total 94, a
+    // balance the account never had.
+    expect(view(read)).toEqual(view(recorded[0]!.payload));
+  });
+
   it('a refused charge and a replayed one write no outbox row', async () => {
     const accountId = await createFundedAccount(s, { paid: 1 });
     await recordUsage(s, { accountId, idempotencyKey: 'r1', category: 'unit' });
