@@ -74,6 +74,9 @@ export interface StartServerOptions {
   detached?: boolean;
 }
 
+/** How a child ended on {@link StartedServer.stop}: by itself after SIGTERM, killed after the grace, or already gone. */
+export type StopOutcome = 'exited' | 'killed' | 'not running';
+
 /** A running API server started by {@link startServer}. */
 export interface StartedServer {
   /** http://127.0.0.1:<port> */
@@ -87,8 +90,11 @@ export interface StartedServer {
   logs: { server: string; workers?: string };
   /** Process ids of the children. */
   pids: { server: number; workers?: number };
-  /** SIGTERM both children and wait for them (SIGKILL after `graceMs`, default 15 s). */
-  stop(graceMs?: number): Promise<void>;
+  /**
+   * SIGTERM both children and wait for them (SIGKILL after `graceMs`, default 15 s).
+   * @returns how each ended (`workers` only when a workers process was started).
+   */
+  stop(graceMs?: number): Promise<{ server: StopOutcome; workers?: StopOutcome }>;
   /** Stop tracking the children so this process can exit while they keep running. */
   detach(): void;
 }
@@ -126,12 +132,13 @@ function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
-async function stopChild(child: ChildProcess | undefined, graceMs: number): Promise<void> {
-  if (!child || exited(child)) return;
+async function stopChild(child: ChildProcess | undefined, graceMs: number): Promise<StopOutcome> {
+  if (!child || exited(child)) return 'not running';
   child.kill('SIGTERM');
-  if (await waitExit(child, graceMs)) return;
+  if (await waitExit(child, graceMs)) return 'exited';
   child.kill('SIGKILL');
   await waitExit(child, 5_000);
+  return 'killed';
 }
 
 /**
@@ -165,11 +172,12 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
   const worker = workers && logs.workers ? spawnLogged(options.workersEntry ?? 'workers/main.ts', logs.workers, env, detached) : undefined;
   let tracked = true;
   const children = [server, worker].filter((c): c is ChildProcess => c !== undefined);
-  const stop = async (graceMs = 15_000) => {
-    if (!tracked) return;
+  const stop = async (graceMs = 15_000): Promise<{ server: StopOutcome; workers?: StopOutcome }> => {
+    if (!tracked) return { server: 'not running', ...(worker ? { workers: 'not running' as const } : {}) };
     tracked = false;
     process.off('exit', killOnExit);
-    await Promise.all(children.map((c) => stopChild(c, graceMs)));
+    const [s, w] = await Promise.all([stopChild(server, graceMs), stopChild(worker, graceMs)]);
+    return { server: s, ...(worker ? { workers: w } : {}) };
   };
   // Never leave orphans behind when this process dies unexpectedly.
   const killOnExit = () => {

@@ -20,6 +20,7 @@ import { GroupCommitter } from './services/group-commit.js';
 import { ReservationOwners } from './services/reservation-owners.js';
 import { applyCharge, chargeAccounts } from './services/record-usage.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
+import { closeRedis } from './db/redis-close.js';
 
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-api' } });
@@ -74,7 +75,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     void (async () => {
       await server.close();
       await workers?.close();
-      await Promise.allSettled([pool.end(), prisma.$disconnect(), redis.quit()]);
+      await Promise.allSettled([pool.end(), prisma.$disconnect(), closeRedis(redis)]);
       process.exit(0);
     })().catch((err) => {
       log.error({ err }, 'error during shutdown');

@@ -40,6 +40,7 @@ import type { QueryTimings } from './db/query-timings.js';
 import { LedgerError } from './ledger/errors.js';
 import { bodyRefusal } from './http/body-limit.js';
 import { atInstant, type InstantTimer } from './live/at-instant.js';
+import { closeRedis, settlesWithin, REDIS_QUIT_WAIT_MS } from './db/redis-close.js';
 
 /** What the server needs, created by the process entry (src/main.ts) or a test. */
 export interface ServerDeps {
@@ -66,7 +67,8 @@ export interface CreditpoolServer {
   /**
    * Stops accepting connections, closes WebSockets with 1001 "server shutting down", ends SSE
    * streams, answers the requests it has taken (for up to SHUTDOWN_GRACE_MS; their responses
-   * say `Connection: close`), then closes every HTTP connection, stops the relay and the hub.
+   * say `Connection: close`), then closes every HTTP connection, stops the relay and the hub
+   * (never waiting for a Redis that is unreachable: db/redis-close.ts).
    */
   close(): Promise<void>;
 }
@@ -137,9 +139,12 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     ? new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-outbox-relay' })
     : null;
   publisher?.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: redis error'));
-  const queueConnection = env.OUTBOX_RELAY ? new Redis(env.REDIS_URL, { maxRetriesPerRequest: null, connectionName: 'creditpool-outbox-jobs' }) : null;
+  // Fails fast like the publisher: while Redis is away a drain fails at once and is retried, rather
+  // than leaving one batch of jobs per retry in ioredis' offline queue.
+  const queueConnection = env.OUTBOX_RELAY ? new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-outbox-jobs' }) : null;
   queueConnection?.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: queue redis error'));
   const jobSink = queueConnection ? createQueueJobSink(queueConnection, env.QUEUE_PREFIX) : undefined;
+  jobSink?.queue.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: queue error'));
   const relay = publisher
     ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: jobSink })
     : null;
@@ -451,8 +456,10 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         http.closeAllConnections(); // keep-alive connections left, and whatever outlived the grace period
         await httpClosed;
         await relay?.close();
-        await jobSink?.close();
-        await Promise.allSettled([live.close(), publisher?.quit(), queueConnection?.quit()]);
+        // Redis may be unreachable (a SIGTERM during an outage): nothing here waits for it to return
+        // (db/redis-close.ts); the outbox rows not yet published stay for the next relay.
+        if (jobSink) await settlesWithin(jobSink.close(), REDIS_QUIT_WAIT_MS);
+        await Promise.allSettled([live.close(), publisher && closeRedis(publisher), queueConnection && closeRedis(queueConnection)]);
         eventLoopDelay.disable();
       })()),
   };

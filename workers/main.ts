@@ -1,6 +1,7 @@
 /**
  * The workers process: `tsx workers/main.ts`. Same environment as the API (DATABASE_URL,
- * REDIS_URL, LOG_LEVEL). Graceful SIGTERM/SIGINT: finishes jobs in progress, then exits.
+ * REDIS_URL, LOG_LEVEL). Graceful SIGTERM/SIGINT: finishes jobs in progress (for up to
+ * SHUTDOWN_GRACE_MS, without waiting for an unreachable Redis; workers/start.ts), then exits.
  */
 import { pino } from 'pino';
 import { loadEnvOrExit } from '../src/config/env.js';

@@ -21,16 +21,24 @@ import type { ServiceContext } from '../src/services/context.js';
 import { createQueueJobSink } from '../src/queues/job-sink.js';
 import { createPaymentProvider } from '../src/payments/index.js';
 import { startOutboxRelay } from '../src/outbox/relay.js';
+import { closeRedis, settlesWithin, REDIS_QUIT_WAIT_MS } from '../src/db/redis-close.js';
 import { processAnalyzeStaleTables } from './processors/analyze-stale-tables.js';
 import { processReconcileLedger } from './processors/reconcile-ledger.js';
 import { processSweepDue, SWEEP_DUE_JOB } from './processors/sweep-due.js';
 import { LEDGER_PROCESSORS } from './registry.js';
 import type { JobView, WorkerDeps } from './deps.js';
 
-/** Running workers; `close()` waits for jobs in progress, then disconnects. */
+/** Running workers. */
 export interface RunningWorkers {
   /** Enqueues directly on the ledger-jobs queue (tests, sweeps). */
   ledgerQueue: Queue;
+  /**
+   * Stops the relay, waits for the jobs in progress (at most SHUTDOWN_GRACE_MS), then closes the
+   * Redis connections. When that time passes (a job still running, or Redis unreachable, where
+   * BullMQ's close would wait for Redis to return) the connections are dropped instead: a job
+   * still running keeps its database work (the caller ends the pool after it) and, its completion
+   * not recorded, is re-run by BullMQ's stalled check (processors are idempotent).
+   */
   close(): Promise<void>;
 }
 
@@ -73,6 +81,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   const sink = createQueueJobSink(connection, prefix);
 
   const maintenance = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
+  for (const q of [maintenance, sink.queue]) q.on('error', (err) => log.warn({ err: err.message, queue: q.name }, 'workers: queue error'));
   await maintenance.upsertJobScheduler(RECONCILE_LEDGER_JOB, { every: RECONCILE_EVERY_MS }, { name: RECONCILE_LEDGER_JOB, data: { lookbackSeconds: 900 } });
   await maintenance.upsertJobScheduler(SWEEP_DUE_JOB, { every: env.SWEEP_EVERY_MS }, { name: SWEEP_DUE_JOB, data: {} });
   if (env.STATISTICS_UPKEEP_EVERY_MS > 0) {
@@ -103,24 +112,36 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   );
   for (const w of [maintenanceWorker, ledgerWorker]) {
     w.on('failed', (job, err) => log.warn({ err: err.message, job: job?.name, id: job?.id, attempt: job?.attemptsMade }, 'job attempt failed'));
+    // Without a listener BullMQ prints connection errors with console.error (a stack trace per
+    // reconnect attempt while Redis is away), bypassing the log.
+    w.on('error', (err) => log.warn({ err: err.message }, 'workers: worker error'));
   }
 
   let relay: ReturnType<typeof startOutboxRelay> | null = null;
   let publisher: Redis | null = null;
+  let relaySink: ReturnType<typeof createQueueJobSink> | null = null;
   if (opts.relay !== false) {
     publisher = new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-workers-relay' });
     publisher.on('error', (err) => log.warn({ err: err.message }, 'workers relay: redis error'));
-    relay = startOutboxRelay({ pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: sink });
+    // The relay adds its jobs over its own fail-fast connection, not the workers' (whose offline
+    // queue would keep one batch per failed drain while Redis is away).
+    relaySink = createQueueJobSink(publisher, prefix);
+    relaySink.queue.on('error', (err) => log.warn({ err: err.message }, 'workers relay: queue error'));
+    relay = startOutboxRelay({ pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: relaySink });
   }
   log.info({ queues: [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE], prefix }, 'workers started');
   return {
     ledgerQueue: sink.queue,
     async close() {
       await relay?.close();
-      await Promise.all([maintenanceWorker.close(), ledgerWorker.close()]);
-      await Promise.all([maintenance.close(), sink.close()]);
-      publisher?.disconnect();
-      connection.disconnect();
+      const workersClosed = Promise.all([maintenanceWorker.close(), ledgerWorker.close()]);
+      if (!(await settlesWithin(workersClosed, env.SHUTDOWN_GRACE_MS))) {
+        log.warn({ graceMs: env.SHUTDOWN_GRACE_MS, redis: connection.status }, 'workers: jobs in progress or Redis did not let the workers close in time; dropping the Redis connections (unfinished jobs are re-run by the stalled check)');
+        connection.disconnect();
+        await settlesWithin(Promise.allSettled([maintenanceWorker.disconnect(), ledgerWorker.disconnect()]), REDIS_QUIT_WAIT_MS);
+      }
+      await settlesWithin(Promise.allSettled([maintenance.close(), sink.close(), relaySink?.close()]), REDIS_QUIT_WAIT_MS);
+      await Promise.allSettled([publisher && closeRedis(publisher), closeRedis(connection)]);
     },
   };
 }

@@ -132,7 +132,8 @@ const EnvSchema = z.object({
   LIVE_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1024).default(65_536),
   /**
    * On SIGTERM/SIGINT, how long the server waits for the requests it is answering to finish
-   * before it closes their connections anyway (src/server.ts `close`).
+   * before it closes their connections anyway (src/server.ts `close`), and how long the workers
+   * wait for their jobs in progress before they drop their Redis connections (workers/start.ts).
    */
   SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(10_000),
   /** Undelivered updates queued per subscription before they are replaced by one fresh snapshot. */

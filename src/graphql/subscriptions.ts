@@ -129,15 +129,21 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
       run(() => h.onMessage(message));
     };
     let unsubscribe: (() => void) | null = null;
+    /** Set once start() is queued: the runs after it (in order) may rely on what it read. */
+    let startQueued = false;
     const expiresAt = ctx.principal?.kind === 'user' ? ctx.principal.expiresAt : null;
     const expiry = expiresAt ? atInstant(expiresAt, () => stop()) : null;
     const rechecks = recheck ? setInterval(() => run(async () => []), CREDENTIAL_RECHECK_INTERVAL_MS) : null;
     try {
       unsubscribe = await hub.subscribe(accountId, {
         onMessage: (m) => (started ? enqueue(m) : void buffered.push(m)),
-        // Before start() ran there is nothing to catch up on: start reads the current state
-        // itself (a catch-up queued ahead of it would send a seq stream's rows from seq 0).
-        resync: () => (started ? run(() => h.catchUp()) : undefined),
+        // Before start() is queued there is nothing to catch up on: start will read the current
+        // state itself (a catch-up queued ahead of it would send a seq stream's rows from seq 0).
+        // Once it is queued, its read may already have happened before a change whose message
+        // this instance missed while disconnected, so the catch-up runs after it (runs are
+        // serial). Ignoring a resync until start had *finished* left such a stream on the stale
+        // start value until the account changed again (test/live/resync.test.ts).
+        resync: () => (startQueued ? run(() => h.catchUp()) : undefined),
       });
       run(async () => {
         const first = await h.start();
@@ -146,6 +152,7 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
         for (const m of buffered.splice(0)) enqueue(m);
         return first;
       });
+      startQueued = true;
     } catch (err) {
       stop(err);
     }

@@ -14,6 +14,7 @@
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { accountChannel, accountIdOfChannel, type LiveMessage } from '../outbox/topics.js';
+import { closeRedis } from '../db/redis-close.js';
 
 /** One local consumer of an account's messages. */
 export interface LiveListener {
@@ -116,11 +117,14 @@ export class LiveHub {
     this.streamsStarted++;
   }
 
-  /** Closes the subscriber connection. */
+  /**
+   * Closes the subscriber connection, without waiting for a Redis that is unreachable
+   * (db/redis-close.ts: a QUIT queued while disconnected would wait for Redis to return).
+   */
   async close(): Promise<void> {
     this.closed = true;
     this.channels.clear();
-    await this.sub.quit().catch(() => this.sub.disconnect());
+    await closeRedis(this.sub);
   }
 
   private remove(channel: string, listener: LiveListener): void {

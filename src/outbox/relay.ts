@@ -12,6 +12,12 @@
  * A drain runs when this process commits outbox rows (src/outbox/signal.ts), every
  * `pollIntervalMs` (rows written by other processes, or left behind by a crash), and again at
  * once while a drain finds a full batch. After a failure it backs off (doubling, up to 1 s).
+ *
+ * The Redis part of a drain (the jobs and the PUBLISH pipeline) must answer within
+ * `redisTimeoutMs`, else the drain fails like a refusal: the transaction, which holds the
+ * deployment-wide lock, is never left open waiting for a Redis that is down or silent (a queue
+ * connection with an offline queue would wait for it to return), and `close()` (shutdown) never
+ * waits longer than one such drain.
  */
 import type pg from 'pg';
 import type { Redis } from 'ioredis';
@@ -30,6 +36,9 @@ export interface JobSink {
 /** Advisory lock key of the relay (any constant; "cpoutbox" in ASCII). */
 export const OUTBOX_RELAY_LOCK_KEY = 0x63706f7574626f78n;
 
+/** Default of how long the Redis part of one drain may take before the drain fails, in milliseconds. */
+export const OUTBOX_REDIS_TIMEOUT_MS = 5_000;
+
 /** Options of {@link startOutboxRelay}. */
 export interface OutboxRelayOptions {
   pool: pg.Pool;
@@ -44,6 +53,8 @@ export interface OutboxRelayOptions {
   batchSize?: number;
   /** Where `job` rows go; without a sink they stay in the outbox for a relay that has one. */
   jobs?: JobSink;
+  /** Longest the Redis part of one drain may take, in milliseconds (default {@link OUTBOX_REDIS_TIMEOUT_MS}). */
+  redisTimeoutMs?: number;
 }
 
 /** A running relay. */
@@ -54,16 +65,38 @@ export interface OutboxRelay {
   published(): number;
   /** Drain transactions this relay has run since it started (failed ones included). */
   drains(): number;
-  /** Stops polling and waits for a running drain. */
+  /** Stops polling and waits for a running drain (at most its `redisTimeoutMs` on Redis). */
   close(): Promise<void>;
 }
 
 /**
- * Publishes one batch of outbox rows in one transaction.
- * @returns the number of rows published.
- * @throws the database or Redis error (the transaction is rolled back, the rows stay).
+ * Resolves or rejects as `work` does, or rejects with an Error saying `what` did not answer
+ * once `ms` milliseconds have passed (`work` keeps running; its outcome is then ignored).
  */
-export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix: string, batchSize: number, jobs?: JobSink): Promise<number> {
+function answerWithin<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  work.catch(() => undefined); // a rejection after the deadline is not unhandled
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Publishes one batch of outbox rows in one transaction.
+ * @param redisTimeoutMs longest the jobs and the PUBLISH pipeline may take together (ms).
+ * @returns the number of rows published.
+ * @throws the database or Redis error, or the Redis part taking longer than `redisTimeoutMs`
+ *   (the transaction is rolled back, the rows stay).
+ */
+export async function drainOutboxOnce(
+  pool: pg.Pool,
+  redis: Redis,
+  channelPrefix: string,
+  batchSize: number,
+  jobs?: JobSink,
+  redisTimeoutMs = OUTBOX_REDIS_TIMEOUT_MS,
+): Promise<number> {
   const client = await pool.connect();
   let broken = false;
   try {
@@ -83,16 +116,19 @@ export async function drainOutboxOnce(pool: pg.Pool, redis: Redis, channelPrefix
     const [, , { rows }] = await awaitInOrder([begun, locked, deleted]);
     if (rows.length > 0) {
       rows.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
-      const jobRows = rows.filter((r) => r.topic === 'job');
-      if (jobs && jobRows.length > 0) await jobs.add(jobRows.map((r) => r.payload as OutboxJob));
-      const pipeline = redis.pipeline();
-      for (const r of rows) {
-        if (r.topic === 'job') continue;
-        pipeline.publish(accountChannel(channelPrefix, r.account_id as string), JSON.stringify({ topic: r.topic, payload: r.payload }));
-      }
-      const results = await pipeline.exec();
-      const failed = results?.find(([err]) => err);
-      if (!results || failed) throw failed?.[0] ?? new Error('redis pipeline returned nothing');
+      const send = async () => {
+        const jobRows = rows.filter((r) => r.topic === 'job');
+        if (jobs && jobRows.length > 0) await jobs.add(jobRows.map((r) => r.payload as OutboxJob));
+        const pipeline = redis.pipeline();
+        for (const r of rows) {
+          if (r.topic === 'job') continue;
+          pipeline.publish(accountChannel(channelPrefix, r.account_id as string), JSON.stringify({ topic: r.topic, payload: r.payload }));
+        }
+        const results = await pipeline.exec();
+        const failed = results?.find(([err]) => err);
+        if (!results || failed) throw failed?.[0] ?? new Error('redis pipeline returned nothing');
+      };
+      await answerWithin(send(), redisTimeoutMs, 'outbox relay: Redis');
     }
     assertCommitted(await client.query('COMMIT'));
     return rows.length;
@@ -124,7 +160,7 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       again = false;
       try {
         drains++;
-        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs);
+        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs, opts.redisTimeoutMs);
         published += n;
         backoffMs = 0;
         if (n === batchSize) again = true;

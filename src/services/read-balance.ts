@@ -6,7 +6,6 @@
 import type pg from 'pg';
 import { toBigInt } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
-import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import { balanceFromSnapshot, snapshotFromRow, type BalanceSnapshot } from './balance-figures.js';
 import { subjectUsageSql } from './spending-budgets.js';
 
@@ -33,7 +32,7 @@ export interface BalanceView {
 }
 
 /**
- * Computes the balance of one account (two queries: the head, then `balance_figures`).
+ * Computes the balance of one account (one statement; see {@link readBalanceSnapshot}).
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
 export async function readBalance(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<BalanceView> {
@@ -42,26 +41,43 @@ export async function readBalance(db: pg.Pool | pg.PoolClient, accountId: string
 
 /**
  * The account's current BalanceSnapshot (the JSON shape the balanceChanged subscription sends).
+ *
+ * ONE statement, so one snapshot of the database: the version, the debt and the batch figures
+ * belong to the same committed state. (It was two statements, the head then `balance_figures`,
+ * each with its own snapshot and, from a pool, its own connection: a change committing between
+ * them, e.g. a grant repaying debt, gave the version and debt from before it and the batches from
+ * after it: a balance the account never had, labelled with the older version, which a live
+ * subscription then sent as that version.) The billing period is `billing_period`, as in the
+ * outbox snapshots balances_changed writes (src/ledger/billing-period.ts monthlyPeriodAt is the
+ * same rule).
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
 export async function readBalanceSnapshot(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<BalanceSnapshot> {
-  const head = await db.query(
-    `SELECT a.billing_anchor_at, CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END AS now,
-            b.debt_micro_credits, b.version, b.updated_at, p.name AS plan_name
+  const { rows } = await db.query(
+    `SELECT n.now, per.period_start, per.period_end, b.debt_micro_credits, b.version, b.updated_at, p.name AS plan_name, f.*
        FROM accounts a JOIN balances b ON b.account_id = a.id
        LEFT JOIN plan_subscriptions s ON s.account_id = a.id AND s.active
        LEFT JOIN plans p ON p.id = s.plan_id
+       CROSS JOIN LATERAL (SELECT CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END AS now) n
+       CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
+       CROSS JOIN LATERAL balance_figures($1, n.now, per.period_start) f
       WHERE a.id = $1`,
     [accountId, wallNow],
   );
-  const h = head.rows[0];
-  if (!h) throw new LedgerError('NOT_FOUND', 'account not found');
-  const now = h.now as Date;
-  const period = monthlyPeriodAt(h.billing_anchor_at as Date, now);
-  const { rows } = await db.query(`SELECT * FROM balance_figures($1, $2, $3)`, [accountId, now, period.start]);
+  const r = rows[0];
+  if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
   return snapshotFromRow(
-    { accountId, version: toBigInt(h.version), updatedAt: h.updated_at as Date, asOf: now, periodStart: period.start, periodEnd: period.end, debt: toBigInt(h.debt_micro_credits), planName: (h.plan_name as string | null) ?? null },
-    rows[0],
+    {
+      accountId,
+      version: toBigInt(r.version),
+      updatedAt: r.updated_at as Date,
+      asOf: r.now as Date,
+      periodStart: r.period_start as Date,
+      periodEnd: r.period_end as Date,
+      debt: toBigInt(r.debt_micro_credits),
+      planName: (r.plan_name as string | null) ?? null,
+    },
+    r,
   );
 }
 

@@ -206,7 +206,7 @@ describe('faults in the middle of a burst of charges on one hot account', () => 
     const { accountId, inputs } = await hotAccount('term', 1_500);
 
     const first = await boot('test-fault-sigterm');
-    let stopping: Promise<void> | null = null;
+    let stopping: ReturnType<StartedServer['stop']> | null = null;
     const before = await burst(
       first,
       inputs,

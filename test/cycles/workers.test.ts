@@ -18,7 +18,11 @@ import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
 import { parseEnv } from '../../src/config/env.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
-import { credits } from '../../src/ledger/credits.js';
+import { credits, MAX_ABS_MICRO_CREDITS } from '../../src/ledger/credits.js';
+import { createPlan, subscribeToPlan } from '../../src/services/plans.js';
+import { createCreditPack } from '../../src/services/credit-packs.js';
+import { attachPaymentMethod, purchaseCreditPack } from '../../src/services/purchase-pack.js';
+import { createPaymentProvider } from '../../src/payments/index.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { ok, uniq, dbId } from '../api/helpers.js';
 import { BALANCE_SUB, wsSubscribe } from '../live/helpers.js';
@@ -113,3 +117,47 @@ describe('expiry by the workers', () => {
     }
   });
 });
+
+describe('the sweep', () => {
+  it('an account whose roll fails on every run (its plan grant refused at the 64-bit balance limit) does not stop the sweep: a purchase left pending on another account still gets its resume job', async () => {
+    const start = new Date();
+    const tag = randomUUID().slice(0, 8);
+    // A: a ROLLOVER plan of 1,000 credits on an account 500 credits short of the limit: the next
+    // period's grant is refused (BAD_USER_INPUT, BALANCE_LIMIT), by design, on every try.
+    const plan = await createPlan(services, { name: `near-limit-${tag}`, monthlyMicroCredits: credits(1_000), rollover: 'ROLLOVER', rolloverCapMicroCredits: null, priceUsd: '0' });
+    const full = await createFundedAccount(services, {});
+    await subscribeToPlan(services, full, plan.id);
+    await grantCredits(services, { accountId: full, amountMicroCredits: MAX_ABS_MICRO_CREDITS - credits(1_500), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'near-limit' });
+    // B: a pack purchase whose provider never answered: PENDING, its client never retries.
+    const buying = { ...services, payments: createPaymentProvider(parseEnv({})) };
+    const buyer = await createFundedAccount(services, {});
+    await attachPaymentMethod(buying, buyer, `pm_timeout_${tag}`);
+    const pack = await createCreditPack(services, { name: `sweep-pack-${tag}`, microCredits: credits(10), bonusMicroCredits: 0n, priceUsd: '1', expiresAfterDays: null });
+    await expect(purchaseCreditPack(buying, { accountId: buyer, packId: pack.id, idempotencyKey: 'never-retried' })).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    const { rows: payments } = await services.pool.query(`SELECT id FROM payments WHERE account_id = $1 AND status = 'PENDING'`, [buyer]);
+    expect(payments).toHaveLength(1);
+
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const sink = createQueueJobSink(connection, prefix);
+    const later = createTestServices(2);
+    later.setNow(new Date(start.getTime() + 40 * 86_400_000)); // A's next period has begun; B's payment is long overdue
+    try {
+      const deps = { services: later, log: pino({ level: 'silent' }), env: parseEnv({}) };
+      // Before the fix this threw A's BALANCE_LIMIT, before the re-adds, on every run.
+      const result = await processSweepDue(deps, sink);
+      expect(result.failedAccounts).toBeGreaterThanOrEqual(1);
+      const job = await sink.queue.getJob(`resume-payment-${payments[0].id}`);
+      expect(job?.name).toBe('resume-payment');
+      expect(job?.data).toEqual({ paymentId: payments[0].id, accountId: buyer });
+      // A is untouched (the refused roll changed nothing) and is tried again next run.
+      const { rows } = await services.pool.query(`SELECT granted_period_start FROM plan_subscriptions WHERE account_id = $1`, [full]);
+      expect(rows[0].granted_period_start.getTime()).toBeLessThanOrEqual(start.getTime() + 1_000);
+      await expectLedgerInvariant(services.pool, full);
+    } finally {
+      await later.close();
+      await sink.close();
+      connection.disconnect();
+    }
+  });
+});
+

@@ -10,6 +10,7 @@ import { Redis } from 'ioredis';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { startPrivateRedis } from '../setup/private-redis.js';
+import { startSilenceableRelay } from '../setup/connections.js';
 import { TEST_REDIS_URL } from '../setup/env.js';
 import { recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
@@ -78,6 +79,36 @@ describe('outbox rows', () => {
     // Usage events have no row of their own: each of the two charges wrote its balance row
     // (counted above), which is what wakes usageRecorded.
     expect((await rows(accountId)).map((r) => r.topic)).not.toContain('usage');
+  });
+
+  it('a balance read is ONE snapshot: a grant that commits while it reads (repaying debt) is in all of its figures or in none, never labelled with the version before it', async () => {
+    const accountId = await createFundedAccount(s, { paid: 5 });
+    const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'd-hold' });
+    await recordUsage(s, { accountId, idempotencyKey: 'd-over', category: 'units', quantities: { units: '8' }, reservationId }); // 3 credits of debt
+    const grant = () => grantCredits(s, { accountId, amountMicroCredits: credits(100), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'd-grant' });
+    // The pool, except that the grant commits right after the read's first statement answers:
+    // what a busy account does to a read (a subscription's start or resync, Account.balance).
+    let first = true;
+    const racing = new Proxy(s.pool, {
+      get(target, prop, receiver) {
+        if (prop !== 'query') return Reflect.get(target, prop, receiver);
+        return async (...args: unknown[]) => {
+          const result = await (target.query as (...a: unknown[]) => Promise<unknown>)(...args);
+          if (first) {
+            first = false;
+            await grant();
+          }
+          return result;
+        };
+      },
+    }) as typeof s.pool;
+    const read = await readBalanceSnapshot(racing, accountId, new Date());
+    expect(first).toBe(false);
+    const recorded = (await rows(accountId)).filter((r) => r.topic === 'balance' && r.payload.version === read.version);
+    expect(recorded).toHaveLength(1);
+    // Before the fix: version before the grant (total -3), batches after it (97): total 94, a
+    // balance the account never had.
+    expect(view(read)).toEqual(view(recorded[0]!.payload));
   });
 
   it('a refused charge and a replayed one write no outbox row', async () => {
@@ -190,5 +221,34 @@ describe('relay', () => {
     sub.disconnect();
     pub.disconnect();
     dead.disconnect();
+  });
+
+  it('a Redis that goes silent (no answer, no reset) fails the drain after redisTimeoutMs instead of holding its transaction and the relay lock; the rows stay for the next drain', async () => {
+    const accountId = await createFundedAccount(s, { paid: 3 });
+    await recordUsage(s, { accountId, idempotencyKey: 'silent-1', category: 'unit' });
+    const prefix = `test-relay-silent-${process.pid}:`;
+    const silent = await startSilenceableRelay(TEST_REDIS_URL);
+    const quiet = new Redis(silent.url, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+    quiet.on('error', () => undefined);
+    const healthy = new Redis(TEST_REDIS_URL);
+    try {
+      await new Promise<void>((resolve) => (quiet.status === 'ready' ? resolve() : quiet.once('ready', () => resolve())));
+      silent.silence();
+      const before = await rows(accountId);
+      expect(before.length).toBeGreaterThan(0);
+      // Before the fix this waited for Redis forever, holding the transaction (and the lock every
+      // relay of the deployment takes), so shutdown waited too.
+      await expect(drainOutboxOnce(s.pool, quiet, prefix, 10_000, undefined, 300)).rejects.toThrow('outbox relay: Redis did not answer within 300 ms');
+      expect(await rows(accountId)).toEqual(before);
+      // The lock is free again: another relay publishes the rows.
+      let published = 0;
+      for (let n = await drainOutboxOnce(s.pool, healthy, prefix, 100); n > 0; n = await drainOutboxOnce(s.pool, healthy, prefix, 100)) published += n;
+      expect(published).toBeGreaterThanOrEqual(before.length);
+      expect(await rows(accountId)).toEqual([]);
+    } finally {
+      quiet.disconnect();
+      healthy.disconnect();
+      await silent.close();
+    }
   });
 });

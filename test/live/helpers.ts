@@ -164,3 +164,23 @@ export async function waitForStreamsStarted(graphqlUrl: string, count: number): 
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${count} started live streams: ${n}`);
   }
 }
+
+/** Resyncs the live hub of the server at `graphqlUrl` has done since boot (/readyz `live.resyncs`: Redis reconnects after which every subscription re-read what it may have missed). */
+export async function liveResyncs(graphqlUrl: string): Promise<number> {
+  const res = await fetch(new URL('/readyz', graphqlUrl));
+  const body = (await res.json()) as { live: { resyncs: number } };
+  return body.live.resyncs;
+}
+
+/**
+ * Waits until the server's live hub has resynced at least `count` times since boot (its
+ * subscriber connection came back, re-subscribed and asked every subscription to catch up).
+ * Each check is one /readyz request.
+ * @throws Error after 15 s without reaching `count`.
+ */
+export async function waitForResyncs(graphqlUrl: string, count: number): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (let n = await liveResyncs(graphqlUrl); n < count; n = await liveResyncs(graphqlUrl)) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${count} live resyncs: ${n}`);
+  }
+}

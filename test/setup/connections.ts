@@ -45,7 +45,13 @@ export interface SilenceableRelay {
    * without a TCP reset (a lost host, a partition). What was relayed before stays done.
    */
   silence(): void;
-  /** Relays again (new connections; bytes dropped while silent stay lost). */
+  /**
+   * Drops every relayed connection at once (both sides destroyed: the client sees its connection
+   * reset, the server a closed client) and refuses new ones until `restore()`: a connection that
+   * broke and cannot be re-established yet. Bytes the server sends meanwhile go nowhere.
+   */
+  cut(): void;
+  /** Relays again (new connections; bytes dropped while silent or cut stay lost). */
   restore(): void;
   /** Closes the relay and every connection through it. */
   close(): Promise<void>;
@@ -61,6 +67,7 @@ export async function startSilenceableRelay(databaseUrl: string = TEST_DATABASE_
   const host = target.hostname || '127.0.0.1';
   const port = Number(target.port || 5432);
   let silent = false;
+  let cut = false;
   const sockets = new Set<net.Socket>();
   const track = (s: net.Socket) => {
     sockets.add(s);
@@ -69,6 +76,10 @@ export async function startSilenceableRelay(databaseUrl: string = TEST_DATABASE_
   };
   const server = net.createServer((down) => {
     track(down);
+    if (cut) {
+      down.destroy();
+      return;
+    }
     if (silent) {
       down.resume(); // read and drop: the bytes are "sent", nothing ever answers
       return;
@@ -98,8 +109,13 @@ export async function startSilenceableRelay(databaseUrl: string = TEST_DATABASE_
     silence: () => {
       silent = true;
     },
+    cut: () => {
+      cut = true;
+      for (const s of sockets) s.destroy();
+    },
     restore: () => {
       silent = false;
+      cut = false;
     },
     close: async () => {
       for (const s of sockets) s.destroy();

@@ -10,8 +10,16 @@
  * - PURCHASE payments PENDING longer than PAYMENT_RESUME_AFTER_SECONDS -> `resume-payment` jobs
  *   (jobId `resume-payment-<payment id>`, same re-add rule), so a purchase whose client never
  *   retried is still settled: granted once if it was charged, FAILED if declined.
+ *
+ * One account whose expiry or roll fails (a plan's grant refused because the balance would pass
+ * the 64-bit limit, a lock it waited on too long, a bug) is logged and counted, and the sweep goes
+ * on with the other accounts and the re-adds: it used to stop at the first such account, and as it
+ * fails again on every run, nothing after it was ever swept again (other accounts' lost rolls,
+ * stuck top-ups, purchases charged but never granted, undelivered webhooks). A database that is
+ * unreachable still ends the run at once.
  */
 import type { WorkerDeps } from '../deps.js';
+import type { ServiceContext } from '../../src/services/context.js';
 import type { JobSink } from '../../src/outbox/relay.js';
 import type { OutboxJob } from '../../src/queues/names.js';
 import { findAccountsWithDueExpiries, expireDue } from '../../src/services/expire-due.js';
@@ -27,19 +35,50 @@ const MAX_ACCOUNTS_PER_RUN = 5_000;
 
 /** What one sweep did. */
 export interface SweepResult {
+  /** Accounts whose due expiries were done. */
   expiredAccounts: number;
+  /** Accounts whose due billing periods were rolled. */
   rolledAccounts: number;
   requeuedJobs: number;
+  /** Accounts whose expiry or roll failed this run (each logged; tried again next run). */
+  failedAccounts: number;
 }
 
-/** Runs one sweep. @throws the first database or Redis error (the job is retried next run). */
+/**
+ * Runs `work` for each account; an account whose work fails is logged and skipped, unless the
+ * database itself is unreachable then (a `SELECT 1` fails too), which ends the run.
+ * @returns how many accounts succeeded and failed.
+ * @throws the account's error when the database cannot be reached.
+ */
+async function eachAccount(deps: WorkerDeps, what: string, accountIds: readonly string[], work: (services: ServiceContext, accountId: string) => Promise<unknown>): Promise<{ done: number; failed: number }> {
+  let done = 0;
+  let failed = 0;
+  for (const accountId of accountIds) {
+    try {
+      await work(deps.services, accountId);
+      done++;
+    } catch (err) {
+      const reachable = await deps.services.pool.query('SELECT 1').then(() => true, () => false);
+      if (!reachable) throw err;
+      failed++;
+      deps.log.error({ err, accountId }, `sweep-due: ${what} failed for one account; going on with the others (tried again next run)`);
+    }
+  }
+  return { done, failed };
+}
+
+/**
+ * Runs one sweep.
+ * @throws the database error when the database cannot be reached, or the Redis error of the
+ *   re-adds (the job is retried next run).
+ */
 export async function processSweepDue(deps: WorkerDeps, sink: JobSink & { readd?(jobs: OutboxJob[]): Promise<void> }): Promise<SweepResult> {
   const { services, log } = deps;
   const now = services.clock();
   const expiring = await findAccountsWithDueExpiries(services.pool, now, MAX_ACCOUNTS_PER_RUN);
-  for (const accountId of expiring) await expireDue(services, accountId);
+  const expired = await eachAccount(deps, 'expiring what is due', expiring, expireDue);
   const rolling = await findAccountsWithDuePeriods(services.pool, now, MAX_ACCOUNTS_PER_RUN);
-  for (const accountId of rolling) await rollBillingPeriods(services, accountId);
+  const rolled = await eachAccount(deps, 'rolling the billing period', rolling, rollBillingPeriods);
   const { rows } = await services.pool.query(
     `SELECT id, account_id FROM auto_top_ups WHERE status = 'PENDING' AND created_at < $1::timestamptz - interval '1 minute' LIMIT 1000`,
     [now],
@@ -50,7 +89,7 @@ export async function processSweepDue(deps: WorkerDeps, sink: JobSink & { readd?
     ...(deps.env.WEBHOOK_URL ? await findUndeliveredWebhookJobs(services.pool, now) : []),
   ];
   if (jobs.length > 0) await (sink.readd ?? sink.add)(jobs);
-  const result = { expiredAccounts: expiring.length, rolledAccounts: rolling.length, requeuedJobs: jobs.length };
+  const result = { expiredAccounts: expired.done, rolledAccounts: rolled.done, requeuedJobs: jobs.length, failedAccounts: expired.failed + rolled.failed };
   if (expiring.length + rolling.length + jobs.length > 0) log.info(result, 'sweep-due did overdue work');
   return result;
 }

@@ -1,0 +1,77 @@
+/**
+ * Graceful shutdown when Redis is unreachable: real API and workers processes (src/main.ts,
+ * workers/main.ts) on the test PostgreSQL and a private Redis that the test kills. A deploy or a
+ * restart during a Redis outage must still end the processes (SIGTERM), not leave them waiting
+ * for Redis until the orchestrator's SIGKILL; what was committed and not yet published stays in
+ * the outbox for the next relay.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { startServer, type StartedServer } from '../../demo/server-process.js';
+import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
+import { TEST_DATABASE_URL } from '../setup/env.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { BALANCE_SUB, wsSubscribe } from '../live/helpers.js';
+import { dbId } from '../api/helpers.js';
+
+const ADMIN_KEY = `cp_admin_${randomBytes(16).toString('hex')}`;
+let redis: PrivateRedis;
+let services: TestServices;
+
+beforeAll(async () => {
+  redis = await startPrivateRedis();
+  services = createTestServices(2);
+});
+
+afterAll(async () => {
+  await services?.close();
+  await redis?.stop();
+});
+
+async function gql(server: StartedServer, query: string, variables: Record<string, unknown> = {}) {
+  const res = await fetch(server.graphqlUrl, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = (await res.json()) as { data?: any; errors?: unknown[] };
+  if (body.errors) throw new Error(JSON.stringify(body.errors));
+  return body.data;
+}
+
+describe('SIGTERM while Redis is unreachable', () => {
+  it('the API process (with a live subscriber) and the workers process exit by themselves within the grace period; the unpublished outbox rows stay', async () => {
+    const graceMs = 2_000;
+    const server = await startServer({
+      name: 'test-shutdown-redis-down',
+      workers: true,
+      env: { DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: redis.url, ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'warn', MIGRATE_ON_BOOT: 'false', SHUTDOWN_GRACE_MS: String(graceMs) },
+    });
+    let stopped = false;
+    try {
+      const id = (await gql(server, `mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, { input: { externalId: `shutdown-${randomBytes(6).toString('hex')}`, name: 'shutdown', kind: 'ORGANIZATION', welcomeBonus: false } })).createAccount.id;
+      const sub = wsSubscribe(server.graphqlUrl, `Bearer ${ADMIN_KEY}`, BALANCE_SUB, { id });
+      await sub.waitFor((s) => s.events.length === 1, 'the snapshot');
+
+      await redis.kill();
+      // Committed while Redis is gone: a balance row and an expire-due job row wait in the outbox.
+      const expiresAt = new Date(Date.now() + 3_600_000).toISOString();
+      await gql(server, `mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`, { input: { accountId: id, amount: '5', type: 'FREE', source: 'PROMO_CODE', expiresAt, idempotencyKey: `g-${id}` } });
+
+      // Before the fix both processes waited for Redis to return (a QUIT queued behind the
+      // subscriber's and BullMQ's offline queues) and were killed after 20 s.
+      const started = Date.now();
+      const ended = await server.stop(20_000);
+      stopped = true;
+      expect(ended).toEqual({ server: 'exited', workers: 'exited' });
+      expect(Date.now() - started).toBeLessThan(2 * graceMs + 8_000);
+      await sub.dispose();
+
+      const { rows } = await services.pool.query(`SELECT topic FROM outbox_events WHERE account_id = $1 ORDER BY id`, [dbId(id)]);
+      expect(rows.map((r) => r.topic).sort()).toEqual(['balance', 'job']);
+    } finally {
+      if (!stopped) await server.stop(5_000);
+      await redis.start();
+    }
+  });
+});
