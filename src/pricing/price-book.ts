@@ -528,6 +528,22 @@ function requestLine(micro: bigint): ExactLine {
   return { item: 'request', quantity: ONE, unitPrice: rational(micro, 1_000_000n) };
 }
 
+/**
+ * Refuses a PER_TOKEN event that reports no token count at all: the rule prices its token counts,
+ * and without any it would cost 0 (or the fallback) silently, so a client that forgot them would
+ * get free LLM calls. An explicit 0 is a count. A BYOK event whose fee is taken of its
+ * providerCostUsd (`feeFromProviderCost`) needs none. Checked before anything is priced, whatever
+ * the catalog knows of the model (docs/pricing.md; a PER_UNIT tokens rule refuses alike).
+ * @throws LedgerError BAD_USER_INPUT (field quantities).
+ */
+function requireTokenCounts(rule: PriceRule, q: Quantities, feeFromProviderCost: boolean): void {
+  if (feeFromProviderCost || TOKEN_FIELDS.some((f) => q[f] !== null)) return;
+  throw badInput(
+    'quantities',
+    `the PER_TOKEN rule for category "${rule.category}" prices the event's token counts: send at least one of inputTokens, outputTokens, reasoningTokens, cacheReadTokens or cacheWriteTokens (0 when there were none), or, with byok, providerCostUsd`,
+  );
+}
+
 function unpriceable(rule: PriceRule, why: string): LedgerError {
   return badInput(
     'model',
@@ -553,7 +569,8 @@ function unpriceable(rule: PriceRule, why: string): LedgerError {
  * nothing for other kinds. Rounding: see the module docstring (total rounded UP).
  *
  * @throws LedgerError BAD_USER_INPUT when no rule matches, a quantity the rule needs is
- *   missing (quantities.units / seconds / token counts), a quantity or providerCostUsd is
+ *   missing (quantities.units / seconds / token counts; a PER_TOKEN event with no token count
+ *   at all, unless BYOK with providerCostUsd), a quantity or providerCostUsd is
  *   negative or malformed, the model cannot be priced and the rule has no fallbackCredits,
  *   creditUsdValue is not > 0, or the cost exceeds the largest Credits amount.
  */
@@ -569,6 +586,7 @@ export function priceUsage(
     ? parseNonNegativeDecimal(usage.providerCostUsd, 'providerCostUsd')
     : null;
   const rule = matchPriceRule(book, usage);
+  if (rule.kind === 'PER_TOKEN') requireTokenCounts(rule, q, usage.byok === true && providerCostUsd !== null);
   const model = rule.model ?? usage.model ?? null;
   const at = usage.occurredAt ?? undefined;
   let catalog: PricedUsage['catalog'] = null;
