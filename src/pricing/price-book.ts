@@ -544,6 +544,25 @@ function requireTokenCounts(rule: PriceRule, q: Quantities, feeFromProviderCost:
   );
 }
 
+/**
+ * The refusal of a BYOK event whose fee has no base: no providerCostUsd, and no catalog price of
+ * its tokens (no model, a model the catalog does not know, or a token kind it has no price for).
+ * The fee is `feePercent`% of the provider's cost, so only the caller can supply it: the message
+ * says to send providerCostUsd. The rule's fallbackCredits stand in for the model price, which a
+ * BYOK event does not pay, so they do not apply (docs/pricing.md, "Bring your own key").
+ * @returns a LedgerError BAD_USER_INPUT naming the field providerCostUsd.
+ */
+function byokWithoutCost(rule: PriceRule, feePercent: string, model: string | null): LedgerError {
+  const why =
+    model === null || model === ''
+      ? 'the event names no model'
+      : `model "${model}" has no price in the LLM price catalog for the reported tokens`;
+  return badInput(
+    'providerCostUsd',
+    `a bring-your-own-key event pays a ${feePercent}% fee on the provider's cost; ${why}; send providerCostUsd (what the provider charged for the call) (category "${rule.category}", ${rule.kind} rule)`,
+  );
+}
+
 function unpriceable(rule: PriceRule, why: string): LedgerError {
   return badInput(
     'model',
@@ -565,7 +584,8 @@ function unpriceable(rule: PriceRule, why: string): LedgerError {
  * PASS_THROUGH converts providerCostUsd to credits ("provider_cost") plus markup; without a
  * provider cost, fallbackCredits (no markup). BYOK (usage.byok) on PER_TOKEN/PASS_THROUGH:
  * the model price is not charged, only a "byok_fee" line of book.byokFeePercent% of the
- * provider cost (providerCostUsd when given, else the catalog token cost); BYOK changes
+ * provider cost (providerCostUsd when given, else the catalog token cost; with neither, the
+ * event is refused asking for providerCostUsd: fallbackCredits are no fee base); BYOK changes
  * nothing for other kinds. Rounding: see the module docstring (total rounded UP).
  *
  * @throws LedgerError BAD_USER_INPUT when no rule matches, a quantity the rule needs is
@@ -610,12 +630,7 @@ export function priceUsage(
       if (tokenLines) base = sum(tokenLines.map(lineAmount));
     }
     if (base === null) {
-      if (!isZero(fee)) {
-        throw unpriceable(
-          rule,
-          `a bring-your-own-key event needs providerCostUsd or a model in the LLM price catalog to compute the ${book.byokFeePercent}% fee; got model ${model === null ? 'none' : `"${model}"`}`,
-        );
-      }
+      if (!isZero(fee)) throw byokWithoutCost(rule, book.byokFeePercent, model);
       base = ZERO;
     }
     lines = [{ item: 'byok_fee', quantity: base, unitPrice: fee }];

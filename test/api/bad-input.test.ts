@@ -258,6 +258,17 @@ describe('usage that cannot be priced or is malformed', () => {
     expect(ok(await srv.gql(QUOTE, { input: usageInput({ category: 'llm', model: 'gpt-4o-mini', quantities: { inputTokens: 0, outputTokens: 0 } }) })).quote.cost).toBe('0');
   });
 
+  it('a BYOK llm event of a model the catalog cannot price, without providerCostUsd, is BAD_USER_INPUT telling to send providerCostUsd (the fallback is not a fee base)', async () => {
+    const byok = (extra: Record<string, unknown> = {}) => usageInput({ category: 'llm', model: 'no-such-model-xyz', byok: true, quantities: { inputTokens: 10 }, ...extra });
+    for (const send of [() => srv.gql(RECORD, { input: byok() }), () => srv.gql(QUOTE, { input: byok() })]) {
+      const { error } = await expectRejected(send, 'BAD_USER_INPUT');
+      expect(error.message).toMatch(/^providerCostUsd: .*send providerCostUsd/);
+      expect(error.message).not.toMatch(/give the rule fallbackCredits/);
+    }
+    // What the message says works: 5 % of $0.10 (the test book's byokFeePercent).
+    expect(ok(await srv.gql(QUOTE, { input: byok({ providerCostUsd: '0.1' }) })).quote.cost).toBe('0.5');
+  });
+
   it('recordUsageBatch above MAX_BATCH_ITEMS is BAD_USER_INPUT and records none of the items', async () => {
     const inputs = Array.from({ length: 1001 }, () => usageInput({ category: 'free' }));
     await expectRejected(() => srv.gql(BATCH, { inputs }), 'BAD_USER_INPUT');

@@ -539,8 +539,23 @@ describe('BYOK', () => {
 
   it('needs a cost basis unless the fee is 0', () => {
     badInput(() => priceUsage(b, { category: 'gw', byok: true }, CENT), /bring-your-own-key/);
+    badInput(() => priceUsage(b, { category: 'gw', byok: true }, CENT), /send providerCostUsd/);
     const free = book([{ category: 'gw', kind: 'PASS_THROUGH' }]);
     expect(priceUsage(free, { category: 'gw', byok: true }, CENT).costMicroCredits).toBe(0n);
+  });
+
+  it('an unknown model without providerCostUsd is refused with what the caller can do (send providerCostUsd), fallbackCredits or not', () => {
+    const withFallback = book([{ category: 'llm', kind: 'PER_TOKEN', markupPercent: '20', fallbackCredits: '2' }], { byokFeePercent: '5' });
+    for (const bk of [b, withFallback]) {
+      const e = badInput(() => priceUsage(bk, { category: 'llm', model: 'secret-model', byok: true, quantities: { inputTokens: 10 } }, CENT));
+      expect(e.message).toMatch(/^providerCostUsd: a bring-your-own-key event pays a 5% fee on the provider's cost; model "secret-model" has no price in the LLM price catalog/);
+      expect(e.message).toMatch(/send providerCostUsd/);
+      expect(e.message).not.toMatch(/give the rule fallbackCredits/); // it would not help: a BYOK event pays no model price
+      expect(e.details).toEqual({ field: 'providerCostUsd' });
+      // With providerCostUsd it is priced: 5% of $0.10 = 0.5 credits.
+      expect(priceUsage(bk, { category: 'llm', model: 'secret-model', byok: true, providerCostUsd: '0.1', quantities: { inputTokens: 10 } }, CENT).costMicroCredits).toBe(500_000n);
+    }
+    badInput(() => priceUsage(b, { category: 'llm', byok: true, quantities: { inputTokens: 10 } }, CENT), /the event names no model; send providerCostUsd/);
   });
 
   it('changes nothing for other kinds', () => {
