@@ -13,10 +13,8 @@ import { AccountRef, UsageSummaryRowRef } from './types/account.js';
 import { CreditBatchRef, CreditGrantRef, LedgerEntryRef, ReservationRef, UsageEventRef } from './types/ledger.js';
 import { ModelPriceRef, PriceBookRef, QuoteRef, SettingsRef, type QuoteView } from './types/pricing.js';
 import { RecordUsageInputRef, toUsageInput } from './inputs.js';
-import { readBalance } from '../services/read-balance.js';
 import { usageSummary, type UsageSummaryRow } from '../services/usage-summary.js';
-import { priceCommand } from '../services/record-usage.js';
-import { validateUsageInput } from '../services/usage-command.js';
+import { quoteUsage } from '../services/quote-usage.js';
 import { modelPrices } from '../pricing/price-book.js';
 import { formatCredits } from '../ledger/credits.js';
 import type { GraphQLContext } from './context.js';
@@ -171,18 +169,11 @@ builder.queryType({
       resolve: async (_root, args, ctx): Promise<QuoteView> => {
         const input = toUsageInput(args.input);
         await assertCanReadAccount(ctx, input.accountId);
-        const cmd = validateUsageInput(input);
-        const [book, settings, balance] = await Promise.all([
-          ctx.services.pricing.priceBook(),
-          ctx.services.pricing.settings(),
-          readBalance(ctx.services.pool, cmd.accountId, ctx.services.clock()),
-        ]);
-        // Priced at the account's now (its test clock for a test-mode account), as recordUsage prices it.
-        const priced = priceCommand(cmd, book, settings, balance.asOf);
+        const { priced, affordable } = await quoteUsage(ctx.services, input);
         return {
           costMicroCredits: priced.costMicroCredits,
           lines: priced.lines.map((l) => ({ item: l.item, quantity: l.quantity, unitPrice: l.unitPrice, amount: formatCredits(l.amountMicroCredits), exactAmount: l.exactAmount })),
-          affordable: priced.costMicroCredits === 0n || priced.costMicroCredits <= balance.availableMicroCredits,
+          affordable,
         };
       },
     }),

@@ -528,6 +528,41 @@ function requestLine(micro: bigint): ExactLine {
   return { item: 'request', quantity: ONE, unitPrice: rational(micro, 1_000_000n) };
 }
 
+/**
+ * Refuses a PER_TOKEN event that reports no token count at all: the rule prices its token counts,
+ * and without any it would cost 0 (or the fallback) silently, so a client that forgot them would
+ * get free LLM calls. An explicit 0 is a count. A BYOK event whose fee is taken of its
+ * providerCostUsd (`feeFromProviderCost`) needs none. Checked before anything is priced, whatever
+ * the catalog knows of the model (docs/pricing.md; a PER_UNIT tokens rule refuses alike).
+ * @throws LedgerError BAD_USER_INPUT (field quantities).
+ */
+function requireTokenCounts(rule: PriceRule, q: Quantities, feeFromProviderCost: boolean): void {
+  if (feeFromProviderCost || TOKEN_FIELDS.some((f) => q[f] !== null)) return;
+  throw badInput(
+    'quantities',
+    `the PER_TOKEN rule for category "${rule.category}" prices the event's token counts: send at least one of inputTokens, outputTokens, reasoningTokens, cacheReadTokens or cacheWriteTokens (0 when there were none), or, with byok, providerCostUsd`,
+  );
+}
+
+/**
+ * The refusal of a BYOK event whose fee has no base: no providerCostUsd, and no catalog price of
+ * its tokens (no model, a model the catalog does not know, or a token kind it has no price for).
+ * The fee is `feePercent`% of the provider's cost, so only the caller can supply it: the message
+ * says to send providerCostUsd. The rule's fallbackCredits stand in for the model price, which a
+ * BYOK event does not pay, so they do not apply (docs/pricing.md, "Bring your own key").
+ * @returns a LedgerError BAD_USER_INPUT naming the field providerCostUsd.
+ */
+function byokWithoutCost(rule: PriceRule, feePercent: string, model: string | null): LedgerError {
+  const why =
+    model === null || model === ''
+      ? 'the event names no model'
+      : `model "${model}" has no price in the LLM price catalog for the reported tokens`;
+  return badInput(
+    'providerCostUsd',
+    `a bring-your-own-key event pays a ${feePercent}% fee on the provider's cost; ${why}; send providerCostUsd (what the provider charged for the call) (category "${rule.category}", ${rule.kind} rule)`,
+  );
+}
+
 function unpriceable(rule: PriceRule, why: string): LedgerError {
   return badInput(
     'model',
@@ -549,11 +584,13 @@ function unpriceable(rule: PriceRule, why: string): LedgerError {
  * PASS_THROUGH converts providerCostUsd to credits ("provider_cost") plus markup; without a
  * provider cost, fallbackCredits (no markup). BYOK (usage.byok) on PER_TOKEN/PASS_THROUGH:
  * the model price is not charged, only a "byok_fee" line of book.byokFeePercent% of the
- * provider cost (providerCostUsd when given, else the catalog token cost); BYOK changes
+ * provider cost (providerCostUsd when given, else the catalog token cost; with neither, the
+ * event is refused asking for providerCostUsd: fallbackCredits are no fee base); BYOK changes
  * nothing for other kinds. Rounding: see the module docstring (total rounded UP).
  *
  * @throws LedgerError BAD_USER_INPUT when no rule matches, a quantity the rule needs is
- *   missing (quantities.units / seconds / token counts), a quantity or providerCostUsd is
+ *   missing (quantities.units / seconds / token counts; a PER_TOKEN event with no token count
+ *   at all, unless BYOK with providerCostUsd), a quantity or providerCostUsd is
  *   negative or malformed, the model cannot be priced and the rule has no fallbackCredits,
  *   creditUsdValue is not > 0, or the cost exceeds the largest Credits amount.
  */
@@ -569,6 +606,7 @@ export function priceUsage(
     ? parseNonNegativeDecimal(usage.providerCostUsd, 'providerCostUsd')
     : null;
   const rule = matchPriceRule(book, usage);
+  if (rule.kind === 'PER_TOKEN') requireTokenCounts(rule, q, usage.byok === true && providerCostUsd !== null);
   const model = rule.model ?? usage.model ?? null;
   const at = usage.occurredAt ?? undefined;
   let catalog: PricedUsage['catalog'] = null;
@@ -592,12 +630,7 @@ export function priceUsage(
       if (tokenLines) base = sum(tokenLines.map(lineAmount));
     }
     if (base === null) {
-      if (!isZero(fee)) {
-        throw unpriceable(
-          rule,
-          `a bring-your-own-key event needs providerCostUsd or a model in the LLM price catalog to compute the ${book.byokFeePercent}% fee; got model ${model === null ? 'none' : `"${model}"`}`,
-        );
-      }
+      if (!isZero(fee)) throw byokWithoutCost(rule, book.byokFeePercent, model);
       base = ZERO;
     }
     lines = [{ item: 'byok_fee', quantity: base, unitPrice: fee }];

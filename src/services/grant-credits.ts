@@ -10,7 +10,7 @@ import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
 import { MAX_ABS_MICRO_CREDITS, formatCredits, minBig } from '../ledger/credits.js';
-import { idempotencyConflict } from '../ledger/refusals.js';
+import { BALANCE_LIMIT_REASON, idempotencyConflict } from '../ledger/refusals.js';
 import { scheduleExpiry } from './expire-due.js';
 import { reservedGrantKeyError } from '../ledger/grant-keys.js';
 
@@ -47,7 +47,7 @@ export function balanceRoomError(currentMicroCredits: bigint, amountMicroCredits
   return new LedgerError(
     'BAD_USER_INPUT',
     `${field}: granting it would take the account's credit above the largest amount kept (${formatCredits(MAX_ABS_MICRO_CREDITS)} credits); nothing was granted`,
-    { field, reason: 'BALANCE_LIMIT' },
+    { field, reason: BALANCE_LIMIT_REASON },
   );
 }
 

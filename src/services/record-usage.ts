@@ -9,6 +9,9 @@
  * (total - reserved) does not cover a non-zero cost, and nothing is recorded. With a
  * reservation the cost comes from the hold first, then from available credit, and beyond that
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
+ * A charge that would take that debt, or what its hold has consumed, past the largest amount
+ * kept (MAX_ABS_MICRO_CREDITS, a signed 64-bit column) is refused with BAD_USER_INPUT, reason
+ * BALANCE_LIMIT, as grants are, decided in memory before anything is written.
  */
 import { randomUUID } from 'node:crypto';
 import { awaitInOrder, deferStatement, isDatabaseUnavailable, isStatementTimeout, PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
@@ -19,7 +22,7 @@ import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
 import { AccountTx, budgetSubjectKey, type ChargeState, type HoldState, type LoadedBatch, type SubjectBudgetState } from './account-tx.js';
 import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
-import { idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
+import { chargeLimitRefusal, idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
 import { scheduleExpiry } from './expire-due.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
@@ -91,7 +94,8 @@ function commandHash(cmd: UsageCommand): string {
  * using the same transaction (recordUsageBatch relies on this).
  * @throws LedgerError IDEMPOTENCY_CONFLICT, NOT_FOUND (reservation), RESERVATION_NOT_ACTIVE,
  *   BUDGET_EXCEEDED (agent/user budget, charges without a reservation), INSUFFICIENT_CREDITS,
- *   BAD_USER_INPUT (from pricing).
+ *   BAD_USER_INPUT (from pricing; reason BALANCE_LIMIT when the account's debt or the hold's
+ *   consumed would pass MAX_ABS_MICRO_CREDITS: ledger/refusals.ts chargeLimitRefusal).
  */
 export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pricer): Promise<ChargeResult> {
   const hash = commandHash(cmd);
@@ -134,6 +138,8 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
   }
   const plan = planDrawdown(batches, toDraw, atx.now);
   debtAdded += plan.shortfallMicroCredits; // a hold whose batches expired or were voided meanwhile
+  const overLimit = chargeLimitRefusal(atx.debt + debtAdded, state.reservation ? state.reservation.consumedMicroCredits + cost : null);
+  if (overLimit) throw overLimit;
 
   const eventId = randomUUID();
   const [row] = await insertUsageEvents(atx.tx, [{ atx, id: eventId, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
@@ -597,8 +603,8 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
  * with its own statements (applyCharge, `alone`).
  * @returns per group, one outcome per item (ChargeResult for a charge, what `alone` returns for
  *   an operation); refusals are LedgerErrors (IDEMPOTENCY_CONFLICT, INSUFFICIENT_CREDITS,
- *   NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture or settle, BAD_USER_INPUT from pricing,
- *   and applyCharge's on the slow path).
+ *   NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture or settle, BAD_USER_INPUT from pricing
+ *   or with reason BALANCE_LIMIT as applyCharge, and applyCharge's on the slow path).
  *
  * `statesRead` is the state read issued right behind the accounts' lock statement, before its
  * answer (readChargeStates: same round trip); without it, or for an account it read at another
@@ -750,6 +756,12 @@ export async function chargeAccounts(
       const plan = planDrawdown(batches, toDraw, atx.now);
       assert(hold || plan.shortfallMicroCredits === 0n, 'a charge within available credit is fully drawn');
       debtAdded += plan.shortfallMicroCredits; // a hold whose batches expired or were voided meanwhile
+      // applyCharge's rule: the debt and the hold's consumed stay within their 64-bit columns.
+      const overLimit = chargeLimitRefusal(atx.debt + debtAdded, hold ? hold.consumedMicroCredits + cost : null);
+      if (overLimit) {
+        out.push({ ok: false, error: overLimit });
+        continue;
+      }
       for (const part of plan.parts) {
         const b = batches.find((x) => x.id === part.batchId)!;
         b.remainingMicroCredits -= part.amountMicroCredits;

@@ -234,6 +234,7 @@ describe('usage that cannot be priced or is malformed', () => {
   const bad: Array<[string, Record<string, unknown>]> = [
     ['an empty category', { category: '' }],
     ['a negative token count', { quantities: { inputTokens: -1 } }],
+    ['an llm (PER_TOKEN) event without any token count', { category: 'llm', model: 'gpt-4o-mini' }],
     ['negative units', { category: 'units', quantities: { units: '-1' } }],
     ['non-numeric seconds', { category: 'voice', quantities: { seconds: 'ten' } }],
     ['a negative providerCostUsd', { category: 'passthrough', providerCostUsd: '-0.01' }],
@@ -247,6 +248,26 @@ describe('usage that cannot be priced or is malformed', () => {
       await expectRejected(() => srv.gql(RECORD, { input: usageInput(extra) }), 'BAD_USER_INPUT');
     });
   }
+
+  it('an llm (PER_TOKEN) event without any token count is refused by quote and recordUsageBatch too; explicit zeros cost 0 (control)', async () => {
+    const noTokens = () => usageInput({ category: 'llm', model: 'gpt-4o-mini', quantities: { seconds: '1' } });
+    const quoted = await expectRejected(() => srv.gql(QUOTE, { input: noTokens() }), 'BAD_USER_INPUT');
+    expect(quoted.error.message).toMatch(/^quantities: .*PER_TOKEN/);
+    const batch = await expectUnchanged(srv, [acct], () => srv.gql(BATCH, { inputs: [noTokens()] }));
+    expect(ok(batch).recordUsageBatch).toEqual([{ errorCode: 'BAD_USER_INPUT', event: null }]);
+    expect(ok(await srv.gql(QUOTE, { input: usageInput({ category: 'llm', model: 'gpt-4o-mini', quantities: { inputTokens: 0, outputTokens: 0 } }) })).quote.cost).toBe('0');
+  });
+
+  it('a BYOK llm event of a model the catalog cannot price, without providerCostUsd, is BAD_USER_INPUT telling to send providerCostUsd (the fallback is not a fee base)', async () => {
+    const byok = (extra: Record<string, unknown> = {}) => usageInput({ category: 'llm', model: 'no-such-model-xyz', byok: true, quantities: { inputTokens: 10 }, ...extra });
+    for (const send of [() => srv.gql(RECORD, { input: byok() }), () => srv.gql(QUOTE, { input: byok() })]) {
+      const { error } = await expectRejected(send, 'BAD_USER_INPUT');
+      expect(error.message).toMatch(/^providerCostUsd: .*send providerCostUsd/);
+      expect(error.message).not.toMatch(/give the rule fallbackCredits/);
+    }
+    // What the message says works: 5 % of $0.10 (the test book's byokFeePercent).
+    expect(ok(await srv.gql(QUOTE, { input: byok({ providerCostUsd: '0.1' }) })).quote.cost).toBe('0.5');
+  });
 
   it('recordUsageBatch above MAX_BATCH_ITEMS is BAD_USER_INPUT and records none of the items', async () => {
     const inputs = Array.from({ length: 1001 }, () => usageInput({ category: 'free' }));

@@ -1,7 +1,8 @@
 /**
  * Pricing through the API against the real server and PostgreSQL: which instant LLM catalog
  * prices are taken at (the account's "now": its test clock for a test-mode account), that
- * `quote` says what the charge then costs, and publishing price books.
+ * `quote` says what the charge then costs and whether credit covers it (a capture: with what is
+ * left of its hold), and publishing price books.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
@@ -74,6 +75,63 @@ describe.each(['group', 'naive'])('LLM catalog prices are those in force at the 
     expect(settled).toMatchObject({ consumed: COST_BEFORE_CHANGE, status: 'SETTLED' });
 
     await expectLedgerInvariant(srv.services.pool, dbId(acct));
+  });
+});
+
+describe('quote.affordable with a reservationId', () => {
+  let srv: TestServer;
+  beforeAll(async () => {
+    srv = await startTestServer();
+  });
+  afterAll(async () => {
+    await srv?.close();
+  });
+
+  const RELEASE = `mutation($id: ID!) { releaseReservation(reservationId: $id) { id } }`;
+  const RECORD_DEBT = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { cost debt } }`;
+  /** A `units` event (1 credit per unit in the test book) of `units` credits, against `reservationId` when given. */
+  const units = (accountId: string, units: string, reservationId?: string) => ({
+    accountId,
+    idempotencyKey: uniq('u'),
+    category: 'units',
+    quantities: { units },
+    ...(reservationId ? { reservationId } : {}),
+  });
+  const affordable = async (input: Record<string, unknown>) => ok(await srv.gql(QUOTE, { input })).quote.affordable as boolean;
+  const hold = async (accountId: string, amount: string) =>
+    ok(await srv.gql(RESERVE, { input: { accountId, amount, idempotencyKey: uniq('hold') } })).reserveCredits.id as string;
+
+  it('a capture is affordable when what is left of its ACTIVE hold plus the available credit covers it, as recordUsage then draws it without debt', async () => {
+    const acct = await testClockAccount(srv, '2026-06-01T00:00:00.000Z', '10');
+    const h = await hold(acct, '9'); // available 1
+    expect(await affordable(units(acct, '5'))).toBe(false); // without the hold: 5 > 1
+    expect(await affordable(units(acct, '5', h))).toBe(true);
+    expect(await affordable(units(acct, '10', h))).toBe(true); // 9 + 1
+    expect(await affordable(units(acct, '10.000001', h))).toBe(false); // a micro-credit of debt
+    // recordUsage agrees: the affordable capture leaves no debt.
+    expect(ok(await srv.gql(RECORD_DEBT, { input: units(acct, '5', h) })).recordUsage).toEqual({ cost: '5', debt: '0' });
+    expect(await affordable(units(acct, '5', h))).toBe(true); // 4 left + 1
+    expect(await affordable(units(acct, '5.000001', h))).toBe(false);
+    await expectLedgerInvariant(srv.services.pool, dbId(acct));
+  });
+
+  it('with the account in debt, what is left of the hold still covers a capture; beyond it nothing does', async () => {
+    const acct = await testClockAccount(srv, '2026-06-01T00:00:00.000Z', '2');
+    const [a, b] = [await hold(acct, '1'), await hold(acct, '1')];
+    expect(ok(await srv.gql(RECORD_DEBT, { input: units(acct, '3', a) })).recordUsage.debt).toBe('2');
+    expect(await affordable(units(acct, '1', b))).toBe(true);
+    expect(await affordable(units(acct, '1.000001', b))).toBe(false);
+    expect(await affordable(units(acct, '0.5'))).toBe(false);
+  });
+
+  it('a hold that is not ACTIVE, or not of the account, covers nothing: the capture would be refused', async () => {
+    const acct = await testClockAccount(srv, '2026-06-01T00:00:00.000Z', '10');
+    const other = await testClockAccount(srv, '2026-06-01T00:00:00.000Z', '10');
+    const released = await hold(acct, '2');
+    ok(await srv.gql(RELEASE, { id: released }));
+    expect(await affordable(units(acct, '1'))).toBe(true); // control: the available credit covers it
+    expect(await affordable(units(acct, '1', released))).toBe(false);
+    expect(await affordable(units(acct, '1', await hold(other, '2')))).toBe(false);
   });
 });
 

@@ -5,6 +5,9 @@
  * BAD_USER_INPUT (reason BALANCE_LIMIT) and writes nothing: grantCredits, redeemPromoCode, a pack
  * purchase (refused BEFORE the card is charged: no payment row, no charge) and an auto top-up
  * (SKIPPED, nothing charged); createCreditPack refuses credits + bonusCredits past the limit.
+ * A charge whose sums would pass the limit (the debt it leaves, what its hold has consumed) is
+ * refused the same way, before anything is written, on every charge path (recordUsage under
+ * CHARGE_PATH group and naive, recordUsageBatch, settleReservation with usage).
  * Over the API and through the services, against the real PostgreSQL with the simulator.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,7 +23,7 @@ import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import type { TestServer } from '../setup/test-server.js';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, expectUnchanged, grant, ok, readAccount, uniq } from '../api/helpers.js';
 import { attachMethod, billingCounts, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
 
@@ -143,5 +146,111 @@ describe('credit packs past the limit', () => {
     expect(simulator.chargeCount(card)).toBe(0);
     expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 0, pack_grants: 0 });
     await grant(srv, accountId, '1', 'PAID'); // the account still takes ordinary grants
+  });
+});
+
+describe.each(['group', 'naive'])('charges whose sums would pass the limit (CHARGE_PATH=%s)', (chargePath) => {
+  let charges: TestServer;
+  beforeAll(async () => {
+    charges = await startTestServer({ CHARGE_PATH: chargePath });
+  });
+  afterAll(async () => {
+    await charges?.close();
+  });
+
+  const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { cost debt } }`;
+  const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { cost } } }`;
+  const RESERVE = `mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`;
+  const SETTLE = `mutation($input: SettleReservationInput!) { settleReservation(input: $input) { status consumed } }`;
+  const HOLD = `query($id: ID!) { node(id: $id) { ... on Reservation { status consumed } } }`;
+
+  /** A hold of `amount` credits on `accountId`; returns its id. */
+  const hold = async (accountId: string, amount: string) =>
+    ok(await charges.gql(RESERVE, { input: { accountId, amount, idempotencyKey: uniq('hold') } })).reserveCredits.id as string;
+  /** A capture of `units` credits (the test book's 1-credit-per-unit rule) against `reservationId`. */
+  const capture = (accountId: string, reservationId: string, units: string) => ({
+    accountId,
+    idempotencyKey: uniq('cap'),
+    category: 'units',
+    quantities: { units },
+    reservationId,
+  });
+
+  /** Asserts the refusal on every path (single, batch item, settle with usage) and that none of them changes anything. */
+  async function expectRefusedEverywhere(accountId: string, reservationId: string, units: string) {
+    await expectUnchanged(charges, [accountId], async () => {
+      expectLimit(await charges.gql(RECORD, { input: capture(accountId, reservationId, units) }));
+      const [item] = ok(await charges.gql(BATCH, { inputs: [capture(accountId, reservationId, units)] })).recordUsageBatch;
+      expect(item).toMatchObject({ errorCode: 'BAD_USER_INPUT', event: null });
+      expect(item.errorMessage).toMatch(/largest amount/);
+      // A settle whose second item passes the limit records neither and leaves the hold ACTIVE.
+      expectLimit(await charges.gql(SETTLE, { input: { reservationId, usage: [capture(accountId, reservationId, '0.5'), capture(accountId, reservationId, units)] } }));
+    });
+    expect(ok(await charges.gql(HOLD, { id: reservationId })).node.status).toBe('ACTIVE');
+    await expectLedgerInvariant(charges.services.pool, dbId(accountId));
+  }
+
+  it('a second 9e12-credit capture against a 1-credit hold (its consumed and the debt would pass the limit) is BAD_USER_INPUT, not an internal error', async () => {
+    const accountId = await apiAccount(charges, { paid: '10' });
+    const reservationId = await hold(accountId, '1');
+    const first = ok(await charges.gql(RECORD, { input: capture(accountId, reservationId, '9000000000000') })).recordUsage;
+    expect(first).toMatchObject({ cost: '9000000000000', debt: '8999999999990' });
+    await expectRefusedEverywhere(accountId, reservationId, '9000000000000');
+    // What fits is still accepted.
+    ok(await charges.gql(RECORD, { input: capture(accountId, reservationId, '1') }));
+    expect((await readAccount(charges, accountId)).balance.debt).toBe('8999999999991');
+  });
+
+  it("the debt alone: a capture that its hold's consumed can take but the account's debt cannot is refused", async () => {
+    const accountId = await apiAccount(charges, { paid: '3' });
+    const [a, b] = [await hold(accountId, '1'), await hold(accountId, '1')];
+    // MAX credits of voice (1 credit per minute: MAX x 60 seconds), so that the usage rollups of the
+    // refused charges' category start from 0.
+    const voice = { ...capture(accountId, a, '0'), category: 'voice', quantities: { seconds: '553402322211286.54842' } };
+    expect(ok(await charges.gql(RECORD, { input: voice })).recordUsage.cost).toBe(MAX);
+    expect((await readAccount(charges, accountId)).balance.debt).toBe('9223372036852.775807'); // MAX - 2: the hold and the one free credit
+    await expectRefusedEverywhere(accountId, b, '4'); // debt + 3 > MAX; b's consumed would be 4
+    ok(await charges.gql(RECORD, { input: capture(accountId, b, '3') })); // debt reaches MAX exactly
+    expect((await readAccount(charges, accountId)).balance.debt).toBe(MAX);
+  });
+
+  it("the hold's consumed alone: a capture the account's debt can take but its hold's consumed cannot is refused", async () => {
+    const accountId = await apiAccount(charges, { paid: MAX });
+    const reservationId = await hold(accountId, '1');
+    ok(await charges.gql(RECORD, { input: capture(accountId, reservationId, MAX) })); // drawn from the hold and the credit: no debt
+    expect(ok(await charges.gql(HOLD, { id: reservationId })).node.consumed).toBe(MAX);
+    await expectRefusedEverywhere(accountId, reservationId, '0.000001'); // consumed + 1 micro-credit > MAX; the debt would be 1 micro-credit
+  });
+
+  it("sums kept only for reports and budgets (usage rollups, an agent's spending) may pass the limit: captures within the account's figures are accepted and reported exactly", async () => {
+    const accountId = await apiAccount(charges, { paid: '3' });
+    ok(await charges.gql(`mutation($a: ID!) { setAgentBudget(accountId: $a, agentId: "big", limit: "10") { limit } }`, { a: accountId }));
+    // The agent's first charge of the period starts its kept spending (1 credit).
+    ok(await charges.gql(RECORD, { input: { accountId, idempotencyKey: uniq('u'), category: 'unit', agentId: 'big' } }));
+    const [a, b] = [await hold(accountId, '1'), await hold(accountId, '1')];
+    // Captures are not checked against the budget; the debt (MAX - 1) and each hold's consumed fit.
+    ok(await charges.gql(RECORD, { input: { ...capture(accountId, a, MAX), agentId: 'big' } }));
+    ok(await charges.gql(RECORD, { input: { ...capture(accountId, b, '1'), agentId: 'big' } }));
+    const hour = Math.floor(Date.now() / 3_600_000) * 3_600_000;
+    const read = ok(
+      await charges.gql(
+        `query($id: ID!, $from: DateTime!, $to: DateTime!) { account(id: $id) {
+           balance { debt } budgets { agentId spent }
+           usageSummary(from: $from, to: $to, groupBy: [CATEGORY]) { category credits events }
+           usageHistory(months: 1) { total byCategory { category credits } } } }`,
+        // Whole hours around now: read from the hourly rollup.
+        { id: accountId, from: new Date(hour - 3_600_000).toISOString(), to: new Date(hour + 2 * 3_600_000).toISOString() },
+      ),
+    ).account;
+    expect(read.balance.debt).toBe('9223372036853.775807');
+    expect(read.budgets).toEqual([{ agentId: 'big', spent: '9223372036856.775807' }]); // 1 + MAX + 1
+    expect(read.usageSummary).toEqual([
+      { category: 'units', credits: '9223372036855.775807', events: 2 },
+      { category: 'unit', credits: '1', events: 1 },
+    ]);
+    expect(read.usageHistory[0].total).toBe('9223372036856.775807');
+    // The agent is over its budget: a charge without a hold is refused as such (the budget is checked before the credit).
+    expectError(await charges.gql(RECORD, { input: { accountId, idempotencyKey: uniq('u'), category: 'unit', agentId: 'big' } }), 'BUDGET_EXCEEDED');
+    await expectLedgerInvariant(charges.services.pool, dbId(accountId));
   });
 });

@@ -467,6 +467,27 @@ describe('priceUsage by kind', () => {
     badInput(() => priceUsage(without, { category: 'llm', quantities: { inputTokens: 10 } }, CENT), /no model/);
   });
 
+  it('PER_TOKEN needs token counts: an event with none at all is BAD_USER_INPUT (as a PER_UNIT tokens rule refuses it), explicit zeros cost 0', () => {
+    const b = book([{ category: 'llm', kind: 'PER_TOKEN', markupPercent: '20', fallbackCredits: '2' }], { byokFeePercent: '5' });
+    const none = /^quantities: .*PER_TOKEN rule for category "llm".*inputTokens, outputTokens, reasoningTokens, cacheReadTokens or cacheWriteTokens/;
+    // A known model would otherwise cost 0 (a client bug would get free LLM calls).
+    badInput(() => priceUsage(b, { category: 'llm', model: 'gpt-4o' }, CENT), none);
+    badInput(() => priceUsage(b, { category: 'llm', model: 'gpt-4o', quantities: { seconds: '3', units: '2' } }, CENT), none);
+    badInput(() => priceUsage(b, { category: 'llm', model: 'gpt-4o', quantities: { inputTokens: null } }, CENT), none);
+    // Checked before pricing: the same whether the catalog knows the model or the fallback would apply.
+    badInput(() => priceUsage(b, { category: 'llm', model: 'secret-model' }, CENT), none);
+    // BYOK: the fee's base is providerCostUsd, else the catalog price of the tokens.
+    badInput(() => priceUsage(b, { category: 'llm', model: 'gpt-4o', byok: true }, CENT), /or, with byok, providerCostUsd$/);
+    expect(priceUsage(b, { category: 'llm', model: 'gpt-4o', byok: true, providerCostUsd: '1' }, CENT).costMicroCredits).toBe(5_000_000n);
+    // Explicit zeros are a count: cost 0 (plus any per-request part; here none).
+    const zero = priceUsage(b, { category: 'llm', model: 'gpt-4o', quantities: { inputTokens: 0 } }, CENT);
+    expect(zero.costMicroCredits).toBe(0n);
+    expect(zero.lines.map((l) => [l.item, l.quantity, l.exactAmount])).toEqual([['input_tokens', '0', '0'], ['markup', '0', '0']]);
+    expect(priceUsage(b, { category: 'llm', model: 'gpt-4o', quantities: { outputTokens: 0, cacheReadTokens: 0 } }, CENT).costMicroCredits).toBe(0n);
+    // Another kind for the same category is unaffected.
+    expect(priceUsage(book([{ category: 'llm', kind: 'FLAT', credits: '1' }]), { category: 'llm', model: 'gpt-4o' }, CENT).costMicroCredits).toBe(1_000_000n);
+  });
+
   it('PASS_THROUGH converts providerCostUsd and adds markup; falls back without it', () => {
     const b = book([{ category: 'llm', kind: 'PASS_THROUGH', markupPercent: '8', fallbackCredits: '3' }]);
     const r = priceUsage(b, { category: 'llm', providerCostUsd: '0.0123' }, CENT);
@@ -518,8 +539,23 @@ describe('BYOK', () => {
 
   it('needs a cost basis unless the fee is 0', () => {
     badInput(() => priceUsage(b, { category: 'gw', byok: true }, CENT), /bring-your-own-key/);
+    badInput(() => priceUsage(b, { category: 'gw', byok: true }, CENT), /send providerCostUsd/);
     const free = book([{ category: 'gw', kind: 'PASS_THROUGH' }]);
     expect(priceUsage(free, { category: 'gw', byok: true }, CENT).costMicroCredits).toBe(0n);
+  });
+
+  it('an unknown model without providerCostUsd is refused with what the caller can do (send providerCostUsd), fallbackCredits or not', () => {
+    const withFallback = book([{ category: 'llm', kind: 'PER_TOKEN', markupPercent: '20', fallbackCredits: '2' }], { byokFeePercent: '5' });
+    for (const bk of [b, withFallback]) {
+      const e = badInput(() => priceUsage(bk, { category: 'llm', model: 'secret-model', byok: true, quantities: { inputTokens: 10 } }, CENT));
+      expect(e.message).toMatch(/^providerCostUsd: a bring-your-own-key event pays a 5% fee on the provider's cost; model "secret-model" has no price in the LLM price catalog/);
+      expect(e.message).toMatch(/send providerCostUsd/);
+      expect(e.message).not.toMatch(/give the rule fallbackCredits/); // it would not help: a BYOK event pays no model price
+      expect(e.details).toEqual({ field: 'providerCostUsd' });
+      // With providerCostUsd it is priced: 5% of $0.10 = 0.5 credits.
+      expect(priceUsage(bk, { category: 'llm', model: 'secret-model', byok: true, providerCostUsd: '0.1', quantities: { inputTokens: 10 } }, CENT).costMicroCredits).toBe(500_000n);
+    }
+    badInput(() => priceUsage(b, { category: 'llm', byok: true, quantities: { inputTokens: 10 } }, CENT), /the event names no model; send providerCostUsd/);
   });
 
   it('changes nothing for other kinds', () => {

@@ -68,7 +68,11 @@ export const QuoteRef = builder.objectRef<QuoteView>('Quote').implement({
   fields: (t) => ({
     cost: t.field({ type: 'Credits', resolve: (q) => q.costMicroCredits }),
     lines: t.field({ type: [CostLineRef], resolve: (q) => q.lines }),
-    affordable: t.boolean({ description: 'Whether available credit covers it now.', resolve: (q) => q.affordable }),
+    affordable: t.boolean({
+      description:
+        "Whether available credit covers it now. With a reservationId: available credit plus what is left of that ACTIVE hold of the account (what recordUsage draws before any debt); false when it names no ACTIVE hold of the account (recordUsage would refuse the capture).",
+      resolve: (q) => q.affordable,
+    }),
   }),
 });
 
