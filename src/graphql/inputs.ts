@@ -74,7 +74,7 @@ export const RecordUsageInputRef = builder.inputType('RecordUsageInput', {
     messageId: t.string(),
     reservationId: t.id({
       description:
-        'Charge against this ACTIVE reservation; cost beyond the hold is drawn from available credit and, when even that runs out, leaves a negative balance (debt) that the next grant repays. Without a reservation the event is refused with INSUFFICIENT_CREDITS when available credit does not cover it, and nothing is recorded.',
+        'Charge against this ACTIVE reservation; cost beyond the hold is drawn from available credit and, when even that runs out, leaves a negative balance (debt) that the next grant repays. Without a reservation the event is refused with INSUFFICIENT_CREDITS when available credit does not cover it, and nothing is recorded. The event is the hold\'s agent\'s and user\'s: without agentId / userId it records the hold\'s, another than the hold has is BAD_USER_INPUT, and one the hold has none of is checked against its budget like a charge without a reservation.',
     }),
     occurredAt: t.field({ type: 'DateTime' }),
     metadata: t.field({ type: 'JSON' }),
@@ -103,8 +103,8 @@ export const ReserveCreditsInputRef = builder.inputType('ReserveCreditsInput', {
     amount: t.field({ type: 'Credits', required: true }),
     ttlSeconds: t.int({ defaultValue: 900, description: 'Seconds until an unsettled hold expires and its credit is released. Default 900.' }),
     idempotencyKey: t.string({ required: true }),
-    agentId: t.string({ description: "The agent the hold is for: it counts against the agent's budget while it holds." }),
-    userId: t.string({ description: "The end user the hold is for: it counts against the user's budget while it holds." }),
+    agentId: t.string({ description: "The agent the hold is for: it counts against the agent's budget while it holds, and usage captured against it is the agent's." }),
+    userId: t.string({ description: "The end user the hold is for: it counts against the user's budget while it holds, and usage captured against it is the user's." }),
   }),
 });
 

@@ -172,7 +172,7 @@ export interface ChargeState {
    * {@link budgetSubjectKey}: what an in-memory budget check decides on (spending-budgets.ts).
    */
   budgets: Map<string, SubjectBudgetState>;
-  /** The subjects whose budgets were asked for (budgetSubjectKey), with a budget or not: what `budgets` says something about. */
+  /** The subjects whose budgets were read (budgetSubjectKey; those asked for and those of `reservations`), with a budget or not: what `budgets` says something about. */
   budgetSubjectsRead: ReadonlySet<string>;
 }
 
@@ -392,8 +392,10 @@ export class AccountTx {
    * Everything a charge or hold decides on, in ONE query (the lock is already held, so it is
    * stable): the ACTIVE batches that can pay now (not past expiresAt, remaining > 0); the credit
    * held by ACTIVE, unexpired reservations (amount - consumed, floored at 0) other than
-   * `reservationId`; whether the agent/user has a budget; the usage event already recorded
-   * under `usageIdempotencyKey`, if any; and the row of `reservationId`, if given.
+   * `reservationId`; whether the agent/user has a budget (each of them, where not given, the
+   * reservation's: a capture is recorded under its hold's subjects, record-usage.ts
+   * chargeSubjects); the usage event already recorded under `usageIdempotencyKey`, if any; and
+   * the row of `reservationId` (with its agent and user), if given.
    */
   async state(opts: {
     reservationId?: string | null;
@@ -403,18 +405,19 @@ export class AccountTx {
   }): Promise<AccountState> {
     const { rows } = await this.tx.query({
       name: 'cp-account-state',
-      text: `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
+      text: `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, hb.has_budget,
               pe.id AS prior_id, pe.request_hash AS prior_hash,
               res.amount_micro_credits AS res_amount, res.consumed_micro_credits AS res_consumed,
-              res.status AS res_status, res.expires_at AS res_expires_at
-         FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
-                      EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1
-                                 AND ((sb.subject_kind = 'AGENT' AND sb.subject_id = $4) OR (sb.subject_kind = 'USER' AND sb.subject_id = $5))) AS has_budget
+              res.status AS res_status, res.expires_at AS res_expires_at, res.agent_id AS res_agent_id, res.user_id AS res_user_id
+         FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held
                  FROM reservations
                 WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2
                   AND ($3::uuid IS NULL OR id <> $3::uuid)) r
          LEFT JOIN usage_events pe ON pe.account_id = $1 AND pe.idempotency_key = $6
          LEFT JOIN reservations res ON res.id = $3::uuid AND res.account_id = $1
+         CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1
+                   AND ((sb.subject_kind = 'AGENT' AND sb.subject_id = COALESCE($4::text, res.agent_id))
+                     OR (sb.subject_kind = 'USER' AND sb.subject_id = COALESCE($5::text, res.user_id)))) AS has_budget) hb
          LEFT JOIN LATERAL (${spendableBatches('$1', '$2')}) b ON TRUE`,
       values: [this.accountId, this.now, opts.reservationId ?? null, opts.agentId ?? null, opts.userId ?? null, opts.usageIdempotencyKey ?? null],
     });
@@ -434,6 +437,8 @@ export class AccountTx {
               consumedMicroCredits: toBigInt(first.res_consumed),
               status: first.res_status as string,
               expiresAt: first.res_expires_at as Date,
+              agentId: (first.res_agent_id as string | null) ?? null,
+              userId: (first.res_user_id as string | null) ?? null,
             }
           : null,
     };
@@ -445,7 +450,9 @@ export class AccountTx {
    * whether the account has any spending budget, the usage events already recorded under the
    * given idempotency keys, the given reservations that belong to it (with their agent and user),
    * the reservations already made under the given hold idempotency keys, and, where the account
-   * has a budget, the budgets of the given subjects with their latest kept spending and held credit.
+   * has a budget, the budgets of the given subjects and of the given reservations' agents and
+   * users (a capture is recorded under its hold's: record-usage.ts chargeSubjects) with their
+   * latest kept spending and held credit.
    *
    * It may be issued before the lock statement's answer has come (the ledger pool pipelines:
    * PostgreSQL runs it after the lock was granted, with a snapshot taken then, so it reads what
@@ -489,18 +496,27 @@ export class AccountTx {
          JOIN accounts acc ON acc.id = w.account
          CROSS JOIN LATERAL (SELECT w.account,
                 CASE WHEN w.account_clock AND acc.test_mode AND acc.test_clock_at IS NOT NULL THEN acc.test_clock_at ELSE w.now END AS now) a
+         LEFT JOIN holds hl ON hl.account = a.account
          CROSS JOIN LATERAL (
-               -- Where the account has a budget: the budgets of the subjects asked for, with their
-               -- latest kept spending row and what their holds hold (migration budget_states; a
-               -- function called under CASE, so an account without one costs nothing more).
+               -- Where the account has a budget: the budgets of the subjects asked for and of the
+               -- holds asked for (a capture is its hold's subjects': record-usage.ts chargeSubjects),
+               -- with their latest kept spending row and what their holds hold (migration
+               -- budget_states; a function called under CASE, so an account without one costs
+               -- nothing more).
                SELECT r0.held, r0.has_budget,
-                      CASE WHEN r0.has_budget THEN budget_states(a.account, a.now, w.subjects) END AS budgets
+                      CASE WHEN r0.has_budget THEN budget_states(a.account, a.now, (
+                        SELECT COALESCE(jsonb_agg(x.subject), '[]'::jsonb)
+                          FROM (SELECT jsonb_array_elements(w.subjects) AS subject
+                                UNION
+                                SELECT jsonb_build_object('kind', v.kind, 'subject', v.subject)
+                                  FROM json_array_elements(hl.list) h
+                                  CROSS JOIN LATERAL (VALUES ('AGENT', h->>'agentId'), ('USER', h->>'userId')) v(kind, subject)
+                                 WHERE v.subject IS NOT NULL) x)) END AS budgets
                  FROM (SELECT COALESCE(SUM(GREATEST(amount_micro_credits - consumed_micro_credits, 0)), 0) AS held,
                               EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = a.account) AS has_budget
                          FROM reservations
                         WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r0) r
          LEFT JOIN priors p ON p.account = a.account
-         LEFT JOIN holds hl ON hl.account = a.account
          LEFT JOIN hkeys hk ON hk.account = a.account
          LEFT JOIN LATERAL (${spendableBatches('a.account', 'a.now')}) b ON TRUE`,
       values: [
@@ -519,7 +535,14 @@ export class AccountTx {
       const states = chargeStatesFromRows(rows);
       for (const w of wanted) {
         const st = states.get(w.accountId);
-        if (st) st.budgetSubjectsRead = new Set(w.budgetSubjects.map((b) => budgetSubjectKey(b.subjectKind, b.subjectId)));
+        if (!st) continue;
+        const read = new Set(w.budgetSubjects.map((b) => budgetSubjectKey(b.subjectKind, b.subjectId)));
+        // The statement read the budgets of the holds' subjects too.
+        for (const h of st.reservations.values()) {
+          if (h.agentId) read.add(budgetSubjectKey('AGENT', h.agentId));
+          if (h.userId) read.add(budgetSubjectKey('USER', h.userId));
+        }
+        st.budgetSubjectsRead = read;
       }
       return states;
     });

@@ -11,7 +11,8 @@
  * it becomes debt (a negative balance) that the next grant repays (contract RecordUsageInput).
  * A charge that would take that debt, or what its hold has consumed, past the largest amount
  * kept (MAX_ABS_MICRO_CREDITS, a signed 64-bit column) is refused with BAD_USER_INPUT, reason
- * BALANCE_LIMIT, as grants are, decided in memory before anything is written.
+ * BALANCE_LIMIT, as grants are, decided in memory before anything is written. Usage captured
+ * against a hold is the hold's agent's and user's (chargeSubjects: README "Budgets inside a pool").
  */
 import { randomUUID } from 'node:crypto';
 import { awaitInOrder, deferStatement, isDatabaseUnavailable, isStatementTimeout, PipelinedCommit, withTransaction, type Tx } from '../db/pg.js';
@@ -87,15 +88,62 @@ function commandHash(cmd: UsageCommand): string {
   return requestHash({ ...cmd, op: 'usage' });
 }
 
+/** The agent and user of a usage event or hold (null: none). */
+export interface UsageSubjects {
+  agentId: string | null;
+  userId: string | null;
+}
+
+/**
+ * Whose usage a charge is, for the event row and the budgets (README "Budgets inside a pool").
+ * A charge without a hold is the agent's and user's it names, and is checked against their
+ * budgets. Usage captured against a hold belongs to the hold's subjects, per field (agentId,
+ * userId): the hold was checked against their budgets and counts against them while it holds, so
+ * its captures must count there too, or a capture would free the hold's share of a budget and
+ * count nowhere. The usage may name the hold's subject or leave it out (the event then records
+ * the hold's), and is not checked for it (the hold was the authorization). Where the hold has no
+ * subject, the usage's own (if any) was authorized by nothing: it is recorded and checked like a
+ * charge without a hold, so naming an agent that has a budget cannot bypass that budget.
+ * The request hash stays that of the command as sent (a replay of a capture recorded before
+ * this rule still replays).
+ * @param hold the hold captured against (its agentId/userId as stored), or null for a charge without one
+ * @returns `recorded`: the subjects stored on the event, whose budget spending its cost moves;
+ *   `checked`: those whose budgets the cost must fit in (a subset); `refusal`: BAD_USER_INPUT naming
+ *   `agentId` / `userId` when the usage names another subject than the hold has (nothing may be
+ *   written then), else null.
+ */
+export function chargeSubjects(
+  cmd: Pick<UsageCommand, 'agentId' | 'userId'>,
+  hold: { agentId?: string | null; userId?: string | null } | null,
+): { recorded: UsageSubjects; checked: UsageSubjects; refusal: LedgerError | null } {
+  const named: UsageSubjects = { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
+  if (!hold) return { recorded: named, checked: named, refusal: null };
+  const held: UsageSubjects = { agentId: hold.agentId ?? null, userId: hold.userId ?? null };
+  const refusal =
+    held.agentId !== null && named.agentId !== null && named.agentId !== held.agentId
+      ? badInput('agentId', "must be the reservation's agentId or be omitted: usage captured against a hold is the hold's agent's")
+      : held.userId !== null && named.userId !== null && named.userId !== held.userId
+        ? badInput('userId', "must be the reservation's userId or be omitted: usage captured against a hold is the hold's user's")
+        : null;
+  return {
+    recorded: { agentId: held.agentId ?? named.agentId, userId: held.userId ?? named.userId },
+    checked: { agentId: held.agentId === null ? named.agentId : null, userId: held.userId === null ? named.userId : null },
+    refusal,
+  };
+}
+
 /**
  * Charges one usage command inside a locked account transaction. `price` is called only when
  * the idempotency key is new (a retry returns the first event even if prices changed since).
  * Every refusal is thrown BEFORE the first write, so a caller may catch a LedgerError and keep
- * using the same transaction (recordUsageBatch relies on this).
+ * using the same transaction (recordUsageBatch relies on this). A capture is recorded under its
+ * hold's agent and user (chargeSubjects).
  * @throws LedgerError IDEMPOTENCY_CONFLICT, NOT_FOUND (reservation), RESERVATION_NOT_ACTIVE,
- *   BUDGET_EXCEEDED (agent/user budget, charges without a reservation), INSUFFICIENT_CREDITS,
- *   BAD_USER_INPUT (from pricing; reason BALANCE_LIMIT when the account's debt or the hold's
- *   consumed would pass MAX_ABS_MICRO_CREDITS: ledger/refusals.ts chargeLimitRefusal).
+ *   BAD_USER_INPUT naming agentId / userId (a capture naming another subject than its hold's),
+ *   BUDGET_EXCEEDED (agent/user budget: charges without a reservation, and a capture's subject
+ *   its hold has none of), INSUFFICIENT_CREDITS, BAD_USER_INPUT (from pricing; reason
+ *   BALANCE_LIMIT when the account's debt or the hold's consumed would pass
+ *   MAX_ABS_MICRO_CREDITS: ledger/refusals.ts chargeLimitRefusal).
  */
 export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pricer): Promise<ChargeResult> {
   const hash = commandHash(cmd);
@@ -114,11 +162,15 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
     if (!isHolding(r, atx.now)) throw reservationNotActive(r.status);
     holdLeft = maxBig(r.amountMicroCredits - r.consumedMicroCredits, 0n);
   }
+  // A capture is the hold's agent's and user's (chargeSubjects).
+  const subjects = chargeSubjects(cmd, cmd.reservationId ? state.reservation : null);
+  if (subjects.refusal) throw subjects.refusal;
 
   const { priced, version } = price(atx.now);
   const cost = priced.costMicroCredits;
   const { batches, reservedMicroCredits: reservedOthers } = state;
-  if (state.hasBudget && !cmd.reservationId) await assertWithinBudgets(atx, cmd, cost);
+  // `hasBudget` is about the recorded subjects, of which the checked ones are a part.
+  if (state.hasBudget) await assertWithinBudgets(atx, subjects.checked, cost);
   const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
 
   let toDraw: bigint;
@@ -142,9 +194,10 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
   if (overLimit) throw overLimit;
 
   const eventId = randomUUID();
-  const [row] = await insertUsageEvents(atx.tx, [{ atx, id: eventId, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
+  const recorded = { ...cmd, ...subjects.recorded }; // `hash` stays the request's as sent
+  const [row] = await insertUsageEvents(atx.tx, [{ atx, id: eventId, cmd: recorded, hash, cost, debtAdded, priced, version, parts: plan.parts }]);
   // Captures included: a budget counts the subject's whole usage (spending-budgets.ts).
-  if (state.hasBudget) await moveBudgetSpend(atx, { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null }, atx.period().start, cost);
+  if (state.hasBudget) await moveBudgetSpend(atx, subjects.recorded, atx.period().start, cost);
   atx.debt += debtAdded;
   // No `usage` outbox row: the CONSUME entry changes the balance, so finish() writes this
   // transaction's `balance` row, which is what wakes usageRecorded (graphql/subscriptions.ts).
@@ -503,8 +556,18 @@ function budgetTracks(state: ChargeState, atx: AccountTx, items: readonly GroupI
     });
   }
   for (const item of items) {
-    // What is checked: a charge without a hold, and a new hold (a capture is not re-checked).
-    const checked = 'op' in item ? (item.op.kind === 'reserve' ? item.op.cmd : null) : item.cmd.reservationId ? null : item.cmd;
+    // What is checked: a charge without a hold, a new hold, and a capture's subjects its hold has
+    // none of (chargeSubjects; the hold's own are not re-checked).
+    const checked =
+      'op' in item
+        ? item.op.kind === 'reserve'
+          ? item.op.cmd
+          : null
+        : !item.cmd.reservationId
+          ? item.cmd
+          : state.reservations.has(item.cmd.reservationId)
+            ? chargeSubjects(item.cmd, state.reservations.get(item.cmd.reservationId)!).checked
+            : null; // refused NOT_FOUND
     if (checked && subjectKeys(checked).some((k) => tracks.get(k)?.spentMicroCredits === null)) return null;
   }
   return tracks;
@@ -596,14 +659,17 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
  * first item's event. Hold operations (HoldOpItem) among the items are decided the same way,
  * under the rules of their `alone` functions (reserve-credits.ts, settle-reservation.ts), and
  * written with one more statement for all accounts. Budgets are checked as assertWithinBudgets
- * does (a charge without a hold and a new hold; the subject's kept spending of the period plus what
- * its holds hold), and the group's kept spending written with one more statement
- * (moveBudgetSpendMany). An account with a budget to check whose kept spending row of the current
+ * does (a charge without a hold, a new hold, and a capture's subjects its hold has none of:
+ * chargeSubjects; the subject's kept spending of the period plus what its holds hold), a capture
+ * is recorded under its hold's subjects (the state read includes the budgets of the holds'
+ * subjects, so their kept spending moves in memory too), and the group's kept spending written
+ * with one more statement (moveBudgetSpendMany). An account with a budget to check whose kept spending row of the current
  * period is not there yet (its first check of the period creates it from a SUM) runs each item
  * with its own statements (applyCharge, `alone`).
  * @returns per group, one outcome per item (ChargeResult for a charge, what `alone` returns for
  *   an operation); refusals are LedgerErrors (IDEMPOTENCY_CONFLICT, INSUFFICIENT_CREDITS,
- *   NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture or settle, BAD_USER_INPUT from pricing
+ *   BUDGET_EXCEEDED, NOT_FOUND and RESERVATION_NOT_ACTIVE for a capture or settle,
+ *   BAD_USER_INPUT for a capture naming another agentId / userId than its hold's, from pricing,
  *   or with reason BALANCE_LIMIT as applyCharge, and applyCharge's on the slow path).
  *
  * `statesRead` is the state read issued right behind the accounts' lock statement, before its
@@ -718,6 +784,12 @@ export async function chargeAccounts(
           continue;
         }
       }
+      // applyCharge's rule: a capture is the hold's agent's and user's.
+      const subjects = chargeSubjects(cmd, hold ?? null);
+      if (subjects.refusal) {
+        out.push({ ok: false, error: subjects.refusal });
+        continue;
+      }
       let priced: PricedUsage;
       let version: number;
       try {
@@ -731,12 +803,13 @@ export async function chargeAccounts(
       let toDraw: bigint;
       let debtAdded = 0n;
       let fromHold = 0n;
+      // A charge without a hold, and a capture's subjects its hold has none of (chargeSubjects).
+      const overBudget = budgetRefusal(acct.budgets, subjects.checked, cost);
+      if (overBudget) {
+        out.push({ ok: false, error: overBudget });
+        continue;
+      }
       if (!hold) {
-        const overBudget = budgetRefusal(acct.budgets, cmd, cost);
-        if (overBudget) {
-          out.push({ ok: false, error: overBudget });
-          continue;
-        }
         const available = acct.spendableMicroCredits - atx.debt - acct.reservedMicroCredits;
         if (cost > 0n && cost > available) {
           out.push({ ok: false, error: insufficientCredits('cost', cost, available) });
@@ -772,8 +845,9 @@ export async function chargeAccounts(
         acct.reservedMicroCredits -= fromHold;
         moveHeld(acct.budgets, hold, -fromHold);
       }
-      // Captures included: a budget counts the subject's whole usage (applyCharge, moveBudgetSpend).
-      for (const key of subjectKeys(cmd)) {
+      // Captures included: a budget counts the subject's whole usage (applyCharge, moveBudgetSpend),
+      // a capture's under its hold's subjects (the state read their budgets with the hold's).
+      for (const key of subjectKeys(subjects.recorded)) {
         const t = acct.budgets.get(key);
         if (t && t.spentMicroCredits !== null) {
           t.spentMicroCredits += cost;
@@ -783,7 +857,7 @@ export async function chargeAccounts(
       atx.debt += debtAdded;
       const id = randomUUID();
       recorded.set(cmd.idempotencyKey, { id, requestHash: hash });
-      events.push({ atx, id, cmd, hash, cost, debtAdded, priced, version, parts: plan.parts });
+      events.push({ atx, id, cmd: { ...cmd, ...subjects.recorded }, hash, cost, debtAdded, priced, version, parts: plan.parts }); // `hash`: as sent
       atx.addEntry({ type: 'CONSUME', amountMicroCredits: -cost, usageEventId: id, reservationId: cmd.reservationId, note: cmd.category }); // wakes usageRecorded via the balance row
       fresh.push({ out, index: out.length });
       out.push({ ok: true, result: { eventId: id, replayed: false } });

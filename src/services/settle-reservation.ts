@@ -16,11 +16,15 @@ export const MAX_SETTLE_ITEMS = 100;
 
 /**
  * Settles a reservation with its final usage.
- * @param usage the completed work; each item's reservationId must be absent or this one.
+ * @param usage the completed work; each item's reservationId must be absent or this one. Each
+ *   item is the hold's agent's and user's (record-usage.ts chargeSubjects): without agentId /
+ *   userId it is recorded with the hold's, and one the hold has none of is checked against its
+ *   budget like a charge without a reservation.
  * @returns the reservation id, and its row as written when the settle was decided in memory
  *   (ReservationResult).
  * @throws LedgerError NOT_FOUND, RESERVATION_NOT_ACTIVE (already released, expired, or settled
- *   with other usage), BAD_USER_INPUT, IDEMPOTENCY_CONFLICT.
+ *   with other usage), BAD_USER_INPUT (also an item naming another agentId / userId than the
+ *   hold's), BUDGET_EXCEEDED (an item's subject the hold has none of), IDEMPOTENCY_CONFLICT.
  */
 export async function settleReservation(ctx: ServiceContext, reservationId: string, usage: readonly UsageInput[]): Promise<ReservationResult> {
   if (usage.length > MAX_SETTLE_ITEMS) throw badInput('usage', `at most ${MAX_SETTLE_ITEMS} items`);

@@ -5,7 +5,10 @@
  * by the subject's ACTIVE, unexpired reservations. A charge (without reservation) or a hold
  * that would take the subject beyond its limit is refused with BUDGET_EXCEEDED and records
  * nothing; usage captured against a hold is not re-checked (the hold was the authorization;
- * overage beyond it is accepted, as for the balance). Budgets re-arm each billing period.
+ * overage beyond it is accepted, as for the balance) and is the hold's agent's and user's (it is
+ * recorded with them when it names none, refused when it names others; a subject the hold has
+ * none of is checked like a charge without a hold: record-usage.ts chargeSubjects), so what a
+ * settle frees from the hold counts as the same subject's usage. Budgets re-arm each billing period.
  * The check runs under the account's balance row lock, so concurrent charges cannot overrun it.
  */
 import type pg from 'pg';
@@ -98,8 +101,9 @@ const BUDGET_CHECK_SQL = `
  * `periodStart` by `deltaMicroCredits` (moveBudgetSpendMany with the agent's and the user's move).
  * Inside the account's locked transaction. With moveBudgetSpendMany (the charges record-usage.ts
  * chargeAccounts decides in memory) its callers are every writer of usage that changes a budgeted
- * subject's sum: applyCharge adds each event's cost, and refundUsage takes a refunded event's cost
- * off the period it was recorded in.
+ * subject's sum: applyCharge adds each event's cost (a capture's under its hold's subjects, as
+ * stored on the event), and refundUsage takes a refunded event's cost off the period it was
+ * recorded in.
  */
 export async function moveBudgetSpend(
   atx: AccountTx,

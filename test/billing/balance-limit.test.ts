@@ -165,8 +165,8 @@ describe.each(['group', 'naive'])('charges whose sums would pass the limit (CHAR
   const HOLD = `query($id: ID!) { node(id: $id) { ... on Reservation { status consumed } } }`;
 
   /** A hold of `amount` credits on `accountId`; returns its id. */
-  const hold = async (accountId: string, amount: string) =>
-    ok(await charges.gql(RESERVE, { input: { accountId, amount, idempotencyKey: uniq('hold') } })).reserveCredits.id as string;
+  const hold = async (accountId: string, amount: string, agentId?: string) =>
+    ok(await charges.gql(RESERVE, { input: { accountId, amount, idempotencyKey: uniq('hold'), agentId } })).reserveCredits.id as string;
   /** A capture of `units` credits (the test book's 1-credit-per-unit rule) against `reservationId`. */
   const capture = (accountId: string, reservationId: string, units: string) => ({
     accountId,
@@ -227,8 +227,8 @@ describe.each(['group', 'naive'])('charges whose sums would pass the limit (CHAR
     ok(await charges.gql(`mutation($a: ID!) { setAgentBudget(accountId: $a, agentId: "big", limit: "10") { limit } }`, { a: accountId }));
     // The agent's first charge of the period starts its kept spending (1 credit).
     ok(await charges.gql(RECORD, { input: { accountId, idempotencyKey: uniq('u'), category: 'unit', agentId: 'big' } }));
-    const [a, b] = [await hold(accountId, '1'), await hold(accountId, '1')];
-    // Captures are not checked against the budget; the debt (MAX - 1) and each hold's consumed fit.
+    const [a, b] = [await hold(accountId, '1', 'big'), await hold(accountId, '1', 'big')];
+    // Captures are not checked against the budget of their hold's agent; the debt (MAX - 1) and each hold's consumed fit.
     ok(await charges.gql(RECORD, { input: { ...capture(accountId, a, MAX), agentId: 'big' } }));
     ok(await charges.gql(RECORD, { input: { ...capture(accountId, b, '1'), agentId: 'big' } }));
     const hour = Math.floor(Date.now() / 3_600_000) * 3_600_000;

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
+import { applyCharge, chargeAccounts, recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
+import { settleReservation } from '../../src/services/settle-reservation.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { releaseReservation } from '../../src/services/release-reservation.js';
@@ -284,5 +285,159 @@ describe('budgets in group commit (decided in memory with the account\'s other c
       { subject: 'AGENT:a', kept: credits(5), sum: credits(5) },
     ]);
     await expectLedgerInvariant(s.pool, accountId, nextPeriod);
+  });
+});
+
+/**
+ * Usage captured against a hold belongs to the hold's agent and user (README "Budgets inside a
+ * pool"): the hold was checked against their budgets, so its captures count there, whatever the
+ * capture names. Found by an audit: a capture without agentId freed the hold's share of the
+ * budget at settle and counted nowhere (reserve, capture unlabelled, reserve again: past the
+ * budget), and a capture naming another agent counted under that agent without its budget being
+ * checked. On both charge paths: one transaction per call, and group commit (decided in memory by
+ * chargeAccounts, here with its own committer of 2 slots).
+ */
+describe.each([
+  ['one transaction per call', false],
+  ['group commit', true],
+])('captures belong to the hold\'s subjects (%s)', (_path, grouped) => {
+  const ctx = () => (grouped ? { ...s, groupCommit: new GroupCommitter(s.pool, s.clock, chargeAccounts, applyCharge, { maxTransactions: 2 }) } : s);
+  /** The agent and user stored on a usage event. */
+  const subjectsOf = async (eventId: string) =>
+    (await s.pool.query('SELECT agent_id, user_id FROM usage_events WHERE id = $1', [eventId])).rows[0] as { agent_id: string | null; user_id: string | null };
+  /** Expects `op` refused with BAD_USER_INPUT naming `field` (the hold's subject must be used or omitted), with nothing of the account changed. */
+  const refusedUnchanged = async (accountId: string, op: () => Promise<unknown>, field: string) => {
+    const before = await expectLedgerInvariant(s.pool, accountId);
+    const counts = () => s.pool.query('SELECT (SELECT count(*) FROM usage_events WHERE account_id = $1)::int AS events, (SELECT count(*) FROM ledger_entries WHERE account_id = $1)::int AS entries', [accountId]);
+    const countsBefore = (await counts()).rows[0];
+    const keptBefore = await keptSpending(accountId);
+    const error = await op().then(
+      () => expect.unreachable('expected BAD_USER_INPUT'),
+      (e: unknown) => e,
+    );
+    expect(error).toMatchObject({ code: 'BAD_USER_INPUT', details: { field } });
+    expect((error as Error).message).toMatch(new RegExp(`^${field}: .*(omit|the reservation's)`));
+    expect((await counts()).rows[0]).toEqual(countsBefore);
+    expect(await keptSpending(accountId)).toEqual(keptBefore);
+    const after = await expectLedgerInvariant(s.pool, accountId);
+    expect(after.version).toBe(before.version);
+  };
+
+  it("a capture without agentId counts under the hold's agent: reserve, capture unlabelled, reserve again cannot pass the budget", async () => {
+    s.setNow(null);
+    const c = ctx();
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'agent-h', limitMicroCredits: credits(10) });
+    const hold = await reserveCredits(c, { accountId, amountMicroCredits: credits(6), ttlSeconds: 600, idempotencyKey: 'h1', agentId: 'agent-h' });
+    const ev = await recordUsage(c, { accountId, idempotencyKey: 'c1', category: 'units', quantities: { units: '6' }, reservationId: hold.reservationId });
+    await settleReservation(c, hold.reservationId, []);
+    expect((await listBudgets(s.pool, accountId, new Date(), 'AGENT'))[0]?.spentMicroCredits).toBe(credits(6));
+    // 6 spent: another hold of 6 would pass the budget of 10.
+    await overBudget(reserveCredits(c, { accountId, amountMicroCredits: credits(6), ttlSeconds: 600, idempotencyKey: 'h2', agentId: 'agent-h' }));
+    await overBudget(recordUsage(c, { accountId, idempotencyKey: 'c2', category: 'units', quantities: { units: '5' }, agentId: 'agent-h' }));
+    await recordUsage(c, { accountId, idempotencyKey: 'c3', category: 'units', quantities: { units: '4' }, agentId: 'agent-h' });
+    expect(await subjectsOf(ev.eventId)).toEqual({ agent_id: 'agent-h', user_id: null }); // stored on the event: usage views see it
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:agent-h', kept: credits(10), sum: credits(10) }]);
+    // A refund of the unlabelled capture gives its cost back to the hold's agent.
+    await refundUsage(s, ev.eventId, 'test refund');
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:agent-h', kept: credits(4), sum: credits(4) }]);
+    await expectLedgerInvariant(s.pool, accountId);
+  });
+
+  it("a capture without userId, and the usage of a settle without agentId or userId, count under the hold's user and agent", async () => {
+    s.setNow(null);
+    const c = ctx();
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'USER', subjectId: 'member-h', limitMicroCredits: credits(10) });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'agent-s', limitMicroCredits: credits(10) });
+    const hold = await reserveCredits(c, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'h1', agentId: 'agent-s', userId: 'member-h' });
+    // The agent named (the hold's own) and the user left out: the event gets both.
+    const ev = await recordUsage(c, { accountId, idempotencyKey: 'c1', category: 'units', quantities: { units: '2' }, agentId: 'agent-s', reservationId: hold.reservationId });
+    expect(await subjectsOf(ev.eventId)).toEqual({ agent_id: 'agent-s', user_id: 'member-h' });
+    await settleReservation(c, hold.reservationId, [{ accountId, idempotencyKey: 's1', category: 'units', quantities: { units: '3' } }]);
+    const settled = (await s.pool.query('SELECT agent_id, user_id FROM usage_events WHERE account_id = $1 AND idempotency_key = $2', [accountId, 's1'])).rows[0];
+    expect(settled).toEqual({ agent_id: 'agent-s', user_id: 'member-h' });
+    expect(await keptSpending(accountId)).toEqual([
+      { subject: 'AGENT:agent-s', kept: credits(5), sum: credits(5) },
+      { subject: 'USER:member-h', kept: credits(5), sum: credits(5) },
+    ]);
+    await overBudget(reserveCredits(c, { accountId, amountMicroCredits: credits(6), ttlSeconds: 600, idempotencyKey: 'h2', userId: 'member-h' }));
+    await overBudget(reserveCredits(c, { accountId, amountMicroCredits: credits(6), ttlSeconds: 600, idempotencyKey: 'h3', agentId: 'agent-s' }));
+    await expectLedgerInvariant(s.pool, accountId);
+  });
+
+  it("a capture or settle naming another agent or user than the hold's is BAD_USER_INPUT and changes nothing", async () => {
+    s.setNow(null);
+    const c = ctx();
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'agent-b', limitMicroCredits: credits(1) });
+    const hold = await reserveCredits(c, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'h1', agentId: 'agent-a', userId: 'member-a' });
+    const capture = (key: string, extra: Record<string, string>) =>
+      recordUsage(c, { accountId, idempotencyKey: key, category: 'units', quantities: { units: '3' }, reservationId: hold.reservationId, ...extra });
+    await refusedUnchanged(accountId, () => capture('x1', { agentId: 'agent-b' }), 'agentId');
+    await refusedUnchanged(accountId, () => capture('x2', { agentId: 'agent-c' }), 'agentId'); // an agent without a budget too
+    await refusedUnchanged(accountId, () => capture('x3', { agentId: 'agent-a', userId: 'member-b' }), 'userId');
+    await refusedUnchanged(accountId, () => settleReservation(c, hold.reservationId, [{ accountId, idempotencyKey: 'x4', category: 'units', quantities: { units: '3' }, agentId: 'agent-b' }]), 'agentId');
+    expect((await s.pool.query('SELECT status FROM reservations WHERE id = $1', [hold.reservationId])).rows[0].status).toBe('ACTIVE');
+    // The hold's own subjects, or none, are accepted.
+    await capture('ok1', { agentId: 'agent-a', userId: 'member-a' });
+    await capture('ok2', {});
+    await expectLedgerInvariant(s.pool, accountId);
+  });
+
+  it("a hold without an agent: usage naming an agent with a budget is checked against it like a charge without a hold, and counts under it", async () => {
+    s.setNow(null);
+    const c = ctx();
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'agent-b', limitMicroCredits: credits(2) });
+    // The hold is the user's (no budget) and names no agent: agent-b's budget was not checked by it.
+    const hold = await reserveCredits(c, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'h1', userId: 'member-x' });
+    await overBudget(recordUsage(c, { accountId, idempotencyKey: 'c1', category: 'units', quantities: { units: '3' }, agentId: 'agent-b', reservationId: hold.reservationId }));
+    const ev = await recordUsage(c, { accountId, idempotencyKey: 'c2', category: 'units', quantities: { units: '2' }, agentId: 'agent-b', reservationId: hold.reservationId });
+    expect(await subjectsOf(ev.eventId)).toEqual({ agent_id: 'agent-b', user_id: 'member-x' });
+    await overBudget(settleReservation(c, hold.reservationId, [{ accountId, idempotencyKey: 's1', category: 'unit', agentId: 'agent-b' }]));
+    // An agent without a budget is free to be named; the hold's rest is then settled.
+    await settleReservation(c, hold.reservationId, [{ accountId, idempotencyKey: 's2', category: 'unit', agentId: 'agent-free' }]);
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:agent-b', kept: credits(2), sum: credits(2) }]);
+    const b = await expectLedgerInvariant(s.pool, accountId);
+    expect(b.totalMicroCredits).toBe(credits(97));
+    expect(b.reservedMicroCredits).toBe(0n);
+  });
+
+  it('a retried capture replays, even one recorded with another agent than its hold has (before captures took the hold\'s subjects)', async () => {
+    s.setNow(null);
+    const c = ctx();
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    const hold = await reserveCredits(c, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: 'h1', agentId: 'agent-a' });
+    const unlabelled = { accountId, idempotencyKey: 'c1', category: 'units', quantities: { units: '1' }, reservationId: hold.reservationId };
+    const first = await recordUsage(c, unlabelled);
+    expect(await recordUsage(c, unlabelled)).toMatchObject({ eventId: first.eventId, replayed: true });
+    // A capture of another agent, as recorded before the rule: its request hash is of the input as sent.
+    const other = { accountId, idempotencyKey: 'c2', category: 'units', quantities: { units: '1' }, agentId: 'agent-z', reservationId: hold.reservationId };
+    await s.pool.query("UPDATE reservations SET agent_id = NULL WHERE id = $1", [hold.reservationId]);
+    const old = await recordUsage(c, other);
+    await s.pool.query("UPDATE reservations SET agent_id = 'agent-a' WHERE id = $1", [hold.reservationId]);
+    expect(await recordUsage(c, other)).toMatchObject({ eventId: old.eventId, replayed: true });
+    await expect(recordUsage(c, { ...unlabelled, quantities: { units: '2' } })).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
+  });
+
+  it("recordUsageBatch: captures take their hold's subjects, a capture naming another agent is refused alone", async () => {
+    s.setNow(null);
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: 'agent-h', limitMicroCredits: credits(10) });
+    const hold = await reserveCredits(ctx(), { accountId, amountMicroCredits: credits(6), ttlSeconds: 600, idempotencyKey: 'h1', agentId: 'agent-h' });
+    const item = (key: string, extra: Record<string, unknown> = {}) => ({ accountId, idempotencyKey: key, category: 'units', quantities: { units: '2' }, reservationId: hold.reservationId, ...extra });
+    const results = await recordUsageBatch(ctx(), [item('b1'), item('b2', { agentId: 'agent-other' }), item('b3', { agentId: 'agent-h' })], { maxItems: 10 });
+    expect(results.map((r) => (r.ok ? 'OK' : (r.error as LedgerError).code))).toEqual(['OK', 'BAD_USER_INPUT', 'OK']);
+    expect(results[1]).toMatchObject({ ok: false, error: { details: { field: 'agentId' } } });
+    const { rows } = await s.pool.query('SELECT idempotency_key, agent_id FROM usage_events WHERE account_id = $1 ORDER BY idempotency_key', [accountId]);
+    expect(rows).toEqual([
+      { idempotency_key: 'b1', agent_id: 'agent-h' },
+      { idempotency_key: 'b3', agent_id: 'agent-h' },
+    ]);
+    await settleReservation(ctx(), hold.reservationId, []);
+    expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:agent-h', kept: credits(4), sum: credits(4) }]);
+    await overBudget(reserveCredits(ctx(), { accountId, amountMicroCredits: credits(7), ttlSeconds: 600, idempotencyKey: 'h2', agentId: 'agent-h' }));
+    await expectLedgerInvariant(s.pool, accountId);
   });
 });

@@ -2,7 +2,8 @@
  * Property test (fast-check) of the ledger on the real PostgreSQL: random sequences of grants,
  * charges, reservations, captures, settlements, releases, refunds, voids, idempotent retries
  * and clock moves (batches and holds expiring lazily, billing periods rolling), of two agents, one
- * of them with a spending budget that commands set, change and remove. After EVERY command: the
+ * of them with a spending budget that commands set, change and remove (captures name their hold's
+ * agent, none, or the other one, which is refused). After EVERY command: the
  * invariant holds (batches - debt = total = ledger sum; available = total - reserved; every kept
  * budget spending row equals its SUM), and each command's effect on the balance is the one the
  * rules promise. Run with one transaction per call and through group commit.
@@ -37,8 +38,8 @@ type Command =
   | { op: 'grant'; amount: number; type: 'FREE' | 'PAID'; expiresInMinutes: number | null }
   | { op: 'charge'; units: string; agent: Agent }
   | { op: 'reserve'; amount: number; agent: Agent }
-  | { op: 'capture'; hold: number; units: string; agent: Agent }
-  | { op: 'settle'; hold: number; units: string; agent: Agent }
+  | { op: 'capture'; hold: number; units: string; agent: Agent | null }
+  | { op: 'settle'; hold: number; units: string; agent: Agent | null }
   | { op: 'budget'; agent: Agent; limit: number | null }
   | { op: 'release'; hold: number }
   | { op: 'refund'; event: number }
@@ -49,14 +50,16 @@ type Command =
 /** The agents of the pool's usage: `a1` starts with a budget, `budget` commands set or remove either's. */
 type Agent = 'a1' | 'a2';
 const agentArb = fc.constantFrom<Agent>('a1', 'a2');
+/** A capture's agent: the hold's, another (refused BAD_USER_INPUT), or none (the hold's is recorded). */
+const captureAgentArb = fc.constantFrom<Agent | null>('a1', 'a2', null);
 
 const unitsArb = fc.integer({ min: 0, max: 4000 }).map((n) => (n / 100).toString()); // 0 .. 40 credits, 2 decimals
 const commandArb: fc.Arbitrary<Command> = fc.oneof(
   fc.record({ op: fc.constant('grant' as const), amount: fc.integer({ min: 1, max: 50 }), type: fc.constantFrom('FREE' as const, 'PAID' as const), expiresInMinutes: fc.option(fc.integer({ min: 1, max: 120 }), { nil: null }) }),
   fc.record({ op: fc.constant('charge' as const), units: unitsArb, agent: agentArb }),
   fc.record({ op: fc.constant('reserve' as const), amount: fc.integer({ min: 1, max: 30 }), agent: agentArb }),
-  fc.record({ op: fc.constant('capture' as const), hold: fc.nat(5), units: unitsArb, agent: agentArb }),
-  fc.record({ op: fc.constant('settle' as const), hold: fc.nat(5), units: unitsArb, agent: agentArb }),
+  fc.record({ op: fc.constant('capture' as const), hold: fc.nat(5), units: unitsArb, agent: captureAgentArb }),
+  fc.record({ op: fc.constant('settle' as const), hold: fc.nat(5), units: unitsArb, agent: captureAgentArb }),
   fc.record({ op: fc.constant('budget' as const), agent: agentArb, limit: fc.option(fc.integer({ min: 0, max: 60 }), { nil: null }) }),
   fc.record({ op: fc.constant('release' as const), hold: fc.nat(5) }),
   fc.record({ op: fc.constant('refund' as const), event: fc.nat(10) }),
@@ -88,7 +91,9 @@ describe.each([
         const accountId = await createFundedAccount(services, { free: 10 });
         await setSpendingBudget(services, { accountId, subjectKind: 'AGENT', subjectId: 'a1', limitMicroCredits: credits(25) });
         const holds: string[] = [];
-        const events: { key: string; units: string; reservationId: string | null; agent: Agent }[] = [];
+        /** Each hold's agent: a capture naming another is refused with BAD_USER_INPUT (README "Budgets inside a pool"). */
+        const holdAgents = new Map<string, Agent>();
+        const events: { key: string; units: string; reservationId: string | null; agent: Agent | null }[] = [];
         const eventIds: string[] = [];
         const grants: string[] = [];
         let seq = 0;
@@ -127,6 +132,7 @@ describe.each([
               case 'reserve': {
                 const r = await reserveCredits(services, { accountId, amountMicroCredits: credits(cmd.amount), ttlSeconds: 1800, idempotencyKey: key, agentId: cmd.agent });
                 holds.push(r.reservationId);
+                holdAgents.set(r.reservationId, cmd.agent);
                 const after = await readBalance(services.pool, accountId, now);
                 expect(after.reservedMicroCredits - before.reservedMicroCredits).toBe(credits(cmd.amount));
                 expect(after.totalMicroCredits).toBe(before.totalMicroCredits);
@@ -199,7 +205,9 @@ describe.each([
               }
             }
           } catch (err) {
-            if (!(err instanceof LedgerError && EXPECTED_REFUSALS.has(err.code))) throw err;
+            const otherAgent =
+              (cmd.op === 'capture' || cmd.op === 'settle') && cmd.agent !== null && cmd.agent !== holdAgents.get(holds[cmd.hold % Math.max(holds.length, 1)] ?? '');
+            if (!(err instanceof LedgerError && (EXPECTED_REFUSALS.has(err.code) || (otherAgent && err.code === 'BAD_USER_INPUT')))) throw err;
             // A refusal changes nothing.
             const after = await readBalance(services.pool, accountId, now);
             expect(after.version).toBe(before.version);

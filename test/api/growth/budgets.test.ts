@@ -287,3 +287,86 @@ describe('budgets across a billing period change', () => {
     await expectConsistent(srv, acct);
   });
 });
+
+/**
+ * Usage captured against a hold is the hold's agent's and user's (README "Budgets inside a
+ * pool"), on both charge paths: without agentId/userId it takes the hold's (and counts against
+ * their budgets, so reserve, capture unlabelled, reserve again cannot pass a budget); naming
+ * another than the hold has is BAD_USER_INPUT; a subject the hold has none of is checked like a
+ * charge without a hold.
+ */
+describe.each(['group', 'naive'])('usage captured against a hold (CHARGE_PATH=%s)', (chargePath) => {
+  let cs: TestServer;
+  beforeAll(async () => {
+    cs = await startTestServer({ CHARGE_PATH: chargePath });
+  });
+  afterAll(async () => {
+    await cs?.close();
+  });
+
+  const account = async (paid: string) => {
+    const id = (await createAccount(cs)).id;
+    await grant(cs, id, paid, 'PAID');
+    return id;
+  };
+  const spentOf = async (accountId: string) => ok(await cs.gql(BUDGETS, { id: accountId })).account as { budgets: { agentId: string; spent: string }[]; userBudgets: { userId: string; spent: string }[] };
+  const reserve = async (accountId: string, amount: string, extra: Record<string, unknown> = {}) =>
+    ok(await cs.gql(RESERVE, { input: { accountId, amount, idempotencyKey: uniq('h'), ...extra } })).reserveCredits.id as string;
+  /** Expects `op` refused with `code`, nothing of the account changed; returns the error. */
+  const refused = async (accountId: string, op: () => Promise<any>, code: string) => {
+    const before = await growthCounts(cs, accountId);
+    const error = expectError(await expectUnchanged(cs, [accountId], op), code);
+    expect(await growthCounts(cs, accountId)).toEqual(before);
+    return error;
+  };
+
+  it("a capture and a settle's usage without agentId/userId are recorded under the hold's and count against its budget after the settle", async () => {
+    const acct = await account('100');
+    ok(await cs.gql(SET_AGENT, { accountId: acct, agentId: 'cap-a', limit: '10' }));
+    ok(await cs.gql(SET_USER, { accountId: acct, userId: 'cap-u', limit: '10' }));
+    const hold = await reserve(acct, '6', { agentId: 'cap-a', userId: 'cap-u' });
+    const e = ok(await cs.gql(RECORD, { input: use(acct, '4', { reservationId: hold }) })).recordUsage;
+    expect(e).toMatchObject({ cost: '4', agentId: 'cap-a', userId: 'cap-u', reservation: { id: hold } });
+    ok(await cs.gql(SETTLE, { input: { reservationId: hold, usage: [use(acct, '2', { userId: 'cap-u' })] } }));
+    expect(await spentOf(acct)).toEqual({ budgets: [{ agentId: 'cap-a', limit: '10', spent: '6' }], userBudgets: [{ userId: 'cap-u', limit: '10', spent: '6' }] });
+    // The room left is 4: another hold of 6 is over the budget.
+    await refused(acct, () => cs.gql(RESERVE, { input: { accountId: acct, amount: '6', agentId: 'cap-a', idempotencyKey: uniq('h') } }), 'BUDGET_EXCEEDED');
+    await refused(acct, () => cs.gql(RESERVE, { input: { accountId: acct, amount: '6', userId: 'cap-u', idempotencyKey: uniq('h') } }), 'BUDGET_EXCEEDED');
+    await expectConsistent(cs, acct);
+  });
+
+  it("naming another agent or user than the hold's is BAD_USER_INPUT on recordUsage, settleReservation and recordUsageBatch, and records nothing", async () => {
+    const acct = await account('100');
+    const hold = await reserve(acct, '5', { agentId: 'own-a', userId: 'own-u' });
+    const agentErr = await refused(acct, () => cs.gql(RECORD, { input: use(acct, '1', { reservationId: hold, agentId: 'other-a' }) }), 'BAD_USER_INPUT');
+    expect(agentErr.message).toMatch(/^agentId: must be the reservation's agentId or be omitted/);
+    const userErr = await refused(acct, () => cs.gql(RECORD, { input: use(acct, '1', { reservationId: hold, userId: 'other-u' }) }), 'BAD_USER_INPUT');
+    expect(userErr.message).toMatch(/^userId: must be the reservation's userId or be omitted/);
+    await refused(acct, () => cs.gql(SETTLE, { input: { reservationId: hold, usage: [use(acct, '1', { agentId: 'other-a' })] } }), 'BAD_USER_INPUT');
+    const items = ok(
+      await cs.gql(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { id agentId userId } } }`, {
+        inputs: [use(acct, '1', { reservationId: hold }), use(acct, '1', { reservationId: hold, agentId: 'other-a' })],
+      }),
+    ).recordUsageBatch;
+    expect(items.map((i: any) => i.errorCode)).toEqual([null, 'BAD_USER_INPUT']);
+    expect(items[0].event).toMatchObject({ agentId: 'own-a', userId: 'own-u' });
+    expect(items[1].errorMessage).toMatch(/^agentId: /);
+    expect(ok(await cs.gql(SETTLE, { input: { reservationId: hold, usage: [use(acct, '1', { agentId: 'own-a', userId: 'own-u' })] } })).settleReservation).toMatchObject({
+      consumed: '2',
+      status: 'SETTLED',
+    });
+    await expectConsistent(cs, acct);
+  });
+
+  it('a hold without an agent: a capture naming an agent with a budget is checked against that budget like a charge without a hold', async () => {
+    const acct = await account('100');
+    ok(await cs.gql(SET_AGENT, { accountId: acct, agentId: 'late-a', limit: '2' }));
+    const hold = await reserve(acct, '5');
+    await refused(acct, () => cs.gql(RECORD, { input: use(acct, '3', { reservationId: hold, agentId: 'late-a' }) }), 'BUDGET_EXCEEDED');
+    expect(ok(await cs.gql(RECORD, { input: use(acct, '2', { reservationId: hold, agentId: 'late-a' }) })).recordUsage).toMatchObject({ agentId: 'late-a', userId: null });
+    expect((await spentOf(acct)).budgets).toEqual([{ agentId: 'late-a', limit: '2', spent: '2' }]);
+    await refused(acct, () => cs.gql(SETTLE, { input: { reservationId: hold, usage: [use(acct, '1', { agentId: 'late-a' })] } }), 'BUDGET_EXCEEDED');
+    ok(await cs.gql(SETTLE, { input: { reservationId: hold, usage: [use(acct, '1', { agentId: 'free-a' })] } })); // no budget: free to name
+    await expectConsistent(cs, acct);
+  });
+});
