@@ -13,6 +13,15 @@
  * `pollIntervalMs` (rows written by other processes, or left behind by a crash), and again at
  * once while a drain finds a full batch. After a failure it backs off (doubling, up to 1 s).
  *
+ * A `job` row whose job name this version does not know ({@link LEDGER_JOB_NAMES}: a newer
+ * version wrote it during a rolling upgrade) is not enqueued: the drain that takes it moves it
+ * to `outbox_unknown_jobs` (same id and payload; one more statement, only in such a drain) and
+ * logs one warning naming them; the rows behind it are published as usual. Every relay with a
+ * job sink takes back, in the round trip of its DELETE, parked rows whose names it knows and
+ * enqueues them, so the newer relays of the upgrade enqueue them without anyone's help. Failing
+ * the batch instead held back every row behind it until a relay that knew the name drained it;
+ * leaving the row in the outbox, skipped, would have made every drain read it again.
+ *
  * The Redis part of a drain (the jobs and the PUBLISH pipeline) must answer within
  * `redisTimeoutMs`, else the drain fails like a refusal: the transaction, which holds the
  * deployment-wide lock, is never left open waiting for a Redis that is down or silent (a queue
@@ -25,9 +34,12 @@ import type { Logger } from 'pino';
 import { assertCommitted, awaitInOrder } from '../db/pg.js';
 import { onOutboxCommitted } from './signal.js';
 import { accountChannel } from './topics.js';
-import type { OutboxJob } from '../queues/names.js';
+import { LEDGER_JOB_NAMES, type OutboxJob } from '../queues/names.js';
 
-/** Where the relay puts `job` rows: the ledger-jobs queue (BullMQ addBulk in production). */
+/**
+ * Where the relay puts `job` rows: the ledger-jobs queue (BullMQ addBulk in production). The relay
+ * gives it only jobs whose name is one of {@link LEDGER_JOB_NAMES} (others are parked).
+ */
 export interface JobSink {
   /** Adds the jobs; a jobId already present is not added again. @throws on Redis errors. */
   add(jobs: OutboxJob[]): Promise<void>;
@@ -51,7 +63,10 @@ export interface OutboxRelayOptions {
   pollIntervalMs: number;
   /** Rows per drain transaction. */
   batchSize?: number;
-  /** Where `job` rows go; without a sink they stay in the outbox for a relay that has one. */
+  /**
+   * Where `job` rows go; without a sink they stay in the outbox for a relay that has one (and
+   * such a relay neither parks nor takes back rows of unknown job names).
+   */
   jobs?: JobSink;
   /** Longest the Redis part of one drain may take, in milliseconds (default {@link OUTBOX_REDIS_TIMEOUT_MS}). */
   redisTimeoutMs?: number;
@@ -61,7 +76,10 @@ export interface OutboxRelayOptions {
 export interface OutboxRelay {
   /** Asks for a drain as soon as possible (coalesced with one already running). */
   kick(): void;
-  /** Rows this relay has published since it started. */
+  /**
+   * Rows this relay has taken since it started: published or enqueued, and job rows of a name it
+   * does not know, parked (see the module comment).
+   */
   published(): number;
   /** Drain transactions this relay has run since it started (failed ones included). */
   drains(): number;
@@ -82,12 +100,22 @@ function answerWithin<T>(work: Promise<T>, ms: number, what: string): Promise<T>
   return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
+/** The warning a drain logs when it parked job rows (see the module comment). */
+export const UNKNOWN_JOBS_PARKED_WARNING =
+  'outbox relay: job rows of names this version does not know were moved to outbox_unknown_jobs; a relay that knows them takes them back';
+
 /**
- * Publishes one batch of outbox rows in one transaction.
+ * Publishes one batch of outbox rows in one transaction: up to `batchSize` of the oldest rows
+ * (not `job` rows without a sink), and with a sink up to `batchSize` rows of outbox_unknown_jobs
+ * whose names it knows. `job` rows whose name is not one of {@link LEDGER_JOB_NAMES} are moved to
+ * outbox_unknown_jobs instead of being enqueued, and `log` gets one warning per drain that moved
+ * any ({@link UNKNOWN_JOBS_PARKED_WARNING}: `parked` rows, `names` with the rows of each name),
+ * after commit.
  * @param redisTimeoutMs longest the jobs and the PUBLISH pipeline may take together (ms).
- * @returns the number of rows published.
+ * @returns the number of rows taken: published, enqueued or parked; `batchSize` or more means
+ *   more may be waiting.
  * @throws the database or Redis error, or the Redis part taking longer than `redisTimeoutMs`
- *   (the transaction is rolled back, the rows stay).
+ *   (the transaction is rolled back, the rows stay where they were).
  */
 export async function drainOutboxOnce(
   pool: pg.Pool,
@@ -96,26 +124,53 @@ export async function drainOutboxOnce(
   batchSize: number,
   jobs?: JobSink,
   redisTimeoutMs = OUTBOX_REDIS_TIMEOUT_MS,
+  log?: Pick<Logger, 'warn' | 'info'>,
 ): Promise<number> {
   const client = await pool.connect();
   let broken = false;
   try {
-    // BEGIN, the lock and the DELETE go out in one round trip (the ledger pool pipelines,
-    // db/pg.ts createPgPool); PostgreSQL runs the DELETE once the lock is granted.
+    // BEGIN, the lock, the DELETE and the take-back go out in one round trip (the ledger pool
+    // pipelines, db/pg.ts createPgPool); PostgreSQL runs them once the lock is granted.
+    const known = jobs !== undefined ? LEDGER_JOB_NAMES : [];
     const begun = client.query('BEGIN');
     const locked = client.query('SELECT pg_advisory_xact_lock($1)', [OUTBOX_RELAY_LOCK_KEY.toString()]);
     const deleted = client.query(
       // `= ANY(ARRAY(...))`: primary-key probes for the batch; `IN (subquery)` was planned as a
       // hash join over the whole table, so each drain cost as much as the backlog (11 ms vs 1.1 ms
       // per 500 rows at a 50,000-row backlog), and a relay that fell behind fell further behind.
+      // `unknown`: the whole row, as text (payload numbers kept exact), of a job whose name is not
+      // in $3; null for every other row.
       `DELETE FROM outbox_events WHERE id = ANY (ARRAY(
          SELECT id FROM outbox_events WHERE $2 OR topic <> 'job' ORDER BY id LIMIT $1))
-       RETURNING id, account_id, topic, payload`,
-      [batchSize, jobs !== undefined],
+       RETURNING id, account_id, topic, payload,
+                 CASE WHEN topic = 'job' AND (payload->>'name' = ANY ($3::text[])) IS NOT TRUE THEN to_jsonb(outbox_events)::text END AS unknown`,
+      [batchSize, jobs !== undefined, known],
     );
-    const [, , { rows }] = await awaitInOrder([begun, locked, deleted]);
+    // Parked rows this relay knows (by the name index; an empty table on the normal path).
+    const back = jobs
+      ? client.query(
+          `DELETE FROM outbox_unknown_jobs WHERE id = ANY (ARRAY(
+             SELECT id FROM outbox_unknown_jobs WHERE name = ANY ($2::text[]) LIMIT $1))
+           RETURNING id, account_id, 'job' AS topic, payload`,
+          [batchSize, known],
+        )
+      : Promise.resolve({ rows: [] as Array<Record<string, unknown>> });
+    const [, , { rows: taken }, { rows: takenBack }] = await awaitInOrder([begun, locked, deleted, back]);
+    const unknown = taken.filter((r) => r.unknown !== null).map((r) => r.unknown as string);
+    let parked: Array<{ name: string }> = [];
+    if (unknown.length > 0) {
+      // Only when there are such rows: one more round trip, in the same transaction.
+      ({ rows: parked } = await client.query(
+        `INSERT INTO outbox_unknown_jobs (id, account_id, name, payload, created_at)
+         SELECT (r->>'id')::bigint, (r->>'account_id')::uuid, coalesce(r->'payload'->>'name', ''), r->'payload', (r->>'created_at')::timestamptz
+           FROM unnest($1::jsonb[]) AS r
+         RETURNING name`,
+        [unknown],
+      ));
+    }
+    const rows = [...taken.filter((r) => r.unknown === null), ...takenBack];
     if (rows.length > 0) {
-      rows.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1));
+      rows.sort((a, b) => (BigInt(a.id as string) < BigInt(b.id as string) ? -1 : 1));
       const send = async () => {
         const jobRows = rows.filter((r) => r.topic === 'job');
         if (jobs && jobRows.length > 0) await jobs.add(jobRows.map((r) => r.payload as OutboxJob));
@@ -131,7 +186,13 @@ export async function drainOutboxOnce(
       await answerWithin(send(), redisTimeoutMs, 'outbox relay: Redis');
     }
     assertCommitted(await client.query('COMMIT'));
-    return rows.length;
+    if (parked.length > 0) {
+      const names: Record<string, number> = {};
+      for (const { name } of parked) names[name] = (names[name] ?? 0) + 1;
+      log?.warn({ parked: parked.length, names }, UNKNOWN_JOBS_PARKED_WARNING);
+    }
+    if (takenBack.length > 0) log?.info({ takenBack: takenBack.length }, 'outbox relay: took back job rows from outbox_unknown_jobs and enqueued them');
+    return taken.length + takenBack.length;
   } catch (err) {
     try {
       await client.query('ROLLBACK');
@@ -160,10 +221,10 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
       again = false;
       try {
         drains++;
-        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs, opts.redisTimeoutMs);
+        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs, opts.redisTimeoutMs, opts.log);
         published += n;
         backoffMs = 0;
-        if (n === batchSize) again = true;
+        if (n >= batchSize) again = true;
       } catch (err) {
         backoffMs = Math.min(backoffMs === 0 ? 50 : backoffMs * 2, 1_000);
         opts.log.warn({ err: (err as Error).message, retryInMs: backoffMs }, 'outbox relay: publish failed, will retry');

@@ -7,11 +7,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
+import { pino } from 'pino';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { startPrivateRedis } from '../setup/private-redis.js';
 import { startSilenceableRelay } from '../setup/connections.js';
-import { TEST_REDIS_URL } from '../setup/env.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
@@ -23,6 +24,10 @@ import { credits } from '../../src/ledger/credits.js';
 import { balanceFromSnapshot, type BalanceSnapshot } from '../../src/services/balance-figures.js';
 import { drainOutboxOnce } from '../../src/outbox/relay.js';
 import { accountChannel } from '../../src/outbox/topics.js';
+import { createPgPool, withTransaction } from '../../src/db/pg.js';
+import { QueryTimings } from '../../src/db/query-timings.js';
+import { AccountTx } from '../../src/services/account-tx.js';
+import { createQueueJobSink } from '../../src/queues/job-sink.js';
 
 let s: TestServices;
 
@@ -37,6 +42,12 @@ afterAll(async () => {
 async function rows(accountId: string) {
   const { rows } = await s.pool.query(`SELECT id::text, topic, payload FROM outbox_events WHERE account_id = $1 ORDER BY outbox_events.id`, [accountId]);
   return rows as Array<{ id: string; topic: string; payload: any }>;
+}
+
+/** A pino logger (level info) that keeps each line it writes, parsed. */
+function capturingLog() {
+  const lines: Array<Record<string, any>> = [];
+  return { lines, log: pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line)) }) };
 }
 
 /** A snapshot as the Balance it says (asOf is the instant each was computed for, so it is left out). */
@@ -250,5 +261,154 @@ describe('relay', () => {
       healthy.disconnect();
       await silent.close();
     }
+  });
+
+  describe('a job row of a name this version does not know (a newer version wrote it during a rolling upgrade)', () => {
+    const prefix = `test-relay-unknown-${process.pid}:`;
+    let pub: Redis;
+    let connection: Redis;
+    let sink: ReturnType<typeof createQueueJobSink>;
+
+    beforeAll(() => {
+      pub = new Redis(TEST_REDIS_URL);
+      connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+      sink = createQueueJobSink(connection, `cp-test-${randomUUID()}`);
+    });
+
+    afterAll(async () => {
+      await sink.queue.obliterate({ force: true }).catch(() => undefined);
+      await sink.close();
+      connection.disconnect();
+      pub.disconnect();
+    });
+
+    /** Writes a job row the way a service does: queued on the locked account, written by finish() with the balance it moved. */
+    async function writeJob(accountId: string, job: Record<string, unknown>) {
+      await withTransaction(s.pool, async (tx) => {
+        const atx = await AccountTx.lock(tx, accountId, new Date());
+        atx.touch();
+        atx.publish('job', job);
+        return atx.finish();
+      });
+      return (await rows(accountId)).filter((r) => r.topic === 'job' && r.payload.jobId === job.jobId);
+    }
+
+    it('does not hold back the rows behind it: they are published and enqueued in order, it is parked in outbox_unknown_jobs (not lost, not enqueued), with one warning naming it', async () => {
+      const [a, b] = [await createFundedAccount(s, { paid: 10 }), await createFundedAccount(s, { paid: 10 })];
+      const newer = { name: 'send-invoice', jobId: `send-invoice-${a}`, data: { accountId: a } };
+      const [unknown] = await writeJob(a, newer);
+      expect(unknown).toBeDefined();
+      // Ordinary rows behind it: charges of both accounts, a grant with an expiry (and its expire-due job).
+      await recordUsage(s, { accountId: a, idempotencyKey: 'unknown-after-1', category: 'unit' });
+      await grantCredits(s, { accountId: a, amountMicroCredits: credits(2), type: 'PAID', source: 'ADJUSTMENT', expiresAt: new Date(Date.now() + 3_600_000), reference: null, idempotencyKey: 'unknown-after-g' });
+      await recordUsage(s, { accountId: b, idempotencyKey: 'unknown-after-2', category: 'unit' });
+      const expireJobId = (await rows(a)).find((r) => r.topic === 'job' && r.payload.name === 'expire-due')!.payload.jobId as string;
+      const written = { [a]: await rows(a), [b]: await rows(b) };
+      expect(written[a]!.filter((r) => BigInt(r.id) > BigInt(unknown!.id)).map((r) => r.topic)).toEqual(['balance', 'balance', 'job']);
+      const versions = (id: string) => written[id]!.filter((r) => r.topic === 'balance').map((r) => String(r.payload.version));
+
+      const sub = new Redis(TEST_REDIS_URL);
+      const got: Record<string, string[]> = { [a]: [], [b]: [] };
+      const all = new Promise<void>((resolve) =>
+        sub.on('message', (channel: string, m: string) => {
+          const msg = JSON.parse(m);
+          const id = channel === accountChannel(prefix, a) ? a : b;
+          if (msg.topic === 'balance') got[id]!.push(String(msg.payload.version));
+          if (got[a]!.length === versions(a).length && got[b]!.length === versions(b).length) resolve();
+        }),
+      );
+      await sub.subscribe(accountChannel(prefix, a), accountChannel(prefix, b));
+      const { log, lines } = capturingLog();
+      try {
+        // Small batches, so that one of them holds the unknown row and ordinary rows together.
+        for (let i = 0; i < 1_000 && (await rows(a)).length + (await rows(b)).length > 0; i++) {
+          await drainOutboxOnce(s.pool, pub, prefix, 3, sink, undefined, log);
+        }
+        expect(await rows(a)).toEqual([]);
+        expect(await rows(b)).toEqual([]);
+        await all;
+        expect(got).toEqual({ [a]: versions(a), [b]: versions(b) });
+        expect((await sink.queue.getJob(expireJobId))?.name).toBe('expire-due');
+        expect(await sink.queue.getJob(newer.jobId)).toBeUndefined();
+        const { rows: parked } = await s.pool.query(`SELECT id::text, account_id, name, payload FROM outbox_unknown_jobs WHERE account_id = $1`, [a]);
+        expect(parked).toEqual([{ id: unknown!.id, account_id: a, name: 'send-invoice', payload: newer }]);
+        const warnings = lines.filter((l) => l.level === 40);
+        expect(warnings).toHaveLength(1);
+        expect(warnings[0]).toMatchObject({ parked: 1, names: { 'send-invoice': 1 } });
+
+        // Parked, it is not read again: the next drain finds nothing (so the relay does not drain
+        // again at once) and says nothing.
+        expect(await drainOutboxOnce(s.pool, pub, prefix, 3, sink, undefined, log)).toBe(0);
+        expect(lines.filter((l) => l.level === 40)).toHaveLength(1);
+        expect((await s.pool.query(`SELECT count(*)::int AS n FROM outbox_unknown_jobs WHERE account_id = $1`, [a])).rows[0].n).toBe(1);
+      } finally {
+        sub.disconnect();
+        await s.pool.query(`DELETE FROM outbox_events WHERE account_id = ANY($1) AND topic = 'job' AND payload->>'name' = 'send-invoice'`, [[a, b]]);
+      }
+    });
+
+    it('a parked row whose name this relay knows (parked by an older relay) is taken back and enqueued; one it does not know stays parked', async () => {
+      const a = await createFundedAccount(s, { paid: 1 });
+      const known = { name: 'expire-due', jobId: `expire-due-parked-${randomUUID()}`, data: { accountId: a }, runAt: new Date(Date.now() + 3_600_000).toISOString() };
+      const newer = { name: 'send-invoice', jobId: `send-invoice-parked-${randomUUID()}`, data: { accountId: a } };
+      for (const job of [known, newer]) {
+        await s.pool.query(
+          `INSERT INTO outbox_unknown_jobs (id, account_id, name, payload, created_at) VALUES (nextval('outbox_events_id_seq'), $1, $2, $3, now())`,
+          [a, job.name, job],
+        );
+      }
+      const { log, lines } = capturingLog();
+      try {
+        let published = 0;
+        for (let n = await drainOutboxOnce(s.pool, pub, prefix, 100, sink, undefined, log); n > 0; n = await drainOutboxOnce(s.pool, pub, prefix, 100, sink, undefined, log)) published += n;
+        expect(published).toBeGreaterThanOrEqual(1);
+        expect((await sink.queue.getJob(known.jobId))?.name).toBe('expire-due');
+        expect(await sink.queue.getJob(newer.jobId)).toBeUndefined();
+        const { rows: parked } = await s.pool.query(`SELECT name, payload FROM outbox_unknown_jobs WHERE account_id = $1`, [a]);
+        expect(parked).toEqual([{ name: 'send-invoice', payload: newer }]);
+        expect(lines.filter((l) => l.level === 40)).toEqual([]);
+        expect(lines.filter((l) => l.level === 30)).toMatchObject([{ takenBack: 1 }]);
+      } finally {
+        await s.pool.query(`DELETE FROM outbox_unknown_jobs WHERE account_id = $1`, [a]).catch(() => undefined);
+      }
+    });
+
+    it('costs no round trip on the normal path: a drain is 2 round trips (the take-back rides with the DELETE), 3 only when it parks rows', async () => {
+      const pool = createPgPool(TEST_DATABASE_URL, 1);
+      const timings = new QueryTimings();
+      timings.instrument(pool);
+      const a = await createFundedAccount(s, { paid: 5 });
+      const { log } = capturingLog();
+      const tripsOf = async (fn: () => Promise<unknown>) => {
+        const before = timings.roundTrips();
+        await fn();
+        return timings.roundTrips() - before;
+      };
+      try {
+        await recordUsage(s, { accountId: a, idempotencyKey: 'trips-1', category: 'unit' });
+        expect(await tripsOf(() => drainOutboxOnce(pool, pub, prefix, 10_000, sink, undefined, log))).toBe(2);
+        expect(await rows(a)).toEqual([]);
+        await writeJob(a, { name: 'send-invoice', jobId: `send-invoice-trips-${a}`, data: { accountId: a } });
+        expect(await tripsOf(() => drainOutboxOnce(pool, pub, prefix, 10_000, sink, undefined, log))).toBe(3);
+        expect(await rows(a)).toEqual([]);
+      } finally {
+        await s.pool.query(`DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job' AND payload->>'name' = 'send-invoice'`, [a]);
+        await s.pool.query(`DELETE FROM outbox_unknown_jobs WHERE account_id = $1`, [a]);
+        await pool.end();
+      }
+    });
+
+    it('a relay without a job sink leaves every job row in the outbox, parks none', async () => {
+      const a = await createFundedAccount(s, { paid: 1 });
+      const [unknown] = await writeJob(a, { name: 'send-invoice', jobId: `send-invoice-nosink-${a}`, data: { accountId: a } });
+      try {
+        for (let n = await drainOutboxOnce(s.pool, pub, prefix, 100); n > 0; n = await drainOutboxOnce(s.pool, pub, prefix, 100));
+        expect((await rows(a)).map((r) => r.id)).toContain(unknown!.id);
+        expect((await rows(a)).map((r) => r.topic)).toEqual(['job']);
+        expect((await s.pool.query(`SELECT count(*)::int AS n FROM outbox_unknown_jobs WHERE account_id = $1`, [a])).rows[0].n).toBe(0);
+      } finally {
+        await s.pool.query(`DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job'`, [a]);
+      }
+    });
   });
 });
