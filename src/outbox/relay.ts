@@ -17,8 +17,9 @@
  * version wrote it during a rolling upgrade) is not enqueued: the drain that takes it moves it
  * to `outbox_unknown_jobs` (same id and payload; one more statement, only in such a drain) and
  * logs one warning naming them; the rows behind it are published as usual. Every relay with a
- * job sink takes back, in the round trip of its DELETE, parked rows whose names it knows and
- * enqueues them, so the newer relays of the upgrade enqueue them without anyone's help. Failing
+ * job sink takes back parked rows whose names it knows (in the round trip of its DELETE, at most
+ * every TAKE_BACK_INTERVAL_MS) and enqueues them, so the newer relays of the upgrade enqueue them
+ * without anyone's help. Failing
  * the batch instead held back every row behind it until a relay that knew the name drained it;
  * leaving the row in the outbox, skipped, would have made every drain read it again.
  *
@@ -100,6 +101,13 @@ function answerWithin<T>(work: Promise<T>, ms: number, what: string): Promise<T>
   return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
+/**
+ * How often, at most, the running relay looks for parked rows whose names it knows, in
+ * milliseconds: once a relay knows a parked row's name, the row waits about this long or one
+ * poll interval, whichever is longer.
+ */
+export const TAKE_BACK_INTERVAL_MS = 1_000;
+
 /** The warning a drain logs when it parked job rows (see the module comment). */
 export const UNKNOWN_JOBS_PARKED_WARNING =
   'outbox relay: job rows of names this version does not know were moved to outbox_unknown_jobs; a relay that knows them takes them back';
@@ -112,6 +120,9 @@ export const UNKNOWN_JOBS_PARKED_WARNING =
  * any ({@link UNKNOWN_JOBS_PARKED_WARNING}: `parked` rows, `names` with the rows of each name),
  * after commit.
  * @param redisTimeoutMs longest the jobs and the PUBLISH pipeline may take together (ms).
+ * @param takeBack whether this drain looks for parked rows it knows (the running relay does at
+ *   most every {@link TAKE_BACK_INTERVAL_MS}: a drain follows nearly every charge transaction, and
+ *   parked rows are rare).
  * @returns the number of rows taken: published, enqueued or parked; `batchSize` or more means
  *   more may be waiting.
  * @throws the database or Redis error, or the Redis part taking longer than `redisTimeoutMs`
@@ -125,11 +136,12 @@ export async function drainOutboxOnce(
   jobs?: JobSink,
   redisTimeoutMs = OUTBOX_REDIS_TIMEOUT_MS,
   log?: Pick<Logger, 'warn' | 'info'>,
+  takeBack = true,
 ): Promise<number> {
   const client = await pool.connect();
   let broken = false;
   try {
-    // BEGIN, the lock, the DELETE and the take-back go out in one round trip (the ledger pool
+    // BEGIN, the lock, the DELETE and the take-back (when asked) go out in one round trip (the ledger pool
     // pipelines, db/pg.ts createPgPool); PostgreSQL runs them once the lock is granted.
     const known = jobs !== undefined ? LEDGER_JOB_NAMES : [];
     const begun = client.query('BEGIN');
@@ -147,7 +159,7 @@ export async function drainOutboxOnce(
       [batchSize, jobs !== undefined, known],
     );
     // Parked rows this relay knows (by the name index; an empty table on the normal path).
-    const back = jobs
+    const back = jobs && takeBack
       ? client.query(
           `DELETE FROM outbox_unknown_jobs WHERE id = ANY (ARRAY(
              SELECT id FROM outbox_unknown_jobs WHERE name = ANY ($2::text[]) LIMIT $1))
@@ -215,13 +227,16 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
   let retryTimer: NodeJS.Timeout | null = null;
   let published = 0;
   let drains = 0;
+  let lastTakeBackMs = -Infinity;
 
   const loop = async (): Promise<void> => {
     do {
       again = false;
       try {
         drains++;
-        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs, opts.redisTimeoutMs, opts.log);
+        const takeBack = Date.now() - lastTakeBackMs >= TAKE_BACK_INTERVAL_MS;
+        if (takeBack) lastTakeBackMs = Date.now();
+        const n = await drainOutboxOnce(opts.pool, opts.redis, opts.channelPrefix, batchSize, opts.jobs, opts.redisTimeoutMs, opts.log, takeBack);
         published += n;
         backoffMs = 0;
         if (n >= batchSize) again = true;
