@@ -35,7 +35,7 @@ import { accountDataGuard } from './graphql/account-data-guard.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
 import type { PrismaClient } from './db/prisma.js';
-import type { Authenticator } from './auth/authenticator.js';
+import { bearerToken, type Authenticator } from './auth/authenticator.js';
 import type { QueryTimings } from './db/query-timings.js';
 import { LedgerError } from './ledger/errors.js';
 import { bodyRefusal } from './http/body-limit.js';
@@ -93,6 +93,7 @@ interface WsState {
   principal?: Principal | null;
   /** connectionParams.authorization, re-authenticated for every new operation. */
   authorization?: string;
+  /** SHA-256 of the bearer token (bearerToken): the key of connectionsPerToken. */
   tokenKey?: string;
   connectionId: string;
   operations: Set<string>;
@@ -338,7 +339,9 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
           socket.close(WS_CLOSE.unauthorized, 'Unauthorized: send connectionParams.authorization');
           return false;
         }
-        const tokenKey = createHash('sha256').update(authorization).digest('base64url');
+        // Counted per token, not per spelling of the header value: "bearer x" and " Bearer  x"
+        // authenticate as the same credential and must not each get their own slots.
+        const tokenKey = createHash('sha256').update(bearerToken(authorization) ?? authorization).digest('base64url');
         const open = connectionsPerToken.get(tokenKey) ?? 0;
         if (open >= env.LIVE_MAX_CONNECTIONS_PER_TOKEN) {
           socket.close(WS_CLOSE.tooManyConnections, 'Too many connections for this credential');

@@ -327,6 +327,22 @@ describe('limits and shutdown', () => {
     expect(again!.events).toHaveLength(1);
   });
 
+  it('counts connections per credential however its Authorization value is spelled (case of Bearer, spaces)', async () => {
+    // The authenticator accepts "bearer", "BEARER", several spaces or a tab before the token and
+    // surrounding blanks: each spelling is the same credential and must use the same slots.
+    const { token: key } = await createApiKey(srv.services.pool, { name: uniq('live-spelling'), scopes: ['read'] });
+    const account = await apiAccount(srv, { paid: '1' });
+    const spellings = [`Bearer ${key}`, `bearer ${key}`, `Bearer  ${key}`, ` Bearer\t${key} `];
+    for (const [i, authorization] of spellings.entries()) {
+      const s = track(wsSubscribe(srv.url, authorization, BALANCE_SUB, { id: account }));
+      await s.waitFor((x) => x.events.length === 1, `connection ${i + 1}`);
+    }
+    const fifth = track(wsSubscribe(srv.url, `BEARER ${key}`, BALANCE_SUB, { id: account }));
+    await fifth.waitFor((s) => s.closedWith !== null || s.events.length > 0, 'the refusal');
+    expect(fifth.events).toHaveLength(0);
+    expect(fifth.closedWith!.code).toBe(4429);
+  });
+
   it('applies the same GraphQL limits and masking over WebSocket as over HTTP', async () => {
     const account = await apiAccount(srv, { paid: '1' });
     const aliases = Array.from({ length: 40 }, (_, i) => `a${i}: viewer { userId }`).join(" ");
