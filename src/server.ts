@@ -1,7 +1,7 @@
 /**
  * buildServer(): graphql-yoga over Node's http server, with /healthz and /readyz.
- * GraphiQL is served at GET /graphql (off in production). Limits (depth, aliases, tokens, cost)
- * come from graphql-armor; introspection and field suggestions are off in production; every
+ * GraphiQL is served at GET /graphql (off in production). Limits (depth, aliases, tokens) come
+ * from graphql-armor, the cost limit from graphql/cost-limit.ts (armor's estimate, with variables); introspection and field suggestions are off in production; every
  * unexpected error is masked to the client and logged with the request id; strings PostgreSQL
  * cannot store as sent (NUL, lone surrogates) are refused before execution (graphql/input-values.ts).
  *
@@ -32,6 +32,7 @@ import type { GraphQLContext } from './graphql/context.js';
 import { maskError } from './graphql/errors.js';
 import { refuseUnstorableStrings } from './graphql/input-values.js';
 import { accountDataGuard } from './graphql/account-data-guard.js';
+import { queryCostLimit } from './graphql/cost-limit.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
 import type { PrismaClient } from './db/prisma.js';
@@ -219,12 +220,14 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         maxDepth: { n: env.GRAPHQL_MAX_DEPTH },
         maxAliases: { n: env.GRAPHQL_MAX_ALIASES },
         maxTokens: { n: env.GRAPHQL_MAX_TOKENS },
-        costLimit: { maxCost: env.GRAPHQL_MAX_COST },
+        // The cost limit needs the variables (a page size passed as $first): graphql/cost-limit.ts.
+        costLimit: { enabled: false },
         maxDirectives: { n: 50 },
         blockFieldSuggestion: { enabled: production },
       }),
       ...(production ? [disableIntrospection()] : []),
       validationErrorsAreBadInput(),
+      queryCostLimit(env.GRAPHQL_MAX_COST),
       refuseAnonymousStreams(),
       accountDataGuard(),
       refuseUnstorableStrings(),
