@@ -343,6 +343,38 @@ describe('limits and shutdown', () => {
     expect(fifth.closedWith!.code).toBe(4429);
   });
 
+  it('counts SSE streams with WebSockets against LIVE_MAX_CONNECTIONS_PER_TOKEN (more: HTTP 429, RATE_LIMITED)', async () => {
+    const { token: key } = await createApiKey(srv.services.pool, { name: uniq('live-sse-limit'), scopes: ['read'] });
+    const token = `Bearer ${key}`;
+    const account = await apiAccount(srv, { paid: '1' });
+    const sse = [track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: account })), track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: account }))];
+    const ws = [track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: account })), track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: account }))];
+    for (const [i, s] of [...sse, ...ws].entries()) await s.waitFor((x) => x.events.length === 1, `stream ${i + 1}`);
+    // A fifth stream of the same credential, over SSE (another spelling of it too) or WebSocket, is refused.
+    const fifthSse = await fetch(srv.url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `bearer  ${key}` },
+      body: JSON.stringify({ query: BALANCE_SUB, variables: { id: account } }),
+    });
+    expect(fifthSse.status).toBe(429);
+    expect((await fifthSse.json()).errors.map((e: { extensions: { code: string } }) => e.extensions.code)).toEqual(['RATE_LIMITED']);
+    const fifthWs = track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: account }));
+    await fifthWs.waitFor((s) => s.closedWith !== null || s.events.length > 0, 'the WebSocket refusal');
+    expect(fifthWs.closedWith?.code).toBe(4429);
+    // Another credential is not affected (control).
+    const other = track(sseSubscribe(srv.url, bearer(), BALANCE_SUB, { id: account }));
+    await other.waitFor((s) => s.events.length === 1, 'another credential');
+    // An ended stream frees its slot. The server frees it when it sees the connection close, which
+    // may be just after the client did: a bounded number of attempts, each waiting for its answer.
+    await sse[0]!.dispose();
+    let again: LiveSub | null = null;
+    for (let attempt = 0; attempt < 20 && !again?.events.length; attempt++) {
+      again = track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: account }));
+      await again.waitFor((s) => s.events.length === 1 || s.closedWith !== null, 'a free slot');
+    }
+    expect(again!.events).toHaveLength(1);
+  });
+
   it('applies the same GraphQL limits and masking over WebSocket as over HTTP', async () => {
     const account = await apiAccount(srv, { paid: '1' });
     const aliases = Array.from({ length: 40 }, (_, i) => `a${i}: viewer { userId }`).join(" ");
