@@ -33,6 +33,7 @@ import { maskError } from './graphql/errors.js';
 import { refuseUnstorableStrings } from './graphql/input-values.js';
 import { accountDataGuard } from './graphql/account-data-guard.js';
 import { queryCostLimit } from './graphql/cost-limit.js';
+import { refuseDeeplyNestedDocuments } from './graphql/document-nesting.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
 import type { PrismaClient } from './db/prisma.js';
@@ -235,6 +236,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         maxDirectives: { n: 50 },
         blockFieldSuggestion: { enabled: production },
       }),
+      // After armor: its token limit replaces the parse function, which this one wraps.
+      refuseDeeplyNestedDocuments(),
       ...(production ? [disableIntrospection()] : []),
       validationErrorsAreBadInput(),
       queryCostLimit(env.GRAPHQL_MAX_COST),

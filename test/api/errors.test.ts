@@ -136,6 +136,31 @@ describe('graphql-armor limits', () => {
     expect(await events()).toBe(before);
   });
 
+  it('a document nested deeper than the parser can go is BAD_USER_INPUT, with or without credentials', async () => {
+    // 2,450 nested lists: 4,900 tokens, within the token limit; graphql-js's recursive parser
+    // ran out of stack on it (INTERNAL_SERVER_ERROR, logged as a bug).
+    const lists = `{ plans(x: ${'['.repeat(2450)}${']'.repeat(2450)}) { id } }`;
+    const objects = `mutation { recordUsage(input: { accountId: "${acct}", category: "unit", idempotencyKey: "deep", metadata: ${'{a: '.repeat(1200)}1${'}'.repeat(1200)} }) { id } }`;
+    for (const [query, token] of [[lists, null], [lists, srv.adminKey], [objects, srv.adminKey]] as const) {
+      const res = await srv.gql(query, {}, token);
+      expect(res.body.data ?? null).toBeNull();
+      expect(res.body.errors?.map((e) => e.extensions?.code)).toEqual(['BAD_USER_INPUT']);
+      expect(res.body.errors![0]!.message).toMatch(/nests brackets more than 256 levels/);
+    }
+    // Brackets inside strings, block strings and comments are not nesting (control): these
+    // documents reach validation, which refuses the unknown argument.
+    const quoted = [
+      `{ plans(x: "${'['.repeat(300)}\\" ${'{'.repeat(300)}") { id } }`,
+      `{ plans(x: """${'{'.repeat(300)} \\""" ${'['.repeat(300)}""") { id } }`,
+      `{ plans(x: 1 # ${'('.repeat(300)}\n) { id } }`,
+    ];
+    for (const query of quoted) {
+      const res = await srv.gql(query, {});
+      expect(res.body.errors?.map((e) => e.extensions?.code)).toEqual(['BAD_USER_INPUT']);
+      expect(res.body.errors![0]!.message).not.toMatch(/nests brackets/);
+    }
+  });
+
   it('a query with too many aliases is rejected', async () => {
     const aliases = Array.from({ length: 40 }, (_, i) => `a${i}: priceBook { version }`).join(' ');
     const res = await srv.gql(`{ ${aliases} }`);

@@ -384,10 +384,14 @@ describe('limits and shutdown', () => {
     const invalid = track(wsSubscribe(srv.url, bearer(), `subscription { balanceChanged(accountId: 1, nope: 2) { version } }`));
     await invalid.waitFor((s) => s.errors.length > 0, 'the validation error');
     expect(invalid.errors.every((e) => e.extensions?.code === 'BAD_USER_INPUT')).toBe(true);
+    const deep = track(wsSubscribe(srv.url, bearer(), `{ plans(x: ${'['.repeat(2450)}${']'.repeat(2450)}) { id } }`));
+    await deep.waitFor((s) => s.errors.length > 0 || s.closedWith !== null, 'the nesting refusal');
+    expect(deep.errors.map((e) => e.extensions?.code)).toEqual(['BAD_USER_INPUT']);
+    expect(deep.errors[0]!.message).toMatch(/nests brackets/);
     const malformed = track(wsSubscribe(srv.url, bearer(), BALANCE_SUB, { id: 'not-an-id' }));
     await malformed.waitFor((s) => s.errors.length > 0, 'the refusal');
     expect(malformed.errors[0]!.extensions?.code).toBe('NOT_FOUND');
-    expect(tooMany.events.length + invalid.events.length + malformed.events.length).toBe(0);
+    expect(tooMany.events.length + invalid.events.length + deep.events.length + malformed.events.length).toBe(0);
     expect(account).toBeTruthy();
   });
 
