@@ -1,7 +1,7 @@
 /**
  * buildServer(): graphql-yoga over Node's http server, with /healthz and /readyz.
- * GraphiQL is served at GET /graphql (off in production). Limits (depth, aliases, tokens, cost)
- * come from graphql-armor; introspection and field suggestions are off in production; every
+ * GraphiQL is served at GET /graphql (off in production). Limits (depth, aliases, tokens) come
+ * from graphql-armor, the cost limit from graphql/cost-limit.ts (armor's estimate, with variables); introspection and field suggestions are off in production; every
  * unexpected error is masked to the client and logged with the request id; strings PostgreSQL
  * cannot store as sent (NUL, lone surrogates) are refused before execution (graphql/input-values.ts).
  *
@@ -32,10 +32,12 @@ import type { GraphQLContext } from './graphql/context.js';
 import { maskError } from './graphql/errors.js';
 import { refuseUnstorableStrings } from './graphql/input-values.js';
 import { accountDataGuard } from './graphql/account-data-guard.js';
+import { queryCostLimit } from './graphql/cost-limit.js';
+import { refuseDeeplyNestedDocuments } from './graphql/document-nesting.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
 import type { PrismaClient } from './db/prisma.js';
-import type { Authenticator } from './auth/authenticator.js';
+import { bearerToken, type Authenticator } from './auth/authenticator.js';
 import type { QueryTimings } from './db/query-timings.js';
 import { LedgerError } from './ledger/errors.js';
 import { bodyRefusal } from './http/body-limit.js';
@@ -82,7 +84,7 @@ export const WS_CLOSE = {
   unauthorized: 4401,
   /** The credential is invalid, or it expired or was revoked while connected. */
   forbidden: 4403,
-  /** The credential already holds LIVE_MAX_CONNECTIONS_PER_TOKEN connections on this instance. */
+  /** The credential already holds LIVE_MAX_CONNECTIONS_PER_TOKEN live connections (WebSockets and SSE streams) on this instance. */
   tooManyConnections: 4429,
   /** Graceful shutdown. */
   goingAway: 1001,
@@ -93,10 +95,21 @@ interface WsState {
   principal?: Principal | null;
   /** connectionParams.authorization, re-authenticated for every new operation. */
   authorization?: string;
+  /** liveSlotKey of the bearer token: the live slot this connection holds. */
   tokenKey?: string;
   connectionId: string;
   operations: Set<string>;
   expiryTimer?: InstantTimer;
+}
+
+/** The key a credential's live slots are counted under: the SHA-256 of its bearer token (authenticator.ts bearerToken). */
+function liveSlotKey(token: string): string {
+  return createHash('sha256').update(token).digest('base64url');
+}
+
+/** What a client reads when its credential holds LIVE_MAX_CONNECTIONS_PER_TOKEN live connections already. */
+function tooManyLiveConnections(max: number): string {
+  return `Too many live connections for this credential: at most ${max} WebSockets and SSE streams at once on this instance.`;
 }
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,100}$/;
@@ -218,12 +231,16 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         maxDepth: { n: env.GRAPHQL_MAX_DEPTH },
         maxAliases: { n: env.GRAPHQL_MAX_ALIASES },
         maxTokens: { n: env.GRAPHQL_MAX_TOKENS },
-        costLimit: { maxCost: env.GRAPHQL_MAX_COST },
+        // The cost limit needs the variables (a page size passed as $first): graphql/cost-limit.ts.
+        costLimit: { enabled: false },
         maxDirectives: { n: 50 },
         blockFieldSuggestion: { enabled: production },
       }),
+      // After armor: its token limit replaces the parse function, which this one wraps.
+      refuseDeeplyNestedDocuments(),
       ...(production ? [disableIntrospection()] : []),
       validationErrorsAreBadInput(),
+      queryCostLimit(env.GRAPHQL_MAX_COST),
       refuseAnonymousStreams(),
       accountDataGuard(),
       refuseUnstorableStrings(),
@@ -273,6 +290,22 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     });
   };
 
+  // Live connections per credential on this instance, WebSockets and SSE streams together
+  // (LIVE_MAX_CONNECTIONS_PER_TOKEN), keyed by liveSlotKey.
+  const connectionsPerToken = new Map<string, number>();
+  /** Takes one live slot of `key`; false when its credential already holds the most. */
+  const takeLiveSlot = (key: string): boolean => {
+    const open = connectionsPerToken.get(key) ?? 0;
+    if (open >= env.LIVE_MAX_CONNECTIONS_PER_TOKEN) return false;
+    connectionsPerToken.set(key, open + 1);
+    return true;
+  };
+  const releaseLiveSlot = (key: string): void => {
+    const left = (connectionsPerToken.get(key) ?? 1) - 1;
+    if (left > 0) connectionsPerToken.set(key, left);
+    else connectionsPerToken.delete(key);
+  };
+
   const http = createServer((req, res) => {
     track(req, res);
     const path = (req.url ?? '/').split('?')[0];
@@ -297,6 +330,21 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       res.end(JSON.stringify({ errors: [{ message: refusal.message, extensions: { code: 'BAD_USER_INPUT', reason: refusal.reason, requestId } }] }));
       return;
     }
+    // An SSE stream (Accept: text/event-stream) holds a live slot of its credential while it is
+    // open, as a WebSocket does: without it one key could hold any number of streams. A request
+    // without a credential is refused by refuseAnonymousStreams; an invalid one by authentication.
+    if ((req.headers.accept ?? '').includes('text/event-stream')) {
+      const token = bearerToken(req.headers.authorization);
+      if (token !== null) {
+        const slot = liveSlotKey(token);
+        if (!takeLiveSlot(slot)) {
+          res.writeHead(429, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ errors: [{ message: tooManyLiveConnections(env.LIVE_MAX_CONNECTIONS_PER_TOKEN), extensions: { code: 'RATE_LIMITED', requestId } }] }));
+          return;
+        }
+        res.once('close', () => releaseLiveSlot(slot));
+      }
+    }
     void yoga(req, res, { req, res, requestId });
   });
   http.keepAliveTimeout = 65_000;
@@ -310,7 +358,6 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     }
     wss.handleUpgrade(req, socket, head, (client) => wss.emit('connection', client, req));
   });
-  const connectionsPerToken = new Map<string, number>();
   const stateOf = (extra: { socket: WebSocket }): WsState => {
     const holder = extra as unknown as { state?: WsState };
     return (holder.state ??= { connectionId: randomUUID(), operations: new Set() });
@@ -338,13 +385,13 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
           socket.close(WS_CLOSE.unauthorized, 'Unauthorized: send connectionParams.authorization');
           return false;
         }
-        const tokenKey = createHash('sha256').update(authorization).digest('base64url');
-        const open = connectionsPerToken.get(tokenKey) ?? 0;
-        if (open >= env.LIVE_MAX_CONNECTIONS_PER_TOKEN) {
+        // Counted per token, not per spelling of the header value: "bearer x" and " Bearer  x"
+        // authenticate as the same credential and must not each get their own slots.
+        const tokenKey = liveSlotKey(bearerToken(authorization) ?? authorization);
+        if (!takeLiveSlot(tokenKey)) {
           socket.close(WS_CLOSE.tooManyConnections, 'Too many connections for this credential');
           return false;
         }
-        connectionsPerToken.set(tokenKey, open + 1);
         state.tokenKey = tokenKey;
         state.principal = principal;
         state.authorization = authorization;
@@ -357,9 +404,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         const state = stateOf(ctx.extra);
         state.expiryTimer?.cancel();
         if (state.tokenKey) {
-          const left = (connectionsPerToken.get(state.tokenKey) ?? 1) - 1;
-          if (left > 0) connectionsPerToken.set(state.tokenKey, left);
-          else connectionsPerToken.delete(state.tokenKey);
+          releaseLiveSlot(state.tokenKey);
           state.tokenKey = undefined;
         }
       },

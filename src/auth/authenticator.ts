@@ -52,6 +52,19 @@ export interface Authenticator {
   authenticate(authorization: string | null | undefined): Promise<Principal | null>;
 }
 
+/**
+ * The bearer token inside an `Authorization` value (HTTP header or WebSocket
+ * `connectionParams.authorization`), exactly as {@link Authenticator.authenticate} reads it:
+ * `Bearer` in any case, spaces or tabs, surrounding blanks ignored. Values that spell the same
+ * token differently ("bearer x", " Bearer  x") give the same token, so limits counted per
+ * credential (src/server.ts, LIVE_MAX_CONNECTIONS_PER_TOKEN) count it once.
+ * @returns the token, or null when `authorization` is not a string of that form.
+ */
+export function bearerToken(authorization: unknown): string | null {
+  if (typeof authorization !== 'string') return null;
+  return BEARER_RE.exec(authorization.trim())?.[1] ?? null;
+}
+
 function sha256(value: string): Buffer {
   return createHash('sha256').update(value, 'utf8').digest();
 }
@@ -93,9 +106,8 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
       // connectionParams come from the client as arbitrary JSON: reject non-strings explicitly.
       if (typeof authorization !== 'string') throw unauthenticated();
       if (authorization.trim() === '') return null;
-      const match = BEARER_RE.exec(authorization.trim());
-      const token = match?.[1];
-      if (token === undefined) throw unauthenticated('expected "Authorization: Bearer <token>"');
+      const token = bearerToken(authorization);
+      if (token === null) throw unauthenticated('expected "Authorization: Bearer <token>"');
 
       if (adminDigest && timingSafeEqual(sha256(token), adminDigest)) return bootstrapPrincipal;
 

@@ -1,6 +1,7 @@
 /**
  * The HTTP surface around GraphQL: GraphiQL, health and readiness probes, request ids, and the
- * graphql-armor limits (depth, aliases) that reject abusive documents before execution.
+ * graphql-armor limits (depth, aliases) and the cost limit (with page sizes given as variables)
+ * that reject abusive documents before execution.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
@@ -93,11 +94,71 @@ describe('graphql-armor limits', () => {
   });
 
   it('a query whose estimated cost is beyond the cost limit is rejected', async () => {
-    const res = await srv.gql(nestedUsageQuery(6), { id: acct });
+    // Within the depth limit (a query beyond both is refused for its depth): three pages of 500.
+    const pages = ['a', 'b', 'c'].map((alias) => `${alias}: usage(first: 500) { edges { node { id } } }`).join(' ');
+    const res = await srv.gql(`query($id: ID!) { account(id: $id) { ${pages} } }`, { id: acct });
     expect(res.body.data ?? null).toBeNull();
     expect(res.body.errors).toHaveLength(1);
     expect(res.body.errors![0]!.message).toMatch(/cost limit/i);
     expect(res.body.errors![0]!.extensions?.code).toBe('BAD_USER_INPUT');
+  });
+
+  it('a page size passed as a variable counts in the cost as a literal one does', async () => {
+    // usageEvent -> account -> usage(first: $n) -> each event's account -> usage(first: $n): n x n
+    // events per alias. With the page size as a variable, the estimate used to multiply by 1.
+    const query = `query($id: ID!, $n: Int) { usageEvent(id: $id) { account { usage(first: $n) { edges { node { account { usage(first: $n) { edges { node { id } } } } } } } } } }`;
+    const literal = query.replace('query($id: ID!, $n: Int)', 'query($id: ID!)').replaceAll('first: $n', 'first: 500');
+    const event = ok(await srv.gql(`mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`, { input: { accountId: acct, category: 'unit', idempotencyKey: `cost-${Date.now()}` } })).recordUsage.id;
+    for (const res of [await srv.gql(literal, { id: event }), await srv.gql(query, { id: event, n: 500 })]) {
+      expect(res.body.data ?? null).toBeNull();
+      expect(res.body.errors).toHaveLength(1);
+      expect(res.body.errors![0]!.message).toMatch(/cost limit of 20000 exceeded/i);
+      expect(res.body.errors![0]!.extensions?.code).toBe('BAD_USER_INPUT');
+    }
+    // The variable's default counts when the request leaves it out.
+    const defaulted = await srv.gql(query.replace('$n: Int)', '$n: Int = 500)'), { id: event });
+    expect(defaulted.body.errors?.[0]?.message).toMatch(/cost limit of 20000 exceeded/i);
+    // Small pages are served (control).
+    const data = ok(await srv.gql(query, { id: event, n: 2 }));
+    expect(data.usageEvent.account.usage.edges[0].node.account.usage.edges.length).toBeGreaterThan(0);
+  });
+
+  it('a mutation refused for its cost records nothing', async () => {
+    const events = async () => ok(await srv.gql(`query($id: ID!) { account(id: $id) { usage(first: 100) { edges { node { id } } } } }`, { id: acct })).account.usage.edges.length;
+    const before = await events();
+    const res = await srv.gql(
+      `mutation($input: RecordUsageInput!, $n: Int) { recordUsage(input: $input) { id account { usage(first: $n) { edges { node { account { usage(first: $n) { edges { node { id } } } } } } } } } }`,
+      { input: { accountId: acct, category: 'unit', idempotencyKey: `cost-mutation-${Date.now()}` }, n: 500 },
+    );
+    expect(res.body.data ?? null).toBeNull();
+    expect(res.body.errors?.map((e) => e.extensions?.code)).toEqual(['BAD_USER_INPUT']);
+    expect(res.body.errors![0]!.message).toMatch(/cost limit/i);
+    expect(await events()).toBe(before);
+  });
+
+  it('a document nested deeper than the parser can go is BAD_USER_INPUT, with or without credentials', async () => {
+    // 2,450 nested lists: 4,900 tokens, within the token limit; graphql-js's recursive parser
+    // ran out of stack on it (INTERNAL_SERVER_ERROR, logged as a bug).
+    const lists = `{ plans(x: ${'['.repeat(2450)}${']'.repeat(2450)}) { id } }`;
+    const objects = `mutation { recordUsage(input: { accountId: "${acct}", category: "unit", idempotencyKey: "deep", metadata: ${'{a: '.repeat(1200)}1${'}'.repeat(1200)} }) { id } }`;
+    for (const [query, token] of [[lists, null], [lists, srv.adminKey], [objects, srv.adminKey]] as const) {
+      const res = await srv.gql(query, {}, token);
+      expect(res.body.data ?? null).toBeNull();
+      expect(res.body.errors?.map((e) => e.extensions?.code)).toEqual(['BAD_USER_INPUT']);
+      expect(res.body.errors![0]!.message).toMatch(/nests brackets more than 256 levels/);
+    }
+    // Brackets inside strings, block strings and comments are not nesting (control): these
+    // documents reach validation, which refuses the unknown argument.
+    const quoted = [
+      `{ plans(x: "${'['.repeat(300)}\\" ${'{'.repeat(300)}") { id } }`,
+      `{ plans(x: """${'{'.repeat(300)} \\""" ${'['.repeat(300)}""") { id } }`,
+      `{ plans(x: 1 # ${'('.repeat(300)}\n) { id } }`,
+    ];
+    for (const query of quoted) {
+      const res = await srv.gql(query, {});
+      expect(res.body.errors?.map((e) => e.extensions?.code)).toEqual(['BAD_USER_INPUT']);
+      expect(res.body.errors![0]!.message).not.toMatch(/nests brackets/);
+    }
   });
 
   it('a query with too many aliases is rejected', async () => {

@@ -327,6 +327,54 @@ describe('limits and shutdown', () => {
     expect(again!.events).toHaveLength(1);
   });
 
+  it('counts connections per credential however its Authorization value is spelled (case of Bearer, spaces)', async () => {
+    // The authenticator accepts "bearer", "BEARER", several spaces or a tab before the token and
+    // surrounding blanks: each spelling is the same credential and must use the same slots.
+    const { token: key } = await createApiKey(srv.services.pool, { name: uniq('live-spelling'), scopes: ['read'] });
+    const account = await apiAccount(srv, { paid: '1' });
+    const spellings = [`Bearer ${key}`, `bearer ${key}`, `Bearer  ${key}`, ` Bearer\t${key} `];
+    for (const [i, authorization] of spellings.entries()) {
+      const s = track(wsSubscribe(srv.url, authorization, BALANCE_SUB, { id: account }));
+      await s.waitFor((x) => x.events.length === 1, `connection ${i + 1}`);
+    }
+    const fifth = track(wsSubscribe(srv.url, `BEARER ${key}`, BALANCE_SUB, { id: account }));
+    await fifth.waitFor((s) => s.closedWith !== null || s.events.length > 0, 'the refusal');
+    expect(fifth.events).toHaveLength(0);
+    expect(fifth.closedWith!.code).toBe(4429);
+  });
+
+  it('counts SSE streams with WebSockets against LIVE_MAX_CONNECTIONS_PER_TOKEN (more: HTTP 429, RATE_LIMITED)', async () => {
+    const { token: key } = await createApiKey(srv.services.pool, { name: uniq('live-sse-limit'), scopes: ['read'] });
+    const token = `Bearer ${key}`;
+    const account = await apiAccount(srv, { paid: '1' });
+    const sse = [track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: account })), track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: account }))];
+    const ws = [track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: account })), track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: account }))];
+    for (const [i, s] of [...sse, ...ws].entries()) await s.waitFor((x) => x.events.length === 1, `stream ${i + 1}`);
+    // A fifth stream of the same credential, over SSE (another spelling of it too) or WebSocket, is refused.
+    const fifthSse = await fetch(srv.url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `bearer  ${key}` },
+      body: JSON.stringify({ query: BALANCE_SUB, variables: { id: account } }),
+    });
+    expect(fifthSse.status).toBe(429);
+    expect((await fifthSse.json()).errors.map((e: { extensions: { code: string } }) => e.extensions.code)).toEqual(['RATE_LIMITED']);
+    const fifthWs = track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: account }));
+    await fifthWs.waitFor((s) => s.closedWith !== null || s.events.length > 0, 'the WebSocket refusal');
+    expect(fifthWs.closedWith?.code).toBe(4429);
+    // Another credential is not affected (control).
+    const other = track(sseSubscribe(srv.url, bearer(), BALANCE_SUB, { id: account }));
+    await other.waitFor((s) => s.events.length === 1, 'another credential');
+    // An ended stream frees its slot. The server frees it when it sees the connection close, which
+    // may be just after the client did: a bounded number of attempts, each waiting for its answer.
+    await sse[0]!.dispose();
+    let again: LiveSub | null = null;
+    for (let attempt = 0; attempt < 20 && !again?.events.length; attempt++) {
+      again = track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: account }));
+      await again.waitFor((s) => s.events.length === 1 || s.closedWith !== null, 'a free slot');
+    }
+    expect(again!.events).toHaveLength(1);
+  });
+
   it('applies the same GraphQL limits and masking over WebSocket as over HTTP', async () => {
     const account = await apiAccount(srv, { paid: '1' });
     const aliases = Array.from({ length: 40 }, (_, i) => `a${i}: viewer { userId }`).join(" ");
@@ -336,10 +384,14 @@ describe('limits and shutdown', () => {
     const invalid = track(wsSubscribe(srv.url, bearer(), `subscription { balanceChanged(accountId: 1, nope: 2) { version } }`));
     await invalid.waitFor((s) => s.errors.length > 0, 'the validation error');
     expect(invalid.errors.every((e) => e.extensions?.code === 'BAD_USER_INPUT')).toBe(true);
+    const deep = track(wsSubscribe(srv.url, bearer(), `{ plans(x: ${'['.repeat(2450)}${']'.repeat(2450)}) { id } }`));
+    await deep.waitFor((s) => s.errors.length > 0 || s.closedWith !== null, 'the nesting refusal');
+    expect(deep.errors.map((e) => e.extensions?.code)).toEqual(['BAD_USER_INPUT']);
+    expect(deep.errors[0]!.message).toMatch(/nests brackets/);
     const malformed = track(wsSubscribe(srv.url, bearer(), BALANCE_SUB, { id: 'not-an-id' }));
     await malformed.waitFor((s) => s.errors.length > 0, 'the refusal');
     expect(malformed.errors[0]!.extensions?.code).toBe('NOT_FOUND');
-    expect(tooMany.events.length + invalid.events.length + malformed.events.length).toBe(0);
+    expect(tooMany.events.length + invalid.events.length + deep.events.length + malformed.events.length).toBe(0);
     expect(account).toBeTruthy();
   });
 
