@@ -19,6 +19,7 @@
  * unreachable still ends the run at once.
  */
 import type { WorkerDeps } from '../deps.js';
+import { isDatabaseUnavailable, isStatementTimeout } from '../../src/db/pg.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import type { JobSink } from '../../src/outbox/relay.js';
 import type { OutboxJob } from '../../src/queues/names.js';
@@ -39,14 +40,16 @@ export interface SweepResult {
   expiredAccounts: number;
   /** Accounts whose due billing periods were rolled. */
   rolledAccounts: number;
+  /** Jobs re-added to the queue (pending top-ups, payments to resume, undelivered webhooks). */
   requeuedJobs: number;
   /** Accounts whose expiry or roll failed this run (each logged; tried again next run). */
   failedAccounts: number;
 }
 
 /**
- * Runs `work` for each account; an account whose work fails is logged and skipped, unless the
- * database itself is unreachable then (a `SELECT 1` fails too), which ends the run.
+ * Runs `work` for each account; an account whose work fails is logged and skipped (tried again
+ * next run), unless the database itself failed (db/pg.ts isDatabaseUnavailable: unreachable or the
+ * connection lost; a statement timeout is the account's, e.g. its row locked), which ends the run.
  * @returns how many accounts succeeded and failed.
  * @throws the account's error when the database cannot be reached.
  */
@@ -58,8 +61,7 @@ async function eachAccount(deps: WorkerDeps, what: string, accountIds: readonly 
       await work(deps.services, accountId);
       done++;
     } catch (err) {
-      const reachable = await deps.services.pool.query('SELECT 1').then(() => true, () => false);
-      if (!reachable) throw err;
+      if (isDatabaseUnavailable(err) && !isStatementTimeout(err)) throw err;
       failed++;
       deps.log.error({ err, accountId }, `sweep-due: ${what} failed for one account; going on with the others (tried again next run)`);
     }
