@@ -66,3 +66,13 @@ export function assertRowCursors(args: CursorArgs): void {
     }
   }
 }
+
+/**
+ * The `query` of a connection whose rows are listed newest first by their `seq` (Account.grants,
+ * ledger, alerts): checks the cursors ({@link assertRowCursors}) and orders by `seq` descending.
+ * @throws LedgerError BAD_USER_INPUT for a cursor that is not one of the list's.
+ */
+export function newestFirstRows(args: CursorArgs): { orderBy: { seq: 'desc' } } {
+  assertRowCursors(args);
+  return { orderBy: { seq: 'desc' } };
+}

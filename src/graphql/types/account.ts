@@ -13,7 +13,7 @@ import { compareDrawdownOrder } from '../../ledger/drawdown.js';
 import { monthlyPeriodAt } from '../../ledger/billing-period.js';
 import { badInput } from '../../ledger/errors.js';
 import { accountNow } from '../access.js';
-import { assertRowCursors, type CursorArgs } from '../ids.js';
+import { assertRowCursors, newestFirstRows, type CursorArgs } from '../ids.js';
 import {
   BalanceRef,
   CreditBatchRef,
@@ -125,10 +125,7 @@ export const AccountRef = builder.prismaNode('Account', {
         cursor: 'id',
         maxSize: MAX_PAGE,
         description: 'Every grant ever made, newest first (the Credit Grants table).',
-        query: (args) => {
-          assertRowCursors(args);
-          return { orderBy: { seq: 'desc' } };
-        },
+        query: newestFirstRows,
       },
       { name: 'CreditGrantConnection' },
       { name: 'CreditGrantEdge' },
@@ -199,10 +196,7 @@ export const AccountRef = builder.prismaNode('Account', {
         cursor: 'id',
         maxSize: MAX_PAGE,
         description: 'The complete ledger of this account, newest first.',
-        query: (args) => {
-          assertRowCursors(args);
-          return { orderBy: { seq: 'desc' } };
-        },
+        query: newestFirstRows,
       },
       { name: 'LedgerEntryConnection' },
       { name: 'LedgerEntryEdge' },

@@ -3,7 +3,7 @@
  * CreditAlert; ids are Relay global ids.
  */
 import { builder } from '../builder.js';
-import { assertRowCursors, toGlobalId } from '../ids.js';
+import { newestFirstRows, toGlobalId } from '../ids.js';
 import { ACCOUNT_DATA } from './ledger.js';
 
 /** GraphQL node `CreditAlert`: a threshold of percentRemaining reached (once per threshold per period). */
@@ -27,10 +27,7 @@ builder.prismaObjectField('Account', 'alerts', (t) =>
       cursor: 'id',
       maxSize: 100,
       description: 'Credit alerts raised for this account, newest first.',
-      query: (args) => {
-          assertRowCursors(args);
-          return { orderBy: { seq: 'desc' } };
-        },
+      query: newestFirstRows,
     },
     { name: 'CreditAlertConnection' },
     { name: 'CreditAlertEdge' },
