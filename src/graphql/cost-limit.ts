@@ -105,7 +105,7 @@ export function estimateOperationCost(
     if (node.kind === Kind.FRAGMENT_SPREAD) {
       const name = node.name.value;
       const known = visited.get(name);
-      if (known !== undefined) return SCALAR_COST + DEPTH_COST_FACTOR * known;
+      if (known !== undefined) return SCALAR_COST + DEPTH_COST_FACTOR * Math.max(known, 0);
       visited.set(name, -1);
       const fragment = fragments.get(name);
       if (!fragment) return SCALAR_COST;

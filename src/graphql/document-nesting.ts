@@ -17,7 +17,7 @@ import type { Plugin } from 'graphql-yoga';
 import { codedError } from './errors.js';
 
 /** Most `{`, `[` and `(` a document may have open at once (see the module comment). */
-export const MAX_DOCUMENT_NESTING = 256;
+const MAX_DOCUMENT_NESTING = 256;
 
 /**
  * How deeply `source` nests `{`, `[` and `(` outside strings, block strings and comments,

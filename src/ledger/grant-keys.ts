@@ -44,7 +44,7 @@ export function paymentGrantKey(paymentId: string): string {
 const RESERVED_PREFIXES = ['welcome-bonus:', 'promo:', 'referral:', 'plan-period:', 'payment:'] as const;
 
 /** True when `key` has a form the engine keeps for its own grants (exact spelling). */
-export function isReservedGrantKey(key: string): boolean {
+function isReservedGrantKey(key: string): boolean {
   return key === WELCOME_BONUS_GRANT_KEY || RESERVED_PREFIXES.some((p) => key.startsWith(p));
 }
 

@@ -50,7 +50,7 @@ export interface JobSink {
 export const OUTBOX_RELAY_LOCK_KEY = 0x63706f7574626f78n;
 
 /** Default of how long the Redis part of one drain may take before the drain fails, in milliseconds. */
-export const OUTBOX_REDIS_TIMEOUT_MS = 5_000;
+const OUTBOX_REDIS_TIMEOUT_MS = 5_000;
 
 /** Options of {@link startOutboxRelay}. */
 export interface OutboxRelayOptions {
@@ -109,7 +109,7 @@ function answerWithin<T>(work: Promise<T>, ms: number, what: string): Promise<T>
 export const TAKE_BACK_INTERVAL_MS = 1_000;
 
 /** The warning a drain logs when it parked job rows (see the module comment). */
-export const UNKNOWN_JOBS_PARKED_WARNING =
+const UNKNOWN_JOBS_PARKED_WARNING =
   'outbox relay: job rows of names this version does not know were moved to outbox_unknown_jobs; a relay that knows them takes them back';
 
 /**

@@ -28,7 +28,7 @@ export interface QuoteResult {
  * the two together cover it. A capture against a hold that does not hold (null: not ACTIVE,
  * expired, or not the account's) is refused by recordUsage, so nothing covers it.
  */
-export function creditCovers(costMicroCredits: bigint, availableMicroCredits: bigint, holdLeftMicroCredits?: bigint | null): boolean {
+function creditCovers(costMicroCredits: bigint, availableMicroCredits: bigint, holdLeftMicroCredits?: bigint | null): boolean {
   if (holdLeftMicroCredits === null) return false;
   if (holdLeftMicroCredits === undefined) return costMicroCredits === 0n || costMicroCredits <= availableMicroCredits;
   return costMicroCredits <= holdLeftMicroCredits + maxBig(availableMicroCredits, 0n);

@@ -1021,7 +1021,11 @@ async function writeHoldOps(tx: Tx, created: readonly NewHold[], settled: readon
 }
 
 /**
- * Loads the pricing inputs and returns a pricing thunk for `cmd`.
+ * Loads the pricing inputs (the price book and settings in force, cached per process: README
+ * Limits) and returns `cmd`'s Pricer: called with the account's now once the account is locked,
+ * it prices `cmd` (priceCommand) and names the book's version.
+ * @throws the database error of loading them; the Pricer throws LedgerError BAD_USER_INPUT as
+ *   priceCommand.
  */
 export async function pricerFor(ctx: ServiceContext, cmd: UsageCommand): Promise<Pricer> {
   const [book, settings] = await Promise.all([ctx.pricing.priceBook(), ctx.pricing.settings()]);
