@@ -9,7 +9,7 @@
  *   auto-top-up, deliver-webhook, resume-payment; workers/registry.ts);
  * - an outbox relay (unless `relay: false`), so jobs are enqueued even when no API runs.
  */
-import { Queue, Worker, UnrecoverableError, type Job } from 'bullmq';
+import { DelayedError, Queue, Worker, UnrecoverableError, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import type pg from 'pg';
 import type { Logger } from 'pino';
@@ -57,6 +57,15 @@ export interface StartWorkersOptions {
   concurrency?: number;
 }
 
+/**
+ * How long a ledger job of a name this version does not know waits before a worker looks at it
+ * again, in milliseconds: during a rolling upgrade a newer version's relay may enqueue a job an
+ * older worker does not know; it goes back to the queue (delayed, no attempt spent) for a worker
+ * that knows it instead of failing for good (its jobId is fixed, so neither the relay nor the
+ * sweep could add it again).
+ */
+export const UNKNOWN_JOB_RETRY_MS = 60_000;
+
 function view(job: Job): JobView {
   return { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 };
 }
@@ -103,9 +112,13 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   );
   const ledgerWorker = new Worker(
     LEDGER_JOBS_QUEUE,
-    (job) =>
+    (job, token) =>
       guarded(async () => {
-        if (!(LEDGER_JOB_NAMES as readonly string[]).includes(job.name)) throw new UnrecoverableError(`unknown job ${job.name}`);
+        if (!(LEDGER_JOB_NAMES as readonly string[]).includes(job.name)) {
+          log.warn({ job: job.name, id: job.id, retryInMs: UNKNOWN_JOB_RETRY_MS }, 'ledger job of a name this version does not know (a newer version?): put back for a worker that knows it');
+          await job.moveToDelayed(Date.now() + UNKNOWN_JOB_RETRY_MS, token);
+          throw new DelayedError();
+        }
         return LEDGER_PROCESSORS[job.name as LedgerJobName](deps, view(job));
       }),
     { connection, prefix, concurrency: opts.concurrency ?? 4 },

@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { startWorkers, type RunningWorkers } from '../../workers/start.js';
+import { startWorkers, UNKNOWN_JOB_RETRY_MS, type RunningWorkers } from '../../workers/start.js';
 import { processSweepDue } from '../../workers/processors/sweep-due.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
@@ -114,6 +114,31 @@ describe('expiry by the workers', () => {
       await events.close();
       await sink.close();
       connection.disconnect();
+    }
+  });
+});
+
+describe('job names this version does not know', () => {
+  it("a ledger job of an unknown name (a newer version's, during a rolling upgrade) goes back to the queue delayed, without spending an attempt, instead of failing for good", async () => {
+    const events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
+    try {
+      await events.waitUntilReady();
+      const jobId = `send-invoice-test-${randomUUID()}`;
+      // Whichever comes first: put back (delayed) or failed for good.
+      const outcome = new Promise<string>((resolve) => {
+        events.on('delayed', ({ jobId: id }) => id === jobId && resolve('delayed'));
+        events.on('failed', ({ jobId: id }) => id === jobId && resolve('failed'));
+      });
+      const added = Date.now();
+      await workers.ledgerQueue.add('send-invoice', { accountId: randomUUID() }, { jobId, attempts: 3 });
+      expect(await outcome).toBe('delayed');
+      const job = (await workers.ledgerQueue.getJob(jobId))!;
+      expect(await job.getState()).toBe('delayed');
+      expect(job.attemptsMade).toBe(0);
+      expect(job.timestamp + job.delay).toBeGreaterThanOrEqual(added + UNKNOWN_JOB_RETRY_MS - 5_000);
+      await job.remove();
+    } finally {
+      await events.close();
     }
   });
 });
