@@ -15,20 +15,28 @@ import type { Redis } from 'ioredis';
 export const REDIS_QUIT_WAIT_MS = 2_000;
 
 /**
- * Waits for `work` to settle, at most `waitMs` milliseconds. `work` keeps running after a
- * timeout; its rejection is ignored here (the caller keeps its own handle).
+ * Resolves or rejects as `work` does, or rejects with an Error saying `what` did not answer once
+ * `waitMs` milliseconds have passed (`work` keeps running; its outcome is then ignored, and a
+ * rejection after the deadline is not left unhandled). Used so nothing waits on a Redis that is
+ * down or silent (the outbox relay's drain, shutdown).
+ * @throws Error `<what> did not answer within <waitMs> ms`, or what `work` rejects with.
+ */
+export function answerWithin<T>(work: Promise<T>, waitMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${waitMs} ms`)), waitMs);
+  });
+  work.catch(() => undefined);
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Waits for `work` to settle, at most `waitMs` milliseconds ({@link answerWithin}). `work` keeps
+ * running after a timeout; its rejection is ignored here (the caller keeps its own handle).
  * @returns true when it settled (fulfilled or rejected) in time, false after `waitMs`.
  */
-export async function settlesWithin(work: Promise<unknown>, waitMs: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), waitMs);
-  });
-  try {
-    return await Promise.race([work.then(() => true, () => true), timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
+export function settlesWithin(work: Promise<unknown>, waitMs: number): Promise<boolean> {
+  return answerWithin(work.then(() => true, () => true), waitMs, 'work').catch(() => false);
 }
 
 /**

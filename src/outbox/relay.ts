@@ -33,6 +33,7 @@ import type pg from 'pg';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { assertCommitted, awaitInOrder } from '../db/pg.js';
+import { answerWithin } from '../db/redis-close.js';
 import { onOutboxCommitted } from './signal.js';
 import { accountChannel } from './topics.js';
 import { LEDGER_JOB_NAMES, type OutboxJob } from '../queues/names.js';
@@ -86,19 +87,6 @@ export interface OutboxRelay {
   drains(): number;
   /** Stops polling and waits for a running drain (at most its `redisTimeoutMs` on Redis). */
   close(): Promise<void>;
-}
-
-/**
- * Resolves or rejects as `work` does, or rejects with an Error saying `what` did not answer
- * once `ms` milliseconds have passed (`work` keeps running; its outcome is then ignored).
- */
-function answerWithin<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
-  });
-  work.catch(() => undefined); // a rejection after the deadline is not unhandled
-  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 /**
