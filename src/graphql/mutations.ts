@@ -30,8 +30,7 @@ import { refundUsage } from '../services/refund-usage.js';
 import { publishPriceBook } from '../services/publish-price-book.js';
 import { updateSettings } from '../services/update-settings.js';
 import { LedgerError } from '../ledger/errors.js';
-import { BILLING_REFUSALS, DATABASE_UNAVAILABLE_MESSAGE, NEUTRAL_MESSAGE } from './errors.js';
-import { isDatabaseUnavailable } from '../db/pg.js';
+import { maskError } from './errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { validateIdempotencyKey } from '../services/usage-command.js';
 import type { UsageEvent } from '../generated/prisma/client.js';
@@ -136,22 +135,19 @@ builder.mutationType({
         return decoded.map((d): BatchResultShape => {
           const r = d.ok ? results[k++]! : { ok: false as const, error: d.error };
           if (r.ok) return { event: events.get(r.result.eventId) ?? null, errorCode: null, errorMessage: null };
-          if (r.error instanceof LedgerError) {
-            if (ctx.publicAudience && BILLING_REFUSALS.has(r.error.code)) {
-              ctx.log.info({ code: r.error.code, reason: r.error.message, details: r.error.details }, 'billing refusal shown to a public visitor as UNAVAILABLE');
-              return { event: null, errorCode: 'UNAVAILABLE', errorMessage: NEUTRAL_MESSAGE };
-            }
-            return { event: null, errorCode: r.error.code, errorMessage: r.error.message };
-          }
-          // The database unreachable, lost or out of time is no bug: UNAVAILABLE, as maskError
-          // answers recordUsage (the client retries with the same keys; what committed replays).
-          if (isDatabaseUnavailable(r.error)) {
-            if (!unavailableLogged) ctx.log.warn({ err: r.error, requestId: ctx.requestId }, 'recordUsageBatch items: database unreachable, connection lost or timed out: answered UNAVAILABLE');
-            unavailableLogged = true;
-            return { event: null, errorCode: 'UNAVAILABLE', errorMessage: DATABASE_UNAVAILABLE_MESSAGE };
-          }
-          ctx.log.error({ err: r.error, requestId: ctx.requestId }, 'recordUsageBatch item failed unexpectedly');
-          return { event: null, errorCode: 'INTERNAL_SERVER_ERROR', errorMessage: `Unexpected error (request ${ctx.requestId}).` };
+          // Each item's error as maskError answers a whole request (a refusal keeps its code, a
+          // public visitor's billing refusal reads UNAVAILABLE, a database failure is UNAVAILABLE and
+          // no bug, anything else is masked), logged once per request for a database failure.
+          const masked = maskError(r.error, ctx.requestId, (err) => ctx.log.error({ err, requestId: ctx.requestId }, 'recordUsageBatch item failed unexpectedly'), {
+            publicAudience: ctx.publicAudience,
+            onNeutralized: (e) => ctx.log.info({ code: e.code, reason: e.message, details: e.details }, 'billing refusal shown to a public visitor as UNAVAILABLE'),
+            onUnavailable: (err) => {
+              if (!unavailableLogged) ctx.log.warn({ err, requestId: ctx.requestId }, 'recordUsageBatch items: database unreachable, connection lost or timed out: answered UNAVAILABLE');
+              unavailableLogged = true;
+            },
+          });
+          const code = masked.extensions.code as string;
+          return { event: null, errorCode: code, errorMessage: code === 'INTERNAL_SERVER_ERROR' ? `Unexpected error (request ${ctx.requestId}).` : masked.message };
         });
       },
     }),
