@@ -21,7 +21,7 @@ import { PriceBookRef, SettingsRef } from './types/pricing.js';
 import { createAccount } from '../services/create-account.js';
 import { grantCredits } from '../services/grant-credits.js';
 import { voidGrant } from '../services/void-grant.js';
-import { recordUsage, recordUsageBatch } from '../services/record-usage.js';
+import { assertBatchSize, recordUsage, recordUsageBatch } from '../services/record-usage.js';
 import { reserveCredits } from '../services/reserve-credits.js';
 import { settleReservation } from '../services/settle-reservation.js';
 import { releaseReservation } from '../services/release-reservation.js';
@@ -117,6 +117,8 @@ builder.mutationType({
       authScopes: { usageWrite: true },
       args: { inputs: t.arg({ type: [RecordUsageInputRef], required: true }) },
       resolve: async (_root, args, ctx) => {
+        // The cap counts every item sent, also those refused below for an id that cannot be read.
+        assertBatchSize(args.inputs.length, ctx.env.MAX_BATCH_ITEMS);
         const decoded = args.inputs.map((i) => {
           try {
             return { ok: true as const, input: toUsageInput(i) };

@@ -1057,6 +1057,16 @@ export type BatchItemResult = { ok: true; result: ChargeResult } | { ok: false; 
 export const BATCH_ACCOUNTS_PER_TRANSACTION = 100;
 
 /**
+ * Refuses a recordUsageBatch of more than `maxItems` items (MAX_BATCH_ITEMS). The GraphQL resolver
+ * calls it with the count of items sent, before it drops the items whose ids it cannot read (they
+ * answer per item), so that the cap counts every item of the request; recordUsageBatch calls it too.
+ * @throws LedgerError BAD_USER_INPUT (field `inputs`) when `itemCount` > `maxItems`.
+ */
+export function assertBatchSize(itemCount: number, maxItems: number): void {
+  if (itemCount > maxItems) throw badInput('inputs', `at most ${maxItems} items per batch`);
+}
+
+/**
  * Records many usage events; each succeeds or fails on its own.
  *
  * Items are grouped by account and the accounts, in id order, into chunks of at most
@@ -1080,7 +1090,7 @@ export async function recordUsageBatch(
   inputs: readonly UsageInput[],
   opts: { maxItems: number; concurrency?: number },
 ): Promise<BatchItemResult[]> {
-  if (inputs.length > opts.maxItems) throw badInput('inputs', `at most ${opts.maxItems} items per batch`);
+  assertBatchSize(inputs.length, opts.maxItems);
   const results: BatchItemResult[] = new Array(inputs.length);
   const [book, settings] = await Promise.all([ctx.pricing.priceBook(), ctx.pricing.settings()]);
   const groups = new Map<string, { index: number; cmd: UsageCommand }[]>();

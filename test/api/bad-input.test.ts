@@ -273,6 +273,13 @@ describe('usage that cannot be priced or is malformed', () => {
     const inputs = Array.from({ length: 1001 }, () => usageInput({ category: 'free' }));
     await expectRejected(() => srv.gql(BATCH, { inputs }), 'BAD_USER_INPUT');
   });
+
+  it('recordUsageBatch above MAX_BATCH_ITEMS is refused however many of its items carry an unreadable id (the cap counts every item sent)', async () => {
+    // 1,000 good items and one whose accountId is no global id: 1,001 items, one over the cap.
+    const inputs = [...Array.from({ length: 1000 }, () => usageInput({ category: 'free' })), usageInput({ category: 'free', accountId: 'not-a-global-id' })];
+    const { error } = await expectRejected(() => srv.gql(BATCH, { inputs }), 'BAD_USER_INPUT');
+    expect(error.message).toBe('inputs: at most 1000 items per batch');
+  });
 });
 
 describe('other inputs', () => {
