@@ -8,6 +8,8 @@ import { decodeId } from './ids.js';
 import type { UsageInput } from '../services/usage-command.js';
 import { formatCredits } from '../ledger/credits.js';
 import type { PriceBookInput } from '../pricing/price-book.js';
+import { MAX_RESERVATION_TTL_SECONDS } from '../services/reserve-credits.js';
+import { MAX_SETTLE_ITEMS } from '../services/settle-reservation.js';
 
 /** GraphQL input `CreateAccountInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const CreateAccountInputRef = builder.inputType('CreateAccountInput', {
@@ -101,7 +103,7 @@ export const ReserveCreditsInputRef = builder.inputType('ReserveCreditsInput', {
   fields: (t) => ({
     accountId: t.id({ required: true }),
     amount: t.field({ type: 'Credits', required: true }),
-    ttlSeconds: t.int({ defaultValue: 900, description: 'Seconds until an unsettled hold expires and its credit is released. Default 900.' }),
+    ttlSeconds: t.int({ defaultValue: 900, description: `Seconds until an unsettled hold expires and its credit is released. Default 900; 1 to ${MAX_RESERVATION_TTL_SECONDS}, else BAD_USER_INPUT.` }),
     idempotencyKey: t.string({ required: true }),
     agentId: t.string({ description: "The agent the hold is for: it counts against the agent's budget while it holds, and usage captured against it is the agent's." }),
     userId: t.string({ description: "The end user the hold is for: it counts against the user's budget while it holds, and usage captured against it is the user's." }),
@@ -112,7 +114,7 @@ export const ReserveCreditsInputRef = builder.inputType('ReserveCreditsInput', {
 export const SettleReservationInputRef = builder.inputType('SettleReservationInput', {
   fields: (t) => ({
     reservationId: t.id({ required: true }),
-    usage: t.field({ type: [RecordUsageInputRef], required: true, description: 'Completed work, charged against the hold; the unused rest is released.' }),
+    usage: t.field({ type: [RecordUsageInputRef], required: true, description: `Completed work, charged against the hold; the unused rest is released. At most ${MAX_SETTLE_ITEMS} items, else BAD_USER_INPUT.` }),
   }),
 });
 

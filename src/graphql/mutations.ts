@@ -22,7 +22,7 @@ import { createAccount } from '../services/create-account.js';
 import { grantCredits } from '../services/grant-credits.js';
 import { voidGrant } from '../services/void-grant.js';
 import { assertBatchSize, recordUsage, recordUsageBatch } from '../services/record-usage.js';
-import { reserveCredits } from '../services/reserve-credits.js';
+import { MAX_RESERVATION_TTL_SECONDS, reserveCredits } from '../services/reserve-credits.js';
 import { settleReservation } from '../services/settle-reservation.js';
 import { releaseReservation } from '../services/release-reservation.js';
 import { extendReservation } from '../services/extend-reservation.js';
@@ -192,7 +192,7 @@ builder.mutationType({
     }),
     extendReservation: t.prismaField({
       type: ReservationRef,
-      description: "Heartbeat of a long job: pushes an ACTIVE hold's expiry to now + ttlSeconds.",
+      description: `Heartbeat of a long job: pushes an ACTIVE hold's expiry to now + ttlSeconds (1 to ${MAX_RESERVATION_TTL_SECONDS}, else BAD_USER_INPUT).`,
       authScopes: { usageWrite: true },
       args: { reservationId: t.arg.id({ required: true }), ttlSeconds: t.arg.int({ required: true }) },
       resolve: async (query, _root, args, ctx) => {
