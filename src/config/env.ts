@@ -140,7 +140,7 @@ const EnvSchema = z.object({
   LIVE_MAX_QUEUED_UPDATES: z.coerce.number().int().min(1).default(1_000),
   /** Where signed webhooks (credit alerts, auto top-up paused) are POSTed. Unset: none are sent or logged. */
   WEBHOOK_URL: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'WEBHOOK_URL must be an http(s) URL').optional(),
-  /** HMAC-SHA256 key of the webhook signatures (header creditpool-signature); needed to deliver when WEBHOOK_URL is set. */
+  /** HMAC-SHA256 key of the webhook signatures (header creditpool-signature); required when WEBHOOK_URL is set (parseEnv refuses the URL alone). */
   WEBHOOK_SECRET: z.string().min(32, 'WEBHOOK_SECRET must be at least 32 characters').optional(),
   /** Timeout of one webhook POST (connect + response + body), in milliseconds. */
   WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5_000),
@@ -159,6 +159,10 @@ const EnvSchema = z.object({
   /** Signing secret (whsec_…) of the Stripe webhook endpoint, to verify Stripe's webhook signatures. */
   STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
 }).superRefine((env, ctx) => {
+  // Without the secret no delivery can be signed: every alert webhook would fail for good (deliverWebhook).
+  if (env.WEBHOOK_URL && !env.WEBHOOK_SECRET) {
+    ctx.addIssue({ code: 'custom', path: ['WEBHOOK_SECRET'], message: 'is required when WEBHOOK_URL is set (webhooks are signed with it)' });
+  }
   if (env.PG_QUERY_TIMEOUT_MS && env.PG_STATEMENT_TIMEOUT_MS && env.PG_QUERY_TIMEOUT_MS <= env.PG_STATEMENT_TIMEOUT_MS) {
     ctx.addIssue({ code: 'custom', path: ['PG_QUERY_TIMEOUT_MS'], message: `must be longer than PG_STATEMENT_TIMEOUT_MS (${env.PG_STATEMENT_TIMEOUT_MS}), or 0 for no limit` });
   }
