@@ -23,6 +23,26 @@
  * the batch instead held back every row behind it until a relay that knew the name drained it;
  * leaving the row in the outbox, skipped, would have made every drain read it again.
  *
+ * A `job` row of a KNOWN name whose payload cannot be enqueued ({@link outboxJobProblem}: a jobId
+ * that is missing, not a string, an integer or with a ":", a runAt that is not a date,
+ * data that is not an object; written by a bug or by hand) is a dead letter: BullMQ refused the
+ * whole batch on it, at every drain, so every live balance update, alert and job of every account
+ * behind it waited forever. The drain that takes it (from the outbox, or from outbox_unknown_jobs
+ * when taking back) moves it to `outbox_dead_jobs` (same id, payload exactly as stored,
+ * `reason`; in the same extra statement's round trip as parking) and logs one error naming each
+ * row (`deadLettered`: `{ id, name, reason }`); the rows behind it are published as usual. No
+ * relay reads that table: it may be money work (an auto top-up), so it is never deleted and never
+ * retried by itself. An operator inspects it (`SELECT * FROM outbox_dead_jobs`), then re-queues a
+ * corrected row by moving it back into the outbox in one statement (`WITH moved AS (DELETE FROM
+ * outbox_dead_jobs WHERE id = $1 RETURNING account_id, payload, created_at) INSERT INTO
+ * outbox_events (account_id, topic, payload, created_at) SELECT account_id, 'job', <corrected
+ * payload>, created_at FROM moved`; a new outbox id), or deletes it if its work is not wanted
+ * (README "Workers"). The verdict is taken on the row's content alone, before any Redis call:
+ * Redis refusing or not answering fails the drain as always, and every row, a dead letter
+ * included, goes back to the outbox for a later drain (a Redis outage never dead-letters). A
+ * drain without such rows costs what it did (2 round trips; a job row comes back as one text
+ * column instead of its payload).
+ *
  * The Redis part of a drain (the jobs and the PUBLISH pipeline) must answer within
  * `redisTimeoutMs`, else the drain fails like a refusal: the transaction, which holds the
  * deployment-wide lock, is never left open waiting for a Redis that is down or silent (a queue
@@ -36,7 +56,7 @@ import { assertCommitted, awaitInOrder } from '../db/pg.js';
 import { answerWithin } from '../db/redis-close.js';
 import { onOutboxCommitted } from './signal.js';
 import { accountChannel } from './topics.js';
-import { LEDGER_JOB_NAMES, type OutboxJob } from '../queues/names.js';
+import { LEDGER_JOB_NAMES, outboxJobProblem, type OutboxJob } from '../queues/names.js';
 
 /**
  * Where the relay puts `job` rows: the ledger-jobs queue (BullMQ addBulk in production). The relay
@@ -79,8 +99,8 @@ export interface OutboxRelay {
   /** Asks for a drain as soon as possible (coalesced with one already running). */
   kick(): void;
   /**
-   * Rows this relay has taken since it started: published or enqueued, and job rows of a name it
-   * does not know, parked (see the module comment).
+   * Rows this relay has taken since it started: published or enqueued, job rows of a name it
+   * does not know, parked, and job rows it cannot enqueue, dead-lettered (see the module comment).
    */
   published(): number;
   /** Drain transactions this relay has run since it started (failed ones included). */
@@ -96,6 +116,10 @@ export interface OutboxRelay {
  */
 export const TAKE_BACK_INTERVAL_MS = 1_000;
 
+/** The error a drain logs when it dead-lettered job rows (see the module comment). */
+const DEAD_JOBS_ERROR =
+  'outbox relay: job rows whose payload cannot be enqueued were moved to outbox_dead_jobs; no relay takes them back: inspect them, then re-queue a corrected row or delete it (README "Workers")';
+
 /** The warning a drain logs when it parked job rows (see the module comment). */
 const UNKNOWN_JOBS_PARKED_WARNING =
   'outbox relay: job rows of names this version does not know were moved to outbox_unknown_jobs; a relay that knows them takes them back';
@@ -106,13 +130,16 @@ const UNKNOWN_JOBS_PARKED_WARNING =
  * whose names it knows. `job` rows whose name is not one of {@link LEDGER_JOB_NAMES} are moved to
  * outbox_unknown_jobs instead of being enqueued, and `log` gets one warning per drain that moved
  * any ({@link UNKNOWN_JOBS_PARKED_WARNING}: `parked` rows, `names` with the rows of each name),
- * after commit.
+ * after commit. `job` rows of a known name (taken from the outbox or taken back) whose payload
+ * {@link outboxJobProblem} refuses are moved to outbox_dead_jobs with that reason, and `log` gets
+ * one error per drain that moved any ({@link DEAD_JOBS_ERROR}: `deadLettered`, one `{ id, name,
+ * reason }` per row), after commit.
  * @param redisTimeoutMs longest the jobs and the PUBLISH pipeline may take together (ms).
  * @param takeBack whether this drain looks for parked rows it knows (the running relay does at
  *   most every {@link TAKE_BACK_INTERVAL_MS}: a drain follows nearly every charge transaction, and
  *   parked rows are rare).
- * @returns the number of rows taken: published, enqueued or parked; `batchSize` or more means
- *   more may be waiting.
+ * @returns the number of rows taken: published, enqueued, parked or dead-lettered; `batchSize`
+ *   or more means more may be waiting.
  * @throws the database or Redis error, or the Redis part taking longer than `redisTimeoutMs`
  *   (the transaction is rolled back, the rows stay where they were).
  */
@@ -123,7 +150,7 @@ export async function drainOutboxOnce(
   batchSize: number,
   jobs?: JobSink,
   redisTimeoutMs = OUTBOX_REDIS_TIMEOUT_MS,
-  log?: Pick<Logger, 'warn' | 'info'>,
+  log?: Pick<Logger, 'warn' | 'info' | 'error'>,
   takeBack = true,
 ): Promise<number> {
   const client = await pool.connect();
@@ -138,37 +165,69 @@ export async function drainOutboxOnce(
       // `= ANY(ARRAY(...))`: primary-key probes for the batch; `IN (subquery)` was planned as a
       // hash join over the whole table, so each drain cost as much as the backlog (11 ms vs 1.1 ms
       // per 500 rows at a 50,000-row backlog), and a relay that fell behind fell further behind.
-      // `unknown`: the whole row, as text (payload numbers kept exact), of a job whose name is not
-      // in $3; null for every other row.
+      // A `job` row comes back whole, as text (`job_row`: payload numbers kept exact, for parking
+      // or dead-lettering it as written), instead of its payload: the same bytes on the wire.
       `DELETE FROM outbox_events WHERE id = ANY (ARRAY(
          SELECT id FROM outbox_events WHERE $2 OR topic <> 'job' ORDER BY id LIMIT $1))
-       RETURNING id, account_id, topic, payload,
-                 CASE WHEN topic = 'job' AND (payload->>'name' = ANY ($3::text[])) IS NOT TRUE THEN to_jsonb(outbox_events)::text END AS unknown`,
-      [batchSize, jobs !== undefined, known],
+       RETURNING id, account_id, topic, CASE WHEN topic <> 'job' THEN payload END AS payload,
+                 CASE WHEN topic = 'job' THEN to_jsonb(outbox_events)::text END AS job_row`,
+      [batchSize, jobs !== undefined],
     );
     // Parked rows this relay knows (by the name index; an empty table on the normal path).
     const back = jobs && takeBack
       ? client.query(
           `DELETE FROM outbox_unknown_jobs WHERE id = ANY (ARRAY(
              SELECT id FROM outbox_unknown_jobs WHERE name = ANY ($2::text[]) LIMIT $1))
-           RETURNING id, account_id, 'job' AS topic, payload`,
+           RETURNING id, account_id, 'job' AS topic, NULL::jsonb AS payload, to_jsonb(outbox_unknown_jobs)::text AS job_row`,
           [batchSize, known],
         )
       : Promise.resolve({ rows: [] as Array<Record<string, unknown>> });
     const [, , { rows: taken }, { rows: takenBack }] = await awaitInOrder([begun, locked, deleted, back]);
-    const unknown = taken.filter((r) => r.unknown !== null).map((r) => r.unknown as string);
-    let parked: Array<{ name: string }> = [];
-    if (unknown.length > 0) {
-      // Only when there are such rows: one more round trip, in the same transaction.
-      ({ rows: parked } = await client.query(
-        `INSERT INTO outbox_unknown_jobs (id, account_id, name, payload, created_at)
-         SELECT (r->>'id')::bigint, (r->>'account_id')::uuid, coalesce(r->'payload'->>'name', ''), r->'payload', (r->>'created_at')::timestamptz
-           FROM unnest($1::jsonb[]) AS r
-         RETURNING name`,
-        [unknown],
-      ));
+    // Each job row: enqueued, parked (a name this version does not know) or dead-lettered (a
+    // known name, a payload it cannot enqueue). Decided here, on the row alone, never on a Redis
+    // error: Redis being down fails the drain and every row stays.
+    const rows: Array<Record<string, unknown>> = [];
+    const unknown: string[] = [];
+    const dead: Array<{ id: string; name: string; reason: string; row: string }> = [];
+    let enqueuedBack = 0;
+    for (const [i, r] of [...taken, ...takenBack].entries()) {
+      if (r.job_row === null) {
+        rows.push(r);
+        continue;
+      }
+      const row = r.job_row as string;
+      const payload = (JSON.parse(row) as { payload: unknown }).payload;
+      const job = typeof payload === 'object' && payload !== null && !Array.isArray(payload) ? (payload as Record<string, unknown>) : {};
+      if (typeof job.name !== 'string' || !(known as readonly string[]).includes(job.name)) {
+        unknown.push(row);
+        continue;
+      }
+      const reason = outboxJobProblem(job);
+      if (reason !== null) dead.push({ id: r.id as string, name: job.name, reason, row });
+      else {
+        rows.push({ ...r, payload });
+        if (i >= taken.length) enqueuedBack++;
+      }
     }
-    const rows = [...taken.filter((r) => r.unknown === null), ...takenBack];
+    // Only when there are such rows: one more round trip, in the same transaction.
+    const parking = unknown.length > 0
+      ? client.query(
+          `INSERT INTO outbox_unknown_jobs (id, account_id, name, payload, created_at)
+           SELECT (r->>'id')::bigint, (r->>'account_id')::uuid, coalesce(r->'payload'->>'name', ''), r->'payload', (r->>'created_at')::timestamptz
+             FROM unnest($1::jsonb[]) AS r
+           RETURNING name`,
+          [unknown],
+        )
+      : Promise.resolve({ rows: [] as Array<{ name: string }> });
+    const deadLettering = dead.length > 0
+      ? client.query(
+          `INSERT INTO outbox_dead_jobs (id, account_id, name, payload, reason, created_at)
+           SELECT (d.r->>'id')::bigint, (d.r->>'account_id')::uuid, d.r->'payload'->>'name', d.r->'payload', d.reason, (d.r->>'created_at')::timestamptz
+             FROM unnest($1::jsonb[], $2::text[]) AS d(r, reason)`,
+          [dead.map((d) => d.row), dead.map((d) => d.reason)],
+        )
+      : Promise.resolve(null);
+    const [{ rows: parked }] = await awaitInOrder([parking, deadLettering]);
     if (rows.length > 0) {
       rows.sort((a, b) => (BigInt(a.id as string) < BigInt(b.id as string) ? -1 : 1));
       const send = async () => {
@@ -191,7 +250,8 @@ export async function drainOutboxOnce(
       for (const { name } of parked) names[name] = (names[name] ?? 0) + 1;
       log?.warn({ parked: parked.length, names }, UNKNOWN_JOBS_PARKED_WARNING);
     }
-    if (takenBack.length > 0) log?.info({ takenBack: takenBack.length }, 'outbox relay: took back job rows from outbox_unknown_jobs and enqueued them');
+    if (dead.length > 0) log?.error({ deadLettered: dead.map(({ id, name, reason }) => ({ id, name, reason })) }, DEAD_JOBS_ERROR);
+    if (enqueuedBack > 0) log?.info({ takenBack: enqueuedBack }, 'outbox relay: took back job rows from outbox_unknown_jobs and enqueued them');
     return taken.length + takenBack.length;
   } catch (err) {
     try {

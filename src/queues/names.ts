@@ -32,6 +32,29 @@ export interface OutboxJob {
   runAt?: string;
 }
 
+/**
+ * Why a `job` outbox payload of a known name is not an {@link OutboxJob} the relay can enqueue,
+ * or null when it is one. The rules are the contract above, and what BullMQ's addBulk does with
+ * anything else (seen with BullMQ 6.7, test/integration/outbox.test.ts):
+ * - `jobId` not a string: addBulk throws a TypeError; missing: BullMQ gives it a new random id at
+ *   each delivery, so an outbox row delivered twice (at least once) would run twice;
+ * - `jobId` an integer ("4711"), or with a ":": addBulk throws ("Custom Id cannot ...");
+ * - `runAt` not a string Date.parse reads: the delay is NaN, which Redis refuses (a script error);
+ * - `data` not an object (null, an array, a string): no processor could take it.
+ * `runAt` null counts as absent (no delay), as the job sink's jobOptions reads it.
+ * @param job the payload (a JSON object whose `name` is one of {@link LEDGER_JOB_NAMES}).
+ * @returns a short reason (stored in outbox_dead_jobs.reason), or null.
+ */
+export function outboxJobProblem(job: Record<string, unknown>): string | null {
+  const { jobId, data, runAt } = job;
+  if (typeof jobId !== 'string' || jobId === '') return 'jobId is not a string';
+  if (`${parseInt(jobId, 10)}` === jobId) return 'jobId is an integer (BullMQ refuses it)';
+  if (jobId.includes(':')) return 'jobId contains ":" (BullMQ refuses it)';
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) return 'data is not an object';
+  if (runAt !== undefined && runAt !== null && (typeof runAt !== 'string' || !Number.isFinite(Date.parse(runAt)))) return 'runAt is not a date string';
+  return null;
+}
+
 /** The jobs of the ledger-jobs queue. */
 export const LEDGER_JOB_NAMES = ['expire-due', 'roll-period', 'auto-top-up', 'deliver-webhook', 'resume-payment'] as const;
 

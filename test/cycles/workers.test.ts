@@ -143,6 +143,25 @@ describe('job names this version does not know', () => {
   });
 });
 
+describe('a job of a known name with a payload its processor cannot parse', () => {
+  it('fails at its first attempt, not retried (bad payload), instead of spending its attempts or looping', async () => {
+    const events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
+    try {
+      await events.waitUntilReady();
+      const jobId = `auto-top-up-malformed-${randomUUID()}`;
+      const failed = new Promise<string>((resolve) => events.on('failed', ({ jobId: id, failedReason }) => id === jobId && resolve(failedReason)));
+      await workers.ledgerQueue.add('auto-top-up', { topUpId: 'not-a-uuid' }, { jobId, attempts: 3, backoff: { type: 'exponential', delay: 1 } });
+      expect(await failed).toMatch(/^bad payload: /);
+      const job = (await workers.ledgerQueue.getJob(jobId))!;
+      expect(await job.getState()).toBe('failed');
+      expect(job.attemptsMade).toBe(1);
+      await job.remove();
+    } finally {
+      await events.close();
+    }
+  });
+});
+
 describe('the sweep', () => {
   it('an account whose roll fails on every run (its plan grant refused at the 64-bit balance limit) does not stop the sweep: a purchase left pending on another account still gets its resume job', async () => {
     const start = new Date();

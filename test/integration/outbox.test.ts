@@ -53,6 +53,26 @@ function capturingLog() {
 /** A snapshot as the Balance it says (asOf is the instant each was computed for, so it is left out). */
 const view = (snap: BalanceSnapshot) => ({ ...balanceFromSnapshot(snap), asOf: null });
 
+/**
+ * A publisher and a BullMQ job sink (a queue prefix of its own, obliterated afterwards) for the
+ * tests of one describe block; read them inside tests (they exist from its beforeAll on).
+ */
+function relayConnections() {
+  const c = {} as { pub: Redis; connection: Redis; sink: ReturnType<typeof createQueueJobSink> };
+  beforeAll(() => {
+    c.pub = new Redis(TEST_REDIS_URL);
+    c.connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    c.sink = createQueueJobSink(c.connection, `cp-test-${randomUUID()}`);
+  });
+  afterAll(async () => {
+    await c.sink.queue.obliterate({ force: true }).catch(() => undefined);
+    await c.sink.close();
+    c.connection.disconnect();
+    c.pub.disconnect();
+  });
+  return c;
+}
+
 describe('outbox rows', () => {
   it('one balance snapshot per committed change, equal to readBalance at that version', async () => {
     const accountId = await createFundedAccount(s, { free: 5, paid: 20 });
@@ -265,22 +285,7 @@ describe('relay', () => {
 
   describe('a job row of a name this version does not know (a newer version wrote it during a rolling upgrade)', () => {
     const prefix = `test-relay-unknown-${process.pid}:`;
-    let pub: Redis;
-    let connection: Redis;
-    let sink: ReturnType<typeof createQueueJobSink>;
-
-    beforeAll(() => {
-      pub = new Redis(TEST_REDIS_URL);
-      connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
-      sink = createQueueJobSink(connection, `cp-test-${randomUUID()}`);
-    });
-
-    afterAll(async () => {
-      await sink.queue.obliterate({ force: true }).catch(() => undefined);
-      await sink.close();
-      connection.disconnect();
-      pub.disconnect();
-    });
+    const c = relayConnections();
 
     /** Writes a job row the way a service does: queued on the locked account, written by finish() with the balance it moved. */
     async function writeJob(accountId: string, job: Record<string, unknown>) {
@@ -322,14 +327,14 @@ describe('relay', () => {
       try {
         // Small batches, so that one of them holds the unknown row and ordinary rows together.
         for (let i = 0; i < 1_000 && (await rows(a)).length + (await rows(b)).length > 0; i++) {
-          await drainOutboxOnce(s.pool, pub, prefix, 3, sink, undefined, log);
+          await drainOutboxOnce(s.pool, c.pub, prefix, 3, c.sink, undefined, log);
         }
         expect(await rows(a)).toEqual([]);
         expect(await rows(b)).toEqual([]);
         await all;
         expect(got).toEqual({ [a]: versions(a), [b]: versions(b) });
-        expect((await sink.queue.getJob(expireJobId))?.name).toBe('expire-due');
-        expect(await sink.queue.getJob(newer.jobId)).toBeUndefined();
+        expect((await c.sink.queue.getJob(expireJobId))?.name).toBe('expire-due');
+        expect(await c.sink.queue.getJob(newer.jobId)).toBeUndefined();
         const { rows: parked } = await s.pool.query(`SELECT id::text, account_id, name, payload FROM outbox_unknown_jobs WHERE account_id = $1`, [a]);
         expect(parked).toEqual([{ id: unknown!.id, account_id: a, name: 'send-invoice', payload: newer }]);
         const warnings = lines.filter((l) => l.level === 40);
@@ -338,7 +343,7 @@ describe('relay', () => {
 
         // Parked, it is not read again: the next drain finds nothing (so the relay does not drain
         // again at once) and says nothing.
-        expect(await drainOutboxOnce(s.pool, pub, prefix, 3, sink, undefined, log)).toBe(0);
+        expect(await drainOutboxOnce(s.pool, c.pub, prefix, 3, c.sink, undefined, log)).toBe(0);
         expect(lines.filter((l) => l.level === 40)).toHaveLength(1);
         expect((await s.pool.query(`SELECT count(*)::int AS n FROM outbox_unknown_jobs WHERE account_id = $1`, [a])).rows[0].n).toBe(1);
       } finally {
@@ -360,14 +365,14 @@ describe('relay', () => {
       const { log, lines } = capturingLog();
       try {
         // A drain not asked to take back (the running relay asks at most every TAKE_BACK_INTERVAL_MS) leaves both parked.
-        while ((await drainOutboxOnce(s.pool, pub, prefix, 100, sink, undefined, log, false)) > 0);
+        while ((await drainOutboxOnce(s.pool, c.pub, prefix, 100, c.sink, undefined, log, false)) > 0);
         expect((await s.pool.query(`SELECT count(*)::int AS n FROM outbox_unknown_jobs WHERE account_id = $1`, [a])).rows[0].n).toBe(2);
-        expect(await sink.queue.getJob(known.jobId)).toBeUndefined();
+        expect(await c.sink.queue.getJob(known.jobId)).toBeUndefined();
         let published = 0;
-        for (let n = await drainOutboxOnce(s.pool, pub, prefix, 100, sink, undefined, log); n > 0; n = await drainOutboxOnce(s.pool, pub, prefix, 100, sink, undefined, log)) published += n;
+        for (let n = await drainOutboxOnce(s.pool, c.pub, prefix, 100, c.sink, undefined, log); n > 0; n = await drainOutboxOnce(s.pool, c.pub, prefix, 100, c.sink, undefined, log)) published += n;
         expect(published).toBeGreaterThanOrEqual(1);
-        expect((await sink.queue.getJob(known.jobId))?.name).toBe('expire-due');
-        expect(await sink.queue.getJob(newer.jobId)).toBeUndefined();
+        expect((await c.sink.queue.getJob(known.jobId))?.name).toBe('expire-due');
+        expect(await c.sink.queue.getJob(newer.jobId)).toBeUndefined();
         const { rows: parked } = await s.pool.query(`SELECT name, payload FROM outbox_unknown_jobs WHERE account_id = $1`, [a]);
         expect(parked).toEqual([{ name: 'send-invoice', payload: newer }]);
         expect(lines.filter((l) => l.level === 40)).toEqual([]);
@@ -390,10 +395,10 @@ describe('relay', () => {
       };
       try {
         await recordUsage(s, { accountId: a, idempotencyKey: 'trips-1', category: 'unit' });
-        expect(await tripsOf(() => drainOutboxOnce(pool, pub, prefix, 10_000, sink, undefined, log))).toBe(2);
+        expect(await tripsOf(() => drainOutboxOnce(pool, c.pub, prefix, 10_000, c.sink, undefined, log))).toBe(2);
         expect(await rows(a)).toEqual([]);
         await writeJob(a, { name: 'send-invoice', jobId: `send-invoice-trips-${a}`, data: { accountId: a } });
-        expect(await tripsOf(() => drainOutboxOnce(pool, pub, prefix, 10_000, sink, undefined, log))).toBe(3);
+        expect(await tripsOf(() => drainOutboxOnce(pool, c.pub, prefix, 10_000, c.sink, undefined, log))).toBe(3);
         expect(await rows(a)).toEqual([]);
       } finally {
         await s.pool.query(`DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job' AND payload->>'name' = 'send-invoice'`, [a]);
@@ -406,12 +411,221 @@ describe('relay', () => {
       const a = await createFundedAccount(s, { paid: 1 });
       const [unknown] = await writeJob(a, { name: 'send-invoice', jobId: `send-invoice-nosink-${a}`, data: { accountId: a } });
       try {
-        for (let n = await drainOutboxOnce(s.pool, pub, prefix, 100); n > 0; n = await drainOutboxOnce(s.pool, pub, prefix, 100));
+        for (let n = await drainOutboxOnce(s.pool, c.pub, prefix, 100); n > 0; n = await drainOutboxOnce(s.pool, c.pub, prefix, 100));
         expect((await rows(a)).map((r) => r.id)).toContain(unknown!.id);
         expect((await rows(a)).map((r) => r.topic)).toEqual(['job']);
         expect((await s.pool.query(`SELECT count(*)::int AS n FROM outbox_unknown_jobs WHERE account_id = $1`, [a])).rows[0].n).toBe(0);
       } finally {
         await s.pool.query(`DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job'`, [a]);
+      }
+    });
+  });
+
+  describe('a job row of a known name whose payload cannot be enqueued (a poison row: a bug, a hand-written row)', () => {
+    const prefix = `test-relay-malformed-${process.pid}:`;
+    const c = relayConnections();
+
+    /**
+     * Known-name payloads that do not fit OutboxJob, as JSON text (inserted as written, so the
+     * 20-digit number shows that the dead-letter table keeps the payload exactly). `refused`: BullMQ's
+     * addBulk itself throws on it (checked below), so before the fix it failed every drain.
+     */
+    const poison = (accountId: string, tag: string) => [
+      { refused: true, text: `{"name": "auto-top-up", "jobId": 12345678901234567890, "data": {"topUpId": "${randomUUID()}", "accountId": "${accountId}"}}` },
+      { refused: true, text: JSON.stringify({ name: 'expire-due', jobId: '4711', data: { accountId } }) },
+      { refused: true, text: JSON.stringify({ name: 'expire-due', jobId: `expire-due:${tag}`, data: { accountId } }) },
+      // A runAt that is not a date: the delay is NaN, which Redis refuses (a script error, not an outage).
+      { refused: true, text: JSON.stringify({ name: 'roll-period', jobId: `roll-period-${tag}`, data: { accountId }, runAt: 'next tuesday' }) },
+      // Accepted by BullMQ, but no processor could take it / BullMQ would give it a new id at each delivery.
+      { refused: false, text: JSON.stringify({ name: 'deliver-webhook', jobId: `webhook-${tag}`, data: 'not an object' }) },
+      { refused: false, text: JSON.stringify({ name: 'auto-top-up', data: { topUpId: randomUUID(), accountId } }) },
+    ];
+
+    /** Inserts a job row straight into outbox_events (no service writes such a row; a bug or a hand-written row can). */
+    async function insertJobRow(accountId: string, text: string): Promise<string> {
+      const { rows: r } = await s.pool.query(`INSERT INTO outbox_events (account_id, topic, payload) VALUES ($1, 'job', $2::jsonb) RETURNING id::text`, [accountId, text]);
+      return r[0].id as string;
+    }
+
+    /** The account's rows in outbox_dead_jobs, payload as text (exact). */
+    async function deadJobs(accountId: string) {
+      const { rows: r } = await s.pool.query(
+        `SELECT id::text, account_id, name, payload::text AS payload, reason FROM outbox_dead_jobs WHERE account_id = $1 ORDER BY id`,
+        [accountId],
+      );
+      return r as Array<{ id: string; account_id: string; name: string; payload: string; reason: string }>;
+    }
+
+    const asJsonb = async (text: string) => (await s.pool.query(`SELECT $1::jsonb::text AS t`, [text])).rows[0].t as string;
+
+    it('does not hold back the balance updates and jobs behind it: they are published and enqueued, it is kept in outbox_dead_jobs (not enqueued, not taken back), logged once with its id', async () => {
+      const a = await createFundedAccount(s, { paid: 10 });
+      const bad = poison(a, randomUUID());
+      // What BullMQ itself does with them (so the rows above are real poison for a drain, not a guess).
+      for (const p of bad) {
+        const job = JSON.parse(p.text);
+        if (p.refused) await expect(c.sink.add([job])).rejects.toThrow();
+      }
+      const badIds: string[] = [];
+      for (const p of bad) badIds.push(await insertJobRow(a, p.text));
+      // Behind them: a charge (its live balance update) and a grant with an expiry (its expire-due job).
+      await recordUsage(s, { accountId: a, idempotencyKey: 'poison-after-1', category: 'unit' });
+      await grantCredits(s, { accountId: a, amountMicroCredits: credits(2), type: 'PAID', source: 'ADJUSTMENT', expiresAt: new Date(Date.now() + 3_600_000), reference: null, idempotencyKey: 'poison-after-g' });
+      const written = await rows(a);
+      const expireJobId = written.find((r) => r.topic === 'job' && r.payload.name === 'expire-due' && !badIds.includes(r.id))!.payload.jobId as string;
+      const lastVersion = String(written.filter((r) => r.topic === 'balance').at(-1)!.payload.version);
+
+      const sub = new Redis(TEST_REDIS_URL);
+      const published = new Promise<void>((resolve) =>
+        sub.on('message', (_c: string, m: string) => {
+          const msg = JSON.parse(m);
+          if (msg.topic === 'balance' && String(msg.payload.version) === lastVersion) resolve();
+        }),
+      );
+      await sub.subscribe(accountChannel(prefix, a));
+      const { log, lines } = capturingLog();
+      try {
+        // Before the fix every one of these drains failed (BullMQ refused the batch), so the
+        // update was never published, for this account or any other.
+        for (let i = 0; i < 100 && (await rows(a)).length > 0; i++) await drainOutboxOnce(s.pool, c.pub, prefix, 3, c.sink, undefined, log);
+        expect(await rows(a)).toEqual([]);
+        await published;
+        expect((await c.sink.queue.getJob(expireJobId))?.name).toBe('expire-due');
+        // None of the bad rows was enqueued (the one without a jobId would have got a random id).
+        const queued = await c.sink.queue.getJobs(['waiting', 'delayed', 'prioritized', 'active', 'completed', 'failed']);
+        expect(queued.filter((j) => JSON.stringify(j.data).includes(a)).map((j) => j.id)).toEqual([expireJobId]);
+
+        const dead = await deadJobs(a);
+        expect(dead.map((d) => d.id)).toEqual(badIds);
+        for (const [i, d] of dead.entries()) {
+          expect(d.payload).toBe(await asJsonb(bad[i]!.text));
+          expect(d.name).toBe(JSON.parse(bad[i]!.text).name);
+          expect(d.reason).not.toBe('');
+        }
+        expect(dead[0]!.payload).toContain('12345678901234567890');
+        expect(dead.map((d) => d.reason)).toEqual([
+          'jobId is not a string',
+          'jobId is an integer (BullMQ refuses it)',
+          'jobId contains ":" (BullMQ refuses it)',
+          'runAt is not a date string',
+          'data is not an object',
+          'jobId is not a string',
+        ]);
+        const errors = lines.filter((l) => l.level === 50);
+        expect(errors.flatMap((l) => l.deadLettered.map((d: { id: string }) => d.id)).sort()).toEqual([...badIds].sort());
+        for (const e of errors) expect(e.msg).toContain('outbox_dead_jobs');
+
+        // Dead-lettered, they are not read again (nor taken back like an unknown name).
+        expect(await drainOutboxOnce(s.pool, c.pub, prefix, 3, c.sink, undefined, log)).toBe(0);
+        expect(lines.filter((l) => l.level === 50)).toHaveLength(errors.length);
+        expect(await deadJobs(a)).toEqual(dead);
+        expect((await s.pool.query(`SELECT count(*)::int AS n FROM outbox_unknown_jobs WHERE account_id = $1`, [a])).rows[0].n).toBe(0);
+      } finally {
+        sub.disconnect();
+        await s.pool.query(`DELETE FROM outbox_events WHERE id = ANY($1::bigint[])`, [badIds]);
+      }
+    });
+
+    it('an operator re-queues a dead row by moving its corrected payload back into outbox_events (README): it is enqueued', async () => {
+      const a = await createFundedAccount(s, { paid: 1 });
+      const jobId = `expire-due-requeued-${randomUUID()}`;
+      const id = await insertJobRow(a, JSON.stringify({ name: 'expire-due', jobId, data: { accountId: a }, runAt: 'soon' }));
+      while ((await drainOutboxOnce(s.pool, c.pub, prefix, 100, c.sink)) > 0);
+      expect((await deadJobs(a)).map((d) => d.id)).toEqual([id]);
+      // The statement the README gives (one row, by id; its payload corrected on the way).
+      await s.pool.query(
+        `WITH moved AS (DELETE FROM outbox_dead_jobs WHERE id = $1 RETURNING account_id, payload, created_at)
+         INSERT INTO outbox_events (account_id, topic, payload, created_at)
+         SELECT account_id, 'job', payload - 'runAt', created_at FROM moved`,
+        [id],
+      );
+      while ((await drainOutboxOnce(s.pool, c.pub, prefix, 100, c.sink)) > 0);
+      expect((await c.sink.queue.getJob(jobId))?.name).toBe('expire-due');
+      expect(await deadJobs(a)).toEqual([]);
+      expect(await rows(a)).toEqual([]);
+    });
+
+    it('a parked row of a name this relay knows but a payload it cannot enqueue is moved to outbox_dead_jobs when taken back, not taken back at every drain', async () => {
+      const a = await createFundedAccount(s, { paid: 1 });
+      const text = JSON.stringify({ name: 'resume-payment', jobId: 'resume-payment:parked', data: { paymentId: randomUUID(), accountId: a } });
+      const { rows: ins } = await s.pool.query(
+        `INSERT INTO outbox_unknown_jobs (id, account_id, name, payload, created_at) VALUES (nextval('outbox_events_id_seq'), $1, 'resume-payment', $2::jsonb, now() - interval '1 hour') RETURNING id::text, created_at`,
+        [a, text],
+      );
+      await recordUsage(s, { accountId: a, idempotencyKey: 'parked-poison-1', category: 'unit' });
+      const { log, lines } = capturingLog();
+      try {
+        // Before the fix the take-back failed the drain, and with it the charge's update.
+        for (let n = await drainOutboxOnce(s.pool, c.pub, prefix, 100, c.sink, undefined, log); n > 0; n = await drainOutboxOnce(s.pool, c.pub, prefix, 100, c.sink, undefined, log));
+        expect(await rows(a)).toEqual([]);
+        expect((await s.pool.query(`SELECT count(*)::int AS n FROM outbox_unknown_jobs WHERE account_id = $1`, [a])).rows[0].n).toBe(0);
+        const dead = await deadJobs(a);
+        expect(dead).toEqual([{ id: ins[0].id, account_id: a, name: 'resume-payment', payload: await asJsonb(text), reason: 'jobId contains ":" (BullMQ refuses it)' }]);
+        const { rows: at } = await s.pool.query(`SELECT created_at FROM outbox_dead_jobs WHERE id = $1`, [ins[0].id]);
+        expect(at[0].created_at).toEqual(ins[0].created_at);
+        expect(lines.filter((l) => l.level === 50)).toMatchObject([{ deadLettered: [{ id: ins[0].id, name: 'resume-payment' }] }]);
+      } finally {
+        await s.pool.query(`DELETE FROM outbox_unknown_jobs WHERE account_id = $1`, [a]);
+      }
+    });
+
+    it('Redis being down dead-letters nothing: the drain fails, every row (the poison one included) stays, and all is delivered once Redis is back', async () => {
+      const a = await createFundedAccount(s, { paid: 5 });
+      const private_ = await startPrivateRedis();
+      const fragile = new Redis(private_.url, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+      fragile.on('error', () => undefined);
+      const fragileSink = createQueueJobSink(fragile, `cp-test-${randomUUID()}`);
+      fragileSink.queue.on('error', () => undefined);
+      const badId = await insertJobRow(a, JSON.stringify({ name: 'expire-due', jobId: '17', data: { accountId: a } }));
+      try {
+        await new Promise<void>((resolve) => (fragile.status === 'ready' ? resolve() : fragile.once('ready', () => resolve())));
+        await recordUsage(s, { accountId: a, idempotencyKey: 'outage-1', category: 'unit' });
+        await grantCredits(s, { accountId: a, amountMicroCredits: credits(1), type: 'PAID', source: 'ADJUSTMENT', expiresAt: new Date(Date.now() + 3_600_000), reference: null, idempotencyKey: 'outage-g' });
+        const before = await rows(a);
+        const expireJobId = before.find((r) => r.topic === 'job' && r.payload.name === 'expire-due' && r.id !== badId)!.payload.jobId as string;
+        await private_.kill();
+        for (let i = 0; i < 3; i++) await expect(drainOutboxOnce(s.pool, fragile, prefix, 100, fragileSink, 1_000)).rejects.toThrow();
+        expect(await rows(a)).toEqual(before);
+        expect(await deadJobs(a)).toEqual([]);
+
+        await private_.start();
+        await new Promise<void>((resolve) => (fragile.status === 'ready' ? resolve() : fragile.once('ready', () => resolve())));
+        while ((await drainOutboxOnce(s.pool, fragile, prefix, 100, fragileSink, 1_000)) > 0);
+        expect(await rows(a)).toEqual([]);
+        expect((await fragileSink.queue.getJob(expireJobId))?.name).toBe('expire-due');
+        expect((await deadJobs(a)).map((d) => d.id)).toEqual([badId]);
+      } finally {
+        await fragileSink.close().catch(() => undefined);
+        fragile.disconnect();
+        await private_.stop();
+        await s.pool.query(`DELETE FROM outbox_events WHERE id = $1`, [badId]);
+      }
+    });
+
+    it('costs a round trip only in a drain that dead-letters rows: 2 otherwise, 3 then', async () => {
+      const pool = createPgPool(TEST_DATABASE_URL, 1);
+      const timings = new QueryTimings();
+      timings.instrument(pool);
+      const a = await createFundedAccount(s, { paid: 5 });
+      const tripsOf = async (fn: () => Promise<unknown>) => {
+        const before = timings.roundTrips();
+        await fn();
+        return timings.roundTrips() - before;
+      };
+      let badId = '';
+      try {
+        // A job row that can be enqueued costs nothing more.
+        await grantCredits(s, { accountId: a, amountMicroCredits: credits(1), type: 'PAID', source: 'ADJUSTMENT', expiresAt: new Date(Date.now() + 3_600_000), reference: null, idempotencyKey: 'trips-g' });
+        expect(await tripsOf(() => drainOutboxOnce(pool, c.pub, prefix, 10_000, c.sink))).toBe(2);
+        expect(await rows(a)).toEqual([]);
+        badId = await insertJobRow(a, JSON.stringify({ name: 'roll-period', jobId: `roll-period-trips-${a}`, data: { accountId: a }, runAt: 42 }));
+        await recordUsage(s, { accountId: a, idempotencyKey: 'trips-poison', category: 'unit' });
+        expect(await tripsOf(() => drainOutboxOnce(pool, c.pub, prefix, 10_000, c.sink))).toBe(3);
+        expect(await rows(a)).toEqual([]);
+        expect((await deadJobs(a)).map((d) => [d.id, d.reason])).toEqual([[badId, 'runAt is not a date string']]);
+      } finally {
+        if (badId) await s.pool.query(`DELETE FROM outbox_events WHERE id = $1`, [badId]);
+        await pool.end();
       }
     });
   });
