@@ -14,7 +14,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createHash, randomUUID } from 'node:crypto';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { createYoga, handleStreamOrSingleExecutionResult, type Plugin } from 'graphql-yoga';
+import { createYoga, handleStreamOrSingleExecutionResult, isAsyncIterable, type Plugin } from 'graphql-yoga';
 import { GraphQLError, NoSchemaIntrospectionCustomRule, type ExecutionResult } from 'graphql';
 import { EnvelopArmorPlugin } from '@escape.tech/graphql-armor';
 import type pg from 'pg';
@@ -173,6 +173,82 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       onUnavailable: (err) => log.warn({ err, requestId }, 'database unreachable, connection lost or timed out: answered UNAVAILABLE'),
     });
 
+  // Responses being written, for a graceful close: a charge the server took is answered before
+  // its connection is closed (test/cycles/server-faults.test.ts, SIGTERM). SSE subscription
+  // streams never finish on their own, so they are kept apart (moved there by liveStreamSlots
+  // once the response is known to be a stream) and ended at once.
+  const answering = new Set<ServerResponse>();
+  const streams = new Set<ServerResponse>();
+  let stopping = false;
+  let answered: (() => void) | null = null;
+  const track = (res: ServerResponse) => {
+    answering.add(res);
+    if (stopping) res.setHeader('connection', 'close');
+    res.once('close', () => {
+      answering.delete(res);
+      streams.delete(res);
+      if (!stopping) return;
+      http.closeIdleConnections();
+      if (answering.size === 0) answered?.();
+    });
+  };
+  /** `res` (open, tracked) streams a subscription: shutdown ends it at once instead of waiting for it. */
+  const trackAsStream = (res: ServerResponse) => {
+    answering.delete(res);
+    streams.add(res);
+    if (!stopping) return;
+    res.destroy();
+    if (answering.size === 0) answered?.();
+  };
+
+  // Live connections per credential on this instance, WebSockets and SSE streams together
+  // (LIVE_MAX_CONNECTIONS_PER_TOKEN), keyed by liveSlotKey.
+  const connectionsPerToken = new Map<string, number>();
+  /** Takes one live slot of `key`; false when its credential already holds the most. */
+  const takeLiveSlot = (key: string): boolean => {
+    const open = connectionsPerToken.get(key) ?? 0;
+    if (open >= env.LIVE_MAX_CONNECTIONS_PER_TOKEN) return false;
+    connectionsPerToken.set(key, open + 1);
+    return true;
+  };
+  const releaseLiveSlot = (key: string): void => {
+    const left = (connectionsPerToken.get(key) ?? 1) - 1;
+    if (left > 0) connectionsPerToken.set(key, left);
+    else connectionsPerToken.delete(key);
+  };
+
+  /**
+   * An HTTP response that streams (a subscription over SSE) holds a live slot of its credential
+   * while it is open, as a WebSocket does: without it one key could hold any number of streams.
+   * Decided on the result yoga is about to send, not on the request's Accept header: a query or
+   * mutation sent with `Accept: text/event-stream, application/json` is answered as JSON and
+   * takes no slot, and a subscription sent with a wildcard Accept (or none), which yoga also streams,
+   * takes one. Past the limit the stream is ended before it starts (its subscription disposed)
+   * and the answer is HTTP 429, RATE_LIMITED. Only an authenticated request gets a stream (the
+   * subscription fields need a credential); the slot key is its bearer token however the header
+   * spells it (the raw header for any other form, as on WebSocket).
+   */
+  const liveStreamSlots = (): Plugin => ({
+    onResultProcess({ request, result, resultProcessor, setResultProcessor, serverContext }) {
+      if (!resultProcessor || !isAsyncIterable(result)) return;
+      const { res, requestId } = serverContext as { res?: ServerResponse; requestId?: string };
+      if (!res) return; // not an HTTP request of this server (WebSocket operations do not go through yoga's handler)
+      // Closed already (the client went away): nothing will stream, and no 'close' would free a slot.
+      if (!answering.has(res)) return;
+      const authorization = request.headers.get('authorization') ?? '';
+      const slot = liveSlotKey(bearerToken(authorization) ?? authorization);
+      if (!takeLiveSlot(slot)) {
+        const iterator = (result as AsyncIterable<unknown>)[Symbol.asyncIterator]();
+        void iterator.return?.();
+        const body = JSON.stringify({ errors: [{ message: tooManyLiveConnections(env.LIVE_MAX_CONNECTIONS_PER_TOKEN), extensions: { code: 'RATE_LIMITED', requestId } }] });
+        setResultProcessor((_result, fetchAPI) => new fetchAPI.Response(body, { status: 429, headers: { 'content-type': 'application/json' } }), 'application/json');
+        return;
+      }
+      res.once('close', () => releaseLiveSlot(slot));
+      trackAsStream(res);
+    },
+  });
+
   const yoga = createYoga<{ req: IncomingMessage; res: ServerResponse; requestId: string }, GraphQLContext>({
     schema,
     graphqlEndpoint: '/graphql',
@@ -242,6 +318,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       validationErrorsAreBadInput(),
       queryCostLimit(env.GRAPHQL_MAX_COST),
       refuseAnonymousStreams(),
+      liveStreamSlots(),
       accountDataGuard(),
       refuseUnstorableStrings(),
     ],
@@ -271,43 +348,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     return { ok: postgres && redis, postgres, redis, live: liveStats, groupCommit: deps.services.groupCommit?.stats() ?? null, eventLoop, queryTimings, pgRoundTrips };
   };
 
-  // Responses being written, for a graceful close: a charge the server took is answered before
-  // its connection is closed (test/cycles/server-faults.test.ts, SIGTERM). SSE subscription
-  // streams never finish on their own, so they are kept apart and ended at once.
-  const answering = new Set<ServerResponse>();
-  const streams = new Set<ServerResponse>();
-  let stopping = false;
-  let answered: (() => void) | null = null;
-  const track = (req: IncomingMessage, res: ServerResponse) => {
-    const set = (req.headers.accept ?? '').includes('text/event-stream') ? streams : answering;
-    set.add(res);
-    if (stopping) res.setHeader('connection', 'close');
-    res.once('close', () => {
-      set.delete(res);
-      if (!stopping) return;
-      http.closeIdleConnections();
-      if (answering.size === 0) answered?.();
-    });
-  };
-
-  // Live connections per credential on this instance, WebSockets and SSE streams together
-  // (LIVE_MAX_CONNECTIONS_PER_TOKEN), keyed by liveSlotKey.
-  const connectionsPerToken = new Map<string, number>();
-  /** Takes one live slot of `key`; false when its credential already holds the most. */
-  const takeLiveSlot = (key: string): boolean => {
-    const open = connectionsPerToken.get(key) ?? 0;
-    if (open >= env.LIVE_MAX_CONNECTIONS_PER_TOKEN) return false;
-    connectionsPerToken.set(key, open + 1);
-    return true;
-  };
-  const releaseLiveSlot = (key: string): void => {
-    const left = (connectionsPerToken.get(key) ?? 1) - 1;
-    if (left > 0) connectionsPerToken.set(key, left);
-    else connectionsPerToken.delete(key);
-  };
-
   const http = createServer((req, res) => {
-    track(req, res);
+    track(res);
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
@@ -330,21 +372,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       res.end(JSON.stringify({ errors: [{ message: refusal.message, extensions: { code: 'BAD_USER_INPUT', reason: refusal.reason, requestId } }] }));
       return;
     }
-    // An SSE stream (Accept: text/event-stream) holds a live slot of its credential while it is
-    // open, as a WebSocket does: without it one key could hold any number of streams. A request
-    // without a credential is refused by refuseAnonymousStreams; an invalid one by authentication.
-    if ((req.headers.accept ?? '').includes('text/event-stream')) {
-      const token = bearerToken(req.headers.authorization);
-      if (token !== null) {
-        const slot = liveSlotKey(token);
-        if (!takeLiveSlot(slot)) {
-          res.writeHead(429, { 'content-type': 'application/json' });
-          res.end(JSON.stringify({ errors: [{ message: tooManyLiveConnections(env.LIVE_MAX_CONNECTIONS_PER_TOKEN), extensions: { code: 'RATE_LIMITED', requestId } }] }));
-          return;
-        }
-        res.once('close', () => releaseLiveSlot(slot));
-      }
-    }
+    // A subscription streamed over SSE takes a live slot once yoga has its result: liveStreamSlots.
     void yoga(req, res, { req, res, requestId });
   });
   http.keepAliveTimeout = 65_000;
@@ -543,6 +571,9 @@ function maskExecutionErrors(mask: (error: unknown, context: GraphQLContext) => 
 /**
  * A subscription over SSE (Accept: text/event-stream) without a valid credential is refused
  * with HTTP 401 before any stream is opened (the WebSocket path refuses with close code 4401).
+ * Decided on the header, before the operation is read: any request listing text/event-stream
+ * without an Authorization header gets the 401 (every operation needs a credential anyway). One
+ * that does not list it and subscribes without a credential gets UNAUTHENTICATED, never a stream.
  */
 function refuseAnonymousStreams(): Plugin {
   return {

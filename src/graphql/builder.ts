@@ -14,6 +14,13 @@ import { hasScope } from '../auth/principal.js';
 import { codedError } from './errors.js';
 import { canReadAccountData } from './access.js';
 
+/**
+ * Items a connection serves when called without `first` / `last` (the prisma plugin's
+ * defaultConnectionSize; Pothos' own default, kept explicit so the cost estimate in
+ * ./cost-limit.ts counts the page it will actually serve).
+ */
+export const DEFAULT_CONNECTION_SIZE = 20;
+
 /** Named auth scopes usable in `authScopes` options. */
 export interface AuthScopes {
   /** Any valid credential. */
@@ -71,6 +78,7 @@ export const builder = new SchemaBuilder<{
     dmmf: getDatamodel(),
     exposeDescriptions: false,
     filterConnectionTotalCount: true,
+    defaultConnectionSize: DEFAULT_CONNECTION_SIZE,
     onUnusedQuery: null,
   },
   relay: {

@@ -9,7 +9,7 @@
  * events costs 500 events. Unlike graphql-armor, which multiplies the field's whole cost, a
  * connection's `pageInfo` and `totalCount` (resolved once per page) count once, so a full page
  * with cursors and pageInfo is not refused for its pageInfo; no document costs more than armor
- * said when its page sizes are literals.
+ * said when its page sizes are literals and every list it reads is paged.
  *
  * Why not graphql-armor's own rule: it runs during validation, before variables exist, and
  * multiplies only by a `first` / `last` written as an integer literal. The same page size passed
@@ -18,7 +18,21 @@
  * under 30 aliases asked for 30 x 500 x 500 events at the cost of a handful of fields
  * (test/api/errors.test.ts). Here a variable counts with the value the request gives it (or the
  * variable's default in the document), i.e. the page size the field will actually serve.
- * An argument left out still counts as 1, as in graphql-armor.
+ *
+ * A list read without a page size counts the items it will serve too (armor counted it as 1, so
+ * `usage { edges { node { account { batches { … } reservations { … } } } } }`, 20 events times
+ * up to 2 x 1,000 rows each, cost about what one event did; test/api/errors.test.ts):
+ * - a connection called without `first` / `last` (or with null) serves its default page,
+ *   DEFAULT_CONNECTION_SIZE (builder.ts, the size Pothos serves), and counts that many items;
+ * - a plain list field that declares its cap with `cappedList(cap)` (Account.batches and
+ *   Account.reservations: 1,000 rows, the `take` of their resolvers) counts
+ *   min(cap, CAPPED_LIST_COST_ITEMS = 100) items. A weight, not the cap: counted at its cap, a
+ *   list alone would cost more than the limit (`createAccount { batches { …8 fields } }` about
+ *   49,500, the demo's report as much), while real accounts hold a few batches and holds. At 100,
+ *   the demo's report costs about 5,800, a list nested under any page is refused as soon as the
+ *   page is more than a few items, and each item's nested selection still multiplies.
+ * Other plain lists (bounded by their input, the price book or a handful of rows) count as 1.
+ * The estimate reads the field definitions from the schema the operation runs against.
  *
  * Documents whose page sizes are all literals have one cost whatever the variables: it is
  * memoized per parsed document and operation name (yoga's parser cache hands the same
@@ -27,8 +41,14 @@
  */
 import {
   Kind,
+  getNamedType,
   getOperationAST,
+  isInterfaceType,
+  isObjectType,
   type DocumentNode,
+  type GraphQLField,
+  type GraphQLNamedType,
+  type GraphQLSchema,
   type FieldNode,
   type FragmentDefinitionNode,
   type FragmentSpreadNode,
@@ -39,6 +59,7 @@ import {
 import type { Plugin } from 'graphql-yoga';
 import type { GraphQLError } from 'graphql';
 import { codedError } from './errors.js';
+import { DEFAULT_CONNECTION_SIZE } from './builder.js';
 
 /** graphql-armor's default weights (costLimitDefaultOptions), kept so GRAPHQL_MAX_COST means what it meant. */
 const OBJECT_COST = 2;
@@ -46,9 +67,34 @@ const SCALAR_COST = 1;
 const DEPTH_COST_FACTOR = 1.5;
 
 /**
- * True when `selection`, a child of a paginated field, is resolved once per item of the page:
- * a connection's `edges` and `nodes`, and inline fragments or fragment spreads (which may hold
- * them). `pageInfo`, `totalCount` and `__typename` are resolved once per connection.
+ * Items a capped plain list counts at most (see the module comment): a documented weight, not
+ * the rows it may serve, so that a list of an account's batches in a mutation's answer stays
+ * far below GRAPHQL_MAX_COST's default while a list under a page of pages does not.
+ */
+export const CAPPED_LIST_COST_ITEMS = 100;
+
+/** The field extension cappedList sets: the most items the list field serves. */
+const LIST_CAP_EXTENSION = 'creditpoolListCap';
+
+/**
+ * Field extensions for a plain list field whose resolver serves at most `cap` items (e.g. its
+ * SQL `take`): pass the same constant to both, as `extensions: cappedList(CAP)`, so the cost
+ * estimate counts min(cap, CAPPED_LIST_COST_ITEMS) items for it (module comment).
+ */
+export function cappedList(cap: number): Record<string, number> {
+  return { [LIST_CAP_EXTENSION]: cap };
+}
+
+/** The field definition `name` of `type`, when it is an object or interface type that has one. */
+function fieldOf(type: GraphQLNamedType | undefined, name: string): GraphQLField<unknown, unknown> | undefined {
+  return type && (isObjectType(type) || isInterfaceType(type)) ? type.getFields()[name] : undefined;
+}
+
+/**
+ * True when `selection`, a child of a connection, is resolved once per item of the page: a
+ * connection's `edges` and `nodes`, and inline fragments or fragment spreads (which may hold
+ * them). `pageInfo`, `totalCount` and `__typename` are resolved once per connection. (Every
+ * child of a plain list's selection is resolved once per item.)
  */
 function resolvedPerItem(selection: FieldNode | InlineFragmentNode | FragmentSpreadNode): boolean {
   if (selection.kind !== Kind.FIELD) return true;
@@ -64,11 +110,13 @@ interface CostEstimate {
 
 /**
  * Estimates the cost of the operation `operationName` of `document` (see the module comment)
- * with `variableValues` as sent by the client (uncoerced JSON).
+ * with `variableValues` as sent by the client (uncoerced JSON), reading field definitions (page
+ * arguments, list caps) from `schema`.
  * @returns the estimate, or null when the document has no such operation (graphql-js then
  *   answers that itself).
  */
 export function estimateOperationCost(
+  schema: GraphQLSchema,
   document: DocumentNode,
   operationName: string | null | undefined,
   variableValues: Readonly<Record<string, unknown>> | null | undefined,
@@ -84,24 +132,50 @@ export function estimateOperationCost(
   const visited = new Map<string, number>();
   let usesVariables = false;
 
-  /** The page size a `first` / `last` argument asks for (armor: at least 1). */
-  const pageSize = (value: ValueNode): number => {
+  /**
+   * The page size a `first` / `last` argument asks for (armor: at least 1); `absent` when it is
+   * null or a variable the request leaves out without a default.
+   */
+  const pageSize = (value: ValueNode, absent: number): number => {
     let v: ValueNode | undefined = value;
     if (value.kind === Kind.VARIABLE) {
       usesVariables = true;
       const given = variableValues?.[value.name.value];
       if (typeof given === 'number' && Number.isFinite(given)) return Math.max(Math.trunc(given), 1);
-      if (given !== undefined) return 1; // null or not a number: no page size (coercion refuses the latter)
+      if (given === null) return absent;
+      if (given !== undefined) return 1; // not a number: coercion refuses it
       v = defaults.get(value.name.value);
     }
-    if (v?.kind !== Kind.INT) return 1;
+    if (v === undefined || v.kind === Kind.NULL) return absent;
+    if (v.kind !== Kind.INT) return 1;
     const n = parseInt(v.value, 10);
     return Number.isFinite(n) ? Math.max(n, 1) : 1;
   };
 
-  const cost = (node: OperationDefinitionNode | FieldNode | InlineFragmentNode | FragmentSpreadNode | FragmentDefinitionNode): number => {
+  /**
+   * How many items `node` is counted for, and whether it is a connection (a field with `first` /
+   * `last` arguments): its page size (DEFAULT_CONNECTION_SIZE when the request gives none), for
+   * a plain list declared with cappedList its capped weight, else 1.
+   */
+  const itemsOf = (node: FieldNode, field: GraphQLField<unknown, unknown> | undefined): { items: number; connection: boolean } => {
+    const arg = node.arguments?.find((a) => a.name.value === 'first' || a.name.value === 'last');
+    // A field the schema lacks (validation refuses it first) counts as armor counted it.
+    if (!field) return { items: arg ? pageSize(arg.value, 1) : 1, connection: true };
+    if (field.args.some((a) => a.name === 'first' || a.name === 'last')) {
+      return { items: arg ? pageSize(arg.value, DEFAULT_CONNECTION_SIZE) : DEFAULT_CONNECTION_SIZE, connection: true };
+    }
+    const cap = field.extensions?.[LIST_CAP_EXTENSION];
+    return { items: typeof cap === 'number' && cap > 0 ? Math.min(cap, CAPPED_LIST_COST_ITEMS) : 1, connection: false };
+  };
+
+  type Node = OperationDefinitionNode | FieldNode | InlineFragmentNode | FragmentSpreadNode | FragmentDefinitionNode;
+  /** The cost of `node`, whose selections are on `parentType` (undefined when unknown). */
+  const cost = (node: Node, parentType: GraphQLNamedType | undefined): number => {
     if (node.kind === Kind.FIELD && node.name.value === '__schema') return 0; // introspection is not counted (armor's ignoreIntrospection)
-    if (node.kind === Kind.OPERATION_DEFINITION) return node.selectionSet.selections.reduce((sum, child) => sum + cost(child), 0);
+    if (node.kind === Kind.OPERATION_DEFINITION) {
+      const root = schema.getRootType(node.operation) ?? undefined;
+      return node.selectionSet.selections.reduce((sum, child) => sum + cost(child, root), 0);
+    }
     if (node.kind === Kind.FRAGMENT_SPREAD) {
       const name = node.name.value;
       const known = visited.get(name);
@@ -109,22 +183,27 @@ export function estimateOperationCost(
       visited.set(name, -1);
       const fragment = fragments.get(name);
       if (!fragment) return SCALAR_COST;
-      const fragmentCost = cost(fragment);
+      const fragmentCost = cost(fragment, schema.getType(fragment.typeCondition.name.value) ?? undefined);
       visited.set(name, fragmentCost);
       return SCALAR_COST + DEPTH_COST_FACTOR * fragmentCost;
     }
     if (!node.selectionSet) return SCALAR_COST;
-    let page = 1;
+    let items = 1;
+    let connection = false;
+    let childType = parentType;
     if (node.kind === Kind.FIELD) {
-      const arg = node.arguments?.find((a) => a.name.value === 'first' || a.name.value === 'last');
-      if (arg) page = pageSize(arg.value);
+      const field = fieldOf(parentType, node.name.value);
+      childType = field ? getNamedType(field.type) : undefined;
+      ({ items, connection } = itemsOf(node, field));
+    } else if (node.kind === Kind.INLINE_FRAGMENT && node.typeCondition) {
+      childType = schema.getType(node.typeCondition.name.value) ?? undefined;
     }
     let total = OBJECT_COST;
-    for (const child of node.selectionSet.selections) total += DEPTH_COST_FACTOR * cost(child) * (page > 1 && resolvedPerItem(child) ? page : 1);
+    for (const child of node.selectionSet.selections) total += DEPTH_COST_FACTOR * cost(child, childType) * (items > 1 && (!connection || resolvedPerItem(child)) ? items : 1);
     return total;
   };
 
-  return { cost: cost(operation), usesVariables };
+  return { cost: cost(operation, undefined), usesVariables };
 }
 
 /**
@@ -135,12 +214,12 @@ export function estimateOperationCost(
 export function queryCostLimit(maxCost: number): Plugin {
   // Per parsed document, per operation name ('' for none): the cost when it does not depend on variables.
   const memo = new WeakMap<DocumentNode, Map<string, number>>();
-  const check = (args: { document: DocumentNode; operationName?: string | null; variableValues?: unknown }): GraphQLError | null => {
+  const check = (args: { schema: GraphQLSchema; document: DocumentNode; operationName?: string | null; variableValues?: unknown }): GraphQLError | null => {
     const key = args.operationName ?? '';
     let cost = memo.get(args.document)?.get(key);
     if (cost === undefined) {
       const variables = typeof args.variableValues === 'object' && args.variableValues !== null ? (args.variableValues as Record<string, unknown>) : null;
-      const estimate = estimateOperationCost(args.document, args.operationName, variables);
+      const estimate = estimateOperationCost(args.schema, args.document, args.operationName, variables);
       if (!estimate) return null;
       cost = estimate.cost;
       if (!estimate.usesVariables) {

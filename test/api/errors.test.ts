@@ -123,6 +123,47 @@ describe('graphql-armor limits', () => {
     expect(data.usageEvent.account.usage.edges[0].node.account.usage.edges.length).toBeGreaterThan(0);
   });
 
+  it('a list read without a page size counts the rows it serves: an unpaged connection its default page, batches and reservations their weight', async () => {
+    // Before the fix both cost about what one item did (a few hundred) and ran: 20 events, each
+    // reading its account's batches and reservations (up to 1,000 rows each), and 10 aliases of
+    // batches with a nested grant per row.
+    const perEvent = `query($id: ID!) { account(id: $id) { usage { edges { node { account { batches { id remaining } reservations { id status } } } } } } }`;
+    const aliases = Array.from({ length: 10 }, (_, i) => `b${i}: batches(status: [ACTIVE, EXHAUSTED]) { id remaining grant { id amount batch { id grant { id } } } }`).join(' ');
+    const perAlias = `query($id: ID!) { account(id: $id) { ${aliases} } }`;
+    for (const query of [perEvent, perAlias]) {
+      const res = await srv.gql(query, { id: acct });
+      expect(res.body.data ?? null).toBeNull();
+      expect(res.body.errors).toHaveLength(1);
+      expect(res.body.errors![0]!.message).toMatch(/^Query cost limit of 20000 exceeded, found \d+(\.\d+)?\.$/);
+      expect(res.body.errors![0]!.extensions?.code).toBe('BAD_USER_INPUT');
+    }
+  });
+
+  it('a dashboard query (balance, batches, holds, a page of usage and of the ledger, alerts, summaries, budgets) is served', async () => {
+    const dash = await apiAccount(srv, { free: '5', paid: '10' });
+    ok(await srv.gql(`mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`, { input: { accountId: dash, category: 'unit', idempotencyKey: `dash-use-${Date.now()}` } }));
+    const reserved = ok(await srv.gql(`mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`, { input: { accountId: dash, amount: '0.25', idempotencyKey: `dash-hold-${Date.now()}` } })).reserveCredits.id;
+    const dashboard = `query Dashboard($id: ID!) { account(id: $id) {
+      id externalId name kind
+      balance { available total reserved free paid periodCredits percentRemaining depleted version }
+      batches(status: [ACTIVE, EXHAUSTED, EXPIRED, VOIDED]) { ...Batch }
+      reservations(status: [ACTIVE]) { id amount consumed status expiresAt createdAt }
+      usage(first: 20) { edges { node { id category model cost occurredAt lines { item amount } } } pageInfo { hasNextPage endCursor } }
+      ledger(first: 20) { edges { node { id type amount balanceAfter createdAt note batch { id } } } }
+      alerts { edges { node { threshold percentRemaining available createdAt } } }
+      byCategory: usageSummary(groupBy: [CATEGORY]) { category credits events }
+      byModel: usageSummary(groupBy: [MODEL]) { model credits events }
+      budgets { agentId limit spent }
+      reconciliation { consistent }
+    } }
+    fragment Batch on CreditBatch { id type source allocated remaining addedAt expiresAt status }`;
+    const data = ok(await srv.gql(dashboard, { id: dash }));
+    expect(data.account.batches.length).toBe(2);
+    expect(data.account.reservations.map((r: { id: string }) => r.id)).toContain(reserved);
+    expect(data.account.usage.edges.length).toBeGreaterThan(0);
+    expect(data.account.reconciliation.consistent).toBe(true);
+  });
+
   it('a mutation refused for its cost records nothing', async () => {
     const events = async () => ok(await srv.gql(`query($id: ID!) { account(id: $id) { usage(first: 100) { edges { node { id } } } } }`, { id: acct })).account.usage.edges.length;
     const before = await events();

@@ -375,6 +375,55 @@ describe('limits and shutdown', () => {
     expect(again!.events).toHaveLength(1);
   });
 
+  it('takes a live slot only for a response that streams: a query or mutation sent with Accept: text/event-stream, application/json is answered while the slots are full; a subscription is counted whatever its Accept', async () => {
+    const { token: key } = await createApiKey(srv.services.pool, { name: uniq('live-accept'), scopes: ['read', 'usage:write'] });
+    const token = `Bearer ${key}`;
+    const account = await apiAccount(srv, { paid: '5' });
+    const post = (accept: string, query: string, variables: Record<string, unknown>) =>
+      fetch(srv.url, { method: 'POST', headers: { 'content-type': 'application/json', accept, authorization: token }, body: JSON.stringify({ query, variables }) });
+    const full = [track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: account })), track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: account }))];
+    full.push(track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: account })), track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: account })));
+    for (const [i, s] of full.entries()) await s.waitFor((x) => x.events.length === 1, `stream ${i + 1}`);
+    // What some GraphQL clients send for every operation. Before the fix both were refused with 429.
+    const sent = 'text/event-stream, application/json';
+    const read = await post(sent, `query($id: ID!) { account(id: $id) { balance { available } } }`, { id: account });
+    expect(read.status).toBe(200);
+    expect(read.headers.get('content-type')).toMatch(/^application\/json/);
+    expect((await read.json()).data.account.balance.available).toBe('5');
+    const charged = await post(sent, RECORD, { input: { accountId: account, category: 'unit', idempotencyKey: uniq('use') } });
+    expect(charged.status).toBe(200);
+    expect((await charged.json()).data.recordUsage.cost).toBe('1');
+    // A subscription is a stream over SSE whatever its Accept lists (yoga streams it for a
+    // wildcard too; before the fix that one took no slot and was served): refused past the limit.
+    for (const accept of ['text/event-stream', sent, '*/*']) {
+      const refused = await post(accept, BALANCE_SUB, { id: account });
+      expect(refused.status, accept).toBe(429);
+      expect((await refused.json()).errors.map((e: { extensions: { code: string } }) => e.extensions.code)).toEqual(['RATE_LIMITED']);
+    }
+    // Closing one stream frees its slot for a subscription with a wildcard Accept, which then
+    // holds it: the next SSE stream is refused again. The server frees a slot when it sees the
+    // close, maybe just after the client did: a bounded number of attempts, each awaited.
+    await full[0]!.dispose();
+    let wildcard: Response | null = null;
+    for (let attempt = 0; attempt < 20 && wildcard?.status !== 200; attempt++) {
+      await wildcard?.body?.cancel();
+      wildcard = await post('*/*', BALANCE_SUB, { id: account });
+    }
+    expect(wildcard!.status).toBe(200);
+    expect(wildcard!.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const reader = wildcard!.body!.getReader();
+    let text = '';
+    while (!text.includes('balanceChanged')) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      text += new TextDecoder().decode(chunk.value);
+    }
+    expect(text).toContain('"available":"4"');
+    const refused = await post('text/event-stream', BALANCE_SUB, { id: account });
+    expect(refused.status).toBe(429);
+    await reader.cancel();
+  });
+
   it('applies the same GraphQL limits and masking over WebSocket as over HTTP', async () => {
     const account = await apiAccount(srv, { paid: '1' });
     const aliases = Array.from({ length: 40 }, (_, i) => `a${i}: viewer { userId }`).join(" ");

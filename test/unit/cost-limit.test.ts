@@ -1,12 +1,21 @@
 /**
  * The query cost estimate (src/graphql/cost-limit.ts): graphql-armor's, with page sizes passed as
- * variables counted like literal ones.
+ * variables counted like literal ones, and lists read without a page size counted for what they
+ * serve (a connection's default page, a capped list's weight).
  */
 import { describe, expect, it } from 'vitest';
-import { parse, validate } from 'graphql';
+import { readFileSync, readdirSync } from 'node:fs';
+import { Kind, parse, validate, type DocumentNode } from 'graphql';
 import { costLimitRule } from '@escape.tech/graphql-armor-cost-limit';
 import { schema } from '../../src/graphql/schema.js';
-import { estimateOperationCost } from '../../src/graphql/cost-limit.js';
+import { CAPPED_LIST_COST_ITEMS, estimateOperationCost as estimateWithSchema } from '../../src/graphql/cost-limit.js';
+import { DEFAULT_CONNECTION_SIZE } from '../../src/graphql/builder.js';
+import { ACCOUNT_BATCHES_CAP, ACCOUNT_RESERVATIONS_CAP } from '../../src/graphql/types/account.js';
+import { parseEnv } from '../../src/config/env.js';
+
+/** estimateOperationCost against the served schema. */
+const estimateOperationCost = (document: DocumentNode, operationName: string | undefined, variables: Record<string, unknown> | null) =>
+  estimateWithSchema(schema, document, operationName, variables);
 
 /** graphql-armor's own estimate of the (single) operation of `query`. */
 function armorCost(query: string): number {
@@ -15,10 +24,11 @@ function armorCost(query: string): number {
   return found;
 }
 
+/** Documents reading no connection and no capped list: armor's estimate exactly. */
 const UNPAGED_DOCUMENTS = [
   `{ priceBook { version } }`,
-  `query($id: ID!) { account(id: $id) { id balance { total available } usage { edges { node { id cost lines { item amount } } } } } }`,
-  `query($id: ID!) { account(id: $id) { ...A ledger { edges { node { ...E } } } } } fragment A on Account { id name batches { ...B } } fragment B on CreditBatch { id remaining } fragment E on LedgerEntry { id amount batch { ...B } }`,
+  `query($id: ID!) { account(id: $id) { id balance { total available } budgets { agentId limit } } }`,
+  `query($id: ID!) { account(id: $id) { ...A } usageEvent(id: $id) { id lines { item amount } drawdowns { batch { ...B } } } } fragment A on Account { id name balance { total } } fragment B on CreditBatch { id remaining }`,
 ];
 
 const PAGED_DOCUMENTS = [
@@ -28,7 +38,7 @@ const PAGED_DOCUMENTS = [
 ];
 
 describe('estimateOperationCost', () => {
-  it.each(UNPAGED_DOCUMENTS)('equals graphql-armor without page sizes: %s', (query) => {
+  it.each(UNPAGED_DOCUMENTS)('equals graphql-armor without connections or capped lists: %s', (query) => {
     expect(estimateOperationCost(parse(query), undefined, {})).toEqual({ cost: armorCost(query), usesVariables: false });
   });
 
@@ -53,10 +63,51 @@ describe('estimateOperationCost', () => {
     expect(estimateOperationCost(variable, undefined, { n: 300 })).toEqual({ cost: expected, usesVariables: true });
     const defaulted = parse(`query($id: ID!, $n: Int = 300) { account(id: $id) { usage(first: $n) { edges { node { id } } } } }`);
     expect(estimateOperationCost(defaulted, undefined, {})).toEqual({ cost: expected, usesVariables: true });
-    // Left out or null: like an absent argument (armor counts 1).
-    const absent = armorCost(`query($id: ID!) { account(id: $id) { usage { edges { node { id } } } } }`);
+    // Left out or null: like an absent argument, the default page.
+    const absent = estimateOperationCost(parse(`query($id: ID!) { account(id: $id) { usage { edges { node { id } } } } }`), undefined, {})!.cost;
     expect(estimateOperationCost(variable, undefined, {})!.cost).toBe(absent);
     expect(estimateOperationCost(variable, undefined, { n: null })!.cost).toBe(absent);
+  });
+
+  it('counts a connection read without first / last as its default page (armor counted 1)', () => {
+    // Fails before the fix: the unpaged connection cost what a page of one did.
+    const unpaged = `query($id: ID!) { account(id: $id) { ledger { edges { node { id amount batch { id } } } pageInfo { hasNextPage } } } }`;
+    const paged = unpaged.replace('ledger {', `ledger(first: ${DEFAULT_CONNECTION_SIZE}) {`);
+    const expected = estimateOperationCost(parse(paged), undefined, {})!.cost;
+    expect(estimateOperationCost(parse(unpaged), undefined, {})).toEqual({ cost: expected, usesVariables: false });
+    expect(expected).toBeGreaterThan(armorCost(unpaged) * 10);
+    // `first: null` serves the default page too.
+    expect(estimateOperationCost(parse(unpaged.replace('ledger {', 'ledger(first: null) {')), undefined, {})!.cost).toBe(expected);
+  });
+
+  it('counts a capped plain list (Account.batches, Account.reservations) as its weight, each child once per item', () => {
+    // Fails before the fix: the lists cost one item each.
+    const items = Math.min(ACCOUNT_BATCHES_CAP, CAPPED_LIST_COST_ITEMS);
+    expect(Math.min(ACCOUNT_RESERVATIONS_CAP, CAPPED_LIST_COST_ITEMS)).toBe(items);
+    // account: 2 + 1.5 * (batches + reservations); each: 2 + 1.5 * items * (1 + 1 + __typename 1).
+    const query = `query($id: ID!) { account(id: $id) { batches { id remaining __typename } reservations(status: [ACTIVE]) { id amount __typename } } }`;
+    const list = 2 + 1.5 * items * 3;
+    expect(estimateOperationCost(parse(query), undefined, {})).toEqual({ cost: 2 + 1.5 * (list + list), usesVariables: false });
+    // Through a fragment on Account, and under a page: the page multiplies the list.
+    const nested = `query($id: ID!) { account(id: $id) { usage(first: 2) { edges { node { account { ...L } } } } } } fragment L on Account { batches { id } }`;
+    const fragment = 2 + 1.5 * (2 + 1.5 * items * 1);
+    const node = 2 + 1.5 * (2 + 1.5 * (1 + 1.5 * fragment));
+    expect(estimateOperationCost(parse(nested), undefined, {})!.cost).toBe(2 + 1.5 * (2 + 1.5 * 2 * (2 + 1.5 * node)));
+  });
+
+  it('keeps every operation of schema/operations (demo, bench, SDK) under the default GRAPHQL_MAX_COST', () => {
+    const maxCost = parseEnv({}).GRAPHQL_MAX_COST;
+    const dir = new URL('../../schema/operations/', import.meta.url);
+    let operations = 0;
+    for (const file of readdirSync(dir).filter((f) => f.endsWith('.graphql'))) {
+      const document = parse(readFileSync(new URL(file, dir), 'utf8'));
+      for (const d of document.definitions) {
+        if (d.kind !== Kind.OPERATION_DEFINITION) continue;
+        operations++;
+        expect(estimateOperationCost(document, d.name?.value, {})!.cost, `${file} ${d.name?.value}`).toBeLessThan(maxCost / 2);
+      }
+    }
+    expect(operations).toBeGreaterThan(5);
   });
 
   it('estimates the operation named, and answers null for a name the document lacks', () => {

@@ -13,6 +13,7 @@ import { compareDrawdownOrder } from '../../ledger/drawdown.js';
 import { monthlyPeriodAt } from '../../ledger/billing-period.js';
 import { badInput } from '../../ledger/errors.js';
 import { accountNow } from '../access.js';
+import { cappedList } from '../cost-limit.js';
 import { assertRowCursors, newestFirstRows, type CursorArgs } from '../ids.js';
 import {
   BalanceRef,
@@ -62,6 +63,12 @@ export const UsageFilterInput = builder.inputType('UsageFilter', {
 
 const MAX_PAGE = 500;
 
+/** Most rows Account.batches serves (the first ones in drawdown order; README "Limits"). */
+export const ACCOUNT_BATCHES_CAP = 1000;
+
+/** Most rows Account.reservations serves (the newest holds of the statuses asked for; README "Limits"). */
+export const ACCOUNT_RESERVATIONS_CAP = 1000;
+
 /** Batch statuses at `now` as a Prisma filter (ACTIVE past expiresAt counts as EXPIRED). */
 function batchStatusWhere(statuses: readonly string[], now: Date): Prisma.CreditBatchWhereInput {
   const or: Prisma.CreditBatchWhereInput[] = [];
@@ -99,6 +106,7 @@ export const AccountRef = builder.prismaNode('Account', {
       type: [CreditBatchRef],
       description: 'Credit batches; by default only ACTIVE ones, soonest to be drawn first.',
       args: { status: t.arg({ type: [BatchStatusEnum], required: false }) },
+      extensions: cappedList(ACCOUNT_BATCHES_CAP),
       resolve: async (query, a, args, ctx) => {
         const now = accountNow(a, ctx.services.clock());
         const batches = await ctx.prisma.creditBatch.findMany({
@@ -107,7 +115,7 @@ export const AccountRef = builder.prismaNode('Account', {
           // Drawdown order (ledger/drawdown.ts: FREE first, soonest expiry, oldest) before the cap,
           // so the batches drawn first are never the ones cut.
           orderBy: [{ type: 'asc' }, { expiresAt: { sort: 'asc', nulls: 'last' } }, { addedAt: 'asc' }, { id: 'asc' }],
-          take: 1000,
+          take: ACCOUNT_BATCHES_CAP,
         });
         const drawable = (b: (typeof batches)[number]) => effectiveBatchStatus(b, now) === 'ACTIVE';
         return batches.sort((x, y) => {
@@ -204,13 +212,14 @@ export const AccountRef = builder.prismaNode('Account', {
     reservations: t.prismaField({
       type: [ReservationRef],
       args: { status: t.arg({ type: [ReservationStatusEnum], required: false }) },
+      extensions: cappedList(ACCOUNT_RESERVATIONS_CAP),
       resolve: async (query, a, args, ctx) => {
         const now = accountNow(a, ctx.services.clock());
         // The statuses as the API shows them (effectiveReservationStatus), filtered in SQL before the
         // cap, so an old ACTIVE hold is never cut by newer closed ones. Holds of one group-commit
         // transaction share createdAt: the id breaks the tie, so the order (and the cap) is stable.
         const where = args.status ? { OR: [...new Set(args.status)].map((s) => reservationStatusWhere(s, now)) } : {};
-        return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: [{ createdAt: 'desc' }, { id: 'desc' }], take: 1000 });
+        return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: [{ createdAt: 'desc' }, { id: 'desc' }], take: ACCOUNT_RESERVATIONS_CAP });
       },
     }),
     referralCode: t.exposeString('referralCode', { description: 'Code that a new account passes to redeemReferral.' }),
