@@ -126,7 +126,7 @@ const EnvSchema = z.object({
   OUTBOX_POLL_INTERVAL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
   /** Live subscriptions one WebSocket connection may hold at once. */
   LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION: z.coerce.number().int().min(1).default(20),
-  /** WebSocket connections one credential may hold open on one instance. */
+  /** Live connections one credential may hold open on one instance: WebSocket connections and SSE subscription streams together (HTTP 429 / close 4429 past it). */
   LIVE_MAX_CONNECTIONS_PER_TOKEN: z.coerce.number().int().min(1).default(100),
   /** Largest WebSocket message accepted from a client, in bytes. */
   LIVE_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1024).default(65_536),
