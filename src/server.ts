@@ -10,6 +10,9 @@
  * distinct connections mode). WebSocket operations run through `yoga.getEnveloped`, so auth,
  * limits and masking apply exactly as over HTTP. The server also runs this instance's LiveHub
  * (one Redis subscriber connection) and, unless OUTBOX_RELAY=false, the outbox relay.
+ *
+ * With PAYMENT_PROVIDER=stripe and STRIPE_WEBHOOK_SECRET, POST /webhooks/stripe takes Stripe's
+ * payment events (src/http/stripe-webhook.ts), routed before yoga so it reads the raw body.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createHash, randomUUID } from 'node:crypto';
@@ -41,6 +44,8 @@ import { bearerToken, type Authenticator } from './auth/authenticator.js';
 import type { QueryTimings } from './db/query-timings.js';
 import { LedgerError } from './ledger/errors.js';
 import { bodyRefusal } from './http/body-limit.js';
+import { STRIPE_WEBHOOK_PATH, stripeWebhookHandler } from './http/stripe-webhook.js';
+import { StripeProvider } from './payments/stripe.js';
 import { atInstant, type InstantTimer } from './live/at-instant.js';
 import { closeRedis, settlesWithin, REDIS_QUIT_WAIT_MS } from './db/redis-close.js';
 
@@ -161,6 +166,20 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
   const relay = publisher
     ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: jobSink })
     : null;
+
+  // Stripe's webhook endpoint (http/stripe-webhook.ts): only where Stripe charges and its signing
+  // secret is configured. Without it, payments are settled by their own answer and by polling only.
+  // Verifying a signature is local (no request to Stripe), so a provider of its own does it.
+  const stripeVerifier =
+    env.PAYMENT_PROVIDER === 'stripe' && env.STRIPE_SECRET_KEY && env.STRIPE_WEBHOOK_SECRET
+      ? new StripeProvider({ secretKey: env.STRIPE_SECRET_KEY, webhookSecret: env.STRIPE_WEBHOOK_SECRET })
+      : null;
+  const stripeWebhook = stripeVerifier
+    ? stripeWebhookHandler({ verify: (rawBody, signature) => stripeVerifier.verifyWebhook(rawBody, signature), services: deps.services, log })
+    : null;
+  if (env.PAYMENT_PROVIDER === 'stripe' && !stripeWebhook) {
+    log.warn(`STRIPE_WEBHOOK_SECRET is not set: ${STRIPE_WEBHOOK_PATH} is off, so a payment whose answer was lost is only settled by polling, and a late success whose grant failed is not retried`);
+  }
 
   /**
    * Masks one error for the client (graphql/errors.ts maskError) with the request id and audience
@@ -370,6 +389,10 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       // Nothing of the body is read; the connection closes so its bytes are not parsed as a request.
       res.writeHead(refusal.status, { 'content-type': 'application/json', connection: 'close' });
       res.end(JSON.stringify({ errors: [{ message: refusal.message, extensions: { code: 'BAD_USER_INPUT', reason: refusal.reason, requestId } }] }));
+      return;
+    }
+    if (stripeWebhook && path === STRIPE_WEBHOOK_PATH) {
+      stripeWebhook(req, res, requestId); // reads the raw body itself (the signature is over its bytes)
       return;
     }
     // A subscription streamed over SSE takes a live slot once yoga has its result: liveStreamSlots.

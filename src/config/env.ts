@@ -156,7 +156,10 @@ const EnvSchema = z.object({
   PAYMENT_PROVIDER: z.enum(['simulator', 'stripe']).default('simulator'),
   /** Stripe secret API key (sk_live_… / sk_test_…), used when PAYMENT_PROVIDER=stripe. */
   STRIPE_SECRET_KEY: z.string().min(1).optional(),
-  /** Signing secret (whsec_…) of the Stripe webhook endpoint, to verify Stripe's webhook signatures. */
+  /**
+   * Signing secret (whsec_…) of the Stripe webhook endpoint. With PAYMENT_PROVIDER=stripe it turns
+   * on POST /webhooks/stripe (src/http/stripe-webhook.ts), whose events are verified with it.
+   */
   STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
 }).superRefine((env, ctx) => {
   // Without the secret no delivery can be signed: every alert webhook would fail for good (deliverWebhook).

@@ -32,6 +32,15 @@ export function idempotencyConflict(what: 'usage event' | 'reservation' | 'grant
 export const BALANCE_LIMIT_REASON = 'BALANCE_LIMIT';
 
 /**
+ * True when `err` is a BALANCE_LIMIT refusal (a LedgerError whose `details.reason` is
+ * {@link BALANCE_LIMIT_REASON}): nothing was written, and the same work may succeed later, once
+ * the account's balance has room (a paid charge's grant is retried, not dropped).
+ */
+export function isBalanceLimitRefusal(err: unknown): err is LedgerError {
+  return err instanceof LedgerError && err.details?.reason === BALANCE_LIMIT_REASON;
+}
+
+/**
  * The BAD_USER_INPUT refusal (reason BALANCE_LIMIT) of a charge whose running sums would pass
  * MAX_ABS_MICRO_CREDITS, else null: `debtAfterMicroCredits` is the account's debt once the charge
  * is recorded, `consumedAfterMicroCredits` what its hold has consumed then (null for a charge

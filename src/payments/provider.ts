@@ -47,6 +47,28 @@ export type ChargeOutcome =
   | { status: 'requires_action'; providerRef: string; message: string };
 
 /**
+ * What the provider reports on its own, after the fact, about one charge creditpool made (Stripe:
+ * a verified `payment_intent.*` webhook event; src/payments/stripe.ts chargeEventOf). Settled by
+ * services/payment-events.ts applyChargeEvent through the same code as the charge's own answer.
+ */
+export interface ChargeEvent {
+  /** The provider's event id (logs only: the settlement itself is idempotent per payment). */
+  eventId: string;
+  /** The provider's event type (logs). */
+  eventType: string;
+  /** `metadata.paymentId` of the charge as the provider echoes it (unvalidated; null when absent). */
+  paymentId: string | null;
+  /** `metadata.accountId` of the charge (database id; null when absent). */
+  accountId: string | null;
+  /** What the charge ended as, in the terms of {@link PaymentProvider.charge}'s answer. */
+  outcome: ChargeOutcome;
+  /** The charge's amount in the currency's minor unit (USD cents), as the provider recorded it. */
+  amountCents: bigint;
+  /** ISO currency code as the provider recorded it, lower case (`usd`). */
+  currency: string;
+}
+
+/**
  * The provider's answer is unknown (timeout, network error, provider-side error): the charge may
  * have happened. Retry with the SAME idempotency key; never treat it as a decline.
  */

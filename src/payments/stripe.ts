@@ -19,10 +19,11 @@
  * a minute normally: https://docs.stripe.com/search#data-freshness), and a request sent just
  * before the window closed may still be in flight, so an empty answer is only believed
  * LOOKUP_SETTLE_DELAY_MS after the payment's last send (services/purchase-pack.ts settlePayment).
- * Webhooks are verified with Stripe's signature scheme (https://docs.stripe.com/webhooks#verify-events).
+ * Webhooks are verified with Stripe's signature scheme (https://docs.stripe.com/webhooks#verify-events)
+ * and read by chargeEventOf (the endpoint: src/http/stripe-webhook.ts).
  */
 import Stripe from 'stripe';
-import { PaymentTimeoutError, usdToCents, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
+import { PaymentTimeoutError, usdToCents, type ChargeEvent, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
 
 /** How to reach Stripe. `host`/`port`/`protocol` point the SDK elsewhere (tests: a local fake of Stripe's API). */
 export interface StripeProviderOptions {
@@ -51,6 +52,19 @@ function outcomeUnknown(err: InstanceType<typeof Stripe.errors.StripeError>): bo
   return err instanceof Stripe.errors.StripeConnectionError || status === 409 || status === 429 || status >= 500;
 }
 
+/**
+ * What a PaymentIntent whose payment attempt failed means for the charge: its `last_payment_error`
+ * `authentication_required` (the bank wants 3-D Secure from an off-session charge:
+ * https://docs.stripe.com/payments/save-and-reuse#charge-saved-payment-method) is requires_action,
+ * as charge() answers that card error; any other error is declined with Stripe's decline_code,
+ * else its code, else `fallbackCode`.
+ */
+function failedAttemptOf(intent: Stripe.PaymentIntent, fallbackCode: string): ChargeOutcome {
+  const e = intent.last_payment_error;
+  if (e?.code === 'authentication_required') return { status: 'requires_action', providerRef: intent.id, message: e.message ?? 'The payment requires the customer to authenticate.' };
+  return { status: 'declined', code: e?.decline_code ?? e?.code ?? fallbackCode, message: e?.message ?? `PaymentIntent ${intent.status}` };
+}
+
 /** What a PaymentIntent's status means for the charge (module comment). @throws PaymentTimeoutError while it is `processing`. */
 function outcomeOfIntent(intent: Stripe.PaymentIntent): ChargeOutcome {
   switch (intent.status) {
@@ -60,11 +74,64 @@ function outcomeOfIntent(intent: Stripe.PaymentIntent): ChargeOutcome {
       return { status: 'requires_action', providerRef: intent.id, message: 'The payment requires the customer to authenticate.' };
     case 'processing':
       throw new PaymentTimeoutError(`stripe: PaymentIntent ${intent.id} is still processing`);
-    default: {
-      const e = intent.last_payment_error;
-      return { status: 'declined', code: e?.decline_code ?? e?.code ?? intent.status, message: e?.message ?? `PaymentIntent ${intent.status}` };
-    }
+    default:
+      return failedAttemptOf(intent, intent.status);
   }
+}
+
+/**
+ * The webhook event types that settle a payment (https://docs.stripe.com/api/events/types), each a
+ * PaymentIntent outcome that is final for that PaymentIntent:
+ * - `payment_intent.succeeded`: the money was taken;
+ * - `payment_intent.payment_failed`: the payment attempt failed and the PaymentIntent went back to
+ *   `requires_payment_method` (https://docs.stripe.com/payments/paymentintents/lifecycle); only a
+ *   new confirmation could still charge it, and creditpool never confirms a PaymentIntent again
+ *   (its one create-and-confirm request is replayed by its Idempotency-Key, never re-executed:
+ *   https://docs.stripe.com/api/idempotent_requests) nor hands out its client secret;
+ * - `payment_intent.requires_action`: the bank wants the customer, whom an off-session charge
+ *   does not have (charge() answers the same request requires_action);
+ * - `payment_intent.canceled`: a canceled PaymentIntent can never be charged.
+ * Others (`created`, `processing`, `amount_capturable_updated`, ...) say nothing final and are ignored.
+ */
+export const SETTLING_EVENT_TYPES = ['payment_intent.succeeded', 'payment_intent.payment_failed', 'payment_intent.requires_action', 'payment_intent.canceled'] as const;
+
+/**
+ * The charge outcome a verified Stripe event reports ({@link SETTLING_EVENT_TYPES}), from the
+ * PaymentIntent snapshot it carries (`data.object`; the adapter's charges carry `metadata.paymentId`
+ * and `metadata.accountId`): succeeded -> succeeded (providerRef = the PaymentIntent id);
+ * payment_failed and canceled -> declined (decline_code, else code, else `payment_failed` /
+ * `canceled`), or requires_action for `authentication_required`, as charge() maps the same error;
+ * requires_action -> requires_action. The outcome follows the event's TYPE, not the snapshot's
+ * status, since events may arrive out of order (https://docs.stripe.com/webhooks#event-ordering).
+ * @returns null for any other event type (nothing to settle).
+ */
+export function chargeEventOf(event: Stripe.Event): ChargeEvent | null {
+  if (!(SETTLING_EVENT_TYPES as readonly string[]).includes(event.type)) return null;
+  const intent = event.data.object as Stripe.PaymentIntent;
+  let outcome: ChargeOutcome;
+  switch (event.type) {
+    case 'payment_intent.succeeded':
+      outcome = { status: 'succeeded', providerRef: intent.id };
+      break;
+    case 'payment_intent.requires_action':
+      outcome = { status: 'requires_action', providerRef: intent.id, message: 'The payment requires the customer to authenticate.' };
+      break;
+    case 'payment_intent.canceled':
+      outcome = failedAttemptOf(intent, 'canceled');
+      break;
+    default:
+      outcome = failedAttemptOf(intent, 'payment_failed');
+  }
+  const metadata = intent.metadata ?? {};
+  return {
+    eventId: event.id,
+    eventType: event.type,
+    paymentId: typeof metadata.paymentId === 'string' ? metadata.paymentId : null,
+    accountId: typeof metadata.accountId === 'string' ? metadata.accountId : null,
+    outcome,
+    amountCents: BigInt(Number.isSafeInteger(intent.amount) ? intent.amount : -1),
+    currency: String(intent.currency ?? '').toLowerCase(),
+  };
 }
 
 /** Charges saved payment methods through Stripe PaymentIntents (module comment). */

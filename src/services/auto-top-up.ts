@@ -186,6 +186,8 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
  * granted). Such a late success ends the top-up SUCCEEDED when `payment` is still its current
  * attempt (so no further attempt charges the card again); when a newer attempt exists already,
  * the card may be charged twice, which is logged as an error (both charges are granted).
+ * @returns the run's result, and whether this call settled the payment (false: a concurrent run
+ *   or the provider's webhook did, or the top-up had ended).
  * @throws PaymentTimeoutError when a lookup found no charge within LOOKUP_SETTLE_DELAY_MS of the
  *   last send (nothing written; the top-up stays PENDING).
  */
@@ -196,28 +198,28 @@ async function recordOutcome(
   pack: CreditPackView,
   outcome: ChargeOutcome,
   lastAttempt: boolean,
-): Promise<TopUpRunResult> {
+): Promise<{ run: TopUpRunResult; settledNow: boolean }> {
   const result = await withTransaction(ctx.pool, async (tx) => {
     const wallNow = ctx.clock();
     const locked = await lockTopUp(tx, topUpId, wallNow);
-    if (!locked) return { topUpId, status: 'SKIPPED' as const, reason: null };
+    if (!locked) return { topUpId, status: 'SKIPPED' as const, reason: null, settledNow: false };
     const { atx, row } = locked;
     const topUpStatus = row.status as TopUpStatus;
-    if (topUpStatus !== 'PENDING' && outcome.status !== 'succeeded') return { topUpId, status: topUpStatus, reason: null };
+    if (topUpStatus !== 'PENDING' && outcome.status !== 'succeeded') return { topUpId, status: topUpStatus, reason: null, settledNow: false };
     const { payment: after, settledNow, lateSuccess } = await settlePayment(atx, payment.id, pack, outcome, wallNow);
     // Settled by a concurrent run of the same payment, which also recorded its consequences.
-    if (!settledNow) return { topUpId, status: topUpStatus, reason: topUpStatus === 'PENDING' ? after.error : null };
+    if (!settledNow) return { topUpId, status: topUpStatus, reason: topUpStatus === 'PENDING' ? after.error : null, settledNow };
     if (after.status === 'SUCCEEDED' && row.payment_id !== payment.id) {
       // A late success of an earlier attempt: granted (the money was taken), but the top-up went on with another one.
       await atx.finish();
-      return { topUpId, status: topUpStatus, reason: null, lateSuccess, chargedTwice: true, payment: after };
+      return { topUpId, status: topUpStatus, reason: null, lateSuccess, chargedTwice: true, payment: after, settledNow };
     }
     if (after.status === 'SUCCEEDED') {
       // finish() runs balances_changed while this top-up is still PENDING (unless a late success
       // revives a FAILED one): the grant cannot start another.
       await atx.finish();
       await tx.query(`UPDATE auto_top_up_settings SET consecutive_failures = 0, last_attempt_at = $2, last_error = NULL WHERE account_id = $1`, [atx.accountId, atx.now]);
-      return { ...(await finishTopUp(atx, topUpId, 'SUCCEEDED', null)), lateSuccess, chargedTwice: false, payment: after };
+      return { ...(await finishTopUp(atx, topUpId, 'SUCCEEDED', null)), lateSuccess, chargedTwice: false, payment: after, settledNow };
     }
     const { rows } = await tx.query(
       `UPDATE auto_top_up_settings SET consecutive_failures = consecutive_failures + 1, last_attempt_at = $2, last_error = $3,
@@ -238,7 +240,7 @@ async function recordOutcome(
       result = await finishTopUp(atx, topUpId, 'FAILED', after.error);
     }
     await atx.finish();
-    return result;
+    return { ...result, settledNow };
   });
   if ('payment' in result && result.lateSuccess) {
     logLateSuccess(ctx, result.payment, { topUpId });
@@ -249,7 +251,7 @@ async function recordOutcome(
       );
     }
   }
-  return { topUpId: result.topUpId, status: result.status, reason: result.reason };
+  return { run: { topUpId: result.topUpId, status: result.status, reason: result.reason }, settledNow: result.settledNow };
 }
 
 /**
@@ -284,12 +286,37 @@ export async function runAutoTopUp(ctx: ServiceContext, topUp: { topUpId: string
   assert(pack, 'a payment refers to an existing pack');
   try {
     const outcome = await chargePayment(ctx.pool, provider, payment, pack, ctx.clock());
-    return await recordOutcome(ctx, topUpId, payment, pack, outcome, attempt.attemptsMade + 1 >= attempt.attempts);
+    return (await recordOutcome(ctx, topUpId, payment, pack, outcome, attempt.attemptsMade + 1 >= attempt.attempts)).run;
   } catch (err) {
     // No answer, or "no charge found" too soon after the last send: the outcome is unknown, retried later.
     if (err instanceof PaymentTimeoutError) return { topUpId, status: 'PENDING', reason: `payment provider timed out: ${err.message}` };
     throw err;
   }
+}
+
+/** The top-up an AUTO_TOP_UP payment was made for: its idempotency key is `auto-top-up:<top-up id>:<attempt>` (prepare). */
+const TOP_UP_PAYMENT_KEY_RE = /^auto-top-up:([0-9a-f-]{36}):\d+$/;
+
+/**
+ * Records the outcome of an AUTO_TOP_UP payment that the provider reported on its own (its
+ * webhook: services/payment-events.ts) exactly as a run of the top-up records its charge's answer
+ * (recordOutcome, under the account and top-up locks): a success grants the pack once (also a
+ * late success of a payment settled `no_charge_found`, and of an earlier attempt) and ends the
+ * top-up SUCCEEDED when the payment is its current attempt; a failure counts toward the pause and
+ * leaves the top-up PENDING for its job or the sweep, whose next run makes a new attempt (a
+ * webhook is never the job's last attempt, so it never ends the top-up FAILED by itself, except
+ * by pausing it).
+ * @param payment an AUTO_TOP_UP payment (its key names the top-up).
+ * @returns the top-up's state after this call, and whether this call settled the payment.
+ * @throws LedgerError BAD_USER_INPUT (reason BALANCE_LIMIT) when the grant would take the balance
+ *   above MAX_ABS_MICRO_CREDITS (nothing written); database errors.
+ */
+export async function settleTopUpPayment(ctx: ServiceContext, payment: PaymentRow, outcome: ChargeOutcome): Promise<{ run: TopUpRunResult; settledNow: boolean }> {
+  const topUpId = TOP_UP_PAYMENT_KEY_RE.exec(payment.idempotencyKey)?.[1];
+  assert(payment.purpose === 'AUTO_TOP_UP' && topUpId, 'an auto top-up payment is keyed auto-top-up:<top-up id>:<attempt>');
+  const pack = await findCreditPack(ctx.pool, payment.packId);
+  assert(pack, 'a payment refers to an existing pack');
+  return recordOutcome(ctx, topUpId, payment, pack, outcome, false);
 }
 
 /**

@@ -212,8 +212,11 @@ async function assertBalanceRoom(db: pg.Pool | pg.PoolClient, accountId: string,
   if (err) throw err;
 }
 
-/** True when a FAILED payment was settled because a lookup found no charge (not a provider's decline). */
-function failedAsNoChargeFound(payment: PaymentRow): boolean {
+/**
+ * True when a FAILED payment was settled because a lookup found no charge (not a provider's
+ * decline): the one FAILED state a success may still turn into SUCCEEDED ({@link settlePayment}).
+ */
+export function failedAsNoChargeFound(payment: PaymentRow): boolean {
   return payment.status === 'FAILED' && (payment.error ?? '').startsWith(`${NO_CHARGE_FOUND}: `);
 }
 
@@ -389,13 +392,32 @@ export async function completePurchase(ctx: ServiceContext, provider: PaymentPro
   const pack = await findCreditPack(ctx.pool, payment.packId);
   assert(pack, 'a payment refers to an existing pack');
   const outcome = await chargePayment(ctx.pool, provider, payment, pack, ctx.clock());
-  const { payment: after, lateSuccess } = await withTransaction(ctx.pool, async (tx) => {
+  return (await settlePurchase(ctx, payment, pack, outcome)).payment;
+}
+
+/**
+ * Step 3 of a purchase payment: records the charge's `outcome` with {@link settlePayment} in one
+ * transaction under the account lock, and logs a late success. Shared by the charge's own answer
+ * (completePurchase) and the provider's webhook (services/payment-events.ts), so both settle a
+ * payment the same way, once.
+ * @returns settlePayment's answer (the payment after this call; whether this call settled it).
+ * @throws PaymentTimeoutError as settlePayment (nothing written); LedgerError BAD_USER_INPUT
+ *   (reason BALANCE_LIMIT) when the grant would take the balance above MAX_ABS_MICRO_CREDITS
+ *   (nothing written: the payment keeps its status); database errors.
+ */
+export async function settlePurchase(
+  ctx: ServiceContext,
+  payment: PaymentRow,
+  pack: CreditPackView,
+  outcome: ChargeOutcome,
+): Promise<{ payment: PaymentRow; settledNow: boolean; lateSuccess: boolean }> {
+  const settled = await withTransaction(ctx.pool, async (tx) => {
     const wallNow = ctx.clock();
     const atx = await AccountTx.lock(tx, payment.accountId, wallNow);
-    const settled = await settlePayment(atx, payment.id, pack, outcome, wallNow);
+    const result = await settlePayment(atx, payment.id, pack, outcome, wallNow);
     await atx.finish();
-    return settled;
+    return result;
   });
-  if (lateSuccess) logLateSuccess(ctx, after);
-  return after;
+  if (settled.lateSuccess) logLateSuccess(ctx, settled.payment);
+  return settled;
 }

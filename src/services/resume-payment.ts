@@ -15,7 +15,7 @@
  * sweep re-adds it), because their outcome also updates the top-up.
  */
 import type pg from 'pg';
-import { LedgerError } from '../ledger/errors.js';
+import { isBalanceLimitRefusal } from '../ledger/refusals.js';
 import { PaymentTimeoutError } from '../payments/provider.js';
 import { completePurchase, findPayment, requireProvider, type PaymentRow } from './purchase-pack.js';
 import type { ServiceContext } from './context.js';
@@ -67,7 +67,7 @@ export async function resumePayment(ctx: ServiceContext, paymentId: string): Pro
     return { paymentId, status: after.status, reason: after.error };
   } catch (err) {
     if (err instanceof PaymentTimeoutError) return { paymentId, status: 'PENDING', reason: `payment provider timed out: ${err.message}` };
-    if (err instanceof LedgerError && err.details?.reason === 'BALANCE_LIMIT') return { paymentId, status: 'PENDING', reason: err.message };
+    if (isBalanceLimitRefusal(err)) return { paymentId, status: 'PENDING', reason: err.message };
     throw err;
   }
 }

@@ -17,25 +17,26 @@ import { parseEnv } from '../../src/config/env.js';
 import type { WorkerDeps } from '../../workers/deps.js';
 import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE } from '../../src/queues/names.js';
 
-/** A test server whose relay enqueues jobs under its own `prefix`, and its simulator. */
-export interface BillingServer {
+/** A test server whose relay enqueues jobs under its own `prefix`. */
+export interface QueuedServer {
   srv: TestServer;
   prefix: string;
-  simulator: PaymentSimulator;
   /** Closes the server, then removes its queues from Redis. */
   close(): Promise<void>;
 }
 
-/** Starts a test server (PAYMENT_PROVIDER=simulator) on a unique BullMQ prefix. */
-export async function startBillingServer(): Promise<BillingServer> {
+/** A test server on its own queues, and its simulator. */
+export interface BillingServer extends QueuedServer {
+  simulator: PaymentSimulator;
+}
+
+/** Starts a test server with the environment `overrides` on a unique BullMQ prefix. */
+export async function startServerWithOwnQueues(overrides: Record<string, string>): Promise<QueuedServer> {
   const prefix = `cp-billing-${randomUUID()}`;
-  const srv = await startTestServer({ QUEUE_PREFIX: prefix, PAYMENT_PROVIDER: 'simulator' });
-  const simulator = srv.services.payments;
-  if (!(simulator instanceof PaymentSimulator)) throw new Error('the test server should charge through the simulator');
+  const srv = await startTestServer({ QUEUE_PREFIX: prefix, ...overrides });
   return {
     srv,
     prefix,
-    simulator,
     async close() {
       await srv.close();
       const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
@@ -47,6 +48,14 @@ export async function startBillingServer(): Promise<BillingServer> {
       connection.disconnect();
     },
   };
+}
+
+/** Starts a test server (PAYMENT_PROVIDER=simulator) on a unique BullMQ prefix. */
+export async function startBillingServer(): Promise<BillingServer> {
+  const base = await startServerWithOwnQueues({ PAYMENT_PROVIDER: 'simulator' });
+  const simulator = base.srv.services.payments;
+  if (!(simulator instanceof PaymentSimulator)) throw new Error('the test server should charge through the simulator');
+  return { ...base, simulator };
 }
 
 /** The CreditPack fields the billing tests select (GraphQL selection set). */
@@ -114,7 +123,7 @@ export const RECORD_USAGE = `mutation($input: RecordUsageInput!) { recordUsage(i
  * silent log and the test environment (its queue prefix) plus `env` overrides (e.g.
  * PAYMENT_RESUME_AFTER_SECONDS): for calling processors directly in a test.
  */
-export function billingWorkerDeps(billing: BillingServer, env: Record<string, string> = {}): WorkerDeps {
+export function billingWorkerDeps(billing: QueuedServer, env: Record<string, string> = {}): WorkerDeps {
   return {
     services: billing.srv.services,
     log: pino({ level: 'silent' }),

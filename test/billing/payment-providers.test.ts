@@ -5,60 +5,30 @@
  *   confirmed PaymentIntent in exact USD cents with the payment id as Idempotency-Key; card
  *   errors map to declined / requires_action; no answer, 5xx and `processing` to
  *   PaymentTimeoutError; the SDK's own retry re-sends the same key. Webhook signatures are checked
- *   with the SDK's test header helper.
+ *   with the SDK's test header helper, and chargeEventOf maps events like the charge's own answer.
  * - Simulator: one charge per key, outcomes by prefix and script, key reuse with other parameters refused.
  * - usdToCents and the factory.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { once } from 'node:events';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import Stripe from 'stripe';
-import { StripeProvider } from '../../src/payments/stripe.js';
+import { StripeProvider, chargeEventOf } from '../../src/payments/stripe.js';
 import { PaymentSimulator } from '../../src/payments/simulator.js';
 import { PaymentTimeoutError, usdToCents, type ChargeRequest } from '../../src/payments/provider.js';
 import { createPaymentProvider } from '../../src/payments/index.js';
+import { cardErrorAnswer, intentAnswer, paymentIntent, searchAnswer, startFakeStripe, stripeEvent, type FakeStripe, type Planned, type Recorded } from './fake-stripe.js';
 
-/** What the fake Stripe answers next: a status and JSON body, extra headers, or no answer at all. */
-type Planned = { status: number; body: unknown; headers?: Record<string, string> } | 'hang';
-
-interface Recorded {
-  method: string;
-  path: string;
-  headers: IncomingMessage['headers'];
-  form: URLSearchParams;
-}
-
-let server: Server;
-let port: number;
-const planned: Planned[] = [];
-const recorded: Recorded[] = [];
+let fake: FakeStripe;
 
 beforeAll(async () => {
-  server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    let body = '';
-    req.setEncoding('utf8');
-    req.on('data', (chunk: string) => (body += chunk));
-    req.on('end', () => {
-      recorded.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers, form: new URLSearchParams(body) });
-      const next = planned.shift() ?? { status: 500, body: { error: { type: 'api_error', message: 'nothing planned' } } };
-      if (next === 'hang') return;
-      res.writeHead(next.status, { 'content-type': 'application/json', 'request-id': `req_${recorded.length}`, ...next.headers });
-      res.end(JSON.stringify(next.body));
-    });
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  port = (server.address() as AddressInfo).port;
+  fake = await startFakeStripe();
 });
 
 afterAll(async () => {
-  server.closeAllConnections();
-  server.close();
+  await fake?.close();
 });
 
 function stripeAt(opts: { timeoutMs?: number; maxNetworkRetries?: number } = {}) {
-  return new StripeProvider({ secretKey: 'sk_test_creditpool', webhookSecret: 'whsec_creditpool', host: '127.0.0.1', port, protocol: 'http', maxNetworkRetries: 0, ...opts });
+  return fake.provider(opts);
 }
 
 function chargeRequest(overrides: Partial<ChargeRequest> = {}): ChargeRequest {
@@ -75,18 +45,15 @@ function chargeRequest(overrides: Partial<ChargeRequest> = {}): ChargeRequest {
 
 /** Runs `fn` with these answers planned; returns its result and the requests it made. */
 async function withAnswers<T>(answers: Planned[], fn: () => Promise<T>): Promise<{ result: T; requests: Recorded[] }> {
-  planned.length = 0;
-  recorded.length = 0;
-  planned.push(...answers);
+  fake.planned.length = 0;
+  fake.recorded.length = 0;
+  fake.planned.push(...answers);
   const result = await fn();
-  return { result, requests: [...recorded] };
+  return { result, requests: [...fake.recorded] };
 }
 
-const intent = (status: string, id = 'pi_123') => ({ status: 200, body: { id, object: 'payment_intent', status, amount: 999, currency: 'usd' } });
-const cardError = (code: string, extra: Record<string, unknown> = {}) => ({
-  status: 402,
-  body: { error: { type: 'card_error', code, message: `card error ${code}`, payment_intent: { id: 'pi_err', object: 'payment_intent', status: 'requires_payment_method' }, ...extra } },
-});
+const intent = intentAnswer;
+const cardError = cardErrorAnswer;
 
 describe('StripeProvider.charge', () => {
   it('sends one confirmed off-session PaymentIntent in exact cents, with the payment id as Idempotency-Key', async () => {
@@ -155,8 +122,8 @@ describe('StripeProvider.charge', () => {
 });
 
 describe('StripeProvider.lookupCharge', () => {
-  const search = (...data: unknown[]) => ({ status: 200, body: { object: 'search_result', url: '/v1/payment_intents/search', has_more: false, data } });
-  const pi = (status: string, id: string, extra: Record<string, unknown> = {}) => ({ id, object: 'payment_intent', status, amount: 999, currency: 'usd', ...extra });
+  const search = searchAnswer;
+  const pi = paymentIntent;
 
   it("searches PaymentIntents by metadata['paymentId'] with a GET (nothing is charged) and maps what it finds", async () => {
     const { result, requests } = await withAnswers([search(pi('succeeded', 'pi_found'))], () => stripeAt().lookupCharge('6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e'));
@@ -202,6 +169,42 @@ describe('StripeProvider.verifyWebhook', () => {
     const old = Stripe.webhooks.generateTestHeaderString({ payload, secret: 'whsec_creditpool', timestamp: Math.floor(Date.now() / 1000) - 3600 });
     expect(() => p.verifyWebhook(payload, old)).toThrow(Stripe.errors.StripeSignatureVerificationError);
     expect(() => new StripeProvider({ secretKey: 'sk_test_x' }).verifyWebhook(payload, header)).toThrow(/STRIPE_WEBHOOK_SECRET/);
+  });
+});
+
+describe('chargeEventOf (what a verified Stripe event settles)', () => {
+  const event = (type: string, object: Record<string, unknown>) => stripeEvent(type, object, 'evt_1') as unknown as Stripe.Event;
+  const metadata = { paymentId: '6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e', packId: 'p1', purpose: 'PURCHASE', accountId: 'a5a0c3de-0000-4000-8000-000000000001' };
+
+  it('maps succeeded, payment_failed (decline_code, else code), authentication_required, requires_action and canceled like the charge\'s own answer', () => {
+    expect(chargeEventOf(event('payment_intent.succeeded', paymentIntent('succeeded', 'pi_1', { metadata })))).toEqual({
+      eventId: 'evt_1',
+      eventType: 'payment_intent.succeeded',
+      paymentId: metadata.paymentId,
+      accountId: metadata.accountId,
+      outcome: { status: 'succeeded', providerRef: 'pi_1' },
+      amountCents: 999n,
+      currency: 'usd',
+    });
+    const failed = (last_payment_error: unknown, type = 'payment_intent.payment_failed') =>
+      chargeEventOf(event(type, paymentIntent('requires_payment_method', 'pi_2', { metadata, last_payment_error })))?.outcome;
+    expect(failed({ code: 'card_declined', decline_code: 'insufficient_funds', message: 'no funds' })).toEqual({ status: 'declined', code: 'insufficient_funds', message: 'no funds' });
+    expect(failed({ code: 'expired_card', message: 'expired' })).toEqual({ status: 'declined', code: 'expired_card', message: 'expired' });
+    expect(failed(null)).toMatchObject({ status: 'declined', code: 'payment_failed' });
+    expect(failed({ code: 'authentication_required', message: 'authenticate' })).toEqual({ status: 'requires_action', providerRef: 'pi_2', message: 'authenticate' });
+    expect(failed(null, 'payment_intent.canceled')).toMatchObject({ status: 'declined', code: 'canceled' });
+    expect(chargeEventOf(event('payment_intent.requires_action', paymentIntent('requires_action', 'pi_3', { metadata })))?.outcome).toMatchObject({ status: 'requires_action', providerRef: 'pi_3' });
+  });
+
+  it('follows the event type, not the snapshot\'s status; other types and missing metadata settle nothing', () => {
+    expect(chargeEventOf(event('payment_intent.succeeded', paymentIntent('requires_payment_method', 'pi_4', { metadata })))?.outcome.status).toBe('succeeded');
+    for (const type of ['payment_intent.created', 'payment_intent.processing', 'charge.succeeded']) expect(chargeEventOf(event(type, paymentIntent('processing', 'pi_5', { metadata })))).toBeNull();
+    expect(chargeEventOf(event('payment_intent.succeeded', paymentIntent('succeeded', 'pi_6')))).toMatchObject({ paymentId: null, accountId: null });
+  });
+
+  it('lookupCharge reads a PaymentIntent that failed with authentication_required as requires_action, as charge() does', async () => {
+    const pi = paymentIntent('requires_payment_method', 'pi_auth', { last_payment_error: { code: 'authentication_required', message: 'authenticate' } });
+    expect((await withAnswers([searchAnswer(pi)], () => stripeAt().lookupCharge('p1'))).result).toEqual({ status: 'requires_action', providerRef: 'pi_auth', message: 'authenticate' });
   });
 });
 

@@ -1,0 +1,146 @@
+/**
+ * The Stripe webhook endpoint, `POST /webhooks/stripe` (src/server.ts routes it before
+ * graphql-yoga; on only with PAYMENT_PROVIDER=stripe and STRIPE_WEBHOOK_SECRET set): Stripe's
+ * own report of a PaymentIntent's outcome settles the creditpool payment it names
+ * (services/payment-events.ts applyChargeEvent, the same code as the charge's synchronous answer).
+ *
+ * What it answers (Stripe only reads the status: a 2xx acknowledges the event, anything else is
+ * delivered again, in live mode for up to 3 days with exponential backoff:
+ * https://docs.stripe.com/webhooks#retries):
+ * - 200 `{ received: true, eventId, result }` for every verified event, settled or not: an event
+ *   type it does not handle, a payment it does not know, one already settled (Stripe delivers at
+ *   least once, maybe twice, in any order: https://docs.stripe.com/webhooks#handle-duplicate-events);
+ * - 400 (`extensions.code` BAD_USER_INPUT, `reason` INVALID_SIGNATURE) when the `Stripe-Signature`
+ *   header is missing, does not match the raw body under STRIPE_WEBHOOK_SECRET, or is older than
+ *   Stripe's 5-minute tolerance (https://docs.stripe.com/webhooks#verify-events), and
+ *   (reason INVALID_PAYLOAD) for a signed body that is not an event: nothing is changed;
+ * - 503 UNAVAILABLE when the settlement cannot be made now: the database is unreachable, or the
+ *   grant would take the balance past its limit (BALANCE_LIMIT; the customer paid, so it is
+ *   logged as an error and Stripe keeps delivering the event until the balance has room);
+ * - 500 INTERNAL_SERVER_ERROR for anything unexpected, masked and logged with the request id
+ *   (graphql/errors.ts maskError): Stripe delivers it again too;
+ * - 405 for any other method.
+ * The body is read raw (the signature is over the exact bytes), within the server's body limit
+ * (MAX_REQUEST_BODY_BYTES, checked from Content-Length by http/body-limit.ts before this runs).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import type Stripe from 'stripe';
+import { maskError } from '../graphql/errors.js';
+import { LedgerError } from '../ledger/errors.js';
+import { isBalanceLimitRefusal } from '../ledger/refusals.js';
+import { chargeEventOf } from '../payments/stripe.js';
+import { applyChargeEvent } from '../services/payment-events.js';
+import type { ServiceContext } from '../services/context.js';
+
+/** The path Stripe's webhook endpoint is registered at (Stripe Dashboard, Developers > Webhooks). */
+export const STRIPE_WEBHOOK_PATH = '/webhooks/stripe';
+
+/** What the endpoint needs. */
+export interface StripeWebhookDeps {
+  /**
+   * Verifies the `Stripe-Signature` header against the raw body and parses the event
+   * (StripeProvider.verifyWebhook with STRIPE_WEBHOOK_SECRET).
+   * @throws Stripe.errors.StripeSignatureVerificationError for a bad signature; SyntaxError for a signed body that is not JSON.
+   */
+  verify(rawBody: Buffer, signatureHeader: string): Stripe.Event;
+  /** The services the payments are settled with (their pool, clock and log). */
+  services: ServiceContext;
+  log: Logger;
+}
+
+/** Writes a JSON answer. */
+function answer(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(body));
+}
+
+/** The body of an error answer, shaped like the server's other HTTP refusals (http/body-limit.ts). */
+function errorBody(message: string, extensions: Record<string, unknown>) {
+  return { errors: [{ message, extensions }] };
+}
+
+/** Reads the whole request body (its size is bounded by the server's Content-Length check). */
+function readRawBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.once('end', () => resolve(Buffer.concat(chunks)));
+    req.once('error', reject);
+    req.once('close', () => {
+      if (!req.complete) reject(new Error('the request ended before its body was complete'));
+    });
+  });
+}
+
+/**
+ * Builds the handler of `POST /webhooks/stripe` (module comment). The returned function answers
+ * the request itself and never throws; `requestId` is the server's id of the request (logs, and
+ * error answers' `extensions.requestId`).
+ */
+export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMessage, res: ServerResponse, requestId: string) => void {
+  const { log } = deps;
+  const handle = async (req: IncomingMessage, res: ServerResponse, requestId: string) => {
+    if (req.method !== 'POST') {
+      answer(res, 405, errorBody('Use POST.', { code: 'BAD_USER_INPUT', reason: 'METHOD_NOT_ALLOWED', requestId }), { allow: 'POST' });
+      return;
+    }
+    const raw = await readRawBody(req);
+    const signature = req.headers['stripe-signature'];
+    let event: Stripe.Event;
+    try {
+      if (typeof signature !== 'string' || signature === '') throw new Error('no Stripe-Signature header');
+      event = deps.verify(raw, signature);
+    } catch (err) {
+      const badPayload = err instanceof SyntaxError;
+      log.warn({ requestId, reason: (err as Error).message }, 'stripe webhook refused: invalid signature or payload');
+      answer(
+        res,
+        400,
+        errorBody(badPayload ? 'The signed body is not a Stripe event.' : 'Invalid Stripe-Signature for this body.', {
+          code: 'BAD_USER_INPUT',
+          reason: badPayload ? 'INVALID_PAYLOAD' : 'INVALID_SIGNATURE',
+          requestId,
+        }),
+      );
+      return;
+    }
+    const chargeEvent = chargeEventOf(event);
+    if (!chargeEvent) {
+      log.debug({ requestId, eventId: event.id, eventType: event.type }, 'stripe webhook: event type not handled; acknowledged');
+      answer(res, 200, { received: true, eventId: event.id, result: 'ignored' });
+      return;
+    }
+    try {
+      // The services as they are now, logging (late successes, mismatches) to this server's log when they have no log of their own.
+      const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log };
+      const done = await applyChargeEvent(services, chargeEvent);
+      log.info({ requestId, eventId: event.id, eventType: event.type, ...done }, 'stripe webhook: payment event applied');
+      answer(res, 200, { received: true, eventId: event.id, result: done.result });
+    } catch (err) {
+      if (isBalanceLimitRefusal(err)) {
+        log.error(
+          { requestId, eventId: event.id, eventType: event.type, paymentId: chargeEvent.paymentId, reason: err.message },
+          'stripe webhook: the paid pack cannot be granted now (balance limit); answered 503 so Stripe delivers the event again',
+        );
+        answer(res, 503, errorBody('The payment cannot be settled now; deliver the event again later.', { code: 'UNAVAILABLE', reason: 'BALANCE_LIMIT', requestId }));
+        return;
+      }
+      if (err instanceof LedgerError) {
+        log.error({ requestId, eventId: event.id, paymentId: chargeEvent.paymentId, code: err.code, reason: err.message }, 'stripe webhook: the payment could not be settled; answered 500 so Stripe delivers the event again');
+      }
+      const masked = maskError(err, requestId, (e) => log.error({ err: e, requestId, eventId: event.id }, 'stripe webhook: unexpected error'), {
+        publicAudience: false,
+        onUnavailable: (e) => log.warn({ err: e, requestId, eventId: event.id }, 'stripe webhook: database unavailable; answered 503 so Stripe delivers the event again'),
+      });
+      const code = masked.extensions.code as string;
+      answer(res, code === 'UNAVAILABLE' ? 503 : 500, errorBody(masked.message, { code, requestId }));
+    }
+  };
+  return (req, res, requestId) => {
+    handle(req, res, requestId).catch((err: unknown) => {
+      // The request's socket failed while its body was read: there is no one to answer.
+      log.warn({ err, requestId }, 'stripe webhook: request aborted');
+      if (!res.headersSent) res.destroy();
+    });
+  };
+}
