@@ -14,6 +14,7 @@ import type pg from 'pg';
 
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { SCOPES, isScope, type Scope } from './principal.js';
+import { isUuid } from '../db/uuid.js';
 
 /** Every creditpool API key starts with this; the authenticator routes on it. */
 export const API_KEY_TOKEN_PREFIX = 'cp_';
@@ -39,8 +40,6 @@ export const API_KEY_NAME_MAX_LENGTH = 200;
  * wider secret alphabet is accepted so the format can evolve without breaking lookups.
  */
 const TOKEN_RE = /^cp_([A-Za-z0-9]{8})_[A-Za-z0-9_-]{32,256}$/;
-
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const BASE62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 
@@ -265,7 +264,7 @@ export async function findApiKey(
  *   LedgerError NOT_FOUND when no key has that id.
  */
 export async function revokeApiKey(pool: pg.Pool, id: string): Promise<boolean> {
-  if (typeof id !== 'string' || !UUID_RE.test(id)) throw badInput('id', 'must be a uuid');
+  if (typeof id !== 'string' || !isUuid(id)) throw badInput('id', 'must be a uuid');
   try {
     const revoked = await pool.query(
       'UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL',

@@ -5,8 +5,7 @@
  */
 import { decodeGlobalID, encodeGlobalID } from '@pothos/plugin-relay';
 import { LedgerError, badInput } from '../ledger/errors.js';
-
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+import { isUuid } from '../db/uuid.js';
 
 /** The GraphQL type names whose ids are database uuids. */
 export type NodeTypeName = 'Account' | 'CreditBatch' | 'CreditGrant' | 'UsageEvent' | 'LedgerEntry' | 'Reservation' | 'CreditAlert' | 'Plan' | 'CreditPack';
@@ -20,7 +19,7 @@ export function toGlobalId(typename: NodeTypeName, id: string): string {
 export function tryDecodeId(globalId: string): { typename: string; id: string } | null {
   try {
     const { typename, id } = decodeGlobalID(globalId);
-    if (!UUID_RE.test(id)) return null;
+    if (!isUuid(id)) return null;
     return { typename, id: id.toLowerCase() };
   } catch {
     return null;
@@ -61,7 +60,7 @@ export function assertRowCursors(args: CursorArgs): void {
     const cursor = args[field];
     if (cursor === null || cursor === undefined) continue;
     const decoded = Buffer.from(cursor, 'base64').toString('utf8');
-    if (!decoded.startsWith('GPC:S:') || !UUID_RE.test(decoded.slice('GPC:S:'.length))) {
+    if (!decoded.startsWith('GPC:S:') || !isUuid(decoded.slice('GPC:S:'.length))) {
       throw badInput(field, 'is not a cursor of this list (use a cursor or pageInfo cursor it returned)');
     }
   }

@@ -45,8 +45,7 @@ import { findCreditPack } from './credit-packs.js';
 import { failedAsNoChargeFound, findPayment, settlePurchase, type PaymentRow } from './purchase-pack.js';
 import { settleTopUpPayment } from './auto-top-up.js';
 import type { ServiceContext } from './context.js';
-
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+import { isUuid } from '../db/uuid.js';
 
 /**
  * What {@link applyChargeEvent} did with an event:
@@ -84,7 +83,7 @@ function mismatchOf(event: ChargeEvent, payment: PaymentRow): string | null {
  */
 export async function applyChargeEvent(ctx: ServiceContext, event: ChargeEvent): Promise<ChargeEventResult> {
   const id = event.paymentId;
-  const payment = id !== null && UUID_RE.test(id) ? await findPayment(ctx.pool, id) : null;
+  const payment = id !== null && isUuid(id) ? await findPayment(ctx.pool, id) : null;
   if (!payment) return { result: 'unknown_payment', paymentId: null, status: null };
   const context = { paymentId: payment.id, accountId: payment.accountId, eventId: event.eventId, eventType: event.eventType };
   const mismatch = mismatchOf(event, payment);
