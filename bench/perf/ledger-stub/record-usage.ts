@@ -1,15 +1,18 @@
 /**
- * The charge services as the ledger-stub server (bench/perf/ledger-stub/main.ts) sees them: the
- * same signatures as src/services/record-usage.ts's `recordUsage` and `recordUsageBatch`, with
+ * The charge services as the ledger-stub server (bench/perf/ledger-stub/main.ts) sees them: every
+ * export of src/services/record-usage.ts the GraphQL resolvers import (`recordUsage`,
+ * `recordUsageBatch` with the same signatures, `assertBatchSize` as is), with
  * the same input validation (`validateUsageInput`, and the batch's item limit), and then no
  * ledger work: no pricing, no transaction, nothing written. Each accepted event is answered
  * with a usage_events row built from its command by the real builder (`usageEventRow`; a fresh
  * id, cost 0), which the resolvers turn into the API's UsageEvent as they do a real one.
  */
 import { randomUUID } from 'node:crypto';
-import { badInput } from '../../../src/ledger/errors.js';
 import { validateUsageInput, type UsageCommand, type UsageInput } from '../../../src/services/usage-command.js';
-import { usageEventRow, type BatchItemResult, type ChargeResult } from '../../../src/services/record-usage.js';
+import { assertBatchSize, usageEventRow, type BatchItemResult, type ChargeResult } from '../../../src/services/record-usage.js';
+
+/** The batch cap check the resolver calls before it decodes the items (the real one: it does no ledger work). */
+export { assertBatchSize };
 import type { ServiceContext } from '../../../src/services/context.js';
 
 /** Rows handed out so far (their `seq`). */
@@ -56,7 +59,7 @@ export async function recordUsage(_ctx: ServiceContext, input: UsageInput): Prom
  * @throws LedgerError BAD_USER_INPUT when there are more than `opts.maxItems` inputs.
  */
 export async function recordUsageBatch(_ctx: ServiceContext, inputs: readonly UsageInput[], opts: { maxItems: number; concurrency?: number }): Promise<BatchItemResult[]> {
-  if (inputs.length > opts.maxItems) throw badInput('inputs', `at most ${opts.maxItems} items per batch`);
+  assertBatchSize(inputs.length, opts.maxItems);
   return inputs.map((input): BatchItemResult => {
     try {
       return { ok: true, result: answer(input) };
