@@ -18,7 +18,7 @@ try {
   const current = await pricing.priceBook();
   if (current) console.log(`seed: price book v${current.version} "${current.stored.name}" already in force`);
   else {
-    const version = await publishPriceBook({ pool, clock: () => new Date(), pricing }, DEFAULT_PRICE_BOOK_INPUT);
+    const { version } = await publishPriceBook({ pool, clock: () => new Date(), pricing }, DEFAULT_PRICE_BOOK_INPUT);
     console.log(`seed: published the default price book as v${version}`);
   }
 } finally {
