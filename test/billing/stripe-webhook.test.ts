@@ -131,6 +131,26 @@ async function lostPurchase(srv: TestServer) {
   return { pack, accountId, key, payment: payment!, purchase: () => srv.gql(PURCHASE, { accountId, packId: pack.id, key }) };
 }
 
+/**
+ * An auto top-up (pack of 20 credits for $2, threshold 50) crossed by a 60-credit charge, whose
+ * first run lost Stripe's answer (a 500): the top-up and its payment are PENDING. `run(n)` runs
+ * its auto-top-up job as attempt n + 1 of 3.
+ */
+async function topUpWithLostAnswer(srv: TestServer, deps: WorkerDeps) {
+  const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+  const accountId = await apiAccount(srv, { paid: '100' });
+  await attachMethod(srv, accountId, 'pm_card_visa');
+  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+  const topUpId = (await topUps(srv, accountId))[0]!.id;
+  const run = (attemptsMade: number) =>
+    processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+  fake.planned.push(API_ERROR_ANSWER);
+  await expect(run(0)).rejects.toThrow(/will retry/);
+  const [payment] = await payments(srv, accountId);
+  return { accountId, topUpId, run, payment };
+}
+
 describe('signature', () => {
   it('a wrong secret, no header, a garbled or stale signature, or a tampered body: 400, nothing changed', async () => {
     const { srv } = main;
@@ -224,17 +244,7 @@ describe('payment_intent.succeeded', () => {
   it('settles a PENDING auto top-up payment: the top-up ends SUCCEEDED, granted once, and its next run charges nothing', async () => {
     const { srv } = main;
     const deps = billingWorkerDeps(main);
-    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-    const accountId = await apiAccount(srv, { paid: '100' });
-    await attachMethod(srv, accountId, 'pm_card_visa');
-    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-    ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-    const topUpId = (await topUps(srv, accountId))[0]!.id;
-    const run = (attemptsMade: number) =>
-      processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
-    fake.planned.push(API_ERROR_ANSWER);
-    await expect(run(0)).rejects.toThrow(/will retry/);
-    const [payment] = await payments(srv, accountId);
+    const { accountId, topUpId, run, payment } = await topUpWithLostAnswer(srv, deps);
     expect(payment).toMatchObject({ purpose: 'AUTO_TOP_UP', status: 'PENDING' });
 
     const payload = eventFor('payment_intent.succeeded', payment!);
@@ -278,17 +288,7 @@ describe('payment_intent.payment_failed', () => {
   it('auto top-up: counts one failure (once, replayed or not) and the next run charges a new attempt', async () => {
     const { srv } = main;
     const deps = billingWorkerDeps(main);
-    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-    const accountId = await apiAccount(srv, { paid: '100' });
-    await attachMethod(srv, accountId, 'pm_card_visa');
-    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-    ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-    const topUpId = (await topUps(srv, accountId))[0]!.id;
-    const run = (attemptsMade: number) =>
-      processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
-    fake.planned.push(API_ERROR_ANSWER);
-    await expect(run(0)).rejects.toThrow(/will retry/);
-    const [payment] = await payments(srv, accountId);
+    const { accountId, topUpId, run, payment } = await topUpWithLostAnswer(srv, deps);
     const payload = eventFor('payment_intent.payment_failed', payment!, { last_payment_error: { type: 'card_error', code: 'card_declined', decline_code: 'do_not_honor', message: 'Declined.' } });
     expect((await postStripeEvent(hookUrl(srv), payload)).body.result).toBe('settled');
     expect((await postStripeEvent(hookUrl(srv), payload)).body.result).toBe('unchanged');
