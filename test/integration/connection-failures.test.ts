@@ -47,6 +47,16 @@ const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs
 const terminate = (applicationName: string) => terminateBackends(admin, applicationName);
 
 /** The rejection of `p`, or a failure of the test if it resolves. */
+/**
+ * After a stuck attempt and its replay: the account holds exactly `events` usage events (each
+ * charged once), the ledger invariant holds, and its total is `totalMicroCredits`.
+ */
+async function expectChargedOnce(services: TestServices, accountId: string, events: number, totalMicroCredits: bigint): Promise<void> {
+  const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
+  expect(rows[0].n).toBe(events);
+  expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(totalMicroCredits);
+}
+
 async function rejection(p: Promise<unknown>): Promise<unknown> {
   return p.then(
     () => expect.fail('expected a rejection'),
@@ -160,9 +170,7 @@ describe('time limits of the ledger sessions', () => {
         expect(res.body.errors).toBeUndefined();
         expect(res.body.data.recordUsage.cost).toBe('1');
       }
-      const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
-      expect(rows[0].n).toBe(5);
-      expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(5_000_000n);
+      await expectChargedOnce(services, accountId, 5, 5_000_000n);
     } finally {
       await holder.end();
       await services.close();
@@ -187,9 +195,7 @@ describe('time limits of the ledger sessions', () => {
       await holder.query('ROLLBACK');
       const charged = await srv.gql(BATCH, { inputs });
       expect(charged.body.data.recordUsageBatch.map((r: { errorCode: string | null }) => r.errorCode)).toEqual([null, null, null]);
-      const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId]);
-      expect(rows[0].n).toBe(3);
-      expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(7_000_000n);
+      await expectChargedOnce(services, accountId, 3, 7_000_000n);
     } finally {
       await holder.end();
       await services.close();
