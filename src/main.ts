@@ -7,7 +7,7 @@
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
 import { loadEnvOrExit } from './config/env.js';
-import { createPgPool, ledgerSessionLimits, logLostConnections } from './db/pg.js';
+import { createPgPool, ledgerSessionLimits, logLostConnections, warnAboutSessionTimeouts } from './db/pg.js';
 import { QueryTimings } from './db/query-timings.js';
 import { readStatisticsSettings, statisticsWarnings } from './db/statistics.js';
 import { createPrismaClient } from './db/prisma.js';
@@ -32,6 +32,7 @@ if (env.MIGRATE_ON_BOOT) {
 
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimits(env));
 logLostConnections(pool, log);
+await warnAboutSessionTimeouts(pool, ledgerSessionLimits(env), log);
 try {
   for (const warning of statisticsWarnings(await readStatisticsSettings(pool), env.STATISTICS_UPKEEP_EVERY_MS)) log.warn(warning);
 } catch (err) {

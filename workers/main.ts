@@ -5,13 +5,14 @@
  */
 import { pino } from 'pino';
 import { loadEnvOrExit } from '../src/config/env.js';
-import { createPgPool, ledgerSessionLimits, logLostConnections } from '../src/db/pg.js';
+import { createPgPool, ledgerSessionLimits, logLostConnections, warnAboutSessionTimeouts } from '../src/db/pg.js';
 import { startWorkers } from './start.js';
 
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
 const pool = createPgPool(env.DATABASE_URL, 5, ledgerSessionLimits(env));
 logLostConnections(pool, log);
+await warnAboutSessionTimeouts(pool, ledgerSessionLimits(env), log);
 const workers = await startWorkers({ env, pool, log });
 log.info('creditpool workers ready');
 

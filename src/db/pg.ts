@@ -166,6 +166,54 @@ export function createPgPool(databaseUrl: string, max = 20, limits: LedgerSessio
 }
 
 /**
+ * The `statement_timeout` a session of `pool` really runs with, in milliseconds (0 = none), as
+ * PostgreSQL reports it (`pg_settings`, unit ms): the environment's PG_STATEMENT_TIMEOUT_MS, unless
+ * DATABASE_URL's own `options` set another (the URL's `-c` comes later and wins, see
+ * {@link withLedgerSessionOptions}); without either, the role's, the database's or the server's.
+ * @throws the driver's error when the query fails (the database unreachable, for one).
+ */
+export async function readSessionStatementTimeoutMs(pool: pg.Pool): Promise<number> {
+  const { rows } = await pool.query<{ setting: string }>(`SELECT setting FROM pg_settings WHERE name = 'statement_timeout'`);
+  return Number(rows[0]!.setting);
+}
+
+/**
+ * The warning a process logs at start when the client's query timeout (`queryTimeoutMs`,
+ * PG_QUERY_TIMEOUT_MS or its default; 0 = none) would give up a statement PostgreSQL is still
+ * allowed to run: the session's `statement_timeout` (`statementTimeoutMs`, from
+ * {@link readSessionStatementTimeoutMs}) is 0 or not shorter. parseEnv refuses that combination
+ * for PG_STATEMENT_TIMEOUT_MS itself; this catches a limit set elsewhere (DATABASE_URL's options,
+ * ALTER ROLE / ALTER DATABASE ... SET statement_timeout). Then a charge that waits on a locked
+ * account longer than the query timeout loses its connection (the client answers
+ * DATABASE_UNAVAILABLE while PostgreSQL may still commit it; a retry with the same idempotency key
+ * returns that result), instead of PostgreSQL cancelling it cleanly first.
+ * @returns one sentence, or null when the limits are consistent (or the client has none).
+ */
+export function sessionTimeoutWarning(statementTimeoutMs: number, queryTimeoutMs: number): string | null {
+  if (!queryTimeoutMs || (statementTimeoutMs > 0 && statementTimeoutMs < queryTimeoutMs)) return null;
+  return (
+    `PostgreSQL's statement_timeout for the ledger's sessions is ${statementTimeoutMs ? `${statementTimeoutMs} ms` : '0 (no limit)'}, ` +
+    `not shorter than the client's query timeout of ${queryTimeoutMs} ms (PG_QUERY_TIMEOUT_MS, or PG_STATEMENT_TIMEOUT_MS + ${QUERY_TIMEOUT_MARGIN_MS} ms): ` +
+    `a statement PostgreSQL still runs (a charge waiting on a locked account) loses its connection instead of being cancelled. ` +
+    `It is set by DATABASE_URL's options, the role or the database: remove it there, or set PG_QUERY_TIMEOUT_MS above it (0: no client limit).`
+  );
+}
+
+/**
+ * For the process entry points (src/main.ts, workers/main.ts): reads the session's
+ * statement_timeout through `pool` and logs {@link sessionTimeoutWarning} for `limits` as a
+ * warning; a failed read is logged as a warning too (the process starts either way).
+ */
+export async function warnAboutSessionTimeouts(pool: pg.Pool, limits: LedgerSessionLimits, log: { warn(obj: object, msg: string): void }): Promise<void> {
+  try {
+    const warning = sessionTimeoutWarning(await readSessionStatementTimeoutMs(pool), limits.queryTimeoutMs ?? 0);
+    if (warning) log.warn({ queryTimeoutMs: limits.queryTimeoutMs }, warning);
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'could not read PostgreSQL statement_timeout');
+  }
+}
+
+/**
  * Logs, as a warning through `log` (pino's `warn(object, message)`), every connection error
  * `pool` reports ({@link keepClientErrorsOnPool}; an idle client's failure): such a loss is the
  * database's, not a bug, and the pool reconnects on the next query. For the process entry points
