@@ -3,6 +3,8 @@
  * transaction), then loads the result for the response. Resolvers never write themselves.
  */
 import { builder } from './builder.js';
+import { listSizedBy } from './cost-limit.js';
+import { MAX_BATCH_ITEMS_CEILING } from '../config/env.js';
 import { decodeId } from './ids.js';
 import {
   CreateAccountInputRef,
@@ -116,6 +118,9 @@ builder.mutationType({
       description: 'Bulk ingestion: each item succeeds or fails on its own.',
       authScopes: { usageWrite: true },
       args: { inputs: t.arg({ type: [RecordUsageInputRef], required: true }) },
+      // One result per input: the estimate counts the inputs sent (at most MAX_BATCH_ITEMS, which
+      // is refused below; the ceiling is the largest any configuration allows).
+      extensions: listSizedBy('inputs', MAX_BATCH_ITEMS_CEILING),
       resolve: async (_root, args, ctx) => {
         // The cap counts every item sent, also those refused below for an id that cannot be read.
         assertBatchSize(args.inputs.length, ctx.env.MAX_BATCH_ITEMS);
