@@ -9,12 +9,6 @@ const booleanish = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
 
-/**
- * The largest MAX_BATCH_ITEMS any configuration accepts; recordUsageBatch declares it as the cap
- * of its size in the query cost estimate (src/graphql/cost-limit.ts listSizedBy).
- */
-export const MAX_BATCH_ITEMS_CEILING = 10_000;
-
 const EnvSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   /** HTTP port of the API (contract README: default 4000). */
@@ -94,11 +88,8 @@ const EnvSchema = z.object({
    * own default, which this check replaces (src/http/body-limit.ts).
    */
   MAX_REQUEST_BODY_BYTES: z.coerce.number().int().min(1_024).max(1_000_000_000).default(25_000_000),
-  /**
-   * Most items accepted by recordUsageBatch. Each item counts in the query cost estimate
-   * (GRAPHQL_MAX_COST, src/graphql/cost-limit.ts): a larger batch may need a larger limit.
-   */
-  MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(MAX_BATCH_ITEMS_CEILING).default(1000),
+  /** Most items accepted by recordUsageBatch. */
+  MAX_BATCH_ITEMS: z.coerce.number().int().min(1).max(10000).default(1000),
   /**
    * How charges commit: `group` decides the charges that arrive while the charge transactions
    * are busy together (across accounts, one balance version per account) and commits them as one

@@ -28,7 +28,9 @@
  *   what the argument asks for, read like `first` (a literal or the request's variable; absent or
  *   null, the schema's default), at most the cap: `Account.usageHistory(months)` (default 12, at
  *   most USAGE_HISTORY_MAX_MONTHS = 120) one row per month, `recordUsageBatch(inputs)` one result
- *   per input (the list's length; at most MAX_BATCH_ITEMS_CEILING);
+ *   per input (the list's length), at most CAPPED_LIST_COST_ITEMS: a weight, as for a capped list
+ *   below (its results are answered from the rows the call wrote; counted at 1,000, a batch of
+ *   1,000 with ten fields per event would cost ~38,600, over the default limit);
  * - a plain list field that declares its cap with `cappedList(cap)`, the same constant as its
  *   resolver's `take` / LIMIT, counts min(cap, CAPPED_LIST_COST_ITEMS = 100) items:
  *   Account.batches and Account.reservations (1,000 rows each), Account.usageSummary
@@ -114,8 +116,8 @@ export function cappedList(cap: number): Record<string, number> {
 /**
  * Field extensions for a plain list field that serves as many items as its argument `argument`
  * asks for: an Int argument (`usageHistory(months:)`) its value, a list argument
- * (`recordUsageBatch(inputs:)`) its length, each at most `cap` (the most the resolver accepts;
- * it refuses more). The estimate reads the argument as it does `first`: a literal, or a
+ * (`recordUsageBatch(inputs:)`) its length, each counted as at most `cap` (the most the resolver
+ * accepts, or a smaller weight: say why next to the field). The estimate reads the argument as it does `first`: a literal, or a
  * variable's value in the request (else the variable's default in the document); absent or null,
  * the argument's default in the schema, else 1.
  */

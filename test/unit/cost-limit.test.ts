@@ -20,7 +20,7 @@ import {
 import { DRAWDOWN_COST_ITEMS } from '../../src/graphql/types/ledger.js';
 import { VIEWER_ACCOUNTS_MAX } from '../../src/graphql/queries.js';
 import { USAGE_SUMMARY_MAX_ROWS } from '../../src/services/usage-summary.js';
-import { MAX_BATCH_ITEMS_CEILING, parseEnv } from '../../src/config/env.js';
+import { parseEnv } from '../../src/config/env.js';
 
 /** estimateOperationCost against the served schema. */
 const estimateOperationCost = (document: DocumentNode, operationName: string | undefined, variables: Record<string, unknown> | null) =>
@@ -122,18 +122,19 @@ describe('estimateOperationCost', () => {
     expect(estimateOperationCost(variable, undefined, { m: 0 })!.cost).toBe(cost(1));
   });
 
-  it('counts recordUsageBatch by the inputs sent, as a list literal or a variable', () => {
+  it('counts recordUsageBatch by the inputs sent, as a list literal or a variable, at most CAPPED_LIST_COST_ITEMS', () => {
     // recordUsageBatch: 2 + 1.5 * inputs * (errorCode 1 + event (2 + 1.5 * id 1)).
     const cost = (inputs: number) => 2 + 1.5 * inputs * 4.5;
     const variable = parse(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode event { id } } }`);
     const input = { accountId: 'a', idempotencyKey: 'k', category: 'unit' };
     // Fails before the fix: a batch cost what one item did.
-    expect(estimateOperationCost(variable, undefined, { inputs: Array.from({ length: 300 }, () => input) })).toEqual({ cost: cost(300), usesVariables: true });
+    expect(estimateOperationCost(variable, undefined, { inputs: Array.from({ length: 60 }, () => input) })).toEqual({ cost: cost(60), usesVariables: true });
     const literal = parse(`mutation($a: RecordUsageInput!) { recordUsageBatch(inputs: [$a, $a, {accountId: "a", idempotencyKey: "k", category: "unit"}]) { errorCode event { id } } }`);
     expect(estimateOperationCost(literal, undefined, { a: input })).toEqual({ cost: cost(3), usesVariables: false });
-    // One object where the list is expected is a list of one (input coercion); at most the ceiling.
+    // One object where the list is expected is a list of one (input coercion); more than the
+    // weight counts as the weight (its results are the rows the call wrote; module comment).
     expect(estimateOperationCost(variable, undefined, { inputs: input })!.cost).toBe(cost(1));
-    expect(estimateOperationCost(variable, undefined, { inputs: new Array(MAX_BATCH_ITEMS_CEILING + 5).fill(input) })!.cost).toBe(cost(MAX_BATCH_ITEMS_CEILING));
+    expect(estimateOperationCost(variable, undefined, { inputs: new Array(1000).fill(input) })!.cost).toBe(cost(CAPPED_LIST_COST_ITEMS));
   });
 
   it('counts usageSummary as a capped list, budgets and userBudgets at the capped weight, Viewer.accounts as its 2, drawdowns at their weight', () => {
@@ -184,6 +185,10 @@ describe('estimateOperationCost', () => {
     const inputs = (n: number) => Array.from({ length: n }, (_, i) => ({ accountId: 'a', idempotencyKey: `k${i}`, category: 'unit' }));
     expect(estimateOperationCost(document, 'RecordUsageBatch', { inputs: inputs(100) })!.cost).toBeLessThan(env.GRAPHQL_MAX_COST);
     expect(estimateOperationCost(document, 'RecordUsageBatchLean', { inputs: inputs(env.MAX_BATCH_ITEMS) })!.cost).toBeLessThan(env.GRAPHQL_MAX_COST);
+    // An integrator's full batch with its events' fields and cost lines fits too.
+    const rich = parse(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) {
+      event { id cost occurredAt category model agentId taskId idempotencyKey lines { kind quantity amount } } errorCode errorMessage } }`);
+    expect(estimateOperationCost(rich, undefined, { inputs: inputs(env.MAX_BATCH_ITEMS) })!.cost).toBeLessThan(env.GRAPHQL_MAX_COST);
   });
 
   it('keeps every operation of schema/operations (demo, bench, SDK) under the default GRAPHQL_MAX_COST', () => {
