@@ -95,6 +95,8 @@ builder.prismaObjectFields('Account', (t) => ({
 }));
 
 builder.queryFields((t) => ({
+  // The catalog, counted as 1 in the query cost estimate: a root field whose items hold scalars
+  // only, so its size never multiplies another list's.
   creditPacks: t.prismaField({
     type: [CreditPackRef],
     description: 'The packs for sale, cheapest first.',

@@ -24,14 +24,36 @@
  * up to 2 x 1,000 rows each, cost about what one event did; test/api/errors.test.ts):
  * - a connection called without `first` / `last` (or with null) serves its default page,
  *   DEFAULT_CONNECTION_SIZE (builder.ts, the size Pothos serves), and counts that many items;
- * - a plain list field that declares its cap with `cappedList(cap)` (Account.batches and
- *   Account.reservations: 1,000 rows, the `take` of their resolvers) counts
- *   min(cap, CAPPED_LIST_COST_ITEMS = 100) items. A weight, not the cap: counted at its cap, a
- *   list alone would cost more than the limit (`createAccount { batches { …8 fields } }` about
- *   49,500, the demo's report as much), while real accounts hold a few batches and holds. At 100,
- *   the demo's report costs about 5,800, a list nested under any page is refused as soon as the
- *   page is more than a few items, and each item's nested selection still multiplies.
- * Other plain lists (bounded by their input, the price book or a handful of rows) count as 1.
+ * - a plain list sized by an argument declares it with `listSizedBy(argument, cap)` and counts
+ *   what the argument asks for, read like `first` (a literal or the request's variable; absent or
+ *   null, the schema's default), at most the cap: `Account.usageHistory(months)` (default 12, at
+ *   most USAGE_HISTORY_MAX_MONTHS = 120) one row per month, `recordUsageBatch(inputs)` one result
+ *   per input (the list's length), at most CAPPED_LIST_COST_ITEMS: a weight, as for a capped list
+ *   below (its results are answered from the rows the call wrote; counted at 1,000, a batch of
+ *   1,000 with ten fields per event would cost ~38,600, over the default limit);
+ * - a plain list field that declares its cap with `cappedList(cap)`, the same constant as its
+ *   resolver's `take` / LIMIT, counts min(cap, CAPPED_LIST_COST_ITEMS = 100) items:
+ *   Account.batches and Account.reservations (1,000 rows each), Account.usageSummary
+ *   (USAGE_SUMMARY_MAX_ROWS = 1,000 groups), Viewer.accounts (the user's USER account and its
+ *   organization's: 2). A weight, not the cap: counted at its cap, a list alone would cost more
+ *   than the limit (`createAccount { batches { …8 fields } }` about 49,500, the demo's report as
+ *   much), while real accounts hold a few batches and holds. At 100, the demo's report
+ *   (schema/operations AccountSummary: batches, three summaries, budgets) costs about 8,400, a
+ *   list nested under any page is refused as soon as the page is more than a few items, and each
+ *   item's nested selection still multiplies;
+ * - a plain list the server does not cap and no argument sizes states its weight with
+ *   `listCountedAs(items)`, its reason next to the field: Account.budgets and
+ *   Account.userBudgets (one row per budgeted agent or user, which nothing bounds) count as a
+ *   capped list, CAPPED_LIST_COST_ITEMS; UsageEvent.drawdowns DRAWDOWN_COST_ITEMS = 2 (an event
+ *   empties every batch it draws from but the last, so a page of events serves at most one
+ *   drawdown per event plus one per batch it emptied). At 2 the demo's RecordUsageBatch of 100
+ *   events with their drawdowns costs about 10,900, at 100 it would cost about 345,000.
+ * Other plain lists count as 1, each for a reason given next to it: CostLine lists
+ * (UsageEvent.lines, Quote.lines: at most one line per item kind), the category breakdowns
+ * (UsageMonth.byCategory, TaskCost.byCategory: one row per price book category), and the
+ * catalog's root lists (PriceBook.rules, creditPacks, plans, modelPrices: reached only from the
+ * root, their items hold scalars only, so their size never multiplies another list's). A list of
+ * scalars (Settings.alertThresholds) has no selection and costs 1 whatever its length.
  * The estimate reads the field definitions from the schema the operation runs against.
  *
  * Documents whose page sizes are all literals have one cost whatever the variables: it is
@@ -76,6 +98,12 @@ export const CAPPED_LIST_COST_ITEMS = 100;
 /** The field extension cappedList sets: the most items the list field serves. */
 const LIST_CAP_EXTENSION = 'creditpoolListCap';
 
+/** The field extension listSizedBy sets: the argument whose value is the list's size, and its cap. */
+const LIST_SIZE_EXTENSION = 'creditpoolListSize';
+
+/** The field extension listCountedAs sets: the items a list without a cap or sizing argument counts. */
+const LIST_ITEMS_EXTENSION = 'creditpoolListItems';
+
 /**
  * Field extensions for a plain list field whose resolver serves at most `cap` items (e.g. its
  * SQL `take`): pass the same constant to both, as `extensions: cappedList(CAP)`, so the cost
@@ -83,6 +111,28 @@ const LIST_CAP_EXTENSION = 'creditpoolListCap';
  */
 export function cappedList(cap: number): Record<string, number> {
   return { [LIST_CAP_EXTENSION]: cap };
+}
+
+/**
+ * Field extensions for a plain list field that serves as many items as its argument `argument`
+ * asks for: an Int argument (`usageHistory(months:)`) its value, a list argument
+ * (`recordUsageBatch(inputs:)`) its length, each counted as at most `cap` (the most the resolver
+ * accepts, or a smaller weight: say why next to the field). The estimate reads the argument as it does `first`: a literal, or a
+ * variable's value in the request (else the variable's default in the document); absent or null,
+ * the argument's default in the schema, else 1.
+ */
+export function listSizedBy(argument: string, cap: number): Record<string, { argument: string; cap: number }> {
+  return { [LIST_SIZE_EXTENSION]: { argument, cap } };
+}
+
+/**
+ * Field extensions for a plain list field the server does not cap and no argument sizes: the
+ * estimate counts `items` items for it. A stated weight: say next to the field why it is what
+ * the list serves (e.g. CAPPED_LIST_COST_ITEMS for rows the schema does not bound, like a capped
+ * list's).
+ */
+export function listCountedAs(items: number): Record<string, number> {
+  return { [LIST_ITEMS_EXTENSION]: items };
 }
 
 /** The field definition `name` of `type`, when it is an object or interface type that has one. */
@@ -104,7 +154,7 @@ function resolvedPerItem(selection: FieldNode | InlineFragmentNode | FragmentSpr
 /** The estimated cost of one operation, and whether it depended on variable values. */
 interface CostEstimate {
   cost: number;
-  /** True when some `first` / `last` was a variable: the cost holds for these variables only. */
+  /** True when some `first` / `last` (or a listSizedBy argument) was a variable: the cost holds for these variables only. */
   usesVariables: boolean;
 }
 
@@ -133,20 +183,23 @@ export function estimateOperationCost(
   let usesVariables = false;
 
   /**
-   * The page size a `first` / `last` argument asks for (armor: at least 1); `absent` when it is
-   * null or a variable the request leaves out without a default.
+   * The size an argument asks for: an Int its value, a list its length (armor: at least 1);
+   * `absent` when it is null, or a variable the request leaves out without a default. Used for
+   * `first` / `last` and for the argument that sizes a listSizedBy field.
    */
-  const pageSize = (value: ValueNode, absent: number): number => {
+  const sizeOf = (value: ValueNode, absent: number): number => {
     let v: ValueNode | undefined = value;
     if (value.kind === Kind.VARIABLE) {
       usesVariables = true;
       const given = variableValues?.[value.name.value];
       if (typeof given === 'number' && Number.isFinite(given)) return Math.max(Math.trunc(given), 1);
+      if (Array.isArray(given)) return Math.max(given.length, 1);
       if (given === null) return absent;
-      if (given !== undefined) return 1; // not a number: coercion refuses it
+      if (given !== undefined) return 1; // not a number or a list: coercion refuses it, or makes it a list of one
       v = defaults.get(value.name.value);
     }
     if (v === undefined || v.kind === Kind.NULL) return absent;
+    if (v.kind === Kind.LIST) return Math.max(v.values.length, 1);
     if (v.kind !== Kind.INT) return 1;
     const n = parseInt(v.value, 10);
     return Number.isFinite(n) ? Math.max(n, 1) : 1;
@@ -154,18 +207,29 @@ export function estimateOperationCost(
 
   /**
    * How many items `node` is counted for, and whether it is a connection (a field with `first` /
-   * `last` arguments): its page size (DEFAULT_CONNECTION_SIZE when the request gives none), for
-   * a plain list declared with cappedList its capped weight, else 1.
+   * `last` arguments): its page size (DEFAULT_CONNECTION_SIZE when the request gives none); for
+   * a plain list declared with listSizedBy the size its argument asks for (at most its cap), with
+   * cappedList its capped weight, with listCountedAs its stated weight; else 1.
    */
   const itemsOf = (node: FieldNode, field: GraphQLField<unknown, unknown> | undefined): { items: number; connection: boolean } => {
     const arg = node.arguments?.find((a) => a.name.value === 'first' || a.name.value === 'last');
     // A field the schema lacks (validation refuses it first) counts as armor counted it.
-    if (!field) return { items: arg ? pageSize(arg.value, 1) : 1, connection: true };
+    if (!field) return { items: arg ? sizeOf(arg.value, 1) : 1, connection: true };
     if (field.args.some((a) => a.name === 'first' || a.name === 'last')) {
-      return { items: arg ? pageSize(arg.value, DEFAULT_CONNECTION_SIZE) : DEFAULT_CONNECTION_SIZE, connection: true };
+      return { items: arg ? sizeOf(arg.value, DEFAULT_CONNECTION_SIZE) : DEFAULT_CONNECTION_SIZE, connection: true };
+    }
+    const sized = field.extensions?.[LIST_SIZE_EXTENSION] as { argument: string; cap: number } | undefined;
+    if (sized) {
+      // The schema's default, as the resolver sees it when the argument is absent (an Int or a list).
+      const fallback = field.args.find((a) => a.name === sized.argument)?.defaultValue;
+      const absent = typeof fallback === 'number' ? Math.max(fallback, 1) : Array.isArray(fallback) ? Math.max(fallback.length, 1) : 1;
+      const given = node.arguments?.find((a) => a.name.value === sized.argument);
+      return { items: Math.min(given ? sizeOf(given.value, absent) : absent, sized.cap), connection: false };
     }
     const cap = field.extensions?.[LIST_CAP_EXTENSION];
-    return { items: typeof cap === 'number' && cap > 0 ? Math.min(cap, CAPPED_LIST_COST_ITEMS) : 1, connection: false };
+    if (typeof cap === 'number' && cap > 0) return { items: Math.min(cap, CAPPED_LIST_COST_ITEMS), connection: false };
+    const counted = field.extensions?.[LIST_ITEMS_EXTENSION];
+    return { items: typeof counted === 'number' && counted > 1 ? counted : 1, connection: false };
   };
 
   type Node = OperationDefinitionNode | FieldNode | InlineFragmentNode | FragmentSpreadNode | FragmentDefinitionNode;

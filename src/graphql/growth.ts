@@ -7,6 +7,7 @@ import { decodeId, toGlobalId } from './ids.js';
 import { AccountRef } from './types/account.js';
 import { CreditGrantRef } from './types/ledger.js';
 import type { GraphQLContext } from './context.js';
+import { CAPPED_LIST_COST_ITEMS, listCountedAs } from './cost-limit.js';
 import { createPromoCode, findPromoCode, redeemPromoCode, type PromoCodeView } from '../services/promo-codes.js';
 import { redeemReferral } from '../services/redeem-referral.js';
 import { listBudgets, setSpendingBudget, type BudgetSubjectKind, type BudgetView } from '../services/spending-budgets.js';
@@ -70,13 +71,18 @@ function setBudget(ctx: GraphQLContext, kind: BudgetSubjectKind, accountGlobalId
 }
 
 builder.objectFields(AccountRef, (t) => ({
+  // One row per agent (user) the platform gave a budget, with its spending summed in SQL: nothing
+  // bounds how many, so the query cost estimate counts them as a capped list's weight
+  // (CAPPED_LIST_COST_ITEMS, src/graphql/cost-limit.ts).
   budgets: t.field({
     type: [AgentBudgetRef],
+    extensions: listCountedAs(CAPPED_LIST_COST_ITEMS),
     resolve: (a, _args, ctx) => listBudgets(ctx.services.pool, a.id, ctx.services.clock(), 'AGENT'),
   }),
   userBudgets: t.field({
     type: [UserBudgetRef],
     description: 'Per-member budgets inside this (organization) pool.',
+    extensions: listCountedAs(CAPPED_LIST_COST_ITEMS),
     resolve: (a, _args, ctx) => listBudgets(ctx.services.pool, a.id, ctx.services.clock(), 'USER'),
   }),
   referralsRewarded: t.int({

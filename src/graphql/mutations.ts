@@ -3,6 +3,7 @@
  * transaction), then loads the result for the response. Resolvers never write themselves.
  */
 import { builder } from './builder.js';
+import { CAPPED_LIST_COST_ITEMS, listSizedBy } from './cost-limit.js';
 import { decodeId } from './ids.js';
 import {
   CreateAccountInputRef,
@@ -116,6 +117,11 @@ builder.mutationType({
       description: 'Bulk ingestion: each item succeeds or fails on its own.',
       authScopes: { usageWrite: true },
       args: { inputs: t.arg({ type: [RecordUsageInputRef], required: true }) },
+      // One result per input: the estimate counts the inputs sent, at most CAPPED_LIST_COST_ITEMS
+      // (a weight, as for a capped list: the results are answered from the rows the call wrote,
+      // so a batch of 1,000 with its events' fields fits the default limit, while a page nested
+      // under every result still multiplies by 100 and is refused).
+      extensions: listSizedBy('inputs', CAPPED_LIST_COST_ITEMS),
       resolve: async (_root, args, ctx) => {
         // The cap counts every item sent, also those refused below for an id that cannot be read.
         assertBatchSize(args.inputs.length, ctx.env.MAX_BATCH_ITEMS);

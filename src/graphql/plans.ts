@@ -59,6 +59,8 @@ builder.objectField(AccountRef, 'subscription', (t) =>
 );
 
 builder.queryFields((t) => ({
+  // The catalog, counted as 1 in the query cost estimate: a root field whose items hold scalars
+  // only, so its size never multiplies another list's.
   plans: t.field({
     type: [PlanRef],
     authScopes: { authenticated: true },

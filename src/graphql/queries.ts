@@ -19,6 +19,13 @@ import { modelPrices } from '../pricing/price-book.js';
 import { formatCredits } from '../ledger/credits.js';
 import type { GraphQLContext } from './context.js';
 import { MAX_DATE_TIME, MIN_DATE_TIME } from './input-values.js';
+import { cappedList } from './cost-limit.js';
+
+/**
+ * Most accounts Viewer.accounts serves: the user's own USER account and its organization's
+ * (externalId is unique), so at most 2; also the estimate's count (cost-limit.ts cappedList).
+ */
+export const VIEWER_ACCOUNTS_MAX = 2;
 
 const ViewerRef = builder.objectRef<{ userId: string; orgId: string | null }>('Viewer').implement({
   fields: (t) => ({
@@ -26,6 +33,7 @@ const ViewerRef = builder.objectRef<{ userId: string; orgId: string | null }>('V
     accounts: t.prismaField({
       type: [AccountRef],
       description: 'Accounts this user may read: its own USER account and its organization\'s.',
+      extensions: cappedList(VIEWER_ACCOUNTS_MAX),
       resolve: (query, v, _args, ctx) =>
         ctx.prisma.account.findMany({
           ...query,
@@ -33,6 +41,7 @@ const ViewerRef = builder.objectRef<{ userId: string; orgId: string | null }>('V
             OR: [{ kind: 'USER', externalId: v.userId }, ...(v.orgId ? [{ kind: 'ORGANIZATION' as const, externalId: v.orgId }] : [])],
           },
           orderBy: { kind: 'asc' },
+          take: VIEWER_ACCOUNTS_MAX,
         }),
     }),
   }),
@@ -45,6 +54,8 @@ const TaskCostRef = builder
       taskId: t.exposeString('taskId'),
       credits: t.field({ type: 'Credits', resolve: (c) => c.creditsMicroCredits }),
       events: t.exposeInt('events'),
+      // One row per category of the task's events, a category of the price book's rules (a
+      // handful): counted as 1 in the query cost estimate (cost-limit.ts), as UsageMonth.byCategory.
       byCategory: t.field({ type: [UsageSummaryRowRef], resolve: (c) => c.byCategory }),
     }),
   });
@@ -187,6 +198,9 @@ builder.queryType({
         return book;
       },
     }),
+    // One row per price book rule with a model and no sku (at most MAX_PRICE_RULES), counted as 1
+    // in the query cost estimate: a root field whose items hold scalars only, so its size never
+    // multiplies another list's.
     modelPrices: t.field({
       type: [ModelPriceRef],
       description: 'Per-model credit prices for a model picker.',

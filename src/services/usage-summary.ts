@@ -45,6 +45,12 @@ function toRow(r: Record<string, unknown>): UsageSummaryRow {
   };
 }
 
+/**
+ * Most rows usageSummary returns (the biggest groups; README "Limits"). Account.usageSummary
+ * declares it as its cap for the query cost estimate (src/graphql/cost-limit.ts cappedList).
+ */
+export const USAGE_SUMMARY_MAX_ROWS = 1000;
+
 /** The dimensions the hourly rollup keeps (usage_rollups_hourly). */
 const ROLLUP_DIMENSIONS: ReadonlySet<UsageDimension> = new Set(['CATEGORY', 'TIER', 'MODEL']);
 
@@ -52,7 +58,7 @@ const HOUR_MS = 3_600_000;
 
 /**
  * Credits spent by `accountId` with occurredAt in [from, to), grouped by `groupBy` (in that
- * order), biggest spend first. Extra filters narrow the events.
+ * order), biggest spend first, at most USAGE_SUMMARY_MAX_ROWS rows. Extra filters narrow the events.
  *
  * When every dimension is one the hourly rollup keeps (category, tier, model) and there is no
  * task filter, the whole hours of the range are read from usage_rollups_hourly and only the
@@ -70,7 +76,7 @@ export async function usageSummary(
   const cols = dims.map((d) => DIMENSION_COLUMNS[d]);
   const select = cols.length ? `${cols.join(', ')}, ` : '';
   const group = cols.length ? `GROUP BY ${cols.join(', ')}` : '';
-  const order = `ORDER BY credits DESC${cols.length ? ', ' + cols.join(', ') : ''} LIMIT 1000`;
+  const order = `ORDER BY credits DESC${cols.length ? ', ' + cols.join(', ') : ''} LIMIT ${USAGE_SUMMARY_MAX_ROWS}`;
   const hourFrom = new Date(Math.ceil(range.from.getTime() / HOUR_MS) * HOUR_MS);
   const hourTo = new Date(Math.floor(range.to.getTime() / HOUR_MS) * HOUR_MS);
   const useRollup = !filter.taskId && dims.every((d) => ROLLUP_DIMENSIONS.has(d)) && hourFrom.getTime() < hourTo.getTime();

@@ -139,6 +139,38 @@ describe('graphql-armor limits', () => {
     }
   });
 
+  it('a plain list counts the rows it serves: usageSummary, usageHistory (by its months variable), budgets, userBudgets, Viewer.accounts, drawdowns, recordUsageBatch (by its inputs)', async () => {
+    // Before the fix each counted as one item and ran: 20 events each reading its account's
+    // report of up to 1,000 rows (or 120 months, or every budget), two accounts each reading a page
+    // of 500, 200 events with their drawdowns, 100 charges each reading a page of 20.
+    const perEvent = (list: string) => `query($id: ID!) { account(id: $id) { usage(first: 20) { edges { node { account { ${list} } } } } } }`;
+    const history = perEvent('usageHistory(months: $m) { month total byCategory { category credits } }').replace('$id: ID!', '$id: ID!, $m: Int');
+    const batch = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { event { account { usage(first: 20) { edges { node { id } } } } } } }`;
+    const inputs = Array.from({ length: 100 }, (_, i) => ({ accountId: acct, category: 'unit', idempotencyKey: `cost-batch-${Date.now()}-${i}` }));
+    const refused: [string, Record<string, unknown>][] = [
+      [perEvent('usageSummary(groupBy: [TASK]) { taskId credits events }'), { id: acct }],
+      [history, { id: acct, m: 120 }],
+      [perEvent('budgets { agentId limit spent }'), { id: acct }],
+      [perEvent('userBudgets { userId limit spent }'), { id: acct }],
+      [`{ viewer { accounts { usage(first: 500) { edges { node { id cost } } } } } }`, {}],
+      [`query($id: ID!) { account(id: $id) { usage(first: 200) { edges { node { id drawdowns { amount batch { id remaining } } } } } } }`, { id: acct }],
+      [batch, { inputs }],
+    ];
+    const events = async () => ok(await srv.gql(`query($id: ID!) { account(id: $id) { usage(first: 500) { edges { node { id } } } } }`, { id: acct })).account.usage.edges.length;
+    const before = await events();
+    for (const [query, variables] of refused) {
+      const res = await srv.gql(query, variables);
+      expect.soft(res.body.data ?? null, query).toBeNull();
+      expect.soft(res.body.errors?.map((e) => `${e.extensions?.code}: ${e.message}`), query).toEqual([expect.stringMatching(/^BAD_USER_INPUT: Query cost limit of 20000 exceeded, found \d+(\.\d+)?\.$/)]);
+    }
+    expect(await events()).toBe(before); // the refused batch charged nothing
+    // Control: a batch of one, and the same history of one month (under that event), are served.
+    expect(ok(await srv.gql(batch, { inputs: inputs.slice(0, 1) })).recordUsageBatch).toHaveLength(1);
+    const served = ok(await srv.gql(history, { id: acct, m: 1 })).account.usage.edges;
+    expect(served.length).toBeGreaterThan(0);
+    for (const edge of served) expect(edge.node.account.usageHistory).toHaveLength(1);
+  });
+
   it('a dashboard query (balance, batches, holds, a page of usage and of the ledger, alerts, summaries, budgets) is served', async () => {
     const dash = await apiAccount(srv, { free: '5', paid: '10' });
     ok(await srv.gql(`mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`, { input: { accountId: dash, category: 'unit', idempotencyKey: `dash-use-${Date.now()}` } }));

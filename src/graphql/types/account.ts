@@ -8,12 +8,12 @@
 import { builder } from '../builder.js';
 import type { Prisma } from '../../generated/prisma/client.js';
 import { readBalance, reconcileAccount } from '../../services/read-balance.js';
-import { usageHistory, usageSummary, type UsageSummaryRow, type UsageMonth } from '../../services/usage-summary.js';
+import { USAGE_SUMMARY_MAX_ROWS, usageHistory, usageSummary, type UsageSummaryRow, type UsageMonth } from '../../services/usage-summary.js';
 import { compareDrawdownOrder } from '../../ledger/drawdown.js';
 import { monthlyPeriodAt } from '../../ledger/billing-period.js';
 import { badInput } from '../../ledger/errors.js';
 import { accountNow } from '../access.js';
-import { cappedList } from '../cost-limit.js';
+import { cappedList, listSizedBy } from '../cost-limit.js';
 import { assertRowCursors, newestFirstRows, type CursorArgs } from '../ids.js';
 import {
   BalanceRef,
@@ -43,6 +43,8 @@ export const UsageMonthRef = builder.objectRef<UsageMonth>('UsageMonth').impleme
   fields: (t) => ({
     month: t.exposeString('month', { description: 'YYYY-MM in UTC.' }),
     total: t.field({ type: 'Credits', resolve: (m) => m.totalMicroCredits }),
+    // One row per category used in the month: categories are those of the price book's rules
+    // (an event without a matching rule is refused), a handful; counted as 1 (cost-limit.ts).
     byCategory: t.field({ type: [UsageSummaryRowRef], resolve: (m) => m.byCategory }),
   }),
 });
@@ -68,6 +70,12 @@ export const ACCOUNT_BATCHES_CAP = 1000;
 
 /** Most rows Account.reservations serves (the newest holds of the statuses asked for; README "Limits"). */
 export const ACCOUNT_RESERVATIONS_CAP = 1000;
+
+/** Months Account.usageHistory serves when `months` is not given. */
+export const USAGE_HISTORY_DEFAULT_MONTHS = 12;
+
+/** Most months Account.usageHistory serves: a larger `months` is BAD_USER_INPUT (README "Limits"). */
+export const USAGE_HISTORY_MAX_MONTHS = 120;
 
 /** Batch statuses at `now` as a Prisma filter (ACTIVE past expiresAt counts as EXPIRED). */
 function batchStatusWhere(statuses: readonly string[], now: Date): Prisma.CreditBatchWhereInput {
@@ -174,6 +182,7 @@ export const AccountRef = builder.prismaNode('Account', {
         to: t.arg({ type: 'DateTime', required: false }),
         groupBy: t.arg({ type: [UsageDimensionEnum], required: true }),
       },
+      extensions: cappedList(USAGE_SUMMARY_MAX_ROWS),
       resolve: (a, args, ctx) => {
         const period = monthlyPeriodAt(a.billingAnchorAt, accountNow(a, ctx.services.clock()));
         const from = args.from ?? period.start;
@@ -191,10 +200,12 @@ export const AccountRef = builder.prismaNode('Account', {
     usageHistory: t.field({
       type: [UsageMonthRef],
       description: 'Month-by-month consumption, newest first, with the category breakdown.',
-      args: { months: t.arg.int({ required: false, defaultValue: 12 }) },
+      args: { months: t.arg.int({ required: false, defaultValue: USAGE_HISTORY_DEFAULT_MONTHS }) },
+      // One row per month asked for (months without usage included): the estimate counts `months`.
+      extensions: listSizedBy('months', USAGE_HISTORY_MAX_MONTHS),
       resolve: (a, args, ctx) => {
-        const months = args.months ?? 12;
-        if (months < 1 || months > 120) throw badInput('months', 'must be 1 to 120');
+        const months = args.months ?? USAGE_HISTORY_DEFAULT_MONTHS;
+        if (months < 1 || months > USAGE_HISTORY_MAX_MONTHS) throw badInput('months', `must be 1 to ${USAGE_HISTORY_MAX_MONTHS}`);
         return usageHistory(ctx.services.pool, a.id, accountNow(a, ctx.services.clock()), months);
       },
     }),

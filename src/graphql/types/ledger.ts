@@ -12,6 +12,7 @@ import { BatchStatusEnum, CreditTypeEnum, GrantSourceEnum, LedgerEntryTypeEnum, 
 import type { StoredCostLine } from '../../services/record-usage.js';
 import { parseCredits } from '../../ledger/credits.js';
 import type { UsageQuantities } from '../../services/usage-command.js';
+import { listCountedAs } from '../cost-limit.js';
 
 /** Canonical text of a Prisma Decimal (never exponent notation), or null. */
 export function decimalText(v: { toFixed(): string } | null | undefined): string | null {
@@ -184,6 +185,17 @@ export function effectiveReservationStatus(r: { status: 'ACTIVE' | 'SETTLED' | '
   return r.status === 'ACTIVE' && r.expiresAt.getTime() <= now.getTime() ? 'EXPIRED' : r.status;
 }
 
+/**
+ * Items UsageEvent.drawdowns counts in the query cost estimate (src/graphql/cost-limit.ts
+ * listCountedAs). An event draws from the batches in drawdown order and empties every one it
+ * draws from but the last, and a batch is emptied once (again only after a refund gives credit
+ * back to it): over any set of events, at most one drawdown per event plus one per batch they
+ * emptied. Counted as 2 per event, what a page of events serves when it empties as many batches
+ * as it holds events; one event paid from many small batches serves more, but nothing under a
+ * drawdown is a list, so that is its own rows once, not a product.
+ */
+export const DRAWDOWN_COST_ITEMS = 2;
+
 /** GraphQL node `UsageEvent` (contract), backed by the Prisma model UsageEvent; id is a Relay global id. */
 export const UsageEventRef = builder.prismaNode('UsageEvent', {
   id: { field: 'id' },
@@ -217,8 +229,14 @@ export const UsageEventRef = builder.prismaNode('UsageEvent', {
     byok: t.exposeBoolean('byok'),
     cost: t.field({ type: 'Credits', resolve: (e) => e.costMicroCredits }),
     debt: t.field({ type: 'Credits', description: 'Part of the cost no credit covered (overage under a reservation), left as debt.', resolve: (e) => e.debtMicroCredits }),
+    // At most one line per item kind (CostLine.item: 11 kinds, a handful per event), stored on
+    // the event: counted as 1 in the query cost estimate, like an object of a few fields.
     lines: t.field({ type: [CostLineRef], resolve: (e) => e.lines as unknown as StoredCostLine[] }),
-    drawdowns: t.relation('drawdowns', { description: 'Which batches paid for this event, in drawdown order.', query: { orderBy: { position: 'asc' } } }),
+    drawdowns: t.relation('drawdowns', {
+      description: 'Which batches paid for this event, in drawdown order.',
+      query: { orderBy: { position: 'asc' } },
+      extensions: listCountedAs(DRAWDOWN_COST_ITEMS),
+    }),
     reservation: t.relation('reservation', { nullable: true }),
     priceBookVersion: t.exposeInt('priceBookVersion'),
     refunded: t.boolean({ resolve: (e) => e.refundedAt !== null }),

@@ -35,6 +35,9 @@ export const PriceBookRef = builder.objectRef<ActivePriceBook>('PriceBook').impl
       description: 'Fee in percent of the provider cost, charged instead of the model price for bring-your-own-key calls.',
       resolve: (b) => b.stored.byokFeePercent,
     }),
+    // Up to MAX_PRICE_RULES rows, counted as 1 in the query cost estimate: a PriceBook is only
+    // reached from the root (priceBook, publishPriceBook), rules hold scalars only, and the book
+    // is read from the in-process cache, so no selection can multiply them.
     rules: t.field({ type: [PriceRuleRef], resolve: (b) => b.stored.rules as PriceRuleInput[] }),
     publishedAt: t.field({ type: 'DateTime', resolve: (b) => b.publishedAt }),
   }),
@@ -67,6 +70,7 @@ export interface QuoteView {
 export const QuoteRef = builder.objectRef<QuoteView>('Quote').implement({
   fields: (t) => ({
     cost: t.field({ type: 'Credits', resolve: (q) => q.costMicroCredits }),
+    // At most one line per item kind (as UsageEvent.lines): counted as 1 in the query cost estimate.
     lines: t.field({ type: [CostLineRef], resolve: (q) => q.lines }),
     affordable: t.boolean({
       description:
