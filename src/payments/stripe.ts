@@ -25,12 +25,11 @@
 import Stripe from 'stripe';
 import { PaymentTimeoutError, usdToCents, type ChargeEvent, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
 
-/** How to reach Stripe. `host`/`port`/`protocol` point the SDK elsewhere (tests: a local fake of Stripe's API). */
-export interface StripeProviderOptions {
-  /** Secret API key (`sk_live_…` / `sk_test_…`). */
-  secretKey: string;
-  /** Signing secret of the webhook endpoint (`whsec_…`), the default of verifyWebhook. */
-  webhookSecret?: string | undefined;
+/**
+ * Where and how the SDK reaches Stripe, apart from the key: `host`/`port`/`protocol` point it
+ * elsewhere (tests: a local fake of Stripe's API); all unset in production (api.stripe.com).
+ */
+export interface StripeConnection {
   host?: string;
   port?: number;
   protocol?: 'http' | 'https';
@@ -38,6 +37,14 @@ export interface StripeProviderOptions {
   timeoutMs?: number;
   /** Retries the SDK itself makes, with the same idempotency key (default 2). */
   maxNetworkRetries?: number;
+}
+
+/** How to reach Stripe: a key and webhook secret, and the connection (see {@link StripeConnection}). */
+export interface StripeProviderOptions extends StripeConnection {
+  /** Secret API key (`sk_live_…` / `sk_test_…`). */
+  secretKey: string;
+  /** Signing secret of the webhook endpoint (`whsec_…`), the default of verifyWebhook. */
+  webhookSecret?: string | undefined;
 }
 
 /** Splits a stored reference: `pm_…` or `cus_…/pm_…` (a method attached to a customer). */
