@@ -175,8 +175,8 @@ export class WebhookLivemodeError extends Error {
  *   SyntaxError for a validly signed body that is not JSON.
  */
 export function verifyWebhookEvent(rawBody: string | Buffer, signatureHeader: string, secrets: readonly WebhookEndpointSecret[]): Stripe.Event {
-  let otherMode: Stripe.Event | null = null;
-  let invalid: unknown = new Stripe.errors.StripeSignatureVerificationError(signatureHeader, rawBody, { message: 'no webhook signing secret is configured' });
+  let otherMode: { event: Stripe.Event; secretLivemode: boolean } | null = null;
+  let invalid: unknown = null;
   for (const { secret, livemode } of secrets) {
     let event: Stripe.Event;
     try {
@@ -187,12 +187,13 @@ export function verifyWebhookEvent(rawBody: string | Buffer, signatureHeader: st
       continue;
     }
     if (event.livemode === livemode) return event;
-    otherMode = event;
+    otherMode = { event, secretLivemode: livemode };
   }
   if (otherMode) {
-    throw new WebhookLivemodeError(`event ${otherMode.id} has livemode ${String(otherMode.livemode)}, but is signed with the secret of the ${otherMode.livemode === true ? 'test' : 'live'}-mode endpoint`);
+    const { event, secretLivemode } = otherMode;
+    throw new WebhookLivemodeError(`event ${event.id} has livemode ${String(event.livemode)}, but is signed with the secret of the ${secretLivemode ? 'live' : 'test'}-mode endpoint`);
   }
-  throw invalid;
+  throw invalid ?? new Stripe.errors.StripeSignatureVerificationError(signatureHeader, rawBody, { message: 'no webhook signing secret is configured' });
 }
 
 /** Charges saved payment methods through Stripe PaymentIntents (module comment). */
