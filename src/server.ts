@@ -45,7 +45,8 @@ import type { QueryTimings } from './db/query-timings.js';
 import { LedgerError } from './ledger/errors.js';
 import { bodyRefusal } from './http/body-limit.js';
 import { STRIPE_WEBHOOK_PATH, stripeWebhookHandler } from './http/stripe-webhook.js';
-import { StripeProvider } from './payments/stripe.js';
+import { verifyWebhookEvent } from './payments/stripe.js';
+import { stripeChargeLivemode, stripeWebhookSecrets } from './payments/index.js';
 import { atInstant, type InstantTimer } from './live/at-instant.js';
 import { closeRedis, settlesWithin, REDIS_QUIT_WAIT_MS } from './db/redis-close.js';
 
@@ -167,18 +168,21 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: jobSink })
     : null;
 
-  // Stripe's webhook endpoint (http/stripe-webhook.ts): only where Stripe charges and its signing
-  // secret is configured. Without it, payments are settled by their own answer and by polling only.
-  // Verifying a signature is local (no request to Stripe), so a provider of its own does it.
-  const stripeVerifier =
-    env.PAYMENT_PROVIDER === 'stripe' && env.STRIPE_SECRET_KEY && env.STRIPE_WEBHOOK_SECRET
-      ? new StripeProvider({ secretKey: env.STRIPE_SECRET_KEY, webhookSecret: env.STRIPE_WEBHOOK_SECRET })
+  // Stripe's webhook endpoint (http/stripe-webhook.ts): only where Stripe charges and a signing
+  // secret (live and/or test endpoint) is configured. Without it, payments are settled by their own
+  // answer and by polling only. Verifying a signature is local (no request to Stripe).
+  const stripeSecrets = stripeWebhookSecrets(env);
+  const stripeWebhook =
+    env.PAYMENT_PROVIDER === 'stripe' && env.STRIPE_SECRET_KEY && stripeSecrets.length > 0
+      ? stripeWebhookHandler({
+          verify: (rawBody, signature) => verifyWebhookEvent(rawBody, signature, stripeSecrets),
+          chargeLivemode: (testMode) => stripeChargeLivemode(env, testMode),
+          services: deps.services,
+          log,
+        })
       : null;
-  const stripeWebhook = stripeVerifier
-    ? stripeWebhookHandler({ verify: (rawBody, signature) => stripeVerifier.verifyWebhook(rawBody, signature), services: deps.services, log })
-    : null;
   if (env.PAYMENT_PROVIDER === 'stripe' && !stripeWebhook) {
-    log.warn(`STRIPE_WEBHOOK_SECRET is not set: ${STRIPE_WEBHOOK_PATH} is off, so a payment whose answer was lost is only settled by polling, and a late success whose grant failed is not retried`);
+    log.warn(`neither STRIPE_WEBHOOK_SECRET nor STRIPE_TEST_WEBHOOK_SECRET is set: ${STRIPE_WEBHOOK_PATH} is off, so a payment whose answer was lost is only settled by polling, and a late success whose grant failed is not retried`);
   }
 
   /**

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { DEFAULT_JWT_MAX_TTL_SECONDS, jwksUrlProblem } from '../auth/jwt.js';
+import { isStripeTestKey } from '../payments/mode-routing.js';
 
 const booleanish = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -154,14 +155,37 @@ const EnvSchema = z.object({
   PAYMENT_RESUME_AFTER_SECONDS: z.coerce.number().int().min(1).max(82_800).default(300),
   /** Who charges payment methods (packs, auto top-ups): the built-in simulator, or Stripe (needs STRIPE_SECRET_KEY). */
   PAYMENT_PROVIDER: z.enum(['simulator', 'stripe']).default('simulator'),
-  /** Stripe secret API key (sk_live_… / sk_test_…), used when PAYMENT_PROVIDER=stripe. */
+  /**
+   * Stripe secret API key (sk_live_… / sk_test_…), used when PAYMENT_PROVIDER=stripe for live
+   * accounts, and for test-mode accounts too when it is a test key (payments/mode-routing.ts).
+   */
   STRIPE_SECRET_KEY: z.string().min(1).optional(),
   /**
-   * Signing secret (whsec_…) of the Stripe webhook endpoint. With PAYMENT_PROVIDER=stripe it turns
-   * on POST /webhooks/stripe (src/http/stripe-webhook.ts), whose events are verified with it.
+   * Stripe test-mode key (sk_test_… / rk_test_…) that charges test-mode accounts when
+   * PAYMENT_PROVIDER=stripe. Unset: they are charged by STRIPE_SECRET_KEY if that is a test key,
+   * else by the built-in simulator. A live key is refused: test mode never moves real money.
+   */
+  STRIPE_TEST_SECRET_KEY: z
+    .string()
+    .refine(isStripeTestKey, 'must be a Stripe test-mode secret key (sk_test_… or rk_test_…): a live key would charge real cards for test-mode accounts')
+    .optional(),
+  /**
+   * Signing secret (whsec_…) of the Stripe webhook endpoint registered in STRIPE_SECRET_KEY's mode
+   * (a live key: a live-mode endpoint, whose events all have livemode=true). With
+   * PAYMENT_PROVIDER=stripe it turns on POST /webhooks/stripe (src/http/stripe-webhook.ts).
    */
   STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
+  /**
+   * Signing secret (whsec_…) of a test-mode Stripe webhook endpoint at the same URL (events with
+   * livemode=false: test-mode accounts' payments). With PAYMENT_PROVIDER=stripe it turns on
+   * POST /webhooks/stripe too; must differ from STRIPE_WEBHOOK_SECRET.
+   */
+  STRIPE_TEST_WEBHOOK_SECRET: z.string().min(1).optional(),
 }).superRefine((env, ctx) => {
+  // Each Stripe endpoint has its own secret, and a secret decides which livemode its events must carry.
+  if (env.STRIPE_TEST_WEBHOOK_SECRET && env.STRIPE_TEST_WEBHOOK_SECRET === env.STRIPE_WEBHOOK_SECRET) {
+    ctx.addIssue({ code: 'custom', path: ['STRIPE_TEST_WEBHOOK_SECRET'], message: 'must differ from STRIPE_WEBHOOK_SECRET (the test-mode endpoint has its own signing secret)' });
+  }
   // Without the secret no delivery can be signed: every alert webhook would fail for good (deliverWebhook).
   if (env.WEBHOOK_URL && !env.WEBHOOK_SECRET) {
     ctx.addIssue({ code: 'custom', path: ['WEBHOOK_SECRET'], message: 'is required when WEBHOOK_URL is set (webhooks are signed with it)' });

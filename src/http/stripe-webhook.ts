@@ -1,8 +1,11 @@
 /**
  * The Stripe webhook endpoint, `POST /webhooks/stripe` (src/server.ts routes it before
- * graphql-yoga; on only with PAYMENT_PROVIDER=stripe and STRIPE_WEBHOOK_SECRET set): Stripe's
- * own report of a PaymentIntent's outcome settles the creditpool payment it names
- * (services/payment-events.ts applyChargeEvent, the same code as the charge's synchronous answer).
+ * graphql-yoga; on only with PAYMENT_PROVIDER=stripe and STRIPE_WEBHOOK_SECRET or
+ * STRIPE_TEST_WEBHOOK_SECRET set): Stripe's own report of a PaymentIntent's outcome settles the
+ * creditpool payment it names (services/payment-events.ts applyChargeEvent, the same code as the
+ * charge's synchronous answer). Two Stripe endpoints may share the URL, each with its own signing
+ * secret: STRIPE_WEBHOOK_SECRET's (the mode of STRIPE_SECRET_KEY: live for a live key) and
+ * STRIPE_TEST_WEBHOOK_SECRET's (test mode); a secret only signs events of its mode (`livemode`).
  *
  * What it answers (Stripe only reads the status: a 2xx acknowledges the event, anything else is
  * delivered again, in live mode for up to 3 days with exponential backoff:
@@ -11,9 +14,14 @@
  *   type it does not handle, a payment it does not know, one already settled (Stripe delivers at
  *   least once, maybe twice, in any order: https://docs.stripe.com/webhooks#handle-duplicate-events);
  * - 400 (`extensions.code` BAD_USER_INPUT, `reason` INVALID_SIGNATURE) when the `Stripe-Signature`
- *   header is missing, does not match the raw body under STRIPE_WEBHOOK_SECRET, or is older than
- *   Stripe's 5-minute tolerance (https://docs.stripe.com/webhooks#verify-events), and
+ *   header is missing, does not match the raw body under either secret, or is older than
+ *   Stripe's 5-minute tolerance (https://docs.stripe.com/webhooks#verify-events),
+ *   (reason LIVEMODE_MISMATCH) when it is valid only under a secret of the other mode than the
+ *   event's `livemode` (a secret configured for the wrong mode, or a forgery: refused rather than
+ *   acknowledged, so that Stripe delivers it again once the secrets are right), and
  *   (reason INVALID_PAYLOAD) for a signed body that is not an event: nothing is changed;
+ * - 200 `result: 'mismatch'` (nothing changed, logged) for a verified event whose `livemode` is
+ *   not the mode its payment's account is charged in (applyChargeEvent);
  * - 503 UNAVAILABLE when the settlement cannot be made now: the database is unreachable, or the
  *   grant would take the balance past its limit (BALANCE_LIMIT; the customer paid, so it is
  *   logged as an error and Stripe keeps delivering the event until the balance has room);
@@ -29,7 +37,7 @@ import type Stripe from 'stripe';
 import { maskError } from '../graphql/errors.js';
 import { LedgerError } from '../ledger/errors.js';
 import { isBalanceLimitRefusal } from '../ledger/refusals.js';
-import { chargeEventOf } from '../payments/stripe.js';
+import { WebhookLivemodeError, chargeEventOf } from '../payments/stripe.js';
 import { applyChargeEvent } from '../services/payment-events.js';
 import type { ServiceContext } from '../services/context.js';
 
@@ -40,10 +48,13 @@ export const STRIPE_WEBHOOK_PATH = '/webhooks/stripe';
 export interface StripeWebhookDeps {
   /**
    * Verifies the `Stripe-Signature` header against the raw body and parses the event
-   * (StripeProvider.verifyWebhook with STRIPE_WEBHOOK_SECRET).
-   * @throws Stripe.errors.StripeSignatureVerificationError for a bad signature; SyntaxError for a signed body that is not JSON.
+   * (payments/stripe.ts verifyWebhookEvent under the endpoint secrets and their modes).
+   * @throws Stripe.errors.StripeSignatureVerificationError for a bad signature; WebhookLivemodeError
+   *   for an event signed with the other mode's secret; SyntaxError for a signed body that is not JSON.
    */
   verify(rawBody: Buffer, signatureHeader: string): Stripe.Event;
+  /** The `livemode` of the charges made for an account of this mode (payments/index.ts stripeChargeLivemode). */
+  chargeLivemode(accountTestMode: boolean): boolean;
   /** The services the payments are settled with (their pool, clock and log). */
   services: ServiceContext;
   log: Logger;
@@ -92,15 +103,19 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
       event = deps.verify(raw, signature);
     } catch (err) {
       const badPayload = err instanceof SyntaxError;
+      const otherMode = err instanceof WebhookLivemodeError;
       log.warn({ requestId, reason: (err as Error).message }, 'stripe webhook refused: invalid signature or payload');
       answer(
         res,
         400,
-        errorBody(badPayload ? 'The signed body is not a Stripe event.' : 'Invalid Stripe-Signature for this body.', {
-          code: 'BAD_USER_INPUT',
-          reason: badPayload ? 'INVALID_PAYLOAD' : 'INVALID_SIGNATURE',
-          requestId,
-        }),
+        errorBody(
+          badPayload
+            ? 'The signed body is not a Stripe event.'
+            : otherMode
+              ? "The event's livemode is not the mode of the endpoint whose secret signed it."
+              : 'Invalid Stripe-Signature for this body.',
+          { code: 'BAD_USER_INPUT', reason: badPayload ? 'INVALID_PAYLOAD' : otherMode ? 'LIVEMODE_MISMATCH' : 'INVALID_SIGNATURE', requestId },
+        ),
       );
       return;
     }
@@ -113,7 +128,7 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
     try {
       // The services as they are now, logging (late successes, mismatches) to this server's log when they have no log of their own.
       const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log };
-      const done = await applyChargeEvent(services, chargeEvent);
+      const done = await applyChargeEvent(services, chargeEvent, (testMode) => deps.chargeLivemode(testMode));
       log.info({ requestId, eventId: event.id, eventType: event.type, ...done }, 'stripe webhook: payment event applied');
       answer(res, 200, { received: true, eventId: event.id, result: done.result });
     } catch (err) {

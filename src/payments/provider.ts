@@ -14,7 +14,9 @@
  * - a key is re-sent only within {@link IDEMPOTENCY_KEY_SAFE_WINDOW_MS} of the first attempt
  *   (providers forget keys: Stripe after 24 hours); later the outcome is looked up
  *   ({@link PaymentProvider.lookupCharge}), never charged again, and "no charge found" is only
- *   believed {@link LOOKUP_SETTLE_DELAY_MS} after the request was last sent.
+ *   believed {@link LOOKUP_SETTLE_DELAY_MS} after the request was last sent;
+ * - every charge and lookup says whether its account is in test mode ({@link ChargeRequest.testMode}):
+ *   a test-mode account is never charged with real money (payments/mode-routing.ts).
  */
 import { parseExactDecimal } from '../ledger/credits.js';
 import { badInput } from '../ledger/errors.js';
@@ -29,6 +31,12 @@ export interface ChargeRequest {
   paymentMethodRef: string;
   /** The creditpool account paying (database id). */
   accountId: string;
+  /**
+   * Whether that account is a test-mode account (accounts.test_mode, fixed at its creation). A
+   * test-mode charge must never move real money: the ModeRoutingProvider (payments/mode-routing.ts)
+   * sends it to the test-mode provider, and a StripeProvider holding a live key refuses it.
+   */
+  testMode: boolean;
   /** Shown on the customer's statement / the provider's dashboard. */
   description: string;
   /** Free-form strings stored with the charge at the provider (payment id, pack id, purpose). */
@@ -66,6 +74,12 @@ export interface ChargeEvent {
   amountCents: bigint;
   /** ISO currency code as the provider recorded it, lower case (`usd`). */
   currency: string;
+  /**
+   * Whether the provider made the charge with real money (Stripe: the event's `livemode`; false
+   * for an event of Stripe's test mode). Compared with the mode the payment's account is charged
+   * in (services/payment-events.ts).
+   */
+  livemode: boolean;
 }
 
 /**
@@ -96,9 +110,10 @@ export interface PaymentProvider {
    * @returns the charge's outcome, or null when the provider has no charge for that payment (yet:
    *   a request still in flight, or a finished one its search does not show yet, is not found;
    *   see {@link LOOKUP_SETTLE_DELAY_MS}).
+   * @param testMode whether the payment's account is a test-mode account (the provider of that mode is asked; see {@link ChargeRequest.testMode}).
    * @throws PaymentTimeoutError when the answer is unknown (no answer, or the charge is still processing).
    */
-  lookupCharge(paymentId: string): Promise<ChargeOutcome | null>;
+  lookupCharge(paymentId: string, testMode: boolean): Promise<ChargeOutcome | null>;
 }
 
 /**

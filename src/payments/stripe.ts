@@ -20,17 +20,20 @@
  * before the window closed may still be in flight, so an empty answer is only believed
  * LOOKUP_SETTLE_DELAY_MS after the payment's last send (services/purchase-pack.ts settlePayment).
  * Webhooks are verified with Stripe's signature scheme (https://docs.stripe.com/webhooks#verify-events)
- * and read by chargeEventOf (the endpoint: src/http/stripe-webhook.ts).
+ * and read by chargeEventOf (the endpoint: src/http/stripe-webhook.ts); verifyWebhookEvent checks
+ * them under the live and the test endpoint's secrets, each of which only signs events of its mode.
+ * A provider holding a live key refuses a test-mode account's charge or lookup (test mode never
+ * moves real money: payments/mode-routing.ts routes those elsewhere; this is the last guard).
  */
 import Stripe from 'stripe';
+import { isStripeTestKey } from './mode-routing.js';
 import { PaymentTimeoutError, usdToCents, type ChargeEvent, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
 
-/** How to reach Stripe. `host`/`port`/`protocol` point the SDK elsewhere (tests: a local fake of Stripe's API). */
-export interface StripeProviderOptions {
-  /** Secret API key (`sk_live_…` / `sk_test_…`). */
-  secretKey: string;
-  /** Signing secret of the webhook endpoint (`whsec_…`), the default of verifyWebhook. */
-  webhookSecret?: string | undefined;
+/**
+ * Where and how the SDK reaches Stripe, apart from the key: `host`/`port`/`protocol` point it
+ * elsewhere (tests: a local fake of Stripe's API); all unset in production (api.stripe.com).
+ */
+export interface StripeConnection {
   host?: string;
   port?: number;
   protocol?: 'http' | 'https';
@@ -38,6 +41,14 @@ export interface StripeProviderOptions {
   timeoutMs?: number;
   /** Retries the SDK itself makes, with the same idempotency key (default 2). */
   maxNetworkRetries?: number;
+}
+
+/** How to reach Stripe: a key and webhook secret, and the connection (see {@link StripeConnection}). */
+export interface StripeProviderOptions extends StripeConnection {
+  /** Secret API key (`sk_live_…` / `sk_test_…`). */
+  secretKey: string;
+  /** Signing secret of the webhook endpoint (`whsec_…`), the default of verifyWebhook. */
+  webhookSecret?: string | undefined;
 }
 
 /** Splits a stored reference: `pm_…` or `cus_…/pm_…` (a method attached to a customer). */
@@ -103,6 +114,7 @@ export const SETTLING_EVENT_TYPES = ['payment_intent.succeeded', 'payment_intent
  * `canceled`), or requires_action for `authentication_required`, as charge() maps the same error;
  * requires_action -> requires_action. The outcome follows the event's TYPE, not the snapshot's
  * status, since events may arrive out of order (https://docs.stripe.com/webhooks#event-ordering).
+ * `livemode` is the event's (false unless it is literally true).
  * @returns null for any other event type (nothing to settle).
  */
 export function chargeEventOf(event: Stripe.Event): ChargeEvent | null {
@@ -124,6 +136,7 @@ export function chargeEventOf(event: Stripe.Event): ChargeEvent | null {
   }
   const metadata = intent.metadata ?? {};
   return {
+    livemode: event.livemode === true,
     eventId: event.id,
     eventType: event.type,
     paymentId: typeof metadata.paymentId === 'string' ? metadata.paymentId : null,
@@ -134,13 +147,65 @@ export function chargeEventOf(event: Stripe.Event): ChargeEvent | null {
   };
 }
 
+/** A webhook endpoint's signing secret (`whsec_…`) and the `livemode` of every event it signs. */
+export interface WebhookEndpointSecret {
+  secret: string;
+  /** Stripe signs live events only with a live-mode endpoint's secret, test events with a test-mode one's. */
+  livemode: boolean;
+}
+
+/**
+ * A webhook whose signature is valid under an endpoint's secret, but whose `livemode` is not that
+ * endpoint's mode: not an event that endpoint can have received from Stripe (a secret configured
+ * for the wrong mode, or a forged event).
+ */
+export class WebhookLivemodeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WebhookLivemodeError';
+  }
+}
+
+/**
+ * Verifies a webhook's `Stripe-Signature` header against the raw body under each of `secrets`
+ * (Stripe's scheme, 5-minute tolerance) and returns the event if it is valid under a secret whose
+ * `livemode` is the event's.
+ * @throws WebhookLivemodeError when it is valid only under secrets of the other mode.
+ * @throws Stripe.errors.StripeSignatureVerificationError when it is valid under none (or none is given);
+ *   SyntaxError for a validly signed body that is not JSON.
+ */
+export function verifyWebhookEvent(rawBody: string | Buffer, signatureHeader: string, secrets: readonly WebhookEndpointSecret[]): Stripe.Event {
+  let otherMode: { event: Stripe.Event; secretLivemode: boolean } | null = null;
+  let invalid: unknown = null;
+  for (const { secret, livemode } of secrets) {
+    let event: Stripe.Event;
+    try {
+      event = Stripe.webhooks.constructEvent(rawBody, signatureHeader, secret);
+    } catch (err) {
+      if (!(err instanceof Stripe.errors.StripeSignatureVerificationError)) throw err;
+      invalid = err;
+      continue;
+    }
+    if (event.livemode === livemode) return event;
+    otherMode = { event, secretLivemode: livemode };
+  }
+  if (otherMode) {
+    const { event, secretLivemode } = otherMode;
+    throw new WebhookLivemodeError(`event ${event.id} has livemode ${String(event.livemode)}, but is signed with the secret of the ${secretLivemode ? 'live' : 'test'}-mode endpoint`);
+  }
+  throw invalid ?? new Stripe.errors.StripeSignatureVerificationError(signatureHeader, rawBody, { message: 'no webhook signing secret is configured' });
+}
+
 /** Charges saved payment methods through Stripe PaymentIntents (module comment). */
 export class StripeProvider implements PaymentProvider {
   readonly name = 'stripe';
   private readonly stripe: Stripe;
   private readonly webhookSecret: string | undefined;
+  /** The key is a test-mode key (sk_test_/rk_test_): the only kind that may serve test-mode accounts. */
+  private readonly testKey: boolean;
 
   constructor(opts: StripeProviderOptions) {
+    this.testKey = isStripeTestKey(opts.secretKey);
     this.stripe = new Stripe(opts.secretKey, {
       host: opts.host,
       port: opts.port,
@@ -157,8 +222,11 @@ export class StripeProvider implements PaymentProvider {
    * @throws PaymentTimeoutError when the outcome is unknown (module comment).
    * @throws Stripe's error for anything else (bad key, invalid request, idempotency key reused
    *   with other parameters): a configuration problem or a bug, not a decline.
+   * @throws Error, sending nothing, for a test-mode account's charge (`request.testMode`) when
+   *   this provider's key is not a test key.
    */
   async charge(request: ChargeRequest): Promise<ChargeOutcome> {
+    this.assertMode(request.testMode);
     const { customer, paymentMethod } = parseReference(request.paymentMethodRef);
     let intent: Stripe.PaymentIntent;
     try {
@@ -194,8 +262,10 @@ export class StripeProvider implements PaymentProvider {
    * @returns its outcome, or null when Stripe has no PaymentIntent for the payment.
    * @throws PaymentTimeoutError when Stripe does not answer definitely, or the PaymentIntent is still processing.
    * @throws Stripe's error for anything else (bad key, search not available on the account).
+   * @throws Error, sending nothing, for a test-mode account's payment when this provider's key is not a test key.
    */
-  async lookupCharge(paymentId: string): Promise<ChargeOutcome | null> {
+  async lookupCharge(paymentId: string, testMode: boolean): Promise<ChargeOutcome | null> {
+    this.assertMode(testMode);
     let found: Stripe.ApiSearchResult<Stripe.PaymentIntent>;
     try {
       found = await this.stripe.paymentIntents.search({ query: `metadata['paymentId']:'${paymentId.replace(/[\\']/g, '\\$&')}'`, limit: 10 });
@@ -206,6 +276,11 @@ export class StripeProvider implements PaymentProvider {
     const intents = found.data;
     if (intents.length === 0) return null;
     return outcomeOfIntent(intents.find((i) => i.status === 'succeeded') ?? intents[0]!);
+  }
+
+  /** Refuses a test-mode account's request on a key that is not a test key (a wiring bug: it would be real money). */
+  private assertMode(testMode: boolean): void {
+    if (testMode && !this.testKey) throw new Error('stripe: a test-mode account is never charged or looked up with a live key (configure STRIPE_TEST_SECRET_KEY)');
   }
 
   /**

@@ -35,7 +35,9 @@
  *   decline (not `no_charge_found`), which the rule above says cannot happen; it is not granted
  *   automatically, since an auto top-up may have charged a newer attempt meanwhile;
  * - an event whose payment is unknown (not creditpool's, or another deployment's), or whose
- *   amount, currency or account is not the payment's, changes nothing (the latter is logged);
+ *   amount, currency or account is not the payment's, or whose mode (`livemode`) is not the one
+ *   its account is charged in (a test-mode account's payment never by a live event, and a live
+ *   account's not by a test event on a live-key deployment), changes nothing (the latter are logged);
  * - a settlement that cannot be made now (database unavailable, BALANCE_LIMIT) throws, and the
  *   endpoint answers 5xx so that the provider delivers the event again.
  */
@@ -53,7 +55,7 @@ import { isUuid } from '../db/uuid.js';
  * - `unchanged`: the payment was already settled (or is settled by a concurrent call), or its
  *   auto top-up had ended: nothing written;
  * - `unknown_payment`: no creditpool payment has that id (or the event names none);
- * - `mismatch`: the charge's amount, currency or account is not the payment's (logged as an error).
+ * - `mismatch`: the charge's livemode, amount, currency or account is not the payment's (logged as an error).
  */
 export interface ChargeEventResult {
   result: 'settled' | 'unchanged' | 'unknown_payment' | 'mismatch';
@@ -63,8 +65,12 @@ export interface ChargeEventResult {
   status: PaymentRow['status'] | null;
 }
 
-/** Why the charge an event describes is not `payment`'s, or null when it is (same account, USD, same cents). */
-function mismatchOf(event: ChargeEvent, payment: PaymentRow): string | null {
+/**
+ * Why the charge an event describes is not `payment`'s, or null when it is (same livemode as the
+ * payment's account is charged in, same account, USD, same cents).
+ */
+function mismatchOf(event: ChargeEvent, payment: PaymentRow, expectedLivemode: boolean): string | null {
+  if (event.livemode !== expectedLivemode) return `livemode ${event.livemode}, expected ${expectedLivemode} for this account's payments`;
   if (event.currency !== 'usd') return `currency ${event.currency}, expected usd`;
   const cents = usdToCents(payment.amountUsd);
   if (event.amountCents !== cents) return `amount ${event.amountCents} cents, expected ${cents}`;
@@ -76,17 +82,27 @@ function mismatchOf(event: ChargeEvent, payment: PaymentRow): string | null {
  * Settles the payment a provider event names (module comment for the rules). Idempotent: applying
  * the same event (or any later event of an already settled payment) again changes nothing.
  * @param event what the provider reported (src/payments/stripe.ts chargeEventOf).
+ * @param chargeLivemode the `livemode` of the provider's charges for an account of this mode
+ *   (payments/index.ts stripeChargeLivemode: false for a test-mode account); an event of the other
+ *   mode is a `mismatch`.
  * @returns what was done (see {@link ChargeEventResult}).
  * @throws LedgerError BAD_USER_INPUT (reason BALANCE_LIMIT) when a success's grant would take the
  *   balance above MAX_ABS_MICRO_CREDITS: nothing written, the payment keeps its status (retry the
  *   event later); database errors (nothing written, retry).
  */
-export async function applyChargeEvent(ctx: ServiceContext, event: ChargeEvent): Promise<ChargeEventResult> {
+export async function applyChargeEvent(
+  ctx: ServiceContext,
+  event: ChargeEvent,
+  chargeLivemode: (accountTestMode: boolean) => boolean,
+): Promise<ChargeEventResult> {
   const id = event.paymentId;
   const payment = id !== null && isUuid(id) ? await findPayment(ctx.pool, id) : null;
   if (!payment) return { result: 'unknown_payment', paymentId: null, status: null };
   const context = { paymentId: payment.id, accountId: payment.accountId, eventId: event.eventId, eventType: event.eventType };
-  const mismatch = mismatchOf(event, payment);
+  // The payment's account decides the mode (accounts.test_mode never changes after creation).
+  const account = await ctx.pool.query('SELECT test_mode FROM accounts WHERE id = $1', [payment.accountId]);
+  assert(account.rows[0], 'a payment refers to an existing account');
+  const mismatch = mismatchOf(event, payment, chargeLivemode(account.rows[0].test_mode === true));
   if (mismatch) {
     ctx.log?.error({ ...context, mismatch }, 'payment event: the charge is not this payment\'s; ignored');
     return { result: 'mismatch', paymentId: payment.id, status: payment.status };

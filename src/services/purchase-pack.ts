@@ -34,6 +34,7 @@ import {
   type ChargeOutcome,
   type PaymentProvider,
 } from '../payments/provider.js';
+import { providerNameFor } from '../payments/mode-routing.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, balanceRoomError } from './grant-credits.js';
 import { canonicalUsd, findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
@@ -115,7 +116,9 @@ export function requireProvider(ctx: ServiceContext): PaymentProvider {
 
 /**
  * Saves (or replaces) the account's payment method: the provider's reference to it (Stripe: a
- * PaymentMethod `pm_…`, or `cus_…/pm_…` for one attached to a customer; the simulator takes any).
+ * PaymentMethod `pm_…`, or `cus_…/pm_…` for one attached to a customer; the simulator takes any),
+ * stored with the name of the provider that charges the account's mode (payments/mode-routing.ts:
+ * "simulator" for a test-mode account on a live Stripe deployment without STRIPE_TEST_SECRET_KEY).
  * @throws LedgerError NOT_FOUND (account), BAD_USER_INPUT (reference: 1 to 255 of A-Z a-z 0-9 _ - . / :),
  *   UNAVAILABLE (no provider configured).
  */
@@ -125,10 +128,10 @@ export async function attachPaymentMethod(ctx: ServiceContext, accountId: string
   if (!REFERENCE_RE.test(ref)) throw badInput('reference', 'must be 1 to 255 characters of A-Z, a-z, 0-9, "_", "-", ".", "/" or ":"');
   const { rows } = await ctx.pool.query(
     `INSERT INTO payment_methods (account_id, provider, reference, created_at)
-     SELECT id, $2, $3, $4 FROM accounts WHERE id = $1
+     SELECT id, CASE WHEN test_mode THEN $5 ELSE $2 END, $3, $4 FROM accounts WHERE id = $1
      ON CONFLICT (account_id) DO UPDATE SET provider = EXCLUDED.provider, reference = EXCLUDED.reference, created_at = EXCLUDED.created_at
      RETURNING account_id, provider, reference, created_at`,
-    [accountId, provider.name, ref, ctx.clock()],
+    [accountId, providerNameFor(provider, false), ref, ctx.clock(), providerNameFor(provider, true)],
   );
   const r = rows[0];
   if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
@@ -154,7 +157,9 @@ const NO_CHARGE_FOUND = 'no_charge_found';
  * may have forgotten its key; settled meanwhile) or has no recorded payment method is never sent
  * again: its charge is looked up (provider.lookupCharge), and when the provider has none the
  * outcome is a decline with code {@link NO_CHARGE_FOUND}, which {@link settlePayment} records
- * only once LOOKUP_SETTLE_DELAY_MS have passed since the last send.
+ * only once LOOKUP_SETTLE_DELAY_MS have passed since the last send. Both the charge and the
+ * lookup carry the mode of the payment's account (accounts.test_mode, set at its creation and
+ * never changed), so a test-mode account's payment only reaches the test-mode provider.
  * @param db where the send is recorded (not inside the settling transaction: the mark must be
  *   committed before the request goes out, so a concurrent lookup sees it)
  * @throws PaymentTimeoutError when the outcome is unknown (the payment stays PENDING).
@@ -166,6 +171,9 @@ export async function chargePayment(
   pack: CreditPackView,
   wallNow: Date,
 ): Promise<ChargeOutcome> {
+  const account = await db.query('SELECT test_mode FROM accounts WHERE id = $1', [payment.accountId]);
+  assert(account.rows[0], 'a payment refers to an existing account');
+  const testMode = account.rows[0].test_mode === true;
   const ref = payment.paymentMethodRef;
   const marked =
     ref !== null &&
@@ -180,7 +188,7 @@ export async function chargePayment(
       )
     ).rows.length === 1;
   if (ref === null || !marked) {
-    const found = await provider.lookupCharge(payment.id);
+    const found = await provider.lookupCharge(payment.id, testMode);
     return (
       found ?? {
         status: 'declined',
@@ -194,6 +202,7 @@ export async function chargePayment(
     amountUsd: payment.amountUsd,
     paymentMethodRef: ref,
     accountId: payment.accountId,
+    testMode,
     description: `${pack.name} (${payment.purpose === 'PURCHASE' ? 'credit pack' : 'automatic top-up'})`,
     metadata: { paymentId: payment.id, packId: pack.id, purpose: payment.purpose },
   });

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import Stripe from 'stripe';
-import { StripeProvider } from '../../src/payments/stripe.js';
+import { StripeProvider, type StripeConnection } from '../../src/payments/stripe.js';
 
 /** One answer of the fake: a status and JSON body, and extra headers. */
 export interface FakeAnswer {
@@ -40,6 +40,8 @@ export interface FakeStripe {
   planned: Planned[];
   /** Requests received so far, in order. */
   recorded: Recorded[];
+  /** Where the SDK reaches this fake (no SDK retries), for createPaymentProvider's `connection`. */
+  connection: StripeConnection;
   /** A StripeProvider on this fake: no SDK retries unless asked, webhook secret `whsec_creditpool` unless given. */
   provider(opts?: { timeoutMs?: number; maxNetworkRetries?: number; webhookSecret?: string }): StripeProvider;
   close(): Promise<void>;
@@ -71,6 +73,7 @@ export async function startFakeStripe(): Promise<FakeStripe> {
     port,
     planned,
     recorded,
+    connection: { host: '127.0.0.1', port, protocol: 'http', maxNetworkRetries: 0 },
     provider: (opts = {}) =>
       new StripeProvider({
         secretKey: 'sk_test_creditpool',

@@ -7,11 +7,15 @@
  *   PaymentTimeoutError; the SDK's own retry re-sends the same key. Webhook signatures are checked
  *   with the SDK's test header helper, and chargeEventOf maps events like the charge's own answer.
  * - Simulator: one charge per key, outcomes by prefix and script, key reuse with other parameters refused.
+ * - Modes: the factory never gives test-mode accounts a live key; ModeRoutingProvider sends charges
+ *   and lookups by the account's mode; a live-key StripeProvider refuses test-mode requests;
+ *   verifyWebhookEvent takes an event only under the secret of its own livemode.
  * - usdToCents and the factory.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Stripe from 'stripe';
-import { StripeProvider, chargeEventOf } from '../../src/payments/stripe.js';
+import { StripeProvider, WebhookLivemodeError, chargeEventOf, verifyWebhookEvent } from '../../src/payments/stripe.js';
+import { ModeRoutingProvider, providerNameFor } from '../../src/payments/mode-routing.js';
 import { PaymentSimulator } from '../../src/payments/simulator.js';
 import { PaymentTimeoutError, usdToCents, type ChargeRequest } from '../../src/payments/provider.js';
 import { createPaymentProvider } from '../../src/payments/index.js';
@@ -37,6 +41,7 @@ function chargeRequest(overrides: Partial<ChargeRequest> = {}): ChargeRequest {
     amountUsd: '9.99',
     paymentMethodRef: 'pm_card_visa',
     accountId: 'a5a0c3de-0000-4000-8000-000000000001',
+    testMode: false,
     description: 'Starter pack (credit pack)',
     metadata: { paymentId: '6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e', packId: 'p1', purpose: 'PURCHASE' },
     ...overrides,
@@ -126,7 +131,7 @@ describe('StripeProvider.lookupCharge', () => {
   const pi = paymentIntent;
 
   it("searches PaymentIntents by metadata['paymentId'] with a GET (nothing is charged) and maps what it finds", async () => {
-    const { result, requests } = await withAnswers([search(pi('succeeded', 'pi_found'))], () => stripeAt().lookupCharge('6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e'));
+    const { result, requests } = await withAnswers([search(pi('succeeded', 'pi_found'))], () => stripeAt().lookupCharge('6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e', false));
     expect(result).toEqual({ status: 'succeeded', providerRef: 'pi_found' });
     expect(requests).toHaveLength(1);
     expect(requests[0]!.method).toBe('GET');
@@ -136,18 +141,18 @@ describe('StripeProvider.lookupCharge', () => {
   });
 
   it('a succeeded PaymentIntent wins over a failed one; a failed one alone is declined; none is null', async () => {
-    const both = await withAnswers([search(pi('requires_payment_method', 'pi_a'), pi('succeeded', 'pi_b'))], () => stripeAt().lookupCharge('p1'));
+    const both = await withAnswers([search(pi('requires_payment_method', 'pi_a'), pi('succeeded', 'pi_b'))], () => stripeAt().lookupCharge('p1', false));
     expect(both.result).toEqual({ status: 'succeeded', providerRef: 'pi_b' });
     const failed = await withAnswers([search(pi('requires_payment_method', 'pi_a', { last_payment_error: { code: 'card_declined', decline_code: 'insufficient_funds', message: 'no funds' } }))], () =>
-      stripeAt().lookupCharge('p1'),
+      stripeAt().lookupCharge('p1', false),
     );
     expect(failed.result).toEqual({ status: 'declined', code: 'insufficient_funds', message: 'no funds' });
-    expect((await withAnswers([search()], () => stripeAt().lookupCharge('p1'))).result).toBeNull();
+    expect((await withAnswers([search()], () => stripeAt().lookupCharge('p1', false))).result).toBeNull();
   });
 
   it('no definite answer, or a PaymentIntent still processing, is PaymentTimeoutError', async () => {
-    await expect(withAnswers([{ status: 500, body: { error: { type: 'api_error', message: 'boom' } } }], () => stripeAt().lookupCharge('p1'))).rejects.toBeInstanceOf(PaymentTimeoutError);
-    await expect(withAnswers([search(pi('processing', 'pi_p'))], () => stripeAt().lookupCharge('p1'))).rejects.toBeInstanceOf(PaymentTimeoutError);
+    await expect(withAnswers([{ status: 500, body: { error: { type: 'api_error', message: 'boom' } } }], () => stripeAt().lookupCharge('p1', false))).rejects.toBeInstanceOf(PaymentTimeoutError);
+    await expect(withAnswers([search(pi('processing', 'pi_p'))], () => stripeAt().lookupCharge('p1', false))).rejects.toBeInstanceOf(PaymentTimeoutError);
   });
 });
 
@@ -172,6 +177,29 @@ describe('StripeProvider.verifyWebhook', () => {
   });
 });
 
+describe('verifyWebhookEvent (the live and the test endpoint\'s secrets)', () => {
+  const secrets = [
+    { secret: 'whsec_live', livemode: true },
+    { secret: 'whsec_test', livemode: false },
+  ];
+  const body = (livemode: boolean) => JSON.stringify({ id: 'evt_m', object: 'event', livemode, type: 'payment_intent.succeeded', data: { object: { id: 'pi_1' } } });
+  const signed = (payload: string, secret: string) => Stripe.webhooks.generateTestHeaderString({ payload, secret });
+
+  it('accepts an event signed with the secret of its own mode', () => {
+    expect(verifyWebhookEvent(body(true), signed(body(true), 'whsec_live'), secrets).livemode).toBe(true);
+    expect(verifyWebhookEvent(body(false), signed(body(false), 'whsec_test'), secrets).livemode).toBe(false);
+  });
+
+  it('refuses an event signed with the other mode\'s secret (WebhookLivemodeError), and a signature valid under neither', () => {
+    expect(() => verifyWebhookEvent(body(false), signed(body(false), 'whsec_live'), secrets)).toThrow(WebhookLivemodeError);
+    expect(() => verifyWebhookEvent(body(true), signed(body(true), 'whsec_test'), secrets)).toThrow(WebhookLivemodeError);
+    const noLivemode = JSON.stringify({ id: 'evt_n', object: 'event', type: 'payment_intent.succeeded', data: { object: {} } });
+    expect(() => verifyWebhookEvent(noLivemode, signed(noLivemode, 'whsec_test'), secrets)).toThrow(WebhookLivemodeError);
+    expect(() => verifyWebhookEvent(body(true), signed(body(true), 'whsec_other'), secrets)).toThrow(Stripe.errors.StripeSignatureVerificationError);
+    expect(() => verifyWebhookEvent(body(true), signed(body(true), 'whsec_live'), [])).toThrow(Stripe.errors.StripeSignatureVerificationError);
+  });
+});
+
 describe('chargeEventOf (what a verified Stripe event settles)', () => {
   const event = (type: string, object: Record<string, unknown>) => stripeEvent(type, object, 'evt_1') as unknown as Stripe.Event;
   const metadata = { paymentId: '6f0c1c9e-8a34-4c1c-9a55-1f1b2f3c4d5e', packId: 'p1', purpose: 'PURCHASE', accountId: 'a5a0c3de-0000-4000-8000-000000000001' };
@@ -185,7 +213,10 @@ describe('chargeEventOf (what a verified Stripe event settles)', () => {
       outcome: { status: 'succeeded', providerRef: 'pi_1' },
       amountCents: 999n,
       currency: 'usd',
+      livemode: false,
     });
+    const live = { ...stripeEvent('payment_intent.succeeded', paymentIntent('succeeded', 'pi_1', { metadata }), 'evt_1'), livemode: true } as unknown as Stripe.Event;
+    expect(chargeEventOf(live)?.livemode).toBe(true);
     const failed = (last_payment_error: unknown, type = 'payment_intent.payment_failed') =>
       chargeEventOf(event(type, paymentIntent('requires_payment_method', 'pi_2', { metadata, last_payment_error })))?.outcome;
     expect(failed({ code: 'card_declined', decline_code: 'insufficient_funds', message: 'no funds' })).toEqual({ status: 'declined', code: 'insufficient_funds', message: 'no funds' });
@@ -204,7 +235,7 @@ describe('chargeEventOf (what a verified Stripe event settles)', () => {
 
   it('lookupCharge reads a PaymentIntent that failed with authentication_required as requires_action, as charge() does', async () => {
     const pi = paymentIntent('requires_payment_method', 'pi_auth', { last_payment_error: { code: 'authentication_required', message: 'authenticate' } });
-    expect((await withAnswers([searchAnswer(pi)], () => stripeAt().lookupCharge('p1'))).result).toEqual({ status: 'requires_action', providerRef: 'pi_auth', message: 'authenticate' });
+    expect((await withAnswers([searchAnswer(pi)], () => stripeAt().lookupCharge('p1', false))).result).toEqual({ status: 'requires_action', providerRef: 'pi_auth', message: 'authenticate' });
   });
 });
 
@@ -264,5 +295,46 @@ describe('usdToCents and createPaymentProvider', () => {
     expect(createPaymentProvider({ PAYMENT_PROVIDER: 'simulator', STRIPE_SECRET_KEY: undefined, STRIPE_WEBHOOK_SECRET: undefined }).name).toBe('simulator');
     expect(createPaymentProvider({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_x', STRIPE_WEBHOOK_SECRET: undefined }).name).toBe('stripe');
     expect(() => createPaymentProvider({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: undefined, STRIPE_WEBHOOK_SECRET: undefined })).toThrow(/STRIPE_SECRET_KEY/);
+  });
+
+  it('never gives test-mode accounts a live key: the simulator for both, a test key for both, or live Stripe routed with the test key or the simulator', () => {
+    const simulator = createPaymentProvider({ PAYMENT_PROVIDER: 'simulator', STRIPE_SECRET_KEY: 'sk_live_x' });
+    expect(simulator).toBeInstanceOf(PaymentSimulator);
+    expect(createPaymentProvider({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_x' })).toBeInstanceOf(StripeProvider);
+    const liveOnly = createPaymentProvider({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_live_x' });
+    expect(liveOnly).toBeInstanceOf(ModeRoutingProvider);
+    expect((liveOnly as ModeRoutingProvider).providerFor(false)).toBeInstanceOf(StripeProvider);
+    expect((liveOnly as ModeRoutingProvider).providerFor(true)).toBeInstanceOf(PaymentSimulator);
+    expect([providerNameFor(liveOnly, false), providerNameFor(liveOnly, true)]).toEqual(['stripe', 'simulator']);
+    const both = createPaymentProvider({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'rk_live_x', STRIPE_TEST_SECRET_KEY: 'sk_test_y' });
+    expect((both as ModeRoutingProvider).providerFor(true)).toBeInstanceOf(StripeProvider);
+    expect([providerNameFor(both, false), providerNameFor(both, true)]).toEqual(['stripe', 'stripe']);
+  });
+});
+
+describe('ModeRoutingProvider and the live-key guard', () => {
+  it('sends charges and lookups to the provider of the account\'s mode', async () => {
+    const live = new PaymentSimulator();
+    const test = new PaymentSimulator();
+    const routed = new ModeRoutingProvider(live, test);
+    await routed.charge(chargeRequest({ idempotencyKey: 't1', paymentMethodRef: 'pm_t', testMode: true, metadata: { paymentId: 'pay-t' } }));
+    await routed.charge(chargeRequest({ idempotencyKey: 'l1', paymentMethodRef: 'pm_l', testMode: false, metadata: { paymentId: 'pay-l' } }));
+    expect([test.chargeCount(), test.chargeCount('pm_t'), live.chargeCount(), live.chargeCount('pm_l')]).toEqual([1, 1, 1, 1]);
+    expect(await routed.lookupCharge('pay-t', true)).toMatchObject({ status: 'succeeded' });
+    expect(await routed.lookupCharge('pay-t', false)).toBeNull();
+    expect(await routed.lookupCharge('pay-l', false)).toMatchObject({ status: 'succeeded' });
+    expect(await routed.lookupCharge('pay-l', true)).toBeNull();
+  });
+
+  it('a StripeProvider with a live key refuses a test-mode account\'s charge and lookup without sending anything; a test key serves both modes', async () => {
+    const liveKey = new StripeProvider({ ...fake.connection, secretKey: 'sk_live_x' });
+    const { requests } = await withAnswers([], async () => {
+      await expect(liveKey.charge(chargeRequest({ testMode: true }))).rejects.toThrow(/live key/);
+      await expect(liveKey.lookupCharge('p1', true)).rejects.toThrow(/live key/);
+    });
+    expect(requests).toEqual([]);
+    const testKey = await withAnswers([intent('succeeded')], () => stripeAt().charge(chargeRequest({ testMode: true })));
+    expect(testKey.result).toMatchObject({ status: 'succeeded' });
+    expect(testKey.requests.map((r) => r.headers.authorization)).toEqual(['Bearer sk_test_creditpool']);
   });
 });

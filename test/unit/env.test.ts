@@ -11,6 +11,23 @@ describe('parseEnv', () => {
     expect(parseEnv({}).WEBHOOK_URL).toBeUndefined();
   });
 
+  it('refuses a live Stripe key (or anything not a test key) as STRIPE_TEST_SECRET_KEY: test-mode accounts would charge real cards', () => {
+    for (const key of ['sk_live_abc', 'rk_live_abc', 'abc', 'pk_test_abc']) {
+      expect(() => parseEnv({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_live_x', STRIPE_TEST_SECRET_KEY: key })).toThrow(
+        /STRIPE_TEST_SECRET_KEY: must be a Stripe test-mode secret key/,
+      );
+    }
+    for (const key of ['sk_test_abc', 'rk_test_abc']) {
+      expect(parseEnv({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_live_x', STRIPE_TEST_SECRET_KEY: key }).STRIPE_TEST_SECRET_KEY).toBe(key);
+    }
+    expect(parseEnv({}).STRIPE_TEST_SECRET_KEY).toBeUndefined();
+  });
+
+  it('refuses the same signing secret for the live and the test Stripe webhook endpoint (each endpoint has its own)', () => {
+    expect(() => parseEnv({ STRIPE_WEBHOOK_SECRET: 'whsec_a', STRIPE_TEST_WEBHOOK_SECRET: 'whsec_a' })).toThrow(/STRIPE_TEST_WEBHOOK_SECRET: must differ from STRIPE_WEBHOOK_SECRET/);
+    expect(parseEnv({ STRIPE_WEBHOOK_SECRET: 'whsec_a', STRIPE_TEST_WEBHOOK_SECRET: 'whsec_b' }).STRIPE_TEST_WEBHOOK_SECRET).toBe('whsec_b');
+  });
+
   it('refuses a client-side query timeout not longer than the statement timeout', () => {
     expect(() => parseEnv({ PG_QUERY_TIMEOUT_MS: '30000', PG_STATEMENT_TIMEOUT_MS: '30000' })).toThrow(/PG_QUERY_TIMEOUT_MS: must be longer than PG_STATEMENT_TIMEOUT_MS/);
   });
