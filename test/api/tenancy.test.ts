@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { signUserToken } from '../../src/auth/jwt.js';
-import { apiAccount, ok, uniq } from './helpers.js';
+import { apiAccount, gid, ok, uniq } from './helpers.js';
 
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
 
@@ -19,6 +19,8 @@ const orgExt = uniq('org');
 let orgAcct: string;
 let otherOrg: string;
 let userToken: string;
+/** Ids of the other tenant's credit alert and of one of the organization's (the control). */
+const alertId = { foreign: '', own: '' };
 
 /** Records `units` credits of usage on `accountId` (admin key). */
 async function spend(accountId: string, units: number): Promise<void> {
@@ -64,6 +66,9 @@ beforeAll(async () => {
   await spend(orgAcct, 2); // 3 of 21 (14 %) left: the 15 % alert
   await spend(orgAcct, 3); // 0 left: the 0 % alert
   Object.assign(ownCursor, await newestCursors(orgAcct));
+  const newestAlert = async (id: string) => ok(await srv.gql(`query($id: ID!) { account(id: $id) { alerts(first: 1) { edges { node { id } } } } }`, { id })).account.alerts.edges[0].node.id as string;
+  alertId.foreign = await newestAlert(otherOrg);
+  alertId.own = await newestAlert(orgAcct);
   userToken = await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 600 });
 });
 
@@ -91,5 +96,16 @@ describe("an end user's connection cursors", () => {
         expect(foreign.body, `${connection} ${direction} foreign`).toEqual(none.body);
       }
     }
+  });
+});
+
+describe("an end user's node(id) of a credit alert", () => {
+  it("another tenant's alert is null, exactly like an alert id of nothing; its own alert resolves", async () => {
+    const NODE = `query($id: ID!) { node(id: $id) { id ... on CreditAlert { threshold available } } }`;
+    expect(ok(await srv.gql(NODE, { id: alertId.own }, userToken)).node).toMatchObject({ id: alertId.own, threshold: 0 });
+    expect(ok(await srv.gql(NODE, { id: alertId.foreign })).node).toMatchObject({ id: alertId.foreign }); // exists (admin)
+    const foreign = await srv.gql(NODE, { id: alertId.foreign }, userToken);
+    expect(ok(foreign).node).toBeNull();
+    expect(foreign.body).toEqual((await srv.gql(NODE, { id: gid('CreditAlert', randomUUID()) }, userToken)).body);
   });
 });
