@@ -53,25 +53,48 @@ export interface CursorArgs {
  * (contract: malformed input is BAD_USER_INPUT). Call it from the connection's `query`, which
  * runs after the plugin's own parse and before any SQL. A well-formed cursor of no row is not an
  * error: its page is empty.
+ * @returns the row ids the cursors name (none, one or two: `after` and `before`).
  * @throws LedgerError BAD_USER_INPUT naming `after` / `before` when it is not such a cursor.
  */
-export function assertRowCursors(args: CursorArgs): void {
+export function assertRowCursors(args: CursorArgs): string[] {
+  const ids: string[] = [];
   for (const field of ['after', 'before'] as const) {
     const cursor = args[field];
     if (cursor === null || cursor === undefined) continue;
     const decoded = Buffer.from(cursor, 'base64').toString('utf8');
-    if (!decoded.startsWith('GPC:S:') || !isUuid(decoded.slice('GPC:S:'.length))) {
+    const id = decoded.slice('GPC:S:'.length);
+    if (!decoded.startsWith('GPC:S:') || !isUuid(id)) {
       throw badInput(field, 'is not a cursor of this list (use a cursor or pageInfo cursor it returned)');
     }
+    ids.push(id);
   }
+  return ids;
+}
+
+/** The Account relations listed by a connection whose cursor is the row id (Prisma model Account). */
+export type AccountRowRelation = 'grants' | 'usageEvents' | 'ledgerEntries' | 'alerts';
+
+/**
+ * The Prisma `where` that keeps a connection's rows only when every row its cursors name
+ * (`ids`, from {@link assertRowCursors}) is a row of the same account, listed by `relation`;
+ * `{}` without cursors. Prisma places a cursor by the cursor row's own order value, looked up by
+ * id alone (not within the connection's filter), so a cursor naming another account's row used to
+ * page this account's rows cut at that row: an end user holding another tenant's usage event,
+ * grant, ledger entry or alert id learned that it exists and where it falls in time, where a
+ * cursor of no row gives an empty page (README "Who may do what": another tenant's id answers
+ * like a missing one). With this filter such a cursor gives that same empty page.
+ */
+export function rowsOfCursorAccount(ids: readonly string[], relation: AccountRowRelation): { AND?: Array<{ account: { [R in AccountRowRelation]?: { some: { id: string } } } }> } {
+  return ids.length === 0 ? {} : { AND: ids.map((id) => ({ account: { [relation]: { some: { id } } } })) };
 }
 
 /**
  * The `query` of a connection whose rows are listed newest first by their `seq` (Account.grants,
- * ledger, alerts): checks the cursors ({@link assertRowCursors}) and orders by `seq` descending.
+ * ledger, alerts; `relation` names the list on Account): checks the cursors
+ * ({@link assertRowCursors}), keeps the rows only when the cursors name rows of the same account
+ * ({@link rowsOfCursorAccount}), and orders by `seq` descending.
  * @throws LedgerError BAD_USER_INPUT for a cursor that is not one of the list's.
  */
-export function newestFirstRows(args: CursorArgs): { orderBy: { seq: 'desc' } } {
-  assertRowCursors(args);
-  return { orderBy: { seq: 'desc' } };
+export function newestFirstRows(relation: Exclude<AccountRowRelation, 'usageEvents'>) {
+  return (args: CursorArgs) => ({ where: rowsOfCursorAccount(assertRowCursors(args), relation), orderBy: { seq: 'desc' as const } });
 }

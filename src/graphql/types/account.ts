@@ -14,7 +14,7 @@ import { monthlyPeriodAt } from '../../ledger/billing-period.js';
 import { badInput } from '../../ledger/errors.js';
 import { accountNow } from '../access.js';
 import { cappedList, listSizedBy } from '../cost-limit.js';
-import { assertRowCursors, newestFirstRows, type CursorArgs } from '../ids.js';
+import { assertRowCursors, newestFirstRows, rowsOfCursorAccount, type CursorArgs } from '../ids.js';
 import {
   BalanceRef,
   CreditBatchRef,
@@ -141,7 +141,7 @@ export const AccountRef = builder.prismaNode('Account', {
         cursor: 'id',
         maxSize: MAX_PAGE,
         description: 'Every grant ever made, newest first (the Credit Grants table).',
-        query: newestFirstRows,
+        query: newestFirstRows('grants'),
       },
       { name: 'CreditGrantConnection' },
       { name: 'CreditGrantEdge' },
@@ -155,9 +155,9 @@ export const AccountRef = builder.prismaNode('Account', {
         args: { filter: t.arg({ type: UsageFilterInput, required: false }) },
         query: (args) => {
           // The connection arguments are there at run time; Pothos types `args` as the field's own.
-          assertRowCursors(args as CursorArgs);
+          // A cursor of another account's event gives an empty page, as one of no event (ids.ts).
+          const where: Prisma.UsageEventWhereInput = rowsOfCursorAccount(assertRowCursors(args as CursorArgs), 'usageEvents');
           const f = args.filter;
-          const where: Prisma.UsageEventWhereInput = {};
           if (f) {
             if (f.category != null) where.category = f.category;
             if (f.model != null) where.model = f.model;
@@ -215,7 +215,7 @@ export const AccountRef = builder.prismaNode('Account', {
         cursor: 'id',
         maxSize: MAX_PAGE,
         description: 'The complete ledger of this account, newest first.',
-        query: newestFirstRows,
+        query: newestFirstRows('ledgerEntries'),
       },
       { name: 'LedgerEntryConnection' },
       { name: 'LedgerEntryEdge' },

@@ -27,7 +27,7 @@ builder.prismaObjectField('Account', 'alerts', (t) =>
       cursor: 'id',
       maxSize: 100,
       description: 'Credit alerts raised for this account, newest first.',
-      query: newestFirstRows,
+      query: newestFirstRows('alerts'),
     },
     { name: 'CreditAlertConnection' },
     { name: 'CreditAlertEdge' },
