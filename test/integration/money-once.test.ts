@@ -7,6 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -228,5 +229,141 @@ describe('plan period grants at a clamped month end', () => {
     const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM credit_grants WHERE account_id = $1 AND reference = $2`, [accountId, `plan:${plan.id}`]);
     expect(rows[0].n).toBe(2); // Jan 31 and Feb 28, once each
     await expectLedgerInvariant(services.pool, accountId, rollAt);
+  });
+});
+
+/**
+ * Per-batch conservation, which the account-level invariant does not see (credit given back to
+ * the wrong batch, a batch voided or expired twice, a grant's repayment lost): for every batch of
+ * the account, allocated = its GRANT + DEBT_REPAY entries, and remaining = its GRANT, REFUND,
+ * VOID and EXPIRE entries - what usage drew from it; every refunded event got back at most its
+ * cost, in one refund.
+ */
+async function expectBatchConservation(accountId: string): Promise<void> {
+  const { rows } = await services.pool.query(
+    `WITH e AS (
+       SELECT batch_id, COALESCE(SUM(amount_micro_credits) FILTER (WHERE type IN ('GRANT', 'REFUND', 'VOID', 'EXPIRE')), 0) AS moved,
+              COALESCE(SUM(amount_micro_credits) FILTER (WHERE type IN ('GRANT', 'DEBT_REPAY')), 0) AS granted
+         FROM ledger_entries WHERE account_id = $1 AND batch_id IS NOT NULL GROUP BY batch_id
+     ), d AS (SELECT batch_id, SUM(amount_micro_credits) AS drawn FROM drawdowns GROUP BY batch_id)
+     SELECT b.id FROM credit_batches b LEFT JOIN e ON e.batch_id = b.id LEFT JOIN d ON d.batch_id = b.id
+      WHERE b.account_id = $1
+        AND (b.allocated_micro_credits <> COALESCE(e.granted, 0) OR b.remaining_micro_credits <> COALESCE(e.moved, 0) - COALESCE(d.drawn, 0))`,
+    [accountId],
+  );
+  expect(rows).toEqual([]);
+  const refunds = await services.pool.query(
+    `SELECT e.id FROM usage_events e JOIN (SELECT usage_event_id, SUM(amount_micro_credits) AS s, COUNT(DISTINCT created_at) AS n
+                                          FROM ledger_entries WHERE account_id = $1 AND type = 'REFUND' GROUP BY usage_event_id) r ON r.usage_event_id = e.id
+      WHERE r.s > e.cost_micro_credits OR r.n > 1 OR e.refunded_at IS NULL`,
+    [accountId],
+  );
+  expect(refunds.rows).toEqual([]);
+}
+
+type Op =
+  | { op: 'grant'; amount: number; key: number; expiresInDays: number | null }
+  | { op: 'charge'; key: number }
+  | { op: 'refund'; event: number }
+  | { op: 'void'; grant: number }
+  | { op: 'expire' }
+  | { op: 'advance'; days: number }
+  | { op: 'reserve'; key: number; amount: number }
+  | { op: 'settle'; hold: number; key: number }
+  | { op: 'release'; hold: number };
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({ op: fc.constant('grant' as const), amount: fc.integer({ min: 1, max: 8 }), key: fc.nat(3), expiresInDays: fc.option(fc.integer({ min: 1, max: 40 }), { nil: null }) }),
+  fc.record({ op: fc.constant('charge' as const), key: fc.nat(6) }),
+  fc.record({ op: fc.constant('refund' as const), event: fc.nat(3) }),
+  fc.record({ op: fc.constant('void' as const), grant: fc.nat(3) }),
+  fc.record({ op: fc.constant('expire' as const) }),
+  fc.record({ op: fc.constant('advance' as const), days: fc.integer({ min: 1, max: 35 }) }),
+  fc.record({ op: fc.constant('reserve' as const), key: fc.nat(2), amount: fc.integer({ min: 1, max: 5 }) }),
+  fc.record({ op: fc.constant('settle' as const), hold: fc.nat(2), key: fc.nat(6) }),
+  fc.record({ op: fc.constant('release' as const), hold: fc.nat(2) }),
+);
+
+describe('property: bursts of concurrent money moves on one test-clock account with a plan', () => {
+  it('after every burst (Promise.allSettled of mixed grants, charges, refunds, voids, expiries, clock moves, holds): the invariant and per-batch conservation hold', async () => {
+    const plan = await createPlan(services, { name: `burst-${randomUUID()}`, monthlyMicroCredits: credits(6), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '1' });
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.array(opArb, { minLength: 2, maxLength: 10 }), { minLength: 1, maxLength: 5 }), async (bursts) => {
+        const start = new Date('2031-05-31T00:00:00Z');
+        const accountId = await createFundedAccount(services, { paid: 10, testClockStart: start });
+        await subscribeToPlan(services, accountId, plan.id);
+        let clock = start;
+        // Something to refund, void, settle and release from the first burst on.
+        for (const [key, days] of [[0, 20], [1, null]] as const) {
+          await grantCredits(services, {
+            accountId,
+            amountMicroCredits: credits(5),
+            type: 'FREE',
+            source: 'ADJUSTMENT',
+            expiresAt: days === null ? null : new Date(start.getTime() + days * 86_400_000),
+            reference: null,
+            idempotencyKey: `g-${key}`,
+          });
+        }
+        for (const key of [0, 1, 2]) await recordUsage(services, { accountId, idempotencyKey: `e-${key}`, category: 'unit' });
+        await reserveCredits(services, { accountId, amountMicroCredits: credits(3), ttlSeconds: 3600, idempotencyKey: 'h-0' });
+        const eventId = async (n: number) =>
+          (await services.pool.query('SELECT id FROM usage_events WHERE account_id = $1 AND idempotency_key = $2', [accountId, `e-${n}`])).rows[0]?.id as string | undefined;
+        const holdId = async (n: number) =>
+          (await services.pool.query('SELECT id FROM reservations WHERE account_id = $1 AND idempotency_key = $2', [accountId, `h-${n}`])).rows[0]?.id as string | undefined;
+        const grantId = async (n: number) =>
+          (await services.pool.query('SELECT id FROM credit_grants WHERE account_id = $1 AND idempotency_key = $2', [accountId, `g-${n}`])).rows[0]?.id as string | undefined;
+        for (const burst of bursts) {
+          const run = async (o: Op): Promise<unknown> => {
+            switch (o.op) {
+              case 'grant':
+                return grantCredits(services, {
+                  accountId,
+                  amountMicroCredits: credits(o.amount),
+                  type: 'FREE',
+                  source: 'ADJUSTMENT',
+                  expiresAt: o.expiresInDays === null ? null : new Date(clock.getTime() + o.expiresInDays * 86_400_000),
+                  reference: null,
+                  idempotencyKey: `g-${o.key}`,
+                });
+              case 'charge':
+                return recordUsage(services, { accountId, idempotencyKey: `e-${o.key}`, category: 'unit' });
+              case 'refund': {
+                const id = await eventId(o.event);
+                return id && refundUsage(services, id, 'r');
+              }
+              case 'void': {
+                const id = await grantId(o.grant);
+                return id && voidGrant(services, id, 'v');
+              }
+              case 'expire':
+                return expireDue(services, accountId);
+              case 'advance':
+                return advanceTestClock(services, accountId, new Date(clock.getTime() + o.days * 86_400_000));
+              case 'reserve':
+                return reserveCredits(services, { accountId, amountMicroCredits: credits(o.amount), ttlSeconds: 3600, idempotencyKey: `h-${o.key}` });
+              case 'settle': {
+                const id = await holdId(o.hold);
+                return id && settleReservation(services, id, [{ accountId, idempotencyKey: `e-${o.key}`, category: 'unit' }]);
+              }
+              case 'release': {
+                const id = await holdId(o.hold);
+                return id && releaseReservation(services, id);
+              }
+            }
+          };
+          const results = await Promise.allSettled(burst.map(run));
+          for (const r of results) {
+            // Refusals by the rules are fine (credit, conflicts, closed holds, a clock target passed by another move); nothing else is.
+            if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(LedgerError);
+          }
+          const now = (await services.pool.query('SELECT test_clock_at FROM accounts WHERE id = $1', [accountId])).rows[0].test_clock_at as Date;
+          clock = now;
+          await expectLedgerInvariant(services.pool, accountId, now);
+          await expectBatchConservation(accountId);
+        }
+      }),
+      { numRuns: 25 },
+    );
   });
 });
