@@ -21,6 +21,7 @@ import { processResumePayment } from '../../workers/processors/resume-payment.js
 import { processSweepDue } from '../../workers/processors/sweep-due.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { resumePayment } from '../../src/services/resume-payment.js';
+import { applyChargeEvent } from '../../src/services/payment-events.js';
 import { IDEMPOTENCY_KEY_SAFE_WINDOW_MS, LOOKUP_SETTLE_DELAY_MS } from '../../src/payments/provider.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import type { WorkerDeps } from '../../workers/deps.js';
@@ -178,6 +179,37 @@ describe('a retry sends the request the payment recorded', () => {
     expect(simulator.chargeCount(cardTwo)).toBe(0);
     expect(await billingCounts(srv, accountId)).toEqual({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1, top_ups: 1 });
     expect((await payments(accountId))[0]!.payment_method_ref).toBe(cardOne);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+  it('purchase: the answer is lost; client retries, resume jobs and the provider\'s success event all at once: one charge, one grant, every retry answers it', async () => {
+    const pack = await createPack(srv, { credits: '25', priceUsd: '2.5' });
+    const { accountId, cardOne } = await buyer(['timeout_after_charge']);
+    const key = uniq('buy');
+    expectError(await purchase(accountId, pack.id, key), 'UNAVAILABLE');
+    const [pending] = await payments(accountId);
+    const event = {
+      eventId: `evt_${randomUUID()}`,
+      eventType: 'payment_intent.succeeded',
+      paymentId: pending!.id,
+      accountId: dbId(accountId),
+      outcome: { status: 'succeeded' as const, providerRef: `pi_${randomUUID()}` },
+      amountCents: 250n,
+      currency: 'usd',
+      livemode: true,
+    };
+    const [retries, resumes, events] = await Promise.all([
+      Promise.all(Array.from({ length: 5 }, () => purchase(accountId, pack.id, key))),
+      Promise.all(Array.from({ length: 5 }, () => resumePayment(srv.services, pending!.id))),
+      Promise.all(Array.from({ length: 5 }, () => applyChargeEvent(srv.services, event, () => true))),
+    ]);
+    const grantIds = new Set(retries.map((r) => ok(r).purchaseCreditPack.id));
+    expect(grantIds.size).toBe(1);
+    expect(resumes.map((r) => r.status)).toEqual(Array(5).fill('SUCCEEDED'));
+    expect(events.map((e) => e.status)).toEqual(Array(5).fill('SUCCEEDED'));
+    expect(events.filter((e) => e.result === 'settled').length).toBeLessThanOrEqual(1);
+    expect(simulator.chargeCount(cardOne)).toBe(1);
+    expect(await payments(accountId)).toEqual([{ id: pending!.id, status: 'SUCCEEDED', payment_method_ref: cardOne, grant_id: dbId([...grantIds][0]!), error: null }]);
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('25');
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 });
