@@ -4,13 +4,12 @@
  * (`FOR UPDATE OF b` in AccountTx.lock) these tests fail.)
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestServices, type TestServices } from '../setup/services.js';
+import { createTestServices, settledCode as codeOf, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
-import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
 
 let services: TestServices;
@@ -20,11 +19,6 @@ beforeAll(() => {
 afterAll(async () => {
   await services.close();
 });
-
-function codeOf(result: PromiseSettledResult<unknown>): string {
-  if (result.status === 'fulfilled') return 'OK';
-  return result.reason instanceof LedgerError ? result.reason.code : `UNEXPECTED: ${String(result.reason)}`;
-}
 
 describe('concurrent charges', () => {
   it('200 concurrent 1-credit charges on 50 credits: exactly 50 succeed, 150 INSUFFICIENT_CREDITS, balance 0', async () => {

@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { createTestServices, type TestServices } from '../setup/services.js';
+import { createTestServices, settledCode as codeOf, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage } from '../../src/services/record-usage.js';
@@ -35,11 +35,6 @@ beforeAll(() => {
 afterAll(async () => {
   await services.close();
 });
-
-function codeOf(result: PromiseSettledResult<unknown>): string {
-  if (result.status === 'fulfilled') return 'OK';
-  return result.reason instanceof LedgerError ? result.reason.code : `UNEXPECTED: ${String(result.reason)}`;
-}
 
 async function entries(accountId: string, type: string): Promise<number> {
   const { rows } = await services.pool.query('SELECT COUNT(*)::int AS n FROM ledger_entries WHERE account_id = $1 AND type = $2', [accountId, type]);

@@ -6,6 +6,7 @@ import { createPgPool, type LedgerSessionLimits } from '../../src/db/pg.js';
 import { createPricingState } from '../../src/services/pricing-state.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import { TEST_DATABASE_URL } from './env.js';
+import { LedgerError } from '../../src/ledger/errors.js';
 
 /** A service context plus the handle to move its clock. */
 export interface TestServices extends ServiceContext {
@@ -27,4 +28,14 @@ export function createTestServices(max = 20, databaseUrl = TEST_DATABASE_URL, li
     },
     close: () => pool.end(),
   };
+}
+
+/**
+ * The outcome of one of several concurrent calls (Promise.allSettled), as a code to count:
+ * 'OK' when it resolved, the LedgerError's code when it was refused, and 'UNEXPECTED: …' for any
+ * other error (which a test then sees in its expected counts).
+ */
+export function settledCode(result: PromiseSettledResult<unknown>): string {
+  if (result.status === 'fulfilled') return 'OK';
+  return result.reason instanceof LedgerError ? result.reason.code : `UNEXPECTED: ${String(result.reason)}`;
 }
