@@ -40,6 +40,8 @@ async function history(accountId: string) {
   };
 }
 
+type History = Awaited<ReturnType<typeof history>>;
+
 /** Spends `percent` % of what is available now (the test price book's `units`: 1 credit per unit). */
 async function spendPercent(accountId: string, percent: bigint) {
   const available = (await readBalance(services.pool, accountId, new Date())).availableMicroCredits;
@@ -88,7 +90,7 @@ describe('advanceTestClock: one call over 14 months equals many small steps', ()
       await advanceTestClock(services, ids[2]!, to);
       from = to;
     }
-    const [one, monthly, daily] = await Promise.all(ids.map(history));
+    const [one, monthly, daily] = (await Promise.all(ids.map(history))) as [History, History, History];
     expect(monthly).toEqual(one);
     expect(daily).toEqual(one);
     // Fourteen periods after the first, each granted once, each starting where the previous ended.
