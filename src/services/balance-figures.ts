@@ -32,7 +32,7 @@ export interface BalanceSnapshot {
   nextAmount: string;
   /** Total after the last ledger entry before periodStart, or null when there is none. */
   totalAtStart: string | null;
-  /** Credit granted in [periodStart, asOf]. */
+  /** Credit granted in [periodStart, asOf], less what grants voided in it took back (migration period_credits_voids). */
   granted: string;
   /** The active plan's name, or null. */
   planName?: string | null;
@@ -65,7 +65,7 @@ export function snapshotFromRow(
 
 /**
  * The contract's Balance from a snapshot: total = free + paid - debt; available = total -
- * reserved; periodCredits = max(totalAtStart, 0) + granted; percentRemaining and depleted as the
+ * reserved; periodCredits = max(max(totalAtStart, 0) + granted, 0); percentRemaining and depleted as the
  * contract defines them (src/ledger/billing-period.ts).
  * @throws SyntaxError / RangeError when the snapshot is malformed (not produced by this code).
  */
@@ -76,7 +76,8 @@ export function balanceFromSnapshot(s: BalanceSnapshot): BalanceView {
   const reserved = BigInt(s.reserved);
   const total = free + paid - debt;
   const available = total - reserved;
-  const periodCredits = maxBig(BigInt(s.totalAtStart ?? '0'), 0n) + BigInt(s.granted);
+  // At least 0: `granted` is net of voids, which may take back credit of a period that began in debt.
+  const periodCredits = maxBig(maxBig(BigInt(s.totalAtStart ?? '0'), 0n) + BigInt(s.granted), 0n);
   return {
     accountId: s.accountId,
     availableMicroCredits: available,

@@ -35,7 +35,10 @@ export async function voidGrant(ctx: ServiceContext, grantId: string, reason: st
     );
     const row = rows[0];
     const remaining = row.status === 'ACTIVE' ? toBigInt(row.remaining_micro_credits) : 0n;
-    await tx.query('UPDATE credit_grants SET voided_at = $2, void_reason = $3 WHERE id = $1', [grantId, atx.now, reason]);
+    // What is taken back is kept on the grant: balance_figures takes it out of this period's
+    // credit (periodCredits) in the statement that writes the VOID entry (atx.finish), which
+    // cannot see that entry (migration period_credits_voids).
+    await tx.query('UPDATE credit_grants SET voided_at = $2, void_reason = $3, voided_micro_credits = $4 WHERE id = $1', [grantId, atx.now, reason, remaining.toString()]);
     {
       await tx.query(
         `UPDATE credit_batches SET remaining_micro_credits = 0, status = 'VOIDED', updated_at = $2 WHERE id = $1 AND status IN ('ACTIVE', 'EXHAUSTED')`,

@@ -129,3 +129,38 @@ describe('voidGrant of credit that had already expired', () => {
     expect((await expireDue(services, accountId)).batches).toBe(0);
   });
 });
+
+describe('voidGrant of credit that had not expired', () => {
+  // A voided grant is taken back: what it took back is not part of the period's credit, or the
+  // account reads as nearly spent (100 kept of 1,100 "granted") and raises the period's 25 % and
+  // 15 % alerts with 99 % of its real credit left, using them up for the period.
+  it('a grant voided in its own period is not part of periodCredits and raises no alert', async () => {
+    const accountId = await createFundedAccount(services, { paid: 100, testClockStart: new Date('2026-03-10T00:00:00Z') });
+    await setClock(accountId, '2026-03-11T00:00:00Z');
+    const mistake = await grantCredits(services, { accountId, amountMicroCredits: credits(1000), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'mistake' });
+    await voidGrant(services, mistake.grantId, 'granted by mistake');
+    await spend(accountId, '1');
+    const b = await expectLedgerInvariant(services.pool, accountId, new Date());
+    expect([b.availableMicroCredits, b.periodMicroCredits, b.percentRemaining]).toEqual([credits(99), credits(100), 99]);
+    expect(await alerts(accountId)).toEqual([]);
+  });
+
+  it('a grant of the previous period voided in this one is taken out of this period, partly spent or not', async () => {
+    // Periods start on the 10th. 100 purchased; 1,000 granted in February, 400 of them spent
+    // (after the 100), then voided in March: the 600 left are taken back.
+    const accountId = await createFundedAccount(services, { paid: 100, testClockStart: new Date('2026-02-10T00:00:00Z') });
+    await setClock(accountId, '2026-02-11T00:00:00Z');
+    const grant = await grantCredits(services, { accountId, amountMicroCredits: credits(1000), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'later-voided' });
+    await spend(accountId, '500'); // the purchased 100 first (added first), then 400 of the grant
+    await setClock(accountId, '2026-03-11T00:00:00Z');
+    await grantCredits(services, { accountId, amountMicroCredits: credits(200), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'march-pack' });
+    await voidGrant(services, grant.grantId, 'chargeback');
+    const b = await expectLedgerInvariant(services.pool, accountId, new Date());
+    // The period began with 600 (all of the voided grant's rest), granted 200, and 600 were taken back.
+    expect([b.availableMicroCredits, b.periodMicroCredits, b.percentRemaining]).toEqual([credits(200), credits(200), 100]);
+    await spend(accountId, '1');
+    expect(await alerts(accountId)).toEqual([]);
+    await spend(accountId, '149'); // 50 of 200 left: 25 %
+    expect(await alerts(accountId)).toEqual([{ threshold: 25, periodStart: '2026-03-10T00:00:00.000Z' }]);
+  });
+});
