@@ -52,7 +52,7 @@ export const BalanceRef = builder.objectRef<BalanceView>('Balance').implement({
     periodEnd: t.field({ type: 'DateTime', resolve: (b) => b.periodEnd }),
     periodCredits: t.field({
       type: 'Credits',
-      description: 'The denominator of percentRemaining: the total at periodStart plus every grant made during the period.',
+      description: 'The denominator of percentRemaining: the total at periodStart plus every grant made during the period, less what voidGrant took back during the period.',
       resolve: (b) => b.periodMicroCredits,
     }),
     percentRemaining: t.float({ description: '100 * available / periodCredits, clamped to [0, 100]; 0 when periodCredits is 0.', resolve: (b) => b.percentRemaining }),
