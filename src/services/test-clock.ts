@@ -14,6 +14,17 @@ import { rollBillingPeriods } from './plans.js';
 import { runPendingTopUps } from './auto-top-up.js';
 
 /**
+ * Latest instant a test clock may show (testClockStart, advanceTestClock `to`): ten years and a
+ * day before the DateTime range ends (MAX_DATE_TIME, src/graphql/input-values.ts), so what a test-mode account derives from its clock (expiries up to
+ * 3650 days ahead: welcome bonus, packs, promo grants; week-long holds; monthly periods) stays
+ * within the DateTime range and can be read back. A clock at 9999-12-31T23:00Z used to give a
+ * welcome bonus expiring in year 10000, and every read of the account's batches failed.
+ */
+export const MAX_TEST_CLOCK = new Date('9989-12-31T23:59:59.999Z');
+/** The BAD_USER_INPUT message for a test clock past MAX_TEST_CLOCK (after the field name). */
+export const LATE_TEST_CLOCK = `a test clock must not pass ${MAX_TEST_CLOCK.toISOString()} (UTC), so that the expiries and periods it leads to stay within the DateTime range`;
+
+/**
  * Most due instants one advanceTestClock call walks through (README "Test clocks"): a `to`
  * further away than that, counted from what is due already (plannedSteps), is BAD_USER_INPUT
  * before anything is written; the loop's own guard stays for instants the walk itself adds
@@ -26,7 +37,7 @@ const MAX_STEPS = MAX_TEST_CLOCK_STEPS;
  * Advances the account's test clock to `to`, running everything due on the way (module comment).
  * @returns the number of instants stepped through.
  * @throws LedgerError NOT_FOUND (account), BAD_USER_INPUT (not a test-mode account, `to`
- *   before the clock: test clocks only move forward, or more than MAX_TEST_CLOCK_STEPS due
+ *   before the clock: test clocks only move forward, or past MAX_TEST_CLOCK, or more than MAX_TEST_CLOCK_STEPS due
  *   instants away: plannedSteps, checked before anything is written), UNAVAILABLE (the walk met
  *   more than MAX_TEST_CLOCK_STEPS instants after all, through instants it added itself; what
  *   it walked stays done).
@@ -38,6 +49,7 @@ export async function advanceTestClock(ctx: ServiceContext, accountId: string, t
   if (!account.test_mode || !account.test_clock_at) throw badInput('accountId', 'only a test-mode account has a test clock');
   if (Number.isNaN(to.getTime())) throw badInput('to', 'must be a valid instant');
   if (to.getTime() < (account.test_clock_at as Date).getTime()) throw badInput('to', 'a test clock only moves forward');
+  if (to.getTime() > MAX_TEST_CLOCK.getTime()) throw badInput('to', LATE_TEST_CLOCK);
   let clock = account.test_clock_at as Date;
   // Refused up front, not after walking (and granting) 10,000 periods for ~3 minutes: a `to` in
   // year 9999 on a monthly plan used to answer UNAVAILABLE only once that was done.
