@@ -13,6 +13,7 @@ import { AccountTx } from './account-tx.js';
 import { applyGrant } from './grant-credits.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
+import { LATE_TEST_CLOCK, MAX_TEST_CLOCK } from './test-clock.js';
 import { WELCOME_BONUS_GRANT_KEY } from '../ledger/grant-keys.js';
 
 /** A validated createAccount request. */
@@ -53,13 +54,15 @@ function sameRequest(a: Record<string, unknown>, cmd: CreateAccountCommand, hash
 /**
  * Creates the account (or returns the existing one for a retry).
  * @returns the account id and whether it already existed.
- * @throws LedgerError BAD_USER_INPUT (empty/oversized ids, testClockStart without testMode),
+ * @throws LedgerError BAD_USER_INPUT (empty/oversized ids, testClockStart without testMode or
+ *   past MAX_TEST_CLOCK),
  *   IDEMPOTENCY_CONFLICT (externalId exists, opened with other input).
  */
 export async function createAccount(ctx: ServiceContext, cmd: CreateAccountCommand): Promise<{ accountId: string; replayed: boolean }> {
   if (!cmd.externalId.trim() || cmd.externalId.length > 200) throw badInput('externalId', 'must be 1 to 200 characters');
   if (!cmd.name.trim() || cmd.name.length > 200) throw badInput('name', 'must be 1 to 200 characters');
   if (cmd.testClockStart && !cmd.testMode) throw badInput('testClockStart', 'is only allowed with testMode: true');
+  if (cmd.testClockStart && cmd.testClockStart.getTime() > MAX_TEST_CLOCK.getTime()) throw badInput('testClockStart', LATE_TEST_CLOCK);
   const hash = requestHash({
     op: 'createAccount',
     externalId: cmd.externalId,

@@ -13,14 +13,34 @@ import { expireDue } from './expire-due.js';
 import { rollBillingPeriods } from './plans.js';
 import { runPendingTopUps } from './auto-top-up.js';
 
-/** Most due instants one call walks through (a guard against a runaway loop). */
-const MAX_STEPS = 10_000;
+/**
+ * Latest instant a test clock may show (testClockStart, advanceTestClock `to`): ten years and a
+ * day before the DateTime range ends (MAX_DATE_TIME, src/graphql/input-values.ts), so what a test-mode account derives from its clock (expiries up to
+ * 3650 days ahead: welcome bonus, packs, promo grants; week-long holds; monthly periods) stays
+ * within the DateTime range and can be read back. A clock at 9999-12-31T23:00Z used to give a
+ * welcome bonus expiring in year 10000, and every read of the account's batches failed.
+ */
+export const MAX_TEST_CLOCK = new Date('9989-12-31T23:59:59.999Z');
+/** The BAD_USER_INPUT message for a test clock past MAX_TEST_CLOCK (after the field name). */
+export const LATE_TEST_CLOCK = `a test clock must not pass ${MAX_TEST_CLOCK.toISOString()} (UTC), so that the expiries and periods it leads to stay within the DateTime range`;
+
+/**
+ * Most due instants one advanceTestClock call walks through (README "Test clocks"): a `to`
+ * further away than that, counted from what is due already (plannedSteps), is BAD_USER_INPUT
+ * before anything is written; the loop's own guard stays for instants the walk itself adds
+ * (auto top-up batches that expire).
+ */
+export const MAX_TEST_CLOCK_STEPS = 10_000;
+const MAX_STEPS = MAX_TEST_CLOCK_STEPS;
 
 /**
  * Advances the account's test clock to `to`, running everything due on the way (module comment).
  * @returns the number of instants stepped through.
- * @throws LedgerError NOT_FOUND (account), BAD_USER_INPUT (not a test-mode account, or `to`
- *   before the clock: test clocks only move forward).
+ * @throws LedgerError NOT_FOUND (account), BAD_USER_INPUT (not a test-mode account, `to`
+ *   before the clock: test clocks only move forward, or past MAX_TEST_CLOCK, or more than MAX_TEST_CLOCK_STEPS due
+ *   instants away: plannedSteps, checked before anything is written), UNAVAILABLE (the walk met
+ *   more than MAX_TEST_CLOCK_STEPS instants after all, through instants it added itself; what
+ *   it walked stays done).
  */
 export async function advanceTestClock(ctx: ServiceContext, accountId: string, to: Date): Promise<{ steps: number }> {
   const { rows } = await ctx.pool.query('SELECT test_mode, test_clock_at FROM accounts WHERE id = $1', [accountId]);
@@ -29,7 +49,16 @@ export async function advanceTestClock(ctx: ServiceContext, accountId: string, t
   if (!account.test_mode || !account.test_clock_at) throw badInput('accountId', 'only a test-mode account has a test clock');
   if (Number.isNaN(to.getTime())) throw badInput('to', 'must be a valid instant');
   if (to.getTime() < (account.test_clock_at as Date).getTime()) throw badInput('to', 'a test clock only moves forward');
+  if (to.getTime() > MAX_TEST_CLOCK.getTime()) throw badInput('to', LATE_TEST_CLOCK);
   let clock = account.test_clock_at as Date;
+  // Refused up front, not after walking (and granting) 10,000 periods for ~3 minutes: a `to` in
+  // year 9999 on a monthly plan used to answer UNAVAILABLE only once that was done.
+  if ((await plannedSteps(ctx, accountId, clock, to)) > MAX_STEPS) {
+    throw badInput(
+      'to',
+      `is more than ${MAX_STEPS} due instants (billing periods, batch and hold expiries) after the account's clock (${clock.toISOString()}); advance in smaller steps`,
+    );
+  }
   for (let steps = 1; steps <= MAX_STEPS; steps++) {
     const next = await nextDueAfter(ctx, accountId, clock);
     const at = next && next.getTime() <= to.getTime() ? next : to;
@@ -41,6 +70,42 @@ export async function advanceTestClock(ctx: ServiceContext, accountId: string, t
     if (at.getTime() === to.getTime()) return { steps };
   }
   throw new LedgerError('UNAVAILABLE', `more than ${MAX_STEPS} due instants before ${to.toISOString()}; advance in smaller steps`);
+}
+
+/**
+ * The steps advanceTestClock takes from `from` to `to` through what is due already: the
+ * distinct instants among the active plan's period ends, the ACTIVE batches' and holds'
+ * expiries in (`from`, `to`], and `to` itself (the last step). Instants the walk adds itself
+ * (batches of auto top-ups) are not known here, so the count is a lower bound of the walk's
+ * steps, exact without auto top-ups. Period ends are listed up to MAX_TEST_CLOCK_STEPS + 1, so
+ * the answer is exact up to that cap and some number above it beyond.
+ */
+export async function plannedSteps(ctx: Pick<ServiceContext, 'pool'>, accountId: string, from: Date, to: Date): Promise<number> {
+  const { rows } = await ctx.pool.query(
+    `WITH sub AS (
+       SELECT a.billing_anchor_at AS anchor, f.period_start AS from_start, t.period_start AS to_start
+         FROM accounts a JOIN plan_subscriptions s ON s.account_id = a.id AND s.active,
+              LATERAL billing_period(a.billing_anchor_at, $2) f, LATERAL billing_period(a.billing_anchor_at, $3) t
+        WHERE a.id = $1
+     ), months AS (
+       -- Index of the period holding from, and how many period ends lie in (from, to].
+       SELECT anchor,
+              ((EXTRACT(YEAR FROM from_start AT TIME ZONE 'UTC') - EXTRACT(YEAR FROM anchor AT TIME ZONE 'UTC')) * 12
+                + EXTRACT(MONTH FROM from_start AT TIME ZONE 'UTC') - EXTRACT(MONTH FROM anchor AT TIME ZONE 'UTC'))::int AS m,
+              ((EXTRACT(YEAR FROM to_start AT TIME ZONE 'UTC') - EXTRACT(YEAR FROM from_start AT TIME ZONE 'UTC')) * 12
+                + EXTRACT(MONTH FROM to_start AT TIME ZONE 'UTC') - EXTRACT(MONTH FROM from_start AT TIME ZONE 'UTC'))::int AS n
+         FROM sub
+     )
+     SELECT count(*)::int AS steps FROM (
+       SELECT ((anchor AT TIME ZONE 'UTC') + make_interval(months => m + k)) AT TIME ZONE 'UTC' AS at
+         FROM months, generate_series(1, LEAST(n, $4::int + 1)) k
+       UNION SELECT expires_at FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2 AND expires_at <= $3
+       UNION SELECT expires_at FROM reservations WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2 AND expires_at <= $3
+       UNION SELECT $3::timestamptz
+     ) due`,
+    [accountId, from, to, MAX_STEPS],
+  );
+  return rows[0].steps as number;
 }
 
 /** The first instant after `clock` at which something is due on the account, or null. */

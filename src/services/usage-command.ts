@@ -77,7 +77,8 @@ const MAX_METADATA_BYTES = 8192;
  * JSON.stringify) far from the stack limit: 3,000 nested arrays fit in 8 KB.
  */
 export const MAX_JSON_DEPTH = 32;
-const MAX_TOKENS = 1_000_000_000;
+/** Largest token count per quantities field (README "Limits"); more is BAD_USER_INPUT naming the range. */
+export const MAX_TOKENS = 1_000_000_000;
 
 /** Validates an idempotency key: 1..200 printable characters. */
 export function validateIdempotencyKey(key: string, field = 'idempotencyKey'): string {
@@ -119,7 +120,7 @@ export function validateJsonValue(value: unknown, field: string): unknown {
 
 function tokens(value: number | null | undefined, field: string): number | null {
   if (value === null || value === undefined) return null;
-  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_TOKENS) throw badInput(field, 'must be a non-negative integer');
+  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_TOKENS) throw badInput(field, `must be an integer from 0 to ${MAX_TOKENS}`);
   return value;
 }
 

@@ -8,6 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
+import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { apiAccount, expectError, expectUnchanged, gid, globalCounts, ok, uniq, type GqlResponse } from './helpers.js';
@@ -279,6 +280,32 @@ describe('usage that cannot be priced or is malformed', () => {
     const inputs = [...Array.from({ length: 1000 }, () => usageInput({ category: 'free' })), usageInput({ category: 'free', accountId: 'not-a-global-id' })];
     const { error } = await expectRejected(() => srv.gql(BATCH, { inputs }), 'BAD_USER_INPUT');
     expect(error.message).toBe('inputs: at most 1000 items per batch');
+  });
+});
+
+describe('token counts (0 to 1,000,000,000 per field)', () => {
+  const FIELDS = ['inputTokens', 'outputTokens', 'reasoningTokens', 'cacheReadTokens', 'cacheWriteTokens'] as const;
+
+  it('property: a count outside 0..1e9 in any token field is BAD_USER_INPUT naming the field and the range, on recordUsage and quote, and changes nothing', async () => {
+    // Counts above 1e9 used to be refused as "must be a non-negative integer", which 1000000001 is.
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...FIELDS),
+        fc.oneof(fc.integer({ min: -(2 ** 31), max: -1 }), fc.integer({ min: 1_000_000_001, max: 2 ** 31 - 1 }), fc.constantFrom(-1, 1_000_000_001, 2 ** 31 - 1)),
+        async (field, count) => {
+          const input = usageInput({ category: 'llm', model: 'gpt-4o-mini', quantities: { [field]: count } });
+          const expected = new RegExp(`^quantities\\.${field}: must be an integer from 0 to 1000000000$`);
+          expect((await expectRejected(() => srv.gql(RECORD, { input }), 'BAD_USER_INPUT')).error.message).toMatch(expected);
+          expect(expectError(await srv.gql(QUOTE, { input }), 'BAD_USER_INPUT').message).toMatch(expected);
+        },
+      ),
+      { numRuns: 20 },
+    );
+  });
+
+  it('1,000,000,000 in every token field is priced (control)', async () => {
+    const quantities = Object.fromEntries(FIELDS.map((f) => [f, 1_000_000_000]));
+    expect(ok(await srv.gql(QUOTE, { input: usageInput({ category: 'llm', model: 'gpt-4o-mini', quantities }) })).quote.cost).toMatch(/^\d+(\.\d+)?$/);
   });
 });
 

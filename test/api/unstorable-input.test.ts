@@ -114,6 +114,28 @@ describe('DateTime inputs outside what PostgreSQL and JavaScript round-trip', ()
     expect(ok(await srv.gql(`query($e: String!) { accountByExternalId(externalId: $e) { id } }`, { e: externalId })).accountByExternalId).toBeNull();
   });
 
+  it('a test clock later than 9989-12-31T23:59:59.999Z (testClockStart, advanceTestClock to) is BAD_USER_INPUT and changes nothing: the instants it derives (expiries, periods) must stay readable', async () => {
+    // A clock at 9999-12-31T23:00Z was accepted: its welcome bonus expired in year 10000 and
+    // every later read of the account's batches or holds was an INTERNAL_SERVER_ERROR.
+    const LATE = /^(testClockStart|to): a test clock must not pass 9989-12-31T23:59:59\.999Z/;
+    const externalId = uniq('clock');
+    const input = { externalId, name: 'Late clock', kind: 'ORGANIZATION', testMode: true, testClockStart: '9999-12-31T23:00:00Z' };
+    await expectRejected(() => srv.gql(CREATE, { input }), 'BAD_USER_INPUT', LATE);
+    expect(ok(await srv.gql(`query($e: String!) { accountByExternalId(externalId: $e) { id } }`, { e: externalId })).accountByExternalId).toBeNull();
+    // Control: the last allowed start, its welcome bonus, a week-long hold and a plan period all read back.
+    const last = ok(await srv.gql(CREATE, { input: { ...input, externalId: uniq('clock'), testClockStart: '9989-12-31T23:59:59.999Z' } })).createAccount.id;
+    ok(await srv.gql(RESERVE, { input: { accountId: last, amount: '1', idempotencyKey: uniq('h'), ttlSeconds: 604800 } }));
+    const read = ok(await srv.gql(`query($id: ID!) { account(id: $id) { balance { periodEnd } batches { expiresAt } reservations { expiresAt } } }`, { id: last })).account;
+    expect(read.batches[0].expiresAt).toMatch(/^9990-/);
+    expect(read.reservations[0].expiresAt).toMatch(/^9990-01-07T/);
+    // advanceTestClock past the same bound is refused and moves nothing.
+    const clock = async () => (await srv.services.pool.query('SELECT test_clock_at FROM accounts WHERE id = $1', [dbId(last)])).rows[0].test_clock_at as Date;
+    const before = await clock();
+    const res = await expectUnchanged(srv, [last], () => srv.gql(`mutation($id: ID!, $to: DateTime!) { advanceTestClock(accountId: $id, to: $to) { id } }`, { id: last, to: '9999-12-31T23:00:00Z' }));
+    expect(expectError(res, 'BAD_USER_INPUT').message).toMatch(LATE);
+    expect(await clock()).toEqual(before);
+  });
+
   it('grantCredits expiresAt in year 10000 (UTC) is BAD_USER_INPUT', async () => {
     const input = { accountId: acct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g'), expiresAt: '9999-12-31T23:59:59-00:01' };
     await expectRejected(() => srv.gql(GRANT, { input }), 'BAD_USER_INPUT', RANGE);

@@ -6,8 +6,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
-import { dbId, ok, uniq, expectError } from '../api/helpers.js';
+import { dbId, ok, uniq, expectError, expectUnchanged, globalCounts } from '../api/helpers.js';
+import fc from 'fast-check';
 import { rollBillingPeriods } from '../../src/services/plans.js';
+import { advanceTestClock, plannedSteps } from '../../src/services/test-clock.js';
 import { ALERTS_SUB, streamsStarted, waitForStreamsStarted, wsSubscribe } from '../live/helpers.js';
 
 let srv: TestServer;
@@ -295,6 +297,65 @@ describe('plans and billing cycles', () => {
       'BAD_USER_INPUT',
     );
     expectError(await srv.gql(`mutation { createPlan(input: { name: "bad2", monthlyCredits: "0", rollover: RESET, priceUsd: "1" }) { id } }`), 'BAD_USER_INPUT');
+  });
+});
+
+describe('how far one advanceTestClock call may go (MAX_TEST_CLOCK_STEPS due instants)', () => {
+  it('a `to` more than 10,000 due instants away (monthly periods up to year 9989) is BAD_USER_INPUT at once and changes nothing', async () => {
+    // Before this rule the call walked 10,000 periods (~190 s here), granted each, moved the
+    // clock to 2859 and only then answered UNAVAILABLE "advance in smaller steps".
+    const id = await testAccount('2026-01-01T00:00:00.000Z');
+    await subscribe(id, await plan('RESET', '10'));
+    const clockOf = async () => (await srv.services.pool.query('SELECT test_clock_at FROM accounts WHERE id = $1', [dbId(id)])).rows[0].test_clock_at as Date;
+    const clockBefore = await clockOf();
+    const counts = await globalCounts(srv);
+    // 2026-01-01 + 10,001 months: 10,001 period ends, one more than a call may step through.
+    for (const to of ['9989-12-31T23:59:59.999Z', '2859-06-01T00:00:00.000Z']) {
+      const res = await expectUnchanged(srv, [id], () => srv.gql(`mutation($id: ID!, $to: DateTime!) { advanceTestClock(accountId: $id, to: $to) { id } }`, { id, to }));
+      expect(expectError(res, 'BAD_USER_INPUT').message).toMatch(/^to: is more than 10000 due instants .*advance in smaller steps$/);
+    }
+    expect(await clockOf()).toEqual(clockBefore);
+    expect(await globalCounts(srv)).toEqual(counts);
+    // Control: a year ahead is walked (12 period grants after the first).
+    const a = await advance(id, '2027-01-01T00:00:00.000Z');
+    expect(a.reconciliation.consistent).toBe(true);
+    expect(entries(await read(id), 'GRANT')).toHaveLength(13);
+  });
+
+  it('property: the steps counted before the walk (plannedSteps) are the steps the walk takes, with and without a plan, batches and holds, at and between due instants', async () => {
+    // The up-front refusal must never refuse a call the walk could finish: its count has to be
+    // the walk's own (no auto top-ups here, so nothing is added on the way).
+    const DAY = 86_400_000;
+    const rolloverPlan = await plan('ROLLOVER', '10', '15');
+    const resetPlan = await plan('RESET', '10');
+    await fc.assert(
+      fc.asyncProperty(
+        fc.record({
+          startDay: fc.integer({ min: 0, max: 60 }),
+          plan: fc.constantFrom(null, 'RESET' as const, 'ROLLOVER' as const),
+          // Batch expiries in days after the start; 31 and 59 fall on or near period ends.
+          batches: fc.array(fc.constantFrom(1, 2, 2, 31, 59, 90, 120, 400), { maxLength: 4 }),
+          holdTtlSeconds: fc.option(fc.constantFrom(1, 3600, 86_400, 604_800), { nil: null }),
+          toDays: fc.oneof(fc.integer({ min: 0, max: 200 }), fc.constantFrom(31, 59, 90)),
+          toOffsetMs: fc.constantFrom(0, 0, 1, 3_600_000),
+        }),
+        async (c) => {
+          const start = new Date(Date.UTC(2026, 0, 1) + c.startDay * DAY);
+          const id = await testAccount(start.toISOString());
+          if (c.plan) await subscribe(id, c.plan === 'RESET' ? resetPlan : rolloverPlan);
+          await grant(id, '5', 'PAID');
+          for (const days of c.batches) await grant(id, '1', 'FREE', new Date(start.getTime() + days * DAY).toISOString());
+          if (c.holdTtlSeconds !== null) {
+            ok(await srv.gql(`mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`, { input: { accountId: id, amount: '1', idempotencyKey: uniq('h'), ttlSeconds: c.holdTtlSeconds } }));
+          }
+          const to = new Date(start.getTime() + c.toDays * DAY + c.toOffsetMs);
+          const planned = await plannedSteps(srv.services, dbId(id), start, to);
+          const { steps } = await advanceTestClock(srv.services, dbId(id), to);
+          expect(planned).toBe(steps);
+        },
+      ),
+      { numRuns: 25 },
+    );
   });
 });
 
