@@ -171,23 +171,23 @@ export async function chargePayment(
   pack: CreditPackView,
   wallNow: Date,
 ): Promise<ChargeOutcome> {
-  const account = await db.query('SELECT test_mode FROM accounts WHERE id = $1', [payment.accountId]);
-  assert(account.rows[0], 'a payment refers to an existing account');
-  const testMode = account.rows[0].test_mode === true;
   const ref = payment.paymentMethodRef;
-  const marked =
-    ref !== null &&
-    (
-      await db.query(
-        // GREATEST: a caller that read its clock before waiting for a connection must not move
-        // another caller's later send time back (it would shorten the lookup's settle delay).
-        `UPDATE payments SET last_sent_at = GREATEST(last_sent_at, $2)
-          WHERE id = $1 AND status = 'PENDING' AND created_at > $2::timestamptz - make_interval(secs => $3)
-          RETURNING id`,
-        [payment.id, wallNow, IDEMPOTENCY_KEY_SAFE_WINDOW_MS / 1000],
-      )
-    ).rows.length === 1;
-  if (ref === null || !marked) {
+  // One statement: the send mark (only with a payment method to send with) and the account's
+  // mode, which decides the provider (accounts.test_mode never changes after creation).
+  const { rows } = await db.query(
+    // GREATEST: a caller that read its clock before waiting for a connection must not move
+    // another caller's later send time back (it would shorten the lookup's settle delay).
+    `WITH marked AS (
+       UPDATE payments SET last_sent_at = GREATEST(last_sent_at, $2)
+        WHERE id = $1 AND $4 AND status = 'PENDING' AND created_at > $2::timestamptz - make_interval(secs => $3)
+        RETURNING id
+     )
+     SELECT a.test_mode, EXISTS (SELECT 1 FROM marked) AS marked FROM accounts a WHERE a.id = $5`,
+    [payment.id, wallNow, IDEMPOTENCY_KEY_SAFE_WINDOW_MS / 1000, ref !== null, payment.accountId],
+  );
+  assert(rows[0], 'a payment refers to an existing account');
+  const testMode = rows[0].test_mode === true;
+  if (ref === null || rows[0].marked !== true) {
     const found = await provider.lookupCharge(payment.id, testMode);
     return (
       found ?? {
