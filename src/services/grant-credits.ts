@@ -61,10 +61,18 @@ export function balanceRoomError(currentMicroCredits: bigint, amountMicroCredits
  * ledger entries when it belongs to an earlier instant: a plan's allowance of a billing period
  * that passed while no roll ran (plans.ts rollBillingPeriods), so the period figures count it in
  * that period, as if the roll had run on time.
- * @throws LedgerError IDEMPOTENCY_CONFLICT (same key, different input), BAD_USER_INPUT
- *   (amount <= 0, expiresAt not in the future, over the limit: reason BALANCE_LIMIT).
+ * `keyNamesGrant`: a grant already made under the key is this grant whatever its input, so it is
+ * replayed instead of IDEMPOTENCY_CONFLICT (a plan's period grant, whose key names the period's
+ * start while its clamped end can differ: plans.ts grantPeriod).
+ * @throws LedgerError IDEMPOTENCY_CONFLICT (same key, different input, unless keyNamesGrant),
+ *   BAD_USER_INPUT (amount <= 0, expiresAt not in the future, over the limit: reason BALANCE_LIMIT).
  */
-export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accountId'>, effectiveAt?: Date): Promise<GrantResult> {
+export async function applyGrant(
+  atx: AccountTx,
+  cmd: Omit<GrantCommand, 'accountId'>,
+  effectiveAt?: Date,
+  opts: { keyNamesGrant?: boolean } = {},
+): Promise<GrantResult> {
   const hash = requestHash({ ...cmd, op: 'grant' });
   const existing = await atx.tx.query(
     'SELECT id, request_hash FROM credit_grants WHERE account_id = $1 AND idempotency_key = $2',
@@ -72,7 +80,7 @@ export async function applyGrant(atx: AccountTx, cmd: Omit<GrantCommand, 'accoun
   );
   const prior = existing.rows[0];
   if (prior) {
-    if (prior.request_hash !== hash) {
+    if (prior.request_hash !== hash && !opts.keyNamesGrant) {
       throw idempotencyConflict('grant');
     }
     return { grantId: prior.id as string, replayed: true };

@@ -109,16 +109,13 @@ function scheduleRoll(atx: AccountTx, periodEnd: Date): void {
 /**
  * Grants the plan's allowance of the period; a period that already ended is dated at its start
  * (applyGrant's effectiveAt). A period of this plan starting at this instant that was granted
- * already (its key `plan-period:<plan>:<start>` exists) is not granted again, whatever its end:
+ * already (its key `plan-period:<plan>:<start>` exists) is replayed, whatever its end (applyGrant's keyNamesGrant):
  * a roll under the old anchor and a subscription at that same instant (a test clock stands still
  * between calls) name the same period start, but a clamped month end can differ (anchor Jan 31:
  * the roll at Feb 28 grants up to Mar 31, a subscription at Feb 28 runs to Mar 28), and the
  * differing expiresAt of a RESET plan would otherwise make the subscription IDEMPOTENCY_CONFLICT.
  */
 async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, periodEnd: Date): Promise<void> {
-  const idempotencyKey = planPeriodGrantKey(plan.id, periodStart);
-  const granted = await atx.tx.query('SELECT 1 FROM credit_grants WHERE account_id = $1 AND idempotency_key = $2', [atx.accountId, idempotencyKey]);
-  if (granted.rows[0]) return;
   const ended = periodEnd.getTime() <= atx.now.getTime();
   await applyGrant(atx, {
     amountMicroCredits: plan.monthlyMicroCredits,
@@ -126,8 +123,8 @@ async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, 
     source: 'SUBSCRIPTION',
     expiresAt: plan.rollover === 'RESET' ? periodEnd : null,
     reference: `plan:${plan.id}`,
-    idempotencyKey,
-  }, ended ? periodStart : undefined);
+    idempotencyKey: planPeriodGrantKey(plan.id, periodStart),
+  }, ended ? periodStart : undefined, { keyNamesGrant: true });
 }
 
 /**
