@@ -26,9 +26,9 @@ export type PaymentEnv = Pick<Env, 'PAYMENT_PROVIDER' | 'STRIPE_SECRET_KEY' | 'S
 export function createPaymentProvider(env: PaymentEnv, connection: StripeConnection = {}): PaymentProvider {
   if (env.PAYMENT_PROVIDER === 'simulator') return new PaymentSimulator();
   if (!env.STRIPE_SECRET_KEY) throw new Error('PAYMENT_PROVIDER=stripe needs STRIPE_SECRET_KEY');
-  const live = new StripeProvider({ ...connection, secretKey: env.STRIPE_SECRET_KEY, webhookSecret: env.STRIPE_WEBHOOK_SECRET });
+  const live = new StripeProvider({ ...connection, secretKey: env.STRIPE_SECRET_KEY });
   if (env.STRIPE_TEST_SECRET_KEY) {
-    return new ModeRoutingProvider(live, new StripeProvider({ ...connection, secretKey: env.STRIPE_TEST_SECRET_KEY, webhookSecret: env.STRIPE_TEST_WEBHOOK_SECRET }));
+    return new ModeRoutingProvider(live, new StripeProvider({ ...connection, secretKey: env.STRIPE_TEST_SECRET_KEY }));
   }
   if (isStripeTestKey(env.STRIPE_SECRET_KEY)) return live;
   return new ModeRoutingProvider(live, new PaymentSimulator());

@@ -43,12 +43,10 @@ export interface StripeConnection {
   maxNetworkRetries?: number;
 }
 
-/** How to reach Stripe: a key and webhook secret, and the connection (see {@link StripeConnection}). */
+/** How to reach Stripe: a key and the connection (see {@link StripeConnection}). */
 export interface StripeProviderOptions extends StripeConnection {
   /** Secret API key (`sk_live_…` / `sk_test_…`). */
   secretKey: string;
-  /** Signing secret of the webhook endpoint (`whsec_…`), the default of verifyWebhook. */
-  webhookSecret?: string | undefined;
 }
 
 /** Splits a stored reference: `pm_…` or `cus_…/pm_…` (a method attached to a customer). */
@@ -200,7 +198,6 @@ export function verifyWebhookEvent(rawBody: string | Buffer, signatureHeader: st
 export class StripeProvider implements PaymentProvider {
   readonly name = 'stripe';
   private readonly stripe: Stripe;
-  private readonly webhookSecret: string | undefined;
   /** The key is a test-mode key (sk_test_/rk_test_): the only kind that may serve test-mode accounts. */
   private readonly testKey: boolean;
 
@@ -214,7 +211,6 @@ export class StripeProvider implements PaymentProvider {
       maxNetworkRetries: opts.maxNetworkRetries ?? 2,
       telemetry: false,
     });
-    this.webhookSecret = opts.webhookSecret;
   }
 
   /**
@@ -281,16 +277,5 @@ export class StripeProvider implements PaymentProvider {
   /** Refuses a test-mode account's request on a key that is not a test key (a wiring bug: it would be real money). */
   private assertMode(testMode: boolean): void {
     if (testMode && !this.testKey) throw new Error('stripe: a test-mode account is never charged or looked up with a live key (configure STRIPE_TEST_SECRET_KEY)');
-  }
-
-  /**
-   * Verifies a webhook's `Stripe-Signature` header against the raw request body (as received,
-   * not re-serialized) and returns the event.
-   * @throws Error when no secret is given or configured.
-   * @throws Stripe.errors.StripeSignatureVerificationError when the signature does not match or is too old (5 minutes).
-   */
-  verifyWebhook(rawBody: string | Buffer, signatureHeader: string, secret: string | undefined = this.webhookSecret): Stripe.Event {
-    if (!secret) throw new Error('stripe: no webhook signing secret (STRIPE_WEBHOOK_SECRET)');
-    return this.stripe.webhooks.constructEvent(rawBody, signatureHeader, secret);
   }
 }

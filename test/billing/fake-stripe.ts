@@ -43,7 +43,7 @@ export interface FakeStripe {
   /** Where the SDK reaches this fake (no SDK retries), for createPaymentProvider's `connection`. */
   connection: StripeConnection;
   /** A StripeProvider on this fake: no SDK retries unless asked, webhook secret `whsec_creditpool` unless given. */
-  provider(opts?: { timeoutMs?: number; maxNetworkRetries?: number; webhookSecret?: string }): StripeProvider;
+  provider(opts?: { timeoutMs?: number; maxNetworkRetries?: number }): StripeProvider;
   close(): Promise<void>;
 }
 
@@ -77,7 +77,6 @@ export async function startFakeStripe(): Promise<FakeStripe> {
     provider: (opts = {}) =>
       new StripeProvider({
         secretKey: 'sk_test_creditpool',
-        webhookSecret: opts.webhookSecret ?? 'whsec_creditpool',
         host: '127.0.0.1',
         port,
         protocol: 'http',
