@@ -2,6 +2,7 @@
  * Mutation fields. Each resolver checks scopes, translates input, calls ONE service (one
  * transaction), then loads the result for the response. Resolvers never write themselves.
  */
+import { singleLine } from '../ledger/text-input.js';
 import { builder } from './builder.js';
 import { CAPPED_LIST_COST_ITEMS, listSizedBy } from './cost-limit.js';
 import { decodeId } from './ids.js';
@@ -79,6 +80,7 @@ builder.mutationType({
       args: { input: t.arg({ type: GrantCreditsInputRef, required: true }) },
       resolve: async (query, _root, { input }, ctx) => {
         if (input.reference != null && input.reference.length > 500) throw new LedgerError('BAD_USER_INPUT', 'reference: at most 500 characters');
+        if (input.reference != null) singleLine(input.reference, 'reference');
         const { grantId } = await grantCredits(ctx.services, {
           accountId: decodeId(String(input.accountId), 'Account', 'account'),
           amountMicroCredits: input.amount,

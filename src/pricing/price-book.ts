@@ -24,6 +24,7 @@
  *
  * Pure: no I/O except the bundled LLM price catalog (catalog.ts).
  */
+import { singleLine } from '../ledger/text-input.js';
 import {
   MAX_ABS_MICRO_CREDITS,
   formatCredits,
@@ -138,7 +139,7 @@ function requiredText(v: unknown, field: string): string {
   if (v.trim() === '') throw badInput(field, 'must not be empty');
   if (v !== v.trim()) throw badInput(field, 'must not start or end with whitespace');
   if (v.length > MAX_SELECTOR_LENGTH) throw badInput(field, `must be at most ${MAX_SELECTOR_LENGTH} characters`);
-  return v;
+  return singleLine(v, field);
 }
 
 function optionalText(v: unknown, field: string): string | null {

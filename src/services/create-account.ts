@@ -6,6 +6,7 @@
  * testMode, testClockStart) is IDEMPOTENCY_CONFLICT, judged by the request fingerprint kept on
  * the account (accounts.request_hash).
  */
+import { singleLine } from '../ledger/text-input.js';
 import { randomBytes } from 'node:crypto';
 import { withTransaction, toBigInt } from '../db/pg.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
@@ -61,6 +62,8 @@ function sameRequest(a: Record<string, unknown>, cmd: CreateAccountCommand, hash
 export async function createAccount(ctx: ServiceContext, cmd: CreateAccountCommand): Promise<{ accountId: string; replayed: boolean }> {
   if (!cmd.externalId.trim() || cmd.externalId.length > 200) throw badInput('externalId', 'must be 1 to 200 characters');
   if (!cmd.name.trim() || cmd.name.length > 200) throw badInput('name', 'must be 1 to 200 characters');
+  singleLine(cmd.externalId, 'externalId');
+  singleLine(cmd.name, 'name');
   if (cmd.testClockStart && !cmd.testMode) throw badInput('testClockStart', 'is only allowed with testMode: true');
   if (cmd.testClockStart && cmd.testClockStart.getTime() > MAX_TEST_CLOCK.getTime()) throw badInput('testClockStart', LATE_TEST_CLOCK);
   const hash = requestHash({

@@ -4,6 +4,7 @@
  * `expiresAfterDays` after the purchase when set (services/purchase-pack.ts). Packs are never
  * changed once created (payments refer to them); a different offer is a new pack.
  */
+import { singleLine } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { toBigInt } from '../db/pg.js';
 import { MAX_ABS_MICRO_CREDITS, formatCredits, formatExactDecimal, parseExactDecimal } from '../ledger/credits.js';
@@ -60,6 +61,7 @@ function toView(r: Record<string, unknown>): CreditPackView {
 function validate(cmd: CreateCreditPackCommand): CreateCreditPackCommand {
   const name = cmd.name.trim();
   if (name.length < 1 || name.length > 100) throw badInput('name', 'must be 1 to 100 characters');
+  singleLine(name, 'name');
   if (cmd.microCredits <= 0n) throw badInput('credits', 'must be greater than 0');
   if (cmd.bonusMicroCredits < 0n) throw badInput('bonusCredits', 'must not be negative');
   // A pack is granted as one batch of credits + bonus: the sum must fit the signed 64-bit amount columns.

@@ -15,6 +15,7 @@
  * then the new period's `monthlyCredits` is granted. Purchased packs and other credit are never
  * touched by a roll. A cancelled subscription stops rolling; its credit stays.
  */
+import { SINGLE_LINE_FORBIDDEN, SINGLE_LINE_MESSAGE } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { z } from 'zod';
 import { withTransaction, toBigInt } from '../db/pg.js';
@@ -50,7 +51,7 @@ const DECIMAL_USD = /^(0|[1-9]\d{0,11})(\.\d{1,6})?$/;
 
 /** Input of createPlan (amounts in micro-credits). */
 export const CreatePlanCommand = z.object({
-  name: z.string().trim().min(1).max(100),
+  name: z.string().trim().min(1).max(100).refine((n) => !SINGLE_LINE_FORBIDDEN.test(n), SINGLE_LINE_MESSAGE),
   monthlyMicroCredits: z.bigint().positive(),
   rollover: z.enum(['RESET', 'ROLLOVER']),
   rolloverCapMicroCredits: z.bigint().nonnegative().nullable(),

@@ -23,6 +23,7 @@
  * Step 1 refuses (BAD_USER_INPUT, nothing charged) a pack that would take the balance above
  * MAX_ABS_MICRO_CREDITS; the grant at step 3 checks again under the account lock.
  */
+import { singleLine } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
 import { toBigInt } from '../db/pg.js';
@@ -360,6 +361,7 @@ async function openPurchase(ctx: ServiceContext, cmd: PurchaseCommand): Promise<
 export async function purchaseCreditPack(ctx: ServiceContext, cmd: PurchaseCommand): Promise<{ grantId: string; paymentId: string }> {
   const provider = requireProvider(ctx);
   if (cmd.idempotencyKey.length < 1 || cmd.idempotencyKey.length > 255) throw badInput('idempotencyKey', 'must be 1 to 255 characters');
+  singleLine(cmd.idempotencyKey, 'idempotencyKey');
   const payment = await openPurchase(ctx, cmd);
   if (payment.status === 'SUCCEEDED' && payment.grantId) return { grantId: payment.grantId, paymentId: payment.id };
   if (payment.status === 'FAILED') throw paymentFailedError(payment);

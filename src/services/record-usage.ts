@@ -49,16 +49,30 @@ export interface StoredCostLine {
 }
 
 /**
+ * How far after the charged account's "now" an event's occurredAt may lie: 5 minutes of clock
+ * skew between the platform's servers and creditpool, as Stripe allows for meter events ("Must be
+ * within the past 35 calendar days or up to 5 minutes in the future", https://docs.stripe.com/api/v2/billing-meter/object).
+ * A later occurredAt would be priced at a future instant's catalog prices and counted in a
+ * future month of usageSummary and usageHistory, not in the period it was charged in; it is
+ * BAD_USER_INPUT. Earlier instants (backfills) are accepted without a bound.
+ */
+export const MAX_OCCURRED_AT_AHEAD_MS = 5 * 60_000;
+
+/**
  * Prices a usage command with the book and settings in force.
  * @param accountNow the charged account's "now" (AccountTx.now: its test clock for a test-mode
  *   account, else the wall clock): the instant whose catalog prices (date- and time-of-day-
  *   dependent LLM prices) apply when the command has no occurredAt, i.e. the instant the event is
  *   recorded as having occurred (README "Test clocks": every rule reads "now" from the account's
  *   clock; docs/pricing.md: prices apply by the event's time).
- * @throws LedgerError BAD_USER_INPUT when no price book is published, no rule matches, or the
- *   model is unknown without a fallback.
+ * @throws LedgerError BAD_USER_INPUT when occurredAt is more than MAX_OCCURRED_AT_AHEAD_MS after
+ *   `accountNow`, no price book is published, no rule matches, or the model is unknown without a
+ *   fallback.
  */
 export function priceCommand(cmd: UsageCommand, book: ActivePriceBook | null, settings: SettingsRecord, accountNow: Date): PricedUsage {
+  if (cmd.occurredAt && cmd.occurredAt.getTime() - accountNow.getTime() > MAX_OCCURRED_AT_AHEAD_MS) {
+    throw badInput('occurredAt', `must not be more than ${MAX_OCCURRED_AT_AHEAD_MS / 60_000} minutes after the account's current time (${accountNow.toISOString()})`);
+  }
   if (!book) throw new LedgerError('BAD_USER_INPUT', 'no price book has been published yet');
   return priceUsage(
     book.book,

@@ -9,6 +9,7 @@
  * period belongs to a billing anchor a plan subscription has since replaced. Refunding a refunded
  * event returns it unchanged.
  */
+import { freeText } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { withTransaction, toBigInt, type Tx } from '../db/pg.js';
 import { assert, badInput } from '../ledger/errors.js';
@@ -145,6 +146,7 @@ export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Prom
  */
 export async function refundUsage(ctx: ServiceContext, usageEventId: string, reason: string): Promise<string> {
   if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
+  freeText(reason, 'reason');
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lockOwner(tx, 'usage_events', usageEventId, 'usage event', ctx.clock());
     const ev = await tx.query('SELECT refunded_at, debt_micro_credits, agent_id, user_id, cost_micro_credits, recorded_at FROM usage_events WHERE id = $1', [usageEventId]);

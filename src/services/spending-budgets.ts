@@ -11,6 +11,7 @@
  * settle frees from the hold counts as the same subject's usage. Budgets re-arm each billing period.
  * The check runs under the account's balance row lock, so concurrent charges cannot overrun it.
  */
+import { singleLine } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { toBigInt, withTransaction, type Tx } from '../db/pg.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
@@ -234,6 +235,7 @@ export async function setSpendingBudget(
   cmd: { accountId: string; subjectKind: BudgetSubjectKind; subjectId: string; limitMicroCredits: bigint | null },
 ): Promise<BudgetView | null> {
   if (!cmd.subjectId || cmd.subjectId.length > 200) throw badInput(cmd.subjectKind === 'AGENT' ? 'agentId' : 'userId', 'must be 1 to 200 characters');
+  singleLine(cmd.subjectId, cmd.subjectKind === 'AGENT' ? 'agentId' : 'userId');
   if (cmd.limitMicroCredits !== null && cmd.limitMicroCredits < 0n) throw badInput('limit', 'must not be negative');
   await withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());

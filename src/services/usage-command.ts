@@ -2,6 +2,7 @@
  * The validated form of RecordUsageInput (contract) and its validation. Validation is pure and
  * runs before any transaction, so bad input changes nothing.
  */
+import { singleLine } from '../ledger/text-input.js';
 import { badInput } from '../ledger/errors.js';
 import { parseExactDecimal, formatExactDecimal } from '../ledger/credits.js';
 
@@ -80,23 +81,26 @@ export const MAX_JSON_DEPTH = 32;
 /** Largest token count per quantities field (README "Limits"); more is BAD_USER_INPUT naming the range. */
 export const MAX_TOKENS = 1_000_000_000;
 
-/** Validates an idempotency key: 1..200 printable characters. */
+/**
+ * Validates an idempotency key: 1..200 characters, none a control character or line break
+ * (ledger/text-input.ts `singleLine`).
+ * @throws LedgerError BAD_USER_INPUT naming `field`.
+ */
 export function validateIdempotencyKey(key: string, field = 'idempotencyKey'): string {
-  if (typeof key !== 'string' || key.length === 0 || key.length > MAX_ID_LENGTH || /[\u0000-\u001f]/.test(key)) {
-    throw badInput(field, 'must be 1 to 200 printable characters');
-  }
-  return key;
+  if (typeof key !== 'string' || key.length === 0 || key.length > MAX_ID_LENGTH) throw badInput(field, 'must be 1 to 200 printable characters');
+  return singleLine(key, field);
 }
 
 /**
  * Validates an optional label (model, tier, sku, agentId, userId, taskId, ...): null when absent,
- * else 1..200 characters.
- * @throws LedgerError BAD_USER_INPUT naming `field` when empty or longer than 200 characters.
+ * else 1..200 characters, none a control character or line break (ledger/text-input.ts `singleLine`).
+ * @throws LedgerError BAD_USER_INPUT naming `field` when empty, longer than 200 characters or
+ *   holding a control character or line break.
  */
 export function optionalLabel(value: string | null | undefined, field: string): string | null {
   if (value === null || value === undefined) return null;
   if (value.length === 0 || value.length > MAX_ID_LENGTH) throw badInput(field, 'must be 1 to 200 characters');
-  return value;
+  return singleLine(value, field);
 }
 
 /**
@@ -141,6 +145,7 @@ export function validateUsageInput(input: UsageInput): UsageCommand {
   if (typeof input.category !== 'string' || input.category.length === 0 || input.category.length > MAX_ID_LENGTH) {
     throw badInput('category', 'must be 1 to 200 characters');
   }
+  singleLine(input.category, 'category');
   let metadata: unknown = input.metadata ?? null;
   if (metadata !== null) {
     validateJsonValue(metadata, 'metadata');

@@ -5,6 +5,7 @@
  * (applyExpiries: EXPIRE entries dated at each batch's expiresAt, as the expiry job would record
  * them), so a grant past its expiresAt is voided with nothing left (its batch stays EXPIRED).
  */
+import { freeText } from '../ledger/text-input.js';
 import { withTransaction, toBigInt } from '../db/pg.js';
 import { badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
@@ -20,6 +21,7 @@ import { applyExpiries } from './expire-due.js';
  */
 export async function voidGrant(ctx: ServiceContext, grantId: string, reason: string): Promise<string> {
   if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
+  freeText(reason, 'reason');
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lockOwner(tx, 'credit_grants', grantId, 'grant', ctx.clock());
     const grant = await tx.query('SELECT voided_at FROM credit_grants WHERE id = $1', [grantId]);

@@ -15,7 +15,7 @@ import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectError, expectUnchanged, gid, globalCounts, ok, uniq, type GqlResponse } from './helpers.js';
+import { apiAccount, dbId, expectError, expectUnchanged, gid, globalCounts, grant, ok, uniq, type GqlResponse } from './helpers.js';
 import { MAX_ABS_MICRO_CREDITS, formatCredits } from '../../src/ledger/credits.js';
 
 let srv: TestServer;
@@ -126,7 +126,7 @@ describe('DateTime', () => {
   /** A field: mostly in range, often at or just past its bounds. */
   const field = (min: number, max: number, edges: number[]) => fc.oneof(fc.integer({ min, max }), fc.constantFrom(...edges));
   const fields = fc.record({
-    y: field(0, 9999, [0, 1, 2024, 2100, 9999]),
+    y: field(0, 9999, [0, 1, 2024, 2100, 9989, 9990, 9999]),
     mo: field(1, 12, [0, 2, 12, 13]),
     d: field(1, 28, [0, 29, 30, 31, 32]),
     h: field(0, 23, [0, 23, 24]),
@@ -139,12 +139,22 @@ describe('DateTime', () => {
   });
 
   it('property: an occurredAt is recorded at the instant the model reads, or refused with BAD_USER_INPUT and nothing written', async () => {
-    const own = await apiAccount(srv, { paid: '1000' });
+    // A test-mode account whose clock stands at the last instant a test clock may reach, so that
+    // "at most 5 minutes after the account's time" (record-usage.ts MAX_OCCURRED_AT_AHEAD_MS) is a
+    // fixed instant the model can apply, years before the DateTime range ends.
+    const CLOCK = '9989-12-31T23:59:59.999Z';
+    const created = await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+      input: { externalId: uniq('clock'), name: 'DateTime model', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: CLOCK },
+    });
+    const own = ok(created).createAccount.id as string;
+    await grant(srv, own, '1000', 'PAID');
+    const latestMs = new Date(CLOCK).getTime() + 5 * 60_000;
     await fc.assert(
       fc.asyncProperty(fields, async (f) => {
         const offset = f.off === null ? 'Z' : `${f.off < 0 ? '-' : '+'}${pad(f.offH, 2)}:${pad(f.offM, 2)}`;
         const text = `${pad(f.y, 4)}-${pad(f.mo, 2)}-${pad(f.d, 2)}T${pad(f.h, 2)}:${pad(f.mi, 2)}:${pad(f.s, 2)}.${pad(f.ms, 3)}${offset}`;
-        const expected = modelDateTime(f);
+        const parsed = modelDateTime(f);
+        const expected = parsed !== null && new Date(parsed).getTime() <= latestMs ? parsed : null;
         const input = { accountId: own, idempotencyKey: uniq('u'), category: 'unit', occurredAt: text };
         if (expected === null) await expectRejected(() => srv.gql(RECORD, { input }), 'BAD_USER_INPUT', [own]);
         else expect(ok(await srv.gql(RECORD, { input })).recordUsage.occurredAt).toBe(expected);

@@ -58,8 +58,8 @@ export const UsageFilterInput = builder.inputType('UsageFilter', {
     agentId: t.string(),
     userId: t.string(),
     taskId: t.string(),
-    from: t.field({ type: 'DateTime' }),
-    to: t.field({ type: 'DateTime' }),
+    from: t.field({ type: 'DateTime', description: 'Events that occurred at or after this instant.' }),
+    to: t.field({ type: 'DateTime', description: 'Events that occurred before this instant (exclusive). Before from: BAD_USER_INPUT.' }),
   }),
 });
 
@@ -165,6 +165,8 @@ export const AccountRef = builder.prismaNode('Account', {
             if (f.agentId != null) where.agentId = f.agentId;
             if (f.userId != null) where.userId = f.userId;
             if (f.taskId != null) where.taskId = f.taskId;
+            // The same rule as usageSummary's: an empty page would look like no usage in a range the caller mistyped.
+            if (f.from && f.to && f.to.getTime() < f.from.getTime()) throw badInput('filter.to', 'must not be before filter.from');
             if (f.from || f.to) where.occurredAt = { ...(f.from ? { gte: f.from } : {}), ...(f.to ? { lt: f.to } : {}) };
           }
           return { where, orderBy: { seq: 'desc' } };
