@@ -1,6 +1,7 @@
 /**
  * Starts the BullMQ workers of this process and re-creates their job schedulers at every boot
- * (idempotent: upsertJobScheduler keeps one schedule per id):
+ * (idempotent: upsertJobScheduler keeps one schedule per id; each keeps at most
+ * MAINTENANCE_JOBS_KEPT completed and failed jobs):
  * - queue `maintenance`: `reconcile-ledger` every minute, `sweep-due` every SWEEP_EVERY_MS (the
  *   safety net: runs whatever is due that no job took care of, e.g. after Redis was flushed),
  *   `analyze-stale-tables` every STATISTICS_UPKEEP_EVERY_MS (autovacuum's ANALYZE where
@@ -66,6 +67,14 @@ export interface StartWorkersOptions {
  */
 export const UNKNOWN_JOB_RETRY_MS = 60_000;
 
+/**
+ * Completed and, separately, failed jobs of each maintenance job that Redis keeps (the newest;
+ * BullMQ removes older ones as each job finishes). The schedulers make a job every 15 s to 1 min
+ * for as long as the deployment runs: kept without a bound (BullMQ's default) they filled Redis
+ * by ~9,000 job hashes a day. A thousand keeps hours of history of each for inspection.
+ */
+export const MAINTENANCE_JOBS_KEPT = 1_000;
+
 function view(job: Job): JobView {
   return { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 };
 }
@@ -91,10 +100,11 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
 
   const maintenance = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
   for (const q of [maintenance, sink.queue]) q.on('error', (err) => log.warn({ err: err.message, queue: q.name }, 'workers: queue error'));
-  await maintenance.upsertJobScheduler(RECONCILE_LEDGER_JOB, { every: RECONCILE_EVERY_MS }, { name: RECONCILE_LEDGER_JOB, data: { lookbackSeconds: 900 } });
-  await maintenance.upsertJobScheduler(SWEEP_DUE_JOB, { every: env.SWEEP_EVERY_MS }, { name: SWEEP_DUE_JOB, data: {} });
+  const kept = { removeOnComplete: { count: MAINTENANCE_JOBS_KEPT }, removeOnFail: { count: MAINTENANCE_JOBS_KEPT } };
+  await maintenance.upsertJobScheduler(RECONCILE_LEDGER_JOB, { every: RECONCILE_EVERY_MS }, { name: RECONCILE_LEDGER_JOB, data: { lookbackSeconds: 900 }, opts: kept });
+  await maintenance.upsertJobScheduler(SWEEP_DUE_JOB, { every: env.SWEEP_EVERY_MS }, { name: SWEEP_DUE_JOB, data: {}, opts: kept });
   if (env.STATISTICS_UPKEEP_EVERY_MS > 0) {
-    await maintenance.upsertJobScheduler(ANALYZE_STALE_TABLES_JOB, { every: env.STATISTICS_UPKEEP_EVERY_MS }, { name: ANALYZE_STALE_TABLES_JOB, data: {} });
+    await maintenance.upsertJobScheduler(ANALYZE_STALE_TABLES_JOB, { every: env.STATISTICS_UPKEEP_EVERY_MS }, { name: ANALYZE_STALE_TABLES_JOB, data: {}, opts: kept });
   } else {
     await maintenance.removeJobScheduler(ANALYZE_STALE_TABLES_JOB);
   }

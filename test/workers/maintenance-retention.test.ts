@@ -1,0 +1,72 @@
+/**
+ * The maintenance queue's scheduled jobs (sweep-due, reconcile-ledger, analyze-stale-tables) on
+ * real Redis, with two worker processes' worth of workers on one prefix: the jobs each scheduler
+ * makes carry a retention, so the completed and failed jobs Redis keeps are bounded (a run every
+ * 30 s, 1 min and 15 s used to leave ~9,000 job hashes a day in Redis, forever), and two
+ * processes booting on one Redis keep one schedule per job.
+ */
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Queue, QueueEvents } from 'bullmq';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { startWorkers, MAINTENANCE_JOBS_KEPT, type RunningWorkers } from '../../workers/start.js';
+import { parseEnv } from '../../src/config/env.js';
+import { ANALYZE_STALE_TABLES_JOB, MAINTENANCE_QUEUE, RECONCILE_LEDGER_JOB } from '../../src/queues/names.js';
+import { SWEEP_DUE_JOB } from '../../workers/processors/sweep-due.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
+
+const prefix = `cp-test-${randomUUID()}`;
+let services: TestServices;
+const running: RunningWorkers[] = [];
+let connection: Redis;
+let queue: Queue;
+let events: QueueEvents;
+
+beforeAll(async () => {
+  services = createTestServices(4);
+  const env = parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: 'postgresql://unused/unused', SWEEP_EVERY_MS: '100' });
+  connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+  queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
+  events = new QueueEvents(MAINTENANCE_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
+  await events.waitUntilReady();
+  // Two workers processes on one Redis (each re-creates the schedulers at boot).
+  for (let i = 0; i < 2; i++) running.push(await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false }));
+});
+
+afterAll(async () => {
+  for (const w of running) await w.close();
+  await queue.obliterate({ force: true });
+  await queue.close();
+  await events.close();
+  connection.disconnect();
+  await services.close();
+});
+
+describe('maintenance jobs made by the schedulers', () => {
+  it('carry a bounded retention of completed and failed jobs; two processes keep one schedule per job', async () => {
+    const keys = (await queue.getJobSchedulers()).map((s) => s.key).sort();
+    expect(keys).toEqual([ANALYZE_STALE_TABLES_JOB, RECONCILE_LEDGER_JOB, SWEEP_DUE_JOB].sort());
+    // Three sweeps completed (one every 100 ms), whichever process ran them.
+    const completed: string[] = [];
+    await new Promise<void>((resolve) => {
+      events.on('completed', ({ jobId }) => {
+        if (jobId.startsWith(`repeat:${SWEEP_DUE_JOB}:`) && !completed.includes(jobId) && completed.push(jobId) >= 3) resolve();
+      });
+    });
+    for (const id of completed) {
+      const job = await queue.getJob(id);
+      // (a job already removed by its retention is bounded too)
+      if (!job) continue;
+      expect(job.opts.removeOnComplete).toEqual({ count: MAINTENANCE_JOBS_KEPT });
+      expect(job.opts.removeOnFail).toEqual({ count: MAINTENANCE_JOBS_KEPT });
+    }
+    // The job waiting for each scheduler's next run carries it as well.
+    for (const key of [ANALYZE_STALE_TABLES_JOB, RECONCILE_LEDGER_JOB]) {
+      const next = (await queue.getDelayed()).concat(await queue.getWaiting()).filter((j) => j.name === key);
+      expect(next.length).toBe(1);
+      expect(next[0]!.opts.removeOnComplete).toEqual({ count: MAINTENANCE_JOBS_KEPT });
+    }
+  });
+});
