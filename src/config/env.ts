@@ -33,7 +33,9 @@ const EnvSchema = z.object({
       if (problem) ctx.addIssue({ code: 'custom', message: `JWKS_URL ${problem}` });
     })
     .optional(),
+  /** Required `iss` of end-user JWTs; required with JWKS_URL (the provider's key set signs other issuers' and apps' tokens too). */
   JWT_ISSUER: z.string().optional(),
+  /** Required `aud` of end-user JWTs; required with JWKS_URL (see JWT_ISSUER). */
   JWT_AUDIENCE: z.string().optional(),
   /**
    * Longest accepted end-user token lifetime in seconds: `exp` (required) may lie at most this far
@@ -182,6 +184,13 @@ const EnvSchema = z.object({
    */
   STRIPE_TEST_WEBHOOK_SECRET: z.string().min(1).optional(),
 }).superRefine((env, ctx) => {
+  // A JWKS is the identity provider's: it signs every application's tokens, so only iss and aud
+  // tell ours apart (src/auth/jwt.ts createUserTokenVerifier refuses it too).
+  if (env.JWKS_URL) {
+    for (const name of ['JWT_ISSUER', 'JWT_AUDIENCE'] as const) {
+      if (!env[name]) ctx.addIssue({ code: 'custom', path: [name], message: 'is required when JWKS_URL is set (the key set signs other applications\' tokens too)' });
+    }
+  }
   // Each Stripe endpoint has its own secret, and a secret decides which livemode its events must carry.
   if (env.STRIPE_TEST_WEBHOOK_SECRET && env.STRIPE_TEST_WEBHOOK_SECRET === env.STRIPE_WEBHOOK_SECRET) {
     ctx.addIssue({ code: 'custom', path: ['STRIPE_TEST_WEBHOOK_SECRET'], message: 'must differ from STRIPE_WEBHOOK_SECRET (the test-mode endpoint has its own signing secret)' });
