@@ -92,6 +92,12 @@ export const WS_CLOSE = {
   forbidden: 4403,
   /** The credential already holds LIVE_MAX_CONNECTIONS_PER_TOKEN live connections (WebSockets and SSE streams) on this instance. */
   tooManyConnections: 4429,
+  /**
+   * The credential could not be checked at connection_init (the API key lookup's database or the
+   * JWKS endpoint unreachable: UNAVAILABLE over HTTP). RFC 6455 "Try Again Later", which
+   * graphql-ws clients retry; 4403 would tell the client its credential is bad.
+   */
+  tryAgainLater: 1013,
   /** Graceful shutdown. */
   goingAway: 1001,
 } as const;
@@ -432,8 +438,14 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         try {
           principal = await deps.authenticator.authenticate(authorization);
         } catch (err) {
-          log.info({ connectionId: state.connectionId, reason: (err as Error).message }, 'websocket refused: invalid credential');
-          socket.close(WS_CLOSE.forbidden, 'Forbidden: invalid or expired credential');
+          if (err instanceof LedgerError && err.code === 'UNAUTHENTICATED') {
+            log.info({ connectionId: state.connectionId, reason: err.message }, 'websocket refused: invalid credential');
+            socket.close(WS_CLOSE.forbidden, 'Forbidden: invalid or expired credential');
+          } else {
+            // The server's problem (database, JWKS), not the caller's: HTTP answers UNAVAILABLE.
+            log.warn({ connectionId: state.connectionId, err }, 'websocket refused: the credential could not be checked');
+            socket.close(WS_CLOSE.tryAgainLater, 'Try again later: the credential cannot be checked right now');
+          }
           return false;
         }
         if (!principal) {
