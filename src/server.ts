@@ -119,6 +119,18 @@ function liveSlotKey(token: string): string {
   return createHash('sha256').update(token).digest('base64url');
 }
 
+/**
+ * How many Authorization lines `req` carries. Node keeps only the first in `req.headers` (and so
+ * does the request yoga sees), while a proxy in front may act on the last: a request sending the
+ * singleton field twice (RFC 9110 §5.3) is ambiguous about who is calling and is refused
+ * (UNAUTHENTICATED), not decided by position.
+ */
+function authorizationLines(req: IncomingMessage): number {
+  let count = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === 'authorization') count++;
+  return count;
+}
+
 /** What a client reads when its credential holds LIVE_MAX_CONNECTIONS_PER_TOKEN live connections already. */
 function tooManyLiveConnections(max: number): string {
   return `Too many live connections for this credential: at most ${max} WebSockets and SSE streams at once on this instance.`;
@@ -291,6 +303,10 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       const request = (initial as { request: Request }).request;
       const requestId = ws?.requestId ?? (initial as { requestId?: string }).requestId ?? randomUUID();
       const credential = ws ? ws.authorization : request.headers.get('authorization');
+      const req = (initial as { req?: IncomingMessage }).req;
+      if (!ws && req && authorizationLines(req) > 1) {
+        throw new GraphQLError('Send exactly one Authorization header.', { extensions: { code: 'UNAUTHENTICATED', http: { status: 401 } } });
+      }
       let principal: Principal | null;
       try {
         principal = ws ? ws.principal : await deps.authenticator.authenticate(credential);
