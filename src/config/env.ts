@@ -18,8 +18,16 @@ const EnvSchema = z.object({
   HOST: z.string().min(1).default('0.0.0.0'),
   DATABASE_URL: z.string().url().default('postgresql://postgres@127.0.0.1:5432/creditpool'),
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
-  /** Bootstrap service key with every scope. Unset: no bootstrap key. */
-  ADMIN_API_KEY: z.string().min(16, 'ADMIN_API_KEY must be at least 16 characters').optional(),
+  /**
+   * Bootstrap service key with every scope. Unset: no bootstrap key. Visible ASCII without
+   * spaces: it is sent as one Bearer token (src/auth/authenticator.ts), so any other key could
+   * never be presented.
+   */
+  ADMIN_API_KEY: z
+    .string()
+    .min(16, 'ADMIN_API_KEY must be at least 16 characters')
+    .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII without spaces (it is sent as "Authorization: Bearer <key>")')
+    .optional(),
   /** HS256 secret for end-user JWTs. */
   JWT_SECRET: z.string().min(32, 'JWT_SECRET must be at least 32 characters').optional(),
   /**
