@@ -199,6 +199,16 @@ const EnvSchema = z.object({
       if (!env[name]) ctx.addIssue({ code: 'custom', path: [name], message: 'is required when JWKS_URL is set (the key set signs other applications\' tokens too)' });
     }
   }
+  // One secret per power: the JWT secret mints any end user's token, the admin key is every scope,
+  // and the webhook secret is shared with whoever receives the webhooks.
+  for (const [name, value, others] of [
+    ['JWT_SECRET', env.JWT_SECRET, [['ADMIN_API_KEY', env.ADMIN_API_KEY]]],
+    ['WEBHOOK_SECRET', env.WEBHOOK_SECRET, [['ADMIN_API_KEY', env.ADMIN_API_KEY], ['JWT_SECRET', env.JWT_SECRET]]],
+  ] as const) {
+    for (const [otherName, otherValue] of others) {
+      if (value && value === otherValue) ctx.addIssue({ code: 'custom', path: [name], message: `must differ from ${otherName} (whoever holds one would hold both powers)` });
+    }
+  }
   // Each Stripe endpoint has its own secret, and a secret decides which livemode its events must carry.
   if (env.STRIPE_TEST_WEBHOOK_SECRET && env.STRIPE_TEST_WEBHOOK_SECRET === env.STRIPE_WEBHOOK_SECRET) {
     ctx.addIssue({ code: 'custom', path: ['STRIPE_TEST_WEBHOOK_SECRET'], message: 'must differ from STRIPE_WEBHOOK_SECRET (the test-mode endpoint has its own signing secret)' });

@@ -40,6 +40,16 @@ describe('parseEnv', () => {
     expect(bearerToken(`Bearer ${good}`)).toBe(good);
   });
 
+  it('refuses one secret reused for two of ADMIN_API_KEY, JWT_SECRET and WEBHOOK_SECRET (whoever holds one would hold the other power)', () => {
+    const shared = 'one-secret-for-everything-0123456789';
+    const other = 'another-secret-0123456789abcdef-xyz';
+    const third = 'a-third-secret-0123456789abcdef-xyz';
+    expect(() => parseEnv({ ADMIN_API_KEY: shared, JWT_SECRET: shared })).toThrow(/JWT_SECRET: must differ from ADMIN_API_KEY/);
+    expect(() => parseEnv({ WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: shared, JWT_SECRET: shared })).toThrow(/WEBHOOK_SECRET: must differ from JWT_SECRET/);
+    expect(() => parseEnv({ WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: shared, ADMIN_API_KEY: shared })).toThrow(/WEBHOOK_SECRET: must differ from ADMIN_API_KEY/);
+    expect(parseEnv({ ADMIN_API_KEY: shared, JWT_SECRET: other, WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: third }).JWT_SECRET).toBe(other);
+  });
+
   it('refuses a client-side query timeout not longer than the statement timeout', () => {
     expect(() => parseEnv({ PG_QUERY_TIMEOUT_MS: '30000', PG_STATEMENT_TIMEOUT_MS: '30000' })).toThrow(/PG_QUERY_TIMEOUT_MS: must be longer than PG_STATEMENT_TIMEOUT_MS/);
   });
