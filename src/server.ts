@@ -92,6 +92,12 @@ export const WS_CLOSE = {
   forbidden: 4403,
   /** The credential already holds LIVE_MAX_CONNECTIONS_PER_TOKEN live connections (WebSockets and SSE streams) on this instance. */
   tooManyConnections: 4429,
+  /**
+   * The credential could not be checked at connection_init (the API key lookup's database or the
+   * JWKS endpoint unreachable: UNAVAILABLE over HTTP). RFC 6455 "Try Again Later", which
+   * graphql-ws clients retry; 4403 would tell the client its credential is bad.
+   */
+  tryAgainLater: 1013,
   /** Graceful shutdown. */
   goingAway: 1001,
 } as const;
@@ -111,6 +117,18 @@ interface WsState {
 /** The key a credential's live slots are counted under: the SHA-256 of its bearer token (authenticator.ts bearerToken). */
 function liveSlotKey(token: string): string {
   return createHash('sha256').update(token).digest('base64url');
+}
+
+/**
+ * How many Authorization lines `req` carries. Node keeps only the first in `req.headers` (and so
+ * does the request yoga sees), while a proxy in front may act on the last: a request sending the
+ * singleton field twice (RFC 9110 §5.3) is ambiguous about who is calling and is refused
+ * (UNAUTHENTICATED), not decided by position.
+ */
+function authorizationLines(req: IncomingMessage): number {
+  let count = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === 'authorization') count++;
+  return count;
 }
 
 /** What a client reads when its credential holds LIVE_MAX_CONNECTIONS_PER_TOKEN live connections already. */
@@ -285,6 +303,10 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       const request = (initial as { request: Request }).request;
       const requestId = ws?.requestId ?? (initial as { requestId?: string }).requestId ?? randomUUID();
       const credential = ws ? ws.authorization : request.headers.get('authorization');
+      const req = (initial as { req?: IncomingMessage }).req;
+      if (!ws && req && authorizationLines(req) > 1) {
+        throw new GraphQLError('Send exactly one Authorization header.', { extensions: { code: 'UNAUTHENTICATED', http: { status: 401 } } });
+      }
       let principal: Principal | null;
       try {
         principal = ws ? ws.principal : await deps.authenticator.authenticate(credential);
@@ -432,8 +454,14 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         try {
           principal = await deps.authenticator.authenticate(authorization);
         } catch (err) {
-          log.info({ connectionId: state.connectionId, reason: (err as Error).message }, 'websocket refused: invalid credential');
-          socket.close(WS_CLOSE.forbidden, 'Forbidden: invalid or expired credential');
+          if (err instanceof LedgerError && err.code === 'UNAUTHENTICATED') {
+            log.info({ connectionId: state.connectionId, reason: err.message }, 'websocket refused: invalid credential');
+            socket.close(WS_CLOSE.forbidden, 'Forbidden: invalid or expired credential');
+          } else {
+            // The server's problem (database, JWKS), not the caller's: HTTP answers UNAVAILABLE.
+            log.warn({ connectionId: state.connectionId, err }, 'websocket refused: the credential could not be checked');
+            socket.close(WS_CLOSE.tryAgainLater, 'Try again later: the credential cannot be checked right now');
+          }
           return false;
         }
         if (!principal) {

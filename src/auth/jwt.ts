@@ -72,6 +72,10 @@ const INVALID_TOKEN_MESSAGE = 'invalid or expired token';
  *   createRemoteJWKSet; tokens must be signed with an asymmetric algorithm.
  *   With both configured, an `HS256` header selects the secret and anything else the JWKS.
  * - `issuer` / `audience`: when set, the `iss` / `aud` claims must match (JWT_ISSUER, JWT_AUDIENCE).
+ *   Both are required with `jwksUrl`: the identity provider signs every application's tokens
+ *   with that key set, so without them a token it issued to another application (or, with a
+ *   provider shared by many tenants such as Firebase, one minted in the attacker's own project
+ *   for any `sub` and `org`) would be accepted here.
  * - `clockToleranceSeconds`: allowed skew for `exp` / `nbf` (default
  *   {@link DEFAULT_CLOCK_TOLERANCE_SECONDS}).
  * - `maxTtlSeconds`: longest accepted lifetime, `exp - iat` and `exp - now` (JWT_MAX_TTL_SECONDS,
@@ -155,7 +159,8 @@ function isJwksUnavailable(err: unknown): boolean {
  * characters. The returned principal's `expiresAt` is `exp`.
  * @throws Error (configuration bug, at creation) when neither `secret` nor `jwksUrl` is given,
  *   the secret is too short, the JWKS URL is not https (http only on a loopback host, see
- *   {@link jwksUrlProblem}), or `maxTtlSeconds` is not a positive integer.
+ *   {@link jwksUrlProblem}) or comes without both `issuer` and `audience`, or `maxTtlSeconds` is
+ *   not a positive integer.
  */
 export function createUserTokenVerifier(options: UserTokenVerifierOptions): UserTokenVerifier {
   const secret = options.secret ? checkSecret(options.secret) : undefined;
@@ -163,6 +168,9 @@ export function createUserTokenVerifier(options: UserTokenVerifierOptions): User
   if (options.jwksUrl) {
     const problem = jwksUrlProblem(options.jwksUrl);
     if (problem) throw new Error(`JWKS URL ${problem}`);
+    // A key set is the identity provider's, not ours: it signs the tokens of every application
+    // (and, e.g. Firebase's, of every tenant) it serves. Only `iss` and `aud` tell ours apart.
+    if (!options.issuer || !options.audience) throw new Error('JWKS URL needs an issuer and an audience (JWT_ISSUER, JWT_AUDIENCE)');
     jwks = createRemoteJWKSet(new URL(options.jwksUrl));
   }
   const maxTtlSeconds = options.maxTtlSeconds ?? DEFAULT_JWT_MAX_TTL_SECONDS;

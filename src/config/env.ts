@@ -18,8 +18,16 @@ const EnvSchema = z.object({
   HOST: z.string().min(1).default('0.0.0.0'),
   DATABASE_URL: z.string().url().default('postgresql://postgres@127.0.0.1:5432/creditpool'),
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
-  /** Bootstrap service key with every scope. Unset: no bootstrap key. */
-  ADMIN_API_KEY: z.string().min(16, 'ADMIN_API_KEY must be at least 16 characters').optional(),
+  /**
+   * Bootstrap service key with every scope. Unset: no bootstrap key. Visible ASCII without
+   * spaces: it is sent as one Bearer token (src/auth/authenticator.ts), so any other key could
+   * never be presented.
+   */
+  ADMIN_API_KEY: z
+    .string()
+    .min(16, 'ADMIN_API_KEY must be at least 16 characters')
+    .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII without spaces (it is sent as "Authorization: Bearer <key>")')
+    .optional(),
   /** HS256 secret for end-user JWTs. */
   JWT_SECRET: z.string().min(32, 'JWT_SECRET must be at least 32 characters').optional(),
   /**
@@ -33,7 +41,9 @@ const EnvSchema = z.object({
       if (problem) ctx.addIssue({ code: 'custom', message: `JWKS_URL ${problem}` });
     })
     .optional(),
+  /** Required `iss` of end-user JWTs; required with JWKS_URL (the provider's key set signs other issuers' and apps' tokens too). */
   JWT_ISSUER: z.string().optional(),
+  /** Required `aud` of end-user JWTs; required with JWKS_URL (see JWT_ISSUER). */
   JWT_AUDIENCE: z.string().optional(),
   /**
    * Longest accepted end-user token lifetime in seconds: `exp` (required) may lie at most this far
@@ -182,6 +192,23 @@ const EnvSchema = z.object({
    */
   STRIPE_TEST_WEBHOOK_SECRET: z.string().min(1).optional(),
 }).superRefine((env, ctx) => {
+  // A JWKS is the identity provider's: it signs every application's tokens, so only iss and aud
+  // tell ours apart (src/auth/jwt.ts createUserTokenVerifier refuses it too).
+  if (env.JWKS_URL) {
+    for (const name of ['JWT_ISSUER', 'JWT_AUDIENCE'] as const) {
+      if (!env[name]) ctx.addIssue({ code: 'custom', path: [name], message: 'is required when JWKS_URL is set (the key set signs other applications\' tokens too)' });
+    }
+  }
+  // One secret per power: the JWT secret mints any end user's token, the admin key is every scope,
+  // and the webhook secret is shared with whoever receives the webhooks.
+  for (const [name, value, others] of [
+    ['JWT_SECRET', env.JWT_SECRET, [['ADMIN_API_KEY', env.ADMIN_API_KEY]]],
+    ['WEBHOOK_SECRET', env.WEBHOOK_SECRET, [['ADMIN_API_KEY', env.ADMIN_API_KEY], ['JWT_SECRET', env.JWT_SECRET]]],
+  ] as const) {
+    for (const [otherName, otherValue] of others) {
+      if (value && value === otherValue) ctx.addIssue({ code: 'custom', path: [name], message: `must differ from ${otherName} (whoever holds one would hold both powers)` });
+    }
+  }
   // Each Stripe endpoint has its own secret, and a secret decides which livemode its events must carry.
   if (env.STRIPE_TEST_WEBHOOK_SECRET && env.STRIPE_TEST_WEBHOOK_SECRET === env.STRIPE_WEBHOOK_SECRET) {
     ctx.addIssue({ code: 'custom', path: ['STRIPE_TEST_WEBHOOK_SECRET'], message: 'must differ from STRIPE_WEBHOOK_SECRET (the test-mode endpoint has its own signing secret)' });

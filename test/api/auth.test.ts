@@ -5,6 +5,7 @@
  * to change nothing.
  */
 import { randomUUID } from 'node:crypto';
+import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { TEST_PRICE_BOOK } from '../setup/test-price-book.js';
@@ -88,6 +89,23 @@ async function rawPost(headers: Record<string, string>, query: string): Promise<
   return { status: res.status, body: (await res.json()) as GqlResponse['body'] };
 }
 
+/** POSTs `body` with one Authorization line per value (fetch would join them into one). */
+function twoAuthorizationHeaders(values: string[], body: string): Promise<GqlResponse> {
+  const { hostname, port } = new URL(srv.url);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: hostname, port, path: '/graphql', method: 'POST', headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) } });
+    for (const value of values) req.appendHeader('authorization', value);
+    req.on('error', reject);
+    req.on('response', (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as GqlResponse['body'] }));
+    });
+    req.end(body);
+  });
+}
+
 /** Asserts a refused write: the code, and no change to the given accounts or anywhere else. */
 async function expectRefused(accounts: string[], send: () => Promise<GqlResponse>, code: string) {
   const counts = await globalCounts(srv);
@@ -119,6 +137,16 @@ describe('missing or invalid credentials', () => {
       expect(res.body.data?.account ?? null).toBeNull();
     }
     expectError(await rawPost({ authorization: `Basic ${Buffer.from('a:b').toString('base64')}` }, '{ settings { creditUsdValue } }'), 'UNAUTHENTICATED');
+  });
+
+  it('two Authorization headers are UNAUTHENTICATED (401) whichever comes first, and change nothing', async () => {
+    // Node keeps the first of repeated Authorization lines; a proxy in front may read the last.
+    // A singleton field sent twice is ambiguous: refused, not resolved by position.
+    const grant = JSON.stringify({ query: GRANT, variables: { input: { accountId: orgAcct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') } } });
+    for (const pair of [[`Bearer ${userToken}`, `Bearer ${srv.adminKey}`], [`Bearer ${srv.adminKey}`, 'Bearer garbage'], [`Bearer ${srv.adminKey}`, `Bearer ${srv.adminKey}`]]) {
+      const res = await expectRefused([orgAcct], () => twoAuthorizationHeaders(pair, grant), 'UNAUTHENTICATED');
+      expect(res.status).toBe(401);
+    }
   });
 
   it('an expired end-user token is UNAUTHENTICATED', async () => {

@@ -1,6 +1,7 @@
 /** parseEnv's cross-variable checks (src/config/env.ts). */
 import { describe, expect, it } from 'vitest';
 import { parseEnv } from '../../src/config/env.js';
+import { bearerToken } from '../../src/auth/authenticator.js';
 
 describe('parseEnv', () => {
   it('refuses WEBHOOK_URL without WEBHOOK_SECRET: no delivery could be signed', () => {
@@ -26,6 +27,27 @@ describe('parseEnv', () => {
   it('refuses the same signing secret for the live and the test Stripe webhook endpoint (each endpoint has its own)', () => {
     expect(() => parseEnv({ STRIPE_WEBHOOK_SECRET: 'whsec_a', STRIPE_TEST_WEBHOOK_SECRET: 'whsec_a' })).toThrow(/STRIPE_TEST_WEBHOOK_SECRET: must differ from STRIPE_WEBHOOK_SECRET/);
     expect(parseEnv({ STRIPE_WEBHOOK_SECRET: 'whsec_a', STRIPE_TEST_WEBHOOK_SECRET: 'whsec_b' }).STRIPE_TEST_WEBHOOK_SECRET).toBe('whsec_b');
+  });
+
+  it('refuses an ADMIN_API_KEY that no Authorization header could carry (a space, a control or non-ASCII character)', () => {
+    // The authenticator reads one Bearer token of visible ASCII (authenticator.ts bearerToken):
+    // such a key booted fine and then refused every request made with it as UNAUTHENTICATED.
+    for (const bad of ['my admin key 0123456789', 'admin-key-0123456789\n', 'admin-key-0123456789\t', 'clé-admin-0123456789abcdef']) {
+      expect(() => parseEnv({ ADMIN_API_KEY: bad }), JSON.stringify(bad)).toThrow(/ADMIN_API_KEY: must be visible ASCII/);
+    }
+    const good = 'Adm1n_key-~!0123456789';
+    expect(parseEnv({ ADMIN_API_KEY: good }).ADMIN_API_KEY).toBe(good);
+    expect(bearerToken(`Bearer ${good}`)).toBe(good);
+  });
+
+  it('refuses one secret reused for two of ADMIN_API_KEY, JWT_SECRET and WEBHOOK_SECRET (whoever holds one would hold the other power)', () => {
+    const shared = 'one-secret-for-everything-0123456789';
+    const other = 'another-secret-0123456789abcdef-xyz';
+    const third = 'a-third-secret-0123456789abcdef-xyz';
+    expect(() => parseEnv({ ADMIN_API_KEY: shared, JWT_SECRET: shared })).toThrow(/JWT_SECRET: must differ from ADMIN_API_KEY/);
+    expect(() => parseEnv({ WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: shared, JWT_SECRET: shared })).toThrow(/WEBHOOK_SECRET: must differ from JWT_SECRET/);
+    expect(() => parseEnv({ WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: shared, ADMIN_API_KEY: shared })).toThrow(/WEBHOOK_SECRET: must differ from ADMIN_API_KEY/);
+    expect(parseEnv({ ADMIN_API_KEY: shared, JWT_SECRET: other, WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: third }).JWT_SECRET).toBe(other);
   });
 
   it('refuses a client-side query timeout not longer than the statement timeout', () => {

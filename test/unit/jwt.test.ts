@@ -11,6 +11,9 @@ import { LedgerError } from '../../src/ledger/errors.js';
 const SECRET = 'unit-test-secret-0123456789abcdef-0123456789';
 const OTHER_SECRET = 'another-secret-0123456789abcdef-0123456789ab';
 const key = new TextEncoder().encode(SECRET);
+/** The identity provider's issuer and this API's audience, required with a JWKS. */
+const ISS = 'https://id.example/';
+const AUD = 'creditpool-api';
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 function b64url(value: unknown): string {
@@ -189,21 +192,33 @@ describe('verifier configuration', () => {
     expect(() => createUserTokenVerifier({ secret: 'too-short' })).toThrow(/at least 32/);
   });
 
+  it('refuses a JWKS URL without an issuer and an audience (any app of the identity provider could mint tokens it accepts)', () => {
+    const jwksUrl = 'https://id.example/.well-known/jwks.json';
+    expect(() => createUserTokenVerifier({ jwksUrl })).toThrow(/JWKS URL needs an issuer and an audience/);
+    expect(() => createUserTokenVerifier({ jwksUrl, issuer: ISS })).toThrow(/JWKS URL needs an issuer and an audience/);
+    expect(() => createUserTokenVerifier({ jwksUrl, audience: AUD })).toThrow(/JWKS URL needs an issuer and an audience/);
+    expect(() => createUserTokenVerifier({ jwksUrl, issuer: ISS, audience: AUD })).not.toThrow();
+    expect(() => parseEnv({ JWKS_URL: jwksUrl })).toThrow(/JWT_ISSUER: is required when JWKS_URL is set[\s\S]*JWT_AUDIENCE: is required when JWKS_URL is set/);
+    expect(() => parseEnv({ JWKS_URL: jwksUrl, JWT_ISSUER: ISS })).toThrow(/JWT_AUDIENCE: is required when JWKS_URL is set/);
+    expect(parseEnv({ JWKS_URL: jwksUrl, JWT_ISSUER: ISS, JWT_AUDIENCE: AUD }).JWT_AUDIENCE).toBe(AUD);
+    expect(parseEnv({ JWT_SECRET: SECRET }).JWT_AUDIENCE).toBeUndefined(); // a shared secret is the platform's own
+  });
+
   it('refuses a plain-http JWKS URL unless its host is loopback', () => {
     for (const url of ['http://id.example/jwks.json', 'http://10.0.0.5/jwks.json', 'ftp://id.example/jwks.json', 'not a url']) {
       expect(jwksUrlProblem(url), url).not.toBeNull();
-      expect(() => createUserTokenVerifier({ jwksUrl: url }), url).toThrow(/JWKS URL/);
+      expect(() => createUserTokenVerifier({ jwksUrl: url, issuer: ISS, audience: AUD }), url).toThrow(/JWKS URL/);
     }
     for (const url of ['https://id.example/.well-known/jwks.json', 'http://127.0.0.1:8080/jwks.json', 'http://localhost/jwks.json', 'http://[::1]:9/jwks.json']) {
       expect(jwksUrlProblem(url), url).toBeNull();
-      expect(() => createUserTokenVerifier({ jwksUrl: url }), url).not.toThrow();
+      expect(() => createUserTokenVerifier({ jwksUrl: url, issuer: ISS, audience: AUD }), url).not.toThrow();
     }
   });
 
   it('the environment refuses a non-https JWKS_URL at boot with a clear message, and validates JWT_MAX_TTL_SECONDS', () => {
-    expect(() => parseEnv({ JWKS_URL: 'http://id.example/jwks.json' })).toThrow(/JWKS_URL: JWKS_URL must be an https URL/);
-    expect(parseEnv({ JWKS_URL: 'http://127.0.0.1:9000/jwks.json' }).JWKS_URL).toBe('http://127.0.0.1:9000/jwks.json');
-    expect(parseEnv({ JWKS_URL: 'https://id.example/jwks.json' }).JWKS_URL).toBe('https://id.example/jwks.json');
+    expect(() => parseEnv({ JWKS_URL: 'http://id.example/jwks.json', JWT_ISSUER: ISS, JWT_AUDIENCE: AUD })).toThrow(/JWKS_URL: JWKS_URL must be an https URL/);
+    expect(parseEnv({ JWKS_URL: 'http://127.0.0.1:9000/jwks.json', JWT_ISSUER: ISS, JWT_AUDIENCE: AUD }).JWKS_URL).toBe('http://127.0.0.1:9000/jwks.json');
+    expect(parseEnv({ JWKS_URL: 'https://id.example/jwks.json', JWT_ISSUER: ISS, JWT_AUDIENCE: AUD }).JWKS_URL).toBe('https://id.example/jwks.json');
     expect(parseEnv({}).JWT_MAX_TTL_SECONDS).toBe(86_400);
     expect(parseEnv({ JWT_MAX_TTL_SECONDS: '3600' }).JWT_MAX_TTL_SECONDS).toBe(3600);
     for (const bad of ['0', '-5', '1.5', 'day', '99999999']) expect(() => parseEnv({ JWT_MAX_TTL_SECONDS: bad }), bad).toThrow(/JWT_MAX_TTL_SECONDS/);
@@ -238,40 +253,54 @@ describe('JWKS end-user tokens', () => {
   });
 
   it('accepts an ES256 token signed by a key of the set', async () => {
-    const verify = createUserTokenVerifier({ jwksUrl });
+    const verify = createUserTokenVerifier({ jwksUrl, issuer: ISS, audience: AUD });
     const token = await new SignJWT({ org: 'org-9' })
       .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
       .setSubject('jwks-user')
+      .setIssuer(ISS)
+      .setAudience(AUD)
       .setExpirationTime(nowSeconds() + 600)
       .sign(privateKey);
     expect(await verify(token)).toMatchObject({ kind: 'user', userId: 'jwks-user', orgId: 'org-9' });
   });
 
+  it("rejects a token the same key set signed for another application (other aud or iss): a JWKS is the identity provider's, shared by every app it serves", async () => {
+    const verify = createUserTokenVerifier({ jwksUrl, issuer: ISS, audience: AUD });
+    const sign = (iss: string, aud: string) =>
+      new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setSubject('victim').setIssuer(iss).setAudience(aud).setExpirationTime(nowSeconds() + 600).sign(privateKey);
+    expect((await verify(await sign(ISS, AUD))).userId).toBe('victim');
+    for (const token of [await sign(ISS, 'another-app'), await sign('https://another-tenant.example/', AUD)]) await expectRejected(verify(token), token);
+  });
+
   it('rejects an HS256 token when only the JWKS is configured', async () => {
-    const verify = createUserTokenVerifier({ jwksUrl });
-    const token = await signUserToken(SECRET, { sub: 'user-42', expiresInSeconds: 600 });
+    const verify = createUserTokenVerifier({ jwksUrl, issuer: ISS, audience: AUD });
+    const token = await signUserToken(SECRET, { sub: 'user-42', expiresInSeconds: 600, issuer: ISS, audience: AUD });
     await expectRejected(verify(token), token);
   });
 
   it('with both configured, routes HS256 to the secret and ES256 to the JWKS', async () => {
-    const verify = createUserTokenVerifier({ jwksUrl, secret: SECRET });
-    const hs = await signUserToken(SECRET, { sub: 'hs-user', expiresInSeconds: 600 });
+    const verify = createUserTokenVerifier({ jwksUrl, secret: SECRET, issuer: ISS, audience: AUD });
+    const hs = await signUserToken(SECRET, { sub: 'hs-user', expiresInSeconds: 600, issuer: ISS, audience: AUD });
     const es = await new SignJWT({})
       .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
       .setSubject('es-user')
+      .setIssuer(ISS)
+      .setAudience(AUD)
       .setExpirationTime(nowSeconds() + 600)
       .sign(privateKey);
     expect((await verify(hs)).userId).toBe('hs-user');
     expect((await verify(es)).userId).toBe('es-user');
-    const wrongSecret = await signUserToken(OTHER_SECRET, { sub: 'hs-user', expiresInSeconds: 600 });
+    const wrongSecret = await signUserToken(OTHER_SECRET, { sub: 'hs-user', expiresInSeconds: 600, issuer: ISS, audience: AUD });
     await expectRejected(verify(wrongSecret), wrongSecret);
   });
 
   it('reports an unreachable JWKS as UNAVAILABLE, not as a bad token', async () => {
-    const verify = createUserTokenVerifier({ jwksUrl: 'http://127.0.0.1:1/jwks.json' });
+    const verify = createUserTokenVerifier({ jwksUrl: 'http://127.0.0.1:1/jwks.json', issuer: ISS, audience: AUD });
     const token = await new SignJWT({})
       .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
       .setSubject('jwks-user')
+      .setIssuer(ISS)
+      .setAudience(AUD)
       .setExpirationTime(nowSeconds() + 600)
       .sign(privateKey);
     await expect(verify(token)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
