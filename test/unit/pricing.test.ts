@@ -558,6 +558,18 @@ describe('BYOK', () => {
     badInput(() => priceUsage(b, { category: 'llm', byok: true, quantities: { inputTokens: 10 } }, CENT), /the event names no model; send providerCostUsd/);
   });
 
+  it('PASS_THROUGH: a fee taken of the catalog token cost needs token counts, as PER_TOKEN does (else the call would pay no fee)', () => {
+    // gpt-4o is in the catalog, so the fee base is its token cost; with no count at all that base would be 0.
+    badInput(() => priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true }, CENT), /^quantities: .*PASS_THROUGH rule for category "gw".*inputTokens, outputTokens.*or, with byok, providerCostUsd$/);
+    badInput(() => priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true, quantities: { seconds: '3' } }, CENT), /^quantities: /);
+    // Counts (explicit zeros too) or providerCostUsd give the fee its base.
+    expect(priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true, quantities: { inputTokens: 1000, outputTokens: 200 } }, CENT).costMicroCredits).toBe(22_500n);
+    expect(priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true, quantities: { inputTokens: 0 } }, CENT).costMicroCredits).toBe(0n);
+    expect(priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true, providerCostUsd: '0.2' }, CENT).costMicroCredits).toBe(1_000_000n);
+    // With a 0 % fee there is nothing to take: still 0, as without a model.
+    expect(priceUsage(book([{ category: 'gw', kind: 'PASS_THROUGH' }]), { category: 'gw', model: 'gpt-4o', byok: true }, CENT).costMicroCredits).toBe(0n);
+  });
+
   it('changes nothing for other kinds', () => {
     expect(priceUsage(b, { category: 'img', byok: true }, CENT).costMicroCredits).toBe(2_000_000n);
   });
