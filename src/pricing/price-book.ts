@@ -530,18 +530,21 @@ function requestLine(micro: bigint): ExactLine {
 }
 
 /**
- * Refuses a PER_TOKEN event that reports no token count at all: the rule prices its token counts,
- * and without any it would cost 0 (or the fallback) silently, so a client that forgot them would
- * get free LLM calls. An explicit 0 is a count. A BYOK event whose fee is taken of its
- * providerCostUsd (`feeFromProviderCost`) needs none. Checked before anything is priced, whatever
- * the catalog knows of the model (docs/pricing.md; a PER_UNIT tokens rule refuses alike).
+ * Refuses an event priced by its token counts that reports none at all: a PER_TOKEN event, or a
+ * BYOK PASS_THROUGH event whose fee is taken of the catalog price of its tokens (no
+ * providerCostUsd). Without any count it would cost 0 (or the fallback) silently, so a client that
+ * forgot them would get free LLM calls (or pay no BYOK fee). An explicit 0 is a count. A BYOK event
+ * whose fee is taken of its providerCostUsd (`feeFromProviderCost`) needs none. For PER_TOKEN it is
+ * checked before anything is priced, whatever the catalog knows of the model (docs/pricing.md; a
+ * PER_UNIT tokens rule refuses alike).
  * @throws LedgerError BAD_USER_INPUT (field quantities).
  */
 function requireTokenCounts(rule: PriceRule, q: Quantities, feeFromProviderCost: boolean): void {
   if (feeFromProviderCost || TOKEN_FIELDS.some((f) => q[f] !== null)) return;
+  const what = rule.kind === 'PER_TOKEN' ? "prices the event's token counts" : "takes a bring-your-own-key event's fee of the catalog price of its token counts";
   throw badInput(
     'quantities',
-    `the PER_TOKEN rule for category "${rule.category}" prices the event's token counts: send at least one of inputTokens, outputTokens, reasoningTokens, cacheReadTokens or cacheWriteTokens (0 when there were none), or, with byok, providerCostUsd`,
+    `the ${rule.kind} rule for category "${rule.category}" ${what}: send at least one of inputTokens, outputTokens, reasoningTokens, cacheReadTokens or cacheWriteTokens (0 when there were none), or, with byok, providerCostUsd`,
   );
 }
 
@@ -628,7 +631,11 @@ export function priceUsage(
     let base: Rational | null = providerCostUsd !== null ? mul(providerCostUsd, perUsd) : null;
     if (base === null) {
       const tokenLines = catalogCost();
-      if (tokenLines) base = sum(tokenLines.map(lineAmount));
+      if (tokenLines) {
+        // The fee is taken of the tokens' catalog price: without any count it would be 0.
+        if (!isZero(fee)) requireTokenCounts(rule, q, false);
+        base = sum(tokenLines.map(lineAmount));
+      }
     }
     if (base === null) {
       if (!isZero(fee)) throw byokWithoutCost(rule, book.byokFeePercent, model);

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { TEST_PRICE_BOOK } from '../setup/test-price-book.js';
-import { dbId, grant, ok, uniq } from './helpers.js';
+import { apiAccount, dbId, expectError, expectUnchanged, grant, ok, uniq } from './helpers.js';
 
 const EVENT = `id cost occurredAt priceBookVersion lines { item quantity unitPrice amount }`;
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { ${EVENT} } }`;
@@ -160,5 +160,41 @@ describe('publishPriceBook', () => {
     } finally {
       ok(await srv.gql(PUBLISH, { input: TEST_PRICE_BOOK }));
     }
+  });
+});
+
+describe('a BYOK PASS_THROUGH event with a catalog model and no providerCostUsd', () => {
+  let srv: TestServer;
+  beforeAll(async () => {
+    srv = await startTestServer();
+  });
+  afterAll(async () => {
+    await srv?.close();
+  });
+
+  // The test book: "passthrough" is PASS_THROUGH + 10 % with fallbackCredits 1, byokFeePercent 5.
+  const byok = (accountId: string, quantities?: Record<string, number>) => ({
+    accountId,
+    idempotencyKey: uniq('byok'),
+    category: 'passthrough',
+    model: 'gpt-4o',
+    byok: true,
+    ...(quantities ? { quantities } : {}),
+  });
+
+  it('is refused by quote and recordUsage alike without token counts (its fee would be 0), and with them costs 5 % of their catalog price', async () => {
+    const acct = await apiAccount(srv, { paid: '10' });
+    await expectUnchanged(srv, [acct], async () => {
+      for (const res of [await srv.gql(QUOTE, { input: byok(acct) }), await srv.gql(RECORD, { input: byok(acct) })]) {
+        expect(expectError(res, 'BAD_USER_INPUT').message).toMatch(/^quantities: the PASS_THROUGH rule for category "passthrough"/);
+      }
+    });
+    // gpt-4o: 1,000 x $2.50 + 200 x $10 per million = $0.0045 = 0.45 credits; the fee is 5 % of it.
+    const counted = byok(acct, { inputTokens: 1_000, outputTokens: 200 });
+    expect(ok(await srv.gql(QUOTE, { input: counted })).quote.cost).toBe('0.0225');
+    const ev = ok(await srv.gql(RECORD, { input: counted })).recordUsage;
+    expect(ev.cost).toBe('0.0225');
+    expect(ev.lines).toEqual([{ item: 'byok_fee', quantity: '0.45', unitPrice: '0.05', amount: '0.0225' }]);
+    await expectLedgerInvariant(srv.services.pool, dbId(acct));
   });
 });

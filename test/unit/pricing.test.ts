@@ -4,8 +4,14 @@ import { calcPrice, findProvider, waitForUpdate } from '@pydantic/genai-prices';
 import { formatExactDecimal, type ExactDecimal } from '../../src/ledger/credits.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import {
+  add,
   ceil,
   ceilToMicroCredits,
+  compare,
+  div,
+  fromDecimal,
+  mul,
+  sub,
   exactDecimalFromNumber,
   parseRational,
   rational,
@@ -558,6 +564,18 @@ describe('BYOK', () => {
     badInput(() => priceUsage(b, { category: 'llm', byok: true, quantities: { inputTokens: 10 } }, CENT), /the event names no model; send providerCostUsd/);
   });
 
+  it('PASS_THROUGH: a fee taken of the catalog token cost needs token counts, as PER_TOKEN does (else the call would pay no fee)', () => {
+    // gpt-4o is in the catalog, so the fee base is its token cost; with no count at all that base would be 0.
+    badInput(() => priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true }, CENT), /^quantities: .*PASS_THROUGH rule for category "gw".*inputTokens, outputTokens.*or, with byok, providerCostUsd$/);
+    badInput(() => priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true, quantities: { seconds: '3' } }, CENT), /^quantities: /);
+    // Counts (explicit zeros too) or providerCostUsd give the fee its base.
+    expect(priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true, quantities: { inputTokens: 1000, outputTokens: 200 } }, CENT).costMicroCredits).toBe(22_500n);
+    expect(priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true, quantities: { inputTokens: 0 } }, CENT).costMicroCredits).toBe(0n);
+    expect(priceUsage(b, { category: 'gw', model: 'gpt-4o', byok: true, providerCostUsd: '0.2' }, CENT).costMicroCredits).toBe(1_000_000n);
+    // With a 0 % fee there is nothing to take: still 0, as without a model.
+    expect(priceUsage(book([{ category: 'gw', kind: 'PASS_THROUGH' }]), { category: 'gw', model: 'gpt-4o', byok: true }, CENT).costMicroCredits).toBe(0n);
+  });
+
   it('changes nothing for other kinds', () => {
     expect(priceUsage(b, { category: 'img', byok: true }, CENT).costMicroCredits).toBe(2_000_000n);
   });
@@ -696,5 +714,154 @@ describe('example and default price books', () => {
     for (const category of ['web_search', 'tool_call', 'image', 'voice', 'runtime']) {
       expect(() => priceUsage(b, { category, quantities: { seconds: '60', units: '1' } }, CENT)).not.toThrow();
     }
+  });
+});
+
+describe('pricing invariants (properties over the whole catalog)', () => {
+  /** Every catalog model with input and output token prices, pinned to its provider. */
+  const tokenModels = listCatalogModels()
+    .filter((m) => {
+      const p = lookupModelPrice(m.modelId, m.providerId);
+      return p !== null && p.inputUsdPerMillion !== null && p.outputUsdPerMillion !== null;
+    })
+    .map((m) => ({ ...m, id: `${m.providerId}:${m.modelId}` }));
+  /** Instants on both sides of catalog price changes and of off-peak hours. */
+  const instants = ['2024-01-01T00:00:00Z', '2025-06-01T03:00:00Z', '2025-06-01T18:00:00Z', '2026-02-01T12:00:00Z', '2026-11-21T12:00:00Z'].map((s) => new Date(s));
+  const TOKEN_KINDS = ['inputTokens', 'outputTokens', 'reasoningTokens', 'cacheReadTokens', 'cacheWriteTokens'] as const;
+  const count = fc.nat(1_000_000_000);
+  const counts = fc.tuple(count, count, count, count, count).map((c) => Object.fromEntries(TOKEN_KINDS.map((k, i) => [k, c[i]!])) as Record<(typeof TOKEN_KINDS)[number], number>);
+  /** A percent with up to 6 decimals in [0, max]. */
+  const percent = (max: number) => fc.bigInt({ min: 0n, max: BigInt(max) * 1_000_000n }).map((n) => formatExactDecimal({ units: n, scale: 6 }));
+  /** A creditUsdValue in (0, 1000000] with up to 10 decimals. */
+  const creditUsdValue = fc.bigInt({ min: 1n, max: 10n ** 16n }).map((n) => formatExactDecimal({ units: n, scale: 10 }));
+  const cost = (b: PriceBookDraft, u: Parameters<typeof priceUsage>[1], s = CENT): bigint | null => {
+    try {
+      return priceUsage(b, u, s).costMicroCredits;
+    } catch (e) {
+      if (e instanceof LedgerError && e.code === 'BAD_USER_INPUT') return null;
+      throw e;
+    }
+  };
+
+  it('hand-computed against the providers\' published prices: long context, cache read/write, reasoning, off-peak', () => {
+    const b = book([{ category: 'llm', kind: 'PER_TOKEN', markupPercent: '20' }, { category: 'raw', kind: 'PER_TOKEN' }]);
+    const at = new Date('2025-06-01T12:00:00Z');
+    const c = (category: string, model: string, quantities: Record<string, number>, s = CENT, when = at) => priceUsage(b, { category, model, occurredAt: when, quantities }, s).costMicroCredits;
+    // claude-sonnet-4-5, prompt 250,000 > 200,000 (input + cache read + cache write): $6 in, $0.60 cache read,
+    // $7.50 cache write (5 min), $22.50 out: 0.9 + 0.048 + 0.15 + 0.045 = $1.143 = 114.3 credits, + 20 % = 137.16.
+    expect(c('llm', 'claude-sonnet-4-5', { inputTokens: 150_000, cacheReadTokens: 80_000, cacheWriteTokens: 20_000, outputTokens: 2_000 })).toBe(137_160_000n);
+    // Prompt exactly 200,000: base prices $3 / $0.30 / $3.75 / $15: 0.3 + 0.024 + 0.075 + 0.03 = $0.429, + 20 % = 51.48.
+    expect(c('llm', 'claude-sonnet-4-5', { inputTokens: 100_000, cacheReadTokens: 80_000, cacheWriteTokens: 20_000, outputTokens: 2_000 })).toBe(51_480_000n);
+    // o1: $15 in, $7.50 cached, $60 out, reasoning at the output price: 0.015 + 0.03 + 0.03 + 0.12 = $0.195.
+    expect(c('raw', 'o1', { inputTokens: 1_000, cacheReadTokens: 4_000, outputTokens: 500, reasoningTokens: 2_000 })).toBe(19_500_000n);
+    // gemini-2.5-pro over 200,000 prompt tokens: $2.50 in, $15 out: $0.5150025; at $0.03 a credit 17.16675 credits.
+    expect(c('raw', 'gemini-2.5-pro', { inputTokens: 200_001, outputTokens: 1_000 }, { creditUsdValue: '0.03' })).toBe(17_166_750n);
+    // deepseek-chat: $0.27 / $1.10 per million, half price off-peak (16:30-00:30 UTC).
+    expect(c('raw', 'deepseek-chat', { inputTokens: 1_000_000, outputTokens: 1_000_000 })).toBe(137_000_000n);
+    expect(c('raw', 'deepseek-chat', { inputTokens: 1_000_000, outputTokens: 1_000_000 }, CENT, new Date('2025-06-01T17:00:00Z'))).toBe(68_500_000n);
+  });
+
+  it('has token models with tiers, dates and times of day to check', () => {
+    expect(tokenModels.length).toBeGreaterThan(1000);
+    expect(tokenModels.some((m) => lookupModelPrice(m.modelId, m.providerId)?.tiered)).toBe(true);
+  });
+
+  it('costs what genai-prices computes for any catalog model, with reasoning and cache tokens counted once (float cross-check)', () => {
+    // genai-prices counts input_tokens WITH the cached parts and output_tokens WITH reasoning;
+    // the API's counts are disjoint (docs/pricing.md), so they are summed for the reference.
+    const b = book([{ category: 'llm', kind: 'PER_TOKEN' }]);
+    fc.assert(
+      fc.property(fc.constantFrom(...tokenModels), fc.constantFrom(...instants), fc.tuple(fc.nat(1_500_000), fc.nat(300_000), fc.nat(300_000), fc.nat(300_000), fc.nat(300_000)), (m, at, [inp, out, rea, cr, cw]) => {
+        const priced = priceUsage(b, { category: 'llm', model: m.id, occurredAt: at, quantities: { inputTokens: inp, outputTokens: out, reasoningTokens: rea, cacheReadTokens: cr, cacheWriteTokens: cw } }, { creditUsdValue: '1' });
+        const ref = calcPrice(
+          { input_tokens: inp + cr + cw, cache_read_tokens: cr, cache_write_tokens: cw, output_tokens: out + rea, output_reasoning_tokens: rea },
+          m.modelId,
+          { providerId: m.providerId, timestamp: at },
+        );
+        expect(ref).not.toBeNull();
+        expect(Math.abs(Number(priced.exactCost) - ref!.total_price)).toBeLessThanOrEqual(Math.max(1e-12, ref!.total_price * 1e-12));
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('more tokens of any kind never cost less (same model, instant, rule)', () => {
+    const b = book([{ category: 'llm', kind: 'PER_TOKEN', markupPercent: '20' }]);
+    fc.assert(
+      fc.property(fc.constantFrom(...tokenModels), fc.constantFrom(...instants), counts, fc.constantFrom(...TOKEN_KINDS), fc.nat(1_000_000), (m, at, q, kind, more) => {
+        const bigger = { ...q, [kind]: Math.min(q[kind] + more, 1_000_000_000) };
+        const a = cost(b, { category: 'llm', model: m.id, occurredAt: at, quantities: q });
+        const z = cost(b, { category: 'llm', model: m.id, occurredAt: at, quantities: bigger });
+        if (a !== null && z !== null) expect(z >= a).toBe(true);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('more seconds or units never cost less; FREE costs 0 whatever is reported', () => {
+    const units = ['units', 'seconds', 'minutes', 'hours', 'tokens'] as const;
+    const dec = fc.bigInt({ min: 0n, max: 10n ** 15n }).map((n) => formatExactDecimal({ units: n, scale: 9 }));
+    fc.assert(
+      fc.property(fc.constantFrom(...units), fc.bigInt({ min: 0n, max: 10n ** 12n }).map((n) => formatExactDecimal({ units: n, scale: 6 })), dec, dec, counts, (unit, credits, x, extra, q) => {
+        const b = book([{ category: 'c', kind: 'PER_UNIT', unit, credits }, { category: 'free', kind: 'FREE' }]);
+        const plus = toDecimalString(add(parseRational(x, 'x'), parseRational(extra, 'x')));
+        const a = cost(b, { category: 'c', quantities: { seconds: x, units: x, ...q } });
+        const z = cost(b, { category: 'c', quantities: { seconds: plus, units: plus, ...q, inputTokens: q.inputTokens + 1 } });
+        // null: out of range, the only refusal here; a larger quantity is out of range too.
+        if (a === null) expect(z).toBeNull();
+        else if (z !== null) expect(z >= a).toBe(true);
+        expect(priceUsage(b, { category: 'free', byok: true, providerCostUsd: x, quantities: { seconds: x, units: x, ...q } }, CENT).costMicroCredits).toBe(0n);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('BYOK never costs more than the same call without it, when the fee is at most 100 %', () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...tokenModels), fc.constantFrom('PER_TOKEN', 'PASS_THROUGH' as const), percent(10_000), percent(100), creditUsdValue, counts,
+        fc.option(fc.bigInt({ min: 0n, max: 10n ** 15n }).map((n) => formatExactDecimal({ units: n, scale: 9 })), { nil: undefined }),
+        (m, kind, markupPercent, byokFeePercent, cuv, q, providerCostUsd) => {
+          const b = book([{ category: 'llm', kind, markupPercent }], { byokFeePercent });
+          const u = { category: 'llm', model: m.id, occurredAt: instants[4], quantities: q, ...(kind === 'PASS_THROUGH' ? { providerCostUsd } : {}) };
+          const without = cost(b, u, { creditUsdValue: cuv });
+          const withKey = cost(b, { ...u, byok: true }, { creditUsdValue: cuv });
+          if (without !== null && withKey !== null) expect(withKey <= without).toBe(true);
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('costs the exact catalog price x (1 + markup) / creditUsdValue rounded up, for huge counts, markups and credit values too (or is refused as out of range, never truncated)', () => {
+    fc.assert(
+      fc.property(fc.constantFrom(...tokenModels), percent(10_000), creditUsdValue, counts, (m, markupPercent, cuv, q) => {
+        const b = book([{ category: 'llm', kind: 'PER_TOKEN', markupPercent }]);
+        // Independent exact computation from the catalog's prices in force for this prompt size.
+        const p = lookupModelPrice(m.modelId, m.providerId, { promptTokens: q.inputTokens + q.cacheReadTokens + q.cacheWriteTokens, at: instants[4] })!;
+        const perToken = { inputTokens: p.inputUsdPerMillion, outputTokens: p.outputUsdPerMillion, reasoningTokens: p.reasoningUsdPerMillion, cacheReadTokens: p.cacheReadUsdPerMillion, cacheWriteTokens: p.cacheWriteUsdPerMillion };
+        if (TOKEN_KINDS.some((k) => q[k] > 0 && perToken[k] === null)) return; // not priceable from the catalog
+        let usd = p.requestUsd ? fromDecimal(p.requestUsd) : rational(0n);
+        for (const k of TOKEN_KINDS) if (q[k] > 0) usd = add(usd, mul(rational(BigInt(q[k]), 1_000_000n), fromDecimal(perToken[k]!)));
+        const credits = mul(div(usd, parseRational(cuv, 'cuv')), add(rational(1n), div(parseRational(markupPercent, 'm'), rational(100n))));
+        const expected = ceilToMicroCredits(credits);
+        let r;
+        try {
+          r = priceUsage(b, { category: 'llm', model: m.id, occurredAt: instants[4], quantities: q }, { creditUsdValue: cuv });
+        } catch (e) {
+          expect((e as LedgerError).message).toBe('quantities: the cost of this event is out of range');
+          expect(expected > 2n ** 63n - 1n).toBe(true);
+          return;
+        }
+        expect(r.costMicroCredits).toBe(expected);
+        // Each shown line amount is its exact amount rounded half-up: within half a micro-credit
+        // (exact amounts shown to 12 places when they do not terminate, hence the slack).
+        for (const l of r.lines) {
+          const diff = sub(rational(l.amountMicroCredits, 1_000_000n), parseRational(l.exactAmount, 'x'));
+          expect(compare(diff, rational(1n, 1_000_000n)) < 0 && compare(diff, rational(-1n, 1_000_000n)) > 0).toBe(true);
+        }
+      }),
+      { numRuns: 1000 },
+    );
   });
 });
