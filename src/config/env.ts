@@ -213,6 +213,10 @@ const EnvSchema = z.object({
   if (env.STRIPE_TEST_WEBHOOK_SECRET && env.STRIPE_TEST_WEBHOOK_SECRET === env.STRIPE_WEBHOOK_SECRET) {
     ctx.addIssue({ code: 'custom', path: ['STRIPE_TEST_WEBHOOK_SECRET'], message: 'must differ from STRIPE_WEBHOOK_SECRET (the test-mode endpoint has its own signing secret)' });
   }
+  // Stripe cannot charge without its key; refused here with the rest, not later by createPaymentProvider alone.
+  if (env.PAYMENT_PROVIDER === 'stripe' && !env.STRIPE_SECRET_KEY) {
+    ctx.addIssue({ code: 'custom', path: ['STRIPE_SECRET_KEY'], message: 'is required when PAYMENT_PROVIDER=stripe' });
+  }
   // Without the secret no delivery can be signed: every alert webhook would fail for good (deliverWebhook).
   if (env.WEBHOOK_URL && !env.WEBHOOK_SECRET) {
     ctx.addIssue({ code: 'custom', path: ['WEBHOOK_SECRET'], message: 'is required when WEBHOOK_URL is set (webhooks are signed with it)' });

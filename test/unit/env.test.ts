@@ -50,6 +50,14 @@ describe('parseEnv', () => {
     expect(parseEnv({ ADMIN_API_KEY: shared, JWT_SECRET: other, WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: third }).JWT_SECRET).toBe(other);
   });
 
+  it('refuses PAYMENT_PROVIDER=stripe without STRIPE_SECRET_KEY at parse time, with the other cross-variable problems (not later, alone, when the provider is built)', () => {
+    expect(() => parseEnv({ PAYMENT_PROVIDER: 'stripe', WEBHOOK_URL: 'https://hooks.example/creditpool' })).toThrow(
+      /WEBHOOK_SECRET: is required[^]*STRIPE_SECRET_KEY: is required when PAYMENT_PROVIDER=stripe|STRIPE_SECRET_KEY: is required when PAYMENT_PROVIDER=stripe[^]*WEBHOOK_SECRET: is required/,
+    );
+    expect(parseEnv({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_x' }).STRIPE_SECRET_KEY).toBe('sk_test_x');
+    expect(parseEnv({}).PAYMENT_PROVIDER).toBe('simulator');
+  });
+
   it('refuses a client-side query timeout not longer than the statement timeout', () => {
     expect(() => parseEnv({ PG_QUERY_TIMEOUT_MS: '30000', PG_STATEMENT_TIMEOUT_MS: '30000' })).toThrow(/PG_QUERY_TIMEOUT_MS: must be longer than PG_STATEMENT_TIMEOUT_MS/);
   });
