@@ -138,3 +138,45 @@ export async function globalCounts(srv: TestServer) {
   );
   return rows[0];
 }
+
+/** Row counts of every table a refused request could write to besides the accounts' own rows. */
+export async function platformCounts(srv: TestServer) {
+  const { rows } = await srv.services.pool.query(
+    `SELECT (SELECT count(*) FROM spending_budgets)::int AS budgets, (SELECT count(*) FROM plans)::int AS plans,
+            (SELECT count(*) FROM credit_packs)::int AS packs, (SELECT count(*) FROM promo_codes)::int AS promos,
+            (SELECT count(*) FROM payments)::int AS payments`,
+  );
+  return { ...(await globalCounts(srv)), ...rows[0] };
+}
+
+/**
+ * Sends the request, asserts exactly one error with `code` whose message matches `message`, and
+ * that nothing changed: the accounts' snapshots and the platform-wide row counts. Returns the error.
+ */
+export async function expectRefusedUnchanged(srv: TestServer, accountGlobalIds: string[], send: () => Promise<GqlResponse>, code: string, message: RegExp) {
+  const counts = await platformCounts(srv);
+  const res = await expectUnchanged(srv, accountGlobalIds, send);
+  const error = expectError(res, code);
+  expect(error.message).toMatch(message);
+  expect(await platformCounts(srv)).toEqual(counts);
+  return error;
+}
+
+/** What bad-input tests aim at: a funded account with one grant, one usage event and one hold, and a bystander. */
+export interface RefusalTargets {
+  acct: string;
+  other: string;
+  grantId: string;
+  eventId: string;
+  holdId: string;
+}
+
+/** Creates {@link RefusalTargets} over the API (50 PAID + 5 FREE credits on `acct`, 5 PAID on `other`). */
+export async function refusalTargets(srv: TestServer): Promise<RefusalTargets> {
+  const acct = await apiAccount(srv, { paid: '50' });
+  const other = await apiAccount(srv, { paid: '5' });
+  const grantId = await grant(srv, acct, '5', 'FREE');
+  const eventId = ok(await srv.gql(`mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } })).recordUsage.id;
+  const holdId = ok(await srv.gql(`mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`, { input: { accountId: acct, amount: '2', idempotencyKey: uniq('h') } })).reserveCredits.id;
+  return { acct, other, grantId, eventId, holdId };
+}

@@ -13,7 +13,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectError, expectUnchanged, gid, globalCounts, ok, uniq, type GqlResponse } from './helpers.js';
+import { apiAccount, dbId, expectError, expectRefusedUnchanged, gid, ok, refusalTargets, uniq, type GqlResponse } from './helpers.js';
 
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id occurredAt agentId taskId } }`;
 const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { id occurredAt } } }`;
@@ -26,9 +26,8 @@ const USAGE = `query($id: ID!, $filter: UsageFilter) { account(id: $id) { usage(
 const REFUND = `mutation($id: ID!, $r: String!) { refundUsage(usageEventId: $id, reason: $r) { id } }`;
 
 let srv: TestServer;
-/** The account the bad requests target (funded, with one hold, one grant and one event). */
+/** The account the bad requests target (funded, with one hold, one grant and one event), and a bystander. */
 let acct: string;
-/** A bystander account. */
 let other: string;
 let holdId: string;
 let grantId: string;
@@ -36,36 +35,15 @@ let eventId: string;
 
 beforeAll(async () => {
   srv = await startTestServer();
-  acct = await apiAccount(srv, { paid: '50' });
-  other = await apiAccount(srv, { paid: '5' });
-  grantId = ok(await srv.gql(GRANT, { input: { accountId: acct, amount: '5', type: 'FREE', source: 'PROMO_CODE', idempotencyKey: uniq('g') } })).grantCredits.id;
-  eventId = ok(await srv.gql(RECORD, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } })).recordUsage.id;
-  holdId = ok(await srv.gql(RESERVE, { input: { accountId: acct, amount: '2', idempotencyKey: uniq('h') } })).reserveCredits.id;
+  ({ acct, other, grantId, eventId, holdId } = await refusalTargets(srv));
 });
 
 afterAll(async () => {
   await srv?.close();
 });
 
-/** Row counts of every table a refused request could write to besides the accounts' own rows. */
-async function platformCounts() {
-  const { rows } = await srv.services.pool.query(
-    `SELECT (SELECT count(*) FROM spending_budgets)::int AS budgets, (SELECT count(*) FROM plans)::int AS plans,
-            (SELECT count(*) FROM credit_packs)::int AS packs, (SELECT count(*) FROM price_books)::int AS books,
-            (SELECT count(*) FROM payments)::int AS payments, (SELECT count(*) FROM accounts)::int AS accounts`,
-  );
-  return { ...(await globalCounts(srv)), ...rows[0] };
-}
-
 /** Sends the request, asserts one error with `code` and `message`, and that nothing changed anywhere. */
-async function expectRejected(send: () => Promise<GqlResponse>, code: string, message: RegExp, accounts = [acct, other]) {
-  const counts = await platformCounts();
-  const res = await expectUnchanged(srv, accounts, send);
-  const error = expectError(res, code);
-  expect(error.message).toMatch(message);
-  expect(await platformCounts()).toEqual(counts);
-  return error;
-}
+const expectRejected = (send: () => Promise<GqlResponse>, code: string, message: RegExp, accounts = [acct, other]) => expectRefusedUnchanged(srv, accounts, send, code, message);
 
 const usageInput = (extra: Record<string, unknown> = {}) => ({ accountId: acct, idempotencyKey: uniq('u'), category: 'unit', ...extra });
 

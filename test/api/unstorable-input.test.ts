@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectError, expectUnchanged, gid, globalCounts, ok, uniq, type GqlResponse } from './helpers.js';
+import { apiAccount, dbId, expectError, expectRefusedUnchanged, expectUnchanged, gid, ok, refusalTargets, uniq, type GqlResponse } from './helpers.js';
 
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id occurredAt metadata } }`;
 const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { id } } }`;
@@ -26,9 +26,8 @@ const USAGE = `query($id: ID!, $filter: UsageFilter) { account(id: $id) { usage(
 const TASK_COST = `query($id: ID!, $t: String!) { taskCost(accountId: $id, taskId: $t) { credits events } }`;
 
 let srv: TestServer;
-/** The account the bad requests target (funded, with one hold, one grant and one event). */
+/** The account the bad requests target (funded, with one hold, one grant and one event), and a bystander. */
 let acct: string;
-/** A bystander account. */
 let other: string;
 let holdId: string;
 let grantId: string;
@@ -36,39 +35,15 @@ let eventId: string;
 
 beforeAll(async () => {
   srv = await startTestServer();
-  acct = await apiAccount(srv, { paid: '50' });
-  other = await apiAccount(srv, { paid: '5' });
-  grantId = ok(await srv.gql(GRANT, { input: { accountId: acct, amount: '5', type: 'FREE', source: 'PROMO_CODE', idempotencyKey: uniq('g') } })).grantCredits.id;
-  eventId = ok(await srv.gql(RECORD, { input: { accountId: acct, idempotencyKey: uniq('u'), category: 'unit' } })).recordUsage.id;
-  holdId = ok(await srv.gql(RESERVE, { input: { accountId: acct, amount: '2', idempotencyKey: uniq('h') } })).reserveCredits.id;
+  ({ acct, other, grantId, eventId, holdId } = await refusalTargets(srv));
 });
 
 afterAll(async () => {
   await srv?.close();
 });
 
-/** Row counts of every table a refused request could write to besides the accounts' own rows. */
-async function platformCounts() {
-  const { rows } = await srv.services.pool.query(
-    `SELECT (SELECT count(*) FROM spending_budgets)::int AS budgets, (SELECT count(*) FROM plans)::int AS plans,
-            (SELECT count(*) FROM credit_packs)::int AS packs, (SELECT count(*) FROM promo_codes)::int AS promos,
-            (SELECT count(*) FROM payments)::int AS payments`,
-  );
-  return { ...(await globalCounts(srv)), ...rows[0] };
-}
-
-/**
- * Sends the request, asserts exactly one error with `code` whose message matches `message`, and
- * that nothing changed: both accounts' snapshots and the platform-wide row counts.
- */
-async function expectRejected(send: () => Promise<GqlResponse>, code: string, message: RegExp) {
-  const counts = await platformCounts();
-  const res = await expectUnchanged(srv, [acct, other], send);
-  const error = expectError(res, code);
-  expect(error.message).toMatch(message);
-  expect(await platformCounts()).toEqual(counts);
-  return error;
-}
+/** Sends the request, asserts one error with `code` and `message`, and that nothing changed anywhere. */
+const expectRejected = (send: () => Promise<GqlResponse>, code: string, message: RegExp) => expectRefusedUnchanged(srv, [acct, other], send, code, message);
 
 /** POSTs a raw JSON body (for JSON numbers JavaScript cannot hold, like 1e400). */
 async function rawGql(body: string): Promise<GqlResponse> {
