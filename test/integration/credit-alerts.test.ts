@@ -220,4 +220,16 @@ describe('a change that waited for the account while a later-dated one committed
     expect(live.version).toBe(b.version);
     expect([live.availableMicroCredits, live.periodMicroCredits, live.percentRemaining]).toEqual([credits(99), credits(100), 99]);
   });
+
+  it('a balance read on a clock behind the last change (another server\'s, running late) is the balance at that version', async () => {
+    services.setNow(new Date('2026-11-21T10:00:00Z'));
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    services.setNow(new Date('2026-11-21T10:00:02Z'));
+    await grantCredits(services, { accountId, amountMicroCredits: credits(100), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: `g-${randomUUID()}` });
+    const { rows } = await services.pool.query(`SELECT payload FROM outbox_events WHERE account_id = $1 AND topic = 'balance' ORDER BY id DESC LIMIT 1`, [accountId]);
+    const live = balanceFromSnapshot(rows[0].payload);
+    const read = await readBalance(services.pool, accountId, new Date('2026-11-21T10:00:01Z'));
+    expect(read.version).toBe(live.version);
+    expect([read.availableMicroCredits, read.periodMicroCredits, read.percentRemaining]).toEqual([credits(200), credits(200), 100]);
+  });
 });
