@@ -55,7 +55,7 @@ export interface AccountState {
 
 /** The locked balance row and its account (AccountTx.lock / lockMany add the filter and FOR UPDATE). */
 const LOCK_SELECT = `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.created_at, a.billing_anchor_at, a.budget_version,
-              b.total_micro_credits, b.debt_micro_credits, b.version
+              b.total_micro_credits, b.debt_micro_credits, b.version, b.updated_at
          FROM balances b JOIN accounts a ON a.id = b.account_id`;
 
 /** SQL of an account's spendable batches at `now` (ACTIVE, not past expiresAt), as loadedBatchFromRow reads them. */
@@ -238,7 +238,15 @@ export interface AccountTxMark {
 export class AccountTx {
   readonly tx: Tx;
   readonly accountId: string;
-  /** "Now" for every rule of this account: its test clock, or the wall clock. */
+  /**
+   * "Now" for every rule of this account: its test clock, or the wall clock, but never before the
+   * instant of the account's last committed change (balances.updated_at). The wall clock is read
+   * before the lock is waited for, so a change that took the lock first may be dated later (or
+   * another server's clock may run ahead); the period's figures count grants and voids dated up
+   * to now (balance_figures), so a change dated before one already committed would compute them
+   * without it (a void's credit still in periodCredits: false credit alerts, and a live snapshot
+   * that is not the balance at its version). Per account, instants follow the version order.
+   */
   readonly now: Date;
   readonly createdAt: Date;
   /** Start of the first billing period (creation, or the start of the plan; subscribeToPlan moves it). */
@@ -265,7 +273,8 @@ export class AccountTx {
     this.kind = row.kind as 'ORGANIZATION' | 'USER';
     const clockAt = row.test_clock_at as Date | null;
     this.testMode = row.test_mode === true;
-    this.now = row.test_mode && clockAt ? clockAt : wallNow;
+    const lastChangeAt = row.updated_at as Date;
+    this.now = row.test_mode && clockAt ? clockAt : lastChangeAt > wallNow ? lastChangeAt : wallNow;
     this.total = toBigInt(row.total_micro_credits);
     this.debt = toBigInt(row.debt_micro_credits);
     this.versionBefore = toBigInt(row.version);
@@ -322,6 +331,7 @@ export class AccountTx {
       total_micro_credits: this.total.toString(),
       debt_micro_credits: this.debt.toString(),
       version: version.toString(),
+      updated_at: this.now, // at least what the balance row holds once this transaction committed
     };
   }
 
@@ -458,7 +468,7 @@ export class AccountTx {
    * PostgreSQL runs it after the lock was granted, with a snapshot taken then, so it reads what
    * it would read one round trip later). Then the accounts' "now" is not known yet: with
    * `accountClock`, `now` is the wall clock and the statement applies each account's test clock
-   * itself, as AccountTx does; the state's `now` says which instant was used.
+   * (or its last change's instant, when later) itself, as AccountTx does; the state's `now` says which instant was used.
    * @param wanted each account with the idempotency keys and reservation ids of its charges (and
    *   of its settles), the idempotency keys of its holds, and its now (or the wall clock, with
    *   `accountClock`).
@@ -494,8 +504,12 @@ export class AccountTx {
               p.list AS priors, hl.list AS holds, hk.list AS hold_keys, r.budgets
          FROM unnest($1::uuid[], $2::timestamptz[], $9::boolean[], $10::jsonb[]) AS w(account, now, account_clock, subjects)
          JOIN accounts acc ON acc.id = w.account
+         JOIN balances bal ON bal.account_id = w.account
+         -- The account's now as AccountTx computes it: its test clock, else the wall clock but not
+         -- before its last committed change.
          CROSS JOIN LATERAL (SELECT w.account,
-                CASE WHEN w.account_clock AND acc.test_mode AND acc.test_clock_at IS NOT NULL THEN acc.test_clock_at ELSE w.now END AS now) a
+                CASE WHEN w.account_clock AND acc.test_mode AND acc.test_clock_at IS NOT NULL THEN acc.test_clock_at
+                     WHEN w.account_clock THEN GREATEST(w.now, bal.updated_at) ELSE w.now END AS now) a
          LEFT JOIN holds hl ON hl.account = a.account
          CROSS JOIN LATERAL (
                -- Where the account has a budget: the budgets of the subjects asked for and of the

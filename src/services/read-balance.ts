@@ -49,7 +49,10 @@ export async function readBalance(db: pg.Pool | pg.PoolClient, accountId: string
  * after it: a balance the account never had, labelled with the older version, which a live
  * subscription then sent as that version.) The billing period is `billing_period`, as in the
  * outbox snapshots balances_changed writes (src/ledger/billing-period.ts monthlyPeriodAt is the
- * same rule).
+ * same rule). Its now is the account's test clock, else `wallNow` but not before the account's
+ * last committed change (as AccountTx's now): on a clock running behind the server that wrote the
+ * change, a grant dated after `wallNow` would be in `available` but not in periodCredits, unlike
+ * the snapshot of the same version.
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
 export async function readBalanceSnapshot(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<BalanceSnapshot> {
@@ -58,7 +61,7 @@ export async function readBalanceSnapshot(db: pg.Pool | pg.PoolClient, accountId
        FROM accounts a JOIN balances b ON b.account_id = a.id
        LEFT JOIN plan_subscriptions s ON s.account_id = a.id AND s.active
        LEFT JOIN plans p ON p.id = s.plan_id
-       CROSS JOIN LATERAL (SELECT CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END AS now) n
+       CROSS JOIN LATERAL (SELECT CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE GREATEST($2::timestamptz, b.updated_at) END AS now) n
        CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
        CROSS JOIN LATERAL balance_figures($1, n.now, per.period_start) f
       WHERE a.id = $1`,

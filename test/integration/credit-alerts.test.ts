@@ -19,6 +19,7 @@ import { grantCredits } from '../../src/services/grant-credits.js';
 import { voidGrant } from '../../src/services/void-grant.js';
 import { expireDue } from '../../src/services/expire-due.js';
 import { credits } from '../../src/ledger/credits.js';
+import { balanceFromSnapshot } from '../../src/services/balance-figures.js';
 
 let services: TestServices;
 
@@ -162,5 +163,73 @@ describe('voidGrant of credit that had not expired', () => {
     expect(await alerts(accountId)).toEqual([]);
     await spend(accountId, '149'); // 50 of 200 left: 25 %
     expect(await alerts(accountId)).toEqual([{ threshold: 25, periodStart: '2026-03-10T00:00:00.000Z' }]);
+  });
+});
+
+/**
+ * A change reads the wall clock before it waits for the account's lock; another change may take
+ * the lock first with a later instant (or another server's clock may run ahead). The period's
+ * figures count grants and voids dated up to the change's instant, so a charge dated before a void
+ * that had already committed counted the voided credit in periodCredits (its rest gone from
+ * `available`): 99 of 1,100 (9 %), raising the period's 25 % and 15 % alerts with 99 % left and
+ * using them up, and a live credit bar showing that at a version whose `balance` query says 99 %.
+ */
+describe('a change that waited for the account while a later-dated one committed', () => {
+  /** Resolves once `n` sessions of the test database wait for a lock. */
+  async function lockWaiters(n: number): Promise<void> {
+    for (let i = 0; i < 500; i++) {
+      const { rows } = await services.pool.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+      );
+      if (rows[0].n >= n) return;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    throw new Error(`${n} lock waiters never showed up`);
+  }
+
+  afterAll(() => services.setNow(null));
+
+  it('a charge dated before a void that committed first counts the void: no false alerts, its snapshot is the balance at its version', async () => {
+    services.setNow(new Date('2026-11-20T10:00:00Z'));
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    const mistake = await grantCredits(services, { accountId, amountMicroCredits: credits(1000), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: `m-${randomUUID()}` });
+    // Hold the account so the void and the charge both wait for it, the void first.
+    const blocker = await services.pool.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      services.setNow(new Date('2026-11-20T10:00:02Z'));
+      const voided = voidGrant(services, mistake.grantId, 'granted by mistake');
+      await lockWaiters(1);
+      // The charge's instant was read before the void's (it is only queued behind it).
+      services.setNow(new Date('2026-11-20T10:00:01Z'));
+      const charged = spend(accountId, '1');
+      await lockWaiters(2);
+      await blocker.query('COMMIT');
+      await Promise.all([voided, charged]);
+    } finally {
+      blocker.release();
+    }
+    services.setNow(new Date('2026-11-20T10:00:03Z'));
+    expect(await alerts(accountId)).toEqual([]);
+    const b = await expectLedgerInvariant(services.pool, accountId, new Date('2026-11-20T10:00:03Z'));
+    expect([b.availableMicroCredits, b.periodMicroCredits, b.percentRemaining]).toEqual([credits(99), credits(100), 99]);
+    // The last snapshot written for the live credit bar is that balance at that version.
+    const { rows } = await services.pool.query(`SELECT payload FROM outbox_events WHERE account_id = $1 AND topic = 'balance' ORDER BY id DESC LIMIT 1`, [accountId]);
+    const live = balanceFromSnapshot(rows[0].payload);
+    expect(live.version).toBe(b.version);
+    expect([live.availableMicroCredits, live.periodMicroCredits, live.percentRemaining]).toEqual([credits(99), credits(100), 99]);
+  });
+
+  it('a balance read on a clock behind the last change (another server\'s, running late) is the balance at that version', async () => {
+    services.setNow(new Date('2026-11-21T10:00:00Z'));
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    services.setNow(new Date('2026-11-21T10:00:02Z'));
+    await grantCredits(services, { accountId, amountMicroCredits: credits(100), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: `g-${randomUUID()}` });
+    const { rows } = await services.pool.query(`SELECT payload FROM outbox_events WHERE account_id = $1 AND topic = 'balance' ORDER BY id DESC LIMIT 1`, [accountId]);
+    const live = balanceFromSnapshot(rows[0].payload);
+    const read = await readBalance(services.pool, accountId, new Date('2026-11-21T10:00:01Z'));
+    expect(read.version).toBe(live.version);
+    expect([read.availableMicroCredits, read.periodMicroCredits, read.percentRemaining]).toEqual([credits(200), credits(200), 100]);
   });
 });
