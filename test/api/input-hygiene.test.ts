@@ -13,7 +13,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectError, expectRefusedUnchanged, gid, ok, refusalTargets, uniq, type GqlResponse } from './helpers.js';
+import { apiAccount, dbId, expectError, expectRefusedUnchanged, gid, ok, refusalTargets, uniq, type GqlResponse, type RefusalTargets } from './helpers.js';
 
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id occurredAt agentId taskId } }`;
 const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode errorMessage event { id occurredAt } } }`;
@@ -27,15 +27,11 @@ const REFUND = `mutation($id: ID!, $r: String!) { refundUsage(usageEventId: $id,
 
 let srv: TestServer;
 /** The account the bad requests target (funded, with one hold, one grant and one event), and a bystander. */
-let acct: string;
-let other: string;
-let holdId: string;
-let grantId: string;
-let eventId: string;
+let t: RefusalTargets;
 
 beforeAll(async () => {
   srv = await startTestServer();
-  ({ acct, other, grantId, eventId, holdId } = await refusalTargets(srv));
+  t = await refusalTargets(srv);
 });
 
 afterAll(async () => {
@@ -43,9 +39,9 @@ afterAll(async () => {
 });
 
 /** Sends the request, asserts one error with `code` and `message`, and that nothing changed anywhere. */
-const expectRejected = (send: () => Promise<GqlResponse>, code: string, message: RegExp, accounts = [acct, other]) => expectRefusedUnchanged(srv, accounts, send, code, message);
+const expectRejected = (send: () => Promise<GqlResponse>, code: string, message: RegExp, accounts = [t.acct, t.other]) => expectRefusedUnchanged(srv, accounts, send, code, message);
 
-const usageInput = (extra: Record<string, unknown> = {}) => ({ accountId: acct, idempotencyKey: uniq('u'), category: 'unit', ...extra });
+const usageInput = (extra: Record<string, unknown> = {}) => ({ accountId: t.acct, idempotencyKey: uniq('u'), category: 'unit', ...extra });
 
 describe('control characters and line breaks in one-line identifiers and labels', () => {
   const ONE_LINE = (field: string) => new RegExp(`^${field.replace(/[.[\]]/g, '\\$&')}: must not contain control characters or line breaks$`);
@@ -62,20 +58,20 @@ describe('control characters and line breaks in one-line identifiers and labels'
     ['recordUsage messageId with CSI (C1)', 'messageId', () => srv.gql(RECORD, { input: usageInput({ messageId: 'm\u009b2J' }) })],
     ['recordUsage idempotencyKey with DEL (C0 was refused before, DEL was not)', 'idempotencyKey', () => srv.gql(RECORD, { input: usageInput({ idempotencyKey: `k\u007f${randomUUID()}` }) })],
     ['quote agentId with BEL', 'agentId', () => srv.gql(QUOTE, { input: usageInput({ agentId: '\u0007' }) })],
-    ['reserveCredits agentId with LF', 'agentId', () => srv.gql(RESERVE, { input: { accountId: acct, amount: '1', idempotencyKey: uniq('h'), agentId: 'a\nb' } })],
-    ['reserveCredits idempotencyKey with NEL', 'idempotencyKey', () => srv.gql(RESERVE, { input: { accountId: acct, amount: '1', idempotencyKey: `h\u0085${randomUUID()}` } })],
-    ['settleReservation usage item taskId with ESC', 'taskId', () => srv.gql(SETTLE, { input: { reservationId: holdId, usage: [usageInput({ taskId: '\u001b' })] } })],
+    ['reserveCredits agentId with LF', 'agentId', () => srv.gql(RESERVE, { input: { accountId: t.acct, amount: '1', idempotencyKey: uniq('h'), agentId: 'a\nb' } })],
+    ['reserveCredits idempotencyKey with NEL', 'idempotencyKey', () => srv.gql(RESERVE, { input: { accountId: t.acct, amount: '1', idempotencyKey: `h\u0085${randomUUID()}` } })],
+    ['settleReservation usage item taskId with ESC', 'taskId', () => srv.gql(SETTLE, { input: { reservationId: t.holdId, usage: [usageInput({ taskId: '\u001b' })] } })],
     ['createAccount externalId with LF', 'externalId', () => srv.gql(CREATE, { input: { externalId: `x\n${randomUUID()}`, name: 'n', kind: 'USER' } })],
     ['createAccount name with ESC', 'name', () => srv.gql(CREATE, { input: { externalId: uniq('x'), name: 'Acme\u001b]0;pwned\u0007', kind: 'USER' } })],
-    ['grantCredits reference with CR LF', 'reference', () => srv.gql(GRANT, { input: { accountId: acct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g'), reference: 'ticket 1\r\nticket 2' } })],
-    ['grantCredits idempotencyKey with TAB', 'idempotencyKey', () => srv.gql(GRANT, { input: { accountId: acct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: `g\t${randomUUID()}` } })],
-    ['setAgentBudget agentId with TAB', 'agentId', () => srv.gql(`mutation($id: ID!, $a: String!) { setAgentBudget(accountId: $id, agentId: $a, limit: "5") { agentId } }`, { id: acct, a: 'a\tb' })],
-    ['setUserBudget userId with DEL', 'userId', () => srv.gql(`mutation($id: ID!, $u: String!) { setUserBudget(accountId: $id, userId: $u, limit: "5") { userId } }`, { id: acct, u: 'u\u007f' })],
+    ['grantCredits reference with CR LF', 'reference', () => srv.gql(GRANT, { input: { accountId: t.acct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g'), reference: 'ticket 1\r\nticket 2' } })],
+    ['grantCredits idempotencyKey with TAB', 'idempotencyKey', () => srv.gql(GRANT, { input: { accountId: t.acct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: `g\t${randomUUID()}` } })],
+    ['setAgentBudget agentId with TAB', 'agentId', () => srv.gql(`mutation($id: ID!, $a: String!) { setAgentBudget(accountId: $id, agentId: $a, limit: "5") { agentId } }`, { id: t.acct, a: 'a\tb' })],
+    ['setUserBudget userId with DEL', 'userId', () => srv.gql(`mutation($id: ID!, $u: String!) { setUserBudget(accountId: $id, userId: $u, limit: "5") { userId } }`, { id: t.acct, u: 'u\u007f' })],
     ['createCreditPack name with LF', 'name', () => srv.gql(`mutation($input: CreateCreditPackInput!) { createCreditPack(input: $input) { id } }`, { input: { name: 'Pack\nB', credits: '10', priceUsd: '1' } })],
     ['createPlan name with ESC', 'name', () => srv.gql(`mutation($input: CreatePlanInput!) { createPlan(input: $input) { id } }`, { input: { name: `Pro\u001b${randomUUID()}`, monthlyCredits: '10', priceUsd: '1', rollover: 'RESET' } })],
     ['publishPriceBook name with LF', 'name', () => srv.gql(`mutation($input: PriceBookInput!) { publishPriceBook(input: $input) { version } }`, { input: { name: 'a\nb', rules: [{ category: 'unit', kind: 'FLAT', credits: '1' }] } })],
     ['publishPriceBook rule model with NEL', 'rules[0].model', () => srv.gql(`mutation($input: PriceBookInput!) { publishPriceBook(input: $input) { version } }`, { input: { name: 'n', rules: [{ category: 'llm', model: 'gpt\u0085', kind: 'FLAT', credits: '1' }] } })],
-    ['purchaseCreditPack idempotencyKey with LF', 'idempotencyKey', () => srv.gql(`mutation($id: ID!, $p: ID!, $k: String!) { purchaseCreditPack(accountId: $id, packId: $p, idempotencyKey: $k) { id } }`, { id: acct, p: gid('CreditPack', randomUUID()), k: 'k\nk' })],
+    ['purchaseCreditPack idempotencyKey with LF', 'idempotencyKey', () => srv.gql(`mutation($id: ID!, $p: ID!, $k: String!) { purchaseCreditPack(accountId: $id, packId: $p, idempotencyKey: $k) { id } }`, { id: t.acct, p: gid('CreditPack', randomUUID()), k: 'k\nk' })],
   ];
   for (const [name, field, send] of cases) {
     it(`${name} is BAD_USER_INPUT naming ${field} and writes nothing`, async () => {
@@ -107,11 +103,11 @@ describe('free-text reasons', () => {
   const MULTI = /^reason: must not contain control characters other than tab, line feed and carriage return$/;
 
   it('a refund reason with ESC or a LINE SEPARATOR is BAD_USER_INPUT and refunds nothing', async () => {
-    for (const r of ['refund \u001b[2J', 'a\u2028b', 'bell\u0007']) await expectRejected(() => srv.gql(REFUND, { id: eventId, r }), 'BAD_USER_INPUT', MULTI);
+    for (const r of ['refund \u001b[2J', 'a\u2028b', 'bell\u0007']) await expectRejected(() => srv.gql(REFUND, { id: t.eventId, r }), 'BAD_USER_INPUT', MULTI);
   });
 
   it('a void reason with DEL is BAD_USER_INPUT and voids nothing', async () => {
-    await expectRejected(() => srv.gql(`mutation($id: ID!, $r: String!) { voidGrant(grantId: $id, reason: $r) { id } }`, { id: grantId, r: 'oops\u007f' }), 'BAD_USER_INPUT', MULTI);
+    await expectRejected(() => srv.gql(`mutation($id: ID!, $r: String!) { voidGrant(grantId: $id, reason: $r) { id } }`, { id: t.grantId, r: 'oops\u007f' }), 'BAD_USER_INPUT', MULTI);
   });
 
   it('a reason over several lines, with tabs, is kept as sent (control)', async () => {
@@ -174,16 +170,16 @@ describe('occurredAt after the account\'s current time', () => {
 
 describe('usage(filter:) range', () => {
   it('to before from is BAD_USER_INPUT, as usageSummary answers; to equal to from is an empty page (control)', async () => {
-    const res = await srv.gql(USAGE, { id: acct, filter: { from: '2026-02-01T00:00:00Z', to: '2026-01-01T00:00:00Z' } });
+    const res = await srv.gql(USAGE, { id: t.acct, filter: { from: '2026-02-01T00:00:00Z', to: '2026-01-01T00:00:00Z' } });
     const error = expectError(res, 'BAD_USER_INPUT');
     expect(error.message).toBe('filter.to: must not be before filter.from');
     expect(error.extensions).toMatchObject({ field: 'filter.to' });
-    const summary = await srv.gql(`query($id: ID!) { account(id: $id) { usageSummary(from: "2026-02-01T00:00:00Z", to: "2026-01-01T00:00:00Z", groupBy: [CATEGORY]) { credits } } }`, { id: acct });
+    const summary = await srv.gql(`query($id: ID!) { account(id: $id) { usageSummary(from: "2026-02-01T00:00:00Z", to: "2026-01-01T00:00:00Z", groupBy: [CATEGORY]) { credits } } }`, { id: t.acct });
     expectError(summary, 'BAD_USER_INPUT');
-    const empty = ok(await srv.gql(USAGE, { id: acct, filter: { from: '2026-02-01T00:00:00Z', to: '2026-02-01T00:00:00Z' } }));
+    const empty = ok(await srv.gql(USAGE, { id: t.acct, filter: { from: '2026-02-01T00:00:00Z', to: '2026-02-01T00:00:00Z' } }));
     expect(empty.account.usage.edges).toEqual([]);
     // And a range that holds the account's event finds it.
-    const all = ok(await srv.gql(USAGE, { id: acct, filter: { from: '2000-01-01T00:00:00Z', to: new Date(Date.now() + 60_000).toISOString() } }));
-    expect(all.account.usage.edges.map((e: { node: { id: string } }) => e.node.id)).toContain(eventId);
+    const all = ok(await srv.gql(USAGE, { id: t.acct, filter: { from: '2000-01-01T00:00:00Z', to: new Date(Date.now() + 60_000).toISOString() } }));
+    expect(all.account.usage.edges.map((e: { node: { id: string } }) => e.node.id)).toContain(t.eventId);
   });
 });
