@@ -320,7 +320,11 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         if (err instanceof LedgerError) {
           throw new GraphQLError(err.message, { extensions: { code: err.code, http: { status: err.code === 'UNAUTHENTICATED' ? 401 : 503 } } });
         }
-        throw maskFor(err, requestId, false); // e.g. the API key lookup found no database: UNAVAILABLE with this request's id
+        // e.g. the API key lookup found no database: UNAVAILABLE with this request's id, and HTTP
+        // 503 like a JWKS outage above (both mean "the credential cannot be checked now").
+        const masked = maskFor(err, requestId, false);
+        if (masked.extensions.code !== 'UNAVAILABLE') throw masked;
+        throw new GraphQLError(masked.message, { extensions: { ...masked.extensions, http: { status: 503 } } });
       }
       const flagged = !ws && request.headers.get('x-creditpool-audience')?.toLowerCase() === 'public';
       const publicAudience = flagged || (principal?.kind === 'service' && principal.publicAudience === true);
