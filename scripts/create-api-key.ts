@@ -1,6 +1,7 @@
 /**
- * CLI: creates or revokes a service API key in $DATABASE_URL
- * (default postgresql://postgres@127.0.0.1:5432/creditpool).
+ * CLI: creates or revokes a service API key in $DATABASE_URL. The environment is read and
+ * validated like the server's (src/config/env.ts: DATABASE_URL, REDIS_URL, LIVE_CHANNEL_PREFIX
+ * and their defaults); an invalid one exits 1 listing every problem.
  *
  * Usage:
  *   tsx scripts/create-api-key.ts --name billing-service --scopes usage:write,read
@@ -11,16 +12,21 @@
  *
  * Creation prints the token exactly once (only its SHA-256 is stored, it cannot be shown
  * again), plus the key's id and public prefix. Scopes: admin, usage:write, credits:write, read.
+ *
+ * Revocation commits in the database, then announces it on $REDIS_URL
+ * (src/auth/key-revocation.ts), so every running server refuses the key from its next request
+ * and ends its open live streams. When Redis cannot be reached it prints a warning on stderr and
+ * still exits 0: the key is revoked, and servers stop accepting it within their lookup cache's
+ * TTL (API_KEY_CACHE_TTL_MS); running the command again re-announces it.
  * Exits 1 on bad arguments or failure (2 for usage errors).
  */
 import { parseArgs } from 'node:util';
 
-import { createApiKey, revokeApiKey } from '../src/auth/api-keys.js';
+import { API_KEY_CACHE_TTL_MS, createApiKey, revokeApiKey } from '../src/auth/api-keys.js';
 import { SCOPES } from '../src/auth/principal.js';
+import { loadEnvOrExit } from '../src/config/env.js';
 import { createPgPool } from '../src/db/pg.js';
 import { LedgerError } from '../src/ledger/errors.js';
-
-const DEFAULT_DATABASE_URL = 'postgresql://postgres@127.0.0.1:5432/creditpool';
 
 const USAGE = `usage:
   tsx scripts/create-api-key.ts --name <name> --scopes <scope,scope,...> [--public]
@@ -55,11 +61,23 @@ if (creating === (values.revoke !== undefined) || (creating && (values.name === 
   process.exit(2);
 }
 
-const pool = createPgPool(process.env.DATABASE_URL || DEFAULT_DATABASE_URL, 1);
+const env = loadEnvOrExit();
+const pool = createPgPool(env.DATABASE_URL, 1);
 try {
   if (values.revoke !== undefined) {
-    const newly = await revokeApiKey(pool, values.revoke);
+    let announced: { announcedTo: number } | { failed: string } | undefined;
+    const newly = await revokeApiKey(pool, values.revoke, {
+      announce: { redisUrl: env.REDIS_URL, channelPrefix: env.LIVE_CHANNEL_PREFIX, onOutcome: (outcome) => (announced = outcome) },
+    });
     console.log(newly ? `revoked API key ${values.revoke}` : `API key ${values.revoke} was already revoked`);
+    if (announced && 'announcedTo' in announced) {
+      console.log(`announced on Redis to ${announced.announcedTo} server instance(s): they refuse the key from their next request`);
+    } else if (announced) {
+      console.error(
+        `warning: the key is revoked, but could not announce the revocation on Redis (${announced.failed}); ` +
+          `running servers stop accepting it within ${API_KEY_CACHE_TTL_MS / 1000} s (their lookup cache). Run this again to re-announce.`,
+      );
+    }
   } else {
     const scopes = (values.scopes ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
     const key = await createApiKey(pool, { name: values.name ?? '', scopes, audience: values.public ? 'PUBLIC' : 'INTERNAL' });

@@ -9,7 +9,8 @@
  * `graphql-transport-ws`, on the /graphql path) and over SSE (yoga's built-in GraphQL over SSE,
  * distinct connections mode). WebSocket operations run through `yoga.getEnveloped`, so auth,
  * limits and masking apply exactly as over HTTP. The server also runs this instance's LiveHub
- * (one Redis subscriber connection) and, unless OUTBOX_RELAY=false, the outbox relay.
+ * (one Redis subscriber connection, which also hears API key revocations announced by whoever
+ * revoked them: src/auth/key-revocation.ts) and, unless OUTBOX_RELAY=false, the outbox relay.
  *
  * With PAYMENT_PROVIDER=stripe and STRIPE_WEBHOOK_SECRET, POST /webhooks/stripe takes Stripe's
  * payment events (src/http/stripe-webhook.ts), routed before yoga so it reads the raw body.
@@ -166,7 +167,12 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
   const { env, log } = deps;
   const production = env.NODE_ENV === 'production';
 
-  const live = new LiveHub(env.REDIS_URL, env.LIVE_CHANNEL_PREFIX, log);
+  // The hub also hears API key revocations announced on Redis (auth/key-revocation.ts): the key
+  // leaves this instance's lookup cache at once (every cached key after a reconnect, when
+  // announcements may have been missed), and its open live streams re-check it.
+  const live = new LiveHub(env.REDIS_URL, env.LIVE_CHANNEL_PREFIX, log, {
+    onKeyRevoked: (keyId) => deps.authenticator.forgetApiKey(keyId ?? undefined),
+  });
   // How late the event loop runs a timer: a reply from PostgreSQL or Redis waits as long
   // behind the HTTP and GraphQL work before this process sees it (Node's perf_hooks histogram;
   // it samples every EVENT_LOOP_SAMPLE_MS, a libuv timer, and records each interval).
@@ -314,7 +320,11 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         if (err instanceof LedgerError) {
           throw new GraphQLError(err.message, { extensions: { code: err.code, http: { status: err.code === 'UNAUTHENTICATED' ? 401 : 503 } } });
         }
-        throw maskFor(err, requestId, false); // e.g. the API key lookup found no database: UNAVAILABLE with this request's id
+        // e.g. the API key lookup found no database: UNAVAILABLE with this request's id, and HTTP
+        // 503 like a JWKS outage above (both mean "the credential cannot be checked now").
+        const masked = maskFor(err, requestId, false);
+        if (masked.extensions.code !== 'UNAVAILABLE') throw masked;
+        throw new GraphQLError(masked.message, { extensions: { ...masked.extensions, http: { status: 503 } } });
       }
       const flagged = !ws && request.headers.get('x-creditpool-audience')?.toLowerCase() === 'public';
       const publicAudience = flagged || (principal?.kind === 'service' && principal.publicAudience === true);

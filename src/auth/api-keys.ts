@@ -1,5 +1,6 @@
 /**
- * Service API keys: creation, lookup (with a small in-process cache) and revocation.
+ * Service API keys: creation, lookup (with a small in-process cache) and revocation (announced
+ * to every running server over Redis: ./key-revocation.ts).
  *
  * Token format: `cp_<prefix>_<secret>` where `<prefix>` is 8 base62 characters (shown in
  * listings and logs so operators can tell keys apart) and `<secret>` is 43 base62 characters
@@ -15,6 +16,7 @@ import type pg from 'pg';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { SCOPES, isScope, type Scope } from './principal.js';
 import { isUuid } from '../db/uuid.js';
+import { announceKeyRevocation, type KeyRevocationAnnouncer } from './key-revocation.js';
 
 /** Every creditpool API key starts with this; the authenticator routes on it. */
 export const API_KEY_TOKEN_PREFIX = 'cp_';
@@ -25,7 +27,11 @@ export const API_KEY_PREFIX_LENGTH = 8;
 /** Length of the secret part of newly created tokens (base62 characters, ~5.95 bits each). */
 export const API_KEY_SECRET_LENGTH = 43;
 
-/** How long a successful lookup is reused without asking the database, in milliseconds. */
+/**
+ * How long a successful lookup is reused without asking the database, in milliseconds: how long
+ * a server may accept a revoked key when the revocation's announcement on Redis did not reach it
+ * (./key-revocation.ts).
+ */
 export const API_KEY_CACHE_TTL_MS = 10_000;
 
 /** Most cached keys per pool; the oldest entry is evicted first. */
@@ -175,8 +181,10 @@ function cacheFor(pool: pg.Pool): KeyCache {
 }
 
 /**
- * Forgets cached lookups: all of them for `pool`'s cache, or, with `keyId`, only that key's.
- * {@link revokeApiKey} calls it; tests may too.
+ * Forgets cached lookups: all of them for `pool`'s cache, or, with `keyId` (`api_keys.id`,
+ * lowercase as PostgreSQL prints it), only that key's. Either way a lookup already in flight is
+ * not cached. {@link revokeApiKey} calls it, and the authenticator's `forgetApiKey` when a
+ * revocation is announced (src/live/hub.ts); tests may too.
  */
 export function clearApiKeyCache(pool: pg.Pool, keyId?: string): void {
   const cache = cacheFor(pool);
@@ -196,7 +204,8 @@ export function clearApiKeyCache(pool: pg.Pool, keyId?: string): void {
  *   {@link API_KEY_CACHE_MAX_ENTRIES} entries, oldest evicted first) so the request hot path
  *   does not query the database each time. Misses are not cached (a flood of bad tokens must
  *   not evict good entries). {@link revokeApiKey} clears the entry in this process at once;
- *   other processes notice a revocation within the TTL.
+ *   a server clears it when the revocation is announced on Redis (./key-revocation.ts, through
+ *   its LiveHub), and otherwise notices it within the TTL.
  * - `options.now`: the current time in epoch milliseconds (default Date.now(); tests).
  * @throws database errors as thrown by pg.
  */
@@ -253,28 +262,57 @@ export async function findApiKey(
   return key;
 }
 
+/** How {@link revokeApiKey} tells every running server, and what it reports. */
+export interface RevocationAnnouncement extends KeyRevocationAnnouncer {
+  /**
+   * Told the announcement's outcome: how many server instances heard it (Redis PUBLISH's count of
+   * subscriber connections), or why it failed (the revocation stands either way).
+   */
+  onOutcome(outcome: { announcedTo: number } | { failed: string }): void;
+}
+
 /**
  * Revokes key `id` (sets `revoked_at = now()`) and drops it from this process's lookup cache,
- * so it stops authenticating here immediately (elsewhere within {@link API_KEY_CACHE_TTL_MS}).
- * That covers connections opened before: a WebSocket re-authenticates every new operation, and
- * open subscription streams re-check their key before each update and every
- * CREDENTIAL_RECHECK_INTERVAL_MS (src/graphql/subscriptions.ts), ending with UNAUTHENTICATED.
+ * so it stops authenticating here immediately.
+ * With `options.announce`, it then, once the UPDATE has committed (also when the key was revoked
+ * already, so running it again re-announces), publishes the revocation on Redis
+ * (./key-revocation.ts announceKeyRevocation): every running server drops the key from its
+ * cache and ends its open live streams at once. Without it, or when the announcement fails
+ * (Redis down or silent: reported to `onOutcome`, never thrown), other processes notice within
+ * {@link API_KEY_CACHE_TTL_MS}. Either way that covers connections opened before: a WebSocket
+ * re-authenticates every new operation, and open subscription streams re-check their key
+ * before each update and every CREDENTIAL_RECHECK_INTERVAL_MS (src/graphql/subscriptions.ts),
+ * ending with UNAUTHENTICATED.
  * Idempotent: returns true when this call revoked it, false when it was already revoked.
  * @throws LedgerError BAD_USER_INPUT (field `id`) when `id` is not a uuid;
- *   LedgerError NOT_FOUND when no key has that id.
+ *   LedgerError NOT_FOUND when no key has that id (nothing is announced); database errors as
+ *   thrown by pg (nothing is announced).
  */
-export async function revokeApiKey(pool: pg.Pool, id: string): Promise<boolean> {
+export async function revokeApiKey(pool: pg.Pool, id: string, options: { announce?: RevocationAnnouncement } = {}): Promise<boolean> {
   if (typeof id !== 'string' || !isUuid(id)) throw badInput('id', 'must be a uuid');
+  // The form PostgreSQL prints, which cached entries and live streams hold.
+  const keyId = id.toLowerCase();
+  let newly: boolean;
   try {
     const revoked = await pool.query(
       'UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL',
-      [id],
+      [keyId],
     );
-    if (revoked.rowCount === 1) return true;
-    const existing = await pool.query('SELECT 1 FROM api_keys WHERE id = $1', [id]);
-    if (existing.rowCount === 0) throw new LedgerError('NOT_FOUND', 'API key not found', { id });
-    return false;
+    newly = revoked.rowCount === 1;
+    if (!newly) {
+      const existing = await pool.query('SELECT 1 FROM api_keys WHERE id = $1', [keyId]);
+      if (existing.rowCount === 0) throw new LedgerError('NOT_FOUND', 'API key not found', { id });
+    }
   } finally {
-    clearApiKeyCache(pool, id);
+    clearApiKeyCache(pool, keyId);
   }
+  const { announce } = options;
+  if (announce) {
+    try {
+      announce.onOutcome({ announcedTo: await announceKeyRevocation(announce, keyId) });
+    } catch (err) {
+      announce.onOutcome({ failed: (err as Error).message || String(err) });
+    }
+  }
+  return newly;
 }

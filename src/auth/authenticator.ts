@@ -8,7 +8,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type pg from 'pg';
 
 import { LedgerError } from '../ledger/errors.js';
-import { API_KEY_TOKEN_PREFIX, findApiKey } from './api-keys.js';
+import { API_KEY_TOKEN_PREFIX, clearApiKeyCache, findApiKey } from './api-keys.js';
 import { createUserTokenVerifier, type UserTokenVerifier } from './jwt.js';
 import { SCOPES, type Principal, type ServicePrincipal } from './principal.js';
 
@@ -50,6 +50,13 @@ export interface Authenticator {
    * @throws LedgerError UNAUTHENTICATED / UNAVAILABLE as above; database errors as thrown by pg.
    */
   authenticate(authorization: string | null | undefined): Promise<Principal | null>;
+  /**
+   * Drops API key lookups from the cache this authenticator reads (the one of its `pool`,
+   * ./api-keys.ts clearApiKeyCache): only key `keyId`'s (`api_keys.id`), or every one when
+   * `keyId` is undefined. The next use of such a key asks the database again. The server calls it
+   * when a revocation is announced on Redis, or may have been missed (src/live/hub.ts).
+   */
+  forgetApiKey(keyId?: string): void;
 }
 
 /**
@@ -119,6 +126,9 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
 
       if (!verifyJwt) throw unauthenticated();
       return verifyJwt(token);
+    },
+    forgetApiKey(keyId) {
+      clearApiKeyCache(pool, keyId);
     },
   };
 }

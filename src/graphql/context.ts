@@ -27,7 +27,8 @@ export interface GraphQLContext {
   /**
    * Re-checks the credential this operation was authenticated with, through the same
    * authenticator as a new request (API keys: the cached lookup of src/auth/api-keys.ts, so a
-   * revocation shows at once in the revoking process and elsewhere within API_KEY_CACHE_TTL_MS).
+   * revocation shows at once in the revoking process and where it was announced on Redis,
+   * src/auth/key-revocation.ts, and otherwise within API_KEY_CACHE_TTL_MS).
    * Resolves false when it no longer authenticates (revoked key, expired token), true while it
    * does. Long-lived operations (subscriptions) call it to end streams of a revoked key.
    * @throws whatever the lookup throws when it cannot tell (e.g. the database is unreachable).

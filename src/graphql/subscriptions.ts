@@ -14,9 +14,12 @@
  * LIVE_MAX_QUEUED_UPDATES (a slow client) drops the queue and catches up the same way.
  * An end user's subscription ends when the token's `exp` passes. A service key's subscription
  * re-checks the key (GraphQLContext.stillAuthenticated: the cached lookup every request uses)
- * before each value it sends and every CREDENTIAL_RECHECK_INTERVAL_MS; once the key is revoked
- * the stream sends one UNAUTHENTICATED error and ends (at once in the revoking process, within
- * API_KEY_CACHE_TTL_MS + CREDENTIAL_RECHECK_INTERVAL_MS elsewhere).
+ * before each value it sends, every CREDENTIAL_RECHECK_INTERVAL_MS, and at once when the key's
+ * revocation is announced on Redis (LiveHub.watchKey; the hub has dropped the key from the lookup
+ * cache first, src/auth/key-revocation.ts); once the key is revoked the stream sends one
+ * UNAUTHENTICATED error and ends. That is at once in the revoking process and wherever the
+ * announcement arrives; without it (Redis unreachable when the key was revoked), within
+ * API_KEY_CACHE_TTL_MS + CREDENTIAL_RECHECK_INTERVAL_MS.
  *
  * Access is the same as for queries (./access.ts): another tenant's account answers NOT_FOUND,
  * exactly like a missing one, and nothing of it is ever sent.
@@ -134,6 +137,8 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     const expiresAt = ctx.principal?.kind === 'user' ? ctx.principal.expiresAt : null;
     const expiry = expiresAt ? atInstant(expiresAt, () => stop()) : null;
     const rechecks = recheck ? setInterval(() => run(async () => []), CREDENTIAL_RECHECK_INTERVAL_MS) : null;
+    // A revocation announced on Redis: the same re-check, now (the key is out of the cache by then).
+    const unwatch = recheck && ctx.principal?.kind === 'service' ? hub.watchKey(ctx.principal.keyId, () => run(async () => [])) : null;
     try {
       unsubscribe = await hub.subscribe(accountId, {
         onMessage: (m) => (started ? enqueue(m) : void buffered.push(m)),
@@ -160,6 +165,7 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     stopped = true;
     expiry?.cancel();
     if (rechecks) clearInterval(rechecks);
+    unwatch?.();
     unsubscribe?.();
   });
 }

@@ -10,11 +10,19 @@
  * this instance, so after re-subscribing every channel the hub calls each listener's `resync()`:
  * the subscription re-reads the balance from the database and sends it when it is newer than
  * what the client holds (src/graphql/subscriptions.ts).
+ *
+ * The same connection is always subscribed to the API key revocation channel
+ * (src/auth/key-revocation.ts): for each announcement the hub calls `onKeyRevoked(keyId)` (the
+ * server drops the key from its lookup cache) and then every watcher of that key
+ * ({@link LiveHub.watchKey}: the key's open live streams, which re-check it at once). After a
+ * reconnect, announcements may have been missed, so it calls `onKeyRevoked(null)` (drop every
+ * cached key) before the listeners' resyncs, which re-check their credential too.
  */
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { accountChannel, accountIdOfChannel, type LiveMessage } from '../outbox/topics.js';
 import { closeRedis } from '../db/redis-close.js';
+import { keyRevocationChannel, parseKeyRevokedMessage } from '../auth/key-revocation.js';
 
 /** One local consumer of an account's messages. */
 export interface LiveListener {
@@ -32,6 +40,17 @@ export interface LiveHubStats {
   resyncs: number;
   /** Live streams that finished their start (snapshot or starting point read) since boot; only grows. */
   streamsStarted: number;
+  /** API key revocation announcements received since boot (src/auth/key-revocation.ts); only grows. */
+  revocationsReceived: number;
+}
+
+/** What the hub's owner does about revocation announcements (see the module comment). */
+export interface LiveHubOptions {
+  /**
+   * Key `keyId` (`api_keys.id`) was announced revoked, or, with null, announcements may have been
+   * missed (the subscriber connection was down). Called before the key's watchers. Must not throw.
+   */
+  onKeyRevoked?(keyId: string | null): void;
 }
 
 /** See the module comment. */
@@ -44,11 +63,15 @@ export class LiveHub {
   private closed = false;
   private messagesReceived = 0;
   private resyncs = 0;
+  private revocationsReceived = 0;
+  private readonly revocationChannel: string;
+  private readonly keyWatchers = new Map<string, Set<() => void>>();
 
   constructor(
     redisUrl: string,
     private readonly prefix: string,
     private readonly log: Logger,
+    private readonly options: LiveHubOptions = {},
   ) {
     this.sub = new Redis(redisUrl, {
       lazyConnect: false,
@@ -71,6 +94,10 @@ export class LiveHub {
       void this.resubscribeAll();
     });
     this.sub.on('message', (channel: string, raw: string) => this.dispatch(channel, raw));
+    // Subscribed for the hub's whole life (queued until the connection is ready; re-subscribed
+    // with the account channels after a reconnect).
+    this.revocationChannel = keyRevocationChannel(prefix);
+    this.sub.subscribe(this.revocationChannel).catch((err: Error) => this.log.warn({ err: err.message }, 'live hub: could not subscribe to API key revocations; re-subscribing at the next reconnect'));
   }
 
   /** Waits until the subscriber connection is ready (for startup and tests). */
@@ -102,11 +129,32 @@ export class LiveHub {
     return () => this.remove(channel, listener);
   }
 
+  /**
+   * Calls `onRevoked` each time key `keyId` (`api_keys.id`) is announced revoked, after the hub's
+   * `onKeyRevoked` dropped it from the lookup cache (a live stream of that key re-checks it then).
+   * `onRevoked` must not throw.
+   * @returns the function that stops watching.
+   */
+  watchKey(keyId: string, onRevoked: () => void): () => void {
+    const id = keyId.toLowerCase();
+    let set = this.keyWatchers.get(id);
+    if (!set) {
+      set = new Set();
+      this.keyWatchers.set(id, set);
+    }
+    set.add(onRevoked);
+    return () => {
+      const watchers = this.keyWatchers.get(id);
+      if (!watchers?.delete(onRevoked)) return;
+      if (watchers.size === 0) this.keyWatchers.delete(id);
+    };
+  }
+
   /** Current counters. */
   stats(): LiveHubStats {
     let listeners = 0;
     for (const set of this.channels.values()) listeners += set.size;
-    return { channels: this.channels.size, listeners, messagesReceived: this.messagesReceived, resyncs: this.resyncs, streamsStarted: this.streamsStarted };
+    return { channels: this.channels.size, listeners, messagesReceived: this.messagesReceived, resyncs: this.resyncs, streamsStarted: this.streamsStarted, revocationsReceived: this.revocationsReceived };
   }
 
   /**
@@ -138,6 +186,10 @@ export class LiveHub {
   }
 
   private dispatch(channel: string, raw: string): void {
+    if (channel === this.revocationChannel) {
+      this.keyRevoked(raw);
+      return;
+    }
     const set = this.channels.get(channel);
     if (!set || accountIdOfChannel(this.prefix, channel) === null) return;
     let message: LiveMessage;
@@ -151,21 +203,34 @@ export class LiveHub {
     for (const listener of set) listener.onMessage(message);
   }
 
+  /** One revocation announcement: the cache first, then the key's live streams. */
+  private keyRevoked(raw: string): void {
+    const keyId = parseKeyRevokedMessage(raw);
+    if (keyId === null) {
+      this.log.warn('live hub: dropped an API key revocation message that names no key id');
+      return;
+    }
+    this.revocationsReceived++;
+    this.options.onKeyRevoked?.(keyId);
+    for (const watcher of this.keyWatchers.get(keyId) ?? []) watcher();
+  }
+
   private async resubscribeAll(): Promise<void> {
     const channels = [...this.channels.keys()];
     try {
-      if (channels.length > 0) {
-        const done = this.sub.subscribe(...channels);
-        for (const c of channels) this.pending.set(c, done);
-        await done;
-      }
+      const done = this.sub.subscribe(this.revocationChannel, ...channels);
+      for (const c of channels) this.pending.set(c, done);
+      await done;
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'live hub: re-subscribe failed; waiting for the next reconnect');
       this.disconnectedSinceReady = true;
       return;
     }
+    // Revocations announced while disconnected were missed: every cached key is looked up again
+    // (the resyncs below re-check the streams' credentials through that lookup).
+    this.options.onKeyRevoked?.(null);
     this.resyncs++;
-    this.log.info({ channels: channels.length }, 'live hub: re-subscribed after a reconnect; resyncing balances');
+    this.log.info({ channels: channels.length }, 'live hub: re-subscribed after a reconnect; forgot cached API keys; resyncing balances');
     for (const c of channels) for (const listener of this.channels.get(c) ?? []) listener.resync();
   }
 }

@@ -1,7 +1,7 @@
 /**
  * A credential that cannot be checked right now (the API key lookup's database or the JWKS
  * endpoint unreachable) is the server's problem, not the caller's: over HTTP it answers
- * UNAVAILABLE, and a WebSocket's connection_init must not be refused as an invalid credential
+ * UNAVAILABLE with status 503 (both outages alike), and a WebSocket's connection_init must not be refused as an invalid credential
  * (4403, which a client takes as "this key/token is bad") but with 1013 "try again later", which
  * graphql-ws clients retry. A server whose authenticator's pool points at a closed port and whose
  * JWKS URL at a closed port is exactly that outage, with real connections.
@@ -61,12 +61,15 @@ async function credentials() {
 }
 
 describe('credentials that cannot be checked right now', () => {
-  it('answer UNAVAILABLE over HTTP', async () => {
-    for (const token of Object.values(await credentials())) {
+  it('answer HTTP 503 with UNAVAILABLE over HTTP, the database outage (API key) exactly like the JWKS one (JWT)', async () => {
+    const answers: Record<string, unknown> = {};
+    for (const [kind, token] of Object.entries(await credentials())) {
       const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{"query":"{ settings { creditUsdValue } }"}' });
-      const body = (await res.json()) as { errors?: Array<{ extensions?: { code?: string } }> };
-      expect(body.errors?.map((e) => e.extensions?.code)).toEqual(['UNAVAILABLE']);
+      const body = (await res.json()) as { data?: unknown; errors?: Array<{ extensions?: { code?: string } }> };
+      answers[kind] = { status: res.status, retryAfter: res.headers.get('retry-after'), data: body.data ?? null, codes: body.errors?.map((e) => e.extensions?.code) };
     }
+    const unavailable = { status: 503, retryAfter: null, data: null, codes: ['UNAVAILABLE'] };
+    expect(answers).toEqual({ apiKey: unavailable, jwt: unavailable });
   });
 
   it('close a WebSocket at connection_init with 1013 (try again later), not 4403 (invalid credential)', async () => {

@@ -184,3 +184,24 @@ export async function waitForResyncs(graphqlUrl: string, count: number): Promise
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${count} live resyncs: ${n}`);
   }
 }
+
+/** API key revocations the live hub of the server at `graphqlUrl` has heard announced on Redis since boot (/readyz `live.revocationsReceived`). */
+export async function revocationsReceived(graphqlUrl: string): Promise<number> {
+  const res = await fetch(new URL('/readyz', graphqlUrl));
+  const body = (await res.json()) as { live: { revocationsReceived?: number } };
+  const n = body.live.revocationsReceived;
+  if (typeof n !== 'number') throw new Error(`/readyz of ${graphqlUrl} reports no live.revocationsReceived`);
+  return n;
+}
+
+/**
+ * Waits until the server's live hub has heard at least `count` key revocations since boot: from
+ * then on the key is out of that instance's lookup cache. Each check is one /readyz request.
+ * @throws Error after 15 s without reaching `count`.
+ */
+export async function waitForRevocationsReceived(graphqlUrl: string, count: number): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (let n = await revocationsReceived(graphqlUrl); n < count; n = await revocationsReceived(graphqlUrl)) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${count} announced revocations: ${n}`);
+  }
+}

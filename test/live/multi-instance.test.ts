@@ -1,17 +1,21 @@
 /**
  * Fan-out across instances: two real server PROCESSES (src/main.ts) on two ports sharing the
- * test PostgreSQL and a private Redis that the test kills and restarts.
+ * test PostgreSQL and a private Redis that the test kills and restarts. Also API key revocation
+ * by the apikey:create --revoke CLI (a third process): announced on Redis, it is refused by both
+ * instances on their next request; with Redis down at revoke time the revocation still stands.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { Redis } from 'ioredis';
-import { startServer, type StartedServer } from '../../demo/server-process.js';
+import { ROOT, startServer, type StartedServer } from '../../demo/server-process.js';
 import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { recordUsage } from '../../src/services/record-usage.js';
-import { BALANCE_SUB, USAGE_SUB, streamsStarted, waitForStreamsStarted, wsSubscribe, type LiveSub } from './helpers.js';
+import { BALANCE_SUB, USAGE_SUB, revocationsReceived, sseSubscribe, streamsStarted, waitForResyncs, liveResyncs, waitForRevocationsReceived, waitForStreamsStarted, wsSubscribe, type LiveSub } from './helpers.js';
 import { dbId } from '../api/helpers.js';
+import { API_KEY_CACHE_TTL_MS, createApiKey } from '../../src/auth/api-keys.js';
 
 const ADMIN_KEY = `cp_admin_${randomBytes(16).toString('hex')}`;
 let redis: PrivateRedis;
@@ -142,5 +146,82 @@ describe('two server instances sharing PostgreSQL and Redis', () => {
     await charge(b, ids[0]!);
     const after = await dbVersion(ids[0]!);
     await Promise.all(watchers.filter((w) => w.id === ids[0]).map((w) => w.sub.waitFor((s) => s.events.at(-1)?.balanceChanged.version === after, 'a live update after recovery')));
+  });
+});
+
+/** Runs `scripts/create-api-key.ts` (npm run apikey:create) as its own process, against the test database and this file's Redis. */
+function apiKeyCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/create-api-key.ts', ...args], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: redis.url },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** A read-only query with `token`: HTTP status and error codes. */
+async function asKey(server: StartedServer, token: string) {
+  const res = await fetch(server.graphqlUrl, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+    body: JSON.stringify({ query: '{ settings { creditUsdValue } }' }),
+  });
+  const body = (await res.json()) as { errors?: Array<{ extensions?: { code?: string } }> };
+  return { status: res.status, codes: (body.errors ?? []).map((e) => e.extensions?.code) };
+}
+
+describe('revoking an API key with the CLI while two instances serve it', () => {
+  it('both instances refuse the key on their very next request, and its open streams on both end with UNAUTHENTICATED', async () => {
+    const id = await account(a, '5');
+    const created = await createApiKey(services.pool, { name: key('revoke-broadcast'), scopes: ['read'] });
+    // Used on both: each instance's lookup cache now holds the key (for API_KEY_CACHE_TTL_MS).
+    for (const server of [a, b]) expect(await asKey(server, created.token)).toEqual({ status: 200, codes: [] });
+    const ws = track(wsSubscribe(a.graphqlUrl, `Bearer ${created.token}`, BALANCE_SUB, { id }));
+    const sse = track(sseSubscribe(b.graphqlUrl, `Bearer ${created.token}`, BALANCE_SUB, { id }));
+    await ws.waitFor((s) => s.events.length === 1, 'the WebSocket snapshot on A');
+    await sse.waitFor((s) => s.events.length === 1, 'the SSE snapshot on B');
+    const heardBefore = await Promise.all([a, b].map((server) => revocationsReceived(server.graphqlUrl)));
+
+    const cli = await apiKeyCli(['--revoke', created.id]);
+    expect(cli.stdout).toContain(`revoked API key ${created.id}`);
+    expect(cli.code).toBe(0);
+    const revokedAt = Date.now();
+    // The announcement reached each instance (its subscriber connection counted it)...
+    await Promise.all([a, b].map((server, i) => waitForRevocationsReceived(server.graphqlUrl, heardBefore[i]! + 1)));
+    // ...so the very next request is refused: no waiting for the lookup cache to expire.
+    for (const server of [a, b]) expect(await asKey(server, created.token)).toEqual({ status: 401, codes: ['UNAUTHENTICATED'] });
+    // The open streams end like at the periodic re-check: one UNAUTHENTICATED error, then complete.
+    const bound = API_KEY_CACHE_TTL_MS / 2; // far beyond what the announcement takes, far below the cache's fallback
+    await ws.waitFor((s) => s.completed, 'the WebSocket stream on A to end', bound);
+    await sse.waitFor((s) => s.completed, 'the SSE stream on B to end', bound);
+    expect(Date.now() - revokedAt).toBeLessThan(bound);
+    for (const sub of [ws, sse]) expect(sub.errors.map((e) => e.extensions?.code ?? e.message)).toEqual(['UNAUTHENTICATED']);
+  });
+
+  it('with Redis down at revoke time the revocation still stands (a warning, exit 0), and each instance forgets its cached keys once its subscriber is back', async () => {
+    const created = await createApiKey(services.pool, { name: key('revoke-no-redis'), scopes: ['read'] });
+    for (const server of [a, b]) expect(await asKey(server, created.token)).toEqual({ status: 200, codes: [] });
+    const resyncsBefore = await Promise.all([a, b].map((server) => liveResyncs(server.graphqlUrl)));
+
+    await redis.kill();
+    const cli = await apiKeyCli(['--revoke', created.id]);
+    expect(cli.stdout).toContain(`revoked API key ${created.id}`);
+    expect(cli.stderr).toMatch(/warning: .*could not announce the revocation on Redis/);
+    expect(cli.code).toBe(0);
+    const { rows } = await services.pool.query<{ revoked_at: Date | null }>('SELECT revoked_at FROM api_keys WHERE id = $1', [created.id]);
+    expect(rows[0]?.revoked_at).toBeInstanceOf(Date);
+
+    await redis.start();
+    // A subscriber that was disconnected may have missed announcements: once back, it drops the
+    // whole lookup cache, so the revocation shows without waiting for the cache to expire.
+    await Promise.all([a, b].map((server, i) => waitForResyncs(server.graphqlUrl, resyncsBefore[i]! + 1)));
+    for (const server of [a, b]) expect(await asKey(server, created.token)).toEqual({ status: 401, codes: ['UNAUTHENTICATED'] });
   });
 });

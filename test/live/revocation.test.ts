@@ -3,8 +3,9 @@
  * authenticating here immediately, elsewhere within API_KEY_CACHE_TTL_MS"): its open
  * subscription streams over WebSocket and SSE end with one UNAUTHENTICATED error and deliver
  * nothing recorded after the revocation, and a new operation on an already open WebSocket is
- * refused (UNAUTHENTICATED, then close 4403). A revocation made by another process (the
- * apikey:create --revoke script) is seen through the lookup cache within its TTL.
+ * refused (UNAUTHENTICATED, then close 4403). A revocation made by another process that is not
+ * announced on Redis (only the row changes: Redis was unreachable for the revoker) is seen through
+ * the lookup cache within its TTL; the announced case is in multi-instance.test.ts.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
@@ -114,7 +115,7 @@ describe('revoking an API key', () => {
     const key = await readKey();
     const sse = track(sseSubscribe(srv.url, `Bearer ${key.token}`, BALANCE_SUB, { id: account }));
     await sse.waitFor((s) => s.events.length === 1, 'the snapshot');
-    // What scripts/create-api-key.ts --revoke does from its own process: only the row changes.
+    // What scripts/create-api-key.ts --revoke does from its own process when Redis is down: only the row changes.
     await srv.services.pool.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [key.id]);
     const revokedAt = Date.now();
     await sse.waitFor((s) => s.completed, 'the stream to end', API_KEY_CACHE_TTL_MS + CREDENTIAL_RECHECK_INTERVAL_MS + 10_000);
