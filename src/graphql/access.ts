@@ -11,6 +11,7 @@
  */
 import { LedgerError } from '../ledger/errors.js';
 import { hasScope, type Principal } from '../auth/principal.js';
+import type { Prisma } from '../generated/prisma/client.js';
 import type { GraphQLContext } from './context.js';
 
 /**
@@ -38,6 +39,38 @@ export async function canReadAccount(ctx: GraphQLContext, accountId: string): Pr
     ((account.kind === 'USER' && account.externalId === p.userId) || (account.kind === 'ORGANIZATION' && p.orgId !== null && account.externalId === p.orgId));
   ctx.readableAccounts.set(accountId, ok);
   return ok;
+}
+
+/**
+ * The accounts `principal` may read, as a Prisma filter to put in the same query that loads a row
+ * by id or external id (README "Who may do what"):
+ * - `{}`: every account (a service key with `read`);
+ * - an end user: its USER account (externalId = `sub`) or its ORGANIZATION account (externalId =
+ *   `org`);
+ * - null: none (anonymous callers, service keys without `read`): answer as for a missing row
+ *   without reading anything.
+ * Loading the row and checking it in two queries cost another tenant's id one lookup more than an
+ * id of nothing, a difference an end user could time to learn that a guessed external id, or an
+ * id it held, exists (about 0.8 ms in 3-4 ms over loopback HTTP); with the filter both take the
+ * one query (test/api/tenancy-audit.test.ts). A pure function of the principal: no database read.
+ */
+export function readableAccountWhere(principal: Principal | null): Prisma.AccountWhereInput | null {
+  if (!principal) return null;
+  if (principal.kind === 'service') return hasScope(principal, 'read') ? {} : null;
+  return {
+    OR: [{ kind: 'USER', externalId: principal.userId }, ...(principal.orgId !== null ? [{ kind: 'ORGANIZATION' as const, externalId: principal.orgId }] : [])],
+  };
+}
+
+/**
+ * The filter of rows that belong to an account `principal` may read ({@link readableAccountWhere}),
+ * for a model with an `account` relation (usage events, grants, batches, ledger entries, holds,
+ * alerts): `{}` for every row, null for none.
+ */
+export function ownedByReadableAccountWhere(principal: Principal | null): { account?: Prisma.AccountWhereInput } | null {
+  const accounts = readableAccountWhere(principal);
+  if (accounts === null) return null;
+  return Object.keys(accounts).length === 0 ? {} : { account: accounts };
 }
 
 /**

@@ -7,7 +7,7 @@ import { CreditAlertRef } from './types/alerts.js';
 import { PlanRef } from './plans.js';
 import { CreditPackRef } from './billing.js';
 import { LedgerError } from '../ledger/errors.js';
-import { assertAccountReadable, assertCanReadAccount, canReadAccount } from './access.js';
+import { assertAccountReadable, assertCanReadAccount, ownedByReadableAccountWhere, readableAccountWhere } from './access.js';
 import { decodeId, tryDecodeId } from './ids.js';
 import { AccountRef, UsageSummaryRowRef } from './types/account.js';
 import { CreditBatchRef, CreditGrantRef, LedgerEntryRef, ReservationRef, UsageEventRef } from './types/ledger.js';
@@ -60,37 +60,41 @@ const TaskCostRef = builder
     }),
   });
 
-/** Loads any node by global id, or null when missing or not readable by the caller. */
+/**
+ * Loads any node by global id, or null when missing or not readable by the caller. A row of an
+ * account is loaded with the caller's access filter in the same query (access.ts
+ * readableAccountWhere), so another tenant's id costs the same one query as an id of nothing.
+ */
 async function loadNode(ctx: GraphQLContext, globalId: string): Promise<unknown> {
   const d = tryDecodeId(globalId);
   if (!d) return null;
   const p = ctx.prisma;
-  const readable = async <T extends { accountId: string } | null>(row: T): Promise<T | null> =>
-    row && (await canReadAccount(ctx, row.accountId)) ? row : null;
+  const accounts = readableAccountWhere(ctx.principal);
+  const owned = ownedByReadableAccountWhere(ctx.principal);
   switch (d.typename) {
     case 'Account': {
-      const a = await p.account.findUnique({ where: { id: d.id } });
-      return a && (await canReadAccount(ctx, a.id)) ? AccountRef.addBrand(a) : null;
+      const a = accounts && (await p.account.findUnique({ where: { id: d.id, AND: [accounts] } }));
+      return a ? AccountRef.addBrand(a) : null;
     }
     case 'CreditBatch': {
-      const r = await readable(await p.creditBatch.findUnique({ where: { id: d.id } }));
-      return r && CreditBatchRef.addBrand(r);
+      const r = owned && (await p.creditBatch.findUnique({ where: { id: d.id, ...owned } }));
+      return r ? CreditBatchRef.addBrand(r) : null;
     }
     case 'CreditGrant': {
-      const r = await readable(await p.creditGrant.findUnique({ where: { id: d.id } }));
-      return r && CreditGrantRef.addBrand(r);
+      const r = owned && (await p.creditGrant.findUnique({ where: { id: d.id, ...owned } }));
+      return r ? CreditGrantRef.addBrand(r) : null;
     }
     case 'UsageEvent': {
-      const r = await readable(await p.usageEvent.findUnique({ where: { id: d.id } }));
-      return r && UsageEventRef.addBrand(r);
+      const r = owned && (await p.usageEvent.findUnique({ where: { id: d.id, ...owned } }));
+      return r ? UsageEventRef.addBrand(r) : null;
     }
     case 'LedgerEntry': {
-      const r = await readable(await p.ledgerEntry.findUnique({ where: { id: d.id } }));
-      return r && LedgerEntryRef.addBrand(r);
+      const r = owned && (await p.ledgerEntry.findUnique({ where: { id: d.id, ...owned } }));
+      return r ? LedgerEntryRef.addBrand(r) : null;
     }
     case 'Reservation': {
-      const r = await readable(await p.reservation.findUnique({ where: { id: d.id } }));
-      return r && ReservationRef.addBrand(r);
+      const r = owned && (await p.reservation.findUnique({ where: { id: d.id, ...owned } }));
+      return r ? ReservationRef.addBrand(r) : null;
     }
     case 'CreditPack': {
       const r = await p.creditPack.findUnique({ where: { id: d.id } });
@@ -101,8 +105,8 @@ async function loadNode(ctx: GraphQLContext, globalId: string): Promise<unknown>
       return r && PlanRef.addBrand(r);
     }
     case 'CreditAlert': {
-      const r = await readable(await p.creditAlert.findUnique({ where: { id: d.id } }));
-      return r && CreditAlertRef.addBrand(r);
+      const r = owned && (await p.creditAlert.findUnique({ where: { id: d.id, ...owned } }));
+      return r ? CreditAlertRef.addBrand(r) : null;
     }
     default:
       return null;
@@ -125,8 +129,9 @@ builder.queryType({
       args: { id: t.arg.id({ required: true }) },
       resolve: async (query, _root, args, ctx) => {
         const d = tryDecodeId(String(args.id));
-        if (!d || d.typename !== 'Account' || !(await canReadAccount(ctx, d.id))) return null;
-        return ctx.prisma.account.findUnique({ ...query, where: { id: d.id } });
+        const accounts = readableAccountWhere(ctx.principal);
+        if (!d || d.typename !== 'Account' || !accounts) return null;
+        return ctx.prisma.account.findUnique({ ...query, where: { id: d.id, AND: [accounts] } });
       },
     }),
     accountByExternalId: t.prismaField({
@@ -135,8 +140,9 @@ builder.queryType({
       authScopes: { authenticated: true },
       args: { externalId: t.arg.string({ required: true }) },
       resolve: async (query, _root, args, ctx) => {
-        const a = await ctx.prisma.account.findUnique({ ...query, where: { externalId: args.externalId } });
-        return a && (await canReadAccount(ctx, a.id)) ? a : null;
+        // One query with the access filter: another tenant's external id costs what a missing one does.
+        const accounts = readableAccountWhere(ctx.principal);
+        return accounts && ctx.prisma.account.findUnique({ ...query, where: { externalId: args.externalId, AND: [accounts] } });
       },
     }),
     viewer: t.field({
@@ -153,9 +159,9 @@ builder.queryType({
       args: { id: t.arg.id({ required: true }) },
       resolve: async (query, _root, args, ctx) => {
         const d = tryDecodeId(String(args.id));
-        if (!d || d.typename !== 'UsageEvent') return null;
-        const e = await ctx.prisma.usageEvent.findUnique({ ...query, where: { id: d.id } });
-        return e && (await canReadAccount(ctx, e.accountId)) ? e : null;
+        const owned = ownedByReadableAccountWhere(ctx.principal);
+        if (!d || d.typename !== 'UsageEvent' || !owned) return null;
+        return ctx.prisma.usageEvent.findUnique({ ...query, where: { id: d.id, ...owned } });
       },
     }),
     taskCost: t.field({

@@ -26,8 +26,18 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
+/**
+ * Options of {@link startTestServer} that are not environment variables.
+ * - `onPrismaQuery`: called with the model and operation of every query the server's Prisma
+ *   client (the GraphQL read layer) runs, before it runs; for tests that count the database work
+ *   behind an answer (e.g. that another tenant's id costs what an id of nothing costs).
+ */
+export interface TestServerOptions {
+  onPrismaQuery?: (model: string | undefined, operation: string) => void;
+}
+
 /** Starts a server; call close() in afterAll. */
-export async function startTestServer(overrides: Record<string, string> = {}): Promise<TestServer> {
+export async function startTestServer(overrides: Record<string, string> = {}, options: TestServerOptions = {}): Promise<TestServer> {
   const adminKey = 'test-admin-key-0123456789abcdef';
   const jwtSecret = 'test-jwt-secret-0123456789abcdef0123456789';
   const env = parseEnv({
@@ -45,9 +55,21 @@ export async function startTestServer(overrides: Record<string, string> = {}): P
   services.payments = createPaymentProvider(env);
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
   const prisma = createPrismaClient(env.DATABASE_URL, 5, ledgerSessionLimits(env));
+  const onQuery = options.onPrismaQuery;
+  // The extended client runs every query as the plain one does, after telling onQuery about it.
+  const served = onQuery
+    ? (prisma.$extends({
+        query: {
+          async $allOperations({ model, operation, args, query }) {
+            onQuery(model, operation);
+            return query(args);
+          },
+        },
+      }) as unknown as typeof prisma)
+    : prisma;
   const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3 });
   const authenticator = createAuthenticator({ pool: services.pool, adminApiKey: adminKey, jwtSecret });
-  const server = buildServer({ env, log, pool: services.pool, prisma, redis, services, authenticator });
+  const server = buildServer({ env, log, pool: services.pool, prisma: served, redis, services, authenticator });
   const port = await server.listen(0, '127.0.0.1');
   const url = `http://127.0.0.1:${port}/graphql`;
   return {
