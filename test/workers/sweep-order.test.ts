@@ -9,15 +9,21 @@
  * 2001 on the services' clock, so nothing another test file left behind (dated at the real now)
  * is due at the sweep's now. Each kind's accounts are created newest-due first, with their ids
  * sorted the other way, so neither insertion order nor id order gives the right answer by luck.
+ *
+ * Two sweeps at once (a run longer than SWEEP_EVERY_MS, several worker processes) may re-add the
+ * same failed job: the one that comes second finds it already re-added and running, which is what
+ * it wanted, and goes on (it used to fail its whole run on BullMQ's "locked by another worker").
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
+import { UnrecoverableError, Worker } from 'bullmq';
 import { pino } from 'pino';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { TEST_REDIS_URL } from '../setup/env.js';
 import { parseEnv } from '../../src/config/env.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
+import { LEDGER_JOBS_QUEUE, type OutboxJob } from '../../src/queues/names.js';
 import { processSweepDue } from '../../workers/processors/sweep-due.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
@@ -135,5 +141,72 @@ describe('sweep-due under a backlog larger than one run', () => {
     expect(second).toMatchObject({ rolledAccounts: 1, failedAccounts: 0 });
     expect(await granted()).toEqual([rolledTo(0), rolledTo(1), rolledTo(2)]);
     for (const id of ids) await expectLedgerInvariant(services.pool, id);
+  });
+});
+
+describe('two sweeps re-adding the same job', () => {
+  it('the second finds the job the first re-added already running (locked): it leaves it and re-adds the rest, instead of failing its run', async () => {
+    const jobId = `auto-top-up-${randomUUID()}`;
+    const other = { name: 'auto-top-up', jobId: `auto-top-up-${randomUUID()}`, data: { topUpId: randomUUID(), accountId: randomUUID() } } as OutboxJob;
+    const job = { name: 'auto-top-up', jobId, data: { topUpId: randomUUID(), accountId: randomUUID() } } as OutboxJob;
+    let runs = 0;
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => (started = resolve));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    // The job's first run fails for good (kept as failed, as a top-up whose attempts ran out);
+    // its re-added run holds until released, so it is active (locked) while the second sweep acts.
+    const workerConnection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const worker: Worker = new Worker(
+      LEDGER_JOBS_QUEUE,
+      async (j) => {
+        if (j.id !== jobId) return;
+        runs++;
+        if (runs === 1) throw new UnrecoverableError('first run fails');
+        started();
+        await gate;
+      },
+      { connection: workerConnection, prefix },
+    );
+    const failedOnce = new Promise<void>((resolve) => worker.on('failed', (j) => j?.id === jobId && resolve()));
+    const completed = new Promise<void>((resolve) => worker.on('completed', (j) => j.id === jobId && resolve()));
+    const firstConnection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const first = createQueueJobSink(firstConnection, prefix);
+    try {
+      await sink.add([job]);
+      await failedOnce;
+      // Sweep B reads the job's state ('failed'); right then sweep A re-adds it and a worker takes
+      // it. The hook only orders these real Redis operations: B's read returns what Redis said.
+      const getJob = sink.queue.getJob.bind(sink.queue);
+      sink.queue.getJob = async (id: string) => {
+        const found = await getJob(id);
+        if (found && id === jobId) {
+          const getState = found.getState.bind(found);
+          found.getState = async () => {
+            const state = await getState();
+            await first.readd([job]);
+            await running;
+            return state;
+          };
+        }
+        return found;
+      };
+      try {
+        await sink.readd([job, other]); // used to throw: Job … could not be removed because it is locked by another worker
+      } finally {
+        sink.queue.getJob = getJob;
+      }
+      expect(await (await sink.queue.getJob(jobId))!.getState()).toBe('active');
+      expect(await (await sink.queue.getJob(other.jobId))!.getState()).not.toBe('unknown'); // the rest was re-added
+      release();
+      await completed;
+      expect(runs).toBe(2); // the job ran once after its failure, not twice
+    } finally {
+      release();
+      await worker.close();
+      await first.close();
+      firstConnection.disconnect();
+      workerConnection.disconnect();
+    }
   });
 });
