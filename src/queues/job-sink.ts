@@ -26,6 +26,9 @@ export function jobOptions(job: OutboxJob, nowMs: number) {
  * A JobSink adding to the ledger-jobs queue; `close()` closes the queue (not the connection).
  * `readd` is for the sweep: a job whose id is still kept as failed or completed would make a
  * plain add a no-op, so it is removed first and the work runs again (processors are idempotent).
+ * A job that is locked when removed (another sweep re-added it since its state was read, and a
+ * worker took it) is left running, which is what the re-add is for, and its add is a no-op (same
+ * jobId); removing it used to throw "locked by another worker" and fail that sweep's whole run.
  */
 export function createQueueJobSink(connection: Redis, prefix: string): JobSink & { queue: Queue; readd(jobs: OutboxJob[]): Promise<void>; close(): Promise<void> } {
   const queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
@@ -41,7 +44,8 @@ export function createQueueJobSink(connection: Redis, prefix: string): JobSink &
         const existing = await queue.getJob(j.jobId);
         if (!existing) continue;
         const state = await existing.getState();
-        if (state === 'failed' || state === 'completed') await existing.remove();
+        // 0: locked (running again already); 1: removed (or gone meanwhile).
+        if (state === 'failed' || state === 'completed') await queue.remove(j.jobId);
       }
       await add(jobs);
     },

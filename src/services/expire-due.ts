@@ -81,23 +81,29 @@ export async function expireDue(ctx: ServiceContext, accountId: string): Promise
 
 /**
  * Accounts with an ACTIVE batch or hold past its expiresAt by the account's own clock (test
- * clock for test-mode accounts, else `now`), at most `limit`.
+ * clock for test-mode accounts, else `now`), at most `limit`, the account whose earliest due
+ * expiresAt is oldest first (ties by id): under a backlog larger than `limit` (the sweep's
+ * MAX_ACCOUNTS_PER_RUN) the accounts that have waited longest are taken, and the next call finds
+ * the rest, instead of whichever rows the plan met first. (A test-mode account's expiresAt is on
+ * its own clock, so it is ordered by that instant among the others.) The live batches come by the
+ * partial index credit_batches_active_expiry (expires_at) WHERE ACTIVE, the live holds by
+ * reservations_active_by_account; sorting is over the due rows only.
  */
 export async function findAccountsWithDueExpiries(pool: pg.Pool, now: Date, limit: number): Promise<string[]> {
   const { rows } = await pool.query(
     `SELECT account_id FROM (
-       SELECT b.account_id FROM credit_batches b JOIN accounts a ON a.id = b.account_id
+       SELECT b.account_id, b.expires_at FROM credit_batches b JOIN accounts a ON a.id = b.account_id
         WHERE b.status = 'ACTIVE' AND b.expires_at <= $1 AND NOT a.test_mode
-       UNION
-       SELECT r.account_id FROM reservations r JOIN accounts a ON a.id = r.account_id
+       UNION ALL
+       SELECT r.account_id, r.expires_at FROM reservations r JOIN accounts a ON a.id = r.account_id
         WHERE r.status = 'ACTIVE' AND r.expires_at <= $1 AND NOT a.test_mode
-       UNION
-       SELECT b.account_id FROM credit_batches b JOIN accounts a ON a.id = b.account_id
+       UNION ALL
+       SELECT b.account_id, b.expires_at FROM credit_batches b JOIN accounts a ON a.id = b.account_id
         WHERE b.status = 'ACTIVE' AND a.test_mode AND b.expires_at <= a.test_clock_at
-       UNION
-       SELECT r.account_id FROM reservations r JOIN accounts a ON a.id = r.account_id
+       UNION ALL
+       SELECT r.account_id, r.expires_at FROM reservations r JOIN accounts a ON a.id = r.account_id
         WHERE r.status = 'ACTIVE' AND a.test_mode AND r.expires_at <= a.test_clock_at
-     ) due LIMIT $2`,
+     ) due GROUP BY account_id ORDER BY min(expires_at), account_id LIMIT $2`,
     [now, limit],
   );
   return rows.map((r) => r.account_id as string);

@@ -311,13 +311,16 @@ async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void
 
 /**
  * Accounts with an active plan whose current billing period (by the account's own clock) began
- * after the last period granted, at most `limit`.
+ * after the last period granted, at most `limit`, the oldest period granted first (ties by
+ * account id): the roll that has waited longest goes first, so under a backlog larger than
+ * `limit` (the sweep's MAX_ACCOUNTS_PER_RUN) the next call takes the rest.
  */
 export async function findAccountsWithDuePeriods(pool: pg.Pool, now: Date, limit: number): Promise<string[]> {
   const { rows } = await pool.query(
     `SELECT s.account_id FROM plan_subscriptions s JOIN accounts a ON a.id = s.account_id,
             LATERAL billing_period(a.billing_anchor_at, CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $1::timestamptz END) p
       WHERE s.active AND p.period_start > s.granted_period_start
+      ORDER BY s.granted_period_start, s.account_id
       LIMIT $2`,
     [now, limit],
   );

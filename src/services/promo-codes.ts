@@ -50,14 +50,39 @@ function toView(r: Record<string, unknown>): PromoCodeView {
   };
 }
 
+/** Whether a stored code has exactly the terms of a create command. */
+function sameTerms(existing: PromoCodeView, cmd: CreatePromoCodeCommand): boolean {
+  return (
+    existing.creditsMicroCredits === cmd.creditsMicroCredits &&
+    existing.expiresAfterDays === cmd.expiresAfterDays &&
+    existing.maxRedemptions === cmd.maxRedemptions &&
+    (existing.validUntil?.getTime() ?? null) === (cmd.validUntil?.getTime() ?? null)
+  );
+}
+
+/** createPromoCode's input (credits in micro-credits). */
+export interface CreatePromoCodeCommand {
+  code: string;
+  creditsMicroCredits: bigint;
+  expiresAfterDays: number | null;
+  maxRedemptions: number | null;
+  validUntil: Date | null;
+}
+
 /**
  * Creates a promo code. Creating the same code again with the same terms returns it
- * (idempotent); with other terms it is IDEMPOTENCY_CONFLICT.
- * @throws LedgerError BAD_USER_INPUT (code format, credits <= 0, days/max not positive).
+ * (idempotent, also once its validUntil has passed); with other terms it is IDEMPOTENCY_CONFLICT.
+ * A new code's `validUntil` must be after the deployment's now (`ctx.clock()`, the clock its
+ * `createdAt` is dated by): a code is shared by every account, so no one account's test clock
+ * applies, and one already past could never be redeemed by a live account while its name would
+ * be taken for good (there is no edit). To rehearse a code's end on a test clock, give it a future
+ * validUntil and advance the clock past it.
+ * @throws LedgerError BAD_USER_INPUT (code format, credits <= 0, days/max not positive,
+ *   validUntil not in the future), IDEMPOTENCY_CONFLICT.
  */
 export async function createPromoCode(
   ctx: ServiceContext,
-  cmd: { code: string; creditsMicroCredits: bigint; expiresAfterDays: number | null; maxRedemptions: number | null; validUntil: Date | null },
+  cmd: CreatePromoCodeCommand,
 ): Promise<PromoCodeView> {
   const code = normalizePromoCode(cmd.code);
   if (cmd.creditsMicroCredits <= 0n) throw badInput('credits', 'must be greater than 0');
@@ -65,19 +90,21 @@ export async function createPromoCode(
     throw badInput('expiresAfterDays', 'must be 1 to 3650');
   }
   if (cmd.maxRedemptions !== null && (!Number.isInteger(cmd.maxRedemptions) || cmd.maxRedemptions < 1)) throw badInput('maxRedemptions', 'must be at least 1');
+  const now = ctx.clock();
+  if (cmd.validUntil && cmd.validUntil.getTime() <= now.getTime()) {
+    // A retry of a create whose validUntil has passed since is still a replay.
+    const { rows } = await ctx.pool.query('SELECT * FROM promo_codes WHERE code = $1', [code]);
+    if (rows[0] && sameTerms(toView(rows[0]), cmd)) return toView(rows[0]);
+    throw badInput('validUntil', `must be in the future (now is ${now.toISOString()}): a code past its validUntil can never be redeemed`);
+  }
   const inserted = await ctx.pool.query(
     `INSERT INTO promo_codes (code, credits_micro_credits, expires_after_days, max_redemptions, valid_until, created_at)
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code) DO NOTHING RETURNING *`,
-    [code, cmd.creditsMicroCredits.toString(), cmd.expiresAfterDays, cmd.maxRedemptions, cmd.validUntil, ctx.clock()],
+    [code, cmd.creditsMicroCredits.toString(), cmd.expiresAfterDays, cmd.maxRedemptions, cmd.validUntil, now],
   );
   if (inserted.rows[0]) return toView(inserted.rows[0]);
   const existing = toView((await ctx.pool.query('SELECT * FROM promo_codes WHERE code = $1', [code])).rows[0]);
-  const same =
-    existing.creditsMicroCredits === cmd.creditsMicroCredits &&
-    existing.expiresAfterDays === cmd.expiresAfterDays &&
-    existing.maxRedemptions === cmd.maxRedemptions &&
-    (existing.validUntil?.getTime() ?? null) === (cmd.validUntil?.getTime() ?? null);
-  if (!same) throw new LedgerError('IDEMPOTENCY_CONFLICT', `promo code ${code} already exists with other terms`);
+  if (!sameTerms(existing, cmd)) throw new LedgerError('IDEMPOTENCY_CONFLICT', `promo code ${code} already exists with other terms`);
   return existing;
 }
 

@@ -4,7 +4,8 @@
  * since an operator removed them). The part of its cost that became debt (captures beyond a hold)
  * is split by the account's debt history (replayDebt, debt repaid first in, first out): what is
  * still owed is forgiven, and what later grants already repaid goes back into the batches of those
- * grants, by the same rules as drawn credit. Its cost is taken off its agent's / user's kept
+ * grants, by the same rules as drawn credit. Credit a ROLLOVER roll carried over since the event
+ * gets back only what the cap leaves room for (rolloverRoom). Its cost is taken off its agent's / user's kept
  * budget spending of the billing period it was charged in (spending-budgets.ts), unless that
  * period belongs to a billing anchor a plan subscription has since replaced. Refunding a refunded
  * event returns it unchanged.
@@ -130,6 +131,52 @@ export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Prom
 }
 
 /**
+ * What a refund may give back to subscription credit a ROLLOVER roll carried over (README
+ * "Refunds and voids"). The roll at the current period's start `T` kept at most the plan's cap of
+ * the subscription credit; had the refunded event (recorded before `T`) never drawn, the roll
+ * would have counted its credit too and trimmed it to the same cap. So the credit given back to
+ * the carried batches (SUBSCRIPTION, added before `T`, not expiring by `T`) is at most the room
+ * the roll left under the cap: cap − their credit at `T` after the trim (their remaining plus what
+ * usage since `T`, not refunded, drew from them; earlier refunds are in their remaining). The rest
+ * is not given back, as credit that would have expired is not (refundUsage). The result does not
+ * depend on whether the refund ran before or after the roll. Only the latest roll is counted: for
+ * an event several periods old the carried credit still stays within the cap.
+ * @returns the room (micro-credits, ≥ 0) and the carried batches it bounds; null when no cap
+ *   applies (no active ROLLOVER plan with a cap, the event recorded in the current period, the
+ *   period begun by the subscription itself rather than a roll, or its roll not run yet: the
+ *   late roll's trim then counts the refunded credit).
+ */
+async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: bigint; batchIds: Set<string> } | null> {
+  const periodStart = atx.period().start;
+  if (recordedAt.getTime() >= periodStart.getTime()) return null;
+  const { rows: subs } = await atx.tx.query(
+    `SELECT s.started_at, s.granted_period_start, p.rollover, p.rollover_cap_micro_credits AS cap
+       FROM plan_subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.account_id = $1 AND s.active`,
+    [atx.accountId],
+  );
+  const sub = subs[0];
+  if (!sub || sub.rollover !== 'ROLLOVER' || sub.cap === null) return null;
+  if ((sub.started_at as Date).getTime() >= periodStart.getTime() || (sub.granted_period_start as Date).getTime() < periodStart.getTime()) return null;
+  const { rows } = await atx.tx.query(
+    `WITH since AS (
+       SELECT d.batch_id, SUM(d.amount_micro_credits) AS drawn FROM ledger_entries l
+         JOIN usage_events e ON e.id = l.usage_event_id AND e.refunded_at IS NULL
+         JOIN drawdowns d ON d.usage_event_id = l.usage_event_id
+        WHERE l.account_id = $1 AND l.type = 'CONSUME' AND l.created_at >= $2
+        GROUP BY d.batch_id
+     )
+     SELECT b.id, b.remaining_micro_credits + COALESCE(s.drawn, 0) AS at_start
+       FROM credit_batches b LEFT JOIN since s ON s.batch_id = b.id
+      WHERE b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND b.added_at < $2
+        AND (b.expires_at IS NULL OR b.expires_at > $2) AND b.status <> 'VOIDED'`,
+    [atx.accountId, periodStart],
+  );
+  const carriedAtStart = rows.reduce((sum, r) => sum + toBigInt(r.at_start), 0n);
+  const cap = toBigInt(sub.cap);
+  return { room: carriedAtStart < cap ? cap - carriedAtStart : 0n, batchIds: new Set(rows.map((r) => r.id as string)) };
+}
+
+/**
  * Refunds an event in one transaction, under the account lock (so `refunded_at` makes it happen
  * once). Writes, in this order: a REFUND entry per batch its drawn credit goes back to; a REFUND
  * entry without a batch for its debt still owed, forgiven (note `<reason> (debt forgiven)`); a
@@ -137,7 +184,8 @@ export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Prom
  * (note `<reason> (repaid debt)`). Credit goes back into the batch it came from, keeping its type
  * and expiry (an exhausted batch becomes ACTIVE again; voidGrant can then remove it), never into
  * an expired or voided batch: that part is not given back (an operator removed that credit, or it
- * would have expired). A batch gets back at most what it gave, so its remaining stays within its
+ * would have expired); nor, for an event recorded before a ROLLOVER roll, what the roll's cap would
+ * have trimmed had the event never drawn (rolloverRoom). A batch gets back at most what it gave, so its remaining stays within its
  * allocation (CHECK credit_batches_remaining_in_range). Its cost comes off the kept budget spending
  * of the period it was charged in, when that period is of the current billing anchor.
  * @param reason free text, 1..500 characters, kept on the event and the entries.
@@ -173,12 +221,19 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
       const { rows } = await tx.query('SELECT id, status, expires_at FROM credit_batches WHERE id = ANY($1::uuid[])', [parts.map((p) => p.batchId)]);
       for (const r of rows) batches.set(r.id as string, { status: r.status as string, expires_at: r.expires_at as Date | null });
     }
+    const carried = parts.length > 0 ? await rolloverRoom(atx, ev.rows[0].recorded_at as Date) : null;
     const back = new Map<string, bigint>();
     const addBack = (p: (typeof parts)[number]) => {
       const b = batches.get(p.batchId)!;
       if (b.status === 'EXPIRED' || b.status === 'VOIDED' || (b.expires_at && b.expires_at.getTime() <= atx.now.getTime())) return;
-      back.set(p.batchId, (back.get(p.batchId) ?? 0n) + p.amount);
-      atx.addEntry({ type: 'REFUND', amountMicroCredits: p.amount, batchId: p.batchId, usageEventId, note: p.note });
+      let amount = p.amount;
+      if (carried?.batchIds.has(p.batchId)) {
+        amount = minBig(amount, carried.room);
+        carried.room -= amount;
+      }
+      if (amount === 0n) return;
+      back.set(p.batchId, (back.get(p.batchId) ?? 0n) + amount);
+      atx.addEntry({ type: 'REFUND', amountMicroCredits: amount, batchId: p.batchId, usageEventId, note: p.note });
     };
     parts.slice(0, drawn.rows.length).forEach(addBack);
     const forgiven = minBig(share.unpaidMicroCredits, atx.debt);

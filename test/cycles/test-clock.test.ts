@@ -1,6 +1,7 @@
 /**
  * Time-driven rules through the API, on test clocks (issue #4): expiry at the boundary, hold
- * expiry, three billing periods of RESET and ROLLOVER with exact balances, alerts at 25/15/0 %
+ * expiry, three billing periods of RESET and ROLLOVER with exact balances (a refund after a
+ * ROLLOVER roll giving the balance a refund before it gives), alerts at 25/15/0 %
  * (one by one, several at once, under 100 concurrent charges; not again in the same period;
  * re-armed by a new period). Real PostgreSQL and Redis (in-process server).
  */
@@ -216,6 +217,42 @@ describe('plans and billing cycles', () => {
     expect(b.balance).toMatchObject({ available: a.balance.available, total: a.balance.total, periodStart: a.balance.periodStart, periodCredits: a.balance.periodCredits });
     expect(entries(b, 'EXPIRE').map((e: any) => [e.amount, e.createdAt])).toEqual([['-30', '2026-08-07T00:00:00.000Z']]);
     expect(b.reconciliation.consistent).toBe(true);
+  });
+
+  it('a refund after a ROLLOVER roll gives back only what the cap would have carried: the same as the refund before the roll, never carried credit above the cap', async () => {
+    const capped = await plan('ROLLOVER', '100', '50');
+    const refund = async (eventId: string) =>
+      ok(await srv.gql(`mutation($id: ID!) { refundUsage(usageEventId: $id, reason: "refund") { id } }`, { id: eventId }));
+    const spent = async (id: string, units: string) => ok(await spend(id, units)).recordUsage.id as string;
+    // Each case: [usage before the roll, usage after it (drawn from the carried credit first)].
+    for (const [before, after] of [['30', null], ['100', null], ['30', '20']] as const) {
+      const first = await testAccount('2026-09-01T00:00:00.000Z'); // refund, then roll
+      const then = await testAccount('2026-09-01T00:00:00.000Z'); // roll, then refund
+      const events = new Map<string, string>();
+      for (const id of [first, then]) {
+        await subscribe(id, capped);
+        events.set(id, await spent(id, before));
+      }
+      await refund(events.get(first)!);
+      for (const id of [first, then]) {
+        await advance(id, '2026-10-01T00:00:00.000Z');
+        if (after) await spent(id, after);
+      }
+      await refund(events.get(then)!);
+      const [a, b] = [await read(first), await read(then)];
+      const expected = after ? '130' : '150'; // 50 carried (the cap) + 100 granted, less the later usage
+      expect(a.balance.available, `${before}/${after}`).toBe(expected);
+      // (periodCredits differs by design: a refund is no grant, so one after the period start does
+      // not raise the period's credit, while one before it is in the total at the start.)
+      expect(b.balance, `${before}/${after}`).toMatchObject({ available: a.balance.available, total: a.balance.total });
+      expect(b.reconciliation.consistent).toBe(true);
+      // The carried batch itself stays within the cap.
+      const { rows } = await srv.services.pool.query(
+        `SELECT COALESCE(SUM(remaining_micro_credits), 0)::text AS carried FROM credit_batches WHERE account_id = $1 AND source = 'SUBSCRIPTION' AND added_at < '2026-10-01T00:00:00Z'`,
+        [dbId(then)],
+      );
+      expect(BigInt(rows[0].carried)).toBeLessThanOrEqual(50_000_000n);
+    }
   });
 
   it('cancelling or switching plans after a period began but before its roll ran (a late job) first rolls that period under the old plan, as when the roll ran on time', async () => {

@@ -2,8 +2,9 @@
  * Processor of the `sweep-due` maintenance job: the safety net behind the per-item jobs. Finds,
  * by each account's own clock, what is due and was not done (a delayed job lost when Redis was
  * flushed, a worker that was down) and does it or re-enqueues it:
- * - batches and holds past expiresAt -> expireDue per account (bounded per run);
- * - plans whose billing period has moved on -> rollBillingPeriods per account;
+ * - batches and holds past expiresAt -> expireDue per account, oldest expiresAt first;
+ * - plans whose billing period has moved on -> rollBillingPeriods per account, the oldest
+ *   period granted first (each kind bounded per run: MAX_ACCOUNTS_PER_RUN; the next run goes on);
  * - PENDING auto top-ups older than a minute and (when WEBHOOK_URL is set) undelivered webhooks
  *   -> their jobs again (same jobId: a job still waiting is not duplicated; one kept as failed or
  *   completed is replaced, so a top-up whose last attempt timed out is resumed);
@@ -31,8 +32,18 @@ import { findPaymentsToResume } from '../../src/services/resume-payment.js';
 /** The maintenance job's name. */
 export const SWEEP_DUE_JOB = 'sweep-due';
 
-/** Accounts handled per kind and run (the next run continues). */
-const MAX_ACCOUNTS_PER_RUN = 5_000;
+/**
+ * Accounts handled per kind (expiries, rolls) and run by default: under a larger backlog a run
+ * takes those that have waited longest (findAccountsWithDueExpiries, findAccountsWithDuePeriods)
+ * and the next run continues.
+ */
+export const MAX_ACCOUNTS_PER_RUN = 5_000;
+
+/** Bounds of one sweep run. */
+export interface SweepLimits {
+  /** Accounts handled per kind and run (default MAX_ACCOUNTS_PER_RUN). */
+  maxAccountsPerRun: number;
+}
 
 /** What one sweep did. */
 export interface SweepResult {
@@ -70,16 +81,21 @@ async function eachAccount(deps: WorkerDeps, what: string, accountIds: readonly 
 }
 
 /**
- * Runs one sweep.
+ * Runs one sweep: at most `limits.maxAccountsPerRun` accounts with due expiries and as many with
+ * due rolls, those waiting longest first.
  * @throws the database error when the database cannot be reached, or the Redis error of the
  *   re-adds (the job is retried next run).
  */
-export async function processSweepDue(deps: WorkerDeps, sink: JobSink & { readd?(jobs: OutboxJob[]): Promise<void> }): Promise<SweepResult> {
+export async function processSweepDue(
+  deps: WorkerDeps,
+  sink: JobSink & { readd?(jobs: OutboxJob[]): Promise<void> },
+  limits: SweepLimits = { maxAccountsPerRun: MAX_ACCOUNTS_PER_RUN },
+): Promise<SweepResult> {
   const { services, log } = deps;
   const now = services.clock();
-  const expiring = await findAccountsWithDueExpiries(services.pool, now, MAX_ACCOUNTS_PER_RUN);
+  const expiring = await findAccountsWithDueExpiries(services.pool, now, limits.maxAccountsPerRun);
   const expired = await eachAccount(deps, 'expiring what is due', expiring, expireDue);
-  const rolling = await findAccountsWithDuePeriods(services.pool, now, MAX_ACCOUNTS_PER_RUN);
+  const rolling = await findAccountsWithDuePeriods(services.pool, now, limits.maxAccountsPerRun);
   const rolled = await eachAccount(deps, 'rolling the billing period', rolling, rollBillingPeriods);
   const { rows } = await services.pool.query(
     `SELECT id, account_id FROM auto_top_ups WHERE status = 'PENDING' AND created_at < $1::timestamptz - interval '1 minute' LIMIT 1000`,

@@ -1,5 +1,7 @@
 /**
- * Promo codes over the API (issue #5): createPromoCode is admin-only; redeemPromoCode grants a
+ * Promo codes over the API (issue #5): createPromoCode is admin-only and refuses terms no code
+ * should have (a validUntil already past, credits <= 0, maxRedemptions < 1, expiresAfterDays
+ * outside 1..3650) while a retry with the same terms replays; redeemPromoCode grants a
  * FREE PROMO_CODE batch once per account per code, is refused after validUntil (at the
  * redeeming account's clock) and once maxRedemptions is reached, also under a race. Every
  * refusal is shown to change nothing (balance version, grants, redemptions).
@@ -72,6 +74,54 @@ describe('createPromoCode', () => {
     const created = await createPromo({ code, credits: '12.5', expiresAfterDays: 14, maxRedemptions: 3, validUntil });
     expect(created).toEqual({ code, credits: '12.5', expiresAfterDays: 14, maxRedemptions: 3, redemptions: 0, validUntil });
     expect(await promo(code)).toEqual(created);
+  });
+
+  it('a validUntil that has already passed is BAD_USER_INPUT on validUntil and creates nothing: such a code could never be redeemed, and its name would be taken', async () => {
+    for (const validUntil of [new Date(Date.now() - DAY_MS).toISOString(), '2001-01-01T00:00:00.000Z']) {
+      const code = newCode();
+      const res = await srv.gql(CREATE_PROMO, { input: { code, credits: '5', validUntil } });
+      const err = expectError(res, 'BAD_USER_INPUT');
+      expect(err.extensions?.field).toBe('validUntil');
+      expect(err.message).toMatch(/validUntil.*future/);
+      expect(res.body.data ?? null).toBeNull();
+      expect(await promo(code)).toBeNull();
+      // The name stays free: the corrected code can be created.
+      const fixed = new Date(Date.now() + DAY_MS).toISOString();
+      expect(await createPromo({ code, credits: '5', validUntil: fixed })).toMatchObject({ code, validUntil: fixed });
+    }
+  });
+
+  it('creating a code again with the same terms after its validUntil passed still returns it (idempotent), not a refusal', async () => {
+    const code = newCode();
+    const validUntil = new Date(Date.now() + DAY_MS).toISOString();
+    const created = await createPromo({ code, credits: '5', validUntil });
+    srv.services.setNow(new Date(Date.now() + 2 * DAY_MS)); // the platform's clock, past validUntil
+    try {
+      expect(await createPromo({ code, credits: '5', validUntil })).toEqual(created);
+      // Other terms are refused (the past validUntil itself, before the code is looked up).
+      expectError(await srv.gql(CREATE_PROMO, { input: { code, credits: '6', validUntil } }), 'BAD_USER_INPUT');
+    } finally {
+      srv.services.setNow(null);
+    }
+    expect(await promo(code)).toEqual(created);
+  });
+
+  it('credits <= 0, maxRedemptions < 1 and expiresAfterDays outside 1..3650 are BAD_USER_INPUT on their field and create nothing', async () => {
+    const cases: [Record<string, unknown>, string][] = [
+      [{ credits: '0' }, 'credits'],
+      [{ credits: '-1' }, 'credits'],
+      [{ credits: '1', maxRedemptions: 0 }, 'maxRedemptions'],
+      [{ credits: '1', maxRedemptions: -3 }, 'maxRedemptions'],
+      [{ credits: '1', expiresAfterDays: 0 }, 'expiresAfterDays'],
+      [{ credits: '1', expiresAfterDays: 3651 }, 'expiresAfterDays'],
+    ];
+    for (const [terms, field] of cases) {
+      const code = newCode();
+      const res = await srv.gql(CREATE_PROMO, { input: { code, ...terms } });
+      const err = expectError(res, 'BAD_USER_INPUT');
+      expect(err.extensions?.field, JSON.stringify(terms)).toBe(field);
+      expect(await promo(code)).toBeNull();
+    }
   });
 
   it('a credits:write key is FORBIDDEN and no code is created', async () => {
