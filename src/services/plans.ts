@@ -262,6 +262,21 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
 }
 
 /**
+ * SQL of the CTE `since(batch_id, drawn)`: per batch, the micro-credits that usage recorded from
+ * instant `$2` on (CONSUME entries of account `$1` dated from `$2`, their events not refunded)
+ * drew from it. Added to a batch's remaining it gives its credit as it stood at `$2`: what
+ * trimRollover trims and what a refund may give back under the cap (refund-usage.ts
+ * rolloverRoom) both count from that.
+ */
+export const DRAWN_SINCE_CTE = `since AS (
+       SELECT d.batch_id, SUM(d.amount_micro_credits) AS drawn FROM ledger_entries l
+         JOIN usage_events e ON e.id = l.usage_event_id AND e.refunded_at IS NULL
+         JOIN drawdowns d ON d.usage_event_id = l.usage_event_id
+        WHERE l.account_id = $1 AND l.type = 'CONSUME' AND l.created_at >= $2
+        GROUP BY d.batch_id
+     )`;
+
+/**
  * ROLLOVER: expires, at the period start `at`, the subscription credit above `cap` (micro-credits)
  * as it stood at `at` (oldest batches first; EXPIRE entries dated at `at`). A roll that runs late
  * finds the credit already drawn by usage recorded since `at`, which under an on-time roll would
@@ -274,13 +289,7 @@ async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void
   // Usage since `at`: the account's CONSUME entries dated from `at` on (an index range on
   // (account_id, created_at); on time, none) and their drawdowns, by batch, read once.
   const { rows } = await atx.tx.query(
-    `WITH since AS (
-       SELECT d.batch_id, SUM(d.amount_micro_credits) AS drawn FROM ledger_entries l
-         JOIN usage_events e ON e.id = l.usage_event_id AND e.refunded_at IS NULL
-         JOIN drawdowns d ON d.usage_event_id = l.usage_event_id
-        WHERE l.account_id = $1 AND l.type = 'CONSUME' AND l.created_at >= $2
-        GROUP BY d.batch_id
-     )
+    `WITH ${DRAWN_SINCE_CTE}
      SELECT b.id, b.remaining_micro_credits, COALESCE(s.drawn, 0) AS drawn_since
        FROM credit_batches b LEFT JOIN since s ON s.batch_id = b.id
       WHERE b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND (b.expires_at IS NULL OR b.expires_at > $2)

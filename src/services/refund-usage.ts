@@ -18,6 +18,7 @@ import { minBig } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
 import { moveBudgetSpend } from './spending-budgets.js';
 import { scheduleExpiry } from './expire-due.js';
+import { DRAWN_SINCE_CTE } from './plans.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import type { ServiceContext } from './context.js';
 
@@ -158,13 +159,7 @@ async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: b
   if (!sub || sub.rollover !== 'ROLLOVER' || sub.cap === null) return null;
   if ((sub.started_at as Date).getTime() >= periodStart.getTime() || (sub.granted_period_start as Date).getTime() < periodStart.getTime()) return null;
   const { rows } = await atx.tx.query(
-    `WITH since AS (
-       SELECT d.batch_id, SUM(d.amount_micro_credits) AS drawn FROM ledger_entries l
-         JOIN usage_events e ON e.id = l.usage_event_id AND e.refunded_at IS NULL
-         JOIN drawdowns d ON d.usage_event_id = l.usage_event_id
-        WHERE l.account_id = $1 AND l.type = 'CONSUME' AND l.created_at >= $2
-        GROUP BY d.batch_id
-     )
+    `WITH ${DRAWN_SINCE_CTE}
      SELECT b.id, b.remaining_micro_credits + COALESCE(s.drawn, 0) AS at_start
        FROM credit_batches b LEFT JOIN since s ON s.batch_id = b.id
       WHERE b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND b.added_at < $2
