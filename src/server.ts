@@ -108,11 +108,32 @@ interface WsState {
   principal?: Principal | null;
   /** connectionParams.authorization, re-authenticated for every new operation. */
   authorization?: string;
+  /**
+   * The connection acts for public visitors (`x-creditpool-audience: public` on its upgrade
+   * request or in its connectionParams: {@link audienceFlag}); every operation's context gets it.
+   */
+  publicAudience?: boolean;
   /** liveSlotKey of the bearer token: the live slot this connection holds. */
   tokenKey?: string;
   connectionId: string;
   operations: Set<string>;
   expiryTimer?: InstantTimer;
+}
+
+/** The header (and connectionParams key) that marks a call made on behalf of a public visitor. */
+const AUDIENCE_HEADER = 'x-creditpool-audience';
+
+/**
+ * Whether a value of the `x-creditpool-audience` header (or connectionParams key) asks for the
+ * public-visitor form of billing refusals: exactly `public`, in any case. Anything else (another
+ * word, a repeated header that Node or fetch joined as `public, public`, a non-string
+ * connectionParams value) changes nothing. Granting it to whoever asks is safe: the flag only
+ * turns INSUFFICIENT_CREDITS / BUDGET_EXCEEDED into a neutral UNAVAILABLE in the answer
+ * (graphql/errors.ts maskError), so it hides from the caller what the caller would see without
+ * it, and never changes what a credential may do.
+ */
+function audienceFlag(value: unknown): boolean {
+  return typeof value === 'string' && value.toLowerCase() === 'public';
 }
 
 /** The key a credential's live slots are counted under: the SHA-256 of its bearer token (authenticator.ts bearerToken). */
@@ -305,7 +326,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     // The body limit is enforced from Content-Length before yoga runs (bodyRefusal).
     maxRequestBodySize: false,
     context: async (initial): Promise<GraphQLContext> => {
-      const ws = (initial as { ws?: { principal: Principal | null; requestId: string; authorization: string } }).ws;
+      const ws = (initial as { ws?: { principal: Principal | null; requestId: string; authorization: string; publicAudience: boolean } }).ws;
       const request = (initial as { request: Request }).request;
       const requestId = ws?.requestId ?? (initial as { requestId?: string }).requestId ?? randomUUID();
       const credential = ws ? ws.authorization : request.headers.get('authorization');
@@ -326,7 +347,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         if (masked.extensions.code !== 'UNAVAILABLE') throw masked;
         throw new GraphQLError(masked.message, { extensions: { ...masked.extensions, http: { status: 503 } } });
       }
-      const flagged = !ws && request.headers.get('x-creditpool-audience')?.toLowerCase() === 'public';
+      // Over a WebSocket, the flag of its upgrade request or connectionParams (onConnect).
+      const flagged = ws ? ws.publicAudience : audienceFlag(request.headers.get(AUDIENCE_HEADER));
       const publicAudience = flagged || (principal?.kind === 'service' && principal.publicAudience === true);
       return {
         principal,
@@ -488,6 +510,9 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         state.tokenKey = tokenKey;
         state.principal = principal;
         state.authorization = authorization;
+        // A browser cannot set headers on a WebSocket, but a platform's server-side proxy can
+        // set this one on the upgrade request; a client may also send it in connectionParams.
+        state.publicAudience = audienceFlag(ctx.extra.request.headers[AUDIENCE_HEADER]) || audienceFlag(ctx.connectionParams?.[AUDIENCE_HEADER]);
         if (principal.kind === 'user' && principal.expiresAt) {
           state.expiryTimer = atInstant(principal.expiresAt, () => socket.close(WS_CLOSE.forbidden, 'Forbidden: token expired'));
         }
@@ -526,7 +551,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
           return [new GraphQLError(`At most ${env.LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION} operations per connection.`, { extensions: { code: 'RATE_LIMITED' } })];
         }
         const { schema: enveloped, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
-          ws: { principal, requestId, authorization },
+          ws: { principal, requestId, authorization, publicAudience: state.publicAudience === true },
         } as never);
         // Parse and validate as over HTTP: graphql-armor's limits throw from either step.
         const badInput = (err: unknown) => [new GraphQLError((err as Error).message, { extensions: { code: 'BAD_USER_INPUT' } })];

@@ -4,13 +4,13 @@
  * the optional `org` claim is their organization's external id.
  *
  * Every verification failure (malformed token, alg `none` or any algorithm not allowed for the
- * configured key, bad signature, expired, not yet valid, wrong issuer/audience, missing or bad
- * `sub`/`org`) becomes one generic LedgerError UNAUTHENTICATED; the message never echoes the
+ * configured key, bad signature, expired, not yet valid, wrong issuer/audience, a `typ` header
+ * other than none, `JWT` or `at+jwt` (RFC 8725 §3.11), missing or bad `sub`/`org`) becomes one generic LedgerError UNAUTHENTICATED; the message never echoes the
  * token or says which check failed. A JWKS endpoint that cannot be reached is the server's
  * problem, not the caller's, and is reported as UNAVAILABLE.
  */
 import { SignJWT, createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, jwtVerify } from 'jose';
-import type { JWTPayload } from 'jose';
+import type { JWTHeaderParameters, JWTPayload } from 'jose';
 
 import { LedgerError } from '../ledger/errors.js';
 import type { UserPrincipal } from './principal.js';
@@ -61,6 +61,32 @@ const HMAC_ALGORITHMS = ['HS256'];
 
 /** Algorithms accepted with JWKS keys (never HMAC, never `none`). */
 const JWKS_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'];
+
+/**
+ * `typ` header values (lower case, without the optional `application/` prefix) of a token that
+ * may be an end-user credential: `jwt` (RFC 7519 §5.1, what most identity providers put on ID and
+ * access tokens) and `at+jwt` (RFC 9068 §2.1, OAuth 2.0 JWT access tokens). A token without
+ * `typ` is accepted too (many providers send none). See {@link isAcceptedTokenType}.
+ */
+const ACCEPTED_TOKEN_TYPES = new Set(['jwt', 'at+jwt']);
+
+/**
+ * Whether a verified token's `typ` header allows it as an end-user credential: absent, or a
+ * string naming `JWT` or `at+jwt`, compared case-insensitively and with an optional
+ * `application/` prefix (RFC 7515 §4.1.9: media types are case-insensitive and the prefix may be
+ * omitted). Any other value (a string of another kind, a number, null) is refused.
+ * Why (RFC 8725 §3.11 "Use Explicit Typing", §2.8 "Cross-JWT Confusion"): the same key may sign
+ * JWTs of other kinds whose claims look like ours (`sub`, `iss`, `aud`, `exp`): an OpenID Connect
+ * back-channel logout token (`logout+jwt`, OIDC Back-Channel Logout §2.4), a Security Event Token
+ * (`secevent+jwt`, RFC 8417 §2.3), a DPoP proof (`dpop+jwt`, RFC 9449 §4.2). Those kinds declare
+ * their type precisely so that a token of one kind is not taken for another.
+ */
+function isAcceptedTokenType(typ: unknown): boolean {
+  if (typ === undefined) return true;
+  if (typeof typ !== 'string') return false;
+  const lower = typ.toLowerCase();
+  return ACCEPTED_TOKEN_TYPES.has(lower.startsWith('application/') ? lower.slice('application/'.length) : lower);
+}
 
 /** The generic message of every rejected token. */
 const INVALID_TOKEN_MESSAGE = 'invalid or expired token';
@@ -153,7 +179,9 @@ function isJwksUnavailable(err: unknown): boolean {
  * Builds a token verifier (create it once: the JWKS is fetched lazily and cached inside).
  * Rules: `alg` must be HS256 for the secret or an asymmetric algorithm for the JWKS (so `none`
  * and algorithm-confusion tokens fail); signature, `exp` and `nbf` are checked by jose (with the
- * clock tolerance); `exp` is required (a token without one would never end) and may lie at most
+ * clock tolerance); the `typ` header must be absent, `JWT` or `at+jwt` (case-insensitive, optional
+ * `application/` prefix; RFC 8725 §3.11, see isAcceptedTokenType), so a logout token, Security
+ * Event Token or DPoP proof signed by the same key is refused; `exp` is required (a token without one would never end) and may lie at most
  * `maxTtlSeconds` after `iat` and after now; `iss` / `aud` when configured; `sub` must be a
  * string of 1..200 characters; `org`, when present and not null, must be a string of 1..200
  * characters. The returned principal's `expiresAt` is `exp`.
@@ -195,11 +223,12 @@ export function createUserTokenVerifier(options: UserTokenVerifierOptions): User
       throw unauthenticated();
     }
     let payload: JWTPayload;
+    let protectedHeader: JWTHeaderParameters;
     try {
       if (useSecret && secret) {
-        ({ payload } = await jwtVerify(token, secret, { ...claimChecks, algorithms: HMAC_ALGORITHMS }));
+        ({ payload, protectedHeader } = await jwtVerify(token, secret, { ...claimChecks, algorithms: HMAC_ALGORITHMS }));
       } else if (jwks) {
-        ({ payload } = await jwtVerify(token, jwks, { ...claimChecks, algorithms: JWKS_ALGORITHMS }));
+        ({ payload, protectedHeader } = await jwtVerify(token, jwks, { ...claimChecks, algorithms: JWKS_ALGORITHMS }));
       } else {
         throw unauthenticated();
       }
@@ -210,6 +239,9 @@ export function createUserTokenVerifier(options: UserTokenVerifierOptions): User
       }
       throw unauthenticated();
     }
+    // The header the signature covers: a token of another kind (logout token, SET, DPoP proof)
+    // signed by the same key is refused like any other invalid token.
+    if (!isAcceptedTokenType(protectedHeader.typ)) throw unauthenticated();
     return toPrincipal(payload, maxTtlSeconds, clockTolerance);
   };
 }

@@ -18,7 +18,10 @@ export interface GraphQLContext {
   prisma: PrismaClient;
   env: Env;
   log: Logger;
-  /** True for requests on behalf of public visitors (a PUBLIC API key, or `x-creditpool-audience: public`). */
+  /**
+   * True for requests on behalf of public visitors: a PUBLIC API key, or `x-creditpool-audience: public`
+   * (HTTP header; over a WebSocket the upgrade request's header or connectionParams key, server.ts).
+   */
   publicAudience: boolean;
   /** This instance's live fan-out (subscriptions); null where none runs (scripts, some tests). */
   live: LiveHub | null;

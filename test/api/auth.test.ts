@@ -171,6 +171,20 @@ describe('missing or invalid credentials', () => {
     expect(ok(await srv.gql(ACCOUNT, { id: userAcct }, await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 86_400 }))).account).toMatchObject({ id: userAcct });
   });
 
+  it('an end-user token of another kind signed with the same secret (typ logout+jwt) is UNAUTHENTICATED; typ JWT, at+jwt and none are accepted (RFC 8725 §3.11)', async () => {
+    const key = new TextEncoder().encode(srv.jwtSecret);
+    const now = Math.floor(Date.now() / 1000);
+    const sign = (typ: string | undefined) =>
+      new SignJWT({ org: orgExt }).setProtectedHeader(typ === undefined ? { alg: 'HS256' } : { alg: 'HS256', typ }).setSubject(userExt).setIssuedAt(now).setExpirationTime(now + 600).sign(key);
+    const res = await srv.gql(ACCOUNT, { id: userAcct }, await sign('logout+jwt'));
+    expectError(res, 'UNAUTHENTICATED');
+    expect(res.status).toBe(401);
+    expect(res.body.data?.account ?? null).toBeNull();
+    for (const typ of ['JWT', 'at+jwt', 'application/at+jwt', undefined]) {
+      expect(ok(await srv.gql(ACCOUNT, { id: userAcct }, await sign(typ))).account, String(typ)).toMatchObject({ id: userAcct });
+    }
+  });
+
   it('a revoked API key is UNAUTHENTICATED', async () => {
     const key = await createApiKey(srv.services.pool, { name: `${NAME}-revoked`, scopes: ['admin'] });
     expect(await revokeApiKey(srv.services.pool, key.id)).toBe(true);

@@ -75,15 +75,34 @@ export function wsUrl(httpUrl: string): string {
 }
 
 /**
- * Subscribes over graphql-ws (one connection per call). `authorization` goes into
- * connectionParams (omitted when null).
+ * Extra settings of a {@link wsSubscribe} connection: `headers` are sent on the HTTP upgrade
+ * request (as a server-side proxy would add them; a browser cannot), `connectionParams` are
+ * merged into the connection_init payload next to `authorization`.
  */
-export function wsSubscribe<T = any>(httpUrl: string, authorization: string | null, query: string, variables: Record<string, unknown> = {}): LiveSub<T> & { client: WsClient } {
+export interface WsOptions {
+  headers?: Record<string, string>;
+  connectionParams?: Record<string, unknown>;
+}
+
+/** A `ws` WebSocket class that sends `headers` on its upgrade request (graphql-ws calls `new Impl(url, protocol)`). */
+function webSocketWithHeaders(headers: Record<string, string>): unknown {
+  return class extends WebSocket {
+    constructor(address: string | URL, protocols?: string | string[]) {
+      super(address, protocols, { headers });
+    }
+  };
+}
+
+/**
+ * Subscribes over graphql-ws (one connection per call). `authorization` goes into
+ * connectionParams (omitted when null); `options` adds upgrade headers or connectionParams.
+ */
+export function wsSubscribe<T = any>(httpUrl: string, authorization: string | null, query: string, variables: Record<string, unknown> = {}, options: WsOptions = {}): LiveSub<T> & { client: WsClient } {
   const { sub, changed, next, complete } = collector<T>();
   const client = createWsClient({
     url: wsUrl(httpUrl),
-    webSocketImpl: WebSocket,
-    connectionParams: authorization === null ? {} : { authorization },
+    webSocketImpl: options.headers ? webSocketWithHeaders(options.headers) : WebSocket,
+    connectionParams: { ...(authorization === null ? {} : { authorization }), ...options.connectionParams },
     retryAttempts: 0,
     lazy: false,
     onNonLazyError: () => undefined,

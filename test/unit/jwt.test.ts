@@ -186,6 +186,30 @@ describe('issuer and audience', () => {
   });
 });
 
+describe('explicit typing: the `typ` header (RFC 8725 §3.11, §2.8)', () => {
+  const verify = createUserTokenVerifier({ secret: SECRET });
+  const withTyp = (typ: unknown) =>
+    new SignJWT({ org: 'org-1' })
+      .setProtectedHeader(typ === undefined ? { alg: 'HS256' } : ({ alg: 'HS256', typ } as { alg: string; typ: string }))
+      .setSubject('typed-user')
+      .setIssuedAt()
+      .setExpirationTime(nowSeconds() + 600)
+      .sign(key);
+
+  it('accepts no typ, JWT and RFC 9068 at+jwt, case-insensitively and with or without the application/ prefix (RFC 7515 §4.1.9)', async () => {
+    for (const typ of [undefined, 'JWT', 'jwt', 'Jwt', 'application/jwt', 'at+jwt', 'AT+JWT', 'application/at+jwt', 'Application/AT+JWT']) {
+      expect((await verify(await withTyp(typ))).userId, String(typ)).toBe('typed-user');
+    }
+  });
+
+  it('refuses a token of another kind signed by the same key: logout token, Security Event Token, DPoP proof, anything else', async () => {
+    for (const typ of ['logout+jwt', 'application/logout+jwt', 'secevent+jwt', 'dpop+jwt', 'JOSE', 'JOSE+JSON', 'jwt ', 'at+jwt+x', 'application/', 'x/jwt', '', 17, null, ['JWT']]) {
+      const token = await withTyp(typ);
+      await expectRejected(verify(token), token);
+    }
+  });
+});
+
 describe('verifier configuration', () => {
   it('refuses to build without a secret or JWKS URL, or with a short secret', () => {
     expect(() => createUserTokenVerifier({})).toThrow(/secret or a JWKS URL/);
@@ -270,6 +294,15 @@ describe('JWKS end-user tokens', () => {
       new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setSubject('victim').setIssuer(iss).setAudience(aud).setExpirationTime(nowSeconds() + 600).sign(privateKey);
     expect((await verify(await sign(ISS, AUD))).userId).toBe('victim');
     for (const token of [await sign(ISS, 'another-app'), await sign('https://another-tenant.example/', AUD)]) await expectRejected(verify(token), token);
+  });
+
+  it('refuses a token of another kind (typ logout+jwt) signed by a key of the set, and accepts typ at+jwt', async () => {
+    const verify = createUserTokenVerifier({ jwksUrl, issuer: ISS, audience: AUD });
+    const sign = (typ: string) =>
+      new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1', typ }).setSubject('victim').setIssuer(ISS).setAudience(AUD).setIssuedAt().setExpirationTime(nowSeconds() + 600).sign(privateKey);
+    expect((await verify(await sign('at+jwt'))).userId).toBe('victim');
+    const logout = await sign('logout+jwt');
+    await expectRejected(verify(logout), logout);
   });
 
   it('rejects an HS256 token when only the JWKS is configured', async () => {

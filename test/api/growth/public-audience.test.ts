@@ -1,7 +1,8 @@
 /**
  * Billing refusals for public visitors (issue #5): internal callers get INSUFFICIENT_CREDITS /
  * BUDGET_EXCEEDED with exact amounts, while requests for public visitors (a PUBLIC-audience API
- * key, or an internal key sending `x-creditpool-audience: public`) get extensions.code
+ * key, or an internal key sending `x-creditpool-audience: public` over HTTP, or on a WebSocket
+ * upgrade request or in its connectionParams) get extensions.code
  * UNAVAILABLE with a generic message (no digits, no "credit", no amounts in extensions), also per
  * item in recordUsageBatch. Nothing is recorded in those cases. Other errors keep their code.
  */
@@ -179,5 +180,67 @@ describe('over WebSocket (graphql-ws) as over HTTP', () => {
     expect(Object.keys(neutral.extensions ?? {}).sort()).toEqual(['code', 'requestId']);
     expect(String((neutral.extensions as { requestId?: string }).requestId)).toMatch(/^[0-9a-f-]{36}:.+$/);
     expect(results.internal.map((e) => e.extensions)).toMatchObject([{ code: 'INSUFFICIENT_CREDITS', neededCredits: '2', availableCredits: '1' }]);
+  });
+
+  it('an internal key whose upgrade request carries x-creditpool-audience: public (a server-side proxy sets it) gets the neutral UNAVAILABLE; the same key without it the exact refusal; nothing is recorded', async () => {
+    const acct = await funded('1');
+    const results = await unchanged([acct], async () => {
+      const flagged = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, RECORD, { input: use(acct, '2') }, { headers: { 'x-creditpool-audience': 'Public' } });
+      const other = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, RECORD, { input: use(acct, '2') }, { headers: { 'x-creditpool-audience': 'internal' } });
+      const plain = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, RECORD, { input: use(acct, '2') });
+      try {
+        await Promise.all([flagged, other, plain].map((s) => s.waitFor((x) => x.completed, 'the mutation to complete')));
+        return { flagged: [...flagged.errors], other: [...other.errors], plain: [...plain.errors] };
+      } finally {
+        await Promise.all([flagged.dispose(), other.dispose(), plain.dispose()]);
+      }
+    });
+    expect(results.flagged).toHaveLength(1);
+    expect(results.flagged[0]!.extensions?.code).toBe('UNAVAILABLE');
+    expectNeutral(results.flagged[0]!.message);
+    expect(Object.keys(results.flagged[0]!.extensions ?? {}).sort()).toEqual(['code', 'requestId']);
+    for (const errors of [results.other, results.plain]) {
+      expect(errors.map((e) => e.extensions)).toMatchObject([{ code: 'INSUFFICIENT_CREDITS', neededCredits: '2', availableCredits: '1' }]);
+    }
+  });
+
+  it("connectionParams['x-creditpool-audience']: 'public' does the same (the flag only hides a billing refusal's details from the caller, it grants nothing); other values and types change nothing", async () => {
+    const acct = await funded('1');
+    const params = [{ 'x-creditpool-audience': 'public' }, { 'x-creditpool-audience': 'no' }, { 'x-creditpool-audience': ['public'] }, { 'x-creditpool-audience': true }];
+    const results = await unchanged([acct], async () => {
+      const subs = params.map((connectionParams) => wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, RECORD, { input: use(acct, '2') }, { connectionParams }));
+      try {
+        await Promise.all(subs.map((s) => s.waitFor((x) => x.completed, 'the mutation to complete')));
+        return subs.map((s) => [...s.errors]);
+      } finally {
+        await Promise.all(subs.map((s) => s.dispose()));
+      }
+    });
+    const [flagged, ...others] = results;
+    expect(flagged!.map((e) => e.extensions?.code)).toEqual(['UNAVAILABLE']);
+    expectNeutral(flagged![0]!.message);
+    for (const errors of others) expect(errors.map((e) => e.extensions)).toMatchObject([{ code: 'INSUFFICIENT_CREDITS', neededCredits: '2', availableCredits: '1' }]);
+  });
+
+  it('the flag holds for every operation of the connection, and does not reach another connection of the same key', async () => {
+    const acct = await funded('1');
+    const results = await unchanged([acct], async () => {
+      const flagged = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, RECORD, { input: use(acct, '2') }, { headers: { 'x-creditpool-audience': 'public' } });
+      await flagged.waitFor((x) => x.completed, 'the first mutation to complete');
+      const second = await new Promise<unknown[]>((resolve, reject) => {
+        const errors: unknown[] = [];
+        flagged.client.subscribe({ query: RECORD, variables: { input: use(acct, '3') } }, { next: (r) => errors.push(...(r.errors ?? [])), error: reject, complete: () => resolve(errors) });
+      });
+      const plain = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, RECORD, { input: use(acct, '2') });
+      try {
+        await plain.waitFor((x) => x.completed, 'the other connection\'s mutation to complete');
+        return { first: [...flagged.errors], second, plain: [...plain.errors] };
+      } finally {
+        await Promise.all([flagged.dispose(), plain.dispose()]);
+      }
+    });
+    expect(results.first.map((e) => e.extensions?.code)).toEqual(['UNAVAILABLE']);
+    expect((results.second as Array<{ extensions?: { code?: string } }>).map((e) => e.extensions?.code)).toEqual(['UNAVAILABLE']);
+    expect(results.plain.map((e) => e.extensions)).toMatchObject([{ code: 'INSUFFICIENT_CREDITS', neededCredits: '2', availableCredits: '1' }]);
   });
 });
