@@ -35,17 +35,17 @@
  *   resolver's `take` / LIMIT, counts min(cap, CAPPED_LIST_COST_ITEMS = 100) items:
  *   Account.batches and Account.reservations (1,000 rows each), Account.usageSummary
  *   (USAGE_SUMMARY_MAX_ROWS = 1,000 groups), Viewer.accounts (the user's USER account and its
- *   organization's: 2). A weight, not the cap: counted at its cap, a list alone would cost more
+ *   organization's: 2), Account.budgets and Account.userBudgets (ACCOUNT_BUDGETS_CAP = 100
+ *   budgets per read, counted as what they serve; `after` reads on, src/graphql/growth.ts).
+ *   Above 100 a weight, not the cap: counted at its cap, a list alone would cost more
  *   than the limit (`createAccount { batches { …8 fields } }` about 49,500, the demo's report as
  *   much), while real accounts hold a few batches and holds. At 100, the demo's report
  *   (schema/operations AccountSummary: batches, three summaries, budgets) costs about 8,400, a
  *   list nested under any page is refused as soon as the page is more than a few items, and each
  *   item's nested selection still multiplies;
  * - a plain list the server does not cap and no argument sizes states its weight with
- *   `listCountedAs(items)`, its reason next to the field: Account.budgets and
- *   Account.userBudgets (one row per budgeted agent or user, which nothing bounds) count as a
- *   capped list, CAPPED_LIST_COST_ITEMS; UsageEvent.drawdowns DRAWDOWN_COST_ITEMS = 2 (an event
- *   empties every batch it draws from but the last, so a page of events serves at most one
+ *   `listCountedAs(items)`, its reason next to the field: UsageEvent.drawdowns
+ *   DRAWDOWN_COST_ITEMS = 2 (an event empties every batch it draws from but the last, so a page of events serves at most one
  *   drawdown per event plus one per batch it emptied). At 2 the demo's RecordUsageBatch of 100
  *   events with their drawdowns costs about 10,900, at 100 it would cost about 345,000.
  * Other plain lists count as 1, each for a reason given next to it: CostLine lists

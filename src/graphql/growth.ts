@@ -7,7 +7,7 @@ import { decodeId, toGlobalId } from './ids.js';
 import { AccountRef } from './types/account.js';
 import { CreditGrantRef } from './types/ledger.js';
 import type { GraphQLContext } from './context.js';
-import { CAPPED_LIST_COST_ITEMS, listCountedAs } from './cost-limit.js';
+import { CAPPED_LIST_COST_ITEMS, cappedList } from './cost-limit.js';
 import { createPromoCode, findPromoCode, redeemPromoCode, type PromoCodeView } from '../services/promo-codes.js';
 import { redeemReferral } from '../services/redeem-referral.js';
 import { listBudgets, setSpendingBudget, type BudgetSubjectKind, type BudgetView } from '../services/spending-budgets.js';
@@ -70,20 +70,29 @@ function setBudget(ctx: GraphQLContext, kind: BudgetSubjectKind, accountGlobalId
   return setSpendingBudget(ctx.services, { accountId, subjectKind: kind, subjectId, limitMicroCredits: limit ?? null });
 }
 
+/**
+ * The most budgets one read of Account.budgets / userBudgets serves: the items the query cost
+ * estimate counts for a capped list (CAPPED_LIST_COST_ITEMS, src/graphql/cost-limit.ts), so the
+ * list costs what it can serve. Nothing bounds how many agents or users an account budgets: the
+ * list is in subject id order (bytes) and `after` reads on from the last id of an answer
+ * (README "Limits").
+ */
+export const ACCOUNT_BUDGETS_CAP = CAPPED_LIST_COST_ITEMS;
+
 builder.objectFields(AccountRef, (t) => ({
-  // One row per agent (user) the platform gave a budget, with its spending summed in SQL: nothing
-  // bounds how many, so the query cost estimate counts them as a capped list's weight
-  // (CAPPED_LIST_COST_ITEMS, src/graphql/cost-limit.ts).
   budgets: t.field({
     type: [AgentBudgetRef],
-    extensions: listCountedAs(CAPPED_LIST_COST_ITEMS),
-    resolve: (a, _args, ctx) => listBudgets(ctx.services.pool, a.id, ctx.services.clock(), 'AGENT'),
+    description: `At most ${ACCOUNT_BUDGETS_CAP} agent budgets, in agentId order (bytes), those after \`after\` when given: pass the last agentId of a full answer to read on.`,
+    args: { after: t.arg.string({ required: false, description: 'Read the budgets whose agentId comes after this one (the last of the previous answer).' }) },
+    extensions: cappedList(ACCOUNT_BUDGETS_CAP),
+    resolve: (a, args, ctx) => listBudgets(ctx.services.pool, a.id, ctx.services.clock(), 'AGENT', { after: args.after, limit: ACCOUNT_BUDGETS_CAP }),
   }),
   userBudgets: t.field({
     type: [UserBudgetRef],
-    description: 'Per-member budgets inside this (organization) pool.',
-    extensions: listCountedAs(CAPPED_LIST_COST_ITEMS),
-    resolve: (a, _args, ctx) => listBudgets(ctx.services.pool, a.id, ctx.services.clock(), 'USER'),
+    description: `Per-member budgets inside this (organization) pool: at most ${ACCOUNT_BUDGETS_CAP}, in userId order (bytes), those after \`after\` when given: pass the last userId of a full answer to read on.`,
+    args: { after: t.arg.string({ required: false, description: 'Read the budgets whose userId comes after this one (the last of the previous answer).' }) },
+    extensions: cappedList(ACCOUNT_BUDGETS_CAP),
+    resolve: (a, args, ctx) => listBudgets(ctx.services.pool, a.id, ctx.services.clock(), 'USER', { after: args.after, limit: ACCOUNT_BUDGETS_CAP }),
   }),
   referralsRewarded: t.int({
     description: 'Referral rewards this account received as the referrer.',

@@ -1,13 +1,13 @@
 /**
  * quote: what a usage event would cost now, without recording it, and whether the account's
  * credit covers it (contract Query.quote, Quote.affordable). Reads only; no lock is taken, so a
- * charge racing with it may decide on other figures.
+ * charge racing with it may decide on other figures, but the figures it decides on are those of
+ * one committed moment: the balance and the hold are read in one statement (one snapshot).
  */
-import { toBigInt } from '../db/pg.js';
 import { maxBig } from '../ledger/credits.js';
 import type { PricedUsage } from '../pricing/price-book.js';
 import type { ServiceContext } from './context.js';
-import { readBalance } from './read-balance.js';
+import { readBalance, readBalanceWithHold } from './read-balance.js';
 import { priceCommand } from './record-usage.js';
 import { isHolding } from './reservation-tx.js';
 import { validateUsageInput, type UsageInput } from './usage-command.js';
@@ -37,31 +37,26 @@ function creditCovers(costMicroCredits: bigint, availableMicroCredits: bigint, h
 /**
  * Prices `input` at the account's now (its test clock for a test-mode account), as recordUsage
  * prices it, and says whether credit covers it now (creditCovers), with what is left of the hold
- * its reservationId names when it names one.
+ * its reservationId names when it names one, the balance and the hold as of one snapshot.
  * @throws LedgerError NOT_FOUND (account), BAD_USER_INPUT (as validateUsageInput and priceCommand).
  */
 export async function quoteUsage(ctx: ServiceContext, input: UsageInput): Promise<QuoteResult> {
   const cmd = validateUsageInput(input);
-  const [book, settings, balance, hold] = await Promise.all([
+  // The balance and the hold in ONE statement (readBalanceWithHold): read apart, each in its own
+  // snapshot, a settle or release committing between them gave the hold from before it and the
+  // balance from after it, counting the released credit twice (test/integration/quote-snapshot.test.ts).
+  const reservationId = cmd.reservationId;
+  const [book, settings, { balance, hold }] = await Promise.all([
     ctx.pricing.priceBook(),
     ctx.pricing.settings(),
-    readBalance(ctx.pool, cmd.accountId, ctx.clock()),
-    cmd.reservationId
-      ? ctx.pool
-          .query('SELECT amount_micro_credits, consumed_micro_credits, status, expires_at FROM reservations WHERE id = $1 AND account_id = $2', [
-            cmd.reservationId,
-            cmd.accountId,
-          ])
-          .then(({ rows }) => rows[0] as Record<string, unknown> | undefined)
-      : undefined,
+    reservationId
+      ? readBalanceWithHold(ctx.pool, cmd.accountId, reservationId, ctx.clock())
+      : readBalance(ctx.pool, cmd.accountId, ctx.clock()).then((b) => ({ balance: b, hold: null })),
   ]);
   const priced = priceCommand(cmd, book, settings, balance.asOf);
   let holdLeftMicroCredits: bigint | null | undefined;
-  if (cmd.reservationId) {
-    holdLeftMicroCredits =
-      hold && isHolding({ status: hold.status as string, expiresAt: hold.expires_at as Date }, balance.asOf)
-        ? maxBig(toBigInt(hold.amount_micro_credits) - toBigInt(hold.consumed_micro_credits), 0n)
-        : null;
+  if (reservationId) {
+    holdLeftMicroCredits = hold && isHolding(hold, balance.asOf) ? maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n) : null;
   }
   return { priced, affordable: creditCovers(priced.costMicroCredits, balance.availableMicroCredits, holdLeftMicroCredits) };
 }

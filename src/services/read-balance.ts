@@ -56,19 +56,72 @@ export async function readBalance(db: pg.Pool | pg.PoolClient, accountId: string
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
 export async function readBalanceSnapshot(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<BalanceSnapshot> {
+  return snapshotOfRow(accountId, await queryBalanceRow(db, accountId, wallNow, null));
+}
+
+/** What a hold (a reservations row) has left to give, as read with a balance. */
+export interface HoldRead {
+  amountMicroCredits: bigint;
+  consumedMicroCredits: bigint;
+  status: string;
+  expiresAt: Date;
+}
+
+/**
+ * The account's balance and the hold `holdId` of that account (null when no row of the account
+ * has that id: missing, or another account's) read in ONE statement, so both belong to the same
+ * committed state (quote-usage.ts: a hold read in a statement of its own, from the pool, could
+ * be seen before a settle or release and the balance after it, counting the released credit
+ * twice). Takes no lock. The balance is as {@link readBalance}'s; `holdId` must be a uuid.
+ * @throws LedgerError NOT_FOUND when the account does not exist.
+ */
+export async function readBalanceWithHold(db: pg.Pool | pg.PoolClient, accountId: string, holdId: string, wallNow: Date): Promise<{ balance: BalanceView; hold: HoldRead | null }> {
+  const r = await queryBalanceRow(db, accountId, wallNow, holdId);
+  const balance = balanceFromSnapshot(snapshotOfRow(accountId, r));
+  const hold: HoldRead | null =
+    r.hold_status === null || r.hold_status === undefined
+      ? null
+      : {
+          amountMicroCredits: toBigInt(r.hold_amount_micro_credits),
+          consumedMicroCredits: toBigInt(r.hold_consumed_micro_credits),
+          status: r.hold_status as string,
+          expiresAt: r.hold_expires_at as Date,
+        };
+  return { balance, hold };
+}
+
+/**
+ * The one statement behind {@link readBalanceSnapshot} (see there) and, with `holdId`, also the
+ * columns `hold_*` of that hold of the account (NULL when it has none by that id).
+ * @throws LedgerError NOT_FOUND when the account does not exist.
+ */
+async function queryBalanceRow(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date, holdId: string | null): Promise<Record<string, unknown>> {
+  const withHold = holdId !== null;
   const { rows } = await db.query(
-    `SELECT n.now, per.period_start, per.period_end, b.debt_micro_credits, b.version, b.updated_at, p.name AS plan_name, f.*
+    `SELECT n.now, per.period_start, per.period_end, b.debt_micro_credits, b.version, b.updated_at, p.name AS plan_name, f.*${
+      withHold
+        ? `,
+            h.amount_micro_credits AS hold_amount_micro_credits, h.consumed_micro_credits AS hold_consumed_micro_credits,
+            h.status AS hold_status, h.expires_at AS hold_expires_at`
+        : ''
+    }
        FROM accounts a JOIN balances b ON b.account_id = a.id
        LEFT JOIN plan_subscriptions s ON s.account_id = a.id AND s.active
-       LEFT JOIN plans p ON p.id = s.plan_id
+       LEFT JOIN plans p ON p.id = s.plan_id${withHold ? `
+       LEFT JOIN reservations h ON h.id = $3 AND h.account_id = a.id` : ''}
        CROSS JOIN LATERAL (SELECT CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE GREATEST($2::timestamptz, b.updated_at) END AS now) n
        CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
        CROSS JOIN LATERAL balance_figures($1, n.now, per.period_start) f
       WHERE a.id = $1`,
-    [accountId, wallNow],
+    withHold ? [accountId, wallNow, holdId] : [accountId, wallNow],
   );
-  const r = rows[0];
+  const r = rows[0] as Record<string, unknown> | undefined;
   if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
+  return r;
+}
+
+/** The BalanceSnapshot of a row of {@link queryBalanceRow}. */
+function snapshotOfRow(accountId: string, r: Record<string, unknown>): BalanceSnapshot {
   return snapshotFromRow(
     {
       accountId,

@@ -203,10 +203,23 @@ export async function moveBudgetSpendMany(tx: Tx, moves: readonly BudgetSpendMov
 }
 
 /**
- * Budgets of an account with their spending in the billing period containing `now`
- * (the account's test clock, if any).
+ * Which budgets {@link listBudgets} reads: at most `limit` of them, those whose subject id comes
+ * after `after` (when given) in byte order (`COLLATE "C"`, the order the list is in), so a
+ * caller reads on from the last subject id it got.
  */
-export async function listBudgets(db: pg.Pool, accountId: string, wallNow: Date, kind?: BudgetSubjectKind): Promise<BudgetView[]> {
+export interface BudgetPage {
+  after?: string | null;
+  limit: number;
+}
+
+/**
+ * Budgets of an account with their spending in the billing period containing `now`
+ * (the account's test clock, if any), ordered by subject kind, then subject id in byte order;
+ * all of them, or one `page` (BudgetPage: Account.budgets / userBudgets serve at most
+ * ACCOUNT_BUDGETS_CAP, src/graphql/growth.ts). Amounts in micro-credits.
+ * @throws LedgerError NOT_FOUND when the account does not exist.
+ */
+export async function listBudgets(db: pg.Pool, accountId: string, wallNow: Date, kind?: BudgetSubjectKind, page?: BudgetPage): Promise<BudgetView[]> {
   const head = await db.query(
     `SELECT billing_anchor_at, CASE WHEN test_mode AND test_clock_at IS NOT NULL THEN test_clock_at ELSE $2::timestamptz END AS now FROM accounts WHERE id = $1`,
     [accountId, wallNow],
@@ -214,14 +227,11 @@ export async function listBudgets(db: pg.Pool, accountId: string, wallNow: Date,
   const a = head.rows[0];
   if (!a) throw new LedgerError('NOT_FOUND', 'account not found');
   const period = monthlyPeriodAt(a.billing_anchor_at as Date, a.now as Date);
-  const { rows } = await db.query(`${SPENT_SQL} AND ($6::text IS NULL OR b.subject_kind = $6) ORDER BY b.subject_kind, b.subject_id`, [
-    accountId,
-    period.start,
-    period.end,
-    a.now,
-    null,
-    kind ?? null,
-  ]);
+  const { rows } = await db.query(
+    `${SPENT_SQL} AND ($6::text IS NULL OR b.subject_kind = $6) AND ($7::text IS NULL OR b.subject_id COLLATE "C" > $7)
+      ORDER BY b.subject_kind, b.subject_id COLLATE "C" LIMIT $8`,
+    [accountId, period.start, period.end, a.now, null, kind ?? null, page?.after ?? null, page?.limit ?? null],
+  );
   return rows.map(toView);
 }
 

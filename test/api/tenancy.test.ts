@@ -3,7 +3,9 @@
  * end user (JWT) can learn about another tenant from ids it was never given to read. Each case
  * compares the answer to a foreign id with the answer to a random id of nothing: they must be
  * the same, byte for byte (README "Who may do what": any other account id answers exactly like
- * a missing one; src/graphql/ids.ts).
+ * a missing one; src/graphql/ids.ts). A cursor of one of the caller's own accounts used on the
+ * list of its other account gets the answer of a cursor of no row too (README "Limits": a cursor
+ * is good only on the list of the account it came from).
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +19,7 @@ let srv: TestServer;
 const userExt = uniq('user');
 const orgExt = uniq('org');
 let orgAcct: string;
+let userAcct: string;
 let otherOrg: string;
 let userToken: string;
 /** Ids of the other tenant's credit alert and of one of the organization's (the control). */
@@ -34,6 +37,8 @@ type Connection = (typeof CONNECTIONS)[number];
 const foreignCursor = {} as Record<Connection, string>;
 /** Cursors of rows of the caller's organization, one per connection (the control). */
 const ownCursor = {} as Record<Connection, string>;
+/** Cursors of rows of the caller's own USER account, one per connection. */
+const userCursor = {} as Record<Connection, string>;
 
 /** Every connection's newest cursor of `accountId` (admin key). */
 async function newestCursors(accountId: string): Promise<Record<Connection, string>> {
@@ -44,7 +49,7 @@ async function newestCursors(accountId: string): Promise<Record<Connection, stri
 
 beforeAll(async () => {
   srv = await startTestServer();
-  await apiAccount(srv, { kind: 'USER', externalId: userExt, paid: '3' });
+  userAcct = await apiAccount(srv, { kind: 'USER', externalId: userExt, paid: '3' });
   orgAcct = await apiAccount(srv, { kind: 'ORGANIZATION', externalId: orgExt, paid: '20' });
   otherOrg = await apiAccount(srv, { paid: '20' });
   // The other tenant's rows fall between the organization's older and newer rows of every list
@@ -58,6 +63,15 @@ beforeAll(async () => {
     }),
   );
   Object.assign(foreignCursor, await newestCursors(otherOrg));
+  // The caller's own USER account's rows fall between the organization's too (its 0 % alert,
+  // usage event, ledger entries and a grant).
+  await spend(userAcct, 3);
+  ok(
+    await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`, {
+      input: { accountId: userAcct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') },
+    }),
+  );
+  Object.assign(userCursor, await newestCursors(userAcct));
   ok(
     await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`, {
       input: { accountId: orgAcct, amount: '1', type: 'PAID', source: 'PURCHASE', idempotencyKey: uniq('g') },
@@ -94,6 +108,35 @@ describe("an end user's connection cursors", () => {
         const none = await page(connection, direction, missing);
         expect(ok(none).account[connection].edges, `${connection} ${direction} missing`).toEqual([]);
         expect(foreign.body, `${connection} ${direction} foreign`).toEqual(none.body);
+      }
+    }
+  });
+});
+
+describe("a cursor of one of the caller's own accounts on the list of the other", () => {
+  // README "Limits": a cursor is good only on the list of the account it came from. The caller
+  // may read both accounts, so nothing is hidden here; the rule is the one for a cursor of another
+  // tenant's row, and the answer that of a cursor of no row: an empty page.
+  const page = (accountId: string, connection: Connection, direction: 'after' | 'before', cursor: string) =>
+    srv.gql(
+      `query($id: ID!, $c: String!) { account(id: $id) { ${connection}(${direction}: $c, ${direction === 'after' ? 'first' : 'last'}: 50) { edges { cursor } pageInfo { hasNextPage hasPreviousPage } } } }`,
+      { id: accountId, c: cursor },
+      userToken,
+    );
+
+  it("its USER account's cursor on the organization's list, and the organization's on its USER account's list, answer like a cursor of no row", async () => {
+    const missing = Buffer.from(`GPC:S:${randomUUID()}`).toString('base64');
+    for (const connection of CONNECTIONS) {
+      for (const [list, cursor] of [
+        [orgAcct, userCursor[connection]],
+        [userAcct, ownCursor[connection]],
+      ] as const) {
+        for (const direction of ['after', 'before'] as const) {
+          const other = await page(list, connection, direction, cursor);
+          const none = await page(list, connection, direction, missing);
+          expect(ok(none).account[connection].edges, `${connection} ${direction} missing`).toEqual([]);
+          expect(other.body, `${connection} ${direction} ${list === orgAcct ? 'user cursor on the organization' : 'organization cursor on the user'}`).toEqual(none.body);
+        }
       }
     }
   });
