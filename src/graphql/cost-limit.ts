@@ -35,9 +35,8 @@
  *   resolver's `take` / LIMIT, counts min(cap, CAPPED_LIST_COST_ITEMS = 100) items:
  *   Account.batches and Account.reservations (1,000 rows each), Account.usageSummary
  *   (USAGE_SUMMARY_MAX_ROWS = 1,000 groups), Viewer.accounts (the user's USER account and its
- *   organization's: 2), Account.budgets and Account.userBudgets (ACCOUNT_BUDGETS_CAP = 100
- *   budgets per read, counted as what they serve; `after` reads on, src/graphql/growth.ts).
- *   Above 100 a weight, not the cap: counted at its cap, a list alone would cost more
+ *   organization's: 2), Account.budgets and Account.userBudgets (ACCOUNT_BUDGETS_CAP = 1,000
+ *   budgets per read; `after` reads on, src/graphql/growth.ts). A weight, not the cap: counted at its cap, a list alone would cost more
  *   than the limit (`createAccount { batches { …8 fields } }` about 49,500, the demo's report as
  *   much), while real accounts hold a few batches and holds. At 100, the demo's report
  *   (schema/operations AccountSummary: batches, three summaries, budgets) costs about 8,400, a

@@ -7,7 +7,7 @@ import { decodeId, toGlobalId } from './ids.js';
 import { AccountRef } from './types/account.js';
 import { CreditGrantRef } from './types/ledger.js';
 import type { GraphQLContext } from './context.js';
-import { CAPPED_LIST_COST_ITEMS, cappedList } from './cost-limit.js';
+import { cappedList } from './cost-limit.js';
 import { createPromoCode, findPromoCode, redeemPromoCode, type PromoCodeView } from '../services/promo-codes.js';
 import { redeemReferral } from '../services/redeem-referral.js';
 import { listBudgets, setSpendingBudget, type BudgetSubjectKind, type BudgetView } from '../services/spending-budgets.js';
@@ -71,13 +71,14 @@ function setBudget(ctx: GraphQLContext, kind: BudgetSubjectKind, accountGlobalId
 }
 
 /**
- * The most budgets one read of Account.budgets / userBudgets serves: the items the query cost
- * estimate counts for a capped list (CAPPED_LIST_COST_ITEMS, src/graphql/cost-limit.ts), so the
- * list costs what it can serve. Nothing bounds how many agents or users an account budgets: the
- * list is in subject id order (bytes) and `after` reads on from the last id of an answer
- * (README "Limits").
+ * The most budgets one read of Account.budgets / userBudgets serves: 1,000, as Account.batches
+ * and Account.reservations, so a client that reads the list once (as before the cap) gets every
+ * budget of all but very large organizations; the query cost estimate weighs it as those lists,
+ * min(cap, CAPPED_LIST_COST_ITEMS) items (src/graphql/cost-limit.ts). Nothing bounds how many
+ * agents or users an account budgets: the list is in subject id order (bytes) and `after` reads on
+ * from the last id of a full answer (README "Limits").
  */
-export const ACCOUNT_BUDGETS_CAP = CAPPED_LIST_COST_ITEMS;
+export const ACCOUNT_BUDGETS_CAP = 1_000;
 
 builder.objectFields(AccountRef, (t) => ({
   budgets: t.field({

@@ -1,18 +1,16 @@
 /**
- * Account.budgets and Account.userBudgets serve what the query cost estimate counts for them
- * (src/graphql/cost-limit.ts: a capped list, CAPPED_LIST_COST_ITEMS items): at most
- * ACCOUNT_BUDGETS_CAP budgets, in subject id order (bytes), and `after` (the last subject id of
- * the answer) reads on, so an organization with more budgeted agents or users than that still
- * reads them all (README "Limits"). Before, nothing bounded the list: an organization's 500
- * agents' budgets, each with its spending summed, were served under a page of usage events at
- * the cost of 100.
+ * Account.budgets and Account.userBudgets serve at most ACCOUNT_BUDGETS_CAP (1,000) budgets, in
+ * subject id order (bytes), and `after` (the last subject id of the answer) reads on, so an
+ * organization with more budgeted agents or users than that still reads them all (README
+ * "Limits"); the query cost estimate weighs them as the other capped lists
+ * (src/graphql/cost-limit.ts: CAPPED_LIST_COST_ITEMS items). Before, nothing bounded the list.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'graphql';
 import { startTestServer, type TestServer } from '../../setup/test-server.js';
 import { dbId, ok } from '../helpers.js';
 import { createAccount } from './growth-helpers.js';
-import { estimateOperationCost } from '../../../src/graphql/cost-limit.js';
+import { CAPPED_LIST_COST_ITEMS, estimateOperationCost } from '../../../src/graphql/cost-limit.js';
 import { schema } from '../../../src/graphql/schema.js';
 import { ACCOUNT_BUDGETS_CAP } from '../../../src/graphql/growth.js';
 
@@ -42,10 +40,10 @@ const byteOrder = (ids: string[]) => [...ids].sort((a, b) => (Buffer.compare(Buf
 
 describe('Account.budgets and userBudgets over the cap', () => {
   it('serve at most ACCOUNT_BUDGETS_CAP rows in subject id order, and `after` reads the rest', async () => {
-    expect(ACCOUNT_BUDGETS_CAP).toBe(100);
+    expect(ACCOUNT_BUDGETS_CAP).toBe(1_000);
     const org = (await createAccount(srv)).id;
-    const agents = subjects('agent', 250);
-    const users = subjects('user', 130);
+    const agents = subjects('agent', 2_500);
+    const users = subjects('user', 1_300);
     await budgetsFor(dbId(org), 'AGENT', agents);
     await budgetsFor(dbId(org), 'USER', users);
     const Q = `query($id: ID!, $a: String, $u: String) { account(id: $id) { budgets(after: $a) { agentId limit } userBudgets(after: $u) { userId } } }`;
@@ -62,20 +60,20 @@ describe('Account.budgets and userBudgets over the cap', () => {
       }
     };
     const a = await read('budgets', 'agentId');
-    expect(a.pages).toEqual([100, 100, 50]);
+    expect(a.pages).toEqual([1_000, 1_000, 500]);
     expect(a.seen).toEqual(byteOrder(agents));
     const u = await read('userBudgets', 'userId');
-    expect(u.pages).toEqual([100, 30]);
+    expect(u.pages).toEqual([1_000, 300]);
     expect(u.seen).toEqual(byteOrder(users));
   });
 
-  it('cost what they can serve: the estimate counts ACCOUNT_BUDGETS_CAP items, the most a list serves', () => {
+  it('weigh as the other capped lists: the estimate counts CAPPED_LIST_COST_ITEMS items', () => {
     const one = estimateOperationCost(schema, parse(`query { account(id: "x") { budgets { agentId } } }`), null, {})!.cost;
     const two = estimateOperationCost(schema, parse(`query { account(id: "x") { budgets { agentId limit } } }`), null, {})!.cost;
     // Each further field of an item adds its cost once per item the list is counted for.
-    expect((two - one) / (1.5 * 1.5)).toBe(ACCOUNT_BUDGETS_CAP);
+    expect((two - one) / (1.5 * 1.5)).toBe(CAPPED_LIST_COST_ITEMS);
     const u1 = estimateOperationCost(schema, parse(`query { account(id: "x") { userBudgets { userId } } }`), null, {})!.cost;
     const u2 = estimateOperationCost(schema, parse(`query { account(id: "x") { userBudgets(after: "u") { userId limit } } }`), null, {})!.cost;
-    expect((u2 - u1) / (1.5 * 1.5)).toBe(ACCOUNT_BUDGETS_CAP);
+    expect((u2 - u1) / (1.5 * 1.5)).toBe(CAPPED_LIST_COST_ITEMS);
   });
 });
