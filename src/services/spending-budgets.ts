@@ -215,11 +215,19 @@ export interface BudgetPage {
 /**
  * Budgets of an account with their spending in the billing period containing `now`
  * (the account's test clock, if any), ordered by subject kind, then subject id in byte order;
- * all of them, or one `page` (BudgetPage: Account.budgets / userBudgets serve at most
- * ACCOUNT_BUDGETS_CAP, src/graphql/growth.ts). Amounts in micro-credits.
+ * all of them, one `page` (BudgetPage: Account.budgets / userBudgets serve at most
+ * ACCOUNT_BUDGETS_CAP, src/graphql/growth.ts), or only subject `subjectId`'s (at most one row
+ * per kind). Amounts in micro-credits.
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
-export async function listBudgets(db: pg.Pool, accountId: string, wallNow: Date, kind?: BudgetSubjectKind, page?: BudgetPage): Promise<BudgetView[]> {
+export async function listBudgets(
+  db: pg.Pool,
+  accountId: string,
+  wallNow: Date,
+  kind?: BudgetSubjectKind,
+  page?: BudgetPage,
+  subjectId?: string,
+): Promise<BudgetView[]> {
   const head = await db.query(
     `SELECT billing_anchor_at, CASE WHEN test_mode AND test_clock_at IS NOT NULL THEN test_clock_at ELSE $2::timestamptz END AS now FROM accounts WHERE id = $1`,
     [accountId, wallNow],
@@ -229,8 +237,9 @@ export async function listBudgets(db: pg.Pool, accountId: string, wallNow: Date,
   const period = monthlyPeriodAt(a.billing_anchor_at as Date, a.now as Date);
   const { rows } = await db.query(
     `${SPENT_SQL} AND ($6::text IS NULL OR b.subject_kind = $6) AND ($7::text IS NULL OR b.subject_id COLLATE "C" > $7)
+        AND ($9::text IS NULL OR b.subject_id = $9)
       ORDER BY b.subject_kind, b.subject_id COLLATE "C" LIMIT $8`,
-    [accountId, period.start, period.end, a.now, null, kind ?? null, page?.after ?? null, page?.limit ?? null],
+    [accountId, period.start, period.end, a.now, null, kind ?? null, page?.after ?? null, page?.limit ?? null, subjectId ?? null],
   );
   return rows.map(toView);
 }
@@ -267,6 +276,8 @@ export async function setSpendingBudget(
     );
   });
   if (cmd.limitMicroCredits === null) return null;
-  const all = await listBudgets(ctx.pool, cmd.accountId, ctx.clock(), cmd.subjectKind);
-  return all.find((b) => b.subjectId === cmd.subjectId) ?? null;
+  // Only this subject's budget: listing all of them (each with its spending, summed from the
+  // period's usage where not kept yet) cost an organization with many budgets that much per set.
+  const [set] = await listBudgets(ctx.pool, cmd.accountId, ctx.clock(), cmd.subjectKind, undefined, cmd.subjectId);
+  return set ?? null;
 }
