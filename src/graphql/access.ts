@@ -33,10 +33,9 @@ export async function canReadAccount(ctx: GraphQLContext, accountId: string): Pr
   if (p.kind === 'service') return hasScope(p, 'read');
   const memo = ctx.readableAccounts.get(accountId);
   if (memo !== undefined) return memo;
-  const account = await ctx.prisma.account.findUnique({ where: { id: accountId }, select: { kind: true, externalId: true } });
-  const ok =
-    !!account &&
-    ((account.kind === 'USER' && account.externalId === p.userId) || (account.kind === 'ORGANIZATION' && p.orgId !== null && account.externalId === p.orgId));
+  // The rule is readableAccountWhere's, stated once.
+  const readable = readableAccountWhere(p)!;
+  const ok = (await ctx.prisma.account.findFirst({ where: { id: accountId, AND: [readable] }, select: { id: true } })) !== null;
   ctx.readableAccounts.set(accountId, ok);
   return ok;
 }
