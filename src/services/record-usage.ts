@@ -1042,8 +1042,18 @@ async function writeHoldOps(tx: Tx, created: readonly NewHold[], settled: readon
  *   priceCommand.
  */
 export async function pricerFor(ctx: ServiceContext, cmd: UsageCommand): Promise<Pricer> {
+  return (await pricersFor(ctx, [cmd]))[0]!;
+}
+
+/**
+ * The Pricers of `cmds` (pricerFor's), all from ONE load of the pricing inputs, so the items of
+ * one request (a settle's usage) are priced with one price book version even when a publish
+ * lands, or the per-process cache expires, while they are being priced.
+ * @throws as pricerFor.
+ */
+export async function pricersFor(ctx: ServiceContext, cmds: readonly UsageCommand[]): Promise<Pricer[]> {
   const [book, settings] = await Promise.all([ctx.pricing.priceBook(), ctx.pricing.settings()]);
-  return (accountNow) => ({ priced: priceCommand(cmd, book, settings, accountNow), version: book?.version ?? 0 });
+  return cmds.map((cmd) => (accountNow: Date) => ({ priced: priceCommand(cmd, book, settings, accountNow), version: book?.version ?? 0 }));
 }
 
 /**

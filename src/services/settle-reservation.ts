@@ -5,7 +5,7 @@
  */
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
-import { applyCharge, pricerFor, type HoldOpItem, type Pricer, type ReservationResult } from './record-usage.js';
+import { applyCharge, pricersFor, type HoldOpItem, type Pricer, type ReservationResult } from './record-usage.js';
 import { SETTLE_NOTE, closeReservation, readReservation, reservationNotActive } from './reservation-tx.js';
 import { AccountTx } from './account-tx.js';
 import { onAccount } from './account-op.js';
@@ -32,7 +32,7 @@ export async function settleReservation(ctx: ServiceContext, reservationId: stri
     if (u.reservationId && u.reservationId !== reservationId) throw badInput(`usage[${i}].reservationId`, 'must be this reservation');
     return validateUsageInput({ ...u, reservationId });
   });
-  const pricers = await Promise.all(cmds.map((c) => pricerFor(ctx, c)));
+  const pricers = await pricersFor(ctx, cmds); // one price book version for every item
   // The hold's account: remembered when this process made the hold (a reservation's account never
   // changes; an unknown id is refused NOT_FOUND by the settle itself), else read.
   const accountId = ctx.reservationOwners?.ownerOf(reservationId) ?? (await AccountTx.ownerOf(ctx.pool, 'reservations', reservationId, 'reservation'));

@@ -16,6 +16,8 @@ import { voidGrant } from '../../src/services/void-grant.js';
 import { expireDue } from '../../src/services/expire-due.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { credits } from '../../src/ledger/credits.js';
+import { readActivePriceBook, type PricingState } from '../../src/services/pricing-state.js';
+import { validatePriceBook } from '../../src/pricing/price-book.js';
 
 let s: TestServices;
 beforeAll(() => {
@@ -141,6 +143,34 @@ describe('reservations and debt', () => {
     expect(rows).toEqual([
       { type: 'GRANT', amount: credits(2).toString() },
       { type: 'DEBT_REPAY', amount: credits(3).toString() },
+    ]);
+    await expectLedgerInvariant(s.pool, accountId, T0);
+  });
+
+  it("a settle prices all its items with the price book of one load, though a publish lands (or the cache turns over) while it prices them", async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, { paid: 20 });
+    const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(2), ttlSeconds: 600, idempotencyKey: 'h' });
+    // Every load after the first gives "the next book": the same rules with `units` at 2 credits
+    // each (the same version row, so the events may reference it).
+    const active = (await readActivePriceBook(s.pool))!;
+    const doubled = {
+      ...active,
+      book: validatePriceBook({
+        ...active.stored,
+        rules: active.stored.rules.map((r) => ((r as { category: string }).category === 'units' ? { ...(r as object), credits: '2' } : r)),
+      }),
+    };
+    let loads = 0;
+    const pricing: PricingState = { priceBook: async () => (loads++ === 0 ? active : doubled), settings: () => s.pricing.settings(), invalidate: () => undefined };
+    await settleReservation({ ...s, pricing }, reservationId, [
+      { accountId, idempotencyKey: 'item-1', category: 'units', quantities: { units: '1' } },
+      { accountId, idempotencyKey: 'item-2', category: 'units', quantities: { units: '1' } },
+    ]);
+    const { rows } = await s.pool.query('SELECT idempotency_key AS key, cost_micro_credits::text AS cost FROM usage_events WHERE reservation_id = $1 ORDER BY idempotency_key', [reservationId]);
+    expect(rows).toEqual([
+      { key: 'item-1', cost: credits(1).toString() },
+      { key: 'item-2', cost: credits(1).toString() },
     ]);
     await expectLedgerInvariant(s.pool, accountId, T0);
   });
