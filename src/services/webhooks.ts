@@ -6,7 +6,8 @@
  *
  * Flow: the transaction that raises the event writes an outbox `job` row
  * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on ledger-jobs
- * (8 attempts, exponential backoff from 1 s: src/queues/names.ts); the processor
+ * (17 attempts, exponential backoff from 1 s, the last retry about 18 h after the first attempt:
+ * src/queues/names.ts); the processor
  * (workers/processors/deliver-webhook.ts) calls {@link deliverWebhook}; the sweep re-adds jobs
  * lost with Redis ({@link findUndeliveredWebhookJobs}).
  *
@@ -32,7 +33,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { Env } from '../config/env.js';
-import type { OutboxJob } from '../queues/names.js';
+import { LEDGER_JOB_OPTIONS, type OutboxJob } from '../queues/names.js';
 import { formatCredits } from '../ledger/credits.js';
 import { toGlobalId } from '../graphql/ids.js';
 
@@ -55,7 +56,7 @@ export interface WebhookJobData {
 export const RETRYABLE_4XX = [408, 425, 429] as const;
 
 /** Attempts of one job (LEDGER_JOB_OPTIONS['deliver-webhook'].attempts); the sweep stops re-adding an event after this many logged attempts. */
-export const WEBHOOK_MAX_LOGGED_ATTEMPTS = 8;
+export const WEBHOOK_MAX_LOGGED_ATTEMPTS = LEDGER_JOB_OPTIONS['deliver-webhook'].attempts;
 
 /** Events younger than this are left to their own job by the sweep (the relay has not had its chance yet). */
 export const WEBHOOK_SWEEP_MIN_AGE_MS = 60_000;

@@ -21,6 +21,7 @@ import {
   findUndeliveredWebhookJobs,
   verifyWebhookSignature,
   WebhookDeliveryError,
+  WEBHOOK_MAX_LOGGED_ATTEMPTS,
   type WebhookContext,
   type WebhookJobData,
 } from '../../src/services/webhooks.js';
@@ -135,7 +136,7 @@ describe('findUndeliveredWebhookJobs', () => {
     }
   });
 
-  it('skips events delivered, failed permanently or tried 8 times; keeps those with fewer retryable failures', async () => {
+  it('skips events delivered, failed permanently or tried as often as a job tries (WEBHOOK_MAX_LOGGED_ATTEMPTS); keeps those with fewer retryable failures', async () => {
     const a = await lostAlerts(10); // 25 and 15
     const b = await lostAlerts(10);
     const at = later(b.alerts[0]!.createdAt, 61_000);
@@ -146,9 +147,9 @@ describe('findUndeliveredWebhookJobs', () => {
       );
     const [a25, a15] = a.alerts;
     const [b25, b15] = b.alerts;
-    for (let i = 1; i <= 8; i++) await insert(a25!.id, a.accountId, i, 'FAILED', 503); // exhausted
+    for (let i = 1; i <= WEBHOOK_MAX_LOGGED_ATTEMPTS; i++) await insert(a25!.id, a.accountId, i, 'FAILED', 503); // exhausted
     await insert(a15!.id, a.accountId, 1, 'FAILED', 404); // permanent
-    for (let i = 1; i <= 7; i++) await insert(b25!.id, b.accountId, i, 'FAILED', i % 2 ? 429 : null); // 7 retryable failures: still due
+    for (let i = 1; i < WEBHOOK_MAX_LOGGED_ATTEMPTS; i++) await insert(b25!.id, b.accountId, i, 'FAILED', i % 2 ? 429 : null); // one retryable failure fewer: still due
     await insert(b15!.id, b.accountId, 1, 'FAILED', 500);
     await insert(b15!.id, b.accountId, 2, 'DELIVERED', 200); // delivered
     const ids = (await findUndeliveredWebhookJobs(services.pool, at)).map((j) => j.data.eventId);
