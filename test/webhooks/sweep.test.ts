@@ -17,6 +17,7 @@ import { LEDGER_JOBS_QUEUE, type OutboxJob } from '../../src/queues/names.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import {
+  buildWebhookEvent,
   deliverWebhook,
   findUndeliveredWebhookJobs,
   verifyWebhookSignature,
@@ -171,7 +172,7 @@ describe('findUndeliveredWebhookJobs', () => {
     );
     await services.pool.query(
       `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, last_error, paused_at)
-       VALUES ($1, false, 1000000, $2, 3, 3, 'card expired (last attempt)', $3)`,
+       VALUES ($1, false, 1000000, $2, 3, 3, 'card expired', $3)`,
       [accountId, pack.rows[0].id, pausedAt],
     );
     const topUpId = top.rows[0].id as string;
@@ -186,8 +187,13 @@ describe('findUndeliveredWebhookJobs', () => {
       id: `auto_top_up.paused:${topUpId}`,
       type: 'auto_top_up.paused',
       createdAt: pausedAt.toISOString(),
-      data: { topUpId, accountId, error: 'card expired (last attempt)', consecutiveFailures: 3, pausedAt: pausedAt.toISOString() },
+      data: { topUpId, accountId, error: 'card expired', consecutiveFailures: 3, pausedAt: pausedAt.toISOString() },
     });
+    // A retry after the account resumed auto top-up (setAutoTopUp clears paused_at and the
+    // failure count, a success clears last_error) sends the same body: it describes the pause,
+    // not the settings as they are now (a receiver sorting on createdAt saw the pause move).
+    await services.pool.query(`UPDATE auto_top_up_settings SET enabled = true, consecutive_failures = 0, paused_at = NULL, last_error = NULL WHERE account_id = $1`, [accountId]);
+    expect(JSON.stringify((await buildWebhookEvent(services.pool, 'auto_top_up.paused', topUpId))!.event)).toBe(receiver.forAccount(accountId)[0]!.rawBody);
     expect((await findUndeliveredWebhookJobs(services.pool, new Date())).filter((j) => j.data.accountId === accountId)).toEqual([]);
   });
 });
