@@ -70,7 +70,10 @@ export const LEDGER_JOB_OPTIONS: Record<LedgerJobName, { attempts: number; backo
   'roll-period': { attempts: 5, backoffMs: 1_000 },
   // Three failed charges in a row pause auto top-up (services/auto-top-up.ts).
   'auto-top-up': { attempts: 3, backoffMs: 2_000 },
-  'deliver-webhook': { attempts: 8, backoffMs: 1_000 },
+  // 1 s, 2 s, 4 s, ... 2^15 s (9.1 h): the last retry about 18 h after the first attempt, so a
+  // receiver down for hours still gets the event (Stripe retries for three days, Standard
+  // Webhooks for about a day and a half); within the sweep's 24 h window (services/webhooks.ts).
+  'deliver-webhook': { attempts: 17, backoffMs: 1_000 },
   // A purchase payment left PENDING (services/resume-payment.ts); the sweep re-adds it after the last attempt.
   'resume-payment': { attempts: 5, backoffMs: 5_000 },
 };

@@ -6,7 +6,8 @@
  *
  * Flow: the transaction that raises the event writes an outbox `job` row
  * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on ledger-jobs
- * (8 attempts, exponential backoff from 1 s: src/queues/names.ts); the processor
+ * (17 attempts, exponential backoff from 1 s, the last retry about 18 h after the first attempt:
+ * src/queues/names.ts); the processor
  * (workers/processors/deliver-webhook.ts) calls {@link deliverWebhook}; the sweep re-adds jobs
  * lost with Redis ({@link findUndeliveredWebhookJobs}).
  *
@@ -32,9 +33,10 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { Env } from '../config/env.js';
-import type { OutboxJob } from '../queues/names.js';
+import { LEDGER_JOB_OPTIONS, type OutboxJob } from '../queues/names.js';
 import { formatCredits } from '../ledger/credits.js';
 import { toGlobalId } from '../graphql/ids.js';
+import { PAUSE_AFTER_FAILURES } from './auto-top-up.js';
 
 /** The webhook event types. */
 export const WEBHOOK_EVENT_TYPES = ['credit_alert.raised', 'auto_top_up.paused'] as const;
@@ -55,7 +57,7 @@ export interface WebhookJobData {
 export const RETRYABLE_4XX = [408, 425, 429] as const;
 
 /** Attempts of one job (LEDGER_JOB_OPTIONS['deliver-webhook'].attempts); the sweep stops re-adding an event after this many logged attempts. */
-export const WEBHOOK_MAX_LOGGED_ATTEMPTS = 8;
+export const WEBHOOK_MAX_LOGGED_ATTEMPTS = LEDGER_JOB_OPTIONS['deliver-webhook'].attempts;
 
 /** Events younger than this are left to their own job by the sweep (the relay has not had its chance yet). */
 export const WEBHOOK_SWEEP_MIN_AGE_MS = 60_000;
@@ -196,12 +198,12 @@ export interface AutoTopUpPausedEventData {
   accountId: string;
   accountGlobalId: string;
   accountExternalId: string;
-  /** auto_top_up_settings.last_error (else the top-up's own error), or null. */
+  /** The failed charge's error that paused it (the top-up's error, which auto_top_up_settings.last_error was set to then), or null. */
   error: string | null;
-  /** Failed charges in a row when it paused (auto_top_up_settings.consecutive_failures), or null when the settings are gone. */
-  consecutiveFailures: number | null;
-  /** When auto top-up paused (auto_top_up_settings.paused_at), or null when it was resumed since. */
-  pausedAt: string | null;
+  /** Failed charges in a row when it paused: always PAUSE_AFTER_FAILURES (services/auto-top-up.ts), the count that pauses. */
+  consecutiveFailures: number;
+  /** When auto top-up paused: the pausing top-up's finished_at (auto_top_up_settings.paused_at was set to it then). */
+  pausedAt: string;
 }
 
 /** The JSON body of one webhook. `id` = `<type>:<eventId>` is stable across attempts (de-duplicate on it). */
@@ -216,7 +218,8 @@ export interface WebhookEvent {
 const iso = (d: Date | null | undefined): string | null => (d ? new Date(d).toISOString() : null);
 
 /**
- * Builds the event body of (eventType, eventId) from the database.
+ * Builds the event body of (eventType, eventId) from the database, from rows that do not change
+ * once the event is raised (the credit alert; the pausing top-up), so every attempt sends the same body.
  * @returns the event and its account id, or null when the alert / top-up no longer exists.
  * @throws the database error.
  */
@@ -247,10 +250,8 @@ export async function buildWebhookEvent(db: pg.Pool | pg.PoolClient, eventType: 
     return { accountId: r.account_id, event: { id: `${eventType}:${r.id}`, type: eventType, createdAt: data.createdAt, data } };
   }
   const { rows } = await db.query(
-    `SELECT t.id, t.account_id, t.error AS top_up_error, t.created_at, t.finished_at, a.external_id,
-            s.last_error, s.consecutive_failures, s.paused_at
+    `SELECT t.id, t.account_id, t.error, t.created_at, t.finished_at, a.external_id
        FROM auto_top_ups t JOIN accounts a ON a.id = t.account_id
-       LEFT JOIN auto_top_up_settings s ON s.account_id = t.account_id
       WHERE t.id = $1`,
     [eventId],
   );
@@ -261,11 +262,14 @@ export async function buildWebhookEvent(db: pg.Pool | pg.PoolClient, eventType: 
     accountId: r.account_id,
     accountGlobalId: toGlobalId('Account', r.account_id),
     accountExternalId: r.external_id,
-    error: r.last_error ?? r.top_up_error ?? null,
-    consecutiveFailures: r.consecutive_failures ?? null,
-    pausedAt: iso(r.paused_at),
+    error: r.error ?? null,
+    consecutiveFailures: PAUSE_AFTER_FAILURES,
+    pausedAt: iso(r.finished_at ?? r.created_at)!,
   };
-  const createdAt = iso(r.paused_at ?? r.finished_at ?? r.created_at)!;
+  // Only the top-up's own row, never auto_top_up_settings: a retry after the account resumed
+  // auto top-up (paused_at, the failure count and last_error cleared) or paused again (a later
+  // paused_at) must send the same body, describing this pause.
+  const createdAt = data.pausedAt;
   return { accountId: r.account_id, event: { id: `${eventType}:${r.id}`, type: eventType, createdAt, data } };
 }
 

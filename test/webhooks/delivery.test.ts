@@ -3,11 +3,11 @@
  * raises credit alerts and writes `deliver-webhook` outbox rows -> the outbox relay enqueues them
  * on BullMQ (real Redis, a unique prefix) -> the ledger-jobs worker POSTs to a real HTTP receiver
  * on 127.0.0.1 -> webhook_deliveries logs every attempt. Retries use the production options
- * (LEDGER_JOB_OPTIONS: 8 attempts, exponential backoff from 1 s), so the retry tests take seconds.
+ * (LEDGER_JOB_OPTIONS: 17 attempts, exponential backoff from 1 s), so the retry tests take seconds.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QueueEvents } from 'bullmq';
+import { Backoffs, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
@@ -15,7 +15,7 @@ import { processDeliverWebhook } from '../../workers/processors/deliver-webhook.
 import { parseEnv, type Env } from '../../src/config/env.js';
 import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
 import { recordUsage } from '../../src/services/record-usage.js';
-import { verifyWebhookSignature, webhookJobId, type CreditAlertEventData, type WebhookEvent } from '../../src/services/webhooks.js';
+import { verifyWebhookSignature, webhookJobId, WEBHOOK_MAX_LOGGED_ATTEMPTS, WEBHOOK_SWEEP_MAX_AGE_MS, type CreditAlertEventData, type WebhookEvent } from '../../src/services/webhooks.js';
 import { tryDecodeId } from '../../src/graphql/ids.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
@@ -160,6 +160,27 @@ describe('credit alert webhooks', () => {
     const gap2 = got[2]!.atMs - got[1]!.atMs;
     expect(gap1).toBeGreaterThanOrEqual(1_000);
     expect(gap2).toBeGreaterThanOrEqual(2_000);
+  });
+
+  it('a receiver down for hours still gets the event: the retries, as the relay schedules them, span at least 12 h (and stay within the sweep window)', async () => {
+    // Stripe retries for up to three days, Standard Webhooks' schedule spans about a day and a
+    // half: a receiver's deploy or outage of a few minutes must not lose a depletion notice.
+    // With 8 attempts from 1 s the last retry came 127 s after the first attempt, and the sweep
+    // re-adds nothing tried that often, so a 3-minute outage lost the event for good.
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    await charge(accountId, 80);
+    const [alert] = await alertsOf(accountId);
+    expect(await jobs.wait(alert!.jobId)).toMatchObject({ state: 'completed' });
+    const job = (await workers.ledgerQueue.getJob(alert!.jobId))!;
+    const attempts = job.opts.attempts!;
+    const backoff = Backoffs.normalize(job.opts.backoff!)!;
+    const delays: number[] = [];
+    for (let made = 1; made < attempts; made++) delays.push(Number(await Backoffs.calculate(backoff, made, new Error('x'), job)));
+    expect(delays.slice(0, 3)).toEqual([1_000, 2_000, 4_000]); // quick first retries (the retry test above relies on them)
+    const spanMs = delays.reduce((a, b) => a + b, 0);
+    expect(spanMs).toBeGreaterThanOrEqual(12 * 3_600_000);
+    expect(spanMs).toBeLessThan(WEBHOOK_SWEEP_MAX_AGE_MS); // the sweep still covers a job lost with Redis mid-schedule
+    expect(WEBHOOK_MAX_LOGGED_ATTEMPTS).toBe(attempts); // the sweep stops exactly where the job does
   });
 
   it('a 4xx other than 408/425/429 is permanent: one FAILED attempt, the job fails without retrying', async () => {

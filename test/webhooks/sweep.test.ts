@@ -17,10 +17,12 @@ import { LEDGER_JOBS_QUEUE, type OutboxJob } from '../../src/queues/names.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import {
+  buildWebhookEvent,
   deliverWebhook,
   findUndeliveredWebhookJobs,
   verifyWebhookSignature,
   WebhookDeliveryError,
+  WEBHOOK_MAX_LOGGED_ATTEMPTS,
   type WebhookContext,
   type WebhookJobData,
 } from '../../src/services/webhooks.js';
@@ -135,7 +137,7 @@ describe('findUndeliveredWebhookJobs', () => {
     }
   });
 
-  it('skips events delivered, failed permanently or tried 8 times; keeps those with fewer retryable failures', async () => {
+  it('skips events delivered, failed permanently or tried as often as a job tries (WEBHOOK_MAX_LOGGED_ATTEMPTS); keeps those with fewer retryable failures', async () => {
     const a = await lostAlerts(10); // 25 and 15
     const b = await lostAlerts(10);
     const at = later(b.alerts[0]!.createdAt, 61_000);
@@ -146,9 +148,9 @@ describe('findUndeliveredWebhookJobs', () => {
       );
     const [a25, a15] = a.alerts;
     const [b25, b15] = b.alerts;
-    for (let i = 1; i <= 8; i++) await insert(a25!.id, a.accountId, i, 'FAILED', 503); // exhausted
+    for (let i = 1; i <= WEBHOOK_MAX_LOGGED_ATTEMPTS; i++) await insert(a25!.id, a.accountId, i, 'FAILED', 503); // exhausted
     await insert(a15!.id, a.accountId, 1, 'FAILED', 404); // permanent
-    for (let i = 1; i <= 7; i++) await insert(b25!.id, b.accountId, i, 'FAILED', i % 2 ? 429 : null); // 7 retryable failures: still due
+    for (let i = 1; i < WEBHOOK_MAX_LOGGED_ATTEMPTS; i++) await insert(b25!.id, b.accountId, i, 'FAILED', i % 2 ? 429 : null); // one retryable failure fewer: still due
     await insert(b15!.id, b.accountId, 1, 'FAILED', 500);
     await insert(b15!.id, b.accountId, 2, 'DELIVERED', 200); // delivered
     const ids = (await findUndeliveredWebhookJobs(services.pool, at)).map((j) => j.data.eventId);
@@ -170,7 +172,7 @@ describe('findUndeliveredWebhookJobs', () => {
     );
     await services.pool.query(
       `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, last_error, paused_at)
-       VALUES ($1, false, 1000000, $2, 3, 3, 'card expired (last attempt)', $3)`,
+       VALUES ($1, false, 1000000, $2, 3, 3, 'card expired', $3)`,
       [accountId, pack.rows[0].id, pausedAt],
     );
     const topUpId = top.rows[0].id as string;
@@ -185,8 +187,13 @@ describe('findUndeliveredWebhookJobs', () => {
       id: `auto_top_up.paused:${topUpId}`,
       type: 'auto_top_up.paused',
       createdAt: pausedAt.toISOString(),
-      data: { topUpId, accountId, error: 'card expired (last attempt)', consecutiveFailures: 3, pausedAt: pausedAt.toISOString() },
+      data: { topUpId, accountId, error: 'card expired', consecutiveFailures: 3, pausedAt: pausedAt.toISOString() },
     });
+    // A retry after the account resumed auto top-up (setAutoTopUp clears paused_at and the
+    // failure count, a success clears last_error) sends the same body: it describes the pause,
+    // not the settings as they are now (a receiver sorting on createdAt saw the pause move).
+    await services.pool.query(`UPDATE auto_top_up_settings SET enabled = true, consecutive_failures = 0, paused_at = NULL, last_error = NULL WHERE account_id = $1`, [accountId]);
+    expect(JSON.stringify((await buildWebhookEvent(services.pool, 'auto_top_up.paused', topUpId))!.event)).toBe(receiver.forAccount(accountId)[0]!.rawBody);
     expect((await findUndeliveredWebhookJobs(services.pool, new Date())).filter((j) => j.data.accountId === accountId)).toEqual([]);
   });
 });
