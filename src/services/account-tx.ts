@@ -357,9 +357,31 @@ export class AccountTx {
    * @throws LedgerError NOT_FOUND when the account does not exist.
    */
   static async lock(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
-    const { rows } = await AccountTx.lockRow(tx, accountId);
+    // Pipelined: the account's columns are read right behind the lock, in the same round trip.
+    const [{ rows }, fresh] = await awaitInOrder([AccountTx.lockRow(tx, accountId), AccountTx.accountsAfterLock(tx, [accountId])]);
     if (!rows[0]) throw new LedgerError('NOT_FOUND', 'account not found');
-    return new AccountTx(tx, rows[0], wallNow);
+    return new AccountTx(tx, { ...rows[0], ...fresh.get(accountId) }, wallNow);
+  }
+
+  /**
+   * The columns of accounts `accountIds` that change after creation (billing anchor, test
+   * clock, budget version), by account id, in a statement of its own issued right behind their
+   * lock statement (pipelined: no round trip of its own), so that its snapshot is taken once the
+   * locks are granted. The lock statement itself reads the accounts row as of before its lock
+   * wait (READ COMMITTED re-reads only the locked balance row after the wait): a charge that
+   * waited for a subscribeToPlan, a setSpendingBudget or a test clock step that committed
+   * meanwhile decided with the old anchor (the budget of the period the subscription ended, the
+   * period figures of the old period), the old budget version or the old clock
+   * (test/integration/config-races.test.ts).
+   */
+  private static async accountsAfterLock(tx: Tx, accountIds: readonly string[]): Promise<Map<string, Record<string, unknown>>> {
+    const { rows } = await tx.query({
+      name: 'cp-account-after-lock',
+      // Joined from unnest, as lockMany (a cached generic plan of `= ANY($1)` scans the table).
+      text: `SELECT a.id, a.test_clock_at, a.billing_anchor_at, a.budget_version FROM unnest($1::uuid[]) AS x(id) JOIN accounts a ON a.id = x.id`,
+      values: [accountIds],
+    });
+    return new Map(rows.map((r) => [r.id as string, r]));
   }
 
   /**
@@ -369,12 +391,16 @@ export class AccountTx {
    */
   static async lockMany(tx: Tx, accountIds: readonly string[], wallNow: Date): Promise<Map<string, AccountTx>> {
     // Joined from unnest: a cached generic plan of `account_id = ANY($1)` scans whole tables.
-    const { rows } = await tx.query({
-      name: 'cp-account-lock-many',
-      text: `${LOCK_SELECT} JOIN unnest($1::uuid[]) AS x(id) ON x.id = b.account_id ORDER BY b.account_id FOR UPDATE OF b`,
-      values: [[...new Set(accountIds)]],
-    });
-    return new Map(rows.map((row) => [row.id as string, new AccountTx(tx, row, wallNow)]));
+    const ids = [...new Set(accountIds)];
+    const [{ rows }, fresh] = await awaitInOrder([
+      tx.query({
+        name: 'cp-account-lock-many',
+        text: `${LOCK_SELECT} JOIN unnest($1::uuid[]) AS x(id) ON x.id = b.account_id ORDER BY b.account_id FOR UPDATE OF b`,
+        values: [ids],
+      }),
+      AccountTx.accountsAfterLock(tx, ids),
+    ]);
+    return new Map(rows.map((row) => [row.id as string, new AccountTx(tx, { ...row, ...fresh.get(row.id as string) }, wallNow)]));
   }
 
   /**

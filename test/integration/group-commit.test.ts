@@ -21,6 +21,7 @@ import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { setSpendingBudget } from '../../src/services/spending-budgets.js';
+import { createPlan, subscribeToPlan } from '../../src/services/plans.js';
 import { holdItem, reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleItem, settleReservation } from '../../src/services/settle-reservation.js';
 import { releaseReservation } from '../../src/services/release-reservation.js';
@@ -744,6 +745,36 @@ describe('carried state (a hot account decides from what its previous transactio
     expect(results.map(codeOf)).toEqual(['OK', 'OK', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED']);
     expect(committer.stats()).toMatchObject({ carriedStateMisses: 1 });
     expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(8) - spentBefore);
+  });
+
+  it('a plan subscription committed after the state was left (a new billing anchor) re-arms the budget for the transactions after it', async () => {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const elsewhere = { ...services, groupCommit: undefined };
+    await setSpendingBudget(elsewhere, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(3) });
+    await recordUsage(elsewhere, { accountId, idempotencyKey: 'before', category: 'unit', agentId: 'agent-1' }); // starts the kept row: spent 1
+    const plan = await createPlan(services, { name: `carried-anchor-${accountId}`, monthlyMicroCredits: credits(1), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '0' });
+    const { pool, holdConnectsUntil } = gatedPool(services.pool);
+    let subscribed: Promise<unknown> | undefined;
+    const subscribeDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
+      const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
+      if (!subscribed) {
+        // As above: the subscription waits for this transaction's lock and commits before the next starts.
+        const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
+        subscribed = subscribeToPlan(elsewhere, accountId, plan.id);
+        await waitForBlockedBy(rows[0].pid);
+        holdConnectsUntil(subscribed);
+      }
+      return out;
+    };
+    const { committer, results } = await inPairs(accountId, ['s1', 's2', 's3', 's4', 's5', 's6'], { charge: subscribeDuringFirst, agentId: 'agent-1', pool });
+    await subscribed;
+    // s1, s2 spend the old period's budget (3 of 3); the subscription starts a new period, so s3-s5
+    // fit its budget and s6 does not. From the state the first transaction left, s3-s6 would be refused.
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK', 'OK', 'BUDGET_EXCEEDED']);
+    expect(committer.stats()).toMatchObject({ carriedStateMisses: 1, retriedAlone: 0 });
+    const { rows } = await services.pool.query('SELECT spent_micro_credits::text AS spent FROM budget_spend WHERE account_id = $1', [accountId]);
+    expect(rows).toEqual([{ spent: String(credits(3)) }]);
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(10 + 1 - 6));
   });
 
   it('an account with a budget starts from the state left too, its kept spending included: the budget holds exactly', async () => {
