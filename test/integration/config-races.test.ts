@@ -5,7 +5,7 @@
  * lock is let go. After each race the ledger invariant is checked.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestServices, type TestServices } from '../setup/services.js';
+import { createTestServices, lockWaiters, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
@@ -24,16 +24,6 @@ afterAll(async () => {
   await s.close();
 });
 
-/** Resolves once `n` sessions of the test database wait for a lock (polled, no sleeps). */
-async function lockWaiters(n: number): Promise<void> {
-  for (let i = 0; i < 2000; i++) {
-    const { rows } = await s.pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`);
-    if (rows[0].n >= n) return;
-    await new Promise<void>((resolve) => setImmediate(resolve));
-  }
-  throw new Error(`${n} lock waiters never showed up`);
-}
-
 /**
  * Runs `queued` in order while a separate connection holds `accountId`'s balance row lock, each
  * one started only once the previous ones wait for that lock, then lets the lock go.
@@ -49,7 +39,7 @@ async function behindLock(accountId: string, queued: (() => Promise<unknown>)[])
       const p = run();
       p.catch(() => undefined);
       started.push(p);
-      await lockWaiters(i + 1);
+      await lockWaiters(s.pool, i + 1);
     }
     await blocker.query('COMMIT');
   } finally {

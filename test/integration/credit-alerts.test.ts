@@ -9,7 +9,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { createTestServices, type TestServices } from '../setup/services.js';
+import { createTestServices, lockWaiters, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage } from '../../src/services/record-usage.js';
@@ -175,18 +175,6 @@ describe('voidGrant of credit that had not expired', () => {
  * using them up, and a live credit bar showing that at a version whose `balance` query says 99 %.
  */
 describe('a change that waited for the account while a later-dated one committed', () => {
-  /** Resolves once `n` sessions of the test database wait for a lock. */
-  async function lockWaiters(n: number): Promise<void> {
-    for (let i = 0; i < 500; i++) {
-      const { rows } = await services.pool.query(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-      );
-      if (rows[0].n >= n) return;
-      await new Promise<void>((resolve) => setImmediate(resolve));
-    }
-    throw new Error(`${n} lock waiters never showed up`);
-  }
-
   afterAll(() => services.setNow(null));
 
   it('a charge dated before a void that committed first counts the void: no false alerts, its snapshot is the balance at its version', async () => {
@@ -200,11 +188,11 @@ describe('a change that waited for the account while a later-dated one committed
       await blocker.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
       services.setNow(new Date('2026-11-20T10:00:02Z'));
       const voided = voidGrant(services, mistake.grantId, 'granted by mistake');
-      await lockWaiters(1);
+      await lockWaiters(services.pool, 1);
       // The charge's instant was read before the void's (it is only queued behind it).
       services.setNow(new Date('2026-11-20T10:00:01Z'));
       const charged = spend(accountId, '1');
-      await lockWaiters(2);
+      await lockWaiters(services.pool, 2);
       await blocker.query('COMMIT');
       await Promise.all([voided, charged]);
     } finally {

@@ -39,3 +39,18 @@ export function settledCode(result: PromiseSettledResult<unknown>): string {
   if (result.status === 'fulfilled') return 'OK';
   return result.reason instanceof LedgerError ? result.reason.code : `UNEXPECTED: ${String(result.reason)}`;
 }
+
+/**
+ * Resolves once at least `n` sessions of the test database wait for a lock
+ * (`pg_stat_activity.wait_event_type = 'Lock'`), polling between turns of the event loop: how a
+ * race test knows its queued changes are waiting behind a held row lock, without sleeps.
+ * @throws Error when they never show up (`maxPolls` polls).
+ */
+export async function lockWaiters(pool: pg.Pool, n: number, maxPolls = 2000): Promise<void> {
+  for (let i = 0; i < maxPolls; i++) {
+    const { rows } = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`);
+    if (rows[0].n >= n) return;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  throw new Error(`${n} lock waiters never showed up`);
+}
