@@ -203,21 +203,22 @@ export async function moveBudgetSpendMany(tx: Tx, moves: readonly BudgetSpendMov
 }
 
 /**
- * Which budgets {@link listBudgets} reads: at most `limit` of them, those whose subject id comes
- * after `after` (when given) in byte order (`COLLATE "C"`, the order the list is in), so a
- * caller reads on from the last subject id it got.
+ * Which budgets of a kind {@link listBudgets} reads: with `subjectId`, only that subject's; with
+ * `after`, those whose subject id comes after it in byte order (`COLLATE "C"`, the order the list
+ * is in), so a caller reads on from the last subject id it got; at most `limit` of them.
  */
-export interface BudgetPage {
+export interface BudgetFilter {
+  subjectId?: string;
   after?: string | null;
-  limit: number;
+  limit?: number;
 }
 
 /**
  * Budgets of an account with their spending in the billing period containing `now`
  * (the account's test clock, if any), ordered by subject kind, then subject id in byte order;
- * all of them, one `page` (BudgetPage: Account.budgets / userBudgets serve at most
- * ACCOUNT_BUDGETS_CAP, src/graphql/growth.ts), or only subject `subjectId`'s (at most one row
- * per kind). Amounts in micro-credits.
+ * all of them, or those of `filter` (BudgetFilter: Account.budgets / userBudgets read pages of at
+ * most ACCOUNT_BUDGETS_CAP, src/graphql/growth.ts; setSpendingBudget one subject's). Amounts in
+ * micro-credits.
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
 export async function listBudgets(
@@ -225,8 +226,7 @@ export async function listBudgets(
   accountId: string,
   wallNow: Date,
   kind?: BudgetSubjectKind,
-  page?: BudgetPage,
-  subjectId?: string,
+  filter: BudgetFilter = {},
 ): Promise<BudgetView[]> {
   const head = await db.query(
     `SELECT billing_anchor_at, CASE WHEN test_mode AND test_clock_at IS NOT NULL THEN test_clock_at ELSE $2::timestamptz END AS now FROM accounts WHERE id = $1`,
@@ -239,7 +239,7 @@ export async function listBudgets(
     `${SPENT_SQL} AND ($6::text IS NULL OR b.subject_kind = $6) AND ($7::text IS NULL OR b.subject_id COLLATE "C" > $7)
         AND ($9::text IS NULL OR b.subject_id = $9)
       ORDER BY b.subject_kind, b.subject_id COLLATE "C" LIMIT $8`,
-    [accountId, period.start, period.end, a.now, null, kind ?? null, page?.after ?? null, page?.limit ?? null, subjectId ?? null],
+    [accountId, period.start, period.end, a.now, null, kind ?? null, filter.after ?? null, filter.limit ?? null, filter.subjectId ?? null],
   );
   return rows.map(toView);
 }
@@ -278,6 +278,6 @@ export async function setSpendingBudget(
   if (cmd.limitMicroCredits === null) return null;
   // Only this subject's budget: listing all of them (each with its spending, summed from the
   // period's usage where not kept yet) cost an organization with many budgets that much per set.
-  const [set] = await listBudgets(ctx.pool, cmd.accountId, ctx.clock(), cmd.subjectKind, undefined, cmd.subjectId);
+  const [set] = await listBudgets(ctx.pool, cmd.accountId, ctx.clock(), cmd.subjectKind, { subjectId: cmd.subjectId });
   return set ?? null;
 }
