@@ -689,24 +689,11 @@ describe('carried state (a hot account decides from what its previous transactio
   it('runs the transaction again from a fresh read when the account changed after the state was left', async () => {
     const accountId = await createFundedAccount(services, { paid: 2 });
     const elsewhere = { ...services, groupCommit: undefined }; // as another process would
-    const { pool, holdConnectsUntil } = gatedPool(services.pool);
-    let granted: Promise<unknown> | undefined;
-    const grantDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
-      const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
-      if (!granted) {
-        // A grant that waits for this transaction's lock, and the committer's next transaction
-        // held back until the grant committed: once this COMMIT frees the row, a waiter and a
-        // newcomer race for it (the waiter follows the row to its new version first), so without
-        // the gate the next transaction could lock it before the grant.
-        const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
-        granted = grantCredits(elsewhere, { accountId, amountMicroCredits: credits(10), type: 'PAID', source: 'ADJUSTMENT', expiresAt: null, reference: null, idempotencyKey: `g-${randomUUID()}` });
-        await waitForBlockedBy(rows[0].pid);
-        holdConnectsUntil(granted);
-      }
-      return out;
-    };
-    const { committer, results } = await inPairs(accountId, ['d1', 'd2', 'd3', 'd4', 'd5', 'd6'], { charge: grantDuringFirst, pool });
-    await granted;
+    const { charge, pool, changed } = changeDuringFirstTransaction(() =>
+      grantCredits(elsewhere, { accountId, amountMicroCredits: credits(10), type: 'PAID', source: 'ADJUSTMENT', expiresAt: null, reference: null, idempotencyKey: `g-${randomUUID()}` }),
+    );
+    const { committer, results } = await inPairs(accountId, ['d1', 'd2', 'd3', 'd4', 'd5', 'd6'], { charge, pool });
+    await changed();
     // From the state the first transaction left (0 credits), d3 and d4 would be refused.
     expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK', 'OK', 'OK']);
     expect(committer.stats()).toMatchObject({ carriedState: 1, carriedStateMisses: 1, retriedAlone: 0 });
@@ -727,21 +714,11 @@ describe('carried state (a hot account decides from what its previous transactio
       await recordUsage(elsewhere, { accountId, idempotencyKey: 'before', category: 'unit', agentId: 'agent-1' });
       spentBefore = credits(1);
     }
-    const { pool, holdConnectsUntil } = gatedPool(services.pool);
-    let budgeted: Promise<unknown> | undefined;
-    const budgetDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
-      const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
-      if (!budgeted) {
-        // As above: the budget waits for this transaction's lock and commits before the next starts.
-        const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
-        budgeted = setSpendingBudget(elsewhere, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(2) });
-        await waitForBlockedBy(rows[0].pid);
-        holdConnectsUntil(budgeted);
-      }
-      return out;
-    };
-    const { committer, results } = await inPairs(accountId, ['h1', 'h2', 'h3', 'h4', 'h5', 'h6'], { charge: budgetDuringFirst, agentId: 'agent-1', pool });
-    await budgeted;
+    const { charge, pool, changed } = changeDuringFirstTransaction(() =>
+      setSpendingBudget(elsewhere, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(2) }),
+    );
+    const { committer, results } = await inPairs(accountId, ['h1', 'h2', 'h3', 'h4', 'h5', 'h6'], { charge, agentId: 'agent-1', pool });
+    await changed();
     expect(results.map(codeOf)).toEqual(['OK', 'OK', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED', 'BUDGET_EXCEEDED']);
     expect(committer.stats()).toMatchObject({ carriedStateMisses: 1 });
     expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(8) - spentBefore);
@@ -753,21 +730,9 @@ describe('carried state (a hot account decides from what its previous transactio
     await setSpendingBudget(elsewhere, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(3) });
     await recordUsage(elsewhere, { accountId, idempotencyKey: 'before', category: 'unit', agentId: 'agent-1' }); // starts the kept row: spent 1
     const plan = await createPlan(services, { name: `carried-anchor-${accountId}`, monthlyMicroCredits: credits(1), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '0' });
-    const { pool, holdConnectsUntil } = gatedPool(services.pool);
-    let subscribed: Promise<unknown> | undefined;
-    const subscribeDuringFirst: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
-      const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
-      if (!subscribed) {
-        // As above: the subscription waits for this transaction's lock and commits before the next starts.
-        const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
-        subscribed = subscribeToPlan(elsewhere, accountId, plan.id);
-        await waitForBlockedBy(rows[0].pid);
-        holdConnectsUntil(subscribed);
-      }
-      return out;
-    };
-    const { committer, results } = await inPairs(accountId, ['s1', 's2', 's3', 's4', 's5', 's6'], { charge: subscribeDuringFirst, agentId: 'agent-1', pool });
-    await subscribed;
+    const { charge, pool, changed } = changeDuringFirstTransaction(() => subscribeToPlan(elsewhere, accountId, plan.id));
+    const { committer, results } = await inPairs(accountId, ['s1', 's2', 's3', 's4', 's5', 's6'], { charge, agentId: 'agent-1', pool });
+    await changed();
     // s1, s2 spend the old period's budget (3 of 3); the subscription starts a new period, so s3-s5
     // fit its budget and s6 does not. From the state the first transaction left, s3-s6 would be refused.
     expect(results.map(codeOf)).toEqual(['OK', 'OK', 'OK', 'OK', 'OK', 'BUDGET_EXCEEDED']);
@@ -916,6 +881,31 @@ describe('carried state (a hot account decides from what its previous transactio
     expect(committer.stats()).toMatchObject({ carriedState: 0, carriedStateMisses: 0 });
   });
 });
+
+/**
+ * A charge hook and a gated pool for a GroupCommitter that run `change` (another session's
+ * write, e.g. a grant) during the committer's first transaction: the change is started once that
+ * transaction has decided its charges, is seen waiting for its lock (waitForBlockedBy), and the
+ * committer's next transaction is held back until the change committed. Once a COMMIT frees the
+ * row, a waiter and a newcomer race for it (the waiter follows the row to its new version first),
+ * so without the gate the next transaction could lock it before the change.
+ * @returns `charge` and `pool` for inPairs, and `changed()`: the change's promise (after the run).
+ */
+function changeDuringFirstTransaction(change: () => Promise<unknown>): { charge: ChargeAccounts; pool: pg.Pool; changed: () => Promise<unknown> } {
+  const { pool, holdConnectsUntil } = gatedPool(services.pool);
+  let started: Promise<unknown> | undefined;
+  const charge: ChargeAccounts = async (tx, groups, pending, statesRead, carry) => {
+    const out = await chargeAccounts(tx, groups, pending, statesRead, carry);
+    if (!started) {
+      const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
+      started = change();
+      await waitForBlockedBy(rows[0].pid);
+      holdConnectsUntil(started);
+    }
+    return out;
+  };
+  return { charge, pool, changed: () => started ?? Promise.resolve() };
+}
 
 /**
  * The real pool behind a gate: `pool` is `real` except that, once `holdConnectsUntil(p)` was
