@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { Queue, QueueEvents } from 'bullmq';
+import { Queue } from 'bullmq';
+import { queueEventsFromNow } from '../setup/queue-events.js';
 import { pino } from 'pino';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
@@ -96,10 +97,9 @@ describe('expiry by the workers', () => {
   it('the sweep re-adds a job whose id is kept as failed (a plain add would be ignored), so the work resumes', async () => {
     const accountId = await createFundedAccount(services, { paid: 1 });
     const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
-    const events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
+    const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
     const sink = createQueueJobSink(connection, prefix);
     try {
-      await events.waitUntilReady();
       const jobId = `expire-due-test-${randomUUID()}`;
       const failed = new Promise<void>((resolve) => events.on('failed', ({ jobId: id }) => id === jobId && resolve()));
       await sink.add([{ name: 'expire-due', jobId, data: { accountId: 'not-a-uuid' } }]); // a payload the processor refuses for good
@@ -120,9 +120,8 @@ describe('expiry by the workers', () => {
 
 describe('job names this version does not know', () => {
   it("a ledger job of an unknown name (a newer version's, during a rolling upgrade) goes back to the queue delayed, without spending an attempt, instead of failing for good", async () => {
-    const events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
+    const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
     try {
-      await events.waitUntilReady();
       const jobId = `send-invoice-test-${randomUUID()}`;
       // Whichever comes first: put back (delayed) or failed for good.
       const outcome = new Promise<string>((resolve) => {
@@ -145,9 +144,8 @@ describe('job names this version does not know', () => {
 
 describe('a job of a known name with a payload its processor cannot parse', () => {
   it('fails at its first attempt, not retried (bad payload), instead of spending its attempts or looping', async () => {
-    const events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
+    const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
     try {
-      await events.waitUntilReady();
       const jobId = `auto-top-up-malformed-${randomUUID()}`;
       const failed = new Promise<string>((resolve) => events.on('failed', ({ jobId: id, failedReason }) => id === jobId && resolve(failedReason)));
       await workers.ledgerQueue.add('auto-top-up', { topUpId: 'not-a-uuid' }, { jobId, attempts: 3, backoff: { type: 'exponential', delay: 1 } });

@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Backoffs, QueueEvents } from 'bullmq';
-import { Redis } from 'ioredis';
+import { queueEventsFromNow } from '../setup/queue-events.js';
 import { pino } from 'pino';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
 import { processDeliverWebhook } from '../../workers/processors/deliver-webhook.js';
@@ -44,8 +44,7 @@ beforeAll(async () => {
     OUTBOX_POLL_INTERVAL_MS: '100',
     SWEEP_EVERY_MS: '3600000',
   });
-  events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
-  await events.waitUntilReady();
+  events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
   jobs = collectOutcomes(events);
   workers = await startWorkers({ env, pool: services.pool, log, prefix, services, relay: true });
 });

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:net';
 import { EventEmitter } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QueueEvents } from 'bullmq';
+import { queueEventsFromNow } from '../setup/queue-events.js';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers } from '../../workers/start.js';
@@ -111,8 +111,7 @@ describe('findUndeliveredWebhookJobs', () => {
 
     // Recovery the way the sweep does it: the jobs go back on ledger-jobs through the same sink.
     const prefix = `cp-test-webhooks-sweep-${randomUUID()}`;
-    const events = new QueueEvents(LEDGER_JOBS_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
-    await events.waitUntilReady();
+    const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
     const outcomes = collectOutcomes(events);
     const workers = await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false });
     const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });

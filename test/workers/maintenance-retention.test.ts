@@ -8,6 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Queue, QueueEvents } from 'bullmq';
+import { queueEventsFromNow } from '../setup/queue-events.js';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers, MAINTENANCE_JOBS_KEPT, type RunningWorkers } from '../../workers/start.js';
@@ -29,8 +30,7 @@ beforeAll(async () => {
   const env = parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: 'postgresql://unused/unused', SWEEP_EVERY_MS: '100' });
   connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
   queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
-  events = new QueueEvents(MAINTENANCE_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
-  await events.waitUntilReady();
+  events = await queueEventsFromNow(MAINTENANCE_QUEUE, prefix);
   // Two workers processes on one Redis (each re-creates the schedulers at boot).
   for (let i = 0; i < 2; i++) running.push(await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false }));
 });

@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Queue, QueueEvents } from 'bullmq';
+import { queueEventsFromNow } from '../setup/queue-events.js';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
@@ -29,8 +30,7 @@ beforeAll(async () => {
   workers = await startWorkers({ env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: 'postgresql://unused/unused' }), pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false });
   connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
   queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
-  events = new QueueEvents(MAINTENANCE_QUEUE, { connection: new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null }), prefix });
-  await events.waitUntilReady();
+  events = await queueEventsFromNow(MAINTENANCE_QUEUE, prefix);
 });
 
 afterAll(async () => {
