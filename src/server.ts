@@ -103,6 +103,13 @@ export const WS_CLOSE = {
   goingAway: 1001,
 } as const;
 
+/**
+ * How long a WebSocket whose service key was revoked stays open for its streams to send their
+ * UNAUTHENTICATED error and complete (each does within one re-check); then it is closed (4403)
+ * whatever is left.
+ */
+export const LIVE_CREDENTIAL_CLOSE_GRACE_MS = 5_000;
+
 /** What this server keeps on each WebSocket connection. */
 interface WsState {
   principal?: Principal | null;
@@ -118,6 +125,13 @@ interface WsState {
   connectionId: string;
   operations: Set<string>;
   expiryTimer?: InstantTimer;
+  /**
+   * A service key's connection: stops watching the key's revocation announcements and its
+   * periodic re-check ({@link watchSocketKey}).
+   */
+  unwatchKey?: () => void;
+  /** Its key no longer authenticates: the socket closes (4403) once its open operations ended. */
+  credentialEnded?: boolean;
 }
 
 /** The header (and connectionParams key) that marks a call made on behalf of a public visitor. */
@@ -471,6 +485,45 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     const holder = extra as unknown as { state?: WsState };
     return (holder.state ??= { connectionId: randomUUID(), operations: new Set() });
   };
+  /**
+   * Closes a service key's WebSocket (4403) once the key stops authenticating, even when the
+   * socket runs no operation: re-checked when a revocation of `keyId` is announced on Redis
+   * (src/auth/key-revocation.ts; the announcement only makes the server look again, so a forged
+   * one closes nothing). Open streams end themselves first with their UNAUTHENTICATED error
+   * (src/graphql/subscriptions.ts); the socket then closes when the last one completes
+   * (onComplete), or after LIVE_CREDENTIAL_CLOSE_GRACE_MS at the latest. A lookup that fails
+   * (database down) keeps the socket, as it keeps streams. A revocation that was not announced
+   * (Redis down for the revoker) closes an idle socket at its next operation (onSubscribe).
+   * @returns stops watching (called on close).
+   */
+  const watchSocketKey = (socket: WebSocket, state: WsState, keyId: string): (() => void) => {
+    let checking = false;
+    let graceTimer: NodeJS.Timeout | undefined;
+    const check = async (): Promise<void> => {
+      if (checking || state.credentialEnded) return;
+      checking = true;
+      try {
+        await deps.authenticator.authenticate(state.authorization ?? '');
+      } catch (err) {
+        if (err instanceof LedgerError && err.code === 'UNAUTHENTICATED') {
+          state.credentialEnded = true;
+          log.info({ connectionId: state.connectionId }, 'websocket closing: credential no longer valid');
+          const close = () => socket.close(WS_CLOSE.forbidden, 'Forbidden: credential revoked or expired');
+          if (state.operations.size === 0) close();
+          else (graceTimer = setTimeout(close, LIVE_CREDENTIAL_CLOSE_GRACE_MS)).unref();
+        } else {
+          log.warn({ connectionId: state.connectionId, err }, 'websocket: could not re-check its credential; keeping the connection');
+        }
+      } finally {
+        checking = false;
+      }
+    };
+    const unwatch = live.watchKey(keyId, () => void check());
+    return () => {
+      unwatch();
+      clearTimeout(graceTimer);
+    };
+  };
   useServer(
     {
       connectionInitWaitTimeout: 10_000,
@@ -516,11 +569,14 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         if (principal.kind === 'user' && principal.expiresAt) {
           state.expiryTimer = atInstant(principal.expiresAt, () => socket.close(WS_CLOSE.forbidden, 'Forbidden: token expired'));
         }
+        if (principal.kind === 'service') state.unwatchKey = watchSocketKey(socket, state, principal.keyId);
         return true;
       },
       onClose: (ctx) => {
         const state = stateOf(ctx.extra);
         state.expiryTimer?.cancel();
+        state.unwatchKey?.();
+        state.unwatchKey = undefined;
         if (state.tokenKey) {
           releaseLiveSlot(state.tokenKey);
           state.tokenKey = undefined;
@@ -577,7 +633,11 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         return args;
       },
       onComplete: (ctx, id) => {
-        stateOf(ctx.extra).operations.delete(id);
+        const state = stateOf(ctx.extra);
+        state.operations.delete(id);
+        // The key was revoked while this operation ran: its stream has just sent its
+        // UNAUTHENTICATED error; close once the complete message is out (as at the close below).
+        if (state.credentialEnded && state.operations.size === 0) setImmediate(() => ctx.extra.socket.close(WS_CLOSE.forbidden, 'Forbidden: credential revoked or expired'));
       },
       execute: (args) => (args.rootValue as { execute: (a: ExecutionArgs) => never }).execute(args),
       subscribe: (args) => (args.rootValue as { subscribe: (a: ExecutionArgs) => never }).subscribe(args),

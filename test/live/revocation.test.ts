@@ -12,7 +12,9 @@ import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { apiAccount, ok, uniq } from '../api/helpers.js';
 import { API_KEY_CACHE_TTL_MS, createApiKey, revokeApiKey } from '../../src/auth/api-keys.js';
 import { CREDENTIAL_RECHECK_INTERVAL_MS } from '../../src/graphql/subscriptions.js';
-import { BALANCE_SUB, USAGE_SUB, sseSubscribe, waitForStreamsStarted, streamsStarted, wsSubscribe, type LiveSub } from './helpers.js';
+import { announceKeyRevocation } from '../../src/auth/key-revocation.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
+import { BALANCE_SUB, USAGE_SUB, revocationsReceived, sseSubscribe, waitForRevocationsReceived, waitForStreamsStarted, streamsStarted, wsSubscribe, type LiveSub } from './helpers.js';
 
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
 
@@ -20,8 +22,12 @@ let srv: TestServer;
 const subs: LiveSub[] = [];
 const track = <T extends LiveSub>(s: T): T => (subs.push(s), s);
 
+/** This file's own revocation channel, so announcements here reach only this file's server. */
+const CHANNEL_PREFIX = `revocation-test-${process.pid}-`;
+const announce = { redisUrl: TEST_REDIS_URL, channelPrefix: CHANNEL_PREFIX };
+
 beforeAll(async () => {
-  srv = await startTestServer();
+  srv = await startTestServer({ LIVE_CHANNEL_PREFIX: CHANNEL_PREFIX });
 });
 
 afterEach(async () => {
@@ -108,6 +114,49 @@ describe('revoking an API key', () => {
     expect(JSON.stringify(second.errors)).toContain('UNAUTHENTICATED');
     await ws.waitFor((s) => s.closedWith !== null, 'the close');
     expect(ws.closedWith).toEqual({ code: 4403, reason: 'Forbidden: credential revoked or expired' });
+  });
+
+  it('an announced revocation closes an idle WebSocket of the key (4403) without waiting for its next operation', async () => {
+    const account = await apiAccount(srv, { paid: '1' });
+    const key = await readKey();
+    const ws = track(wsSubscribe(srv.url, `Bearer ${key.token}`, `query($id: ID!) { account(id: $id) { id } }`, { id: account }));
+    await ws.waitFor((s) => s.completed, 'the first query');
+    expect(ws.closedWith).toBeNull();
+    const outcomes: unknown[] = [];
+    expect(await revokeApiKey(srv.services.pool, key.id, { announce: { ...announce, onOutcome: (o) => outcomes.push(o) } })).toBe(true);
+    expect(outcomes).toEqual([{ announcedTo: 1 }]);
+    await ws.waitFor((s) => s.closedWith !== null, 'the idle socket to close');
+    expect(ws.closedWith).toEqual({ code: 4403, reason: 'Forbidden: credential revoked or expired' });
+  });
+
+  it('an announced revocation ends the socket\'s open stream with UNAUTHENTICATED first, then closes the socket (4403)', async () => {
+    const account = await apiAccount(srv, { paid: '1' });
+    const key = await readKey();
+    const ws = track(wsSubscribe(srv.url, `Bearer ${key.token}`, BALANCE_SUB, { id: account }));
+    await ws.waitFor((s) => s.events.length === 1, 'the snapshot');
+    await revokeApiKey(srv.services.pool, key.id, { announce: { ...announce, onOutcome: () => undefined } });
+    await ws.waitFor((s) => s.closedWith !== null, 'the socket to close');
+    expectEndedUnauthenticated(ws);
+    expect(ws.completed).toBe(true);
+    expect(ws.closedWith).toEqual({ code: 4403, reason: 'Forbidden: credential revoked or expired' });
+  });
+
+  it('an announcement naming a key that still authenticates closes nothing (it only makes the server look again)', async () => {
+    const account = await apiAccount(srv, { paid: '1' });
+    const key = await readKey();
+    const ws = track(wsSubscribe(srv.url, `Bearer ${key.token}`, `query($id: ID!) { account(id: $id) { id } }`, { id: account }));
+    await ws.waitFor((s) => s.completed, 'the first query');
+    const heard = await revocationsReceived(srv.url);
+    expect(await announceKeyRevocation(announce, key.id)).toBe(1);
+    await waitForRevocationsReceived(srv.url, heard + 1);
+    const second = await new Promise<{ data?: unknown; errors?: unknown }>((resolve) => {
+      ws.client.subscribe(
+        { query: `query($id: ID!) { account(id: $id) { id } }`, variables: { id: account } },
+        { next: (r) => resolve(r as never), error: (e) => resolve({ errors: e }), complete: () => undefined },
+      );
+    });
+    expect(second).toEqual({ data: { account: { id: account } } });
+    expect(ws.closedWith).toBeNull();
   });
 
   it('a revocation by another process (no cache cleared here) ends the stream within the lookup cache TTL', async () => {
