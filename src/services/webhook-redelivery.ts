@@ -15,6 +15,9 @@
  * de-duplicate) and signs it with the workers' WEBHOOK_SECRET; attempt numbers of the new job
  * start again at 1.
  *
+ * An event redelivered after its job gave up (17 attempts or a final 4xx logged) stays outside
+ * the sweep: if Redis loses its new job, running the redelivery again re-adds it.
+ *
  * Guarantees with several operators (or the sweep) at once:
  * - one job per event: all of them use the one jobId, Redis keeps at most one job under it, an
  *   add whose jobId exists is ignored, and `readd` removes only a finished job (never a waiting,

@@ -183,10 +183,13 @@ describe('npm run webhooks', () => {
       await Promise.all(sinks.map((s) => s.close()));
       connection.disconnect();
     }
-    expect(await jobs.wait(jobId)).toMatchObject({ state: 'completed', returnvalue: { status: 'DELIVERED', attempt: 3 } });
+    // The original 400, then 500, 500 and a 200: with one job its attempts 1, 2, 3; two jobs
+    // would each have started at attempt 1 (1, 1, then 2 answered 200, the other sending nothing).
+    await receiver.waitFor(() => receiver.forAccount(accountId).length >= 4, 'the redelivered event to be answered 200');
     const again = receiver.forAccount(accountId).slice(1);
-    // One job: 500, 500 (its retries), 200. Two jobs would each have started at attempt 1.
     expect(again.map((r) => r.headers['creditpool-delivery-attempt'])).toEqual(['1', '2', '3']);
+    expect(await jobs.wait(jobId)).toMatchObject({ state: 'completed', returnvalue: { status: 'DELIVERED', attempt: 3 } });
+    expect(receiver.forAccount(accountId)).toHaveLength(4);
     expect(await deliveryLog(alertId)).toEqual([
       [1, 'FAILED', 400],
       [1, 'FAILED', 500],
