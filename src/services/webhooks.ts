@@ -9,7 +9,8 @@
  * (17 attempts, exponential backoff from 1 s, the last retry about 18 h after the first attempt:
  * src/queues/names.ts); the processor
  * (workers/processors/deliver-webhook.ts) calls {@link deliverWebhook}; the sweep re-adds jobs
- * lost with Redis ({@link findUndeliveredWebhookJobs}).
+ * lost with Redis ({@link findUndeliveredWebhookJobs}); past that, an operator lists and re-adds
+ * undelivered events with `npm run webhooks` (src/services/webhook-redelivery.ts).
  *
  * Wire format (every delivery of one event carries the same body; only the signature timestamp
  * changes between attempts):

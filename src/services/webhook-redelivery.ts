@@ -1,0 +1,260 @@
+/**
+ * Operator redelivery of webhooks (the `npm run webhooks` CLI, scripts/webhooks.ts): lists the
+ * events the receiver never acknowledged and sends chosen ones again through the normal path.
+ *
+ * Why: a delivery job gives up after its 17th attempt (about 18 h, LEDGER_JOB_OPTIONS) or at a
+ * permanent 4xx, and the sweep re-adds only events younger than 24 h with fewer than 17 logged
+ * attempts (src/services/webhooks.ts findUndeliveredWebhookJobs); past that an undelivered event
+ * had no way back to the receiver.
+ *
+ * How a redelivery runs: it re-adds the event's own `deliver-webhook` job, with its deterministic
+ * jobId (webhookJobId) and the normal options (17 attempts, exponential backoff from 1 s), the
+ * way the sweep does (createQueueJobSink's `readd`: a failed or completed job BullMQ still keeps
+ * under that id is removed first, else the add would be a no-op). A worker then delivers it with
+ * deliverWebhook, which builds the same body from the database (same `id`, so receivers
+ * de-duplicate) and signs it with the workers' WEBHOOK_SECRET; attempt numbers of the new job
+ * start again at 1.
+ *
+ * An event redelivered after its job gave up (17 attempts or a final 4xx logged) stays outside
+ * the sweep: if Redis loses its new job, running the redelivery again re-adds it.
+ *
+ * Guarantees with several operators (or the sweep) at once:
+ * - one job per event: all of them use the one jobId, Redis keeps at most one job under it, an
+ *   add whose jobId exists is ignored, and `readd` removes only a finished job (never a waiting,
+ *   delayed or running one); so two redeliveries of one event at once add one job;
+ * - one POST at a time, none after delivery: deliverWebhook holds a per-event advisory lock over
+ *   its DELIVERED check, the POST and the log row, so even two jobs (or a job and a stale run)
+ *   never both send, and nothing is sent once a DELIVERED row is committed. What remains is the
+ *   at-least-once case every delivery has (the receiver's 2xx arrives but our commit is lost):
+ *   receivers de-duplicate on `creditpool-event-id`.
+ */
+import type pg from 'pg';
+import type { OutboxJob } from '../queues/names.js';
+import { isPermanentStatus, webhookJob, webhookJobId, WEBHOOK_EVENT_TYPES, WEBHOOK_MAX_LOGGED_ATTEMPTS, type WebhookEventType, type WebhookJobData } from './webhooks.js';
+
+/**
+ * Where an undelivered event stands, from its last logged attempt:
+ * - `retrying`: its job has attempts left (last attempt number below 17, not permanent): BullMQ
+ *   retries it, and the sweep re-adds it if lost while it is younger than 24 h;
+ * - `exhausted`: its job made its 17th attempt: nothing sends it again without a redelivery;
+ * - `permanent`: the receiver refused it with a 4xx other than 408/425/429: not retried.
+ */
+export type FailedWebhookState = 'retrying' | 'exhausted' | 'permanent';
+
+/** One undelivered event (at least one logged attempt, none DELIVERED), as {@link listFailedWebhooks} returns it. */
+export interface FailedWebhook {
+  eventType: WebhookEventType;
+  /** The event's own uuid (the credit alert's id, the pausing auto top-up's id). */
+  eventId: string;
+  /** The body's `id` and the `creditpool-event-id` header: `<eventType>:<eventId>`. */
+  id: string;
+  accountId: string;
+  /** Attempts logged in webhook_deliveries for the event, over all its jobs. */
+  attempts: number;
+  /** Attempt number of the last attempt within its job (1..17). */
+  lastAttempt: number;
+  /** HTTP status of the last attempt, null when no response came (timeout, network error). */
+  lastResponseCode: number | null;
+  /** Error of the last attempt (`HTTP <code>: <start of body>` or the network/timeout error). */
+  lastError: string | null;
+  /** First logged attempt: about when the event was raised. */
+  firstAttemptAt: Date;
+  lastAttemptAt: Date;
+  state: FailedWebhookState;
+}
+
+/** Default number of events {@link listFailedWebhooks} returns. */
+export const FAILED_WEBHOOKS_DEFAULT_LIMIT = 50;
+
+/** Most events one {@link listFailedWebhooks} call returns when a limit is given. */
+export const FAILED_WEBHOOKS_MAX_LIMIT = 1_000;
+
+/** Options of {@link listFailedWebhooks}. */
+export interface ListFailedWebhooksOptions {
+  /** Only events whose first attempt is at or after this instant. */
+  since?: Date;
+  /** At most this many (1..FAILED_WEBHOOKS_MAX_LIMIT, default 50); null: all of them (redelivery of every failed event). */
+  limit?: number | null;
+}
+
+/**
+ * The undelivered events: every (event type, event id) with at least one logged attempt and no
+ * DELIVERED one, newest first (by first attempt, then event id), with the count of attempts and
+ * the last attempt's attempt number, status code, error and time. Events never attempted (raised
+ * while WEBHOOK_URL was unset) have no log and are not listed. Reads the whole delivery log
+ * (one grouping over webhook_deliveries): an operator's query, not for a request path.
+ * @throws RangeError when `limit` is not an integer in 1..FAILED_WEBHOOKS_MAX_LIMIT (or null);
+ *   the database error otherwise.
+ */
+export async function listFailedWebhooks(pool: pg.Pool, opts: ListFailedWebhooksOptions = {}): Promise<FailedWebhook[]> {
+  const limit = opts.limit === undefined ? FAILED_WEBHOOKS_DEFAULT_LIMIT : opts.limit;
+  if (limit !== null && (!Number.isSafeInteger(limit) || limit < 1 || limit > FAILED_WEBHOOKS_MAX_LIMIT)) {
+    throw new RangeError(`limit must be an integer from 1 to ${FAILED_WEBHOOKS_MAX_LIMIT}`);
+  }
+  const { rows } = await pool.query(
+    `WITH ev AS (
+       SELECT event_type, event_id, count(*)::int AS attempts, min(created_at) AS first_attempt_at
+         FROM webhook_deliveries
+        GROUP BY event_type, event_id
+       HAVING NOT bool_or(status = 'DELIVERED')
+          AND ($1::timestamptz IS NULL OR min(created_at) >= $1::timestamptz)
+     )
+     SELECT ev.event_type, ev.event_id, ev.attempts, ev.first_attempt_at,
+            l.account_id, l.attempt, l.response_code, l.error, l.created_at AS last_attempt_at
+       FROM ev
+       JOIN LATERAL (SELECT d.account_id, d.attempt, d.response_code, d.error, d.created_at
+                       FROM webhook_deliveries d
+                      WHERE d.event_id = ev.event_id AND d.event_type = ev.event_type
+                      ORDER BY d.created_at DESC, d.attempt DESC LIMIT 1) l ON true
+      ORDER BY ev.first_attempt_at DESC, ev.event_id DESC
+      LIMIT $2`,
+    [opts.since ?? null, limit],
+  );
+  return rows
+    .filter((r) => (WEBHOOK_EVENT_TYPES as readonly string[]).includes(r.event_type))
+    .map((r) => {
+      const code: number | null = r.response_code;
+      const state: FailedWebhookState = code !== null && isPermanentStatus(code) ? 'permanent' : r.attempt >= WEBHOOK_MAX_LOGGED_ATTEMPTS ? 'exhausted' : 'retrying';
+      return {
+        eventType: r.event_type,
+        eventId: r.event_id,
+        id: `${r.event_type}:${r.event_id}`,
+        accountId: r.account_id,
+        attempts: r.attempts,
+        lastAttempt: r.attempt,
+        lastResponseCode: code,
+        lastError: r.error,
+        firstAttemptAt: r.first_attempt_at,
+        lastAttemptAt: r.last_attempt_at,
+        state,
+      };
+    });
+}
+
+/** An event named by an operator: its uuid, with its type when given as `<eventType>:<uuid>`. */
+export interface WebhookEventRef {
+  eventType?: WebhookEventType;
+  eventId: string;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * Parses an event reference: a bare event uuid, or the body's `id` / `creditpool-event-id`
+ * (`credit_alert.raised:<uuid>`, `auto_top_up.paused:<uuid>`), which is what receivers log.
+ * @returns the reference (uuid lowercased), or null when `text` is neither form.
+ */
+export function parseWebhookEventRef(text: string): WebhookEventRef | null {
+  const colon = text.lastIndexOf(':');
+  const type = colon < 0 ? undefined : text.slice(0, colon);
+  const id = colon < 0 ? text : text.slice(colon + 1);
+  if (!UUID.test(id)) return null;
+  if (type !== undefined && !(WEBHOOK_EVENT_TYPES as readonly string[]).includes(type)) return null;
+  return { eventType: type as WebhookEventType | undefined, eventId: id.toLowerCase() };
+}
+
+/**
+ * Outcome of one redelivery:
+ * - `QUEUED`: a fresh delivery job was added (an earlier finished one removed first);
+ * - `PROMOTED`: its job was waiting out a retry delay (state delayed): it runs now instead;
+ * - `PENDING`: its job is already waiting or running: nothing changed;
+ * - `ALREADY_DELIVERED`: a DELIVERED attempt is logged: refused, nothing is sent again;
+ * - `NOT_FOUND`: no logged attempt and no such credit alert (or, for `auto_top_up.paused:<id>`,
+ *   no such failed auto top-up): refused.
+ */
+export type RedeliveryStatus = 'QUEUED' | 'PROMOTED' | 'PENDING' | 'ALREADY_DELIVERED' | 'NOT_FOUND';
+
+/** One event's result of {@link redeliverWebhooks}. */
+export interface RedeliveryOutcome {
+  ref: WebhookEventRef;
+  status: RedeliveryStatus;
+  /** The resolved event (absent when NOT_FOUND). */
+  event?: WebhookJobData;
+  /** The delivery job's id (absent when NOT_FOUND or ALREADY_DELIVERED). */
+  jobId?: string;
+  /** The BullMQ state the job was found in (PENDING, PROMOTED). */
+  jobState?: string;
+}
+
+/** What {@link redeliverWebhooks} adds jobs through: the ledger-jobs queue (createQueueJobSink). */
+export interface RedeliveryQueue {
+  queue: { getJob(jobId: string): Promise<{ getState(): Promise<string>; promote(): Promise<void> } | undefined> };
+  /** Removes a finished job kept under the same jobId, then adds (createQueueJobSink's readd). */
+  readd(jobs: OutboxJob[]): Promise<void>;
+}
+
+/**
+ * Finds the event a reference names: the delivery log first (its type and account), else a
+ * credit alert with that id, else (only when typed `auto_top_up.paused:<id>`) a FAILED auto
+ * top-up with that id.
+ * @returns the job payload, or null when nothing matches.
+ * @throws the database error.
+ */
+export async function resolveWebhookEvent(pool: pg.Pool, ref: WebhookEventRef): Promise<WebhookJobData | null> {
+  const logged = await pool.query(
+    `SELECT event_type, account_id FROM webhook_deliveries
+      WHERE event_id = $1 AND ($2::text IS NULL OR event_type = $2) AND event_type = ANY($3::text[])
+      ORDER BY created_at DESC LIMIT 1`,
+    [ref.eventId, ref.eventType ?? null, WEBHOOK_EVENT_TYPES],
+  );
+  if (logged.rows[0]) return { eventType: logged.rows[0].event_type, eventId: ref.eventId, accountId: logged.rows[0].account_id };
+  if (ref.eventType === undefined || ref.eventType === 'credit_alert.raised') {
+    const alert = await pool.query('SELECT account_id FROM credit_alerts WHERE id = $1::uuid', [ref.eventId]);
+    if (alert.rows[0]) return { eventType: 'credit_alert.raised', eventId: ref.eventId, accountId: alert.rows[0].account_id };
+  }
+  if (ref.eventType === 'auto_top_up.paused') {
+    const topUp = await pool.query(`SELECT account_id FROM auto_top_ups WHERE id = $1::uuid AND status = 'FAILED'`, [ref.eventId]);
+    if (topUp.rows[0]) return { eventType: 'auto_top_up.paused', eventId: ref.eventId, accountId: topUp.rows[0].account_id };
+  }
+  return null;
+}
+
+/** BullMQ states of a job that will still run without help. */
+const LIVE_JOB_STATES = ['waiting', 'active', 'prioritized', 'waiting-children'];
+
+/**
+ * Sends events again through the normal delivery path (see the module comment), one after
+ * another: resolves each reference ({@link resolveWebhookEvent}); refuses one with a DELIVERED
+ * attempt logged; promotes its job when it is delayed (waiting for a retry); leaves it when it is
+ * waiting or running; else re-adds its `deliver-webhook` job (same jobId, normal attempts and
+ * backoff). Nothing is sent here: a worker delivers the job, with its own WEBHOOK_URL and secret.
+ * A DELIVERED row committed after the check is still honoured: the job then sends nothing.
+ * @returns one outcome per reference, in order.
+ * @throws the database or Redis error (outcomes of earlier references are lost with it; running
+ *   again is safe: every step is idempotent).
+ */
+export async function redeliverWebhooks(pool: pg.Pool, jobs: RedeliveryQueue, refs: WebhookEventRef[]): Promise<RedeliveryOutcome[]> {
+  const out: RedeliveryOutcome[] = [];
+  for (const ref of refs) {
+    const event = await resolveWebhookEvent(pool, ref);
+    if (!event) {
+      out.push({ ref, status: 'NOT_FOUND' });
+      continue;
+    }
+    const done = await pool.query(`SELECT 1 FROM webhook_deliveries WHERE event_id = $1 AND event_type = $2 AND status = 'DELIVERED' LIMIT 1`, [event.eventId, event.eventType]);
+    if (done.rows.length > 0) {
+      out.push({ ref, status: 'ALREADY_DELIVERED', event });
+      continue;
+    }
+    const jobId = webhookJobId(event.eventType, event.eventId);
+    const existing = await jobs.queue.getJob(jobId);
+    let jobState = existing ? await existing.getState() : undefined;
+    if (existing && jobState === 'delayed') {
+      try {
+        await existing.promote();
+        out.push({ ref, status: 'PROMOTED', event, jobId, jobState });
+        continue;
+      } catch {
+        // No longer delayed (it started meanwhile, or finished): handled below as it is now.
+        jobState = await existing.getState();
+      }
+    }
+    if (jobState !== undefined && LIVE_JOB_STATES.includes(jobState)) {
+      out.push({ ref, status: 'PENDING', event, jobId, jobState });
+      continue;
+    }
+    await jobs.readd([webhookJob(event)]);
+    out.push({ ref, status: 'QUEUED', event, jobId });
+  }
+  return out;
+}
