@@ -14,9 +14,13 @@
  *
  * With PAYMENT_PROVIDER=stripe and STRIPE_WEBHOOK_SECRET, POST /webhooks/stripe takes Stripe's
  * payment events (src/http/stripe-webhook.ts), routed before yoga so it reads the raw body.
+ *
+ * Unless METRICS_ENABLED=false, GET /metrics answers Prometheus metrics from a registry of this
+ * instance's own (src/metrics/server-metrics.ts), behind `Authorization: Bearer <METRICS_TOKEN>`
+ * when that is set.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { createYoga, handleStreamOrSingleExecutionResult, isAsyncIterable, type Plugin } from 'graphql-yoga';
 import { GraphQLError, NoSchemaIntrospectionCustomRule, type ExecutionResult } from 'graphql';
@@ -50,6 +54,8 @@ import { verifyWebhookEvent } from './payments/stripe.js';
 import { stripeChargeLivemode, stripeWebhookSecrets } from './payments/index.js';
 import { atInstant, type InstantTimer } from './live/at-instant.js';
 import { closeRedis, settlesWithin, REDIS_QUIT_WAIT_MS } from './db/redis-close.js';
+import { createServerMetrics, type LiveCounters } from './metrics/server-metrics.js';
+import { NO_USAGE_OUTCOMES } from './metrics/usage-outcomes.js';
 
 /** What the server needs, created by the process entry (src/main.ts) or a test. */
 export interface ServerDeps {
@@ -132,6 +138,23 @@ interface WsState {
   unwatchKey?: () => void;
   /** Its key no longer authenticates: the socket closes (4403) once its open operations ended. */
   credentialEnded?: boolean;
+}
+
+/** The path of the Prometheus metrics (METRICS_ENABLED). */
+export const METRICS_PATH = '/metrics';
+
+/**
+ * Whether `req` may read the metrics: always without a METRICS_TOKEN, else only with exactly one
+ * `Authorization: Bearer <METRICS_TOKEN>` line (the scheme in any case). Compared as SHA-256
+ * digests in constant time, so the answer's timing tells nothing about the token.
+ */
+function metricsAuthorized(req: IncomingMessage, token: string | undefined): boolean {
+  if (!token) return true;
+  if (authorizationLines(req) !== 1) return false;
+  const given = bearerToken(req.headers.authorization);
+  if (given === null) return false;
+  const digest = (value: string) => createHash('sha256').update(value, 'utf8').digest();
+  return timingSafeEqual(digest(given), digest(token));
 }
 
 /** The header (and connectionParams key) that marks a call made on behalf of a public visitor. */
@@ -240,6 +263,19 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
           log,
         })
       : null;
+  // Live counters of this instance (no tenant data), for /readyz and /metrics: open WebSockets,
+  // the hub's counters, the outbox rows this instance's relay published and its drain transactions.
+  const liveCounters = (): LiveCounters => ({ webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0, outboxDrains: relay?.drains() ?? 0 });
+  // The metrics' own Redis connection for the queue counts: fails fast while Redis is away (the
+  // scrape answers without them) instead of queueing commands until it returns.
+  const metricsRedis = env.METRICS_ENABLED
+    ? new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-metrics' })
+    : null;
+  metricsRedis?.on('error', (err) => log.debug({ err: err.message }, 'metrics: redis error'));
+  const metrics = metricsRedis
+    ? createServerMetrics({ pool: deps.pool, queueRedis: metricsRedis, queuePrefix: env.QUEUE_PREFIX, live: liveCounters, groupCommit: () => deps.services.groupCommit?.stats() ?? null })
+    : null;
+
   if (env.PAYMENT_PROVIDER === 'stripe' && !stripeWebhook) {
     log.warn(`neither STRIPE_WEBHOOK_SECRET nor STRIPE_TEST_WEBHOOK_SECRET is set: ${STRIPE_WEBHOOK_PATH} is off, so a payment whose answer was lost is only settled by polling, and a late success whose grant failed is not retried`);
   }
@@ -373,6 +409,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         env,
         log: log.child({ requestId }),
         live,
+        usageOutcomes: metrics?.usageOutcomes ?? NO_USAGE_OUTCOMES,
         readableAccounts: new Map(),
         stillAuthenticated: async () => {
           try {
@@ -420,13 +457,10 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       deps.pool.query('SELECT 1').then(() => true, () => false),
       deps.redis.ping().then((r) => r === 'PONG', () => false),
     ]);
-    // Live fan-out counters of this instance (no tenant data): open WebSockets, subscribed
-    // account channels, local subscriptions, messages received, resyncs after Redis drops, live
-    // streams started since boot, outbox rows this instance's relay published and its drain
-    // transactions; the group committer's counters; the event loop's busy time; with
-    // PG_QUERY_TIMINGS, the ledger pool's statements' summed wall times and its round trips
-    // (benchmarks read them).
-    const liveStats = { webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0, outboxDrains: relay?.drains() ?? 0 };
+    // Live fan-out counters of this instance (liveCounters); the group committer's counters; the
+    // event loop's busy time; with PG_QUERY_TIMINGS, the ledger pool's statements' summed wall
+    // times and its round trips (benchmarks read them).
+    const liveStats = liveCounters();
     // The event loop's busy and idle time since boot (ms; utilization = active / (active + idle)),
     // and its lateness: samples taken since boot and their summed lateness (ms beyond the
     // sampling interval), so a reader can difference two reads into the mean of a time window.
@@ -450,6 +484,26 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       ready().then(
         (r) => res.writeHead(r.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(r)),
         () => res.writeHead(503).end('{"ok":false}'),
+      );
+      return;
+    }
+    if (metrics && path === METRICS_PATH) {
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('Method Not Allowed\n');
+        return;
+      }
+      if (!metricsAuthorized(req, env.METRICS_TOKEN)) {
+        res.writeHead(401, { 'www-authenticate': 'Bearer realm="metrics"', 'content-type': 'text/plain' }).end('Send Authorization: Bearer <METRICS_TOKEN>.\n');
+        return;
+      }
+      // A collector that fails or is late is left out (creditpool_metrics_collector_up 0); only
+      // the registry itself failing (a bug) answers 500.
+      metrics.render().then(
+        (text) => res.writeHead(200, { 'content-type': metrics.contentType, 'cache-control': 'no-store' }).end(req.method === 'HEAD' ? undefined : text),
+        (err) => {
+          log.error({ err }, 'metrics: rendering failed');
+          res.writeHead(500, { 'content-type': 'text/plain' }).end('metrics unavailable\n');
+        },
       );
       return;
     }
@@ -682,7 +736,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         // Redis may be unreachable (a SIGTERM during an outage): nothing here waits for it to return
         // (db/redis-close.ts); the outbox rows not yet published stay for the next relay.
         if (jobSink) await settlesWithin(jobSink.close(), REDIS_QUIT_WAIT_MS);
-        await Promise.allSettled([live.close(), publisher && closeRedis(publisher), queueConnection && closeRedis(queueConnection)]);
+        if (metrics) await settlesWithin(metrics.close(), REDIS_QUIT_WAIT_MS);
+        await Promise.allSettled([live.close(), publisher && closeRedis(publisher), queueConnection && closeRedis(queueConnection), metricsRedis && closeRedis(metricsRedis)]);
         eventLoopDelay.disable();
       })()),
   };

@@ -88,6 +88,21 @@ const EnvSchema = z.object({
   PG_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(0).default(10_000),
   /** Time every statement of that pool client-side and report the sums on /readyz (src/db/query-timings.ts; for profiling). */
   PG_QUERY_TIMINGS: booleanish.default(false),
+  /**
+   * Serve Prometheus metrics at GET /metrics (src/metrics/server-metrics.ts): process metrics,
+   * charge outcomes, the outbox, queue and webhook backlogs, the live and group-commit counters.
+   */
+  METRICS_ENABLED: booleanish.default(true),
+  /**
+   * When set, GET /metrics answers only `Authorization: Bearer <METRICS_TOKEN>` (401 otherwise).
+   * Visible ASCII without spaces, at least 16 characters; must differ from the other secrets (a
+   * scraper's configuration is no place for a key that moves money).
+   */
+  METRICS_TOKEN: z
+    .string()
+    .min(16, 'METRICS_TOKEN must be at least 16 characters')
+    .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII without spaces (it is sent as "Authorization: Bearer <token>")')
+    .optional(),
   /** GraphQL limits (graphql-armor). */
   GRAPHQL_MAX_DEPTH: z.coerce.number().int().min(1).default(12),
   GRAPHQL_MAX_ALIASES: z.coerce.number().int().min(1).default(30),
@@ -200,10 +215,11 @@ const EnvSchema = z.object({
     }
   }
   // One secret per power: the JWT secret mints any end user's token, the admin key is every scope,
-  // and the webhook secret is shared with whoever receives the webhooks.
+  // and the webhook secret is shared with whoever receives the webhooks; the metrics token sits in a scraper's configuration.
   for (const [name, value, others] of [
     ['JWT_SECRET', env.JWT_SECRET, [['ADMIN_API_KEY', env.ADMIN_API_KEY]]],
     ['WEBHOOK_SECRET', env.WEBHOOK_SECRET, [['ADMIN_API_KEY', env.ADMIN_API_KEY], ['JWT_SECRET', env.JWT_SECRET]]],
+    ['METRICS_TOKEN', env.METRICS_TOKEN, [['ADMIN_API_KEY', env.ADMIN_API_KEY], ['JWT_SECRET', env.JWT_SECRET], ['WEBHOOK_SECRET', env.WEBHOOK_SECRET]]],
   ] as const) {
     for (const [otherName, otherValue] of others) {
       if (value && value === otherValue) ctx.addIssue({ code: 'custom', path: [name], message: `must differ from ${otherName} (whoever holds one would hold both powers)` });

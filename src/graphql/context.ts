@@ -7,6 +7,7 @@ import type { ServiceContext } from '../services/context.js';
 import type { Env } from '../config/env.js';
 import type { Logger } from 'pino';
 import type { LiveHub } from '../live/hub.js';
+import type { UsageOutcomeCounter } from '../metrics/usage-outcomes.js';
 
 /** What every resolver receives. */
 export interface GraphQLContext {
@@ -25,6 +26,11 @@ export interface GraphQLContext {
   publicAudience: boolean;
   /** This instance's live fan-out (subscriptions); null where none runs (scripts, some tests). */
   live: LiveHub | null;
+  /**
+   * Where the charge resolvers count each usage event's outcome for GET /metrics
+   * (metrics/usage-outcomes.ts); counts nothing with METRICS_ENABLED=false.
+   */
+  usageOutcomes: UsageOutcomeCounter;
   /** Memo of account ids this principal may read (filled by access checks). */
   readableAccounts: Map<string, boolean>;
   /**

@@ -1,6 +1,8 @@
 /**
  * Mutation fields. Each resolver checks scopes, translates input, calls ONE service (one
  * transaction), then loads the result for the response. Resolvers never write themselves.
+ * The charge resolvers (recordUsage, recordUsageBatch, settleReservation) count each usage event's
+ * outcome for GET /metrics (ctx.usageOutcomes, metrics/usage-outcomes.ts) once it is known.
  */
 import { singleLine } from '../ledger/text-input.js';
 import { builder } from './builder.js';
@@ -38,6 +40,7 @@ import { validateIdempotencyKey } from '../services/usage-command.js';
 import type { UsageEvent } from '../generated/prisma/client.js';
 import { reservationFromRow } from '../db/reservation-row.js';
 import { usageEventFromRow } from '../db/usage-event-row.js';
+import { usageOutcomeOf } from '../metrics/usage-outcomes.js';
 
 /** One item of recordUsageBatch: the event, or why it was refused. */
 interface BatchResultShape {
@@ -107,7 +110,15 @@ builder.mutationType({
       authScopes: { usageWrite: true },
       args: { input: t.arg({ type: RecordUsageInputRef, required: true }) },
       resolve: async (query, _root, { input }, ctx) => {
-        const { eventId, row } = await recordUsage(ctx.services, toUsageInput(input));
+        let charged;
+        try {
+          charged = await recordUsage(ctx.services, toUsageInput(input));
+        } catch (error) {
+          ctx.usageOutcomes.count(usageOutcomeOf(error));
+          throw error;
+        }
+        const { eventId, replayed, row } = charged;
+        ctx.usageOutcomes.count(replayed ? 'replayed' : 'recorded');
         // A new event is answered from the row its INSERT returned (relations the selection asks
         // for are loaded by the Prisma plugin); a replay reads the stored event.
         if (row) return usageEventFromRow(row);
@@ -125,17 +136,27 @@ builder.mutationType({
       // under every result still multiplies by 100 and is refused).
       extensions: listSizedBy('inputs', CAPPED_LIST_COST_ITEMS),
       resolve: async (_root, args, ctx) => {
-        // The cap counts every item sent, also those refused below for an id that cannot be read.
-        assertBatchSize(args.inputs.length, ctx.env.MAX_BATCH_ITEMS);
-        const decoded = args.inputs.map((i) => {
-          try {
-            return { ok: true as const, input: toUsageInput(i) };
-          } catch (error) {
-            return { ok: false as const, error };
-          }
-        });
-        const valid = decoded.flatMap((d) => (d.ok ? [d.input] : []));
-        const results = await recordUsageBatch(ctx.services, valid, { maxItems: ctx.env.MAX_BATCH_ITEMS, concurrency: 4 });
+        let decoded: ({ ok: true; input: ReturnType<typeof toUsageInput> } | { ok: false; error: unknown })[];
+        let results: Awaited<ReturnType<typeof recordUsageBatch>>;
+        try {
+          // The cap counts every item sent, also those refused below for an id that cannot be read.
+          assertBatchSize(args.inputs.length, ctx.env.MAX_BATCH_ITEMS);
+          decoded = args.inputs.map((i) => {
+            try {
+              return { ok: true as const, input: toUsageInput(i) };
+            } catch (error) {
+              return { ok: false as const, error };
+            }
+          });
+          const valid = decoded.flatMap((d) => (d.ok ? [d.input] : []));
+          results = await recordUsageBatch(ctx.services, valid, { maxItems: ctx.env.MAX_BATCH_ITEMS, concurrency: 4 });
+        } catch (error) {
+          // The whole batch refused (too many items) or failed: every item it carried has that outcome.
+          ctx.usageOutcomes.count(usageOutcomeOf(error), args.inputs.length);
+          throw error;
+        }
+        for (const d of decoded) if (!d.ok) ctx.usageOutcomes.count(usageOutcomeOf(d.error));
+        for (const r of results) ctx.usageOutcomes.count(r.ok ? (r.result.replayed ? 'replayed' : 'recorded') : usageOutcomeOf(r.error));
         const events = new Map<string, UsageEvent>();
         for (const r of results) if (r.ok && r.result.row) events.set(r.result.eventId, usageEventFromRow(r.result.row));
         const replayedIds = results.flatMap((r) => (r.ok && !r.result.row ? [r.result.eventId] : []));
@@ -184,7 +205,17 @@ builder.mutationType({
       authScopes: { usageWrite: true },
       args: { input: t.arg({ type: SettleReservationInputRef, required: true }) },
       resolve: async (query, _root, { input }, ctx) => {
-        const { reservationId, row } = await settleReservation(ctx.services, decodeId(String(input.reservationId), 'Reservation', 'reservation'), input.usage.map(toUsageInput));
+        // A settle records its usage items together or none of them: each item counts the settle's outcome.
+        const items = input.usage.length;
+        let settled;
+        try {
+          settled = await settleReservation(ctx.services, decodeId(String(input.reservationId), 'Reservation', 'reservation'), input.usage.map(toUsageInput));
+        } catch (error) {
+          ctx.usageOutcomes.count(usageOutcomeOf(error), items);
+          throw error;
+        }
+        const { reservationId, replayed, row } = settled;
+        ctx.usageOutcomes.count(replayed ? 'replayed' : 'recorded', items);
         if (row) return reservationFromRow(row);
         return ctx.prisma.reservation.findUniqueOrThrow({ ...query, where: { id: reservationId } });
       },

@@ -469,8 +469,8 @@ export interface HoldOpItem<T = unknown> {
 }
 
 /**
- * What a hold operation returns: the reservation, whether the call replayed an earlier one (holds
- * only), and the reservations row as written (pg's snake_case columns) when this call wrote it
+ * What a hold operation returns: the reservation, whether the call replayed an earlier one (a hold
+ * of a recorded key, a settle of a settled hold), and the reservations row as written (pg's snake_case columns) when this call wrote it
  * (decided in memory; `alone` leaves it out).
  */
 export interface ReservationResult {
@@ -644,8 +644,8 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
   }
   const hold = acct.holds.get(op.reservationId);
   if (!hold) return { ok: false, error: new LedgerError('NOT_FOUND', 'reservation not found') };
-  const result: ReservationResult = { reservationId: op.reservationId };
-  if (hold.status === 'SETTLED') return { ok: true, result };
+  const result: ReservationResult = { reservationId: op.reservationId, replayed: false };
+  if (hold.status === 'SETTLED') return { ok: true, result: { reservationId: op.reservationId, replayed: true } };
   if (!isHolding(hold, atx.now)) return { ok: false, error: reservationNotActive(hold.status) };
   const released = maxBig(hold.amountMicroCredits - hold.consumedMicroCredits, 0n);
   acct.reservedMicroCredits -= released;

@@ -20,8 +20,8 @@ export const MAX_SETTLE_ITEMS = 100;
  *   item is the hold's agent's and user's (record-usage.ts chargeSubjects): without agentId /
  *   userId it is recorded with the hold's, and one the hold has none of is checked against its
  *   budget like a charge without a reservation.
- * @returns the reservation id, and its row as written when the settle was decided in memory
- *   (ReservationResult).
+ * @returns the reservation id, whether it replayed a settle already made (`replayed`), and its
+ *   row as written when the settle was decided in memory (ReservationResult).
  * @throws LedgerError NOT_FOUND, RESERVATION_NOT_ACTIVE (already released, expired, or settled
  *   with other usage), BAD_USER_INPUT (also an item naming another agentId / userId than the
  *   hold's), BUDGET_EXCEEDED (an item's subject the hold has none of), IDEMPOTENCY_CONFLICT.
@@ -80,10 +80,10 @@ async function settleOnLockedAccount(
       if (!rows[0]) throw new LedgerError('RESERVATION_NOT_ACTIVE', 'reservation is already SETTLED');
     }
     for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!); // verifies same input (or conflict)
-    return { reservationId };
+    return { reservationId, replayed: true };
   }
   if (!res.holding) throw reservationNotActive(res.status);
   for (let i = 0; i < cmds.length; i++) await applyCharge(res.atx, cmds[i]!, pricers[i]!);
   await closeReservation(res, 'SETTLED', SETTLE_NOTE);
-  return { reservationId };
+  return { reservationId, replayed: false };
 }

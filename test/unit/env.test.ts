@@ -58,6 +58,19 @@ describe('parseEnv', () => {
     expect(parseEnv({}).PAYMENT_PROVIDER).toBe('simulator');
   });
 
+  it('METRICS_ENABLED defaults to true; METRICS_TOKEN must be a visible-ASCII token of 16+ characters that is none of the other secrets', () => {
+    expect(parseEnv({}).METRICS_ENABLED).toBe(true);
+    expect(parseEnv({ METRICS_ENABLED: 'false' }).METRICS_ENABLED).toBe(false);
+    expect(parseEnv({}).METRICS_TOKEN).toBeUndefined();
+    expect(parseEnv({ METRICS_TOKEN: 'metrics-token-0123456789' }).METRICS_TOKEN).toBe('metrics-token-0123456789');
+    expect(() => parseEnv({ METRICS_TOKEN: 'short' })).toThrow(/METRICS_TOKEN: METRICS_TOKEN must be at least 16 characters/);
+    expect(() => parseEnv({ METRICS_TOKEN: 'has a space 0123456789' })).toThrow(/METRICS_TOKEN: must be visible ASCII/);
+    const shared = 'one-secret-for-everything-0123456789';
+    expect(() => parseEnv({ ADMIN_API_KEY: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from ADMIN_API_KEY/);
+    expect(() => parseEnv({ JWT_SECRET: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from JWT_SECRET/);
+    expect(() => parseEnv({ WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from WEBHOOK_SECRET/);
+  });
+
   it('refuses a client-side query timeout not longer than the statement timeout', () => {
     expect(() => parseEnv({ PG_QUERY_TIMEOUT_MS: '30000', PG_STATEMENT_TIMEOUT_MS: '30000' })).toThrow(/PG_QUERY_TIMEOUT_MS: must be longer than PG_STATEMENT_TIMEOUT_MS/);
   });

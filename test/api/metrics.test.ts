@@ -1,0 +1,307 @@
+/**
+ * GET /metrics (src/metrics/server-metrics.ts) on real servers, PostgreSQL and Redis: the charge
+ * outcome counter moves by exactly the charges made, by outcome; the outbox gauges show rows the
+ * relay cannot publish; the webhook gauges show delivery attempts as logged; the queue gauges
+ * show BullMQ's counts; a collector whose source is down or late is left out with up=0 while the
+ * scrape answers; the token guards it; METRICS_ENABLED=false turns it off; and no account id,
+ * external id, key or subject the tests used appears in it.
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { Redis } from 'ioredis';
+import { Queue } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { freePort } from '../../demo/server-process.js';
+import { OUTBOX_RELAY_LOCK_KEY } from '../../src/outbox/relay.js';
+import { setSpendingBudget } from '../../src/services/spending-budgets.js';
+import { USAGE_OUTCOMES } from '../../src/metrics/usage-outcomes.js';
+import { METRICS_COLLECT_TIMEOUT_MS } from '../../src/metrics/server-metrics.js';
+import { WEBHOOK_MAX_LOGGED_ATTEMPTS } from '../../src/services/webhooks.js';
+import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE } from '../../src/queues/names.js';
+import { apiAccount, dbId, ok, uniq } from './helpers.js';
+
+/** One scrape: the HTTP status, the text, and the value of one sample (undefined when absent). */
+interface Scrape {
+  status: number;
+  text: string;
+  value(name: string, labels?: Record<string, string>): number | undefined;
+}
+
+/** GETs /metrics of `srv` with `authorization` (none by default) and parses the samples. */
+async function scrape(srv: TestServer, authorization?: string): Promise<Scrape> {
+  const res = await fetch(new URL('/metrics', srv.url), { headers: authorization ? { authorization } : {} });
+  const text = await res.text();
+  const samples = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const cut = line.lastIndexOf(' ');
+    samples.set(line.slice(0, cut), Number(line.slice(cut + 1)));
+  }
+  return {
+    status: res.status,
+    text,
+    value(name, labels = {}) {
+      const parts = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+      return samples.get(parts.length ? `${name}{${parts.join(',')}}` : name);
+    },
+  };
+}
+
+/** Every `creditpool_usage_events_total` series of a scrape, by outcome. */
+function outcomes(s: Scrape): Record<string, number> {
+  return Object.fromEntries(USAGE_OUTCOMES.map((o) => [o, s.value('creditpool_usage_events_total', { outcome: o })!]));
+}
+
+const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
+const BATCH = `mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode event { id } } }`;
+const RESERVE = `mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`;
+const SETTLE = `mutation($input: SettleReservationInput!) { settleReservation(input: $input) { id status consumed } }`;
+
+/** The error code of a one-error answer, or 'OK'. */
+const codeOf = (res: { body: { errors?: Array<{ extensions?: { code?: string } }> } }) => res.body.errors?.[0]?.extensions?.code ?? 'OK';
+
+let srv: TestServer;
+let db: pg.Pool;
+/** Everything tenant-specific the tests sent: none of it may appear in the metrics. */
+const tenantStrings = new Set<string>();
+
+beforeAll(async () => {
+  srv = await startTestServer();
+  db = new pg.Pool({ connectionString: TEST_DATABASE_URL, max: 3 });
+});
+
+afterAll(async () => {
+  await srv?.close();
+  await db?.end();
+});
+
+/** An account over the API whose ids and external id are remembered as tenant data. */
+async function account(opts: { paid?: string } = {}): Promise<string> {
+  const externalId = uniq('metrics-tenant');
+  const id = await apiAccount(srv, { ...opts, externalId });
+  tenantStrings.add(externalId).add(id).add(dbId(id));
+  return id;
+}
+
+/** A usage input whose idempotency key is remembered as tenant data. */
+function usage(accountId: string, extra: Record<string, unknown> = {}) {
+  const idempotencyKey = uniq('metrics-use');
+  tenantStrings.add(idempotencyKey);
+  return { accountId, idempotencyKey, category: 'unit', ...extra };
+}
+
+describe('GET /metrics', () => {
+  it('counts every charge once by outcome: recorded, replayed, and each refusal code, across recordUsage, recordUsageBatch and settleReservation', async () => {
+    const before = await scrape(srv);
+    expect(before.status).toBe(200);
+    const start = outcomes(before);
+    const groupChargesBefore = before.value('creditpool_group_commit_charges_total')!;
+
+    const funded = await account({ paid: '20' });
+    const empty = await account();
+    const answers: string[] = [];
+    // recordUsage: 2 recorded, 1 replayed, 1 IDEMPOTENCY_CONFLICT, 1 INSUFFICIENT_CREDITS.
+    const first = usage(funded);
+    answers.push(codeOf(await srv.gql(RECORD, { input: first })));
+    answers.push(codeOf(await srv.gql(RECORD, { input: usage(funded) })));
+    answers.push(codeOf(await srv.gql(RECORD, { input: first })));
+    answers.push(codeOf(await srv.gql(RECORD, { input: { ...first, sku: 'half' } })));
+    answers.push(codeOf(await srv.gql(RECORD, { input: usage(empty) })));
+    expect(answers).toEqual(['OK', 'OK', 'OK', 'IDEMPOTENCY_CONFLICT', 'INSUFFICIENT_CREDITS']);
+    // A budget of 1 credit for one agent: 1 recorded, 1 BUDGET_EXCEEDED.
+    const agentId = uniq('metrics-agent');
+    tenantStrings.add(agentId);
+    await setSpendingBudget(srv.services, { accountId: dbId(funded), subjectKind: 'AGENT', subjectId: agentId, limitMicroCredits: 1_000_000n });
+    expect(codeOf(await srv.gql(RECORD, { input: usage(funded, { agentId }) }))).toBe('OK');
+    expect(codeOf(await srv.gql(RECORD, { input: usage(funded, { agentId }) }))).toBe('BUDGET_EXCEEDED');
+    // recordUsageBatch: 1 recorded, 1 INSUFFICIENT_CREDITS, 1 BAD_USER_INPUT (no price rule), 1 NOT_FOUND (an id that cannot be read).
+    const batch = ok(await srv.gql(BATCH, { inputs: [usage(funded), usage(empty), usage(funded, { category: 'no-such-category' }), usage('not-an-account-id')] })).recordUsageBatch;
+    expect(batch.map((r: { errorCode: string | null }) => r.errorCode)).toEqual([null, 'INSUFFICIENT_CREDITS', 'BAD_USER_INPUT', 'NOT_FOUND']);
+    // settleReservation with 2 usage items: 2 recorded; the same settle again: 2 replayed.
+    const hold = ok(await srv.gql(RESERVE, { input: { accountId: funded, amount: '5', ttlSeconds: 600, idempotencyKey: uniq('metrics-hold') } })).reserveCredits;
+    const settle = { reservationId: hold.id, usage: [usage(funded), usage(funded)] };
+    expect(ok(await srv.gql(SETTLE, { input: settle })).settleReservation).toMatchObject({ status: 'SETTLED', consumed: '2' });
+    expect(ok(await srv.gql(SETTLE, { input: settle })).settleReservation).toMatchObject({ status: 'SETTLED', consumed: '2' });
+
+    const after = await scrape(srv);
+    const moved = Object.fromEntries(Object.entries(outcomes(after)).map(([o, n]) => [o, n - start[o]!]));
+    expect(moved).toEqual({
+      ...Object.fromEntries(USAGE_OUTCOMES.map((o) => [o, 0])),
+      recorded: 6,
+      replayed: 3,
+      IDEMPOTENCY_CONFLICT: 1,
+      INSUFFICIENT_CREDITS: 2,
+      BUDGET_EXCEEDED: 1,
+      BAD_USER_INPUT: 1,
+      NOT_FOUND: 1,
+    });
+    // The group committer took the single charges (CHARGE_PATH=group by default).
+    expect(after.value('creditpool_group_commit_charges_total')!).toBeGreaterThan(groupChargesBefore);
+    expect(after.value('creditpool_live_websockets')).toBe(0);
+  });
+
+  it('the outbox gauges show the rows left while no relay can publish (its lock held), and the age of the oldest', async () => {
+    const locker = await db.connect();
+    const ids: string[] = [];
+    try {
+      // Every relay drains under this lock (outbox/relay.ts): while it is held nothing is published.
+      await locker.query('SELECT pg_advisory_lock($1)', [OUTBOX_RELAY_LOCK_KEY.toString()]);
+      const before = await scrape(srv);
+      expect(before.value('creditpool_metrics_collector_up', { collector: 'outbox' })).toBe(1);
+      const rows = before.value('creditpool_outbox_rows')!;
+      const { rows: inserted } = await db.query(
+        `INSERT INTO outbox_events (account_id, topic, payload, created_at)
+         SELECT gen_random_uuid(), 'balance', '{}'::jsonb, now() - interval '120 seconds' FROM generate_series(1, 3) RETURNING id::text`,
+      );
+      ids.push(...inserted.map((r) => r.id as string));
+      const after = await scrape(srv);
+      expect(after.value('creditpool_outbox_rows')).toBe(rows + 3);
+      expect(after.value('creditpool_outbox_oldest_age_seconds')!).toBeGreaterThanOrEqual(120);
+      expect(after.value('creditpool_outbox_oldest_age_seconds')!).toBeLessThan(600);
+    } finally {
+      if (ids.length) await db.query('DELETE FROM outbox_events WHERE id = ANY($1::bigint[])', [ids]);
+      await locker.query('SELECT pg_advisory_unlock($1)', [OUTBOX_RELAY_LOCK_KEY.toString()]);
+      locker.release();
+    }
+  });
+
+  it('the webhook gauges count events whose logged attempts all failed, and those that failed for good (attempts exhausted or a permanent 4xx), within the window', async () => {
+    const owner = dbId(await account());
+    const events: string[] = [];
+    /** Logs attempts 1..n of a new event with `status` / `responseCode` (the last one's may differ), `ageSeconds` old. */
+    const log = async (attempts: Array<{ status: 'FAILED' | 'DELIVERED'; responseCode: number | null }>, ageSeconds = 60) => {
+      const eventId = randomUUID();
+      events.push(eventId);
+      for (const [i, a] of attempts.entries()) {
+        await db.query(
+          `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code, error, created_at)
+           VALUES (gen_random_uuid(), 'credit_alert.raised', $1, $2, 'http://receiver.invalid/hook', $3, $4, $5, $6, now() - make_interval(secs => $7))`,
+          [eventId, owner, i + 1, a.status, a.responseCode, a.status === 'FAILED' ? 'HTTP error' : null, ageSeconds - i],
+        );
+      }
+    };
+    const failed = (responseCode: number | null = 500) => ({ status: 'FAILED' as const, responseCode });
+    try {
+      const before = await scrape(srv);
+      expect(before.value('creditpool_metrics_collector_up', { collector: 'webhooks' })).toBe(1);
+      const undelivered = before.value('creditpool_webhook_events_undelivered')!;
+      const final = before.value('creditpool_webhook_events_failed_final')!;
+      await log([failed(), failed(null)]); // undelivered, retries left
+      await log([failed(), { status: 'DELIVERED', responseCode: 200 }]); // delivered in the end: not counted
+      await log(Array.from({ length: WEBHOOK_MAX_LOGGED_ATTEMPTS }, () => failed(503)), 3600); // every attempt failed: final
+      await log([failed(410)]); // a permanent refusal: final
+      await log([failed(429)]); // asks for a retry: undelivered, not final
+      await log([failed(), failed()], 8 * 86400); // older than the window: not counted
+      const after = await scrape(srv);
+      expect(after.value('creditpool_webhook_events_undelivered')! - undelivered).toBe(4);
+      expect(after.value('creditpool_webhook_events_failed_final')! - final).toBe(2);
+    } finally {
+      await db.query('DELETE FROM webhook_deliveries WHERE event_id = ANY($1::text[])', [events]);
+    }
+  });
+
+  it('a collector whose statement runs past its timeout is left out with up=0, and the scrape still answers with the rest', async () => {
+    const locker = await db.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE outbox_events IN ACCESS EXCLUSIVE MODE');
+      const started = Date.now();
+      const s = await scrape(srv);
+      expect(s.status).toBe(200);
+      expect(Date.now() - started).toBeLessThan(METRICS_COLLECT_TIMEOUT_MS + 3_000);
+      expect(s.value('creditpool_metrics_collector_up', { collector: 'outbox' })).toBe(0);
+      expect(s.value('creditpool_outbox_rows')).toBeUndefined();
+      expect(s.value('creditpool_outbox_oldest_age_seconds')).toBeUndefined();
+      expect(s.value('creditpool_metrics_collector_up', { collector: 'webhooks' })).toBe(1);
+      expect(s.value('creditpool_webhook_events_undelivered')).toBeTypeOf('number');
+      expect(s.value('creditpool_usage_events_total', { outcome: 'recorded' })).toBeTypeOf('number');
+    } finally {
+      await locker.query('ROLLBACK');
+      locker.release();
+    }
+    // Once the table is free the next scrape has it again.
+    expect((await scrape(srv)).value('creditpool_metrics_collector_up', { collector: 'outbox' })).toBe(1);
+  });
+
+  it('contains no account id, external id, idempotency key or subject of the accounts the tests used', async () => {
+    expect(tenantStrings.size).toBeGreaterThan(10);
+    const { text } = await scrape(srv);
+    expect(text).toContain('creditpool_usage_events_total');
+    for (const s of tenantStrings) expect(text, s).not.toContain(s);
+  });
+
+  it('reports the BullMQ job counts of each queue by state', async () => {
+    const prefix = `metrics-test-${randomUUID().slice(0, 8)}`;
+    const own = await startTestServer({ QUEUE_PREFIX: prefix, OUTBOX_RELAY: 'false' });
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
+    try {
+      await queue.add('expire-due', {}, { jobId: 'metrics-delayed', delay: 3_600_000 });
+      await queue.add('expire-due', {}, { jobId: 'metrics-waiting' });
+      await queue.add('expire-due', {}, { jobId: 'metrics-waiting-2' });
+      const s = await scrape(own);
+      expect(s.value('creditpool_metrics_collector_up', { collector: 'queues' })).toBe(1);
+      expect(s.value('creditpool_queue_jobs', { queue: LEDGER_JOBS_QUEUE, state: 'delayed' })).toBe(1);
+      expect(s.value('creditpool_queue_jobs', { queue: LEDGER_JOBS_QUEUE, state: 'waiting' })).toBe(2);
+      expect(s.value('creditpool_queue_jobs', { queue: LEDGER_JOBS_QUEUE, state: 'failed' })).toBe(0);
+      expect(s.value('creditpool_queue_jobs', { queue: MAINTENANCE_QUEUE, state: 'waiting' })).toBe(0);
+      // This server's relay is off: no publication counted.
+      expect(s.value('creditpool_outbox_published_total')).toBe(0);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
+      await connection.quit();
+      await own.close();
+    }
+  });
+
+  it('answers 200 without the queue counts when Redis is unreachable (up=0), with PostgreSQL\'s gauges', async () => {
+    const down = await startTestServer({ REDIS_URL: `redis://127.0.0.1:${await freePort()}`, OUTBOX_RELAY: 'false' });
+    try {
+      const s = await scrape(down);
+      expect(s.status).toBe(200);
+      expect(s.value('creditpool_metrics_collector_up', { collector: 'queues' })).toBe(0);
+      expect(s.text).not.toMatch(/^creditpool_queue_jobs\{/m);
+      expect(s.value('creditpool_metrics_collector_up', { collector: 'outbox' })).toBe(1);
+      expect(s.value('creditpool_outbox_rows')).toBeTypeOf('number');
+    } finally {
+      await down.close();
+    }
+  });
+
+  it('with METRICS_TOKEN, answers only Authorization: Bearer <token> (401 otherwise)', async () => {
+    const token = 'metrics-token-0123456789abcdef';
+    const guarded = await startTestServer({ METRICS_TOKEN: token, OUTBOX_RELAY: 'false' });
+    try {
+      for (const authorization of [undefined, 'Bearer wrong-token-0123456789abcdef', token, `Basic ${token}`, `Bearer ${token}x`]) {
+        const s = await scrape(guarded, authorization);
+        expect(s.status, String(authorization)).toBe(401);
+        expect(s.text).not.toContain('creditpool_');
+      }
+      for (const authorization of [`Bearer ${token}`, `bearer  ${token}`]) {
+        const s = await scrape(guarded, authorization);
+        expect(s.status).toBe(200);
+        expect(s.value('creditpool_usage_events_total', { outcome: 'recorded' })).toBe(0);
+        expect(s.text).toMatch(/^process_resident_memory_bytes \d+/m);
+        expect(s.text).toMatch(/^nodejs_eventloop_lag_seconds /m);
+      }
+      // Unguarded servers answer without a token.
+      expect((await scrape(srv)).status).toBe(200);
+    } finally {
+      await guarded.close();
+    }
+  });
+
+  it('with METRICS_ENABLED=false there is no /metrics', async () => {
+    const off = await startTestServer({ METRICS_ENABLED: 'false', OUTBOX_RELAY: 'false' });
+    try {
+      const s = await scrape(off);
+      expect(s.status).toBe(404);
+      expect(s.text).not.toContain('creditpool_');
+    } finally {
+      await off.close();
+    }
+  });
+});
