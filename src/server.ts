@@ -305,11 +305,38 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     res.once('close', () => {
       answering.delete(res);
       streams.delete(res);
+      stalledSince.delete(res);
       if (!stopping) return;
       http.closeIdleConnections();
       if (answering.size === 0) answered?.();
     });
   };
+  // SSE streams whose writes wait for their client (a write refused, no 'drain' since), by when
+  // that was first seen. A stream's writes are serial (each waits for 'drain'), so a client that
+  // takes nothing holds one stream chunk and its subscription's queue, but without this it held
+  // them, its subscription and its live slot until it went away by itself: no update and no
+  // heartbeat could be written to tell. One watchdog for all streams, ticking a quarter of the
+  // timeout (at most every second), closes a stream stalled for LIVE_SSE_STALL_TIMEOUT_MS. (A
+  // socket inactivity timeout cannot do it: @whatwg-node/server sets the streaming socket's
+  // timeout to 0.)
+  const stalledSince = new Map<ServerResponse, number>();
+  const stallWatchdog = setInterval(() => {
+    const now = Date.now();
+    for (const res of streams) {
+      if (!res.writableNeedDrain) {
+        stalledSince.delete(res);
+        continue;
+      }
+      const since = stalledSince.get(res);
+      if (since === undefined) stalledSince.set(res, now);
+      else if (now - since >= env.LIVE_SSE_STALL_TIMEOUT_MS) {
+        stalledSince.delete(res);
+        log.info({ stallTimeoutMs: env.LIVE_SSE_STALL_TIMEOUT_MS }, 'SSE stream closed: its client took nothing for the stall timeout');
+        res.destroy();
+      }
+    }
+  }, Math.min(1_000, Math.ceil(env.LIVE_SSE_STALL_TIMEOUT_MS / 4)));
+  stallWatchdog.unref();
   /** `res` (open, tracked) streams a subscription: shutdown ends it at once instead of waiting for it. */
   const trackAsStream = (res: ServerResponse) => {
     answering.delete(res);
@@ -363,6 +390,9 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         return;
       }
       res.once('close', () => releaseLiveSlot(slot));
+      // Whatever the client takes ends a stall (the watchdog closes a stream stalled for
+      // LIVE_SSE_STALL_TIMEOUT_MS: stalledSince).
+      res.on('drain', () => stalledSince.delete(res));
       trackAsStream(res);
     },
   });
@@ -535,6 +565,28 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     }
     wss.handleUpgrade(req, socket, head, (client) => wss.emit('connection', client, req));
   });
+  // Backpressure on what a client makes the server write: a client may send operations (and
+  // pings) as fast as it likes while it reads nothing, and ws keeps reading them and queues every
+  // answer in memory. Once LIVE_MAX_BUFFERED_BYTES are unsent, the server stops reading that
+  // client until its socket has drained (as Node's HTTP server does with pipelined requests).
+  // Its pongs are not read either, so a client that never reads again is terminated by the
+  // keepalive (LIVE_WS_KEEPALIVE_MS) however many unsolicited pongs it sends. Registered before
+  // graphql-ws's handler, so each message is checked before it is answered. Subscription updates
+  // need no such check: each waits for the previous one to be written (graphql-ws awaits send).
+  wss.on('connection', (client, req) => {
+    let paused = false;
+    const holdBack = () => {
+      if (paused || client.bufferedAmount <= env.LIVE_MAX_BUFFERED_BYTES) return;
+      paused = true;
+      client.pause();
+      req.socket.once('drain', () => {
+        paused = false;
+        client.resume();
+      });
+    };
+    client.on('message', holdBack);
+    client.on('ping', holdBack);
+  });
   const stateOf = (extra: { socket: WebSocket }): WsState => {
     const holder = extra as unknown as { state?: WsState };
     return (holder.state ??= { connectionId: randomUUID(), operations: new Set() });
@@ -697,7 +749,9 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       subscribe: (args) => (args.rootValue as { subscribe: (a: ExecutionArgs) => never }).subscribe(args),
     },
     wss,
-    12_000,
+    // Pings every LIVE_WS_KEEPALIVE_MS; no pong by the next one: terminated (dead peers, and
+    // clients that stopped reading, are gone within twice this).
+    env.LIVE_WS_KEEPALIVE_MS,
   );
 
   let closing: Promise<void> | null = null;
@@ -716,6 +770,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     close: () =>
       (closing ??= (async () => {
         stopping = true;
+        clearInterval(stallWatchdog);
         for (const res of answering) if (!res.headersSent) res.setHeader('connection', 'close');
         const httpClosed = new Promise<void>((resolve) => http.close(() => resolve())); // stops listening, closes idle connections
         for (const client of wss.clients) client.close(WS_CLOSE.goingAway, 'server shutting down');

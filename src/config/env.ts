@@ -10,6 +10,9 @@ const booleanish = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
 
+/** graphql-yoga's SSE heartbeat interval (a `:` comment line on every open stream), in milliseconds; fixed by yoga. */
+export const SSE_HEARTBEAT_MS = 12_000;
+
 const EnvSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   /** HTTP port of the API (contract README: default 4000). */
@@ -157,6 +160,25 @@ const EnvSchema = z.object({
   /** Largest WebSocket message accepted from a client, in bytes. */
   LIVE_MAX_MESSAGE_BYTES: z.coerce.number().int().min(1024).default(65_536),
   /**
+   * Most bytes a WebSocket may hold unsent (its client not reading) before the server stops
+   * reading that client's messages until the backlog is written (src/server.ts). Without it a
+   * client that sends without reading grew the server's buffer without bound.
+   */
+  LIVE_MAX_BUFFERED_BYTES: z.coerce.number().int().min(16_384).default(1_048_576),
+  /**
+   * Every how many milliseconds the server pings each WebSocket; one that has not answered by the
+   * next ping is terminated (graphql-ws keepAlive): dead peers, and clients that stopped reading,
+   * are gone within twice this.
+   */
+  LIVE_WS_KEEPALIVE_MS: z.coerce.number().int().min(100).max(600_000).default(12_000),
+  /**
+   * An SSE subscription stream whose connection has written nothing for this long (its client
+   * takes nothing: the TCP window is full) is closed, freeing its subscription and live slot.
+   * An idle stream writes a heartbeat comment every 12 s, so it must be longer than that (parseEnv
+   * refuses less outside NODE_ENV=test, where yoga's heartbeat is every 300 ms).
+   */
+  LIVE_SSE_STALL_TIMEOUT_MS: z.coerce.number().int().min(1_000).max(3_600_000).default(30_000),
+  /**
    * On SIGTERM/SIGINT, how long the server waits for the requests it is answering to finish
    * before it closes their connections anyway (src/server.ts `close`), and how long the workers
    * wait for their jobs in progress before they drop their Redis connections (workers/start.ts).
@@ -236,6 +258,11 @@ const EnvSchema = z.object({
   // Without the secret no delivery can be signed: every alert webhook would fail for good (deliverWebhook).
   if (env.WEBHOOK_URL && !env.WEBHOOK_SECRET) {
     ctx.addIssue({ code: 'custom', path: ['WEBHOOK_SECRET'], message: 'is required when WEBHOOK_URL is set (webhooks are signed with it)' });
+  }
+  // graphql-yoga writes an SSE heartbeat every 12 s (300 ms under NODE_ENV=test): a shorter stall
+  // timeout would close idle streams whose client is reading.
+  if (env.NODE_ENV !== 'test' && env.LIVE_SSE_STALL_TIMEOUT_MS <= SSE_HEARTBEAT_MS) {
+    ctx.addIssue({ code: 'custom', path: ['LIVE_SSE_STALL_TIMEOUT_MS'], message: `must be longer than the ${SSE_HEARTBEAT_MS} ms SSE heartbeat (idle streams would be closed)` });
   }
   if (env.PG_QUERY_TIMEOUT_MS && env.PG_STATEMENT_TIMEOUT_MS && env.PG_QUERY_TIMEOUT_MS <= env.PG_STATEMENT_TIMEOUT_MS) {
     ctx.addIssue({ code: 'custom', path: ['PG_QUERY_TIMEOUT_MS'], message: `must be longer than PG_STATEMENT_TIMEOUT_MS (${env.PG_STATEMENT_TIMEOUT_MS}), or 0 for no limit` });

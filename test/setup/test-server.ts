@@ -21,6 +21,8 @@ export interface TestServer {
   adminKey: string;
   jwtSecret: string;
   services: TestServices;
+  /** The server's HTTP server (its sockets carry the WebSockets and SSE streams too). */
+  http: import('node:http').Server;
   /** POSTs a GraphQL operation with `token` (default: the admin key; null: no header). */
   gql<T = any>(query: string, variables?: Record<string, unknown>, token?: string | null): Promise<{ status: number; body: { data?: T; errors?: Array<{ message: string; extensions?: { code?: string } }> } }>;
   close(): Promise<void>;
@@ -74,6 +76,7 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
   const url = `http://127.0.0.1:${port}/graphql`;
   return {
     url,
+    http: server.http,
     adminKey,
     jwtSecret,
     services,

@@ -74,4 +74,11 @@ describe('parseEnv', () => {
   it('refuses a client-side query timeout not longer than the statement timeout', () => {
     expect(() => parseEnv({ PG_QUERY_TIMEOUT_MS: '30000', PG_STATEMENT_TIMEOUT_MS: '30000' })).toThrow(/PG_QUERY_TIMEOUT_MS: must be longer than PG_STATEMENT_TIMEOUT_MS/);
   });
+
+  it('refuses an SSE stall timeout not longer than the 12 s SSE heartbeat (idle streams would be closed), except under NODE_ENV=test', () => {
+    expect(() => parseEnv({ LIVE_SSE_STALL_TIMEOUT_MS: '12000' })).toThrow(/LIVE_SSE_STALL_TIMEOUT_MS: must be longer than the 12000 ms SSE heartbeat/);
+    expect(parseEnv({ LIVE_SSE_STALL_TIMEOUT_MS: '12001' }).LIVE_SSE_STALL_TIMEOUT_MS).toBe(12_001);
+    expect(parseEnv({ NODE_ENV: 'test', LIVE_SSE_STALL_TIMEOUT_MS: '1500' }).LIVE_SSE_STALL_TIMEOUT_MS).toBe(1_500);
+    expect(parseEnv({}).LIVE_SSE_STALL_TIMEOUT_MS).toBe(30_000);
+  });
 });
