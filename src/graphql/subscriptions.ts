@@ -10,8 +10,11 @@
  *
  * When the hub reconnects to Redis (messages may have been missed), balanceChanged re-reads the
  * balance and sends it when newer; usageRecorded and creditAlerts deliver what was recorded
- * since the last item sent. A subscription whose queue of undelivered updates exceeds
- * LIVE_MAX_QUEUED_UPDATES (a slow client) drops the queue and catches up the same way.
+ * since the last item sent. A subscription whose queue of undelivered updates reaches
+ * LIVE_MAX_QUEUED_UPDATES (a slow client) queues no more: the messages after that are dropped,
+ * and once the queued ones are sent it catches up the same way, once (so the queue holds at most
+ * that many plus the catch-up; a client that takes nothing at all is cut off by the transport's
+ * own limits, src/server.ts).
  * An end user's subscription ends when the token's `exp` passes. A service key's subscription
  * re-checks the key (GraphQLContext.stillAuthenticated: the cached lookup every request uses)
  * before each value it sends, every CREDENTIAL_RECHECK_INTERVAL_MS, and at once when the key's
@@ -122,7 +125,7 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     const enqueue = (message: LiveMessage): void => {
       if (dropped) return;
       if (queued >= maxQueued) {
-        dropped = true; // a slow client: forget the queue, catch up once
+        dropped = true; // a slow client: queue nothing more; after the queued runs, catch up once
         run(async () => {
           dropped = false;
           return h.catchUp();
