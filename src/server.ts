@@ -15,6 +15,9 @@
  * With PAYMENT_PROVIDER=stripe and STRIPE_WEBHOOK_SECRET, POST /webhooks/stripe takes Stripe's
  * payment events (src/http/stripe-webhook.ts), routed before yoga so it reads the raw body.
  *
+ * Operations are counted against their credential's rate limit (RATE_LIMIT_*, src/graphql/rate-limit.ts;
+ * HTTP 429 RATE_LIMITED past it), end users by default, service keys only when configured.
+ *
  * Unless METRICS_ENABLED=false, GET /metrics answers Prometheus metrics from a registry of this
  * instance's own (src/metrics/server-metrics.ts), behind `Authorization: Bearer <METRICS_TOKEN>`
  * when that is set.
@@ -41,6 +44,7 @@ import { maskError } from './graphql/errors.js';
 import { refuseUnstorableStrings } from './graphql/input-values.js';
 import { accountDataGuard } from './graphql/account-data-guard.js';
 import { queryCostLimit } from './graphql/cost-limit.js';
+import { createRateLimit } from './graphql/rate-limit.js';
 import { refuseDeeplyNestedDocuments } from './graphql/document-nesting.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
@@ -276,6 +280,9 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     ? createServerMetrics({ pool: deps.pool, queueRedis: metricsRedis, queuePrefix: env.QUEUE_PREFIX, live: liveCounters, groupCommit: () => deps.services.groupCommit?.stats() ?? null })
     : null;
 
+  // Per-credential rate limit (graphql/rate-limit.ts): its own Redis connection, only when a budget is on.
+  const rateLimit = createRateLimit(env, log);
+
   if (env.PAYMENT_PROVIDER === 'stripe' && !stripeWebhook) {
     log.warn(`neither STRIPE_WEBHOOK_SECRET nor STRIPE_TEST_WEBHOOK_SECRET is set: ${STRIPE_WEBHOOK_PATH} is off, so a payment whose answer was lost is only settled by polling, and a late success whose grant failed is not retried`);
   }
@@ -475,6 +482,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
       ...(production ? [disableIntrospection()] : []),
       validationErrorsAreBadInput(),
       queryCostLimit(env.GRAPHQL_MAX_COST),
+      // After the cost limit, whose estimate it weighs each operation by; before anything runs.
+      rateLimit.plugin,
       refuseAnonymousStreams(),
       liveStreamSlots(),
       accountDataGuard(),
@@ -792,7 +801,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         // (db/redis-close.ts); the outbox rows not yet published stay for the next relay.
         if (jobSink) await settlesWithin(jobSink.close(), REDIS_QUIT_WAIT_MS);
         if (metrics) await settlesWithin(metrics.close(), REDIS_QUIT_WAIT_MS);
-        await Promise.allSettled([live.close(), publisher && closeRedis(publisher), queueConnection && closeRedis(queueConnection), metricsRedis && closeRedis(metricsRedis)]);
+        await Promise.allSettled([rateLimit.close(), live.close(), publisher && closeRedis(publisher), queueConnection && closeRedis(queueConnection), metricsRedis && closeRedis(metricsRedis)]);
         eventLoopDelay.disable();
       })()),
   };

@@ -153,6 +153,31 @@ const EnvSchema = z.object({
   OUTBOX_RELAY: booleanish.default(true),
   /** Safety-net poll of the outbox relay, in milliseconds (commits in this process publish at once). */
   OUTBOX_POLL_INTERVAL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
+  /**
+   * Per-credential rate limit (src/graphql/rate-limit.ts): points an end user (JWT, keyed by its
+   * `sub`) may spend per minute, each operation weighing its GraphQL cost estimate
+   * (src/graphql/cost-limit.ts; a credit-bar balance read ~25, a usage page of 20 events ~850,
+   * the demo's whole report ~8,450). 0: end users are not limited.
+   */
+  RATE_LIMIT_USER_POINTS_PER_MINUTE: z.coerce.number().int().min(0).max(1_000_000_000).default(30_000),
+  /**
+   * The same for service API keys (keyed by key id; the bootstrap ADMIN_API_KEY by itself).
+   * 0 (default): not limited, and a service request makes no rate-limit round trip to Redis, so
+   * metering services are never throttled unless the operator opts in.
+   */
+  RATE_LIMIT_SERVICE_POINTS_PER_MINUTE: z.coerce.number().int().min(0).max(1_000_000_000).default(0),
+  /**
+   * Length of the fixed window the budgets are counted in, in seconds: each window allows
+   * ceil(points per minute x window / 60) points. Shorter windows allow smaller bursts at the same rate.
+   */
+  RATE_LIMIT_WINDOW_SECONDS: z.coerce.number().int().min(1).max(3_600).default(60),
+  /**
+   * Longest a rate-limit decision waits for Redis (ioredis commandTimeout of the limiter's own
+   * connection); a Redis that is down or slower falls back to a per-instance in-memory limit.
+   */
+  RATE_LIMIT_REDIS_TIMEOUT_MS: z.coerce.number().int().min(1).max(10_000).default(100),
+  /** Prefix of the rate limit's Redis keys (`<prefix>:user:<hash of sub>`, `<prefix>:service:<key id>`). */
+  RATE_LIMIT_KEY_PREFIX: z.string().min(1).default('creditpool:ratelimit'),
   /** Live subscriptions one WebSocket connection may hold at once. */
   LIVE_MAX_SUBSCRIPTIONS_PER_CONNECTION: z.coerce.number().int().min(1).default(20),
   /** Live connections one credential may hold open on one instance: WebSocket connections and SSE subscription streams together (HTTP 429 / close 4429 past it). */

@@ -270,9 +270,28 @@ export function estimateOperationCost(
 }
 
 /**
+ * The cost estimate queryCostLimit computed for each operation it let through, keyed by the
+ * execution arguments object envelop hands every later plugin's onExecute / onSubscribe (the same
+ * object for all of them), so a later plugin (the per-credential rate limit,
+ * src/graphql/rate-limit.ts) weighs the operation without estimating it again.
+ */
+const admittedCosts = new WeakMap<object, number>();
+
+/**
+ * The estimated cost (estimateOperationCost, fractional as armor's weights make it) of the
+ * operation whose execution arguments are `args`, as queryCostLimit computed it in an earlier
+ * plugin phase; undefined when queryCostLimit did not see it (it runs after this plugin, or the
+ * document had no such operation).
+ */
+export function admittedOperationCost(args: object): number | undefined {
+  return admittedCosts.get(args);
+}
+
+/**
  * Envelop plugin: refuses an execution or subscription (HTTP, SSE and WebSocket alike) whose
  * estimated cost (estimateOperationCost, with its variables) exceeds `maxCost`, with one
- * BAD_USER_INPUT error ("Query cost limit of N exceeded, found M.") and nothing run.
+ * BAD_USER_INPUT error ("Query cost limit of N exceeded, found M.") and nothing run. The cost of
+ * an operation it lets through is kept for later plugins: admittedOperationCost.
  */
 export function queryCostLimit(maxCost: number): Plugin {
   // Per parsed document, per operation name ('' for none): the cost when it does not depend on variables.
@@ -291,7 +310,10 @@ export function queryCostLimit(maxCost: number): Plugin {
         byOperation.set(key, cost);
       }
     }
-    if (cost <= maxCost) return null;
+    if (cost <= maxCost) {
+      admittedCosts.set(args, cost);
+      return null;
+    }
     return codedError('BAD_USER_INPUT', `Query cost limit of ${maxCost} exceeded, found ${cost}.`);
   };
   return {

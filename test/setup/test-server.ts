@@ -2,6 +2,7 @@
  * A real creditpool server (the same buildServer as production) on a free loopback port,
  * against the test database and the real Redis. For API tests over HTTP.
  */
+import { randomUUID } from 'node:crypto';
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
 import { parseEnv } from '../../src/config/env.js';
@@ -50,6 +51,9 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
     JWT_SECRET: jwtSecret,
     HOST: '127.0.0.1',
     LOG_LEVEL: 'silent',
+    // Each server counts rate-limit points under its own keys, so test files running in parallel
+    // on the shared Redis never spend each other's budgets (tests that share one pass it).
+    RATE_LIMIT_KEY_PREFIX: `creditpool-test:ratelimit:${randomUUID()}`,
     ...overrides,
   });
   const log = pino({ level: env.LOG_LEVEL });
