@@ -272,16 +272,16 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
   const liveCounters = (): LiveCounters => ({ webSockets: wss.clients.size, ...live.stats(), outboxPublished: relay?.published() ?? 0, outboxDrains: relay?.drains() ?? 0 });
   // The metrics' own Redis connection for the queue counts: fails fast while Redis is away (the
   // scrape answers without them) instead of queueing commands until it returns.
+  // Per-credential rate limit (graphql/rate-limit.ts): its own Redis connection, only when a budget is on.
+  const rateLimit = createRateLimit(env, log);
   const metricsRedis = env.METRICS_ENABLED
     ? new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-metrics' })
     : null;
   metricsRedis?.on('error', (err) => log.debug({ err: err.message }, 'metrics: redis error'));
   const metrics = metricsRedis
-    ? createServerMetrics({ pool: deps.pool, queueRedis: metricsRedis, queuePrefix: env.QUEUE_PREFIX, live: liveCounters, groupCommit: () => deps.services.groupCommit?.stats() ?? null })
+    ? createServerMetrics({ pool: deps.pool, queueRedis: metricsRedis, queuePrefix: env.QUEUE_PREFIX, live: liveCounters, groupCommit: () => deps.services.groupCommit?.stats() ?? null, rateLimit: () => rateLimit.stats() })
     : null;
 
-  // Per-credential rate limit (graphql/rate-limit.ts): its own Redis connection, only when a budget is on.
-  const rateLimit = createRateLimit(env, log);
 
   if (env.PAYMENT_PROVIDER === 'stripe' && !stripeWebhook) {
     log.warn(`neither STRIPE_WEBHOOK_SECRET nor STRIPE_TEST_WEBHOOK_SECRET is set: ${STRIPE_WEBHOOK_PATH} is off, so a payment whose answer was lost is only settled by polling, and a late success whose grant failed is not retried`);

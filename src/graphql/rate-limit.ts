@@ -59,8 +59,18 @@ export type RateLimitSettings = Pick<
   'REDIS_URL' | 'RATE_LIMIT_USER_POINTS_PER_MINUTE' | 'RATE_LIMIT_SERVICE_POINTS_PER_MINUTE' | 'RATE_LIMIT_WINDOW_SECONDS' | 'RATE_LIMIT_REDIS_TIMEOUT_MS' | 'RATE_LIMIT_KEY_PREFIX'
 >;
 
+/** What a server's rate limit did since boot (for GET /metrics). */
+export interface RateLimitStats {
+  /** Operations refused with RATE_LIMITED, by the credential's kind. */
+  refused: { user: number; service: number };
+  /** Decisions taken by the in-memory stand-in because Redis did not answer. */
+  fallbacks: number;
+}
+
 /** A server's rate limit: its envelop plugin and its Redis connection's shutdown. */
 export interface RateLimit {
+  /** Counters since boot (a fresh object each call). */
+  stats(): RateLimitStats;
   /** Counts and refuses operations (see the module comment); place it after queryCostLimit. */
   plugin: Plugin;
   /** Points one window allows an end user / a service key (0: not limited). */
@@ -90,6 +100,8 @@ export function rateLimitKey(principal: Principal): string {
  * logging (throttled) each time it stands in, since the library itself falls back silently.
  */
 class LoggedInsuranceLimiter extends RateLimiterMemory {
+  /** Decisions taken since boot. */
+  total = 0;
   private fallbacks = 0;
   private lastWarningAt = 0;
 
@@ -102,6 +114,7 @@ class LoggedInsuranceLimiter extends RateLimiterMemory {
 
   override consume(key: string | number, pointsToConsume?: number, options?: { [key: string]: unknown }): Promise<RateLimiterRes> {
     this.fallbacks++;
+    this.total++;
     const now = Date.now();
     if (now - this.lastWarningAt >= FALLBACK_WARNING_EVERY_MS) {
       this.lastWarningAt = now;
@@ -122,7 +135,10 @@ export function createRateLimit(settings: RateLimitSettings, log: Logger): RateL
     user: pointsPerWindow(settings.RATE_LIMIT_USER_POINTS_PER_MINUTE, window),
     service: pointsPerWindow(settings.RATE_LIMIT_SERVICE_POINTS_PER_MINUTE, window),
   };
-  if (points.user === 0 && points.service === 0) return { plugin: {}, pointsPerWindow: points, close: async () => undefined };
+  const refused = { user: 0, service: 0 };
+  const insurances: LoggedInsuranceLimiter[] = [];
+  const stats = (): RateLimitStats => ({ refused: { ...refused }, fallbacks: insurances.reduce((n, l) => n + l.total, 0) });
+  if (points.user === 0 && points.service === 0) return { plugin: {}, pointsPerWindow: points, stats, close: async () => undefined };
 
   const redis = new Redis(settings.REDIS_URL, {
     enableOfflineQueue: false,
@@ -138,6 +154,7 @@ export function createRateLimit(settings: RateLimitSettings, log: Logger): RateL
     const insuranceLimiter = new LoggedInsuranceLimiter(options, (fallbacks) =>
       log.warn({ kind, fallbacks, redisStatus: redis.status }, 'rate limit: Redis did not answer; counting in this instance\'s memory instead (fail open)'),
     );
+    insurances.push(insuranceLimiter);
     return new RateLimiterRedis({ ...options, storeClient: redis, rejectIfRedisNotReady: true, insuranceLimiter });
   };
   const limiters = { user: limiter('user'), service: limiter('service') };
@@ -167,6 +184,7 @@ export function createRateLimit(settings: RateLimitSettings, log: Logger): RateL
       () => null,
       (rejected: unknown) => {
         if (rejected instanceof RateLimiterRes) {
+          refused[principal.kind === 'user' ? 'user' : 'service']++;
           context.log?.info({ kind: principal.kind, weight, retryAfterMs: rejected.msBeforeNext }, 'rate limit: operation refused');
           return refusal(rejected, context.ws !== undefined);
         }
@@ -187,6 +205,7 @@ export function createRateLimit(settings: RateLimitSettings, log: Logger): RateL
   return {
     plugin: { onExecute: hook, onSubscribe: hook } as Plugin,
     pointsPerWindow: points,
+    stats,
     close: () => closeRedis(redis),
   };
 }

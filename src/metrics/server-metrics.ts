@@ -26,6 +26,7 @@ import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE } from '../queues/names.js';
 import { RETRYABLE_4XX, WEBHOOK_MAX_LOGGED_ATTEMPTS } from '../services/webhooks.js';
 import type { GroupCommitStats } from '../services/group-commit.js';
 import type { LiveHubStats } from '../live/hub.js';
+import type { RateLimitStats } from '../graphql/rate-limit.js';
 import { registerUsageOutcomes, type UsageOutcomeCounter } from './usage-outcomes.js';
 
 /** Longest one collector (a PostgreSQL statement, the queue counts) may take in a scrape, in milliseconds. */
@@ -82,6 +83,8 @@ export interface ServerMetricsSources {
   live(): LiveCounters;
   /** The group committer's counters (null with CHARGE_PATH=naive). */
   groupCommit(): GroupCommitStats | null;
+  /** The per-credential rate limit's counters (src/graphql/rate-limit.ts). */
+  rateLimit(): RateLimitStats;
 }
 
 /** The metrics of one server (see the module comment). */
@@ -195,6 +198,19 @@ export function createServerMetrics(sources: ServerMetricsSources): ServerMetric
     const ms = fromGroup('transactionMs')();
     return ms === null ? null : ms / 1000;
   });
+  new Counter({
+    name: 'creditpool_rate_limited_total',
+    help: 'Operations refused with RATE_LIMITED since boot, by the credential kind (user: end-user token, service: API key).',
+    labelNames: ['kind'],
+    registers: [registry],
+    collect() {
+      const { refused } = sources.rateLimit();
+      this.reset();
+      this.labels('user').inc(refused.user);
+      this.labels('service').inc(refused.service);
+    },
+  });
+  readCounter(registry, 'creditpool_rate_limit_fallbacks_total', "Rate limit decisions taken in this instance's memory because Redis did not answer (fail open).", () => sources.rateLimit().fallbacks);
   readGauge(registry, 'creditpool_group_commit_waiting', 'Charges and operations waiting for a charge transaction now.', fromGroup('waiting'));
   readGauge(registry, 'creditpool_group_commit_largest_group', 'Most charges of one account in one transaction since boot.', fromGroup('largestGroup'));
 

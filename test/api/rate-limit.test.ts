@@ -64,6 +64,14 @@ function expectRateLimited(res: Awaited<ReturnType<typeof post>>): number {
   return seconds;
 }
 
+/** The server's creditpool_rate_limited_total{kind} (GET /metrics). */
+async function refusedCount(srv: TestServer, kind: 'user' | 'service'): Promise<number> {
+  const text = await (await fetch(new URL('/metrics', srv.url))).text();
+  const line = text.split('\n').find((l) => l.startsWith(`creditpool_rate_limited_total{kind="${kind}"} `));
+  if (!line) throw new Error(`no creditpool_rate_limited_total{kind="${kind}"} in /metrics`);
+  return Number(line.split(' ')[1]);
+}
+
 const servers: TestServer[] = [];
 const privateRedises: PrivateRedis[] = [];
 let redis: Redis;
@@ -103,8 +111,12 @@ describe('end users', () => {
       expect(res.status).toBe(200);
       expect(ok(res).account.id).toBe(alice.accountId);
     }
+    const refusedBefore = await refusedCount(srv, 'user');
     const seconds = expectRateLimited(await post(srv, BALANCE, { id: alice.accountId }, alice.token));
     expect(seconds).toBeLessThanOrEqual(60);
+    // Counted for GET /metrics (creditpool_rate_limited_total), by the credential's kind.
+    expect(await refusedCount(srv, 'user')).toBe(refusedBefore + 1);
+    expect(await refusedCount(srv, 'service')).toBe(0);
     // The counter lives in Redis under the user's hashed sub, for the rest of the window.
     const keys = await redis.keys(`${prefix}:user:*`);
     expect(keys).toHaveLength(1);
