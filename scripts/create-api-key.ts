@@ -24,6 +24,7 @@ import { parseArgs } from 'node:util';
 
 import { API_KEY_CACHE_TTL_MS, createApiKey, revokeApiKey } from '../src/auth/api-keys.js';
 import { SCOPES } from '../src/auth/principal.js';
+import { cliActor } from '../src/audit/audit-log.js';
 import { loadEnvOrExit } from '../src/config/env.js';
 import { createPgPool } from '../src/db/pg.js';
 import { LedgerError } from '../src/ledger/errors.js';
@@ -67,6 +68,7 @@ try {
   if (values.revoke !== undefined) {
     let announced: { announcedTo: number } | { failed: string } | undefined;
     const newly = await revokeApiKey(pool, values.revoke, {
+      actor: cliActor('apikey:create --revoke'),
       announce: { redisUrl: env.REDIS_URL, channelPrefix: env.LIVE_CHANNEL_PREFIX, onOutcome: (outcome) => (announced = outcome) },
     });
     console.log(newly ? `revoked API key ${values.revoke}` : `API key ${values.revoke} was already revoked`);
@@ -80,7 +82,7 @@ try {
     }
   } else {
     const scopes = (values.scopes ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
-    const key = await createApiKey(pool, { name: values.name ?? '', scopes, audience: values.public ? 'PUBLIC' : 'INTERNAL' });
+    const key = await createApiKey(pool, { name: values.name ?? '', scopes, audience: values.public ? 'PUBLIC' : 'INTERNAL', actor: cliActor('apikey:create') });
     console.log(`id:     ${key.id}`);
     console.log(`prefix: ${key.prefix}`);
     console.log(`token:  ${key.token}`);
