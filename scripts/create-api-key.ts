@@ -18,6 +18,8 @@
  * and ends its open live streams. When Redis cannot be reached it prints a warning on stderr and
  * still exits 0: the key is revoked, and servers stop accepting it within their lookup cache's
  * TTL (API_KEY_CACHE_TTL_MS); running the command again re-announces it.
+ * Both are recorded in the audit trail (`api_key.created` / `api_key.revoked`, actor kind `cli`,
+ * named after the command and the OS user; never the token), in the same transaction.
  * Exits 1 on bad arguments or failure (2 for usage errors).
  */
 import { parseArgs } from 'node:util';
