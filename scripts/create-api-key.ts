@@ -18,12 +18,15 @@
  * and ends its open live streams. When Redis cannot be reached it prints a warning on stderr and
  * still exits 0: the key is revoked, and servers stop accepting it within their lookup cache's
  * TTL (API_KEY_CACHE_TTL_MS); running the command again re-announces it.
+ * Both are recorded in the audit trail (`api_key.created` / `api_key.revoked`, actor kind `cli`,
+ * named after the command and the OS user; never the token), in the same transaction.
  * Exits 1 on bad arguments or failure (2 for usage errors).
  */
 import { parseArgs } from 'node:util';
 
 import { API_KEY_CACHE_TTL_MS, createApiKey, revokeApiKey } from '../src/auth/api-keys.js';
 import { SCOPES } from '../src/auth/principal.js';
+import { cliActor } from '../src/audit/audit-log.js';
 import { loadEnvOrExit } from '../src/config/env.js';
 import { createPgPool } from '../src/db/pg.js';
 import { LedgerError } from '../src/ledger/errors.js';
@@ -67,6 +70,7 @@ try {
   if (values.revoke !== undefined) {
     let announced: { announcedTo: number } | { failed: string } | undefined;
     const newly = await revokeApiKey(pool, values.revoke, {
+      actor: cliActor('apikey:create --revoke'),
       announce: { redisUrl: env.REDIS_URL, channelPrefix: env.LIVE_CHANNEL_PREFIX, onOutcome: (outcome) => (announced = outcome) },
     });
     console.log(newly ? `revoked API key ${values.revoke}` : `API key ${values.revoke} was already revoked`);
@@ -80,7 +84,7 @@ try {
     }
   } else {
     const scopes = (values.scopes ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
-    const key = await createApiKey(pool, { name: values.name ?? '', scopes, audience: values.public ? 'PUBLIC' : 'INTERNAL' });
+    const key = await createApiKey(pool, { name: values.name ?? '', scopes, audience: values.public ? 'PUBLIC' : 'INTERNAL', actor: cliActor('apikey:create') });
     console.log(`id:     ${key.id}`);
     console.log(`prefix: ${key.prefix}`);
     console.log(`token:  ${key.token}`);

@@ -48,6 +48,7 @@ import { createRateLimit } from './graphql/rate-limit.js';
 import { refuseDeeplyNestedDocuments } from './graphql/document-nesting.js';
 import type { Env } from './config/env.js';
 import type { ServiceContext } from './services/context.js';
+import { actorFromPrincipal } from './audit/audit-log.js';
 import type { PrismaClient } from './db/prisma.js';
 import { bearerToken, type Authenticator } from './auth/authenticator.js';
 import type { QueryTimings } from './db/query-timings.js';
@@ -441,7 +442,9 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         principal,
         publicAudience,
         requestId,
-        services: deps.services,
+        // The request's own view of the services: the same pools and committers, plus who is
+        // calling, which the services write into the audit trail with each change they make.
+        services: { ...deps.services, actor: actorFromPrincipal(principal, requestId) },
         prisma: deps.prisma,
         env,
         log: log.child({ requestId }),

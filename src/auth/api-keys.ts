@@ -16,6 +16,8 @@ import type pg from 'pg';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { SCOPES, isScope, type Scope } from './principal.js';
 import { isUuid } from '../db/uuid.js';
+import { withTransaction } from '../db/pg.js';
+import { actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
 import { announceKeyRevocation, type KeyRevocationAnnouncer } from './key-revocation.js';
 
 /** Every creditpool API key starts with this; the authenticator routes on it. */
@@ -128,11 +130,13 @@ export function parseScopes(scopes: readonly string[]): Scope[] {
  * - `scopes`: non-empty subset of {@link SCOPES} (duplicates ignored).
  * The row gets `id = gen_random_uuid()` (the table has no default) and stores only
  * {@link hashApiKey}(token).
+ * - `actor`: who creates it, for the audit row (`api_key.created`, same transaction; never the
+ *   token or its hash); absent: `system`. The CLI passes a `cli` actor.
  * @throws LedgerError BAD_USER_INPUT for a bad name or scopes; database errors as thrown by pg.
  */
 export async function createApiKey(
   pool: pg.Pool,
-  input: { name: string; scopes: readonly string[]; audience?: Audience },
+  input: { name: string; scopes: readonly string[]; audience?: Audience; actor?: AuditActor },
 ): Promise<CreatedApiKey> {
   const name = typeof input.name === 'string' ? input.name.trim() : '';
   if (name.length === 0 || name.length > API_KEY_NAME_MAX_LENGTH) {
@@ -145,14 +149,18 @@ export async function createApiKey(
 
   const prefix = randomBase62(API_KEY_PREFIX_LENGTH);
   const token = `${API_KEY_TOKEN_PREFIX}${prefix}_${randomBase62(API_KEY_SECRET_LENGTH)}`;
-  const { rows } = await pool.query<{ id: string }>(
-    `INSERT INTO api_keys (id, name, prefix, hash, scopes, audience)
-     VALUES (gen_random_uuid(), $1, $2, $3, $4::text[], $5)
-     RETURNING id`,
-    [name, prefix, hashApiKey(token), scopes, audience],
-  );
-  const id = rows[0]?.id;
-  if (id === undefined) throw new Error('api_keys insert returned no row');
+  const id = await withTransaction(pool, async (tx) => {
+    const { rows } = await tx.query<{ id: string }>(
+      `INSERT INTO api_keys (id, name, prefix, hash, scopes, audience)
+       VALUES (gen_random_uuid(), $1, $2, $3, $4::text[], $5)
+       RETURNING id`,
+      [name, prefix, hashApiKey(token), scopes, audience],
+    );
+    const created = rows[0]?.id;
+    if (created === undefined) throw new Error('api_keys insert returned no row');
+    await recordAuditEvent(tx, actorOf({ actor: input.actor }), { action: 'api_key.created', subjectType: 'api_key', subjectId: created, details: { name, prefix, scopes, audience } });
+    return created;
+  });
   return { id, token, prefix };
 }
 
@@ -284,21 +292,29 @@ export interface RevocationAnnouncement extends KeyRevocationAnnouncer {
  * before each update and every CREDENTIAL_RECHECK_INTERVAL_MS (src/graphql/subscriptions.ts),
  * ending with UNAUTHENTICATED.
  * Idempotent: returns true when this call revoked it, false when it was already revoked.
+ * `options.actor`: who revokes it, for the audit row (`api_key.revoked`, written in the
+ * revocation's transaction, only when this call revoked it); absent: `system`.
  * @throws LedgerError BAD_USER_INPUT (field `id`) when `id` is not a uuid;
  *   LedgerError NOT_FOUND when no key has that id (nothing is announced); database errors as
  *   thrown by pg (nothing is announced).
  */
-export async function revokeApiKey(pool: pg.Pool, id: string, options: { announce?: RevocationAnnouncement } = {}): Promise<boolean> {
+export async function revokeApiKey(pool: pg.Pool, id: string, options: { announce?: RevocationAnnouncement; actor?: AuditActor } = {}): Promise<boolean> {
   if (typeof id !== 'string' || !isUuid(id)) throw badInput('id', 'must be a uuid');
   // The form PostgreSQL prints, which cached entries and live streams hold.
   const keyId = id.toLowerCase();
   let newly: boolean;
   try {
-    const revoked = await pool.query(
-      'UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL',
-      [keyId],
-    );
-    newly = revoked.rowCount === 1;
+    newly = await withTransaction(pool, async (tx) => {
+      const revoked = await tx.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING name, prefix', [keyId]);
+      if (revoked.rowCount !== 1) return false;
+      await recordAuditEvent(tx, actorOf({ actor: options.actor }), {
+        action: 'api_key.revoked',
+        subjectType: 'api_key',
+        subjectId: keyId,
+        details: { name: revoked.rows[0].name as string, prefix: revoked.rows[0].prefix as string },
+      });
+      return true;
+    });
     if (!newly) {
       const existing = await pool.query('SELECT 1 FROM api_keys WHERE id = $1', [keyId]);
       if (existing.rowCount === 0) throw new LedgerError('NOT_FOUND', 'API key not found', { id });

@@ -10,10 +10,9 @@ import type pg from 'pg';
 import { LedgerError } from '../ledger/errors.js';
 import { API_KEY_TOKEN_PREFIX, clearApiKeyCache, findApiKey } from './api-keys.js';
 import { createUserTokenVerifier, type UserTokenVerifier } from './jwt.js';
-import { SCOPES, type Principal, type ServicePrincipal } from './principal.js';
+import { BOOTSTRAP_ADMIN_NAME, SCOPES, type Principal, type ServicePrincipal } from './principal.js';
 
-/** `keyId` and `name` of the principal authenticated by ADMIN_API_KEY. */
-export const BOOTSTRAP_ADMIN_NAME = 'bootstrap-admin';
+export { BOOTSTRAP_ADMIN_NAME };
 
 /** `Bearer`, case-insensitively, then one token of visible non-space characters. */
 const BEARER_RE = /^Bearer[ \t]+([\x21-\x7e]+)[ \t]*$/i;

@@ -29,6 +29,9 @@
  */
 export const SCOPES = ['admin', 'usage:write', 'credits:write', 'read'] as const;
 
+/** `keyId` and `name` of the principal authenticated by ADMIN_API_KEY (src/auth/authenticator.ts). */
+export const BOOTSTRAP_ADMIN_NAME = 'bootstrap-admin';
+
 /** One service scope (see {@link SCOPES}). */
 export type Scope = (typeof SCOPES)[number];
 

@@ -22,6 +22,8 @@
  */
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
+import { formatCredits } from '../ledger/credits.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { PaymentTimeoutError, type ChargeOutcome } from '../payments/provider.js';
 import { AccountTx } from './account-tx.js';
@@ -79,6 +81,13 @@ export async function setAutoTopUp(ctx: ServiceContext, cmd: SetAutoTopUpCommand
          pack_id = EXCLUDED.pack_id, max_per_period = EXCLUDED.max_per_period, consecutive_failures = 0, paused_at = NULL, updated_at = EXCLUDED.updated_at`,
       [cmd.accountId, cmd.enabled, cmd.thresholdMicroCredits.toString(), cmd.packId, cmd.maxPerPeriod, atx.now],
     );
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'auto_top_up.updated',
+      accountId: cmd.accountId,
+      subjectType: 'auto_top_up',
+      subjectId: cmd.accountId,
+      details: { enabled: cmd.enabled, thresholdCredits: formatCredits(cmd.thresholdMicroCredits), packId: cmd.packId, maxPerPeriod: cmd.maxPerPeriod },
+    });
     if (cmd.enabled && (await readBalance(tx, cmd.accountId, ctx.clock())).availableMicroCredits < cmd.thresholdMicroCredits) {
       atx.touch();
       await atx.finish();

@@ -8,6 +8,7 @@ import type { PricingState } from './pricing-state.js';
 import type { PaymentProvider } from '../payments/provider.js';
 import type { GroupCommitter } from './group-commit.js';
 import type { ReservationOwners } from './reservation-owners.js';
+import type { AuditActor } from '../audit/audit-log.js';
 
 /** Wall-clock source; tests may pass a fixed or controllable one. */
 export type Clock = () => Date;
@@ -34,4 +35,11 @@ export interface ServiceContext {
    * charge's success that arrived after its payment was settled as not charged); absent: not logged.
    */
   log?: Pick<Logger, 'warn' | 'error'>;
+  /**
+   * Who is calling, for the audit trail (src/audit/audit-log.ts): set per GraphQL request from
+   * its principal (src/server.ts) or by a CLI. Absent: the workers (`system`). Null: a caller that
+   * may change nothing (an end user, anonymous); a service that would audit a change throws.
+   * The charge path (metering) ignores it.
+   */
+  actor?: AuditActor | null;
 }

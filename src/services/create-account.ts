@@ -9,6 +9,7 @@
 import { singleLine } from '../ledger/text-input.js';
 import { randomBytes } from 'node:crypto';
 import { withTransaction, toBigInt } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant } from './grant-credits.js';
@@ -111,6 +112,20 @@ export async function createAccount(ctx: ServiceContext, cmd: CreateAccountComma
         });
       }
     }
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'account.created',
+      accountId,
+      subjectType: 'account',
+      subjectId: accountId,
+      details: {
+        externalId: cmd.externalId,
+        name: cmd.name,
+        kind: cmd.kind,
+        welcomeBonus: cmd.welcomeBonus,
+        testMode: cmd.testMode,
+        testClockStart: cmd.testClockStart?.toISOString() ?? null,
+      },
+    });
     await atx.finish();
     return { accountId, replayed: false };
   });

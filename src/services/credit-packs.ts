@@ -11,6 +11,8 @@ import { MAX_ABS_MICRO_CREDITS, formatCredits, formatExactDecimal, parseExactDec
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { MAX_CHARGE_CENTS } from '../payments/provider.js';
 import type { ServiceContext } from './context.js';
+import { withTransaction } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 
 /** A credit pack (amounts in micro-credits, price in USD as a canonical decimal string). */
 export interface CreditPackView {
@@ -83,12 +85,30 @@ function validate(cmd: CreateCreditPackCommand): CreateCreditPackCommand {
  */
 export async function createCreditPack(ctx: ServiceContext, input: CreateCreditPackCommand): Promise<CreditPackView> {
   const cmd = validate(input);
-  const inserted = await ctx.pool.query(
-    `INSERT INTO credit_packs (id, name, micro_credits, bonus_micro_credits, price_usd, expires_after_days, created_at)
-     VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING *`,
-    [cmd.name, cmd.microCredits.toString(), cmd.bonusMicroCredits.toString(), cmd.priceUsd, cmd.expiresAfterDays, ctx.clock()],
-  );
-  if (inserted.rows[0]) return toView(inserted.rows[0]);
+  // The pack and its audit row commit together; a replay of the same terms writes neither.
+  const created = await withTransaction(ctx.pool, async (tx) => {
+    const inserted = await tx.query(
+      `INSERT INTO credit_packs (id, name, micro_credits, bonus_micro_credits, price_usd, expires_after_days, created_at)
+       VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING *`,
+      [cmd.name, cmd.microCredits.toString(), cmd.bonusMicroCredits.toString(), cmd.priceUsd, cmd.expiresAfterDays, ctx.clock()],
+    );
+    if (!inserted.rows[0]) return null;
+    const pack = toView(inserted.rows[0]);
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'credit_pack.created',
+      subjectType: 'credit_pack',
+      subjectId: pack.id,
+      details: {
+        name: cmd.name,
+        credits: formatCredits(cmd.microCredits),
+        bonusCredits: formatCredits(cmd.bonusMicroCredits),
+        priceUsd: cmd.priceUsd,
+        expiresAfterDays: cmd.expiresAfterDays,
+      },
+    });
+    return pack;
+  });
+  if (created) return created;
   const existing = toView((await ctx.pool.query('SELECT * FROM credit_packs WHERE name = $1', [cmd.name])).rows[0]);
   const same =
     existing.microCredits === cmd.microCredits &&

@@ -4,6 +4,7 @@
  * stays in the batch.
  */
 import { withTransaction } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { CreditType } from '../ledger/drawdown.js';
 import { AccountTx } from './account-tx.js';
@@ -152,6 +153,23 @@ export async function grantCredits(ctx: ServiceContext, cmd: GrantCommand): Prom
     const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
     const { accountId: _ignored, ...rest } = cmd;
     const result = await applyGrant(atx, rest);
+    // Audited only when this call granted: a replay of the same key changed nothing.
+    if (!result.replayed) {
+      await recordAuditEvent(tx, actorOf(ctx), {
+        action: 'grant.created',
+        accountId: cmd.accountId,
+        subjectType: 'grant',
+        subjectId: result.grantId,
+        details: {
+          amount: formatCredits(cmd.amountMicroCredits),
+          type: cmd.type,
+          source: cmd.source,
+          expiresAt: cmd.expiresAt?.toISOString() ?? null,
+          reference: cmd.reference,
+          idempotencyKey: cmd.idempotencyKey,
+        },
+      });
+    }
     await atx.finish();
     return result;
   });

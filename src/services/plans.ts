@@ -20,7 +20,8 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { withTransaction, toBigInt } from '../db/pg.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
-import { minBig } from '../ledger/credits.js';
+import { formatCredits, minBig } from '../ledger/credits.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
@@ -81,14 +82,30 @@ export async function createPlan(ctx: ServiceContext, input: z.input<typeof Crea
   }
   const cmd = parsed.data;
   if (cmd.rollover === 'RESET' && cmd.rolloverCapMicroCredits !== null) throw badInput('rolloverCapCredits', 'only a ROLLOVER plan has a rollover cap');
-  const { rows } = await ctx.pool.query(
-    `INSERT INTO plans (id, name, monthly_micro_credits, rollover, rollover_cap_micro_credits, price_usd)
-     VALUES (gen_random_uuid(), $1, $2, $3::"RolloverPolicy", $4, $5)
-     ON CONFLICT (name) DO NOTHING RETURNING *`,
-    [cmd.name, cmd.monthlyMicroCredits.toString(), cmd.rollover, cmd.rolloverCapMicroCredits?.toString() ?? null, cmd.priceUsd],
-  );
-  if (!rows[0]) throw badInput('name', 'a plan with this name already exists');
-  return planFromRow(rows[0]);
+  // The plan and its audit row commit together.
+  return withTransaction(ctx.pool, async (tx) => {
+    const { rows } = await tx.query(
+      `INSERT INTO plans (id, name, monthly_micro_credits, rollover, rollover_cap_micro_credits, price_usd)
+       VALUES (gen_random_uuid(), $1, $2, $3::"RolloverPolicy", $4, $5)
+       ON CONFLICT (name) DO NOTHING RETURNING *`,
+      [cmd.name, cmd.monthlyMicroCredits.toString(), cmd.rollover, cmd.rolloverCapMicroCredits?.toString() ?? null, cmd.priceUsd],
+    );
+    if (!rows[0]) throw badInput('name', 'a plan with this name already exists');
+    const plan = planFromRow(rows[0]);
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'plan.created',
+      subjectType: 'plan',
+      subjectId: plan.id,
+      details: {
+        name: plan.name,
+        monthlyCredits: formatCredits(plan.monthlyMicroCredits),
+        rollover: plan.rollover,
+        rolloverCapCredits: plan.rolloverCapMicroCredits === null ? null : formatCredits(plan.rolloverCapMicroCredits),
+        priceUsd: plan.priceUsd,
+      },
+    });
+    return plan;
+  });
 }
 
 /** Every plan, oldest first. */
@@ -164,6 +181,13 @@ export async function subscribeToPlan(ctx: ServiceContext, accountId: string, pl
     );
     await grantPeriod(atx, plan, period.start, period.end);
     scheduleRoll(atx, period.end);
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'plan.subscribed',
+      accountId,
+      subjectType: 'plan',
+      subjectId: planId,
+      details: { planName: plan.name, previousPlanId: current.rows[0]?.active ? (current.rows[0].plan_id as string) : null, periodStart: period.start.toISOString() },
+    });
     await atx.finish();
     return { plan, currentPeriodStart: period.start, currentPeriodEnd: period.end, active: true };
   });
@@ -180,12 +204,17 @@ export async function cancelSubscription(ctx: ServiceContext, accountId: string)
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
     // A period that began while the plan was active is rolled (trimmed, granted) before it stops.
     await rollDuePeriods(atx);
+    // `old` is the row as it was before this UPDATE: only a cancel of an active plan is audited.
     const { rows } = await tx.query(
-      `UPDATE plan_subscriptions SET active = FALSE, canceled_at = COALESCE(canceled_at, $2) WHERE account_id = $1 RETURNING plan_id`,
+      `UPDATE plan_subscriptions s SET active = FALSE, canceled_at = COALESCE(s.canceled_at, $2)
+         FROM plan_subscriptions old WHERE s.account_id = $1 AND old.account_id = $1 RETURNING s.plan_id, old.active AS was_active`,
       [accountId, atx.now],
     );
     if (!rows[0]) throw new LedgerError('NOT_FOUND', 'the account has no plan');
     const plan = (await findPlan(tx, rows[0].plan_id as string))!;
+    if (rows[0].was_active) {
+      await recordAuditEvent(tx, actorOf(ctx), { action: 'plan.cancelled', accountId, subjectType: 'plan', subjectId: plan.id, details: { planName: plan.name } });
+    }
     atx.touch(); // planName changes: a new balance version tells live credit bars
     await atx.finish();
     const period = atx.period();

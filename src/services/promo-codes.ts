@@ -9,7 +9,9 @@
  * at most maxRedemptions of its own): a rehearsal never uses up a slot meant for a live customer.
  */
 import { withTransaction, toBigInt } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
+import { formatCredits } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, type GrantResult } from './grant-credits.js';
 import type { ServiceContext } from './context.js';
@@ -97,12 +99,29 @@ export async function createPromoCode(
     if (rows[0] && sameTerms(toView(rows[0]), cmd)) return toView(rows[0]);
     throw badInput('validUntil', `must be in the future (now is ${now.toISOString()}): a code past its validUntil can never be redeemed`);
   }
-  const inserted = await ctx.pool.query(
-    `INSERT INTO promo_codes (code, credits_micro_credits, expires_after_days, max_redemptions, valid_until, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code) DO NOTHING RETURNING *`,
-    [code, cmd.creditsMicroCredits.toString(), cmd.expiresAfterDays, cmd.maxRedemptions, cmd.validUntil, now],
-  );
-  if (inserted.rows[0]) return toView(inserted.rows[0]);
+  // The code and its audit row commit together; a replay of the same terms writes neither.
+  const created = await withTransaction(ctx.pool, async (tx) => {
+    const inserted = await tx.query(
+      `INSERT INTO promo_codes (code, credits_micro_credits, expires_after_days, max_redemptions, valid_until, created_at)
+       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code) DO NOTHING RETURNING *`,
+      [code, cmd.creditsMicroCredits.toString(), cmd.expiresAfterDays, cmd.maxRedemptions, cmd.validUntil, now],
+    );
+    if (!inserted.rows[0]) return null;
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'promo_code.created',
+      subjectType: 'promo_code',
+      subjectId: code,
+      details: {
+        code,
+        credits: formatCredits(cmd.creditsMicroCredits),
+        expiresAfterDays: cmd.expiresAfterDays,
+        maxRedemptions: cmd.maxRedemptions,
+        validUntil: cmd.validUntil?.toISOString() ?? null,
+      },
+    });
+    return toView(inserted.rows[0]);
+  });
+  if (created) return created;
   const existing = toView((await ctx.pool.query('SELECT * FROM promo_codes WHERE code = $1', [code])).rows[0]);
   if (!sameTerms(existing, cmd)) throw new LedgerError('IDEMPOTENCY_CONFLICT', `promo code ${code} already exists with other terms`);
   return existing;
@@ -161,6 +180,13 @@ export async function redeemPromoCode(ctx: ServiceContext, accountId: string, ra
       grant.grantId,
       atx.now,
     ]);
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'promo_code.redeemed',
+      accountId,
+      subjectType: 'grant',
+      subjectId: grant.grantId,
+      details: { code, credits: formatCredits(promo.creditsMicroCredits) },
+    });
     await atx.finish();
     return grant;
   });

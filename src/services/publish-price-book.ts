@@ -4,6 +4,8 @@
  */
 import { formatPriceRule, validatePriceBook, type PriceBookInput } from '../pricing/price-book.js';
 import type { ServiceContext } from './context.js';
+import { withTransaction } from '../db/pg.js';
+import { actorOf, recordAuditEvent, type AuditDetail } from '../audit/audit-log.js';
 import type { ActivePriceBook } from './pricing-state.js';
 
 /**
@@ -18,12 +20,23 @@ import type { ActivePriceBook } from './pricing-state.js';
 export async function publishPriceBook(ctx: ServiceContext, input: PriceBookInput): Promise<ActivePriceBook> {
   const draft = validatePriceBook(input);
   const rules = draft.rules.map(formatPriceRule);
-  const { rows } = await ctx.pool.query(
-    'INSERT INTO price_books (name, byok_fee_percent, rules, published_at) VALUES ($1, $2, $3, $4) RETURNING version, published_at',
-    [draft.name, draft.byokFeePercent, JSON.stringify(rules), ctx.clock()],
-  );
+  // The book and its audit row commit together.
+  const row = await withTransaction(ctx.pool, async (tx) => {
+    const { rows } = await tx.query(
+      'INSERT INTO price_books (name, byok_fee_percent, rules, published_at) VALUES ($1, $2, $3, $4) RETURNING version, published_at',
+      [draft.name, draft.byokFeePercent, JSON.stringify(rules), ctx.clock()],
+    );
+    const stored = rows[0]!;
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'price_book.published',
+      subjectType: 'price_book',
+      subjectId: String(stored.version),
+      // The rules as stored (canonical decimal strings), the same JSON as price_books.rules.
+      details: { name: draft.name, byokFeePercent: draft.byokFeePercent, rules: rules as unknown as AuditDetail[] },
+    });
+    return stored;
+  });
   ctx.pricing.invalidate();
-  const row = rows[0]!;
   return {
     version: row.version as number,
     publishedAt: row.published_at as Date,

@@ -26,6 +26,7 @@
 import { singleLine } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { toBigInt } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import {
@@ -127,15 +128,20 @@ export async function attachPaymentMethod(ctx: ServiceContext, accountId: string
   const provider = requireProvider(ctx);
   const ref = reference.trim();
   if (!REFERENCE_RE.test(ref)) throw badInput('reference', 'must be 1 to 255 characters of A-Z, a-z, 0-9, "_", "-", ".", "/" or ":"');
-  const { rows } = await ctx.pool.query(
-    `INSERT INTO payment_methods (account_id, provider, reference, created_at)
-     SELECT id, CASE WHEN test_mode THEN $5 ELSE $2 END, $3, $4 FROM accounts WHERE id = $1
-     ON CONFLICT (account_id) DO UPDATE SET provider = EXCLUDED.provider, reference = EXCLUDED.reference, created_at = EXCLUDED.created_at
-     RETURNING account_id, provider, reference, created_at`,
-    [accountId, providerNameFor(provider, false), ref, ctx.clock(), providerNameFor(provider, true)],
-  );
-  const r = rows[0];
-  if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
+  const r = await withTransaction(ctx.pool, async (tx) => {
+    const { rows } = await tx.query(
+      `INSERT INTO payment_methods (account_id, provider, reference, created_at)
+       SELECT id, CASE WHEN test_mode THEN $5 ELSE $2 END, $3, $4 FROM accounts WHERE id = $1
+       ON CONFLICT (account_id) DO UPDATE SET provider = EXCLUDED.provider, reference = EXCLUDED.reference, created_at = EXCLUDED.created_at
+       RETURNING account_id, provider, reference, created_at`,
+      [accountId, providerNameFor(provider, false), ref, ctx.clock(), providerNameFor(provider, true)],
+    );
+    const saved = rows[0];
+    if (!saved) throw new LedgerError('NOT_FOUND', 'account not found');
+    // The provider only: the reference names a payment credential, which the trail never keeps.
+    await recordAuditEvent(tx, actorOf(ctx), { action: 'payment_method.attached', accountId, subjectType: 'payment_method', subjectId: accountId, details: { provider: saved.provider as string } });
+    return saved;
+  });
   return { accountId: r.account_id as string, provider: r.provider as string, reference: r.reference as string, createdAt: r.created_at as Date };
 }
 
@@ -334,13 +340,27 @@ async function openPurchase(ctx: ServiceContext, cmd: PurchaseCommand): Promise<
     const methodRef = await findPaymentMethodRef(ctx.pool, cmd.accountId);
     if (!methodRef) throw noPaymentMethod();
     await assertBalanceRoom(ctx.pool, cmd.accountId, pack);
-    const { rows } = await ctx.pool.query(
-      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, payment_method_ref, status, created_at, updated_at)
-       VALUES (gen_random_uuid(), $1, 'PURCHASE', $2, $3, $4, $5, 'PENDING', $6, $6)
-       ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING *`,
-      [cmd.accountId, key, pack.id, pack.priceUsd, methodRef, ctx.clock()],
-    );
-    payment = rows[0] ? toPaymentRow(rows[0]) : await find();
+    // The purchase request and its audit row commit together; a replay (the key's payment exists)
+    // writes neither. The grant follows in the transaction that settles the payment.
+    const inserted = await withTransaction(ctx.pool, async (tx) => {
+      const { rows } = await tx.query(
+        `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, payment_method_ref, status, created_at, updated_at)
+         VALUES (gen_random_uuid(), $1, 'PURCHASE', $2, $3, $4, $5, 'PENDING', $6, $6)
+         ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING *`,
+        [cmd.accountId, key, pack.id, pack.priceUsd, methodRef, ctx.clock()],
+      );
+      if (!rows[0]) return null;
+      const opened = toPaymentRow(rows[0]);
+      await recordAuditEvent(tx, actorOf(ctx), {
+        action: 'credit_pack.purchased',
+        accountId: cmd.accountId,
+        subjectType: 'payment',
+        subjectId: opened.id,
+        details: { packId: pack.id, packName: pack.name, priceUsd: pack.priceUsd, idempotencyKey: cmd.idempotencyKey },
+      });
+      return opened;
+    });
+    payment = inserted ?? (await find());
   }
   assert(payment, 'the payment of this key exists (inserted or found)');
   if (payment.packId !== cmd.packId) throw new LedgerError('IDEMPOTENCY_CONFLICT', 'idempotencyKey was already used to buy another pack');

@@ -11,6 +11,8 @@
  * Both accounts are locked in id order (no deadlock between crossing redemptions).
  */
 import { withTransaction, toBigInt } from '../db/pg.js';
+import { formatCredits } from '../ledger/credits.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, type GrantResult } from './grant-credits.js';
@@ -93,6 +95,13 @@ export async function redeemReferral(
       'INSERT INTO referrals (id, referrer_account_id, referee_account_id, referrer_rewarded, created_at) VALUES (gen_random_uuid(), $1, $2, $3, $4)',
       [referrerId, accountId, referrerRewarded, referee.now],
     );
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'referral.redeemed',
+      accountId,
+      subjectType: 'grant',
+      subjectId: grant.grantId,
+      details: { code, referrerAccountId: referrerId, reward: formatCredits(reward), referrerRewarded },
+    });
     await referee.finish();
     if (referrerRewarded) await referrer.finish();
     return { ...grant, referrerRewarded };

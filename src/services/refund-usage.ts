@@ -13,8 +13,9 @@
 import { freeText } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { withTransaction, toBigInt, type Tx } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { assert, badInput } from '../ledger/errors.js';
-import { minBig } from '../ledger/credits.js';
+import { formatCredits, minBig } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
 import { moveBudgetSpend } from './spending-budgets.js';
 import { scheduleExpiry } from './expire-due.js';
@@ -265,6 +266,13 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
         -toBigInt(e.cost_micro_credits),
       );
     }
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'usage.refunded',
+      accountId: atx.accountId,
+      subjectType: 'usage_event',
+      subjectId: usageEventId,
+      details: { reason, cost: formatCredits(toBigInt(e.cost_micro_credits)) },
+    });
     atx.touch();
     await atx.finish();
     return usageEventId;

@@ -14,6 +14,7 @@
 import { singleLine } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { toBigInt, withTransaction, type Tx } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
@@ -264,6 +265,14 @@ export async function setSpendingBudget(
     // A group-commit transaction carried over from before this one must not decide on the old
     // budgets (AccountTx.lockCarried's guard).
     await tx.query('UPDATE accounts SET budget_version = budget_version + 1 WHERE id = $1', [cmd.accountId]);
+    // Every call changes the account (its budget version, the kept spending restarts): audited.
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'budget.set',
+      accountId: cmd.accountId,
+      subjectType: cmd.subjectKind === 'AGENT' ? 'agent' : 'user',
+      subjectId: cmd.subjectId,
+      details: { limit: cmd.limitMicroCredits === null ? null : formatCredits(cmd.limitMicroCredits) },
+    });
     if (cmd.limitMicroCredits === null) {
       await tx.query('DELETE FROM spending_budgets WHERE account_id = $1 AND subject_kind = $2 AND subject_id = $3', [cmd.accountId, cmd.subjectKind, cmd.subjectId]);
       return;

@@ -12,6 +12,8 @@ import type { ServiceContext } from './context.js';
 import { expireDue } from './expire-due.js';
 import { rollBillingPeriods } from './plans.js';
 import { runPendingTopUps } from './auto-top-up.js';
+import { withTransaction } from '../db/pg.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 
 /**
  * Latest instant a test clock may show (testClockStart, advanceTestClock `to`): ten years and a
@@ -62,7 +64,18 @@ export async function advanceTestClock(ctx: ServiceContext, accountId: string, t
   for (let steps = 1; steps <= MAX_STEPS; steps++) {
     const next = await nextDueAfter(ctx, accountId, clock);
     const at = next && next.getTime() <= to.getTime() ? next : to;
-    await ctx.pool.query('UPDATE accounts SET test_clock_at = $2 WHERE id = $1 AND test_clock_at <= $2', [accountId, at]);
+    const moveClock = 'UPDATE accounts SET test_clock_at = $2 WHERE id = $1 AND test_clock_at <= $2';
+    if (steps === 1) {
+      // One audit row per call, with the first move of the clock (each step commits on its own:
+      // a walk stopped by UNAVAILABLE keeps the steps it made, and its row).
+      const from = clock;
+      await withTransaction(ctx.pool, async (tx) => {
+        await tx.query(moveClock, [accountId, at]);
+        await recordAuditEvent(tx, actorOf(ctx), { action: 'test_clock.advanced', accountId, subjectType: 'account', subjectId: accountId, details: { from: from.toISOString(), to: to.toISOString() } });
+      });
+    } else {
+      await ctx.pool.query(moveClock, [accountId, at]);
+    }
     clock = at;
     await expireDue(ctx, accountId);
     await rollBillingPeriods(ctx, accountId);

@@ -7,6 +7,8 @@
  */
 import { freeText } from '../ledger/text-input.js';
 import { withTransaction, toBigInt } from '../db/pg.js';
+import { formatCredits } from '../ledger/credits.js';
+import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
@@ -48,6 +50,13 @@ export async function voidGrant(ctx: ServiceContext, grantId: string, reason: st
       );
     }
     atx.addEntry({ type: 'VOID', amountMicroCredits: -remaining, batchId: row.batch_id as string, note: reason });
+    await recordAuditEvent(tx, actorOf(ctx), {
+      action: 'grant.voided',
+      accountId: atx.accountId,
+      subjectType: 'grant',
+      subjectId: grantId,
+      details: { reason, voidedAmount: formatCredits(remaining) },
+    });
     await atx.finish();
     return grantId;
   });
