@@ -6,9 +6,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { spawn } from 'node:child_process';
 import { Redis } from 'ioredis';
-import { ROOT, startServer, type StartedServer } from '../../demo/server-process.js';
+import { startServer, type StartedServer } from '../../demo/server-process.js';
+import { runScript, type ScriptRun } from '../setup/run-script.js';
 import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
@@ -150,20 +150,8 @@ describe('two server instances sharing PostgreSQL and Redis', () => {
 });
 
 /** Runs `scripts/create-api-key.ts` (npm run apikey:create) as its own process, against the test database and this file's Redis. */
-function apiKeyCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/create-api-key.ts', ...args], {
-      cwd: ROOT,
-      env: { ...process.env, DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: redis.url },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
+function apiKeyCli(args: string[]): Promise<ScriptRun> {
+  return runScript('scripts/create-api-key.ts', args, { ...process.env, DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: redis.url });
 }
 
 /** A read-only query with `token`: HTTP status and error codes. */

@@ -8,19 +8,16 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Backoffs, QueueEvents } from 'bullmq';
-import { queueEventsFromNow } from '../setup/queue-events.js';
 import { pino } from 'pino';
-import { startWorkers, type RunningWorkers } from '../../workers/start.js';
+import type { RunningWorkers } from '../../workers/start.js';
+import type { TestServices } from '../setup/services.js';
 import { processDeliverWebhook } from '../../workers/processors/deliver-webhook.js';
-import { parseEnv, type Env } from '../../src/config/env.js';
-import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
+import type { Env } from '../../src/config/env.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { verifyWebhookSignature, webhookJobId, WEBHOOK_MAX_LOGGED_ATTEMPTS, WEBHOOK_SWEEP_MAX_AGE_MS, type CreditAlertEventData, type WebhookEvent } from '../../src/services/webhooks.js';
 import { tryDecodeId } from '../../src/graphql/ids.js';
-import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { collectOutcomes, startReceiver, type Receiver, type ReceivedWebhook } from './helpers.js';
+import { startWebhookPipeline, type Receiver, type ReceivedWebhook, type WebhookPipeline, type collectOutcomes } from './helpers.js';
 
 const SECRET = 'whsec_e2e_0123456789abcdef0123456789abcdef';
 const prefix = `cp-test-webhooks-${randomUUID()}`;
@@ -32,29 +29,15 @@ let events: QueueEvents;
 let env: Env;
 let jobs: ReturnType<typeof collectOutcomes>;
 
+let pipeline: WebhookPipeline | undefined;
+
 beforeAll(async () => {
-  receiver = await startReceiver();
-  services = createTestServices(8);
-  env = parseEnv({
-    NODE_ENV: 'test',
-    REDIS_URL: TEST_REDIS_URL,
-    DATABASE_URL: TEST_DATABASE_URL,
-    WEBHOOK_URL: receiver.url,
-    WEBHOOK_SECRET: SECRET,
-    OUTBOX_POLL_INTERVAL_MS: '100',
-    SWEEP_EVERY_MS: '3600000',
-  });
-  events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
-  jobs = collectOutcomes(events);
-  workers = await startWorkers({ env, pool: services.pool, log, prefix, services, relay: true });
+  pipeline = await startWebhookPipeline(SECRET, prefix);
+  ({ receiver, services, env, events, jobs, workers } = pipeline);
 });
 
 afterAll(async () => {
-  await workers?.close();
-  await workers?.ledgerQueue.obliterate({ force: true }).catch(() => undefined);
-  await events?.close();
-  await receiver?.close();
-  await services?.close();
+  await pipeline?.close();
 });
 
 /** Charges `units` credits (category 'units' = 1 credit per unit in the test price book). */

@@ -9,6 +9,13 @@ import type { AddressInfo } from 'node:net';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type { QueueEvents } from 'bullmq';
+import { pino } from 'pino';
+import { parseEnv, type Env } from '../../src/config/env.js';
+import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
+import { startWorkers, type RunningWorkers } from '../../workers/start.js';
+import { queueEventsFromNow } from '../setup/queue-events.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 
 /** One request the receiver got. */
 export interface ReceivedWebhook {
@@ -146,6 +153,56 @@ export function collectOutcomes(events: QueueEvents): { outcomes: Map<string, Jo
     async wait(jobId, timeoutMs = 30_000) {
       await waitOn(emitter, 'outcome', () => outcomes.has(jobId), `job ${jobId} to finish`, timeoutMs);
       return outcomes.get(jobId)!;
+    },
+  };
+}
+
+/**
+ * A test file's webhook pipeline: a receiver, services on the test database, the workers with
+ * the outbox relay (queue prefix `prefix`, WEBHOOK_URL = the receiver, signed with `secret`, the
+ * relay polling every 100 ms, the sweep out of the way), and a collector of the ledger-jobs
+ * queue's events opened before the workers start.
+ */
+export interface WebhookPipeline {
+  receiver: Receiver;
+  services: TestServices;
+  env: Env;
+  events: QueueEvents;
+  jobs: ReturnType<typeof collectOutcomes>;
+  workers: RunningWorkers;
+  /** Stops the workers, empties the queue, closes the rest. */
+  close(): Promise<void>;
+}
+
+/** Starts a {@link WebhookPipeline}; call close() in afterAll. */
+export async function startWebhookPipeline(secret: string, prefix: string): Promise<WebhookPipeline> {
+  const receiver = await startReceiver();
+  const services = createTestServices(8);
+  const env = parseEnv({
+    NODE_ENV: 'test',
+    REDIS_URL: TEST_REDIS_URL,
+    DATABASE_URL: TEST_DATABASE_URL,
+    WEBHOOK_URL: receiver.url,
+    WEBHOOK_SECRET: secret,
+    OUTBOX_POLL_INTERVAL_MS: '100',
+    SWEEP_EVERY_MS: '3600000',
+  });
+  const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
+  const jobs = collectOutcomes(events);
+  const workers = await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: true });
+  return {
+    receiver,
+    services,
+    env,
+    events,
+    jobs,
+    workers,
+    async close() {
+      await workers.close();
+      await workers.ledgerQueue.obliterate({ force: true }).catch(() => undefined);
+      await events.close();
+      await receiver.close();
+      await services.close();
     },
   };
 }

@@ -6,28 +6,22 @@
  * operator runs it) against the same database and queue prefix.
  */
 import { randomUUID } from 'node:crypto';
-import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
-import { pino } from 'pino';
-import { queueEventsFromNow } from '../setup/queue-events.js';
-import { startWorkers, type RunningWorkers } from '../../workers/start.js';
-import { parseEnv } from '../../src/config/env.js';
-import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
+import type { RunningWorkers } from '../../workers/start.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { verifyWebhookSignature, webhookJob, webhookJobId, type WebhookEvent } from '../../src/services/webhooks.js';
 import { listFailedWebhooks, redeliverWebhooks } from '../../src/services/webhook-redelivery.js';
-import { createTestServices, type TestServices } from '../setup/services.js';
+import type { TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { ROOT } from '../../demo/server-process.js';
-import { collectOutcomes, startReceiver, type Receiver, type ReceivedWebhook } from './helpers.js';
+import { runScript, type ScriptRun } from '../setup/run-script.js';
+import { startWebhookPipeline, type Receiver, type ReceivedWebhook, type WebhookPipeline, type collectOutcomes } from './helpers.js';
 
 const SECRET = 'whsec_redeliver_0123456789abcdef0123456789ab';
 const prefix = `cp-test-redeliver-${randomUUID()}`;
-const log = pino({ level: 'silent' });
 const fileStart = new Date();
 let receiver: Receiver;
 let services: TestServices;
@@ -35,46 +29,20 @@ let workers: RunningWorkers;
 let events: QueueEvents;
 let jobs: ReturnType<typeof collectOutcomes>;
 
+let pipeline: WebhookPipeline | undefined;
+
 beforeAll(async () => {
-  receiver = await startReceiver();
-  services = createTestServices(8);
-  const env = parseEnv({
-    NODE_ENV: 'test',
-    REDIS_URL: TEST_REDIS_URL,
-    DATABASE_URL: TEST_DATABASE_URL,
-    WEBHOOK_URL: receiver.url,
-    WEBHOOK_SECRET: SECRET,
-    OUTBOX_POLL_INTERVAL_MS: '100',
-    SWEEP_EVERY_MS: '3600000',
-  });
-  events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
-  jobs = collectOutcomes(events);
-  workers = await startWorkers({ env, pool: services.pool, log, prefix, services, relay: true });
+  pipeline = await startWebhookPipeline(SECRET, prefix);
+  ({ receiver, services, events, jobs, workers } = pipeline);
 });
 
 afterAll(async () => {
-  await workers?.close();
-  await workers?.ledgerQueue.obliterate({ force: true }).catch(() => undefined);
-  await events?.close();
-  await receiver?.close();
-  await services?.close();
+  await pipeline?.close();
 });
 
 /** Runs the CLI as its own process with this file's database and queue prefix (and, like an operator's shell, no webhook settings). */
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/webhooks.ts', ...args], {
-      cwd: ROOT,
-      env: { ...process.env, NODE_ENV: 'test', DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: TEST_REDIS_URL, QUEUE_PREFIX: prefix, WEBHOOK_URL: '', WEBHOOK_SECRET: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
+function cli(args: string[]): Promise<ScriptRun> {
+  return runScript('scripts/webhooks.ts', args, { ...process.env, NODE_ENV: 'test', DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: TEST_REDIS_URL, QUEUE_PREFIX: prefix, WEBHOOK_URL: '', WEBHOOK_SECRET: '' });
 }
 
 /** `failed --json` entries of this file (first attempted since the file started). */
