@@ -16,6 +16,7 @@ import './types/alerts.js';
 import './subscriptions.js';
 import './plans.js';
 import './billing.js';
+import './statements.js';
 
 /** The executable schema. */
 export const schema = builder.toSchema({ sortSchema: false });
