@@ -90,22 +90,24 @@ type Op =
   | { op: 'toBoundary' }
   | { op: 'skipClock'; hours: number };
 
+// Grants with expiries and clock moves that run nothing weigh more: they make the boundary and
+// due-expiry cases (a mutation test showed 30 runs of equal weights missing them one time in three).
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  fc.record({
+  { weight: 3, arbitrary: fc.record({
     op: fc.constant('grant' as const),
     source: fc.constantFrom(...GRANT_SOURCES),
     type: fc.constantFrom('FREE' as const, 'PAID' as const),
     amount: fc.integer({ min: 1, max: 40 }),
     // Hours to two months ahead (many fall in a later period), or exactly at a period boundary.
     expiry: fc.oneof(fc.constant(null), fc.integer({ min: 1, max: 1500 }), fc.constantFrom('periodEnd' as const, 'nextPeriodEnd' as const)),
-  }),
+  }) },
   fc.record({ op: fc.constant('charge' as const), units: fc.integer({ min: 1, max: 15 }) }),
   fc.record({ op: fc.constant('overdraw' as const), hold: fc.integer({ min: 1, max: 5 }), units: fc.integer({ min: 1, max: 40 }) }),
   fc.record({ op: fc.constant('refund' as const), pick: fc.nat() }),
   fc.record({ op: fc.constant('void' as const), pick: fc.nat() }),
   fc.record({ op: fc.constant('advance' as const), hours: fc.integer({ min: 1, max: 900 }) }),
   fc.constant({ op: 'toBoundary' as const }),
-  fc.record({ op: fc.constant('skipClock' as const), hours: fc.integer({ min: 1, max: 900 }) }),
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('skipClock' as const), hours: fc.integer({ min: 1, max: 900 }) }) },
 );
 
 let key = 0;
@@ -218,7 +220,7 @@ describe('account statements', () => {
         const figures = (list: AccountStatement[]) => list.map(({ entryCount: _n, ...rest }) => rest);
         expect(figures(again)).toEqual(figures(statements));
       }),
-      { numRuns: 30 },
+      { numRuns: 50 },
     );
   }, 240_000);
 
