@@ -79,7 +79,7 @@ builder.objectField(AccountRef, 'statement', (t) =>
     type: AccountStatementRef,
     description:
       'The statement of the billing period that contains periodStart (default: the current period). Periods are calendar months from the account\'s billing anchor (counted backwards before it). ' +
-      'A periodStart in a period after the current one is BAD_USER_INPUT. Reads the account\'s ledger entries of the period (README "Statements").',
+      'A periodStart in a period after the current one, or before the account\'s first period, is BAD_USER_INPUT. Reads the account\'s ledger entries of the period (README "Statements").',
     args: { periodStart: t.arg({ type: 'DateTime', required: false }) },
     resolve: (a, args, ctx) => readAccountStatement(ctx.services.pool, a.id, ctx.services.clock(), args.periodStart ?? null),
   }),

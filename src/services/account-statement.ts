@@ -131,7 +131,8 @@ function statementSql(range: 'after' | 'before'): string {
  * period start to now, or from the account's first entry to the period end, whichever spans less
  * time; plus the account's ACTIVE batches. `opts.range` forces one (tests: both give the same).
  * @throws LedgerError NOT_FOUND (no such account); BAD_USER_INPUT (`periodStart` in a billing
- *   period after the current one).
+ *   period after the current one, or before the period of the account's first instant: its
+ *   creation, or its billing anchor when earlier).
  */
 export async function readAccountStatement(
   db: pg.Pool | pg.PoolClient,
@@ -151,14 +152,19 @@ export async function readAccountStatement(
   const anchor = h.anchor as Date;
   const now = h.now as Date;
   const current = periodOfGridAt(anchor, now);
+  // The account's first instant: its creation, or its anchor when earlier (a test clock started in the past).
+  const firstAt = Math.min((h.created_at as Date).getTime(), anchor.getTime());
+  const first = periodOfGridAt(anchor, new Date(firstAt));
+  if (periodStart && periodStart.getTime() < first.start.getTime()) {
+    throw badInput('periodStart', `is before the account's first billing period (which starts ${first.start.toISOString()})`);
+  }
   const period = periodStart ? periodOfGridAt(anchor, periodStart) : current;
   if (period.start.getTime() > current.start.getTime()) {
     throw badInput('periodStart', `is in a billing period after the current one (which ends ${current.end.toISOString()})`);
   }
   const final = period.end.getTime() <= now.getTime();
   const asOf = final ? period.end : now;
-  // The smaller range by time: entries since the period start, or entries since creation up to its end.
-  const firstAt = Math.min((h.created_at as Date).getTime(), anchor.getTime());
+  // The smaller range by time: entries since the period start, or entries since the first instant up to its end.
   const range = opts.range ?? (now.getTime() - period.start.getTime() <= period.end.getTime() - firstAt ? 'after' : 'before');
   const { rows } = await db.query(statementSql(range), [accountId, period.start, period.end, now]);
   const r = rows[0]!;

@@ -273,7 +273,9 @@ describe('account statements', () => {
     // Usage by category: by occurredAt, refunded events left out (March's only charge was refunded in April).
     expect(await statementUsage(services.pool, march)).toEqual([]);
     expect((await statementUsage(services.pool, april)).map((r) => [r.category, r.creditsMicroCredits, r.events])).toEqual([['units', credits(105), 1]]);
-    // A period after the current one is refused.
+    // A period after the current one, or before the account's first, is refused.
+    await expect(readAccountStatement(services.pool, accountId, new Date(), new Date(start.getTime() - 1))).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
+    await expect(readAccountStatement(services.pool, accountId, new Date(), new Date('0001-01-01T00:00:00.000Z'))).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
     await expect(readAccountStatement(services.pool, accountId, new Date(), periodOfGridAt(start, new Date('2027-05-10T08:00:00.000Z')).start)).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
   });
 
