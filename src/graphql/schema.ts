@@ -17,6 +17,7 @@ import './subscriptions.js';
 import './plans.js';
 import './billing.js';
 import './audit.js';
+import './statements.js';
 
 /** The executable schema. */
 export const schema = builder.toSchema({ sortSchema: false });
