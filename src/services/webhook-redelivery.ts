@@ -29,6 +29,7 @@
  *   receivers de-duplicate on `creditpool-event-id`.
  */
 import type pg from 'pg';
+import { isUuid } from '../db/uuid.js';
 import type { OutboxJob } from '../queues/names.js';
 import { isPermanentStatus, webhookJob, webhookJobId, WEBHOOK_EVENT_TYPES, WEBHOOK_MAX_LOGGED_ATTEMPTS, type WebhookEventType, type WebhookJobData } from './webhooks.js';
 
@@ -137,8 +138,6 @@ export interface WebhookEventRef {
   eventId: string;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 /**
  * Parses an event reference: a bare event uuid, or the body's `id` / `creditpool-event-id`
  * (`credit_alert.raised:<uuid>`, `auto_top_up.paused:<uuid>`), which is what receivers log.
@@ -148,7 +147,7 @@ export function parseWebhookEventRef(text: string): WebhookEventRef | null {
   const colon = text.lastIndexOf(':');
   const type = colon < 0 ? undefined : text.slice(0, colon);
   const id = colon < 0 ? text : text.slice(colon + 1);
-  if (!UUID.test(id)) return null;
+  if (!isUuid(id)) return null;
   if (type !== undefined && !(WEBHOOK_EVENT_TYPES as readonly string[]).includes(type)) return null;
   return { eventType: type as WebhookEventType | undefined, eventId: id.toLowerCase() };
 }
