@@ -603,6 +603,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     const holder = extra as unknown as { state?: WsState };
     return (holder.state ??= { connectionId: randomUUID(), operations: new Set() });
   };
+  /** Closes a WebSocket whose credential no longer authenticates (revoked key, expired token): 4403. */
+  const closeCredentialEnded = (socket: WebSocket): void => socket.close(WS_CLOSE.forbidden, 'Forbidden: credential revoked or expired');
   /**
    * Closes a service key's WebSocket (4403) once the key stops authenticating, even when the
    * socket runs no operation: re-checked when a revocation of `keyId` is announced on Redis
@@ -626,7 +628,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         if (err instanceof LedgerError && err.code === 'UNAUTHENTICATED') {
           state.credentialEnded = true;
           log.info({ connectionId: state.connectionId }, 'websocket closing: credential no longer valid');
-          const close = () => socket.close(WS_CLOSE.forbidden, 'Forbidden: credential revoked or expired');
+          const close = () => closeCredentialEnded(socket);
           if (state.operations.size === 0) close();
           else (graceTimer = setTimeout(close, LIVE_CREDENTIAL_CLOSE_GRACE_MS)).unref();
         } else {
@@ -713,7 +715,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         } catch (err) {
           if (err instanceof LedgerError && err.code === 'UNAUTHENTICATED') {
             log.info({ connectionId: state.connectionId }, 'websocket closed: credential no longer valid');
-            setImmediate(() => ctx.extra.socket.close(WS_CLOSE.forbidden, 'Forbidden: credential revoked or expired'));
+            setImmediate(() => closeCredentialEnded(ctx.extra.socket));
             return [new GraphQLError('This credential is no longer valid (revoked or expired).', { extensions: { code: 'UNAUTHENTICATED', requestId } })];
           }
           return [maskFor(err, requestId, false)];
@@ -755,7 +757,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         state.operations.delete(id);
         // The key was revoked while this operation ran: its stream has just sent its
         // UNAUTHENTICATED error; close once the complete message is out (as at the close below).
-        if (state.credentialEnded && state.operations.size === 0) setImmediate(() => ctx.extra.socket.close(WS_CLOSE.forbidden, 'Forbidden: credential revoked or expired'));
+        if (state.credentialEnded && state.operations.size === 0) setImmediate(() => closeCredentialEnded(ctx.extra.socket));
       },
       execute: (args) => (args.rootValue as { execute: (a: ExecutionArgs) => never }).execute(args),
       subscribe: (args) => (args.rootValue as { subscribe: (a: ExecutionArgs) => never }).subscribe(args),
