@@ -29,13 +29,20 @@ export function addMonthsClamped(anchor: Date, months: number): Date {
  */
 export function monthlyPeriodAt(anchor: Date, now: Date): Period {
   if (now.getTime() < anchor.getTime()) return { start: anchor, end: addMonthsClamped(anchor, 1) };
-  let months = (now.getUTCFullYear() - anchor.getUTCFullYear()) * 12 + (now.getUTCMonth() - anchor.getUTCMonth());
-  if (months < 0) months = 0;
+  return periodOfGridAt(anchor, now);
+}
+
+/**
+ * The period of the monthly grid anchored at `anchor` that contains `at` (start <= at < end),
+ * also before the anchor (counted backwards: anchor - 1 month, - 2 months, ..., clamped to a
+ * shorter month's end like {@link addMonthsClamped}); from the anchor on it is
+ * {@link monthlyPeriodAt}. Statements of periods before the anchor use it.
+ */
+export function periodOfGridAt(anchor: Date, at: Date): Period {
+  let months = (at.getUTCFullYear() - anchor.getUTCFullYear()) * 12 + (at.getUTCMonth() - anchor.getUTCMonth());
   let start = addMonthsClamped(anchor, months);
-  if (start.getTime() > now.getTime()) {
-    months -= 1;
-    start = addMonthsClamped(anchor, months);
-  }
+  // The grid's start in `at`'s calendar month, or (when it lies after `at`) the previous one.
+  if (start.getTime() > at.getTime()) start = addMonthsClamped(anchor, --months);
   return { start, end: addMonthsClamped(anchor, months + 1) };
 }
 

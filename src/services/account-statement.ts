@@ -26,7 +26,7 @@
  * expiry job runs late.
  */
 import type pg from 'pg';
-import { addMonthsClamped, type Period } from '../ledger/billing-period.js';
+import { periodOfGridAt } from '../ledger/billing-period.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { usageSummary, type UsageSummaryRow } from './usage-summary.js';
 
@@ -65,19 +65,6 @@ export interface AccountStatement {
   adjustedMicroCredits: bigint;
   /** Total-changing ledger entries assigned to the period (due expiries not recorded yet not counted). */
   entryCount: number;
-}
-
-/**
- * The period of the monthly grid anchored at `anchor` that contains `at`, also before the anchor
- * (counted backwards: anchor - 1 month, - 2 months, ..., clamped to a shorter month's end like
- * monthlyPeriodAt). From the anchor on it is monthlyPeriodAt(anchor, at).
- */
-export function periodOfGridAt(anchor: Date, at: Date): Period {
-  let months = (at.getUTCFullYear() - anchor.getUTCFullYear()) * 12 + (at.getUTCMonth() - anchor.getUTCMonth());
-  let start = addMonthsClamped(anchor, months);
-  // The grid's start in `at`'s calendar month, or (when it lies after `at`) the previous one.
-  if (start.getTime() > at.getTime()) start = addMonthsClamped(anchor, --months);
-  return { start, end: addMonthsClamped(anchor, months + 1) };
 }
 
 /**

@@ -25,14 +25,13 @@ import { advanceTestClock } from '../../src/services/test-clock.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import {
   GRANT_SOURCES,
-  periodOfGridAt,
   readAccountStatement,
   statementMovementsMicroCredits,
   statementUsage,
   type AccountStatement,
   type GrantSource,
 } from '../../src/services/account-statement.js';
-import { monthlyPeriodAt } from '../../src/ledger/billing-period.js';
+import { monthlyPeriodAt, periodOfGridAt } from '../../src/ledger/billing-period.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
