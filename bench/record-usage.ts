@@ -21,6 +21,8 @@
  * Usage: tsx bench/record-usage.ts [--concurrency 32] [--seconds 10] [--accounts 1|1000|N]
  *          [--batch-concurrency 4] [--batch-size 100] [--max-ops 1000000] [--scenarios single,batch,job]
  *          [--agent-budgets]
+ * Environment: SERVER_NODE_ENV (default production) and SERVER_NODE_OPTIONS (node flags of the
+ * server process only, e.g. `--max-semi-space-size=64`, for an A/B of runtime flags).
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -99,7 +101,9 @@ async function main(): Promise<number> {
   try {
     // As deployed and as bench/perf.ts runs it: NODE_ENV=production (SERVER_NODE_ENV=development
     // repeats the runs before 2026-12-05, which inherited the caller's unset NODE_ENV).
-    server = await startServer({ name: 'bench', env: { NODE_ENV: process.env.SERVER_NODE_ENV ?? 'production' } });
+    // SERVER_NODE_OPTIONS: node flags for the server process only (A/B of e.g. --max-semi-space-size).
+    const serverNodeOptions = process.env.SERVER_NODE_OPTIONS ? { NODE_OPTIONS: process.env.SERVER_NODE_OPTIONS } : {};
+    server = await startServer({ name: 'bench', env: { NODE_ENV: process.env.SERVER_NODE_ENV ?? 'production', ...serverNodeOptions } });
     console.log(`Server ready at ${server.graphqlUrl} (loopback; the load generator shares this machine).`);
     const client = createClient({ url: server.graphqlUrl, token: server.adminKey });
     const runId = `bench-${Date.now().toString(36)}-${process.pid}`;
