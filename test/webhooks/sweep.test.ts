@@ -22,6 +22,7 @@ import {
   findUndeliveredWebhookJobs,
   verifyWebhookSignature,
   WebhookDeliveryError,
+  WEBHOOK_CLAIM_MARGIN_MS,
   WEBHOOK_MAX_LOGGED_ATTEMPTS,
   type WebhookContext,
   type WebhookJobData,
@@ -198,35 +199,71 @@ describe('findUndeliveredWebhookJobs', () => {
 });
 
 describe('deliverWebhook', () => {
-  it('concurrent runs of one job POST once (advisory lock on the event)', async () => {
+  it('concurrent runs of one job POST once: a run meeting an attempt in flight backs off (retryable) without sending', async () => {
     const { accountId, alerts } = await lostAlerts(20);
     const alert = alerts[0]!;
-    // Hold the first POST until the second run is waiting for the event's lock.
-    const lockWaited = new EventEmitter();
+    const p = payloadOf(accountId, alert.id);
+    // While the first POST is held open by the receiver, a second run of the same event.
+    let second: unknown = null;
     receiver.beforeAnswer = async (req) => {
       if (req.accountId !== accountId) return;
-      const waiting = async () => {
-        const { rows } = await services.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid`, [0x77686b31]);
-        return rows[0].n > 0;
-      };
-      let seen = false;
-      // A failed poll only means no answer yet (the wait below times out if they all fail); it must
-      // not be an unhandled rejection, which fails the whole run.
-      const poll = setInterval(() => void waiting().then((w) => { if (w) { seen = true; lockWaited.emit('check'); } }, () => undefined), 20);
-      try {
-        await waitOn(lockWaited, 'check', () => seen, 'the second delivery to wait for the lock', 10_000);
-      } finally {
-        clearInterval(poll);
-      }
+      second = await deliverWebhook(ctx, p, 1).catch((e: unknown) => e);
     };
     try {
-      const results = await Promise.all([deliverWebhook(ctx, payloadOf(accountId, alert.id), 1), deliverWebhook(ctx, payloadOf(accountId, alert.id), 1)]);
-      expect(results.map((r) => r.status).sort()).toEqual(['ALREADY_DELIVERED', 'DELIVERED']);
+      expect(await deliverWebhook(ctx, p, 1)).toMatchObject({ status: 'DELIVERED' });
     } finally {
       receiver.beforeAnswer = null;
     }
+    expect(second).toBeInstanceOf(WebhookDeliveryError);
+    expect(second).toMatchObject({ permanent: false, message: expect.stringMatching(/in flight/) });
+    // Its retry (the job's backoff) finds the outcome.
+    expect(await deliverWebhook(ctx, p, 2)).toEqual({ status: 'ALREADY_DELIVERED', skipped: false });
     expect(receiver.forAccount(accountId)).toHaveLength(1);
     expect((await logOf(alert.id)).map((r) => r.status)).toEqual(['DELIVERED']);
+  });
+
+  it('an attempt whose run stopped mid-POST (SENDING past its claim) is recorded FAILED, and the next run sends', async () => {
+    const { accountId, alerts } = await lostAlerts(20);
+    const p = payloadOf(accountId, alerts[0]!.id);
+    const claimMs = env.WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS;
+    await services.pool.query(
+      `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, created_at)
+       VALUES (gen_random_uuid(), $1, $2, $3, $4, 1, 'SENDING', now() - $5::interval)`,
+      [p.eventType, p.eventId, accountId, receiver.url, `${claimMs + 1_000} milliseconds`],
+    );
+    expect(await deliverWebhook(ctx, p, 2)).toMatchObject({ status: 'DELIVERED', attempt: 2 });
+    const log = await logOf(p.eventId);
+    expect(log.map((r) => [r.attempt, r.status])).toEqual([
+      [1, 'FAILED'],
+      [2, 'DELIVERED'],
+    ]);
+    expect(log[0].error).toMatch(/no outcome recorded/);
+    expect(receiver.forAccount(accountId)).toHaveLength(1);
+  });
+
+  it('holds no database connection while the POST is in flight (a slow receiver cannot drain the pool)', async () => {
+    // Before: the attempt ran in one transaction around the POST, so each delivery waiting on a
+    // slow receiver (up to WEBHOOK_TIMEOUT_MS) held a connection of the workers' pool (5) and
+    // starved the expiry, roll and top-up jobs sharing it.
+    const { accountId, alerts } = await lostAlerts(20);
+    const p = payloadOf(accountId, alerts[0]!.id);
+    const own = createTestServices(1); // its own pool: nothing else uses it
+    const seen: Array<{ busy: number; log: unknown[] }> = [];
+    receiver.beforeAnswer = async (req) => {
+      if (req.accountId !== accountId) return;
+      const { rows } = await services.pool.query('SELECT attempt, status FROM webhook_deliveries WHERE event_id = $1', [p.eventId]);
+      seen.push({ busy: own.pool.totalCount - own.pool.idleCount, log: rows });
+    };
+    try {
+      expect(await deliverWebhook({ ...ctx, pool: own.pool }, p, 1)).toMatchObject({ status: 'DELIVERED', attempt: 1 });
+    } finally {
+      receiver.beforeAnswer = null;
+      await own.close();
+    }
+    // During the POST: no connection checked out, and the attempt is claimed (SENDING) so no
+    // other run of the event sends meanwhile; after it, the same row holds the outcome.
+    expect(seen).toEqual([{ busy: 0, log: [{ attempt: 1, status: 'SENDING' }] }]);
+    expect((await logOf(p.eventId)).map((r) => [r.attempt, r.status, r.response_code])).toEqual([[1, 'DELIVERED', 200]]);
   });
 
   it('logs a timeout, a refused connection and an unfollowed redirect as retryable FAILED attempts', async () => {
