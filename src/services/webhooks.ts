@@ -6,7 +6,7 @@
  *
  * Flow: the transaction that raises the event writes an outbox `job` row
  * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on ledger-jobs
- * (17 attempts, exponential backoff from 1 s, the last retry about 18 h after the first attempt:
+ * (17 attempts, exponential backoff from 1 s less up to 20 % jitter, the last retry at most about 18 h after the first attempt:
  * src/queues/names.ts); the processor
  * (workers/processors/deliver-webhook.ts) calls {@link deliverWebhook}; the sweep re-adds jobs
  * lost with Redis ({@link findUndeliveredWebhookJobs}); past that, an operator lists and re-adds

@@ -6,7 +6,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:net';
-import { EventEmitter } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queueEventsFromNow } from '../setup/queue-events.js';
 import { Redis } from 'ioredis';
@@ -30,7 +29,7 @@ import {
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { collectOutcomes, startReceiver, waitOn, type Receiver } from './helpers.js';
+import { collectOutcomes, startReceiver, type Receiver } from './helpers.js';
 
 const SECRET = 'whsec_sweep_0123456789abcdef0123456789abcdef';
 let receiver: Receiver;
