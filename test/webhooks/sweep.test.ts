@@ -15,6 +15,8 @@ import { parseEnv, type Env } from '../../src/config/env.js';
 import { LEDGER_JOBS_QUEUE, type OutboxJob } from '../../src/queues/names.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
+import { settleTopUpPayment } from '../../src/services/auto-top-up.js';
+import { findPayment } from '../../src/services/purchase-pack.js';
 import {
   buildWebhookEvent,
   deliverWebhook,
@@ -194,6 +196,50 @@ describe('findUndeliveredWebhookJobs', () => {
     await services.pool.query(`UPDATE auto_top_up_settings SET enabled = true, consecutive_failures = 0, paused_at = NULL, last_error = NULL WHERE account_id = $1`, [accountId]);
     expect(JSON.stringify((await buildWebhookEvent(services.pool, 'auto_top_up.paused', topUpId))!.event)).toBe(receiver.forAccount(accountId)[0]!.rawBody);
     expect((await findUndeliveredWebhookJobs(services.pool, new Date())).filter((j) => j.data.accountId === accountId)).toEqual([]);
+  });
+});
+
+describe('a late success of the charge that paused auto top-up', () => {
+  it('leaves the pause event as it was: the same body on its retries, and the sweep still finds it', async () => {
+    // The pausing failure was "no charge found" (a lookup after 23 h); the provider's success
+    // arrives afterwards (settleTopUpPayment: granted, the top-up revived SUCCEEDED). That rewrote
+    // the top-up's error and finished_at, which the pause's body is built from, and took it out of
+    // the sweep's "latest FAILED top-up before the pause".
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const pack = await services.pool.query(`INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES (gen_random_uuid(), $1, 1000000, 1) RETURNING id`, [`pack-${randomUUID()}`]);
+    const pausedAt = new Date(Date.now() - 120_000);
+    const error = 'no_charge_found: the provider has no charge for this payment';
+    const top = await services.pool.query(
+      `INSERT INTO auto_top_ups (id, account_id, period_start, status, attempts, error, created_at, finished_at) VALUES (gen_random_uuid(), $1, now(), 'FAILED', 3, $2, $3, $4) RETURNING id`,
+      [accountId, error, new Date(pausedAt.getTime() - 10_000), pausedAt],
+    );
+    const topUpId = top.rows[0].id as string;
+    const pay = await services.pool.query(
+      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, payment_method_ref, status, error, created_at, updated_at)
+       VALUES (gen_random_uuid(), $1, 'AUTO_TOP_UP', $2, $3, 1, 'pm_card', 'FAILED', $4, $5, $5) RETURNING id`,
+      [accountId, `auto-top-up:${topUpId}:3`, pack.rows[0].id, error, pausedAt],
+    );
+    await services.pool.query('UPDATE auto_top_ups SET payment_id = $2 WHERE id = $1', [topUpId, pay.rows[0].id]);
+    await services.pool.query(
+      `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, last_error, paused_at)
+       VALUES ($1, false, 1000000, $2, 3, 3, $3, $4)`,
+      [accountId, pack.rows[0].id, error, pausedAt],
+    );
+    const p = { eventType: 'auto_top_up.paused' as const, eventId: topUpId, accountId };
+    receiver.script(accountId, [500]);
+    await expect(deliverWebhook(ctx, p, 1)).rejects.toMatchObject({ permanent: false });
+    const first = receiver.forAccount(accountId)[0]!.rawBody;
+
+    const settled = await settleTopUpPayment(services, (await findPayment(services.pool, pay.rows[0].id))!, { status: 'succeeded', providerRef: 'pi_late' });
+    expect(settled.settledNow).toBe(true);
+    const after = await services.pool.query('SELECT s.enabled, s.paused_at, t.status FROM auto_top_up_settings s JOIN auto_top_ups t ON t.id = $2 WHERE s.account_id = $1', [accountId, topUpId]);
+    expect(after.rows[0]).toMatchObject({ enabled: false, paused_at: pausedAt, status: 'SUCCEEDED' }); // granted, still paused
+
+    expect(JSON.stringify((await buildWebhookEvent(services.pool, 'auto_top_up.paused', topUpId))!.event)).toBe(first);
+    const found = (await findUndeliveredWebhookJobs(services.pool, new Date())).filter((j) => j.data.accountId === accountId);
+    expect(found.map((j) => j.data.eventId)).toEqual([topUpId]);
+    expect(await deliverWebhook(ctx, p, 2)).toMatchObject({ status: 'DELIVERED' });
+    expect(receiver.forAccount(accountId)[1]!.rawBody).toBe(first);
   });
 });
 
