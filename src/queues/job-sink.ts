@@ -1,7 +1,7 @@
 /**
  * The relay's JobSink on BullMQ: outbox `job` rows become jobs of the ledger-jobs queue with
  * their deterministic jobId (BullMQ ignores an add whose jobId exists), their delay (`runAt`)
- * and the attempts/backoff of LEDGER_JOB_OPTIONS.
+ * and the attempts/backoff (and jitter) of LEDGER_JOB_OPTIONS.
  */
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -16,7 +16,7 @@ export function jobOptions(job: OutboxJob, nowMs: number) {
     jobId: job.jobId,
     delay,
     attempts: o.attempts,
-    backoff: { type: 'exponential' as const, delay: o.backoffMs },
+    backoff: { type: 'exponential' as const, delay: o.backoffMs, ...(o.jitter ? { jitter: o.jitter } : {}) },
     removeOnComplete: { count: 10_000 },
     removeOnFail: { count: 10_000 },
   };

@@ -62,18 +62,24 @@ export const LEDGER_JOB_NAMES = ['expire-due', 'roll-period', 'auto-top-up', 'de
 export type LedgerJobName = (typeof LEDGER_JOB_NAMES)[number];
 
 /**
- * BullMQ options per job: attempts and exponential backoff (ms). A failed attempt is retried
- * with the same jobId; processors are idempotent, so a retry or a duplicate is a no-op.
+ * BullMQ options per job: attempts and exponential backoff (ms), and optionally `jitter`, a
+ * fraction in (0, 1): BullMQ's built-in exponential strategy then waits a random time in
+ * [(1 - jitter) × d, d] instead of d = backoffMs × 2^(attempt - 1) (never longer, so the
+ * schedule's maximum span stays what it was; a built-in option, not a named custom strategy,
+ * so every worker version computes it). A failed attempt is retried with the same jobId;
+ * processors are idempotent, so a retry or a duplicate is a no-op.
  */
-export const LEDGER_JOB_OPTIONS: Record<LedgerJobName, { attempts: number; backoffMs: number }> = {
+export const LEDGER_JOB_OPTIONS: Record<LedgerJobName, { attempts: number; backoffMs: number; jitter?: number }> = {
   'expire-due': { attempts: 5, backoffMs: 1_000 },
   'roll-period': { attempts: 5, backoffMs: 1_000 },
   // Three failed charges in a row pause auto top-up (services/auto-top-up.ts).
   'auto-top-up': { attempts: 3, backoffMs: 2_000 },
-  // 1 s, 2 s, 4 s, ... 2^15 s (9.1 h): the last retry about 18 h after the first attempt, so a
-  // receiver down for hours still gets the event (Stripe retries for three days, Standard
-  // Webhooks for about a day and a half); within the sweep's 24 h window (services/webhooks.ts).
-  'deliver-webhook': { attempts: 17, backoffMs: 1_000 },
+  // 1 s, 2 s, 4 s, ... 2^15 s (9.1 h), each less up to 20 % at random: the last retry 14.6 h
+  // to 18.2 h after the first attempt, so a receiver down for hours still gets the event (Stripe
+  // retries for three days, Standard Webhooks for about a day and a half); within the sweep's
+  // 24 h window (services/webhooks.ts). The jitter spreads the retries of events that failed
+  // together (a receiver outage) instead of sending them back in waves at the same instants.
+  'deliver-webhook': { attempts: 17, backoffMs: 1_000, jitter: 0.2 },
   // A purchase payment left PENDING (services/resume-payment.ts); the sweep re-adds it after the last attempt.
   'resume-payment': { attempts: 5, backoffMs: 5_000 },
 };

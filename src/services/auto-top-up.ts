@@ -228,6 +228,14 @@ async function recordOutcome(
       // revives a FAILED one): the grant cannot start another.
       await atx.finish();
       await tx.query(`UPDATE auto_top_up_settings SET consecutive_failures = 0, last_attempt_at = $2, last_error = NULL WHERE account_id = $1`, [atx.accountId, atx.now]);
+      if (topUpStatus === 'FAILED') {
+        // A late success revives a FAILED top-up, which may be the one that paused auto top-up:
+        // its error and finished_at stay as they were, since the `auto_top_up.paused` webhook's body
+        // is built from them (services/webhooks.ts buildWebhookEvent) and must not change between
+        // its attempts. Auto top-up stays paused (setAutoTopUp resumes it).
+        await tx.query(`UPDATE auto_top_ups SET status = 'SUCCEEDED' WHERE id = $1`, [topUpId]);
+        return { topUpId, status: 'SUCCEEDED' as const, reason: null, lateSuccess, chargedTwice: false, payment: after, settledNow };
+      }
       return { ...(await finishTopUp(atx, topUpId, 'SUCCEEDED', null)), lateSuccess, chargedTwice: false, payment: after, settledNow };
     }
     const { rows } = await tx.query(

@@ -22,11 +22,12 @@
  * - one job per event: all of them use the one jobId, Redis keeps at most one job under it, an
  *   add whose jobId exists is ignored, and `readd` removes only a finished job (never a waiting,
  *   delayed or running one); so two redeliveries of one event at once add one job;
- * - one POST at a time, none after delivery: deliverWebhook holds a per-event advisory lock over
- *   its DELIVERED check, the POST and the log row, so even two jobs (or a job and a stale run)
- *   never both send, and nothing is sent once a DELIVERED row is committed. What remains is the
- *   at-least-once case every delivery has (the receiver's 2xx arrives but our commit is lost):
- *   receivers de-duplicate on `creditpool-event-id`.
+ * - one POST at a time, none after delivery: deliverWebhook claims each attempt (a SENDING row,
+ *   one per event, written under a per-event advisory lock after its DELIVERED check) before the
+ *   POST and records the outcome on it after, so even two jobs (or a job and a stale run) never
+ *   both send, and nothing is sent once a DELIVERED row is committed. What remains is the
+ *   at-least-once case every delivery has (the receiver's 2xx arrives but its outcome is not
+ *   recorded): receivers de-duplicate on `creditpool-event-id`.
  */
 import type pg from 'pg';
 import { isUuid } from '../db/uuid.js';

@@ -6,7 +6,7 @@
  *
  * Flow: the transaction that raises the event writes an outbox `job` row
  * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on ledger-jobs
- * (17 attempts, exponential backoff from 1 s, the last retry about 18 h after the first attempt:
+ * (17 attempts, exponential backoff from 1 s less up to 20 % jitter, the last retry at most about 18 h after the first attempt:
  * src/queues/names.ts); the processor
  * (workers/processors/deliver-webhook.ts) calls {@link deliverWebhook}; the sweep re-adds jobs
  * lost with Redis ({@link findUndeliveredWebhookJobs}); past that, an operator lists and re-adds
@@ -356,24 +356,126 @@ function describeFetchError(err: unknown, timeoutMs: number): string {
 }
 
 /**
+ * How long an attempt's SENDING claim keeps other runs of its event from sending, beyond
+ * WEBHOOK_TIMEOUT_MS (the POST's own bound): room for recording the outcome on a slow database.
+ * A claim older than WEBHOOK_TIMEOUT_MS + this belongs to a run that stopped mid-attempt (a crash,
+ * a killed worker): the next run records it FAILED and sends.
+ */
+export const WEBHOOK_CLAIM_MARGIN_MS = 60_000;
+
+/** What the claim transaction of {@link deliverWebhook} decided. */
+type Claim =
+  | { kind: 'delivered' }
+  | { kind: 'in_flight' }
+  | { kind: 'gone' }
+  | { kind: 'claimed'; rowId: string; event: WebhookEvent; accountId: string };
+
+/**
+ * Step 1 of a delivery, one short transaction under a transaction-scoped advisory lock on the
+ * event (so two runs decide one after the other): a DELIVERED row ends it; a SENDING row older
+ * than the claim's lifetime is recorded FAILED (its run stopped mid-attempt); a younger one is
+ * another run's attempt in flight; else the body is built and this attempt is logged SENDING.
+ */
+async function claimAttempt(pool: pg.Pool, payload: WebhookJobData, attempt: number, url: string, claimMs: number): Promise<Claim> {
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [DELIVERY_LOCK_CLASS, `${payload.eventType}:${payload.eventId}`]);
+    const { rows } = await client.query(
+      `SELECT id, status, created_at < now() - $3::interval AS stale FROM webhook_deliveries
+        WHERE event_id = $1 AND event_type = $2 AND status IN ('DELIVERED', 'SENDING')`,
+      [payload.eventId, payload.eventType, `${claimMs} milliseconds`],
+    );
+    let claim: Claim | null = null;
+    if (rows.some((r) => r.status === 'DELIVERED')) claim = { kind: 'delivered' };
+    else if (rows.some((r) => !r.stale)) claim = { kind: 'in_flight' };
+    for (const r of rows.filter((x) => x.status === 'SENDING' && x.stale)) {
+      await client.query(`UPDATE webhook_deliveries SET status = 'FAILED', error = $2 WHERE id = $1 AND status = 'SENDING'`, [
+        r.id,
+        'no outcome recorded: the worker stopped during the attempt',
+      ]);
+    }
+    if (!claim) {
+      const built = await buildWebhookEvent(client, payload.eventType, payload.eventId);
+      if (!built) claim = { kind: 'gone' };
+      else {
+        const inserted = await client.query(
+          `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status)
+           VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, 'SENDING') RETURNING id`,
+          [payload.eventType, payload.eventId, built.accountId, loggedUrl(url), attempt],
+        );
+        claim = { kind: 'claimed', rowId: inserted.rows[0].id, event: built.event, accountId: built.accountId };
+      }
+    }
+    await client.query('COMMIT');
+    return claim;
+  } catch (err) {
+    try {
+      await client.query('ROLLBACK');
+    } catch {
+      broken = true;
+    }
+    throw err;
+  } finally {
+    client.release(broken);
+  }
+}
+
+/** Step 2: one signed POST (timeout, no redirects followed). Never throws: the outcome is the status or the error. */
+async function postEvent(url: string, secret: string, event: WebhookEvent, attempt: number, timestampSeconds: number, timeoutMs: number): Promise<{ responseCode: number | null; error: string | null }> {
+  const body = JSON.stringify(event);
+  try {
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'user-agent': 'creditpool-webhooks',
+        'creditpool-event-id': event.id,
+        'creditpool-event-type': event.type,
+        'creditpool-delivery-attempt': String(attempt),
+        'creditpool-signature': signWebhook(secret, body, timestampSeconds),
+      },
+      body,
+      redirect: 'manual',
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    if (res.status >= 200 && res.status <= 299) {
+      res.body?.cancel().catch(() => undefined);
+      return { responseCode: res.status, error: null };
+    }
+    const snippet = (await bodySnippet(res)).trim();
+    return { responseCode: res.status, error: `HTTP ${res.status}${snippet ? `: ${snippet}` : ''}` };
+  } catch (err) {
+    return { responseCode: null, error: describeFetchError(err, timeoutMs) };
+  }
+}
+
+/**
  * Delivers one event to WEBHOOK_URL, once per call at most, and logs the attempt.
  *
  * - WEBHOOK_URL unset: returns `{ status: 'SKIPPED', skipped: true }`; nothing is sent or logged
  *   (the sweep may offer the job again later; it is skipped again).
- * - In one transaction holding a transaction-scoped advisory lock on (eventType, eventId), so two
- *   runs of the same job (a retry racing a stalled run, a re-added job) never both POST: if a
- *   DELIVERED row exists, returns ALREADY_DELIVERED without sending; else builds the body from the
- *   database, POSTs it signed ({@link signWebhook}, timestamp = now), with a timeout of
- *   WEBHOOK_TIMEOUT_MS (AbortSignal.timeout) and without following redirects, and inserts one
- *   webhook_deliveries row: DELIVERED on 2xx, else FAILED with the response code and the start of
- *   the response body, or the network/timeout error. The connection is held for the POST (at
- *   most WEBHOOK_TIMEOUT_MS), once per job running at once.
- * - Delivery stays at-least-once towards the receiver (a crash between its 2xx and our COMMIT
- *   sends again); receivers de-duplicate on `creditpool-event-id`.
+ * - Three steps, and no database connection is held while the receiver answers (a slow one
+ *   would otherwise hold a connection of the workers' pool for up to WEBHOOK_TIMEOUT_MS per job):
+ *   1. one short transaction under a per-event advisory lock: if a DELIVERED row exists, returns
+ *      ALREADY_DELIVERED without sending; if another run's attempt is in flight (a SENDING row
+ *      younger than WEBHOOK_TIMEOUT_MS + {@link WEBHOOK_CLAIM_MARGIN_MS}), throws a retryable
+ *      WebhookDeliveryError without sending or logging (the job's retry then finds its outcome);
+ *      else builds the body from the database and logs this attempt as SENDING (the claim; a
+ *      partial unique index allows one per event). An older SENDING row (its run stopped
+ *      mid-attempt) is recorded FAILED first.
+ *   2. the POST, signed ({@link signWebhook}, timestamp = now), with a timeout of
+ *      WEBHOOK_TIMEOUT_MS (AbortSignal.timeout), without following redirects.
+ *   3. one UPDATE of the attempt's row: DELIVERED on 2xx, else FAILED with the response code and
+ *      the start of the response body, or the network/timeout error.
+ * - Delivery stays at-least-once towards the receiver (a crash between its 2xx and step 3 sends
+ *   again once the claim is stale); receivers de-duplicate on `creditpool-event-id`.
  * @param attempt 1-based attempt number logged in the row (the job's attemptsMade + 1).
  * @throws WebhookDeliveryError after logging a FAILED attempt (`permanent` as in the module
- *   comment), or without logging when the event no longer exists or WEBHOOK_SECRET is unset
- *   (both permanent); the database error otherwise (nothing logged, retried).
+ *   comment); without logging when the event no longer exists or WEBHOOK_SECRET is unset (both
+ *   permanent) or another attempt of the event is in flight (retryable); the database error
+ *   otherwise (retried; a failure in step 3 leaves the row SENDING until its claim is stale).
  */
 export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobData, attempt: number): Promise<WebhookDeliveryResult> {
   const { env, log } = ctx;
@@ -381,76 +483,27 @@ export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobDat
   if (!url) return { status: 'SKIPPED', skipped: true };
   const secret = env.WEBHOOK_SECRET;
   if (!secret) throw new WebhookDeliveryError('WEBHOOK_SECRET is required to deliver webhooks when WEBHOOK_URL is set', true);
-  const client = await ctx.pool.connect();
-  let broken = false;
-  try {
-    await client.query('BEGIN');
-    await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [DELIVERY_LOCK_CLASS, `${payload.eventType}:${payload.eventId}`]);
-    const done = await client.query(`SELECT 1 FROM webhook_deliveries WHERE event_id = $1 AND event_type = $2 AND status = 'DELIVERED' LIMIT 1`, [payload.eventId, payload.eventType]);
-    if (done.rows.length > 0) {
-      await client.query('COMMIT');
-      return { status: 'ALREADY_DELIVERED', skipped: false };
-    }
-    const built = await buildWebhookEvent(client, payload.eventType, payload.eventId);
-    if (!built) {
-      await client.query('COMMIT');
-      throw new WebhookDeliveryError(`${payload.eventType} ${payload.eventId} not found`, true);
-    }
-    const body = JSON.stringify(built.event);
-    const t = Math.floor((ctx.nowMs ?? Date.now)() / 1000);
-    let responseCode: number | null = null;
-    let error: string | null = null;
-    try {
-      const res = await fetch(url, {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/json',
-          'user-agent': 'creditpool-webhooks',
-          'creditpool-event-id': built.event.id,
-          'creditpool-event-type': built.event.type,
-          'creditpool-delivery-attempt': String(attempt),
-          'creditpool-signature': signWebhook(secret, body, t),
-        },
-        body,
-        redirect: 'manual',
-        signal: AbortSignal.timeout(env.WEBHOOK_TIMEOUT_MS),
-      });
-      responseCode = res.status;
-      if (res.status >= 200 && res.status <= 299) {
-        res.body?.cancel().catch(() => undefined);
-      } else {
-        const snippet = (await bodySnippet(res)).trim();
-        error = `HTTP ${res.status}${snippet ? `: ${snippet}` : ''}`;
-      }
-    } catch (err) {
-      error = describeFetchError(err, env.WEBHOOK_TIMEOUT_MS);
-    }
-    const delivered = error === null;
-    await client.query(
-      `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code, error)
-       VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7, $8)`,
-      [payload.eventType, payload.eventId, built.accountId, loggedUrl(url), attempt, delivered ? 'DELIVERED' : 'FAILED', responseCode, error?.slice(0, 1000) ?? null],
-    );
-    await client.query('COMMIT');
-    if (delivered) {
-      log?.info({ event: built.event.id, attempt, status: responseCode }, 'webhook delivered');
-      return { status: 'DELIVERED', skipped: false, responseCode: responseCode!, attempt };
-    }
-    const permanent = responseCode !== null && isPermanentStatus(responseCode);
-    log?.warn({ event: built.event.id, attempt, status: responseCode, error, permanent }, 'webhook delivery failed');
-    throw new WebhookDeliveryError(`webhook ${built.event.id} attempt ${attempt} failed: ${error}`, permanent, responseCode);
-  } catch (err) {
-    if (!(err instanceof WebhookDeliveryError)) {
-      try {
-        await client.query('ROLLBACK');
-      } catch {
-        broken = true;
-      }
-    }
-    throw err;
-  } finally {
-    client.release(broken);
+  const claim = await claimAttempt(ctx.pool, payload, attempt, url, env.WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS);
+  if (claim.kind === 'delivered') return { status: 'ALREADY_DELIVERED', skipped: false };
+  if (claim.kind === 'gone') throw new WebhookDeliveryError(`${payload.eventType} ${payload.eventId} not found`, true);
+  if (claim.kind === 'in_flight') throw new WebhookDeliveryError(`${payload.eventType}:${payload.eventId}: another attempt is in flight`, false);
+  const { event } = claim;
+  const t = Math.floor((ctx.nowMs ?? Date.now)() / 1000);
+  const { responseCode, error } = await postEvent(url, secret, event, attempt, t, env.WEBHOOK_TIMEOUT_MS);
+  const delivered = error === null;
+  await ctx.pool.query(`UPDATE webhook_deliveries SET status = $2, response_code = $3, error = $4 WHERE id = $1`, [
+    claim.rowId,
+    delivered ? 'DELIVERED' : 'FAILED',
+    responseCode,
+    error?.slice(0, 1000) ?? null,
+  ]);
+  if (delivered) {
+    log?.info({ event: event.id, attempt, status: responseCode }, 'webhook delivered');
+    return { status: 'DELIVERED', skipped: false, responseCode: responseCode!, attempt };
   }
+  const permanent = responseCode !== null && isPermanentStatus(responseCode);
+  log?.warn({ event: event.id, attempt, status: responseCode, error, permanent }, 'webhook delivery failed');
+  throw new WebhookDeliveryError(`webhook ${event.id} attempt ${attempt} failed: ${error}`, permanent, responseCode);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -464,7 +517,7 @@ export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobDat
  * - credit alerts created between 24 h and 1 minute before `now`,
  * - auto top-up pauses (auto_top_up_settings.paused_at) in that window; the event id is the
  *   account's latest FAILED top-up created at or before the pause (the one whose failure paused
- *   it),
+ *   it), or SUCCEEDED when a late success of its charge revived it after the pause,
  * with no DELIVERED row, no permanent failure logged (a 4xx other than 408/425/429), and fewer
  * than {@link WEBHOOK_MAX_LOGGED_ATTEMPTS} attempts logged. It does not know the configuration:
  * with WEBHOOK_URL unset it still returns them (each such job completes as SKIPPED without
@@ -490,7 +543,7 @@ export async function findUndeliveredWebhookJobs(pool: pg.Pool, now: Date): Prom
   const paused = await pool.query(
     `SELECT t.id, t.account_id FROM auto_top_up_settings s
        JOIN LATERAL (SELECT x.id, x.account_id FROM auto_top_ups x
-                      WHERE x.account_id = s.account_id AND x.status = 'FAILED' AND x.created_at <= s.paused_at
+                      WHERE x.account_id = s.account_id AND x.status IN ('FAILED', 'SUCCEEDED') AND x.created_at <= s.paused_at
                       ORDER BY x.created_at DESC, x.id DESC LIMIT 1) t ON true
       WHERE s.paused_at IS NOT NULL
         AND s.paused_at < $1::timestamptz - $2::interval AND s.paused_at >= $1::timestamptz - $3::interval

@@ -135,13 +135,13 @@ describe('credit alert webhooks', () => {
     // Same event, same body every time; each attempt signed afresh and valid.
     expect(new Set(got.map((r) => r.rawBody)).size).toBe(1);
     got.forEach(expectSigned);
-    // Exponential backoff from 1 s (no jitter): the retries wait at least 1 s, then at least 2 s.
-    // Only lower bounds: BullMQ never runs a delayed job early, but may run it late on a busy
-    // machine (a fresh-clone CI run saw the first retry 1.1 s late, longer than the second wait).
+    // Exponential backoff from 1 s, less up to 20 % jitter: the retries wait at least 0.8 s, then
+    // at least 1.6 s. Only lower bounds: BullMQ never runs a delayed job early, but may run it late
+    // on a busy machine (a fresh-clone CI run saw the first retry 1.1 s late, longer than the second wait).
     const gap1 = got[1]!.atMs - got[0]!.atMs;
     const gap2 = got[2]!.atMs - got[1]!.atMs;
-    expect(gap1).toBeGreaterThanOrEqual(1_000);
-    expect(gap2).toBeGreaterThanOrEqual(2_000);
+    expect(gap1).toBeGreaterThanOrEqual(800);
+    expect(gap2).toBeGreaterThanOrEqual(1_600);
   });
 
   it('a receiver down for hours still gets the event: the retries, as the relay schedules them, span at least 12 h (and stay within the sweep window)', async () => {
@@ -158,11 +158,32 @@ describe('credit alert webhooks', () => {
     const backoff = Backoffs.normalize(job.opts.backoff!)!;
     const delays: number[] = [];
     for (let made = 1; made < attempts; made++) delays.push(Number(await Backoffs.calculate(backoff, made, new Error('x'), job)));
-    expect(delays.slice(0, 3)).toEqual([1_000, 2_000, 4_000]); // quick first retries (the retry test above relies on them)
+    // Each retry waits 2^(n-1) s less up to 20 % (jitter), never more: quick first retries (the
+    // retry test above relies on them), and the window never longer than without jitter.
+    delays.forEach((d, i) => {
+      expect(d).toBeLessThanOrEqual(1_000 * 2 ** i);
+      expect(d).toBeGreaterThanOrEqual(800 * 2 ** i);
+    });
     const spanMs = delays.reduce((a, b) => a + b, 0);
     expect(spanMs).toBeGreaterThanOrEqual(12 * 3_600_000);
+    expect(spanMs).toBeLessThanOrEqual((2 ** 16 - 1) * 1_000); // about 18.2 h, as documented
     expect(spanMs).toBeLessThan(WEBHOOK_SWEEP_MAX_AGE_MS); // the sweep still covers a job lost with Redis mid-schedule
     expect(WEBHOOK_MAX_LOGGED_ATTEMPTS).toBe(attempts); // the sweep stops exactly where the job does
+  });
+
+  it('retries are jittered: events failing together do not retry in lockstep', async () => {
+    // Many accounts' alerts failing at one moment (a receiver outage) were all retried at the
+    // same instants (1 s, 2 s, 4 s ... exactly), hammering a recovering receiver in waves.
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    await charge(accountId, 80);
+    const [alert] = await alertsOf(accountId);
+    expect(await jobs.wait(alert!.jobId)).toMatchObject({ state: 'completed' });
+    const job = (await workers.ledgerQueue.getJob(alert!.jobId))!;
+    const backoff = Backoffs.normalize(job.opts.backoff!)!;
+    for (const made of [1, 8, 16]) {
+      const samples = await Promise.all(Array.from({ length: 50 }, () => Backoffs.calculate(backoff, made, new Error('x'), job)));
+      expect(new Set(samples).size).toBeGreaterThan(25); // spread, not one instant
+    }
   });
 
   it('a 4xx other than 408/425/429 is permanent: one FAILED attempt, the job fails without retrying', async () => {

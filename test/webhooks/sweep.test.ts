@@ -6,7 +6,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:net';
-import { EventEmitter } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queueEventsFromNow } from '../setup/queue-events.js';
 import { Redis } from 'ioredis';
@@ -16,12 +15,15 @@ import { parseEnv, type Env } from '../../src/config/env.js';
 import { LEDGER_JOBS_QUEUE, type OutboxJob } from '../../src/queues/names.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
+import { settleTopUpPayment } from '../../src/services/auto-top-up.js';
+import { findPayment } from '../../src/services/purchase-pack.js';
 import {
   buildWebhookEvent,
   deliverWebhook,
   findUndeliveredWebhookJobs,
   verifyWebhookSignature,
   WebhookDeliveryError,
+  WEBHOOK_CLAIM_MARGIN_MS,
   WEBHOOK_MAX_LOGGED_ATTEMPTS,
   type WebhookContext,
   type WebhookJobData,
@@ -29,7 +31,7 @@ import {
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { collectOutcomes, startReceiver, waitOn, type Receiver } from './helpers.js';
+import { collectOutcomes, startReceiver, type Receiver } from './helpers.js';
 
 const SECRET = 'whsec_sweep_0123456789abcdef0123456789abcdef';
 let receiver: Receiver;
@@ -197,36 +199,116 @@ describe('findUndeliveredWebhookJobs', () => {
   });
 });
 
+describe('a late success of the charge that paused auto top-up', () => {
+  it('leaves the pause event as it was: the same body on its retries, and the sweep still finds it', async () => {
+    // The pausing failure was "no charge found" (a lookup after 23 h); the provider's success
+    // arrives afterwards (settleTopUpPayment: granted, the top-up revived SUCCEEDED). That rewrote
+    // the top-up's error and finished_at, which the pause's body is built from, and took it out of
+    // the sweep's "latest FAILED top-up before the pause".
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const pack = await services.pool.query(`INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES (gen_random_uuid(), $1, 1000000, 1) RETURNING id`, [`pack-${randomUUID()}`]);
+    const pausedAt = new Date(Date.now() - 120_000);
+    const error = 'no_charge_found: the provider has no charge for this payment';
+    const top = await services.pool.query(
+      `INSERT INTO auto_top_ups (id, account_id, period_start, status, attempts, error, created_at, finished_at) VALUES (gen_random_uuid(), $1, now(), 'FAILED', 3, $2, $3, $4) RETURNING id`,
+      [accountId, error, new Date(pausedAt.getTime() - 10_000), pausedAt],
+    );
+    const topUpId = top.rows[0].id as string;
+    const pay = await services.pool.query(
+      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, payment_method_ref, status, error, created_at, updated_at)
+       VALUES (gen_random_uuid(), $1, 'AUTO_TOP_UP', $2, $3, 1, 'pm_card', 'FAILED', $4, $5, $5) RETURNING id`,
+      [accountId, `auto-top-up:${topUpId}:3`, pack.rows[0].id, error, pausedAt],
+    );
+    await services.pool.query('UPDATE auto_top_ups SET payment_id = $2 WHERE id = $1', [topUpId, pay.rows[0].id]);
+    await services.pool.query(
+      `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, last_error, paused_at)
+       VALUES ($1, false, 1000000, $2, 3, 3, $3, $4)`,
+      [accountId, pack.rows[0].id, error, pausedAt],
+    );
+    const p = { eventType: 'auto_top_up.paused' as const, eventId: topUpId, accountId };
+    receiver.script(accountId, [500]);
+    await expect(deliverWebhook(ctx, p, 1)).rejects.toMatchObject({ permanent: false });
+    const first = receiver.forAccount(accountId)[0]!.rawBody;
+
+    const settled = await settleTopUpPayment(services, (await findPayment(services.pool, pay.rows[0].id))!, { status: 'succeeded', providerRef: 'pi_late' });
+    expect(settled.settledNow).toBe(true);
+    const after = await services.pool.query('SELECT s.enabled, s.paused_at, t.status FROM auto_top_up_settings s JOIN auto_top_ups t ON t.id = $2 WHERE s.account_id = $1', [accountId, topUpId]);
+    expect(after.rows[0]).toMatchObject({ enabled: false, paused_at: pausedAt, status: 'SUCCEEDED' }); // granted, still paused
+
+    expect(JSON.stringify((await buildWebhookEvent(services.pool, 'auto_top_up.paused', topUpId))!.event)).toBe(first);
+    const found = (await findUndeliveredWebhookJobs(services.pool, new Date())).filter((j) => j.data.accountId === accountId);
+    expect(found.map((j) => j.data.eventId)).toEqual([topUpId]);
+    expect(await deliverWebhook(ctx, p, 2)).toMatchObject({ status: 'DELIVERED' });
+    expect(receiver.forAccount(accountId)[1]!.rawBody).toBe(first);
+  });
+});
+
 describe('deliverWebhook', () => {
-  it('concurrent runs of one job POST once (advisory lock on the event)', async () => {
+  it('concurrent runs of one job POST once: a run meeting an attempt in flight backs off (retryable) without sending', async () => {
     const { accountId, alerts } = await lostAlerts(20);
     const alert = alerts[0]!;
-    // Hold the first POST until the second run is waiting for the event's lock.
-    const lockWaited = new EventEmitter();
+    const p = payloadOf(accountId, alert.id);
+    // While the first POST is held open by the receiver, a second run of the same event.
+    let second: unknown = null;
     receiver.beforeAnswer = async (req) => {
       if (req.accountId !== accountId) return;
-      const waiting = async () => {
-        const { rows } = await services.pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid`, [0x77686b31]);
-        return rows[0].n > 0;
-      };
-      let seen = false;
-      // A failed poll only means no answer yet (the wait below times out if they all fail); it must
-      // not be an unhandled rejection, which fails the whole run.
-      const poll = setInterval(() => void waiting().then((w) => { if (w) { seen = true; lockWaited.emit('check'); } }, () => undefined), 20);
-      try {
-        await waitOn(lockWaited, 'check', () => seen, 'the second delivery to wait for the lock', 10_000);
-      } finally {
-        clearInterval(poll);
-      }
+      second = await deliverWebhook(ctx, p, 1).catch((e: unknown) => e);
     };
     try {
-      const results = await Promise.all([deliverWebhook(ctx, payloadOf(accountId, alert.id), 1), deliverWebhook(ctx, payloadOf(accountId, alert.id), 1)]);
-      expect(results.map((r) => r.status).sort()).toEqual(['ALREADY_DELIVERED', 'DELIVERED']);
+      expect(await deliverWebhook(ctx, p, 1)).toMatchObject({ status: 'DELIVERED' });
     } finally {
       receiver.beforeAnswer = null;
     }
+    expect(second).toBeInstanceOf(WebhookDeliveryError);
+    expect(second).toMatchObject({ permanent: false, message: expect.stringMatching(/in flight/) });
+    // Its retry (the job's backoff) finds the outcome.
+    expect(await deliverWebhook(ctx, p, 2)).toEqual({ status: 'ALREADY_DELIVERED', skipped: false });
     expect(receiver.forAccount(accountId)).toHaveLength(1);
     expect((await logOf(alert.id)).map((r) => r.status)).toEqual(['DELIVERED']);
+  });
+
+  it('an attempt whose run stopped mid-POST (SENDING past its claim) is recorded FAILED, and the next run sends', async () => {
+    const { accountId, alerts } = await lostAlerts(20);
+    const p = payloadOf(accountId, alerts[0]!.id);
+    const claimMs = env.WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS;
+    await services.pool.query(
+      `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, created_at)
+       VALUES (gen_random_uuid(), $1, $2, $3, $4, 1, 'SENDING', now() - $5::interval)`,
+      [p.eventType, p.eventId, accountId, receiver.url, `${claimMs + 1_000} milliseconds`],
+    );
+    expect(await deliverWebhook(ctx, p, 2)).toMatchObject({ status: 'DELIVERED', attempt: 2 });
+    const log = await logOf(p.eventId);
+    expect(log.map((r) => [r.attempt, r.status])).toEqual([
+      [1, 'FAILED'],
+      [2, 'DELIVERED'],
+    ]);
+    expect(log[0].error).toMatch(/no outcome recorded/);
+    expect(receiver.forAccount(accountId)).toHaveLength(1);
+  });
+
+  it('holds no database connection while the POST is in flight (a slow receiver cannot drain the pool)', async () => {
+    // Before: the attempt ran in one transaction around the POST, so each delivery waiting on a
+    // slow receiver (up to WEBHOOK_TIMEOUT_MS) held a connection of the workers' pool (5) and
+    // starved the expiry, roll and top-up jobs sharing it.
+    const { accountId, alerts } = await lostAlerts(20);
+    const p = payloadOf(accountId, alerts[0]!.id);
+    const own = createTestServices(1); // its own pool: nothing else uses it
+    const seen: Array<{ busy: number; log: unknown[] }> = [];
+    receiver.beforeAnswer = async (req) => {
+      if (req.accountId !== accountId) return;
+      const { rows } = await services.pool.query('SELECT attempt, status FROM webhook_deliveries WHERE event_id = $1', [p.eventId]);
+      seen.push({ busy: own.pool.totalCount - own.pool.idleCount, log: rows });
+    };
+    try {
+      expect(await deliverWebhook({ ...ctx, pool: own.pool }, p, 1)).toMatchObject({ status: 'DELIVERED', attempt: 1 });
+    } finally {
+      receiver.beforeAnswer = null;
+      await own.close();
+    }
+    // During the POST: no connection checked out, and the attempt is claimed (SENDING) so no
+    // other run of the event sends meanwhile; after it, the same row holds the outcome.
+    expect(seen).toEqual([{ busy: 0, log: [{ attempt: 1, status: 'SENDING' }] }]);
+    expect((await logOf(p.eventId)).map((r) => [r.attempt, r.status, r.response_code])).toEqual([[1, 'DELIVERED', 200]]);
   });
 
   it('logs a timeout, a refused connection and an unfollowed redirect as retryable FAILED attempts', async () => {

@@ -1,7 +1,7 @@
 /**
  * Processor of the `deliver-webhook` job (issue #4): delivers one signed webhook
  * (src/services/webhooks.ts). BullMQ retries a thrown attempt with the exponential backoff of
- * LEDGER_JOB_OPTIONS['deliver-webhook'] (17 attempts, 1 s, 2 s, 4 s, ... 2^15 s: about 18 h); a permanent failure is
+ * LEDGER_JOB_OPTIONS['deliver-webhook'] (17 attempts, 1 s, 2 s, 4 s, ... 2^15 s, each less up to 20 % jitter: at most about 18 h); a permanent failure is
  * thrown as UnrecoverableError so it is not retried. Idempotent: once the event is DELIVERED,
  * running the job again sends nothing.
  */
