@@ -468,7 +468,9 @@ async function postEvent(url: string, secret: string, event: WebhookEvent, attem
  *   2. the POST, signed ({@link signWebhook}, timestamp = now), with a timeout of
  *      WEBHOOK_TIMEOUT_MS (AbortSignal.timeout), without following redirects.
  *   3. one UPDATE of the attempt's row: DELIVERED on 2xx, else FAILED with the response code and
- *      the start of the response body, or the network/timeout error.
+ *      the start of the response body, or the network/timeout error. Only while the row is still
+ *      SENDING: one another run already recorded FAILED as stale stays so, and a 2xx is then
+ *      logged DELIVERED in a row of its own.
  * - Delivery stays at-least-once towards the receiver (a crash between its 2xx and step 3 sends
  *   again once the claim is stale); receivers de-duplicate on `creditpool-event-id`.
  * @param attempt 1-based attempt number logged in the row (the job's attemptsMade + 1).
@@ -491,12 +493,20 @@ export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobDat
   const t = Math.floor((ctx.nowMs ?? Date.now)() / 1000);
   const { responseCode, error } = await postEvent(url, secret, event, attempt, t, env.WEBHOOK_TIMEOUT_MS);
   const delivered = error === null;
-  await ctx.pool.query(`UPDATE webhook_deliveries SET status = $2, response_code = $3, error = $4 WHERE id = $1`, [
-    claim.rowId,
-    delivered ? 'DELIVERED' : 'FAILED',
-    responseCode,
-    error?.slice(0, 1000) ?? null,
-  ]);
+  // The outcome goes on the claim while it is still SENDING. Recorded later than the claim's
+  // lifetime (a stalled database), another run may have logged the claim FAILED already and may
+  // send again: that row stays, and a 2xx is logged as a row of its own (it did reach the
+  // receiver, so nothing is sent after it); a failure then adds nothing to the takeover's row.
+  await ctx.pool.query(
+    `WITH outcome AS (
+       UPDATE webhook_deliveries SET status = $2, response_code = $3, error = $4 WHERE id = $1 AND status = 'SENDING' RETURNING id
+     )
+     INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code)
+     SELECT gen_random_uuid(), d.event_type, d.event_id, d.account_id, d.url, d.attempt, 'DELIVERED', $3
+       FROM webhook_deliveries d
+      WHERE d.id = $1 AND $2 = 'DELIVERED' AND NOT EXISTS (SELECT 1 FROM outcome)`,
+    [claim.rowId, delivered ? 'DELIVERED' : 'FAILED', responseCode, error?.slice(0, 1000) ?? null],
+  );
   if (delivered) {
     log?.info({ event: event.id, attempt, status: responseCode }, 'webhook delivered');
     return { status: 'DELIVERED', skipped: false, responseCode: responseCode!, attempt };

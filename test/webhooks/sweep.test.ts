@@ -286,6 +286,30 @@ describe('deliverWebhook', () => {
     expect(receiver.forAccount(accountId)).toHaveLength(1);
   });
 
+  it('an outcome arriving after its claim was taken over as stale leaves the takeover\'s FAILED row as it is and logs the delivery as a row of its own', async () => {
+    // Only when recording the outcome is delayed past WEBHOOK_TIMEOUT_MS + the margin (a stalled
+    // database): another run has then recorded the claim FAILED and may send again. Overwriting
+    // that row would log one attempt twice over; the 2xx still happened, so it is logged on its own.
+    const { accountId, alerts } = await lostAlerts(20);
+    const p = payloadOf(accountId, alerts[0]!.id);
+    receiver.beforeAnswer = async (req) => {
+      if (req.accountId !== accountId) return;
+      await services.pool.query(`UPDATE webhook_deliveries SET status = 'FAILED', error = 'taken over' WHERE event_id = $1 AND status = 'SENDING'`, [p.eventId]);
+    };
+    try {
+      expect(await deliverWebhook(ctx, p, 1)).toMatchObject({ status: 'DELIVERED', attempt: 1 });
+    } finally {
+      receiver.beforeAnswer = null;
+    }
+    expect((await logOf(p.eventId)).map((r) => [r.attempt, r.status, r.error])).toEqual([
+      [1, 'FAILED', 'taken over'],
+      [1, 'DELIVERED', null],
+    ]);
+    // Delivered now: a later run sends nothing.
+    expect(await deliverWebhook(ctx, p, 2)).toEqual({ status: 'ALREADY_DELIVERED', skipped: false });
+    expect(receiver.forAccount(accountId)).toHaveLength(1);
+  });
+
   it('holds no database connection while the POST is in flight (a slow receiver cannot drain the pool)', async () => {
     // Before: the attempt ran in one transaction around the POST, so each delivery waiting on a
     // slow receiver (up to WEBHOOK_TIMEOUT_MS) held a connection of the workers' pool (5) and
