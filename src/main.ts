@@ -12,7 +12,7 @@ import { QueryTimings } from './db/query-timings.js';
 import { readStatisticsSettings, statisticsWarnings } from './db/statistics.js';
 import { createPrismaClient, type PrismaClient } from './db/prisma.js';
 import type pg from 'pg';
-import { applyMigrations } from './db/migrate.js';
+import { applyMigrations, redactDatabaseUrl } from './db/migrate.js';
 import { createPricingState } from './services/pricing-state.js';
 import { createPaymentProvider } from './payments/index.js';
 import { createAuthenticator } from './auth/authenticator.js';
@@ -66,8 +66,15 @@ function shutdown(signal: NodeJS.Signals): void {
 for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => shutdown(signal));
 
 if (env.MIGRATE_ON_BOOT) {
-  const { applied } = await applyMigrations(env.DATABASE_URL, { log: (m) => log.debug(m) });
-  log.info({ applied }, applied.length ? 'applied migrations' : 'database schema is current');
+  try {
+    const { applied } = await applyMigrations(env.DATABASE_URL, { log: (m) => log.debug(m) });
+    log.info({ applied }, applied.length ? 'applied migrations' : 'database schema is current');
+  } catch (err) {
+    // One log line saying which step and which database (PostgreSQL unreachable, a migration
+    // failing), instead of Node's bare stack trace of an uncaught rejection; the orchestrator restarts.
+    log.fatal({ err, database: redactDatabaseUrl(env.DATABASE_URL) }, 'could not apply the database migrations (MIGRATE_ON_BOOT): exiting');
+    process.exit(1);
+  }
 }
 
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimits(env));
