@@ -59,6 +59,12 @@ export interface StartServerOptions {
   workers?: boolean;
   /** Readiness polls of GET /readyz before giving up (default 240). */
   readyAttempts?: number;
+  /**
+   * What to wait for: `ready` (default), GET /readyz answering 200; `listening`, GET /healthz
+   * answering 200, i.e. the server takes requests though a dependency may still be down (tests of
+   * a boot that waits for Redis).
+   */
+  until?: 'ready' | 'listening';
   /** Pause between polls in ms (default 500; 240 x 500 ms = 2 minutes, first boot migrates). */
   readyIntervalMs?: number;
   /** Server entry file relative to the repository root (default src/main.ts). */
@@ -145,13 +151,14 @@ async function stopChild(child: ChildProcess | undefined, graceMs: number): Prom
  * Starts `src/main.ts` (RUN_WORKERS=false) and, unless `workers: false`, `workers/main.ts`
  * on a free loopback port against DATABASE_URL / REDIS_URL from the environment (defaults
  * 127.0.0.1), with ADMIN_API_KEY and JWT_SECRET from the environment or freshly generated.
- * Waits until GET /readyz answers 200.
+ * Waits until GET /readyz answers 200 (GET /healthz with `until: 'listening'`).
  *
  * @returns the running server; call `stop()` when done
  * @throws Error with the server log tail when a child exits early or readiness never comes
  */
 export async function startServer(options: StartServerOptions): Promise<StartedServer> {
-  const { name, workers = true, readyAttempts = 240, readyIntervalMs = 500, detached = false } = options;
+  const { name, workers = true, readyAttempts = 240, readyIntervalMs = 500, detached = false, until = 'ready' } = options;
+  const probePath = until === 'listening' ? '/healthz' : '/readyz';
   const port = await freePort();
   const adminKey = process.env.ADMIN_API_KEY || `cp_admin_${randomBytes(24).toString('hex')}`;
   const env: NodeJS.ProcessEnv = {
@@ -197,7 +204,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     if (exited(server)) return fail(`the server process exited (code ${server.exitCode}, signal ${server.signalCode}) before it was ready`);
     if (worker && exited(worker)) return fail(`the workers process exited (code ${worker.exitCode}, signal ${worker.signalCode}) while the server was starting`);
     try {
-      const res = await fetch(`${baseUrl}/readyz`, { signal: AbortSignal.timeout(2_000) });
+      const res = await fetch(`${baseUrl}${probePath}`, { signal: AbortSignal.timeout(2_000) });
       await res.arrayBuffer();
       if (res.status === 200) {
         return {
@@ -215,13 +222,13 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
           },
         };
       }
-      lastError = `GET /readyz answered ${res.status}`;
+      lastError = `GET ${probePath} answered ${res.status}`;
     } catch (e) {
       lastError = (e as Error).message;
     }
     await new Promise((r) => setTimeout(r, readyIntervalMs));
   }
-  return fail(`the server was not ready after ${readyAttempts} polls of ${baseUrl}/readyz (${((readyAttempts * readyIntervalMs) / 1000).toFixed(0)} s); last: ${lastError}`);
+  return fail(`the server was not ${until} after ${readyAttempts} polls of ${baseUrl}${probePath} (${((readyAttempts * readyIntervalMs) / 1000).toFixed(0)} s); last: ${lastError}`);
 }
 
 /**

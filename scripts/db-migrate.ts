@@ -5,7 +5,7 @@
  *
  * Usage: tsx scripts/db-migrate.ts   (or: npm run db:migrate)
  */
-import { applyMigrations } from '../src/db/migrate.js';
+import { applyMigrations, redactDatabaseUrl as redact } from '../src/db/migrate.js';
 
 const DEFAULT_DATABASE_URL = 'postgresql://postgres@127.0.0.1:5432/creditpool';
 
@@ -21,15 +21,4 @@ try {
 } catch (error) {
   console.error(`db:migrate failed on ${redact(databaseUrl)}:`, error instanceof Error ? error.message : error);
   process.exitCode = 1;
-}
-
-/** The URL without its password, for printing. */
-function redact(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '<invalid DATABASE_URL>';
-  }
 }

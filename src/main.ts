@@ -2,7 +2,7 @@
  * The API process: `npm run serve` (tsx src/main.ts). Reads the environment (src/config/env.ts),
  * applies pending migrations, starts the HTTP server and, unless RUN_WORKERS=false, the BullMQ
  * workers in-process. Logs one "creditpool ready" line with the URL. SIGTERM/SIGINT stop it
- * gracefully (server first, then workers, then connections).
+ * gracefully (server first, then workers, then connections), also during the boot ({@link shutdown}).
  */
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
@@ -10,12 +10,13 @@ import { loadEnvOrExit } from './config/env.js';
 import { createPgPool, ledgerSessionLimits, logLostConnections, warnAboutSessionTimeouts } from './db/pg.js';
 import { QueryTimings } from './db/query-timings.js';
 import { readStatisticsSettings, statisticsWarnings } from './db/statistics.js';
-import { createPrismaClient } from './db/prisma.js';
-import { applyMigrations } from './db/migrate.js';
+import { createPrismaClient, type PrismaClient } from './db/prisma.js';
+import type pg from 'pg';
+import { applyMigrations, redactDatabaseUrl } from './db/migrate.js';
 import { createPricingState } from './services/pricing-state.js';
 import { createPaymentProvider } from './payments/index.js';
 import { createAuthenticator } from './auth/authenticator.js';
-import { buildServer } from './server.js';
+import { buildServer, type CreditpoolServer } from './server.js';
 import { GroupCommitter } from './services/group-commit.js';
 import { ReservationOwners } from './services/reservation-owners.js';
 import { applyCharge, chargeAccounts } from './services/record-usage.js';
@@ -25,12 +26,59 @@ import { closeRedis } from './db/redis-close.js';
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-api' } });
 
+// What a shutdown has to close, filled in as the boot creates it. The signal handlers are
+// installed before anything else: the server takes requests as soon as it listens, which is
+// before the in-process workers have started (they wait for Redis, without a bound while it is
+// unreachable), and a SIGTERM in that window used to kill the process outright (no handler yet),
+// cutting the requests it had taken instead of answering them.
+const running: { server?: CreditpoolServer; workers?: RunningWorkers; pool?: pg.Pool; prisma?: PrismaClient; redis?: Redis } = {};
+let stopping = false;
+/** The boot has logged "creditpool ready". */
+let booted = false;
+/** The shutdown has reached the workers: workers whose start ends later are closed by the boot itself. */
+let workersPassed = false;
+
+/**
+ * The graceful stop on SIGTERM/SIGINT, at any point of the boot or after it. Before the server
+ * exists nothing was taken: exit 0 at once (a migration cut short is rolled back, each runs in
+ * one transaction). Otherwise the server first (answers the requests it took, for up to
+ * SHUTDOWN_GRACE_MS), then the workers if they have started (a start still waiting for Redis has
+ * no job running; it is left behind), then the connections; exit 0, or 1 when a step throws.
+ * A second signal while stopping changes nothing.
+ */
+function shutdown(signal: NodeJS.Signals): void {
+  if (stopping) return;
+  stopping = true;
+  const { server, pool, prisma, redis } = running;
+  log.info({ signal, booted }, 'shutting down');
+  if (!server) process.exit(0);
+  void (async () => {
+    await server.close();
+    workersPassed = true;
+    await running.workers?.close();
+    await Promise.allSettled([pool?.end(), prisma?.$disconnect(), redis && closeRedis(redis)]);
+    process.exit(0);
+  })().catch((err) => {
+    log.error({ err }, 'error during shutdown');
+    process.exit(1);
+  });
+}
+for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => shutdown(signal));
+
 if (env.MIGRATE_ON_BOOT) {
-  const { applied } = await applyMigrations(env.DATABASE_URL, { log: (m) => log.debug(m) });
-  log.info({ applied }, applied.length ? 'applied migrations' : 'database schema is current');
+  try {
+    const { applied } = await applyMigrations(env.DATABASE_URL, { log: (m) => log.debug(m) });
+    log.info({ applied }, applied.length ? 'applied migrations' : 'database schema is current');
+  } catch (err) {
+    // One log line saying which step and which database (PostgreSQL unreachable, a migration
+    // failing), instead of Node's bare stack trace of an uncaught rejection; the orchestrator restarts.
+    log.fatal({ err, database: redactDatabaseUrl(env.DATABASE_URL) }, 'could not apply the database migrations (MIGRATE_ON_BOOT): exiting');
+    process.exit(1);
+  }
 }
 
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimits(env));
+running.pool = pool;
 logLostConnections(pool, log);
 await warnAboutSessionTimeouts(pool, ledgerSessionLimits(env), log);
 try {
@@ -41,7 +89,9 @@ try {
 const queryTimings = env.PG_QUERY_TIMINGS ? new QueryTimings() : undefined;
 queryTimings?.instrument(pool);
 const prisma = createPrismaClient(env.DATABASE_URL, 10, ledgerSessionLimits(env));
+running.prisma = prisma;
 const redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 3, lazyConnect: false });
+running.redis = redis;
 redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
 const clock = () => new Date();
 const services = {
@@ -63,24 +113,15 @@ const authenticator = createAuthenticator({
   jwtMaxTtlSeconds: env.JWT_MAX_TTL_SECONDS,
 });
 const server = buildServer({ env, log, pool, prisma, redis, services, authenticator, queryTimings });
+running.server = server;
 const port = await server.listen(env.PORT);
-const workers: RunningWorkers | null = env.RUN_WORKERS ? await startWorkers({ env, pool, log, services, relay: false }) : null;
-log.info({ url: `http://127.0.0.1:${port}/graphql`, workers: env.RUN_WORKERS }, 'creditpool ready');
-
-let stopping = false;
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'shutting down');
-    void (async () => {
-      await server.close();
-      await workers?.close();
-      await Promise.allSettled([pool.end(), prisma.$disconnect(), closeRedis(redis)]);
-      process.exit(0);
-    })().catch((err) => {
-      log.error({ err }, 'error during shutdown');
-      process.exit(1);
-    });
-  });
+if (env.RUN_WORKERS && !stopping) {
+  const workers = await startWorkers({ env, pool, log, services, relay: false });
+  // Started after the shutdown closed what it found: they stop here (nothing of theirs ran long).
+  if (workersPassed) await workers.close();
+  else running.workers = workers;
+}
+if (!stopping) {
+  booted = true;
+  log.info({ url: `http://127.0.0.1:${port}/graphql`, workers: env.RUN_WORKERS }, 'creditpool ready');
 }

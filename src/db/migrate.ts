@@ -497,3 +497,17 @@ function isEffectivelyEmpty(script: string): boolean {
     .map((line) => line.trim())
     .every((line) => line === '' || line.startsWith('--'));
 }
+
+/**
+ * `url` with its password replaced by `***`, for logs and messages (a URL that does not parse:
+ * `<invalid DATABASE_URL>`). Used by `npm run db:migrate` and the API's boot (src/main.ts).
+ */
+export function redactDatabaseUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '<invalid DATABASE_URL>';
+  }
+}

@@ -17,6 +17,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { startServer, ROOT, type StartedServer } from '../../demo/server-process.js';
 import { taggedDatabaseUrl, terminateBackends, unreachableDatabaseUrl } from '../setup/connections.js';
+import { runScript } from '../setup/run-script.js';
 import { startTestServer } from '../setup/test-server.js';
 import { DATABASE_UNAVAILABLE_MESSAGE } from '../../src/graphql/errors.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
@@ -298,6 +299,21 @@ describe('two instances behind a load balancer', () => {
 });
 
 describe('a database that cannot be reached', () => {
+  it('at boot with MIGRATE_ON_BOOT (the default): the API exits 1 after one fatal log line naming the step and the database (password hidden), not a bare stack trace', async () => {
+    const url = new URL(await unreachableDatabaseUrl());
+    url.password = 'boot-secret-pw';
+    const run = await runScript('src/main.ts', [], { ...process.env, DATABASE_URL: url.toString(), REDIS_URL: TEST_REDIS_URL, ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'info', MIGRATE_ON_BOOT: 'true', RUN_WORKERS: 'false', PORT: '0' });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toBe('');
+    const lines = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; database?: string; err?: { code?: string } });
+    const fatal = lines.filter((l) => l.level === 60);
+    expect(fatal).toHaveLength(1);
+    expect(fatal[0]!.msg).toMatch(/migrations/);
+    expect(fatal[0]!.err?.code).toBe('ECONNREFUSED');
+    expect(fatal[0]!.database).toBe(`postgresql://postgres:***@127.0.0.1:${url.port}${url.pathname}`);
+    expect(run.stdout).not.toContain('boot-secret-pw');
+  });
+
   it('answers charges and reads with UNAVAILABLE, a message that says to retry with the same key, and a request id; never INTERNAL_SERVER_ERROR', async () => {
     const srv = await startTestServer({ DATABASE_URL: await unreachableDatabaseUrl(), CHARGE_PATH: 'group' });
     try {

@@ -5,14 +5,16 @@
  * for Redis until the orchestrator's SIGKILL; what was committed and not yet published stays in
  * the outbox for the next relay.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { startServer, type StartedServer } from '../../demo/server-process.js';
 import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { BALANCE_SUB, wsSubscribe } from '../live/helpers.js';
-import { dbId } from '../api/helpers.js';
+import { dbId, gid } from '../api/helpers.js';
+import { createFundedAccount } from '../factories/accounts.js';
 
 const ADMIN_KEY = `cp_admin_${randomBytes(16).toString('hex')}`;
 let redis: PrivateRedis;
@@ -20,7 +22,7 @@ let services: TestServices;
 
 beforeAll(async () => {
   redis = await startPrivateRedis();
-  services = createTestServices(2);
+  services = createTestServices(3);
 });
 
 afterAll(async () => {
@@ -70,6 +72,60 @@ describe('SIGTERM while Redis is unreachable', () => {
       const { rows } = await services.pool.query(`SELECT topic FROM outbox_events WHERE account_id = $1 ORDER BY id`, [dbId(id)]);
       expect(rows.map((r) => r.topic).sort()).toEqual(['balance', 'job']);
     } finally {
+      if (!stopped) await server.stop(5_000);
+      await redis.start();
+    }
+  });
+});
+
+describe('SIGTERM while the server is still booting', () => {
+  it('the API takes requests while its in-process workers wait for an unreachable Redis: a SIGTERM then answers the charge it took with its event and exits by itself', async () => {
+    await redis.kill();
+    const server = await startServer({
+      name: 'test-shutdown-during-boot',
+      workers: false,
+      until: 'listening',
+      env: { DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: redis.url, ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'info', MIGRATE_ON_BOOT: 'false', RUN_WORKERS: 'true', SHUTDOWN_GRACE_MS: '20000' },
+    });
+    const holder = await services.pool.connect();
+    let stopped = false;
+    try {
+      // Still booting: the workers wait for Redis, so "creditpool ready" was never logged.
+      expect((await fetch(`${server.baseUrl}/readyz`)).status).toBe(503);
+      const accountId = await createFundedAccount(services, { paid: 10 });
+      const input = { accountId: gid('Account', accountId), category: 'unit', idempotencyKey: `boot-${randomUUID()}` };
+      // The charge is taken and then held behind the account's lock, so it is in flight at the SIGTERM.
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      const answer = fetch(server.graphqlUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` },
+        body: JSON.stringify({ query: `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`, variables: { input } }),
+      }).then(
+        async (res) => (await res.json()) as { data?: { recordUsage: { id: string; cost: string } }; errors?: unknown[] },
+        (err: Error) => ({ noAnswer: err.message }),
+      );
+      await vi.waitFor(async () => {
+        const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`);
+        expect(rows[0].n).toBeGreaterThan(0);
+      }, { timeout: 10_000, interval: 50 });
+
+      process.kill(server.pids.server, 'SIGTERM');
+      // The server stops listening (before the fix the signal killed the process outright) ...
+      await vi.waitFor(async () => {
+        await expect(fetch(`${server.baseUrl}/healthz`)).rejects.toThrow();
+      }, { timeout: 10_000, interval: 50 });
+      // ... and once the lock is gone it answers the charge it took with its event.
+      await holder.query('ROLLBACK');
+      const body = await answer;
+      expect(body).toMatchObject({ data: { recordUsage: { cost: '1' } } });
+      expect(await server.stop(20_000)).toEqual({ server: 'exited' });
+      stopped = true;
+      expect(readFileSync(server.logs.server, 'utf8')).toContain('shutting down');
+      const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1 AND idempotency_key = $2`, [accountId, input.idempotencyKey]);
+      expect(rows[0].n).toBe(1);
+    } finally {
+      holder.release();
       if (!stopped) await server.stop(5_000);
       await redis.start();
     }
