@@ -102,7 +102,7 @@ async function main(): Promise<number> {
     // As deployed and as bench/perf.ts runs it: NODE_ENV=production (SERVER_NODE_ENV=development
     // repeats the runs before 2026-12-05, which inherited the caller's unset NODE_ENV).
     // SERVER_NODE_OPTIONS: node flags for the server process only (A/B of e.g. --max-semi-space-size).
-    const serverNodeOptions = process.env.SERVER_NODE_OPTIONS ? { NODE_OPTIONS: process.env.SERVER_NODE_OPTIONS } : {};
+    const serverNodeOptions: Record<string, string> = process.env.SERVER_NODE_OPTIONS ? { NODE_OPTIONS: process.env.SERVER_NODE_OPTIONS } : {};
     server = await startServer({ name: 'bench', env: { NODE_ENV: process.env.SERVER_NODE_ENV ?? 'production', ...serverNodeOptions } });
     console.log(`Server ready at ${server.graphqlUrl} (loopback; the load generator shares this machine).`);
     const client = createClient({ url: server.graphqlUrl, token: server.adminKey });
