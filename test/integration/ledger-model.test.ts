@@ -1,0 +1,509 @@
+/**
+ * Model-based test (fast-check) of the ledger's money semantics on the real PostgreSQL: two
+ * test-mode accounts (each on its own test clock) driven through random interleavings of grants
+ * (every GrantSource, FREE and PAID, with and without expiry), charges, reservations, captures
+ * (partial, several, beyond the hold into debt), settlements, releases, clock advances
+ * (advanceTestClock: batch and hold expiries as the workers run them), refunds of earlier events,
+ * voids, and replays of earlier idempotency keys / already-done refunds, voids, settles and
+ * releases. A plain in-test model (below: FEFO drawdown, debt repaid first in first out, refunds
+ * back into the batches they came from, never into expired or voided ones) predicts every batch,
+ * hold and balance figure; after EVERY command, for both accounts, the service's own figures must
+ * equal it (README "The ledger", "Refunds and voids", "Workers": batch and hold expiry):
+ * Balance total/free/paid/debt/reserved/available, each batch's remaining and status, each hold's
+ * consumed and status, reserved = the sum of the holding holds' rest, the ledger invariant
+ * (expectLedgerInvariant), refunds giving back at most (and exactly what the model says of) what
+ * was charged, and replays and refusals answering as first and moving nothing (same version).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
+import { GroupCommitter } from '../../src/services/group-commit.js';
+import { grantCredits, type GrantCommand, type GrantSource } from '../../src/services/grant-credits.js';
+import { reserveCredits, type ReserveCommand } from '../../src/services/reserve-credits.js';
+import { settleReservation } from '../../src/services/settle-reservation.js';
+import { releaseReservation } from '../../src/services/release-reservation.js';
+import { refundUsage } from '../../src/services/refund-usage.js';
+import { voidGrant } from '../../src/services/void-grant.js';
+import { advanceTestClock } from '../../src/services/test-clock.js';
+import { readBalance, reconcileAccount } from '../../src/services/read-balance.js';
+import { expireDue } from '../../src/services/expire-due.js';
+import type { UsageInput } from '../../src/services/usage-command.js';
+import { LedgerError } from '../../src/ledger/errors.js';
+import { credits, maxBig, minBig } from '../../src/ledger/credits.js';
+
+let services: TestServices;
+beforeAll(() => {
+  services = createTestServices(5);
+});
+afterAll(async () => {
+  await services.close();
+});
+
+const SOURCES: GrantSource[] = ['WELCOME_BONUS', 'PROMO_CODE', 'REFERRAL', 'PURCHASE', 'SUBSCRIPTION', 'AUTO_TOP_UP', 'ADJUSTMENT'];
+type Acct = 0 | 1;
+type ReplayKind = 'grant' | 'charge' | 'reserve' | 'refund' | 'void' | 'settle' | 'release';
+
+type Command =
+  | { op: 'grant'; acct: Acct; amount: number; type: 'FREE' | 'PAID'; source: GrantSource; expiresInMinutes: number | null }
+  | { op: 'charge'; acct: Acct; cents: number }
+  | { op: 'reserve'; acct: Acct; amount: number; ttlMinutes: number }
+  | { op: 'capture'; acct: Acct; hold: number; cents: number }
+  | { op: 'settle'; acct: Acct; hold: number; cents: number | null }
+  | { op: 'release'; acct: Acct; hold: number }
+  | { op: 'advance'; acct: Acct; minutes: number; jobs: boolean }
+  | { op: 'refund'; acct: Acct; event: number }
+  | { op: 'void'; acct: Acct; grant: number }
+  | { op: 'replay'; acct: Acct; what: ReplayKind; index: number };
+
+const acctArb = fc.constantFrom<Acct>(0, 0, 1); // mostly the first; the second interleaves
+const centsArb = fc.integer({ min: 0, max: 3000 }); // 0 .. 30 credits in hundredths
+const commandArb: fc.Arbitrary<Command> = fc.oneof(
+  { weight: 6, arbitrary: fc.record({ op: fc.constant('grant' as const), acct: acctArb, amount: fc.integer({ min: 1, max: 40 }), type: fc.constantFrom('FREE' as const, 'PAID' as const), source: fc.constantFrom(...SOURCES), expiresInMinutes: fc.option(fc.integer({ min: 1, max: 180 }), { nil: null }) }) },
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('charge' as const), acct: acctArb, cents: centsArb }) },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('reserve' as const), acct: acctArb, amount: fc.integer({ min: 1, max: 25 }), ttlMinutes: fc.integer({ min: 1, max: 180 }) }) },
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('capture' as const), acct: acctArb, hold: fc.nat(7), cents: centsArb }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('settle' as const), acct: acctArb, hold: fc.nat(7), cents: fc.option(centsArb, { nil: null }) }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('release' as const), acct: acctArb, hold: fc.nat(7) }) },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('advance' as const), acct: acctArb, minutes: fc.oneof(fc.integer({ min: 1, max: 120 }), fc.constant(0)), jobs: fc.boolean() }) },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('refund' as const), acct: acctArb, event: fc.nat(15) }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('void' as const), acct: acctArb, grant: fc.nat(10) }) },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('replay' as const), acct: acctArb, what: fc.constantFrom<ReplayKind>('grant', 'charge', 'reserve', 'refund', 'void', 'settle', 'release'), index: fc.nat(15) }) },
+);
+
+type BatchStatus = 'ACTIVE' | 'EXHAUSTED' | 'EXPIRED' | 'VOIDED';
+interface MBatch {
+  grantId: string;
+  batchId: string;
+  cmd: GrantCommand;
+  type: 'FREE' | 'PAID';
+  expiresAtMs: number | null;
+  addedAtMs: number;
+  remaining: bigint;
+  status: BatchStatus;
+  voided: boolean;
+}
+interface MHold {
+  id: string;
+  cmd: ReserveCommand;
+  amount: bigint;
+  consumed: bigint;
+  status: 'ACTIVE' | 'SETTLED' | 'RELEASED' | 'EXPIRED';
+  expiresAtMs: number;
+  /** The usage a settle recorded with it (replayed as sent). */
+  settledWith: UsageInput[] | null;
+}
+interface MEvent {
+  id: string;
+  input: UsageInput;
+  cost: bigint;
+  parts: { batch: MBatch; amount: bigint }[];
+  unpaid: bigint;
+  repaidBy: Map<MBatch, bigint>;
+  refunded: boolean;
+  /** What the model says the refund gave back (credit into batches plus debt forgiven). */
+  givenBack: bigint;
+}
+/** One account as the rules say it must be. */
+interface Model {
+  accountId: string;
+  nowMs: number;
+  debt: bigint;
+  batches: MBatch[];
+  holds: MHold[];
+  events: MEvent[];
+  /** Events with debt, in the order it arose (repaid first in, first out). */
+  debtQueue: MEvent[];
+}
+
+const holdRest = (h: MHold) => maxBig(h.amount - h.consumed, 0n);
+const isHolding = (m: Model, h: MHold) => h.status === 'ACTIVE' && h.expiresAtMs > m.nowMs;
+const spendableBatches = (m: Model) => m.batches.filter((b) => b.status === 'ACTIVE' && b.remaining > 0n && (b.expiresAtMs === null || m.nowMs < b.expiresAtMs));
+const sum = (xs: bigint[]) => xs.reduce((s, x) => s + x, 0n);
+const spendable = (m: Model) => sum(spendableBatches(m).map((b) => b.remaining));
+const reserved = (m: Model, except?: MHold) => sum(m.holds.filter((h) => h !== except && isHolding(m, h)).map(holdRest));
+
+/** FREE before PAID, soonest expiry first (never last), oldest addedAt, then id (README "Batches"). */
+function drawOrder(m: Model): MBatch[] {
+  return spendableBatches(m).sort((a, b) => {
+    if (a.type !== b.type) return a.type === 'FREE' ? -1 : 1;
+    const ae = a.expiresAtMs ?? Infinity;
+    const be = b.expiresAtMs ?? Infinity;
+    if (ae !== be) return ae - be;
+    if (a.addedAtMs !== b.addedAtMs) return a.addedAtMs - b.addedAtMs;
+    return a.batchId < b.batchId ? -1 : a.batchId > b.batchId ? 1 : 0;
+  });
+}
+
+/** Draws `amount` from the batches in drawdown order; returns the parts and what they could not cover. */
+function draw(m: Model, amount: bigint): { parts: { batch: MBatch; amount: bigint }[]; shortfall: bigint } {
+  const parts: { batch: MBatch; amount: bigint }[] = [];
+  let left = amount;
+  for (const b of drawOrder(m)) {
+    if (left === 0n) break;
+    const take = minBig(b.remaining, left);
+    b.remaining -= take;
+    if (b.remaining === 0n) b.status = 'EXHAUSTED';
+    parts.push({ batch: b, amount: take });
+    left -= take;
+  }
+  return { parts, shortfall: left };
+}
+
+/** Credit going back into a batch: never into an expired or voided one (README "Refunds and voids"). */
+function giveBack(m: Model, b: MBatch, amount: bigint): bigint {
+  if (b.status === 'EXPIRED' || b.status === 'VOIDED' || (b.expiresAtMs !== null && b.expiresAtMs <= m.nowMs)) return 0n;
+  b.remaining += amount;
+  b.status = 'ACTIVE';
+  return amount;
+}
+
+/** What the expiry job (or anything that runs applyExpiries) does at the account's now. */
+function expireModel(m: Model): void {
+  for (const b of m.batches) {
+    if (b.status === 'ACTIVE' && b.expiresAtMs !== null && b.expiresAtMs <= m.nowMs) {
+      b.status = 'EXPIRED';
+      b.remaining = 0n;
+    }
+  }
+  for (const h of m.holds) if (h.status === 'ACTIVE' && h.expiresAtMs <= m.nowMs) h.status = 'EXPIRED';
+}
+
+const costOf = (cents: number) => BigInt(cents) * 10_000n;
+const unitsOf = (cents: number) => (cents / 100).toString();
+
+class Refused extends Error {
+  constructor(readonly code: string) {
+    super(code);
+  }
+}
+
+describe.each([
+  // advanceTestClock walks every due instant: expiries are recorded as they fall due.
+  ['test clocks', true, false],
+  // The wall clock (services.setNow, shared by both accounts) moves and nothing runs unless the
+  // expiry job is run (advance with `jobs`) or a void applies what is due: batches and holds past
+  // their expiresAt stop paying / holding lazily (README "Batches", "Hold expiry").
+  ['wall clock, lazy expiry', false, false],
+  // Charges, holds and settles decided in memory by chargeAccounts, the state carried from one
+  // transaction to the next (a live account's: the carried state is refused for test-mode ones).
+  ['wall clock, group commit', false, true],
+])('ledger against a model, two accounts, random command sequences (%s)', (_name, testClock, grouped) => {
+  beforeAll(() => {
+    services.groupCommit = grouped ? new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge) : undefined;
+  });
+
+  it('every figure equals the model after every command', async () => {
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(commandArb, { minLength: 10, maxLength: 40, size: 'max' }), async (commands) => {
+        run++;
+        const startMs = Date.UTC(2026, 2, 1, 12, 0, 0);
+        const models: Model[] = [];
+        for (let i = 0; i < 2; i++) {
+          services.setNow(new Date(startMs));
+          const accountId = await createFundedAccount(services, testClock ? { testClockStart: new Date(startMs) } : {});
+          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [] });
+        }
+        let seq = 0;
+
+        /** Charges `input` (cost `cost`) against the model: with a hold, the hold first, then available, the rest debt. */
+        const chargeModel = (m: Model, id: string, input: UsageInput, cost: bigint, hold: MHold | null) => {
+          let toDraw = cost;
+          if (hold) {
+            const holdLeft = holdRest(hold);
+            const fromHold = minBig(cost, holdLeft);
+            const outside = spendable(m) - m.debt - reserved(m, hold) - holdLeft;
+            toDraw = fromHold + minBig(cost - fromHold, maxBig(outside, 0n));
+            hold.consumed += cost;
+          }
+          const { parts, shortfall } = draw(m, toDraw);
+          const debt = cost - toDraw + shortfall;
+          const ev: MEvent = { id, input, cost, parts, unpaid: debt, repaidBy: new Map(), refunded: false, givenBack: 0n };
+          m.debt += debt;
+          m.events.push(ev);
+          if (debt > 0n) m.debtQueue.push(ev);
+        };
+        const holdOf = (m: Model, i: number) => (m.holds.length ? m.holds[i % m.holds.length]! : null);
+        const pick = <T>(xs: T[], i: number) => (xs.length ? xs[i % xs.length]! : null);
+
+        for (const cmd of commands) {
+          const m = models[cmd.acct]!;
+          const key = `m${run}-${seq++}`;
+          const before = await readBalance(services.pool, m.accountId, new Date(m.nowMs));
+          /** The service answered as first / refused: nothing may have moved. */
+          let unchanged = false;
+          try {
+            switch (cmd.op) {
+              case 'grant': {
+                const g: GrantCommand = {
+                  accountId: m.accountId,
+                  amountMicroCredits: credits(cmd.amount),
+                  type: cmd.type,
+                  source: cmd.source,
+                  expiresAt: cmd.expiresInMinutes === null ? null : new Date(m.nowMs + cmd.expiresInMinutes * 60_000),
+                  reference: null,
+                  idempotencyKey: key,
+                };
+                const r = await grantCredits(services, g);
+                expect(r.replayed).toBe(false);
+                const { rows } = await services.pool.query('SELECT id FROM credit_batches WHERE grant_id = $1', [r.grantId]);
+                const amount = credits(cmd.amount);
+                const b: MBatch = { grantId: r.grantId, batchId: rows[0].id, cmd: g, type: cmd.type, expiresAtMs: g.expiresAt?.getTime() ?? null, addedAtMs: m.nowMs, remaining: amount, status: 'ACTIVE', voided: false };
+                // New credit repays debt first, oldest debt first.
+                let repay = minBig(amount, m.debt);
+                m.debt -= repay;
+                b.remaining -= repay;
+                while (repay > 0n) {
+                  const owed = m.debtQueue.find((e) => e.unpaid > 0n)!;
+                  const part = minBig(repay, owed.unpaid);
+                  owed.unpaid -= part;
+                  owed.repaidBy.set(b, (owed.repaidBy.get(b) ?? 0n) + part);
+                  repay -= part;
+                }
+                if (b.remaining === 0n) b.status = 'EXHAUSTED';
+                m.batches.push(b);
+                break;
+              }
+              case 'charge': {
+                const cost = costOf(cmd.cents);
+                const input: UsageInput = { accountId: m.accountId, idempotencyKey: key, category: 'units', quantities: { units: unitsOf(cmd.cents) } };
+                const available = spendable(m) - m.debt - reserved(m);
+                const refuse = cost > 0n && cost > available;
+                const r = await recordUsage(services, input);
+                expect(refuse, 'the service charged what the model refuses').toBe(false);
+                expect(r.replayed).toBe(false);
+                chargeModel(m, r.eventId, input, cost, null);
+                break;
+              }
+              case 'reserve': {
+                const amount = credits(cmd.amount);
+                const rc: ReserveCommand = { accountId: m.accountId, amountMicroCredits: amount, ttlSeconds: cmd.ttlMinutes * 60, idempotencyKey: key };
+                const refuse = amount > spendable(m) - m.debt - reserved(m);
+                const r = await reserveCredits(services, rc);
+                expect(refuse, 'the service held what the model refuses').toBe(false);
+                expect(r.replayed).toBe(false);
+                m.holds.push({ id: r.reservationId, cmd: rc, amount, consumed: 0n, status: 'ACTIVE', expiresAtMs: m.nowMs + rc.ttlSeconds * 1000, settledWith: null });
+                break;
+              }
+              case 'capture': {
+                const h = holdOf(m, cmd.hold);
+                if (!h) continue;
+                const input: UsageInput = { accountId: m.accountId, idempotencyKey: key, category: 'units', quantities: { units: unitsOf(cmd.cents) }, reservationId: h.id };
+                const refuse = !isHolding(m, h);
+                const r = await recordUsage(services, input);
+                expect(refuse, 'the service captured on a hold that no longer holds').toBe(false);
+                chargeModel(m, r.eventId, input, costOf(cmd.cents), h);
+                break;
+              }
+              case 'settle': {
+                const h = holdOf(m, cmd.hold);
+                if (!h) continue;
+                const usage: UsageInput[] = cmd.cents === null ? [] : [{ accountId: m.accountId, idempotencyKey: key, category: 'units', quantities: { units: unitsOf(cmd.cents) } }];
+                if (h.status === 'SETTLED' && usage.length === 0) {
+                  // A settle without usage of a settled hold has nothing left to record: a replay.
+                  expect(await settleReservation(services, h.id, usage)).toMatchObject({ reservationId: h.id, replayed: true });
+                  unchanged = true;
+                  break;
+                }
+                const refuse = !isHolding(m, h);
+                const r = await settleReservation(services, h.id, usage);
+                expect(refuse, 'the service settled a hold that no longer holds').toBe(false);
+                expect(r.replayed).toBe(false);
+                if (cmd.cents !== null) {
+                  const { rows } = await services.pool.query('SELECT id FROM usage_events WHERE account_id = $1 AND idempotency_key = $2', [m.accountId, key]);
+                  chargeModel(m, rows[0].id, { ...usage[0]!, reservationId: h.id }, costOf(cmd.cents), h);
+                }
+                h.status = 'SETTLED';
+                h.settledWith = usage;
+                break;
+              }
+              case 'release': {
+                const h = holdOf(m, cmd.hold);
+                if (!h) continue;
+                if (h.status === 'SETTLED') {
+                  await expect(releaseReservation(services, h.id)).rejects.toMatchObject({ code: 'RESERVATION_NOT_ACTIVE' });
+                  unchanged = true;
+                  break;
+                }
+                unchanged = h.status !== 'ACTIVE';
+                await releaseReservation(services, h.id);
+                if (h.status === 'ACTIVE') h.status = isHolding(m, h) ? 'RELEASED' : 'EXPIRED';
+                break;
+              }
+              case 'advance': {
+                const to = m.nowMs + cmd.minutes * 60_000;
+                if (testClock) {
+                  await advanceTestClock(services, m.accountId, new Date(to));
+                  m.nowMs = to;
+                  expireModel(m); // every batch and hold due by then expires (the walk stops at each due instant)
+                } else {
+                  services.setNow(new Date(to));
+                  for (const mm of models) mm.nowMs = to;
+                  if (cmd.jobs) {
+                    await expireDue(services, m.accountId);
+                    expireModel(m);
+                  }
+                }
+                break;
+              }
+              case 'refund': {
+                const ev = pick(m.events, cmd.event);
+                if (!ev) continue;
+                unchanged = ev.refunded;
+                expect(await refundUsage(services, ev.id, 'model test')).toBe(ev.id);
+                if (ev.refunded) break;
+                ev.refunded = true;
+                for (const p of ev.parts) ev.givenBack += giveBack(m, p.batch, p.amount);
+                // What the event still owes is forgiven; what grants repaid of it goes back to them.
+                m.debt -= ev.unpaid;
+                ev.givenBack += ev.unpaid;
+                ev.unpaid = 0n;
+                for (const [b, amount] of ev.repaidBy) ev.givenBack += giveBack(m, b, amount);
+                break;
+              }
+              case 'void': {
+                const b = pick(m.batches, cmd.grant);
+                if (!b) continue;
+                unchanged = b.voided;
+                expect(await voidGrant(services, b.grantId, 'model test')).toBe(b.grantId);
+                if (b.voided) break;
+                b.voided = true;
+                expireModel(m); // what is due expires first, dated at its expiresAt
+                if (b.status === 'ACTIVE' || b.status === 'EXHAUSTED') {
+                  b.status = 'VOIDED';
+                  b.remaining = 0n;
+                }
+                break;
+              }
+              case 'replay': {
+                unchanged = true;
+                switch (cmd.what) {
+                  case 'grant': {
+                    const b = pick(m.batches, cmd.index);
+                    if (!b) continue;
+                    expect(await grantCredits(services, b.cmd)).toEqual({ grantId: b.grantId, replayed: true });
+                    break;
+                  }
+                  case 'charge': {
+                    const ev = pick(m.events, cmd.index);
+                    if (!ev) continue;
+                    const r = await recordUsage(services, ev.input);
+                    expect({ eventId: r.eventId, replayed: r.replayed }).toEqual({ eventId: ev.id, replayed: true });
+                    break;
+                  }
+                  case 'reserve': {
+                    const h = pick(m.holds, cmd.index);
+                    if (!h) continue;
+                    const r = await reserveCredits(services, h.cmd);
+                    expect({ reservationId: r.reservationId, replayed: r.replayed }).toEqual({ reservationId: h.id, replayed: true });
+                    break;
+                  }
+                  case 'refund': {
+                    const ev = pick(m.events.filter((e) => e.refunded), cmd.index);
+                    if (!ev) continue;
+                    expect(await refundUsage(services, ev.id, 'model test again')).toBe(ev.id);
+                    break;
+                  }
+                  case 'void': {
+                    const b = pick(m.batches.filter((x) => x.voided), cmd.index);
+                    if (!b) continue;
+                    expect(await voidGrant(services, b.grantId, 'model test again')).toBe(b.grantId);
+                    break;
+                  }
+                  case 'settle': {
+                    const h = pick(m.holds.filter((x) => x.status === 'SETTLED'), cmd.index);
+                    if (!h) continue;
+                    const r = await settleReservation(services, h.id, h.settledWith!);
+                    expect({ reservationId: r.reservationId, replayed: r.replayed }).toEqual({ reservationId: h.id, replayed: true });
+                    break;
+                  }
+                  case 'release': {
+                    const h = pick(m.holds.filter((x) => x.status === 'RELEASED' || x.status === 'EXPIRED'), cmd.index);
+                    if (!h) continue;
+                    expect(await releaseReservation(services, h.id)).toBe(h.id);
+                    break;
+                  }
+                }
+                break;
+              }
+            }
+          } catch (err) {
+            if (err instanceof LedgerError && (err.code === 'INSUFFICIENT_CREDITS' || err.code === 'RESERVATION_NOT_ACTIVE')) {
+              // Refused: the model must refuse too (checked per command), and nothing moved.
+              const predicted =
+                cmd.op === 'charge'
+                  ? err.code === 'INSUFFICIENT_CREDITS' && costOf(cmd.cents) > 0n && costOf(cmd.cents) > spendable(m) - m.debt - reserved(m)
+                  : cmd.op === 'reserve'
+                    ? err.code === 'INSUFFICIENT_CREDITS' && credits(cmd.amount) > spendable(m) - m.debt - reserved(m)
+                    : cmd.op === 'capture' || cmd.op === 'settle'
+                      ? err.code === 'RESERVATION_NOT_ACTIVE' && !isHolding(m, holdOf(m, cmd.hold)!)
+                      : false;
+              expect(predicted, `${cmd.op} refused with ${err.code} where the model does not refuse`).toBe(true);
+              unchanged = true;
+            } else {
+              throw err;
+            }
+          }
+
+          for (const mm of models) {
+            const b = await expectLedgerInvariant(services.pool, mm.accountId, new Date(mm.nowMs));
+            // The stored total counts ACTIVE batches (also those past expiresAt whose expiry is not recorded yet).
+            expect((await reconcileAccount(services.pool, mm.accountId)).totalMicroCredits).toBe(
+              sum(mm.batches.filter((x) => x.status === 'ACTIVE').map((x) => x.remaining)) - mm.debt,
+            );
+            if (mm === m && unchanged) expect(b.version).toBe(before.version);
+            // The Balance counts what pays now.
+            const expectedTotal = spendable(mm) - mm.debt;
+            expect({
+              total: b.totalMicroCredits,
+              debt: b.debtMicroCredits,
+              reserved: b.reservedMicroCredits,
+              available: b.availableMicroCredits,
+              free: b.freeMicroCredits,
+              paid: b.paidMicroCredits,
+            }).toEqual({
+              total: expectedTotal,
+              debt: mm.debt,
+              reserved: reserved(mm),
+              available: expectedTotal - reserved(mm),
+              free: sum(spendableBatches(mm).filter((x) => x.type === 'FREE').map((x) => x.remaining)),
+              paid: sum(spendableBatches(mm).filter((x) => x.type === 'PAID').map((x) => x.remaining)),
+            });
+            const { rows: batches } = await services.pool.query('SELECT id, remaining_micro_credits::text AS r, status FROM credit_batches WHERE account_id = $1', [mm.accountId]);
+            const got = new Map(batches.map((r) => [r.id as string, { remaining: BigInt(r.r), status: r.status as string }]));
+            expect(got.size).toBe(mm.batches.length);
+            for (const x of mm.batches) expect(got.get(x.batchId), `batch ${mm.batches.indexOf(x)}`).toEqual({ remaining: x.remaining, status: x.status });
+            const { rows: holds } = await services.pool.query(
+              'SELECT id, amount_micro_credits::text AS a, consumed_micro_credits::text AS c, status, expires_at FROM reservations WHERE account_id = $1',
+              [mm.accountId],
+            );
+            expect(holds.length).toBe(mm.holds.length);
+            const gotHolds = new Map(holds.map((r) => [r.id as string, { consumed: BigInt(r.c), status: r.status as string }]));
+            for (const h of mm.holds) expect(gotHolds.get(h.id), `hold ${mm.holds.indexOf(h)}`).toEqual({ consumed: h.consumed, status: h.status });
+            // Reserved is the rest of the holds that hold, as the database has them.
+            const heldByRows = sum(
+              holds.filter((r) => r.status === 'ACTIVE' && (r.expires_at as Date).getTime() > mm.nowMs).map((r) => maxBig(BigInt(r.a) - BigInt(r.c), 0n)),
+            );
+            expect(b.reservedMicroCredits).toBe(heldByRows);
+            // A refund gives back at most what was charged, and exactly what the model says.
+            const { rows: refunds } = await services.pool.query(
+              `SELECT usage_event_id AS id, SUM(amount_micro_credits)::text AS s FROM ledger_entries WHERE account_id = $1 AND type = 'REFUND' GROUP BY usage_event_id`,
+              [mm.accountId],
+            );
+            const refunded = new Map(refunds.map((r) => [r.id as string, BigInt(r.s)]));
+            for (const ev of mm.events) {
+              const back = refunded.get(ev.id) ?? 0n;
+              expect(back <= ev.cost).toBe(true);
+              expect(back, `refund of event ${mm.events.indexOf(ev)}`).toBe(ev.givenBack);
+            }
+          }
+        }
+      }),
+      { numRuns: 40 },
+    );
+    services.setNow(null);
+  }, 180_000); // about 10 s per mode; the rest is room for shrinking a counterexample on a loaded machine
+});
