@@ -19,6 +19,7 @@ import { createAuthenticator } from './auth/authenticator.js';
 import { buildServer, type CreditpoolServer } from './server.js';
 import { GroupCommitter } from './services/group-commit.js';
 import { ReservationOwners } from './services/reservation-owners.js';
+import { DepletionAlerts } from './services/depletion-alerts.js';
 import { applyCharge, chargeAccounts } from './services/record-usage.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
 import { closeRedis } from './db/redis-close.js';
@@ -101,6 +102,7 @@ const services = {
   payments: createPaymentProvider(env),
   groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, chargeAccounts, applyCharge, { maxTransactions: Math.min(env.GROUP_COMMIT_MAX_TRANSACTIONS, env.PG_POOL_SIZE), carryState: env.GROUP_COMMIT_CARRY_STATE }) : undefined,
   reservationOwners: new ReservationOwners(),
+  depletionAlerts: new DepletionAlerts(),
   log,
 };
 const authenticator = createAuthenticator({

@@ -8,6 +8,7 @@ import type { PricingState } from './pricing-state.js';
 import type { PaymentProvider } from '../payments/provider.js';
 import type { GroupCommitter } from './group-commit.js';
 import type { ReservationOwners } from './reservation-owners.js';
+import type { DepletionAlerts } from './depletion-alerts.js';
 import type { AuditActor } from '../audit/audit-log.js';
 
 /** Wall-clock source; tests may pass a fixed or controllable one. */
@@ -30,6 +31,12 @@ export interface ServiceContext {
    * and forgets); absent: settleReservation always looks the owner up in the database.
    */
   reservationOwners?: ReservationOwners;
+  /**
+   * The (account, period) pairs whose depletion notice (the 0 % alert raised by a refusal for lack
+   * of credit) this process has answered (depletion-alerts.ts), so that a flood of refusals costs
+   * no statement; absent: every refusal checks (still one alert, by the unique key).
+   */
+  depletionAlerts?: DepletionAlerts;
   /**
    * Where services log what needs an operator's eye but is not an error of the request (e.g. a
    * charge's success that arrived after its payment was settled as not charged); absent: not logged.

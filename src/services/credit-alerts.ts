@@ -7,7 +7,8 @@
  * Thresholds crossed by balance changes are recorded by the SQL function `balances_changed`
  * (migration 20261122010154_billing_cycles_top_ups), in the changing transaction itself. This
  * module records one alert given explicitly (same table, same unique key, same outbox row), for
- * callers that decide the threshold themselves; the live-update tests use it.
+ * callers that decide the threshold themselves: depletion-alerts.ts (the 0 % alert of a refusal
+ * for lack of credit, which adds the `deliver-webhook` job) and the live-update tests.
  */
 import type { AccountTx } from './account-tx.js';
 

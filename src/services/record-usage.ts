@@ -23,7 +23,8 @@ import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
 import { AccountTx, budgetSubjectKey, type ChargeState, type HoldState, type LoadedBatch, type SubjectBudgetState } from './account-tx.js';
 import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
-import { chargeLimitRefusal, idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
+import { chargeLimitRefusal, idempotencyConflict } from '../ledger/refusals.js';
+import { afterCreditRefusals, creditRefusal } from './depletion-alerts.js';
 import { scheduleExpiry } from './expire-due.js';
 import type { ServiceContext } from './context.js';
 import { requestHash } from './request-hash.js';
@@ -192,7 +193,7 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
   if (!cmd.reservationId) {
     const available = spendable - atx.debt - reservedOthers;
     if (cost > 0n && cost > available) {
-      throw insufficientCredits('cost', cost, available);
+      throw creditRefusal(atx, 'cost', cost, available);
     }
     toDraw = cost;
   } else {
@@ -627,7 +628,7 @@ function decideHoldOp(acct: AccountDecisions, op: HoldOp, writes: HoldWrites): I
     const overBudget = budgetRefusal(acct.budgets, cmd, cmd.amountMicroCredits);
     if (overBudget) return { ok: false, error: overBudget };
     const available = acct.spendableMicroCredits - atx.debt - acct.reservedMicroCredits;
-    if (cmd.amountMicroCredits > available) return { ok: false, error: insufficientCredits('hold', cmd.amountMicroCredits, available) };
+    if (cmd.amountMicroCredits > available) return { ok: false, error: creditRefusal(atx, 'hold', cmd.amountMicroCredits, available) };
     const id = randomUUID();
     const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
     writes.created.push({ id, atx, cmd, hash, expiresAt });
@@ -826,7 +827,7 @@ export async function chargeAccounts(
       if (!hold) {
         const available = acct.spendableMicroCredits - atx.debt - acct.reservedMicroCredits;
         if (cost > 0n && cost > available) {
-          out.push({ ok: false, error: insufficientCredits('cost', cost, available) });
+          out.push({ ok: false, error: creditRefusal(atx, 'cost', cost, available) });
           continue;
         }
         toDraw = cost;
@@ -1059,19 +1060,25 @@ export async function pricersFor(ctx: ServiceContext, cmds: readonly UsageComman
 /**
  * Records one usage event (validated input): in one transaction of its own, or, with
  * `ctx.groupCommit`, in one transaction with the other charges of its account that are waiting
- * (src/services/group-commit.ts).
+ * (src/services/group-commit.ts). A refusal for lack of credit raises the period's depletion
+ * notice first, once that transaction ended (depletion-alerts.ts afterCreditRefusals).
  * @throws LedgerError as applyCharge, plus NOT_FOUND for an unknown account.
  */
 export async function recordUsage(ctx: ServiceContext, input: UsageInput): Promise<ChargeResult> {
   const cmd = validateUsageInput(input);
   const price = await pricerFor(ctx, cmd);
-  if (ctx.groupCommit) return ctx.groupCommit.charge(cmd, price);
-  return withTransaction(ctx.pool, async (tx) => {
-    const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
-    const result = await applyCharge(atx, cmd, price);
-    await atx.finish();
-    return result;
-  });
+  try {
+    if (ctx.groupCommit) return await ctx.groupCommit.charge(cmd, price);
+    return await withTransaction(ctx.pool, async (tx) => {
+      const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+      const result = await applyCharge(atx, cmd, price);
+      await atx.finish();
+      return result;
+    });
+  } catch (error) {
+    await afterCreditRefusals(ctx, [error]);
+    throw error;
+  }
 }
 
 /** Outcome of one item of a batch: the event, or the error that refused it. */
@@ -1106,7 +1113,8 @@ export function assertBatchSize(itemCount: number, maxItems: number): void {
  * lost connection runs the whole chunk once more, a statement timeout not at all, and then every
  * item of the chunk gets the error (the caller retries with the same keys; what committed, the
  * COMMIT's answer being what was lost, replays). At most `concurrency` chunks run at once.
- * Results are in input order.
+ * Items refused for lack of credit raise their period's depletion notice once every chunk ended
+ * (depletion-alerts.ts afterCreditRefusals). Results are in input order.
  * @throws LedgerError BAD_USER_INPUT when there are more than `maxItems` inputs.
  */
 export async function recordUsageBatch(
@@ -1202,5 +1210,6 @@ export async function recordUsageBatch(
     for (let next = chunks.shift(); next; next = chunks.shift()) await runChunk(next);
   });
   await Promise.all(workers);
+  await afterCreditRefusals(ctx, results.flatMap((r) => (r.ok ? [] : [r.error])));
   return results;
 }

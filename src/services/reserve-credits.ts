@@ -6,7 +6,8 @@
  */
 import { scheduleExpiry } from './expire-due.js';
 import { badInput } from '../ledger/errors.js';
-import { idempotencyConflict, insufficientCredits } from '../ledger/refusals.js';
+import { idempotencyConflict } from '../ledger/refusals.js';
+import { afterCreditRefusals, creditRefusal } from './depletion-alerts.js';
 import { onAccount } from './account-op.js';
 import type { ServiceContext } from './context.js';
 import type { AccountTx } from './account-tx.js';
@@ -53,7 +54,7 @@ export function holdItem(cmd: ReserveCommand): HoldOpItem<ReservationResult & { 
  *   when the hold was decided in memory (ReservationResult).
  * @throws LedgerError BAD_USER_INPUT (idempotency key, TTL, amount <= 0, an agentId / userId that
  *   is empty or longer than 200 characters), NOT_FOUND, IDEMPOTENCY_CONFLICT, BUDGET_EXCEEDED,
- *   INSUFFICIENT_CREDITS.
+ *   INSUFFICIENT_CREDITS (after raising the period's depletion notice: depletion-alerts.ts).
  */
 export async function reserveCredits(ctx: ServiceContext, input: ReserveCommand): Promise<ReservationResult & { replayed: boolean }> {
   validateIdempotencyKey(input.idempotencyKey);
@@ -62,7 +63,13 @@ export async function reserveCredits(ctx: ServiceContext, input: ReserveCommand)
   // The same rule as recordUsage's agentId / userId (usage-command.ts): 1..200 characters.
   const cmd: ReserveCommand = { ...input, agentId: optionalLabel(input.agentId, 'agentId'), userId: optionalLabel(input.userId, 'userId') };
   const item = holdItem(cmd);
-  const result = await (ctx.groupCommit ? ctx.groupCommit.holdOp(cmd.accountId, item) : onAccount(ctx, cmd.accountId, item.alone));
+  let result: ReservationResult & { replayed: boolean };
+  try {
+    result = await (ctx.groupCommit ? ctx.groupCommit.holdOp(cmd.accountId, item) : onAccount(ctx, cmd.accountId, item.alone));
+  } catch (error) {
+    await afterCreditRefusals(ctx, [error]); // the depletion notice of a refusal for lack of credit
+    throw error;
+  }
   ctx.reservationOwners?.remember(result.reservationId, cmd.accountId);
   return result;
 }
@@ -87,7 +94,7 @@ async function holdOnLockedAccount(atx: AccountTx, cmd: ReserveCommand, hash: st
   if (hasBudget) await assertWithinBudgets(atx, subjects, cmd.amountMicroCredits);
   const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
   const available = spendable - atx.debt - reservedMicroCredits;
-  if (cmd.amountMicroCredits > available) throw insufficientCredits('hold', cmd.amountMicroCredits, available);
+  if (cmd.amountMicroCredits > available) throw creditRefusal(atx, 'hold', cmd.amountMicroCredits, available);
   const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
   const { rows } = await tx.query(
     `INSERT INTO reservations (id, account_id, amount_micro_credits, status, expires_at, created_at, idempotency_key, request_hash, agent_id, user_id)

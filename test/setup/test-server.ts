@@ -14,6 +14,7 @@ import { GroupCommitter } from '../../src/services/group-commit.js';
 import { applyCharge, chargeAccounts } from '../../src/services/record-usage.js';
 import { createPaymentProvider } from '../../src/payments/index.js';
 import { createTestServices, type TestServices } from './services.js';
+import { DepletionAlerts } from '../../src/services/depletion-alerts.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from './env.js';
 
 /** A running test server. */
@@ -59,6 +60,7 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
   const log = pino({ level: env.LOG_LEVEL });
   const services = createTestServices(20, env.DATABASE_URL, ledgerSessionLimits(env));
   services.payments = createPaymentProvider(env);
+  services.depletionAlerts = new DepletionAlerts(); // as src/main.ts
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
   const prisma = createPrismaClient(env.DATABASE_URL, 5, ledgerSessionLimits(env));
   const onQuery = options.onPrismaQuery;

@@ -1,0 +1,186 @@
+/**
+ * The depletion notice (the 0 % credit alert, webhook `credit_alert.raised` with `depleted: true`)
+ * for work refused for lack of credit (README "Alerts at 25 %, 15 % and 0 %").
+ *
+ * `balances_changed` raises the 0 % alert when percentRemaining as shown (rounded down to
+ * hundredths) reaches 0 in a transaction that changes the balance. A charge without a hold never
+ * overdraws: it is refused with INSUFFICIENT_CREDITS instead, and a refusal changes nothing. So an
+ * account left with, say, 0.5 % of its period's credit, whose every new charge costs more than
+ * that, had its work refused and never got the notice. Here the first such refusal of a billing
+ * period records that period's 0 % alert, after the refusal was decided, in a short transaction
+ * of its own (the refused charge or hold still writes nothing): the same table, unique key
+ * (account, period start, threshold) and outbox rows (`alert`, then the `deliver-webhook` job)
+ * as balances_changed, with percentRemaining and available as they are then. Only when 0 is one
+ * of Settings.alertThresholds, the period has had credit (periodCredits > 0, as balances_changed
+ * requires) and available credit still does not cover what was refused (a grant that landed
+ * meanwhile answers the refusal better than a notice would).
+ *
+ * A flood of refusals (an agent retrying thousands of times a second) must not become a flood of
+ * writes or of lock waits on the account: each process remembers, per (account, period), that
+ * the alert is recorded, or the balance version at which nothing was due, and skips refusals it
+ * already answered (DepletionAlerts, bounded). Refusals in several processes at once race to one
+ * alert through the unique key.
+ */
+import { withTransaction } from '../db/pg.js';
+import type { LedgerError } from '../ledger/errors.js';
+import { insufficientCredits } from '../ledger/refusals.js';
+import { AccountTx } from './account-tx.js';
+import type { ServiceContext } from './context.js';
+import { recordCreditAlert } from './credit-alerts.js';
+import { readBalance } from './read-balance.js';
+import { webhookJob } from './webhooks.js';
+
+/** Where an INSUFFICIENT_CREDITS refusal was decided (micro-credits). */
+export interface CreditRefusal {
+  accountId: string;
+  /** Start of the billing period of the refusing transaction's now (AccountTx.period). */
+  periodStart: Date;
+  /** The refused cost, or the refused hold's amount. */
+  neededMicroCredits: bigint;
+  /** The account's balance version the refusal was decided at (AccountTx.versionBefore). */
+  version: bigint;
+}
+
+/** Refusals built by {@link creditRefusal}, by error object: what the alert needs to know of them, not shown to clients (LedgerError.details is). */
+const refusals = new WeakMap<object, CreditRefusal>();
+
+/**
+ * The INSUFFICIENT_CREDITS refusal (ledger/refusals.ts insufficientCredits: same code, message and
+ * extensions) of `neededMicroCredits` against `availableMicroCredits` on the locked account
+ * `atx`, marked as a refusal for lack of credit so that the service answering it raises the
+ * depletion notice ({@link afterCreditRefusals}). Every path that refuses for lack of credit
+ * builds its refusal here (record-usage.ts applyCharge and chargeAccounts, reserve-credits.ts).
+ */
+export function creditRefusal(atx: AccountTx, what: 'cost' | 'hold', neededMicroCredits: bigint, availableMicroCredits: bigint): LedgerError {
+  const error = insufficientCredits(what, neededMicroCredits, availableMicroCredits);
+  refusals.set(error, { accountId: atx.accountId, periodStart: atx.period().start, neededMicroCredits, version: atx.versionBefore });
+  return error;
+}
+
+/** The CreditRefusal `error` was built with ({@link creditRefusal}), or undefined for any other error. */
+export function creditRefusalOf(error: unknown): CreditRefusal | undefined {
+  return typeof error === 'object' && error !== null ? refusals.get(error) : undefined;
+}
+
+/** Default bound of a DepletionAlerts: (account, period) pairs remembered, about 10 MB at most. */
+export const DEFAULT_DEPLETION_ALERTS_CAPACITY = 50_000;
+
+/** What a process knows of one (account, period): its alert is recorded, nothing was due at a balance version, or a check is running. */
+type Known = { raised: true } | { nothingAtVersion: bigint } | { pending: Promise<void> };
+
+/**
+ * Per process (ServiceContext.depletionAlerts): the (account, billing period) pairs whose depletion
+ * notice this process has seen recorded, or for which nothing was due at a balance version, so
+ * that the refusals after the first cost no statement. A bounded map: when full, remembering one
+ * more forgets the oldest entry (a forgotten pair costs one more check, never a second alert:
+ * the unique key keeps one).
+ */
+export class DepletionAlerts {
+  private readonly known = new Map<string, Known>();
+
+  /** @param capacity most (account, period) pairs kept (>= 1). */
+  constructor(private readonly capacity: number = DEFAULT_DEPLETION_ALERTS_CAPACITY) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be an integer >= 1');
+  }
+
+  /**
+   * Raises the depletion notice for `refusal` unless this process knows it is recorded, knows
+   * nothing was due at the refusal's balance version (or later), or is already checking (then it
+   * waits for that check). Never rejects: a failure is logged (`ctx.log`) and forgotten, so a
+   * later refusal tries again.
+   */
+  answer(ctx: ServiceContext, refusal: CreditRefusal): Promise<void> {
+    const key = `${refusal.accountId}/${refusal.periodStart.getTime()}`;
+    const known = this.known.get(key);
+    if (known) {
+      if ('raised' in known) return Promise.resolve();
+      if ('pending' in known) return known.pending;
+      if (refusal.version <= known.nothingAtVersion) return Promise.resolve();
+    }
+    const pending = raiseDepletionAlert(ctx, refusal).then(
+      (outcome) => this.remember(key, outcome.raised ? { raised: true } : { nothingAtVersion: outcome.version }),
+      (err: unknown) => {
+        this.known.delete(key);
+        ctx.log?.warn({ err: (err as Error).message, accountId: refusal.accountId }, 'could not record the depletion notice (0 % credit alert) of a refused charge');
+      },
+    );
+    this.remember(key, { pending });
+    return pending;
+  }
+
+  /** Entries kept now. */
+  get size(): number {
+    return this.known.size;
+  }
+
+  private remember(key: string, value: Known): void {
+    this.known.delete(key); // re-inserted last: the oldest entry is the one forgotten first
+    if (this.known.size >= this.capacity) {
+      const oldest = this.known.keys().next();
+      if (!oldest.done) this.known.delete(oldest.value);
+    }
+    this.known.set(key, value);
+  }
+}
+
+/**
+ * Called by the services that answer charges and holds (recordUsage, recordUsageBatch,
+ * reserveCredits) with the errors they are about to answer, after the refusing transaction
+ * ended: for each refusal for lack of credit ({@link creditRefusal}; one per account and period),
+ * raises the period's depletion notice through `ctx.depletionAlerts` (without one: a check per
+ * call, still one alert). Resolves once that is done; never rejects (the refusal is the answer).
+ * Other errors (BUDGET_EXCEEDED of an agent budget, bad input, ...) are ignored.
+ */
+export function afterCreditRefusals(ctx: ServiceContext, errors: Iterable<unknown>): Promise<void> | undefined {
+  let found: Map<string, CreditRefusal> | undefined;
+  for (const error of errors) {
+    const refusal = creditRefusalOf(error);
+    if (!refusal) continue;
+    found ??= new Map();
+    const key = `${refusal.accountId}/${refusal.periodStart.getTime()}`;
+    if (!found.has(key)) found.set(key, refusal);
+  }
+  if (!found) return undefined;
+  const alerts = ctx.depletionAlerts ?? new DepletionAlerts();
+  return Promise.all([...found.values()].map((r) => alerts.answer(ctx, r))).then(() => undefined);
+}
+
+/**
+ * One check, in a transaction of its own: when 0 is an alert threshold and the period's 0 % alert
+ * is not recorded, locks the account (outbox ids are taken under its lock: src/outbox/relay.ts),
+ * reads its balance (readBalance, at the account's now) and, when that is still the refusal's
+ * period, the period has had credit and available credit is below what was refused, records the
+ * alert (recordCreditAlert; ON CONFLICT DO NOTHING) with its `deliver-webhook` job.
+ * @returns `raised`: the period's 0 % alert is recorded (now or before); `version`: the balance
+ *   version the check saw (the refusal's when it did not lock).
+ * @throws the database's errors.
+ */
+async function raiseDepletionAlert(ctx: ServiceContext, refusal: CreditRefusal): Promise<{ raised: boolean; version: bigint }> {
+  return withTransaction(ctx.pool, async (tx) => {
+    const { rows } = await tx.query(
+      `SELECT 0 = ANY(s.alert_thresholds) AS armed,
+              EXISTS (SELECT 1 FROM credit_alerts c WHERE c.account_id = $1 AND c.period_start = $2 AND c.threshold = 0) AS raised
+         FROM settings s WHERE s.id = 1`,
+      [refusal.accountId, refusal.periodStart],
+    );
+    if (rows[0]?.raised === true) return { raised: true, version: refusal.version };
+    if (rows[0]?.armed !== true) return { raised: false, version: refusal.version };
+    const wallNow = ctx.clock();
+    const atx = await AccountTx.lock(tx, refusal.accountId, wallNow);
+    const balance = await readBalance(tx, refusal.accountId, wallNow);
+    const due =
+      balance.periodStart.getTime() === refusal.periodStart.getTime() &&
+      balance.periodMicroCredits > 0n &&
+      balance.availableMicroCredits < refusal.neededMicroCredits;
+    if (!due) return { raised: false, version: atx.versionBefore };
+    const alertId = await recordCreditAlert(atx, {
+      threshold: 0,
+      percentRemaining: balance.percentRemaining,
+      availableMicroCredits: balance.availableMicroCredits,
+      periodStart: refusal.periodStart,
+    });
+    if (alertId) atx.publish('job', webhookJob({ eventType: 'credit_alert.raised', eventId: alertId, accountId: refusal.accountId }));
+    await atx.finish(); // no balance change: writes only the outbox rows, if any
+    return { raised: true, version: atx.versionBefore };
+  });
+}
