@@ -12,8 +12,11 @@
  * (account, period start, threshold) and outbox rows (`alert`, then the `deliver-webhook` job)
  * as balances_changed, with percentRemaining and available as they are then. Only when 0 is one
  * of Settings.alertThresholds, the period has had credit (periodCredits > 0, as balances_changed
- * requires) and available credit still does not cover what was refused (a grant that landed
- * meanwhile answers the refusal better than a notice would).
+ * requires), available credit still does not cover what was refused (a grant that landed
+ * meanwhile answers the refusal better than a notice would), and what was refused is at most
+ * {@link DEPLETION_NOTICE_MAX_REFUSED_PERCENT} % of the period's credit: a request bigger than
+ * that (60 % left and a request for 61 %) is no sign the pool ran out, and the period has one
+ * depletion notice to give.
  *
  * A flood of refusals (an agent retrying thousands of times a second) must not become a flood of
  * writes or of lock waits on the account: each process remembers, per (account, period), that
@@ -62,11 +65,23 @@ export function creditRefusalOf(error: unknown): CreditRefusal | undefined {
   return typeof error === 'object' && error !== null ? refusals.get(error) : undefined;
 }
 
+/**
+ * A refusal raises the depletion notice only when what it refused is at most this share of the
+ * period's credit (periodCredits), in percent. A project rule, not a contract one: small enough
+ * that one oversized request does not spend the period's notice, large enough that a small pool
+ * (a 100-credit welcome bonus) whose LLM calls cost a few credits each still gets it.
+ */
+export const DEPLETION_NOTICE_MAX_REFUSED_PERCENT = 5n;
+
 /** Default bound of a DepletionAlerts: (account, period) pairs remembered, about 10 MB at most. */
 export const DEFAULT_DEPLETION_ALERTS_CAPACITY = 50_000;
 
-/** What a process knows of one (account, period): its alert is recorded, nothing was due at a balance version, or a check is running. */
-type Known = { raised: true } | { nothingAtVersion: bigint } | { pending: Promise<void> };
+/**
+ * What a process knows of one (account, period): its alert is recorded; nothing was due at a
+ * balance version for refusals of `neededAtLeast` or more (a smaller one may still be due: see
+ * DEPLETION_NOTICE_MAX_REFUSED_PERCENT); or a check is running.
+ */
+type Known = { raised: true } | { nothingAtVersion: bigint; neededAtLeast: bigint } | { pending: Promise<void> };
 
 /**
  * Per process (ServiceContext.depletionAlerts): the (account, billing period) pairs whose depletion
@@ -95,10 +110,10 @@ export class DepletionAlerts {
     if (known) {
       if ('raised' in known) return Promise.resolve();
       if ('pending' in known) return known.pending;
-      if (refusal.version <= known.nothingAtVersion) return Promise.resolve();
+      if (refusal.version <= known.nothingAtVersion && refusal.neededMicroCredits >= known.neededAtLeast) return Promise.resolve();
     }
     const pending = raiseDepletionAlert(ctx, refusal).then(
-      (outcome) => this.remember(key, outcome.raised ? { raised: true } : { nothingAtVersion: outcome.version }),
+      (outcome) => this.remember(key, outcome.raised ? { raised: true } : { nothingAtVersion: outcome.version, neededAtLeast: refusal.neededMicroCredits }),
       (err: unknown) => {
         this.known.delete(key);
         ctx.log?.warn({ err: (err as Error).message, accountId: refusal.accountId }, 'could not record the depletion notice (0 % credit alert) of a refused charge');
@@ -149,7 +164,8 @@ export function afterCreditRefusals(ctx: ServiceContext, errors: Iterable<unknow
  * One check, in a transaction of its own: when 0 is an alert threshold and the period's 0 % alert
  * is not recorded, locks the account (outbox ids are taken under its lock: src/outbox/relay.ts),
  * reads its balance (readBalance, at the account's now) and, when that is still the refusal's
- * period, the period has had credit and available credit is below what was refused, records the
+ * period, the period has had credit, available credit is below what was refused and what was
+ * refused is at most DEPLETION_NOTICE_MAX_REFUSED_PERCENT % of the period's credit, records the
  * alert (recordCreditAlert; ON CONFLICT DO NOTHING) with its `deliver-webhook` job.
  * @returns `raised`: the period's 0 % alert is recorded (now or before); `version`: the balance
  *   version the check saw (the refusal's when it did not lock).
@@ -171,7 +187,8 @@ async function raiseDepletionAlert(ctx: ServiceContext, refusal: CreditRefusal):
     const due =
       balance.periodStart.getTime() === refusal.periodStart.getTime() &&
       balance.periodMicroCredits > 0n &&
-      balance.availableMicroCredits < refusal.neededMicroCredits;
+      balance.availableMicroCredits < refusal.neededMicroCredits &&
+      refusal.neededMicroCredits * 100n <= balance.periodMicroCredits * DEPLETION_NOTICE_MAX_REFUSED_PERCENT;
     if (!due) return { raised: false, version: atx.versionBefore };
     const alertId = await recordCreditAlert(atx, {
       threshold: 0,

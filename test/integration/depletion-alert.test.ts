@@ -129,6 +129,25 @@ describe('the 0 % alert of work refused for lack of credit', () => {
     await expectOneDepletionAlert(b, bBefore);
   });
 
+  it('is not raised by refused work larger than 5 % of the period\'s credit; a smaller refusal at the same balance version raises it', async () => {
+    // A request bigger than what is left is no sign the pool ran out when it is a big share of
+    // it (60 % left and a request for 61 %): the period's one depletion notice would be spent on
+    // it. The drained account has 0.5 of 100 credits left; 6 credits is 6 % of the period's.
+    const remembered = new DepletionAlerts();
+    const ctx: ServiceContext = { ...services, depletionAlerts: remembered };
+    const accountId = await drainedAccount(ctx);
+    const outboxBefore = await lastOutboxId(accountId);
+    await expect(spend(ctx, accountId, '6')).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
+    await expect(reserveCredits(ctx, { accountId, amountMicroCredits: credits(50), ttlSeconds: 60, idempotencyKey: `dep-h-${randomUUID()}` })).rejects.toMatchObject({
+      code: 'INSUFFICIENT_CREDITS',
+    });
+    expect((await alerts(accountId)).map((a) => a.threshold)).toEqual([25, 15]);
+    expect(await outbox(accountId, outboxBefore)).toEqual([]);
+    // The same process, the same balance version: a 1-credit refusal is still checked, and due.
+    await expect(spend(ctx, accountId, '1')).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
+    await expectOneDepletionAlert(accountId, outboxBefore);
+  });
+
   it('is not raised by an agent budget refusal, nor before the period has had credit', async () => {
     const accountId = await createFundedAccount(services, { paid: 100 });
     await setSpendingBudget(services, { accountId, subjectKind: 'AGENT', subjectId: 'bot', limitMicroCredits: credits(1) });
