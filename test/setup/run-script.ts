@@ -31,11 +31,16 @@ export interface RunningScript {
 
 /**
  * Starts `script` (a path from the repository root) with `args` and the environment `env` (give
- * the whole environment: the child gets exactly it) and returns at once.
+ * the whole environment: the child gets exactly it) and returns at once. The child is SIGKILLed
+ * if this process exits while it still runs.
  * @throws (the `exited` promise rejects) when the process cannot be started.
  */
 export function startScript(script: string, args: readonly string[], env: NodeJS.ProcessEnv): RunningScript {
   const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Never left behind when the test process ends first (a failed test that did not stop it).
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  child.once('exit', () => process.off('exit', killOnExit));
   let stdout = '';
   let stderr = '';
   const waiters = new Set<() => void>();
