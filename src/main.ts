@@ -34,7 +34,7 @@ const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-api' } });
 // cutting the requests it had taken instead of answering them.
 const running: { server?: CreditpoolServer; workers?: RunningWorkers; pool?: pg.Pool; prisma?: PrismaClient; redis?: Redis } = {};
 let stopping = false;
-/** The boot has logged "creditpool ready". */
+/** The boot has finished (logged "creditpool ready", or that it listens but is not ready). */
 let booted = false;
 /** The shutdown has reached the workers: workers whose start ends later are closed by the boot itself. */
 let workersPassed = false;
@@ -125,5 +125,11 @@ if (env.RUN_WORKERS && !stopping) {
 }
 if (!stopping) {
   booted = true;
-  log.info({ url: `http://127.0.0.1:${port}/graphql`, workers: env.RUN_WORKERS }, 'creditpool ready');
+  // "ready" only when it is: with MIGRATE_ON_BOOT=false nothing above needed PostgreSQL (each
+  // use of it is caught), and with RUN_WORKERS=false nothing needed Redis; the server then
+  // listens while GET /readyz answers 503, and the log used to say "creditpool ready" anyway.
+  const { postgres, redis: redisUp } = await server.ready();
+  const url = `http://127.0.0.1:${port}/graphql`;
+  if (postgres && redisUp) log.info({ url, workers: env.RUN_WORKERS }, 'creditpool ready');
+  else log.warn({ url, workers: env.RUN_WORKERS, postgres, redis: redisUp }, 'creditpool listening, not ready: a dependency is unreachable (false below); GET /readyz answers 503 until it answers');
 }

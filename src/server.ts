@@ -85,6 +85,11 @@ export interface CreditpoolServer {
   /** This instance's outbox relay (null when OUTBOX_RELAY=false). */
   relay: OutboxRelay | null;
   /**
+   * What GET /readyz reports now: `postgres` (a `SELECT 1` on the ledger pool answered),
+   * `redis` (a PING answered PONG) and `ok` (both); never throws (an error counts as down).
+   */
+  ready(): Promise<{ ok: boolean; postgres: boolean; redis: boolean }>;
+  /**
    * Stops accepting connections, closes WebSockets with 1001 "server shutting down", ends SSE
    * streams, answers the requests it has taken (for up to SHUTDOWN_GRACE_MS; their responses
    * say `Connection: close`), then closes every HTTP connection, stops the relay and the hub
@@ -773,6 +778,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     http,
     live,
     relay,
+    ready,
     listen: (port, host = env.HOST) =>
       new Promise((resolve, reject) => {
         http.once('error', reject);

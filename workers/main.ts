@@ -2,32 +2,56 @@
  * The workers process: `tsx workers/main.ts`. Same environment as the API (DATABASE_URL,
  * REDIS_URL, LOG_LEVEL). Graceful SIGTERM/SIGINT: finishes jobs in progress (for up to
  * SHUTDOWN_GRACE_MS, without waiting for an unreachable Redis; workers/start.ts), then exits.
+ * The handlers are installed before the boot ({@link shutdown}), as src/main.ts does.
  */
 import { pino } from 'pino';
+import type pg from 'pg';
 import { loadEnvOrExit } from '../src/config/env.js';
 import { createPgPool, ledgerSessionLimits, logLostConnections, warnAboutSessionTimeouts } from '../src/db/pg.js';
-import { startWorkers } from './start.js';
+import { startWorkers, type RunningWorkers } from './start.js';
 
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
+
+// What a stop has to close, filled in as the boot creates it. The boot waits for Redis without a
+// bound while it is unreachable (startWorkers); the handlers used to be installed after it, so a
+// SIGTERM then killed the process by Node's default action, with nothing logged.
+const running: { pool?: pg.Pool; workers?: RunningWorkers } = {};
+let stopping = false;
+
+/**
+ * The graceful stop on SIGTERM/SIGINT, at any point of the boot or after it. Workers that have
+ * started are closed (jobs in progress get up to SHUTDOWN_GRACE_MS; workers/start.ts), then the
+ * pool is ended; exit 0, or 1 when a step throws. Before the workers have started no job has run:
+ * the pool is ended and the process exits 0 (a start still waiting for Redis is left behind).
+ * A second signal while stopping changes nothing.
+ */
+function shutdown(signal: NodeJS.Signals): void {
+  if (stopping) return;
+  stopping = true;
+  log.info({ signal, started: running.workers !== undefined }, 'stopping workers');
+  void (async () => {
+    await running.workers?.close();
+    await running.pool?.end();
+    process.exit(0);
+  })().catch((err) => {
+    log.error({ err }, 'error while stopping');
+    process.exit(1);
+  });
+}
+for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => shutdown(signal));
+
 const pool = createPgPool(env.DATABASE_URL, 5, ledgerSessionLimits(env));
+running.pool = pool;
 logLostConnections(pool, log);
 await warnAboutSessionTimeouts(pool, ledgerSessionLimits(env), log);
-const workers = await startWorkers({ env, pool, log });
-log.info('creditpool workers ready');
-
-let stopping = false;
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'stopping workers');
-    void workers
-      .close()
-      .then(() => pool.end())
-      .then(() => process.exit(0), (err) => {
-        log.error({ err }, 'error while stopping');
-        process.exit(1);
-      });
-  });
+if (!stopping) {
+  const workers = await startWorkers({ env, pool, log });
+  if (stopping) {
+    // Started after the stop began (the stop found none to close): they stop here; no job of theirs ran long.
+    await workers.close();
+  } else {
+    running.workers = workers;
+    log.info('creditpool workers ready');
+  }
 }

@@ -120,6 +120,24 @@ export const TAKE_BACK_INTERVAL_MS = 1_000;
 const DEAD_JOBS_ERROR =
   'outbox relay: job rows whose payload cannot be enqueued were moved to outbox_dead_jobs; no relay takes them back: inspect them, then re-queue a corrected row or delete it (README "Workers")';
 
+/**
+ * The relay's warning after a drain that failed on PostgreSQL's side (the outbox could not be
+ * read, locked or committed: PostgreSQL unreachable, a connection lost); logged with `side:
+ * 'postgres'`. The rows stay in the outbox (nothing was taken) and the drain is retried with
+ * backoff. It used to say "publish failed", which sent operators to look at Redis.
+ */
+export const OUTBOX_POSTGRES_FAILED_WARNING = 'outbox relay: PostgreSQL failed (the outbox could not be read or committed), will retry';
+
+/**
+ * The relay's warning after a drain that failed on Redis's side (enqueuing the jobs or the
+ * PUBLISH pipeline refused or not answered within `redisTimeoutMs`); logged with `side: 'redis'`.
+ * The drain's transaction is rolled back, so its rows stay in the outbox for the retry.
+ */
+export const OUTBOX_REDIS_FAILED_WARNING = 'outbox relay: Redis failed (publish or enqueue), will retry';
+
+/** Errors thrown by the Redis part of a drain (see {@link drainOutboxOnce}); the rest came from PostgreSQL. */
+const redisSideErrors = new WeakSet<object>();
+
 /** The warning a drain logs when it parked job rows (see the module comment). */
 const UNKNOWN_JOBS_PARKED_WARNING =
   'outbox relay: job rows of names this version does not know were moved to outbox_unknown_jobs; a relay that knows them takes them back';
@@ -242,7 +260,12 @@ export async function drainOutboxOnce(
         const failed = results?.find(([err]) => err);
         if (!results || failed) throw failed?.[0] ?? new Error('redis pipeline returned nothing');
       };
-      await answerWithin(send(), redisTimeoutMs, 'outbox relay: Redis');
+      try {
+        await answerWithin(send(), redisTimeoutMs, 'outbox relay: Redis');
+      } catch (err) {
+        if (typeof err === 'object' && err !== null) redisSideErrors.add(err);
+        throw err;
+      }
     }
     assertCommitted(await client.query('COMMIT'));
     if (parked.length > 0) {
@@ -290,7 +313,8 @@ export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
         if (n >= batchSize) again = true;
       } catch (err) {
         backoffMs = Math.min(backoffMs === 0 ? 50 : backoffMs * 2, 1_000);
-        opts.log.warn({ err: (err as Error).message, retryInMs: backoffMs }, 'outbox relay: publish failed, will retry');
+        const side = typeof err === 'object' && err !== null && redisSideErrors.has(err) ? 'redis' : 'postgres';
+        opts.log.warn({ side, err: (err as Error).message, retryInMs: backoffMs }, side === 'redis' ? OUTBOX_REDIS_FAILED_WARNING : OUTBOX_POSTGRES_FAILED_WARNING);
         if (!closed && !retryTimer) {
           retryTimer = setTimeout(() => {
             retryTimer = null;

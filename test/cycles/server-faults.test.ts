@@ -17,7 +17,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { startServer, ROOT, type StartedServer } from '../../demo/server-process.js';
 import { taggedDatabaseUrl, terminateBackends, unreachableDatabaseUrl } from '../setup/connections.js';
-import { runScript } from '../setup/run-script.js';
+import { runScript, startScript } from '../setup/run-script.js';
 import { startTestServer } from '../setup/test-server.js';
 import { DATABASE_UNAVAILABLE_MESSAGE } from '../../src/graphql/errors.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
@@ -312,6 +312,22 @@ describe('a database that cannot be reached', () => {
     expect(fatal[0]!.err?.code).toBe('ECONNREFUSED');
     expect(fatal[0]!.database).toBe(`postgresql://postgres:***@127.0.0.1:${url.port}${url.pathname}`);
     expect(run.stdout).not.toContain('boot-secret-pw');
+  });
+
+  it('at boot with MIGRATE_ON_BOOT=false: the API listens but does not log "creditpool ready" (its /readyz answers 503); it logs that it is not ready and why', async () => {
+    const run = startScript('src/main.ts', [], { ...process.env, DATABASE_URL: await unreachableDatabaseUrl(), REDIS_URL: TEST_REDIS_URL, ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'info', MIGRATE_ON_BOOT: 'false', RUN_WORKERS: 'false', PORT: '0' });
+    try {
+      await run.waitForOutput('creditpool listening');
+      const line = run.stdout().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; url?: string; postgres?: boolean; redis?: boolean }).find((l) => l.msg.startsWith('creditpool listening'))!;
+      expect(line).toMatchObject({ postgres: false, redis: true });
+      expect((await fetch(line.url!.replace('/graphql', '/readyz'))).status).toBe(503);
+      // Before the fix it logged "creditpool ready" whatever /readyz said.
+      expect(run.stdout()).not.toContain('creditpool ready');
+      run.child.kill('SIGTERM');
+      expect((await run.exited).code).toBe(0);
+    } finally {
+      if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
+    }
   });
 
   it('answers charges and reads with UNAVAILABLE, a message that says to retry with the same key, and a request id; never INTERNAL_SERVER_ERROR', async () => {

@@ -15,6 +15,8 @@ import { createTestServices, type TestServices } from '../setup/services.js';
 import { BALANCE_SUB, wsSubscribe } from '../live/helpers.js';
 import { dbId, gid } from '../api/helpers.js';
 import { createFundedAccount } from '../factories/accounts.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { credits } from '../../src/ledger/credits.js';
 
 const ADMIN_KEY = `cp_admin_${randomBytes(16).toString('hex')}`;
 let redis: PrivateRedis;
@@ -128,6 +130,75 @@ describe('SIGTERM while the server is still booting', () => {
       holder.release();
       if (!stopped) await server.stop(5_000);
       await redis.start();
+    }
+  });
+});
+
+describe('SIGTERM with money requests in flight', () => {
+  it('a charge batch, a capture, a settle and a reserve held behind the account lock are answered with their real results; the same keys sent again replay them, recorded once', async () => {
+    const boot = (name: string) =>
+      startServer({ name, workers: false, env: { DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: redis.url, ADMIN_API_KEY: ADMIN_KEY, LOG_LEVEL: 'warn', MIGRATE_ON_BOOT: 'false', SHUTDOWN_GRACE_MS: '20000' } });
+    const post = async (server: StartedServer, query: string, variables: Record<string, unknown>) => {
+      const res = await fetch(server.graphqlUrl, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` }, body: JSON.stringify({ query, variables }) });
+      return (await res.json()) as { data?: any; errors?: unknown[] };
+    };
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    const account = gid('Account', accountId);
+    const run = randomUUID();
+    const RESERVE = `mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id amount consumed status } }`;
+    const first = await boot('test-shutdown-money');
+    let stopped = false;
+    const holder = await services.pool.connect();
+    try {
+      const [toCapture, toSettle] = await Promise.all(['a', 'b'].map(async (k) => (await gql(first, RESERVE, { input: { accountId: account, amount: '10', idempotencyKey: `${run}-hold-${k}` } })).reserveCredits.id as string));
+      const requests: Array<[string, Record<string, unknown>]> = [
+        [`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode event { id cost } } }`, { inputs: [1, 2, 3].map((i) => ({ accountId: account, category: 'unit', idempotencyKey: `${run}-batch-${i}` })) }],
+        [`mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`, { input: { accountId: account, category: 'unit', reservationId: toCapture, idempotencyKey: `${run}-capture` } }],
+        [`mutation($input: SettleReservationInput!) { settleReservation(input: $input) { id consumed status } }`, { input: { reservationId: toSettle, usage: [{ accountId: account, category: 'unit', idempotencyKey: `${run}-settle` }] } }],
+        [RESERVE, { input: { accountId: account, amount: '5', idempotencyKey: `${run}-hold-c` } }],
+      ];
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      const answers = requests.map(([query, variables]) => post(first, query, variables).catch((err: Error) => ({ noAnswer: err.message })));
+      // They were taken and wait for the account's lock: the reserve in its transaction, the
+      // charges (batch, capture, settle) in the group committer's one transaction for the account
+      // (CHARGE_PATH=group). A request not taken before the SIGTERM would get no answer below.
+      await vi.waitFor(async () => {
+        const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`);
+        expect(rows[0].n).toBeGreaterThanOrEqual(2);
+      }, { timeout: 10_000, interval: 50 });
+      process.kill(first.pids.server, 'SIGTERM');
+      await vi.waitFor(async () => {
+        await expect(fetch(`${first.baseUrl}/healthz`)).rejects.toThrow();
+      }, { timeout: 10_000, interval: 50 });
+      await holder.query('ROLLBACK');
+      const got = await Promise.all(answers);
+      expect(got).toMatchObject([
+        { data: { recordUsageBatch: [1, 2, 3].map(() => ({ errorCode: null, event: { cost: '1' } })) } },
+        { data: { recordUsage: { cost: '1' } } },
+        { data: { settleReservation: { id: toSettle, consumed: '1', status: 'SETTLED' } } },
+        { data: { reserveCredits: { amount: '5', status: 'ACTIVE' } } },
+      ]);
+      expect(await first.stop(20_000)).toEqual({ server: 'exited' });
+      stopped = true;
+
+      // The client retries every request (it could not know they were answered in time): each replays.
+      const second = await boot('test-shutdown-money-2');
+      try {
+        const again = await Promise.all(requests.map(([query, variables]) => post(second, query, variables)));
+        expect(again).toEqual(got);
+      } finally {
+        await second.stop(10_000);
+      }
+      const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n, COUNT(DISTINCT idempotency_key)::int AS keys FROM usage_events WHERE account_id = $1`, [accountId]);
+      expect(rows[0]).toEqual({ n: 5, keys: 5 });
+      const balance = await expectLedgerInvariant(services.pool, accountId);
+      // 100 paid - 5 charges of 1; the capture's hold (10, 1 used) and the new one (5) still hold.
+      expect(balance.totalMicroCredits).toBe(credits(95));
+      expect(balance.reservedMicroCredits).toBe(credits(9 + 5));
+    } finally {
+      holder.release();
+      if (!stopped) await first.stop(5_000);
     }
   });
 });

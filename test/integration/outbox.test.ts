@@ -4,14 +4,14 @@
  * version; refusals and replays leave none; the relay publishes in order and keeps the rows when
  * Redis refuses.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { startPrivateRedis } from '../setup/private-redis.js';
-import { startSilenceableRelay } from '../setup/connections.js';
+import { startSilenceableRelay, unreachableDatabaseUrl } from '../setup/connections.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
@@ -22,7 +22,7 @@ import { voidGrant } from '../../src/services/void-grant.js';
 import { readBalanceSnapshot } from '../../src/services/read-balance.js';
 import { credits } from '../../src/ledger/credits.js';
 import { balanceFromSnapshot, type BalanceSnapshot } from '../../src/services/balance-figures.js';
-import { drainOutboxOnce } from '../../src/outbox/relay.js';
+import { drainOutboxOnce, startOutboxRelay, OUTBOX_POSTGRES_FAILED_WARNING, OUTBOX_REDIS_FAILED_WARNING } from '../../src/outbox/relay.js';
 import { accountChannel } from '../../src/outbox/topics.js';
 import { createPgPool, withTransaction } from '../../src/db/pg.js';
 import { QueryTimings } from '../../src/db/query-timings.js';
@@ -216,6 +216,41 @@ describe('outbox rows', () => {
 });
 
 describe('relay', () => {
+  it("its warning after a failed drain says which side failed: PostgreSQL (the outbox could not be read) or Redis (nothing could be published)", async () => {
+    const accountId = await createFundedAccount(s, { paid: 1 }); // a balance row in the outbox, so a drain reaches Redis
+    expect((await rows(accountId)).length).toBeGreaterThan(0);
+    const pgDown = createPgPool(await unreachableDatabaseUrl(), 1);
+    const redisUp = new Redis(TEST_REDIS_URL);
+    const gone = await startPrivateRedis();
+    const redisDown = new Redis(gone.url, { enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    await new Promise<void>((resolve) => redisDown.once('ready', () => resolve()));
+    await gone.kill();
+    const cases = [
+      { side: 'postgres', pool: pgDown, redis: redisUp },
+      { side: 'redis', pool: s.pool, redis: redisDown },
+    ] as const;
+    try {
+      for (const c of cases) {
+        const { log, lines } = capturingLog();
+        const relay = startOutboxRelay({ pool: c.pool, redis: c.redis, log, channelPrefix: `test-relay-side-${process.pid}:`, pollIntervalMs: 60_000 });
+        try {
+          await vi.waitFor(() => expect(lines.filter((l) => l.level === 40).length).toBeGreaterThan(0), { timeout: 10_000, interval: 20 });
+        } finally {
+          await relay.close();
+        }
+        const warning = lines.find((l) => l.level === 40)!;
+        // Before the fix both said "outbox relay: publish failed, will retry".
+        expect(warning).toMatchObject({ side: c.side, msg: c.side === 'postgres' ? OUTBOX_POSTGRES_FAILED_WARNING : OUTBOX_REDIS_FAILED_WARNING });
+      }
+      // Neither drain took the rows.
+      expect((await rows(accountId)).length).toBeGreaterThan(0);
+    } finally {
+      await pgDown.end();
+      redisUp.disconnect();
+      redisDown.disconnect();
+    }
+  });
+
   it('publishes rows in id order on the account channel and deletes them; keeps them when Redis refuses', async () => {
     const accountId = await createFundedAccount(s, { paid: 10 });
     for (let i = 0; i < 3; i++) await recordUsage(s, { accountId, idempotencyKey: `p${i}`, category: 'unit' });

@@ -1,0 +1,197 @@
+/**
+ * Graceful stop of the workers process (workers/main.ts) as a deploy does it (SIGTERM), with real
+ * processes on the test PostgreSQL: during its boot while Redis is unreachable, and while a job is
+ * in the middle of its transaction (held there by a row lock the test takes, not by timing).
+ */
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { Queue, Worker } from 'bullmq';
+import { pino } from 'pino';
+import type pg from 'pg';
+import { startScript } from '../setup/run-script.js';
+import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
+import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { taggedDatabaseUrl } from '../setup/connections.js';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { queueEventsFromNow } from '../setup/queue-events.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { credits } from '../../src/ledger/credits.js';
+import { parseEnv } from '../../src/config/env.js';
+import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, type LedgerJobName } from '../../src/queues/names.js';
+import { SWEEP_DUE_JOB } from '../../workers/processors/sweep-due.js';
+import { LEDGER_PROCESSORS } from '../../workers/registry.js';
+
+let redis: PrivateRedis;
+let services: TestServices;
+
+beforeAll(async () => {
+  redis = await startPrivateRedis();
+  services = createTestServices(3);
+});
+
+afterAll(async () => {
+  await services?.close();
+  await redis?.stop();
+});
+
+describe('SIGTERM while the workers process boots', () => {
+  it('waiting for an unreachable Redis: it logs the stop and exits 0 instead of being killed by the signal', async () => {
+    await redis.kill();
+    const workers = startScript('workers/main.ts', [], { ...process.env, DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: redis.url, LOG_LEVEL: 'info', QUEUE_PREFIX: 'cp-test-boot-stop' });
+    try {
+      // Its Redis connection failed at least once: the boot waits for Redis in startWorkers.
+      await workers.waitForOutput('workers: redis error');
+      expect(workers.stdout()).not.toContain('creditpool workers ready');
+      workers.child.kill('SIGTERM');
+      const run = await workers.exited;
+      // Before the fix: no handler yet, so Node's default action killed it (signal SIGTERM, nothing logged).
+      expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
+      expect(run.stdout).toContain('stopping workers');
+      expect(run.stderr).toBe('');
+    } finally {
+      if (workers.child.exitCode === null && workers.child.signalCode === null) workers.child.kill('SIGKILL');
+      await redis.start();
+    }
+  });
+});
+
+/**
+ * A workers process (own queue prefix, SHUTDOWN_GRACE_MS `graceMs`) past its boot's sweep, an
+ * account with a FREE batch of 5 credits expiring 1.5 s later, its balance row locked by the test,
+ * and the batch's expire-due job (enqueued by the workers' relay) started and waiting for that lock.
+ */
+async function jobHeldMidway(graceMs: number) {
+  const prefix = `cp-test-${randomUUID()}`;
+  const { url, name } = taggedDatabaseUrl('cp-workers-stop');
+  const workers = startScript('workers/main.ts', [], {
+    ...process.env,
+    DATABASE_URL: url,
+    REDIS_URL: TEST_REDIS_URL,
+    QUEUE_PREFIX: prefix,
+    LOG_LEVEL: 'info',
+    SHUTDOWN_GRACE_MS: String(graceMs),
+    OUTBOX_POLL_INTERVAL_MS: '50',
+    SWEEP_EVERY_MS: '600000',
+  });
+  const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+  const queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
+  let holder: pg.PoolClient | null = null;
+  const dispose = async () => {
+    holder?.release();
+    if (workers.child.exitCode === null && workers.child.signalCode === null) {
+      workers.child.kill('SIGKILL');
+      await workers.exited;
+    }
+    await queue.obliterate({ force: true }).catch(() => undefined);
+    await queue.close();
+    connection.disconnect();
+  };
+  try {
+    return await heldAfterBoot();
+  } catch (err) {
+    await dispose();
+    throw err;
+  }
+
+  /** The rest of the set-up (on a failure the caller disposes of what was started). */
+  async function heldAfterBoot() {
+    const maintenance = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
+    // The boot's sweep-due ran (the next is 10 min away), so only the batch's own job expires it below.
+    await vi.waitFor(async () => {
+      const done = await maintenance.getJobs(['completed']);
+      expect(done.map((j) => j.name)).toContain(SWEEP_DUE_JOB);
+    }, { timeout: 30_000, interval: 100 });
+    await maintenance.close();
+
+    const accountId = await createFundedAccount(services, { paid: 1 });
+    const expiresAt = new Date(Date.now() + 1_500);
+    await grantCredits(services, { accountId, amountMicroCredits: credits(5), type: 'FREE', source: 'PROMO_CODE', expiresAt, reference: null, idempotencyKey: `expiring-${randomUUID()}` });
+    const client = await services.pool.connect();
+    holder = client;
+    await client.query('BEGIN');
+    await client.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+    const { rows } = await services.pool.query(`SELECT id FROM credit_batches WHERE account_id = $1 AND type = 'FREE'`, [accountId]);
+    const jobId = `expire-due-batch-${rows[0].id}-${expiresAt.getTime()}`;
+    // The workers' relay enqueued the job, and at expiresAt a worker took it: it waits for the lock.
+    await vi.waitFor(async () => {
+      const { rows: waiting } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, [name]);
+      expect(waiting[0].n, workers.stdout()).toBe(1);
+    }, { timeout: 20_000, interval: 50 });
+    expect(await queue.getJobState(jobId)).toBe('active');
+    return {
+      accountId,
+      jobId,
+      prefix,
+      queue,
+      workers,
+      holder: client,
+      async expireEntries() {
+        const { rows: entries } = await services.pool.query(`SELECT amount_micro_credits::text AS amount FROM ledger_entries WHERE account_id = $1 AND type = 'EXPIRE'`, [accountId]);
+        return entries.map((e) => e.amount as string);
+      },
+      dispose,
+    };
+  }
+}
+
+describe('SIGTERM while a job is in the middle of its transaction', () => {
+  it('within SHUTDOWN_GRACE_MS: the stop waits for the job, which expires the batch once and is recorded completed, then exits 0', async () => {
+    const held = await jobHeldMidway(20_000);
+    try {
+      held.workers.child.kill('SIGTERM');
+      await held.workers.waitForOutput('stopping workers');
+      expect(await held.queue.getJobState(held.jobId)).toBe('active');
+      await held.holder.query('ROLLBACK');
+      const run = await held.workers.exited;
+      expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
+      expect(run.stdout).not.toContain('did not let the workers close in time');
+      expect(await held.queue.getJobState(held.jobId)).toBe('completed');
+      expect(await held.expireEntries()).toEqual(['-5000000']);
+      await expectLedgerInvariant(services.pool, held.accountId);
+    } finally {
+      await held.dispose();
+    }
+  });
+
+  it('past SHUTDOWN_GRACE_MS: the Redis connections are dropped with the job unfinished; its transaction still commits, and the re-run by the stalled check expires nothing more', async () => {
+    const held = await jobHeldMidway(500);
+    try {
+      held.workers.child.kill('SIGTERM');
+      await held.workers.waitForOutput('did not let the workers close in time');
+      await held.holder.query('ROLLBACK');
+      const run = await held.workers.exited;
+      expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
+      // The job's transaction committed (the pool was ended after it) but its completion never reached Redis.
+      expect(await held.expireEntries()).toEqual(['-5000000']);
+      expect(await held.queue.getJobState(held.jobId)).toBe('active');
+
+      // The stalled check of the next worker: the job's lock and the gone worker's last check
+      // (30 s TTLs each) are deleted here instead of waited for.
+      const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+      const keys = `${held.prefix}:${LEDGER_JOBS_QUEUE}`;
+      await connection.del(`${keys}:${held.jobId}:lock`, `${keys}:stalled-check`);
+      const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, held.prefix);
+      const deps = { services, log: pino({ level: 'silent' }), env: parseEnv({}) };
+      const completed = new Promise<unknown>((resolve) => events.on('completed', ({ jobId, returnvalue }) => jobId === held.jobId && resolve(returnvalue)));
+      const worker = new Worker(
+        LEDGER_JOBS_QUEUE,
+        (job) => LEDGER_PROCESSORS[job.name as LedgerJobName](deps, { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 }),
+        { connection, prefix: held.prefix, stalledInterval: 100 },
+      );
+      try {
+        expect(await completed).toEqual({ batches: 0, holds: 0, expiredMicroCredits: '0' });
+      } finally {
+        await worker.close();
+        await events.close();
+        connection.disconnect();
+      }
+      expect(await held.expireEntries()).toEqual(['-5000000']);
+      await expectLedgerInvariant(services.pool, held.accountId);
+    } finally {
+      await held.dispose();
+    }
+  });
+});
