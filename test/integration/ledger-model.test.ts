@@ -249,7 +249,7 @@ function grantPeriodModel(m: Model, plan: PlanRecord, startMs: number, endMs: nu
  */
 function trimModel(m: Model, cap: bigint, atMs: number): void {
   const batches = m.batches
-    .filter((b) => b.source === 'SUBSCRIPTION' && (b.expiresAtMs === null || b.expiresAtMs > atMs) && (b.status === 'ACTIVE' || (b.status === 'EXHAUSTED' && drawnSince(m, b, atMs) > 0n)))
+    .filter((b) => b.source === 'SUBSCRIPTION' && b.addedAtMs < atMs && (b.expiresAtMs === null || b.expiresAtMs > atMs) && (b.status === 'ACTIVE' || (b.status === 'EXHAUSTED' && drawnSince(m, b, atMs) > 0n)))
     .sort((a, b) => a.addedAtMs - b.addedAtMs || (a.batchId < b.batchId ? -1 : a.batchId > b.batchId ? 1 : 0))
     .map((b) => ({ b, atStart: b.remaining + drawnSince(m, b, atMs) }));
   let total = sum(batches.map((x) => x.atStart));
@@ -290,9 +290,11 @@ function rollModel(m: Model): number {
  */
 function rolloverRoomModel(m: Model, ev: MEvent): { room: bigint; batches: Set<MBatch> } | null {
   const sub = m.sub;
-  const startMs = periodAt(m, m.nowMs).start.getTime();
-  if (!sub?.active || ev.recordedAtMs >= startMs || sub.plan.rollover !== 'ROLLOVER' || sub.plan.rolloverCapMicroCredits === null) return null;
-  if (sub.startedAtMs >= startMs || sub.grantedPeriodStartMs < startMs) return null;
+  if (!sub || sub.plan.rollover !== 'ROLLOVER' || sub.plan.rolloverCapMicroCredits === null) return null;
+  // The latest roll: at the current period start while the plan is active (null while that roll
+  // is pending: its late trim counts the refunded credit); after a cancel, the last one it ran.
+  const startMs = sub.active ? periodAt(m, m.nowMs).start.getTime() : sub.grantedPeriodStartMs;
+  if (ev.recordedAtMs >= startMs || sub.startedAtMs >= startMs || sub.grantedPeriodStartMs < startMs) return null;
   const carried = m.batches.filter((b) => b.source === 'SUBSCRIPTION' && b.addedAtMs < startMs && (b.expiresAtMs === null || b.expiresAtMs > startMs) && b.status !== 'VOIDED');
   const atStart = sum(carried.map((b) => b.remaining + drawnSince(m, b, startMs)));
   return { room: maxBig(sub.plan.rolloverCapMicroCredits - atStart, 0n), batches: new Set(carried) };
@@ -686,7 +688,7 @@ describe.each([
           }
         }
       }),
-      { numRuns: 40 },
+      { numRuns: Number(process.env.MODEL_RUNS ?? 40) },
     );
     services.setNow(null);
   }, 180_000); // about 10 s per mode; the rest is room for shrinking a counterexample on a loaded machine
