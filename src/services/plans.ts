@@ -313,6 +313,9 @@ export const DRAWN_SINCE_CTE = `since AS (
  * usage recorded since then (not refunded) drew from it, the trim takes from each batch what it
  * would have taken then, and what of that has been spent since cannot be taken back (the rest is
  * cut). On time (nothing recorded since `at`) it is the plain trim of the remaining credit.
+ * Only credit added before `at` stood at `at`: a SUBSCRIPTION grant made between the period
+ * start and a late roll (grantCredits may name that source) is not trimmed, as an on-time roll
+ * would not have seen it.
  */
 async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void> {
   // Usage since `at`: the account's CONSUME entries dated from `at` on (an index range on
@@ -321,7 +324,7 @@ async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void
     `WITH ${DRAWN_SINCE_CTE}
      SELECT b.id, b.remaining_micro_credits, COALESCE(s.drawn, 0) AS drawn_since
        FROM credit_batches b LEFT JOIN since s ON s.batch_id = b.id
-      WHERE b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND (b.expires_at IS NULL OR b.expires_at > $2)
+      WHERE b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND b.added_at < $2 AND (b.expires_at IS NULL OR b.expires_at > $2)
         AND (b.status = 'ACTIVE' OR (b.status = 'EXHAUSTED' AND s.drawn IS NOT NULL))
       ORDER BY b.added_at, b.id FOR UPDATE OF b`,
     [atx.accountId, at],

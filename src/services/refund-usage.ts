@@ -143,21 +143,25 @@ export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Prom
  * is not given back, as credit that would have expired is not (refundUsage). The result does not
  * depend on whether the refund ran before or after the roll. Only the latest roll is counted: for
  * an event several periods old the carried credit still stays within the cap.
+ * A cancel does not lift the cap: for a cancelled plan the roll counted is the last one it ran
+ * (else a cancel right after the roll let a refund put back credit the roll would have trimmed).
  * @returns the room (micro-credits, ≥ 0) and the carried batches it bounds; null when no cap
- *   applies (no active ROLLOVER plan with a cap, the event recorded in the current period, the
+ *   applies (no ROLLOVER plan with a cap, the event recorded since the latest roll, the
  *   period begun by the subscription itself rather than a roll, or its roll not run yet: the
  *   late roll's trim then counts the refunded credit).
  */
 async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: bigint; batchIds: Set<string> } | null> {
-  const periodStart = atx.period().start;
-  if (recordedAt.getTime() >= periodStart.getTime()) return null;
   const { rows: subs } = await atx.tx.query(
-    `SELECT s.started_at, s.granted_period_start, p.rollover, p.rollover_cap_micro_credits AS cap
-       FROM plan_subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.account_id = $1 AND s.active`,
+    `SELECT s.active, s.started_at, s.granted_period_start, p.rollover, p.rollover_cap_micro_credits AS cap
+       FROM plan_subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.account_id = $1`,
     [atx.accountId],
   );
   const sub = subs[0];
   if (!sub || sub.rollover !== 'ROLLOVER' || sub.cap === null) return null;
+  // The latest roll: an active plan's at the current period start; a cancelled plan's, the last
+  // one it ran (its granted period start; the credit it carried stays, and no roll trims it again).
+  const periodStart = sub.active ? atx.period().start : (sub.granted_period_start as Date);
+  if (recordedAt.getTime() >= periodStart.getTime()) return null;
   if ((sub.started_at as Date).getTime() >= periodStart.getTime() || (sub.granted_period_start as Date).getTime() < periodStart.getTime()) return null;
   const { rows } = await atx.tx.query(
     `WITH ${DRAWN_SINCE_CTE}

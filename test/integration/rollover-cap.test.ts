@@ -1,0 +1,71 @@
+/**
+ * Regressions the plan commands of the ledger model (ledger-model.test.ts) stand for: the
+ * ROLLOVER cap (README "Plans and billing cycles", "Refunds and voids") holds after a cancel and
+ * for a late roll. Carried plan credit is trimmed as it stood at the period start, and a refund
+ * after the roll gives the balance a refund before it gives.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { cancelSubscription, createPlan, rollBillingPeriods, subscribeToPlan, type PlanRecord } from '../../src/services/plans.js';
+import { recordUsage } from '../../src/services/record-usage.js';
+import { refundUsage } from '../../src/services/refund-usage.js';
+import { advanceTestClock } from '../../src/services/test-clock.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { credits } from '../../src/ledger/credits.js';
+
+let services: TestServices;
+let capped: PlanRecord;
+beforeAll(async () => {
+  services = createTestServices(3);
+  capped = await createPlan(services, { name: `rollover cap ${randomUUID()}`, monthlyMicroCredits: credits(100), rollover: 'ROLLOVER', rolloverCapMicroCredits: credits(50), priceUsd: '1' });
+});
+afterEach(() => services.setNow(null));
+afterAll(async () => {
+  await services.close();
+});
+
+const spend = async (accountId: string, units: number) =>
+  (await recordUsage(services, { accountId, idempotencyKey: randomUUID(), category: 'units', quantities: { units: String(units) } })).eventId;
+
+describe('the ROLLOVER cap', () => {
+  it('a refund after the roll and a cancel gives back only what the cap leaves room for, as a refund before the roll', async () => {
+    const start = new Date('2026-09-01T00:00:00.000Z');
+    const rollAt = new Date('2026-10-01T00:00:00.000Z');
+    const [first, then] = [await createFundedAccount(services, { testClockStart: start }), await createFundedAccount(services, { testClockStart: start })];
+    const events = new Map<string, string>();
+    for (const id of [first, then]) {
+      await subscribeToPlan(services, id, capped.id);
+      events.set(id, await spend(id, 30)); // 70 left of the period's 100
+    }
+    await refundUsage(services, events.get(first)!, 'before the roll'); // 100, trimmed to 50 at the roll
+    for (const id of [first, then]) {
+      await advanceTestClock(services, id, rollAt); // 50 carried + 100 granted
+      await cancelSubscription(services, id); // the credit stays, nothing rolls any more
+    }
+    await refundUsage(services, events.get(then)!, 'after the roll'); // the roll carried the cap already: no room
+    const [a, b] = [await expectLedgerInvariant(services.pool, first, rollAt), await expectLedgerInvariant(services.pool, then, rollAt)];
+    expect(a.availableMicroCredits).toBe(credits(150));
+    expect(b.availableMicroCredits).toBe(a.availableMicroCredits);
+  });
+
+  it('a late roll trims only the credit that stood at the period start, not SUBSCRIPTION credit granted after it', async () => {
+    const start = new Date('2026-05-05T00:00:00.000Z');
+    const late = new Date('2026-06-05T01:00:00.000Z'); // the period began at 06-05T00:00
+    services.setNow(start);
+    const [stepped, lagging] = [await createFundedAccount(services), await createFundedAccount(services)];
+    for (const id of [stepped, lagging]) await subscribeToPlan(services, id, capped.id); // 100, above the cap of 50
+    services.setNow(new Date('2026-06-05T00:00:00.000Z'));
+    await rollBillingPeriods(services, stepped); // on time: 100 trimmed to 50, + 100
+    services.setNow(late);
+    for (const id of [stepped, lagging]) {
+      await grantCredits(services, { accountId: id, amountMicroCredits: credits(40), type: 'PAID', source: 'SUBSCRIPTION', expiresAt: null, reference: null, idempotencyKey: randomUUID() });
+    }
+    expect(await rollBillingPeriods(services, lagging)).toEqual({ periodsRolled: 1 }); // the job ran an hour late
+    const [a, b] = [await expectLedgerInvariant(services.pool, stepped, late), await expectLedgerInvariant(services.pool, lagging, late)];
+    expect(a.availableMicroCredits).toBe(credits(190));
+    expect(b.availableMicroCredits).toBe(a.availableMicroCredits);
+  });
+});
