@@ -1,8 +1,9 @@
 /**
  * Regressions the plan commands of the ledger model (ledger-model.test.ts) stand for: the
- * ROLLOVER cap (README "Plans and billing cycles", "Refunds and voids") holds after a cancel and
- * for a late roll. Carried plan credit is trimmed as it stood at the period start, and a refund
- * after the roll gives the balance a refund before it gives.
+ * ROLLOVER cap (README "Plans and billing cycles", "Refunds and voids") holds after a cancel, after
+ * a switch to another plan, and for a late roll. Carried plan credit is trimmed as it stood at the
+ * period start, and a refund after the roll (or after the switch) gives the balance a refund
+ * before it gives.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
