@@ -272,11 +272,12 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
   let granted = sub.granted_period_start as Date;
   if (granted.getTime() >= current.start.getTime()) return 0;
   let rolled = 0;
+  const capped = plan.rollover === 'ROLLOVER' && plan.rolloverCapMicroCredits !== null;
   // RESET credit of the period that ended expires first (dated at its expiresAt).
   await applyExpiries(atx);
   while (granted.getTime() < current.start.getTime()) {
     const next = monthlyPeriodAt(atx.billingAnchorAt, granted).end; // the next period's start
-    if (plan.rollover === 'ROLLOVER' && plan.rolloverCapMicroCredits !== null) await trimRollover(atx, plan.rolloverCapMicroCredits, next);
+    if (capped) await trimRollover(atx, plan.rolloverCapMicroCredits!, next);
     const period = monthlyPeriodAt(atx.billingAnchorAt, next);
     // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
     // credit carries over, so every period is granted (after its boundary's trim), as stepping
@@ -285,7 +286,15 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
     granted = next;
     rolled++;
   }
-  await tx.query('UPDATE plan_subscriptions SET granted_period_start = $2 WHERE account_id = $1', [accountId, granted]);
+  // A capped roll is remembered with its cap (capped_roll_at, migration plan_capped_roll), kept
+  // across switches and cancels, for the refunds of usage recorded before it (rolloverRoom).
+  await tx.query(
+    `UPDATE plan_subscriptions SET granted_period_start = $2,
+            capped_roll_at = CASE WHEN $3::bigint IS NULL THEN capped_roll_at ELSE $2 END,
+            capped_roll_cap_micro_credits = COALESCE($3::bigint, capped_roll_cap_micro_credits)
+      WHERE account_id = $1`,
+    [accountId, granted, capped ? plan.rolloverCapMicroCredits!.toString() : null],
+  );
   scheduleRoll(atx, current.end);
   return rolled;
 }

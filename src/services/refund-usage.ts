@@ -134,35 +134,37 @@ export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Prom
 
 /**
  * What a refund may give back to subscription credit a ROLLOVER roll carried over (README
- * "Refunds and voids"). The roll at the current period's start `T` kept at most the plan's cap of
- * the subscription credit; had the refunded event (recorded before `T`) never drawn, the roll
- * would have counted its credit too and trimmed it to the same cap. So the credit given back to
- * the carried batches (SUBSCRIPTION, added before `T`, not expiring by `T`) is at most the room
- * the roll left under the cap: cap − their credit at `T` after the trim (their remaining plus what
- * usage since `T`, not refunded, drew from them; earlier refunds are in their remaining). The rest
- * is not given back, as credit that would have expired is not (refundUsage). The result does not
- * depend on whether the refund ran before or after the roll. Only the latest roll is counted: for
- * an event several periods old the carried credit still stays within the cap.
- * A cancel does not lift the cap: for a cancelled plan the roll counted is the last one it ran
- * (else a cancel right after the roll let a refund put back credit the roll would have trimmed).
+ * "Refunds and voids"). The latest roll of a ROLLOVER plan with a cap, at a period start `T`,
+ * kept at most that plan's cap of the subscription credit; had the refunded event (recorded
+ * before `T`) never drawn, the roll would have counted its credit too and trimmed it to the same
+ * cap. So the credit given back to the carried batches (SUBSCRIPTION, added before `T`, not
+ * expiring by `T`) is at most the room the roll left under the cap: cap − their credit at `T`
+ * after the trim (their remaining plus what usage since `T`, not refunded, drew from them;
+ * earlier refunds are in their remaining). The rest is not given back, as credit that would have
+ * expired is not (refundUsage). The result does not depend on whether the refund ran before or
+ * after the roll. Only the latest roll is counted: for an event several periods old the carried
+ * credit still stays within the cap.
+ * The roll and its cap are the ones the subscription row remembers (`capped_roll_at`, written by
+ * every capped roll, migration plan_capped_roll), whichever plan is subscribed now: neither a
+ * cancel nor a switch to another plan (which starts a new period without a roll, and whose RESET
+ * or uncapped ROLLOVER rolls trim nothing) lifts the cap the old plan's last roll applied.
  * @returns the room (micro-credits, ≥ 0) and the carried batches it bounds; null when no cap
- *   applies (no ROLLOVER plan with a cap, the event recorded since the latest roll, the
- *   period begun by the subscription itself rather than a roll, or its roll not run yet: the
- *   late roll's trim then counts the refunded credit).
+ *   applies (no capped roll has run on the account, or the event was recorded since the latest
+ *   one), or while a roll of the active capped plan is due and has not run yet (its late trim
+ *   then counts the refunded credit, as a refund after that roll on time would be capped by it).
  */
 async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: bigint; batchIds: Set<string> } | null> {
   const { rows: subs } = await atx.tx.query(
-    `SELECT s.active, s.started_at, s.granted_period_start, p.rollover, p.rollover_cap_micro_credits AS cap
+    `SELECT s.active, s.granted_period_start, s.capped_roll_at, s.capped_roll_cap_micro_credits AS cap,
+            p.rollover = 'ROLLOVER' AND p.rollover_cap_micro_credits IS NOT NULL AS plan_capped
        FROM plan_subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.account_id = $1`,
     [atx.accountId],
   );
   const sub = subs[0];
-  if (!sub || sub.rollover !== 'ROLLOVER' || sub.cap === null) return null;
-  // The latest roll: an active plan's at the current period start; a cancelled plan's, the last
-  // one it ran (its granted period start; the credit it carried stays, and no roll trims it again).
-  const periodStart = sub.active ? atx.period().start : (sub.granted_period_start as Date);
+  if (!sub || sub.capped_roll_at === null) return null;
+  if (sub.active && sub.plan_capped && (sub.granted_period_start as Date).getTime() < atx.period().start.getTime()) return null;
+  const periodStart = sub.capped_roll_at as Date;
   if (recordedAt.getTime() >= periodStart.getTime()) return null;
-  if ((sub.started_at as Date).getTime() >= periodStart.getTime() || (sub.granted_period_start as Date).getTime() < periodStart.getTime()) return null;
   const { rows } = await atx.tx.query(
     `WITH ${DRAWN_SINCE_CTE}
      SELECT b.id, b.remaining_micro_credits + COALESCE(s.drawn, 0) AS at_start
