@@ -174,6 +174,12 @@ interface Model {
   /** The billing anchor: account creation, then the instant of the last subscription. */
   anchorMs: number;
   sub: MSub | null;
+  /**
+   * The latest roll of a ROLLOVER plan with a cap and that cap, kept across cancels and switches
+   * (plan_subscriptions.capped_roll_at / capped_roll_cap_micro_credits): what bounds a refund of
+   * usage recorded before it, whichever plan is subscribed now.
+   */
+  cappedRoll: { atMs: number; cap: bigint } | null;
 }
 
 const holdRest = (h: MHold) => maxBig(h.amount - h.consumed, 0n);
@@ -304,29 +310,29 @@ function rollModel(m: Model): number {
     sub.grantedPeriodStartMs = next;
     rolled++;
   }
+  const cap = sub.plan.rolloverCapMicroCredits;
+  if (sub.plan.rollover === 'ROLLOVER' && cap !== null) m.cappedRoll = { atMs: sub.grantedPeriodStartMs, cap };
   return rolled;
 }
 
-/**
- * The instant of the subscription's latest roll: the current period start while the plan is
- * active (a roll still pending there is not run: rolloverRoomModel then applies no cap, its late
- * trim counting the refunded credit); after a cancel, the last one it ran (refund-usage.ts rolloverRoom).
- */
-const latestRollMs = (m: Model, sub: MSub) => (sub.active ? periodAt(m, m.nowMs).start.getTime() : sub.grantedPeriodStartMs);
+/** The instant of the account's latest capped roll (whichever plan ran it), or null when none ran. */
+const latestRollMs = (m: Model) => m.cappedRoll?.atMs ?? null;
 
 /**
  * What a refund of `ev` may give back to subscription credit a ROLLOVER roll carried over: the
- * room under the cap left by the carried batches' credit at the current period start (README
+ * room under its cap left by the carried batches' credit at the account's latest capped roll, whichever plan ran it (README
  * "Refunds and voids"); null when no cap applies (refund-usage.ts rolloverRoom).
  */
 function rolloverRoomModel(m: Model, ev: MEvent): { room: bigint; batches: Set<MBatch> } | null {
   const sub = m.sub;
-  if (!sub || sub.plan.rollover !== 'ROLLOVER' || sub.plan.rolloverCapMicroCredits === null) return null;
-  const startMs = latestRollMs(m, sub);
-  if (ev.recordedAtMs >= startMs || sub.startedAtMs >= startMs || sub.grantedPeriodStartMs < startMs) return null;
+  if (!m.cappedRoll) return null;
+  // A roll of the active capped plan still pending: its late trim counts the refunded credit.
+  if (sub?.active && sub.plan.rollover === 'ROLLOVER' && sub.plan.rolloverCapMicroCredits !== null && sub.grantedPeriodStartMs < periodAt(m, m.nowMs).start.getTime()) return null;
+  const startMs = m.cappedRoll.atMs;
+  if (ev.recordedAtMs >= startMs) return null;
   const carried = m.batches.filter((b) => b.source === 'SUBSCRIPTION' && b.addedAtMs < startMs && (b.expiresAtMs === null || b.expiresAtMs > startMs) && b.status !== 'VOIDED');
   const atStart = sum(carried.map((b) => b.remaining + drawnSince(m, b, startMs)));
-  return { room: maxBig(sub.plan.rolloverCapMicroCredits - atStart, 0n), batches: new Set(carried) };
+  return { room: maxBig(m.cappedRoll.cap - atStart, 0n), batches: new Set(carried) };
 }
 
 const costOf = (cents: number) => BigInt(cents) * 10_000n;
@@ -363,7 +369,7 @@ describe.each([
         for (let i = 0; i < 2; i++) {
           services.setNow(new Date(startMs));
           const accountId = await createFundedAccount(services, testClock ? { testClockStart: new Date(startMs) } : {});
-          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [], anchorMs: startMs, sub: null });
+          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [], anchorMs: startMs, sub: null, cappedRoll: null });
         }
         let seq = 0;
 
@@ -504,8 +510,8 @@ describe.each([
               case 'refund': {
                 // With `early` (always in the plan-heavy mix), an event from before the latest roll that drew
                 // subscription credit the roll may have carried over its cap: random picks almost never found one.
-                const sub = m.sub;
-                const carriedDraws = cmd.early && sub ? m.events.filter((e) => !e.refunded && e.recordedAtMs < latestRollMs(m, sub) && [...e.parts.map((p) => p.batch), ...e.repaidBy.keys()].some((b) => b.source === 'SUBSCRIPTION')) : [];
+                const rollMs = latestRollMs(m);
+                const carriedDraws = cmd.early && rollMs !== null ? m.events.filter((e) => !e.refunded && e.recordedAtMs < rollMs && [...e.parts.map((p) => p.batch), ...e.repaidBy.keys()].some((b) => b.source === 'SUBSCRIPTION')) : [];
                 const ev = pick(carriedDraws.length > 0 ? carriedDraws : m.events, cmd.event);
                 if (!ev) continue;
                 unchanged = ev.refunded;
