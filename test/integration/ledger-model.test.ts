@@ -38,14 +38,17 @@ import { LedgerError } from '../../src/ledger/errors.js';
 import { credits, maxBig, minBig } from '../../src/ledger/credits.js';
 import { cancelSubscription, createPlan, readSubscription, rollBillingPeriods, subscribeToPlan, type PlanRecord } from '../../src/services/plans.js';
 import { planPeriodGrantKey } from '../../src/ledger/grant-keys.js';
-import { monthlyPeriodAt } from '../../src/ledger/billing-period.js';
+import { monthlyPeriodAt, percentRemaining } from '../../src/ledger/billing-period.js';
 import { randomUUID } from 'node:crypto';
 
 let services: TestServices;
 /** The plans the `subscribe` command picks from: RESET, ROLLOVER with a cap below and above one month's credit, ROLLOVER without a cap. */
 let plans: PlanRecord[] = [];
+/** Settings.alertThresholds (percent). */
+let thresholds: number[] = [];
 beforeAll(async () => {
   services = createTestServices(5);
+  thresholds = (await services.pool.query('SELECT alert_thresholds FROM settings WHERE id = 1')).rows[0].alert_thresholds as number[];
   const tag = randomUUID().slice(0, 8);
   plans = [
     await createPlan(services, { name: `model reset ${tag}`, monthlyMicroCredits: credits(30), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '1' }),
@@ -180,6 +183,17 @@ interface Model {
    * usage recorded before it, whichever plan is subscribed now.
    */
   cappedRoll: { atMs: number; cap: bigint } | null;
+  /**
+   * The ledger's total-moving entries as the rules date them (README "Plans and billing cycles":
+   * periodCredits): grants at their addedAt, charges and refunds at now, voids at now, expiries
+   * (`expire`) at the batch's expiresAt or a roll's period start. RESERVE/RELEASE move no total.
+   */
+  log: { atMs: number; delta: bigint; expire: boolean }[];
+  /** Grants (credit_grants.created_at, amount) and voids (voided_at, what the void took back). */
+  grantLog: { atMs: number; amount: bigint }[];
+  voidLog: { atMs: number; amount: bigint }[];
+  /** The (period start, threshold) credit alerts recorded so far, as `${startMs}:${threshold}`. */
+  alerts: Set<string>;
 }
 
 const holdRest = (h: MHold) => maxBig(h.amount - h.consumed, 0n);
@@ -231,6 +245,7 @@ function giveBack(m: Model, b: MBatch, amount: bigint): bigint {
 function expireModel(m: Model): void {
   for (const b of m.batches) {
     if (b.status === 'ACTIVE' && b.expiresAtMs !== null && b.expiresAtMs <= m.nowMs) {
+      m.log.push({ atMs: b.expiresAtMs, delta: -b.remaining, expire: true });
       b.status = 'EXPIRED';
       b.remaining = 0n;
     }
@@ -240,6 +255,8 @@ function expireModel(m: Model): void {
 
 /** A new batch: it repays debt first, oldest debt first (README "Reservations"), the rest stays in it. */
 function addBatch(m: Model, b: MBatch): void {
+  m.log.push({ atMs: b.addedAtMs, delta: b.remaining, expire: false });
+  m.grantLog.push({ atMs: b.addedAtMs, amount: b.remaining });
   let repay = minBig(b.remaining, m.debt);
   m.debt -= repay;
   b.remaining -= repay;
@@ -289,6 +306,7 @@ function trimModel(m: Model, cap: bigint, atMs: number): void {
     total -= trimmed;
     const cut = minBig(b.remaining, trimmed);
     b.remaining -= cut;
+    if (cut > 0n) m.log.push({ atMs, delta: -cut, expire: true });
     if (cut > 0n && b.remaining === 0n) b.status = 'EXPIRED';
   }
 }
@@ -335,6 +353,22 @@ function rolloverRoomModel(m: Model, ev: MEvent): { room: bigint; batches: Set<M
   return { room: maxBig(m.cappedRoll.cap - atStart, 0n), batches: new Set(carried) };
 }
 
+/**
+ * Balance.periodCredits as the rules define it (README "Plans and billing cycles"; balance_figures):
+ * max(max(totalAtStart, 0) + granted, 0), totalAtStart = the entries dated before the period start
+ * plus expiries dated at it, less expiries fallen due by then and not recorded yet; granted = grants
+ * in [start, now] less what voids in [start, now] took back.
+ */
+function periodCreditsModel(m: Model): bigint {
+  const startMs = periodAt(m, m.nowMs).start.getTime();
+  const atStart =
+    sum(m.log.filter((e) => e.atMs < startMs || (e.atMs === startMs && e.expire)).map((e) => e.delta)) -
+    sum(m.batches.filter((b) => b.status === 'ACTIVE' && b.expiresAtMs !== null && b.expiresAtMs <= startMs).map((b) => b.remaining));
+  const inPeriod = (e: { atMs: number }) => e.atMs >= startMs && e.atMs <= m.nowMs;
+  const granted = sum(m.grantLog.filter(inPeriod).map((g) => g.amount)) - sum(m.voidLog.filter(inPeriod).map((v) => v.amount));
+  return maxBig(maxBig(atStart, 0n) + granted, 0n);
+}
+
 const costOf = (cents: number) => BigInt(cents) * 10_000n;
 const unitsOf = (cents: number) => (cents / 100).toString();
 
@@ -369,7 +403,7 @@ describe.each([
         for (let i = 0; i < 2; i++) {
           services.setNow(new Date(startMs));
           const accountId = await createFundedAccount(services, testClock ? { testClockStart: new Date(startMs) } : {});
-          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [], anchorMs: startMs, sub: null, cappedRoll: null });
+          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [], anchorMs: startMs, sub: null, cappedRoll: null, log: [], grantLog: [], voidLog: [], alerts: new Set() });
         }
         let seq = 0;
 
@@ -387,14 +421,19 @@ describe.each([
           const debt = cost - toDraw + shortfall;
           const ev: MEvent = { id, input, cost, parts, unpaid: debt, repaidBy: new Map(), refunded: false, givenBack: 0n, recordedAtMs: m.nowMs };
           m.debt += debt;
+          m.log.push({ atMs: m.nowMs, delta: -cost, expire: false });
           m.events.push(ev);
           if (debt > 0n) m.debtQueue.push(ev);
         };
         const holdOf = (m: Model, i: number) => (m.holds.length ? m.holds[i % m.holds.length]! : null);
         const pick = <T>(xs: T[], i: number) => (xs.length ? xs[i % xs.length]! : null);
 
+        /** Commands whose every change is one transaction (one alert check, at the account's now). */
+        const oneTransaction = new Set<Command['op']>(['grant', 'charge', 'reserve', 'capture', 'settle', 'release', 'refund', 'void', 'replay']);
         for (const cmd of commands) {
           const m = models[cmd.acct]!;
+          /** The depletion notice the refusal of this command must raise (README "Alerts"), as `${periodStart}:0`. */
+          let depletion: string | null = null;
           const key = `m${run}-${seq++}`;
           const before = await readBalance(services.pool, m.accountId, new Date(m.nowMs));
           /** The service answered as first / refused: nothing may have moved. */
@@ -533,6 +572,7 @@ describe.each([
                 ev.givenBack += ev.unpaid;
                 ev.unpaid = 0n;
                 for (const [b, amount] of ev.repaidBy) ev.givenBack += back(b, amount);
+                m.log.push({ atMs: m.nowMs, delta: ev.givenBack, expire: false });
                 break;
               }
               case 'subscribe': {
@@ -573,6 +613,8 @@ describe.each([
                 b.voided = true;
                 expireModel(m); // what is due expires first, dated at its expiresAt
                 if (b.status === 'ACTIVE' || b.status === 'EXHAUSTED') {
+                  m.log.push({ atMs: m.nowMs, delta: -b.remaining, expire: false });
+                  m.voidLog.push({ atMs: m.nowMs, amount: b.remaining });
                   b.status = 'VOIDED';
                   b.remaining = 0n;
                 }
@@ -643,6 +685,12 @@ describe.each([
                       : false;
               expect(predicted, `${cmd.op} refused with ${err.code} where the model does not refuse`).toBe(true);
               unchanged = true;
+              if (err.code === 'INSUFFICIENT_CREDITS' && thresholds.includes(0)) {
+                // The period's first refusal for lack of credit raises its 0 % alert (depletion-alerts.ts).
+                const needed = cmd.op === 'charge' ? costOf(cmd.cents) : credits((cmd as { amount: number }).amount);
+                const periodCredits = periodCreditsModel(m);
+                if (periodCredits > 0n && spendable(m) - m.debt - reserved(m) < needed && needed * 100n <= periodCredits * 5n) depletion = `${periodAt(m, m.nowMs).start.getTime()}:0`;
+              }
             } else {
               throw err;
             }
@@ -697,6 +745,31 @@ describe.each([
               free: sum(spendableBatches(mm).filter((x) => x.type === 'FREE').map((x) => x.remaining)),
               paid: sum(spendableBatches(mm).filter((x) => x.type === 'PAID').map((x) => x.remaining)),
             });
+            // The period's credit and what is left of it (README "Plans and billing cycles").
+            const periodCredits = periodCreditsModel(mm);
+            const percent = percentRemaining(expectedTotal - reserved(mm), periodCredits);
+            expect({ periodCredits: b.periodMicroCredits, percent: b.percentRemaining }, 'period credits').toEqual({ periodCredits, percent });
+            // Credit alerts (README "Alerts at 25 %, 15 % and 0 %"). After a command of one transaction: exactly the
+            // thresholds reached then, at the account's now, that the period did not have yet, plus a refusal's
+            // depletion notice. After one of several (clock walks, rolls before a subscribe or cancel): at least those
+            // the last one reached when it ran at the account's now, and every new one with percentRemaining <= its
+            // threshold as recorded. An account no command touched gets none.
+            const periodStartMs = periodAt(mm, mm.nowMs).start.getTime();
+            const { rows: alertRows } = await services.pool.query('SELECT threshold, period_start, percent_remaining::float8 AS p FROM credit_alerts WHERE account_id = $1', [mm.accountId]);
+            const gotAlerts = alertRows.map((r) => `${(r.period_start as Date).getTime()}:${r.threshold as number}`);
+            expect(new Set(gotAlerts).size, 'one alert per period and threshold').toBe(gotAlerts.length);
+            const newAlerts = alertRows.filter((_, i) => !mm.alerts.has(gotAlerts[i]!));
+            const changed = mm === m && b.version !== before.version;
+            const reached = changed && periodCredits > 0n ? thresholds.filter((t) => percent <= t).map((t) => `${periodStartMs}:${t}`) : [];
+            const due = [...new Set([...reached, ...(mm === m && depletion ? [depletion] : [])])].filter((k) => !mm.alerts.has(k)).sort();
+            const newKeys = newAlerts.map((r) => `${(r.period_start as Date).getTime()}:${r.threshold as number}`).sort();
+            if (mm !== m) expect(newKeys, 'alerts of an account no command touched').toEqual([]);
+            else if (oneTransaction.has(cmd.op) || (cmd.op === 'advance' && !testClock && !cmd.jobs)) expect(newKeys, 'new credit alerts').toEqual(due);
+            else {
+              if (b.updatedAt.getTime() === mm.nowMs) expect(newKeys, 'new credit alerts').toEqual(expect.arrayContaining(due));
+              for (const r of newAlerts) expect(r.p <= r.threshold || (r.threshold === 0 && `${(r.period_start as Date).getTime()}:0` === depletion), `alert ${r.threshold} at ${r.p} %`).toBe(true);
+            }
+            for (const k of gotAlerts) mm.alerts.add(k);
             const { rows: batches } = await services.pool.query('SELECT id, remaining_micro_credits::text AS r, status FROM credit_batches WHERE account_id = $1', [mm.accountId]);
             const got = new Map(batches.map((r) => [r.id as string, { remaining: BigInt(r.r), status: r.status as string }]));
             expect(got.size).toBe(mm.batches.length);
