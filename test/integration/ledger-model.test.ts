@@ -13,6 +13,13 @@
  * consumed and status, reserved = the sum of the holding holds' rest, the ledger invariant
  * (expectLedgerInvariant), refunds giving back at most (and exactly what the model says of) what
  * was charged, and replays and refusals answering as first and moving nothing (same version).
+ * Balance.periodCredits and percentRemaining come from a dated log of the ledger's total-moving
+ * entries (README "Plans and billing cycles"); the credit alerts (README "Alerts at 25 %, 15 % and
+ * 0 %") are checked exactly after commands of one transaction (the thresholds reached then, plus a
+ * refusal's depletion notice) and, after clock walks and rolls (several transactions, a threshold
+ * may be crossed and un-crossed inside), as at least those the last transaction reached and each
+ * new one at or below its threshold as recorded. A debt-heavy mix (debtCommandArb) carries debt
+ * over period starts.
  * Half the runs use a plan-heavy command mix (rolloverCommandArb) whose refunds pick events from
  * before the latest roll, so refunds of credit a ROLLOVER roll carried up to its cap come up:
  * with rolloverRoom's cap removed (refund-usage.ts) the test fails at 40 runs.
@@ -38,14 +45,17 @@ import { LedgerError } from '../../src/ledger/errors.js';
 import { credits, maxBig, minBig } from '../../src/ledger/credits.js';
 import { cancelSubscription, createPlan, readSubscription, rollBillingPeriods, subscribeToPlan, type PlanRecord } from '../../src/services/plans.js';
 import { planPeriodGrantKey } from '../../src/ledger/grant-keys.js';
-import { monthlyPeriodAt } from '../../src/ledger/billing-period.js';
+import { monthlyPeriodAt, percentRemaining } from '../../src/ledger/billing-period.js';
 import { randomUUID } from 'node:crypto';
 
 let services: TestServices;
 /** The plans the `subscribe` command picks from: RESET, ROLLOVER with a cap below and above one month's credit, ROLLOVER without a cap. */
 let plans: PlanRecord[] = [];
+/** Settings.alertThresholds (percent). */
+let thresholds: number[] = [];
 beforeAll(async () => {
   services = createTestServices(5);
+  thresholds = (await services.pool.query('SELECT alert_thresholds FROM settings WHERE id = 1')).rows[0].alert_thresholds as number[];
   const tag = randomUUID().slice(0, 8);
   plans = [
     await createPlan(services, { name: `model reset ${tag}`, monthlyMicroCredits: credits(30), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '1' }),
@@ -87,6 +97,8 @@ const subscribeArb = fc.record({ op: fc.constant('subscribe' as const), acct: ac
 const commandArb: fc.Arbitrary<Command> = fc.oneof(
   { weight: 6, arbitrary: grantArb },
   { weight: 4, arbitrary: chargeArb },
+  // Small charges (up to 1.5 credits): refused only near depletion, within 5 % of the period's credit, they raise its depletion notice.
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('charge' as const), acct: acctArb, cents: fc.integer({ min: 1, max: 150 }) }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('reserve' as const), acct: acctArb, amount: fc.integer({ min: 1, max: 25 }), ttlMinutes: fc.integer({ min: 1, max: 180 }) }) },
   { weight: 4, arbitrary: fc.record({ op: fc.constant('capture' as const), acct: acctArb, hold: fc.nat(7), cents: centsArb }) },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('settle' as const), acct: acctArb, hold: fc.nat(7), cents: fc.option(centsArb, { nil: null }) }) },
@@ -112,6 +124,21 @@ const rolloverCommandArb: fc.Arbitrary<Command> = fc.oneof(
   { weight: 4, arbitrary: fc.record({ op: fc.constant('refund' as const), acct: acctArb, event: fc.nat(15), early: fc.constant(true) }) },
   { weight: 1, arbitrary: grantArb },
   { weight: 2, arbitrary: commandArb },
+);
+/**
+ * A debt-heavy mix for a share of the runs: holds captured beyond them into debt, clock moves of
+ * weeks across period ends, then grants, small charges near depletion and voids. The other mixes
+ * almost never carried debt over a period start, so a period that begins in debt (periodCredits
+ * counts its opening as 0, not below: README "Plans and billing cycles") never came up.
+ */
+const debtCommandArb: fc.Arbitrary<Command> = fc.oneof(
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('reserve' as const), acct: acctArb, amount: fc.integer({ min: 1, max: 10 }), ttlMinutes: fc.integer({ min: 60, max: 180 }) }) },
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('capture' as const), acct: acctArb, hold: fc.nat(7), cents: fc.integer({ min: 1000, max: 9000 }) }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('advance' as const), acct: acctArb, minutes: fc.integer({ min: 20, max: 45 }).map((d) => d * 1440), jobs: fc.boolean() }) },
+  { weight: 3, arbitrary: grantArb.map((g) => ({ ...g, amount: Math.ceil(g.amount / 4) })) }, // 1 .. 10 credits
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('charge' as const), acct: acctArb, cents: fc.integer({ min: 1, max: 150 }) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('void' as const), acct: acctArb, grant: fc.nat(10) }) },
+  { weight: 1, arbitrary: commandArb },
 );
 
 type BatchStatus = 'ACTIVE' | 'EXHAUSTED' | 'EXPIRED' | 'VOIDED';
@@ -180,6 +207,17 @@ interface Model {
    * usage recorded before it, whichever plan is subscribed now.
    */
   cappedRoll: { atMs: number; cap: bigint } | null;
+  /**
+   * The ledger's total-moving entries as the rules date them (README "Plans and billing cycles":
+   * periodCredits): grants at their addedAt, charges and refunds at now, voids at now, expiries
+   * (`expire`) at the batch's expiresAt or a roll's period start. RESERVE/RELEASE move no total.
+   */
+  log: { atMs: number; delta: bigint; expire: boolean }[];
+  /** Grants (credit_grants.created_at, amount) and voids (voided_at, what the void took back). */
+  grantLog: { atMs: number; amount: bigint }[];
+  voidLog: { atMs: number; amount: bigint }[];
+  /** The (period start, threshold) credit alerts recorded so far, as `${startMs}:${threshold}`. */
+  alerts: Set<string>;
 }
 
 const holdRest = (h: MHold) => maxBig(h.amount - h.consumed, 0n);
@@ -231,6 +269,7 @@ function giveBack(m: Model, b: MBatch, amount: bigint): bigint {
 function expireModel(m: Model): void {
   for (const b of m.batches) {
     if (b.status === 'ACTIVE' && b.expiresAtMs !== null && b.expiresAtMs <= m.nowMs) {
+      m.log.push({ atMs: b.expiresAtMs, delta: -b.remaining, expire: true });
       b.status = 'EXPIRED';
       b.remaining = 0n;
     }
@@ -240,6 +279,8 @@ function expireModel(m: Model): void {
 
 /** A new batch: it repays debt first, oldest debt first (README "Reservations"), the rest stays in it. */
 function addBatch(m: Model, b: MBatch): void {
+  m.log.push({ atMs: b.addedAtMs, delta: b.remaining, expire: false });
+  m.grantLog.push({ atMs: b.addedAtMs, amount: b.remaining });
   let repay = minBig(b.remaining, m.debt);
   m.debt -= repay;
   b.remaining -= repay;
@@ -289,6 +330,7 @@ function trimModel(m: Model, cap: bigint, atMs: number): void {
     total -= trimmed;
     const cut = minBig(b.remaining, trimmed);
     b.remaining -= cut;
+    if (cut > 0n) m.log.push({ atMs, delta: -cut, expire: true });
     if (cut > 0n && b.remaining === 0n) b.status = 'EXPIRED';
   }
 }
@@ -335,6 +377,22 @@ function rolloverRoomModel(m: Model, ev: MEvent): { room: bigint; batches: Set<M
   return { room: maxBig(m.cappedRoll.cap - atStart, 0n), batches: new Set(carried) };
 }
 
+/**
+ * Balance.periodCredits as the rules define it (README "Plans and billing cycles"; balance_figures):
+ * max(max(totalAtStart, 0) + granted, 0), totalAtStart = the entries dated before the period start
+ * plus expiries dated at it, less expiries fallen due by then and not recorded yet; granted = grants
+ * in [start, now] less what voids in [start, now] took back.
+ */
+function periodCreditsModel(m: Model): bigint {
+  const startMs = periodAt(m, m.nowMs).start.getTime();
+  const atStart =
+    sum(m.log.filter((e) => e.atMs < startMs || (e.atMs === startMs && e.expire)).map((e) => e.delta)) -
+    sum(m.batches.filter((b) => b.status === 'ACTIVE' && b.expiresAtMs !== null && b.expiresAtMs <= startMs).map((b) => b.remaining));
+  const inPeriod = (e: { atMs: number }) => e.atMs >= startMs && e.atMs <= m.nowMs;
+  const granted = sum(m.grantLog.filter(inPeriod).map((g) => g.amount)) - sum(m.voidLog.filter(inPeriod).map((v) => v.amount));
+  return maxBig(maxBig(atStart, 0n) + granted, 0n);
+}
+
 const costOf = (cents: number) => BigInt(cents) * 10_000n;
 const unitsOf = (cents: number) => (cents / 100).toString();
 
@@ -362,14 +420,20 @@ describe.each([
   it('every figure equals the model after every command', async () => {
     let run = 0;
     await fc.assert(
-      fc.asyncProperty(fc.oneof(fc.array(commandArb, { minLength: 10, maxLength: 40, size: 'max' }), fc.array(rolloverCommandArb, { minLength: 10, maxLength: 30, size: 'max' })), async (commands) => {
+      fc.asyncProperty(
+        fc.oneof(
+          { weight: 2, arbitrary: fc.array(commandArb, { minLength: 10, maxLength: 40, size: 'max' }) },
+          { weight: 2, arbitrary: fc.array(rolloverCommandArb, { minLength: 10, maxLength: 30, size: 'max' }) },
+          { weight: 1, arbitrary: fc.array(debtCommandArb, { minLength: 10, maxLength: 30, size: 'max' }) },
+        ),
+        async (commands) => {
         run++;
         const startMs = Date.UTC(2026, 2, 1, 12, 0, 0);
         const models: Model[] = [];
         for (let i = 0; i < 2; i++) {
           services.setNow(new Date(startMs));
           const accountId = await createFundedAccount(services, testClock ? { testClockStart: new Date(startMs) } : {});
-          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [], anchorMs: startMs, sub: null, cappedRoll: null });
+          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [], anchorMs: startMs, sub: null, cappedRoll: null, log: [], grantLog: [], voidLog: [], alerts: new Set() });
         }
         let seq = 0;
 
@@ -387,14 +451,19 @@ describe.each([
           const debt = cost - toDraw + shortfall;
           const ev: MEvent = { id, input, cost, parts, unpaid: debt, repaidBy: new Map(), refunded: false, givenBack: 0n, recordedAtMs: m.nowMs };
           m.debt += debt;
+          m.log.push({ atMs: m.nowMs, delta: -cost, expire: false });
           m.events.push(ev);
           if (debt > 0n) m.debtQueue.push(ev);
         };
         const holdOf = (m: Model, i: number) => (m.holds.length ? m.holds[i % m.holds.length]! : null);
         const pick = <T>(xs: T[], i: number) => (xs.length ? xs[i % xs.length]! : null);
 
+        /** Commands whose every change is one transaction (one alert check, at the account's now). */
+        const oneTransaction = new Set<Command['op']>(['grant', 'charge', 'reserve', 'capture', 'settle', 'release', 'refund', 'void', 'replay']);
         for (const cmd of commands) {
           const m = models[cmd.acct]!;
+          /** The depletion notice the refusal of this command must raise (README "Alerts"), as `${periodStart}:0`. */
+          let depletion: string | null = null;
           const key = `m${run}-${seq++}`;
           const before = await readBalance(services.pool, m.accountId, new Date(m.nowMs));
           /** The service answered as first / refused: nothing may have moved. */
@@ -533,6 +602,7 @@ describe.each([
                 ev.givenBack += ev.unpaid;
                 ev.unpaid = 0n;
                 for (const [b, amount] of ev.repaidBy) ev.givenBack += back(b, amount);
+                m.log.push({ atMs: m.nowMs, delta: ev.givenBack, expire: false });
                 break;
               }
               case 'subscribe': {
@@ -573,6 +643,8 @@ describe.each([
                 b.voided = true;
                 expireModel(m); // what is due expires first, dated at its expiresAt
                 if (b.status === 'ACTIVE' || b.status === 'EXHAUSTED') {
+                  m.log.push({ atMs: m.nowMs, delta: -b.remaining, expire: false });
+                  m.voidLog.push({ atMs: m.nowMs, amount: b.remaining });
                   b.status = 'VOIDED';
                   b.remaining = 0n;
                 }
@@ -643,6 +715,12 @@ describe.each([
                       : false;
               expect(predicted, `${cmd.op} refused with ${err.code} where the model does not refuse`).toBe(true);
               unchanged = true;
+              if (err.code === 'INSUFFICIENT_CREDITS' && thresholds.includes(0)) {
+                // The period's first refusal for lack of credit raises its 0 % alert (depletion-alerts.ts).
+                const needed = cmd.op === 'charge' ? costOf(cmd.cents) : credits((cmd as { amount: number }).amount);
+                const periodCredits = periodCreditsModel(m);
+                if (periodCredits > 0n && spendable(m) - m.debt - reserved(m) < needed && needed * 100n <= periodCredits * 5n) depletion = `${periodAt(m, m.nowMs).start.getTime()}:0`;
+              }
             } else {
               throw err;
             }
@@ -697,6 +775,31 @@ describe.each([
               free: sum(spendableBatches(mm).filter((x) => x.type === 'FREE').map((x) => x.remaining)),
               paid: sum(spendableBatches(mm).filter((x) => x.type === 'PAID').map((x) => x.remaining)),
             });
+            // The period's credit and what is left of it (README "Plans and billing cycles").
+            const periodCredits = periodCreditsModel(mm);
+            const percent = percentRemaining(expectedTotal - reserved(mm), periodCredits);
+            expect({ periodCredits: b.periodMicroCredits, percent: b.percentRemaining }, 'period credits').toEqual({ periodCredits, percent });
+            // Credit alerts (README "Alerts at 25 %, 15 % and 0 %"). After a command of one transaction: exactly the
+            // thresholds reached then, at the account's now, that the period did not have yet, plus a refusal's
+            // depletion notice. After one of several (clock walks, rolls before a subscribe or cancel): at least those
+            // the last one reached when it ran at the account's now, and every new one with percentRemaining <= its
+            // threshold as recorded. An account no command touched gets none.
+            const periodStartMs = periodAt(mm, mm.nowMs).start.getTime();
+            const { rows: alertRows } = await services.pool.query('SELECT threshold, period_start, percent_remaining::float8 AS p FROM credit_alerts WHERE account_id = $1', [mm.accountId]);
+            const gotAlerts = alertRows.map((r) => `${(r.period_start as Date).getTime()}:${r.threshold as number}`);
+            expect(new Set(gotAlerts).size, 'one alert per period and threshold').toBe(gotAlerts.length);
+            const newAlerts = alertRows.filter((_, i) => !mm.alerts.has(gotAlerts[i]!));
+            const changed = mm === m && b.version !== before.version;
+            const reached = changed && periodCredits > 0n ? thresholds.filter((t) => percent <= t).map((t) => `${periodStartMs}:${t}`) : [];
+            const due = [...new Set([...reached, ...(mm === m && depletion ? [depletion] : [])])].filter((k) => !mm.alerts.has(k)).sort();
+            const newKeys = newAlerts.map((r) => `${(r.period_start as Date).getTime()}:${r.threshold as number}`).sort();
+            if (mm !== m) expect(newKeys, 'alerts of an account no command touched').toEqual([]);
+            else if (oneTransaction.has(cmd.op) || (cmd.op === 'advance' && !testClock && !cmd.jobs)) expect(newKeys, 'new credit alerts').toEqual(due);
+            else {
+              if (b.updatedAt.getTime() === mm.nowMs) expect(newKeys, 'new credit alerts').toEqual(expect.arrayContaining(due));
+              for (const r of newAlerts) expect(r.p <= r.threshold || (r.threshold === 0 && `${(r.period_start as Date).getTime()}:0` === depletion), `alert ${r.threshold} at ${r.p} %`).toBe(true);
+            }
+            for (const k of gotAlerts) mm.alerts.add(k);
             const { rows: batches } = await services.pool.query('SELECT id, remaining_micro_credits::text AS r, status FROM credit_batches WHERE account_id = $1', [mm.accountId]);
             const got = new Map(batches.map((r) => [r.id as string, { remaining: BigInt(r.r), status: r.status as string }]));
             expect(got.size).toBe(mm.batches.length);
