@@ -60,7 +60,8 @@ export interface StartWorkersOptions {
   concurrency?: number;
   /**
    * Of those, `deliver-webhook` jobs processed at once (default {@link defaultWebhookSlots}); the
-   * worker keeps at least one slot beyond it (see {@link ledgerWorkerSlots}).
+   * worker keeps at least one slot beyond it (see {@link ledgerWorkerSlots}). startWorkers throws
+   * a RangeError when it is not a positive integer.
    */
   webhookConcurrency?: number;
 }
@@ -114,6 +115,12 @@ function view(job: Job): JobView {
   return { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 };
 }
 
+/** Puts a running job back in the queue, delayed by `delayMs`, without spending an attempt (BullMQ's moveToDelayed + DelayedError). */
+async function putBack(job: Job, token: string | undefined, delayMs: number): Promise<never> {
+  await job.moveToDelayed(Date.now() + delayMs, token);
+  throw new DelayedError();
+}
+
 async function guarded<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
@@ -157,6 +164,8 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   );
   const concurrency = opts.concurrency ?? 4;
   const webhookSlots = opts.webhookConcurrency ?? defaultWebhookSlots(concurrency);
+  // 0 would put every delivery back for ever.
+  if (!Number.isInteger(webhookSlots) || webhookSlots < 1) throw new RangeError(`webhookConcurrency must be a positive integer, got ${webhookSlots}`);
   let deliveriesRunning = 0;
   const ledgerWorker = new Worker(
     LEDGER_JOBS_QUEUE,
@@ -164,16 +173,13 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
       guarded(async () => {
         if (!(LEDGER_JOB_NAMES as readonly string[]).includes(job.name)) {
           log.warn({ job: job.name, id: job.id, retryInMs: UNKNOWN_JOB_RETRY_MS }, 'ledger job of a name this version does not know (a newer version?): put back for a worker that knows it');
-          await job.moveToDelayed(Date.now() + UNKNOWN_JOB_RETRY_MS, token);
-          throw new DelayedError();
+          return putBack(job, token, UNKNOWN_JOB_RETRY_MS);
         }
         if (job.name !== 'deliver-webhook') return LEDGER_PROCESSORS[job.name as LedgerJobName](deps, view(job));
-        // A delivery over the cap gives its slot back (see WEBHOOK_SLOT_RETRY_MS). The count is
-        // taken and given back in the same tick as the check, so no two jobs both see room.
-        if (deliveriesRunning >= webhookSlots) {
-          await job.moveToDelayed(Date.now() + Math.round(WEBHOOK_SLOT_RETRY_MS * (1 + Math.random())), token);
-          throw new DelayedError();
-        }
+        // A delivery over the cap gives its slot back (see WEBHOOK_SLOT_RETRY_MS). The check and
+        // the increment are one synchronous step (no await between), so two jobs cannot both
+        // take the last delivery slot.
+        if (deliveriesRunning >= webhookSlots) return putBack(job, token, Math.round(WEBHOOK_SLOT_RETRY_MS * (1 + Math.random())));
         deliveriesRunning++;
         try {
           return await LEDGER_PROCESSORS['deliver-webhook'](deps, view(job));
