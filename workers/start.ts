@@ -7,7 +7,9 @@
  *   `analyze-stale-tables` every STATISTICS_UPKEEP_EVERY_MS (autovacuum's ANALYZE where
  *   autovacuum is off; its schedule is removed when that is 0);
  * - queue `ledger-jobs`: the jobs the outbox relay enqueues (expire-due, roll-period,
- *   auto-top-up, deliver-webhook, resume-payment; workers/registry.ts);
+ *   auto-top-up, deliver-webhook, resume-payment; workers/registry.ts); at most
+ *   `webhookConcurrency` of its slots deliver webhooks at once, so a slow or dead receiver (each
+ *   delivery waiting up to WEBHOOK_TIMEOUT_MS) never holds the slots the money jobs need;
  * - an outbox relay (unless `relay: false`), so jobs are enqueued even when no API runs.
  */
 import { DelayedError, Queue, Worker, UnrecoverableError, type Job } from 'bullmq';
@@ -56,7 +58,41 @@ export interface StartWorkersOptions {
   relay?: boolean;
   /** Jobs of the ledger-jobs queue processed at once (default 4). */
   concurrency?: number;
+  /**
+   * Of those, `deliver-webhook` jobs processed at once (default {@link defaultWebhookSlots}); the
+   * worker keeps at least one slot beyond it (see {@link ledgerWorkerSlots}). startWorkers throws
+   * a RangeError when it is not a positive integer.
+   */
+  webhookConcurrency?: number;
 }
+
+/**
+ * Deliveries the ledger-jobs worker runs at once by default: half its slots (at least 1). A
+ * delivery may wait WEBHOOK_TIMEOUT_MS on a slow or dead receiver; capped, such deliveries leave
+ * the other slots to expire-due, roll-period, auto-top-up and resume-payment.
+ * @param concurrency the worker's slots (StartWorkersOptions.concurrency).
+ */
+export function defaultWebhookSlots(concurrency: number): number {
+  return Math.max(1, Math.floor(concurrency / 2));
+}
+
+/**
+ * The ledger-jobs worker's slots for `concurrency` requested and `webhookSlots` deliveries at
+ * most: `concurrency`, raised to `webhookSlots + 1` when it is not more, so that deliveries
+ * hanging in all their slots always leave one to the money jobs.
+ */
+export function ledgerWorkerSlots(concurrency: number, webhookSlots: number): number {
+  return Math.max(concurrency, webhookSlots + 1);
+}
+
+/**
+ * How long a `deliver-webhook` job that found every delivery slot taken waits before a worker
+ * looks at it again, in milliseconds (the actual wait is 1 to 2 times this, at random, so jobs
+ * put back together do not come back together). It goes back delayed with moveToDelayed +
+ * DelayedError, which spends no attempt (the attempt number, and so the retry schedule and the
+ * sweep's count of logged attempts, stays that of real POSTs).
+ */
+export const WEBHOOK_SLOT_RETRY_MS = 1_000;
 
 /**
  * How long a ledger job of a name this version does not know waits before a worker looks at it
@@ -77,6 +113,12 @@ export const MAINTENANCE_JOBS_KEPT = 1_000;
 
 function view(job: Job): JobView {
   return { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 };
+}
+
+/** Puts a running job back in the queue, delayed by `delayMs`, without spending an attempt (BullMQ's moveToDelayed + DelayedError). */
+async function putBack(job: Job, token: string | undefined, delayMs: number): Promise<never> {
+  await job.moveToDelayed(Date.now() + delayMs, token);
+  throw new DelayedError();
 }
 
 async function guarded<T>(fn: () => Promise<T>): Promise<T> {
@@ -120,18 +162,32 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
       }),
     { connection, prefix, concurrency: 1 },
   );
+  const concurrency = opts.concurrency ?? 4;
+  const webhookSlots = opts.webhookConcurrency ?? defaultWebhookSlots(concurrency);
+  // 0 would put every delivery back for ever.
+  if (!Number.isInteger(webhookSlots) || webhookSlots < 1) throw new RangeError(`webhookConcurrency must be a positive integer, got ${webhookSlots}`);
+  let deliveriesRunning = 0;
   const ledgerWorker = new Worker(
     LEDGER_JOBS_QUEUE,
     (job, token) =>
       guarded(async () => {
         if (!(LEDGER_JOB_NAMES as readonly string[]).includes(job.name)) {
           log.warn({ job: job.name, id: job.id, retryInMs: UNKNOWN_JOB_RETRY_MS }, 'ledger job of a name this version does not know (a newer version?): put back for a worker that knows it');
-          await job.moveToDelayed(Date.now() + UNKNOWN_JOB_RETRY_MS, token);
-          throw new DelayedError();
+          return putBack(job, token, UNKNOWN_JOB_RETRY_MS);
         }
-        return LEDGER_PROCESSORS[job.name as LedgerJobName](deps, view(job));
+        if (job.name !== 'deliver-webhook') return LEDGER_PROCESSORS[job.name as LedgerJobName](deps, view(job));
+        // A delivery over the cap gives its slot back (see WEBHOOK_SLOT_RETRY_MS). The check and
+        // the increment are one synchronous step (no await between), so two jobs cannot both
+        // take the last delivery slot.
+        if (deliveriesRunning >= webhookSlots) return putBack(job, token, Math.round(WEBHOOK_SLOT_RETRY_MS * (1 + Math.random())));
+        deliveriesRunning++;
+        try {
+          return await LEDGER_PROCESSORS['deliver-webhook'](deps, view(job));
+        } finally {
+          deliveriesRunning--;
+        }
       }),
-    { connection, prefix, concurrency: opts.concurrency ?? 4 },
+    { connection, prefix, concurrency: ledgerWorkerSlots(concurrency, webhookSlots) },
   );
   for (const w of [maintenanceWorker, ledgerWorker]) {
     w.on('failed', (job, err) => log.warn({ err: err.message, job: job?.name, id: job?.id, attempt: job?.attemptsMade }, 'job attempt failed'));

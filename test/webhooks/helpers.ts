@@ -174,8 +174,8 @@ export interface WebhookPipeline {
   close(): Promise<void>;
 }
 
-/** Starts a {@link WebhookPipeline}; call close() in afterAll. */
-export async function startWebhookPipeline(secret: string, prefix: string): Promise<WebhookPipeline> {
+/** Starts a {@link WebhookPipeline}; call close() in afterAll. `envOverrides`: more environment variables (e.g. WEBHOOK_TIMEOUT_MS). */
+export async function startWebhookPipeline(secret: string, prefix: string, envOverrides: Record<string, string> = {}): Promise<WebhookPipeline> {
   const receiver = await startReceiver();
   const services = createTestServices(8);
   const env = parseEnv({
@@ -186,6 +186,7 @@ export async function startWebhookPipeline(secret: string, prefix: string): Prom
     WEBHOOK_SECRET: secret,
     OUTBOX_POLL_INTERVAL_MS: '100',
     SWEEP_EVERY_MS: '3600000',
+    ...envOverrides,
   });
   const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
   const jobs = collectOutcomes(events);
