@@ -3,26 +3,18 @@
  * processes on the test PostgreSQL: during its boot while Redis is unreachable, and while a job is
  * in the middle of its transaction (held there by a row lock the test takes, not by timing).
  */
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { Redis } from 'ioredis';
-import { Queue, Worker } from 'bullmq';
-import { pino } from 'pino';
 import type pg from 'pg';
 import { startScript } from '../setup/run-script.js';
 import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { taggedDatabaseUrl } from '../setup/connections.js';
+import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
-import { queueEventsFromNow } from '../setup/queue-events.js';
+import { rerunStalledJob, startWorkersProcess } from '../setup/workers-process.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { credits } from '../../src/ledger/credits.js';
-import { parseEnv } from '../../src/config/env.js';
-import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, type LedgerJobName } from '../../src/queues/names.js';
-import { SWEEP_DUE_JOB } from '../../workers/processors/sweep-due.js';
-import { LEDGER_PROCESSORS } from '../../workers/registry.js';
 
 let redis: PrivateRedis;
 let services: TestServices;
@@ -64,30 +56,12 @@ describe('SIGTERM while the workers process boots', () => {
  * and the batch's expire-due job (enqueued by the workers' relay) started and waiting for that lock.
  */
 async function jobHeldMidway(graceMs: number) {
-  const prefix = `cp-test-${randomUUID()}`;
-  const { url, name } = taggedDatabaseUrl('cp-workers-stop');
-  const workers = startScript('workers/main.ts', [], {
-    ...process.env,
-    DATABASE_URL: url,
-    REDIS_URL: TEST_REDIS_URL,
-    QUEUE_PREFIX: prefix,
-    LOG_LEVEL: 'info',
-    SHUTDOWN_GRACE_MS: String(graceMs),
-    OUTBOX_POLL_INTERVAL_MS: '50',
-    SWEEP_EVERY_MS: '600000',
-  });
-  const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
-  const queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
+  const started = await startWorkersProcess(services.pool, graceMs);
+  const { workers, queue, prefix } = started;
   let holder: pg.PoolClient | null = null;
   const dispose = async () => {
     holder?.release();
-    if (workers.child.exitCode === null && workers.child.signalCode === null) {
-      workers.child.kill('SIGKILL');
-      await workers.exited;
-    }
-    await queue.obliterate({ force: true }).catch(() => undefined);
-    await queue.close();
-    connection.disconnect();
+    await started.dispose();
   };
   try {
     return await heldAfterBoot();
@@ -98,14 +72,6 @@ async function jobHeldMidway(graceMs: number) {
 
   /** The rest of the set-up (on a failure the caller disposes of what was started). */
   async function heldAfterBoot() {
-    const maintenance = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
-    // The boot's sweep-due ran (the next is 10 min away), so only the batch's own job expires it below.
-    await vi.waitFor(async () => {
-      const done = await maintenance.getJobs(['completed']);
-      expect(done.map((j) => j.name)).toContain(SWEEP_DUE_JOB);
-    }, { timeout: 30_000, interval: 100 });
-    await maintenance.close();
-
     const accountId = await createFundedAccount(services, { paid: 1 });
     const expiresAt = new Date(Date.now() + 1_500);
     await grantCredits(services, { accountId, amountMicroCredits: credits(5), type: 'FREE', source: 'PROMO_CODE', expiresAt, reference: null, idempotencyKey: `expiring-${randomUUID()}` });
@@ -116,10 +82,7 @@ async function jobHeldMidway(graceMs: number) {
     const { rows } = await services.pool.query(`SELECT id FROM credit_batches WHERE account_id = $1 AND type = 'FREE'`, [accountId]);
     const jobId = `expire-due-batch-${rows[0].id}-${expiresAt.getTime()}`;
     // The workers' relay enqueued the job, and at expiresAt a worker took it: it waits for the lock.
-    await vi.waitFor(async () => {
-      const { rows: waiting } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, [name]);
-      expect(waiting[0].n, workers.stdout()).toBe(1);
-    }, { timeout: 20_000, interval: 50 });
+    await started.heldByLock();
     expect(await queue.getJobState(jobId)).toBe('active');
     return {
       accountId,
@@ -168,26 +131,8 @@ describe('SIGTERM while a job is in the middle of its transaction', () => {
       expect(await held.expireEntries()).toEqual(['-5000000']);
       expect(await held.queue.getJobState(held.jobId)).toBe('active');
 
-      // The stalled check of the next worker: the job's lock and the gone worker's last check
-      // (30 s TTLs each) are deleted here instead of waited for.
-      const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
-      const keys = `${held.prefix}:${LEDGER_JOBS_QUEUE}`;
-      await connection.del(`${keys}:${held.jobId}:lock`, `${keys}:stalled-check`);
-      const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, held.prefix);
-      const deps = { services, log: pino({ level: 'silent' }), env: parseEnv({}) };
-      const completed = new Promise<unknown>((resolve) => events.on('completed', ({ jobId, returnvalue }) => jobId === held.jobId && resolve(returnvalue)));
-      const worker = new Worker(
-        LEDGER_JOBS_QUEUE,
-        (job) => LEDGER_PROCESSORS[job.name as LedgerJobName](deps, { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 }),
-        { connection, prefix: held.prefix, stalledInterval: 100 },
-      );
-      try {
-        expect(await completed).toEqual({ batches: 0, holds: 0, expiredMicroCredits: '0' });
-      } finally {
-        await worker.close();
-        await events.close();
-        connection.disconnect();
-      }
+      // The stalled check of the next worker re-runs it (workers-process.ts rerunStalledJob).
+      expect(await rerunStalledJob(services, held.prefix, held.jobId)).toEqual({ batches: 0, holds: 0, expiredMicroCredits: '0' });
       expect(await held.expireEntries()).toEqual(['-5000000']);
       await expectLedgerInvariant(services.pool, held.accountId);
     } finally {

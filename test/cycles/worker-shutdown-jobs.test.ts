@@ -1,0 +1,228 @@
+/**
+ * SIGTERM on the workers process (workers/main.ts) past SHUTDOWN_GRACE_MS while a `roll-period`,
+ * an `auto-top-up` (payment simulator) or a `deliver-webhook` job is in the middle of its work:
+ * its Redis connections are dropped with the job unfinished, and the next worker's stalled check
+ * runs it again (test/setup/workers-process.ts). Each re-run must change nothing the cut run
+ * already did: one subscription grant per period, one charge and one grant per top-up, and the
+ * webhook sent at most once more with a delivery log that says what happened. The jobs are held
+ * mid-way by locks the test takes, or by a receiver that does not answer, never by timing.
+ * (worker-shutdown.test.ts does the same for `expire-due`.)
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { rerunStalledJob, startWorkersProcess, type WorkersProcess } from '../setup/workers-process.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { credits } from '../../src/ledger/credits.js';
+import { createPlan, subscribeToPlan } from '../../src/services/plans.js';
+import { createCreditPack } from '../../src/services/credit-packs.js';
+import { attachPaymentMethod } from '../../src/services/purchase-pack.js';
+import { runAutoTopUp, setAutoTopUp } from '../../src/services/auto-top-up.js';
+import { recordUsage } from '../../src/services/record-usage.js';
+import { PaymentSimulator } from '../../src/payments/simulator.js';
+import { deliverWebhook, webhookJobId } from '../../src/services/webhooks.js';
+import { parseEnv } from '../../src/config/env.js';
+
+/** The grace period of every workers process here: shorter than any hold, so the stop gives up on the job. */
+const GRACE_MS = 500;
+
+let services: TestServices;
+
+beforeAll(() => {
+  services = createTestServices(3);
+});
+
+afterAll(async () => {
+  await services?.close();
+});
+
+/**
+ * SIGTERMs the workers process, waits for it to give up on its jobs in progress, runs `release`
+ * (the test lets the held job go on: it may finish its transaction before the process exits),
+ * and expects a clean exit.
+ */
+async function stopPastGrace(started: WorkersProcess, release: () => Promise<void>): Promise<void> {
+  started.workers.child.kill('SIGTERM');
+  await started.workers.waitForOutput('did not let the workers close in time');
+  await release();
+  const run = await started.workers.exited;
+  expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
+}
+
+/** The job of `name` the workers process left active (exactly one). */
+async function theActiveJob(started: WorkersProcess, name: string): Promise<string> {
+  const active = (await started.queue.getJobs(['active'])).filter((j) => j.name === name);
+  expect(active.map((j) => j.name)).toEqual([name]);
+  return active[0]!.id!;
+}
+
+describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job', () => {
+  it('roll-period: the cut run rolls the period (its transaction commits); the re-run rolls nothing: one SUBSCRIPTION grant per period', async () => {
+    const started = await startWorkersProcess(services.pool, GRACE_MS);
+    const holder = await services.pool.connect();
+    try {
+      const start = new Date('2026-01-15T00:00:00.000Z');
+      const accountId = await createFundedAccount(services, { testClockStart: start });
+      const plan = await createPlan(services, { name: `sigterm-roll-${randomUUID()}`, monthlyMicroCredits: credits(10), rollover: 'ROLLOVER', rolloverCapMicroCredits: null, priceUsd: '1' });
+      await subscribeToPlan(services, accountId, plan.id);
+      // Its scheduled roll (due at Feb 15 on the wall clock, long past) runs at once and rolls nothing: the account's clock is at Jan 15.
+      const scheduled = `roll-period-${accountId}-${Date.parse('2026-02-15T00:00:00.000Z')}`;
+      await expect.poll(() => started.queue.getJobState(scheduled), { timeout: 20_000, interval: 50 }).toBe('completed');
+      const grants = async () =>
+        (await services.pool.query(`SELECT idempotency_key, amount_micro_credits::text AS amount FROM credit_grants WHERE account_id = $1 AND source = 'SUBSCRIPTION' ORDER BY created_at`, [accountId])).rows;
+      const periodGrant = (startIso: string) => ({ idempotency_key: `plan-period:${plan.id}:${startIso}`, amount: '10000000' });
+      expect(await grants()).toEqual([periodGrant('2026-01-15T00:00:00.000Z')]);
+
+      // The next period begins (the account's clock moves past Feb 15); its roll waits for the test's lock.
+      await services.pool.query(`UPDATE accounts SET test_clock_at = '2026-02-16T00:00:00.000Z' WHERE id = $1`, [accountId]);
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      const jobId = `roll-period-sigterm-${randomUUID()}`;
+      await started.queue.add('roll-period', { accountId }, { jobId });
+      await started.heldByLock();
+      expect(await started.queue.getJobState(jobId)).toBe('active');
+
+      await stopPastGrace(started, async () => void (await holder.query('ROLLBACK')));
+      expect(await grants()).toEqual([periodGrant('2026-01-15T00:00:00.000Z'), periodGrant('2026-02-15T00:00:00.000Z')]);
+      expect(await started.queue.getJobState(jobId)).toBe('active');
+
+      expect(await rerunStalledJob(services, started.prefix, jobId)).toEqual({ periodsRolled: 0 });
+      expect(await grants()).toEqual([periodGrant('2026-01-15T00:00:00.000Z'), periodGrant('2026-02-15T00:00:00.000Z')]);
+      await expectLedgerInvariant(services.pool, accountId);
+    } finally {
+      holder.release();
+      await started.dispose();
+    }
+  });
+
+  it('auto-top-up: the cut run charges and grants (held after the charge, before its outcome is recorded); the re-run charges nothing and grants nothing', async () => {
+    // Set up before the workers start: a PENDING top-up whose first charge timed out (nothing
+    // charged), so its payment row exists and the test can hold the one step that locks it
+    // FOR UPDATE (settlePayment, after the charge). FOR KEY SHARE lets the send mark through.
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    const pack = await createCreditPack(services, { name: `sigterm-pack-${randomUUID()}`, microCredits: credits(50), bonusMicroCredits: 0n, priceUsd: '5', expiresAfterDays: null });
+    const methodRef = `pm_card_sigterm_${randomUUID().slice(0, 8)}`;
+    const first = new PaymentSimulator();
+    await attachPaymentMethod({ ...services, payments: first }, accountId, methodRef);
+    await setAutoTopUp(services, { accountId, enabled: true, thresholdMicroCredits: credits(50), packId: pack.id, maxPerPeriod: 2 });
+    await recordUsage(services, { accountId, idempotencyKey: `sigterm-${randomUUID()}`, category: 'units', quantities: { units: '60' } });
+    const topUps = async () => (await services.pool.query(`SELECT id::text, status, attempts FROM auto_top_ups WHERE account_id = $1`, [accountId])).rows;
+    const [topUp] = await topUps();
+    expect(topUp).toMatchObject({ status: 'PENDING', attempts: 0 });
+    first.script(methodRef, ['timeout']);
+    expect(await runAutoTopUp({ ...services, payments: first }, { topUpId: topUp.id, accountId }, { attemptsMade: 0, attempts: 3 })).toMatchObject({ status: 'PENDING' });
+    const payments = async () =>
+      (await services.pool.query(`SELECT id::text, status FROM payments WHERE account_id = $1 AND purpose = 'AUTO_TOP_UP'`, [accountId])).rows as { id: string; status: string }[];
+    const [payment] = await payments();
+    expect(payment).toMatchObject({ status: 'PENDING' });
+    const topUpGrants = async () =>
+      (await services.pool.query(`SELECT amount_micro_credits::text AS amount, reference FROM credit_grants WHERE account_id = $1 AND source = 'AUTO_TOP_UP'`, [accountId])).rows;
+    expect(await topUpGrants()).toEqual([]);
+
+    const holder = await services.pool.connect();
+    await holder.query('BEGIN');
+    await holder.query('SELECT 1 FROM payments WHERE id = $1 FOR KEY SHARE', [payment!.id]);
+    let started: WorkersProcess | null = null;
+    try {
+      // The workers' relay enqueues the top-up's job; its run charges the payment (its own
+      // simulator: a success) and waits for the payment's row lock to record that.
+      started = await startWorkersProcess(services.pool, GRACE_MS);
+      await started.heldByLock();
+      const jobId = await theActiveJob(started, 'auto-top-up');
+      const { rows: sent } = await services.pool.query(`SELECT last_sent_at > created_at AS resent FROM payments WHERE id = $1`, [payment!.id]);
+      expect(sent[0].resent).toBe(true);
+
+      await stopPastGrace(started, async () => void (await holder.query('ROLLBACK')));
+      // The cut run's transaction committed: the charge is recorded and granted once.
+      expect(await payments()).toEqual([{ id: payment!.id, status: 'SUCCEEDED' }]);
+      expect(await topUpGrants()).toEqual([{ amount: '50000000', reference: payment!.id }]);
+      expect(await topUps()).toEqual([{ id: topUp.id, status: 'SUCCEEDED', attempts: 1 }]);
+      expect(await started.queue.getJobState(jobId)).toBe('active');
+
+      const rerunProvider = new PaymentSimulator();
+      expect(await rerunStalledJob({ ...services, payments: rerunProvider }, started.prefix, jobId)).toEqual({ topUpId: topUp.id, status: 'SUCCEEDED', reason: null });
+      expect(rerunProvider.chargeCount()).toBe(0);
+      expect(await payments()).toEqual([{ id: payment!.id, status: 'SUCCEEDED' }]);
+      expect(await topUpGrants()).toEqual([{ amount: '50000000', reference: payment!.id }]);
+      expect(await topUps()).toEqual([{ id: topUp.id, status: 'SUCCEEDED', attempts: 1 }]);
+      await expectLedgerInvariant(services.pool, accountId);
+    } finally {
+      holder.release();
+      await started?.dispose();
+    }
+  });
+
+  it('deliver-webhook: the cut run leaves its SENDING claim; a re-run sends nothing while it is fresh, and once it is stale records it FAILED and sends once more; nothing after DELIVERED', async () => {
+    // A receiver that keeps the first POST unanswered and answers every later one 200.
+    const received: { eventId: string; attempt: string; body: string }[] = [];
+    const unanswered: http.ServerResponse[] = [];
+    let firstArrived!: () => void;
+    const first = new Promise<void>((resolve) => (firstArrived = resolve));
+    const receiver = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        received.push({ eventId: String(req.headers['creditpool-event-id']), attempt: String(req.headers['creditpool-delivery-attempt']), body: Buffer.concat(chunks).toString('utf8') });
+        if (received.length === 1) {
+          unanswered.push(res);
+          firstArrived();
+        } else res.writeHead(200).end('ok');
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const webhookEnv = { WEBHOOK_URL: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`, WEBHOOK_SECRET: `whsec-sigterm-${randomUUID()}` };
+    let started: WorkersProcess | null = null;
+    try {
+      started = await startWorkersProcess(services.pool, GRACE_MS, webhookEnv);
+      // 100 credits, 80 used: 20 % left crosses the 25 % alert threshold (one alert, one webhook).
+      const accountId = await createFundedAccount(services, { paid: 100 });
+      await recordUsage(services, { accountId, idempotencyKey: `sigterm-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
+      const { rows: alerts } = await services.pool.query(`SELECT id::text FROM credit_alerts WHERE account_id = $1`, [accountId]);
+      expect(alerts).toHaveLength(1);
+      const eventId = alerts[0].id as string;
+      const jobId = webhookJobId('credit_alert.raised', eventId);
+      const deliveries = async () =>
+        (await services.pool.query(`SELECT attempt, status, response_code, error FROM webhook_deliveries WHERE event_id = $1 ORDER BY created_at, status DESC`, [eventId])).rows;
+
+      await first;
+      expect(await started.queue.getJobState(jobId)).toBe('active');
+      await stopPastGrace(started, async () => undefined);
+      expect(await deliveries()).toEqual([{ attempt: 1, status: 'SENDING', response_code: null, error: null }]);
+      expect(await started.queue.getJobState(jobId)).toBe('active');
+
+      // Re-run while the claim is fresh (the cut POST may still reach the receiver): nothing sent, nothing logged, retried later.
+      await expect(rerunStalledJob(services, started.prefix, jobId, webhookEnv)).rejects.toThrow('another attempt is in flight');
+      expect(received).toHaveLength(1);
+      expect(await deliveries()).toEqual([{ attempt: 1, status: 'SENDING', response_code: null, error: null }]);
+
+      expect(await started.queue.getJobState(jobId)).toBe('delayed');
+
+      // The claim is stale once WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS have passed: backdated here instead of waited for.
+      // The job's retry (its backoff cut short) records it FAILED and sends once more.
+      await services.pool.query(`UPDATE webhook_deliveries SET created_at = created_at - interval '10 minutes' WHERE event_id = $1`, [eventId]);
+      await (await started.queue.getJob(jobId))!.promote();
+      expect(await rerunStalledJob(services, started.prefix, jobId, webhookEnv)).toEqual({ status: 'DELIVERED', skipped: false, responseCode: 200, attempt: 2 });
+      expect(await deliveries()).toEqual([
+        { attempt: 1, status: 'FAILED', response_code: null, error: 'no outcome recorded: the worker stopped during the attempt' },
+        { attempt: 2, status: 'DELIVERED', response_code: 200, error: null },
+      ]);
+      expect(received.map((r) => [r.eventId, r.attempt])).toEqual([
+        [`credit_alert.raised:${eventId}`, '1'],
+        [`credit_alert.raised:${eventId}`, '2'],
+      ]);
+      expect(received[1]!.body).toBe(received[0]!.body);
+
+      // Any later run (a duplicate job, the sweep) sends nothing more.
+      expect(await deliverWebhook({ pool: services.pool, env: parseEnv(webhookEnv) }, { eventType: 'credit_alert.raised', eventId, accountId }, 3)).toEqual({ status: 'ALREADY_DELIVERED', skipped: false });
+      expect(received).toHaveLength(2);
+      expect(await deliveries()).toHaveLength(2);
+    } finally {
+      for (const res of unanswered) res.destroy();
+      await new Promise<void>((resolve) => receiver.close(() => resolve()));
+      await started?.dispose();
+    }
+  });
+});
