@@ -156,8 +156,12 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
   });
 
   it('deliver-webhook: the cut run leaves its SENDING claim; a re-run sends nothing while it is fresh, and once it is stale records it FAILED and sends once more; nothing after DELIVERED', async () => {
-    // A receiver that keeps the first POST unanswered and answers every later one 200.
+    // A receiver that keeps the first POST of this test's account unanswered and answers every
+    // later one 200. The workers' relay drains the whole outbox of the shared test database, so
+    // events of other test files running meanwhile reach it too: those are answered 200 and not
+    // counted.
     const received: { eventId: string; attempt: string; body: string }[] = [];
+    let ourAccountId: string | null = null;
     const unanswered: http.ServerResponse[] = [];
     let firstArrived!: () => void;
     const first = new Promise<void>((resolve) => (firstArrived = resolve));
@@ -165,7 +169,12 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
-        received.push({ eventId: String(req.headers['creditpool-event-id']), attempt: String(req.headers['creditpool-delivery-attempt']), body: Buffer.concat(chunks).toString('utf8') });
+        const body = Buffer.concat(chunks).toString('utf8');
+        if (ourAccountId === null || (JSON.parse(body) as { data?: { accountId?: string } }).data?.accountId !== ourAccountId) {
+          res.writeHead(200).end('ok');
+          return;
+        }
+        received.push({ eventId: String(req.headers['creditpool-event-id']), attempt: String(req.headers['creditpool-delivery-attempt']), body });
         if (received.length === 1) {
           unanswered.push(res);
           firstArrived();
@@ -179,6 +188,7 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
       started = await startWorkersProcess(services.pool, GRACE_MS, webhookEnv);
       // 100 credits, 80 used: 20 % left crosses the 25 % alert threshold (one alert, one webhook).
       const accountId = await createFundedAccount(services, { paid: 100 });
+      ourAccountId = accountId;
       await recordUsage(services, { accountId, idempotencyKey: `sigterm-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
       const { rows: alerts } = await services.pool.query(`SELECT id::text FROM credit_alerts WHERE account_id = $1`, [accountId]);
       expect(alerts).toHaveLength(1);
