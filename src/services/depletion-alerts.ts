@@ -65,6 +65,11 @@ export function creditRefusalOf(error: unknown): CreditRefusal | undefined {
   return typeof error === 'object' && error !== null ? refusals.get(error) : undefined;
 }
 
+/** The (account, billing period) a refusal belongs to, as a map key: one notice per such pair. */
+function refusalKey(refusal: CreditRefusal): string {
+  return `${refusal.accountId}/${refusal.periodStart.getTime()}`;
+}
+
 /**
  * A refusal raises the depletion notice only when what it refused is at most this share of the
  * period's credit (periodCredits), in percent. A project rule, not a contract one: small enough
@@ -105,7 +110,7 @@ export class DepletionAlerts {
    * later refusal tries again.
    */
   answer(ctx: ServiceContext, refusal: CreditRefusal): Promise<void> {
-    const key = `${refusal.accountId}/${refusal.periodStart.getTime()}`;
+    const key = refusalKey(refusal);
     const known = this.known.get(key);
     if (known) {
       if ('raised' in known) return Promise.resolve();
@@ -152,7 +157,7 @@ export function afterCreditRefusals(ctx: ServiceContext, errors: Iterable<unknow
     const refusal = creditRefusalOf(error);
     if (!refusal) continue;
     found ??= new Map();
-    const key = `${refusal.accountId}/${refusal.periodStart.getTime()}`;
+    const key = refusalKey(refusal);
     if (!found.has(key)) found.set(key, refusal);
   }
   if (!found) return undefined;
