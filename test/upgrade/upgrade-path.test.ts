@@ -300,6 +300,48 @@ describe('plan subscriptions of an older release (migration plan_capped_roll)', 
   });
 });
 
+describe('capped rolls run by older servers during the rollout (migration capped_roll_older_servers)', () => {
+  it('rows an older server rolled after plan_capped_roll get their roll; rows the current code wrote stay as they are', async () => {
+    const db = await scratch('cappedcatchup');
+    await migrateBefore(db.url, '20261212030000_capped_roll_older_servers');
+    const pool = db.pool();
+    const plan = async (name: string, cap: number) => {
+      const id = randomUUID();
+      await pool.query(
+        `INSERT INTO plans (id, name, monthly_micro_credits, rollover, rollover_cap_micro_credits, price_usd) VALUES ($1, $2, 100000000, 'ROLLOVER', $3, 1)`,
+        [id, name, credits(cap).toString()],
+      );
+      return id;
+    };
+    const [a, b] = [await plan('a', 50), await plan('b', 20)];
+    const [jan, feb, mar, apr] = ['01', '02', '03', '04'].map((m) => new Date(`2026-${m}-01T00:00:00Z`)) as [Date, Date, Date, Date];
+    const row = async (planId: string, started: Date, granted: Date, rollAt: Date | null, cap: number | null) => {
+      const id = await insertAccount(pool, { createdAt: jan, testClockAt: apr });
+      await pool.query(
+        `INSERT INTO plan_subscriptions (account_id, plan_id, active, started_at, granted_period_start, capped_roll_at, capped_roll_cap_micro_credits)
+         VALUES ($1, $2, TRUE, $3, $4, $5, $6)`,
+        [id, planId, started, granted, rollAt, cap === null ? null : credits(cap).toString()],
+      );
+      return id;
+    };
+    const rows = {
+      rolledByOlderServer: await row(a, jan, mar, null, null), // plan_capped_roll found it unrolled; the older server rolled it since
+      rolledAgainByOlderServer: await row(a, jan, apr, mar, 50), // a roll of the current code, then one of an older server
+      rolledByCurrentCode: await row(a, jan, mar, mar, 50),
+      switchedAfterCappedRoll: await row(b, mar, mar, feb, 50), // plan a rolled on Feb 1, then a switch to b: a's cap stays
+    };
+    await applyMigrations(db.url);
+    const { rows: after } = await pool.query(
+      `SELECT account_id, capped_roll_at, capped_roll_cap_micro_credits::text AS cap FROM plan_subscriptions`,
+    );
+    const byId = Object.fromEntries(after.map((r) => [r.account_id, { at: r.capped_roll_at, cap: r.cap }]));
+    expect(byId[rows.rolledByOlderServer]).toEqual({ at: mar, cap: credits(50).toString() });
+    expect(byId[rows.rolledAgainByOlderServer]).toEqual({ at: apr, cap: credits(50).toString() });
+    expect(byId[rows.rolledByCurrentCode]).toEqual({ at: mar, cap: credits(50).toString() });
+    expect(byId[rows.switchedAfterCappedRoll]).toEqual({ at: feb, cap: credits(50).toString() });
+  });
+});
+
 describe('promo codes redeemed by test-mode accounts of an older release (migration promo_test_redemptions)', () => {
   it('each code is recounted from its redemptions: live ones in redemptions, test-mode ones in test_redemptions', async () => {
     const db = await scratch('promo');
