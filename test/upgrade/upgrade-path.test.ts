@@ -203,6 +203,52 @@ describe('voided grants of an older release (migration period_credits_voids)', (
   });
 });
 
+describe('grants voided by older servers during the rollout (migration void_amount_older_servers)', () => {
+  it('voided grants still without an amount get it from their VOID entry; amounts the current code wrote stay', async () => {
+    const db = await scratch('voidcatchup');
+    await migrateBefore(db.url, '20261212030100_void_amount_older_servers');
+    const pool = db.pool();
+    const account = await insertAccount(pool);
+    const [byOlder, byCurrent] = [randomUUID(), randomUUID()];
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(`INSERT INTO balances (account_id, total_micro_credits, version) VALUES ($1, 0, 6)`, [account]);
+      // Each grant: 100 granted, 40 spent, the other 60 voided (VOID entry); the current code also
+      // wrote the amount on its grant, the older server did not.
+      let after = 0;
+      for (const [grant, voided] of [[byOlder, null], [byCurrent, credits(60).toString()]] as const) {
+        const batchId = randomUUID();
+        await client.query(
+          `INSERT INTO credit_grants (id, account_id, source, type, amount_micro_credits, idempotency_key, request_hash, voided_at, void_reason, voided_micro_credits)
+           VALUES ($1, $2, 'PURCHASE', 'PAID', 100000000, $3, 'h', now(), 'mistake', $4)`,
+          [grant, account, `g-${grant}`, voided],
+        );
+        await client.query(
+          `INSERT INTO credit_batches (id, account_id, grant_id, type, source, allocated_micro_credits, remaining_micro_credits, added_at, status)
+           VALUES ($1, $2, $3, 'PAID', 'PURCHASE', 100000000, 0, now(), 'VOIDED')`,
+          [batchId, account, grant],
+        );
+        for (const [type, amount] of [['GRANT', 100], ['CONSUME', -40], ['VOID', -60]] as const) {
+          after += amount;
+          await client.query(
+            `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, batch_id)
+             VALUES (gen_random_uuid(), $1, $2::"LedgerEntryType", $3, $4, $5)`,
+            [account, type, credits(amount).toString(), credits(after).toString(), batchId],
+          );
+        }
+      }
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+    await applyMigrations(db.url);
+    const { rows } = await pool.query(`SELECT id, voided_micro_credits::text AS v FROM credit_grants WHERE account_id = $1`, [account]);
+    expect(Object.fromEntries(rows.map((r) => [r.id, r.v]))).toEqual({ [byOlder]: credits(60).toString(), [byCurrent]: credits(60).toString() });
+    expect((await reconcileAccount(pool, account)).consistent).toBe(true);
+  });
+});
+
 describe('plan subscriptions of an older release (migration plan_capped_roll)', () => {
   const MIGRATION = '20261212020909_plan_capped_roll';
 
