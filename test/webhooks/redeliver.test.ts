@@ -213,6 +213,40 @@ describe('npm run webhooks', () => {
     expect((JSON.parse(r.stdout) as Array<{ eventId: string }>).map((e) => e.eventId)).toEqual([newer]);
   });
 
+  it('`failed` shows an event whose attempt is in flight (a fresh SENDING claim) as in_flight, not retrying; a claim whose run stopped (stale) as retrying', async () => {
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    const [sending, stale] = [randomUUID(), randomUUID()];
+    const now = Date.now();
+    // `sending`: attempt 1 failed (503), attempt 2 claimed just now and not answered yet.
+    // `stale`: attempt 1 claimed 10 minutes ago (past WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS) with no outcome.
+    const rows: Array<[string, number, string, number | null, Date]> = [
+      [sending, 1, 'FAILED', 503, new Date(now - 2_000)],
+      [sending, 2, 'SENDING', null, new Date(now - 1_000)],
+      [stale, 1, 'SENDING', null, new Date(now - 600_000)],
+    ];
+    for (const [eventId, attempt, status, code, at] of rows) {
+      await services.pool.query(
+        `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code, created_at)
+         VALUES (gen_random_uuid(), 'credit_alert.raised', $1, $2, 'http://x', $3, $4, $5, $6)`,
+        [eventId, accountId, attempt, status, code, at],
+      );
+    }
+    onTestFinished(async () => void (await services.pool.query('DELETE FROM webhook_deliveries WHERE event_id = ANY($1)', [[sending, stale]])));
+    const since = new Date(now - 700_000);
+    const ours = (list: Array<{ eventId: unknown; state: unknown; lastAttempt: unknown }>) =>
+      list.filter((e) => e.eventId === sending || e.eventId === stale).map((e) => [e.eventId, e.lastAttempt, e.state]);
+    const expected = [
+      [sending, 2, 'in_flight'],
+      [stale, 1, 'retrying'],
+    ];
+    expect(ours(await listFailedWebhooks(services.pool, { since, limit: null }))).toEqual(expected);
+    const r = await cli(['failed', '--since', since.toISOString(), '--limit', '1000', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(ours(JSON.parse(r.stdout) as Array<{ eventId: unknown; state: unknown; lastAttempt: unknown }>)).toEqual(expected);
+    const table = await cli(['failed', '--since', since.toISOString(), '--limit', '1000']);
+    expect(table.stdout.split('\n').find((line) => line.includes(sending))).toMatch(/\bin_flight\b/);
+  });
+
   it('bad arguments exit 2 with a clear message and change nothing', async () => {
     const { alertId, jobId } = await alertWith([400], 'failed');
     const cases: Array<[string[], RegExp]> = [
