@@ -7,17 +7,13 @@
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { QueueEvents } from 'bullmq';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { webhookJobId } from '../../src/services/webhooks.js';
-import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
 import { createFundedAccount } from '../factories/accounts.js';
-import { queueEventsFromNow } from '../setup/queue-events.js';
 import { startWebhookPipeline, type WebhookPipeline } from './helpers.js';
 
 const prefix = `cp-test-webhook-queue-${randomUUID()}`;
 let pipeline: WebhookPipeline;
-let ledgerEvents: QueueEvents;
 /** jobIds that went to the delayed set (put back or retried), on either queue. */
 const delayedJobIds = new Set<string>();
 
@@ -25,12 +21,10 @@ beforeAll(async () => {
   // Held requests time out only after 30 s: far longer than the expire-due job may take, so the
   // test does not depend on the machine's speed.
   pipeline = await startWebhookPipeline('whsec_queue_0123456789abcdef0123456789abcdef', prefix, { WEBHOOK_TIMEOUT_MS: '30000' });
-  ledgerEvents = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
-  ledgerEvents.on('delayed', ({ jobId }) => delayedJobIds.add(jobId));
+  for (const events of [pipeline.events, pipeline.webhookEvents]) events.on('delayed', ({ jobId }) => delayedJobIds.add(jobId));
 });
 
 afterAll(async () => {
-  await ledgerEvents?.close();
   await pipeline?.close();
 });
 
@@ -62,7 +56,7 @@ describe('webhook deliveries on their own queue', () => {
     expect(eventIds).toHaveLength(6);
     const ours = new Set(eventIds.map((id) => `credit_alert.raised:${id}`));
     const deliveryJobIds = eventIds.map((id) => webhookJobId('credit_alert.raised', id));
-    // All six are in flight at once, held by the receiver (the ledger-jobs worker's cap let two).
+    // All six are in flight at once, held by the receiver (WEBHOOK_CONCURRENCY 8; the ledger-jobs worker's former cap let two).
     await receiver.waitFor(() => receiver.requests.filter((r) => r.accountId !== null && accounts.has(r.accountId)).length === 6, 'six deliveries to reach the receiver', 20_000);
 
     const moneyAccount = await createFundedAccount(services, { paid: 5 });
@@ -80,6 +74,8 @@ describe('webhook deliveries on their own queue', () => {
     expect(receiver.requests.filter((r) => ours.has(r.eventId))).toHaveLength(6);
     // Nothing went through the delayed set: no delivery was put back for a slot.
     expect(deliveryJobIds.filter((id) => delayedJobIds.has(id))).toEqual([]);
+    // They ran on the deliveries' own queue.
+    for (const id of deliveryJobIds) expect(await workers.webhookQueue.getJobState(id)).toBe('completed');
   });
 
   it('a run meeting another attempt of its event in flight waits (delayed) without spending an attempt or logging one; then the event is delivered once', async () => {
@@ -92,11 +88,11 @@ describe('webhook deliveries on their own queue', () => {
     await recordUsage(services, { accountId, idempotencyKey: `use-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
     const eventId = (await services.pool.query('SELECT id FROM credit_alerts WHERE account_id = $1', [accountId])).rows[0].id as string;
     await receiver.waitFor(() => receiver.forAccount(accountId).length === 1, 'the first attempt to reach the receiver');
-    // A second job for the same event (another jobId: a duplicate add, a job of the old queue left at an upgrade).
+    // A second job for the same event (another jobId: a duplicate add).
     const dupId = `${webhookJobId('credit_alert.raised', eventId)}-dup`;
-    await workers.ledgerQueue.add('deliver-webhook', { eventType: 'credit_alert.raised', eventId, accountId }, { jobId: dupId, attempts: 17, backoff: { type: 'exponential', delay: 1_000 } });
+    await workers.webhookQueue.add('deliver-webhook', { eventType: 'credit_alert.raised', eventId, accountId }, { jobId: dupId, attempts: 17, backoff: { type: 'exponential', delay: 1_000 } });
     await vi.waitFor(async () => expect(delayedJobIds.has(dupId)).toBe(true), { timeout: 20_000, interval: 50 });
-    const dup = (await workers.ledgerQueue.getJob(dupId))!;
+    const dup = (await workers.webhookQueue.getJob(dupId))!;
     expect(await dup.getState()).toBe('delayed');
     expect(dup.attemptsMade).toBe(0);
     const { rows } = await services.pool.query('SELECT attempt, status FROM webhook_deliveries WHERE event_id = $1', [eventId]);
@@ -105,7 +101,7 @@ describe('webhook deliveries on their own queue', () => {
     receiver.beforeAnswer = null;
     for (const release of held) release();
     expect(await jobs.wait(webhookJobId('credit_alert.raised', eventId))).toMatchObject({ state: 'completed', returnvalue: { status: 'DELIVERED', attempt: 1 } });
-    await (await workers.ledgerQueue.getJob(dupId))!.promote().catch(() => undefined); // may have come back by itself already
+    await (await workers.webhookQueue.getJob(dupId))!.promote().catch(() => undefined); // may have come back by itself already
     expect(await jobs.wait(dupId)).toMatchObject({ state: 'completed', returnvalue: { status: 'ALREADY_DELIVERED' } });
     expect(receiver.requests.filter((r) => r.eventId === `credit_alert.raised:${eventId}`)).toHaveLength(1);
   });

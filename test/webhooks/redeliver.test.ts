@@ -83,7 +83,7 @@ describe('npm run webhooks', () => {
     // 400 is a permanent refusal: the job fails after one attempt and BullMQ keeps it as failed,
     // as it keeps a job that spent all 17 attempts.
     const { accountId, alertId, jobId } = await alertWith([400], 'failed');
-    expect((await workers.ledgerQueue.getJob(jobId))?.finishedOn).toBeDefined();
+    expect((await workers.webhookQueue.getJob(jobId))?.finishedOn).toBeDefined();
 
     const listed = (await failedJson()).find((e) => e.eventId === alertId);
     expect(listed).toMatchObject({
@@ -121,7 +121,7 @@ describe('npm run webhooks', () => {
 
   it('a delivered event is refused, by uuid or by its id: nothing is queued or sent, exit 1', async () => {
     const { accountId, alertId, jobId } = await alertWith([], 'completed');
-    const finishedOn = (await workers.ledgerQueue.getJob(jobId))?.finishedOn;
+    const finishedOn = (await workers.webhookQueue.getJob(jobId))?.finishedOn;
     expect(finishedOn).toBeDefined();
     for (const ref of [alertId, `credit_alert.raised:${alertId}`]) {
       const r = await cli(['redeliver', ref]);
@@ -132,7 +132,7 @@ describe('npm run webhooks', () => {
     expect(all.code, all.stderr).toBe(0);
     expect((JSON.parse(all.stdout) as Array<{ id: string }>).some((o) => o.id.endsWith(alertId))).toBe(false);
     // The completed job was not removed and re-added: same job, same finish.
-    const job = await workers.ledgerQueue.getJob(jobId);
+    const job = await workers.webhookQueue.getJob(jobId);
     expect(job?.finishedOn).toBe(finishedOn);
     expect(await job?.getState()).toBe('completed');
     expect(receiver.forAccount(accountId)).toHaveLength(1);
@@ -169,10 +169,10 @@ describe('npm run webhooks', () => {
   it('an event whose job waits for a retry is promoted: delivered now, not at the end of the backoff', async () => {
     const { accountId, alertId, jobId } = await alertWith([400], 'failed');
     // Its job as it stands hours into an outage: waiting out a long backoff.
-    await workers.ledgerQueue.remove(jobId);
+    await workers.webhookQueue.remove(jobId);
     const job = webhookJob({ eventType: 'credit_alert.raised', eventId: alertId, accountId });
-    await workers.ledgerQueue.add(job.name, job.data, { jobId, delay: 3_600_000, attempts: 17 });
-    expect(await (await workers.ledgerQueue.getJob(jobId))?.getState()).toBe('delayed');
+    await workers.webhookQueue.add(job.name, job.data, { jobId, delay: 3_600_000, attempts: 17 });
+    expect(await (await workers.webhookQueue.getJob(jobId))?.getState()).toBe('delayed');
 
     const r = await cli(['redeliver', `credit_alert.raised:${alertId}`, '--json']);
     expect(r.code, r.stderr).toBe(0);
@@ -270,7 +270,7 @@ describe('npm run webhooks', () => {
       expect(r.stderr).toContain('usage:');
     }
     // The refused redeliveries of alertId above queued nothing: its job is still the failed one.
-    expect(await (await workers.ledgerQueue.getJob(jobId))?.getState()).toBe('failed');
+    expect(await (await workers.webhookQueue.getJob(jobId))?.getState()).toBe('failed');
 
     const unknown = randomUUID();
     const r = await cli(['redeliver', unknown]);
