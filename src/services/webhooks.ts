@@ -8,7 +8,7 @@
  * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on webhook-deliveries
  * (17 attempts, exponential backoff from 1 s less up to 20 % jitter, the last retry at most about 18 h after the first attempt:
  * src/queues/names.ts); the processor
- * (workers/processors/deliver-webhook.ts) calls {@link deliverWebhook}; the sweep re-adds jobs
+ * (workers/processors/deliver-webhook.ts, on the webhook-deliveries worker) calls {@link deliverWebhook}; the sweep re-adds jobs
  * lost with Redis ({@link findUndeliveredWebhookJobs}); past that, an operator lists and re-adds
  * undelivered events with `npm run webhooks` (src/services/webhook-redelivery.ts).
  *
