@@ -10,11 +10,12 @@
  *   tsx scripts/webhooks.ts redeliver --all-failed [--since <ISO-8601>] [--json]
  *
  * `failed`: undelivered events (at least one logged attempt, none DELIVERED), newest first
- * (default 50): type, event id, account, attempts, state (retrying / exhausted / permanent), the
+ * (default 50): type, event id, account, attempts, state (in_flight: an attempt is being sent now
+ * (WEBHOOK_TIMEOUT_MS: the workers' value); retrying / exhausted / permanent), the
  * last attempt's status code or error and time. `--since`: events first attempted at or after.
  *
  * `redeliver`: an event id is the uuid or the body's `id` (`credit_alert.raised:<uuid>`). Each
- * event's delivery job is re-added on $REDIS_URL's ledger-jobs queue (prefix QUEUE_PREFIX) with
+ * event's delivery job is re-added on $REDIS_URL's webhook-deliveries queue (prefix QUEUE_PREFIX) with
  * the normal retry policy, or promoted when it is waiting for a retry; the running workers deliver
  * it with their WEBHOOK_URL and WEBHOOK_SECRET (this command sends nothing itself and needs
  * neither). An event with a DELIVERED attempt is refused: it is never sent again.
@@ -166,7 +167,7 @@ const pool = createPgPool(env.DATABASE_URL, 1);
 let redis: Redis | null = null;
 try {
   if (command === 'failed') {
-    printFailed(await listFailedWebhooks(pool, { since, limit }));
+    printFailed(await listFailedWebhooks(pool, { since, limit, webhookTimeoutMs: env.WEBHOOK_TIMEOUT_MS }));
   } else {
     if (values['all-failed']) refs = (await listFailedWebhooks(pool, { since, limit: null })).map((e) => ({ eventType: e.eventType, eventId: e.eventId }));
     redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 1, connectionName: 'creditpool-webhooks-cli' });

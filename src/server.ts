@@ -255,7 +255,7 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
   const queueConnection = env.OUTBOX_RELAY ? new Redis(env.REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'creditpool-outbox-jobs' }) : null;
   queueConnection?.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: queue redis error'));
   const jobSink = queueConnection ? createQueueJobSink(queueConnection, env.QUEUE_PREFIX) : undefined;
-  jobSink?.queue.on('error', (err) => log.warn({ err: err.message }, 'outbox relay: queue error'));
+  for (const q of jobSink ? [jobSink.queue, jobSink.webhookQueue] : []) q.on('error', (err) => log.warn({ err: err.message, queue: q.name }, 'outbox relay: queue error'));
   const relay = publisher
     ? startOutboxRelay({ pool: deps.pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: jobSink })
     : null;

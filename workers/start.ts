@@ -6,10 +6,14 @@
  *   safety net: runs whatever is due that no job took care of, e.g. after Redis was flushed),
  *   `analyze-stale-tables` every STATISTICS_UPKEEP_EVERY_MS (autovacuum's ANALYZE where
  *   autovacuum is off; its schedule is removed when that is 0);
- * - queue `ledger-jobs`: the jobs the outbox relay enqueues (expire-due, roll-period,
- *   auto-top-up, deliver-webhook, resume-payment; workers/registry.ts); at most
- *   `webhookConcurrency` of its slots deliver webhooks at once, so a slow or dead receiver (each
- *   delivery waiting up to WEBHOOK_TIMEOUT_MS) never holds the slots the money jobs need;
+ * - queue `ledger-jobs`: the money jobs the outbox relay enqueues (expire-due, roll-period,
+ *   auto-top-up, resume-payment; workers/registry.ts), `concurrency` at once;
+ * - queue `webhook-deliveries`: the `deliver-webhook` jobs, with a worker of their own
+ *   (WEBHOOK_CONCURRENCY at once), so a slow or dead receiver (each delivery waiting up to
+ *   WEBHOOK_TIMEOUT_MS) never holds the slots the money jobs need, and no delivery is put back to
+ *   wait for a slot. `deliver-webhook` jobs left on ledger-jobs by an earlier version (they ran
+ *   there until this queue existed) are still handled by the ledger-jobs worker
+ *   ({@link LEGACY_DELIVERY});
  * - an outbox relay (unless `relay: false`), so jobs are enqueued even when no API runs.
  */
 import { DelayedError, Queue, Worker, UnrecoverableError, type Job } from 'bullmq';
@@ -18,10 +22,11 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import type { Env } from '../src/config/env.js';
-import { ANALYZE_STALE_TABLES_JOB, LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, type LedgerJobName } from '../src/queues/names.js';
+import { ANALYZE_STALE_TABLES_JOB, LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, WEBHOOK_DELIVERY_QUEUE, type LedgerJobName } from '../src/queues/names.js';
+import { WebhookAttemptInFlightError } from '../src/services/webhooks.js';
 import { createPricingState } from '../src/services/pricing-state.js';
 import type { ServiceContext } from '../src/services/context.js';
-import { createQueueJobSink } from '../src/queues/job-sink.js';
+import { createQueueJobSink, jobOptions } from '../src/queues/job-sink.js';
 import { createPaymentProvider } from '../src/payments/index.js';
 import { startOutboxRelay } from '../src/outbox/relay.js';
 import { closeRedis, settlesWithin, REDIS_QUIT_WAIT_MS } from '../src/db/redis-close.js';
@@ -35,6 +40,8 @@ import type { JobView, WorkerDeps } from './deps.js';
 export interface RunningWorkers {
   /** Enqueues directly on the ledger-jobs queue (tests, sweeps). */
   ledgerQueue: Queue;
+  /** Enqueues directly on the webhook-deliveries queue (tests). */
+  webhookQueue: Queue;
   /**
    * Stops the relay, waits for the jobs in progress (at most SHUTDOWN_GRACE_MS), then closes the
    * Redis connections. When that time passes (a job still running, or Redis unreachable, where
@@ -58,41 +65,24 @@ export interface StartWorkersOptions {
   relay?: boolean;
   /** Jobs of the ledger-jobs queue processed at once (default 4). */
   concurrency?: number;
-  /**
-   * Of those, `deliver-webhook` jobs processed at once (default {@link defaultWebhookSlots}); the
-   * worker keeps at least one slot beyond it (see {@link ledgerWorkerSlots}). startWorkers throws
-   * a RangeError when it is not a positive integer.
-   */
+  /** `deliver-webhook` jobs of the webhook-deliveries queue processed at once (default env.WEBHOOK_CONCURRENCY). */
   webhookConcurrency?: number;
 }
 
 /**
- * Deliveries the ledger-jobs worker runs at once by default: half its slots (at least 1). A
- * delivery may wait WEBHOOK_TIMEOUT_MS on a slow or dead receiver; capped, such deliveries leave
- * the other slots to expire-due, roll-period, auto-top-up and resume-payment.
- * @param concurrency the worker's slots (StartWorkersOptions.concurrency).
+ * What the ledger-jobs worker does with a `deliver-webhook` job it finds there (added by an
+ * earlier version, whose relay and sweep put deliveries on ledger-jobs):
+ * - never attempted (attemptsMade 0; waiting, or delayed by `runAt`): moved, i.e. added to
+ *   webhook-deliveries with the same jobId, data and options (jobOptions, the relay's), and
+ *   completed here with `{ movedTo: 'webhook-deliveries' }`; its attempts there run exactly as
+ *   they would have here (the same attempt numbers from 1, backoff and jitter). If that jobId is
+ *   already there (the sweep re-added it), the add is a no-op and that job delivers it.
+ * - already attempted (a retry waiting out its backoff at the upgrade): run here, as before, so
+ *   its attempt numbers and retry schedule go on unchanged (BullMQ cannot move a job's attempt
+ *   count to another queue). These may still hold ledger-jobs slots for up to WEBHOOK_TIMEOUT_MS
+ *   each, until the last of them finishes (at most about 18 h after the upgrade).
  */
-export function defaultWebhookSlots(concurrency: number): number {
-  return Math.max(1, Math.floor(concurrency / 2));
-}
-
-/**
- * The ledger-jobs worker's slots for `concurrency` requested and `webhookSlots` deliveries at
- * most: `concurrency`, raised to `webhookSlots + 1` when it is not more, so that deliveries
- * hanging in all their slots always leave one to the money jobs.
- */
-export function ledgerWorkerSlots(concurrency: number, webhookSlots: number): number {
-  return Math.max(concurrency, webhookSlots + 1);
-}
-
-/**
- * How long a `deliver-webhook` job that found every delivery slot taken waits before a worker
- * looks at it again, in milliseconds (the actual wait is 1 to 2 times this, at random, so jobs
- * put back together do not come back together). It goes back delayed with moveToDelayed +
- * DelayedError, which spends no attempt (the attempt number, and so the retry schedule and the
- * sweep's count of logged attempts, stays that of real POSTs).
- */
-export const WEBHOOK_SLOT_RETRY_MS = 1_000;
+export const LEGACY_DELIVERY = { movedTo: WEBHOOK_DELIVERY_QUEUE } as const;
 
 /**
  * How long a ledger job of a name this version does not know waits before a worker looks at it
@@ -115,10 +105,28 @@ function view(job: Job): JobView {
   return { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 };
 }
 
-/** Puts a running job back in the queue, delayed by `delayMs`, without spending an attempt (BullMQ's moveToDelayed + DelayedError). */
+/** Puts a running job back in its queue, delayed by `delayMs`, without spending an attempt (BullMQ's moveToDelayed + DelayedError). */
 async function putBack(job: Job, token: string | undefined, delayMs: number): Promise<never> {
   await job.moveToDelayed(Date.now() + delayMs, token);
   throw new DelayedError();
+}
+
+/**
+ * Runs a `deliver-webhook` job (the processor of workers/registry.ts). A run that meets another
+ * attempt of its event in flight (WebhookAttemptInFlightError: nothing sent or logged) is put
+ * back for the time that attempt may still take, without spending an attempt: the job's
+ * attempts, and so its retry schedule and the logged attempt numbers, count real POSTs only.
+ * Used by both workers (ledger-jobs for jobs an earlier version left there) and by tests.
+ * @throws DelayedError when put back; else what the processor throws.
+ */
+export async function runDeliveryJob(deps: WorkerDeps, job: Job, token: string | undefined): Promise<unknown> {
+  try {
+    return await LEDGER_PROCESSORS['deliver-webhook'](deps, view(job));
+  } catch (err) {
+    if (!(err instanceof WebhookAttemptInFlightError)) throw err;
+    deps.log.info({ id: job.id, retryInMs: err.retryInMs }, 'webhook delivery: another attempt of the event is in flight; put back without spending an attempt');
+    return putBack(job, token, err.retryInMs);
+  }
 }
 
 async function guarded<T>(fn: () => Promise<T>): Promise<T> {
@@ -141,7 +149,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   const sink = createQueueJobSink(connection, prefix);
 
   const maintenance = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
-  for (const q of [maintenance, sink.queue]) q.on('error', (err) => log.warn({ err: err.message, queue: q.name }, 'workers: queue error'));
+  for (const q of [maintenance, sink.queue, sink.webhookQueue]) q.on('error', (err) => log.warn({ err: err.message, queue: q.name }, 'workers: queue error'));
   const kept = { removeOnComplete: { count: MAINTENANCE_JOBS_KEPT }, removeOnFail: { count: MAINTENANCE_JOBS_KEPT } };
   await maintenance.upsertJobScheduler(RECONCILE_LEDGER_JOB, { every: RECONCILE_EVERY_MS }, { name: RECONCILE_LEDGER_JOB, data: { lookbackSeconds: 900 }, opts: kept });
   await maintenance.upsertJobScheduler(SWEEP_DUE_JOB, { every: env.SWEEP_EVERY_MS }, { name: SWEEP_DUE_JOB, data: {}, opts: kept });
@@ -163,33 +171,36 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
     { connection, prefix, concurrency: 1 },
   );
   const concurrency = opts.concurrency ?? 4;
-  const webhookSlots = opts.webhookConcurrency ?? defaultWebhookSlots(concurrency);
-  // 0 would put every delivery back for ever.
-  if (!Number.isInteger(webhookSlots) || webhookSlots < 1) throw new RangeError(`webhookConcurrency must be a positive integer, got ${webhookSlots}`);
-  let deliveriesRunning = 0;
+  const webhookConcurrency = opts.webhookConcurrency ?? env.WEBHOOK_CONCURRENCY;
+  if (!Number.isInteger(webhookConcurrency) || webhookConcurrency < 1) throw new RangeError(`webhookConcurrency must be a positive integer, got ${webhookConcurrency}`);
+  const unknownJob = (job: Job, token: string | undefined) => {
+    log.warn({ job: job.name, id: job.id, queue: job.queueName, retryInMs: UNKNOWN_JOB_RETRY_MS }, 'job of a name this version does not know (a newer version?): put back for a worker that knows it');
+    return putBack(job, token, UNKNOWN_JOB_RETRY_MS);
+  };
   const ledgerWorker = new Worker(
     LEDGER_JOBS_QUEUE,
     (job, token) =>
       guarded(async () => {
-        if (!(LEDGER_JOB_NAMES as readonly string[]).includes(job.name)) {
-          log.warn({ job: job.name, id: job.id, retryInMs: UNKNOWN_JOB_RETRY_MS }, 'ledger job of a name this version does not know (a newer version?): put back for a worker that knows it');
-          return putBack(job, token, UNKNOWN_JOB_RETRY_MS);
-        }
+        if (!(LEDGER_JOB_NAMES as readonly string[]).includes(job.name)) return unknownJob(job, token);
         if (job.name !== 'deliver-webhook') return LEDGER_PROCESSORS[job.name as LedgerJobName](deps, view(job));
-        // A delivery over the cap gives its slot back (see WEBHOOK_SLOT_RETRY_MS). The check and
-        // the increment are one synchronous step (no await between), so two jobs cannot both
-        // take the last delivery slot.
-        if (deliveriesRunning >= webhookSlots) return putBack(job, token, Math.round(WEBHOOK_SLOT_RETRY_MS * (1 + Math.random())));
-        deliveriesRunning++;
-        try {
-          return await LEDGER_PROCESSORS['deliver-webhook'](deps, view(job));
-        } finally {
-          deliveriesRunning--;
-        }
+        // Left here by an earlier version (see LEGACY_DELIVERY).
+        if (job.attemptsMade > 0) return runDeliveryJob(deps, job, token);
+        const opts = jobOptions({ name: 'deliver-webhook', jobId: job.id!, data: job.data }, Date.now());
+        await sink.webhookQueue.add(job.name, job.data, opts);
+        return LEGACY_DELIVERY;
       }),
-    { connection, prefix, concurrency: ledgerWorkerSlots(concurrency, webhookSlots) },
+    { connection, prefix, concurrency },
   );
-  for (const w of [maintenanceWorker, ledgerWorker]) {
+  const webhookWorker = new Worker(
+    WEBHOOK_DELIVERY_QUEUE,
+    (job, token) =>
+      guarded(async () => {
+        if (job.name !== 'deliver-webhook') return unknownJob(job, token);
+        return runDeliveryJob(deps, job, token);
+      }),
+    { connection, prefix, concurrency: webhookConcurrency },
+  );
+  for (const w of [maintenanceWorker, ledgerWorker, webhookWorker]) {
     w.on('failed', (job, err) => log.warn({ err: err.message, job: job?.name, id: job?.id, attempt: job?.attemptsMade }, 'job attempt failed'));
     // Without a listener BullMQ prints connection errors with console.error (a stack trace per
     // reconnect attempt while Redis is away), bypassing the log.
@@ -205,19 +216,20 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
     // The relay adds its jobs over its own fail-fast connection, not the workers' (whose offline
     // queue would keep one batch per failed drain while Redis is away).
     relaySink = createQueueJobSink(publisher, prefix);
-    relaySink.queue.on('error', (err) => log.warn({ err: err.message }, 'workers relay: queue error'));
+    for (const q of [relaySink.queue, relaySink.webhookQueue]) q.on('error', (err) => log.warn({ err: err.message, queue: q.name }, 'workers relay: queue error'));
     relay = startOutboxRelay({ pool, redis: publisher, log, channelPrefix: env.LIVE_CHANNEL_PREFIX, pollIntervalMs: env.OUTBOX_POLL_INTERVAL_MS, jobs: relaySink });
   }
-  log.info({ queues: [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE], prefix }, 'workers started');
+  log.info({ queues: [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE, WEBHOOK_DELIVERY_QUEUE], prefix, concurrency, webhookConcurrency }, 'workers started');
   return {
     ledgerQueue: sink.queue,
+    webhookQueue: sink.webhookQueue,
     async close() {
       await relay?.close();
-      const workersClosed = Promise.all([maintenanceWorker.close(), ledgerWorker.close()]);
+      const workersClosed = Promise.all([maintenanceWorker.close(), ledgerWorker.close(), webhookWorker.close()]);
       if (!(await settlesWithin(workersClosed, env.SHUTDOWN_GRACE_MS))) {
         log.warn({ graceMs: env.SHUTDOWN_GRACE_MS, redis: connection.status }, 'workers: jobs in progress or Redis did not let the workers close in time; dropping the Redis connections (unfinished jobs are re-run by the stalled check)');
         connection.disconnect();
-        await settlesWithin(Promise.allSettled([maintenanceWorker.disconnect(), ledgerWorker.disconnect()]), REDIS_QUIT_WAIT_MS);
+        await settlesWithin(Promise.allSettled([maintenanceWorker.disconnect(), ledgerWorker.disconnect(), webhookWorker.disconnect()]), REDIS_QUIT_WAIT_MS);
       }
       await settlesWithin(Promise.allSettled([maintenance.close(), sink.close(), relaySink?.close()]), REDIS_QUIT_WAIT_MS);
       await Promise.allSettled([publisher && closeRedis(publisher), closeRedis(connection)]);

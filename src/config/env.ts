@@ -215,6 +215,13 @@ const EnvSchema = z.object({
   WEBHOOK_URL: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'WEBHOOK_URL must be an http(s) URL').optional(),
   /** HMAC-SHA256 key of the webhook signatures (header creditpool-signature); required when WEBHOOK_URL is set (parseEnv refuses the URL alone). */
   WEBHOOK_SECRET: z.string().min(32, 'WEBHOOK_SECRET must be at least 32 characters').optional(),
+  /**
+   * Webhook deliveries a workers process runs at once, on their own queue (webhook-deliveries,
+   * workers/start.ts), apart from the ledger-jobs worker's money jobs. Each may wait up to
+   * WEBHOOK_TIMEOUT_MS on a slow receiver while holding no database connection (two short
+   * statements per attempt); default 8.
+   */
+  WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(8),
   /** Timeout of one webhook POST (connect + response + body), in milliseconds. */
   WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5_000),
   /**

@@ -22,7 +22,7 @@ import { Queue } from 'bullmq';
 import type pg from 'pg';
 import type { Redis } from 'ioredis';
 import { answerWithin } from '../db/redis-close.js';
-import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE } from '../queues/names.js';
+import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_DELIVERY_QUEUE } from '../queues/names.js';
 import { RETRYABLE_4XX, WEBHOOK_MAX_LOGGED_ATTEMPTS } from '../services/webhooks.js';
 import type { GroupCommitStats } from '../services/group-commit.js';
 import type { LiveHubStats } from '../live/hub.js';
@@ -50,7 +50,7 @@ export const OUTBOX_OLDEST_AMONG = 1_000;
 export const WEBHOOK_METRICS_WINDOW_SECONDS = 7 * 24 * 3600;
 
 /** The queues whose job counts are exported (src/queues/names.ts). */
-export const METRICS_QUEUES = [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE] as const;
+export const METRICS_QUEUES = [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE, WEBHOOK_DELIVERY_QUEUE] as const;
 
 /** The BullMQ job states exported per queue. */
 export const METRICS_QUEUE_STATES = ['waiting', 'active', 'delayed', 'failed'] as const;

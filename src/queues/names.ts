@@ -6,8 +6,21 @@
 /** The maintenance queue: periodic sweeps and checks (job schedulers, re-created at every boot). */
 export const MAINTENANCE_QUEUE = 'maintenance';
 
-/** The ledger-jobs queue: one job per thing due (an expiry, a period roll, a top-up, a webhook, a pending payment). */
+/** The ledger-jobs queue: one job per thing due (an expiry, a period roll, a top-up, a pending payment). */
 export const LEDGER_JOBS_QUEUE = 'ledger-jobs';
+
+/**
+ * The webhook-deliveries queue: the `deliver-webhook` jobs, with a worker of their own
+ * (WEBHOOK_CONCURRENCY at once; workers/start.ts), so deliveries waiting on a slow receiver never
+ * hold the slots of the ledger-jobs worker's money jobs. Until this queue existed they ran on
+ * ledger-jobs; the ledger-jobs worker still handles any left there (workers/start.ts).
+ */
+export const WEBHOOK_DELIVERY_QUEUE = 'webhook-deliveries';
+
+/** The queue a job of `name` is added to: {@link WEBHOOK_DELIVERY_QUEUE} for `deliver-webhook`, else {@link LEDGER_JOBS_QUEUE}. */
+export function queueOfJob(name: LedgerJobName): typeof LEDGER_JOBS_QUEUE | typeof WEBHOOK_DELIVERY_QUEUE {
+  return name === 'deliver-webhook' ? WEBHOOK_DELIVERY_QUEUE : LEDGER_JOBS_QUEUE;
+}
 
 /** Job: reconcile the ledger of recently changed accounts (see services/reconcile-ledger.ts). */
 export const RECONCILE_LEDGER_JOB = 'reconcile-ledger';
@@ -55,7 +68,7 @@ export function outboxJobProblem(job: Record<string, unknown>): string | null {
   return null;
 }
 
-/** The jobs of the ledger-jobs queue. */
+/** The jobs the outbox carries: those of the ledger-jobs queue, and `deliver-webhook` (on the webhook-deliveries queue: {@link queueOfJob}). */
 export const LEDGER_JOB_NAMES = ['expire-due', 'roll-period', 'auto-top-up', 'deliver-webhook', 'resume-payment'] as const;
 
 /** One ledger job name. */

@@ -7,7 +7,9 @@
  * attempts (src/services/webhooks.ts findUndeliveredWebhookJobs); past that an undelivered event
  * had no way back to the receiver.
  *
- * How a redelivery runs: it re-adds the event's own `deliver-webhook` job, with its deterministic
+ * How a redelivery runs: it re-adds the event's own `deliver-webhook` job (on the
+ * webhook-deliveries queue; a job of the event an earlier version left on ledger-jobs counts as
+ * its job too, as the ledger-jobs worker still runs it), with its deterministic
  * jobId (webhookJobId) and the normal options (17 attempts, exponential backoff from 1 s), the
  * way the sweep does (createQueueJobSink's `readd`: a failed or completed job BullMQ still keeps
  * under that id is removed first, else the add would be a no-op). A worker then delivers it with
@@ -32,16 +34,19 @@
 import type pg from 'pg';
 import { isUuid } from '../db/uuid.js';
 import type { OutboxJob } from '../queues/names.js';
-import { isPermanentStatus, webhookJob, webhookJobId, WEBHOOK_EVENT_TYPES, WEBHOOK_MAX_LOGGED_ATTEMPTS, type WebhookEventType, type WebhookJobData } from './webhooks.js';
+import { isPermanentStatus, webhookClaimMs, webhookJob, webhookJobId, WEBHOOK_EVENT_TYPES, WEBHOOK_MAX_LOGGED_ATTEMPTS, type WebhookEventType, type WebhookJobData } from './webhooks.js';
 
 /**
  * Where an undelivered event stands, from its last logged attempt:
+ * - `in_flight`: that attempt is being sent now (a SENDING claim younger than the claim's
+ *   lifetime, WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS): its outcome is not known yet;
  * - `retrying`: its job has attempts left (last attempt number below 17, not permanent): BullMQ
- *   retries it, and the sweep re-adds it if lost while it is younger than 24 h;
+ *   retries it, and the sweep re-adds it if lost while it is younger than 24 h (also an attempt
+ *   whose run stopped before recording an outcome: a stale claim, recorded FAILED by the next run);
  * - `exhausted`: its job made its 17th attempt: nothing sends it again without a redelivery;
  * - `permanent`: the receiver refused it with a 4xx other than 408/425/429: not retried.
  */
-export type FailedWebhookState = 'retrying' | 'exhausted' | 'permanent';
+export type FailedWebhookState = 'in_flight' | 'retrying' | 'exhausted' | 'permanent';
 
 /** One undelivered event (at least one logged attempt, none DELIVERED), as {@link listFailedWebhooks} returns it. */
 export interface FailedWebhook {
@@ -77,6 +82,8 @@ export interface ListFailedWebhooksOptions {
   since?: Date;
   /** At most this many (1..FAILED_WEBHOOKS_MAX_LIMIT, default 50); null: all of them (redelivery of every failed event). */
   limit?: number | null;
+  /** The workers' WEBHOOK_TIMEOUT_MS (default 5000, the environment's default): a SENDING attempt younger than webhookClaimMs(it) is `in_flight`. */
+  webhookTimeoutMs?: number;
 }
 
 /**
@@ -102,21 +109,22 @@ export async function listFailedWebhooks(pool: pg.Pool, opts: ListFailedWebhooks
           AND ($1::timestamptz IS NULL OR min(created_at) >= $1::timestamptz)
      )
      SELECT ev.event_type, ev.event_id, ev.attempts, ev.first_attempt_at,
-            l.account_id, l.attempt, l.response_code, l.error, l.created_at AS last_attempt_at
+            l.account_id, l.attempt, l.response_code, l.error, l.created_at AS last_attempt_at,
+            l.status = 'SENDING' AND l.created_at >= now() - $3::interval AS in_flight
        FROM ev
-       JOIN LATERAL (SELECT d.account_id, d.attempt, d.response_code, d.error, d.created_at
+       JOIN LATERAL (SELECT d.account_id, d.attempt, d.response_code, d.error, d.created_at, d.status
                        FROM webhook_deliveries d
                       WHERE d.event_id = ev.event_id AND d.event_type = ev.event_type
                       ORDER BY d.created_at DESC, d.attempt DESC LIMIT 1) l ON true
       ORDER BY ev.first_attempt_at DESC, ev.event_id DESC
       LIMIT $2`,
-    [opts.since ?? null, limit],
+    [opts.since ?? null, limit, `${webhookClaimMs(opts.webhookTimeoutMs ?? 5_000)} milliseconds`],
   );
   return rows
     .filter((r) => (WEBHOOK_EVENT_TYPES as readonly string[]).includes(r.event_type))
     .map((r) => {
       const code: number | null = r.response_code;
-      const state: FailedWebhookState = code !== null && isPermanentStatus(code) ? 'permanent' : r.attempt >= WEBHOOK_MAX_LOGGED_ATTEMPTS ? 'exhausted' : 'retrying';
+      const state: FailedWebhookState = r.in_flight ? 'in_flight' : code !== null && isPermanentStatus(code) ? 'permanent' : r.attempt >= WEBHOOK_MAX_LOGGED_ATTEMPTS ? 'exhausted' : 'retrying';
       return {
         eventType: r.event_type,
         eventId: r.event_id,
@@ -176,9 +184,17 @@ export interface RedeliveryOutcome {
   jobState?: string;
 }
 
-/** What {@link redeliverWebhooks} adds jobs through: the ledger-jobs queue (createQueueJobSink). */
+/** A BullMQ queue as {@link redeliverWebhooks} reads it. */
+interface JobLookup {
+  getJob(jobId: string): Promise<{ getState(): Promise<string>; promote(): Promise<void> } | undefined>;
+}
+
+/** What {@link redeliverWebhooks} adds jobs through (createQueueJobSink). */
 export interface RedeliveryQueue {
-  queue: { getJob(jobId: string): Promise<{ getState(): Promise<string>; promote(): Promise<void> } | undefined> };
+  /** The webhook-deliveries queue, where delivery jobs are. */
+  webhookQueue: JobLookup;
+  /** The ledger-jobs queue, where an earlier version put them (still run there: workers/start.ts LEGACY_DELIVERY). */
+  queue: JobLookup;
   /** Removes a finished job kept under the same jobId, then adds (createQueueJobSink's readd). */
   readd(jobs: OutboxJob[]): Promise<void>;
 }
@@ -237,7 +253,12 @@ export async function redeliverWebhooks(pool: pg.Pool, jobs: RedeliveryQueue, re
       continue;
     }
     const jobId = webhookJobId(event.eventType, event.eventId);
-    const existing = await jobs.queue.getJob(jobId);
+    // Its job on webhook-deliveries, else one an earlier version left on ledger-jobs that is still live.
+    let existing = await jobs.webhookQueue.getJob(jobId);
+    if (!existing) {
+      const legacy = await jobs.queue.getJob(jobId);
+      if (legacy && ['delayed', ...LIVE_JOB_STATES].includes(await legacy.getState())) existing = legacy;
+    }
     let jobState = existing ? await existing.getState() : undefined;
     if (existing && jobState === 'delayed') {
       try {

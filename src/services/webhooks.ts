@@ -5,10 +5,10 @@
  * attempt in `webhook_deliveries` (the delivery log).
  *
  * Flow: the transaction that raises the event writes an outbox `job` row
- * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on ledger-jobs
+ * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on webhook-deliveries
  * (17 attempts, exponential backoff from 1 s less up to 20 % jitter, the last retry at most about 18 h after the first attempt:
  * src/queues/names.ts); the processor
- * (workers/processors/deliver-webhook.ts) calls {@link deliverWebhook}; the sweep re-adds jobs
+ * (workers/processors/deliver-webhook.ts, on the webhook-deliveries worker) calls {@link deliverWebhook}; the sweep re-adds jobs
  * lost with Redis ({@link findUndeliveredWebhookJobs}); past that, an operator lists and re-adds
  * undelivered events with `npm run webhooks` (src/services/webhook-redelivery.ts).
  *
@@ -312,6 +312,24 @@ export class WebhookDeliveryError extends Error {
   }
 }
 
+/**
+ * Another run's attempt of the event is in flight (its SENDING claim is younger than the claim's
+ * lifetime): nothing was sent or logged. Retryable (`permanent` false); the workers put the job
+ * back for {@link retryInMs} without spending an attempt (workers/start.ts), so a run that meets
+ * an attempt in flight leaves the job's attempt count, and so its retry schedule and the logged
+ * attempt numbers, to real POSTs.
+ */
+export class WebhookAttemptInFlightError extends WebhookDeliveryError {
+  constructor(
+    message: string,
+    /** Milliseconds until the claim in flight has an outcome: the end of its POST's timeout, or once that has passed (its run stopped mid-attempt?), the end of its lifetime, when the next run may take it over; plus a second. */
+    readonly retryInMs: number,
+  ) {
+    super(message, false);
+    this.name = 'WebhookAttemptInFlightError';
+  }
+}
+
 /** Advisory lock namespace of deliveries ("whk1"); the key is (namespace, hashtext(event)). */
 const DELIVERY_LOCK_CLASS = 0x77686b31;
 
@@ -355,6 +373,11 @@ function describeFetchError(err: unknown, timeoutMs: number): string {
   return cause ? `${e?.message ?? 'fetch failed'}: ${cause}` : (e?.message ?? String(err));
 }
 
+/** An attempt's SENDING claim's lifetime for a POST timeout of `timeoutMs`: timeoutMs + {@link WEBHOOK_CLAIM_MARGIN_MS} (an older claim's run stopped mid-attempt). */
+export function webhookClaimMs(timeoutMs: number): number {
+  return timeoutMs + WEBHOOK_CLAIM_MARGIN_MS;
+}
+
 /**
  * How long an attempt's SENDING claim keeps other runs of its event from sending, beyond
  * WEBHOOK_TIMEOUT_MS (the POST's own bound): room for recording the outcome on a slow database.
@@ -366,7 +389,8 @@ export const WEBHOOK_CLAIM_MARGIN_MS = 60_000;
 /** What the claim transaction of {@link deliverWebhook} decided. */
 type Claim =
   | { kind: 'delivered' }
-  | { kind: 'in_flight' }
+  /** `ageMs`: how long ago the claim in flight was made. */
+  | { kind: 'in_flight'; ageMs: number }
   | { kind: 'gone' }
   | { kind: 'claimed'; rowId: string; event: WebhookEvent; accountId: string };
 
@@ -383,13 +407,15 @@ async function claimAttempt(pool: pg.Pool, payload: WebhookJobData, attempt: num
     await client.query('BEGIN');
     await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [DELIVERY_LOCK_CLASS, `${payload.eventType}:${payload.eventId}`]);
     const { rows } = await client.query(
-      `SELECT id, status, created_at < now() - $3::interval AS stale FROM webhook_deliveries
+      `SELECT id, status, created_at < now() - $3::interval AS stale,
+              greatest(0, extract(epoch FROM now() - created_at) * 1000)::float8 AS age_ms
+         FROM webhook_deliveries
         WHERE event_id = $1 AND event_type = $2 AND status IN ('DELIVERED', 'SENDING')`,
       [payload.eventId, payload.eventType, `${claimMs} milliseconds`],
     );
     let claim: Claim | null = null;
     if (rows.some((r) => r.status === 'DELIVERED')) claim = { kind: 'delivered' };
-    else if (rows.some((r) => !r.stale)) claim = { kind: 'in_flight' };
+    else if (rows.some((r) => !r.stale)) claim = { kind: 'in_flight', ageMs: Math.min(...rows.filter((r) => !r.stale).map((r) => Number(r.age_ms))) };
     for (const r of rows.filter((x) => x.status === 'SENDING' && x.stale)) {
       await client.query(`UPDATE webhook_deliveries SET status = 'FAILED', error = $2 WHERE id = $1 AND status = 'SENDING'`, [
         r.id,
@@ -460,8 +486,9 @@ async function postEvent(url: string, secret: string, event: WebhookEvent, attem
  *   would otherwise hold a connection of the workers' pool for up to WEBHOOK_TIMEOUT_MS per job):
  *   1. one short transaction under a per-event advisory lock: if a DELIVERED row exists, returns
  *      ALREADY_DELIVERED without sending; if another run's attempt is in flight (a SENDING row
- *      younger than WEBHOOK_TIMEOUT_MS + {@link WEBHOOK_CLAIM_MARGIN_MS}), throws a retryable
- *      WebhookDeliveryError without sending or logging (the job's retry then finds its outcome);
+ *      younger than WEBHOOK_TIMEOUT_MS + {@link WEBHOOK_CLAIM_MARGIN_MS}), throws
+ *      {@link WebhookAttemptInFlightError} (retryable) without sending or logging (the workers
+ *      put the job back without spending an attempt; its next run finds the outcome);
  *      else builds the body from the database and logs this attempt as SENDING (the claim; a
  *      partial unique index allows one per event). An older SENDING row (its run stopped
  *      mid-attempt) is recorded FAILED first.
@@ -476,7 +503,8 @@ async function postEvent(url: string, secret: string, event: WebhookEvent, attem
  * @param attempt 1-based attempt number logged in the row (the job's attemptsMade + 1).
  * @throws WebhookDeliveryError after logging a FAILED attempt (`permanent` as in the module
  *   comment); without logging when the event no longer exists or WEBHOOK_SECRET is unset (both
- *   permanent) or another attempt of the event is in flight (retryable); the database error
+ *   permanent) or another attempt of the event is in flight (WebhookAttemptInFlightError,
+ *   retryable); the database error
  *   otherwise (retried; a failure in step 3 leaves the row SENDING until its claim is stale).
  */
 export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobData, attempt: number): Promise<WebhookDeliveryResult> {
@@ -485,10 +513,14 @@ export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobDat
   if (!url) return { status: 'SKIPPED', skipped: true };
   const secret = env.WEBHOOK_SECRET;
   if (!secret) throw new WebhookDeliveryError('WEBHOOK_SECRET is required to deliver webhooks when WEBHOOK_URL is set', true);
-  const claim = await claimAttempt(ctx.pool, payload, attempt, url, env.WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS);
+  const claimMs = webhookClaimMs(env.WEBHOOK_TIMEOUT_MS);
+  const claim = await claimAttempt(ctx.pool, payload, attempt, url, claimMs);
   if (claim.kind === 'delivered') return { status: 'ALREADY_DELIVERED', skipped: false };
   if (claim.kind === 'gone') throw new WebhookDeliveryError(`${payload.eventType} ${payload.eventId} not found`, true);
-  if (claim.kind === 'in_flight') throw new WebhookDeliveryError(`${payload.eventType}:${payload.eventId}: another attempt is in flight`, false);
+  if (claim.kind === 'in_flight') {
+    const until = claim.ageMs < env.WEBHOOK_TIMEOUT_MS ? env.WEBHOOK_TIMEOUT_MS : claimMs;
+    throw new WebhookAttemptInFlightError(`${payload.eventType}:${payload.eventId}: another attempt is in flight`, Math.ceil(until - claim.ageMs) + 1_000);
+  }
   const { event } = claim;
   const t = Math.floor((ctx.nowMs ?? Date.now)() / 1000);
   const { responseCode, error } = await postEvent(url, secret, event, attempt, t, env.WEBHOOK_TIMEOUT_MS);

@@ -19,7 +19,7 @@ import { setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { USAGE_OUTCOMES } from '../../src/metrics/usage-outcomes.js';
 import { METRICS_COLLECT_TIMEOUT_MS } from '../../src/metrics/server-metrics.js';
 import { WEBHOOK_MAX_LOGGED_ATTEMPTS } from '../../src/services/webhooks.js';
-import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE } from '../../src/queues/names.js';
+import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_DELIVERY_QUEUE } from '../../src/queues/names.js';
 import { apiAccount, dbId, ok, uniq } from './helpers.js';
 
 /** One scrape: the HTTP status, the text, and the value of one sample (undefined when absent). */
@@ -237,7 +237,9 @@ describe('GET /metrics', () => {
     const own = await startTestServer({ QUEUE_PREFIX: prefix, OUTBOX_RELAY: 'false' });
     const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
     const queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
+    const webhookQueue = new Queue(WEBHOOK_DELIVERY_QUEUE, { connection, prefix });
     try {
+      await webhookQueue.add('deliver-webhook', {}, { jobId: 'metrics-webhook-delayed', delay: 3_600_000 });
       await queue.add('expire-due', {}, { jobId: 'metrics-delayed', delay: 3_600_000 });
       await queue.add('expire-due', {}, { jobId: 'metrics-waiting' });
       await queue.add('expire-due', {}, { jobId: 'metrics-waiting-2' });
@@ -247,11 +249,16 @@ describe('GET /metrics', () => {
       expect(s.value('creditpool_queue_jobs', { queue: LEDGER_JOBS_QUEUE, state: 'waiting' })).toBe(2);
       expect(s.value('creditpool_queue_jobs', { queue: LEDGER_JOBS_QUEUE, state: 'failed' })).toBe(0);
       expect(s.value('creditpool_queue_jobs', { queue: MAINTENANCE_QUEUE, state: 'waiting' })).toBe(0);
+      // The deliveries' own queue (workers/start.ts) is counted too.
+      expect(s.value('creditpool_queue_jobs', { queue: WEBHOOK_DELIVERY_QUEUE, state: 'delayed' })).toBe(1);
+      expect(s.value('creditpool_queue_jobs', { queue: WEBHOOK_DELIVERY_QUEUE, state: 'waiting' })).toBe(0);
       // This server's relay is off: no publication counted.
       expect(s.value('creditpool_outbox_published_total')).toBe(0);
     } finally {
       await queue.obliterate({ force: true });
+      await webhookQueue.obliterate({ force: true });
       await queue.close();
+      await webhookQueue.close();
       await connection.quit();
       await own.close();
     }

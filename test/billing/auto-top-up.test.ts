@@ -15,7 +15,7 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
 import { parseEnv } from '../../src/config/env.js';
-import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
+import { LEDGER_JOBS_QUEUE, WEBHOOK_DELIVERY_QUEUE } from '../../src/queues/names.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -35,6 +35,7 @@ let simulator: PaymentSimulator;
 let workers: RunningWorkers;
 let connection: Redis;
 let queue: Queue;
+let webhookQueue: Queue;
 
 beforeAll(async () => {
   billing = await startBillingServer();
@@ -45,11 +46,13 @@ beforeAll(async () => {
   workers = await startWorkers({ env, pool: srv.services.pool, log: pino({ level: 'silent' }), prefix, services: srv.services, relay: false, concurrency: 4 });
   connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
   queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
+  webhookQueue = new Queue(WEBHOOK_DELIVERY_QUEUE, { connection, prefix });
 });
 
 afterAll(async () => {
   await workers?.close();
   await queue?.close();
+  await webhookQueue?.close();
   connection?.disconnect();
   await billing?.close();
 });
@@ -170,7 +173,7 @@ describe('auto top-up worker', () => {
     expect(paused).toMatchObject({ enabled: false, lastError: 'card_declined: Your card was declined.', usedThisPeriod: 0 });
     expect(paused.pausedAt).not.toBeNull();
     expect(paused.lastAttemptAt).not.toBeNull();
-    const job = await waitFor('the webhook job', () => Job.fromId(queue, `webhook-auto_top_up_paused-${topUp!.id}`));
+    const job = await waitFor('the webhook job', () => Job.fromId(webhookQueue, `webhook-auto_top_up_paused-${topUp!.id}`));
     expect(job.name).toBe('deliver-webhook');
     expect(job.data).toEqual({ eventType: 'auto_top_up.paused', eventId: topUp!.id, accountId: dbId(accountId) });
 

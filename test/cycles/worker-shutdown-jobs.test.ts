@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createTestServices, type TestServices } from '../setup/services.js';
-import { rerunStalledJob, startWorkersProcess, type WorkersProcess } from '../setup/workers-process.js';
+import { PUT_BACK, rerunStalledJob, startWorkersProcess, type WorkersProcess } from '../setup/workers-process.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { credits } from '../../src/ledger/credits.js';
@@ -155,7 +155,7 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
     }
   });
 
-  it('deliver-webhook: the cut run leaves its SENDING claim; a re-run sends nothing while it is fresh, and once it is stale records it FAILED and sends once more; nothing after DELIVERED', async () => {
+  it('deliver-webhook: the cut run leaves its SENDING claim; a re-run sends nothing while it is fresh (put back, no attempt spent), and once it is stale records it FAILED and sends once more; nothing after DELIVERED', async () => {
     // A receiver that keeps the first POST of this test's account unanswered and answers every
     // later one 200. The workers' relay drains the whole outbox of the shared test database, so
     // events of other test files running meanwhile reach it too: those are answered 200 and not
@@ -198,30 +198,34 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
         (await services.pool.query(`SELECT attempt, status, response_code, error FROM webhook_deliveries WHERE event_id = $1 ORDER BY created_at, status DESC`, [eventId])).rows;
 
       await first;
-      expect(await started.queue.getJobState(jobId)).toBe('active');
+      expect(await started.webhookQueue.getJobState(jobId)).toBe('active');
       await stopPastGrace(started, async () => undefined);
       expect(await deliveries()).toEqual([{ attempt: 1, status: 'SENDING', response_code: null, error: null }]);
-      expect(await started.queue.getJobState(jobId)).toBe('active');
+      expect(await started.webhookQueue.getJobState(jobId)).toBe('active');
 
-      // Re-run while the claim is fresh (the cut POST may still reach the receiver): nothing sent, nothing logged, retried later.
-      await expect(rerunStalledJob(services, started.prefix, jobId, webhookEnv)).rejects.toThrow('another attempt is in flight');
+      // Re-run while the claim is fresh (the cut POST may still reach the receiver): nothing sent,
+      // nothing logged, put back for later without spending an attempt.
+      expect(await rerunStalledJob(services, started.prefix, jobId, webhookEnv)).toEqual(PUT_BACK);
       expect(received).toHaveLength(1);
       expect(await deliveries()).toEqual([{ attempt: 1, status: 'SENDING', response_code: null, error: null }]);
 
-      expect(await started.queue.getJobState(jobId)).toBe('delayed');
+      expect(await started.webhookQueue.getJobState(jobId)).toBe('delayed');
+      expect((await started.webhookQueue.getJob(jobId))!.attemptsMade).toBe(0);
 
       // The claim is stale once WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS have passed: backdated here instead of waited for.
-      // The job's retry (its backoff cut short) records it FAILED and sends once more.
+      // The job's next run (its wait cut short) records it FAILED and sends once more. The stalled
+      // re-run spent no attempt (BullMQ counts none for a stall) and the put-back none either, so
+      // the job is still at its first attempt: the number the cut run sent is sent again.
       await services.pool.query(`UPDATE webhook_deliveries SET created_at = created_at - interval '10 minutes' WHERE event_id = $1`, [eventId]);
-      await (await started.queue.getJob(jobId))!.promote();
-      expect(await rerunStalledJob(services, started.prefix, jobId, webhookEnv)).toEqual({ status: 'DELIVERED', skipped: false, responseCode: 200, attempt: 2 });
+      await (await started.webhookQueue.getJob(jobId))!.promote();
+      expect(await rerunStalledJob(services, started.prefix, jobId, webhookEnv)).toEqual({ status: 'DELIVERED', skipped: false, responseCode: 200, attempt: 1 });
       expect(await deliveries()).toEqual([
         { attempt: 1, status: 'FAILED', response_code: null, error: 'no outcome recorded: the worker stopped during the attempt' },
-        { attempt: 2, status: 'DELIVERED', response_code: 200, error: null },
+        { attempt: 1, status: 'DELIVERED', response_code: 200, error: null },
       ]);
       expect(received.map((r) => [r.eventId, r.attempt])).toEqual([
         [`credit_alert.raised:${eventId}`, '1'],
-        [`credit_alert.raised:${eventId}`, '2'],
+        [`credit_alert.raised:${eventId}`, '1'],
       ]);
       expect(received[1]!.body).toBe(received[0]!.body);
 

@@ -6,7 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { Queue, Worker } from 'bullmq';
+import { DelayedError, Queue, Worker } from 'bullmq';
 import { pino } from 'pino';
 import { expect, vi } from 'vitest';
 import type pg from 'pg';
@@ -16,9 +16,10 @@ import { taggedDatabaseUrl } from './connections.js';
 import { queueEventsFromNow } from './queue-events.js';
 import { parseEnv } from '../../src/config/env.js';
 import type { ServiceContext } from '../../src/services/context.js';
-import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, type LedgerJobName } from '../../src/queues/names.js';
+import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_DELIVERY_QUEUE, type LedgerJobName } from '../../src/queues/names.js';
 import { SWEEP_DUE_JOB } from '../../workers/processors/sweep-due.js';
 import { LEDGER_PROCESSORS } from '../../workers/registry.js';
+import { runDeliveryJob } from '../../workers/start.js';
 
 /** A workers process started by {@link startWorkersProcess}, and the test's handle on its ledger-jobs queue. */
 export interface WorkersProcess {
@@ -27,6 +28,8 @@ export interface WorkersProcess {
   prefix: string;
   /** The ledger-jobs queue under that prefix (on a connection of the test's). */
   queue: Queue;
+  /** The webhook-deliveries queue under that prefix (on the same connection). */
+  webhookQueue: Queue;
   /**
    * Resolves once exactly one session of this process waits for a lock (its job is held by the
    * test's row lock); polls every 50 ms for up to 20 s.
@@ -60,13 +63,16 @@ export async function startWorkersProcess(pool: pg.Pool, graceMs: number, env: N
   });
   const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
   const queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
+  const webhookQueue = new Queue(WEBHOOK_DELIVERY_QUEUE, { connection, prefix });
   const dispose = async () => {
     if (workers.child.exitCode === null && workers.child.signalCode === null) {
       workers.child.kill('SIGKILL');
       await workers.exited.catch(() => undefined);
     }
     await queue.obliterate({ force: true }).catch(() => undefined);
+    await webhookQueue.obliterate({ force: true }).catch(() => undefined);
     await queue.close();
+    await webhookQueue.close();
     connection.disconnect();
   };
   const heldByLock = async () => {
@@ -89,33 +95,48 @@ export async function startWorkersProcess(pool: pg.Pool, graceMs: number, env: N
     await dispose();
     throw err;
   }
-  return { workers, prefix, queue, heldByLock, dispose };
+  return { workers, prefix, queue, webhookQueue, heldByLock, dispose };
 }
 
+/** What {@link rerunStalledJob} resolves with when the re-run put its job back (delayed) without spending an attempt. */
+export const PUT_BACK = { putBack: true } as const;
+
 /**
- * What the next worker's stalled check does with job `jobId` of the ledger-jobs queue under
- * `prefix`, left active by a workers process whose Redis connections were dropped: the job's
- * lock and the gone worker's last stalled check (30 s TTLs each) are deleted instead of waited
- * for, and a Worker in this process (stalledInterval 100 ms, processors of workers/registry.ts
- * with `services` and the environment `env` as parseEnv reads it) moves the job back to wait and
- * runs it again.
- * @returns the re-run's return value (its `completed` event).
+ * What the next worker's stalled check does with job `jobId` under `prefix` (of the
+ * webhook-deliveries queue if it is there, else of ledger-jobs), left active by a workers process
+ * whose Redis connections were dropped: the job's lock and the gone worker's last stalled check
+ * (30 s TTLs each) are deleted instead of waited for, and a Worker in this process
+ * (stalledInterval 100 ms, processors of workers/registry.ts, deliveries through
+ * workers/start.ts runDeliveryJob, with `services` and the environment `env` as parseEnv reads
+ * it) moves the job back to wait and runs it again.
+ * @returns the re-run's return value (its `completed` event), or {@link PUT_BACK}.
  * @throws (rejects) with the re-run's error when it fails (a retry of it is then left delayed).
  */
 export async function rerunStalledJob(services: ServiceContext, prefix: string, jobId: string, env: Record<string, string> = {}): Promise<unknown> {
   const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
-  const keys = `${prefix}:${LEDGER_JOBS_QUEUE}`;
+  const queueName = (await connection.exists(`${prefix}:${WEBHOOK_DELIVERY_QUEUE}:${jobId}`)) ? WEBHOOK_DELIVERY_QUEUE : LEDGER_JOBS_QUEUE;
+  const keys = `${prefix}:${queueName}`;
   await connection.del(`${keys}:${jobId}:lock`, `${keys}:stalled-check`);
-  const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
+  const events = await queueEventsFromNow(queueName, prefix);
   const deps = { services, log: pino({ level: 'silent' }), env: parseEnv(env) };
   let failed!: (err: Error) => void;
+  let putBack!: () => void;
   const settled = new Promise<unknown>((resolve, reject) => {
     events.on('completed', ({ jobId: id, returnvalue }) => id === jobId && resolve(returnvalue));
     failed = reject;
+    putBack = () => resolve(PUT_BACK);
   });
   const worker = new Worker(
-    LEDGER_JOBS_QUEUE,
-    (job) => LEDGER_PROCESSORS[job.name as LedgerJobName](deps, { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 }),
+    queueName,
+    async (job, token) => {
+      if (job.name !== 'deliver-webhook') return LEDGER_PROCESSORS[job.name as LedgerJobName](deps, { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 });
+      try {
+        return await runDeliveryJob(deps, job, token);
+      } catch (err) {
+        if (err instanceof DelayedError && job.id === jobId) putBack();
+        throw err;
+      }
+    },
     { connection, prefix, stalledInterval: 100 },
   );
   // The worker's own event: it fires for every failed attempt (QueueEvents' `failed` only for the last one).

@@ -153,7 +153,7 @@ describe('credit alert webhooks', () => {
     await charge(accountId, 80);
     const [alert] = await alertsOf(accountId);
     expect(await jobs.wait(alert!.jobId)).toMatchObject({ state: 'completed' });
-    const job = (await workers.ledgerQueue.getJob(alert!.jobId))!;
+    const job = (await workers.webhookQueue.getJob(alert!.jobId))!;
     const attempts = job.opts.attempts!;
     const backoff = Backoffs.normalize(job.opts.backoff!)!;
     const delays: number[] = [];
@@ -178,7 +178,7 @@ describe('credit alert webhooks', () => {
     await charge(accountId, 80);
     const [alert] = await alertsOf(accountId);
     expect(await jobs.wait(alert!.jobId)).toMatchObject({ state: 'completed' });
-    const job = (await workers.ledgerQueue.getJob(alert!.jobId))!;
+    const job = (await workers.webhookQueue.getJob(alert!.jobId))!;
     const backoff = Backoffs.normalize(job.opts.backoff!)!;
     for (const made of [1, 8, 16]) {
       const samples = await Promise.all(Array.from({ length: 50 }, () => Backoffs.calculate(backoff, made, new Error('x'), job)));
@@ -194,7 +194,7 @@ describe('credit alert webhooks', () => {
     const outcome = await jobs.wait(alert!.jobId);
     expect(outcome).toMatchObject({ state: 'failed' });
     expect((outcome as { failedReason: string }).failedReason).toMatch(/HTTP 400/);
-    const job = await workers.ledgerQueue.getJob(alert!.jobId);
+    const job = await workers.webhookQueue.getJob(alert!.jobId);
     expect(job?.attemptsMade).toBe(1);
     expect((await deliveryLog(alert!.id)).map((r) => [r.attempt, r.status, r.response_code])).toEqual([[1, 'FAILED', 400]]);
     expect(receiver.forAccount(accountId)).toHaveLength(1);
@@ -223,9 +223,9 @@ describe('credit alert webhooks', () => {
     const again = await processDeliverWebhook({ services, log, env }, { id: alert!.jobId, name: 'deliver-webhook', data, attemptsMade: 0, attempts: 8 });
     expect(again).toEqual({ status: 'ALREADY_DELIVERED', skipped: false });
     // The same jobId again: BullMQ keeps one job. Another jobId (a duplicate add): it runs and sends nothing.
-    await workers.ledgerQueue.add('deliver-webhook', data, { jobId: alert!.jobId });
+    await workers.webhookQueue.add('deliver-webhook', data, { jobId: alert!.jobId });
     const dupId = `${alert!.jobId}-dup`;
-    await workers.ledgerQueue.add('deliver-webhook', data, { jobId: dupId });
+    await workers.webhookQueue.add('deliver-webhook', data, { jobId: dupId });
     expect(await jobs.wait(dupId)).toMatchObject({ state: 'completed', returnvalue: { status: 'ALREADY_DELIVERED' } });
 
     expect(receiver.forAccount(accountId)).toHaveLength(1);

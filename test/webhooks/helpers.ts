@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import type { QueueEvents } from 'bullmq';
 import { pino } from 'pino';
 import { parseEnv, type Env } from '../../src/config/env.js';
-import { LEDGER_JOBS_QUEUE } from '../../src/queues/names.js';
+import { LEDGER_JOBS_QUEUE, WEBHOOK_DELIVERY_QUEUE } from '../../src/queues/names.js';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
 import { queueEventsFromNow } from '../setup/queue-events.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
@@ -135,19 +135,21 @@ export async function startReceiver(): Promise<Receiver> {
 /** Final outcome of one BullMQ job, as QueueEvents reports it. */
 export type JobOutcome = { state: 'completed'; returnvalue: unknown } | { state: 'failed'; failedReason: string };
 
-/** Collects final job outcomes of a queue by jobId (attach before the jobs can finish). */
-export function collectOutcomes(events: QueueEvents): { outcomes: Map<string, JobOutcome>; wait(jobId: string, timeoutMs?: number): Promise<JobOutcome> } {
+/** Collects final job outcomes of queues by jobId (attach before the jobs can finish; a jobId is expected on one queue). */
+export function collectOutcomes(...queues: QueueEvents[]): { outcomes: Map<string, JobOutcome>; wait(jobId: string, timeoutMs?: number): Promise<JobOutcome> } {
   const outcomes = new Map<string, JobOutcome>();
   const emitter = new EventEmitter();
   emitter.setMaxListeners(100);
-  events.on('completed', ({ jobId, returnvalue }) => {
-    outcomes.set(jobId, { state: 'completed', returnvalue });
-    emitter.emit('outcome');
-  });
-  events.on('failed', ({ jobId, failedReason }) => {
-    outcomes.set(jobId, { state: 'failed', failedReason });
-    emitter.emit('outcome');
-  });
+  for (const events of queues) {
+    events.on('completed', ({ jobId, returnvalue }) => {
+      outcomes.set(jobId, { state: 'completed', returnvalue });
+      emitter.emit('outcome');
+    });
+    events.on('failed', ({ jobId, failedReason }) => {
+      outcomes.set(jobId, { state: 'failed', failedReason });
+      emitter.emit('outcome');
+    });
+  }
   return {
     outcomes,
     async wait(jobId, timeoutMs = 30_000) {
@@ -160,14 +162,18 @@ export function collectOutcomes(events: QueueEvents): { outcomes: Map<string, Jo
 /**
  * A test file's webhook pipeline: a receiver, services on the test database, the workers with
  * the outbox relay (queue prefix `prefix`, WEBHOOK_URL = the receiver, signed with `secret`, the
- * relay polling every 100 ms, the sweep out of the way), and a collector of the ledger-jobs
- * queue's events opened before the workers start.
+ * relay polling every 100 ms, the sweep out of the way), and a collector of the ledger-jobs and
+ * webhook-deliveries queues' events opened before the workers start.
  */
 export interface WebhookPipeline {
   receiver: Receiver;
   services: TestServices;
   env: Env;
+  /** The ledger-jobs queue's events. */
   events: QueueEvents;
+  /** The webhook-deliveries queue's events. */
+  webhookEvents: QueueEvents;
+  /** Outcomes of both queues' jobs. */
   jobs: ReturnType<typeof collectOutcomes>;
   workers: RunningWorkers;
   /** Stops the workers, empties the queue, closes the rest. */
@@ -189,19 +195,23 @@ export async function startWebhookPipeline(secret: string, prefix: string, envOv
     ...envOverrides,
   });
   const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
-  const jobs = collectOutcomes(events);
+  const webhookEvents = await queueEventsFromNow(WEBHOOK_DELIVERY_QUEUE, prefix);
+  const jobs = collectOutcomes(events, webhookEvents);
   const workers = await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: true });
   return {
     receiver,
     services,
     env,
     events,
+    webhookEvents,
     jobs,
     workers,
     async close() {
       await workers.close();
       await workers.ledgerQueue.obliterate({ force: true }).catch(() => undefined);
+      await workers.webhookQueue.obliterate({ force: true }).catch(() => undefined);
       await events.close();
+      await webhookEvents.close();
       await receiver.close();
       await services.close();
     },

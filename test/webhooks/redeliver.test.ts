@@ -83,7 +83,7 @@ describe('npm run webhooks', () => {
     // 400 is a permanent refusal: the job fails after one attempt and BullMQ keeps it as failed,
     // as it keeps a job that spent all 17 attempts.
     const { accountId, alertId, jobId } = await alertWith([400], 'failed');
-    expect((await workers.ledgerQueue.getJob(jobId))?.finishedOn).toBeDefined();
+    expect((await workers.webhookQueue.getJob(jobId))?.finishedOn).toBeDefined();
 
     const listed = (await failedJson()).find((e) => e.eventId === alertId);
     expect(listed).toMatchObject({
@@ -121,7 +121,7 @@ describe('npm run webhooks', () => {
 
   it('a delivered event is refused, by uuid or by its id: nothing is queued or sent, exit 1', async () => {
     const { accountId, alertId, jobId } = await alertWith([], 'completed');
-    const finishedOn = (await workers.ledgerQueue.getJob(jobId))?.finishedOn;
+    const finishedOn = (await workers.webhookQueue.getJob(jobId))?.finishedOn;
     expect(finishedOn).toBeDefined();
     for (const ref of [alertId, `credit_alert.raised:${alertId}`]) {
       const r = await cli(['redeliver', ref]);
@@ -132,7 +132,7 @@ describe('npm run webhooks', () => {
     expect(all.code, all.stderr).toBe(0);
     expect((JSON.parse(all.stdout) as Array<{ id: string }>).some((o) => o.id.endsWith(alertId))).toBe(false);
     // The completed job was not removed and re-added: same job, same finish.
-    const job = await workers.ledgerQueue.getJob(jobId);
+    const job = await workers.webhookQueue.getJob(jobId);
     expect(job?.finishedOn).toBe(finishedOn);
     expect(await job?.getState()).toBe('completed');
     expect(receiver.forAccount(accountId)).toHaveLength(1);
@@ -169,10 +169,10 @@ describe('npm run webhooks', () => {
   it('an event whose job waits for a retry is promoted: delivered now, not at the end of the backoff', async () => {
     const { accountId, alertId, jobId } = await alertWith([400], 'failed');
     // Its job as it stands hours into an outage: waiting out a long backoff.
-    await workers.ledgerQueue.remove(jobId);
+    await workers.webhookQueue.remove(jobId);
     const job = webhookJob({ eventType: 'credit_alert.raised', eventId: alertId, accountId });
-    await workers.ledgerQueue.add(job.name, job.data, { jobId, delay: 3_600_000, attempts: 17 });
-    expect(await (await workers.ledgerQueue.getJob(jobId))?.getState()).toBe('delayed');
+    await workers.webhookQueue.add(job.name, job.data, { jobId, delay: 3_600_000, attempts: 17 });
+    expect(await (await workers.webhookQueue.getJob(jobId))?.getState()).toBe('delayed');
 
     const r = await cli(['redeliver', `credit_alert.raised:${alertId}`, '--json']);
     expect(r.code, r.stderr).toBe(0);
@@ -213,6 +213,40 @@ describe('npm run webhooks', () => {
     expect((JSON.parse(r.stdout) as Array<{ eventId: string }>).map((e) => e.eventId)).toEqual([newer]);
   });
 
+  it('`failed` shows an event whose attempt is in flight (a fresh SENDING claim) as in_flight, not retrying; a claim whose run stopped (stale) as retrying', async () => {
+    const accountId = await createFundedAccount(services, { paid: 100 });
+    const [sending, stale] = [randomUUID(), randomUUID()];
+    const now = Date.now();
+    // `sending`: attempt 1 failed (503), attempt 2 claimed just now and not answered yet.
+    // `stale`: attempt 1 claimed 10 minutes ago (past WEBHOOK_TIMEOUT_MS + WEBHOOK_CLAIM_MARGIN_MS) with no outcome.
+    const rows: Array<[string, number, string, number | null, Date]> = [
+      [sending, 1, 'FAILED', 503, new Date(now - 2_000)],
+      [sending, 2, 'SENDING', null, new Date(now - 1_000)],
+      [stale, 1, 'SENDING', null, new Date(now - 600_000)],
+    ];
+    for (const [eventId, attempt, status, code, at] of rows) {
+      await services.pool.query(
+        `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code, created_at)
+         VALUES (gen_random_uuid(), 'credit_alert.raised', $1, $2, 'http://x', $3, $4, $5, $6)`,
+        [eventId, accountId, attempt, status, code, at],
+      );
+    }
+    onTestFinished(async () => void (await services.pool.query('DELETE FROM webhook_deliveries WHERE event_id = ANY($1)', [[sending, stale]])));
+    const since = new Date(now - 700_000);
+    const ours = (list: Array<{ eventId: unknown; state: unknown; lastAttempt: unknown }>) =>
+      list.filter((e) => e.eventId === sending || e.eventId === stale).map((e) => [e.eventId, e.lastAttempt, e.state]);
+    const expected = [
+      [sending, 2, 'in_flight'],
+      [stale, 1, 'retrying'],
+    ];
+    expect(ours(await listFailedWebhooks(services.pool, { since, limit: null }))).toEqual(expected);
+    const r = await cli(['failed', '--since', since.toISOString(), '--limit', '1000', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(ours(JSON.parse(r.stdout) as Array<{ eventId: unknown; state: unknown; lastAttempt: unknown }>)).toEqual(expected);
+    const table = await cli(['failed', '--since', since.toISOString(), '--limit', '1000']);
+    expect(table.stdout.split('\n').find((line) => line.includes(sending))).toMatch(/\bin_flight\b/);
+  });
+
   it('bad arguments exit 2 with a clear message and change nothing', async () => {
     const { alertId, jobId } = await alertWith([400], 'failed');
     const cases: Array<[string[], RegExp]> = [
@@ -236,7 +270,7 @@ describe('npm run webhooks', () => {
       expect(r.stderr).toContain('usage:');
     }
     // The refused redeliveries of alertId above queued nothing: its job is still the failed one.
-    expect(await (await workers.ledgerQueue.getJob(jobId))?.getState()).toBe('failed');
+    expect(await (await workers.webhookQueue.getJob(jobId))?.getState()).toBe('failed');
 
     const unknown = randomUUID();
     const r = await cli(['redeliver', unknown]);

@@ -12,7 +12,7 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers } from '../../workers/start.js';
 import { parseEnv, type Env } from '../../src/config/env.js';
-import { LEDGER_JOBS_QUEUE, type OutboxJob } from '../../src/queues/names.js';
+import { WEBHOOK_DELIVERY_QUEUE, type OutboxJob } from '../../src/queues/names.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { settleTopUpPayment } from '../../src/services/auto-top-up.js';
@@ -111,9 +111,9 @@ describe('findUndeliveredWebhookJobs', () => {
     // Past the 24 h window: given up.
     expect((await findUndeliveredWebhookJobs(services.pool, later(alert.createdAt, 25 * 3_600_000))).map((j) => j.jobId)).not.toContain(lostJobs[0]!.jobId);
 
-    // Recovery the way the sweep does it: the jobs go back on ledger-jobs through the same sink.
+    // Recovery the way the sweep does it: the jobs go back on their queue (webhook-deliveries) through the same sink.
     const prefix = `cp-test-webhooks-sweep-${randomUUID()}`;
-    const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
+    const events = await queueEventsFromNow(WEBHOOK_DELIVERY_QUEUE, prefix);
     const outcomes = collectOutcomes(events);
     const workers = await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false });
     const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
@@ -124,7 +124,8 @@ describe('findUndeliveredWebhookJobs', () => {
       // The next sweep finds nothing to do for it, and adding it again is a no-op (same jobId).
       expect((await findUndeliveredWebhookJobs(services.pool, later(alert.createdAt, 61_000))).map((j) => j.jobId)).not.toContain(lostJobs[0]!.jobId);
       await sink.add(lostJobs);
-      expect(await sink.queue.getJobCounts('completed', 'waiting', 'delayed', 'active')).toMatchObject({ completed: 1, waiting: 0, delayed: 0 });
+      expect(await sink.webhookQueue.getJobCounts('completed', 'waiting', 'delayed', 'active')).toMatchObject({ completed: 1, waiting: 0, delayed: 0 });
+      expect(await sink.queue.getJobCounts('completed', 'waiting', 'delayed', 'active')).toMatchObject({ completed: 0, waiting: 0, delayed: 0 });
       const got = receiver.forAccount(accountId);
       expect(got).toHaveLength(1);
       expect(verifyWebhookSignature(SECRET, got[0]!.rawBody, String(got[0]!.headers['creditpool-signature']), { nowSeconds: got[0]!.atSeconds }).valid).toBe(true);
@@ -132,6 +133,7 @@ describe('findUndeliveredWebhookJobs', () => {
     } finally {
       await workers.close();
       await sink.queue.obliterate({ force: true }).catch(() => undefined);
+      await sink.webhookQueue.obliterate({ force: true }).catch(() => undefined);
       await sink.close();
       connection.disconnect();
       await events.close();
