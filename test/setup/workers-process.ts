@@ -25,6 +25,8 @@ export interface WorkersProcess {
   workers: RunningScript;
   /** Its QUEUE_PREFIX (a fresh one per process). */
   prefix: string;
+  /** The application_name of its database sessions (pg_stat_activity). */
+  applicationName: string;
   /** The ledger-jobs queue under that prefix (on a connection of the test's). */
   queue: Queue;
   /**
@@ -89,7 +91,7 @@ export async function startWorkersProcess(pool: pg.Pool, graceMs: number, env: N
     await dispose();
     throw err;
   }
-  return { workers, prefix, queue, heldByLock, dispose };
+  return { workers, prefix, applicationName: name, queue, heldByLock, dispose };
 }
 
 /**
