@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import { startScript } from '../setup/run-script.js';
+import { exitedWithin, startScript, type TimedExit } from '../setup/run-script.js';
 import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
@@ -151,14 +151,9 @@ describe('SIGTERM while a job is in the middle of its transaction', () => {
       held.workers.child.kill('SIGTERM');
       // The grace period, then at most STUCK_WORK_WAIT_MS (2 s) for the cut work to end, and the
       // bounded Redis closes: far less than grace + 8 s. Raced against that bound, not slept.
-      const limitMs = graceMs + 8_000;
-      let bound: NodeJS.Timeout | undefined;
-      const outcome = await Promise.race([
-        held.workers.exited.then((run) => ({ run, elapsedMs: Date.now() - sent })),
-        new Promise<'still running'>((resolve) => (bound = setTimeout(() => resolve('still running'), limitMs))),
-      ]).finally(() => clearTimeout(bound));
+      const outcome = await exitedWithin(held.workers, sent, graceMs + 8_000);
       expect(outcome, held.workers.stdout()).not.toBe('still running');
-      const { run, elapsedMs } = outcome as { run: Awaited<typeof held.workers.exited>; elapsedMs: number };
+      const { run, elapsedMs } = outcome as TimedExit;
       expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
       expect(elapsedMs).toBeGreaterThanOrEqual(graceMs);
       const line = run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; jobs?: { queue: string; name: string; id: string }[] }).find((l) => l.msg.includes('did not let the workers close in time'));
