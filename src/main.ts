@@ -2,7 +2,7 @@
  * The API process: `npm run serve` (tsx src/main.ts). Reads the environment (src/config/env.ts),
  * applies pending migrations, starts the HTTP server and, unless RUN_WORKERS=false, the BullMQ
  * workers in-process. Logs one "creditpool ready" line with the URL. SIGTERM/SIGINT stop it
- * gracefully (server first, then workers, then connections), also during the boot ({@link shutdown}).
+ * gracefully (server and workers at once, then connections), also during the boot ({@link shutdown}).
  */
 import { pino } from 'pino';
 import { Redis } from 'ioredis';
@@ -22,7 +22,8 @@ import { ReservationOwners } from './services/reservation-owners.js';
 import { DepletionAlerts } from './services/depletion-alerts.js';
 import { applyCharge, chargeAccounts } from './services/record-usage.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
-import { closeRedis } from './db/redis-close.js';
+import { closeRedis, settlesWithin } from './db/redis-close.js';
+import { endPoolWithin, STUCK_WORK_WAIT_MS, trackCheckedOutSessions, type CheckedOutSessions } from './db/pool-shutdown.js';
 
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-api' } });
@@ -32,19 +33,21 @@ const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-api' } });
 // before the in-process workers have started (they wait for Redis, without a bound while it is
 // unreachable), and a SIGTERM in that window used to kill the process outright (no handler yet),
 // cutting the requests it had taken instead of answering them.
-const running: { server?: CreditpoolServer; workers?: RunningWorkers; pool?: pg.Pool; prisma?: PrismaClient; redis?: Redis } = {};
+const running: { server?: CreditpoolServer; workers?: RunningWorkers; pool?: pg.Pool; sessions?: CheckedOutSessions; prisma?: PrismaClient; redis?: Redis } = {};
 let stopping = false;
 /** The boot has finished (logged "creditpool ready", or that it listens but is not ready). */
 let booted = false;
-/** The shutdown has reached the workers: workers whose start ends later are closed by the boot itself. */
+/** The shutdown has begun closing: workers whose start ends later are closed by the boot itself. */
 let workersPassed = false;
 
 /**
  * The graceful stop on SIGTERM/SIGINT, at any point of the boot or after it. Before the server
  * exists nothing was taken: exit 0 at once (a migration cut short is rolled back, each runs in
- * one transaction). Otherwise the server first (answers the requests it took, for up to
- * SHUTDOWN_GRACE_MS), then the workers if they have started (a start still waiting for Redis has
- * no job running; it is left behind), then the connections; exit 0, or 1 when a step throws.
+ * one transaction). Otherwise the server and, if they have started, the workers at once, within
+ * one SHUTDOWN_GRACE_MS from the signal (the server answers the requests it took, the workers
+ * finish their jobs; a workers start still waiting for Redis has no job running and is left
+ * behind), then the connections (database work still running gets STUCK_WORK_WAIT_MS, then its
+ * sessions are terminated: db/pool-shutdown.ts); exit 0, or 1 when a step throws.
  * A second signal while stopping changes nothing.
  */
 function shutdown(signal: NodeJS.Signals): void {
@@ -53,11 +56,21 @@ function shutdown(signal: NodeJS.Signals): void {
   const { server, pool, prisma, redis } = running;
   log.info({ signal, booted }, 'shutting down');
   if (!server) process.exit(0);
+  // Workers whose start ends from now on are closed by the boot itself.
+  workersPassed = true;
   void (async () => {
-    await server.close();
-    workersPassed = true;
-    await running.workers?.close();
-    await Promise.allSettled([pool?.end(), prisma?.$disconnect(), redis && closeRedis(redis)]);
+    // One grace period for both, from the signal: the server answers what it took while the
+    // workers finish their jobs. One after the other, a stop took up to twice SHUTDOWN_GRACE_MS
+    // (test/cycles/shutdown.test.ts), past what an orchestrator gives before its SIGKILL.
+    await Promise.all([server.close(), running.workers?.close()]);
+    // Work still in PostgreSQL past the grace period (a request or a job waiting for a lock) gets
+    // STUCK_WORK_WAIT_MS, then its session is terminated: the pool's end used to wait for it up to
+    // the statement timeout.
+    await Promise.allSettled([
+      pool && endPoolWithin(pool, running.sessions!, log),
+      prisma && settlesWithin(prisma.$disconnect(), STUCK_WORK_WAIT_MS),
+      redis && closeRedis(redis),
+    ]);
     process.exit(0);
   })().catch((err) => {
     log.error({ err }, 'error during shutdown');
@@ -80,6 +93,7 @@ if (env.MIGRATE_ON_BOOT) {
 
 const pool = createPgPool(env.DATABASE_URL, env.PG_POOL_SIZE, ledgerSessionLimits(env));
 running.pool = pool;
+running.sessions = trackCheckedOutSessions(pool);
 logLostConnections(pool, log);
 await warnAboutSessionTimeouts(pool, ledgerSessionLimits(env), log);
 try {

@@ -9,6 +9,7 @@ import type pg from 'pg';
 import { loadEnvOrExit } from '../src/config/env.js';
 import { createPgPool, ledgerSessionLimits, logLostConnections, warnAboutSessionTimeouts } from '../src/db/pg.js';
 import { startWorkers, type RunningWorkers } from './start.js';
+import { endPoolWithin, trackCheckedOutSessions, type CheckedOutSessions } from '../src/db/pool-shutdown.js';
 
 const env = loadEnvOrExit();
 const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
@@ -16,13 +17,14 @@ const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' }
 // What a stop has to close, filled in as the boot creates it. The boot waits for Redis without a
 // bound while it is unreachable (startWorkers); the handlers used to be installed after it, so a
 // SIGTERM then killed the process by Node's default action, with nothing logged.
-const running: { pool?: pg.Pool; workers?: RunningWorkers } = {};
+const running: { pool?: pg.Pool; sessions?: CheckedOutSessions; workers?: RunningWorkers } = {};
 let stopping = false;
 
 /**
  * The graceful stop on SIGTERM/SIGINT, at any point of the boot or after it. Workers that have
  * started are closed (jobs in progress get up to SHUTDOWN_GRACE_MS; workers/start.ts), then the
- * pool is ended; exit 0, or 1 when a step throws. Before the workers have started no job has run:
+ * pool is ended (work still in PostgreSQL gets STUCK_WORK_WAIT_MS more, then its sessions are
+ * terminated: db/pool-shutdown.ts); exit 0, or 1 when a step throws. Before the workers have started no job has run:
  * the pool is ended and the process exits 0 (a start still waiting for Redis is left behind).
  * A second signal while stopping changes nothing.
  */
@@ -32,7 +34,9 @@ function shutdown(signal: NodeJS.Signals): void {
   log.info({ signal, started: running.workers !== undefined }, 'stopping workers');
   void (async () => {
     await running.workers?.close();
-    await running.pool?.end();
+    // A job still waiting in PostgreSQL past the grace period (a lock held elsewhere) used to keep
+    // the process alive until its statement timeout: its session is terminated instead.
+    if (running.pool) await endPoolWithin(running.pool, running.sessions!, log);
     process.exit(0);
   })().catch((err) => {
     log.error({ err }, 'error while stopping');
@@ -43,6 +47,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => sh
 
 const pool = createPgPool(env.DATABASE_URL, 5, ledgerSessionLimits(env));
 running.pool = pool;
+running.sessions = trackCheckedOutSessions(pool);
 logLostConnections(pool, log);
 await warnAboutSessionTimeouts(pool, ledgerSessionLimits(env), log);
 if (!stopping) {

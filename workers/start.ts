@@ -45,9 +45,11 @@ export interface RunningWorkers {
   /**
    * Stops the relay, waits for the jobs in progress (at most SHUTDOWN_GRACE_MS), then closes the
    * Redis connections. When that time passes (a job still running, or Redis unreachable, where
-   * BullMQ's close would wait for Redis to return) the connections are dropped instead: a job
-   * still running keeps its database work (the caller ends the pool after it) and, its completion
-   * not recorded, is re-run by BullMQ's stalled check (processors are idempotent).
+   * BullMQ's close would wait for Redis to return) the connections are dropped instead, with one
+   * warning naming the jobs still running (`jobs`: queue, name, id, runningMs): their completion
+   * is never recorded, so BullMQ's stalled check re-runs them (processors are idempotent). Their
+   * database work is the caller's to end: it ends the pool with db/pool-shutdown.ts
+   * endPoolWithin, which terminates their sessions after STUCK_WORK_WAIT_MS.
    */
   close(): Promise<void>;
 }
@@ -159,15 +161,24 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
     await maintenance.removeJobScheduler(ANALYZE_STALE_TABLES_JOB);
   }
 
+  // The jobs this process is running, by queue and id: named in the log line of a stop whose
+  // grace period they outlived.
+  const inProgress = new Map<string, { queue: string; name: string; id: string | undefined; startedAt: number }>();
+  const following = <T>(queue: string, job: Job, run: () => Promise<T>): Promise<T> => {
+    const key = `${queue}:${job.id}`;
+    inProgress.set(key, { queue, name: job.name, id: job.id, startedAt: Date.now() });
+    return run().finally(() => inProgress.delete(key));
+  };
+
   const maintenanceWorker = new Worker(
     MAINTENANCE_QUEUE,
     (job) =>
-      guarded(async () => {
+      following(MAINTENANCE_QUEUE, job, () => guarded(async () => {
         if (job.name === RECONCILE_LEDGER_JOB) return processReconcileLedger(pool, log, job.data, new Date());
         if (job.name === SWEEP_DUE_JOB) return processSweepDue(deps, sink);
         if (job.name === ANALYZE_STALE_TABLES_JOB) return processAnalyzeStaleTables(pool, log);
         throw new UnrecoverableError(`unknown job ${job.name}`);
-      }),
+      })),
     { connection, prefix, concurrency: 1 },
   );
   const concurrency = opts.concurrency ?? 4;
@@ -180,7 +191,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   const ledgerWorker = new Worker(
     LEDGER_JOBS_QUEUE,
     (job, token) =>
-      guarded(async () => {
+      following(LEDGER_JOBS_QUEUE, job, () => guarded(async () => {
         if (!(LEDGER_JOB_NAMES as readonly string[]).includes(job.name)) return unknownJob(job, token);
         if (job.name !== 'deliver-webhook') return LEDGER_PROCESSORS[job.name as LedgerJobName](deps, view(job));
         // Left here by an earlier version (see LEGACY_DELIVERY).
@@ -188,16 +199,16 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
         const opts = jobOptions({ name: 'deliver-webhook', jobId: job.id!, data: job.data }, Date.now());
         await sink.webhookQueue.add(job.name, job.data, opts);
         return LEGACY_DELIVERY;
-      }),
+      })),
     { connection, prefix, concurrency },
   );
   const webhookWorker = new Worker(
     WEBHOOK_DELIVERY_QUEUE,
     (job, token) =>
-      guarded(async () => {
+      following(WEBHOOK_DELIVERY_QUEUE, job, () => guarded(async () => {
         if (job.name !== 'deliver-webhook') return unknownJob(job, token);
         return runDeliveryJob(deps, job, token);
-      }),
+      })),
     { connection, prefix, concurrency: webhookConcurrency },
   );
   for (const w of [maintenanceWorker, ledgerWorker, webhookWorker]) {
@@ -227,7 +238,9 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
       await relay?.close();
       const workersClosed = Promise.all([maintenanceWorker.close(), ledgerWorker.close(), webhookWorker.close()]);
       if (!(await settlesWithin(workersClosed, env.SHUTDOWN_GRACE_MS))) {
-        log.warn({ graceMs: env.SHUTDOWN_GRACE_MS, redis: connection.status }, 'workers: jobs in progress or Redis did not let the workers close in time; dropping the Redis connections (unfinished jobs are re-run by the stalled check)');
+        const now = Date.now();
+        const jobs = [...inProgress.values()].map((j) => ({ queue: j.queue, name: j.name, id: j.id, runningMs: now - j.startedAt }));
+        log.warn({ graceMs: env.SHUTDOWN_GRACE_MS, redis: connection.status, jobs }, 'workers: jobs in progress or Redis did not let the workers close in time; dropping the Redis connections (unfinished jobs are re-run by the stalled check)');
         connection.disconnect();
         await settlesWithin(Promise.allSettled([maintenanceWorker.disconnect(), ledgerWorker.disconnect(), webhookWorker.disconnect()]), REDIS_QUIT_WAIT_MS);
       }

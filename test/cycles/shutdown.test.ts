@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { startServer, type StartedServer } from '../../demo/server-process.js';
+import { freePort, startServer, type StartedServer } from '../../demo/server-process.js';
 import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
@@ -17,6 +17,11 @@ import { dbId, gid } from '../api/helpers.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { credits } from '../../src/ledger/credits.js';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { exitedWithin, startScript, type TimedExit } from '../setup/run-script.js';
+import { taggedDatabaseUrl } from '../setup/connections.js';
+import { recordUsage } from '../../src/services/record-usage.js';
 
 const ADMIN_KEY = `cp_admin_${randomBytes(16).toString('hex')}`;
 let redis: PrivateRedis;
@@ -199,6 +204,111 @@ describe('SIGTERM with money requests in flight', () => {
     } finally {
       holder.release();
       if (!stopped) await first.stop(5_000);
+    }
+  });
+});
+
+describe('SIGTERM on the API running the workers in process, with a request and a job each held past the grace period', () => {
+  it('stops within about one SHUTDOWN_GRACE_MS (both drained at once, one deadline), not the HTTP grace then the workers grace; it names the stuck job, and the cut charge is rolled back', async () => {
+    // A receiver that keeps this test's account's webhook unanswered (the API's relay drains the
+    // whole outbox of the shared test database: other files' events are answered 200, not counted).
+    let ourAccountId: string | null = null;
+    const unanswered: http.ServerResponse[] = [];
+    let firstArrived!: () => void;
+    const first = new Promise<void>((resolve) => (firstArrived = resolve));
+    const receiver = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks).toString('utf8');
+        if (ourAccountId === null || (JSON.parse(body) as { data?: { accountId?: string } }).data?.accountId !== ourAccountId) {
+          res.writeHead(200).end('ok');
+          return;
+        }
+        unanswered.push(res);
+        firstArrived();
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    const graceMs = 6_000;
+    const { url, name } = taggedDatabaseUrl('cp-api-stop');
+    const port = await freePort();
+    const api = startScript('src/main.ts', [], {
+      ...process.env,
+      DATABASE_URL: url,
+      REDIS_URL: redis.url,
+      ADMIN_API_KEY: ADMIN_KEY,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'info',
+      MIGRATE_ON_BOOT: 'false',
+      RUN_WORKERS: 'true',
+      QUEUE_PREFIX: `cp-test-${randomUUID()}`,
+      SHUTDOWN_GRACE_MS: String(graceMs),
+      // Far beyond the test: a stop that waited for the held charge's statement would not end in it.
+      PG_STATEMENT_TIMEOUT_MS: '120000',
+      OUTBOX_POLL_INTERVAL_MS: '50',
+      SWEEP_EVERY_MS: '600000',
+      WEBHOOK_URL: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`,
+      WEBHOOK_SECRET: `whsec-api-stop-${randomUUID()}`,
+      // The delivery waits for the receiver past the grace period, not for its own timeout.
+      WEBHOOK_TIMEOUT_MS: '60000',
+    });
+    const holder = await services.pool.connect();
+    try {
+      await api.waitForOutput('creditpool ready', 60_000);
+      // A job held past the grace: 100 credits, 80 used crosses the 25 % alert; its webhook's
+      // delivery (an in-process worker) waits for the receiver.
+      const alerted = await createFundedAccount(services, { paid: 100 });
+      ourAccountId = alerted;
+      await recordUsage(services, { accountId: alerted, idempotencyKey: `api-stop-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
+      await first;
+      // A request held past the grace: a charge the server took, waiting for the account's lock.
+      const charged = await createFundedAccount(services, { paid: 10 });
+      const idempotencyKey = `api-stop-${randomUUID()}`;
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [charged]);
+      const answer = fetch(`http://127.0.0.1:${port}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` },
+        body: JSON.stringify({ query: `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`, variables: { input: { accountId: gid('Account', charged), category: 'unit', idempotencyKey } } }),
+      }).then(
+        (res) => res.status,
+        (err: Error) => ({ noAnswer: err.message }),
+      );
+      await vi.waitFor(async () => {
+        const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, [name]);
+        expect(rows[0].n).toBe(1);
+      }, { timeout: 10_000, interval: 50 });
+
+      const sent = Date.now();
+      api.child.kill('SIGTERM');
+      // One grace period, STUCK_WORK_WAIT_MS (2 s) for the cut charge's session, the bounded Redis
+      // closes: within grace + 4 s. Before the fix: the HTTP grace, then the workers' grace, then
+      // the pool waited for the charge's statement (2 × grace + the statement timeout).
+      const outcome = await exitedWithin(api, sent, graceMs + 4_000);
+      expect(outcome, api.stdout().slice(-4000)).not.toBe('still running');
+      const { run, elapsedMs } = outcome as TimedExit;
+      expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
+      expect(elapsedMs).toBeGreaterThanOrEqual(graceMs);
+      const lines = run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; unanswered?: number; jobs?: { name: string }[] });
+      expect(lines.find((l) => l.msg.startsWith('shutdown grace period over'))?.unanswered, run.stdout).toBe(1);
+      expect(lines.find((l) => l.msg.includes('did not let the workers close in time'))?.jobs?.map((j) => j.name), run.stdout).toEqual(['deliver-webhook']);
+      // The charge was cut without an answer, and its transaction rolled back (its session ended
+      // with the process): its client's retry with the same key charges it once.
+      expect(await answer).toMatchObject({ noAnswer: expect.any(String) });
+      const { rows: left } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE application_name = $1`, [name]);
+      expect(left[0].n).toBe(0);
+      await holder.query('ROLLBACK');
+      const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1`, [charged]);
+      expect(rows[0].n).toBe(0);
+      await expectLedgerInvariant(services.pool, charged);
+    } finally {
+      holder.release();
+      if (api.child.exitCode === null && api.child.signalCode === null) api.child.kill('SIGKILL');
+      await api.exited.catch(() => undefined);
+      for (const res of unanswered) res.destroy();
+      await new Promise<void>((resolve) => receiver.close(() => resolve()));
     }
   });
 });

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type pg from 'pg';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { PUT_BACK, rerunStalledJob, startWorkersProcess, type WorkersProcess } from '../setup/workers-process.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -25,6 +26,16 @@ import { recordUsage } from '../../src/services/record-usage.js';
 import { PaymentSimulator } from '../../src/payments/simulator.js';
 import { deliverWebhook, webhookJobId } from '../../src/services/webhooks.js';
 import { parseEnv } from '../../src/config/env.js';
+import { purchaseCreditPack } from '../../src/services/purchase-pack.js';
+import { resumePayment } from '../../src/services/resume-payment.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { createQueueJobSink } from '../../src/queues/job-sink.js';
+import { MAINTENANCE_QUEUE } from '../../src/queues/names.js';
+import { processSweepDue, SWEEP_DUE_JOB } from '../../workers/processors/sweep-due.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
 
 /** The grace period of every workers process here: shorter than any hold, so the stop gives up on the job. */
 const GRACE_MS = 500;
@@ -237,6 +248,142 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
       for (const res of unanswered) res.destroy();
       await new Promise<void>((resolve) => receiver.close(() => resolve()));
       await started?.dispose();
+    }
+  });
+
+  /**
+   * A PURCHASE payment left PENDING by a charge that timed out (nothing charged, nothing granted),
+   * its payment row locked FOR KEY SHARE by `holder` (the send mark passes; settlePurchase's FOR
+   * UPDATE waits), and a workers process whose `resume-payment` job charged it (its own
+   * simulator: a success) and waits for that lock to record it.
+   */
+  async function resumeHeldAfterCharge(holder: pg.PoolClient) {
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const pack = await createCreditPack(services, { name: `sigterm-resume-${randomUUID()}`, microCredits: credits(50), bonusMicroCredits: 0n, priceUsd: '5', expiresAfterDays: null });
+    const methodRef = `pm_card_resume_${randomUUID().slice(0, 8)}`;
+    const first = new PaymentSimulator();
+    await attachPaymentMethod({ ...services, payments: first }, accountId, methodRef);
+    first.script(methodRef, ['timeout']);
+    await expect(purchaseCreditPack({ ...services, payments: first }, { accountId, packId: pack.id, idempotencyKey: `resume-${randomUUID()}` })).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    const payments = async () => (await services.pool.query(`SELECT id::text, status FROM payments WHERE account_id = $1`, [accountId])).rows as { id: string; status: string }[];
+    const [payment] = await payments();
+    expect(payment).toMatchObject({ status: 'PENDING' });
+    // The pack's grant (the account's opening funds are a PURCHASE grant too, of no payment).
+    const grants = async () => (await services.pool.query(`SELECT amount_micro_credits::text AS amount, reference FROM credit_grants WHERE account_id = $1 AND source = 'PURCHASE' AND reference = $2`, [accountId, payment!.id])).rows;
+    expect(await grants()).toEqual([]);
+    await holder.query('BEGIN');
+    await holder.query('SELECT 1 FROM payments WHERE id = $1 FOR KEY SHARE', [payment!.id]);
+    const started = await startWorkersProcess(services.pool, GRACE_MS);
+    const jobId = `resume-payment-${payment!.id}`;
+    await started.queue.add('resume-payment', { paymentId: payment!.id, accountId }, { jobId });
+    await started.heldByLock();
+    expect(await started.queue.getJobState(jobId)).toBe('active');
+    return { accountId, payment: payment!, payments, grants, started, jobId };
+  }
+
+  it('resume-payment released within the stop: the cut run settles the charge (one grant); the re-run charges nothing and grants nothing', async () => {
+    const holder = await services.pool.connect();
+    let started: WorkersProcess | null = null;
+    try {
+      const held = await resumeHeldAfterCharge(holder);
+      started = held.started;
+      await stopPastGrace(started, async () => void (await holder.query('ROLLBACK')));
+      expect(await held.payments()).toEqual([{ id: held.payment.id, status: 'SUCCEEDED' }]);
+      expect(await held.grants()).toEqual([{ amount: '50000000', reference: held.payment.id }]);
+      expect(await started.queue.getJobState(held.jobId)).toBe('active');
+
+      const rerunProvider = new PaymentSimulator();
+      expect(await rerunStalledJob({ ...services, payments: rerunProvider }, started.prefix, held.jobId)).toEqual({ paymentId: held.payment.id, status: 'SUCCEEDED', reason: null });
+      expect(rerunProvider.chargeCount()).toBe(0);
+      expect(await held.payments()).toEqual([{ id: held.payment.id, status: 'SUCCEEDED' }]);
+      expect(await held.grants()).toEqual([{ amount: '50000000', reference: held.payment.id }]);
+      await expectLedgerInvariant(services.pool, held.accountId);
+    } finally {
+      holder.release();
+      await started?.dispose();
+    }
+  });
+
+  it('resume-payment stuck past the stop (the lock never released): its session is terminated, nothing is settled; the re-run sends the charge again under the payment id (the provider answers the first charge) and grants once', async () => {
+    const holder = await services.pool.connect();
+    let started: WorkersProcess | null = null;
+    try {
+      const held = await resumeHeldAfterCharge(holder);
+      started = held.started;
+      started.workers.child.kill('SIGTERM');
+      const run = await started.workers.exited;
+      expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
+      expect(run.stdout).toContain('sessions were terminated');
+      await holder.query('ROLLBACK');
+      // Charged by the cut run's provider, never recorded: still PENDING, nothing granted.
+      expect(await held.payments()).toEqual([{ id: held.payment.id, status: 'PENDING' }]);
+      expect(await held.grants()).toEqual([]);
+
+      // The re-run sends the recorded request again with the payment id as idempotency key (a real
+      // provider answers the charge the cut run made; this fresh simulator charges it once) and grants once.
+      const rerunProvider = new PaymentSimulator();
+      expect(await rerunStalledJob({ ...services, payments: rerunProvider }, started.prefix, held.jobId)).toEqual({ paymentId: held.payment.id, status: 'SUCCEEDED', reason: null });
+      expect(rerunProvider.chargeCount()).toBe(1);
+      expect(await held.payments()).toEqual([{ id: held.payment.id, status: 'SUCCEEDED' }]);
+      expect(await held.grants()).toEqual([{ amount: '50000000', reference: held.payment.id }]);
+      // Any later run (a re-add by the sweep) charges and grants nothing.
+      expect(await resumePayment({ ...services, payments: rerunProvider }, held.payment.id)).toEqual({ paymentId: held.payment.id, status: 'SUCCEEDED', reason: null });
+      expect(rerunProvider.chargeCount()).toBe(1);
+      expect(await held.grants()).toEqual([{ amount: '50000000', reference: held.payment.id }]);
+      await expectLedgerInvariant(services.pool, held.accountId);
+    } finally {
+      holder.release();
+      await started?.dispose();
+    }
+  });
+
+  it('sweep-due (maintenance) cut mid-way: its expiry of an account commits or is rolled back, and the next sweep expires nothing more: one EXPIRE entry', async () => {
+    const started = await startWorkersProcess(services.pool, GRACE_MS);
+    const holder = await services.pool.connect();
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
+    const maintenance = new Queue(MAINTENANCE_QUEUE, { connection, prefix: started.prefix });
+    try {
+      // A test-clock account: its batch is due by its own clock, which the test moves; its
+      // expire-due job (due on the wall clock at once) runs first and finds nothing due.
+      const start = new Date('2026-01-15T00:00:00.000Z');
+      const accountId = await createFundedAccount(services, { testClockStart: start });
+      const expiresAt = new Date('2026-01-16T00:00:00.000Z');
+      await grantCredits(services, { accountId, amountMicroCredits: credits(5), type: 'FREE', source: 'PROMO_CODE', expiresAt, reference: null, idempotencyKey: `sweep-${randomUUID()}` });
+      const { rows: batches } = await services.pool.query(`SELECT id FROM credit_batches WHERE account_id = $1 AND type = 'FREE'`, [accountId]);
+      const expireJob = `expire-due-batch-${batches[0].id}-${expiresAt.getTime()}`;
+      await expect.poll(() => started.queue.getJobState(expireJob), { timeout: 20_000, interval: 50 }).toBe('completed');
+      const expireEntries = async () => (await services.pool.query(`SELECT amount_micro_credits::text AS amount FROM ledger_entries WHERE account_id = $1 AND type = 'EXPIRE'`, [accountId])).rows.map((r) => r.amount as string);
+      expect(await expireEntries()).toEqual([]);
+
+      // Its clock passes the expiry; a sweep-due run takes the account and waits for the test's lock.
+      await services.pool.query(`UPDATE accounts SET test_clock_at = '2026-01-17T00:00:00.000Z' WHERE id = $1`, [accountId]);
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE', [accountId]);
+      const jobId = `sweep-sigterm-${randomUUID()}`;
+      await maintenance.add(SWEEP_DUE_JOB, {}, { jobId });
+      await started.heldByLock();
+      expect(await maintenance.getJobState(jobId)).toBe('active');
+
+      await stopPastGrace(started, async () => void (await holder.query('ROLLBACK')));
+      expect((await expireEntries()).length).toBeLessThanOrEqual(1);
+      expect(await maintenance.getJobState(jobId)).toBe('active');
+
+      // The next sweep (the stalled check's re-run, or the next scheduled one) is the same processor.
+      const sink = createQueueJobSink(connection, started.prefix);
+      try {
+        await processSweepDue({ services, log: pino({ level: 'silent' }), env: parseEnv({}) }, sink);
+        await processSweepDue({ services, log: pino({ level: 'silent' }), env: parseEnv({}) }, sink);
+      } finally {
+        await sink.close();
+      }
+      expect(await expireEntries()).toEqual(['-5000000']);
+      await expectLedgerInvariant(services.pool, accountId);
+    } finally {
+      holder.release();
+      await maintenance.obliterate({ force: true }).catch(() => undefined);
+      await maintenance.close();
+      connection.disconnect();
+      await started.dispose();
     }
   });
 });

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import { startScript } from '../setup/run-script.js';
+import { exitedWithin, startScript, type TimedExit } from '../setup/run-script.js';
 import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
@@ -55,8 +55,8 @@ describe('SIGTERM while the workers process boots', () => {
  * account with a FREE batch of 5 credits expiring 1.5 s later, its balance row locked by the test,
  * and the batch's expire-due job (enqueued by the workers' relay) started and waiting for that lock.
  */
-async function jobHeldMidway(graceMs: number) {
-  const started = await startWorkersProcess(services.pool, graceMs);
+async function jobHeldMidway(graceMs: number, env: NodeJS.ProcessEnv = {}) {
+  const started = await startWorkersProcess(services.pool, graceMs, env);
   const { workers, queue, prefix } = started;
   let holder: pg.PoolClient | null = null;
   const dispose = async () => {
@@ -87,6 +87,7 @@ async function jobHeldMidway(graceMs: number) {
     return {
       accountId,
       jobId,
+      started,
       prefix,
       queue,
       workers,
@@ -133,6 +134,40 @@ describe('SIGTERM while a job is in the middle of its transaction', () => {
 
       // The stalled check of the next worker re-runs it (workers-process.ts rerunStalledJob).
       expect(await rerunStalledJob(services, held.prefix, held.jobId)).toEqual({ batches: 0, holds: 0, expiredMicroCredits: '0' });
+      expect(await held.expireEntries()).toEqual(['-5000000']);
+      await expectLedgerInvariant(services.pool, held.accountId);
+    } finally {
+      await held.dispose();
+    }
+  });
+
+  it('stuck past SHUTDOWN_GRACE_MS (its lock never released): the process exits at the deadline, not at the statement timeout, with a log line naming the job; its transaction is rolled back and the stalled-check re-run expires the batch once', async () => {
+    const graceMs = 1_000;
+    // A statement timeout far beyond the test: before the fix the stop waited for it (the pool's end
+    // waits for the job's session, which waits for the test's lock).
+    const held = await jobHeldMidway(graceMs, { PG_STATEMENT_TIMEOUT_MS: '120000' });
+    try {
+      const sent = Date.now();
+      held.workers.child.kill('SIGTERM');
+      // The grace period, then at most STUCK_WORK_WAIT_MS (2 s) for the cut work to end, and the
+      // bounded Redis closes: far less than grace + 8 s. Raced against that bound, not slept.
+      const outcome = await exitedWithin(held.workers, sent, graceMs + 8_000);
+      expect(outcome, held.workers.stdout()).not.toBe('still running');
+      const { run, elapsedMs } = outcome as TimedExit;
+      expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
+      expect(elapsedMs).toBeGreaterThanOrEqual(graceMs);
+      const line = run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; jobs?: { queue: string; name: string; id: string }[] }).find((l) => l.msg.includes('did not let the workers close in time'));
+      expect(line?.jobs).toEqual([{ queue: 'ledger-jobs', name: 'expire-due', id: held.jobId, runningMs: expect.any(Number) }]);
+      // Its session was ended with the process (not left waiting for the lock, holding what it had
+      // locked, until the statement timeout) ...
+      const { rows } = await services.pool.query(`SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE application_name = $1`, [held.started.applicationName]);
+      expect(rows[0].n).toBe(0);
+      await held.holder.query('ROLLBACK');
+      // ... so its transaction was rolled back: nothing expired, and the job is left active.
+      expect(await held.expireEntries()).toEqual([]);
+      expect(await held.queue.getJobState(held.jobId)).toBe('active');
+
+      expect(await rerunStalledJob(services, held.prefix, held.jobId)).toEqual({ batches: 1, holds: 0, expiredMicroCredits: '5000000' });
       expect(await held.expireEntries()).toEqual(['-5000000']);
       await expectLedgerInvariant(services.pool, held.accountId);
     } finally {

@@ -84,3 +84,23 @@ export function startScript(script: string, args: readonly string[], env: NodeJS
 export function runScript(script: string, args: readonly string[], env: NodeJS.ProcessEnv): Promise<ScriptRun> {
   return startScript(script, args, env).exited;
 }
+
+/** How a script stopped by a test ended, and how long after `sinceMs` (epoch ms) it had exited. */
+export interface TimedExit {
+  run: ScriptRun;
+  elapsedMs: number;
+}
+
+/**
+ * Waits for `script` to exit, at most until `boundMs` after `sinceMs` (epoch ms, e.g. when the
+ * test sent SIGTERM): a bound raced against the exit, not a sleep.
+ * @returns the run and its time from `sinceMs` to the exit, or 'still running' at the bound
+ *   (the process is left running: the caller kills it).
+ */
+export async function exitedWithin(script: RunningScript, sinceMs: number, boundMs: number): Promise<TimedExit | 'still running'> {
+  let bound: NodeJS.Timeout | undefined;
+  return Promise.race([
+    script.exited.then((run) => ({ run, elapsedMs: Date.now() - sinceMs })),
+    new Promise<'still running'>((resolve) => (bound = setTimeout(() => resolve('still running'), Math.max(0, sinceMs + boundMs - Date.now())))),
+  ]).finally(() => clearTimeout(bound));
+}

@@ -26,6 +26,8 @@ export interface WorkersProcess {
   workers: RunningScript;
   /** Its QUEUE_PREFIX (a fresh one per process). */
   prefix: string;
+  /** The application_name of its database sessions (pg_stat_activity). */
+  applicationName: string;
   /** The ledger-jobs queue under that prefix (on a connection of the test's). */
   queue: Queue;
   /** The webhook-deliveries queue under that prefix (on the same connection). */
@@ -95,7 +97,7 @@ export async function startWorkersProcess(pool: pg.Pool, graceMs: number, env: N
     await dispose();
     throw err;
   }
-  return { workers, prefix, queue, webhookQueue, heldByLock, dispose };
+  return { workers, prefix, applicationName: name, queue, webhookQueue, heldByLock, dispose };
 }
 
 /** What {@link rerunStalledJob} resolves with when the re-run put its job back (delayed) without spending an attempt. */
