@@ -17,11 +17,10 @@ import { dbId, gid } from '../api/helpers.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { credits } from '../../src/ledger/credits.js';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { exitedWithin, startScript, type TimedExit } from '../setup/run-script.js';
 import { taggedDatabaseUrl } from '../setup/connections.js';
 import { recordUsage } from '../../src/services/record-usage.js';
+import { startAccountHoldingReceiver } from '../webhooks/helpers.js';
 
 const ADMIN_KEY = `cp_admin_${randomBytes(16).toString('hex')}`;
 let redis: PrivateRedis;
@@ -210,26 +209,8 @@ describe('SIGTERM with money requests in flight', () => {
 
 describe('SIGTERM on the API running the workers in process, with a request and a job each held past the grace period', () => {
   it('stops within about one SHUTDOWN_GRACE_MS (both drained at once, one deadline), not the HTTP grace then the workers grace; it names the stuck job, and the cut charge is rolled back', async () => {
-    // A receiver that keeps this test's account's webhook unanswered (the API's relay drains the
-    // whole outbox of the shared test database: other files' events are answered 200, not counted).
-    let ourAccountId: string | null = null;
-    const unanswered: http.ServerResponse[] = [];
-    let firstArrived!: () => void;
-    const first = new Promise<void>((resolve) => (firstArrived = resolve));
-    const receiver = http.createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8');
-        if (ourAccountId === null || (JSON.parse(body) as { data?: { accountId?: string } }).data?.accountId !== ourAccountId) {
-          res.writeHead(200).end('ok');
-          return;
-        }
-        unanswered.push(res);
-        firstArrived();
-      });
-    });
-    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+    // A receiver that keeps this test's account's webhooks unanswered.
+    const receiver = await startAccountHoldingReceiver({ holdFirstOnly: false });
     const graceMs = 6_000;
     const { url, name } = taggedDatabaseUrl('cp-api-stop');
     const port = await freePort();
@@ -249,7 +230,7 @@ describe('SIGTERM on the API running the workers in process, with a request and 
       PG_STATEMENT_TIMEOUT_MS: '120000',
       OUTBOX_POLL_INTERVAL_MS: '50',
       SWEEP_EVERY_MS: '600000',
-      WEBHOOK_URL: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`,
+      WEBHOOK_URL: receiver.url,
       WEBHOOK_SECRET: `whsec-api-stop-${randomUUID()}`,
       // The delivery waits for the receiver past the grace period, not for its own timeout.
       WEBHOOK_TIMEOUT_MS: '60000',
@@ -260,9 +241,9 @@ describe('SIGTERM on the API running the workers in process, with a request and 
       // A job held past the grace: 100 credits, 80 used crosses the 25 % alert; its webhook's
       // delivery (an in-process worker) waits for the receiver.
       const alerted = await createFundedAccount(services, { paid: 100 });
-      ourAccountId = alerted;
+      receiver.follow(alerted);
       await recordUsage(services, { accountId: alerted, idempotencyKey: `api-stop-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
-      await first;
+      await receiver.first;
       // A request held past the grace: a charge the server took, waiting for the account's lock.
       const charged = await createFundedAccount(services, { paid: 10 });
       const idempotencyKey = `api-stop-${randomUUID()}`;
@@ -307,8 +288,7 @@ describe('SIGTERM on the API running the workers in process, with a request and 
       holder.release();
       if (api.child.exitCode === null && api.child.signalCode === null) api.child.kill('SIGKILL');
       await api.exited.catch(() => undefined);
-      for (const res of unanswered) res.destroy();
-      await new Promise<void>((resolve) => receiver.close(() => resolve()));
+      await receiver.close();
     }
   });
 });

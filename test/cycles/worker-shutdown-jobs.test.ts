@@ -10,8 +10,6 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type pg from 'pg';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { PUT_BACK, rerunStalledJob, startWorkersProcess, type WorkersProcess } from '../setup/workers-process.js';
@@ -28,6 +26,7 @@ import { deliverWebhook, webhookJobId } from '../../src/services/webhooks.js';
 import { parseEnv } from '../../src/config/env.js';
 import { purchaseCreditPack } from '../../src/services/purchase-pack.js';
 import { resumePayment } from '../../src/services/resume-payment.js';
+import { startAccountHoldingReceiver } from '../webhooks/helpers.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { MAINTENANCE_QUEUE } from '../../src/queues/names.js';
@@ -168,38 +167,16 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
 
   it('deliver-webhook: the cut run leaves its SENDING claim; a re-run sends nothing while it is fresh (put back, no attempt spent), and once it is stale records it FAILED and sends once more; nothing after DELIVERED', async () => {
     // A receiver that keeps the first POST of this test's account unanswered and answers every
-    // later one 200. The workers' relay drains the whole outbox of the shared test database, so
-    // events of other test files running meanwhile reach it too: those are answered 200 and not
-    // counted.
-    const received: { eventId: string; attempt: string; body: string }[] = [];
-    let ourAccountId: string | null = null;
-    const unanswered: http.ServerResponse[] = [];
-    let firstArrived!: () => void;
-    const first = new Promise<void>((resolve) => (firstArrived = resolve));
-    const receiver = http.createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8');
-        if (ourAccountId === null || (JSON.parse(body) as { data?: { accountId?: string } }).data?.accountId !== ourAccountId) {
-          res.writeHead(200).end('ok');
-          return;
-        }
-        received.push({ eventId: String(req.headers['creditpool-event-id']), attempt: String(req.headers['creditpool-delivery-attempt']), body });
-        if (received.length === 1) {
-          unanswered.push(res);
-          firstArrived();
-        } else res.writeHead(200).end('ok');
-      });
-    });
-    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
-    const webhookEnv = { WEBHOOK_URL: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`, WEBHOOK_SECRET: `whsec-sigterm-${randomUUID()}` };
+    // later one 200.
+    const receiver = await startAccountHoldingReceiver({ holdFirstOnly: true });
+    const received = receiver.received;
+    const webhookEnv = { WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: `whsec-sigterm-${randomUUID()}` };
     let started: WorkersProcess | null = null;
     try {
       started = await startWorkersProcess(services.pool, GRACE_MS, webhookEnv);
       // 100 credits, 80 used: 20 % left crosses the 25 % alert threshold (one alert, one webhook).
       const accountId = await createFundedAccount(services, { paid: 100 });
-      ourAccountId = accountId;
+      receiver.follow(accountId);
       await recordUsage(services, { accountId, idempotencyKey: `sigterm-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
       const { rows: alerts } = await services.pool.query(`SELECT id::text FROM credit_alerts WHERE account_id = $1`, [accountId]);
       expect(alerts).toHaveLength(1);
@@ -208,7 +185,7 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
       const deliveries = async () =>
         (await services.pool.query(`SELECT attempt, status, response_code, error FROM webhook_deliveries WHERE event_id = $1 ORDER BY created_at, status DESC`, [eventId])).rows;
 
-      await first;
+      await receiver.first;
       expect(await started.webhookQueue.getJobState(jobId)).toBe('active');
       await stopPastGrace(started, async () => undefined);
       expect(await deliveries()).toEqual([{ attempt: 1, status: 'SENDING', response_code: null, error: null }]);
@@ -245,8 +222,7 @@ describe('SIGTERM past SHUTDOWN_GRACE_MS, then the stalled check re-runs the job
       expect(received).toHaveLength(2);
       expect(await deliveries()).toHaveLength(2);
     } finally {
-      for (const res of unanswered) res.destroy();
-      await new Promise<void>((resolve) => receiver.close(() => resolve()));
+      await receiver.close();
       await started?.dispose();
     }
   });

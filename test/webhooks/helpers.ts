@@ -217,3 +217,70 @@ export async function startWebhookPipeline(secret: string, prefix: string, envOv
     },
   };
 }
+
+/** One POST of the followed account's events, as {@link startAccountHoldingReceiver} records it. */
+export interface HeldWebhook {
+  eventId: string;
+  /** The creditpool-delivery-attempt header. */
+  attempt: string;
+  body: string;
+}
+
+/** A receiver that keeps one account's webhook POSTs unanswered (see {@link startAccountHoldingReceiver}). */
+export interface AccountHoldingReceiver {
+  /** Its URL (WEBHOOK_URL), on 127.0.0.1 and a free port. */
+  url: string;
+  /** Follows `accountId`'s events from now on; before it, every POST is answered 200. */
+  follow(accountId: string): void;
+  /** The followed account's POSTs, in arrival order. */
+  received: HeldWebhook[];
+  /** Resolves when the first of the followed account's POSTs arrives. */
+  first: Promise<void>;
+  /** Drops the connections held unanswered and closes the server. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a receiver that keeps the followed account's POSTs unanswered (all of them, or with
+ * `holdFirstOnly` the first only, answering the later ones 200), so a delivery stays in flight
+ * for as long as a test needs. Workers and relays drain the shared test database's whole outbox,
+ * so other test files' events reach it too: those are answered 200 and not recorded.
+ */
+export async function startAccountHoldingReceiver(opts: { holdFirstOnly: boolean }): Promise<AccountHoldingReceiver> {
+  let followed: string | null = null;
+  const received: HeldWebhook[] = [];
+  const unanswered: import('node:http').ServerResponse[] = [];
+  let firstArrived!: () => void;
+  const first = new Promise<void>((resolve) => (firstArrived = resolve));
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8');
+      if (followed === null || (JSON.parse(body) as { data?: { accountId?: string } }).data?.accountId !== followed) {
+        res.writeHead(200).end('ok');
+        return;
+      }
+      received.push({ eventId: String(req.headers['creditpool-event-id']), attempt: String(req.headers['creditpool-delivery-attempt']), body });
+      if (opts.holdFirstOnly && received.length > 1) {
+        res.writeHead(200).end('ok');
+        return;
+      }
+      unanswered.push(res);
+      firstArrived();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`,
+    follow: (accountId) => {
+      followed = accountId;
+    },
+    received,
+    first,
+    close: async () => {
+      for (const res of unanswered) res.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
