@@ -214,7 +214,12 @@ const budgetCommandArb: fc.Arbitrary<Command> = fc.oneof(
   { weight: 10, arbitrary: named(fc.record({ op: fc.constant('charge' as const), acct: acctArb, cents: fc.integer({ min: 1, max: 1000 }) })) },
   // Mostly the agent budgeted first, so that bursts run into its budget.
   { weight: 4, arbitrary: burstRecordArb.chain((c) => subjectsArb.map((s): Command => ({ ...c, ...s, agentId: s.agentId ?? AGENTS[0]! }))) },
-  { weight: 3, arbitrary: named(fc.record({ op: fc.constant('reserve' as const), acct: acctArb, amount: fc.integer({ min: 1, max: 20 }), ttlMinutes: fc.integer({ min: 1, max: 180 }) })) },
+  {
+    weight: 4,
+    arbitrary: fc
+      .record({ op: fc.constant('reserve' as const), acct: acctArb, amount: fc.integer({ min: 1, max: 15 }), ttlMinutes: fc.integer({ min: 1, max: 180 }) })
+      .chain((c) => subjectsArb.map((s): Command => ({ ...c, ...s, agentId: s.agentId ?? AGENTS[0]! }))),
+  },
   { weight: 3, arbitrary: named(fc.record({ op: fc.constant('capture' as const), acct: acctArb, hold: fc.integer({ min: -1, max: 7 }), cents: fc.integer({ min: 0, max: 1500 }) })) },
   { weight: 2, arbitrary: named(fc.record({ op: fc.constant('settle' as const), acct: acctArb, hold: fc.integer({ min: -1, max: 7 }), cents: fc.option(fc.integer({ min: 0, max: 1500 }), { nil: null }) })) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('release' as const), acct: acctArb, hold: fc.integer({ min: -1, max: 7 }) }) },
