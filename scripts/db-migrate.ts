@@ -1,24 +1,82 @@
 /**
  * CLI: applies pending Prisma migrations (prisma/migrations/) to $DATABASE_URL with the wasm
  * schema engine — the offline equivalent of `prisma migrate deploy`. Creates the database when
- * missing. Prints each applied migration; exits 1 on failure.
+ * missing. Prints each applied migration; exits 1 on failure (a failed migration: the message
+ * says how to resolve it).
  *
- * Usage: tsx scripts/db-migrate.ts   (or: npm run db:migrate)
+ * With `--rolled-back <name>` / `--applied <name>` it resolves a migration recorded as failed
+ * instead — the offline `prisma migrate resolve` (src/db/migrate.ts markMigrationRolledBack /
+ * markMigrationApplied) — and applies nothing; exits 1, changing nothing, for a name that is not
+ * a failed migration or bad arguments.
+ *
+ * Usage: tsx scripts/db-migrate.ts [--rolled-back <name> | --applied <name>]
+ *        (or: npm run db:migrate [-- --rolled-back <name>])
  */
-import { applyMigrations, redactDatabaseUrl as redact } from '../src/db/migrate.js';
+import { parseArgs } from 'node:util';
+import {
+  applyMigrations,
+  markMigrationApplied,
+  markMigrationRolledBack,
+  redactDatabaseUrl as redact,
+} from '../src/db/migrate.js';
 
 const DEFAULT_DATABASE_URL = 'postgresql://postgres@127.0.0.1:5432/creditpool';
+const USAGE = 'usage: npm run db:migrate [-- --rolled-back <migration name> | -- --applied <migration name>]';
 
 const databaseUrl = process.env.DATABASE_URL || DEFAULT_DATABASE_URL;
 
+/** What this run does: apply, or resolve one failed migration. */
+type Command = { kind: 'apply' } | { kind: 'resolve'; as: 'rolled-back' | 'applied'; name: string };
+
+function parseCommand(argv: string[]): Command {
+  const { values } = parseArgs({
+    args: argv,
+    options: { 'rolled-back': { type: 'string' }, applied: { type: 'string' } },
+    strict: true,
+    allowPositionals: false,
+  });
+  const rolledBack = values['rolled-back'];
+  const applied = values.applied;
+  if (rolledBack !== undefined && applied !== undefined) throw new Error('give only one of --rolled-back and --applied');
+  const name = rolledBack ?? applied;
+  if (name === undefined) return { kind: 'apply' };
+  if (name.trim() === '' || name.startsWith('-')) throw new Error(`--${rolledBack !== undefined ? 'rolled-back' : 'applied'} needs a migration name`);
+  return { kind: 'resolve', as: rolledBack !== undefined ? 'rolled-back' : 'applied', name };
+}
+
+let command: Command;
 try {
-  const { applied } = await applyMigrations(databaseUrl, { log: (msg) => console.log(msg) });
-  console.log(
-    applied.length === 0
-      ? `db:migrate: ${redact(databaseUrl)} already up to date`
-      : `db:migrate: applied ${applied.length} migration(s) to ${redact(databaseUrl)}`,
-  );
+  command = parseCommand(process.argv.slice(2));
 } catch (error) {
-  console.error(`db:migrate failed on ${redact(databaseUrl)}:`, error instanceof Error ? error.message : error);
-  process.exitCode = 1;
+  console.error(`db:migrate: ${error instanceof Error ? error.message : String(error)}\n${USAGE}`);
+  process.exit(1);
+}
+
+const log = (msg: string) => console.log(msg);
+if (command.kind === 'apply') {
+  try {
+    const { applied } = await applyMigrations(databaseUrl, { log });
+    console.log(
+      applied.length === 0
+        ? `db:migrate: ${redact(databaseUrl)} already up to date`
+        : `db:migrate: applied ${applied.length} migration(s) to ${redact(databaseUrl)}`,
+    );
+  } catch (error) {
+    console.error(`db:migrate failed on ${redact(databaseUrl)}:`, error instanceof Error ? error.message : error);
+    process.exitCode = 1;
+  }
+} else {
+  const { as, name } = command;
+  try {
+    if (as === 'rolled-back') await markMigrationRolledBack(databaseUrl, name, { log });
+    else await markMigrationApplied(databaseUrl, name, { log });
+    console.log(
+      as === 'rolled-back'
+        ? `db:migrate: marked ${name} rolled back on ${redact(databaseUrl)}; \`npm run db:migrate\` (or the next boot) runs it again`
+        : `db:migrate: marked ${name} applied on ${redact(databaseUrl)} (its SQL was not run)`,
+    );
+  } catch (error) {
+    console.error(`db:migrate: cannot mark ${name} ${as === 'rolled-back' ? 'rolled back' : 'applied'} on ${redact(databaseUrl)}:`, error instanceof Error ? error.message : error);
+    process.exitCode = 1;
+  }
 }

@@ -12,7 +12,7 @@ import { QueryTimings } from './db/query-timings.js';
 import { readStatisticsSettings, statisticsWarnings } from './db/statistics.js';
 import { createPrismaClient, type PrismaClient } from './db/prisma.js';
 import type pg from 'pg';
-import { applyMigrations, redactDatabaseUrl } from './db/migrate.js';
+import { applyMigrations, MigrationFailedError, redactDatabaseUrl } from './db/migrate.js';
 import { createPricingState } from './services/pricing-state.js';
 import { createPaymentProvider } from './payments/index.js';
 import { createAuthenticator } from './auth/authenticator.js';
@@ -86,7 +86,15 @@ if (env.MIGRATE_ON_BOOT) {
   } catch (err) {
     // One log line saying which step and which database (PostgreSQL unreachable, a migration
     // failing), instead of Node's bare stack trace of an uncaught rejection; the orchestrator restarts.
-    log.fatal({ err, database: redactDatabaseUrl(env.DATABASE_URL) }, 'could not apply the database migrations (MIGRATE_ON_BOOT): exiting');
+    // A failed migration blocks every later boot until it is resolved: say how.
+    if (err instanceof MigrationFailedError) {
+      log.fatal(
+        { err, database: redactDatabaseUrl(env.DATABASE_URL), failedMigrations: err.failedMigrations },
+        `could not apply the database migrations (MIGRATE_ON_BOOT): ${err.resolveHint}; exiting`,
+      );
+    } else {
+      log.fatal({ err, database: redactDatabaseUrl(env.DATABASE_URL) }, 'could not apply the database migrations (MIGRATE_ON_BOOT): exiting');
+    }
     process.exit(1);
   }
 }

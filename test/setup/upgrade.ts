@@ -4,7 +4,7 @@
  * have written (raw SQL) and then apply the remaining migrations exactly as a boot does
  * (src/db/migrate.ts applyMigrations).
  */
-import { copyFile, cp, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { copyFile, cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -101,4 +101,29 @@ export async function scratchDatabase(tag: string): Promise<ScratchDatabase> {
       await onServer(`DROP DATABASE IF EXISTS ${quoted} WITH (FORCE)`);
     },
   };
+}
+
+/** A temporary project root holding prisma/migrations of this checkout plus extra migrations. */
+export interface MigrationsRoot {
+  /** The directory to pass as applyMigrations' `rootDir`. */
+  root: string;
+  remove(): Promise<void>;
+}
+
+/**
+ * Copies prisma/migrations of this checkout into a temporary root and adds `extra` (directory
+ * name → migration.sql text) after them: a release whose next migration is under test.
+ * @throws Error when an extra name does not sort after every migration of this checkout.
+ */
+export async function migrationsRootWith(extra: Record<string, string>): Promise<MigrationsRoot> {
+  const names = await migrationNames();
+  const root = await mkdtemp(path.join(os.tmpdir(), 'cp-migrations-'));
+  const dir = path.join(root, 'prisma', 'migrations');
+  await cp(MIGRATIONS_DIR, dir, { recursive: true });
+  for (const [name, sql] of Object.entries(extra)) {
+    if (name <= names[names.length - 1]!) throw new Error(`${name} would not be the last migration`);
+    await mkdir(path.join(dir, name));
+    await writeFile(path.join(dir, name, 'migration.sql'), sql);
+  }
+  return { root, remove: () => rm(root, { recursive: true, force: true }) };
 }
