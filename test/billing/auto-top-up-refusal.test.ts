@@ -19,6 +19,9 @@ import { GroupCommitter } from '../../src/services/group-commit.js';
 import { applyCharge, chargeAccounts, recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { credits } from '../../src/ledger/credits.js';
+import { REFUSAL_TOP_UP_RECHECK_MS, RefusalTopUps } from '../../src/services/refusal-top-ups.js';
+import { setAutoTopUp } from '../../src/services/auto-top-up.js';
+import { afterCreditRefusals } from '../../src/services/depletion-alerts.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { settledCode } from '../setup/services.js';
@@ -200,5 +203,62 @@ describe('a refusal for lack of credit starts auto top-up', () => {
     ).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
     expect(await topUps(srv, held.accountId)).toHaveLength(1);
     expect((await settled(held.accountId, 1))[0]).toMatchObject({ status: 'SUCCEEDED' });
+  });
+});
+
+describe('a process remembers the refusals it checked', () => {
+  /** A monotonic clock the test moves. */
+  const manualClock = () => {
+    let ms = 0;
+    return { now: () => ms, advance: (by: number) => (ms += by) };
+  };
+
+  it('a flood at one balance version costs no statement; what it remembers is checked again after REFUSAL_TOP_UP_RECHECK_MS', async () => {
+    const pack = await createPack(srv, { credits: '100', priceUsd: '1' });
+    const { accountId } = await topUpAccount('15', { thresholdCredits: '10', packId: pack.id });
+    ok(await srv.gql(SET, { input: { accountId, enabled: false, thresholdCredits: '10', packId: pack.id } }));
+    const clock = manualClock();
+    const remembered = new RefusalTopUps(10, clock.now);
+    const ctx: ServiceContext = { ...srv.services, refusalTopUps: remembered };
+    await expectNoTopUp(accountId, spend(ctx, accountId, 20)); // off: nothing to start at this version
+    expect(remembered.size).toBe(1);
+    // Enabled behind this process's back (another process's setAutoTopUp: no new balance version).
+    await srv.services.pool.query(`UPDATE auto_top_up_settings SET enabled = true WHERE account_id = $1`, [dbId(accountId)]);
+    // A process that checked would start one now; this one does not look again...
+    for (let i = 0; i < 5; i++) await expectNoTopUp(accountId, spend(ctx, accountId, 20));
+    clock.advance(REFUSAL_TOP_UP_RECHECK_MS - 1);
+    await expectNoTopUp(accountId, spend(ctx, accountId, 20));
+    // ... until what it remembers is old enough.
+    clock.advance(1);
+    await expect(spend(ctx, accountId, 20)).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
+    expect(await topUps(srv, accountId)).toHaveLength(1);
+    expect((await settled(accountId, 1))[0]).toMatchObject({ status: 'SUCCEEDED' });
+  });
+
+  it('setAutoTopUp in the same process makes it check the next refusal at once', async () => {
+    const pack = await createPack(srv, { credits: '100', priceUsd: '1' });
+    const { accountId } = await topUpAccount('15', { thresholdCredits: '10', packId: pack.id, maxPerPeriod: 1 });
+    const clock = manualClock();
+    const ctx: ServiceContext = { ...srv.services, refusalTopUps: new RefusalTopUps(10, clock.now) };
+    const settings = { accountId: dbId(accountId), enabled: false, thresholdMicroCredits: credits(10), packId: dbId(pack.id), maxPerPeriod: 1 };
+    await setAutoTopUp(ctx, settings);
+    await expectNoTopUp(accountId, spend(ctx, accountId, 20));
+    await setAutoTopUp(ctx, { ...settings, enabled: true });
+    await expect(spend(ctx, accountId, 20)).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
+    expect(await topUps(srv, accountId)).toHaveLength(1);
+    expect((await settled(accountId, 1))[0]).toMatchObject({ status: 'SUCCEEDED' });
+  });
+
+  it('a refusal decided before the top-up landed, checked after, starts none (one refusal is never charged twice)', async () => {
+    // What a process without the memo (another process) sees: the refusal's version is old, and
+    // available credit now covers what it refused.
+    const pack = await createPack(srv, { credits: '100', priceUsd: '1' });
+    const { accountId, reference } = await topUpAccount('15', { thresholdCredits: '10', packId: pack.id });
+    const stale: unknown[] = [];
+    await spend(srv.services, accountId, 20).catch((error: unknown) => stale.push(error));
+    await settled(accountId, 1);
+    await afterCreditRefusals({ ...srv.services, refusalTopUps: new RefusalTopUps() }, stale);
+    expect(await topUps(srv, accountId)).toHaveLength(1);
+    expect(simulator.chargeCount(reference)).toBe(1);
   });
 });
