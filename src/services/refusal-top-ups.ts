@@ -13,7 +13,8 @@
  * lock, with the same rules: auto top-up enabled (not off, not paused), fewer than maxPerPeriod
  * top-ups PENDING or SUCCEEDED in the billing period, none PENDING (the partial unique index
  * `auto_top_ups_one_pending` keeps one per account: a crossing and refusals, or many refusals,
- * start one). Plus one rule of its own: only when the pack lets the refused work through
+ * start one). Plus rules of its own: a payment method is attached (else its job would only
+ * record SKIPPED rows); and only when the pack lets the refused work through
  * (available + the pack's credits and bonus >= what was refused, available as it is then);
  * otherwise the card would be charged for credit that still cannot pay for the call. And not when
  * available credit covers the refusal by then (a grant landed meanwhile: the retry succeeds; so
@@ -146,25 +147,33 @@ export class RefusalTopUps {
   }
 }
 
-/** The settings row's figures a refusal needs (micro-credits), or null without auto top-up settings. */
+/**
+ * Whether the account's auto top-up settings let a refusal start one (enabled, so not paused;
+ * none PENDING; a payment method, without which its job would only record a SKIPPED row, on
+ * every re-check of a flood; fewer than maxPerPeriod PENDING or SUCCEEDED in the billing period
+ * `periodStart`, as balances_changed counts), and the pack's grant (credits + bonus,
+ * micro-credits); null without auto top-up settings.
+ */
 async function readSettings(db: pg.Pool | pg.PoolClient, accountId: string, periodStart: Date) {
   const { rows } = await db.query(
     `SELECT s.enabled, (p.micro_credits + p.bonus_micro_credits)::text AS pack,
             EXISTS (SELECT 1 FROM auto_top_ups t WHERE t.account_id = s.account_id AND t.status = 'PENDING') AS pending,
+            EXISTS (SELECT 1 FROM payment_methods m WHERE m.account_id = s.account_id) AS method,
             (SELECT count(*) FROM auto_top_ups t
               WHERE t.account_id = s.account_id AND t.period_start = $2 AND t.status IN ('PENDING', 'SUCCEEDED'))::int < s.max_per_period AS under_cap
        FROM auto_top_up_settings s JOIN credit_packs p ON p.id = s.pack_id
       WHERE s.account_id = $1`,
     [accountId, periodStart],
   );
-  const row = rows[0] as { enabled: boolean; pack: string; pending: boolean; under_cap: boolean } | undefined;
+  const row = rows[0] as { enabled: boolean; pack: string; pending: boolean; method: boolean; under_cap: boolean } | undefined;
   if (!row) return null;
-  return { startable: row.enabled && !row.pending && row.under_cap, packMicroCredits: BigInt(row.pack) };
+  return { startable: row.enabled && !row.pending && row.method && row.under_cap, packMicroCredits: BigInt(row.pack) };
 }
 
 /**
  * One check for `refusal`, never more than one statement without the account's lock: reads the
- * auto top-up settings (enabled, pack, none PENDING, under maxPerPeriod in the refusal's period)
+ * auto top-up settings (enabled, pack, none PENDING, a payment method, under maxPerPeriod in the
+ * refusal's period)
  * and, when the pack would cover the refusal against the available credit it was refused at,
  * then, in a transaction of its own, locks the account, reads its balance (readBalance, at the
  * account's now), reads the settings again for the current billing period and, when they still

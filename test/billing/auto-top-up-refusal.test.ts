@@ -131,7 +131,7 @@ describe('a refusal for lack of credit starts auto top-up', () => {
     expect(await billingCounts(srv, other.accountId)).toMatchObject({ payments: 0 });
   });
 
-  it('nothing starts when auto top-up is off or paused', async () => {
+  it('nothing starts when auto top-up is off or paused, or without a payment method', async () => {
     const pack = await createPack(srv, { credits: '100', priceUsd: '1' });
     const off = await topUpAccount('15', { thresholdCredits: '10', packId: pack.id });
     ok(await srv.gql(SET, { input: { accountId: off.accountId, enabled: false, thresholdCredits: '10', packId: pack.id } }));
@@ -143,6 +143,11 @@ describe('a refusal for lack of credit starts auto top-up', () => {
       dbId(paused.accountId),
     ]);
     await expectNoTopUp(paused.accountId, spend(srv.services, paused.accountId, 20));
+
+    // Nor without a payment method (its job would only record a SKIPPED row, on every re-check of a flood).
+    const noMethod = await topUpAccount('15', { thresholdCredits: '10', packId: pack.id });
+    await srv.services.pool.query(`DELETE FROM payment_methods WHERE account_id = $1`, [dbId(noMethod.accountId)]);
+    await expectNoTopUp(noMethod.accountId, spend(srv.services, noMethod.accountId, 20));
   });
 
   it('nothing starts at maxPerPeriod, nor while a top-up is pending', async () => {
