@@ -6,7 +6,9 @@
  * - the crossing is detected by the SQL function `balances_changed`, run by AccountTx.finish in
  *   the same statement as every balance change: it inserts one PENDING `auto_top_ups` row (a
  *   partial unique index keeps at most one PENDING per account: single flight) and an outbox
- *   `job` row, which the relay turns into the BullMQ job `auto-top-up-<id>`;
+ *   `job` row, which the relay turns into the BullMQ job `auto-top-up-<id>`; a refusal for lack
+ *   of credit records the same, with what it refused (services/refusal-top-ups.ts), so that an
+ *   account above its threshold whose calls cost more than it has is not refused for ever;
  * - {@link runAutoTopUp} (the job's processor, or {@link runPendingTopUps} inline for test
  *   clocks) charges and grants it like a purchase (services/purchase-pack.ts): a `payments` row
  *   per charge attempt (purpose AUTO_TOP_UP, key `auto-top-up:<top-up id>:<attempt>`, its id the
@@ -61,7 +63,8 @@ export interface SetAutoTopUpCommand {
  * re-enables a paused one (pausedAt cleared, consecutive failures reset to 0). When enabled and
  * available credit is already below the threshold, one top-up starts at once: the balance is
  * marked changed (version + 1, no ledger entry), so `balances_changed` applies the one rule that
- * starts top-ups (threshold, cap, single flight) in this same transaction.
+ * starts top-ups (threshold, cap, single flight) in this same transaction. After the commit this
+ * process's RefusalTopUps forgets the account (the next refusal checks the saved settings).
  * @throws LedgerError NOT_FOUND (account, pack), BAD_USER_INPUT (threshold < 0, maxPerPeriod
  *   outside 1..100, enabling without a payment method).
  */
