@@ -20,6 +20,7 @@ import { buildServer, type CreditpoolServer } from './server.js';
 import { GroupCommitter } from './services/group-commit.js';
 import { ReservationOwners } from './services/reservation-owners.js';
 import { DepletionAlerts } from './services/depletion-alerts.js';
+import { RefusalTopUps } from './services/refusal-top-ups.js';
 import { applyCharge, chargeAccounts } from './services/record-usage.js';
 import { startWorkers, type RunningWorkers } from '../workers/start.js';
 import { closeRedis, settlesWithin } from './db/redis-close.js';
@@ -125,6 +126,7 @@ const services = {
   groupCommit: env.CHARGE_PATH === 'group' ? new GroupCommitter(pool, clock, chargeAccounts, applyCharge, { maxTransactions: Math.min(env.GROUP_COMMIT_MAX_TRANSACTIONS, env.PG_POOL_SIZE), carryState: env.GROUP_COMMIT_CARRY_STATE }) : undefined,
   reservationOwners: new ReservationOwners(),
   depletionAlerts: new DepletionAlerts(),
+  refusalTopUps: new RefusalTopUps(),
   log,
 };
 const authenticator = createAuthenticator({

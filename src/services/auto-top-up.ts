@@ -6,7 +6,9 @@
  * - the crossing is detected by the SQL function `balances_changed`, run by AccountTx.finish in
  *   the same statement as every balance change: it inserts one PENDING `auto_top_ups` row (a
  *   partial unique index keeps at most one PENDING per account: single flight) and an outbox
- *   `job` row, which the relay turns into the BullMQ job `auto-top-up-<id>`;
+ *   `job` row, which the relay turns into the BullMQ job `auto-top-up-<id>`; a refusal for lack
+ *   of credit records the same, with what it refused (services/refusal-top-ups.ts), so that an
+ *   account above its threshold whose calls cost more than it has is not refused for ever;
  * - {@link runAutoTopUp} (the job's processor, or {@link runPendingTopUps} inline for test
  *   clocks) charges and grants it like a purchase (services/purchase-pack.ts): a `payments` row
  *   per charge attempt (purpose AUTO_TOP_UP, key `auto-top-up:<top-up id>:<attempt>`, its id the
@@ -61,7 +63,8 @@ export interface SetAutoTopUpCommand {
  * re-enables a paused one (pausedAt cleared, consecutive failures reset to 0). When enabled and
  * available credit is already below the threshold, one top-up starts at once: the balance is
  * marked changed (version + 1, no ledger entry), so `balances_changed` applies the one rule that
- * starts top-ups (threshold, cap, single flight) in this same transaction.
+ * starts top-ups (threshold, cap, single flight) in this same transaction. After the commit this
+ * process's RefusalTopUps forgets the account (the next refusal checks the saved settings).
  * @throws LedgerError NOT_FOUND (account, pack), BAD_USER_INPUT (threshold < 0, maxPerPeriod
  *   outside 1..100, enabling without a payment method).
  */
@@ -93,6 +96,8 @@ export async function setAutoTopUp(ctx: ServiceContext, cmd: SetAutoTopUpCommand
       await atx.finish();
     }
   });
+  // The next refusal for lack of credit in this process checks the saved settings (refusal-top-ups.ts).
+  ctx.refusalTopUps?.forget(cmd.accountId);
 }
 
 /** Top-ups that SUCCEEDED in the account's current billing period (at its clock). */
@@ -140,7 +145,7 @@ async function lockTopUp(tx: pg.PoolClient, topUpId: string, wallNow: Date) {
   if (!accountId) return null;
   const atx = await AccountTx.lock(tx, accountId, wallNow);
   const { rows } = await tx.query(
-    `SELECT t.status, t.period_start, t.attempts, t.payment_id, s.enabled, s.threshold_micro_credits, s.pack_id, s.max_per_period
+    `SELECT t.status, t.period_start, t.attempts, t.payment_id, t.refused_micro_credits, s.enabled, s.threshold_micro_credits, s.pack_id, s.max_per_period
        FROM auto_top_ups t LEFT JOIN auto_top_up_settings s ON s.account_id = t.account_id
       WHERE t.id = $1 FOR UPDATE OF t`,
     [topUpId],
@@ -167,8 +172,13 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
     ]);
     if ((used.rows[0].n as number) >= (row.max_per_period as number)) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'maxPerPeriod reached') };
     const balance = await readBalance(tx, atx.accountId, ctx.clock());
-    if (balance.availableMicroCredits >= BigInt(row.threshold_micro_credits as string)) {
-      return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'available credit is no longer below the threshold') };
+    // A top-up started by a refusal (refusal-top-ups.ts) runs while available credit is below
+    // the threshold or does not cover what was refused; one started by a crossing, while below.
+    const refused = row.refused_micro_credits === null ? null : BigInt(row.refused_micro_credits as string);
+    if (balance.availableMicroCredits >= BigInt(row.threshold_micro_credits as string) && (refused === null || balance.availableMicroCredits >= refused)) {
+      return {
+        done: await finishTopUp(atx, topUpId, 'SKIPPED', refused === null ? 'available credit is no longer below the threshold' : 'available credit covers the refused charge and is not below the threshold'),
+      };
     }
     if (!methodRef) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'no payment method') };
     const pack = await findCreditPack(tx, row.pack_id as string);

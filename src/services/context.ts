@@ -9,6 +9,7 @@ import type { PaymentProvider } from '../payments/provider.js';
 import type { GroupCommitter } from './group-commit.js';
 import type { ReservationOwners } from './reservation-owners.js';
 import type { DepletionAlerts } from './depletion-alerts.js';
+import type { RefusalTopUps } from './refusal-top-ups.js';
 import type { AuditActor } from '../audit/audit-log.js';
 
 /** Wall-clock source; tests may pass a fixed or controllable one. */
@@ -37,6 +38,12 @@ export interface ServiceContext {
    * no statement; absent: every refusal checks (still one alert, by the unique key).
    */
   depletionAlerts?: DepletionAlerts;
+  /**
+   * The accounts whose refusals for lack of credit this process checked for an auto top-up to
+   * start (refusal-top-ups.ts), so that a flood of refusals costs no statement; absent: every
+   * refusal checks (still one top-up, by the one-pending index).
+   */
+  refusalTopUps?: RefusalTopUps;
   /**
    * Where services log what needs an operator's eye but is not an error of the request (e.g. a
    * charge's success that arrived after its payment was settled as not charged); absent: not logged.

@@ -31,6 +31,7 @@ import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { recordCreditAlert } from './credit-alerts.js';
 import { readBalance } from './read-balance.js';
+import { RefusalTopUps } from './refusal-top-ups.js';
 import { webhookJob } from './webhooks.js';
 
 /** Where an INSUFFICIENT_CREDITS refusal was decided (micro-credits). */
@@ -40,6 +41,8 @@ export interface CreditRefusal {
   periodStart: Date;
   /** The refused cost, or the refused hold's amount. */
   neededMicroCredits: bigint;
+  /** The available credit the refusal was decided against. */
+  availableMicroCredits: bigint;
   /** The account's balance version the refusal was decided at (AccountTx.versionBefore). */
   version: bigint;
 }
@@ -51,12 +54,12 @@ const refusals = new WeakMap<object, CreditRefusal>();
  * The INSUFFICIENT_CREDITS refusal (ledger/refusals.ts insufficientCredits: same code, message and
  * extensions) of `neededMicroCredits` against `availableMicroCredits` on the locked account
  * `atx`, marked as a refusal for lack of credit so that the service answering it raises the
- * depletion notice ({@link afterCreditRefusals}). Every path that refuses for lack of credit
+ * depletion notice and starts auto top-up ({@link afterCreditRefusals}). Every path that refuses for lack of credit
  * builds its refusal here (record-usage.ts applyCharge and chargeAccounts, reserve-credits.ts).
  */
 export function creditRefusal(atx: AccountTx, what: 'cost' | 'hold', neededMicroCredits: bigint, availableMicroCredits: bigint): LedgerError {
   const error = insufficientCredits(what, neededMicroCredits, availableMicroCredits);
-  refusals.set(error, { accountId: atx.accountId, periodStart: atx.period().start, neededMicroCredits, version: atx.versionBefore });
+  refusals.set(error, { accountId: atx.accountId, periodStart: atx.period().start, neededMicroCredits, availableMicroCredits, version: atx.versionBefore });
   return error;
 }
 
@@ -146,23 +149,32 @@ export class DepletionAlerts {
 /**
  * Called by the services that answer charges and holds (recordUsage, recordUsageBatch,
  * reserveCredits) with the errors they are about to answer, after the refusing transaction
- * ended: for each refusal for lack of credit ({@link creditRefusal}; one per account and period),
- * raises the period's depletion notice through `ctx.depletionAlerts` (without one: a check per
- * call, still one alert). Resolves once that is done; never rejects (the refusal is the answer).
- * Other errors (BUDGET_EXCEEDED of an agent budget, bad input, ...) are ignored.
+ * ended: for each refusal for lack of credit ({@link creditRefusal}), raises the period's
+ * depletion notice through `ctx.depletionAlerts` (one per account and period; without one: a
+ * check per call, still one alert), and starts the account's auto top-up when it is due through
+ * `ctx.refusalTopUps` (refusal-top-ups.ts; per account, for its smallest refusal, the likeliest
+ * the pack covers; without one: a check per call, still one top-up). Both at once, each in a
+ * transaction of its own when one is needed. Resolves once that is done; never rejects (the
+ * refusal is the answer). Other errors (BUDGET_EXCEEDED of an agent budget, bad input, ...) are
+ * ignored.
  */
 export function afterCreditRefusals(ctx: ServiceContext, errors: Iterable<unknown>): Promise<void> | undefined {
   let found: Map<string, CreditRefusal> | undefined;
+  let smallest: Map<string, CreditRefusal> | undefined;
   for (const error of errors) {
     const refusal = creditRefusalOf(error);
     if (!refusal) continue;
     found ??= new Map();
+    smallest ??= new Map();
     const key = refusalKey(refusal);
     if (!found.has(key)) found.set(key, refusal);
+    const least = smallest.get(refusal.accountId);
+    if (!least || refusal.neededMicroCredits < least.neededMicroCredits) smallest.set(refusal.accountId, refusal);
   }
-  if (!found) return undefined;
+  if (!found || !smallest) return undefined;
   const alerts = ctx.depletionAlerts ?? new DepletionAlerts();
-  return Promise.all([...found.values()].map((r) => alerts.answer(ctx, r))).then(() => undefined);
+  const topUps = ctx.refusalTopUps ?? new RefusalTopUps();
+  return Promise.all([...[...found.values()].map((r) => alerts.answer(ctx, r)), ...[...smallest.values()].map((r) => topUps.answer(ctx, r))]).then(() => undefined);
 }
 
 /**

@@ -15,6 +15,7 @@ import { applyCharge, chargeAccounts } from '../../src/services/record-usage.js'
 import { createPaymentProvider } from '../../src/payments/index.js';
 import { createTestServices, type TestServices } from './services.js';
 import { DepletionAlerts } from '../../src/services/depletion-alerts.js';
+import { RefusalTopUps } from '../../src/services/refusal-top-ups.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from './env.js';
 
 /** A running test server. */
@@ -61,6 +62,7 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
   const services = createTestServices(20, env.DATABASE_URL, ledgerSessionLimits(env));
   services.payments = createPaymentProvider(env);
   services.depletionAlerts = new DepletionAlerts(); // as src/main.ts
+  services.refusalTopUps = new RefusalTopUps();
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
   const prisma = createPrismaClient(env.DATABASE_URL, 5, ledgerSessionLimits(env));
   const onQuery = options.onPrismaQuery;
