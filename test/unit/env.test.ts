@@ -58,6 +58,17 @@ describe('parseEnv', () => {
     expect(parseEnv({}).PAYMENT_PROVIDER).toBe('simulator');
   });
 
+  it('WEBHOOK_LOG_RETENTION_DAYS defaults to 30; 0 keeps the log for ever; 1..6 days are refused (shorter than what /metrics, the sweep and a retrying delivery read back)', () => {
+    expect(parseEnv({}).WEBHOOK_LOG_RETENTION_DAYS).toBe(30);
+    expect(parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '0' }).WEBHOOK_LOG_RETENTION_DAYS).toBe(0);
+    expect(parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '7' }).WEBHOOK_LOG_RETENTION_DAYS).toBe(7);
+    for (const bad of ['1', '6']) {
+      expect(() => parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: bad }), bad).toThrow(/WEBHOOK_LOG_RETENTION_DAYS: must be 0 \(keep the delivery log for ever\) or at least 7 days/);
+    }
+    expect(() => parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '-1' })).toThrow(/WEBHOOK_LOG_RETENTION_DAYS/);
+    expect(() => parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '7.5' })).toThrow(/WEBHOOK_LOG_RETENTION_DAYS/);
+  });
+
   it('METRICS_ENABLED defaults to true; METRICS_TOKEN must be a visible-ASCII token of 16+ characters that is none of the other secrets', () => {
     expect(parseEnv({}).METRICS_ENABLED).toBe(true);
     expect(parseEnv({ METRICS_ENABLED: 'false' }).METRICS_ENABLED).toBe(false);
