@@ -2,7 +2,8 @@
  * Signed webhooks (issue #4): credit alerts (`credit_alert.raised`; the 0 % alert is the
  * depletion notice) and auto top-up pauses (`auto_top_up.paused`) POSTed to the one configured
  * WEBHOOK_URL, signed with HMAC-SHA256, retried with exponential backoff by BullMQ, one row per
- * attempt in `webhook_deliveries` (the delivery log).
+ * attempt in `webhook_deliveries` (the delivery log; old events are pruned after
+ * WEBHOOK_LOG_RETENTION_DAYS by src/services/webhook-retention.ts).
  *
  * Flow: the transaction that raises the event writes an outbox `job` row
  * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on webhook-deliveries

@@ -1,6 +1,8 @@
 /** parseEnv's cross-variable checks (src/config/env.ts). */
 import { describe, expect, it } from 'vitest';
-import { parseEnv } from '../../src/config/env.js';
+import { MIN_WEBHOOK_LOG_RETENTION_DAYS, parseEnv } from '../../src/config/env.js';
+import { WEBHOOK_METRICS_WINDOW_SECONDS } from '../../src/metrics/server-metrics.js';
+import { WEBHOOK_SWEEP_MAX_AGE_MS } from '../../src/services/webhooks.js';
 import { bearerToken } from '../../src/auth/authenticator.js';
 
 describe('parseEnv', () => {
@@ -67,6 +69,9 @@ describe('parseEnv', () => {
     }
     expect(() => parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '-1' })).toThrow(/WEBHOOK_LOG_RETENTION_DAYS/);
     expect(() => parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '7.5' })).toThrow(/WEBHOOK_LOG_RETENTION_DAYS/);
+    // The minimum covers every look-back of the log's readers.
+    expect(MIN_WEBHOOK_LOG_RETENTION_DAYS * 86_400).toBeGreaterThanOrEqual(WEBHOOK_METRICS_WINDOW_SECONDS);
+    expect(MIN_WEBHOOK_LOG_RETENTION_DAYS * 86_400_000).toBeGreaterThan(WEBHOOK_SWEEP_MAX_AGE_MS);
   });
 
   it('METRICS_ENABLED defaults to true; METRICS_TOKEN must be a visible-ASCII token of 16+ characters that is none of the other secrets', () => {
