@@ -18,10 +18,12 @@
  * event's delivery job is re-added on $REDIS_URL's webhook-deliveries queue (prefix QUEUE_PREFIX) with
  * the normal retry policy, or promoted when it is waiting for a retry; the running workers deliver
  * it with their WEBHOOK_URL and WEBHOOK_SECRET (this command sends nothing itself and needs
- * neither). An event with a DELIVERED attempt is refused: it is never sent again.
+ * neither). An event with a DELIVERED attempt is refused: it is never sent again; so is one raised
+ * before the delivery log was pruned (WEBHOOK_LOG_RETENTION_DAYS) with no attempt logged, whose
+ * delivery can no longer be known.
  *
  * Exits 0 when done; 1 on failure or when a named event was refused (not found, already
- * delivered); 2 on usage errors (nothing read or changed).
+ * delivered, log pruned); 2 on usage errors (nothing read or changed).
  */
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
@@ -140,8 +142,10 @@ const DESCRIBE: Record<RedeliveryOutcome['status'], string> = {
   PROMOTED: 'promoted: its job was waiting for a retry and runs now',
   PENDING: 'pending: its delivery job is already waiting or running; nothing changed',
   ALREADY_DELIVERED: 'refused: already delivered (never sent twice)',
+  LOG_PRUNED: 'refused: raised before the delivery log was pruned (WEBHOOK_LOG_RETENTION_DAYS) and no attempt is logged; whether it was delivered is unknown',
   NOT_FOUND: 'refused: no such webhook event',
 };
+const REFUSED: ReadonlyArray<RedeliveryOutcome['status']> = ['ALREADY_DELIVERED', 'LOG_PRUNED', 'NOT_FOUND'];
 
 function printRedelivered(outcomes: RedeliveryOutcome[]): void {
   if (values.json) {
@@ -155,7 +159,7 @@ function printRedelivered(outcomes: RedeliveryOutcome[]): void {
   for (const o of outcomes) {
     const id = o.event ? `${o.event.eventType}:${o.event.eventId}` : o.ref.eventId;
     const line = `${id}  ${DESCRIBE[o.status]}${o.jobState ? ` (job was ${o.jobState})` : ''}`;
-    if (o.status === 'ALREADY_DELIVERED' || o.status === 'NOT_FOUND') console.error(line);
+    if (REFUSED.includes(o.status)) console.error(line);
     else console.log(line);
   }
   const sent = outcomes.filter((o) => o.status === 'QUEUED' || o.status === 'PROMOTED').length;
@@ -175,7 +179,7 @@ try {
     try {
       const outcomes = await redeliverWebhooks(pool, sink, refs);
       printRedelivered(outcomes);
-      if (!values['all-failed'] && outcomes.some((o) => o.status === 'ALREADY_DELIVERED' || o.status === 'NOT_FOUND')) process.exitCode = 1;
+      if (!values['all-failed'] && outcomes.some((o) => REFUSED.includes(o.status))) process.exitCode = 1;
     } finally {
       await sink.close();
     }

@@ -24,6 +24,8 @@ export interface JobView {
   attemptsMade: number;
   /** Attempts allowed in all (BullMQ `opts.attempts`). */
   attempts: number;
+  /** When the job was made (BullMQ `timestamp`, ms since the epoch; kept across its retries and put-backs), when known. */
+  createdAtMs?: number;
 }
 
 /** A processor of one job name. Idempotent: running it twice has the effect of running it once. */

@@ -5,7 +5,9 @@
  * - queue `maintenance`: `reconcile-ledger` every minute, `sweep-due` every SWEEP_EVERY_MS (the
  *   safety net: runs whatever is due that no job took care of, e.g. after Redis was flushed),
  *   `analyze-stale-tables` every STATISTICS_UPKEEP_EVERY_MS (autovacuum's ANALYZE where
- *   autovacuum is off; its schedule is removed when that is 0);
+ *   autovacuum is off; its schedule is removed when that is 0), `prune-webhook-log` every hour
+ *   (WEBHOOK_LOG_PRUNE_EVERY_MS: deletes the webhook delivery log's events older than
+ *   WEBHOOK_LOG_RETENTION_DAYS; its schedule is removed when that is 0, keep for ever);
  * - queue `ledger-jobs`: the money jobs the outbox relay enqueues (expire-due, roll-period,
  *   auto-top-up, resume-payment; workers/registry.ts), `concurrency` at once;
  * - queue `webhook-deliveries`: the `deliver-webhook` jobs, with a worker of their own
@@ -22,7 +24,7 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import type { Env } from '../src/config/env.js';
-import { ANALYZE_STALE_TABLES_JOB, LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, WEBHOOK_DELIVERY_QUEUE, type LedgerJobName } from '../src/queues/names.js';
+import { ANALYZE_STALE_TABLES_JOB, PRUNE_WEBHOOK_LOG_JOB, LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, WEBHOOK_DELIVERY_QUEUE, type LedgerJobName } from '../src/queues/names.js';
 import { WebhookAttemptInFlightError } from '../src/services/webhooks.js';
 import { createPricingState } from '../src/services/pricing-state.js';
 import type { ServiceContext } from '../src/services/context.js';
@@ -31,6 +33,8 @@ import { createPaymentProvider } from '../src/payments/index.js';
 import { startOutboxRelay } from '../src/outbox/relay.js';
 import { closeRedis, settlesWithin, REDIS_QUIT_WAIT_MS } from '../src/db/redis-close.js';
 import { processAnalyzeStaleTables } from './processors/analyze-stale-tables.js';
+import { processPruneWebhookLog } from './processors/prune-webhook-log.js';
+import { WEBHOOK_LOG_PRUNE_EVERY_MS } from '../src/services/webhook-retention.js';
 import { processReconcileLedger } from './processors/reconcile-ledger.js';
 import { processSweepDue, SWEEP_DUE_JOB } from './processors/sweep-due.js';
 import { LEDGER_PROCESSORS } from './registry.js';
@@ -104,7 +108,7 @@ export const UNKNOWN_JOB_RETRY_MS = 60_000;
 export const MAINTENANCE_JOBS_KEPT = 1_000;
 
 function view(job: Job): JobView {
-  return { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1 };
+  return { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, attempts: job.opts.attempts ?? 1, createdAtMs: job.timestamp };
 }
 
 /** Puts a running job back in its queue, delayed by `delayMs`, without spending an attempt (BullMQ's moveToDelayed + DelayedError). */
@@ -160,6 +164,11 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   } else {
     await maintenance.removeJobScheduler(ANALYZE_STALE_TABLES_JOB);
   }
+  if (env.WEBHOOK_LOG_RETENTION_DAYS > 0) {
+    await maintenance.upsertJobScheduler(PRUNE_WEBHOOK_LOG_JOB, { every: WEBHOOK_LOG_PRUNE_EVERY_MS }, { name: PRUNE_WEBHOOK_LOG_JOB, data: {}, opts: kept });
+  } else {
+    await maintenance.removeJobScheduler(PRUNE_WEBHOOK_LOG_JOB);
+  }
 
   // The jobs this process is running, by queue and id: named in the log line of a stop whose
   // grace period they outlived.
@@ -177,6 +186,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
         if (job.name === RECONCILE_LEDGER_JOB) return processReconcileLedger(pool, log, job.data, new Date());
         if (job.name === SWEEP_DUE_JOB) return processSweepDue(deps, sink);
         if (job.name === ANALYZE_STALE_TABLES_JOB) return processAnalyzeStaleTables(pool, log);
+        if (job.name === PRUNE_WEBHOOK_LOG_JOB) return processPruneWebhookLog(pool, log, env.WEBHOOK_LOG_RETENTION_DAYS);
         throw new UnrecoverableError(`unknown job ${job.name}`);
       })),
     { connection, prefix, concurrency: 1 },

@@ -13,6 +13,15 @@ const booleanish = z
 /** graphql-yoga's SSE heartbeat interval (a `:` comment line on every open stream), in milliseconds; fixed by yoga. */
 export const SSE_HEARTBEAT_MS = 12_000;
 
+/**
+ * Smallest WEBHOOK_LOG_RETENTION_DAYS other than 0, in days: the longest any reader of the
+ * delivery log looks back. /metrics counts the attempts of the last 7 days
+ * (WEBHOOK_METRICS_WINDOW_SECONDS, src/metrics/server-metrics.ts); the sweep re-adds events of
+ * the last 24 h that have no DELIVERED row (WEBHOOK_SWEEP_MAX_AGE_MS) and a delivery job retries
+ * for about 18 h (LEDGER_JOB_OPTIONS['deliver-webhook']), both well inside it.
+ */
+export const MIN_WEBHOOK_LOG_RETENTION_DAYS = 7;
+
 const EnvSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   /** HTTP port of the API (contract README: default 4000). */
@@ -224,6 +233,24 @@ const EnvSchema = z.object({
   WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(8),
   /** Timeout of one webhook POST (connect + response + body), in milliseconds. */
   WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(5_000),
+  /**
+   * How many days the delivery log (webhook_deliveries) keeps an event's attempts after its newest
+   * one: the `prune-webhook-log` maintenance job deletes older events whole
+   * (src/services/webhook-retention.ts). 0: kept for ever. At least
+   * {@link MIN_WEBHOOK_LOG_RETENTION_DAYS} (7) otherwise: /metrics counts the last 7 days' attempts,
+   * and the sweep (24 h) and a delivery's retries (about 18 h) read the log to know an event was
+   * delivered.
+   */
+  WEBHOOK_LOG_RETENTION_DAYS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(36_500)
+    .refine(
+      (d) => d === 0 || d >= MIN_WEBHOOK_LOG_RETENTION_DAYS,
+      `must be 0 (keep the delivery log for ever) or at least ${MIN_WEBHOOK_LOG_RETENTION_DAYS} days: /metrics counts the last 7 days' delivery attempts, and the sweep (24 h) and a delivery's retries (about 18 h) read the log to know an event was delivered`,
+    )
+    .default(30),
   /**
    * How long, in seconds, a pack purchase may stay PENDING (its provider answer lost, its client
    * never retrying) before the `sweep-due` job hands it to the `resume-payment` job, which sends

@@ -45,7 +45,8 @@ export const OUTBOX_OLDEST_AMONG = 1_000;
  * How far back the webhook gauges look, in seconds (7 days): events with a delivery attempt since
  * then. A delivery's retries span about 18 hours (LEDGER_JOB_OPTIONS['deliver-webhook']) and the
  * sweep re-adds it for 24 hours (services/webhooks.ts), so an event that failed for good stays
- * counted for about a week, then drops out: the delivery log only grows and is not read whole.
+ * counted for about a week, then drops out: the delivery log is not read whole (it keeps
+ * WEBHOOK_LOG_RETENTION_DAYS, at least this window: config/env.ts MIN_WEBHOOK_LOG_RETENTION_DAYS).
  */
 export const WEBHOOK_METRICS_WINDOW_SECONDS = 7 * 24 * 3600;
 

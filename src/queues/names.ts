@@ -31,6 +31,9 @@ export const RECONCILE_EVERY_MS = 60_000;
 /** Job: ANALYZE the tables that changed enough, where autovacuum is off (see db/statistics.ts analyzeStaleTables). */
 export const ANALYZE_STALE_TABLES_JOB = 'analyze-stale-tables';
 
+/** Job: delete the webhook delivery log's events older than WEBHOOK_LOG_RETENTION_DAYS (see services/webhook-retention.ts pruneWebhookLog). */
+export const PRUNE_WEBHOOK_LOG_JOB = 'prune-webhook-log';
+
 /**
  * A job as written to the outbox (topic `job`) and turned into a BullMQ job by the relay.
  * - `name`: one of {@link LEDGER_JOB_NAMES}.

@@ -167,10 +167,14 @@ export function parseWebhookEventRef(text: string): WebhookEventRef | null {
  * - `PROMOTED`: its job was waiting out a retry delay (state delayed): it runs now instead;
  * - `PENDING`: its job is already waiting or running: nothing changed;
  * - `ALREADY_DELIVERED`: a DELIVERED attempt is logged: refused, nothing is sent again;
+ * - `LOG_PRUNED`: no attempt is logged and the event was raised before the delivery log's latest
+ *   prune cutoff (webhook_log_retention, services/webhook-retention.ts): its attempts, a
+ *   DELIVERED one among them perhaps, may have been deleted after WEBHOOK_LOG_RETENTION_DAYS;
+ *   whether it was delivered is unknown: refused, nothing is sent;
  * - `NOT_FOUND`: no logged attempt and no such credit alert (or, for `auto_top_up.paused:<id>`,
  *   no such failed auto top-up): refused.
  */
-export type RedeliveryStatus = 'QUEUED' | 'PROMOTED' | 'PENDING' | 'ALREADY_DELIVERED' | 'NOT_FOUND';
+export type RedeliveryStatus = 'QUEUED' | 'PROMOTED' | 'PENDING' | 'ALREADY_DELIVERED' | 'LOG_PRUNED' | 'NOT_FOUND';
 
 /** One event's result of {@link redeliverWebhooks}. */
 export interface RedeliveryOutcome {
@@ -178,7 +182,7 @@ export interface RedeliveryOutcome {
   status: RedeliveryStatus;
   /** The resolved event (absent when NOT_FOUND). */
   event?: WebhookJobData;
-  /** The delivery job's id (absent when NOT_FOUND or ALREADY_DELIVERED). */
+  /** The delivery job's id (absent when NOT_FOUND, ALREADY_DELIVERED or LOG_PRUNED). */
   jobId?: string;
   /** The BullMQ state the job was found in (PENDING, PROMOTED). */
   jobState?: string;
@@ -233,7 +237,8 @@ const LIVE_JOB_STATES = ['waiting', 'active', 'prioritized', 'waiting-children']
  * another: resolves each reference ({@link resolveWebhookEvent}); refuses one with a DELIVERED
  * attempt logged; promotes its job when it is delayed (waiting for a retry); leaves it when it is
  * waiting or running; else re-adds its `deliver-webhook` job (same jobId, normal attempts and
- * backoff). Nothing is sent here: a worker delivers the job, with its own WEBHOOK_URL and secret.
+ * backoff). Refuses (LOG_PRUNED) one with no attempt logged that was raised before the delivery
+ * log's latest prune cutoff: whether it was delivered is unknown. Nothing is sent here: a worker delivers the job, with its own WEBHOOK_URL and secret.
  * A DELIVERED row committed after the check is still honoured: the job then sends nothing.
  * @returns one outcome per reference, in order.
  * @throws the database or Redis error (outcomes of earlier references are lost with it; running
@@ -247,9 +252,23 @@ export async function redeliverWebhooks(pool: pg.Pool, jobs: RedeliveryQueue, re
       out.push({ ref, status: 'NOT_FOUND' });
       continue;
     }
-    const done = await pool.query(`SELECT 1 FROM webhook_deliveries WHERE event_id = $1 AND event_type = $2 AND status = 'DELIVERED' LIMIT 1`, [event.eventId, event.eventType]);
-    if (done.rows.length > 0) {
+    // One statement: the event's attempts are pruned whole and atomically with the prune cutoff
+    // (services/webhook-retention.ts), so it sees either its whole log or none of it and the cutoff.
+    const done = await pool.query(
+      `SELECT coalesce(bool_or(d.status = 'DELIVERED'), false) AS delivered, count(d.*)::int AS attempts,
+              (SELECT r.pruned_before FROM webhook_log_retention r WHERE r.id) AS pruned_before,
+              CASE WHEN $2 = 'credit_alert.raised' THEN (SELECT c.created_at FROM credit_alerts c WHERE c.id = $3::uuid)
+                   ELSE (SELECT coalesce(t.finished_at, t.created_at) FROM auto_top_ups t WHERE t.id = $3::uuid) END AS event_at
+         FROM webhook_deliveries d WHERE d.event_id = $1 AND d.event_type = $2`,
+      [event.eventId, event.eventType, event.eventId],
+    );
+    const log = done.rows[0];
+    if (log.delivered) {
       out.push({ ref, status: 'ALREADY_DELIVERED', event });
+      continue;
+    }
+    if (log.attempts === 0 && log.pruned_before !== null && (log.event_at === null || log.event_at < log.pruned_before)) {
+      out.push({ ref, status: 'LOG_PRUNED', event });
       continue;
     }
     const jobId = webhookJobId(event.eventType, event.eventId);

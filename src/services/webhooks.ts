@@ -2,7 +2,8 @@
  * Signed webhooks (issue #4): credit alerts (`credit_alert.raised`; the 0 % alert is the
  * depletion notice) and auto top-up pauses (`auto_top_up.paused`) POSTed to the one configured
  * WEBHOOK_URL, signed with HMAC-SHA256, retried with exponential backoff by BullMQ, one row per
- * attempt in `webhook_deliveries` (the delivery log).
+ * attempt in `webhook_deliveries` (the delivery log; old events are pruned after
+ * WEBHOOK_LOG_RETENTION_DAYS by src/services/webhook-retention.ts).
  *
  * Flow: the transaction that raises the event writes an outbox `job` row
  * (`deliver-webhook`, jobId `webhook-<kind>-<event id>`); the relay enqueues it on webhook-deliveries
@@ -392,6 +393,8 @@ type Claim =
   /** `ageMs`: how long ago the claim in flight was made. */
   | { kind: 'in_flight'; ageMs: number }
   | { kind: 'gone' }
+  /** No attempt of the event is logged, yet the job was made before the log was pruned (see deliverWebhook's jobCreatedAt). */
+  | { kind: 'pruned'; prunedBefore: Date }
   | { kind: 'claimed'; rowId: string; event: WebhookEvent; accountId: string };
 
 /**
@@ -400,7 +403,7 @@ type Claim =
  * than the claim's lifetime is recorded FAILED (its run stopped mid-attempt); a younger one is
  * another run's attempt in flight; else the body is built and this attempt is logged SENDING.
  */
-async function claimAttempt(pool: pg.Pool, payload: WebhookJobData, attempt: number, url: string, claimMs: number): Promise<Claim> {
+async function claimAttempt(pool: pg.Pool, payload: WebhookJobData, attempt: number, url: string, claimMs: number, jobCreatedAt: Date | null): Promise<Claim> {
   const client = await pool.connect();
   let broken = false;
   try {
@@ -421,6 +424,17 @@ async function claimAttempt(pool: pg.Pool, payload: WebhookJobData, attempt: num
         r.id,
         'no outcome recorded: the worker stopped during the attempt',
       ]);
+    }
+    if (!claim && jobCreatedAt) {
+      // A job made before the log's latest prune cutoff whose event has no attempt logged: its
+      // attempts, a DELIVERED one among them perhaps, were pruned (services/webhook-retention.ts).
+      const pruned = await client.query(
+        `SELECT r.pruned_before FROM webhook_log_retention r
+          WHERE r.id AND r.pruned_before > $3::timestamptz
+            AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = $1 AND d.event_type = $2)`,
+        [payload.eventId, payload.eventType, jobCreatedAt],
+      );
+      if (pruned.rows[0]) claim = { kind: 'pruned', prunedBefore: pruned.rows[0].pruned_before };
     }
     if (!claim) {
       const built = await buildWebhookEvent(client, payload.eventType, payload.eventId);
@@ -498,25 +512,36 @@ async function postEvent(url: string, secret: string, event: WebhookEvent, attem
  *      the start of the response body, or the network/timeout error. Only while the row is still
  *      SENDING: one another run already recorded FAILED as stale stays so, and a 2xx is then
  *      logged DELIVERED in a row of its own.
+ * - `opts.jobCreatedAt` (the BullMQ job's creation time): when it is before the delivery log's
+ *   latest prune cutoff (webhook_log_retention, services/webhook-retention.ts) and no attempt of
+ *   the event is logged, the event's attempts were pruned after this job made them (a job older
+ *   than WEBHOOK_LOG_RETENTION_DAYS: workers stopped that long): nothing is sent (permanent
+ *   WebhookDeliveryError), since a DELIVERED attempt may have been among them.
  * - Delivery stays at-least-once towards the receiver (a crash between its 2xx and step 3 sends
  *   again once the claim is stale); receivers de-duplicate on `creditpool-event-id`.
  * @param attempt 1-based attempt number logged in the row (the job's attemptsMade + 1).
  * @throws WebhookDeliveryError after logging a FAILED attempt (`permanent` as in the module
- *   comment); without logging when the event no longer exists or WEBHOOK_SECRET is unset (both
- *   permanent) or another attempt of the event is in flight (WebhookAttemptInFlightError,
+ *   comment); without logging when the event no longer exists, its log was pruned after the job
+ *   was made, or WEBHOOK_SECRET is unset (all permanent) or another attempt of the event is in flight (WebhookAttemptInFlightError,
  *   retryable); the database error
  *   otherwise (retried; a failure in step 3 leaves the row SENDING until its claim is stale).
  */
-export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobData, attempt: number): Promise<WebhookDeliveryResult> {
+export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobData, attempt: number, opts: { jobCreatedAt?: Date } = {}): Promise<WebhookDeliveryResult> {
   const { env, log } = ctx;
   const url = env.WEBHOOK_URL;
   if (!url) return { status: 'SKIPPED', skipped: true };
   const secret = env.WEBHOOK_SECRET;
   if (!secret) throw new WebhookDeliveryError('WEBHOOK_SECRET is required to deliver webhooks when WEBHOOK_URL is set', true);
   const claimMs = webhookClaimMs(env.WEBHOOK_TIMEOUT_MS);
-  const claim = await claimAttempt(ctx.pool, payload, attempt, url, claimMs);
+  const claim = await claimAttempt(ctx.pool, payload, attempt, url, claimMs, opts.jobCreatedAt ?? null);
   if (claim.kind === 'delivered') return { status: 'ALREADY_DELIVERED', skipped: false };
   if (claim.kind === 'gone') throw new WebhookDeliveryError(`${payload.eventType} ${payload.eventId} not found`, true);
+  if (claim.kind === 'pruned') {
+    throw new WebhookDeliveryError(
+      `${payload.eventType}:${payload.eventId}: its delivery log was pruned (attempts before ${claim.prunedBefore.toISOString()}, WEBHOOK_LOG_RETENTION_DAYS) after this job was made; whether it was delivered is unknown, so it is not sent again`,
+      true,
+    );
+  }
   if (claim.kind === 'in_flight') {
     const until = claim.ageMs < env.WEBHOOK_TIMEOUT_MS ? env.WEBHOOK_TIMEOUT_MS : claimMs;
     throw new WebhookAttemptInFlightError(`${payload.eventType}:${payload.eventId}: another attempt is in flight`, Math.ceil(until - claim.ageMs) + 1_000);

@@ -1,6 +1,8 @@
 /** parseEnv's cross-variable checks (src/config/env.ts). */
 import { describe, expect, it } from 'vitest';
-import { parseEnv } from '../../src/config/env.js';
+import { MIN_WEBHOOK_LOG_RETENTION_DAYS, parseEnv } from '../../src/config/env.js';
+import { WEBHOOK_METRICS_WINDOW_SECONDS } from '../../src/metrics/server-metrics.js';
+import { WEBHOOK_SWEEP_MAX_AGE_MS } from '../../src/services/webhooks.js';
 import { bearerToken } from '../../src/auth/authenticator.js';
 
 describe('parseEnv', () => {
@@ -56,6 +58,20 @@ describe('parseEnv', () => {
     );
     expect(parseEnv({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_x' }).STRIPE_SECRET_KEY).toBe('sk_test_x');
     expect(parseEnv({}).PAYMENT_PROVIDER).toBe('simulator');
+  });
+
+  it('WEBHOOK_LOG_RETENTION_DAYS defaults to 30; 0 keeps the log for ever; 1..6 days are refused (shorter than what /metrics, the sweep and a retrying delivery read back)', () => {
+    expect(parseEnv({}).WEBHOOK_LOG_RETENTION_DAYS).toBe(30);
+    expect(parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '0' }).WEBHOOK_LOG_RETENTION_DAYS).toBe(0);
+    expect(parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '7' }).WEBHOOK_LOG_RETENTION_DAYS).toBe(7);
+    for (const bad of ['1', '6']) {
+      expect(() => parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: bad }), bad).toThrow(/WEBHOOK_LOG_RETENTION_DAYS: must be 0 \(keep the delivery log for ever\) or at least 7 days/);
+    }
+    expect(() => parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '-1' })).toThrow(/WEBHOOK_LOG_RETENTION_DAYS/);
+    expect(() => parseEnv({ WEBHOOK_LOG_RETENTION_DAYS: '7.5' })).toThrow(/WEBHOOK_LOG_RETENTION_DAYS/);
+    // The minimum covers every look-back of the log's readers.
+    expect(MIN_WEBHOOK_LOG_RETENTION_DAYS * 86_400).toBeGreaterThanOrEqual(WEBHOOK_METRICS_WINDOW_SECONDS);
+    expect(MIN_WEBHOOK_LOG_RETENTION_DAYS * 86_400_000).toBeGreaterThan(WEBHOOK_SWEEP_MAX_AGE_MS);
   });
 
   it('METRICS_ENABLED defaults to true; METRICS_TOKEN must be a visible-ASCII token of 16+ characters that is none of the other secrets', () => {

@@ -1,9 +1,11 @@
 /**
- * The maintenance queue's scheduled jobs (sweep-due, reconcile-ledger, analyze-stale-tables) on
+ * The maintenance queue's scheduled jobs (sweep-due, reconcile-ledger, analyze-stale-tables,
+ * prune-webhook-log) on
  * real Redis, with two worker processes' worth of workers on one prefix: the jobs each scheduler
  * makes carry a retention, so the completed and failed jobs Redis keeps are bounded (a run every
  * 30 s, 1 min and 15 s used to leave ~9,000 job hashes a day in Redis, forever), and two
- * processes booting on one Redis keep one schedule per job.
+ * processes booting on one Redis keep one schedule per job. prune-webhook-log runs (the webhook
+ * delivery log's retention) and its schedule goes when WEBHOOK_LOG_RETENTION_DAYS is 0.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +15,8 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers, MAINTENANCE_JOBS_KEPT, type RunningWorkers } from '../../workers/start.js';
 import { parseEnv } from '../../src/config/env.js';
-import { ANALYZE_STALE_TABLES_JOB, MAINTENANCE_QUEUE, RECONCILE_LEDGER_JOB } from '../../src/queues/names.js';
+import { ANALYZE_STALE_TABLES_JOB, MAINTENANCE_QUEUE, PRUNE_WEBHOOK_LOG_JOB, RECONCILE_LEDGER_JOB } from '../../src/queues/names.js';
+import { WEBHOOK_LOG_PRUNE_EVERY_MS, type WebhookLogPrune } from '../../src/services/webhook-retention.js';
 import { SWEEP_DUE_JOB } from '../../workers/processors/sweep-due.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { TEST_REDIS_URL } from '../setup/env.js';
@@ -24,6 +27,8 @@ const running: RunningWorkers[] = [];
 let connection: Redis;
 let queue: Queue;
 let events: QueueEvents;
+/** prune-webhook-log runs finished, with their results or failures (attached before the workers start: the first run is made at once). */
+const pruneRuns: Array<{ jobId: string; returnvalue?: unknown; failedReason?: string }> = [];
 
 beforeAll(async () => {
   services = createTestServices(4);
@@ -31,6 +36,12 @@ beforeAll(async () => {
   connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
   queue = new Queue(MAINTENANCE_QUEUE, { connection, prefix });
   events = await queueEventsFromNow(MAINTENANCE_QUEUE, prefix);
+  events.on('completed', ({ jobId, returnvalue }) => {
+    if (jobId.startsWith(`repeat:${PRUNE_WEBHOOK_LOG_JOB}:`)) pruneRuns.push({ jobId, returnvalue });
+  });
+  events.on('failed', ({ jobId, failedReason }) => {
+    if (jobId.startsWith(`repeat:${PRUNE_WEBHOOK_LOG_JOB}:`)) pruneRuns.push({ jobId, failedReason });
+  });
   // Two workers processes on one Redis (each re-creates the schedulers at boot).
   for (let i = 0; i < 2; i++) running.push(await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false }));
 });
@@ -47,7 +58,7 @@ afterAll(async () => {
 describe('maintenance jobs made by the schedulers', () => {
   it('carry a bounded retention of completed and failed jobs; two processes keep one schedule per job', async () => {
     const keys = (await queue.getJobSchedulers()).map((s) => s.key).sort();
-    expect(keys).toEqual([ANALYZE_STALE_TABLES_JOB, RECONCILE_LEDGER_JOB, SWEEP_DUE_JOB].sort());
+    expect(keys).toEqual([ANALYZE_STALE_TABLES_JOB, PRUNE_WEBHOOK_LOG_JOB, RECONCILE_LEDGER_JOB, SWEEP_DUE_JOB].sort());
     // Three sweeps completed (one every 100 ms), whichever process ran them.
     const completed: string[] = [];
     await new Promise<void>((resolve) => {
@@ -64,10 +75,35 @@ describe('maintenance jobs made by the schedulers', () => {
       expect(job.opts.removeOnFail).toEqual({ count: MAINTENANCE_JOBS_KEPT });
     }
     // The job waiting for each scheduler's next run carries it as well.
-    for (const key of [ANALYZE_STALE_TABLES_JOB, RECONCILE_LEDGER_JOB]) {
+    for (const key of [ANALYZE_STALE_TABLES_JOB, RECONCILE_LEDGER_JOB, PRUNE_WEBHOOK_LOG_JOB]) {
       const next = (await queue.getDelayed()).concat(await queue.getWaiting()).filter((j) => j.name === key);
       expect(next.length).toBe(1);
       expect(next[0]!.opts.removeOnComplete).toEqual({ count: MAINTENANCE_JOBS_KEPT });
     }
+  });
+
+  it('prune-webhook-log is scheduled hourly (WEBHOOK_LOG_RETENTION_DAYS 30 by default) and runs pruneWebhookLog; a process booted with 0 removes its schedule', async () => {
+    const scheduler = (await queue.getJobSchedulers()).find((s) => s.key === PRUNE_WEBHOOK_LOG_JOB);
+    expect(scheduler?.every).toBe(WEBHOOK_LOG_PRUNE_EVERY_MS);
+    // Its first run is made at once: wait for it, whichever process ran it.
+    if (pruneRuns.length === 0) {
+      await new Promise<void>((resolve) => {
+        const done = ({ jobId }: { jobId: string }) => jobId.startsWith(`repeat:${PRUNE_WEBHOOK_LOG_JOB}:`) && resolve();
+        events.on('completed', done);
+        events.on('failed', done);
+      });
+    }
+    const run = pruneRuns[0]!;
+    expect(run.failedReason).toBeUndefined();
+    const result = (typeof run.returnvalue === 'string' ? JSON.parse(run.returnvalue) : run.returnvalue) as WebhookLogPrune;
+    expect(result.batches).toBeGreaterThanOrEqual(1);
+    expect(typeof result.cutoff).toBe('string');
+
+    const env = parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: 'postgresql://unused/unused', WEBHOOK_LOG_RETENTION_DAYS: '0' });
+    running.push(await startWorkers({ env, pool: services.pool, log: pino({ level: 'silent' }), prefix, services, relay: false }));
+    const keys = (await queue.getJobSchedulers()).map((s) => s.key).sort();
+    expect(keys).toEqual([ANALYZE_STALE_TABLES_JOB, RECONCILE_LEDGER_JOB, SWEEP_DUE_JOB].sort());
+    const next = (await queue.getDelayed()).concat(await queue.getWaiting()).filter((j) => j.name === PRUNE_WEBHOOK_LOG_JOB);
+    expect(next).toEqual([]);
   });
 });

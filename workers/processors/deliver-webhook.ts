@@ -20,17 +20,19 @@ export const DeliverWebhookPayload = z.object({
 });
 
 /**
- * Delivers one webhook with attempt = job.attemptsMade + 1.
+ * Delivers one webhook with attempt = job.attemptsMade + 1 and the job's creation time (a job made
+ * before the delivery log was pruned sends nothing for an event whose attempts are gone).
  * @returns the WebhookDeliveryResult (SKIPPED when WEBHOOK_URL is unset, ALREADY_DELIVERED, DELIVERED).
  * @throws ZodError for a malformed payload (not retried); UnrecoverableError for a permanent
- *   failure (4xx other than 408/425/429, event gone, WEBHOOK_SECRET missing);
+ *   failure (4xx other than 408/425/429, event gone, its log pruned after the job was made, WEBHOOK_SECRET missing);
  *   WebhookAttemptInFlightError when another attempt is in flight (put back by the worker);
  *   WebhookDeliveryError or a database error otherwise (retried).
  */
 export const processDeliverWebhook: Processor = async (deps, job) => {
   const payload = DeliverWebhookPayload.parse(job.data);
   try {
-    return await deliverWebhook({ pool: deps.services.pool, env: deps.env, log: deps.log }, payload, job.attemptsMade + 1);
+    const jobCreatedAt = job.createdAtMs !== undefined && Number.isFinite(job.createdAtMs) ? new Date(job.createdAtMs) : undefined;
+    return await deliverWebhook({ pool: deps.services.pool, env: deps.env, log: deps.log }, payload, job.attemptsMade + 1, { jobCreatedAt });
   } catch (err) {
     if (err instanceof WebhookDeliveryError && err.permanent) throw new UnrecoverableError(err.message);
     throw err;
