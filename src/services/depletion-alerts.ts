@@ -28,6 +28,7 @@ import { withTransaction } from '../db/pg.js';
 import type { LedgerError } from '../ledger/errors.js';
 import { insufficientCredits } from '../ledger/refusals.js';
 import { AccountTx } from './account-tx.js';
+import { BoundedMap } from './bounded-map.js';
 import type { ServiceContext } from './context.js';
 import { recordCreditAlert } from './credit-alerts.js';
 import { readBalance } from './read-balance.js';
@@ -99,11 +100,11 @@ type Known = { raised: true } | { nothingAtVersion: bigint; neededAtLeast: bigin
  * the unique key keeps one).
  */
 export class DepletionAlerts {
-  private readonly known = new Map<string, Known>();
+  private readonly known: BoundedMap<string, Known>;
 
   /** @param capacity most (account, period) pairs kept (>= 1). */
-  constructor(private readonly capacity: number = DEFAULT_DEPLETION_ALERTS_CAPACITY) {
-    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be an integer >= 1');
+  constructor(capacity: number = DEFAULT_DEPLETION_ALERTS_CAPACITY) {
+    this.known = new BoundedMap(capacity);
   }
 
   /**
@@ -121,28 +122,19 @@ export class DepletionAlerts {
       if (refusal.version <= known.nothingAtVersion && refusal.neededMicroCredits >= known.neededAtLeast) return Promise.resolve();
     }
     const pending = raiseDepletionAlert(ctx, refusal).then(
-      (outcome) => this.remember(key, outcome.raised ? { raised: true } : { nothingAtVersion: outcome.version, neededAtLeast: refusal.neededMicroCredits }),
+      (outcome) => this.known.set(key, outcome.raised ? { raised: true } : { nothingAtVersion: outcome.version, neededAtLeast: refusal.neededMicroCredits }),
       (err: unknown) => {
         this.known.delete(key);
         ctx.log?.warn({ err: (err as Error).message, accountId: refusal.accountId }, 'could not record the depletion notice (0 % credit alert) of a refused charge');
       },
     );
-    this.remember(key, { pending });
+    this.known.set(key, { pending });
     return pending;
   }
 
   /** Entries kept now. */
   get size(): number {
     return this.known.size;
-  }
-
-  private remember(key: string, value: Known): void {
-    this.known.delete(key); // re-inserted last: the oldest entry is the one forgotten first
-    if (this.known.size >= this.capacity) {
-      const oldest = this.known.keys().next();
-      if (!oldest.done) this.known.delete(oldest.value);
-    }
-    this.known.set(key, value);
   }
 }
 

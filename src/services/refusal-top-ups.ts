@@ -33,6 +33,7 @@
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
 import { AccountTx } from './account-tx.js';
+import { BoundedMap } from './bounded-map.js';
 import type { ServiceContext } from './context.js';
 import type { CreditRefusal } from './depletion-alerts.js';
 import { readBalance } from './read-balance.js';
@@ -71,7 +72,7 @@ type Known = { version: bigint; neededAtLeast: bigint; periodStartMs: number; ch
  * second top-up: the partial unique index keeps one PENDING).
  */
 export class RefusalTopUps {
-  private readonly known = new Map<string, Known>();
+  private readonly known: BoundedMap<string, Known>;
 
   /**
    * @param capacity most accounts kept (>= 1).
@@ -79,10 +80,10 @@ export class RefusalTopUps {
    *   REFUSAL_TOP_UP_RECHECK_MS.
    */
   constructor(
-    private readonly capacity: number = DEFAULT_REFUSAL_TOP_UPS_CAPACITY,
+    capacity: number = DEFAULT_REFUSAL_TOP_UPS_CAPACITY,
     private readonly monotonicMs: () => number = () => performance.now(),
   ) {
-    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be an integer >= 1');
+    this.known = new BoundedMap(capacity);
   }
 
   /**
@@ -112,7 +113,7 @@ export class RefusalTopUps {
         (outcome) => {
           // Not when setAutoTopUp made this process forget the account meanwhile.
           if (this.known.get(key) !== entry) return;
-          this.remember(key, { version: outcome.version, neededAtLeast: outcome.neededAtLeast, periodStartMs: refusal.periodStart.getTime(), checkedAtMs });
+          this.known.set(key, { version: outcome.version, neededAtLeast: outcome.neededAtLeast, periodStartMs: refusal.periodStart.getTime(), checkedAtMs });
         },
         (err: unknown) => {
           if (this.known.get(key) === entry) this.known.delete(key);
@@ -120,7 +121,7 @@ export class RefusalTopUps {
         },
       ),
     };
-    this.remember(key, entry);
+    this.known.set(key, entry);
     return entry.pending;
   }
 
@@ -135,15 +136,6 @@ export class RefusalTopUps {
   /** Entries kept now. */
   get size(): number {
     return this.known.size;
-  }
-
-  private remember(key: string, value: Known): void {
-    this.known.delete(key); // re-inserted last: the oldest entry is the one forgotten first
-    if (this.known.size >= this.capacity) {
-      const oldest = this.known.keys().next();
-      if (!oldest.done) this.known.delete(oldest.value);
-    }
-    this.known.set(key, value);
   }
 }
 
