@@ -106,7 +106,11 @@ describe('sweep-due under a backlog larger than one run', () => {
       expect(rows[0].created_at).toEqual(expiresAt(i));
       await expectLedgerInvariant(services.pool, ids[i]!);
     }
-    expect((await sweepAt(sweepNow, 2)).expiredAccounts).toBe(0);
+    // A third run has nothing of this test's left: none of its accounts is expired again. (Its
+    // count is not asserted: the sweep reads the whole shared test database, and an account
+    // another file creates meanwhile can be due at this now; seen once in a full-suite run.)
+    await sweepAt(sweepNow, 2);
+    expect(await Promise.all(ids.map(expiredCount))).toEqual([1, 1, 1, 1]);
   });
 
   it('billing periods: the subscriptions whose roll has waited longest go first, the next run takes the rest', async () => {
