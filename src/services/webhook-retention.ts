@@ -36,6 +36,7 @@
  */
 import type pg from 'pg';
 import { MIN_WEBHOOK_LOG_RETENTION_DAYS } from '../config/env.js';
+import { UUID_PATTERN } from '../db/uuid.js';
 
 /** Default most attempts one prune statement reads (and about as many it deletes). */
 export const WEBHOOK_LOG_PRUNE_BATCH_ROWS = 5_000;
@@ -68,12 +69,10 @@ export interface WebhookLogPrune {
   largestBatchRows: number;
 }
 
-/** An event uuid as text, checked before the cast (event_id is text; a malformed one must not fail the statement). */
-const UUID_RE = '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$';
 
 /**
  * One batch: $1 cutoff, $2/$3 the keyset cursor (created_at, id) of the last attempt read (null
- * first), $4 batchRows, $5 UUID_RE. Returns what it read, deleted and where it stopped.
+ * first), $4 batchRows, $5 UUID_PATTERN (db/uuid.ts, matched with ~*). Returns what it read, deleted and where it stopped.
  */
 const PRUNE_BATCH_SQL = `
 WITH page AS (
@@ -91,10 +90,10 @@ WITH page AS (
      AND CASE p.event_type
            WHEN 'credit_alert.raised' THEN
              NOT EXISTS (SELECT 1 FROM credit_alerts c
-                          WHERE c.id = CASE WHEN p.event_id ~ $5 THEN p.event_id::uuid END AND c.created_at >= $1::timestamptz)
+                          WHERE c.id = CASE WHEN p.event_id ~* $5 THEN p.event_id::uuid END AND c.created_at >= $1::timestamptz)
            WHEN 'auto_top_up.paused' THEN
              NOT EXISTS (SELECT 1 FROM auto_top_ups t
-                          WHERE t.id = CASE WHEN p.event_id ~ $5 THEN p.event_id::uuid END
+                          WHERE t.id = CASE WHEN p.event_id ~* $5 THEN p.event_id::uuid END
                             AND coalesce(t.finished_at, t.created_at) >= $1::timestamptz)
              AND NOT EXISTS (SELECT 1 FROM auto_top_up_settings s WHERE s.account_id = p.account_id AND s.paused_at >= $1::timestamptz)
            ELSE true
@@ -146,7 +145,7 @@ export async function pruneWebhookLog(pool: pg.Pool, opts: PruneWebhookLogOption
   let afterAt: Date | null = null;
   let afterId: string | null = null;
   for (;;) {
-    const batch: pg.QueryResult<{ scanned: number; events: number; deleted: number; last_at: Date | null; last_id: string | null }> = await pool.query(PRUNE_BATCH_SQL, [cutoff, afterAt, afterId, batchRows, UUID_RE]);
+    const batch: pg.QueryResult<{ scanned: number; events: number; deleted: number; last_at: Date | null; last_id: string | null }> = await pool.query(PRUNE_BATCH_SQL, [cutoff, afterAt, afterId, batchRows, UUID_PATTERN]);
     const r = batch.rows[0]!;
     result.batches += 1;
     result.events += r.events;
