@@ -4,9 +4,9 @@
  * workers in-process. Logs one "creditpool ready" line with the URL. SIGTERM/SIGINT stop it
  * gracefully (server and workers at once, then connections), also during the boot ({@link shutdown}).
  */
-import { pino } from 'pino';
 import { Redis } from 'ioredis';
 import { loadEnvOrExit } from './config/env.js';
+import { createLogger } from './logging.js';
 import { createPgPool, ledgerSessionLimits, logLostConnections, warnAboutSessionTimeouts } from './db/pg.js';
 import { QueryTimings } from './db/query-timings.js';
 import { readStatisticsSettings, statisticsWarnings } from './db/statistics.js';
@@ -27,7 +27,8 @@ import { closeRedis, settlesWithin } from './db/redis-close.js';
 import { endPoolWithin, STUCK_WORK_WAIT_MS, trackCheckedOutSessions, type CheckedOutSessions } from './db/pool-shutdown.js';
 
 const env = loadEnvOrExit();
-const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-api' } });
+// Secrets and card holders' details are kept out of its lines (src/logging.ts).
+const log = createLogger({ level: env.LOG_LEVEL, base: { service: 'creditpool-api' } });
 
 // What a shutdown has to close, filled in as the boot creates it. The signal handlers are
 // installed before anything else: the server takes requests as soon as it listens, which is

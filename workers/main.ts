@@ -4,15 +4,16 @@
  * SHUTDOWN_GRACE_MS, without waiting for an unreachable Redis; workers/start.ts), then exits.
  * The handlers are installed before the boot ({@link shutdown}), as src/main.ts does.
  */
-import { pino } from 'pino';
 import type pg from 'pg';
 import { loadEnvOrExit } from '../src/config/env.js';
+import { createLogger } from '../src/logging.js';
 import { createPgPool, ledgerSessionLimits, logLostConnections, warnAboutSessionTimeouts } from '../src/db/pg.js';
 import { startWorkers, type RunningWorkers } from './start.js';
 import { endPoolWithin, trackCheckedOutSessions, type CheckedOutSessions } from '../src/db/pool-shutdown.js';
 
 const env = loadEnvOrExit();
-const log = pino({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
+// Secrets and card holders' details are kept out of its lines (src/logging.ts).
+const log = createLogger({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
 
 // What a stop has to close, filled in as the boot creates it. The boot waits for Redis without a
 // bound while it is unreachable (startWorkers); the handlers used to be installed after it, so a

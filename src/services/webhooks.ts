@@ -39,6 +39,7 @@ import { LEDGER_JOB_OPTIONS, type OutboxJob } from '../queues/names.js';
 import { formatCredits } from '../ledger/credits.js';
 import { toGlobalId } from '../graphql/ids.js';
 import { PAUSE_AFTER_FAILURES } from './auto-top-up.js';
+import { redactUrlCredentials } from '../logging.js';
 
 /** The webhook event types. */
 export const WEBHOOK_EVENT_TYPES = ['credit_alert.raised', 'auto_top_up.paused'] as const;
@@ -462,7 +463,7 @@ async function claimAttempt(pool: pg.Pool, payload: WebhookJobData, attempt: num
   }
 }
 
-/** Step 2: one signed POST (timeout, no redirects followed). Never throws: the outcome is the status or the error. */
+/** Step 2: one signed POST (timeout, no redirects followed). Never throws: the outcome is the status or the error, with the user:password of any URL in it redacted (src/logging.ts). */
 async function postEvent(url: string, secret: string, event: WebhookEvent, attempt: number, timestampSeconds: number, timeoutMs: number): Promise<{ responseCode: number | null; error: string | null }> {
   const body = JSON.stringify(event);
   try {
@@ -485,9 +486,11 @@ async function postEvent(url: string, secret: string, event: WebhookEvent, attem
       return { responseCode: res.status, error: null };
     }
     const snippet = (await bodySnippet(res)).trim();
-    return { responseCode: res.status, error: `HTTP ${res.status}${snippet ? `: ${snippet}` : ''}` };
+    return { responseCode: res.status, error: redactUrlCredentials(`HTTP ${res.status}${snippet ? `: ${snippet}` : ''}`) };
   } catch (err) {
-    return { responseCode: null, error: describeFetchError(err, timeoutMs) };
+    // fetch refuses a URL with user:password, naming it whole in its message: the outcome is
+    // stored in the delivery log, logged and thrown (BullMQ keeps it), so never with the password.
+    return { responseCode: null, error: redactUrlCredentials(describeFetchError(err, timeoutMs)) };
   }
 }
 

@@ -3,7 +3,8 @@
  * against the test database and the real Redis. For API tests over HTTP.
  */
 import { randomUUID } from 'node:crypto';
-import { pino } from 'pino';
+import type { DestinationStream } from 'pino';
+import { createLogger } from '../../src/logging.js';
 import { Redis } from 'ioredis';
 import { parseEnv } from '../../src/config/env.js';
 import { ledgerSessionLimits } from '../../src/db/pg.js';
@@ -33,12 +34,15 @@ export interface TestServer {
 
 /**
  * Options of {@link startTestServer} that are not environment variables.
+ * - `logDestination`: see below.
  * - `onPrismaQuery`: called with the model and operation of every query the server's Prisma
  *   client (the GraphQL read layer) runs, before it runs; for tests that count the database work
  *   behind an answer (e.g. that another tenant's id costs what an id of nothing costs).
  */
 export interface TestServerOptions {
   onPrismaQuery?: (model: string | undefined, operation: string) => void;
+  /** Where the server's log lines go (the process's logger, src/logging.ts; LOG_LEVEL decides which), for tests that read the log; default stdout. */
+  logDestination?: DestinationStream;
 }
 
 /** Starts a server; call close() in afterAll. */
@@ -58,7 +62,7 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
     RATE_LIMIT_KEY_PREFIX: `creditpool-test:ratelimit:${randomUUID()}`,
     ...overrides,
   });
-  const log = pino({ level: env.LOG_LEVEL });
+  const log = createLogger({ level: env.LOG_LEVEL, destination: options.logDestination });
   const services = createTestServices(20, env.DATABASE_URL, ledgerSessionLimits(env));
   services.payments = createPaymentProvider(env);
   services.depletionAlerts = new DepletionAlerts(); // as src/main.ts

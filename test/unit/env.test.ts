@@ -97,4 +97,27 @@ describe('parseEnv', () => {
     expect(parseEnv({ NODE_ENV: 'test', LIVE_SSE_STALL_TIMEOUT_MS: '1500' }).LIVE_SSE_STALL_TIMEOUT_MS).toBe(1_500);
     expect(parseEnv({}).LIVE_SSE_STALL_TIMEOUT_MS).toBe(30_000);
   });
+
+  it('names every invalid variable without echoing its value (the message is printed at boot and shipped with the logs)', () => {
+    const values: Record<string, string> = {
+      ADMIN_API_KEY: 'admin key with spaces 0123456789',
+      JWT_SECRET: 'short-jwt-secret-value',
+      WEBHOOK_SECRET: 'short-webhook-secret',
+      METRICS_TOKEN: 'metrics token spaced',
+      STRIPE_TEST_SECRET_KEY: 'sk_live_echoed_key_value',
+      WEBHOOK_URL: 'ftp://hook-user:hook-password@hooks.example/x',
+      JWKS_URL: 'http://jwks-user:jwks-password@idp.example/jwks',
+      PAYMENT_PROVIDER: 'stripe-echoed-provider',
+      LOG_LEVEL: 'echoed-level',
+    };
+    let message = '';
+    try {
+      parseEnv({ ...values, STRIPE_SECRET_KEY: 'sk_live_x' });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    for (const name of Object.keys(values)) expect(message).toContain(`${name}:`);
+    for (const value of Object.values(values)) expect(message).not.toContain(value);
+    for (const part of ['hook-password', 'jwks-password', 'echoed']) expect(message).not.toContain(part);
+  });
 });
