@@ -221,7 +221,14 @@ const EnvSchema = z.object({
   /** Undelivered updates queued per subscription before they are replaced by one fresh snapshot. */
   LIVE_MAX_QUEUED_UPDATES: z.coerce.number().int().min(1).default(1_000),
   /** Where signed webhooks (credit alerts, auto top-up paused) are POSTed. Unset: none are sent or logged. */
-  WEBHOOK_URL: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'WEBHOOK_URL must be an http(s) URL').optional(),
+  WEBHOOK_URL: z
+    .string()
+    .url()
+    .refine((u) => /^https?:\/\//i.test(u), 'WEBHOOK_URL must be an http(s) URL')
+    // fetch refuses a URL with user:password (every attempt would fail): authenticate the
+    // receiver with the signature (WEBHOOK_SECRET) instead. The message never echoes the URL.
+    .refine((u) => !URL.canParse(u) || (new URL(u).username === '' && new URL(u).password === ''), 'WEBHOOK_URL must not carry a user:password (fetch refuses such a URL; the receiver checks the signature instead)')
+    .optional(),
   /** HMAC-SHA256 key of the webhook signatures (header creditpool-signature); required when WEBHOOK_URL is set (parseEnv refuses the URL alone). */
   WEBHOOK_SECRET: z.string().min(32, 'WEBHOOK_SECRET must be at least 32 characters').optional(),
   /**

@@ -14,6 +14,21 @@ describe('parseEnv', () => {
     expect(parseEnv({}).WEBHOOK_URL).toBeUndefined();
   });
 
+  it('refuses a WEBHOOK_URL carrying user:password (fetch would refuse every delivery), without echoing it', () => {
+    const secret = 'whsec_0123456789abcdef0123456789abcdef';
+    for (const url of ['https://hook-user:hook-pass-5e1d@hooks.example/creditpool', 'https://hook-user@hooks.example/creditpool']) {
+      let message = '';
+      try {
+        parseEnv({ WEBHOOK_URL: url, WEBHOOK_SECRET: secret });
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message).toMatch(/WEBHOOK_URL must not carry a user:password/);
+      expect(message).not.toContain('hook-pass-5e1d');
+      expect(message).not.toContain('hook-user');
+    }
+  });
+
   it('refuses a live Stripe key (or anything not a test key) as STRIPE_TEST_SECRET_KEY: test-mode accounts would charge real cards', () => {
     for (const key of ['sk_live_abc', 'rk_live_abc', 'abc', 'pk_test_abc']) {
       expect(() => parseEnv({ PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_live_x', STRIPE_TEST_SECRET_KEY: key })).toThrow(
