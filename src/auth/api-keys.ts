@@ -16,6 +16,7 @@ import type pg from 'pg';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { SCOPES, isScope, type Scope } from './principal.js';
 import { isUuid } from '../db/uuid.js';
+import { BoundedMap } from '../services/bounded-map.js';
 import { withTransaction } from '../db/pg.js';
 import { actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
 import { announceKeyRevocation, type KeyRevocationAnnouncer } from './key-revocation.js';
@@ -171,7 +172,8 @@ interface CacheEntry {
 }
 
 interface KeyCache {
-  entries: Map<string, CacheEntry>;
+  /** By token hash; at most API_KEY_CACHE_MAX_ENTRIES, the one cached longest ago forgotten first. */
+  entries: BoundedMap<string, CacheEntry>;
   /** Bumped by every revocation; a lookup that started before a bump must not be cached. */
   generation: number;
 }
@@ -182,7 +184,7 @@ const caches = new WeakMap<pg.Pool, KeyCache>();
 function cacheFor(pool: pg.Pool): KeyCache {
   let cache = caches.get(pool);
   if (!cache) {
-    cache = { entries: new Map(), generation: 0 };
+    cache = { entries: new BoundedMap(API_KEY_CACHE_MAX_ENTRIES), generation: 0 };
     caches.set(pool, cache);
   }
   return cache;
@@ -259,14 +261,7 @@ export async function findApiKey(
     createdAt: row.created_at,
   };
 
-  if (cache.generation === generation) {
-    while (cache.entries.size >= API_KEY_CACHE_MAX_ENTRIES) {
-      const oldest = cache.entries.keys().next();
-      if (oldest.done) break;
-      cache.entries.delete(oldest.value);
-    }
-    cache.entries.set(hash, { key, expiresAt: now + API_KEY_CACHE_TTL_MS });
-  }
+  if (cache.generation === generation) cache.entries.set(hash, { key, expiresAt: now + API_KEY_CACHE_TTL_MS });
   return key;
 }
 

@@ -29,6 +29,7 @@
  */
 import { calcPrice, findProvider, type ModelPrice as GenaiModelPrice } from '@pydantic/genai-prices';
 import type { ExactDecimal } from '../ledger/credits.js';
+import { BoundedMap } from '../services/bounded-map.js';
 import { exactDecimalFromNumber } from './rational.js';
 
 /**
@@ -131,7 +132,7 @@ type Resolved =
   | { known: true; timeIndependent: false }
   | { known: true; timeIndependent: true; modelPrice: GenaiModelPrice; providerId: string; modelId: string; untiered: CatalogModelPrice | null };
 
-const resolvedModels = new Map<string, Resolved>();
+const resolvedModels = new BoundedMap<string, Resolved>(RESOLVED_CACHE_SIZE);
 
 /**
  * Looks up the catalog prices of `model` in force for one request: {@link lookupModelPriceUncached},
@@ -169,7 +170,6 @@ export function lookupModelPrice(
       : Array.isArray(found.model.prices)
         ? { known: true, timeIndependent: false }
         : { known: true, timeIndependent: true, modelPrice: found.model_price, providerId: found.provider.id, modelId: found.model.id, untiered: null };
-    if (resolvedModels.size >= RESOLVED_CACHE_SIZE) resolvedModels.delete(resolvedModels.keys().next().value!);
     resolvedModels.set(key, resolved);
   }
   if (!resolved.known) return null;

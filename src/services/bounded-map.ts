@@ -1,8 +1,11 @@
 /**
- * A Map with a bound on its size, for the per-process memos of the refusal path
- * (depletion-alerts.ts DepletionAlerts, refusal-top-ups.ts RefusalTopUps): when full, setting one
- * more key forgets the entry set longest ago (setting a key again makes it the newest). A memo
- * that forgets costs one more check, never a wrong answer: the database's unique keys decide.
+ * A Map with a bound on its size, for per-process memos whose inputs come from callers (so their
+ * keys cannot grow memory without bound): the refusal path's (depletion-alerts.ts DepletionAlerts,
+ * refusal-top-ups.ts RefusalTopUps), reservation-owners.ts ReservationOwners, the API key lookup
+ * cache (src/auth/api-keys.ts) and the LLM price catalog's resolved models
+ * (src/pricing/catalog.ts). When full, setting one more key forgets the entry set longest ago
+ * (insertion order; setting a key again makes it the newest; reading does not). A memo that
+ * forgets costs one more lookup, never a wrong answer. It imports nothing, so any module may use it.
  */
 export class BoundedMap<K, V> {
   private readonly entries = new Map<K, V>();
@@ -33,6 +36,19 @@ export class BoundedMap<K, V> {
   /** Forgets `key`. */
   delete(key: K): void {
     this.entries.delete(key);
+  }
+
+  /** Forgets every entry. */
+  clear(): void {
+    this.entries.clear();
+  }
+
+  /**
+   * The entries kept, oldest first, as [key, value] pairs; deleting entries while iterating is
+   * safe (as with a Map).
+   */
+  [Symbol.iterator](): IterableIterator<[K, V]> {
+    return this.entries.entries();
   }
 
   /** Entries kept now. */

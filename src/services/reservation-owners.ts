@@ -7,6 +7,8 @@
  * does not remember (made by another process, forgotten, or unknown) is looked up as before.
  */
 
+import { BoundedMap } from './bounded-map.js';
+
 /** Default bound: about 15 MB of uuid pairs at most. */
 export const DEFAULT_RESERVATION_OWNERS_CAPACITY = 100_000;
 
@@ -15,21 +17,22 @@ export const DEFAULT_RESERVATION_OWNERS_CAPACITY = 100_000;
  * oldest remembered entry (insertion order); `forget` drops an entry whose hold was closed.
  */
 export class ReservationOwners {
-  private readonly owners = new Map<string, string>();
+  private readonly owners: BoundedMap<string, string>;
 
-  /** @param capacity most entries kept (>= 1). */
-  constructor(private readonly capacity: number = DEFAULT_RESERVATION_OWNERS_CAPACITY) {
-    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be an integer >= 1');
+  /**
+   * @param capacity most entries kept (an integer >= 1).
+   * @throws RangeError when `capacity` is not an integer >= 1.
+   */
+  constructor(capacity: number = DEFAULT_RESERVATION_OWNERS_CAPACITY) {
+    this.owners = new BoundedMap(capacity);
   }
 
-  /** Remembers that `reservationId` belongs to `accountId` (uuids, as stored). */
+  /**
+   * Remembers that `reservationId` belongs to `accountId` (uuids, as stored). Remembering one it
+   * knows already changes nothing (its place in the eviction order stays its first one).
+   */
   remember(reservationId: string, accountId: string): void {
-    if (this.owners.has(reservationId)) return;
-    if (this.owners.size >= this.capacity) {
-      const oldest = this.owners.keys().next();
-      if (!oldest.done) this.owners.delete(oldest.value);
-    }
-    this.owners.set(reservationId, accountId);
+    if (this.owners.get(reservationId) === undefined) this.owners.set(reservationId, accountId);
   }
 
   /** The remembered owner of `reservationId`, or undefined when this process does not know it. */

@@ -11,9 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { pino } from 'pino';
-import { startWorkers, type RunningWorkers } from '../../workers/start.js';
-import { parseEnv } from '../../src/config/env.js';
+import type { RunningWorkers } from '../../workers/start.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
 import { applyCharge, chargeAccounts, recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
@@ -23,12 +21,11 @@ import { REFUSAL_TOP_UP_RECHECK_MS, RefusalTopUps } from '../../src/services/ref
 import { setAutoTopUp } from '../../src/services/auto-top-up.js';
 import { afterCreditRefusals } from '../../src/services/depletion-alerts.js';
 import type { ServiceContext } from '../../src/services/context.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { settledCode } from '../setup/services.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, ok, readAccount, uniq } from '../api/helpers.js';
-import { attachMethod, billingCounts, createPack, startBillingServer, topUps, waitFor, type BillingServer } from './billing-helpers.js';
+import { attachMethod, billingCounts, createPack, startBillingServer, startBillingWorkers, topUps, waitFor, type BillingServer } from './billing-helpers.js';
 
 const SET = `mutation($input: SetAutoTopUpInput!) { setAutoTopUp(input: $input) { enabled } }`;
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id cost } }`;
@@ -41,8 +38,7 @@ let workers: RunningWorkers;
 beforeAll(async () => {
   billing = await startBillingServer();
   ({ srv, simulator } = billing);
-  const env = parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, QUEUE_PREFIX: billing.prefix });
-  workers = await startWorkers({ env, pool: srv.services.pool, log: pino({ level: 'silent' }), prefix: billing.prefix, services: srv.services, relay: false, concurrency: 4 });
+  workers = await startBillingWorkers(billing);
 });
 
 afterAll(async () => {

@@ -12,16 +12,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { Job, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { pino } from 'pino';
-import { startWorkers, type RunningWorkers } from '../../workers/start.js';
-import { parseEnv } from '../../src/config/env.js';
+import type { RunningWorkers } from '../../workers/start.js';
 import { LEDGER_JOBS_QUEUE, WEBHOOK_DELIVERY_QUEUE } from '../../src/queues/names.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, expectUnchanged, gid, ok, readAccount, uniq } from '../api/helpers.js';
-import { attachMethod, billingCounts, createPack, startBillingServer, topUps, waitFor, type BillingServer } from './billing-helpers.js';
+import { attachMethod, billingCounts, createPack, startBillingServer, startBillingWorkers, topUps, waitFor, type BillingServer } from './billing-helpers.js';
 
 const SET = `mutation($input: SetAutoTopUpInput!) { setAutoTopUp(input: $input) {
   enabled thresholdCredits pack { id } maxPerPeriod usedThisPeriod lastAttemptAt lastError pausedAt } }`;
@@ -41,9 +39,8 @@ beforeAll(async () => {
   billing = await startBillingServer();
   ({ srv, simulator } = billing);
   const { prefix } = billing;
-  const env = parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, QUEUE_PREFIX: prefix });
   // The server's relay enqueues the jobs; the workers share its services (and so its simulator).
-  workers = await startWorkers({ env, pool: srv.services.pool, log: pino({ level: 'silent' }), prefix, services: srv.services, relay: false, concurrency: 4 });
+  workers = await startBillingWorkers(billing);
   connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
   queue = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
   webhookQueue = new Queue(WEBHOOK_DELIVERY_QUEUE, { connection, prefix });

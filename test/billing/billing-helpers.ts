@@ -15,6 +15,7 @@ import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { pino } from 'pino';
 import { parseEnv } from '../../src/config/env.js';
 import type { WorkerDeps } from '../../workers/deps.js';
+import { startWorkers, type RunningWorkers } from '../../workers/start.js';
 import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE } from '../../src/queues/names.js';
 
 /** A test server whose relay enqueues jobs under its own `prefix`. */
@@ -129,4 +130,14 @@ export function billingWorkerDeps(billing: QueuedServer, env: Record<string, str
     log: pino({ level: 'silent' }),
     env: parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, QUEUE_PREFIX: billing.prefix, ...env }),
   };
+}
+
+/**
+ * Starts real BullMQ workers (4 jobs at a time) on the billing server's queues and over its own
+ * services (so its simulator), with the environment of {@link billingWorkerDeps}; their relay is
+ * off, the server's enqueues the jobs. Close them before the server.
+ */
+export async function startBillingWorkers(billing: QueuedServer): Promise<RunningWorkers> {
+  const { services } = billing.srv;
+  return startWorkers({ env: billingWorkerDeps(billing).env, pool: services.pool, log: pino({ level: 'silent' }), prefix: billing.prefix, services, relay: false, concurrency: 4 });
 }

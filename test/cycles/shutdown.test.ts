@@ -12,7 +12,7 @@ import { freePort, startServer, type StartedServer } from '../../demo/server-pro
 import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
-import { BALANCE_SUB, wsSubscribe } from '../live/helpers.js';
+import { BALANCE_SUB, postGraphql, wsSubscribe } from '../live/helpers.js';
 import { dbId, gid } from '../api/helpers.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -36,16 +36,7 @@ afterAll(async () => {
   await redis?.stop();
 });
 
-async function gql(server: StartedServer, query: string, variables: Record<string, unknown> = {}) {
-  const res = await fetch(server.graphqlUrl, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = (await res.json()) as { data?: any; errors?: unknown[] };
-  if (body.errors) throw new Error(JSON.stringify(body.errors));
-  return body.data;
-}
+const gql = (server: StartedServer, query: string, variables?: Record<string, unknown>) => postGraphql(server.graphqlUrl, ADMIN_KEY, query, variables);
 
 describe('SIGTERM while Redis is unreachable', () => {
   it('the API process (with a live subscriber) and the workers process exit by themselves within the grace period; the unpublished outbox rows stay', async () => {

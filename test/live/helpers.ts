@@ -157,6 +157,22 @@ export function sseSubscribe<T = any>(httpUrl: string, authorization: string | n
   return sub;
 }
 
+/**
+ * Sends one GraphQL request (POST) to the server at `graphqlUrl` with `Bearer <token>` and
+ * returns its `data` (for servers started as processes, e.g. demo/server-process.ts startServer).
+ * @throws Error carrying the response's `errors` (JSON) when it has any.
+ */
+export async function postGraphql(graphqlUrl: string, token: string, query: string, variables: Record<string, unknown> = {}): Promise<any> {
+  const res = await fetch(graphqlUrl, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = (await res.json()) as { data?: any; errors?: unknown[] };
+  if (body.errors) throw new Error(JSON.stringify(body.errors));
+  return body.data;
+}
+
 /** The balanceChanged subscription document. */
 export const BALANCE_SUB = `subscription ($id: ID!) { balanceChanged(accountId: $id) { accountId available total reserved free paid version updatedAt percentRemaining periodCredits } }`;
 /** The usageRecorded subscription document. */

@@ -13,7 +13,7 @@ import { startPrivateRedis, type PrivateRedis } from '../setup/private-redis.js'
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { recordUsage } from '../../src/services/record-usage.js';
-import { BALANCE_SUB, USAGE_SUB, revocationsReceived, sseSubscribe, streamsStarted, waitForResyncs, liveResyncs, waitForRevocationsReceived, waitForStreamsStarted, wsSubscribe, type LiveSub } from './helpers.js';
+import { BALANCE_SUB, USAGE_SUB, postGraphql, revocationsReceived, sseSubscribe, streamsStarted, waitForResyncs, liveResyncs, waitForRevocationsReceived, waitForStreamsStarted, wsSubscribe, type LiveSub } from './helpers.js';
 import { dbId } from '../api/helpers.js';
 import { API_KEY_CACHE_TTL_MS, createApiKey } from '../../src/auth/api-keys.js';
 
@@ -25,16 +25,7 @@ let services: TestServices;
 const subs: LiveSub[] = [];
 const track = <T extends LiveSub>(s: T): T => (subs.push(s), s);
 
-async function gql(server: StartedServer, query: string, variables: Record<string, unknown> = {}) {
-  const res = await fetch(server.graphqlUrl, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_KEY}` },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = (await res.json()) as { data?: any; errors?: unknown[] };
-  if (body.errors) throw new Error(JSON.stringify(body.errors));
-  return body.data;
-}
+const gql = (server: StartedServer, query: string, variables?: Record<string, unknown>) => postGraphql(server.graphqlUrl, ADMIN_KEY, query, variables);
 
 let seq = 0;
 const key = (p: string) => `${p}-${process.pid}-${Date.now()}-${seq++}`;

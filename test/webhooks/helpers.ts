@@ -180,20 +180,28 @@ export interface WebhookPipeline {
   close(): Promise<void>;
 }
 
-/** Starts a {@link WebhookPipeline}; call close() in afterAll. `envOverrides`: more environment variables (e.g. WEBHOOK_TIMEOUT_MS). */
-export async function startWebhookPipeline(secret: string, prefix: string, envOverrides: Record<string, string> = {}): Promise<WebhookPipeline> {
-  const receiver = await startReceiver();
-  const services = createTestServices(8);
-  const env = parseEnv({
+/**
+ * The test environment of webhooks sent to `receiver` signed with `secret` (NODE_ENV=test, the
+ * test database and Redis), the sweep out of the way (SWEEP_EVERY_MS one hour: a test that wants
+ * a sweep runs it itself), plus `overrides`.
+ */
+export function receiverEnv(receiver: Pick<Receiver, 'url'>, secret: string, overrides: Record<string, string> = {}): Env {
+  return parseEnv({
     NODE_ENV: 'test',
     REDIS_URL: TEST_REDIS_URL,
     DATABASE_URL: TEST_DATABASE_URL,
     WEBHOOK_URL: receiver.url,
     WEBHOOK_SECRET: secret,
-    OUTBOX_POLL_INTERVAL_MS: '100',
     SWEEP_EVERY_MS: '3600000',
-    ...envOverrides,
+    ...overrides,
   });
+}
+
+/** Starts a {@link WebhookPipeline}; call close() in afterAll. `envOverrides`: more environment variables (e.g. WEBHOOK_TIMEOUT_MS). */
+export async function startWebhookPipeline(secret: string, prefix: string, envOverrides: Record<string, string> = {}): Promise<WebhookPipeline> {
+  const receiver = await startReceiver();
+  const services = createTestServices(8);
+  const env = receiverEnv(receiver, secret, { OUTBOX_POLL_INTERVAL_MS: '100', ...envOverrides });
   const events = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
   const webhookEvents = await queueEventsFromNow(WEBHOOK_DELIVERY_QUEUE, prefix);
   const jobs = collectOutcomes(events, webhookEvents);

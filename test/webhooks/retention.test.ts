@@ -10,7 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
-import { parseEnv, type Env } from '../../src/config/env.js';
+import type { Env } from '../../src/config/env.js';
 import { createQueueJobSink, type QueueJobSink } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { deliverWebhook, findUndeliveredWebhookJobs, WebhookDeliveryError, type WebhookContext } from '../../src/services/webhooks.js';
@@ -18,8 +18,8 @@ import { pruneWebhookLog, readWebhookLogPrunedBefore } from '../../src/services/
 import { redeliverWebhooks } from '../../src/services/webhook-redelivery.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { startReceiver, type Receiver } from './helpers.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
+import { receiverEnv, startReceiver, type Receiver } from './helpers.js';
 
 const SECRET = 'whsec_retention_0123456789abcdef0123456789ab';
 const DAY_MS = 24 * 3600_000;
@@ -34,7 +34,7 @@ let sink: QueueJobSink;
 beforeAll(async () => {
   receiver = await startReceiver();
   services = createTestServices(4);
-  env = parseEnv({ NODE_ENV: 'test', REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: SECRET });
+  env = receiverEnv(receiver, SECRET);
   ctx = { pool: services.pool, env };
   redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: null });
   sink = createQueueJobSink(redis, prefix);

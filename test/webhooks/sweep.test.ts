@@ -11,7 +11,7 @@ import { queueEventsFromNow } from '../setup/queue-events.js';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { startWorkers } from '../../workers/start.js';
-import { parseEnv, type Env } from '../../src/config/env.js';
+import type { Env } from '../../src/config/env.js';
 import { WEBHOOK_DELIVERY_QUEUE, type OutboxJob } from '../../src/queues/names.js';
 import { createQueueJobSink } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
@@ -30,8 +30,8 @@ import {
 } from '../../src/services/webhooks.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { collectOutcomes, startReceiver, type Receiver } from './helpers.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
+import { collectOutcomes, receiverEnv, startReceiver, type Receiver } from './helpers.js';
 
 const SECRET = 'whsec_sweep_0123456789abcdef0123456789abcdef';
 let receiver: Receiver;
@@ -42,7 +42,7 @@ let ctx: WebhookContext;
 beforeAll(async () => {
   receiver = await startReceiver();
   services = createTestServices(8);
-  env = parseEnv({ NODE_ENV: 'test', REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: SECRET, SWEEP_EVERY_MS: '3600000' });
+  env = receiverEnv(receiver, SECRET);
   ctx = { pool: services.pool, env };
 });
 

@@ -14,7 +14,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { parseEnv } from '../../src/config/env.js';
 import { LEDGER_JOBS_QUEUE, LEDGER_JOB_OPTIONS, WEBHOOK_DELIVERY_QUEUE, type OutboxJob } from '../../src/queues/names.js';
 import { createQueueJobSink, jobOptions } from '../../src/queues/job-sink.js';
 import { recordUsage } from '../../src/services/record-usage.js';
@@ -23,8 +22,8 @@ import { processDeliverWebhook } from '../../workers/processors/deliver-webhook.
 import { createFundedAccount } from '../factories/accounts.js';
 import { queueEventsFromNow } from '../setup/queue-events.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
-import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { collectOutcomes, startReceiver, type Receiver } from './helpers.js';
+import { TEST_REDIS_URL } from '../setup/env.js';
+import { collectOutcomes, receiverEnv, startReceiver, type Receiver } from './helpers.js';
 
 const prefix = `cp-test-webhook-upgrade-${randomUUID()}`;
 let receiver: Receiver;
@@ -63,7 +62,7 @@ async function alertJob(): Promise<{ accountId: string; eventId: string; job: Ou
 
 describe('deliver-webhook jobs left on ledger-jobs at the upgrade', () => {
   it('a waiting one is moved and delivered at its first attempt; a retrying one runs on as before (attempt 2); the sweep adds no second job', async () => {
-    const env = parseEnv({ NODE_ENV: 'test', REDIS_URL: TEST_REDIS_URL, DATABASE_URL: TEST_DATABASE_URL, WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: `whsec-upgrade-${randomUUID()}`, SWEEP_EVERY_MS: '3600000' });
+    const env = receiverEnv(receiver, `whsec-upgrade-${randomUUID()}`);
     const ledger = new Queue(LEDGER_JOBS_QUEUE, { connection, prefix });
     const ledgerEvents = await queueEventsFromNow(LEDGER_JOBS_QUEUE, prefix);
     const webhookEvents = await queueEventsFromNow(WEBHOOK_DELIVERY_QUEUE, prefix);
