@@ -16,7 +16,7 @@ import type pg from 'pg';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { SCOPES, isScope, type Scope } from './principal.js';
 import { isUuid } from '../db/uuid.js';
-import { BoundedMap } from '../services/bounded-map.js';
+import { BoundedMap } from '../util/bounded-map.js';
 import { withTransaction } from '../db/pg.js';
 import { actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
 import { announceKeyRevocation, type KeyRevocationAnnouncer } from './key-revocation.js';

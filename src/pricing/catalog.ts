@@ -29,7 +29,7 @@
  */
 import { calcPrice, findProvider, type ModelPrice as GenaiModelPrice } from '@pydantic/genai-prices';
 import type { ExactDecimal } from '../ledger/credits.js';
-import { BoundedMap } from '../services/bounded-map.js';
+import { BoundedMap } from '../util/bounded-map.js';
 import { exactDecimalFromNumber } from './rational.js';
 
 /**

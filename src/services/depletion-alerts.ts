@@ -28,7 +28,7 @@ import { withTransaction } from '../db/pg.js';
 import type { LedgerError } from '../ledger/errors.js';
 import { insufficientCredits } from '../ledger/refusals.js';
 import { AccountTx } from './account-tx.js';
-import { BoundedMap } from './bounded-map.js';
+import { BoundedMap } from '../util/bounded-map.js';
 import type { ServiceContext } from './context.js';
 import { recordCreditAlert } from './credit-alerts.js';
 import { readBalance } from './read-balance.js';

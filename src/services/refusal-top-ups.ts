@@ -33,7 +33,7 @@
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
 import { AccountTx } from './account-tx.js';
-import { BoundedMap } from './bounded-map.js';
+import { BoundedMap } from '../util/bounded-map.js';
 import type { ServiceContext } from './context.js';
 import type { CreditRefusal } from './depletion-alerts.js';
 import { readBalance } from './read-balance.js';

@@ -7,7 +7,7 @@
  * does not remember (made by another process, forgotten, or unknown) is looked up as before.
  */
 
-import { BoundedMap } from './bounded-map.js';
+import { BoundedMap } from '../util/bounded-map.js';
 
 /** Default bound: about 15 MB of uuid pairs at most. */
 export const DEFAULT_RESERVATION_OWNERS_CAPACITY = 100_000;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BoundedMap } from '../../src/services/bounded-map.js';
+import { BoundedMap } from '../../src/util/bounded-map.js';
 
 describe('BoundedMap (the per-process memos)', () => {
   it('keeps at most capacity entries, forgetting the one set longest ago; setting a key again makes it the newest', () => {

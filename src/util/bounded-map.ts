@@ -5,7 +5,7 @@
  * cache (src/auth/api-keys.ts) and the LLM price catalog's resolved models
  * (src/pricing/catalog.ts). When full, setting one more key forgets the entry set longest ago
  * (insertion order; setting a key again makes it the newest; reading does not). A memo that
- * forgets costs one more lookup, never a wrong answer. It imports nothing, so any module may use it.
+ * forgets costs one more lookup, never a wrong answer. It imports nothing and sits in src/util, below every room, so auth, pricing and services may all use it (shared/docs/architecture.md: dependencies point one way).
  */
 export class BoundedMap<K, V> {
   private readonly entries = new Map<K, V>();
