@@ -7,8 +7,8 @@
  *   audit `grant.voided`), once; what was spent before stays spent (no debt) and is logged;
  * - partial refunds are recorded, logged with their share, and take nothing back until the
  *   refunded amount reaches the payment's; redelivered and older events change nothing;
- * - `charge.dispute.created` voids the same way and pauses auto top-up; a refund after it
- *   takes nothing more; auto top-up payments are handled like purchases;
+ * - `charge.dispute.created` voids the same way and pauses auto top-up; a refund after it, or
+ *   at the same moment, takes nothing more; auto top-up payments are handled like purchases;
  * - an unknown PaymentIntent, a charge whose amount, currency or mode is not the payment's, and a
  *   stale or unverified event change nothing.
  */
@@ -255,6 +255,17 @@ describe('charge.dispute.created', () => {
     // A refund after the dispute (out of order, or both) is recorded on the payment only.
     await expectUnchanged(srv, [accountId], async () => expect(await post(srv, refundEvent(pi, 400))).toBe('recorded'));
     expect(await voidEntries(srv, accountId)).toEqual(['-30000000']);
+    expect(await auditVoids(srv, accountId)).toBe(1);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a refund and a dispute of the same charge at the same moment: the credit is taken back once', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    const results = await Promise.all([post(srv, refundEvent(pi, 400)), post(srv, disputeEvent(pi)), post(srv, refundEvent(pi, 400))]);
+    expect(results.filter((r) => r === 'reversed')).toHaveLength(1);
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '400', disputed: true, reversed: true, voided_micro_credits: '40000000' });
+    expect(await voidEntries(srv, accountId)).toEqual(['-40000000']);
     expect(await auditVoids(srv, accountId)).toBe(1);
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
