@@ -2,7 +2,7 @@
  * The Stripe webhook endpoint, `POST /webhooks/stripe` (src/server.ts routes it before
  * graphql-yoga; on only with PAYMENT_PROVIDER=stripe and STRIPE_WEBHOOK_SECRET or
  * STRIPE_TEST_WEBHOOK_SECRET set): Stripe's own report of a PaymentIntent's outcome settles the
- * creditpool payment it names (services/payment-events.ts applyChargeEvent, the same code as the
+ * creditpool payment it names, and a refund or dispute of its charge takes its credit back (services/payment-events.ts applyChargeEvent, the same code as the
  * charge's synchronous answer). Two Stripe endpoints may share the URL, each with its own signing
  * secret: STRIPE_WEBHOOK_SECRET's (the mode of STRIPE_SECRET_KEY: live for a live key) and
  * STRIPE_TEST_WEBHOOK_SECRET's (test mode); a secret only signs events of its mode (`livemode`).
@@ -22,6 +22,10 @@
  *   (reason INVALID_PAYLOAD) for a signed body that is not an event: nothing is changed;
  * - 200 `result: 'mismatch'` (nothing changed, logged) for a verified event whose `livemode` is
  *   not the mode its payment's account is charged in (applyChargeEvent);
+ * - `charge.refunded` and `charge.dispute.created` take back the unused credit of the SUCCEEDED
+ *   payment whose PaymentIntent the Charge or Dispute names (services/payment-reversals.ts
+ *   applyReversalEvent): 200 with `result` reversed / recorded / unchanged / unknown_payment /
+ *   mismatch, 503 or 500 as below when it cannot be applied now;
  * - 503 UNAVAILABLE when the settlement cannot be made now: the database is unreachable, or the
  *   grant would take the balance past its limit (BALANCE_LIMIT; the customer paid, so it is
  *   logged as an error and Stripe keeps delivering the event until the balance has room);
@@ -37,8 +41,9 @@ import type Stripe from 'stripe';
 import { maskError } from '../graphql/errors.js';
 import { LedgerError } from '../ledger/errors.js';
 import { isBalanceLimitRefusal } from '../ledger/refusals.js';
-import { WebhookLivemodeError, chargeEventOf } from '../payments/stripe.js';
+import { WebhookLivemodeError, chargeEventOf, reversalEventOf } from '../payments/stripe.js';
 import { applyChargeEvent } from '../services/payment-events.js';
+import { applyReversalEvent } from '../services/payment-reversals.js';
 import type { ServiceContext } from '../services/context.js';
 
 /** The path Stripe's webhook endpoint is registered at (Stripe Dashboard, Developers > Webhooks). */
@@ -117,6 +122,26 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
           { code: 'BAD_USER_INPUT', reason: badPayload ? 'INVALID_PAYLOAD' : otherMode ? 'LIVEMODE_MISMATCH' : 'INVALID_SIGNATURE', requestId },
         ),
       );
+      return;
+    }
+    const reversal = reversalEventOf(event);
+    if (reversal) {
+      try {
+        const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log };
+        const done = await applyReversalEvent(services, reversal, (testMode) => deps.chargeLivemode(testMode));
+        log.info(
+          { requestId, eventId: event.id, eventType: event.type, result: done.result, paymentId: done.paymentId, voidedMicroCredits: done.voidedMicroCredits.toString() },
+          'stripe webhook: refund or dispute applied',
+        );
+        answer(res, 200, { received: true, eventId: event.id, result: done.result });
+      } catch (err) {
+        const masked = maskError(err, requestId, (e) => log.error({ err: e, requestId, eventId: event.id }, 'stripe webhook: unexpected error'), {
+          publicAudience: false,
+          onUnavailable: (e) => log.warn({ err: e, requestId, eventId: event.id }, 'stripe webhook: database unavailable; answered 503 so Stripe delivers the event again'),
+        });
+        const code = masked.extensions.code as string;
+        answer(res, code === 'UNAVAILABLE' ? 503 : 500, errorBody(masked.message, { code, requestId }));
+      }
       return;
     }
     const chargeEvent = chargeEventOf(event);

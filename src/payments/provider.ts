@@ -83,6 +83,36 @@ export interface ChargeEvent {
 }
 
 /**
+ * What the provider reports on its own about a charge that SUCCEEDED, after the fact: money went
+ * back to the customer (Stripe: a verified `charge.refunded` event, whose Charge carries the
+ * cumulative `amount_refunded`) or the card holder disputed it (a chargeback; Stripe:
+ * `charge.dispute.created`). Read by src/payments/stripe.ts reversalEventOf and made by the
+ * simulator (PaymentSimulator.refund / dispute); applied by services/payment-reversals.ts
+ * applyReversalEvent. The payment is found by `providerRef` (Stripe copies no PaymentIntent
+ * metadata to its Charge or Dispute).
+ */
+export interface ChargeReversalEvent {
+  /** The provider's event id (logs only: applying is idempotent per payment). */
+  eventId: string;
+  /** The provider's event type (logs). */
+  eventType: string;
+  /** `refund`: refundedCents is the charge's cumulative refunded amount; `dispute`: a chargeback. */
+  kind: 'refund' | 'dispute';
+  /** The charge's reference as the payment keeps it (`payments.provider_ref`; Stripe: the PaymentIntent id); null when absent. */
+  providerRef: string | null;
+  /** The charge's amount (refund) or the disputed amount (dispute), in USD cents, as the provider recorded it. */
+  amountCents: bigint;
+  /** refund: the charge's cumulative refunded amount in cents (Stripe `amount_refunded`); dispute: 0. */
+  refundedCents: bigint;
+  /** dispute: the provider's dispute id (Stripe `du_…`); refund: null. */
+  disputeRef: string | null;
+  /** ISO currency code, lower case (`usd`). */
+  currency: string;
+  /** Whether the charge moved real money (Stripe: the event's `livemode`); compared like {@link ChargeEvent.livemode}. */
+  livemode: boolean;
+}
+
+/**
  * The provider's answer is unknown (timeout, network error, provider-side error): the charge may
  * have happened. Retry with the SAME idempotency key; never treat it as a decline.
  */

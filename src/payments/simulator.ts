@@ -12,8 +12,14 @@
  * - a script queued with {@link PaymentSimulator.script} (first entry first), else
  * - the reference's prefix: `pm_decline_…` declines (card_declined), `pm_requires_action_…` needs
  *   the customer (authentication_required), `pm_timeout_…` never answers; anything else succeeds.
+ *
+ * After the fact, a succeeded charge can be refunded ({@link PaymentSimulator.refund}, in full or
+ * in part) or disputed ({@link PaymentSimulator.dispute}): each returns the event Stripe would send
+ * (a ChargeReversalEvent), which services/payment-reversals.ts applyReversalEvent applies exactly
+ * as the Stripe webhook's `charge.refunded` / `charge.dispute.created`.
  */
-import { PaymentTimeoutError, usdToCents, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
+import { randomUUID } from 'node:crypto';
+import { PaymentTimeoutError, usdToCents, type ChargeOutcome, type ChargeRequest, type ChargeReversalEvent, type PaymentProvider } from './provider.js';
 
 /**
  * What one simulated charge does. `timeout`: no charge and no answer. `timeout_after_charge`: the
@@ -41,7 +47,8 @@ export class PaymentSimulator implements PaymentProvider {
   private readonly charged = new Map<string, number>();
   /** Outcome per `metadata.paymentId`: what lookupCharge finds (never pruned, like Stripe's PaymentIntents). */
   private readonly byPayment = new Map<string, ChargeOutcome>();
-  private seq = 0;
+  /** Succeeded charges by `metadata.paymentId`: what refund and dispute act on. */
+  private readonly succeeded = new Map<string, { cents: bigint; testMode: boolean; providerRef: string; refundedCents: bigint }>();
 
   /** Queues what the next charges of `paymentMethodRef` do (new keys only; a replay answers the first outcome). */
   script(paymentMethodRef: string, results: SimulatedResult[]): void {
@@ -94,13 +101,53 @@ export class PaymentSimulator implements PaymentProvider {
     this.byKey.set(request.idempotencyKey, { cents, paymentMethodRef: ref, outcome });
     const paymentId = request.metadata.paymentId;
     if (paymentId !== undefined && this.byPayment.get(paymentId)?.status !== 'succeeded') this.byPayment.set(paymentId, outcome);
-    if (outcome.status === 'succeeded') this.charged.set(ref, (this.charged.get(ref) ?? 0) + 1);
+    if (outcome.status === 'succeeded') {
+      this.charged.set(ref, (this.charged.get(ref) ?? 0) + 1);
+      if (paymentId !== undefined && !this.succeeded.has(paymentId)) {
+        this.succeeded.set(paymentId, { cents, testMode: request.testMode, providerRef: outcome.providerRef, refundedCents: 0n });
+      }
+    }
     if (result === 'timeout_after_charge') throw new PaymentTimeoutError('simulated timeout: charged, answer lost');
     return outcome;
   }
 
+  /**
+   * Refunds `amountCents` more of the succeeded charge of payment `paymentId` (default: all that
+   * is left) and returns the `refund` event Stripe's `charge.refunded` would carry: the charge's
+   * amount and its cumulative refunded amount, `livemode` true unless the charge was a test-mode one.
+   * @throws Error when the payment has no succeeded charge here, or the refund exceeds what is left.
+   */
+  refund(paymentId: string, amountCents?: bigint): ChargeReversalEvent {
+    const charge = this.succeededCharge(paymentId);
+    const more = amountCents ?? charge.cents - charge.refundedCents;
+    if (more <= 0n || charge.refundedCents + more > charge.cents) throw new Error(`simulator: cannot refund ${more} cents of payment ${paymentId}`);
+    charge.refundedCents += more;
+    return { ...this.eventBase('charge.refunded', charge), kind: 'refund', amountCents: charge.cents, refundedCents: charge.refundedCents, disputeRef: null };
+  }
+
+  /**
+   * Disputes the succeeded charge of payment `paymentId` (a chargeback of its whole amount) and
+   * returns the `dispute` event Stripe's `charge.dispute.created` would carry.
+   * @throws Error when the payment has no succeeded charge here.
+   */
+  dispute(paymentId: string): ChargeReversalEvent {
+    const charge = this.succeededCharge(paymentId);
+    return { ...this.eventBase('charge.dispute.created', charge), kind: 'dispute', amountCents: charge.cents, refundedCents: 0n, disputeRef: `sim_du_${randomUUID()}` };
+  }
+
+  private succeededCharge(paymentId: string) {
+    const charge = this.succeeded.get(paymentId);
+    if (!charge) throw new Error(`simulator: payment ${paymentId} has no succeeded charge`);
+    return charge;
+  }
+
+  private eventBase(eventType: string, charge: { testMode: boolean; providerRef: string }) {
+    return { eventId: `sim_evt_${randomUUID()}`, eventType, providerRef: charge.providerRef, currency: 'usd', livemode: !charge.testMode };
+  }
+
   private outcomeOf(result: Exclude<SimulatedResult, 'timeout'>): ChargeOutcome {
-    const providerRef = `sim_pi_${++this.seq}`;
+    // Unique across processes: a refund or dispute finds its payment by this reference.
+    const providerRef = `sim_pi_${randomUUID().replaceAll('-', '')}`;
     switch (result) {
       case 'decline':
         return { status: 'declined', code: 'card_declined', message: 'Your card was declined.' };

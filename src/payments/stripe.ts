@@ -27,7 +27,7 @@
  */
 import Stripe from 'stripe';
 import { isStripeTestKey } from './mode-routing.js';
-import { PaymentTimeoutError, usdToCents, type ChargeEvent, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
+import { PaymentTimeoutError, usdToCents, type ChargeEvent, type ChargeReversalEvent, type ChargeOutcome, type ChargeRequest, type PaymentProvider } from './provider.js';
 
 /**
  * Where and how the SDK reaches Stripe, apart from the key: `host`/`port`/`protocol` point it
@@ -143,6 +143,64 @@ export function chargeEventOf(event: Stripe.Event): ChargeEvent | null {
     amountCents: BigInt(Number.isSafeInteger(intent.amount) ? intent.amount : -1),
     currency: String(intent.currency ?? '').toLowerCase(),
   };
+}
+
+/**
+ * The webhook event types that take back a SUCCEEDED payment's credit (services/payment-reversals.ts):
+ * - `charge.refunded`: a refund of the charge (full or partial: its Charge's `amount_refunded` is
+ *   the cumulative refunded amount; https://docs.stripe.com/api/charges/object);
+ * - `charge.dispute.created`: the card holder disputed the charge; Stripe withdraws the disputed
+ *   amount from the platform's balance (https://docs.stripe.com/disputes/how-disputes-work).
+ */
+export const REVERSAL_EVENT_TYPES = ['charge.refunded', 'charge.dispute.created'] as const;
+
+/** A Stripe expandable reference (`"pi_…"` or the expanded object) as its id, or null. */
+function refId(ref: unknown): string | null {
+  if (typeof ref === 'string') return ref;
+  if (ref && typeof ref === 'object' && typeof (ref as { id?: unknown }).id === 'string') return (ref as { id: string }).id;
+  return null;
+}
+
+/** A Stripe integer amount as bigint cents (-1 when it is not a safe integer, which no payment matches). */
+function centsOf(amount: unknown): bigint {
+  return BigInt(typeof amount === 'number' && Number.isSafeInteger(amount) ? amount : -1);
+}
+
+/**
+ * The refund or dispute a verified Stripe event reports ({@link REVERSAL_EVENT_TYPES}), from the
+ * object it carries: a Charge (`payment_intent`, `amount`, `amount_refunded`, `currency`) for
+ * `charge.refunded`, a Dispute (`id`, `payment_intent`, `amount`, `currency`) for
+ * `charge.dispute.created`. `providerRef` is the PaymentIntent id, which the payment keeps as its
+ * provider_ref. `livemode` is the event's (false unless it is literally true).
+ * @returns null for any other event type.
+ */
+export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null {
+  const base = { eventId: event.id, eventType: event.type, livemode: event.livemode === true };
+  if (event.type === 'charge.refunded') {
+    const charge = event.data.object as Stripe.Charge;
+    return {
+      ...base,
+      kind: 'refund',
+      providerRef: refId(charge.payment_intent),
+      amountCents: centsOf(charge.amount),
+      refundedCents: centsOf(charge.amount_refunded),
+      disputeRef: null,
+      currency: String(charge.currency ?? '').toLowerCase(),
+    };
+  }
+  if (event.type === 'charge.dispute.created') {
+    const dispute = event.data.object as Stripe.Dispute;
+    return {
+      ...base,
+      kind: 'dispute',
+      providerRef: refId(dispute.payment_intent),
+      amountCents: centsOf(dispute.amount),
+      refundedCents: 0n,
+      disputeRef: typeof dispute.id === 'string' ? dispute.id : null,
+      currency: String(dispute.currency ?? '').toLowerCase(),
+    };
+  }
+  return null;
 }
 
 /** A webhook endpoint's signing secret (`whsec_…`) and the `livemode` of every event it signs. */

@@ -8,8 +8,8 @@
 import { freeText } from '../ledger/text-input.js';
 import { withTransaction, toBigInt } from '../db/pg.js';
 import { formatCredits } from '../ledger/credits.js';
-import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
-import { badInput } from '../ledger/errors.js';
+import { actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
+import { assert, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { applyExpiries } from './expire-due.js';
@@ -26,38 +26,64 @@ export async function voidGrant(ctx: ServiceContext, grantId: string, reason: st
   freeText(reason, 'reason');
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lockOwner(tx, 'credit_grants', grantId, 'grant', ctx.clock());
-    const grant = await tx.query('SELECT voided_at FROM credit_grants WHERE id = $1', [grantId]);
-    if (grant.rows[0].voided_at) return grantId;
-    // A batch past its expiresAt no longer pays: its rest expired then (dated at expiresAt, so the
-    // billing period it expired in keeps it), whether or not the expiry job has come by. Voiding
-    // it here instead (dated now) would put an expiry of an earlier period into this one, and
-    // that period's opening total (periodCredits, credit alerts) would keep the expired credit.
-    await applyExpiries(atx);
-    const { rows } = await tx.query(
-      `SELECT b.id AS batch_id, b.status, b.remaining_micro_credits FROM credit_batches b WHERE b.grant_id = $1`,
-      [grantId],
-    );
-    const row = rows[0];
-    const remaining = row.status === 'ACTIVE' ? toBigInt(row.remaining_micro_credits) : 0n;
-    // What is taken back is kept on the grant: balance_figures takes it out of this period's
-    // credit (periodCredits) in the statement that writes the VOID entry (atx.finish), which
-    // cannot see that entry (migration period_credits_voids).
-    await tx.query('UPDATE credit_grants SET voided_at = $2, void_reason = $3, voided_micro_credits = $4 WHERE id = $1', [grantId, atx.now, reason, remaining.toString()]);
-    {
-      await tx.query(
-        `UPDATE credit_batches SET remaining_micro_credits = 0, status = 'VOIDED', updated_at = $2 WHERE id = $1 AND status IN ('ACTIVE', 'EXHAUSTED')`,
-        [row.batch_id, atx.now],
-      );
-    }
-    atx.addEntry({ type: 'VOID', amountMicroCredits: -remaining, batchId: row.batch_id as string, note: reason });
-    await recordAuditEvent(tx, actorOf(ctx), {
-      action: 'grant.voided',
-      accountId: atx.accountId,
-      subjectType: 'grant',
-      subjectId: grantId,
-      details: { reason, voidedAmount: formatCredits(remaining) },
-    });
+    await voidLockedGrant(atx, actorOf(ctx), grantId, reason);
     await atx.finish();
     return grantId;
   });
+}
+
+/** What {@link voidLockedGrant} did (amounts in micro-credits). */
+export interface VoidedGrant {
+  /** False when the grant was voided before (nothing written). */
+  voidedNow: boolean;
+  /** What this call took back (the batch's unused, unexpired remainder; 0 when not voidedNow). */
+  voidedMicroCredits: bigint;
+  /** The grant's amount as granted. */
+  grantedMicroCredits: bigint;
+}
+
+/**
+ * The rules of voidGrant (module comment) inside a transaction that holds the grant's account
+ * lock (`atx`); the caller calls atx.finish(). Due expiries are applied first; the batch's
+ * unused remainder is taken back by one VOID entry (note = reason), kept on the grant
+ * (`voided_at`, `void_reason`, `voided_micro_credits`), and the audit trail records
+ * `grant.voided` by `actor`. Shared by voidGrant (an operator) and the provider's refunds and
+ * disputes (services/payment-reversals.ts), so a grant is voided the same way, once.
+ * @param reason 1..500 characters (checked by the caller).
+ * @returns what was done; a grant voided before is left unchanged (`voidedNow` false).
+ */
+export async function voidLockedGrant(atx: AccountTx, actor: AuditActor, grantId: string, reason: string): Promise<VoidedGrant> {
+  const tx = atx.tx;
+  const grant = await tx.query('SELECT voided_at, amount_micro_credits FROM credit_grants WHERE id = $1 AND account_id = $2 FOR UPDATE', [grantId, atx.accountId]);
+  assert(grant.rows[0], 'the grant belongs to the locked account');
+  const grantedMicroCredits = toBigInt(grant.rows[0].amount_micro_credits);
+  if (grant.rows[0].voided_at) return { voidedNow: false, voidedMicroCredits: 0n, grantedMicroCredits };
+  // A batch past its expiresAt no longer pays: its rest expired then (dated at expiresAt, so the
+  // billing period it expired in keeps it), whether or not the expiry job has come by. Voiding
+  // it here instead (dated now) would put an expiry of an earlier period into this one, and
+  // that period's opening total (periodCredits, credit alerts) would keep the expired credit.
+  await applyExpiries(atx);
+  const { rows } = await tx.query(
+    `SELECT b.id AS batch_id, b.status, b.remaining_micro_credits FROM credit_batches b WHERE b.grant_id = $1`,
+    [grantId],
+  );
+  const row = rows[0];
+  const remaining = row.status === 'ACTIVE' ? toBigInt(row.remaining_micro_credits) : 0n;
+  // What is taken back is kept on the grant: balance_figures takes it out of this period's
+  // credit (periodCredits) in the statement that writes the VOID entry (atx.finish), which
+  // cannot see that entry (migration period_credits_voids).
+  await tx.query('UPDATE credit_grants SET voided_at = $2, void_reason = $3, voided_micro_credits = $4 WHERE id = $1', [grantId, atx.now, reason, remaining.toString()]);
+  await tx.query(
+    `UPDATE credit_batches SET remaining_micro_credits = 0, status = 'VOIDED', updated_at = $2 WHERE id = $1 AND status IN ('ACTIVE', 'EXHAUSTED')`,
+    [row.batch_id, atx.now],
+  );
+  atx.addEntry({ type: 'VOID', amountMicroCredits: -remaining, batchId: row.batch_id as string, note: reason });
+  await recordAuditEvent(tx, actor, {
+    action: 'grant.voided',
+    accountId: atx.accountId,
+    subjectType: 'grant',
+    subjectId: grantId,
+    details: { reason, voidedAmount: formatCredits(remaining) },
+  });
+  return { voidedNow: true, voidedMicroCredits: remaining, grantedMicroCredits };
 }

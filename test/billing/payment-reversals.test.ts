@@ -1,0 +1,325 @@
+/**
+ * Refunds and disputes of a SUCCEEDED payment take back its unused credit
+ * (src/services/payment-reversals.ts), through the Stripe webhook endpoint on a real server
+ * (PAYMENT_PROVIDER=stripe against the local fake of Stripe's API, test/billing/fake-stripe.ts;
+ * events signed with the SDK's test header helper), and through the simulator's refund/dispute:
+ * - `charge.refunded` in full voids what remains of the payment's grant (VOID entry, grant voided,
+ *   audit `grant.voided`), once; what was spent before stays spent (no debt) and is logged;
+ * - partial refunds are recorded, logged with their share, and take nothing back until the
+ *   refunded amount reaches the payment's; redelivered and older events change nothing;
+ * - `charge.dispute.created` voids the same way and pauses auto top-up; a refund after it, or
+ *   at the same moment, takes nothing more; auto top-up payments are handled like purchases;
+ * - an unknown PaymentIntent, a charge whose amount, currency or mode is not the payment's, and a
+ *   stale or unverified event change nothing.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
+import { applyReversalEvent } from '../../src/services/payment-reversals.js';
+import type { ServiceContext } from '../../src/services/context.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
+import type { TestServer } from '../setup/test-server.js';
+import { apiAccount, dbId, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
+import {
+  RECORD_USAGE,
+  SET_AUTO_TOP_UP,
+  attachMethod,
+  billingWorkerDeps,
+  createPack,
+  startBillingServer,
+  startServerWithOwnQueues,
+  topUps,
+  type BillingServer,
+  type QueuedServer,
+} from './billing-helpers.js';
+import { intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+
+const SECRET = 'whsec_creditpool';
+const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: SECRET };
+const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id amount } }`;
+const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt } } }`;
+
+let fake: FakeStripe;
+let main: QueuedServer;
+let sim: BillingServer;
+/** What the services logged (warn and error) since the test began. */
+let logged: { level: 'warn' | 'error'; obj: Record<string, unknown>; msg: string }[] = [];
+
+/** A logger that keeps what it is given (ServiceContext.log). */
+function capturingLog(): NonNullable<ServiceContext['log']> {
+  const keep = (level: 'warn' | 'error') => (obj: unknown, msg?: string) => void logged.push({ level, obj: obj as Record<string, unknown>, msg: msg ?? '' });
+  return { warn: keep('warn'), error: keep('error') } as NonNullable<ServiceContext['log']>;
+}
+
+beforeAll(async () => {
+  fake = await startFakeStripe();
+  main = await startServerWithOwnQueues(STRIPE_ENV);
+  main.srv.services.payments = fake.provider();
+  main.srv.services.log = capturingLog();
+  sim = await startBillingServer();
+  sim.srv.services.log = capturingLog();
+});
+
+afterAll(async () => {
+  await main?.close();
+  await sim?.close();
+  await fake?.close();
+});
+
+beforeEach(() => {
+  fake.planned.length = 0;
+  logged = [];
+});
+
+function hookUrl(srv: TestServer): string {
+  return srv.url.replace(/\/graphql$/, '/webhooks/stripe');
+}
+
+/** The payment row's reversal columns and its grant's void, as the tests read them. */
+async function paymentState(srv: TestServer, paymentId: string) {
+  const { rows } = await srv.services.pool.query(
+    `SELECT p.status, p.refunded_cents::text, p.refunded_at IS NOT NULL AS refunded, p.disputed_at IS NOT NULL AS disputed, p.dispute_ref,
+            p.reversed_at IS NOT NULL AS reversed, g.voided_at IS NOT NULL AS grant_voided, g.void_reason, g.voided_micro_credits::text
+       FROM payments p JOIN credit_grants g ON g.id = p.grant_id WHERE p.id = $1`,
+    [paymentId],
+  );
+  return rows[0];
+}
+
+/** The account's VOID entries (amounts in micro-credits, as text). */
+async function voidEntries(srv: TestServer, accountId: string): Promise<string[]> {
+  const { rows } = await srv.services.pool.query(`SELECT amount_micro_credits::text AS a FROM ledger_entries WHERE account_id = $1 AND type = 'VOID' ORDER BY seq`, [dbId(accountId)]);
+  return rows.map((r) => r.a as string);
+}
+
+async function auditVoids(srv: TestServer, accountId: string): Promise<number> {
+  const { rows } = await srv.services.pool.query(`SELECT count(*)::int AS n FROM audit_events WHERE account_id = $1 AND action = 'grant.voided'`, [dbId(accountId)]);
+  return rows[0].n as number;
+}
+
+/** A purchase of a pack of 40 credits for $4 that Stripe charged (PaymentIntent `pi`). */
+async function boughtPack(srv: TestServer) {
+  const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+  const accountId = await apiAccount(srv);
+  await attachMethod(srv, accountId, 'pm_card_visa');
+  const pi = `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
+  fake.planned.push(intentAnswer('succeeded', pi, { amount: 400 }));
+  const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
+  const { rows } = await srv.services.pool.query('SELECT id, provider_ref FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
+  expect(rows[0].provider_ref).toBe(pi);
+  return { pack, accountId, pi, paymentId: rows[0].id as string };
+}
+
+/** Stripe's `charge.refunded` event of PaymentIntent `pi`'s charge ($4), refunded `refundedCents` in all. */
+function refundEvent(pi: string, refundedCents: number, extra: Record<string, unknown> = {}, amount = 400): string {
+  const charge = { id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount, amount_refunded: refundedCents, refunded: refundedCents === amount, currency: 'usd', livemode: false, metadata: {}, ...extra };
+  return JSON.stringify(stripeEvent('charge.refunded', charge));
+}
+
+/** Stripe's `charge.dispute.created` event of PaymentIntent `pi`'s charge ($4). */
+function disputeEvent(pi: string, extra: Record<string, unknown> = {}): string {
+  const dispute = { id: `du_${randomUUID().replaceAll('-', '').slice(0, 24)}`, object: 'dispute', charge: `ch_${pi.slice(3)}`, payment_intent: pi, amount: 400, currency: 'usd', livemode: false, status: 'needs_response', ...extra };
+  return JSON.stringify(stripeEvent('charge.dispute.created', dispute));
+}
+
+async function post(srv: TestServer, payload: string) {
+  const r = await postStripeEvent(hookUrl(srv), payload);
+  expect(r.status).toBe(200);
+  return r.body.result as string;
+}
+
+async function spend(srv: TestServer, accountId: string, units: string) {
+  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units } } }));
+}
+
+describe('charge.refunded', () => {
+  it('a full refund voids the unused credit once; redelivered, it changes nothing', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    const payload = refundEvent(pi, 400);
+    expect(await post(srv, payload)).toBe('reversed');
+    expect(await paymentState(srv, paymentId)).toMatchObject({
+      status: 'SUCCEEDED',
+      refunded_cents: '400',
+      refunded: true,
+      disputed: false,
+      reversed: true,
+      grant_voided: true,
+      void_reason: expect.stringContaining('refunded in full'),
+      voided_micro_credits: '40000000',
+    });
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '0', total: '0', debt: '0' });
+    expect(await voidEntries(srv, accountId)).toEqual(['-40000000']);
+    expect(await auditVoids(srv, accountId)).toBe(1);
+    expect(logged.filter((l) => l.obj.paymentId === paymentId)).toEqual([]); // nothing was spent: nothing to warn about
+    await expectUnchanged(srv, [accountId], async () => {
+      expect(await post(srv, payload)).toBe('unchanged');
+      const concurrent = await Promise.all(Array.from({ length: 3 }, () => postStripeEvent(hookUrl(srv), refundEvent(pi, 400))));
+      expect(concurrent.map((r) => [r.status, r.body.result])).toEqual(Array.from({ length: 3 }, () => [200, 'unchanged']));
+    });
+    expect(await voidEntries(srv, accountId)).toEqual(['-40000000']);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('after part was spent: only the rest is voided, no debt, and the unrecovered part is logged', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    await spend(srv, accountId, '15');
+    expect(await post(srv, refundEvent(pi, 400))).toBe('reversed');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ reversed: true, voided_micro_credits: '25000000' });
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ total: '0', debt: '0' });
+    expect(await voidEntries(srv, accountId)).toEqual(['-25000000']);
+    expect(logged).toContainEqual({
+      level: 'warn',
+      obj: expect.objectContaining({ paymentId, accountId: dbId(accountId), unrecoveredMicroCredits: '15000000', voidedMicroCredits: '25000000' }),
+      msg: expect.stringContaining('already spent'),
+    });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('partial refunds are recorded and logged, take nothing back, and the refund that completes it voids the rest; older events change nothing', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    expect(await post(srv, refundEvent(pi, 100))).toBe('recorded');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '100', refunded: true, reversed: false, grant_voided: false });
+    expect(logged).toContainEqual({ level: 'warn', obj: expect.objectContaining({ paymentId, refundedCents: '100', refundedShare: '10' }), msg: expect.stringContaining('partial refund') });
+    expect(await post(srv, refundEvent(pi, 300))).toBe('recorded');
+    await expectUnchanged(srv, [accountId], async () => {
+      expect(await post(srv, refundEvent(pi, 100))).toBe('unchanged'); // older, delivered late
+      expect(await post(srv, refundEvent(pi, 300))).toBe('unchanged'); // redelivered
+    });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '300', reversed: false });
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    await spend(srv, accountId, '5');
+    expect(await post(srv, refundEvent(pi, 400))).toBe('reversed');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '400', reversed: true, voided_micro_credits: '35000000' });
+    expect((await readAccount(srv, accountId)).balance.total).toBe('0');
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('an unknown PaymentIntent, or a charge whose amount or currency is not the payment\'s: nothing changed; another account is untouched', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    const other = await boughtPack(srv);
+    await expectUnchanged(srv, [accountId, other.accountId], async () => {
+      expect(await post(srv, refundEvent(`pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`, 400))).toBe('unknown_payment');
+      expect(await post(srv, refundEvent(pi, 400, { payment_intent: null }))).toBe('unknown_payment');
+      expect(await post(srv, refundEvent(pi, 999, {}, 999))).toBe('mismatch');
+      expect(await post(srv, refundEvent(pi, 400, { currency: 'eur' }))).toBe('mismatch');
+      expect(await post(srv, disputeEvent(pi, { amount: 401 }))).toBe('mismatch');
+    });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '0', disputed: false, reversed: false });
+    expect(logged.filter((l) => l.level === 'error' && l.obj.paymentId === paymentId)).toHaveLength(3);
+    // The refund of one account's payment leaves the other's alone.
+    await expectUnchanged(srv, [other.accountId], async () => expect(await post(srv, refundEvent(pi, 400))).toBe('reversed'));
+    expect((await readAccount(srv, other.accountId)).balance.paid).toBe('40');
+  });
+
+  it('a charge of the other mode than the account\'s: mismatch (service); an event signed for the other mode: 400; a stale or unsigned one: 400; nothing changed', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    await expectUnchanged(srv, [accountId], async () => {
+      const event = { eventId: 'evt_x', eventType: 'charge.refunded', kind: 'refund' as const, providerRef: pi, amountCents: 400n, refundedCents: 400n, disputeRef: null, currency: 'usd', livemode: true };
+      expect((await applyReversalEvent(srv.services, event, () => false)).result).toBe('mismatch');
+      const live = JSON.stringify({ ...JSON.parse(refundEvent(pi, 400)), livemode: true });
+      expect(await postStripeEvent(hookUrl(srv), live)).toMatchObject({ status: 400, body: { errors: [{ extensions: { reason: 'LIVEMODE_MISMATCH' } }] } });
+      const stale = await postStripeEvent(hookUrl(srv), refundEvent(pi, 400), { timestamp: Math.floor(Date.now() / 1000) - 3_600 });
+      expect(stale).toMatchObject({ status: 400, body: { errors: [{ extensions: { reason: 'INVALID_SIGNATURE' } }] } });
+      expect((await postStripeEvent(hookUrl(srv), refundEvent(pi, 400), { signature: null })).status).toBe(400);
+      expect((await postStripeEvent(hookUrl(srv), disputeEvent(pi), { secret: 'whsec_another' })).status).toBe(400);
+    });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '0', disputed: false, reversed: false, grant_voided: false });
+  });
+});
+
+describe('charge.dispute.created', () => {
+  it('voids the unused credit and pauses auto top-up; a refund or the dispute delivered again takes nothing more', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId, pack } = await boughtPack(srv);
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
+    await spend(srv, accountId, '10');
+    const payload = disputeEvent(pi);
+    expect(await post(srv, payload)).toBe('reversed');
+    const state = await paymentState(srv, paymentId);
+    expect(state).toMatchObject({ disputed: true, dispute_ref: expect.stringMatching(/^du_/), reversed: true, voided_micro_credits: '30000000', void_reason: expect.stringContaining('disputed') });
+    const { account } = ok(await srv.gql(SETTINGS, { id: accountId }));
+    expect(account.autoTopUp).toMatchObject({ enabled: false, pausedAt: expect.any(String) });
+    // The void took the balance below the threshold, but the paused auto top-up started nothing.
+    expect(await topUps(srv, accountId)).toEqual([]);
+    expect(logged).toContainEqual({ level: 'warn', obj: expect.objectContaining({ paymentId, unrecoveredMicroCredits: '10000000' }), msg: expect.any(String) });
+    await expectUnchanged(srv, [accountId], async () => {
+      expect(await post(srv, payload)).toBe('unchanged');
+      expect(await post(srv, disputeEvent(pi))).toBe('unchanged'); // a second dispute of the same charge
+    });
+    // A refund after the dispute (out of order, or both) is recorded on the payment only.
+    await expectUnchanged(srv, [accountId], async () => expect(await post(srv, refundEvent(pi, 400))).toBe('recorded'));
+    expect(await voidEntries(srv, accountId)).toEqual(['-30000000']);
+    expect(await auditVoids(srv, accountId)).toBe(1);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a refund and a dispute of the same charge at the same moment: the credit is taken back once', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    const results = await Promise.all([post(srv, refundEvent(pi, 400)), post(srv, disputeEvent(pi)), post(srv, refundEvent(pi, 400))]);
+    expect(results.filter((r) => r === 'reversed')).toHaveLength(1);
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '400', disputed: true, reversed: true, voided_micro_credits: '40000000' });
+    expect(await voidEntries(srv, accountId)).toEqual(['-40000000']);
+    expect(await auditVoids(srv, accountId)).toBe(1);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('an auto top-up payment disputed after a full refund: voided once (by the refund), the dispute pauses auto top-up only', async () => {
+    const { srv } = main;
+    const deps = billingWorkerDeps(main);
+    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+    const accountId = await apiAccount(srv, { paid: '100' });
+    await attachMethod(srv, accountId, 'pm_card_visa');
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+    await spend(srv, accountId, '60');
+    const [topUp] = await topUps(srv, accountId);
+    const pi = `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
+    await processAutoTopUp(deps, { id: `auto-top-up-${topUp!.id}`, name: 'auto-top-up', data: { topUpId: topUp!.id, accountId: dbId(accountId) }, attemptsMade: 0, attempts: 3 });
+    expect(await topUps(srv, accountId)).toMatchObject([{ status: 'SUCCEEDED' }]);
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('60');
+    const paymentId = (await topUps(srv, accountId))[0]!.payment_id!;
+
+    expect(await post(srv, refundEvent(pi, 200, {}, 200))).toBe('reversed');
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    expect(await post(srv, JSON.stringify(stripeEvent('charge.dispute.created', { id: 'du_1', object: 'dispute', payment_intent: pi, amount: 200, currency: 'usd' })))).toBe('recorded');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '200', disputed: true, reversed: true, voided_micro_credits: '20000000' });
+    const { account } = ok(await srv.gql(SETTINGS, { id: accountId }));
+    expect(account.autoTopUp.enabled).toBe(false);
+    expect(await voidEntries(srv, accountId)).toEqual(['-20000000']);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+});
+
+describe('the simulator\'s refund and dispute', () => {
+  it('reach the same code as Stripe\'s events: a partial then a full refund, and a dispute', async () => {
+    const { srv, simulator } = sim;
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const chargeLivemode = (testMode: boolean) => !testMode;
+    const buy = async () => {
+      const accountId = await apiAccount(srv);
+      await attachMethod(srv, accountId);
+      const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
+      const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
+      return { accountId, paymentId: rows[0].id as string };
+    };
+    const a = await buy();
+    expect((await applyReversalEvent(srv.services, simulator.refund(a.paymentId, 100n), chargeLivemode)).result).toBe('recorded');
+    expect((await applyReversalEvent(srv.services, simulator.refund(a.paymentId), chargeLivemode))).toMatchObject({ result: 'reversed', voidedMicroCredits: 40_000_000n });
+    expect(() => simulator.refund(a.paymentId)).toThrow(/cannot refund/);
+    expect((await readAccount(srv, a.accountId)).balance.total).toBe('0');
+    const b = await buy();
+    const dispute = simulator.dispute(b.paymentId);
+    expect((await applyReversalEvent(srv.services, dispute, chargeLivemode)).result).toBe('reversed');
+    expect((await applyReversalEvent(srv.services, dispute, chargeLivemode)).result).toBe('unchanged');
+    expect(await paymentState(srv, b.paymentId)).toMatchObject({ disputed: true, reversed: true, voided_micro_credits: '40000000' });
+    await expectLedgerInvariant(srv.services.pool, dbId(a.accountId));
+    await expectLedgerInvariant(srv.services.pool, dbId(b.accountId));
+  });
+});
