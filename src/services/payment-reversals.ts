@@ -22,9 +22,11 @@
  *   or not at all (credit_grants.voided_at / voided_micro_credits, and balance_figures's period
  *   credit, know one void per grant), so a share is left to the operator (README "Limits"). A
  *   later event that brings the refund to the full amount takes back the remainder;
- * - a dispute also pauses the account's auto top-up (enabled = false, paused_at, last_error; the
- *   audit trail records `auto_top_up.updated`): a card whose holder disputes charges is not
- *   charged again until an operator re-enables it (setAutoTopUp);
+ * - a dispute, and a full refund, also pause the account's auto top-up (enabled = false,
+ *   paused_at, last_error; the audit trail records `auto_top_up.updated`): a card whose holder
+ *   disputes charges, or was given the money back, is not charged again until an operator
+ *   re-enables it (setAutoTopUp). Without it, the void of a refunded top-up takes the balance
+ *   back under its threshold and the same card is charged again at once;
  * - events come twice and out of order (https://docs.stripe.com/webhooks#event-ordering):
  *   `refunded_cents` only grows (an older or redelivered refund changes nothing), a dispute is
  *   recorded once, and the grant is taken back once whichever comes first (refund after
@@ -122,7 +124,7 @@ export async function applyReversalEvent(
     }
     if (event.kind === 'dispute' && current.disputed_at === null) {
       await tx.query('UPDATE payments SET disputed_at = $2, dispute_ref = $3, updated_at = $2 WHERE id = $1', [payment.id, atx.now, event.disputeRef ?? event.eventId]);
-      pausedAutoTopUp = await pauseAutoTopUp(atx, actor, payment.id);
+      pausedAutoTopUp = await pauseAutoTopUp(atx, actor, `dispute: the card holder disputed payment ${payment.id}`);
       recorded = true;
     }
     const refunded = event.kind === 'refund' && event.refundedCents > refundedBefore ? event.refundedCents : refundedBefore;
@@ -137,12 +139,16 @@ export async function applyReversalEvent(
       event.kind === 'refund'
         ? `payment ${payment.id} refunded in full by the payment provider (charge ${event.providerRef}, event ${event.eventId})`
         : `payment ${payment.id} disputed by the card holder (dispute ${event.disputeRef ?? event.eventId}, charge ${event.providerRef})`;
+    // A full refund pauses auto top-up as a dispute does: the customer was given the money back,
+    // and the void below may take the balance under the top-up threshold, which would charge the
+    // same card again at once (balances_changed in atx.finish sees the pause).
+    if (event.kind === 'refund') pausedAutoTopUp = (await pauseAutoTopUp(atx, actor, `refund: payment ${payment.id} was refunded in full`)) || pausedAutoTopUp;
     const voided = await voidLockedGrant(atx, actor, current.grant_id as string, reason);
     await tx.query('UPDATE payments SET reversed_at = $2, updated_at = $2 WHERE id = $1', [payment.id, atx.now]);
     await atx.finish();
     return { recorded: true, voided, refunded, grantedMicroCredits, pausedAutoTopUp };
   });
-  if (done.pausedAutoTopUp) ctx.log?.warn(logContext, 'payment reversal: the account disputed a charge; its auto top-up is paused (setAutoTopUp re-enables it)');
+  if (done.pausedAutoTopUp) ctx.log?.warn(logContext, 'payment reversal: a charge of the account was refunded in full or disputed; its auto top-up is paused (setAutoTopUp re-enables it)');
   if (done.voided) {
     const unrecovered = done.voided.grantedMicroCredits - done.voided.voidedMicroCredits;
     const figures = { ...logContext, voidedMicroCredits: done.voided.voidedMicroCredits.toString(), unrecoveredMicroCredits: unrecovered.toString() };
@@ -164,13 +170,12 @@ export async function applyReversalEvent(
 
 /**
  * Pauses the account's auto top-up inside the locked transaction, as three failed charges do
- * (services/auto-top-up.ts: enabled = false, paused_at), with `last_error` naming the dispute,
+ * (services/auto-top-up.ts: enabled = false, paused_at), with `last_error` = `reason` (the dispute or the full refund),
  * and records `auto_top_up.updated` in the audit trail. No `auto_top_up.paused` webhook: its body
  * is built from the top-up that paused it (services/webhooks.ts), which a dispute has not.
  * @returns whether it was enabled (and is paused now).
  */
-async function pauseAutoTopUp(atx: AccountTx, actor: AuditActor, paymentId: string): Promise<boolean> {
-  const reason = `dispute: the card holder disputed payment ${paymentId}`;
+async function pauseAutoTopUp(atx: AccountTx, actor: AuditActor, reason: string): Promise<boolean> {
   const { rows } = await atx.tx.query(
     `UPDATE auto_top_up_settings SET enabled = false, paused_at = COALESCE(paused_at, $2), last_error = $3, updated_at = $2
       WHERE account_id = $1 AND enabled RETURNING account_id`,

@@ -270,7 +270,7 @@ describe('charge.dispute.created', () => {
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 
-  it('an auto top-up payment disputed after a full refund: voided once (by the refund), the dispute pauses auto top-up only', async () => {
+  it('an auto top-up payment refunded in full, then disputed: voided once and auto top-up paused by the refund (no second top-up); the dispute records only', async () => {
     const { srv } = main;
     const deps = billingWorkerDeps(main);
     const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
@@ -288,6 +288,10 @@ describe('charge.dispute.created', () => {
 
     expect(await post(srv, refundEvent(pi, 200, {}, 200))).toBe('reversed');
     expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    // The void took the balance under the threshold (50), but the full refund paused auto top-up
+    // in the same transaction: the refunded card is not charged again, no second top-up started.
+    expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({ enabled: false, pausedAt: expect.any(String) });
+    expect(await topUps(srv, accountId)).toHaveLength(1);
     expect(await post(srv, JSON.stringify(stripeEvent('charge.dispute.created', { id: 'du_1', object: 'dispute', payment_intent: pi, amount: 200, currency: 'usd' })))).toBe('recorded');
     expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '200', disputed: true, reversed: true, voided_micro_credits: '20000000' });
     const { account } = ok(await srv.gql(SETTINGS, { id: accountId }));
