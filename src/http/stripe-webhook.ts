@@ -24,8 +24,9 @@
  *   not the mode its payment's account is charged in (applyChargeEvent);
  * - `charge.refunded` and `charge.dispute.created` take back the unused credit of the SUCCEEDED
  *   payment whose PaymentIntent the Charge or Dispute names (services/payment-reversals.ts
- *   applyReversalEvent): 200 with `result` reversed / recorded / unchanged / unknown_payment /
- *   mismatch, 503 or 500 as below when it cannot be applied now;
+ *   applyReversalEvent): 200 with `result` reversed / recorded / unchanged / kept (no payment is
+ *   settled with that PaymentIntent yet: applied when one is) / unknown_payment / mismatch, 503
+ *   or 500 as below when it cannot be applied now;
  * - 503 UNAVAILABLE when the settlement cannot be made now: the database is unreachable, or the
  *   grant would take the balance past its limit (BALANCE_LIMIT; the customer paid, so it is
  *   logged as an error and Stripe keeps delivering the event until the balance has room);

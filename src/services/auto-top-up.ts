@@ -44,6 +44,7 @@ import {
   type PaymentRow,
 } from './purchase-pack.js';
 import type { ServiceContext } from './context.js';
+import { reportEarlyReversals, type AppliedEarlyReversal } from './charge-reversal.js';
 
 /** Failed charges in a row that pause auto top-up. */
 export const PAUSE_AFTER_FAILURES = 3;
@@ -218,6 +219,8 @@ async function recordOutcome(
   outcome: ChargeOutcome,
   lastAttempt: boolean,
 ): Promise<{ run: TopUpRunResult; settledNow: boolean }> {
+  // What settlePayment applied of a refund or dispute reported before it, logged after the commit.
+  const early: { payment: PaymentRow; reversals: AppliedEarlyReversal[] }[] = [];
   const result = await withTransaction(ctx.pool, async (tx) => {
     const wallNow = ctx.clock();
     const locked = await lockTopUp(tx, topUpId, wallNow);
@@ -225,7 +228,8 @@ async function recordOutcome(
     const { atx, row } = locked;
     const topUpStatus = row.status as TopUpStatus;
     if (topUpStatus !== 'PENDING' && outcome.status !== 'succeeded') return { topUpId, status: topUpStatus, reason: null, settledNow: false };
-    const { payment: after, settledNow, lateSuccess } = await settlePayment(atx, payment.id, pack, outcome, wallNow);
+    const { payment: after, settledNow, lateSuccess, reversals } = await settlePayment(atx, payment.id, pack, outcome, wallNow);
+    early.push({ payment: after, reversals });
     // Settled by a concurrent run of the same payment, which also recorded its consequences.
     if (!settledNow) return { topUpId, status: topUpStatus, reason: topUpStatus === 'PENDING' ? after.error : null, settledNow };
     if (after.status === 'SUCCEEDED' && row.payment_id !== payment.id) {
@@ -269,6 +273,7 @@ async function recordOutcome(
     await atx.finish();
     return { ...result, settledNow };
   });
+  for (const { payment: settled, reversals } of early) reportEarlyReversals(ctx, settled, reversals);
   if ('payment' in result && result.lateSuccess) {
     logLateSuccess(ctx, result.payment, { topUpId });
     if (result.chargedTwice) {

@@ -7,7 +7,24 @@
  * Rules ({@link applyReversalEvent}):
  * - the payment is found by the charge's reference (`payments.provider_ref`, Stripe's
  *   PaymentIntent id; Stripe copies no PaymentIntent metadata to its Charge or Dispute), among
- *   SUCCEEDED payments only (only they took money); none -> `unknown_payment`, nothing written;
+ *   SUCCEEDED payments only (only they took money); an event without a reference ->
+ *   `unknown_payment`, nothing written;
+ * - when no SUCCEEDED payment has the reference YET, the event is kept (`kept`), not dropped: the
+ *   charge may have succeeded at the provider while its payment is PENDING here (the charge's
+ *   answer was lost) or FAILED `no_charge_found` (a late success grants it), and events come out
+ *   of order (https://docs.stripe.com/webhooks#event-ordering). Acknowledging it as unknown lost
+ *   it for good (the provider never sends an acknowledged event again), and the later settlement
+ *   (the webhook's `payment_intent.succeeded`, the resume or top-up job, the client's retry)
+ *   granted credit for money that had gone back. A kept event is one `early_payment_reversals`
+ *   row per (reference, kind): a refund keeps the largest cumulative refunded amount, a dispute
+ *   the first. settlePayment applies them in the transaction that settles a payment SUCCEEDED
+ *   with that reference (services/charge-reversal.ts applyEarlyReversals): the grant is made and
+ *   voided in one transaction, and the payment row records the refund or dispute. Keeping and
+ *   settling serialize on an advisory lock of the reference, so none is lost between them.
+ *   References that never become a creditpool payment (another application on the same provider
+ *   account; Stripe's Charge carries no creditpool metadata to tell them apart without an API
+ *   call) are deleted EARLY_REVERSAL_RETENTION_MS after they were first received by the
+ *   `sweep-due` job ({@link pruneEarlyReversals});
  * - an event whose mode (`livemode`), currency or amount is not the payment's (as for payment
  *   events, services/payment-events.ts) changes nothing and is logged (`mismatch`);
  * - a FULL refund (cumulative refunded = the payment's amount) or a dispute takes back what
@@ -32,46 +49,26 @@
  *   recorded once, and the grant is taken back once whichever comes first (refund after
  *   dispute, dispute after refund: `unchanged`).
  */
-import { SYSTEM_ACTOR, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
-import { toBigInt, withTransaction } from '../db/pg.js';
-import { formatCredits } from '../ledger/credits.js';
-import { assert } from '../ledger/errors.js';
-import { usdToCents, type ChargeReversalEvent } from '../payments/provider.js';
+import { SYSTEM_ACTOR, type AuditActor } from '../audit/audit-log.js';
+import { withTransaction } from '../db/pg.js';
+import type pg from 'pg';
+import type { ChargeReversalEvent } from '../payments/provider.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
-import { toPaymentRow, type PaymentRow } from './purchase-pack.js';
-import { voidLockedGrant } from './void-grant.js';
+import { toPaymentRow } from './purchase-pack.js';
+import { applyReversalLocked, lockChargeReference, reportReversal, reversalMismatchOf, type ReversalEventResult } from './charge-reversal.js';
+
+export type { ReversalEventResult } from './charge-reversal.js';
 
 /**
- * What {@link applyReversalEvent} did:
- * - `reversed`: this call took back the grant's unused remainder (`voidedMicroCredits`);
- * - `recorded`: this call recorded a partial refund or a dispute whose grant had been taken back
- *   before, and took nothing back;
- * - `unchanged`: the event was applied before (redelivered, or older than one applied): nothing written;
- * - `unknown_payment`: no SUCCEEDED creditpool payment has that charge;
- * - `mismatch`: the charge's livemode, currency or amount is not the payment's (logged as an error).
+ * How long a refund or dispute of a charge no payment was settled with is kept (30 days, from
+ * when it was first received): far past the provider's redelivery of the payment's own success
+ * (Stripe: up to 3 days, https://docs.stripe.com/webhooks#retries) and the resume job's window
+ * (IDEMPOTENCY_KEY_SAFE_WINDOW_MS, then LOOKUP_SETTLE_DELAY_MS), with room for a payment held
+ * PENDING by an outage or the balance limit. A payment settled later than that would keep the
+ * credit of a refunded charge (README "Limits").
  */
-export interface ReversalEventResult {
-  result: 'reversed' | 'recorded' | 'unchanged' | 'unknown_payment' | 'mismatch';
-  /** The payment's id (null for unknown_payment). */
-  paymentId: string | null;
-  /** What this call took back, in micro-credits (0 unless `reversed`). */
-  voidedMicroCredits: bigint;
-}
-
-/** Why the charge an event describes is not `payment`'s, or null when it is. */
-function mismatchOf(event: ChargeReversalEvent, payment: PaymentRow, expectedLivemode: boolean): string | null {
-  if (event.livemode !== expectedLivemode) return `livemode ${event.livemode}, expected ${expectedLivemode} for this account's payments`;
-  if (event.currency !== 'usd') return `currency ${event.currency}, expected usd`;
-  const cents = usdToCents(payment.amountUsd);
-  if (event.kind === 'refund') {
-    if (event.amountCents !== cents) return `amount ${event.amountCents} cents, expected ${cents}`;
-    if (event.refundedCents < 0n || event.refundedCents > cents) return `amount_refunded ${event.refundedCents} cents, expected 0 to ${cents}`;
-  } else if (event.amountCents <= 0n || event.amountCents > cents) {
-    return `disputed amount ${event.amountCents} cents, expected 1 to ${cents}`;
-  }
-  return null;
-}
+export const EARLY_REVERSAL_RETENTION_MS = 30 * 86_400_000;
 
 /**
  * Applies a provider's refund or dispute of a charge (module comment for the rules). Idempotent:
@@ -88,106 +85,97 @@ export async function applyReversalEvent(
   chargeLivemode: (accountTestMode: boolean) => boolean,
 ): Promise<ReversalEventResult> {
   const none = { paymentId: null, voidedMicroCredits: 0n };
-  if (event.providerRef === null) return { result: 'unknown_payment', ...none };
-  const found = await ctx.pool.query(
-    `SELECT p.*, a.test_mode FROM payments p JOIN accounts a ON a.id = p.account_id
-      WHERE p.provider_ref = $1 AND p.status = 'SUCCEEDED' ORDER BY p.created_at LIMIT 2`,
-    [event.providerRef],
-  );
-  const context = { providerRef: event.providerRef, eventId: event.eventId, eventType: event.eventType };
-  if (found.rows.length === 0) return { result: 'unknown_payment', ...none };
-  if (found.rows.length > 1) {
-    // A provider's charge reference names one charge; two payments with it are not both this charge.
-    ctx.log?.error({ ...context, paymentIds: found.rows.map((r) => r.id as string) }, 'payment reversal: several payments have this charge reference; nothing taken back, check it');
-    return { result: 'mismatch', ...none };
-  }
-  const payment = toPaymentRow(found.rows[0]);
-  const logContext = { ...context, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose };
-  const mismatch = mismatchOf(event, payment, chargeLivemode(found.rows[0].test_mode === true));
-  if (mismatch) {
-    ctx.log?.error({ ...logContext, mismatch }, "payment reversal: the charge is not this payment's; ignored");
-    return { result: 'mismatch', paymentId: payment.id, voidedMicroCredits: 0n };
-  }
-  const cents = usdToCents(payment.amountUsd);
-  const actor: AuditActor = ctx.actor ?? SYSTEM_ACTOR;
-  const done = await withTransaction(ctx.pool, async (tx) => {
-    const atx = await AccountTx.lock(tx, payment.accountId, ctx.clock());
-    const { rows } = await tx.query('SELECT refunded_cents, disputed_at, reversed_at, grant_id FROM payments WHERE id = $1 FOR UPDATE', [payment.id]);
-    const current = rows[0];
-    assert(current && current.grant_id, 'a SUCCEEDED payment has its grant');
-    const refundedBefore = toBigInt(current.refunded_cents);
-    let recorded = false;
-    let pausedAutoTopUp = false;
-    if (event.kind === 'refund' && event.refundedCents > refundedBefore) {
-      await tx.query('UPDATE payments SET refunded_cents = $2, refunded_at = $3, updated_at = $3 WHERE id = $1', [payment.id, event.refundedCents.toString(), atx.now]);
-      recorded = true;
-    }
-    if (event.kind === 'dispute' && current.disputed_at === null) {
-      await tx.query('UPDATE payments SET disputed_at = $2, dispute_ref = $3, updated_at = $2 WHERE id = $1', [payment.id, atx.now, event.disputeRef ?? event.eventId]);
-      pausedAutoTopUp = await pauseAutoTopUp(atx, actor, `dispute: the card holder disputed payment ${payment.id}`);
-      recorded = true;
-    }
-    const refunded = event.kind === 'refund' && event.refundedCents > refundedBefore ? event.refundedCents : refundedBefore;
-    const full = event.kind === 'dispute' || current.disputed_at !== null || refunded >= cents;
-    const grant = await tx.query('SELECT amount_micro_credits FROM credit_grants WHERE id = $1', [current.grant_id]);
-    const grantedMicroCredits = toBigInt(grant.rows[0].amount_micro_credits);
-    if (!full || current.reversed_at !== null) {
-      await atx.finish();
-      return { recorded, voided: null, refunded, grantedMicroCredits, pausedAutoTopUp };
-    }
-    const reason =
-      event.kind === 'refund'
-        ? `payment ${payment.id} refunded in full by the payment provider (charge ${event.providerRef}, event ${event.eventId})`
-        : `payment ${payment.id} disputed by the card holder (dispute ${event.disputeRef ?? event.eventId}, charge ${event.providerRef})`;
-    // A full refund pauses auto top-up as a dispute does: the customer was given the money back,
-    // and the void below may take the balance under the top-up threshold, which would charge the
-    // same card again at once (balances_changed in atx.finish sees the pause).
-    if (event.kind === 'refund') pausedAutoTopUp = (await pauseAutoTopUp(atx, actor, `refund: payment ${payment.id} was refunded in full`)) || pausedAutoTopUp;
-    const voided = await voidLockedGrant(atx, actor, current.grant_id as string, reason);
-    await tx.query('UPDATE payments SET reversed_at = $2, updated_at = $2 WHERE id = $1', [payment.id, atx.now]);
-    await atx.finish();
-    return { recorded: true, voided, refunded, grantedMicroCredits, pausedAutoTopUp };
-  });
-  if (done.pausedAutoTopUp) ctx.log?.warn(logContext, 'payment reversal: a charge of the account was refunded in full or disputed; its auto top-up is paused (setAutoTopUp re-enables it)');
-  if (done.voided) {
-    const unrecovered = done.voided.grantedMicroCredits - done.voided.voidedMicroCredits;
-    const figures = { ...logContext, voidedMicroCredits: done.voided.voidedMicroCredits.toString(), unrecoveredMicroCredits: unrecovered.toString() };
-    if (unrecovered > 0n) {
-      ctx.log?.warn(figures, 'payment reversal: part of the credit of a refunded or disputed payment was already spent or expired; it is not taken back (no debt is made)');
-    }
-    return { result: done.voided.voidedNow ? 'reversed' : 'recorded', paymentId: payment.id, voidedMicroCredits: done.voided.voidedMicroCredits };
-  }
-  if (done.recorded && event.kind === 'refund' && done.refunded < cents) {
-    // The pack's refunded share, rounded down: what an operator may take back by hand.
-    const shareMicroCredits = (done.grantedMicroCredits * done.refunded) / cents;
-    ctx.log?.warn(
-      { ...logContext, refundedCents: done.refunded.toString(), amountCents: cents.toString(), refundedShareMicroCredits: shareMicroCredits.toString(), refundedShare: formatCredits(shareMicroCredits) },
-      'payment reversal: a partial refund is recorded but its share of the credit is not taken back automatically (a grant is voided whole); take it back by hand if needed',
+  const providerRef = event.providerRef;
+  if (providerRef === null) return { result: 'unknown_payment', ...none };
+  const context = { providerRef, eventId: event.eventId, eventType: event.eventType };
+  // Twice at most: a payment settled with this reference between the lookup and the keeping is
+  // found by the second lookup (keepEarlyReversal saw it under the reference's lock).
+  for (let attempt = 0; ; attempt++) {
+    const found = await ctx.pool.query(
+      `SELECT p.*, a.test_mode FROM payments p JOIN accounts a ON a.id = p.account_id
+        WHERE p.provider_ref = $1 AND p.status = 'SUCCEEDED' ORDER BY p.created_at LIMIT 2`,
+      [providerRef],
     );
+    if (found.rows.length === 0) {
+      const kept = await keepEarlyReversal(ctx, event, providerRef);
+      if (kept === 'settled' && attempt === 0) continue;
+      return { result: kept === 'settled' ? 'unchanged' : kept, ...none };
+    }
+    if (found.rows.length > 1) {
+      // A provider's charge reference names one charge; two payments with it are not both this charge.
+      ctx.log?.error({ ...context, paymentIds: found.rows.map((r) => r.id as string) }, 'payment reversal: several payments have this charge reference; nothing taken back, check it');
+      return { result: 'mismatch', ...none };
+    }
+    const payment = toPaymentRow(found.rows[0]);
+    const mismatch = reversalMismatchOf(event, payment, chargeLivemode(found.rows[0].test_mode === true));
+    if (mismatch) {
+      ctx.log?.error({ ...context, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose, mismatch }, "payment reversal: the charge is not this payment's; ignored");
+      return { result: 'mismatch', paymentId: payment.id, voidedMicroCredits: 0n };
+    }
+    const actor: AuditActor = ctx.actor ?? SYSTEM_ACTOR;
+    const done = await withTransaction(ctx.pool, async (tx) => {
+      const atx = await AccountTx.lock(tx, payment.accountId, ctx.clock());
+      const applied = await applyReversalLocked(atx, actor, payment, event);
+      await atx.finish();
+      return applied;
+    });
+    return reportReversal(ctx, event, payment, done);
   }
-  return { result: done.recorded ? 'recorded' : 'unchanged', paymentId: payment.id, voidedMicroCredits: 0n };
 }
 
 /**
- * Pauses the account's auto top-up inside the locked transaction, as three failed charges do
- * (services/auto-top-up.ts: enabled = false, paused_at), with `last_error` = `reason` (the dispute or the full refund),
- * and records `auto_top_up.updated` in the audit trail. No `auto_top_up.paused` webhook: its body
- * is built from the top-up that paused it (services/webhooks.ts), which a dispute has not.
- * @returns whether it was enabled (and is paused now).
+ * Keeps `event`, whose charge reference no SUCCEEDED payment has (module comment), in one
+ * transaction under the reference's advisory lock. Refunds keep the largest cumulative refunded
+ * amount (an older or redelivered one changes nothing), disputes the first.
+ * @returns `kept` (written), `unchanged` (nothing new: redelivered or older), `unknown_payment`
+ *   (not a usable refund or dispute: no positive amount, or a refunded amount outside 1..amount;
+ *   nothing written), or `settled` when a payment was settled SUCCEEDED with the reference
+ *   meanwhile (nothing written: apply the event to it).
  */
-async function pauseAutoTopUp(atx: AccountTx, actor: AuditActor, reason: string): Promise<boolean> {
-  const { rows } = await atx.tx.query(
-    `UPDATE auto_top_up_settings SET enabled = false, paused_at = COALESCE(paused_at, $2), last_error = $3, updated_at = $2
-      WHERE account_id = $1 AND enabled RETURNING account_id`,
-    [atx.accountId, atx.now, reason],
-  );
-  if (!rows[0]) return false;
-  await recordAuditEvent(atx.tx, actor, {
-    action: 'auto_top_up.updated',
-    accountId: atx.accountId,
-    subjectType: 'auto_top_up',
-    subjectId: atx.accountId,
-    details: { enabled: false, reason },
+async function keepEarlyReversal(ctx: ServiceContext, event: ChargeReversalEvent, providerRef: string): Promise<'kept' | 'unchanged' | 'unknown_payment' | 'settled'> {
+  if (event.amountCents <= 0n) return 'unknown_payment';
+  if (event.kind === 'refund' && (event.refundedCents <= 0n || event.refundedCents > event.amountCents)) return 'unknown_payment';
+  return withTransaction(ctx.pool, async (tx) => {
+    await lockChargeReference(tx, providerRef);
+    const settled = await tx.query(`SELECT 1 FROM payments WHERE provider_ref = $1 AND status = 'SUCCEEDED' LIMIT 1`, [providerRef]);
+    if (settled.rows[0]) return 'settled';
+    const now = ctx.clock();
+    const { rows } = await tx.query(
+      `INSERT INTO early_payment_reversals (provider_ref, kind, event_id, event_type, livemode, currency, amount_cents, refunded_cents, dispute_ref, received_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+       ON CONFLICT (provider_ref, kind) DO UPDATE
+         SET event_id = EXCLUDED.event_id, event_type = EXCLUDED.event_type, livemode = EXCLUDED.livemode, currency = EXCLUDED.currency,
+             amount_cents = EXCLUDED.amount_cents, refunded_cents = EXCLUDED.refunded_cents, updated_at = EXCLUDED.updated_at
+         WHERE EXCLUDED.kind = 'refund' AND early_payment_reversals.refunded_cents < EXCLUDED.refunded_cents
+       RETURNING 1`,
+      [
+        providerRef,
+        event.kind,
+        event.eventId,
+        event.eventType,
+        event.livemode,
+        event.currency,
+        event.amountCents.toString(),
+        event.kind === 'refund' ? event.refundedCents.toString() : '0',
+        event.kind === 'dispute' ? (event.disputeRef ?? event.eventId) : null,
+        now,
+      ],
+    );
+    return rows[0] ? 'kept' : 'unchanged';
   });
-  return true;
+}
+
+/**
+ * Deletes the kept refunds and disputes (module comment) first received more than
+ * EARLY_REVERSAL_RETENTION_MS before `now` (wall clock): charges that never became a creditpool
+ * payment. Run by the `sweep-due` job; one statement, bounded by `limit` rows per call.
+ * @returns how many were deleted.
+ */
+export async function pruneEarlyReversals(db: Pick<pg.Pool, 'query'>, now: Date, limit = 10_000): Promise<number> {
+  const { rowCount } = await db.query(
+    `DELETE FROM early_payment_reversals WHERE (provider_ref, kind) IN (
+       SELECT provider_ref, kind FROM early_payment_reversals WHERE received_at < $1::timestamptz - make_interval(secs => $2) LIMIT $3)`,
+    [now, EARLY_REVERSAL_RETENTION_MS / 1000, limit],
+  );
+  return rowCount ?? 0;
 }

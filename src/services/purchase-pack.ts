@@ -42,6 +42,7 @@ import { applyGrant, balanceRoomError } from './grant-credits.js';
 import { canonicalUsd, findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
 import type { ServiceContext } from './context.js';
 import { paymentGrantKey } from '../ledger/grant-keys.js';
+import { applyEarlyReversals, reportEarlyReversals, type AppliedEarlyReversal } from './charge-reversal.js';
 
 const DAY_MS = 86_400_000;
 const REFERENCE_RE = /^[A-Za-z0-9_\-./:]{1,255}$/;
@@ -247,7 +248,10 @@ export function failedAsNoChargeFound(payment: PaymentRow): boolean {
  * row, so a send recorded after the lookup began is seen). A success for a payment already FAILED
  * as `no_charge_found` (a request that was still in flight when the lookup settled it) is not
  * dropped: the money was taken, so it is granted (once: the grant key) and the payment becomes
- * SUCCEEDED; `lateSuccess` tells the caller to log it.
+ * SUCCEEDED; `lateSuccess` tells the caller to log it. A success also applies, in the same
+ * transaction, the refunds and disputes the provider reported for the charge before it was
+ * settled (services/charge-reversal.ts applyEarlyReversals: the grant just made is voided and the
+ * payment records them); `reversals` tells the caller to log them (reportEarlyReversals).
  * @param wallNow the wall clock (the settle delay is measured on it, like `last_sent_at`)
  * @returns the payment after this call, whether this call settled it (false: it was already
  *   settled, e.g. by a concurrent run of the same payment, and nothing was done), and whether
@@ -261,11 +265,11 @@ export async function settlePayment(
   pack: CreditPackView,
   outcome: ChargeOutcome,
   wallNow: Date,
-): Promise<{ payment: PaymentRow; settledNow: boolean; lateSuccess: boolean }> {
+): Promise<SettledPayment> {
   const { rows } = await atx.tx.query('SELECT * FROM payments WHERE id = $1 AND account_id = $2 FOR UPDATE', [paymentId, atx.accountId]);
   const current = toPaymentRow(rows[0]);
   const lateSuccess = outcome.status === 'succeeded' && failedAsNoChargeFound(current);
-  if (current.status !== 'PENDING' && !lateSuccess) return { payment: current, settledNow: false, lateSuccess: false };
+  if (current.status !== 'PENDING' && !lateSuccess) return { payment: current, settledNow: false, lateSuccess: false, reversals: [] };
   if (outcome.status === 'declined' && outcome.code === NO_CHARGE_FOUND) {
     const sinceSentMs = wallNow.getTime() - current.lastSentAt.getTime();
     if (sinceSentMs <= LOOKUP_SETTLE_DELAY_MS) {
@@ -287,14 +291,30 @@ export async function settlePayment(
       `UPDATE payments SET status = 'SUCCEEDED', grant_id = $2, provider_ref = $3, error = NULL, updated_at = $4 WHERE id = $1 RETURNING *`,
       [current.id, grant.grantId, outcome.providerRef, atx.now],
     );
-    return { payment: toPaymentRow(done.rows[0]), settledNow: true, lateSuccess };
+    // A refund or dispute the provider reported before this settlement is applied now, in this
+    // transaction: the grant just made is voided, and the payment row records it.
+    const reversals = await applyEarlyReversals(atx, toPaymentRow(done.rows[0]));
+    const settled = await atx.tx.query('SELECT * FROM payments WHERE id = $1', [current.id]);
+    return { payment: toPaymentRow(settled.rows[0]), settledNow: true, lateSuccess, reversals };
   }
   const reason = outcome.status === 'declined' ? outcome.code : 'requires_action';
   const failed = await atx.tx.query(
     `UPDATE payments SET status = 'FAILED', provider_ref = $2, error = $3, updated_at = $4 WHERE id = $1 RETURNING *`,
     [current.id, outcome.status === 'requires_action' ? outcome.providerRef : null, `${reason}: ${outcome.message}`, atx.now],
   );
-  return { payment: toPaymentRow(failed.rows[0]), settledNow: true, lateSuccess: false };
+  return { payment: toPaymentRow(failed.rows[0]), settledNow: true, lateSuccess: false, reversals: [] };
+}
+
+/** What {@link settlePayment} did. */
+export interface SettledPayment {
+  /** The payment after the call. */
+  payment: PaymentRow;
+  /** This call settled it (false: it was settled before; nothing written). */
+  settledNow: boolean;
+  /** A success for a payment FAILED `no_charge_found` (the caller logs it: logLateSuccess). */
+  lateSuccess: boolean;
+  /** The refunds and disputes reported before the settlement that it applied (the caller logs them: reportEarlyReversals). */
+  reversals: AppliedEarlyReversal[];
 }
 
 /** The PAYMENT_FAILED error of a FAILED payment; `extensions.reason` is the provider's code or `requires_action`. */
@@ -441,7 +461,7 @@ export async function settlePurchase(
   payment: PaymentRow,
   pack: CreditPackView,
   outcome: ChargeOutcome,
-): Promise<{ payment: PaymentRow; settledNow: boolean; lateSuccess: boolean }> {
+): Promise<SettledPayment> {
   const settled = await withTransaction(ctx.pool, async (tx) => {
     const wallNow = ctx.clock();
     const atx = await AccountTx.lock(tx, payment.accountId, wallNow);
@@ -450,5 +470,6 @@ export async function settlePurchase(
     return result;
   });
   if (settled.lateSuccess) logLateSuccess(ctx, settled.payment);
+  reportEarlyReversals(ctx, settled.payment, settled.reversals);
   return settled;
 }

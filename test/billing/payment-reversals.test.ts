@@ -9,17 +9,23 @@
  *   refunded amount reaches the payment's; redelivered and older events change nothing;
  * - `charge.dispute.created` voids the same way and pauses auto top-up; a refund after it, or
  *   at the same moment, takes nothing more; auto top-up payments are handled like purchases;
- * - an unknown PaymentIntent, a charge whose amount, currency or mode is not the payment's, and a
- *   stale or unverified event change nothing.
+ * - a charge whose amount, currency or mode is not the payment's, and a stale or unverified event
+ *   change nothing;
+ * - a refund or dispute that comes before its payment is settled (answer lost: PENDING; FAILED
+ *   no_charge_found) is kept, and the settlement (the late payment_intent.succeeded, the resume
+ *   job, the auto top-up job; also racing the refund) grants and voids in one transaction; a kept
+ *   event of a PaymentIntent that never becomes a payment is pruned by sweep-due.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
-import { applyReversalEvent } from '../../src/services/payment-reversals.js';
+import { processResumePayment } from '../../workers/processors/resume-payment.js';
+import { processSweepDue } from '../../workers/processors/sweep-due.js';
+import { EARLY_REVERSAL_RETENTION_MS, applyReversalEvent, pruneEarlyReversals } from '../../src/services/payment-reversals.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
+import { apiAccount, dbId, expectError, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
 import {
   RECORD_USAGE,
   SET_AUTO_TOP_UP,
@@ -32,7 +38,7 @@ import {
   type BillingServer,
   type QueuedServer,
 } from './billing-helpers.js';
-import { intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { API_ERROR_ANSWER, intentAnswer, paymentIntent, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
 
 const SECRET = 'whsec_creditpool';
 const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: SECRET };
@@ -203,7 +209,7 @@ describe('charge.refunded', () => {
     const { accountId, pi, paymentId } = await boughtPack(srv);
     const other = await boughtPack(srv);
     await expectUnchanged(srv, [accountId, other.accountId], async () => {
-      expect(await post(srv, refundEvent(`pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`, 400))).toBe('unknown_payment');
+      expect(await post(srv, refundEvent(`pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`, 400))).toBe('kept'); // see below
       expect(await post(srv, refundEvent(pi, 400, { payment_intent: null }))).toBe('unknown_payment');
       expect(await post(srv, refundEvent(pi, 999, {}, 999))).toBe('mismatch');
       expect(await post(srv, refundEvent(pi, 400, { currency: 'eur' }))).toBe('mismatch');
@@ -325,5 +331,174 @@ describe('the simulator\'s refund and dispute', () => {
     expect(await paymentState(srv, b.paymentId)).toMatchObject({ disputed: true, reversed: true, voided_micro_credits: '40000000' });
     await expectLedgerInvariant(srv.services.pool, dbId(a.accountId));
     await expectLedgerInvariant(srv.services.pool, dbId(b.accountId));
+  });
+});
+
+describe('a refund or dispute that arrives before creditpool settled its payment', () => {
+  /** A purchase ($4, 40 credits) whose Stripe answer was lost: PENDING, no provider_ref; `pi` is the PaymentIntent Stripe made. */
+  async function lostStripePurchase(srv: TestServer) {
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const accountId = await apiAccount(srv);
+    await attachMethod(srv, accountId, 'pm_card_visa');
+    const key = uniq('buy');
+    fake.planned.push(API_ERROR_ANSWER);
+    expectError(await srv.gql(PURCHASE, { accountId, packId: pack.id, key }), 'UNAVAILABLE');
+    const { rows } = await srv.services.pool.query('SELECT id, status, provider_ref FROM payments WHERE account_id = $1', [dbId(accountId)]);
+    expect(rows).toEqual([{ id: expect.any(String), status: 'PENDING', provider_ref: null }]);
+    const paymentId = rows[0].id as string;
+    const pi = `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    const succeeded = JSON.stringify(
+      stripeEvent('payment_intent.succeeded', paymentIntent('succeeded', pi, { amount: 400, metadata: { paymentId, packId: pack.id, purpose: 'PURCHASE', accountId: dbId(accountId) } })),
+    );
+    return { accountId, paymentId, pi, succeeded, purchase: () => srv.gql(PURCHASE, { accountId, packId: pack.id, key }) };
+  }
+
+  async function keptReversals(srv: TestServer, providerRef: string) {
+    const { rows } = await srv.services.pool.query('SELECT kind, refunded_cents::text, dispute_ref FROM early_payment_reversals WHERE provider_ref = $1 ORDER BY kind', [providerRef]);
+    return rows;
+  }
+
+  it('a full refund, then the late payment_intent.succeeded: the grant is voided in the same transaction, the payment shows the refund; redelivery changes nothing', async () => {
+    const { srv } = main;
+    const { accountId, paymentId, pi, succeeded, purchase } = await lostStripePurchase(srv);
+    const refund = refundEvent(pi, 400);
+    await expectUnchanged(srv, [accountId], async () => {
+      expect(await post(srv, refund)).toBe('kept');
+      expect(await post(srv, refund)).toBe('unchanged'); // redelivered while kept
+    });
+    expect(await keptReversals(srv, pi)).toEqual([{ kind: 'refund', refunded_cents: '400', dispute_ref: null }]);
+    expect(await post(srv, succeeded)).toBe('settled');
+    expect(await paymentState(srv, paymentId)).toMatchObject({
+      status: 'SUCCEEDED',
+      refunded_cents: '400',
+      reversed: true,
+      grant_voided: true,
+      voided_micro_credits: '40000000',
+      void_reason: expect.stringContaining('refunded in full'),
+    });
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '0', total: '0', debt: '0' });
+    expect(await voidEntries(srv, accountId)).toEqual(['-40000000']);
+    expect(await auditVoids(srv, accountId)).toBe(1);
+    expect(await keptReversals(srv, pi)).toEqual([]);
+    await expectUnchanged(srv, [accountId], async () => {
+      expect(await post(srv, succeeded)).toBe('unchanged');
+      expect(await post(srv, refund)).toBe('unchanged');
+      ok(await purchase()); // the client's retry answers the (voided) grant, charges nothing
+    });
+    expect(await voidEntries(srv, accountId)).toEqual(['-40000000']);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a partial refund before the settlement is recorded on the payment when it settles; the grant stays', async () => {
+    const { srv } = main;
+    const { accountId, paymentId, pi, succeeded } = await lostStripePurchase(srv);
+    expect(await post(srv, refundEvent(pi, 100))).toBe('kept');
+    expect(await post(srv, refundEvent(pi, 250))).toBe('kept'); // grew
+    expect(await post(srv, refundEvent(pi, 100))).toBe('unchanged'); // older
+    expect(await post(srv, succeeded)).toBe('settled');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ status: 'SUCCEEDED', refunded_cents: '250', reversed: false, grant_voided: false });
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    expect(logged).toContainEqual({ level: 'warn', obj: expect.objectContaining({ paymentId, refundedCents: '250' }), msg: expect.stringContaining('partial refund') });
+    expect(await post(srv, refundEvent(pi, 400))).toBe('reversed');
+    expect((await readAccount(srv, accountId)).balance.total).toBe('0');
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a refund of a payment settled no_charge_found, then its late success: granted and voided at once', async () => {
+    const { srv } = main;
+    const { accountId, paymentId, pi, succeeded } = await lostStripePurchase(srv);
+    await srv.services.pool.query(`UPDATE payments SET status = 'FAILED', error = 'no_charge_found: no charge was found' WHERE id = $1`, [paymentId]);
+    expect(await post(srv, refundEvent(pi, 400))).toBe('kept');
+    expect(await post(srv, succeeded)).toBe('settled');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ status: 'SUCCEEDED', refunded_cents: '400', reversed: true, voided_micro_credits: '40000000' });
+    expect((await readAccount(srv, accountId)).balance.total).toBe('0');
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a dispute, then the resume job settles the payment (simulator): voided at once, auto top-up paused', async () => {
+    const { srv, simulator } = sim;
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const accountId = await apiAccount(srv, { paid: '10' }); // above the threshold: setting auto top-up starts none
+    const method = await attachMethod(srv, accountId);
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
+    simulator.script(method, ['timeout_after_charge']);
+    expectError(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') }), 'UNAVAILABLE');
+    const { rows } = await srv.services.pool.query(`SELECT id FROM payments WHERE account_id = $1 AND status = 'PENDING'`, [dbId(accountId)]);
+    const paymentId = rows[0].id as string;
+    const dispute = simulator.dispute(paymentId);
+    const chargeLivemode = (testMode: boolean) => !testMode;
+    expect((await applyReversalEvent(srv.services, dispute, chargeLivemode)).result).toBe('kept');
+    expect((await applyReversalEvent(srv.services, dispute, chargeLivemode)).result).toBe('unchanged');
+    const deps = billingWorkerDeps(sim);
+    await processResumePayment(deps, { id: `resume-payment-${paymentId}`, name: 'resume-payment', data: { paymentId, accountId: dbId(accountId) }, attemptsMade: 0, attempts: 3 });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ status: 'SUCCEEDED', disputed: true, dispute_ref: dispute.disputeRef, reversed: true, voided_micro_credits: '40000000' });
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '10', total: '10' });
+    expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({ enabled: false, pausedAt: expect.any(String) });
+    expect(await topUps(srv, accountId)).toEqual([]);
+    expect((await applyReversalEvent(srv.services, dispute, chargeLivemode)).result).toBe('unchanged');
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a refund for a PaymentIntent that is no creditpool payment: kept, nothing granted, pruned after the retention', async () => {
+    const { srv } = main;
+    const pi = `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    const received = Date.now();
+    expect(await post(srv, refundEvent(pi, 400))).toBe('kept');
+    expect(await post(srv, disputeEvent(pi))).toBe('kept');
+    expect(await keptReversals(srv, pi)).toHaveLength(2);
+    const { rows } = await srv.services.pool.query('SELECT count(*)::int AS n FROM payments WHERE provider_ref = $1', [pi]);
+    expect(rows[0].n).toBe(0);
+    await pruneEarlyReversals(srv.services.pool, new Date(received + EARLY_REVERSAL_RETENTION_MS - 60_000));
+    expect(await keptReversals(srv, pi)).toHaveLength(2);
+    await pruneEarlyReversals(srv.services.pool, new Date(received + EARLY_REVERSAL_RETENTION_MS + 60_000));
+    expect(await keptReversals(srv, pi)).toEqual([]);
+    // The sweep-due job prunes them: a kept refund first received past the retention is deleted.
+    expect(await post(srv, refundEvent(pi, 400))).toBe('kept');
+    await srv.services.pool.query(`UPDATE early_payment_reversals SET received_at = received_at - make_interval(secs => $2) WHERE provider_ref = $1`, [pi, EARLY_REVERSAL_RETENTION_MS / 1000 + 60]);
+    const result = await processSweepDue(billingWorkerDeps(main), { add: async () => {} });
+    expect(result.prunedEarlyReversals).toBeGreaterThanOrEqual(1);
+    expect(await keptReversals(srv, pi)).toEqual([]);
+  });
+
+  it('a refund and the success delivered at the same moment: the credit is taken back either way', async () => {
+    const { srv } = main;
+    for (let i = 0; i < 20; i++) {
+      const { accountId, paymentId, pi, succeeded } = await lostStripePurchase(srv);
+      const refund = refundEvent(pi, 400);
+      const results = await Promise.all(i % 2 === 0 ? [post(srv, refund), post(srv, succeeded)] : [post(srv, succeeded), post(srv, refund)]);
+      expect(results).toContain('settled');
+      expect(await paymentState(srv, paymentId)).toMatchObject({ status: 'SUCCEEDED', refunded_cents: '400', reversed: true, voided_micro_credits: '40000000' });
+      expect((await readAccount(srv, accountId)).balance.total).toBe('0');
+      expect(await voidEntries(srv, accountId)).toEqual(['-40000000']);
+      expect(await keptReversals(srv, pi)).toEqual([]);
+      await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+    }
+  });
+
+  it('an auto top-up whose answer was lost, refunded, then settled by its job: granted and voided at once, auto top-up paused, no second top-up', async () => {
+    const { srv } = main;
+    const deps = billingWorkerDeps(main);
+    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+    const accountId = await apiAccount(srv, { paid: '100' });
+    await attachMethod(srv, accountId, 'pm_card_visa');
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+    await spend(srv, accountId, '60');
+    const [topUp] = await topUps(srv, accountId);
+    const run = (attemptsMade: number) =>
+      processAutoTopUp(deps, { id: `auto-top-up-${topUp!.id}`, name: 'auto-top-up', data: { topUpId: topUp!.id, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+    fake.planned.push(API_ERROR_ANSWER);
+    await expect(run(0)).rejects.toThrow(/will retry/);
+    const pi = `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    expect(await post(srv, refundEvent(pi, 200, {}, 200))).toBe('kept');
+    fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
+    await run(1);
+    const [settled] = await topUps(srv, accountId);
+    expect(settled).toMatchObject({ status: 'SUCCEEDED' });
+    expect(await paymentState(srv, settled!.payment_id!)).toMatchObject({ status: 'SUCCEEDED', refunded_cents: '200', reversed: true, voided_micro_credits: '20000000' });
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({ enabled: false, pausedAt: expect.any(String) });
+    expect(await topUps(srv, accountId)).toHaveLength(1);
+    expect(logged).toContainEqual({ level: 'warn', obj: expect.objectContaining({ paymentId: settled!.payment_id, result: 'reversed' }), msg: expect.stringContaining('before its payment was settled') });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 });

@@ -10,7 +10,10 @@
  *   completed is replaced, so a top-up whose last attempt timed out is resumed);
  * - PURCHASE payments PENDING longer than PAYMENT_RESUME_AFTER_SECONDS -> `resume-payment` jobs
  *   (jobId `resume-payment-<payment id>`, same re-add rule), so a purchase whose client never
- *   retried is still settled: granted once if it was charged, FAILED if declined.
+ *   retried is still settled: granted once if it was charged, FAILED if declined;
+ * - refunds and disputes kept for a charge no payment was settled with, first received more than
+ *   EARLY_REVERSAL_RETENTION_MS ago -> deleted (services/payment-reversals.ts pruneEarlyReversals:
+ *   charges of other applications on the same provider account), at most 10,000 per run.
  *
  * One account whose expiry or roll fails (a plan's grant refused because the balance would pass
  * the 64-bit limit, a lock it waited on too long, a bug) is logged and counted, and the sweep goes
@@ -28,6 +31,7 @@ import { findAccountsWithDueExpiries, expireDue } from '../../src/services/expir
 import { findAccountsWithDuePeriods, rollBillingPeriods } from '../../src/services/plans.js';
 import { findUndeliveredWebhookJobs } from '../../src/services/webhooks.js';
 import { findPaymentsToResume } from '../../src/services/resume-payment.js';
+import { pruneEarlyReversals } from '../../src/services/payment-reversals.js';
 
 /** The maintenance job's name. */
 export const SWEEP_DUE_JOB = 'sweep-due';
@@ -55,6 +59,8 @@ export interface SweepResult {
   requeuedJobs: number;
   /** Accounts whose expiry or roll failed this run (each logged; tried again next run). */
   failedAccounts: number;
+  /** Kept refunds and disputes of charges no payment was settled with, deleted past their retention. */
+  prunedEarlyReversals: number;
 }
 
 /**
@@ -107,7 +113,8 @@ export async function processSweepDue(
     ...(deps.env.WEBHOOK_URL ? await findUndeliveredWebhookJobs(services.pool, now) : []),
   ];
   if (jobs.length > 0) await (sink.readd ?? sink.add)(jobs);
-  const result = { expiredAccounts: expired.done, rolledAccounts: rolled.done, requeuedJobs: jobs.length, failedAccounts: expired.failed + rolled.failed };
-  if (expiring.length + rolling.length + jobs.length > 0) log.info(result, 'sweep-due did overdue work');
+  const prunedEarlyReversals = await pruneEarlyReversals(services.pool, now);
+  const result = { expiredAccounts: expired.done, rolledAccounts: rolled.done, requeuedJobs: jobs.length, failedAccounts: expired.failed + rolled.failed, prunedEarlyReversals };
+  if (expiring.length + rolling.length + jobs.length + prunedEarlyReversals > 0) log.info(result, 'sweep-due did overdue work');
   return result;
 }

@@ -1,0 +1,260 @@
+/**
+ * The rules of taking back a payment's credit when its charge was refunded or disputed, inside a
+ * transaction that holds the payment's account lock. Shared by the two places a reversal meets
+ * its payment, so both apply it the same way, once:
+ * - services/payment-reversals.ts applyReversalEvent: the provider's event about a payment that
+ *   is SUCCEEDED already (the module comment there has the rules);
+ * - services/purchase-pack.ts settlePayment: a payment settled SUCCEEDED after the provider had
+ *   already reported a refund or dispute of its charge (kept in `early_payment_reversals`, see
+ *   {@link applyEarlyReversals}), in the transaction that grants it.
+ * This module imports nothing from purchase-pack.ts but a type, so settlePayment can use it.
+ */
+import { SYSTEM_ACTOR, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
+import { toBigInt, type Tx } from '../db/pg.js';
+import { formatCredits } from '../ledger/credits.js';
+import { assert } from '../ledger/errors.js';
+import { usdToCents, type ChargeReversalEvent } from '../payments/provider.js';
+import type { AccountTx } from './account-tx.js';
+import type { ServiceContext } from './context.js';
+import type { PaymentRow } from './purchase-pack.js';
+import { voidLockedGrant, type VoidedGrant } from './void-grant.js';
+
+/**
+ * What applying a refund or dispute did (services/payment-reversals.ts applyReversalEvent):
+ * - `reversed`: this call took back the grant's unused remainder (`voidedMicroCredits`);
+ * - `recorded`: this call recorded a partial refund or a dispute whose grant had been taken back
+ *   before, and took nothing back;
+ * - `unchanged`: the event was applied (or kept) before (redelivered, or older than one applied): nothing written;
+ * - `kept`: no SUCCEEDED payment has the charge yet; the event is kept (`early_payment_reversals`)
+ *   and applied when a payment is settled SUCCEEDED with that charge (or pruned after
+ *   EARLY_REVERSAL_RETENTION_MS when none is);
+ * - `unknown_payment`: the event names no charge reference (or not a usable refund or dispute);
+ * - `mismatch`: the charge's livemode, currency or amount is not the payment's (logged as an error).
+ */
+export interface ReversalEventResult {
+  result: 'reversed' | 'recorded' | 'unchanged' | 'kept' | 'unknown_payment' | 'mismatch';
+  /** The payment's id (null for kept and unknown_payment). */
+  paymentId: string | null;
+  /** What this call took back, in micro-credits (0 unless `reversed`). */
+  voidedMicroCredits: bigint;
+}
+
+/**
+ * Why the charge an event describes is not `payment`'s, or null when it is.
+ * @param expectedLivemode the `livemode` of the payment's charges; null: not compared (a kept
+ *   event applied at settlement: {@link applyEarlyReversals}).
+ */
+export function reversalMismatchOf(event: ChargeReversalEvent, payment: PaymentRow, expectedLivemode: boolean | null): string | null {
+  if (expectedLivemode !== null && event.livemode !== expectedLivemode) return `livemode ${event.livemode}, expected ${expectedLivemode} for this account's payments`;
+  if (event.currency !== 'usd') return `currency ${event.currency}, expected usd`;
+  const cents = usdToCents(payment.amountUsd);
+  if (event.kind === 'refund') {
+    if (event.amountCents !== cents) return `amount ${event.amountCents} cents, expected ${cents}`;
+    if (event.refundedCents < 0n || event.refundedCents > cents) return `amount_refunded ${event.refundedCents} cents, expected 0 to ${cents}`;
+  } else if (event.amountCents <= 0n || event.amountCents > cents) {
+    return `disputed amount ${event.amountCents} cents, expected 1 to ${cents}`;
+  }
+  return null;
+}
+
+/** What {@link applyReversalLocked} did, for {@link reportReversal} to log after the commit. */
+export interface LockedReversal {
+  /** Something was written on the payment (refunded_cents grew, the dispute, the void). */
+  recorded: boolean;
+  /** The void of the grant, when this event made the refund full or is a dispute (voidedNow false: voided before). */
+  voided: VoidedGrant | null;
+  /** The payment's cumulative refunded cents after this call. */
+  refunded: bigint;
+  /** The grant's amount, in micro-credits. */
+  grantedMicroCredits: bigint;
+  /** The account's auto top-up was enabled and this call paused it. */
+  pausedAutoTopUp: boolean;
+}
+
+/**
+ * Applies `event` to the SUCCEEDED payment `payment` inside the transaction of `atx`, which holds
+ * the payment's account lock (the caller checked {@link reversalMismatchOf} and calls atx.finish()):
+ * records a refund (refunded_cents only grows) or the first dispute, and for a full refund or a
+ * dispute pauses auto top-up and voids the unused remainder of the payment's grant with
+ * voidLockedGrant's rules (once: reversed_at). Rules: services/payment-reversals.ts module comment.
+ * @returns what was written ({@link LockedReversal}).
+ */
+export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, payment: PaymentRow, event: ChargeReversalEvent): Promise<LockedReversal> {
+  const tx = atx.tx;
+  const cents = usdToCents(payment.amountUsd);
+  const { rows } = await tx.query('SELECT refunded_cents, disputed_at, reversed_at, grant_id FROM payments WHERE id = $1 FOR UPDATE', [payment.id]);
+  const current = rows[0];
+  assert(current && current.grant_id, 'a SUCCEEDED payment has its grant');
+  const refundedBefore = toBigInt(current.refunded_cents);
+  let recorded = false;
+  let pausedAutoTopUp = false;
+  if (event.kind === 'refund' && event.refundedCents > refundedBefore) {
+    await tx.query('UPDATE payments SET refunded_cents = $2, refunded_at = $3, updated_at = $3 WHERE id = $1', [payment.id, event.refundedCents.toString(), atx.now]);
+    recorded = true;
+  }
+  if (event.kind === 'dispute' && current.disputed_at === null) {
+    await tx.query('UPDATE payments SET disputed_at = $2, dispute_ref = $3, updated_at = $2 WHERE id = $1', [payment.id, atx.now, event.disputeRef ?? event.eventId]);
+    pausedAutoTopUp = await pauseAutoTopUp(atx, actor, `dispute: the card holder disputed payment ${payment.id}`);
+    recorded = true;
+  }
+  const refunded = event.kind === 'refund' && event.refundedCents > refundedBefore ? event.refundedCents : refundedBefore;
+  const full = event.kind === 'dispute' || current.disputed_at !== null || refunded >= cents;
+  const grant = await tx.query('SELECT amount_micro_credits FROM credit_grants WHERE id = $1', [current.grant_id]);
+  const grantedMicroCredits = toBigInt(grant.rows[0].amount_micro_credits);
+  if (!full || current.reversed_at !== null) return { recorded, voided: null, refunded, grantedMicroCredits, pausedAutoTopUp };
+  const reason =
+    event.kind === 'refund'
+      ? `payment ${payment.id} refunded in full by the payment provider (charge ${event.providerRef}, event ${event.eventId})`
+      : `payment ${payment.id} disputed by the card holder (dispute ${event.disputeRef ?? event.eventId}, charge ${event.providerRef})`;
+  // A full refund pauses auto top-up as a dispute does: the customer was given the money back,
+  // and the void below may take the balance under the top-up threshold, which would charge the
+  // same card again at once (balances_changed in atx.finish sees the pause).
+  if (event.kind === 'refund') pausedAutoTopUp = (await pauseAutoTopUp(atx, actor, `refund: payment ${payment.id} was refunded in full`)) || pausedAutoTopUp;
+  const voided = await voidLockedGrant(atx, actor, current.grant_id as string, reason);
+  await tx.query('UPDATE payments SET reversed_at = $2, updated_at = $2 WHERE id = $1', [payment.id, atx.now]);
+  return { recorded: true, voided, refunded, grantedMicroCredits, pausedAutoTopUp };
+}
+
+/**
+ * Logs, after the commit, what {@link applyReversalLocked} did (auto top-up paused: warn; credit
+ * already spent or expired and not taken back: warn with `unrecoveredMicroCredits`; a partial
+ * refund: warn with the pack's refunded share) and returns the event's result.
+ */
+export function reportReversal(ctx: ServiceContext, event: ChargeReversalEvent, payment: PaymentRow, done: LockedReversal): ReversalEventResult {
+  const logContext = { providerRef: event.providerRef, eventId: event.eventId, eventType: event.eventType, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose };
+  if (done.pausedAutoTopUp) ctx.log?.warn(logContext, 'payment reversal: a charge of the account was refunded in full or disputed; its auto top-up is paused (setAutoTopUp re-enables it)');
+  if (done.voided) {
+    const unrecovered = done.voided.grantedMicroCredits - done.voided.voidedMicroCredits;
+    const figures = { ...logContext, voidedMicroCredits: done.voided.voidedMicroCredits.toString(), unrecoveredMicroCredits: unrecovered.toString() };
+    if (unrecovered > 0n) {
+      ctx.log?.warn(figures, 'payment reversal: part of the credit of a refunded or disputed payment was already spent or expired; it is not taken back (no debt is made)');
+    }
+    return { result: done.voided.voidedNow ? 'reversed' : 'recorded', paymentId: payment.id, voidedMicroCredits: done.voided.voidedMicroCredits };
+  }
+  const cents = usdToCents(payment.amountUsd);
+  if (done.recorded && event.kind === 'refund' && done.refunded < cents) {
+    // The pack's refunded share, rounded down: what an operator may take back by hand.
+    const shareMicroCredits = (done.grantedMicroCredits * done.refunded) / cents;
+    ctx.log?.warn(
+      { ...logContext, refundedCents: done.refunded.toString(), amountCents: cents.toString(), refundedShareMicroCredits: shareMicroCredits.toString(), refundedShare: formatCredits(shareMicroCredits) },
+      'payment reversal: a partial refund is recorded but its share of the credit is not taken back automatically (a grant is voided whole); take it back by hand if needed',
+    );
+  }
+  return { result: done.recorded ? 'recorded' : 'unchanged', paymentId: payment.id, voidedMicroCredits: 0n };
+}
+
+/** Advisory lock class of a charge reference's early reversals (pg_advisory_xact_lock(class, hashtext(ref))). */
+const EARLY_REVERSAL_LOCK_CLASS = 0x72657631;
+
+/**
+ * Takes the transaction-scoped advisory lock of charge reference `providerRef`: held by the
+ * transaction that keeps an early reversal (after it checked that no SUCCEEDED payment has the
+ * reference) and by the one that settles a payment SUCCEEDED with it (before it reads the kept
+ * reversals). So either the keeper sees the settled payment (and applies the event to it), or the
+ * settlement sees the kept reversal: none is lost between the two. A hash collision only makes
+ * two references wait on each other.
+ */
+export async function lockChargeReference(tx: Tx, providerRef: string): Promise<void> {
+  await tx.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [EARLY_REVERSAL_LOCK_CLASS, providerRef]);
+}
+
+/** A refund or dispute kept for a charge no payment was settled with yet, and what settling applied of it. */
+export interface AppliedEarlyReversal {
+  event: ChargeReversalEvent;
+  /** What was applied; null when the event is not this payment's charge (`mismatch`, logged; the event stays kept). */
+  done: LockedReversal | null;
+  /** Why it is not this payment's charge (null when applied). */
+  mismatch: string | null;
+}
+
+/** A kept `early_payment_reversals` row as the event it was made from. */
+function keptEventOf(r: Record<string, unknown>): ChargeReversalEvent {
+  return {
+    eventId: r.event_id as string,
+    eventType: r.event_type as string,
+    kind: r.kind as ChargeReversalEvent['kind'],
+    providerRef: r.provider_ref as string,
+    amountCents: toBigInt(r.amount_cents as string),
+    refundedCents: toBigInt(r.refunded_cents as string),
+    disputeRef: (r.dispute_ref as string | null) ?? null,
+    currency: r.currency as string,
+    livemode: r.livemode === true,
+  };
+}
+
+/**
+ * Applies the refunds and disputes the provider reported for the charge `payment.providerRef`
+ * before the payment was settled (kept by applyReversalEvent in `early_payment_reversals`), in
+ * the transaction of `atx` that has just settled `payment` SUCCEEDED with its grant (settlePayment):
+ * so a payment refunded in full or disputed before creditpool learnt it had succeeded has its
+ * grant voided in the same transaction that makes it, and the payment row records the refund or
+ * dispute, as if the events had come after the settlement. Each applied event is deleted.
+ * The event's currency and amount are checked against the payment (a mismatch is returned to be
+ * logged, and the event is left to the pruning); its `livemode` is not: the reference is the one
+ * the charge's own outcome reported for this payment, and a provider's charge reference (Stripe's
+ * PaymentIntent id, the simulator's uuid) names one charge of one mode.
+ * @returns the kept events, in the order received, and what was applied of each.
+ */
+export async function applyEarlyReversals(atx: AccountTx, payment: PaymentRow): Promise<AppliedEarlyReversal[]> {
+  if (payment.status !== 'SUCCEEDED' || payment.providerRef === null) return [];
+  await lockChargeReference(atx.tx, payment.providerRef);
+  const { rows } = await atx.tx.query('SELECT * FROM early_payment_reversals WHERE provider_ref = $1 ORDER BY received_at, kind', [payment.providerRef]);
+  const applied: AppliedEarlyReversal[] = [];
+  for (const row of rows) {
+    const event = keptEventOf(row);
+    const mismatch = reversalMismatchOf(event, payment, null);
+    if (mismatch) {
+      applied.push({ event, done: null, mismatch });
+      continue;
+    }
+    const done = await applyReversalLocked(atx, SYSTEM_ACTOR, payment, event);
+    await atx.tx.query('DELETE FROM early_payment_reversals WHERE provider_ref = $1 AND kind = $2', [event.providerRef, event.kind]);
+    applied.push({ event, done, mismatch: null });
+  }
+  return applied;
+}
+
+/**
+ * Logs, after the commit, what {@link applyEarlyReversals} applied when `payment` was settled:
+ * each event as {@link reportReversal} does, plus one warning per applied event (the credit was
+ * granted and taken back in one transaction because the refund or dispute came first), and an
+ * error per mismatch (left kept until pruned; an operator checks it).
+ */
+export function reportEarlyReversals(ctx: ServiceContext, payment: PaymentRow, applied: readonly AppliedEarlyReversal[]): void {
+  for (const { event, done, mismatch } of applied) {
+    const context = { providerRef: event.providerRef, eventId: event.eventId, eventType: event.eventType, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose };
+    if (!done) {
+      ctx.log?.error({ ...context, mismatch }, "payment reversal: a refund or dispute kept for this charge is not this payment's; not applied, check it");
+      continue;
+    }
+    const { result, voidedMicroCredits } = reportReversal(ctx, event, payment, done);
+    ctx.log?.warn(
+      { ...context, result, voidedMicroCredits: voidedMicroCredits.toString() },
+      'payment reversal: the charge was refunded or disputed before its payment was settled; applied when it was settled',
+    );
+  }
+}
+
+/**
+ * Pauses the account's auto top-up inside the locked transaction, as three failed charges do
+ * (services/auto-top-up.ts: enabled = false, paused_at), with `last_error` = `reason` (the dispute or the full refund),
+ * and records `auto_top_up.updated` in the audit trail. No `auto_top_up.paused` webhook: its body
+ * is built from the top-up that paused it (services/webhooks.ts), which a dispute has not.
+ * @returns whether it was enabled (and is paused now).
+ */
+async function pauseAutoTopUp(atx: AccountTx, actor: AuditActor, reason: string): Promise<boolean> {
+  const { rows } = await atx.tx.query(
+    `UPDATE auto_top_up_settings SET enabled = false, paused_at = COALESCE(paused_at, $2), last_error = $3, updated_at = $2
+      WHERE account_id = $1 AND enabled RETURNING account_id`,
+    [atx.accountId, atx.now, reason],
+  );
+  if (!rows[0]) return false;
+  await recordAuditEvent(atx.tx, actor, {
+    action: 'auto_top_up.updated',
+    accountId: atx.accountId,
+    subjectType: 'auto_top_up',
+    subjectId: atx.accountId,
+    details: { enabled: false, reason },
+  });
+  return true;
+}
