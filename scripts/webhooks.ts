@@ -29,7 +29,7 @@ import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 
 import { loadEnvOrExit } from '../src/config/env.js';
-import { createPgPool } from '../src/db/pg.js';
+import { createPgPool, ledgerSessionLimits } from '../src/db/pg.js';
 import { closeRedis } from '../src/db/redis-close.js';
 import { createQueueJobSink } from '../src/queues/job-sink.js';
 import {
@@ -72,7 +72,7 @@ try {
 }
 
 if (values.help) {
-  console.log(USAGE);
+  console.log(`Lists webhook events the receiver never acknowledged (failed) and hands them back to the running workers to send again (redeliver).\n${USAGE}`);
   process.exit(0);
 }
 
@@ -167,7 +167,9 @@ function printRedelivered(outcomes: RedeliveryOutcome[]): void {
 }
 
 const env = loadEnvOrExit();
-const pool = createPgPool(env.DATABASE_URL, 1);
+// The server's connection limits: without PG_CONNECT_TIMEOUT_MS a PostgreSQL that accepts the
+// connection and never answers kept the command waiting for ever.
+const pool = createPgPool(env.DATABASE_URL, 1, ledgerSessionLimits(env));
 let redis: Redis | null = null;
 try {
   if (command === 'failed') {
@@ -175,7 +177,11 @@ try {
   } else {
     if (values['all-failed']) refs = (await listFailedWebhooks(pool, { since, limit: null })).map((e) => ({ eventType: e.eventType, eventId: e.eventId }));
     redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 1, connectionName: 'creditpool-webhooks-cli' });
+    // Without a listener ioredis prints each failed connection attempt as an unhandled error with
+    // its stack; the command that needed Redis fails with the error itself (caught below).
+    redis.on('error', () => undefined);
     const sink = createQueueJobSink(redis, env.QUEUE_PREFIX);
+    for (const q of [sink.queue, sink.webhookQueue]) q.on('error', () => undefined); // BullMQ console.errors them otherwise
     try {
       const outcomes = await redeliverWebhooks(pool, sink, refs);
       printRedelivered(outcomes);
