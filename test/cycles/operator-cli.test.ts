@@ -9,6 +9,9 @@ import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
+import { createTestServices } from '../setup/services.js';
+import { KEY_REVOCATION_ANNOUNCE_TIMEOUT_MS } from '../../src/auth/key-revocation.js';
+import { createFundedAccount } from '../factories/accounts.js';
 import { exitedWithin, runScript, startScript, type ScriptRun } from '../setup/run-script.js';
 
 const PASSWORD = 's3cret-operator-pw';
@@ -45,15 +48,15 @@ function env(overrides: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return { ...process.env, NODE_ENV: 'test', DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: TEST_REDIS_URL, ...overrides };
 }
 
-/** Runs `script` and expects it to exit by itself within {@link FAIL_FAST_MS}; kills it otherwise. */
-async function runBounded(script: string, args: string[], environment: NodeJS.ProcessEnv): Promise<ScriptRun> {
+/** Runs `script` and expects it to exit by itself within `boundMs` (a bound raced against the exit); kills it otherwise. */
+async function runBounded(script: string, args: string[], environment: NodeJS.ProcessEnv, boundMs = FAIL_FAST_MS): Promise<ScriptRun> {
   const started = Date.now();
   const running = startScript(script, args, environment);
-  const outcome = await exitedWithin(running, started, FAIL_FAST_MS);
+  const outcome = await exitedWithin(running, started, boundMs);
   if (outcome === 'still running') {
     running.child.kill('SIGKILL');
     const run = await running.exited;
-    throw new Error(`${script} ${args.join(' ')} still running after ${FAIL_FAST_MS} ms; stdout:\n${run.stdout}\nstderr:\n${run.stderr}`);
+    throw new Error(`${script} ${args.join(' ')} still running after ${boundMs} ms; stdout:\n${run.stdout}\nstderr:\n${run.stderr}`);
   }
   return outcome.run;
 }
@@ -90,11 +93,32 @@ describe('a PostgreSQL that accepts connections and never answers', () => {
 });
 
 describe('a Redis that is down', () => {
-  it('webhooks redeliver prints no ioredis stack traces and exits', async () => {
-    const unknown = randomUUID();
-    const run = await runBounded('scripts/webhooks.ts', ['redeliver', unknown], env({ REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${closedPort}` }));
-    expectCleanFailure(run, 1, new RegExp(`${unknown}  refused: no such webhook event`));
-    expect(run.stderr).not.toContain('ECONNREFUSED');
+  it('webhooks redeliver of an undelivered event fails within seconds when Redis refuses or never answers, and queues nothing', async () => {
+    const services = createTestServices(2);
+    try {
+      const accountId = await createFundedAccount(services, { paid: 10 });
+      const alertId = randomUUID();
+      await services.pool.query(
+        `INSERT INTO credit_alerts (id, account_id, threshold, percent_remaining, available_micro_credits, period_start) VALUES ($1, $2, 25, 20, 1, now())`,
+        [alertId, accountId],
+      );
+      await services.pool.query(
+        `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code) VALUES ($1, 'credit_alert.raised', $2, $3, 'http://127.0.0.1:9/', 1, 'FAILED', 500)`,
+        [randomUUID(), alertId, accountId],
+      );
+      const prefix = `cp-test-operator-cli-${randomUUID()}`;
+      const [refused, silentRedis] = await Promise.all(
+        [closedPort, silentPort].map((port) =>
+          runBounded('scripts/webhooks.ts', ['redeliver', alertId], env({ REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${port}`, QUEUE_PREFIX: prefix }), FAIL_FAST_MS + KEY_REVOCATION_ANNOUNCE_TIMEOUT_MS),
+        ),
+      );
+      expectCleanFailure(refused!, 1, new RegExp(`^failed: Redis at redis://:\\*\\*\\*@127\\.0\\.0\\.1:${closedPort}`, 'm'));
+      expectCleanFailure(silentRedis!, 1, new RegExp(`^failed: Redis at redis://:\\*\\*\\*@127\\.0\\.0\\.1:${silentPort}.*did not answer`, 'm'));
+      const { rows } = await services.pool.query('SELECT status FROM webhook_deliveries WHERE event_id = $1', [alertId]);
+      expect(rows).toEqual([{ status: 'FAILED' }]);
+    } finally {
+      await services.close();
+    }
   });
 });
 
