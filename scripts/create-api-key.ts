@@ -20,7 +20,10 @@
  * TTL (API_KEY_CACHE_TTL_MS); running the command again re-announces it.
  * Both are recorded in the audit trail (`api_key.created` / `api_key.revoked`, actor kind `cli`,
  * named after the command and the OS user; never the token), in the same transaction.
- * Exits 1 on bad arguments or failure (2 for usage errors).
+ * PostgreSQL connections wait at most PG_CONNECT_TIMEOUT_MS (then: exit 1). `--help` says what it
+ * does. Exits 1 on values the service refuses (a bad scope or name, an id that is not a uuid or
+ * names no key) or failure, with the error's code; 2 for usage errors (a wrong combination of
+ * options, named on the first line of stderr; nothing read or changed).
  */
 import { parseArgs } from 'node:util';
 
