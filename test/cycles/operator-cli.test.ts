@@ -122,6 +122,22 @@ describe('a Redis that is down', () => {
   });
 });
 
+describe('npm run serve', () => {
+  it('on a PORT already in use: one fatal log line naming the port, exit 1, no stack dump on stderr', async () => {
+    const busy = net.createServer();
+    await new Promise<void>((resolve) => busy.listen(0, resolve));
+    const port = (busy.address() as net.AddressInfo).port;
+    try {
+      const run = await runBounded('src/main.ts', [], env({ PORT: String(port), MIGRATE_ON_BOOT: 'false', RUN_WORKERS: 'false', LOG_LEVEL: 'info' }));
+      expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 1, stderr: '' });
+      const fatal = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; port?: number }).filter((l) => l.level === 60);
+      expect(fatal).toEqual([expect.objectContaining({ port, msg: expect.stringMatching(new RegExp(`could not listen on port ${port}`)) })]);
+    } finally {
+      await new Promise<void>((resolve) => busy.close(() => resolve()));
+    }
+  });
+});
+
 describe('arguments', () => {
   it('apikey:create names what is wrong with its arguments, exit 2; --help says what it does', async () => {
     const cases: Array<[string[], RegExp]> = [
