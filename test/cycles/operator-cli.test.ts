@@ -123,6 +123,14 @@ describe('a Redis that is down', () => {
 });
 
 describe('npm run serve', () => {
+  it('with MIGRATE_ON_BOOT and a PostgreSQL that never answers: gives up after connect_timeout, one fatal line, exit 1', async () => {
+    const run = await runBounded('src/main.ts', [], env({ DATABASE_URL: `postgresql://postgres:${PASSWORD}@127.0.0.1:${silentPort}/creditpool?connect_timeout=1`, PORT: '0', MIGRATE_ON_BOOT: 'true', RUN_WORKERS: 'false', LOG_LEVEL: 'info' }));
+    expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 1, stderr: '' });
+    const fatal = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; database?: string }).filter((l) => l.level === 60);
+    expect(fatal).toEqual([expect.objectContaining({ msg: expect.stringMatching(/migrations/), database: expect.stringContaining('postgres:***@') })]);
+    expect(run.stdout).not.toContain(PASSWORD);
+  });
+
   it('on a PORT already in use: one fatal log line naming the port, exit 1, no stack dump on stderr', async () => {
     const busy = net.createServer();
     await new Promise<void>((resolve) => busy.listen(0, resolve));
