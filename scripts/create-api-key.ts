@@ -20,7 +20,10 @@
  * TTL (API_KEY_CACHE_TTL_MS); running the command again re-announces it.
  * Both are recorded in the audit trail (`api_key.created` / `api_key.revoked`, actor kind `cli`,
  * named after the command and the OS user; never the token), in the same transaction.
- * Exits 1 on bad arguments or failure (2 for usage errors).
+ * PostgreSQL connections wait at most PG_CONNECT_TIMEOUT_MS (then: exit 1). `--help` says what it
+ * does. Exits 1 on values the service refuses (a bad scope or name, an id that is not a uuid or
+ * names no key) or failure, with the error's code; 2 for usage errors (a wrong combination of
+ * options, named on the first line of stderr; nothing read or changed).
  */
 import { parseArgs } from 'node:util';
 
@@ -28,13 +31,23 @@ import { API_KEY_CACHE_TTL_MS, createApiKey, revokeApiKey } from '../src/auth/ap
 import { SCOPES } from '../src/auth/principal.js';
 import { cliActor } from '../src/audit/audit-log.js';
 import { loadEnvOrExit } from '../src/config/env.js';
-import { createPgPool } from '../src/db/pg.js';
+import { createPgPool, ledgerSessionLimits } from '../src/db/pg.js';
 import { LedgerError } from '../src/ledger/errors.js';
 
 const USAGE = `usage:
   tsx scripts/create-api-key.ts --name <name> --scopes <scope,scope,...> [--public]
   tsx scripts/create-api-key.ts --revoke <id>
 scopes: ${SCOPES.join(', ')}`;
+const HELP = `Creates a service API key in $DATABASE_URL and prints its token once, or revokes one
+(and announces the revocation to the running servers on $REDIS_URL).
+${USAGE}
+--public: the key acts for public visitors; refusals never show billing details.`;
+
+/** Prints `message` (what is wrong, one line) and the usage on stderr, and exits 2: nothing was read or changed. */
+function usageError(message: string): never {
+  console.error(`${message}\n${USAGE}`);
+  process.exit(2);
+}
 
 let values: { name?: string; scopes?: string; revoke?: string; public?: boolean; help?: boolean };
 try {
@@ -50,22 +63,26 @@ try {
     allowPositionals: false,
   }));
 } catch (err) {
-  console.error(`${(err as Error).message}\n${USAGE}`);
-  process.exit(2);
+  usageError((err as Error).message);
 }
 
 if (values.help) {
-  console.log(USAGE);
+  console.log(HELP);
   process.exit(0);
 }
+// Each wrong combination says what is wrong: `--public --revoke <id>` used to revoke and ignore
+// --public, and a missing --scopes printed the usage alone.
 const creating = values.name !== undefined || values.scopes !== undefined;
-if (creating === (values.revoke !== undefined) || (creating && (values.name === undefined || values.scopes === undefined))) {
-  console.error(USAGE);
-  process.exit(2);
-}
+if (creating && values.revoke !== undefined) usageError('give --name and --scopes, or --revoke, not both');
+if (values.public && !creating) usageError(`--public goes with --name and --scopes${values.revoke !== undefined ? ', not --revoke' : ''}`);
+if (!creating && values.revoke === undefined) usageError('give --name and --scopes to create a key, or --revoke <id>');
+if (creating && values.scopes === undefined) usageError('--scopes is required with --name');
+if (creating && values.name === undefined) usageError('--name is required with --scopes');
 
 const env = loadEnvOrExit();
-const pool = createPgPool(env.DATABASE_URL, 1);
+// The server's connection limits: without PG_CONNECT_TIMEOUT_MS a PostgreSQL that accepts the
+// connection and never answers kept the command waiting for ever.
+const pool = createPgPool(env.DATABASE_URL, 1, ledgerSessionLimits(env));
 try {
   if (values.revoke !== undefined) {
     let announced: { announcedTo: number } | { failed: string } | undefined;

@@ -7,6 +7,7 @@
  *                                    when there is a diff, and print it
  *   tsx scripts/db-diff.ts --check   exit 1 when the migrations lag behind the schema (CI)
  *   tsx scripts/db-diff.ts           only print the diff
+ *   --help says what it does; unknown options or more than one name: exit 2, nothing done
  */
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -18,14 +19,25 @@ const DEFAULT_DATABASE_URL = 'postgresql://postgres@127.0.0.1:5432/creditpool';
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const MIGRATIONS_DIR = path.join(ROOT, 'prisma', 'migrations');
 
+const USAGE = 'usage: tsx scripts/db-diff.ts [<migration_name> | --check]   (or: npm run db:diff -- ...)';
 const args = process.argv.slice(2);
+if (args.includes('--help') || args.includes('-h')) {
+  console.log(`Computes the SQL that brings prisma/migrations/ up to prisma/schema.prisma (a shadow database on the $DATABASE_URL server); prints it, writes it as a new migration when given a name, or with --check exits 1 when the migrations lag behind.\n${USAGE}`);
+  process.exit(0);
+}
 const check = args.includes('--check');
-const rawName = args.find((a) => !a.startsWith('--'));
-const unknown = args.filter((a) => a.startsWith('--') && a !== '--check');
-if (unknown.length > 0 || (check && rawName)) {
-  console.error('usage: tsx scripts/db-diff.ts [<migration_name> | --check]');
+const names = args.filter((a) => !a.startsWith('-'));
+const rawName = names[0];
+const unknown = args.filter((a) => a.startsWith('-') && a !== '--check');
+/** Prints what is wrong (one line) and the usage, exits 2: nothing computed or written. */
+function usageError(message: string): never {
+  console.error(`db:diff: ${message}\n${USAGE}`);
   process.exit(2);
 }
+if (unknown.length > 0) usageError(`unknown option ${unknown.join(' ')}`);
+if (check && rawName) usageError('give a migration name or --check, not both');
+// A second word used to be ignored: `db:diff add user index` wrote a migration named "add".
+if (names.length > 1) usageError(`one migration name, got ${names.length}: ${names.join(' ')} (join words with _)`);
 
 const databaseUrl = process.env.DATABASE_URL || DEFAULT_DATABASE_URL;
 

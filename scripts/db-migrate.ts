@@ -9,7 +9,7 @@
  * markMigrationApplied) — and applies nothing; exits 1, changing nothing, for a name that is not
  * a failed migration or bad arguments.
  *
- * Usage: tsx scripts/db-migrate.ts [--rolled-back <name> | --applied <name>]
+ * Usage: tsx scripts/db-migrate.ts [--rolled-back <name> | --applied <name> | --help]
  *        (or: npm run db:migrate [-- --rolled-back <name>])
  */
 import { parseArgs } from 'node:util';
@@ -26,15 +26,16 @@ const USAGE = 'usage: npm run db:migrate [-- --rolled-back <migration name> | --
 const databaseUrl = process.env.DATABASE_URL || DEFAULT_DATABASE_URL;
 
 /** What this run does: apply, or resolve one failed migration. */
-type Command = { kind: 'apply' } | { kind: 'resolve'; as: 'rolled-back' | 'applied'; name: string };
+type Command = { kind: 'help' } | { kind: 'apply' } | { kind: 'resolve'; as: 'rolled-back' | 'applied'; name: string };
 
 function parseCommand(argv: string[]): Command {
   const { values } = parseArgs({
     args: argv,
-    options: { 'rolled-back': { type: 'string' }, applied: { type: 'string' } },
+    options: { 'rolled-back': { type: 'string' }, applied: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
     allowPositionals: false,
   });
+  if (values.help) return { kind: 'help' };
   const rolledBack = values['rolled-back'];
   const applied = values.applied;
   if (rolledBack !== undefined && applied !== undefined) throw new Error('give only one of --rolled-back and --applied');
@@ -53,7 +54,13 @@ try {
 }
 
 const log = (msg: string) => console.log(msg);
-if (command.kind === 'apply') {
+if (command.kind === 'help') {
+  console.log(
+    'Applies pending migrations (prisma/migrations/) to $DATABASE_URL, creating the database when missing; ' +
+      'or, with --rolled-back / --applied <migration name>, resolves a migration recorded as failed and applies nothing.\n' +
+      USAGE,
+  );
+} else if (command.kind === 'apply') {
   try {
     const { applied } = await applyMigrations(databaseUrl, { log });
     console.log(

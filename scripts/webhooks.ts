@@ -22,15 +22,22 @@
  * before the delivery log was pruned (WEBHOOK_LOG_RETENTION_DAYS) with no attempt logged, whose
  * delivery can no longer be known.
  *
+ * Before it looks up or queues any event, `redeliver` checks that Redis answers (within
+ * KEY_REVOCATION_ANNOUNCE_TIMEOUT_MS, 3 s): when it refuses or stays silent the command exits 1
+ * naming it (password hidden), with nothing queued. PostgreSQL connections wait at most
+ * PG_CONNECT_TIMEOUT_MS. `--help` says what the command does.
+ *
  * Exits 0 when done; 1 on failure or when a named event was refused (not found, already
  * delivered, log pruned); 2 on usage errors (nothing read or changed).
  */
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 
+import { KEY_REVOCATION_ANNOUNCE_TIMEOUT_MS } from '../src/auth/key-revocation.js';
 import { loadEnvOrExit } from '../src/config/env.js';
-import { createPgPool } from '../src/db/pg.js';
-import { closeRedis } from '../src/db/redis-close.js';
+import { createPgPool, ledgerSessionLimits } from '../src/db/pg.js';
+import { answerWithin, closeRedis } from '../src/db/redis-close.js';
+import { redactDatabaseUrl } from '../src/db/migrate.js';
 import { createQueueJobSink } from '../src/queues/job-sink.js';
 import {
   FAILED_WEBHOOKS_MAX_LIMIT,
@@ -72,7 +79,7 @@ try {
 }
 
 if (values.help) {
-  console.log(USAGE);
+  console.log(`Lists webhook events the receiver never acknowledged (failed) and hands them back to the running workers to send again (redeliver).\n${USAGE}`);
   process.exit(0);
 }
 
@@ -166,16 +173,42 @@ function printRedelivered(outcomes: RedeliveryOutcome[]): void {
   console.log(`${sent} of ${outcomes.length} event(s) handed to the workers; follow with: npm run webhooks -- failed`);
 }
 
+/** How long `redeliver` waits for Redis to answer before it gives up, in milliseconds (as `apikey:create --revoke`'s announcement). */
+const REDIS_ANSWER_MS = KEY_REVOCATION_ANNOUNCE_TIMEOUT_MS;
+
+/**
+ * Resolves once Redis answers a PING. BullMQ waits for a connection without a bound, so a Redis
+ * that was down (ioredis reconnects for ever) or accepted the connection and never answered kept
+ * `redeliver` waiting for ever, before anything was queued.
+ * @throws Error `Redis at <url without password> ...` when it refuses or does not answer within {@link REDIS_ANSWER_MS}.
+ */
+async function redisAnswers(client: Redis, url: string): Promise<void> {
+  const where = `Redis at ${redactDatabaseUrl(url)}`;
+  try {
+    await answerWithin(client.ping(), REDIS_ANSWER_MS, where);
+  } catch (err) {
+    const message = (err as Error).message;
+    throw new Error(message.startsWith(where) ? message : `${where}: ${message}`);
+  }
+}
+
 const env = loadEnvOrExit();
-const pool = createPgPool(env.DATABASE_URL, 1);
+// The server's connection limits: without PG_CONNECT_TIMEOUT_MS a PostgreSQL that accepts the
+// connection and never answers kept the command waiting for ever.
+const pool = createPgPool(env.DATABASE_URL, 1, ledgerSessionLimits(env));
 let redis: Redis | null = null;
 try {
   if (command === 'failed') {
     printFailed(await listFailedWebhooks(pool, { since, limit, webhookTimeoutMs: env.WEBHOOK_TIMEOUT_MS }));
   } else {
     if (values['all-failed']) refs = (await listFailedWebhooks(pool, { since, limit: null })).map((e) => ({ eventType: e.eventType, eventId: e.eventId }));
-    redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 1, connectionName: 'creditpool-webhooks-cli' });
+    redis = new Redis(env.REDIS_URL, { maxRetriesPerRequest: 1, connectTimeout: REDIS_ANSWER_MS, connectionName: 'creditpool-webhooks-cli' });
+    // Without a listener ioredis prints each failed connection attempt as an unhandled error with
+    // its stack; the command that needed Redis fails with the error itself (caught below).
+    redis.on('error', () => undefined);
+    await redisAnswers(redis, env.REDIS_URL);
     const sink = createQueueJobSink(redis, env.QUEUE_PREFIX);
+    for (const q of [sink.queue, sink.webhookQueue]) q.on('error', () => undefined); // BullMQ console.errors them otherwise
     try {
       const outcomes = await redeliverWebhooks(pool, sink, refs);
       printRedelivered(outcomes);

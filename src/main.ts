@@ -141,7 +141,15 @@ const authenticator = createAuthenticator({
 });
 const server = buildServer({ env, log, pool, prisma, redis, services, authenticator, queryTimings });
 running.server = server;
-const port = await server.listen(env.PORT);
+let port: number;
+try {
+  port = await server.listen(env.PORT);
+} catch (err) {
+  // One log line naming the port (EADDRINUSE: another process has it; EACCES: a privileged port),
+  // instead of Node's stack dump of an uncaught rejection on stderr.
+  log.fatal({ err, port: env.PORT }, `could not listen on port ${env.PORT} (PORT): exiting`);
+  process.exit(1);
+}
 if (env.RUN_WORKERS && !stopping) {
   const workers = await startWorkers({ env, pool, log, services, relay: false });
   // Started after the shutdown closed what it found: they stop here (nothing of theirs ran long).

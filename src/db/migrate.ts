@@ -547,11 +547,31 @@ class MigrationAdapterFactory implements SqlMigrationAwareDriverAdapterFactory {
 // ---------------------------------------------------------------------------------------------
 // Databases
 
-/** pg client config for a URL (drops Prisma-only query parameters such as `schema`). */
+/**
+ * Longest a migration connection waits to be established (TCP and PostgreSQL's startup), in
+ * milliseconds, unless the URL's `connect_timeout` (seconds, libpq's parameter) says otherwise.
+ * Without a bound, a server that accepts the connection but never answers (a stalled host, a
+ * proxy whose backend is gone) kept `npm run db:migrate`, `npm run seed` and the API's boot
+ * waiting for ever instead of failing; same default as PG_CONNECT_TIMEOUT_MS.
+ */
+export const MIGRATE_CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * pg client config for a URL: drops Prisma-only query parameters such as `schema`, and turns
+ * libpq's `connect_timeout` (seconds; node-postgres ignores it in a URL; 0 = no limit) into
+ * `connectionTimeoutMillis` (default {@link MIGRATE_CONNECT_TIMEOUT_MS}).
+ * @throws Error when `connect_timeout` is not a whole number of seconds.
+ */
 function pgConfig(url: string): pg.ClientConfig {
   const u = new URL(url);
   u.searchParams.delete('schema');
-  return { connectionString: u.toString() };
+  const connectTimeout = u.searchParams.get('connect_timeout');
+  u.searchParams.delete('connect_timeout');
+  if (connectTimeout !== null && !/^\d{1,6}$/.test(connectTimeout)) {
+    throw new Error(`connect_timeout in the database URL must be a whole number of seconds, got "${connectTimeout}"`);
+  }
+  const connectionTimeoutMillis = connectTimeout === null ? MIGRATE_CONNECT_TIMEOUT_MS : Number(connectTimeout) * 1000;
+  return { connectionString: u.toString(), ...(connectionTimeoutMillis > 0 ? { connectionTimeoutMillis } : {}) };
 }
 
 /** The same URL pointing at another database on the same server. */
