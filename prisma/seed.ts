@@ -48,3 +48,7 @@ try {
   console.error(`seed failed on ${redactDatabaseUrl(databaseUrl)}: ${err instanceof Error ? err.message : String(err)}`);
   process.exitCode = 1;
 }
+
+// The wasm schema engine (@prisma/schema-engine-wasm) leaves a 10-second timer of its own behind,
+// which kept this process alive that long after its work was done: exit now.
+process.exit(process.exitCode ?? 0);

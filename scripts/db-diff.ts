@@ -68,6 +68,10 @@ try {
   process.exitCode = 1;
 }
 
+// The wasm schema engine (@prisma/schema-engine-wasm) leaves a 10-second timer of its own behind,
+// which kept this process alive that long after its work was done: exit now.
+process.exit(process.exitCode ?? 0);
+
 /** UTC yyyymmddHHMMSS, bumped past the newest existing migration so the order is kept. */
 function nextTimestamp(): string {
   const now = new Date().toISOString().replace(/\D/g, '').slice(0, 14);

@@ -87,3 +87,7 @@ if (command.kind === 'help') {
     process.exitCode = 1;
   }
 }
+
+// The wasm schema engine (@prisma/schema-engine-wasm) leaves a 10-second timer of its own behind,
+// which kept this process alive that long after its work was done: exit now.
+process.exit(process.exitCode ?? 0);
