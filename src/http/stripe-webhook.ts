@@ -27,6 +27,10 @@
  *   applyReversalEvent): 200 with `result` reversed / recorded / unchanged / kept (no payment is
  *   settled with that PaymentIntent yet: applied when one is) / unknown_payment / mismatch, 503
  *   or 500 as below when it cannot be applied now;
+ * - `charge.dispute.closed` with status `won` and `charge.dispute.funds_reinstated` give back the
+ *   credit the dispute took (services/charge-reversal.ts applyDisputeWonLocked): 200 with `result`
+ *   restored (or recorded / unchanged / kept / ... as above), 503 BALANCE_LIMIT when the give-back
+ *   would pass the balance limit; a closure `lost` or `warning_closed` is `ignored`;
  * - 503 UNAVAILABLE when the settlement cannot be made now: the database is unreachable, or the
  *   grant would take the balance past its limit (BALANCE_LIMIT; the customer paid, so it is
  *   logged as an error and Stripe keeps delivering the event until the balance has room);
@@ -136,6 +140,12 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
         );
         answer(res, 200, { received: true, eventId: event.id, result: done.result });
       } catch (err) {
+        if (isBalanceLimitRefusal(err)) {
+          // A won dispute's give-back would take the balance past its limit: delivered again later.
+          log.error({ requestId, eventId: event.id, eventType: event.type, reason: err.message }, 'stripe webhook: the credit of a won dispute cannot be given back now (balance limit); answered 503 so Stripe delivers the event again');
+          answer(res, 503, errorBody('The event cannot be applied now; deliver it again later.', { code: 'UNAVAILABLE', reason: 'BALANCE_LIMIT', requestId }));
+          return;
+        }
         const masked = maskError(err, requestId, (e) => log.error({ err: e, requestId, eventId: event.id }, 'stripe webhook: unexpected error'), {
           publicAudience: false,
           onUnavailable: (e) => log.warn({ err: e, requestId, eventId: event.id }, 'stripe webhook: database unavailable; answered 503 so Stripe delivers the event again'),

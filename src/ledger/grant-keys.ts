@@ -40,6 +40,16 @@ export function paymentGrantKey(paymentId: string): string {
   return `payment:${paymentId}`;
 }
 
+/**
+ * Key of the grant that gives back the credit a dispute of payment `paymentId` took, once the
+ * dispute was won (services/charge-reversal.ts applyDisputeWonLocked). Per payment, not per
+ * dispute: a charge has one dispute (Stripe), and the credit is given back at most once whatever
+ * the provider redelivers. Under the reserved `payment:` prefix.
+ */
+export function disputeWonGrantKey(paymentId: string): string {
+  return `${paymentGrantKey(paymentId)}:dispute-won`;
+}
+
 /** Prefixes of the engine's grant keys (see the module comment). */
 const RESERVED_PREFIXES = ['welcome-bonus:', 'promo:', 'referral:', 'plan-period:', 'payment:'] as const;
 

@@ -86,8 +86,9 @@ export interface ChargeEvent {
  * What the provider reports on its own about a charge that SUCCEEDED, after the fact: money went
  * back to the customer (Stripe: a verified `charge.refunded` event, whose Charge carries the
  * cumulative `amount_refunded`) or the card holder disputed it (a chargeback; Stripe:
- * `charge.dispute.created`). Read by src/payments/stripe.ts reversalEventOf and made by the
- * simulator (PaymentSimulator.refund / dispute); applied by services/payment-reversals.ts
+ * `charge.dispute.created`), and, later, that a dispute was won (the money came back). Read by
+ * src/payments/stripe.ts reversalEventOf and made by the simulator (PaymentSimulator.refund /
+ * dispute / disputeWon); applied by services/payment-reversals.ts
  * applyReversalEvent. The payment is found by `providerRef` (Stripe copies no PaymentIntent
  * metadata to its Charge or Dispute).
  */
@@ -96,15 +97,20 @@ export interface ChargeReversalEvent {
   eventId: string;
   /** The provider's event type (logs). */
   eventType: string;
-  /** `refund`: refundedCents is the charge's cumulative refunded amount; `dispute`: a chargeback. */
-  kind: 'refund' | 'dispute';
+  /**
+   * `refund`: refundedCents is the charge's cumulative refunded amount; `dispute`: a chargeback;
+   * `dispute_won`: the dispute was closed in the platform's favour and its money came back
+   * (Stripe: `charge.dispute.closed` with status `won`, `charge.dispute.funds_reinstated`), which
+   * gives back the credit the dispute took (services/charge-reversal.ts applyDisputeWonLocked).
+   */
+  kind: 'refund' | 'dispute' | 'dispute_won';
   /** The charge's reference as the payment keeps it (`payments.provider_ref`; Stripe: the PaymentIntent id); null when absent. */
   providerRef: string | null;
-  /** The charge's amount (refund) or the disputed amount (dispute), in USD cents, as the provider recorded it. */
+  /** The charge's amount (refund) or the disputed amount (dispute, dispute_won), in USD cents, as the provider recorded it. */
   amountCents: bigint;
   /** refund: the charge's cumulative refunded amount in cents (Stripe `amount_refunded`); dispute: 0. */
   refundedCents: bigint;
-  /** dispute: the provider's dispute id (Stripe `du_…`); refund: null. */
+  /** dispute, dispute_won: the provider's dispute id (Stripe `du_…`); refund: null. */
   disputeRef: string | null;
   /** ISO currency code, lower case (`usd`). */
   currency: string;

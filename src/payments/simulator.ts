@@ -14,9 +14,10 @@
  *   the customer (authentication_required), `pm_timeout_…` never answers; anything else succeeds.
  *
  * After the fact, a succeeded charge can be refunded ({@link PaymentSimulator.refund}, in full or
- * in part) or disputed ({@link PaymentSimulator.dispute}): each returns the event Stripe would send
- * (a ChargeReversalEvent), which services/payment-reversals.ts applyReversalEvent applies exactly
- * as the Stripe webhook's `charge.refunded` / `charge.dispute.created`.
+ * in part) or disputed ({@link PaymentSimulator.dispute}), and its dispute won
+ * ({@link PaymentSimulator.disputeWon}): each returns the event Stripe would send (a
+ * ChargeReversalEvent), which services/payment-reversals.ts applyReversalEvent applies exactly
+ * as the Stripe webhook's `charge.refunded` / `charge.dispute.created` / `charge.dispute.closed`.
  */
 import { randomUUID } from 'node:crypto';
 import { PaymentTimeoutError, usdToCents, type ChargeOutcome, type ChargeRequest, type ChargeReversalEvent, type PaymentProvider } from './provider.js';
@@ -48,7 +49,7 @@ export class PaymentSimulator implements PaymentProvider {
   /** Outcome per `metadata.paymentId`: what lookupCharge finds (never pruned, like Stripe's PaymentIntents). */
   private readonly byPayment = new Map<string, ChargeOutcome>();
   /** Succeeded charges by `metadata.paymentId`: what refund and dispute act on. */
-  private readonly succeeded = new Map<string, { cents: bigint; testMode: boolean; providerRef: string; refundedCents: bigint }>();
+  private readonly succeeded = new Map<string, { cents: bigint; testMode: boolean; providerRef: string; refundedCents: bigint; disputeRef?: string }>();
 
   /** Queues what the next charges of `paymentMethodRef` do (new keys only; a replay answers the first outcome). */
   script(paymentMethodRef: string, results: SimulatedResult[]): void {
@@ -132,7 +133,22 @@ export class PaymentSimulator implements PaymentProvider {
    */
   dispute(paymentId: string): ChargeReversalEvent {
     const charge = this.succeededCharge(paymentId);
-    return { ...this.eventBase('charge.dispute.created', charge), kind: 'dispute', amountCents: charge.cents, refundedCents: 0n, disputeRef: `sim_du_${randomUUID()}` };
+    charge.disputeRef ??= `sim_du_${randomUUID()}`; // one dispute per charge, as at Stripe
+    return { ...this.eventBase('charge.dispute.created', charge), kind: 'dispute', amountCents: charge.cents, refundedCents: 0n, disputeRef: charge.disputeRef };
+  }
+
+  /**
+   * Closes the dispute of payment `paymentId`'s charge in the platform's favour (the money comes
+   * back) and returns the `dispute_won` event Stripe's `charge.dispute.closed` (status `won`)
+   * would carry, with the dispute's id: applied by the same code, it gives back the credit the
+   * dispute took (services/charge-reversal.ts applyDisputeWonLocked). The caller may apply it
+   * before the dispute's own event (events come in any order).
+   * @throws Error when the payment has no succeeded charge here, or it was not disputed ({@link dispute}).
+   */
+  disputeWon(paymentId: string): ChargeReversalEvent {
+    const charge = this.succeededCharge(paymentId);
+    if (!charge.disputeRef) throw new Error(`simulator: payment ${paymentId} was not disputed`);
+    return { ...this.eventBase('charge.dispute.closed', charge), kind: 'dispute_won', amountCents: charge.cents, refundedCents: 0n, disputeRef: charge.disputeRef };
   }
 
   private succeededCharge(paymentId: string) {

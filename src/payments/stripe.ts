@@ -146,13 +146,26 @@ export function chargeEventOf(event: Stripe.Event): ChargeEvent | null {
 }
 
 /**
- * The webhook event types that take back a SUCCEEDED payment's credit (services/payment-reversals.ts):
+ * The webhook event types that tell a dispute was WON (the disputed money came back to the
+ * platform), which gives back the credit the dispute took (services/charge-reversal.ts
+ * applyDisputeWonLocked):
+ * - `charge.dispute.closed` whose Dispute has `status: 'won'` (`lost` and `warning_closed` change
+ *   nothing: {@link reversalEventOf} returns null for them);
+ * - `charge.dispute.funds_reinstated`: Stripe returned the withdrawn funds to the platform's
+ *   balance (https://docs.stripe.com/disputes/how-disputes-work); taken as won whatever the
+ *   Dispute's status, since the money came back. Both may come for one dispute: applied once.
+ */
+export const DISPUTE_WON_EVENT_TYPES = ['charge.dispute.closed', 'charge.dispute.funds_reinstated'] as const;
+
+/**
+ * The webhook event types that take back a SUCCEEDED payment's credit, or give it back (services/payment-reversals.ts):
  * - `charge.refunded`: a refund of the charge (full or partial: its Charge's `amount_refunded` is
  *   the cumulative refunded amount; https://docs.stripe.com/api/charges/object);
  * - `charge.dispute.created`: the card holder disputed the charge; Stripe withdraws the disputed
- *   amount from the platform's balance (https://docs.stripe.com/disputes/how-disputes-work).
+ *   amount from the platform's balance (https://docs.stripe.com/disputes/how-disputes-work);
+ * - {@link DISPUTE_WON_EVENT_TYPES}: the dispute was won.
  */
-export const REVERSAL_EVENT_TYPES = ['charge.refunded', 'charge.dispute.created'] as const;
+export const REVERSAL_EVENT_TYPES = ['charge.refunded', 'charge.dispute.created', ...DISPUTE_WON_EVENT_TYPES] as const;
 
 /** A Stripe expandable reference (`"pi_…"` or the expanded object) as its id, or null. */
 function refId(ref: unknown): string | null {
@@ -170,9 +183,10 @@ function centsOf(amount: unknown): bigint {
  * The refund or dispute a verified Stripe event reports ({@link REVERSAL_EVENT_TYPES}), from the
  * object it carries: a Charge (`payment_intent`, `amount`, `amount_refunded`, `currency`) for
  * `charge.refunded`, a Dispute (`id`, `payment_intent`, `amount`, `currency`) for
- * `charge.dispute.created`. `providerRef` is the PaymentIntent id, which the payment keeps as its
+ * `charge.dispute.created` and the won dispute types ({@link DISPUTE_WON_EVENT_TYPES}: kind
+ * `dispute_won`). `providerRef` is the PaymentIntent id, which the payment keeps as its
  * provider_ref. `livemode` is the event's (false unless it is literally true).
- * @returns null for any other event type.
+ * @returns null for any other event type, and for a `charge.dispute.closed` whose status is not `won`.
  */
 export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null {
   const base = { eventId: event.id, eventType: event.type, livemode: event.livemode === true };
@@ -188,11 +202,13 @@ export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null
       currency: String(charge.currency ?? '').toLowerCase(),
     };
   }
-  if (event.type === 'charge.dispute.created') {
+  const wonType = event.type === 'charge.dispute.funds_reinstated' || event.type === 'charge.dispute.closed';
+  if (event.type === 'charge.dispute.created' || wonType) {
     const dispute = event.data.object as Stripe.Dispute;
+    if (event.type === 'charge.dispute.closed' && dispute.status !== 'won') return null; // lost, warning_closed: nothing to give back
     return {
       ...base,
-      kind: 'dispute',
+      kind: wonType ? 'dispute_won' : 'dispute',
       providerRef: refId(dispute.payment_intent),
       amountCents: centsOf(dispute.amount),
       refundedCents: 0n,

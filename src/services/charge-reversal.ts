@@ -13,11 +13,13 @@ import { SYSTEM_ACTOR, recordAuditEvent, type AuditActor } from '../audit/audit-
 import { toBigInt, type Tx } from '../db/pg.js';
 import { formatCredits } from '../ledger/credits.js';
 import { assert } from '../ledger/errors.js';
+import { disputeWonGrantKey } from '../ledger/grant-keys.js';
 import { usdToCents, type ChargeReversalEvent } from '../payments/provider.js';
 import type { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import type { PaymentRow } from './purchase-pack.js';
 import { voidLockedGrant, type VoidedGrant } from './void-grant.js';
+import { applyGrant, type GrantSource } from './grant-credits.js';
 
 /**
  * What applying a refund or dispute did (services/payment-reversals.ts applyReversalEvent):
@@ -29,14 +31,19 @@ import { voidLockedGrant, type VoidedGrant } from './void-grant.js';
  *   and applied when a payment is settled SUCCEEDED with that charge (or pruned after
  *   EARLY_REVERSAL_RETENTION_MS when none is);
  * - `unknown_payment`: the event names no charge reference (or not a usable refund or dispute);
- * - `mismatch`: the charge's livemode, currency or amount is not the payment's (logged as an error).
+ * - `mismatch`: the charge's livemode, currency or amount is not the payment's (logged as an error);
+ * - `restored`: this call applied a won dispute and gave back what the dispute took
+ *   (`restoredMicroCredits`; {@link applyDisputeWonLocked}). A won dispute that gives nothing
+ *   back (refunded in full, nothing was taken, the credit's expiry passed) is `recorded`.
  */
 export interface ReversalEventResult {
-  result: 'reversed' | 'recorded' | 'unchanged' | 'kept' | 'unknown_payment' | 'mismatch';
+  result: 'reversed' | 'recorded' | 'unchanged' | 'kept' | 'unknown_payment' | 'mismatch' | 'restored';
   /** The payment's id (null for kept and unknown_payment). */
   paymentId: string | null;
-  /** What this call took back, in micro-credits (0 unless `reversed`). */
+  /** What this call took back, in micro-credits (0 unless `reversed`, or `restored` of a dispute applied by this call). */
   voidedMicroCredits: bigint;
+  /** What this call gave back of a won dispute, in micro-credits (set for a won dispute only). */
+  restoredMicroCredits?: bigint;
 }
 
 /**
@@ -69,6 +76,19 @@ export interface LockedReversal {
   grantedMicroCredits: bigint;
   /** The account's auto top-up was enabled and this call paused it. */
   pausedAutoTopUp: boolean;
+  /** A won dispute applied by this call ({@link applyDisputeWonLocked}); absent for other events. */
+  won?: WonDispute;
+}
+
+/** What applying a won dispute gave back (amounts in micro-credits). */
+export interface WonDispute {
+  /** The grant that gave the credit back; null when nothing was given back (`notRestored` says why). */
+  grantId: string | null;
+  restoredMicroCredits: bigint;
+  /** Why nothing was given back: `refunded_in_full` (the money went back to the customer), `nothing_taken` (the dispute voided nothing), `expired` (the credit's expiry has passed). */
+  notRestored: 'refunded_in_full' | 'nothing_taken' | 'expired' | null;
+  /** What the dispute took back: 0 unless this call applied the dispute too (won before its dispute). */
+  disputeVoidedMicroCredits: bigint;
 }
 
 /**
@@ -80,9 +100,10 @@ export interface LockedReversal {
  * @returns what was written ({@link LockedReversal}).
  */
 export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, payment: PaymentRow, event: ChargeReversalEvent): Promise<LockedReversal> {
+  if (event.kind === 'dispute_won') return applyDisputeWonLocked(atx, actor, payment, event);
   const tx = atx.tx;
   const cents = usdToCents(payment.amountUsd);
-  const { rows } = await tx.query('SELECT refunded_cents, disputed_at, reversed_at, grant_id FROM payments WHERE id = $1 FOR UPDATE', [payment.id]);
+  const { rows } = await tx.query('SELECT refunded_cents, disputed_at, reversed_at, grant_id, dispute_won_grant_id FROM payments WHERE id = $1 FOR UPDATE', [payment.id]);
   const current = rows[0];
   assert(current && current.grant_id, 'a SUCCEEDED payment has its grant');
   const refundedBefore = toBigInt(current.refunded_cents);
@@ -101,6 +122,11 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
   const full = event.kind === 'dispute' || current.disputed_at !== null || refunded >= cents;
   const grant = await tx.query('SELECT amount_micro_credits FROM credit_grants WHERE id = $1', [current.grant_id]);
   const grantedMicroCredits = toBigInt(grant.rows[0].amount_micro_credits);
+  if (event.kind === 'refund' && refundedBefore < cents && refunded >= cents && current.dispute_won_grant_id !== null) {
+    // Refunded in full after a won dispute gave the credit back: the money went back to the
+    // customer after all, so what was given back is taken back as the first void was.
+    return takeBackGivenBack(atx, actor, payment, event, current.dispute_won_grant_id as string, refunded);
+  }
   if (!full || current.reversed_at !== null) return { recorded, voided: null, refunded, grantedMicroCredits, pausedAutoTopUp };
   const reason =
     event.kind === 'refund'
@@ -111,8 +137,97 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
   // same card again at once (balances_changed in atx.finish sees the pause).
   if (event.kind === 'refund') pausedAutoTopUp = (await pauseAutoTopUp(atx, actor, `refund: payment ${payment.id} was refunded in full`)) || pausedAutoTopUp;
   const voided = await voidLockedGrant(atx, actor, current.grant_id as string, reason);
-  await tx.query('UPDATE payments SET reversed_at = $2, updated_at = $2 WHERE id = $1', [payment.id, atx.now]);
+  // What this reversal took is kept: a won dispute gives back exactly it (applyDisputeWonLocked).
+  await tx.query('UPDATE payments SET reversed_at = $2, reversed_micro_credits = $3, updated_at = $2 WHERE id = $1', [payment.id, atx.now, voided.voidedMicroCredits.toString()]);
   return { recorded: true, voided, refunded, grantedMicroCredits, pausedAutoTopUp };
+}
+
+const PAYMENT_DISPUTE_COLUMNS = 'refunded_cents, disputed_at, dispute_ref, reversed_at, reversed_micro_credits, dispute_won_at, grant_id';
+
+/**
+ * Applies a won dispute (`event.kind` `dispute_won`: Stripe `charge.dispute.closed` with status
+ * `won`, or `charge.dispute.funds_reinstated`) to the SUCCEEDED payment `payment` inside the
+ * transaction of `atx`, which holds the payment's account lock: the disputed money came back to
+ * the platform, so the credit the dispute took back is given back. Once per payment
+ * (`dispute_won_at`; a charge has one dispute, and Stripe may send both event types, and again):
+ * - when the dispute was not applied yet (the won event came first: events come in any order), it
+ *   is applied first in this transaction ({@link applyReversalLocked}: recorded, auto top-up
+ *   paused, the grant voided), so its own event later changes nothing and the credit ends given back;
+ * - what is given back is exactly what the dispute took (`payments.reversed_micro_credits`), as a
+ *   NEW grant (type PAID, the payment's grant's source and batch expiry, reference the payment id,
+ *   key `payment:<id>:dispute-won`, ledger/grant-keys.ts disputeWonGrantKey; `grant.created` in
+ *   the audit trail by `actor`), recorded as `dispute_won_grant_id`. Credit spent before the
+ *   dispute was never taken, so it is not given;
+ * - nothing is given back (`notRestored`) when the payment was also refunded in full (the money
+ *   went back to the customer anyway), when the dispute took nothing, or when the original
+ *   credit's expiry has passed (it would have expired meanwhile);
+ * - auto top-up stays paused: an operator decides whether the card is charged again (setAutoTopUp).
+ * The voided original grant stays voided (one void per grant; the period figures read it).
+ * @returns what was written ({@link LockedReversal} with `won`).
+ * @throws LedgerError BAD_USER_INPUT reason BALANCE_LIMIT when the give-back would pass the
+ *   balance limit (applyGrant; nothing is written: the provider delivers the event again).
+ */
+export async function applyDisputeWonLocked(atx: AccountTx, actor: AuditActor, payment: PaymentRow, event: ChargeReversalEvent): Promise<LockedReversal> {
+  const tx = atx.tx;
+  const cents = usdToCents(payment.amountUsd);
+  const read = async () => (await tx.query(`SELECT ${PAYMENT_DISPUTE_COLUMNS} FROM payments WHERE id = $1 FOR UPDATE`, [payment.id])).rows[0];
+  let current = await read();
+  assert(current && current.grant_id, 'a SUCCEEDED payment has its grant');
+  const unchanged: LockedReversal = { recorded: false, voided: null, refunded: toBigInt(current.refunded_cents), grantedMicroCredits: 0n, pausedAutoTopUp: false };
+  if (current.dispute_won_at !== null) return unchanged;
+  let disputed: LockedReversal | null = null;
+  if (current.disputed_at === null) {
+    disputed = await applyReversalLocked(atx, actor, payment, { ...event, kind: 'dispute' });
+    current = await read();
+  }
+  await tx.query('UPDATE payments SET dispute_won_at = $2, updated_at = $2 WHERE id = $1', [payment.id, atx.now]);
+  const refunded = toBigInt(current.refunded_cents);
+  const taken = current.reversed_micro_credits === null ? 0n : toBigInt(current.reversed_micro_credits);
+  const { rows } = await tx.query(
+    `SELECT g.source, g.amount_micro_credits, b.expires_at FROM credit_grants g JOIN credit_batches b ON b.grant_id = g.id WHERE g.id = $1`,
+    [current.grant_id],
+  );
+  const original = rows[0];
+  const grantedMicroCredits = toBigInt(original.amount_micro_credits);
+  const expiresAt = original.expires_at === null ? null : new Date(original.expires_at as Date);
+  const disputeVoidedMicroCredits = disputed?.voided?.voidedMicroCredits ?? 0n;
+  const base = { recorded: true, voided: disputed?.voided ?? null, refunded, grantedMicroCredits, pausedAutoTopUp: disputed?.pausedAutoTopUp ?? false };
+  const notRestored = refunded >= cents ? 'refunded_in_full' : taken <= 0n ? 'nothing_taken' : expiresAt && expiresAt.getTime() <= atx.now.getTime() ? 'expired' : null;
+  if (notRestored) return { ...base, won: { grantId: null, restoredMicroCredits: 0n, notRestored, disputeVoidedMicroCredits } };
+  const source = original.source as GrantSource;
+  const idempotencyKey = disputeWonGrantKey(payment.id);
+  const given = await applyGrant(atx, { amountMicroCredits: taken, type: 'PAID', source, expiresAt, reference: payment.id, idempotencyKey });
+  assert(!given.replayed, 'a won dispute gives back once: dispute_won_at was not set');
+  await tx.query('UPDATE payments SET dispute_won_grant_id = $2 WHERE id = $1', [payment.id, given.grantId]);
+  const disputeRef = event.disputeRef ?? (current.dispute_ref as string | null) ?? event.eventId;
+  await recordAuditEvent(tx, actor, {
+    action: 'grant.created',
+    accountId: atx.accountId,
+    subjectType: 'grant',
+    subjectId: given.grantId,
+    details: {
+      amount: formatCredits(taken),
+      type: 'PAID',
+      source,
+      expiresAt: expiresAt?.toISOString() ?? null,
+      reference: payment.id,
+      idempotencyKey,
+      reason: `dispute ${disputeRef} of payment ${payment.id} won (charge ${event.providerRef}, event ${event.eventId}): the credit the dispute took back is given back`,
+    },
+  });
+  return { ...base, won: { grantId: given.grantId, restoredMicroCredits: taken, notRestored: null, disputeVoidedMicroCredits } };
+}
+
+/**
+ * A full refund that comes after a won dispute gave the credit back ({@link applyDisputeWonLocked}):
+ * voids the given-back grant's unused remainder by voidLockedGrant's rules and pauses auto top-up,
+ * as a full refund of the payment's own grant does. Inside `atx` (account lock held).
+ */
+async function takeBackGivenBack(atx: AccountTx, actor: AuditActor, payment: PaymentRow, event: ChargeReversalEvent, givenGrantId: string, refunded: bigint): Promise<LockedReversal> {
+  const pausedAutoTopUp = await pauseAutoTopUp(atx, actor, `refund: payment ${payment.id} was refunded in full`);
+  const reason = `payment ${payment.id} refunded in full by the payment provider after its dispute was won (charge ${event.providerRef}, event ${event.eventId}): the credit given back is taken back`;
+  const voided = await voidLockedGrant(atx, actor, givenGrantId, reason);
+  return { recorded: true, voided, refunded, grantedMicroCredits: voided.grantedMicroCredits, pausedAutoTopUp };
 }
 
 /**
@@ -122,6 +237,7 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
  */
 export function reportReversal(ctx: ServiceContext, event: ChargeReversalEvent, payment: PaymentRow, done: LockedReversal): ReversalEventResult {
   const logContext = { providerRef: event.providerRef, eventId: event.eventId, eventType: event.eventType, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose };
+  if (done.won) return reportDisputeWon(ctx, logContext, done.won);
   if (done.pausedAutoTopUp) ctx.log?.warn(logContext, 'payment reversal: a charge of the account was refunded in full or disputed; its auto top-up is paused (setAutoTopUp re-enables it)');
   if (done.voided) {
     const unrecovered = done.voided.grantedMicroCredits - done.voided.voidedMicroCredits;
@@ -141,6 +257,20 @@ export function reportReversal(ctx: ServiceContext, event: ChargeReversalEvent, 
     );
   }
   return { result: done.recorded ? 'recorded' : 'unchanged', paymentId: payment.id, voidedMicroCredits: 0n };
+}
+
+/**
+ * Logs (warn: an operator may want to re-enable auto top-up, or check why nothing came back) and
+ * returns the result of a won dispute applied by {@link applyDisputeWonLocked}.
+ */
+function reportDisputeWon(ctx: ServiceContext, logContext: Record<string, unknown>, won: WonDispute): ReversalEventResult {
+  const figures = { ...logContext, restoredMicroCredits: won.restoredMicroCredits.toString(), givenBackGrantId: won.grantId, notRestored: won.notRestored };
+  if (won.grantId) {
+    ctx.log?.warn(figures, 'payment reversal: a dispute was won; the credit it took back is given back (auto top-up stays paused: setAutoTopUp re-enables it)');
+    return { result: 'restored', paymentId: logContext.paymentId as string, voidedMicroCredits: won.disputeVoidedMicroCredits, restoredMicroCredits: won.restoredMicroCredits };
+  }
+  ctx.log?.warn(figures, 'payment reversal: a dispute was won but nothing is given back (refunded in full, nothing was taken back, or the credit would have expired)');
+  return { result: 'recorded', paymentId: logContext.paymentId as string, voidedMicroCredits: won.disputeVoidedMicroCredits, restoredMicroCredits: 0n };
 }
 
 /** Advisory lock class of a charge reference's early reversals (pg_advisory_xact_lock(class, hashtext(ref))). */

@@ -44,6 +44,13 @@
  *   disputes charges, or was given the money back, is not charged again until an operator
  *   re-enables it (setAutoTopUp). Without it, the void of a refunded top-up takes the balance
  *   back under its threshold and the same card is charged again at once;
+ * - a dispute WON (Stripe `charge.dispute.closed` with status `won`, `charge.dispute.funds_reinstated`:
+ *   kind `dispute_won`) gives back exactly what the dispute took (`payments.reversed_micro_credits`)
+ *   as a new PAID grant, once (`dispute_won_at`, `dispute_won_grant_id`), unless the payment was
+ *   also refunded in full; a full refund after it takes the given-back credit back; auto top-up
+ *   stays paused (services/charge-reversal.ts applyDisputeWonLocked). One that comes before its
+ *   dispute applies the dispute first; one that comes before its payment is settled is kept like
+ *   the others (kind `dispute_won`);
  * - events come twice and out of order (https://docs.stripe.com/webhooks#event-ordering):
  *   `refunded_cents` only grows (an older or redelivered refund changes nothing), a dispute is
  *   recorded once, and the grant is taken back once whichever comes first (refund after
@@ -157,7 +164,7 @@ async function keepEarlyReversal(ctx: ServiceContext, event: ChargeReversalEvent
         event.currency,
         event.amountCents.toString(),
         event.kind === 'refund' ? event.refundedCents.toString() : '0',
-        event.kind === 'dispute' ? (event.disputeRef ?? event.eventId) : null,
+        event.kind !== 'refund' ? (event.disputeRef ?? event.eventId) : null, // dispute, dispute_won
         now,
       ],
     );

@@ -316,7 +316,9 @@ describe('events that settle nothing', () => {
       [JSON.stringify(stripeEvent('payment_intent.created', paymentIntent('requires_payment_method', 'pi_new', { metadata: { paymentId: randomUUID() } }))), 'ignored'],
       // A refund is handled (test/billing/payment-reversals.test.ts), but one of no creditpool charge changes nothing.
       [JSON.stringify(stripeEvent('charge.refunded', { id: 'ch_1', object: 'charge', amount: 400 })), 'unknown_payment'],
-      [JSON.stringify(stripeEvent('charge.dispute.closed', { id: 'du_1', object: 'dispute', payment_intent: 'pi_foreign', status: 'won' })), 'ignored'],
+      // A won dispute is handled (test/billing/dispute-won.test.ts); a lost one changes nothing, and a won one without an amount is no usable event.
+      [JSON.stringify(stripeEvent('charge.dispute.closed', { id: 'du_1', object: 'dispute', payment_intent: 'pi_foreign', status: 'lost' })), 'ignored'],
+      [JSON.stringify(stripeEvent('charge.dispute.closed', { id: 'du_1', object: 'dispute', payment_intent: 'pi_foreign', status: 'won' })), 'unknown_payment'],
     ] as const) {
       expect(await postStripeEvent(hookUrl(srv), payload)).toMatchObject({ status: 200, body: { received: true, result } });
     }
