@@ -41,8 +41,15 @@ interface PendingEntry {
 
 /** What AccountTx.state reads in one query. */
 export interface AccountState {
-  /** Spendable batches (unordered; drawdown orders them). */
+  /**
+   * Spendable batches (unordered; drawdown orders them): the first SPENDABLE_BATCHES_READ in
+   * drawdown order, all of them when `batchesComplete`.
+   */
   batches: LoadedBatch[];
+  /** What ALL spendable batches hold (micro-credits), loaded or not. */
+  spendableMicroCredits: bigint;
+  /** `batches` are all the spendable batches; else AccountTx.allSpendableBatches reads the rest. */
+  batchesComplete: boolean;
   /** Held by other ACTIVE, unexpired reservations. */
   reservedMicroCredits: bigint;
   /** The agent or user has a spending budget in this account. */
@@ -58,11 +65,32 @@ const LOCK_SELECT = `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.create
               b.total_micro_credits, b.debt_micro_credits, b.version, b.updated_at
          FROM balances b JOIN accounts a ON a.id = b.account_id`;
 
-/** SQL of an account's spendable batches at `now` (ACTIVE, not past expiresAt), as loadedBatchFromRow reads them. */
-function spendableBatches(accountExpr: string, nowExpr: string): string {
-  return `SELECT id, type, source, remaining_micro_credits, expires_at, added_at
+/**
+ * How many spendable batches a charge's state read loads, the first ones in drawdown order
+ * (src/ledger/drawdown.ts): a charge or a group that needs more credit than they hold reads the
+ * rest (AccountTx.allSpendableBatches). An account may hold thousands of live batches (a grant per
+ * task or per day, many small packs), and loading, parsing and sorting all of them made every
+ * charge cost time in proportion (bench/many-batches.ts).
+ */
+export const SPENDABLE_BATCHES_READ = 100;
+
+/**
+ * SQL of an account's spendable batches at `now` (ACTIVE, not past expiresAt), as loadedBatchFromRow
+ * reads them. With `limited`, only the first SPENDABLE_BATCHES_READ in drawdown order (FREE first,
+ * soonest expiresAt with never last, oldest addedAt, id: compareDrawdownOrder's order; the enum
+ * CreditType is declared FREE, PAID, and uuids compare as their lowercase hex text does), each
+ * with what ALL of them add up to, computed in the same pass (window aggregates are evaluated
+ * before the LIMIT): `spendable` (their remaining credit, micro-credits), `batch_count` and
+ * `earliest_expiry` (the soonest expiresAt, null when none expires).
+ */
+function spendableBatches(accountExpr: string, nowExpr: string, limited = false): string {
+  return `SELECT id, type, source, remaining_micro_credits, expires_at, added_at${
+    limited ? ', SUM(remaining_micro_credits) OVER () AS spendable, COUNT(*) OVER () AS batch_count, MIN(expires_at) OVER () AS earliest_expiry' : ''
+  }
                  FROM credit_batches
-                WHERE account_id = ${accountExpr} AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > ${nowExpr})`;
+                WHERE account_id = ${accountExpr} AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > ${nowExpr})${
+                  limited ? `\n                ORDER BY type, expires_at ASC NULLS LAST, added_at, id LIMIT ${SPENDABLE_BATCHES_READ}` : ''
+                }`;
 }
 
 /** A row of spendableBatches as a LoadedBatch (amounts in micro-credits). */
@@ -108,6 +136,9 @@ function chargeStatesFromRows(rows: readonly Record<string, unknown>[]): Map<str
       st = {
         now: r.state_now as Date,
         batches: [],
+        spendableMicroCredits: toBigInt(r.spendable ?? 0),
+        batchesComplete: Number(r.batch_count) <= SPENDABLE_BATCHES_READ,
+        earliestExpiryAt: (r.earliest_expiry as Date | null) ?? null,
         reservedMicroCredits: toBigInt(r.held ?? 0),
         hasAnyBudget: r.has_budget === true,
         priorUsage: priorKeysFromList(r.priors),
@@ -148,8 +179,21 @@ function chargeStatesFromRows(rows: readonly Record<string, unknown>[]): Map<str
 export interface ChargeState {
   /** The account's "now" the state was read at (its test clock for a test-mode account): the instant expiries were judged at. */
   now: Date;
-  /** Spendable batches (unordered; drawdown orders them). */
+  /**
+   * Spendable batches (unordered; drawdown orders them): the first SPENDABLE_BATCHES_READ in
+   * drawdown order, all of them when `batchesComplete`.
+   */
   batches: LoadedBatch[];
+  /** What ALL spendable batches hold (micro-credits), loaded or not. */
+  spendableMicroCredits: bigint;
+  /** `batches` are all the spendable batches; else AccountTx.allSpendableBatches reads the rest. */
+  batchesComplete: boolean;
+  /**
+   * The soonest expiresAt among ALL spendable batches as read (null: none expires): until then
+   * none of them has expired, so `spendableMicroCredits` still holds for a later instant
+   * (GroupCommitter's carried state).
+   */
+  earliestExpiryAt: Date | null;
   /** Held by ACTIVE, unexpired reservations. */
   reservedMicroCredits: bigint;
   /** The account has at least one spending budget. */
@@ -426,7 +470,8 @@ export class AccountTx {
 
   /**
    * Everything a charge or hold decides on, in ONE query (the lock is already held, so it is
-   * stable): the ACTIVE batches that can pay now (not past expiresAt, remaining > 0); the credit
+   * stable): the ACTIVE batches that can pay now (not past expiresAt; the first
+   * SPENDABLE_BATCHES_READ in drawdown order) and what all of them hold; the credit
    * held by ACTIVE, unexpired reservations (amount - consumed, floored at 0) other than
    * `reservationId`; whether the agent/user has a budget (each of them, where not given, the
    * reservation's: a capture is recorded under its hold's subjects, record-usage.ts
@@ -442,6 +487,7 @@ export class AccountTx {
     const { rows } = await this.tx.query({
       name: 'cp-account-state',
       text: `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, hb.has_budget,
+              b.spendable, b.batch_count,
               pe.id AS prior_id, pe.request_hash AS prior_hash,
               res.amount_micro_credits AS res_amount, res.consumed_micro_credits AS res_consumed,
               res.status AS res_status, res.expires_at AS res_expires_at, res.agent_id AS res_agent_id, res.user_id AS res_user_id
@@ -454,7 +500,7 @@ export class AccountTx {
          CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM spending_budgets sb WHERE sb.account_id = $1
                    AND ((sb.subject_kind = 'AGENT' AND sb.subject_id = COALESCE($4::text, res.agent_id))
                      OR (sb.subject_kind = 'USER' AND sb.subject_id = COALESCE($5::text, res.user_id)))) AS has_budget) hb
-         LEFT JOIN LATERAL (${spendableBatches('$1', '$2')}) b ON TRUE`,
+         LEFT JOIN LATERAL (${spendableBatches('$1', '$2', true)}) b ON TRUE`,
       values: [this.accountId, this.now, opts.reservationId ?? null, opts.agentId ?? null, opts.userId ?? null, opts.usageIdempotencyKey ?? null],
     });
     const first = rows[0];
@@ -463,6 +509,8 @@ export class AccountTx {
       .map(loadedBatchFromRow);
     return {
       batches,
+      spendableMicroCredits: toBigInt(first?.spendable ?? 0),
+      batchesComplete: Number(first?.batch_count ?? 0) <= SPENDABLE_BATCHES_READ,
       reservedMicroCredits: toBigInt(first?.held ?? 0),
       hasBudget: first?.has_budget === true,
       priorUsage: first?.prior_id ? { id: first.prior_id as string, requestHash: first.prior_hash as string } : null,
@@ -481,8 +529,19 @@ export class AccountTx {
   }
 
   /**
+   * ALL the account's spendable batches at its now (unordered), for a charge or group that needs
+   * more credit than the first SPENDABLE_BATCHES_READ of its state hold. The lock is held, so they
+   * are what the state read saw, less what this transaction wrote since.
+   */
+  async allSpendableBatches(): Promise<LoadedBatch[]> {
+    const { rows } = await this.tx.query({ name: 'cp-account-all-batches', text: spendableBatches('$1', '$2'), values: [this.accountId, this.now] });
+    return rows.map(loadedBatchFromRow);
+  }
+
+  /**
    * What groups of charges decide on, for several locked accounts of one transaction in ONE
-   * query: per account, the spendable batches, the credit held by ACTIVE unexpired reservations,
+   * query: per account, the spendable batches (the first SPENDABLE_BATCHES_READ in drawdown order)
+   * and what all of them hold, the credit held by ACTIVE unexpired reservations,
    * whether the account has any spending budget, the usage events already recorded under the
    * given idempotency keys, the given reservations that belong to it (with their agent and user),
    * the reservations already made under the given hold idempotency keys, and, where the account
@@ -527,6 +586,7 @@ export class AccountTx {
           GROUP BY h.account
        ), hkeys AS (${priorKeysByAccount('reservations', '$7', '$8')})
        SELECT a.account, a.now AS state_now, b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, r.has_budget,
+              b.spendable, b.batch_count, b.earliest_expiry,
               p.list AS priors, hl.list AS holds, hk.list AS hold_keys, r.budgets
          FROM unnest($1::uuid[], $2::timestamptz[], $9::boolean[], $10::jsonb[]) AS w(account, now, account_clock, subjects)
          JOIN accounts acc ON acc.id = w.account
@@ -558,7 +618,7 @@ export class AccountTx {
                         WHERE account_id = a.account AND status = 'ACTIVE' AND expires_at > a.now) r0) r
          LEFT JOIN priors p ON p.account = a.account
          LEFT JOIN hkeys hk ON hk.account = a.account
-         LEFT JOIN LATERAL (${spendableBatches('a.account', 'a.now')}) b ON TRUE`,
+         LEFT JOIN LATERAL (${spendableBatches('a.account', 'a.now', true)}) b ON TRUE`,
       values: [
         wanted.map((w) => w.accountId),
         wanted.map((w) => w.now),

@@ -297,9 +297,17 @@ export class GroupCommitter {
           locking = Promise.resolve(new Map([[atx.accountId, atx]]));
           const d = from.decisions;
           const batches = d.batches.filter((b) => b.remainingMicroCredits > 0n && (b.expiresAt === null || b.expiresAt > atx.now));
+          // Only some of the batches were carried (AccountTx SPENDABLE_BATCHES_READ): their sum
+          // holds while none of them has expired; once one may have, the state is read
+          // afresh (behind the lock and the guard, in the same round trip).
+          const complete = d.batchesComplete;
+          const stale = !complete && d.earliestExpiryAt !== null && d.earliestExpiryAt.getTime() <= atx.now.getTime();
           const state: ChargeState = {
             now: atx.now,
             batches,
+            spendableMicroCredits: complete ? batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n) : d.spendableMicroCredits,
+            batchesComplete: complete,
+            earliestExpiryAt: d.earliestExpiryAt,
             reservedMicroCredits: 0n,
             hasAnyBudget: d.hasAnyBudget,
             priorUsage: new Map(),
@@ -309,7 +317,9 @@ export class GroupCommitter {
             budgets: d.budgets,
             budgetSubjectsRead: d.budgetSubjectsRead,
           };
-          statesRead = Promise.resolve(new Map([[atx.accountId, state]]));
+          statesRead = stale
+            ? readChargeStates(tx, [{ accountId: atx.accountId, items: chargeItems.get(atx.accountId)! }], now)
+            : Promise.resolve(new Map([[atx.accountId, state]]));
         } else {
           // One account: the single-row lock (its plan is the lone charge's); several: one
           // statement in id order, so two transactions holding several locks cannot deadlock.

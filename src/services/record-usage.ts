@@ -183,10 +183,10 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
 
   const { priced, version } = price(atx.now);
   const cost = priced.costMicroCredits;
-  const { batches, reservedMicroCredits: reservedOthers } = state;
+  const { reservedMicroCredits: reservedOthers } = state;
   // `hasBudget` is about the recorded subjects, of which the checked ones are a part.
   if (state.hasBudget) await assertWithinBudgets(atx, subjects.checked, cost);
-  const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
+  const spendable = state.spendableMicroCredits;
 
   let toDraw: bigint;
   let debtAdded = 0n;
@@ -203,6 +203,7 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
     toDraw = fromHold + fromAvailable;
     debtAdded = cost - toDraw;
   }
+  const batches = state.batchesComplete || remainingOf(state.batches) >= toDraw ? state.batches : await atx.allSpendableBatches();
   const plan = planDrawdown(batches, toDraw, atx.now);
   debtAdded += plan.shortfallMicroCredits; // a hold whose batches expired or were voided meanwhile
   const overLimit = chargeLimitRefusal(atx.debt + debtAdded, state.reservation ? state.reservation.consumedMicroCredits + cost : null);
@@ -220,6 +221,13 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
   return { eventId, replayed: false, row };
 }
 
+/** The credit left in `batches` (micro-credits). */
+function remainingOf(batches: readonly LoadedBatch[]): bigint {
+  let sum = 0n;
+  for (const b of batches) sum += b.remainingMicroCredits;
+  return sum;
+}
+
 /**
  * What one transaction's decisions leave for the account's next transaction, as chargeAccounts's
  * state read would find it once this one committed (GroupCommitter's carried state): the spendable
@@ -228,6 +236,12 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
  */
 export interface CarriedDecisions {
   batches: LoadedBatch[];
+  /** What all spendable batches hold after these decisions, loaded or not (micro-credits). */
+  spendableMicroCredits: bigint;
+  /** `batches` are all the spendable batches (ChargeState.batchesComplete). */
+  batchesComplete: boolean;
+  /** ChargeState.earliestExpiryAt of the state these decisions started from. */
+  earliestExpiryAt: Date | null;
   hasAnyBudget: boolean;
   budgets: Map<string, SubjectBudgetState>;
   /** The subjects (budgetSubjectKey) `budgets` says something about: a next transaction naming another must read its state. */
@@ -768,13 +782,14 @@ export async function chargeAccounts(
     results[g] = out;
     const acct: AccountDecisions = {
       atx,
-      spendableMicroCredits: state.batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n),
+      spendableMicroCredits: state.spendableMicroCredits,
       reservedMicroCredits: state.reservedMicroCredits, // held by ACTIVE unexpired holds, all of them
       holds: new Map([...state.reservations].map(([id, h]) => [id, { ...h }])),
       priorHolds: new Map(state.priorHolds),
       budgets,
     };
-    const batches = state.batches.map((b) => ({ ...b }));
+    let batches = state.batches.map((b) => ({ ...b }));
+    let batchesComplete = state.batchesComplete;
     const recorded = new Map(state.priorUsage);
     for (const item of items) {
       if ('op' in item) {
@@ -841,6 +856,13 @@ export async function chargeAccounts(
         toDraw = fromHold + fromAvailable;
         debtAdded = cost - toDraw;
       }
+      if (!batchesComplete && remainingOf(batches) < toDraw) {
+        // The first batches in drawdown order (as this group left them) do not cover it: all of
+        // them, those already drawn from here as they are in memory.
+        const drawn = new Map(batches.map((b) => [b.id, b]));
+        batches = (await atx.allSpendableBatches()).map((b) => drawn.get(b.id) ?? b);
+        batchesComplete = true;
+      }
       const plan = planDrawdown(batches, toDraw, atx.now);
       assert(hold || plan.shortfallMicroCredits === 0n, 'a charge within available credit is fully drawn');
       debtAdded += plan.shortfallMicroCredits; // a hold whose batches expired or were voided meanwhile
@@ -895,7 +917,15 @@ export async function chargeAccounts(
           heldMicroCredits: t.heldMicroCredits,
         });
       }
-      carry.set(atx.accountId, { batches, hasAnyBudget: state.hasAnyBudget, budgets, budgetSubjectsRead: state.budgetSubjectsRead });
+      carry.set(atx.accountId, {
+        batches,
+        spendableMicroCredits: acct.spendableMicroCredits,
+        batchesComplete,
+        earliestExpiryAt: state.earliestExpiryAt,
+        hasAnyBudget: state.hasAnyBudget,
+        budgets,
+        budgetSubjectsRead: state.budgetSubjectsRead,
+      });
     }
   }
   const writes: Promise<unknown>[] = [];

@@ -90,9 +90,8 @@ async function holdOnLockedAccount(atx: AccountTx, cmd: ReserveCommand, hash: st
     return { reservationId: prior.rows[0].id as string, replayed: true };
   }
   const subjects = { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
-  const { batches, reservedMicroCredits, hasBudget } = await atx.state(subjects);
+  const { spendableMicroCredits: spendable, reservedMicroCredits, hasBudget } = await atx.state(subjects);
   if (hasBudget) await assertWithinBudgets(atx, subjects, cmd.amountMicroCredits);
-  const spendable = batches.reduce((s, b) => s + b.remainingMicroCredits, 0n);
   const available = spendable - atx.debt - reservedMicroCredits;
   if (cmd.amountMicroCredits > available) throw creditRefusal(atx, 'hold', cmd.amountMicroCredits, available);
   const expiresAt = new Date(atx.now.getTime() + cmd.ttlSeconds * 1000);
