@@ -4,14 +4,21 @@
  * the local fake of Stripe's API, test/billing/fake-stripe.ts):
  * - a signed event whose object is missing or not an object is answered (200, nothing changed),
  *   not dropped with its connection (Stripe would deliver it again for 3 days, and the log
- *   called it an aborted request).
+ *   called it an aborted request);
+ * - an auto top-up settled by its job after a full refund of its charge keeps the refund as the
+ *   reason its auto top-up is paused (`lastError`), as the README says.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { startServerWithOwnQueues, type QueuedServer } from './billing-helpers.js';
-import { postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { apiAccount, dbId, ok, readAccount, uniq } from '../api/helpers.js';
+import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingWorkerDeps, createPack, startServerWithOwnQueues, topUps, type QueuedServer } from './billing-helpers.js';
+import { API_ERROR_ANSWER, intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
 
 const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: 'whsec_creditpool' };
+const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt lastError } } }`;
 
 let fake: FakeStripe;
 let main: QueuedServer;
@@ -35,6 +42,10 @@ function hookUrl(srv: TestServer): string {
   return srv.url.replace(/\/graphql$/, '/webhooks/stripe');
 }
 
+function newPi(): string {
+  return `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
+}
+
 describe('a signed event whose object is not a usable object', () => {
   it('is answered 200 and changes nothing (refund, dispute, payment intent)', async () => {
     const { srv } = main;
@@ -52,5 +63,36 @@ describe('a signed event whose object is not a usable object', () => {
     }
     const after = await srv.services.pool.query('SELECT count(*)::int AS n FROM early_payment_reversals');
     expect(after.rows[0].n).toBeLessThanOrEqual(before.rows[0].n); // nothing kept (sweep-due of another file may prune)
+  });
+});
+
+describe('an auto top-up refunded in full before its job settled it', () => {
+  it("keeps the refund as the paused auto top-up's lastError", async () => {
+    const { srv } = main;
+    const deps = billingWorkerDeps(main);
+    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+    const accountId = await apiAccount(srv, { paid: '100' });
+    await attachMethod(srv, accountId, 'pm_card_visa');
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+    ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+    const [topUp] = await topUps(srv, accountId);
+    const run = (attemptsMade: number) =>
+      processAutoTopUp(deps, { id: `auto-top-up-${topUp!.id}`, name: 'auto-top-up', data: { topUpId: topUp!.id, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
+    fake.planned.push(API_ERROR_ANSWER);
+    await expect(run(0)).rejects.toThrow(/will retry/);
+    const pi = newPi();
+    const charge = { id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 200, amount_refunded: 200, refunded: true, currency: 'usd', livemode: false, metadata: {} };
+    const refunded = await postStripeEvent(hookUrl(srv), JSON.stringify(stripeEvent('charge.refunded', charge)));
+    expect([refunded.status, refunded.body.result]).toEqual([200, 'kept']);
+    fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
+    await run(1);
+    expect(await topUps(srv, accountId)).toMatchObject([{ status: 'SUCCEEDED' }]);
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({
+      enabled: false,
+      pausedAt: expect.any(String),
+      lastError: expect.stringContaining('refunded in full'),
+    });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 });
