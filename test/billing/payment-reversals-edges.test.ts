@@ -6,11 +6,17 @@
  *   not dropped with its connection (Stripe would deliver it again for 3 days, and the log
  *   called it an aborted request);
  * - an auto top-up settled by its job after a full refund of its charge keeps the refund as the
- *   reason its auto top-up is paused (`lastError`), as the README says.
+ *   reason its auto top-up is paused (`lastError`), as the README says;
+ * - a full refund of a payment whose grant an operator had voided before records the refund and
+ *   takes nothing more, without warning that the whole grant was spent (the operator's void took
+ *   it back).
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
+import { applyReversalEvent } from '../../src/services/payment-reversals.js';
+import { voidGrant } from '../../src/services/void-grant.js';
+import type { ServiceContext } from '../../src/services/context.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, ok, readAccount, uniq } from '../api/helpers.js';
@@ -18,6 +24,7 @@ import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingWorkerDeps, createP
 import { API_ERROR_ANSWER, intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
 
 const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: 'whsec_creditpool' };
+const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id amount } }`;
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt lastError } } }`;
 
 let fake: FakeStripe;
@@ -93,6 +100,31 @@ describe('an auto top-up refunded in full before its job settled it', () => {
       pausedAt: expect.any(String),
       lastError: expect.stringContaining('refunded in full'),
     });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+});
+
+describe('a full refund of a payment whose grant an operator voided before', () => {
+  it('records the refund, takes nothing more and does not report the voided credit as spent', async () => {
+    const { srv } = main;
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const accountId = await apiAccount(srv);
+    await attachMethod(srv, accountId, 'pm_card_visa');
+    const pi = newPi();
+    fake.planned.push(intentAnswer('succeeded', pi, { amount: 400 }));
+    const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
+    const { rows } = await srv.services.pool.query('SELECT id, grant_id FROM payments WHERE provider_ref = $1', [pi]);
+    expect(rows[0].grant_id).toBe(dbId(bought.id));
+    await voidGrant(srv.services, rows[0].grant_id as string, 'operator: taken back by hand');
+    const logged: { obj: Record<string, unknown>; msg: string }[] = [];
+    const keep = (obj: unknown, msg?: string) => void logged.push({ obj: obj as Record<string, unknown>, msg: msg ?? '' });
+    const ctx: ServiceContext = { ...srv.services, log: { warn: keep, error: keep, info: keep } as unknown as NonNullable<ServiceContext['log']> };
+    const event = { eventId: 'evt_refund', eventType: 'charge.refunded', kind: 'refund' as const, providerRef: pi, amountCents: 400n, refundedCents: 400n, disputeRef: null, currency: 'usd', livemode: false };
+    expect(await applyReversalEvent(ctx, event, () => false)).toMatchObject({ result: 'recorded', voidedMicroCredits: 0n });
+    const { rows: after } = await srv.services.pool.query('SELECT refunded_cents::text, reversed_at IS NOT NULL AS reversed FROM payments WHERE id = $1', [rows[0].id]);
+    expect(after[0]).toEqual({ refunded_cents: '400', reversed: true });
+    expect(logged.filter((l) => l.obj.unrecoveredMicroCredits !== undefined)).toEqual([]);
+    expect((await readAccount(srv, accountId)).balance.total).toBe('0');
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 });
