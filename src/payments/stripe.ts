@@ -89,6 +89,18 @@ function outcomeOfIntent(intent: Stripe.PaymentIntent): ChargeOutcome {
 }
 
 /**
+ * The object a verified event carries (`data.object`), or an empty object when it has none or
+ * it is not an object: the event is then read as naming no payment (`unknown_payment`, answered
+ * 200) instead of throwing while it is read, which dropped the request without an answer (Stripe
+ * delivers such an event again for days).
+ */
+function eventObjectOf(event: Stripe.Event): Record<string, unknown> {
+  const data: unknown = (event as { data?: unknown }).data;
+  const object = data && typeof data === 'object' ? (data as { object?: unknown }).object : undefined;
+  return object && typeof object === 'object' && !Array.isArray(object) ? (object as Record<string, unknown>) : {};
+}
+
+/**
  * The webhook event types that settle a payment (https://docs.stripe.com/api/events/types), each a
  * PaymentIntent outcome that is final for that PaymentIntent:
  * - `payment_intent.succeeded`: the money was taken;
@@ -117,7 +129,7 @@ export const SETTLING_EVENT_TYPES = ['payment_intent.succeeded', 'payment_intent
  */
 export function chargeEventOf(event: Stripe.Event): ChargeEvent | null {
   if (!(SETTLING_EVENT_TYPES as readonly string[]).includes(event.type)) return null;
-  const intent = event.data.object as Stripe.PaymentIntent;
+  const intent = eventObjectOf(event) as unknown as Stripe.PaymentIntent; // fields it lacks read as undefined
   let outcome: ChargeOutcome;
   switch (event.type) {
     case 'payment_intent.succeeded':
@@ -191,7 +203,7 @@ function centsOf(amount: unknown): bigint {
 export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null {
   const base = { eventId: event.id, eventType: event.type, livemode: event.livemode === true };
   if (event.type === 'charge.refunded') {
-    const charge = event.data.object as Stripe.Charge;
+    const charge = eventObjectOf(event) as Partial<Stripe.Charge>;
     return {
       ...base,
       kind: 'refund',
@@ -204,7 +216,7 @@ export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null
   }
   const wonType = event.type === 'charge.dispute.funds_reinstated' || event.type === 'charge.dispute.closed';
   if (event.type === 'charge.dispute.created' || wonType) {
-    const dispute = event.data.object as Stripe.Dispute;
+    const dispute = eventObjectOf(event) as Partial<Stripe.Dispute>;
     if (event.type === 'charge.dispute.closed' && dispute.status !== 'won') return null; // lost, warning_closed: nothing to give back
     return {
       ...base,

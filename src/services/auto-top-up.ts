@@ -241,7 +241,13 @@ async function recordOutcome(
       // finish() runs balances_changed while this top-up is still PENDING (unless a late success
       // revives a FAILED one): the grant cannot start another.
       await atx.finish();
-      await tx.query(`UPDATE auto_top_up_settings SET consecutive_failures = 0, last_attempt_at = $2, last_error = NULL WHERE account_id = $1`, [atx.accountId, atx.now]);
+      // A refund or dispute of this charge reported before it was settled paused auto top-up
+      // in settlePayment (applyEarlyReversals): its last_error names why, and stays.
+      const pausedByReversal = reversals.some((r) => r.done?.pausedAutoTopUp === true);
+      await tx.query(
+        `UPDATE auto_top_up_settings SET consecutive_failures = 0, last_attempt_at = $2, last_error = CASE WHEN $3 THEN last_error END WHERE account_id = $1`,
+        [atx.accountId, atx.now, pausedByReversal],
+      );
       if (topUpStatus === 'FAILED') {
         // A late success revives a FAILED top-up, which may be the one that paused auto top-up:
         // its error and finished_at stay as they were, since the `auto_top_up.paused` webhook's body

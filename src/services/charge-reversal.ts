@@ -242,7 +242,8 @@ export function reportReversal(ctx: ServiceContext, event: ChargeReversalEvent, 
   if (done.voided) {
     const unrecovered = done.voided.grantedMicroCredits - done.voided.voidedMicroCredits;
     const figures = { ...logContext, voidedMicroCredits: done.voided.voidedMicroCredits.toString(), unrecoveredMicroCredits: unrecovered.toString() };
-    if (unrecovered > 0n) {
+    // A grant voided before (by an operator's voidGrant) had its rest taken back then: nothing of it is reported as spent here.
+    if (done.voided.voidedNow && unrecovered > 0n) {
       ctx.log?.warn(figures, 'payment reversal: part of the credit of a refunded or disputed payment was already spent or expired; it is not taken back (no debt is made)');
     }
     return { result: done.voided.voidedNow ? 'reversed' : 'recorded', paymentId: payment.id, voidedMicroCredits: done.voided.voidedMicroCredits };

@@ -587,7 +587,10 @@ export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobDat
  * - credit alerts created between 24 h and 1 minute before `now`,
  * - auto top-up pauses (auto_top_up_settings.paused_at) in that window; the event id is the
  *   account's latest FAILED top-up created at or before the pause (the one whose failure paused
- *   it), or SUCCEEDED when a late success of its charge revived it after the pause,
+ *   it), or SUCCEEDED when a late success of its charge revived it after the pause; only when
+ *   that top-up paused it (its finished_at is the pause's time and it kept its error): a pause by
+ *   a refund or dispute of a charge (services/charge-reversal.ts) sends no `auto_top_up.paused`,
+ *   whose body ("paused after 3 failed charges") would describe the account's last top-up,
  * with no DELIVERED row, no permanent failure logged (a 4xx other than 408/425/429), and fewer
  * than {@link WEBHOOK_MAX_LOGGED_ATTEMPTS} attempts logged. It does not know the configuration:
  * with WEBHOOK_URL unset it still returns them (each such job completes as SKIPPED without
@@ -612,10 +615,10 @@ export async function findUndeliveredWebhookJobs(pool: pg.Pool, now: Date): Prom
   );
   const paused = await pool.query(
     `SELECT t.id, t.account_id FROM auto_top_up_settings s
-       JOIN LATERAL (SELECT x.id, x.account_id FROM auto_top_ups x
+       JOIN LATERAL (SELECT x.id, x.account_id, x.finished_at, x.error FROM auto_top_ups x
                       WHERE x.account_id = s.account_id AND x.status IN ('FAILED', 'SUCCEEDED') AND x.created_at <= s.paused_at
                       ORDER BY x.created_at DESC, x.id DESC LIMIT 1) t ON true
-      WHERE s.paused_at IS NOT NULL
+      WHERE s.paused_at IS NOT NULL AND t.finished_at = s.paused_at AND t.error IS NOT NULL
         AND s.paused_at < $1::timestamptz - $2::interval AND s.paused_at >= $1::timestamptz - $3::interval
         AND ${settled('auto_top_up.paused', 't.id::text')}
       ORDER BY s.paused_at, t.id LIMIT $6`,
