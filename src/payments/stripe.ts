@@ -174,10 +174,16 @@ export const DISPUTE_WON_EVENT_TYPES = ['charge.dispute.closed', 'charge.dispute
  * - `charge.refunded`: a refund of the charge (full or partial: its Charge's `amount_refunded` is
  *   the cumulative refunded amount; https://docs.stripe.com/api/charges/object);
  * - `charge.dispute.created`: the card holder disputed the charge; Stripe withdraws the disputed
- *   amount from the platform's balance (https://docs.stripe.com/disputes/how-disputes-work);
+ *   amount from the platform's balance (https://docs.stripe.com/disputes/how-disputes-work). Not
+ *   for an inquiry (status `warning_needs_response`, `warning_under_review`): a pre-dispute request
+ *   for information takes no money, so nothing is taken back; when one escalates, Stripe withdraws
+ *   the funds and reports it with `charge.dispute.funds_withdrawn`;
+ * - `charge.dispute.funds_withdrawn`: the disputed amount was withdrawn (a chargeback, and an
+ *   inquiry that became one); the same dispute as its `charge.dispute.created`, applied once
+ *   (the payment's `disputed_at`);
  * - {@link DISPUTE_WON_EVENT_TYPES}: the dispute was won.
  */
-export const REVERSAL_EVENT_TYPES = ['charge.refunded', 'charge.dispute.created', ...DISPUTE_WON_EVENT_TYPES] as const;
+export const REVERSAL_EVENT_TYPES = ['charge.refunded', 'charge.dispute.created', 'charge.dispute.funds_withdrawn', ...DISPUTE_WON_EVENT_TYPES] as const;
 
 /** A Stripe expandable reference (`"pi_…"` or the expanded object) as its id, or null. */
 function refId(ref: unknown): string | null {
@@ -198,7 +204,8 @@ function centsOf(amount: unknown): bigint {
  * `charge.dispute.created` and the won dispute types ({@link DISPUTE_WON_EVENT_TYPES}: kind
  * `dispute_won`). `providerRef` is the PaymentIntent id, which the payment keeps as its
  * provider_ref. `livemode` is the event's (false unless it is literally true).
- * @returns null for any other event type, and for a `charge.dispute.closed` whose status is not `won`.
+ * @returns null for any other event type, for a `charge.dispute.closed` whose status is not `won`,
+ *   and for a `charge.dispute.created` of an inquiry (status `warning_…`: no money was taken).
  */
 export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null {
   const base = { eventId: event.id, eventType: event.type, livemode: event.livemode === true };
@@ -215,9 +222,11 @@ export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null
     };
   }
   const wonType = event.type === 'charge.dispute.funds_reinstated' || event.type === 'charge.dispute.closed';
-  if (event.type === 'charge.dispute.created' || wonType) {
+  if (event.type === 'charge.dispute.created' || event.type === 'charge.dispute.funds_withdrawn' || wonType) {
     const dispute = eventObjectOf(event) as Partial<Stripe.Dispute>;
     if (event.type === 'charge.dispute.closed' && dispute.status !== 'won') return null; // lost, warning_closed: nothing to give back
+    // An inquiry takes no money (REVERSAL_EVENT_TYPES): its credit stays until funds_withdrawn.
+    if (event.type === 'charge.dispute.created' && typeof dispute.status === 'string' && dispute.status.startsWith('warning_')) return null;
     return {
       ...base,
       kind: wonType ? 'dispute_won' : 'dispute',

@@ -134,6 +134,52 @@ describe('a full refund of a payment whose grant an operator voided before', () 
   });
 });
 
+describe('an inquiry (a pre-dispute request for information: no money taken)', () => {
+  /** A purchase of 40 credits for $4 settled SUCCEEDED with PaymentIntent `pi`. */
+  async function bought() {
+    const { srv } = main;
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const accountId = await apiAccount(srv);
+    await attachMethod(srv, accountId, 'pm_card_visa');
+    const pi = newPi();
+    fake.planned.push(intentAnswer('succeeded', pi, { amount: 400 }));
+    ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') }));
+    return { accountId, pi };
+  }
+  const dispute = (pi: string, type: string, status: string, id = `du_${pi.slice(3)}`) =>
+    JSON.stringify(stripeEvent(type, { id, object: 'dispute', charge: `ch_${pi.slice(3)}`, payment_intent: pi, amount: 400, currency: 'usd', livemode: false, status }));
+  const post = async (body: string) => {
+    const r = await postStripeEvent(hookUrl(main.srv), body);
+    expect(r.status).toBe(200);
+    return r.body.result as string;
+  };
+
+  it('takes nothing back; once it escalates (funds withdrawn) the credit is taken back, once', async () => {
+    const { srv } = main;
+    const { accountId, pi } = await bought();
+    expect(await post(dispute(pi, 'charge.dispute.created', 'warning_needs_response'))).toBe('ignored');
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    expect(await post(dispute(pi, 'charge.dispute.closed', 'warning_closed'))).toBe('ignored');
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+
+    const { accountId: escalated, pi: pi2 } = await bought();
+    expect(await post(dispute(pi2, 'charge.dispute.created', 'warning_under_review'))).toBe('ignored');
+    expect(await post(dispute(pi2, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('reversed');
+    expect((await readAccount(srv, escalated)).balance.paid).toBe('0');
+    expect(await post(dispute(pi2, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('unchanged');
+    await expectLedgerInvariant(srv.services.pool, dbId(escalated));
+  });
+
+  it('a chargeback reported by both charge.dispute.created and charge.dispute.funds_withdrawn is applied once', async () => {
+    const { srv } = main;
+    const { accountId, pi } = await bought();
+    expect(await post(dispute(pi, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('reversed');
+    expect(await post(dispute(pi, 'charge.dispute.created', 'needs_response'))).toBe('unchanged');
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '0', total: '0', debt: '0' });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+});
+
 /** The `auto_top_up.paused` jobs the webhook sweep would send for `accountId` once the sweep's minimum age has passed. */
 async function sweptPauses(srv: TestServer, accountId: string) {
   const jobs = await findUndeliveredWebhookJobs(srv.services.pool, new Date(Date.now() + WEBHOOK_SWEEP_MIN_AGE_MS + 60_000));
