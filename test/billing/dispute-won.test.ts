@@ -190,6 +190,19 @@ describe('a dispute won', () => {
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 
+  it('partial refunds of an expiring pack, delivered at the same moment: the share is taken once in all, the rest keeps the pack\'s expiry', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, 30);
+    const results = await Promise.all([post(srv, refundEvent(pi, 250)), post(srv, refundEvent(pi, 100)), post(srv, refundEvent(pi, 250))]);
+    expect(results.filter((r) => r === 'reversed').length).toBeGreaterThanOrEqual(1);
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '15', total: '15' }); // 25 of 40 taken back
+    const { rows } = await srv.services.pool.query('SELECT expires_at FROM credit_batches WHERE grant_id = $1', [grantId]);
+    expect(rows[0].expires_at).toBeInstanceOf(Date);
+    const live = (await otherGrants(srv, accountId, grantId)).filter((g) => !g.voided);
+    expect(live).toEqual([expect.objectContaining({ amount: '15000000', type: 'PAID', source: 'PURCHASE', expires_at: rows[0].expires_at, idempotency_key: `payment:${paymentId}:refund:250` })]);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
   it('of a payment also refunded in full: nothing is given back', async () => {
     const { srv } = main;
     const { accountId, pi, paymentId, grantId } = await boughtPack(srv);
