@@ -50,6 +50,18 @@ export function disputeWonGrantKey(paymentId: string): string {
   return `${paymentGrantKey(paymentId)}:dispute-won`;
 }
 
+/**
+ * Key of the grant that carries on the credit of payment `paymentId` after a partial refund
+ * brought the charge's cumulative refunded amount to `refundedCents` (USD cents) and took its
+ * share back (services/charge-reversal.ts takeRefundedShare: the carrying grant is voided and its
+ * rest less the share granted again under this key). Unique per payment: the refunded amount
+ * only grows, so each partial refund that takes something has its own. Under the reserved
+ * `payment:` prefix.
+ */
+export function partialRefundGrantKey(paymentId: string, refundedCents: bigint): string {
+  return `${paymentGrantKey(paymentId)}:refund:${refundedCents.toString()}`;
+}
+
 /** Prefixes of the engine's grant keys (see the module comment). */
 const RESERVED_PREFIXES = ['welcome-bonus:', 'promo:', 'referral:', 'plan-period:', 'payment:'] as const;
 

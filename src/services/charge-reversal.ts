@@ -11,21 +11,25 @@
  */
 import { SYSTEM_ACTOR, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
 import { toBigInt, type Tx } from '../db/pg.js';
-import { formatCredits } from '../ledger/credits.js';
+import { formatCredits, minBig } from '../ledger/credits.js';
 import { assert } from '../ledger/errors.js';
-import { disputeWonGrantKey } from '../ledger/grant-keys.js';
+import { disputeWonGrantKey, partialRefundGrantKey } from '../ledger/grant-keys.js';
 import { usdToCents, type ChargeReversalEvent } from '../payments/provider.js';
 import type { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import type { PaymentRow } from './purchase-pack.js';
 import { voidLockedGrant, type VoidedGrant } from './void-grant.js';
 import { applyGrant, type GrantSource } from './grant-credits.js';
+import { applyExpiries } from './expire-due.js';
+import type { CreditType } from '../ledger/drawdown.js';
 
 /**
  * What applying a refund or dispute did (services/payment-reversals.ts applyReversalEvent):
- * - `reversed`: this call took back the grant's unused remainder (`voidedMicroCredits`);
- * - `recorded`: this call recorded a partial refund or a dispute whose grant had been taken back
- *   before, and took nothing back;
+ * - `reversed`: this call took back the grant's unused remainder (`voidedMicroCredits`), or a
+ *   partial refund's share of it ({@link takeRefundedShare});
+ * - `recorded`: this call recorded a refund or dispute and took nothing back (a partial refund
+ *   whose share grew by nothing or found nothing left, a dispute whose grant had been taken back
+ *   before);
  * - `unchanged`: the event was applied (or kept) before (redelivered, or older than one applied): nothing written;
  * - `kept`: no SUCCEEDED payment has the charge yet; the event is kept (`early_payment_reversals`)
  *   and applied when a payment is settled SUCCEEDED with that charge (or pruned after
@@ -78,6 +82,27 @@ export interface LockedReversal {
   pausedAutoTopUp: boolean;
   /** A won dispute applied by this call ({@link applyDisputeWonLocked}); absent for other events. */
   won?: WonDispute;
+  /** A partial refund applied by this call ({@link takeRefundedShare}); absent for other events. */
+  partial?: PartialRefund;
+  /**
+   * What of the payment's credit a full refund or dispute applied by this call leaves with the
+   * customer (spent or expired: not turned into debt), in micro-credits: the pack's credit less
+   * what partial refunds took before and what this call voided. Absent: the voided grant's amount
+   * less what was voided.
+   */
+  unrecoveredMicroCredits?: bigint;
+}
+
+/** What a partial refund took back of its payment's credit (amounts in micro-credits). */
+export interface PartialRefund {
+  /** The pack's refunded share: floor(pack credits x cumulative refunded cents / amount cents). */
+  shareMicroCredits: bigint;
+  /** What this call took back (0: the share did not grow, or nothing of the credit was left). */
+  takenMicroCredits: bigint;
+  /** What this call should have taken but was spent or expired (not turned into debt). */
+  unrecoveredMicroCredits: bigint;
+  /** The grant that carries the payment's credit after this call (null: unchanged). */
+  liveGrantId: string | null;
 }
 
 /** What applying a won dispute gave back (amounts in micro-credits). */
@@ -94,16 +119,24 @@ export interface WonDispute {
 /**
  * Applies `event` to the SUCCEEDED payment `payment` inside the transaction of `atx`, which holds
  * the payment's account lock (the caller checked {@link reversalMismatchOf} and calls atx.finish()):
- * records a refund (refunded_cents only grows) or the first dispute, and for a full refund or a
- * dispute pauses auto top-up and voids the unused remainder of the payment's grant with
- * voidLockedGrant's rules (once: reversed_at). Rules: services/payment-reversals.ts module comment.
+ * records a refund (refunded_cents only grows) or the first dispute; a partial refund takes back
+ * its share of the credit ({@link takeRefundedShare}); a full refund or a dispute pauses auto
+ * top-up and voids the unused remainder of the grant that carries the payment's credit (its own,
+ * or the one a partial refund or a won dispute made since: live_grant_id) with voidLockedGrant's
+ * rules (once: reversed_at). Rules: services/payment-reversals.ts module comment.
+ * @throws LedgerError BAD_USER_INPUT reason BALANCE_LIMIT (a grant made again or given back would
+ *   pass the balance limit; nothing is written).
  * @returns what was written ({@link LockedReversal}).
  */
 export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, payment: PaymentRow, event: ChargeReversalEvent): Promise<LockedReversal> {
   if (event.kind === 'dispute_won') return applyDisputeWonLocked(atx, actor, payment, event);
   const tx = atx.tx;
   const cents = usdToCents(payment.amountUsd);
-  const { rows } = await tx.query('SELECT refunded_cents, disputed_at, reversed_at, grant_id, dispute_won_grant_id FROM payments WHERE id = $1 FOR UPDATE', [payment.id]);
+  const { rows } = await tx.query(
+    `SELECT refunded_cents, disputed_at, reversed_at, grant_id, dispute_won_grant_id, COALESCE(live_grant_id, grant_id) AS live_grant_id, refund_taken_micro_credits
+       FROM payments WHERE id = $1 FOR UPDATE`,
+    [payment.id],
+  );
   const current = rows[0];
   assert(current && current.grant_id, 'a SUCCEEDED payment has its grant');
   const refundedBefore = toBigInt(current.refunded_cents);
@@ -122,10 +155,20 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
   const full = event.kind === 'dispute' || current.disputed_at !== null || refunded >= cents;
   const grant = await tx.query('SELECT amount_micro_credits FROM credit_grants WHERE id = $1', [current.grant_id]);
   const grantedMicroCredits = toBigInt(grant.rows[0].amount_micro_credits);
+  // The grant that carries the payment's credit now: its own, or the last one a partial refund or
+  // a won dispute made (live_grant_id), so every reversal acts on the credit that is left.
+  const liveGrantId = current.live_grant_id as string;
+  const takenBefore = toBigInt(current.refund_taken_micro_credits);
   if (event.kind === 'refund' && refundedBefore < cents && refunded >= cents && current.dispute_won_grant_id !== null) {
     // Refunded in full after a won dispute gave the credit back: the money went back to the
     // customer after all, so what was given back is taken back as the first void was.
-    return takeBackGivenBack(atx, actor, payment, event, current.dispute_won_grant_id as string, refunded);
+    return takeBackGivenBack(atx, actor, payment, event, liveGrantId, refunded);
+  }
+  if (event.kind === 'refund' && refunded > refundedBefore && refunded < cents && (current.disputed_at === null || current.dispute_won_grant_id !== null)) {
+    // A partial refund of a payment whose credit is live (not disputed, or given back by a won
+    // dispute): its share of the credit follows the money.
+    const partial = await takeRefundedShare(atx, actor, payment, event, { liveGrantId, grantedMicroCredits, takenBefore, refunded, cents });
+    return { recorded: true, voided: null, refunded, grantedMicroCredits, pausedAutoTopUp, partial };
   }
   if (!full || current.reversed_at !== null) return { recorded, voided: null, refunded, grantedMicroCredits, pausedAutoTopUp };
   const reason =
@@ -136,10 +179,92 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
   // and the void below may take the balance under the top-up threshold, which would charge the
   // same card again at once (balances_changed in atx.finish sees the pause).
   if (event.kind === 'refund') pausedAutoTopUp = (await pauseAutoTopUp(atx, actor, `refund: payment ${payment.id} was refunded in full`)) || pausedAutoTopUp;
-  const voided = await voidLockedGrant(atx, actor, current.grant_id as string, reason);
+  const voided = await voidLockedGrant(atx, actor, liveGrantId, reason);
   // What this reversal took is kept: a won dispute gives back exactly it (applyDisputeWonLocked).
   await tx.query('UPDATE payments SET reversed_at = $2, reversed_micro_credits = $3, updated_at = $2 WHERE id = $1', [payment.id, atx.now, voided.voidedMicroCredits.toString()]);
-  return { recorded: true, voided, refunded, grantedMicroCredits, pausedAutoTopUp };
+  const unrecoveredMicroCredits = maxZero(grantedMicroCredits - takenBefore - voided.voidedMicroCredits);
+  return { recorded: true, voided, refunded, grantedMicroCredits, pausedAutoTopUp, unrecoveredMicroCredits };
+}
+
+const maxZero = (v: bigint): bigint => (v > 0n ? v : 0n);
+
+/**
+ * Takes back a partial refund's share of its payment's credit, inside `atx` (account lock held;
+ * the payment row is locked and refunded_cents already records `refunded`). The rule: the share
+ * of a cumulative refund of `refunded` of `cents` on a pack of G micro-credits is
+ * floor(G x refunded / cents); what partial refunds took before (`takenBefore`,
+ * payments.refund_taken_micro_credits) is subtracted, and at most what remains unused of the
+ * live grant is taken (no debt; the rest is returned as unrecovered, for the log).
+ * With the ledger's own operations, so every figure stays right: due expiries first, then the
+ * live grant is voided (voidLockedGrant: VOID entry, voided amount kept on the grant, which the
+ * period's credit subtracts) and its rest less the share granted again (applyGrant: a new PAID
+ * grant with the live grant's source, type and expiry, reference the payment, key
+ * ledger/grant-keys.ts partialRefundGrantKey; `grant.created` in the audit trail by `actor`),
+ * which becomes the payment's live grant. Nothing is written but the refund's record when there
+ * is nothing to take. Auto top-up is not paused (the card's charge stands, in part).
+ * @throws LedgerError BAD_USER_INPUT reason BALANCE_LIMIT (applyGrant; not reachable in practice:
+ *   the new grant is smaller than what the void took back).
+ */
+async function takeRefundedShare(
+  atx: AccountTx,
+  actor: AuditActor,
+  payment: PaymentRow,
+  event: ChargeReversalEvent,
+  p: { liveGrantId: string; grantedMicroCredits: bigint; takenBefore: bigint; refunded: bigint; cents: bigint },
+): Promise<PartialRefund> {
+  const tx = atx.tx;
+  const shareMicroCredits = (p.grantedMicroCredits * p.refunded) / p.cents;
+  const owed = maxZero(shareMicroCredits - p.takenBefore);
+  const none: PartialRefund = { shareMicroCredits, takenMicroCredits: 0n, unrecoveredMicroCredits: 0n, liveGrantId: null };
+  if (owed === 0n) return none;
+  // What is due to expire goes first (as voidLockedGrant would): only what remains unexpired is taken.
+  await applyExpiries(atx);
+  const { rows } = await tx.query(
+    `SELECT g.voided_at, g.source, g.type, b.status, b.remaining_micro_credits, b.expires_at
+       FROM credit_grants g JOIN credit_batches b ON b.grant_id = g.id WHERE g.id = $1 AND g.account_id = $2 FOR UPDATE OF g`,
+    [p.liveGrantId, atx.accountId],
+  );
+  const live = rows[0];
+  assert(live, "the payment's live grant belongs to the locked account");
+  const remaining = live.voided_at === null && live.status === 'ACTIVE' ? toBigInt(live.remaining_micro_credits) : 0n;
+  const taken = minBig(owed, remaining);
+  if (taken === 0n) return { ...none, unrecoveredMicroCredits: owed };
+  const reason = `payment ${payment.id} refunded in part by the payment provider (${p.refunded} of ${p.cents} cents; charge ${event.providerRef}, event ${event.eventId}): its share is taken back, the rest granted again`;
+  const voided = await voidLockedGrant(atx, actor, p.liveGrantId, reason);
+  assert(voided.voidedNow && voided.voidedMicroCredits === remaining, 'the live grant is voided with what it had left');
+  const rest = remaining - taken;
+  let liveGrantId = p.liveGrantId;
+  if (rest > 0n) {
+    const source = live.source as GrantSource;
+    const type = live.type as CreditType;
+    const expiresAt = live.expires_at === null ? null : new Date(live.expires_at as Date);
+    const idempotencyKey = partialRefundGrantKey(payment.id, p.refunded);
+    const again = await applyGrant(atx, { amountMicroCredits: rest, type, source, expiresAt, reference: payment.id, idempotencyKey });
+    assert(!again.replayed, 'a partial refund grants again once per refunded amount: refunded_cents only grows');
+    liveGrantId = again.grantId;
+    await recordAuditEvent(tx, actor, {
+      action: 'grant.created',
+      accountId: atx.accountId,
+      subjectType: 'grant',
+      subjectId: again.grantId,
+      details: {
+        amount: formatCredits(rest),
+        type,
+        source,
+        expiresAt: expiresAt?.toISOString() ?? null,
+        reference: payment.id,
+        idempotencyKey,
+        reason: `${reason}: ${formatCredits(taken)} taken back of ${formatCredits(remaining)} left (grant ${p.liveGrantId} voided)`,
+      },
+    });
+  }
+  await tx.query('UPDATE payments SET refund_taken_micro_credits = $2, live_grant_id = $3, updated_at = $4 WHERE id = $1', [
+    payment.id,
+    (p.takenBefore + taken).toString(),
+    liveGrantId,
+    atx.now,
+  ]);
+  return { shareMicroCredits, takenMicroCredits: taken, unrecoveredMicroCredits: owed - taken, liveGrantId };
 }
 
 const PAYMENT_DISPUTE_COLUMNS = 'refunded_cents, disputed_at, dispute_ref, reversed_at, reversed_micro_credits, dispute_won_at, grant_id';
@@ -156,8 +281,10 @@ const PAYMENT_DISPUTE_COLUMNS = 'refunded_cents, disputed_at, dispute_ref, rever
  * - what is given back is exactly what the dispute took (`payments.reversed_micro_credits`), as a
  *   NEW grant (type PAID, the payment's grant's source and batch expiry, reference the payment id,
  *   key `payment:<id>:dispute-won`, ledger/grant-keys.ts disputeWonGrantKey; `grant.created` in
- *   the audit trail by `actor`), recorded as `dispute_won_grant_id`. Credit spent before the
- *   dispute was never taken, so it is not given;
+ *   the audit trail by `actor`), recorded as `dispute_won_grant_id` and as the grant that carries
+ *   the payment's credit (`live_grant_id`: a later partial or full refund acts on it). Credit
+ *   spent before the dispute, or taken by a partial refund before it, was never taken by the
+ *   dispute, so it is not given;
  * - nothing is given back (`notRestored`) when the payment was also refunded in full (the money
  *   went back to the customer anyway), when the dispute took nothing, or when the original
  *   credit's expiry has passed (it would have expired meanwhile);
@@ -198,7 +325,8 @@ export async function applyDisputeWonLocked(atx: AccountTx, actor: AuditActor, p
   const idempotencyKey = disputeWonGrantKey(payment.id);
   const given = await applyGrant(atx, { amountMicroCredits: taken, type: 'PAID', source, expiresAt, reference: payment.id, idempotencyKey });
   assert(!given.replayed, 'a won dispute gives back once: dispute_won_at was not set');
-  await tx.query('UPDATE payments SET dispute_won_grant_id = $2 WHERE id = $1', [payment.id, given.grantId]);
+  // The given-back grant carries the payment's credit now: a later partial or full refund acts on it.
+  await tx.query('UPDATE payments SET dispute_won_grant_id = $2, live_grant_id = $2 WHERE id = $1', [payment.id, given.grantId]);
   const disputeRef = event.disputeRef ?? (current.dispute_ref as string | null) ?? event.eventId;
   await recordAuditEvent(tx, actor, {
     action: 'grant.created',
@@ -220,8 +348,9 @@ export async function applyDisputeWonLocked(atx: AccountTx, actor: AuditActor, p
 
 /**
  * A full refund that comes after a won dispute gave the credit back ({@link applyDisputeWonLocked}):
- * voids the given-back grant's unused remainder by voidLockedGrant's rules and pauses auto top-up,
- * as a full refund of the payment's own grant does. Inside `atx` (account lock held).
+ * voids the unused remainder of the grant that carries the given-back credit (the give-back, or
+ * the grant a later partial refund made again: `liveGrantId`) by voidLockedGrant's rules and
+ * pauses auto top-up, as a full refund of the payment's own grant does. Inside `atx` (account lock held).
  */
 async function takeBackGivenBack(atx: AccountTx, actor: AuditActor, payment: PaymentRow, event: ChargeReversalEvent, givenGrantId: string, refunded: bigint): Promise<LockedReversal> {
   const pausedAutoTopUp = await pauseAutoTopUp(atx, actor, `refund: payment ${payment.id} was refunded in full`);
@@ -239,8 +368,9 @@ export function reportReversal(ctx: ServiceContext, event: ChargeReversalEvent, 
   const logContext = { providerRef: event.providerRef, eventId: event.eventId, eventType: event.eventType, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose };
   if (done.won) return reportDisputeWon(ctx, logContext, done.won);
   if (done.pausedAutoTopUp) ctx.log?.warn(logContext, 'payment reversal: a charge of the account was refunded in full or disputed; its auto top-up is paused (setAutoTopUp re-enables it)');
+  if (done.partial) return reportPartialRefund(ctx, logContext, payment, done, done.partial);
   if (done.voided) {
-    const unrecovered = done.voided.grantedMicroCredits - done.voided.voidedMicroCredits;
+    const unrecovered = done.unrecoveredMicroCredits ?? done.voided.grantedMicroCredits - done.voided.voidedMicroCredits;
     const figures = { ...logContext, voidedMicroCredits: done.voided.voidedMicroCredits.toString(), unrecoveredMicroCredits: unrecovered.toString() };
     // A grant voided before (by an operator's voidGrant) had its rest taken back then: nothing of it is reported as spent here.
     if (done.voided.voidedNow && unrecovered > 0n) {
@@ -248,16 +378,31 @@ export function reportReversal(ctx: ServiceContext, event: ChargeReversalEvent, 
     }
     return { result: done.voided.voidedNow ? 'reversed' : 'recorded', paymentId: payment.id, voidedMicroCredits: done.voided.voidedMicroCredits };
   }
-  const cents = usdToCents(payment.amountUsd);
-  if (done.recorded && event.kind === 'refund' && done.refunded < cents) {
-    // The pack's refunded share, rounded down: what an operator may take back by hand.
-    const shareMicroCredits = (done.grantedMicroCredits * done.refunded) / cents;
+  return { result: done.recorded ? 'recorded' : 'unchanged', paymentId: payment.id, voidedMicroCredits: 0n };
+}
+
+/**
+ * Logs (warn, only when part of the share was spent or expired and is not taken back: no debt is
+ * made) and returns the result of a partial refund applied by {@link takeRefundedShare}:
+ * `reversed` when it took something back, else `recorded`.
+ */
+function reportPartialRefund(ctx: ServiceContext, logContext: Record<string, unknown>, payment: PaymentRow, done: LockedReversal, partial: PartialRefund): ReversalEventResult {
+  if (partial.unrecoveredMicroCredits > 0n) {
+    const cents = usdToCents(payment.amountUsd);
     ctx.log?.warn(
-      { ...logContext, refundedCents: done.refunded.toString(), amountCents: cents.toString(), refundedShareMicroCredits: shareMicroCredits.toString(), refundedShare: formatCredits(shareMicroCredits) },
-      'payment reversal: a partial refund is recorded but its share of the credit is not taken back automatically (a grant is voided whole); take it back by hand if needed',
+      {
+        ...logContext,
+        refundedCents: done.refunded.toString(),
+        amountCents: cents.toString(),
+        refundedShareMicroCredits: partial.shareMicroCredits.toString(),
+        refundedShare: formatCredits(partial.shareMicroCredits),
+        voidedMicroCredits: partial.takenMicroCredits.toString(),
+        unrecoveredMicroCredits: partial.unrecoveredMicroCredits.toString(),
+      },
+      'payment reversal: part of the refunded share of a partial refund was already spent or expired; it is not taken back (no debt is made)',
     );
   }
-  return { result: done.recorded ? 'recorded' : 'unchanged', paymentId: payment.id, voidedMicroCredits: 0n };
+  return { result: partial.takenMicroCredits > 0n ? 'reversed' : 'recorded', paymentId: payment.id, voidedMicroCredits: partial.takenMicroCredits };
 }
 
 /**

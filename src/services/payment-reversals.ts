@@ -28,17 +28,23 @@
  * - an event whose mode (`livemode`), currency or amount is not the payment's (as for payment
  *   events, services/payment-events.ts) changes nothing and is logged (`mismatch`);
  * - a FULL refund (cumulative refunded = the payment's amount) or a dispute takes back what
- *   remains unused of the payment's grant (`payment:<payment id>`) with voidGrant's rules
+ *   remains unused of the grant that carries the payment's credit (its own `payment:<payment id>`,
+ *   or the one a partial refund or a won dispute made since: `live_grant_id`) with voidGrant's rules
  *   (services/void-grant.ts voidLockedGrant: due expiries first, one VOID entry, the amount kept
  *   on the grant, `grant.voided` in the audit trail), with a reason naming the refund or dispute,
  *   and marks the payment `reversed_at`; in ONE transaction under the account lock, once;
  * - credit already spent (or expired) is not turned into debt: it is logged (warn: account,
  *   payment, unrecovered micro-credits) for the operator;
  * - a PARTIAL refund (0 < refunded < amount) is recorded (`refunded_cents`, `refunded_at`) and
- *   logged (warn) with the pack's refunded share, but takes nothing back: a grant is voided whole
- *   or not at all (credit_grants.voided_at / voided_micro_credits, and balance_figures's period
- *   credit, know one void per grant), so a share is left to the operator (README "Limits"). A
- *   later event that brings the refund to the full amount takes back the remainder;
+ *   takes back the pack's refunded share: floor(pack credits x refunded / amount), less what
+ *   earlier partial refunds took (`refund_taken_micro_credits`), at most what remains unused (no
+ *   debt; the rest is logged). A grant is voided whole or not at all (one voided_at /
+ *   voided_micro_credits per grant, which balance_figures's period credit reads), so the grant
+ *   carrying the payment's credit is voided and its rest less the share granted again as a new
+ *   PAID grant (same source and expiry, key `payment:<id>:refund:<refunded cents>`), which then
+ *   carries it (`live_grant_id`), in one transaction (services/charge-reversal.ts
+ *   takeRefundedShare). It does not pause auto top-up. A later event that brings the refund to
+ *   the full amount takes back the remainder (of the live grant);
  * - a dispute, and a full refund, also pause the account's auto top-up (enabled = false,
  *   paused_at, last_error; the audit trail records `auto_top_up.updated`): a card whose holder
  *   disputes charges, or was given the money back, is not charged again until an operator

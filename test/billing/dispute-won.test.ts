@@ -164,6 +164,45 @@ describe('a dispute won', () => {
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 
+  it('of a payment partially refunded before: gives back exactly what the dispute took; a partial refund after it takes its share from the given-back credit', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv);
+    expect(await post(srv, refundEvent(pi, 100))).toBe('reversed'); // 10 of 40 taken back, 30 granted again
+    const du = newDu();
+    expect(await post(srv, created(pi, du))).toBe('reversed');
+    expect((await readAccount(srv, accountId)).balance.total).toBe('0');
+    expect(await post(srv, won(pi, du))).toBe('restored');
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '30', total: '30' });
+    expect(await otherGrants(srv, accountId, grantId)).toEqual([
+      expect.objectContaining({ amount: '30000000', voided: true, idempotency_key: `payment:${paymentId}:refund:100` }),
+      expect.objectContaining({ amount: '30000000', voided: false, idempotency_key: `payment:${paymentId}:dispute-won` }),
+    ]);
+    // More of the money goes back after the dispute was won: its share comes out of the given-back credit.
+    expect(await post(srv, refundEvent(pi, 200))).toBe('reversed');
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '20', total: '20' });
+    expect(await post(srv, refundEvent(pi, 400))).toBe('reversed');
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ total: '0', debt: '0' });
+    expect((await otherGrants(srv, accountId, grantId)).map((g) => [g.idempotency_key, g.voided])).toEqual([
+      [`payment:${paymentId}:refund:100`, true],
+      [`payment:${paymentId}:dispute-won`, true],
+      [`payment:${paymentId}:refund:200`, true],
+    ]);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('partial refunds of an expiring pack, delivered at the same moment: the share is taken once in all, the rest keeps the pack\'s expiry', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, 30);
+    const results = await Promise.all([post(srv, refundEvent(pi, 250)), post(srv, refundEvent(pi, 100)), post(srv, refundEvent(pi, 250))]);
+    expect(results.filter((r) => r === 'reversed').length).toBeGreaterThanOrEqual(1);
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '15', total: '15' }); // 25 of 40 taken back
+    const { rows } = await srv.services.pool.query('SELECT expires_at FROM credit_batches WHERE grant_id = $1', [grantId]);
+    expect(rows[0].expires_at).toBeInstanceOf(Date);
+    const live = (await otherGrants(srv, accountId, grantId)).filter((g) => !g.voided);
+    expect(live).toEqual([expect.objectContaining({ amount: '15000000', type: 'PAID', source: 'PURCHASE', expires_at: rows[0].expires_at, idempotency_key: `payment:${paymentId}:refund:250` })]);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
   it('of a payment also refunded in full: nothing is given back', async () => {
     const { srv } = main;
     const { accountId, pi, paymentId, grantId } = await boughtPack(srv);

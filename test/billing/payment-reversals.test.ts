@@ -5,15 +5,18 @@
  * events signed with the SDK's test header helper), and through the simulator's refund/dispute:
  * - `charge.refunded` in full voids what remains of the payment's grant (VOID entry, grant voided,
  *   audit `grant.voided`), once; what was spent before stays spent (no debt) and is logged;
- * - partial refunds are recorded, logged with their share, and take nothing back until the
- *   refunded amount reaches the payment's; redelivered and older events change nothing;
+ * - a partial refund takes back the pack's refunded share (floor(credits x refunded / amount),
+ *   less what earlier partial refunds took; at most what remains): the grant is voided and its
+ *   rest granted again as a new PAID grant; redelivered and older events change nothing; the
+ *   period's credit and its alerts follow; auto top-up is not paused;
  * - `charge.dispute.created` voids the same way and pauses auto top-up; a refund after it, or
  *   at the same moment, takes nothing more; auto top-up payments are handled like purchases;
  * - a charge whose amount, currency or mode is not the payment's, and a stale or unverified event
  *   change nothing;
  * - a refund or dispute that comes before its payment is settled (answer lost: PENDING; FAILED
  *   no_charge_found) is kept, and the settlement (the late payment_intent.succeeded, the resume
- *   job, the auto top-up job; also racing the refund) grants and voids in one transaction; a kept
+ *   job, the auto top-up job; also racing the refund) grants and voids (or takes a partial
+ *   refund's share) in one transaction; a kept
  *   event of a PaymentIntent that never becomes a payment is pruned by sweep-due.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -85,11 +88,21 @@ function hookUrl(srv: TestServer): string {
 async function paymentState(srv: TestServer, paymentId: string) {
   const { rows } = await srv.services.pool.query(
     `SELECT p.status, p.refunded_cents::text, p.refunded_at IS NOT NULL AS refunded, p.disputed_at IS NOT NULL AS disputed, p.dispute_ref,
-            p.reversed_at IS NOT NULL AS reversed, g.voided_at IS NOT NULL AS grant_voided, g.void_reason, g.voided_micro_credits::text
+            p.reversed_at IS NOT NULL AS reversed, p.reversed_micro_credits::text, p.refund_taken_micro_credits::text AS refund_taken, g.voided_at IS NOT NULL AS grant_voided, g.void_reason, g.voided_micro_credits::text
        FROM payments p JOIN credit_grants g ON g.id = p.grant_id WHERE p.id = $1`,
     [paymentId],
   );
   return rows[0];
+}
+
+/** The account's grants in the order made: amount, what a void took back, key, source, type, expiry. */
+async function paymentGrants(srv: TestServer, accountId: string) {
+  const { rows } = await srv.services.pool.query(
+    `SELECT g.amount_micro_credits::text AS amount, g.voided_micro_credits::text AS voided, g.idempotency_key AS key, g.source::text, g.type::text, b.expires_at
+       FROM credit_grants g JOIN credit_batches b ON b.grant_id = g.id WHERE g.account_id = $1 ORDER BY g.seq`,
+    [dbId(accountId)],
+  );
+  return rows;
 }
 
 /** The account's VOID entries (amounts in micro-credits, as text). */
@@ -184,24 +197,95 @@ describe('charge.refunded', () => {
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 
-  it('partial refunds are recorded and logged, take nothing back, and the refund that completes it voids the rest; older events change nothing', async () => {
+  it('a partial refund takes back the refunded share (void, then the rest granted again); a growing one the difference; older or redelivered ones nothing', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv);
-    expect(await post(srv, refundEvent(pi, 100))).toBe('recorded');
-    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '100', refunded: true, reversed: false, grant_voided: false });
-    expect(logged).toContainEqual({ level: 'warn', obj: expect.objectContaining({ paymentId, refundedCents: '100', refundedShare: '10' }), msg: expect.stringContaining('partial refund') });
-    expect(await post(srv, refundEvent(pi, 300))).toBe('recorded');
+    const { accountId, pi, paymentId, pack } = await boughtPack(srv);
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
+    expect(await post(srv, refundEvent(pi, 100))).toBe('reversed'); // 25 % of 40
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '30', total: '30', debt: '0' });
+    expect(await paymentGrants(srv, accountId)).toEqual([
+      { amount: '40000000', voided: '40000000', key: `payment:${paymentId}`, source: 'PURCHASE', type: 'PAID', expires_at: null },
+      { amount: '30000000', voided: null, key: `payment:${paymentId}:refund:100`, source: 'PURCHASE', type: 'PAID', expires_at: null },
+    ]);
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '100', reversed: false, refund_taken: '10000000' });
+    expect(await post(srv, refundEvent(pi, 250))).toBe('reversed'); // 25 of 40 in all: 15 more
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('15');
     await expectUnchanged(srv, [accountId], async () => {
       expect(await post(srv, refundEvent(pi, 100))).toBe('unchanged'); // older, delivered late
-      expect(await post(srv, refundEvent(pi, 300))).toBe('unchanged'); // redelivered
+      expect(await post(srv, refundEvent(pi, 250))).toBe('unchanged'); // redelivered
+      const concurrent = await Promise.all(Array.from({ length: 3 }, () => postStripeEvent(hookUrl(srv), refundEvent(pi, 250))));
+      expect(concurrent.map((r) => [r.status, r.body.result])).toEqual(Array.from({ length: 3 }, () => [200, 'unchanged']));
     });
-    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '300', reversed: false });
-    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
+    expect(await post(srv, refundEvent(pi, 251))).toBe('reversed'); // floor(40 x 251 / 400) = 25.1: 0.1 more
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('14.9');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '251', reversed: false, refund_taken: '25100000' });
+    expect(await voidEntries(srv, accountId)).toEqual(['-40000000', '-30000000', '-15000000']);
+    expect(await auditVoids(srv, accountId)).toBe(3);
+    // A partial refund does not pause auto top-up.
+    expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({ enabled: true, pausedAt: null });
+    expect(logged.filter((l) => l.obj.paymentId === paymentId)).toEqual([]); // nothing spent: nothing unrecovered
+    const balance = await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+    expect(balance).toMatchObject({ periodMicroCredits: 14_900_000n, percentRemaining: 100 });
+  });
+
+  it('a partial refund after part was spent takes at most what remains (no debt, the rest logged); a later one finds nothing left', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    await spend(srv, accountId, '25');
+    expect(await post(srv, refundEvent(pi, 200))).toBe('reversed'); // share 20, 15 left
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ total: '0', debt: '0' });
+    expect(await paymentGrants(srv, accountId)).toEqual([expect.objectContaining({ amount: '40000000', voided: '15000000' })]); // nothing to grant again
+    expect(logged).toContainEqual({
+      level: 'warn',
+      obj: expect.objectContaining({ paymentId, refundedCents: '200', refundedShareMicroCredits: '20000000', voidedMicroCredits: '15000000', unrecoveredMicroCredits: '5000000' }),
+      msg: expect.stringContaining('partial refund'),
+    });
+    await expectUnchanged(srv, [accountId], async () => expect(await post(srv, refundEvent(pi, 300))).toBe('recorded'));
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '300', refund_taken: '15000000' });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a partial then a full refund: the full one takes the rest and pauses auto top-up', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId, pack } = await boughtPack(srv);
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
+    expect(await post(srv, refundEvent(pi, 100))).toBe('reversed');
     await spend(srv, accountId, '5');
     expect(await post(srv, refundEvent(pi, 400))).toBe('reversed');
-    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '400', reversed: true, voided_micro_credits: '35000000' });
-    expect((await readAccount(srv, accountId)).balance.total).toBe('0');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '400', reversed: true, refund_taken: '10000000' });
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ total: '0', debt: '0' });
+    expect(await paymentGrants(srv, accountId)).toEqual([
+      expect.objectContaining({ amount: '40000000', voided: '40000000' }),
+      expect.objectContaining({ amount: '30000000', voided: '25000000', key: `payment:${paymentId}:refund:100` }),
+    ]);
+    expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({ enabled: false, pausedAt: expect.any(String) });
+    expect(await topUps(srv, accountId)).toEqual([]);
+    // 40 bought, 10 taken by the partial refund, 25 by the full one: the 5 spent are not recovered.
+    expect(logged).toContainEqual({ level: 'warn', obj: expect.objectContaining({ paymentId, unrecoveredMicroCredits: '5000000', voidedMicroCredits: '25000000' }), msg: expect.stringContaining('already spent') });
+    await expectUnchanged(srv, [accountId], async () => expect(await post(srv, refundEvent(pi, 400))).toBe('unchanged'));
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it('a partial refund then a dispute: the dispute takes the rest', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv);
+    expect(await post(srv, refundEvent(pi, 100))).toBe('reversed');
+    expect(await post(srv, disputeEvent(pi, { amount: 300 }))).toBe('reversed');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ disputed: true, reversed: true, reversed_micro_credits: '30000000' });
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ total: '0', debt: '0' });
+    expect(logged.filter((l) => l.obj.paymentId === paymentId && l.obj.unrecoveredMicroCredits !== undefined)).toEqual([]); // nothing spent
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it("the void and the new grant keep the period's credit right: no false 25 % / 15 % alerts", async () => {
+    const { srv } = main;
+    const { accountId, pi } = await boughtPack(srv);
+    await spend(srv, accountId, '8'); // 32 of 40 left: 80 %
+    expect(await post(srv, refundEvent(pi, 200))).toBe('reversed'); // half the money back: 20 of the credit, 12 left of 20
+    const balance = await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+    expect(balance).toMatchObject({ availableMicroCredits: 12_000_000n, periodMicroCredits: 20_000_000n, percentRemaining: 60 });
+    const { rows } = await srv.services.pool.query('SELECT threshold FROM credit_alerts WHERE account_id = $1', [dbId(accountId)]);
+    expect(rows).toEqual([]);
   });
 
   it('an unknown PaymentIntent, or a charge whose amount or currency is not the payment\'s: nothing changed; another account is untouched', async () => {
@@ -320,8 +404,9 @@ describe('the simulator\'s refund and dispute', () => {
       return { accountId, paymentId: rows[0].id as string };
     };
     const a = await buy();
-    expect((await applyReversalEvent(srv.services, simulator.refund(a.paymentId, 100n), chargeLivemode)).result).toBe('recorded');
-    expect((await applyReversalEvent(srv.services, simulator.refund(a.paymentId), chargeLivemode))).toMatchObject({ result: 'reversed', voidedMicroCredits: 40_000_000n });
+    // $1 of $4 refunded: 10 of the 40 credits taken back; the full refund takes the other 30.
+    expect(await applyReversalEvent(srv.services, simulator.refund(a.paymentId, 100n), chargeLivemode)).toMatchObject({ result: 'reversed', voidedMicroCredits: 10_000_000n });
+    expect((await applyReversalEvent(srv.services, simulator.refund(a.paymentId), chargeLivemode))).toMatchObject({ result: 'reversed', voidedMicroCredits: 30_000_000n });
     expect(() => simulator.refund(a.paymentId)).toThrow(/cannot refund/);
     expect((await readAccount(srv, a.accountId)).balance.total).toBe('0');
     const b = await buy();
@@ -389,16 +474,23 @@ describe('a refund or dispute that arrives before creditpool settled its payment
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 
-  it('a partial refund before the settlement is recorded on the payment when it settles; the grant stays', async () => {
+  it('a partial refund before the settlement: its share is taken back when the payment settles; a full one later takes the rest', async () => {
     const { srv } = main;
     const { accountId, paymentId, pi, succeeded } = await lostStripePurchase(srv);
     expect(await post(srv, refundEvent(pi, 100))).toBe('kept');
     expect(await post(srv, refundEvent(pi, 250))).toBe('kept'); // grew
     expect(await post(srv, refundEvent(pi, 100))).toBe('unchanged'); // older
     expect(await post(srv, succeeded)).toBe('settled');
-    expect(await paymentState(srv, paymentId)).toMatchObject({ status: 'SUCCEEDED', refunded_cents: '250', reversed: false, grant_voided: false });
-    expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
-    expect(logged).toContainEqual({ level: 'warn', obj: expect.objectContaining({ paymentId, refundedCents: '250' }), msg: expect.stringContaining('partial refund') });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ status: 'SUCCEEDED', refunded_cents: '250', reversed: false, refund_taken: '25000000' });
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '15', total: '15' });
+    expect(await paymentGrants(srv, accountId)).toEqual([
+      expect.objectContaining({ amount: '40000000', voided: '40000000' }),
+      expect.objectContaining({ amount: '15000000', voided: null, key: `payment:${paymentId}:refund:250` }),
+    ]);
+    expect(await keptReversals(srv, pi)).toEqual([]);
+    expect(logged).toContainEqual({ level: 'warn', obj: expect.objectContaining({ paymentId, result: 'reversed', voidedMicroCredits: '25000000' }), msg: expect.stringContaining('before its payment was settled') });
+    const balance = await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+    expect(balance).toMatchObject({ periodMicroCredits: 15_000_000n, percentRemaining: 100 });
     expect(await post(srv, refundEvent(pi, 400))).toBe('reversed');
     expect((await readAccount(srv, accountId)).balance.total).toBe('0');
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
