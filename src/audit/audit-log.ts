@@ -53,7 +53,8 @@ export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 /**
  * What kind of credential acted (the `actor_kind` column; CHECK `audit_events_actor_kind_known`):
  * `api_key` (a key of `api_keys`), `admin_env` (the ADMIN_API_KEY bootstrap key), `system` (the
- * workers: rolls, top-ups, expiries) or `cli` (scripts run by an operator on the host).
+ * workers: rolls, top-ups, expiries; and the Stripe webhook endpoint, {@link stripeWebhookActor})
+ * or `cli` (scripts run by an operator on the host).
  */
 export type AuditActorKind = 'api_key' | 'admin_env' | 'system' | 'cli';
 
@@ -72,6 +73,20 @@ export interface AuditActor {
 
 /** The actor of changes made with no caller: the workers (and services called without an actor). */
 export const SYSTEM_ACTOR: AuditActor = { kind: 'system', keyId: null, name: 'workers', requestId: null };
+
+/** The name of {@link stripeWebhookActor}'s actor (the `actor_name` column). */
+export const STRIPE_WEBHOOK_ACTOR_NAME = 'stripe-webhook';
+
+/**
+ * The actor of what the Stripe webhook endpoint changes (src/http/stripe-webhook.ts: the refunds,
+ * disputes and won disputes of payments, services/payment-reversals.ts): kind `system` (no
+ * credential: Stripe's signature is checked instead), named `stripe-webhook`, with the webhook
+ * request's id (`requestId`, logged with the event id), so an operator reading the trail sees that
+ * the payment provider's event did it, and can find that event in the logs.
+ */
+export function stripeWebhookActor(requestId: string): AuditActor {
+  return { kind: 'system', keyId: null, name: STRIPE_WEBHOOK_ACTOR_NAME, requestId };
+}
 
 /**
  * The actor of an operator's command run on a host (scripts/*.ts): kind `cli`, named

@@ -16,7 +16,10 @@ const AuditActorKindEnum = builder.enumType('AuditActorKind', {
   values: {
     API_KEY: { value: 'api_key', description: 'A service API key (actorKeyId names it).' },
     ADMIN_ENV: { value: 'admin_env', description: 'The ADMIN_API_KEY bootstrap key.' },
-    SYSTEM: { value: 'system', description: 'The workers (rolls, top-ups, expiries), or a service called without a caller.' },
+    SYSTEM: {
+      value: 'system',
+      description: "The workers (rolls, top-ups, expiries; actorName workers), the Stripe webhook endpoint (a payment's refunds and disputes; actorName stripe-webhook, requestId the webhook request's), or a service called without a caller.",
+    },
     CLI: { value: 'cli', description: 'An operator command run on a host (apikey:create, seed).' },
   } as const,
 });
@@ -28,12 +31,12 @@ const AuditEventRef = builder.prismaObject('AuditEvent', {
     createdAt: t.expose('createdAt', { type: 'DateTime', description: 'When the change committed (its transaction start, real time, never a test clock).' }),
     actorKind: t.field({ type: AuditActorKindEnum, resolve: (e) => e.actorKind as 'api_key' | 'admin_env' | 'system' | 'cli' }),
     actorKeyId: t.exposeID('actorKeyId', { nullable: true, description: 'The API key id (as printed by apikey:create), for API_KEY only.' }),
-    actorName: t.exposeString('actorName', { description: 'The key name, bootstrap-admin, workers, or the CLI command and OS user.' }),
+    actorName: t.exposeString('actorName', { description: 'The key name, bootstrap-admin, workers, stripe-webhook, or the CLI command and OS user.' }),
     action: t.exposeString('action', { description: 'What was done: account.created, grant.created, grant.voided, usage.refunded, settings.updated, price_book.published, ... (README "Audit trail").' }),
     accountId: t.id({ nullable: true, description: 'The account it concerns (null for platform-wide configuration).', resolve: (e) => (e.accountId ? toGlobalId('Account', e.accountId) : null) }),
     subjectType: t.exposeString('subjectType', { nullable: true }),
     subjectId: t.exposeString('subjectId', { nullable: true, description: 'The database id (or price book version, promo code) of what was made or changed.' }),
-    requestId: t.exposeString('requestId', { nullable: true, description: "The GraphQL request's id (x-request-id), to find it in the logs." }),
+    requestId: t.exposeString('requestId', { nullable: true, description: "The GraphQL request's id (x-request-id), or the Stripe webhook request's, to find it in the logs." }),
     details: t.field({ type: 'JSON', description: 'The input that mattered; amounts as decimal credit strings; never secrets or tokens.', resolve: (e) => e.details }),
   }),
 });

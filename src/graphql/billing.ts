@@ -28,7 +28,10 @@ export const CreditPackRef = builder.prismaNode('CreditPack', {
 export const AutoTopUpSettingsRef = builder.prismaObject('AutoTopUpSetting', {
   name: 'AutoTopUpSettings',
   fields: (t) => ({
-    enabled: t.exposeBoolean('enabled', { description: 'False when turned off, or paused after 3 failed charges in a row (see pausedAt).' }),
+    enabled: t.exposeBoolean('enabled', {
+      description:
+        "False when turned off, or paused (see pausedAt): after 3 failed charges in a row, or by a full refund or a dispute of one of the account's payments (lastError names it); setAutoTopUp re-enables it.",
+    }),
     thresholdCredits: t.field({
       type: 'Credits',
       description: 'When available falls below this, one top-up is charged.',
@@ -41,11 +44,16 @@ export const AutoTopUpSettingsRef = builder.prismaObject('AutoTopUpSetting', {
       resolve: (s, _args, ctx) => topUpsUsedThisPeriod(ctx.services.pool, s.accountId, ctx.services.clock()),
     }),
     lastAttemptAt: t.field({ type: 'DateTime', nullable: true, resolve: (s) => s.lastAttemptAt }),
-    lastError: t.exposeString('lastError', { nullable: true, description: 'Set when the last charge attempt failed.' }),
+    lastError: t.exposeString('lastError', {
+      nullable: true,
+      description:
+        "Set when the last charge attempt failed (why), or when a full refund or a dispute of one of the account's payments paused auto top-up (names the payment); cleared by the next top-up that succeeds.",
+    }),
     pausedAt: t.field({
       type: 'DateTime',
       nullable: true,
-      description: 'When 3 failed charges in a row paused auto top-up (enabled turned false); setAutoTopUp re-enables it.',
+      description:
+        "When auto top-up was paused (enabled turned false) by 3 failed charges in a row, or by a full refund or a dispute of one of the account's payments (lastError names it); null when not paused. setAutoTopUp re-enables it.",
       resolve: (s) => s.pausedAt,
     }),
   }),

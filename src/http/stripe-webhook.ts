@@ -49,6 +49,7 @@ import { isBalanceLimitRefusal } from '../ledger/refusals.js';
 import { WebhookLivemodeError, chargeEventOf, reversalEventOf } from '../payments/stripe.js';
 import { applyChargeEvent } from '../services/payment-events.js';
 import { applyReversalEvent } from '../services/payment-reversals.js';
+import { stripeWebhookActor } from '../audit/audit-log.js';
 import type { ServiceContext } from '../services/context.js';
 
 /** The path Stripe's webhook endpoint is registered at (Stripe Dashboard, Developers > Webhooks). */
@@ -132,7 +133,8 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
     const reversal = reversalEventOf(event);
     if (reversal) {
       try {
-        const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log };
+        // The audit trail names the webhook (and this request) as who took back or gave back credit.
+        const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log, actor: stripeWebhookActor(requestId) };
         const done = await applyReversalEvent(services, reversal, (testMode) => deps.chargeLivemode(testMode));
         log.info(
           { requestId, eventId: event.id, eventType: event.type, result: done.result, paymentId: done.paymentId, voidedMicroCredits: done.voidedMicroCredits.toString() },
@@ -163,7 +165,7 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
     }
     try {
       // The services as they are now, logging (late successes, mismatches) to this server's log when they have no log of their own.
-      const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log };
+      const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log, actor: stripeWebhookActor(requestId) };
       const done = await applyChargeEvent(services, chargeEvent, (testMode) => deps.chargeLivemode(testMode));
       log.info({ requestId, eventId: event.id, eventType: event.type, ...done }, 'stripe webhook: payment event applied');
       answer(res, 200, { received: true, eventId: event.id, result: done.result });

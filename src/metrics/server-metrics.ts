@@ -10,7 +10,8 @@
  * - this instance's live and group-commit counters (what /readyz reports as JSON), read when
  *   scraped;
  * - backlogs read from PostgreSQL and Redis when scraped ({@link ServerMetrics.render}): the
- *   outbox, the BullMQ queues and the webhook events not delivered. Each source ("collector")
+ *   outbox, the BullMQ queues, the webhook events not delivered, and the refunds and disputes of
+ *   payments (with the kept early reversals). Each source ("collector")
  *   runs with a timeout of {@link METRICS_COLLECT_TIMEOUT_MS}; one that fails or is late leaves its
  *   gauges out of that scrape (no stale or made-up value) and sets
  *   `creditpool_metrics_collector_up{collector}` to 0, and the scrape still answers.
@@ -50,6 +51,13 @@ export const OUTBOX_OLDEST_AMONG = 1_000;
  */
 export const WEBHOOK_METRICS_WINDOW_SECONDS = 7 * 24 * 3600;
 
+/**
+ * How far back the payment reversal gauges look, in seconds (7 days, as the webhook gauges): the
+ * refunds, disputes and won disputes applied since then, by the payment row's own times
+ * (refunded_at, disputed_at, reversed_at, dispute_won_at).
+ */
+export const PAYMENT_REVERSAL_METRICS_WINDOW_SECONDS = 7 * 24 * 3600;
+
 /** The queues whose job counts are exported (src/queues/names.ts). */
 export const METRICS_QUEUES = [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE, WEBHOOK_DELIVERY_QUEUE] as const;
 
@@ -57,7 +65,7 @@ export const METRICS_QUEUES = [MAINTENANCE_QUEUE, LEDGER_JOBS_QUEUE, WEBHOOK_DEL
 export const METRICS_QUEUE_STATES = ['waiting', 'active', 'delayed', 'failed'] as const;
 
 /** The scrape-time collectors (values of the `collector` label). */
-export const METRICS_COLLECTORS = ['outbox', 'webhooks', 'queues'] as const;
+export const METRICS_COLLECTORS = ['outbox', 'webhooks', 'queues', 'payments'] as const;
 
 /** One scrape-time collector. */
 export type MetricsCollector = (typeof METRICS_COLLECTORS)[number];
@@ -161,6 +169,41 @@ SELECT count(*)::int AS undelivered, count(*) FILTER (WHERE final)::int AS faile
          GROUP BY event_type, event_id
         HAVING bool_and(status = 'FAILED')) e`;
 
+/** The start of the payment reversal window, by PostgreSQL's clock (now() is the statement's start: one instant). */
+const REVERSAL_SINCE = `now() - interval '${PAYMENT_REVERSAL_METRICS_WINDOW_SECONDS} seconds'`;
+
+/**
+ * Payment reversal statement (services/payment-reversals.ts writes these columns; README
+ * "Refunds and disputes of a payment"): over the window, the payments whose refunded amount grew
+ * (by whether it is now the full amount: refunded_cents = amount_usd * 100, the rule of CHECK
+ * payments_reversed_why), disputed, whose dispute was won, the micro-credits the reversals took
+ * back (reversed_micro_credits of full refunds and disputes, by reversed_at, plus the partial
+ * refunds' refund_taken_micro_credits of payments refunded in the window) and the won disputes
+ * gave back (their give-back grant's amount);
+ * and every kept early reversal (early_payment_reversals: refunds and disputes of a charge no
+ * payment was settled SUCCEEDED with yet; pruned 30 days after received).
+ * Live accounts only: a test-mode account's times are its test clock's (AccountTx.now), which a
+ * window on PostgreSQL's clock does not fit, and it moves no real money.
+ * Reads only the payments ever refunded or disputed with an event in the window, through the
+ * partial index payments_reversal_activity (migration 20261214100000_payment_reversal_metrics;
+ * the expression and predicate below are the index's), never the whole payments table; the early
+ * reversals table is small (one row per unsettled charge reference, kept 30 days at most).
+ */
+const PAYMENTS_SQL = `SET LOCAL statement_timeout = ${METRICS_COLLECT_TIMEOUT_MS};
+SELECT count(*) FILTER (WHERE p.refunded_at >= ${REVERSAL_SINCE} AND p.refunded_cents = p.amount_usd * 100)::int AS refunded_full,
+       count(*) FILTER (WHERE p.refunded_at >= ${REVERSAL_SINCE} AND p.refunded_cents < p.amount_usd * 100)::int AS refunded_partially,
+       count(*) FILTER (WHERE p.disputed_at >= ${REVERSAL_SINCE})::int AS disputed,
+       count(*) FILTER (WHERE p.dispute_won_at >= ${REVERSAL_SINCE})::int AS disputes_won,
+       (COALESCE(sum(p.reversed_micro_credits) FILTER (WHERE p.reversed_at >= ${REVERSAL_SINCE}), 0)
+         + COALESCE(sum(p.refund_taken_micro_credits) FILTER (WHERE p.refunded_at >= ${REVERSAL_SINCE}), 0))::float8 AS taken_back_micro_credits,
+       COALESCE(sum(g.amount_micro_credits) FILTER (WHERE p.dispute_won_at >= ${REVERSAL_SINCE}), 0)::float8 AS given_back_micro_credits,
+       (SELECT count(*) FROM early_payment_reversals)::int AS early_kept
+  FROM payments p
+  JOIN accounts a ON a.id = p.account_id AND NOT a.test_mode
+  LEFT JOIN credit_grants g ON g.id = p.dispute_won_grant_id
+ WHERE (p.refunded_at IS NOT NULL OR p.disputed_at IS NOT NULL)
+   AND GREATEST(p.refunded_at, p.disputed_at, p.reversed_at, p.dispute_won_at) >= ${REVERSAL_SINCE}`;
+
 /**
  * The last result of a multi-statement simple query (`SET LOCAL ...; SELECT ...`, one round trip
  * and one implicit transaction, so the statement timeout ends with it).
@@ -242,6 +285,19 @@ export function createServerMetrics(sources: ServerMetricsSources): ServerMetric
     help: `Of those, the events nothing retries any more: a permanent failure (4xx other than ${RETRYABLE_4XX.join('/')}) or ${WEBHOOK_MAX_LOGGED_ATTEMPTS} attempts logged.`,
     registers: [registry],
   });
+  const reversalDays = PAYMENT_REVERSAL_METRICS_WINDOW_SECONDS / 86400;
+  const reversalGauge = (name: string, help: string) => new Gauge({ name, help: `${help} (live accounts).`, registers: [registry] });
+  const paymentsRefundedFull = reversalGauge('creditpool_payments_refunded_full', `Payments refunded in full by the payment provider in the last ${reversalDays} days`);
+  const paymentsRefundedPartially = reversalGauge('creditpool_payments_refunded_partially', `Payments whose refunded amount grew in the last ${reversalDays} days and is short of the full amount`);
+  const paymentsDisputed = reversalGauge('creditpool_payments_disputed', `Payments disputed (chargeback) in the last ${reversalDays} days`);
+  const paymentsDisputesWon = reversalGauge('creditpool_payments_disputes_won', `Payments whose dispute was won in the last ${reversalDays} days`);
+  const reversedMicroCredits = reversalGauge('creditpool_payments_reversed_micro_credits', `Micro-credits taken back by the refunds (full and partial) and disputes of the last ${reversalDays} days`);
+  const disputeWonMicroCredits = reversalGauge('creditpool_payments_dispute_won_micro_credits', `Micro-credits given back by the disputes won in the last ${reversalDays} days`);
+  const earlyReversals = new Gauge({
+    name: 'creditpool_early_payment_reversals',
+    help: 'Refunds and disputes kept for a charge no payment was settled SUCCEEDED with yet (applied when one is; pruned after 30 days). Growing: refunds of charges creditpool never settled.',
+    registers: [registry],
+  });
   const queueJobs = new Gauge({
     name: 'creditpool_queue_jobs',
     help: 'BullMQ jobs per queue and state.',
@@ -274,6 +330,21 @@ export function createServerMetrics(sources: ServerMetricsSources): ServerMetric
         return () => {
           webhooksUndelivered.set(row.undelivered as number);
           webhooksFailedFinal.set(row.failed_final as number);
+        };
+      },
+    },
+    payments: {
+      gauges: [paymentsRefundedFull, paymentsRefundedPartially, paymentsDisputed, paymentsDisputesWon, reversedMicroCredits, disputeWonMicroCredits, earlyReversals],
+      async run() {
+        const row = await lastRow(sources.pool, PAYMENTS_SQL);
+        return () => {
+          paymentsRefundedFull.set(row.refunded_full as number);
+          paymentsRefundedPartially.set(row.refunded_partially as number);
+          paymentsDisputed.set(row.disputed as number);
+          paymentsDisputesWon.set(row.disputes_won as number);
+          reversedMicroCredits.set(row.taken_back_micro_credits as number);
+          disputeWonMicroCredits.set(row.given_back_micro_credits as number);
+          earlyReversals.set(row.early_kept as number);
         };
       },
     },

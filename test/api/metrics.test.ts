@@ -2,7 +2,8 @@
  * GET /metrics (src/metrics/server-metrics.ts) on real servers, PostgreSQL and Redis: the charge
  * outcome counter moves by exactly the charges made, by outcome; the outbox gauges show rows the
  * relay cannot publish; the webhook gauges show delivery attempts as logged; the queue gauges
- * show BullMQ's counts; a collector whose source is down or late is left out with up=0 while the
+ * show BullMQ's counts; the payment reversal gauges count the refunds, disputes and won disputes
+ * of the last 7 days (live accounts) and the kept early reversals; a collector whose source is down or late is left out with up=0 while the
  * scrape answers; the token guards it; METRICS_ENABLED=false turns it off; and no account id,
  * external id, key or subject the tests used appears in it.
  */
@@ -18,9 +19,12 @@ import { OUTBOX_RELAY_LOCK_KEY } from '../../src/outbox/relay.js';
 import { setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { USAGE_OUTCOMES } from '../../src/metrics/usage-outcomes.js';
 import { METRICS_COLLECT_TIMEOUT_MS } from '../../src/metrics/server-metrics.js';
+import { PaymentSimulator } from '../../src/payments/simulator.js';
+import { applyReversalEvent } from '../../src/services/payment-reversals.js';
+import { attachMethod, createPack } from '../billing/billing-helpers.js';
 import { WEBHOOK_MAX_LOGGED_ATTEMPTS } from '../../src/services/webhooks.js';
 import { LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_DELIVERY_QUEUE } from '../../src/queues/names.js';
-import { apiAccount, dbId, ok, uniq } from './helpers.js';
+import { apiAccount, dbId, gid, ok, uniq } from './helpers.js';
 
 /** One scrape: the HTTP status, the text, and the value of one sample (undefined when absent). */
 interface Scrape {
@@ -199,6 +203,88 @@ describe('GET /metrics', () => {
       expect(after.value('creditpool_webhook_events_failed_final')! - final).toBe(2);
     } finally {
       await db.query('DELETE FROM webhook_deliveries WHERE event_id = ANY($1::text[])', [events]);
+    }
+  });
+
+  it('the payment reversal gauges count the refunds (full, partial), disputes and won disputes of the last 7 days of live accounts, the credit taken and given back, and the kept early reversals', async () => {
+    const simulator = srv.services.payments;
+    if (!(simulator instanceof PaymentSimulator)) throw new Error('the metrics server should charge through the simulator');
+    const chargeLivemode = (testMode: boolean) => !testMode;
+    const apply = async (event: Parameters<typeof applyReversalEvent>[1]) => (await applyReversalEvent(srv.services, event, chargeLivemode)).result;
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
+    /** A payment of `accountId` for the 40-credit pack, charged by the simulator. */
+    const bought = async (accountId: string) => {
+      await attachMethod(srv, accountId);
+      const grant = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('metrics-buy') })).purchaseCreditPack;
+      const { rows } = await db.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(grant.id)]);
+      return rows[0].id as string;
+    };
+    const names = [
+      'creditpool_payments_refunded_full',
+      'creditpool_payments_refunded_partially',
+      'creditpool_payments_disputed',
+      'creditpool_payments_disputes_won',
+      'creditpool_payments_reversed_micro_credits',
+      'creditpool_payments_dispute_won_micro_credits',
+      'creditpool_early_payment_reversals',
+    ];
+    const earlyRef = `sim_pi_${randomUUID().replaceAll('-', '')}`;
+    try {
+      const before = await scrape(srv);
+      expect(before.value('creditpool_metrics_collector_up', { collector: 'payments' })).toBe(1);
+      const live = await account();
+      const [full, partial, disputed, old] = [await bought(live), await bought(live), await bought(live), await bought(live)];
+      ok(await srv.gql(RECORD, { input: usage(live) })); // spent from one of the grants: what is taken back is read from the rows below
+      expect(await apply(simulator.refund(full))).toBe('reversed');
+      expect(await apply(simulator.refund(partial, 100n))).toBe('reversed'); // takes the refunded share
+      expect(await apply(simulator.dispute(disputed))).toBe('reversed');
+      expect(await apply(simulator.disputeWon(disputed))).toBe('restored');
+      // A full refund applied 8 days ago (moved back by SQL): out of the window.
+      expect(await apply(simulator.refund(old))).toBe('reversed');
+      await db.query(`UPDATE payments SET refunded_at = refunded_at - interval '8 days', reversed_at = reversed_at - interval '8 days' WHERE id = $1`, [old]);
+      // A test-mode account's reversals are on its own clock: not counted.
+      const testModeAccount = dbId(
+        ok(
+          await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+            input: { externalId: uniq('metrics-test-mode'), name: 'metrics', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: new Date().toISOString() },
+          }),
+        ).createAccount.id,
+      );
+      tenantStrings.add(testModeAccount);
+      const testModePayment = await bought(gid('Account', testModeAccount));
+      expect(await apply(simulator.dispute(testModePayment))).toBe('reversed');
+      // A refund of a charge no payment was settled with yet: kept.
+      expect(await apply({ kind: 'refund', eventId: `sim_evt_${randomUUID()}`, eventType: 'charge.refunded', providerRef: earlyRef, currency: 'usd', livemode: true, amountCents: 400n, refundedCents: 400n, disputeRef: null })).toBe('kept');
+
+      // What the payments' own rows say was taken and given back.
+      const { rows } = await db.query(
+        `SELECT p.id, COALESCE(p.reversed_micro_credits, 0)::text AS taken, p.refund_taken_micro_credits::text AS share_taken, g.amount_micro_credits::text AS given
+           FROM payments p LEFT JOIN credit_grants g ON g.id = p.dispute_won_grant_id WHERE p.id = ANY($1::uuid[])`,
+        [[full, disputed, partial]],
+      );
+      const byId = new Map(rows.map((r) => [r.id as string, r]));
+      expect(BigInt(byId.get(partial)!.share_taken)).toBeGreaterThan(0n);
+      const taken = BigInt(byId.get(full)!.taken) + BigInt(byId.get(disputed)!.taken) + BigInt(byId.get(partial)!.share_taken);
+      expect(taken).toBeGreaterThan(0n);
+      expect(byId.get(disputed)!.given).toBe(byId.get(disputed)!.taken);
+
+      const after = await scrape(srv);
+      expect(after.value('creditpool_metrics_collector_up', { collector: 'payments' })).toBe(1);
+      // Test files run one after another (vitest.config.ts fileParallelism: false), so the rows of
+      // other files are the same in both scrapes: the differences are this test's.
+      const moved = Object.fromEntries(names.map((n) => [n, after.value(n)! - before.value(n)!]));
+      expect(moved).toEqual({
+        creditpool_payments_refunded_full: 1,
+        creditpool_payments_refunded_partially: 1,
+        creditpool_payments_disputed: 1,
+        creditpool_payments_disputes_won: 1,
+        creditpool_payments_reversed_micro_credits: Number(taken),
+        creditpool_payments_dispute_won_micro_credits: Number(byId.get(disputed)!.given),
+        creditpool_early_payment_reversals: 1,
+      });
+    } finally {
+      await db.query('DELETE FROM early_payment_reversals WHERE provider_ref = $1', [earlyRef]);
     }
   });
 
