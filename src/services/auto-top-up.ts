@@ -228,7 +228,7 @@ async function recordOutcome(
     const { atx, row } = locked;
     const topUpStatus = row.status as TopUpStatus;
     if (topUpStatus !== 'PENDING' && outcome.status !== 'succeeded') return { topUpId, status: topUpStatus, reason: null, settledNow: false };
-    const { payment: after, settledNow, lateSuccess, reversals } = await settlePayment(atx, payment.id, pack, outcome, wallNow);
+    const { payment: after, settledNow, lateSuccess, reversals } = await settlePayment(atx, payment.id, pack, outcome, wallNow, actorOf(ctx));
     early.push({ payment: after, reversals });
     // Settled by a concurrent run of the same payment, which also recorded its consequences.
     if (!settledNow) return { topUpId, status: topUpStatus, reason: topUpStatus === 'PENDING' ? after.error : null, settledNow };

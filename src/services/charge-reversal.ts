@@ -469,9 +469,11 @@ function keptEventOf(r: Record<string, unknown>): ChargeReversalEvent {
  * logged, and the event is left to the pruning); its `livemode` is not: the reference is the one
  * the charge's own outcome reported for this payment, and a provider's charge reference (Stripe's
  * PaymentIntent id, the simulator's uuid) names one charge of one mode.
+ * @param actor who settles the payment (the audit trail's actor of the voids and pauses written
+ *   here: the Stripe webhook, the client retrying its purchase, or the workers); `system` by default.
  * @returns the kept events, in the order received, and what was applied of each.
  */
-export async function applyEarlyReversals(atx: AccountTx, payment: PaymentRow): Promise<AppliedEarlyReversal[]> {
+export async function applyEarlyReversals(atx: AccountTx, payment: PaymentRow, actor: AuditActor = SYSTEM_ACTOR): Promise<AppliedEarlyReversal[]> {
   if (payment.status !== 'SUCCEEDED' || payment.providerRef === null) return [];
   await lockChargeReference(atx.tx, payment.providerRef);
   const { rows } = await atx.tx.query('SELECT * FROM early_payment_reversals WHERE provider_ref = $1 ORDER BY received_at, kind', [payment.providerRef]);
@@ -483,7 +485,7 @@ export async function applyEarlyReversals(atx: AccountTx, payment: PaymentRow): 
       applied.push({ event, done: null, mismatch });
       continue;
     }
-    const done = await applyReversalLocked(atx, SYSTEM_ACTOR, payment, event);
+    const done = await applyReversalLocked(atx, actor, payment, event);
     await atx.tx.query('DELETE FROM early_payment_reversals WHERE provider_ref = $1 AND kind = $2', [event.providerRef, event.kind]);
     applied.push({ event, done, mismatch: null });
   }

@@ -26,7 +26,7 @@
 import { singleLine } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
-import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
+import { SYSTEM_ACTOR, actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
 import { toBigInt } from '../db/pg.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import {
@@ -253,6 +253,8 @@ export function failedAsNoChargeFound(payment: PaymentRow): boolean {
  * settled (services/charge-reversal.ts applyEarlyReversals: the grant just made is voided and the
  * payment records them); `reversals` tells the caller to log them (reportEarlyReversals).
  * @param wallNow the wall clock (the settle delay is measured on it, like `last_sent_at`)
+ * @param actor who settles it: the audit trail's actor of what applying early reversals writes
+ *   (`system` by default)
  * @returns the payment after this call, whether this call settled it (false: it was already
  *   settled, e.g. by a concurrent run of the same payment, and nothing was done), and whether
  *   it turned a `no_charge_found` payment into SUCCEEDED.
@@ -265,6 +267,7 @@ export async function settlePayment(
   pack: CreditPackView,
   outcome: ChargeOutcome,
   wallNow: Date,
+  actor: AuditActor = SYSTEM_ACTOR,
 ): Promise<SettledPayment> {
   const { rows } = await atx.tx.query('SELECT * FROM payments WHERE id = $1 AND account_id = $2 FOR UPDATE', [paymentId, atx.accountId]);
   const current = toPaymentRow(rows[0]);
@@ -293,7 +296,7 @@ export async function settlePayment(
     );
     // A refund or dispute the provider reported before this settlement is applied now, in this
     // transaction: the grant just made is voided, and the payment row records it.
-    const reversals = await applyEarlyReversals(atx, toPaymentRow(done.rows[0]));
+    const reversals = await applyEarlyReversals(atx, toPaymentRow(done.rows[0]), actor);
     const settled = await atx.tx.query('SELECT * FROM payments WHERE id = $1', [current.id]);
     return { payment: toPaymentRow(settled.rows[0]), settledNow: true, lateSuccess, reversals };
   }
@@ -465,7 +468,7 @@ export async function settlePurchase(
   const settled = await withTransaction(ctx.pool, async (tx) => {
     const wallNow = ctx.clock();
     const atx = await AccountTx.lock(tx, payment.accountId, wallNow);
-    const result = await settlePayment(atx, payment.id, pack, outcome, wallNow);
+    const result = await settlePayment(atx, payment.id, pack, outcome, wallNow, actorOf(ctx));
     await atx.finish();
     return result;
   });

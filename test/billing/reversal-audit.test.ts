@@ -10,9 +10,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, ok, uniq } from '../api/helpers.js';
+import { apiAccount, dbId, expectError, ok, uniq } from '../api/helpers.js';
 import { SET_AUTO_TOP_UP, attachMethod, createPack, startServerWithOwnQueues, type QueuedServer } from './billing-helpers.js';
-import { intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { API_ERROR_ANSWER, intentAnswer, paymentIntent, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
 
 const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: 'whsec_creditpool' };
 const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
@@ -131,5 +131,22 @@ describe('the audit trail of refunds and disputes', () => {
         details: { voidedAmount: '30', reason: expect.stringMatching(new RegExp(`payment ${paymentId} refunded in full by the payment provider \\(charge ${pi}, event evt_`)) },
       },
     ]);
+  });
+  it('a full refund kept before its payment was settled is applied by the settlement, and audited as whoever settled it (here the Stripe webhook\'s payment_intent.succeeded), not as the workers', async () => {
+    const { srv } = main;
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const accountId = await apiAccount(srv);
+    await attachMethod(srv, accountId, 'pm_card_visa');
+    fake.planned.push(API_ERROR_ANSWER);
+    expectError(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') }), 'UNAVAILABLE');
+    const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE account_id = $1', [dbId(accountId)]);
+    const paymentId = rows[0].id as string;
+    const pi = newPi();
+    expect(await post(srv, 'charge.refunded', { id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 400, amount_refunded: 400, currency: 'usd', livemode: false, metadata: {} })).toBe('kept');
+    const before = (await trail(srv, accountId)).length;
+    const settled = paymentIntent('succeeded', pi, { amount: 400, metadata: { paymentId, packId: pack.id, purpose: 'PURCHASE', accountId: dbId(accountId) } });
+    expect(await post(srv, 'payment_intent.succeeded', settled)).toBe('settled');
+    const written = (await trail(srv, accountId)).slice(before);
+    expect(written.find((r) => r.action === 'grant.voided')).toMatchObject({ ...byStripeWebhook, details: expect.objectContaining({ voidedAmount: '40' }) });
   });
 });
