@@ -12,16 +12,14 @@
  *   the credit taken back for good.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectError, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
-import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, createPack, startBillingServer, startServerWithOwnQueues, topUps, type BillingServer, type QueuedServer } from './billing-helpers.js';
-import { API_ERROR_ANSWER, intentAnswer, paymentIntent, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { apiAccount, dbId, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
+import { SET_AUTO_TOP_UP, attachMethod, createPack, startBillingServer, topUps, type BillingServer, type QueuedServer } from './billing-helpers.js';
+import { postStripeEvent, startFakeStripe, type FakeStripe } from './fake-stripe.js';
+import { PURCHASE, auditCount, boughtPack, disputeEvent, hookUrl, lostPurchase, newDu, newPi, paymentState, post, refundEvent, spend, startStripeServer } from './reversal-helpers.js';
 
-const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: 'whsec_creditpool' };
-const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id amount } }`;
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt } } }`;
 
 let fake: FakeStripe;
@@ -30,8 +28,7 @@ let sim: BillingServer;
 
 beforeAll(async () => {
   fake = await startFakeStripe();
-  main = await startServerWithOwnQueues(STRIPE_ENV);
-  main.srv.services.payments = fake.provider();
+  main = await startStripeServer(fake);
   sim = await startBillingServer();
 });
 
@@ -45,54 +42,10 @@ beforeEach(() => {
   fake.planned.length = 0;
 });
 
-const hookUrl = (srv: TestServer) => srv.url.replace(/\/graphql$/, '/webhooks/stripe');
-const newPi = () => `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
-const newDu = () => `du_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
-
-/** A purchase of a pack of 40 credits for $4 that Stripe charged (PaymentIntent `pi`). */
-async function boughtPack(srv: TestServer, expiresAfterDays?: number) {
-  const pack = await createPack(srv, { credits: '40', priceUsd: '4', ...(expiresAfterDays ? { expiresAfterDays } : {}) });
-  const accountId = await apiAccount(srv);
-  await attachMethod(srv, accountId, 'pm_card_visa');
-  const pi = newPi();
-  fake.planned.push(intentAnswer('succeeded', pi, { amount: 400 }));
-  const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-  const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-  return { pack, accountId, pi, paymentId: rows[0].id as string, grantId: dbId(bought.id), grantGid: bought.id as string };
-}
-
-/** A Stripe Dispute event of PaymentIntent `pi`'s charge ($4). */
-function disputeEvent(type: string, pi: string, id: string, status: string): string {
-  return JSON.stringify(stripeEvent(type, { id, object: 'dispute', charge: `ch_${pi.slice(3)}`, payment_intent: pi, amount: 400, currency: 'usd', livemode: false, status }));
-}
-const created = (pi: string, du: string) => disputeEvent('charge.dispute.created', pi, du, 'needs_response');
-const won = (pi: string, du: string) => disputeEvent('charge.dispute.closed', pi, du, 'won');
-
-function refundEvent(pi: string, refundedCents: number): string {
-  const charge = { id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 400, amount_refunded: refundedCents, currency: 'usd', livemode: false, metadata: {} };
-  return JSON.stringify(stripeEvent('charge.refunded', charge));
-}
-
-async function post(srv: TestServer, payload: string) {
-  const r = await postStripeEvent(hookUrl(srv), payload);
-  expect(r.status).toBe(200);
-  return r.body.result as string;
-}
-
-async function spend(srv: TestServer, accountId: string, units: string) {
-  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units } } }));
-}
-
-/** The payment's dispute columns and the grants of the account other than the payment's own. */
-async function wonState(srv: TestServer, paymentId: string) {
-  const { rows } = await srv.services.pool.query(
-    `SELECT p.disputed_at IS NOT NULL AS disputed, p.dispute_ref, p.reversed_at IS NOT NULL AS reversed, p.dispute_won_at IS NOT NULL AS won,
-            g.voided_micro_credits::text AS voided
-       FROM payments p JOIN credit_grants g ON g.id = p.grant_id WHERE p.id = $1`,
-    [paymentId],
-  );
-  return rows[0];
-}
+/** Stripe's Dispute event `type` (id `du`, in `status`) of PaymentIntent `pi`'s charge ($4). */
+const duEvent = (type: string, pi: string, du: string, status: string) => disputeEvent(pi, { id: du, status }, type);
+const created = (pi: string, du: string) => duEvent('charge.dispute.created', pi, du, 'needs_response');
+const won = (pi: string, du: string) => duEvent('charge.dispute.closed', pi, du, 'won');
 
 /** The account's grants other than `exceptGrantId`, as (source, type, amount, expires_at, voided, key). */
 async function otherGrants(srv: TestServer, accountId: string, exceptGrantId: string) {
@@ -104,21 +57,16 @@ async function otherGrants(srv: TestServer, accountId: string, exceptGrantId: st
   return rows;
 }
 
-async function auditCount(srv: TestServer, accountId: string, action: string): Promise<number> {
-  const { rows } = await srv.services.pool.query(`SELECT count(*)::int AS n FROM audit_events WHERE account_id = $1 AND action = $2`, [dbId(accountId), action]);
-  return rows[0].n as number;
-}
-
 describe('a dispute won', () => {
   it('gives back what the dispute took, once, as a PAID grant; redelivered (or funds_reinstated) nothing more; auto top-up stays paused', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, pack, grantId } = await boughtPack(srv);
+    const { accountId, pi, paymentId, pack, grantId } = await boughtPack(srv, fake);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     expect((await readAccount(srv, accountId)).balance.paid).toBe('0');
     expect(await post(srv, won(pi, du))).toBe('restored');
-    expect(await wonState(srv, paymentId)).toMatchObject({ disputed: true, dispute_ref: du, reversed: true, won: true, voided: '40000000' });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ disputed: true, dispute_ref: du, reversed: true, won: true, voided_micro_credits: '40000000' });
     expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '40', total: '40', debt: '0' });
     expect(await otherGrants(srv, accountId, grantId)).toEqual([
       { source: 'PURCHASE', type: 'PAID', amount: '40000000', expires_at: null, voided: false, idempotency_key: `payment:${paymentId}:dispute-won` },
@@ -126,7 +74,7 @@ describe('a dispute won', () => {
     expect(await auditCount(srv, accountId, 'grant.created')).toBe(1);
     await expectUnchanged(srv, [accountId], async () => {
       expect(await post(srv, won(pi, du))).toBe('unchanged');
-      expect(await post(srv, disputeEvent('charge.dispute.funds_reinstated', pi, du, 'won'))).toBe('unchanged');
+      expect(await post(srv, duEvent('charge.dispute.funds_reinstated', pi, du, 'won'))).toBe('unchanged');
       const concurrent = await Promise.all(Array.from({ length: 3 }, () => postStripeEvent(hookUrl(srv), won(pi, du))));
       expect(concurrent.map((r) => [r.status, r.body.result])).toEqual(Array.from({ length: 3 }, () => [200, 'unchanged']));
       expect(await post(srv, created(pi, du))).toBe('unchanged');
@@ -139,10 +87,10 @@ describe('a dispute won', () => {
 
   it('funds_reinstated alone gives back too; concurrent won deliveries give back once', async () => {
     const { srv } = main;
-    const { accountId, pi, grantId } = await boughtPack(srv);
+    const { accountId, pi, grantId } = await boughtPack(srv, fake);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
-    const results = await Promise.all([post(srv, won(pi, du)), post(srv, disputeEvent('charge.dispute.funds_reinstated', pi, du, 'won')), post(srv, won(pi, du))]);
+    const results = await Promise.all([post(srv, won(pi, du)), post(srv, duEvent('charge.dispute.funds_reinstated', pi, du, 'won')), post(srv, won(pi, du))]);
     expect(results.filter((r) => r === 'restored')).toHaveLength(1);
     expect(await otherGrants(srv, accountId, grantId)).toHaveLength(1);
     expect((await readAccount(srv, accountId)).balance.total).toBe('40');
@@ -151,12 +99,12 @@ describe('a dispute won', () => {
 
   it('only what the dispute voided comes back: credit spent before the dispute stays spent', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, 30);
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake, 30);
     await spend(srv, accountId, '15');
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     expect(await post(srv, won(pi, du))).toBe('restored');
-    expect(await wonState(srv, paymentId)).toMatchObject({ won: true, voided: '25000000' });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ won: true, voided_micro_credits: '25000000' });
     const { rows } = await srv.services.pool.query('SELECT expires_at FROM credit_batches WHERE grant_id = $1', [grantId]);
     expect(await otherGrants(srv, accountId, grantId)).toEqual([expect.objectContaining({ amount: '25000000', type: 'PAID', expires_at: rows[0].expires_at })]);
     expect(rows[0].expires_at).toBeInstanceOf(Date);
@@ -166,7 +114,7 @@ describe('a dispute won', () => {
 
   it('of a payment partially refunded before: gives back exactly what the dispute took; a partial refund after it takes its share from the given-back credit', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv);
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake);
     expect(await post(srv, refundEvent(pi, 100))).toBe('reversed'); // 10 of 40 taken back, 30 granted again
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
@@ -192,7 +140,7 @@ describe('a dispute won', () => {
 
   it('partial refunds of an expiring pack, delivered at the same moment: the share is taken once in all, the rest keeps the pack\'s expiry', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, 30);
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake, 30);
     const results = await Promise.all([post(srv, refundEvent(pi, 250)), post(srv, refundEvent(pi, 100)), post(srv, refundEvent(pi, 250))]);
     expect(results.filter((r) => r === 'reversed').length).toBeGreaterThanOrEqual(1);
     expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '15', total: '15' }); // 25 of 40 taken back
@@ -205,12 +153,12 @@ describe('a dispute won', () => {
 
   it('of a payment also refunded in full: nothing is given back', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv);
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     expect(await post(srv, refundEvent(pi, 400))).toBe('recorded');
     await expectUnchanged(srv, [accountId], async () => expect(await post(srv, won(pi, du))).toBe('recorded'));
-    expect(await wonState(srv, paymentId)).toMatchObject({ won: true });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ won: true });
     expect(await otherGrants(srv, accountId, grantId)).toEqual([]);
     expect(await post(srv, won(pi, du))).toBe('unchanged');
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
@@ -218,7 +166,7 @@ describe('a dispute won', () => {
 
   it('then refunded in full: the given-back credit is taken back again', async () => {
     const { srv } = main;
-    const { accountId, pi, grantId } = await boughtPack(srv);
+    const { accountId, pi, grantId } = await boughtPack(srv, fake);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     expect(await post(srv, won(pi, du))).toBe('restored');
@@ -232,48 +180,48 @@ describe('a dispute won', () => {
 
   it('of a grant an operator had voided before the dispute: the dispute took nothing, so nothing is given back', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId, grantGid } = await boughtPack(srv);
+    const { accountId, pi, paymentId, grantId, grantGid } = await boughtPack(srv, fake);
     ok(await srv.gql(`mutation($id: ID!) { voidGrant(grantId: $id, reason: "operator") { id } }`, { id: grantGid }));
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('recorded');
     await expectUnchanged(srv, [accountId], async () => expect(await post(srv, won(pi, du))).toBe('recorded'));
-    expect(await wonState(srv, paymentId)).toMatchObject({ won: true, voided: '40000000' });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ won: true, voided_micro_credits: '40000000' });
     expect(await otherGrants(srv, accountId, grantId)).toEqual([]);
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 
   it('of credit whose expiry passed meanwhile: nothing is given back (it would have expired)', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, 30);
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake, 30);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     // The dispute lasted past the pack's expiry (the voided batch keeps its expires_at).
     await srv.services.pool.query(`UPDATE credit_batches SET added_at = now() - interval '31 days', expires_at = now() - interval '1 day' WHERE grant_id = $1 AND status = 'VOIDED'`, [grantId]);
     await expectUnchanged(srv, [accountId], async () => expect(await post(srv, won(pi, du))).toBe('recorded'));
-    expect(await wonState(srv, paymentId)).toMatchObject({ won: true });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ won: true });
     expect(await otherGrants(srv, accountId, grantId)).toEqual([]);
   });
 
   it('lost or warning_closed: nothing changes', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv);
+    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     await expectUnchanged(srv, [accountId], async () => {
-      expect(await post(srv, disputeEvent('charge.dispute.closed', pi, du, 'lost'))).toBe('ignored');
-      expect(await post(srv, disputeEvent('charge.dispute.closed', pi, du, 'warning_closed'))).toBe('ignored');
+      expect(await post(srv, duEvent('charge.dispute.closed', pi, du, 'lost'))).toBe('ignored');
+      expect(await post(srv, duEvent('charge.dispute.closed', pi, du, 'warning_closed'))).toBe('ignored');
     });
-    expect(await wonState(srv, paymentId)).toMatchObject({ won: false, reversed: true });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ won: false, reversed: true });
     expect((await readAccount(srv, accountId)).balance.total).toBe('0');
   });
 
   it('delivered before its dispute: the credit ends not taken back', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv);
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake);
     const du = newDu();
     expect(await post(srv, won(pi, du))).toBe('restored');
     expect(await post(srv, created(pi, du))).toBe('unchanged');
-    expect(await wonState(srv, paymentId)).toMatchObject({ disputed: true, dispute_ref: du, won: true });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ disputed: true, dispute_ref: du, won: true });
     expect(await otherGrants(srv, accountId, grantId)).toHaveLength(1);
     expect((await readAccount(srv, accountId)).balance.total).toBe('40');
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
@@ -281,21 +229,14 @@ describe('a dispute won', () => {
 
   it('delivered before its payment is settled (answer lost): kept, and the settlement ends with the credit given back', async () => {
     const { srv } = main;
-    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const accountId = await apiAccount(srv);
-    await attachMethod(srv, accountId, 'pm_card_visa');
-    fake.planned.push(API_ERROR_ANSWER);
-    expectError(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') }), 'UNAVAILABLE');
-    const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE account_id = $1', [dbId(accountId)]);
-    const paymentId = rows[0].id as string;
+    const { accountId, paymentId, succeeded } = await lostPurchase(srv, fake);
     const pi = newPi();
     const du = newDu();
     expect(await post(srv, won(pi, du))).toBe('kept');
     expect(await post(srv, won(pi, du))).toBe('unchanged');
     expect(await post(srv, created(pi, du))).toBe('kept');
-    const succeeded = stripeEvent('payment_intent.succeeded', paymentIntent('succeeded', pi, { amount: 400, metadata: { paymentId, packId: pack.id, purpose: 'PURCHASE', accountId: dbId(accountId) } }));
-    expect(await post(srv, JSON.stringify(succeeded))).toBe('settled');
-    expect(await wonState(srv, paymentId)).toMatchObject({ disputed: true, won: true, reversed: true });
+    expect(await post(srv, succeeded(pi))).toBe('settled');
+    expect(await paymentState(srv, paymentId)).toMatchObject({ disputed: true, won: true, reversed: true });
     expect((await readAccount(srv, accountId)).balance.total).toBe('40');
     const kept = await srv.services.pool.query('SELECT 1 FROM early_payment_reversals WHERE provider_ref = $1', [pi]);
     expect(kept.rows).toEqual([]);

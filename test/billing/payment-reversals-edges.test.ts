@@ -15,20 +15,17 @@
  *   it back).
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
-import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { voidGrant } from '../../src/services/void-grant.js';
 import { WEBHOOK_SWEEP_MIN_AGE_MS, findUndeliveredWebhookJobs } from '../../src/services/webhooks.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, ok, readAccount, uniq } from '../api/helpers.js';
-import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingWorkerDeps, createPack, startServerWithOwnQueues, topUps, type QueuedServer } from './billing-helpers.js';
-import { API_ERROR_ANSWER, cardErrorAnswer, intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { dbId, ok, readAccount } from '../api/helpers.js';
+import { topUps, type QueuedServer } from './billing-helpers.js';
+import { cardErrorAnswer, intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { autoTopUpCharged, autoTopUpDue, autoTopUpWithLostAnswer, boughtPack, disputeEvent, hookUrl, newPi, post, refundEvent, startStripeServer } from './reversal-helpers.js';
 
-const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: 'whsec_creditpool' };
-const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id amount } }`;
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt lastError } } }`;
 
 let fake: FakeStripe;
@@ -36,8 +33,7 @@ let main: QueuedServer;
 
 beforeAll(async () => {
   fake = await startFakeStripe();
-  main = await startServerWithOwnQueues(STRIPE_ENV);
-  main.srv.services.payments = fake.provider();
+  main = await startStripeServer(fake);
 });
 
 afterAll(async () => {
@@ -48,14 +44,6 @@ afterAll(async () => {
 beforeEach(() => {
   fake.planned.length = 0;
 });
-
-function hookUrl(srv: TestServer): string {
-  return srv.url.replace(/\/graphql$/, '/webhooks/stripe');
-}
-
-function newPi(): string {
-  return `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
-}
 
 describe('a signed event whose object is not a usable object', () => {
   it('is answered 200 and changes nothing (refund, dispute, payment intent)', async () => {
@@ -80,20 +68,9 @@ describe('a signed event whose object is not a usable object', () => {
 describe('an auto top-up refunded in full before its job settled it', () => {
   it("keeps the refund as the paused auto top-up's lastError", async () => {
     const { srv } = main;
-    const deps = billingWorkerDeps(main);
-    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-    const accountId = await apiAccount(srv, { paid: '100' });
-    await attachMethod(srv, accountId, 'pm_card_visa');
-    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-    ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-    const [topUp] = await topUps(srv, accountId);
-    const run = (attemptsMade: number) =>
-      processAutoTopUp(deps, { id: `auto-top-up-${topUp!.id}`, name: 'auto-top-up', data: { topUpId: topUp!.id, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
-    fake.planned.push(API_ERROR_ANSWER);
-    await expect(run(0)).rejects.toThrow(/will retry/);
+    const { accountId, run } = await autoTopUpWithLostAnswer(main, fake);
     const pi = newPi();
-    const charge = { id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 200, amount_refunded: 200, refunded: true, currency: 'usd', livemode: false, metadata: {} };
-    const refunded = await postStripeEvent(hookUrl(srv), JSON.stringify(stripeEvent('charge.refunded', charge)));
+    const refunded = await postStripeEvent(hookUrl(srv), refundEvent(pi, 200, {}, 200));
     expect([refunded.status, refunded.body.result]).toEqual([200, 'kept']);
     fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
     await run(1);
@@ -112,21 +89,14 @@ describe('an auto top-up refunded in full before its job settled it', () => {
 describe('a full refund of a payment whose grant an operator voided before', () => {
   it('records the refund, takes nothing more and does not report the voided credit as spent', async () => {
     const { srv } = main;
-    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const accountId = await apiAccount(srv);
-    await attachMethod(srv, accountId, 'pm_card_visa');
-    const pi = newPi();
-    fake.planned.push(intentAnswer('succeeded', pi, { amount: 400 }));
-    const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-    const { rows } = await srv.services.pool.query('SELECT id, grant_id FROM payments WHERE provider_ref = $1', [pi]);
-    expect(rows[0].grant_id).toBe(dbId(bought.id));
-    await voidGrant(srv.services, rows[0].grant_id as string, 'operator: taken back by hand');
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake); // checks that the payment of `pi` has that grant
+    await voidGrant(srv.services, grantId, 'operator: taken back by hand');
     const logged: { obj: Record<string, unknown>; msg: string }[] = [];
     const keep = (obj: unknown, msg?: string) => void logged.push({ obj: obj as Record<string, unknown>, msg: msg ?? '' });
     const ctx: ServiceContext = { ...srv.services, log: { warn: keep, error: keep, info: keep } as unknown as NonNullable<ServiceContext['log']> };
     const event = { eventId: 'evt_refund', eventType: 'charge.refunded', kind: 'refund' as const, providerRef: pi, amountCents: 400n, refundedCents: 400n, disputeRef: null, currency: 'usd', livemode: false };
     expect(await applyReversalEvent(ctx, event, () => false)).toMatchObject({ result: 'recorded', voidedMicroCredits: 0n });
-    const { rows: after } = await srv.services.pool.query('SELECT refunded_cents::text, reversed_at IS NOT NULL AS reversed FROM payments WHERE id = $1', [rows[0].id]);
+    const { rows: after } = await srv.services.pool.query('SELECT refunded_cents::text, reversed_at IS NOT NULL AS reversed FROM payments WHERE id = $1', [paymentId]);
     expect(after[0]).toEqual({ refunded_cents: '400', reversed: true });
     expect(logged.filter((l) => l.obj.unrecoveredMicroCredits !== undefined)).toEqual([]);
     expect((await readAccount(srv, accountId)).balance.total).toBe('0');
@@ -136,45 +106,31 @@ describe('a full refund of a payment whose grant an operator voided before', () 
 
 describe('an inquiry (a pre-dispute request for information: no money taken)', () => {
   /** A purchase of 40 credits for $4 settled SUCCEEDED with PaymentIntent `pi`. */
-  async function bought() {
-    const { srv } = main;
-    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const accountId = await apiAccount(srv);
-    await attachMethod(srv, accountId, 'pm_card_visa');
-    const pi = newPi();
-    fake.planned.push(intentAnswer('succeeded', pi, { amount: 400 }));
-    ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') }));
-    return { accountId, pi };
-  }
-  const dispute = (pi: string, type: string, status: string, id = `du_${pi.slice(3)}`) =>
-    JSON.stringify(stripeEvent(type, { id, object: 'dispute', charge: `ch_${pi.slice(3)}`, payment_intent: pi, amount: 400, currency: 'usd', livemode: false, status }));
-  const post = async (body: string) => {
-    const r = await postStripeEvent(hookUrl(main.srv), body);
-    expect(r.status).toBe(200);
-    return r.body.result as string;
-  };
+  const bought = () => boughtPack(main.srv, fake);
+  /** Stripe's Dispute event `type` in `status`, of the one dispute (`du_` + the PaymentIntent's digits) of `pi`'s charge. */
+  const dispute = (pi: string, type: string, status: string) => disputeEvent(pi, { id: `du_${pi.slice(3)}`, status }, type);
 
   it('takes nothing back; once it escalates (funds withdrawn) the credit is taken back, once', async () => {
     const { srv } = main;
     const { accountId, pi } = await bought();
-    expect(await post(dispute(pi, 'charge.dispute.created', 'warning_needs_response'))).toBe('ignored');
+    expect(await post(srv, dispute(pi, 'charge.dispute.created', 'warning_needs_response'))).toBe('ignored');
     expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
-    expect(await post(dispute(pi, 'charge.dispute.closed', 'warning_closed'))).toBe('ignored');
+    expect(await post(srv, dispute(pi, 'charge.dispute.closed', 'warning_closed'))).toBe('ignored');
     expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
 
     const { accountId: escalated, pi: pi2 } = await bought();
-    expect(await post(dispute(pi2, 'charge.dispute.created', 'warning_under_review'))).toBe('ignored');
-    expect(await post(dispute(pi2, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('reversed');
+    expect(await post(srv, dispute(pi2, 'charge.dispute.created', 'warning_under_review'))).toBe('ignored');
+    expect(await post(srv, dispute(pi2, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('reversed');
     expect((await readAccount(srv, escalated)).balance.paid).toBe('0');
-    expect(await post(dispute(pi2, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('unchanged');
+    expect(await post(srv, dispute(pi2, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('unchanged');
     await expectLedgerInvariant(srv.services.pool, dbId(escalated));
   });
 
   it('a chargeback reported by both charge.dispute.created and charge.dispute.funds_withdrawn is applied once', async () => {
     const { srv } = main;
     const { accountId, pi } = await bought();
-    expect(await post(dispute(pi, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('reversed');
-    expect(await post(dispute(pi, 'charge.dispute.created', 'needs_response'))).toBe('unchanged');
+    expect(await post(srv, dispute(pi, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('reversed');
+    expect(await post(srv, dispute(pi, 'charge.dispute.created', 'needs_response'))).toBe('unchanged');
     expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '0', total: '0', debt: '0' });
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
@@ -189,19 +145,8 @@ async function sweptPauses(srv: TestServer, accountId: string) {
 describe('an auto top-up paused by a refund or dispute, seen by the webhook sweep', () => {
   it('is not sent as auto_top_up.paused (a pause by failed charges) for the account\'s last top-up', async () => {
     const { srv } = main;
-    const deps = billingWorkerDeps(main);
-    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-    const accountId = await apiAccount(srv, { paid: '100' });
-    await attachMethod(srv, accountId, 'pm_card_visa');
-    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-    ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-    const [topUp] = await topUps(srv, accountId);
-    const pi = newPi();
-    fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
-    await processAutoTopUp(deps, { id: `auto-top-up-${topUp!.id}`, name: 'auto-top-up', data: { topUpId: topUp!.id, accountId: dbId(accountId) }, attemptsMade: 0, attempts: 3 });
-    expect(await topUps(srv, accountId)).toMatchObject([{ status: 'SUCCEEDED' }]);
-    const charge = { id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 200, amount_refunded: 200, refunded: true, currency: 'usd', livemode: false, metadata: {} };
-    const refunded = await postStripeEvent(hookUrl(srv), JSON.stringify(stripeEvent('charge.refunded', charge)));
+    const { accountId, pi } = await autoTopUpCharged(main, fake);
+    const refunded = await postStripeEvent(hookUrl(srv), refundEvent(pi, 200, {}, 200));
     expect([refunded.status, refunded.body.result]).toEqual([200, 'reversed']);
     expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({ enabled: false, pausedAt: expect.any(String) });
     expect(await sweptPauses(srv, accountId)).toEqual([]);
@@ -209,19 +154,13 @@ describe('an auto top-up paused by a refund or dispute, seen by the webhook swee
 
   it('still finds a pause by three declined charges (the real path: paused_at is the failed top-up\'s finished_at)', async () => {
     const { srv } = main;
-    const deps = billingWorkerDeps(main);
-    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-    const accountId = await apiAccount(srv, { paid: '100' });
-    await attachMethod(srv, accountId, 'pm_card_visa');
-    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-    ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-    const [topUp] = await topUps(srv, accountId);
+    const { accountId, topUpId, run } = await autoTopUpDue(main);
     for (let attemptsMade = 0; attemptsMade < 3; attemptsMade++) {
       fake.planned.push(cardErrorAnswer('card_declined'));
-      await processAutoTopUp(deps, { id: `auto-top-up-${topUp!.id}`, name: 'auto-top-up', data: { topUpId: topUp!.id, accountId: dbId(accountId) }, attemptsMade, attempts: 3 }).catch(() => undefined);
+      await run(attemptsMade).catch(() => undefined);
     }
     expect(await topUps(srv, accountId)).toMatchObject([{ status: 'FAILED' }]);
     expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({ enabled: false, pausedAt: expect.any(String) });
-    expect((await sweptPauses(srv, accountId)).map((j) => (j.data as { eventId: string }).eventId)).toEqual([topUp!.id]);
+    expect((await sweptPauses(srv, accountId)).map((j) => (j.data as { eventId: string }).eventId)).toEqual([topUpId]);
   });
 });

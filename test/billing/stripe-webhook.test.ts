@@ -22,27 +22,16 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import Stripe from 'stripe';
-import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import { resumePayment } from '../../src/services/resume-payment.js';
 import { IDEMPOTENCY_KEY_SAFE_WINDOW_MS, LOOKUP_SETTLE_DELAY_MS, usdToCents } from '../../src/payments/provider.js';
 import type { ServiceContext } from '../../src/services/context.js';
-import type { WorkerDeps } from '../../workers/deps.js';
 import { startSilenceableRelay, type SilenceableRelay } from '../setup/connections.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, expectUnchanged, globalCounts, grant, ok, readAccount, uniq } from '../api/helpers.js';
-import {
-  RECORD_USAGE,
-  SET_AUTO_TOP_UP,
-  attachMethod,
-  billingCounts,
-  billingWorkerDeps,
-  createPack,
-  startServerWithOwnQueues,
-  topUps,
-  type QueuedServer,
-} from './billing-helpers.js';
-import { API_ERROR_ANSWER, heldAnswer, intentAnswer, paymentIntent, postStripeEvent, searchAnswer, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { attachMethod, billingCounts, createPack, startServerWithOwnQueues, topUps, type QueuedServer } from './billing-helpers.js';
+import { heldAnswer, intentAnswer, paymentIntent, postStripeEvent, searchAnswer, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { autoTopUpWithLostAnswer, lostPurchase as lostStripePurchase } from './reversal-helpers.js';
 
 const SECRET = 'whsec_creditpool';
 const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: SECRET };
@@ -120,15 +109,10 @@ function eventFor(type: string, payment: PaymentView, extra: Record<string, unkn
  * UNAVAILABLE and the payment is PENDING.
  */
 async function lostPurchase(srv: TestServer) {
-  const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-  const accountId = await apiAccount(srv);
-  await attachMethod(srv, accountId, 'pm_card_visa');
-  const key = uniq('buy');
-  fake.planned.push(API_ERROR_ANSWER);
-  expectError(await srv.gql(PURCHASE, { accountId, packId: pack.id, key }), 'UNAVAILABLE');
-  const [payment] = await payments(srv, accountId);
+  const lost = await lostStripePurchase(srv, fake);
+  const [payment] = await payments(srv, lost.accountId);
   expect(payment).toMatchObject({ status: 'PENDING', purpose: 'PURCHASE' });
-  return { pack, accountId, key, payment: payment!, purchase: () => srv.gql(PURCHASE, { accountId, packId: pack.id, key }) };
+  return { ...lost, payment: payment! };
 }
 
 /**
@@ -136,18 +120,9 @@ async function lostPurchase(srv: TestServer) {
  * first run lost Stripe's answer (a 500): the top-up and its payment are PENDING. `run(n)` runs
  * its auto-top-up job as attempt n + 1 of 3.
  */
-async function topUpWithLostAnswer(srv: TestServer, deps: WorkerDeps) {
-  const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-  const accountId = await apiAccount(srv, { paid: '100' });
-  await attachMethod(srv, accountId, 'pm_card_visa');
-  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-  const topUpId = (await topUps(srv, accountId))[0]!.id;
-  const run = (attemptsMade: number) =>
-    processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
-  fake.planned.push(API_ERROR_ANSWER);
-  await expect(run(0)).rejects.toThrow(/will retry/);
-  const [payment] = await payments(srv, accountId);
+async function topUpWithLostAnswer(billing: QueuedServer) {
+  const { accountId, topUpId, run } = await autoTopUpWithLostAnswer(billing, fake);
+  const [payment] = await payments(billing.srv, accountId);
   return { accountId, topUpId, run, payment };
 }
 
@@ -243,8 +218,7 @@ describe('payment_intent.succeeded', () => {
 
   it('settles a PENDING auto top-up payment: the top-up ends SUCCEEDED, granted once, and its next run charges nothing', async () => {
     const { srv } = main;
-    const deps = billingWorkerDeps(main);
-    const { accountId, topUpId, run, payment } = await topUpWithLostAnswer(srv, deps);
+    const { accountId, topUpId, run, payment } = await topUpWithLostAnswer(main);
     expect(payment).toMatchObject({ purpose: 'AUTO_TOP_UP', status: 'PENDING' });
 
     const payload = eventFor('payment_intent.succeeded', payment!);
@@ -287,8 +261,7 @@ describe('payment_intent.payment_failed', () => {
 
   it('auto top-up: counts one failure (once, replayed or not) and the next run charges a new attempt', async () => {
     const { srv } = main;
-    const deps = billingWorkerDeps(main);
-    const { accountId, topUpId, run, payment } = await topUpWithLostAnswer(srv, deps);
+    const { accountId, topUpId, run, payment } = await topUpWithLostAnswer(main);
     const payload = eventFor('payment_intent.payment_failed', payment!, { last_payment_error: { type: 'card_error', code: 'card_declined', decline_code: 'do_not_honor', message: 'Declined.' } });
     expect((await postStripeEvent(hookUrl(srv), payload)).body.result).toBe('settled');
     expect((await postStripeEvent(hookUrl(srv), payload)).body.result).toBe('unchanged');
