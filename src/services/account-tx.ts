@@ -74,9 +74,33 @@ const LOCK_SELECT = `SELECT a.id, a.kind, a.test_mode, a.test_clock_at, a.create
  */
 export const SPENDABLE_BATCHES_READ = 100;
 
+/** The limit the state reads use now: SPENDABLE_BATCHES_READ, unless a test set another (setSpendableBatchesReadForTests). */
+let spendableBatchesRead = SPENDABLE_BATCHES_READ;
+
+/**
+ * FOR TESTS ONLY: makes the state reads load `limit` spendable batches instead of
+ * SPENDABLE_BATCHES_READ (null: back to it), so that tests with a few batches per account take
+ * the limited path (incomplete batches, the fallback read, carried partial state) all the time
+ * (test/integration/ledger-model.test.ts, ledger-property.test.ts). Process-wide (every vitest
+ * file runs in a worker of its own); production code never calls it. The limit is a literal of
+ * the statement text, so a statement other than the default one gets a name of its own
+ * (statementName): a named statement's text never varies.
+ * @throws Error when `limit` is not a positive integer.
+ */
+export function setSpendableBatchesReadForTests(limit: number | null): void {
+  assert(limit === null || (Number.isInteger(limit) && limit > 0), 'the spendable batches limit must be a positive integer');
+  spendableBatchesRead = limit ?? SPENDABLE_BATCHES_READ;
+}
+
+/** The prepared statement name of a state read at the current limit: `base`, suffixed with the limit when a test changed it. */
+function statementName(base: string): string {
+  return spendableBatchesRead === SPENDABLE_BATCHES_READ ? base : `${base}-limit-${spendableBatchesRead}`;
+}
+
 /**
  * SQL of an account's spendable batches at `now` (ACTIVE, not past expiresAt), as loadedBatchFromRow
- * reads them. With `limited`, only the first SPENDABLE_BATCHES_READ in drawdown order (FREE first,
+ * reads them. With `limited`, only the first SPENDABLE_BATCHES_READ (a test may set fewer:
+ * setSpendableBatchesReadForTests) in drawdown order (FREE first,
  * soonest expiresAt with never last, oldest addedAt, id: compareDrawdownOrder's order; the enum
  * CreditType is declared FREE, PAID, and uuids compare as their lowercase hex text does), each
  * with what ALL of them add up to, computed in the same pass (window aggregates are evaluated
@@ -89,7 +113,7 @@ function spendableBatches(accountExpr: string, nowExpr: string, limited = false)
   }
                  FROM credit_batches
                 WHERE account_id = ${accountExpr} AND status = 'ACTIVE' AND (expires_at IS NULL OR expires_at > ${nowExpr})${
-                  limited ? `\n                ORDER BY type, expires_at ASC NULLS LAST, added_at, id LIMIT ${SPENDABLE_BATCHES_READ}` : ''
+                  limited ? `\n                ORDER BY type, expires_at ASC NULLS LAST, added_at, id LIMIT ${spendableBatchesRead}` : ''
                 }`;
 }
 
@@ -137,7 +161,7 @@ function chargeStatesFromRows(rows: readonly Record<string, unknown>[]): Map<str
         now: r.state_now as Date,
         batches: [],
         spendableMicroCredits: toBigInt(r.spendable ?? 0),
-        batchesComplete: Number(r.batch_count) <= SPENDABLE_BATCHES_READ,
+        batchesComplete: Number(r.batch_count) <= spendableBatchesRead,
         earliestExpiryAt: (r.earliest_expiry as Date | null) ?? null,
         reservedMicroCredits: toBigInt(r.held ?? 0),
         hasAnyBudget: r.has_budget === true,
@@ -485,7 +509,7 @@ export class AccountTx {
     usageIdempotencyKey?: string | null;
   }): Promise<AccountState> {
     const { rows } = await this.tx.query({
-      name: 'cp-account-state',
+      name: statementName('cp-account-state'),
       text: `SELECT b.id, b.type, b.source, b.remaining_micro_credits, b.expires_at, b.added_at, r.held, hb.has_budget,
               b.spendable, b.batch_count,
               pe.id AS prior_id, pe.request_hash AS prior_hash,
@@ -510,7 +534,7 @@ export class AccountTx {
     return {
       batches,
       spendableMicroCredits: toBigInt(first?.spendable ?? 0),
-      batchesComplete: Number(first?.batch_count ?? 0) <= SPENDABLE_BATCHES_READ,
+      batchesComplete: Number(first?.batch_count ?? 0) <= spendableBatchesRead,
       reservedMicroCredits: toBigInt(first?.held ?? 0),
       hasBudget: first?.has_budget === true,
       priorUsage: first?.prior_id ? { id: first.prior_id as string, requestHash: first.prior_hash as string } : null,
@@ -576,7 +600,7 @@ export class AccountTx {
     const holdPairs = wanted.flatMap((w) => w.reservationIds.map((id) => [w.accountId, id] as const));
     const holdKeyPairs = wanted.flatMap((w) => w.holdKeys.map((k) => [w.accountId, k] as const));
     return tx.query({
-      name: 'cp-account-charge-states',
+      name: statementName('cp-account-charge-states'),
       text: `WITH priors AS (${priorKeysByAccount('usage_events', '$3', '$4')}), holds AS (
          SELECT h.account, json_agg(json_build_object('id', res.id, 'amount', res.amount_micro_credits::text,
                   'consumed', res.consumed_micro_credits::text, 'status', res.status, 'expiresAt', res.expires_at,

@@ -6,7 +6,8 @@
  * agent, none, or the other one, which is refused). After EVERY command: the
  * invariant holds (batches - debt = total = ledger sum; available = total - reserved; every kept
  * budget spending row equals its SUM), and each command's effect on the balance is the one the
- * rules promise. Run with one transaction per call and through group commit.
+ * rules promise. Run with one transaction per call and through group commit, each also with the
+ * state reads limited to the first batch (setSpendableBatchesReadForTests: the limited path).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -15,6 +16,7 @@ import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
+import { setSpendableBatchesReadForTests } from '../../src/services/account-tx.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleReservation } from '../../src/services/settle-reservation.js';
@@ -69,6 +71,22 @@ const commandArb: fc.Arbitrary<Command> = fc.oneof(
   fc.record({ op: fc.constant('advance' as const), minutes: fc.integer({ min: 1, max: 20 }).map((days) => days * 1440) }), // into the next billing period, at times
 );
 
+/**
+ * `runs` as they are, or, when the state reads load only `batchesRead` batches, each starting with
+ * a few small grants (FREE and PAID, some expiring), so that the account holds more batches than
+ * a read loads and charges often need more than the loaded ones hold (the fallback read).
+ */
+function withFewBatchesRead(batchesRead: number | undefined, runs: fc.Arbitrary<Command[]>): fc.Arbitrary<Command[]> {
+  if (batchesRead === undefined) return runs;
+  const smallGrantArb = fc.record({
+    op: fc.constant('grant' as const),
+    amount: fc.integer({ min: 1, max: 6 }),
+    type: fc.constantFrom('FREE' as const, 'PAID' as const),
+    expiresInMinutes: fc.option(fc.integer({ min: 1, max: 240 }), { nil: null }),
+  });
+  return fc.tuple(fc.array(smallGrantArb, { minLength: 2, maxLength: 8 }), runs).map(([grants, commands]) => [...grants, ...commands]);
+}
+
 const EXPECTED_REFUSALS = new Set(['INSUFFICIENT_CREDITS', 'RESERVATION_NOT_ACTIVE', 'BUDGET_EXCEEDED']);
 
 describe.each([
@@ -76,15 +94,21 @@ describe.each([
   // Charges, holds and settles decided in memory by chargeAccounts (budgets included), the rest as
   // operations of the committer's transactions.
   ['group commit', true],
-])('ledger invariant under random command sequences (%s)', (_path, grouped) => {
+  // The state reads load only the first batch in drawdown order (AccountTx SPENDABLE_BATCHES_READ,
+  // 100 in production): the fallback read of the rest and carried partial state all the time.
+  ['one transaction per call, 1 batch read', false, 1],
+  ['group commit, 1 batch read', true, 1],
+] as [string, boolean, number?][])('ledger invariant under random command sequences (%s)', (_path, grouped, batchesRead) => {
   beforeAll(() => {
     services.groupCommit = grouped ? new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge) : undefined;
+    setSpendableBatchesReadForTests(batchesRead ?? null);
   });
+  afterAll(() => setSpendableBatchesReadForTests(null));
 
   it('holds after every command, and every command moves the balance as promised', async () => {
     let run = 0;
     await fc.assert(
-      fc.asyncProperty(fc.array(commandArb, { minLength: 5, maxLength: 30 }), async (commands) => {
+      fc.asyncProperty(withFewBatchesRead(batchesRead, fc.array(commandArb, { minLength: 5, maxLength: 30 })), async (commands) => {
         run++;
         let now = new Date(Date.UTC(2026, 0, 1, 12, 0, 0));
         services.setNow(now);
@@ -222,7 +246,7 @@ describe.each([
           if (b.debtMicroCredits === 0n) expect(b.totalMicroCredits >= 0n).toBe(true);
         }
       }),
-      { numRuns: 30 },
+      { numRuns: batchesRead === undefined ? 30 : Number(process.env.PROPERTY_LIMITED_RUNS ?? 12), ...(process.env.PROPERTY_SEED ? { seed: Number(process.env.PROPERTY_SEED) } : {}) },
     );
     services.setNow(null);
   });
