@@ -19,7 +19,7 @@ import type { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import type { PaymentRow } from './purchase-pack.js';
 import { voidLockedGrant, type VoidedGrant } from './void-grant.js';
-import { applyGrant, type GrantSource } from './grant-credits.js';
+import { applyGrant, auditGrantCreated, type GrantSource } from './grant-credits.js';
 import { applyExpiries } from './expire-due.js';
 import type { CreditType } from '../ledger/drawdown.js';
 
@@ -239,24 +239,11 @@ async function takeRefundedShare(
     const type = live.type as CreditType;
     const expiresAt = live.expires_at === null ? null : new Date(live.expires_at as Date);
     const idempotencyKey = partialRefundGrantKey(payment.id, p.refunded);
-    const again = await applyGrant(atx, { amountMicroCredits: rest, type, source, expiresAt, reference: payment.id, idempotencyKey });
+    const grant = { amountMicroCredits: rest, type, source, expiresAt, reference: payment.id, idempotencyKey };
+    const again = await applyGrant(atx, grant);
     assert(!again.replayed, 'a partial refund grants again once per refunded amount: refunded_cents only grows');
     liveGrantId = again.grantId;
-    await recordAuditEvent(tx, actor, {
-      action: 'grant.created',
-      accountId: atx.accountId,
-      subjectType: 'grant',
-      subjectId: again.grantId,
-      details: {
-        amount: formatCredits(rest),
-        type,
-        source,
-        expiresAt: expiresAt?.toISOString() ?? null,
-        reference: payment.id,
-        idempotencyKey,
-        reason: `${reason}: ${formatCredits(taken)} taken back of ${formatCredits(remaining)} left (grant ${p.liveGrantId} voided)`,
-      },
-    });
+    await auditGrantCreated(tx, actor, atx.accountId, again.grantId, grant, `${reason}: ${formatCredits(taken)} taken back of ${formatCredits(remaining)} left (grant ${p.liveGrantId} voided)`);
   }
   await tx.query('UPDATE payments SET refund_taken_micro_credits = $2, live_grant_id = $3, updated_at = $4 WHERE id = $1', [
     payment.id,
@@ -323,26 +310,13 @@ export async function applyDisputeWonLocked(atx: AccountTx, actor: AuditActor, p
   if (notRestored) return { ...base, won: { grantId: null, restoredMicroCredits: 0n, notRestored, disputeVoidedMicroCredits } };
   const source = original.source as GrantSource;
   const idempotencyKey = disputeWonGrantKey(payment.id);
-  const given = await applyGrant(atx, { amountMicroCredits: taken, type: 'PAID', source, expiresAt, reference: payment.id, idempotencyKey });
+  const grant = { amountMicroCredits: taken, type: 'PAID' as const, source, expiresAt, reference: payment.id, idempotencyKey };
+  const given = await applyGrant(atx, grant);
   assert(!given.replayed, 'a won dispute gives back once: dispute_won_at was not set');
   // The given-back grant carries the payment's credit now: a later partial or full refund acts on it.
   await tx.query('UPDATE payments SET dispute_won_grant_id = $2, live_grant_id = $2 WHERE id = $1', [payment.id, given.grantId]);
   const disputeRef = event.disputeRef ?? (current.dispute_ref as string | null) ?? event.eventId;
-  await recordAuditEvent(tx, actor, {
-    action: 'grant.created',
-    accountId: atx.accountId,
-    subjectType: 'grant',
-    subjectId: given.grantId,
-    details: {
-      amount: formatCredits(taken),
-      type: 'PAID',
-      source,
-      expiresAt: expiresAt?.toISOString() ?? null,
-      reference: payment.id,
-      idempotencyKey,
-      reason: `dispute ${disputeRef} of payment ${payment.id} won (charge ${event.providerRef}, event ${event.eventId}): the credit the dispute took back is given back`,
-    },
-  });
+  await auditGrantCreated(tx, actor, atx.accountId, given.grantId, grant, `dispute ${disputeRef} of payment ${payment.id} won (charge ${event.providerRef}, event ${event.eventId}): the credit the dispute took back is given back`);
   return { ...base, won: { grantId: given.grantId, restoredMicroCredits: taken, notRestored: null, disputeVoidedMicroCredits } };
 }
 

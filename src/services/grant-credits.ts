@@ -3,8 +3,8 @@
  * (account, idempotencyKey). The new credit first repays any debt (DEBT_REPAY entry), the rest
  * stays in the batch.
  */
-import { withTransaction } from '../db/pg.js';
-import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
+import { withTransaction, type Tx } from '../db/pg.js';
+import { actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { CreditType } from '../ledger/drawdown.js';
 import { AccountTx } from './account-tx.js';
@@ -138,6 +138,30 @@ export async function applyGrant(
 }
 
 /**
+ * Records `grant.created` in the audit trail for the grant `grantId` made by `cmd` (its amount as
+ * a decimal credit string, type, source, expiry, reference and key), with an optional `reason`
+ * (the engine's own grants say why they were made: a partial refund's rest, a won dispute's
+ * give-back; services/charge-reversal.ts). Call it only when the grant was made, not replayed.
+ */
+export async function auditGrantCreated(tx: Tx, actor: AuditActor, accountId: string, grantId: string, cmd: Omit<GrantCommand, 'accountId'>, reason?: string): Promise<void> {
+  await recordAuditEvent(tx, actor, {
+    action: 'grant.created',
+    accountId,
+    subjectType: 'grant',
+    subjectId: grantId,
+    details: {
+      amount: formatCredits(cmd.amountMicroCredits),
+      type: cmd.type,
+      source: cmd.source,
+      expiresAt: cmd.expiresAt?.toISOString() ?? null,
+      reference: cmd.reference,
+      idempotencyKey: cmd.idempotencyKey,
+      ...(reason === undefined ? {} : { reason }),
+    },
+  });
+}
+
+/**
  * Grants credit to an account in one transaction: the client's grant (the grantCredits
  * mutation). Its idempotency key may not have a form the engine keeps for its own grants
  * (src/ledger/grant-keys.ts): they share the (account, key) unique key, and a client grant under
@@ -154,22 +178,7 @@ export async function grantCredits(ctx: ServiceContext, cmd: GrantCommand): Prom
     const { accountId: _ignored, ...rest } = cmd;
     const result = await applyGrant(atx, rest);
     // Audited only when this call granted: a replay of the same key changed nothing.
-    if (!result.replayed) {
-      await recordAuditEvent(tx, actorOf(ctx), {
-        action: 'grant.created',
-        accountId: cmd.accountId,
-        subjectType: 'grant',
-        subjectId: result.grantId,
-        details: {
-          amount: formatCredits(cmd.amountMicroCredits),
-          type: cmd.type,
-          source: cmd.source,
-          expiresAt: cmd.expiresAt?.toISOString() ?? null,
-          reference: cmd.reference,
-          idempotencyKey: cmd.idempotencyKey,
-        },
-      });
-    }
+    if (!result.replayed) await auditGrantCreated(tx, actorOf(ctx), cmd.accountId, result.grantId, rest);
     await atx.finish();
     return result;
   });
