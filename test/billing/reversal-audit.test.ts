@@ -8,14 +8,12 @@
  * request's id, and a reason that names the payment and the refund or dispute.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomUUID } from 'node:crypto';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, ok, uniq } from '../api/helpers.js';
-import { SET_AUTO_TOP_UP, attachMethod, createPack, startServerWithOwnQueues, type QueuedServer } from './billing-helpers.js';
+import { SET_AUTO_TOP_UP, attachMethod, createPack, type QueuedServer } from './billing-helpers.js';
+import { PURCHASE, hookUrl, newDu, newPi, startStripeServer } from './reversal-helpers.js';
 import { API_ERROR_ANSWER, intentAnswer, paymentIntent, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
 
-const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: 'whsec_creditpool' };
-const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
 const AUDIT = `query($accountId: ID) { auditEvents(accountId: $accountId, first: 50) {
   edges { node { actorKind actorKeyId actorName action subjectType subjectId requestId details } }
 } }`;
@@ -25,8 +23,7 @@ let main: QueuedServer;
 
 beforeAll(async () => {
   fake = await startFakeStripe();
-  main = await startServerWithOwnQueues(STRIPE_ENV);
-  main.srv.services.payments = fake.provider();
+  main = await startStripeServer(fake);
 });
 
 afterAll(async () => {
@@ -34,8 +31,6 @@ afterAll(async () => {
   await fake?.close();
 });
 
-const hookUrl = (srv: TestServer) => srv.url.replace(/\/graphql$/, '/webhooks/stripe');
-const newPi = () => `pi_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
 
 /** An account with auto top-up on that bought a pack of 40 credits for $4, charged by Stripe as PaymentIntent `pi`. */
 async function boughtPack(srv: TestServer) {
@@ -72,7 +67,7 @@ describe('the audit trail of refunds and disputes', () => {
   it('a dispute (void and pause) and its win (give-back) are there, by the Stripe webhook, naming the payment and the dispute', async () => {
     const { srv } = main;
     const { accountId, pi, paymentId, grantId } = await boughtPack(srv);
-    const du = `du_${randomUUID().replaceAll('-', '').slice(0, 24)}`;
+    const du = newDu();
     const before = (await trail(srv, accountId)).length;
     expect(await post(srv, 'charge.dispute.created', dispute(pi, du, 'needs_response'))).toBe('reversed');
     expect(await post(srv, 'charge.dispute.closed', dispute(pi, du, 'won'))).toBe('restored');
