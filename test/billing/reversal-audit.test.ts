@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, ok, uniq } from '../api/helpers.js';
 import { SET_AUTO_TOP_UP, attachMethod, createPack, type QueuedServer } from './billing-helpers.js';
-import { PURCHASE, hookUrl, newDu, newPi, startStripeServer } from './reversal-helpers.js';
-import { API_ERROR_ANSWER, intentAnswer, paymentIntent, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { PURCHASE, boughtPack, newDu, newPi, post, startStripeServer } from './reversal-helpers.js';
+import { API_ERROR_ANSWER, paymentIntent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
 
 const AUDIT = `query($accountId: ID) { auditEvents(accountId: $accountId, first: 50) {
   edges { node { actorKind actorKeyId actorName action subjectType subjectId requestId details } }
@@ -32,25 +32,15 @@ afterAll(async () => {
 });
 
 
-/** An account with auto top-up on that bought a pack of 40 credits for $4, charged by Stripe as PaymentIntent `pi`. */
-async function boughtPack(srv: TestServer) {
-  const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-  const accountId = await apiAccount(srv);
-  await attachMethod(srv, accountId, 'pm_card_visa');
-  const pi = newPi();
-  fake.planned.push(intentAnswer('succeeded', pi, { amount: 400 }));
-  const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
-  const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-  return { accountId, pi, paymentId: rows[0].id as string, grantId: dbId(bought.id) };
+/** An account with auto top-up on that bought a pack of 40 credits for $4 (reversal-helpers boughtPack), charged by Stripe as PaymentIntent `pi`. */
+async function boughtPackWithAutoTopUp(srv: TestServer) {
+  const bought = await boughtPack(srv, fake);
+  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId: bought.accountId, enabled: true, thresholdCredits: '5', packId: bought.pack.id } }));
+  return bought;
 }
 
-/** Posts a signed Stripe event; returns its `result`. */
-async function post(srv: TestServer, type: string, object: Record<string, unknown>): Promise<string> {
-  const r = await postStripeEvent(hookUrl(srv), JSON.stringify(stripeEvent(type, object)));
-  expect(r.status).toBe(200);
-  return r.body.result as string;
-}
+/** Posts a signed Stripe event of `type` carrying `object`; returns its `result` (reversal-helpers post). */
+const postEvent = (srv: TestServer, type: string, object: Record<string, unknown>) => post(srv, JSON.stringify(stripeEvent(type, object)));
 
 const dispute = (pi: string, id: string, status: string) => ({ id, object: 'dispute', charge: `ch_${pi.slice(3)}`, payment_intent: pi, amount: 400, currency: 'usd', livemode: false, status });
 
@@ -66,11 +56,11 @@ const byStripeWebhook = { actorKind: 'SYSTEM', actorKeyId: null, actorName: 'str
 describe('the audit trail of refunds and disputes', () => {
   it('a dispute (void and pause) and its win (give-back) are there, by the Stripe webhook, naming the payment and the dispute', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv);
+    const { accountId, pi, paymentId, grantId } = await boughtPackWithAutoTopUp(srv);
     const du = newDu();
     const before = (await trail(srv, accountId)).length;
-    expect(await post(srv, 'charge.dispute.created', dispute(pi, du, 'needs_response'))).toBe('reversed');
-    expect(await post(srv, 'charge.dispute.closed', dispute(pi, du, 'won'))).toBe('restored');
+    expect(await postEvent(srv, 'charge.dispute.created', dispute(pi, du, 'needs_response'))).toBe('reversed');
+    expect(await postEvent(srv, 'charge.dispute.closed', dispute(pi, du, 'won'))).toBe('restored');
     const { rows } = await srv.services.pool.query('SELECT dispute_won_grant_id FROM payments WHERE id = $1', [paymentId]);
     const webhookRows = (await trail(srv, accountId)).slice(before);
     expect(webhookRows).toEqual([
@@ -103,10 +93,10 @@ describe('the audit trail of refunds and disputes', () => {
 
   it('a partial refund (void of the pack, grant of its rest) and then the full refund (void of that rest, pause) are there, by the Stripe webhook, naming the payment and the refund', async () => {
     const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv);
+    const { accountId, pi, paymentId, grantId } = await boughtPackWithAutoTopUp(srv);
     const charge = (refunded: number) => ({ id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 400, amount_refunded: refunded, currency: 'usd', livemode: false, metadata: {} });
     const before = (await trail(srv, accountId)).length;
-    expect(await post(srv, 'charge.refunded', charge(100))).toBe('reversed'); // a quarter: 10 of the 40 credits
+    expect(await postEvent(srv, 'charge.refunded', charge(100))).toBe('reversed'); // a quarter: 10 of the 40 credits
     const { rows } = await srv.services.pool.query('SELECT live_grant_id FROM payments WHERE id = $1', [paymentId]);
     const restGrantId = rows[0].live_grant_id as string;
     expect(restGrantId).not.toBe(grantId);
@@ -115,7 +105,7 @@ describe('the audit trail of refunds and disputes', () => {
       { ...byStripeWebhook, action: 'grant.voided', subjectType: 'grant', subjectId: grantId, details: expect.objectContaining({ voidedAmount: '40', reason: expect.stringContaining(paymentId) }) },
       { ...byStripeWebhook, action: 'grant.created', subjectType: 'grant', subjectId: restGrantId, details: expect.objectContaining({ amount: '30', type: 'PAID', source: 'PURCHASE', reference: paymentId }) },
     ]);
-    expect(await post(srv, 'charge.refunded', charge(400))).toBe('reversed');
+    expect(await postEvent(srv, 'charge.refunded', charge(400))).toBe('reversed');
     expect((await trail(srv, accountId)).slice(afterPartial.length)).toEqual([
       { ...byStripeWebhook, action: 'auto_top_up.updated', subjectType: 'auto_top_up', subjectId: dbId(accountId), details: { enabled: false, reason: `refund: payment ${paymentId} was refunded in full` } },
       {
@@ -137,10 +127,10 @@ describe('the audit trail of refunds and disputes', () => {
     const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE account_id = $1', [dbId(accountId)]);
     const paymentId = rows[0].id as string;
     const pi = newPi();
-    expect(await post(srv, 'charge.refunded', { id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 400, amount_refunded: 400, currency: 'usd', livemode: false, metadata: {} })).toBe('kept');
+    expect(await postEvent(srv, 'charge.refunded', { id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 400, amount_refunded: 400, currency: 'usd', livemode: false, metadata: {} })).toBe('kept');
     const before = (await trail(srv, accountId)).length;
     const settled = paymentIntent('succeeded', pi, { amount: 400, metadata: { paymentId, packId: pack.id, purpose: 'PURCHASE', accountId: dbId(accountId) } });
-    expect(await post(srv, 'payment_intent.succeeded', settled)).toBe('settled');
+    expect(await postEvent(srv, 'payment_intent.succeeded', settled)).toBe('settled');
     const written = (await trail(srv, accountId)).slice(before);
     expect(written.find((r) => r.action === 'grant.voided')).toMatchObject({ ...byStripeWebhook, details: expect.objectContaining({ voidedAmount: '40' }) });
   });
