@@ -130,11 +130,22 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
       );
       return;
     }
+    // The services as they are now, logging (late successes, mismatches) to this server's log when
+    // they have no log of their own; the audit trail names the webhook (and this request) as who
+    // settled a payment or took back or gave back credit.
+    const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log, actor: stripeWebhookActor(requestId) };
+    /** Answers an error no branch handled: masked (logged with the request id), 503 when the database is unavailable (Stripe delivers again), else 500. */
+    const answerFailure = (err: unknown): void => {
+      const masked = maskError(err, requestId, (e) => log.error({ err: e, requestId, eventId: event.id }, 'stripe webhook: unexpected error'), {
+        publicAudience: false,
+        onUnavailable: (e) => log.warn({ err: e, requestId, eventId: event.id }, 'stripe webhook: database unavailable; answered 503 so Stripe delivers the event again'),
+      });
+      const code = masked.extensions.code as string;
+      answer(res, code === 'UNAVAILABLE' ? 503 : 500, errorBody(masked.message, { code, requestId }));
+    };
     const reversal = reversalEventOf(event);
     if (reversal) {
       try {
-        // The audit trail names the webhook (and this request) as who took back or gave back credit.
-        const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log, actor: stripeWebhookActor(requestId) };
         const done = await applyReversalEvent(services, reversal, (testMode) => deps.chargeLivemode(testMode));
         log.info(
           { requestId, eventId: event.id, eventType: event.type, result: done.result, paymentId: done.paymentId, voidedMicroCredits: done.voidedMicroCredits.toString() },
@@ -148,12 +159,7 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
           answer(res, 503, errorBody('The event cannot be applied now; deliver it again later.', { code: 'UNAVAILABLE', reason: 'BALANCE_LIMIT', requestId }));
           return;
         }
-        const masked = maskError(err, requestId, (e) => log.error({ err: e, requestId, eventId: event.id }, 'stripe webhook: unexpected error'), {
-          publicAudience: false,
-          onUnavailable: (e) => log.warn({ err: e, requestId, eventId: event.id }, 'stripe webhook: database unavailable; answered 503 so Stripe delivers the event again'),
-        });
-        const code = masked.extensions.code as string;
-        answer(res, code === 'UNAVAILABLE' ? 503 : 500, errorBody(masked.message, { code, requestId }));
+        answerFailure(err);
       }
       return;
     }
@@ -164,8 +170,6 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
       return;
     }
     try {
-      // The services as they are now, logging (late successes, mismatches) to this server's log when they have no log of their own.
-      const services: ServiceContext = { ...deps.services, log: deps.services.log ?? log, actor: stripeWebhookActor(requestId) };
       const done = await applyChargeEvent(services, chargeEvent, (testMode) => deps.chargeLivemode(testMode));
       log.info({ requestId, eventId: event.id, eventType: event.type, ...done }, 'stripe webhook: payment event applied');
       answer(res, 200, { received: true, eventId: event.id, result: done.result });
@@ -181,12 +185,7 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
       if (err instanceof LedgerError) {
         log.error({ requestId, eventId: event.id, paymentId: chargeEvent.paymentId, code: err.code, reason: err.message }, 'stripe webhook: the payment could not be settled; answered 500 so Stripe delivers the event again');
       }
-      const masked = maskError(err, requestId, (e) => log.error({ err: e, requestId, eventId: event.id }, 'stripe webhook: unexpected error'), {
-        publicAudience: false,
-        onUnavailable: (e) => log.warn({ err: e, requestId, eventId: event.id }, 'stripe webhook: database unavailable; answered 503 so Stripe delivers the event again'),
-      });
-      const code = masked.extensions.code as string;
-      answer(res, code === 'UNAVAILABLE' ? 503 : 500, errorBody(masked.message, { code, requestId }));
+      answerFailure(err);
     }
   };
   return (req, res, requestId) => {
