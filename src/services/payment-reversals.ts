@@ -62,7 +62,7 @@
  *   recorded once, and the grant is taken back once whichever comes first (refund after
  *   dispute, dispute after refund: `unchanged`).
  */
-import { SYSTEM_ACTOR, type AuditActor } from '../audit/audit-log.js';
+import { actorOf, type AuditActor } from '../audit/audit-log.js';
 import { withTransaction } from '../db/pg.js';
 import type pg from 'pg';
 import type { ChargeReversalEvent } from '../payments/provider.js';
@@ -125,7 +125,7 @@ export async function applyReversalEvent(
       ctx.log?.error({ ...context, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose, mismatch }, "payment reversal: the charge is not this payment's; ignored");
       return { result: 'mismatch', paymentId: payment.id, voidedMicroCredits: 0n };
     }
-    const actor: AuditActor = ctx.actor ?? SYSTEM_ACTOR;
+    const actor: AuditActor = actorOf(ctx);
     const done = await withTransaction(ctx.pool, async (tx) => {
       const atx = await AccountTx.lock(tx, payment.accountId, ctx.clock());
       const applied = await applyReversalLocked(atx, actor, payment, event);
