@@ -41,7 +41,7 @@ import { LedgerError } from '../ledger/errors.js';
 import { AccountTx, type ChargeState } from './account-tx.js';
 import type { Clock } from './context.js';
 import type { UsageCommand } from './usage-command.js';
-import { readChargeStates, subjectKeys, type CarriedDecisions, type ChargeResult, type GroupItem, type HoldOpItem, type ItemOutcome, type Pricer } from './record-usage.js';
+import { readChargeStates, remainingOf, subjectKeys, type CarriedDecisions, type ChargeResult, type GroupItem, type HoldOpItem, type ItemOutcome, type Pricer } from './record-usage.js';
 
 /** The charge function of record-usage.ts (`applyCharge`; injected, so tests can put in one that fails). */
 export type ApplyCharge = (atx: AccountTx, cmd: UsageCommand, price: Pricer) => Promise<ChargeResult>;
@@ -305,7 +305,7 @@ export class GroupCommitter {
           const state: ChargeState = {
             now: atx.now,
             batches,
-            spendableMicroCredits: complete ? batches.reduce((sum, b) => sum + b.remainingMicroCredits, 0n) : d.spendableMicroCredits,
+            spendableMicroCredits: complete ? remainingOf(batches) : d.spendableMicroCredits,
             batchesComplete: complete,
             earliestExpiryAt: d.earliestExpiryAt,
             reservedMicroCredits: 0n,

@@ -222,7 +222,7 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
 }
 
 /** The credit left in `batches` (micro-credits). */
-function remainingOf(batches: readonly LoadedBatch[]): bigint {
+export function remainingOf(batches: readonly LoadedBatch[]): bigint {
   let sum = 0n;
   for (const b of batches) sum += b.remainingMicroCredits;
   return sum;
