@@ -17,6 +17,7 @@ import { releaseReservation } from '../../src/services/release-reservation.js';
 import { extendReservation } from '../../src/services/extend-reservation.js';
 import { expireDue } from '../../src/services/expire-due.js';
 import { voidGrant } from '../../src/services/void-grant.js';
+import { refundUsage } from '../../src/services/refund-usage.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { setSpendingBudget, listBudgets } from '../../src/services/spending-budgets.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
@@ -47,6 +48,42 @@ async function entriesOf(accountId: string) {
 async function holdRow(id: string) {
   const { rows } = await s.pool.query('SELECT status, amount_micro_credits::text AS amount, consumed_micro_credits::text AS consumed, expires_at FROM reservations WHERE id = $1', [id]);
   return rows[0] as { status: string; amount: string; consumed: string; expires_at: Date };
+}
+
+/**
+ * Every hold of the account agrees with its ledger: consumed = the cost of its usage events, one
+ * RESERVE of its amount, and once closed one RELEASE of max(amount - consumed, 0) (none while
+ * ACTIVE); each entry's balanceAfter is the previous one moved by the entries that change the total.
+ */
+async function expectHoldsAgree(accountId: string) {
+  const { rows } = await s.pool.query(
+    `SELECT r.id, r.status, r.amount_micro_credits::text AS amount, r.consumed_micro_credits::text AS consumed,
+            (SELECT COALESCE(SUM(cost_micro_credits), 0)::text FROM usage_events u WHERE u.reservation_id = r.id) AS captured,
+            (SELECT COALESCE(SUM(amount_micro_credits), 0)::text FROM ledger_entries l WHERE l.reservation_id = r.id AND l.type = 'RESERVE') AS reserved,
+            (SELECT COALESCE(SUM(-amount_micro_credits), 0)::text FROM ledger_entries l WHERE l.reservation_id = r.id AND l.type = 'RELEASE') AS released,
+            (SELECT COUNT(*)::int FROM ledger_entries l WHERE l.reservation_id = r.id AND l.type = 'RELEASE') AS releases
+       FROM reservations r WHERE r.account_id = $1`,
+    [accountId],
+  );
+  for (const r of rows) {
+    const left = BigInt(r.amount) - BigInt(r.consumed);
+    expect({ id: r.id, consumed: r.consumed, reserved: r.reserved, released: r.released, releases: r.releases }).toEqual({
+      id: r.id,
+      consumed: r.captured,
+      reserved: r.amount,
+      released: r.status === 'ACTIVE' || left <= 0n ? '0' : left.toString(),
+      releases: r.status === 'ACTIVE' || left <= 0n ? 0 : 1,
+    });
+  }
+  const { rows: entries } = await s.pool.query(
+    `SELECT type, amount_micro_credits::text AS amount, balance_after_micro_credits::text AS after FROM ledger_entries WHERE account_id = $1 ORDER BY seq`,
+    [accountId],
+  );
+  let total = 0n;
+  for (const e of entries) {
+    if (e.type !== 'RESERVE' && e.type !== 'RELEASE') total += BigInt(e.amount);
+    if (e.after !== null) expect(`${e.type} ${e.amount} -> ${e.after}`).toBe(`${e.type} ${e.amount} -> ${total}`);
+  }
 }
 
 async function countOf(sql: string, params: unknown[]): Promise<number> {
@@ -98,6 +135,31 @@ for (const path of ['naive', 'group'] as const) {
         { type: 'PAID', sum: credits(5).toString() },
       ]);
       await expectLedgerInvariant(s.pool, accountId, T0);
+      await expectHoldsAgree(accountId);
+    });
+
+    it('one hot account: 30 captures against a hold, 10 more holds and the settle at once: consumed, releases and balanceAfter agree', async () => {
+      s.setNow(T0);
+      const c = ctx();
+      const accountId = await createFundedAccount(s, { free: 4, paid: 30 });
+      const { reservationId } = await reserveCredits(c, { accountId, amountMicroCredits: credits(10), ttlSeconds: 600, idempotencyKey: 'h' });
+      const ops: Promise<unknown>[] = [];
+      for (let i = 0; i < 30; i++) ops.push(recordUsage(c, units(accountId, `p${i}`, 1, reservationId)));
+      for (let i = 0; i < 10; i++) ops.push(reserveCredits(c, { accountId, amountMicroCredits: credits(3), ttlSeconds: 600, idempotencyKey: `h${i}` }));
+      ops.push(settleReservation(c, reservationId, []));
+      for (let i = 0; i < 5; i++) ops.push(recordUsage(c, units(accountId, `q${i}`, 2, reservationId)));
+      const codes = (await Promise.allSettled(ops)).map(settledCode);
+      expect(codes.filter((x) => x !== 'OK' && x !== 'RESERVATION_NOT_ACTIVE' && x !== 'INSUFFICIENT_CREDITS')).toEqual([]);
+      await expectLedgerInvariant(s.pool, accountId, T0);
+      await expectHoldsAgree(accountId);
+      for (let i = 0; i < 10; i++) await reserveCredits(c, { accountId, amountMicroCredits: credits(3), ttlSeconds: 600, idempotencyKey: `h${i}` }).then(
+        (r) => releaseReservation(c, r.reservationId),
+        () => undefined,
+      );
+      await expectHoldsAgree(accountId);
+      const b = await expectLedgerInvariant(s.pool, accountId, T0);
+      await expectHoldsAgree(accountId);
+      expect(b.reservedMicroCredits).toBe(0n);
     });
 
     it('a settle racing the expiry sweep past expiresAt: the settle is refused, the hold is released once', async () => {
@@ -119,6 +181,7 @@ for (const path of ['naive', 'group'] as const) {
       expect(await countOf(`SELECT COUNT(*)::int AS n FROM ledger_entries WHERE reservation_id = $1 AND type = 'RELEASE'`, [reservationId])).toBe(1);
       expect(await countOf(`SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1 AND idempotency_key = 'final'`, [accountId])).toBe(0);
       const b = await expectLedgerInvariant(s.pool, accountId, at(60_000));
+      await expectHoldsAgree(accountId);
       expect([b.totalMicroCredits, b.reservedMicroCredits]).toEqual([credits(9), 0n]);
       // Settling, extending or capturing an expired hold stays refused; releasing it again changes nothing.
       await expect(settleReservation(c, reservationId, [])).rejects.toMatchObject({ code: 'RESERVATION_NOT_ACTIVE' });
@@ -137,6 +200,7 @@ for (const path of ['naive', 'group'] as const) {
       expect(outcomes).toEqual(status === 'SETTLED' ? ['OK', 'RESERVATION_NOT_ACTIVE'] : ['RESERVATION_NOT_ACTIVE', 'OK']);
       expect(await countOf(`SELECT COUNT(*)::int AS n FROM ledger_entries WHERE reservation_id = $1 AND type = 'RELEASE'`, [reservationId])).toBe(1);
       await expectLedgerInvariant(s.pool, accountId, T0);
+      await expectHoldsAgree(accountId);
     });
 
     it('a hold key reused with other input is IDEMPOTENCY_CONFLICT and changes nothing; the same input replays', async () => {
@@ -162,6 +226,7 @@ for (const path of ['naive', 'group'] as const) {
       await expect(settleReservation(c, first.reservationId, [units(accountId, 'more', 1)])).rejects.toMatchObject({ code: 'RESERVATION_NOT_ACTIVE' });
       expect(await countOf('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId])).toBe(2);
       const b = await expectLedgerInvariant(s.pool, accountId, T0);
+      await expectHoldsAgree(accountId);
       expect([b.totalMicroCredits, b.reservedMicroCredits]).toEqual([credits(8), 0n]);
     });
 
@@ -195,6 +260,7 @@ for (const path of ['naive', 'group'] as const) {
       await extendReservation(c, reservationId, MAX_RESERVATION_TTL_SECONDS);
       expect((await holdRow(reservationId)).expires_at.getTime()).toBe(at(MAX_RESERVATION_TTL_SECONDS * 1000).getTime());
       await expectLedgerInvariant(s.pool, accountId, T0);
+      await expectHoldsAgree(accountId);
     });
 
     it('credit that expires or is voided while held: the hold stays; its captures beyond the credit left become debt', async () => {
@@ -212,7 +278,41 @@ for (const path of ['naive', 'group'] as const) {
       await expect(recordUsage(c, units(accountId, 'no-hold', 1))).rejects.toMatchObject({ code: 'INSUFFICIENT_CREDITS' });
       await settleReservation(c, reservationId, [units(accountId, 'final', 2)]);
       b = await expectLedgerInvariant(s.pool, accountId, at(60_000));
+      await expectHoldsAgree(accountId);
       expect([b.totalMicroCredits, b.debtMicroCredits, b.reservedMicroCredits]).toEqual([-credits(2), credits(2), 0n]);
+    });
+
+    it('one settle naming a key twice: the same input records it once, other input refuses the whole settle', async () => {
+      s.setNow(T0);
+      const c = ctx();
+      const accountId = await createFundedAccount(s, { paid: 10 });
+      const a = await reserveCredits(c, { accountId, amountMicroCredits: credits(4), ttlSeconds: 600, idempotencyKey: 'a' });
+      await expect(settleReservation(c, a.reservationId, [units(accountId, 'x', 1), units(accountId, 'y', 1), units(accountId, 'x', 2)])).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
+      expect(await holdRow(a.reservationId)).toMatchObject({ status: 'ACTIVE', consumed: '0' });
+      expect(await countOf('SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1', [accountId])).toBe(0);
+      await settleReservation(c, a.reservationId, [units(accountId, 'x', 1), units(accountId, 'x', 1)]);
+      expect(await holdRow(a.reservationId)).toMatchObject({ status: 'SETTLED', consumed: credits(1).toString() });
+      const tooMany = Array.from({ length: 101 }, (_, i) => units(accountId, `m${i}`, 1));
+      const b = await reserveCredits(c, { accountId, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'b' });
+      await expect(settleReservation(c, b.reservationId, tooMany)).rejects.toMatchObject({ code: 'BAD_USER_INPUT' });
+      const bal = await expectLedgerInvariant(s.pool, accountId, T0);
+      expect([bal.totalMicroCredits, bal.reservedMicroCredits]).toEqual([credits(9), credits(1)]);
+      await expectHoldsAgree(accountId);
+    });
+
+    it('a capture refunded while its hold is open: the settle releases only what was not captured, the refund gives the rest back', async () => {
+      s.setNow(T0);
+      const c = ctx();
+      const accountId = await createFundedAccount(s, { paid: 10 });
+      const { reservationId } = await reserveCredits(c, { accountId, amountMicroCredits: credits(6), ttlSeconds: 600, idempotencyKey: 'h' });
+      const ev = await recordUsage(c, units(accountId, 'p', 4, reservationId));
+      await refundUsage(s, ev.eventId, 'bad answer');
+      let b = await readBalance(s.pool, accountId, T0);
+      expect([b.totalMicroCredits, b.reservedMicroCredits, b.availableMicroCredits]).toEqual([credits(10), credits(2), credits(8)]);
+      await settleReservation(c, reservationId, [units(accountId, 'final', 1)]);
+      b = await expectLedgerInvariant(s.pool, accountId, T0);
+      expect([b.totalMicroCredits, b.reservedMicroCredits]).toEqual([credits(9), 0n]);
+      await expectHoldsAgree(accountId);
     });
 
     it("an agent's hold counts against its budget while it holds; its settle counts the captured usage once", async () => {
@@ -230,6 +330,7 @@ for (const path of ['naive', 'group'] as const) {
       await recordUsage(c, { ...units(accountId, 'after', 7), agentId: 'bot' });
       await expect(recordUsage(c, { ...units(accountId, 'over', 1), agentId: 'bot' })).rejects.toMatchObject({ code: 'BUDGET_EXCEEDED' });
       await expectLedgerInvariant(s.pool, accountId, T0);
+      await expectHoldsAgree(accountId);
     });
   });
 }
