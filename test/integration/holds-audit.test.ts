@@ -168,7 +168,14 @@ for (const path of ['naive', 'group'] as const) {
       const accountId = await createFundedAccount(s, { paid: 10 });
       const { reservationId } = await reserveCredits(c, { accountId, amountMicroCredits: credits(6), ttlSeconds: 60, idempotencyKey: 'h' });
       await recordUsage(c, units(accountId, 'p', 1, reservationId));
-      s.setNow(at(60_000));
+      s.setNow(at(59_999));
+      await extendReservation(c, reservationId, 1); // 1 ms before expiresAt it still holds: expiresAt = 60_999
+      s.setNow(at(60_999));
+      // At expiresAt exactly, before any expiry job: no longer holding.
+      await expect(settleReservation(c, reservationId, [units(accountId, 'final', 2)])).rejects.toMatchObject({ code: 'RESERVATION_NOT_ACTIVE' });
+      await expect(recordUsage(c, units(accountId, 'late', 1, reservationId))).rejects.toMatchObject({ code: 'RESERVATION_NOT_ACTIVE' });
+      await expect(settleReservation(c, reservationId, [])).rejects.toMatchObject({ code: 'RESERVATION_NOT_ACTIVE' });
+      expect((await readBalance(s.pool, accountId, at(60_999))).reservedMicroCredits).toBe(0n);
       const outcomes = await Promise.allSettled([
         settleReservation(c, reservationId, [units(accountId, 'final', 2)]),
         expireDue(c, accountId),
@@ -180,7 +187,7 @@ for (const path of ['naive', 'group'] as const) {
       expect(await holdRow(reservationId)).toMatchObject({ status: 'EXPIRED', consumed: credits(1).toString() });
       expect(await countOf(`SELECT COUNT(*)::int AS n FROM ledger_entries WHERE reservation_id = $1 AND type = 'RELEASE'`, [reservationId])).toBe(1);
       expect(await countOf(`SELECT COUNT(*)::int AS n FROM usage_events WHERE account_id = $1 AND idempotency_key = 'final'`, [accountId])).toBe(0);
-      const b = await expectLedgerInvariant(s.pool, accountId, at(60_000));
+      const b = await expectLedgerInvariant(s.pool, accountId, at(60_999));
       await expectHoldsAgree(accountId);
       expect([b.totalMicroCredits, b.reservedMicroCredits]).toEqual([credits(9), 0n]);
       // Settling, extending or capturing an expired hold stays refused; releasing it again changes nothing.
