@@ -22,7 +22,10 @@
  * writes or of lock waits on the account: each process remembers, per (account, period), that
  * the alert is recorded, or the balance version at which nothing was due, and skips refusals it
  * already answered (DepletionAlerts, bounded). Refusals in several processes at once race to one
- * alert through the unique key.
+ * alert through the unique key. Whether 0 is a threshold is not part of what is remembered: a
+ * settings save moves no balance version (the thresholds are platform-wide), so it is read from
+ * the process's cached settings at each refusal; 0 added mid-period gives a refused account its
+ * notice at its next refusal (within the settings cache's ttl in other processes).
  */
 import { withTransaction } from '../db/pg.js';
 import type { LedgerError } from '../ledger/errors.js';
@@ -108,10 +111,12 @@ export class DepletionAlerts {
   }
 
   /**
-   * Raises the depletion notice for `refusal` unless this process knows it is recorded, knows
-   * nothing was due at the refusal's balance version (or later), or is already checking (then it
-   * waits for that check). Never rejects: a failure is logged (`ctx.log`) and forgotten, so a
-   * later refusal tries again.
+   * Raises the depletion notice for `refusal` unless this process knows it is recorded, 0 is not
+   * one of the alert thresholds in the settings it holds (`ctx.pricing.settings()`: at most its
+   * ttl old, 1 s in src/main.ts, and re-read at once after a save in this process), knows nothing
+   * was due at the refusal's balance version (or later) while 0 was a threshold, or is already
+   * checking (then it waits for that check). Never rejects: a failure is logged (`ctx.log`) and
+   * forgotten, so a later refusal tries again.
    */
   answer(ctx: ServiceContext, refusal: CreditRefusal): Promise<void> {
     const key = refusalKey(refusal);
@@ -119,10 +124,39 @@ export class DepletionAlerts {
     if (known) {
       if ('raised' in known) return Promise.resolve();
       if ('pending' in known) return known.pending;
-      if (refusal.version <= known.nothingAtVersion && refusal.neededMicroCredits >= known.neededAtLeast) return Promise.resolve();
     }
+    // Whether 0 is a threshold comes from the settings the process holds (ctx.pricing: reused for
+    // at most its ttl, dropped by a save in this process), never from what this map remembers:
+    // a settings save moves no balance version, so a verdict remembered "at a version" while 0
+    // was no threshold stayed in force after 0 was added, and an account whose refusals change
+    // nothing never got its notice from this process.
+    const checked = ctx.pricing.settings().then(
+      (settings) => {
+        if (!settings.alertThresholds.includes(0)) return;
+        const now = this.known.get(key); // another refusal may have started a check meanwhile
+        if (now) {
+          if ('raised' in now) return;
+          if ('pending' in now) return now.pending;
+          if (refusal.version <= now.nothingAtVersion && refusal.neededMicroCredits >= now.neededAtLeast) return;
+        }
+        return this.check(ctx, refusal, key);
+      },
+      (err: unknown) => {
+        ctx.log?.warn({ err: (err as Error).message, accountId: refusal.accountId }, 'could not read the alert thresholds for the depletion notice of a refused charge');
+      },
+    );
+    return checked;
+  }
+
+  /** Runs {@link raiseDepletionAlert} for `refusal` and remembers its outcome under `key`. */
+  private check(ctx: ServiceContext, refusal: CreditRefusal, key: string): Promise<void> {
     const pending = raiseDepletionAlert(ctx, refusal).then(
-      (outcome) => this.known.set(key, outcome.raised ? { raised: true } : { nothingAtVersion: outcome.version, neededAtLeast: refusal.neededMicroCredits }),
+      (outcome) => {
+        // Not armed in the database (0 removed, this process's settings not yet re-read): nothing
+        // to remember, the next refusal asks again once the settings say so.
+        if (!outcome.armed) this.known.delete(key);
+        else this.known.set(key, outcome.raised ? { raised: true } : { nothingAtVersion: outcome.version, neededAtLeast: refusal.neededMicroCredits });
+      },
       (err: unknown) => {
         this.known.delete(key);
         ctx.log?.warn({ err: (err as Error).message, accountId: refusal.accountId }, 'could not record the depletion notice (0 % credit alert) of a refused charge');
@@ -176,11 +210,12 @@ export function afterCreditRefusals(ctx: ServiceContext, errors: Iterable<unknow
  * period, the period has had credit, available credit is below what was refused and what was
  * refused is at most DEPLETION_NOTICE_MAX_REFUSED_PERCENT % of the period's credit, records the
  * alert (recordCreditAlert; ON CONFLICT DO NOTHING) with its `deliver-webhook` job.
- * @returns `raised`: the period's 0 % alert is recorded (now or before); `version`: the balance
- *   version the check saw (the refusal's when it did not lock).
+ * @returns `raised`: the period's 0 % alert is recorded (now or before); `armed`: 0 is one of the
+ *   thresholds in the database (when false nothing was checked); `version`: the balance version
+ *   the check saw (the refusal's when it did not lock).
  * @throws the database's errors.
  */
-async function raiseDepletionAlert(ctx: ServiceContext, refusal: CreditRefusal): Promise<{ raised: boolean; version: bigint }> {
+async function raiseDepletionAlert(ctx: ServiceContext, refusal: CreditRefusal): Promise<{ raised: boolean; armed: boolean; version: bigint }> {
   return withTransaction(ctx.pool, async (tx) => {
     const { rows } = await tx.query(
       `SELECT 0 = ANY(s.alert_thresholds) AS armed,
@@ -188,8 +223,8 @@ async function raiseDepletionAlert(ctx: ServiceContext, refusal: CreditRefusal):
          FROM settings s WHERE s.id = 1`,
       [refusal.accountId, refusal.periodStart],
     );
-    if (rows[0]?.raised === true) return { raised: true, version: refusal.version };
-    if (rows[0]?.armed !== true) return { raised: false, version: refusal.version };
+    if (rows[0]?.raised === true) return { raised: true, armed: true, version: refusal.version };
+    if (rows[0]?.armed !== true) return { raised: false, armed: false, version: refusal.version };
     const wallNow = ctx.clock();
     const atx = await AccountTx.lock(tx, refusal.accountId, wallNow);
     const balance = await readBalance(tx, refusal.accountId, wallNow);
@@ -198,7 +233,7 @@ async function raiseDepletionAlert(ctx: ServiceContext, refusal: CreditRefusal):
       balance.periodMicroCredits > 0n &&
       balance.availableMicroCredits < refusal.neededMicroCredits &&
       refusal.neededMicroCredits * 100n <= balance.periodMicroCredits * DEPLETION_NOTICE_MAX_REFUSED_PERCENT;
-    if (!due) return { raised: false, version: atx.versionBefore };
+    if (!due) return { raised: false, armed: true, version: atx.versionBefore };
     const alertId = await recordCreditAlert(atx, {
       threshold: 0,
       percentRemaining: balance.percentRemaining,
@@ -207,6 +242,6 @@ async function raiseDepletionAlert(ctx: ServiceContext, refusal: CreditRefusal):
     });
     if (alertId) atx.publish('job', webhookJob({ eventType: 'credit_alert.raised', eventId: alertId, accountId: refusal.accountId }));
     await atx.finish(); // no balance change: writes only the outbox rows, if any
-    return { raised: true, version: atx.versionBefore };
+    return { raised: true, armed: true, version: atx.versionBefore };
   });
 }

@@ -20,7 +20,11 @@ export interface SettingsPatch {
 
 /**
  * Applies a settings patch. Absent fields keep their value; welcomeBonusExpiresAfterDays may be
- * set to null (never expires).
+ * set to null (never expires). Writes nothing per account: no Balance field is derived from
+ * settings, so no balance version moves and nothing is published (README "Live updates"); new
+ * alert thresholds apply to each account at its next balance change in the period
+ * (balances_changed) and, for 0, at its next refusal for lack of credit (depletion-alerts.ts),
+ * each threshold still raised at most once per account and period.
  * @throws LedgerError BAD_USER_INPUT: creditUsdValue not in (0, 1000000], negative credits,
  *   days not in 1..3650, referral limit not in 0..1000000, thresholds not distinct ints in 0..100.
  */
