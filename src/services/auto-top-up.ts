@@ -222,6 +222,7 @@ async function recordOutcome(
   // What settlePayment applied of a refund or dispute reported before it, logged after the commit.
   const early: { payment: PaymentRow; reversals: AppliedEarlyReversal[] }[] = [];
   const result = await withTransaction(ctx.pool, async (tx) => {
+    early.length = 0; // a retried transaction (serialization failure, deadlock) logs only what its committed attempt applied
     const wallNow = ctx.clock();
     const locked = await lockTopUp(tx, topUpId, wallNow);
     if (!locked) return { topUpId, status: 'SKIPPED' as const, reason: null, settledNow: false };
