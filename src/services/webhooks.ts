@@ -30,6 +30,12 @@
  * that; 408 Request Timeout, 425 Too Early (RFC 8470) and 429 Too Many Requests (RFC 6585) ask
  * for a retry). Everything else (3xx: redirects are never followed; 5xx; timeouts; network
  * errors) is retried. Each attempt is logged either way.
+ *
+ * Secrets of the URL: the POST goes to WEBHOOK_URL whole, read from the configuration at each
+ * attempt (never from the log); what is logged, stored and thrown shows it as
+ * {@link redactWebhookUrl} does and has it taken out of error texts ({@link redactWebhookUrlIn}),
+ * since receivers commonly take their token in the path or the query. The database redacts the
+ * log's `url` column as well (migration webhook_url_redacted: webhook_url_redacted()).
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type pg from 'pg';
@@ -579,12 +585,13 @@ async function postEvent(url: string, secret: string, event: WebhookEvent, attem
  *      {@link WebhookAttemptInFlightError} (retryable) without sending or logging (the workers
  *      put the job back without spending an attempt; its next run finds the outcome);
  *      else builds the body from the database and logs this attempt as SENDING (the claim; a
- *      partial unique index allows one per event). An older SENDING row (its run stopped
+ *      partial unique index allows one per event), with the URL as {@link redactWebhookUrl} shows it. An older SENDING row (its run stopped
  *      mid-attempt) is recorded FAILED first.
  *   2. the POST, signed ({@link signWebhook}, timestamp = now), with a timeout of
  *      WEBHOOK_TIMEOUT_MS (AbortSignal.timeout), without following redirects.
  *   3. one UPDATE of the attempt's row: DELIVERED on 2xx, else FAILED with the response code and
- *      the start of the response body, or the network/timeout error. Only while the row is still
+ *      the start of the response body, or the network/timeout error, the URL's secrets taken out
+ *      ({@link redactWebhookUrlIn}; so in the log line and the thrown error too). Only while the row is still
  *      SENDING: one another run already recorded FAILED as stale stays so, and a 2xx is then
  *      logged DELIVERED in a row of its own.
  * - `opts.jobCreatedAt` (the BullMQ job's creation time): when it is before the delivery log's
