@@ -62,7 +62,7 @@ export interface FailedWebhook {
   lastAttempt: number;
   /** HTTP status of the last attempt, null when no response came (timeout, network error). */
   lastResponseCode: number | null;
-  /** Error of the last attempt (`HTTP <code>: <start of body>` or the network/timeout error). */
+  /** Error of the last attempt (`HTTP <code>: <start of body>` or the network/timeout error), WEBHOOK_URL's path and query taken out (webhooks.ts redactWebhookUrlIn; rows of earlier releases: migration webhook_url_redacted). */
   lastError: string | null;
   /** First logged attempt: about when the event was raised. */
   firstAttemptAt: Date;

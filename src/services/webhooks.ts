@@ -30,6 +30,12 @@
  * that; 408 Request Timeout, 425 Too Early (RFC 8470) and 429 Too Many Requests (RFC 6585) ask
  * for a retry). Everything else (3xx: redirects are never followed; 5xx; timeouts; network
  * errors) is retried. Each attempt is logged either way.
+ *
+ * Secrets of the URL: the POST goes to WEBHOOK_URL whole, read from the configuration at each
+ * attempt (never from the log); what is logged, stored and thrown shows it as
+ * {@link redactWebhookUrl} does and has it taken out of error texts ({@link redactWebhookUrlIn}),
+ * since receivers commonly take their token in the path or the query. The database redacts the
+ * log's `url` column as well (migration webhook_url_redacted: webhook_url_redacted()).
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type pg from 'pg';
@@ -39,7 +45,7 @@ import { LEDGER_JOB_OPTIONS, type OutboxJob } from '../queues/names.js';
 import { formatCredits } from '../ledger/credits.js';
 import { toGlobalId } from '../graphql/ids.js';
 import { PAUSE_AFTER_FAILURES } from './auto-top-up.js';
-import { redactUrlCredentials } from '../logging.js';
+import { REDACTED, redactUrlCredentials } from '../logging.js';
 
 /** The webhook event types. */
 export const WEBHOOK_EVENT_TYPES = ['credit_alert.raised', 'auto_top_up.paused'] as const;
@@ -335,17 +341,86 @@ export class WebhookAttemptInFlightError extends WebhookDeliveryError {
 /** Advisory lock namespace of deliveries ("whk1"); the key is (namespace, hashtext(event)). */
 const DELIVERY_LOCK_CLASS = 0x77686b31;
 
-/** The URL as logged: without user:password. */
-function loggedUrl(url: string): string {
+/** What {@link redactWebhookUrl} puts in place of a URL's path and query, and {@link redactWebhookUrlIn} in place of their parts. */
+export const WEBHOOK_URL_ELIDED = '…';
+
+/**
+ * Parts of WEBHOOK_URL's path and query shorter than this are not searched for on their own by
+ * {@link redactWebhookUrlIn} (the whole path and query always are): a token is longer, and
+ * replacing every `v1` or `id` of an error text would make it unreadable.
+ */
+export const WEBHOOK_URL_MIN_SECRET_PART_LENGTH = 6;
+
+/**
+ * WEBHOOK_URL as the delivery log, the log lines, job errors and `npm run webhooks` show it:
+ * `<scheme>://<host>[:<port>]/…` when the URL has a path other than `/` or a query, else
+ * `<scheme>://<host>[:<port>]/`. User:password, path, query and fragment are left out: receivers
+ * commonly take their credential in the path (Slack's `/services/T…/B…/<token>`, Zapier's
+ * `/hooks/catch/<id>/<token>`) or in the query (`?token=…`), any segment may be the token (the
+ * first one included), and the query's names may be too, so nothing of them is kept; the host
+ * (which fetch's own errors name) says which receiver it was. Deterministic: every attempt to one
+ * URL shows the same text. The delivery itself always uses the full URL from the configuration.
+ * @param url the configured URL (any text).
+ * @returns the redacted form, or `[redacted]` (REDACTED) when `url` does not parse.
+ */
+export function redactWebhookUrl(url: string): string {
+  let u: URL;
   try {
-    const u = new URL(url);
-    u.username = '';
-    u.password = '';
-    return u.toString();
+    u = new URL(url);
   } catch {
-    return url;
+    return REDACTED;
+  }
+  const bare = (u.pathname === '' || u.pathname === '/') && u.search === '';
+  return `${u.protocol}//${u.host}/${bare ? '' : WEBHOOK_URL_ELIDED}`;
+}
+
+/** Both the raw and the percent-decoded form of `part` (a receiver may echo either). */
+function withDecoded(part: string): string[] {
+  try {
+    const decoded = decodeURIComponent(part.replace(/\+/g, ' '));
+    return decoded === part ? [part] : [part, decoded];
+  } catch {
+    return [part];
   }
 }
+
+/**
+ * `text` (an attempt's error: fetch's message, or `HTTP <code>: <start of the receiver's body>`,
+ * which often echoes the request's path, e.g. Express's `Cannot POST /<path>`) with WEBHOOK_URL's
+ * secrets taken out: the URL itself (as configured and as normalized) becomes
+ * {@link redactWebhookUrl}'s form; its path with its query, its path, its query, and each path
+ * segment and query value of at least {@link WEBHOOK_URL_MIN_SECRET_PART_LENGTH} characters (raw
+ * and percent-decoded) become `…` (`/…` for a path); the user:password of any URL in it becomes
+ * `[redacted]` (src/logging.ts). Never throws.
+ */
+export function redactWebhookUrlIn(text: string, url: string): string {
+  const replacements: Array<[string, string]> = [];
+  let u: URL | null = null;
+  try {
+    u = new URL(url);
+  } catch {
+    u = null;
+  }
+  const redacted = redactWebhookUrl(url);
+  for (const whole of new Set([url, u?.href ?? url])) replacements.push([whole, redacted]);
+  if (u) {
+    const noUserinfo = new URL(u.href);
+    noUserinfo.username = '';
+    noUserinfo.password = '';
+    replacements.push([noUserinfo.href, redacted]);
+    const path = u.pathname === '/' ? '' : u.pathname;
+    for (const tail of [path + u.search, path, u.search]) for (const t of withDecoded(tail)) replacements.push([t, t.startsWith('/') ? `/${WEBHOOK_URL_ELIDED}` : WEBHOOK_URL_ELIDED]);
+    const parts = [...u.pathname.split('/'), ...u.search.replace(/^\?/, '').split('&').map((kv) => (kv.includes('=') ? kv.slice(kv.indexOf('=') + 1) : kv))];
+    for (const part of parts) for (const t of withDecoded(part)) if (t.length >= WEBHOOK_URL_MIN_SECRET_PART_LENGTH) replacements.push([t, WEBHOOK_URL_ELIDED]);
+  }
+  let out = text;
+  // Longest first, so a path is replaced whole before its segments are.
+  for (const [secret, by] of replacements.filter(([s]) => s.length > 0).sort((a, b) => b[0].length - a[0].length)) out = out.split(secret).join(by);
+  return redactUrlCredentials(out);
+}
+
+/** How much of a refusing receiver's body an attempt's error keeps (characters, after {@link redactWebhookUrlIn}). */
+const BODY_SNIPPET_CHARS = 512;
 
 /** Reads at most `max` bytes of a response body as text, then cancels the rest. Never throws. */
 async function bodySnippet(res: Response, max = 512): Promise<string> {
@@ -444,7 +519,7 @@ async function claimAttempt(pool: pg.Pool, payload: WebhookJobData, attempt: num
         const inserted = await client.query(
           `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status)
            VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, 'SENDING') RETURNING id`,
-          [payload.eventType, payload.eventId, built.accountId, loggedUrl(url), attempt],
+          [payload.eventType, payload.eventId, built.accountId, redactWebhookUrl(url), attempt],
         );
         claim = { kind: 'claimed', rowId: inserted.rows[0].id, event: built.event, accountId: built.accountId };
       }
@@ -463,7 +538,7 @@ async function claimAttempt(pool: pg.Pool, payload: WebhookJobData, attempt: num
   }
 }
 
-/** Step 2: one signed POST (timeout, no redirects followed). Never throws: the outcome is the status or the error, with the user:password of any URL in it redacted (src/logging.ts). */
+/** Step 2: one signed POST to the full `url` (timeout, no redirects followed). Never throws: the outcome is the status or the error, with the URL's secrets taken out ({@link redactWebhookUrlIn}). */
 async function postEvent(url: string, secret: string, event: WebhookEvent, attempt: number, timestampSeconds: number, timeoutMs: number): Promise<{ responseCode: number | null; error: string | null }> {
   const body = JSON.stringify(event);
   try {
@@ -485,12 +560,15 @@ async function postEvent(url: string, secret: string, event: WebhookEvent, attem
       res.body?.cancel().catch(() => undefined);
       return { responseCode: res.status, error: null };
     }
-    const snippet = (await bodySnippet(res)).trim();
-    return { responseCode: res.status, error: redactUrlCredentials(`HTTP ${res.status}${snippet ? `: ${snippet}` : ''}`) };
+    // Read past the kept length by more than the URL could take, and redact before cutting: a
+    // cut through an echoed path would keep the start of its token out of the redaction's reach.
+    const snippet = redactWebhookUrlIn(await bodySnippet(res, BODY_SNIPPET_CHARS + 4 * url.length), url).slice(0, BODY_SNIPPET_CHARS).trim();
+    return { responseCode: res.status, error: `HTTP ${res.status}${snippet ? `: ${snippet}` : ''}` };
   } catch (err) {
-    // fetch refuses a URL with user:password, naming it whole in its message: the outcome is
-    // stored in the delivery log, logged and thrown (BullMQ keeps it), so never with the password.
-    return { responseCode: null, error: redactUrlCredentials(describeFetchError(err, timeoutMs)) };
+    // fetch names the URL whole in some of its messages (one with user:password, one it cannot
+    // parse): the outcome is stored in the delivery log, logged and thrown (BullMQ keeps it), so
+    // never with the URL's secrets.
+    return { responseCode: null, error: redactWebhookUrlIn(describeFetchError(err, timeoutMs), url) };
   }
 }
 
@@ -507,12 +585,13 @@ async function postEvent(url: string, secret: string, event: WebhookEvent, attem
  *      {@link WebhookAttemptInFlightError} (retryable) without sending or logging (the workers
  *      put the job back without spending an attempt; its next run finds the outcome);
  *      else builds the body from the database and logs this attempt as SENDING (the claim; a
- *      partial unique index allows one per event). An older SENDING row (its run stopped
+ *      partial unique index allows one per event), with the URL as {@link redactWebhookUrl} shows it. An older SENDING row (its run stopped
  *      mid-attempt) is recorded FAILED first.
  *   2. the POST, signed ({@link signWebhook}, timestamp = now), with a timeout of
  *      WEBHOOK_TIMEOUT_MS (AbortSignal.timeout), without following redirects.
  *   3. one UPDATE of the attempt's row: DELIVERED on 2xx, else FAILED with the response code and
- *      the start of the response body, or the network/timeout error. Only while the row is still
+ *      the start of the response body, or the network/timeout error, the URL's secrets taken out
+ *      ({@link redactWebhookUrlIn}; so in the log line and the thrown error too). Only while the row is still
  *      SENDING: one another run already recorded FAILED as stale stays so, and a 2xx is then
  *      logged DELIVERED in a row of its own.
  * - `opts.jobCreatedAt` (the BullMQ job's creation time): when it is before the delivery log's

@@ -17,6 +17,7 @@ import { cancelSubscription, createPlan, subscribeToPlan } from '../../src/servi
 import { advanceTestClock } from '../../src/services/test-clock.js';
 import { reconcileAccount, readBalance } from '../../src/services/read-balance.js';
 import { credits } from '../../src/ledger/credits.js';
+import { redactWebhookUrl } from '../../src/services/webhooks.js';
 
 const dbs: ScratchDatabase[] = [];
 afterEach(async () => {
@@ -456,5 +457,61 @@ describe('payments of an older release (migrations payment_request, payment_last
     for (const id of [p.succeeded, p.failed]) expect(byId[id].last_sent_at).toEqual(byId[id].updated_at);
     expect(byId[p.pending].created_at).toEqual(hourAgo);
     expect(byId[p.testTopUp].created_at.getTime()).toBeLessThanOrEqual(Date.now() - 24 * 3_600_000);
+  });
+});
+
+describe('webhook delivery log of an older release (migration webhook_url_redacted)', () => {
+  it("rows keep no path nor query of WEBHOOK_URL, in the url or an error echoing it; older workers' rows are redacted as they are written", async () => {
+    const db = await scratch('webhookurl');
+    await migrateBefore(db.url, '20261215020000_webhook_url_redacted');
+    const pool = db.pool();
+    const token = 'XXXXpathToken4d1b';
+    const query = 'qsecret9f3a71';
+    // The older code stored new URL(WEBHOOK_URL).toString() without user:password.
+    const slack = `https://hooks.example.com/services/T000/B000/${token}?token=${query}&v=1`;
+    const insert = (url: string, status: string, code: number | null, error: string | null) =>
+      pool.query(
+        `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code, error)
+         VALUES (gen_random_uuid(), 'credit_alert.raised', $1, gen_random_uuid(), $2, 1, $3, $4, $5)`,
+        [randomUUID(), url, status, code, error],
+      );
+    await insert(slack, 'FAILED', 404, `HTTP 404: Cannot POST /services/T000/B000/${token}`);
+    await insert(slack, 'FAILED', 400, `HTTP 400: bad request /services/T000/B000/${token}?token=${query}&v=1 (query ?token=${query}&v=1)`);
+    await insert(slack, 'FAILED', null, `fetch failed: ${slack}`);
+    await insert('http://127.0.0.1:8080/', 'DELIVERED', 200, null);
+    await applyMigrations(db.url);
+
+    const { rows } = await pool.query('SELECT url, error FROM webhook_deliveries ORDER BY response_code NULLS FIRST');
+    expect(rows).toEqual([
+      { url: 'https://hooks.example.com/…', error: 'fetch failed: https://hooks.example.com/…' },
+      { url: 'http://127.0.0.1:8080/', error: null },
+      { url: 'https://hooks.example.com/…', error: 'HTTP 400: bad request /… (query …)' },
+      { url: 'https://hooks.example.com/…', error: 'HTTP 404: Cannot POST /…' },
+    ]);
+
+    // A worker of the older release still running during the roll writes the URL whole: the row takes it out.
+    await insert(slack, 'SENDING', null, null);
+    const sending = await pool.query(`SELECT url FROM webhook_deliveries WHERE status = 'SENDING'`);
+    expect(sending.rows).toEqual([{ url: 'https://hooks.example.com/…' }]);
+    expect(JSON.stringify((await pool.query('SELECT * FROM webhook_deliveries')).rows)).not.toMatch(new RegExp(`${token}|${query}`));
+
+    // The database's form is the code's (src/services/webhooks.ts redactWebhookUrl) for the URLs the code stores.
+    for (const url of [
+      slack,
+      'https://receiver.example',
+      'https://receiver.example/',
+      'https://receiver.example/?',
+      'https://receiver.example?token=abc',
+      'https://receiver.example/#fragment',
+      'https://receiver.example:8443/first-segment-token',
+      'https://user:pw@receiver.example/x',
+      'http://[::1]:8080/hook%20path?a=%2F',
+      'https://receiver.example/…',
+      'not a url',
+    ]) {
+      const stored = URL.canParse(url) ? new URL(url).href : url;
+      const sql = await pool.query('SELECT webhook_url_redacted($1) AS r', [stored]);
+      expect(sql.rows[0].r, stored).toBe(redactWebhookUrl(stored));
+    }
   });
 });

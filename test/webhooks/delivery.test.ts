@@ -14,7 +14,7 @@ import type { TestServices } from '../setup/services.js';
 import { processDeliverWebhook } from '../../workers/processors/deliver-webhook.js';
 import type { Env } from '../../src/config/env.js';
 import { recordUsage } from '../../src/services/record-usage.js';
-import { verifyWebhookSignature, webhookJobId, WEBHOOK_MAX_LOGGED_ATTEMPTS, WEBHOOK_SWEEP_MAX_AGE_MS, type CreditAlertEventData, type WebhookEvent } from '../../src/services/webhooks.js';
+import { redactWebhookUrl, verifyWebhookSignature, webhookJobId, WEBHOOK_MAX_LOGGED_ATTEMPTS, WEBHOOK_SWEEP_MAX_AGE_MS, type CreditAlertEventData, type WebhookEvent } from '../../src/services/webhooks.js';
 import { tryDecodeId } from '../../src/graphql/ids.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { startWebhookPipeline, type Receiver, type ReceivedWebhook, type WebhookPipeline, type collectOutcomes } from './helpers.js';
@@ -101,7 +101,7 @@ describe('credit alert webhooks', () => {
       expect(event.createdAt).toBe(data.createdAt);
       expect(Number.isNaN(Date.parse(data.periodStart))).toBe(false);
       expect(await deliveryLog(alert.id)).toEqual([
-        { event_type: 'credit_alert.raised', account_id: accountId, url: receiver.url, attempt: 1, status: 'DELIVERED', response_code: 200, error: null },
+        { event_type: 'credit_alert.raised', account_id: accountId, url: redactWebhookUrl(receiver.url), attempt: 1, status: 'DELIVERED', response_code: 200, error: null },
       ]);
     }
 
