@@ -68,3 +68,170 @@ describe("the reports' now is the account's now", () => {
     }
   });
 });
+
+/** Micro-credits of a Credits decimal string ("-1.5" -> -1500000n). */
+function micro(credits: string): bigint {
+  const neg = credits.startsWith('-');
+  const [whole, frac = ''] = (neg ? credits.slice(1) : credits).split('.');
+  const v = BigInt(whole!) * 1_000_000n + BigInt((frac + '000000').slice(0, 6));
+  return neg ? -v : v;
+}
+
+interface ListedEvent {
+  id: string;
+  occurredAt: string;
+  category: string;
+  tier: string | null;
+  model: string | null;
+  agentId: string | null;
+  userId: string | null;
+  taskId: string | null;
+  cost: string;
+  refunded: boolean;
+}
+
+const USAGE_PAGE = `query($id: ID!, $after: String, $first: Int) { account(id: $id) { usage(first: $first, after: $after) {
+  edges { cursor node { id occurredAt category tier model agentId userId taskId cost refunded } } pageInfo { hasNextPage endCursor } } } }`;
+
+/** Every event of the account, newest first, as the `usage` list pages it out (pages of `first`). */
+async function listAll(acct: string, first = 500, between?: () => Promise<void>): Promise<ListedEvent[]> {
+  const out: ListedEvent[] = [];
+  let after: string | null = null;
+  for (;;) {
+    const page: { edges: { node: ListedEvent }[]; pageInfo: { hasNextPage: boolean; endCursor: string | null } } = ok(await srv.gql(USAGE_PAGE, { id: acct, after, first })).account.usage;
+    out.push(...page.edges.map((e) => e.node));
+    if (!page.pageInfo.hasNextPage) return out;
+    after = page.pageInfo.endCursor;
+    if (between) await between();
+  }
+}
+
+const DIMS = { CATEGORY: 'category', TIER: 'tier', MODEL: 'model', AGENT: 'agentId', USER: 'userId', TASK: 'taskId' } as const;
+type Dim = keyof typeof DIMS;
+type Row = { category: string | null; tier: string | null; model: string | null; agentId: string | null; userId: string | null; taskId: string | null; credits: bigint; events: number };
+const key = (r: Omit<Row, 'credits' | 'events'>) => JSON.stringify([r.category, r.tier, r.model, r.agentId, r.userId, r.taskId]);
+const sortRows = (rows: Row[]) => rows.sort((a, b) => key(a).localeCompare(key(b)));
+
+/** The full scan: the listed events not refunded with occurredAt in [from, to), grouped by `dims`. */
+function scan(events: ListedEvent[], from: number, to: number, dims: Dim[]): Row[] {
+  const groups = new Map<string, Row>();
+  for (const e of events) {
+    const at = Date.parse(e.occurredAt);
+    if (e.refunded || at < from || at >= to) continue;
+    const g: Row = { category: null, tier: null, model: null, agentId: null, userId: null, taskId: null, credits: 0n, events: 0 };
+    for (const d of dims) g[DIMS[d]] = e[DIMS[d]];
+    const k = key(g);
+    const row = groups.get(k) ?? g;
+    row.credits += micro(e.cost);
+    row.events += 1;
+    groups.set(k, row);
+  }
+  return sortRows([...groups.values()]);
+}
+
+const fromApi = (rows: Array<Omit<Row, 'credits'> & { credits: string }>): Row[] =>
+  sortRows(rows.map((r) => ({ category: r.category, tier: r.tier, model: r.model, agentId: r.agentId, userId: r.userId, taskId: r.taskId, credits: micro(r.credits), events: r.events })));
+
+const ROW_FIELDS = 'category tier model agentId userId taskId credits events';
+
+describe('the reports equal a full scan of the listed events', () => {
+  let acct: string;
+  let events: ListedEvent[];
+  const now = new Date();
+  // UTC month starts from 14 months back to this month: events on, just before and between them.
+  const monthStarts = Array.from({ length: 15 }, (_, i) => Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 14 + i, 1));
+  const instants = [...monthStarts.flatMap((t) => [t, t - 1, t + 1, t + 3_600_000]), ...monthStarts.slice(0, -1).map((t) => t + 15 * 86_400_000 + 12_345)].filter((t) => t <= now.getTime());
+
+  beforeAll(async () => {
+    acct = await apiAccount(srv, { paid: '100000' });
+    await grant(srv, acct, '50', 'FREE');
+    const kinds: Array<Record<string, unknown>> = [
+      { category: 'unit' },
+      { category: 'unit', sku: 'half' },
+      { category: 'units', quantities: { units: '2.5' } },
+      { category: 'free' }, // cost 0, still an event
+      { category: 'llm', model: 'gpt-4o-mini', tier: 'fast', quantities: { inputTokens: 1500, outputTokens: 70 } },
+      { category: 'llm', model: 'gpt-4o-mini', tier: 'fast', byok: true, quantities: { inputTokens: 1500, outputTokens: 70 } }, // platform fee only
+      { category: 'llm', model: 'other-model', quantities: { inputTokens: 10, outputTokens: 1 } },
+      { category: 'passthrough', providerCostUsd: '0.0042' },
+    ];
+    const picks = fc.sample(
+      fc.record({
+        at: fc.constantFrom(...instants),
+        kind: fc.integer({ min: 0, max: kinds.length - 1 }),
+        agent: fc.constantFrom(null, 'agent-a', 'agent-b'),
+        user: fc.constantFrom(null, 'user-1'),
+        task: fc.constantFrom(null, 'task-x', 'task-y'),
+        refund: fc.integer({ min: 0, max: 4 }),
+      }),
+      { numRuns: 90, seed: 20261207 },
+    );
+    const inputs = picks.map((p) => ({
+      accountId: acct,
+      idempotencyKey: uniq('b'),
+      occurredAt: new Date(p.at).toISOString(),
+      agentId: p.agent,
+      userId: p.user,
+      taskId: p.task,
+      ...kinds[p.kind],
+    }));
+    const res = ok(await srv.gql(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode event { id } } }`, { inputs }));
+    const ids: string[] = res.recordUsageBatch.map((r: { errorCode: string | null; event: { id: string } | null }) => {
+      expect(r.errorCode).toBeNull();
+      return r.event!.id;
+    });
+    // Captures against a hold (one recordUsage, one settle), then now-dated events one by one.
+    const hold = ok(await srv.gql(`mutation($input: ReserveCreditsInput!) { reserveCredits(input: $input) { id } }`, { input: { accountId: acct, amount: '5', idempotencyKey: uniq('h') } })).reserveCredits.id;
+    ids.push(await record({ accountId: acct, reservationId: hold, category: 'units', quantities: { units: '1.25' }, taskId: 'task-x', occurredAt: new Date(monthStarts[13]!).toISOString() }));
+    ok(await srv.gql(`mutation($input: SettleReservationInput!) { settleReservation(input: $input) { id } }`, {
+      input: { reservationId: hold, usage: [{ accountId: acct, idempotencyKey: uniq('s'), category: 'unit', taskId: 'task-y' }] },
+    }));
+    for (let i = 0; i < 3; i++) ids.push(await record({ accountId: acct, category: 'unit', agentId: i ? 'agent-a' : null }));
+    for (const [i, id] of ids.entries()) if (picks[i]?.refund === 0 || i === ids.length - 1) ok(await srv.gql(REFUND, { id }));
+    events = await listAll(acct, 37);
+    expect(events.length).toBe(ids.length + 1);
+    expect(events.some((e) => e.refunded)).toBe(true);
+  });
+
+  it('usageSummary equals the scan for random ranges (month boundaries, whole and partial hours) and every grouping', async () => {
+    const edges = [...instants.flatMap((t) => [t - 3_600_000, t, t + 1]), now.getTime() + 60_000];
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(...edges), fc.constantFrom(...edges), fc.subarray(Object.keys(DIMS) as Dim[]), async (a, b, dims) => {
+        const from = Math.min(a, b);
+        const to = Math.max(a, b);
+        const got = ok(await srv.gql(`query($id: ID!, $from: DateTime, $to: DateTime, $g: [UsageDimension!]!) { account(id: $id) { usageSummary(from: $from, to: $to, groupBy: $g) { ${ROW_FIELDS} } } }`, {
+          id: acct, from: new Date(from).toISOString(), to: new Date(to).toISOString(), g: dims,
+        })).account.usageSummary;
+        expect(fromApi(got)).toEqual(scan(events, from, to, dims));
+      }),
+      { numRuns: 40, seed: 99 },
+    );
+  });
+
+  it('usageHistory equals the scan month by month (120 months, the most allowed), and taskCost per task', async () => {
+    const history = ok(await srv.gql(`query($id: ID!) { account(id: $id) { usageHistory(months: 120) { month total byCategory { ${ROW_FIELDS} } } } }`, { id: acct })).account.usageHistory;
+    expect(history).toHaveLength(120);
+    for (const [i, m] of history.entries()) {
+      const start = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - i, 1);
+      const end = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - i + 1, 1);
+      expect(m.month).toBe(new Date(start).toISOString().slice(0, 7));
+      const expected = scan(events, start, end, ['CATEGORY']);
+      expect(fromApi(m.byCategory)).toEqual(expected);
+      expect(micro(m.total)).toBe(expected.reduce((s, r) => s + r.credits, 0n));
+    }
+    for (const task of ['task-x', 'task-y', 'nothing']) {
+      const t = ok(await srv.gql(`query($id: ID!, $t: String!) { taskCost(accountId: $id, taskId: $t) { credits events byCategory { ${ROW_FIELDS} } } }`, { id: acct, t: task })).taskCost;
+      const mine = events.filter((e) => e.taskId === task);
+      const [total] = scan(mine, -Infinity, Infinity, []);
+      expect({ credits: micro(t.credits), events: t.events }).toEqual({ credits: total?.credits ?? 0n, events: total?.events ?? 0 });
+      expect(fromApi(t.byCategory)).toEqual(scan(mine, -Infinity, Infinity, ['CATEGORY']));
+    }
+  });
+
+  it('months outside 1..120 is BAD_USER_INPUT', async () => {
+    for (const months of [0, -1, 121]) {
+      expectError(await srv.gql(`query($id: ID!, $m: Int) { account(id: $id) { usageHistory(months: $m) { month } } }`, { id: acct, m: months }), 'BAD_USER_INPUT');
+    }
+    expect(ok(await srv.gql(`query($id: ID!) { account(id: $id) { usageHistory(months: 1) { month } } }`, { id: acct })).account.usageHistory).toHaveLength(1);
+  });
+});
