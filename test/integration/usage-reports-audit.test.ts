@@ -94,7 +94,7 @@ const USAGE_PAGE = `query($id: ID!, $after: String, $first: Int) { account(id: $
   edges { cursor node { id occurredAt category tier model agentId userId taskId cost refunded } } pageInfo { hasNextPage endCursor } } } }`;
 
 /** Every event of the account, newest first, as the `usage` list pages it out (pages of `first`). */
-async function listAll(acct: string, first = 500, between?: () => Promise<void>): Promise<ListedEvent[]> {
+async function listAll(acct: string, first = 100, between?: () => Promise<void>): Promise<ListedEvent[]> {
   const out: ListedEvent[] = [];
   let after: string | null = null;
   for (;;) {
@@ -233,5 +233,54 @@ describe('the reports equal a full scan of the listed events', () => {
       expectError(await srv.gql(`query($id: ID!, $m: Int) { account(id: $id) { usageHistory(months: $m) { month } } }`, { id: acct, m: months }), 'BAD_USER_INPUT');
     }
     expect(ok(await srv.gql(`query($id: ID!) { account(id: $id) { usageHistory(months: 1) { month } } }`, { id: acct })).account.usageHistory).toHaveLength(1);
+  });
+});
+
+describe('the usage list under concurrent inserts', () => {
+  it('pages every event that existed when paging began exactly once, newest first, while others are recorded', async () => {
+    const acct = await apiAccount(srv, { paid: '1000' });
+    const inputs = Array.from({ length: 45 }, (_, i) => ({ accountId: acct, idempotencyKey: uniq('p'), category: 'unit', agentId: i % 2 ? 'agent-a' : null }));
+    ok(await srv.gql(`mutation($inputs: [RecordUsageInput!]!) { recordUsageBatch(inputs: $inputs) { errorCode } }`, { inputs }));
+    for (let i = 0; i < 5; i++) await record({ accountId: acct, category: 'unit' });
+    const before = (await listAll(acct)).map((e) => e.id);
+    expect(before).toHaveLength(50);
+    // Page by 7 while charges are recorded in flight (each launched between pages, not awaited there).
+    const inFlight: Promise<string>[] = [];
+    const seen = (await listAll(acct, 7, async () => {
+      inFlight.push(record({ accountId: acct, category: 'unit' }), record({ accountId: acct, category: 'free' }));
+    })).map((e) => e.id);
+    const added = await Promise.all(inFlight);
+    expect(new Set(seen).size).toBe(seen.length); // no duplicates
+    expect(seen.filter((id) => before.includes(id))).toEqual(before); // none skipped, same order
+    expect(seen.every((id) => before.includes(id) || added.includes(id))).toBe(true);
+    // And afterwards one list holds them all once.
+    const after = (await listAll(acct)).map((e) => e.id);
+    expect(new Set(after)).toEqual(new Set([...before, ...added]));
+    expect(after).toHaveLength(before.length + added.length);
+  });
+});
+
+describe('tenancy of the reports', () => {
+  it("an organization member reads the pool's reports, not another member's USER account", async () => {
+    const orgExt = uniq('org');
+    const [u1, u2] = [uniq('user'), uniq('user')];
+    const org = await apiAccount(srv, { paid: '10', externalId: orgExt, kind: 'ORGANIZATION' });
+    const other = await apiAccount(srv, { paid: '10', externalId: u2, kind: 'USER' });
+    await record({ accountId: org, category: 'unit', taskId: 't', userId: u1 });
+    await record({ accountId: other, category: 'unit', taskId: 't' });
+    const now = Math.floor(Date.now() / 1000);
+    const token = await new SignJWT({ org: orgExt }).setProtectedHeader({ alg: 'HS256' }).setSubject(u1).setIssuedAt(now).setExpirationTime(now + 600).sign(new TextEncoder().encode(srv.jwtSecret));
+    const REPORTS = `query($id: ID!) { account(id: $id) { usageSummary(groupBy: [USER]) { userId credits events } usageHistory(months: 1) { total } usage(first: 5) { edges { node { id } } } }
+      taskCost(accountId: $id, taskId: "t") { credits events } }`;
+    const mine = ok(await srv.gql(REPORTS, { id: org }, token));
+    expect(mine.account.usageSummary).toEqual([{ userId: u1, credits: '1', events: 1 }]);
+    expect(mine.account.usageHistory).toEqual([{ total: '1' }]);
+    expect(mine.account.usage.edges).toHaveLength(1);
+    expect(mine.taskCost).toEqual({ credits: '1', events: 1 });
+    // Another member's USER account answers as a missing one: account null, taskCost NOT_FOUND.
+    const theirs = await srv.gql(REPORTS.replace(/\s*taskCost[^}]*}/, ''), { id: other }, token);
+    expect(ok(theirs).account).toBeNull();
+    expectError(await srv.gql(`query($id: ID!) { taskCost(accountId: $id, taskId: "t") { credits } }`, { id: other }, token), 'NOT_FOUND');
+    expect(dbId(other)).not.toBe(dbId(org));
   });
 });
