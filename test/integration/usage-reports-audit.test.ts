@@ -69,6 +69,21 @@ describe("the reports' now is the account's now", () => {
   });
 });
 
+describe('usageHistory on a test clock in an early year', () => {
+  it("names and sums the clock's months also before the year 1000 (and 100): YYYY-MM as the contract says", async () => {
+    const id = ok(
+      await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+        input: { externalId: uniq('early'), name: 'Early', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: '0050-06-15T00:00:00.000Z' },
+      }),
+    ).createAccount.id as string;
+    await grant(srv, id, '5', 'PAID');
+    await record({ accountId: id, category: 'unit' }); // occurred at the clock's now
+    await record({ accountId: id, category: 'unit', occurredAt: '0049-12-31T23:59:59.999Z' });
+    const history = ok(await srv.gql(`query($id: ID!) { account(id: $id) { usageHistory(months: 7) { month total } } }`, { id })).account.usageHistory;
+    expect(history.map((m: { month: string; total: string }) => `${m.month}=${m.total}`)).toEqual(['0050-06=1', '0050-05=0', '0050-04=0', '0050-03=0', '0050-02=0', '0050-01=0', '0049-12=1']);
+  });
+});
+
 /** Micro-credits of a Credits decimal string ("-1.5" -> -1500000n). */
 function micro(credits: string): bigint {
   const neg = credits.startsWith('-');
