@@ -69,6 +69,25 @@ describe("the reports' now is the account's now", () => {
   });
 });
 
+describe('an account anchored mid-month', () => {
+  it('usageSummary defaults to the billing period; usageHistory counts UTC calendar months', async () => {
+    srv.services.setNow(new Date('2031-05-15T10:00:00.000Z'));
+    try {
+      const acct = await apiAccount(srv, { paid: '10' });
+      srv.services.setNow(new Date('2031-06-12T00:00:00.000Z'));
+      for (const at of ['2031-05-15T09:59:59.999Z', '2031-05-16T00:00:00.000Z', '2031-06-01T00:00:00.000Z', '2031-06-11T00:00:00.000Z']) {
+        await record({ accountId: acct, category: 'unit', occurredAt: at });
+      }
+      const a = ok(await srv.gql(`query($id: ID!) { account(id: $id) { balance { periodStart periodEnd } usageSummary(groupBy: []) { credits events } usageHistory(months: 2) { month total } } }`, { id: acct })).account;
+      expect(a.balance).toEqual({ periodStart: '2031-05-15T10:00:00.000Z', periodEnd: '2031-06-15T10:00:00.000Z' });
+      expect(a.usageSummary).toEqual([{ credits: '3', events: 3 }]); // not the event just before the anchor
+      expect(a.usageHistory).toEqual([{ month: '2031-06', total: '2' }, { month: '2031-05', total: '2' }]);
+    } finally {
+      srv.services.setNow(null);
+    }
+  });
+});
+
 describe('usageHistory on a test clock in an early year', () => {
   it("names and sums the clock's months also before the year 1000 (and 100): YYYY-MM as the contract says", async () => {
     const id = ok(
