@@ -6,7 +6,9 @@
  * every event that existed when paging began exactly once while other events are recorded; the
  * reports' "now" (the default usageSummary range, usageHistory's newest month) is the account's
  * now as Balance and statement read it, also when this server's clock runs behind the account's
- * last change (another server's clock ahead); `months` bounds; and tenancy (an organization member
+ * last change (another server's clock ahead); an account anchored mid-month (billing period vs UTC
+ * calendar month); usageHistory on a test clock before the year 1000; `months` bounds; and
+ * tenancy (an organization member
  * reads the pool's reports, not another member's USER account). Real server, PostgreSQL, Redis.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
