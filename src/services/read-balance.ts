@@ -59,6 +59,39 @@ export async function readBalanceSnapshot(db: pg.Pool | pg.PoolClient, accountId
   return snapshotOfRow(accountId, await queryBalanceRow(db, accountId, wallNow, null));
 }
 
+/** An account's now and the billing period that contains it, as {@link readAccountClock} reads them. */
+export interface AccountClock {
+  now: Date;
+  periodStart: Date;
+  periodEnd: Date;
+}
+
+/**
+ * The account's now and its current billing period [periodStart, periodEnd), by the rule Balance
+ * and the statement read them with (queryBalanceRow, account-statement.ts): its test clock in
+ * test mode, else `wallNow` but never before its last committed change (balances.updated_at),
+ * and the period of `billing_period` (the SQL twin of ledger/billing-period.ts monthlyPeriodAt).
+ * For reports whose default range is "now" (usageSummary, usageHistory): with this server's
+ * clock alone, a server running behind the one that charged an account just after a period or
+ * month boundary named the period before it, leaving that charge out of the report while
+ * Balance.periodStart already named the new period (README "Which instant an event belongs to").
+ * One statement, no lock.
+ * @throws LedgerError NOT_FOUND when the account does not exist.
+ */
+export async function readAccountClock(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<AccountClock> {
+  const { rows } = await db.query(
+    `SELECT n.now, per.period_start, per.period_end
+       FROM accounts a JOIN balances b ON b.account_id = a.id
+       CROSS JOIN LATERAL (SELECT CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE GREATEST($2::timestamptz, b.updated_at) END AS now) n
+       CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
+      WHERE a.id = $1`,
+    [accountId, wallNow],
+  );
+  const r = rows[0] as Record<string, unknown> | undefined;
+  if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
+  return { now: r.now as Date, periodStart: r.period_start as Date, periodEnd: r.period_end as Date };
+}
+
 /** What a hold (a reservations row) has left to give, as read with a balance. */
 export interface HoldRead {
   amountMicroCredits: bigint;

@@ -109,6 +109,21 @@ export async function usageSummary(
   return rows.filter((r) => r.credits !== null).map(toRow);
 }
 
+/**
+ * The first instant of the UTC calendar month `offset` months from `at`'s. Built with
+ * setUTCFullYear, not Date.UTC, which reads years 0-99 as 1900-1999 (a test clock may run there).
+ */
+function utcMonthStart(at: Date, offset: number): Date {
+  const d = new Date(0);
+  d.setUTCFullYear(at.getUTCFullYear(), at.getUTCMonth() + offset, 1);
+  return d;
+}
+
+/** A year as PostgreSQL's to_char 'YYYY' writes it: at least 4 digits ("0050"), as the contract's YYYY-MM asks. */
+function yearLabel(year: number): string {
+  return year < 0 ? `-${String(-year).padStart(4, '0')}` : String(year).padStart(4, '0');
+}
+
 /** One month of consumption (UTC calendar month), with its category breakdown. */
 export interface UsageMonth {
   month: string;
@@ -121,7 +136,7 @@ export interface UsageMonth {
  * newest first (months without usage included with 0).
  */
 export async function usageHistory(db: pg.Pool, accountId: string, now: Date, months: number): Promise<UsageMonth[]> {
-  const startOfMonth = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - (months - 1), 1));
+  const startOfMonth = utcMonthStart(now, -(months - 1));
   // The monthly rollup (usage_rollups_monthly, kept by triggers) holds exactly these sums.
   const { rows } = await db.query(
     `SELECT to_char(month AT TIME ZONE 'UTC', 'YYYY-MM') AS month, category,
@@ -133,8 +148,8 @@ export async function usageHistory(db: pg.Pool, accountId: string, now: Date, mo
   );
   const result: UsageMonth[] = [];
   for (let i = 0; i < months; i++) {
-    const d = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - i, 1));
-    const month = `${d.getUTCFullYear()}-${String(d.getUTCMonth() + 1).padStart(2, '0')}`;
+    const d = utcMonthStart(now, -i);
+    const month = `${yearLabel(d.getUTCFullYear())}-${String(d.getUTCMonth() + 1).padStart(2, '0')}`;
     const byCategory = rows.filter((r) => r.month === month).map(toRow);
     result.push({ month, totalMicroCredits: byCategory.reduce((s, r) => s + r.creditsMicroCredits, 0n), byCategory });
   }

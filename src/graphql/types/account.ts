@@ -7,10 +7,9 @@
  */
 import { builder } from '../builder.js';
 import type { Prisma } from '../../generated/prisma/client.js';
-import { readBalance, reconcileAccount } from '../../services/read-balance.js';
+import { readAccountClock, readBalance, reconcileAccount } from '../../services/read-balance.js';
 import { USAGE_SUMMARY_MAX_ROWS, usageHistory, usageSummary, type UsageSummaryRow, type UsageMonth } from '../../services/usage-summary.js';
 import { compareDrawdownOrder } from '../../ledger/drawdown.js';
-import { monthlyPeriodAt } from '../../ledger/billing-period.js';
 import { badInput } from '../../ledger/errors.js';
 import { accountNow } from '../access.js';
 import { cappedList, listSizedBy } from '../cost-limit.js';
@@ -185,10 +184,11 @@ export const AccountRef = builder.prismaNode('Account', {
         groupBy: t.arg({ type: [UsageDimensionEnum], required: true }),
       },
       extensions: cappedList(USAGE_SUMMARY_MAX_ROWS),
-      resolve: (a, args, ctx) => {
-        const period = monthlyPeriodAt(a.billingAnchorAt, accountNow(a, ctx.services.clock()));
-        const from = args.from ?? period.start;
-        const to = args.to ?? period.end;
+      resolve: async (a, args, ctx) => {
+        // The current billing period as Balance names it (the account's now, not this server's clock).
+        const period = args.from && args.to ? null : await readAccountClock(ctx.services.pool, a.id, ctx.services.clock());
+        const from = args.from ?? period!.periodStart;
+        const to = args.to ?? period!.periodEnd;
         if (to.getTime() < from.getTime()) {
           // A half-given range takes its other end from the current billing period; say so rather
           // than name an argument the caller never sent.
@@ -205,10 +205,12 @@ export const AccountRef = builder.prismaNode('Account', {
       args: { months: t.arg.int({ required: false, defaultValue: USAGE_HISTORY_DEFAULT_MONTHS }) },
       // One row per month asked for (months without usage included): the estimate counts `months`.
       extensions: listSizedBy('months', USAGE_HISTORY_MAX_MONTHS),
-      resolve: (a, args, ctx) => {
+      resolve: async (a, args, ctx) => {
         const months = args.months ?? USAGE_HISTORY_DEFAULT_MONTHS;
         if (months < 1 || months > USAGE_HISTORY_MAX_MONTHS) throw badInput('months', `must be 1 to ${USAGE_HISTORY_MAX_MONTHS}`);
-        return usageHistory(ctx.services.pool, a.id, accountNow(a, ctx.services.clock()), months);
+        // Newest month: the account's now's, as Balance reads it (not this server's clock).
+        const { now } = await readAccountClock(ctx.services.pool, a.id, ctx.services.clock());
+        return usageHistory(ctx.services.pool, a.id, now, months);
       },
     }),
     ledger: t.relatedConnection(
