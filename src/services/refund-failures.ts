@@ -38,7 +38,8 @@
  * - nothing changes but the failure's record (answered `recorded`, logged as a warning) when the
  *   payment was disputed (the dispute's outcome decides its credit; an operator checks it), or
  *   when the failed refund was never applied: its refund was created after the latest refund event
- *   applied (payments.refund_event_at, in the provider's time), or it is more than the refunded
+ *   applied (payments.refund_event_at, in the provider's time; refunded_at where a server of an
+ *   older release applied the refund without it), or it is more than the refunded
  *   amount (its `charge.refunded` has not come yet; when it comes, it is older than the failure
  *   and so changes nothing);
  * - a `charge.refunded` made at or before the latest failure applied (payments.refund_failed_event_at,
@@ -103,7 +104,7 @@ export async function applyRefundFailureLocked(atx: AccountTx, actor: AuditActor
   assert(event.kind === 'refund_failed' && refundRef, 'a refund failure names its refund (payment-reversals checks it)');
   const cents = usdToCents(payment.amountUsd);
   const { rows } = await tx.query(
-    `SELECT refunded_cents, refund_event_at, disputed_at, reversed_at, reversed_micro_credits, refund_taken_micro_credits, grant_id,
+    `SELECT refunded_cents, COALESCE(refund_event_at, refunded_at) AS refund_event_at, disputed_at, reversed_at, reversed_micro_credits, refund_taken_micro_credits, grant_id,
             COALESCE(live_grant_id, grant_id) AS live_grant_id
        FROM payments WHERE id = $1 FOR UPDATE`,
     [payment.id],
