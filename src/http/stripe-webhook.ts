@@ -31,6 +31,11 @@
  *   credit the dispute took (services/charge-reversal.ts applyDisputeWonLocked): 200 with `result`
  *   restored (or recorded / unchanged / kept / ... as above), 503 BALANCE_LIMIT when the give-back
  *   would pass the balance limit; a closure `lost` or `warning_closed` is `ignored`;
+ * - `charge.refund.updated` / `refund.updated` whose Refund has status `failed`, and
+ *   `refund.failed`, give back the credit the failed refund took (services/refund-failures.ts):
+ *   200 with `result` restored (or recorded / unchanged / unknown_payment / mismatch /
+ *   not_applicable: no payment is settled with that PaymentIntent), 503 BALANCE_LIMIT as above;
+ *   other refund updates are `ignored`;
  * - 503 UNAVAILABLE when the settlement cannot be made now: the database is unreachable, or the
  *   grant would take the balance past its limit (BALANCE_LIMIT; the customer paid, so it is
  *   logged as an error and Stripe keeps delivering the event until the balance has room);
@@ -154,8 +159,8 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
         answer(res, 200, { received: true, eventId: event.id, result: done.result });
       } catch (err) {
         if (isBalanceLimitRefusal(err)) {
-          // A won dispute's give-back would take the balance past its limit: delivered again later.
-          log.error({ requestId, eventId: event.id, eventType: event.type, reason: err.message }, 'stripe webhook: the credit of a won dispute cannot be given back now (balance limit); answered 503 so Stripe delivers the event again');
+          // A won dispute's or failed refund's give-back would take the balance past its limit: delivered again later.
+          log.error({ requestId, eventId: event.id, eventType: event.type, reason: err.message }, 'stripe webhook: the credit of a won dispute or failed refund cannot be given back now (balance limit); answered 503 so Stripe delivers the event again');
           answer(res, 503, errorBody('The event cannot be applied now; deliver it again later.', { code: 'UNAVAILABLE', reason: 'BALANCE_LIMIT', requestId }));
           return;
         }

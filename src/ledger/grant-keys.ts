@@ -54,12 +54,25 @@ export function disputeWonGrantKey(paymentId: string): string {
  * Key of the grant that carries on the credit of payment `paymentId` after a partial refund
  * brought the charge's cumulative refunded amount to `refundedCents` (USD cents) and took its
  * share back (services/charge-reversal.ts takeRefundedShare: the carrying grant is voided and its
- * rest less the share granted again under this key). Unique per payment: the refunded amount
- * only grows, so each partial refund that takes something has its own. Under the reserved
+ * rest less the share granted again under this key). Unique per payment: between two refund
+ * failures the refunded amount only grows, so each partial refund that takes something has its
+ * own; a refund failure lowers it (services/refund-failures.ts), so after `failuresApplied` of
+ * them the key names that count too (`…:refund:<cents>:after-failures:<n>`; the form without it,
+ * n = 0, is the one keys made before refund failures were applied have). Under the reserved
  * `payment:` prefix.
  */
-export function partialRefundGrantKey(paymentId: string, refundedCents: bigint): string {
-  return `${paymentGrantKey(paymentId)}:refund:${refundedCents.toString()}`;
+export function partialRefundGrantKey(paymentId: string, refundedCents: bigint, failuresApplied = 0): string {
+  const key = `${paymentGrantKey(paymentId)}:refund:${refundedCents.toString()}`;
+  return failuresApplied > 0 ? `${key}:after-failures:${failuresApplied}` : key;
+}
+
+/**
+ * Key of the grant that gives back the credit a refund of payment `paymentId` took once that
+ * refund failed (services/refund-failures.ts applyRefundFailureLocked), `refundRef` the provider's
+ * Refund id (a refund fails once). Under the reserved `payment:` prefix.
+ */
+export function refundFailedGrantKey(paymentId: string, refundRef: string): string {
+  return `${paymentGrantKey(paymentId)}:refund-failed:${refundRef}`;
 }
 
 /** Prefixes of the engine's grant keys (see the module comment). */

@@ -86,9 +86,10 @@ export interface ChargeEvent {
  * What the provider reports on its own about a charge that SUCCEEDED, after the fact: money went
  * back to the customer (Stripe: a verified `charge.refunded` event, whose Charge carries the
  * cumulative `amount_refunded`) or the card holder disputed it (a chargeback; Stripe:
- * `charge.dispute.created`), and, later, that a dispute was won (the money came back). Read by
- * src/payments/stripe.ts reversalEventOf and made by the simulator (PaymentSimulator.refund /
- * dispute / disputeWon); applied by services/payment-reversals.ts
+ * `charge.dispute.created`), and, later, that a dispute was won (the money came back) or that
+ * one refund FAILED (the money came back; Stripe: `charge.refund.updated` with status `failed`,
+ * `refund.failed`). Read by src/payments/stripe.ts reversalEventOf and made by the simulator
+ * (PaymentSimulator.refund / dispute / disputeWon / refundFailed); applied by services/payment-reversals.ts
  * applyReversalEvent. The payment is found by `providerRef` (Stripe copies no PaymentIntent
  * metadata to its Charge or Dispute).
  */
@@ -101,15 +102,30 @@ export interface ChargeReversalEvent {
    * `refund`: refundedCents is the charge's cumulative refunded amount; `dispute`: a chargeback;
    * `dispute_won`: the dispute was closed in the platform's favour and its money came back
    * (Stripe: `charge.dispute.closed` with status `won`, `charge.dispute.funds_reinstated`), which
-   * gives back the credit the dispute took (services/charge-reversal.ts applyDisputeWonLocked).
+   * gives back the credit the dispute took (services/charge-reversal.ts applyDisputeWonLocked);
+   * `refund_failed`: the refund `refundRef` of `amountCents` failed and its money came back to the
+   * platform (services/refund-failures.ts applyRefundFailureLocked).
    */
-  kind: 'refund' | 'dispute' | 'dispute_won';
+  kind: 'refund' | 'dispute' | 'dispute_won' | 'refund_failed';
   /** The charge's reference as the payment keeps it (`payments.provider_ref`; Stripe: the PaymentIntent id); null when absent. */
   providerRef: string | null;
-  /** The charge's amount (refund) or the disputed amount (dispute, dispute_won), in USD cents, as the provider recorded it. */
+  /**
+   * The charge's amount (refund), the disputed amount (dispute, dispute_won), or the failed
+   * refund's own amount (refund_failed), in USD cents, as the provider recorded it.
+   */
   amountCents: bigint;
-  /** refund: the charge's cumulative refunded amount in cents (Stripe `amount_refunded`); dispute: 0. */
+  /** refund: the charge's cumulative refunded amount in cents (Stripe `amount_refunded`); other kinds: 0. */
   refundedCents: bigint;
+  /** refund_failed: the provider's id of the refund that failed (Stripe `re_…`; null when absent); other kinds: absent. */
+  refundRef?: string | null;
+  /**
+   * When the provider made the event (Stripe: the event's `created`, whole seconds). Orders a
+   * refund against a refund failure of the same charge (services/refund-failures.ts); absent for
+   * an event kept before its payment was settled (the settlement's time is used).
+   */
+  createdAt?: Date | null;
+  /** refund_failed: when the failed refund was created (Stripe: the Refund's `created`); absent or null when unknown. */
+  refundCreatedAt?: Date | null;
   /** dispute, dispute_won: the provider's dispute id (Stripe `du_…`); refund: null. */
   disputeRef: string | null;
   /** ISO currency code, lower case (`usd`). */

@@ -14,10 +14,12 @@
  *   the customer (authentication_required), `pm_timeout_…` never answers; anything else succeeds.
  *
  * After the fact, a succeeded charge can be refunded ({@link PaymentSimulator.refund}, in full or
- * in part) or disputed ({@link PaymentSimulator.dispute}), and its dispute won
- * ({@link PaymentSimulator.disputeWon}): each returns the event Stripe would send (a
- * ChargeReversalEvent), which services/payment-reversals.ts applyReversalEvent applies exactly
- * as the Stripe webhook's `charge.refunded` / `charge.dispute.created` / `charge.dispute.closed`.
+ * in part) or disputed ({@link PaymentSimulator.dispute}), its dispute won
+ * ({@link PaymentSimulator.disputeWon}), and one of its refunds fail
+ * ({@link PaymentSimulator.refundFailed}): each returns the event Stripe would send (a
+ * ChargeReversalEvent, `createdAt` strictly increasing across the simulator's events), which
+ * services/payment-reversals.ts applyReversalEvent applies exactly as the Stripe webhook's
+ * `charge.refunded` / `charge.dispute.created` / `charge.dispute.closed` / `charge.refund.updated`.
  */
 import { randomUUID } from 'node:crypto';
 import { PaymentTimeoutError, usdToCents, type ChargeOutcome, type ChargeRequest, type ChargeReversalEvent, type PaymentProvider } from './provider.js';
@@ -34,6 +36,25 @@ const PREFIX_RESULTS: ReadonlyArray<readonly [string, SimulatedResult]> = [
   ['pm_timeout_', 'timeout'],
 ];
 
+/** One refund of a simulated charge. */
+interface SimulatedRefund {
+  id: string;
+  cents: bigint;
+  createdAt: Date;
+  failed: boolean;
+}
+
+/** A succeeded simulated charge: what refunds and disputes act on. */
+interface SimulatedCharge {
+  cents: bigint;
+  testMode: boolean;
+  providerRef: string;
+  /** Cumulative refunded cents, failed refunds not counted (Stripe's `amount_refunded`). */
+  refundedCents: bigint;
+  refunds: SimulatedRefund[];
+  disputeRef?: string;
+}
+
 interface StoredCharge {
   cents: bigint;
   paymentMethodRef: string;
@@ -49,7 +70,9 @@ export class PaymentSimulator implements PaymentProvider {
   /** Outcome per `metadata.paymentId`: what lookupCharge finds (never pruned, like Stripe's PaymentIntents). */
   private readonly byPayment = new Map<string, ChargeOutcome>();
   /** Succeeded charges by `metadata.paymentId`: what refund and dispute act on. */
-  private readonly succeeded = new Map<string, { cents: bigint; testMode: boolean; providerRef: string; refundedCents: bigint; disputeRef?: string }>();
+  private readonly succeeded = new Map<string, SimulatedCharge>();
+  /** The creation time of the last event made (ms): each next one is later, as a provider's own clock orders them. */
+  private lastEventMs = 0;
 
   /** Queues what the next charges of `paymentMethodRef` do (new keys only; a replay answers the first outcome). */
   script(paymentMethodRef: string, results: SimulatedResult[]): void {
@@ -105,7 +128,7 @@ export class PaymentSimulator implements PaymentProvider {
     if (outcome.status === 'succeeded') {
       this.charged.set(ref, (this.charged.get(ref) ?? 0) + 1);
       if (paymentId !== undefined && !this.succeeded.has(paymentId)) {
-        this.succeeded.set(paymentId, { cents, testMode: request.testMode, providerRef: outcome.providerRef, refundedCents: 0n });
+        this.succeeded.set(paymentId, { cents, testMode: request.testMode, providerRef: outcome.providerRef, refundedCents: 0n, refunds: [] });
       }
     }
     if (result === 'timeout_after_charge') throw new PaymentTimeoutError('simulated timeout: charged, answer lost');
@@ -115,7 +138,8 @@ export class PaymentSimulator implements PaymentProvider {
   /**
    * Refunds `amountCents` more of the succeeded charge of payment `paymentId` (default: all that
    * is left) and returns the `refund` event Stripe's `charge.refunded` would carry: the charge's
-   * amount and its cumulative refunded amount, `livemode` true unless the charge was a test-mode one.
+   * amount and its cumulative refunded amount, `livemode` true unless the charge was a test-mode
+   * one. The refund's id (`sim_re_…`) is the event's `refundRef`: {@link refundFailed} names it.
    * @throws Error when the payment has no succeeded charge here, or the refund exceeds what is left.
    */
   refund(paymentId: string, amountCents?: bigint): ChargeReversalEvent {
@@ -123,7 +147,36 @@ export class PaymentSimulator implements PaymentProvider {
     const more = amountCents ?? charge.cents - charge.refundedCents;
     if (more <= 0n || charge.refundedCents + more > charge.cents) throw new Error(`simulator: cannot refund ${more} cents of payment ${paymentId}`);
     charge.refundedCents += more;
-    return { ...this.eventBase('charge.refunded', charge), kind: 'refund', amountCents: charge.cents, refundedCents: charge.refundedCents, disputeRef: null };
+    const base = this.eventBase('charge.refunded', charge);
+    const refund: SimulatedRefund = { id: `sim_re_${randomUUID().replaceAll('-', '')}`, cents: more, createdAt: base.createdAt, failed: false };
+    charge.refunds.push(refund);
+    return { ...base, kind: 'refund', amountCents: charge.cents, refundedCents: charge.refundedCents, disputeRef: null, refundRef: refund.id };
+  }
+
+  /**
+   * Fails refund `refundRef` of payment `paymentId`'s charge (default: its latest refund that has
+   * not failed), as a card issuer does for a closed or lost card: the money comes back to the
+   * platform, the charge's cumulative refunded amount drops by the refund's, and the
+   * `refund_failed` event Stripe's `charge.refund.updated` (status `failed`) would carry is
+   * returned: the refund's id and own amount. Applied by the same code, it gives back the credit
+   * the refund took (services/refund-failures.ts applyRefundFailureLocked).
+   * @throws Error when the payment has no succeeded charge here, or no such refund that has not failed.
+   */
+  refundFailed(paymentId: string, refundRef?: string): ChargeReversalEvent {
+    const charge = this.succeededCharge(paymentId);
+    const refund = refundRef === undefined ? charge.refunds.filter((r) => !r.failed).at(-1) : charge.refunds.find((r) => r.id === refundRef && !r.failed);
+    if (!refund) throw new Error(`simulator: payment ${paymentId} has no refund ${refundRef ?? ''} that could fail`);
+    refund.failed = true;
+    charge.refundedCents -= refund.cents;
+    return {
+      ...this.eventBase('charge.refund.updated', charge),
+      kind: 'refund_failed',
+      amountCents: refund.cents,
+      refundedCents: 0n,
+      disputeRef: null,
+      refundRef: refund.id,
+      refundCreatedAt: refund.createdAt,
+    };
   }
 
   /**
@@ -158,7 +211,8 @@ export class PaymentSimulator implements PaymentProvider {
   }
 
   private eventBase(eventType: string, charge: { testMode: boolean; providerRef: string }) {
-    return { eventId: `sim_evt_${randomUUID()}`, eventType, providerRef: charge.providerRef, currency: 'usd', livemode: !charge.testMode };
+    this.lastEventMs = Math.max(Date.now(), this.lastEventMs + 1);
+    return { eventId: `sim_evt_${randomUUID()}`, eventType, providerRef: charge.providerRef, currency: 'usd', livemode: !charge.testMode, createdAt: new Date(this.lastEventMs) };
   }
 
   private outcomeOf(result: Exclude<SimulatedResult, 'timeout'>): ChargeOutcome {

@@ -170,6 +170,21 @@ export function chargeEventOf(event: Stripe.Event): ChargeEvent | null {
 export const DISPUTE_WON_EVENT_TYPES = ['charge.dispute.closed', 'charge.dispute.funds_reinstated'] as const;
 
 /**
+ * The webhook event types that tell a REFUND FAILED (https://docs.stripe.com/refunds, "Failed
+ * refunds": the card issuer could not return the money, e.g. a closed or lost card; Stripe returns
+ * it to the platform's balance, records it as the Refund's `failure_balance_transaction`, and sets
+ * the Refund's `status` to `failed`), which gives back the credit the refund took
+ * (services/refund-failures.ts applyRefundFailureLocked):
+ * - `charge.refund.updated` whose Refund has `status: 'failed'` (other updates change nothing:
+ *   {@link reversalEventOf} returns null for them);
+ * - `refund.updated` with `status: 'failed'` and `refund.failed`: sent for every refund on API
+ *   versions from 2024-10-28.acacia (https://docs.stripe.com/changelog/acacia/2024-10-28/refund-webhook-update).
+ * Several may come for one refund: applied once per Refund id. The Refund object carries `id`,
+ * `amount` (the refund's own amount, cents), `currency`, `payment_intent`, `created`.
+ */
+export const REFUND_FAILURE_EVENT_TYPES = ['charge.refund.updated', 'refund.updated', 'refund.failed'] as const;
+
+/**
  * The webhook event types that take back a SUCCEEDED payment's credit, or give it back (services/payment-reversals.ts):
  * - `charge.refunded`: a refund of the charge (full or partial: its Charge's `amount_refunded` is
  *   the cumulative refunded amount; https://docs.stripe.com/api/charges/object);
@@ -181,9 +196,10 @@ export const DISPUTE_WON_EVENT_TYPES = ['charge.dispute.closed', 'charge.dispute
  * - `charge.dispute.funds_withdrawn`: the disputed amount was withdrawn (a chargeback, and an
  *   inquiry that became one); the same dispute as its `charge.dispute.created`, applied once
  *   (the payment's `disputed_at`);
- * - {@link DISPUTE_WON_EVENT_TYPES}: the dispute was won.
+ * - {@link DISPUTE_WON_EVENT_TYPES}: the dispute was won;
+ * - {@link REFUND_FAILURE_EVENT_TYPES}: a refund failed.
  */
-export const REVERSAL_EVENT_TYPES = ['charge.refunded', 'charge.dispute.created', 'charge.dispute.funds_withdrawn', ...DISPUTE_WON_EVENT_TYPES] as const;
+export const REVERSAL_EVENT_TYPES = ['charge.refunded', 'charge.dispute.created', 'charge.dispute.funds_withdrawn', ...DISPUTE_WON_EVENT_TYPES, ...REFUND_FAILURE_EVENT_TYPES] as const;
 
 /** A Stripe expandable reference (`"pi_…"` or the expanded object) as its id, or null. */
 function refId(ref: unknown): string | null {
@@ -197,18 +213,43 @@ function centsOf(amount: unknown): bigint {
   return BigInt(typeof amount === 'number' && Number.isSafeInteger(amount) ? amount : -1);
 }
 
+/** A Stripe timestamp (Unix seconds) as a Date, or null when it is not a safe non-negative integer. */
+function dateOf(seconds: unknown): Date | null {
+  return typeof seconds === 'number' && Number.isSafeInteger(seconds) && seconds >= 0 && seconds <= 253_402_300_799 ? new Date(seconds * 1000) : null;
+}
+
 /**
  * The refund or dispute a verified Stripe event reports ({@link REVERSAL_EVENT_TYPES}), from the
  * object it carries: a Charge (`payment_intent`, `amount`, `amount_refunded`, `currency`) for
  * `charge.refunded`, a Dispute (`id`, `payment_intent`, `amount`, `currency`) for
  * `charge.dispute.created` and the won dispute types ({@link DISPUTE_WON_EVENT_TYPES}: kind
- * `dispute_won`). `providerRef` is the PaymentIntent id, which the payment keeps as its
- * provider_ref. `livemode` is the event's (false unless it is literally true).
+ * `dispute_won`), a Refund (`id`, `payment_intent`, `amount`, `currency`, `created`) for the
+ * failure types ({@link REFUND_FAILURE_EVENT_TYPES}: kind `refund_failed`, `amountCents` the
+ * refund's own amount). `providerRef` is the PaymentIntent id, which the payment keeps as its
+ * provider_ref. `livemode` is the event's (false unless it is literally true); `createdAt` is the
+ * event's `created` (null when it is not a timestamp). Missing or malformed fields are read as
+ * null / -1 cents, which no payment matches (answered `unknown_payment` or `mismatch`).
  * @returns null for any other event type, for a `charge.dispute.closed` whose status is not `won`,
- *   and for a `charge.dispute.created` of an inquiry (status `warning_…`: no money was taken).
+ *   for a `charge.dispute.created` of an inquiry (status `warning_…`: no money was taken), and for
+ *   a `charge.refund.updated` / `refund.updated` whose Refund's status is not `failed`.
  */
 export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null {
-  const base = { eventId: event.id, eventType: event.type, livemode: event.livemode === true };
+  const base = { eventId: event.id, eventType: event.type, livemode: event.livemode === true, createdAt: dateOf((event as { created?: unknown }).created) };
+  if ((REFUND_FAILURE_EVENT_TYPES as readonly string[]).includes(event.type)) {
+    const refund = eventObjectOf(event) as Partial<Stripe.Refund>;
+    if (event.type !== 'refund.failed' && refund.status !== 'failed') return null; // pending, succeeded, …: nothing came back
+    return {
+      ...base,
+      kind: 'refund_failed',
+      providerRef: refId(refund.payment_intent),
+      amountCents: centsOf(refund.amount),
+      refundedCents: 0n,
+      disputeRef: null,
+      refundRef: typeof refund.id === 'string' && refund.id !== '' ? refund.id : null,
+      refundCreatedAt: dateOf(refund.created),
+      currency: String(refund.currency ?? '').toLowerCase(),
+    };
+  }
   if (event.type === 'charge.refunded') {
     const charge = eventObjectOf(event) as Partial<Stripe.Charge>;
     return {

@@ -22,6 +22,7 @@ import { voidLockedGrant, type VoidedGrant } from './void-grant.js';
 import { applyGrant, auditGrantCreated, type GrantSource } from './grant-credits.js';
 import { applyExpiries } from './expire-due.js';
 import type { CreditType } from '../ledger/drawdown.js';
+import { applyRefundFailureLocked, reportRefundFailure, type FailedRefund } from './refund-failures.js';
 
 /**
  * What applying a refund or dispute did (services/payment-reversals.ts applyReversalEvent):
@@ -37,16 +38,19 @@ import type { CreditType } from '../ledger/drawdown.js';
  * - `unknown_payment`: the event names no charge reference (or not a usable refund or dispute);
  * - `mismatch`: the charge's livemode, currency or amount is not the payment's (logged as an error);
  * - `restored`: this call applied a won dispute and gave back what the dispute took
- *   (`restoredMicroCredits`; {@link applyDisputeWonLocked}). A won dispute that gives nothing
- *   back (refunded in full, nothing was taken, the credit's expiry passed) is `recorded`.
+ *   (`restoredMicroCredits`; {@link applyDisputeWonLocked}), or applied a failed refund and gave
+ *   back what the refunds took beyond the share of what stays refunded (services/refund-failures.ts).
+ *   A won dispute or a failed refund that gives nothing back (refunded in full, nothing was taken,
+ *   the credit's expiry passed, a disputed payment, a refund never applied) is `recorded`;
+ * - `not_applicable`: a refund failure of a charge no SUCCEEDED payment has (services/payment-reversals.ts): nothing written, logged.
  */
 export interface ReversalEventResult {
-  result: 'reversed' | 'recorded' | 'unchanged' | 'kept' | 'unknown_payment' | 'mismatch' | 'restored';
+  result: 'reversed' | 'recorded' | 'unchanged' | 'kept' | 'unknown_payment' | 'mismatch' | 'restored' | 'not_applicable';
   /** The payment's id (null for kept and unknown_payment). */
   paymentId: string | null;
   /** What this call took back, in micro-credits (0 unless `reversed`, or `restored` of a dispute applied by this call). */
   voidedMicroCredits: bigint;
-  /** What this call gave back of a won dispute, in micro-credits (set for a won dispute only). */
+  /** What this call gave back of a won dispute or a failed refund, in micro-credits (set for those only). */
   restoredMicroCredits?: bigint;
 }
 
@@ -62,6 +66,8 @@ export function reversalMismatchOf(event: ChargeReversalEvent, payment: PaymentR
   if (event.kind === 'refund') {
     if (event.amountCents !== cents) return `amount ${event.amountCents} cents, expected ${cents}`;
     if (event.refundedCents < 0n || event.refundedCents > cents) return `amount_refunded ${event.refundedCents} cents, expected 0 to ${cents}`;
+  } else if (event.kind === 'refund_failed') {
+    if (event.amountCents <= 0n || event.amountCents > cents) return `failed refund's amount ${event.amountCents} cents, expected 1 to ${cents}`;
   } else if (event.amountCents <= 0n || event.amountCents > cents) {
     return `disputed amount ${event.amountCents} cents, expected 1 to ${cents}`;
   }
@@ -84,6 +90,13 @@ export interface LockedReversal {
   won?: WonDispute;
   /** A partial refund applied by this call ({@link takeRefundedShare}); absent for other events. */
   partial?: PartialRefund;
+  /** A failed refund applied by this call (services/refund-failures.ts); absent for other events. */
+  failure?: FailedRefund;
+  /**
+   * A refund event made at or before a refund failure of the payment was applied (redelivered or
+   * late: its cumulative amount may include the failed refund), so nothing was written.
+   */
+  staleRefund?: boolean;
   /**
    * What of the payment's credit a full refund or dispute applied by this call leaves with the
    * customer (spent or expired: not turned into debt), in micro-credits: the pack's credit less
@@ -130,20 +143,31 @@ export interface WonDispute {
  */
 export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, payment: PaymentRow, event: ChargeReversalEvent): Promise<LockedReversal> {
   if (event.kind === 'dispute_won') return applyDisputeWonLocked(atx, actor, payment, event);
+  if (event.kind === 'refund_failed') return applyRefundFailureLocked(atx, actor, payment, event);
   const tx = atx.tx;
   const cents = usdToCents(payment.amountUsd);
   const { rows } = await tx.query(
-    `SELECT refunded_cents, disputed_at, reversed_at, grant_id, dispute_won_grant_id, COALESCE(live_grant_id, grant_id) AS live_grant_id, refund_taken_micro_credits
+    `SELECT refunded_cents, disputed_at, reversed_at, grant_id, dispute_won_grant_id, COALESCE(live_grant_id, grant_id) AS live_grant_id, refund_taken_micro_credits,
+            refund_failed_event_at
        FROM payments WHERE id = $1 FOR UPDATE`,
     [payment.id],
   );
   const current = rows[0];
   assert(current && current.grant_id, 'a SUCCEEDED payment has its grant');
   const refundedBefore = toBigInt(current.refunded_cents);
+  if (event.kind === 'refund' && isStaleRefund(event, current.refund_failed_event_at as Date | null)) {
+    return { recorded: false, voided: null, refunded: refundedBefore, grantedMicroCredits: 0n, pausedAutoTopUp: false, staleRefund: true };
+  }
   let recorded = false;
   let pausedAutoTopUp = false;
   if (event.kind === 'refund' && event.refundedCents > refundedBefore) {
-    await tx.query('UPDATE payments SET refunded_cents = $2, refunded_at = $3, updated_at = $3 WHERE id = $1', [payment.id, event.refundedCents.toString(), atx.now]);
+    // refund_event_at: which refunds refunded_cents includes (a failed refund created after it was never applied).
+    await tx.query('UPDATE payments SET refunded_cents = $2, refunded_at = $3, refund_event_at = $4, updated_at = $3 WHERE id = $1', [
+      payment.id,
+      event.refundedCents.toString(),
+      atx.now,
+      event.createdAt ?? atx.now,
+    ]);
     recorded = true;
   }
   if (event.kind === 'dispute' && current.disputed_at === null) {
@@ -187,6 +211,21 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
 }
 
 const maxZero = (v: bigint): bigint => (v > 0n ? v : 0n);
+
+/**
+ * Whether a refund event (a charge's cumulative refunded amount) was made at or before the latest
+ * refund failure applied to its payment (`refundFailedEventAt`, payments.refund_failed_event_at):
+ * its amount is from before the failure and may include the failed refund, which the failure has
+ * already taken out, so applying it would take that refund's share again (a redelivered
+ * `charge.refunded`, or one delivered late). Compared in the provider's time (Stripe: whole
+ * seconds; the same second counts as before: a new refund made in the very second a failure was
+ * reported is not taken back, and is logged). An event without a creation time is stale once a
+ * failure was applied. Rule: services/refund-failures.ts module comment.
+ */
+function isStaleRefund(event: ChargeReversalEvent, refundFailedEventAt: Date | null): boolean {
+  if (refundFailedEventAt === null) return false;
+  return !event.createdAt || event.createdAt.getTime() <= new Date(refundFailedEventAt).getTime();
+}
 
 /**
  * Takes back a partial refund's share of its payment's credit, inside `atx` (account lock held;
@@ -238,7 +277,9 @@ async function takeRefundedShare(
     const source = live.source as GrantSource;
     const type = live.type as CreditType;
     const expiresAt = live.expires_at === null ? null : new Date(live.expires_at as Date);
-    const idempotencyKey = partialRefundGrantKey(payment.id, p.refunded);
+    // The refunded amount only grows between refund failures; each failure starts a new series of keys.
+    const failures = await tx.query('SELECT count(*)::int AS n FROM payment_refund_failures WHERE payment_id = $1 AND applied', [payment.id]);
+    const idempotencyKey = partialRefundGrantKey(payment.id, p.refunded, failures.rows[0].n as number);
     const grant = { amountMicroCredits: rest, type, source, expiresAt, reference: payment.id, idempotencyKey };
     const again = await applyGrant(atx, grant);
     assert(!again.replayed, 'a partial refund grants again once per refunded amount: refunded_cents only grows');
@@ -341,6 +382,14 @@ async function takeBackGivenBack(atx: AccountTx, actor: AuditActor, payment: Pay
 export function reportReversal(ctx: ServiceContext, event: ChargeReversalEvent, payment: PaymentRow, done: LockedReversal): ReversalEventResult {
   const logContext = { providerRef: event.providerRef, eventId: event.eventId, eventType: event.eventType, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose };
   if (done.won) return reportDisputeWon(ctx, logContext, done.won);
+  if (done.failure) return reportRefundFailure(ctx, logContext, done.failure);
+  if (done.staleRefund) {
+    ctx.log?.warn(
+      { ...logContext, refundedCents: event.refundedCents.toString(), eventCreatedAt: event.createdAt?.toISOString() ?? null },
+      'payment reversal: a refund event made before a refund failure of this payment was applied (redelivered or late); ignored. If it reports a refund not applied yet, take its share back by hand',
+    );
+    return { result: 'unchanged', paymentId: payment.id, voidedMicroCredits: 0n };
+  }
   if (done.pausedAutoTopUp) ctx.log?.warn(logContext, 'payment reversal: a charge of the account was refunded in full or disputed; its auto top-up is paused (setAutoTopUp re-enables it)');
   if (done.partial) return reportPartialRefund(ctx, logContext, payment, done, done.partial);
   if (done.voided) {

@@ -57,6 +57,16 @@
  *   stays paused (services/charge-reversal.ts applyDisputeWonLocked). One that comes before its
  *   dispute applies the dispute first; one that comes before its payment is settled is kept like
  *   the others (kind `dispute_won`);
+ * - a refund that FAILED (Stripe `charge.refund.updated` with status `failed`, `refund.failed`:
+ *   kind `refund_failed`) gives back the credit that refund took, once per Refund id, and lowers
+ *   the refunded amount; a `charge.refunded` made before the failure changes nothing afterwards
+ *   (services/refund-failures.ts has the rules). One without a Refund id is `unknown_payment`. One
+ *   of a charge no SUCCEEDED payment has is `not_applicable` (nothing written, logged as an
+ *   error), not kept: a refund fails days after it was made (the card issuer answers), while a
+ *   payment is settled within minutes of its charge (the resume job at most
+ *   IDEMPOTENCY_KEY_SAFE_WINDOW_MS + LOOKUP_SETTLE_DELAY_MS later), so such a failure belongs to
+ *   no creditpool payment (another application on the same provider account) or needs an
+ *   operator (a refund kept for the charge would still be applied when its payment is settled);
  * - events come twice and out of order (https://docs.stripe.com/webhooks#event-ordering):
  *   `refunded_cents` only grows (an older or redelivered refund changes nothing), a dispute is
  *   recorded once, and the grant is taken back once whichever comes first (refund after
@@ -101,6 +111,7 @@ export async function applyReversalEvent(
   const providerRef = event.providerRef;
   if (providerRef === null) return { result: 'unknown_payment', ...none };
   const context = { providerRef, eventId: event.eventId, eventType: event.eventType };
+  if (event.kind === 'refund_failed' && !event.refundRef) return { result: 'unknown_payment', ...none };
   // Twice at most: a payment settled with this reference between the lookup and the keeping is
   // found by the second lookup (keepEarlyReversal saw it under the reference's lock).
   for (let attempt = 0; ; attempt++) {
@@ -110,6 +121,10 @@ export async function applyReversalEvent(
       [providerRef],
     );
     if (found.rows.length === 0) {
+      if (event.kind === 'refund_failed') {
+        ctx.log?.error({ ...context, refundRef: event.refundRef, failedRefundCents: event.amountCents.toString() }, 'payment reversal: a refund failed of a charge no payment was settled with; not applicable, nothing changed (check it)');
+        return { result: 'not_applicable', ...none };
+      }
       const kept = await keepEarlyReversal(ctx, event, providerRef);
       if (kept === 'settled' && attempt === 0) continue;
       return { result: kept === 'settled' ? 'unchanged' : kept, ...none };
