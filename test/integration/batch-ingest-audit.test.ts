@@ -6,10 +6,11 @@
  * statement path), captures, and the order of balanceAfter. README "Limits" (recordUsageBatch).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { recordUsageBatch } from '../../src/services/record-usage.js';
+import { recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { setSpendingBudget } from '../../src/services/spending-budgets.js';
@@ -148,6 +149,8 @@ describe('recordUsageBatch audit', () => {
         expect((await batch([units(a, 'warm', 1, { agentId: 'ag' })])).map(codeOf)).toEqual(['OK']);
       } else {
         expect((await batch([units(a, 'warm', 1)])).map(codeOf)).toEqual(['OK']); // no agent: no budget check, no row
+        const { rows } = await s.pool.query('SELECT count(*)::int AS n FROM budget_spend WHERE account_id = $1', [a]);
+        expect(rows[0].n).toBe(0);
       }
       const results = await batch([units(a, 'b1', 3, { agentId: 'ag' }), units(a, 'b2', 2, { agentId: 'ag' }), units(a, 'b3', 5), units(a, 'b4', 1, { agentId: 'ag' }), units(a, 'b5', 1, { agentId: 'other' })]);
       expect(results.map(codeOf)).toEqual(['OK', 'BUDGET_EXCEEDED', 'OK', 'OK', 'OK']);
@@ -173,5 +176,65 @@ describe('recordUsageBatch audit', () => {
     expect(results.map(codeOf)).toEqual(['INSUFFICIENT_CREDITS', 'INSUFFICIENT_CREDITS']);
     const { rows } = await s.pool.query('SELECT threshold FROM credit_alerts WHERE account_id = $1 ORDER BY seq', [a]);
     expect(rows.map((r) => r.threshold)).toEqual([25, 15, 0]);
+  });
+
+  it('property: a batch answers and charges exactly as its items sent one by one, in order (twin accounts; credit, debt, holds, budgets, repeated keys, bad items)', async () => {
+    const item = fc.record({
+      key: fc.constantFrom('k1', 'k2', 'k3', 'k4', 'k5', 'k6'),
+      units: fc.constantFrom(0, 1, 2, 3, 5),
+      agent: fc.constantFrom(null, 'ag', 'other'),
+      user: fc.constantFrom(null, 'us'),
+      hold: fc.constantFrom(null, null, 0, 1),
+      bad: fc.constantFrom(false, false, false, true),
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.array(item, { minLength: 1, maxLength: 12 }), fc.boolean(), fc.integer({ min: 0, max: 8 }), async (items, warm, paid) => {
+        const twins = await Promise.all([0, 1].map(async () => {
+          const id = await createFundedAccount(s, { free: 2, paid });
+          await setSpendingBudget(s, { accountId: id, subjectKind: 'AGENT', subjectId: 'ag', limitMicroCredits: credits(4) });
+          await setSpendingBudget(s, { accountId: id, subjectKind: 'USER', subjectId: 'us', limitMicroCredits: credits(5) });
+          if (warm) await recordUsage(s, { accountId: id, idempotencyKey: 'warm', category: 'free', agentId: 'ag', userId: 'us' });
+          const holds = [
+            (await reserveCredits(s, { accountId: id, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'h0', agentId: 'ag' })).reservationId,
+            (await reserveCredits(s, { accountId: id, amountMicroCredits: credits(1), ttlSeconds: 600, idempotencyKey: 'h1' })).reservationId,
+          ];
+          return { id, holds };
+        }));
+        const inputs = (t: { id: string; holds: string[] }) =>
+          items.map((x): UsageInput => ({
+            accountId: t.id,
+            idempotencyKey: x.key,
+            category: x.bad ? 'no-such' : 'units',
+            quantities: { units: String(x.units) },
+            agentId: x.agent,
+            userId: x.user,
+            reservationId: x.hold === null ? null : t.holds[x.hold]!,
+          }));
+        const [bt, st] = twins as [{ id: string; holds: string[] }, { id: string; holds: string[] }];
+        const batched = (await batch(inputs(bt))).map(codeOf);
+        const serial: string[] = [];
+        for (const input of inputs(st)) {
+          try {
+            serial.push((await recordUsage(s, input)).replayed ? 'REPLAYED' : 'OK');
+          } catch (error) {
+            serial.push(error instanceof LedgerError ? error.code : `UNEXPECTED ${String(error)}`);
+          }
+        }
+        expect(batched).toEqual(serial);
+        const [b1, b2] = [await expectLedgerInvariant(s.pool, bt.id), await expectLedgerInvariant(s.pool, st.id)];
+        expect([b1.totalMicroCredits, b1.reservedMicroCredits, b1.availableMicroCredits]).toEqual([b2.totalMicroCredits, b2.reservedMicroCredits, b2.availableMicroCredits]);
+      }),
+      { numRuns: 30 },
+    );
+  }, 60_000);
+
+  it('an item PostgreSQL refuses (metadata jsonb cannot store) fails alone; the items before and after it, and other accounts, are charged once', async () => {
+    const a = await createFundedAccount(s, { paid: 10 });
+    const b = await createFundedAccount(s, { paid: 10 });
+    const results = await batch([units(a, 'f1', 1), units(b, 'f1', 1), units(a, 'f2', 1, { metadata: { note: 'nul \u0000' } }), units(a, 'f1', 1), units(a, 'f3', 1)]);
+    expect(results.map(codeOf).map((c) => (c.startsWith('UNEXPECTED') ? 'UNEXPECTED' : c))).toEqual(['OK', 'OK', 'UNEXPECTED', 'REPLAYED', 'OK']);
+    expect(idOf(results[3]!)).toBe(idOf(results[0]!));
+    expect((await expectLedgerInvariant(s.pool, a)).totalMicroCredits).toBe(credits(8));
+    expect((await expectLedgerInvariant(s.pool, b)).totalMicroCredits).toBe(credits(9));
   });
 });
