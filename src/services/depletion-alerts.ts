@@ -175,8 +175,10 @@ export class DepletionAlerts {
 /**
  * Called by the services that answer charges and holds (recordUsage, recordUsageBatch,
  * reserveCredits) with the errors they are about to answer, after the refusing transaction
- * ended: for each refusal for lack of credit ({@link creditRefusal}), raises the period's
- * depletion notice through `ctx.depletionAlerts` (one per account and period; without one: a
+ * ended: for the refusals for lack of credit ({@link creditRefusal}), raises the period's
+ * depletion notice through `ctx.depletionAlerts` (one per account and period, checked for the
+ * smallest refusal of that account and period: a recordUsageBatch whose first refused item is
+ * over DEPLETION_NOTICE_MAX_REFUSED_PERCENT and a later one is not raises it; without one: a
  * check per call, still one alert), and starts the account's auto top-up when it is due through
  * `ctx.refusalTopUps` (refusal-top-ups.ts; per account, for its smallest refusal, the likeliest
  * the pack covers; without one: a check per call, still one top-up). Both at once, each in a
@@ -192,8 +194,13 @@ export function afterCreditRefusals(ctx: ServiceContext, errors: Iterable<unknow
     if (!refusal) continue;
     found ??= new Map();
     smallest ??= new Map();
+    // Per (account, period) the smallest refusal: the likeliest to be within
+    // DEPLETION_NOTICE_MAX_REFUSED_PERCENT. A batch refusing a big item and then a small one
+    // (once the big one was refused, its first refusal) raised nothing, where those two calls
+    // one by one raise the notice on the small one.
     const key = refusalKey(refusal);
-    if (!found.has(key)) found.set(key, refusal);
+    const kept = found.get(key);
+    if (!kept || refusal.neededMicroCredits < kept.neededMicroCredits) found.set(key, refusal);
     const least = smallest.get(refusal.accountId);
     if (!least || refusal.neededMicroCredits < least.neededMicroCredits) smallest.set(refusal.accountId, refusal);
   }
