@@ -1,9 +1,12 @@
 /**
- * The workers process: `tsx workers/main.ts`. Same environment as the API (DATABASE_URL,
- * REDIS_URL, LOG_LEVEL). Graceful SIGTERM/SIGINT: finishes jobs in progress (for up to
+ * The workers process: `npm run workers` (tsx workers/main.ts). Same environment as the API
+ * (DATABASE_URL, REDIS_URL, LOG_LEVEL). Takes no arguments but `--help` (anything else: one line
+ * on stderr, exit 2, nothing started; workers/main-arguments.ts). Graceful SIGTERM/SIGINT: finishes jobs in progress (for up to
  * SHUTDOWN_GRACE_MS, without waiting for an unreachable Redis; workers/start.ts), then exits.
  * The handlers are installed before the boot ({@link shutdown}), as src/main.ts does.
  */
+// First: wrong arguments and --help are answered before the rest of the workers load.
+import './main-arguments.js';
 import type pg from 'pg';
 import { loadEnvOrExit } from '../src/config/env.js';
 import { createLogger } from '../src/logging.js';
@@ -61,3 +64,4 @@ if (!stopping) {
     log.info('creditpool workers ready');
   }
 }
+

@@ -339,6 +339,13 @@ const EnvSchema = z.object({
 export type Env = z.infer<typeof EnvSchema>;
 
 /**
+ * The names of every environment variable read here (PORT, REDIS_URL, ...): `npm run serve` and
+ * `npm run workers` name the variable when an operator passes one as an option (`--port 5000`;
+ * src/util/command-args.ts).
+ */
+export const ENV_VARIABLE_NAMES: readonly string[] = Object.freeze(Object.keys(EnvSchema.shape));
+
+/**
  * Parses an environment (default: process.env).
  * @throws Error listing every invalid variable.
  */

@@ -1,5 +1,5 @@
 /**
- * The operator's commands (`npm run db:migrate`, `db:diff`, `seed`, `apikey:create`, `webhooks`)
+ * The operator's commands (`npm run serve`, `workers`, `db:migrate`, `db:diff`, `seed`, `apikey:create`, `webhooks`)
  * run as their own processes, as an operator runs them, against what goes wrong on an operator's
  * machine: a PostgreSQL that accepts connections and never answers (a stalled host, a proxy whose
  * backend is gone), a Redis that is down, and arguments that are wrong. Each must say what is
@@ -187,6 +187,34 @@ describe('arguments', () => {
     expect({ code: diffTwo.code, stderr: diffTwo.stderr.split('\n')[0] }).toEqual({ code: 2, stderr: expect.stringMatching(/one migration name, got 2: one two/) });
     expect(diffHelp.code).toBe(0);
     expect(diffHelp.stdout).toMatch(/Computes the SQL/);
+  });
+
+  it('serve and workers refuse any argument but --help (exit 2, one line naming it, nothing started) and --help says what they do', async () => {
+    // Were the arguments ignored (as they were), each would start on this unreachable PostgreSQL
+    // (and fail, exit 1, or keep trying) instead of exit 2 before anything.
+    const unreachable = env({ DATABASE_URL: `postgresql://postgres@127.0.0.1:${closedPort}/x`, PG_CONNECT_TIMEOUT_MS: '1000', MIGRATE_ON_BOOT: 'true', RUN_WORKERS: 'false', PORT: '0' });
+    const cases: Array<[string, string[], RegExp]> = [
+      ['src/main.ts', ['--port', '5000'], /^serve: unknown option --port: set PORT in the environment instead \(PORT=<value> npm run serve\); usage: npm run serve/],
+      ['src/main.ts', ['start'], /^serve: takes no arguments, got "start"/],
+      ['src/main.ts', ['--help', '--bogus'], /^serve: unknown option --bogus: its settings come from the environment/],
+      ['workers/main.ts', [`--redis-url=redis://:${PASSWORD}@127.0.0.1:6379`], /^workers: unknown option --redis-url: set REDIS_URL in the environment instead \(REDIS_URL=<value> npm run workers\); usage: npm run workers/],
+    ];
+    const [serveHelp, workersHelp, ...runs] = await Promise.all([
+      runScript('src/main.ts', ['--help'], unreachable),
+      runScript('workers/main.ts', ['-h'], unreachable),
+      ...cases.map(([script, args]) => runScript(script, args, unreachable)),
+    ]);
+    runs.forEach((run, i) => {
+      const [script, args, message] = cases[i]!;
+      expect({ script, args, code: run.code, stdout: run.stdout }).toEqual({ script, args, code: 2, stdout: '' });
+      expect(run.stderr).toMatch(message);
+      expect(run.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(run.stderr).not.toContain(PASSWORD);
+    });
+    expect({ code: serveHelp.code, stderr: serveHelp.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(serveHelp.stdout).toMatch(/^Runs the GraphQL API .*\nusage: npm run serve/s);
+    expect({ code: workersHelp.code, stderr: workersHelp.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(workersHelp.stdout).toMatch(/^Runs the BullMQ workers .*\nusage: npm run workers/s);
   });
 
   it('webhooks --help says what it does', async () => {

@@ -1,6 +1,6 @@
 /** parseEnv's cross-variable checks (src/config/env.ts). */
 import { describe, expect, it } from 'vitest';
-import { MIN_WEBHOOK_LOG_RETENTION_DAYS, parseEnv } from '../../src/config/env.js';
+import { ENV_VARIABLE_NAMES, MIN_WEBHOOK_LOG_RETENTION_DAYS, parseEnv } from '../../src/config/env.js';
 import { WEBHOOK_METRICS_WINDOW_SECONDS } from '../../src/metrics/server-metrics.js';
 import { WEBHOOK_SWEEP_MAX_AGE_MS } from '../../src/services/webhooks.js';
 import { bearerToken } from '../../src/auth/authenticator.js';
@@ -100,6 +100,11 @@ describe('parseEnv', () => {
     expect(() => parseEnv({ ADMIN_API_KEY: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from ADMIN_API_KEY/);
     expect(() => parseEnv({ JWT_SECRET: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from JWT_SECRET/);
     expect(() => parseEnv({ WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from WEBHOOK_SECRET/);
+  });
+
+  it('ENV_VARIABLE_NAMES lists the variables it reads (serve and workers name them for a mistaken --option)', () => {
+    expect(ENV_VARIABLE_NAMES).toEqual(expect.arrayContaining(['PORT', 'REDIS_URL', 'DATABASE_URL']));
+    expect(Object.keys(parseEnv({})).every((k) => ENV_VARIABLE_NAMES.includes(k))).toBe(true);
   });
 
   it('refuses a client-side query timeout not longer than the statement timeout', () => {
