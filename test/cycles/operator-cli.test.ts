@@ -217,6 +217,23 @@ describe('arguments', () => {
     expect(workersHelp.stdout).toMatch(/^Runs the BullMQ workers .*\nusage: npm run workers/s);
   });
 
+  it('db:migrate refuses wrong arguments with exit 2 like the other commands (not 1, the code of a failed migration), nothing done', async () => {
+    const unreachable = env({ DATABASE_URL: `postgresql://postgres@127.0.0.1:${closedPort}/x` });
+    const cases: Array<[string[], RegExp]> = [
+      [['--bogus'], /^db:migrate: Unknown option '--bogus'/],
+      [['--rolled-back'], /^db:migrate: Option '--rolled-back <value>' argument missing/],
+      [['--applied', ' '], /^db:migrate: --applied needs a migration name/],
+      [['--rolled-back', 'a', '--applied', 'b'], /^db:migrate: give only one of --rolled-back and --applied/],
+      [['extra'], /^db:migrate: Unexpected argument 'extra'/],
+    ];
+    const runs = await Promise.all(cases.map(([args]) => runScript('scripts/db-migrate.ts', args, unreachable)));
+    runs.forEach((run, i) => {
+      expect({ args: cases[i]![0], code: run.code, stdout: run.stdout }).toEqual({ args: cases[i]![0], code: 2, stdout: '' });
+      expect(run.stderr).toMatch(cases[i]![1]);
+      expect(run.stderr).toMatch(/\nusage: npm run db:migrate/);
+    });
+  });
+
   it('webhooks --help says what it does', async () => {
     const help = await runScript('scripts/webhooks.ts', ['--help'], env({}));
     expect(help.code).toBe(0);
