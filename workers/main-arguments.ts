@@ -12,6 +12,7 @@ exitUnlessNoArguments(
   'workers',
   'usage: npm run workers [-- --help]',
   'Runs the BullMQ workers (expiries, billing periods, alerts, top-ups, webhook deliveries, the outbox relay) as their own process, ' +
-    'on $DATABASE_URL and $REDIS_URL (settings: the environment, README "Running the service").',
+    'on $DATABASE_URL and $REDIS_URL (settings: the environment, README "Running the service"); ' +
+    'at start it gives up (exit 1) when Redis has not answered within WORKERS_REDIS_WAIT_MS, then rides out Redis outages.',
   ENV_VARIABLE_NAMES,
 );

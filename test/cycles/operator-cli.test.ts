@@ -122,6 +122,30 @@ describe('a Redis that is down', () => {
   });
 });
 
+describe('npm run workers with a Redis that is down or silent at start', () => {
+  it('gives up after WORKERS_REDIS_WAIT_MS: one fatal log line naming REDIS_URL (password hidden), exit 1, nothing on stderr', async () => {
+    const waitMs = 1_000;
+    // Loading workers/main.ts under tsx (BullMQ, every service) alone takes seconds on a loaded
+    // machine: the bound is generous; before, the process never exited by itself.
+    const boundMs = 3 * FAIL_FAST_MS;
+    const [refused, silentRedis] = await Promise.all(
+      [closedPort, silentPort].map((port) =>
+        runBounded('workers/main.ts', [], env({ REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${port}`, WORKERS_REDIS_WAIT_MS: String(waitMs), QUEUE_PREFIX: `cp-test-operator-cli-${randomUUID()}`, LOG_LEVEL: 'info' }), boundMs),
+      ),
+    );
+    for (const [run, port] of [[refused!, closedPort], [silentRedis!, silentPort]] as const) {
+      // Before: it waited for Redis for ever (runBounded throws "still running").
+      expect({ port, code: run.code, stderr: run.stderr }).toEqual({ port, code: 1, stderr: '' });
+      const lines = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; redis?: string; waitMs?: number });
+      expect(lines.filter((l) => l.level === 60)).toEqual([
+        expect.objectContaining({ redis: `redis://:***@127.0.0.1:${port}`, waitMs, msg: expect.stringMatching(new RegExp(`Redis at redis://:\\*\\*\\*@127\\.0\\.0\\.1:${port}.* did not answer within ${waitMs} ms \\(WORKERS_REDIS_WAIT_MS\\)`)) }),
+      ]);
+      expect(run.stdout).not.toContain('creditpool workers ready');
+      expect(run.stdout).not.toContain(PASSWORD);
+    }
+  });
+});
+
 describe('npm run serve', () => {
   it('with MIGRATE_ON_BOOT and a PostgreSQL that never answers: gives up after connect_timeout, one fatal line, exit 1', async () => {
     const run = await runBounded('src/main.ts', [], env({ DATABASE_URL: `postgresql://postgres:${PASSWORD}@127.0.0.1:${silentPort}/creditpool?connect_timeout=1`, PORT: '0', MIGRATE_ON_BOOT: 'true', RUN_WORKERS: 'false', LOG_LEVEL: 'info' }));
@@ -214,7 +238,7 @@ describe('arguments', () => {
     expect({ code: serveHelp.code, stderr: serveHelp.stderr }).toEqual({ code: 0, stderr: '' });
     expect(serveHelp.stdout).toMatch(/^Runs the GraphQL API .*\nusage: npm run serve/s);
     expect({ code: workersHelp.code, stderr: workersHelp.stderr }).toEqual({ code: 0, stderr: '' });
-    expect(workersHelp.stdout).toMatch(/^Runs the BullMQ workers .*\nusage: npm run workers/s);
+    expect(workersHelp.stdout).toMatch(/^Runs the BullMQ workers .*WORKERS_REDIS_WAIT_MS.*\nusage: npm run workers/s);
   });
 
   it('db:migrate refuses wrong arguments with exit 2 like the other commands (not 1, the code of a failed migration), nothing done', async () => {
