@@ -213,32 +213,45 @@ describe('arguments', () => {
     expect(diffHelp.stdout).toMatch(/Computes the SQL/);
   });
 
-  it('serve and workers refuse any argument but --help (exit 2, one line naming it, nothing started) and --help says what they do', async () => {
-    // Were the arguments ignored (as they were), each would start on this unreachable PostgreSQL
-    // (and fail, exit 1, or keep trying) instead of exit 2 before anything.
+  /**
+   * Runs `script` with each case's arguments and with `helpArgs` (in parallel) on an unreachable
+   * PostgreSQL: were the arguments ignored (as they were), it would start there (and fail, exit 1,
+   * or keep trying) instead of exit 2 before anything.
+   */
+  async function expectArgumentsRefused(script: string, cases: Array<[string[], RegExp]>, helpArgs: string[], help: RegExp): Promise<void> {
     const unreachable = env({ DATABASE_URL: `postgresql://postgres@127.0.0.1:${closedPort}/x`, PG_CONNECT_TIMEOUT_MS: '1000', MIGRATE_ON_BOOT: 'true', RUN_WORKERS: 'false', PORT: '0' });
-    const cases: Array<[string, string[], RegExp]> = [
-      ['src/main.ts', ['--port', '5000'], /^serve: unknown option --port: set PORT in the environment instead \(PORT=<value> npm run serve\); usage: npm run serve/],
-      ['src/main.ts', ['start'], /^serve: takes no arguments, got "start"/],
-      ['src/main.ts', ['--help', '--bogus'], /^serve: unknown option --bogus: its settings come from the environment/],
-      ['workers/main.ts', [`--redis-url=redis://:${PASSWORD}@127.0.0.1:6379`], /^workers: unknown option --redis-url: set REDIS_URL in the environment instead \(REDIS_URL=<value> npm run workers\); usage: npm run workers/],
-    ];
-    const [serveHelp, workersHelp, ...runs] = await Promise.all([
-      runScript('src/main.ts', ['--help'], unreachable),
-      runScript('workers/main.ts', ['-h'], unreachable),
-      ...cases.map(([script, args]) => runScript(script, args, unreachable)),
-    ]);
+    const [helpRun, ...runs] = await Promise.all([runScript(script, helpArgs, unreachable), ...cases.map(([args]) => runScript(script, args, unreachable))]);
     runs.forEach((run, i) => {
-      const [script, args, message] = cases[i]!;
-      expect({ script, args, code: run.code, stdout: run.stdout }).toEqual({ script, args, code: 2, stdout: '' });
+      const [args, message] = cases[i]!;
+      expect({ args, code: run.code, stdout: run.stdout }).toEqual({ args, code: 2, stdout: '' });
       expect(run.stderr).toMatch(message);
       expect(run.stderr.trimEnd().split('\n')).toHaveLength(1);
       expect(run.stderr).not.toContain(PASSWORD);
     });
-    expect({ code: serveHelp.code, stderr: serveHelp.stderr }).toEqual({ code: 0, stderr: '' });
-    expect(serveHelp.stdout).toMatch(/^Runs the GraphQL API .*\nusage: npm run serve/s);
-    expect({ code: workersHelp.code, stderr: workersHelp.stderr }).toEqual({ code: 0, stderr: '' });
-    expect(workersHelp.stdout).toMatch(/^Runs the BullMQ workers .*WORKERS_REDIS_WAIT_MS.*\nusage: npm run workers/s);
+    expect({ code: helpRun.code, stderr: helpRun.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(helpRun.stdout).toMatch(help);
+  }
+
+  it('serve refuses any argument but --help (exit 2, one line naming it and the variable to set, nothing started); --help says what it does', async () => {
+    await expectArgumentsRefused(
+      'src/main.ts',
+      [
+        [['--port', '5000'], /^serve: unknown option --port: set PORT in the environment instead \(PORT=<value> npm run serve\); usage: npm run serve/],
+        [['start'], /^serve: takes no arguments, got "start"/],
+        [['--help', '--bogus'], /^serve: unknown option --bogus: its settings come from the environment/],
+      ],
+      ['--help'],
+      /^Runs the GraphQL API .*\nusage: npm run serve/s,
+    );
+  });
+
+  it('workers refuses any argument but --help the same way (an option\'s value, maybe a secret, is not echoed); -h says what it does', async () => {
+    await expectArgumentsRefused(
+      'workers/main.ts',
+      [[[`--redis-url=redis://:${PASSWORD}@127.0.0.1:6379`], /^workers: unknown option --redis-url: set REDIS_URL in the environment instead \(REDIS_URL=<value> npm run workers\); usage: npm run workers/]],
+      ['-h'],
+      /^Runs the BullMQ workers .*WORKERS_REDIS_WAIT_MS.*\nusage: npm run workers/s,
+    );
   });
 
   it('db:migrate refuses wrong arguments with exit 2 like the other commands (not 1, the code of a failed migration), nothing done', async () => {
