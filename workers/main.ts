@@ -22,8 +22,8 @@ const env = loadEnvOrExit();
 // Secrets and card holders' details are kept out of its lines (src/logging.ts).
 const log = createLogger({ level: env.LOG_LEVEL, base: { service: 'creditpool-workers' } });
 
-// What a stop has to close, filled in as the boot creates it. The boot waits for Redis without a
-// bound while it is unreachable (startWorkers); the handlers used to be installed after it, so a
+// What a stop has to close, filled in as the boot creates it. The boot waits for Redis while it is
+// unreachable (startWorkers; up to WORKERS_REDIS_WAIT_MS); the handlers used to be installed after it, so a
 // SIGTERM then killed the process by Node's default action, with nothing logged.
 const running: { pool?: pg.Pool; sessions?: CheckedOutSessions; workers?: RunningWorkers } = {};
 let stopping = false;
