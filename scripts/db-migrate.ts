@@ -7,7 +7,11 @@
  * With `--rolled-back <name>` / `--applied <name>` it resolves a migration recorded as failed
  * instead — the offline `prisma migrate resolve` (src/db/migrate.ts markMigrationRolledBack /
  * markMigrationApplied) — and applies nothing; exits 1, changing nothing, for a name that is not
- * a failed migration or bad arguments.
+ * a failed migration.
+ *
+ * Wrong arguments (an unknown option, a missing name, both --rolled-back and --applied) print
+ * what is wrong and the usage on stderr and exit 2, before anything is read or changed, as the
+ * other operator commands do (it used to exit 1, like a failed migration). `--help` says what it does.
  *
  * Usage: tsx scripts/db-migrate.ts [--rolled-back <name> | --applied <name> | --help]
  *        (or: npm run db:migrate [-- --rolled-back <name>])
@@ -19,9 +23,10 @@ import {
   markMigrationRolledBack,
   redactDatabaseUrl as redact,
 } from '../src/db/migrate.js';
+import { USAGE_ERROR_EXIT_CODE } from '../src/util/command-args.js';
 
 const DEFAULT_DATABASE_URL = 'postgresql://postgres@127.0.0.1:5432/creditpool';
-const USAGE = 'usage: npm run db:migrate [-- --rolled-back <migration name> | -- --applied <migration name>]';
+const USAGE = 'usage: npm run db:migrate [-- --rolled-back <migration name> | -- --applied <migration name> | -- --help]';
 
 const databaseUrl = process.env.DATABASE_URL || DEFAULT_DATABASE_URL;
 
@@ -50,7 +55,7 @@ try {
   command = parseCommand(process.argv.slice(2));
 } catch (error) {
   console.error(`db:migrate: ${error instanceof Error ? error.message : String(error)}\n${USAGE}`);
-  process.exit(1);
+  process.exit(USAGE_ERROR_EXIT_CODE);
 }
 
 const log = (msg: string) => console.log(msg);

@@ -1,9 +1,13 @@
 /**
- * The API process: `npm run serve` (tsx src/main.ts). Reads the environment (src/config/env.ts),
+ * The API process: `npm run serve` (tsx src/main.ts). Takes no arguments but `--help` (anything
+ * else: one line on stderr, exit 2, nothing read or started; src/main-arguments.ts): its
+ * settings come from the environment. Reads the environment (src/config/env.ts),
  * applies pending migrations, starts the HTTP server and, unless RUN_WORKERS=false, the BullMQ
  * workers in-process. Logs one "creditpool ready" line with the URL. SIGTERM/SIGINT stop it
  * gracefully (server and workers at once, then connections), also during the boot ({@link shutdown}).
  */
+// First: wrong arguments and --help are answered before the rest of the application loads.
+import './main-arguments.js';
 import { Redis } from 'ioredis';
 import { loadEnvOrExit } from './config/env.js';
 import { createLogger } from './logging.js';

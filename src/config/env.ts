@@ -218,6 +218,16 @@ const EnvSchema = z.object({
    * wait for their jobs in progress before they drop their Redis connections (workers/start.ts).
    */
   SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(10_000),
+  /**
+   * Longest the workers process (`npm run workers`, workers/main.ts) waits at start for Redis to
+   * take its job schedulers and workers, in milliseconds; past it, it logs one fatal line naming
+   * REDIS_URL (password hidden) and exits 1, so a Redis that is down or silent at start is seen
+   * (the orchestrator restarts it) instead of a process that waited for ever and looked started.
+   * 0: no limit (the behaviour before). After a successful start it reconnects to a Redis that
+   * goes away without a limit, as before. Not used by the API's in-process workers (src/main.ts),
+   * which serve requests meanwhile and say "not ready" on GET /readyz.
+   */
+  WORKERS_REDIS_WAIT_MS: z.coerce.number().int().min(0).max(3_600_000).default(30_000),
   /** Undelivered updates queued per subscription before they are replaced by one fresh snapshot. */
   LIVE_MAX_QUEUED_UPDATES: z.coerce.number().int().min(1).default(1_000),
   /** Where signed webhooks (credit alerts, auto top-up paused) are POSTed. Unset: none are sent or logged. */
@@ -337,6 +347,13 @@ const EnvSchema = z.object({
 
 /** Validated process configuration. */
 export type Env = z.infer<typeof EnvSchema>;
+
+/**
+ * The names of every environment variable read here (PORT, REDIS_URL, ...): `npm run serve` and
+ * `npm run workers` name the variable when an operator passes one as an option (`--port 5000`;
+ * src/util/command-args.ts).
+ */
+export const ENV_VARIABLE_NAMES: readonly string[] = Object.freeze(Object.keys(EnvSchema.shape));
 
 /**
  * Parses an environment (default: process.env).

@@ -1,5 +1,5 @@
 /**
- * The operator's commands (`npm run db:migrate`, `db:diff`, `seed`, `apikey:create`, `webhooks`)
+ * The operator's commands (`npm run serve`, `workers`, `db:migrate`, `db:diff`, `seed`, `apikey:create`, `webhooks`)
  * run as their own processes, as an operator runs them, against what goes wrong on an operator's
  * machine: a PostgreSQL that accepts connections and never answers (a stalled host, a proxy whose
  * backend is gone), a Redis that is down, and arguments that are wrong. Each must say what is
@@ -122,6 +122,30 @@ describe('a Redis that is down', () => {
   });
 });
 
+describe('npm run workers with a Redis that is down or silent at start', () => {
+  it('gives up after WORKERS_REDIS_WAIT_MS: one fatal log line naming REDIS_URL (password hidden), exit 1, nothing on stderr', async () => {
+    const waitMs = 1_000;
+    // Loading workers/main.ts under tsx (BullMQ, every service) alone takes seconds on a loaded
+    // machine: the bound is generous; before, the process never exited by itself.
+    const boundMs = 3 * FAIL_FAST_MS;
+    const [refused, silentRedis] = await Promise.all(
+      [closedPort, silentPort].map((port) =>
+        runBounded('workers/main.ts', [], env({ REDIS_URL: `redis://:${PASSWORD}@127.0.0.1:${port}`, WORKERS_REDIS_WAIT_MS: String(waitMs), QUEUE_PREFIX: `cp-test-operator-cli-${randomUUID()}`, LOG_LEVEL: 'info' }), boundMs),
+      ),
+    );
+    for (const [run, port] of [[refused!, closedPort], [silentRedis!, silentPort]] as const) {
+      // Before: it waited for Redis for ever (runBounded throws "still running").
+      expect({ port, code: run.code, stderr: run.stderr }).toEqual({ port, code: 1, stderr: '' });
+      const lines = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; redis?: string; waitMs?: number });
+      expect(lines.filter((l) => l.level === 60)).toEqual([
+        expect.objectContaining({ redis: `redis://:***@127.0.0.1:${port}`, waitMs, msg: expect.stringMatching(new RegExp(`Redis at redis://:\\*\\*\\*@127\\.0\\.0\\.1:${port}.* did not answer within ${waitMs} ms \\(WORKERS_REDIS_WAIT_MS\\)`)) }),
+      ]);
+      expect(run.stdout).not.toContain('creditpool workers ready');
+      expect(run.stdout).not.toContain(PASSWORD);
+    }
+  });
+});
+
 describe('npm run serve', () => {
   it('with MIGRATE_ON_BOOT and a PostgreSQL that never answers: gives up after connect_timeout, one fatal line, exit 1', async () => {
     const run = await runBounded('src/main.ts', [], env({ DATABASE_URL: `postgresql://postgres:${PASSWORD}@127.0.0.1:${silentPort}/creditpool?connect_timeout=1`, PORT: '0', MIGRATE_ON_BOOT: 'true', RUN_WORKERS: 'false', LOG_LEVEL: 'info' }));
@@ -187,6 +211,64 @@ describe('arguments', () => {
     expect({ code: diffTwo.code, stderr: diffTwo.stderr.split('\n')[0] }).toEqual({ code: 2, stderr: expect.stringMatching(/one migration name, got 2: one two/) });
     expect(diffHelp.code).toBe(0);
     expect(diffHelp.stdout).toMatch(/Computes the SQL/);
+  });
+
+  /**
+   * Runs `script` with each case's arguments and with `helpArgs` (in parallel) on an unreachable
+   * PostgreSQL: were the arguments ignored (as they were), it would start there (and fail, exit 1,
+   * or keep trying) instead of exit 2 before anything.
+   */
+  async function expectArgumentsRefused(script: string, cases: Array<[string[], RegExp]>, helpArgs: string[], help: RegExp): Promise<void> {
+    const unreachable = env({ DATABASE_URL: `postgresql://postgres@127.0.0.1:${closedPort}/x`, PG_CONNECT_TIMEOUT_MS: '1000', MIGRATE_ON_BOOT: 'true', RUN_WORKERS: 'false', PORT: '0' });
+    const [helpRun, ...runs] = await Promise.all([runScript(script, helpArgs, unreachable), ...cases.map(([args]) => runScript(script, args, unreachable))]);
+    runs.forEach((run, i) => {
+      const [args, message] = cases[i]!;
+      expect({ args, code: run.code, stdout: run.stdout }).toEqual({ args, code: 2, stdout: '' });
+      expect(run.stderr).toMatch(message);
+      expect(run.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(run.stderr).not.toContain(PASSWORD);
+    });
+    expect({ code: helpRun.code, stderr: helpRun.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(helpRun.stdout).toMatch(help);
+  }
+
+  it('serve refuses any argument but --help (exit 2, one line naming it and the variable to set, nothing started); --help says what it does', async () => {
+    await expectArgumentsRefused(
+      'src/main.ts',
+      [
+        [['--port', '5000'], /^serve: unknown option --port: set PORT in the environment instead \(PORT=<value> npm run serve\); usage: npm run serve/],
+        [['start'], /^serve: takes no arguments, got "start"/],
+        [['--help', '--bogus'], /^serve: unknown option --bogus: its settings come from the environment/],
+      ],
+      ['--help'],
+      /^Runs the GraphQL API .*\nusage: npm run serve/s,
+    );
+  });
+
+  it('workers refuses any argument but --help the same way (an option\'s value, maybe a secret, is not echoed); -h says what it does', async () => {
+    await expectArgumentsRefused(
+      'workers/main.ts',
+      [[[`--redis-url=redis://:${PASSWORD}@127.0.0.1:6379`], /^workers: unknown option --redis-url: set REDIS_URL in the environment instead \(REDIS_URL=<value> npm run workers\); usage: npm run workers/]],
+      ['-h'],
+      /^Runs the BullMQ workers .*WORKERS_REDIS_WAIT_MS.*\nusage: npm run workers/s,
+    );
+  });
+
+  it('db:migrate refuses wrong arguments with exit 2 like the other commands (not 1, the code of a failed migration), nothing done', async () => {
+    const unreachable = env({ DATABASE_URL: `postgresql://postgres@127.0.0.1:${closedPort}/x` });
+    const cases: Array<[string[], RegExp]> = [
+      [['--bogus'], /^db:migrate: Unknown option '--bogus'/],
+      [['--rolled-back'], /^db:migrate: Option '--rolled-back <value>' argument missing/],
+      [['--applied', ' '], /^db:migrate: --applied needs a migration name/],
+      [['--rolled-back', 'a', '--applied', 'b'], /^db:migrate: give only one of --rolled-back and --applied/],
+      [['extra'], /^db:migrate: Unexpected argument 'extra'/],
+    ];
+    const runs = await Promise.all(cases.map(([args]) => runScript('scripts/db-migrate.ts', args, unreachable)));
+    runs.forEach((run, i) => {
+      expect({ args: cases[i]![0], code: run.code, stdout: run.stdout }).toEqual({ args: cases[i]![0], code: 2, stdout: '' });
+      expect(run.stderr).toMatch(cases[i]![1]);
+      expect(run.stderr).toMatch(/\nusage: npm run db:migrate/);
+    });
   });
 
   it('webhooks --help says what it does', async () => {

@@ -1,6 +1,6 @@
 /** parseEnv's cross-variable checks (src/config/env.ts). */
 import { describe, expect, it } from 'vitest';
-import { MIN_WEBHOOK_LOG_RETENTION_DAYS, parseEnv } from '../../src/config/env.js';
+import { ENV_VARIABLE_NAMES, MIN_WEBHOOK_LOG_RETENTION_DAYS, parseEnv } from '../../src/config/env.js';
 import { WEBHOOK_METRICS_WINDOW_SECONDS } from '../../src/metrics/server-metrics.js';
 import { WEBHOOK_SWEEP_MAX_AGE_MS } from '../../src/services/webhooks.js';
 import { bearerToken } from '../../src/auth/authenticator.js';
@@ -100,6 +100,18 @@ describe('parseEnv', () => {
     expect(() => parseEnv({ ADMIN_API_KEY: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from ADMIN_API_KEY/);
     expect(() => parseEnv({ JWT_SECRET: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from JWT_SECRET/);
     expect(() => parseEnv({ WEBHOOK_URL: 'https://hooks.example/x', WEBHOOK_SECRET: shared, METRICS_TOKEN: shared })).toThrow(/METRICS_TOKEN: must differ from WEBHOOK_SECRET/);
+  });
+
+  it('WORKERS_REDIS_WAIT_MS defaults to 30 s; 0 (no limit) up to an hour; a negative or fractional wait is refused', () => {
+    expect(parseEnv({}).WORKERS_REDIS_WAIT_MS).toBe(30_000);
+    expect(parseEnv({ WORKERS_REDIS_WAIT_MS: '0' }).WORKERS_REDIS_WAIT_MS).toBe(0);
+    expect(parseEnv({ WORKERS_REDIS_WAIT_MS: '3600000' }).WORKERS_REDIS_WAIT_MS).toBe(3_600_000);
+    for (const bad of ['-1', '1.5', '3600001', 'soon']) expect(() => parseEnv({ WORKERS_REDIS_WAIT_MS: bad })).toThrow(/WORKERS_REDIS_WAIT_MS/);
+  });
+
+  it('ENV_VARIABLE_NAMES lists the variables it reads (serve and workers name them for a mistaken --option)', () => {
+    expect(ENV_VARIABLE_NAMES).toEqual(expect.arrayContaining(['PORT', 'REDIS_URL', 'DATABASE_URL', 'WORKERS_REDIS_WAIT_MS']));
+    expect(Object.keys(parseEnv({})).every((k) => ENV_VARIABLE_NAMES.includes(k))).toBe(true);
   });
 
   it('refuses a client-side query timeout not longer than the statement timeout', () => {

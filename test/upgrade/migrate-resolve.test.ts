@@ -173,23 +173,23 @@ describe('a migration that fails on the data, resolved offline', () => {
     await expect(markMigrationApplied(db.url, NAME, { rootDir: root.root })).rejects.toBeInstanceOf(NotAFailedMigrationError);
   });
 
-  it('refuses (exit 1, a message naming the problem, _prisma_migrations unchanged) a name that is not a failed migration, and bad arguments', async () => {
+  it('refuses (a message naming the problem, _prisma_migrations unchanged) a name that is not a failed migration (exit 1), and bad arguments (exit 2, as the other commands)', async () => {
     const db = await scratch('refuse');
     await applyMigrations(db.url);
     const applied = (await migrationNames())[0]!;
     const before = await allRecords(db);
 
-    const cases: Array<[string[], RegExp]> = [
-      [['--rolled-back', applied], new RegExp(`${applied} is applied, not failed`)],
-      [['--applied', applied], new RegExp(`${applied} is applied, not failed`)],
-      [['--rolled-back', 'init'], /no migration named init was ever run on this database/],
-      [['--rolled-back'], /--rolled-back/],
-      [['--rolled-back', applied, '--applied', applied], /only one of --rolled-back and --applied/],
-      [['--roll-back', applied], /--roll-back/],
+    const cases: Array<[string[], number, RegExp]> = [
+      [['--rolled-back', applied], 1, new RegExp(`${applied} is applied, not failed`)],
+      [['--applied', applied], 1, new RegExp(`${applied} is applied, not failed`)],
+      [['--rolled-back', 'init'], 1, /no migration named init was ever run on this database/],
+      [['--rolled-back'], 2, /--rolled-back/],
+      [['--rolled-back', applied, '--applied', applied], 2, /only one of --rolled-back and --applied/],
+      [['--roll-back', applied], 2, /--roll-back/],
     ];
-    for (const [args, message] of cases) {
+    for (const [args, code, message] of cases) {
       const run = await dbMigrate(db, args);
-      expect({ args, code: run.code }).toEqual({ args, code: 1 });
+      expect({ args, code: run.code }).toEqual({ args, code });
       expect(run.stderr).toMatch(message);
     }
     expect(await allRecords(db)).toEqual(before);
