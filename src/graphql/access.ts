@@ -13,6 +13,7 @@ import { LedgerError } from '../ledger/errors.js';
 import { hasScope, type Principal } from '../auth/principal.js';
 import type { Prisma } from '../generated/prisma/client.js';
 import type { GraphQLContext } from './context.js';
+import { accountNowAt } from '../services/account-clock.js';
 
 /**
  * True when `principal` may see account-wide data (balance, batches, ledger, usage, alerts,
@@ -93,7 +94,12 @@ export async function assertCanReadAccount(ctx: GraphQLContext, accountId: strin
   if (!(await canReadAccount(ctx, accountId))) throw new LedgerError('NOT_FOUND', `${what} not found`);
 }
 
-/** The account's "now": its test clock when in test mode, else the wall clock. */
-export function accountNow(account: { testMode: boolean; testClockAt: Date | null }, wallNow: Date): Date {
-  return account.testMode && account.testClockAt ? account.testClockAt : wallNow;
+/**
+ * The account's "now" from its row and its balance row as loaded through Prisma (select
+ * `{ testMode, testClockAt, balance: { select: { updatedAt } } }`): its test clock when in test
+ * mode, else `wallNow` but never before its last committed change, the rule of every
+ * time-dependent read (services/account-clock.ts accountNowAt; Balance's).
+ */
+export function accountNow(account: { testMode: boolean; testClockAt: Date | null; balance: { updatedAt: Date } | null }, wallNow: Date): Date {
+  return accountNowAt({ testMode: account.testMode, testClockAt: account.testClockAt, lastChangeAt: account.balance?.updatedAt ?? null }, wallNow);
 }

@@ -29,6 +29,7 @@ import type pg from 'pg';
 import { periodOfGridAt } from '../ledger/billing-period.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { usageSummary, type UsageSummaryRow } from './usage-summary.js';
+import { accountNowSql } from './account-clock.js';
 
 /** Grant sources (database enum GrantSource), in the order a statement lists them. */
 export const GRANT_SOURCES = ['WELCOME_BONUS', 'PROMO_CODE', 'REFERRAL', 'PURCHASE', 'SUBSCRIPTION', 'AUTO_TOP_UP', 'ADJUSTMENT'] as const;
@@ -130,7 +131,7 @@ export async function readAccountStatement(
 ): Promise<AccountStatement> {
   const head = await db.query(
     `SELECT a.billing_anchor_at AS anchor, a.created_at,
-            CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE GREATEST($2::timestamptz, b.updated_at) END AS now
+            ${accountNowSql('a', 'b', '$2')} AS now
        FROM accounts a JOIN balances b ON b.account_id = a.id WHERE a.id = $1`,
     [accountId, wallNow],
   );

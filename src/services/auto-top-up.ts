@@ -29,6 +29,7 @@ import { formatCredits } from '../ledger/credits.js';
 import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { PaymentTimeoutError, type ChargeOutcome } from '../payments/provider.js';
 import { AccountTx } from './account-tx.js';
+import { accountNowSql } from './account-clock.js';
 import { findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
 import { readBalance } from './read-balance.js';
 import { balanceRoomError } from './grant-credits.js';
@@ -101,12 +102,16 @@ export async function setAutoTopUp(ctx: ServiceContext, cmd: SetAutoTopUpCommand
   ctx.refusalTopUps?.forget(cmd.accountId);
 }
 
-/** Top-ups that SUCCEEDED in the account's current billing period (at its clock). */
+/**
+ * Top-ups that SUCCEEDED in the account's current billing period: the one containing its now as
+ * Balance reads it (account-clock.ts: its test clock, else `wallNow` but never before its last
+ * committed change), as a top-up started under the account's lock dates its period.
+ */
 export async function topUpsUsedThisPeriod(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<number> {
   const { rows } = await db.query(
     `SELECT count(t.id)::int AS n
-       FROM accounts a
-       CROSS JOIN LATERAL billing_period(a.billing_anchor_at, CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END) p
+       FROM accounts a JOIN balances bal ON bal.account_id = a.id
+       CROSS JOIN LATERAL billing_period(a.billing_anchor_at, ${accountNowSql('a', 'bal', '$2')}) p
        LEFT JOIN auto_top_ups t ON t.account_id = a.id AND t.period_start = p.period_start AND t.status = 'SUCCEEDED'
       WHERE a.id = $1`,
     [accountId, wallNow],

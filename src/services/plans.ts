@@ -24,6 +24,7 @@ import { formatCredits, minBig } from '../ledger/credits.js';
 import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import { AccountTx } from './account-tx.js';
+import { accountNowSql } from './account-clock.js';
 import type { ServiceContext } from './context.js';
 import { applyGrant } from './grant-credits.js';
 import { applyExpiries } from './expire-due.js';
@@ -222,11 +223,16 @@ export async function cancelSubscription(ctx: ServiceContext, accountId: string)
   });
 }
 
-/** The account's subscription (null without one), its period by the account's clock. */
+/**
+ * The account's subscription (null without one), with the billing period that contains the
+ * account's now as Balance reads it (account-clock.ts: its test clock, else `wallNow` but never
+ * before its last committed change), so on a server whose clock runs behind the one that changed
+ * the account just after a period boundary it names the period Balance.periodStart names.
+ */
 export async function readSubscription(pool: pg.Pool, accountId: string, wallNow: Date): Promise<SubscriptionView | null> {
   const { rows } = await pool.query(
-    `SELECT s.active, a.billing_anchor_at, CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE $2::timestamptz END AS now, p.*
-       FROM plan_subscriptions s JOIN accounts a ON a.id = s.account_id JOIN plans p ON p.id = s.plan_id
+    `SELECT s.active, a.billing_anchor_at, ${accountNowSql('a', 'bal', '$2')} AS now, p.*
+       FROM plan_subscriptions s JOIN accounts a ON a.id = s.account_id JOIN balances bal ON bal.account_id = a.id JOIN plans p ON p.id = s.plan_id
       WHERE s.account_id = $1`,
     [accountId, wallNow],
   );

@@ -8,6 +8,7 @@ import { toBigInt } from '../db/pg.js';
 import { LedgerError } from '../ledger/errors.js';
 import { balanceFromSnapshot, snapshotFromRow, type BalanceSnapshot } from './balance-figures.js';
 import { subjectUsageSql } from './spending-budgets.js';
+import { accountNowSql } from './account-clock.js';
 
 /** The contract's Balance, amounts in micro-credits. */
 export interface BalanceView {
@@ -69,8 +70,8 @@ export interface AccountClock {
 /**
  * The account's now and its current billing period [periodStart, periodEnd), by the rule Balance
  * and the statement read them with (queryBalanceRow, account-statement.ts): its test clock in
- * test mode, else `wallNow` but never before its last committed change (balances.updated_at),
- * and the period of `billing_period` (the SQL twin of ledger/billing-period.ts monthlyPeriodAt).
+ * test mode, else `wallNow` but never before its last committed change (balances.updated_at;
+ * account-clock.ts accountNowSql, the one rule of every time-dependent read), and the period of `billing_period` (the SQL twin of ledger/billing-period.ts monthlyPeriodAt).
  * For reports whose default range is "now" (usageSummary, usageHistory): with this server's
  * clock alone, a server running behind the one that charged an account just after a period or
  * month boundary named the period before it, leaving that charge out of the report while
@@ -82,7 +83,7 @@ export async function readAccountClock(db: pg.Pool | pg.PoolClient, accountId: s
   const { rows } = await db.query(
     `SELECT n.now, per.period_start, per.period_end
        FROM accounts a JOIN balances b ON b.account_id = a.id
-       CROSS JOIN LATERAL (SELECT CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE GREATEST($2::timestamptz, b.updated_at) END AS now) n
+       CROSS JOIN LATERAL (SELECT ${accountNowSql('a', 'b', '$2')} AS now) n
        CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
       WHERE a.id = $1`,
     [accountId, wallNow],
@@ -142,7 +143,7 @@ async function queryBalanceRow(db: pg.Pool | pg.PoolClient, accountId: string, w
        LEFT JOIN plan_subscriptions s ON s.account_id = a.id AND s.active
        LEFT JOIN plans p ON p.id = s.plan_id${withHold ? `
        LEFT JOIN reservations h ON h.id = $3 AND h.account_id = a.id` : ''}
-       CROSS JOIN LATERAL (SELECT CASE WHEN a.test_mode AND a.test_clock_at IS NOT NULL THEN a.test_clock_at ELSE GREATEST($2::timestamptz, b.updated_at) END AS now) n
+       CROSS JOIN LATERAL (SELECT ${accountNowSql('a', 'b', '$2')} AS now) n
        CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
        CROSS JOIN LATERAL balance_figures($1, n.now, per.period_start) f
       WHERE a.id = $1`,

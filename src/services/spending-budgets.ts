@@ -17,8 +17,8 @@ import { toBigInt, withTransaction, type Tx } from '../db/pg.js';
 import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits } from '../ledger/credits.js';
-import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import { AccountTx } from './account-tx.js';
+import { accountNowSql } from './account-clock.js';
 import type { ServiceContext } from './context.js';
 
 /** Whose spending a budget limits. */
@@ -49,27 +49,44 @@ export function subjectUsageSql(b: string, fromSql: string, toSql: string): stri
                        AND e.recorded_at >= ${fromSql} AND e.recorded_at < ${toSql}) END`;
 }
 
-/** SQL: what the ACTIVE holds of budget row `b`'s subject hold at $4, except hold $5. */
-function subjectHeldSql(b: string): string {
+/**
+ * SQL: what the ACTIVE holds of budget row `b`'s subject hold at `nowSql` (default $4), except
+ * hold `exceptSql` (default $5; a NULL uuid excepts none).
+ */
+function subjectHeldSql(b: string, nowSql = '$4', exceptSql = '$5'): string {
   return `(SELECT COALESCE(SUM(GREATEST(r.amount_micro_credits - r.consumed_micro_credits, 0)), 0) FROM reservations r
-             WHERE r.account_id = ${b}.account_id AND r.status = 'ACTIVE' AND r.expires_at > $4
-               AND ($5::uuid IS NULL OR r.id <> $5::uuid)
+             WHERE r.account_id = ${b}.account_id AND r.status = 'ACTIVE' AND r.expires_at > ${nowSql}
+               AND (${exceptSql}::uuid IS NULL OR r.id <> ${exceptSql}::uuid)
                AND CASE WHEN ${b}.subject_kind = 'AGENT' THEN r.agent_id = ${b}.subject_id ELSE r.user_id = ${b}.subject_id END)`;
 }
 
 /**
- * The budgets of account $1 with their spending in the period [$2, $3) at $4 (except hold $5):
+ * The budgets of account $1 with their spending in its current billing period, at its now (the
+ * wall clock $2 by account-clock.ts's rule, as Balance: never before the account's last change):
  * the subject's kept usage cost of the period where a row exists (equal to the SUM in the same
- * snapshot: rows and usage are written by the same transactions), else the SUM itself. Reads
- * only: a missing row is left for the next budget check to start.
+ * snapshot: rows and usage are written by the same transactions), else the SUM itself, plus what
+ * the subject's ACTIVE holds hold at that now. Those of kind $3 (null: both), subject ids after
+ * $4 in byte order (null: from the first), subject $6 only (null: all); at most $5 (null: all).
+ * ONE statement: the now, the period and the spending belong to one snapshot. One row with a null
+ * subject_kind when the account has no such budget; no row when the account does not exist.
+ * Reads only: a missing budget_spend row is left for the next budget check to start.
  */
-const SPENT_SQL = `
-  SELECT b.subject_kind, b.subject_id, b.limit_micro_credits,
-         COALESCE((SELECT k.spent_micro_credits FROM budget_spend k
-                    WHERE k.account_id = b.account_id AND k.subject_kind = b.subject_kind AND k.subject_id = b.subject_id AND k.period_start = $2),
-                  ${subjectUsageSql('b', '$2', '$3')}) + ${subjectHeldSql('b')} AS spent
-    FROM spending_budgets b
-   WHERE b.account_id = $1`;
+const LIST_BUDGETS_SQL = `
+  SELECT s.subject_kind, s.subject_id, s.limit_micro_credits, s.spent
+    FROM (SELECT per.period_start, per.period_end, n.now
+            FROM accounts a JOIN balances bal ON bal.account_id = a.id
+            CROSS JOIN LATERAL (SELECT ${accountNowSql('a', 'bal', '$2')} AS now) n
+            CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
+           WHERE a.id = $1) clk
+    LEFT JOIN LATERAL (
+      SELECT b.subject_kind, b.subject_id, b.limit_micro_credits,
+             COALESCE((SELECT k.spent_micro_credits FROM budget_spend k
+                        WHERE k.account_id = b.account_id AND k.subject_kind = b.subject_kind AND k.subject_id = b.subject_id AND k.period_start = clk.period_start),
+                      ${subjectUsageSql('b', 'clk.period_start', 'clk.period_end')}) + ${subjectHeldSql('b', 'clk.now', 'NULL')} AS spent
+        FROM spending_budgets b
+       WHERE b.account_id = $1 AND ($3::text IS NULL OR b.subject_kind = $3) AND ($4::text IS NULL OR b.subject_id COLLATE "C" > $4)
+         AND ($6::text IS NULL OR b.subject_id = $6)
+       ORDER BY b.subject_kind, b.subject_id COLLATE "C" LIMIT $5) s ON TRUE`;
 
 /**
  * The budgets of the subjects $6 (agent) / $7 (user) of account $1 with their spending in the
@@ -215,11 +232,14 @@ export interface BudgetFilter {
 }
 
 /**
- * Budgets of an account with their spending in the billing period containing `now`
- * (the account's test clock, if any), ordered by subject kind, then subject id in byte order;
- * all of them, or those of `filter` (BudgetFilter: Account.budgets / userBudgets read pages of at
- * most ACCOUNT_BUDGETS_CAP, src/graphql/growth.ts; setSpendingBudget one subject's). Amounts in
- * micro-credits.
+ * Budgets of an account with their spending in its current billing period (usage cost plus what
+ * active holds hold), ordered by subject kind, then subject id in byte order; all of them, or
+ * those of `filter` (BudgetFilter: Account.budgets / userBudgets read pages of at most
+ * ACCOUNT_BUDGETS_CAP, src/graphql/growth.ts; setSpendingBudget one subject's). The period and the
+ * holds are the account's now's, as Balance reads it (account-clock.ts: its test clock, else
+ * `wallNow` but never before its last committed change), so a server whose clock runs behind the
+ * one that charged the account just after a period boundary reports the new period's spending,
+ * as Balance.periodStart names it, not the old one's. One statement. Amounts in micro-credits.
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
 export async function listBudgets(
@@ -229,20 +249,9 @@ export async function listBudgets(
   kind?: BudgetSubjectKind,
   filter: BudgetFilter = {},
 ): Promise<BudgetView[]> {
-  const head = await db.query(
-    `SELECT billing_anchor_at, CASE WHEN test_mode AND test_clock_at IS NOT NULL THEN test_clock_at ELSE $2::timestamptz END AS now FROM accounts WHERE id = $1`,
-    [accountId, wallNow],
-  );
-  const a = head.rows[0];
-  if (!a) throw new LedgerError('NOT_FOUND', 'account not found');
-  const period = monthlyPeriodAt(a.billing_anchor_at as Date, a.now as Date);
-  const { rows } = await db.query(
-    `${SPENT_SQL} AND ($6::text IS NULL OR b.subject_kind = $6) AND ($7::text IS NULL OR b.subject_id COLLATE "C" > $7)
-        AND ($9::text IS NULL OR b.subject_id = $9)
-      ORDER BY b.subject_kind, b.subject_id COLLATE "C" LIMIT $8`,
-    [accountId, period.start, period.end, a.now, null, kind ?? null, filter.after ?? null, filter.limit ?? null, filter.subjectId ?? null],
-  );
-  return rows.map(toView);
+  const { rows } = await db.query(LIST_BUDGETS_SQL, [accountId, wallNow, kind ?? null, filter.after ?? null, filter.limit ?? null, filter.subjectId ?? null]);
+  if (!rows[0]) throw new LedgerError('NOT_FOUND', 'account not found');
+  return rows.filter((r) => r.subject_kind !== null).map(toView);
 }
 
 /**

@@ -6,7 +6,9 @@
  * AUTO_TOP_UP). Covered: settings and refusals, 100 concurrent charges -> one top-up, one charge,
  * one grant; the per-period cap; three declines -> paused, FAILED and the `auto_top_up.paused`
  * webhook job enqueued, then setAutoTopUp re-enables; timeouts then success -> one charge; enabling
- * below the threshold starts one at once. Waits are on database/queue conditions.
+ * below the threshold starts one at once; usedThisPeriod counts the period Balance names (the
+ * account's now) on a server whose clock is behind the last change. Waits are on database/queue
+ * conditions.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -200,5 +202,29 @@ describe('auto top-up worker', () => {
     expect(await billingCounts(srv, accountId)).toEqual({ payments: 1, succeeded: 1, failed: 0, pack_grants: 1, top_ups: 1 });
     expect((await readAccount(srv, accountId)).balance.available).toBe('60');
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
+  it("usedThisPeriod counts the top-ups of the period Balance names, also on a server whose clock is behind the last change", async () => {
+    // Anchored at a calendar month start; the boundary is the next month's start.
+    const anchor = new Date('2032-06-01T00:00:00.000Z');
+    const boundary = new Date('2032-07-01T00:00:00.000Z');
+    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+    try {
+      srv.services.setNow(anchor);
+      const { accountId } = await topUpAccount('100', { thresholdCredits: '50', packId: pack.id });
+      // Another server, whose clock is ahead, charges across the threshold just after the boundary:
+      // the top-up is of the new period.
+      srv.services.setNow(new Date(boundary.getTime() + 1000));
+      await spend(accountId, 60);
+      const [topUp] = await settled(accountId, 1);
+      expect(topUp).toMatchObject({ status: 'SUCCEEDED' });
+      // This server, 2 s behind it, reads the settings.
+      srv.services.setNow(new Date(boundary.getTime() - 1000));
+      const a = ok(await srv.gql(`query($id: ID!) { account(id: $id) { balance { periodStart } autoTopUp { usedThisPeriod } } }`, { id: accountId })).account;
+      expect(a.balance.periodStart).toBe(boundary.toISOString());
+      expect(a.autoTopUp.usedThisPeriod).toBe(1);
+    } finally {
+      srv.services.setNow(null);
+    }
   });
 });

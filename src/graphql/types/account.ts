@@ -11,7 +11,6 @@ import { readAccountClock, readBalance, reconcileAccount } from '../../services/
 import { USAGE_SUMMARY_MAX_ROWS, usageHistory, usageSummary, type UsageSummaryRow, type UsageMonth } from '../../services/usage-summary.js';
 import { compareDrawdownOrder } from '../../ledger/drawdown.js';
 import { badInput } from '../../ledger/errors.js';
-import { accountNow } from '../access.js';
 import { cappedList, listSizedBy } from '../cost-limit.js';
 import { assertRowCursors, newestFirstRows, rowsOfCursorAccount, type CursorArgs } from '../ids.js';
 import {
@@ -115,7 +114,9 @@ export const AccountRef = builder.prismaNode('Account', {
       args: { status: t.arg({ type: [BatchStatusEnum], required: false }) },
       extensions: cappedList(ACCOUNT_BATCHES_CAP),
       resolve: async (query, a, args, ctx) => {
-        const now = accountNow(a, ctx.services.clock());
+        // The account's now as Balance reads it (not this server's clock alone): a batch the last
+        // change already treated as expired is not listed ACTIVE on a server whose clock is behind.
+        const { now } = await readAccountClock(ctx.services.pool, a.id, ctx.services.clock());
         const batches = await ctx.prisma.creditBatch.findMany({
           ...query,
           where: { accountId: a.id, ...batchStatusWhere(args.status ?? ['ACTIVE'], now) },
@@ -229,11 +230,12 @@ export const AccountRef = builder.prismaNode('Account', {
       args: { status: t.arg({ type: [ReservationStatusEnum], required: false }) },
       extensions: cappedList(ACCOUNT_RESERVATIONS_CAP),
       resolve: async (query, a, args, ctx) => {
-        const now = accountNow(a, ctx.services.clock());
+        // The account's now as Balance reads it (as for batches above); no read without a status filter.
+        const now = args.status ? (await readAccountClock(ctx.services.pool, a.id, ctx.services.clock())).now : null;
         // The statuses as the API shows them (effectiveReservationStatus), filtered in SQL before the
         // cap, so an old ACTIVE hold is never cut by newer closed ones. Holds of one group-commit
         // transaction share createdAt: the id breaks the tie, so the order (and the cap) is stable.
-        const where = args.status ? { OR: [...new Set(args.status)].map((s) => reservationStatusWhere(s, now)) } : {};
+        const where = args.status && now ? { OR: [...new Set(args.status)].map((s) => reservationStatusWhere(s, now)) } : {};
         return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: [{ createdAt: 'desc' }, { id: 'desc' }], take: ACCOUNT_RESERVATIONS_CAP });
       },
     }),

@@ -26,7 +26,11 @@ export function decimalText(v: { toFixed(): string } | null | undefined): string
  */
 export const ACCOUNT_DATA = { accountData: true } as const;
 
-const clockSelect = { account: { select: { testMode: true, testClockAt: true } } } as const;
+/**
+ * What a status resolver selects of the row's account to know its now (../access.ts accountNow:
+ * the test clock, else this server's clock but never before the balance row's updatedAt).
+ */
+const clockSelect = { account: { select: { testMode: true, testClockAt: true, balance: { select: { updatedAt: true } } } } } as const;
 
 /** GraphQL type `ExpiryNotice` (contract), resolved from { amountMicroCredits: bigint; at: Date } (amounts in micro-credits). */
 export const ExpiryNoticeRef = builder.objectRef<{ amountMicroCredits: bigint; at: Date }>('ExpiryNotice').implement({
@@ -86,7 +90,7 @@ export const CreditBatchRef = builder.prismaNode('CreditBatch', {
     status: t.field({
       type: BatchStatusEnum,
       select: clockSelect,
-      resolve: (b) => effectiveBatchStatus(b, accountNow(b.account, new Date())),
+      resolve: (b, _args, ctx) => effectiveBatchStatus(b, accountNow(b.account, ctx.services.clock())),
     }),
     grant: t.relation('grant'),
   }),
@@ -173,7 +177,7 @@ export const ReservationRef = builder.prismaNode('Reservation', {
     status: t.field({
       type: ReservationStatusEnum,
       select: clockSelect,
-      resolve: (r) => effectiveReservationStatus(r, accountNow(r.account, new Date())),
+      resolve: (r, _args, ctx) => effectiveReservationStatus(r, accountNow(r.account, ctx.services.clock())),
     }),
     expiresAt: t.field({ type: 'DateTime', resolve: (r) => r.expiresAt }),
     createdAt: t.field({ type: 'DateTime', resolve: (r) => r.createdAt }),
