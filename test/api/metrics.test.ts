@@ -3,7 +3,8 @@
  * outcome counter moves by exactly the charges made, by outcome; the outbox gauges show rows the
  * relay cannot publish; the webhook gauges show delivery attempts as logged; the queue gauges
  * show BullMQ's counts; the payment reversal gauges count the refunds, disputes and won disputes
- * of the last 7 days (live accounts) and the kept early reversals; a collector whose source is down or late is left out with up=0 while the
+ * of the last 7 days (live accounts), the failed refunds and what they gave back (the refund gauges then
+ * counting what stays refunded), and the kept early reversals; a collector whose source is down or late is left out with up=0 while the
  * scrape answers; the token guards it; METRICS_ENABLED=false turns it off; and no account id,
  * external id, key or subject the tests used appears in it.
  */
