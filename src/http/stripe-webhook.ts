@@ -31,8 +31,8 @@
  *   credit the dispute took (services/charge-reversal.ts applyDisputeWonLocked): 200 with `result`
  *   restored (or recorded / unchanged / kept / ... as above), 503 BALANCE_LIMIT when the give-back
  *   would pass the balance limit; a closure `lost` or `warning_closed` is `ignored`;
- * - `charge.refund.updated` / `refund.updated` whose Refund has status `failed`, and
- *   `refund.failed`, give back the credit the failed refund took (services/refund-failures.ts):
+ * - `charge.refund.updated` / `refund.updated` whose Refund has status `failed` or `canceled`, and
+ *   `refund.failed`, give back the credit the failed (or canceled) refund took (services/refund-failures.ts):
  *   200 with `result` restored (or recorded / unchanged / unknown_payment / mismatch /
  *   not_applicable: no payment is settled with that PaymentIntent), 503 BALANCE_LIMIT as above;
  *   other refund updates are `ignored`;

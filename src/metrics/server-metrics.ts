@@ -179,17 +179,27 @@ const REVERSAL_SINCE = `now() - interval '${PAYMENT_REVERSAL_METRICS_WINDOW_SECO
  * payments_reversed_why), disputed, whose dispute was won, the micro-credits the reversals took
  * back (reversed_micro_credits of full refunds and disputes, by reversed_at, plus the partial
  * refunds' refund_taken_micro_credits of payments refunded in the window) and the won disputes
- * gave back (their give-back grant's amount);
+ * gave back (their give-back grant's amount); the failed (or canceled) refunds received in the
+ * window (payment_refund_failures, by received_at: applied, and recorded only) and the
+ * micro-credits they gave back (restored_micro_credits);
  * and every kept early reversal (early_payment_reversals: refunds and disputes of a charge no
  * payment was settled SUCCEEDED with yet; pruned 30 days after received).
+ * The payments are read as they are now: a failed refund lowered refunded_cents (refunded_at
+ * cleared at 0), cleared reversed_at and lowered refund_taken_micro_credits
+ * (services/refund-failures.ts), so a payment refunded in full whose refund failed counts by what
+ * stays refunded (not at all, or as partial), and what its refund took is no longer in the
+ * taken-back sum; what came back is in the failed-refund sum instead.
  * Live accounts only: a test-mode account's times are its test clock's (AccountTx.now), which a
  * window on PostgreSQL's clock does not fit, and it moves no real money.
  * Reads only the payments ever refunded or disputed with an event in the window, through the
  * partial index payments_reversal_activity (migration 20261214100000_payment_reversal_metrics;
- * the expression and predicate below are the index's), never the whole payments table; the early
+ * the expression and predicate below are the index's), never the whole payments table; the
+ * failures of the window through payment_refund_failures_received_at (migration
+ * 20261215100000_refund_failure_metrics), each joined to its payment by primary key; the early
  * reversals table is small (one row per unsettled charge reference, kept 30 days at most).
  */
 const PAYMENTS_SQL = `SET LOCAL statement_timeout = ${METRICS_COLLECT_TIMEOUT_MS};
+WITH reversals AS (
 SELECT count(*) FILTER (WHERE p.refunded_at >= ${REVERSAL_SINCE} AND p.refunded_cents = p.amount_usd * 100)::int AS refunded_full,
        count(*) FILTER (WHERE p.refunded_at >= ${REVERSAL_SINCE} AND p.refunded_cents < p.amount_usd * 100)::int AS refunded_partially,
        count(*) FILTER (WHERE p.disputed_at >= ${REVERSAL_SINCE})::int AS disputed,
@@ -202,7 +212,17 @@ SELECT count(*) FILTER (WHERE p.refunded_at >= ${REVERSAL_SINCE} AND p.refunded_
   JOIN accounts a ON a.id = p.account_id AND NOT a.test_mode
   LEFT JOIN credit_grants g ON g.id = p.dispute_won_grant_id
  WHERE (p.refunded_at IS NOT NULL OR p.disputed_at IS NOT NULL)
-   AND GREATEST(p.refunded_at, p.disputed_at, p.reversed_at, p.dispute_won_at) >= ${REVERSAL_SINCE}`;
+   AND GREATEST(p.refunded_at, p.disputed_at, p.reversed_at, p.dispute_won_at) >= ${REVERSAL_SINCE}
+), failures AS (
+SELECT count(*) FILTER (WHERE f.applied)::int AS refunds_failed,
+       count(*) FILTER (WHERE NOT f.applied)::int AS refunds_failed_not_applied,
+       COALESCE(sum(f.restored_micro_credits), 0)::float8 AS refund_failed_micro_credits
+  FROM payment_refund_failures f
+  JOIN payments p ON p.id = f.payment_id
+  JOIN accounts a ON a.id = p.account_id AND NOT a.test_mode
+ WHERE f.received_at >= ${REVERSAL_SINCE}
+)
+SELECT * FROM reversals, failures`;
 
 /**
  * The last result of a multi-statement simple query (`SET LOCAL ...; SELECT ...`, one round trip
@@ -293,6 +313,12 @@ export function createServerMetrics(sources: ServerMetricsSources): ServerMetric
   const paymentsDisputesWon = reversalGauge('creditpool_payments_disputes_won', `Payments whose dispute was won in the last ${reversalDays} days`);
   const reversedMicroCredits = reversalGauge('creditpool_payments_reversed_micro_credits', `Micro-credits taken back by the refunds (full and partial) and disputes of the last ${reversalDays} days`);
   const disputeWonMicroCredits = reversalGauge('creditpool_payments_dispute_won_micro_credits', `Micro-credits given back by the disputes won in the last ${reversalDays} days`);
+  const refundsFailed = reversalGauge('creditpool_payments_refunds_failed', `Refunds that failed or were canceled (the money came back) applied to their payment in the last ${reversalDays} days`);
+  const refundsFailedNotApplied = reversalGauge(
+    'creditpool_payments_refunds_failed_not_applied',
+    `Refunds that failed or were canceled in the last ${reversalDays} days and were recorded only (a disputed payment, or a refund never applied): an operator checks them`,
+  );
+  const refundFailedMicroCredits = reversalGauge('creditpool_payments_refund_failed_micro_credits', `Micro-credits given back by the refunds that failed or were canceled in the last ${reversalDays} days`);
   const earlyReversals = new Gauge({
     name: 'creditpool_early_payment_reversals',
     help: 'Refunds and disputes kept for a charge no payment was settled SUCCEEDED with yet (applied when one is; pruned after 30 days). Growing: refunds of charges creditpool never settled.',
@@ -334,7 +360,18 @@ export function createServerMetrics(sources: ServerMetricsSources): ServerMetric
       },
     },
     payments: {
-      gauges: [paymentsRefundedFull, paymentsRefundedPartially, paymentsDisputed, paymentsDisputesWon, reversedMicroCredits, disputeWonMicroCredits, earlyReversals],
+      gauges: [
+        paymentsRefundedFull,
+        paymentsRefundedPartially,
+        paymentsDisputed,
+        paymentsDisputesWon,
+        reversedMicroCredits,
+        disputeWonMicroCredits,
+        refundsFailed,
+        refundsFailedNotApplied,
+        refundFailedMicroCredits,
+        earlyReversals,
+      ],
       async run() {
         const row = await lastRow(sources.pool, PAYMENTS_SQL);
         return () => {
@@ -344,6 +381,9 @@ export function createServerMetrics(sources: ServerMetricsSources): ServerMetric
           paymentsDisputesWon.set(row.disputes_won as number);
           reversedMicroCredits.set(row.taken_back_micro_credits as number);
           disputeWonMicroCredits.set(row.given_back_micro_credits as number);
+          refundsFailed.set(row.refunds_failed as number);
+          refundsFailedNotApplied.set(row.refunds_failed_not_applied as number);
+          refundFailedMicroCredits.set(row.refund_failed_micro_credits as number);
           earlyReversals.set(row.early_kept as number);
         };
       },

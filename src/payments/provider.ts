@@ -87,8 +87,8 @@ export interface ChargeEvent {
  * back to the customer (Stripe: a verified `charge.refunded` event, whose Charge carries the
  * cumulative `amount_refunded`) or the card holder disputed it (a chargeback; Stripe:
  * `charge.dispute.created`), and, later, that a dispute was won (the money came back) or that
- * one refund FAILED (the money came back; Stripe: `charge.refund.updated` with status `failed`,
- * `refund.failed`). Read by src/payments/stripe.ts reversalEventOf and made by the simulator
+ * one refund FAILED or was CANCELED (the money came back; Stripe: `charge.refund.updated` /
+ * `refund.updated` with status `failed` or `canceled`, `refund.failed`). Read by src/payments/stripe.ts reversalEventOf and made by the simulator
  * (PaymentSimulator.refund / dispute / disputeWon / refundFailed); applied by services/payment-reversals.ts
  * applyReversalEvent. The payment is found by `providerRef` (Stripe copies no PaymentIntent
  * metadata to its Charge or Dispute).
@@ -103,8 +103,8 @@ export interface ChargeReversalEvent {
    * `dispute_won`: the dispute was closed in the platform's favour and its money came back
    * (Stripe: `charge.dispute.closed` with status `won`, `charge.dispute.funds_reinstated`), which
    * gives back the credit the dispute took (services/charge-reversal.ts applyDisputeWonLocked);
-   * `refund_failed`: the refund `refundRef` of `amountCents` failed and its money came back to the
-   * platform (services/refund-failures.ts applyRefundFailureLocked).
+   * `refund_failed`: the refund `refundRef` of `amountCents` failed or was canceled, and its money
+   * came back to the platform (services/refund-failures.ts applyRefundFailureLocked).
    */
   kind: 'refund' | 'dispute' | 'dispute_won' | 'refund_failed';
   /** The charge's reference as the payment keeps it (`payments.provider_ref`; Stripe: the PaymentIntent id); null when absent. */

@@ -179,10 +179,29 @@ export const DISPUTE_WON_EVENT_TYPES = ['charge.dispute.closed', 'charge.dispute
  *   {@link reversalEventOf} returns null for them);
  * - `refund.updated` with `status: 'failed'` and `refund.failed`: sent for every refund on API
  *   versions from 2024-10-28.acacia (https://docs.stripe.com/changelog/acacia/2024-10-28/refund-webhook-update).
- * Several may come for one refund: applied once per Refund id. The Refund object carries `id`,
- * `amount` (the refund's own amount, cents), `currency`, `payment_intent`, `created`.
+ * - `charge.refund.updated` / `refund.updated` whose Refund has `status: 'canceled'`: a refund
+ *   canceled after it was made (https://docs.stripe.com/api/refunds/object: `pending`,
+ *   `requires_action`, `succeeded`, `failed` or `canceled`). The API cancels only refunds in
+ *   `requires_action`, which card refunds never enter (https://docs.stripe.com/api/refunds/cancel),
+ *   but Stripe lets some card refunds be canceled from the Dashboard for a while after they are
+ *   made (https://support.stripe.com/questions/canceling-a-refund). Either way the money never
+ *   left the platform (Stripe records a `failure_balance_transaction`, and the Charge's
+ *   `amount_refunded` no longer counts it), exactly as for a failure: applied by the same rules.
+ *   A refund canceled before its `charge.refunded` was applied changes nothing but its record
+ *   (services/refund-failures.ts, "never applied").
+ * Several may come for one refund: applied once per Refund id (a refund is canceled or fails, not
+ * both; an event of either kind for a refund already applied is `unchanged`). The Refund object
+ * carries `id`, `amount` (the refund's own amount, cents), `currency`, `payment_intent`, `created`.
  */
 export const REFUND_FAILURE_EVENT_TYPES = ['charge.refund.updated', 'refund.updated', 'refund.failed'] as const;
+
+/**
+ * The Refund `status` values of a `charge.refund.updated` / `refund.updated` whose money came back
+ * to the platform: `failed` (the card issuer could not return it) and `canceled` (see
+ * {@link REFUND_FAILURE_EVENT_TYPES}). Other statuses (`pending`, `requires_action`, `succeeded`)
+ * change nothing (`ignored`).
+ */
+export const REFUND_MONEY_BACK_STATUSES: readonly string[] = ['failed', 'canceled'];
 
 /**
  * The webhook event types that take back a SUCCEEDED payment's credit, or give it back (services/payment-reversals.ts):
@@ -231,13 +250,14 @@ function dateOf(seconds: unknown): Date | null {
  * null / -1 cents, which no payment matches (answered `unknown_payment` or `mismatch`).
  * @returns null for any other event type, for a `charge.dispute.closed` whose status is not `won`,
  *   for a `charge.dispute.created` of an inquiry (status `warning_…`: no money was taken), and for
- *   a `charge.refund.updated` / `refund.updated` whose Refund's status is not `failed`.
+ *   a `charge.refund.updated` / `refund.updated` whose Refund's status is neither `failed` nor
+ *   `canceled` ({@link REFUND_MONEY_BACK_STATUSES}).
  */
 export function reversalEventOf(event: Stripe.Event): ChargeReversalEvent | null {
   const base = { eventId: event.id, eventType: event.type, livemode: event.livemode === true, createdAt: dateOf((event as { created?: unknown }).created) };
   if ((REFUND_FAILURE_EVENT_TYPES as readonly string[]).includes(event.type)) {
     const refund = eventObjectOf(event) as Partial<Stripe.Refund>;
-    if (event.type !== 'refund.failed' && refund.status !== 'failed') return null; // pending, succeeded, …: nothing came back
+    if (event.type !== 'refund.failed' && !REFUND_MONEY_BACK_STATUSES.includes(refund.status as string)) return null; // pending, succeeded, …: nothing came back
     return {
       ...base,
       kind: 'refund_failed',

@@ -57,8 +57,8 @@
  *   stays paused (services/charge-reversal.ts applyDisputeWonLocked). One that comes before its
  *   dispute applies the dispute first; one that comes before its payment is settled is kept like
  *   the others (kind `dispute_won`);
- * - a refund that FAILED (Stripe `charge.refund.updated` with status `failed`, `refund.failed`:
- *   kind `refund_failed`) gives back the credit that refund took, once per Refund id, and lowers
+ * - a refund that FAILED or was CANCELED (Stripe `charge.refund.updated` / `refund.updated` with
+ *   status `failed` or `canceled`, `refund.failed`: kind `refund_failed`) gives back the credit that refund took, once per Refund id, and lowers
  *   the refunded amount; a `charge.refunded` made before the failure changes nothing afterwards
  *   (services/refund-failures.ts has the rules). One without a Refund id is `unknown_payment`. One
  *   of a charge no SUCCEEDED payment has is `not_applicable` (nothing written, logged as an

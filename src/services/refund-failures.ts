@@ -5,7 +5,11 @@
  * lost or expired card): the provider returns it to the platform's balance and reports the
  * refund as failed (Stripe: `charge.refund.updated` with the Refund's `status` `failed`, and
  * `refund.failed` on API versions from 2024-10-28.acacia; https://docs.stripe.com/refunds). The
- * customer has then paid and lost the credit; this gives it back.
+ * customer has then paid and lost the credit; this gives it back. A refund CANCELED after it was
+ * made (Stripe: `status` `canceled`; some card refunds can be canceled from the Dashboard for a
+ * while, and refunds waiting for customer action through the API) is the same case: the money
+ * never left the platform. It is applied by the same rules (src/payments/stripe.ts
+ * REFUND_MONEY_BACK_STATUSES); "failure" below means either.
  *
  * Rules ({@link applyRefundFailureLocked}), in ONE transaction under the account lock, like the
  * other reversals (services/payment-reversals.ts applyReversalEvent finds the payment by the
@@ -213,7 +217,7 @@ export function reportRefundFailure(ctx: ServiceContext, logContext: Record<stri
   } else if (failure.notApplied) {
     ctx.log?.warn(figures, 'payment reversal: a refund failed that was never applied to its payment; recorded, nothing changed');
   } else {
-    ctx.log?.warn(figures, 'payment reversal: a refund failed and its money came back; the credit it took is given back (auto top-up stays paused: setAutoTopUp re-enables it)');
+    ctx.log?.warn(figures, 'payment reversal: a refund failed or was canceled and its money came back; the credit it took is given back (auto top-up stays paused: setAutoTopUp re-enables it)');
   }
   return {
     result: failure.restoredMicroCredits > 0n ? 'restored' : 'recorded',

@@ -3,7 +3,8 @@
  * outcome counter moves by exactly the charges made, by outcome; the outbox gauges show rows the
  * relay cannot publish; the webhook gauges show delivery attempts as logged; the queue gauges
  * show BullMQ's counts; the payment reversal gauges count the refunds, disputes and won disputes
- * of the last 7 days (live accounts) and the kept early reversals; a collector whose source is down or late is left out with up=0 while the
+ * of the last 7 days (live accounts), the failed refunds and what they gave back (the refund gauges then
+ * counting what stays refunded), and the kept early reversals; a collector whose source is down or late is left out with up=0 while the
  * scrape answers; the token guards it; METRICS_ENABLED=false turns it off; and no account id,
  * external id, key or subject the tests used appears in it.
  */
@@ -286,6 +287,89 @@ describe('GET /metrics', () => {
     } finally {
       await db.query('DELETE FROM early_payment_reversals WHERE provider_ref = $1', [earlyRef]);
     }
+  });
+
+  it('failed refunds: counted (applied, and recorded only) with the credit they gave back over 7 days of live accounts; the refund gauges then count what stays refunded', async () => {
+    const simulator = srv.services.payments;
+    if (!(simulator instanceof PaymentSimulator)) throw new Error('the metrics server should charge through the simulator');
+    const chargeLivemode = (testMode: boolean) => !testMode;
+    const apply = async (event: Parameters<typeof applyReversalEvent>[1]) => (await applyReversalEvent(srv.services, event, chargeLivemode)).result;
+    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+    const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
+    /** A payment of `accountId` for the 40-credit pack, charged by the simulator. */
+    const bought = async (accountId: string) => {
+      await attachMethod(srv, accountId);
+      const grant = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('metrics-buy') })).purchaseCreditPack;
+      const { rows } = await db.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(grant.id)]);
+      return rows[0].id as string;
+    };
+    const names = [
+      'creditpool_payments_refunded_full',
+      'creditpool_payments_refunded_partially',
+      'creditpool_payments_disputed',
+      'creditpool_payments_reversed_micro_credits',
+      'creditpool_payments_refunds_failed',
+      'creditpool_payments_refunds_failed_not_applied',
+      'creditpool_payments_refund_failed_micro_credits',
+    ];
+    const before = await scrape(srv);
+    expect(before.value('creditpool_metrics_collector_up', { collector: 'payments' })).toBe(1);
+    const live = await account();
+    const [fullFailed, restFailed, disputed, old] = [await bought(live), await bought(live), await bought(live), await bought(live)];
+    // Refunded in full, then that refund failed: no longer refunded at all.
+    expect(await apply(simulator.refund(fullFailed))).toBe('reversed');
+    expect(await apply(simulator.refundFailed(fullFailed))).toBe('restored');
+    // A quarter refunded, then the rest (in full); the second refund failed: refunded in part.
+    expect(await apply(simulator.refund(restFailed, 100n))).toBe('reversed');
+    expect(await apply(simulator.refund(restFailed))).toBe('reversed');
+    expect(await apply(simulator.refundFailed(restFailed))).toBe('restored');
+    // A refund of a disputed payment failed: recorded only.
+    expect(await apply(simulator.refund(disputed, 100n))).toBe('reversed');
+    expect(await apply(simulator.dispute(disputed))).toBe('reversed');
+    expect(await apply(simulator.refundFailed(disputed))).toBe('recorded');
+    // A failure applied 8 days ago (moved back by SQL, with its refund): out of the window.
+    expect(await apply(simulator.refund(old, 200n))).toBe('reversed');
+    expect(await apply(simulator.refundFailed(old))).toBe('restored');
+    await db.query(`UPDATE payment_refund_failures SET received_at = received_at - interval '8 days' WHERE payment_id = $1`, [old]);
+    // A test-mode account's failures are on its own clock: not counted.
+    const testModeAccount = dbId(
+      ok(
+        await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+          input: { externalId: uniq('metrics-test-mode'), name: 'metrics', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: new Date().toISOString() },
+        }),
+      ).createAccount.id,
+    );
+    tenantStrings.add(testModeAccount);
+    const testModePayment = await bought(gid('Account', testModeAccount));
+    expect(await apply(simulator.refund(testModePayment))).toBe('reversed');
+    expect(await apply(simulator.refundFailed(testModePayment))).toBe('restored');
+
+    const { rows } = await db.query(
+      `SELECT payment_id, applied, restored_micro_credits::text AS restored FROM payment_refund_failures WHERE payment_id = ANY($1::uuid[])`,
+      [[fullFailed, restFailed, disputed]],
+    );
+    const restored = new Map(rows.map((r) => [r.payment_id as string, BigInt(r.restored)]));
+    expect(restored.get(fullFailed)).toBe(40_000_000n);
+    expect(restored.get(restFailed)).toBe(30_000_000n);
+    expect(restored.get(disputed)).toBe(0n);
+    const partial = await db.query('SELECT refunded_cents::text, refund_taken_micro_credits::text AS taken, reversed_at FROM payments WHERE id = $1', [restFailed]);
+    expect(partial.rows[0]).toEqual({ refunded_cents: '100', taken: '10000000', reversed_at: null });
+    const disputedRow = await db.query('SELECT reversed_micro_credits::text AS voided FROM payments WHERE id = $1', [disputed]);
+
+    const after = await scrape(srv);
+    expect(after.value('creditpool_metrics_collector_up', { collector: 'payments' })).toBe(1);
+    // Test files run one after another (vitest.config.ts fileParallelism: false): the differences are this test's.
+    const moved = Object.fromEntries(names.map((n) => [n, after.value(n)! - before.value(n)!]));
+    expect(moved).toEqual({
+      creditpool_payments_refunded_full: 0, // the payment refunded in full is not any more
+      creditpool_payments_refunded_partially: 2, // restFailed (100 of 400 cents stay refunded), disputed (100)
+      creditpool_payments_disputed: 1,
+      // What stays taken: restFailed's quarter, and the disputed payment's partial share and void.
+      creditpool_payments_reversed_micro_credits: 10_000_000 + 10_000_000 + Number(disputedRow.rows[0].voided),
+      creditpool_payments_refunds_failed: 2,
+      creditpool_payments_refunds_failed_not_applied: 1,
+      creditpool_payments_refund_failed_micro_credits: 70_000_000,
+    });
   });
 
   it('a collector whose statement runs past its timeout is left out with up=0, and the scrape still answers with the rest', async () => {

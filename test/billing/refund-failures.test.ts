@@ -7,6 +7,7 @@
  *   credit; the payment's refunded amount drops; auto top-up stays paused;
  * - the refund's own `charge.refunded`, delivered again after the failure, takes nothing again;
  *   a refund made after the failure takes its share as usual;
+ * - a refund CANCELED after it was made (Refund status `canceled`) is the same case, once per refund;
  * - only what the refunds took comes back (credit spent before the refund stays spent);
  * - malformed, unknown, not-failed, disputed and never-applied failures change nothing.
  */
@@ -213,6 +214,26 @@ describe('a refund that fails', () => {
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 
+  it('canceled (Stripe lets a card refund be canceled for a while after it is made): its share comes back like a failed one, once per refund', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const re = newRe();
+    expect(await post(srv, refunded(pi, 200, T0))).toBe('reversed'); // share 20
+    expect((await readAccount(srv, accountId)).balance.paid).toBe('20');
+    const canceled = { status: 'canceled', failure_reason: 'merchant_request' };
+    expect(await post(srv, failedEvent(pi, re, 200, T0, T0 + 60, canceled))).toBe('restored');
+    expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '40', total: '40' });
+    expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '0', refunded: false, refund_taken: '0' });
+    expect(await failures(srv, paymentId)).toEqual([{ refund_ref: re, amount_cents: '200', applied: true, restored: '20000000', granted: true }]);
+    // The same cancellation as refund.updated, and any failure event of that refund: applied once.
+    await expectUnchanged(srv, [accountId], async () => {
+      expect(await post(srv, failedEvent(pi, re, 200, T0, T0 + 60, canceled, 'refund.updated'))).toBe('unchanged');
+      expect(await post(srv, failedEvent(pi, re, 200, T0, T0 + 70))).toBe('unchanged');
+      expect(await post(srv, refunded(pi, 200, T0))).toBe('unchanged');
+    });
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+
   it('malformed, unknown, not failed, disputed or never applied: nothing changes', async () => {
     const { srv } = main;
     const { accountId, pi, paymentId } = await boughtPack(srv, fake);
@@ -220,6 +241,7 @@ describe('a refund that fails', () => {
     await expectUnchanged(srv, [accountId], async () => {
       expect(await post(srv, failedEvent(pi, newRe(), 200, T0, T0 + 60, { status: 'succeeded' }))).toBe('ignored');
       expect(await post(srv, failedEvent(pi, newRe(), 200, T0, T0 + 60, { status: 'pending' }, 'refund.updated'))).toBe('ignored');
+      expect(await post(srv, failedEvent(pi, newRe(), 200, T0, T0 + 60, { status: 'requires_action' }, 'refund.updated'))).toBe('ignored');
       expect(await post(srv, failedEvent(pi, newRe(), 200, T0, T0 + 60, { id: undefined }))).toBe('unknown_payment');
       expect(await post(srv, failedEvent(pi, newRe(), 200, T0, T0 + 60, { payment_intent: null }))).toBe('unknown_payment');
       expect(await post(srv, failedEvent(pi, newRe(), 0, T0, T0 + 60))).toBe('mismatch');

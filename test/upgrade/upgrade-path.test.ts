@@ -18,6 +18,8 @@ import { advanceTestClock } from '../../src/services/test-clock.js';
 import { reconcileAccount, readBalance } from '../../src/services/read-balance.js';
 import { credits } from '../../src/ledger/credits.js';
 import { redactWebhookUrl } from '../../src/services/webhooks.js';
+import { applyReversalEvent } from '../../src/services/payment-reversals.js';
+import { expectLedgerInvariant } from '../setup/invariant.js';
 
 const dbs: ScratchDatabase[] = [];
 afterEach(async () => {
@@ -512,6 +514,113 @@ describe('webhook delivery log of an older release (migration webhook_url_redact
       const stored = URL.canParse(url) ? new URL(url).href : url;
       const sql = await pool.query('SELECT webhook_url_redacted($1) AS r', [stored]);
       expect(sql.rows[0].r, stored).toBe(redactWebhookUrl(stored));
+    }
+  });
+});
+
+describe('refunds applied by an older release, failing after the upgrade (migration refund_failures)', () => {
+  it('the backfilled refund_event_at makes them applied: a failed full refund gives back what its void took, a failed partial refund its share', async () => {
+    const db = await scratch('refundfail');
+    await migrateBefore(db.url, '20261215010000_refund_failures');
+    const pool = db.pool();
+    const pack = randomUUID();
+    await pool.query(`INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES ($1, 'pack', 40000000, 4)`, [pack]);
+    const account = await insertAccount(pool, { createdAt: new Date(Date.now() - 86_400_000) });
+    await pool.query(`UPDATE accounts SET billing_anchor_at = created_at WHERE id = $1`, [account]);
+    // Stripe's times are whole seconds; the older server applied each refund a moment after Stripe made it.
+    const refundMade = new Date(Math.floor(Date.now() / 1000) * 1000 - 7_200_000);
+    const applied = new Date(refundMade.getTime() + 1_500);
+    const bought = new Date(refundMade.getTime() - 3_600_000);
+    const ids = { full: randomUUID(), partial: randomUUID(), fullGrant: randomUUID(), partialGrant: randomUUID(), partialRest: randomUUID() };
+    const batchOf = new Map<string, string>(Object.values(ids).map((g) => [g, randomUUID()]));
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(`INSERT INTO balances (account_id, total_micro_credits, version) VALUES ($1, 20000000, 5)`, [account]);
+      const grant = async (id: string, amount: number, key: string, at: Date, voidedAt: Date | null) => {
+        await client.query(
+          `INSERT INTO credit_grants (id, account_id, source, type, amount_micro_credits, idempotency_key, request_hash, created_at, voided_at, void_reason, voided_micro_credits)
+           VALUES ($1, $2, 'PURCHASE', 'PAID', $3, $4, 'h', $5, $6::timestamptz, CASE WHEN $6::timestamptz IS NOT NULL THEN 'refunded' END, CASE WHEN $6::timestamptz IS NOT NULL THEN $3::bigint END)`,
+          [id, account, credits(amount).toString(), key, at, voidedAt],
+        );
+        await client.query(
+          `INSERT INTO credit_batches (id, account_id, grant_id, type, source, allocated_micro_credits, remaining_micro_credits, added_at, status)
+           VALUES ($1, $2, $3, 'PAID', 'PURCHASE', $4, $5, $6, $7::"BatchStatus")`,
+          [batchOf.get(id), account, id, credits(amount).toString(), voidedAt ? '0' : credits(amount).toString(), at, voidedAt ? 'VOIDED' : 'ACTIVE'],
+        );
+      };
+      // Two $4 packs of 40 credits: one refunded in full (its grant voided), one half refunded
+      // (its grant voided and the other half granted again), by the older release.
+      await grant(ids.fullGrant, 40, `purchase-${ids.full}`, bought, applied);
+      await grant(ids.partialGrant, 40, `purchase-${ids.partial}`, bought, applied);
+      await grant(ids.partialRest, 20, `payment:${ids.partial}:refund:200`, applied, null);
+      const entries: Array<[string, string, number, number, Date]> = [
+        [ids.fullGrant, 'GRANT', 40, 40, bought],
+        [ids.partialGrant, 'GRANT', 40, 80, bought],
+        [ids.fullGrant, 'VOID', -40, 40, applied],
+        [ids.partialGrant, 'VOID', -40, 0, applied],
+        [ids.partialRest, 'GRANT', 20, 20, applied],
+      ];
+      for (const [g, type, amount, after, at] of entries) {
+        await client.query(
+          `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, batch_id, created_at)
+           VALUES (gen_random_uuid(), $1, $2::"LedgerEntryType", $3, $4, $5, $6)`,
+          [account, type, credits(amount).toString(), credits(after).toString(), batchOf.get(g), at],
+        );
+      }
+      const payment = async (id: string, grantId: string, liveGrantId: string, refundedCents: number, reversed: boolean, taken: number) =>
+        client.query(
+          `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, status, provider_ref, grant_id, live_grant_id, created_at, updated_at,
+                                 refunded_cents, refunded_at, reversed_at, reversed_micro_credits, refund_taken_micro_credits)
+           VALUES ($1, $2, 'PURCHASE', $3, $4, 4, 'SUCCEEDED', $5, $6, $7, $8, $9, $10, $9, CASE WHEN $11 THEN $9::timestamptz END, CASE WHEN $11 THEN 40000000 END, $12)`,
+          [id, account, `k-${id}`, pack, `pi_${id.replaceAll('-', '')}`, grantId, liveGrantId, bought, applied, refundedCents, reversed, credits(taken).toString()],
+        );
+      await payment(ids.full, ids.fullGrant, ids.fullGrant, 400, true, 0);
+      await payment(ids.partial, ids.partialGrant, ids.partialRest, 200, false, 20);
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+
+    await applyMigrations(db.url);
+    expect((await expectLedgerInvariant(pool, account)).totalMicroCredits).toBe(credits(20)); // the legacy rows are a consistent ledger
+    const { rows } = await pool.query('SELECT id, refund_event_at FROM payments WHERE account_id = $1', [account]);
+    for (const r of rows) expect(r.refund_event_at).toEqual(applied);
+
+    const services = createTestServices(3, db.url);
+    try {
+      const failed = (paymentId: string, amountCents: bigint) =>
+        applyReversalEvent(
+          services,
+          {
+            kind: 'refund_failed',
+            eventId: `evt_${randomUUID()}`,
+            eventType: 'charge.refund.updated',
+            providerRef: `pi_${paymentId.replaceAll('-', '')}`,
+            currency: 'usd',
+            livemode: true,
+            amountCents,
+            refundedCents: 0n,
+            disputeRef: null,
+            refundRef: `re_${randomUUID().replaceAll('-', '')}`,
+            refundCreatedAt: refundMade,
+            createdAt: new Date(Date.now() - 60_000),
+          },
+          (testMode) => !testMode,
+        );
+      expect(await failed(ids.full, 400n)).toMatchObject({ result: 'restored', restoredMicroCredits: credits(40) });
+      expect(await failed(ids.partial, 200n)).toMatchObject({ result: 'restored', restoredMicroCredits: credits(20) });
+      const after = await pool.query(
+        'SELECT id, refunded_cents::text, refunded_at, reversed_at, refund_taken_micro_credits::text AS taken FROM payments WHERE account_id = $1 ORDER BY id',
+        [account],
+      );
+      for (const r of after.rows) expect(r).toMatchObject({ refunded_cents: '0', refunded_at: null, reversed_at: null, taken: '0' });
+      // 20 left, 40 and 20 given back (the partial refund's rest of 20 carried into its give-back).
+      const balance = await expectLedgerInvariant(pool, account);
+      expect(balance.totalMicroCredits).toBe(credits(80));
+      expect((await reconcileAccount(pool, account)).consistent).toBe(true);
+    } finally {
+      await services.close();
     }
   });
 });
