@@ -14,8 +14,9 @@ import { freeText } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { withTransaction, toBigInt, type Tx } from '../db/pg.js';
 import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
-import { assert, badInput } from '../ledger/errors.js';
-import { formatCredits, minBig } from '../ledger/credits.js';
+import { LedgerError, assert, badInput } from '../ledger/errors.js';
+import { MAX_ABS_MICRO_CREDITS, formatCredits, minBig } from '../ledger/credits.js';
+import { BALANCE_LIMIT_REASON } from '../ledger/refusals.js';
 import { AccountTx } from './account-tx.js';
 import { moveBudgetSpend } from './spending-budgets.js';
 import { scheduleExpiry } from './expire-due.js';
@@ -192,7 +193,9 @@ async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: b
  * of the period it was charged in, when that period is of the current billing anchor.
  * @param reason free text, 1..500 characters, kept on the event and the entries.
  * @returns the event id.
- * @throws LedgerError NOT_FOUND, BAD_USER_INPUT (reason empty or > 500 characters).
+ * @throws LedgerError NOT_FOUND, BAD_USER_INPUT (reason empty or > 500 characters; field
+ *   usageEventId, reason BALANCE_LIMIT, when the credit given back would take the account's total
+ *   above MAX_ABS_MICRO_CREDITS: nothing is written, as grants are refused at that limit).
  */
 export async function refundUsage(ctx: ServiceContext, usageEventId: string, reason: string): Promise<string> {
   if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
@@ -244,6 +247,15 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
       atx.addEntry({ type: 'REFUND', amountMicroCredits: forgiven, usageEventId, note: `${reason} (debt forgiven)` });
     }
     parts.slice(drawn.rows.length).forEach(addBack);
+    // The total is kept in a signed 64-bit column, like every amount: credit granted since the
+    // event can have filled the room its cost left (grants stop at the limit, applyGrant).
+    if (atx.total > MAX_ABS_MICRO_CREDITS) {
+      throw new LedgerError(
+        'BAD_USER_INPUT',
+        `usageEventId: refunding it would take the account's credit above the largest amount kept (${formatCredits(MAX_ABS_MICRO_CREDITS)} credits); nothing was refunded`,
+        { field: 'usageEventId', reason: BALANCE_LIMIT_REASON },
+      );
+    }
     if (back.size > 0) {
       await tx.query(
         `UPDATE credit_batches b SET remaining_micro_credits = b.remaining_micro_credits + d.amount, status = 'ACTIVE', updated_at = $3
