@@ -1,9 +1,12 @@
 /**
  * Audit of refundUsage and voidGrant (README "Refunds and voids"): the findings of the audit, each
- * with a test that failed before its fix, on the real PostgreSQL. Areas the audit found right are
+ * with a test that failed before its fix, on the real PostgreSQL: a refund past the 64-bit balance
+ * limit (an internal error), and refunds of usage a pack paid for after the pack's payment was
+ * refunded in part or disputed and won (credit lost, or the refunded share given back again). Areas the audit found right are
  * covered elsewhere (ledger-rules, money-once, rollover-cap, holds-audit, credit-alerts, budgets,
  * usage-rollups).
  */
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
@@ -14,6 +17,12 @@ import { refundUsage } from '../../src/services/refund-usage.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { MAX_ABS_MICRO_CREDITS, credits } from '../../src/ledger/credits.js';
 import { LedgerError } from '../../src/ledger/errors.js';
+import { PaymentSimulator } from '../../src/payments/simulator.js';
+import type { ChargeReversalEvent } from '../../src/payments/provider.js';
+import { createCreditPack } from '../../src/services/credit-packs.js';
+import { attachPaymentMethod, purchaseCreditPack } from '../../src/services/purchase-pack.js';
+import { applyReversalEvent } from '../../src/services/payment-reversals.js';
+import type { ServiceContext } from '../../src/services/context.js';
 
 let s: TestServices;
 beforeAll(() => {
@@ -60,5 +69,64 @@ describe('refundUsage and the 64-bit balance limit', () => {
     expect(refused).toMatchObject({ code: 'BAD_USER_INPUT', details: { field: 'usageEventId', reason: 'BALANCE_LIMIT' } });
     expect(await refundFootprint(accountId, ev.eventId)).toEqual(before);
     await expectLedgerInvariant(s.pool, accountId, at(40 * DAY_MS));
+  });
+});
+
+describe('refundUsage of usage paid by a pack whose payment was refunded in part or disputed', () => {
+  /** A pack of 100 credits for $10 bought with the simulator, and `spend` credits charged from it (event `used`). */
+  async function boughtAndSpent(spend: number) {
+    s.setNow(null);
+    const payments = new PaymentSimulator();
+    const ctx: ServiceContext = { ...s, payments };
+    const accountId = await createFundedAccount(s, {});
+    const pack = await createCreditPack(s, { name: `audit-pack-${randomUUID()}`, microCredits: credits(100), bonusMicroCredits: 0n, priceUsd: '10', expiresAfterDays: null });
+    await attachPaymentMethod(ctx, accountId, `pm_card_audit_${randomUUID().slice(0, 8)}`);
+    const { paymentId } = await purchaseCreditPack(ctx, { accountId, packId: pack.id, idempotencyKey: `buy-${randomUUID()}` });
+    const used = await recordUsage(s, { accountId, idempotencyKey: 'used', category: 'units', quantities: { units: String(spend) } });
+    const apply = (event: ChargeReversalEvent) => applyReversalEvent(ctx, event, (testMode) => !testMode);
+    return { accountId, paymentId, payments, used, apply };
+  }
+  const totalOf = async (accountId: string) => (await readBalance(s.pool, accountId, new Date())).totalMicroCredits;
+
+  it('a full refund of the payment: the refund of usage it paid gives nothing back (no money behind that credit)', async () => {
+    const { accountId, paymentId, payments, used, apply } = await boughtAndSpent(40);
+    expect(await apply(payments.refund(paymentId))).toMatchObject({ result: 'reversed' });
+    expect(await totalOf(accountId)).toBe(0n);
+    await refundUsage(s, used.eventId, 'bad answer');
+    expect(await totalOf(accountId)).toBe(0n);
+    await expectLedgerInvariant(s.pool, accountId);
+  });
+
+  it('a 10 % refund of the payment after 40 of 100 were spent: refunding those 40 gives them back (90 paid for)', async () => {
+    const { accountId, paymentId, payments, used, apply } = await boughtAndSpent(40);
+    expect(await apply(payments.refund(paymentId, 100n))).toMatchObject({ result: 'reversed' });
+    expect(await totalOf(accountId)).toBe(credits(50));
+    await refundUsage(s, used.eventId, 'bad answer');
+    expect(await totalOf(accountId)).toBe(credits(90));
+    await expectLedgerInvariant(s.pool, accountId);
+  });
+
+  it('a 50 % refund of the payment after all 100 were spent (nothing taken back): refunding them gives back 50, not 100', async () => {
+    const { accountId, paymentId, payments, used, apply } = await boughtAndSpent(100);
+    await apply(payments.refund(paymentId, 500n));
+    expect(await totalOf(accountId)).toBe(0n);
+    await refundUsage(s, used.eventId, 'bad answer');
+    expect(await totalOf(accountId)).toBe(credits(50));
+    const taken = await s.pool.query('SELECT refund_taken_micro_credits::text AS taken FROM payments WHERE id = $1', [paymentId]);
+    expect(taken.rows[0].taken).toBe(credits(50).toString()); // the share is taken now, once
+    // A further 10 % of the money refunded takes its 10 from what came back: 40 left of 100 at 60 %.
+    await apply(payments.refund(paymentId, 100n));
+    expect(await totalOf(accountId)).toBe(credits(40));
+    await expectLedgerInvariant(s.pool, accountId);
+  });
+
+  it('a dispute won after 40 of 100 were spent: refunding those 40 gives them back (100 paid for)', async () => {
+    const { accountId, paymentId, payments, used, apply } = await boughtAndSpent(40);
+    expect(await apply(payments.dispute(paymentId))).toMatchObject({ result: 'reversed' });
+    expect(await apply(payments.disputeWon(paymentId))).toMatchObject({ result: 'restored' });
+    expect(await totalOf(accountId)).toBe(credits(60));
+    await refundUsage(s, used.eventId, 'bad answer');
+    expect(await totalOf(accountId)).toBe(credits(100));
+    await expectLedgerInvariant(s.pool, accountId);
   });
 });
