@@ -121,6 +121,14 @@ describe('refundUsage of usage paid by a pack whose payment was refunded in part
     await expectLedgerInvariant(s.pool, accountId);
   });
 
+  it('the usage refund and a 10 % refund of the payment racing: 90 left whichever commits first, once', async () => {
+    const { accountId, paymentId, payments, used, apply } = await boughtAndSpent(40);
+    const event = payments.refund(paymentId, 100n);
+    await Promise.all([refundUsage(s, used.eventId, 'bad answer'), apply(event), refundUsage(s, used.eventId, 'bad answer'), apply(event)]);
+    expect(await totalOf(accountId)).toBe(credits(90));
+    await expectLedgerInvariant(s.pool, accountId);
+  });
+
   it('a dispute won after 40 of 100 were spent: refunding those 40 gives them back (100 paid for)', async () => {
     const { accountId, paymentId, payments, used, apply } = await boughtAndSpent(40);
     expect(await apply(payments.dispute(paymentId))).toMatchObject({ result: 'reversed' });
