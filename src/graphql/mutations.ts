@@ -241,7 +241,7 @@ builder.mutationType({
     }),
     refundUsage: t.prismaField({
       type: UsageEventRef,
-      description: "Gives the event's credit back to the batches it came from (expired and voided ones excepted; subscription credit a ROLLOVER roll carried over since the event only up to the room its cap left).",
+      description: "Gives the event's credit back to the batches it came from (expired and voided ones excepted; credit a payment bought goes to the payment's live grant, less the share of its refunded money not taken back yet; subscription credit a ROLLOVER roll carried over since the event only up to the room its cap left).",
       authScopes: { creditsWrite: true },
       args: { usageEventId: t.arg.id({ required: true }), reason: t.arg.string({ required: true }) },
       resolve: async (query, _root, args, ctx) => {

@@ -7,21 +7,24 @@
  * grants, by the same rules as drawn credit. Credit a ROLLOVER roll carried over since the event
  * gets back only what the cap leaves room for (rolloverRoom). Its cost is taken off its agent's / user's kept
  * budget spending of the billing period it was charged in (spending-budgets.ts), unless that
- * period belongs to a billing anchor a plan subscription has since replaced. Refunding a refunded
- * event returns it unchanged.
+ * period belongs to a billing anchor a plan subscription has since replaced. Credit a payment
+ * bought goes back into the payment's live grant, less the share of its refunded money not taken
+ * back yet (paymentCredit). Refunding a refunded event returns it unchanged.
  */
 import { freeText } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { withTransaction, toBigInt, type Tx } from '../db/pg.js';
 import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
-import { assert, badInput } from '../ledger/errors.js';
-import { formatCredits, minBig } from '../ledger/credits.js';
+import { LedgerError, assert, badInput } from '../ledger/errors.js';
+import { MAX_ABS_MICRO_CREDITS, formatCredits, minBig } from '../ledger/credits.js';
+import { BALANCE_LIMIT_REASON } from '../ledger/refusals.js';
 import { AccountTx } from './account-tx.js';
 import { moveBudgetSpend } from './spending-budgets.js';
 import { scheduleExpiry } from './expire-due.js';
 import { DRAWN_SINCE_CTE } from './plans.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import type { ServiceContext } from './context.js';
+import { usdToCents } from '../payments/provider.js';
 
 /**
  * One ledger fact that changed an account's debt, in ledger order (readDebtHistory). Amounts in
@@ -178,6 +181,54 @@ async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: b
   return { room: carriedAtStart < cap ? cap - carriedAtStart : 0n, batchIds: new Set(rows.map((r) => r.id as string)) };
 }
 
+/** A payment whose grants an event's credit came from, as refundUsage gives that credit back (micro-credits). */
+interface PaymentCredit {
+  /** The batch of the grant that carries the payment's credit now (payments.live_grant_id, else its own grant). */
+  live: { batchId: string; status: string; expires_at: Date | null };
+  /** The share of its refunded money (floor(pack credits x refunded / amount)) not taken back yet. */
+  unrecoveredMicroCredits: bigint;
+  takenBeforeMicroCredits: bigint;
+  /** refund_taken_micro_credits once this refund has withheld its part of the unrecovered share. */
+  takenMicroCredits: bigint;
+}
+
+/**
+ * The payments (ids) whose grants an event drew from or whose grants repaid its debt, locked
+ * (FOR UPDATE), for the rule of README "Refunds and voids": credit a payment bought follows the
+ * payment, not the grant it was drawn from. A refund or dispute of the payment acts on its live
+ * grant only (services/charge-reversal.ts: a partial refund voids it and grants its rest less the
+ * share again; a won dispute gives back as a new grant what the dispute voided), so credit spent
+ * before goes back into the live grant (none when that is voided or expired: a full refund, a
+ * dispute not won), less the share of the refunded money that found nothing unused to take back
+ * then (taken now: `refund_taken_micro_credits` grows).
+ */
+async function paymentCredit(atx: AccountTx, paymentIds: string[]): Promise<Map<string, PaymentCredit>> {
+  const found = new Map<string, PaymentCredit>();
+  if (paymentIds.length === 0) return found;
+  const { rows } = await atx.tx.query(
+    `SELECT p.id, p.refunded_cents, p.amount_usd::text AS amount_usd, p.refund_taken_micro_credits, g.amount_micro_credits AS granted,
+            lb.id AS live_batch, CASE WHEN lg.voided_at IS NULL THEN lb.status::text ELSE 'VOIDED' END AS live_status, lb.expires_at AS live_expires_at
+       FROM payments p JOIN credit_grants g ON g.id = p.grant_id
+       JOIN credit_grants lg ON lg.id = COALESCE(p.live_grant_id, p.grant_id) JOIN credit_batches lb ON lb.grant_id = lg.id
+      WHERE p.id = ANY($1::uuid[]) AND p.account_id = $2
+      ORDER BY p.id FOR UPDATE OF p`,
+    [paymentIds, atx.accountId],
+  );
+  for (const r of rows) {
+    const cents = usdToCents(r.amount_usd as string);
+    const refunded = toBigInt(r.refunded_cents);
+    const taken = toBigInt(r.refund_taken_micro_credits);
+    const share = cents > 0n && refunded < cents ? (toBigInt(r.granted) * refunded) / cents : 0n;
+    found.set(r.id as string, {
+      live: { batchId: r.live_batch as string, status: r.live_status as string, expires_at: r.live_expires_at as Date | null },
+      unrecoveredMicroCredits: share > taken ? share - taken : 0n,
+      takenBeforeMicroCredits: taken,
+      takenMicroCredits: taken,
+    });
+  }
+  return found;
+}
+
 /**
  * Refunds an event in one transaction, under the account lock (so `refunded_at` makes it happen
  * once). Writes, in this order: a REFUND entry per batch its drawn credit goes back to; a REFUND
@@ -186,13 +237,17 @@ async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: b
  * (note `<reason> (repaid debt)`). Credit goes back into the batch it came from, keeping its type
  * and expiry (an exhausted batch becomes ACTIVE again; voidGrant can then remove it), never into
  * an expired or voided batch: that part is not given back (an operator removed that credit, or it
- * would have expired); nor, for an event recorded before a ROLLOVER roll, what the roll's cap would
+ * would have expired), except credit a payment bought, which goes back into the payment's live
+ * grant (growing its batch's allocation when it gave less), less the unrecovered share of the
+ * payment's refunded money (paymentCredit); nor, for an event recorded before a ROLLOVER roll, what the roll's cap would
  * have trimmed had the event never drawn (rolloverRoom). A batch gets back at most what it gave, so its remaining stays within its
- * allocation (CHECK credit_batches_remaining_in_range). Its cost comes off the kept budget spending
+ * allocation (CHECK credit_batches_remaining_in_range) (a payment's live grant given more than it gave has its allocation grown by the difference). Its cost comes off the kept budget spending
  * of the period it was charged in, when that period is of the current billing anchor.
  * @param reason free text, 1..500 characters, kept on the event and the entries.
  * @returns the event id.
- * @throws LedgerError NOT_FOUND, BAD_USER_INPUT (reason empty or > 500 characters).
+ * @throws LedgerError NOT_FOUND, BAD_USER_INPUT (reason empty or > 500 characters; field
+ *   usageEventId, reason BALANCE_LIMIT, when the credit given back would take the account's total
+ *   above MAX_ABS_MICRO_CREDITS: nothing is written, as grants are refused at that limit).
  */
 export async function refundUsage(ctx: ServiceContext, usageEventId: string, reason: string): Promise<string> {
   if (!reason.trim() || reason.length > 500) throw badInput('reason', 'must be 1 to 500 characters');
@@ -218,24 +273,55 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
       ...drawn.rows.map((r) => ({ batchId: r.batch_id as string, amount: toBigInt(r.amount_micro_credits), note: reason })),
       ...[...share.repaidByBatch].map(([batchId, amount]) => ({ batchId, amount, note: `${reason} (repaid debt)` })),
     ];
-    const batches = new Map<string, { status: string; expires_at: Date | null }>();
+    const batches = new Map<string, { status: string; expires_at: Date | null; paymentId: string | null }>();
     if (parts.length > 0) {
-      const { rows } = await tx.query('SELECT id, status, expires_at FROM credit_batches WHERE id = ANY($1::uuid[])', [parts.map((p) => p.batchId)]);
-      for (const r of rows) batches.set(r.id as string, { status: r.status as string, expires_at: r.expires_at as Date | null });
+      const { rows } = await tx.query(
+        `SELECT b.id, b.status, b.expires_at, p.id AS payment_id
+           FROM credit_batches b JOIN credit_grants g ON g.id = b.grant_id
+           LEFT JOIN payments p ON g.source IN ('PURCHASE', 'AUTO_TOP_UP') AND g.idempotency_key LIKE 'payment:%'
+                               AND p.id::text = g.reference AND p.account_id = g.account_id
+          WHERE b.id = ANY($1::uuid[])`,
+        [parts.map((p) => p.batchId)],
+      );
+      for (const r of rows) batches.set(r.id as string, { status: r.status as string, expires_at: r.expires_at as Date | null, paymentId: r.payment_id as string | null });
     }
+    const paid = await paymentCredit(atx, [...new Set([...batches.values()].flatMap((b) => (b.paymentId ? [b.paymentId] : [])))]);
     const carried = parts.length > 0 ? await rolloverRoom(atx, ev.rows[0].recorded_at as Date) : null;
     const back = new Map<string, bigint>();
+    /** What batches given back more than they gave (a payment's live grant) may now hold beyond their allocation. */
+    const grown = new Map<string, bigint>();
+    const spendable = (b: { status: string; expires_at: Date | null }) =>
+      b.status !== 'EXPIRED' && b.status !== 'VOIDED' && !(b.expires_at && b.expires_at.getTime() <= atx.now.getTime());
     const addBack = (p: (typeof parts)[number]) => {
       const b = batches.get(p.batchId)!;
-      if (b.status === 'EXPIRED' || b.status === 'VOIDED' || (b.expires_at && b.expires_at.getTime() <= atx.now.getTime())) return;
+      let batchId = p.batchId;
       let amount = p.amount;
-      if (carried?.batchIds.has(p.batchId)) {
-        amount = minBig(amount, carried.room);
-        carried.room -= amount;
+      let note = p.note;
+      const payment = b.paymentId ? paid.get(b.paymentId) : undefined;
+      if (payment) {
+        // Credit a payment bought follows the payment (paymentCredit): back into the grant that
+        // carries its credit now, less the share of its refunded money not taken back yet.
+        if (!spendable(payment.live)) return;
+        const withheld = minBig(amount, payment.unrecoveredMicroCredits);
+        payment.unrecoveredMicroCredits -= withheld;
+        payment.takenMicroCredits += withheld;
+        amount -= withheld;
+        if (amount === 0n) return;
+        if (payment.live.batchId !== batchId) {
+          batchId = payment.live.batchId;
+          grown.set(batchId, (grown.get(batchId) ?? 0n) + amount);
+          note = `${p.note} (payment ${b.paymentId}'s credit, carried by its live grant)`;
+        }
+      } else {
+        if (!spendable(b)) return;
+        if (carried?.batchIds.has(p.batchId)) {
+          amount = minBig(amount, carried.room);
+          carried.room -= amount;
+        }
+        if (amount === 0n) return;
       }
-      if (amount === 0n) return;
-      back.set(p.batchId, (back.get(p.batchId) ?? 0n) + amount);
-      atx.addEntry({ type: 'REFUND', amountMicroCredits: amount, batchId: p.batchId, usageEventId, note: p.note });
+      back.set(batchId, (back.get(batchId) ?? 0n) + amount);
+      atx.addEntry({ type: 'REFUND', amountMicroCredits: amount, batchId, usageEventId, note });
     };
     parts.slice(0, drawn.rows.length).forEach(addBack);
     const forgiven = minBig(share.unpaidMicroCredits, atx.debt);
@@ -244,18 +330,35 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
       atx.addEntry({ type: 'REFUND', amountMicroCredits: forgiven, usageEventId, note: `${reason} (debt forgiven)` });
     }
     parts.slice(drawn.rows.length).forEach(addBack);
+    // The total is kept in a signed 64-bit column, like every amount: credit granted since the
+    // event can have filled the room its cost left (grants stop at the limit, applyGrant).
+    if (atx.total > MAX_ABS_MICRO_CREDITS) {
+      throw new LedgerError(
+        'BAD_USER_INPUT',
+        `usageEventId: refunding it would take the account's credit above the largest amount kept (${formatCredits(MAX_ABS_MICRO_CREDITS)} credits); nothing was refunded`,
+        { field: 'usageEventId', reason: BALANCE_LIMIT_REASON },
+      );
+    }
     if (back.size > 0) {
+      const ids = [...back.keys()];
       await tx.query(
-        `UPDATE credit_batches b SET remaining_micro_credits = b.remaining_micro_credits + d.amount, status = 'ACTIVE', updated_at = $3
-           FROM unnest($1::uuid[], $2::bigint[]) AS d(batch_id, amount) WHERE b.id = d.batch_id`,
-        [[...back.keys()], [...back.values()].map(String), atx.now],
+        `UPDATE credit_batches b SET remaining_micro_credits = b.remaining_micro_credits + d.amount,
+                allocated_micro_credits = b.allocated_micro_credits + d.grown, status = 'ACTIVE', updated_at = $3
+           FROM unnest($1::uuid[], $2::bigint[], $4::bigint[]) AS d(batch_id, amount, grown) WHERE b.id = d.batch_id`,
+        [ids, ids.map((id) => String(back.get(id))), atx.now, ids.map((id) => String(grown.get(id) ?? 0n))],
       );
       // A batch a grant's repayment used up had no expiry job (applyGrant schedules one only for
-      // credit left); the same job id as the grant's when it had one.
-      for (const id of back.keys()) {
-        const expiresAt = batches.get(id)!.expires_at;
-        if (expiresAt && share.repaidByBatch.has(id)) scheduleExpiry(atx, 'batch', id, expiresAt);
+      // credit left); the same job id as the grant's when it had one. So may a payment's live
+      // grant given back credit drawn from its voided predecessor.
+      const liveExpiries = new Map([...paid.values()].map((p) => [p.live.batchId, p.live.expires_at]));
+      for (const id of ids) {
+        const expiresAt = batches.get(id)?.expires_at ?? liveExpiries.get(id) ?? null;
+        if (expiresAt && (share.repaidByBatch.has(id) || grown.has(id))) scheduleExpiry(atx, 'batch', id, expiresAt);
       }
+    }
+    for (const [paymentId, p] of paid) {
+      if (p.takenMicroCredits === p.takenBeforeMicroCredits) continue;
+      await tx.query('UPDATE payments SET refund_taken_micro_credits = $2, updated_at = $3 WHERE id = $1', [paymentId, p.takenMicroCredits.toString(), atx.now]);
     }
     await tx.query('UPDATE usage_events SET refunded_at = $2, refund_reason = $3 WHERE id = $1', [usageEventId, atx.now, reason]);
     const e = ev.rows[0];
