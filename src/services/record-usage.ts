@@ -20,6 +20,7 @@ import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
+import { rollDueBeforeCharge } from './plans.js';
 import { AccountTx, budgetSubjectKey, type ChargeState, type HoldState, type LoadedBatch, type SubjectBudgetState } from './account-tx.js';
 import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
@@ -162,6 +163,7 @@ export function chargeSubjects(
  */
 export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pricer): Promise<ChargeResult> {
   const hash = commandHash(cmd);
+  await rollDueBeforeCharge(atx); // the plan's period that began and has not rolled yet (plans.ts)
   const state = await atx.state({ reservationId: cmd.reservationId, agentId: cmd.agentId, userId: cmd.userId, usageIdempotencyKey: cmd.idempotencyKey });
   if (state.priorUsage) {
     if (state.priorUsage.requestHash !== hash) {
@@ -754,7 +756,11 @@ export async function chargeAccounts(
   // account's now as locked; any other account (none issued, or a test clock moved between the
   // two statements) is read now.
   const states = statesRead ? await statesRead : new Map<string, ChargeState>();
-  const unread = groups.filter((g) => states.get(g.atx.accountId)?.now.getTime() !== g.atx.now.getTime());
+  // A plan whose period began and has not rolled yet is rolled first (plans.ts
+  // rollDueBeforeCharge; known from the lock, no statement otherwise); its account is read again.
+  const rolled = new Set<string>();
+  for (const g of groups) if (await rollDueBeforeCharge(g.atx)) rolled.add(g.atx.accountId);
+  const unread = groups.filter((g) => rolled.has(g.atx.accountId) || states.get(g.atx.accountId)?.now.getTime() !== g.atx.now.getTime());
   if (unread.length > 0) {
     const read = await AccountTx.chargeStates(
       tx,
