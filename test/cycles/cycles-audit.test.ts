@@ -136,3 +136,40 @@ describe('a charge just after a period boundary, before the roll job ran', () =>
     }
   });
 });
+
+describe('the roll made by a charge and by the job at once', () => {
+  it.each(paths)('$path: concurrent charges, holds and roll jobs after the boundary grant the period once; a replay rolls nothing', async ({ ctx: makeCtx }) => {
+    const ctx = makeCtx();
+    const anchor = new Date('2027-01-31T23:59:59.999Z');
+    services.setNow(anchor);
+    try {
+      const p = await plan('RESET', 100);
+      const id = await createFundedAccount(services, {});
+      await subscribeToPlan(services, id, p.id);
+      const first = { accountId: id, idempotencyKey: `u-${randomUUID()}`, category: 'units', quantities: { units: '1' } };
+      await recordUsage(ctx, first);
+      services.setNow(new Date('2027-02-28T23:59:59.999Z')); // the boundary itself (clamped month end)
+      // A replay of an event recorded before the boundary answers as first and rolls nothing.
+      const versionBefore = (await readBalance(services.pool, id, services.clock())).version;
+      expect((await recordUsage(ctx, first)).replayed).toBe(true);
+      expect((await readBalance(services.pool, id, services.clock())).version).toBe(versionBefore);
+      const outcomes = await Promise.allSettled([
+        ...Array.from({ length: 6 }, () => spend(ctx, id, 10)),
+        reserveCredits(ctx, { accountId: id, amountMicroCredits: credits(20), ttlSeconds: 60, idempotencyKey: `h-${randomUUID()}` }),
+        rollBillingPeriods(services, id),
+        rollBillingPeriods(services, id),
+      ]);
+      expect(outcomes.map((o) => o.status)).toEqual(Array(9).fill('fulfilled'));
+      const { rows } = await services.pool.query(
+        `SELECT created_at, amount_micro_credits::text AS amount FROM credit_grants WHERE account_id = $1 AND source = 'SUBSCRIPTION' ORDER BY created_at`,
+        [id],
+      );
+      expect(rows.map((r) => r.created_at)).toEqual([anchor, new Date('2027-02-28T23:59:59.999Z')]);
+      const bal = await readBalance(services.pool, id, services.clock());
+      expect(bal.availableMicroCredits).toBe(credits(100 - 60 - 20));
+      expect((await reconcileAccount(services.pool, id)).consistent).toBe(true);
+    } finally {
+      services.setNow(null);
+    }
+  });
+});
