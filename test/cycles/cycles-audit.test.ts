@@ -19,6 +19,7 @@ import { GroupCommitter } from '../../src/services/group-commit.js';
 import { readBalance, reconcileAccount } from '../../src/services/read-balance.js';
 import { credits } from '../../src/ledger/credits.js';
 import type { ServiceContext } from '../../src/services/context.js';
+import { monthlyPeriodAt } from '../../src/ledger/billing-period.js';
 
 let services: TestServices;
 
@@ -171,5 +172,25 @@ describe('the roll made by a charge and by the job at once', () => {
     } finally {
       services.setNow(null);
     }
+  });
+});
+
+describe('billing periods of anchors in years 0001..0099 (a test clock may start there)', () => {
+  it('TS monthlyPeriodAt names the period SQL billing_period names, and it contains now', async () => {
+    const pairs: Array<[Date, Date]> = [];
+    for (const anchor of ['0001-01-31T10:00:00.000Z', '0004-01-30T00:00:00.000Z', '0050-03-31T23:59:59.999Z', '0099-12-31T12:00:00.000Z']) {
+      const a = new Date(anchor);
+      for (const days of [0, 1, 29, 31, 45, 400]) pairs.push([a, new Date(a.getTime() + days * 86_400_000)]);
+    }
+    const { rows } = await services.pool.query(
+      `SELECT p.period_start AS start, p.period_end AS "end"
+         FROM unnest($1::timestamptz[], $2::timestamptz[]) WITH ORDINALITY AS x(anchor, now, i), LATERAL billing_period(x.anchor, x.now) p ORDER BY x.i`,
+      [pairs.map((p) => p[0]), pairs.map((p) => p[1])],
+    );
+    pairs.forEach(([anchor, now], i) => {
+      const ts = monthlyPeriodAt(anchor, now);
+      expect({ anchor, now, ...ts }).toEqual({ anchor, now, start: rows[i].start, end: rows[i].end });
+      expect(ts.start.getTime() <= now.getTime() && now.getTime() < ts.end.getTime()).toBe(true);
+    });
   });
 });
