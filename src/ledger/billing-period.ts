@@ -10,17 +10,29 @@ export interface Period {
   end: Date;
 }
 
+/**
+ * The UTC instant of calendar date `year`-`month`-`day` (month 0-based, day may be 0: the
+ * previous month's last day) at the time of day of `timeOf`. Built with setUTCFullYear, not
+ * Date.UTC, which reads years 0..99 as 1900..1999: an anchor in year 0050 (a test clock may start
+ * at any DateTime from 0001-01-01) had its periods in 1949..1950, while PostgreSQL's
+ * billing_period named the right ones.
+ */
+function utcAt(year: number, month: number, day: number, timeOf: Date): Date {
+  const d = new Date(0);
+  d.setUTCFullYear(year, month, day);
+  d.setUTCHours(timeOf.getUTCHours(), timeOf.getUTCMinutes(), timeOf.getUTCSeconds(), timeOf.getUTCMilliseconds());
+  return d;
+}
+
 /** The anchor shifted by `months` calendar months (UTC), clamped to the target month's end. */
 export function addMonthsClamped(anchor: Date, months: number): Date {
   const y = anchor.getUTCFullYear();
   const m = anchor.getUTCMonth() + months;
   const targetYear = y + Math.floor(m / 12);
   const targetMonth = ((m % 12) + 12) % 12;
-  const lastDay = new Date(Date.UTC(targetYear, targetMonth + 1, 0)).getUTCDate();
+  const lastDay = utcAt(targetYear, targetMonth + 1, 0, new Date(0)).getUTCDate();
   const day = Math.min(anchor.getUTCDate(), lastDay);
-  return new Date(
-    Date.UTC(targetYear, targetMonth, day, anchor.getUTCHours(), anchor.getUTCMinutes(), anchor.getUTCSeconds(), anchor.getUTCMilliseconds()),
-  );
+  return utcAt(targetYear, targetMonth, day, anchor);
 }
 
 /**

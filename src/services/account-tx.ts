@@ -297,6 +297,7 @@ export interface AccountTxMark {
   readonly total: bigint;
   readonly debt: bigint;
   readonly billingAnchorAt: Date;
+  readonly planGrantedPeriodStart: Date | null;
   readonly entries: number;
   readonly outbox: number;
   readonly changed: boolean;
@@ -329,6 +330,12 @@ export class AccountTx {
   readonly budgetVersion: bigint;
   /** A test-mode account (its own clock; README "Test clocks"): growth credit keeps it apart from live accounts. */
   readonly testMode: boolean;
+  /**
+   * The start of the last billing period its active plan was granted (plan_subscriptions
+   * .granted_period_start), read after the lock; null without an active plan. plans.ts keeps it
+   * current when it rolls, subscribes or cancels in this transaction. See {@link periodRollDue}.
+   */
+  planGrantedPeriodStart: Date | null;
   private readonly entries: PendingEntry[] = [];
   private readonly outbox: { topic: OutboxTopic; payload: unknown }[] = [];
   private changed = false;
@@ -347,6 +354,17 @@ export class AccountTx {
     this.debt = toBigInt(row.debt_micro_credits);
     this.versionBefore = toBigInt(row.version);
     this.budgetVersion = toBigInt(row.budget_version);
+    this.planGrantedPeriodStart = (row.plan_granted_period_start as Date | null | undefined) ?? null;
+  }
+
+  /**
+   * True when the account's active plan has not been rolled into the billing period holding
+   * `now` yet: the period began (its RESET allowance no longer pays, alerts and budgets count the
+   * new period) and its `roll-period` job has not run (BullMQ's delay, workers busy or down).
+   * In memory, no statement: a charge rolls the plan first then (plans.ts rollDueBeforeCharge).
+   */
+  periodRollDue(): boolean {
+    return this.planGrantedPeriodStart !== null && this.planGrantedPeriodStart.getTime() < this.period().start.getTime();
   }
 
   /**
@@ -396,6 +414,7 @@ export class AccountTx {
       created_at: this.createdAt,
       billing_anchor_at: this.billingAnchorAt,
       budget_version: this.budgetVersion.toString(),
+      plan_granted_period_start: this.planGrantedPeriodStart,
       total_micro_credits: this.total.toString(),
       debt_micro_credits: this.debt.toString(),
       version: version.toString(),
@@ -433,7 +452,7 @@ export class AccountTx {
 
   /**
    * The columns of accounts `accountIds` that change after creation (billing anchor, test
-   * clock, budget version), by account id, in a statement of its own issued right behind their
+   * clock, budget version, and the active plan's last granted period), by account id, in a statement of its own issued right behind their
    * lock statement (pipelined: no round trip of its own), so that its snapshot is taken once the
    * locks are granted. The lock statement itself reads the accounts row as of before its lock
    * wait (READ COMMITTED re-reads only the locked balance row after the wait): a charge that
@@ -446,7 +465,10 @@ export class AccountTx {
     const { rows } = await tx.query({
       name: 'cp-account-after-lock',
       // Joined from unnest, as lockMany (a cached generic plan of `= ANY($1)` scans the table).
-      text: `SELECT a.id, a.test_clock_at, a.billing_anchor_at, a.budget_version FROM unnest($1::uuid[]) AS x(id) JOIN accounts a ON a.id = x.id`,
+      // With the active plan's last granted period (one probe of its primary key), for periodRollDue.
+      text: `SELECT a.id, a.test_clock_at, a.billing_anchor_at, a.budget_version,
+                    (SELECT s.granted_period_start FROM plan_subscriptions s WHERE s.account_id = a.id AND s.active) AS plan_granted_period_start
+               FROM unnest($1::uuid[]) AS x(id) JOIN accounts a ON a.id = x.id`,
       values: [accountIds],
     });
     return new Map(rows.map((r) => [r.id as string, r]));
@@ -716,13 +738,14 @@ export class AccountTx {
   /**
    * The in-memory state a SAVEPOINT must restore with the rows (GroupCommitter runs operations
    * of several callers in one transaction, each under a savepoint): running totals, billing
-   * anchor, pending ledger entries and outbox rows.
+   * anchor, the plan's last granted period, pending ledger entries and outbox rows.
    */
   checkpoint(): AccountTxMark {
     return {
       total: this.total,
       debt: this.debt,
       billingAnchorAt: this.billingAnchorAt,
+      planGrantedPeriodStart: this.planGrantedPeriodStart,
       entries: this.entries.length,
       outbox: this.outbox.length,
       changed: this.changed,
@@ -734,6 +757,7 @@ export class AccountTx {
     this.total = mark.total;
     this.debt = mark.debt;
     this.billingAnchorAt = mark.billingAnchorAt;
+    this.planGrantedPeriodStart = mark.planGrantedPeriodStart;
     this.entries.length = mark.entries;
     this.outbox.length = mark.outbox;
     this.changed = mark.changed;

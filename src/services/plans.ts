@@ -180,6 +180,7 @@ export async function subscribeToPlan(ctx: ServiceContext, accountId: string, pl
        ON CONFLICT (account_id) DO UPDATE SET plan_id = $2, active = TRUE, started_at = $3, granted_period_start = $3, canceled_at = NULL`,
       [accountId, planId, now],
     );
+    atx.planGrantedPeriodStart = now;
     await grantPeriod(atx, plan, period.start, period.end);
     scheduleRoll(atx, period.end);
     await recordAuditEvent(tx, actorOf(ctx), {
@@ -212,6 +213,7 @@ export async function cancelSubscription(ctx: ServiceContext, accountId: string)
       [accountId, atx.now],
     );
     if (!rows[0]) throw new LedgerError('NOT_FOUND', 'the account has no plan');
+    atx.planGrantedPeriodStart = null;
     const plan = (await findPlan(tx, rows[0].plan_id as string))!;
     if (rows[0].was_active) {
       await recordAuditEvent(tx, actorOf(ctx), { action: 'plan.cancelled', accountId, subjectType: 'plan', subjectId: plan.id, details: { planName: plan.name } });
@@ -260,6 +262,42 @@ export async function rollBillingPeriods(ctx: ServiceContext, accountId: string)
   });
 }
 
+/** The savepoint rollDueBeforeCharge rolls under (nested inside GroupCommitter's own, if any). */
+const ROLL_SAVEPOINT = 'cp_period_roll';
+
+/**
+ * Before a charge or a hold decides, inside its locked account transaction `atx`: rolls the
+ * account's plan when its current billing period began and has not been rolled yet
+ * (AccountTx.periodRollDue, known from the lock: no statement otherwise). The new period has
+ * begun for every other rule (a RESET allowance stops paying at its expiresAt, alerts, budgets
+ * and top-ups count the new period), so a charge in the instants between the boundary and the
+ * `roll-period` job (BullMQ's delay, workers busy or down) was refused although the new allowance
+ * was due, or drew a purchased pack the allowance should have paid, and raised credit alerts
+ * against a period credit without its grant. The roll is the one the job would make
+ * (rollDuePeriods: trim and grant dated as on time, idempotent on the period start), under a
+ * savepoint: a roll refused with a LedgerError (its grant over the balance limit) is undone and
+ * the charge goes on without it, as before (the job and the sweep retry and log it).
+ * The caller re-reads the account's batches when this returns true.
+ * @returns true when a roll ran (and the batches changed).
+ * @throws database errors (the transaction is then rolled back by the caller).
+ */
+export async function rollDueBeforeCharge(atx: AccountTx): Promise<boolean> {
+  if (!atx.periodRollDue()) return false;
+  const mark = atx.checkpoint();
+  await atx.tx.query(`SAVEPOINT ${ROLL_SAVEPOINT}`);
+  try {
+    await rollDuePeriods(atx);
+  } catch (error) {
+    if (!(error instanceof LedgerError)) throw error;
+    await atx.tx.query(`ROLLBACK TO SAVEPOINT ${ROLL_SAVEPOINT}`);
+    atx.rollbackTo(mark);
+    atx.planGrantedPeriodStart = null; // not tried again in this transaction
+    return false;
+  }
+  await atx.tx.query(`RELEASE SAVEPOINT ${ROLL_SAVEPOINT}`);
+  return true;
+}
+
 /**
  * rollBillingPeriods inside the locked account transaction `atx` (the caller calls
  * `atx.finish()`): rolls the active plan into every period started by the account's now and not
@@ -272,6 +310,7 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
   const { tx, accountId } = atx;
   const { rows } = await tx.query(`SELECT plan_id, granted_period_start FROM plan_subscriptions WHERE account_id = $1 AND active FOR UPDATE`, [accountId]);
   const sub = rows[0];
+  atx.planGrantedPeriodStart = sub ? (sub.granted_period_start as Date) : null;
   if (!sub) return 0;
   const plan = (await findPlan(tx, sub.plan_id as string))!;
   const current = atx.period();
@@ -301,6 +340,7 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
       WHERE account_id = $1`,
     [accountId, granted, capped ? plan.rolloverCapMicroCredits!.toString() : null],
   );
+  atx.planGrantedPeriodStart = granted;
   scheduleRoll(atx, current.end);
   return rolled;
 }

@@ -20,6 +20,7 @@ import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
+import { rollDueBeforeCharge } from './plans.js';
 import { AccountTx, budgetSubjectKey, type ChargeState, type HoldState, type LoadedBatch, type SubjectBudgetState } from './account-tx.js';
 import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
@@ -162,13 +163,16 @@ export function chargeSubjects(
  */
 export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pricer): Promise<ChargeResult> {
   const hash = commandHash(cmd);
-  const state = await atx.state({ reservationId: cmd.reservationId, agentId: cmd.agentId, userId: cmd.userId, usageIdempotencyKey: cmd.idempotencyKey });
+  const stateOf = () => atx.state({ reservationId: cmd.reservationId, agentId: cmd.agentId, userId: cmd.userId, usageIdempotencyKey: cmd.idempotencyKey });
+  let state = await stateOf();
   if (state.priorUsage) {
     if (state.priorUsage.requestHash !== hash) {
       throw idempotencyConflict('usage event');
     }
     return { eventId: state.priorUsage.id, replayed: true };
   }
+  // The plan's period that began and has not rolled yet is rolled first (plans.ts).
+  if (await rollDueBeforeCharge(atx)) state = await stateOf();
 
   let holdLeft = 0n;
   if (cmd.reservationId) {
@@ -754,18 +758,29 @@ export async function chargeAccounts(
   // account's now as locked; any other account (none issued, or a test clock moved between the
   // two statements) is read now.
   const states = statesRead ? await statesRead : new Map<string, ChargeState>();
-  const unread = groups.filter((g) => states.get(g.atx.accountId)?.now.getTime() !== g.atx.now.getTime());
-  if (unread.length > 0) {
+  const readAgain = async (stale: readonly { atx: AccountTx; items: readonly GroupItem[] }[]) => {
+    if (stale.length === 0) return;
     const read = await AccountTx.chargeStates(
       tx,
-      unread.map((g) => stateRequest(g.atx.accountId, g.items, g.atx.now, false)),
+      stale.map((g) => stateRequest(g.atx.accountId, g.items, g.atx.now, false)),
     );
-    for (const g of unread) {
+    for (const g of stale) {
       const st = read.get(g.atx.accountId);
       if (st) states.set(g.atx.accountId, st);
       else states.delete(g.atx.accountId);
     }
+  };
+  await readAgain(groups.filter((g) => states.get(g.atx.accountId)?.now.getTime() !== g.atx.now.getTime()));
+  // A plan whose period began and has not rolled yet is rolled before a new charge or hold
+  // (plans.ts rollDueBeforeCharge; known from the lock, no statement otherwise; replays do not
+  // roll); the account is then read again.
+  const rolled: typeof groups[number][] = [];
+  for (const g of groups) {
+    const st = states.get(g.atx.accountId);
+    if (!st || !g.atx.periodRollDue() || !g.items.some((item) => isNewWork(item, st))) continue;
+    if (await rollDueBeforeCharge(g.atx)) rolled.push(g);
   }
+  await readAgain(rolled);
   const events: PreparedEvent[] = [];
   const fresh: { out: ItemOutcome[]; index: number }[] = []; // parallel to `events`
   const holdWrites: HoldWrites = { created: [], settled: [], results: new Map() };
@@ -1085,6 +1100,12 @@ export async function pricerFor(ctx: ServiceContext, cmd: UsageCommand): Promise
 export async function pricersFor(ctx: ServiceContext, cmds: readonly UsageCommand[]): Promise<Pricer[]> {
   const [book, settings] = await Promise.all([ctx.pricing.priceBook(), ctx.pricing.settings()]);
   return cmds.map((cmd) => (accountNow: Date) => ({ priced: priceCommand(cmd, book, settings, accountNow), version: book?.version ?? 0 }));
+}
+
+/** True when `item` is not a replay of a usage event or hold already recorded under its key (as read in `state`), nor a settle. */
+function isNewWork(item: GroupItem, state: ChargeState): boolean {
+  if (!('op' in item)) return !state.priorUsage.has(item.cmd.idempotencyKey);
+  return item.op.kind === 'reserve' && !state.priorHolds.has(item.op.cmd.idempotencyKey);
 }
 
 /**

@@ -196,7 +196,7 @@ describe('plans and billing cycles', () => {
     }
   });
 
-  it('a ROLLOVER roll that runs late trims the credit to the cap as it stood at the period start: usage in between does not save credit above the cap', async () => {
+  it('a ROLLOVER roll whose job is late is made by the first charge after the period start: usage in between does not save credit above the cap', async () => {
     const capped = await plan('ROLLOVER', '100', '50');
     const stepped = await testAccount('2026-07-07T00:00:00.000Z');
     const late = await testAccount('2026-07-07T00:00:00.000Z');
@@ -208,10 +208,10 @@ describe('plans and billing cycles', () => {
     await advance(stepped, '2026-08-07T01:00:00.000Z'); // rolled at 08-07: 80 trimmed to 50, + 100
     await srv.services.pool.query(`UPDATE accounts SET test_clock_at = '2026-08-07T01:00:00.000Z' WHERE id = $1`, [dbId(late)]);
     for (const id of [stepped, late]) {
-      ok(await spend(id, '30')); // the late account pays it from the old subscription batch (80 -> 50)
+      ok(await spend(id, '30')); // the late account's charge rolls first (80 trimmed to 50, + 100), as on time
       ok(await spend(id, '5'));
     }
-    expect(await rollBillingPeriods(srv.services, dbId(late))).toEqual({ periodsRolled: 1 });
+    expect(await rollBillingPeriods(srv.services, dbId(late))).toEqual({ periodsRolled: 0 }); // the late job finds it done
     const [a, b] = [await read(stepped), await read(late)];
     expect(a.balance.available).toBe('115');
     expect(b.balance).toMatchObject({ available: a.balance.available, total: a.balance.total, periodStart: a.balance.periodStart, periodCredits: a.balance.periodCredits });

@@ -47,29 +47,31 @@ const spend = (accountId: string, units: string) =>
   recordUsage(services, { accountId, idempotencyKey: `ca-${randomUUID()}`, category: 'units', quantities: { units } });
 
 describe('credit alerts at a period boundary before the worker came by', () => {
-  it("a RESET plan's credit that expired at the period end neither counts in the new period nor raises its alerts before the roll", async () => {
+  it("a RESET plan's credit that expired at the period end does not count in the new period; the first charge after the boundary rolls the plan before the roll job came by", async () => {
     // 100 purchased credits that never expire, and a RESET plan of 1,000 a month from Mar 1.
     const accountId = await createFundedAccount(services, { paid: 100, testClockStart: new Date('2026-03-01T00:00:00Z') });
     const plan = await createPlan(services, { name: `reset-${randomUUID()}`, monthlyMicroCredits: credits(1000), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '10' });
     await subscribeToPlan(services, accountId, plan.id);
 
     // Apr 1, one second after the boundary: the March plan credit (1,000 unused) has expired but
-    // no roll or expiry job has run yet. A charge pays from the purchased credit.
+    // no roll or expiry job has run yet. Before a charge, the period holds what was left at its
+    // start (the 100 purchased; the plan credit expired at it).
     await setClock(accountId, '2026-04-01T00:00:01Z');
-    await spend(accountId, '1');
-    expect(await alerts(accountId)).toEqual([]); // 99 of 100 left: no threshold reached
     const early = await readBalance(services.pool, accountId, new Date());
-    expect(early.availableMicroCredits).toBe(credits(99));
-    // The period holds what was left at its start (the 100 purchased; the plan credit expired at it).
     expect(early.periodMicroCredits).toBe(credits(100));
-    expect(early.percentRemaining).toBe(99);
+    expect(early.percentRemaining).toBe(100);
 
-    // The roll comes by: April's 1,000 are granted, dated at the period start.
-    expect((await rollBillingPeriods(services, accountId)).periodsRolled).toBe(1);
+    // A charge rolls the plan first (plans.ts rollDueBeforeCharge): April's 1,000 pay it, the
+    // purchased credit is untouched, and the roll job later finds nothing to do.
+    await spend(accountId, '1');
+    expect(await alerts(accountId)).toEqual([]);
     const rolled = await expectLedgerInvariant(services.pool, accountId, new Date('2026-04-01T00:00:01Z'));
     expect(rolled.periodMicroCredits).toBe(credits(1100));
     expect(rolled.availableMicroCredits).toBe(credits(1099));
-    expect(await alerts(accountId)).toEqual([]);
+    expect(rolled.paidMicroCredits).toBe(credits(1099));
+    const { rows } = await services.pool.query(`SELECT remaining_micro_credits::text AS r FROM credit_batches WHERE account_id = $1 AND source = 'PURCHASE'`, [accountId]);
+    expect(rows).toEqual([{ r: String(credits(100)) }]);
+    expect((await rollBillingPeriods(services, accountId)).periodsRolled).toBe(0);
 
     // Spending down to 25 % of April's 1,100 credits raises April's 25 % alert then, not before.
     await spend(accountId, '824'); // 275 left = 25 %
