@@ -26,7 +26,7 @@ import type { WorkerDeps } from '../../workers/deps.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, ok, readAccount, uniq } from '../api/helpers.js';
+import { apiAccount, dbId, grant, ok, readAccount, uniq } from '../api/helpers.js';
 import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, startBillingServer, topUps, waitFor, type BillingServer } from './billing-helpers.js';
 
 let billing: BillingServer;
@@ -175,5 +175,46 @@ describe('re-enabling after a pause', () => {
     await drained(accountId);
     expect(await Job.fromId(webhookQueue, `webhook-auto_top_up_paused-${rows[1]!.id}`)).toBeUndefined();
     await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
+});
+
+describe('maxPerPeriod across a billing period boundary', () => {
+  it('a top-up started before the period end and settled after counts in the period it started in; the new period has its own cap', async () => {
+    const reference = `pm_ok_${randomUUID()}`;
+    simulator.script(reference, ['timeout']); // the first charge gets no answer (nothing charged)
+    const accountId = ok(
+      await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+        input: { externalId: uniq('cap-boundary'), name: 'cap boundary', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: '2026-03-01T00:00:00.000Z' },
+      }),
+    ).createAccount.id as string;
+    await grant(srv, accountId, '100', 'PAID');
+    const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+    await attachMethod(srv, accountId, reference);
+    ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id, maxPerPeriod: 1 } }));
+    const advance = async (to: string) => ok(await srv.gql(`mutation($id: ID!, $to: DateTime!) { advanceTestClock(accountId: $id, to: $to) { id } }`, { id: accountId, to }));
+    const spend = async (units: string) => ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units } } }));
+    const used = async () => ok(await srv.gql(`query($id: ID!) { account(id: $id) { autoTopUp { usedThisPeriod } } }`, { id: accountId })).account.autoTopUp.usedThisPeriod as number;
+
+    await advance('2026-03-31T23:00:00.000Z');
+    await spend('60'); // 40 < 50, in March
+    const [march] = await topUps(srv, accountId);
+    await expect(run(accountId, march!.id, 0)).rejects.toThrow(/will retry/);
+    // April begins; the clock's walk runs the pending top-up: charged and granted in April, counted in March.
+    await advance('2026-04-01T01:00:00.000Z');
+    expect((await topUps(srv, accountId)).map((t) => t.status)).toEqual(['SUCCEEDED']);
+    const { rows } = await srv.services.pool.query('SELECT period_start FROM auto_top_ups WHERE id = $1', [march!.id]);
+    expect((rows[0].period_start as Date).toISOString()).toBe('2026-03-01T00:00:00.000Z');
+    expect(await used()).toBe(0);
+
+    await spend('15'); // 45 < 50, in April: April's first top-up
+    const april = (await topUps(srv, accountId))[1]!;
+    expect(april.status).toBe('PENDING');
+    expect(await run(accountId, april.id, 0)).toMatchObject({ status: 'SUCCEEDED' });
+    expect(await used()).toBe(1);
+    await spend('20'); // 45 < 50 again: April's cap is reached
+    expect(await topUps(srv, accountId)).toHaveLength(2);
+    expect(simulator.chargeCount(reference)).toBe(2);
+    expect((await readAccount(srv, accountId)).balance.available).toBe('45');
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId), new Date('2026-04-01T01:00:00.000Z'));
   });
 });
