@@ -8,7 +8,9 @@
  *   the top-up ends SKIPPED without counting a failure toward the pause);
  * - the third failure in a row of a charge that was in flight when a dispute paused auto top-up
  *   does not pause it again (the dispute stays its reason; no `auto_top_up.paused` webhook);
- * - re-enabling a paused auto top-up below the threshold starts exactly one top-up at once.
+ * - re-enabling a paused auto top-up below the threshold starts exactly one top-up at once;
+ * - maxPerPeriod: a top-up started before a period end and settled after counts in the period it
+ *   started in (a test-mode account and its clock).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
