@@ -18,9 +18,13 @@
  *   nothing is charged twice (with the request the payment recorded: its payment method, not the
  *   account's current one; see chargePayment). A decline is final for its key, so a retry makes
  *   a new attempt. A pack the balance cannot take (above MAX_ABS_MICRO_CREDITS) is SKIPPED
- *   before anything is charged.
+ *   before anything is charged. Once auto top-up is off (turned off by setAutoTopUp, or paused),
+ *   such a PENDING payment is only looked up, never sent again: a charge that was made is
+ *   granted, one that never reached the provider is never made (the top-up ends SKIPPED, and
+ *   that is no failure of the card).
  * - three failed charges in a row pause it (enabled = false, pausedAt) and raise the webhook
- *   `auto_top_up.paused`; setAutoTopUp re-enables it.
+ *   `auto_top_up.paused`, when it is still on (a failure arriving after it was turned off or
+ *   paused by a refund or dispute pauses nothing again); setAutoTopUp re-enables it.
  */
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
@@ -36,6 +40,7 @@ import { balanceRoomError } from './grant-credits.js';
 import { rollBillingPeriods } from './plans.js';
 import {
   chargePayment,
+  failedAsNoChargeFound,
   findPayment,
   findPaymentMethodRef,
   logLateSuccess,
@@ -136,8 +141,11 @@ export interface AttemptInfo {
   attempts: number;
 }
 
-/** Step 1 under the account lock: the payment to charge now, or the run's final result. */
-type Prepared = { payment: PaymentRow } | { done: TopUpRunResult };
+/**
+ * Step 1 under the account lock: the payment to charge now (`lookupOnly`: only look its charge
+ * up, never send it again), or the run's final result.
+ */
+type Prepared = { payment: PaymentRow; lookupOnly: boolean } | { done: TopUpRunResult };
 
 async function finishTopUp(atx: AccountTx, topUpId: string, status: Exclude<TopUpStatus, 'PENDING'>, reason: string | null): Promise<TopUpRunResult> {
   await atx.tx.query(`UPDATE auto_top_ups SET status = $2, error = $3, finished_at = $4 WHERE id = $1`, [topUpId, status, reason, atx.now]);
@@ -168,8 +176,11 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
     const methodRef = await findPaymentMethodRef(tx, atx.accountId);
     if (row.payment_id) {
       const payment = (await findPayment(tx, row.payment_id as string))!; // the top-up's payment exists (foreign key)
-      // A charge whose outcome was never recorded: send its recorded request again with its key (never twice).
-      if (payment.status === 'PENDING') return { payment };
+      // A charge whose outcome was never recorded: send its recorded request again with its key
+      // (never twice). Once auto top-up is off (turned off or paused) nothing is sent any more:
+      // the charge is only looked up, so a request that never reached the provider is never made
+      // after the customer turned it off, and one that was made is granted (README "Auto top-up").
+      if (payment.status === 'PENDING') return { payment, lookupOnly: row.enabled !== true };
     }
     if (!row.enabled) return { done: await finishTopUp(atx, topUpId, 'SKIPPED', 'auto top-up is disabled or paused') };
     const used = await tx.query(`SELECT count(*)::int AS n FROM auto_top_ups WHERE account_id = $1 AND period_start = $2 AND status = 'SUCCEEDED'`, [
@@ -200,7 +211,7 @@ async function prepare(ctx: ServiceContext, topUpId: string): Promise<Prepared> 
     );
     const payment = toPaymentRow(inserted.rows[0]);
     await tx.query('UPDATE auto_top_ups SET payment_id = $2, attempts = $3 WHERE id = $1', [topUpId, payment.id, attempt]);
-    return { payment };
+    return { payment, lookupOnly: false };
   });
 }
 
@@ -223,6 +234,7 @@ async function recordOutcome(
   pack: CreditPackView,
   outcome: ChargeOutcome,
   lastAttempt: boolean,
+  lookupOnly = false,
 ): Promise<{ run: TopUpRunResult; settledNow: boolean }> {
   // What settlePayment applied of a refund or dispute reported before it, logged after the commit.
   const early: { payment: PaymentRow; reversals: AppliedEarlyReversal[] }[] = [];
@@ -264,15 +276,29 @@ async function recordOutcome(
       }
       return { ...(await finishTopUp(atx, topUpId, 'SUCCEEDED', null)), lateSuccess, chargedTwice: false, payment: after, settledNow };
     }
+    if (lookupOnly && failedAsNoChargeFound(after)) {
+      // Only looked up, auto top-up being off: the request never reached the provider and is not
+      // sent again. Nothing was charged, and it is no failure of the card (not counted).
+      const result: TopUpRunResult =
+        row.enabled === true ? { topUpId, status: 'PENDING', reason: after.error } : await finishTopUp(atx, topUpId, 'SKIPPED', 'auto top-up is disabled or paused');
+      await atx.finish();
+      return { ...result, settledNow };
+    }
+    // The third failure in a row pauses auto top-up and raises `auto_top_up.paused`, only when it
+    // is still on: a charge in flight when the customer turned it off, or when a refund or dispute
+    // paused it (charge-reversal.ts), fails without pausing it again; a pause keeps its time and
+    // reason (lastError names the dispute or refund), and no webhook announces it.
     const { rows } = await tx.query(
-      `UPDATE auto_top_up_settings SET consecutive_failures = consecutive_failures + 1, last_attempt_at = $2, last_error = $3,
-              enabled = enabled AND consecutive_failures + 1 < $4,
-              paused_at = CASE WHEN consecutive_failures + 1 = $4 THEN $2 ELSE paused_at END
-        WHERE account_id = $1 RETURNING consecutive_failures`,
+      `UPDATE auto_top_up_settings s SET consecutive_failures = s.consecutive_failures + 1, last_attempt_at = $2,
+              last_error = CASE WHEN s.paused_at IS NULL THEN $3 ELSE s.last_error END,
+              enabled = s.enabled AND s.consecutive_failures + 1 < $4,
+              paused_at = CASE WHEN s.enabled AND s.consecutive_failures + 1 = $4 THEN $2 ELSE s.paused_at END
+         FROM (SELECT enabled FROM auto_top_up_settings WHERE account_id = $1) old
+        WHERE s.account_id = $1 RETURNING old.enabled AND NOT s.enabled AS paused_now`,
       [atx.accountId, atx.now, after.error, PAUSE_AFTER_FAILURES],
     );
     let result: TopUpRunResult = { topUpId, status: 'PENDING', reason: after.error };
-    if (rows[0]?.consecutive_failures === PAUSE_AFTER_FAILURES) {
+    if (rows[0]?.paused_now === true) {
       atx.publish('job', {
         name: 'deliver-webhook',
         jobId: `webhook-auto_top_up_paused-${topUpId}`,
@@ -303,7 +329,9 @@ async function recordOutcome(
  * the period's cap is reached, available credit is back above the threshold or there is no
  * payment method; else charges the pack and grants it (SUCCEEDED). A failed charge counts
  * toward the pause; the top-up stays PENDING for a retry unless it paused auto top-up or
- * `attempt` was the last one (then FAILED). A timeout leaves it PENDING, reason set.
+ * `attempt` was the last one (then FAILED). A timeout leaves it PENDING, reason set. A charge
+ * sent earlier whose outcome is unknown is sent again with its key while auto top-up is on, and
+ * only looked up once it is off (module comment).
  * Safe to run concurrently with itself: the top-up row lock and the payment's idempotency key
  * make one charge and one grant. `topUp`: the top-up's id and its account's (uuids; the job
  * payload carries both).
@@ -325,12 +353,12 @@ export async function runAutoTopUp(ctx: ServiceContext, topUp: { topUpId: string
   );
   const prepared = await prepare(ctx, topUpId);
   if ('done' in prepared) return prepared.done;
-  const { payment } = prepared;
+  const { payment, lookupOnly } = prepared;
   const pack = await findCreditPack(ctx.pool, payment.packId);
   assert(pack, 'a payment refers to an existing pack');
   try {
-    const outcome = await chargePayment(ctx.pool, provider, payment, pack, ctx.clock());
-    return (await recordOutcome(ctx, topUpId, payment, pack, outcome, attempt.attemptsMade + 1 >= attempt.attempts)).run;
+    const outcome = await chargePayment(ctx.pool, provider, payment, pack, ctx.clock(), { lookupOnly });
+    return (await recordOutcome(ctx, topUpId, payment, pack, outcome, attempt.attemptsMade + 1 >= attempt.attempts, lookupOnly)).run;
   } catch (err) {
     // No answer, or "no charge found" too soon after the last send: the outcome is unknown, retried later.
     if (err instanceof PaymentTimeoutError) return { topUpId, status: 'PENDING', reason: `payment provider timed out: ${err.message}` };

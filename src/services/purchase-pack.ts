@@ -170,6 +170,8 @@ const NO_CHARGE_FOUND = 'no_charge_found';
  * never changed), so a test-mode account's payment only reaches the test-mode provider.
  * @param db where the send is recorded (not inside the settling transaction: the mark must be
  *   committed before the request goes out, so a concurrent lookup sees it)
+ * @param opts.lookupOnly never send the request (again), only look its charge up, as for a
+ *   payment too old to send: an auto top-up turned off after its charge went out (auto-top-up.ts).
  * @throws PaymentTimeoutError when the outcome is unknown (the payment stays PENDING).
  */
 export async function chargePayment(
@@ -178,9 +180,10 @@ export async function chargePayment(
   payment: PaymentRow,
   pack: CreditPackView,
   wallNow: Date,
+  opts: { lookupOnly?: boolean } = {},
 ): Promise<ChargeOutcome> {
   const ref = payment.paymentMethodRef;
-  // One statement: the send mark (only with a payment method to send with) and the account's
+  // One statement: the send mark (only with a payment method to send with, not for a lookup) and the account's
   // mode, which decides the provider (accounts.test_mode never changes after creation).
   const { rows } = await db.query(
     // GREATEST: a caller that read its clock before waiting for a connection must not move
@@ -191,7 +194,7 @@ export async function chargePayment(
         RETURNING id
      )
      SELECT a.test_mode, EXISTS (SELECT 1 FROM marked) AS marked FROM accounts a WHERE a.id = $5`,
-    [payment.id, wallNow, IDEMPOTENCY_KEY_SAFE_WINDOW_MS / 1000, ref !== null, payment.accountId],
+    [payment.id, wallNow, IDEMPOTENCY_KEY_SAFE_WINDOW_MS / 1000, ref !== null && opts.lookupOnly !== true, payment.accountId],
   );
   assert(rows[0], 'a payment refers to an existing account');
   const testMode = rows[0].test_mode === true;
