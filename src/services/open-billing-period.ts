@@ -1,7 +1,7 @@
 /**
- * Opening the billing period of an account without a plan (README "Live updates": what changes
- * by time alone). A plan's period end is a balance change of its own (the plan's roll grants the
- * new period, plans.ts rollBillingPeriods). Without a plan nothing happens at the period end:
+ * Opening the billing period of an account without a plan (README "Live updates", "Limits"). A
+ * plan's period end is a balance change of its own (the plan's roll grants the new period,
+ * plans.ts rollBillingPeriods). Without a plan nothing changes the balance at the period end:
  * `periodStart`, `periodEnd`, `periodCredits` and `percentRemaining` are figured at the reader's
  * now, so a query shows the new period while the live credit bar holds the last snapshot
  * published (the old period) under the same version, and the balance row's stored period
@@ -40,8 +40,8 @@ const SHORTEST_PERIOD_DAYS = 28;
  *
  * Cost: a scan of `balances` and `accounts` (no index is needed: the billing period is only
  * figured for rows whose stored opening lies at least SHORTEST_PERIOD_DAYS back, about a tenth of
- * them once every account is rolled). On 100,000 accounts (bench figures in README "Live
- * updates"): ~70-110 ms once rolled, ~350 ms with 60,000 of them behind.
+ * them once every account is opened). `EXPLAIN ANALYZE` on 100,000 accounts (README "Limits"):
+ * ~70-110 ms once all are opened, ~350 ms with 60,000 of them behind.
  * @param now the sweep's wall clock
  * @returns account ids (uuids)
  */
