@@ -4,13 +4,16 @@
  * clock; every rule reads "now" from it (AccountTx.now), so production and test clocks share
  * one code path. Advancing moves the clock from due instant to due instant up to `to` and, at
  * each, runs in this order what is due: batch and hold expiries, the plan's period roll (RESET /
- * ROLLOVER, the new period's grant), then pending auto top-ups. Alerts are raised by the balance
+ * ROLLOVER, the new period's grant) or, without a plan, the new period's opening (a balance
+ * version with no money moved, so the live credit bar shows the period the clock moved into:
+ * open-billing-period.ts; the sweep leaves test-mode accounts to this), then pending auto top-ups. Alerts are raised by the balance
  * changes themselves (balances_changed). Returns when everything due up to `to` is done.
  */
 import { LedgerError, badInput } from '../ledger/errors.js';
 import type { ServiceContext } from './context.js';
 import { expireDue } from './expire-due.js';
 import { rollBillingPeriods } from './plans.js';
+import { openBillingPeriod } from './open-billing-period.js';
 import { runPendingTopUps } from './auto-top-up.js';
 import { withTransaction } from '../db/pg.js';
 import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
@@ -79,6 +82,7 @@ export async function advanceTestClock(ctx: ServiceContext, accountId: string, t
     clock = at;
     await expireDue(ctx, accountId);
     await rollBillingPeriods(ctx, accountId);
+    await openBillingPeriod(ctx, accountId);
     await runPendingTopUps(ctx, accountId);
     if (at.getTime() === to.getTime()) return { steps };
   }
