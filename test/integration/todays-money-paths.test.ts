@@ -4,7 +4,9 @@
  * (services/refund-failures.ts); a usage refund of credit a payment bought goes to the payment's
  * live grant, growing its batch's `allocated`, less the refunded share not taken yet
  * (services/refund-usage.ts); a void records only the period's part in `voided_micro_credits`
- * (services/void-grant.ts); a charge rolls a due plan period first (plans.ts rollDueBeforeCharge).
+ * (services/void-grant.ts); a charge rolls a due plan period first (plans.ts rollDueBeforeCharge);
+ * an auto top-up charged before the customer turned auto top-up off is only looked up, and granted
+ * (services/auto-top-up.ts).
  * For each: (1) the audit trail has who, what and why (README "Audit trail"); (2) the statement of
  * every period lists the movement on the right line and reconciles, each period opening at the
  * previous one's close and the current one closing at Balance.total, both ways of reading the
@@ -39,6 +41,7 @@ import { attachPaymentMethod, purchaseCreditPack } from '../../src/services/purc
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { stripeWebhookActor, type AuditActor } from '../../src/audit/audit-log.js';
 import type { ServiceContext } from '../../src/services/context.js';
+import { runAutoTopUp, setAutoTopUp } from '../../src/services/auto-top-up.js';
 
 let srv: TestServer;
 let s: TestServices;
@@ -339,5 +342,33 @@ describe('a charge rolls a due plan period first', () => {
     const { rows } = await s.pool.query('SELECT opening_period_start, opening_total_micro_credits::text AS t FROM balances WHERE account_id = $1', [accountId]);
     expect([rows[0].opening_period_start, rows[0].t]).toEqual([boundary, credits(100).toString()]);
     s.setNow(null);
+  });
+});
+
+describe('an auto top-up turned off while its charge is in flight', () => {
+  it('the charge the provider made is looked up and granted once: on the AUTO_TOP_UP line, not audited (a worker), everything reconciles', async () => {
+    s.setNow(null);
+    const payments = new PaymentSimulator();
+    const ctx: ServiceContext = { ...s, payments, actor: OPERATOR };
+    const accountId = await createFundedAccount(s, { paid: 100 });
+    const pack = await createCreditPack(s, { name: `today-top-up-${randomUUID()}`, microCredits: credits(20), bonusMicroCredits: 0n, priceUsd: '2', expiresAfterDays: null });
+    const reference = `pm_ok_${randomUUID()}`;
+    await attachPaymentMethod(ctx, accountId, reference);
+    payments.script(reference, ['timeout_after_charge']); // charged, the answer lost
+    const settings = { accountId, thresholdMicroCredits: credits(50), packId: pack.id, maxPerPeriod: 3 };
+    await setAutoTopUp(ctx, { ...settings, enabled: true });
+    await recordUsage(s, { accountId, idempotencyKey: 'use', category: 'units', quantities: { units: '60' } }); // 40 < 50: a top-up starts
+    const { rows } = await s.pool.query(`SELECT id FROM auto_top_ups WHERE account_id = $1`, [accountId]);
+    expect(rows).toHaveLength(1);
+    const topUp = { topUpId: rows[0].id as string, accountId };
+    expect(await runAutoTopUp(ctx, topUp, { attemptsMade: 0, attempts: 3 })).toMatchObject({ status: 'PENDING' });
+    await setAutoTopUp(ctx, { ...settings, enabled: false });
+    const before = await lastSeq(accountId);
+    expect(await runAutoTopUp(ctx, topUp, { attemptsMade: 1, attempts: 3 })).toMatchObject({ status: 'SUCCEEDED' });
+    expect(payments.chargeCount(reference)).toBe(1);
+    expect(await trail(accountId, before)).toEqual([]);
+    const { current, balance } = await expectStory(accountId);
+    expect(balance.totalMicroCredits).toBe(credits(60));
+    expect(lines(current)).toEqual({ 'granted.PURCHASE': credits(100), 'granted.AUTO_TOP_UP': credits(20), consumed: -credits(60) });
   });
 });
