@@ -242,7 +242,9 @@ async function paymentCredit(atx: AccountTx, paymentIds: string[]): Promise<Map<
  * payment's refunded money (paymentCredit); nor, for an event recorded before a ROLLOVER roll, what the roll's cap would
  * have trimmed had the event never drawn (rolloverRoom). A batch gets back at most what it gave, so its remaining stays within its
  * allocation (CHECK credit_batches_remaining_in_range) (a payment's live grant given more than it gave has its allocation grown by the difference). Its cost comes off the kept budget spending
- * of the period it was charged in, when that period is of the current billing anchor.
+ * of the period it was charged in, when that period is of the current billing anchor. The audit
+ * trail records `usage.refunded` with `reason`, the event's `cost` and `givenBack` (what the
+ * account's total grew by: README "Audit trail").
  * @param reason free text, 1..500 characters, kept on the event and the entries.
  * @returns the event id.
  * @throws LedgerError NOT_FOUND, BAD_USER_INPUT (reason empty or > 500 characters; field
@@ -256,6 +258,7 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     const atx = await AccountTx.lockOwner(tx, 'usage_events', usageEventId, 'usage event', ctx.clock());
     const ev = await tx.query('SELECT refunded_at, debt_micro_credits, agent_id, user_id, cost_micro_credits, recorded_at FROM usage_events WHERE id = $1', [usageEventId]);
     if (ev.rows[0].refunded_at) return usageEventId;
+    const totalBefore = atx.total;
     const drawn = await tx.query(
       `SELECT d.batch_id, d.amount_micro_credits FROM drawdowns d WHERE d.usage_event_id = $1 ORDER BY d.position`,
       [usageEventId],
@@ -380,7 +383,11 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
       accountId: atx.accountId,
       subjectType: 'usage_event',
       subjectId: usageEventId,
-      details: { reason, cost: formatCredits(toBigInt(e.cost_micro_credits)) },
+      // givenBack: what came back (REFUND entries: credit into batches, debt forgiven), less than
+      // `cost` when credit went to expired or voided batches, a payment's refunded share was
+      // withheld, or a rollover cap trimmed it: the trail shows what the account got, not only
+      // what the event cost.
+      details: { reason, cost: formatCredits(toBigInt(e.cost_micro_credits)), givenBack: formatCredits(atx.total - totalBefore) },
     });
     atx.touch();
     await atx.finish();

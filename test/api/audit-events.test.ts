@@ -136,7 +136,7 @@ describe('each operator mutation writes exactly one audit row naming its credent
     await grant(srv, account, '10', 'PAID');
     const used = ok(await call(RECORD, { input: { accountId: account, idempotencyKey: uniq('use'), category: 'unit' } })).recordUsage.id as string;
     const refunded = await audited('usage.refunded', REFUND, { id: used, reason: 'bad answer' }, account);
-    expect(refunded.row.details).toEqual({ reason: 'bad answer', cost: '1' });
+    expect(refunded.row.details).toEqual({ reason: 'bad answer', cost: '1', givenBack: '1' });
   });
 
   it('metering writes no audit row', async () => {

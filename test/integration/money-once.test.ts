@@ -232,7 +232,10 @@ describe('plan period grants at a clamped month end', () => {
  * the wrong batch, a batch voided or expired twice, a grant's repayment lost): for every batch of
  * the account, allocated = its GRANT + DEBT_REPAY entries, and remaining = its GRANT, REFUND,
  * VOID and EXPIRE entries - what usage drew from it; every refunded event got back at most its
- * cost, in one refund.
+ * cost, in one refund. The allocated rule holds for the operations modelled here (no payments):
+ * a refund of usage a payment bought that goes to the payment's live grant grows that batch's
+ * allocated by what it did not give (README "Refunds and voids"; the rule with that growth is
+ * checked in todays-money-paths.test.ts batchStory).
  */
 async function expectBatchConservation(accountId: string): Promise<void> {
   const { rows } = await services.pool.query(
