@@ -149,3 +149,39 @@ describe('referrals', () => {
     }
   });
 });
+
+describe('welcome bonus and retries', () => {
+  it('a welcome bonus change between createAccount and its retry grants nothing more: the account keeps the bonus in force when it was opened', async () => {
+    const SETTINGS = `{ settings { welcomeBonusCredits welcomeBonusExpiresAfterDays } }`;
+    const UPDATE = `mutation($input: SettingsInput!) { updateSettings(input: $input) { welcomeBonusCredits } }`;
+    const CREATE = `mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`;
+    const GRANTS = `query($id: ID!) { account(id: $id) { balance { total free } grants(first: 5) { edges { node { source amount } } } } }`;
+    const saved = ok(await srv.gql(SETTINGS)).settings;
+    try {
+      ok(await srv.gql(UPDATE, { input: { welcomeBonusCredits: '6', welcomeBonusExpiresAfterDays: 30 } }));
+      const input = { externalId: `audit2-${randomBytes(6).toString('hex')}`, name: 'audit 2', kind: 'USER', welcomeBonus: true };
+      const id = ok(await srv.gql(CREATE, { input })).createAccount.id;
+      ok(await srv.gql(UPDATE, { input: { welcomeBonusCredits: '9' } }));
+      const replay = await expectUnchanged(srv, [id], () => srv.gql(CREATE, { input }));
+      expect(ok(replay).createAccount.id).toBe(id);
+      const a = ok(await srv.gql(GRANTS, { id })).account;
+      expect(a.grants.edges.map((e: any) => e.node)).toEqual([{ source: 'WELCOME_BONUS', amount: '6' }]);
+      expect(a.balance).toEqual({ total: '6', free: '6' });
+    } finally {
+      ok(await srv.gql(UPDATE, { input: { welcomeBonusCredits: saved.welcomeBonusCredits, welcomeBonusExpiresAfterDays: saved.welcomeBonusExpiresAfterDays } }));
+    }
+  });
+
+  it('redeem calls take no idempotency key: a retry (an answer lost) is refused ALREADY_REDEEMED / ALREADY_REFERRED and grants nothing more', async () => {
+    const code = newCode();
+    ok(await srv.gql(CREATE_PROMO, { input: { code, credits: '2' } }));
+    const referrer = await createAccount(srv);
+    const acct = await createAccount(srv);
+    ok(await srv.gql(REDEEM, { accountId: acct.id, code }));
+    ok(await srv.gql(REFER, { accountId: acct.id, code: referrer.referralCode }));
+    expect((await expectRefusedRedeem(acct.id, code, 'BAD_USER_INPUT')).extensions?.reason).toBe('ALREADY_REDEEMED');
+    const res = await expectUnchanged(srv, [acct.id, referrer.id], () => srv.gql(REFER, { accountId: acct.id, code: referrer.referralCode }));
+    expect(expectError(res, 'BAD_USER_INPUT').extensions?.reason).toBe('ALREADY_REFERRED');
+    expect(ok(await srv.gql(BALANCE, { id: acct.id })).account.balance.total).toBe('4.5');
+  });
+});
