@@ -118,7 +118,13 @@ export const CreditGrantRef = builder.prismaNode('CreditGrant', {
     }),
     voidedAt: t.field({ type: 'DateTime', nullable: true, resolve: (g) => g.voidedAt }),
     voidReason: t.exposeString('voidReason', { nullable: true }),
-    note: t.exposeString('note', { nullable: true, description: 'Why the grant looks the way it does (e.g. a referral whose referrer was not rewarded).' }),
+    note: t.string({
+      nullable: true,
+      description: 'Why the grant looks the way it does (e.g. a referral whose referrer was not rewarded).',
+      // A referral grant's note speaks of the other party (that the referrer had used up its
+      // rewards): another tenant's, so an end user is not shown it, as the reference.
+      resolve: (g, _args, ctx) => (g.source === 'REFERRAL' && ctx.principal?.kind === 'user' ? null : g.note),
+    }),
     batch: t.field({
       type: CreditBatchRef,
       select: (_args, _ctx, nestedSelection) => ({ batch: nestedSelection(true) }),
