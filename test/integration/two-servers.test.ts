@@ -51,6 +51,8 @@ const RUNS = Number(process.env.TWO_SERVERS_RUNS || 3);
 const SEED = Number(process.env.TWO_SERVERS_SEED || 20261207);
 
 const CHANNEL_PREFIX = `creditpool-test:two-servers:${randomUUID()}:`;
+/** The servers' BullMQ prefix: the jobs their relays enqueue (alerts, expiries, webhooks) stay out of other runs' queues, and are deleted after. */
+const QUEUE_PREFIX = `cp-test-two-servers-${randomUUID().slice(0, 8)}`;
 let servers: [TestServer, TestServer];
 let subscriber: Redis;
 /** Balance snapshots published per account (db uuid), in arrival order (payload of topic `balance`). */
@@ -60,7 +62,7 @@ const publishWaiters = new Set<() => void>();
 beforeAll(async () => {
   const env = {
     LIVE_CHANNEL_PREFIX: CHANNEL_PREFIX,
-    QUEUE_PREFIX: `cp-test-two-servers-${randomUUID().slice(0, 8)}`,
+    QUEUE_PREFIX,
     OUTBOX_POLL_INTERVAL_MS: '50',
   };
   subscriber = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 3 });
@@ -79,6 +81,12 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.allSettled((servers ?? []).map((s) => s.close()));
   await subscriber?.quit();
+  const redis = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 3 });
+  try {
+    for await (const keys of redis.scanStream({ match: `${QUEUE_PREFIX}:*`, count: 1000 }) as AsyncIterable<string[]>) if (keys.length > 0) await redis.del(...keys);
+  } finally {
+    redis.disconnect();
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
