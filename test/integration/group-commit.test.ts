@@ -700,6 +700,25 @@ describe('carried state (a hot account decides from what its previous transactio
     expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(6));
   });
 
+  it('a hold made elsewhere after the state was left (it moves neither the batches nor the total) is not spent by the next transaction', async () => {
+    // The hold changes only the balance version and `reserved`: the commit-time ledger check
+    // cannot see a charge that spends the credit it sets aside, so the version check of the
+    // carried state is what refuses d3..d6 (a two-server soak found it untested step by step).
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const elsewhere = { ...services, groupCommit: undefined };
+    const { charge, pool, changed } = changeDuringFirstTransaction(() =>
+      reserveCredits(elsewhere, { accountId, amountMicroCredits: credits(8), ttlSeconds: 600, idempotencyKey: `hold-${randomUUID()}` }),
+    );
+    const { committer, results } = await inPairs(accountId, ['r1', 'r2', 'r3', 'r4', 'r5', 'r6'], { charge, pool });
+    await changed();
+    // From the state the first transaction left (8 credits), r3..r6 would be charged out of the hold.
+    expect(results.map(codeOf)).toEqual(['OK', 'OK', 'INSUFFICIENT_CREDITS', 'INSUFFICIENT_CREDITS', 'INSUFFICIENT_CREDITS', 'INSUFFICIENT_CREDITS']);
+    expect(committer.stats()).toMatchObject({ carriedStateMisses: 1 });
+    const { rows } = await services.pool.query(`SELECT count(*)::int AS n FROM reservations WHERE account_id = $1 AND status = 'ACTIVE'`, [accountId]);
+    expect(rows[0].n).toBe(1);
+    expect((await expectLedgerInvariant(services.pool, accountId)).totalMicroCredits).toBe(credits(8));
+  });
+
   it.each([
     ['set', null],
     ['changed', credits(100)],
