@@ -384,7 +384,8 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
    * takes one. Past the limit the stream is ended before it starts (its subscription disposed)
    * and the answer is HTTP 429, RATE_LIMITED. Only an authenticated request gets a stream (the
    * subscription fields need a credential); the slot key is its bearer token however the header
-   * spells it (the raw header for any other form, as on WebSocket).
+   * spells it (the raw header for any other form, as on WebSocket). A stream's response also
+   * carries `X-Accel-Buffering: no` (buffering proxies pass its events on at once).
    */
   const liveStreamSlots = (): Plugin => ({
     onResultProcess({ request, result, resultProcessor, setResultProcessor, serverContext }) {
@@ -403,6 +404,10 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         return;
       }
       res.once('close', () => releaseLiveSlot(slot));
+      // A buffering reverse proxy (nginx's default proxy_buffering) would hold the events, and
+      // the 12 s heartbeats, until its buffer fills: a credit bar behind it updated in bursts or
+      // not at all. This header turns that off for this response (README "Live updates").
+      res.setHeader('x-accel-buffering', 'no');
       // Whatever the client takes ends a stall (the watchdog closes a stream stalled for
       // LIVE_SSE_STALL_TIMEOUT_MS: stalledSince).
       res.on('drain', () => stalledSince.delete(res));

@@ -15,7 +15,10 @@
  * and once the queued ones are sent it catches up the same way, once (so the queue holds at most
  * that many plus the catch-up; a client that takes nothing at all is cut off by the transport's
  * own limits, src/server.ts).
- * An end user's subscription ends when the token's `exp` passes. A service key's subscription
+ * An end user's subscription ends when the token's `exp` passes, with one UNAUTHENTICATED error
+ * ("token expired"), as a revoked key's does: a bare `complete` looked like a normal end to an SSE
+ * client, which then never renewed its token and kept a stale credit bar (WebSockets are closed
+ * with 4403 at `exp` as well, src/server.ts). A service key's subscription
  * re-checks the key (GraphQLContext.stillAuthenticated: the cached lookup every request uses)
  * before each value it sends, every CREDENTIAL_RECHECK_INTERVAL_MS, and at once when the key's
  * revocation is announced on Redis (LiveHub.watchKey; the hub has dropped the key from the lookup
@@ -47,15 +50,52 @@ export const CREDENTIAL_RECHECK_INTERVAL_MS = 1_000;
 /** The last item of a stream whose credential stopped authenticating (see {@link liveValue}). */
 const CREDENTIAL_ENDED: unique symbol = Symbol('credential-ended');
 
+/** The last item of an end user's stream whose token reached its `exp` (see {@link liveValue}). */
+const TOKEN_EXPIRED: unique symbol = Symbol('token-expired');
+
+/** The last item of a stream that ends because its credential no longer holds. */
+type Ended = typeof CREDENTIAL_ENDED | typeof TOKEN_EXPIRED;
+
 /**
  * A stream item as the subscription field resolves it: the value itself, or, for the item
- * {@link liveStream} sends when the credential was revoked, the UNAUTHENTICATED error (masked
- * like any resolver error, so every transport gets the code).
+ * {@link liveStream} sends when the key was revoked or the end user's token expired, the
+ * UNAUTHENTICATED error (masked like any resolver error, so every transport gets the code).
  * @throws LedgerError UNAUTHENTICATED for that last item.
  */
-function liveValue<T>(item: T | typeof CREDENTIAL_ENDED): T {
+function liveValue<T>(item: T | Ended): T {
   if (item === CREDENTIAL_ENDED) throw new LedgerError('UNAUTHENTICATED', 'This credential is no longer valid (revoked).');
+  if (item === TOKEN_EXPIRED) throw new LedgerError('UNAUTHENTICATED', 'This token has expired; subscribe again with a new one.');
   return item;
+}
+
+/**
+ * Row reads shared by the subscriptions one message wakes on this instance (see {@link seqStream}):
+ * per message object (the hub parses each message once and hands the same object to every
+ * listener of the account), per stream kind and starting seq, the promise of the one read that the
+ * first of them started after the message arrived. Keyed by the message, never reused for a
+ * later one, so a shared read is never older than the commit that woke its sharers. Entries go
+ * with the message once every listener is done with it.
+ */
+const sharedReads = new WeakMap<LiveMessage, Map<string, Promise<unknown[]>>>();
+
+/**
+ * The read `read` for (`message`, `key`): the one already started for them, else `read()` now,
+ * kept for the other listeners of that message. Without a message (a start or a catch-up), `read()`.
+ * @throws whatever `read` throws (every sharer gets the same error).
+ */
+function sharedRead<T>(message: LiveMessage | null, key: string, read: () => Promise<T[]>): Promise<T[]> {
+  if (message === null) return read();
+  let reads = sharedReads.get(message);
+  if (!reads) {
+    reads = new Map();
+    sharedReads.set(message, reads);
+  }
+  let found = reads.get(key) as Promise<T[]> | undefined;
+  if (!found) {
+    found = read();
+    reads.set(key, found);
+  }
+  return found;
 }
 
 /** How one live stream turns the starting point, messages and resyncs into values. */
@@ -81,12 +121,12 @@ async function liveAccount(ctx: GraphQLContext, globalId: string): Promise<strin
 }
 
 /** A stream of one account's live values (see the module comment). */
-function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers<T>): AsyncIterable<T | typeof CREDENTIAL_ENDED> {
+function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers<T>): AsyncIterable<T | Ended> {
   const hub = ctx.live!;
   const maxQueued = ctx.env.LIVE_MAX_QUEUED_UPDATES;
   // Service keys can be revoked while a stream is open; end users' tokens end at `exp` (below).
   const recheck = ctx.principal?.kind === 'service';
-  return new Repeater<T | typeof CREDENTIAL_ENDED>(async (push, stop) => {
+  return new Repeater<T | Ended>(async (push, stop) => {
     let started = false;
     let stopped = false;
     let queued = 0;
@@ -138,7 +178,14 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
     /** Set once start() is queued: the runs after it (in order) may rely on what it read. */
     let startQueued = false;
     const expiresAt = ctx.principal?.kind === 'user' ? ctx.principal.expiresAt : null;
-    const expiry = expiresAt ? atInstant(expiresAt, () => stop()) : null;
+    // At `exp`: the error, then the end; nothing queued behind it is sent (stopped).
+    const expiry = expiresAt
+      ? atInstant(expiresAt, () => {
+          stopped = true;
+          void push(TOKEN_EXPIRED);
+          stop();
+        })
+      : null;
     const rechecks = recheck ? setInterval(() => run(async () => []), CREDENTIAL_RECHECK_INTERVAL_MS) : null;
     // A revocation announced on Redis: the same re-check, now (the key is out of the cache by then).
     const unwatch = recheck && ctx.principal?.kind === 'service' ? hub.watchKey(ctx.principal.keyId, () => run(async () => [])) : null;
@@ -174,7 +221,7 @@ function liveStream<T>(ctx: GraphQLContext, accountId: string, h: StreamHandlers
 }
 
 /** balanceChanged: the snapshot, then every newer version. */
-function balanceStream(ctx: GraphQLContext, accountId: string): AsyncIterable<BalanceView | typeof CREDENTIAL_ENDED> {
+function balanceStream(ctx: GraphQLContext, accountId: string): AsyncIterable<BalanceView | Ended> {
   let last = -1n;
   const newer = (view: BalanceView): BalanceView[] => {
     if (view.version <= last) return [];
@@ -194,20 +241,24 @@ function balanceStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Ba
  * rows recorded after the subscription started, in seq order. A message of one of `topics` (or a
  * catch-up) reads every row after the last one sent, so nothing is skipped or sent twice; the
  * message only says "look again", so one per transaction wakes the stream for all its rows.
+ * The subscriptions of one account on this instance that a message wakes with the same last
+ * seq share one read ({@link sharedRead}, by `kind`): a hot account watched by N clients costs
+ * one read per update, not N (test/live/live-audit-2.test.ts).
  */
 function seqStream<T extends { seq: bigint }>(
   ctx: GraphQLContext,
   accountId: string,
   topics: readonly LiveMessage['topic'][],
-  rows: { after(seq: bigint, take: number): Promise<T[]>; pageSize: number; lastSeq(): Promise<bigint | null> },
-): AsyncIterable<T | typeof CREDENTIAL_ENDED> {
+  rows: { kind: string; after(seq: bigint, take: number): Promise<T[]>; pageSize: number; lastSeq(): Promise<bigint | null> },
+): AsyncIterable<T | Ended> {
   let lastSeq = 0n;
   // Every row after the last one sent, page by page: one transaction (a recordUsageBatch of up
   // to MAX_BATCH_ITEMS events) wakes the stream once for all its rows.
-  const since = async (): Promise<T[]> => {
+  const since = async (message: LiveMessage | null): Promise<T[]> => {
     const all: T[] = [];
     for (;;) {
-      const found = await rows.after(lastSeq, rows.pageSize);
+      const from = lastSeq;
+      const found = await sharedRead(message, `${rows.kind}:${from}`, () => rows.after(from, rows.pageSize));
       if (found.length > 0) lastSeq = found[found.length - 1]!.seq;
       all.push(...found);
       if (found.length < rows.pageSize) return all;
@@ -218,8 +269,8 @@ function seqStream<T extends { seq: bigint }>(
       lastSeq = (await rows.lastSeq()) ?? 0n;
       return [];
     },
-    catchUp: since,
-    onMessage: async (m) => (topics.includes(m.topic) ? since() : []),
+    catchUp: () => since(null),
+    onMessage: async (m) => (topics.includes(m.topic) ? since(m) : []),
   });
 }
 
@@ -230,8 +281,9 @@ function seqStream<T extends { seq: bigint }>(
  * change without usage (a grant, a hold) costs one read that finds nothing. `usage` messages
  * come only from rows an earlier version left in the outbox (outbox/topics.ts).
  */
-function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent | typeof CREDENTIAL_ENDED> {
+function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<UsageEvent | Ended> {
   return seqStream(ctx, accountId, ['balance', 'usage'], {
+    kind: 'usage',
     after: (seq, take) => ctx.prisma.usageEvent.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take }),
     pageSize: 500,
     lastSeq: async () => (await ctx.prisma.usageEvent.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
@@ -239,8 +291,9 @@ function usageStream(ctx: GraphQLContext, accountId: string): AsyncIterable<Usag
 }
 
 /** creditAlerts: each alert recorded after the subscription started. */
-function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert | typeof CREDENTIAL_ENDED> {
+function alertStream(ctx: GraphQLContext, accountId: string): AsyncIterable<CreditAlert | Ended> {
   return seqStream(ctx, accountId, ['alert'], {
+    kind: 'alert',
     after: (seq, take) => ctx.prisma.creditAlert.findMany({ where: { accountId, seq: { gt: seq } }, orderBy: { seq: 'asc' }, take }),
     pageSize: 100,
     lastSeq: async () => (await ctx.prisma.creditAlert.findFirst({ where: { accountId }, orderBy: { seq: 'desc' }, select: { seq: true } }))?.seq ?? null,
@@ -255,21 +308,21 @@ builder.subscriptionType({
       authScopes: { authenticated: true },
       args: { accountId: t.arg.id({ required: true }) },
       subscribe: async (_root, args, ctx) => balanceStream(ctx, await liveAccount(ctx, String(args.accountId))),
-      resolve: (view: BalanceView | typeof CREDENTIAL_ENDED) => liveValue(view),
+      resolve: (view: BalanceView | Ended) => liveValue(view),
     }),
     creditAlerts: t.field({
       type: CreditAlertRef,
       authScopes: { authenticated: true },
       args: { accountId: t.arg.id({ required: true }) },
       subscribe: async (_root, args, ctx) => alertStream(ctx, await liveAccount(ctx, String(args.accountId))),
-      resolve: (alert: CreditAlert | typeof CREDENTIAL_ENDED) => liveValue(alert),
+      resolve: (alert: CreditAlert | Ended) => liveValue(alert),
     }),
     usageRecorded: t.field({
       type: UsageEventRef,
       authScopes: { authenticated: true },
       args: { accountId: t.arg.id({ required: true }) },
       subscribe: async (_root, args, ctx) => usageStream(ctx, await liveAccount(ctx, String(args.accountId))),
-      resolve: (event: UsageEvent | typeof CREDENTIAL_ENDED) => liveValue(event),
+      resolve: (event: UsageEvent | Ended) => liveValue(event),
     }),
   }),
 });

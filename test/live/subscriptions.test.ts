@@ -250,7 +250,7 @@ describe('authorization', () => {
     expect(mine.events.every((e) => e.balanceChanged.accountId === own)).toBe(true);
   });
 
-  it('ends the connection (4403) when the token expires while connected, and SSE streams complete', async () => {
+  it('ends the connection (4403) when the token expires while connected, and SSE streams end with UNAUTHENTICATED', async () => {
     const token = `Bearer ${await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 4 })}`;
     const ws = track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: own }));
     const sse = track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: own }));
@@ -259,6 +259,7 @@ describe('authorization', () => {
     await ws.waitFor((s) => s.closedWith !== null, 'the close at expiry', 15_000);
     expect(ws.closedWith).toEqual({ code: 4403, reason: 'Forbidden: token expired' });
     await sse.waitFor((s) => s.completed, 'the SSE stream to end at expiry', 15_000);
+    expect(sse.errors.map((e) => e.extensions?.code)).toEqual(['UNAUTHENTICATED']); // not a bare complete (live-audit-2)
     // After expiry the same token cannot connect again.
     const again = track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: own }));
     await again.waitFor((s) => s.closedWith !== null, 'the refusal');
