@@ -68,7 +68,9 @@
  *   no creditpool payment (another application on the same provider account) or needs an
  *   operator (a refund kept for the charge would still be applied when its payment is settled);
  * - events come twice and out of order (https://docs.stripe.com/webhooks#event-ordering):
- *   `refunded_cents` only grows (an older or redelivered refund changes nothing), a dispute is
+ *   `refunded_cents` only grows (an older or redelivered refund changes nothing; a NEWER one whose
+ *   cumulative amount is lower reveals a refund failure not received yet: `retry_later`, nothing
+ *   written, services/charge-reversal.ts), a dispute is
  *   recorded once, and the grant is taken back once whichever comes first (refund after
  *   dispute, dispute after refund: `unchanged`).
  */

@@ -16,19 +16,38 @@ import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import type { ChargeReversalEvent } from '../../src/payments/provider.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { apiAccount, dbId, ok, uniq } from '../api/helpers.js';
-import { attachMethod, createPack, startBillingServer, type BillingServer } from './billing-helpers.js';
-import { PURCHASE, spend } from './reversal-helpers.js';
+import { apiAccount, dbId, expectUnchanged, ok, uniq } from '../api/helpers.js';
+import { attachMethod, createPack, startBillingServer, type BillingServer, type QueuedServer } from './billing-helpers.js';
+import { startFakeStripe, postStripeEvent, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { PURCHASE, boughtPack, hookUrl, post, refundEvent, spend, startStripeServer } from './reversal-helpers.js';
 
 let sim: BillingServer;
+let fake: FakeStripe;
+let main: QueuedServer;
 
 beforeAll(async () => {
   sim = await startBillingServer();
+  fake = await startFakeStripe();
+  main = await startStripeServer(fake);
 });
 
 afterAll(async () => {
   await sim?.close();
+  await main?.close();
+  await fake?.close();
 });
+
+/** Stripe times (Unix seconds) in the recent past, so the events' order is explicit. */
+const T0 = Math.floor(Date.now() / 1000) - 3600;
+
+/** `charge.refunded` of PaymentIntent `pi` ($4), `refundedCents` in all, made at `created` (Unix seconds). */
+const refunded = (pi: string, refundedCents: number, created: number) => JSON.stringify({ ...JSON.parse(refundEvent(pi, refundedCents)), created });
+
+/** `charge.refund.updated` (status failed) of Refund `re` of `pi`, `amount` cents, created at `refundCreated`, the event made at `created`. */
+function failedEvent(pi: string, re: string, amount: number, refundCreated: number, created: number): string {
+  const refund = { id: re, object: 'refund', amount, charge: `ch_${pi.slice(3)}`, payment_intent: pi, currency: 'usd', created: refundCreated, status: 'failed' };
+  return JSON.stringify({ ...stripeEvent('charge.refund.updated', refund), created });
+}
 
 /** Live accounts' charges are live-mode, test-mode accounts' are not (the simulator's rule). */
 const chargeLivemode = (testMode: boolean) => !testMode;
@@ -159,4 +178,71 @@ describe('random sequences of partial refunds, failures, spending and redeliveri
       { numRuns: 25 },
     );
   }, 120_000);
+});
+
+describe('a refund failure delivered after a newer charge.refunded (Stripe delivers in any order)', () => {
+  it('when the newer refund raised the refunded amount: its cumulative amount already leaves the failed refund out, so the failure gives nothing more back', async () => {
+    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const { accountId, paymentId } = await buy(pack);
+    expect((await apply(sim.simulator.refund(paymentId, 200n))).result).toBe('reversed'); // share 20: 20 left
+    const failed = sim.simulator.refundFailed(paymentId); // Stripe: 0 refunded now
+    const newer = sim.simulator.refund(paymentId, 300n); // made after the failure: 300 in all
+    expect(newer.refundedCents).toBe(300n);
+    // The new refund's event arrives first: 300 refunded, share 30, so 10 more are taken.
+    expect((await apply(newer)).result).toBe('reversed');
+    expect(await totalOf(accountId)).toBe(10_000_000n);
+    // Then the failure: Stripe's 300 already left it out. Nothing comes back.
+    expect((await apply(failed)).result).toBe('recorded');
+    expect(await refundedCentsOf(paymentId)).toBe(300n);
+    expect(await totalOf(accountId)).toBe(10_000_000n);
+    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+  });
+
+  it('when the newer refund is smaller than the failed one: it is not dropped; it is applied once the failure is', async () => {
+    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const { accountId, paymentId } = await buy(pack);
+    expect((await apply(sim.simulator.refund(paymentId, 300n))).result).toBe('reversed'); // share 30: 10 left
+    const failed = sim.simulator.refundFailed(paymentId); // Stripe: 0 refunded now
+    const newer = sim.simulator.refund(paymentId, 100n); // made after the failure: 100 in all
+    // The new refund's event first: its amount (100) is below the 300 recorded, yet it is newer
+    // than the refund event applied: a failure not received yet explains it. Not acknowledged.
+    expect((await apply(newer)).result).toBe('retry_later');
+    expect(await refundedCentsOf(paymentId)).toBe(300n);
+    expect((await apply(failed)).result).toBe('restored');
+    expect(await totalOf(accountId)).toBe(40_000_000n);
+    // Delivered again (Stripe retries what was not acknowledged): its share (10) is taken.
+    expect((await apply(newer)).result).toBe('reversed');
+    expect(await refundedCentsOf(paymentId)).toBe(100n);
+    expect(await totalOf(accountId)).toBe(30_000_000n);
+    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+  });
+});
+
+describe('the Stripe webhook, events of one charge out of order', () => {
+  it('answers 503 to a newer charge.refunded whose amount dropped before its failure came, and applies it when delivered again; a failure older than an applied refund event is recorded only', async () => {
+    const { srv } = main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const re1 = `re_${uniq('a').replace(/[^a-zA-Z0-9]/g, '')}`;
+    expect(await post(srv, refunded(pi, 300, T0))).toBe('reversed'); // share 30: 10 left
+    // re1 (300) failed at T0+60; a refund of 100 made at T0+120: Stripe's cumulative is 100.
+    const newer = refunded(pi, 100, T0 + 120);
+    const r = await postStripeEvent(hookUrl(srv), newer);
+    expect(r.status).toBe(503);
+    expect(r.body.errors[0].extensions).toMatchObject({ code: 'UNAVAILABLE', reason: 'REFUND_FAILURE_PENDING' });
+    expect(await refundedCentsOf(paymentId)).toBe(300n);
+    expect(await post(srv, failedEvent(pi, re1, 300, T0, T0 + 60))).toBe('restored');
+    expect(await post(srv, newer)).toBe('reversed');
+    expect(await totalOf(accountId)).toBe(30_000_000n);
+    // A refund re2 of 200 at T0+200 (300 in all) fails at T0+300 (Stripe: 100), then a refund of
+    // 250 is made at T0+400 (350 in all), whose event comes before re2's failure.
+    const re2 = `re_${uniq('b').replace(/[^a-zA-Z0-9]/g, '')}`;
+    expect(await post(srv, refunded(pi, 300, T0 + 200))).toBe('reversed'); // share 30: 10 left
+    expect(await post(srv, refunded(pi, 350, T0 + 400))).toBe('reversed'); // share 35: 5 left
+    await expectUnchanged(srv, [accountId], async () => {
+      expect(await post(srv, failedEvent(pi, re2, 200, T0 + 200, T0 + 300))).toBe('recorded');
+    });
+    expect(await refundedCentsOf(paymentId)).toBe(350n);
+    expect(await totalOf(accountId)).toBe(5_000_000n);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
+  });
 });
