@@ -157,7 +157,7 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
   const cents = usdToCents(payment.amountUsd);
   const { rows } = await tx.query(
     `SELECT refunded_cents, disputed_at, reversed_at, grant_id, dispute_won_grant_id, COALESCE(live_grant_id, grant_id) AS live_grant_id, refund_taken_micro_credits,
-            refund_failed_event_at, COALESCE(refund_event_at, refunded_at) AS refund_event_at
+            refund_failed_event_at, refund_event_at
        FROM payments WHERE id = $1 FOR UPDATE`,
     [payment.id],
   );
@@ -243,7 +243,9 @@ const maxZero = (v: bigint): bigint => (v > 0n ? v : 0n);
  * the new refund it reports (its amount is below what is recorded, so it changes nothing), and the
  * failure, applied later, would give back the credit of money the new refund returned; so it is
  * answered `retry_later` (the webhook answers 503) and applied when delivered again after the
- * failure. Rule: services/refund-failures.ts module comment.
+ * failure. Not checked when either time is unknown (refund_event_at is NULL on payments an older
+ * release refunded: its refunded_at is creditpool's clock, not the provider's). Rule:
+ * services/refund-failures.ts module comment.
  */
 function revealsUnreceivedFailure(event: ChargeReversalEvent, refundedBefore: bigint, refundEventAt: Date | null): boolean {
   if (!event.createdAt || refundEventAt === null || event.refundedCents >= refundedBefore) return false;
@@ -501,7 +503,7 @@ export interface AppliedEarlyReversal {
   mismatch: string | null;
 }
 
-/** A kept `early_payment_reversals` row as the event it was made from. */
+/** A kept `early_payment_reversals` row as the event it was made from (`createdAt`: the provider's time of the event, else when it was last kept). */
 function keptEventOf(r: Record<string, unknown>): ChargeReversalEvent {
   return {
     eventId: r.event_id as string,
@@ -513,6 +515,9 @@ function keptEventOf(r: Record<string, unknown>): ChargeReversalEvent {
     disputeRef: (r.dispute_ref as string | null) ?? null,
     currency: r.currency as string,
     livemode: r.livemode === true,
+    // The provider's time of the event (rows kept before it was stored: when it was last received,
+    // at or after that time), never the settlement's: a test-mode account's clock is not the provider's.
+    createdAt: new Date((r.event_created_at ?? r.updated_at) as Date),
   };
 }
 

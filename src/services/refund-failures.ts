@@ -119,7 +119,7 @@ export async function applyRefundFailureLocked(atx: AccountTx, actor: AuditActor
   assert(event.kind === 'refund_failed' && refundRef, 'a refund failure names its refund (payment-reversals checks it)');
   const cents = usdToCents(payment.amountUsd);
   const { rows } = await tx.query(
-    `SELECT refunded_cents, COALESCE(refund_event_at, refunded_at) AS refund_event_at, disputed_at, reversed_at, reversed_micro_credits, refund_taken_micro_credits, grant_id,
+    `SELECT refunded_cents, COALESCE(refund_event_at, refunded_at) AS refund_event_at, refund_event_at AS provider_refund_event_at, disputed_at, reversed_at, reversed_micro_credits, refund_taken_micro_credits, grant_id,
             COALESCE(live_grant_id, grant_id) AS live_grant_id
        FROM payments WHERE id = $1 FOR UPDATE`,
     [payment.id],
@@ -158,7 +158,9 @@ export async function applyRefundFailureLocked(atx: AccountTx, actor: AuditActor
   if (!applied) return { ...base, failure: { ...failure, notApplied: 'not_applied' } };
   // A refund event applied since was made after this failure (events come in any order): its
   // cumulative amount already left the failed refund out, and its share was taken on it.
-  if (event.createdAt && refundEventAt !== null && event.createdAt.getTime() < refundEventAt.getTime()) {
+  // (In the provider's time only: refunded_at, on rows an older release refunded, is creditpool's.)
+  const providerRefundEventAt = current.provider_refund_event_at === null ? null : new Date(current.provider_refund_event_at as Date);
+  if (event.createdAt && providerRefundEventAt !== null && event.createdAt.getTime() < providerRefundEventAt.getTime()) {
     return { ...base, failure: { ...failure, notApplied: 'superseded' } };
   }
 
