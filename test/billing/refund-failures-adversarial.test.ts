@@ -18,9 +18,9 @@ import { readBalance } from '../../src/services/read-balance.js';
 import type { ChargeReversalEvent } from '../../src/payments/provider.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { apiAccount, dbId, expectUnchanged, ok, uniq } from '../api/helpers.js';
-import { attachMethod, createPack, startBillingServer, type BillingServer, type QueuedServer } from './billing-helpers.js';
+import { attachMethod, createPack, startBillingServer, topUps, type BillingServer, type QueuedServer } from './billing-helpers.js';
 import { startFakeStripe, postStripeEvent, stripeEvent, type FakeStripe } from './fake-stripe.js';
-import { PURCHASE, boughtPack, hookUrl, lostPurchase, newPi, post, refundEvent, spend, startStripeServer } from './reversal-helpers.js';
+import { PURCHASE, autoTopUpCharged, boughtPack, hookUrl, lostPurchase, newPi, post, refundEvent, spend, startStripeServer } from './reversal-helpers.js';
 
 let sim: BillingServer;
 let fake: FakeStripe;
@@ -373,5 +373,28 @@ describe('a refund kept before its payment was settled, then failed (Stripe webh
     expect(await totalOf(lost.accountId)).toBe(40_000_000n);
     expect(await refundedCentsOf(lost.paymentId)).toBe(0n);
     await expectLedgerInvariant(srv.services.pool, dbId(lost.accountId));
+  });
+});
+
+describe('an auto top-up payment refunded in full, then the refund failed', () => {
+  it('gives back its credit as an AUTO_TOP_UP grant; auto top-up stays paused and buys nothing though the balance is under its threshold', async () => {
+    const { srv } = main;
+    const { accountId, pi } = await autoTopUpCharged(main, fake); // 40 left + 20 bought for $2
+    expect(await totalOf(accountId)).toBe(60_000_000n);
+    expect(await post(srv, JSON.stringify({ ...JSON.parse(refundEvent(pi, 200, {}, 200)), created: T0 }))).toBe('reversed');
+    expect(await totalOf(accountId)).toBe(40_000_000n); // under the threshold (50), paused
+    const re = `re_${uniq('t').replace(/[^a-zA-Z0-9]/g, '')}`;
+    const refund = { id: re, object: 'refund', amount: 200, payment_intent: pi, currency: 'usd', created: T0, status: 'failed' };
+    expect(await post(srv, JSON.stringify({ ...stripeEvent('refund.failed', refund), created: T0 + 60 }))).toBe('restored');
+    expect(await totalOf(accountId)).toBe(60_000_000n);
+    const { rows } = await srv.services.pool.query(
+      `SELECT g.source::text FROM credit_grants g JOIN payment_refund_failures f ON f.grant_id = g.id WHERE f.refund_ref = $1`,
+      [re],
+    );
+    expect(rows).toEqual([{ source: 'AUTO_TOP_UP' }]);
+    const settings = await srv.services.pool.query('SELECT enabled FROM auto_top_up_settings WHERE account_id = $1', [dbId(accountId)]);
+    expect(settings.rows[0].enabled).toBe(false);
+    expect(await topUps(srv, accountId)).toHaveLength(1);
+    await expectLedgerInvariant(srv.services.pool, dbId(accountId));
   });
 });
