@@ -26,7 +26,9 @@
  *   payment whose PaymentIntent the Charge or Dispute names (services/payment-reversals.ts
  *   applyReversalEvent): 200 with `result` reversed / recorded / unchanged / kept (no payment is
  *   settled with that PaymentIntent yet: applied when one is) / unknown_payment / mismatch, 503
- *   or 500 as below when it cannot be applied now;
+ *   or 500 as below when it cannot be applied now; 503 (reason REFUND_FAILURE_PENDING) for a
+ *   `charge.refunded` made after the latest one applied whose cumulative amount is lower: a refund
+ *   failure made before it has not come yet (applyReversalEvent result `retry_later`);
  * - `charge.dispute.closed` with status `won` and `charge.dispute.funds_reinstated` give back the
  *   credit the dispute took (services/charge-reversal.ts applyDisputeWonLocked): 200 with `result`
  *   restored (or recorded / unchanged / kept / ... as above), 503 BALANCE_LIMIT when the give-back
@@ -156,6 +158,11 @@ export function stripeWebhookHandler(deps: StripeWebhookDeps): (req: IncomingMes
           { requestId, eventId: event.id, eventType: event.type, result: done.result, paymentId: done.paymentId, voidedMicroCredits: done.voidedMicroCredits.toString() },
           'stripe webhook: refund or dispute applied',
         );
+        if (done.result === 'retry_later') {
+          // A refund failure made before this refund event has not come yet: applied when Stripe delivers it again.
+          answer(res, 503, errorBody('The event cannot be applied before an earlier refund failure of its charge; deliver it again later.', { code: 'UNAVAILABLE', reason: 'REFUND_FAILURE_PENDING', requestId }));
+          return;
+        }
         answer(res, 200, { received: true, eventId: event.id, result: done.result });
       } catch (err) {
         if (isBalanceLimitRefusal(err)) {

@@ -120,8 +120,10 @@ export interface ChargeReversalEvent {
   refundRef?: string | null;
   /**
    * When the provider made the event (Stripe: the event's `created`, whole seconds). Orders a
-   * refund against a refund failure of the same charge (services/refund-failures.ts); absent for
-   * an event kept before its payment was settled (the settlement's time is used).
+   * refund against a refund failure of the same charge (services/refund-failures.ts). An event
+   * kept before its payment was settled keeps it (`early_payment_reversals.event_created_at`; rows
+   * kept before that column: when the row was last kept). Absent or null: the applying
+   * transaction's now is used.
    */
   createdAt?: Date | null;
   /** refund_failed: when the failed refund was created (Stripe: the Refund's `created`); absent or null when unknown. */

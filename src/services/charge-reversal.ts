@@ -42,10 +42,13 @@ import { applyRefundFailureLocked, reportRefundFailure, type FailedRefund } from
  *   back what the refunds took beyond the share of what stays refunded (services/refund-failures.ts).
  *   A won dispute or a failed refund that gives nothing back (refunded in full, nothing was taken,
  *   the credit's expiry passed, a disputed payment, a refund never applied) is `recorded`;
- * - `not_applicable`: a refund failure of a charge no SUCCEEDED payment has (services/payment-reversals.ts): nothing written, logged.
+ * - `not_applicable`: a refund failure of a charge no SUCCEEDED payment has (services/payment-reversals.ts): nothing written, logged;
+ * - `retry_later`: a refund event made after the latest one applied reports less refunded than
+ *   recorded, so a refund failure made before it has not been received yet: nothing written,
+ *   logged; the event is to be applied when delivered again (the Stripe webhook answers 503).
  */
 export interface ReversalEventResult {
-  result: 'reversed' | 'recorded' | 'unchanged' | 'kept' | 'unknown_payment' | 'mismatch' | 'restored' | 'not_applicable';
+  result: 'reversed' | 'recorded' | 'unchanged' | 'kept' | 'unknown_payment' | 'mismatch' | 'restored' | 'not_applicable' | 'retry_later';
   /** The payment's id (null for kept and unknown_payment). */
   paymentId: string | null;
   /** What this call took back, in micro-credits (0 unless `reversed`, or `restored` of a dispute applied by this call). */
@@ -98,6 +101,12 @@ export interface LockedReversal {
    */
   staleRefund?: boolean;
   /**
+   * A refund event made after the latest refund event applied reports a smaller cumulative amount:
+   * a refund failure made before it has not been received yet, so nothing was written and the
+   * event is to be delivered again (`retry_later`).
+   */
+  awaitingRefundFailure?: boolean;
+  /**
    * What of the payment's credit a full refund or dispute applied by this call leaves with the
    * customer (spent or expired: not turned into debt), in micro-credits: the pack's credit less
    * what partial refunds took before and what this call voided. Absent: the voided grant's amount
@@ -148,7 +157,7 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
   const cents = usdToCents(payment.amountUsd);
   const { rows } = await tx.query(
     `SELECT refunded_cents, disputed_at, reversed_at, grant_id, dispute_won_grant_id, COALESCE(live_grant_id, grant_id) AS live_grant_id, refund_taken_micro_credits,
-            refund_failed_event_at
+            refund_failed_event_at, refund_event_at
        FROM payments WHERE id = $1 FOR UPDATE`,
     [payment.id],
   );
@@ -157,6 +166,9 @@ export async function applyReversalLocked(atx: AccountTx, actor: AuditActor, pay
   const refundedBefore = toBigInt(current.refunded_cents);
   if (event.kind === 'refund' && isStaleRefund(event, current.refund_failed_event_at as Date | null)) {
     return { recorded: false, voided: null, refunded: refundedBefore, grantedMicroCredits: 0n, pausedAutoTopUp: false, staleRefund: true };
+  }
+  if (event.kind === 'refund' && current.disputed_at === null && revealsUnreceivedFailure(event, refundedBefore, current.refund_event_at as Date | null)) {
+    return { recorded: false, voided: null, refunded: refundedBefore, grantedMicroCredits: 0n, pausedAutoTopUp: false, awaitingRefundFailure: true };
   }
   let recorded = false;
   let pausedAutoTopUp = false;
@@ -225,6 +237,24 @@ const maxZero = (v: bigint): bigint => (v > 0n ? v : 0n);
 function isStaleRefund(event: ChargeReversalEvent, refundFailedEventAt: Date | null): boolean {
   if (refundFailedEventAt === null) return false;
   return !event.createdAt || event.createdAt.getTime() <= new Date(refundFailedEventAt).getTime();
+}
+
+/**
+ * Whether a refund event (a charge's cumulative refunded amount) reports LESS than the payment's
+ * recorded refunded amount (`refundedBefore`) although it was made after the latest refund event
+ * applied (`refundEventAt`, payments.refund_event_at; provider times): the charge's refunded amount
+ * only drops when a refund fails or is canceled, so a failure the provider made before this event
+ * has not been received yet (Stripe delivers in any order). Acknowledging the event would lose
+ * the new refund it reports (its amount is below what is recorded, so it changes nothing), and the
+ * failure, applied later, would give back the credit of money the new refund returned; so it is
+ * answered `retry_later` (the webhook answers 503) and applied when delivered again after the
+ * failure. Not checked when either time is unknown (refund_event_at is NULL on payments an older
+ * release refunded: its refunded_at is creditpool's clock, not the provider's). Rule:
+ * services/refund-failures.ts module comment.
+ */
+function revealsUnreceivedFailure(event: ChargeReversalEvent, refundedBefore: bigint, refundEventAt: Date | null): boolean {
+  if (!event.createdAt || refundEventAt === null || event.refundedCents >= refundedBefore) return false;
+  return event.createdAt.getTime() > new Date(refundEventAt).getTime();
 }
 
 /**
@@ -383,6 +413,13 @@ export function reportReversal(ctx: ServiceContext, event: ChargeReversalEvent, 
   const logContext = { providerRef: event.providerRef, eventId: event.eventId, eventType: event.eventType, paymentId: payment.id, accountId: payment.accountId, purpose: payment.purpose };
   if (done.won) return reportDisputeWon(ctx, logContext, done.won);
   if (done.failure) return reportRefundFailure(ctx, logContext, done.failure);
+  if (done.awaitingRefundFailure) {
+    ctx.log?.warn(
+      { ...logContext, refundedCents: event.refundedCents.toString(), recordedRefundedCents: done.refunded.toString(), eventCreatedAt: event.createdAt?.toISOString() ?? null },
+      'payment reversal: a newer refund event reports less refunded than recorded: a refund failure has not been received yet; not applied, to be delivered again',
+    );
+    return { result: 'retry_later', paymentId: payment.id, voidedMicroCredits: 0n };
+  }
   if (done.staleRefund) {
     ctx.log?.warn(
       { ...logContext, refundedCents: event.refundedCents.toString(), eventCreatedAt: event.createdAt?.toISOString() ?? null },
@@ -466,7 +503,7 @@ export interface AppliedEarlyReversal {
   mismatch: string | null;
 }
 
-/** A kept `early_payment_reversals` row as the event it was made from. */
+/** A kept `early_payment_reversals` row as the event it was made from (`createdAt`: the provider's time of the event, else when it was last kept). */
 function keptEventOf(r: Record<string, unknown>): ChargeReversalEvent {
   return {
     eventId: r.event_id as string,
@@ -478,6 +515,9 @@ function keptEventOf(r: Record<string, unknown>): ChargeReversalEvent {
     disputeRef: (r.dispute_ref as string | null) ?? null,
     currency: r.currency as string,
     livemode: r.livemode === true,
+    // The provider's time of the event (rows kept before it was stored: when it was last received,
+    // at or after that time), never the settlement's: a test-mode account's clock is not the provider's.
+    createdAt: new Date((r.event_created_at ?? r.updated_at) as Date),
   };
 }
 

@@ -68,7 +68,9 @@
  *   no creditpool payment (another application on the same provider account) or needs an
  *   operator (a refund kept for the charge would still be applied when its payment is settled);
  * - events come twice and out of order (https://docs.stripe.com/webhooks#event-ordering):
- *   `refunded_cents` only grows (an older or redelivered refund changes nothing), a dispute is
+ *   `refunded_cents` only grows (an older or redelivered refund changes nothing; a NEWER one whose
+ *   cumulative amount is lower reveals a refund failure not received yet: `retry_later`, nothing
+ *   written, services/charge-reversal.ts), a dispute is
  *   recorded once, and the grant is taken back once whichever comes first (refund after
  *   dispute, dispute after refund: `unchanged`).
  */
@@ -169,11 +171,12 @@ async function keepEarlyReversal(ctx: ServiceContext, event: ChargeReversalEvent
     if (settled.rows[0]) return 'settled';
     const now = ctx.clock();
     const { rows } = await tx.query(
-      `INSERT INTO early_payment_reversals (provider_ref, kind, event_id, event_type, livemode, currency, amount_cents, refunded_cents, dispute_ref, received_at, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+      `INSERT INTO early_payment_reversals (provider_ref, kind, event_id, event_type, livemode, currency, amount_cents, refunded_cents, dispute_ref, received_at, updated_at, event_created_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)
        ON CONFLICT (provider_ref, kind) DO UPDATE
          SET event_id = EXCLUDED.event_id, event_type = EXCLUDED.event_type, livemode = EXCLUDED.livemode, currency = EXCLUDED.currency,
-             amount_cents = EXCLUDED.amount_cents, refunded_cents = EXCLUDED.refunded_cents, updated_at = EXCLUDED.updated_at
+             amount_cents = EXCLUDED.amount_cents, refunded_cents = EXCLUDED.refunded_cents, updated_at = EXCLUDED.updated_at,
+             event_created_at = EXCLUDED.event_created_at
          WHERE EXCLUDED.kind = 'refund' AND early_payment_reversals.refunded_cents < EXCLUDED.refunded_cents
        RETURNING 1`,
       [
@@ -187,6 +190,7 @@ async function keepEarlyReversal(ctx: ServiceContext, event: ChargeReversalEvent
         event.kind === 'refund' ? event.refundedCents.toString() : '0',
         event.kind !== 'refund' ? (event.disputeRef ?? event.eventId) : null, // dispute, dispute_won
         now,
+        event.createdAt ?? null, // the provider's time: which refunds a refunded amount includes (services/refund-failures.ts)
       ],
     );
     return rows[0] ? 'kept' : 'unchanged';

@@ -46,6 +46,13 @@
  *   older release applied the refund without it), or it is more than the refunded
  *   amount (its `charge.refunded` has not come yet; when it comes, it is older than the failure
  *   and so changes nothing);
+ * - nothing changes but the failure's record either (answered `recorded`, logged) when a refund
+ *   event made AFTER the failure (its `created` strictly later than the failure's) was applied
+ *   before it (Stripe delivers in any order): that event's cumulative amount already left the
+ *   failed refund out, and the share it took was of that amount, so lowering the refunded amount
+ *   again would give the failed refund's credit back twice (a new refund larger than the failed
+ *   one); a new refund smaller than the failed one waits for the failure instead
+ *   (services/charge-reversal.ts, `retry_later`);
  * - a `charge.refunded` made at or before the latest failure applied (payments.refund_failed_event_at,
  *   the provider's time; Stripe's are whole seconds) is stale — redelivered, or delivered late — and
  *   changes nothing: its cumulative amount may include the failed refund, which would otherwise be
@@ -77,8 +84,12 @@ export interface FailedRefund {
   refundRef: string;
   /** The failed refund's amount, in cents. */
   amountCents: bigint;
-  /** Why the refunded amount was not lowered: `disputed` (the payment was disputed), `not_applied` (the refund was never applied); null when it was. */
-  notApplied: 'disputed' | 'not_applied' | null;
+  /**
+   * Why the refunded amount was not lowered: `disputed` (the payment was disputed), `not_applied`
+   * (the refund was never applied), `superseded` (a refund event made after the failure was applied
+   * first: its cumulative amount already left the failed refund out); null when it was.
+   */
+  notApplied: 'disputed' | 'not_applied' | 'superseded' | null;
   /** The payment's refunded cents before and after. */
   refundedBeforeCents: bigint;
   refundedAfterCents: bigint;
@@ -108,7 +119,7 @@ export async function applyRefundFailureLocked(atx: AccountTx, actor: AuditActor
   assert(event.kind === 'refund_failed' && refundRef, 'a refund failure names its refund (payment-reversals checks it)');
   const cents = usdToCents(payment.amountUsd);
   const { rows } = await tx.query(
-    `SELECT refunded_cents, COALESCE(refund_event_at, refunded_at) AS refund_event_at, disputed_at, reversed_at, reversed_micro_credits, refund_taken_micro_credits, grant_id,
+    `SELECT refunded_cents, COALESCE(refund_event_at, refunded_at) AS refund_event_at, refund_event_at AS provider_refund_event_at, disputed_at, reversed_at, reversed_micro_credits, refund_taken_micro_credits, grant_id,
             COALESCE(live_grant_id, grant_id) AS live_grant_id
        FROM payments WHERE id = $1 FOR UPDATE`,
     [payment.id],
@@ -145,6 +156,13 @@ export async function applyRefundFailureLocked(atx: AccountTx, actor: AuditActor
   const applied =
     event.amountCents <= refundedBefore && refundEventAt !== null && (!event.refundCreatedAt || event.refundCreatedAt.getTime() <= refundEventAt.getTime());
   if (!applied) return { ...base, failure: { ...failure, notApplied: 'not_applied' } };
+  // A refund event applied since was made after this failure (events come in any order): its
+  // cumulative amount already left the failed refund out, and its share was taken on it.
+  // (In the provider's time only: refunded_at, on rows an older release refunded, is creditpool's.)
+  const providerRefundEventAt = current.provider_refund_event_at === null ? null : new Date(current.provider_refund_event_at as Date);
+  if (event.createdAt && providerRefundEventAt !== null && event.createdAt.getTime() < providerRefundEventAt.getTime()) {
+    return { ...base, failure: { ...failure, notApplied: 'superseded' } };
+  }
 
   const refundedAfter = refundedBefore - event.amountCents;
   const taken = toBigInt(current.refund_taken_micro_credits) + (current.reversed_at !== null ? toBigInt(current.reversed_micro_credits) : 0n);
@@ -214,6 +232,8 @@ export function reportRefundFailure(ctx: ServiceContext, logContext: Record<stri
   };
   if (failure.notApplied === 'disputed') {
     ctx.log?.warn(figures, 'payment reversal: a refund of a disputed payment failed; recorded, no credit changed (check the dispute and the refund)');
+  } else if (failure.notApplied === 'superseded') {
+    ctx.log?.warn(figures, 'payment reversal: a refund failed whose money a later refund event already left out (delivered after it); recorded, nothing changed');
   } else if (failure.notApplied) {
     ctx.log?.warn(figures, 'payment reversal: a refund failed that was never applied to its payment; recorded, nothing changed');
   } else {

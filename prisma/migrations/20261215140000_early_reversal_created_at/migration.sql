@@ -1,0 +1,12 @@
+-- A refund kept before its payment was settled keeps the provider's time of its event
+-- (services/payment-reversals.ts keepEarlyReversal, services/charge-reversal.ts applyEarlyReversals).
+--
+-- Why: applied at settlement, a kept refund set the payment's refund_event_at (which refunds
+-- refunded_cents includes, in the provider's time: services/refund-failures.ts) to the settlement's
+-- "now": the account's clock, which for a test-mode account is its test clock, not the provider's.
+-- A test clock behind the provider's made the kept refund's later failure look "never applied"
+-- (its credit never came back); any settlement later than the event made a failure made in between
+-- look older than the refund event. Now the event's own time is kept and used; rows kept before
+-- this migration (NULL) use when they were last updated (wall clock, at or after the event).
+-- Nullable column: no table rewrite.
+ALTER TABLE "early_payment_reversals" ADD COLUMN "event_created_at" TIMESTAMPTZ(3);
