@@ -11,7 +11,9 @@
  *   nothing charged) and free actions (recorded at 0 even without credit, in debt or over a
  *   budget).
  */
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { buildSchema, type GraphQLInputObjectType } from 'graphql';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAzureTrace, loadMooncakeTrace, type TraceRequest } from '../../src/trace/load.js';
 import { priceUsage, validatePriceBook, type PriceBookInput } from '../../src/pricing/price-book.js';
@@ -103,6 +105,13 @@ describe('the real traces priced for the demo models (pure)', () => {
         expect(rounded > 0, `${model} at ${creditUsdValue}`).toBe(creditUsdValue === '0.007');
       }
     }
+  });
+
+  it('the API says the token counts are disjoint (a provider\'s prompt count with its cached part, or output with reasoning, sent as it is would be charged twice)', () => {
+    const schema = buildSchema(readFileSync(resolve(__dirname, '../../schema/schema.graphql'), 'utf8'));
+    const fields = (schema.getType('UsageQuantitiesInput') as GraphQLInputObjectType).getFields();
+    expect(fields.inputTokens!.description).toMatch(/NOT including cacheReadTokens or cacheWriteTokens/);
+    expect(fields.outputTokens!.description).toMatch(/NOT including reasoningTokens/);
   });
 
   it('cache reads cost less than uncached input where the provider prices them, and the same where it does not', () => {
