@@ -43,13 +43,15 @@ export const GrantCreditsInputRef = builder.inputType('GrantCreditsInput', {
 /** GraphQL input `UsageQuantitiesInput` (contract); fields parsed by the scalars (Credits -> bigint micro-credits). */
 export const UsageQuantitiesInputRef = builder.inputType('UsageQuantitiesInput', {
   fields: (t) => ({
-    inputTokens: t.int(),
-    outputTokens: t.int(),
-    reasoningTokens: t.int(),
-    cacheReadTokens: t.int(),
-    cacheWriteTokens: t.int(),
-    seconds: t.field({ type: 'Decimal' }),
-    units: t.field({ type: 'Decimal' }),
+    // The counts are disjoint (docs/pricing.md): a provider's prompt count that includes cached
+    // tokens, or an output count that includes reasoning, sent as it is charges that part twice.
+    inputTokens: t.int({ description: 'Uncached prompt tokens: NOT including cacheReadTokens or cacheWriteTokens (OpenAI prompt_tokens minus cached_tokens; Anthropic input_tokens).' }),
+    outputTokens: t.int({ description: 'Output tokens NOT including reasoningTokens (OpenAI completion_tokens minus reasoning_tokens).' }),
+    reasoningTokens: t.int({ description: 'Reasoning (thinking) tokens, priced at the output price unless the catalog has a reasoning price.' }),
+    cacheReadTokens: t.int({ description: 'Prompt tokens read from the provider\'s cache (OpenAI cached_tokens; Anthropic cache_read_input_tokens).' }),
+    cacheWriteTokens: t.int({ description: 'Prompt tokens written to the provider\'s cache (Anthropic cache_creation_input_tokens), priced at the 5-minute cache-write price.' }),
+    seconds: t.field({ type: 'Decimal', description: 'Duration in seconds (runtime, voice); per-minute and per-hour rules charge it pro rata.' }),
+    units: t.field({ type: 'Decimal', description: 'Count of units (images, calls, tasks).' }),
   }),
 });
 

@@ -169,7 +169,7 @@ function present(v: unknown): boolean {
 const KINDS_WITH_CREDITS: readonly PriceKind[] = ['FLAT', 'PER_UNIT'];
 const KINDS_WITH_MARKUP: readonly PriceKind[] = ['PER_TOKEN', 'PASS_THROUGH'];
 
-function validateRule(raw: unknown, index: number): PriceRule {
+function validateRule(raw: unknown, index: number, checkCatalog: boolean): PriceRule {
   const at = `rules[${index}]`;
   if (!isRecord(raw)) throw badInput(at, 'must be an object');
   const category = requiredText(raw.category, `${at}.category`);
@@ -212,7 +212,7 @@ function validateRule(raw: unknown, index: number): PriceRule {
     if (present(raw.fallbackCredits)) throw badInput(`${at}.fallbackCredits`, `is only used by PER_TOKEN and PASS_THROUGH rules, not ${k}`);
   }
 
-  if (k === 'PER_TOKEN' && model !== null && fallbackCreditsMicro === null) {
+  if (checkCatalog && k === 'PER_TOKEN' && model !== null && fallbackCreditsMicro === null) {
     const price = lookupModelPrice(model);
     if (!price || price.inputUsdPerMillion === null) {
       throw badInput(
@@ -222,6 +222,19 @@ function validateRule(raw: unknown, index: number): PriceRule {
     }
   }
   return { category, model, tier, sku, kind: k, creditsMicro, unit, markupPercent, fallbackCreditsMicro };
+}
+
+/** Options of validatePriceBook. */
+export interface ValidatePriceBookOptions {
+  /**
+   * Refuse a PER_TOKEN rule without fallbackCredits naming a model the bundled LLM price catalog
+   * cannot price (default true: publishing). False for a book already stored (pricing-state.ts
+   * readActivePriceBook): it was checked when it was published, against the catalog of the
+   * version that published it; a dependency upgrade may since have dropped or renamed the model,
+   * and the book in force must still price every other event. That model's events are then
+   * refused one by one by priceUsage (BAD_USER_INPUT, field model), as an unknown model is.
+   */
+  checkCatalog?: boolean;
 }
 
 /**
@@ -234,9 +247,11 @@ function validateRule(raw: unknown, index: number): PriceRule {
  *   units|seconds|minutes|hours|tokens; a field the kind does not use (credits on PER_TOKEN,
  *   markup on FLAT, ...); negative or malformed amounts and percents (Credits: at most 6
  *   decimals; percents: 0..10000 with at most 6 decimals); a PER_TOKEN rule naming a model
- *   the LLM price catalog cannot price, unless it has fallbackCredits.
+ *   the LLM price catalog cannot price, unless it has fallbackCredits (only with
+ *   `options.checkCatalog`, the default).
  */
-export function validatePriceBook(input: unknown): PriceBookDraft {
+export function validatePriceBook(input: unknown, options: ValidatePriceBookOptions = {}): PriceBookDraft {
+  const checkCatalog = options.checkCatalog ?? true;
   if (!isRecord(input)) throw badInput('input', 'must be an object');
   const name = requiredText(input.name, 'name');
   const byokFeePercent = present(input.byokFeePercent) ? parsePercent(input.byokFeePercent, 'byokFeePercent') : '0';
@@ -247,7 +262,7 @@ export function validatePriceBook(input: unknown): PriceBookDraft {
   const rules: PriceRule[] = [];
   const seen = new Map<string, number>();
   rawRules.forEach((raw, i) => {
-    const rule = validateRule(raw, i);
+    const rule = validateRule(raw, i, checkCatalog);
     const key = JSON.stringify([rule.category, rule.model, rule.tier, rule.sku]);
     const first = seen.get(key);
     if (first !== undefined) {

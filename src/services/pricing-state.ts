@@ -61,7 +61,12 @@ export async function readSettings(db: pg.Pool | pg.PoolClient): Promise<Setting
   };
 }
 
-/** Reads the newest price book version (re-validated from its stored form). */
+/**
+ * Reads the newest price book version, re-validated from its stored form but not against the LLM
+ * price catalog again (validatePriceBook `checkCatalog: false`): a catalog upgrade that no longer
+ * prices a model one of its rules names must not stop the pricing of every other event; that
+ * model's events are refused by priceUsage (BAD_USER_INPUT, field model).
+ */
 export async function readActivePriceBook(db: pg.Pool | pg.PoolClient): Promise<ActivePriceBook | null> {
   const { rows } = await db.query(
     `SELECT version, name, byok_fee_percent::text AS byok, rules, published_at FROM price_books ORDER BY version DESC LIMIT 1`,
@@ -69,7 +74,7 @@ export async function readActivePriceBook(db: pg.Pool | pg.PoolClient): Promise<
   const r = rows[0];
   if (!r) return null;
   const stored = { name: r.name as string, byokFeePercent: canonicalNumeric(r.byok as string), rules: r.rules as unknown[] };
-  return { version: r.version as number, publishedAt: r.published_at as Date, book: validatePriceBook(stored), stored };
+  return { version: r.version as number, publishedAt: r.published_at as Date, book: validatePriceBook(stored, { checkCatalog: false }), stored };
 }
 
 /** A value loaded at most once per `ttlMs`; a failed load is forgotten so the next call retries. */
