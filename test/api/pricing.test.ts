@@ -161,6 +161,48 @@ describe('publishPriceBook', () => {
       ok(await srv.gql(PUBLISH, { input: TEST_PRICE_BOOK }));
     }
   });
+
+  it('publishes one at a time: a publish takes its version only once the one before it committed, so the book committed last is the one in force', async () => {
+    // Versions come from a sequence: without waiting, B could take version n+1 while A (n) was
+    // still uncommitted, commit first, and A, committed last, would never be in force.
+    const pool = srv.services.pool;
+    const { rows: seq } = await pool.query(`SELECT pg_get_serial_sequence('price_books', 'version') AS name`);
+    const lastVersion = async () => Number((await pool.query(`SELECT last_value FROM ${seq[0].name as string}`)).rows[0].last_value);
+    const waitingOnLocks = async (n: number) => {
+      for (;;) {
+        const { rows } = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`);
+        if (rows[0].n >= n) return;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    };
+    const [nameA, nameB] = [uniq('book A'), uniq('book B')];
+    const holder = await pool.connect();
+    let a: Promise<unknown> | undefined;
+    let b: Promise<unknown> | undefined;
+    try {
+      // A publish inserts its book, then its audit row: holding the audit table keeps A open after its insert.
+      await holder.query('BEGIN');
+      await holder.query('LOCK TABLE audit_events IN SHARE ROW EXCLUSIVE MODE');
+      const before = await lastVersion();
+      a = srv.gql(PUBLISH, { input: { ...TEST_PRICE_BOOK, name: nameA } });
+      await waitingOnLocks(1);
+      b = srv.gql(PUBLISH, { input: { ...TEST_PRICE_BOOK, name: nameB } });
+      await waitingOnLocks(2);
+      expect(await lastVersion()).toBe(before + 1); // only A has a version: B waits for A's commit
+      await holder.query('COMMIT');
+      const [ra, rb] = await Promise.all([a, b]);
+      const va = (ok(ra as never).publishPriceBook as { version: number }).version;
+      const vb = (ok(rb as never).publishPriceBook as { version: number }).version;
+      expect(vb).toBe(va + 1);
+      const { rows } = await pool.query('SELECT name FROM price_books ORDER BY version DESC LIMIT 1');
+      expect(rows[0].name).toBe(nameB);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+      await Promise.allSettled([a, b]);
+      ok(await srv.gql(PUBLISH, { input: TEST_PRICE_BOOK }));
+    }
+  });
 });
 
 describe('a BYOK PASS_THROUGH event with a catalog model and no providerCostUsd', () => {
