@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
+import { applyCharge, chargeAccounts, pricerFor, recordUsage } from '../../src/services/record-usage.js';
+import { validateUsageInput } from '../../src/services/usage-command.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
@@ -173,9 +174,14 @@ describe(`an account with ${BATCHES} live batches (more than the ${SPENDABLE_BAT
     // The first group: 30 charges of 1 credit (within the first batches); the second, from the
     // state the first carries: 30 of 5 credits, more than the FREE credit left.
     const n = 60;
-    const charged = Promise.allSettled(
-      Array.from({ length: n }, (_, i) => recordUsage(local, { accountId, idempotencyKey: `e-${i}`, category: 'units', quantities: { units: i < 30 ? '1' : '5' } })),
-    );
+    // Priced first, then queued in this order (recordUsage queues each when its pricing finished:
+    // on a loaded machine the pricing cache's expiry between two calls let later ones queue first).
+    const priced = [];
+    for (let i = 0; i < n; i++) {
+      const cmd = validateUsageInput({ accountId, idempotencyKey: `e-${i}`, category: 'units', quantities: { units: i < 30 ? '1' : '5' } });
+      priced.push({ cmd, price: await pricerFor(local, cmd) });
+    }
+    const charged = Promise.allSettled(priced.map(({ cmd, price }) => committer.charge(cmd, price)));
     while (committer.stats().waiting < n) await new Promise((resolve) => setImmediate(resolve));
     open();
     await blocker;
