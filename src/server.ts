@@ -452,6 +452,12 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     graphqlEndpoint: '/graphql',
     graphiql: !production,
     landingPage: false,
+    // Every origin may call the API (browsers of the platform's end users send their token), but
+    // credentials travel only in the Authorization header, which a page must set itself: no origin
+    // is told it may send cookies or other ambient credentials (yoga's default says
+    // `Access-Control-Allow-Credentials: true` to every origin it reflects, which would let any
+    // web page read answers to requests a cookie-based proxy in front of us authenticated).
+    cors: { credentials: false },
     logging: false,
     // The body limit is enforced from Content-Length before yoga runs (bodyRefusal).
     maxRequestBodySize: false,
