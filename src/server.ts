@@ -215,6 +215,38 @@ function disableIntrospection(): Plugin {
   };
 }
 
+/**
+ * graphql-js' "Did you mean …?" hints: `Did you mean "account"?`, `Did you mean "a", "b", or
+ * "c"?`, `Did you mean the enum value "ACTIVE"?`. GraphQL names hold no `?`, so the hint ends at
+ * the first one.
+ */
+const SUGGESTION_RE = /\s*Did you mean [^?]*\?/g;
+
+/**
+ * With NODE_ENV=production (README, configuration: "turns off GraphiQL, introspection and field
+ * suggestions"), removes graphql-js' suggestions from every error message: validation errors of
+ * the document (unknown field, argument, type, enum value) and the errors of coercing its
+ * variables (an unknown input field, an unknown enum value), which graphql-js raises when the
+ * operation executes, not at validation. Without them, a caller with introspection off can still
+ * rebuild the schema name by name from the hints (the way tools like clairvoyance do).
+ * graphql-armor's blockFieldSuggestion, which it replaces, looked at validation errors only and
+ * missed the enum value form. Applies over HTTP, SSE and WebSocket (the socket's operations run
+ * through yoga.getEnveloped). Rewrites the messages in place, after every other plugin's masking.
+ */
+function hideSuggestions(): Plugin {
+  const hide = (errors: readonly { message: string }[] | undefined): void => {
+    for (const error of errors ?? []) if (error.message.includes('Did you mean')) error.message = error.message.replace(SUGGESTION_RE, '');
+  };
+  const onResult = ({ result }: { result: ExecutionResult }) => hide(result.errors);
+  return {
+    onValidate: () => ({ valid, result }) => {
+      if (!valid) hide(result);
+    },
+    onExecute: () => ({ onExecuteDone: (payload) => handleStreamOrSingleExecutionResult(payload, onResult) }),
+    onSubscribe: () => ({ onSubscribeResult: (payload) => handleStreamOrSingleExecutionResult(payload, onResult) }),
+  };
+}
+
 /** Validation failures are malformed input: the contract's code for them is BAD_USER_INPUT. */
 function validationErrorsAreBadInput(): Plugin {
   return {
@@ -420,6 +452,12 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
     graphqlEndpoint: '/graphql',
     graphiql: !production,
     landingPage: false,
+    // Every origin may call the API (browsers of the platform's end users send their token), but
+    // credentials travel only in the Authorization header, which a page must set itself: no origin
+    // is told it may send cookies or other ambient credentials (yoga's default says
+    // `Access-Control-Allow-Credentials: true` to every origin it reflects, which would let any
+    // web page read answers to requests a cookie-based proxy in front of us authenticated).
+    cors: { credentials: false },
     logging: false,
     // The body limit is enforced from Content-Length before yoga runs (bodyRefusal).
     maxRequestBodySize: false,
@@ -488,11 +526,14 @@ export function buildServer(deps: ServerDeps): CreditpoolServer {
         // The cost limit needs the variables (a page size passed as $first): graphql/cost-limit.ts.
         costLimit: { enabled: false },
         maxDirectives: { n: 50 },
-        blockFieldSuggestion: { enabled: production },
+        // hideSuggestions (below) does it, for variables' errors and enum values too.
+        blockFieldSuggestion: { enabled: false },
       }),
       // After armor: its token limit replaces the parse function, which this one wraps.
       refuseDeeplyNestedDocuments(),
       ...(production ? [disableIntrospection()] : []),
+      // After maskExecutionErrors: it rewrites the messages of the errors as they are answered.
+      ...(production ? [hideSuggestions()] : []),
       validationErrorsAreBadInput(),
       queryCostLimit(env.GRAPHQL_MAX_COST),
       // After the cost limit, whose estimate it weighs each operation by; before anything runs.
