@@ -6,6 +6,7 @@
  * in a batch across two accounts, concurrent charges from two servers near the limit, and the
  * refusal's details.
  */
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestServices, settledCode, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
@@ -18,6 +19,9 @@ import { listBudgets, setSpendingBudget } from '../../src/services/spending-budg
 import { refundUsage } from '../../src/services/refund-usage.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import { credits } from '../../src/ledger/credits.js';
+import { signUserToken } from '../../src/auth/jwt.js';
+import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { apiAccount, expectError, gid, ok, uniq } from '../api/helpers.js';
 
 let s: TestServices;
 let s2: TestServices;
@@ -276,5 +280,73 @@ describe('spending budgets, second audit: batches and two servers', () => {
     for (const row of await keptSpending(accountId)) expect(row.kept).toBe(row.sum);
     const bal = await expectLedgerInvariant(s.pool, accountId);
     expect(bal.totalMicroCredits).toBe(credits(paid - 15 - ok));
+  });
+});
+
+/**
+ * Over the API: who reads budgets (README "Who may do what": members of an organization read its
+ * pool whole, `userBudgets` included; any other account answers like a missing one) and the
+ * numbers a BUDGET_EXCEEDED refusal carries in `extensions`.
+ */
+describe('spending budgets, second audit: over the API', () => {
+  let srv: TestServer;
+  beforeAll(async () => {
+    srv = await startTestServer();
+  });
+  afterAll(async () => {
+    await srv?.close();
+  });
+  const BUDGETS = `query($id: ID!) { account(id: $id) { budgets { agentId limit spent } userBudgets { userId limit spent } } }`;
+  const SET_USER = `mutation($id: ID!, $u: String!, $l: Credits) { setUserBudget(accountId: $id, userId: $u, limit: $l) { userId limit spent } }`;
+  const SET_AGENT = `mutation($id: ID!, $a: String!, $l: Credits) { setAgentBudget(accountId: $id, agentId: $a, limit: $l) { agentId limit spent } }`;
+  const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
+
+  it("an end user reads its organization's budgets, nobody else's, and sets none", async () => {
+    const orgExt = uniq('org');
+    const userExt = uniq('member');
+    const org = await apiAccount(srv, { kind: 'ORGANIZATION', externalId: orgExt, paid: '50' });
+    const other = await apiAccount(srv, { kind: 'ORGANIZATION', paid: '50' });
+    const otherUser = await apiAccount(srv, { kind: 'USER', paid: '5' });
+    for (const id of [org, other, otherUser]) {
+      ok(await srv.gql(SET_USER, { id, u: userExt, l: '3' }));
+      ok(await srv.gql(SET_AGENT, { id, a: 'bot', l: '4' }));
+    }
+    ok(await srv.gql(RECORD, { input: { accountId: org, idempotencyKey: uniq('u'), category: 'units', quantities: { units: '2' }, userId: 'someone-else' } }));
+    ok(await srv.gql(SET_USER, { id: org, u: 'someone-else', l: '5' }));
+    const token = await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 600 });
+    const own = ok(await srv.gql(BUDGETS, { id: org }, token)).account;
+    expect(own).toEqual({
+      budgets: [{ agentId: 'bot', limit: '4', spent: '0' }],
+      userBudgets: [
+        { userId: userExt, limit: '3', spent: '0' },
+        { userId: 'someone-else', limit: '5', spent: '2' },
+      ].sort((a, b) => Buffer.compare(Buffer.from(a.userId), Buffer.from(b.userId))),
+    });
+    const missing = await srv.gql(BUDGETS, { id: gid('Account', randomUUID()) }, token);
+    for (const id of [other, otherUser]) {
+      const res = await srv.gql(BUDGETS, { id }, token);
+      expect(res.body).toEqual(missing.body);
+      expect(res.body.data).toEqual({ account: null });
+    }
+    const before = ok(await srv.gql(BUDGETS, { id: org })).account;
+    for (const [q, v] of [
+      [SET_USER, { id: org, u: userExt, l: '1000' }],
+      [SET_AGENT, { id: org, a: 'bot', l: null }],
+    ] as const) {
+      const res = await srv.gql(q, v, token);
+      expect(res.body.errors?.map((e) => e.extensions?.code)).toEqual(['FORBIDDEN']);
+    }
+    expect(ok(await srv.gql(BUDGETS, { id: org })).account).toEqual(before);
+  });
+
+  it("BUDGET_EXCEEDED carries the subject, limit, spent (over the limit after it was lowered) and needed amounts", async () => {
+    const org = await apiAccount(srv, { paid: '50' });
+    ok(await srv.gql(SET_AGENT, { id: org, a: 'bot', l: '10' }));
+    ok(await srv.gql(RECORD, { input: { accountId: org, idempotencyKey: uniq('u'), category: 'units', quantities: { units: '6' }, agentId: 'bot' } }));
+    expect(ok(await srv.gql(SET_AGENT, { id: org, a: 'bot', l: '4.5' })).setAgentBudget).toEqual({ agentId: 'bot', limit: '4.5', spent: '6' });
+    const res = await srv.gql(RECORD, { input: { accountId: org, idempotencyKey: uniq('u'), category: 'units', quantities: { units: '1' }, agentId: 'bot' } });
+    const e = expectError(res, 'BUDGET_EXCEEDED');
+    expect(e.extensions).toEqual({ code: 'BUDGET_EXCEEDED', subjectKind: 'AGENT', subjectId: 'bot', limitCredits: '4.5', spentCredits: '6', neededCredits: '1' });
+    expect(e.message).toBe('agent bot budget exceeded: needs 1, 0 of 4.5 left this period');
   });
 });
