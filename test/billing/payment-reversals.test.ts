@@ -29,7 +29,7 @@ import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
 import { SET_AUTO_TOP_UP, attachMethod, billingWorkerDeps, createPack, topUps } from './billing-helpers.js';
 import { intentAnswer, postStripeEvent, stripeEvent } from './fake-stripe.js';
-import { PURCHASE, auditCount, autoTopUpCharged, autoTopUpWithLostAnswer, boughtPack, disputeEvent, hookUrl, lostPurchase, newPi, paymentState, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
+import { PURCHASE, auditCount, autoTopUpCharged, autoTopUpWithLostAnswer, boughtPack, boughtWithSimulator, disputeEvent, hookUrl, lostPurchase, newPi, paymentState, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
 
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt } } }`;
 
@@ -303,13 +303,7 @@ describe('the simulator\'s refund and dispute', () => {
     const { srv, simulator } = servers.sim;
     const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
     const chargeLivemode = (testMode: boolean) => !testMode;
-    const buy = async () => {
-      const accountId = await apiAccount(srv);
-      await attachMethod(srv, accountId);
-      const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-      const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-      return { accountId, paymentId: rows[0].id as string };
-    };
+    const buy = () => boughtWithSimulator(srv, pack.id);
     const a = await buy();
     // $1 of $4 refunded: 10 of the 40 credits taken back; the full refund takes the other 30.
     expect(await applyReversalEvent(srv.services, simulator.refund(a.paymentId, 100n), chargeLivemode)).toMatchObject({ result: 'reversed', voidedMicroCredits: 10_000_000n });

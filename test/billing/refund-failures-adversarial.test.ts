@@ -17,10 +17,10 @@ import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import type { ChargeReversalEvent } from '../../src/payments/provider.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { apiAccount, dbId, expectUnchanged, ok, uniq } from '../api/helpers.js';
+import { dbId, expectUnchanged, ok, uniq } from '../api/helpers.js';
 import { attachMethod, createPack, topUps } from './billing-helpers.js';
 import { postStripeEvent, stripeEvent } from './fake-stripe.js';
-import { PURCHASE, autoTopUpCharged, boughtPack, hookUrl, lostPurchase, newPi, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
+import { PURCHASE, autoTopUpCharged, boughtPack, boughtWithSimulator, hookUrl, lostPurchase, newPi, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
 
 const servers = useStripeServers({ simulator: true });
 
@@ -45,13 +45,8 @@ async function apply(event: ChargeReversalEvent) {
 }
 
 /** Buys `pack` for a new account through the simulator; returns the account and its payment. */
-async function buy(pack: { id: string }) {
-  const { srv } = servers.sim;
-  const accountId = await apiAccount(srv);
-  await attachMethod(srv, accountId);
-  const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-  const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-  return { accountId, paymentId: rows[0].id as string, grantId: dbId(bought.id) };
+function buy(pack: { id: string }) {
+  return boughtWithSimulator(servers.sim.srv, pack.id);
 }
 
 /** The account's total balance in micro-credits. */

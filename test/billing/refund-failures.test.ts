@@ -15,10 +15,10 @@ import { describe, expect, it } from 'vitest';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
-import { SET_AUTO_TOP_UP, attachMethod, createPack } from './billing-helpers.js';
+import { dbId, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
+import { SET_AUTO_TOP_UP, createPack } from './billing-helpers.js';
 import { stripeEvent } from './fake-stripe.js';
-import { PURCHASE, auditCount, boughtPack, disputeEvent, newPi, paymentState, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
+import { PURCHASE, auditCount, boughtPack, boughtWithSimulator, disputeEvent, newPi, paymentState, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
 
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt lastError } } }`;
 const STATEMENT = `query($id: ID!) { account(id: $id) { statement { granted voided closingTotal } } }`;
@@ -259,11 +259,7 @@ describe("the simulator's refundFailed", () => {
   it('reaches the same code: the refund takes its share, its failure gives it back once, the old refund event again takes nothing', async () => {
     const { srv, simulator } = servers.sim;
     const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const accountId = await apiAccount(srv);
-    await attachMethod(srv, accountId);
-    const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-    const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-    const paymentId = rows[0].id as string;
+    const { accountId, paymentId } = await boughtWithSimulator(srv, pack.id);
     const chargeLivemode = (testMode: boolean) => !testMode;
     expect(() => simulator.refundFailed(paymentId)).toThrow(/no refund/);
     const refund = simulator.refund(paymentId, 100n);

@@ -133,6 +133,19 @@ export async function boughtPack(srv: TestServer, fake: FakeStripe, expiresAfter
 }
 
 /**
+ * A new account that bought pack `packId` on `srv` (a server charging through the simulator)
+ * with its default payment method.
+ * @returns the account's global id and the database ids of the payment and of the pack's grant.
+ */
+export async function boughtWithSimulator(srv: TestServer, packId: string): Promise<{ accountId: string; paymentId: string; grantId: string }> {
+  const accountId = await apiAccount(srv);
+  await attachMethod(srv, accountId);
+  const bought = ok(await srv.gql(PURCHASE, { accountId, packId, key: uniq('buy') })).purchaseCreditPack;
+  const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
+  return { accountId, paymentId: rows[0].id as string, grantId: dbId(bought.id) };
+}
+
+/**
  * A purchase of a pack of 40 credits for $4 whose Stripe answer was lost (`fake` answers 500):
  * the client got UNAVAILABLE, the payment is PENDING with no provider_ref. `succeeded(pi)` is the
  * late `payment_intent.succeeded` (raw JSON) of the PaymentIntent `pi` Stripe made for it;
