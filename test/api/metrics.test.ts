@@ -97,6 +97,31 @@ function usage(accountId: string, extra: Record<string, unknown> = {}) {
   return { accountId, idempotencyKey, category: 'unit', ...extra };
 }
 
+const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
+
+/**
+ * What the payment reversal gauge tests use: the metrics server's simulator; `apply`, which
+ * applies a simulator event as the webhook would and answers its result; and `bought`, which pays
+ * for a new pack of 40 credits for $4 (made by this call) as `accountId` and answers the
+ * payment's database id.
+ * @throws Error when the metrics server does not charge through the simulator.
+ */
+async function reversalTools() {
+  const simulator = srv.services.payments;
+  if (!(simulator instanceof PaymentSimulator)) throw new Error('the metrics server should charge through the simulator');
+  const chargeLivemode = (testMode: boolean) => !testMode;
+  const apply = async (event: Parameters<typeof applyReversalEvent>[1]) => (await applyReversalEvent(srv.services, event, chargeLivemode)).result;
+  const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+  /** A payment of `accountId` for the 40-credit pack, charged by the simulator. */
+  const bought = async (accountId: string) => {
+    await attachMethod(srv, accountId);
+    const grant = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('metrics-buy') })).purchaseCreditPack;
+    const { rows } = await db.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(grant.id)]);
+    return rows[0].id as string;
+  };
+  return { simulator, apply, bought };
+}
+
 describe('GET /metrics', () => {
   it('counts every charge once by outcome: recorded, replayed, and each refusal code, across recordUsage, recordUsageBatch and settleReservation', async () => {
     const before = await scrape(srv);
@@ -208,19 +233,7 @@ describe('GET /metrics', () => {
   });
 
   it('the payment reversal gauges count the refunds (full, partial), disputes and won disputes of the last 7 days of live accounts, the credit taken and given back, and the kept early reversals', async () => {
-    const simulator = srv.services.payments;
-    if (!(simulator instanceof PaymentSimulator)) throw new Error('the metrics server should charge through the simulator');
-    const chargeLivemode = (testMode: boolean) => !testMode;
-    const apply = async (event: Parameters<typeof applyReversalEvent>[1]) => (await applyReversalEvent(srv.services, event, chargeLivemode)).result;
-    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
-    /** A payment of `accountId` for the 40-credit pack, charged by the simulator. */
-    const bought = async (accountId: string) => {
-      await attachMethod(srv, accountId);
-      const grant = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('metrics-buy') })).purchaseCreditPack;
-      const { rows } = await db.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(grant.id)]);
-      return rows[0].id as string;
-    };
+    const { simulator, apply, bought } = await reversalTools();
     const names = [
       'creditpool_payments_refunded_full',
       'creditpool_payments_refunded_partially',
@@ -290,19 +303,7 @@ describe('GET /metrics', () => {
   });
 
   it('failed refunds: counted (applied, and recorded only) with the credit they gave back over 7 days of live accounts; the refund gauges then count what stays refunded', async () => {
-    const simulator = srv.services.payments;
-    if (!(simulator instanceof PaymentSimulator)) throw new Error('the metrics server should charge through the simulator');
-    const chargeLivemode = (testMode: boolean) => !testMode;
-    const apply = async (event: Parameters<typeof applyReversalEvent>[1]) => (await applyReversalEvent(srv.services, event, chargeLivemode)).result;
-    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
-    /** A payment of `accountId` for the 40-credit pack, charged by the simulator. */
-    const bought = async (accountId: string) => {
-      await attachMethod(srv, accountId);
-      const grant = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('metrics-buy') })).purchaseCreditPack;
-      const { rows } = await db.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(grant.id)]);
-      return rows[0].id as string;
-    };
+    const { simulator, apply, bought } = await reversalTools();
     const names = [
       'creditpool_payments_refunded_full',
       'creditpool_payments_refunded_partially',
