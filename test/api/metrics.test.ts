@@ -97,6 +97,43 @@ function usage(accountId: string, extra: Record<string, unknown> = {}) {
   return { accountId, idempotencyKey, category: 'unit', ...extra };
 }
 
+const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
+
+/**
+ * What the payment reversal gauge tests use: the metrics server's simulator; `apply`, which
+ * applies a simulator event as the webhook would and answers its result; and `bought`, which pays
+ * for a new pack of 40 credits for $4 (made by this call) as `accountId` and answers the
+ * payment's database id; `boughtOnTestMode`, the same for a new test-mode account.
+ * @throws Error when the metrics server does not charge through the simulator.
+ */
+async function reversalTools() {
+  const simulator = srv.services.payments;
+  if (!(simulator instanceof PaymentSimulator)) throw new Error('the metrics server should charge through the simulator');
+  const chargeLivemode = (testMode: boolean) => !testMode;
+  const apply = async (event: Parameters<typeof applyReversalEvent>[1]) => (await applyReversalEvent(srv.services, event, chargeLivemode)).result;
+  const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
+  /** A payment of `accountId` for the 40-credit pack, charged by the simulator. */
+  const bought = async (accountId: string) => {
+    await attachMethod(srv, accountId);
+    const grant = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('metrics-buy') })).purchaseCreditPack;
+    const { rows } = await db.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(grant.id)]);
+    return rows[0].id as string;
+  };
+  /** A payment for the pack of a new test-mode account (its clock starting now; its id kept in tenantStrings). */
+  const boughtOnTestMode = async () => {
+    const testModeAccount = dbId(
+      ok(
+        await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
+          input: { externalId: uniq('metrics-test-mode'), name: 'metrics', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: new Date().toISOString() },
+        }),
+      ).createAccount.id,
+    );
+    tenantStrings.add(testModeAccount);
+    return bought(gid('Account', testModeAccount));
+  };
+  return { simulator, apply, bought, boughtOnTestMode };
+}
+
 describe('GET /metrics', () => {
   it('counts every charge once by outcome: recorded, replayed, and each refusal code, across recordUsage, recordUsageBatch and settleReservation', async () => {
     const before = await scrape(srv);
@@ -208,19 +245,7 @@ describe('GET /metrics', () => {
   });
 
   it('the payment reversal gauges count the refunds (full, partial), disputes and won disputes of the last 7 days of live accounts, the credit taken and given back, and the kept early reversals', async () => {
-    const simulator = srv.services.payments;
-    if (!(simulator instanceof PaymentSimulator)) throw new Error('the metrics server should charge through the simulator');
-    const chargeLivemode = (testMode: boolean) => !testMode;
-    const apply = async (event: Parameters<typeof applyReversalEvent>[1]) => (await applyReversalEvent(srv.services, event, chargeLivemode)).result;
-    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
-    /** A payment of `accountId` for the 40-credit pack, charged by the simulator. */
-    const bought = async (accountId: string) => {
-      await attachMethod(srv, accountId);
-      const grant = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('metrics-buy') })).purchaseCreditPack;
-      const { rows } = await db.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(grant.id)]);
-      return rows[0].id as string;
-    };
+    const { simulator, apply, bought, boughtOnTestMode } = await reversalTools();
     const names = [
       'creditpool_payments_refunded_full',
       'creditpool_payments_refunded_partially',
@@ -245,15 +270,7 @@ describe('GET /metrics', () => {
       expect(await apply(simulator.refund(old))).toBe('reversed');
       await db.query(`UPDATE payments SET refunded_at = refunded_at - interval '8 days', reversed_at = reversed_at - interval '8 days' WHERE id = $1`, [old]);
       // A test-mode account's reversals are on its own clock: not counted.
-      const testModeAccount = dbId(
-        ok(
-          await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
-            input: { externalId: uniq('metrics-test-mode'), name: 'metrics', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: new Date().toISOString() },
-          }),
-        ).createAccount.id,
-      );
-      tenantStrings.add(testModeAccount);
-      const testModePayment = await bought(gid('Account', testModeAccount));
+      const testModePayment = await boughtOnTestMode();
       expect(await apply(simulator.dispute(testModePayment))).toBe('reversed');
       // A refund of a charge no payment was settled with yet: kept.
       expect(await apply({ kind: 'refund', eventId: `sim_evt_${randomUUID()}`, eventType: 'charge.refunded', providerRef: earlyRef, currency: 'usd', livemode: true, amountCents: 400n, refundedCents: 400n, disputeRef: null })).toBe('kept');
@@ -290,19 +307,7 @@ describe('GET /metrics', () => {
   });
 
   it('failed refunds: counted (applied, and recorded only) with the credit they gave back over 7 days of live accounts; the refund gauges then count what stays refunded', async () => {
-    const simulator = srv.services.payments;
-    if (!(simulator instanceof PaymentSimulator)) throw new Error('the metrics server should charge through the simulator');
-    const chargeLivemode = (testMode: boolean) => !testMode;
-    const apply = async (event: Parameters<typeof applyReversalEvent>[1]) => (await applyReversalEvent(srv.services, event, chargeLivemode)).result;
-    const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const PURCHASE = `mutation($accountId: ID!, $packId: ID!, $key: String!) { purchaseCreditPack(accountId: $accountId, packId: $packId, idempotencyKey: $key) { id } }`;
-    /** A payment of `accountId` for the 40-credit pack, charged by the simulator. */
-    const bought = async (accountId: string) => {
-      await attachMethod(srv, accountId);
-      const grant = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('metrics-buy') })).purchaseCreditPack;
-      const { rows } = await db.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(grant.id)]);
-      return rows[0].id as string;
-    };
+    const { simulator, apply, bought, boughtOnTestMode } = await reversalTools();
     const names = [
       'creditpool_payments_refunded_full',
       'creditpool_payments_refunded_partially',
@@ -332,15 +337,7 @@ describe('GET /metrics', () => {
     expect(await apply(simulator.refundFailed(old))).toBe('restored');
     await db.query(`UPDATE payment_refund_failures SET received_at = received_at - interval '8 days' WHERE payment_id = $1`, [old]);
     // A test-mode account's failures are on its own clock: not counted.
-    const testModeAccount = dbId(
-      ok(
-        await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
-          input: { externalId: uniq('metrics-test-mode'), name: 'metrics', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: new Date().toISOString() },
-        }),
-      ).createAccount.id,
-    );
-    tenantStrings.add(testModeAccount);
-    const testModePayment = await bought(gid('Account', testModeAccount));
+    const testModePayment = await boughtOnTestMode();
     expect(await apply(simulator.refund(testModePayment))).toBe('reversed');
     expect(await apply(simulator.refundFailed(testModePayment))).toBe('restored');
 

@@ -29,7 +29,7 @@ import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, grant, ok, readAccount, uniq } from '../api/helpers.js';
-import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, startBillingServer, topUps, waitFor, type BillingServer } from './billing-helpers.js';
+import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, crossedThreshold, startBillingServer, topUps, waitFor, type BillingServer } from './billing-helpers.js';
 
 let billing: BillingServer;
 let srv: TestServer;
@@ -51,18 +51,6 @@ afterAll(async () => {
   connection?.disconnect();
   await billing?.close();
 });
-
-/** An account (100 paid, threshold 50, pack of 20) that just crossed the threshold: its PENDING top-up id. */
-async function crossed(reference = `pm_ok_${randomUUID()}`): Promise<{ accountId: string; reference: string; packId: string; topUpId: string }> {
-  const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-  const accountId = await apiAccount(srv, { paid: '100' });
-  await attachMethod(srv, accountId, reference);
-  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-  const rows = await topUps(srv, accountId);
-  expect(rows.map((t) => t.status)).toEqual(['PENDING']);
-  return { accountId, reference, packId: pack.id, topUpId: rows[0]!.id };
-}
 
 /** Runs the processor as BullMQ would, optionally on a clock `aheadMs` ahead of the wall clock. */
 function run(accountId: string, topUpId: string, attemptsMade = 0, aheadMs = 0) {
@@ -87,7 +75,7 @@ describe('turning auto top-up off while a charge is in flight', () => {
   it('a charge that never reached the provider is not sent again: looked up, then the top-up ends SKIPPED, no failure counted', async () => {
     const reference = `pm_ok_${randomUUID()}`;
     simulator.script(reference, ['timeout']); // no answer, nothing charged
-    const { accountId, packId, topUpId } = await crossed(reference);
+    const { accountId, packId, topUpId } = await crossedThreshold(srv, reference);
     await expect(run(accountId, topUpId, 0)).rejects.toThrow(/will retry/);
     expect(simulator.chargeCount(reference)).toBe(0);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: false, thresholdCredits: '50', packId } }));
@@ -109,7 +97,7 @@ describe('turning auto top-up off while a charge is in flight', () => {
   it('a charge the provider made before the answer was lost is granted once, nothing charged again', async () => {
     const reference = `pm_ok_${randomUUID()}`;
     simulator.script(reference, ['timeout_after_charge']);
-    const { accountId, packId, topUpId } = await crossed(reference);
+    const { accountId, packId, topUpId } = await crossedThreshold(srv, reference);
     await expect(run(accountId, topUpId, 0)).rejects.toThrow(/will retry/);
     expect(simulator.chargeCount(reference)).toBe(1);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: false, thresholdCredits: '50', packId } }));
@@ -160,7 +148,7 @@ describe('re-enabling after a pause', () => {
   it('below the threshold: the failure count is reset and exactly one top-up starts at once, however many saves race', async () => {
     const reference = `pm_ok_${randomUUID()}`;
     simulator.script(reference, ['decline', 'decline', 'decline']);
-    const { accountId, packId, topUpId } = await crossed(reference);
+    const { accountId, packId, topUpId } = await crossedThreshold(srv, reference);
     await expect(run(accountId, topUpId, 0)).rejects.toThrow(/card_declined/);
     await expect(run(accountId, topUpId, 1)).rejects.toThrow(/card_declined/);
     expect(await run(accountId, topUpId, 0)).toMatchObject({ status: 'FAILED' }); // the third in a row pauses

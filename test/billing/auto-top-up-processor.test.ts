@@ -16,9 +16,8 @@ import type { WorkerDeps } from '../../workers/deps.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectUnchanged, grant, ok, readAccount, uniq } from '../api/helpers.js';
-import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
-
+import { dbId, expectUnchanged, grant, ok, readAccount, uniq } from '../api/helpers.js';
+import { SET_AUTO_TOP_UP, attachMethod, billingCounts, billingWorkerDeps, createPack, crossedThreshold, startBillingServer, topUps, type BillingServer } from './billing-helpers.js';
 
 let billing: BillingServer;
 let srv: TestServer;
@@ -34,18 +33,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await billing?.close();
 });
-
-/** An account (100 paid, threshold 50, pack of 20) that just crossed the threshold: its PENDING top-up id. */
-async function crossed(reference = `pm_ok_${randomUUID()}`): Promise<{ accountId: string; reference: string; packId: string; topUpId: string }> {
-  const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
-  const accountId = await apiAccount(srv, { paid: '100' });
-  await attachMethod(srv, accountId, reference);
-  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
-  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
-  const rows = await topUps(srv, accountId);
-  expect(rows.map((t) => t.status)).toEqual(['PENDING']);
-  return { accountId, reference, packId: pack.id, topUpId: rows[0]!.id };
-}
 
 function run(accountId: string, topUpId: string, attemptsMade = 0) {
   return processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade, attempts: 3 });
@@ -86,7 +73,7 @@ describe('processAutoTopUp', () => {
   it('a worker that died after the charge, before the grant: the next run grants once and charges nothing more', async () => {
     const reference = `pm_ok_${randomUUID()}`;
     simulator.script(reference, ['timeout_after_charge']);
-    const { accountId, topUpId } = await crossed(reference);
+    const { accountId, topUpId } = await crossedThreshold(srv, reference);
     await expect(run(accountId, topUpId)).rejects.toThrow(/will retry/);
     expect(simulator.chargeCount(reference)).toBe(1);
     expect(await billingCounts(srv, accountId)).toMatchObject({ payments: 1, succeeded: 0, pack_grants: 0 });
@@ -105,7 +92,7 @@ describe('processAutoTopUp', () => {
   });
 
   it('two processors and the inline runner on the same top-up at once: one charge, one grant', async () => {
-    const { accountId, reference, topUpId } = await crossed();
+    const { accountId, reference, topUpId } = await crossedThreshold(srv);
     const [a, b, inline] = await Promise.all([run(accountId, topUpId), run(accountId, topUpId), runPendingTopUps(srv.services, dbId(accountId))]);
     for (const r of [a, b]) expect(r).toMatchObject({ status: 'SUCCEEDED' });
     expect(inline.every((r) => r.status === 'SUCCEEDED')).toBe(true);
@@ -115,11 +102,11 @@ describe('processAutoTopUp', () => {
   });
 
   it('skips without charging when auto top-up was turned off, or credit is back above the threshold', async () => {
-    const off = await crossed();
+    const off = await crossedThreshold(srv);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId: off.accountId, enabled: false, thresholdCredits: '50', packId: off.packId } }));
     expect(await run(off.accountId, off.topUpId)).toMatchObject({ status: 'SKIPPED', reason: 'auto top-up is disabled or paused' });
 
-    const refilled = await crossed();
+    const refilled = await crossedThreshold(srv);
     await grant(srv, refilled.accountId, '100', 'PAID');
     expect(await run(refilled.accountId, refilled.topUpId)).toMatchObject({ status: 'SKIPPED', reason: 'available credit is no longer below the threshold' });
 
@@ -130,7 +117,7 @@ describe('processAutoTopUp', () => {
   });
 
   it('a decline leaves the top-up PENDING for the retry; a decline on the last attempt fails it without pausing', async () => {
-    const { accountId, reference, topUpId } = await crossed(`pm_decline_${randomUUID()}`);
+    const { accountId, reference, topUpId } = await crossedThreshold(srv, `pm_decline_${randomUUID()}`);
     await expect(run(accountId, topUpId, 0)).rejects.toThrow(/card_declined/);
     expect((await topUps(srv, accountId))[0]).toMatchObject({ status: 'PENDING', attempts: 1 });
     expect(await run(accountId, topUpId, 2)).toMatchObject({ status: 'FAILED', reason: 'card_declined: Your card was declined.' });

@@ -10,7 +10,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { PaymentSimulator } from '../../src/payments/simulator.js';
-import { dbId, ok, uniq } from '../api/helpers.js';
+import { apiAccount, dbId, ok, uniq } from '../api/helpers.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { pino } from 'pino';
 import { parseEnv } from '../../src/config/env.js';
@@ -140,4 +140,20 @@ export function billingWorkerDeps(billing: QueuedServer, env: Record<string, str
 export async function startBillingWorkers(billing: QueuedServer): Promise<RunningWorkers> {
   const { services } = billing.srv;
   return startWorkers({ env: billingWorkerDeps(billing).env, pool: services.pool, log: pino({ level: 'silent' }), prefix: billing.prefix, services, relay: false, concurrency: 4 });
+}
+
+/**
+ * A new account of 100 paid credits with auto top-up on (threshold 50, a new pack of 20 credits
+ * for $2, payment method `reference`) that 60 credits of usage just took below the threshold.
+ * @returns the account's global id, `reference`, the pack's global id and the id of its one top-up (PENDING).
+ */
+export async function crossedThreshold(srv: TestServer, reference = `pm_ok_${randomUUID()}`): Promise<{ accountId: string; reference: string; packId: string; topUpId: string }> {
+  const pack = await createPack(srv, { credits: '20', priceUsd: '2' });
+  const accountId = await apiAccount(srv, { paid: '100' });
+  await attachMethod(srv, accountId, reference);
+  ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '50', packId: pack.id } }));
+  ok(await srv.gql(RECORD_USAGE, { input: { accountId, idempotencyKey: uniq('use'), category: 'units', quantities: { units: '60' } } }));
+  const rows = await topUps(srv, accountId);
+  expect(rows.map((t) => t.status)).toEqual(['PENDING']);
+  return { accountId, reference, packId: pack.id, topUpId: rows[0]!.id };
 }

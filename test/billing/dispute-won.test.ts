@@ -11,36 +11,18 @@
  * - a won dispute that comes before its dispute (or before its payment is settled) does not leave
  *   the credit taken back for good.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
-import { SET_AUTO_TOP_UP, attachMethod, createPack, startBillingServer, topUps, type BillingServer, type QueuedServer } from './billing-helpers.js';
-import { postStripeEvent, startFakeStripe, type FakeStripe } from './fake-stripe.js';
-import { PURCHASE, auditCount, boughtPack, disputeEvent, hookUrl, lostPurchase, newDu, newPi, paymentState, post, refundEvent, spend, startStripeServer } from './reversal-helpers.js';
+import { dbId, expectUnchanged, ok, readAccount } from '../api/helpers.js';
+import { SET_AUTO_TOP_UP, createPack, topUps } from './billing-helpers.js';
+import { postStripeEvent } from './fake-stripe.js';
+import { PURCHASE, auditCount, boughtPack, boughtWithSimulator, disputeEvent, hookUrl, lostPurchase, newDu, newPi, paymentState, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
 
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt } } }`;
 
-let fake: FakeStripe;
-let main: QueuedServer;
-let sim: BillingServer;
-
-beforeAll(async () => {
-  fake = await startFakeStripe();
-  main = await startStripeServer(fake);
-  sim = await startBillingServer();
-});
-
-afterAll(async () => {
-  await main?.close();
-  await sim?.close();
-  await fake?.close();
-});
-
-beforeEach(() => {
-  fake.planned.length = 0;
-});
+const servers = useStripeServers({ simulator: true });
 
 /** Stripe's Dispute event `type` (id `du`, in `status`) of PaymentIntent `pi`'s charge ($4). */
 const duEvent = (type: string, pi: string, du: string, status: string) => disputeEvent(pi, { id: du, status }, type);
@@ -59,8 +41,8 @@ async function otherGrants(srv: TestServer, accountId: string, exceptGrantId: st
 
 describe('a dispute won', () => {
   it('gives back what the dispute took, once, as a PAID grant; redelivered (or funds_reinstated) nothing more; auto top-up stays paused', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, pack, grantId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, pack, grantId } = await boughtPack(srv, servers.fake);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
@@ -86,8 +68,8 @@ describe('a dispute won', () => {
   });
 
   it('funds_reinstated alone gives back too; concurrent won deliveries give back once', async () => {
-    const { srv } = main;
-    const { accountId, pi, grantId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, grantId } = await boughtPack(srv, servers.fake);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     const results = await Promise.all([post(srv, won(pi, du)), post(srv, duEvent('charge.dispute.funds_reinstated', pi, du, 'won')), post(srv, won(pi, du))]);
@@ -98,8 +80,8 @@ describe('a dispute won', () => {
   });
 
   it('only what the dispute voided comes back: credit spent before the dispute stays spent', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake, 30);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake, 30);
     await spend(srv, accountId, '15');
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
@@ -113,8 +95,8 @@ describe('a dispute won', () => {
   });
 
   it('of a payment partially refunded before: gives back exactly what the dispute took; a partial refund after it takes its share from the given-back credit', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake);
     expect(await post(srv, refundEvent(pi, 100))).toBe('reversed'); // 10 of 40 taken back, 30 granted again
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
@@ -139,8 +121,8 @@ describe('a dispute won', () => {
   });
 
   it('partial refunds of an expiring pack, delivered at the same moment: the share is taken once in all, the rest keeps the pack\'s expiry', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake, 30);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake, 30);
     const results = await Promise.all([post(srv, refundEvent(pi, 250)), post(srv, refundEvent(pi, 100)), post(srv, refundEvent(pi, 250))]);
     expect(results.filter((r) => r === 'reversed').length).toBeGreaterThanOrEqual(1);
     expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '15', total: '15' }); // 25 of 40 taken back
@@ -152,8 +134,8 @@ describe('a dispute won', () => {
   });
 
   it('of a payment also refunded in full: nothing is given back', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     expect(await post(srv, refundEvent(pi, 400))).toBe('recorded');
@@ -165,8 +147,8 @@ describe('a dispute won', () => {
   });
 
   it('then refunded in full: the given-back credit is taken back again', async () => {
-    const { srv } = main;
-    const { accountId, pi, grantId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, grantId } = await boughtPack(srv, servers.fake);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     expect(await post(srv, won(pi, du))).toBe('restored');
@@ -179,8 +161,8 @@ describe('a dispute won', () => {
   });
 
   it('of a grant an operator had voided before the dispute: the dispute took nothing, so nothing is given back', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId, grantGid } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId, grantGid } = await boughtPack(srv, servers.fake);
     ok(await srv.gql(`mutation($id: ID!) { voidGrant(grantId: $id, reason: "operator") { id } }`, { id: grantGid }));
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('recorded');
@@ -191,8 +173,8 @@ describe('a dispute won', () => {
   });
 
   it('of credit whose expiry passed meanwhile: nothing is given back (it would have expired)', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake, 30);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake, 30);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     // The dispute lasted past the pack's expiry (the voided batch keeps its expires_at).
@@ -203,8 +185,8 @@ describe('a dispute won', () => {
   });
 
   it('lost or warning_closed: nothing changes', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     const du = newDu();
     expect(await post(srv, created(pi, du))).toBe('reversed');
     await expectUnchanged(srv, [accountId], async () => {
@@ -216,8 +198,8 @@ describe('a dispute won', () => {
   });
 
   it('delivered before its dispute: the credit ends not taken back', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake);
     const du = newDu();
     expect(await post(srv, won(pi, du))).toBe('restored');
     expect(await post(srv, created(pi, du))).toBe('unchanged');
@@ -228,8 +210,8 @@ describe('a dispute won', () => {
   });
 
   it('delivered before its payment is settled (answer lost): kept, and the settlement ends with the credit given back', async () => {
-    const { srv } = main;
-    const { accountId, paymentId, succeeded } = await lostPurchase(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, paymentId, succeeded } = await lostPurchase(srv, servers.fake);
     const pi = newPi();
     const du = newDu();
     expect(await post(srv, won(pi, du))).toBe('kept');
@@ -246,13 +228,9 @@ describe('a dispute won', () => {
 
 describe("the simulator's disputeWon", () => {
   it('reaches the same code: the dispute takes the credit, the won dispute gives it back once', async () => {
-    const { srv, simulator } = sim;
+    const { srv, simulator } = servers.sim;
     const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const accountId = await apiAccount(srv);
-    await attachMethod(srv, accountId);
-    const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-    const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-    const paymentId = rows[0].id as string;
+    const { accountId, paymentId } = await boughtWithSimulator(srv, pack.id);
     const chargeLivemode = (testMode: boolean) => !testMode;
     expect(() => simulator.disputeWon(paymentId)).toThrow(/not disputed/);
     expect((await applyReversalEvent(srv.services, simulator.dispute(paymentId), chargeLivemode)).result).toBe('reversed');

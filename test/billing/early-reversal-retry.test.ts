@@ -6,33 +6,22 @@
  * SQLSTATE 40001 the first time the top-up is finished, counted by a sequence (which a rollback
  * does not undo).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import pino from 'pino';
 import { Writable } from 'node:stream';
 import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { dbId, readAccount } from '../api/helpers.js';
-import { billingWorkerDeps, topUps, type QueuedServer } from './billing-helpers.js';
-import { intentAnswer, postStripeEvent, startFakeStripe, type FakeStripe } from './fake-stripe.js';
-import { autoTopUpWithLostAnswer, hookUrl, newPi, refundEvent, startStripeServer } from './reversal-helpers.js';
+import { billingWorkerDeps, topUps } from './billing-helpers.js';
+import { intentAnswer, postStripeEvent } from './fake-stripe.js';
+import { autoTopUpWithLostAnswer, hookUrl, newPi, refundEvent, useStripeServers } from './reversal-helpers.js';
 
-let fake: FakeStripe;
-let main: QueuedServer;
-
-beforeAll(async () => {
-  fake = await startFakeStripe();
-  main = await startStripeServer(fake);
-});
-
-afterAll(async () => {
-  await main?.close();
-  await fake?.close();
-});
+const servers = useStripeServers();
 
 describe('a kept refund applied by a settling transaction that is retried', () => {
   it('is logged once', async () => {
-    const { srv } = main;
-    const { accountId, topUpId } = await autoTopUpWithLostAnswer(main, fake);
+    const { srv } = servers.main;
+    const { accountId, topUpId } = await autoTopUpWithLostAnswer(servers.main, servers.fake);
     const pi = newPi();
     const kept = await postStripeEvent(hookUrl(srv), refundEvent(pi, 200, {}, 200));
     expect([kept.status, kept.body.result]).toEqual([200, 'kept']);
@@ -59,10 +48,10 @@ describe('a kept refund applied by a settling transaction that is retried', () =
           done();
         },
       });
-      const base = billingWorkerDeps(main);
+      const base = billingWorkerDeps(servers.main);
       const log = pino({ level: 'info' }, sink);
       const deps = { ...base, log, services: { ...base.services, log } };
-      fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
+      servers.fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
       await processAutoTopUp(deps, { id: `auto-top-up-${topUpId}`, name: 'auto-top-up', data: { topUpId, accountId: dbId(accountId) }, attemptsMade: 1, attempts: 3 });
 
       const { rows } = await srv.services.pool.query(`SELECT last_value::int AS n, is_called FROM ${seq}`);

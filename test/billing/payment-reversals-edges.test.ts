@@ -14,7 +14,7 @@
  *   takes nothing more, without warning that the whole grant was spent (the operator's void took
  *   it back).
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { voidGrant } from '../../src/services/void-grant.js';
 import { WEBHOOK_SWEEP_MIN_AGE_MS, findUndeliveredWebhookJobs } from '../../src/services/webhooks.js';
@@ -22,32 +22,17 @@ import type { ServiceContext } from '../../src/services/context.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { dbId, ok, readAccount } from '../api/helpers.js';
-import { topUps, type QueuedServer } from './billing-helpers.js';
-import { cardErrorAnswer, intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
-import { autoTopUpCharged, autoTopUpDue, autoTopUpWithLostAnswer, boughtPack, disputeEvent, hookUrl, newPi, post, refundEvent, startStripeServer } from './reversal-helpers.js';
+import { topUps } from './billing-helpers.js';
+import { cardErrorAnswer, intentAnswer, postStripeEvent, stripeEvent } from './fake-stripe.js';
+import { autoTopUpCharged, autoTopUpDue, autoTopUpWithLostAnswer, boughtPack, disputeEvent, hookUrl, newPi, post, refundEvent, useStripeServers } from './reversal-helpers.js';
 
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt lastError } } }`;
 
-let fake: FakeStripe;
-let main: QueuedServer;
-
-beforeAll(async () => {
-  fake = await startFakeStripe();
-  main = await startStripeServer(fake);
-});
-
-afterAll(async () => {
-  await main?.close();
-  await fake?.close();
-});
-
-beforeEach(() => {
-  fake.planned.length = 0;
-});
+const servers = useStripeServers();
 
 describe('a signed event whose object is not a usable object', () => {
   it('is answered 200 and changes nothing (refund, dispute, payment intent)', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const before = await srv.services.pool.query('SELECT count(*)::int AS n FROM early_payment_reversals');
     const bodies = [
       { ...stripeEvent('charge.refunded', {}), data: { object: null } },
@@ -67,12 +52,12 @@ describe('a signed event whose object is not a usable object', () => {
 
 describe('an auto top-up refunded in full before its job settled it', () => {
   it("keeps the refund as the paused auto top-up's lastError", async () => {
-    const { srv } = main;
-    const { accountId, run } = await autoTopUpWithLostAnswer(main, fake);
+    const { srv } = servers.main;
+    const { accountId, run } = await autoTopUpWithLostAnswer(servers.main, servers.fake);
     const pi = newPi();
     const refunded = await postStripeEvent(hookUrl(srv), refundEvent(pi, 200, {}, 200));
     expect([refunded.status, refunded.body.result]).toEqual([200, 'kept']);
-    fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
+    servers.fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
     await run(1);
     expect(await topUps(srv, accountId)).toMatchObject([{ status: 'SUCCEEDED' }]);
     expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
@@ -88,8 +73,8 @@ describe('an auto top-up refunded in full before its job settled it', () => {
 
 describe('a full refund of a payment whose grant an operator voided before', () => {
   it('records the refund, takes nothing more and does not report the voided credit as spent', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake); // checks that the payment of `pi` has that grant
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake); // checks that the payment of `pi` has that grant
     await voidGrant(srv.services, grantId, 'operator: taken back by hand');
     const logged: { obj: Record<string, unknown>; msg: string }[] = [];
     const keep = (obj: unknown, msg?: string) => void logged.push({ obj: obj as Record<string, unknown>, msg: msg ?? '' });
@@ -106,12 +91,12 @@ describe('a full refund of a payment whose grant an operator voided before', () 
 
 describe('an inquiry (a pre-dispute request for information: no money taken)', () => {
   /** A purchase of 40 credits for $4 settled SUCCEEDED with PaymentIntent `pi`. */
-  const bought = () => boughtPack(main.srv, fake);
+  const bought = () => boughtPack(servers.main.srv, servers.fake);
   /** Stripe's Dispute event `type` in `status`, of the one dispute (`du_` + the PaymentIntent's digits) of `pi`'s charge. */
   const dispute = (pi: string, type: string, status: string) => disputeEvent(pi, { id: `du_${pi.slice(3)}`, status }, type);
 
   it('takes nothing back; once it escalates (funds withdrawn) the credit is taken back, once', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const { accountId, pi } = await bought();
     expect(await post(srv, dispute(pi, 'charge.dispute.created', 'warning_needs_response'))).toBe('ignored');
     expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
@@ -127,7 +112,7 @@ describe('an inquiry (a pre-dispute request for information: no money taken)', (
   });
 
   it('a chargeback reported by both charge.dispute.created and charge.dispute.funds_withdrawn is applied once', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const { accountId, pi } = await bought();
     expect(await post(srv, dispute(pi, 'charge.dispute.funds_withdrawn', 'needs_response'))).toBe('reversed');
     expect(await post(srv, dispute(pi, 'charge.dispute.created', 'needs_response'))).toBe('unchanged');
@@ -144,8 +129,8 @@ async function sweptPauses(srv: TestServer, accountId: string) {
 
 describe('an auto top-up paused by a refund or dispute, seen by the webhook sweep', () => {
   it('is not sent as auto_top_up.paused (a pause by failed charges) for the account\'s last top-up', async () => {
-    const { srv } = main;
-    const { accountId, pi } = await autoTopUpCharged(main, fake);
+    const { srv } = servers.main;
+    const { accountId, pi } = await autoTopUpCharged(servers.main, servers.fake);
     const refunded = await postStripeEvent(hookUrl(srv), refundEvent(pi, 200, {}, 200));
     expect([refunded.status, refunded.body.result]).toEqual([200, 'reversed']);
     expect(ok(await srv.gql(SETTINGS, { id: accountId })).account.autoTopUp).toMatchObject({ enabled: false, pausedAt: expect.any(String) });
@@ -153,10 +138,10 @@ describe('an auto top-up paused by a refund or dispute, seen by the webhook swee
   });
 
   it('still finds a pause by three declined charges (the real path: paused_at is the failed top-up\'s finished_at)', async () => {
-    const { srv } = main;
-    const { accountId, topUpId, run } = await autoTopUpDue(main);
+    const { srv } = servers.main;
+    const { accountId, topUpId, run } = await autoTopUpDue(servers.main);
     for (let attemptsMade = 0; attemptsMade < 3; attemptsMade++) {
-      fake.planned.push(cardErrorAnswer('card_declined'));
+      servers.fake.planned.push(cardErrorAnswer('card_declined'));
       await run(attemptsMade).catch(() => undefined);
     }
     expect(await topUps(srv, accountId)).toMatchObject([{ status: 'FAILED' }]);

@@ -19,7 +19,7 @@
  *   refund's share) in one transaction; a kept
  *   event of a PaymentIntent that never becomes a payment is pruned by sweep-due.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { processResumePayment } from '../../workers/processors/resume-payment.js';
 import { processSweepDue } from '../../workers/processors/sweep-due.js';
 import { EARLY_REVERSAL_RETENTION_MS, applyReversalEvent, pruneEarlyReversals } from '../../src/services/payment-reversals.js';
@@ -27,15 +27,13 @@ import type { ServiceContext } from '../../src/services/context.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
-import { SET_AUTO_TOP_UP, attachMethod, billingWorkerDeps, createPack, startBillingServer, topUps, type BillingServer, type QueuedServer } from './billing-helpers.js';
-import { intentAnswer, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
-import { PURCHASE, auditCount, autoTopUpCharged, autoTopUpWithLostAnswer, boughtPack, disputeEvent, hookUrl, lostPurchase, newPi, paymentState, post, refundEvent, spend, startStripeServer } from './reversal-helpers.js';
+import { SET_AUTO_TOP_UP, attachMethod, billingWorkerDeps, createPack, topUps } from './billing-helpers.js';
+import { intentAnswer, postStripeEvent, stripeEvent } from './fake-stripe.js';
+import { PURCHASE, auditCount, autoTopUpCharged, autoTopUpWithLostAnswer, boughtPack, boughtWithSimulator, disputeEvent, hookUrl, lostPurchase, newPi, paymentState, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
 
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt } } }`;
 
-let fake: FakeStripe;
-let main: QueuedServer;
-let sim: BillingServer;
+const servers = useStripeServers({ simulator: true });
 /** What the services logged (warn and error) since the test began. */
 let logged: { level: 'warn' | 'error'; obj: Record<string, unknown>; msg: string }[] = [];
 
@@ -45,22 +43,12 @@ function capturingLog(): NonNullable<ServiceContext['log']> {
   return { warn: keep('warn'), error: keep('error') } as NonNullable<ServiceContext['log']>;
 }
 
-beforeAll(async () => {
-  fake = await startFakeStripe();
-  main = await startStripeServer(fake);
-  main.srv.services.log = capturingLog();
-  sim = await startBillingServer();
-  sim.srv.services.log = capturingLog();
-});
-
-afterAll(async () => {
-  await main?.close();
-  await sim?.close();
-  await fake?.close();
+beforeAll(() => {
+  servers.main.srv.services.log = capturingLog();
+  servers.sim.srv.services.log = capturingLog();
 });
 
 beforeEach(() => {
-  fake.planned.length = 0;
   logged = [];
 });
 
@@ -80,11 +68,10 @@ async function voidEntries(srv: TestServer, accountId: string): Promise<string[]
   return rows.map((r) => r.a as string);
 }
 
-
 describe('charge.refunded', () => {
   it('a full refund voids the unused credit once; redelivered, it changes nothing', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     expect((await readAccount(srv, accountId)).balance.paid).toBe('40');
     const payload = refundEvent(pi, 400);
     expect(await post(srv, payload)).toBe('reversed');
@@ -112,8 +99,8 @@ describe('charge.refunded', () => {
   });
 
   it('after part was spent: only the rest is voided, no debt, and the unrecovered part is logged', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     await spend(srv, accountId, '15');
     expect(await post(srv, refundEvent(pi, 400))).toBe('reversed');
     expect(await paymentState(srv, paymentId)).toMatchObject({ reversed: true, voided_micro_credits: '25000000' });
@@ -128,8 +115,8 @@ describe('charge.refunded', () => {
   });
 
   it('a partial refund takes back the refunded share (void, then the rest granted again); a growing one the difference; older or redelivered ones nothing', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, pack } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, pack } = await boughtPack(srv, servers.fake);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
     expect(await post(srv, refundEvent(pi, 100))).toBe('reversed'); // 25 % of 40
     expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '30', total: '30', debt: '0' });
@@ -159,8 +146,8 @@ describe('charge.refunded', () => {
   });
 
   it('a partial refund after part was spent takes at most what remains (no debt, the rest logged); a later one finds nothing left', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     await spend(srv, accountId, '25');
     expect(await post(srv, refundEvent(pi, 200))).toBe('reversed'); // share 20, 15 left
     expect((await readAccount(srv, accountId)).balance).toMatchObject({ total: '0', debt: '0' });
@@ -176,8 +163,8 @@ describe('charge.refunded', () => {
   });
 
   it('a partial then a full refund: the full one takes the rest and pauses auto top-up', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, pack } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, pack } = await boughtPack(srv, servers.fake);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
     expect(await post(srv, refundEvent(pi, 100))).toBe('reversed');
     await spend(srv, accountId, '5');
@@ -197,8 +184,8 @@ describe('charge.refunded', () => {
   });
 
   it('a partial refund then a dispute: the dispute takes the rest', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     expect(await post(srv, refundEvent(pi, 100))).toBe('reversed');
     expect(await post(srv, disputeEvent(pi, { amount: 300 }))).toBe('reversed');
     expect(await paymentState(srv, paymentId)).toMatchObject({ disputed: true, reversed: true, reversed_micro_credits: '30000000' });
@@ -208,8 +195,8 @@ describe('charge.refunded', () => {
   });
 
   it("the void and the new grant keep the period's credit right: no false 25 % / 15 % alerts", async () => {
-    const { srv } = main;
-    const { accountId, pi } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi } = await boughtPack(srv, servers.fake);
     await spend(srv, accountId, '8'); // 32 of 40 left: 80 %
     expect(await post(srv, refundEvent(pi, 200))).toBe('reversed'); // half the money back: 20 of the credit, 12 left of 20
     const balance = await expectLedgerInvariant(srv.services.pool, dbId(accountId));
@@ -219,9 +206,9 @@ describe('charge.refunded', () => {
   });
 
   it('an unknown PaymentIntent, or a charge whose amount or currency is not the payment\'s: nothing changed; another account is untouched', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
-    const other = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
+    const other = await boughtPack(srv, servers.fake);
     await expectUnchanged(srv, [accountId, other.accountId], async () => {
       expect(await post(srv, refundEvent(newPi(), 400))).toBe('kept'); // see below
       expect(await post(srv, refundEvent(pi, 400, { payment_intent: null }))).toBe('unknown_payment');
@@ -237,8 +224,8 @@ describe('charge.refunded', () => {
   });
 
   it('a charge of the other mode than the account\'s: mismatch (service); an event signed for the other mode: 400; a stale or unsigned one: 400; nothing changed', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     await expectUnchanged(srv, [accountId], async () => {
       const event = { eventId: 'evt_x', eventType: 'charge.refunded', kind: 'refund' as const, providerRef: pi, amountCents: 400n, refundedCents: 400n, disputeRef: null, currency: 'usd', livemode: true };
       expect((await applyReversalEvent(srv.services, event, () => false)).result).toBe('mismatch');
@@ -255,8 +242,8 @@ describe('charge.refunded', () => {
 
 describe('charge.dispute.created', () => {
   it('voids the unused credit and pauses auto top-up; a refund or the dispute delivered again takes nothing more', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, pack } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, pack } = await boughtPack(srv, servers.fake);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
     await spend(srv, accountId, '10');
     const payload = disputeEvent(pi);
@@ -280,8 +267,8 @@ describe('charge.dispute.created', () => {
   });
 
   it('a refund and a dispute of the same charge at the same moment: the credit is taken back once', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     const results = await Promise.all([post(srv, refundEvent(pi, 400)), post(srv, disputeEvent(pi)), post(srv, refundEvent(pi, 400))]);
     expect(results.filter((r) => r === 'reversed')).toHaveLength(1);
     expect(await paymentState(srv, paymentId)).toMatchObject({ refunded_cents: '400', disputed: true, reversed: true, voided_micro_credits: '40000000' });
@@ -291,8 +278,8 @@ describe('charge.dispute.created', () => {
   });
 
   it('an auto top-up payment refunded in full, then disputed: voided once and auto top-up paused by the refund (no second top-up); the dispute records only', async () => {
-    const { srv } = main;
-    const { accountId, pi } = await autoTopUpCharged(main, fake);
+    const { srv } = servers.main;
+    const { accountId, pi } = await autoTopUpCharged(servers.main, servers.fake);
     expect((await readAccount(srv, accountId)).balance.paid).toBe('60');
     const paymentId = (await topUps(srv, accountId))[0]!.payment_id!;
 
@@ -313,16 +300,10 @@ describe('charge.dispute.created', () => {
 
 describe('the simulator\'s refund and dispute', () => {
   it('reach the same code as Stripe\'s events: a partial then a full refund, and a dispute', async () => {
-    const { srv, simulator } = sim;
+    const { srv, simulator } = servers.sim;
     const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
     const chargeLivemode = (testMode: boolean) => !testMode;
-    const buy = async () => {
-      const accountId = await apiAccount(srv);
-      await attachMethod(srv, accountId);
-      const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-      const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-      return { accountId, paymentId: rows[0].id as string };
-    };
+    const buy = () => boughtWithSimulator(srv, pack.id);
     const a = await buy();
     // $1 of $4 refunded: 10 of the 40 credits taken back; the full refund takes the other 30.
     expect(await applyReversalEvent(srv.services, simulator.refund(a.paymentId, 100n), chargeLivemode)).toMatchObject({ result: 'reversed', voidedMicroCredits: 10_000_000n });
@@ -342,7 +323,7 @@ describe('the simulator\'s refund and dispute', () => {
 describe('a refund or dispute that arrives before creditpool settled its payment', () => {
   /** A purchase ($4, 40 credits) whose Stripe answer was lost: PENDING, no provider_ref; `pi` is the PaymentIntent Stripe made, `succeeded` its late event. */
   async function lostStripePurchase(srv: TestServer) {
-    const lost = await lostPurchase(srv, fake);
+    const lost = await lostPurchase(srv, servers.fake);
     const pi = newPi();
     return { ...lost, pi, succeeded: lost.succeeded(pi) };
   }
@@ -353,7 +334,7 @@ describe('a refund or dispute that arrives before creditpool settled its payment
   }
 
   it('a full refund, then the late payment_intent.succeeded: the grant is voided in the same transaction, the payment shows the refund; redelivery changes nothing', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const { accountId, paymentId, pi, succeeded, purchase } = await lostStripePurchase(srv);
     const refund = refundEvent(pi, 400);
     await expectUnchanged(srv, [accountId], async () => {
@@ -384,7 +365,7 @@ describe('a refund or dispute that arrives before creditpool settled its payment
   });
 
   it('a partial refund before the settlement: its share is taken back when the payment settles; a full one later takes the rest', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const { accountId, paymentId, pi, succeeded } = await lostStripePurchase(srv);
     expect(await post(srv, refundEvent(pi, 100))).toBe('kept');
     expect(await post(srv, refundEvent(pi, 250))).toBe('kept'); // grew
@@ -406,7 +387,7 @@ describe('a refund or dispute that arrives before creditpool settled its payment
   });
 
   it('a refund of a payment settled no_charge_found, then its late success: granted and voided at once', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const { accountId, paymentId, pi, succeeded } = await lostStripePurchase(srv);
     await srv.services.pool.query(`UPDATE payments SET status = 'FAILED', error = 'no_charge_found: no charge was found' WHERE id = $1`, [paymentId]);
     expect(await post(srv, refundEvent(pi, 400))).toBe('kept');
@@ -417,7 +398,7 @@ describe('a refund or dispute that arrives before creditpool settled its payment
   });
 
   it('a dispute, then the resume job settles the payment (simulator): voided at once, auto top-up paused', async () => {
-    const { srv, simulator } = sim;
+    const { srv, simulator } = servers.sim;
     const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
     const accountId = await apiAccount(srv, { paid: '10' }); // above the threshold: setting auto top-up starts none
     const method = await attachMethod(srv, accountId);
@@ -430,7 +411,7 @@ describe('a refund or dispute that arrives before creditpool settled its payment
     const chargeLivemode = (testMode: boolean) => !testMode;
     expect((await applyReversalEvent(srv.services, dispute, chargeLivemode)).result).toBe('kept');
     expect((await applyReversalEvent(srv.services, dispute, chargeLivemode)).result).toBe('unchanged');
-    const deps = billingWorkerDeps(sim);
+    const deps = billingWorkerDeps(servers.sim);
     await processResumePayment(deps, { id: `resume-payment-${paymentId}`, name: 'resume-payment', data: { paymentId, accountId: dbId(accountId) }, attemptsMade: 0, attempts: 3 });
     expect(await paymentState(srv, paymentId)).toMatchObject({ status: 'SUCCEEDED', disputed: true, dispute_ref: dispute.disputeRef, reversed: true, voided_micro_credits: '40000000' });
     expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '10', total: '10' });
@@ -441,7 +422,7 @@ describe('a refund or dispute that arrives before creditpool settled its payment
   });
 
   it('a refund for a PaymentIntent that is no creditpool payment: kept, nothing granted, pruned after the retention', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const pi = newPi();
     const received = Date.now();
     expect(await post(srv, refundEvent(pi, 400))).toBe('kept');
@@ -456,13 +437,13 @@ describe('a refund or dispute that arrives before creditpool settled its payment
     // The sweep-due job prunes them: a kept refund first received past the retention is deleted.
     expect(await post(srv, refundEvent(pi, 400))).toBe('kept');
     await srv.services.pool.query(`UPDATE early_payment_reversals SET received_at = received_at - make_interval(secs => $2) WHERE provider_ref = $1`, [pi, EARLY_REVERSAL_RETENTION_MS / 1000 + 60]);
-    const result = await processSweepDue(billingWorkerDeps(main), { add: async () => {} });
+    const result = await processSweepDue(billingWorkerDeps(servers.main), { add: async () => {} });
     expect(result.prunedEarlyReversals).toBeGreaterThanOrEqual(1);
     expect(await keptReversals(srv, pi)).toEqual([]);
   });
 
   it('a refund and the success delivered at the same moment: the credit is taken back either way', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     for (let i = 0; i < 20; i++) {
       const { accountId, paymentId, pi, succeeded } = await lostStripePurchase(srv);
       const refund = refundEvent(pi, 400);
@@ -477,11 +458,11 @@ describe('a refund or dispute that arrives before creditpool settled its payment
   });
 
   it('an auto top-up whose answer was lost, refunded, then settled by its job: granted and voided at once, auto top-up paused, no second top-up', async () => {
-    const { srv } = main;
-    const { accountId, run } = await autoTopUpWithLostAnswer(main, fake);
+    const { srv } = servers.main;
+    const { accountId, run } = await autoTopUpWithLostAnswer(servers.main, servers.fake);
     const pi = newPi();
     expect(await post(srv, refundEvent(pi, 200, {}, 200))).toBe('kept');
-    fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
+    servers.fake.planned.push(intentAnswer('succeeded', pi, { amount: 200 }));
     await run(1);
     const [settled] = await topUps(srv, accountId);
     expect(settled).toMatchObject({ status: 'SUCCEEDED' });

@@ -12,31 +12,17 @@
  *   deliveries, and a refund kept before its payment was settled on a test-mode account.
  */
 import fc from 'fast-check';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import type { ChargeReversalEvent } from '../../src/payments/provider.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
-import { apiAccount, dbId, expectUnchanged, ok, uniq } from '../api/helpers.js';
-import { attachMethod, createPack, startBillingServer, topUps, type BillingServer, type QueuedServer } from './billing-helpers.js';
-import { startFakeStripe, postStripeEvent, stripeEvent, type FakeStripe } from './fake-stripe.js';
-import { PURCHASE, autoTopUpCharged, boughtPack, hookUrl, lostPurchase, newPi, post, refundEvent, spend, startStripeServer } from './reversal-helpers.js';
+import { dbId, expectUnchanged, ok, uniq } from '../api/helpers.js';
+import { attachMethod, createPack, topUps } from './billing-helpers.js';
+import { postStripeEvent, stripeEvent } from './fake-stripe.js';
+import { PURCHASE, autoTopUpCharged, boughtPack, boughtWithSimulator, hookUrl, lostPurchase, newPi, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
 
-let sim: BillingServer;
-let fake: FakeStripe;
-let main: QueuedServer;
-
-beforeAll(async () => {
-  sim = await startBillingServer();
-  fake = await startFakeStripe();
-  main = await startStripeServer(fake);
-});
-
-afterAll(async () => {
-  await sim?.close();
-  await main?.close();
-  await fake?.close();
-});
+const servers = useStripeServers({ simulator: true });
 
 /** Stripe times (Unix seconds) in the recent past, so the events' order is explicit. */
 const T0 = Math.floor(Date.now() / 1000) - 3600;
@@ -55,26 +41,21 @@ const chargeLivemode = (testMode: boolean) => !testMode;
 
 /** Applies a simulator event as the webhook would; returns its result. */
 async function apply(event: ChargeReversalEvent) {
-  return applyReversalEvent(sim.srv.services, event, chargeLivemode);
+  return applyReversalEvent(servers.sim.srv.services, event, chargeLivemode);
 }
 
 /** Buys `pack` for a new account through the simulator; returns the account and its payment. */
-async function buy(pack: { id: string }) {
-  const { srv } = sim;
-  const accountId = await apiAccount(srv);
-  await attachMethod(srv, accountId);
-  const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-  const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-  return { accountId, paymentId: rows[0].id as string, grantId: dbId(bought.id) };
+function buy(pack: { id: string }) {
+  return boughtWithSimulator(servers.sim.srv, pack.id);
 }
 
 /** The account's total balance in micro-credits. */
 async function totalOf(accountId: string): Promise<bigint> {
-  return (await readBalance(sim.srv.services.pool, dbId(accountId), new Date())).totalMicroCredits;
+  return (await readBalance(servers.sim.srv.services.pool, dbId(accountId), new Date())).totalMicroCredits;
 }
 
 async function refundedCentsOf(paymentId: string): Promise<bigint> {
-  const { rows } = await sim.srv.services.pool.query('SELECT refunded_cents FROM payments WHERE id = $1', [paymentId]);
+  const { rows } = await servers.sim.srv.services.pool.query('SELECT refunded_cents FROM payments WHERE id = $1', [paymentId]);
   return BigInt(rows[0].refunded_cents as string);
 }
 
@@ -93,7 +74,7 @@ describe('random sequences of partial refunds, failures, spending and redeliveri
   const C = 300n;
 
   async function run(ops: Op[], allowSpend: boolean) {
-    const pack = await createPack(sim.srv, { credits: '37', priceUsd: '3' });
+    const pack = await createPack(servers.sim.srv, { credits: '37', priceUsd: '3' });
     const { accountId, paymentId } = await buy(pack);
     // The reference model (README rules): R refunded, L the payment's unused credit, Tp what partial
     // refunds hold, V what a full refund's void took, spent in micro-credits.
@@ -104,7 +85,7 @@ describe('random sequences of partial refunds, failures, spending and redeliveri
       if (op.t === 'refund') {
         const cents = BigInt(Math.min(op.cents, Number(C - m.R)));
         if (cents <= 0n) continue;
-        const event = sim.simulator.refund(paymentId, cents);
+        const event = servers.sim.simulator.refund(paymentId, cents);
         refunds.push({ ref: event.refundRef!, cents, failed: false });
         past.push(event);
         m.R += cents;
@@ -128,7 +109,7 @@ describe('random sequences of partial refunds, failures, spending and redeliveri
         const live = refunds.filter((r) => !r.failed);
         if (live.length === 0) continue;
         const refund = live[op.pick % live.length]!;
-        const event = sim.simulator.refundFailed(paymentId, refund.ref);
+        const event = servers.sim.simulator.refundFailed(paymentId, refund.ref);
         refund.failed = true;
         past.push(event);
         const T = m.Tp + (m.reversed ? m.V : 0n);
@@ -147,7 +128,7 @@ describe('random sequences of partial refunds, failures, spending and redeliveri
         if (!allowSpend) continue;
         const credits = BigInt(Math.min(op.credits, Number(m.L / 1_000_000n)));
         if (credits <= 0n) continue;
-        await spend(sim.srv, accountId, credits.toString());
+        await spend(servers.sim.srv, accountId, credits.toString());
         m.L -= credits * 1_000_000n;
         m.spent += credits * 1_000_000n;
       } else {
@@ -164,7 +145,7 @@ describe('random sequences of partial refunds, failures, spending and redeliveri
       expect(held >= 0n, 'the refunds never hold a negative amount').toBe(true);
       expect(held <= cap, `the refunds hold ${held}, at most the share ${cap} of ${m.R} refunded`).toBe(true);
       if (m.spent === 0n) expect(held).toBe(cap);
-      await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+      await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId));
     }
   }
 
@@ -185,11 +166,11 @@ describe('random sequences of partial refunds, failures, spending and redeliveri
 
 describe('a refund failure delivered after a newer charge.refunded (Stripe delivers in any order)', () => {
   it('when the newer refund raised the refunded amount: its cumulative amount already leaves the failed refund out, so the failure gives nothing more back', async () => {
-    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const pack = await createPack(servers.sim.srv, { credits: '40', priceUsd: '4' });
     const { accountId, paymentId } = await buy(pack);
-    expect((await apply(sim.simulator.refund(paymentId, 200n))).result).toBe('reversed'); // share 20: 20 left
-    const failed = sim.simulator.refundFailed(paymentId); // Stripe: 0 refunded now
-    const newer = sim.simulator.refund(paymentId, 300n); // made after the failure: 300 in all
+    expect((await apply(servers.sim.simulator.refund(paymentId, 200n))).result).toBe('reversed'); // share 20: 20 left
+    const failed = servers.sim.simulator.refundFailed(paymentId); // Stripe: 0 refunded now
+    const newer = servers.sim.simulator.refund(paymentId, 300n); // made after the failure: 300 in all
     expect(newer.refundedCents).toBe(300n);
     // The new refund's event arrives first: 300 refunded, share 30, so 10 more are taken.
     expect((await apply(newer)).result).toBe('reversed');
@@ -198,15 +179,15 @@ describe('a refund failure delivered after a newer charge.refunded (Stripe deliv
     expect((await apply(failed)).result).toBe('recorded');
     expect(await refundedCentsOf(paymentId)).toBe(300n);
     expect(await totalOf(accountId)).toBe(10_000_000n);
-    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+    await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId));
   });
 
   it('when the newer refund is smaller than the failed one: it is not dropped; it is applied once the failure is', async () => {
-    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const pack = await createPack(servers.sim.srv, { credits: '40', priceUsd: '4' });
     const { accountId, paymentId } = await buy(pack);
-    expect((await apply(sim.simulator.refund(paymentId, 300n))).result).toBe('reversed'); // share 30: 10 left
-    const failed = sim.simulator.refundFailed(paymentId); // Stripe: 0 refunded now
-    const newer = sim.simulator.refund(paymentId, 100n); // made after the failure: 100 in all
+    expect((await apply(servers.sim.simulator.refund(paymentId, 300n))).result).toBe('reversed'); // share 30: 10 left
+    const failed = servers.sim.simulator.refundFailed(paymentId); // Stripe: 0 refunded now
+    const newer = servers.sim.simulator.refund(paymentId, 100n); // made after the failure: 100 in all
     // The new refund's event first: its amount (100) is below the 300 recorded, yet it is newer
     // than the refund event applied: a failure not received yet explains it. Not acknowledged.
     expect((await apply(newer)).result).toBe('retry_later');
@@ -217,14 +198,14 @@ describe('a refund failure delivered after a newer charge.refunded (Stripe deliv
     expect((await apply(newer)).result).toBe('reversed');
     expect(await refundedCentsOf(paymentId)).toBe(100n);
     expect(await totalOf(accountId)).toBe(30_000_000n);
-    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+    await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId));
   });
 });
 
 describe('the Stripe webhook, events of one charge out of order', () => {
   it('answers 503 to a newer charge.refunded whose amount dropped before its failure came, and applies it when delivered again; a failure older than an applied refund event is recorded only', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     const re1 = `re_${uniq('a').replace(/[^a-zA-Z0-9]/g, '')}`;
     expect(await post(srv, refunded(pi, 300, T0))).toBe('reversed'); // share 30: 10 left
     // re1 (300) failed at T0+60; a refund of 100 made at T0+120: Stripe's cumulative is 100.
@@ -256,114 +237,114 @@ const ADVANCE = `mutation($accountId: ID!, $to: DateTime!) { advanceTestClock(ac
 /** A test-mode account on the simulator server whose clock starts at `start`, with a payment method. */
 async function testModeAccount(start: string) {
   const accountId = ok(
-    await sim.srv.gql(CREATE_TEST_ACCOUNT, { input: { externalId: uniq('tm'), name: 'test mode', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: start } }),
+    await servers.sim.srv.gql(CREATE_TEST_ACCOUNT, { input: { externalId: uniq('tm'), name: 'test mode', kind: 'ORGANIZATION', welcomeBonus: false, testMode: true, testClockStart: start } }),
   ).createAccount.id as string;
   return accountId;
 }
 
 describe('refund failures with disputes', () => {
   it('a dispute after a failure voids the given-back credit; the won dispute gives it back; a failure after that is recorded only', async () => {
-    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const pack = await createPack(servers.sim.srv, { credits: '40', priceUsd: '4' });
     const { accountId, paymentId } = await buy(pack);
-    const refund = sim.simulator.refund(paymentId, 200n);
+    const refund = servers.sim.simulator.refund(paymentId, 200n);
     expect((await apply(refund)).result).toBe('reversed'); // 20 left
-    expect((await apply(sim.simulator.refundFailed(paymentId))).result).toBe('restored'); // 40
-    expect((await apply(sim.simulator.dispute(paymentId))).result).toBe('reversed');
+    expect((await apply(servers.sim.simulator.refundFailed(paymentId))).result).toBe('restored'); // 40
+    expect((await apply(servers.sim.simulator.dispute(paymentId))).result).toBe('reversed');
     expect(await totalOf(accountId)).toBe(0n);
-    expect((await apply(sim.simulator.disputeWon(paymentId))).result).toBe('restored');
+    expect((await apply(servers.sim.simulator.disputeWon(paymentId))).result).toBe('restored');
     expect(await totalOf(accountId)).toBe(40_000_000n);
     // A refund after the won dispute takes its share from the give-back; its failure is recorded only (disputed).
-    expect((await apply(sim.simulator.refund(paymentId, 100n))).result).toBe('reversed');
+    expect((await apply(servers.sim.simulator.refund(paymentId, 100n))).result).toBe('reversed');
     expect(await totalOf(accountId)).toBe(30_000_000n);
-    await expectUnchanged(sim.srv, [accountId], async () => {
-      expect((await apply(sim.simulator.refundFailed(paymentId))).result).toBe('recorded');
+    await expectUnchanged(servers.sim.srv, [accountId], async () => {
+      expect((await apply(servers.sim.simulator.refundFailed(paymentId))).result).toBe('recorded');
     });
-    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+    await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId));
   });
 
   it('a failure of a refund whose payment was disputed after it gives nothing back; the won dispute gives back only what the dispute took', async () => {
-    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const pack = await createPack(servers.sim.srv, { credits: '40', priceUsd: '4' });
     const { accountId, paymentId } = await buy(pack);
-    expect((await apply(sim.simulator.refund(paymentId, 100n))).result).toBe('reversed'); // 30 left
-    expect((await apply(sim.simulator.dispute(paymentId))).result).toBe('reversed'); // 30 voided
-    expect((await apply(sim.simulator.refundFailed(paymentId))).result).toBe('recorded');
-    expect((await apply(sim.simulator.disputeWon(paymentId))).result).toBe('restored');
+    expect((await apply(servers.sim.simulator.refund(paymentId, 100n))).result).toBe('reversed'); // 30 left
+    expect((await apply(servers.sim.simulator.dispute(paymentId))).result).toBe('reversed'); // 30 voided
+    expect((await apply(servers.sim.simulator.refundFailed(paymentId))).result).toBe('recorded');
+    expect((await apply(servers.sim.simulator.disputeWon(paymentId))).result).toBe('restored');
     expect(await totalOf(accountId)).toBe(30_000_000n);
-    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+    await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId));
   });
 });
 
 describe('refund failures: modes, concurrency', () => {
   it('the same failure delivered twice at once gives back once; a failure of the other mode is a mismatch', async () => {
-    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const pack = await createPack(servers.sim.srv, { credits: '40', priceUsd: '4' });
     const { accountId, paymentId } = await buy(pack);
-    expect((await apply(sim.simulator.refund(paymentId, 200n))).result).toBe('reversed');
-    const failed = sim.simulator.refundFailed(paymentId);
-    await expectUnchanged(sim.srv, [accountId], async () => {
+    expect((await apply(servers.sim.simulator.refund(paymentId, 200n))).result).toBe('reversed');
+    const failed = servers.sim.simulator.refundFailed(paymentId);
+    await expectUnchanged(servers.sim.srv, [accountId], async () => {
       expect((await apply({ ...failed, livemode: false })).result).toBe('mismatch');
     });
     const results = (await Promise.all([apply(failed), apply({ ...failed, eventId: `${failed.eventId}-2`, eventType: 'refund.failed' })])).map((r) => r.result).sort();
     expect(results).toEqual(['restored', 'unchanged']);
     expect(await totalOf(accountId)).toBe(40_000_000n);
-    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+    await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId));
   });
 
   it('a failure racing a new refund made after it: the same end state whichever is applied first', async () => {
-    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const pack = await createPack(servers.sim.srv, { credits: '40', priceUsd: '4' });
     const { accountId, paymentId } = await buy(pack);
-    expect((await apply(sim.simulator.refund(paymentId, 100n))).result).toBe('reversed'); // 30 left
-    const failed = sim.simulator.refundFailed(paymentId);
-    const newer = sim.simulator.refund(paymentId, 200n); // 200 in all
+    expect((await apply(servers.sim.simulator.refund(paymentId, 100n))).result).toBe('reversed'); // 30 left
+    const failed = servers.sim.simulator.refundFailed(paymentId);
+    const newer = servers.sim.simulator.refund(paymentId, 200n); // 200 in all
     const results = await Promise.all([apply(failed), apply(newer)]);
     // Either order ends at 200 refunded, share 20.
     expect(await refundedCentsOf(paymentId)).toBe(200n);
     expect(await totalOf(accountId)).toBe(20_000_000n);
     expect(results.map((r) => r.result)).not.toContain('retry_later');
-    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId));
+    await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId));
   });
 });
 
 describe('refund failures of test-mode accounts, expired credit, payments settled late', () => {
   it("a failure after the payment's credit expired gives nothing back (recorded); the refunded amount drops", async () => {
     const accountId = await testModeAccount('2026-01-01T00:00:00.000Z');
-    await attachMethod(sim.srv, accountId);
-    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4', expiresAfterDays: 10 });
-    const bought = ok(await sim.srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-    const paymentId = (await sim.srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)])).rows[0].id as string;
-    expect((await apply(sim.simulator.refund(paymentId, 200n))).result).toBe('reversed');
-    ok(await sim.srv.gql(ADVANCE, { accountId, to: '2026-01-20T00:00:00.000Z' }));
+    await attachMethod(servers.sim.srv, accountId);
+    const pack = await createPack(servers.sim.srv, { credits: '40', priceUsd: '4', expiresAfterDays: 10 });
+    const bought = ok(await servers.sim.srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
+    const paymentId = (await servers.sim.srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)])).rows[0].id as string;
+    expect((await apply(servers.sim.simulator.refund(paymentId, 200n))).result).toBe('reversed');
+    ok(await servers.sim.srv.gql(ADVANCE, { accountId, to: '2026-01-20T00:00:00.000Z' }));
     expect(await totalOf(accountId)).toBe(0n);
-    const done = await apply(sim.simulator.refundFailed(paymentId));
+    const done = await apply(servers.sim.simulator.refundFailed(paymentId));
     expect(done).toMatchObject({ result: 'recorded', restoredMicroCredits: 0n });
     expect(await refundedCentsOf(paymentId)).toBe(0n);
-    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId), new Date('2026-01-20T00:00:00.000Z'));
+    await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId), new Date('2026-01-20T00:00:00.000Z'));
   });
 
   it("a refund kept before its payment was settled, on a test-mode account whose clock is behind the provider's, gives its credit back when it fails", async () => {
     const accountId = await testModeAccount('2025-06-01T00:00:00.000Z');
-    const reference = await attachMethod(sim.srv, accountId);
-    sim.simulator.script(reference, ['timeout_after_charge']);
-    const pack = await createPack(sim.srv, { credits: '40', priceUsd: '4' });
+    const reference = await attachMethod(servers.sim.srv, accountId);
+    servers.sim.simulator.script(reference, ['timeout_after_charge']);
+    const pack = await createPack(servers.sim.srv, { credits: '40', priceUsd: '4' });
     const key = uniq('buy');
-    const first = await sim.srv.gql(PURCHASE, { accountId, packId: pack.id, key });
+    const first = await servers.sim.srv.gql(PURCHASE, { accountId, packId: pack.id, key });
     expect(first.body.errors?.[0]?.extensions?.code).toBe('UNAVAILABLE');
-    const paymentId = (await sim.srv.services.pool.query('SELECT id FROM payments WHERE account_id = $1', [dbId(accountId)])).rows[0].id as string;
+    const paymentId = (await servers.sim.srv.services.pool.query('SELECT id FROM payments WHERE account_id = $1', [dbId(accountId)])).rows[0].id as string;
     // Refunded in part at the provider before creditpool learnt the charge succeeded: kept.
-    expect((await apply(sim.simulator.refund(paymentId, 200n))).result).toBe('kept');
-    ok(await sim.srv.gql(PURCHASE, { accountId, packId: pack.id, key })); // the retry settles it and applies the refund
+    expect((await apply(servers.sim.simulator.refund(paymentId, 200n))).result).toBe('kept');
+    ok(await servers.sim.srv.gql(PURCHASE, { accountId, packId: pack.id, key })); // the retry settles it and applies the refund
     expect(await totalOf(accountId)).toBe(20_000_000n);
     expect(await refundedCentsOf(paymentId)).toBe(200n);
-    const done = await apply(sim.simulator.refundFailed(paymentId));
+    const done = await apply(servers.sim.simulator.refundFailed(paymentId));
     expect(done.result).toBe('restored');
     expect(await totalOf(accountId)).toBe(40_000_000n);
-    await expectLedgerInvariant(sim.srv.services.pool, dbId(accountId), new Date('2025-06-01T00:00:00.000Z'));
+    await expectLedgerInvariant(servers.sim.srv.services.pool, dbId(accountId), new Date('2025-06-01T00:00:00.000Z'));
   });
 });
 
 describe('a refund kept before its payment was settled, then failed (Stripe webhook)', () => {
   it('the failure, made after the refund event but before the settlement and delivered after it, gives the credit back', async () => {
-    const { srv } = main;
-    const lost = await lostPurchase(srv, fake);
+    const { srv } = servers.main;
+    const lost = await lostPurchase(srv, servers.fake);
     const pi = newPi();
     expect(await post(srv, refunded(pi, 200, T0))).toBe('kept');
     await postStripeEvent(hookUrl(srv), lost.succeeded(pi)); // settled now, the kept refund applied: 20 left
@@ -378,8 +359,8 @@ describe('a refund kept before its payment was settled, then failed (Stripe webh
 
 describe('an auto top-up payment refunded in full, then the refund failed', () => {
   it('gives back its credit as an AUTO_TOP_UP grant; auto top-up stays paused and buys nothing though the balance is under its threshold', async () => {
-    const { srv } = main;
-    const { accountId, pi } = await autoTopUpCharged(main, fake); // 40 left + 20 bought for $2
+    const { srv } = servers.main;
+    const { accountId, pi } = await autoTopUpCharged(servers.main, servers.fake); // 40 left + 20 bought for $2
     expect(await totalOf(accountId)).toBe(60_000_000n);
     expect(await post(srv, JSON.stringify({ ...JSON.parse(refundEvent(pi, 200, {}, 200)), created: T0 }))).toBe('reversed');
     expect(await totalOf(accountId)).toBe(40_000_000n); // under the threshold (50), paused

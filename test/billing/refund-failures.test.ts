@@ -11,37 +11,19 @@
  * - only what the refunds took comes back (credit spent before the refund stays spent);
  * - malformed, unknown, not-failed, disputed and never-applied failures change nothing.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import type { TestServer } from '../setup/test-server.js';
-import { apiAccount, dbId, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
-import { SET_AUTO_TOP_UP, attachMethod, createPack, startBillingServer, type BillingServer, type QueuedServer } from './billing-helpers.js';
-import { startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
-import { PURCHASE, auditCount, boughtPack, disputeEvent, newPi, paymentState, post, refundEvent, spend, startStripeServer } from './reversal-helpers.js';
+import { dbId, expectUnchanged, ok, readAccount, uniq } from '../api/helpers.js';
+import { SET_AUTO_TOP_UP, createPack } from './billing-helpers.js';
+import { stripeEvent } from './fake-stripe.js';
+import { PURCHASE, auditCount, boughtPack, boughtWithSimulator, disputeEvent, newPi, paymentState, post, refundEvent, spend, useStripeServers } from './reversal-helpers.js';
 
 const SETTINGS = `query($id: ID!) { account(id: $id) { autoTopUp { enabled pausedAt lastError } } }`;
 const STATEMENT = `query($id: ID!) { account(id: $id) { statement { granted voided closingTotal } } }`;
 
-let fake: FakeStripe;
-let main: QueuedServer;
-let sim: BillingServer;
-
-beforeAll(async () => {
-  fake = await startFakeStripe();
-  main = await startStripeServer(fake);
-  sim = await startBillingServer();
-});
-
-afterAll(async () => {
-  await main?.close();
-  await sim?.close();
-  await fake?.close();
-});
-
-beforeEach(() => {
-  fake.planned.length = 0;
-});
+const servers = useStripeServers({ simulator: true });
 
 /** Stripe times (Unix seconds) in the recent past, so the events' order is explicit. */
 const T0 = Math.floor(Date.now() / 1000) - 3600;
@@ -99,8 +81,8 @@ async function failures(srv: TestServer, paymentId: string) {
 
 describe('a refund that fails', () => {
   it('of a partial refund: its share comes back once as a PAID grant; the same charge.refunded delivered again takes nothing; a later refund takes its share', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake);
     const re = newRe();
     const refund200 = refunded(pi, 200, T0); // half of $4: 20 of 40 credits
     expect(await post(srv, refund200)).toBe('reversed');
@@ -138,8 +120,8 @@ describe('a refund that fails', () => {
   });
 
   it('of a full refund: what its void took comes back; auto top-up stays paused; the full refund delivered again takes nothing', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId, pack, grantId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId, pack, grantId } = await boughtPack(srv, servers.fake);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '5', packId: pack.id } }));
     await spend(srv, accountId, '10');
     const full = refunded(pi, 400, T0);
@@ -168,8 +150,8 @@ describe('a refund that fails', () => {
   });
 
   it('of one of two partial refunds: only the difference of the shares comes back', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     const first = newRe();
     expect(await post(srv, refunded(pi, 100, T0))).toBe('reversed'); // share 10
     expect(await post(srv, refunded(pi, 300, T0 + 10))).toBe('reversed'); // share 30: 20 more
@@ -191,8 +173,8 @@ describe('a refund that fails', () => {
   });
 
   it('after a partial and a full refund: the full refund failing leaves the partial share taken', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     expect(await post(srv, refunded(pi, 100, T0))).toBe('reversed'); // share 10
     expect(await post(srv, refunded(pi, 400, T0 + 10))).toBe('reversed'); // the rest (30) voided
     expect(await post(srv, failedEvent(pi, newRe(), 300, T0 + 10, T0 + 60))).toBe('restored');
@@ -202,8 +184,8 @@ describe('a refund that fails', () => {
   });
 
   it('gives back only what the refund took: credit spent before it stays spent', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     await spend(srv, accountId, '30'); // 10 left
     expect(await post(srv, refunded(pi, 200, T0))).toBe('reversed'); // share 20, only 10 left to take
     expect((await readAccount(srv, accountId)).balance.paid).toBe('0');
@@ -215,8 +197,8 @@ describe('a refund that fails', () => {
   });
 
   it('canceled (Stripe lets a card refund be canceled for a while after it is made): its share comes back like a failed one, once per refund', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     const re = newRe();
     expect(await post(srv, refunded(pi, 200, T0))).toBe('reversed'); // share 20
     expect((await readAccount(srv, accountId)).balance.paid).toBe('20');
@@ -235,8 +217,8 @@ describe('a refund that fails', () => {
   });
 
   it('malformed, unknown, not failed, disputed or never applied: nothing changes', async () => {
-    const { srv } = main;
-    const { accountId, pi, paymentId } = await boughtPack(srv, fake);
+    const { srv } = servers.main;
+    const { accountId, pi, paymentId } = await boughtPack(srv, servers.fake);
     expect(await post(srv, refunded(pi, 200, T0))).toBe('reversed');
     await expectUnchanged(srv, [accountId], async () => {
       expect(await post(srv, failedEvent(pi, newRe(), 200, T0, T0 + 60, { status: 'succeeded' }))).toBe('ignored');
@@ -262,7 +244,7 @@ describe('a refund that fails', () => {
     expect(await failures(srv, paymentId)).toEqual([{ refund_ref: late, amount_cents: '100', applied: false, restored: '0', granted: false }]);
 
     // A disputed payment: the dispute decides its credit; the failure is recorded only.
-    const other = await boughtPack(srv, fake);
+    const other = await boughtPack(srv, servers.fake);
     expect(await post(srv, refunded(other.pi, 100, T0))).toBe('reversed');
     expect(await post(srv, disputeEvent(other.pi))).toBe('reversed');
     await expectUnchanged(srv, [other.accountId], async () => {
@@ -275,13 +257,9 @@ describe('a refund that fails', () => {
 
 describe("the simulator's refundFailed", () => {
   it('reaches the same code: the refund takes its share, its failure gives it back once, the old refund event again takes nothing', async () => {
-    const { srv, simulator } = sim;
+    const { srv, simulator } = servers.sim;
     const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
-    const accountId = await apiAccount(srv);
-    await attachMethod(srv, accountId);
-    const bought = ok(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') })).purchaseCreditPack;
-    const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
-    const paymentId = rows[0].id as string;
+    const { accountId, paymentId } = await boughtWithSimulator(srv, pack.id);
     const chargeLivemode = (testMode: boolean) => !testMode;
     expect(() => simulator.refundFailed(paymentId)).toThrow(/no refund/);
     const refund = simulator.refund(paymentId, 100n);

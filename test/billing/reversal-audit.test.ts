@@ -7,34 +7,22 @@
  * dispute (`grant.created`), each by the actor `SYSTEM` named `stripe-webhook` with the webhook
  * request's id, and a reason that names the payment and the refund or dispute.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, ok, uniq } from '../api/helpers.js';
-import { SET_AUTO_TOP_UP, attachMethod, createPack, type QueuedServer } from './billing-helpers.js';
-import { PURCHASE, boughtPack, newDu, newPi, post, startStripeServer } from './reversal-helpers.js';
-import { API_ERROR_ANSWER, paymentIntent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { SET_AUTO_TOP_UP, attachMethod, createPack } from './billing-helpers.js';
+import { PURCHASE, boughtPack, newDu, newPi, post, useStripeServers } from './reversal-helpers.js';
+import { API_ERROR_ANSWER, paymentIntent, stripeEvent } from './fake-stripe.js';
 
 const AUDIT = `query($accountId: ID) { auditEvents(accountId: $accountId, first: 50) {
   edges { node { actorKind actorKeyId actorName action subjectType subjectId requestId details } }
 } }`;
 
-let fake: FakeStripe;
-let main: QueuedServer;
-
-beforeAll(async () => {
-  fake = await startFakeStripe();
-  main = await startStripeServer(fake);
-});
-
-afterAll(async () => {
-  await main?.close();
-  await fake?.close();
-});
-
+const servers = useStripeServers();
 
 /** An account with auto top-up on that bought a pack of 40 credits for $4 (reversal-helpers boughtPack), charged by Stripe as PaymentIntent `pi`. */
 async function boughtPackWithAutoTopUp(srv: TestServer) {
-  const bought = await boughtPack(srv, fake);
+  const bought = await boughtPack(srv, servers.fake);
   ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId: bought.accountId, enabled: true, thresholdCredits: '5', packId: bought.pack.id } }));
   return bought;
 }
@@ -55,7 +43,7 @@ const byStripeWebhook = { actorKind: 'SYSTEM', actorKeyId: null, actorName: 'str
 
 describe('the audit trail of refunds and disputes', () => {
   it('a dispute (void and pause) and its win (give-back) are there, by the Stripe webhook, naming the payment and the dispute', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const { accountId, pi, paymentId, grantId } = await boughtPackWithAutoTopUp(srv);
     const du = newDu();
     const before = (await trail(srv, accountId)).length;
@@ -92,7 +80,7 @@ describe('the audit trail of refunds and disputes', () => {
   });
 
   it('a partial refund (void of the pack, grant of its rest) and then the full refund (void of that rest, pause) are there, by the Stripe webhook, naming the payment and the refund', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const { accountId, pi, paymentId, grantId } = await boughtPackWithAutoTopUp(srv);
     const charge = (refunded: number) => ({ id: `ch_${pi.slice(3)}`, object: 'charge', payment_intent: pi, amount: 400, amount_refunded: refunded, currency: 'usd', livemode: false, metadata: {} });
     const before = (await trail(srv, accountId)).length;
@@ -118,11 +106,11 @@ describe('the audit trail of refunds and disputes', () => {
     ]);
   });
   it('a full refund kept before its payment was settled is applied by the settlement, and audited as whoever settled it (here the Stripe webhook\'s payment_intent.succeeded), not as the workers', async () => {
-    const { srv } = main;
+    const { srv } = servers.main;
     const pack = await createPack(srv, { credits: '40', priceUsd: '4' });
     const accountId = await apiAccount(srv);
     await attachMethod(srv, accountId, 'pm_card_visa');
-    fake.planned.push(API_ERROR_ANSWER);
+    servers.fake.planned.push(API_ERROR_ANSWER);
     expectError(await srv.gql(PURCHASE, { accountId, packId: pack.id, key: uniq('buy') }), 'UNAVAILABLE');
     const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE account_id = $1', [dbId(accountId)]);
     const paymentId = rows[0].id as string;

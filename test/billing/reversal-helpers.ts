@@ -1,16 +1,17 @@
 /**
- * Helpers of the payment reversal tests (refunds, disputes, won disputes: payment-reversals,
- * payment-reversals-edges, dispute-won): a server charging through the local fake of Stripe, a
- * bought pack, a purchase whose answer was lost, an auto top-up due, Stripe's refund, dispute and
- * success events, posting them to the webhook endpoint, and the payment's reversal state.
+ * Helpers of the payment reversal tests (refunds, disputes, won disputes, failed refunds:
+ * payment-reversals, payment-reversals-edges, dispute-won, refund-failures, reversal-audit…): the
+ * hooks that start a file's servers (useStripeServers), a server charging through the local fake of
+ * Stripe, a bought pack, a purchase whose answer was lost, an auto top-up due, Stripe's refund,
+ * dispute and success events, posting them to the webhook endpoint, and the payment's reversal state.
  */
 import { randomUUID } from 'node:crypto';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, beforeEach, expect } from 'vitest';
 import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import type { TestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, ok, uniq } from '../api/helpers.js';
-import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingWorkerDeps, createPack, startServerWithOwnQueues, topUps, type QueuedServer } from './billing-helpers.js';
-import { API_ERROR_ANSWER, intentAnswer, paymentIntent, postStripeEvent, stripeEvent, type FakeStripe } from './fake-stripe.js';
+import { RECORD_USAGE, SET_AUTO_TOP_UP, attachMethod, billingWorkerDeps, createPack, startBillingServer, startServerWithOwnQueues, topUps, type BillingServer, type QueuedServer } from './billing-helpers.js';
+import { API_ERROR_ANSWER, intentAnswer, paymentIntent, postStripeEvent, startFakeStripe, stripeEvent, type FakeStripe } from './fake-stripe.js';
 
 /** The environment of a server whose payment provider is Stripe (the fake), webhook secret `whsec_creditpool`. */
 export const STRIPE_ENV = { PAYMENT_PROVIDER: 'stripe', STRIPE_SECRET_KEY: 'sk_test_creditpool', STRIPE_WEBHOOK_SECRET: 'whsec_creditpool' };
@@ -22,6 +23,61 @@ export async function startStripeServer(fake: FakeStripe): Promise<QueuedServer>
   const server = await startServerWithOwnQueues(STRIPE_ENV);
   server.srv.services.payments = fake.provider();
   return server;
+}
+
+/** The servers a payment reversal test file runs against, started by {@link useStripeServers}. */
+export interface StripeServers {
+  /** The local fake of Stripe's API; its planned answers are emptied before each test. */
+  readonly fake: FakeStripe;
+  /** A server on its own queues that charges through `fake` ({@link startStripeServer}). */
+  readonly main: QueuedServer;
+  /** A server on its own queues that charges through the simulator; only with `{ simulator: true }`. */
+  readonly sim: BillingServer;
+}
+
+/**
+ * Registers the vitest hooks of a file's Stripe servers, in this order: beforeAll starts the fake
+ * of Stripe, then a server charging through it ({@link startStripeServer}), then (with
+ * `simulator: true`) a server charging through the simulator; afterAll closes what was started
+ * (the servers, then the fake), also after a failed start; beforeEach empties the fake's planned
+ * answers, so that none a test left unused answers the next test.
+ * @returns getters of the servers, for use inside tests and later hooks.
+ * @throws Error (from a getter) when read before beforeAll started it, or `sim` without `simulator: true`.
+ */
+export function useStripeServers(opts: { simulator?: boolean } = {}): StripeServers {
+  let fake: FakeStripe | undefined;
+  let main: QueuedServer | undefined;
+  let sim: BillingServer | undefined;
+  beforeAll(async () => {
+    fake = await startFakeStripe();
+    main = await startStripeServer(fake);
+    if (opts.simulator) sim = await startBillingServer();
+  });
+  afterAll(async () => {
+    await main?.close();
+    await sim?.close();
+    await fake?.close();
+  });
+  beforeEach(() => {
+    started('fake', fake).planned.length = 0;
+  });
+  return {
+    get fake() {
+      return started('fake', fake);
+    },
+    get main() {
+      return started('main', main);
+    },
+    get sim() {
+      return started('sim', sim);
+    },
+  };
+}
+
+/** `value`, or an Error saying that server `name` of {@link useStripeServers} is not started. */
+function started<T>(name: string, value: T | undefined): T {
+  if (value === undefined) throw new Error(`useStripeServers: ${name} is not started (read it inside a test or hook; sim needs { simulator: true })`);
+  return value;
 }
 
 /** The Stripe webhook endpoint (POST /webhooks/stripe) of a test server. */
@@ -74,6 +130,19 @@ export async function boughtPack(srv: TestServer, fake: FakeStripe, expiresAfter
   const { rows } = await srv.services.pool.query('SELECT id, provider_ref FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
   expect(rows[0].provider_ref).toBe(pi);
   return { pack, accountId, pi, paymentId: rows[0].id as string, grantId: dbId(bought.id), grantGid: bought.id as string };
+}
+
+/**
+ * A new account that bought pack `packId` on `srv` (a server charging through the simulator)
+ * with its default payment method.
+ * @returns the account's global id and the database ids of the payment and of the pack's grant.
+ */
+export async function boughtWithSimulator(srv: TestServer, packId: string): Promise<{ accountId: string; paymentId: string; grantId: string }> {
+  const accountId = await apiAccount(srv);
+  await attachMethod(srv, accountId);
+  const bought = ok(await srv.gql(PURCHASE, { accountId, packId, key: uniq('buy') })).purchaseCreditPack;
+  const { rows } = await srv.services.pool.query('SELECT id FROM payments WHERE grant_id = $1', [dbId(bought.id)]);
+  return { accountId, paymentId: rows[0].id as string, grantId: dbId(bought.id) };
 }
 
 /**

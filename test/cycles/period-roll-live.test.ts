@@ -14,9 +14,9 @@
  * left in the shared database are not rolled by it, and every assertion reads this test's own
  * accounts and streams.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { useTestServer } from '../setup/test-server.js';
 import { lockWaiters } from '../setup/services.js';
 import { apiAccount, dbId, ok, uniq } from '../api/helpers.js';
 import { sseSubscribe, streamsStarted, waitForStreamsStarted, wsSubscribe, type LiveSub } from '../live/helpers.js';
@@ -31,21 +31,13 @@ const BAR_SUB = `subscription ($id: ID!) { balanceChanged(accountId: $id) { ${BA
 const BALANCE = `query($id: ID!) { account(id: $id) { balance { ${BALANCE_FIELDS} } } }`;
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
 
-let srv: TestServer;
+const srv = useTestServer({ CHARGE_PATH: 'group' });
 const subs: LiveSub[] = [];
 const bearer = () => `Bearer ${srv.adminKey}`;
-
-beforeAll(async () => {
-  srv = await startTestServer({ CHARGE_PATH: 'group' });
-});
 
 afterEach(async () => {
   await Promise.all(subs.splice(0).map((s) => s.dispose()));
   srv.services.setNow(null);
-});
-
-afterAll(async () => {
-  await srv?.close();
 });
 
 /** Charges `units` credits (test price book: category `units`, 1 credit per unit). */

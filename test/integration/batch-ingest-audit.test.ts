@@ -5,9 +5,9 @@
  * holds in one batch, bad items among good ones, budgets crossed mid-batch (in memory and on the
  * statement path), captures, and the order of balanceAfter. README "Limits" (recordUsageBatch).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { createTestServices, type TestServices } from '../setup/services.js';
+import { useTestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
@@ -18,14 +18,7 @@ import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
 import type { UsageInput } from '../../src/services/usage-command.js';
 
-let s: TestServices;
-beforeAll(() => {
-  s = createTestServices(10);
-});
-afterAll(async () => {
-  s.setNow(null);
-  await s.close();
-});
+const s = useTestServices(10);
 
 type Result = Awaited<ReturnType<typeof recordUsageBatch>>[number];
 const codeOf = (r: Result) => (r.ok ? (r.result.replayed ? 'REPLAYED' : 'OK') : r.error instanceof LedgerError ? r.error.code : `UNEXPECTED ${String(r.error)}`);

@@ -5,8 +5,8 @@
  * settles naming another account, credit that expires or is voided while held, extensions and
  * budgets. After every scenario the ledger invariant holds.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestServices, settledCode, type TestServices } from '../setup/services.js';
+import { describe, expect, it } from 'vitest';
+import { settledCode, useTestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
@@ -24,14 +24,7 @@ import { GroupCommitter } from '../../src/services/group-commit.js';
 import { credits } from '../../src/ledger/credits.js';
 import type { ServiceContext } from '../../src/services/context.js';
 
-let s: TestServices;
-beforeAll(() => {
-  s = createTestServices(10);
-});
-afterAll(async () => {
-  s.setNow(null);
-  await s.close();
-});
+const s = useTestServices(10);
 
 const T0 = new Date(Date.UTC(2026, 7, 1, 0, 0, 0));
 const at = (ms: number) => new Date(T0.getTime() + ms);

@@ -7,8 +7,8 @@
  * usage-rollups).
  */
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestServices, type TestServices } from '../setup/services.js';
+import { describe, expect, it } from 'vitest';
+import { useTestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage } from '../../src/services/record-usage.js';
@@ -25,14 +25,7 @@ import { attachPaymentMethod, purchaseCreditPack } from '../../src/services/purc
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import type { ServiceContext } from '../../src/services/context.js';
 
-let s: TestServices;
-beforeAll(() => {
-  s = createTestServices(5);
-});
-afterAll(async () => {
-  s.setNow(null);
-  await s.close();
-});
+const s = useTestServices(5);
 
 const T0 = new Date(Date.UTC(2026, 8, 1, 0, 0, 0));
 const DAY_MS = 86_400_000;

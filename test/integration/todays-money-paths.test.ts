@@ -19,8 +19,8 @@
  * directly (a test server only to read the API).
  */
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { useTestServer } from '../setup/test-server.js';
 import type { TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -43,15 +43,10 @@ import { stripeWebhookActor, type AuditActor } from '../../src/audit/audit-log.j
 import type { ServiceContext } from '../../src/services/context.js';
 import { runAutoTopUp, setAutoTopUp } from '../../src/services/auto-top-up.js';
 
-let srv: TestServer;
+const srv = useTestServer();
 let s: TestServices;
-beforeAll(async () => {
-  srv = await startTestServer();
+beforeAll(() => {
   s = srv.services;
-});
-afterAll(async () => {
-  s?.setNow(null);
-  await srv?.close();
 });
 
 const DAY_MS = 86_400_000;

@@ -11,21 +11,13 @@
  * tenancy (an organization member
  * reads the pool's reports, not another member's USER account). Real server, PostgreSQL, Redis.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { SignJWT } from 'jose';
-import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { useTestServer } from '../setup/test-server.js';
 import { apiAccount, dbId, expectError, grant, ok, uniq } from '../api/helpers.js';
 
-let srv: TestServer;
-
-beforeAll(async () => {
-  srv = await startTestServer();
-});
-
-afterAll(async () => {
-  await srv?.close();
-});
+const srv = useTestServer();
 
 const RECORD = `mutation($input: RecordUsageInput!) { recordUsage(input: $input) { id } }`;
 const REFUND = `mutation($id: ID!) { refundUsage(usageEventId: $id, reason: "audit") { id refunded } }`;

@@ -2,6 +2,7 @@
  * A real ServiceContext on the test database, with a controllable clock.
  */
 import type pg from 'pg';
+import { afterAll, beforeAll } from 'vitest';
 import { createPgPool, type LedgerSessionLimits } from '../../src/db/pg.js';
 import { createPricingState } from '../../src/services/pricing-state.js';
 import type { ServiceContext } from '../../src/services/context.js';
@@ -27,6 +28,41 @@ export function createTestServices(max = 20, databaseUrl = TEST_DATABASE_URL, li
       fixed = at;
     },
     close: () => pool.end(),
+  };
+}
+
+/**
+ * Registers the vitest hooks of a test file's services: beforeAll creates them
+ * ({@link createTestServices}, a pool of `max` connections on the test database); afterAll sets
+ * their clock back to real time and closes the pool (nothing when beforeAll failed).
+ * @returns services for the file's tests, made at once: each member reads or calls those of the
+ * services beforeAll created (so they can be spread into another ServiceContext, passed to
+ * services, or have their clock moved, as the created ones).
+ * @throws Error (from a member) when used before beforeAll ran, e.g. at the top of the file.
+ */
+export function useTestServices(max = 20): TestServices {
+  let current: TestServices | undefined;
+  beforeAll(() => {
+    current = createTestServices(max);
+  });
+  afterAll(async () => {
+    current?.setNow(null);
+    await current?.close();
+  });
+  const made = (): TestServices => {
+    if (!current) throw new Error('useTestServices: the services are created in beforeAll; use them inside a test or hook');
+    return current;
+  };
+  return {
+    get pool() {
+      return made().pool;
+    },
+    get pricing() {
+      return made().pricing;
+    },
+    clock: () => made().clock(),
+    setNow: (at) => made().setNow(at),
+    close: () => made().close(),
   };
 }
 

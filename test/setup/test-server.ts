@@ -4,6 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { DestinationStream } from 'pino';
+import { afterAll, beforeAll } from 'vitest';
 import { createLogger } from '../../src/logging.js';
 import { Redis } from 'ioredis';
 import { parseEnv } from '../../src/config/env.js';
@@ -104,5 +105,47 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
       await server.close();
       await Promise.allSettled([services.close(), prisma.$disconnect(), redis.quit()]);
     },
+  };
+}
+
+/**
+ * Registers the vitest hooks of a test file's server: beforeAll starts it
+ * ({@link startTestServer} with `overrides` and `options`); afterAll sets its services' clock
+ * back to real time and closes it (nothing when beforeAll failed).
+ * @returns the file's server, made at once: each member reads or calls that of the server
+ * beforeAll started.
+ * @throws Error (from a member) when used before beforeAll ran, e.g. at the top of the file.
+ */
+export function useTestServer(overrides: Record<string, string> = {}, options: TestServerOptions = {}): TestServer {
+  let current: TestServer | undefined;
+  beforeAll(async () => {
+    current = await startTestServer(overrides, options);
+  });
+  afterAll(async () => {
+    current?.services.setNow(null);
+    await current?.close();
+  });
+  const started = (): TestServer => {
+    if (!current) throw new Error('useTestServer: the server is started in beforeAll; use it inside a test or hook');
+    return current;
+  };
+  return {
+    get url() {
+      return started().url;
+    },
+    get adminKey() {
+      return started().adminKey;
+    },
+    get jwtSecret() {
+      return started().jwtSecret;
+    },
+    get services() {
+      return started().services;
+    },
+    get http() {
+      return started().http;
+    },
+    gql: (query, variables, token) => started().gql(query, variables, token),
+    close: () => started().close(),
   };
 }

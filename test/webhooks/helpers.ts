@@ -10,6 +10,10 @@ import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type { QueueEvents } from 'bullmq';
 import { pino } from 'pino';
+import { randomUUID } from 'node:crypto';
+import { expect } from 'vitest';
+import { recordUsage } from '../../src/services/record-usage.js';
+import { createFundedAccount } from '../factories/accounts.js';
 import { parseEnv, type Env } from '../../src/config/env.js';
 import { LEDGER_JOBS_QUEUE, WEBHOOK_DELIVERY_QUEUE } from '../../src/queues/names.js';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
@@ -291,4 +295,18 @@ export async function startAccountHoldingReceiver(opts: { holdFirstOnly: boolean
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/**
+ * A new account funded with 100 paid credits and charged 80 (down to 20 %: one credit alert),
+ * with the alert's webhook delivery job taken out of the outbox, so that a test delivers it itself.
+ * @returns the account's and the alert's database ids.
+ */
+export async function oneAlert(services: TestServices): Promise<{ accountId: string; alertId: string }> {
+  const accountId = await createFundedAccount(services, { paid: 100 });
+  await recordUsage(services, { accountId, idempotencyKey: `use-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
+  await services.pool.query(`DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job' AND payload->>'name' = 'deliver-webhook'`, [accountId]);
+  const { rows } = await services.pool.query('SELECT id FROM credit_alerts WHERE account_id = $1', [accountId]);
+  expect(rows).toHaveLength(1);
+  return { accountId, alertId: rows[0].id };
 }

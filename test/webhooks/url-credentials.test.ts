@@ -7,16 +7,13 @@
  * (src/logging.ts) writing to memory. No relay runs in this file: the alert's outbox job is taken
  * out and the delivery is run here.
  */
-import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseEnv } from '../../src/config/env.js';
 import { createLogger } from '../../src/logging.js';
-import { recordUsage } from '../../src/services/record-usage.js';
 import { deliverWebhook, WebhookDeliveryError } from '../../src/services/webhooks.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
-import { createFundedAccount } from '../factories/accounts.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
-import { startReceiver, type Receiver } from './helpers.js';
+import { oneAlert, startReceiver, type Receiver } from './helpers.js';
 
 const SECRET = 'whsec_url_credentials_0123456789abcdef0123';
 const URL_USER = 'hook-user-7f3a';
@@ -34,16 +31,6 @@ afterAll(async () => {
   await services?.close();
 });
 
-/** A funded account charged to 20 % (one credit alert), its outbox delivery job taken out. */
-async function oneAlert(): Promise<{ accountId: string; alertId: string }> {
-  const accountId = await createFundedAccount(services, { paid: 100 });
-  await recordUsage(services, { accountId, idempotencyKey: `use-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
-  await services.pool.query(`DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job' AND payload->>'name' = 'deliver-webhook'`, [accountId]);
-  const { rows } = await services.pool.query('SELECT id FROM credit_alerts WHERE account_id = $1', [accountId]);
-  expect(rows).toHaveLength(1);
-  return { accountId, alertId: rows[0].id };
-}
-
 describe('WEBHOOK_URL with user:password', () => {
   it('a failed attempt logs, stores and throws the URL without its credentials', async () => {
     const url = new URL(receiver.url);
@@ -53,7 +40,7 @@ describe('WEBHOOK_URL with user:password', () => {
     const env = { ...parseEnv({ NODE_ENV: 'test', DATABASE_URL: TEST_DATABASE_URL, REDIS_URL: TEST_REDIS_URL, WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: SECRET }), WEBHOOK_URL: url.toString() };
     const lines: string[] = [];
     const log = createLogger({ level: 'debug', destination: { write: (line: string) => void lines.push(line) } });
-    const { accountId, alertId } = await oneAlert();
+    const { accountId, alertId } = await oneAlert(services);
 
     const failed = await deliverWebhook({ pool: services.pool, env, log }, { eventType: 'credit_alert.raised', eventId: alertId, accountId }, 1).then(
       () => null,

@@ -18,15 +18,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/logging.js';
 import { jobOptions } from '../../src/queues/job-sink.js';
 import { WEBHOOK_DELIVERY_QUEUE } from '../../src/queues/names.js';
-import { recordUsage } from '../../src/services/record-usage.js';
 import { deliverWebhook, redactWebhookUrl, redactWebhookUrlIn, webhookJob } from '../../src/services/webhooks.js';
 import { startWorkers, type RunningWorkers } from '../../workers/start.js';
-import { createFundedAccount } from '../factories/accounts.js';
 import { TEST_DATABASE_URL, TEST_REDIS_URL } from '../setup/env.js';
 import { queueEventsFromNow } from '../setup/queue-events.js';
 import { runScript } from '../setup/run-script.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
-import { collectOutcomes, receiverEnv, waitOn } from './helpers.js';
+import { collectOutcomes, oneAlert, receiverEnv, waitOn } from './helpers.js';
 
 const SECRET = 'whsec_url_secrets_0123456789abcdef0123456789';
 const PATH_TOKEN = 'XXXXpathSecret5c1e9b';
@@ -78,16 +76,6 @@ afterAll(async () => {
   await services?.close();
 });
 
-/** A funded account charged to 20 % (one credit alert), its outbox delivery job taken out. */
-async function oneAlert(): Promise<{ accountId: string; alertId: string }> {
-  const accountId = await createFundedAccount(services, { paid: 100 });
-  await recordUsage(services, { accountId, idempotencyKey: `use-${randomUUID()}`, category: 'units', quantities: { units: '80' } });
-  await services.pool.query(`DELETE FROM outbox_events WHERE account_id = $1 AND topic = 'job' AND payload->>'name' = 'deliver-webhook'`, [accountId]);
-  const { rows } = await services.pool.query('SELECT id FROM credit_alerts WHERE account_id = $1', [accountId]);
-  expect(rows).toHaveLength(1);
-  return { accountId, alertId: rows[0].id };
-}
-
 function expectNoSecret(what: string, text: string): void {
   for (const s of SECRETS) expect(text, `${what} carries ${s}`).not.toContain(s);
 }
@@ -111,7 +99,7 @@ describe('WEBHOOK_URL with a token in its path and query', () => {
   });
 
   it('a refused delivery: the receiver gets the whole URL; delivery log, log lines, job error and CLI output do not carry the token', async () => {
-    const { accountId, alertId } = await oneAlert();
+    const { accountId, alertId } = await oneAlert(services);
     refused.add(accountId);
     const job = webhookJob({ eventType: 'credit_alert.raised', eventId: alertId, accountId });
     await workers.webhookQueue.add(job.name, job.data, jobOptions(job, Date.now()));
@@ -146,7 +134,7 @@ describe('WEBHOOK_URL with a token in its path and query', () => {
   });
 
   it('a delivered attempt: sent to the whole URL, logged with the redacted one', async () => {
-    const { accountId, alertId } = await oneAlert();
+    const { accountId, alertId } = await oneAlert(services);
     const env = receiverEnv({ url: webhookUrl }, SECRET);
     const mine: string[] = [];
     const log = createLogger({ level: 'debug', destination: { write: (line: string) => void mine.push(line) } });
@@ -160,7 +148,7 @@ describe('WEBHOOK_URL with a token in its path and query', () => {
   });
 
   it('a network error names no part of the URL beyond its host', async () => {
-    const { accountId, alertId } = await oneAlert();
+    const { accountId, alertId } = await oneAlert(services);
     // A port nothing listens on (the receiver's, once closed, is not certain to stay free: take a fresh one and close it).
     const closed = createServer();
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
