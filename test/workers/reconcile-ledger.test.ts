@@ -88,7 +88,12 @@ describe('reconcile-ledger worker', () => {
        VALUES (gen_random_uuid(), $1, 'ADJUST', 1, 5000001, 'tampered')`,
       [bad],
     );
-    await services.pool.query('UPDATE balances SET updated_at = now() WHERE account_id = $1', [bad]);
+    // Changed last of all accounts: the job checks the 1,000 changed most recently, and other test
+    // files leave accounts whose changes are dated ahead of now (test clocks, a server clock ahead).
+    await services.pool.query(
+      `UPDATE balances SET updated_at = GREATEST(now(), (SELECT max(updated_at) FROM balances)) + interval '1 millisecond' WHERE account_id = $1`,
+      [bad],
+    );
     report = await runReconcile();
     const found = report.inconsistent.find((r) => r.accountId === bad);
     expect(found).toMatchObject({ total: '5', batchRemaining: '5', ledgerSum: '5.000001' });
