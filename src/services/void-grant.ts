@@ -7,7 +7,7 @@
  */
 import { freeText } from '../ledger/text-input.js';
 import { withTransaction, toBigInt } from '../db/pg.js';
-import { formatCredits, minBig } from '../ledger/credits.js';
+import { formatCredits } from '../ledger/credits.js';
 import { actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
 import { assert, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
@@ -43,27 +43,10 @@ export interface VoidedGrant {
 }
 
 /**
- * Micro-credits that REFUND entries dated in the account's current billing period gave back to
- * batch `batchId` of usage events recorded before the period started (credit the period's
- * opening total did not hold). Reads the account's ledger entries of the period (its
- * (account_id, created_at) index); voids are rare.
- */
-async function refundedIntoPeriod(atx: AccountTx, batchId: string): Promise<bigint> {
-  const start = atx.period().start;
-  const { rows } = await atx.tx.query(
-    `SELECT COALESCE(SUM(l.amount_micro_credits), 0)::text AS back FROM ledger_entries l JOIN usage_events e ON e.id = l.usage_event_id
-      WHERE l.account_id = $1 AND l.created_at >= $2 AND l.type = 'REFUND' AND l.batch_id = $3 AND e.recorded_at < $2`,
-    [atx.accountId, start, batchId],
-  );
-  return BigInt(rows[0].back as string);
-}
-
-/**
  * The rules of voidGrant (module comment) inside a transaction that holds the grant's account
  * lock (`atx`); the caller calls atx.finish(). Due expiries are applied first; the batch's
  * unused remainder is taken back by one VOID entry (note = reason), kept on the grant
- * (`voided_at`, `void_reason`, and in `voided_micro_credits` what of it was the period's credit:
- * the remainder less what refunds in the period gave back of earlier periods' usage), and the audit trail records
+ * (`voided_at`, `void_reason`, `voided_micro_credits`), and the audit trail records
  * `grant.voided` by `actor`. Shared by voidGrant (an operator) and the provider's refunds and
  * disputes (services/payment-reversals.ts), so a grant is voided the same way, once.
  * @param reason 1..500 characters (checked by the caller).
@@ -86,15 +69,10 @@ export async function voidLockedGrant(atx: AccountTx, actor: AuditActor, grantId
   );
   const row = rows[0];
   const remaining = row.status === 'ACTIVE' ? toBigInt(row.remaining_micro_credits) : 0n;
-  // What is taken back of this period's credit is kept on the grant: balance_figures takes it out
-  // of periodCredits in the statement that writes the VOID entry (atx.finish), which cannot see
-  // that entry (migration period_credits_voids). Not counted: credit that refunds made in this
-  // period gave back to the batch of usage charged before the period started. periodCredits (the
-  // total at the start plus the period's grants) never counted it, so taking it out too left the
-  // period's other credit a base too small: a refund of 100 then the void of that grant read 100
-  // left of 0 (0 %, and no alert for the rest of the period).
-  const periodMicroCredits = remaining - minBig(remaining, await refundedIntoPeriod(atx, row.batch_id as string));
-  await tx.query('UPDATE credit_grants SET voided_at = $2, void_reason = $3, voided_micro_credits = $4 WHERE id = $1', [grantId, atx.now, reason, periodMicroCredits.toString()]);
+  // What is taken back is kept on the grant: balance_figures takes it out of this period's
+  // credit (periodCredits) in the statement that writes the VOID entry (atx.finish), which
+  // cannot see that entry (migration period_credits_voids).
+  await tx.query('UPDATE credit_grants SET voided_at = $2, void_reason = $3, voided_micro_credits = $4 WHERE id = $1', [grantId, atx.now, reason, remaining.toString()]);
   await tx.query(
     `UPDATE credit_batches SET remaining_micro_credits = 0, status = 'VOIDED', updated_at = $2 WHERE id = $1 AND status IN ('ACTIVE', 'EXHAUSTED')`,
     [row.batch_id, atx.now],

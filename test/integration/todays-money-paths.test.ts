@@ -3,7 +3,7 @@
  * about them: a failed (or canceled) refund of a payment gives its credit back
  * (services/refund-failures.ts); a usage refund of credit a payment bought goes to the payment's
  * live grant, growing its batch's `allocated`, less the refunded share not taken yet
- * (services/refund-usage.ts); a void records only the period's part in `voided_micro_credits`
+ * (services/refund-usage.ts); a void of a grant a refund of last period's usage refilled
  * (services/void-grant.ts); a charge rolls a due plan period first (plans.ts rollDueBeforeCharge);
  * an auto top-up charged before the customer turned auto top-up off is only looked up, and granted
  * (services/auto-top-up.ts).
@@ -282,7 +282,7 @@ describe("a usage refund of credit a payment bought goes to the payment's live g
   });
 });
 
-describe("a void records only the period's part in voided_micro_credits", () => {
+describe('a void of a grant whose credit a refund of last period\'s usage brought back', () => {
   it("voiding a grant whose credit a refund of last period's usage brought back: the trail and the statement show all it took", async () => {
     const T0 = new Date(Date.UTC(2026, 9, 1));
     s.setNow(T0);
@@ -296,7 +296,7 @@ describe("a void records only the period's part in voided_micro_credits", () => 
     const before = await lastSeq(accountId);
     await voidGrant(ctx, mistake.grantId, 'granted by mistake');
     const { rows: g } = await s.pool.query('SELECT voided_micro_credits::text AS v FROM credit_grants WHERE id = $1', [mistake.grantId]);
-    expect(g[0].v).toBe(credits(5).toString()); // the period's part only (it opened with 5 of it)
+    expect(g[0].v).toBe(credits(100).toString()); // all it took (voided_micro_credits is what the void took back)
     const rows = await trail(accountId, before);
     expect(rows.map((r) => [r.action, r.subject_id, r.actor_kind, r.details.voidedAmount, r.details.reason])).toEqual([['grant.voided', mistake.grantId, 'admin_env', '100', 'granted by mistake']]);
     const { statements: sts } = await expectStory(accountId, next);
