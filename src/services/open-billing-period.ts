@@ -19,6 +19,7 @@
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
 import { AccountTx } from './account-tx.js';
+import { accountNowSql } from './account-clock.js';
 import type { ServiceContext } from './context.js';
 
 /**
@@ -52,7 +53,7 @@ export async function findAccountsWithUnopenedPeriods(pool: pg.Pool, now: Date, 
             WHERE NOT a.test_mode
               AND (b.opening_period_start IS NULL
                    OR (b.opening_period_start <= $1::timestamptz - make_interval(days => ${SHORTEST_PERIOD_DAYS})
-                       AND b.opening_period_start < (SELECT p.period_start FROM billing_period(a.billing_anchor_at, GREATEST($1::timestamptz, b.updated_at)) p)))
+                       AND b.opening_period_start < (SELECT p.period_start FROM billing_period(a.billing_anchor_at, ${accountNowSql('a', 'b', '$1')}) p)))
               AND NOT EXISTS (SELECT 1 FROM plan_subscriptions s WHERE s.account_id = b.account_id AND s.active)
             ORDER BY b.opening_period_start NULLS FIRST, b.account_id
             LIMIT $2`,
