@@ -311,6 +311,8 @@ interface Model {
   /** Grants (credit_grants.created_at, amount) and voids (voided_at, what the void took back). */
   grantLog: { atMs: number; amount: bigint }[];
   voidLog: { atMs: number; amount: bigint }[];
+  /** Refunds' credit given back into batches (at now) for an event recorded at recordedAtMs (migration period_credits_refunds). */
+  refundLog: { atMs: number; amount: bigint; recordedAtMs: number }[];
   /** The (period start, threshold) credit alerts recorded so far, as `${startMs}:${threshold}`. */
   alerts: Set<string>;
   /** Spending budgets (limits), by budgetKey. */
@@ -478,7 +480,8 @@ function rolloverRoomModel(m: Model, ev: MEvent): { room: bigint; batches: Set<M
  * Balance.periodCredits as the rules define it (README "Plans and billing cycles"; balance_figures):
  * max(max(totalAtStart, 0) + granted, 0), totalAtStart = the entries dated before the period start
  * plus expiries dated at it, less expiries fallen due by then and not recorded yet; granted = grants
- * in [start, now] less what voids in [start, now] took back.
+ * in [start, now] less what voids in [start, now] took back, plus the credit refunds in [start, now]
+ * gave back into batches for usage recorded before the start.
  */
 function periodCreditsModel(m: Model): bigint {
   const { atStart, granted } = periodOpeningModel(m);
@@ -492,7 +495,11 @@ function periodOpeningModel(m: Model): { atStart: bigint; granted: bigint } {
     sum(m.log.filter((e) => e.atMs < startMs || (e.atMs === startMs && e.expire)).map((e) => e.delta)) -
     sum(m.batches.filter((b) => b.status === 'ACTIVE' && b.expiresAtMs !== null && b.expiresAtMs <= startMs).map((b) => b.remaining));
   const inPeriod = (e: { atMs: number }) => e.atMs >= startMs && e.atMs <= m.nowMs;
-  const granted = sum(m.grantLog.filter(inPeriod).map((g) => g.amount)) - sum(m.voidLog.filter(inPeriod).map((v) => v.amount));
+  const granted =
+    sum(m.grantLog.filter(inPeriod).map((g) => g.amount)) -
+    sum(m.voidLog.filter(inPeriod).map((v) => v.amount)) +
+    // credit refunds gave back into batches for usage charged before the period: the period's new credit
+    sum(m.refundLog.filter((r) => inPeriod(r) && r.recordedAtMs < startMs).map((r) => r.amount));
   return { atStart, granted };
 }
 
@@ -636,7 +643,7 @@ describe.each([
         for (let i = 0; i < 2; i++) {
           services.setNow(new Date(startMs));
           const accountId = await createFundedAccount(services, testClock ? { testClockStart: new Date(startMs) } : {});
-          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [], anchorMs: startMs, sub: null, cappedRoll: null, log: [], grantLog: [], voidLog: [], alerts: new Set(), budgets: new Map() });
+          models.push({ accountId, nowMs: startMs, debt: 0n, batches: [], holds: [], events: [], debtQueue: [], anchorMs: startMs, sub: null, cappedRoll: null, log: [], grantLog: [], voidLog: [], refundLog: [], alerts: new Set(), budgets: new Map() });
         }
         let seq = 0;
 
@@ -890,12 +897,15 @@ describe.each([
                   return giveBack(m, b, amount);
                 };
                 ev.refunded = true;
-                for (const p of ev.parts) ev.givenBack += back(p.batch, p.amount);
+                let intoBatches = 0n;
+                for (const p of ev.parts) intoBatches += back(p.batch, p.amount);
                 // What the event still owes is forgiven; what grants repaid of it goes back to them.
                 m.debt -= ev.unpaid;
                 ev.givenBack += ev.unpaid;
                 ev.unpaid = 0n;
-                for (const [b, amount] of ev.repaidBy) ev.givenBack += back(b, amount);
+                for (const [b, amount] of ev.repaidBy) intoBatches += back(b, amount);
+                ev.givenBack += intoBatches;
+                m.refundLog.push({ atMs: m.nowMs, amount: intoBatches, recordedAtMs: ev.recordedAtMs });
                 m.log.push({ atMs: m.nowMs, delta: ev.givenBack, expire: false });
                 break;
               }

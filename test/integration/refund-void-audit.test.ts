@@ -14,6 +14,7 @@ import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
 import { refundUsage } from '../../src/services/refund-usage.js';
+import { voidGrant } from '../../src/services/void-grant.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { MAX_ABS_MICRO_CREDITS, credits } from '../../src/ledger/credits.js';
 import { LedgerError } from '../../src/ledger/errors.js';
@@ -129,5 +130,54 @@ describe('refundUsage of usage paid by a pack whose payment was refunded in part
     await refundUsage(s, used.eventId, 'bad answer');
     expect(await totalOf(accountId)).toBe(credits(100));
     await expectLedgerInvariant(s.pool, accountId);
+  });
+});
+
+describe("the period's credit and a refund of an earlier period's usage (balance_figures, migration period_credits_refunds)", () => {
+  it("voiding a grant whose credit came back by the refund of an earlier period's usage leaves the period's other credit its base (no 0 % bar, alerts kept)", async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, {});
+    const mistake = await grantCredits(s, { accountId, amountMicroCredits: credits(100), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'mistake' });
+    s.setNow(at(1000));
+    await grantCredits(s, { accountId, amountMicroCredits: credits(100), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'bought' });
+    const ev = await recordUsage(s, { accountId, idempotencyKey: 'u', category: 'units', quantities: { units: '95' } }); // from the mistake (oldest)
+    const next = at(40 * DAY_MS); // the next billing period: it opens with 105 (5 of the mistake, 100 bought)
+    s.setNow(next);
+    await refundUsage(s, ev.eventId, 'bad answer'); // 95 back into the mistake: new credit of this period (200)
+    let b = await readBalance(s.pool, accountId, next);
+    expect([b.availableMicroCredits, b.periodMicroCredits, b.percentRemaining]).toEqual([credits(200), credits(200), 100]);
+    await voidGrant(s, mistake.grantId, 'granted by mistake'); // takes its 100 back
+    b = await readBalance(s.pool, accountId, next);
+    expect([b.availableMicroCredits, b.periodMicroCredits, b.percentRemaining]).toEqual([credits(100), credits(100), 100]);
+    // 80 of the 100 bought spent: 20 % left, the 25 % alert is raised.
+    await recordUsage(s, { accountId, idempotencyKey: 'v', category: 'units', quantities: { units: '80' } });
+    b = await readBalance(s.pool, accountId, next);
+    expect(b.percentRemaining).toBe(20);
+    const { rows } = await s.pool.query('SELECT threshold FROM credit_alerts WHERE account_id = $1 ORDER BY threshold DESC', [accountId]);
+    expect(rows.map((r) => r.threshold)).toEqual([25]);
+    await expectLedgerInvariant(s.pool, accountId, next);
+  });
+
+  it("a refund of an earlier period's usage adds to the period's credit as a grant would; a refund of this period's usage only undoes its charge", async () => {
+    s.setNow(T0);
+    const accountId = await createFundedAccount(s, {});
+    await grantCredits(s, { accountId, amountMicroCredits: credits(150), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'bought' });
+    const last = await recordUsage(s, { accountId, idempotencyKey: 'last-period', category: 'units', quantities: { units: '50' } });
+    const next = at(40 * DAY_MS); // opens with 100
+    s.setNow(next);
+    const now = await recordUsage(s, { accountId, idempotencyKey: 'this-period', category: 'units', quantities: { units: '10' } });
+    await refundUsage(s, now.eventId, 'bad answer'); // undoes a charge of the period: the base stays 100
+    let b = await readBalance(s.pool, accountId, next);
+    expect([b.availableMicroCredits, b.periodMicroCredits]).toEqual([credits(100), credits(100)]);
+    await refundUsage(s, last.eventId, 'bad answer'); // 50 the period never had: 150 of 150
+    b = await readBalance(s.pool, accountId, next);
+    expect([b.availableMicroCredits, b.periodMicroCredits, b.percentRemaining]).toEqual([credits(150), credits(150), 100]);
+    // 120 spent: 30 of 150 is 20 % (it read 30 % of 100 before the rule), the 25 % alert is raised.
+    await recordUsage(s, { accountId, idempotencyKey: 'spend', category: 'units', quantities: { units: '120' } });
+    b = await readBalance(s.pool, accountId, next);
+    expect(b.percentRemaining).toBe(20);
+    const { rows } = await s.pool.query('SELECT threshold FROM credit_alerts WHERE account_id = $1 ORDER BY threshold DESC', [accountId]);
+    expect(rows.map((r) => r.threshold)).toEqual([25]);
+    await expectLedgerInvariant(s.pool, accountId, next);
   });
 });
