@@ -144,7 +144,21 @@ async function guarded<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Starts the workers (see the module comment). */
+/**
+ * Starts the workers (see the module comment): (re)creates the maintenance job schedulers, then
+ * starts the maintenance worker (one job at a time), the ledger-jobs worker (`concurrency`,
+ * default 4) and the webhook-deliveries worker (`webhookConcurrency`, default
+ * WEBHOOK_CONCURRENCY) on one Redis connection (env.REDIS_URL, key prefix `prefix`, default
+ * QUEUE_PREFIX), and, unless `relay: false`, an outbox relay on a connection of its own.
+ * A job whose payload fails its zod schema, or a maintenance job of an unknown name, fails for
+ * good (BullMQ UnrecoverableError); a ledger or delivery job of an unknown name is put back
+ * (UNKNOWN_JOB_RETRY_MS).
+ * @returns the ledger-jobs and webhook-deliveries queues and `close` (RunningWorkers).
+ * @throws RangeError when `webhookConcurrency` (or WEBHOOK_CONCURRENCY) is not a positive integer;
+ *   what Redis answers the scheduler commands with an error; while Redis is unreachable
+ *   those commands wait for it instead (the connection retries without a limit:
+ *   `maxRetriesPerRequest: null`, which BullMQ workers require).
+ */
 export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWorkers> {
   const { env, pool, log } = opts;
   const connection = new Redis(env.REDIS_URL, { maxRetriesPerRequest: null, connectionName: 'creditpool-workers' });

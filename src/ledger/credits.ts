@@ -105,7 +105,10 @@ export function formatExactDecimal(d: ExactDecimal): string {
   return formatScaled(d.units, d.scale);
 }
 
-/** Whole credits to micro-credits (for constants in code and tests). */
+/**
+ * Whole credits to micro-credits (for constants in code and tests): `credits(5)` is 5_000_000n.
+ * @throws Error when `whole` is a number that is not a safe integer (a fraction, NaN, Infinity).
+ */
 export function credits(whole: number | bigint): bigint {
   if (typeof whole === 'number' && !Number.isSafeInteger(whole)) throw new Error('credits() takes whole credits');
   return BigInt(whole) * MICRO_PER_CREDIT;

@@ -63,7 +63,10 @@ export function parseRational(input: unknown, field: string, maxScale = 18): Rat
   return fromDecimal(parseExactDecimal(input, field, maxScale));
 }
 
-/** An integer (bigint or safe integer number) as a Rational. */
+/**
+ * An integer (bigint or safe integer number) as a Rational.
+ * @throws Error (assertion) when `n` is a number that is not a safe integer.
+ */
 export function fromInteger(n: bigint | number): Rational {
   if (typeof n === 'number') assert(Number.isSafeInteger(n), 'fromInteger takes a safe integer');
   return { num: BigInt(n), den: 1n };
@@ -130,6 +133,7 @@ export function floor(a: Rational): bigint {
 /**
  * a * 10^scale rounded half-up (ties away from zero: 0.5 -> 1, -0.5 -> -1).
  * Returns the integer coefficient: the rounded value is result / 10^scale.
+ * @throws Error (assertion) when `scale` is not a non-negative safe integer.
  */
 export function roundHalfUpScaled(a: Rational, scale: number): bigint {
   assert(Number.isSafeInteger(scale) && scale >= 0, 'scale must be a non-negative integer');

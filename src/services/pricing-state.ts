@@ -42,7 +42,14 @@ export function canonicalNumeric(text: string): string {
   return t === '-0' ? '0' : t;
 }
 
-/** Reads the settings row. */
+/**
+ * Reads the settings row (the single row `id = 1` of `settings`): creditUsdValue as canonical
+ * decimal text (USD per credit), the welcome bonus and referral reward in micro-credits, the
+ * welcome bonus's expiry in days (null: never), the referral cap and the alert thresholds
+ * (percentages).
+ * @throws Error when the row is missing (the migrations, which insert it, were not applied), or
+ *   what the query throws.
+ */
 export async function readSettings(db: pg.Pool | pg.PoolClient): Promise<SettingsRecord> {
   const { rows } = await db.query(
     `SELECT credit_usd_value::text AS credit_usd_value, welcome_bonus_micro_credits, welcome_bonus_expires_after_days,

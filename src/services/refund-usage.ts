@@ -58,6 +58,8 @@ export interface EventDebtShare {
  * debt owed. Repayments or forgiveness beyond the debt owed are ignored (none should exist).
  * @returns each event with debt, what of it is owed and which batches repaid how much; the sum of
  *   `unpaidMicroCredits` over all events is the account's debt when the history is complete.
+ * @throws Error (assertion) when a DEBT fact names no usage event or a REPAY fact no batch (the
+ *   ledger writes neither).
  */
 export function replayDebt(facts: readonly DebtFact[]): Map<string, EventDebtShare> {
   const shares = new Map<string, EventDebtShare>();

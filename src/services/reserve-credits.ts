@@ -31,7 +31,12 @@ export interface ReserveCommand {
   userId?: string | null;
 }
 
-/** Validates a TTL: an integer number of seconds in 1..MAX_RESERVATION_TTL_SECONDS. */
+/**
+ * Validates a hold's TTL (reserveCredits, extendReservation): an integer number of seconds in
+ * 1..MAX_RESERVATION_TTL_SECONDS (7 days).
+ * @returns the TTL unchanged, in seconds.
+ * @throws LedgerError BAD_USER_INPUT (field ttlSeconds) when it is not a safe integer in that range.
+ */
 export function validateTtlSeconds(ttlSeconds: number): number {
   if (!Number.isSafeInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > MAX_RESERVATION_TTL_SECONDS) {
     throw badInput('ttlSeconds', `must be an integer from 1 to ${MAX_RESERVATION_TTL_SECONDS}`);

@@ -51,6 +51,8 @@ export interface VoidedGrant {
  * disputes (services/payment-reversals.ts), so a grant is voided the same way, once.
  * @param reason 1..500 characters (checked by the caller).
  * @returns what was done; a grant voided before is left unchanged (`voidedNow` false).
+ * @throws Error (assertion) when `grantId` is not a grant of the locked account (the caller
+ *   checks that first); what the queries throw, leaving the transaction to be rolled back.
  */
 export async function voidLockedGrant(atx: AccountTx, actor: AuditActor, grantId: string, reason: string): Promise<VoidedGrant> {
   const tx = atx.tx;
