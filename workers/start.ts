@@ -154,13 +154,20 @@ async function guarded<T>(fn: () => Promise<T>): Promise<T> {
  * good (BullMQ UnrecoverableError); a ledger or delivery job of an unknown name is put back
  * (UNKNOWN_JOB_RETRY_MS).
  * @returns the ledger-jobs and webhook-deliveries queues and `close` (RunningWorkers).
- * @throws RangeError when `webhookConcurrency` (or WEBHOOK_CONCURRENCY) is not a positive integer;
+ * @throws RangeError when `concurrency` or `webhookConcurrency` (or WEBHOOK_CONCURRENCY) is not a
+ *   positive integer, before anything is opened;
  *   what Redis answers the scheduler commands with an error; while Redis is unreachable
  *   those commands wait for it instead (the connection retries without a limit:
  *   `maxRetriesPerRequest: null`, which BullMQ workers require).
  */
 export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWorkers> {
   const { env, pool, log } = opts;
+  // Checked before anything is opened: a refusal after the connection, the schedulers and the
+  // maintenance worker had started left them running in the caller's process.
+  const concurrency = opts.concurrency ?? 4;
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError(`concurrency must be a positive integer, got ${concurrency}`);
+  const webhookConcurrency = opts.webhookConcurrency ?? env.WEBHOOK_CONCURRENCY;
+  if (!Number.isInteger(webhookConcurrency) || webhookConcurrency < 1) throw new RangeError(`webhookConcurrency must be a positive integer, got ${webhookConcurrency}`);
   const connection = new Redis(env.REDIS_URL, { maxRetriesPerRequest: null, connectionName: 'creditpool-workers' });
   connection.on('error', (err) => log.warn({ err: err.message }, 'workers: redis error'));
   const prefix = opts.prefix ?? env.QUEUE_PREFIX;
@@ -205,9 +212,6 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
       })),
     { connection, prefix, concurrency: 1 },
   );
-  const concurrency = opts.concurrency ?? 4;
-  const webhookConcurrency = opts.webhookConcurrency ?? env.WEBHOOK_CONCURRENCY;
-  if (!Number.isInteger(webhookConcurrency) || webhookConcurrency < 1) throw new RangeError(`webhookConcurrency must be a positive integer, got ${webhookConcurrency}`);
   const unknownJob = (job: Job, token: string | undefined) => {
     log.warn({ job: job.name, id: job.id, queue: job.queueName, retryInMs: UNKNOWN_JOB_RETRY_MS }, 'job of a name this version does not know (a newer version?): put back for a worker that knows it');
     return putBack(job, token, UNKNOWN_JOB_RETRY_MS);

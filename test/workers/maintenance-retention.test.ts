@@ -107,3 +107,15 @@ describe('maintenance jobs made by the schedulers', () => {
     expect(next).toEqual([]);
   });
 });
+
+describe('startWorkers refusing its options', () => {
+  it('a concurrency that is not a positive integer is refused before anything is opened: no scheduler or queue key is written', async () => {
+    const fresh = `cp-test-${randomUUID()}`;
+    const env = parseEnv({ REDIS_URL: TEST_REDIS_URL, DATABASE_URL: 'postgresql://unused/unused' });
+    const log = pino({ level: 'silent' });
+    await expect(startWorkers({ env, pool: services.pool, log, prefix: fresh, services, relay: false, webhookConcurrency: 0 })).rejects.toThrow(RangeError);
+    await expect(startWorkers({ env, pool: services.pool, log, prefix: fresh, services, relay: false, concurrency: 1.5 })).rejects.toThrow(RangeError);
+    // The schedulers are written first when the workers start: a refusal after them wrote these.
+    expect(await connection.keys(`${fresh}:*`)).toEqual([]);
+  });
+});
