@@ -32,7 +32,11 @@ export interface BalanceSnapshot {
   nextAmount: string;
   /** Total after the last ledger entry before periodStart, or null when there is none. */
   totalAtStart: string | null;
-  /** Credit granted in [periodStart, asOf], less what grants voided in it took back (migration period_credits_voids). */
+  /**
+   * Credit granted in [periodStart, asOf], less what grants voided in it took back (migration
+   * period_credits_voids), plus what refunds in it gave back into batches of credit that had left
+   * them before periodStart (refund_credits, migration period_credits_refund_rows).
+   */
   granted: string;
   /** The active plan's name, or null. */
   planName?: string | null;

@@ -183,6 +183,26 @@ async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: b
   return { room: carriedAtStart < cap ? cap - carriedAtStart : 0n, batchIds: new Set(rows.map((r) => r.id as string)) };
 }
 
+/**
+ * When each batch repaid debt: the date of its grant's DEBT_REPAY entry (applyGrant repays debt
+ * once, when the grant is made), for the batches of `batchIds` (those that repaid a refunded
+ * event's debt). refundUsage keeps it with the credit it gives back into them (refund_credits):
+ * repaid debt given back is new credit of a billing period only when it was repaid before the
+ * period started (a grant of the period is already in periodCredits by its whole amount).
+ * @returns batch id -> the repayment's instant (batches without one are absent).
+ */
+async function repaymentTimes(tx: Tx, accountId: string, batchIds: string[]): Promise<Map<string, Date>> {
+  const found = new Map<string, Date>();
+  if (batchIds.length === 0) return found;
+  const { rows } = await tx.query(
+    `SELECT batch_id, MIN(created_at) AS at FROM ledger_entries
+      WHERE account_id = $1 AND type = 'DEBT_REPAY' AND batch_id = ANY($2::uuid[]) GROUP BY batch_id`,
+    [accountId, batchIds],
+  );
+  for (const r of rows) found.set(r.batch_id as string, r.at as Date);
+  return found;
+}
+
 /** A payment whose grants an event's credit came from, as refundUsage gives that credit back (micro-credits). */
 interface PaymentCredit {
   /** The batch of the grant that carries the payment's credit now (payments.live_grant_id, else its own grant). */
@@ -236,7 +256,10 @@ async function paymentCredit(atx: AccountTx, paymentIds: string[]): Promise<Map<
  * once). Writes, in this order: a REFUND entry per batch its drawn credit goes back to; a REFUND
  * entry without a batch for its debt still owed, forgiven (note `<reason> (debt forgiven)`); a
  * REFUND entry per batch that repaid part of its debt, the repaid part going back into that batch
- * (note `<reason> (repaid debt)`). Credit goes back into the batch it came from, keeping its type
+ * (note `<reason> (repaid debt)`); and, before them, a refund_credits row per instant the credit
+ * given back into batches had left them (the event's recorded_at for drawn credit, the repayment
+ * for repaid debt: what balance_figures adds to periodCredits, README "Plans and billing cycles").
+ * Credit goes back into the batch it came from, keeping its type
  * and expiry (an exhausted batch becomes ACTIVE again; voidGrant can then remove it), never into
  * an expired or voided batch: that part is not given back (an operator removed that credit, or it
  * would have expired), except credit a payment bought, which goes back into the payment's live
@@ -274,9 +297,13 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     }
     // Every batch credit goes back to: the drawn parts, then the repaid parts (no batch is both:
     // a grant repays debt when it is made, after the event drew).
+    // Each part with when its credit left the batches (refund_credits): drawn credit at the
+    // event's recorded_at, repaid debt when the repaying grant repaid it (its DEBT_REPAY entry).
+    const recordedAtEv = ev.rows[0].recorded_at as Date;
+    const repaidAt = await repaymentTimes(tx, atx.accountId, [...share.repaidByBatch.keys()]);
     const parts = [
-      ...drawn.rows.map((r) => ({ batchId: r.batch_id as string, amount: toBigInt(r.amount_micro_credits), note: reason })),
-      ...[...share.repaidByBatch].map(([batchId, amount]) => ({ batchId, amount, note: `${reason} (repaid debt)` })),
+      ...drawn.rows.map((r) => ({ batchId: r.batch_id as string, amount: toBigInt(r.amount_micro_credits), note: reason, leftAt: recordedAtEv })),
+      ...[...share.repaidByBatch].map(([batchId, amount]) => ({ batchId, amount, note: `${reason} (repaid debt)`, leftAt: repaidAt.get(batchId) ?? recordedAtEv })),
     ];
     const batches = new Map<string, { status: string; expires_at: Date | null; paymentId: string | null }>();
     if (parts.length > 0) {
@@ -293,6 +320,8 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     const paid = await paymentCredit(atx, [...new Set([...batches.values()].flatMap((b) => (b.paymentId ? [b.paymentId] : [])))]);
     const carried = parts.length > 0 ? await rolloverRoom(atx, ev.rows[0].recorded_at as Date) : null;
     const back = new Map<string, bigint>();
+    /** Credit given back into batches, by when it had left them (ms since the epoch). */
+    const backByLeftAt = new Map<number, bigint>();
     /** What batches given back more than they gave (a payment's live grant) may now hold beyond their allocation. */
     const grown = new Map<string, bigint>();
     const spendable = (b: { status: string; expires_at: Date | null }) =>
@@ -326,6 +355,7 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
         if (amount === 0n) return;
       }
       back.set(batchId, (back.get(batchId) ?? 0n) + amount);
+      backByLeftAt.set(p.leftAt.getTime(), (backByLeftAt.get(p.leftAt.getTime()) ?? 0n) + amount);
       atx.addEntry({ type: 'REFUND', amountMicroCredits: amount, batchId, usageEventId, note });
     };
     parts.slice(0, drawn.rows.length).forEach(addBack);
@@ -342,6 +372,17 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
         'BAD_USER_INPUT',
         `usageEventId: refunding it would take the account's credit above the largest amount kept (${formatCredits(MAX_ABS_MICRO_CREDITS)} credits); nothing was refunded`,
         { field: 'usageEventId', reason: BALANCE_LIMIT_REASON },
+      );
+    }
+    if (backByLeftAt.size > 0) {
+      // Before the statement that writes the REFUND entries (atx.finish): its balance snapshot
+      // and alert check read the period's credit through balance_figures, which cannot see them
+      // (migration period_credits_refund_rows).
+      const leftAts = [...backByLeftAt.keys()];
+      await tx.query(
+        `INSERT INTO refund_credits (usage_event_id, left_at, account_id, refunded_at, amount_micro_credits)
+         SELECT $1, d.left_at, $2, $3, d.amount FROM unnest($4::timestamptz[], $5::bigint[]) AS d(left_at, amount)`,
+        [usageEventId, atx.accountId, atx.now, leftAts.map((ms) => new Date(ms)), leftAts.map((ms) => String(backByLeftAt.get(ms)))],
       );
     }
     if (back.size > 0) {

@@ -311,7 +311,7 @@ interface Model {
   /** Grants (credit_grants.created_at, amount) and voids (voided_at, what the void took back). */
   grantLog: { atMs: number; amount: bigint }[];
   voidLog: { atMs: number; amount: bigint }[];
-  /** Refunds' credit given back into batches (at now) for an event recorded at recordedAtMs (migration period_credits_refunds). */
+  /** Credit refunds gave back (at now, atMs) into batches; `recordedAtMs`: when it had left them (the event's recordedAt, or the repayment for repaid debt; migrations period_credits_refunds, period_credits_refund_rows). */
   refundLog: { atMs: number; amount: bigint; recordedAtMs: number }[];
   /** The (period start, threshold) credit alerts recorded so far, as `${startMs}:${threshold}`. */
   alerts: Set<string>;
@@ -481,7 +481,8 @@ function rolloverRoomModel(m: Model, ev: MEvent): { room: bigint; batches: Set<M
  * max(max(totalAtStart, 0) + granted, 0), totalAtStart = the entries dated before the period start
  * plus expiries dated at it, less expiries fallen due by then and not recorded yet; granted = grants
  * in [start, now] less what voids in [start, now] took back, plus the credit refunds in [start, now]
- * gave back into batches for usage recorded before the start.
+ * gave back into batches that had left them before the start (drawn by usage recorded before it,
+ * or debt repaid before it).
  */
 function periodCreditsModel(m: Model): bigint {
   const { atStart, granted } = periodOpeningModel(m);
@@ -498,7 +499,8 @@ function periodOpeningModel(m: Model): { atStart: bigint; granted: bigint } {
   const granted =
     sum(m.grantLog.filter(inPeriod).map((g) => g.amount)) -
     sum(m.voidLog.filter(inPeriod).map((v) => v.amount)) +
-    // credit refunds gave back into batches for usage charged before the period: the period's new credit
+    // credit refunds gave back into batches that had left them before the period (usage charged
+    // before it, debt repaid before it): the period's new credit
     sum(m.refundLog.filter((r) => inPeriod(r) && r.recordedAtMs < startMs).map((r) => r.amount));
   return { atStart, granted };
 }
@@ -903,9 +905,15 @@ describe.each([
                 m.debt -= ev.unpaid;
                 ev.givenBack += ev.unpaid;
                 ev.unpaid = 0n;
-                for (const [b, amount] of ev.repaidBy) intoBatches += back(b, amount);
-                ev.givenBack += intoBatches;
                 m.refundLog.push({ atMs: m.nowMs, amount: intoBatches, recordedAtMs: ev.recordedAtMs });
+                // Repaid debt given back left the batches when its grant repaid it (the batch was
+                // added): new credit only of a period that began after that (refund_credits).
+                for (const [b, amount] of ev.repaidBy) {
+                  const repaid = back(b, amount);
+                  intoBatches += repaid;
+                  m.refundLog.push({ atMs: m.nowMs, amount: repaid, recordedAtMs: b.addedAtMs });
+                }
+                ev.givenBack += intoBatches;
                 m.log.push({ atMs: m.nowMs, delta: ev.givenBack, expire: false });
                 break;
               }
