@@ -3,10 +3,12 @@
  * period_credits_refunds; README "Plans and billing cycles", the periodCredits paragraph): a
  * refund in the billing period of usage charged before it adds what it gave back into batches to
  * the period's credit, once. Each case pins the exact Balance (available, periodCredits,
- * percentRemaining) and the credit alerts, on the real PostgreSQL.
+ * percentRemaining) and the credit alerts, on the real PostgreSQL. After each test, the rows
+ * refundUsage kept for its accounts (refund_credits) must equal what the backfill of migration
+ * period_credits_refund_rows derives from their ledger.
  */
 import { randomUUID } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { useTestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -25,8 +27,35 @@ import { createCreditPack } from '../../src/services/credit-packs.js';
 import { attachPaymentMethod, purchaseCreditPack } from '../../src/services/purchase-pack.js';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
 import type { ServiceContext } from '../../src/services/context.js';
+import { migrationSql } from '../setup/upgrade.js';
 
 const s = useTestServices(5);
+
+/** Accounts the running test made: after it, their refund_credits rows are checked against the migration's backfill. */
+const made: string[] = [];
+async function fundedAccount(...args: Parameters<typeof createFundedAccount> extends [unknown, ...infer R] ? R : never): Promise<string> {
+  const id = await createFundedAccount(s, ...args);
+  made.push(id);
+  return id;
+}
+
+/**
+ * The backfill of migration period_credits_refund_rows (its INSERT's SELECT, read from the file)
+ * names, for refunds an older release made, the rows refundUsage writes now: after each test, for
+ * its accounts, what the backfill would derive from the ledger equals what the code stored.
+ */
+afterEach(async () => {
+  const ids = made.splice(0);
+  if (ids.length === 0) return;
+  const sql = await migrationSql('20261216100000_period_credits_refund_rows');
+  const insert = sql.slice(sql.indexOf('INSERT INTO "refund_credits"'));
+  const select = insert.slice(insert.indexOf('SELECT'), insert.indexOf(';'));
+  const order = 'ORDER BY usage_event_id, left_at';
+  const cols = 'usage_event_id::text, left_at, account_id::text, refunded_at, amount::text';
+  const derived = await s.pool.query(`SELECT ${cols} FROM (${select}) AS b(usage_event_id, left_at, account_id, refunded_at, amount) WHERE account_id = ANY($1::uuid[]) ${order}`, [ids]);
+  const stored = await s.pool.query(`SELECT ${cols} FROM (SELECT usage_event_id, left_at, account_id, refunded_at, amount_micro_credits AS amount FROM refund_credits) r WHERE account_id = ANY($1::uuid[]) ${order}`, [ids]);
+  expect(derived.rows, "the migration's backfill against what refundUsage stored").toEqual(stored.rows);
+});
 
 // Accounts created at T0 have monthly periods starting on the 1st: P1 = September, P2 = October, P3 = November.
 const T0 = new Date(Date.UTC(2026, 8, 1, 0, 0, 0));
@@ -61,7 +90,7 @@ async function liveBar(accountId: string): Promise<[number, number, number]> {
 describe("a refund of an earlier period's usage and the next period's opening", () => {
   it('the refunded credit is in the next period exactly once (its opening), and the 25 % alert of that period is raised once', async () => {
     s.setNow(T0);
-    const accountId = await createFundedAccount(s, { paid: 150 });
+    const accountId = await fundedAccount({ paid: 150 });
     const last = await spend(accountId, 'p1', 50);
     s.setNow(plus(P2, 10 * DAY_MS));
     await refundUsage(s, last.eventId, 'bad answer'); // new credit of P2
@@ -86,7 +115,7 @@ describe("a refund of an earlier period's usage and the next period's opening", 
 
   it('a refund dated exactly at the next period start counts there once (as new credit), not in the opening', async () => {
     s.setNow(T0);
-    const accountId = await createFundedAccount(s, { paid: 150 });
+    const accountId = await fundedAccount({ paid: 150 });
     const last = await spend(accountId, 'p1', 50);
     s.setNow(P2);
     await refundUsage(s, last.eventId, 'bad answer');
@@ -99,7 +128,7 @@ describe("a refund of an earlier period's usage and the next period's opening", 
 describe('an event recorded exactly at the period start', () => {
   it("is the period's charge: its refund later in the period adds nothing", async () => {
     s.setNow(T0);
-    const accountId = await createFundedAccount(s, { paid: 150 });
+    const accountId = await fundedAccount({ paid: 150 });
     s.setNow(P2);
     const atStart = await spend(accountId, 'at-start', 50); // recorded_at == P2's start
     expect(await bar(accountId, P2)).toEqual([100, 150, 66.66]);
@@ -116,7 +145,7 @@ describe("a refund of an earlier period's usage into a batch with an expiry", ()
   for (const runJob of [false, true]) {
     it(`into a batch that then expires in the period (expiry job ${runJob ? 'run' : 'not run'}): added once, then spent by the expiry`, async () => {
       s.setNow(T0);
-      const accountId = await createFundedAccount(s, {});
+      const accountId = await fundedAccount({});
       await paid(accountId, 'free', 100, plus(P2, 20 * DAY_MS), 'FREE');
       await paid(accountId, 'paid', 50);
       const last = await spend(accountId, 'p1', 60); // from the expiring free credit first
@@ -135,7 +164,7 @@ describe("a refund of an earlier period's usage into a batch with an expiry", ()
 
   it('into a batch that had already expired: nothing given back, nothing added', async () => {
     s.setNow(T0);
-    const accountId = await createFundedAccount(s, {});
+    const accountId = await fundedAccount({});
     await paid(accountId, 'free', 100, plus(P2, 5 * DAY_MS), 'FREE');
     await paid(accountId, 'paid', 50);
     const last = await spend(accountId, 'p1', 60);
@@ -148,7 +177,7 @@ describe("a refund of an earlier period's usage into a batch with an expiry", ()
 
   it('into a batch that expired exactly at the period start (expiry not recorded): nothing added', async () => {
     s.setNow(T0);
-    const accountId = await createFundedAccount(s, {});
+    const accountId = await fundedAccount({});
     await paid(accountId, 'free', 100, P2, 'FREE');
     await paid(accountId, 'paid', 50);
     const last = await spend(accountId, 'p1', 60);
@@ -164,7 +193,7 @@ describe("a refund of an earlier period's usage that left debt", () => {
   /** 20 paid, a hold of 20 captured at 30: 10 of debt (event `over`), in P1. */
   async function inDebt() {
     s.setNow(T0);
-    const accountId = await createFundedAccount(s, { paid: 20 });
+    const accountId = await fundedAccount({ paid: 20 });
     const { reservationId } = await reserveCredits(s, { accountId, amountMicroCredits: credits(20), ttlSeconds: 600, idempotencyKey: 'hold' });
     const over = await spend(accountId, 'over', 30, reservationId);
     expect((await readBalance(s.pool, accountId, T0)).debtMicroCredits).toBe(credits(10));
@@ -229,7 +258,7 @@ describe("a refund of an earlier period's usage that left debt", () => {
 describe('test clocks and plan subscriptions', () => {
   it('a test-clock account: charge, advanceTestClock past the period end, refund: added once', async () => {
     s.setNow(null);
-    const accountId = await createFundedAccount(s, { paid: 150, testClockStart: T0 });
+    const accountId = await fundedAccount({ paid: 150, testClockStart: T0 });
     const last = await spend(accountId, 'p1', 50);
     await advanceTestClock(s, accountId, plus(P2, 3 * DAY_MS));
     const wall = new Date();
@@ -248,7 +277,7 @@ describe('test clocks and plan subscriptions', () => {
 
   it("a plan subscribed between the charge and its refund: the refund is new credit of the new anchor's period; a charge at the subscription instant is not", async () => {
     s.setNow(T0);
-    const accountId = await createFundedAccount(s, { paid: 150 });
+    const accountId = await fundedAccount({ paid: 150 });
     const before = await spend(accountId, 'before', 50);
     const plan = await createPlan(s, { name: `period-refund-${randomUUID()}`, monthlyMicroCredits: credits(100), rollover: 'RESET', rolloverCapMicroCredits: null, priceUsd: '0' });
     const sub = plus(T0, 10 * DAY_MS);
@@ -272,7 +301,7 @@ describe("a payment's credit refunded into its live grant", () => {
     s.setNow(T0);
     const payments = new PaymentSimulator();
     const ctx: ServiceContext = { ...s, payments };
-    const accountId = await createFundedAccount(s, {});
+    const accountId = await fundedAccount({});
     const pack = await createCreditPack(s, { name: `period-pack-${randomUUID()}`, microCredits: credits(100), bonusMicroCredits: 0n, priceUsd: '10', expiresAfterDays: null });
     await attachPaymentMethod(ctx, accountId, `pm_card_period_${randomUUID().slice(0, 8)}`);
     const { paymentId } = await purchaseCreditPack(ctx, { accountId, packId: pack.id, idempotencyKey: `buy-${randomUUID()}` });
