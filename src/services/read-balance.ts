@@ -191,6 +191,12 @@ export interface Reconciliation {
    * billing period): must be 0.
    */
   budgetSpendMismatches: number;
+  /**
+   * Usage events of the account whose kept refund credit (`refund_credits`, what the period's
+   * credit counts of a refund: migration period_credits_refund_rows) differs from what their
+   * REFUND entries gave back into batches: must be 0.
+   */
+  refundCreditMismatches: number;
 }
 
 /**
@@ -198,7 +204,9 @@ export interface Reconciliation {
  * sum of the total-changing ledger entries (all but RESERVE/RELEASE); and that the balance row's
  * stored period opening equals the sum of those entries dated before its period start plus the
  * EXPIRE entries dated at it (`ledger_total_at`, the definition balance_figures falls back to);
- * and that every kept budget spending row equals the SUM of its subject's usage in its period.
+ * that every kept budget spending row equals the SUM of its subject's usage in its period; and
+ * that each refunded event's kept refund credit (`refund_credits`) equals its REFUND entries into
+ * batches.
  * @throws LedgerError NOT_FOUND.
  */
 export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: string): Promise<Reconciliation> {
@@ -211,7 +219,13 @@ export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: s
             (SELECT count(*) FROM budget_spend k JOIN accounts a ON a.id = k.account_id
                     CROSS JOIN LATERAL billing_period(a.billing_anchor_at, k.period_start) p
               WHERE k.account_id = $1
-                AND k.spent_micro_credits <> ${subjectUsageSql('k', 'p.period_start', 'p.period_end')}) AS budget_spend_mismatches
+                AND k.spent_micro_credits <> ${subjectUsageSql('k', 'p.period_start', 'p.period_end')}) AS budget_spend_mismatches,
+            (SELECT count(*) FROM
+               (SELECT l.usage_event_id AS id, SUM(l.amount_micro_credits) AS amount FROM ledger_entries l
+                 WHERE l.account_id = $1 AND l.type = 'REFUND' AND l.batch_id IS NOT NULL GROUP BY 1) e
+               FULL JOIN (SELECT c.usage_event_id AS id, SUM(c.amount_micro_credits) AS amount FROM refund_credits c
+                 WHERE c.account_id = $1 GROUP BY 1) c USING (id)
+              WHERE e.amount IS DISTINCT FROM c.amount) AS refund_credit_mismatches
        FROM balances b WHERE b.account_id = $1`,
     [accountId],
   );
@@ -224,9 +238,11 @@ export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: s
   const opening = r.opening === null ? null : toBigInt(r.opening);
   const openingSum = r.opening_sum === null ? null : toBigInt(r.opening_sum);
   const budgetSpendMismatches = Number(r.budget_spend_mismatches);
+  const refundCreditMismatches = Number(r.refund_credit_mismatches);
   return {
-    consistent: batches - debt === total && ledger === total && opening === openingSum && budgetSpendMismatches === 0,
+    consistent: batches - debt === total && ledger === total && opening === openingSum && budgetSpendMismatches === 0 && refundCreditMismatches === 0,
     budgetSpendMismatches,
+    refundCreditMismatches,
     openingMicroCredits: opening,
     openingLedgerSumMicroCredits: openingSum,
     totalMicroCredits: total,

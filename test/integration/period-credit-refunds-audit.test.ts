@@ -17,7 +17,7 @@ import { grantCredits } from '../../src/services/grant-credits.js';
 import { refundUsage } from '../../src/services/refund-usage.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { expireDue } from '../../src/services/expire-due.js';
-import { readBalance } from '../../src/services/read-balance.js';
+import { readBalance, reconcileAccount } from '../../src/services/read-balance.js';
 import { advanceTestClock } from '../../src/services/test-clock.js';
 import { createPlan, subscribeToPlan } from '../../src/services/plans.js';
 import { balanceFromSnapshot, type BalanceSnapshot } from '../../src/services/balance-figures.js';
@@ -325,5 +325,27 @@ describe("a payment's credit refunded into its live grant", () => {
     expect(await alerts(accountId, P2)).toEqual([25]);
     expect(await liveBar(accountId)).toEqual([20, 90, 22.22]);
     await expectLedgerInvariant(s.pool, accountId, mid);
+  });
+});
+
+describe('reconcile and the kept refund credit', () => {
+  it("an event's refund_credits rows that differ from its REFUND entries into batches make the account inconsistent", async () => {
+    s.setNow(T0);
+    const accountId = await fundedAccount({ paid: 150 });
+    const used = await spend(accountId, 'p1', 50);
+    s.setNow(plus(P2, DAY_MS));
+    await refundUsage(s, used.eventId, 'bad answer');
+    expect(await reconcileAccount(s.pool, accountId)).toMatchObject({ consistent: true, refundCreditMismatches: 0 });
+    await s.pool.query('UPDATE refund_credits SET amount_micro_credits = amount_micro_credits - 1 WHERE usage_event_id = $1', [used.eventId]);
+    expect(await reconcileAccount(s.pool, accountId)).toMatchObject({ consistent: false, refundCreditMismatches: 1 });
+    await s.pool.query('DELETE FROM refund_credits WHERE usage_event_id = $1', [used.eventId]);
+    expect(await reconcileAccount(s.pool, accountId)).toMatchObject({ consistent: false, refundCreditMismatches: 1 });
+    // Put back as refundUsage wrote it (the backfill check after this test reads it).
+    await s.pool.query(
+      `INSERT INTO refund_credits (usage_event_id, left_at, account_id, refunded_at, amount_micro_credits)
+       SELECT e.id, e.recorded_at, e.account_id, e.refunded_at, $2 FROM usage_events e WHERE e.id = $1`,
+      [used.eventId, credits(50).toString()],
+    );
+    await expectLedgerInvariant(s.pool, accountId, plus(P2, DAY_MS));
   });
 });

@@ -13,6 +13,7 @@ export async function expectLedgerInvariant(pool: pg.Pool, accountId: string, no
   expect(rec.batchRemainingMicroCredits - rec.debtMicroCredits).toBe(rec.totalMicroCredits);
   expect(rec.ledgerSumMicroCredits).toBe(rec.totalMicroCredits);
   expect(rec.budgetSpendMismatches).toBe(0); // kept budget spending equals the SUM it stands for
+  expect(rec.refundCreditMismatches).toBe(0); // kept refund credit equals the REFUND entries into batches
   expect(rec.consistent).toBe(true);
   const { rows } = await pool.query(
     `SELECT COUNT(*)::int AS bad FROM credit_batches WHERE account_id = $1 AND (remaining_micro_credits < 0 OR remaining_micro_credits > allocated_micro_credits)`,

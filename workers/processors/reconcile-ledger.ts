@@ -22,7 +22,7 @@ export async function processReconcileLedger(pool: pg.Pool, log: Logger, data: u
   const { lookbackSeconds } = ReconcileLedgerPayload.parse(data ?? {});
   const report = await reconcileLedger(pool, new Date(now.getTime() - lookbackSeconds * 1000));
   for (const bad of report.inconsistent) {
-    log.error({ accountId: bad.accountId, total: String(bad.totalMicroCredits), batches: String(bad.batchRemainingMicroCredits), ledger: String(bad.ledgerSumMicroCredits), budgetSpendMismatches: bad.budgetSpendMismatches }, 'ledger invariant violated');
+    log.error({ accountId: bad.accountId, total: String(bad.totalMicroCredits), batches: String(bad.batchRemainingMicroCredits), ledger: String(bad.ledgerSumMicroCredits), budgetSpendMismatches: bad.budgetSpendMismatches, refundCreditMismatches: bad.refundCreditMismatches }, 'ledger invariant violated');
   }
   log.info({ checked: report.checked, inconsistent: report.inconsistent.length }, 'reconcile-ledger pass done');
   return {
