@@ -694,6 +694,12 @@ describe.each([
                 { op: 'budget', acct: 0, kind: 'AGENT', subject: 0, limitCredits: agentLimit },
                 ...budgets.map((b) => ({ ...b, limitCredits: Math.floor((b.limitCredits ?? 30) / 2) })),
                 ...xs,
+                // Then a budgeted agent's charge and a period start: its budget re-arms (seen.budgetReArmed).
+                // Random commands alone missed it in some 40-run passes (a test-clocks pass, 2026-12-07).
+                { op: 'grant', acct: 0, amount: 40, type: 'PAID', source: 'PURCHASE', expiresInMinutes: null },
+                { op: 'budget', acct: 0, kind: 'AGENT', subject: 0, limitCredits: 1000 },
+                { op: 'charge', acct: 0, cents: 1, agentId: AGENTS[0]! },
+                { op: 'advance', acct: 0, minutes: 35 * 1440, jobs: false },
               ]),
           },
         )),
