@@ -299,11 +299,11 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     // a grant repays debt when it is made, after the event drew).
     // Each part with when its credit left the batches (refund_credits): drawn credit at the
     // event's recorded_at, repaid debt when the repaying grant repaid it (its DEBT_REPAY entry).
-    const recordedAtEv = ev.rows[0].recorded_at as Date;
+    const recordedAt = ev.rows[0].recorded_at as Date;
     const repaidAt = await repaymentTimes(tx, atx.accountId, [...share.repaidByBatch.keys()]);
     const parts = [
-      ...drawn.rows.map((r) => ({ batchId: r.batch_id as string, amount: toBigInt(r.amount_micro_credits), note: reason, leftAt: recordedAtEv })),
-      ...[...share.repaidByBatch].map(([batchId, amount]) => ({ batchId, amount, note: `${reason} (repaid debt)`, leftAt: repaidAt.get(batchId) ?? recordedAtEv })),
+      ...drawn.rows.map((r) => ({ batchId: r.batch_id as string, amount: toBigInt(r.amount_micro_credits), note: reason, leftAt: recordedAt })),
+      ...[...share.repaidByBatch].map(([batchId, amount]) => ({ batchId, amount, note: `${reason} (repaid debt)`, leftAt: repaidAt.get(batchId) ?? recordedAt })),
     ];
     const batches = new Map<string, { status: string; expires_at: Date | null; paymentId: string | null }>();
     if (parts.length > 0) {
@@ -318,7 +318,7 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
       for (const r of rows) batches.set(r.id as string, { status: r.status as string, expires_at: r.expires_at as Date | null, paymentId: r.payment_id as string | null });
     }
     const paid = await paymentCredit(atx, [...new Set([...batches.values()].flatMap((b) => (b.paymentId ? [b.paymentId] : [])))]);
-    const carried = parts.length > 0 ? await rolloverRoom(atx, ev.rows[0].recorded_at as Date) : null;
+    const carried = parts.length > 0 ? await rolloverRoom(atx, recordedAt) : null;
     const back = new Map<string, bigint>();
     /** Credit given back into batches, by when it had left them (ms since the epoch). */
     const backByLeftAt = new Map<number, bigint>();
@@ -408,7 +408,6 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     }
     await tx.query('UPDATE usage_events SET refunded_at = $2, refund_reason = $3 WHERE id = $1', [usageEventId, atx.now, reason]);
     const e = ev.rows[0];
-    const recordedAt = e.recorded_at as Date;
     // The kept spending of the period the event was charged in. An event recorded before the
     // billing anchor (a plan subscribed since) was charged in a period of the old anchor, whose
     // kept rows subscribeToPlan deleted: nothing to take off. monthlyPeriodAt would name the new
