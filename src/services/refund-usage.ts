@@ -41,6 +41,8 @@ export interface DebtFact {
   amountMicroCredits: bigint;
   usageEventId: string | null;
   batchId: string | null;
+  /** When the fact's ledger entry was written (a REPAY: the repayment); absent where a caller builds facts by hand. */
+  at?: Date;
 }
 
 /** What became of one event's debt (micro-credits): still owed, and repaid, by repaying batch id (in order of repayment). */
@@ -114,15 +116,15 @@ export function replayDebt(facts: readonly DebtFact[]): Map<string, EventDebtSha
 export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Promise<DebtFact[]> {
   const { rows } = await db.query({
     name: 'cp-refund-debt-history',
-    text: `SELECT x.seq, x.kind, x.amount, x.event, x.batch FROM (
-         SELECT c.seq, 'DEBT' AS kind, e.debt_micro_credits AS amount, e.id AS event, NULL::uuid AS batch
+    text: `SELECT x.seq, x.kind, x.amount, x.event, x.batch, x.at FROM (
+         SELECT c.seq, 'DEBT' AS kind, e.debt_micro_credits AS amount, e.id AS event, NULL::uuid AS batch, e.recorded_at AS at
            FROM usage_events e
            CROSS JOIN LATERAL (SELECT l.seq FROM ledger_entries l
                                 WHERE l.account_id = e.account_id AND l.created_at = e.recorded_at AND l.usage_event_id = e.id AND l.type = 'CONSUME'
                                 LIMIT 1) c
           WHERE e.account_id = $1 AND e.debt_micro_credits > 0
          UNION ALL
-         SELECT l.seq, CASE WHEN l.type = 'DEBT_REPAY' THEN 'REPAY' ELSE 'FORGIVE' END, l.amount_micro_credits, l.usage_event_id, l.batch_id
+         SELECT l.seq, CASE WHEN l.type = 'DEBT_REPAY' THEN 'REPAY' ELSE 'FORGIVE' END, l.amount_micro_credits, l.usage_event_id, l.batch_id, l.created_at
            FROM ledger_entries l
           WHERE l.account_id = $1 AND (l.type = 'DEBT_REPAY' OR (l.type = 'REFUND' AND l.batch_id IS NULL))
        ) x ORDER BY x.seq`,
@@ -134,6 +136,7 @@ export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Prom
     amountMicroCredits: toBigInt(r.amount),
     usageEventId: r.event as string | null,
     batchId: r.batch as string | null,
+    at: r.at as Date,
   }));
 }
 
@@ -181,26 +184,6 @@ async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: b
   const carriedAtStart = rows.reduce((sum, r) => sum + toBigInt(r.at_start), 0n);
   const cap = toBigInt(sub.cap);
   return { room: carriedAtStart < cap ? cap - carriedAtStart : 0n, batchIds: new Set(rows.map((r) => r.id as string)) };
-}
-
-/**
- * When each batch repaid debt: the date of its grant's DEBT_REPAY entry (applyGrant repays debt
- * once, when the grant is made), for the batches of `batchIds` (those that repaid a refunded
- * event's debt). refundUsage keeps it with the credit it gives back into them (refund_credits):
- * repaid debt given back is new credit of a billing period only when it was repaid before the
- * period started (a grant of the period is already in periodCredits by its whole amount).
- * @returns batch id -> the repayment's instant (batches without one are absent).
- */
-async function repaymentTimes(tx: Tx, accountId: string, batchIds: string[]): Promise<Map<string, Date>> {
-  const found = new Map<string, Date>();
-  if (batchIds.length === 0) return found;
-  const { rows } = await tx.query(
-    `SELECT batch_id, MIN(created_at) AS at FROM ledger_entries
-      WHERE account_id = $1 AND type = 'DEBT_REPAY' AND batch_id = ANY($2::uuid[]) GROUP BY batch_id`,
-    [accountId, batchIds],
-  );
-  for (const r of rows) found.set(r.batch_id as string, r.at as Date);
-  return found;
 }
 
 /** A payment whose grants an event's credit came from, as refundUsage gives that credit back (micro-credits). */
@@ -290,17 +273,25 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     );
     const eventDebt = toBigInt(ev.rows[0].debt_micro_credits);
     let share: EventDebtShare = { unpaidMicroCredits: 0n, repaidByBatch: new Map() };
+    /**
+     * When each batch repaid debt (its grant's DEBT_REPAY entry: applyGrant repays once, when the
+     * grant is made), from the history just read: repaid debt given back is new credit of a
+     * billing period only when it was repaid before the period started (a grant of the period is
+     * already in periodCredits by its whole amount).
+     */
+    const repaidAt = new Map<string, Date>();
     if (eventDebt > 0n) {
-      const found = replayDebt(await readDebtHistory(tx, atx.accountId)).get(usageEventId);
+      const history = await readDebtHistory(tx, atx.accountId);
+      const found = replayDebt(history).get(usageEventId);
       assert(found, 'an event with debt is in its account debt history');
       share = found;
+      for (const f of history) if (f.kind === 'REPAY' && f.batchId && f.at && !repaidAt.has(f.batchId)) repaidAt.set(f.batchId, f.at);
     }
     // Every batch credit goes back to: the drawn parts, then the repaid parts (no batch is both:
     // a grant repays debt when it is made, after the event drew).
     // Each part with when its credit left the batches (refund_credits): drawn credit at the
     // event's recorded_at, repaid debt when the repaying grant repaid it (its DEBT_REPAY entry).
     const recordedAt = ev.rows[0].recorded_at as Date;
-    const repaidAt = await repaymentTimes(tx, atx.accountId, [...share.repaidByBatch.keys()]);
     const parts = [
       ...drawn.rows.map((r) => ({ batchId: r.batch_id as string, amount: toBigInt(r.amount_micro_credits), note: reason, leftAt: recordedAt })),
       ...[...share.repaidByBatch].map(([batchId, amount]) => ({ batchId, amount, note: `${reason} (repaid debt)`, leftAt: repaidAt.get(batchId) ?? recordedAt })),
