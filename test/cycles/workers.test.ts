@@ -54,8 +54,17 @@ describe('expiry by the workers', () => {
         input: { externalId: uniq('wall'), name: 'wall clock', kind: 'ORGANIZATION', welcomeBonus: false },
       }),
     ).createAccount.id;
-    const expiresAt = new Date(Date.now() + 1_500).toISOString();
-    ok(await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`, { input: { accountId: id, amount: '5', type: 'FREE', source: 'PROMO_CODE', idempotencyKey: uniq('g'), expiresAt } }));
+    // The grant is made at `now` (the server's clock pinned for it): a past expiresAt is refused,
+    // and a loaded machine can take longer than 1.5 s from here to the grant's transaction. The
+    // expiry job still runs in real time: at expiresAt, or at once when the grant came later.
+    const now = new Date();
+    const expiresAt = new Date(now.getTime() + 1_500).toISOString();
+    srv.services.setNow(now);
+    try {
+      ok(await srv.gql(`mutation($input: GrantCreditsInput!) { grantCredits(input: $input) { id } }`, { input: { accountId: id, amount: '5', type: 'FREE', source: 'PROMO_CODE', idempotencyKey: uniq('g'), expiresAt } }));
+    } finally {
+      srv.services.setNow(null);
+    }
     const bar = wsSubscribe(srv.url, `Bearer ${srv.adminKey}`, BALANCE_SUB, { id });
     try {
       await bar.waitFor((s) => s.events.length > 0 && s.events.at(-1).balanceChanged.total === '0', 'the expiry on the live bar', 20_000);
