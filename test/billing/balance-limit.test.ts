@@ -223,34 +223,42 @@ describe.each(['group', 'naive'])('charges whose sums would pass the limit (CHAR
   });
 
   it("sums kept only for reports and budgets (usage rollups, an agent's spending) may pass the limit: captures within the account's figures are accepted and reported exactly", async () => {
-    const accountId = await apiAccount(charges, { paid: '3' });
-    ok(await charges.gql(`mutation($a: ID!) { setAgentBudget(accountId: $a, agentId: "big", limit: "10") { limit } }`, { a: accountId }));
-    // The agent's first charge of the period starts its kept spending (1 credit).
-    ok(await charges.gql(RECORD, { input: { accountId, idempotencyKey: uniq('u'), category: 'unit', agentId: 'big' } }));
-    const [a, b] = [await hold(accountId, '1', 'big'), await hold(accountId, '1', 'big')];
-    // Captures are not checked against the budget of their hold's agent; the debt (MAX - 1) and each hold's consumed fit.
-    ok(await charges.gql(RECORD, { input: { ...capture(accountId, a, MAX), agentId: 'big' } }));
-    ok(await charges.gql(RECORD, { input: { ...capture(accountId, b, '1'), agentId: 'big' } }));
-    const hour = Math.floor(Date.now() / 3_600_000) * 3_600_000;
-    const read = ok(
-      await charges.gql(
-        `query($id: ID!, $from: DateTime!, $to: DateTime!) { account(id: $id) {
-           balance { debt } budgets { agentId spent }
-           usageSummary(from: $from, to: $to, groupBy: [CATEGORY]) { category credits events }
-           usageHistory(months: 1) { total byCategory { category credits } } } }`,
-        // Whole hours around now: read from the hourly rollup.
-        { id: accountId, from: new Date(hour - 3_600_000).toISOString(), to: new Date(hour + 2 * 3_600_000).toISOString() },
-      ),
-    ).account;
-    expect(read.balance.debt).toBe('9223372036853.775807');
-    expect(read.budgets).toEqual([{ agentId: 'big', spent: '9223372036856.775807' }]); // 1 + MAX + 1
-    expect(read.usageSummary).toEqual([
-      { category: 'units', credits: '9223372036855.775807', events: 2 },
-      { category: 'unit', credits: '1', events: 1 },
-    ]);
-    expect(read.usageHistory[0].total).toBe('9223372036856.775807');
-    // The agent is over its budget: a charge without a hold is refused as such (the budget is checked before the credit).
-    expectError(await charges.gql(RECORD, { input: { accountId, idempotencyKey: uniq('u'), category: 'unit', agentId: 'big' } }), 'BUDGET_EXCEEDED');
-    await expectLedgerInvariant(charges.services.pool, dbId(accountId));
+    // One instant of the server's clock for the charges and the reads: usageHistory(months: 1) is
+    // the UTC calendar month of the server's now, which the charges could leave at a month end.
+    const at = new Date();
+    charges.services.setNow(at);
+    try {
+      const accountId = await apiAccount(charges, { paid: '3' });
+      ok(await charges.gql(`mutation($a: ID!) { setAgentBudget(accountId: $a, agentId: "big", limit: "10") { limit } }`, { a: accountId }));
+      // The agent's first charge of the period starts its kept spending (1 credit).
+      ok(await charges.gql(RECORD, { input: { accountId, idempotencyKey: uniq('u'), category: 'unit', agentId: 'big' } }));
+      const [a, b] = [await hold(accountId, '1', 'big'), await hold(accountId, '1', 'big')];
+      // Captures are not checked against the budget of their hold's agent; the debt (MAX - 1) and each hold's consumed fit.
+      ok(await charges.gql(RECORD, { input: { ...capture(accountId, a, MAX), agentId: 'big' } }));
+      ok(await charges.gql(RECORD, { input: { ...capture(accountId, b, '1'), agentId: 'big' } }));
+      const hour = Math.floor(at.getTime() / 3_600_000) * 3_600_000;
+      const read = ok(
+        await charges.gql(
+          `query($id: ID!, $from: DateTime!, $to: DateTime!) { account(id: $id) {
+             balance { debt } budgets { agentId spent }
+             usageSummary(from: $from, to: $to, groupBy: [CATEGORY]) { category credits events }
+             usageHistory(months: 1) { total byCategory { category credits } } } }`,
+          // Whole hours around now: read from the hourly rollup.
+          { id: accountId, from: new Date(hour - 3_600_000).toISOString(), to: new Date(hour + 2 * 3_600_000).toISOString() },
+        ),
+      ).account;
+      expect(read.balance.debt).toBe('9223372036853.775807');
+      expect(read.budgets).toEqual([{ agentId: 'big', spent: '9223372036856.775807' }]); // 1 + MAX + 1
+      expect(read.usageSummary).toEqual([
+        { category: 'units', credits: '9223372036855.775807', events: 2 },
+        { category: 'unit', credits: '1', events: 1 },
+      ]);
+      expect(read.usageHistory[0].total).toBe('9223372036856.775807');
+      // The agent is over its budget: a charge without a hold is refused as such (the budget is checked before the credit).
+      expectError(await charges.gql(RECORD, { input: { accountId, idempotencyKey: uniq('u'), category: 'unit', agentId: 'big' } }), 'BUDGET_EXCEEDED');
+      await expectLedgerInvariant(charges.services.pool, dbId(accountId), at);
+    } finally {
+      charges.services.setNow(null);
+    }
   });
 });

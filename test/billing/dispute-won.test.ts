@@ -123,7 +123,13 @@ describe('a dispute won', () => {
   it('partial refunds of an expiring pack, delivered at the same moment: the share is taken once in all, the rest keeps the pack\'s expiry', async () => {
     const { srv } = servers.main;
     const { accountId, pi, paymentId, grantId } = await boughtPack(srv, servers.fake, 30);
-    const results = await Promise.all([post(srv, refundEvent(pi, 250)), post(srv, refundEvent(pi, 100)), post(srv, refundEvent(pi, 250))]);
+    // Explicit `created` times (Unix seconds): the refund of 100 was made before the one that
+    // brought the total to 250 (delivered twice). Made at post time instead, a second boundary
+    // between the posts made the 100 NEWER than an applied 250, which the service rightly answers
+    // 503 retry_later (a refund failure not yet received: charge-reversal.ts revealsUnreceivedFailure).
+    const made = Math.floor(Date.now() / 1000) - 3600;
+    const at = (payload: string, created: number) => JSON.stringify({ ...JSON.parse(payload), created });
+    const results = await Promise.all([post(srv, at(refundEvent(pi, 250), made + 10)), post(srv, at(refundEvent(pi, 100), made)), post(srv, at(refundEvent(pi, 250), made + 10))]);
     expect(results.filter((r) => r === 'reversed').length).toBeGreaterThanOrEqual(1);
     expect((await readAccount(srv, accountId)).balance).toMatchObject({ paid: '15', total: '15' }); // 25 of 40 taken back
     const { rows } = await srv.services.pool.query('SELECT expires_at FROM credit_batches WHERE grant_id = $1', [grantId]);

@@ -116,7 +116,13 @@ export function searchAnswer(...data: unknown[]): FakeAnswer {
   return { status: 200, body: { object: 'search_result', url: '/v1/payment_intents/search', has_more: false, data } };
 }
 
-/** A Stripe event of `type` about `object` (a PaymentIntent), as Stripe POSTs it to a webhook endpoint. */
+/**
+ * A Stripe event of `type` about `object` (a PaymentIntent), as Stripe POSTs it to a webhook
+ * endpoint, `created` now in whole Unix seconds. The service orders a charge's refund events and
+ * refund failures by `created` (services/charge-reversal.ts, refund-failures.ts): a test whose
+ * outcome depends on that order sets `created` explicitly (as refund-failures.test.ts does), since
+ * two events made a moment apart fall in the same second or in two, as a boundary falls.
+ */
 export function stripeEvent(type: string, object: Record<string, unknown>, id = `evt_${randomUUID().replaceAll('-', '')}`) {
   return { id, object: 'event', api_version: '2025-01-27.acacia', created: Math.floor(Date.now() / 1000), livemode: false, pending_webhooks: 1, request: { id: null, idempotency_key: null }, type, data: { object } };
 }

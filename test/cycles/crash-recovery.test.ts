@@ -73,12 +73,21 @@ async function until(done: () => Promise<boolean>, what: string, timeoutMs = 60_
 }
 
 async function dueBatches(accounts: string[], expiresInMs: number): Promise<void> {
-  const at = new Date(Date.now() + expiresInMs);
-  await Promise.all(
-    accounts.map((accountId) =>
-      grantCredits(services, { accountId, amountMicroCredits: credits(3), type: 'FREE', source: 'PROMO_CODE', expiresAt: at, reference: null, idempotencyKey: `due-${at.getTime()}` }),
-    ),
-  );
+  // The grants are made at `now` (the services' clock pinned for them): a past expiresAt is
+  // refused, and on a loaded machine the last of the concurrent grants may come after a short
+  // `expiresInMs`. The jobs still run in real time (a grant that came late: its job at once).
+  const now = new Date();
+  const at = new Date(now.getTime() + expiresInMs);
+  services.setNow(now);
+  try {
+    await Promise.all(
+      accounts.map((accountId) =>
+        grantCredits(services, { accountId, amountMicroCredits: credits(3), type: 'FREE', source: 'PROMO_CODE', expiresAt: at, reference: null, idempotencyKey: `due-${at.getTime()}` }),
+      ),
+    );
+  } finally {
+    services.setNow(null);
+  }
 }
 
 async function expiredCount(accounts: string[]): Promise<{ expired: number; entries: number }> {
@@ -106,7 +115,7 @@ describe('worker crash safety', () => {
     const prefix = `cp-crash-${randomUUID()}`;
     const accounts = await Promise.all(Array.from({ length: 150 }, () => createFundedAccount(services, { paid: 1 })));
     let worker = await startWorkerProcess(prefix);
-    await dueBatches(accounts, 4_000); // 150 grants race this deadline (a past expiresAt is refused)
+    await dueBatches(accounts, 4_000); // due together, 4 s after the grants' instant
     await until(async () => (await expiredCount(accounts)).expired > 0, 'the first expiries');
     await kill9(worker);
     const atKill = await expiredCount(accounts);

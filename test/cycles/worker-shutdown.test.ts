@@ -73,8 +73,16 @@ async function jobHeldMidway(graceMs: number, env: NodeJS.ProcessEnv = {}) {
   /** The rest of the set-up (on a failure the caller disposes of what was started). */
   async function heldAfterBoot() {
     const accountId = await createFundedAccount(services, { paid: 1 });
-    const expiresAt = new Date(Date.now() + 1_500);
-    await grantCredits(services, { accountId, amountMicroCredits: credits(5), type: 'FREE', source: 'PROMO_CODE', expiresAt, reference: null, idempotencyKey: `expiring-${randomUUID()}` });
+    // Granted at `now` (the services' clock pinned for it): a past expiresAt is refused, and a
+    // loaded machine can take longer than 1.5 s to reach the grant's transaction.
+    const now = new Date();
+    const expiresAt = new Date(now.getTime() + 1_500);
+    services.setNow(now);
+    try {
+      await grantCredits(services, { accountId, amountMicroCredits: credits(5), type: 'FREE', source: 'PROMO_CODE', expiresAt, reference: null, idempotencyKey: `expiring-${randomUUID()}` });
+    } finally {
+      services.setNow(null);
+    }
     const client = await services.pool.connect();
     holder = client;
     await client.query('BEGIN');
