@@ -49,7 +49,8 @@ describe('an end user token that expires while a stream is open', () => {
   it('SSE: the stream ends with UNAUTHENTICATED at exp (not a bare complete), after delivering what came before', async () => {
     const orgExt = uniq('org');
     const org = await apiAccount(srv, { kind: 'ORGANIZATION', externalId: orgExt, paid: '10' });
-    const token = `Bearer ${await signUserToken(srv.jwtSecret, { sub: uniq('user'), org: orgExt, expiresInSeconds: 3 })}`;
+    // exp is in whole seconds: 6 leaves the snapshot 5-6 s before the end even on a loaded machine.
+    const token = `Bearer ${await signUserToken(srv.jwtSecret, { sub: uniq('user'), org: orgExt, expiresInSeconds: 6 })}`;
     const sse = track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: org }));
     await sse.waitFor((s) => s.events.length === 1, 'the snapshot');
     await sse.waitFor((s) => s.completed || s.errors.length > 0 || s.closedWith !== null, 'the end at exp', 15_000);

@@ -251,7 +251,8 @@ describe('authorization', () => {
   });
 
   it('ends the connection (4403) when the token expires while connected, and SSE streams end with UNAUTHENTICATED', async () => {
-    const token = `Bearer ${await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 4 })}`;
+    // exp is in whole seconds: 6 leaves both snapshots 5-6 s before the end even on a loaded machine.
+    const token = `Bearer ${await signUserToken(srv.jwtSecret, { sub: userExt, org: orgExt, expiresInSeconds: 6 })}`;
     const ws = track(wsSubscribe(srv.url, token, BALANCE_SUB, { id: own }));
     const sse = track(sseSubscribe(srv.url, token, BALANCE_SUB, { id: own }));
     await ws.waitFor((s) => s.events.length === 1, 'snapshot before expiry');
