@@ -50,7 +50,8 @@
  * every hold's expiresAt is checked against the model after every command, later advances
  * expire it at its new instant, and an extended hold keeps counting in reserved and against its
  * subjects' budgets. extendAtExpiryArb lands the clock on the new expiry itself (a capture just
- * before it, past the reserve's expiry, is charged; an extension and a capture at it are refused).
+ * before it, past the reserve's expiry, is charged, as is a charge of the hold's subjects against
+ * their budgets; an extension and a capture at it are refused).
  * With extendReservation checking only status ACTIVE (not expiresAt), the lazy-expiry mode fails
  * within 5 runs; with it dating the new expiry by the wall clock, the test-clock mode fails on a
  * hold's expiresAt; with it writing a balance version, on the unchanged version.
@@ -142,8 +143,9 @@ type Command =
   /**
    * The heartbeat (extendReservation): the hold's expiry to the account's now + ttlMinutes (0 and
    * 10081, past 7 days: BAD_USER_INPUT). `unknownId`: a reservation id nobody has (NOT_FOUND).
+   * `live`: `hold` indexes the holds the model says still hold, when there are any.
    */
-  | { op: 'extend'; acct: Acct; hold: number; ttlMinutes: number; unknownId: boolean }
+  | { op: 'extend'; acct: Acct; hold: number; ttlMinutes: number; unknownId: boolean; live: boolean }
   | { op: 'advance'; acct: Acct; minutes: number; jobs: boolean }
   /** `early`: refund one of the events recorded before the latest roll that drew subscription credit, when there is one. */
   | { op: 'refund'; acct: Acct; event: number; early: boolean }
@@ -172,11 +174,16 @@ const chargeArb = named(fc.record({ op: fc.constant('charge' as const), acct: ac
 const burstRecordArb = fc.record({ op: fc.constant('burst' as const), acct: acctArb, n: fc.integer({ min: 2, max: 5 }), cents: fc.integer({ min: 1, max: 1200 }) });
 const burstArb = named(burstRecordArb);
 const advanceArb = fc.record({ op: fc.constant('advance' as const), acct: acctArb, minutes: fc.oneof({ arbitrary: fc.integer({ min: 1, max: 120 }), weight: 2 }, fc.constant(0), { arbitrary: fc.integer({ min: 20, max: 45 }).map((d) => d * 1440), weight: 2 }), jobs: fc.boolean() });
-/** Mostly a TTL like reserve's, now and then the longest (7 days) or one outside 1 s .. 7 days; rarely an unknown id. */
+/**
+ * Mostly a TTL like reserve's, now and then the longest (7 days) or one outside 1 s .. 7 days;
+ * rarely an unknown id; half of them of a hold that still holds (by index, most holds are closed
+ * or expired by then).
+ */
 const extendArb = fc.record({
   op: fc.constant('extend' as const),
   acct: acctArb,
   hold: fc.integer({ min: -1, max: 7 }),
+  live: fc.boolean(),
   ttlMinutes: fc.oneof({ weight: 12, arbitrary: fc.integer({ min: 1, max: 180 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 7 * 1440, 7 * 1440 + 1) }),
   unknownId: fc.oneof({ weight: 15, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
 });
@@ -188,9 +195,11 @@ const extendArb = fc.record({
  * another extension and a capture of it are RESERVATION_NOT_ACTIVE. Random extends and advances
  * almost never land on the instant itself, nor between the two expiries.
  */
-const extendAtExpiryArb: fc.Arbitrary<Command[]> = fc
+const extendAtExpiryArb = (subjectsOfHold: fc.Arbitrary<Partial<Subjects>>): fc.Arbitrary<Command[]> => fc
   .record({
     acct: acctArb,
+    subjects: subjectsOfHold,
+    chargeCents: fc.integer({ min: 1, max: 1000 }),
     amount: fc.integer({ min: 1, max: 10 }),
     ttl: fc.integer({ min: 2, max: 180 }),
     /** The wait before the extension: a share `early` of the TTL (< 1: before the expiry), else up to 2 h (often after it). */
@@ -203,18 +212,20 @@ const extendAtExpiryArb: fc.Arbitrary<Command[]> = fc
     jobs: fc.boolean(),
     cents: fc.integer({ min: 0, max: 500 }),
   })
-  .map(({ acct, amount, ttl, early, late, waitJobs, extendTo, last, jobs, cents }): Command[] => {
+  .map(({ acct, subjects, chargeCents, amount, ttl, early, late, waitJobs, extendTo, last, jobs, cents }): Command[] => {
     const wait = early === null ? late : Math.max(1, Math.floor(ttl * early));
     const before = Math.max(0, extendTo - last);
     return [
       { op: 'grant', acct, amount: 10, type: 'PAID', source: 'PURCHASE', expiresInMinutes: null },
-      { op: 'reserve', acct, amount, ttlMinutes: ttl },
+      { op: 'reserve', acct, amount, ttlMinutes: ttl, ...subjects },
       { op: 'advance', acct, minutes: wait, jobs: waitJobs },
-      { op: 'extend', acct, hold: -1, ttlMinutes: extendTo, unknownId: false },
+      { op: 'extend', acct, hold: -1, ttlMinutes: extendTo, unknownId: false, live: false },
       { op: 'advance', acct, minutes: before, jobs },
       { op: 'capture', acct, hold: -1, cents },
+      // A charge of the hold's subjects: their budgets still count what the hold holds.
+      { op: 'charge', acct, cents: chargeCents, ...subjects },
       { op: 'advance', acct, minutes: extendTo - before, jobs },
-      { op: 'extend', acct, hold: -1, ttlMinutes: extendTo, unknownId: false },
+      { op: 'extend', acct, hold: -1, ttlMinutes: extendTo, unknownId: false, live: false },
       { op: 'capture', acct, hold: -1, cents },
     ];
   });
@@ -771,10 +782,12 @@ describe.each([
       burstBudgetRefusals: 0,
       budgetReArmed: 0,
       liveSnapshots: 0,
-      /** Holds extended; extensions refused at the hold's expiry instant itself; holds still holding past the expiry their reserve gave them. */
+      /** Holds extended; extensions refused at the hold's expiry instant itself; checks while a hold still held past the expiry its reserve gave it. */
       extended: 0,
       extendRefusedAtExpiry: 0,
       heldPastReservedExpiry: 0,
+      /** ... and one of those holding against a budget of its subjects. */
+      budgetHeldPastReservedExpiry: 0,
       /** Plan-less accounts whose new billing period was opened (openBillingPeriod: the sweep, or a test clock's walk). */
       periodsOpened: 0,
     };
@@ -784,7 +797,7 @@ describe.each([
           {
             weight: 2,
             arbitrary: fc
-              .array(fc.oneof({ weight: 15, arbitrary: commandArb.map((c) => [c]) }, { weight: 1, arbitrary: extendAtExpiryArb }), { minLength: 10, maxLength: 40, size: 'max' })
+              .array(fc.oneof({ weight: 15, arbitrary: commandArb.map((c) => [c]) }, { weight: 1, arbitrary: extendAtExpiryArb(fc.constant({})) }), { minLength: 10, maxLength: 40, size: 'max' })
               .map((xs) => xs.flat()),
           },
           { weight: 2, arbitrary: fc.array(rolloverCommandArb, { minLength: 10, maxLength: 30, size: 'max' }) },
@@ -798,16 +811,34 @@ describe.each([
             // Budgets set on funded accounts first, so that budgets rather than credit refuse.
             weight: 2,
             arbitrary: fc
-              .tuple(fc.integer({ min: 5, max: 30 }), fc.array(budgetArb, { maxLength: 3 }), fc.array(budgetCommandArb, { minLength: 10, maxLength: 30, size: 'max' }))
+              .tuple(
+                fc.integer({ min: 5, max: 30 }),
+                fc.array(budgetArb, { maxLength: 3 }),
+                fc.array(
+                  fc.oneof(
+                    { weight: 14, arbitrary: budgetCommandArb.map((c) => [c]) },
+                    // An extended hold of the agent budgeted first (and maybe a user), past its reserve's expiry.
+                    { weight: 1, arbitrary: extendAtExpiryArb(subjectsArb.map((s) => ({ ...s, agentId: s.agentId ?? AGENTS[0]! }))) },
+                  ),
+                  { minLength: 10, maxLength: 30, size: 'max' },
+                ),
+              )
               .map(([agentLimit, budgets, xs]): Command[] => [
                 ...([0, 1] as const).map((acct): Command => ({ op: 'grant', acct, amount: 150, type: 'PAID', source: 'PURCHASE', expiresInMinutes: null })),
                 { op: 'budget', acct: 0, kind: 'AGENT', subject: 0, limitCredits: agentLimit },
                 ...budgets.map((b) => ({ ...b, limitCredits: Math.floor((b.limitCredits ?? 30) / 2) })),
-                ...xs,
+                ...xs.flat(),
                 // Then a budgeted agent's charge and a period start: its budget re-arms (seen.budgetReArmed).
                 // Random commands alone missed it in some 40-run passes (a test-clocks pass, 2026-12-07).
                 { op: 'grant', acct: 0, amount: 40, type: 'PAID', source: 'PURCHASE', expiresInMinutes: null },
                 { op: 'budget', acct: 0, kind: 'AGENT', subject: 0, limitCredits: 1000 },
+                { op: 'charge', acct: 0, cents: 1, agentId: AGENTS[0]! },
+                // And a hold of that agent extended past the expiry its reserve gave it, still counting against its budget
+                // there (seen.budgetHeldPastReservedExpiry: the sequences above reach it only in some 40-run passes).
+                { op: 'reserve', acct: 0, amount: 1, ttlMinutes: 10, agentId: AGENTS[0]! },
+                { op: 'advance', acct: 0, minutes: 5, jobs: false },
+                { op: 'extend', acct: 0, hold: -1, ttlMinutes: 60, unknownId: false, live: false },
+                { op: 'advance', acct: 0, minutes: 30, jobs: true },
                 { op: 'charge', acct: 0, cents: 1, agentId: AGENTS[0]! },
                 { op: 'advance', acct: 0, minutes: 35 * 1440, jobs: false },
               ]),
@@ -1044,7 +1075,8 @@ describe.each([
                   await expect(extendReservation(services, randomUUID(), ttlSeconds)).rejects.toMatchObject({ code: badTtl ? 'BAD_USER_INPUT' : 'NOT_FOUND' });
                   break;
                 }
-                const h = holdOf(m, cmd.hold);
+                const holding = cmd.live ? m.holds.filter((x) => isHolding(m, x)) : [];
+                const h = holding.length > 0 ? holding[Math.abs(cmd.hold) % holding.length]! : holdOf(m, cmd.hold);
                 if (!h) continue;
                 predicted = badTtl ? { code: 'BAD_USER_INPUT', over: [] } : isHolding(m, h) ? null : { code: 'RESERVATION_NOT_ACTIVE', over: [] };
                 if (predicted?.code === 'RESERVATION_NOT_ACTIVE' && h.expiresAtMs === m.nowMs) seen.extendRefusedAtExpiry++;
@@ -1358,7 +1390,9 @@ describe.each([
             expect(holds.length).toBe(mm.holds.length);
             const gotHolds = new Map(holds.map((r) => [r.id as string, { consumed: BigInt(r.c), status: r.status as string, expiresAt: (r.expires_at as Date).getTime() }]));
             for (const h of mm.holds) expect(gotHolds.get(h.id), `hold ${mm.holds.indexOf(h)}`).toEqual({ consumed: h.consumed, status: h.status, expiresAt: h.expiresAtMs });
-            if (mm.holds.some((h) => isHolding(mm, h) && mm.nowMs >= h.reservedExpiresAtMs)) seen.heldPastReservedExpiry++;
+            const pastReserved = mm.holds.filter((h) => isHolding(mm, h) && mm.nowMs >= h.reservedExpiresAtMs);
+            if (pastReserved.length > 0) seen.heldPastReservedExpiry++;
+            if (pastReserved.some((h) => holdRest(h) > 0n && keysOf(h.subjects).some((k) => mm.budgets.has(k)))) seen.budgetHeldPastReservedExpiry++;
             // Reserved is the rest of the holds that hold, as the database has them.
             const heldByRows = sum(
               holds.filter((r) => r.status === 'ACTIVE' && (r.expires_at as Date).getTime() > mm.nowMs).map((r) => maxBig(BigInt(r.a) - BigInt(r.c), 0n)),
