@@ -182,7 +182,11 @@ async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: b
         AND (b.expires_at IS NULL OR b.expires_at > $2) AND b.status <> 'VOIDED'`,
     [atx.accountId, periodStart],
   );
-  const carriedAtStart = rows.reduce((sum, r) => sum + toBigInt(r.at_start), 0n);
+  // Expiries after the roll that this transaction recorded (a due roll run first: refundUsage)
+  // are not in ledger_entries yet: their credit stood at the roll too (DRAWN_SINCE_CTE).
+  const carriedIds = new Set(rows.map((r) => r.id as string));
+  const pending = atx.pendingExpiriesAfter(periodStart).filter((e) => carriedIds.has(e.batchId));
+  const carriedAtStart = rows.reduce((sum, r) => sum + toBigInt(r.at_start), 0n) + pending.reduce((sum, e) => sum + e.amountMicroCredits, 0n);
   const cap = toBigInt(sub.cap);
   return { room: carriedAtStart < cap ? cap - carriedAtStart : 0n, batchIds: new Set(rows.map((r) => r.id as string)) };
 }

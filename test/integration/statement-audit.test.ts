@@ -438,6 +438,36 @@ describe('account statements, adversarial audit', () => {
     }
   });
 
+  it('a refund that runs a late ROLLOVER roll counts carried credit that expired after the roll in the same transaction, as on time', async () => {
+    // Capped ROLLOVER plan (40 a month, cap 25) from Jan 1; a charge of 3 draws the plan credit;
+    // then 5 SUBSCRIPTION credits expiring Feb 1 12:00. The Feb 1 roll counts 42 and trims 17
+    // (plan credit 20, the 5 carried: 25, the cap). At 13:00 the January charge is refunded: no
+    // room under the cap (the 5 expired since still stood at the roll). When the refund itself ran
+    // the late roll, the noon expiry it recorded was not in ledger_entries yet, and the refund gave
+    // back all 3 (room 5).
+    const start = new Date('2030-01-01T00:00:00.000Z');
+    const noon = new Date('2030-02-01T12:00:00.000Z');
+    const [onTime, late] = [await createFundedAccount(services, { testClockStart: start }), await createFundedAccount(services, { testClockStart: start })];
+    const charged = new Map<string, string>();
+    for (const id of [onTime, late]) {
+      await subscribeToPlan(services, id, plans[1]!.id);
+      await setClock(id, new Date(start.getTime() + 1000));
+      charged.set(id, (await recordUsage(services, { accountId: id, idempotencyKey: 'c', category: 'units', quantities: { units: '3' } })).eventId);
+      await setClock(id, new Date(start.getTime() + 2000));
+      await grantCredits(services, { accountId: id, amountMicroCredits: credits(5), type: 'PAID', source: 'SUBSCRIPTION', expiresAt: noon, reference: null, idempotencyKey: 'extra' });
+    }
+    await advanceTestClock(services, onTime, new Date(noon.getTime() + HOUR));
+    await setClock(late, new Date(noon.getTime() + HOUR));
+    for (const id of [onTime, late]) await refundUsage(services, charged.get(id)!, 'operator');
+    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+    const [a, b] = [await allStatements(onTime), await allStatements(late)];
+    expect(b.map((s) => [s.expiredMicroCredits, s.refundedMicroCredits, s.closingTotalMicroCredits])).toEqual([
+      [-credits(17), 0n, credits(25)],
+      [-credits(5), 0n, credits(60)],
+    ]);
+    expect(strip(b)).toEqual(strip(a));
+  });
+
   it('a late plan roll leaves every statement as the on-time roll does: twin accounts, one advanced with its jobs, one whose rolls run late (property)', async () => {
     type TwinOp =
       | { op: 'grant'; type: 'FREE' | 'PAID'; source: GrantSource; amount: number; expiryHours: number | null }
