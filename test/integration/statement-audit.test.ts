@@ -19,7 +19,17 @@
  * occurredAt, and a periodStart 1 ms before the first period or in the period after the current
  * one is BAD_USER_INPUT. Real PostgreSQL, test clocks.
  *
- * Seed: fast-check prints the seed and path of a failing run; set STATEMENT_AUDIT_SEED to replay.
+ * Then late plan rolls against on-time ones (README "Statements": a late roll dates its grant and
+ * trim at the period start): twin accounts given the same operations, one whose clock moves run
+ * every job on time, one whose rolls run late (run by the next charge, hold, refund, void, switch
+ * or the job), must show the same statements (a property over ROLLOVER plans, plus focused cases
+ * of the discrepancies this audit found and fixed: a switch re-gridding after an hour-late roll,
+ * a void and a refund made before a late roll, a late trim leaving out credit that expired after
+ * the period start, and a refund's room under the cap after a roll in its own transaction).
+ *
+ * Seed: fast-check prints the seed and path of a failing run; set STATEMENT_AUDIT_SEED to replay
+ * and STATEMENT_AUDIT_RUNS for more runs (the twin property found the refund case in about one
+ * run of three at its default 80 runs; the focused cases always do).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
@@ -485,16 +495,16 @@ describe('account statements, adversarial audit', () => {
       // No usage past a hold here: with debt at the boundary, a grant made before the late roll
       // repays it instead of the roll's grant (grants do not run a due roll first: left open, see
       // the audit report), which changes grantedBySource and the next trim.
-      fc.record({ op: fc.constant('refund' as const), pick: fc.nat() }),
+      { weight: 2, arbitrary: fc.record({ op: fc.constant('refund' as const), pick: fc.nat() }) },
       fc.record({ op: fc.constant('void' as const), pick: fc.nat() }),
       // ROLLOVER plans only: a RESET plan's late roll grants only the current period by design
       // (README: the credit of the periods passed would have expired), so a period that passed
       // without a roll shows neither that grant nor its expiry, and after a switch re-grids the
       // periods even the totals of the periods around it differ from an on-time roll's.
-      { weight: 2, arbitrary: fc.record({ op: fc.constant('subscribe' as const), plan: fc.constantFrom(1, 2) }) },
+      { weight: 2, arbitrary: fc.record({ op: fc.constant('subscribe' as const), plan: fc.constantFrom(1, 1, 2) }) },
       fc.constant({ op: 'cancel' as const }),
       { weight: 2, arbitrary: fc.record({ op: fc.constant('move' as const), hours: fc.integer({ min: 1, max: 900 }) }) },
-      { weight: 2, arbitrary: fc.constant({ op: 'toBoundary' as const }) },
+      { weight: 3, arbitrary: fc.constant({ op: 'toBoundary' as const }) },
     );
     const seed = process.env.STATEMENT_AUDIT_SEED ? Number(process.env.STATEMENT_AUDIT_SEED) : undefined;
     await fc.assert(
@@ -549,7 +559,7 @@ describe('account statements, adversarial audit', () => {
         const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
         expect({ outcome: outcome[1], statements: strip(b) }).toEqual({ outcome: outcome[0], statements: strip(a) });
       }),
-      { numRuns: Number(process.env.STATEMENT_AUDIT_RUNS ?? 40), ...(seed === undefined ? {} : { seed }) },
+      { numRuns: Number(process.env.STATEMENT_AUDIT_RUNS ?? 80), ...(seed === undefined ? {} : { seed }) },
     );
   }, 590_000);
 });
