@@ -695,6 +695,18 @@ export class AccountTx {
   }
 
   /**
+   * The EXPIRE entries this transaction recorded and has not written yet (finish writes them),
+   * dated after `after`, as (batch id, micro-credits expired > 0): what a query of
+   * ledger_entries in this transaction cannot see (refund-usage.ts rolloverRoom, after a due
+   * roll's expiries in the same transaction).
+   */
+  pendingExpiriesAfter(after: Date): { batchId: string; amountMicroCredits: bigint }[] {
+    return this.entries
+      .filter((e) => e.type === 'EXPIRE' && e.batchId !== null && (e.at ?? this.now).getTime() > after.getTime())
+      .map((e) => ({ batchId: e.batchId!, amountMicroCredits: -e.amountMicroCredits }));
+  }
+
+  /**
    * Records a ledger entry. For total-changing types the running total moves by `amount`;
    * hold entries (RESERVE/RELEASE) leave it unchanged.
    */

@@ -34,18 +34,21 @@ export function scheduleExpiry(atx: AccountTx, what: 'batch' | 'hold', id: strin
  * Expires, inside the locked account transaction, every ACTIVE batch and hold whose expiresAt is
  * at or before `atx.now` (a batch pays only while now < expiresAt). Entries are recorded on
  * `atx`; the caller calls `atx.finish()`.
+ * With `batchesUpTo` (an instant before now), only the batches whose expiresAt is at or before it
+ * and no holds: a late plan roll steps through the period starts it missed, each with what had
+ * expired by then (plans.ts rollDuePeriods).
  */
-export async function applyExpiries(atx: AccountTx): Promise<ExpiryResult> {
+export async function applyExpiries(atx: AccountTx, batchesUpTo?: Date): Promise<ExpiryResult> {
   const { rows: batches } = await atx.tx.query(
     `WITH due AS (
        SELECT id, remaining_micro_credits AS remaining, expires_at FROM credit_batches
-        WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at <= $2
+        WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at <= $3
         FOR UPDATE
      )
      UPDATE credit_batches b SET status = 'EXPIRED', remaining_micro_credits = 0, updated_at = $2
        FROM due WHERE b.id = due.id
      RETURNING b.id, due.remaining, due.expires_at`,
-    [atx.accountId, atx.now],
+    [atx.accountId, atx.now, batchesUpTo && batchesUpTo.getTime() < atx.now.getTime() ? batchesUpTo : atx.now],
   );
   batches.sort((x, y) => (x.expires_at as Date).getTime() - (y.expires_at as Date).getTime() || String(x.id).localeCompare(String(y.id)));
   let expired = 0n;
@@ -55,6 +58,7 @@ export async function applyExpiries(atx: AccountTx): Promise<ExpiryResult> {
     if (remaining > 0n) atx.addEntry({ type: 'EXPIRE', amountMicroCredits: -remaining, batchId: b.id as string, note: 'expired', at: b.expires_at as Date });
     else atx.touch();
   }
+  if (batchesUpTo && batchesUpTo.getTime() < atx.now.getTime()) return { batches: batches.length, expiredMicroCredits: expired, holds: 0 };
   const { rows: holds } = await atx.tx.query(
     `SELECT id FROM reservations WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at <= $2 ORDER BY expires_at, id FOR UPDATE`,
     [atx.accountId, atx.now],

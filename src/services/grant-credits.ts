@@ -60,8 +60,8 @@ export function balanceRoomError(currentMicroCredits: bigint, amountMicroCredits
  * account lock, so the refusal is exact and nothing is written.
  * `effectiveAt` (default: the account's now; never after it) dates the grant, its batch and its
  * ledger entries when it belongs to an earlier instant: a plan's allowance of a billing period
- * that passed while no roll ran (plans.ts rollBillingPeriods), so the period figures count it in
- * that period, as if the roll had run on time.
+ * whose roll runs late, ended or current (plans.ts grantPeriod), so the period figures and
+ * statements count it at the period start, as if the roll had run on time.
  * `keyNamesGrant`: a grant already made under the key is this grant whatever its input, so it is
  * replayed instead of IDEMPOTENCY_CONFLICT (a plan's period grant, whose key names the period's
  * start while its clamped end can differ: plans.ts grantPeriod).

@@ -126,8 +126,13 @@ function scheduleRoll(atx: AccountTx, periodEnd: Date): void {
 }
 
 /**
- * Grants the plan's allowance of the period; a period that already ended is dated at its start
- * (applyGrant's effectiveAt). A period of this plan starting at this instant that was granted
+ * Grants the plan's allowance of the period, dated at its start (applyGrant's effectiveAt; a
+ * subscription's period starts now): a roll that runs late, for a period that already ended or
+ * for the current one, dates its grant as an on-time roll would (README "Statements"). Dating the
+ * current period's late grant at the roll's now instead put it in another period once a later
+ * subscription re-gridded the periods at that instant (an hour-late RESET roll followed by a
+ * switch: the re-gridded period before the switch showed the expiry of the old allowance but not
+ * the grant of the new one; test/integration/statement-audit.test.ts). A period of this plan starting at this instant that was granted
  * already (its key `plan-period:<plan>:<start>` exists) is replayed, whatever its end (applyGrant's keyNamesGrant):
  * a roll under the old anchor and a subscription at that same instant (a test clock stands still
  * between calls) name the same period start, but a clamped month end can differ (anchor Jan 31:
@@ -135,7 +140,6 @@ function scheduleRoll(atx: AccountTx, periodEnd: Date): void {
  * differing expiresAt of a RESET plan would otherwise make the subscription IDEMPOTENCY_CONFLICT.
  */
 async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, periodEnd: Date): Promise<void> {
-  const ended = periodEnd.getTime() <= atx.now.getTime();
   await applyGrant(atx, {
     amountMicroCredits: plan.monthlyMicroCredits,
     type: 'PAID',
@@ -143,7 +147,7 @@ async function grantPeriod(atx: AccountTx, plan: PlanRecord, periodStart: Date, 
     expiresAt: plan.rollover === 'RESET' ? periodEnd : null,
     reference: `plan:${plan.id}`,
     idempotencyKey: planPeriodGrantKey(plan.id, periodStart),
-  }, ended ? periodStart : undefined, { keyNamesGrant: true });
+  }, periodStart, { keyNamesGrant: true });
 }
 
 /**
@@ -318,10 +322,13 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
   if (granted.getTime() >= current.start.getTime()) return 0;
   let rolled = 0;
   const capped = plan.rollover === 'ROLLOVER' && plan.rolloverCapMicroCredits !== null;
-  // RESET credit of the period that ended expires first (dated at its expiresAt).
-  await applyExpiries(atx);
   while (granted.getTime() < current.start.getTime()) {
     const next = monthlyPeriodAt(atx.billingAnchorAt, granted).end; // the next period's start
+    // What had expired by this period start expires first (dated at its expiresAt; RESET credit
+    // of the period that ended), and only that: credit expiring after it still stood there, and
+    // a late trim counts it as the on-time one did (before, every due expiry ran first and the
+    // trim left out the credit that expired after the period start; statement-audit.test.ts).
+    await applyExpiries(atx, next);
     if (capped) await trimRollover(atx, plan.rolloverCapMicroCredits!, next);
     const period = monthlyPeriodAt(atx.billingAnchorAt, next);
     // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
@@ -331,6 +338,7 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
     granted = next;
     rolled++;
   }
+  await applyExpiries(atx); // the rest due by now, and holds
   // A capped roll is remembered with its cap (capped_roll_at, migration plan_capped_roll), kept
   // across switches and cancels, for the refunds of usage recorded before it (rolloverRoom).
   await tx.query(
@@ -346,18 +354,27 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
 }
 
 /**
- * SQL of the CTE `since(batch_id, drawn)`: per batch, the micro-credits that usage recorded from
- * instant `$2` on (CONSUME entries of account `$1` dated from `$2`, their events not refunded)
- * drew from it. Added to a batch's remaining it gives its credit as it stood at `$2`: what
+ * SQL of the CTE `since(batch_id, drawn)`: per batch, the micro-credits that left it after
+ * instant `$2`: what usage recorded from `$2` on (CONSUME entries of account `$1` dated from `$2`,
+ * their events not refunded) drew from it, plus what expired from it after `$2` (EXPIRE entries
+ * dated after `$2`: the batch's expiresAt came later; a trim's own entries are dated at `$2` or
+ * before). Added to a batch's remaining it gives its credit as it stood at `$2`: what
  * trimRollover trims and what a refund may give back under the cap (refund-usage.ts
- * rolloverRoom) both count from that.
+ * rolloverRoom) both count from that. (Without the expiries, a roll that ran after such a
+ * batch's expiresAt left it out of the credit that stood at the period start and trimmed less
+ * than the on-time roll: 5 credits more kept in test/integration/statement-audit.test.ts.)
  */
 export const DRAWN_SINCE_CTE = `since AS (
-       SELECT d.batch_id, SUM(d.amount_micro_credits) AS drawn FROM ledger_entries l
-         JOIN usage_events e ON e.id = l.usage_event_id AND e.refunded_at IS NULL
-         JOIN drawdowns d ON d.usage_event_id = l.usage_event_id
-        WHERE l.account_id = $1 AND l.type = 'CONSUME' AND l.created_at >= $2
-        GROUP BY d.batch_id
+       SELECT x.batch_id, SUM(x.amount) AS drawn FROM (
+         SELECT d.batch_id, d.amount_micro_credits AS amount FROM ledger_entries l
+           JOIN usage_events e ON e.id = l.usage_event_id AND e.refunded_at IS NULL
+           JOIN drawdowns d ON d.usage_event_id = l.usage_event_id
+          WHERE l.account_id = $1 AND l.type = 'CONSUME' AND l.created_at >= $2
+         UNION ALL
+         SELECT l.batch_id, -l.amount_micro_credits FROM ledger_entries l
+          WHERE l.account_id = $1 AND l.type = 'EXPIRE' AND l.created_at > $2 AND l.batch_id IS NOT NULL
+       ) x
+        GROUP BY x.batch_id
      )`;
 
 /**
@@ -370,7 +387,9 @@ export const DRAWN_SINCE_CTE = `since AS (
  * cut). On time (nothing recorded since `at`) it is the plain trim of the remaining credit.
  * Only credit added before `at` stood at `at`: a SUBSCRIPTION grant made between the period
  * start and a late roll (grantCredits may name that source) is not trimmed, as an on-time roll
- * would not have seen it.
+ * would not have seen it. Credit that stood at `at` and expired since (its expiresAt after `at`,
+ * before the late roll; the roll applies due expiries first) is counted as the on-time roll
+ * counted it: its batch's part of the trim cannot be taken back (it expired), the others' is.
  */
 async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void> {
   // Usage since `at`: the account's CONSUME entries dated from `at` on (an index range on
@@ -380,7 +399,7 @@ async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void
      SELECT b.id, b.remaining_micro_credits, COALESCE(s.drawn, 0) AS drawn_since
        FROM credit_batches b LEFT JOIN since s ON s.batch_id = b.id
       WHERE b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND b.added_at < $2 AND (b.expires_at IS NULL OR b.expires_at > $2)
-        AND (b.status = 'ACTIVE' OR (b.status = 'EXHAUSTED' AND s.drawn IS NOT NULL))
+        AND (b.status = 'ACTIVE' OR (b.status IN ('EXHAUSTED', 'EXPIRED') AND s.drawn IS NOT NULL))
       ORDER BY b.added_at, b.id FOR UPDATE OF b`,
     [atx.accountId, at],
   );

@@ -21,7 +21,7 @@ import { BALANCE_LIMIT_REASON } from '../ledger/refusals.js';
 import { AccountTx } from './account-tx.js';
 import { moveBudgetSpend } from './spending-budgets.js';
 import { scheduleExpiry } from './expire-due.js';
-import { DRAWN_SINCE_CTE } from './plans.js';
+import { DRAWN_SINCE_CTE, rollDueBeforeCharge } from './plans.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import type { ServiceContext } from './context.js';
 import { usdToCents } from '../payments/provider.js';
@@ -158,8 +158,9 @@ export async function readDebtHistory(db: Tx | pg.Pool, accountId: string): Prom
  * or uncapped ROLLOVER rolls trim nothing) lifts the cap the old plan's last roll applied.
  * @returns the room (micro-credits, ≥ 0) and the carried batches it bounds; null when no cap
  *   applies (no capped roll has run on the account, or the event was recorded since the latest
- *   one), or while a roll of the active capped plan is due and has not run yet (its late trim
- *   then counts the refunded credit, as a refund after that roll on time would be capped by it).
+ *   one), or while a roll of the active capped plan is due and has not run yet (refundUsage runs
+ *   it first, so only when that roll was refused, e.g. over the balance limit: its later trim
+ *   then counts the refunded credit).
  */
 async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: bigint; batchIds: Set<string> } | null> {
   const { rows: subs } = await atx.tx.query(
@@ -181,7 +182,11 @@ async function rolloverRoom(atx: AccountTx, recordedAt: Date): Promise<{ room: b
         AND (b.expires_at IS NULL OR b.expires_at > $2) AND b.status <> 'VOIDED'`,
     [atx.accountId, periodStart],
   );
-  const carriedAtStart = rows.reduce((sum, r) => sum + toBigInt(r.at_start), 0n);
+  // Expiries after the roll that this transaction recorded (a due roll run first: refundUsage)
+  // are not in ledger_entries yet: their credit stood at the roll too (DRAWN_SINCE_CTE).
+  const carriedIds = new Set(rows.map((r) => r.id as string));
+  const pending = atx.pendingExpiriesAfter(periodStart).filter((e) => carriedIds.has(e.batchId));
+  const carriedAtStart = rows.reduce((sum, r) => sum + toBigInt(r.at_start), 0n) + pending.reduce((sum, e) => sum + e.amountMicroCredits, 0n);
   const cap = toBigInt(sub.cap);
   return { room: carriedAtStart < cap ? cap - carriedAtStart : 0n, batchIds: new Set(rows.map((r) => r.id as string)) };
 }
@@ -248,7 +253,8 @@ async function paymentCredit(atx: AccountTx, paymentIds: string[]): Promise<Map<
  * would have expired), except credit a payment bought, which goes back into the payment's live
  * grant (growing its batch's allocation when it gave less), less the unrecovered share of the
  * payment's refunded money (paymentCredit); nor, for an event recorded before a ROLLOVER roll, what the roll's cap would
- * have trimmed had the event never drawn (rolloverRoom). A batch gets back at most what it gave, so its remaining stays within its
+ * have trimmed had the event never drawn (rolloverRoom). A plan roll that is due and has not run
+ * yet runs first (plans.ts rollDueBeforeCharge), as before a charge. A batch gets back at most what it gave, so its remaining stays within its
  * allocation (CHECK credit_batches_remaining_in_range) (a payment's live grant given more than it gave has its allocation grown by the difference). Its cost comes off the kept budget spending
  * of the period it was charged in, when that period is of the current billing anchor. The audit
  * trail records `usage.refunded` with `reason`, the event's `cost` and `givenBack` (what the
@@ -266,6 +272,11 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     const atx = await AccountTx.lockOwner(tx, 'usage_events', usageEventId, 'usage event', ctx.clock());
     const ev = await tx.query('SELECT refunded_at, debt_micro_credits, agent_id, user_id, cost_micro_credits, recorded_at FROM usage_events WHERE id = $1', [usageEventId]);
     if (ev.rows[0].refunded_at) return usageEventId;
+    // A plan roll that is due and has not run yet runs first, as before a charge (the roll the job
+    // would make, dated as on time), so the refund meets the credit an on-time roll left: refunded
+    // first, the credit it gave back was counted by the late ROLLOVER trim as standing at the
+    // period start, and the ended period's statement closed at a total the account never had.
+    await rollDueBeforeCharge(atx);
     const totalBefore = atx.total;
     const drawn = await tx.query(
       `SELECT d.batch_id, d.amount_micro_credits FROM drawdowns d WHERE d.usage_event_id = $1 ORDER BY d.position`,

@@ -347,6 +347,8 @@ interface MBatch {
   remaining: bigint;
   status: BatchStatus;
   voided: boolean;
+  /** Its expiry, once it expired at its expiresAt (what it still had then). */
+  expired?: { atMs: number; amount: bigint };
 }
 interface MHold {
   id: string;
@@ -470,14 +472,17 @@ function giveBack(m: Model, b: MBatch, amount: bigint): bigint {
 }
 
 /** What the expiry job (or anything that runs applyExpiries) does at the account's now. */
-function expireModel(m: Model): void {
+function expireModel(m: Model, batchesUpToMs?: number): void {
+  const upTo = batchesUpToMs !== undefined && batchesUpToMs < m.nowMs ? batchesUpToMs : m.nowMs;
   for (const b of m.batches) {
-    if (b.status === 'ACTIVE' && b.expiresAtMs !== null && b.expiresAtMs <= m.nowMs) {
+    if (b.status === 'ACTIVE' && b.expiresAtMs !== null && b.expiresAtMs <= upTo) {
       m.log.push({ atMs: b.expiresAtMs, delta: -b.remaining, expire: true });
+      b.expired = { atMs: b.expiresAtMs, amount: b.remaining };
       b.status = 'EXPIRED';
       b.remaining = 0n;
     }
   }
+  if (upTo < m.nowMs) return; // a late roll's step: batches only (expire-due.ts applyExpiries batchesUpTo)
   for (const h of m.holds) if (h.status === 'ACTIVE' && h.expiresAtMs <= m.nowMs) h.status = 'EXPIRED';
 }
 
@@ -501,19 +506,20 @@ function addBatch(m: Model, b: MBatch): void {
 
 const periodAt = (m: Model, atMs: number) => monthlyPeriodAt(new Date(m.anchorMs), new Date(atMs));
 
-/** What events recorded from `atMs` on, not refunded, drew from batch `b` (plans.ts DRAWN_SINCE_CTE). */
+/** What events recorded from `atMs` on, not refunded, drew from batch `b`, plus what expired from it after `atMs` (plans.ts DRAWN_SINCE_CTE). */
 const drawnSince = (m: Model, b: MBatch, atMs: number) =>
-  sum(m.events.filter((e) => !e.refunded && e.recordedAtMs >= atMs).flatMap((e) => e.parts.filter((p) => p.batch === b).map((p) => p.amount)));
+  sum(m.events.filter((e) => !e.refunded && e.recordedAtMs >= atMs).flatMap((e) => e.parts.filter((p) => p.batch === b).map((p) => p.amount))) +
+  (b.expired && b.expired.atMs > atMs ? b.expired.amount : 0n);
 
 /**
  * A plan's grant of the period [startMs, endMs) (PAID, SUBSCRIPTION; under RESET expiring at the
- * period end; dated at the period start when the period already ended), once per plan and start
+ * period end; dated at the period start, also by a late roll), once per plan and start
  * (README "Plans and billing cycles").
  */
 function grantPeriodModel(m: Model, plan: PlanRecord, startMs: number, endMs: number): void {
   const key = planPeriodGrantKey(plan.id, new Date(startMs));
   if (m.batches.some((b) => b.key === key)) return;
-  const addedAtMs = endMs <= m.nowMs ? startMs : m.nowMs;
+  const addedAtMs = Math.min(startMs, m.nowMs);
   addBatch(m, { grantId: '', batchId: '', cmd: null, key, source: 'SUBSCRIPTION', type: 'PAID', expiresAtMs: plan.rollover === 'RESET' ? endMs : null, addedAtMs, remaining: plan.monthlyMicroCredits, status: 'ACTIVE', voided: false });
 }
 
@@ -524,7 +530,7 @@ function grantPeriodModel(m: Model, plan: PlanRecord, startMs: number, endMs: nu
  */
 function trimModel(m: Model, cap: bigint, atMs: number): void {
   const batches = m.batches
-    .filter((b) => b.source === 'SUBSCRIPTION' && b.addedAtMs < atMs && (b.expiresAtMs === null || b.expiresAtMs > atMs) && (b.status === 'ACTIVE' || (b.status === 'EXHAUSTED' && drawnSince(m, b, atMs) > 0n)))
+    .filter((b) => b.source === 'SUBSCRIPTION' && b.addedAtMs < atMs && (b.expiresAtMs === null || b.expiresAtMs > atMs) && (b.status === 'ACTIVE' || ((b.status === 'EXHAUSTED' || b.status === 'EXPIRED') && drawnSince(m, b, atMs) > 0n)))
     .sort((a, b) => a.addedAtMs - b.addedAtMs || (a.batchId < b.batchId ? -1 : a.batchId > b.batchId ? 1 : 0))
     .map((b) => ({ b, atStart: b.remaining + drawnSince(m, b, atMs) }));
   let total = sum(batches.map((x) => x.atStart));
@@ -545,10 +551,10 @@ function rollModel(m: Model): number {
   if (!sub?.active) return 0;
   const current = periodAt(m, m.nowMs);
   if (sub.grantedPeriodStartMs >= current.start.getTime()) return 0;
-  expireModel(m);
   let rolled = 0;
   while (sub.grantedPeriodStartMs < current.start.getTime()) {
     const next = periodAt(m, sub.grantedPeriodStartMs).end.getTime();
+    expireModel(m, next); // what had expired by this period start, only
     const cap = sub.plan.rolloverCapMicroCredits;
     if (sub.plan.rollover === 'ROLLOVER' && cap !== null) trimModel(m, cap, next);
     const period = periodAt(m, next);
@@ -556,6 +562,7 @@ function rollModel(m: Model): number {
     sub.grantedPeriodStartMs = next;
     rolled++;
   }
+  expireModel(m);
   const cap = sub.plan.rolloverCapMicroCredits;
   if (sub.plan.rollover === 'ROLLOVER' && cap !== null) m.cappedRoll = { atMs: sub.grantedPeriodStartMs, cap };
   return rolled;
@@ -1131,6 +1138,7 @@ describe.each([
                 unchanged = ev.refunded;
                 expect(await refundUsage(services, ev.id, 'model test')).toBe(ev.id);
                 if (ev.refunded) break;
+                rollModel(m); // a due roll runs first, as before a charge
                 // Carried subscription credit gets back only what the cap leaves room for.
                 const carried = rolloverRoomModel(m, ev);
                 const back = (b: MBatch, amount: bigint) => {
@@ -1194,6 +1202,7 @@ describe.each([
                 unchanged = b.voided;
                 expect(await voidGrant(services, b.grantId, 'model test')).toBe(b.grantId);
                 if (b.voided) break;
+                rollModel(m); // a due roll runs first, as before a charge
                 b.voided = true;
                 expireModel(m); // what is due expires first, dated at its expiresAt
                 if (b.status === 'ACTIVE' || b.status === 'EXHAUSTED') {
