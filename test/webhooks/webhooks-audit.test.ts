@@ -326,3 +326,59 @@ describe('an alert whose transaction rolled back', () => {
     expect((await findUndeliveredWebhookJobs(services.pool, new Date(Date.now() + 120_000))).filter((j) => j.data.accountId === accountId)).toEqual([]);
   });
 });
+
+describe('`redeliver auto_top_up.paused:<top-up id>` of an event never attempted', () => {
+  /**
+   * An account whose auto top-up paused at the failure of `pausing` (its finished_at, as
+   * auto-top-up.ts writes it), after an earlier failed top-up `earlier` that paused nothing; with
+   * `revived`, the pausing charge's late success made that top-up SUCCEEDED afterwards (its error
+   * and finished_at kept). Nothing was attempted (WEBHOOK_URL unset then): no log rows.
+   */
+  async function pausedAccount(revived: boolean): Promise<{ accountId: string; earlier: string; pausing: string }> {
+    const { services } = pipeline;
+    const accountId = await createFundedAccount(services, { paid: 10, externalId: `paused-${randomUUID()}` });
+    const pack = await services.pool.query(`INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES (gen_random_uuid(), $1, 1000000, 1) RETURNING id`, [`pack-${randomUUID()}`]);
+    const pausedAt = new Date(Date.now() - 120_000);
+    const earlier = await services.pool.query(
+      `INSERT INTO auto_top_ups (id, account_id, period_start, status, attempts, error, created_at, finished_at) VALUES (gen_random_uuid(), $1, now(), 'FAILED', 1, 'card declined', $2, $2) RETURNING id`,
+      [accountId, new Date(pausedAt.getTime() - 60_000)],
+    );
+    const pausing = await services.pool.query(
+      `INSERT INTO auto_top_ups (id, account_id, period_start, status, attempts, error, created_at, finished_at) VALUES (gen_random_uuid(), $1, now(), $2, 2, 'card expired', $3, $4) RETURNING id`,
+      [accountId, revived ? 'SUCCEEDED' : 'FAILED', new Date(pausedAt.getTime() - 10_000), pausedAt],
+    );
+    await services.pool.query(
+      `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, last_error, paused_at)
+       VALUES ($1, false, 1000000, $2, 3, 3, 'card expired', $3)`,
+      [accountId, pack.rows[0].id, pausedAt],
+    );
+    return { accountId, earlier: earlier.rows[0].id, pausing: pausing.rows[0].id };
+  }
+
+  it('sends the pause of the top-up that paused it (also once a late success revived that top-up), and refuses a failed top-up that paused nothing', async () => {
+    const { receiver, services, jobs } = pipeline;
+    const connection = new Redis(TEST_REDIS_URL, { maxRetriesPerRequest: 1 });
+    const sink = createQueueJobSink(connection, prefix);
+    try {
+      for (const revived of [false, true]) {
+        const { accountId, earlier, pausing } = await pausedAccount(revived);
+        // A failed top-up that did not pause auto top-up is no `auto_top_up.paused` event: sending
+        // one would tell the customer auto top-up paused "after 3 failed charges" when it did not.
+        const [wrong] = await redeliverWebhooks(services.pool, sink, [parseWebhookEventRef(`auto_top_up.paused:${earlier}`)!]);
+        expect(wrong).toMatchObject({ status: 'NOT_FOUND' });
+        expect(await sink.webhookQueue.getJob(webhookJobId('auto_top_up.paused', earlier))).toBeUndefined();
+        // The pause itself is sent (the sweep finds the same event).
+        expect((await findUndeliveredWebhookJobs(services.pool, new Date())).filter((j) => j.data.accountId === accountId).map((j) => j.data.eventId)).toEqual([pausing]);
+        const [right] = await redeliverWebhooks(services.pool, sink, [parseWebhookEventRef(`auto_top_up.paused:${pausing}`)!]);
+        expect(right, `revived: ${revived}`).toMatchObject({ status: 'QUEUED' });
+        expect(await jobs.wait(webhookJobId('auto_top_up.paused', pausing))).toMatchObject({ state: 'completed', returnvalue: { status: 'DELIVERED', attempt: 1 } });
+        const got = receiver.forAccount(accountId);
+        expect(got.map((r) => r.eventId)).toEqual([`auto_top_up.paused:${pausing}`]);
+        expect(signedBody(got[0]!).data).toMatchObject({ topUpId: pausing, error: 'card expired' });
+      }
+    } finally {
+      await sink.close();
+      connection.disconnect();
+    }
+  });
+});
