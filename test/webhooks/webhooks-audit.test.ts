@@ -8,7 +8,7 @@
  * charged at once; the log's prune running while an old event's redelivery is in flight; an alert
  * whose transaction rolled back. Waiting is event-driven (requests, job outcomes).
  */
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { recordUsage } from '../../src/services/record-usage.js';
@@ -50,9 +50,9 @@ async function chargedTo20(before: (accountId: string) => void = () => undefined
  * of this file relay every outbox row at once, so an alert of a charge would be delivered before
  * a test could deliver it itself.
  */
-async function quietAlert(): Promise<{ accountId: string; alertId: string }> {
+async function quietAlert(externalId = `quiet-${randomUUID()}`): Promise<{ accountId: string; alertId: string }> {
   const { services } = pipeline;
-  const accountId = await createFundedAccount(services, { paid: 100, externalId: `quiet-${randomUUID()}` });
+  const accountId = await createFundedAccount(services, { paid: 100, externalId });
   const { rows } = await services.pool.query(
     `INSERT INTO credit_alerts (id, account_id, threshold, percent_remaining, available_micro_credits, period_start)
      VALUES (gen_random_uuid(), $1, 25, 20, 20000000, date_trunc('month', now())) RETURNING id`,
@@ -68,7 +68,11 @@ async function logOf(eventId: string): Promise<Array<[number, string, number | n
 
 /** Checks the request's signature under `secret` at its arrival and its id header against its body; returns the body. */
 function signedBody(req: ReceivedWebhook, secret = SECRET): WebhookEvent {
-  expect(verifyWebhookSignature(secret, req.rawBody, String(req.headers['creditpool-signature']), { nowSeconds: req.atSeconds })).toMatchObject({ valid: true });
+  const header = String(req.headers['creditpool-signature']);
+  expect(verifyWebhookSignature(secret, req.rawBody, header, { nowSeconds: req.atSeconds })).toMatchObject({ valid: true });
+  // And by hand, as a receiver in another language would (README: HMAC-SHA256 over "<t>.<raw body>" bytes).
+  const [, t, v1] = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(header) ?? [];
+  expect(v1).toBe(createHmac('sha256', secret).update(Buffer.concat([Buffer.from(`${t}.`), Buffer.from(req.rawBody, 'utf8')])).digest('hex'));
   const event = JSON.parse(req.rawBody) as WebhookEvent;
   expect(req.headers['creditpool-event-id']).toBe(event.id);
   expect(req.headers['creditpool-event-type']).toBe(event.type);
@@ -204,7 +208,9 @@ describe('between attempts', () => {
     const second = await startReceiver();
     const rotated = 'whsec_audit_rotated_abcdef0123456789abcdef0123';
     try {
-      const { accountId, alertId } = await quietAlert();
+      // Outside ASCII: the signature covers the body's UTF-8 bytes, as sent.
+      const externalId = `zoë-Łódź-😀-${randomUUID()}`;
+      const { accountId, alertId } = await quietAlert(externalId);
       const payload = { eventType: 'credit_alert.raised' as const, eventId: alertId, accountId };
       first.script(accountId, [503]);
       await expect(deliverWebhook({ pool: services.pool, env: receiverEnv(first, SECRET) }, payload, 1)).rejects.toMatchObject({ permanent: false, responseCode: 503 });
@@ -219,6 +225,7 @@ describe('between attempts', () => {
       expect(verifyWebhookSignature(SECRET, b!.rawBody, String(b!.headers['creditpool-signature']), { nowSeconds: b!.atSeconds })).toEqual({ valid: false, reason: 'signature_mismatch' });
       expect(b!.rawBody).toBe(a!.rawBody);
       expect(b!.eventId).toBe(`credit_alert.raised:${alertId}`);
+      expect((JSON.parse(b!.rawBody) as WebhookEvent).data).toMatchObject({ accountExternalId: externalId });
       // The log's url column shows each receiver's host, never its path.
       const { rows } = await services.pool.query('SELECT url FROM webhook_deliveries WHERE event_id = $1 ORDER BY attempt', [alertId]);
       expect(rows.map((r) => r.url)).toEqual([first.url, second.url].map((u) => `${new URL(u).origin}/…`));
