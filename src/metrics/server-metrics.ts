@@ -155,15 +155,19 @@ SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox_events LIMIT ${OUTBOX_ROWS_CO
 
 /**
  * Webhook statement: the events with a delivery attempt in the window, none DELIVERED (every
- * logged attempt FAILED), and how many of those nothing retries any more: a permanent failure
- * logged (a 4xx other than 408/425/429: services/webhooks.ts isPermanentStatus) or
- * WEBHOOK_MAX_LOGGED_ATTEMPTS attempts logged (the job's attempts; the sweep re-adds none beyond).
+ * logged attempt FAILED), and how many of those nothing retries any more, judged by the last
+ * attempt (newest created_at, then highest attempt number), as `npm run webhooks -- failed` does
+ * (services/webhook-redelivery.ts listFailedWebhooks: `permanent`, `exhausted`): it was refused
+ * with a permanent 4xx (other than 408/425/429: services/webhooks.ts isPermanentStatus) or it was
+ * its job's WEBHOOK_MAX_LOGGED_ATTEMPTS-th attempt. Not the whole log's: an event redelivered
+ * after such an end has a new job (attempt numbers from 1) that is retrying it.
  * Reads the window's attempts through webhook_deliveries_created_at_idx.
  */
 const WEBHOOK_SQL = `SET LOCAL statement_timeout = ${METRICS_COLLECT_TIMEOUT_MS};
 SELECT count(*)::int AS undelivered, count(*) FILTER (WHERE final)::int AS failed_final
-  FROM (SELECT count(*) >= ${WEBHOOK_MAX_LOGGED_ATTEMPTS}
-               OR bool_or(response_code BETWEEN 400 AND 499 AND response_code <> ALL ('{${RETRYABLE_4XX.join(',')}}'::int[])) AS final
+  FROM (SELECT (array_agg(attempt ORDER BY created_at DESC, attempt DESC))[1] >= ${WEBHOOK_MAX_LOGGED_ATTEMPTS}
+               OR coalesce((array_agg(response_code BETWEEN 400 AND 499 AND response_code <> ALL ('{${RETRYABLE_4XX.join(',')}}'::int[])
+                                      ORDER BY created_at DESC, attempt DESC))[1], false) AS final
           FROM webhook_deliveries
          WHERE created_at >= now() - interval '${WEBHOOK_METRICS_WINDOW_SECONDS} seconds'
          GROUP BY event_type, event_id
@@ -302,7 +306,7 @@ export function createServerMetrics(sources: ServerMetricsSources): ServerMetric
   });
   const webhooksFailedFinal = new Gauge({
     name: 'creditpool_webhook_events_failed_final',
-    help: `Of those, the events nothing retries any more: a permanent failure (4xx other than ${RETRYABLE_4XX.join('/')}) or ${WEBHOOK_MAX_LOGGED_ATTEMPTS} attempts logged.`,
+    help: `Of those, the events nothing retries any more: their last attempt was refused with a permanent failure (4xx other than ${RETRYABLE_4XX.join('/')}) or was their job's ${WEBHOOK_MAX_LOGGED_ATTEMPTS}th.`,
     registers: [registry],
   });
   const reversalDays = PAYMENT_REVERSAL_METRICS_WINDOW_SECONDS / 86400;

@@ -172,7 +172,8 @@ export function parseWebhookEventRef(text: string): WebhookEventRef | null {
  *   DELIVERED one among them perhaps, may have been deleted after WEBHOOK_LOG_RETENTION_DAYS;
  *   whether it was delivered is unknown: refused, nothing is sent;
  * - `NOT_FOUND`: no logged attempt and no such credit alert (or, for `auto_top_up.paused:<id>`,
- *   no such failed auto top-up): refused.
+ *   no auto top-up of that id that paused its account, which is still paused by it: see
+ *   {@link resolveWebhookEvent}): refused.
  */
 export type RedeliveryStatus = 'QUEUED' | 'PROMOTED' | 'PENDING' | 'ALREADY_DELIVERED' | 'LOG_PRUNED' | 'NOT_FOUND';
 
@@ -205,8 +206,10 @@ export interface RedeliveryQueue {
 
 /**
  * Finds the event a reference names: the delivery log first (its type and account), else a
- * credit alert with that id, else (only when typed `auto_top_up.paused:<id>`) a FAILED auto
- * top-up with that id.
+ * credit alert with that id, else (only when typed `auto_top_up.paused:<id>`) the auto top-up with
+ * that id when its failure paused the account's auto top-up and the account is still paused by
+ * it (the sweep's rule; a failed top-up that paused nothing is no pause event, and a pause since
+ * resumed, never attempted, can no longer be told from one).
  * @returns the job payload, or null when nothing matches.
  * @throws the database error.
  */
@@ -223,7 +226,20 @@ export async function resolveWebhookEvent(pool: pg.Pool, ref: WebhookEventRef): 
     if (alert.rows[0]) return { eventType: 'credit_alert.raised', eventId: ref.eventId, accountId: alert.rows[0].account_id };
   }
   if (ref.eventType === 'auto_top_up.paused') {
-    const topUp = await pool.query(`SELECT account_id FROM auto_top_ups WHERE id = $1::uuid AND status = 'FAILED'`, [ref.eventId]);
+    // Only the top-up whose failure paused the account's auto top-up, by the sweep's rule
+    // (webhooks.ts findUndeliveredWebhookJobs): the account's latest FAILED top-up created at or
+    // before the pause, or SUCCEEDED when a late success of its charge revived it, finished at the
+    // pause's time with its error kept. Any other failed top-up paused nothing: its
+    // `auto_top_up.paused` would tell the receiver auto top-up paused when it did not.
+    const topUp = await pool.query(
+      `SELECT t.account_id FROM auto_top_up_settings s
+         JOIN LATERAL (SELECT x.id, x.account_id, x.finished_at, x.error FROM auto_top_ups x
+                        WHERE x.account_id = s.account_id AND x.status IN ('FAILED', 'SUCCEEDED') AND x.created_at <= s.paused_at
+                        ORDER BY x.created_at DESC, x.id DESC LIMIT 1) t ON true
+        WHERE s.account_id = (SELECT account_id FROM auto_top_ups WHERE id = $1::uuid)
+          AND s.paused_at IS NOT NULL AND t.id = $1::uuid AND t.finished_at = s.paused_at AND t.error IS NOT NULL`,
+      [ref.eventId],
+    );
     if (topUp.rows[0]) return { eventType: 'auto_top_up.paused', eventId: ref.eventId, accountId: topUp.rows[0].account_id };
   }
   return null;

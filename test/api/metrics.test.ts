@@ -213,14 +213,14 @@ describe('GET /metrics', () => {
     const owner = dbId(await account());
     const events: string[] = [];
     /** Logs attempts 1..n of a new event with `status` / `responseCode` (the last one's may differ), `ageSeconds` old. */
-    const log = async (attempts: Array<{ status: 'FAILED' | 'DELIVERED'; responseCode: number | null }>, ageSeconds = 60) => {
+    const log = async (attempts: Array<{ status: 'FAILED' | 'DELIVERED'; responseCode: number | null; attempt?: number }>, ageSeconds = 60) => {
       const eventId = randomUUID();
       events.push(eventId);
       for (const [i, a] of attempts.entries()) {
         await db.query(
           `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code, error, created_at)
            VALUES (gen_random_uuid(), 'credit_alert.raised', $1, $2, 'http://receiver.invalid/hook', $3, $4, $5, $6, now() - make_interval(secs => $7))`,
-          [eventId, owner, i + 1, a.status, a.responseCode, a.status === 'FAILED' ? 'HTTP error' : null, ageSeconds - i],
+          [eventId, owner, a.attempt ?? i + 1, a.status, a.responseCode, a.status === 'FAILED' ? 'HTTP error' : null, ageSeconds - i],
         );
       }
     };
@@ -236,8 +236,13 @@ describe('GET /metrics', () => {
       await log([failed(410)]); // a permanent refusal: final
       await log([failed(429)]); // asks for a retry: undelivered, not final
       await log([failed(), failed()], 8 * 86400); // older than the window: not counted
+      // Redelivered (`npm run webhooks -- redeliver`: a new job, attempt numbers from 1) after a
+      // permanent refusal and after its 17 attempts; the new job's first attempt failed with a
+      // 500 and it retries: undelivered, not final (`failed` lists both as retrying).
+      await log([failed(410), { ...failed(500), attempt: 1 }]);
+      await log([...Array.from({ length: WEBHOOK_MAX_LOGGED_ATTEMPTS }, () => failed(503)), { ...failed(500), attempt: 1 }], 3600);
       const after = await scrape(srv);
-      expect(after.value('creditpool_webhook_events_undelivered')! - undelivered).toBe(4);
+      expect(after.value('creditpool_webhook_events_undelivered')! - undelivered).toBe(6);
       expect(after.value('creditpool_webhook_events_failed_final')! - final).toBe(2);
     } finally {
       await db.query('DELETE FROM webhook_deliveries WHERE event_id = ANY($1::text[])', [events]);
