@@ -478,6 +478,36 @@ describe('account statements, adversarial audit', () => {
     expect(strip(b)).toEqual(strip(a));
   });
 
+  it('a refund of usage in debt that runs a late roll gives back the debt the roll\'s grant repaid, as after an on-time roll', async () => {
+    // Uncapped ROLLOVER plan (15 a month) from Jan 1 plus 20 purchased; usage of 36 past a hold of
+    // 2 leaves 1 of debt. The Feb 1 roll grants 15 and repays the 1; refunding the usage after it
+    // gives back all 36 (the repaid 1 into the plan's new batch). When the refund itself ran the
+    // late roll, the roll's repayment was not in ledger_entries yet: the refund counted the 1 as
+    // still owed, found no debt to forgive, and gave back 35. (Found by the twin property below, with usage
+    // past a hold.)
+    const start = new Date('2030-01-01T00:00:00.000Z');
+    const boundary = new Date('2030-02-01T00:00:00.000Z');
+    const [onTime, late] = [await createFundedAccount(services, { paid: 20, testClockStart: start }), await createFundedAccount(services, { paid: 20, testClockStart: start })];
+    const charged = new Map<string, string>();
+    for (const id of [onTime, late]) {
+      await subscribeToPlan(services, id, plans[2]!.id);
+      await setClock(id, new Date(start.getTime() + 1000));
+      const hold = await reserveCredits(services, { accountId: id, amountMicroCredits: credits(2), ttlSeconds: 3600, idempotencyKey: 'h' });
+      charged.set(id, (await recordUsage(services, { accountId: id, idempotencyKey: 'u', category: 'units', quantities: { units: '36' }, reservationId: hold.reservationId })).eventId);
+    }
+    await advanceTestClock(services, onTime, new Date(boundary.getTime() + HOUR));
+    await setClock(late, new Date(boundary.getTime() + HOUR)); // the Feb 1 roll has not run
+    for (const id of [onTime, late]) await refundUsage(services, charged.get(id)!, 'operator');
+    const [a, b] = [await allStatements(onTime), await allStatements(late)];
+    expect(b.map((s) => [s.periodStart.toISOString(), s.openingTotalMicroCredits, s.grantedMicroCredits, s.debtRepaidMicroCredits, s.refundedMicroCredits, s.closingTotalMicroCredits])).toEqual([
+      [start.toISOString(), 0n, credits(35), 0n, 0n, -credits(1)],
+      [boundary.toISOString(), -credits(1), credits(14), credits(1), credits(36), credits(50)],
+    ]);
+    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+    expect(strip(b)).toEqual(strip(a));
+    expect((await readBalance(services.pool, late, new Date())).totalMicroCredits).toBe(credits(50));
+  });
+
   it('a late plan roll leaves every statement as the on-time roll does: twin accounts, one advanced with its jobs, one whose rolls run late (property)', async () => {
     type TwinOp =
       | { op: 'grant'; type: 'FREE' | 'PAID'; source: GrantSource; amount: number; expiryHours: number | null }
