@@ -1,9 +1,11 @@
 /**
  * Every grant path runs a plan roll that is due first (src/services/grant-credits.ts module
  * comment; plans.ts rollDueBeforeCharge), beyond grantCredits (test/integration/statement-audit.test.ts):
- * a promo code and a referral (on both accounts) redeemed by an account in debt whose roll is late
- * leave their own credit whole, as after an on-time roll, whose grant repaid the debt. A replayed
- * grantCredits changes nothing: it does not roll. Real PostgreSQL, test clocks.
+ * a promo code, a referral (on both accounts) and a pack purchase (payment settlement, which auto
+ * top-ups, payment events and resumed payments share) made by an account in debt whose roll is
+ * late leave their own credit whole, as after an on-time roll, whose grant repaid the debt. A
+ * replayed grantCredits changes nothing: it does not roll. Real PostgreSQL, test clocks, the
+ * payment simulator.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
@@ -17,6 +19,9 @@ import { redeemReferral } from '../../src/services/redeem-referral.js';
 import { createPlan, subscribeToPlan, type PlanRecord } from '../../src/services/plans.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { credits } from '../../src/ledger/credits.js';
+import { purchaseCreditPack } from '../../src/services/purchase-pack.js';
+import { attachMethod, createPack, startBillingServer, type BillingServer } from '../billing/billing-helpers.js';
+import { dbId, gid } from '../api/helpers.js';
 
 let services: TestServices;
 let capped: PlanRecord;
@@ -43,8 +48,8 @@ async function setClock(accountId: string, at: Date): Promise<void> {
  * A test-mode account from `start` on the capped plan (40 a month, cap 25) that used 50 past a
  * hold of 5 (10 of debt), its clock then moved an hour past its first period's end without its roll.
  */
-async function inDebtRollLate(start: Date): Promise<string> {
-  const id = await createFundedAccount(services, { testClockStart: start });
+async function inDebtRollLate(start: Date, on: TestServices = services): Promise<string> {
+  const id = await createFundedAccount(on, { testClockStart: start });
   await subscribeToPlan(services, id, capped.id);
   await setClock(id, new Date(start.getTime() + 1000));
   const hold = await reserveCredits(services, { accountId: id, amountMicroCredits: credits(5), ttlSeconds: 3600, idempotencyKey: 'h' });
@@ -84,6 +89,19 @@ describe('grant paths run a due plan roll first', () => {
       referee: { planGrants: 2, debt: 0n, left: credits(20) },
       referrer: { planGrants: 2, debt: 0n, left: credits(20) },
     });
+  });
+
+  it('a pack purchased in debt before a late roll: the settlement rolls first, the pack stays whole', async () => {
+    const billing: BillingServer = await startBillingServer();
+    try {
+      const id = await inDebtRollLate(new Date('2030-11-01T00:00:00.000Z'), billing.srv.services);
+      await attachMethod(billing.srv, gid('Account', id));
+      const pack = await createPack(billing.srv, { credits: '20', priceUsd: '2' });
+      const bought = await purchaseCreditPack(billing.srv.services, { accountId: id, packId: dbId(pack.id), idempotencyKey: 'buy' });
+      expect(await after(id, bought.grantId)).toEqual({ planGrants: 2, debt: 0n, left: credits(20) });
+    } finally {
+      await billing.close();
+    }
   });
 
   it('a replayed grantCredits rolls nothing (a replay changes nothing); the first grant rolled', async () => {
