@@ -1,9 +1,9 @@
 /**
  * Every grant path runs a plan roll that is due first (src/services/grant-credits.ts module
  * comment; plans.ts rollDueBeforeCharge), beyond grantCredits (test/integration/statement-audit.test.ts):
- * a promo code, a referral (on both accounts) and a pack purchase (payment settlement, which auto
- * top-ups, payment events and resumed payments share) made by an account in debt whose roll is
- * late leave their own credit whole, as after an on-time roll, whose grant repaid the debt. A
+ * a promo code, a referral (on both accounts), a pack purchase (payment settlement, which auto
+ * top-ups, payment events and resumed payments share), a won dispute's and a failed refund's
+ * give-backs made for an account in debt whose roll is late leave their own credit whole, as after an on-time roll, whose grant repaid the debt. A
  * replayed grantCredits changes nothing: it does not roll. Real PostgreSQL, test clocks, the
  * payment simulator.
  */
@@ -22,6 +22,8 @@ import { credits } from '../../src/ledger/credits.js';
 import { purchaseCreditPack } from '../../src/services/purchase-pack.js';
 import { attachMethod, createPack, startBillingServer, type BillingServer } from '../billing/billing-helpers.js';
 import { dbId, gid } from '../api/helpers.js';
+import { applyReversalEvent } from '../../src/services/payment-reversals.js';
+import type { ChargeReversalEvent } from '../../src/payments/provider.js';
 
 let services: TestServices;
 let capped: PlanRecord;
@@ -99,6 +101,39 @@ describe('grant paths run a due plan roll first', () => {
       const pack = await createPack(billing.srv, { credits: '20', priceUsd: '2' });
       const bought = await purchaseCreditPack(billing.srv.services, { accountId: id, packId: dbId(pack.id), idempotencyKey: 'buy' });
       expect(await after(id, bought.grantId)).toEqual({ planGrants: 2, debt: 0n, left: credits(20) });
+    } finally {
+      await billing.close();
+    }
+  });
+
+  it.each([
+    { what: 'a dispute won', take: 'dispute' as const, giveBack: 'dispute_won' as const },
+    { what: 'a full refund failed', take: 'refund' as const, giveBack: 'refund_failed' as const },
+  ])('$what in debt before a late roll: the give-back rolls first and stays whole', async ({ take, giveBack }) => {
+    const billing: BillingServer = await startBillingServer();
+    try {
+      const ctx = billing.srv.services;
+      const start = new Date('2031-01-01T00:00:00.000Z');
+      const id = await createFundedAccount(ctx, { testClockStart: start });
+      await subscribeToPlan(ctx, id, capped.id);
+      await attachMethod(billing.srv, gid('Account', id));
+      const pack = await createPack(billing.srv, { credits: '20', priceUsd: '2' });
+      await setClock(id, new Date(start.getTime() + 1000));
+      const bought = await purchaseCreditPack(ctx, { accountId: id, packId: dbId(pack.id), idempotencyKey: 'buy' });
+      const { rows } = await ctx.pool.query('SELECT provider_ref FROM payments WHERE id = $1', [bought.paymentId]);
+      const event = (kind: ChargeReversalEvent['kind']): ChargeReversalEvent => ({
+        eventId: `evt_${randomUUID()}`, eventType: kind, kind, providerRef: rows[0].provider_ref as string, amountCents: 200n, refundedCents: kind === 'refund' ? 200n : 0n,
+        disputeRef: kind.startsWith('dispute') ? 'du_roll' : null, currency: 'usd', livemode: false, createdAt: null, ...(kind === 'refund_failed' ? { refundRef: 're_roll' } : {}),
+      });
+      await applyReversalEvent(ctx, event(take), () => false); // the pack's 20 voided
+      await setClock(id, new Date(start.getTime() + 2000));
+      const hold = await reserveCredits(ctx, { accountId: id, amountMicroCredits: credits(5), ttlSeconds: 3600, idempotencyKey: 'h' });
+      await recordUsage(ctx, { accountId: id, idempotencyKey: 'u', category: 'units', quantities: { units: '50' }, reservationId: hold.reservationId }); // 10 of debt
+      await setClock(id, new Date('2031-02-01T01:00:00.000Z')); // the Feb 1 roll has not run
+      await applyReversalEvent(ctx, event(giveBack), () => false);
+      const given = await ctx.pool.query('SELECT live_grant_id FROM payments WHERE id = $1', [bought.paymentId]);
+      expect(given.rows[0].live_grant_id).not.toBe(bought.grantId);
+      expect(await after(id, given.rows[0].live_grant_id as string)).toEqual({ planGrants: 2, debt: 0n, left: credits(20) });
     } finally {
       await billing.close();
     }
