@@ -9,8 +9,9 @@
  * a refund, a switch or a cancel: on time, the roll's grant repaid the debt the account carried
  * over the period start, and the later grant stayed in its batch; a grant made before a late
  * roll used to repay that debt itself, so the roll's grant stood whole and the next capped trim
- * cut more (test/integration/statement-audit.test.ts). Not in applyGrant: the roll grants
- * through it (plans.ts grantPeriod). A replay changes nothing and does not roll.
+ * cut more (test/integration/statement-audit.test.ts, grant-roll-paths.test.ts). Not in
+ * applyGrant: the roll grants through it (plans.ts grantPeriod). A replay changes nothing and
+ * does not roll. createAccount's welcome bonus needs none: a new account has no plan.
  */
 import { withTransaction, type Tx } from '../db/pg.js';
 import { actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
