@@ -707,6 +707,18 @@ export class AccountTx {
   }
 
   /**
+   * The DEBT_REPAY entries this transaction recorded and has not written yet (finish writes them),
+   * in the order recorded, as (batch id, micro-credits repaid > 0, when: the entry's date): what
+   * a query of ledger_entries in this transaction cannot see (refund-usage.ts refundUsage's debt
+   * history, after a due roll's grant repaid debt in the same transaction).
+   */
+  pendingDebtRepays(): { batchId: string; amountMicroCredits: bigint; at: Date }[] {
+    return this.entries
+      .filter((e) => e.type === 'DEBT_REPAY' && e.batchId !== null)
+      .map((e) => ({ batchId: e.batchId!, amountMicroCredits: e.amountMicroCredits, at: e.at ?? this.now }));
+  }
+
+  /**
    * Records a ledger entry. For total-changing types the running total moves by `amount`;
    * hold entries (RESERVE/RELEASE) leave it unchanged.
    */

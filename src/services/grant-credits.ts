@@ -2,6 +2,16 @@
  * grantCredits: adds a credit batch to an account (one grant = one batch). Idempotent on
  * (account, idempotencyKey). The new credit first repays any debt (DEBT_REPAY entry), the rest
  * stays in the batch.
+ *
+ * A plan roll that is due and has not run yet runs first (plans.ts rollDueBeforeCharge), in
+ * every service that grants (grantCredits here, promo codes, referrals, payment settlement,
+ * refund-failure, partial-refund and won-dispute give-backs), as before a charge, a hold, a void,
+ * a refund, a switch or a cancel: on time, the roll's grant repaid the debt the account carried
+ * over the period start, and the later grant stayed in its batch; a grant made before a late
+ * roll used to repay that debt itself, so the roll's grant stood whole and the next capped trim
+ * cut more (test/integration/statement-audit.test.ts, grant-roll-paths.test.ts). Not in
+ * applyGrant: the roll grants through it (plans.ts grantPeriod). A replay changes nothing and
+ * does not roll. createAccount's welcome bonus needs none: a new account has no plan.
  */
 import { withTransaction, type Tx } from '../db/pg.js';
 import { actorOf, recordAuditEvent, type AuditActor } from '../audit/audit-log.js';
@@ -14,6 +24,8 @@ import { MAX_ABS_MICRO_CREDITS, formatCredits, minBig } from '../ledger/credits.
 import { BALANCE_LIMIT_REASON, idempotencyConflict } from '../ledger/refusals.js';
 import { scheduleExpiry } from './expire-due.js';
 import { reservedGrantKeyError } from '../ledger/grant-keys.js';
+// A cycle (plans.ts grants through applyGrant): used only when a grant runs, never at module evaluation.
+import { rollDueBeforeCharge } from './plans.js';
 
 /** Where credit came from (contract enum GrantSource). */
 export type GrantSource = 'WELCOME_BONUS' | 'PROMO_CODE' | 'REFERRAL' | 'PURCHASE' | 'SUBSCRIPTION' | 'AUTO_TOP_UP' | 'ADJUSTMENT';
@@ -55,6 +67,8 @@ export function balanceRoomError(currentMicroCredits: bigint, amountMicroCredits
 /**
  * Applies a grant inside an already locked account transaction (used by grantCredits and
  * createAccount's welcome bonus, promo codes, referrals, plan allowances, purchases and top-ups).
+ * It does not roll a due plan: the services that grant run plans.ts rollDueBeforeCharge first
+ * (module comment); the roll's own grant comes through here.
  * Refuses a grant that would take the account's total, or the credit granted in its current
  * billing period (a balance figure), above MAX_ABS_MICRO_CREDITS: checked here, under the
  * account lock, so the refusal is exact and nothing is written.
@@ -161,12 +175,19 @@ export async function auditGrantCreated(tx: Tx, actor: AuditActor, accountId: st
   });
 }
 
+/** True when the locked account has a grant under `idempotencyKey` (a replay or a conflict). */
+async function grantKeyUsed(atx: AccountTx, idempotencyKey: string): Promise<boolean> {
+  const { rows } = await atx.tx.query('SELECT 1 FROM credit_grants WHERE account_id = $1 AND idempotency_key = $2', [atx.accountId, idempotencyKey]);
+  return rows.length > 0;
+}
+
 /**
  * Grants credit to an account in one transaction: the client's grant (the grantCredits
  * mutation). Its idempotency key may not have a form the engine keeps for its own grants
  * (src/ledger/grant-keys.ts): they share the (account, key) unique key, and a client grant under
  * one would make the engine's grant (a promo redemption, a referral reward, ...) conflict or
- * replay without granting.
+ * replay without granting. A plan roll that is due runs first (module comment), unless the key
+ * was used before.
  * @throws LedgerError NOT_FOUND (account), IDEMPOTENCY_CONFLICT, BAD_USER_INPUT (a reserved key:
  *   reason RESERVED_KEY; amount, expiresAt, BALANCE_LIMIT as applyGrant).
  */
@@ -176,6 +197,9 @@ export async function grantCredits(ctx: ServiceContext, cmd: GrantCommand): Prom
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
     const { accountId: _ignored, ...rest } = cmd;
+    // A due plan roll first, as on time (module comment); not for a key already used (a replay
+    // changes nothing; a conflict is refused): one lookup, only when a roll is due.
+    if (atx.periodRollDue() && !(await grantKeyUsed(atx, cmd.idempotencyKey))) await rollDueBeforeCharge(atx);
     const result = await applyGrant(atx, rest);
     // Audited only when this call granted: a replay of the same key changed nothing.
     if (!result.replayed) await auditGrantCreated(tx, actorOf(ctx), cmd.accountId, result.grantId, rest);

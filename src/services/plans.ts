@@ -281,6 +281,8 @@ const ROLL_SAVEPOINT = 'cp_period_roll';
  * (rollDuePeriods: trim and grant dated as on time, idempotent on the period start), under a
  * savepoint: a roll refused with a LedgerError (its grant over the balance limit) is undone and
  * the charge goes on without it, as before (the job and the sweep retry and log it).
+ * Every grant path runs it too, before its grant (grant-credits.ts module comment: in debt at the
+ * period start, the roll's grant repays the debt, as on time), as do voids and refunds.
  * The caller re-reads the account's batches when this returns true.
  * @returns true when a roll ran (and the batches changed).
  * @throws database errors (the transaction is then rolled back by the caller).
@@ -385,9 +387,10 @@ export const DRAWN_SINCE_CTE = `since AS (
  * usage recorded since then (not refunded) drew from it, the trim takes from each batch what it
  * would have taken then, and what of that has been spent since cannot be taken back (the rest is
  * cut). On time (nothing recorded since `at`) it is the plain trim of the remaining credit.
- * Only credit added before `at` stood at `at`: a SUBSCRIPTION grant made between the period
- * start and a late roll (grantCredits may name that source) is not trimmed, as an on-time roll
- * would not have seen it. Credit that stood at `at` and expired since (its expiresAt after `at`,
+ * Only credit added before `at` stood at `at`: a SUBSCRIPTION grant made after the period start
+ * (grantCredits may name that source) is not trimmed, as an on-time roll would not have seen it
+ * (every grant runs a due roll first, grant-credits.ts, so a roll meets one only after a roll
+ * refused then, over the balance limit, ran later). Credit that stood at `at` and expired since (its expiresAt after `at`,
  * before the late roll; the roll applies due expiries first) is counted as the on-time roll
  * counted it: its batch's part of the trim cannot be taken back (it expired), the others' is.
  */

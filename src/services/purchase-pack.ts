@@ -39,6 +39,7 @@ import {
 import { providerNameFor } from '../payments/mode-routing.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, balanceRoomError } from './grant-credits.js';
+import { rollDueBeforeCharge } from './plans.js';
 import { canonicalUsd, findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
 import type { ServiceContext } from './context.js';
 import { paymentGrantKey } from '../ledger/grant-keys.js';
@@ -251,7 +252,9 @@ export function failedAsNoChargeFound(payment: PaymentRow): boolean {
  * row, so a send recorded after the lookup began is seen). A success for a payment already FAILED
  * as `no_charge_found` (a request that was still in flight when the lookup settled it) is not
  * dropped: the money was taken, so it is granted (once: the grant key) and the payment becomes
- * SUCCEEDED; `lateSuccess` tells the caller to log it. A success also applies, in the same
+ * SUCCEEDED; `lateSuccess` tells the caller to log it. A success runs a plan roll that is due
+ * first (plans.ts rollDueBeforeCharge, as before every grant: grant-credits.ts); a payment
+ * already settled rolls nothing. A success also applies, in the same
  * transaction, the refunds and disputes the provider reported for the charge before it was
  * settled (services/charge-reversal.ts applyEarlyReversals: the grant just made is voided and the
  * payment records them); `reversals` tells the caller to log them (reportEarlyReversals).
@@ -285,6 +288,8 @@ export async function settlePayment(
     }
   }
   if (outcome.status === 'succeeded') {
+    // A due plan roll first, as on time: its grant repays debt before the pack (grant-credits.ts).
+    await rollDueBeforeCharge(atx);
     const grant = await applyGrant(atx, {
       amountMicroCredits: packGrantMicroCredits(pack),
       type: 'PAID',

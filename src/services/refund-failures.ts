@@ -59,6 +59,8 @@
  *   taken back again (services/charge-reversal.ts isStaleRefund). A refund made after the failure
  *   raises the refunded amount again and takes its share as usual (its grant key names how many
  *   failures came before: ledger/grant-keys.ts partialRefundGrantKey);
+ * - a plan roll that is due runs first when credit is given back (plans.ts rollDueBeforeCharge, as
+ *   before every grant: services/grant-credits.ts);
  * - auto top-up paused by a full refund **stays paused**: an operator decides whether the card is
  *   charged again (setAutoTopUp);
  * - a failure of a charge no SUCCEEDED payment has is not applicable (services/payment-reversals.ts).
@@ -74,6 +76,7 @@ import type { AccountTx } from './account-tx.js';
 import type { LockedReversal, ReversalEventResult } from './charge-reversal.js';
 import type { ServiceContext } from './context.js';
 import { applyExpiries } from './expire-due.js';
+import { rollDueBeforeCharge } from './plans.js';
 import { applyGrant, auditGrantCreated, type GrantSource } from './grant-credits.js';
 import type { PaymentRow } from './purchase-pack.js';
 import { voidLockedGrant } from './void-grant.js';
@@ -178,6 +181,9 @@ export async function applyRefundFailureLocked(atx: AccountTx, actor: AuditActor
   const result = { ...base, refunded: refundedAfter };
   if (owed === 0n) return { ...result, failure: done };
 
+  // A due plan roll first, as before every grant (grant-credits.ts): the give-back repays debt
+  // only after the roll's grant did, as on time.
+  await rollDueBeforeCharge(atx);
   // What is due to expire goes first (as voidLockedGrant would): only the unexpired rest is carried.
   await applyExpiries(atx);
   const liveGrantId = current.live_grant_id as string;

@@ -293,6 +293,12 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     const repaidAt = new Map<string, Date>();
     if (eventDebt > 0n) {
       const history = await readDebtHistory(tx, atx.accountId);
+      // A due roll run first (above) may have repaid debt in this transaction: its DEBT_REPAY
+      // entries are not in ledger_entries yet and come after every written fact. Left out, the
+      // event's repaid debt counted as still owed, the debt was gone, and the repaid part was not
+      // given back (1 credit less than after an on-time roll: statement-audit.test.ts).
+      let seq = history.reduce((max, f) => (f.seq > max ? f.seq : max), 0n);
+      for (const r of atx.pendingDebtRepays()) history.push({ seq: ++seq, kind: 'REPAY', amountMicroCredits: r.amountMicroCredits, usageEventId: null, batchId: r.batchId, at: r.at });
       const found = replayDebt(history).get(usageEventId);
       assert(found, 'an event with debt is in its account debt history');
       share = found;

@@ -910,9 +910,9 @@ describe.each([
           let unchanged = false;
           /** The refusal the model gives the command (checked against the service's in the catch below), or null. */
           let predicted: { code: string; over: string[] } | null = null;
-          // A new charge or hold rolls the plan's period that began and has not rolled yet first
-          // (plans.ts rollDueBeforeCharge), in its own transaction: the model rolls before it
-          // predicts. A refused one whose transaction rolled back leaves the roll undone (with the
+          // A new charge, hold or grant rolls the plan's period that began and has not rolled yet
+          // first (plans.ts rollDueBeforeCharge; grant-credits.ts), in its own transaction: the
+          // model rolls before it predicts (a replayed grant does not roll). A refused one whose transaction rolled back leaves the roll undone (with the
           // group committer it commits with the other charges): syncRoll reads which happened.
           // (A capture or settle without a hold to name is skipped; a settle charges only with usage, of a hold that holds.)
           const chargeHold = cmd.op === 'settle' || cmd.op === 'capture' ? holdOf(m, cmd.hold) : null;
@@ -920,7 +920,7 @@ describe.each([
             !testClock &&
             !!m.sub?.active &&
             m.sub.grantedPeriodStartMs < periodAt(m, m.nowMs).start.getTime() &&
-            (['charge', 'burst', 'reserve'].includes(cmd.op) ||
+            (['charge', 'burst', 'reserve', 'grant'].includes(cmd.op) ||
               (cmd.op === 'capture' && !!chargeHold) ||
               (cmd.op === 'settle' && cmd.cents !== null && !!chargeHold && isHolding(m, chargeHold)));
           const unrolled = rollsFirst ? structuredClone(m) : null;

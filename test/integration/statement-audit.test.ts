@@ -21,11 +21,12 @@
  *
  * Then late plan rolls against on-time ones (README "Statements": a late roll dates its grant and
  * trim at the period start): twin accounts given the same operations, one whose clock moves run
- * every job on time, one whose rolls run late (run by the next charge, hold, refund, void, switch
- * or the job), must show the same statements (a property over ROLLOVER plans, plus focused cases
- * of the discrepancies this audit found and fixed: a switch re-gridding after an hour-late roll,
- * a void and a refund made before a late roll, a late trim leaving out credit that expired after
- * the period start, and a refund's room under the cap after a roll in its own transaction).
+ * every job on time, one whose rolls run late (run by the next charge, hold, grant, refund, void,
+ * switch or the job), must show the same statements (a property over ROLLOVER plans, with usage
+ * past a hold into debt, plus focused cases of the discrepancies this audit found and fixed: a
+ * switch re-gridding after an hour-late roll, a void and a refund made before a late roll, a late
+ * trim leaving out credit that expired after the period start, a refund's room under the cap
+ * after a roll in its own transaction, and a grant made in debt before a late roll).
  *
  * Seed: fast-check prints the seed and path of a failing run; set STATEMENT_AUDIT_SEED to replay
  * and STATEMENT_AUDIT_RUNS for more runs (the twin property found the refund case in about one
@@ -478,10 +479,82 @@ describe('account statements, adversarial audit', () => {
     expect(strip(b)).toEqual(strip(a));
   });
 
+  it('a grant made in debt before a late ROLLOVER roll runs the roll first: the roll\'s grant repays the debt, and the next capped trim is the on-time one', async () => {
+    // Capped ROLLOVER plan (40 a month, cap 25) from May 1; usage of 50 past a hold of 5 leaves
+    // 10 of debt. On time, the Jun 1 roll grants 40, which repays the 10 (30 carried); 20
+    // purchased at Jun 1 01:00 stay; the Jul 1 trim cuts the 30 carried to 25: June closes at 45.
+    // With the roll late, the purchase used to repay the debt and the late roll's 40 stood whole:
+    // the Jul 1 trim cut 15 and June closed at 35, a total the on-time account never had.
+    const start = new Date('2030-05-01T00:00:00.000Z');
+    const boundary = new Date('2030-06-01T00:00:00.000Z');
+    const next = new Date('2030-07-01T00:00:00.000Z');
+    const [onTime, late] = [await createFundedAccount(services, { testClockStart: start }), await createFundedAccount(services, { testClockStart: start })];
+    for (const id of [onTime, late]) {
+      await subscribeToPlan(services, id, plans[1]!.id);
+      await setClock(id, new Date(start.getTime() + 1000));
+      const hold = await reserveCredits(services, { accountId: id, amountMicroCredits: credits(5), ttlSeconds: 3600, idempotencyKey: 'h' });
+      await recordUsage(services, { accountId: id, idempotencyKey: 'u', category: 'units', quantities: { units: '50' }, reservationId: hold.reservationId });
+      expect((await readBalance(services.pool, id, new Date())).debtMicroCredits).toBe(credits(10));
+    }
+    const grantAt = new Date(boundary.getTime() + HOUR);
+    await advanceTestClock(services, onTime, grantAt);
+    await setClock(late, grantAt); // the Jun 1 roll has not run
+    for (const id of [onTime, late]) {
+      await grantCredits(services, { accountId: id, amountMicroCredits: credits(20), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'buy' });
+    }
+    await rollBillingPeriods(services, late); // the job, late: nothing left to do
+    await advanceTestClock(services, onTime, next);
+    await setClock(late, next);
+    await rollBillingPeriods(services, late); // the Jul 1 roll, late too: its trim is dated at Jul 1
+    const [a, b] = [await allStatements(onTime), await allStatements(late)];
+    expect(b.map((s) => [s.periodStart.toISOString(), s.openingTotalMicroCredits, s.expiredMicroCredits, s.grantedMicroCredits, s.closingTotalMicroCredits])).toEqual([
+      [start.toISOString(), 0n, 0n, credits(40), -credits(10)],
+      // GRANT entries count what stayed in the batches (the 10 repaid is a DEBT_REPAY); the Jul 1
+      // trim is dated at Jul 1, in the period that ends there.
+      [boundary.toISOString(), -credits(10), -credits(5), credits(50), credits(45)],
+      [next.toISOString(), credits(45), 0n, credits(40), credits(85)],
+    ]);
+    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+    expect(strip(b)).toEqual(strip(a));
+    const [x, y] = [await readBalance(services.pool, onTime, new Date()), await readBalance(services.pool, late, new Date())];
+    expect({ total: y.totalMicroCredits, period: y.periodMicroCredits }).toEqual({ total: x.totalMicroCredits, period: x.periodMicroCredits });
+  });
+
+  it('a refund of usage in debt that runs a late roll gives back the debt the roll\'s grant repaid, as after an on-time roll', async () => {
+    // Uncapped ROLLOVER plan (15 a month) from Jan 1 plus 20 purchased; usage of 36 past a hold of
+    // 2 leaves 1 of debt. The Feb 1 roll grants 15 and repays the 1; refunding the usage after it
+    // gives back all 36 (the repaid 1 into the plan's new batch). When the refund itself ran the
+    // late roll, the roll's repayment was not in ledger_entries yet: the refund counted the 1 as
+    // still owed, found no debt to forgive, and gave back 35. (Found by the twin property below, with usage
+    // past a hold.)
+    const start = new Date('2030-01-01T00:00:00.000Z');
+    const boundary = new Date('2030-02-01T00:00:00.000Z');
+    const [onTime, late] = [await createFundedAccount(services, { paid: 20, testClockStart: start }), await createFundedAccount(services, { paid: 20, testClockStart: start })];
+    const charged = new Map<string, string>();
+    for (const id of [onTime, late]) {
+      await subscribeToPlan(services, id, plans[2]!.id);
+      await setClock(id, new Date(start.getTime() + 1000));
+      const hold = await reserveCredits(services, { accountId: id, amountMicroCredits: credits(2), ttlSeconds: 3600, idempotencyKey: 'h' });
+      charged.set(id, (await recordUsage(services, { accountId: id, idempotencyKey: 'u', category: 'units', quantities: { units: '36' }, reservationId: hold.reservationId })).eventId);
+    }
+    await advanceTestClock(services, onTime, new Date(boundary.getTime() + HOUR));
+    await setClock(late, new Date(boundary.getTime() + HOUR)); // the Feb 1 roll has not run
+    for (const id of [onTime, late]) await refundUsage(services, charged.get(id)!, 'operator');
+    const [a, b] = [await allStatements(onTime), await allStatements(late)];
+    expect(b.map((s) => [s.periodStart.toISOString(), s.openingTotalMicroCredits, s.grantedMicroCredits, s.debtRepaidMicroCredits, s.refundedMicroCredits, s.closingTotalMicroCredits])).toEqual([
+      [start.toISOString(), 0n, credits(35), 0n, 0n, -credits(1)],
+      [boundary.toISOString(), -credits(1), credits(14), credits(1), credits(36), credits(50)],
+    ]);
+    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+    expect(strip(b)).toEqual(strip(a));
+    expect((await readBalance(services.pool, late, new Date())).totalMicroCredits).toBe(credits(50));
+  });
+
   it('a late plan roll leaves every statement as the on-time roll does: twin accounts, one advanced with its jobs, one whose rolls run late (property)', async () => {
     type TwinOp =
       | { op: 'grant'; type: 'FREE' | 'PAID'; source: GrantSource; amount: number; expiryHours: number | null }
       | { op: 'charge'; units: number }
+      | { op: 'overdraw'; hold: number; units: number }
       | { op: 'refund'; pick: number }
       | { op: 'void'; pick: number }
       | { op: 'subscribe'; plan: number }
@@ -492,9 +565,10 @@ describe('account statements, adversarial audit', () => {
       { weight: 2, arbitrary: fc.record({ op: fc.constant('grant' as const), type: fc.constantFrom('FREE' as const, 'PAID' as const), source: fc.constantFrom('PURCHASE' as const, 'SUBSCRIPTION' as const),
         amount: fc.integer({ min: 1, max: 40 }), expiryHours: fc.oneof(fc.constant(null), fc.integer({ min: 1, max: 1500 })) }) },
       { weight: 2, arbitrary: fc.record({ op: fc.constant('charge' as const), units: fc.integer({ min: 1, max: 30 }) }) },
-      // No usage past a hold here: with debt at the boundary, a grant made before the late roll
-      // repays it instead of the roll's grant (grants do not run a due roll first: left open, see
-      // the audit report), which changes grantedBySource and the next trim.
+      // Usage past a hold, into debt: with debt at a boundary, a grant made before the late roll
+      // runs the roll first (grant-credits.ts), so the roll's grant repays the debt, as on time.
+      // (Units at least the hold: a hold left holding would expire on time for one twin only.)
+      { weight: 2, arbitrary: fc.integer({ min: 1, max: 5 }).chain((hold) => fc.record({ op: fc.constant('overdraw' as const), hold: fc.constant(hold), units: fc.integer({ min: hold, max: 60 }) })) },
       { weight: 2, arbitrary: fc.record({ op: fc.constant('refund' as const), pick: fc.nat() }) },
       fc.record({ op: fc.constant('void' as const), pick: fc.nat() }),
       // ROLLOVER plans only: a RESET plan's late roll grants only the current period by design
@@ -526,6 +600,9 @@ describe('account statements, adversarial audit', () => {
                   expiresAt: o.expiryHours === null ? null : new Date(now.getTime() + o.expiryHours * HOUR), reference: null, idempotencyKey: k })).grantId);
               } else if (o.op === 'charge') {
                 events[i]!.push((await recordUsage(services, { accountId, idempotencyKey: k, category: 'units', quantities: { units: String(o.units) } })).eventId);
+              } else if (o.op === 'overdraw') {
+                const hold = await reserveCredits(services, { accountId, amountMicroCredits: credits(o.hold), ttlSeconds: 3600, idempotencyKey: `${k}-h` });
+                events[i]!.push((await recordUsage(services, { accountId, idempotencyKey: k, category: 'units', quantities: { units: String(o.units) }, reservationId: hold.reservationId })).eventId);
               } else if (o.op === 'refund') {
                 if (events[i]!.length) await refundUsage(services, events[i]![o.pick % events[i]!.length]!, 'twin');
               } else if (o.op === 'void') {
