@@ -26,7 +26,6 @@ import { readBalance } from '../../src/services/read-balance.js';
 import {
   GRANT_SOURCES,
   readAccountStatement,
-  statementMovementsMicroCredits,
   statementUsage,
   type AccountStatement,
   type GrantSource,
@@ -35,6 +34,7 @@ import { monthlyPeriodAt, periodOfGridAt } from '../../src/ledger/billing-period
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
 import { startTestServer, type TestServer } from '../setup/test-server.js';
+import { expectStatementIdentity, readStatementsFrom, setTestClock } from './statement-helpers.js';
 import { signUserToken } from '../../src/auth/jwt.js';
 import { createApiKey } from '../../src/auth/api-keys.js';
 import { expectError, gid, ok, uniq } from '../api/helpers.js';
@@ -55,29 +55,10 @@ async function clockOf(accountId: string): Promise<Date> {
 }
 
 /** Moves the account's test clock without running anything due (as if no worker came by). */
-async function setClock(accountId: string, at: Date): Promise<void> {
-  await services.pool.query('UPDATE accounts SET test_clock_at = $2 WHERE id = $1', [accountId, at]);
-}
-
-/** Whether the identity holds: openingTotal + every movement = closingTotal. */
-function expectIdentity(s: AccountStatement): void {
-  expect({ period: s.periodStart, closing: s.openingTotalMicroCredits + statementMovementsMicroCredits(s) }).toEqual({ period: s.periodStart, closing: s.closingTotalMicroCredits });
-  expect(s.grantedBySource.reduce((sum, g) => sum + g.amountMicroCredits, 0n)).toBe(s.grantedMicroCredits);
-}
+const setClock = (accountId: string, at: Date) => setTestClock(services.pool, accountId, at);
 
 /** Every statement from the one containing `first` to the current one, oldest first (read both ways, which must agree). */
-async function allStatements(accountId: string, first: Date): Promise<AccountStatement[]> {
-  const out: AccountStatement[] = [];
-  let at: Date | null = first;
-  for (;;) {
-    const after = await readAccountStatement(services.pool, accountId, new Date(), at, { range: 'after' });
-    const before = await readAccountStatement(services.pool, accountId, new Date(), at, { range: 'before' });
-    expect(before).toEqual(after);
-    out.push(after);
-    if (!after.final) return out;
-    at = after.periodEnd;
-  }
-}
+const allStatements = (accountId: string, first: Date) => readStatementsFrom(services.pool, accountId, first);
 
 type Op =
   | { op: 'grant'; source: GrantSource; type: 'FREE' | 'PAID'; amount: number; expiry: number | 'periodEnd' | 'nextPeriodEnd' | null }
@@ -167,7 +148,7 @@ describe('account statements', () => {
         expect(statements[0]!.periodStart).toEqual(start);
         expect(statements[0]!.openingTotalMicroCredits).toBe(0n); // nothing before the account's first instant
         statements.forEach((s, i) => {
-          expectIdentity(s);
+          expectStatementIdentity(s);
           if (i > 0) {
             expect(s.periodStart).toEqual(statements[i - 1]!.periodEnd);
             expect(s.openingTotalMicroCredits).toBe(statements[i - 1]!.closingTotalMicroCredits);
@@ -266,8 +247,8 @@ describe('account statements', () => {
       voidedMicroCredits: -credits(7),
       closingTotalMicroCredits: credits(15), // 103 + 15 + 5 - 105 + 4 - 7
     });
-    expectIdentity(march);
-    expectIdentity(april);
+    expectStatementIdentity(march);
+    expectStatementIdentity(april);
     expect(april.closingTotalMicroCredits).toBe((await readBalance(services.pool, accountId, new Date())).totalMicroCredits);
     // Usage by category: by occurredAt, refunded events left out (March's only charge was refunded in April).
     expect(await statementUsage(services.pool, march)).toEqual([]);

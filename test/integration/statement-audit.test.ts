@@ -50,7 +50,6 @@ import { cancelSubscription, createPlan, rollBillingPeriods, subscribeToPlan, ty
 import {
   GRANT_SOURCES,
   readAccountStatement,
-  statementMovementsMicroCredits,
   statementUsage,
   type AccountStatement,
   type GrantSource,
@@ -58,6 +57,7 @@ import {
 import { periodOfGridAt } from '../../src/ledger/billing-period.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
+import { expectStatementIdentity, readStatementBothWays, readStatementsFrom, setTestClock } from './statement-helpers.js';
 
 let services: TestServices;
 let plans: PlanRecord[];
@@ -81,9 +81,7 @@ async function accountRow(accountId: string): Promise<{ clock: Date; anchor: Dat
 }
 
 /** Moves the account's test clock without running anything due (no worker came by). */
-async function setClock(accountId: string, at: Date): Promise<void> {
-  await services.pool.query('UPDATE accounts SET test_clock_at = $2 WHERE id = $1', [accountId, at]);
-}
+const setClock = (accountId: string, at: Date) => setTestClock(services.pool, accountId, at);
 
 /**
  * The start of the last period an active plan was granted when a later period has started and
@@ -102,40 +100,19 @@ async function rollPending(accountId: string): Promise<Date | null> {
   return granted.getTime() < current.start.getTime() ? granted : null;
 }
 
-function expectIdentity(s: AccountStatement): void {
-  expect({ period: s.periodStart, closing: s.openingTotalMicroCredits + statementMovementsMicroCredits(s) }).toEqual({ period: s.periodStart, closing: s.closingTotalMicroCredits });
-  expect(s.grantedBySource.reduce((sum, g) => sum + g.amountMicroCredits, 0n)).toBe(s.grantedMicroCredits);
-  expect(s.grantedMicroCredits >= 0n && s.consumedMicroCredits <= 0n && s.expiredMicroCredits <= 0n).toBe(true);
-  expect(s.refundedMicroCredits >= 0n && s.voidedMicroCredits <= 0n && s.debtRepaidMicroCredits >= 0n).toBe(true);
-}
-
 /** One statement read both ways (which must agree) and twice (identical). */
-async function statementAt(accountId: string, at: Date | null): Promise<AccountStatement> {
-  const after = await readAccountStatement(services.pool, accountId, new Date(), at, { range: 'after' });
-  const before = await readAccountStatement(services.pool, accountId, new Date(), at, { range: 'before' });
-  const chosen = await readAccountStatement(services.pool, accountId, new Date(), at);
-  expect(before).toEqual(after);
-  expect(chosen).toEqual(after);
-  return after;
-}
+const statementAt = (accountId: string, at: Date | null) => readStatementBothWays(services.pool, accountId, at);
 
 /** The account's first period (of its current grid) to the current one, oldest first. */
 async function allStatements(accountId: string): Promise<AccountStatement[]> {
   const { anchor, createdAt } = await accountRow(accountId);
-  const out: AccountStatement[] = [];
-  let at: Date | null = periodOfGridAt(anchor, new Date(Math.min(anchor.getTime(), createdAt.getTime()))).start;
-  for (;;) {
-    const s = await statementAt(accountId, at);
-    out.push(s);
-    if (!s.final) return out;
-    at = s.periodEnd;
-  }
+  return readStatementsFrom(services.pool, accountId, periodOfGridAt(anchor, new Date(Math.min(anchor.getTime(), createdAt.getTime()))).start);
 }
 
 /** The current period's statement checked against Balance (README: closing = Balance.total, opening = periodCredits' total at start). */
 async function checkCurrent(accountId: string): Promise<AccountStatement> {
   const s = await statementAt(accountId, null);
-  expectIdentity(s);
+  expectStatementIdentity(s);
   const snap = await readBalanceSnapshot(services.pool, accountId, new Date());
   const balance = await readBalance(services.pool, accountId, new Date());
   expect({
@@ -282,7 +259,7 @@ describe('account statements, adversarial audit', () => {
         expect(statements[0]!.periodStart.getTime()).toBeLessThanOrEqual(createdAt.getTime());
         expect(statements[0]!.openingTotalMicroCredits).toBe(0n);
         statements.forEach((s, i) => {
-          expectIdentity(s);
+          expectStatementIdentity(s);
           if (i > 0) {
             expect(s.periodStart).toEqual(statements[i - 1]!.periodEnd);
             expect(s.openingTotalMicroCredits).toBe(statements[i - 1]!.closingTotalMicroCredits);
