@@ -361,7 +361,7 @@ export class AccountTx {
    * True when the account's active plan has not been rolled into the billing period holding
    * `now` yet: the period began (its RESET allowance no longer pays, alerts and budgets count the
    * new period) and its `roll-period` job has not run (BullMQ's delay, workers busy or down).
-   * In memory, no statement: a charge rolls the plan first then (plans.ts rollDueBeforeCharge).
+   * In memory, no statement: a charge rolls the plan first then (plans.ts rollDuePeriodsFirst).
    */
   periodRollDue(): boolean {
     return this.planGrantedPeriodStart !== null && this.planGrantedPeriodStart.getTime() < this.period().start.getTime();

@@ -21,7 +21,7 @@ import type { PaymentRow } from './purchase-pack.js';
 import { voidLockedGrant, type VoidedGrant } from './void-grant.js';
 import { applyGrant, auditGrantCreated, type GrantSource } from './grant-credits.js';
 import { applyExpiries } from './expire-due.js';
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 import type { CreditType } from '../ledger/drawdown.js';
 import { applyRefundFailureLocked, reportRefundFailure, type FailedRefund } from './refund-failures.js';
 
@@ -266,7 +266,7 @@ function revealsUnreceivedFailure(event: ChargeReversalEvent, refundedBefore: bi
  * payments.refund_taken_micro_credits) is subtracted, and at most what remains unused of the
  * live grant is taken (no debt; the rest is returned as unrecovered, for the log).
  * With the ledger's own operations, so every figure stays right: a due plan roll first (plans.ts
- * rollDueBeforeCharge, as before every grant: grant-credits.ts), due expiries, then the
+ * rollDuePeriodsFirst, as before every grant: grant-credits.ts), due expiries, then the
  * live grant is voided (voidLockedGrant: VOID entry, voided amount kept on the grant, which the
  * period's credit subtracts) and its rest less the share granted again (applyGrant: a new PAID
  * grant with the live grant's source, type and expiry, reference the payment, key
@@ -290,7 +290,7 @@ async function takeRefundedShare(
   if (owed === 0n) return none;
   // A due plan roll first, as before every grant (grant-credits.ts): the rest granted again
   // repays debt only after the roll's grant did, as on time.
-  await rollDueBeforeCharge(atx);
+  await rollDuePeriodsFirst(atx);
   // What is due to expire goes first (as voidLockedGrant would): only what remains unexpired is taken.
   await applyExpiries(atx);
   const { rows } = await tx.query(
@@ -352,7 +352,7 @@ const PAYMENT_DISPUTE_COLUMNS = 'refunded_cents, disputed_at, dispute_ref, rever
  *   went back to the customer anyway), when the dispute took nothing, or when the original
  *   credit's expiry has passed (it would have expired meanwhile);
  * - auto top-up stays paused: an operator decides whether the card is charged again (setAutoTopUp).
- * A plan roll that is due runs first (plans.ts rollDueBeforeCharge, as before every grant:
+ * A plan roll that is due runs first (plans.ts rollDuePeriodsFirst, as before every grant:
  * grant-credits.ts), unless the won dispute was applied before.
  * The voided original grant stays voided (one void per grant; the period figures read it).
  * @returns what was written ({@link LockedReversal} with `won`).
@@ -369,7 +369,7 @@ export async function applyDisputeWonLocked(atx: AccountTx, actor: AuditActor, p
   if (current.dispute_won_at !== null) return unchanged;
   // A due plan roll first, as before every grant (grant-credits.ts): the give-back repays debt
   // only after the roll's grant did, as on time.
-  await rollDueBeforeCharge(atx);
+  await rollDuePeriodsFirst(atx);
   let disputed: LockedReversal | null = null;
   if (current.disputed_at === null) {
     disputed = await applyReversalLocked(atx, actor, payment, { ...event, kind: 'dispute' });

@@ -3,7 +3,7 @@
  * (account, idempotencyKey). The new credit first repays any debt (DEBT_REPAY entry), the rest
  * stays in the batch.
  *
- * A plan roll that is due and has not run yet runs first (plans.ts rollDueBeforeCharge), in
+ * A plan roll that is due and has not run yet runs first (plans.ts rollDuePeriodsFirst), in
  * every service that grants (grantCredits here, promo codes, referrals, payment settlement,
  * refund-failure, partial-refund and won-dispute give-backs), as before a charge, a hold, a void,
  * a refund, a switch or a cancel: on time, the roll's grant repaid the debt the account carried
@@ -25,7 +25,7 @@ import { BALANCE_LIMIT_REASON, idempotencyConflict } from '../ledger/refusals.js
 import { scheduleExpiry } from './expire-due.js';
 import { reservedGrantKeyError } from '../ledger/grant-keys.js';
 // A cycle (plans.ts grants through applyGrant): used only when a grant runs, never at module evaluation.
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 
 /** Where credit came from (contract enum GrantSource). */
 export type GrantSource = 'WELCOME_BONUS' | 'PROMO_CODE' | 'REFERRAL' | 'PURCHASE' | 'SUBSCRIPTION' | 'AUTO_TOP_UP' | 'ADJUSTMENT';
@@ -67,7 +67,7 @@ export function balanceRoomError(currentMicroCredits: bigint, amountMicroCredits
 /**
  * Applies a grant inside an already locked account transaction (used by grantCredits and
  * createAccount's welcome bonus, promo codes, referrals, plan allowances, purchases and top-ups).
- * It does not roll a due plan: the services that grant run plans.ts rollDueBeforeCharge first
+ * It does not roll a due plan: the services that grant run plans.ts rollDuePeriodsFirst first
  * (module comment); the roll's own grant comes through here.
  * Refuses a grant that would take the account's total, or the credit granted in its current
  * billing period (a balance figure), above MAX_ABS_MICRO_CREDITS: checked here, under the
@@ -199,7 +199,7 @@ export async function grantCredits(ctx: ServiceContext, cmd: GrantCommand): Prom
     const { accountId: _ignored, ...rest } = cmd;
     // A due plan roll first, as on time (module comment); not for a key already used (a replay
     // changes nothing; a conflict is refused): one lookup, only when a roll is due.
-    if (atx.periodRollDue() && !(await grantKeyUsed(atx, cmd.idempotencyKey))) await rollDueBeforeCharge(atx);
+    if (atx.periodRollDue() && !(await grantKeyUsed(atx, cmd.idempotencyKey))) await rollDuePeriodsFirst(atx);
     const result = await applyGrant(atx, rest);
     // Audited only when this call granted: a replay of the same key changed nothing.
     if (!result.replayed) await auditGrantCreated(tx, actorOf(ctx), cmd.accountId, result.grantId, rest);

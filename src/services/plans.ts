@@ -266,11 +266,12 @@ export async function rollBillingPeriods(ctx: ServiceContext, accountId: string)
   });
 }
 
-/** The savepoint rollDueBeforeCharge rolls under (nested inside GroupCommitter's own, if any). */
+/** The savepoint rollDuePeriodsFirst rolls under (nested inside GroupCommitter's own, if any). */
 const ROLL_SAVEPOINT = 'cp_period_roll';
 
 /**
- * Before a charge or a hold decides, inside its locked account transaction `atx`: rolls the
+ * Before a charge, a hold, a grant, a void or a refund (anything that moves credit) decides,
+ * inside its locked account transaction `atx`: rolls the
  * account's plan when its current billing period began and has not been rolled yet
  * (AccountTx.periodRollDue, known from the lock: no statement otherwise). The new period has
  * begun for every other rule (a RESET allowance stops paying at its expiresAt, alerts, budgets
@@ -287,7 +288,7 @@ const ROLL_SAVEPOINT = 'cp_period_roll';
  * @returns true when a roll ran (and the batches changed).
  * @throws database errors (the transaction is then rolled back by the caller).
  */
-export async function rollDueBeforeCharge(atx: AccountTx): Promise<boolean> {
+export async function rollDuePeriodsFirst(atx: AccountTx): Promise<boolean> {
   if (!atx.periodRollDue()) return false;
   const mark = atx.checkpoint();
   await atx.tx.query(`SAVEPOINT ${ROLL_SAVEPOINT}`);

@@ -14,7 +14,7 @@ import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits } from '../ledger/credits.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, type GrantResult } from './grant-credits.js';
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 import type { ServiceContext } from './context.js';
 import { promoGrantKey } from '../ledger/grant-keys.js';
 
@@ -137,7 +137,7 @@ export async function findPromoCode(ctx: ServiceContext, code: string): Promise<
 /**
  * Redeems a promo code for an account, in one transaction. A live account takes one of the
  * code's `redemptions`, a test-mode account one of its `testRedemptions` (each bounded by
- * maxRedemptions on its own). A plan roll that is due runs first (plans.ts rollDueBeforeCharge,
+ * maxRedemptions on its own). A plan roll that is due runs first (plans.ts rollDuePeriodsFirst,
  * as before every grant: grant-credits.ts).
  * @returns the FREE grant.
  * @throws LedgerError NOT_FOUND (account or code), BAD_USER_INPUT (already redeemed by this
@@ -163,7 +163,7 @@ export async function redeemPromoCode(ctx: ServiceContext, accountId: string, ra
       throw new LedgerError('BAD_USER_INPUT', message, { reason: 'EXHAUSTED' });
     }
     // A due plan roll first, as on time: its grant repays debt before this one (grant-credits.ts).
-    await rollDueBeforeCharge(atx);
+    await rollDuePeriodsFirst(atx);
     const grant = await applyGrant(atx, {
       amountMicroCredits: promo.creditsMicroCredits,
       type: 'FREE',

@@ -39,7 +39,7 @@ import {
 import { providerNameFor } from '../payments/mode-routing.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, balanceRoomError } from './grant-credits.js';
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 import { canonicalUsd, findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
 import type { ServiceContext } from './context.js';
 import { paymentGrantKey } from '../ledger/grant-keys.js';
@@ -253,7 +253,7 @@ export function failedAsNoChargeFound(payment: PaymentRow): boolean {
  * as `no_charge_found` (a request that was still in flight when the lookup settled it) is not
  * dropped: the money was taken, so it is granted (once: the grant key) and the payment becomes
  * SUCCEEDED; `lateSuccess` tells the caller to log it. A success runs a plan roll that is due
- * first (plans.ts rollDueBeforeCharge, as before every grant: grant-credits.ts); a payment
+ * first (plans.ts rollDuePeriodsFirst, as before every grant: grant-credits.ts); a payment
  * already settled rolls nothing. A success also applies, in the same
  * transaction, the refunds and disputes the provider reported for the charge before it was
  * settled (services/charge-reversal.ts applyEarlyReversals: the grant just made is voided and the
@@ -289,7 +289,7 @@ export async function settlePayment(
   }
   if (outcome.status === 'succeeded') {
     // A due plan roll first, as on time: its grant repays debt before the pack (grant-credits.ts).
-    await rollDueBeforeCharge(atx);
+    await rollDuePeriodsFirst(atx);
     const grant = await applyGrant(atx, {
       amountMicroCredits: packGrantMicroCredits(pack),
       type: 'PAID',

@@ -20,7 +20,7 @@ import { LedgerError, assert, badInput } from '../ledger/errors.js';
 import { planDrawdown, type DrawdownPart } from '../ledger/drawdown.js';
 import { formatCredits, maxBig, minBig } from '../ledger/credits.js';
 import { priceUsage, type PricedUsage } from '../pricing/price-book.js';
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 import { AccountTx, budgetSubjectKey, type ChargeState, type HoldState, type LoadedBatch, type SubjectBudgetState } from './account-tx.js';
 import { SETTLE_NOTE, isHolding, reservationNotActive } from './reservation-tx.js';
 import type { ReserveCommand } from './reserve-credits.js';
@@ -172,7 +172,7 @@ export async function applyCharge(atx: AccountTx, cmd: UsageCommand, price: Pric
     return { eventId: state.priorUsage.id, replayed: true };
   }
   // The plan's period that began and has not rolled yet is rolled first (plans.ts).
-  if (await rollDueBeforeCharge(atx)) state = await stateOf();
+  if (await rollDuePeriodsFirst(atx)) state = await stateOf();
 
   let holdLeft = 0n;
   if (cmd.reservationId) {
@@ -772,13 +772,13 @@ export async function chargeAccounts(
   };
   await readAgain(groups.filter((g) => states.get(g.atx.accountId)?.now.getTime() !== g.atx.now.getTime()));
   // A plan whose period began and has not rolled yet is rolled before a new charge or hold
-  // (plans.ts rollDueBeforeCharge; known from the lock, no statement otherwise; replays do not
+  // (plans.ts rollDuePeriodsFirst; known from the lock, no statement otherwise; replays do not
   // roll); the account is then read again.
   const rolled: typeof groups[number][] = [];
   for (const g of groups) {
     const st = states.get(g.atx.accountId);
     if (!st || !g.atx.periodRollDue() || !g.items.some((item) => isNewWork(item, st))) continue;
-    if (await rollDueBeforeCharge(g.atx)) rolled.push(g);
+    if (await rollDuePeriodsFirst(g.atx)) rolled.push(g);
   }
   await readAgain(rolled);
   const events: PreparedEvent[] = [];

@@ -16,7 +16,7 @@ import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import { applyGrant, type GrantResult } from './grant-credits.js';
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 import type { ServiceContext } from './context.js';
 import { REFEREE_GRANT_KEY, referrerGrantKey } from '../ledger/grant-keys.js';
 
@@ -74,7 +74,7 @@ export async function redeemReferral(
     const referrerRewarded = (count.rows[0].n as number) < cap;
     // A due plan roll first on each account granted, as on time: its grant repays debt before
     // the reward (grant-credits.ts).
-    await rollDueBeforeCharge(referee);
+    await rollDuePeriodsFirst(referee);
     const grant = await applyGrant(referee, {
       amountMicroCredits: reward,
       type: 'FREE',
@@ -86,7 +86,7 @@ export async function redeemReferral(
     const note = referrerRewarded ? null : `referrer not rewarded: it already received the maximum of ${cap} referral rewards`;
     if (note) await tx.query('UPDATE credit_grants SET note = $2 WHERE id = $1', [grant.grantId, note]);
     if (referrerRewarded) {
-      await rollDueBeforeCharge(referrer);
+      await rollDuePeriodsFirst(referrer);
       await applyGrant(referrer, {
         amountMicroCredits: reward,
         type: 'FREE',

@@ -59,7 +59,7 @@
  *   taken back again (services/charge-reversal.ts isStaleRefund). A refund made after the failure
  *   raises the refunded amount again and takes its share as usual (its grant key names how many
  *   failures came before: ledger/grant-keys.ts partialRefundGrantKey);
- * - a plan roll that is due runs first when credit is given back (plans.ts rollDueBeforeCharge, as
+ * - a plan roll that is due runs first when credit is given back (plans.ts rollDuePeriodsFirst, as
  *   before every grant: services/grant-credits.ts);
  * - auto top-up paused by a full refund **stays paused**: an operator decides whether the card is
  *   charged again (setAutoTopUp);
@@ -76,7 +76,7 @@ import type { AccountTx } from './account-tx.js';
 import type { LockedReversal, ReversalEventResult } from './charge-reversal.js';
 import type { ServiceContext } from './context.js';
 import { applyExpiries } from './expire-due.js';
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 import { applyGrant, auditGrantCreated, type GrantSource } from './grant-credits.js';
 import type { PaymentRow } from './purchase-pack.js';
 import { voidLockedGrant } from './void-grant.js';
@@ -183,7 +183,7 @@ export async function applyRefundFailureLocked(atx: AccountTx, actor: AuditActor
 
   // A due plan roll first, as before every grant (grant-credits.ts): the give-back repays debt
   // only after the roll's grant did, as on time.
-  await rollDueBeforeCharge(atx);
+  await rollDuePeriodsFirst(atx);
   // What is due to expire goes first (as voidLockedGrant would): only the unexpired rest is carried.
   await applyExpiries(atx);
   const liveGrantId = current.live_grant_id as string;

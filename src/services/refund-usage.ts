@@ -21,7 +21,7 @@ import { BALANCE_LIMIT_REASON } from '../ledger/refusals.js';
 import { AccountTx } from './account-tx.js';
 import { moveBudgetSpend } from './spending-budgets.js';
 import { scheduleExpiry } from './expire-due.js';
-import { DRAWN_SINCE_CTE, rollDueBeforeCharge } from './plans.js';
+import { DRAWN_SINCE_CTE, rollDuePeriodsFirst } from './plans.js';
 import { monthlyPeriodAt } from '../ledger/billing-period.js';
 import type { ServiceContext } from './context.js';
 import { usdToCents } from '../payments/provider.js';
@@ -254,7 +254,7 @@ async function paymentCredit(atx: AccountTx, paymentIds: string[]): Promise<Map<
  * grant (growing its batch's allocation when it gave less), less the unrecovered share of the
  * payment's refunded money (paymentCredit); nor, for an event recorded before a ROLLOVER roll, what the roll's cap would
  * have trimmed had the event never drawn (rolloverRoom). A plan roll that is due and has not run
- * yet runs first (plans.ts rollDueBeforeCharge), as before a charge. A batch gets back at most what it gave, so its remaining stays within its
+ * yet runs first (plans.ts rollDuePeriodsFirst), as before a charge. A batch gets back at most what it gave, so its remaining stays within its
  * allocation (CHECK credit_batches_remaining_in_range) (a payment's live grant given more than it gave has its allocation grown by the difference). Its cost comes off the kept budget spending
  * of the period it was charged in, when that period is of the current billing anchor. The audit
  * trail records `usage.refunded` with `reason`, the event's `cost` and `givenBack` (what the
@@ -276,7 +276,7 @@ export async function refundUsage(ctx: ServiceContext, usageEventId: string, rea
     // would make, dated as on time), so the refund meets the credit an on-time roll left: refunded
     // first, the credit it gave back was counted by the late ROLLOVER trim as standing at the
     // period start, and the ended period's statement closed at a total the account never had.
-    await rollDueBeforeCharge(atx);
+    await rollDuePeriodsFirst(atx);
     const totalBefore = atx.total;
     const drawn = await tx.query(
       `SELECT d.batch_id, d.amount_micro_credits FROM drawdowns d WHERE d.usage_event_id = $1 ORDER BY d.position`,

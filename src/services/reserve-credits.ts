@@ -4,7 +4,7 @@
  * does not cover the hold. Idempotent on (account, idempotencyKey). An unsettled hold stops
  * holding at expiresAt (reads treat it as released; the expiry sweep records it).
  */
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 import { scheduleExpiry } from './expire-due.js';
 import { badInput } from '../ledger/errors.js';
 import { idempotencyConflict } from '../ledger/refusals.js';
@@ -96,7 +96,7 @@ async function holdOnLockedAccount(atx: AccountTx, cmd: ReserveCommand, hash: st
     return { reservationId: prior.rows[0].id as string, replayed: true };
   }
   const subjects = { agentId: cmd.agentId ?? null, userId: cmd.userId ?? null };
-  await rollDueBeforeCharge(atx); // the plan's period that began and has not rolled yet (plans.ts)
+  await rollDuePeriodsFirst(atx); // the plan's period that began and has not rolled yet (plans.ts)
   const { spendableMicroCredits: spendable, reservedMicroCredits, hasBudget } = await atx.state(subjects);
   if (hasBudget) await assertWithinBudgets(atx, subjects, cmd.amountMicroCredits);
   const available = spendable - atx.debt - reservedMicroCredits;

@@ -4,7 +4,7 @@
  * Credit that had already expired is not voided: what is due on the account expires first
  * (applyExpiries: EXPIRE entries dated at each batch's expiresAt, as the expiry job would record
  * them), so a grant past its expiresAt is voided with nothing left (its batch stays EXPIRED).
- * Likewise a plan roll that is due and has not run yet runs first (plans.ts rollDueBeforeCharge,
+ * Likewise a plan roll that is due and has not run yet runs first (plans.ts rollDuePeriodsFirst,
  * as before a charge, a hold, a switch or a cancel): a ROLLOVER roll trims, at the period start,
  * subscription credit as it stood then, so voiding that credit first (dated now) took what the
  * on-time roll would have trimmed, and the late roll then trimmed nothing: the ended period's
@@ -18,7 +18,7 @@ import { assert, badInput } from '../ledger/errors.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { applyExpiries } from './expire-due.js';
-import { rollDueBeforeCharge } from './plans.js';
+import { rollDuePeriodsFirst } from './plans.js';
 
 /**
  * Voids a grant.
@@ -35,7 +35,7 @@ export async function voidGrant(ctx: ServiceContext, grantId: string, reason: st
     // A due plan roll first, as on time (module comment); only when the grant is not voided yet,
     // so a repeated void stays a no-op.
     const voided = await tx.query('SELECT voided_at FROM credit_grants WHERE id = $1', [grantId]);
-    if (!voided.rows[0]?.voided_at) await rollDueBeforeCharge(atx);
+    if (!voided.rows[0]?.voided_at) await rollDuePeriodsFirst(atx);
     await voidLockedGrant(atx, actorOf(ctx), grantId, reason);
     await atx.finish();
     return grantId;

@@ -61,7 +61,7 @@ describe('credit alerts at a period boundary before the worker came by', () => {
     expect(early.periodMicroCredits).toBe(credits(100));
     expect(early.percentRemaining).toBe(100);
 
-    // A charge rolls the plan first (plans.ts rollDueBeforeCharge): April's 1,000 pay it, the
+    // A charge rolls the plan first (plans.ts rollDuePeriodsFirst): April's 1,000 pay it, the
     // purchased credit is untouched, and the roll job later finds nothing to do.
     await spend(accountId, '1');
     expect(await alerts(accountId)).toEqual([]);

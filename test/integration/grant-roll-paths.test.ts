@@ -1,6 +1,6 @@
 /**
  * Every grant path runs a plan roll that is due first (src/services/grant-credits.ts module
- * comment; plans.ts rollDueBeforeCharge), beyond grantCredits (test/integration/statement-audit.test.ts):
+ * comment; plans.ts rollDuePeriodsFirst), beyond grantCredits (test/integration/statement-audit.test.ts):
  * a promo code, a referral (on both accounts), a pack purchase (payment settlement, which auto
  * top-ups, payment events and resumed payments share), a won dispute's and a failed refund's
  * give-backs made for an account in debt whose roll is late leave their own credit whole, as after an on-time roll, whose grant repaid the debt. A

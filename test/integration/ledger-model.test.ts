@@ -911,7 +911,7 @@ describe.each([
           /** The refusal the model gives the command (checked against the service's in the catch below), or null. */
           let predicted: { code: string; over: string[] } | null = null;
           // A new charge, hold or grant rolls the plan's period that began and has not rolled yet
-          // first (plans.ts rollDueBeforeCharge; grant-credits.ts), in its own transaction: the
+          // first (plans.ts rollDuePeriodsFirst; grant-credits.ts), in its own transaction: the
           // model rolls before it predicts (a replayed grant does not roll). A refused one whose transaction rolled back leaves the roll undone (with the
           // group committer it commits with the other charges): syncRoll reads which happened.
           // (A capture or settle without a hold to name is skipped; a settle charges only with usage, of a hold that holds.)

@@ -202,7 +202,7 @@ describe('account statements, adversarial audit', () => {
               events.push((await recordUsage(services, { accountId, idempotencyKey: `sa-${++key}`, category: 'units', quantities: { units: String(o.units) }, reservationId: hold.reservationId })).eventId);
             } else if (o.op === 'hold') {
               // RESERVE / RELEASE are not movements: the statement stays as it was, to the entry count
-              // (unless a plan roll was due: a hold runs it first, rollDueBeforeCharge).
+              // (unless a plan roll was due: a hold runs it first, rollDuePeriodsFirst).
               const pending = (await rollPending(accountId)) !== null;
               const before = await statementAt(accountId, null);
               const hold = await reserveCredits(services, { accountId, amountMicroCredits: credits(o.amount), ttlSeconds: 7200, idempotencyKey: `sa-${++key}` });

@@ -4,7 +4,7 @@
  * (services/refund-failures.ts); a usage refund of credit a payment bought goes to the payment's
  * live grant, growing its batch's `allocated`, less the refunded share not taken yet
  * (services/refund-usage.ts); a void of a grant a refund of last period's usage refilled
- * (services/void-grant.ts); a charge rolls a due plan period first (plans.ts rollDueBeforeCharge);
+ * (services/void-grant.ts); a charge rolls a due plan period first (plans.ts rollDuePeriodsFirst);
  * an auto top-up charged before the customer turned auto top-up off is only looked up, and granted
  * (services/auto-top-up.ts).
  * For each: (1) the audit trail has who, what and why (README "Audit trail"); (2) the statement of
