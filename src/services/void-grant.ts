@@ -33,9 +33,11 @@ export async function voidGrant(ctx: ServiceContext, grantId: string, reason: st
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lockOwner(tx, 'credit_grants', grantId, 'grant', ctx.clock());
     // A due plan roll first, as on time (module comment); only when the grant is not voided yet,
-    // so a repeated void stays a no-op.
-    const voided = await tx.query('SELECT voided_at FROM credit_grants WHERE id = $1', [grantId]);
-    if (!voided.rows[0]?.voided_at) await rollDuePeriodsFirst(atx);
+    // so a repeated void stays a no-op (looked up only when a roll is due, as grantCredits does).
+    if (atx.periodRollDue()) {
+      const voided = await tx.query('SELECT voided_at FROM credit_grants WHERE id = $1', [grantId]);
+      if (!voided.rows[0]?.voided_at) await rollDuePeriodsFirst(atx);
+    }
     await voidLockedGrant(atx, actorOf(ctx), grantId, reason);
     await atx.finish();
     return grantId;
