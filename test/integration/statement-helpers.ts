@@ -50,3 +50,43 @@ export async function readStatementsFrom(pool: pg.Pool, accountId: string, first
     at = s.periodEnd;
   }
 }
+
+/**
+ * Expects every total-changing ledger entry of the account in exactly one of `statements` (all
+ * its periods, oldest first): their movements summed by kind equal the ledger's sums by type,
+ * with the credit past its expiresAt at the account's `clock` whose EXPIRE is not written yet
+ * counted as EXPIRE (README "Statements"), and their entry counts the ledger's count.
+ */
+export async function expectStatementsCoverLedger(pool: pg.Pool, accountId: string, statements: AccountStatement[], clock: Date): Promise<void> {
+  const { rows } = await pool.query(
+    `SELECT type::text AS type, SUM(amount_micro_credits)::text AS amount, COUNT(*)::int AS n FROM ledger_entries
+      WHERE account_id = $1 AND type NOT IN ('RESERVE', 'RELEASE') GROUP BY type`,
+    [accountId],
+  );
+  const due = await pool.query(
+    `SELECT COALESCE(SUM(remaining_micro_credits), 0)::text AS due FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at <= $2`,
+    [accountId, clock],
+  );
+  const ledger = new Map<string, bigint>(rows.map((r) => [r.type as string, BigInt(r.amount as string)]));
+  ledger.set('EXPIRE', (ledger.get('EXPIRE') ?? 0n) - BigInt(due.rows[0].due as string));
+  const sum = (f: (s: AccountStatement) => bigint) => statements.reduce((acc, s) => acc + f(s), 0n);
+  expect({
+    GRANT: sum((s) => s.grantedMicroCredits),
+    CONSUME: sum((s) => s.consumedMicroCredits),
+    EXPIRE: sum((s) => s.expiredMicroCredits),
+    REFUND: sum((s) => s.refundedMicroCredits),
+    VOID: sum((s) => s.voidedMicroCredits),
+    DEBT_REPAY: sum((s) => s.debtRepaidMicroCredits),
+    ADJUST: sum((s) => s.adjustedMicroCredits),
+    entries: statements.reduce((acc, s) => acc + s.entryCount, 0),
+  }).toEqual({
+    GRANT: ledger.get('GRANT') ?? 0n,
+    CONSUME: ledger.get('CONSUME') ?? 0n,
+    EXPIRE: ledger.get('EXPIRE') ?? 0n,
+    REFUND: ledger.get('REFUND') ?? 0n,
+    VOID: ledger.get('VOID') ?? 0n,
+    DEBT_REPAY: ledger.get('DEBT_REPAY') ?? 0n,
+    ADJUST: ledger.get('ADJUST') ?? 0n,
+    entries: rows.reduce((acc, r) => acc + (r.n as number), 0),
+  });
+}
