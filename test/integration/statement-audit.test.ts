@@ -127,6 +127,11 @@ async function checkCurrent(accountId: string): Promise<AccountStatement> {
 
 const figures = ({ entryCount: _n, ...rest }: AccountStatement) => rest;
 
+/** Twin accounts' statements compared whole, but for the account they are of. */
+const twinFigures = (list: AccountStatement[]) => list.map(({ accountId: _a, ...rest }) => rest);
+/** Twin accounts' statements compared but for the account they are of and their entry counts. */
+const twinMovements = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+
 type Op =
   | { op: 'grant'; source: GrantSource; type: 'FREE' | 'PAID'; amount: number; expiry: number | 'end' | 'end-1' | 'end+1' | 'nextEnd' | null }
   | { op: 'charge'; units: number; backHours: number }
@@ -313,7 +318,7 @@ describe('account statements, adversarial audit', () => {
       [late, plans[0]!.id],
     );
     expect(rows.map((r) => (r.created_at as Date).toISOString())).toEqual([start.toISOString(), boundary.toISOString()]);
-    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, ...rest }) => rest);
+    const strip = twinFigures;
     expect(strip(b)).toEqual(strip(a));
   });
 
@@ -339,7 +344,7 @@ describe('account statements, adversarial audit', () => {
       [start.toISOString(), 0n, -credits(15), 0n, credits(60), credits(45)],
       [boundary.toISOString(), credits(45), 0n, -credits(25), credits(40), credits(60)],
     ]);
-    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, ...rest }) => rest);
+    const strip = twinFigures;
     expect(strip(b)).toEqual(strip(a));
     expect((await readBalance(services.pool, late, new Date())).periodMicroCredits).toBe((await readBalance(services.pool, onTime, new Date())).periodMicroCredits);
   });
@@ -369,7 +374,7 @@ describe('account statements, adversarial audit', () => {
       [start.toISOString(), 0n, -credits(21), 0n, 0n, credits(60), credits(39)],
       [boundary.toISOString(), credits(39), 0n, 0n, credits(6), credits(40), credits(85)],
     ]);
-    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, ...rest }) => rest);
+    const strip = twinFigures;
     expect(strip(b)).toEqual(strip(a));
     expect((await readBalance(services.pool, late, new Date())).periodMicroCredits).toBe((await readBalance(services.pool, onTime, new Date())).periodMicroCredits);
   });
@@ -400,7 +405,7 @@ describe('account statements, adversarial audit', () => {
     await expireDue(services, lateAfterExpiry);
     await setClock(lateAfterExpiry, new Date(noon.getTime() + HOUR));
     await rollBillingPeriods(services, lateAfterExpiry);
-    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+    const strip = twinMovements;
     const a = await allStatements(onTime);
     for (const id of [late, lateAfterExpiry]) {
       const b = await allStatements(id);
@@ -433,7 +438,7 @@ describe('account statements, adversarial audit', () => {
     await advanceTestClock(services, onTime, new Date(noon.getTime() + HOUR));
     await setClock(late, new Date(noon.getTime() + HOUR));
     for (const id of [onTime, late]) await refundUsage(services, charged.get(id)!, 'operator');
-    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+    const strip = twinMovements;
     const [a, b] = [await allStatements(onTime), await allStatements(late)];
     expect(b.map((s) => [s.expiredMicroCredits, s.refundedMicroCredits, s.closingTotalMicroCredits])).toEqual([
       [-credits(17), 0n, credits(25)],
@@ -477,7 +482,7 @@ describe('account statements, adversarial audit', () => {
       [boundary.toISOString(), -credits(10), -credits(5), credits(50), credits(45)],
       [next.toISOString(), credits(45), 0n, credits(40), credits(85)],
     ]);
-    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+    const strip = twinMovements;
     expect(strip(b)).toEqual(strip(a));
     const [x, y] = [await readBalance(services.pool, onTime, new Date()), await readBalance(services.pool, late, new Date())];
     expect({ total: y.totalMicroCredits, period: y.periodMicroCredits }).toEqual({ total: x.totalMicroCredits, period: x.periodMicroCredits });
@@ -508,7 +513,7 @@ describe('account statements, adversarial audit', () => {
       [start.toISOString(), 0n, credits(35), 0n, 0n, -credits(1)],
       [boundary.toISOString(), -credits(1), credits(14), credits(1), credits(36), credits(50)],
     ]);
-    const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+    const strip = twinMovements;
     expect(strip(b)).toEqual(strip(a));
     expect((await readBalance(services.pool, late, new Date())).totalMicroCredits).toBe(credits(50));
   });
@@ -596,7 +601,7 @@ describe('account statements, adversarial audit', () => {
         await rollBillingPeriods(services, twins[1]!);
         for (const id of twins) await expireDue(services, id);
         const [a, b] = [await allStatements(twins[0]!), await allStatements(twins[1]!)];
-        const strip = (list: AccountStatement[]) => list.map(({ accountId: _a, entryCount: _n, ...rest }) => rest);
+        const strip = twinMovements;
         expect({ outcome: outcome[1], statements: strip(b) }).toEqual({ outcome: outcome[0], statements: strip(a) });
       }),
       { numRuns: Number(process.env.STATEMENT_AUDIT_RUNS ?? 80), ...(seed === undefined ? {} : { seed }) },
