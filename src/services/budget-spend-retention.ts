@@ -61,6 +61,9 @@ export const BUDGET_SPEND_PRUNE_EVERY_MS = 60 * 60_000;
  */
 export const SHORTEST_BILLING_PERIOD_DAYS = 28;
 
+/** The keyset cursor before every row of budget_spend: no period starts at -infinity, and any key is after ('', ''). */
+const BEFORE_FIRST_ROW: [string, string, string, string] = ['-infinity', '00000000-0000-0000-0000-000000000000', '', ''];
+
 /** Options of {@link pruneBudgetSpend}. */
 export interface PruneBudgetSpendOptions {
   /** BUDGET_SPEND_RETENTION_DAYS: 0 keeps everything (nothing is read or deleted); else a whole number of days. */
@@ -87,15 +90,18 @@ export interface BudgetSpendPrune {
 
 /**
  * One batch: $1 the wall clock, $2 retention days, $3..$6 the keyset cursor (period_start,
- * account_id, subject_kind, subject_id) of the last row read (null first), $7 batchRows. Hours,
- * not days, in the intervals: 24 h each whatever the session's time zone.
+ * account_id, subject_kind, subject_id) of the last row read ({@link BEFORE_FIRST_ROW} first), $7
+ * batchRows. The cursor is always given, never `$3 IS NULL OR ...`: the ledger pool's generic plans
+ * (plan_cache_mode=force_generic_plan) then made the row comparison a filter instead of the index
+ * range's start, and every batch read again the rows its predecessors passed over. Hours, not days,
+ * in the intervals: 24 h each whatever the session's time zone.
  */
 const PRUNE_BATCH_SQL = `
 WITH page AS (
   SELECT k.period_start, k.account_id, k.subject_kind, k.subject_id
     FROM budget_spend k
    WHERE k.period_start <= $1::timestamptz - make_interval(hours => 24 * ($2::int + ${SHORTEST_BILLING_PERIOD_DAYS}))
-     AND ($3::timestamptz IS NULL OR (k.period_start, k.account_id, k.subject_kind, k.subject_id) > ($3::timestamptz, $4::uuid, $5::text, $6::text))
+     AND (k.period_start, k.account_id, k.subject_kind, k.subject_id) > ($3::timestamptz, $4::uuid, $5::text, $6::text)
    ORDER BY k.period_start, k.account_id, k.subject_kind, k.subject_id
    LIMIT $7
 ), dead AS (
@@ -145,7 +151,7 @@ export async function pruneBudgetSpend(pool: pg.Pool, opts: PruneBudgetSpendOpti
   const result: BudgetSpendPrune = { cutoff: null, batches: 0, scanned: 0, rows: 0, largestBatchRows: 0 };
   if (retentionDays === 0) return result;
   result.cutoff = new Date(wallNow.getTime() - retentionDays * 86_400_000);
-  let after: [Date, string, string, string] | [null, null, null, null] = [null, null, null, null];
+  let after: [Date | string, string, string, string] = BEFORE_FIRST_ROW;
   for (;;) {
     const batch: pg.QueryResult<{
       scanned: number;
