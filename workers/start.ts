@@ -7,7 +7,10 @@
  *   `analyze-stale-tables` every STATISTICS_UPKEEP_EVERY_MS (autovacuum's ANALYZE where
  *   autovacuum is off; its schedule is removed when that is 0), `prune-webhook-log` every hour
  *   (WEBHOOK_LOG_PRUNE_EVERY_MS: deletes the webhook delivery log's events older than
- *   WEBHOOK_LOG_RETENTION_DAYS; its schedule is removed when that is 0, keep for ever);
+ *   WEBHOOK_LOG_RETENTION_DAYS; its schedule is removed when that is 0, keep for ever),
+ *   `prune-budget-spend` every hour (BUDGET_SPEND_PRUNE_EVERY_MS: deletes the kept budget
+ *   spending rows of periods that ended more than BUDGET_SPEND_RETENTION_DAYS ago; its schedule
+ *   is removed when that is 0, keep for ever);
  * - queue `ledger-jobs`: the money jobs the outbox relay enqueues (expire-due, roll-period,
  *   auto-top-up, resume-payment; workers/registry.ts), `concurrency` at once;
  * - queue `webhook-deliveries`: the `deliver-webhook` jobs, with a worker of their own
@@ -24,7 +27,7 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
 import type { Env } from '../src/config/env.js';
-import { ANALYZE_STALE_TABLES_JOB, PRUNE_WEBHOOK_LOG_JOB, LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, WEBHOOK_DELIVERY_QUEUE, type LedgerJobName } from '../src/queues/names.js';
+import { ANALYZE_STALE_TABLES_JOB, PRUNE_BUDGET_SPEND_JOB, PRUNE_WEBHOOK_LOG_JOB, LEDGER_JOBS_QUEUE, MAINTENANCE_QUEUE, RECONCILE_EVERY_MS, RECONCILE_LEDGER_JOB, LEDGER_JOB_NAMES, WEBHOOK_DELIVERY_QUEUE, type LedgerJobName } from '../src/queues/names.js';
 import { WebhookAttemptInFlightError } from '../src/services/webhooks.js';
 import { createPricingState } from '../src/services/pricing-state.js';
 import type { ServiceContext } from '../src/services/context.js';
@@ -35,6 +38,8 @@ import { closeRedis, settlesWithin, REDIS_QUIT_WAIT_MS } from '../src/db/redis-c
 import { processAnalyzeStaleTables } from './processors/analyze-stale-tables.js';
 import { processPruneWebhookLog } from './processors/prune-webhook-log.js';
 import { WEBHOOK_LOG_PRUNE_EVERY_MS } from '../src/services/webhook-retention.js';
+import { processPruneBudgetSpend } from './processors/prune-budget-spend.js';
+import { BUDGET_SPEND_PRUNE_EVERY_MS } from '../src/services/budget-spend-retention.js';
 import { processReconcileLedger } from './processors/reconcile-ledger.js';
 import { processSweepDue, SWEEP_DUE_JOB } from './processors/sweep-due.js';
 import { LEDGER_PROCESSORS } from './registry.js';
@@ -190,6 +195,11 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
   } else {
     await maintenance.removeJobScheduler(PRUNE_WEBHOOK_LOG_JOB);
   }
+  if (env.BUDGET_SPEND_RETENTION_DAYS > 0) {
+    await maintenance.upsertJobScheduler(PRUNE_BUDGET_SPEND_JOB, { every: BUDGET_SPEND_PRUNE_EVERY_MS }, { name: PRUNE_BUDGET_SPEND_JOB, data: {}, opts: kept });
+  } else {
+    await maintenance.removeJobScheduler(PRUNE_BUDGET_SPEND_JOB);
+  }
 
   // The jobs this process is running, by queue and id: named in the log line of a stop whose
   // grace period they outlived.
@@ -208,6 +218,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
         if (job.name === SWEEP_DUE_JOB) return processSweepDue(deps, sink);
         if (job.name === ANALYZE_STALE_TABLES_JOB) return processAnalyzeStaleTables(pool, log);
         if (job.name === PRUNE_WEBHOOK_LOG_JOB) return processPruneWebhookLog(pool, log, env.WEBHOOK_LOG_RETENTION_DAYS);
+        if (job.name === PRUNE_BUDGET_SPEND_JOB) return processPruneBudgetSpend(pool, log, env.BUDGET_SPEND_RETENTION_DAYS, new Date());
         throw new UnrecoverableError(`unknown job ${job.name}`);
       })),
     { connection, prefix, concurrency: 1 },

@@ -269,6 +269,14 @@ const EnvSchema = z.object({
     )
     .default(30),
   /**
+   * How many days after its billing period ended (by the account's clock) a budgeted agent's or
+   * user's kept spending row of that period (budget_spend) is kept: the `prune-budget-spend`
+   * maintenance job deletes older rows (src/services/budget-spend-retention.ts), which no budget
+   * check or read looks at any more. 0: kept for ever (the job is not scheduled). A day is already
+   * a margin far beyond any clock skew between the servers that charge and the one that prunes.
+   */
+  BUDGET_SPEND_RETENTION_DAYS: z.coerce.number().int().min(0).max(36_500).default(30),
+  /**
    * How long, in seconds, a pack purchase may stay PENDING (its provider answer lost, its client
    * never retrying) before the `sweep-due` job hands it to the `resume-payment` job, which sends
    * the same provider request again with the same idempotency key (services/resume-payment.ts).

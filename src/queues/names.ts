@@ -34,6 +34,9 @@ export const ANALYZE_STALE_TABLES_JOB = 'analyze-stale-tables';
 /** Job: delete the webhook delivery log's events older than WEBHOOK_LOG_RETENTION_DAYS (see services/webhook-retention.ts pruneWebhookLog). */
 export const PRUNE_WEBHOOK_LOG_JOB = 'prune-webhook-log';
 
+/** Job: delete the kept budget spending rows of periods that ended more than BUDGET_SPEND_RETENTION_DAYS ago (see services/budget-spend-retention.ts pruneBudgetSpend). */
+export const PRUNE_BUDGET_SPEND_JOB = 'prune-budget-spend';
+
 /**
  * A job as written to the outbox (topic `job`) and turned into a BullMQ job by the relay.
  * - `name`: one of {@link LEDGER_JOB_NAMES}.

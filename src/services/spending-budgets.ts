@@ -200,7 +200,9 @@ export interface BudgetSpendMove {
  * Moves the kept usage cost (`budget_spend`) of many subjects, each in the billing period starting
  * at its `periodStart` by its `deltaMicroCredits`, in ONE statement (record-usage.ts chargeAccounts
  * gives the sum of each subject's events in the group). A move whose row does not exist changes
- * nothing: the next budget check starts the row from the SUM, which then includes the change.
+ * nothing: the next budget check starts the row from the SUM, which then includes the change (so
+ * a row the prune-budget-spend job deleted, budget-spend-retention.ts, is never made up again
+ * from the moves alone).
  * Inside the accounts' locked transaction.
  */
 export async function moveBudgetSpendMany(tx: Tx, moves: readonly BudgetSpendMove[]): Promise<void> {

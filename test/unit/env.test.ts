@@ -89,6 +89,13 @@ describe('parseEnv', () => {
     expect(MIN_WEBHOOK_LOG_RETENTION_DAYS * 86_400_000).toBeGreaterThan(WEBHOOK_SWEEP_MAX_AGE_MS);
   });
 
+  it('BUDGET_SPEND_RETENTION_DAYS defaults to 30; 0 keeps the kept budget spending for ever; negative or fractional days are refused', () => {
+    expect(parseEnv({}).BUDGET_SPEND_RETENTION_DAYS).toBe(30);
+    expect(parseEnv({ BUDGET_SPEND_RETENTION_DAYS: '0' }).BUDGET_SPEND_RETENTION_DAYS).toBe(0);
+    expect(parseEnv({ BUDGET_SPEND_RETENTION_DAYS: '1' }).BUDGET_SPEND_RETENTION_DAYS).toBe(1);
+    for (const bad of ['-1', '1.5', 'x', '36501']) expect(() => parseEnv({ BUDGET_SPEND_RETENTION_DAYS: bad }), bad).toThrow(/BUDGET_SPEND_RETENTION_DAYS/);
+  });
+
   it('METRICS_ENABLED defaults to true; METRICS_TOKEN must be a visible-ASCII token of 16+ characters that is none of the other secrets', () => {
     expect(parseEnv({}).METRICS_ENABLED).toBe(true);
     expect(parseEnv({ METRICS_ENABLED: 'false' }).METRICS_ENABLED).toBe(false);
