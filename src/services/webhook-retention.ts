@@ -71,15 +71,22 @@ export interface WebhookLogPrune {
 
 
 /**
- * One batch: $1 cutoff, $2/$3 the keyset cursor (created_at, id) of the last attempt read (null
- * first), $4 batchRows, $5 UUID_PATTERN (db/uuid.ts, matched with ~*). Returns what it read, deleted and where it stopped.
+ * One batch: $1 cutoff, $2/$3 the keyset cursor (created_at, id) of the last attempt read
+ * ({@link BEFORE_FIRST_ATTEMPT} first), $4 batchRows, $5 UUID_PATTERN (db/uuid.ts, matched with ~*).
+ * Returns what it read, deleted and where it stopped. The cursor is always given, never `$2 IS NULL
+ * OR ...`: under the workers' generic plans (plan_cache_mode=force_generic_plan) that made the
+ * cursor a filter, not a bound of the index range, so every batch read again from the oldest
+ * attempt everything its predecessors had passed over (and the index entries of what they deleted).
  */
+/** The keyset cursor before every attempt: no attempt was made at -infinity. */
+const BEFORE_FIRST_ATTEMPT: [string, string] = ['-infinity', '00000000-0000-0000-0000-000000000000'];
+
 const PRUNE_BATCH_SQL = `
 WITH page AS (
   SELECT id, created_at, event_type, event_id, account_id
     FROM webhook_deliveries
    WHERE created_at < $1::timestamptz
-     AND ($2::timestamptz IS NULL OR (created_at, id) > ($2::timestamptz, $3::uuid))
+     AND (created_at, id) > ($2::timestamptz, $3::uuid)
    ORDER BY created_at, id
    LIMIT $4
 ), ev AS (
@@ -142,8 +149,7 @@ export async function pruneWebhookLog(pool: pg.Pool, opts: PruneWebhookLogOption
   const { rows } = await pool.query('SELECT now() - make_interval(days => $1) AS cutoff', [retentionDays]);
   const cutoff: Date = rows[0].cutoff;
   result.cutoff = cutoff;
-  let afterAt: Date | null = null;
-  let afterId: string | null = null;
+  let [afterAt, afterId]: [Date | string, string] = BEFORE_FIRST_ATTEMPT;
   for (;;) {
     const batch: pg.QueryResult<{ scanned: number; events: number; deleted: number; last_at: Date | null; last_id: string | null }> = await pool.query(PRUNE_BATCH_SQL, [cutoff, afterAt, afterId, batchRows, UUID_PATTERN]);
     const r = batch.rows[0]!;
@@ -152,8 +158,8 @@ export async function pruneWebhookLog(pool: pg.Pool, opts: PruneWebhookLogOption
     result.rows += r.deleted;
     result.largestBatchRows = Math.max(result.largestBatchRows, r.deleted);
     if (r.scanned < batchRows) return result;
-    afterAt = r.last_at;
-    afterId = r.last_id;
+    afterAt = r.last_at!;
+    afterId = r.last_id!;
   }
 }
 
