@@ -14,6 +14,7 @@ import { CreditBatchRef, CreditGrantRef, LedgerEntryRef, ReservationRef, UsageEv
 import { ModelPriceRef, PriceBookRef, QuoteRef, SettingsRef, type QuoteView } from './types/pricing.js';
 import { RecordUsageInputRef, toUsageInput } from './inputs.js';
 import { usageSummary, type UsageSummaryRow } from '../services/usage-summary.js';
+import { optionalLabel } from '../services/usage-command.js';
 import { quoteUsage } from '../services/quote-usage.js';
 import { modelPrices } from '../pricing/price-book.js';
 import { formatCredits } from '../ledger/credits.js';
@@ -171,11 +172,14 @@ builder.queryType({
       args: { accountId: t.arg.id({ required: true }), taskId: t.arg.string({ required: true }) },
       resolve: async (_root, args, ctx) => {
         const accountId = decodeId(String(args.accountId), 'Account', 'account');
+        // A task id as a usage event may carry one (1 to 200 characters, one line): an empty one
+        // was read as "no task filter" and answered the cost of the account's every event.
+        const taskId = optionalLabel(args.taskId, 'taskId')!;
         await assertAccountReadable(ctx, accountId); // a missing account is NOT_FOUND, as for `quote`
         const range = { from: MIN_DATE_TIME, to: MAX_DATE_TIME }; // every instant the API accepts (events dated before 1970 included)
-        const [totals] = await usageSummary(ctx.services.pool, accountId, range, [], { taskId: args.taskId });
-        const byCategory = await usageSummary(ctx.services.pool, accountId, range, ['CATEGORY'], { taskId: args.taskId });
-        return { taskId: args.taskId, creditsMicroCredits: totals?.creditsMicroCredits ?? 0n, events: totals?.events ?? 0, byCategory };
+        const [totals] = await usageSummary(ctx.services.pool, accountId, range, [], { taskId });
+        const byCategory = await usageSummary(ctx.services.pool, accountId, range, ['CATEGORY'], { taskId });
+        return { taskId, creditsMicroCredits: totals?.creditsMicroCredits ?? 0n, events: totals?.events ?? 0, byCategory };
       },
     }),
     quote: t.field({

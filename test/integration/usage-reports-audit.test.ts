@@ -318,3 +318,15 @@ describe('tenancy of the reports', () => {
     expect(dbId(other)).not.toBe(dbId(org));
   });
 });
+
+describe('taskCost input', () => {
+  it('a task id no event can carry (empty, over 200 characters, a line break) is BAD_USER_INPUT, not the cost of some other events', async () => {
+    const acct = await apiAccount(srv, { paid: '10' });
+    await record({ accountId: acct, category: 'unit', taskId: 't' });
+    await record({ accountId: acct, category: 'unit' });
+    const Q = `query($id: ID!, $t: String!) { taskCost(accountId: $id, taskId: $t) { credits events } }`;
+    for (const t of ['', 'x'.repeat(201), 'a\nb']) expectError(await srv.gql(Q, { id: acct, t }), 'BAD_USER_INPUT');
+    expect(ok(await srv.gql(Q, { id: acct, t: 't' })).taskCost).toEqual({ credits: '1', events: 1 });
+    expect(ok(await srv.gql(Q, { id: acct, t: 'x'.repeat(200) })).taskCost).toEqual({ credits: '0', events: 0 });
+  });
+});
