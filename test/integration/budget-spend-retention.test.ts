@@ -8,8 +8,8 @@
  * when a prune whose clock runs ahead deletes the current period's rows while a budgeted agent
  * charges, on both charge paths.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestServices, settledCode, type TestServices } from '../setup/services.js';
+import { describe, expect, it } from 'vitest';
+import { settledCode, useTestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { applyCharge, chargeAccounts, recordUsage } from '../../src/services/record-usage.js';
@@ -21,14 +21,7 @@ import { pruneBudgetSpend, type BudgetSpendPrune } from '../../src/services/budg
 import type { ServiceContext } from '../../src/services/context.js';
 import { credits } from '../../src/ledger/credits.js';
 
-let s: TestServices;
-beforeAll(() => {
-  s = createTestServices(20);
-});
-afterAll(async () => {
-  s.setNow(null);
-  await s.close();
-});
+const s = useTestServices(20);
 
 const DAY_MS = 86_400_000;
 const at = (iso: string) => new Date(iso);
