@@ -65,13 +65,19 @@ function subjectHeldSql(b: string, nowSql = '$4', exceptSql = '$5'): string {
  * wall clock $2 by account-clock.ts's rule, as Balance: never before the account's last change):
  * the subject's kept usage cost of the period where a row exists (equal to the SUM in the same
  * snapshot: rows and usage are written by the same transactions), else the SUM itself, plus what
- * the subject's ACTIVE holds hold at that now. Those of kind $3 (null: both), subject ids after
- * $4 in byte order (null: from the first), subject $6 only (null: all); at most $5 (null: all).
+ * the subject's ACTIVE holds hold at that now. `where` narrows the budgets (conditions on `b`
+ * with parameters from $3 on), `limit` (a parameter, or '' for all) caps them.
  * ONE statement: the now, the period and the spending belong to one snapshot. One row with a null
  * subject_kind when the account has no such budget; no row when the account does not exist.
  * Reads only: a missing budget_spend row is left for the next budget check to start.
+ *
+ * The filters are in the text only when given ({@link listBudgets}), never as `($n IS NULL OR
+ * …)`: the ledger pool plans generically (db/pg.ts LEDGER_SESSION_OPTIONS), and a generic plan
+ * cannot bound an index scan by a condition that may be switched off, so one subject's budget
+ * (setSpendingBudget) read every budget of the account (10,000 budgets: 10,000 rows read for 1).
  */
-const LIST_BUDGETS_SQL = `
+function listBudgetsSql(where: string, limit: string): string {
+  return `
   SELECT s.subject_kind, s.subject_id, s.limit_micro_credits, s.spent
     FROM (SELECT per.period_start, per.period_end, n.now
             FROM accounts a JOIN balances bal ON bal.account_id = a.id
@@ -84,9 +90,9 @@ const LIST_BUDGETS_SQL = `
                         WHERE k.account_id = b.account_id AND k.subject_kind = b.subject_kind AND k.subject_id = b.subject_id AND k.period_start = clk.period_start),
                       ${subjectUsageSql('b', 'clk.period_start', 'clk.period_end')}) + ${subjectHeldSql('b', 'clk.now', 'NULL')} AS spent
         FROM spending_budgets b
-       WHERE b.account_id = $1 AND ($3::text IS NULL OR b.subject_kind = $3) AND ($4::text IS NULL OR b.subject_id COLLATE "C" > $4)
-         AND ($6::text IS NULL OR b.subject_id = $6)
-       ORDER BY b.subject_kind, b.subject_id COLLATE "C" LIMIT $5) s ON TRUE`;
+       WHERE b.account_id = $1${where}
+       ORDER BY b.subject_kind, b.subject_id COLLATE "C"${limit}) s ON TRUE`;
+}
 
 /**
  * The budgets of the subjects $6 (agent) / $7 (user) of account $1 with their spending in the
@@ -251,7 +257,15 @@ export async function listBudgets(
   kind?: BudgetSubjectKind,
   filter: BudgetFilter = {},
 ): Promise<BudgetView[]> {
-  const { rows } = await db.query(LIST_BUDGETS_SQL, [accountId, wallNow, kind ?? null, filter.after ?? null, filter.limit ?? null, filter.subjectId ?? null]);
+  // Each filter given adds its condition and parameter (listBudgetsSql: none as `$n IS NULL OR`).
+  const values: unknown[] = [accountId, wallNow];
+  const param = (v: unknown) => `$${values.push(v)}`;
+  let where = '';
+  if (kind != null) where += ` AND b.subject_kind = ${param(kind)}`;
+  if (filter.subjectId != null) where += ` AND b.subject_id = ${param(filter.subjectId)}`;
+  if (filter.after != null) where += ` AND b.subject_id COLLATE "C" > ${param(filter.after)}`;
+  const limit = filter.limit != null ? ` LIMIT ${param(filter.limit)}` : '';
+  const { rows } = await db.query(listBudgetsSql(where, limit), values);
   if (!rows[0]) throw new LedgerError('NOT_FOUND', 'account not found');
   return rows.filter((r) => r.subject_kind !== null).map(toView);
 }

@@ -663,7 +663,8 @@ export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobDat
  * The deliver-webhook jobs that should exist but may have been lost (e.g. Redis flushed): the
  * sweep re-adds them (same jobId, so an existing job, even a finished one BullMQ still keeps, is
  * not duplicated). Returns, oldest first, at most {@link WEBHOOK_SWEEP_LIMIT} jobs for
- * - credit alerts created between 24 h and 1 minute before `now`,
+ * - credit alerts created between 24 h and 1 minute before `now` (read through their `created_at`
+ *   index, migration credit_alerts_created_at: alerts are never pruned, so not the whole table),
  * - auto top-up pauses (auto_top_up_settings.paused_at) in that window; the event id is the
  *   account's latest FAILED top-up created at or before the pause (the one whose failure paused
  *   it), or SUCCEEDED when a late success of its charge revived it after the pause; only when

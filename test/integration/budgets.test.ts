@@ -17,6 +17,7 @@ import { reconcileAccount } from '../../src/services/read-balance.js';
 import { createPlan, subscribeToPlan } from '../../src/services/plans.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
+import type pg from 'pg';
 
 let s: TestServices;
 beforeAll(() => {
@@ -439,5 +440,61 @@ describe.each([
     expect(await keptSpending(accountId)).toEqual([{ subject: 'AGENT:agent-h', kept: credits(4), sum: credits(4) }]);
     await overBudget(reserveCredits(ctx(), { accountId, amountMicroCredits: credits(7), ttlSeconds: 600, idempotencyKey: 'h2', agentId: 'agent-h' }));
     await expectLedgerInvariant(s.pool, accountId);
+  });
+});
+
+describe("one subject's budget reads only that budget", () => {
+  it("listBudgets with a subject (setSpendingBudget's read) is bounded by the (account, kind, subject) index under the ledger pool's generic plans, not by reading the account's budgets", async () => {
+    // 400 budgets on one account (200 agents, 200 users), then one agent's budget is read, inside
+    // one transaction of a fresh ledger-pool connection (plan_cache_mode=force_generic_plan), with
+    // PostgreSQL's own count of the rows that transaction read from spending_budgets.
+    s.setNow(null);
+    const accountId = await createFundedAccount(s, { paid: 1000 });
+    for (let i = 0; i < 200; i++) {
+      await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: `agent-${i}`, limitMicroCredits: credits(10 + i) });
+      await setSpendingBudget(s, { accountId, subjectKind: 'USER', subjectId: `user-${i}`, limitMicroCredits: credits(10 + i) });
+    }
+    await unit(accountId, 'one-1', 'agent-7');
+    await s.pool.query('ANALYZE spending_budgets');
+    // A connection of its own: PostgreSQL 15's pg_stat_xact_* also count its earlier transactions'
+    // reads not yet flushed to the shared statistics, so the connection must have read nothing else.
+    const fresh = createTestServices(1);
+    const client = await fresh.pool.connect();
+    try {
+      expect((await client.query('SHOW plan_cache_mode')).rows[0].plan_cache_mode).toBe('force_generic_plan');
+      await client.query('BEGIN');
+      // 6 times: a named or unnamed statement gets its generic plan by the sixth.
+      for (let i = 0; i < 6; i++) {
+        const budgets = await listBudgets(client as unknown as pg.Pool, accountId, new Date(), 'AGENT', { subjectId: 'agent-7' });
+        expect(budgets).toEqual([{ subjectKind: 'AGENT', subjectId: 'agent-7', limitMicroCredits: credits(17), spentMicroCredits: credits(1) }]);
+      }
+      const { rows } = await client.query(`SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) AS rows_read FROM pg_stat_xact_user_tables WHERE relname = 'spending_budgets'`);
+      // 6 reads of 1 budget; reading the account's budgets would be 6 × 400.
+      expect(Number(rows[0].rows_read)).toBeLessThanOrEqual(6 * 2);
+      await client.query('ROLLBACK');
+    } finally {
+      client.release();
+      await fresh.close();
+    }
+  });
+
+  it('the filters keep their meaning: kind, subject, after (byte order) and limit, alone and together', async () => {
+    s.setNow(null);
+    const accountId = await createFundedAccount(s, { paid: 1000 });
+    for (const id of ['b', 'B', 'a', 'é', 'c']) await setSpendingBudget(s, { accountId, subjectKind: 'AGENT', subjectId: id, limitMicroCredits: credits(5) });
+    for (const id of ['b', 'z']) await setSpendingBudget(s, { accountId, subjectKind: 'USER', subjectId: id, limitMicroCredits: credits(5) });
+    const ids = async (kind?: 'AGENT' | 'USER', filter?: Parameters<typeof listBudgets>[4]) =>
+      (await listBudgets(s.pool, accountId, new Date(), kind, filter)).map((b) => `${b.subjectKind}:${b.subjectId}`);
+    expect(await ids()).toEqual(['AGENT:B', 'AGENT:a', 'AGENT:b', 'AGENT:c', 'AGENT:é', 'USER:b', 'USER:z']);
+    expect(await ids('AGENT')).toEqual(['AGENT:B', 'AGENT:a', 'AGENT:b', 'AGENT:c', 'AGENT:é']);
+    expect(await ids('USER', { subjectId: 'b' })).toEqual(['USER:b']);
+    expect(await ids(undefined, { subjectId: 'b' })).toEqual(['AGENT:b', 'USER:b']);
+    expect(await ids('AGENT', { subjectId: 'z' })).toEqual([]);
+    expect(await ids('AGENT', { after: 'a', limit: 2 })).toEqual(['AGENT:b', 'AGENT:c']);
+    expect(await ids('AGENT', { after: 'c' })).toEqual(['AGENT:é']);
+    expect(await ids('AGENT', { after: null, limit: 1 })).toEqual(['AGENT:B']);
+    expect(await ids('AGENT', { after: 'a', subjectId: 'c' })).toEqual(['AGENT:c']);
+    expect(await ids('AGENT', { after: 'c', subjectId: 'b' })).toEqual([]);
+    await expect(listBudgets(s.pool, '00000000-0000-4000-8000-000000000000', new Date(), 'AGENT', { subjectId: 'b' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
   });
 });

@@ -8,12 +8,12 @@
  */
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { useTestServices } from '../setup/services.js';
+import { createTestServices, useTestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage } from '../../src/services/record-usage.js';
 import { grantCredits } from '../../src/services/grant-credits.js';
-import { refundUsage } from '../../src/services/refund-usage.js';
+import { readPaymentCredits, readRefundBatches, refundUsage } from '../../src/services/refund-usage.js';
 import { voidGrant } from '../../src/services/void-grant.js';
 import { readBalance } from '../../src/services/read-balance.js';
 import { MAX_ABS_MICRO_CREDITS, credits } from '../../src/ledger/credits.js';
@@ -179,5 +179,64 @@ describe("the period's credit and a refund of an earlier period's usage (balance
     const { rows } = await s.pool.query('SELECT threshold FROM credit_alerts WHERE account_id = $1 ORDER BY threshold DESC', [accountId]);
     expect(rows.map((r) => r.threshold)).toEqual([25]);
     await expectLedgerInvariant(s.pool, accountId, next);
+  });
+});
+
+describe("a refund finds the payments behind its batches by primary key, not by reading the account's payments", () => {
+  it("readRefundBatches and readPaymentCredits read one payment each under the ledger pool's generic plans, whatever the account's payments", async () => {
+    // One pack bought and drawn from, next to 300 earlier failed payments of the account; the two
+    // reads of a refund run on a fresh ledger-pool connection (plan_cache_mode=force_generic_plan),
+    // inside one transaction, with PostgreSQL's own count of the rows it read from payments.
+    s.setNow(null);
+    const payments = new PaymentSimulator();
+    const ctx: ServiceContext = { ...s, payments };
+    const accountId = await createFundedAccount(s, {});
+    const pack = await createCreditPack(s, { name: `probe-pack-${randomUUID()}`, microCredits: credits(100), bonusMicroCredits: 0n, priceUsd: '10', expiresAfterDays: null });
+    await attachPaymentMethod(ctx, accountId, `pm_card_probe_${randomUUID().slice(0, 8)}`);
+    await s.pool.query(
+      `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, status, error)
+       SELECT gen_random_uuid(), $1, 'PURCHASE', 'failed-' || i, $2, 10, 'FAILED', 'card declined' FROM generate_series(1, 300) i`,
+      [accountId, pack.id],
+    );
+    const { paymentId, grantId } = await purchaseCreditPack(ctx, { accountId, packId: pack.id, idempotencyKey: `buy-${randomUUID()}` });
+    const { rows: batchRows } = await s.pool.query('SELECT id FROM credit_batches WHERE grant_id = $1', [grantId]);
+    const batchId = batchRows[0].id as string;
+    await s.pool.query('ANALYZE payments');
+    // A connection of its own: PostgreSQL 15's pg_stat_xact_* also count its earlier transactions'
+    // reads not yet flushed to the shared statistics, so the connection must have read nothing else.
+    const fresh = createTestServices(1);
+    const client = await fresh.pool.connect();
+    try {
+      expect((await client.query('SHOW plan_cache_mode')).rows[0].plan_cache_mode).toBe('force_generic_plan');
+      await client.query('BEGIN');
+      // Each statement 6 times: a named or unnamed statement gets its generic plan by the sixth.
+      for (let i = 0; i < 6; i++) {
+        const batches = await readRefundBatches(client, [batchId]);
+        expect(batches.get(batchId)).toMatchObject({ status: 'ACTIVE', paymentId });
+        const paid = await readPaymentCredits(client, accountId, [paymentId]);
+        expect(paid.get(paymentId)).toMatchObject({ live: { batchId, status: 'ACTIVE' }, unrecoveredMicroCredits: 0n });
+      }
+      const { rows } = await client.query(`SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) AS rows_read FROM pg_stat_xact_user_tables WHERE relname = 'payments'`);
+      // 12 reads of one payment; reading the account's payments would be 12 × 301.
+      expect(Number(rows[0].rows_read)).toBeLessThanOrEqual(12 * 2);
+      await client.query('ROLLBACK');
+    } finally {
+      client.release();
+      await fresh.close();
+    }
+  });
+
+  it("a grant keyed like a payment's whose reference is no payment id (a client's, from before the engine's keys were reserved) is no payment's: its refund gives the credit back into it", async () => {
+    s.setNow(null);
+    const accountId = await createFundedAccount(s, {});
+    // grantCredits refuses `payment:` keys now (RESERVED_KEY); a client grant of an earlier
+    // release could carry one, with any reference: made here as that release would have left it.
+    const { grantId } = await grantCredits(s, { accountId, amountMicroCredits: credits(10), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: 'order 7', idempotencyKey: 'legacy' });
+    await s.pool.query(`UPDATE credit_grants SET idempotency_key = 'payment:order-7' WHERE id = $1`, [grantId]);
+    const used = await recordUsage(s, { accountId, idempotencyKey: 'drawn', category: 'units', quantities: { units: '4' } });
+    expect((await readBalance(s.pool, accountId, new Date())).totalMicroCredits).toBe(credits(6));
+    await refundUsage(s, used.eventId, 'bad answer');
+    expect((await readBalance(s.pool, accountId, new Date())).totalMicroCredits).toBe(credits(10));
+    await expectLedgerInvariant(s.pool, accountId);
   });
 });

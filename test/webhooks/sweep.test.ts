@@ -31,6 +31,7 @@ import {
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { TEST_REDIS_URL } from '../setup/env.js';
+import type pg from 'pg';
 import { collectOutcomes, receiverEnv, startReceiver, type Receiver } from './helpers.js';
 
 const SECRET = 'whsec_sweep_0123456789abcdef0123456789abcdef';
@@ -159,6 +160,53 @@ describe('findUndeliveredWebhookJobs', () => {
     const ids = (await findUndeliveredWebhookJobs(services.pool, at)).map((j) => j.data.eventId);
     expect(ids).toContain(b25!.id);
     for (const gone of [a25!.id, a15!.id, b15!.id]) expect(ids).not.toContain(gone);
+  });
+
+  it("reads only the alerts of its window (the created_at index), not every alert ever raised, under the ledger pool's generic plans", async () => {
+    // 20,000 alerts older than the window and 3 in it, on one account, inside one transaction of a
+    // fresh ledger-pool connection (plan_cache_mode=force_generic_plan, rolled back: nothing stays),
+    // with PostgreSQL's own count of the blocks that transaction read of credit_alerts and its
+    // indexes. Alerts are never pruned, so a sweep that reads them all costs more every period.
+    const accountId = await createFundedAccount(services, { paid: 10 });
+    const now = new Date(FILE_CLOCK_START.getTime() - 5 * 86_400_000); // a window no other alert of the database is in
+    const fresh = createTestServices(1);
+    const client = await fresh.pool.connect();
+    try {
+      expect((await client.query('SHOW plan_cache_mode')).rows[0].plan_cache_mode).toBe('force_generic_plan');
+      await client.query('BEGIN');
+      await client.query(
+        `INSERT INTO credit_alerts (id, account_id, threshold, percent_remaining, available_micro_credits, period_start, created_at)
+         SELECT gen_random_uuid(), $1::uuid, 25, 20, 1, t, t
+           FROM generate_series(1, 20000) i, LATERAL (SELECT $2::timestamptz - interval '2 days' - i * interval '1 minute' AS t) x
+         UNION ALL
+         SELECT gen_random_uuid(), $1::uuid, 25, 20, 1, t, t
+           FROM generate_series(1, 3) i, LATERAL (SELECT $2::timestamptz - i * interval '1 hour' AS t) x`,
+        [accountId, now],
+      );
+      await client.query('ANALYZE credit_alerts');
+      const blocks = async () =>
+        Number(
+          (
+            await client.query(
+              `SELECT sum(pg_stat_get_xact_blocks_fetched(c.oid)) AS n FROM pg_class c
+                WHERE c.oid = 'credit_alerts'::regclass OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'credit_alerts'::regclass)`,
+            )
+          ).rows[0].n,
+        );
+      const before = await blocks();
+      // 6 times: a named or unnamed statement gets its generic plan by the sixth.
+      for (let i = 0; i < 6; i++) {
+        const jobs = (await findUndeliveredWebhookJobs(client as unknown as pg.Pool, now)).filter((j) => j.data.accountId === accountId);
+        expect(jobs).toHaveLength(3);
+      }
+      // A few blocks per sweep (the index's path to the window and the 3 alerts' rows); reading
+      // them all is ~100 index or ~300 table blocks per sweep.
+      expect((await blocks()) - before).toBeLessThanOrEqual(6 * 10);
+      await client.query('ROLLBACK');
+    } finally {
+      client.release();
+      await fresh.close();
+    }
   });
 
   it('returns the job of a paused auto top-up (the failed top-up that paused it)', async () => {
