@@ -253,7 +253,8 @@ export async function readSubscription(pool: pg.Pool, accountId: string, wallNow
  * granted (see the module comment), in one transaction. Periods that already ended while
  * nothing rolled (a long outage) are rolled one by one: under ROLLOVER each gets its trim and its
  * grant, as if the roll had run on time; under RESET only the current period is granted (the
- * credit of the others would have expired already).
+ * credit of the others would have expired already), and an ended period only when the account
+ * was in debt at its start (its allowance repaid that debt on time; the rest expires at its end).
  * @returns the number of periods rolled (0: nothing due).
  * @throws LedgerError NOT_FOUND for an unknown account.
  */
@@ -336,8 +337,12 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
     const period = monthlyPeriodAt(atx.billingAnchorAt, next);
     // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
     // credit carries over, so every period is granted (after its boundary's trim), as stepping
-    // the periods one by one (advanceTestClock) does.
-    if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime()) await grantPeriod(atx, plan, period.start, period.end);
+    // the periods one by one (advanceTestClock) does. An ended RESET period is granted too when
+    // the account was in debt at its start: on time, its allowance repaid the debt and only the
+    // rest expired at its end (the next pass's applyExpiries, dated there). Skipped, the debt
+    // stayed for the current period's allowance to repay, and the account ended that much lower
+    // than after on-time rolls (test/integration/reset-roll-audit.test.ts).
+    if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime() || atx.debt > 0n) await grantPeriod(atx, plan, period.start, period.end);
     granted = next;
     rolled++;
   }
