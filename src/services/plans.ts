@@ -18,7 +18,7 @@
 import { SINGLE_LINE_FORBIDDEN, SINGLE_LINE_MESSAGE } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { z } from 'zod';
-import { withTransaction, toBigInt } from '../db/pg.js';
+import { withTransaction, toBigInt, type Tx } from '../db/pg.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits, minBig } from '../ledger/credits.js';
 import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
@@ -265,6 +265,28 @@ export async function rollBillingPeriods(ctx: ServiceContext, accountId: string)
     await atx.finish();
     return { periodsRolled };
   });
+}
+
+/**
+ * Locks the account (AccountTx.lock) for a decision made on its Balance as SQL reads it
+ * (readBalance) in a transaction that moves no credit itself: the depletion notice and the auto
+ * top-up started after a refusal for lack of credit (depletion-alerts.ts, refusal-top-ups.ts),
+ * and the check of available credit against the threshold when auto top-up is saved
+ * (auto-top-up.ts setAutoTopUp: it started a top-up the on-time account never had). A
+ * plan roll that is due runs first (rollDuePeriodsFirst) and is written (atx.finish), then the
+ * account is locked again in the same transaction, so the read sees the new period's allowance,
+ * as after an on-time roll. A refused charge's roll is rolled back with it (README "Plans and
+ * billing cycles"): the notice's check then read a period credit without its grant and without
+ * the RESET allowance that had expired, and missed the notice the on-time account got
+ * (test/integration/reset-roll-audit.test.ts).
+ * @returns the account's AccountTx, locked, with the roll (if one was due) written.
+ * @throws LedgerError NOT_FOUND for an unknown account; database errors.
+ */
+export async function lockAfterDueRoll(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
+  const atx = await AccountTx.lock(tx, accountId, wallNow);
+  if (!(await rollDuePeriodsFirst(atx))) return atx;
+  await atx.finish();
+  return AccountTx.lock(tx, accountId, wallNow);
 }
 
 /** The savepoint rollDuePeriodsFirst rolls under (nested inside GroupCommitter's own, if any). */
