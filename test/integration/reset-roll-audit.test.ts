@@ -221,6 +221,7 @@ type TwinOp =
   | { op: 'holdRelease'; hold: number }
   | { op: 'holdOpen'; hold: number; ttlHours: number }
   | { op: 'capture'; units: number }
+  | { op: 'release' }
   | { op: 'voidPlan' }
   | { op: 'refund'; pick: number }
   | { op: 'void'; pick: number }
@@ -239,9 +240,10 @@ const twinArb: fc.Arbitrary<TwinOp> = fc.oneof(
   { weight: 3, arbitrary: fc.integer({ min: 1, max: 5 }).chain((hold) => fc.record({ op: fc.constant('overdraw' as const), hold: fc.constant(hold), units: fc.integer({ min: hold, max: 70 }) })) },
   fc.integer({ min: 1, max: 10 }).chain((hold) => fc.record({ op: fc.constant('settle' as const), hold: fc.constant(hold), units: fc.integer({ min: 1, max: hold }) })),
   fc.record({ op: fc.constant('holdRelease' as const), hold: fc.integer({ min: 1, max: 10 }) }),
-  // A hold left holding (over a boundary, past its expiry), and a capture of the latest one.
+  // A hold left holding (over a boundary, past its expiry), and a capture or a release of the latest one.
   fc.record({ op: fc.constant('holdOpen' as const), hold: fc.integer({ min: 1, max: 10 }), ttlHours: fc.integer({ min: 1, max: 168 }) }),
   fc.record({ op: fc.constant('capture' as const), units: fc.integer({ min: 1, max: 40 }) }),
+  fc.constant({ op: 'release' as const }),
   // The operator voids the latest plan grant made before the current period (an ended RESET
   // period's allowance, expired or not yet recorded so).
   fc.constant({ op: 'voidPlan' as const }),
@@ -306,6 +308,9 @@ async function runOp(twins: string[], o: TwinOp, events: string[][], grants: str
       } else if (o.op === 'capture') {
         const hold = holds[i]!.at(-1);
         if (hold) events[i]!.push((await recordUsage(ctx, { accountId, idempotencyKey: k, category: 'units', quantities: { units: String(o.units) }, reservationId: hold })).eventId);
+      } else if (o.op === 'release') {
+        const hold = holds[i]!.at(-1);
+        if (hold) await releaseReservation(ctx, hold);
       } else if (o.op === 'voidPlan') {
         if (planKey[i]) {
           const { rows } = await services.pool.query('SELECT id FROM credit_grants WHERE account_id = $1 AND idempotency_key = $2', [accountId, planKey[i]]);
@@ -483,6 +488,61 @@ describe('late RESET and uncapped ROLLOVER plan rolls, adversarial audit', () =>
     const started = await Promise.all(twins.map(async (id) => (await services.pool.query('SELECT status::text FROM auto_top_ups WHERE account_id = $1', [id])).rows));
     expect(started).toEqual([[], []]);
     await expectTwinsAgree(twins);
+  });
+
+  it('RESET: a hold released just after the boundary, its roll late, raises no alert the on-time account does not raise', async () => {
+    // RESET plan (30 a month) from Jan 1 on 100 purchased, January's allowance spent; on Jan 31
+    // holds of 85 and 5 (7 days). On time, February opens with 130 of credit and 40 available
+    // (30.7 %: no alert), and releasing the 5 at Feb 1 01:00 leaves 45 available. With the roll
+    // late, the release (which did not run it) was checked against a period credit of 100 without
+    // the allowance and 15 available: the 25 % and 15 % alerts of February, never raised on time.
+    const start = new Date('2030-01-01T00:00:00.000Z');
+    const twins = await newTwins(start, 100);
+    const holds: string[] = [];
+    for (const id of twins) {
+      await subscribeToPlan(services, id, plans[0]!.id);
+      await recordUsage(services, { accountId: id, idempotencyKey: 'jan', category: 'units', quantities: { units: '30' } });
+    }
+    const jan31 = new Date('2030-01-31T12:00:00.000Z');
+    await advanceTestClock(services, twins[0]!, jan31);
+    await setClock(twins[1]!, jan31);
+    for (const id of twins) {
+      await reserveCredits(services, { accountId: id, amountMicroCredits: credits(85), ttlSeconds: 7 * 86_400, idempotencyKey: 'big' });
+      holds.push((await reserveCredits(services, { accountId: id, amountMicroCredits: credits(5), ttlSeconds: 7 * 86_400, idempotencyKey: 'small' })).reservationId);
+    }
+    const feb = new Date('2030-02-01T01:00:00.000Z');
+    await advanceTestClock(services, twins[0]!, feb);
+    await setClock(twins[1]!, feb);
+    for (const hold of holds) await releaseReservation(services, hold);
+    const february = async (id: string) => (await alertRows(id)).filter((a) => a.startsWith('2030-02'));
+    expect({ onTime: await february(twins[0]!), late: await february(twins[1]!) }).toEqual({ onTime: [], late: [] });
+    expect(await balanceFigures(twins[1]!)).toEqual(await balanceFigures(twins[0]!));
+  });
+
+  it('RESET: an expiry job that runs after the boundary, the roll still late, raises no alert the on-time account does not raise', async () => {
+    // RESET plan (30 a month) from Jan 1 on 100 purchased, plus 10 expiring Feb 1 02:00;
+    // January's allowance spent; on Jan 31 a hold of 75 (7 days). On time, February opens with 140
+    // of credit and 65 available; the 10 expire at 02:00: 55 available (39 %), no alert. With only
+    // the roll late, the expiry job at 02:00 (which did not run it) was checked against a period
+    // credit of 110 and 25 available (22.7 %): February's 25 % alert, never raised on time.
+    const start = new Date('2030-01-01T00:00:00.000Z');
+    const twins = await newTwins(start, 100);
+    const two = new Date('2030-02-01T02:00:00.000Z');
+    for (const id of twins) {
+      await subscribeToPlan(services, id, plans[0]!.id);
+      await grantCredits(services, { accountId: id, amountMicroCredits: credits(10), type: 'PAID', source: 'PURCHASE', expiresAt: two, reference: null, idempotencyKey: 'ten' });
+      await recordUsage(services, { accountId: id, idempotencyKey: 'jan', category: 'units', quantities: { units: '30' } });
+    }
+    const jan31 = new Date('2030-01-31T12:00:00.000Z');
+    await advanceTestClock(services, twins[0]!, jan31);
+    await setClock(twins[1]!, jan31);
+    for (const id of twins) await reserveCredits(services, { accountId: id, amountMicroCredits: credits(75), ttlSeconds: 7 * 86_400, idempotencyKey: 'hold' });
+    await advanceTestClock(services, twins[0]!, two);
+    await setClock(twins[1]!, two);
+    await expireDue(services, twins[1]!); // the expiry job, on time; the roll's is late
+    const february = async (id: string) => (await alertRows(id)).filter((a) => a.startsWith('2030-02'));
+    expect({ onTime: await february(twins[0]!), late: await february(twins[1]!) }).toEqual({ onTime: [], late: [] });
+    expect(await balanceFigures(twins[1]!)).toEqual(await balanceFigures(twins[0]!));
   });
 
   it.each([
