@@ -22,9 +22,13 @@
  * never made, whose whole amount expired at its period end unused (its ledger entries are that
  * GRANT and that EXPIRE and nothing else), is removed from its grants, batches and the
  * statements its two entries fall in (and from the totals at a boundary between them, where a
- * switch re-grids one); anything else that differs fails. Found and fixed: such a period that
- * began in debt was skipped too, so the debt waited for the current allowance (the account
- * ended up to an allowance lower).
+ * switch re-grids one); anything else that differs fails. Found and fixed (a focused case each):
+ * such a period that began in debt was skipped too, so the debt waited for the current allowance
+ * (the account ended up to an allowance lower); after a refused charge (whose roll is rolled back
+ * with it) the depletion notice's and the refusal top-up's checks, and setAutoTopUp's, read
+ * Balance without the roll (a notice and a top-up missed, a top-up started that on time was
+ * not); a hold's release and the expiry job, balance changes that did not roll, raised alerts
+ * against the new period's credit without its allowance.
  *
  * Seed: fast-check prints the seed and path of a failing run; set RESET_ROLL_AUDIT_SEED to replay
  * and RESET_ROLL_AUDIT_RUNS for more runs. Real PostgreSQL, test clocks.
