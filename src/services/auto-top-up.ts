@@ -37,7 +37,7 @@ import { accountNowSql } from './account-clock.js';
 import { findCreditPack, packGrantMicroCredits, type CreditPackView } from './credit-packs.js';
 import { readBalance } from './read-balance.js';
 import { balanceRoomError } from './grant-credits.js';
-import { rollBillingPeriods } from './plans.js';
+import { lockAfterDueRoll, rollBillingPeriods } from './plans.js';
 import {
   chargePayment,
   failedAsNoChargeFound,
@@ -67,7 +67,8 @@ export interface SetAutoTopUpCommand {
 
 /**
  * Saves the account's auto top-up settings in one transaction under the account lock. Saving
- * re-enables a paused one (pausedAt cleared, consecutive failures reset to 0). When enabled and
+ * re-enables a paused one (pausedAt cleared, consecutive failures reset to 0). A plan roll that is
+ * due runs first (plans.ts lockAfterDueRoll). When enabled and
  * available credit is already below the threshold, one top-up starts at once: the balance is
  * marked changed (version + 1, no ledger entry), so `balances_changed` applies the one rule that
  * starts top-ups (threshold, cap, single flight) in this same transaction. After the commit this
@@ -79,7 +80,10 @@ export async function setAutoTopUp(ctx: ServiceContext, cmd: SetAutoTopUpCommand
   if (cmd.thresholdMicroCredits < 0n) throw badInput('thresholdCredits', 'must not be negative');
   if (!Number.isInteger(cmd.maxPerPeriod) || cmd.maxPerPeriod < 1 || cmd.maxPerPeriod > 100) throw badInput('maxPerPeriod', 'must be 1 to 100');
   await withTransaction(ctx.pool, async (tx) => {
-    const atx = await AccountTx.lock(tx, cmd.accountId, ctx.clock());
+    // A due plan roll first, so the check below reads available credit with the new period's
+    // allowance, as on time (plans.ts lockAfterDueRoll): read without it, a save just after the
+    // boundary started a top-up the on-time account never had (reset-roll-audit.test.ts).
+    const atx = await lockAfterDueRoll(tx, cmd.accountId, ctx.clock());
     if (!(await findCreditPack(tx, cmd.packId))) throw new LedgerError('NOT_FOUND', 'credit pack not found');
     if (cmd.enabled && !(await findPaymentMethodRef(tx, cmd.accountId))) {
       throw new LedgerError('BAD_USER_INPUT', 'enabled: the account has no payment method (attachPaymentMethod first)', { field: 'enabled', reason: 'NO_PAYMENT_METHOD' });

@@ -30,13 +30,15 @@
 import { withTransaction } from '../db/pg.js';
 import type { LedgerError } from '../ledger/errors.js';
 import { insufficientCredits } from '../ledger/refusals.js';
-import { AccountTx } from './account-tx.js';
+import type { AccountTx } from './account-tx.js';
 import { BoundedMap } from '../util/bounded-map.js';
 import type { ServiceContext } from './context.js';
 import { recordCreditAlert } from './credit-alerts.js';
 import { readBalance } from './read-balance.js';
 import { RefusalTopUps } from './refusal-top-ups.js';
 import { webhookJob } from './webhooks.js';
+// A cycle (plans.ts grants through grant-credits.ts, which imports plans.ts): used only when a check runs, never at module evaluation.
+import { lockAfterDueRoll } from './plans.js';
 
 /** Where an INSUFFICIENT_CREDITS refusal was decided (micro-credits). */
 export interface CreditRefusal {
@@ -213,7 +215,8 @@ export function afterCreditRefusals(ctx: ServiceContext, errors: Iterable<unknow
 /**
  * One check, in a transaction of its own: when 0 is an alert threshold and the period's 0 % alert
  * is not recorded, locks the account (outbox ids are taken under its lock: src/outbox/relay.ts),
- * reads its balance (readBalance, at the account's now) and, when that is still the refusal's
+ * runs a plan roll that is due (plans.ts lockAfterDueRoll: the refused work's roll was rolled
+ * back with it, and the period's credit without its grant missed the on-time notice), reads its balance (readBalance, at the account's now) and, when that is still the refusal's
  * period, the period has had credit, available credit is below what was refused and what was
  * refused is at most DEPLETION_NOTICE_MAX_REFUSED_PERCENT % of the period's credit, records the
  * alert (recordCreditAlert; ON CONFLICT DO NOTHING) with its `deliver-webhook` job.
@@ -233,7 +236,9 @@ async function raiseDepletionAlert(ctx: ServiceContext, refusal: CreditRefusal):
     if (rows[0]?.raised === true) return { raised: true, armed: true, version: refusal.version };
     if (rows[0]?.armed !== true) return { raised: false, armed: false, version: refusal.version };
     const wallNow = ctx.clock();
-    const atx = await AccountTx.lock(tx, refusal.accountId, wallNow);
+    // A due plan roll first (the refused work's was rolled back with it), so the period's credit
+    // and available credit are those after the roll, as on time (plans.ts lockAfterDueRoll).
+    const atx = await lockAfterDueRoll(tx, refusal.accountId, wallNow);
     const balance = await readBalance(tx, refusal.accountId, wallNow);
     const due =
       balance.periodStart.getTime() === refusal.periodStart.getTime() &&

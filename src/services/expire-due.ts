@@ -14,6 +14,8 @@ import { withTransaction, toBigInt } from '../db/pg.js';
 import { AccountTx } from './account-tx.js';
 import type { ServiceContext } from './context.js';
 import { closeReservation } from './reservation-tx.js';
+// A cycle (plans.ts applies expiries from here): used only when a job runs, never at module evaluation.
+import { rollDuePeriodsFirst } from './plans.js';
 
 /** What one expiry pass removed. */
 export interface ExpiryResult {
@@ -70,13 +72,20 @@ export async function applyExpiries(atx: AccountTx, batchesUpTo?: Date): Promise
 }
 
 /**
- * Expires what is due on one account in one transaction.
- * @returns counts (JSON-safe: the amount as a decimal string of micro-credits).
+ * Expires what is due on one account in one transaction, after the account's plan roll when one
+ * is due and has not run yet (the job's, dated as on time).
+ * @returns counts (JSON-safe: the amount as a decimal string of micro-credits) of what expired
+ *   after that roll (the roll's own expiries are not counted).
  * @throws LedgerError NOT_FOUND for an unknown account.
  */
 export async function expireDue(ctx: ServiceContext, accountId: string): Promise<{ batches: number; holds: number; expiredMicroCredits: string }> {
   return withTransaction(ctx.pool, async (tx) => {
     const atx = await AccountTx.lock(tx, accountId, ctx.clock());
+    // A due plan roll first (plans.ts rollDuePeriodsFirst; it applies the expiries due by each
+    // period start it rolls, and those of now): an expiry is a balance change, whose alert check
+    // (balances_changed) read the new period's credit without its allowance and raised alerts the
+    // on-time account never had (reset-roll-audit.test.ts). What the roll expired is not counted.
+    await rollDuePeriodsFirst(atx);
     const r = await applyExpiries(atx);
     await atx.finish();
     return { batches: r.batches, holds: r.holds, expiredMicroCredits: r.expiredMicroCredits.toString() };

@@ -75,7 +75,9 @@ export function balanceRoomError(currentMicroCredits: bigint, amountMicroCredits
  * `effectiveAt` (default: the account's now; never after it) dates the grant, its batch and its
  * ledger entries when it belongs to an earlier instant: a plan's allowance of a billing period
  * whose roll runs late, ended or current (plans.ts grantPeriod), so the period figures and
- * statements count it at the period start, as if the roll had run on time.
+ * statements count it at the period start, as if the roll had run on time; its `expiresAt` need
+ * only be after `effectiveAt` (a late roll's grant of an ended RESET period, repaying debt, whose
+ * rest the roll then expires at that period's end).
  * `keyNamesGrant`: a grant already made under the key is this grant whatever its input, so it is
  * replayed instead of IDEMPOTENCY_CONFLICT (a plan's period grant, whose key names the period's
  * start while its clamped end can differ: plans.ts grantPeriod).
@@ -101,7 +103,10 @@ export async function applyGrant(
     return { grantId: prior.id as string, replayed: true };
   }
   if (cmd.amountMicroCredits <= 0n) throw badInput('amount', 'must be greater than 0');
-  if (cmd.expiresAt && cmd.expiresAt.getTime() <= atx.now.getTime()) throw badInput('expiresAt', 'must be in the future');
+  const at = effectiveAt && effectiveAt.getTime() < atx.now.getTime() ? effectiveAt : atx.now;
+  // After the instant the grant is dated at: a late roll's grant of an ended RESET period in debt
+  // (plans.ts rollDuePeriods) expires at that period's end, before now; the roll expires its rest.
+  if (cmd.expiresAt && cmd.expiresAt.getTime() <= at.getTime()) throw badInput('expiresAt', 'must be in the future');
   const overTotal = balanceRoomError(atx.total, cmd.amountMicroCredits, 'amount');
   if (overTotal) throw overTotal;
   const granted = await atx.tx.query(
@@ -111,7 +116,6 @@ export async function applyGrant(
   const overGranted = balanceRoomError(BigInt(granted.rows[0].sum as string), cmd.amountMicroCredits, 'amount');
   if (overGranted) throw overGranted;
 
-  const at = effectiveAt && effectiveAt.getTime() < atx.now.getTime() ? effectiveAt : atx.now;
   const repay = minBig(cmd.amountMicroCredits, atx.debt);
   const remaining = cmd.amountMicroCredits - repay;
   const { rows } = await atx.tx.query(

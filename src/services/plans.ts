@@ -18,7 +18,7 @@
 import { SINGLE_LINE_FORBIDDEN, SINGLE_LINE_MESSAGE } from '../ledger/text-input.js';
 import type pg from 'pg';
 import { z } from 'zod';
-import { withTransaction, toBigInt } from '../db/pg.js';
+import { withTransaction, toBigInt, type Tx } from '../db/pg.js';
 import { LedgerError, badInput } from '../ledger/errors.js';
 import { formatCredits, minBig } from '../ledger/credits.js';
 import { actorOf, recordAuditEvent } from '../audit/audit-log.js';
@@ -253,7 +253,8 @@ export async function readSubscription(pool: pg.Pool, accountId: string, wallNow
  * granted (see the module comment), in one transaction. Periods that already ended while
  * nothing rolled (a long outage) are rolled one by one: under ROLLOVER each gets its trim and its
  * grant, as if the roll had run on time; under RESET only the current period is granted (the
- * credit of the others would have expired already).
+ * credit of the others would have expired already), and an ended period only when the account
+ * was in debt at its start (its allowance repaid that debt on time; the rest expires at its end).
  * @returns the number of periods rolled (0: nothing due).
  * @throws LedgerError NOT_FOUND for an unknown account.
  */
@@ -264,6 +265,28 @@ export async function rollBillingPeriods(ctx: ServiceContext, accountId: string)
     await atx.finish();
     return { periodsRolled };
   });
+}
+
+/**
+ * Locks the account (AccountTx.lock) for a decision made on its Balance as SQL reads it
+ * (readBalance) in a transaction that moves no credit itself: the depletion notice and the auto
+ * top-up started after a refusal for lack of credit (depletion-alerts.ts, refusal-top-ups.ts),
+ * and the check of available credit against the threshold when auto top-up is saved
+ * (auto-top-up.ts setAutoTopUp: it started a top-up the on-time account never had). A
+ * plan roll that is due runs first (rollDuePeriodsFirst) and is written (atx.finish), then the
+ * account is locked again in the same transaction, so the read sees the new period's allowance,
+ * as after an on-time roll. A refused charge's roll is rolled back with it (README "Plans and
+ * billing cycles"): the notice's check then read a period credit without its grant and without
+ * the RESET allowance that had expired, and missed the notice the on-time account got
+ * (test/integration/reset-roll-audit.test.ts).
+ * @returns the account's AccountTx, locked, with the roll (if one was due) written.
+ * @throws LedgerError NOT_FOUND for an unknown account; database errors.
+ */
+export async function lockAfterDueRoll(tx: Tx, accountId: string, wallNow: Date): Promise<AccountTx> {
+  const atx = await AccountTx.lock(tx, accountId, wallNow);
+  if (!(await rollDuePeriodsFirst(atx))) return atx;
+  await atx.finish();
+  return AccountTx.lock(tx, accountId, wallNow);
 }
 
 /** The savepoint rollDuePeriodsFirst rolls under (nested inside GroupCommitter's own, if any). */
@@ -336,8 +359,12 @@ async function rollDuePeriods(atx: AccountTx): Promise<number> {
     const period = monthlyPeriodAt(atx.billingAnchorAt, next);
     // RESET credit of a period that ended while nothing rolled would have expired by now; ROLLOVER
     // credit carries over, so every period is granted (after its boundary's trim), as stepping
-    // the periods one by one (advanceTestClock) does.
-    if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime()) await grantPeriod(atx, plan, period.start, period.end);
+    // the periods one by one (advanceTestClock) does. An ended RESET period is granted too when
+    // the account was in debt at its start: on time, its allowance repaid the debt and only the
+    // rest expired at its end (the next pass's applyExpiries, dated there). Skipped, the debt
+    // stayed for the current period's allowance to repay, and the account ended that much lower
+    // than after on-time rolls (test/integration/reset-roll-audit.test.ts).
+    if (plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime() || atx.debt > 0n) await grantPeriod(atx, plan, period.start, period.end);
     granted = next;
     rolled++;
   }

@@ -32,11 +32,12 @@
  */
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
-import { AccountTx } from './account-tx.js';
 import { BoundedMap } from '../util/bounded-map.js';
 import type { ServiceContext } from './context.js';
 import type { CreditRefusal } from './depletion-alerts.js';
 import { readBalance } from './read-balance.js';
+// A cycle (plans.ts grants through grant-credits.ts, which imports plans.ts): used only when a check runs, never at module evaluation.
+import { lockAfterDueRoll } from './plans.js';
 
 /**
  * How long a process trusts that nothing was to start for an account at a balance version
@@ -167,7 +168,8 @@ async function readSettings(db: pg.Pool | pg.PoolClient, accountId: string, peri
  * auto top-up settings (enabled, pack, none PENDING, a payment method, under maxPerPeriod in the
  * refusal's period)
  * and, when the pack would cover the refusal against the available credit it was refused at,
- * then, in a transaction of its own, locks the account, reads its balance (readBalance, at the
+ * then, in a transaction of its own, locks the account, runs a plan roll that is due (plans.ts
+ * lockAfterDueRoll: the refused work's was rolled back with it), reads its balance (readBalance, at the
  * account's now), reads the settings again for the current billing period and, when they still
  * allow it, available credit does not cover the refusal and available + the pack does, inserts
  * the PENDING top-up with `refused_micro_credits` (ON CONFLICT on the one-pending index: nothing)
@@ -184,7 +186,9 @@ export async function startRefusalTopUp(ctx: ServiceContext, refusal: CreditRefu
   if (refusal.availableMicroCredits + first.packMicroCredits < refusal.neededMicroCredits) return nothing(refusal.version, refusal.neededMicroCredits);
   return withTransaction(ctx.pool, async (tx) => {
     const wallNow = ctx.clock();
-    const atx = await AccountTx.lock(tx, refusal.accountId, wallNow);
+    // A due plan roll first (the refused work's was rolled back with it), so available credit is
+    // the one after the roll, as on time (plans.ts lockAfterDueRoll).
+    const atx = await lockAfterDueRoll(tx, refusal.accountId, wallNow);
     const periodStart = atx.period().start;
     const [settings, balance] = await Promise.all([readSettings(tx, refusal.accountId, periodStart), readBalance(tx, refusal.accountId, wallNow)]);
     const available = balance.availableMicroCredits;

@@ -558,7 +558,9 @@ function rollModel(m: Model): number {
     const cap = sub.plan.rolloverCapMicroCredits;
     if (sub.plan.rollover === 'ROLLOVER' && cap !== null) trimModel(m, cap, next);
     const period = periodAt(m, next);
-    if (sub.plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime()) grantPeriodModel(m, sub.plan, period.start.getTime(), period.end.getTime());
+    // An ended RESET period is granted only when the account was in debt at its start (its
+    // allowance repaid the debt on time; the rest expires at its end, the next pass).
+    if (sub.plan.rollover === 'ROLLOVER' || period.start.getTime() === current.start.getTime() || m.debt > 0n) grantPeriodModel(m, sub.plan, period.start.getTime(), period.end.getTime());
     sub.grantedPeriodStartMs = next;
     rolled++;
   }
@@ -1066,7 +1068,10 @@ describe.each([
                 }
                 unchanged = h.status !== 'ACTIVE';
                 await releaseReservation(services, h.id);
-                if (h.status === 'ACTIVE') h.status = isHolding(m, h) ? 'RELEASED' : 'EXPIRED';
+                if (h.status === 'ACTIVE') {
+                  rollModel(m); // a due roll runs first, as before a charge (its expiries may close the hold)
+                  if (h.status === 'ACTIVE') h.status = isHolding(m, h) ? 'RELEASED' : 'EXPIRED';
+                }
                 break;
               }
               case 'extend': {
