@@ -147,9 +147,9 @@ export async function reconcileAccounts(pool: pg.Pool, accountIds: readonly stri
  * Why: the workers' pool plans generically (LEDGER_SESSION_OPTIONS, force_generic_plan), and a
  * generic plan of the incremental check cannot know that `seq > $2` and `created_at >= $3` are the
  * last minute of the account: measured on one account with 2,000,000 entries, it scanned the whole
- * ledger (~300 ms, and a JIT compile of its never-run whole-history refund branch); planned for the
- * values, it reads the index ranges (~5 ms). SET LOCAL ends with the transaction, so the pooled
- * connection keeps its settings.
+ * ledger (72 to 340 ms per pass in two runs, with a JIT compile of its never-run whole-history
+ * refund branch); planned for the values, it reads the index ranges (~4 ms). SET LOCAL ends with
+ * the transaction, so the pooled connection keeps its settings.
  */
 async function withCustomPlans<T>(pool: pg.Pool, f: (c: pg.PoolClient) => Promise<T>): Promise<T> {
   const c = await pool.connect();
