@@ -2,7 +2,8 @@
  * Starts the BullMQ workers of this process and re-creates their job schedulers at every boot
  * (idempotent: upsertJobScheduler keeps one schedule per id; each keeps at most
  * MAINTENANCE_JOBS_KEPT completed and failed jobs):
- * - queue `maintenance`: `reconcile-ledger` every minute, `sweep-due` every SWEEP_EVERY_MS (the
+ * - queue `maintenance`: `reconcile-ledger` every minute (each changed account incrementally since its
+ *   last consistent check, in full every RECONCILE_FULL_EVERY_HOURS), `sweep-due` every SWEEP_EVERY_MS (the
  *   safety net: runs whatever is due that no job took care of, e.g. after Redis was flushed),
  *   `analyze-stale-tables` every STATISTICS_UPKEEP_EVERY_MS (autovacuum's ANALYZE where
  *   autovacuum is off; its schedule is removed when that is 0), `prune-webhook-log` every hour
@@ -214,7 +215,7 @@ export async function startWorkers(opts: StartWorkersOptions): Promise<RunningWo
     MAINTENANCE_QUEUE,
     (job) =>
       following(MAINTENANCE_QUEUE, job, () => guarded(async () => {
-        if (job.name === RECONCILE_LEDGER_JOB) return processReconcileLedger(pool, log, job.data, new Date());
+        if (job.name === RECONCILE_LEDGER_JOB) return processReconcileLedger(pool, log, job.data, new Date(), env.RECONCILE_FULL_EVERY_HOURS * 3_600_000);
         if (job.name === SWEEP_DUE_JOB) return processSweepDue(deps, sink);
         if (job.name === ANALYZE_STALE_TABLES_JOB) return processAnalyzeStaleTables(pool, log);
         if (job.name === PRUNE_WEBHOOK_LOG_JOB) return processPruneWebhookLog(pool, log, env.WEBHOOK_LOG_RETENTION_DAYS);

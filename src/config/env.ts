@@ -156,6 +156,14 @@ const EnvSchema = z.object({
    * (db/statistics.ts analyzeStaleTables; with autovacuum on the job does nothing). 0: never.
    */
   STATISTICS_UPKEEP_EVERY_MS: z.coerce.number().int().min(0).default(15_000),
+  /**
+   * Every how many hours the reconcile-ledger job (every minute, src/services/reconcile-ledger.ts)
+   * checks a recently changed account in FULL (its whole ledger history: what catches an old
+   * ledger entry changed or deleted behind the product's back); in between it checks only what
+   * changed since the account's last consistent check. 0: every pass is full (cost grows with each
+   * account's history). 0 to 8,760 (a year).
+   */
+  RECONCILE_FULL_EVERY_HOURS: z.coerce.number().min(0).max(8_760).default(24),
   /** Prefix of the Redis pub/sub channels of live updates (one channel per account). */
   LIVE_CHANNEL_PREFIX: z.string().min(1).default('creditpool:live:'),
   /** Run the outbox relay in this process (publishes committed outbox rows to Redis). */

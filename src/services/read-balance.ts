@@ -200,45 +200,93 @@ export interface Reconciliation {
 }
 
 /**
+ * The SQL of a Reconciliation's budget spending check (`$1` the account): the number of kept
+ * budget spending rows that differ from the SUM that defines them. Bounded: rows of ended periods
+ * are pruned (BUDGET_SPEND_RETENTION_DAYS), so the full and the incremental checks
+ * (reconcile-ledger.ts) both run it as is.
+ */
+export const BUDGET_SPEND_MISMATCHES_SQL = `(SELECT count(*) FROM budget_spend k JOIN accounts a ON a.id = k.account_id
+                    CROSS JOIN LATERAL billing_period(a.billing_anchor_at, k.period_start) p
+              WHERE k.account_id = $1
+                AND k.spent_micro_credits <> ${subjectUsageSql('k', 'p.period_start', 'p.period_end')})`;
+
+/**
+ * The SQL of the whole-history refund-credit check (`$1` the account): the number of usage events
+ * whose REFUND entries into batches differ from their kept refund credit (`refund_credits`).
+ * Groups every REFUND entry of the account.
+ */
+export const REFUND_CREDIT_MISMATCHES_SQL = `(SELECT count(*) FROM
+               (SELECT l.usage_event_id AS id, SUM(l.amount_micro_credits) AS amount FROM ledger_entries l
+                 WHERE l.account_id = $1 AND l.type = 'REFUND' AND l.batch_id IS NOT NULL GROUP BY 1) e
+               FULL JOIN (SELECT c.usage_event_id AS id, SUM(c.amount_micro_credits) AS amount FROM refund_credits c
+                 WHERE c.account_id = $1 GROUP BY 1) c USING (id)
+              WHERE e.amount IS DISTINCT FROM c.amount)`;
+
+/**
+ * Where in the ledger a full check ran (one snapshot with the sums): the highest ledger seq of
+ * the account (0 without entries), the balance row's updated_at and opening_period_start. The
+ * reconcile worker's checkpoint (reconcile-ledger.ts) starts from it.
+ */
+export interface ReconcileSnapshot {
+  ledgerSeq: bigint;
+  balanceUpdatedAt: Date;
+  openingPeriodStart: Date | null;
+}
+
+/**
  * Checks the ledger invariant: sum(remaining of ACTIVE batches) - debt = stored total =
  * sum of the total-changing ledger entries (all but RESERVE/RELEASE); and that the balance row's
  * stored period opening equals the sum of those entries dated before its period start plus the
  * EXPIRE entries dated at it (`ledger_total_at`, the definition balance_figures falls back to);
  * that every kept budget spending row equals the SUM of its subject's usage in its period; and
  * that each refunded event's kept refund credit (`refund_credits`) equals its REFUND entries into
- * batches.
+ * batches. Reads the account's whole ledger (cost grows with its history); the reconcile worker
+ * runs it per account every RECONCILE_FULL_EVERY_HOURS and checks incrementally in between.
  * @throws LedgerError NOT_FOUND.
  */
 export async function reconcileAccount(db: pg.Pool | pg.PoolClient, accountId: string): Promise<Reconciliation> {
+  return (await reconcileAccountFull(db, accountId)).reconciliation;
+}
+
+/**
+ * {@link reconcileAccount} and the snapshot it read (for the reconcile worker's checkpoint), in
+ * one statement.
+ * @throws LedgerError NOT_FOUND.
+ */
+export async function reconcileAccountFull(
+  db: pg.Pool | pg.PoolClient,
+  accountId: string,
+): Promise<{ reconciliation: Reconciliation; snapshot: ReconcileSnapshot }> {
   const { rows } = await db.query(
-    `SELECT b.total_micro_credits AS total, b.debt_micro_credits AS debt,
+    `SELECT b.total_micro_credits AS total, b.debt_micro_credits AS debt, b.updated_at, b.opening_period_start,
+            (SELECT COALESCE(MAX(seq), 0) FROM ledger_entries WHERE account_id = $1) AS ledger_seq,
             (SELECT COALESCE(SUM(remaining_micro_credits), 0) FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE') AS batches,
             (SELECT COALESCE(SUM(amount_micro_credits), 0) FROM ledger_entries WHERE account_id = $1 AND type NOT IN ('RESERVE', 'RELEASE')) AS ledger,
             b.opening_total_micro_credits AS opening,
             CASE WHEN b.opening_period_start IS NOT NULL THEN COALESCE(ledger_total_at($1, b.opening_period_start), 0) END AS opening_sum,
-            (SELECT count(*) FROM budget_spend k JOIN accounts a ON a.id = k.account_id
-                    CROSS JOIN LATERAL billing_period(a.billing_anchor_at, k.period_start) p
-              WHERE k.account_id = $1
-                AND k.spent_micro_credits <> ${subjectUsageSql('k', 'p.period_start', 'p.period_end')}) AS budget_spend_mismatches,
-            (SELECT count(*) FROM
-               (SELECT l.usage_event_id AS id, SUM(l.amount_micro_credits) AS amount FROM ledger_entries l
-                 WHERE l.account_id = $1 AND l.type = 'REFUND' AND l.batch_id IS NOT NULL GROUP BY 1) e
-               FULL JOIN (SELECT c.usage_event_id AS id, SUM(c.amount_micro_credits) AS amount FROM refund_credits c
-                 WHERE c.account_id = $1 GROUP BY 1) c USING (id)
-              WHERE e.amount IS DISTINCT FROM c.amount) AS refund_credit_mismatches
+            ${BUDGET_SPEND_MISMATCHES_SQL} AS budget_spend_mismatches,
+            ${REFUND_CREDIT_MISMATCHES_SQL} AS refund_credit_mismatches
        FROM balances b WHERE b.account_id = $1`,
     [accountId],
   );
   const r = rows[0];
   if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
+  return {
+    reconciliation: reconciliationOf(r, toBigInt(r.ledger), r.opening_sum === null ? null : toBigInt(r.opening_sum), Number(r.refund_credit_mismatches)),
+    snapshot: { ledgerSeq: toBigInt(r.ledger_seq), balanceUpdatedAt: r.updated_at as Date, openingPeriodStart: (r.opening_period_start as Date | null) ?? null },
+  };
+}
+
+/**
+ * The Reconciliation of a row with total, debt, batches, opening and budget_spend_mismatches
+ * (micro-credits), given the ledger-side sums (however computed: in full, or from a checkpoint).
+ */
+export function reconciliationOf(r: Record<string, unknown>, ledger: bigint, openingSum: bigint | null, refundCreditMismatches: number): Reconciliation {
   const total = toBigInt(r.total);
   const debt = toBigInt(r.debt);
   const batches = toBigInt(r.batches);
-  const ledger = toBigInt(r.ledger);
   const opening = r.opening === null ? null : toBigInt(r.opening);
-  const openingSum = r.opening_sum === null ? null : toBigInt(r.opening_sum);
   const budgetSpendMismatches = Number(r.budget_spend_mismatches);
-  const refundCreditMismatches = Number(r.refund_credit_mismatches);
   return {
     consistent: batches - debt === total && ledger === total && opening === openingSum && budgetSpendMismatches === 0 && refundCreditMismatches === 0,
     budgetSpendMismatches,

@@ -136,7 +136,7 @@ async function expectStory(accountId: string, now = new Date()) {
   const sts = await statements(accountId, now);
   const balance = await expectLedgerInvariant(s.pool, accountId, now);
   expect(sts.at(-1)!.closingTotalMicroCredits).toBe(balance.totalMicroCredits);
-  const report = await reconcileLedger(s.pool, new Date(0), 1_000_000);
+  const report = await reconcileLedger(s.pool, new Date(0), { limit: 1_000_000 });
   expect(report.inconsistent.filter((r) => r.accountId === accountId)).toEqual([]);
   const batches = await batchStory(accountId);
   // The API's CreditBatch.allocated / remaining are the batch's.

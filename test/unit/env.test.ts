@@ -89,6 +89,13 @@ describe('parseEnv', () => {
     expect(MIN_WEBHOOK_LOG_RETENTION_DAYS * 86_400_000).toBeGreaterThan(WEBHOOK_SWEEP_MAX_AGE_MS);
   });
 
+  it('RECONCILE_FULL_EVERY_HOURS defaults to 24; 0 makes every reconcile pass full; negative or above a year is refused', () => {
+    expect(parseEnv({}).RECONCILE_FULL_EVERY_HOURS).toBe(24);
+    expect(parseEnv({ RECONCILE_FULL_EVERY_HOURS: '0' }).RECONCILE_FULL_EVERY_HOURS).toBe(0);
+    expect(parseEnv({ RECONCILE_FULL_EVERY_HOURS: '0.5' }).RECONCILE_FULL_EVERY_HOURS).toBe(0.5);
+    for (const bad of ['-1', 'x', '8761']) expect(() => parseEnv({ RECONCILE_FULL_EVERY_HOURS: bad }), bad).toThrow(/RECONCILE_FULL_EVERY_HOURS/);
+  });
+
   it('BUDGET_SPEND_RETENTION_DAYS defaults to 30; 0 keeps the kept budget spending for ever; negative or fractional days are refused', () => {
     expect(parseEnv({}).BUDGET_SPEND_RETENTION_DAYS).toBe(30);
     expect(parseEnv({ BUDGET_SPEND_RETENTION_DAYS: '0' }).BUDGET_SPEND_RETENTION_DAYS).toBe(0);

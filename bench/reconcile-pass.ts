@@ -1,0 +1,141 @@
+/**
+ * The reconcile worker's per-minute pass on one busy pool (an organization account with a long
+ * ledger): the full check (reconcileAccount: the whole ledger, what every pass ran before the
+ * checkpoints of migration reconcile_checkpoints) against the incremental pass
+ * (reconcileAccounts from the account's checkpoint: only the entries since).
+ *
+ * On a fresh database (`--db`, default creditpool_bench_reconcile; dropped at the end unless
+ * `--keep-db`): one account with 1,000,000 PAID credits, `--entries` ADJUST ledger entries
+ * generated with SQL over the year before now (+1000 / -1000 micro-credits in turn: the ledger
+ * invariant still holds), a refunded charge, VACUUM ANALYZE and a CHECKPOINT. Then, each timed
+ * `--rounds` times: reconcileAccount (full); a pass right after a consistent one (nothing new);
+ * a pass after `--charges` new charges (what one minute of a busy pool adds). Prints p50 / max ms.
+ *
+ * Usage: bash scripts/with-services.sh npx tsx bench/reconcile-pass.ts [--entries 2000000] [--charges 100] [--rounds 5] [--db NAME] [--keep-db]
+ */
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { applyMigrations } from '../src/db/migrate.js';
+import { createPgPool } from '../src/db/pg.js';
+import { createPricingState } from '../src/services/pricing-state.js';
+import { publishPriceBook } from '../src/services/publish-price-book.js';
+import { createAccount } from '../src/services/create-account.js';
+import { grantCredits } from '../src/services/grant-credits.js';
+import { recordUsage } from '../src/services/record-usage.js';
+import { refundUsage } from '../src/services/refund-usage.js';
+import { reconcileAccount } from '../src/services/read-balance.js';
+import { reconcileAccounts } from '../src/services/reconcile-ledger.js';
+import { credits } from '../src/ledger/credits.js';
+import { planReplay, llmQuantities } from '../demo/plan.js';
+import { demoPriceBook } from '../demo/price-book.js';
+import type { ServiceContext } from '../src/services/context.js';
+
+const { values } = parseArgs({
+  options: {
+    entries: { type: 'string', default: '2000000' },
+    charges: { type: 'string', default: '100' },
+    rounds: { type: 'string', default: '5' },
+    db: { type: 'string', default: 'creditpool_bench_reconcile' },
+    'keep-db': { type: 'boolean', default: false },
+  },
+});
+const ENTRIES = Number(values.entries);
+const CHARGES = Number(values.charges);
+const ROUNDS = Number(values.rounds);
+const DATABASE = values.db!;
+if (!Number.isInteger(ENTRIES) || ENTRIES < 0 || ENTRIES % 2 !== 0 || !Number.isInteger(CHARGES) || CHARGES < 1 || !Number.isInteger(ROUNDS) || ROUNDS < 1 || !/^[a-z0-9_]+$/.test(DATABASE)) {
+  console.error('--entries must be an even integer >= 0, --charges and --rounds integers >= 1, --db a lower-case name');
+  process.exit(2);
+}
+const base = new URL(process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/creditpool');
+const withDb = (name: string) => {
+  const u = new URL(base);
+  u.pathname = `/${name}`;
+  return u.toString();
+};
+
+const stats = (ms: number[]) => {
+  const s = [...ms].sort((a, b) => a - b);
+  return `p50 ${s[Math.floor(s.length / 2)]!.toFixed(1)} ms  max ${s[s.length - 1]!.toFixed(1)} ms  (${s.length} runs)`;
+};
+
+async function main(): Promise<void> {
+  const admin = new pg.Client({ connectionString: withDb('postgres') });
+  await admin.connect();
+  await admin.query(`DROP DATABASE IF EXISTS ${DATABASE} WITH (FORCE)`);
+  await admin.end();
+  await applyMigrations(withDb(DATABASE));
+  const pool = createPgPool(withDb(DATABASE), 1);
+  const ctx: ServiceContext = { pool, clock: () => new Date(), pricing: createPricingState(pool) };
+  await publishPriceBook(ctx, demoPriceBook('reconcile-pass'));
+  const { accountId } = await createAccount(ctx, { externalId: 'reconcile-pass', name: 'a busy pool', kind: 'ORGANIZATION', welcomeBonus: false, testMode: false, testClockStart: null });
+  await grantCredits(ctx, { accountId, amountMicroCredits: credits(1_000_000), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'paid' });
+  const yearAgo = new Date(Date.now() - 365 * 86_400_000);
+  const t0 = performance.now();
+  const chunk = 250_000;
+  for (let done = 0; done < ENTRIES; done += chunk) {
+    const n = Math.min(chunk, ENTRIES - done);
+    await pool.query(
+      `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, note, created_at)
+       SELECT gen_random_uuid(), $1, 'ADJUST', CASE WHEN (g % 2) = 0 THEN 1000 ELSE -1000 END, b.total_micro_credits, 'bench history',
+              $2::timestamptz + (($3::bigint + g) * interval '1 second' * (360 * 86400.0 / $4::bigint))
+         FROM generate_series(0, $5::bigint - 1) AS g, balances b WHERE b.account_id = $1`,
+      [accountId, yearAgo, done, Math.max(ENTRIES, 1), n],
+    );
+  }
+  const trace = planReplay('azure');
+  let key = 0;
+  const charge = () => {
+    const r = trace[key % trace.length]!;
+    return recordUsage(ctx, { accountId, idempotencyKey: `rp-${key++}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never });
+  };
+  await refundUsage(ctx, (await charge()).eventId, 'bench: a refund in the history');
+  await pool.query('VACUUM (ANALYZE)');
+  await pool.query('CHECKPOINT');
+  console.log(`account ${accountId}: ${ENTRIES.toLocaleString('en-US')} history entries, generated in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+  const timed = async (f: () => Promise<unknown>): Promise<number> => {
+    const s = performance.now();
+    await f();
+    return performance.now() - s;
+  };
+  const full: number[] = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    full.push(await timed(async () => {
+      if (!(await reconcileAccount(pool, accountId)).consistent) throw new Error('inconsistent');
+    }));
+  }
+  const pass = async () => {
+    const report = await reconcileAccounts(pool, [accountId]);
+    if (report.inconsistent.length > 0) throw new Error('inconsistent');
+    return report;
+  };
+  const first = await timed(pass); // no checkpoint yet: full, writes it
+  const idle: number[] = [];
+  const busy: number[] = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    idle.push(await timed(pass));
+    for (let c = 0; c < CHARGES; c++) await charge();
+    let fully = -1;
+    busy.push(await timed(async () => {
+      fully = (await pass()).fullyChecked;
+    }));
+    if (fully !== 0) throw new Error('expected an incremental pass');
+  }
+  console.log(`full check (reconcileAccount, the pass before)   ${stats(full)}`);
+  console.log(`first pass (no checkpoint: full)                 ${first.toFixed(1)} ms`);
+  console.log(`incremental pass, nothing new                    ${stats(idle)}`);
+  console.log(`incremental pass, ${CHARGES} charges since the last  ${stats(busy)}`);
+  await pool.end();
+  if (!values['keep-db']) {
+    const a = new pg.Client({ connectionString: withDb('postgres') });
+    await a.connect();
+    await a.query(`DROP DATABASE IF EXISTS ${DATABASE} WITH (FORCE)`);
+    await a.end();
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
