@@ -8,7 +8,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { createTestServices, useTestServices } from '../setup/services.js';
+import { useTestServices } from '../setup/services.js';
+import { rowsReadUnderGenericPlans } from '../setup/rows-read.js';
 import { createFundedAccount } from '../factories/accounts.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
 import { recordUsage } from '../../src/services/record-usage.js';
@@ -185,8 +186,8 @@ describe("the period's credit and a refund of an earlier period's usage (balance
 describe("a refund finds the payments behind its batches by primary key, not by reading the account's payments", () => {
   it("readRefundBatches and readPaymentCredits read one payment each under the ledger pool's generic plans, whatever the account's payments", async () => {
     // One pack bought and drawn from, next to 300 earlier failed payments of the account; the two
-    // reads of a refund run on a fresh ledger-pool connection (plan_cache_mode=force_generic_plan),
-    // inside one transaction, with PostgreSQL's own count of the rows it read from payments.
+    // reads of a refund run on a fresh ledger-pool connection, with PostgreSQL's own count of the
+    // rows read from payments (rows-read.ts).
     s.setNow(null);
     const payments = new PaymentSimulator();
     const ctx: ServiceContext = { ...s, payments };
@@ -202,28 +203,14 @@ describe("a refund finds the payments behind its batches by primary key, not by 
     const { rows: batchRows } = await s.pool.query('SELECT id FROM credit_batches WHERE grant_id = $1', [grantId]);
     const batchId = batchRows[0].id as string;
     await s.pool.query('ANALYZE payments');
-    // A connection of its own: PostgreSQL 15's pg_stat_xact_* also count its earlier transactions'
-    // reads not yet flushed to the shared statistics, so the connection must have read nothing else.
-    const fresh = createTestServices(1);
-    const client = await fresh.pool.connect();
-    try {
-      expect((await client.query('SHOW plan_cache_mode')).rows[0].plan_cache_mode).toBe('force_generic_plan');
-      await client.query('BEGIN');
-      // Each statement 6 times: a named or unnamed statement gets its generic plan by the sixth.
-      for (let i = 0; i < 6; i++) {
-        const batches = await readRefundBatches(client, [batchId]);
-        expect(batches.get(batchId)).toMatchObject({ status: 'ACTIVE', paymentId });
-        const paid = await readPaymentCredits(client, accountId, [paymentId]);
-        expect(paid.get(paymentId)).toMatchObject({ live: { batchId, status: 'ACTIVE' }, unrecoveredMicroCredits: 0n });
-      }
-      const { rows } = await client.query(`SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) AS rows_read FROM pg_stat_xact_user_tables WHERE relname = 'payments'`);
-      // 12 reads of one payment; reading the account's payments would be 12 × 301.
-      expect(Number(rows[0].rows_read)).toBeLessThanOrEqual(12 * 2);
-      await client.query('ROLLBACK');
-    } finally {
-      client.release();
-      await fresh.close();
-    }
+    const read = await rowsReadUnderGenericPlans('payments', async (_db, client) => {
+      const batches = await readRefundBatches(client, [batchId]);
+      expect(batches.get(batchId)).toMatchObject({ status: 'ACTIVE', paymentId });
+      const paid = await readPaymentCredits(client, accountId, [paymentId]);
+      expect(paid.get(paymentId)).toMatchObject({ live: { batchId, status: 'ACTIVE' }, unrecoveredMicroCredits: 0n });
+    });
+    // 12 reads of one payment; reading the account's payments would be 12 × 301.
+    expect(read).toBeLessThanOrEqual(12 * 2);
   });
 
   it("a grant keyed like a payment's whose reference is no payment id (a client's, from before the engine's keys were reserved) is no payment's: its refund gives the credit back into it", async () => {
