@@ -59,7 +59,7 @@ import type { AccountStatement, GrantSource } from '../../src/services/account-s
 import { periodOfGridAt } from '../../src/ledger/billing-period.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
-import { expectStatementIdentity, expectStatementsCoverLedger, readStatementsFrom, setTestClock } from './statement-helpers.js';
+import { expectStatementIdentity, expectStatementsCoverLedger, readAccountRow, readAllStatements, setTestClock } from './statement-helpers.js';
 
 let services: TestServices;
 let plans: PlanRecord[];
@@ -81,19 +81,13 @@ afterAll(async () => {
 const HOUR = 3_600_000;
 
 /** The account's test clock, billing anchor and creation instant. */
-async function accountRow(accountId: string): Promise<{ clock: Date; anchor: Date; createdAt: Date }> {
-  const { rows } = await services.pool.query('SELECT test_clock_at, billing_anchor_at, created_at FROM accounts WHERE id = $1', [accountId]);
-  return { clock: rows[0].test_clock_at as Date, anchor: rows[0].billing_anchor_at as Date, createdAt: rows[0].created_at as Date };
-}
+const accountRow = (accountId: string) => readAccountRow(services.pool, accountId);
 
 /** Moves the account's test clock without running anything due (its roll runs late). */
 const setClock = (accountId: string, at: Date) => setTestClock(services.pool, accountId, at);
 
 /** The account's first period (of its current grid) to the current one, oldest first. */
-async function allStatements(accountId: string): Promise<AccountStatement[]> {
-  const { anchor, createdAt } = await accountRow(accountId);
-  return readStatementsFrom(services.pool, accountId, periodOfGridAt(anchor, new Date(Math.min(anchor.getTime(), createdAt.getTime()))).start);
-}
+const allStatements = (accountId: string) => readAllStatements(services.pool, accountId);
 
 /** One grant with its batch, by idempotency key (the twins' grants share keys; plan grants' keys name plan and period start). */
 interface GrantRow {

@@ -57,7 +57,7 @@ import {
 import { periodOfGridAt } from '../../src/ledger/billing-period.js';
 import { LedgerError } from '../../src/ledger/errors.js';
 import { credits } from '../../src/ledger/credits.js';
-import { expectStatementIdentity, expectStatementsCoverLedger, readStatementBothWays, readStatementsFrom, setTestClock } from './statement-helpers.js';
+import { expectStatementIdentity, expectStatementsCoverLedger, readStatementBothWays, readAccountRow, readAllStatements, setTestClock } from './statement-helpers.js';
 
 let services: TestServices;
 let plans: PlanRecord[];
@@ -75,10 +75,7 @@ afterAll(async () => {
 
 const HOUR = 3_600_000;
 
-async function accountRow(accountId: string): Promise<{ clock: Date; anchor: Date; createdAt: Date }> {
-  const { rows } = await services.pool.query('SELECT test_clock_at, billing_anchor_at, created_at FROM accounts WHERE id = $1', [accountId]);
-  return { clock: rows[0].test_clock_at as Date, anchor: rows[0].billing_anchor_at as Date, createdAt: rows[0].created_at as Date };
-}
+const accountRow = (accountId: string) => readAccountRow(services.pool, accountId);
 
 /** Moves the account's test clock without running anything due (no worker came by). */
 const setClock = (accountId: string, at: Date) => setTestClock(services.pool, accountId, at);
@@ -104,10 +101,7 @@ async function rollPending(accountId: string): Promise<Date | null> {
 const statementAt = (accountId: string, at: Date | null) => readStatementBothWays(services.pool, accountId, at);
 
 /** The account's first period (of its current grid) to the current one, oldest first. */
-async function allStatements(accountId: string): Promise<AccountStatement[]> {
-  const { anchor, createdAt } = await accountRow(accountId);
-  return readStatementsFrom(services.pool, accountId, periodOfGridAt(anchor, new Date(Math.min(anchor.getTime(), createdAt.getTime()))).start);
-}
+const allStatements = (accountId: string) => readAllStatements(services.pool, accountId);
 
 /** The current period's statement checked against Balance (README: closing = Balance.total, opening = periodCredits' total at start). */
 async function checkCurrent(accountId: string): Promise<AccountStatement> {

@@ -1,12 +1,14 @@
 /**
  * Shared checks of account statements (README "Statements") for the statement tests
- * (account-statement.test.ts, statement-audit.test.ts): the reconciliation identity, a statement
- * read from either end of the ledger (which must agree) and every statement of an account in a
- * row, and a test clock moved without running anything due.
+ * (account-statement.test.ts, statement-audit.test.ts, reset-roll-audit.test.ts): the
+ * reconciliation identity, a statement read from either end of the ledger (which must agree) and
+ * every statement of an account in a row, the account's clock, anchor and creation, and a test
+ * clock moved without running anything due.
  */
 import { expect } from 'vitest';
 import type pg from 'pg';
 import { readAccountStatement, statementMovementsMicroCredits, type AccountStatement } from '../../src/services/account-statement.js';
+import { periodOfGridAt } from '../../src/ledger/billing-period.js';
 
 /** Moves the account's test clock to `at` without running anything due (as if no worker came by). */
 export async function setTestClock(pool: pg.Pool, accountId: string, at: Date): Promise<void> {
@@ -89,4 +91,16 @@ export async function expectStatementsCoverLedger(pool: pg.Pool, accountId: stri
     ADJUST: ledger.get('ADJUST') ?? 0n,
     entries: rows.reduce((acc, r) => acc + (r.n as number), 0),
   });
+}
+
+/** The account's test clock, billing anchor and creation instant. */
+export async function readAccountRow(pool: pg.Pool, accountId: string): Promise<{ clock: Date; anchor: Date; createdAt: Date }> {
+  const { rows } = await pool.query('SELECT test_clock_at, billing_anchor_at, created_at FROM accounts WHERE id = $1', [accountId]);
+  return { clock: rows[0].test_clock_at as Date, anchor: rows[0].billing_anchor_at as Date, createdAt: rows[0].created_at as Date };
+}
+
+/** Every statement of the account: its first period (of its current grid) to the current one, oldest first. */
+export async function readAllStatements(pool: pg.Pool, accountId: string): Promise<AccountStatement[]> {
+  const { anchor, createdAt } = await readAccountRow(pool, accountId);
+  return readStatementsFrom(pool, accountId, periodOfGridAt(anchor, new Date(Math.min(anchor.getTime(), createdAt.getTime()))).start);
 }
