@@ -12,6 +12,7 @@ import { ZodError } from 'zod';
 import { processAutoTopUp } from '../../workers/processors/auto-top-up.js';
 import { runPendingTopUps } from '../../src/services/auto-top-up.js';
 import { expireDue } from '../../src/services/expire-due.js';
+import { recordUsage } from '../../src/services/record-usage.js';
 import type { WorkerDeps } from '../../workers/deps.js';
 import type { PaymentSimulator } from '../../src/payments/simulator.js';
 import { expectLedgerInvariant } from '../setup/invariant.js';
@@ -39,7 +40,7 @@ function run(accountId: string, topUpId: string, attemptsMade = 0) {
 }
 
 describe('processAutoTopUp', () => {
-  it("at a RESET plan's period end, a top-up started by the old allowance's expiry is skipped once the plan's new grant is rolled in: the card is not charged", async () => {
+  it("a top-up started before a RESET plan's period end is skipped once the plan's new grant is rolled in: the card is not charged; the old allowance's expiry starts none", async () => {
     const start = '2026-03-01T00:00:00.000Z';
     const accountId = ok(
       await srv.gql(`mutation($input: CreateAccountInput!) { createAccount(input: $input) { id } }`, {
@@ -55,12 +56,18 @@ describe('processAutoTopUp', () => {
     const pack = await createPack(srv, { credits: '50', priceUsd: '5' });
     await attachMethod(srv, accountId);
     ok(await srv.gql(SET_AUTO_TOP_UP, { input: { accountId, enabled: true, thresholdCredits: '10', packId: pack.id } }));
-    // The account's clock passes the period end without advanceTestClock (which rolls at once),
-    // and the expiry runs first, as the batch's expire-due job or the sweep would.
+    // March's spending takes available to 5, under the threshold of 10: a top-up starts; its job
+    // has not run when the period ends.
+    await recordUsage(srv.services, { accountId: dbId(accountId), idempotencyKey: 'march', category: 'units', quantities: { units: '95' } });
+    const started = await topUps(srv, accountId);
+    expect(started.map((t) => t.status)).toEqual(['PENDING']);
+    // The account's clock passes the period end without advanceTestClock (which rolls at once);
+    // the expiry job runs first, as the batch's expire-due job or the sweep would. It runs the due
+    // roll before expiring (expire-due.ts), as on time: March's allowance expires and April's is
+    // granted at the same instant, so available never drops to 0 and no second top-up starts.
     await srv.services.pool.query(`UPDATE accounts SET test_clock_at = '2026-04-01T00:00:01.000Z' WHERE id = $1`, [dbId(accountId)]);
     await expireDue(srv.services, dbId(accountId));
-    const started = await topUps(srv, accountId);
-    expect(started.map((t) => t.status)).toEqual(['PENDING']); // the drop to 0 started one
+    expect((await topUps(srv, accountId)).map((t) => t.status)).toEqual(['PENDING']);
     const before = await billingCounts(srv, accountId);
     const result = await run(accountId, started[0]!.id);
     expect(result).toMatchObject({ status: 'SKIPPED', reason: 'available credit is no longer below the threshold' });
