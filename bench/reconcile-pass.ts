@@ -14,7 +14,6 @@
  * Usage: bash scripts/with-services.sh npx tsx bench/reconcile-pass.ts [--entries 2000000] [--charges 100] [--rounds 5] [--db NAME] [--keep-db]
  */
 import { parseArgs } from 'node:util';
-import pg from 'pg';
 import { applyMigrations } from '../src/db/migrate.js';
 import { createPgPool } from '../src/db/pg.js';
 import { createPricingState } from '../src/services/pricing-state.js';
@@ -29,6 +28,7 @@ import { credits } from '../src/ledger/credits.js';
 import { planReplay, llmQuantities } from '../demo/plan.js';
 import { demoPriceBook } from '../demo/price-book.js';
 import type { ServiceContext } from '../src/services/context.js';
+import { dropDatabase, recreateDatabase } from './perf/scratch-db.js';
 
 const { values } = parseArgs({
   options: {
@@ -47,12 +47,7 @@ if (!Number.isInteger(ENTRIES) || ENTRIES < 0 || ENTRIES % 2 !== 0 || !Number.is
   console.error('--entries must be an even integer >= 0, --charges and --rounds integers >= 1, --db a lower-case name');
   process.exit(2);
 }
-const base = new URL(process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/creditpool');
-const withDb = (name: string) => {
-  const u = new URL(base);
-  u.pathname = `/${name}`;
-  return u.toString();
-};
+const serverUrl = process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/creditpool';
 
 const stats = (ms: number[]) => {
   const s = [...ms].sort((a, b) => a - b);
@@ -60,12 +55,9 @@ const stats = (ms: number[]) => {
 };
 
 async function main(): Promise<void> {
-  const admin = new pg.Client({ connectionString: withDb('postgres') });
-  await admin.connect();
-  await admin.query(`DROP DATABASE IF EXISTS ${DATABASE} WITH (FORCE)`);
-  await admin.end();
-  await applyMigrations(withDb(DATABASE));
-  const pool = createPgPool(withDb(DATABASE), 1);
+  const url = await recreateDatabase(serverUrl, DATABASE);
+  await applyMigrations(url);
+  const pool = createPgPool(url, 1);
   const ctx: ServiceContext = { pool, clock: () => new Date(), pricing: createPricingState(pool) };
   await publishPriceBook(ctx, demoPriceBook('reconcile-pass'));
   const { accountId } = await createAccount(ctx, { externalId: 'reconcile-pass', name: 'a busy pool', kind: 'ORGANIZATION', welcomeBonus: false, testMode: false, testClockStart: null });
@@ -127,12 +119,7 @@ async function main(): Promise<void> {
   console.log(`incremental pass, nothing new                    ${stats(idle)}`);
   console.log(`incremental pass, ${CHARGES} charges since the last  ${stats(busy)}`);
   await pool.end();
-  if (!values['keep-db']) {
-    const a = new pg.Client({ connectionString: withDb('postgres') });
-    await a.connect();
-    await a.query(`DROP DATABASE IF EXISTS ${DATABASE} WITH (FORCE)`);
-    await a.end();
-  }
+  if (!values['keep-db']) await dropDatabase(serverUrl, DATABASE);
 }
 
 main().catch((error) => {
