@@ -211,16 +211,20 @@ export const BUDGET_SPEND_MISMATCHES_SQL = `(SELECT count(*) FROM budget_spend k
                 AND k.spent_micro_credits <> ${subjectUsageSql('k', 'p.period_start', 'p.period_end')})`;
 
 /**
- * The SQL of the whole-history refund-credit check (`$1` the account): the number of usage events
- * whose REFUND entries into batches differ from their kept refund credit (`refund_credits`).
- * Groups every REFUND entry of the account.
+ * The SQL of the refund-credit check (`$1` the account): the number of usage events whose REFUND
+ * entries into batches differ from their kept refund credit (`refund_credits`). With `since` (an
+ * SQL expression of an instant), only the REFUND entries and refund_credits rows dated from it on
+ * (the reconcile worker's incremental pass, reconcile-ledger.ts); without, every REFUND entry of
+ * the account (the whole-history check).
  */
-export const REFUND_CREDIT_MISMATCHES_SQL = `(SELECT count(*) FROM
+export function refundCreditMismatchesSql(since?: string): string {
+  return `(SELECT count(*) FROM
                (SELECT l.usage_event_id AS id, SUM(l.amount_micro_credits) AS amount FROM ledger_entries l
-                 WHERE l.account_id = $1 AND l.type = 'REFUND' AND l.batch_id IS NOT NULL GROUP BY 1) e
+                 WHERE l.account_id = $1${since ? ` AND l.created_at >= ${since}` : ''} AND l.type = 'REFUND' AND l.batch_id IS NOT NULL GROUP BY 1) e
                FULL JOIN (SELECT c.usage_event_id AS id, SUM(c.amount_micro_credits) AS amount FROM refund_credits c
-                 WHERE c.account_id = $1 GROUP BY 1) c USING (id)
+                 WHERE c.account_id = $1${since ? ` AND c.refunded_at >= ${since}` : ''} GROUP BY 1) c USING (id)
               WHERE e.amount IS DISTINCT FROM c.amount)`;
+}
 
 /**
  * Where in the ledger a full check ran (one snapshot with the sums): the highest ledger seq of
@@ -265,7 +269,7 @@ export async function reconcileAccountFull(
             b.opening_total_micro_credits AS opening,
             CASE WHEN b.opening_period_start IS NOT NULL THEN COALESCE(ledger_total_at($1, b.opening_period_start), 0) END AS opening_sum,
             ${BUDGET_SPEND_MISMATCHES_SQL} AS budget_spend_mismatches,
-            ${REFUND_CREDIT_MISMATCHES_SQL} AS refund_credit_mismatches
+            ${refundCreditMismatchesSql()} AS refund_credit_mismatches
        FROM balances b WHERE b.account_id = $1`,
     [accountId],
   );

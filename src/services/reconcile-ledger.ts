@@ -45,7 +45,7 @@ import type pg from 'pg';
 import { toBigInt } from '../db/pg.js';
 import {
   BUDGET_SPEND_MISMATCHES_SQL,
-  REFUND_CREDIT_MISMATCHES_SQL,
+  refundCreditMismatchesSql,
   reconcileAccountFull,
   reconciliationOf,
   type Reconciliation,
@@ -186,13 +186,8 @@ async function reconcileAccountSince(
             CASE WHEN b.opening_period_start IS NOT NULL AND b.opening_period_start IS DISTINCT FROM $4::timestamptz
                  THEN COALESCE(ledger_total_at($1, b.opening_period_start), 0) END AS opening_sum_full,
             ${BUDGET_SPEND_MISMATCHES_SQL} AS budget_spend_mismatches,
-            CASE WHEN n.refunds_dated_before > 0 THEN ${REFUND_CREDIT_MISMATCHES_SQL}
-            ELSE (SELECT count(*) FROM
-                   (SELECT l.usage_event_id AS id, SUM(l.amount_micro_credits) AS amount FROM ledger_entries l
-                     WHERE l.account_id = $1 AND l.created_at >= $3 AND l.type = 'REFUND' AND l.batch_id IS NOT NULL GROUP BY 1) e
-                   FULL JOIN (SELECT c.usage_event_id AS id, SUM(c.amount_micro_credits) AS amount FROM refund_credits c
-                     WHERE c.account_id = $1 AND c.refunded_at >= $3 GROUP BY 1) c USING (id)
-                  WHERE e.amount IS DISTINCT FROM c.amount) END AS refund_credit_mismatches
+            CASE WHEN n.refunds_dated_before > 0 THEN ${refundCreditMismatchesSql()}
+            ELSE ${refundCreditMismatchesSql('$3')} END AS refund_credit_mismatches
        FROM balances b
       CROSS JOIN LATERAL (
             SELECT MAX(l.seq) AS max_seq,
