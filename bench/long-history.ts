@@ -7,8 +7,11 @@
  * On a fresh database `creditpool_bench_long_history`: one account (100-credit welcome bonus and
  * 1,000,000 PAID credits) whose billing anchor is moved one year back, then `--entries` ADJUST
  * ledger entries generated with SQL over the 12 months before the current period (+1000 and
- * -1000 micro-credits in turn: they sum to zero, so the ledger invariant still holds), VACUUM
- * ANALYZE and a CHECKPOINT;
+ * -1000 micro-credits in turn: they sum to zero, so the ledger invariant still holds) and
+ * `--grants` used-up grants over the same months (what a pool on auto top-up gathers: one
+ * AUTO_TOP_UP grant of 20 credits per top-up, its batch EXHAUSTED, its GRANT entry and the same
+ * amount spent again in an ADJUST entry, so the invariant still holds), VACUUM ANALYZE and a
+ * CHECKPOINT;
  * then `--charges` sequential `recordUsage` calls (the service in process, one pg connection,
  * token counts of the real Azure 2023 trace priced per token) and as many `readBalance` calls,
  * each timed. The first charge after the history is reported apart (it is the one that meets
@@ -18,7 +21,7 @@
  * Prints one line per measured kind: p50 / p95 / max ms. No results file (`bench/README.md`
  * keeps the numbers).
  *
- * Usage: bash scripts/with-services.sh npx tsx bench/long-history.ts [--entries 2000000] [--charges 200] [--keep-db]
+ * Usage: bash scripts/with-services.sh npx tsx bench/long-history.ts [--entries 2000000] [--grants 0] [--charges 200] [--keep-db]
  */
 import { parseArgs } from 'node:util';
 import pg from 'pg';
@@ -38,14 +41,16 @@ import type { ServiceContext } from '../src/services/context.js';
 const { values } = parseArgs({
   options: {
     entries: { type: 'string', default: '2000000' },
+    grants: { type: 'string', default: '0' },
     charges: { type: 'string', default: '200' },
     'keep-db': { type: 'boolean', default: false },
   },
 });
 const ENTRIES = Number(values.entries);
+const GRANTS = Number(values.grants);
 const CHARGES = Number(values.charges);
-if (!Number.isInteger(ENTRIES) || ENTRIES < 0 || ENTRIES % 2 !== 0 || !Number.isInteger(CHARGES) || CHARGES < 2) {
-  console.error('--entries must be an even integer >= 0, --charges an integer >= 2');
+if (!Number.isInteger(ENTRIES) || ENTRIES < 0 || ENTRIES % 2 !== 0 || !Number.isInteger(GRANTS) || GRANTS < 0 || !Number.isInteger(CHARGES) || CHARGES < 2) {
+  console.error('--entries must be an even integer >= 0, --grants an integer >= 0, --charges an integer >= 2');
   process.exit(2);
 }
 const DATABASE = 'creditpool_bench_long_history';
@@ -91,6 +96,25 @@ async function main(): Promise<void> {
       [accountId, anchor, done, Math.max(ENTRIES, 1), n],
     );
   }
+  if (GRANTS > 0) {
+    await pool.query(
+      `WITH g AS (
+         INSERT INTO credit_grants (id, account_id, source, type, amount_micro_credits, reference, idempotency_key, request_hash, created_at)
+         SELECT gen_random_uuid(), $1, 'AUTO_TOP_UP', 'PAID', 20000000, NULL, 'bench-top-up-' || i, 'bench',
+                $2::timestamptz + (i * interval '1 second' * (365 * 86400.0 / ($3::bigint + 1)))
+           FROM generate_series(1, $3::bigint) AS i
+         RETURNING id, amount_micro_credits, created_at
+       ), b AS (
+         INSERT INTO credit_batches (id, account_id, grant_id, type, source, allocated_micro_credits, remaining_micro_credits, added_at, expires_at, status, updated_at)
+         SELECT gen_random_uuid(), $1, g.id, 'PAID', 'AUTO_TOP_UP', g.amount_micro_credits, 0, g.created_at, NULL, 'EXHAUSTED', g.created_at FROM g
+         RETURNING id, allocated_micro_credits AS amount, added_at
+       )
+       INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, batch_id, note, created_at)
+       SELECT gen_random_uuid(), $1, t.type::"LedgerEntryType", t.sign * b.amount, bal.total_micro_credits, CASE WHEN t.sign > 0 THEN b.id END, 'bench top-up', b.added_at
+         FROM b, balances bal, (VALUES ('GRANT', 1), ('ADJUST', -1)) AS t(type, sign) WHERE bal.account_id = $1`,
+      [accountId, anchor, GRANTS],
+    );
+  }
   // Settle what the generation left behind before measuring: autovacuum of the new rows and the
   // checkpoint of their WAL would otherwise compete with the measured calls.
   await pool.query('VACUUM (ANALYZE)');
@@ -100,7 +124,7 @@ async function main(): Promise<void> {
     `SELECT count(*)::int AS n, min(created_at) AS first, max(created_at) AS last FROM ledger_entries WHERE account_id = $1 AND note = 'bench history'`,
     [accountId],
   );
-  console.log(`account ${accountId}: ${rows[0].n.toLocaleString('en-US')} history entries (${rows[0].first?.toISOString() ?? '-'} .. ${rows[0].last?.toISOString() ?? '-'}), generated in ${generatedS.toFixed(1)} s; billing anchor ${anchor.toISOString()}`);
+  console.log(`account ${accountId}: ${rows[0].n.toLocaleString('en-US')} history entries and ${GRANTS.toLocaleString('en-US')} used-up top-up grants (${rows[0].first?.toISOString() ?? '-'} .. ${rows[0].last?.toISOString() ?? '-'}), generated in ${generatedS.toFixed(1)} s; billing anchor ${anchor.toISOString()}`);
 
   const trace = planReplay('azure');
   const charge = (i: number) => {
