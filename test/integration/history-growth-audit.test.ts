@@ -4,7 +4,8 @@
  * commit, recordUsageBatch, reserveCredits, a capture with reservationId, settleReservation, a
  * refusal for lack of credit with its depletion notice and auto top-up check) and Balance
  * (readBalance) are run on two accounts set up alike, one new and one with a year of history
- * behind its current billing period, and the rows each operation reads per table are compared:
+ * behind its current billing period, and the rows each operation reads per table are compared
+ * (and once more in a new billing period, before and at its first change):
  * what PostgreSQL itself counted (pg_stat_xact_user_tables: seq_tup_read + idx_tup_fetch; and the
  * index entries read, pg_stat_get_xact_tuples_returned over the table's indexes, for index-only
  * scans; and the heap and index pages touched, pg_stat_get_xact_blocks_fetched), everything that runs inside PostgreSQL included (balances_changed and balance_figures,
@@ -26,16 +27,24 @@
  * credit_grants is left out: balance_figures' grants term reads every grant of the account (5,001
  * rows here against 1), fixed separately.
  *
- * Findings when this audit was written (rows read, new account / year of history): apart from
- * credit_grants, every table read the same on both accounts, to within the few index entries that
- * page layout moves (see SLACK). E.g. a naive charge: auto_top_ups 2/2, credit_alerts 1/1,
- * credit_batches 5/5, usage_events 2/2, refund_credits 0/1 (the one refund dated in the current
- * period), reservations, payments, ledger_entries, webhook_deliveries, audit_events 0/0; a capture
- * and a settle: reservations 6/6 and 4/4; Balance: credit_batches 1/1, refund_credits 0/1. The
- * period-bounded reads (top-ups of the period, the period's alerts by their unique key, refund
- * credits from the period start, holds through the partial index of ACTIVE ones) hold with
- * thousands of rows behind them. balances_changed took 0.79 vs 1.38 ms (auto_explain, ANALYZE),
- * the difference all in its credit_grants scan (0.52 ms, 5,000 grants).
+ * Findings when this audit was written (rows read, new account / year of history):
+ * - Balance before the first change of a new billing period (and so every refusal for lack of
+ *   credit then: the depletion notice reads Balance) summed the account's whole ledger
+ *   (balance_figures' fallback ledger_total_at, the balance row's opening being for the period
+ *   before; a window of up to one sweep-due interval after the boundary while the workers keep
+ *   up): ledger_entries 15 / 25,015 rows, readBalance 10.7 ms against 3.3 ms after. Now the
+ *   opening comes from the account's total less the entries dated from the start on
+ *   (migration balance_opening_from_total): 1 / 2 rows, the same figures.
+ * - Otherwise, apart from credit_grants, every table read the same on both accounts, to within
+ *   the few index entries that page layout moves (see SLACK). E.g. a naive charge: auto_top_ups
+ *   2/2, credit_alerts 1/1, credit_batches 5/5, usage_events 2/2, refund_credits 0/1 (the one
+ *   refund dated in the current period), reservations, payments, ledger_entries,
+ *   webhook_deliveries, audit_events 0/0; a capture and a settle: reservations 6/6 and 4/4;
+ *   Balance: credit_batches 1/1, refund_credits 0/1. The period-bounded reads (top-ups of the
+ *   period, the period's alerts by their unique key, refund credits from the period start, holds
+ *   through the partial index of ACTIVE ones) hold with thousands of rows behind them.
+ *   balances_changed took 0.79 vs 1.38 ms (auto_explain, ANALYZE), the difference all in its
+ *   credit_grants scan (0.52 ms, 5,000 grants).
  *
  * That the checks can fail was seen with regressions made on purpose: the top-up count without its
  * (account_id, period_start) index (6,000 auto_top_ups rows per change), the holds without their
@@ -280,7 +289,18 @@ const OPS = [
   'recordUsage down to 10 credits (alerts crossed)',
   'refusal for lack of credit (0 % notice and auto top-up started)',
 ] as const;
-type Op = (typeof OPS)[number];
+
+/**
+ * Run after those, once a new billing period has begun (the account's anchor moved so that the
+ * period starts just after its last change): the balance row's opening total is still for the
+ * period before, until the first change of this one.
+ */
+const NEW_PERIOD_OPS = [
+  'readBalance before the first change of a new period',
+  'refusal for lack of credit before the first change of a new period',
+  'recordUsage: the first change of a new period',
+] as const;
+type Op = (typeof OPS)[number] | (typeof NEW_PERIOD_OPS)[number];
 
 let s: TestServices;
 /** The price book and settings, read through a pool of their own (the measured one's only connection is in use). */
@@ -363,13 +383,19 @@ beforeAll(async () => {
           const { availableMicroCredits } = await readBalance(pool, accountId, s.clock());
           await recordUsage(ctx, charge(Number(availableMicroCredits / 1_000_000n) - 10));
         },
+        'readBalance before the first change of a new period': async () => {
+          outcome.newPeriodBalance = await readBalance(pool, accountId, s.clock());
+        },
+        'refusal for lack of credit before the first change of a new period': () =>
+          recordUsage(ctx, charge(50_000)).catch((e: { code?: string }) => (outcome.newPeriodRefusal = e.code)),
+        'recordUsage: the first change of a new period': () => recordUsage(ctx, charge(1)),
         'refusal for lack of credit (0 % notice and auto top-up started)': async () => {
           // The PENDING top-up gone (its job failed): a refusal may start one.
           await client.query(`UPDATE auto_top_ups SET status = 'FAILED' WHERE account_id = $1 AND status = 'PENDING'`, [accountId]);
           await recordUsage(ctx, charge(40)).catch((e: { code?: string }) => (outcome.smallRefusal = e.code));
         },
       };
-      for (const op of OPS) {
+      const measure = async (op: Op) => {
         const before = await counters(client);
         await run[op]();
         const after = await counters(client);
@@ -377,7 +403,8 @@ beforeAll(async () => {
         const pair = measured.get(op) ?? [new Map(), new Map()];
         pair[n] = read;
         measured.set(op, pair);
-      }
+      };
+      for (const op of OPS) await measure(op);
       const { rows } = await client.query(
         `SELECT (SELECT array_agg(threshold ORDER BY threshold) FROM credit_alerts a JOIN balances b ON b.account_id = a.account_id AND a.period_start = b.opening_period_start WHERE a.account_id = $1) AS alerts,
                 (SELECT count(*)::int FROM auto_top_ups WHERE account_id = $1 AND status = 'PENDING' AND refused_micro_credits IS NOT NULL) AS refusal_top_ups,
@@ -390,6 +417,16 @@ beforeAll(async () => {
         [accountId],
       );
       Object.assign(outcome, rows[0]);
+
+      // A new billing period, begun just after the account's last change (the history stays in
+      // the periods before it).
+      await client.query(
+        `UPDATE accounts SET billing_anchor_at = (SELECT updated_at + interval '1 millisecond' FROM balances WHERE account_id = $1) - interval '12 months' WHERE id = $1`,
+        [accountId],
+      );
+      for (const op of NEW_PERIOD_OPS) await measure(op);
+      const { rows: opening } = await client.query(`SELECT opening_period_start, opening_total_micro_credits::text AS total FROM balances WHERE account_id = $1`, [accountId]);
+      outcome.openingKept = opening[0];
     }
   } finally {
     await client.query('ROLLBACK');
@@ -424,7 +461,19 @@ describe('rows read per operation: an account with a year of history reads what 
     expect(old.history).toEqual({ payments: 5_000, top_ups: 6_002, closed_holds: 20_002, alerts: 1_203, batches: 5_001 });
   });
 
-  for (const op of OPS) {
+  it('a new period: Balance before its first change reads the opening total its first change keeps', () => {
+    const [fresh, old] = seen as [Record<string, unknown>, Record<string, unknown>];
+    for (const o of seen) {
+      const b = o.newPeriodBalance as { periodStart: Date; periodMicroCredits: bigint; availableMicroCredits: bigint };
+      expect(o.newPeriodRefusal).toBe('INSUFFICIENT_CREDITS');
+      // Nothing granted in the new period: its credit is the total at its start, all still available.
+      expect(b.periodMicroCredits).toBe(b.availableMicroCredits);
+      expect(o.openingKept).toEqual({ opening_period_start: b.periodStart, total: b.periodMicroCredits.toString() });
+    }
+    expect((old.newPeriodBalance as { periodMicroCredits: bigint }).periodMicroCredits).toBe((fresh.newPeriodBalance as { periodMicroCredits: bigint }).periodMicroCredits);
+  });
+
+  for (const op of [...OPS, ...NEW_PERIOD_OPS]) {
     it(op, () => {
       const [fresh, old] = measured.get(op)!;
       const rows = HISTORY_TABLES.flatMap((t) =>
