@@ -5,7 +5,7 @@
  * refusal for lack of credit with its depletion notice and auto top-up check) and Balance
  * (readBalance) are run on two accounts set up alike, one new and one with a year of history
  * behind its current billing period, and the rows each operation reads per table are compared
- * (and once more in a new billing period, before and at its first change):
+ * (and once more in a new billing period, before and at its first change, and at a plan's roll):
  * what PostgreSQL itself counted (pg_stat_xact_user_tables: seq_tup_read + idx_tup_fetch; and the
  * index entries read, pg_stat_get_xact_tuples_returned over the table's indexes, for index-only
  * scans; and the heap and index pages touched, pg_stat_get_xact_blocks_fetched), everything that runs inside PostgreSQL included (balances_changed and balance_figures,
@@ -13,7 +13,7 @@
  *
  * The history (≈ 100,000 rows, all of the one account, dated in its 12 past billing periods):
  * 5,000 auto top-ups paid (their grants, used-up or expired batches, SUCCEEDED payments, GRANT
- * entries) and 1,000 that failed, 20,000 usage events with their CONSUME entries, 2,000 refund
+ * entries) and 1,000 that failed, 20,000 usage events with their CONSUME entries and drawdowns, 2,000 refund
  * credits, 20,000 closed holds (settled, released, expired), 1,200 credit alerts (thresholds
  * 1..100 in each past period), 5,000 webhook attempts and 2,500 audit events. The accounts have
  * auto top-up on (with a threshold above their credit, so every change runs the top-up check),
@@ -35,6 +35,12 @@
  *   up): ledger_entries 15 / 25,015 rows, readBalance 10.7 ms against 3.3 ms after. Now the
  *   opening comes from the account's total less the entries dated from the start on
  *   (migration balance_opening_from_total): 1 / 2 rows, the same figures.
+ * - A capped ROLLOVER plan's roll (the first change of each period, or the roll job) read every
+ *   batch of the account (trimRollover matched used-up batches on the account alone: 18 / 5,018
+ *   rows) and, under the generic plan, the whole of usage_events and drawdowns (20,019 / 20,031
+ *   and 20,015 / 20,027: hash joins for the usage drawn since the period start); 10.9 ms for
+ *   that statement. Now the batches by id and the usage by entry (plans.ts DRAWN_SINCE_CTE,
+ *   trimRollover): 20 / 20, 3 / 3, 1 / 1, 0.13 ms.
  * - Otherwise, apart from credit_grants, every table read the same on both accounts, to within
  *   the few index entries that page layout moves (see SLACK). E.g. a naive charge: auto_top_ups
  *   2/2, credit_alerts 1/1, credit_batches 5/5, usage_events 2/2, refund_credits 0/1 (the one
@@ -214,6 +220,11 @@ async function addHistory(c: pg.PoolClient, accountId: string, packId: string): 
      SELECT gen_random_uuid(), $1, 'CONSUME', -2500000, 0, id, t FROM h_use`,
     [accountId],
   );
+  // Each drew from the top-up of its time (4 events a top-up).
+  await c.query(
+    `INSERT INTO drawdowns (id, usage_event_id, batch_id, position, amount_micro_credits)
+     SELECT gen_random_uuid(), u.id, p.batch_id, 0, 2500000 FROM h_use u JOIN h_top p ON p.g = (u.g + 3) / 4`,
+  );
   // 2,000 refunded in part an hour later (refund_credits).
   await c.query(
     `INSERT INTO refund_credits (usage_event_id, left_at, account_id, refunded_at, amount_micro_credits)
@@ -300,7 +311,13 @@ const NEW_PERIOD_OPS = [
   'refusal for lack of credit before the first change of a new period',
   'recordUsage: the first change of a new period',
 ] as const;
-type Op = (typeof OPS)[number] | (typeof NEW_PERIOD_OPS)[number];
+/**
+ * Then, with a capped ROLLOVER plan subscribed whose roll for the current period is due: the
+ * charge that runs it (plans.ts rollDuePeriodsFirst; the roll job runs the same roll), once per
+ * period.
+ */
+const ROLL_OP = 'recordUsage running a capped ROLLOVER plan\'s due roll' as const;
+type Op = (typeof OPS)[number] | (typeof NEW_PERIOD_OPS)[number] | typeof ROLL_OP;
 
 let s: TestServices;
 /** The price book and settings, read through a pool of their own (the measured one's only connection is in use). */
@@ -389,6 +406,7 @@ beforeAll(async () => {
         'refusal for lack of credit before the first change of a new period': () =>
           recordUsage(ctx, charge(50_000)).catch((e: { code?: string }) => (outcome.newPeriodRefusal = e.code)),
         'recordUsage: the first change of a new period': () => recordUsage(ctx, charge(1)),
+        [ROLL_OP]: () => recordUsage(ctx, charge(1)),
         'refusal for lack of credit (0 % notice and auto top-up started)': async () => {
           // The PENDING top-up gone (its job failed): a refusal may start one.
           await client.query(`UPDATE auto_top_ups SET status = 'FAILED' WHERE account_id = $1 AND status = 'PENDING'`, [accountId]);
@@ -427,6 +445,46 @@ beforeAll(async () => {
       for (const op of NEW_PERIOD_OPS) await measure(op);
       const { rows: opening } = await client.query(`SELECT opening_period_start, opening_total_micro_credits::text AS total FROM balances WHERE account_id = $1`, [accountId]);
       outcome.openingKept = opening[0];
+
+      // A ROLLOVER plan capped at 50 credits, granted up to the period before this one.
+      const planId = (
+        await client.query(
+          `INSERT INTO plans (id, name, monthly_micro_credits, rollover, rollover_cap_micro_credits, price_usd)
+           VALUES (gen_random_uuid(), 'history-' || gen_random_uuid(), 100000000, 'ROLLOVER', 50000000, 10) RETURNING id`,
+        )
+      ).rows[0].id as string;
+      await client.query(
+        `INSERT INTO plan_subscriptions (account_id, plan_id, active, started_at, granted_period_start)
+         SELECT $1, $2, true, a.billing_anchor_at, a.billing_anchor_at + interval '11 months' FROM accounts a WHERE a.id = $1`,
+        [accountId, planId],
+      );
+      // The previous roll's grant: 80 credits of SUBSCRIPTION credit added at the previous period
+      // start, unused (so the trim has credit before its start to count).
+      const { rows: prevGrant } = await client.query(
+        `INSERT INTO credit_grants (id, account_id, source, type, amount_micro_credits, idempotency_key, request_hash, created_at)
+         SELECT gen_random_uuid(), $1, 'SUBSCRIPTION', 'PAID', 80000000, 'plan-previous-period', 'x', a.billing_anchor_at + interval '11 months'
+           FROM accounts a WHERE a.id = $1 RETURNING id, created_at`,
+        [accountId],
+      );
+      await client.query(
+        `WITH b AS (
+           INSERT INTO credit_batches (id, account_id, grant_id, type, source, allocated_micro_credits, remaining_micro_credits, added_at, status, updated_at)
+           VALUES (gen_random_uuid(), $1, $2, 'PAID', 'SUBSCRIPTION', 80000000, 80000000, $3, 'ACTIVE', $3) RETURNING id
+         ), l AS (
+           INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, batch_id, created_at)
+           SELECT gen_random_uuid(), $1, 'GRANT', 80000000, 0, b.id, $3 FROM b
+         )
+         UPDATE balances SET total_micro_credits = total_micro_credits + 80000000, opening_total_micro_credits = opening_total_micro_credits + 80000000
+          WHERE account_id = $1`,
+        [accountId, prevGrant[0].id, prevGrant[0].created_at],
+      );
+      await measure(ROLL_OP);
+      const { rows: rolled } = await client.query(
+        `SELECT s.granted_period_start = p.period_start AS rolled, (SELECT count(*)::int FROM credit_batches WHERE account_id = $1 AND source = 'SUBSCRIPTION') AS plan_batches
+           FROM plan_subscriptions s JOIN accounts a ON a.id = s.account_id CROSS JOIN LATERAL billing_period(a.billing_anchor_at, clock_timestamp()) p WHERE s.account_id = $1`,
+        [accountId],
+      );
+      outcome.roll = rolled[0];
     }
   } finally {
     await client.query('ROLLBACK');
@@ -473,7 +531,11 @@ describe('rows read per operation: an account with a year of history reads what 
     expect((old.newPeriodBalance as { periodMicroCredits: bigint }).periodMicroCredits).toBe((fresh.newPeriodBalance as { periodMicroCredits: bigint }).periodMicroCredits);
   });
 
-  for (const op of [...OPS, ...NEW_PERIOD_OPS]) {
+  it('the due plan roll ran on both accounts (its grant made)', () => {
+    for (const o of seen) expect(o.roll).toEqual({ rolled: true, plan_batches: 2 });
+  });
+
+  for (const op of [...OPS, ...NEW_PERIOD_OPS, ROLL_OP]) {
     it(op, () => {
       const [fresh, old] = measured.get(op)!;
       const rows = HISTORY_TABLES.flatMap((t) =>
