@@ -27,8 +27,9 @@
 -- account's first entry). ledger_total_at itself is unchanged: reconcile uses it as the
 -- definition to check the stored opening against.
 --
--- balance_figures is otherwise exactly as migration 20261216100000_period_credits_refund_rows
--- left it (a migration that redefines it again must keep this term).
+-- balance_figures is otherwise exactly as migration 20261218090000_grants_period_indexes left it
+-- (its `granted` term read through the period's indexes; a migration that redefines it again
+-- must keep both terms).
 CREATE FUNCTION "ledger_opening_at"(p_account uuid, p_start timestamptz)
 RETURNS bigint LANGUAGE sql STABLE AS $$
   SELECT CASE
@@ -64,10 +65,13 @@ LANGUAGE sql STABLE AS $$
     (COALESCE((SELECT total FROM opening), ledger_opening_at(p_account, p_period_start))
       -- expired at or before the start, EXPIRE not recorded yet (migration period_opening_due_expiries)
       - (SELECT COALESCE(SUM(remaining), 0) FROM active WHERE expires_at <= p_period_start))::bigint,
-    -- One pass over the account's grants: granted in the period, less taken back by voids in it,
-    ((SELECT COALESCE(SUM(CASE WHEN created_at >= p_period_start AND created_at <= p_now THEN amount_micro_credits ELSE 0 END), 0)
-          - COALESCE(SUM(CASE WHEN voided_at >= p_period_start AND voided_at <= p_now THEN voided_micro_credits ELSE 0 END), 0)
-       FROM credit_grants WHERE account_id = p_account)
+    -- Granted in the period (credit_grants_account_id_created_at_idx), less taken back by voids
+    -- in it, of grants made in it or before (credit_grants_voided_at, partial): each read bounded
+    -- by the period, not by the account's history of grants,
+    ((SELECT COALESCE(SUM(amount_micro_credits), 0) FROM credit_grants
+        WHERE account_id = p_account AND created_at >= p_period_start AND created_at <= p_now)
+      - (SELECT COALESCE(SUM(voided_micro_credits), 0) FROM credit_grants
+          WHERE account_id = p_account AND voided_at >= p_period_start AND voided_at <= p_now)
       -- Credit refunds in the period gave back into batches that had left them before it: new
       -- credit of this period, as a grant's (refund_credits, written before the REFUND entries'
       -- statement, so that statement's snapshot and alerts count it).
