@@ -185,4 +185,32 @@ describe('sweep-due finders at scale, almost nothing due', () => {
     expect(perRun.accounts ?? 0).toBeLessThan(bound(due.length));
     expect(perRun.credit_batches ?? 0).toBeLessThan(bound(due.length));
   });
+
+  it('findAccountsWithDuePeriods reads the due subscriptions and the test-mode accounts, not every subscription', async () => {
+    const due: string[] = [];
+    const { found, perRun } = await measure(
+      async (c) => {
+        // Plans whose granted period ended: granted 62, 61 and 31 days before NOW (oldest granted first);
+        // the second in test mode, due by its clock; a test-mode one whose clock stands before its period end is not.
+        const sub = async (grantedDaysAgo: number, testClockAt: Date | null) => {
+          const granted = new Date(NOW.getTime() - grantedDaysAgo * 24 * HOUR_MS);
+          const id = await accountWithBatch(c, granted, new Date(NOW.getTime() + 30 * 24 * HOUR_MS), testClockAt);
+          await c.query(
+            `INSERT INTO plan_subscriptions (account_id, plan_id, active, started_at, granted_period_start)
+             VALUES ($1, '00000000-0000-4000-8000-00000000a5a5', true, $2, $2)`,
+            [id, granted],
+          );
+          return id;
+        };
+        due.push(await sub(62, null));
+        due.push(await sub(61, new Date(NOW.getTime() + 24 * HOUR_MS)));
+        due.push(await sub(31, null));
+        await sub(63, new Date(NOW.getTime() - 40 * 24 * HOUR_MS));
+      },
+      (db) => findAccountsWithDuePeriods(db, NOW, 5_000),
+    );
+    expect(found.filter((id) => due.includes(id))).toEqual(due);
+    expect(perRun.plan_subscriptions ?? 0).toBeLessThan(bound(due.length));
+    expect(perRun.accounts ?? 0).toBeLessThan(bound(due.length));
+  });
 });
