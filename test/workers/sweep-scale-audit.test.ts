@@ -213,4 +213,37 @@ describe('sweep-due finders at scale, almost nothing due', () => {
     expect(perRun.plan_subscriptions ?? 0).toBeLessThan(bound(due.length));
     expect(perRun.accounts ?? 0).toBeLessThan(bound(due.length));
   });
+
+  it('findAccountsWithUnopenedPeriods reads the accounts whose period is to open, not every balance row', async () => {
+    const due: string[] = [];
+    const { found, perRun } = await measure(
+      async (c) => {
+        // Plan-less accounts whose stored opening is for an ended period (oldest opening first), one
+        // never opened (first); a test-mode one and a plan account with an ended opening are not theirs.
+        const opened = async (openedDaysAgo: number | null, testClockAt: Date | null = null) => {
+          const created = new Date(NOW.getTime() - (openedDaysAgo ?? 40) * 24 * HOUR_MS);
+          const id = await accountWithBatch(c, created, new Date(NOW.getTime() + 30 * 24 * HOUR_MS), testClockAt);
+          await c.query(
+            `UPDATE balances SET opening_period_start = $2, opening_total_micro_credits = CASE WHEN $2::timestamptz IS NULL THEN NULL ELSE 0 END WHERE account_id = $1`,
+            [id, openedDaysAgo === null ? null : created],
+          );
+          return id;
+        };
+        due.push(await opened(null));
+        due.push(await opened(65));
+        due.push(await opened(33));
+        await opened(70, new Date(NOW.getTime() - 69 * 24 * HOUR_MS));
+        const planned = await opened(50);
+        await c.query(
+          `INSERT INTO plan_subscriptions (account_id, plan_id, active, started_at, granted_period_start)
+           VALUES ($1, '00000000-0000-4000-8000-00000000a5a5', true, $2, $2)`,
+          [planned, new Date(NOW.getTime() - 50 * 24 * HOUR_MS)],
+        );
+      },
+      (db) => findAccountsWithUnopenedPeriods(db, NOW, 5_000),
+    );
+    expect(found.filter((id) => due.includes(id))).toEqual(due);
+    expect(perRun.balances ?? 0).toBeLessThan(bound(due.length));
+    expect(perRun.accounts ?? 0).toBeLessThan(bound(due.length));
+  });
 });
