@@ -26,6 +26,7 @@ import { createTestServices, type TestServices } from '../setup/services.js';
 import { findAccountsWithDueExpiries } from '../../src/services/expire-due.js';
 import { findAccountsWithDuePeriods } from '../../src/services/plans.js';
 import { findAccountsWithUnopenedPeriods } from '../../src/services/open-billing-period.js';
+import { findUndeliveredWebhookJobs } from '../../src/services/webhooks.js';
 
 const NOT_DUE = 20_000;
 const TEST_MODE = 200;
@@ -245,5 +246,39 @@ describe('sweep-due finders at scale, almost nothing due', () => {
     expect(found.filter((id) => due.includes(id))).toEqual(due);
     expect(perRun.balances ?? 0).toBeLessThan(bound(due.length));
     expect(perRun.accounts ?? 0).toBeLessThan(bound(due.length));
+  });
+
+  it('findUndeliveredWebhookJobs reads the paused auto top-ups, not every account with auto top-up', async () => {
+    let pausedTopUp = '';
+    const { found, perRun } = await measure(
+      async (c) => {
+        // Every second account on auto top-up, none paused; then one paused 10 minutes before NOW
+        // after its last attempt failed (its auto_top_up.paused event is undelivered).
+        await c.query(
+          `INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES ('00000000-0000-4000-8000-00000000b6b6', 'sweep-scale-' || gen_random_uuid(), 1000000000, 10)`,
+        );
+        await c.query(
+          `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period)
+           SELECT id, true, 1000000, '00000000-0000-4000-8000-00000000b6b6', 3 FROM scale_accounts WHERE i % 2 = 1`,
+        );
+        const paused = new Date(NOW.getTime() - 10 * 60_000);
+        const id = await accountWithBatch(c, new Date(NOW.getTime() - 5 * 24 * HOUR_MS), new Date(NOW.getTime() + 30 * 24 * HOUR_MS));
+        await c.query(
+          `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, last_attempt_at, last_error, paused_at)
+           VALUES ($1, false, 1000000, '00000000-0000-4000-8000-00000000b6b6', 3, 3, $2, 'declined', $2)`,
+          [id, paused],
+        );
+        const { rows } = await c.query(
+          `INSERT INTO auto_top_ups (id, account_id, period_start, status, attempts, error, created_at, finished_at)
+           VALUES (gen_random_uuid(), $1, $2, 'FAILED', 3, 'declined', $3, $3) RETURNING id`,
+          [id, new Date(NOW.getTime() - 5 * 24 * HOUR_MS), paused],
+        );
+        pausedTopUp = rows[0].id as string;
+        await c.query('ANALYZE auto_top_up_settings, auto_top_ups, credit_packs');
+      },
+      async (db) => (await findUndeliveredWebhookJobs(db, NOW)).map((j) => j.jobId),
+    );
+    expect(found.filter((jobId) => jobId.includes(pausedTopUp))).toHaveLength(1);
+    expect(perRun.auto_top_up_settings ?? 0).toBeLessThan(bound(1));
   });
 });
