@@ -19,41 +19,38 @@
 import type pg from 'pg';
 import { withTransaction } from '../db/pg.js';
 import { AccountTx } from './account-tx.js';
-import { accountNowSql } from './account-clock.js';
 import type { ServiceContext } from './context.js';
 
 /**
- * Shortest billing period there is, in days: a calendar month from the anchor, clamped to a
- * shorter month's end (ledger/billing-period.ts), is never under 28 days (Jan 31 -> Feb 28). A
- * stored opening of a period that has ended therefore lies at least this long before now, which
- * lets the finder skip, with a plain comparison, every balance row whose period started since.
- */
-const SHORTEST_PERIOD_DAYS = 28;
-
-/**
  * Accounts without an active plan, not in test mode, whose balance row's stored period opening
- * is behind the billing period of their now (accountNowSql's rule: the later of `now` and their
- * last change), or was never written (rows older than migration period_opening_total), at most
- * `limit`: the oldest stored opening first (never written first; ties by account id), so under a
- * backlog larger than `limit` (the sweep's MAX_ACCOUNTS_PER_RUN) the next call takes the rest.
- * Plan accounts are the plan roll's (findAccountsWithDuePeriods); a test-mode account's period
- * moves with its clock, which advanceTestClock steps.
+ * is behind the billing period of their now, or was never written (rows older than migration
+ * period_opening_total), at most `limit`: the oldest stored opening first (never written first;
+ * ties by account id), so under a backlog larger than `limit` (the sweep's MAX_ACCOUNTS_PER_RUN)
+ * the next call takes the rest. Plan accounts are the plan roll's (findAccountsWithDuePeriods); a
+ * test-mode account's period moves with its clock, which advanceTestClock steps.
  *
- * Cost: a scan of `balances` and `accounts` (no index is needed: the billing period is only
- * figured for rows whose stored opening lies at least SHORTEST_PERIOD_DAYS back, about a tenth of
- * them once every account is opened). `EXPLAIN ANALYZE` on 100,000 accounts (README "Limits"):
- * ~70-110 ms once all are opened, ~350 ms with 60,000 of them behind.
+ * "Behind" is read from balances.opening_period_end, the start of the period after the stored
+ * opening's, kept by triggers (migration balances_opening_period_end): behind once `now` has
+ * reached it. The account's now is the later of `now` and its last change (account-clock.ts
+ * accountNowSql), but every change writes the opening of the period of its own instant
+ * (AccountTx.finishMany), so opening_period_end lies after the last change and `now` decides.
+ *
+ * Cost: about what is due, not how many accounts there are (the sweep runs it every
+ * SWEEP_EVERY_MS): a range of the index on opening_period_end, written `BETWEEN '-infinity' AND
+ * $1` (always true below) because a generic plan, the ledger pool's, estimates a one-sided
+ * `<= $1` at a third of the table and reads all of it, while a two-sided range is estimated
+ * small; each row found is probed for a test-mode account (accounts_test_mode) and an active plan
+ * (a plan account's opening is behind from its period end until its roll, seconds). Measured at
+ * 200,000 accounts with none to open (EXPLAIN ANALYZE, generic plan): see the migration.
  * @param now the sweep's wall clock
  * @returns account ids (uuids)
  */
 export async function findAccountsWithUnopenedPeriods(pool: pg.Pool, now: Date, limit: number): Promise<string[]> {
   const { rows } = await pool.query({
     name: 'cp-find-unopened-periods',
-    text: `SELECT b.account_id FROM balances b JOIN accounts a ON a.id = b.account_id
-            WHERE NOT a.test_mode
-              AND (b.opening_period_start IS NULL
-                   OR (b.opening_period_start <= $1::timestamptz - make_interval(days => ${SHORTEST_PERIOD_DAYS})
-                       AND b.opening_period_start < (SELECT p.period_start FROM billing_period(a.billing_anchor_at, ${accountNowSql('a', 'b', '$1')}) p)))
+    text: `SELECT b.account_id FROM balances b
+            WHERE b.opening_period_end BETWEEN '-infinity' AND $1::timestamptz
+              AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = b.account_id AND a.test_mode)
               AND NOT EXISTS (SELECT 1 FROM plan_subscriptions s WHERE s.account_id = b.account_id AND s.active)
             ORDER BY b.opening_period_start NULLS FIRST, b.account_id
             LIMIT $2`,

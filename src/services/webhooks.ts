@@ -675,6 +675,9 @@ export async function deliverWebhook(ctx: WebhookContext, payload: WebhookJobDat
  * than {@link WEBHOOK_MAX_LOGGED_ATTEMPTS} attempts logged. It does not know the configuration:
  * with WEBHOOK_URL unset it still returns them (each such job completes as SKIPPED without
  * logging, so they keep being offered until they leave the 24 h window).
+ * Cost: the alerts created in the window (credit_alerts_created_at) and the settings paused in
+ * it (partial index auto_top_up_settings_paused_at, migration auto_top_up_paused_at), each with
+ * its delivery log; not every account with auto top-up.
  * @param now the sweep's clock (alerts are stamped with the account's clock).
  * @returns OutboxJob payloads identical to the ones the outbox wrote (see {@link webhookJob}).
  * @throws the database error.
