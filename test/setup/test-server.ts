@@ -8,7 +8,7 @@ import { afterAll, beforeAll } from 'vitest';
 import { createLogger } from '../../src/logging.js';
 import { Redis } from 'ioredis';
 import { parseEnv } from '../../src/config/env.js';
-import { ledgerSessionLimits } from '../../src/db/pg.js';
+import { ledgerSessionLimits, withPlannerOptions } from '../../src/db/pg.js';
 import pg from 'pg';
 import { PrismaPg } from '@prisma/adapter-pg';
 import { createPrismaClient } from '../../src/db/prisma.js';
@@ -49,9 +49,9 @@ export interface TestServerOptions {
    * Called with the text and values of every SQL statement the server's Prisma client sends
    * (outside its transactions), before it is sent: for tests that replay a field's statements to
    * count the rows they read (test/api/pagination-cost-audit.test.ts). Given, the Prisma client
-   * runs on a pg.Pool of its own made here (same URL, so the same session settings as the
-   * production client's: plan_cache_mode=auto, unnamed statements); the client-side limits of
-   * createPrismaClient do not apply to it.
+   * runs on a pg.Pool of its own made here with the production client's session settings
+   * (db/pg.ts withPlannerOptions; plan_cache_mode=auto, unnamed statements); the client-side
+   * limits of createPrismaClient do not apply to it.
    */
   onPrismaSql?: (text: string, values: readonly unknown[]) => void;
   /** Where the server's log lines go (the process's logger, src/logging.ts; LOG_LEVEL decides which), for tests that read the log; default stdout. */
@@ -64,7 +64,7 @@ export interface TestServerOptions {
  * transactions with pool.query({ text, values, ... })).
  */
 function observedPrismaClient(databaseUrl: string, observe: (text: string, values: readonly unknown[]) => void): PrismaClient {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 5 });
+  const pool = new pg.Pool({ connectionString: withPlannerOptions(databaseUrl), max: 5 });
   const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
   (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
     const q = args[0] as string | { text: string; values?: unknown[] };
