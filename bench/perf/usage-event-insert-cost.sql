@@ -8,11 +8,11 @@
 --
 -- Each step inserts the 2,000 rows one single-row INSERT at a time from PL/pgSQL (no client
 -- round trips), so its time divided by 2,000 is PostgreSQL's cost per row. Steps:
---   1. as in production (8 indexes, rollup trigger, 3 foreign keys);
+--   1. as in production (13 indexes, rollup trigger, 3 foreign keys);
 --   2. without the rollup trigger;
---   3. also without the 6 secondary indexes (primary key and the idempotency key stay);
+--   3. also without the 11 secondary indexes (primary key and the idempotency key stay);
 --   4. also without the foreign-key checks (all triggers disabled).
-\set drop_secondary_indexes 'DROP INDEX usage_events_seq_key, usage_events_account_id_seq_idx, usage_events_account_id_task_id_idx, usage_events_account_id_occurred_at_idx, usage_events_account_id_agent_id_recorded_at_idx, usage_events_account_id_user_id_recorded_at_idx;'
+\set drop_secondary_indexes 'DROP INDEX usage_events_seq_key, usage_events_account_id_seq_idx, usage_events_account_id_task_id_seq_idx, usage_events_account_id_occurred_at_idx, usage_events_account_id_agent_id_recorded_at_idx, usage_events_account_id_user_id_recorded_at_idx, usage_events_account_id_agent_id_seq_idx, usage_events_account_id_user_id_seq_idx, usage_events_account_id_model_seq_idx, usage_events_account_id_category_seq_idx, usage_events_account_id_tier_seq_idx;'
 \timing on
 CREATE TEMP TABLE src AS SELECT * FROM usage_events LIMIT 2000;
 CREATE FUNCTION pg_temp.insert_copies() RETURNS void LANGUAGE plpgsql AS $$
@@ -34,7 +34,7 @@ BEGIN; SELECT pg_temp.insert_copies(); ROLLBACK;
 BEGIN; SELECT pg_temp.insert_copies(); ROLLBACK;
 \echo step 2: without the rollup trigger
 BEGIN; ALTER TABLE usage_events DISABLE TRIGGER usage_events_rollups_add; SELECT pg_temp.insert_copies(); ROLLBACK;
-\echo step 3: also without the 6 secondary indexes
+\echo step 3: also without the 11 secondary indexes
 BEGIN;
 ALTER TABLE usage_events DISABLE TRIGGER usage_events_rollups_add;
 :drop_secondary_indexes

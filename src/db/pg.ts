@@ -127,6 +127,28 @@ export function withLedgerSessionOptions(databaseUrl: string, limits: LedgerSess
 }
 
 /**
+ * `databaseUrl` with {@link LEDGER_PLANNER_OPTIONS} in its `options` parameter, before the URL's
+ * own options (a cost the URL sets wins, as in {@link withLedgerSessionOptions}): the session of
+ * the Prisma client's connections (db/prisma.ts), which keeps PostgreSQL's default plan cache
+ * mode and has no session limits.
+ *
+ * Why: with the default random_page_cost (4.0) the planner served a filtered page of
+ * Account.usage by walking usage_events_seq_key (every account's events, newest first) and
+ * dropping the rows of other accounts and other values, where the index of the filter
+ * ((account_id, agent_id, seq), ...) reads the page itself: it costs each row of that index as a
+ * random read, the walk as sequential ones, and takes the matching rows as spread evenly over the
+ * walk. For a value last used a year ago (an agent, a user, a retired model) the walk read every
+ * event since: 36,768 rows for a page of 50 at 20,000 events of an account holding half the
+ * table, 51 at 1.1 (test/api/pagination-cost-audit.test.ts; issue #6).
+ */
+export function withPlannerOptions(databaseUrl: string): string {
+  const url = new URL(databaseUrl);
+  const own = url.searchParams.get('options');
+  url.searchParams.set('options', own ? `${LEDGER_PLANNER_OPTIONS} ${own}` : LEDGER_PLANNER_OPTIONS);
+  return url.toString();
+}
+
+/**
  * Creates the ledger's pg pool: `max` connections to `databaseUrl`, each started with
  * {@link LEDGER_SESSION_OPTIONS}, {@link LEDGER_PLANNER_OPTIONS} and the time `limits` (the processes pass
  * {@link ledgerSessionLimits} of their environment; benchmarks and tests may leave them out:

@@ -4,7 +4,7 @@
  */
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaClient } from '../generated/prisma/client.js';
-import { TCP_KEEPALIVE_INITIAL_DELAY_MS, type LedgerSessionLimits } from './pg.js';
+import { TCP_KEEPALIVE_INITIAL_DELAY_MS, withPlannerOptions, type LedgerSessionLimits } from './pg.js';
 
 /**
  * Creates a Prisma client on `databaseUrl` with at most `max` connections and the client-side
@@ -16,12 +16,13 @@ import { TCP_KEEPALIVE_INITIAL_DELAY_MS, type LedgerSessionLimits } from './pg.j
  *   connection with the error, so pg-pool closes it and the next query gets a new one.
  * Either failure is a connection error that the API answers as UNAVAILABLE (db/pg.ts
  * `isDatabaseUnavailable`). Its connections use TCP keepalive as the ledger pool's do
- * ({@link TCP_KEEPALIVE_INITIAL_DELAY_MS}).
+ * ({@link TCP_KEEPALIVE_INITIAL_DELAY_MS}), and the ledger pool's planner cost
+ * (db/pg.ts withPlannerOptions: random_page_cost 1.1, unless the URL sets its own).
  */
 export function createPrismaClient(databaseUrl: string, max = 10, limits: Pick<LedgerSessionLimits, 'connectTimeoutMs' | 'queryTimeoutMs'> = {}): PrismaClient {
   return new PrismaClient({
     adapter: new PrismaPg({
-      connectionString: databaseUrl,
+      connectionString: withPlannerOptions(databaseUrl),
       max,
       keepAlive: true,
       keepAliveInitialDelayMillis: TCP_KEEPALIVE_INITIAL_DELAY_MS,

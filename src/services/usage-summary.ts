@@ -85,7 +85,7 @@ export async function usageSummary(
     // $4)`: the ledger pool plans generically (db/pg.ts LEDGER_SESSION_OPTIONS), and a generic plan
     // cannot bound an index scan by a condition that may be switched off, so `taskCost` read every
     // event of the account (812 ms at 2,000,000 events) instead of the task's through
-    // usage_events_account_id_task_id_idx (0.06 ms).
+    // usage_events_account_id_task_id_seq_idx (0.06 ms).
     const byTask = filter.taskId !== undefined;
     const { rows } = await db.query(
       `SELECT ${select} SUM(cost_micro_credits) AS credits, COUNT(*) AS events

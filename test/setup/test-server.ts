@@ -8,8 +8,11 @@ import { afterAll, beforeAll } from 'vitest';
 import { createLogger } from '../../src/logging.js';
 import { Redis } from 'ioredis';
 import { parseEnv } from '../../src/config/env.js';
-import { ledgerSessionLimits } from '../../src/db/pg.js';
+import { ledgerSessionLimits, withPlannerOptions } from '../../src/db/pg.js';
+import pg from 'pg';
+import { PrismaPg } from '@prisma/adapter-pg';
 import { createPrismaClient } from '../../src/db/prisma.js';
+import { PrismaClient } from '../../src/generated/prisma/client.js';
 import { createAuthenticator } from '../../src/auth/authenticator.js';
 import { buildServer } from '../../src/server.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
@@ -42,8 +45,34 @@ export interface TestServer {
  */
 export interface TestServerOptions {
   onPrismaQuery?: (model: string | undefined, operation: string) => void;
+  /**
+   * Called with the text and values of every SQL statement the server's Prisma client sends
+   * (outside its transactions), before it is sent: for tests that replay a field's statements to
+   * count the rows they read (test/api/pagination-cost-audit.test.ts). Given, the Prisma client
+   * runs on a pg.Pool of its own made here with the production client's session settings
+   * (db/pg.ts withPlannerOptions; plan_cache_mode=auto, unnamed statements); the client-side
+   * limits of createPrismaClient do not apply to it.
+   */
+  onPrismaSql?: (text: string, values: readonly unknown[]) => void;
   /** Where the server's log lines go (the process's logger, src/logging.ts; LOG_LEVEL decides which), for tests that read the log; default stdout. */
   logDestination?: DestinationStream;
+}
+
+/**
+ * A Prisma client on its own pool of 5 connections to `databaseUrl` whose pool.query tells
+ * `observe` each statement's text and values first (@prisma/adapter-pg runs its queries outside
+ * transactions with pool.query({ text, values, ... })).
+ */
+function observedPrismaClient(databaseUrl: string, observe: (text: string, values: readonly unknown[]) => void): PrismaClient {
+  const pool = new pg.Pool({ connectionString: withPlannerOptions(databaseUrl), max: 5 });
+  const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
+  (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+    const q = args[0] as string | { text: string; values?: unknown[] };
+    if (typeof q === 'string') observe(q, (args[1] as unknown[] | undefined) ?? []);
+    else observe(q.text, q.values ?? []);
+    return query(...args);
+  };
+  return new PrismaClient({ adapter: new PrismaPg(pool) });
 }
 
 /** Starts a server; call close() in afterAll. */
@@ -69,7 +98,7 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
   services.depletionAlerts = new DepletionAlerts(); // as src/main.ts
   services.refusalTopUps = new RefusalTopUps();
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
-  const prisma = createPrismaClient(env.DATABASE_URL, 5, ledgerSessionLimits(env));
+  const prisma = options.onPrismaSql ? observedPrismaClient(env.DATABASE_URL, options.onPrismaSql) : createPrismaClient(env.DATABASE_URL, 5, ledgerSessionLimits(env));
   const onQuery = options.onPrismaQuery;
   // The extended client runs every query as the plain one does, after telling onQuery about it.
   const served = onQuery

@@ -86,11 +86,28 @@ function batchStatusWhere(statuses: readonly string[], now: Date): Prisma.Credit
   return { OR: or };
 }
 
-/** Prisma filter of the reservations whose status as shown (effectiveReservationStatus at `now`) is `status`: an ACTIVE hold past its expiresAt shows EXPIRED. */
-function reservationStatusWhere(status: string, now: Date): Prisma.ReservationWhereInput {
-  if (status === 'ACTIVE') return { status: 'ACTIVE', expiresAt: { gt: now } };
-  if (status === 'EXPIRED') return { OR: [{ status: 'EXPIRED' }, { status: 'ACTIVE', expiresAt: { lte: now } }] };
-  return { status: status as 'SETTLED' | 'RELEASED' };
+/**
+ * Prisma filters whose union is the reservations whose status as shown (effectiveReservationStatus
+ * at `now`) is one of `statuses`: an ACTIVE hold past its expiresAt shows EXPIRED. Each filter
+ * names one stored status, so each is one range of the index (account_id, status, created_at, id)
+ * read newest first up to the cap: a page of one status costs its rows, not the account's other
+ * holds. Disjoint: no hold matches two of them.
+ */
+function reservationStatusParts(statuses: readonly string[], now: Date): Prisma.ReservationWhereInput[] {
+  const parts: Prisma.ReservationWhereInput[] = [];
+  const wanted = new Set(statuses);
+  if (wanted.has('ACTIVE')) parts.push({ status: 'ACTIVE', expiresAt: { gt: now } });
+  if (wanted.has('EXPIRED')) parts.push({ status: 'EXPIRED' }, { status: 'ACTIVE', expiresAt: { lte: now } });
+  if (wanted.has('SETTLED')) parts.push({ status: 'SETTLED' });
+  if (wanted.has('RELEASED')) parts.push({ status: 'RELEASED' });
+  return parts;
+}
+
+/** Newest first (createdAt, then id, both descending): the order of Account.reservations. */
+function newestHoldFirst(x: { createdAt: Date; id: string }, y: { createdAt: Date; id: string }): number {
+  const byTime = y.createdAt.getTime() - x.createdAt.getTime();
+  // Prisma gives uuids in lowercase hex: their text order is PostgreSQL's uuid (byte) order.
+  return byTime !== 0 ? byTime : y.id < x.id ? -1 : y.id > x.id ? 1 : 0;
 }
 
 /** GraphQL node `Account` (contract), backed by the Prisma model Account; id is a Relay global id. */
@@ -235,8 +252,17 @@ export const AccountRef = builder.prismaNode('Account', {
         // The statuses as the API shows them (effectiveReservationStatus), filtered in SQL before the
         // cap, so an old ACTIVE hold is never cut by newer closed ones. Holds of one group-commit
         // transaction share createdAt: the id breaks the tie, so the order (and the cap) is stable.
-        const where = args.status && now ? { OR: [...new Set(args.status)].map((s) => reservationStatusWhere(s, now)) } : {};
-        return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: [{ createdAt: 'desc' }, { id: 'desc' }], take: ACCOUNT_RESERVATIONS_CAP });
+        // One statement per stored status, each the newest `cap` of one index range, merged here:
+        // an OR of statuses in one statement could only be read in order through the account's
+        // every hold (filtering out the others) or all of its holds of those statuses sorted, so a
+        // rare status cost the account's whole history (issue #6).
+        const order = [{ createdAt: 'desc' as const }, { id: 'desc' as const }];
+        if (!now) return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id }, orderBy: order, take: ACCOUNT_RESERVATIONS_CAP });
+        const parts = reservationStatusParts(args.status ?? [], now);
+        const pages = await Promise.all(
+          parts.map((where) => ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: order, take: ACCOUNT_RESERVATIONS_CAP })),
+        );
+        return pages.flat().sort(newestHoldFirst).slice(0, ACCOUNT_RESERVATIONS_CAP);
       },
     }),
     referralCode: t.exposeString('referralCode', { description: 'Code that a new account passes to redeemReferral.' }),
