@@ -27,9 +27,11 @@
 -- account's first entry). ledger_total_at itself is unchanged: reconcile uses it as the
 -- definition to check the stored opening against.
 --
--- balance_figures is otherwise exactly as migration 20261218090000_grants_period_indexes left it
--- (its `granted` term read through the period's indexes; a migration that redefines it again
--- must keep both terms).
+-- The same definition of balance_figures carries the `granted` term of migration
+-- 20261218090000_grants_period_indexes (the period's grants and voids through its two indexes,
+-- not one pass over every grant of the account); otherwise it is exactly as migration
+-- 20261216100000_period_credits_refund_rows left it. A migration that redefines it again must
+-- keep both terms.
 CREATE FUNCTION "ledger_opening_at"(p_account uuid, p_start timestamptz)
 RETURNS bigint LANGUAGE sql STABLE AS $$
   SELECT CASE
