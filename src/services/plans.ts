@@ -431,14 +431,22 @@ async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void
   // batches looked at: the ACTIVE ones and those drawn since `at`, by id (the conditions below
   // keep the same rows): matched on the account alone, every used-up batch of its history was
   // read at each roll (5,000: 5,018 rows against 18; test/integration/history-growth-audit.test.ts).
+  // Each candidate is fetched by its id in a LATERAL subquery of its own (OFFSET 0 keeps it one):
+  // written as `b.id = ANY(…) AND b.account_id = $1` in one scan, the planner could read the
+  // account's (account_id, status) range instead and filter the ids, and did so where the
+  // statistics said the account had few batches (the full suite's shared test database).
   const { rows } = await atx.tx.query(
     `WITH ${DRAWN_SINCE_CTE}
      SELECT b.id, b.remaining_micro_credits, COALESCE(s.drawn, 0) AS drawn_since
-       FROM credit_batches b LEFT JOIN since s ON s.batch_id = b.id
-      WHERE b.id = ANY (ARRAY(SELECT id FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE' UNION ALL SELECT batch_id FROM since))
-        AND b.account_id = $1 AND b.source = 'SUBSCRIPTION' AND b.added_at < $2 AND (b.expires_at IS NULL OR b.expires_at > $2)
-        AND (b.status = 'ACTIVE' OR (b.status IN ('EXHAUSTED', 'EXPIRED') AND s.drawn IS NOT NULL))
-      ORDER BY b.added_at, b.id FOR UPDATE OF b`,
+       FROM (SELECT DISTINCT id FROM unnest(ARRAY(SELECT id FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE'
+                                                  UNION ALL SELECT batch_id FROM since)) AS id) ids
+       CROSS JOIN LATERAL (SELECT c.id, c.remaining_micro_credits, c.status, c.added_at FROM credit_batches c
+                            WHERE c.id = ids.id AND c.account_id = $1 AND c.source = 'SUBSCRIPTION' AND c.added_at < $2
+                              AND (c.expires_at IS NULL OR c.expires_at > $2) AND c.status IN ('ACTIVE', 'EXHAUSTED', 'EXPIRED')
+                            OFFSET 0 FOR UPDATE) b
+       LEFT JOIN since s ON s.batch_id = b.id
+      WHERE b.status = 'ACTIVE' OR (b.status IN ('EXHAUSTED', 'EXPIRED') AND s.drawn IS NOT NULL)
+      ORDER BY b.added_at, b.id`,
     [atx.accountId, at],
   );
   const batches = rows.map((r) => {
@@ -474,7 +482,9 @@ async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void
  * plan_next_period_start, which says why that is the same rule), read through the partial index
  * plan_subscriptions_next_period_start WHERE active for the accounts on the wall clock, each told
  * from a test-mode one by the partial index accounts_test_mode (an anti-join); the test-mode
- * accounts (that index) are compared with their own clock, or `now` when they have none. The
+ * accounts (that index) are compared with their own clock, or `now` when they have none, each
+ * by a probe of its own subscription (OFFSET 0 keeps it one: joined, the planner read every
+ * subscription where test-mode accounts were many, as in the full suite's shared database). The
  * range is written `BETWEEN '-infinity' AND $1`, always true below, because a generic plan
  * (the ledger pool's) estimates a one-sided `<= $1` at a third of the index and reads the whole
  * table instead; a two-sided range is estimated small. Measured at 100,000 active plans (200,000
@@ -491,8 +501,10 @@ export async function findAccountsWithDuePeriods(pool: pg.Pool, now: Date, limit
         WHERE s.active AND s.next_period_start BETWEEN '-infinity' AND $1::timestamptz
           AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = s.account_id AND a.test_mode)
        UNION ALL
-       SELECT s.account_id, s.granted_period_start FROM accounts a JOIN plan_subscriptions s ON s.account_id = a.id
-        WHERE a.test_mode AND s.active AND s.next_period_start <= COALESCE(a.test_clock_at, $1::timestamptz)
+       SELECT a.id, s.granted_period_start FROM accounts a
+        CROSS JOIN LATERAL (SELECT s.granted_period_start FROM plan_subscriptions s
+                             WHERE s.account_id = a.id AND s.active AND s.next_period_start <= COALESCE(a.test_clock_at, $1::timestamptz) OFFSET 0) s
+        WHERE a.test_mode
      ) due ORDER BY granted_period_start, account_id
      LIMIT $2`,
     [now, limit],

@@ -263,9 +263,13 @@ describe('SIGTERM on the API running the workers in process, with a request and 
       const { run, elapsedMs } = outcome as TimedExit;
       expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
       expect(elapsedMs).toBeGreaterThanOrEqual(graceMs);
-      const lines = run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; unanswered?: number; jobs?: { name: string }[] });
+      const lines = run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; unanswered?: number; jobs?: { name: string; queue: string }[] });
       expect(lines.find((l) => l.msg.startsWith('shutdown grace period over'))?.unanswered, run.stdout).toBe(1);
-      expect(lines.find((l) => l.msg.includes('did not let the workers close in time'))?.jobs?.map((j) => j.name), run.stdout).toEqual(['deliver-webhook']);
+      // The held job is named. A maintenance job the workers started at boot (reconcile-ledger
+      // checks every account changed in the last 15 minutes: in the full suite's shared database,
+      // thousands) may still be running too, and is then named as well: that is not the point here.
+      const named = lines.find((l) => l.msg.includes('did not let the workers close in time'))?.jobs ?? [];
+      expect(named.filter((j) => j.queue !== 'maintenance').map((j) => j.name), run.stdout).toEqual(['deliver-webhook']);
       // The charge was cut without an answer, and its transaction rolled back (its session ended
       // with the process): its client's retry with the same key charges it once.
       expect(await answer).toMatchObject({ noAnswer: expect.any(String) });
