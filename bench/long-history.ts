@@ -37,6 +37,7 @@ import { credits } from '../src/ledger/credits.js';
 import { planReplay, llmQuantities } from '../demo/plan.js';
 import { demoPriceBook } from '../demo/price-book.js';
 import type { ServiceContext } from '../src/services/context.js';
+import { insertLedgerHistory } from './perf/ledger-history.js';
 
 const { values } = parseArgs({
   options: {
@@ -85,17 +86,7 @@ async function main(): Promise<void> {
   anchor.setUTCHours(0, 0, 0, 0);
   await pool.query('UPDATE accounts SET billing_anchor_at = $2, created_at = $2 WHERE id = $1', [accountId, anchor]);
   const t0 = performance.now();
-  const chunk = 250_000;
-  for (let done = 0; done < ENTRIES; done += chunk) {
-    const n = Math.min(chunk, ENTRIES - done);
-    await pool.query(
-      `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, note, created_at)
-       SELECT gen_random_uuid(), $1, 'ADJUST', CASE WHEN (g % 2) = 0 THEN 1000 ELSE -1000 END, b.total_micro_credits, 'bench history',
-              $2::timestamptz + (($3::bigint + g) * interval '1 second' * (365 * 86400.0 / $4::bigint))
-         FROM generate_series(0, $5::bigint - 1) AS g, balances b WHERE b.account_id = $1`,
-      [accountId, anchor, done, Math.max(ENTRIES, 1), n],
-    );
-  }
+  await insertLedgerHistory(pool, accountId, anchor, ENTRIES, 365);
   if (GRANTS > 0) {
     await pool.query(
       `WITH g AS (

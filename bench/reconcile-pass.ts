@@ -28,6 +28,7 @@ import { credits } from '../src/ledger/credits.js';
 import { planReplay, llmQuantities } from '../demo/plan.js';
 import { demoPriceBook } from '../demo/price-book.js';
 import type { ServiceContext } from '../src/services/context.js';
+import { insertLedgerHistory } from './perf/ledger-history.js';
 import { dropDatabase, recreateDatabase } from './perf/scratch-db.js';
 
 const { values } = parseArgs({
@@ -64,17 +65,7 @@ async function main(): Promise<void> {
   await grantCredits(ctx, { accountId, amountMicroCredits: credits(1_000_000), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'paid' });
   const yearAgo = new Date(Date.now() - 365 * 86_400_000);
   const t0 = performance.now();
-  const chunk = 250_000;
-  for (let done = 0; done < ENTRIES; done += chunk) {
-    const n = Math.min(chunk, ENTRIES - done);
-    await pool.query(
-      `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, note, created_at)
-       SELECT gen_random_uuid(), $1, 'ADJUST', CASE WHEN (g % 2) = 0 THEN 1000 ELSE -1000 END, b.total_micro_credits, 'bench history',
-              $2::timestamptz + (($3::bigint + g) * interval '1 second' * (360 * 86400.0 / $4::bigint))
-         FROM generate_series(0, $5::bigint - 1) AS g, balances b WHERE b.account_id = $1`,
-      [accountId, yearAgo, done, Math.max(ENTRIES, 1), n],
-    );
-  }
+  await insertLedgerHistory(pool, accountId, yearAgo, ENTRIES, 360);
   const trace = planReplay('azure');
   let key = 0;
   const charge = () => {
