@@ -73,6 +73,7 @@ import { DepletionAlerts } from '../../src/services/depletion-alerts.js';
 import { RefusalTopUps } from '../../src/services/refusal-top-ups.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import { credits } from '../../src/ledger/credits.js';
+import { OneTransactionPool, rowsReadInTransaction } from '../setup/rows-read.js';
 
 /** Tables whose rows grow with an account's history. */
 const HISTORY_TABLES = [
@@ -93,72 +94,6 @@ const HISTORY_TABLES = [
   'usage_rollups_hourly',
   'usage_rollups_monthly',
 ] as const;
-
-/**
- * A pg.Pool of one connection, all of whose transactions are savepoints of one transaction of
- * `client` (BEGIN, COMMIT and ROLLBACK become SAVEPOINT, RELEASE SAVEPOINT and ROLLBACK TO
- * SAVEPOINT; a COMMIT answers with its usual command tag, as withTransaction checks). Connections
- * are handed out one at a time, as a pool of 1.
- */
-class OneTransactionPool {
-  private queue: Promise<void> = Promise.resolve();
-
-  constructor(private readonly client: pg.PoolClient) {}
-
-  async connect(): Promise<pg.PoolClient> {
-    const prev = this.queue;
-    let free!: () => void;
-    this.queue = new Promise<void>((resolve) => (free = resolve));
-    await prev;
-    const c = this.client;
-    const query = (q: unknown, ...rest: unknown[]): Promise<unknown> => {
-      const text = typeof q === 'string' ? q : (q as { text?: string } | null)?.text;
-      if (text === 'BEGIN') return c.query('SAVEPOINT op');
-      if (text === 'COMMIT') return c.query('RELEASE SAVEPOINT op').then((r) => ({ ...r, command: 'COMMIT' }));
-      if (text === 'ROLLBACK') return c.query('ROLLBACK TO SAVEPOINT op');
-      return (c.query as (...a: unknown[]) => Promise<unknown>)(q, ...rest);
-    };
-    return new Proxy(c, {
-      get(target, prop) {
-        if (prop === 'query') return query;
-        if (prop === 'release') return () => free();
-        const v = Reflect.get(target, prop) as unknown;
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-      },
-    });
-  }
-
-  async query(...args: unknown[]): Promise<unknown> {
-    const c = await this.connect();
-    try {
-      return await (c.query as (...a: unknown[]) => Promise<unknown>)(...args);
-    } finally {
-      c.release();
-    }
-  }
-}
-
-/** Rows read per table so far by this backend's transaction: heap rows (`t`) and index entries (`i`). */
-async function counters(c: pg.PoolClient): Promise<Map<string, number>> {
-  // The deferred balance invariant of the changes so far runs now, so it is counted with them.
-  await c.query('SET CONSTRAINTS ALL IMMEDIATE');
-  await c.query('SET CONSTRAINTS ALL DEFERRED');
-  const { rows } = await c.query(
-    `SELECT t.relname, COALESCE(t.seq_tup_read, 0) + COALESCE(t.idx_tup_fetch, 0) AS t,
-            (SELECT COALESCE(sum(pg_stat_get_xact_tuples_returned(x.indexrelid)), 0) FROM pg_index x WHERE x.indrelid = t.relid) AS i,
-            pg_stat_get_xact_blocks_fetched(t.relid)
-              + (SELECT COALESCE(sum(pg_stat_get_xact_blocks_fetched(x.indexrelid)), 0) FROM pg_index x WHERE x.indrelid = t.relid) AS b
-       FROM pg_stat_xact_user_tables t WHERE t.relname = ANY($1)`,
-    [HISTORY_TABLES],
-  );
-  const out = new Map<string, number>();
-  for (const r of rows) {
-    out.set(`${r.relname}`, Number(r.t));
-    out.set(`${r.relname} (index entries)`, Number(r.i));
-    out.set(`${r.relname} (blocks)`, Number(r.b));
-  }
-  return out;
-}
 
 /**
  * Inserts a year of history for `accountId` (see the module comment), dated in the 12 billing
@@ -416,9 +351,9 @@ beforeAll(async () => {
         },
       };
       const measure = async (op: Op) => {
-        const before = await counters(client);
+        const before = await rowsReadInTransaction(client, HISTORY_TABLES);
         await run[op]();
-        const after = await counters(client);
+        const after = await rowsReadInTransaction(client, HISTORY_TABLES);
         const read = new Map([...after].map(([t, v]) => [t, v - (before.get(t) ?? 0)]));
         const pair = measured.get(op) ?? [new Map(), new Map()];
         pair[n] = read;
