@@ -76,7 +76,14 @@ export interface AccountStatement {
  * balance row's total (the ledger sum, by the ledger invariant the database checks at every
  * COMMIT) and the remaining credit of ACTIVE batches past expiresAt by now (due expiries not
  * recorded yet) by where their expiresAt falls (-1: at or before the start, 0: in (start, end],
- * 1: later).
+ * 1: later). Those batches are matched with `COALESCE(expires_at, 'infinity') <= $4` (the same
+ * rows: a batch without an expiry never expires), which only the account's (account_id, status)
+ * index can serve: `expires_at <= $4` alone also matches the sweep's partial index of every
+ * account's expiring batches (credit_batches_active_expiry), which the generic plan took while
+ * the statistics counted few of them, and then read every account's batches due by the account's
+ * now (453 rows for one statement, after 50,000 other accounts' batches came:
+ * test/integration/neighbour-growth-audit.test.ts; expire-due.ts applyExpiries has the same
+ * guard).
  *
  * `range` chooses the entries read: 'after' those dated from the period start on (the opening is
  * then the total less what is dated after the start), 'before' those dated up to the period end
@@ -98,7 +105,7 @@ function statementSql(range: 'after' | 'before'): string {
     ), due AS (
       SELECT CASE WHEN expires_at <= $2 THEN -1 WHEN expires_at <= $3 THEN 0 ELSE 1 END AS bucket,
              SUM(remaining_micro_credits)::text AS amount
-        FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at <= $4
+        FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE' AND COALESCE(expires_at, 'infinity') <= $4
        GROUP BY 1
     )
     SELECT bal.total_micro_credits::text AS total,

@@ -96,6 +96,14 @@ export async function advanceTestClock(ctx: ServiceContext, accountId: string, t
  * (batches of auto top-ups) are not known here, so the count is a lower bound of the walk's
  * steps, exact without auto top-ups. Period ends are listed up to MAX_TEST_CLOCK_STEPS + 1, so
  * the answer is exact up to that cap and some number above it beyond.
+ *
+ * The account's batches are matched on `COALESCE(expires_at, 'infinity')` (the same rows: a batch
+ * without an expiry is never due), here and in nextDueAfter, so that only the account's
+ * (account_id, status) index can serve them: a plain `expires_at > $2` also matches the sweep's
+ * partial index of every account's expiring batches (credit_batches_active_expiry), which the
+ * ledger pool's generic plan took while the statistics counted few of them, and then read every
+ * account's batches expiring in the window (16,673 rows for one advance of an hour, after 50,000
+ * other accounts' batches came: test/integration/neighbour-growth-audit.test.ts).
  */
 export async function plannedSteps(ctx: Pick<ServiceContext, 'pool'>, accountId: string, from: Date, to: Date): Promise<number> {
   const { rows } = await ctx.pool.query(
@@ -116,7 +124,8 @@ export async function plannedSteps(ctx: Pick<ServiceContext, 'pool'>, accountId:
      SELECT count(*)::int AS steps FROM (
        SELECT ((anchor AT TIME ZONE 'UTC') + make_interval(months => m + k)) AT TIME ZONE 'UTC' AS at
          FROM months, generate_series(1, LEAST(n, $4::int + 1)) k
-       UNION SELECT expires_at FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2 AND expires_at <= $3
+       UNION SELECT expires_at FROM credit_batches
+              WHERE account_id = $1 AND status = 'ACTIVE' AND COALESCE(expires_at, 'infinity') > $2 AND COALESCE(expires_at, 'infinity') <= $3
        UNION SELECT expires_at FROM reservations WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2 AND expires_at <= $3
        UNION SELECT $3::timestamptz
      ) due`,
@@ -125,11 +134,19 @@ export async function plannedSteps(ctx: Pick<ServiceContext, 'pool'>, accountId:
   return rows[0].steps as number;
 }
 
-/** The first instant after `clock` at which something is due on the account, or null. */
+/**
+ * The first instant after `clock` at which something is due on the account, or null. The batches'
+ * MIN is taken over a subquery (OFFSET 0): on the table itself PostgreSQL rewrites MIN(expires_at)
+ * as `expires_at IS NOT NULL ORDER BY expires_at LIMIT 1` (PostgreSQL docs, "Aggregate Functions":
+ * min/max use an index), which the partial index of every account's expiring batches serves, and
+ * the generic plan walked it past every other account's batch (17,100 rows in
+ * test/integration/neighbour-growth-audit.test.ts); see plannedSteps for the COALESCE.
+ */
 async function nextDueAfter(ctx: ServiceContext, accountId: string, clock: Date): Promise<Date | null> {
   const { rows } = await ctx.pool.query(
     `SELECT LEAST(
-       (SELECT MIN(expires_at) FROM credit_batches WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2),
+       (SELECT MIN(b.expires_at) FROM (SELECT expires_at FROM credit_batches
+                                        WHERE account_id = $1 AND status = 'ACTIVE' AND COALESCE(expires_at, 'infinity') > $2 OFFSET 0) b),
        (SELECT MIN(expires_at) FROM reservations WHERE account_id = $1 AND status = 'ACTIVE' AND expires_at > $2),
        (SELECT p.period_end FROM plan_subscriptions s JOIN accounts a ON a.id = s.account_id,
                LATERAL billing_period(a.billing_anchor_at, $2) p

@@ -1,0 +1,394 @@
+/**
+ * Issue #6, "a hot shared pool that scales": one account's operations must read that account's
+ * rows, whatever the other accounts' rows do, and whatever the planner statistics said when the
+ * plans were made. The ledger's connections plan generically (db/pg.ts LEDGER_SESSION_OPTIONS)
+ * and keep a named statement's plan until an ANALYZE of its tables; autovacuum runs that ANALYZE
+ * only when a tenth of a table changed (PostgreSQL docs, "The Autovacuum Daemon",
+ * autovacuum_analyze_scale_factor), so in a big table the statistics can say "no batch expires,
+ * no payment is pending, no webhook is sending" long after a campaign or an outage made
+ * thousands of them. A statement that one account's condition bounds, but whose other
+ * condition also matches a global index (the expiring ACTIVE batches of every account, pending
+ * payments, recent rows by seq or created_at), may be planned on that global index while it is
+ * small, and then read every account's rows in it once it is not. The fresh-clone CI of 842282e
+ * found four of those by chance (applyExpiries read 120,040 index entries for one account's roll);
+ * this audit looks for them on purpose.
+ *
+ * A database of its own (`<test database>_neighbours`, autovacuum off for its tables, so no
+ * ANALYZE runs but the test's own), in three phases, the same operations on the same two
+ * accounts each time, counting the rows each reads per table (test/setup/rows-read.ts:
+ * pg_stat_xact_user_tables, index entries, pages):
+ * 1. **quiet**: 500 other accounts with a few rows each in every table that grows, none of
+ *    them in a global index's subset (paid batches that never expire, payments settled long
+ *    ago, closed holds, delivered webhooks, rows of two months ago); ANALYZE; the operations run
+ *    once unmeasured (their generic plans made under these statistics), then measured.
+ * 2. **stale**: 2,000 more accounts, 25 rows each per table, all of them in those subsets
+ *    (ACTIVE batches expiring within 30 days, PENDING and refunded payments, active holds,
+ *    SENDING webhooks, pending top-ups, events with debt, rows of the last day), committed by
+ *    another connection, and no ANALYZE: the plans and statistics of phase 1 stay.
+ * 3. **analyzed**: ANALYZE (which re-plans every statement on its next execution), measured again.
+ *
+ * Each operation may read in phases 2 and 3 what it read in phase 1 plus SLACK per table: the
+ * other accounts' 50,000 new rows per table are never its to read.
+ *
+ * The measured accounts' operations run in ONE transaction of one connection of a ledger pool
+ * (test/setup/rows-read.ts OneTransactionPool), as in history-growth-audit.test.ts, so each
+ * count reads only this backend's counters; the other connection's rows are committed, so they
+ * are visible to each statement of it (READ COMMITTED).
+ *
+ * Findings when this audit was written: see the `it` blocks' names and the commit that added it.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { createTestServices, type TestServices } from '../setup/services.js';
+import { createFundedAccount } from '../factories/accounts.js';
+import { applyCharge, chargeAccounts, recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
+import { reserveCredits } from '../../src/services/reserve-credits.js';
+import { settleReservation } from '../../src/services/settle-reservation.js';
+import { releaseReservation } from '../../src/services/release-reservation.js';
+import { readBalance } from '../../src/services/read-balance.js';
+import { readAccountStatement } from '../../src/services/account-statement.js';
+import { usageHistory, usageSummary } from '../../src/services/usage-summary.js';
+import { refundUsage } from '../../src/services/refund-usage.js';
+import { grantCredits } from '../../src/services/grant-credits.js';
+import { advanceTestClock } from '../../src/services/test-clock.js';
+import { setSpendingBudget } from '../../src/services/spending-budgets.js';
+import { GroupCommitter } from '../../src/services/group-commit.js';
+import { DepletionAlerts } from '../../src/services/depletion-alerts.js';
+import { RefusalTopUps } from '../../src/services/refusal-top-ups.js';
+import type { ServiceContext } from '../../src/services/context.js';
+import { credits } from '../../src/ledger/credits.js';
+import { OneTransactionPool, rowsReadInTransaction } from '../setup/rows-read.js';
+import { TEST_DATABASE_URL } from '../setup/env.js';
+import { createTestDatabase, databaseNameOf, dropTestDatabase, withDatabaseName } from '../setup/test-database.js';
+
+/** Tables whose rows grow with the number of accounts and their history. */
+const GROWING_TABLES = [
+  'accounts',
+  'balances',
+  'payments',
+  'credit_grants',
+  'credit_alerts',
+  'auto_top_ups',
+  'refund_credits',
+  'reservations',
+  'credit_batches',
+  'ledger_entries',
+  'usage_events',
+  'drawdowns',
+  'budget_spend',
+  'webhook_deliveries',
+  'audit_events',
+] as const;
+
+/** Other accounts in phase 1, and rows of each per table. */
+const QUIET_ACCOUNTS = 3_000;
+const QUIET_ROWS = 4;
+/** Accounts added before phase 2, and rows of each per table (50,000 per table). */
+const GROWTH_ACCOUNTS = 2_000;
+const GROWTH_ROWS = 25;
+
+/**
+ * Rows or index entries an operation may read in a later phase beyond what it read in phase 1,
+ * per table. The measured accounts' own rows grow with each phase: its ledger entries of the
+ * period (+15 per phase for the account statement), and in this one long transaction the index
+ * entries of its holds' and account row's earlier versions, which no VACUUM can remove yet (the
+ * active-holds index: +9 to +29 per phase). Reading the other accounts' new rows reads thousands:
+ * at least one per grown account (GROWTH_ACCOUNTS) for a read of the accounts or balances, 453 to
+ * 16,673 for the walks of the expiring batches' index found (see the module comment).
+ */
+const SLACK = 100;
+
+const DB_URL = withDatabaseName(TEST_DATABASE_URL, `${databaseNameOf(TEST_DATABASE_URL)}_neighbours`);
+
+/**
+ * Inserts `accounts` accounts with `rows` rows each in every table of GROWING_TABLES (and
+ * drawdowns), committed, through `admin` (triggers and foreign-key checks off: the rows are only
+ * there to be in the tables and their indexes). `due`: every row in the subsets global indexes
+ * keep (ACTIVE batches expiring within 30 days, PENDING and refunded payments, ACTIVE holds,
+ * SENDING webhook attempts, PENDING top-ups, events with debt), dated in the last day; else none
+ * of them (batches used up, payments settled, holds settled, webhooks delivered), dated two
+ * months ago.
+ */
+async function addOtherAccounts(admin: pg.Client, accounts: number, rows: number, due: boolean): Promise<void> {
+  const at = due ? `now() - random() * interval '1 day'` : `now() - interval '60 days' - random() * interval '1 day'`;
+  await admin.query('BEGIN');
+  await admin.query('SET LOCAL session_replication_role = replica');
+  await admin.query(
+    `CREATE TEMP TABLE n_acc ON COMMIT DROP AS
+     SELECT gen_random_uuid() AS id, 'neighbour-' || gen_random_uuid() AS ext, ${at} AS t FROM generate_series(1, $1)`,
+    [accounts],
+  );
+  await admin.query(
+    `CREATE TEMP TABLE n_row ON COMMIT DROP AS
+     SELECT a.id AS account_id, k, gen_random_uuid() AS grant_id, gen_random_uuid() AS batch_id, gen_random_uuid() AS event_id,
+            gen_random_uuid() AS payment_id, ${at} AS t
+       FROM n_acc a, generate_series(1, $1) k`,
+    [rows],
+  );
+  await admin.query(
+    `INSERT INTO accounts (id, external_id, name, kind, referral_code, created_at, billing_anchor_at)
+     SELECT id, ext, 'neighbour', 'ORGANIZATION', ext, t - interval '90 days', t - interval '90 days' FROM n_acc`,
+  );
+  await admin.query(
+    `INSERT INTO balances (account_id, total_micro_credits, updated_at, opening_period_start, opening_total_micro_credits, opening_period_end)
+     SELECT id, 0, t, date_trunc('day', t), 0, date_trunc('day', t) + interval '1 month' FROM n_acc`,
+  );
+  await admin.query(
+    `INSERT INTO credit_grants (id, account_id, source, type, amount_micro_credits, idempotency_key, request_hash, created_at)
+     SELECT grant_id, account_id, ${due ? `'WELCOME_BONUS', 'FREE'` : `'PURCHASE', 'PAID'`}, 1000000, 'n-g-' || grant_id, 'x', t FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO credit_batches (id, account_id, grant_id, type, source, allocated_micro_credits, remaining_micro_credits, added_at, expires_at, status, updated_at)
+     SELECT batch_id, account_id, grant_id, ${
+       due
+         ? `'FREE', 'WELCOME_BONUS', 1000000, 1000000, t, t + interval '1 minute' + random() * interval '60 days', 'ACTIVE'`
+         : `'PAID', 'PURCHASE', 1000000, 0, t, NULL, 'EXHAUSTED'`
+     }, t FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, batch_id, created_at)
+     SELECT gen_random_uuid(), account_id, 'GRANT', 1000000, 1000000, batch_id, t FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO usage_events (id, account_id, idempotency_key, request_hash, occurred_at, recorded_at, category, agent_id, units, cost_micro_credits, lines, price_book_version, debt_micro_credits)
+     SELECT event_id, account_id, 'n-u-' || event_id, 'x', t, t, 'units', 'agent-1', 1, 1000000, '[]', (SELECT max(version) FROM price_books), ${due ? 'CASE WHEN k % 5 = 0 THEN 1000 ELSE 0 END' : '0'} FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO ledger_entries (id, account_id, type, amount_micro_credits, balance_after_micro_credits, usage_event_id, created_at)
+     SELECT gen_random_uuid(), account_id, 'CONSUME', -1000000, 0, event_id, t FROM n_row`,
+  );
+  await admin.query(`INSERT INTO drawdowns (id, usage_event_id, batch_id, position, amount_micro_credits) SELECT gen_random_uuid(), event_id, batch_id, 0, 1000000 FROM n_row`);
+  await admin.query(
+    `INSERT INTO refund_credits (usage_event_id, left_at, account_id, refunded_at, amount_micro_credits) SELECT event_id, t, account_id, t + interval '1 minute', 1000 FROM n_row WHERE k % ${due ? 5 : 2} = 0`,
+  );
+  await admin.query(
+    `INSERT INTO reservations (id, account_id, amount_micro_credits, consumed_micro_credits, status, expires_at, created_at, closed_at, idempotency_key, request_hash, agent_id)
+     SELECT gen_random_uuid(), account_id, 3000000, ${
+       due ? `0, 'ACTIVE', t + interval '1 minute' + random() * interval '1 day', t, NULL` : `2000000, 'SETTLED', t + interval '1 hour', t, t + interval '10 minutes'`
+     }, 'n-r-' || event_id, 'x', 'agent-1' FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO payments (id, account_id, purpose, idempotency_key, pack_id, amount_usd, payment_method_ref, status, provider_ref, grant_id, created_at, updated_at, last_sent_at, refunded_cents, refunded_at)
+     SELECT payment_id, account_id, 'PURCHASE', 'n-p-' || payment_id, (SELECT id FROM credit_packs LIMIT 1), 10, 'pm_1', ${
+       due
+         ? `CASE WHEN k % 2 = 0 THEN 'PENDING' ELSE 'SUCCEEDED' END, 'pi_' || payment_id, CASE WHEN k % 2 = 0 THEN NULL ELSE grant_id END, t, t, t,
+            CASE WHEN k % 2 = 0 THEN 0 ELSE 500 END, CASE WHEN k % 2 = 0 THEN NULL ELSE t END`
+         : `'SUCCEEDED', 'pi_' || payment_id, grant_id, t, t, t, 0, NULL`
+     } FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO auto_top_ups (id, account_id, period_start, status, attempts, created_at, finished_at)
+     SELECT gen_random_uuid(), account_id, date_trunc('day', t), ${due ? `CASE WHEN k = 1 THEN 'PENDING' ELSE 'FAILED' END, 1, t, CASE WHEN k = 1 THEN NULL ELSE t END` : `'FAILED', 3, t, t`} FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO credit_alerts (id, account_id, threshold, percent_remaining, available_micro_credits, period_start, created_at)
+     SELECT gen_random_uuid(), account_id, k, k, 0, date_trunc('day', t), t FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO webhook_deliveries (id, event_type, event_id, account_id, url, attempt, status, response_code, created_at)
+     SELECT gen_random_uuid(), 'credit_alert.raised', event_id::text, account_id, 'https://example.com/hook', 1, ${due ? `'SENDING', NULL` : `'DELIVERED', 200`}, t FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO audit_events (id, created_at, actor_kind, actor_name, action, account_id, subject_type, subject_id)
+     SELECT gen_random_uuid(), t, 'system', 'neighbour', 'auto_top_up.updated', account_id, 'auto_top_up', account_id FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO budget_spend (account_id, subject_kind, subject_id, period_start, spent_micro_credits)
+     SELECT account_id, 'AGENT', 'agent-' || k, date_trunc('day', t), 1000 FROM n_row`,
+  );
+  await admin.query('COMMIT');
+}
+
+/** The operations measured, in the order they run in each phase (each can run again in the next). */
+const OPS = [
+  'recordUsage (naive)',
+  'recordUsage (group commit)',
+  'recordUsageBatch (3 items)',
+  'reserveCredits (naive)',
+  'capture: recordUsage with reservationId (naive)',
+  'settleReservation (naive)',
+  'reserveCredits (group commit)',
+  'capture: recordUsage with reservationId (group commit)',
+  'settleReservation (group commit)',
+  'reserveCredits then releaseReservation',
+  'readBalance (Account.balance)',
+  'refusal for lack of credit',
+  'refundUsage',
+  'grantCredits (FREE, expiring in 30 days)',
+  'readAccountStatement (current period)',
+  'usageSummary [CATEGORY, TIER, MODEL] (current period)',
+  'usageHistory(12)',
+  'advanceTestClock by an hour (test-mode account)',
+] as const;
+type Op = (typeof OPS)[number];
+const PHASES = ['quiet', 'stale', 'analyzed'] as const;
+type Phase = (typeof PHASES)[number];
+
+/** Rows read per phase, operation and table key (rows-read.ts rowsReadInTransaction). */
+const measured = new Map<Phase, Map<Op, Map<string, number>>>();
+/** What the setup saw, checked by the first test. */
+const seen: Record<string, unknown> = {};
+
+let s: TestServices;
+let prices: TestServices;
+let admin: pg.Client;
+
+beforeAll(async () => {
+  await createTestDatabase(DB_URL);
+  admin = new pg.Client({ connectionString: DB_URL });
+  await admin.connect();
+  // Only this test's ANALYZEs run on these tables.
+  for (const t of [...GROWING_TABLES, 'usage_rollups_hourly', 'usage_rollups_monthly']) await admin.query(`ALTER TABLE ${t} SET (autovacuum_enabled = false)`);
+  await admin.query(`INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES (gen_random_uuid(), 'neighbours', 100000000, 100)`);
+  await addOtherAccounts(admin, QUIET_ACCOUNTS, QUIET_ROWS, false);
+
+  s = createTestServices(1, DB_URL);
+  prices = createTestServices(1, DB_URL);
+  const client = await s.pool.connect();
+  try {
+    expect((await client.query('SHOW plan_cache_mode')).rows[0].plan_cache_mode).toBe('force_generic_plan');
+    await client.query('BEGIN');
+    const pool = new OneTransactionPool(client) as unknown as pg.Pool;
+    const ctx: ServiceContext = { ...s, pool, pricing: prices.pricing, depletionAlerts: new DepletionAlerts(), refusalTopUps: new RefusalTopUps() };
+    const grouped: ServiceContext = { ...ctx, groupCommit: new GroupCommitter(pool, s.clock, chargeAccounts, applyCharge, { maxTransactions: 1 }) };
+
+    const accountId = await createFundedAccount(ctx, { paid: 100_000, free: 100, freeExpiresAt: new Date(Date.now() + 20 * 86_400_000) });
+    const testAccountId = await createFundedAccount(ctx, { paid: 1_000, free: 100, freeExpiresAt: new Date(Date.now() + 20 * 86_400_000), testClockStart: new Date() });
+    const packId = (await client.query(`SELECT id FROM credit_packs WHERE name = 'neighbours'`)).rows[0].id as string;
+    await client.query(`INSERT INTO payment_methods (account_id, provider, reference) VALUES ($1, 'test', 'pm_1')`, [accountId]);
+    // Above the account's credit: every balance change runs the top-up check.
+    await client.query(`INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period) VALUES ($1, true, $2, $3, 100)`, [
+      accountId,
+      credits(500_000).toString(),
+      packId,
+    ]);
+    await setSpendingBudget(ctx, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(1_000_000) });
+
+    let k = 0;
+    const charge = (units: number, extra: Record<string, unknown> = {}) => ({
+      accountId,
+      idempotencyKey: `charge-${k++}`,
+      category: 'units',
+      quantities: { units: String(units) },
+      agentId: 'agent-1',
+      ...extra,
+    });
+    let hold = '';
+    let lastEventId = '';
+    const reserve = async (c: ServiceContext) =>
+      (await reserveCredits(c, { accountId, amountMicroCredits: credits(5), ttlSeconds: 600, idempotencyKey: `hold-${k++}`, agentId: 'agent-1' })).reservationId;
+    const run: Record<Op, () => Promise<unknown>> = {
+      'recordUsage (naive)': async () => {
+        lastEventId = (await recordUsage(ctx, charge(1))).eventId;
+      },
+      'recordUsage (group commit)': () => recordUsage(grouped, charge(1)),
+      'recordUsageBatch (3 items)': () => recordUsageBatch(ctx, [charge(1), charge(1), charge(1)], { maxItems: 10 }),
+      'reserveCredits (naive)': async () => {
+        hold = await reserve(ctx);
+      },
+      'capture: recordUsage with reservationId (naive)': () => recordUsage(ctx, charge(1, { reservationId: hold })),
+      'settleReservation (naive)': () => settleReservation(ctx, hold, []),
+      'reserveCredits (group commit)': async () => {
+        hold = await reserve(grouped);
+      },
+      'capture: recordUsage with reservationId (group commit)': () => recordUsage(grouped, charge(1, { reservationId: hold })),
+      'settleReservation (group commit)': () => settleReservation(grouped, hold, []),
+      'reserveCredits then releaseReservation': async () => releaseReservation(ctx, await reserve(ctx)),
+      'readBalance (Account.balance)': () => readBalance(pool, accountId, s.clock()),
+      'refusal for lack of credit': () =>
+        recordUsage(ctx, charge(500_000)).then(
+          () => (seen.refusal = 'charged'),
+          (e: { code?: string }) => (seen.refusal = e.code),
+        ),
+      refundUsage: () => refundUsage(ctx, lastEventId, 'audit'),
+      'grantCredits (FREE, expiring in 30 days)': () =>
+        grantCredits(ctx, {
+          accountId,
+          amountMicroCredits: credits(1),
+          type: 'FREE',
+          source: 'PROMO_CODE',
+          expiresAt: new Date(Date.now() + 30 * 86_400_000),
+          reference: null,
+          idempotencyKey: `grant-${k++}`,
+        }),
+      'readAccountStatement (current period)': () => readAccountStatement(pool, accountId, s.clock(), null),
+      'usageSummary [CATEGORY, TIER, MODEL] (current period)': async () => {
+        const now = s.clock();
+        return usageSummary(pool, accountId, { from: new Date(now.getTime() - 20 * 86_400_000), to: now }, ['CATEGORY', 'TIER', 'MODEL']);
+      },
+      'usageHistory(12)': () => usageHistory(pool, accountId, s.clock(), 12),
+      'advanceTestClock by an hour (test-mode account)': async () => {
+        const { rows } = await client.query('SELECT test_clock_at FROM accounts WHERE id = $1', [testAccountId]);
+        return advanceTestClock(ctx, testAccountId, new Date((rows[0].test_clock_at as Date).getTime() + 3_600_000));
+      },
+    };
+    const measure = async (phase: Phase) => {
+      const byOp = new Map<Op, Map<string, number>>();
+      for (const op of OPS) {
+        const before = await rowsReadInTransaction(client, GROWING_TABLES);
+        await run[op]();
+        const after = await rowsReadInTransaction(client, GROWING_TABLES);
+        byOp.set(op, new Map([...after].map(([t, v]) => [t, v - (before.get(t) ?? 0)])));
+      }
+      measured.set(phase, byOp);
+    };
+
+    // Phase 1: statistics of the quiet database (the measured accounts' rows are this
+    // transaction's, so uncounted: a few rows); the operations' plans made under them.
+    await admin.query(`ANALYZE ${GROWING_TABLES.join(', ')}`);
+    for (const op of OPS) await run[op]();
+    await measure('quiet');
+
+    // Phase 2: the other accounts' rows grow; the plans and statistics stay.
+    await addOtherAccounts(admin, GROWTH_ACCOUNTS, GROWTH_ROWS, true);
+    const { rows: stale } = await admin.query(
+      `SELECT relname, n_mod_since_analyze::int AS changed FROM pg_stat_user_tables WHERE relname IN ('credit_batches', 'payments', 'webhook_deliveries') ORDER BY relname`,
+    );
+    seen.changedSinceAnalyze = stale;
+    await measure('stale');
+
+    // Phase 3: statistics of the grown database; every statement re-planned.
+    await admin.query(`ANALYZE ${GROWING_TABLES.join(', ')}`);
+    await measure('analyzed');
+  } finally {
+    await client.query('ROLLBACK').catch(() => undefined);
+    client.release();
+  }
+}, 600_000);
+
+afterAll(async () => {
+  await s?.close();
+  await prices?.close();
+  await admin?.end();
+  await dropTestDatabase(DB_URL);
+  if (process.env.NEIGHBOUR_AUDIT_PRINT) {
+    for (const op of OPS) {
+      const [q, st, an] = PHASES.map((p) => measured.get(p)?.get(op) ?? new Map<string, number>()) as [Map<string, number>, Map<string, number>, Map<string, number>];
+      const keys = [...new Set([...q.keys(), ...st.keys(), ...an.keys()])].filter((t) => (q.get(t) ?? 0) + (st.get(t) ?? 0) + (an.get(t) ?? 0) > 0).sort();
+      console.log(`${op}: ${keys.map((t) => `${t} ${q.get(t) ?? 0}/${st.get(t) ?? 0}/${an.get(t) ?? 0}`).join(', ')}`);
+    }
+  }
+});
+
+describe("rows read per operation: the other accounts' new rows are not read, under stale or fresh statistics", () => {
+  it('the scenario ran as meant (statistics stale in phase 2, a refusal for lack of credit)', () => {
+    expect(seen.refusal).toBe('INSUFFICIENT_CREDITS');
+    const changed = seen.changedSinceAnalyze as { relname: string; changed: number }[];
+    expect(changed.map((r) => r.relname)).toEqual(['credit_batches', 'payments', 'webhook_deliveries']);
+    for (const r of changed) expect(r.changed).toBeGreaterThanOrEqual(GROWTH_ACCOUNTS * GROWTH_ROWS);
+  });
+
+  for (const op of OPS) {
+    for (const phase of ['stale', 'analyzed'] as const) {
+      it(`${op}: ${phase} statistics`, () => {
+        const quiet = measured.get('quiet')!.get(op)!;
+        const later = measured.get(phase)!.get(op)!;
+        const grew = [...later]
+          .filter(([key]) => !key.endsWith('(blocks)'))
+          .map(([key, n]) => ({ key, quiet: quiet.get(key) ?? 0, [phase]: n }))
+          .filter((d) => (d[phase] as number) > d.quiet + SLACK);
+        expect(grew).toEqual([]);
+      });
+    }
+  }
+});
