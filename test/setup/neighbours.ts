@@ -25,10 +25,11 @@ export const NEIGHBOUR_TABLES = [
 ] as const;
 
 /**
- * Inserts `accounts` accounts with `rows` rows each in every table of GROWING_TABLES (and
- * drawdowns), committed, through `admin` (a client outside any transaction) (triggers and foreign-key checks off: the rows are only
- * there to be in the tables and their indexes). `due`: every row in the subsets global indexes
- * keep (ACTIVE batches expiring within 30 days, PENDING and refunded payments, ACTIVE holds,
+ * Inserts `accounts` accounts with `rows` rows each in every table of NEIGHBOUR_TABLES, in one
+ * committed transaction of `admin` (a client outside any transaction), triggers and foreign-key
+ * checks off (session_replication_role = replica): the rows are only there to be in the tables
+ * and their indexes. `due`: every row in the subsets global indexes keep (ACTIVE batches expiring
+ * from a day ago, not swept yet, to 60 days ahead, PENDING and refunded payments, ACTIVE holds,
  * SENDING webhook attempts, PENDING top-ups, events with debt), dated in the last day; else none
  * of them (batches used up, payments settled, holds settled, webhooks delivered), dated two
  * months ago. Needs a credit pack (the payments' pack_id) and a published price book.
