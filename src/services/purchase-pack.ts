@@ -189,9 +189,15 @@ export async function chargePayment(
   const { rows } = await db.query(
     // GREATEST: a caller that read its clock before waiting for a connection must not move
     // another caller's later send time back (it would shorten the lookup's settle delay).
+    // COALESCE (a no-op: status is NOT NULL) keeps the planner on the primary key: a plain
+    // `status = 'PENDING' AND created_at > …` also matches the partial index of every account's
+    // pending payments (payments_pending_created_at, for resume-payment.ts's sweep), which the
+    // ledger pool's generic plan took while the statistics counted no pending payment, and then
+    // read every pending payment of the last day at each charge (23,014 rows in
+    // test/integration/neighbour-growth-audit.test.ts after a provider outage's 25,000).
     `WITH marked AS (
        UPDATE payments SET last_sent_at = GREATEST(last_sent_at, $2)
-        WHERE id = $1 AND $4 AND status = 'PENDING' AND created_at > $2::timestamptz - make_interval(secs => $3)
+        WHERE id = $1 AND $4 AND COALESCE(status, '') = 'PENDING' AND created_at > $2::timestamptz - make_interval(secs => $3)
         RETURNING id
      )
      SELECT a.test_mode, EXISTS (SELECT 1 FROM marked) AS marked FROM accounts a WHERE a.id = $5`,
