@@ -31,7 +31,8 @@
  * other accounts' 50,000 new rows per table are never its to read.
  *
  * The measured accounts (an organization with auto top-up on, a payment method and an agent
- * budget; a test-mode account on a monthly ROLLOVER plan) are committed first. Each phase runs
+ * budget; a second organization for batches of two accounts; a test-mode account on a monthly
+ * ROLLOVER plan) are committed first. Each phase runs
  * the operations in ONE transaction of one connection of a ledger pool (test/setup/rows-read.ts
  * OneTransactionPool: the services' transactions are savepoints of it), rolled back at the
  * phase's end, so every phase starts from the same state and a count reads only this backend's
@@ -120,6 +121,7 @@ const OPS = [
   'recordUsage (naive)',
   'recordUsage (group commit)',
   'recordUsageBatch (3 items)',
+  'recordUsageBatch (2 accounts)',
   'reserveCredits (naive)',
   'capture: recordUsage with reservationId (naive)',
   'settleReservation (naive)',
@@ -183,6 +185,7 @@ beforeAll(async () => {
   // The measured accounts and their settings, committed: each phase's transaction starts from them.
   const setupCtx: ServiceContext = { ...setup, pricing: prices.pricing };
   const accountId = await createFundedAccount(setupCtx, { paid: 100_000, free: 100, freeExpiresAt: new Date(Date.now() + 20 * 86_400_000) });
+  const otherAccountId = await createFundedAccount(setupCtx, { paid: 100_000 });
   const testAccountId = await createFundedAccount(setupCtx, { paid: 1_000, free: 100, freeExpiresAt: new Date(Date.now() + 20 * 86_400_000), testClockStart: new Date() });
   const packId = (await admin.query(`SELECT id FROM credit_packs WHERE name = 'neighbours'`)).rows[0].id as string;
   await admin.query(`INSERT INTO payment_methods (account_id, provider, reference) VALUES ($1, 'test', 'pm_1')`, [accountId]);
@@ -230,6 +233,7 @@ beforeAll(async () => {
       },
       'recordUsage (group commit)': () => recordUsage(grouped, charge(1)),
       'recordUsageBatch (3 items)': () => recordUsageBatch(ctx, [charge(1), charge(1), charge(1)], { maxItems: 10 }),
+      'recordUsageBatch (2 accounts)': () => recordUsageBatch(ctx, [charge(1), { ...charge(1), accountId: otherAccountId }, charge(1)], { maxItems: 10 }),
       'reserveCredits (naive)': async () => {
         hold = await reserve(ctx);
       },
