@@ -62,35 +62,27 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { createTestServices, type TestServices } from '../setup/services.js';
-import { createFundedAccount } from '../factories/accounts.js';
+import { addTopUpAndAgentBudget, createFundedAccount, unitCharges } from '../factories/accounts.js';
 import { applyCharge, chargeAccounts, recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleReservation } from '../../src/services/settle-reservation.js';
 import { readBalance } from '../../src/services/read-balance.js';
-import { setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
 import { DepletionAlerts } from '../../src/services/depletion-alerts.js';
 import { RefusalTopUps } from '../../src/services/refusal-top-ups.js';
 import type { ServiceContext } from '../../src/services/context.js';
 import { credits } from '../../src/ledger/credits.js';
 import { OneTransactionPool, rowsReadInTransaction } from '../setup/rows-read.js';
+import { NEIGHBOUR_TABLES } from '../setup/neighbours.js';
 
-/** Tables whose rows grow with an account's history. */
+/**
+ * Tables whose rows grow with an account's history: those other accounts' rows fill in the
+ * neighbour audits (test/setup/neighbours.ts; accounts and balances, one row per account, left
+ * out), the outbox and the usage rollups.
+ */
 const HISTORY_TABLES = [
-  'payments',
-  'credit_grants',
-  'credit_alerts',
-  'auto_top_ups',
-  'refund_credits',
-  'reservations',
-  'credit_batches',
-  'ledger_entries',
-  'usage_events',
-  'drawdowns',
-  'budget_spend',
+  ...NEIGHBOUR_TABLES.filter((t) => t !== 'accounts' && t !== 'balances'),
   'outbox_events',
-  'webhook_deliveries',
-  'audit_events',
   'usage_rollups_hourly',
   'usage_rollups_monthly',
 ] as const;
@@ -284,14 +276,8 @@ beforeAll(async () => {
       const packId = (
         await client.query(`INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES (gen_random_uuid(), 'history-' || gen_random_uuid(), 100000000, 100) RETURNING id`)
       ).rows[0].id as string;
-      await client.query(`INSERT INTO payment_methods (account_id, provider, reference) VALUES ($1, 'test', 'pm_1')`, [accountId]);
-      // Above the account's credit: every balance change runs the top-up check (count of the period's top-ups).
-      await client.query(`INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period) VALUES ($1, true, $2, $3, 100)`, [
-        accountId,
-        credits(5000).toString(),
-        packId,
-      ]);
-      await setSpendingBudget(ctx, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(100_000) });
+      // A top-up threshold above the account's credit: every balance change runs the top-up check (count of the period's top-ups).
+      await addTopUpAndAgentBudget(ctx, client, { accountId, packId, topUpThresholdMicroCredits: credits(5000), agentBudgetMicroCredits: credits(100_000) });
       if (history) await addHistory(client, accountId, packId);
       accounts.push(accountId);
     }
@@ -301,14 +287,7 @@ beforeAll(async () => {
 
     for (const [n, accountId] of accounts.entries()) {
       let k = 0;
-      const charge = (units: number, extra: Record<string, unknown> = {}) => ({
-        accountId,
-        idempotencyKey: `charge-${k++}`,
-        category: 'units',
-        quantities: { units: String(units) },
-        agentId: 'agent-1',
-        ...extra,
-      });
+      const charge = unitCharges(accountId);
       const outcome: Record<string, unknown> = {};
       seen.push(outcome);
       // The period's opening total kept on the balance row, the first alert (25 %) and a PENDING top-up.

@@ -57,7 +57,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { createTestServices, type TestServices } from '../setup/services.js';
-import { createFundedAccount } from '../factories/accounts.js';
+import { addTopUpAndAgentBudget, createFundedAccount, unitCharges } from '../factories/accounts.js';
 import { applyCharge, chargeAccounts, recordUsage, recordUsageBatch } from '../../src/services/record-usage.js';
 import { reserveCredits } from '../../src/services/reserve-credits.js';
 import { settleReservation } from '../../src/services/settle-reservation.js';
@@ -81,7 +81,6 @@ import { listBudgets } from '../../src/services/spending-budgets.js';
 import { reconcileAccount } from '../../src/services/read-balance.js';
 import { PaymentSimulator } from '../../src/payments/simulator.js';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
-import { setSpendingBudget } from '../../src/services/spending-budgets.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
 import { DepletionAlerts } from '../../src/services/depletion-alerts.js';
 import { RefusalTopUps } from '../../src/services/refusal-top-ups.js';
@@ -188,14 +187,8 @@ beforeAll(async () => {
   const otherAccountId = await createFundedAccount(setupCtx, { paid: 100_000 });
   const testAccountId = await createFundedAccount(setupCtx, { paid: 1_000, free: 100, freeExpiresAt: new Date(Date.now() + 20 * 86_400_000), testClockStart: new Date() });
   const packId = (await admin.query(`SELECT id FROM credit_packs WHERE name = 'neighbours'`)).rows[0].id as string;
-  await admin.query(`INSERT INTO payment_methods (account_id, provider, reference) VALUES ($1, 'test', 'pm_1')`, [accountId]);
-  // Above the account's credit: every balance change runs the top-up check.
-  await admin.query(`INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period) VALUES ($1, true, $2, $3, 100)`, [
-    accountId,
-    credits(500_000).toString(),
-    packId,
-  ]);
-  await setSpendingBudget(setupCtx, { accountId, subjectKind: 'AGENT', subjectId: 'agent-1', limitMicroCredits: credits(1_000_000) });
+  // A top-up threshold above the account's credit: every balance change runs the top-up check.
+  await addTopUpAndAgentBudget(setupCtx, admin, { accountId, packId, topUpThresholdMicroCredits: credits(500_000), agentBudgetMicroCredits: credits(1_000_000) });
   // The test-mode account on a monthly ROLLOVER plan: each month's advance rolls it.
   const plan = await createPlan(setupCtx, { name: 'neighbours', monthlyMicroCredits: credits(100), rollover: 'ROLLOVER', rolloverCapMicroCredits: credits(150), priceUsd: '1' });
   await subscribeToPlan(setupCtx, testAccountId, plan.id);
@@ -214,14 +207,7 @@ beforeAll(async () => {
     };
 
     let k = 0;
-    const charge = (units: number, extra: Record<string, unknown> = {}) => ({
-      accountId,
-      idempotencyKey: `charge-${k++}`,
-      category: 'units',
-      quantities: { units: String(units) },
-      agentId: 'agent-1',
-      ...extra,
-    });
+    const charge = unitCharges(accountId);
     let hold = '';
     let lastEventId = '';
     const reserve = async (c: ServiceContext) =>
