@@ -480,10 +480,13 @@ async function trimRollover(atx: AccountTx, cap: bigint, at: Date): Promise<void
  * SWEEP_EVERY_MS). A roll is due when the account's now has reached the subscription's
  * next_period_start (the end of the period granted, kept by triggers: migration
  * plan_next_period_start, which says why that is the same rule), read through the partial index
- * plan_subscriptions_next_period_start WHERE active for the accounts on the wall clock, each told
+ * plan_subscriptions_next_period_start (WHERE active AND next_period_start IS NOT NULL, so no
+ * account-scoped `active` read can take it: migration plan_next_period_start_predicate) for the
+ * accounts on the wall clock, each told
  * from a test-mode one by the partial index accounts_test_mode (an anti-join); the test-mode
  * accounts (that index) are compared with their own clock, or `now` when they have none, each
- * by a probe of its own subscription (OFFSET 0 keeps it one: joined, the planner read every
+ * by a probe of its own subscription by the primary key (COALESCE, a no-op on the NOT NULL
+ * column, keeps the partial index out of it; OFFSET 0 keeps it one probe: joined, the planner read every
  * subscription where test-mode accounts were many, as in the full suite's shared database). The
  * range is written `BETWEEN '-infinity' AND $1`, always true below, because a generic plan
  * (the ledger pool's) estimates a one-sided `<= $1` at a third of the index and reads the whole
@@ -503,7 +506,7 @@ export async function findAccountsWithDuePeriods(pool: pg.Pool, now: Date, limit
        UNION ALL
        SELECT a.id, s.granted_period_start FROM accounts a
         CROSS JOIN LATERAL (SELECT s.granted_period_start FROM plan_subscriptions s
-                             WHERE s.account_id = a.id AND s.active AND s.next_period_start <= COALESCE(a.test_clock_at, $1::timestamptz) OFFSET 0) s
+                             WHERE s.account_id = a.id AND s.active AND COALESCE(s.next_period_start, 'infinity') <= COALESCE(a.test_clock_at, $1::timestamptz) OFFSET 0) s
         WHERE a.test_mode
      ) due ORDER BY granted_period_start, account_id
      LIMIT $2`,

@@ -77,11 +77,12 @@ import { NEIGHBOUR_TABLES } from '../setup/neighbours.js';
 
 /**
  * Tables whose rows grow with an account's history: those other accounts' rows fill in the
- * neighbour audits (test/setup/neighbours.ts; accounts and balances, one row per account, left
- * out), the outbox and the usage rollups.
+ * neighbour audits (test/setup/neighbours.ts; the tables of one row per account left out), the
+ * outbox and the usage rollups.
  */
+const ONE_ROW_PER_ACCOUNT: readonly string[] = ['accounts', 'balances', 'plan_subscriptions', 'auto_top_up_settings'];
 const HISTORY_TABLES = [
-  ...NEIGHBOUR_TABLES.filter((t) => t !== 'accounts' && t !== 'balances'),
+  ...NEIGHBOUR_TABLES.filter((t) => !ONE_ROW_PER_ACCOUNT.includes(t)),
   'outbox_events',
   'usage_rollups_hourly',
   'usage_rollups_monthly',

@@ -48,6 +48,11 @@
  * - chargePayment's send mark (every purchase and auto top-up charge): `id = $1 AND status =
  *   'PENDING' AND created_at > …` on the partial index of every account's pending payments
  *   (payments_pending_created_at): payments 4 / 23,014.
+ * - Every balance change's plan lookup (`account_id = … AND active`: the balance snapshot, the
+ *   roll check) through the sweep's partial index of active plans (WHERE active), once other
+ *   accounts' plans became active: plan_subscriptions 2 / 4,002 index entries per charge (the
+ *   index's predicate now also says `next_period_start IS NOT NULL`, which only the sweep's
+ *   range implies: migration plan_next_period_start_predicate).
  * Not counted as findings, by choice of the quiet size: at 500 other accounts the charge paths'
  * unnest joins read balances and accounts whole (the small-deployment plans db/pg.ts
  * LEDGER_PLANNER_OPTIONS describes), and an empty refund_credits was planned as a sequential

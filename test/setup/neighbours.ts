@@ -22,6 +22,8 @@ export const NEIGHBOUR_TABLES = [
   'budget_spend',
   'webhook_deliveries',
   'audit_events',
+  'plan_subscriptions',
+  'auto_top_up_settings',
 ] as const;
 
 /**
@@ -30,6 +32,7 @@ export const NEIGHBOUR_TABLES = [
  * checks off (session_replication_role = replica): the rows are only there to be in the tables
  * and their indexes. `due`: every row in the subsets global indexes keep (ACTIVE batches expiring
  * from a day ago, not swept yet, to 60 days ahead, PENDING and refunded payments, ACTIVE holds,
+ * test-mode accounts, active plan subscriptions, paused auto top-ups,
  * SENDING webhook attempts, PENDING top-ups, events with debt), dated in the last day; else none
  * of them (batches used up, payments settled, holds settled, webhooks delivered), dated two
  * months ago. Needs a credit pack (the payments' pack_id) and a published price book.
@@ -52,8 +55,8 @@ export async function addOtherAccounts(admin: pg.Client, accounts: number, rows:
     [rows],
   );
   await admin.query(
-    `INSERT INTO accounts (id, external_id, name, kind, referral_code, created_at, billing_anchor_at)
-     SELECT id, ext, 'neighbour', 'ORGANIZATION', ext, t - interval '90 days', t - interval '90 days' FROM n_acc`,
+    `INSERT INTO accounts (id, external_id, name, kind, referral_code, created_at, billing_anchor_at, test_mode, test_clock_at)
+     SELECT id, ext, 'neighbour', 'ORGANIZATION', ext, t - interval '90 days', t - interval '90 days', ${due ? 'true, t' : 'false, NULL'} FROM n_acc`,
   );
   await admin.query(
     `INSERT INTO balances (account_id, total_micro_credits, updated_at, opening_period_start, opening_total_micro_credits, opening_period_end)
@@ -121,6 +124,14 @@ export async function addOtherAccounts(admin: pg.Client, accounts: number, rows:
   await admin.query(
     `INSERT INTO budget_spend (account_id, subject_kind, subject_id, period_start, spent_micro_credits)
      SELECT account_id, 'AGENT', 'agent-' || k, date_trunc('day', t), 1000 FROM n_row`,
+  );
+  await admin.query(
+    `INSERT INTO plan_subscriptions (account_id, plan_id, active, started_at, granted_period_start, canceled_at, next_period_start)
+     SELECT id, gen_random_uuid(), ${due ? 'true' : 'false'}, t - interval '90 days', date_trunc('day', t), ${due ? 'NULL' : 't'}, date_trunc('day', t) + interval '1 month' FROM n_acc`,
+  );
+  await admin.query(
+    `INSERT INTO auto_top_up_settings (account_id, enabled, threshold_micro_credits, pack_id, max_per_period, consecutive_failures, paused_at, updated_at)
+     SELECT id, true, 1000000, (SELECT id FROM credit_packs LIMIT 1), 5, ${due ? '3, t' : '0, NULL'}, t FROM n_acc`,
   );
   await admin.query('COMMIT');
 }
