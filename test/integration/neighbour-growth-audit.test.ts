@@ -53,6 +53,10 @@
  *   accounts' plans became active: plan_subscriptions 2 / 4,002 index entries per charge (the
  *   index's predicate now also says `next_period_start IS NOT NULL`, which only the sweep's
  *   range implies: migration plan_next_period_start_predicate).
+ * - deliverWebhook's outcome (`UPDATE … WHERE id = $1 AND status = 'SENDING'`, every delivery)
+ *   through the partial unique index of SENDING attempts, which the statistics nearly always count
+ *   empty (attempts are SENDING only in flight): webhook_deliveries 1 / 50,001 rows with 50,000
+ *   attempts in flight (webhooks.ts SENDING_BY_ID).
  * Not counted as findings, by choice of the quiet size: at 500 other accounts the charge paths'
  * unnest joins read balances and accounts whole (the small-deployment plans db/pg.ts
  * LEDGER_PLANNER_OPTIONS describes), and an empty refund_credits was planned as a sequential
@@ -86,6 +90,8 @@ import { listBudgets } from '../../src/services/spending-budgets.js';
 import { reconcileAccount } from '../../src/services/read-balance.js';
 import { PaymentSimulator } from '../../src/payments/simulator.js';
 import { applyReversalEvent } from '../../src/services/payment-reversals.js';
+import { deliverWebhook } from '../../src/services/webhooks.js';
+import { startReceiver, type Receiver } from '../webhooks/helpers.js';
 import { GroupCommitter } from '../../src/services/group-commit.js';
 import { DepletionAlerts } from '../../src/services/depletion-alerts.js';
 import { RefusalTopUps } from '../../src/services/refusal-top-ups.js';
@@ -154,6 +160,7 @@ const OPS = [
   'purchaseCreditPack, then its refund (applyReversalEvent)',
   'purchaseCreditPack, then a dispute and its win (applyReversalEvent)',
   'recordUsage down to 10 credits (alerts crossed)',
+  'deliverWebhook of the 0 % alert (a receiver answering 200)',
   'refusal for lack of credit (0 % notice, refusal top-up started)',
   'readBalance before the first change of a new period',
   'refusal for lack of credit before the first change of a new period',
@@ -173,6 +180,8 @@ let prices: TestServices;
 /** Services on a pool of their own for the committed setup. */
 let setup: TestServices;
 let admin: pg.Client;
+/** Where the webhook deliveries go. */
+let receiver: Receiver;
 
 beforeAll(async () => {
   await createTestDatabase(DB_URL);
@@ -183,6 +192,7 @@ beforeAll(async () => {
   await admin.query(`INSERT INTO credit_packs (id, name, micro_credits, price_usd) VALUES (gen_random_uuid(), 'neighbours', 100000000, 100)`);
   await addOtherAccounts(admin, QUIET_ACCOUNTS, QUIET_ROWS, false);
 
+  receiver = await startReceiver();
   s = createTestServices(1, DB_URL);
   prices = createTestServices(1, DB_URL);
   setup = createTestServices(2, DB_URL);
@@ -322,6 +332,12 @@ beforeAll(async () => {
         const { availableMicroCredits } = await readBalance(pool, accountId, s.clock());
         await recordUsage(ctx, charge(Number(availableMicroCredits / 1_000_000n) - 10));
       },
+      'deliverWebhook of the 0 % alert (a receiver answering 200)': async () => {
+        const { rows } = await client.query(`SELECT id FROM credit_alerts WHERE account_id = $1 AND threshold = 0 ORDER BY seq DESC LIMIT 1`, [accountId]);
+        const env = { WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: 'neighbours-secret', WEBHOOK_TIMEOUT_MS: 5000 };
+        const out = await deliverWebhook({ pool, env }, { eventType: 'credit_alert.raised', eventId: rows[0].id as string, accountId }, 1);
+        seen.webhook = [...((seen.webhook as string[] | undefined) ?? []), out.status];
+      },
       'refusal for lack of credit (0 % notice, refusal top-up started)': async () => {
         // The PENDING top-up gone (its job failed): a refusal may start one.
         await client.query(`UPDATE auto_top_ups SET status = 'FAILED' WHERE account_id = $1 AND status = 'PENDING'`, [accountId]);
@@ -392,6 +408,7 @@ afterAll(async () => {
   await prices?.close();
   await setup?.close();
   await admin?.end();
+  await receiver?.close();
   await dropTestDatabase(DB_URL);
   if (process.env.NEIGHBOUR_AUDIT_PRINT) {
     for (const op of OPS) {
@@ -412,6 +429,7 @@ describe("rows read per operation: the other accounts' new rows are not read, un
     // A month's advance: at least the free batch's expiry, the period end and the target instant.
     for (const steps of seen.monthSteps as number[]) expect(steps).toBeGreaterThanOrEqual(3);
     expect(seen.refund).toBe('reversed');
+    expect(seen.webhook).toEqual(['DELIVERED', 'DELIVERED', 'DELIVERED', 'DELIVERED']);
     expect(seen.dispute).toEqual(['reversed', 'restored']);
     expect(seen.reconciled).toMatchObject({ consistent: true });
     // Nothing granted since the new period began: all its credit is the opening, available.
