@@ -65,7 +65,7 @@ const SLACK = 100;
 const ONE_ACCOUNT_ROWS = 20;
 /** The measured account's history: usage events (and their ledger entries and drawdowns), grants (and batches), holds, alerts, audit events. */
 const EVENTS = 400;
-const GRANTS = 60;
+const GRANTS = 300;
 const HOLDS = 120;
 const ALERTS = 60;
 const AUDITS = 150;
@@ -147,6 +147,26 @@ const PROBES: Array<[string, GqlProbe | PoolProbe]> = [
       query: `query($id: ID!) { account(id: $id) { ledger(first: ${PAGE}) { edges { node { id type batch { id status } usageEvent { id } reservation { id status } } } } } }`,
       variables: () => ({ id: account }),
     },
+  ],
+  [
+    'ledger(first: 200) with the status of batch and reservation',
+    {
+      kind: 'gql',
+      query: `query($id: ID!) { account(id: $id) { ledger(first: 200) { edges { node { id batch { status } reservation { status } } } } } }`,
+      variables: () => ({ id: account }),
+    },
+  ],
+  [
+    'usage(first: 100) with drawdowns, batch and reservation status',
+    {
+      kind: 'gql',
+      query: `query($id: ID!) { account(id: $id) { usage(first: 100) { edges { node { id drawdowns { batch { status } } reservation { status } } } } } }`,
+      variables: () => ({ id: account }),
+    },
+  ],
+  [
+    'grants(first: 300) with the batch status',
+    { kind: 'gql', query: `query($id: ID!) { account(id: $id) { grants(first: 300) { edges { node { id batch { status } } } } } }`, variables: () => ({ id: account }) },
   ],
   [
     'grants with batch: the first page',
