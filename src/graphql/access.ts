@@ -103,3 +103,38 @@ export async function assertCanReadAccount(ctx: GraphQLContext, accountId: strin
 export function accountNow(account: { testMode: boolean; testClockAt: Date | null; balance: { updatedAt: Date } | null }, wallNow: Date): Date {
   return accountNowAt({ testMode: account.testMode, testClockAt: account.testClockAt, lastChangeAt: account.balance?.updatedAt ?? null }, wallNow);
 }
+
+/** The reads of accountNowOf in flight, per request context and account id. */
+const clockReads = new WeakMap<GraphQLContext, Map<string, Promise<{ testMode: boolean; testClockAt: Date | null; balance: { updatedAt: Date } | null } | null>>>();
+
+/**
+ * The now of account `accountId` ({@link accountNow}: its test clock, else this server's clock
+ * but never before its last committed change), for a status resolver of one of its rows (a
+ * batch, a hold). The account's row and balance row are read by primary key, once for every
+ * resolver that asks while the read is in flight (the rows of one list resolve in the same tick);
+ * nothing is kept after it, so a subscription's later events read the clock anew.
+ * Not a Prisma relation of the row: Prisma loads a to-one relation of N rows with
+ * `WHERE id IN ($1, ..., $N)`, the same account id once per row, and the planner takes it for N
+ * accounts: grants(first: 300) { batch { status } } read every row of accounts by a sequential
+ * scan (3,002 rows in a database of 3,000 accounts, 5,002 in one of 5,000; now 2, the parent
+ * account's and this read's), as did Account.reservations of 120 holds (3,002; now 2) and
+ * ledger(first: 200) { batch { status } reservation { status } } (3,003 and 5,003; now 2)
+ * (test/api/neighbour-growth-pages-audit.test.ts, "...: one account's rows of accounts and
+ * balances, in every phase").
+ * @returns this server's clock when the account is gone.
+ * @throws what the Prisma read throws.
+ */
+export async function accountNowOf(ctx: GraphQLContext, accountId: string): Promise<Date> {
+  let inFlight = clockReads.get(ctx);
+  if (!inFlight) clockReads.set(ctx, (inFlight = new Map()));
+  let read = inFlight.get(accountId);
+  if (!read) {
+    const reads = inFlight;
+    read = ctx.prisma.account.findUnique({ where: { id: accountId }, select: { testMode: true, testClockAt: true, balance: { select: { updatedAt: true } } } });
+    reads.set(accountId, read);
+    const forget = () => reads.delete(accountId);
+    read.then(forget, forget);
+  }
+  const account = await read;
+  return account ? accountNow(account, ctx.services.clock()) : ctx.services.clock();
+}

@@ -7,7 +7,6 @@
  */
 import { builder } from '../builder.js';
 import type { Prisma } from '../../generated/prisma/client.js';
-import type { GraphQLContext } from '../context.js';
 import { readAccountClock, readBalance, reconcileAccount } from '../../services/read-balance.js';
 import { USAGE_SUMMARY_MAX_ROWS, usageHistory, usageSummary, type UsageSummaryRow, type UsageMonth } from '../../services/usage-summary.js';
 import { compareDrawdownOrder } from '../../ledger/drawdown.js';
@@ -104,37 +103,6 @@ function reservationStatusParts(statuses: readonly string[], now: Date): Prisma.
   return parts;
 }
 
-/**
- * Runs `find`, a findMany of rows that all belong to account `accountId`, with the Pothos `query`
- * minus its `account` relation (the status resolvers select it for the account's clock:
- * ./ledger.ts clockSelect), then gives every row that relation as it would have been loaded, read
- * once by primary key. Prisma loads a to-one relation of N rows with `WHERE id IN ($1, ..., $N)`,
- * the account's id repeated once per row, and the planner takes it for N different accounts: in a
- * database of 3,000 accounts, Account.reservations of 120 holds (its cap is 1,000) read every row
- * of accounts by a sequential scan, 3,002 rows instead of 2
- * (test/api/neighbour-growth-pages-audit.test.ts, "reservations(status: null): one account's
- * rows of accounts and balances").
- * @param query the field's Pothos query ({ include } or { select }); left as is without `account`.
- * @returns find's rows, each with `account` set when the query selected it; none when the account
- *   is gone meanwhile.
- * @throws what find or the account's read throw.
- */
-async function withAccountReadOnce<Q extends object, R extends object>(
-  ctx: GraphQLContext,
-  accountId: string,
-  query: Q,
-  find: (query: Q) => Promise<R[]>,
-): Promise<R[]> {
-  const q = query as { include?: Record<string, unknown>; select?: Record<string, unknown> };
-  const key = q.include && 'account' in q.include ? 'include' : q.select && 'account' in q.select ? 'select' : null;
-  if (!key) return find(query);
-  const { account: selection, ...rest } = q[key]!;
-  const rows = await find({ ...query, [key]: rest });
-  if (rows.length === 0) return rows;
-  const account = await ctx.prisma.account.findUnique({ where: { id: accountId }, ...(typeof selection === 'object' && selection !== null ? selection : {}) });
-  return account ? rows.map((r) => Object.assign(r, { account })) : [];
-}
-
 /** Newest first (createdAt, then id, both descending): the order of Account.reservations. */
 function newestHoldFirst(x: { createdAt: Date; id: string }, y: { createdAt: Date; id: string }): number {
   const byTime = y.createdAt.getTime() - x.createdAt.getTime();
@@ -166,17 +134,14 @@ export const AccountRef = builder.prismaNode('Account', {
         // The account's now as Balance reads it (not this server's clock alone): a batch the last
         // change already treated as expired is not listed ACTIVE on a server whose clock is behind.
         const { now } = await readAccountClock(ctx.services.pool, a.id, ctx.services.clock());
-        // The account's row once, not once per batch (withAccountReadOnce).
-        const batches = await withAccountReadOnce(ctx, a.id, query, (q) =>
-          ctx.prisma.creditBatch.findMany({
-            ...q,
-            where: { accountId: a.id, ...batchStatusWhere(args.status ?? ['ACTIVE'], now) },
-            // Drawdown order (ledger/drawdown.ts: FREE first, soonest expiry, oldest) before the cap,
-            // so the batches drawn first are never the ones cut.
-            orderBy: [{ type: 'asc' }, { expiresAt: { sort: 'asc', nulls: 'last' } }, { addedAt: 'asc' }, { id: 'asc' }],
-            take: ACCOUNT_BATCHES_CAP,
-          }),
-        );
+        const batches = await ctx.prisma.creditBatch.findMany({
+          ...query,
+          where: { accountId: a.id, ...batchStatusWhere(args.status ?? ['ACTIVE'], now) },
+          // Drawdown order (ledger/drawdown.ts: FREE first, soonest expiry, oldest) before the cap,
+          // so the batches drawn first are never the ones cut.
+          orderBy: [{ type: 'asc' }, { expiresAt: { sort: 'asc', nulls: 'last' } }, { addedAt: 'asc' }, { id: 'asc' }],
+          take: ACCOUNT_BATCHES_CAP,
+        });
         const drawable = (b: (typeof batches)[number]) => effectiveBatchStatus(b, now) === 'ACTIVE';
         return batches.sort((x, y) => {
           const ax = drawable(x);
@@ -292,15 +257,12 @@ export const AccountRef = builder.prismaNode('Account', {
         // every hold (filtering out the others) or all of its holds of those statuses sorted, so a
         // rare status cost the account's whole history (issue #6).
         const order = [{ createdAt: 'desc' as const }, { id: 'desc' as const }];
-        // The account's row (the status's clock) once, not once per hold (withAccountReadOnce).
-        if (!now) return withAccountReadOnce(ctx, a.id, query, (q) => ctx.prisma.reservation.findMany({ ...q, where: { accountId: a.id }, orderBy: order, take: ACCOUNT_RESERVATIONS_CAP }));
+        if (!now) return ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id }, orderBy: order, take: ACCOUNT_RESERVATIONS_CAP });
         const parts = reservationStatusParts(args.status ?? [], now);
-        const pages = await withAccountReadOnce(ctx, a.id, query, async (q) =>
-          (
-            await Promise.all(parts.map((where) => ctx.prisma.reservation.findMany({ ...q, where: { accountId: a.id, ...where }, orderBy: order, take: ACCOUNT_RESERVATIONS_CAP })))
-          ).flat(),
+        const pages = await Promise.all(
+          parts.map((where) => ctx.prisma.reservation.findMany({ ...query, where: { accountId: a.id, ...where }, orderBy: order, take: ACCOUNT_RESERVATIONS_CAP })),
         );
-        return pages.sort(newestHoldFirst).slice(0, ACCOUNT_RESERVATIONS_CAP);
+        return pages.flat().sort(newestHoldFirst).slice(0, ACCOUNT_RESERVATIONS_CAP);
       },
     }),
     referralCode: t.exposeString('referralCode', { description: 'Code that a new account passes to redeemReferral.' }),
