@@ -165,6 +165,10 @@ const PROBES: Array<[string, GqlProbe | PoolProbe]> = [
     },
   ],
   [
+    "usage(first: 300) with each event's account",
+    { kind: 'gql', query: `query($id: ID!) { account(id: $id) { usage(first: 300) { edges { node { id account { id } } } } } }`, variables: () => ({ id: account }) },
+  ],
+  [
     'grants(first: 300) with the batch status',
     { kind: 'gql', query: `query($id: ID!) { account(id: $id) { grants(first: 300) { edges { node { id batch { status } } } } } }`, variables: () => ({ id: account }) },
   ],
