@@ -104,15 +104,38 @@ export function accountNow(account: { testMode: boolean; testClockAt: Date | nul
   return accountNowAt({ testMode: account.testMode, testClockAt: account.testClockAt, lastChangeAt: account.balance?.updatedAt ?? null }, wallNow);
 }
 
-/** The reads of accountNowOf in flight, per request context and account id. */
-const clockReads = new WeakMap<GraphQLContext, Map<string, Promise<{ testMode: boolean; testClockAt: Date | null; balance: { updatedAt: Date } | null } | null>>>();
+/** The reads of {@link readOnceInFlight} in flight, per request context and key. */
+const readsInFlight = new WeakMap<GraphQLContext, Map<string, Promise<unknown>>>();
+
+/**
+ * `read()`, or the promise of the same `key`'s read of this request that is still in flight: the
+ * resolvers of one list's rows run in the same tick, so they share one read. Nothing is kept once
+ * it settles, so a later event of a subscription (same context) reads anew.
+ * Why not a Prisma relation of each row: Prisma loads a to-one relation of N rows with
+ * `WHERE id IN ($1, ..., $N)`, the same id once per row, and the planner takes it for N different
+ * rows; for the account of an account's N rows, above ~1 in 40 accounts that is a sequential
+ * scan of accounts (test/api/neighbour-growth-pages-audit.test.ts: see accountNowOf and
+ * UsageEvent.account).
+ * @throws what `read` throws (to every caller that shares it).
+ */
+export function readOnceInFlight<T>(ctx: GraphQLContext, key: string, read: () => Promise<T>): Promise<T> {
+  let inFlight = readsInFlight.get(ctx);
+  if (!inFlight) readsInFlight.set(ctx, (inFlight = new Map()));
+  const pending = inFlight.get(key);
+  if (pending) return pending as Promise<T>;
+  const reads = inFlight;
+  const started = read();
+  reads.set(key, started);
+  const forget = () => reads.delete(key);
+  started.then(forget, forget);
+  return started;
+}
 
 /**
  * The now of account `accountId` ({@link accountNow}: its test clock, else this server's clock
  * but never before its last committed change), for a status resolver of one of its rows (a
  * batch, a hold). The account's row and balance row are read by primary key, once for every
- * resolver that asks while the read is in flight (the rows of one list resolve in the same tick);
- * nothing is kept after it, so a subscription's later events read the clock anew.
+ * resolver that asks while the read is in flight ({@link readOnceInFlight}).
  * Not a Prisma relation of the row: Prisma loads a to-one relation of N rows with
  * `WHERE id IN ($1, ..., $N)`, the same account id once per row, and the planner takes it for N
  * accounts: grants(first: 300) { batch { status } } read every row of accounts by a sequential
@@ -125,16 +148,8 @@ const clockReads = new WeakMap<GraphQLContext, Map<string, Promise<{ testMode: b
  * @throws what the Prisma read throws.
  */
 export async function accountNowOf(ctx: GraphQLContext, accountId: string): Promise<Date> {
-  let inFlight = clockReads.get(ctx);
-  if (!inFlight) clockReads.set(ctx, (inFlight = new Map()));
-  let read = inFlight.get(accountId);
-  if (!read) {
-    const reads = inFlight;
-    read = ctx.prisma.account.findUnique({ where: { id: accountId }, select: { testMode: true, testClockAt: true, balance: { select: { updatedAt: true } } } });
-    reads.set(accountId, read);
-    const forget = () => reads.delete(accountId);
-    read.then(forget, forget);
-  }
-  const account = await read;
+  const account = await readOnceInFlight(ctx, `clock:${accountId}`, () =>
+    ctx.prisma.account.findUnique({ where: { id: accountId }, select: { testMode: true, testClockAt: true, balance: { select: { updatedAt: true } } } }),
+  );
   return account ? accountNow(account, ctx.services.clock()) : ctx.services.clock();
 }
