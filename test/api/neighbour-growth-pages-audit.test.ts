@@ -29,6 +29,17 @@
  *   reads first): the service function the resolver calls, on one connection of a ledger pool
  *   (generic plans, kept across phases 1 and 2 as a long-lived server's are) in one transaction.
  *
+ * Findings when this audit was written (rows read quiet/stale/analyzed, before -> after the fix):
+ * - Prisma loads a to-one relation of N rows with `WHERE id IN ($1, ..., $N)`, the same account id
+ *   once per row, planned as N accounts: a sequential scan of accounts for the status clock of
+ *   Account.reservations (120 holds: 3,002 -> 2), of nested batch and hold statuses
+ *   (grants(first: 300) { batch { status } }: 3,002/5,002/5,002 -> 2; ledger(first: 200) with
+ *   batch and reservation status: 3,003/5,003/5,003 -> 2) and for UsageEvent.account
+ *   (usage(first: 300): 3,002/5,002/5,002 -> 2); fixed by src/graphql/access.ts readOnceInFlight.
+ * - Account.userBudgets (a user without this period's budget_spend row): after ANALYZE, the
+ *   generic plan of the spending SUM took the (account_id, user_id, seq) index and read the users'
+ *   whole history (0/0/400 -> 0/0/0); fixed in services/spending-budgets.ts subjectUsageSql.
+ *
  * NEIGHBOUR_AUDIT_PRINT=1 prints each probe's reads per phase (quiet/stale/analyzed);
  * NEIGHBOUR_AUDIT_EXPLAIN=<part of a probe's name> prints the EXPLAIN ANALYZE of its replayed SQL.
  *
