@@ -103,3 +103,53 @@ export async function assertCanReadAccount(ctx: GraphQLContext, accountId: strin
 export function accountNow(account: { testMode: boolean; testClockAt: Date | null; balance: { updatedAt: Date } | null }, wallNow: Date): Date {
   return accountNowAt({ testMode: account.testMode, testClockAt: account.testClockAt, lastChangeAt: account.balance?.updatedAt ?? null }, wallNow);
 }
+
+/** The reads of {@link readOnceInFlight} in flight, per request context and key. */
+const readsInFlight = new WeakMap<GraphQLContext, Map<string, Promise<unknown>>>();
+
+/**
+ * `read()`, or the promise of the same `key`'s read of this request that is still in flight: the
+ * resolvers of one list's rows run in the same tick, so they share one read. Nothing is kept once
+ * it settles, so a later event of a subscription (same context) reads anew.
+ * Why not a Prisma relation of each row: Prisma loads a to-one relation of N rows with
+ * `WHERE id IN ($1, ..., $N)`, the same id once per row, and the planner takes it for N different
+ * rows; for the account of an account's N rows, above ~1 in 40 accounts that is a sequential
+ * scan of accounts (test/api/neighbour-growth-pages-audit.test.ts: see accountNowOf and
+ * UsageEvent.account).
+ * @throws what `read` throws (to every caller that shares it).
+ */
+export function readOnceInFlight<T>(ctx: GraphQLContext, key: string, read: () => Promise<T>): Promise<T> {
+  let inFlight = readsInFlight.get(ctx);
+  if (!inFlight) readsInFlight.set(ctx, (inFlight = new Map()));
+  const pending = inFlight.get(key);
+  if (pending) return pending as Promise<T>;
+  const reads = inFlight;
+  const started = read();
+  reads.set(key, started);
+  const forget = () => reads.delete(key);
+  started.then(forget, forget);
+  return started;
+}
+
+/**
+ * The now of account `accountId` ({@link accountNow}: its test clock, else this server's clock
+ * but never before its last committed change), for a status resolver of one of its rows (a
+ * batch, a hold). The account's row and balance row are read by primary key, once for every
+ * resolver that asks while the read is in flight ({@link readOnceInFlight}).
+ * Not a Prisma relation of the row: Prisma loads a to-one relation of N rows with
+ * `WHERE id IN ($1, ..., $N)`, the same account id once per row, and the planner takes it for N
+ * accounts: grants(first: 300) { batch { status } } read every row of accounts by a sequential
+ * scan (3,002 rows in a database of 3,000 accounts, 5,002 in one of 5,000; now 2, the parent
+ * account's and this read's), as did Account.reservations of 120 holds (3,002; now 2) and
+ * ledger(first: 200) { batch { status } reservation { status } } (3,003 and 5,003; now 2)
+ * (test/api/neighbour-growth-pages-audit.test.ts, "...: one account's rows of accounts and
+ * balances, in every phase").
+ * @returns this server's clock when the account is gone.
+ * @throws what the Prisma read throws.
+ */
+export async function accountNowOf(ctx: GraphQLContext, accountId: string): Promise<Date> {
+  const account = await readOnceInFlight(ctx, `clock:${accountId}`, () =>
+    ctx.prisma.account.findUnique({ where: { id: accountId }, select: { testMode: true, testClockAt: true, balance: { select: { updatedAt: true } } } }),
+  );
+  return account ? accountNow(account, ctx.services.clock()) : ctx.services.clock();
+}

@@ -61,10 +61,13 @@ export interface TestServerOptions {
 /**
  * A Prisma client on its own pool of 5 connections to `databaseUrl` whose pool.query tells
  * `observe` each statement's text and values first (@prisma/adapter-pg runs its queries outside
- * transactions with pool.query({ text, values, ... })).
+ * transactions with pool.query({ text, values, ... })). The pool is the caller's to end
+ * (`onEnd` gets its end): Prisma's $disconnect leaves a pool it was given open, and its idle
+ * connections then fail with an uncaught error when their database is dropped.
  */
-function observedPrismaClient(databaseUrl: string, observe: (text: string, values: readonly unknown[]) => void): PrismaClient {
+function observedPrismaClient(databaseUrl: string, observe: (text: string, values: readonly unknown[]) => void, onEnd: (end: () => Promise<void>) => void): PrismaClient {
   const pool = new pg.Pool({ connectionString: withPlannerOptions(databaseUrl), max: 5 });
+  onEnd(() => pool.end());
   const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
   (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
     const q = args[0] as string | { text: string; values?: unknown[] };
@@ -98,7 +101,10 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
   services.depletionAlerts = new DepletionAlerts(); // as src/main.ts
   services.refusalTopUps = new RefusalTopUps();
   if (env.CHARGE_PATH === 'group') services.groupCommit = new GroupCommitter(services.pool, services.clock, chargeAccounts, applyCharge, { maxTransactions: env.GROUP_COMMIT_MAX_TRANSACTIONS, carryState: env.GROUP_COMMIT_CARRY_STATE });
-  const prisma = options.onPrismaSql ? observedPrismaClient(env.DATABASE_URL, options.onPrismaSql) : createPrismaClient(env.DATABASE_URL, 5, ledgerSessionLimits(env));
+  let endObservedPool = async (): Promise<void> => undefined;
+  const prisma = options.onPrismaSql
+    ? observedPrismaClient(env.DATABASE_URL, options.onPrismaSql, (end) => (endObservedPool = end))
+    : createPrismaClient(env.DATABASE_URL, 5, ledgerSessionLimits(env));
   const onQuery = options.onPrismaQuery;
   // The extended client runs every query as the plain one does, after telling onQuery about it.
   const served = onQuery
@@ -132,7 +138,7 @@ export async function startTestServer(overrides: Record<string, string> = {}, op
     },
     async close() {
       await server.close();
-      await Promise.allSettled([services.close(), prisma.$disconnect(), redis.quit()]);
+      await Promise.allSettled([services.close(), prisma.$disconnect().then(endObservedPool), redis.quit()]);
     },
   };
 }
