@@ -54,7 +54,7 @@ import { startTestServer, type TestServer } from '../setup/test-server.js';
 import { createTestServices, type TestServices } from '../setup/services.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestDatabase, databaseNameOf, dropTestDatabase, withDatabaseName } from '../setup/test-database.js';
-import { addOtherAccounts, NEIGHBOUR_TABLES } from '../setup/neighbours.js';
+import { addOtherAccounts, GROWTH_NEIGHBOURS, NEIGHBOUR_TABLES, phaseReadLines, QUIET_NEIGHBOURS } from '../setup/neighbours.js';
 import { rowsReadInTransaction } from '../setup/rows-read.js';
 import { withPlannerOptions } from '../../src/db/pg.js';
 import { readAccountClock, reconcileAccount } from '../../src/services/read-balance.js';
@@ -66,10 +66,8 @@ import { statementUsage } from '../../src/services/account-statement.js';
 import { apiAccount, dbId, gid, ok } from './helpers.js';
 
 /** Other accounts in phase 1 and rows of each per table; accounts added before phase 2 and their rows (50,000 per table). */
-const QUIET_ACCOUNTS = 3_000;
-const QUIET_ROWS = 4;
-const GROWTH_ACCOUNTS = 2_000;
-const GROWTH_ROWS = 25;
+const { accounts: QUIET_ACCOUNTS, rows: QUIET_ROWS } = QUIET_NEIGHBOURS;
+const { accounts: GROWTH_ACCOUNTS, rows: GROWTH_ROWS } = GROWTH_NEIGHBOURS;
 /** Rows or index entries a probe may read in a later phase beyond phase 1, per table (see the neighbour audit's SLACK). */
 const SLACK = 100;
 /** Rows of accounts or of balances a probe may read in any phase (it reads 1 to 6: see the test). */
@@ -465,11 +463,8 @@ afterAll(async () => {
   await admin?.end();
   await dropTestDatabase(DB_URL);
   if (process.env.NEIGHBOUR_AUDIT_PRINT) {
-    for (const [name] of PROBES) {
-      const [q, st, an] = PHASES.map((p) => measured.get(p)?.get(name)?.read ?? new Map<string, number>()) as [Map<string, number>, Map<string, number>, Map<string, number>];
-      const keys = [...new Set([...q.keys(), ...st.keys(), ...an.keys()])].filter((t) => !t.endsWith('(blocks)') && (q.get(t) ?? 0) + (st.get(t) ?? 0) + (an.get(t) ?? 0) > 0).sort();
-      console.log(`${name}: ${keys.map((t) => `${t} ${q.get(t) ?? 0}/${st.get(t) ?? 0}/${an.get(t) ?? 0}`).join(', ')}`);
-    }
+    const lines = phaseReadLines(PROBES.map(([name]) => name), PHASES.map((p) => (name: string) => measured.get(p)?.get(name)?.read));
+    for (const line of lines) console.log(line);
   }
 });
 

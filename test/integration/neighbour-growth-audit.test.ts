@@ -100,17 +100,14 @@ import { credits } from '../../src/ledger/credits.js';
 import { OneTransactionPool, rowsReadInTransaction } from '../setup/rows-read.js';
 import { TEST_DATABASE_URL } from '../setup/env.js';
 import { createTestDatabase, databaseNameOf, dropTestDatabase, withDatabaseName } from '../setup/test-database.js';
-import { addOtherAccounts, NEIGHBOUR_TABLES } from '../setup/neighbours.js';
+import { addOtherAccounts, GROWTH_NEIGHBOURS, NEIGHBOUR_TABLES, phaseReadLines, QUIET_NEIGHBOURS } from '../setup/neighbours.js';
 
 /** Tables whose rows grow with the number of accounts and their history (all that addOtherAccounts fills). */
 const GROWING_TABLES = NEIGHBOUR_TABLES;
 
-/** Other accounts in phase 1, and rows of each per table. */
-const QUIET_ACCOUNTS = 3_000;
-const QUIET_ROWS = 4;
-/** Accounts added before phase 2, and rows of each per table (50,000 per table). */
-const GROWTH_ACCOUNTS = 2_000;
-const GROWTH_ROWS = 25;
+/** Other accounts in phase 1, and rows of each per table; accounts added before phase 2, and rows of each per table (50,000 per table). */
+const { accounts: QUIET_ACCOUNTS, rows: QUIET_ROWS } = QUIET_NEIGHBOURS;
+const { accounts: GROWTH_ACCOUNTS, rows: GROWTH_ROWS } = GROWTH_NEIGHBOURS;
 
 /**
  * Rows or index entries an operation may read in a later phase beyond what it read in phase 1,
@@ -411,11 +408,7 @@ afterAll(async () => {
   await receiver?.close();
   await dropTestDatabase(DB_URL);
   if (process.env.NEIGHBOUR_AUDIT_PRINT) {
-    for (const op of OPS) {
-      const [q, st, an] = PHASES.map((p) => measured.get(p)?.get(op) ?? new Map<string, number>()) as [Map<string, number>, Map<string, number>, Map<string, number>];
-      const keys = [...new Set([...q.keys(), ...st.keys(), ...an.keys()])].filter((t) => (q.get(t) ?? 0) + (st.get(t) ?? 0) + (an.get(t) ?? 0) > 0).sort();
-      console.log(`${op}: ${keys.map((t) => `${t} ${q.get(t) ?? 0}/${st.get(t) ?? 0}/${an.get(t) ?? 0}`).join(', ')}`);
-    }
+    for (const line of phaseReadLines(OPS, PHASES.map((p) => (op: string) => measured.get(p)?.get(op as Op)))) console.log(line);
   }
 });
 

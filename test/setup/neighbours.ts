@@ -136,3 +136,21 @@ export async function addOtherAccounts(admin: pg.Client, accounts: number, rows:
   await admin.query('COMMIT');
 }
 
+
+/** The other accounts of the neighbour audits' quiet database (phase 1): accounts, and rows of each per table. */
+export const QUIET_NEIGHBOURS = { accounts: 3_000, rows: 4 } as const;
+/** The other accounts added before phase 2 (all their rows in the global indexes' subsets): 50,000 rows per table. */
+export const GROWTH_NEIGHBOURS = { accounts: 2_000, rows: 25 } as const;
+
+/**
+ * One line per name for the neighbour audits' NEIGHBOUR_AUDIT_PRINT: `<name>: <table key>
+ * <phase 1>/<phase 2>/<phase 3>, ...` for each table key read in some phase (pages left out).
+ * @param phases the three phases' reads of each name (rows-read.ts rowsReadInTransaction keys).
+ */
+export function phaseReadLines(names: readonly string[], phases: ReadonlyArray<(name: string) => Map<string, number> | undefined>): string[] {
+  return names.map((name) => {
+    const maps = phases.map((read) => read(name) ?? new Map<string, number>());
+    const keys = [...new Set(maps.flatMap((m) => [...m.keys()]))].filter((t) => !t.endsWith('(blocks)') && maps.some((m) => (m.get(t) ?? 0) > 0)).sort();
+    return `${name}: ${keys.map((t) => `${t} ${maps.map((m) => m.get(t) ?? 0).join('/')}`).join(', ')}`;
+  });
+}
