@@ -7,9 +7,10 @@
 -- index entries of plan_subscriptions instead of 2 or 3
 -- (test/integration/neighbour-growth-audit.test.ts). With `next_period_start IS NOT NULL` in the
 -- predicate (always true: the column is NOT NULL) only a statement with a condition on
--- next_period_start can use the index: the sweep's `next_period_start BETWEEN ... AND ...` and its
--- test-mode probe's `<=` imply it (PostgreSQL proves a strict comparison's column not null:
--- PostgreSQL docs, "Partial Indexes"), `active` alone does not.
+-- next_period_start can use the index: the sweep's `next_period_start BETWEEN ... AND ...` implies
+-- it (PostgreSQL proves a strict comparison's column not null: PostgreSQL docs, "Partial
+-- Indexes"), `active` alone does not. (The sweep's test-mode probe compares
+-- COALESCE(next_period_start, 'infinity'), which implies nothing, and reads by the primary key.)
 -- Built without CONCURRENTLY (the migration runner runs each migration in a transaction): writes
 -- to plan_subscriptions wait while it builds; one row per subscribed account.
 DROP INDEX "plan_subscriptions_next_period_start";
