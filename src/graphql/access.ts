@@ -13,7 +13,7 @@ import { LedgerError } from '../ledger/errors.js';
 import { hasScope, type Principal } from '../auth/principal.js';
 import type { Prisma } from '../generated/prisma/client.js';
 import type { GraphQLContext } from './context.js';
-import { accountNowAt } from '../services/account-clock.js';
+import { readAccountClock } from '../services/read-balance.js';
 
 /**
  * True when `principal` may see account-wide data (balance, batches, ledger, usage, alerts,
@@ -94,16 +94,6 @@ export async function assertCanReadAccount(ctx: GraphQLContext, accountId: strin
   if (!(await canReadAccount(ctx, accountId))) throw new LedgerError('NOT_FOUND', `${what} not found`);
 }
 
-/**
- * The account's "now" from its row and its balance row as loaded through Prisma (select
- * `{ testMode, testClockAt, balance: { select: { updatedAt } } }`): its test clock when in test
- * mode, else `wallNow` but never before its last committed change, the rule of every
- * time-dependent read (services/account-clock.ts accountNowAt; Balance's).
- */
-export function accountNow(account: { testMode: boolean; testClockAt: Date | null; balance: { updatedAt: Date } | null }, wallNow: Date): Date {
-  return accountNowAt({ testMode: account.testMode, testClockAt: account.testClockAt, lastChangeAt: account.balance?.updatedAt ?? null }, wallNow);
-}
-
 /** The reads of {@link readOnceInFlight} in flight, per request context and key. */
 const readsInFlight = new WeakMap<GraphQLContext, Map<string, Promise<unknown>>>();
 
@@ -132,24 +122,28 @@ export function readOnceInFlight<T>(ctx: GraphQLContext, key: string, read: () =
 }
 
 /**
- * The now of account `accountId` ({@link accountNow}: its test clock, else this server's clock
- * but never before its last committed change), for a status resolver of one of its rows (a
- * batch, a hold). The account's row and balance row are read by primary key, once for every
- * resolver that asks while the read is in flight ({@link readOnceInFlight}).
+ * The now of account `accountId` (services/read-balance.ts readAccountClock: its test clock,
+ * else this server's clock but never before its last committed change; the rule and the
+ * statement the Account fields read it with), for a status resolver of one of its rows (a
+ * batch, a hold). Read once for every resolver that asks while the read is in flight
+ * ({@link readOnceInFlight}).
  * Not a Prisma relation of the row: Prisma loads a to-one relation of N rows with
  * `WHERE id IN ($1, ..., $N)`, the same account id once per row, and the planner takes it for N
  * accounts: grants(first: 300) { batch { status } } read every row of accounts by a sequential
- * scan (3,002 rows in a database of 3,000 accounts, 5,002 in one of 5,000; now 2, the parent
- * account's and this read's), as did Account.reservations of 120 holds (3,002; now 2) and
+ * scan (3,002 rows in a database of 3,000 accounts, 5,002 in one of 5,000; now 2), as did
+ * Account.reservations of 120 holds (3,002; now 2) and
  * ledger(first: 200) { batch { status } reservation { status } } (3,003 and 5,003; now 2)
  * (test/api/neighbour-growth-pages-audit.test.ts, "...: one account's rows of accounts and
  * balances, in every phase").
  * @returns this server's clock when the account is gone.
- * @throws what the Prisma read throws.
+ * @throws what the read throws, but NOT_FOUND.
  */
 export async function accountNowOf(ctx: GraphQLContext, accountId: string): Promise<Date> {
-  const account = await readOnceInFlight(ctx, `clock:${accountId}`, () =>
-    ctx.prisma.account.findUnique({ where: { id: accountId }, select: { testMode: true, testClockAt: true, balance: { select: { updatedAt: true } } } }),
-  );
-  return account ? accountNow(account, ctx.services.clock()) : ctx.services.clock();
+  try {
+    const clock = await readOnceInFlight(ctx, `clock:${accountId}`, () => readAccountClock(ctx.services.pool, accountId, ctx.services.clock()));
+    return clock.now;
+  } catch (error) {
+    if (error instanceof LedgerError && error.code === 'NOT_FOUND') return ctx.services.clock();
+    throw error;
+  }
 }
