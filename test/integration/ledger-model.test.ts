@@ -294,13 +294,23 @@ const debtOpeningArb: fc.Arbitrary<Command[]> = fc
     jobs: fc.boolean(),
     grant: grantArb,
   })
-  .map(({ acct, captureCents, days, jobs, grant }) => [
+  .map(({ acct, captureCents, days, jobs, grant }) => debtOpening(acct, captureCents, days, jobs, { ...grant, acct }));
+/** debtOpeningArb's five commands on account `acct`: `captureCents` captured on a 1-credit hold, `days` days on, then `grant`. */
+function debtOpening(acct: Acct, captureCents: number, days: number, jobs: boolean, grant: Command): Command[] {
+  return [
     { op: 'grant', acct, amount: 2, type: 'PAID', source: 'PURCHASE', expiresInMinutes: null },
     { op: 'reserve', acct, amount: 1, ttlMinutes: 180 },
     { op: 'capture', acct, hold: -1, cents: captureCents },
     { op: 'advance', acct, minutes: days * 1440, jobs },
-    { ...grant, acct },
-  ]);
+    grant,
+  ];
+}
+/**
+ * One run every 40-run pass makes besides the random ones: a period opening in debt then a grant, on
+ * fresh accounts. The debt mix reaches it in about 1 run in 7 only, and one 40-run pass reached it
+ * in none (CI of 848c1e0, 2026-12-07: "runs that reached debtOpeningThenGrant: expected 0").
+ */
+const DEBT_OPENING_EXAMPLE: Command[] = debtOpening(0, 5000, 35, true, { op: 'grant', acct: 0, amount: 10, type: 'FREE', source: 'PROMO_CODE', expiresInMinutes: null });
 /**
  * A budget-heavy mix (README "Budgets inside a pool"): budgets set, changed and removed, charges,
  * bursts and holds naming budgeted agents and users, captures and settles (also naming a subject
@@ -1428,6 +1438,8 @@ describe.each([
       }),
       {
         numRuns,
+        // The coverage checked below must not hang on the seed: the runs that reach the rarest case.
+        examples: batchesRead === undefined ? [[DEBT_OPENING_EXAMPLE]] : [],
         ...(process.env.MODEL_SEED ? { seed: Number(process.env.MODEL_SEED) } : {}),
         // The property stops itself (and fails) before vitest's timeout below: vitest's timeout
         // does not stop a property still running, which then kept moving the clock the next
