@@ -11,7 +11,13 @@
  * `--rounds` times: reconcileAccount (full); a pass right after a consistent one (nothing new);
  * a pass after `--charges` new charges (what one minute of a busy pool adds). Prints p50 / max ms.
  *
- * Usage: bash scripts/with-services.sh npx tsx bench/reconcile-pass.ts [--entries 2000000] [--charges 100] [--rounds 5] [--db NAME] [--keep-db]
+ * Then the pass the worker runs every minute over many accounts with short ledgers (`--accounts`,
+ * default 1,000, the pass's limit; each with a grant and 3 charges): the first pass (no
+ * checkpoints: every account in full), then `--rounds` times one charge per account and an
+ * incremental pass, and a pass with every account in full (fullEveryMs 0). Prints p50 / max ms per
+ * pass and ms per account.
+ *
+ * Usage: bash scripts/with-services.sh npx tsx bench/reconcile-pass.ts [--entries 2000000] [--charges 100] [--rounds 5] [--accounts 1000] [--db NAME] [--keep-db]
  */
 import { parseArgs } from 'node:util';
 import { applyMigrations } from '../src/db/migrate.js';
@@ -36,6 +42,7 @@ const { values } = parseArgs({
     entries: { type: 'string', default: '2000000' },
     charges: { type: 'string', default: '100' },
     rounds: { type: 'string', default: '5' },
+    accounts: { type: 'string', default: '1000' },
     db: { type: 'string', default: 'creditpool_bench_reconcile' },
     'keep-db': { type: 'boolean', default: false },
   },
@@ -43,9 +50,10 @@ const { values } = parseArgs({
 const ENTRIES = Number(values.entries);
 const CHARGES = Number(values.charges);
 const ROUNDS = Number(values.rounds);
+const ACCOUNTS = Number(values.accounts);
 const DATABASE = values.db!;
-if (!Number.isInteger(ENTRIES) || ENTRIES < 0 || ENTRIES % 2 !== 0 || !Number.isInteger(CHARGES) || CHARGES < 1 || !Number.isInteger(ROUNDS) || ROUNDS < 1 || !/^[a-z0-9_]+$/.test(DATABASE)) {
-  console.error('--entries must be an even integer >= 0, --charges and --rounds integers >= 1, --db a lower-case name');
+if (!Number.isInteger(ENTRIES) || ENTRIES < 0 || ENTRIES % 2 !== 0 || !Number.isInteger(CHARGES) || CHARGES < 1 || !Number.isInteger(ROUNDS) || ROUNDS < 1 || !Number.isInteger(ACCOUNTS) || ACCOUNTS < 1 || !/^[a-z0-9_]+$/.test(DATABASE)) {
+  console.error('--entries must be an even integer >= 0, --charges, --rounds and --accounts integers >= 1, --db a lower-case name');
   process.exit(2);
 }
 const serverUrl = process.env.DATABASE_URL ?? 'postgresql://postgres@127.0.0.1:5432/creditpool';
@@ -109,6 +117,39 @@ async function main(): Promise<void> {
   console.log(`first pass (no checkpoint: full)                 ${first.toFixed(1)} ms`);
   console.log(`incremental pass, nothing new                    ${stats(idle)}`);
   console.log(`incremental pass, ${CHARGES} charges since the last  ${stats(busy)}`);
+
+  // Many accounts with short ledgers: the worker's pass over the 1,000 most recently changed.
+  const ids: string[] = [];
+  for (let i = 0; i < ACCOUNTS; i++) {
+    const { accountId: id } = await createAccount(ctx, { externalId: `reconcile-pass-${i}`, name: `pool ${i}`, kind: 'ORGANIZATION', welcomeBonus: false, testMode: false, testClockStart: null });
+    await grantCredits(ctx, { accountId: id, amountMicroCredits: credits(1_000), type: 'PAID', source: 'PURCHASE', expiresAt: null, reference: null, idempotencyKey: 'paid' });
+    ids.push(id);
+  }
+  const chargeEach = async () => {
+    for (const id of ids) {
+      const r = trace[key % trace.length]!;
+      await recordUsage(ctx, { accountId: id, idempotencyKey: `rp-${key++}`, category: 'llm', model: r.model, quantities: llmQuantities(r, r.outputTokens) as never });
+    }
+  };
+  for (let c = 0; c < 3; c++) await chargeEach();
+  await pool.query('VACUUM (ANALYZE)');
+  const passOf = async (options: { fullEveryMs?: number }, fully: number) => {
+    const report = await reconcileAccounts(pool, ids, options);
+    if (report.inconsistent.length > 0 || report.checked !== ids.length || report.fullyChecked !== fully) throw new Error(`unexpected pass: ${JSON.stringify({ ...report, inconsistent: report.inconsistent.length })}`);
+  };
+  const manyFirst = await timed(() => passOf({}, ids.length));
+  const manyIncremental: number[] = [];
+  const manyFull: number[] = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    await chargeEach();
+    manyIncremental.push(await timed(() => passOf({}, 0)));
+    manyFull.push(await timed(() => passOf({ fullEveryMs: 0 }, ids.length)));
+  }
+  const perAccount = (ms: number[]) => `${stats(ms)}  = ${([...ms].sort((a, b) => a - b)[Math.floor(ms.length / 2)]! / ids.length).toFixed(3)} ms per account at p50`;
+  console.log(`${ids.length} accounts with short ledgers (a grant, 3 charges, then one charge per account between passes):`);
+  console.log(`first pass (no checkpoints: every account in full) ${manyFirst.toFixed(1)} ms = ${(manyFirst / ids.length).toFixed(3)} ms per account`);
+  console.log(`incremental pass, one charge per account since     ${perAccount(manyIncremental)}`);
+  console.log(`pass in full (fullEveryMs 0)                       ${perAccount(manyFull)}`);
   await pool.end();
   if (!values['keep-db']) await dropDatabase(serverUrl, DATABASE);
 }

@@ -17,7 +17,7 @@ import { recordUsage } from '../../src/services/record-usage.js';
 import { refundUsage } from '../../src/services/refund-usage.js';
 import { expireDue } from '../../src/services/expire-due.js';
 import { reconcileAccount } from '../../src/services/read-balance.js';
-import { reconcileAccounts, type ReconcileReport } from '../../src/services/reconcile-ledger.js';
+import { RECONCILE_CHUNK_ACCOUNTS, reconcileAccounts, type ReconcileReport } from '../../src/services/reconcile-ledger.js';
 import { credits } from '../../src/ledger/credits.js';
 
 let services: TestServices;
@@ -225,5 +225,49 @@ describe('tampering with what the checkpoint already covers', () => {
     await services.pool.query('DELETE FROM reconcile_checkpoints WHERE account_id = $1', [accountId]);
     expect(await pass(accountId)).toMatchObject({ fullyChecked: 1, inconsistent: [] });
     expect(await incremental(accountId)).toMatchObject({ consistent: true });
+  });
+});
+
+describe('a pass over many accounts (one statement per chunk of RECONCILE_CHUNK_ACCOUNTS)', () => {
+  it('checks each account against its own checkpoint, reports only the inconsistent ones in order, and moves only the consistent ones\' checkpoints', async () => {
+    const n = RECONCILE_CHUNK_ACCOUNTS + 3; // two chunks
+    // Each account with its own credit (10 + i), so that one account's checkpoint or figures used for another shows.
+    const ids: string[] = [];
+    for (let i = 0; i < n; i++) ids.push(await createFundedAccount(services, { paid: 10 + i }));
+    const now = passClock();
+    passedAt = now.getTime();
+    expect(await reconcileAccounts(services.pool, ids, { now, fullEveryMs: HOUR })).toMatchObject({ checked: n, fullyChecked: n, inconsistent: [] });
+    const before = new Map<string, Awaited<ReturnType<typeof checkpoint>>>();
+    for (const id of ids) before.set(id, await checkpoint(id));
+    expect(ids.map((id) => before.get(id)!.ledger_sum_micro_credits), 'the full checks\' checkpoints').toEqual(ids.map((_, i) => String(credits(10 + i))));
+    for (const id of ids) await charge(id);
+    const fresh = await createFundedAccount(services, { paid: 3 }); // no checkpoint yet: checked in full in the same pass
+    const [inFirst, inSecond] = [ids[1]!, ids[n - 1]!];
+    await tamper('UPDATE balances SET total_micro_credits = total_micro_credits + 1 WHERE account_id = $1', [inFirst]);
+    await tamper('UPDATE credit_batches SET remaining_micro_credits = remaining_micro_credits - 1 WHERE account_id = $1', [inSecond]);
+    const report = await reconcileAccounts(services.pool, [...ids, fresh, ids[0]!], { now: passClock(), fullEveryMs: HOUR });
+    expect(report).toMatchObject({ checked: n + 1, fullyChecked: 1 });
+    expect(report.inconsistent).toMatchObject([
+      { accountId: inFirst, consistent: false, totalMicroCredits: credits(10) + 1n, ledgerSumMicroCredits: credits(10), batchRemainingMicroCredits: credits(10) },
+      { accountId: inSecond, consistent: false, totalMicroCredits: credits(10 + n - 2), ledgerSumMicroCredits: credits(10 + n - 2), batchRemainingMicroCredits: credits(10 + n - 2) - 1n },
+    ]);
+    for (const [i, id] of ids.entries()) {
+      const cp = await checkpoint(id);
+      if (id === inFirst || id === inSecond) {
+        expect(cp, `checkpoint of inconsistent account ${i}`).toEqual(before.get(id));
+        continue;
+      }
+      const { rows } = await services.pool.query('SELECT max(seq)::text AS seq FROM ledger_entries WHERE account_id = $1', [id]);
+      expect({ seq: cp.ledger_seq, sum: cp.ledger_sum_micro_credits, full: cp.full_checked_at }, `checkpoint of account ${i}`).toEqual({
+        seq: rows[0].seq,
+        sum: String(credits(10 + i - 1)),
+        full: before.get(id)!.full_checked_at,
+      });
+    }
+    expect(await checkpoint(fresh)).toMatchObject({ ledger_sum_micro_credits: String(credits(3)) });
+    // The same two, and only they, in full (two chunks of full checks).
+    const full = await reconcileAccounts(services.pool, [...ids].reverse(), { now: passClock(), fullEveryMs: 0 });
+    expect({ fullyChecked: full.fullyChecked, inconsistent: full.inconsistent.map((r) => r.accountId) }).toEqual({ fullyChecked: n, inconsistent: [inSecond, inFirst] });
+    expect(full.inconsistent[0]).toMatchObject({ batchRemainingMicroCredits: credits(10 + n - 2) - 1n, ledgerSumMicroCredits: credits(10 + n - 2) });
   });
 });
