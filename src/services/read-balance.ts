@@ -68,6 +68,19 @@ export interface AccountClock {
 }
 
 /**
+ * readAccountClock's statement. Named (prepared once per connection, its generic plan kept): it
+ * runs once per GraphQL list of batches or holds and once per hold answered (`status`), and planning
+ * it, with billing_period's SQL inlined, took ~2.4 ms of PostgreSQL's time per call against
+ * ~0.7 ms of execution (pg_stat_statements, bench/perf.ts jobs @64, 2026-12-07: the settle's
+ * `status`, once per job, was the job path's costliest statement).
+ */
+const ACCOUNT_CLOCK_SQL = `SELECT n.now, per.period_start, per.period_end
+       FROM accounts a JOIN balances b ON b.account_id = a.id
+       CROSS JOIN LATERAL (SELECT ${accountNowSql('a', 'b', '$2')} AS now) n
+       CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
+      WHERE a.id = $1`;
+
+/**
  * The account's now and its current billing period [periodStart, periodEnd), by the rule Balance
  * and the statement read them with (queryBalanceRow, account-statement.ts): its test clock in
  * test mode, else `wallNow` but never before its last committed change (balances.updated_at;
@@ -80,14 +93,7 @@ export interface AccountClock {
  * @throws LedgerError NOT_FOUND when the account does not exist.
  */
 export async function readAccountClock(db: pg.Pool | pg.PoolClient, accountId: string, wallNow: Date): Promise<AccountClock> {
-  const { rows } = await db.query(
-    `SELECT n.now, per.period_start, per.period_end
-       FROM accounts a JOIN balances b ON b.account_id = a.id
-       CROSS JOIN LATERAL (SELECT ${accountNowSql('a', 'b', '$2')} AS now) n
-       CROSS JOIN LATERAL billing_period(a.billing_anchor_at, n.now) per
-      WHERE a.id = $1`,
-    [accountId, wallNow],
-  );
+  const { rows } = await db.query({ name: 'cp-account-clock', text: ACCOUNT_CLOCK_SQL, values: [accountId, wallNow] });
   const r = rows[0] as Record<string, unknown> | undefined;
   if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
   return { now: r.now as Date, periodStart: r.period_start as Date, periodEnd: r.period_end as Date };
