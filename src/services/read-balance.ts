@@ -277,27 +277,16 @@ function fullCheckColumnsSql(account: string): string {
             ${refundCreditMismatchesSql(undefined, account)} AS refund_credit_mismatches`;
 }
 
-/** The Reconciliation and snapshot of a row of {@link fullCheckColumnsSql}. */
-function fullCheckOf(r: Record<string, unknown>): { reconciliation: Reconciliation; snapshot: ReconcileSnapshot } {
-  return {
-    reconciliation: reconciliationOf(r, toBigInt(r.ledger), r.opening_sum === null ? null : toBigInt(r.opening_sum), Number(r.refund_credit_mismatches)),
-    snapshot: { ledgerSeq: toBigInt(r.ledger_seq), balanceUpdatedAt: r.updated_at as Date, openingPeriodStart: (r.opening_period_start as Date | null) ?? null },
-  };
-}
-
 /**
  * {@link reconcileAccount} and the snapshot it read (for the reconcile worker's checkpoint), in
- * one statement.
+ * one statement ({@link reconcileAccountsFull} of one account).
  * @throws LedgerError NOT_FOUND.
  */
 export async function reconcileAccountFull(
   db: pg.Pool | pg.PoolClient,
   accountId: string,
 ): Promise<{ reconciliation: Reconciliation; snapshot: ReconcileSnapshot }> {
-  const { rows } = await db.query(`SELECT ${fullCheckColumnsSql('$1')} FROM balances b WHERE b.account_id = $1`, [accountId]);
-  const r = rows[0];
-  if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
-  return fullCheckOf(r);
+  return (await reconcileAccountsFull(db, [accountId]))[0]!;
 }
 
 /**
@@ -322,8 +311,12 @@ export async function reconcileAccountsFull(
   const byId = new Map(rows.map((r) => [r.account_id as string, r]));
   return accountIds.map((accountId) => {
     const r = byId.get(accountId);
-    if (!r) throw new LedgerError('NOT_FOUND', `account not found: ${accountId}`);
-    return { accountId, ...fullCheckOf(r) };
+    if (!r) throw new LedgerError('NOT_FOUND', 'account not found');
+    return {
+      accountId,
+      reconciliation: reconciliationOf(r, toBigInt(r.ledger), r.opening_sum === null ? null : toBigInt(r.opening_sum), Number(r.refund_credit_mismatches)),
+      snapshot: { ledgerSeq: toBigInt(r.ledger_seq), balanceUpdatedAt: r.updated_at as Date, openingPeriodStart: (r.opening_period_start as Date | null) ?? null },
+    };
   });
 }
 

@@ -72,6 +72,14 @@ export interface ReconcileOptions {
   fullEveryMs?: number;
 }
 
+/** One account's check in a pass: its Reconciliation, the snapshot it read, and when its ledger was last checked in full. */
+interface CheckedAccount {
+  accountId: string;
+  reconciliation: Reconciliation;
+  snapshot: ReconcileSnapshot;
+  fullCheckedAt: Date;
+}
+
 /** An account's row of reconcile_checkpoints (migration reconcile_checkpoints). */
 interface Checkpoint {
   ledgerSeq: bigint;
@@ -94,10 +102,10 @@ export async function reconcileLedger(pool: pg.Pool, since: Date, options: Recon
 /**
  * Accounts checked per statement and transaction, in full or incrementally: one statement, planned
  * once, reads them all (each account's rows through its own index ranges), and their checkpoints
- * are saved by one upsert in the same transaction. One account per statement and transaction, the
- * statement planned for its values and a WAL flush per account, cost ~5.5 ms per account with a
- * short ledger, in full or incrementally: ~5.5 s of every minute's pass of 1,000 accounts, ~40 %
- * of PostgreSQL's CPU over a 5-s slice of the perf bench's jobs (bench/README "reconcile-pass").
+ * are saved by one upsert in the same transaction. One account per statement and transaction (the
+ * statement planned for its values, a WAL flush per account) cost ~1.8-2.3 ms per account with a
+ * short ledger, ~2 s of every minute's pass of 1,000 accounts; in chunks, 0.07-0.2 ms
+ * (bench/reconcile-pass.ts, bench/README "reconcile-pass").
  */
 export const RECONCILE_CHUNK_ACCOUNTS = 200;
 
@@ -105,8 +113,9 @@ export const RECONCILE_CHUNK_ACCOUNTS = 200;
  * Checks the given accounts, in order (an id given twice is checked once): each in full
  * (reconcileAccount's check) when it has no checkpoint or its last full check is `fullEveryMs` old
  * or dated after `now`, else incrementally from its checkpoint (see the module comment); up to
- * RECONCILE_CHUNK_ACCOUNTS accounts per statement and transaction, full checks first. A consistent account's checkpoint moves to the
- * snapshot checked; an inconsistent one's stays, so it is reported again on every pass until fixed.
+ * RECONCILE_CHUNK_ACCOUNTS accounts per statement and transaction, full checks first. A
+ * consistent account's checkpoint moves to the snapshot checked; an inconsistent one's stays, so
+ * it is reported again on every pass until fixed.
  * @returns the report; `inconsistent` in the order given.
  * @throws LedgerError NOT_FOUND (full check) or Error (incremental) when an account has no balance row.
  */
@@ -120,7 +129,6 @@ export async function reconcileAccounts(pool: pg.Pool, accountIds: readonly stri
       ORDER BY a.ord`,
     [[...new Set(accountIds)]],
   );
-  const results = new Map<string, Reconciliation>();
   const full: string[] = [];
   const incremental: { accountId: string; cp: Checkpoint }[] = [];
   for (const r of rows) {
@@ -140,29 +148,19 @@ export async function reconcileAccounts(pool: pg.Pool, accountIds: readonly stri
     if (due) full.push(accountId);
     else incremental.push({ accountId, cp });
   }
-  for (let i = 0; i < full.length; i += RECONCILE_CHUNK_ACCOUNTS) {
-    await withCustomPlans(pool, async (c) => {
-      const checked = await reconcileAccountsFull(c, full.slice(i, i + RECONCILE_CHUNK_ACCOUNTS));
-      await saveCheckpoints(
-        c,
-        checked.filter((x) => x.reconciliation.consistent).map((x) => ({ accountId: x.accountId, snapshot: x.snapshot, rec: x.reconciliation, fullCheckedAt: now })),
-        now,
-      );
-      for (const x of checked) results.set(x.accountId, x.reconciliation);
-    });
-  }
-  for (let i = 0; i < incremental.length; i += RECONCILE_CHUNK_ACCOUNTS) {
-    const chunk = incremental.slice(i, i + RECONCILE_CHUNK_ACCOUNTS);
-    await withCustomPlans(pool, async (c) => {
-      const checked = await reconcileAccountsSince(c, chunk);
-      await saveCheckpoints(
-        c,
-        checked.filter((x) => x.rec.consistent).map((x) => ({ accountId: x.accountId, snapshot: x.snapshot, rec: x.rec, fullCheckedAt: x.cp.fullCheckedAt })),
-        now,
-      );
-      for (const x of checked) results.set(x.accountId, x.rec);
-    });
-  }
+  const results = new Map<string, Reconciliation>();
+  /** Checks `items` in chunks, each in one transaction that also saves its consistent accounts' checkpoints. */
+  const inChunks = async <T>(items: readonly T[], check: (c: pg.PoolClient, chunk: readonly T[]) => Promise<CheckedAccount[]>) => {
+    for (let i = 0; i < items.length; i += RECONCILE_CHUNK_ACCOUNTS) {
+      await withCustomPlans(pool, async (c) => {
+        const checked = await check(c, items.slice(i, i + RECONCILE_CHUNK_ACCOUNTS));
+        await saveCheckpoints(c, checked.filter((x) => x.reconciliation.consistent), now);
+        for (const x of checked) results.set(x.accountId, x.reconciliation);
+      });
+    }
+  };
+  await inChunks(full, async (c, ids) => (await reconcileAccountsFull(c, ids)).map((x) => ({ ...x, fullCheckedAt: now })));
+  await inChunks(incremental, reconcileAccountsSince);
   const inconsistent: ReconcileReport['inconsistent'] = [];
   for (const r of rows) {
     const rec = results.get(r.account_id as string)!;
@@ -207,7 +205,7 @@ async function withCustomPlans<T>(pool: pg.Pool, f: (c: pg.PoolClient) => Promis
 async function reconcileAccountsSince(
   db: pg.PoolClient,
   accounts: readonly { accountId: string; cp: Checkpoint }[],
-): Promise<{ accountId: string; cp: Checkpoint; rec: Reconciliation; snapshot: ReconcileSnapshot }[]> {
+): Promise<CheckedAccount[]> {
   const { rows } = await db.query(
     `SELECT x.account_id, b.total_micro_credits AS total, b.debt_micro_credits AS debt, b.updated_at, b.opening_period_start,
             b.opening_total_micro_credits AS opening,
@@ -246,8 +244,8 @@ async function reconcileAccountsSince(
       start === null ? null : r.opening_sum_full !== null ? toBigInt(r.opening_sum_full) : cp.openingLedgerSum! + toBigInt(r.opening_delta);
     return {
       accountId,
-      cp,
-      rec: reconciliationOf(r, ledger, openingSum, Number(r.refund_credit_mismatches)),
+      fullCheckedAt: cp.fullCheckedAt,
+      reconciliation: reconciliationOf(r, ledger, openingSum, Number(r.refund_credit_mismatches)),
       snapshot: {
         ledgerSeq: r.max_seq === null ? cp.ledgerSeq : toBigInt(r.max_seq),
         balanceUpdatedAt: r.updated_at as Date,
@@ -265,7 +263,7 @@ async function reconcileAccountsSince(
  */
 async function saveCheckpoints(
   db: pg.Pool | pg.PoolClient,
-  checked: readonly { accountId: string; snapshot: ReconcileSnapshot; rec: Reconciliation; fullCheckedAt: Date }[],
+  checked: readonly CheckedAccount[],
   now: Date,
 ): Promise<void> {
   if (checked.length === 0) return;
@@ -280,9 +278,9 @@ async function saveCheckpoints(
     [
       checked.map((x) => x.accountId),
       checked.map((x) => x.snapshot.ledgerSeq.toString()),
-      checked.map((x) => x.rec.ledgerSumMicroCredits.toString()),
+      checked.map((x) => x.reconciliation.ledgerSumMicroCredits.toString()),
       checked.map((x) => x.snapshot.openingPeriodStart),
-      checked.map((x) => (x.rec.openingLedgerSumMicroCredits === null ? null : x.rec.openingLedgerSumMicroCredits.toString())),
+      checked.map((x) => (x.reconciliation.openingLedgerSumMicroCredits === null ? null : x.reconciliation.openingLedgerSumMicroCredits.toString())),
       checked.map((x) => x.snapshot.balanceUpdatedAt),
       checked.map((x) => x.fullCheckedAt),
       now,
