@@ -117,3 +117,20 @@ export async function rowsReadInTransaction(c: pg.PoolClient, tables: readonly s
   }
   return out;
 }
+
+/**
+ * Updates of `c`'s open transaction so far that were not HOT, per table of `tables`
+ * (pg_stat_xact_user_tables n_tup_upd - n_tup_hot_upd). Each such update leaves the row's old
+ * version with entries of its own in every index of the table, and within one transaction they
+ * are not pruned: an index scan over the row returns one entry per version
+ * (pg_stat_get_xact_tuples_returned counts them before the visibility check). Whether an update
+ * is HOT depends on the free space left on the row's page, so on where the row landed. Subtract
+ * two calls' maps for what happened between them.
+ */
+export async function nonHotUpdatesInTransaction(c: pg.PoolClient, tables: readonly string[]): Promise<Map<string, number>> {
+  const { rows } = await c.query(
+    `SELECT relname, COALESCE(n_tup_upd, 0) - COALESCE(n_tup_hot_upd, 0) AS n FROM pg_stat_xact_user_tables WHERE relname = ANY($1)`,
+    [tables],
+  );
+  return new Map(rows.map((r: { relname: string; n: string }) => [r.relname, Number(r.n)]));
+}
