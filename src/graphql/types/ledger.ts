@@ -84,8 +84,9 @@ export const CreditBatchRef = builder.prismaNode('CreditBatch', {
     expiresAt: t.field({ type: 'DateTime', nullable: true, description: 'Expiry Date; null never expires.', resolve: (b) => b.expiresAt }),
     status: t.field({
       type: BatchStatusEnum,
-      // The account's now, read once per list (../access.ts accountNowOf), not as a relation of each row.
-      resolve: async (b, _args, ctx) => effectiveBatchStatus(b, await accountNowOf(ctx, b.accountId)),
+      // Only an ACTIVE batch with an expiry can be other than its stored status, so only it reads
+      // the account's now: once per list (../access.ts accountNowOf), not as a relation of each row.
+      resolve: async (b, _args, ctx) => (b.status === 'ACTIVE' && b.expiresAt ? effectiveBatchStatus(b, await accountNowOf(ctx, b.accountId)) : b.status),
     }),
     grant: t.relation('grant'),
   }),
@@ -177,8 +178,10 @@ export const ReservationRef = builder.prismaNode('Reservation', {
     consumed: t.field({ type: 'Credits', description: 'Charged against this hold so far (settled usage).', resolve: (r) => r.consumedMicroCredits }),
     status: t.field({
       type: ReservationStatusEnum,
-      // As CreditBatch.status: ../access.ts accountNowOf.
-      resolve: async (r, _args, ctx) => effectiveReservationStatus(r, await accountNowOf(ctx, r.accountId)),
+      // As CreditBatch.status: only an ACTIVE hold reads the account's now (../access.ts
+      // accountNowOf); a settled, released or expired one answers its stored status without a read
+      // (settleReservation { status }: one statement and one transaction less per settle).
+      resolve: async (r, _args, ctx) => (r.status === 'ACTIVE' ? effectiveReservationStatus(r, await accountNowOf(ctx, r.accountId)) : r.status),
     }),
     expiresAt: t.field({ type: 'DateTime', resolve: (r) => r.expiresAt }),
     createdAt: t.field({ type: 'DateTime', resolve: (r) => r.createdAt }),
